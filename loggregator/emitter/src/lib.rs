@@ -1,0 +1,17 @@
+//! The emitter: how every Hydrant role (and the executor, on behalf of apps) sends envelopes to
+//! the local agent, plus the self-telemetry registry behind every role's `/metrics`.
+//!
+//! Flow: role code → [`Emitter`] (bounded, never blocks) → gRPC `BatchSender` → agent.
+//!
+//! # Layout
+//! - [`telemetry`]: named counters and gauges with tags; rendered as Prometheus text on
+//!   `/metrics` and emitted as envelopes into the pipeline (invariant 7: the platform observes
+//!   itself through its own pipeline).
+//! - [`admin`]: the `/healthz` + `/metrics` HTTP router every role serves.
+
+pub mod admin;
+mod emitter;
+pub mod telemetry;
+
+pub use emitter::{Emitter, EmitterConfig, TelemetryConfig, spawn_reporter};
+pub use telemetry::{Counter, Gauge, Registry};
