@@ -126,6 +126,39 @@ impl<E: WireEncode, D: WireDecode> Codec for WireCodec<E, D> {
     }
 }
 
+/// HTTP/2 stream window every hop uses. tonic's 64 KiB default throttled one stream to ~0.1 M
+/// envelopes/s with the CPU idle; 4 MiB lets a stream run at the CPU's pace.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// HTTP/2 connection window (twice the stream window, so two busy streams share a connection).
+pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// A client endpoint tuned for envelope streams: explicit HTTP/2 windows, no Nagle delay, and
+/// keepalive pings every second so a dead peer is noticed within about two seconds.
+///
+/// # Errors
+/// `url` is not a valid URI.
+pub fn tuned_endpoint(url: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .tcp_nodelay(true)
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .http2_keep_alive_interval(std::time::Duration::from_secs(1))
+        .keep_alive_timeout(std::time::Duration::from_secs(1))
+        .keep_alive_while_idle(true))
+}
+
+/// A server builder tuned the same way as [`tuned_endpoint`].
+#[must_use]
+pub fn tuned_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
+}
+
 /// `loggregator.v2.Ingress` with encoded bodies.
 #[allow(
     missing_docs,
