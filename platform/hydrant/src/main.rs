@@ -1,1 +1,88 @@
-fn main() {}
+//! The `hydrant` binary: a thin clap dispatcher over the role libraries and the CLI commands.
+//!
+//! `hydrant up` runs every role in one process (the micro cloud); `hydrant run ROLE --config FILE`
+//! runs one role alone; the rest are the developer-facing commands (`logs`, `emit`) and the
+//! benchmark harness (`bench pipeline`). No role logic lives here.
+
+#![allow(unsafe_code, reason = "getrusage in the bench needs libc; nothing else")]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod bench_consumer;
+mod cli_config;
+mod emit;
+mod logs;
+mod roles;
+mod up;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Hydrant: a platform-as-a-service with observability at its centre.
+#[derive(Debug, Parser)]
+#[command(name = "hydrant", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the micro cloud: every role in one process, on loopback.
+    Up(up::UpArgs),
+    /// Run one role alone from a TOML config file.
+    Run {
+        /// The role to run.
+        role: roles::Role,
+        /// The role's TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print a source's logs: recent lines, then follow the live stream.
+    Logs(logs::LogsArgs),
+    /// Send log lines into the pipeline by hand.
+    Emit(emit::EmitArgs),
+    /// Measure the pipeline end to end over real sockets.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HYDRANT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,hydrant=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::run(args).await,
+            Command::Run { role, config } => roles::run_from_file(role, &config).await,
+            Command::Logs(args) => logs::run(args).await,
+            Command::Emit(args) => emit::run(args).await,
+            Command::Bench { what } => bench::run(what).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! `hydrant run ROLE --config FILE`: one role alone, as it runs on its own host.
+//!
+//! The config file is TOML with exactly the fields of the role's `Config` (unknown fields are
+//! errors, so a typo is caught at start-up). Listen addresses come from the config.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The roles `hydrant run` can start.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Role {
+    /// The per-node agent: v2 ingress, rate limits, batching to dopplers.
+    Agent,
+    /// A doppler: rings, v2 egress with selectors and shards, the log cache.
+    Doppler,
+    /// The traffic controller and firehose edge (WebSocket, recent logs).
+    Trafficcontroller,
+}
+
+fn load<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{} is not a valid config", path.display()))
+}
+
+async fn bind(addr: &str, field: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (config field `{field}`); pick a free address")
+    })
+}
+
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+            match term {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        t.cancel();
+    });
+    token
+}
+
+pub async fn run_from_file(role: Role, path: &Path) -> anyhow::Result<ExitCode> {
+    let shutdown = shutdown_on_signal();
+    match role {
+        Role::Agent => {
+            let config: hydrant_agent::Config = load(path)?;
+            config.validate()?;
+            let listeners = hydrant_agent::Listeners {
+                ingress: bind(&config.listen, "listen").await?,
+                admin: bind(&config.admin_listen, "admin_listen").await?,
+            };
+            eprintln!("agent: v2 ingress on {}, admin on {}", config.listen, config.admin_listen);
+            hydrant_agent::run(config, listeners, shutdown).await?;
+        }
+        Role::Doppler => {
+            let config: hydrant_doppler::Config = load(path)?;
+            config.validate()?;
+            let listeners = hydrant_doppler::Listeners {
+                grpc: bind(&config.listen, "listen").await?,
+                admin: bind(&config.admin_listen, "admin_listen").await?,
+            };
+            eprintln!("doppler: gRPC on {}, admin on {}", config.listen, config.admin_listen);
+            hydrant_doppler::run(config, listeners, shutdown).await?;
+        }
+        Role::Trafficcontroller => {
+            let config: hydrant_firehose::Config = load(path)?;
+            config.validate()?;
+            let listeners = hydrant_firehose::Listeners {
+                http: bind(&config.listen, "listen").await?,
+                admin: bind(&config.admin_listen, "admin_listen").await?,
+            };
+            eprintln!("trafficcontroller: firehose on {}, admin on {}", config.listen, config.admin_listen);
+            hydrant_firehose::run(config, listeners, shutdown).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,381 @@
+//! `hydrant up`: the micro cloud. Every role that exists runs in this one process, on loopback,
+//! wired the way separate hosts would be (real gRPC, WebSocket and HTTP sockets between roles).
+//!
+//! It writes `DATA_DIR/endpoints.json` (every endpoint and the admin token) and the CLI config,
+//! so `hydrant logs` and friends work with no flags. Ctrl-C stops every role cleanly.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli_config::{self, CliConfig};
+
+/// Arguments of `hydrant up`.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Where the micro cloud keeps its state (signing key, endpoints.json).
+    /// Default: `$HYDRANT_HOME/data` (`~/.hydrant/data`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Listen on free ports chosen by the kernel instead of the well-known defaults
+    /// (agent 3458, doppler 8082, firehose 8081); endpoints.json says which.
+    #[arg(long)]
+    ephemeral_ports: bool,
+}
+
+/// Which ports the roles listen on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ports {
+    /// The documented defaults.
+    WellKnown,
+    /// Kernel-chosen free ports (tests, benchmarks, a second micro cloud).
+    Ephemeral,
+}
+
+/// `endpoints.json`: where everything listens, and the admin token.
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoints {
+    /// The agent's v2 gRPC ingress (send envelopes here).
+    pub agent: String,
+    /// The doppler's gRPC port (v2 ingress/egress and the Log Cache read API).
+    pub doppler: String,
+    /// The firehose edge's public HTTP/WebSocket base URL.
+    pub firehose: String,
+    /// `ws://.../firehose/{subscription_id}`.
+    pub firehose_stream: String,
+    /// `ws://.../apps/{source_id}/stream`.
+    pub app_stream: String,
+    /// `http://.../api/v1/read/{source_id}`.
+    pub recent: String,
+    /// Each role's `/healthz` and `/metrics` base URL.
+    pub admin: BTreeMap<String, String>,
+    /// A token with the admin and firehose scopes.
+    pub token: String,
+    /// The data directory.
+    pub data_dir: PathBuf,
+}
+
+/// A running micro cloud.
+#[derive(Debug)]
+pub struct MicroCloud {
+    pub agent_url: String,
+    pub firehose_url: String,
+    pub token: String,
+    pub endpoints: Endpoints,
+    admin_addrs: BTreeMap<String, SocketAddr>,
+    tasks: JoinSet<(String, anyhow::Result<()>)>,
+}
+
+async fn bind(ports: Ports, port: u16, what: &str) -> anyhow::Result<TcpListener> {
+    let addr = match ports {
+        Ports::WellKnown => SocketAddr::from(([127, 0, 0, 1], port)),
+        Ports::Ephemeral => SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot listen on {addr} for the {what}; is another Hydrant running? \
+             Stop it, or run `hydrant up --ephemeral-ports`"
+        )
+    })
+}
+
+fn url(listener: &TcpListener) -> anyhow::Result<String> {
+    Ok(format!("http://{}", listener.local_addr()?))
+}
+
+impl MicroCloud {
+    /// Binds every role's sockets and starts the roles.
+    pub async fn start(
+        data_dir: &Path,
+        ports: Ports,
+        self_telemetry: bool,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+        let key_path = data_dir.join("signing.key");
+        let key = if key_path.exists() {
+            hydrant_auth::SigningKey::load(&key_path)?
+        } else {
+            let key = hydrant_auth::SigningKey::generate()?;
+            key.save(&key_path)?;
+            key
+        };
+
+        let agent_ingress = bind(ports, 3458, "agent's v2 ingress").await?;
+        let agent_admin = bind(ports, 14824, "agent's admin endpoint").await?;
+        let doppler_grpc = bind(ports, 8082, "doppler's gRPC port").await?;
+        let doppler_admin = bind(ports, 8083, "doppler's admin endpoint").await?;
+        let firehose_http = bind(ports, 8081, "firehose edge").await?;
+        let firehose_admin = bind(ports, 8089, "firehose edge's admin endpoint").await?;
+
+        let agent_url = url(&agent_ingress)?;
+        let doppler_url = url(&doppler_grpc)?;
+        let firehose_url = url(&firehose_http)?;
+        let telemetry = hydrant_emitter::TelemetryConfig {
+            agent: self_telemetry.then(|| agent_url.clone()),
+            ..hydrant_emitter::TelemetryConfig::default()
+        };
+        let mut admin_addrs = BTreeMap::new();
+        admin_addrs.insert("agent".to_owned(), agent_admin.local_addr()?);
+        admin_addrs.insert("doppler".to_owned(), doppler_admin.local_addr()?);
+        admin_addrs.insert("firehose".to_owned(), firehose_admin.local_addr()?);
+
+        let mut tasks = JoinSet::new();
+        {
+            let config = hydrant_agent::Config {
+                dopplers: vec![doppler_url.clone()],
+                telemetry: telemetry.clone(),
+                ..hydrant_agent::Config::default()
+            };
+            config.validate()?;
+            let listeners = hydrant_agent::Listeners {
+                ingress: agent_ingress,
+                admin: agent_admin,
+            };
+            let s = shutdown.clone();
+            tasks.spawn(async move {
+                let r = hydrant_agent::run(config, listeners, s).await;
+                ("agent".to_owned(), r.map_err(anyhow::Error::from))
+            });
+        }
+        {
+            let config = hydrant_doppler::Config {
+                telemetry: telemetry.clone(),
+                ..hydrant_doppler::Config::default()
+            };
+            config.validate()?;
+            let listeners = hydrant_doppler::Listeners {
+                grpc: doppler_grpc,
+                admin: doppler_admin,
+            };
+            let s = shutdown.clone();
+            tasks.spawn(async move {
+                let r = hydrant_doppler::run(config, listeners, s).await;
+                ("doppler".to_owned(), r.map_err(anyhow::Error::from))
+            });
+        }
+        {
+            let config = hydrant_firehose::Config {
+                dopplers: vec![doppler_url.clone()],
+                signing_key_file: Some(key_path.clone()),
+                telemetry,
+                ..hydrant_firehose::Config::default()
+            };
+            config.validate()?;
+            let listeners = hydrant_firehose::Listeners {
+                http: firehose_http,
+                admin: firehose_admin,
+            };
+            let s = shutdown.clone();
+            tasks.spawn(async move {
+                let r = hydrant_firehose::run(config, listeners, s).await;
+                ("trafficcontroller".to_owned(), r.map_err(anyhow::Error::from))
+            });
+        }
+
+        let token = key.issue(&hydrant_auth::Claims::admin("admin"))?;
+        let ws = firehose_url.replacen("http://", "ws://", 1);
+        let endpoints = Endpoints {
+            agent: agent_url.clone(),
+            doppler: doppler_url,
+            firehose: firehose_url.clone(),
+            firehose_stream: format!("{ws}/firehose/{{subscription_id}}"),
+            app_stream: format!("{ws}/apps/{{source_id}}/stream"),
+            recent: format!("{firehose_url}/api/v1/read/{{source_id}}"),
+            admin: admin_addrs
+                .iter()
+                .map(|(k, v)| (k.clone(), format!("http://{v}")))
+                .collect(),
+            token: token.clone(),
+            data_dir: data_dir.to_path_buf(),
+        };
+        Ok(Self {
+            agent_url,
+            firehose_url,
+            token,
+            endpoints,
+            admin_addrs,
+            tasks,
+        })
+    }
+
+    /// Every drop counter of every role, keyed `role.reason`, from the roles' own `/metrics`.
+    pub async fn scrape_drops(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let mut out = BTreeMap::new();
+        for (role, addr) in &self.admin_addrs {
+            let text = http_get(*addr, "/metrics").await?;
+            for (name, labels, value) in parse_prometheus(&text) {
+                if !name.ends_with("dropped_total") {
+                    continue;
+                }
+                let reason = labels
+                    .iter()
+                    .find(|(k, _)| k == "reason")
+                    .map_or("unspecified", |(_, v)| v.as_str());
+                if is_side_branch(reason) {
+                    continue;
+                }
+                *out.entry(format!("{role}.{reason}")).or_insert(0) += value as u64;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits for every role to stop (after the shutdown token fired).
+    pub async fn stopped(mut self) {
+        while let Some(joined) = self.tasks.join_next().await {
+            match joined {
+                Ok((role, Err(e))) => eprintln!("error: {role} stopped: {e:#}"),
+                Err(e) => eprintln!("error: a role task failed: {e}"),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Waits until a role stops on its own (an error) or `shutdown` fires.
+    async fn supervise(&mut self, shutdown: &CancellationToken) -> Option<(String, anyhow::Result<()>)> {
+        tokio::select! {
+            () = shutdown.cancelled() => None,
+            joined = self.tasks.join_next() => match joined {
+                Some(Ok(r)) => Some(r),
+                Some(Err(e)) => Some(("a role".to_owned(), Err(anyhow::anyhow!("task failed: {e}")))),
+                None => None,
+            },
+        }
+    }
+}
+
+/// Drops on branches that are not the stream path (the log cache is a side copy: losing a cache
+/// entry does not lose the envelope from the firehose).
+fn is_side_branch(reason: &str) -> bool {
+    reason.starts_with("logcache")
+}
+
+/// `(name, labels, value)` for each sample line of Prometheus text.
+pub fn parse_prometheus(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (series, value) = match line.rsplit_once(' ') {
+            Some(x) => x,
+            None => continue,
+        };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let labels = labels
+            .split("\",")
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once("=\"")?;
+                Some((k.to_owned(), v.trim_end_matches('"').to_owned()))
+            })
+            .collect();
+        out.push((name.to_owned(), labels, value));
+    }
+    out
+}
+
+/// A minimal HTTP/1.0 GET for loopback admin endpoints.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot reach {addr}"))?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = Vec::new();
+    stream.take(64 * 1024 * 1024).read_to_end(&mut body).await?;
+    let text = String::from_utf8_lossy(&body);
+    let Some((head, rest)) = text.split_once("\r\n\r\n") else {
+        anyhow::bail!("malformed HTTP response from {addr}{path}");
+    };
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{addr}{path} answered {}",
+        head.lines().next().unwrap_or("")
+    );
+    Ok(rest.to_owned())
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => cli_config::home()?.join("data"),
+    };
+    let shutdown = CancellationToken::new();
+    let ports = if args.ephemeral_ports { Ports::Ephemeral } else { Ports::WellKnown };
+    let mut cloud = MicroCloud::start(&data_dir, ports, true, shutdown.clone()).await?;
+
+    let endpoints_path = data_dir.join("endpoints.json");
+    cli_config::write_private(&endpoints_path, &serde_json::to_vec_pretty(&cloud.endpoints)?)?;
+    let cli_path = cli_config::save(&CliConfig {
+        firehose: cloud.firehose_url.clone(),
+        agent: cloud.agent_url.clone(),
+        token: cloud.token.clone(),
+    })?;
+
+    let e = &cloud.endpoints;
+    println!("Hydrant micro cloud is up.");
+    println!("  agent (v2 gRPC ingress)   {}", e.agent);
+    println!("  doppler (gRPC)            {}", e.doppler);
+    println!("  firehose                  {}", e.firehose_stream);
+    println!("  app stream                {}", e.app_stream);
+    println!("  recent logs               {}", e.recent);
+    for (role, url) in &e.admin {
+        println!("  {role:<10} admin          {url}/metrics  {url}/healthz");
+    }
+    println!("  endpoints + admin token   {}", endpoints_path.display());
+    println!("  CLI config                {}", cli_path.display());
+    println!();
+    println!("Try: hydrant emit my-app --message hello   then   hydrant logs my-app --recent");
+    println!("Press Ctrl-C to stop.");
+
+    let ctrl_c = shutdown.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            ctrl_c.cancel();
+        }
+    });
+    #[cfg(unix)]
+    {
+        let term = shutdown.clone();
+        if let Ok(mut sig) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::spawn(async move {
+                sig.recv().await;
+                term.cancel();
+            });
+        }
+    }
+
+    let failed = cloud.supervise(&shutdown).await;
+    shutdown.cancel();
+    eprintln!("stopping...");
+    cloud.stopped().await;
+    match failed {
+        Some((role, Err(e))) => {
+            eprintln!("error: the {role} stopped: {e:#}");
+            Ok(ExitCode::FAILURE)
+        }
+        Some((role, Ok(()))) => {
+            eprintln!("error: the {role} stopped unexpectedly");
+            Ok(ExitCode::FAILURE)
+        }
+        None => {
+            eprintln!("stopped.");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
