@@ -1,1 +1,214 @@
-//! placeholder
+//! The traffic controller and firehose edge: the public read side of the pipeline
+//! (`hydrant run trafficcontroller`).
+//!
+//! Flow: dopplers' v2 `Egress/BatchedReceiver` (one subscription per doppler) → [`hub`] (parse
+//! routing fields, fan out) → one bounded outbox per consumer → a writer per connection →
+//! WebSocket / SSE. Recent reads go the other way: `GET /api/v1/read` asks every doppler's log
+//! cache and merges.
+//!
+//! Public endpoints (on [`Listeners::http`]):
+//! - `GET /firehose/{subscription_id}` (WebSocket; firehose scope): every envelope. Connections
+//!   sharing a subscription id split the stream; `?filter-type=logs|metrics`.
+//! - `GET /apps/{source_id}/stream` (WebSocket): one source's logs and metrics.
+//! - `GET /v2/read` (SSE, RLP-gateway style).
+//! - `GET /api/v1/read/{source_id}`, `GET /api/v1/meta`, `GET /api/v1/info` (Log Cache's shape).
+//!
+//! Frames are binary, one encoded v2 `EnvelopeBatch` each, or with `?format=json` protojson
+//! text. Tokens come from `Authorization: Bearer` or `?access_token=` and are verified locally
+//! with the shared signing key, so streams keep working while the cloud controller is down.
+//!
+//! # Layout
+//! - [`config`]: [`Config`] and its validation.
+//! - `upstream`: doppler subscriptions with reconnect and backoff; read channels.
+//! - `hub`: the routing table and fan-out; `outbox`: a consumer's drop-oldest queue.
+//! - `api`: routes, token checks, errors; `stream` (WebSocket), `sse`, `recent`; `frame`:
+//!   what goes on the wire.
+//!
+//! The invariant the role keeps: no consumer can slow the upstream read or another consumer.
+//! The fan-out never awaits a consumer; each consumer's queue is bounded, drops its oldest data
+//! when full, counts the drop, and tells the consumer with an in-band gap marker.
+
+mod api;
+pub mod config;
+mod error;
+mod frame;
+mod hub;
+mod metrics;
+mod outbox;
+mod recent;
+mod sse;
+mod stream;
+mod upstream;
+
+use std::future::IntoFuture as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hydrant_auth::SigningKey;
+use hydrant_emitter::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+pub use error::Error;
+
+use crate::api::{Shared, StreamOptions};
+use crate::config::secs;
+use crate::hub::Hub;
+use crate::metrics::{Metrics, ROLE};
+use crate::outbox::Limits;
+use crate::upstream::Backoff;
+
+/// The sockets the role serves, bound by the caller (tests bind `127.0.0.1:0`).
+#[derive(Debug)]
+pub struct Listeners {
+    /// Public HTTP/WebSocket: streams, SSE and recent reads. Default `127.0.0.1:8081`.
+    pub http: TcpListener,
+    /// Admin: `/healthz` and `/metrics`. Default `127.0.0.1:8089`.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `config.listen` and `config.admin_listen`.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] naming the address that could not be bound.
+    pub async fn bind(config: &Config) -> Result<Self, Error> {
+        let bind = |addr: String| async move {
+            TcpListener::bind(&addr)
+                .await
+                .map_err(|source| Error::Bind { addr, source })
+        };
+        Ok(Self {
+            http: bind(config.listen.clone()).await?,
+            admin: bind(config.admin_listen.clone()).await?,
+        })
+    }
+}
+
+/// Runs the traffic controller until `shutdown` is cancelled and its streams have closed.
+///
+/// # Errors
+/// [`Error::Config`] or [`Error::Key`] before anything starts; [`Error::Serve`] if a listener
+/// fails while serving.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    config.validate()?;
+    let key = match (&config.signing_key_file, &config.signing_key) {
+        (Some(path), _) => Some(SigningKey::load(path)?),
+        (None, Some(text)) => Some(SigningKey::from_text(text)?),
+        (None, None) => {
+            tracing::warn!("disable_auth = true: every stream is open to anyone who can connect");
+            None
+        }
+    };
+    // Everything below stops on `stop`: the caller's shutdown, or a listener failing.
+    let stop = shutdown.child_token();
+    let registry = Registry::new(ROLE, &config.instance_id);
+    let metrics = Metrics::new(&registry);
+    let hub = Arc::new(Hub::new(
+        metrics.clone(),
+        Limits {
+            max_envelopes: config.queue_max_envelopes,
+            max_bytes: config.queue_max_bytes,
+        },
+    ));
+    let tracker = TaskTracker::new();
+    let backoff = Backoff {
+        min: Duration::from_millis(config.reconnect_min_ms),
+        max: Duration::from_millis(config.reconnect_max_ms),
+    };
+    let mut readers = Vec::with_capacity(config.dopplers.len());
+    for url in &config.dopplers {
+        let channel = upstream::read_channel(url)
+            .map_err(|e| Error::Config(format!("dopplers: {url:?}: {e}")))?;
+        readers.push((url.clone(), channel));
+        tracker.spawn(upstream::subscribe(
+            url.clone(),
+            hub.clone(),
+            metrics.clone(),
+            backoff,
+            stop.clone(),
+        ));
+    }
+    tracker.spawn(report_depth(hub.clone(), metrics.clone(), stop.clone()));
+    let _emitter = config.telemetry.start(&registry, stop.clone());
+    let fallback = Duration::from_secs(10);
+    let shared = Arc::new(Shared {
+        key,
+        hub,
+        metrics,
+        opts: StreamOptions {
+            frame_max_envelopes: config.frame_max_envelopes,
+            frame_max_bytes: config.frame_max_bytes,
+            slow_consumer_timeout: secs(config.slow_consumer_timeout_secs, fallback),
+            ping_interval: secs(config.ping_interval_secs, Duration::from_secs(30)),
+            pong_timeout: secs(config.pong_timeout_secs, Duration::from_secs(30)),
+            sse_heartbeat: secs(config.sse_heartbeat_secs, Duration::from_secs(15)),
+        },
+        readers,
+        read_timeout: secs(config.read_timeout_secs, Duration::from_secs(5)),
+        streams: Arc::new(Semaphore::new(config.max_streams)),
+        shutdown: stop.clone(),
+        tracker: tracker.clone(),
+    });
+    tracing::info!(
+        http = ?listeners.http.local_addr().ok(),
+        admin = ?listeners.admin.local_addr().ok(),
+        dopplers = config.dopplers.len(),
+        "trafficcontroller serving"
+    );
+    let http = {
+        let stop = stop.clone();
+        let serve = axum::serve(listeners.http, api::router(shared))
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future();
+        async move {
+            let r = serve.await;
+            stop.cancel();
+            r.map_err(|source| Error::Serve {
+                what: "http",
+                source,
+            })
+        }
+    };
+    let admin = {
+        let stop = stop.clone();
+        let router = hydrant_emitter::admin::router(registry);
+        async move {
+            let r = hydrant_emitter::admin::serve(listeners.admin, router, stop.clone()).await;
+            stop.cancel();
+            r.map_err(|source| Error::Serve {
+                what: "admin",
+                source,
+            })
+        }
+    };
+    let (http, admin) = tokio::join!(http, admin);
+    tracker.close();
+    tracker.wait().await;
+    http?;
+    admin?;
+    Ok(())
+}
+
+/// Publishes queue depths and re-syncs connection gauges once a second.
+async fn report_depth(hub: Arc<Hub>, metrics: Metrics, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let (envelopes, bytes) = hub.depth();
+        metrics.queued_envelopes.set(envelopes as f64);
+        metrics.queued_bytes.set(bytes as f64);
+        metrics.sync_gauges();
+    }
+}

@@ -1,1 +1,193 @@
-//! placeholder
+//! The agent: one per node, the first hop of the pipeline. Every emitter on the node (the
+//! executor for app output, every role's own metrics, any stock Loggregator v2 client) sends to
+//! it; it streams batches on to the dopplers.
+//!
+//! Flow: emitter → v2 Ingress (`ingress`) → validate, origin fallback, app log rate limit,
+//! sequence stamp, pick doppler by `hash(source_id)` (`router`) → per-doppler bounded queue
+//! and `BatchSender` stream (`egress`) → doppler.
+//!
+//! Invariants:
+//! - Never backpressure an emitter: ingress handlers only take a short lock; a full egress queue
+//!   drops its oldest batch and counts it.
+//! - No silent loss: `agent.ingress + agent.rate_limited = Σ agent.egress + Σ agent.dropped`
+//!   once drained (see `metrics`); loss in flight to a doppler shows there as a gap in the
+//!   per-source sequence numbers (field 100) the agent stamps.
+//! - One app's stream lands on one doppler (rendezvous hash of `source_id`, `hash`) while that
+//!   doppler is up; when it is not, only its sources move, and they move back when it returns.
+//! - Envelopes are forwarded as the bytes they arrived as (plus the sequence field), never
+//!   decoded.
+//!
+//! Choices where Loggregator leaves room:
+//! - An envelope with neither a `source_id` nor an `origin` tag is dropped
+//!   (`agent.dropped{reason="no_source_id"}`): nothing downstream can attribute, route, sequence
+//!   or authorise it.
+//! - A `BatchSender`/`Sender` stream that carried rejected envelopes keeps going; when it ends,
+//!   its status is `InvalidArgument` with the count and the first reason. `Send` answers the
+//!   same way at once.
+//!
+//! # Layout
+//! - `config`: [`Config`] and its validation.
+//! - `ingress`: the gRPC service.
+//! - `router`: the per-envelope work and the per-doppler batches.
+//! - `limiter`: Diego-style app log rate limiting.
+//! - `hash`: the rendezvous hash.
+//! - `egress`: per-doppler queues, streams, failover.
+//! - `metrics`: the counters and the ledger they keep.
+
+mod config;
+mod egress;
+mod error;
+mod hash;
+mod ingress;
+mod limiter;
+mod metrics;
+mod router;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hydrant_emitter::Registry;
+use hydrant_envelope::raw::ingress::ingress_server::IngressServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::Error;
+
+/// The sockets the agent serves, bound by the caller (tests bind `127.0.0.1:0`).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC v2 Ingress (`Config::listen`, default `127.0.0.1:3458`).
+    pub ingress: TcpListener,
+    /// `/healthz` and `/metrics` (`Config::admin_listen`, default `127.0.0.1:14824`).
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `config.listen` and `config.admin_listen`.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] naming the field whose address could not be bound.
+    pub async fn bind(config: &Config) -> Result<Self, Error> {
+        let bind = |field: &'static str, addr: &str| {
+            let addr = addr.to_owned();
+            async move {
+                TcpListener::bind(&addr)
+                    .await
+                    .map_err(|source| Error::Bind {
+                        field,
+                        addr,
+                        source,
+                    })
+            }
+        };
+        Ok(Self {
+            ingress: bind("listen", &config.listen).await?,
+            admin: bind("admin_listen", &config.admin_listen).await?,
+        })
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled, then stops taking envelopes, delivers what it
+/// holds (for up to 2 s) and returns once every task has stopped.
+///
+/// # Errors
+/// An invalid config, or a listener that failed.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    config.validate()?;
+    let registry = Registry::new("agent", &config.instance_id);
+    let metrics = metrics::Metrics::new(&registry);
+    let lanes: Vec<Arc<egress::Lane>> = config
+        .dopplers
+        .iter()
+        .map(|url| {
+            Arc::new(egress::Lane::new(
+                url,
+                &registry,
+                config.egress_queue_max_batches,
+                config.egress_queue_max_bytes,
+                metrics.egress_queue_full.clone(),
+            ))
+        })
+        .collect();
+    let settings = router::Settings {
+        batch_max_envelopes: config.batch_max_envelopes,
+        batch_max_bytes: config.batch_max_bytes,
+        flush_idle: Duration::from_millis(config.flush_idle_ms),
+        flush_max: Duration::from_millis(config.flush_max_ms),
+        rate_limit: config.app_log_rate_limit_bytes_per_sec,
+        max_instances: config.max_tracked_instances,
+        instance_idle: Duration::from_secs(config.instance_idle_secs),
+    };
+    let router = Arc::new(router::Router::new(settings, lanes, metrics));
+
+    let endpoints = config
+        .dopplers
+        .iter()
+        .map(|url| {
+            egress::endpoint(
+                url,
+                Duration::from_millis(config.keepalive_interval_ms),
+                Duration::from_millis(config.keepalive_timeout_ms),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Lanes outlive ingress: they stop only after the final flush, via `drain`.
+    let drain = CancellationToken::new();
+    let mut lane_tasks = JoinSet::new();
+    for (index, endpoint) in endpoints.into_iter().enumerate() {
+        lane_tasks.spawn(egress::run_lane(
+            router.clone(),
+            index,
+            endpoint,
+            Duration::from_millis(config.reconnect_max_backoff_ms),
+            drain.clone(),
+        ));
+    }
+    let flusher = tokio::spawn(router.clone().run_flusher(shutdown.clone()));
+    let admin = tokio::spawn(hydrant_emitter::admin::serve(
+        listeners.admin,
+        hydrant_emitter::admin::router(registry.clone()),
+        shutdown.clone(),
+    ));
+    let telemetry = config.telemetry.start(&registry, shutdown.clone());
+
+    let service = IngressServer::new(ingress::IngressService::new(
+        router.clone(),
+        shutdown.clone(),
+    ))
+    .max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(listeners.ingress).with_nodelay(Some(true));
+    tracing::info!(listen = %config.listen, dopplers = ?config.dopplers, "agent serving v2 ingress");
+    let served = tonic::transport::Server::builder()
+        .initial_stream_window_size(4 * 1024 * 1024)
+        .initial_connection_window_size(8 * 1024 * 1024)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
+        .await;
+    // Whatever ended the server, stop everything else too.
+    shutdown.cancel();
+
+    let _ = flusher.await;
+    router.flush_all();
+    drain.cancel();
+    while lane_tasks.join_next().await.is_some() {}
+    let admin_result = admin.await;
+    if let Some(emitter) = telemetry {
+        emitter.stopped().await;
+    }
+    served?;
+    match admin_result {
+        Ok(Ok(())) | Err(_) => Ok(()),
+        Ok(Err(e)) => Err(Error::Admin(e)),
+    }
+}

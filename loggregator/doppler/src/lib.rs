@@ -1,1 +1,198 @@
-//! placeholder
+//! The doppler role: receives envelope batches from agents, routes them to subscribers by
+//! Loggregator's v2 selector and shard semantics, and keeps the log cache of recent envelopes.
+//!
+//! Flow (one gRPC port, default `127.0.0.1:8082`):
+//!
+//! ```text
+//! agents ─v2 Ingress─► validate ─► ingress ring ─► router ─► queue per subscription ─v2 Egress─► subscribers
+//!                                                     │        (drop oldest, gap marker)
+//!                                                     └─► log cache task ─► Store ◄─ logcache.v1.Egress
+//! ```
+//!
+//! Invariants: envelopes travel as encoded bytes and are never decoded on the way through (the
+//! log cache's `Read` is the one place that decodes, for its typed response); every queue is
+//! bounded and drops its oldest data first; every drop is counted with a reason, and a
+//! subscriber that lost data finds a gap marker in its stream; no client can slow another.
+//!
+//! Entry point: [`run`], with a [`Config`] and the [`Listeners`] the caller bound.
+
+mod batch;
+mod cache;
+mod config;
+mod egress;
+mod error;
+mod ingress;
+mod metrics;
+mod queue;
+mod ring;
+pub mod router;
+mod selector;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hydrant_emitter::{Registry, admin};
+use hydrant_envelope::{MAX_MESSAGE_BYTES, logcache_v1, raw};
+use hydrant_logcache::Store;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+pub use batch::{Envelope, Tally, ValidBatch};
+pub use config::{Config, Listeners};
+pub use error::Error;
+pub use metrics::Metrics;
+pub use queue::{Chunk, QueueLimits, SubscriptionQueue, Taken};
+pub use selector::{Filter, MAX_SELECTORS, RequestError, Route, SubscriptionRequest, crc64_ecma};
+
+/// HTTP/2 windows: tonic's defaults throttle one stream to ~0.1 M envelopes/s.
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// Largest egress request (`EgressBatchRequest`/`EgressRequest`) accepted. A subscription keeps
+/// its selectors for as long as it lives, so this, not the 10 MiB data limit, bounds what one
+/// stream can pin: real requests are a few hundred bytes.
+pub const MAX_EGRESS_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Runs the doppler until `shutdown` is cancelled, then stops every task it started (open
+/// streams get `shutdown_grace_secs` to finish) and returns.
+///
+/// # Errors
+/// An invalid config, or a server that fails while running.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    config.validate()?;
+    // Every task stops on `stop`: the caller's shutdown, or a server failing on its own.
+    let stop = shutdown.child_token();
+    let registry = Registry::new("doppler", &config.instance_id);
+    let metrics = Metrics::new(&registry);
+    let store = Arc::new(Store::new(config.logcache.clone()));
+    let ring = Arc::new(ring::IngressRing::new(
+        config.ingress_ring_envelopes,
+        config.ingress_ring_bytes,
+        metrics.dropped_ring_full.clone(),
+        metrics.ingress_ring_depth.clone(),
+    ));
+    // Each open stream holds at most one slot (its reserved unsubscribe) and briefly a second
+    // (its subscribe), so this never refuses a stream the subscription limit admits unless the
+    // router has stalled.
+    let (commands_tx, commands_rx) = mpsc::channel(2 * config.max_subscriptions + 64);
+    let (handoff, intake) = cache::Handoff::new(
+        config.logcache_queue_batches,
+        config.logcache_queue_bytes,
+        metrics.dropped_logcache_busy.clone(),
+    );
+
+    let router_task = tokio::spawn(router::run(
+        router::Router::new(config.egress_batch_envelopes, config.egress_batch_bytes),
+        ring.clone(),
+        commands_rx,
+        handoff,
+        metrics.clone(),
+        stop.clone(),
+    ));
+    let cache_task = tokio::spawn(cache::run(intake, store.clone(), metrics.logcache.clone()));
+    let _telemetry = config.telemetry.start(&registry, stop.clone());
+    let admin_task = tokio::spawn(admin::serve(
+        listeners.admin,
+        admin::router(registry.clone()),
+        stop.clone(),
+    ));
+
+    let ingress = ingress::IngressService::new(ring, metrics.clone(), stop.clone());
+    let egress = egress::EgressService::new(
+        commands_tx,
+        config.max_subscriptions,
+        QueueLimits {
+            max_envelopes: config.subscription_queue_envelopes,
+            max_bytes: config.subscription_queue_bytes,
+            batch_envelopes: config.egress_batch_envelopes,
+            batch_bytes: config.egress_batch_bytes,
+        },
+        metrics.clone(),
+        stop.clone(),
+    );
+    let logcache = cache::LogCacheService::new(store, metrics.clone());
+    let incoming = TcpIncoming::from(listeners.grpc)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(config.keepalive_interval()));
+    let server = Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(config.keepalive_interval()))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout()))
+        .add_service(
+            raw::ingress::ingress_server::IngressServer::new(ingress)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            raw::egress::egress_server::EgressServer::new(egress)
+                .max_decoding_message_size(MAX_EGRESS_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            logcache_v1::egress_server::EgressServer::new(logcache)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+    let mut grpc_task = tokio::spawn(server);
+    tracing::info!(instance_id = %config.instance_id, "doppler serving");
+
+    let served = tokio::select! {
+        joined = &mut grpc_task => joined,
+        () = stop.cancelled() => {
+            match tokio::time::timeout(config.shutdown_grace(), &mut grpc_task).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    tracing::warn!("doppler streams did not finish within the grace period; closing them");
+                    grpc_task.abort();
+                    Ok(Ok(()))
+                }
+            }
+        }
+    };
+    stop.cancel();
+    let grace = config.shutdown_grace();
+    let router_done = join("router", router_task, grace).await;
+    let cache_done = join("cache", cache_task, grace).await;
+    let admin_done = join("admin", admin_task, grace).await;
+    let served = match served {
+        Ok(result) => result.map_err(Error::from),
+        Err(e) => Err(Error::Task {
+            task: "grpc",
+            message: e.to_string(),
+        }),
+    };
+    served?;
+    router_done?;
+    cache_done?;
+    admin_done?.map_err(Error::Admin)?;
+    tracing::info!("doppler stopped");
+    Ok(())
+}
+
+async fn join<T>(task: &'static str, handle: JoinHandle<T>, grace: Duration) -> Result<T, Error> {
+    let abort = handle.abort_handle();
+    match tokio::time::timeout(grace, handle).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(Error::Task {
+            task,
+            message: e.to_string(),
+        }),
+        Err(_) => {
+            abort.abort();
+            Err(Error::Task {
+                task,
+                message: "did not stop within the shutdown grace period".to_owned(),
+            })
+        }
+    }
+}

@@ -8,10 +8,14 @@
 //!   `/metrics` and emitted as envelopes into the pipeline (invariant 7: the platform observes
 //!   itself through its own pipeline).
 //! - [`admin`]: the `/healthz` + `/metrics` HTTP router every role serves.
+//! - [`Emitter`]: the bounded, batching, never-blocking client of the agent's v2 ingress, and
+//!   [`spawn_reporter`], which feeds a [`Registry`] through it.
 
 pub mod admin;
 mod emitter;
+mod error;
 pub mod telemetry;
 
 pub use emitter::{Emitter, EmitterConfig, TelemetryConfig, spawn_reporter};
+pub use error::Error;
 pub use telemetry::{Counter, Gauge, Registry};

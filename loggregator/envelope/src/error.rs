@@ -12,9 +12,9 @@ pub enum Error {
     /// A wire type that proto3 does not use (groups, or 6/7).
     #[error("malformed protobuf: unsupported wire type {0}")]
     WireType(u8),
-    /// Field number 0 is reserved.
-    #[error("malformed protobuf: field number 0")]
-    FieldZero,
+    /// A field key that protobuf forbids: field number 0, or a key wider than 32 bits.
+    #[error("malformed protobuf: invalid field key {0}")]
+    InvalidKey(u64),
     /// A known field arrived with the wrong wire type.
     #[error("malformed envelope: field {field} has wire type {got}, expected {expected}")]
     FieldType {

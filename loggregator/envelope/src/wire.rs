@@ -58,6 +58,11 @@ pub fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, Error> {
             return Err(Error::Truncated);
         };
         *pos += 1;
+        // The tenth byte holds only bit 63; anything more overflows u64 and prost rejects it,
+        // so accepting it here would forward an envelope no consumer can decode.
+        if i == 9 && byte > 1 {
+            return Err(Error::VarintOverflow);
+        }
         value |= u64::from(byte & 0x7f) << (7 * i);
         if byte < 0x80 {
             return Ok(value);
@@ -86,11 +91,13 @@ impl<'a> Fields<'a> {
     }
 
     fn next_field(&mut self) -> Result<(u32, Value<'a>), Error> {
-        let key = read_varint(self.buf, &mut self.pos)?;
+        let raw_key = read_varint(self.buf, &mut self.pos)?;
+        // Keys are 32-bit on the wire; a wider one is rejected by every protobuf decoder.
+        let key = u32::try_from(raw_key).map_err(|_| Error::InvalidKey(raw_key))?;
         let wire = (key & 7) as u8;
-        let number = u32::try_from(key >> 3).map_err(|_| Error::FieldZero)?;
+        let number = key >> 3;
         if number == 0 {
-            return Err(Error::FieldZero);
+            return Err(Error::InvalidKey(raw_key));
         }
         let value = match wire {
             VARINT => Value::Varint(read_varint(self.buf, &mut self.pos)?),

@@ -4,7 +4,12 @@
 //! compiles `proto/` with the pure-Rust `protox` compiler and compares. Run it with
 //! `HYDRANT_REGENERATE=1` to rewrite `src/gen/` after editing a `.proto`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 use std::path::{Path, PathBuf};
 

@@ -146,7 +146,9 @@ async fn generator(
     stop: CancellationToken,
     emitted: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
-    let channel = hydrant_envelope::raw::tuned_endpoint(&agent)?.connect().await?;
+    let channel = hydrant_envelope::raw::tuned_endpoint(&agent)?
+        .connect()
+        .await?;
     let mut client = hydrant_envelope::raw::ingress::ingress_client::IngressClient::new(channel)
         .max_encoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
@@ -189,17 +191,26 @@ async fn generator(
     Ok(())
 }
 
+/// CPU time (user + system) this process has used, from `/proc/self/stat`.
+///
+/// Fields 14 and 15 count clock ticks of `USER_HZ`, which Linux fixes at 100 for every
+/// userspace ABI, so no `sysconf` call is needed. Off Linux the bench reports 0 CPU seconds and
+/// the per-CPU-second figure is omitted.
 fn cpu_seconds() -> f64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a rusage into the pointer we own; RUSAGE_SELF is always valid.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
-    if rc != 0 {
+    const USER_HZ: f64 = 100.0;
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return 0.0;
-    }
-    // SAFETY: getrusage returned 0, so it initialised the struct.
-    let usage = unsafe { usage.assume_init() };
-    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
+    };
+    // The command name (field 2) may contain spaces; everything after its closing ')' is
+    // space-separated, starting at field 3.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return 0.0;
+    };
+    let mut fields = rest.split_ascii_whitespace().skip(11);
+    let ticks = |f: Option<&str>| f.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let utime = ticks(fields.next());
+    let stime = ticks(fields.next());
+    (utime + stime) as f64 / USER_HZ
 }
 
 async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
@@ -210,7 +221,8 @@ async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
     let data_dir = tempfile_dir()?;
     let cloud = MicroCloud::start(&data_dir, Ports::Ephemeral, false, shutdown.clone()).await?;
 
-    let consumer = crate::bench_consumer::Consumer::start(&cloud.firehose_url, &cloud.token, "bench").await?;
+    let consumer =
+        crate::bench_consumer::Consumer::start(&cloud.firehose_url, &cloud.token, "bench").await?;
     consumer.wait_connected(Duration::from_secs(10)).await?;
 
     let stop = CancellationToken::new();
@@ -222,7 +234,11 @@ async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
             .filter(|s| s % args.generators == g)
             .map(|s| format!("bench-{s:04}"))
             .collect();
-        let sources = if sources.is_empty() { vec![format!("bench-g{g}")] } else { sources };
+        let sources = if sources.is_empty() {
+            vec![format!("bench-g{g}")]
+        } else {
+            sources
+        };
         gens.push(tokio::spawn(generator(
             cloud.agent_url.clone(),
             sources,
@@ -265,9 +281,17 @@ async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
         target_rate: args.rate,
         emitted,
         delivered,
-        envelopes_per_sec: delivered as f64 / elapsed.as_secs_f64().min(gen_elapsed.as_secs_f64() + 0.5).max(0.001),
+        envelopes_per_sec: delivered as f64
+            / elapsed
+                .as_secs_f64()
+                .min(gen_elapsed.as_secs_f64() + 0.5)
+                .max(0.001),
         cpu_seconds: cpu,
-        envelopes_per_cpu_sec: if cpu > 0.0 { delivered as f64 / cpu } else { 0.0 },
+        envelopes_per_cpu_sec: if cpu > 0.0 {
+            delivered as f64 / cpu
+        } else {
+            0.0
+        },
         latency_ms: Latency {
             p50: q(0.5),
             p99: q(0.99),
@@ -300,10 +324,26 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 }
 
 fn print_report(r: &Report) {
-    println!("hydrant bench pipeline: generators → agent → doppler → firehose → WebSocket consumer");
-    println!("  duration            {:.1} s (target rate: {})", r.duration_secs, if r.target_rate == 0 { "max".to_owned() } else { format!("{}/s", r.target_rate) });
-    println!("  throughput          {:.0} envelopes/s", r.envelopes_per_sec);
-    println!("  efficiency          {:.0} envelopes per CPU-second ({:.1} CPU-s)", r.envelopes_per_cpu_sec, r.cpu_seconds);
+    println!(
+        "hydrant bench pipeline: generators → agent → doppler → firehose → WebSocket consumer"
+    );
+    println!(
+        "  duration            {:.1} s (target rate: {})",
+        r.duration_secs,
+        if r.target_rate == 0 {
+            "max".to_owned()
+        } else {
+            format!("{}/s", r.target_rate)
+        }
+    );
+    println!(
+        "  throughput          {:.0} envelopes/s",
+        r.envelopes_per_sec
+    );
+    println!(
+        "  efficiency          {:.0} envelopes per CPU-second ({:.1} CPU-s)",
+        r.envelopes_per_cpu_sec, r.cpu_seconds
+    );
     println!(
         "  latency (emit→consumer)  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
         r.latency_ms.p50, r.latency_ms.p99, r.latency_ms.p999, r.latency_ms.max
@@ -316,4 +356,3 @@ fn print_report(r: &Report) {
     }
     println!("    unaccounted       {}", r.unaccounted);
 }
-

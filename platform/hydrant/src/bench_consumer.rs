@@ -22,7 +22,11 @@ pub struct Consumer {
 
 impl Consumer {
     /// Connects to `/firehose/{subscription}` and starts counting in the background.
-    pub async fn start(firehose_url: &str, token: &str, subscription: &str) -> anyhow::Result<Self> {
+    pub async fn start(
+        firehose_url: &str,
+        token: &str,
+        subscription: &str,
+    ) -> anyhow::Result<Self> {
         let ws_url = format!(
             "{}/firehose/{subscription}",
             firehose_url.replacen("http://", "ws://", 1)
@@ -44,13 +48,17 @@ impl Consumer {
         let connected = consumer.connected.clone();
         tokio::spawn(async move {
             while let Some(Ok(msg)) = socket.next().await {
-                let Message::Binary(frame) = msg else { continue };
+                let Message::Binary(frame) = msg else {
+                    continue;
+                };
                 let now = hydrant_envelope::now_nanos();
                 let mut n = 0;
                 // One lock per frame (a batch of up to ~100 envelopes), not per envelope.
                 let mut hist = latency.lock().unwrap_or_else(PoisonError::into_inner);
                 for envelope in BatchIter::new(&frame).flatten() {
-                    let Ok(view) = EnvelopeView::parse(envelope) else { continue };
+                    let Ok(view) = EnvelopeView::parse(envelope) else {
+                        continue;
+                    };
                     if !view.source_id.starts_with("bench-") {
                         continue;
                     }
@@ -82,6 +90,9 @@ impl Consumer {
 
     /// Emit→receive latency in microseconds.
     pub fn latency(&self) -> Histogram<u64> {
-        self.latency.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }

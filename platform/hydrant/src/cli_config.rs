@@ -43,7 +43,8 @@ pub fn load() -> anyhow::Result<CliConfig> {
             path.display()
         )
     })?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a valid CLI config", path.display()))
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a valid CLI config", path.display()))
 }
 
 /// Writes the CLI config (mode 0600: it holds a token).

@@ -1,2 +1,158 @@
-pub async fn run(_a: LogsArgs) -> anyhow::Result<std::process::ExitCode> { Ok(std::process::ExitCode::SUCCESS) }
-#[derive(Debug, clap::Args)] pub struct LogsArgs { source: String }
+//! `hydrant logs SOURCE [--recent] [--json]`: Cloud Foundry's `cf logs`, on Hydrant's firehose.
+//!
+//! Without `--recent` it prints the recent lines and then follows the live stream with no gap and
+//! no duplicates (the client opens the stream before reading history, then de-duplicates the
+//! overlap). Loss shows as a visible marker line; payload bytes are always escaped.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::process::ExitCode;
+
+use hydrant_firehose_client::render::{self, RenderOptions, TimeZone};
+use hydrant_firehose_client::{
+    ClientConfig, EnvelopeView, Kind, RecentQuery, StreamEvent, follow_with_recent_query, recent,
+};
+
+use crate::cli_config;
+
+/// Arguments of `hydrant logs`.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// The source id (app name or GUID) whose logs to show.
+    source: String,
+    /// Print the cached recent lines, oldest first, and exit.
+    #[arg(long)]
+    recent: bool,
+    /// One JSON envelope (protojson shape) per line instead of text.
+    #[arg(long)]
+    json: bool,
+    /// How many recent lines to show (at most 1000).
+    #[arg(long, default_value_t = 100)]
+    lines: u32,
+    /// Also show the source's metrics (counters, gauges, timers, events), not only logs.
+    #[arg(long)]
+    all: bool,
+    /// Print timestamps in UTC instead of local time.
+    #[arg(long)]
+    utc: bool,
+}
+
+/// Exit code when the output pipe closed (e.g. `hydrant logs app | head`): not an error.
+fn broken_pipe(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::BrokenPipe
+}
+
+pub async fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
+    if args.lines == 0 || args.lines > 1000 {
+        anyhow::bail!("--lines must be between 1 and 1000 (the log cache's read limit)");
+    }
+    let cli = cli_config::load()?;
+    let config = ClientConfig {
+        url: cli.firehose.clone(),
+        token: cli.token.clone(),
+        ..ClientConfig::default()
+    };
+    let opts = RenderOptions {
+        color: !args.json && std::io::stdout().is_terminal(),
+        tz: if args.utc {
+            TimeZone::Utc
+        } else {
+            TimeZone::Local
+        },
+    };
+    let mut query = RecentQuery::logs(args.lines);
+    if args.all {
+        query.envelope_types.clear();
+    }
+    let show = |view: &EnvelopeView<'_>| args.all || view.kind == Kind::Log;
+    let stdout = std::io::stdout();
+    let mut out = String::new();
+
+    if args.recent {
+        let mut envelopes = recent(&config, &args.source, &query).await?;
+        // The newest N were asked for newest-first; print them oldest first.
+        envelopes.sort_by_key(|e| e.timestamp);
+        for envelope in &envelopes {
+            let bytes = hydrant_envelope::wire::encode(envelope);
+            let Ok(view) = EnvelopeView::parse(&bytes) else {
+                continue;
+            };
+            if !show(&view) {
+                continue;
+            }
+            if args.json {
+                render::render_json(&view, &mut out)?;
+            } else {
+                render::render(&view, &opts, &mut out);
+            }
+        }
+        if let Err(e) = stdout.lock().write_all(out.as_bytes()) {
+            if broken_pipe(&e) {
+                return Ok(ExitCode::SUCCESS);
+            }
+            return Err(e.into());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let mut follow = follow_with_recent_query(config, &args.source, query)?;
+    if !args.json {
+        eprintln!(
+            "Retrieving logs for {}...",
+            render::escape_text(&args.source)
+        );
+    }
+    while let Some(event) = follow.next().await {
+        out.clear();
+        match &event {
+            StreamEvent::Batch(batch) => {
+                for view in batch.iter() {
+                    if !show(&view) {
+                        continue;
+                    }
+                    if args.json {
+                        render::render_json(&view, &mut out)?;
+                    } else {
+                        render::render(&view, &opts, &mut out);
+                    }
+                }
+            }
+            StreamEvent::Gap(gap) => {
+                if args.json {
+                    render::render_gap_json(gap, &mut out);
+                } else {
+                    render::render_gap(gap, hydrant_envelope::now_nanos(), &opts, &mut out);
+                }
+            }
+            StreamEvent::Disconnected { reason, retry_in } => {
+                eprintln!(
+                    "lost the log stream ({}); reconnecting in {:.1} s",
+                    render::escape_text(reason),
+                    retry_in.as_secs_f64()
+                );
+            }
+            StreamEvent::Closed { code, reason } => {
+                eprintln!(
+                    "the firehose closed the log stream ({code}: {}); reconnecting",
+                    render::escape_text(reason)
+                );
+            }
+            StreamEvent::RecentFailed(e) => {
+                eprintln!("could not read recent logs ({e}); following the live stream only");
+            }
+            StreamEvent::Fatal(e) => {
+                anyhow::bail!("{e}");
+            }
+            _ => {}
+        }
+        if !out.is_empty() {
+            let mut lock = stdout.lock();
+            if let Err(e) = lock.write_all(out.as_bytes()).and_then(|()| lock.flush()) {
+                if broken_pipe(&e) {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -4,8 +4,6 @@
 //! runs one role alone; the rest are the developer-facing commands (`logs`, `emit`) and the
 //! benchmark harness (`bench pipeline`). No role logic lives here.
 
-#![allow(unsafe_code, reason = "getrusage in the bench needs libc; nothing else")]
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -62,7 +60,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

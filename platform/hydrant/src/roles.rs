@@ -68,7 +68,10 @@ pub async fn run_from_file(role: Role, path: &Path) -> anyhow::Result<ExitCode> 
                 ingress: bind(&config.listen, "listen").await?,
                 admin: bind(&config.admin_listen, "admin_listen").await?,
             };
-            eprintln!("agent: v2 ingress on {}, admin on {}", config.listen, config.admin_listen);
+            eprintln!(
+                "agent: v2 ingress on {}, admin on {}",
+                config.listen, config.admin_listen
+            );
             hydrant_agent::run(config, listeners, shutdown).await?;
         }
         Role::Doppler => {
@@ -78,7 +81,10 @@ pub async fn run_from_file(role: Role, path: &Path) -> anyhow::Result<ExitCode> 
                 grpc: bind(&config.listen, "listen").await?,
                 admin: bind(&config.admin_listen, "admin_listen").await?,
             };
-            eprintln!("doppler: gRPC on {}, admin on {}", config.listen, config.admin_listen);
+            eprintln!(
+                "doppler: gRPC on {}, admin on {}",
+                config.listen, config.admin_listen
+            );
             hydrant_doppler::run(config, listeners, shutdown).await?;
         }
         Role::Trafficcontroller => {
@@ -88,7 +94,10 @@ pub async fn run_from_file(role: Role, path: &Path) -> anyhow::Result<ExitCode> 
                 http: bind(&config.listen, "listen").await?,
                 admin: bind(&config.admin_listen, "admin_listen").await?,
             };
-            eprintln!("trafficcontroller: firehose on {}, admin on {}", config.listen, config.admin_listen);
+            eprintln!(
+                "trafficcontroller: firehose on {}, admin on {}",
+                config.listen, config.admin_listen
+            );
             hydrant_firehose::run(config, listeners, shutdown).await?;
         }
     }

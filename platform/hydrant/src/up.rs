@@ -165,7 +165,7 @@ impl MicroCloud {
         {
             let config = hydrant_firehose::Config {
                 dopplers: vec![doppler_url.clone()],
-                signing_key_file: Some(key_path.clone()),
+                signing_key_file: Some(key_path.display().to_string()),
                 telemetry,
                 ..hydrant_firehose::Config::default()
             };
@@ -177,11 +177,18 @@ impl MicroCloud {
             let s = shutdown.clone();
             tasks.spawn(async move {
                 let r = hydrant_firehose::run(config, listeners, s).await;
-                ("trafficcontroller".to_owned(), r.map_err(anyhow::Error::from))
+                (
+                    "trafficcontroller".to_owned(),
+                    r.map_err(anyhow::Error::from),
+                )
             });
         }
 
-        let token = key.issue(&hydrant_auth::Claims::admin("admin"))?;
+        let token = key.issue(
+            &hydrant_auth::Claims::new("admin")
+                .with_scope(hydrant_auth::SCOPE_ADMIN)
+                .with_scope(hydrant_auth::SCOPE_FIREHOSE),
+        );
         let ws = firehose_url.replacen("http://", "ws://", 1);
         let endpoints = Endpoints {
             agent: agent_url.clone(),
@@ -241,10 +248,17 @@ impl MicroCloud {
     }
 
     /// Waits until a role stops on its own (an error) or `shutdown` fires.
-    async fn supervise(&mut self, shutdown: &CancellationToken) -> Option<(String, anyhow::Result<()>)> {
+    async fn supervise(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Option<(String, anyhow::Result<()>)> {
         tokio::select! {
+            biased;
             () = shutdown.cancelled() => None,
             joined = self.tasks.join_next() => match joined {
+                // Roles watch the same token, so one may finish in the instant between the
+                // signal and this select: that is the requested stop, not a failure.
+                Some(Ok((_, Ok(())))) if shutdown.is_cancelled() => None,
                 Some(Ok(r)) => Some(r),
                 Some(Err(e)) => Some(("a role".to_owned(), Err(anyhow::anyhow!("task failed: {e}")))),
                 None => None,
@@ -259,18 +273,22 @@ fn is_side_branch(reason: &str) -> bool {
     reason.starts_with("logcache")
 }
 
-/// `(name, labels, value)` for each sample line of Prometheus text.
-pub fn parse_prometheus(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+/// One sample line of Prometheus text: `(name, labels, value)`.
+pub type Sample = (String, Vec<(String, String)>, f64);
+
+/// Every sample line of Prometheus text; comments and malformed lines are skipped.
+pub fn parse_prometheus(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
     for line in text.lines() {
         if line.starts_with('#') || line.trim().is_empty() {
             continue;
         }
-        let (series, value) = match line.rsplit_once(' ') {
-            Some(x) => x,
-            None => continue,
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
         };
-        let Ok(value) = value.parse::<f64>() else { continue };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
         let (name, labels) = match series.split_once('{') {
             Some((n, rest)) => (n, rest.trim_end_matches('}')),
             None => (series, ""),
@@ -294,7 +312,9 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
         .await
         .with_context(|| format!("cannot reach {addr}"))?;
     stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await?;
     let mut body = Vec::new();
     stream.take(64 * 1024 * 1024).read_to_end(&mut body).await?;
@@ -316,11 +336,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         None => cli_config::home()?.join("data"),
     };
     let shutdown = CancellationToken::new();
-    let ports = if args.ephemeral_ports { Ports::Ephemeral } else { Ports::WellKnown };
+    let ports = if args.ephemeral_ports {
+        Ports::Ephemeral
+    } else {
+        Ports::WellKnown
+    };
     let mut cloud = MicroCloud::start(&data_dir, ports, true, shutdown.clone()).await?;
 
     let endpoints_path = data_dir.join("endpoints.json");
-    cli_config::write_private(&endpoints_path, &serde_json::to_vec_pretty(&cloud.endpoints)?)?;
+    cli_config::write_private(
+        &endpoints_path,
+        &serde_json::to_vec_pretty(&cloud.endpoints)?,
+    )?;
     let cli_path = cli_config::save(&CliConfig {
         firehose: cloud.firehose_url.clone(),
         agent: cloud.agent_url.clone(),
@@ -352,7 +379,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     #[cfg(unix)]
     {
         let term = shutdown.clone();
-        if let Ok(mut sig) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut sig) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             tokio::spawn(async move {
                 sig.recv().await;
                 term.cancel();

@@ -2,6 +2,13 @@
 //! sends log lines with `hydrant emit` and reads them back with `hydrant logs` — the path a
 //! developer takes on day one, over real sockets between real roles.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -69,7 +76,10 @@ impl Up {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "hydrant up did not stop within 20 s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "hydrant up did not stop within 20 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -84,7 +94,10 @@ impl Drop for Up {
 fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -106,8 +119,14 @@ fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
 fn http_status(base: &str, path: &str, token: Option<&str>) -> u16 {
     let addr = base.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     resp.split_whitespace().nth(1).unwrap().parse().unwrap()
@@ -127,15 +146,33 @@ fn up_emit_logs_recent_and_follow() {
 
     // Every role answers its health check.
     for (role, url) in endpoints["admin"].as_object().unwrap() {
-        assert_eq!(http_status(url.as_str().unwrap(), "/healthz", None), 200, "{role} /healthz");
+        assert_eq!(
+            http_status(url.as_str().unwrap(), "/healthz", None),
+            200,
+            "{role} /healthz"
+        );
     }
     // The firehose needs a token.
     assert_eq!(http_status(&firehose, "/api/v1/read/e2e-app", None), 401);
-    assert_eq!(http_status(&firehose, "/api/v1/read/e2e-app", Some("not-a-token")), 401);
+    assert_eq!(
+        http_status(&firehose, "/api/v1/read/e2e-app", Some("not-a-token")),
+        401
+    );
 
     // A payload with an escape sequence and a bell: it must reach the terminal escaped.
-    let out = up.cli(&["emit", "e2e-app", "--message", "hello \u{1b}[2Jworld\u{7}", "--count", "3"]);
-    assert!(out.status.success(), "emit failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = up.cli(&[
+        "emit",
+        "e2e-app",
+        "--message",
+        "hello \u{1b}[2Jworld\u{7}",
+        "--count",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "emit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let mut recent = String::new();
     wait_for(Duration::from_secs(20), "3 recent lines", || {
@@ -145,10 +182,22 @@ fn up_emit_logs_recent_and_follow() {
     });
     let lines: Vec<&str> = recent.lines().filter(|l| l.contains("hello")).collect();
     for (i, line) in lines.iter().enumerate() {
-        assert!(is_cf_line(line, "0", "OUT"), "not Cloud Foundry's format: {line:?}");
-        assert!(line.ends_with(&format!("{}", i + 1)), "recent lines not oldest first: {lines:?}");
-        assert!(!line.contains('\u{1b}') && !line.contains('\u{7}'), "raw control bytes: {line:?}");
-        assert!(line.contains("\\e[2J"), "escape sequence not shown escaped: {line:?}");
+        assert!(
+            is_cf_line(line, "0", "OUT"),
+            "not Cloud Foundry's format: {line:?}"
+        );
+        assert!(
+            line.ends_with(&format!("{}", i + 1)),
+            "recent lines not oldest first: {lines:?}"
+        );
+        assert!(
+            !line.contains('\u{1b}') && !line.contains('\u{7}'),
+            "raw control bytes: {line:?}"
+        );
+        assert!(
+            line.contains("\\e[2J"),
+            "escape sequence not shown escaped: {line:?}"
+        );
     }
 
     // --json gives one protojson object per line.
@@ -163,11 +212,28 @@ fn up_emit_logs_recent_and_follow() {
     let rx = stdout_lines(&mut follow);
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while seen.iter().filter(|l: &&String| l.contains("hello")).count() < 3 {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap();
+    while seen
+        .iter()
+        .filter(|l: &&String| l.contains("hello"))
+        .count()
+        < 3
+    {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap();
         seen.push(line);
     }
-    let out = up.cli(&["emit", "e2e-app", "--message", "live", "--count", "5", "--err", "--instance", "1"]);
+    let out = up.cli(&[
+        "emit",
+        "e2e-app",
+        "--message",
+        "live",
+        "--count",
+        "5",
+        "--err",
+        "--instance",
+        "1",
+    ]);
     assert!(out.status.success());
     while seen.iter().filter(|l| l.contains("live")).count() < 5 {
         let line = rx
@@ -179,7 +245,11 @@ fn up_emit_logs_recent_and_follow() {
     let live: Vec<&String> = seen.iter().filter(|l| l.contains("live")).collect();
     assert_eq!(live.len(), 5);
     assert!(live.iter().all(|l| is_cf_line(l, "1", "ERR")), "{live:?}");
-    assert_eq!(seen.iter().filter(|l| l.contains("hello")).count(), 3, "duplicates: {seen:?}");
+    assert_eq!(
+        seen.iter().filter(|l| l.contains("hello")).count(),
+        3,
+        "duplicates: {seen:?}"
+    );
 
     // Unknown command input gets a clear error and a failing exit code.
     let out = up.cli(&["emit", "e2e-app", "--message", "x", "--count", "0"]);

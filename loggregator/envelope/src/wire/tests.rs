@@ -215,7 +215,8 @@ proptest! {
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         if let Ok(view) = EnvelopeView::parse(&bytes) {
             // Whatever the walker accepts, prost accepts too.
-            prop_assert!(v2::Envelope::decode(&bytes[..]).is_ok());
+            let decoded = v2::Envelope::decode(&bytes[..]);
+            prop_assert!(decoded.is_ok(), "the view accepted what prost rejects: {:?} in {:02x?}", decoded.err(), bytes);
             let _ = view.log();
             let _ = view.gauge_values().count();
             let _ = view.tags().count();
@@ -234,7 +235,8 @@ proptest! {
             bytes[i % n] = b;
         }
         if EnvelopeView::parse(&bytes).is_ok() {
-            prop_assert!(v2::Envelope::decode(&bytes[..]).is_ok());
+            let decoded = v2::Envelope::decode(&bytes[..]);
+            prop_assert!(decoded.is_ok(), "the view accepted what prost rejects: {:?} in {:02x?}", decoded.err(), bytes);
         }
     }
 }

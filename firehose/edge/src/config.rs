@@ -1,0 +1,364 @@
+//! The traffic controller's configuration (`hydrant run trafficcontroller --config FILE`).
+//!
+//! Every field has a default that runs on one machine next to a doppler on its default port;
+//! [`Config::validate`] refuses values that would make a queue unbounded, a timer spin, or a
+//! doppler address unusable, with messages that name the field and say what to write instead.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::Error;
+
+/// The traffic controller / firehose edge configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Public HTTP/WebSocket address (firehose, app streams, SSE, recent). Default
+    /// `127.0.0.1:8081`, the Loggregator traffic controller's port.
+    pub listen: String,
+    /// Admin address serving `/healthz` and `/metrics`. Default `127.0.0.1:8089`.
+    pub admin_listen: String,
+    /// Which copy of the role this is, carried on its own metrics. Default `"0"`.
+    pub instance_id: String,
+    /// gRPC URLs of every doppler (`http://host:port`); each serves v2 Egress and the log cache
+    /// read API. Default `["http://127.0.0.1:8082"]`.
+    pub dopplers: Vec<String>,
+    /// File holding the token signing key (hex or base64), shared with the cloud controller.
+    /// Default unset; one of `signing_key_file`, `signing_key` or `disable_auth` is required.
+    pub signing_key_file: Option<String>,
+    /// The signing key inline (hex or base64), for tests and single-file deployments. Default
+    /// unset.
+    pub signing_key: Option<String>,
+    /// Serve everything to everyone without a token. Only for local benchmarks. Default false.
+    pub disable_auth: bool,
+    /// Envelopes a consumer may have queued before the oldest are dropped. Default 10000.
+    pub queue_max_envelopes: usize,
+    /// Encoded bytes a consumer may have queued before the oldest are dropped. Default 16 MiB.
+    pub queue_max_bytes: usize,
+    /// Most envelopes in one WebSocket frame / SSE event. Default 100.
+    pub frame_max_envelopes: usize,
+    /// Most encoded envelope bytes in one frame (one envelope is always sent whole). Default
+    /// 256 KiB.
+    pub frame_max_bytes: usize,
+    /// A consumer that has kept dropping, without once draining its queue, for this long is
+    /// closed (WebSocket 1008). Default 10 s.
+    pub slow_consumer_timeout_secs: f64,
+    /// How often an idle or busy WebSocket is pinged. Default 30 s (Loggregator's keepalive).
+    pub ping_interval_secs: f64,
+    /// A WebSocket whose client has not answered a ping within this long is closed with 1008.
+    /// Default 30 s.
+    pub pong_timeout_secs: f64,
+    /// How long without data before an SSE stream sends a heartbeat event. Default 15 s (the
+    /// RLP gateway's).
+    pub sse_heartbeat_secs: f64,
+    /// Most concurrent streams (WebSocket and SSE); more get 503. Default 1000.
+    pub max_streams: usize,
+    /// First delay before reconnecting to a doppler; doubles per failure. Default 10 ms.
+    pub reconnect_min_ms: u64,
+    /// Longest delay between reconnect attempts. Default 5000 ms.
+    pub reconnect_max_ms: u64,
+    /// Deadline for one doppler to answer a recent-logs or meta read; a doppler that misses it
+    /// is skipped. Default 5 s.
+    pub read_timeout_secs: f64,
+    /// Where this role's own metrics go.
+    pub telemetry: hydrant_emitter::TelemetryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8081".to_owned(),
+            admin_listen: "127.0.0.1:8089".to_owned(),
+            instance_id: "0".to_owned(),
+            dopplers: vec!["http://127.0.0.1:8082".to_owned()],
+            signing_key_file: None,
+            signing_key: None,
+            disable_auth: false,
+            queue_max_envelopes: 10_000,
+            queue_max_bytes: 16 * 1024 * 1024,
+            frame_max_envelopes: 100,
+            frame_max_bytes: 256 * 1024,
+            slow_consumer_timeout_secs: 10.0,
+            ping_interval_secs: 30.0,
+            pong_timeout_secs: 30.0,
+            sse_heartbeat_secs: 15.0,
+            max_streams: 1000,
+            reconnect_min_ms: 10,
+            reconnect_max_ms: 5000,
+            read_timeout_secs: 5.0,
+            telemetry: hydrant_emitter::TelemetryConfig::default(),
+        }
+    }
+}
+
+fn invalid(msg: String) -> Error {
+    Error::Config(msg)
+}
+
+fn check_secs(name: &str, v: f64) -> Result<(), Error> {
+    if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+        return Err(invalid(format!(
+            "{name} = {v}: must be a number of seconds above 0 and at most 86400 (e.g. 10 or 0.5)"
+        )));
+    }
+    Ok(())
+}
+
+/// Seconds as a `Duration`; validated values always convert, anything else gets `fallback`.
+pub(crate) fn secs(v: f64, fallback: Duration) -> Duration {
+    Duration::try_from_secs_f64(v).unwrap_or(fallback)
+}
+
+impl Config {
+    /// Checks every field; the message names the field and says how to fix it.
+    ///
+    /// # Errors
+    /// [`Error::Config`].
+    pub fn validate(&self) -> Result<(), Error> {
+        for (name, addr) in [
+            ("listen", &self.listen),
+            ("admin_listen", &self.admin_listen),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid(format!(
+                    "{name} = {addr:?}: must be an IP address and port such as \"127.0.0.1:8081\""
+                )));
+            }
+        }
+        if self.dopplers.is_empty() {
+            return Err(invalid(
+                "dopplers is empty: list at least one doppler gRPC URL, e.g. [\"http://127.0.0.1:8082\"]"
+                    .to_owned(),
+            ));
+        }
+        for (i, url) in self.dopplers.iter().enumerate() {
+            let ok = url.parse::<http::Uri>().is_ok_and(|u| {
+                u.scheme_str() == Some("http") && u.authority().is_some_and(|a| a.port().is_some())
+            });
+            if !ok {
+                return Err(invalid(format!(
+                    "dopplers[{i}] = {url:?}: must be a URL like \"http://127.0.0.1:8082\" \
+                     (http scheme, host and port)"
+                )));
+            }
+            if self.dopplers[..i].contains(url) {
+                return Err(invalid(format!(
+                    "dopplers[{i}] = {url:?} is listed twice: every envelope would arrive twice"
+                )));
+            }
+        }
+        let keys =
+            usize::from(self.signing_key_file.is_some()) + usize::from(self.signing_key.is_some());
+        if keys > 1 {
+            return Err(invalid(
+                "signing_key_file and signing_key are both set: keep one".to_owned(),
+            ));
+        }
+        if keys == 0 && !self.disable_auth {
+            return Err(invalid(
+                "no token signing key: set signing_key_file to the cloud controller's key file \
+                 (or signing_key inline), or disable_auth = true for a local benchmark"
+                    .to_owned(),
+            ));
+        }
+        if keys == 1 && self.disable_auth {
+            return Err(invalid(
+                "disable_auth = true with a signing key set: remove one (disable_auth serves \
+                 everything to everyone)"
+                    .to_owned(),
+            ));
+        }
+        if self.queue_max_envelopes == 0 || self.queue_max_envelopes > 10_000_000 {
+            return Err(invalid(format!(
+                "queue_max_envelopes = {}: must be between 1 and 10000000",
+                self.queue_max_envelopes
+            )));
+        }
+        if self.queue_max_bytes < 64 * 1024 || self.queue_max_bytes > 1 << 32 {
+            return Err(invalid(format!(
+                "queue_max_bytes = {}: must be between 65536 (64 KiB) and 4294967296 (4 GiB)",
+                self.queue_max_bytes
+            )));
+        }
+        if self.frame_max_envelopes == 0 || self.frame_max_envelopes > 10_000 {
+            return Err(invalid(format!(
+                "frame_max_envelopes = {}: must be between 1 and 10000",
+                self.frame_max_envelopes
+            )));
+        }
+        if self.frame_max_bytes < 1024 || self.frame_max_bytes > hydrant_envelope::MAX_MESSAGE_BYTES
+        {
+            return Err(invalid(format!(
+                "frame_max_bytes = {}: must be between 1024 and {}",
+                self.frame_max_bytes,
+                hydrant_envelope::MAX_MESSAGE_BYTES
+            )));
+        }
+        check_secs(
+            "slow_consumer_timeout_secs",
+            self.slow_consumer_timeout_secs,
+        )?;
+        check_secs("ping_interval_secs", self.ping_interval_secs)?;
+        check_secs("pong_timeout_secs", self.pong_timeout_secs)?;
+        check_secs("sse_heartbeat_secs", self.sse_heartbeat_secs)?;
+        check_secs("read_timeout_secs", self.read_timeout_secs)?;
+        if self.max_streams == 0 {
+            return Err(invalid(
+                "max_streams = 0: must be at least 1 (default 1000)".to_owned(),
+            ));
+        }
+        if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
+            return Err(invalid(format!(
+                "reconnect_min_ms = {} and reconnect_max_ms = {}: need 0 < min <= max \
+                 (defaults 10 and 5000)",
+                self.reconnect_min_ms, self.reconnect_max_ms
+            )));
+        }
+        if self.telemetry.interval_secs == 0 {
+            return Err(invalid(
+                "telemetry.interval_secs = 0: must be at least 1".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_key() -> Config {
+        Config {
+            signing_key: Some("ab".repeat(32)),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn defaults_need_only_a_key() {
+        with_key().validate().unwrap();
+        let err = Config::default().validate().unwrap_err().to_string();
+        assert!(err.contains("signing_key_file"), "{err}");
+        Config {
+            disable_auth: true,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn messages_name_the_field() {
+        let cases: Vec<(Config, &str)> = vec![
+            (
+                Config {
+                    listen: "localhost".into(),
+                    ..with_key()
+                },
+                "listen",
+            ),
+            (
+                Config {
+                    dopplers: vec![],
+                    ..with_key()
+                },
+                "dopplers",
+            ),
+            (
+                Config {
+                    dopplers: vec!["127.0.0.1:8082".into()],
+                    ..with_key()
+                },
+                "dopplers[0]",
+            ),
+            (
+                Config {
+                    dopplers: vec!["http://a:1".into(), "http://a:1".into()],
+                    ..with_key()
+                },
+                "twice",
+            ),
+            (
+                Config {
+                    queue_max_envelopes: 0,
+                    ..with_key()
+                },
+                "queue_max_envelopes",
+            ),
+            (
+                Config {
+                    queue_max_bytes: 10,
+                    ..with_key()
+                },
+                "queue_max_bytes",
+            ),
+            (
+                Config {
+                    frame_max_envelopes: 0,
+                    ..with_key()
+                },
+                "frame_max_envelopes",
+            ),
+            (
+                Config {
+                    slow_consumer_timeout_secs: f64::NAN,
+                    ..with_key()
+                },
+                "slow_consumer_timeout_secs",
+            ),
+            (
+                Config {
+                    pong_timeout_secs: -1.0,
+                    ..with_key()
+                },
+                "pong_timeout_secs",
+            ),
+            (
+                Config {
+                    reconnect_min_ms: 0,
+                    ..with_key()
+                },
+                "reconnect_min_ms",
+            ),
+            (
+                Config {
+                    max_streams: 0,
+                    ..with_key()
+                },
+                "max_streams",
+            ),
+            (
+                Config {
+                    signing_key_file: Some("k".into()),
+                    ..with_key()
+                },
+                "both set",
+            ),
+        ];
+        for (config, needle) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle}");
+        }
+    }
+
+    #[test]
+    fn parses_from_toml_with_integer_or_fractional_seconds() {
+        let c: Config = toml_like(
+            r#"
+            dopplers = ["http://10.0.0.1:8082", "http://10.0.0.2:8082"]
+            signing_key_file = "/var/hydrant/signing.key"
+            slow_consumer_timeout_secs = 5
+            ping_interval_secs = 0.5
+            "#,
+        );
+        assert_eq!(c.dopplers.len(), 2);
+        assert!((c.slow_consumer_timeout_secs - 5.0).abs() < f64::EPSILON);
+        assert!((c.ping_interval_secs - 0.5).abs() < f64::EPSILON);
+        c.validate().unwrap();
+    }
+
+    fn toml_like(s: &str) -> Config {
+        toml::from_str(s).unwrap()
+    }
+}

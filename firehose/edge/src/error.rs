@@ -1,0 +1,31 @@
+//! The traffic controller's errors: what stops `run` from starting or keeps it from serving.
+//!
+//! Per-request failures (bad tokens, bad queries, a doppler that is down) are not here: they
+//! are answered to the client and counted, and the role keeps running.
+
+/// Why the traffic controller could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is unusable; the message names the field.
+    #[error("invalid trafficcontroller config: {0}")]
+    Config(String),
+    /// The token signing key could not be loaded.
+    #[error("cannot load the token signing key: {0}")]
+    Key(#[from] hydrant_auth::Error),
+    /// A listener could not be bound (only from [`crate::Listeners::bind`]).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address from the config.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Serving HTTP failed.
+    #[error("{what} server failed: {source}")]
+    Serve {
+        /// Which listener (`http` or `admin`).
+        what: &'static str,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}

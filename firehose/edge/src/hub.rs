@@ -1,0 +1,413 @@
+//! The fan-out: routes each envelope from the dopplers to the consumers that asked for it.
+//!
+//! Firehose connections that share a subscription id (and filter) form a group that splits the
+//! stream: each envelope goes to exactly one member, round-robin per envelope, so N nozzles with
+//! one id each see 1/N and together see everything. Different ids each see everything. Per-app
+//! streams receive the envelopes whose `source_id` they named.
+//!
+//! Invariant: publishing never waits on a consumer. It takes a read lock on the routing table
+//! (written only when consumers come and go) and pushes into outboxes that drop their own
+//! oldest data when full, so one stalled consumer cannot slow the upstream read or any other
+//! consumer.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use bytes::Bytes;
+use hydrant_envelope::wire::{EnvelopeView, Kind, split_batch};
+
+use crate::metrics::{Endpoint, Metrics};
+use crate::outbox::{KindMask, Limits, Outbox};
+
+/// One envelope of the batch being published, with what routing needs.
+#[derive(Debug)]
+pub(crate) struct Parsed {
+    bytes: Bytes,
+    kind: Kind,
+    /// Where `source_id` sits in `bytes`.
+    source: std::ops::Range<usize>,
+}
+
+impl Parsed {
+    fn source_id(&self) -> &[u8] {
+        self.bytes.get(self.source.clone()).unwrap_or_default()
+    }
+}
+
+/// Where `part` (borrowed from `whole`) sits in `whole`.
+fn sub_range(whole: &[u8], part: &[u8]) -> std::ops::Range<usize> {
+    let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+    match start.checked_add(part.len()) {
+        Some(end) if end <= whole.len() => start..end,
+        _ => 0..0,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct GroupKey {
+    id: String,
+    kinds: KindMask,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    members: Vec<Arc<Outbox>>,
+    /// The round-robin position, shared by every doppler's publisher.
+    next: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    groups: HashMap<GroupKey, Group>,
+    sources: HashMap<Box<[u8]>, Vec<Arc<Outbox>>>,
+}
+
+/// The routing table and the counters it keeps.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    table: RwLock<Table>,
+    metrics: Metrics,
+    limits: Limits,
+}
+
+/// What a subscription reads.
+#[derive(Debug)]
+enum Target {
+    Group(GroupKey),
+    Sources(Vec<String>),
+}
+
+/// A consumer's place in the hub. Dropping it unsubscribes and counts what was left queued.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    hub: Arc<Hub>,
+    outbox: Arc<Outbox>,
+    target: Target,
+    endpoint: Endpoint,
+}
+
+impl Subscription {
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    pub(crate) fn endpoint(&self) -> Endpoint {
+        self.endpoint
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.remove(&self.target, &self.outbox);
+        let left = self.outbox.close();
+        self.hub.metrics.dropped_closed.add(left);
+        self.hub.metrics.streams(self.endpoint).dec();
+    }
+}
+
+impl Hub {
+    pub(crate) fn new(metrics: Metrics, limits: Limits) -> Self {
+        Self {
+            table: RwLock::default(),
+            metrics,
+            limits,
+        }
+    }
+
+    fn new_outbox(&self, kinds: KindMask) -> Arc<Outbox> {
+        Arc::new(Outbox::new(
+            self.limits,
+            kinds,
+            self.metrics.dropped_slow.clone(),
+        ))
+    }
+
+    /// Joins (or starts) the firehose group `id` for envelope types `kinds`.
+    pub(crate) fn subscribe_group(
+        self: &Arc<Self>,
+        id: &str,
+        kinds: KindMask,
+        endpoint: Endpoint,
+    ) -> Subscription {
+        let outbox = self.new_outbox(kinds);
+        let key = GroupKey {
+            id: id.to_owned(),
+            kinds,
+        };
+        self.table
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .groups
+            .entry(key.clone())
+            .or_default()
+            .members
+            .push(outbox.clone());
+        self.metrics.streams(endpoint).inc();
+        Subscription {
+            hub: self.clone(),
+            outbox,
+            target: Target::Group(key),
+            endpoint,
+        }
+    }
+
+    /// Follows every envelope of `sources` of types `kinds`.
+    pub(crate) fn subscribe_sources(
+        self: &Arc<Self>,
+        sources: Vec<String>,
+        kinds: KindMask,
+        endpoint: Endpoint,
+    ) -> Subscription {
+        let outbox = self.new_outbox(kinds);
+        {
+            let mut t = self.table.write().unwrap_or_else(PoisonError::into_inner);
+            for s in &sources {
+                t.sources
+                    .entry(s.as_bytes().into())
+                    .or_default()
+                    .push(outbox.clone());
+            }
+        }
+        self.metrics.streams(endpoint).inc();
+        Subscription {
+            hub: self.clone(),
+            outbox,
+            target: Target::Sources(sources),
+            endpoint,
+        }
+    }
+
+    fn remove(&self, target: &Target, outbox: &Arc<Outbox>) {
+        let mut t = self.table.write().unwrap_or_else(PoisonError::into_inner);
+        match target {
+            Target::Group(key) => {
+                if let Some(g) = t.groups.get_mut(key) {
+                    g.members.retain(|m| !Arc::ptr_eq(m, outbox));
+                    if g.members.is_empty() {
+                        t.groups.remove(key);
+                    }
+                }
+            }
+            Target::Sources(sources) => {
+                for s in sources {
+                    if let Some(list) = t.sources.get_mut(s.as_bytes()) {
+                        list.retain(|m| !Arc::ptr_eq(m, outbox));
+                        if list.is_empty() {
+                            t.sources.remove(s.as_bytes());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Routes one encoded `EnvelopeBatch` from a doppler. `scratch` is the caller's reusable
+    /// buffer, so publishing allocates nothing per batch once warm.
+    pub(crate) fn publish(&self, batch: &Bytes, scratch: &mut Vec<Parsed>) {
+        scratch.clear();
+        let mut malformed = 0u64;
+        for item in split_batch(batch) {
+            let Ok(bytes) = item else {
+                // The batch framing itself is broken: nothing after this point can be trusted.
+                malformed += 1;
+                break;
+            };
+            let Ok(view) = EnvelopeView::parse(&bytes) else {
+                malformed += 1;
+                continue;
+            };
+            let kind = view.kind;
+            let source = sub_range(&bytes, view.source_id.as_bytes());
+            scratch.push(Parsed {
+                bytes,
+                kind,
+                source,
+            });
+        }
+        self.metrics.ingress.add(scratch.len() as u64 + malformed);
+        if malformed > 0 {
+            self.metrics.dropped_malformed.add(malformed);
+            tracing::warn!(malformed, "dropped malformed envelopes from a doppler");
+        }
+        if scratch.is_empty() {
+            return;
+        }
+        let t = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        for (key, group) in &t.groups {
+            route_group(key.kinds, group, scratch);
+        }
+        if !t.sources.is_empty() {
+            for p in scratch.iter() {
+                if let Some(list) = t.sources.get(p.source_id()) {
+                    for o in list {
+                        if o.kinds().has(p.kind) {
+                            o.push_many([&p.bytes]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Total `(envelopes, bytes)` queued across consumers, for the depth gauges.
+    pub(crate) fn depth(&self) -> (usize, usize) {
+        let t = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        let groups = t.groups.values().flat_map(|g| g.members.iter());
+        // An outbox following several sources is listed once per source; count it once.
+        let mut seen = std::collections::HashSet::new();
+        let sources = t
+            .sources
+            .values()
+            .flatten()
+            .filter(|o| seen.insert(Arc::as_ptr(o)));
+        groups
+            .chain(sources)
+            .map(|o| o.depth())
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+    }
+}
+
+/// Hands each matching envelope to exactly one member, round-robin per envelope, taking each
+/// member's lock once per batch.
+fn route_group(kinds: KindMask, group: &Group, batch: &[Parsed]) {
+    let n = group.members.len();
+    let matching = || batch.iter().filter(move |p| kinds.has(p.kind));
+    match group.members.as_slice() {
+        [] => {}
+        [only] => only.push_many(matching().map(|p| &p.bytes)),
+        members => {
+            let count = matching().count();
+            if count == 0 {
+                return;
+            }
+            let start = group.next.fetch_add(count, Ordering::Relaxed);
+            for (i, member) in members.iter().enumerate() {
+                member.push_many(
+                    matching()
+                        .enumerate()
+                        .filter(|(j, _)| (start.wrapping_add(*j)) % n == i)
+                        .map(|(_, p)| &p.bytes),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hydrant_emitter::Registry;
+    use hydrant_envelope::v2;
+
+    use super::*;
+
+    fn hub() -> Arc<Hub> {
+        Arc::new(Hub::new(
+            Metrics::new(&Registry::new("trafficcontroller", "t")),
+            Limits {
+                max_envelopes: 10_000,
+                max_bytes: 1 << 24,
+            },
+        ))
+    }
+
+    fn log(source: &str, i: usize) -> Bytes {
+        hydrant_envelope::wire::encode(&v2::Envelope {
+            source_id: source.to_owned(),
+            timestamp: i as i64,
+            message: Some(v2::envelope::Message::Log(v2::Log {
+                payload: format!("line {i}").into_bytes().into(),
+                r#type: 0,
+            })),
+            ..v2::Envelope::default()
+        })
+    }
+
+    fn counter(source: &str) -> Bytes {
+        hydrant_envelope::wire::encode(&v2::Envelope {
+            source_id: source.to_owned(),
+            message: Some(v2::envelope::Message::Counter(v2::Counter {
+                name: "c".into(),
+                delta: 1,
+                total: 1,
+            })),
+            ..v2::Envelope::default()
+        })
+    }
+
+    fn drain(s: &Subscription) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        s.outbox().take(usize::MAX, usize::MAX, &mut out);
+        out
+    }
+
+    #[test]
+    fn group_members_split_every_envelope_exactly_once() {
+        let h = hub();
+        let a = h.subscribe_group("nozzle", KindMask::ALL, Endpoint::Firehose);
+        let b = h.subscribe_group("nozzle", KindMask::ALL, Endpoint::Firehose);
+        let c = h.subscribe_group("nozzle", KindMask::ALL, Endpoint::Firehose);
+        let other = h.subscribe_group("other", KindMask::ALL, Endpoint::Firehose);
+        let all: Vec<Bytes> = (0..301).map(|i| log("app", i)).collect();
+        let mut scratch = Vec::new();
+        for chunk in all.chunks(7) {
+            h.publish(
+                &hydrant_envelope::wire::batch_of(chunk.iter().map(|b| &b[..])),
+                &mut scratch,
+            );
+        }
+        let (ra, rb, rc) = (drain(&a), drain(&b), drain(&c));
+        assert_eq!((ra.len(), rb.len(), rc.len()), (101, 100, 100));
+        let mut union: Vec<Bytes> = ra.into_iter().chain(rb).chain(rc).collect();
+        union.sort();
+        let mut want = all.clone();
+        want.sort();
+        assert_eq!(union, want);
+        assert_eq!(drain(&other), all, "another id sees everything, in order");
+    }
+
+    #[test]
+    fn filters_and_sources() {
+        let h = hub();
+        let logs = h.subscribe_group("x", KindMask::LOGS, Endpoint::Firehose);
+        let metrics = h.subscribe_group("x", KindMask::METRICS, Endpoint::Firehose);
+        let app = h.subscribe_sources(vec!["web".into()], KindMask::ALL, Endpoint::AppStream);
+        let batch = hydrant_envelope::wire::batch_of([
+            &log("web", 1)[..],
+            &counter("web")[..],
+            &log("worker", 2)[..],
+        ]);
+        h.publish(&batch, &mut Vec::new());
+        assert_eq!(drain(&logs).len(), 2);
+        assert_eq!(drain(&metrics).len(), 1);
+        assert_eq!(drain(&app), vec![log("web", 1), counter("web")]);
+    }
+
+    #[test]
+    fn dropping_a_subscription_unsubscribes_and_counts_leftovers() {
+        let h = hub();
+        let a = h.subscribe_sources(vec!["web".into()], KindMask::ALL, Endpoint::AppStream);
+        h.publish(
+            &hydrant_envelope::wire::batch_of([&log("web", 1)[..], &log("web", 2)[..]]),
+            &mut Vec::new(),
+        );
+        assert_eq!(h.depth(), (2, log("web", 1).len() * 2));
+        drop(a);
+        assert_eq!(h.metrics.dropped_closed.get(), 2);
+        assert_eq!(h.depth(), (0, 0));
+        assert!(h.table.read().unwrap().sources.is_empty());
+    }
+
+    #[test]
+    fn malformed_envelopes_are_counted_not_forwarded() {
+        let h = hub();
+        let a = h.subscribe_group("x", KindMask::ALL, Endpoint::Firehose);
+        // A valid envelope, then one whose log payload field has the wrong wire type.
+        let bad = [0x22u8, 0x02, 0x08, 0x01];
+        let batch = hydrant_envelope::wire::batch_of([&log("web", 1)[..], &bad[..]]);
+        h.publish(&batch, &mut Vec::new());
+        assert_eq!(drain(&a).len(), 1);
+        assert_eq!(h.metrics.ingress.get(), 2);
+        assert_eq!(h.metrics.dropped_malformed.get(), 1);
+    }
+}

@@ -1,0 +1,186 @@
+//! The traffic controller's own metrics, registered once at start-up.
+//!
+//! Handles are atomics, so the fan-out path pays a relaxed add per batch. The ledger these keep:
+//! every envelope routed to a consumer is either delivered (`egress{endpoint}`) or counted in
+//! `dropped{reason}` (`slow_consumer` when its queue overflowed, `closed` when it left with
+//! envelopes still queued); envelopes that could not be parsed are `dropped{reason=malformed}`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use hydrant_emitter::{Counter, Gauge, Registry};
+
+/// The role name: metric prefix and `source_id` of this role's own envelopes.
+pub(crate) const ROLE: &str = "trafficcontroller";
+
+/// Which public endpoint delivered envelopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    Firehose,
+    AppStream,
+    Sse,
+}
+
+/// A gauge driven by increments, for live connection counts.
+#[derive(Debug, Clone)]
+pub(crate) struct LiveGauge {
+    count: Arc<AtomicI64>,
+    gauge: Gauge,
+}
+
+impl LiveGauge {
+    fn new(gauge: Gauge) -> Self {
+        Self {
+            count: Arc::default(),
+            gauge,
+        }
+    }
+
+    pub(crate) fn inc(&self) {
+        let now = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        self.gauge.set(now as f64);
+    }
+
+    pub(crate) fn dec(&self) {
+        let now = self.count.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.gauge.set(now as f64);
+    }
+
+    /// Re-publishes the count; concurrent inc/dec may have set the gauge out of order.
+    pub(crate) fn sync(&self) {
+        self.gauge.set(self.count.load(Ordering::Relaxed) as f64);
+    }
+}
+
+/// Every metric the role reports.
+#[derive(Debug, Clone)]
+pub(crate) struct Metrics {
+    pub(crate) ingress: Counter,
+    egress_firehose: Counter,
+    egress_app: Counter,
+    egress_sse: Counter,
+    pub(crate) egress_recent: Counter,
+    pub(crate) dropped_slow: Counter,
+    pub(crate) dropped_malformed: Counter,
+    pub(crate) dropped_closed: Counter,
+    pub(crate) slow_consumers: Counter,
+    pub(crate) keepalive_timeouts: Counter,
+    pub(crate) rejected_unauthorized: Counter,
+    pub(crate) rejected_forbidden: Counter,
+    pub(crate) rejected_bad_request: Counter,
+    pub(crate) rejected_too_many: Counter,
+    pub(crate) upstream_subscribe_errors: Counter,
+    pub(crate) upstream_read_errors: Counter,
+    pub(crate) firehoses: LiveGauge,
+    pub(crate) app_streams: LiveGauge,
+    pub(crate) sse_streams: LiveGauge,
+    pub(crate) doppler_connections: LiveGauge,
+    pub(crate) queued_envelopes: Gauge,
+    pub(crate) queued_bytes: Gauge,
+}
+
+impl Metrics {
+    pub(crate) fn new(r: &Registry) -> Self {
+        let egress = |endpoint| {
+            r.counter(
+                "trafficcontroller.egress",
+                "envelopes written to consumers",
+                &[("endpoint", endpoint)],
+            )
+        };
+        let dropped = |reason| {
+            r.counter(
+                "trafficcontroller.dropped",
+                "envelopes dropped, by reason",
+                &[("reason", reason)],
+            )
+        };
+        let rejected = |reason| {
+            r.counter(
+                "trafficcontroller.rejected",
+                "requests refused, by reason",
+                &[("reason", reason)],
+            )
+        };
+        let upstream = |call| {
+            r.counter(
+                "trafficcontroller.upstream_errors",
+                "failed calls to dopplers, by call",
+                &[("call", call)],
+            )
+        };
+        let live = |name, help| LiveGauge::new(r.gauge(name, help, "count", &[]));
+        Self {
+            ingress: r.counter(
+                "trafficcontroller.ingress",
+                "envelopes received from dopplers",
+                &[],
+            ),
+            egress_firehose: egress("firehose"),
+            egress_app: egress("app_stream"),
+            egress_sse: egress("sse"),
+            egress_recent: egress("recent"),
+            dropped_slow: dropped("slow_consumer"),
+            dropped_malformed: dropped("malformed"),
+            dropped_closed: dropped("closed"),
+            slow_consumers: r.counter(
+                "trafficcontroller.slow_consumers",
+                "consumers closed for falling behind",
+                &[],
+            ),
+            keepalive_timeouts: r.counter(
+                "trafficcontroller.keepalive_timeouts",
+                "WebSockets closed for not answering pings",
+                &[],
+            ),
+            rejected_unauthorized: rejected("unauthorized"),
+            rejected_forbidden: rejected("forbidden"),
+            rejected_bad_request: rejected("bad_request"),
+            rejected_too_many: rejected("too_many_streams"),
+            upstream_subscribe_errors: upstream("subscribe"),
+            upstream_read_errors: upstream("read"),
+            firehoses: live("trafficcontroller.firehoses", "open firehose streams"),
+            app_streams: live("trafficcontroller.app_streams", "open per-app streams"),
+            sse_streams: live("trafficcontroller.sse_streams", "open SSE streams"),
+            doppler_connections: live(
+                "trafficcontroller.doppler_connections",
+                "dopplers with a live subscription",
+            ),
+            queued_envelopes: r.gauge(
+                "trafficcontroller.queued",
+                "envelopes waiting in consumer queues",
+                "count",
+                &[],
+            ),
+            queued_bytes: r.gauge(
+                "trafficcontroller.queued_bytes",
+                "encoded bytes waiting in consumer queues",
+                "bytes",
+                &[],
+            ),
+        }
+    }
+
+    pub(crate) fn egress(&self, endpoint: Endpoint) -> &Counter {
+        match endpoint {
+            Endpoint::Firehose => &self.egress_firehose,
+            Endpoint::AppStream => &self.egress_app,
+            Endpoint::Sse => &self.egress_sse,
+        }
+    }
+
+    pub(crate) fn streams(&self, endpoint: Endpoint) -> &LiveGauge {
+        match endpoint {
+            Endpoint::Firehose => &self.firehoses,
+            Endpoint::AppStream => &self.app_streams,
+            Endpoint::Sse => &self.sse_streams,
+        }
+    }
+
+    pub(crate) fn sync_gauges(&self) {
+        self.firehoses.sync();
+        self.app_streams.sync();
+        self.sse_streams.sync();
+        self.doppler_connections.sync();
+    }
+}

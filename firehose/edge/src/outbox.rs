@@ -1,0 +1,305 @@
+//! One consumer's queue: bounded by envelopes and bytes, dropping the oldest on overflow.
+//!
+//! The fan-out pushes into an outbox and never waits: a full outbox makes room by dropping its
+//! oldest envelopes, counts them (`dropped{reason=slow_consumer}`) and remembers how many it has
+//! not yet told the consumer about, so the writer can put a gap marker in front of the next data.
+//! Envelopes are `Bytes` slices of the upstream batch, so queueing costs a reference count, not a
+//! copy.
+//!
+//! "Behind" starts at the first drop and ends only when the writer finds the queue empty; a
+//! consumer behind for longer than the slow-consumer timeout is closed by its writer. So a
+//! consumer that falls behind in a burst and catches up is never cut off, while one that keeps
+//! losing data without ever draining is.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use hydrant_emitter::Counter;
+use hydrant_envelope::wire::Kind;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Which envelope types a consumer wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct KindMask(u8);
+
+impl KindMask {
+    pub(crate) const ALL: Self = Self(0xff);
+    pub(crate) const NONE: Self = Self(0);
+    /// Loggregator's `filter-type=logs`.
+    pub(crate) const LOGS: Self = Self(1 << 1);
+    /// Loggregator's `filter-type=metrics`: counters, gauges and timers.
+    pub(crate) const METRICS: Self = Self((1 << 2) | (1 << 3) | (1 << 4));
+
+    const fn bit(kind: Kind) -> u8 {
+        match kind {
+            Kind::None => 1,
+            Kind::Log => 1 << 1,
+            Kind::Counter => 1 << 2,
+            Kind::Gauge => 1 << 3,
+            Kind::Timer => 1 << 4,
+            Kind::Event => 1 << 5,
+        }
+    }
+
+    #[must_use]
+    pub(crate) const fn with(self, kind: Kind) -> Self {
+        Self(self.0 | Self::bit(kind))
+    }
+
+    #[inline]
+    pub(crate) const fn has(self, kind: Kind) -> bool {
+        self.0 & Self::bit(kind) != 0
+    }
+
+    pub(crate) const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// Outbox bounds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_envelopes: usize,
+    pub(crate) max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Bytes>,
+    bytes: usize,
+    /// Dropped since the last gap marker handed to the writer.
+    unreported: u64,
+    /// When the current run of drops began; cleared when the writer finds the queue empty.
+    behind_since: Option<Instant>,
+    /// Set when the consumer is gone; later pushes are ignored (nobody to owe them to).
+    closed: bool,
+}
+
+/// What [`Outbox::take`] handed over besides the envelopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    /// Envelopes dropped before these, to report with a gap marker first.
+    pub(crate) gap: u64,
+}
+
+/// One consumer's bounded queue.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+    limits: Limits,
+    kinds: KindMask,
+    dropped: Counter,
+}
+
+impl Outbox {
+    pub(crate) fn new(limits: Limits, kinds: KindMask, dropped: Counter) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            limits,
+            kinds,
+            dropped,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn kinds(&self) -> KindMask {
+        self.kinds
+    }
+
+    /// Appends envelopes, dropping the oldest queued ones to stay within the limits. Never
+    /// blocks beyond the short lock, which no one holds across an await.
+    pub(crate) fn push_many<'a>(&self, envelopes: impl IntoIterator<Item = &'a Bytes>) {
+        let mut pushed = false;
+        let mut dropped = 0u64;
+        {
+            let mut s = self.lock();
+            if s.closed {
+                return;
+            }
+            for e in envelopes {
+                // Always keep the newest envelope, even one larger than the byte limit on its
+                // own: the queue may exceed max_bytes by at most one envelope.
+                while !s.queue.is_empty()
+                    && (s.queue.len() >= self.limits.max_envelopes
+                        || s.bytes + e.len() > self.limits.max_bytes)
+                {
+                    if let Some(old) = s.queue.pop_front() {
+                        s.bytes -= old.len();
+                        dropped += 1;
+                    }
+                }
+                s.bytes += e.len();
+                s.queue.push_back(e.clone());
+                pushed = true;
+            }
+            if dropped > 0 {
+                s.unreported += dropped;
+                if s.behind_since.is_none() {
+                    s.behind_since = Some(Instant::now());
+                }
+            }
+        }
+        if dropped > 0 {
+            self.dropped.add(dropped);
+        }
+        if pushed {
+            // Stores a permit when the writer is busy, so a push between its take and its wait
+            // is never missed.
+            self.notify.notify_one();
+        }
+    }
+
+    /// Moves up to `max_envelopes` / `max_bytes` (at least one envelope) into `out`. When the
+    /// queue is found empty the consumer has caught up and is no longer behind.
+    pub(crate) fn take(
+        &self,
+        max_envelopes: usize,
+        max_bytes: usize,
+        out: &mut Vec<Bytes>,
+    ) -> Taken {
+        let mut s = self.lock();
+        let gap = std::mem::take(&mut s.unreported);
+        if s.queue.is_empty() {
+            s.behind_since = None;
+            return Taken { gap };
+        }
+        let mut bytes = 0usize;
+        while out.len() < max_envelopes {
+            let Some(front) = s.queue.front() else {
+                break;
+            };
+            if !out.is_empty() && bytes + front.len() > max_bytes {
+                break;
+            }
+            let len = front.len();
+            if let Some(e) = s.queue.pop_front() {
+                bytes += len;
+                out.push(e);
+            }
+        }
+        s.bytes -= bytes;
+        Taken { gap }
+    }
+
+    /// Hands over the count of drops not yet reported (for a final gap marker).
+    pub(crate) fn take_unreported(&self) -> u64 {
+        std::mem::take(&mut self.lock().unreported)
+    }
+
+    /// When the current run of drops began, if the consumer is behind.
+    pub(crate) fn behind_since(&self) -> Option<Instant> {
+        self.lock().behind_since
+    }
+
+    /// Waits until something was pushed since the last wait (or returns at once if so).
+    pub(crate) async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Marks the consumer gone and empties the queue. Returns how many queued envelopes were
+    /// never delivered.
+    pub(crate) fn close(&self) -> u64 {
+        let mut s = self.lock();
+        s.closed = true;
+        let left = s.queue.len() as u64;
+        s.queue.clear();
+        s.bytes = 0;
+        left
+    }
+
+    /// `(envelopes, bytes)` queued now.
+    pub(crate) fn depth(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.queue.len(), s.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(max_envelopes: usize, max_bytes: usize) -> Outbox {
+        Outbox::new(
+            Limits {
+                max_envelopes,
+                max_bytes,
+            },
+            KindMask::ALL,
+            Counter::default(),
+        )
+    }
+
+    fn envs(n: usize, size: usize) -> Vec<Bytes> {
+        (0..n).map(|i| Bytes::from(vec![i as u8; size])).collect()
+    }
+
+    #[test]
+    fn overflow_drops_the_oldest_and_reports_a_gap_once() {
+        let o = outbox(3, 1 << 20);
+        let e = envs(5, 10);
+        o.push_many(&e);
+        assert_eq!(o.dropped.get(), 2);
+        assert!(o.behind_since().is_some());
+        let mut out = Vec::new();
+        assert_eq!(o.take(10, 1 << 20, &mut out), Taken { gap: 2 });
+        assert_eq!(out, e[2..].to_vec(), "the newest three survive, in order");
+        out.clear();
+        // Found empty: caught up, and the gap was already handed over.
+        assert_eq!(o.take(10, 1 << 20, &mut out), Taken { gap: 0 });
+        assert!(out.is_empty());
+        assert!(o.behind_since().is_none());
+    }
+
+    #[test]
+    fn byte_limit_bounds_the_queue() {
+        let o = outbox(1000, 100);
+        o.push_many(&envs(20, 30));
+        assert_eq!(o.depth(), (3, 90));
+        assert_eq!(o.dropped.get(), 17);
+        // One envelope larger than the whole limit still gets through, alone.
+        o.push_many(&envs(1, 500));
+        assert_eq!(o.depth(), (1, 500));
+    }
+
+    #[test]
+    fn take_respects_frame_limits_but_always_moves_one() {
+        let o = outbox(1000, 1 << 20);
+        o.push_many(&envs(10, 100));
+        let mut out = Vec::new();
+        o.take(4, 1 << 20, &mut out);
+        assert_eq!(out.len(), 4);
+        out.clear();
+        o.take(100, 250, &mut out);
+        assert_eq!(out.len(), 2);
+        out.clear();
+        o.take(100, 10, &mut out);
+        assert_eq!(out.len(), 1, "an envelope above max_bytes still moves");
+        assert_eq!(o.depth(), (3, 300));
+    }
+
+    #[test]
+    fn closed_outboxes_ignore_pushes_and_report_leftovers() {
+        let o = outbox(10, 1 << 20);
+        o.push_many(&envs(4, 8));
+        assert_eq!(o.close(), 4);
+        o.push_many(&envs(4, 8));
+        assert_eq!(o.depth(), (0, 0));
+    }
+
+    #[test]
+    fn masks() {
+        assert!(KindMask::ALL.has(Kind::Event));
+        assert!(KindMask::LOGS.has(Kind::Log) && !KindMask::LOGS.has(Kind::Counter));
+        assert!(KindMask::METRICS.has(Kind::Gauge) && !KindMask::METRICS.has(Kind::Log));
+        assert!(KindMask::NONE.with(Kind::Timer).has(Kind::Timer));
+        assert!(KindMask::NONE.is_empty());
+        assert_eq!(KindMask::NONE.with(Kind::Log), KindMask::LOGS);
+    }
+}

@@ -1,0 +1,203 @@
+//! `GET /v2/read`: the RLP gateway's Server-Sent Events stream, for clients that cannot hold a
+//! WebSocket.
+//!
+//! Query: `source_id` (repeatable; none means every source and needs the firehose scope), type
+//! flags `log`, `counter`, `gauge`, `timer`, `event` (at least one; a bare key is enough), and an
+//! optional `shard_id` that splits the stream between readers sharing it. Each event is
+//! `data: {"batch":[...]}` with a gap marker first when envelopes were lost; after
+//! `sse_heartbeat_secs` without data an `event: heartbeat` keeps proxies from timing the stream
+//! out. The same outbox and slow-consumer rule as the WebSockets apply; since the HTTP layer only
+//! asks for more when the client has read, the rule is applied as the stream is read, and ends
+//! it with `event: closing`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use hydrant_envelope::wire::Kind;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use crate::api::{ApiError, Query, Shared};
+use crate::frame;
+use crate::hub::Subscription;
+use crate::metrics::Endpoint;
+use crate::outbox::KindMask;
+
+/// Most `source_id`s one stream may follow.
+const MAX_SOURCES: usize = 100;
+
+/// Distinguishes unsharded firehose readers so each gets the whole stream.
+static SOLO: AtomicU64 = AtomicU64::new(0);
+
+fn kinds(q: &Query) -> KindMask {
+    [
+        ("log", Kind::Log),
+        ("counter", Kind::Counter),
+        ("gauge", Kind::Gauge),
+        ("timer", Kind::Timer),
+        ("event", Kind::Event),
+    ]
+    .into_iter()
+    .filter(|(flag, _)| q.has(flag))
+    .fold(KindMask::NONE, |m, (_, k)| m.with(k))
+}
+
+/// `GET /v2/read`.
+pub(crate) async fn read(
+    State(app): State<Arc<Shared>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let q = Query::parse(query.as_deref()).map_err(|e| app.reject(e))?;
+    let claims = app.authenticate(&headers, &q)?;
+    let kinds = kinds(&q);
+    if kinds.is_empty() {
+        return Err(app.reject(ApiError::bad_request(
+            "choose at least one envelope type: log, counter, gauge, timer or event",
+        )));
+    }
+    if q.has("counter.name") || q.has("gauge.name") {
+        return Err(app.reject(ApiError::bad_request(
+            "counter.name and gauge.name filters are not supported; filter by type and source_id",
+        )));
+    }
+    let mut sources: Vec<String> = Vec::new();
+    for s in q.all("source_id").filter(|s| !s.is_empty()) {
+        if !sources.iter().any(|have| have == s) {
+            sources.push(s.to_owned());
+        }
+    }
+    if sources.len() > MAX_SOURCES {
+        return Err(app.reject(ApiError::bad_request(format!(
+            "{} source_ids given; at most {MAX_SOURCES} per stream",
+            sources.len()
+        ))));
+    }
+    if sources.is_empty() {
+        if !claims.can_read_firehose() {
+            return Err(app.reject(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "reading every source needs the firehose or admin scope; name source_ids instead",
+            )));
+        }
+    } else if let Some(hidden) = sources.iter().find(|s| !claims.can_read_source(s)) {
+        return Err(app.reject(ApiError::source_not_found(hidden)));
+    }
+    let permit = app.streams.clone().try_acquire_owned().map_err(|_| {
+        app.reject(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            "this edge is at its stream limit (max_streams); retry later or use another edge",
+        ))
+    })?;
+    let sub = if sources.is_empty() {
+        let group = match q.get("shard_id").filter(|s| !s.is_empty()) {
+            Some(shard) => format!("sse:{shard}"),
+            None => format!("sse-solo:{}", SOLO.fetch_add(1, Ordering::Relaxed)),
+        };
+        app.hub.subscribe_group(&group, kinds, Endpoint::Sse)
+    } else {
+        app.hub.subscribe_sources(sources, kinds, Endpoint::Sse)
+    };
+    let state = Stream {
+        app,
+        sub,
+        taken: Vec::new(),
+        done: false,
+        _permit: permit,
+    };
+    let body = futures_util::stream::unfold(state, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        let chunk = s.next_event().await;
+        Some((Ok::<Bytes, Infallible>(chunk), s))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(body))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+struct Stream {
+    app: Arc<Shared>,
+    sub: Subscription,
+    taken: Vec<Bytes>,
+    done: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Stream {
+    fn closing(&mut self, why: &str) -> Bytes {
+        self.done = true;
+        Bytes::from(format!("event: closing\ndata: {why}\n\n"))
+    }
+
+    async fn next_event(&mut self) -> Bytes {
+        let opts = self.app.opts;
+        let outbox = self.sub.outbox();
+        loop {
+            if self.app.shutdown.is_cancelled() {
+                return self.closing("the server is shutting down; reconnect");
+            }
+            let behind = outbox.behind_since();
+            if behind.is_some_and(|t| Instant::now() >= t + opts.slow_consumer_timeout) {
+                self.app.metrics.slow_consumers.inc();
+                let left = outbox.close();
+                self.app.metrics.dropped_closed.add(left);
+                let lost = outbox.take_unreported() + left;
+                let (gap, _) = frame::json(lost, &[]);
+                let closing = self.closing("consumer too slow: it kept losing data");
+                let mut out = format!("data: {gap}\n\n").into_bytes();
+                out.extend_from_slice(&closing);
+                return Bytes::from(out);
+            }
+            let gap = outbox
+                .take(
+                    opts.frame_max_envelopes,
+                    opts.frame_max_bytes,
+                    &mut self.taken,
+                )
+                .gap;
+            if !self.taken.is_empty() || gap > 0 {
+                let (text, failed) = frame::json(gap, &self.taken);
+                self.app.metrics.dropped_malformed.add(failed);
+                self.app
+                    .metrics
+                    .egress(Endpoint::Sse)
+                    .add(self.taken.len() as u64 - failed);
+                self.taken.clear();
+                return Bytes::from(format!("data: {text}\n\n"));
+            }
+            tokio::select! {
+                () = outbox.notified() => {}
+                () = tokio::time::sleep(opts.sse_heartbeat) => {
+                    let now = hydrant_auth::now_secs();
+                    return Bytes::from(format!("event: heartbeat\ndata: {now}\n\n"));
+                }
+                () = self.app.shutdown.cancelled() => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_flags() {
+        let q = Query::parse(Some("log&gauge=&source_id=a")).unwrap();
+        let m = kinds(&q);
+        assert!(m.has(Kind::Log) && m.has(Kind::Gauge) && !m.has(Kind::Counter));
+        assert!(kinds(&Query::parse(Some("source_id=a")).unwrap()).is_empty());
+    }
+}

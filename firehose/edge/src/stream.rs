@@ -1,0 +1,374 @@
+//! The WebSocket endpoints: `/firehose/{subscription_id}` and `/apps/{source_id}/stream`.
+//!
+//! Each connection has one writer that drains its outbox into frames (up to
+//! `frame_max_envelopes` / `frame_max_bytes`) and sends a frame as soon as there is anything to
+//! send: no idle timer ever holds data back, and under load frames fill up on their own because
+//! the queue grows while the previous frame is being written.
+//!
+//! The writer is the only place a consumer's slowness shows: the fan-out never waits for it.
+//! A consumer that keeps its outbox overflowing without ever draining it for
+//! `slow_consumer_timeout` (or that leaves one frame unwritten that long) is told how much it
+//! lost with a final gap marker and closed with 1008; one that stops answering pings is closed
+//! with 1008 too (Loggregator's keepalive).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiError, Query, Shared};
+use crate::frame::{self, Format};
+use crate::hub::Subscription;
+use crate::metrics::Endpoint;
+use crate::outbox::{KindMask, Outbox};
+
+/// Longest subscription id accepted.
+const MAX_SUBSCRIPTION_ID: usize = 256;
+/// How long the final gap marker and close frame may take to write before the socket is
+/// dropped (Loggregator's per-write deadline is 6 s).
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Consumers only answer pings and close; anything bigger is not a consumer.
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+/// Close reasons; WebSocket limits a reason to 123 bytes.
+const SLOW_FIREHOSE: &str = "Consumer too slow: it kept losing data. Add connections with the \
+                             same subscription id to share the stream.";
+const SLOW_APP: &str = "Consumer too slow: it kept losing data. Read faster, or use the \
+                        firehose with a subscription id.";
+const NO_PONG: &str = "No pong before the keepalive timeout; closing.";
+const SHUTTING_DOWN: &str = "The server is shutting down; reconnect.";
+
+/// WebSocket close codes.
+const POLICY_VIOLATION: u16 = 1008;
+const GOING_AWAY: u16 = 1001;
+
+type Upgrade = Result<WebSocketUpgrade, WebSocketUpgradeRejection>;
+
+/// `GET /firehose/{subscription_id}[?filter-type=logs|metrics][&format=json]`.
+pub(crate) async fn firehose(
+    State(app): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: Upgrade,
+) -> Result<Response, ApiError> {
+    let q = Query::parse(query.as_deref()).map_err(|e| app.reject(e))?;
+    let claims = app.authenticate(&headers, &q)?;
+    if !claims.can_read_firehose() {
+        return Err(app.reject(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token may not read the firehose: it needs the firehose or admin scope",
+        )));
+    }
+    if id.is_empty() || id.len() > MAX_SUBSCRIPTION_ID {
+        return Err(app.reject(ApiError::bad_request(format!(
+            "the subscription id must be 1 to {MAX_SUBSCRIPTION_ID} bytes"
+        ))));
+    }
+    let kinds = match q.get("filter-type") {
+        None | Some("") => KindMask::ALL,
+        Some("logs") => KindMask::LOGS,
+        Some("metrics") => KindMask::METRICS,
+        Some(other) => {
+            return Err(app.reject(ApiError::bad_request(format!(
+                "filter-type={other:?}: use logs or metrics, or leave it out for everything"
+            ))));
+        }
+    };
+    let format = Format::parse(q.get("format")).map_err(|e| app.reject(e))?;
+    let (ws, permit) = admit(&app, ws)?;
+    let sub = app.hub.subscribe_group(&id, kinds, Endpoint::Firehose);
+    Ok(upgrade(app, ws, sub, format, permit, SLOW_FIREHOSE))
+}
+
+/// `GET /apps/{source_id}/stream[?format=json]`: one source's logs and metrics.
+pub(crate) async fn app_stream(
+    State(app): State<Arc<Shared>>,
+    Path(source_id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: Upgrade,
+) -> Result<Response, ApiError> {
+    let q = Query::parse(query.as_deref()).map_err(|e| app.reject(e))?;
+    let claims = app.authenticate(&headers, &q)?;
+    if !claims.can_read_source(&source_id) {
+        return Err(app.reject(ApiError::source_not_found(&source_id)));
+    }
+    let format = Format::parse(q.get("format")).map_err(|e| app.reject(e))?;
+    let (ws, permit) = admit(&app, ws)?;
+    let sub = app
+        .hub
+        .subscribe_sources(vec![source_id], KindMask::ALL, Endpoint::AppStream);
+    Ok(upgrade(app, ws, sub, format, permit, SLOW_APP))
+}
+
+/// Checks that this is a WebSocket handshake and that a stream slot is free.
+fn admit(app: &Shared, ws: Upgrade) -> Result<(WebSocketUpgrade, OwnedSemaphorePermit), ApiError> {
+    let ws = ws.map_err(|r| {
+        app.reject(ApiError::new(
+            r.status(),
+            "not_websocket",
+            format!("this endpoint speaks WebSocket only: {}", r.body_text()),
+        ))
+    })?;
+    let permit = app.streams.clone().try_acquire_owned().map_err(|_| {
+        app.reject(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            "this edge is at its stream limit (max_streams); retry later or use another edge",
+        ))
+    })?;
+    Ok((ws, permit))
+}
+
+/// Answers the handshake. The subscription exists from here on, so nothing published after the
+/// client sees 101 is missed.
+fn upgrade(
+    app: Arc<Shared>,
+    ws: WebSocketUpgrade,
+    sub: Subscription,
+    format: Format,
+    permit: OwnedSemaphorePermit,
+    slow_reason: &'static str,
+) -> Response {
+    let tracker = app.tracker.clone();
+    ws.max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                serve(app, socket, sub, format, slow_reason).await;
+                drop(permit);
+            })
+        })
+        .into_response()
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    TooSlow,
+    NoPong,
+    Shutdown,
+    PeerGone,
+}
+
+async fn serve(app: Arc<Shared>, socket: WebSocket, sub: Subscription, format: Format, slow: &str) {
+    let (mut tx, rx) = socket.split();
+    let peer_gone = CancellationToken::new();
+    let (pong_tx, pong_rx) = watch::channel(Instant::now());
+    let reader = tokio::spawn(read_client(rx, pong_tx, peer_gone.clone()));
+    let end = write_loop(&app, &mut tx, &sub, format, pong_rx, &peer_gone).await;
+    let close = match end {
+        End::TooSlow => {
+            app.metrics.slow_consumers.inc();
+            // Tell the consumer everything it lost, including what is still queued, before
+            // the close: its own count then balances exactly.
+            let outbox = sub.outbox();
+            let left = outbox.close();
+            app.metrics.dropped_closed.add(left);
+            let lost = outbox.take_unreported() + left;
+            if lost > 0 {
+                let (msg, _) = message(format, lost, &[], &app);
+                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, tx.send(msg)).await;
+            }
+            Some((POLICY_VIOLATION, slow))
+        }
+        End::NoPong => {
+            app.metrics.keepalive_timeouts.inc();
+            Some((POLICY_VIOLATION, NO_PONG))
+        }
+        End::Shutdown => Some((GOING_AWAY, SHUTTING_DOWN)),
+        End::PeerGone => None,
+    };
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
+            let _ = tx.send(Message::Close(Some(frame))).await;
+            let _ = tx.close().await;
+        })
+        .await;
+    }
+    reader.abort();
+    drop(sub);
+}
+
+/// Reads what the client sends: pongs (recorded) and the end of the connection. Pings are
+/// answered by the WebSocket layer itself.
+async fn read_client(
+    mut rx: SplitStream<WebSocket>,
+    pong: watch::Sender<Instant>,
+    gone: CancellationToken,
+) {
+    while let Some(msg) = rx.next().await {
+        match msg {
+            Ok(Message::Pong(_)) => {
+                let _ = pong.send(Instant::now());
+            }
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    gone.cancel();
+}
+
+/// The frame for `envelopes`, and how many of them could not be rendered (counted as
+/// malformed drops, so the ledger still balances).
+fn message(format: Format, gap: u64, envelopes: &[bytes::Bytes], app: &Shared) -> (Message, u64) {
+    match format {
+        Format::Binary => (Message::Binary(frame::binary(gap, envelopes)), 0),
+        Format::Json => {
+            let (text, failed) = frame::json(gap, envelopes);
+            app.metrics.dropped_malformed.add(failed);
+            (Message::Text(text.into()), failed)
+        }
+    }
+}
+
+/// True once the outbox has been behind for the whole timeout.
+fn too_slow(outbox: &Outbox, timeout: Duration, now: Instant) -> bool {
+    outbox.behind_since().is_some_and(|t| now >= t + timeout)
+}
+
+/// Resolves when the outbox has been behind for the whole timeout.
+async fn behind_too_long(outbox: &Outbox, timeout: Duration) {
+    let poll = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        match outbox.behind_since() {
+            Some(t) => {
+                sleep_until(t + timeout).await;
+                if outbox.behind_since() == Some(t) {
+                    return;
+                }
+            }
+            None => sleep(poll).await,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Ok,
+    Failed,
+    Ended(End),
+}
+
+/// Writes one message without letting a stalled consumer hold the writer past its deadline.
+async fn send(
+    app: &Shared,
+    tx: &mut SplitSink<WebSocket, Message>,
+    msg: Message,
+    outbox: &Outbox,
+    peer_gone: &CancellationToken,
+) -> Sent {
+    let timeout = app.opts.slow_consumer_timeout;
+    tokio::select! {
+        r = tx.send(msg) => if r.is_ok() { Sent::Ok } else { Sent::Failed },
+        () = behind_too_long(outbox, timeout) => Sent::Ended(End::TooSlow),
+        () = sleep(timeout) => Sent::Ended(End::TooSlow),
+        () = peer_gone.cancelled() => Sent::Ended(End::PeerGone),
+        () = app.shutdown.cancelled() => Sent::Ended(End::Shutdown),
+    }
+}
+
+async fn write_loop(
+    app: &Shared,
+    tx: &mut SplitSink<WebSocket, Message>,
+    sub: &Subscription,
+    format: Format,
+    mut pong_rx: watch::Receiver<Instant>,
+    peer_gone: &CancellationToken,
+) -> End {
+    let opts = app.opts;
+    let outbox = sub.outbox();
+    let egress = app.metrics.egress(sub.endpoint());
+    let mut taken = Vec::with_capacity(opts.frame_max_envelopes);
+    let mut next_ping = Instant::now() + opts.ping_interval;
+    // (when the outstanding ping was sent, when its pong is due)
+    let mut awaiting: Option<(Instant, Instant)> = None;
+    loop {
+        let last_pong = *pong_rx.borrow_and_update();
+        let now = Instant::now();
+        if let Some((sent, due)) = awaiting {
+            if last_pong >= sent {
+                awaiting = None;
+            } else if now >= due {
+                return End::NoPong;
+            }
+        }
+        if awaiting.is_none() && now >= next_ping {
+            match send(
+                app,
+                tx,
+                Message::Ping(bytes::Bytes::new()),
+                outbox,
+                peer_gone,
+            )
+            .await
+            {
+                Sent::Ok => {}
+                Sent::Failed => return End::PeerGone,
+                Sent::Ended(end) => return end,
+            }
+            awaiting = Some((now, now + opts.pong_timeout));
+            next_ping = now + opts.ping_interval;
+            continue;
+        }
+        if too_slow(outbox, opts.slow_consumer_timeout, now) {
+            return End::TooSlow;
+        }
+        let gap = outbox
+            .take(opts.frame_max_envelopes, opts.frame_max_bytes, &mut taken)
+            .gap;
+        if taken.is_empty() && gap == 0 {
+            let wake = awaiting.map_or(next_ping, |(_, due)| due.min(next_ping));
+            tokio::select! {
+                () = outbox.notified() => {}
+                () = sleep_until(wake) => {}
+                r = pong_rx.changed() => if r.is_err() { return End::PeerGone; },
+                () = peer_gone.cancelled() => return End::PeerGone,
+                () = app.shutdown.cancelled() => return End::Shutdown,
+            }
+            continue;
+        }
+        let (msg, failed) = message(format, gap, &taken, app);
+        let count = taken.len() as u64 - failed;
+        taken.clear();
+        match send(app, tx, msg, outbox, peer_gone).await {
+            Sent::Ok => egress.add(count),
+            // The frame is in the socket's buffer and goes out ahead of the close frame.
+            Sent::Ended(end @ (End::TooSlow | End::Shutdown)) => {
+                egress.add(count);
+                return end;
+            }
+            Sent::Failed | Sent::Ended(End::PeerGone | End::NoPong) => {
+                app.metrics.dropped_closed.add(count);
+                return End::PeerGone;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        for r in [SLOW_FIREHOSE, SLOW_APP, NO_PONG, SHUTTING_DOWN] {
+            assert!(r.len() <= 123, "{r:?} is {} bytes", r.len());
+        }
+    }
+}

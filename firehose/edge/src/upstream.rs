@@ -1,0 +1,160 @@
+//! The traffic controller's upstream: one `BatchedReceiver` subscription per doppler, kept alive
+//! with reconnects, feeding the hub; and the gRPC channels the recent-logs API reads through.
+//!
+//! The edge subscribes once per doppler, whatever the number of consumers (Loggregator opened
+//! one upstream stream per consumer per doppler, an M×N mesh). Batches arrive as encoded bytes
+//! and are split and routed without a prost decode. A doppler that goes away is retried with
+//! exponential backoff (from `reconnect_min_ms`, doubling, capped at `reconnect_max_ms`, with
+//! jitter so edges do not reconnect in lockstep) and the backoff resets once a stream is up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hydrant_envelope::raw::egress::egress_client::EgressClient;
+use hydrant_envelope::v2::{self, selector};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// HTTP/2 flow-control windows: tonic's defaults hold one stream to ~0.1 M envelopes/s.
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// The gRPC endpoint for one doppler, with the windows, keepalive and timeouts every hop uses.
+pub(crate) fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true))
+}
+
+/// A lazily connected channel for the log cache read API; it reconnects on its own.
+pub(crate) fn read_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(endpoint(url)?.connect_lazy())
+}
+
+/// Everything, from every source: one selector per envelope type, each with an empty
+/// `source_id` (all sources) and empty names (all counters, all gauges).
+fn firehose_request() -> v2::EgressBatchRequest {
+    let all = |message| v2::Selector {
+        source_id: String::new(),
+        message: Some(message),
+    };
+    v2::EgressBatchRequest {
+        // Empty: this edge is the only subscriber of its own stream, and other edges must each
+        // get everything too. Sharding between consumers happens here, in the hub.
+        shard_id: String::new(),
+        selectors: vec![
+            all(selector::Message::Log(v2::LogSelector {})),
+            all(selector::Message::Counter(v2::CounterSelector::default())),
+            all(selector::Message::Gauge(v2::GaugeSelector::default())),
+            all(selector::Message::Timer(v2::TimerSelector {})),
+            all(selector::Message::Event(v2::EventSelector {})),
+        ],
+        ..v2::EgressBatchRequest::default()
+    }
+}
+
+/// Reconnect pacing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backoff {
+    pub(crate) min: Duration,
+    pub(crate) max: Duration,
+}
+
+/// Keeps a subscription to `url` open until `shutdown`, publishing every batch into `hub`.
+pub(crate) async fn subscribe(
+    url: String,
+    hub: Arc<Hub>,
+    metrics: Metrics,
+    backoff: Backoff,
+    shutdown: CancellationToken,
+) {
+    let mut delay = backoff.min;
+    let mut scratch = Vec::new();
+    while !shutdown.is_cancelled() {
+        match stream_once(&url, &hub, &metrics, &mut scratch, &shutdown).await {
+            Ok(()) => {
+                // The stream was up; a fresh failure starts over from the shortest delay.
+                delay = backoff.min;
+            }
+            Err(e) => {
+                metrics.upstream_subscribe_errors.inc();
+                tracing::warn!(doppler = %url, error = %e, retry_in = ?delay, "doppler subscription failed");
+            }
+        }
+        // Jitter of up to a quarter keeps a fleet of edges from reconnecting in lockstep.
+        let jitter = delay.mul_f64(fastrand::f64() * 0.25);
+        tokio::select! {
+            () = tokio::time::sleep(delay + jitter) => {}
+            () = shutdown.cancelled() => break,
+        }
+        delay = (delay * 2).min(backoff.max);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("subscribe: {0}")]
+    Status(#[from] tonic::Status),
+}
+
+/// One connection's life. `Ok` once a stream was established, however it ended.
+async fn stream_once(
+    url: &str,
+    hub: &Hub,
+    metrics: &Metrics,
+    scratch: &mut Vec<crate::hub::Parsed>,
+    shutdown: &CancellationToken,
+) -> Result<(), StreamError> {
+    let endpoint = endpoint(url)?;
+    let channel = tokio::select! {
+        c = endpoint.connect() => c?,
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    let mut client =
+        EgressClient::new(channel).max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
+    let mut stream = tokio::select! {
+        r = client.batched_receiver(firehose_request()) => r?.into_inner(),
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    metrics.doppler_connections.inc();
+    tracing::info!(doppler = %url, "subscribed to doppler");
+    let ended = loop {
+        tokio::select! {
+            m = stream.message() => match m {
+                Ok(Some(batch)) => hub.publish(&batch, scratch),
+                Ok(None) => break None,
+                Err(status) => break Some(status),
+            },
+            () = shutdown.cancelled() => break None,
+        }
+    };
+    metrics.doppler_connections.dec();
+    if let Some(status) = ended {
+        metrics.upstream_subscribe_errors.inc();
+        tracing::warn!(doppler = %url, error = %status, "doppler stream broke; reconnecting");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_selects_every_type_from_every_source() {
+        let r = firehose_request();
+        assert!(r.shard_id.is_empty());
+        assert_eq!(r.selectors.len(), 5);
+        assert!(r.selectors.iter().all(|s| s.source_id.is_empty()));
+    }
+}

@@ -1,0 +1,519 @@
+//! Test harness: a fake doppler (raw v2 Egress + log cache read API on a real socket), the edge
+//! started with `run()` on 127.0.0.1:0, and small WebSocket / HTTP / metrics clients.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use http_body_util::BodyExt as _;
+use hydrant_auth::{Claims, SigningKey};
+use hydrant_envelope::logcache_v1::{self, MetaInfo, MetaRequest, MetaResponse, ReadRequest};
+use hydrant_envelope::raw::egress::egress_server::{Egress, EgressServer};
+use hydrant_envelope::v2;
+use hydrant_envelope::wire::{BatchIter, EnvelopeView};
+use hydrant_firehose::{Config, Listeners};
+use prost::Message as _;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest as _};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// The key every test edge verifies with.
+pub fn key() -> SigningKey {
+    SigningKey::from_bytes(&[9u8; 32]).unwrap()
+}
+
+pub fn token(claims: Claims) -> String {
+    key().issue(&claims)
+}
+
+pub fn admin_token() -> String {
+    token(Claims::new("admin").with_scope("admin"))
+}
+
+/// Polls `cond` every 10 ms until it holds or `secs` pass.
+pub async fn wait_for<F, Fut>(what: &str, secs: u64, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// === envelopes ===
+
+pub fn log(source: &str, ts: i64, text: &str) -> v2::Envelope {
+    v2::Envelope {
+        timestamp: ts,
+        source_id: source.to_owned(),
+        instance_id: "0".to_owned(),
+        message: Some(v2::envelope::Message::Log(v2::Log {
+            payload: text.as_bytes().to_vec().into(),
+            r#type: 0,
+        })),
+        ..v2::Envelope::default()
+    }
+}
+
+pub fn counter(source: &str, ts: i64, name: &str) -> v2::Envelope {
+    v2::Envelope {
+        timestamp: ts,
+        source_id: source.to_owned(),
+        message: Some(v2::envelope::Message::Counter(v2::Counter {
+            name: name.to_owned(),
+            delta: 1,
+            total: ts as u64,
+        })),
+        ..v2::Envelope::default()
+    }
+}
+
+pub fn gauge(source: &str, ts: i64) -> v2::Envelope {
+    v2::Envelope {
+        timestamp: ts,
+        source_id: source.to_owned(),
+        message: Some(v2::envelope::Message::Gauge(v2::Gauge {
+            metrics: HashMap::from([(
+                "cpu".to_owned(),
+                v2::GaugeValue {
+                    unit: "percentage".to_owned(),
+                    value: 1.5,
+                },
+            )]),
+        })),
+        ..v2::Envelope::default()
+    }
+}
+
+pub fn encode_batch(envelopes: &[v2::Envelope]) -> Bytes {
+    v2::EnvelopeBatch {
+        batch: envelopes.to_vec(),
+    }
+    .encode_to_vec()
+    .into()
+}
+
+pub fn is_gap(e: &v2::Envelope) -> Option<u64> {
+    let bytes = hydrant_envelope::wire::encode(e);
+    let view = EnvelopeView::parse(&bytes).ok()?;
+    hydrant_envelope::gap::Gap::from_view(&view).map(|g| {
+        assert_eq!(g.hop, "firehose");
+        assert_eq!(g.reason, "slow_consumer");
+        assert_eq!(g.source_id, "hydrant");
+        g.dropped
+    })
+}
+
+// === the fake doppler ===
+
+#[derive(Default)]
+struct DopplerState {
+    subscribers: Vec<mpsc::Sender<Result<Bytes, Status>>>,
+    requests: Vec<v2::EgressBatchRequest>,
+    cache: Vec<v2::Envelope>,
+    meta: HashMap<String, MetaInfo>,
+}
+
+/// A doppler that streams whatever the test pushes and answers log cache reads from a list.
+#[derive(Clone, Default)]
+pub struct FakeDoppler {
+    state: Arc<Mutex<DopplerState>>,
+}
+
+#[tonic::async_trait]
+impl Egress for FakeDoppler {
+    type ReceiverStream = ReceiverStream<Result<Bytes, Status>>;
+    type BatchedReceiverStream = ReceiverStream<Result<Bytes, Status>>;
+
+    async fn receiver(
+        &self,
+        _request: Request<v2::EgressRequest>,
+    ) -> Result<Response<Self::ReceiverStream>, Status> {
+        Err(Status::unimplemented("use BatchedReceiver"))
+    }
+
+    async fn batched_receiver(
+        &self,
+        request: Request<v2::EgressBatchRequest>,
+    ) -> Result<Response<Self::BatchedReceiverStream>, Status> {
+        let (tx, rx) = mpsc::channel(4096);
+        let mut s = self.state.lock().unwrap();
+        s.requests.push(request.into_inner());
+        s.subscribers.push(tx);
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn kind_of(e: &v2::Envelope) -> i32 {
+    use logcache_v1::EnvelopeType as T;
+    use v2::envelope::Message as M;
+    (match e.message {
+        Some(M::Log(_)) => T::Log,
+        Some(M::Counter(_)) => T::Counter,
+        Some(M::Gauge(_)) => T::Gauge,
+        Some(M::Timer(_)) => T::Timer,
+        Some(M::Event(_)) => T::Event,
+        None => T::Any,
+    }) as i32
+}
+
+#[tonic::async_trait]
+impl logcache_v1::egress_server::Egress for FakeDoppler {
+    async fn read(
+        &self,
+        request: Request<ReadRequest>,
+    ) -> Result<Response<logcache_v1::ReadResponse>, Status> {
+        let r = request.into_inner();
+        let s = self.state.lock().unwrap();
+        let mut found: Vec<v2::Envelope> = s
+            .cache
+            .iter()
+            .filter(|e| e.source_id == r.source_id)
+            .filter(|e| {
+                e.timestamp >= r.start_time && (r.end_time == 0 || e.timestamp < r.end_time)
+            })
+            .filter(|e| r.envelope_types.is_empty() || r.envelope_types.contains(&kind_of(e)))
+            .cloned()
+            .collect();
+        found.sort_by_key(|e| e.timestamp);
+        if r.descending {
+            found.reverse();
+        }
+        found.truncate(usize::try_from(r.limit).unwrap());
+        Ok(Response::new(logcache_v1::ReadResponse {
+            envelopes: Some(v2::EnvelopeBatch { batch: found }),
+        }))
+    }
+
+    async fn meta(&self, _request: Request<MetaRequest>) -> Result<Response<MetaResponse>, Status> {
+        let s = self.state.lock().unwrap();
+        Ok(Response::new(MetaResponse {
+            meta: s.meta.clone(),
+        }))
+    }
+}
+
+impl FakeDoppler {
+    /// Sends one encoded batch to every open subscription.
+    pub async fn push(&self, batch: Bytes) {
+        let subs: Vec<_> = self.state.lock().unwrap().subscribers.clone();
+        for s in subs {
+            let _ = s.send(Ok(batch.clone())).await;
+        }
+    }
+
+    pub async fn push_envelopes(&self, envelopes: &[v2::Envelope]) {
+        self.push(encode_batch(envelopes)).await;
+    }
+
+    pub fn requests(&self) -> Vec<v2::EgressBatchRequest> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    pub fn cache(&self, envelopes: Vec<v2::Envelope>) {
+        self.state.lock().unwrap().cache.extend(envelopes);
+    }
+
+    pub fn set_meta(&self, source: &str, info: MetaInfo) {
+        self.state
+            .lock()
+            .unwrap()
+            .meta
+            .insert(source.to_owned(), info);
+    }
+
+    /// Ends every open stream, as a doppler going away does.
+    fn hang_up(&self) {
+        self.state.lock().unwrap().subscribers.clear();
+    }
+}
+
+/// A fake doppler serving on a real socket.
+pub struct RunningDoppler {
+    pub fake: FakeDoppler,
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl RunningDoppler {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(FakeDoppler::default(), listener)
+    }
+
+    /// Serves `fake` again on `addr` (a restart on the same port).
+    pub async fn restart_on(fake: FakeDoppler, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::serve(fake, listener)
+    }
+
+    fn serve(fake: FakeDoppler, listener: TcpListener) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let server = tonic::transport::Server::builder()
+            .initial_stream_window_size(4 * 1024 * 1024)
+            .initial_connection_window_size(8 * 1024 * 1024)
+            .add_service(EgressServer::new(fake.clone()))
+            .add_service(logcache_v1::egress_server::EgressServer::new(fake.clone()))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                stop.clone().cancelled_owned(),
+            );
+        let task = tokio::spawn(async move {
+            server.await.unwrap();
+        });
+        Self {
+            fake,
+            addr,
+            stop,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving: open streams end, the port closes.
+    pub async fn stop(self) -> (FakeDoppler, SocketAddr) {
+        self.fake.hang_up();
+        self.stop.cancel();
+        self.task.await.unwrap();
+        (self.fake, self.addr)
+    }
+}
+
+// === the edge ===
+
+pub struct Edge {
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), hydrant_firehose::Error>>,
+}
+
+/// Test defaults: short timers, small queues, the test key.
+pub fn config(dopplers: Vec<String>) -> Config {
+    Config {
+        dopplers,
+        signing_key: Some(key().to_hex()),
+        reconnect_min_ms: 10,
+        reconnect_max_ms: 100,
+        slow_consumer_timeout_secs: 1.0,
+        read_timeout_secs: 2.0,
+        ..Config::default()
+    }
+}
+
+pub async fn start_edge(config: Config) -> Edge {
+    let listeners = Listeners {
+        http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let http = listeners.http.local_addr().unwrap();
+    let admin = listeners.admin.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(hydrant_firehose::run(config, listeners, shutdown.clone()));
+    Edge {
+        http,
+        admin,
+        shutdown,
+        task,
+    }
+}
+
+impl Edge {
+    /// Waits until the edge holds a live subscription to `n` dopplers.
+    pub async fn wait_connected(&self, n: f64) {
+        wait_for("the edge to subscribe to its dopplers", 10, || async {
+            self.metric("trafficcontroller_doppler_connections", &[])
+                .await
+                == n
+        })
+        .await;
+    }
+
+    /// Sums the Prometheus series `name` whose labels include `labels`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (status, body) = http_get(self.admin, "/metrics", None).await;
+        assert_eq!(status, 200);
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub async fn ws(&self, path: &str, token: Option<&str>) -> Result<Ws, tungstenite::Error> {
+        ws_connect(self.http, path, token, None).await
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("run() returns after shutdown")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+// === clients ===
+
+/// Opens a WebSocket; `recv_buffer` shrinks the socket's receive buffer (a slow reader).
+pub async fn ws_connect(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    recv_buffer: Option<u32>,
+) -> Result<Ws, tungstenite::Error> {
+    let socket = TcpSocket::new_v4().unwrap();
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    let stream = socket.connect(addr).await.unwrap();
+    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
+    if let Some(t) = token {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    tokio_tungstenite::client_async(request, stream)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// What one read from a stream produced.
+#[derive(Debug)]
+pub enum Frame {
+    Batch(Vec<v2::Envelope>),
+    Json(serde_json::Value),
+    Closed(Option<(u16, String)>),
+}
+
+/// Reads the next data or close frame (skipping pings), within `secs`.
+pub async fn next_frame(ws: &mut Ws, secs: u64) -> Frame {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(secs), ws.next())
+            .await
+            .expect("a frame in time");
+        match msg {
+            Some(Ok(Message::Binary(b))) => {
+                // Each binary frame must be a valid batch, and walkable without prost.
+                assert!(BatchIter::new(&b).all(|e| e.is_ok()));
+                return Frame::Batch(v2::EnvelopeBatch::decode(&b[..]).unwrap().batch);
+            }
+            Some(Ok(Message::Text(t))) => return Frame::Json(serde_json::from_str(&t).unwrap()),
+            Some(Ok(Message::Close(c))) => {
+                return Frame::Closed(c.map(|c| (u16::from(c.code), c.reason.to_string())));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Frame::Closed(None),
+        }
+    }
+}
+
+/// Reads binary frames until `n` envelopes (gap markers excluded) have arrived.
+pub async fn collect(ws: &mut Ws, n: usize) -> Vec<v2::Envelope> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match next_frame(ws, 10).await {
+            Frame::Batch(b) => out.extend(b.into_iter().filter(|e| is_gap(e).is_none())),
+            other => panic!("expected data, got {other:?}"),
+        }
+    }
+    assert_eq!(out.len(), n, "no more than asked for");
+    out
+}
+
+/// Asserts nothing arrives for `ms`.
+pub async fn assert_quiet(ws: &mut Ws, ms: u64) {
+    loop {
+        match tokio::time::timeout(Duration::from_millis(ms), ws.next()).await {
+            Err(_) => return,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            Ok(other) => panic!("expected silence, got {other:?}"),
+        }
+    }
+}
+
+/// One HTTP/1.1 GET; returns status and body.
+pub async fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, Bytes) {
+    let (status, _, body) = http_get_full(addr, path, token).await;
+    (status, body)
+}
+
+pub async fn http_get_full(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, http::HeaderMap, Bytes) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::get(path).header("host", addr.to_string());
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = sender
+        .send_request(req.body(http_body_util::Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, body)
+}
+
+/// Opens a streaming GET (SSE) and returns the body for incremental reads.
+pub async fn http_stream(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+) -> (u16, hyper::body::Incoming) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", addr.to_string())
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    (resp.status().as_u16(), resp.into_body())
+}
+
+pub fn json_body(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap()
+}

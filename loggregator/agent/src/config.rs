@@ -1,0 +1,287 @@
+//! The agent's config (`hydrant run agent --config FILE`, or the `[agent]` part of the micro
+//! cloud), with defaults that match Loggregator's ports and Hydrant's latency targets.
+//!
+//! Invariant: a config that passes [`Config::validate`] cannot make the agent allocate without
+//! bound or route nowhere; every rejection names the field and says what to write instead.
+
+use std::net::SocketAddr;
+
+use hydrant_emitter::TelemetryConfig;
+use serde::Deserialize;
+
+use crate::Error;
+
+/// Agent settings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the v2 Ingress gRPC service listens. Default `127.0.0.1:3458` (Loggregator's agent
+    /// port). Keep it on loopback: emitters are not authenticated.
+    pub listen: String,
+    /// Where `/healthz` and `/metrics` listen. Default `127.0.0.1:14824` (Loggregator's agent
+    /// metrics port).
+    pub admin_listen: String,
+    /// The `instance_id` of the agent's own metrics (which copy of the agent). Default `"0"`.
+    pub instance_id: String,
+    /// The dopplers' ingress URLs. A source always goes to the same one (rendezvous hash of its
+    /// `source_id`) while it is up. Default `["http://127.0.0.1:8082"]`.
+    pub dopplers: Vec<String>,
+    /// Send a batch to a doppler at this many envelopes. Default 100.
+    pub batch_max_envelopes: usize,
+    /// Send a batch at this many encoded bytes. Default 262144 (256 KiB).
+    pub batch_max_bytes: usize,
+    /// Send a partial batch when no envelope has joined it for this long. Default 5 ms.
+    pub flush_idle_ms: u64,
+    /// Send a partial batch at the latest this long after its first envelope. Default 20 ms.
+    pub flush_max_ms: u64,
+    /// Batches waiting for one doppler; past this the oldest is dropped and counted
+    /// (`egress_queue_full`). Default 1024.
+    pub egress_queue_max_batches: usize,
+    /// Encoded bytes waiting for one doppler; past this the oldest batches are dropped. Default
+    /// 67108864 (64 MiB).
+    pub egress_queue_max_bytes: usize,
+    /// Per app instance log rate limit in payload bytes per second (burst = the limit), applied
+    /// to Log envelopes whose `source_type` tag starts with `APP`. Default 0 = unlimited.
+    pub app_log_rate_limit_bytes_per_sec: u64,
+    /// How many (source_id, instance_id) pairs the agent tracks for sequence numbers and rate
+    /// limits. Past this the least recently seen eighth is forgotten (their sequences restart at
+    /// 1). Default 100000.
+    pub max_tracked_instances: usize,
+    /// Forget an instance not seen for this long. Default 600 s.
+    pub instance_idle_secs: u64,
+    /// Longest wait between reconnect attempts to a doppler. Default 2000 ms.
+    pub reconnect_max_backoff_ms: u64,
+    /// HTTP/2 ping interval on doppler connections. Default 1000 ms.
+    pub keepalive_interval_ms: u64,
+    /// A doppler that does not answer a ping within this is declared down. Default 1000 ms, so
+    /// a dead doppler is noticed within about 2 s.
+    pub keepalive_timeout_ms: u64,
+    /// Where the agent's own metrics go. Default: not emitted, only served on `/metrics`.
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:3458".to_owned(),
+            admin_listen: "127.0.0.1:14824".to_owned(),
+            instance_id: "0".to_owned(),
+            dopplers: vec!["http://127.0.0.1:8082".to_owned()],
+            batch_max_envelopes: 100,
+            batch_max_bytes: 256 * 1024,
+            flush_idle_ms: 5,
+            flush_max_ms: 20,
+            egress_queue_max_batches: 1024,
+            egress_queue_max_bytes: 64 * 1024 * 1024,
+            app_log_rate_limit_bytes_per_sec: 0,
+            max_tracked_instances: 100_000,
+            instance_idle_secs: 600,
+            reconnect_max_backoff_ms: 2000,
+            keepalive_interval_ms: 1000,
+            keepalive_timeout_ms: 1000,
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+    Error::Config {
+        field,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first bad field, or [`Error::Telemetry`].
+    pub fn validate(&self) -> Result<(), Error> {
+        for (field, addr) in [
+            ("listen", &self.listen),
+            ("admin_listen", &self.admin_listen),
+        ] {
+            addr.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    field,
+                    format!("{addr:?} is not an address; write it as \"127.0.0.1:3458\""),
+                )
+            })?;
+        }
+        if self.dopplers.is_empty() {
+            return Err(invalid(
+                "dopplers",
+                "list at least one doppler, e.g. [\"http://127.0.0.1:8082\"]",
+            ));
+        }
+        if self.dopplers.len() > usize::from(u16::MAX) {
+            return Err(invalid("dopplers", "at most 65535 dopplers"));
+        }
+        for (i, url) in self.dopplers.iter().enumerate() {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err(invalid(
+                    "dopplers",
+                    format!("{url:?} is not a URL; write it as \"http://127.0.0.1:8082\""),
+                ));
+            }
+            tonic::transport::Endpoint::from_shared(url.clone())
+                .map_err(|e| invalid("dopplers", format!("{url:?} is not a valid URL: {e}")))?;
+            if self.dopplers[..i].contains(url) {
+                return Err(invalid(
+                    "dopplers",
+                    format!("{url:?} is listed twice; list each doppler once"),
+                ));
+            }
+        }
+        let positive = [
+            ("batch_max_envelopes", self.batch_max_envelopes),
+            ("batch_max_bytes", self.batch_max_bytes),
+            ("egress_queue_max_batches", self.egress_queue_max_batches),
+            ("max_tracked_instances", self.max_tracked_instances),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
+        }
+        let positive_ms = [
+            ("flush_idle_ms", self.flush_idle_ms),
+            ("flush_max_ms", self.flush_max_ms),
+            ("instance_idle_secs", self.instance_idle_secs),
+            ("reconnect_max_backoff_ms", self.reconnect_max_backoff_ms),
+            ("keepalive_interval_ms", self.keepalive_interval_ms),
+            ("keepalive_timeout_ms", self.keepalive_timeout_ms),
+        ];
+        for (field, value) in positive_ms {
+            if value == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
+        }
+        if self.flush_idle_ms > self.flush_max_ms {
+            return Err(invalid(
+                "flush_idle_ms",
+                format!(
+                    "{} is above flush_max_ms ({}); the idle flush must not be later than the \
+                     latest flush",
+                    self.flush_idle_ms, self.flush_max_ms
+                ),
+            ));
+        }
+        if self.egress_queue_max_bytes < self.batch_max_bytes {
+            return Err(invalid(
+                "egress_queue_max_bytes",
+                format!(
+                    "{} is below batch_max_bytes ({}); the queue must hold at least one batch",
+                    self.egress_queue_max_bytes, self.batch_max_bytes
+                ),
+            ));
+        }
+        if self.batch_max_bytes > hydrant_envelope::MAX_MESSAGE_BYTES / 2 {
+            return Err(invalid(
+                "batch_max_bytes",
+                format!(
+                    "must be at most {} so a batch plus one envelope fits a gRPC message",
+                    hydrant_envelope::MAX_MESSAGE_BYTES / 2
+                ),
+            ));
+        }
+        self.telemetry.validate()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_loggregator_ports() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.listen, "127.0.0.1:3458");
+        assert_eq!(c.admin_listen, "127.0.0.1:14824");
+    }
+
+    #[test]
+    fn toml_fills_defaults_and_rejects_unknown_fields() {
+        let c: Config = toml::from_str(
+            "dopplers = [\"http://10.0.0.1:8082\", \"http://10.0.0.2:8082\"]\n\
+             app_log_rate_limit_bytes_per_sec = 1024\n\
+             [telemetry]\nagent = \"http://127.0.0.1:3458\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.dopplers.len(), 2);
+        assert_eq!(c.batch_max_envelopes, 100);
+        c.validate().unwrap();
+        assert!(toml::from_str::<Config>("doppler = []").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: Vec<(Config, &str)> = vec![
+            (
+                Config {
+                    listen: "3458".to_owned(),
+                    ..Config::default()
+                },
+                "listen",
+            ),
+            (
+                Config {
+                    dopplers: vec![],
+                    ..Config::default()
+                },
+                "dopplers",
+            ),
+            (
+                Config {
+                    dopplers: vec!["127.0.0.1:8082".to_owned()],
+                    ..Config::default()
+                },
+                "dopplers",
+            ),
+            (
+                Config {
+                    dopplers: vec!["http://a:1".to_owned(), "http://a:1".to_owned()],
+                    ..Config::default()
+                },
+                "dopplers",
+            ),
+            (
+                Config {
+                    flush_idle_ms: 50,
+                    ..Config::default()
+                },
+                "flush_idle_ms",
+            ),
+            (
+                Config {
+                    egress_queue_max_bytes: 10,
+                    ..Config::default()
+                },
+                "egress_queue_max_bytes",
+            ),
+            (
+                Config {
+                    max_tracked_instances: 0,
+                    ..Config::default()
+                },
+                "max_tracked_instances",
+            ),
+            (
+                Config {
+                    telemetry: TelemetryConfig {
+                        agent: Some("nope".to_owned()),
+                        interval_secs: 5,
+                    },
+                    ..Config::default()
+                },
+                "telemetry.agent",
+            ),
+        ];
+        for (config, field) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{err:?} should name {field}");
+        }
+    }
+}

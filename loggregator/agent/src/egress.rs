@@ -1,0 +1,333 @@
+//! The agent's egress: one bounded queue ("lane") and one long-lived `BatchSender` stream per
+//! doppler.
+//!
+//! Flow: router fills a lane's batch → [`Lane::enqueue`] → the lane task hands batches to the
+//! doppler's gRPC stream, one at a time.
+//!
+//! Invariants:
+//! - The ingress path never waits for a doppler: enqueueing is a short lock, and a full queue
+//!   drops its OLDEST batch (`agent.dropped{reason="egress_queue_full"}`).
+//! - A batch is counted once: `agent.egress{doppler}` when handed to the open stream, or a drop
+//!   (`doppler_unavailable` when the stream broke or the doppler went away, `shutdown` when the
+//!   drain deadline passed). What the transport held when a connection died is not known here;
+//!   the doppler sees it as a gap in the per-source sequence numbers.
+//! - A broken stream marks the doppler down at once (the router moves its sources to their next
+//!   doppler) and it is retried with capped exponential backoff until it answers again.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hydrant_emitter::{Counter, Gauge, Registry};
+use hydrant_envelope::raw::Empty;
+use hydrant_envelope::raw::ingress::ingress_client::IngressClient;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::router::Router;
+
+/// First wait before reconnecting to a doppler that failed.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// After shutdown, how long a lane keeps delivering what is queued.
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Debug, Default)]
+struct LaneQueue {
+    batches: VecDeque<(Bytes, usize)>,
+    envelopes: usize,
+    bytes: usize,
+}
+
+/// One doppler's bounded queue of encoded batches and its counters.
+#[derive(Debug)]
+pub(crate) struct Lane {
+    pub(crate) url: String,
+    queue: Mutex<LaneQueue>,
+    wake: Notify,
+    max_batches: usize,
+    max_bytes: usize,
+    egress: Counter,
+    depth: Gauge,
+    queue_full: Counter,
+}
+
+impl Lane {
+    pub(crate) fn new(
+        url: &str,
+        registry: &Registry,
+        max_batches: usize,
+        max_bytes: usize,
+        queue_full: Counter,
+    ) -> Self {
+        Self {
+            url: url.to_owned(),
+            queue: Mutex::new(LaneQueue::default()),
+            wake: Notify::new(),
+            max_batches: max_batches.max(1),
+            max_bytes,
+            egress: registry.counter(
+                "agent.egress",
+                "envelopes handed to a doppler's stream",
+                &[("doppler", url)],
+            ),
+            depth: registry.gauge(
+                "agent.queue_depth",
+                "envelopes waiting for a doppler",
+                "count",
+                &[("queue", "egress"), ("doppler", url)],
+            ),
+            queue_full,
+        }
+    }
+
+    /// Queues one batch of `count` envelopes, dropping the oldest batches past either bound.
+    /// The batch just queued is always kept: a lone batch may exceed `max_bytes` by one envelope.
+    pub(crate) fn enqueue(&self, batch: Bytes, count: usize) {
+        let mut q = lock(&self.queue);
+        q.bytes += batch.len();
+        q.envelopes += count;
+        q.batches.push_back((batch, count));
+        while q.batches.len() > 1
+            && (q.batches.len() > self.max_batches || q.bytes > self.max_bytes)
+        {
+            let Some((old, n)) = q.batches.pop_front() else {
+                break;
+            };
+            q.bytes -= old.len();
+            q.envelopes -= n;
+            self.queue_full.add(n as u64);
+        }
+        self.depth.set(q.envelopes as f64);
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn pop(&self) -> Option<(Bytes, usize)> {
+        let mut q = lock(&self.queue);
+        let (batch, n) = q.batches.pop_front()?;
+        q.bytes -= batch.len();
+        q.envelopes -= n;
+        self.depth.set(q.envelopes as f64);
+        Some((batch, n))
+    }
+
+    fn unpop(&self, batch: Bytes, n: usize) {
+        let mut q = lock(&self.queue);
+        q.bytes += batch.len();
+        q.envelopes += n;
+        q.batches.push_front((batch, n));
+        self.depth.set(q.envelopes as f64);
+    }
+
+    /// Empties the queue; returns how many envelopes it held.
+    pub(crate) fn clear(&self) -> u64 {
+        let mut q = lock(&self.queue);
+        let n = q.envelopes;
+        *q = LaneQueue::default();
+        self.depth.set(0.0);
+        n as u64
+    }
+}
+
+/// Connection settings for every doppler.
+pub(crate) fn endpoint(
+    url: &str,
+    keepalive_interval: Duration,
+    keepalive_timeout: Duration,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    // tonic's default HTTP/2 windows hold one stream to ~0.1 M envelopes/s. The keepalive pings
+    // catch a doppler whose host vanished without closing the socket.
+    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .initial_stream_window_size(4 * 1024 * 1024)
+        .initial_connection_window_size(8 * 1024 * 1024)
+        .tcp_nodelay(true)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(keepalive_interval)
+        .keep_alive_timeout(keepalive_timeout)
+        .keep_alive_while_idle(true))
+}
+
+/// One open `BatchSender` stream: batches go in through `tx`; `rpc` ends when the stream does.
+#[derive(Debug)]
+struct Stream {
+    tx: mpsc::Sender<Bytes>,
+    rpc: JoinHandle<Result<tonic::Response<Empty>, tonic::Status>>,
+}
+
+impl Stream {
+    async fn open(endpoint: &tonic::transport::Endpoint) -> Result<Self, tonic::transport::Error> {
+        let channel = endpoint.connect().await?;
+        let mut client = IngressClient::new(channel)
+            .max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
+        // One slot: the lane learns within one batch that the stream broke, and still holds that
+        // batch to count it, instead of losing it silently inside a channel.
+        let (tx, rx) = mpsc::channel::<Bytes>(1);
+        let rpc = tokio::spawn(async move {
+            client
+                .batch_sender(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        Ok(Self { tx, rpc })
+    }
+
+    /// Hands one batch to the stream; `false` when the stream has ended.
+    async fn send(&mut self, batch: Bytes) -> bool {
+        tokio::select! {
+            biased;
+            result = self.tx.send(batch) => result.is_ok(),
+            _ = &mut self.rpc => false,
+        }
+    }
+
+    /// Ends the stream and waits (until `deadline`) for the doppler to have read it all.
+    async fn finish(self, deadline: Instant) {
+        drop(self.tx);
+        let mut rpc = self.rpc;
+        if tokio::time::timeout_at(deadline, &mut rpc).await.is_err() {
+            rpc.abort();
+        }
+    }
+}
+
+/// Keeps doppler `index` fed until `drain` is cancelled, then delivers what is left (until
+/// [`DRAIN_TIMEOUT`]) and counts the rest.
+pub(crate) async fn run_lane(
+    router: Arc<Router>,
+    index: usize,
+    endpoint: tonic::transport::Endpoint,
+    max_backoff: Duration,
+    drain: CancellationToken,
+) {
+    let lane = router.lane(index);
+    let mut backoff = BACKOFF_MIN;
+    let mut stream: Option<Stream> = None;
+    while !drain.is_cancelled() {
+        let Some(open) = stream.as_mut() else {
+            let attempt = tokio::select! {
+                r = Stream::open(&endpoint) => Some(r),
+                () = drain.cancelled() => None,
+            };
+            match attempt {
+                Some(Ok(s)) => {
+                    tracing::info!(doppler = %lane.url, "connected to doppler");
+                    stream = Some(s);
+                    backoff = BACKOFF_MIN;
+                    router.set_up(index, true);
+                }
+                Some(Err(error)) => {
+                    tracing::debug!(doppler = %lane.url, %error, "cannot connect to doppler");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = drain.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(max_backoff);
+                }
+                None => {}
+            }
+            continue;
+        };
+        let alive = if let Some((batch, n)) = lane.pop() {
+            tokio::select! {
+                biased;
+                () = drain.cancelled() => {
+                    // Not handed over: the drain below delivers or counts it.
+                    lane.unpop(batch, n);
+                    true
+                }
+                sent = open.send(batch.clone()) => {
+                    if sent {
+                        lane.egress.add(n as u64);
+                    } else {
+                        router.metrics().doppler_unavailable.add(n as u64);
+                    }
+                    sent
+                }
+            }
+        } else {
+            tokio::select! {
+                () = lane.wake.notified() => true,
+                _ = &mut open.rpc => false,
+                () = drain.cancelled() => true,
+            }
+        };
+        if !alive {
+            tracing::warn!(doppler = %lane.url, "lost the doppler; its sources move to the next");
+            stream = None;
+            router.set_up(index, false);
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = drain.cancelled() => {}
+            }
+            backoff = (backoff * 2).min(max_backoff);
+        }
+    }
+
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    if let Some(mut open) = stream {
+        let mut healthy = true;
+        while let Some((batch, n)) = lane.pop() {
+            match tokio::time::timeout_at(deadline, open.send(batch)).await {
+                Ok(true) => lane.egress.add(n as u64),
+                Ok(false) => {
+                    router.metrics().doppler_unavailable.add(n as u64);
+                    healthy = false;
+                    break;
+                }
+                Err(_) => {
+                    router.metrics().shutdown.add(n as u64);
+                    break;
+                }
+            }
+        }
+        if healthy {
+            open.finish(deadline).await;
+        }
+    }
+    router.metrics().shutdown.add(lane.clear());
+    router.set_up(index, false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lane(max_batches: usize, max_bytes: usize) -> (Lane, Registry) {
+        let registry = Registry::new("agent", "t");
+        let full = registry.counter("agent.dropped", "", &[("reason", "egress_queue_full")]);
+        (
+            Lane::new("http://d:1", &registry, max_batches, max_bytes, full),
+            registry,
+        )
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_batches_and_counts_their_envelopes() {
+        let (lane, registry) = lane(2, 1 << 20);
+        lane.enqueue(Bytes::from_static(b"a"), 3);
+        lane.enqueue(Bytes::from_static(b"b"), 4);
+        lane.enqueue(Bytes::from_static(b"c"), 5);
+        assert_eq!(registry.counter_sum("agent.dropped", &[]), 3);
+        assert_eq!(lane.pop().map(|b| b.0), Some(Bytes::from_static(b"b")));
+        assert_eq!(lane.pop().map(|b| b.0), Some(Bytes::from_static(b"c")));
+        assert!(lane.pop().is_none());
+    }
+
+    #[test]
+    fn the_byte_bound_applies_but_keeps_the_newest_batch() {
+        let (lane, registry) = lane(100, 4);
+        lane.enqueue(Bytes::from_static(b"abc"), 1);
+        lane.enqueue(Bytes::from_static(b"defgh"), 2);
+        assert_eq!(registry.counter_sum("agent.dropped", &[]), 1);
+        assert_eq!(lane.clear(), 2);
+        assert!(lane.pop().is_none());
+    }
+}

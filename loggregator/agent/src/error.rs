@@ -1,0 +1,37 @@
+//! The one error type of the agent: what stops it from starting or serving.
+//!
+//! Bad envelopes are not errors here: they are counted drops (`agent.dropped{reason}`) and, for
+//! the sender, an `InvalidArgument` status. This type is for the operator: a config to fix or a
+//! listener that failed.
+
+/// Why the agent could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A config field holds a value the agent cannot use.
+    #[error("invalid agent config: {field}: {message}")]
+    Config {
+        /// The field, as written in the config file.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The `[telemetry]` section is invalid.
+    #[error(transparent)]
+    Telemetry(#[from] hydrant_emitter::Error),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr} ({field}): {source}")]
+    Bind {
+        /// The config field holding the address.
+        field: &'static str,
+        /// The address.
+        addr: String,
+        /// The bind error.
+        source: std::io::Error,
+    },
+    /// The gRPC ingress server failed.
+    #[error("agent ingress server failed: {0}")]
+    Ingress(#[from] tonic::transport::Error),
+    /// The admin HTTP server failed.
+    #[error("agent admin server failed: {0}")]
+    Admin(#[source] std::io::Error),
+}

@@ -1,0 +1,781 @@
+//! The agent's hot path: validate each incoming envelope, give it a `source_id` if it came with
+//! only an `origin`, apply the app log rate limit, stamp its per-source sequence number, and
+//! append it to the batch of the doppler its `source_id` hashes to.
+//!
+//! Flow: ingress handler → [`Router::ingest_batch`] / [`Router::ingest_envelope`] → per-doppler
+//! [`BatchBuilder`] → (full, idle or old) → [`Lane::enqueue`] → egress task.
+//!
+//! Invariants:
+//! - No await and no per-envelope allocation: one lock per incoming message, a zero-copy walk of
+//!   the envelope, two hash lookups and one copy into the batch. Envelopes are never decoded.
+//! - Sequence numbers are per (source_id, instance_id), start at 1, and are assigned under the
+//!   same lock that appends to the batch, so within one doppler stream they are in order.
+//! - Every envelope that enters is forwarded or counted under exactly one drop reason.
+//! - The tracking map is bounded by `max_tracked_instances` and idle entries are forgotten.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use hydrant_envelope::v2;
+use hydrant_envelope::wire::{self, BatchBuilder, BatchIter, EnvelopeView, Fields, Kind, Value};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::egress::Lane;
+use crate::hash;
+use crate::limiter::{self, Bucket, Verdict};
+use crate::metrics::Metrics;
+
+/// The most bytes `push_with_sequence` adds: a 2-byte key for field 100 and a 10-byte varint.
+/// Envelopes are accepted only if they still fit [`hydrant_envelope::MAX_ENVELOPE_BYTES`] after
+/// stamping, so the doppler never refuses what the agent forwarded.
+const SEQUENCE_OVERHEAD: usize = 12;
+
+/// Routing and batching settings, taken from the config.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) batch_max_envelopes: usize,
+    pub(crate) batch_max_bytes: usize,
+    pub(crate) flush_idle: Duration,
+    pub(crate) flush_max: Duration,
+    pub(crate) rate_limit: u64,
+    pub(crate) max_instances: usize,
+    pub(crate) instance_idle: Duration,
+}
+
+/// What happened to one incoming message, for the gRPC status the sender gets.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    /// Envelopes refused as bad input (malformed, too large, no source).
+    pub(crate) rejected: u64,
+    /// Why the first of them was refused.
+    pub(crate) first_error: Option<String>,
+}
+
+impl Outcome {
+    fn reject(&mut self, why: impl FnOnce() -> String) {
+        self.rejected += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(why());
+        }
+    }
+
+    pub(crate) fn absorb(&mut self, other: Outcome) {
+        self.rejected += other.rejected;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Instance {
+    next_sequence: u64,
+    last_seen: Instant,
+    bucket: Option<Bucket>,
+}
+
+#[derive(Debug)]
+struct Source {
+    /// Dopplers in this source's order of preference, computed once.
+    ranking: Box<[u16]>,
+    instances: HashMap<Box<str>, Instance>,
+}
+
+/// The batch being built for one doppler.
+#[derive(Debug)]
+struct Pending {
+    builder: BatchBuilder,
+    first: Option<Instant>,
+    last: Instant,
+}
+
+#[derive(Debug)]
+struct State {
+    sources: HashMap<Box<str>, Source>,
+    instances: usize,
+    seeds: Vec<u64>,
+    up: Vec<bool>,
+    pending: Vec<Pending>,
+    /// Reused to rewrite an envelope whose `source_id` comes from its origin tag.
+    scratch: Vec<u8>,
+    last_sweep: Instant,
+}
+
+/// The shared routing state and the lanes it feeds.
+#[derive(Debug)]
+pub(crate) struct Router {
+    state: Mutex<State>,
+    lanes: Vec<Arc<Lane>>,
+    flush_wake: Notify,
+    metrics: Metrics,
+    settings: Settings,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `tags["origin"]`, else `deprecated_tags["origin"].text`, as Loggregator's agent falls back.
+fn origin<'a>(view: &EnvelopeView<'a>) -> Option<&'a str> {
+    if let Some(origin) = view.tag("origin").filter(|o| !o.is_empty()) {
+        return Some(origin);
+    }
+    let mut found = None;
+    for (number, value) in Fields::new(view.bytes()).flatten() {
+        let (3, Value::Len(entry)) = (number, value) else {
+            continue;
+        };
+        let (mut key, mut text): (&[u8], Option<&[u8]>) = (&[], None);
+        for (k, v) in Fields::new(entry).flatten() {
+            match (k, v) {
+                (1, Value::Len(b)) => key = b,
+                (2, Value::Len(tag_value)) => {
+                    for (f, fv) in Fields::new(tag_value).flatten() {
+                        if let (1, Value::Len(t)) = (f, fv) {
+                            text = Some(t);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if key == b"origin" {
+            // A later entry for the same key wins, as in a decoded map.
+            found = text.and_then(|t| std::str::from_utf8(t).ok());
+        }
+    }
+    found.filter(|o| !o.is_empty())
+}
+
+fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+impl Router {
+    pub(crate) fn new(settings: Settings, lanes: Vec<Arc<Lane>>, metrics: Metrics) -> Self {
+        let now = Instant::now();
+        let capacity = settings.batch_max_bytes.min(1 << 20);
+        let state = State {
+            sources: HashMap::new(),
+            instances: 0,
+            seeds: lanes.iter().map(|l| hash::seed(&l.url)).collect(),
+            up: vec![false; lanes.len()],
+            pending: lanes
+                .iter()
+                .map(|_| Pending {
+                    builder: BatchBuilder::with_capacity(capacity),
+                    first: None,
+                    last: now,
+                })
+                .collect(),
+            scratch: Vec::new(),
+            last_sweep: now,
+        };
+        Self {
+            state: Mutex::new(state),
+            lanes,
+            flush_wake: Notify::new(),
+            metrics,
+            settings,
+        }
+    }
+
+    pub(crate) fn lane(&self, index: usize) -> Arc<Lane> {
+        self.lanes[index].clone()
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// One encoded `EnvelopeBatch` (a `BatchSender` message or a `Send` request). A message
+    /// whose framing is broken is refused whole, as a protobuf decoder would, and counts as one
+    /// malformed envelope: how many envelopes it meant to carry cannot be known.
+    pub(crate) fn ingest_batch(&self, batch: &[u8]) -> Outcome {
+        let mut outcome = Outcome::default();
+        let mut count = 0u64;
+        for item in BatchIter::new(batch) {
+            if let Err(error) = item {
+                self.metrics.ingress.inc();
+                self.metrics.malformed.inc();
+                outcome.reject(|| format!("message is not an EnvelopeBatch: {error}"));
+                return outcome;
+            }
+            count += 1;
+        }
+        self.metrics.ingress.add(count);
+        if count == 0 {
+            return outcome;
+        }
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        self.maybe_sweep(&mut state, now);
+        for envelope in BatchIter::new(batch).flatten() {
+            self.ingest_one(&mut state, envelope, now, &mut outcome);
+        }
+        outcome
+    }
+
+    /// One encoded `Envelope` (a legacy `Sender` message).
+    pub(crate) fn ingest_envelope(&self, envelope: &[u8]) -> Outcome {
+        let mut outcome = Outcome::default();
+        self.metrics.ingress.inc();
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        self.maybe_sweep(&mut state, now);
+        self.ingest_one(&mut state, envelope, now, &mut outcome);
+        outcome
+    }
+
+    fn ingest_one(&self, state: &mut State, bytes: &[u8], now: Instant, outcome: &mut Outcome) {
+        let view = match EnvelopeView::parse(bytes) {
+            Ok(view) => view,
+            Err(error @ hydrant_envelope::Error::TooLarge { .. }) => {
+                self.metrics.too_large.inc();
+                outcome.reject(|| error.to_string());
+                return;
+            }
+            Err(error) => {
+                self.metrics.malformed.inc();
+                outcome.reject(|| error.to_string());
+                return;
+            }
+        };
+        let (source_id, patched) = if view.source_id.is_empty() {
+            let Some(origin) = origin(&view) else {
+                self.metrics.no_source_id.inc();
+                outcome.reject(|| "envelope has no source_id and no origin tag".to_owned());
+                return;
+            };
+            self.metrics.origin_mappings.inc();
+            (origin, true)
+        } else {
+            (view.source_id, false)
+        };
+        let patch_len = if patched { 2 + 10 + source_id.len() } else { 0 };
+        if bytes.len() + SEQUENCE_OVERHEAD + patch_len > hydrant_envelope::MAX_ENVELOPE_BYTES {
+            self.metrics.too_large.inc();
+            outcome.reject(|| {
+                format!(
+                    "envelope of {} bytes leaves no room for the sequence number under the \
+                     {}-byte limit",
+                    bytes.len(),
+                    hydrant_envelope::MAX_ENVELOPE_BYTES
+                )
+            });
+            return;
+        }
+        let limit = self.settings.rate_limit;
+        if limit > 0 && view.kind == Kind::Log {
+            let source_type = view.tag("source_type").filter(|t| t.starts_with("APP"));
+            if let Some(source_type) = source_type {
+                let size = view.log().map_or(0, |(payload, _)| payload.len());
+                let verdict =
+                    self.with_instance(state, source_id, view.instance_id, now, |i, _| {
+                        i.bucket
+                            .get_or_insert_with(|| Bucket::new(limit, now))
+                            .check(limit, size, now)
+                    });
+                match verdict {
+                    Verdict::Pass => {}
+                    Verdict::Drop => {
+                        self.metrics.rate_limited_drops.inc();
+                        return;
+                    }
+                    Verdict::DropAndNotify => {
+                        self.metrics.rate_limited_drops.inc();
+                        self.metrics.rate_limited.inc();
+                        self.notify_overage(state, source_id, view.instance_id, source_type, now);
+                        return;
+                    }
+                }
+            }
+        }
+        let (sequence, lane) =
+            self.with_instance(state, source_id, view.instance_id, now, |i, lane| {
+                let sequence = i.next_sequence;
+                i.next_sequence += 1;
+                (sequence, lane)
+            });
+        if patched {
+            // Protobuf decoders keep the last occurrence of a field, so appending `source_id`
+            // overrides the empty one without re-encoding the envelope.
+            let mut scratch = std::mem::take(&mut state.scratch);
+            scratch.clear();
+            scratch.extend_from_slice(bytes);
+            scratch.push(0x12);
+            put_varint(&mut scratch, source_id.len() as u64);
+            scratch.extend_from_slice(source_id.as_bytes());
+            self.push(state, lane, &scratch, sequence, now);
+            state.scratch = scratch;
+        } else {
+            self.push(state, lane, bytes, sequence, now);
+        }
+    }
+
+    /// Sends the app the one Log line that says it is over its limit, in its own stream.
+    fn notify_overage(
+        &self,
+        state: &mut State,
+        source_id: &str,
+        instance_id: &str,
+        source_type: &str,
+        now: Instant,
+    ) {
+        let notice = v2::Envelope {
+            timestamp: hydrant_envelope::now_nanos(),
+            source_id: source_id.to_owned(),
+            instance_id: instance_id.to_owned(),
+            tags: HashMap::from([("source_type".to_owned(), source_type.to_owned())]),
+            message: Some(v2::envelope::Message::Log(v2::Log {
+                payload: limiter::notice(self.settings.rate_limit)
+                    .into_bytes()
+                    .into(),
+                r#type: v2::log::Type::Err as i32,
+            })),
+            ..v2::Envelope::default()
+        };
+        let bytes = wire::encode(&notice);
+        let (sequence, lane) = self.with_instance(state, source_id, instance_id, now, |i, lane| {
+            let sequence = i.next_sequence;
+            i.next_sequence += 1;
+            (sequence, lane)
+        });
+        self.push(state, lane, &bytes, sequence, now);
+    }
+
+    /// Runs `f` on the instance's entry (created if new) and the doppler it routes to now.
+    fn with_instance<R>(
+        &self,
+        state: &mut State,
+        source_id: &str,
+        instance_id: &str,
+        now: Instant,
+        f: impl FnOnce(&mut Instance, usize) -> R,
+    ) -> R {
+        if let Some(source) = state.sources.get_mut(source_id)
+            && let Some(instance) = source.instances.get_mut(instance_id)
+        {
+            instance.last_seen = now;
+            return f(instance, hash::pick(&source.ranking, &state.up));
+        }
+        if state.instances >= self.settings.max_instances {
+            self.evict_oldest(state);
+        }
+        let seeds = &state.seeds;
+        let source = state
+            .sources
+            .entry(Box::from(source_id))
+            .or_insert_with(|| Source {
+                ranking: hash::ranking(seeds, source_id),
+                instances: HashMap::new(),
+            });
+        let instance = source
+            .instances
+            .entry(Box::from(instance_id))
+            .or_insert_with(|| Instance {
+                next_sequence: 1,
+                last_seen: now,
+                bucket: None,
+            });
+        state.instances += 1;
+        self.metrics.tracked_instances.set(state.instances as f64);
+        f(instance, hash::pick(&source.ranking, &state.up))
+    }
+
+    /// Forgets the least recently seen eighth of the instances (at least one).
+    fn evict_oldest(&self, state: &mut State) {
+        let mut seen: Vec<Instant> = state
+            .sources
+            .values()
+            .flat_map(|s| s.instances.values().map(|i| i.last_seen))
+            .collect();
+        if seen.is_empty() {
+            return;
+        }
+        let mut budget = (seen.len() / 8).max(1);
+        let (_, cutoff, _) = seen.select_nth_unstable(budget - 1);
+        let cutoff = *cutoff;
+        // Strictly older first, then ties, so exactly `budget` go even when many share an
+        // instant (one batch stamps all its envelopes with the same time).
+        for strictly in [true, false] {
+            for source in state.sources.values_mut() {
+                source.instances.retain(|_, i| {
+                    let old = if strictly {
+                        i.last_seen < cutoff
+                    } else {
+                        i.last_seen <= cutoff
+                    };
+                    if old && budget > 0 {
+                        budget -= 1;
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+        }
+        self.forget_empty(state);
+    }
+
+    /// Every so often, forgets instances idle for longer than `instance_idle`.
+    fn maybe_sweep(&self, state: &mut State, now: Instant) {
+        let every = (self.settings.instance_idle / 4).max(Duration::from_secs(1));
+        if now < state.last_sweep + every {
+            return;
+        }
+        state.last_sweep = now;
+        let idle = self.settings.instance_idle;
+        for source in state.sources.values_mut() {
+            source
+                .instances
+                .retain(|_, i| now.saturating_duration_since(i.last_seen) < idle);
+        }
+        self.forget_empty(state);
+    }
+
+    fn forget_empty(&self, state: &mut State) {
+        state.sources.retain(|_, s| !s.instances.is_empty());
+        let remaining: usize = state.sources.values().map(|s| s.instances.len()).sum();
+        let evicted = state.instances.saturating_sub(remaining);
+        self.metrics.instance_evictions.add(evicted as u64);
+        state.instances = remaining;
+        self.metrics.tracked_instances.set(remaining as f64);
+        if state.sources.capacity() > 4 * state.sources.len().max(1024) {
+            state.sources.shrink_to_fit();
+        }
+    }
+
+    /// Appends one stamped envelope to doppler `lane`'s batch, queueing the batch when full.
+    fn push(&self, state: &mut State, lane: usize, envelope: &[u8], sequence: u64, now: Instant) {
+        let Some(pending) = state.pending.get_mut(lane) else {
+            return;
+        };
+        pending.builder.push_with_sequence(envelope, sequence);
+        pending.last = now;
+        if pending.first.is_none() {
+            pending.first = Some(now);
+            self.flush_wake.notify_one();
+        }
+        if pending.builder.count() >= self.settings.batch_max_envelopes
+            || pending.builder.len_bytes() >= self.settings.batch_max_bytes
+        {
+            self.queue_pending(pending, lane);
+        }
+    }
+
+    fn queue_pending(&self, pending: &mut Pending, lane: usize) {
+        if pending.builder.is_empty() {
+            return;
+        }
+        let count = pending.builder.count();
+        let batch = pending.builder.take();
+        pending.first = None;
+        self.lanes[lane].enqueue(batch, count);
+    }
+
+    /// Queues every batch due by time; returns when the next one will be due.
+    fn flush_due(&self, now: Instant) -> Option<Instant> {
+        let mut state = lock(&self.state);
+        let mut next: Option<Instant> = None;
+        for (lane, pending) in state.pending.iter_mut().enumerate() {
+            let Some(first) = pending.first else {
+                continue;
+            };
+            let due =
+                (first + self.settings.flush_max).min(pending.last + self.settings.flush_idle);
+            if due <= now {
+                self.queue_pending(pending, lane);
+            } else {
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+        next
+    }
+
+    /// Queues every partial batch now (at shutdown, once ingress has stopped).
+    pub(crate) fn flush_all(&self) {
+        let mut state = lock(&self.state);
+        for (lane, pending) in state.pending.iter_mut().enumerate() {
+            self.queue_pending(pending, lane);
+        }
+    }
+
+    /// Sends partial batches after `flush_idle` without new envelopes, or `flush_max` after
+    /// their first, until `shutdown`.
+    pub(crate) async fn run_flusher(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let next = self.flush_due(Instant::now());
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = self.flush_wake.notified() => {}
+                () = sleep => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Marks doppler `lane` up or down. Going down drops (and counts) what was waiting for it:
+    /// its sources now route to their next doppler, and delivering stale batches later would
+    /// only reorder them.
+    pub(crate) fn set_up(&self, lane: usize, up: bool) {
+        let mut state = lock(&self.state);
+        let Some(was_up) = state.up.get(lane).copied() else {
+            return;
+        };
+        if let Some(slot) = state.up.get_mut(lane) {
+            *slot = up;
+        }
+        if was_up && !up {
+            if let Some(pending) = state.pending.get_mut(lane) {
+                let lost = pending.builder.count() as u64;
+                drop(pending.builder.take());
+                pending.first = None;
+                self.metrics.doppler_unavailable.add(lost);
+            }
+            self.metrics
+                .doppler_unavailable
+                .add(self.lanes[lane].clear());
+        }
+        let connected = state.up.iter().filter(|u| **u).count();
+        self.metrics.doppler_connections.set(connected as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use hydrant_emitter::Registry;
+    use prost::Message;
+
+    use super::*;
+
+    fn router(lanes: &[&str], rate_limit: u64, max_instances: usize) -> (Router, Registry) {
+        let registry = Registry::new("agent", "t");
+        let metrics = Metrics::new(&registry);
+        let lanes = lanes
+            .iter()
+            .map(|url| {
+                Arc::new(Lane::new(
+                    url,
+                    &registry,
+                    1024,
+                    1 << 30,
+                    metrics.egress_queue_full.clone(),
+                ))
+            })
+            .collect();
+        let settings = Settings {
+            batch_max_envelopes: 1,
+            batch_max_bytes: 1 << 20,
+            flush_idle: Duration::from_millis(5),
+            flush_max: Duration::from_millis(20),
+            rate_limit,
+            max_instances,
+            instance_idle: Duration::from_secs(600),
+        };
+        (Router::new(settings, lanes, metrics), registry)
+    }
+
+    fn log(source: &str, instance: &str, tags: &[(&str, &str)], payload: &str) -> Vec<u8> {
+        v2::Envelope {
+            source_id: source.to_owned(),
+            instance_id: instance.to_owned(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            message: Some(v2::envelope::Message::Log(v2::Log {
+                payload: Bytes::copy_from_slice(payload.as_bytes()),
+                r#type: 0,
+            })),
+            ..v2::Envelope::default()
+        }
+        .encode_to_vec()
+    }
+
+    /// Every envelope queued on lane `i`, decoded with its sequence.
+    fn drain(router: &Router, lane: usize) -> Vec<(v2::Envelope, u64)> {
+        let mut out = Vec::new();
+        while let Some((batch, _)) = router.lanes[lane].pop() {
+            for e in BatchIter::new(&batch) {
+                let e = e.unwrap();
+                let seq = EnvelopeView::parse(e).unwrap().sequence;
+                out.push((v2::Envelope::decode(e).unwrap(), seq));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn sequences_start_at_one_per_instance() {
+        let (r, _) = router(&["http://d0"], 0, 100);
+        let batch = wire::batch_of([
+            log("a", "0", &[], "x").as_slice(),
+            log("a", "1", &[], "x").as_slice(),
+            log("a", "0", &[], "x").as_slice(),
+            log("b", "0", &[], "x").as_slice(),
+        ]);
+        assert_eq!(r.ingest_batch(&batch).rejected, 0);
+        let seqs: Vec<(String, String, u64)> = drain(&r, 0)
+            .into_iter()
+            .map(|(e, s)| (e.source_id, e.instance_id, s))
+            .collect();
+        let want = [("a", "0", 1), ("a", "1", 1), ("a", "0", 2), ("b", "0", 1)];
+        let want: Vec<(String, String, u64)> = want
+            .iter()
+            .map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), *c))
+            .collect();
+        assert_eq!(seqs, want);
+    }
+
+    #[test]
+    fn origin_fills_an_empty_source_id() {
+        let (r, registry) = router(&["http://d0"], 0, 100);
+        let from_tag = log("", "0", &[("origin", "gorouter")], "x");
+        let mut deprecated = v2::Envelope::decode(log("", "0", &[], "y").as_slice()).unwrap();
+        deprecated.deprecated_tags.insert(
+            "origin".to_owned(),
+            v2::Value {
+                data: Some(v2::value::Data::Text("legacy".to_owned())),
+            },
+        );
+        let deprecated = deprecated.encode_to_vec();
+        let nothing = log("", "0", &[], "z");
+        let batch = wire::batch_of([
+            from_tag.as_slice(),
+            deprecated.as_slice(),
+            nothing.as_slice(),
+        ]);
+        let outcome = r.ingest_batch(&batch);
+        assert_eq!(outcome.rejected, 1);
+        assert!(outcome.first_error.unwrap().contains("no source_id"));
+        let got: Vec<String> = drain(&r, 0).into_iter().map(|(e, _)| e.source_id).collect();
+        assert_eq!(got, ["gorouter", "legacy"]);
+        assert_eq!(registry.counter_sum("agent.origin_mappings", &[]), 2);
+        assert_eq!(
+            registry.counter_sum("agent.dropped", &[("reason", "no_source_id")]),
+            1
+        );
+    }
+
+    #[test]
+    fn a_source_sticks_to_one_doppler_and_moves_only_when_it_is_down() {
+        let (r, _) = router(&["http://d0", "http://d1", "http://d2"], 0, 10_000);
+        r.set_up(0, true);
+        r.set_up(1, true);
+        r.set_up(2, true);
+        let mut home = HashMap::new();
+        for round in 0..3 {
+            for i in 0..50 {
+                let src = format!("app-{i}");
+                r.ingest_envelope(&log(&src, "0", &[], "x"));
+                for lane in 0..3 {
+                    for (e, _) in drain(&r, lane) {
+                        let prev = home.insert(e.source_id.clone(), lane);
+                        if round > 0 {
+                            assert_eq!(prev, Some(lane), "{} moved", e.source_id);
+                        }
+                    }
+                }
+            }
+        }
+        r.set_up(1, false);
+        for i in 0..50 {
+            let src = format!("app-{i}");
+            r.ingest_envelope(&log(&src, "0", &[], "x"));
+            for lane in 0..3 {
+                for (e, _) in drain(&r, lane) {
+                    assert_ne!(lane, 1);
+                    if home[&e.source_id] != 1 {
+                        assert_eq!(home[&e.source_id], lane, "only d1's sources move");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_rate_limit_sends_one_notice_and_keeps_other_instances_flowing() {
+        let (r, registry) = router(&["http://d0"], 10, 100);
+        let app = [("source_type", "APP/PROC/WEB")];
+        let batch = wire::batch_of([
+            log("a", "0", &app, "12345").as_slice(),
+            log("a", "0", &app, "12345").as_slice(),
+            log("a", "0", &app, "1").as_slice(),
+            log("a", "0", &app, "1").as_slice(),
+            log("a", "1", &app, "12345").as_slice(),
+            log("a", "0", &[("source_type", "RTR")], "not an app line").as_slice(),
+        ]);
+        r.ingest_batch(&batch);
+        let got: Vec<(String, String, u64)> = drain(&r, 0)
+            .into_iter()
+            .map(|(e, s)| {
+                let Some(v2::envelope::Message::Log(l)) = e.message else {
+                    panic!("not a log");
+                };
+                (
+                    e.instance_id,
+                    String::from_utf8(l.payload.to_vec()).unwrap(),
+                    s,
+                )
+            })
+            .collect();
+        let notice = "app instance exceeded log rate limit (10 bytes/sec)".to_owned();
+        assert_eq!(
+            got,
+            vec![
+                ("0".to_owned(), "12345".to_owned(), 1),
+                ("0".to_owned(), "12345".to_owned(), 2),
+                ("0".to_owned(), notice, 3),
+                ("1".to_owned(), "12345".to_owned(), 1),
+                ("0".to_owned(), "not an app line".to_owned(), 4),
+            ]
+        );
+        assert_eq!(
+            registry.counter_sum("agent.dropped", &[("reason", "rate_limited")]),
+            2
+        );
+        assert_eq!(registry.counter_sum("agent.rate_limited", &[]), 1);
+    }
+
+    #[test]
+    fn the_tracking_map_stays_bounded() {
+        let (r, registry) = router(&["http://d0"], 0, 64);
+        for i in 0..1000 {
+            r.ingest_envelope(&log(&format!("app-{i}"), "0", &[], "x"));
+        }
+        assert!(lock(&r.state).instances <= 64);
+        assert!(registry.counter_sum("agent.instance_evictions", &[]) >= 1000 - 64);
+        // The most recent source is still tracked: its sequence continues.
+        r.ingest_envelope(&log("app-999", "0", &[], "x"));
+        let last = drain(&r, 0).pop().unwrap();
+        assert_eq!(last.1, 2);
+    }
+
+    #[test]
+    fn going_down_counts_what_was_waiting() {
+        let (r, registry) = router(&["http://d0"], 0, 100);
+        r.set_up(0, true);
+        r.ingest_envelope(&log("a", "0", &[], "x"));
+        r.ingest_envelope(&log("a", "0", &[], "x"));
+        r.set_up(0, false);
+        assert_eq!(
+            registry.counter_sum("agent.dropped", &[("reason", "doppler_unavailable")]),
+            2
+        );
+        assert!(drain(&r, 0).is_empty());
+    }
+}

@@ -1,0 +1,296 @@
+//! The doppler's configuration (`hydrant run doppler --config FILE`, or the `[doppler]` part of
+//! the micro cloud) and the listeners the caller binds for it.
+//!
+//! Invariant: a config that passes [`Config::validate`] gives every queue a non-zero bound and
+//! every subscription queue room for at least one outgoing batch, so the drop-oldest logic always
+//! keeps the newest data.
+
+use std::time::Duration;
+
+use hydrant_emitter::TelemetryConfig;
+use hydrant_logcache::StoreConfig;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+use crate::Error;
+
+/// Doppler settings. Every field has a default; an empty file is a working doppler on loopback.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// gRPC address serving v2 Ingress, v2 Egress and `logcache.v1.Egress`. Default
+    /// `127.0.0.1:8082` (Loggregator's doppler port).
+    pub listen: String,
+    /// Admin HTTP address (`/healthz`, `/metrics`). Default `127.0.0.1:8083`.
+    pub admin_listen: String,
+    /// Which doppler this is, in its own metrics' `instance_id`. Default `doppler-0`.
+    pub instance_id: String,
+    /// Envelopes the ingress ring holds before it drops its oldest batches (counted
+    /// `doppler.dropped{reason="ingress_ring_full"}`). Default 10_000, Loggregator's
+    /// `doppler.ingress_buffer_size`.
+    pub ingress_ring_envelopes: usize,
+    /// Bytes of batches the ingress ring holds before it drops its oldest. Default 64 MiB.
+    pub ingress_ring_bytes: usize,
+    /// Envelopes waiting for one subscriber before its oldest are dropped (counted
+    /// `doppler.dropped{reason="slow_subscriber"}`, and a gap marker goes into its stream).
+    /// Default 10_000.
+    pub subscription_queue_envelopes: usize,
+    /// Bytes waiting for one subscriber before its oldest are dropped. Default 8 MiB. Worst-case
+    /// egress memory is `max_subscriptions` times this.
+    pub subscription_queue_bytes: usize,
+    /// Most envelopes in one egress message (`EnvelopeBatch`). Default 100, as Loggregator.
+    pub egress_batch_envelopes: usize,
+    /// Most bytes in one egress message; a single larger envelope still goes alone. Default
+    /// 256 KiB.
+    pub egress_batch_bytes: usize,
+    /// Concurrent egress streams; more are refused with `RESOURCE_EXHAUSTED`. Default 500
+    /// (Loggregator's reverse log proxy default).
+    pub max_subscriptions: usize,
+    /// Batches waiting for the log cache; past it batches skip the cache (counted
+    /// `doppler.dropped{reason="logcache_busy"}`) rather than slow routing. Default 1024.
+    pub logcache_queue_batches: usize,
+    /// Bytes of received messages the log cache hand-off may keep alive; past it batches skip
+    /// the cache, counted as above. Default 64 MiB.
+    pub logcache_queue_bytes: usize,
+    /// HTTP/2 keepalive ping interval on gRPC connections. Default 15 s (Loggregator's client
+    /// keepalive).
+    pub keepalive_interval_secs: u64,
+    /// How long a keepalive ping may go unanswered before the connection is closed. Default 20 s.
+    pub keepalive_timeout_secs: u64,
+    /// How long shutdown waits for open streams to finish before cutting them. Default 5 s.
+    pub shutdown_grace_secs: u64,
+    /// The log cache's bounds (`[logcache]`).
+    pub logcache: StoreConfig,
+    /// Where the doppler's own metrics go (`[telemetry]`).
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8082".to_owned(),
+            admin_listen: "127.0.0.1:8083".to_owned(),
+            instance_id: "doppler-0".to_owned(),
+            ingress_ring_envelopes: 10_000,
+            ingress_ring_bytes: 64 * 1024 * 1024,
+            subscription_queue_envelopes: 10_000,
+            subscription_queue_bytes: 8 * 1024 * 1024,
+            egress_batch_envelopes: 100,
+            egress_batch_bytes: 256 * 1024,
+            max_subscriptions: 500,
+            logcache_queue_batches: 1024,
+            logcache_queue_bytes: 64 * 1024 * 1024,
+            keepalive_interval_secs: 15,
+            keepalive_timeout_secs: 20,
+            shutdown_grace_secs: 5,
+            logcache: StoreConfig::default(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+fn check_addr(field: &'static str, addr: &str) -> Result<(), Error> {
+    let port = addr.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
+    match port {
+        Some(Ok(_)) => Ok(()),
+        _ => Err(Error::Config {
+            field,
+            message: format!("{addr:?} is not HOST:PORT; write it like \"127.0.0.1:8082\""),
+        }),
+    }
+}
+
+fn at_least(field: &'static str, value: usize, min: usize, hint: &str) -> Result<(), Error> {
+    if value < min {
+        return Err(Error::Config {
+            field,
+            message: format!("{value} is too small; it must be at least {min} ({hint})"),
+        });
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Checks every setting.
+    ///
+    /// # Errors
+    /// [`Error::Config`] or [`Error::LogCache`] naming the field and a valid value.
+    pub fn validate(&self) -> Result<(), Error> {
+        check_addr("listen", &self.listen)?;
+        check_addr("admin_listen", &self.admin_listen)?;
+        if self.instance_id.is_empty() {
+            return Err(Error::Config {
+                field: "instance_id",
+                message: "must not be empty; name this doppler, e.g. \"doppler-0\"".to_owned(),
+            });
+        }
+        at_least(
+            "ingress_ring_envelopes",
+            self.ingress_ring_envelopes,
+            1,
+            "the default is 10000",
+        )?;
+        at_least(
+            "ingress_ring_bytes",
+            self.ingress_ring_bytes,
+            hydrant_envelope::MAX_MESSAGE_BYTES,
+            "it must hold one full gRPC message",
+        )?;
+        at_least(
+            "egress_batch_envelopes",
+            self.egress_batch_envelopes,
+            1,
+            "the default is 100",
+        )?;
+        at_least(
+            "egress_batch_bytes",
+            self.egress_batch_bytes,
+            1024,
+            "the default is 262144",
+        )?;
+        if self.egress_batch_bytes > hydrant_envelope::MAX_MESSAGE_BYTES / 2 {
+            return Err(Error::Config {
+                field: "egress_batch_bytes",
+                message: format!(
+                    "{} is too large; keep it at most {} so a message never exceeds the gRPC limit",
+                    self.egress_batch_bytes,
+                    hydrant_envelope::MAX_MESSAGE_BYTES / 2
+                ),
+            });
+        }
+        at_least(
+            "subscription_queue_envelopes",
+            self.subscription_queue_envelopes,
+            self.egress_batch_envelopes,
+            "it must hold one egress batch (egress_batch_envelopes)",
+        )?;
+        at_least(
+            "subscription_queue_bytes",
+            self.subscription_queue_bytes,
+            self.egress_batch_bytes,
+            "it must hold one egress batch (egress_batch_bytes)",
+        )?;
+        at_least(
+            "max_subscriptions",
+            self.max_subscriptions,
+            1,
+            "the default is 500",
+        )?;
+        at_least(
+            "logcache_queue_batches",
+            self.logcache_queue_batches,
+            1,
+            "the default is 1024",
+        )?;
+        at_least(
+            "logcache_queue_bytes",
+            self.logcache_queue_bytes,
+            hydrant_envelope::MAX_MESSAGE_BYTES,
+            "it must hold one full gRPC message",
+        )?;
+        if self.keepalive_interval_secs == 0 || self.keepalive_timeout_secs == 0 {
+            return Err(Error::Config {
+                field: "keepalive_interval_secs",
+                message: "keepalive_interval_secs and keepalive_timeout_secs must be at least 1 \
+                          (defaults 15 and 20)"
+                    .to_owned(),
+            });
+        }
+        self.logcache.validate()?;
+        Ok(())
+    }
+
+    pub(crate) fn keepalive_interval(&self) -> Duration {
+        Duration::from_secs(self.keepalive_interval_secs)
+    }
+
+    pub(crate) fn keepalive_timeout(&self) -> Duration {
+        Duration::from_secs(self.keepalive_timeout_secs)
+    }
+
+    pub(crate) fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// The sockets the doppler serves on, bound by the caller (tests bind `127.0.0.1:0`).
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC: v2 Ingress, v2 Egress and `logcache.v1.Egress` (config `listen`).
+    pub grpc: TcpListener,
+    /// Admin HTTP: `/healthz`, `/metrics` (config `admin_listen`).
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `config.listen` and `config.admin_listen`.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] naming the field whose address failed.
+    pub async fn bind(config: &Config) -> Result<Self, Error> {
+        let bind = |field: &'static str, addr: String| async move {
+            TcpListener::bind(&addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    field,
+                    addr,
+                    source,
+                })
+        };
+        Ok(Self {
+            grpc: bind("listen", config.listen.clone()).await?,
+            admin: bind("admin_listen", config.admin_listen.clone()).await?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_toml_is_the_default_and_valid() {
+        let config: Config = toml::from_str("").unwrap();
+        assert_eq!(config, Config::default());
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn sections_and_unknown_fields() {
+        let config: Config = toml::from_str(
+            "listen = \"0.0.0.0:9000\"\n[logcache]\nmax_per_source = 7\n[telemetry]\nagent = \"http://127.0.0.1:3458\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.listen, "0.0.0.0:9000");
+        assert_eq!(config.logcache.max_per_source, 7);
+        assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = Config {
+            listen: "8082".to_owned(),
+            ..Config::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("listen"));
+        let bad = Config {
+            subscription_queue_envelopes: 10,
+            ..Config::default()
+        };
+        let msg = bad.validate().unwrap_err().to_string();
+        assert!(msg.contains("subscription_queue_envelopes"), "{msg}");
+        let bad = Config {
+            logcache: StoreConfig {
+                max_sources: 0,
+                ..StoreConfig::default()
+            },
+            ..Config::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("logcache.max_sources")
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! The ingress ring: validated batches waiting for the router.
+//!
+//! Where it sits: ingress handlers (one per agent stream) push; the router task takes everything
+//! waiting in one swap. It decouples agents from routing so an ingress handler never awaits
+//! anything downstream.
+//!
+//! Invariant: bounded by envelopes and by bytes of the received messages it keeps alive. When a
+//! push overflows it, the oldest batches go first (Loggregator's diode policy: the newest data is
+//! the most useful), and every envelope dropped is counted in
+//! `doppler.dropped{reason="ingress_ring_full"}`. The batch just pushed is never the one dropped.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, PoisonError};
+
+use hydrant_emitter::{Counter, Gauge};
+use tokio::sync::Notify;
+
+use crate::batch::ValidBatch;
+
+#[derive(Debug, Default)]
+struct Inner {
+    batches: VecDeque<ValidBatch>,
+    envelopes: usize,
+    bytes: usize,
+}
+
+/// A bounded, drop-oldest queue of validated batches, many writers, one reader.
+#[derive(Debug)]
+pub struct IngressRing {
+    inner: Mutex<Inner>,
+    ready: Notify,
+    max_envelopes: usize,
+    max_bytes: usize,
+    dropped: Counter,
+    depth: Gauge,
+}
+
+impl IngressRing {
+    /// A ring holding at most `max_envelopes` envelopes and `max_bytes` of received messages.
+    #[must_use]
+    pub fn new(max_envelopes: usize, max_bytes: usize, dropped: Counter, depth: Gauge) -> Self {
+        Self {
+            inner: Mutex::default(),
+            ready: Notify::new(),
+            max_envelopes,
+            max_bytes,
+            dropped,
+            depth,
+        }
+    }
+
+    /// Adds a batch, dropping the oldest batches if the ring overflows. Never blocks on the
+    /// reader.
+    pub fn push(&self, batch: ValidBatch) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.envelopes += batch.len();
+        inner.bytes += batch.buffer_len();
+        inner.batches.push_back(batch);
+        while (inner.envelopes > self.max_envelopes || inner.bytes > self.max_bytes)
+            && inner.batches.len() > 1
+        {
+            let Some(old) = inner.batches.pop_front() else {
+                break;
+            };
+            inner.envelopes -= old.len();
+            inner.bytes -= old.buffer_len();
+            self.dropped.add(old.len() as u64);
+        }
+        self.depth.set(inner.envelopes as f64);
+        drop(inner);
+        self.ready.notify_one();
+    }
+
+    /// Moves every waiting batch into `out`, oldest first.
+    pub fn take_all(&self, out: &mut VecDeque<ValidBatch>) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if inner.batches.is_empty() {
+            return;
+        }
+        if out.is_empty() {
+            std::mem::swap(out, &mut inner.batches);
+        } else {
+            out.append(&mut inner.batches);
+        }
+        inner.envelopes = 0;
+        inner.bytes = 0;
+        self.depth.set(0.0);
+    }
+
+    /// Completes when a push happened since the last call (a push before the first call counts).
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hydrant_envelope::v2;
+    use hydrant_envelope::wire::{batch_of, encode};
+
+    use super::*;
+
+    fn batch(n: usize) -> ValidBatch {
+        let one = encode(&v2::Envelope {
+            source_id: "s".to_owned(),
+            ..v2::Envelope::default()
+        });
+        let buf = batch_of(std::iter::repeat_n(one.as_ref(), n));
+        ValidBatch::from_batch(buf).0
+    }
+
+    #[test]
+    fn overflow_drops_oldest_batches_and_counts_envelopes() {
+        let dropped = Counter::default();
+        let ring = IngressRing::new(10, usize::MAX, dropped.clone(), Gauge::default());
+        ring.push(batch(4));
+        ring.push(batch(4));
+        ring.push(batch(4));
+        assert_eq!(dropped.get(), 4);
+        // A batch larger than the whole ring is still kept: it is the newest data.
+        ring.push(batch(30));
+        assert_eq!(dropped.get(), 12);
+        let mut out = VecDeque::new();
+        ring.take_all(&mut out);
+        assert_eq!(out.iter().map(ValidBatch::len).collect::<Vec<_>>(), [30]);
+    }
+
+    #[tokio::test]
+    async fn a_push_before_waiting_is_not_lost() {
+        let ring = IngressRing::new(10, usize::MAX, Counter::default(), Gauge::default());
+        ring.push(batch(1));
+        tokio::time::timeout(std::time::Duration::from_secs(5), ring.ready())
+            .await
+            .unwrap();
+    }
+}

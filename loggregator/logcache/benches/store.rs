@@ -1,0 +1,76 @@
+//! Log cache costs: ingesting an envelope (a copy, a shard lock, an append) and reading a page.
+//! `cargo bench -p hydrant-logcache`.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hydrant_logcache::{Kind, ReadQuery, Store, StoreConfig};
+
+const ENVELOPE: [u8; 250] = [b'x'; 250];
+
+fn sources(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("app-{i:04}")).collect()
+}
+
+fn ingest(c: &mut Criterion) {
+    let ids = sources(100);
+    let mut g = c.benchmark_group("ingest");
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("1000_envelopes_100_sources_at_capacity", |b| {
+        // Small rings so the store is at its per-source bound and every ingest also evicts.
+        let store = Store::new(StoreConfig {
+            max_per_source: 1000,
+            ..StoreConfig::default()
+        });
+        let mut ts = 0i64;
+        b.iter(|| {
+            for i in 0..1000 {
+                ts += 1;
+                store.ingest(&ids[i % ids.len()], ts, Kind::Log, black_box(&ENVELOPE));
+            }
+        });
+    });
+    g.bench_function("1000_envelopes_at_memory_limit", |b| {
+        let store = Store::new(StoreConfig {
+            max_bytes_total: 4 * 1024 * 1024,
+            ..StoreConfig::default()
+        });
+        let mut ts = 0i64;
+        b.iter(|| {
+            for i in 0..1000 {
+                ts += 1;
+                store.ingest(&ids[i % ids.len()], ts, Kind::Log, black_box(&ENVELOPE));
+            }
+        });
+    });
+    g.finish();
+}
+
+fn read(c: &mut Criterion) {
+    let store = Store::new(StoreConfig::default());
+    for ts in 0..100_000i64 {
+        let kind = if ts % 10 == 0 { Kind::Gauge } else { Kind::Log };
+        store.ingest("app", ts, kind, &ENVELOPE);
+    }
+    let mut g = c.benchmark_group("read");
+    for (name, limit, descending, types) in [
+        ("100_ascending", 100, false, vec![]),
+        ("1000_descending", 1000, true, vec![]),
+        ("1000_gauges_of_mixed", 1000, false, vec![Kind::Gauge]),
+    ] {
+        let query = ReadQuery {
+            source_id: "app".to_owned(),
+            start_time: 50_000,
+            end_time: i64::MAX,
+            envelope_types: types,
+            limit,
+            descending,
+        };
+        g.throughput(Throughput::Elements(limit as u64));
+        g.bench_function(name, |b| b.iter(|| store.read(black_box(&query))));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, ingest, read);
+criterion_main!(benches);

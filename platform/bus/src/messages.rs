@@ -1,0 +1,662 @@
+//! The control-plane messages: their subjects, JSON payloads, publishers and cadence.
+//!
+//! Every message is small JSON, idempotent (applying it twice is applying it once) and
+//! periodically re-sent by its publisher (see [`crate::Announcer`]), so a lost message is
+//! repaired by the next one rather than by retries. Decoding ignores unknown fields and defaults
+//! missing ones, as Go's `encoding/json` does, so gorouter-era peers and newer Hydrant versions
+//! interoperate.
+//!
+//! | subject | payload | published by | when |
+//! |---|---|---|---|
+//! | `router.register` | [`RegistryMessage`] | executor, per running instance | on RUNNING, every [`REGISTER_INTERVAL`], at once on (re)connect and on `router.start` |
+//! | `router.unregister` | [`RegistryMessage`] (matched on `host`, `port`/`tls_port`, `uris`) | executor | when an instance stops or crashes |
+//! | `router.greet` | request, empty body; reply [`RouterStart`] | anyone who needs the router's timings | at boot |
+//! | `router.start` | [`RouterStart`] | router | at boot and on every bus reconnect |
+//! | `executor.heartbeat` | [`ExecutorHeartbeat`] | executor | every [`HEARTBEAT_INTERVAL`] and on (re)connect |
+//! | `executor.crash` | [`ExecutorCrash`] | executor | once per crash |
+//! | `executor.start.<executor_id>` | request [`StartInstance`]; reply [`ExecutorReply`] | cloud controller, health manager | to place an instance; re-sent by convergence until it shows in heartbeats |
+//! | `executor.stop.<executor_id>` | request [`StopInstance`]; reply [`ExecutorReply`] | cloud controller, health manager | to stop instances; re-sent until they leave heartbeats |
+//!
+//! `router.*` payloads use gorouter's field names exactly, so a stock gorouter or route-emitter
+//! can share the bus. Start and stop requests are addressed to one executor by subject
+//! (`executor.start.e1`), as the DEA's `dea.<uuid>.start` was; `executor.start.*` watches all.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Add or refresh a route: [`RegistryMessage`].
+pub const ROUTER_REGISTER: &str = "router.register";
+/// Remove a route: [`RegistryMessage`].
+pub const ROUTER_UNREGISTER: &str = "router.unregister";
+/// Ask the router for its timings (request/reply; the reply is a [`RouterStart`]).
+pub const ROUTER_GREET: &str = "router.greet";
+/// The router (re)started or reconnected: re-register everything now. Payload [`RouterStart`].
+pub const ROUTER_START: &str = "router.start";
+/// An executor's capacity and instances: [`ExecutorHeartbeat`].
+pub const EXECUTOR_HEARTBEAT: &str = "executor.heartbeat";
+/// An instance crashed: [`ExecutorCrash`].
+pub const EXECUTOR_CRASH: &str = "executor.crash";
+/// Prefix of the per-executor start subject; see [`executor_start_subject`].
+pub const EXECUTOR_START: &str = "executor.start";
+/// Prefix of the per-executor stop subject; see [`executor_stop_subject`].
+pub const EXECUTOR_STOP: &str = "executor.stop";
+
+/// How often routes are re-registered (gorouter's `minimumRegisterIntervalInSeconds`, 20 s).
+pub const REGISTER_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a route lives without a re-register (gorouter's `droplet_stale_threshold`, 120 s).
+pub const PRUNE_THRESHOLD: Duration = Duration::from_secs(120);
+/// How often an executor sends [`ExecutorHeartbeat`] (the DEA's heartbeat period, 10 s).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The subject on which executor `executor_id` takes [`StartInstance`] requests.
+/// Executor ids must be one subject token: no `.`, spaces, `*` or `>`.
+#[must_use]
+pub fn executor_start_subject(executor_id: &str) -> String {
+    format!("{EXECUTOR_START}.{executor_id}")
+}
+
+/// The subject on which executor `executor_id` takes [`StopInstance`] requests.
+#[must_use]
+pub fn executor_stop_subject(executor_id: &str) -> String {
+    format!("{EXECUTOR_STOP}.{executor_id}")
+}
+
+/// Encodes a message as the JSON bytes to publish.
+pub fn encode<T: Serialize>(message: &T) -> Result<Bytes, Error> {
+    serde_json::to_vec(message)
+        .map(Bytes::from)
+        .map_err(|source| Error::Encode {
+            what: std::any::type_name::<T>(),
+            source,
+        })
+}
+
+/// `router.register` / `router.unregister`: one backend (`host:port`) for one or more URIs.
+/// Field names are gorouter's `RegistryMessage`; optional fields are omitted when unset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RegistryMessage {
+    /// Backend IP or host name.
+    pub host: String,
+    /// Backend plain-HTTP port.
+    pub port: u16,
+    /// Backend TLS port; preferred over `port` by a router with backend TLS enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_port: Option<u16>,
+    /// `http1` (default when absent) or `http2`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Host names, optionally with a path (`myapp.example.com/path`), routed to this backend.
+    pub uris: Vec<String>,
+    /// The app's guid (access-log `app_id`, header `X-CF-ApplicationID`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// The instance's guid (header `X-CF-InstanceID`, sticky-session cookie).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_instance_id: Option<String>,
+    /// The instance index as a decimal string (header `X-CF-InstanceIndex`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_instance_index: Option<String>,
+    /// The SAN the backend's TLS certificate must carry (the instance guid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cert_domain_san: Option<String>,
+    /// A route service to pass requests through (must be https).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_service_url: Option<String>,
+    /// Isolation segment name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolation_segment: Option<String>,
+    /// Availability zone of the backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
+    /// Route TTL for this endpoint, seconds; absent or 0 means the router's default (120).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_threshold_in_seconds: Option<u64>,
+    /// When the endpoint last changed, UNIX nanoseconds (for registration-latency metrics).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_updated_at_ns: Option<i64>,
+    /// Metric tags (`component`, `app_id`, `source_id`, `instance_id`, ...).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// Per-route options, e.g. `{"loadbalancing": "least-connection"}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options: Option<RegistryOptions>,
+}
+
+/// The `options` object of a [`RegistryMessage`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RegistryOptions {
+    /// `round-robin` or `least-connection`, overriding the router's default for this route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loadbalancing: Option<String>,
+}
+
+impl RegistryMessage {
+    /// A registration of `host:port` for `uris`, everything else unset.
+    #[must_use]
+    pub fn new(host: &str, port: u16, uris: Vec<String>) -> Self {
+        Self {
+            host: host.to_owned(),
+            port,
+            uris,
+            ..Self::default()
+        }
+    }
+
+    /// The TTL this message asks for, or `default` when it names none (absent or 0).
+    #[must_use]
+    pub fn stale_threshold(&self, default: Duration) -> Duration {
+        match self.stale_threshold_in_seconds {
+            Some(secs) if secs > 0 => Duration::from_secs(secs),
+            _ => default,
+        }
+    }
+}
+
+/// `router.start` and the reply to `router.greet`: the router's identity and timings.
+/// Key names are gorouter's (camelCase).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RouterStart {
+    /// The router's id, unique per boot.
+    pub id: String,
+    /// The router's addresses.
+    pub hosts: Vec<String>,
+    /// How often registrations must be repeated, seconds (20).
+    #[serde(rename = "minimumRegisterIntervalInSeconds")]
+    pub minimum_register_interval_in_seconds: u64,
+    /// How long an unrefreshed route lives, seconds (120). gorouter's docs misspell the key as
+    /// `prunteThresholdInSeconds`; that spelling is accepted too.
+    #[serde(rename = "pruneThresholdInSeconds", alias = "prunteThresholdInSeconds")]
+    pub prune_threshold_in_seconds: u64,
+}
+
+impl Default for RouterStart {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            hosts: Vec::new(),
+            minimum_register_interval_in_seconds: REGISTER_INTERVAL.as_secs(),
+            prune_threshold_in_seconds: PRUNE_THRESHOLD.as_secs(),
+        }
+    }
+}
+
+impl RouterStart {
+    /// The interval registrations should use: the advertised one, or 20 s if it is 0.
+    #[must_use]
+    pub fn register_interval(&self) -> Duration {
+        match self.minimum_register_interval_in_seconds {
+            0 => REGISTER_INTERVAL,
+            secs => Duration::from_secs(secs),
+        }
+    }
+}
+
+/// An instance's state as users see it (Cloud Foundry's `/v3/processes/:guid/stats` states).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InstanceState {
+    /// Placed, not yet healthy.
+    #[default]
+    Starting,
+    /// Healthy and routable.
+    Running,
+    /// Exited or failed its health check; waiting for a restart.
+    Crashed,
+    /// Being stopped gracefully.
+    Stopping,
+    /// Not running and not placed.
+    Down,
+}
+
+/// Memory and instance-slot amounts, for an executor's capacity and usage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Resources {
+    /// Memory, MiB.
+    pub memory_mb: u64,
+    /// Instance slots.
+    pub instances: u32,
+}
+
+/// `executor.heartbeat`: everything an executor runs, sent every [`HEARTBEAT_INTERVAL`]. The
+/// health manager treats it as actual state; the cloud controller places instances with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExecutorHeartbeat {
+    /// The executor's id (one subject token; also its start/stop subject suffix).
+    pub executor_id: String,
+    /// The address its instances listen on (the `host` of its route registrations).
+    pub host: String,
+    /// What it can run in total.
+    pub capacity: Resources,
+    /// What its instances currently reserve.
+    pub used: Resources,
+    /// Every instance it knows, in any state but gone.
+    pub instances: Vec<InstanceHeartbeat>,
+}
+
+/// One instance in an [`ExecutorHeartbeat`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InstanceHeartbeat {
+    /// The app's guid.
+    pub app: String,
+    /// The instance's guid.
+    pub instance: String,
+    /// The instance index.
+    pub index: u32,
+    /// Its state.
+    pub state: InstanceState,
+    /// When it entered `state`, UNIX nanoseconds.
+    pub since: i64,
+    /// The port it listens on, once assigned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// `executor.crash`: one instance crashed. Field names follow Cloud Foundry's crash payload
+/// (`instance`, `index`, `reason`, `exit_description`, `crash_count`, `crash_timestamp`), plus
+/// the DEA's `exit_status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExecutorCrash {
+    /// The executor that ran it.
+    pub executor_id: String,
+    /// The app's guid.
+    pub app: String,
+    /// The instance's guid.
+    pub instance: String,
+    /// The instance index.
+    pub index: u32,
+    /// `CRASHED` for a crash.
+    pub reason: String,
+    /// The process exit status, when it exited (absent for a failed health check).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i32>,
+    /// What happened, for humans: `APP/PROC/WEB: Exited with status 1 (out of memory)`.
+    pub exit_description: String,
+    /// How many times this index has crashed in a row, when the publisher knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crash_count: Option<u32>,
+    /// When it crashed, UNIX nanoseconds.
+    pub crash_timestamp: i64,
+}
+
+/// How an executor decides an instance is healthy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckType {
+    /// A TCP connect to `PORT` succeeds (the default).
+    #[default]
+    Port,
+    /// `GET http://127.0.0.1:PORT{endpoint}` answers 200.
+    Http,
+    /// The process is alive.
+    Process,
+}
+
+/// The health check of a [`StartInstance`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HealthCheck {
+    /// Which check.
+    #[serde(rename = "type")]
+    pub kind: HealthCheckType,
+    /// Path for `http` checks (e.g. `/health`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// How long the instance may take to become healthy, seconds (absent: the executor's
+    /// default, 60).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u32>,
+}
+
+/// Request on `executor.start.<executor_id>`: run this instance. Idempotent by `instance`: an
+/// executor already running that guid accepts without starting a second copy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StartInstance {
+    /// The executor asked (must match the subject; others refuse).
+    pub executor_id: String,
+    /// The app's guid.
+    pub app: String,
+    /// The app's name, for logs and `VCAP_APPLICATION`.
+    pub app_name: String,
+    /// The new instance's guid.
+    pub instance: String,
+    /// The instance index.
+    pub index: u32,
+    /// Where to fetch the droplet (a `file://` path in the micro cloud, else an http URL).
+    pub droplet_url: String,
+    /// The droplet's SHA-256, hex; the executor refuses a droplet that does not match.
+    pub droplet_sha256: String,
+    /// The command that starts the app inside the droplet.
+    pub start_command: String,
+    /// Extra environment (the executor adds `PORT`, `CF_INSTANCE_*`, `VCAP_APPLICATION`).
+    pub env: BTreeMap<String, String>,
+    /// Memory limit, MiB.
+    pub memory_mb: u64,
+    /// Disk limit, MiB.
+    pub disk_mb: u64,
+    /// Routes to register once the instance is healthy.
+    pub uris: Vec<String>,
+    /// How to tell it is healthy.
+    pub health_check: HealthCheck,
+    /// Tags added to its logs and metrics (`space_id`, `org_id`, `process_type`, ...).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Request on `executor.stop.<executor_id>`: stop one instance, or every instance of an app.
+/// Idempotent: stopping what is not running succeeds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StopInstance {
+    /// The executor asked (must match the subject; others refuse).
+    pub executor_id: String,
+    /// The app's guid.
+    pub app: String,
+    /// The instance's guid; absent means every instance of `app` on this executor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Why, for the app's log stream (`scaled down`, `app stopped`, `duplicate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// An executor's reply to [`StartInstance`] or [`StopInstance`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExecutorReply {
+    /// The executor answering.
+    pub executor_id: String,
+    /// Whether it took the request (or it was already satisfied).
+    pub accepted: bool,
+    /// Why not, when refused (`insufficient memory`, `wrong executor`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn roundtrip<T>(value: &T) -> T
+    where
+        T: Serialize + for<'de> Deserialize<'de>,
+    {
+        serde_json::from_slice(&encode(value).unwrap()).unwrap()
+    }
+
+    /// A register message in the shape gorouter's route-emitter sends, unknown keys included.
+    const GOROUTER_REGISTER: &str = r#"{
+        "host": "10.244.0.17",
+        "port": 61012,
+        "tls_port": 61013,
+        "protocol": "http1",
+        "uris": ["shop.apps.internal", "shop.apps.internal/api"],
+        "app": "6c1c2b6a-0b49-4c7e-9a1e-3f2f5a1d9e10",
+        "private_instance_id": "a7e2c4d1-52f6-4b7b-6c55-0e91",
+        "private_instance_index": "3",
+        "server_cert_domain_san": "a7e2c4d1-52f6-4b7b-6c55-0e91",
+        "isolation_segment": "",
+        "availability_zone": "z2",
+        "stale_threshold_in_seconds": 120,
+        "endpoint_updated_at_ns": 1714000000000000000,
+        "tags": {"component": "route-emitter", "source_id": "6c1c2b6a-0b49-4c7e-9a1e-3f2f5a1d9e10"},
+        "options": {"loadbalancing": "least-connection"},
+        "route_service_url": "https://rs.example.net/svc",
+        "some_future_field": {"nested": true}
+    }"#;
+
+    #[test]
+    fn decodes_a_gorouter_register_message() {
+        let m: RegistryMessage = serde_json::from_str(GOROUTER_REGISTER).unwrap();
+        assert_eq!(m.host, "10.244.0.17");
+        assert_eq!(m.port, 61012);
+        assert_eq!(m.tls_port, Some(61013));
+        assert_eq!(m.protocol.as_deref(), Some("http1"));
+        assert_eq!(m.uris, ["shop.apps.internal", "shop.apps.internal/api"]);
+        assert_eq!(
+            m.app.as_deref(),
+            Some("6c1c2b6a-0b49-4c7e-9a1e-3f2f5a1d9e10")
+        );
+        assert_eq!(m.private_instance_index.as_deref(), Some("3"));
+        assert_eq!(
+            m.server_cert_domain_san.as_deref(),
+            m.private_instance_id.as_deref()
+        );
+        assert_eq!(m.stale_threshold(PRUNE_THRESHOLD), Duration::from_secs(120));
+        assert_eq!(m.tags["component"], "route-emitter");
+        assert_eq!(
+            m.options.and_then(|o| o.loadbalancing).as_deref(),
+            Some("least-connection")
+        );
+        assert_eq!(
+            m.route_service_url.as_deref(),
+            Some("https://rs.example.net/svc")
+        );
+    }
+
+    #[test]
+    fn encodes_register_with_exactly_gorouters_keys() {
+        let mut m = RegistryMessage::new("10.0.0.5", 61001, vec!["app.example.com".into()]);
+        m.app = Some("app-guid".into());
+        m.private_instance_id = Some("inst-guid".into());
+        m.private_instance_index = Some("0".into());
+        m.stale_threshold_in_seconds = Some(120);
+        m.tags.insert("component".into(), "executor".into());
+        let golden = json!({
+            "host": "10.0.0.5",
+            "port": 61001,
+            "uris": ["app.example.com"],
+            "app": "app-guid",
+            "private_instance_id": "inst-guid",
+            "private_instance_index": "0",
+            "stale_threshold_in_seconds": 120,
+            "tags": {"component": "executor"}
+        });
+        let encoded: Value = serde_json::from_slice(&encode(&m).unwrap()).unwrap();
+        assert_eq!(encoded, golden);
+        assert_eq!(roundtrip(&m), m);
+    }
+
+    #[test]
+    fn minimal_and_empty_register_messages_decode_with_defaults() {
+        let m: RegistryMessage =
+            serde_json::from_str(r#"{"host":"h","port":1,"uris":["a"]}"#).unwrap();
+        assert_eq!(m, RegistryMessage::new("h", 1, vec!["a".into()]));
+        assert_eq!(m.stale_threshold(PRUNE_THRESHOLD), PRUNE_THRESHOLD);
+        let zero: RegistryMessage =
+            serde_json::from_str(r#"{"stale_threshold_in_seconds":0}"#).unwrap();
+        assert_eq!(zero.stale_threshold(PRUNE_THRESHOLD), PRUNE_THRESHOLD);
+        assert!(serde_json::from_str::<RegistryMessage>(r#"{"port":70000}"#).is_err());
+        assert!(serde_json::from_str::<RegistryMessage>("[1,2]").is_err());
+    }
+
+    #[test]
+    fn router_start_uses_gorouters_camel_case_keys() {
+        let start = RouterStart {
+            id: "0-9f1c".into(),
+            hosts: vec!["10.0.1.5".into()],
+            ..RouterStart::default()
+        };
+        let encoded: Value = serde_json::from_slice(&encode(&start).unwrap()).unwrap();
+        assert_eq!(
+            encoded,
+            json!({
+                "id": "0-9f1c",
+                "hosts": ["10.0.1.5"],
+                "minimumRegisterIntervalInSeconds": 20,
+                "pruneThresholdInSeconds": 120
+            })
+        );
+        assert_eq!(roundtrip(&start), start);
+        let misspelt: RouterStart = serde_json::from_str(
+            r#"{"id":"x","hosts":[],"minimumRegisterIntervalInSeconds":5,"prunteThresholdInSeconds":60}"#,
+        )
+        .unwrap();
+        assert_eq!(misspelt.prune_threshold_in_seconds, 60);
+        assert_eq!(misspelt.register_interval(), Duration::from_secs(5));
+        let zero: RouterStart =
+            serde_json::from_str(r#"{"minimumRegisterIntervalInSeconds":0}"#).unwrap();
+        assert_eq!(zero.register_interval(), REGISTER_INTERVAL);
+    }
+
+    #[test]
+    fn heartbeat_round_trips_with_upper_case_states() {
+        let hb = ExecutorHeartbeat {
+            executor_id: "e1".into(),
+            host: "10.0.0.7".into(),
+            capacity: Resources {
+                memory_mb: 8192,
+                instances: 50,
+            },
+            used: Resources {
+                memory_mb: 256,
+                instances: 2,
+            },
+            instances: vec![
+                InstanceHeartbeat {
+                    app: "a1".into(),
+                    instance: "i1".into(),
+                    index: 0,
+                    state: InstanceState::Running,
+                    since: 1_700_000_000_000_000_000,
+                    port: Some(61000),
+                },
+                InstanceHeartbeat {
+                    app: "a1".into(),
+                    instance: "i2".into(),
+                    index: 1,
+                    state: InstanceState::Starting,
+                    since: 1_700_000_000_500_000_000,
+                    port: None,
+                },
+            ],
+        };
+        let value: Value = serde_json::from_slice(&encode(&hb).unwrap()).unwrap();
+        assert_eq!(value["instances"][0]["state"], "RUNNING");
+        assert_eq!(value["instances"][1]["state"], "STARTING");
+        assert_eq!(value["capacity"]["memory_mb"], 8192);
+        assert!(value["instances"][1].get("port").is_none());
+        assert_eq!(roundtrip(&hb), hb);
+        for (text, state) in [
+            ("STARTING", InstanceState::Starting),
+            ("RUNNING", InstanceState::Running),
+            ("CRASHED", InstanceState::Crashed),
+            ("STOPPING", InstanceState::Stopping),
+            ("DOWN", InstanceState::Down),
+        ] {
+            assert_eq!(
+                serde_json::from_value::<InstanceState>(json!(text)).unwrap(),
+                state
+            );
+        }
+        assert!(serde_json::from_value::<InstanceState>(json!("EXPLODED")).is_err());
+    }
+
+    #[test]
+    fn crash_uses_the_reference_field_names() {
+        let crash = ExecutorCrash {
+            executor_id: "e1".into(),
+            app: "a1".into(),
+            instance: "i1".into(),
+            index: 2,
+            reason: "CRASHED".into(),
+            exit_status: Some(137),
+            exit_description: "APP/PROC/WEB: Exited with status 137 (out of memory)".into(),
+            crash_count: Some(3),
+            crash_timestamp: 1_700_000_000_000_000_000,
+        };
+        let value: Value = serde_json::from_slice(&encode(&crash).unwrap()).unwrap();
+        for key in [
+            "executor_id",
+            "app",
+            "instance",
+            "index",
+            "reason",
+            "exit_status",
+            "exit_description",
+            "crash_count",
+            "crash_timestamp",
+        ] {
+            assert!(value.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(roundtrip(&crash), crash);
+        let health_check_failure = ExecutorCrash {
+            exit_status: None,
+            crash_count: None,
+            ..crash
+        };
+        let value: Value = serde_json::from_slice(&encode(&health_check_failure).unwrap()).unwrap();
+        assert!(value.get("exit_status").is_none());
+        assert_eq!(roundtrip(&health_check_failure), health_check_failure);
+    }
+
+    #[test]
+    fn start_and_stop_requests_round_trip_and_are_addressed() {
+        let start = StartInstance {
+            executor_id: "e1".into(),
+            app: "a1".into(),
+            app_name: "shop".into(),
+            instance: "i9".into(),
+            index: 4,
+            droplet_url: "file:///var/hydrant/droplets/d1.tgz".into(),
+            droplet_sha256: "ab".repeat(32),
+            start_command: "./bin/shop".into(),
+            env: BTreeMap::from([("RUST_LOG".into(), "info".into())]),
+            memory_mb: 256,
+            disk_mb: 1024,
+            uris: vec!["shop.hydrant.local".into()],
+            health_check: HealthCheck {
+                kind: HealthCheckType::Http,
+                endpoint: Some("/health".into()),
+                timeout_secs: Some(60),
+            },
+            tags: BTreeMap::new(),
+        };
+        let value: Value = serde_json::from_slice(&encode(&start).unwrap()).unwrap();
+        assert_eq!(value["health_check"]["type"], "http");
+        assert_eq!(roundtrip(&start), start);
+        let stop = StopInstance {
+            executor_id: "e1".into(),
+            app: "a1".into(),
+            instance: None,
+            reason: Some("app stopped".into()),
+        };
+        assert_eq!(roundtrip(&stop), stop);
+        let reply = ExecutorReply {
+            executor_id: "e1".into(),
+            accepted: false,
+            reason: Some("insufficient memory".into()),
+        };
+        assert_eq!(roundtrip(&reply), reply);
+        assert_eq!(executor_start_subject("e1"), "executor.start.e1");
+        assert_eq!(executor_stop_subject("e1"), "executor.stop.e1");
+        assert!(crate::subject::matches(
+            "executor.start.*",
+            &executor_start_subject("e7")
+        ));
+    }
+
+    #[test]
+    fn decoding_garbage_gives_an_error_not_a_panic() {
+        for bad in ["", "{", "null", "\"x\"", "{\"instances\":5}", "\u{0}"] {
+            assert!(
+                serde_json::from_str::<ExecutorHeartbeat>(bad).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+}
