@@ -4,7 +4,9 @@
 //! It reports throughput (envelopes/s), efficiency (envelopes per CPU-second of the whole
 //! process: roles, generators and consumer together), latency from emit to consumer
 //! (p50/p99/p99.9, hdrhistogram), and the ledger: emitted = delivered + Σ counted drops, read from
-//! each role's own `/metrics`. A non-zero `unaccounted` means the pipeline lost data silently.
+//! each role's own `/metrics`. Gap markers the doppler adds to the stream enter the ledger too
+//! (injected, then delivered or counted as dropped). A non-zero `unaccounted` means the pipeline
+//! lost (or invented) data silently.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -64,6 +66,10 @@ struct Report {
     latency_ms: Latency,
     drops: BTreeMap<String, u64>,
     dropped_total: u64,
+    /// Envelopes the consumer was told it lost through in-band gap markers.
+    gap_reported: u64,
+    /// Gap marker envelopes the doppler added to the stream (part of the ledger).
+    gap_markers_injected: u64,
     unaccounted: i64,
 }
 
@@ -249,6 +255,7 @@ async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
     }
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
+    let t0_ns = hydrant_envelope::now_nanos();
     let delivered0 = consumer.delivered();
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     stop.cancel();
@@ -273,6 +280,9 @@ async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
     let emitted = emitted.load(Ordering::Relaxed);
 
     let drops = cloud.scrape_drops().await?;
+    // The doppler adds gap markers to the stream; later hops may drop them and count it, so
+    // the ledger adds what was injected and removes the markers that arrived.
+    let injected = cloud.scrape_counter("doppler_gap_markers_total").await?;
     let dropped_total: u64 = drops.values().sum();
     let hist = consumer.latency();
     let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
@@ -281,11 +291,12 @@ async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
         target_rate: args.rate,
         emitted,
         delivered,
+        // From the first emit to the last delivery: the drain wait after it is not work.
         envelopes_per_sec: delivered as f64
-            / elapsed
-                .as_secs_f64()
-                .min(gen_elapsed.as_secs_f64() + 0.5)
+            / ((consumer.last_delivery_ns() - t0_ns) as f64 / 1e9)
+                .min(elapsed.as_secs_f64())
                 .max(0.001),
+        gap_reported: consumer.gap_reported(),
         cpu_seconds: cpu,
         envelopes_per_cpu_sec: if cpu > 0.0 {
             delivered as f64 / cpu
@@ -300,7 +311,11 @@ async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
         },
         drops,
         dropped_total,
-        unaccounted: emitted as i64 - delivered as i64 - dropped_total as i64,
+        gap_markers_injected: injected,
+        unaccounted: (emitted + injected) as i64
+            - delivered as i64
+            - consumer.doppler_markers() as i64
+            - dropped_total as i64,
     };
     shutdown.cancel();
     cloud.stopped().await;
@@ -355,4 +370,8 @@ fn print_report(r: &Report) {
         println!("    dropped {k:<24} {v}");
     }
     println!("    unaccounted       {}", r.unaccounted);
+    println!(
+        "  in-band gap markers told the consumer of {} lost envelopes",
+        r.gap_reported
+    );
 }

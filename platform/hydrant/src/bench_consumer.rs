@@ -9,13 +9,20 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use hdrhistogram::Histogram;
-use hydrant_envelope::wire::{BatchIter, EnvelopeView};
+use hydrant_envelope::gap::Gap;
+use hydrant_envelope::wire::{BatchIter, EnvelopeView, Kind};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 #[derive(Debug)]
 pub struct Consumer {
     delivered: Arc<AtomicU64>,
+    /// Envelopes the pipeline told this consumer it lost, summed from in-band gap markers.
+    gap_reported: Arc<AtomicU64>,
+    /// Gap marker envelopes made by the doppler that reached this consumer.
+    doppler_markers: Arc<AtomicU64>,
+    /// Wall-clock nanoseconds of the last frame that held generator envelopes.
+    last_delivery_ns: Arc<AtomicU64>,
     connected: Arc<AtomicBool>,
     latency: Arc<Mutex<Histogram<u64>>>,
 }
@@ -40,10 +47,16 @@ impl Consumer {
             .with_context(|| format!("cannot open the firehose at {ws_url}"))?;
         let consumer = Self {
             delivered: Arc::default(),
+            gap_reported: Arc::default(),
+            doppler_markers: Arc::default(),
+            last_delivery_ns: Arc::default(),
             connected: Arc::new(AtomicBool::new(true)),
             latency: Arc::new(Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?)),
         };
         let delivered = consumer.delivered.clone();
+        let gap_reported = consumer.gap_reported.clone();
+        let doppler_markers = consumer.doppler_markers.clone();
+        let last_delivery_ns = consumer.last_delivery_ns.clone();
         let latency = consumer.latency.clone();
         let connected = consumer.connected.clone();
         tokio::spawn(async move {
@@ -59,7 +72,18 @@ impl Consumer {
                     let Ok(view) = EnvelopeView::parse(envelope) else {
                         continue;
                     };
-                    if !view.source_id.starts_with("bench-") {
+                    // Gap markers are envelopes a hop added to the stream: tally them apart
+                    // (the ledger needs the ones the doppler made) and never as data.
+                    if view.kind == Kind::Event
+                        && let Some(gap) = Gap::from_view(&view)
+                    {
+                        gap_reported.fetch_add(gap.dropped, Ordering::Relaxed);
+                        if gap.hop == "doppler" {
+                            doppler_markers.fetch_add(1, Ordering::Relaxed);
+                        }
+                        continue;
+                    }
+                    if view.kind != Kind::Log || !view.source_id.starts_with("bench-") {
                         continue;
                     }
                     n += 1;
@@ -67,7 +91,10 @@ impl Consumer {
                     let _ = hist.record(micros.max(1));
                 }
                 drop(hist);
-                delivered.fetch_add(n, Ordering::Relaxed);
+                if n > 0 {
+                    delivered.fetch_add(n, Ordering::Relaxed);
+                    last_delivery_ns.store(u64::try_from(now).unwrap_or(0), Ordering::Relaxed);
+                }
             }
             connected.store(false, Ordering::Relaxed);
         });
@@ -86,6 +113,21 @@ impl Consumer {
     /// Generator envelopes received so far.
     pub fn delivered(&self) -> u64 {
         self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Envelopes the pipeline reported lost to this consumer in-band (gap markers).
+    pub fn gap_reported(&self) -> u64 {
+        self.gap_reported.load(Ordering::Relaxed)
+    }
+
+    /// Gap marker envelopes from the doppler that reached this consumer.
+    pub fn doppler_markers(&self) -> u64 {
+        self.doppler_markers.load(Ordering::Relaxed)
+    }
+
+    /// Wall-clock nanoseconds when the last generator envelope arrived (0 before any).
+    pub fn last_delivery_ns(&self) -> i64 {
+        i64::try_from(self.last_delivery_ns.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
     }
 
     /// Emit→receive latency in microseconds.

@@ -236,6 +236,21 @@ impl MicroCloud {
         Ok(out)
     }
 
+    /// The sum over every role of the counter samples named `name` (Prometheus form, e.g.
+    /// `doppler_gap_markers_total`).
+    pub async fn scrape_counter(&self, name: &str) -> anyhow::Result<u64> {
+        let mut total = 0;
+        for addr in self.admin_addrs.values() {
+            let text = http_get(*addr, "/metrics").await?;
+            total += parse_prometheus(&text)
+                .iter()
+                .filter(|(n, _, _)| n == name)
+                .map(|(_, _, v)| *v as u64)
+                .sum::<u64>();
+        }
+        Ok(total)
+    }
+
     /// Waits for every role to stop (after the shutdown token fired).
     pub async fn stopped(mut self) {
         while let Some(joined) = self.tasks.join_next().await {
