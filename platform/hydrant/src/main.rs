@@ -12,9 +12,11 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_consumer;
 mod cli_config;
+mod demo_app;
 mod emit;
 mod logs;
 mod roles;
+mod static_server;
 mod up;
 
 #[global_allocator]
@@ -44,6 +46,11 @@ enum Command {
     Logs(logs::LogsArgs),
     /// Send log lines into the pipeline by hand.
     Emit(emit::EmitArgs),
+    /// The demo app: an HTTP server with endpoints that make errors, latency, logs and crashes.
+    DemoApp(demo_app::DemoAppArgs),
+    /// Serve a directory over HTTP (what the static buildpack's droplets run).
+    #[command(hide = true)]
+    StaticServer(static_server::StaticServerArgs),
     /// Measure the pipeline end to end over real sockets.
     Bench {
         #[command(subcommand)]
@@ -77,6 +84,8 @@ fn main() -> ExitCode {
             Command::Logs(args) => logs::run(args).await,
             Command::Emit(args) => emit::run(args).await,
             Command::Bench { what } => bench::run(what).await,
+            Command::DemoApp(args) => demo_app::run(args).await,
+            Command::StaticServer(args) => static_server::run(args).await,
         }
     });
     match result {
