@@ -18,6 +18,15 @@ pub struct CliConfig {
     pub agent: String,
     /// The bearer token the CLI presents.
     pub token: String,
+    /// The cloud controller's URL (`hydrant target`); absent for a pipeline-only setup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    /// The router's URL, to print app URLs with the right port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<String>,
+    /// Who the token belongs to, for `hydrant target`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// `$HYDRANT_HOME`, or `~/.hydrant`.

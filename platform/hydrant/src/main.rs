@@ -9,13 +9,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod apps;
 mod bench;
 mod bench_consumer;
 mod cli_config;
 mod demo_app;
 mod emit;
+mod exit;
 mod logs;
 mod roles;
+mod session;
 mod static_server;
 mod up;
 
@@ -42,6 +45,34 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Push an app: upload what changed, stage it, start it.
+    Push(apps::PushArgs),
+    /// List apps.
+    Apps(apps::ListArgs),
+    /// One app: its instances with state, cpu, memory and uptime.
+    App(apps::AppListArgs),
+    /// Change an app's instance count, memory or disk.
+    Scale(apps::ScaleArgs),
+    /// Start an app.
+    Start(apps::NameArgs),
+    /// Stop an app.
+    Stop(apps::NameArgs),
+    /// Restart an app.
+    Restart(apps::NameArgs),
+    /// Delete an app.
+    Delete(apps::DeleteArgs),
+    /// An app's audit events (starts, stops, scales, crashes).
+    Events(apps::AppListArgs),
+    /// List routes.
+    Routes(apps::ListArgs),
+    /// Add a route to an app.
+    MapRoute(apps::RouteArgs),
+    /// Remove a route from an app.
+    UnmapRoute(apps::RouteArgs),
+    /// Log in to a cloud controller.
+    Login(session::LoginArgs),
+    /// Show or set the cloud controller the CLI talks to.
+    Target(session::TargetArgs),
     /// Print a source's logs: recent lines, then follow the live stream.
     Logs(logs::LogsArgs),
     /// Send log lines into the pipeline by hand.
@@ -82,6 +113,20 @@ fn main() -> ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Run { role, config } => roles::run_from_file(role, &config).await,
             Command::Logs(args) => logs::run(args).await,
+            Command::Push(args) => apps::push(args).await,
+            Command::Apps(args) => apps::apps(args).await,
+            Command::App(args) => apps::app(args).await,
+            Command::Scale(args) => apps::scale(args).await,
+            Command::Start(args) => apps::lifecycle(apps::Lifecycle::Start, args).await,
+            Command::Stop(args) => apps::lifecycle(apps::Lifecycle::Stop, args).await,
+            Command::Restart(args) => apps::lifecycle(apps::Lifecycle::Restart, args).await,
+            Command::Delete(args) => apps::delete(args).await,
+            Command::Events(args) => apps::events(args).await,
+            Command::Routes(args) => apps::routes(args).await,
+            Command::MapRoute(args) => apps::map_route(args, true).await,
+            Command::UnmapRoute(args) => apps::map_route(args, false).await,
+            Command::Login(args) => session::login(args).await,
+            Command::Target(args) => session::target(args).await,
             Command::Emit(args) => emit::run(args).await,
             Command::Bench { what } => bench::run(what).await,
             Command::DemoApp(args) => demo_app::run(args).await,
@@ -92,7 +137,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            exit::code_for(&e)
         }
     }
 }

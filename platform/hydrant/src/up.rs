@@ -367,6 +367,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         firehose: cloud.firehose_url.clone(),
         agent: cloud.agent_url.clone(),
         token: cloud.token.clone(),
+        api: None,
+        router: None,
+        user: Some("admin".to_owned()),
     })?;
 
     let e = &cloud.endpoints;

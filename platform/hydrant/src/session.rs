@@ -1,0 +1,175 @@
+//! `hydrant login` and `hydrant target`: which cloud controller the CLI talks to and as whom.
+//!
+//! The token lands in the CLI config (mode 0600) beside the endpoints the controller
+//! advertises in `GET /v3/info`, so `logs`, `push` and the rest need no flags afterwards.
+
+use std::io::{BufRead as _, IsTerminal as _};
+use std::process::ExitCode;
+
+use hydrant_api::Client;
+use hydrant_firehose_client::render::escape_text;
+
+use crate::cli_config::{self, CliConfig};
+use crate::exit;
+
+/// `hydrant login`.
+#[derive(Debug, clap::Args)]
+pub struct LoginArgs {
+    /// User name.
+    #[arg(short = 'u', long)]
+    username: Option<String>,
+    /// Password (prefer the HYDRANT_PASSWORD variable or the prompt: flags show in `ps`).
+    #[arg(short = 'p', long, env = "HYDRANT_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// The cloud controller to log in to (default: the current target).
+    #[arg(short = 'a', long)]
+    api: Option<String>,
+}
+
+/// `hydrant target`.
+#[derive(Debug, clap::Args)]
+pub struct TargetArgs {
+    /// The cloud controller's URL to target; without it, show the current target.
+    api: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn prompt(label: &str) -> anyhow::Result<String> {
+    eprint!("{label}: ");
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
+    let existing = cli_config::load().ok();
+    let api = args
+        .api
+        .clone()
+        .or_else(|| existing.as_ref().and_then(|c| c.api.clone()))
+        .ok_or_else(|| {
+            exit::usage(
+                "no cloud controller to log in to: pass --api URL or run `hydrant target URL`",
+            )
+        })?;
+    let interactive = std::io::stdin().is_terminal();
+    let username = match args.username {
+        Some(u) => u,
+        None if interactive => prompt("Username")?,
+        None => {
+            return Err(exit::usage(
+                "-u USERNAME is required when stdin is not a terminal",
+            ));
+        }
+    };
+    let password = match args.password {
+        Some(p) => p,
+        // Read a line from a pipe (`echo pw | hydrant login -u me`) or the terminal.
+        None => prompt("Password")?,
+    };
+    let client = Client::new(&api, None);
+    let info = client.info().await?;
+    let token = client
+        .login(&username, &password)
+        .await
+        .map_err(|e| match e {
+            hydrant_api::Error::Api { status: 401, .. } => exit::CliError {
+                code: exit::UNREACHABLE,
+                message: "login failed: wrong user name or password".to_owned(),
+            }
+            .into(),
+            other => anyhow::Error::from(other),
+        })?;
+    let config = CliConfig {
+        firehose: info
+            .endpoints
+            .get("firehose")
+            .cloned()
+            .or_else(|| existing.as_ref().map(|c| c.firehose.clone()))
+            .unwrap_or_default(),
+        agent: info
+            .endpoints
+            .get("agent")
+            .cloned()
+            .or_else(|| existing.as_ref().map(|c| c.agent.clone()))
+            .unwrap_or_default(),
+        router: info
+            .endpoints
+            .get("router")
+            .cloned()
+            .or_else(|| existing.as_ref().and_then(|c| c.router.clone())),
+        token: token.access_token,
+        api: Some(api.clone()),
+        user: Some(username.clone()),
+    };
+    let path = cli_config::save(&config)?;
+    eprintln!(
+        "Logged in to {} as {} (saved in {})",
+        escape_text(&api),
+        escape_text(&username),
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn target(args: TargetArgs) -> anyhow::Result<ExitCode> {
+    if let Some(api) = args.api {
+        let info = Client::new(&api, None).info().await?;
+        let mut config = cli_config::load().unwrap_or(CliConfig {
+            firehose: String::new(),
+            agent: String::new(),
+            token: String::new(),
+            api: None,
+            router: None,
+            user: None,
+        });
+        if config.api.as_deref() != Some(api.as_str()) {
+            // A token from another controller is useless here.
+            config.token.clear();
+            config.user = None;
+        }
+        config.api = Some(api.clone());
+        if let Some(f) = info.endpoints.get("firehose") {
+            config.firehose.clone_from(f);
+        }
+        if let Some(a) = info.endpoints.get("agent") {
+            config.agent.clone_from(a);
+        }
+        config.router = info.endpoints.get("router").cloned().or(config.router);
+        cli_config::save(&config)?;
+        eprintln!(
+            "Targeted {} (API {}); log in with `hydrant login`",
+            escape_text(&api),
+            escape_text(&info.api_version)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = cli_config::load()?;
+    if args.json {
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            api: Option<&'a str>,
+            user: Option<&'a str>,
+            firehose: &'a str,
+            router: Option<&'a str>,
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&Out {
+                api: config.api.as_deref(),
+                user: config.user.as_deref(),
+                firehose: &config.firehose,
+                router: config.router.as_deref(),
+            })?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let show = |v: Option<&str>| v.map_or_else(|| "(none)".to_owned(), escape_text);
+    println!("api:       {}", show(config.api.as_deref()));
+    println!("user:      {}", show(config.user.as_deref()));
+    println!("firehose:  {}", escape_text(&config.firehose));
+    println!("router:    {}", show(config.router.as_deref()));
+    Ok(ExitCode::SUCCESS)
+}
