@@ -39,6 +39,9 @@ pub const ROUTER_GREET: &str = "router.greet";
 pub const ROUTER_START: &str = "router.start";
 /// An executor's capacity and instances: [`ExecutorHeartbeat`].
 pub const EXECUTOR_HEARTBEAT: &str = "executor.heartbeat";
+/// Anyone who keeps an executor table (the cloud controller, the health manager) (re)started:
+/// every executor heartbeats now instead of at its next interval. Empty payload.
+pub const EXECUTOR_GREET: &str = "executor.greet";
 /// An instance crashed: [`ExecutorCrash`].
 pub const EXECUTOR_CRASH: &str = "executor.crash";
 /// Prefix of the per-executor start subject; see [`executor_start_subject`].

@@ -225,7 +225,11 @@ async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
     }
     let shutdown = CancellationToken::new();
     let data_dir = tempfile_dir()?;
-    let cloud = MicroCloud::start(&data_dir, Ports::Ephemeral, false, shutdown.clone()).await?;
+    let options = crate::up::Options {
+        self_telemetry: false,
+        platform: false,
+    };
+    let cloud = MicroCloud::start(&data_dir, Ports::Ephemeral, options, shutdown.clone()).await?;
 
     let consumer =
         crate::bench_consumer::Consumer::start(&cloud.firehose_url, &cloud.token, "bench").await?;

@@ -12,7 +12,7 @@ use hydrant_firehose_client::{
     ClientConfig, EnvelopeView, Kind, RecentQuery, StreamEvent, follow_with_recent_query, recent,
 };
 
-use crate::cli_config;
+use crate::cli_config::{self, CliConfig};
 
 /// Arguments of `hydrant logs`.
 #[derive(Debug, clap::Args)]
@@ -36,6 +36,37 @@ pub struct LogsArgs {
     utc: bool,
 }
 
+/// The stream to read: an app's name resolves to its GUID (the source id its envelopes carry)
+/// and a token scoped to it; anything else is read as a raw source id with the CLI's token.
+async fn resolve_source(cli: CliConfig, source: &str) -> anyhow::Result<(ClientConfig, String)> {
+    let raw = ClientConfig {
+        url: cli.firehose.clone(),
+        token: cli.token.clone(),
+        ..ClientConfig::default()
+    };
+    if cli.api.is_none() {
+        return Ok((raw, source.to_owned()));
+    }
+    let session = crate::apps::Session::load()?;
+    match session.client.app_by_name(source, None).await {
+        Ok(app) => {
+            let config = session.app_stream_config(&app).await?;
+            Ok((config, app.guid))
+        }
+        // Not an app name: a GUID, or a platform source such as `doppler`.
+        Err(hydrant_api::Error::Api { status: 404, .. }) => Ok((raw, source.to_owned())),
+        // The controller is down: logs must still flow, so read the raw source.
+        Err(hydrant_api::Error::Transport { .. }) => {
+            eprintln!(
+                "warning: the cloud controller is unreachable; reading {} as a source id",
+                render::escape_text(source)
+            );
+            Ok((raw, source.to_owned()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Exit code when the output pipe closed (e.g. `hydrant logs app | head`): not an error.
 fn broken_pipe(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::BrokenPipe
@@ -46,11 +77,9 @@ pub async fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--lines must be between 1 and 1000 (the log cache's read limit)");
     }
     let cli = cli_config::load()?;
-    let config = ClientConfig {
-        url: cli.firehose.clone(),
-        token: cli.token.clone(),
-        ..ClientConfig::default()
-    };
+    let name = args.source.clone();
+    let (config, source) = resolve_source(cli, &args.source).await?;
+    let args = LogsArgs { source, ..args };
     let opts = RenderOptions {
         color: !args.json && std::io::stdout().is_terminal(),
         tz: if args.utc {
@@ -96,10 +125,7 @@ pub async fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
 
     let mut follow = follow_with_recent_query(config, &args.source, query)?;
     if !args.json {
-        eprintln!(
-            "Retrieving logs for {}...",
-            render::escape_text(&args.source)
-        );
+        eprintln!("Retrieving logs for {}...", render::escape_text(&name));
     }
     while let Some(event) = follow.next().await {
         out.clear();

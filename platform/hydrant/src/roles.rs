@@ -20,6 +20,8 @@ pub enum Role {
     Doppler,
     /// The traffic controller and firehose edge (WebSocket, recent logs).
     Trafficcontroller,
+    /// The HTTP router: a reverse proxy by Host, routes from the bus and the config file.
+    Router,
 }
 
 fn load<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
@@ -99,6 +101,19 @@ pub async fn run_from_file(role: Role, path: &Path) -> anyhow::Result<ExitCode> 
                 config.listen, config.admin_listen
             );
             hydrant_firehose::run(config, listeners, shutdown).await?;
+        }
+        Role::Router => {
+            let config: hydrant_router::Config = load(path)?;
+            config.validate()?;
+            let listeners = hydrant_router::Listeners {
+                http: bind(&config.listen, "listen").await?,
+                admin: bind(&config.admin_listen, "admin_listen").await?,
+            };
+            eprintln!(
+                "router: HTTP on {}, admin on {}",
+                config.listen, config.admin_listen
+            );
+            hydrant_router::run(config, listeners, shutdown).await?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -58,8 +58,27 @@ pub struct Endpoints {
     pub admin: BTreeMap<String, String>,
     /// A token with the admin and firehose scopes.
     pub token: String,
+    /// The cloud controller's REST API (absent when the platform roles are off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    /// The router's HTTP address: apps answer at `http://NAME.<apps_domain>:PORT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub router: Option<String>,
+    /// The domain apps' default routes live under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apps_domain: Option<String>,
     /// The data directory.
     pub data_dir: PathBuf,
+}
+
+/// What a micro cloud runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Roles send their own metrics into the pipeline (off for the bench, whose ledger counts
+    /// only generator envelopes).
+    pub self_telemetry: bool,
+    /// Run the platform roles as well as the pipeline.
+    pub platform: bool,
 }
 
 /// A running micro cloud.
@@ -67,6 +86,10 @@ pub struct Endpoints {
 pub struct MicroCloud {
     pub agent_url: String,
     pub firehose_url: String,
+    /// The cloud controller's URL, when the platform roles run.
+    pub api_url: Option<String>,
+    /// The router's URL, when the platform roles run.
+    pub router_url: Option<String>,
     pub token: String,
     pub endpoints: Endpoints,
     admin_addrs: BTreeMap<String, SocketAddr>,
@@ -91,13 +114,15 @@ fn url(listener: &TcpListener) -> anyhow::Result<String> {
 }
 
 impl MicroCloud {
-    /// Binds every role's sockets and starts the roles.
+    /// Binds every role's sockets and starts the roles: the pipeline always, the platform
+    /// (bus, cloud controller, executor, router) when `options.platform`.
     pub async fn start(
         data_dir: &Path,
         ports: Ports,
-        self_telemetry: bool,
+        options: Options,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
+        let self_telemetry = options.self_telemetry;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
         let key_path = data_dir.join("signing.key");
@@ -184,8 +209,26 @@ impl MicroCloud {
             });
         }
 
+        let platform = if options.platform {
+            Some(
+                start_platform(
+                    data_dir,
+                    ports,
+                    &key_path,
+                    &agent_url,
+                    &firehose_url,
+                    &mut admin_addrs,
+                    &mut tasks,
+                    &shutdown,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+
         let token = key.issue(
-            &hydrant_auth::Claims::new("admin")
+            &hydrant_auth::Claims::new(ADMIN_USER)
                 .with_scope(hydrant_auth::SCOPE_ADMIN)
                 .with_scope(hydrant_auth::SCOPE_FIREHOSE),
         );
@@ -202,11 +245,16 @@ impl MicroCloud {
                 .map(|(k, v)| (k.clone(), format!("http://{v}")))
                 .collect(),
             token: token.clone(),
+            api: platform.as_ref().map(|p| p.api_url.clone()),
+            router: platform.as_ref().map(|p| p.router_url.clone()),
+            apps_domain: platform.as_ref().map(|p| p.apps_domain.clone()),
             data_dir: data_dir.to_path_buf(),
         };
         Ok(Self {
             agent_url,
             firehose_url,
+            api_url: platform.as_ref().map(|p| p.api_url.clone()),
+            router_url: platform.map(|p| p.router_url),
             token,
             endpoints,
             admin_addrs,
@@ -280,6 +328,119 @@ impl MicroCloud {
             },
         }
     }
+}
+
+/// The user `hydrant up` creates in the cloud controller and issues the CLI's token for.
+const ADMIN_USER: &str = "admin";
+
+/// Where the platform roles listen.
+struct Platform {
+    api_url: String,
+    router_url: String,
+    apps_domain: String,
+}
+
+type Tasks = JoinSet<(String, anyhow::Result<()>)>;
+
+/// Starts the bus (in-process), the cloud controller, one executor and the router.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
+async fn start_platform(
+    data_dir: &Path,
+    ports: Ports,
+    key_path: &Path,
+    agent_url: &str,
+    firehose_url: &str,
+    admin_addrs: &mut BTreeMap<String, SocketAddr>,
+    tasks: &mut Tasks,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Platform> {
+    let api = bind(ports, 9022, "cloud controller's API").await?;
+    let api_admin = bind(ports, 14831, "cloud controller's admin endpoint").await?;
+    let executor_admin = bind(ports, 14830, "executor's admin endpoint").await?;
+    let router_http = bind(ports, 8080, "router").await?;
+    let router_admin = bind(ports, 8085, "router's admin endpoint").await?;
+    let api_url = url(&api)?;
+    let router_url = url(&router_http)?;
+    admin_addrs.insert("cloudcontroller".to_owned(), api_admin.local_addr()?);
+    admin_addrs.insert("executor".to_owned(), executor_admin.local_addr()?);
+    admin_addrs.insert("router".to_owned(), router_admin.local_addr()?);
+
+    // Each role gets its own handle on one in-process hub, named for this process so two
+    // micro clouds in one test process never hear each other.
+    let bus = hydrant_bus::Config::inprocess(&format!("microcloud-{}", std::process::id()));
+    // The executor's app logs and the router's access logs travel with the same emitter as
+    // the roles' own metrics, so the platform roles always point at the agent.
+    let telemetry = hydrant_emitter::TelemetryConfig {
+        agent: Some(agent_url.to_owned()),
+        ..hydrant_emitter::TelemetryConfig::default()
+    };
+
+    let cc = hydrant_cloudcontroller::Config {
+        external_url: api_url.clone(),
+        data_dir: data_dir.join("cloudcontroller").display().to_string(),
+        signing_key_file: Some(key_path.display().to_string()),
+        admin_user: ADMIN_USER.to_owned(),
+        endpoints: BTreeMap::from([
+            ("firehose".to_owned(), firehose_url.to_owned()),
+            ("agent".to_owned(), agent_url.to_owned()),
+            ("router".to_owned(), router_url.clone()),
+        ]),
+        bus: bus.clone(),
+        telemetry: telemetry.clone(),
+        ..hydrant_cloudcontroller::Config::default()
+    };
+    cc.validate()?;
+    let apps_domain = cc.apps_domain.clone();
+    let listeners = hydrant_cloudcontroller::Listeners {
+        api,
+        admin: api_admin,
+    };
+    let s = shutdown.clone();
+    tasks.spawn(async move {
+        let r = hydrant_cloudcontroller::run(cc, listeners, s).await;
+        ("cloudcontroller".to_owned(), r.map_err(anyhow::Error::from))
+    });
+
+    let executor = hydrant_executor::Config {
+        data_dir: data_dir.join("executor"),
+        bus: bus.clone(),
+        telemetry: telemetry.clone(),
+        ..hydrant_executor::Config::default()
+    };
+    executor.validate()?;
+    let listeners = hydrant_executor::Listeners {
+        admin: executor_admin,
+    };
+    let s = shutdown.clone();
+    tasks.spawn(async move {
+        let r = hydrant_executor::run(executor, listeners, s).await;
+        ("executor".to_owned(), r.map_err(anyhow::Error::from))
+    });
+
+    let router = hydrant_router::Config {
+        bus,
+        telemetry,
+        ..hydrant_router::Config::default()
+    };
+    router.validate()?;
+    let listeners = hydrant_router::Listeners {
+        http: router_http,
+        admin: router_admin,
+    };
+    let s = shutdown.clone();
+    tasks.spawn(async move {
+        let r = hydrant_router::run(router, listeners, s).await;
+        ("router".to_owned(), r.map_err(anyhow::Error::from))
+    });
+
+    Ok(Platform {
+        api_url,
+        router_url,
+        apps_domain,
+    })
 }
 
 /// Drops on branches that are not the stream path (the log cache is a side copy: losing a cache
@@ -356,7 +517,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     } else {
         Ports::WellKnown
     };
-    let mut cloud = MicroCloud::start(&data_dir, ports, true, shutdown.clone()).await?;
+    let options = Options {
+        self_telemetry: true,
+        platform: true,
+    };
+    let mut cloud = MicroCloud::start(&data_dir, ports, options, shutdown.clone()).await?;
 
     let endpoints_path = data_dir.join("endpoints.json");
     cli_config::write_private(
@@ -367,9 +532,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         firehose: cloud.firehose_url.clone(),
         agent: cloud.agent_url.clone(),
         token: cloud.token.clone(),
-        api: None,
-        router: None,
-        user: Some("admin".to_owned()),
+        api: cloud.api_url.clone(),
+        router: cloud.router_url.clone(),
+        user: Some(ADMIN_USER.to_owned()),
     })?;
 
     let e = &cloud.endpoints;
@@ -379,6 +544,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("  firehose                  {}", e.firehose_stream);
     println!("  app stream                {}", e.app_stream);
     println!("  recent logs               {}", e.recent);
+    if let (Some(api), Some(router)) = (&e.api, &e.router) {
+        println!("  cloud controller API      {api}");
+        println!(
+            "  router                    {router}  (apps at http://NAME.{}:{})",
+            e.apps_domain.as_deref().unwrap_or("apps.localhost"),
+            router.rsplit(':').next().unwrap_or("80")
+        );
+    }
     for (role, url) in &e.admin {
         println!("  {role:<10} admin          {url}/metrics  {url}/healthz");
     }

@@ -1,0 +1,34 @@
+//! The cloud controller's REST contract: the JSON request and response types of every
+//! endpoint, and a typed async [`Client`] over them.
+//!
+//! Flow: the CLI (`hydrant push`, `hydrant apps`, ...) and the control loops (health manager,
+//! autoscaler) → [`Client`] → HTTP/JSON → the cloud controller, which serialises the very same
+//! types. Nothing else in the workspace talks to the cloud controller, so this crate is the one
+//! place the API is written down.
+//!
+//! The API follows Cloud Foundry's v3 in shape: resources under `/v3`, actions under
+//! `/v3/apps/{guid}/actions/...`, lists as `{"pagination": ..., "resources": [...]}`, errors as
+//! `{"errors": [{"code", "title", "detail"}]}`. Timestamps are UNIX seconds.
+//!
+//! # Layout
+//! - [`types`]: every request and response body, grouped by resource.
+//! - [`Client`]: one method per endpoint, plus [`Client::push_dir`] (resource matching, upload
+//!   of what is missing, package creation).
+//! - [`push`]: fingerprinting an app directory for resource matching, with the path rules the
+//!   server enforces.
+//! - [`Error`]: what a call can fail with; [`Error::Api`] keeps the server's status and message.
+//!
+//! Invariant: every error a caller sees names what failed and, for server errors, carries the
+//! HTTP status and the server's own detail text, so a CLI can print it and pick an exit code.
+
+mod client;
+mod error;
+pub mod push;
+pub mod types;
+
+pub use client::Client;
+pub use error::Error;
+pub use types::*;
+
+/// The API version the cloud controller reports in `GET /v3/info`.
+pub const API_VERSION: &str = "3.0.0-hydrant";

@@ -1,0 +1,527 @@
+//! The REST API: routing, the error body, who is calling, and the user, space and token
+//! endpoints. Apps live in `api/apps.rs`; push, staging and droplets in `api/push.rs`.
+//!
+//! Every answer that is not a success is `{"errors": [{"code", "title", "detail"}]}` with the
+//! matching HTTP status, and the detail says what to change. Authorisation: admins see and do
+//! everything; space developers manage their space's apps; space auditors read them; anyone
+//! else gets the same 404 for an app that exists as for one that does not, so outsiders learn
+//! nothing.
+
+mod apps;
+mod push;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use hydrant_api::{
+    ApiErrorItem, ApiErrors, AssignRole, CreateSpace, CreateUser, Info, List, Me, RoleAssignment,
+    Space, SpaceRole, TokenRequest, TokenResponse, User,
+};
+use hydrant_auth::Claims;
+
+use crate::Ctx;
+use crate::{db, password};
+
+pub(crate) use apps::{record_event, username_problem};
+pub(crate) use push::droplet_scope;
+
+/// An error answer.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: u32,
+    title: &'static str,
+    detail: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: u32, title: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            title,
+            detail: detail.into(),
+        }
+    }
+
+    pub(crate) fn unauthenticated(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            10002,
+            "CF-NotAuthenticated",
+            detail,
+        )
+    }
+
+    pub(crate) fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, 10003, "CF-NotAuthorized", detail)
+    }
+
+    pub(crate) fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            10010,
+            "CF-ResourceNotFound",
+            format!("{what} not found"),
+        )
+    }
+
+    pub(crate) fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            10001,
+            "CF-MessageParseError",
+            detail,
+        )
+    }
+
+    pub(crate) fn unprocessable(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            10008,
+            "CF-UnprocessableEntity",
+            detail,
+        )
+    }
+
+    pub(crate) fn too_large(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            10013,
+            "CF-PayloadTooLarge",
+            detail,
+        )
+    }
+
+    pub(crate) fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            10015,
+            "CF-ServiceUnavailable",
+            detail,
+        )
+    }
+
+    pub(crate) fn internal(detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        tracing::error!(%detail, "cloud controller internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            10001,
+            "CF-ServerError",
+            detail,
+        )
+    }
+}
+
+impl From<rusqlite::Error> for ApiError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::internal(format!("database: {e}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ApiErrors {
+            errors: vec![ApiErrorItem {
+                code: self.code,
+                title: self.title.to_owned(),
+                detail: self.detail,
+            }],
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// A JSON body, with parse errors answered in the API's error shape.
+pub(crate) struct Body<T>(pub(crate) T);
+
+impl<T, S> axum::extract::FromRequest<S> for Body<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let detail = rejection.body_text();
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    Err(ApiError::too_large(format!(
+                        "the request body is larger than max_request_bytes: {detail}"
+                    )))
+                } else {
+                    Err(ApiError::unprocessable(format!(
+                        "the request body is not valid: {detail}"
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// The authenticated user behind a request.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    pub(crate) user_guid: String,
+    pub(crate) username: String,
+    pub(crate) admin: bool,
+}
+
+impl Caller {
+    pub(crate) fn require_admin(&self) -> Result<(), ApiError> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "only an administrator may do this; ask one to do it for you",
+            ))
+        }
+    }
+}
+
+impl FromRequestParts<Arc<Ctx>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, ctx: &Arc<Ctx>) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ApiError::unauthenticated(
+                    "no token: log in (hydrant login) and send Authorization: Bearer <token>",
+                )
+            })?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| {
+                ApiError::unauthenticated("the Authorization header must be `Bearer <token>`")
+            })?;
+        let claims = ctx
+            .key
+            .verify(token.trim())
+            .map_err(|e| ApiError::unauthenticated(format!("{e}; log in again")))?;
+        let username = claims.sub;
+        let row = ctx
+            .db
+            .run(move |c| Ok(db::user_by_name(c, &username)?))
+            .await?
+            .ok_or_else(|| {
+                ApiError::unauthenticated("the token's user no longer exists; log in again")
+            })?;
+        Ok(Self {
+            user_guid: row.user.guid,
+            username: row.user.username,
+            admin: row.user.admin,
+        })
+    }
+}
+
+/// The API router. Later issues add `/v3/apps/{guid}/policy` (autoscaler),
+/// `/v3/apps/{guid}/slos` and `/v3/apps/{guid}/drains` beside the app routes in `apps.rs`.
+pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
+    let json_limit = ctx.config.max_request_bytes;
+    Router::new()
+        .route("/v3/info", get(info))
+        .route("/v3/tokens", post(login))
+        .route("/v3/me", get(me))
+        .route("/v3/users", get(list_users).post(create_user))
+        .route("/v3/spaces", get(list_spaces).post(create_space))
+        .route(
+            "/v3/spaces/{guid}/roles",
+            get(space_roles).post(assign_role),
+        )
+        .route(
+            "/v3/spaces/{guid}/roles/{role}/{username}",
+            delete(remove_role),
+        )
+        .merge(apps::routes())
+        .merge(push::routes())
+        .layer(DefaultBodyLimit::max(json_limit))
+        // Blob uploads stream to disk under their own limit, so the JSON limit does not apply.
+        .route(
+            "/v3/blobs/{sha256}",
+            put(push::upload_blob).layer(DefaultBodyLimit::disable()),
+        )
+        .fallback(|| async { ApiError::not_found("Endpoint") })
+        .layer(middleware::from_fn_with_state(ctx.clone(), count_requests))
+        .with_state(ctx)
+}
+
+async fn count_requests(
+    State(ctx): State<Arc<Ctx>>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    ctx.metrics.request(response.status().as_u16());
+    response
+}
+
+async fn info(State(ctx): State<Arc<Ctx>>) -> Json<Info> {
+    Json(Info {
+        api_version: hydrant_api::API_VERSION.to_owned(),
+        apps_domain: ctx.config.apps_domain.clone(),
+        external_url: ctx.config.base_url().to_owned(),
+        endpoints: ctx.config.endpoints.clone(),
+    })
+}
+
+async fn login(
+    State(ctx): State<Arc<Ctx>>,
+    Body(request): Body<TokenRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let username = request.username.clone();
+    let found = ctx
+        .db
+        .run(move |c| {
+            let Some(row) = db::user_by_name(c, &username)? else {
+                return Ok(None);
+            };
+            let roles = db::roles(c, None, Some(&row.user.guid))?;
+            Ok(Some((row, roles)))
+        })
+        .await?;
+    let password = request.password;
+    // Verify even for unknown users, so timing does not tell which names exist.
+    let (row, roles) = match found {
+        Some((row, roles)) => {
+            let hash = row.password_hash.clone();
+            let ok = tokio::task::spawn_blocking(move || password::verify(&password, &hash))
+                .await
+                .unwrap_or(false);
+            if !ok {
+                return Err(wrong_credentials());
+            }
+            (row, roles)
+        }
+        None => {
+            let iterations = ctx.config.password_hash_iterations;
+            let _ = tokio::task::spawn_blocking(move || {
+                password::verify(&password, &password::hash("", iterations))
+            })
+            .await;
+            return Err(wrong_credentials());
+        }
+    };
+    let mut claims = Claims::new(row.user.username.clone()).expires_in(ctx.config.token_ttl_secs);
+    if row.user.admin {
+        claims = claims
+            .with_scope(hydrant_auth::SCOPE_ADMIN)
+            .with_scope(hydrant_auth::SCOPE_FIREHOSE);
+    }
+    for role in &roles {
+        claims = claims.with_scope(format!("space:{}:{}", role.space_guid, role.role.as_str()));
+    }
+    Ok(Json(TokenResponse {
+        access_token: ctx.key.issue(&claims),
+        token_type: "bearer".to_owned(),
+        expires_in: ctx.config.token_ttl_secs,
+        scopes: claims.scopes,
+    }))
+}
+
+fn wrong_credentials() -> ApiError {
+    ApiError::unauthenticated("wrong user name or password")
+}
+
+async fn me(State(ctx): State<Arc<Ctx>>, caller: Caller) -> Result<Json<Me>, ApiError> {
+    let me = ctx
+        .db
+        .run(move |c| {
+            let row = db::user_by_name(c, &caller.username)?
+                .ok_or_else(|| ApiError::unauthenticated("log in again"))?;
+            let roles = db::roles(c, None, Some(&caller.user_guid))?;
+            Ok(Me {
+                user: row.user,
+                roles,
+            })
+        })
+        .await?;
+    Ok(Json(me))
+}
+
+async fn list_users(
+    State(ctx): State<Arc<Ctx>>,
+    caller: Caller,
+) -> Result<Json<List<User>>, ApiError> {
+    caller.require_admin()?;
+    let users = ctx.db.run(|c| Ok(db::list_users(c)?)).await?;
+    Ok(Json(List::new(users)))
+}
+
+async fn create_user(
+    State(ctx): State<Arc<Ctx>>,
+    caller: Caller,
+    Body(request): Body<CreateUser>,
+) -> Result<(StatusCode, Json<User>), ApiError> {
+    caller.require_admin()?;
+    if let Some(problem) = username_problem(&request.username) {
+        return Err(ApiError::unprocessable(format!(
+            "username {:?}: {problem}",
+            request.username
+        )));
+    }
+    if request.password.len() < 8 {
+        return Err(ApiError::unprocessable(
+            "the password must be at least 8 characters",
+        ));
+    }
+    let iterations = ctx.config.password_hash_iterations;
+    let secret = request.password;
+    let hash = tokio::task::spawn_blocking(move || password::hash(&secret, iterations))
+        .await
+        .map_err(|e| ApiError::internal(format!("hashing failed: {e}")))?;
+    let user = User {
+        guid: password::new_guid(),
+        username: request.username,
+        admin: request.admin,
+        created_at: hydrant_auth::now_secs(),
+    };
+    let stored = user.clone();
+    ctx.db
+        .run(move |c| {
+            if db::user_by_name(c, &stored.username)?.is_some() {
+                return Err(ApiError::unprocessable(format!(
+                    "a user called {:?} already exists; pick another name",
+                    stored.username
+                )));
+            }
+            Ok(db::insert_user(c, &stored, &hash)?)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+async fn list_spaces(
+    State(ctx): State<Arc<Ctx>>,
+    caller: Caller,
+) -> Result<Json<List<Space>>, ApiError> {
+    let spaces = ctx
+        .db
+        .run(move |c| {
+            let all = db::list_spaces(c)?;
+            if caller.admin {
+                return Ok(all);
+            }
+            let mine = db::roles(c, None, Some(&caller.user_guid))?;
+            Ok(all
+                .into_iter()
+                .filter(|s| mine.iter().any(|r| r.space_guid == s.guid))
+                .collect())
+        })
+        .await?;
+    Ok(Json(List::new(spaces)))
+}
+
+async fn create_space(
+    State(ctx): State<Arc<Ctx>>,
+    caller: Caller,
+    Body(request): Body<CreateSpace>,
+) -> Result<(StatusCode, Json<Space>), ApiError> {
+    caller.require_admin()?;
+    if let Some(problem) = apps::name_problem(&request.name) {
+        return Err(ApiError::unprocessable(format!(
+            "space name {:?}: {problem}",
+            request.name
+        )));
+    }
+    let space = Space {
+        guid: password::new_guid(),
+        name: request.name,
+        created_at: hydrant_auth::now_secs(),
+    };
+    let stored = space.clone();
+    ctx.db
+        .run(move |c| {
+            if db::find_space(c, &stored.name)?.is_some() {
+                return Err(ApiError::unprocessable(format!(
+                    "a space called {:?} already exists",
+                    stored.name
+                )));
+            }
+            Ok(db::insert_space(c, &stored)?)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(space)))
+}
+
+async fn space_roles(
+    State(ctx): State<Arc<Ctx>>,
+    caller: Caller,
+    Path(guid): Path<String>,
+) -> Result<Json<List<RoleAssignment>>, ApiError> {
+    let roles = ctx
+        .db
+        .run(move |c| {
+            let space = db::find_space(c, &guid)?.ok_or_else(|| ApiError::not_found("Space"))?;
+            let roles = db::roles(c, Some(&space.guid), None)?;
+            let visible = caller.admin || roles.iter().any(|r| r.username == caller.username);
+            if !visible {
+                return Err(ApiError::not_found("Space"));
+            }
+            Ok(roles)
+        })
+        .await?;
+    Ok(Json(List::new(roles)))
+}
+
+async fn assign_role(
+    State(ctx): State<Arc<Ctx>>,
+    caller: Caller,
+    Path(guid): Path<String>,
+    Body(request): Body<AssignRole>,
+) -> Result<(StatusCode, Json<RoleAssignment>), ApiError> {
+    caller.require_admin()?;
+    let assignment = ctx
+        .db
+        .run(move |c| {
+            let space = db::find_space(c, &guid)?.ok_or_else(|| ApiError::not_found("Space"))?;
+            let user = db::user_by_name(c, &request.username)?.ok_or_else(|| {
+                ApiError::unprocessable(format!(
+                    "no user called {:?}; create it first",
+                    request.username
+                ))
+            })?;
+            db::set_role(c, &space.guid, &user.user.guid, request.role)?;
+            Ok(RoleAssignment {
+                space_guid: space.guid,
+                space_name: space.name,
+                username: user.user.username,
+                role: request.role,
+            })
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(assignment)))
+}
+
+async fn remove_role(
+    State(ctx): State<Arc<Ctx>>,
+    caller: Caller,
+    Path((guid, role, username)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
+    let role = SpaceRole::parse(&role)
+        .ok_or_else(|| ApiError::unprocessable("the role must be developer or auditor"))?;
+    ctx.db
+        .run(move |c| {
+            let space = db::find_space(c, &guid)?.ok_or_else(|| ApiError::not_found("Space"))?;
+            let user =
+                db::user_by_name(c, &username)?.ok_or_else(|| ApiError::not_found("User"))?;
+            db::remove_role(c, &space.guid, &user.user.guid, role)?;
+            Ok(())
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

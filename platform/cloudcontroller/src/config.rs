@@ -1,0 +1,361 @@
+//! The cloud controller's config (`hydrant run cloudcontroller --config FILE`, or the
+//! `[cloudcontroller]` part of the micro cloud).
+//!
+//! Invariant: a config that passes [`Config::validate`] bounds every upload, queue and loop the
+//! role runs; every rejection names the field and says what to write instead.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use hydrant_emitter::TelemetryConfig;
+use serde::Deserialize;
+
+use crate::Error;
+
+/// Cloud controller settings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the REST API listens. Default `127.0.0.1:9022`.
+    pub listen: String,
+    /// Where `/healthz` and `/metrics` listen. Default `127.0.0.1:14831`.
+    pub admin_listen: String,
+    /// The API's public base URL: what `/v3/info` reports and what droplet URLs handed to
+    /// executors start with. Default `http://127.0.0.1:9022`.
+    pub external_url: String,
+    /// Where the database, blobs, packages and droplets live. Default `data/cloudcontroller`.
+    pub data_dir: String,
+    /// Default routes are `NAME.<apps_domain>`. Default `apps.localhost`.
+    pub apps_domain: String,
+    /// The token signing key file, shared with the firehose edge (created when absent).
+    /// Default `<data_dir>/signing.key`.
+    pub signing_key_file: Option<String>,
+    /// The administrator created at first start. Default `admin`.
+    pub admin_user: String,
+    /// The administrator's password. Unset: one is generated at first start and written to
+    /// `admin_password_file`.
+    pub admin_password: Option<String>,
+    /// Where a generated administrator password is written (mode 0600). Default
+    /// `<data_dir>/admin-password`.
+    pub admin_password_file: Option<String>,
+    /// PBKDF2-HMAC-SHA256 iterations for new password hashes. Default 100000; at least 1000.
+    pub password_hash_iterations: u32,
+    /// Lifetime of a login token, seconds. Default 28800 (8 h).
+    pub token_ttl_secs: i64,
+    /// Lifetime of a `log_token`, seconds. Default 600.
+    pub log_token_ttl_secs: i64,
+    /// Lifetime of the token in a droplet URL handed to an executor, seconds. Default 900.
+    pub droplet_token_ttl_secs: i64,
+    /// Largest single file (blob) upload, bytes. Default 1073741824 (1 GiB).
+    pub max_blob_bytes: u64,
+    /// Largest package (sum of its files), bytes. Default 4294967296 (4 GiB).
+    pub max_package_bytes: u64,
+    /// Most files in one package. Default 100000.
+    pub max_package_files: usize,
+    /// Largest JSON request body, bytes. Default 33554432 (32 MiB, a 100000-file resource list).
+    pub max_request_bytes: usize,
+    /// Most instances one app may ask for. Default 100.
+    pub max_instances_per_app: u32,
+    /// Builds that may wait for a staging worker; past this `POST .../builds` answers 503.
+    /// Default 16.
+    pub staging_queue: usize,
+    /// Builds staged at once. Default 2.
+    pub staging_workers: usize,
+    /// A build taking longer fails. Default 900 s.
+    pub staging_timeout_secs: u64,
+    /// How often desired and actual instances are compared (besides on every change).
+    /// Default 3000 ms.
+    pub converge_interval_ms: u64,
+    /// An executor not heard from for this long is forgotten. Default 30 s (three heartbeats).
+    pub executor_timeout_secs: u64,
+    /// How long an executor may take to answer a start or stop request. Default 2000 ms.
+    pub executor_request_timeout_ms: u64,
+    /// Other endpoints `/v3/info` advertises, by name (`firehose = "ws://127.0.0.1:8088"`).
+    pub endpoints: BTreeMap<String, String>,
+    /// The `instance_id` of the role's own metrics. Default `"0"`.
+    pub instance_id: String,
+    /// The control-plane bus.
+    pub bus: hydrant_bus::Config,
+    /// Where the role's own metrics, and the apps' `STG` and `API` log lines, go.
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9022".to_owned(),
+            admin_listen: "127.0.0.1:14831".to_owned(),
+            external_url: "http://127.0.0.1:9022".to_owned(),
+            data_dir: "data/cloudcontroller".to_owned(),
+            apps_domain: "apps.localhost".to_owned(),
+            signing_key_file: None,
+            admin_user: "admin".to_owned(),
+            admin_password: None,
+            admin_password_file: None,
+            password_hash_iterations: 100_000,
+            token_ttl_secs: 8 * 3600,
+            log_token_ttl_secs: 600,
+            droplet_token_ttl_secs: 900,
+            max_blob_bytes: 1 << 30,
+            max_package_bytes: 4 << 30,
+            max_package_files: 100_000,
+            max_request_bytes: 32 << 20,
+            max_instances_per_app: 100,
+            staging_queue: 16,
+            staging_workers: 2,
+            staging_timeout_secs: 900,
+            converge_interval_ms: 3000,
+            executor_timeout_secs: 30,
+            executor_request_timeout_ms: 2000,
+            endpoints: BTreeMap::new(),
+            instance_id: "0".to_owned(),
+            bus: hydrant_bus::Config::default(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+    Error::Config {
+        field,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first bad field, [`Error::Telemetry`] or [`Error::Bus`].
+    pub fn validate(&self) -> Result<(), Error> {
+        for (field, addr) in [
+            ("listen", &self.listen),
+            ("admin_listen", &self.admin_listen),
+        ] {
+            addr.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    field,
+                    format!("{addr:?} is not an address; write it as \"127.0.0.1:9022\""),
+                )
+            })?;
+        }
+        let url = self.external_url.trim_end_matches('/');
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 9 {
+            return Err(invalid(
+                "external_url",
+                format!(
+                    "{:?} is not an http(s) URL; write it as \"http://127.0.0.1:9022\"",
+                    self.external_url
+                ),
+            ));
+        }
+        if self.data_dir.trim().is_empty() {
+            return Err(invalid(
+                "data_dir",
+                "must name a directory, e.g. \"data/cloudcontroller\"",
+            ));
+        }
+        if !is_domain(&self.apps_domain) {
+            return Err(invalid(
+                "apps_domain",
+                format!(
+                    "{:?} is not a domain; use lower-case labels of a-z, 0-9 and -, \
+                     e.g. \"apps.localhost\"",
+                    self.apps_domain
+                ),
+            ));
+        }
+        if self.admin_user.is_empty() || crate::api::username_problem(&self.admin_user).is_some() {
+            return Err(invalid(
+                "admin_user",
+                "use 1 to 64 of a-z A-Z 0-9 . _ @ -, e.g. \"admin\"",
+            ));
+        }
+        if let Some(password) = &self.admin_password
+            && password.len() < 8
+        {
+            return Err(invalid(
+                "admin_password",
+                "must be at least 8 characters (or leave it unset to generate one)",
+            ));
+        }
+        if self.password_hash_iterations < 1000 {
+            return Err(invalid(
+                "password_hash_iterations",
+                "must be at least 1000 (default 100000)",
+            ));
+        }
+        for (field, value) in [
+            ("token_ttl_secs", self.token_ttl_secs),
+            ("log_token_ttl_secs", self.log_token_ttl_secs),
+            ("droplet_token_ttl_secs", self.droplet_token_ttl_secs),
+        ] {
+            if !(1..=30 * 86_400).contains(&value) {
+                return Err(invalid(field, "must be between 1 and 2592000 seconds"));
+            }
+        }
+        if self.max_blob_bytes == 0 || self.max_package_bytes == 0 {
+            return Err(invalid(
+                "max_blob_bytes",
+                "max_blob_bytes and max_package_bytes must be at least 1",
+            ));
+        }
+        let counts = [
+            ("max_package_files", self.max_package_files, 10_000_000),
+            ("max_request_bytes", self.max_request_bytes, 1 << 30),
+            ("staging_queue", self.staging_queue, 10_000),
+            ("staging_workers", self.staging_workers, 64),
+        ];
+        for (field, value, max) in counts {
+            if value == 0 || value > max {
+                return Err(invalid(field, format!("must be between 1 and {max}")));
+            }
+        }
+        if self.max_instances_per_app == 0 || self.max_instances_per_app > 10_000 {
+            return Err(invalid(
+                "max_instances_per_app",
+                "must be between 1 and 10000",
+            ));
+        }
+        let durations = [
+            ("staging_timeout_secs", self.staging_timeout_secs),
+            ("converge_interval_ms", self.converge_interval_ms),
+            ("executor_timeout_secs", self.executor_timeout_secs),
+            (
+                "executor_request_timeout_ms",
+                self.executor_request_timeout_ms,
+            ),
+        ];
+        for (field, value) in durations {
+            if value == 0 || value > 86_400_000 {
+                return Err(invalid(field, "must be at least 1"));
+            }
+        }
+        self.bus.validate()?;
+        self.telemetry.validate()?;
+        Ok(())
+    }
+
+    /// The data directory.
+    #[must_use]
+    pub fn data_path(&self) -> PathBuf {
+        PathBuf::from(&self.data_dir)
+    }
+
+    /// The signing key file: `signing_key_file`, or `<data_dir>/signing.key`.
+    #[must_use]
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.signing_key_file
+            .as_ref()
+            .map_or_else(|| self.data_path().join("signing.key"), PathBuf::from)
+    }
+
+    /// Where a generated admin password goes.
+    #[must_use]
+    pub fn admin_password_path(&self) -> PathBuf {
+        self.admin_password_file
+            .as_ref()
+            .map_or_else(|| self.data_path().join("admin-password"), PathBuf::from)
+    }
+
+    /// `external_url` without a trailing `/`.
+    #[must_use]
+    pub fn base_url(&self) -> &str {
+        self.external_url.trim_end_matches('/')
+    }
+}
+
+/// True for a lower-case DNS name: labels of `a-z 0-9 -`, not starting or ending with `-`.
+pub(crate) fn is_domain(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 253
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_documented_values_hold() {
+        let config = Config::default();
+        config.validate().unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9022");
+        assert_eq!(config.apps_domain, "apps.localhost");
+        assert!(config.signing_key_path().ends_with("signing.key"));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = toml::from_str::<Config>("listne = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("listne"), "{err}");
+        let config: Config = toml::from_str(
+            "apps_domain = \"apps.example.com\"\n[bus]\nurl = \"inprocess://t\"\n\
+             [endpoints]\nfirehose = \"ws://127.0.0.1:8088\"\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.endpoints["firehose"], "ws://127.0.0.1:8088");
+    }
+
+    #[test]
+    fn rejections_name_the_field() {
+        let cases: Vec<(Config, &str)> = vec![
+            (
+                Config {
+                    listen: "nope".into(),
+                    ..Config::default()
+                },
+                "listen",
+            ),
+            (
+                Config {
+                    apps_domain: "Apps..x".into(),
+                    ..Config::default()
+                },
+                "apps_domain",
+            ),
+            (
+                Config {
+                    external_url: "ftp://x".into(),
+                    ..Config::default()
+                },
+                "external_url",
+            ),
+            (
+                Config {
+                    admin_password: Some("short".into()),
+                    ..Config::default()
+                },
+                "admin_password",
+            ),
+            (
+                Config {
+                    staging_queue: 0,
+                    ..Config::default()
+                },
+                "staging_queue",
+            ),
+            (
+                Config {
+                    password_hash_iterations: 1,
+                    ..Config::default()
+                },
+                "password_hash_iterations",
+            ),
+        ];
+        for (config, field) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+    }
+}

@@ -1,0 +1,790 @@
+//! Desired state in SQLite: users, spaces, roles, apps, routes, packages, builds, droplets and
+//! audit events.
+//!
+//! One connection in WAL mode behind a mutex; the API reaches it through [`Db::run`], which
+//! moves the work onto a blocking thread so a slow disk never stalls the async runtime. The
+//! schema is versioned with `PRAGMA user_version` and migrated forward at open, one
+//! transaction per step, so a restart on an older data directory upgrades it and a restart on
+//! the same one finds everything it left.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use hydrant_api::{
+    App, AppState, AuditEvent, Build, BuildState, Droplet, HealthCheckType, Package, PackageState,
+    Resource, RoleAssignment, Route, Space, SpaceRole, User,
+};
+use rusqlite::{Connection, OptionalExtension as _, Row, params};
+
+use crate::Error;
+use crate::api::ApiError;
+
+/// Schema steps, applied in order; step `i` takes `user_version` from `i` to `i + 1`. Append
+/// new steps (policies, SLOs, drains), never edit old ones.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE users (
+    guid TEXT PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    admin INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE spaces (
+    guid TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE space_roles (
+    space_guid TEXT NOT NULL REFERENCES spaces(guid) ON DELETE CASCADE,
+    user_guid TEXT NOT NULL REFERENCES users(guid) ON DELETE CASCADE,
+    role TEXT NOT NULL,
+    PRIMARY KEY (space_guid, user_guid, role)
+);
+CREATE TABLE apps (
+    guid TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    space_guid TEXT NOT NULL REFERENCES spaces(guid),
+    state TEXT NOT NULL,
+    instances INTEGER NOT NULL,
+    memory_mb INTEGER NOT NULL,
+    disk_mb INTEGER NOT NULL,
+    command TEXT,
+    env TEXT NOT NULL,
+    health_check_type TEXT NOT NULL,
+    health_check_endpoint TEXT,
+    current_droplet_guid TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    UNIQUE (space_guid, name)
+);
+CREATE TABLE routes (
+    guid TEXT PRIMARY KEY,
+    url TEXT NOT NULL UNIQUE,
+    app_guid TEXT NOT NULL REFERENCES apps(guid) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE packages (
+    guid TEXT PRIMARY KEY,
+    app_guid TEXT NOT NULL REFERENCES apps(guid) ON DELETE CASCADE,
+    resources TEXT NOT NULL,
+    file_count INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE builds (
+    guid TEXT PRIMARY KEY,
+    app_guid TEXT NOT NULL REFERENCES apps(guid) ON DELETE CASCADE,
+    package_guid TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT,
+    buildpack TEXT,
+    droplet_guid TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE droplets (
+    guid TEXT PRIMARY KEY,
+    app_guid TEXT NOT NULL REFERENCES apps(guid) ON DELETE CASCADE,
+    build_guid TEXT NOT NULL,
+    buildpack TEXT NOT NULL,
+    start_command TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    guid TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    target_guid TEXT NOT NULL,
+    target_name TEXT NOT NULL,
+    space_guid TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX events_target ON events(target_guid);
+"];
+
+/// The database handle. Clones share one connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Db {
+    /// Opens (creating) the database at `path` and migrates it to the newest schema.
+    pub(crate) fn open(path: &Path) -> Result<Self, Error> {
+        let db_err = |context| move |source| Error::Db { context, source };
+        let mut conn = Connection::open(path).map_err(db_err("open"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err("enable WAL"))?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(db_err("enable foreign keys"))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db_err("set synchronous"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db_err("set busy timeout"))?;
+        let version: usize = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(db_err("read schema version"))?;
+        if version > MIGRATIONS.len() {
+            return Err(Error::Db {
+                context: "schema is newer than this cloud controller; upgrade Hydrant",
+                source: rusqlite::Error::InvalidQuery,
+            });
+        }
+        for (step, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction().map_err(db_err("begin migration"))?;
+            tx.execute_batch(sql).map_err(db_err("migrate schema"))?;
+            tx.pragma_update(None, "user_version", step + 1)
+                .map_err(db_err("record schema version"))?;
+            tx.commit().map_err(db_err("commit migration"))?;
+        }
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection on a blocking thread.
+    pub(crate) async fn run<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, ApiError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("database task failed: {e}")))?
+    }
+
+    /// Runs `f` on the connection here (start-up only).
+    pub(crate) fn blocking<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
+        let mut guard = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut guard)
+    }
+}
+
+// === users, spaces, roles ===
+
+/// A user row with its password hash.
+#[derive(Debug, Clone)]
+pub(crate) struct UserRow {
+    pub(crate) user: User,
+    pub(crate) password_hash: String,
+}
+
+fn user_from(row: &Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok(UserRow {
+        user: User {
+            guid: row.get(0)?,
+            username: row.get(1)?,
+            admin: row.get(3)?,
+            created_at: row.get(4)?,
+        },
+        password_hash: row.get(2)?,
+    })
+}
+
+const USER_COLUMNS: &str = "guid, username, password_hash, admin, created_at";
+
+pub(crate) fn user_by_name(c: &Connection, username: &str) -> rusqlite::Result<Option<UserRow>> {
+    c.query_row(
+        &format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1"),
+        [username],
+        user_from,
+    )
+    .optional()
+}
+
+pub(crate) fn insert_user(c: &Connection, user: &User, hash: &str) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO users (guid, username, password_hash, admin, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![user.guid, user.username, hash, user.admin, user.created_at],
+    )
+    .map(drop)
+}
+
+pub(crate) fn list_users(c: &Connection) -> rusqlite::Result<Vec<User>> {
+    let mut stmt = c.prepare(&format!(
+        "SELECT {USER_COLUMNS} FROM users ORDER BY username"
+    ))?;
+    let rows = stmt.query_map([], user_from)?;
+    rows.map(|r| r.map(|u| u.user)).collect()
+}
+
+fn space_from(row: &Row<'_>) -> rusqlite::Result<Space> {
+    Ok(Space {
+        guid: row.get(0)?,
+        name: row.get(1)?,
+        created_at: row.get(2)?,
+    })
+}
+
+pub(crate) fn insert_space(c: &Connection, space: &Space) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO spaces (guid, name, created_at) VALUES (?1, ?2, ?3)",
+        params![space.guid, space.name, space.created_at],
+    )
+    .map(drop)
+}
+
+/// A space by guid or, failing that, by name.
+pub(crate) fn find_space(c: &Connection, guid_or_name: &str) -> rusqlite::Result<Option<Space>> {
+    c.query_row(
+        "SELECT guid, name, created_at FROM spaces WHERE guid = ?1 OR name = ?1 \
+         ORDER BY guid = ?1 DESC LIMIT 1",
+        [guid_or_name],
+        space_from,
+    )
+    .optional()
+}
+
+pub(crate) fn list_spaces(c: &Connection) -> rusqlite::Result<Vec<Space>> {
+    let mut stmt = c.prepare("SELECT guid, name, created_at FROM spaces ORDER BY name")?;
+    let rows = stmt.query_map([], space_from)?;
+    rows.collect()
+}
+
+pub(crate) fn set_role(
+    c: &Connection,
+    space_guid: &str,
+    user_guid: &str,
+    role: SpaceRole,
+) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT OR IGNORE INTO space_roles (space_guid, user_guid, role) VALUES (?1, ?2, ?3)",
+        params![space_guid, user_guid, role.as_str()],
+    )
+    .map(drop)
+}
+
+pub(crate) fn remove_role(
+    c: &Connection,
+    space_guid: &str,
+    user_guid: &str,
+    role: SpaceRole,
+) -> rusqlite::Result<usize> {
+    c.execute(
+        "DELETE FROM space_roles WHERE space_guid = ?1 AND user_guid = ?2 AND role = ?3",
+        params![space_guid, user_guid, role.as_str()],
+    )
+}
+
+/// Role assignments, filtered by space and/or user.
+pub(crate) fn roles(
+    c: &Connection,
+    space_guid: Option<&str>,
+    user_guid: Option<&str>,
+) -> rusqlite::Result<Vec<RoleAssignment>> {
+    let mut stmt = c.prepare(
+        "SELECT r.space_guid, s.name, u.username, r.role FROM space_roles r \
+         JOIN spaces s ON s.guid = r.space_guid JOIN users u ON u.guid = r.user_guid \
+         WHERE (?1 IS NULL OR r.space_guid = ?1) AND (?2 IS NULL OR r.user_guid = ?2) \
+         ORDER BY s.name, u.username, r.role",
+    )?;
+    let rows = stmt.query_map(params![space_guid, user_guid], |row| {
+        let role: String = row.get(3)?;
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+            role,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (space_guid, space_name, username, role) = row?;
+        if let Some(role) = SpaceRole::parse(&role) {
+            out.push(RoleAssignment {
+                space_guid,
+                space_name,
+                username,
+                role,
+            });
+        }
+    }
+    Ok(out)
+}
+
+// === apps ===
+
+const APP_COLUMNS: &str = "a.guid, a.name, a.space_guid, s.name, a.state, a.instances, \
+     a.memory_mb, a.disk_mb, a.command, a.env, a.health_check_type, a.health_check_endpoint, \
+     a.current_droplet_guid, a.created_at, a.updated_at";
+
+fn app_from(row: &Row<'_>) -> rusqlite::Result<App> {
+    let state: String = row.get(4)?;
+    let env: String = row.get(9)?;
+    let check: String = row.get(10)?;
+    Ok(App {
+        guid: row.get(0)?,
+        name: row.get(1)?,
+        space_guid: row.get(2)?,
+        space_name: row.get(3)?,
+        state: if state == "STARTED" {
+            AppState::Started
+        } else {
+            AppState::Stopped
+        },
+        instances: row.get(5)?,
+        memory_mb: row.get(6)?,
+        disk_mb: row.get(7)?,
+        command: row.get(8)?,
+        env: serde_json::from_str(&env).unwrap_or_default(),
+        health_check_type: match check.as_str() {
+            "http" => HealthCheckType::Http,
+            "process" => HealthCheckType::Process,
+            _ => HealthCheckType::Port,
+        },
+        health_check_endpoint: row.get(11)?,
+        current_droplet_guid: row.get(12)?,
+        routes: Vec::new(),
+        created_at: row.get(13)?,
+        updated_at: row.get(14)?,
+    })
+}
+
+fn check_str(kind: HealthCheckType) -> &'static str {
+    match kind {
+        HealthCheckType::Port => "port",
+        HealthCheckType::Http => "http",
+        HealthCheckType::Process => "process",
+    }
+}
+
+fn with_routes(c: &Connection, mut app: App) -> rusqlite::Result<App> {
+    app.routes = routes_of(c, &app.guid)?
+        .into_iter()
+        .map(|r| r.url)
+        .collect();
+    Ok(app)
+}
+
+pub(crate) fn get_app(c: &Connection, guid: &str) -> rusqlite::Result<Option<App>> {
+    let app = c
+        .query_row(
+            &format!(
+                "SELECT {APP_COLUMNS} FROM apps a JOIN spaces s ON s.guid = a.space_guid \
+                 WHERE a.guid = ?1"
+            ),
+            [guid],
+            app_from,
+        )
+        .optional()?;
+    app.map(|a| with_routes(c, a)).transpose()
+}
+
+/// Every app, optionally only those named `name` and/or in the spaces `spaces`.
+pub(crate) fn list_apps(c: &Connection, name: Option<&str>) -> rusqlite::Result<Vec<App>> {
+    let mut stmt = c.prepare(&format!(
+        "SELECT {APP_COLUMNS} FROM apps a JOIN spaces s ON s.guid = a.space_guid \
+         WHERE (?1 IS NULL OR a.name = ?1) ORDER BY s.name, a.name"
+    ))?;
+    let apps: Vec<App> = stmt
+        .query_map([name], app_from)?
+        .collect::<Result<_, _>>()?;
+    apps.into_iter().map(|a| with_routes(c, a)).collect()
+}
+
+pub(crate) fn insert_app(c: &Connection, app: &App) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO apps (guid, name, space_guid, state, instances, memory_mb, disk_mb, \
+         command, env, health_check_type, health_check_endpoint, current_droplet_guid, \
+         created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        params![
+            app.guid,
+            app.name,
+            app.space_guid,
+            app.state.as_str(),
+            app.instances,
+            app.memory_mb,
+            app.disk_mb,
+            app.command,
+            env_json(&app.env),
+            check_str(app.health_check_type),
+            app.health_check_endpoint,
+            app.current_droplet_guid,
+            app.created_at,
+            app.updated_at
+        ],
+    )
+    .map(drop)
+}
+
+/// Writes every mutable field of `app`.
+pub(crate) fn update_app(c: &Connection, app: &App) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE apps SET name = ?2, state = ?3, instances = ?4, memory_mb = ?5, disk_mb = ?6, \
+         command = ?7, env = ?8, health_check_type = ?9, health_check_endpoint = ?10, \
+         current_droplet_guid = ?11, updated_at = ?12 WHERE guid = ?1",
+        params![
+            app.guid,
+            app.name,
+            app.state.as_str(),
+            app.instances,
+            app.memory_mb,
+            app.disk_mb,
+            app.command,
+            env_json(&app.env),
+            check_str(app.health_check_type),
+            app.health_check_endpoint,
+            app.current_droplet_guid,
+            app.updated_at
+        ],
+    )
+    .map(drop)
+}
+
+pub(crate) fn delete_app(c: &Connection, guid: &str) -> rusqlite::Result<()> {
+    c.execute("DELETE FROM apps WHERE guid = ?1", [guid])
+        .map(drop)
+}
+
+fn env_json(env: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(env).unwrap_or_else(|_| "{}".to_owned())
+}
+
+// === routes ===
+
+fn route_from(row: &Row<'_>) -> rusqlite::Result<Route> {
+    Ok(Route {
+        guid: row.get(0)?,
+        url: row.get(1)?,
+        app_guid: row.get(2)?,
+        created_at: row.get(3)?,
+    })
+}
+
+pub(crate) fn routes_of(c: &Connection, app_guid: &str) -> rusqlite::Result<Vec<Route>> {
+    let mut stmt = c.prepare(
+        "SELECT guid, url, app_guid, created_at FROM routes WHERE app_guid = ?1 ORDER BY url",
+    )?;
+    let rows = stmt.query_map([app_guid], route_from)?;
+    rows.collect()
+}
+
+pub(crate) fn list_routes(c: &Connection) -> rusqlite::Result<Vec<Route>> {
+    let mut stmt = c.prepare("SELECT guid, url, app_guid, created_at FROM routes ORDER BY url")?;
+    let rows = stmt.query_map([], route_from)?;
+    rows.collect()
+}
+
+pub(crate) fn route_by_url(c: &Connection, url: &str) -> rusqlite::Result<Option<Route>> {
+    c.query_row(
+        "SELECT guid, url, app_guid, created_at FROM routes WHERE url = ?1",
+        [url],
+        route_from,
+    )
+    .optional()
+}
+
+pub(crate) fn insert_route(c: &Connection, route: &Route) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO routes (guid, url, app_guid, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![route.guid, route.url, route.app_guid, route.created_at],
+    )
+    .map(drop)
+}
+
+pub(crate) fn delete_route(c: &Connection, url: &str, app_guid: &str) -> rusqlite::Result<usize> {
+    c.execute(
+        "DELETE FROM routes WHERE url = ?1 AND app_guid = ?2",
+        [url, app_guid],
+    )
+}
+
+// === packages, builds, droplets ===
+
+const PACKAGE_COLUMNS: &str = "guid, app_guid, file_count, size, sha256, created_at";
+
+fn package_from(row: &Row<'_>) -> rusqlite::Result<Package> {
+    Ok(Package {
+        guid: row.get(0)?,
+        app_guid: row.get(1)?,
+        state: PackageState::Ready,
+        file_count: row.get(2)?,
+        size: row.get(3)?,
+        sha256: row.get(4)?,
+        created_at: row.get(5)?,
+    })
+}
+
+pub(crate) fn insert_package(
+    c: &Connection,
+    package: &Package,
+    resources: &[Resource],
+) -> rusqlite::Result<()> {
+    let resources = serde_json::to_string(resources).unwrap_or_else(|_| "[]".to_owned());
+    c.execute(
+        "INSERT INTO packages (guid, app_guid, resources, file_count, size, sha256, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            package.guid,
+            package.app_guid,
+            resources,
+            package.file_count,
+            package.size,
+            package.sha256,
+            package.created_at
+        ],
+    )
+    .map(drop)
+}
+
+pub(crate) fn get_package(c: &Connection, guid: &str) -> rusqlite::Result<Option<Package>> {
+    c.query_row(
+        &format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE guid = ?1"),
+        [guid],
+        package_from,
+    )
+    .optional()
+}
+
+pub(crate) fn newest_package(c: &Connection, app_guid: &str) -> rusqlite::Result<Option<Package>> {
+    c.query_row(
+        &format!(
+            "SELECT {PACKAGE_COLUMNS} FROM packages WHERE app_guid = ?1 \
+             ORDER BY created_at DESC, rowid DESC LIMIT 1"
+        ),
+        [app_guid],
+        package_from,
+    )
+    .optional()
+}
+
+pub(crate) fn package_resources(c: &Connection, guid: &str) -> rusqlite::Result<Vec<Resource>> {
+    let text: Option<String> = c
+        .query_row(
+            "SELECT resources FROM packages WHERE guid = ?1",
+            [guid],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(text
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default())
+}
+
+const BUILD_COLUMNS: &str =
+    "guid, app_guid, package_guid, state, error, buildpack, droplet_guid, created_at, updated_at";
+
+fn build_from(row: &Row<'_>) -> rusqlite::Result<Build> {
+    let state: String = row.get(3)?;
+    Ok(Build {
+        guid: row.get(0)?,
+        app_guid: row.get(1)?,
+        package_guid: row.get(2)?,
+        state: match state.as_str() {
+            "STAGED" => BuildState::Staged,
+            "FAILED" => BuildState::Failed,
+            _ => BuildState::Staging,
+        },
+        error: row.get(4)?,
+        buildpack: row.get(5)?,
+        droplet_guid: row.get(6)?,
+        created_at: row.get(7)?,
+        updated_at: row.get(8)?,
+    })
+}
+
+fn build_state_str(state: BuildState) -> &'static str {
+    match state {
+        BuildState::Staging => "STAGING",
+        BuildState::Staged => "STAGED",
+        BuildState::Failed => "FAILED",
+    }
+}
+
+pub(crate) fn insert_build(c: &Connection, build: &Build) -> rusqlite::Result<()> {
+    c.execute(
+        &format!(
+            "INSERT INTO builds ({BUILD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        ),
+        params![
+            build.guid,
+            build.app_guid,
+            build.package_guid,
+            build_state_str(build.state),
+            build.error,
+            build.buildpack,
+            build.droplet_guid,
+            build.created_at,
+            build.updated_at
+        ],
+    )
+    .map(drop)
+}
+
+pub(crate) fn update_build(c: &Connection, build: &Build) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE builds SET state = ?2, error = ?3, buildpack = ?4, droplet_guid = ?5, \
+         updated_at = ?6 WHERE guid = ?1",
+        params![
+            build.guid,
+            build_state_str(build.state),
+            build.error,
+            build.buildpack,
+            build.droplet_guid,
+            build.updated_at
+        ],
+    )
+    .map(drop)
+}
+
+pub(crate) fn get_build(c: &Connection, guid: &str) -> rusqlite::Result<Option<Build>> {
+    c.query_row(
+        &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE guid = ?1"),
+        [guid],
+        build_from,
+    )
+    .optional()
+}
+
+/// Builds left `STAGING` by a previous run cannot finish: they fail, saying why.
+pub(crate) fn fail_interrupted_builds(c: &Connection, now: i64) -> rusqlite::Result<usize> {
+    c.execute(
+        "UPDATE builds SET state = 'FAILED', error = 'the cloud controller restarted while \
+         staging; create the build again', updated_at = ?1 WHERE state = 'STAGING'",
+        [now],
+    )
+}
+
+const DROPLET_COLUMNS: &str =
+    "guid, app_guid, build_guid, buildpack, start_command, sha256, size, created_at";
+
+fn droplet_from(row: &Row<'_>) -> rusqlite::Result<Droplet> {
+    Ok(Droplet {
+        guid: row.get(0)?,
+        app_guid: row.get(1)?,
+        build_guid: row.get(2)?,
+        buildpack: row.get(3)?,
+        start_command: row.get(4)?,
+        sha256: row.get(5)?,
+        size: row.get(6)?,
+        created_at: row.get(7)?,
+    })
+}
+
+pub(crate) fn insert_droplet(c: &Connection, d: &Droplet) -> rusqlite::Result<()> {
+    c.execute(
+        &format!(
+            "INSERT INTO droplets ({DROPLET_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        ),
+        params![
+            d.guid,
+            d.app_guid,
+            d.build_guid,
+            d.buildpack,
+            d.start_command,
+            d.sha256,
+            d.size,
+            d.created_at
+        ],
+    )
+    .map(drop)
+}
+
+pub(crate) fn get_droplet(c: &Connection, guid: &str) -> rusqlite::Result<Option<Droplet>> {
+    c.query_row(
+        &format!("SELECT {DROPLET_COLUMNS} FROM droplets WHERE guid = ?1"),
+        [guid],
+        droplet_from,
+    )
+    .optional()
+}
+
+pub(crate) fn droplets_of(c: &Connection, app_guid: &str) -> rusqlite::Result<Vec<Droplet>> {
+    let mut stmt = c.prepare(&format!(
+        "SELECT {DROPLET_COLUMNS} FROM droplets WHERE app_guid = ?1 ORDER BY created_at, rowid"
+    ))?;
+    let rows = stmt.query_map([app_guid], droplet_from)?;
+    rows.collect()
+}
+
+// === audit events ===
+
+pub(crate) fn insert_event(c: &Connection, e: &AuditEvent) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO events (guid, type, actor, target_guid, target_name, space_guid, data, \
+         created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            e.guid,
+            e.event_type,
+            e.actor,
+            e.target_guid,
+            e.target_name,
+            e.space_guid,
+            e.data.to_string(),
+            e.created_at
+        ],
+    )
+    .map(drop)
+}
+
+/// Events, oldest first, filtered by target; at most `limit` of the newest.
+pub(crate) fn list_events(
+    c: &Connection,
+    target_guid: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<Vec<AuditEvent>> {
+    let mut stmt = c.prepare(
+        "SELECT guid, type, actor, target_guid, target_name, space_guid, data, created_at \
+         FROM events WHERE (?1 IS NULL OR target_guid = ?1) ORDER BY seq DESC LIMIT ?2",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![target_guid, limit], |row| {
+        let data: String = row.get(6)?;
+        Ok(AuditEvent {
+            guid: row.get(0)?,
+            event_type: row.get(1)?,
+            actor: row.get(2)?,
+            target_guid: row.get(3)?,
+            target_name: row.get(4)?,
+            space_guid: row.get(5)?,
+            data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+            created_at: row.get(7)?,
+        })
+    })?;
+    let mut events: Vec<AuditEvent> = rows.collect::<Result<_, _>>()?;
+    events.reverse();
+    Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cc.db");
+        let db = Db::open(&path).unwrap();
+        db.blocking(|c| {
+            insert_space(
+                c,
+                &Space {
+                    guid: "s1".into(),
+                    name: "default".into(),
+                    created_at: 1,
+                },
+            )
+        })
+        .unwrap();
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        let version: usize = db.blocking(|c| {
+            c.pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap()
+        });
+        assert_eq!(version, MIGRATIONS.len());
+        let space = db.blocking(|c| find_space(c, "default")).unwrap().unwrap();
+        assert_eq!(space.guid, "s1");
+    }
+}

@@ -1,0 +1,260 @@
+//! The cloud controller: the platform's REST API and the keeper of desired state.
+//!
+//! Flow: the CLI (through `hydrant-api`) → REST API (`api`) → desired state in SQLite (`db`)
+//! and files in the blob store (`blobs`) → staging (`staging`) turns pushed packages into
+//! droplets → placement (`placement`) asks executors over the bus to run the instances the
+//! desired state calls for, reading their heartbeats and crash reports. Lifecycle and staging
+//! lines go into each app's own log stream (`logs`), and the role's counters to `/metrics` and
+//! the pipeline (`metrics`).
+//!
+//! Invariants:
+//! - Desired state lives only in `data_dir` (SQLite in WAL mode, blobs, droplets): stopping
+//!   the role and starting it again on the same directory loses nothing.
+//! - The data plane never waits for this role: executors keep running what they run while it
+//!   is down, and tokens it issued keep verifying at the firehose edge.
+//! - Every queue is bounded (staging queue, bus subscriptions) and every upload capped by
+//!   config; bad input is a JSON error that says what to fix, never a panic.
+//!
+//! # Layout
+//! - `config`: [`Config`] and its validation.
+//! - `api`: routing, errors, authentication, users/spaces/tokens; `api/apps.rs` and
+//!   `api/push.rs` for apps and push.
+//! - `db`: schema, migrations, queries. `blobs`: the content-addressed store.
+//! - `staging`: buildpack detection and droplet building. `placement`: the executor table and
+//!   the convergence loop.
+//! - `password`: password hashing and guids. `logs`, `metrics`: what the role emits.
+//!
+//! Extension points for the policy, SLO and drain issues: a migration step appended in `db`,
+//! routes beside the app routes in `api/apps.rs`, and, for control loops that need them, new
+//! types in `hydrant-api`.
+
+mod api;
+mod blobs;
+mod config;
+mod db;
+mod error;
+mod logs;
+mod metrics;
+mod password;
+mod placement;
+mod staging;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use hydrant_api::{Space, User};
+use hydrant_auth::SigningKey;
+use hydrant_bus::Bus;
+use hydrant_emitter::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::Error;
+pub use staging::STATIC_START;
+
+/// The space apps go into when the request names none; created at first start.
+pub const DEFAULT_SPACE: &str = "default";
+
+/// The sockets the cloud controller serves, bound by the caller (tests bind `127.0.0.1:0`).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The REST API (`Config::listen`, default `127.0.0.1:9022`).
+    pub api: TcpListener,
+    /// `/healthz` and `/metrics` (`Config::admin_listen`, default `127.0.0.1:14831`).
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `config.listen` and `config.admin_listen`.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] naming the field whose address could not be bound.
+    pub async fn bind(config: &Config) -> Result<Self, Error> {
+        let bind = |field: &'static str, addr: &str| {
+            let addr = addr.to_owned();
+            async move {
+                TcpListener::bind(&addr)
+                    .await
+                    .map_err(|source| Error::Bind {
+                        field,
+                        addr,
+                        source,
+                    })
+            }
+        };
+        Ok(Self {
+            api: bind("listen", &config.listen).await?,
+            admin: bind("admin_listen", &config.admin_listen).await?,
+        })
+    }
+}
+
+/// Everything the handlers and background tasks share.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) config: Config,
+    pub(crate) db: db::Db,
+    pub(crate) key: SigningKey,
+    pub(crate) blobs: blobs::BlobStore,
+    pub(crate) staging: staging::Queue,
+    pub(crate) placement: placement::Placement,
+    pub(crate) logs: logs::AppLogs,
+    pub(crate) metrics: metrics::Metrics,
+}
+
+/// Runs the cloud controller until `shutdown` is cancelled, then stops serving, lets running
+/// builds be abandoned (they are marked FAILED at the next start) and returns once every task
+/// has stopped.
+///
+/// # Errors
+/// An invalid config, an unusable data directory or database, a bus that cannot be joined, or
+/// a listener that failed.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    config.validate()?;
+    let data = config.data_path();
+    std::fs::create_dir_all(&data).map_err(|source| Error::Io {
+        path: data.clone(),
+        source,
+    })?;
+    let key_path = config.signing_key_path();
+    if let Some(parent) = key_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    let key = SigningKey::load_or_generate(&key_path)?;
+    let db = db::Db::open(&data.join("cloudcontroller.db"))?;
+    bootstrap(&config, &db)?;
+    let blobs = blobs::BlobStore::open(&data)?;
+
+    let registry = Registry::new("cloudcontroller", &config.instance_id);
+    let metrics = metrics::Metrics::new(&registry);
+    let telemetry = config.telemetry.start(&registry, shutdown.clone());
+    let logs = logs::AppLogs::new(telemetry.clone(), &registry);
+    let bus = Bus::connect(&config.bus, &registry).await?;
+    let feeds = placement::subscribe(&bus).await?;
+    let (queue, jobs) = staging::Queue::new(config.staging_queue);
+    let workers = config.staging_workers;
+
+    let ctx = Arc::new(Ctx {
+        config,
+        db,
+        key,
+        blobs,
+        staging: queue,
+        placement: placement::Placement::default(),
+        logs,
+        metrics,
+    });
+
+    let staging_tasks = staging::spawn_workers(ctx.clone(), jobs, workers, shutdown.clone());
+    let converge = tokio::spawn(placement::run(
+        ctx.clone(),
+        bus.clone(),
+        feeds,
+        shutdown.clone(),
+    ));
+    let admin = tokio::spawn(hydrant_emitter::admin::serve(
+        listeners.admin,
+        hydrant_emitter::admin::router(registry.clone()),
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        listen = %ctx.config.listen,
+        external_url = %ctx.config.external_url,
+        bus = %bus.url(),
+        "cloud controller serving"
+    );
+    let served = axum::serve(listeners.api, api::router(ctx.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+
+    for task in staging_tasks {
+        let _ = task.await;
+    }
+    let _ = converge.await;
+    let admin_result = admin.await;
+    drop(ctx);
+    if let Some(emitter) = telemetry {
+        emitter.stopped().await;
+    }
+    served.map_err(Error::Serve)?;
+    match admin_result {
+        Ok(Ok(())) | Err(_) => Ok(()),
+        Ok(Err(e)) => Err(Error::Admin(e)),
+    }
+}
+
+/// First-start work: the default space and the administrator; and builds a previous run left
+/// half-done are marked FAILED.
+fn bootstrap(config: &Config, db: &db::Db) -> Result<(), Error> {
+    let db_err = |context| move |source| Error::Db { context, source };
+    let now = hydrant_auth::now_secs();
+    db.blocking(|c| {
+        if db::find_space(c, DEFAULT_SPACE)?.is_none() {
+            db::insert_space(
+                c,
+                &Space {
+                    guid: password::new_guid(),
+                    name: DEFAULT_SPACE.to_owned(),
+                    created_at: now,
+                },
+            )?;
+        }
+        db::fail_interrupted_builds(c, now).map(drop)
+    })
+    .map_err(db_err("bootstrap"))?;
+    let exists = db
+        .blocking(|c| db::user_by_name(c, &config.admin_user))
+        .map_err(db_err("find the admin user"))?
+        .is_some();
+    if exists {
+        return Ok(());
+    }
+    let secret = match &config.admin_password {
+        Some(secret) => secret.clone(),
+        None => {
+            let secret = password::new_password();
+            write_secret(&config.admin_password_path(), &secret)?;
+            secret
+        }
+    };
+    let hash = password::hash(&secret, config.password_hash_iterations);
+    let admin = User {
+        guid: password::new_guid(),
+        username: config.admin_user.clone(),
+        admin: true,
+        created_at: now,
+    };
+    db.blocking(|c| db::insert_user(c, &admin, &hash))
+        .map_err(db_err("create the admin user"))?;
+    tracing::info!(user = %admin.username, "created the administrator");
+    Ok(())
+}
+
+/// Writes a secret readable by its owner only.
+fn write_secret(path: &Path, secret: &str) -> Result<(), Error> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io)?;
+    std::io::Write::write_all(&mut file, format!("{secret}\n").as_bytes()).map_err(io)
+}

@@ -1,0 +1,133 @@
+//! The cloud controller's own counters and gauges, registered once at start-up.
+//!
+//! Names follow `cloudcontroller.<noun>` with the reason or result as a tag, so the console
+//! and dashboards read them like every other role's.
+
+use hydrant_emitter::{Counter, Gauge, Registry};
+
+/// Every metric the role owns.
+#[derive(Debug, Clone)]
+pub(crate) struct Metrics {
+    requests: [Counter; 5],
+    pub(crate) blobs_uploaded: Counter,
+    pub(crate) blob_bytes: Counter,
+    pub(crate) staged: Counter,
+    pub(crate) staging_failed: Counter,
+    pub(crate) staging_rejected: Counter,
+    pub(crate) staging_depth: Gauge,
+    pub(crate) staging_duration_ms: Gauge,
+    pub(crate) placed: Counter,
+    pub(crate) no_room: Counter,
+    pub(crate) refused: Counter,
+    pub(crate) request_failed: Counter,
+    pub(crate) stops: Counter,
+    pub(crate) heartbeats: Counter,
+    pub(crate) crashes: Counter,
+    pub(crate) executors: Gauge,
+    pub(crate) dropped_malformed: Counter,
+    pub(crate) dropped_unknown_app: Counter,
+}
+
+impl Metrics {
+    pub(crate) fn new(registry: &Registry) -> Self {
+        let request = |class| {
+            registry.counter(
+                "cloudcontroller.requests",
+                "API requests answered, by status class",
+                &[("status_class", class)],
+            )
+        };
+        let staging = |result| {
+            registry.counter(
+                "cloudcontroller.staging",
+                "builds finished or refused, by result",
+                &[("result", result)],
+            )
+        };
+        let placement = |result| {
+            registry.counter(
+                "cloudcontroller.placements",
+                "instance placement attempts, by result",
+                &[("result", result)],
+            )
+        };
+        let dropped = |reason| {
+            registry.counter(
+                "cloudcontroller.dropped",
+                "bus messages the cloud controller ignored, by reason",
+                &[("reason", reason)],
+            )
+        };
+        Self {
+            requests: [
+                request("1xx"),
+                request("2xx"),
+                request("3xx"),
+                request("4xx"),
+                request("5xx"),
+            ],
+            blobs_uploaded: registry.counter(
+                "cloudcontroller.blobs_uploaded",
+                "files uploaded into the blob store",
+                &[],
+            ),
+            blob_bytes: registry.counter(
+                "cloudcontroller.blob_bytes",
+                "bytes uploaded into the blob store",
+                &[],
+            ),
+            staged: staging("staged"),
+            staging_failed: staging("failed"),
+            staging_rejected: staging("queue_full"),
+            staging_depth: registry.gauge(
+                "cloudcontroller.staging.queue_depth",
+                "builds waiting for a staging worker",
+                "count",
+                &[],
+            ),
+            staging_duration_ms: registry.gauge(
+                "cloudcontroller.staging.duration",
+                "how long the last build took to stage",
+                "ms",
+                &[],
+            ),
+            placed: placement("accepted"),
+            no_room: placement("no_room"),
+            refused: placement("refused"),
+            request_failed: placement("request_failed"),
+            stops: registry.counter("cloudcontroller.stops", "StopInstance requests sent", &[]),
+            heartbeats: registry.counter(
+                "cloudcontroller.heartbeats",
+                "executor heartbeats received",
+                &[],
+            ),
+            crashes: registry.counter(
+                "cloudcontroller.crashes",
+                "instance crash reports received",
+                &[],
+            ),
+            executors: registry.gauge(
+                "cloudcontroller.executors",
+                "executors heard from recently",
+                "count",
+                &[],
+            ),
+            dropped_malformed: dropped("malformed"),
+            dropped_unknown_app: dropped("unknown_app"),
+        }
+    }
+
+    /// Counts one answered request.
+    pub(crate) fn request(&self, status: u16) {
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        if let Some(counter) = self.requests.get(class) {
+            counter.inc();
+        }
+    }
+
+    /// Counts one stored blob.
+    pub(crate) fn blob_uploaded(&self, size: u64) {
+        self.blobs_uploaded.inc();
+        self.blob_bytes.add(size);
+    }
+}

@@ -1,0 +1,800 @@
+//! Staging: turning a package into a droplet, on a bounded queue of builds.
+//!
+//! Flow: `POST /v3/apps/{guid}/builds` reserves a queue slot ([`Queue::reserve`]) → a worker
+//! copies the package's files out of the blob store into a scratch directory → detects a
+//! buildpack ([`detect`]) → installs dependencies when the app lists some and the tool exists →
+//! writes `droplets/<guid>.tgz` with its SHA-256 → marks the build STAGED and makes the droplet
+//! the app's current one. Every step is narrated as `STG` log lines in the app's stream; a
+//! failure says why, both there and in the build's `error`. Invariant: at most
+//! `staging_queue` builds wait and `staging_workers` run; a full queue is refused up front.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hydrant_api::{AppState, Build, BuildState, Droplet, Resource};
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncBufReadExt as _;
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Ctx, db, password};
+
+/// The static site start command: Hydrant's own static server, which the executor provides as
+/// `$HYDRANT_BIN`.
+pub const STATIC_START: &str = r#"exec "$HYDRANT_BIN" static-server --dir . --port "$PORT""#;
+
+/// Longest log line passed on from an install tool, bytes.
+const MAX_LINE: usize = 4096;
+
+/// A build waiting to be staged.
+#[derive(Debug, Clone)]
+pub(crate) struct Job {
+    pub(crate) build_guid: String,
+    pub(crate) app_guid: String,
+    pub(crate) package_guid: String,
+    /// The app's explicit start command at the time of the request.
+    pub(crate) command: Option<String>,
+}
+
+/// The sending side of the staging queue.
+#[derive(Debug, Clone)]
+pub(crate) struct Queue {
+    tx: mpsc::Sender<Job>,
+}
+
+/// A reserved slot in the queue.
+#[derive(Debug)]
+pub(crate) struct Permit(mpsc::OwnedPermit<Job>);
+
+impl Permit {
+    pub(crate) fn send(self, job: Job) {
+        self.0.send(job);
+    }
+}
+
+impl Queue {
+    pub(crate) fn new(capacity: usize) -> (Self, mpsc::Receiver<Job>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Self { tx }, rx)
+    }
+
+    /// A slot, or `None` when the queue is full.
+    pub(crate) fn reserve(&self) -> Option<Permit> {
+        self.tx.clone().try_reserve_owned().ok().map(Permit)
+    }
+
+    /// Builds waiting.
+    pub(crate) fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// Starts `workers` tasks taking builds from `rx` until `shutdown`.
+pub(crate) fn spawn_workers(
+    ctx: Arc<Ctx>,
+    rx: mpsc::Receiver<Job>,
+    workers: usize,
+    shutdown: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let rx = Arc::new(Mutex::new(rx));
+    (0..workers)
+        .map(|_| {
+            let ctx = ctx.clone();
+            let rx = rx.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    let job = tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        job = async { rx.lock().await.recv().await } => job,
+                    };
+                    let Some(job) = job else { break };
+                    ctx.metrics.staging_depth.set(ctx.staging.depth() as f64);
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = run_job(&ctx, job) => {}
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+async fn run_job(ctx: &Arc<Ctx>, job: Job) {
+    let started = Instant::now();
+    let timeout = Duration::from_secs(ctx.config.staging_timeout_secs);
+    let outcome = match tokio::time::timeout(timeout, stage(ctx, &job)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(format!(
+            "staging took longer than {} s (staging_timeout_secs)",
+            timeout.as_secs()
+        )),
+    };
+    let elapsed = started.elapsed();
+    ctx.metrics
+        .staging_duration_ms
+        .set(elapsed.as_millis() as f64);
+    let now = hydrant_auth::now_secs();
+    match outcome {
+        Ok((buildpack, droplet)) => {
+            ctx.metrics.staged.inc();
+            let build_guid = job.build_guid.clone();
+            let saved = ctx
+                .db
+                .run(move |c| {
+                    let tx = c.transaction()?;
+                    let Some(mut app) = db::get_app(&tx, &droplet.app_guid)? else {
+                        // The app was deleted while staging; nothing to attach the droplet to.
+                        return Ok(false);
+                    };
+                    db::insert_droplet(&tx, &droplet)?;
+                    db::update_build(
+                        &tx,
+                        &Build {
+                            guid: build_guid,
+                            app_guid: droplet.app_guid.clone(),
+                            package_guid: String::new(),
+                            state: BuildState::Staged,
+                            error: None,
+                            buildpack: Some(buildpack),
+                            droplet_guid: Some(droplet.guid.clone()),
+                            created_at: 0,
+                            updated_at: now,
+                        },
+                    )?;
+                    app.current_droplet_guid = Some(droplet.guid.clone());
+                    app.updated_at = now;
+                    db::update_app(&tx, &app)?;
+                    tx.commit()?;
+                    Ok(app.state == AppState::Started)
+                })
+                .await;
+            match saved {
+                Ok(_) => ctx.logs.stg(&job.app_guid, "Staging complete", false),
+                Err(e) => {
+                    tracing::error!(?e, "recording a staged build failed");
+                    ctx.logs.stg(
+                        &job.app_guid,
+                        "Staging failed: could not record the droplet",
+                        true,
+                    );
+                }
+            }
+        }
+        Err(reason) => {
+            ctx.metrics.staging_failed.inc();
+            ctx.logs
+                .stg(&job.app_guid, &format!("Staging failed: {reason}"), true);
+            let build_guid = job.build_guid.clone();
+            let result = ctx
+                .db
+                .run(move |c| {
+                    let Some(mut build) = db::get_build(c, &build_guid)? else {
+                        return Ok(());
+                    };
+                    build.state = BuildState::Failed;
+                    build.error = Some(reason);
+                    build.updated_at = now;
+                    db::update_build(c, &build)?;
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(?e, "recording a failed build failed");
+            }
+        }
+    }
+}
+
+/// Stages one build; the error is the reason, in words for the user.
+async fn stage(ctx: &Arc<Ctx>, job: &Job) -> Result<(String, Droplet), String> {
+    let app = job.app_guid.as_str();
+    ctx.logs.stg(app, "Downloading app package...", false);
+    let package_guid = job.package_guid.clone();
+    let resources = ctx
+        .db
+        .run(move |c| Ok(db::package_resources(c, &package_guid)?))
+        .await
+        .map_err(|e| format!("cannot read the package: {e:?}"))?;
+    let scratch = ctx
+        .blobs
+        .scratch()
+        .map_err(|e| format!("cannot create a staging directory: {e}"))?;
+    let dir = scratch.path().join("app");
+    let blobs = ctx.blobs.clone();
+    let copy_dir = dir.clone();
+    let copy_resources = resources.clone();
+    tokio::task::spawn_blocking(move || materialise(&blobs, &copy_resources, &copy_dir))
+        .await
+        .map_err(|e| format!("copying the package failed: {e}"))??;
+    let total: u64 = resources.iter().map(|r| r.size).sum();
+    ctx.logs.stg(
+        app,
+        &format!(
+            "Downloaded app package ({} files, {})",
+            resources.len(),
+            human_bytes(total)
+        ),
+        false,
+    );
+
+    let detect_dir = dir.clone();
+    let command = job.command.clone();
+    let detected = tokio::task::spawn_blocking(move || detect(&detect_dir, command.as_deref()))
+        .await
+        .map_err(|e| format!("buildpack detection failed: {e}"))??;
+    ctx.logs
+        .stg(app, &format!("-----> {}", detected.message), false);
+    for install in &detected.installs {
+        run_install(ctx, app, &dir, install).await?;
+    }
+    ctx.logs.stg(
+        app,
+        &format!("-----> Start command: {}", detected.start_command),
+        false,
+    );
+
+    ctx.logs.stg(app, "Uploading droplet...", false);
+    let droplet_guid = password::new_guid();
+    let dest = ctx.blobs.droplet_path(&droplet_guid);
+    let tar_dir = dir.clone();
+    let (size, sha256) = tokio::task::spawn_blocking(move || write_droplet(&tar_dir, &dest))
+        .await
+        .map_err(|e| format!("writing the droplet failed: {e}"))??;
+    ctx.logs.stg(
+        app,
+        &format!("Uploaded droplet ({})", human_bytes(size)),
+        false,
+    );
+    drop(scratch);
+    Ok((
+        detected.buildpack.to_owned(),
+        Droplet {
+            guid: droplet_guid,
+            app_guid: job.app_guid.clone(),
+            build_guid: job.build_guid.clone(),
+            buildpack: detected.buildpack.to_owned(),
+            start_command: detected.start_command,
+            sha256,
+            size,
+            created_at: hydrant_auth::now_secs(),
+        },
+    ))
+}
+
+/// Copies every file of the package from the blob store into `dir`, with its mode.
+fn materialise(
+    blobs: &crate::blobs::BlobStore,
+    resources: &[Resource],
+    dir: &Path,
+) -> Result<(), String> {
+    // The list was validated when the package was made; check again before touching a disk.
+    hydrant_api::push::validate_resources(resources).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    for r in resources {
+        let dest = dir.join(&r.path);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create the directory of {:?}: {e}", r.path))?;
+        }
+        std::fs::copy(blobs.blob_path(&r.sha256), &dest).map_err(|e| {
+            format!(
+                "{:?} is missing from the blob store ({e}); push the app again",
+                r.path
+            )
+        })?;
+        set_mode(&dest, r.mode & 0o777 | 0o400);
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) {}
+
+/// A dependency install step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Install {
+    /// Shown before it runs.
+    pub(crate) title: String,
+    /// Program and arguments.
+    pub(crate) argv: Vec<String>,
+}
+
+/// What detection found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Detected {
+    /// `procfile`, `binary`, `python`, `node`, `static` or `command`.
+    pub(crate) buildpack: &'static str,
+    /// The droplet's start command (the app's explicit command overrides it).
+    pub(crate) start_command: String,
+    /// The STG line announcing it.
+    pub(crate) message: String,
+    /// Dependency installs to run in the app directory.
+    pub(crate) installs: Vec<Install>,
+}
+
+/// Detects the buildpack of the app in `dir`. `command` is the app's explicit start command,
+/// which replaces the detected one.
+pub(crate) fn detect(dir: &Path, command: Option<&str>) -> Result<Detected, String> {
+    let mut found = detect_buildpack(dir, command)?;
+    if let Some(command) = command.filter(|c| !c.trim().is_empty()) {
+        found.start_command = command.to_owned();
+    }
+    Ok(found)
+}
+
+fn detect_buildpack(dir: &Path, command: Option<&str>) -> Result<Detected, String> {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    if let Some(procfile) = read("Procfile") {
+        let web = procfile.lines().find_map(|line| {
+            let (kind, cmd) = line.split_once(':')?;
+            (kind.trim() == "web" && !cmd.trim().is_empty()).then(|| cmd.trim().to_owned())
+        });
+        return match web {
+            Some(cmd) => Ok(Detected {
+                buildpack: "procfile",
+                start_command: cmd,
+                message: "Procfile detected".to_owned(),
+                installs: Vec::new(),
+            }),
+            None => Err("the Procfile has no `web:` line; add one such as `web: ./server`".into()),
+        };
+    }
+    if let Some(named) = command.and_then(|c| named_executable(dir, c)) {
+        return Ok(Detected {
+            buildpack: "binary",
+            start_command: format!("./{named}"),
+            message: format!("Executable {named} detected (named by the start command)"),
+            installs: Vec::new(),
+        });
+    }
+    let has = |name: &str| dir.join(name).is_file();
+    if has("requirements.txt") || has("app.py") {
+        if !has("app.py") {
+            return Err(
+                "Python app detected (requirements.txt) but there is no app.py: add app.py \
+                 or a Procfile with a web: line"
+                    .into(),
+            );
+        }
+        let requirements = read("requirements.txt").unwrap_or_default();
+        let needs_install = requirements
+            .lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+        let mut installs = Vec::new();
+        let mut start = "python3 app.py".to_owned();
+        if needs_install {
+            installs.push(Install {
+                title: "Installing requirements with pip".to_owned(),
+                argv: [
+                    "python3",
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                    "--target",
+                    ".hydrant/python",
+                    "-r",
+                    "requirements.txt",
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+            });
+            start = "PYTHONPATH=.hydrant/python python3 app.py".to_owned();
+        }
+        return Ok(Detected {
+            buildpack: "python",
+            start_command: start,
+            message: "Python app detected".to_owned(),
+            installs,
+        });
+    }
+    if let Some(package) = read("package.json") {
+        let json: serde_json::Value = serde_json::from_str(&package)
+            .map_err(|e| format!("package.json is not valid JSON: {e}"))?;
+        let start = if json["scripts"]["start"].is_string() {
+            "npm start".to_owned()
+        } else if let Some(main) = json["main"].as_str().filter(|m| !m.is_empty()) {
+            format!("node {}", shell_word(main))
+        } else if has("server.js") {
+            "node server.js".to_owned()
+        } else if has("index.js") {
+            "node index.js".to_owned()
+        } else {
+            return Err(
+                "Node app detected (package.json) but it has no scripts.start, no main and \
+                 no server.js or index.js: add a start script"
+                    .into(),
+            );
+        };
+        let needs_install = json["dependencies"]
+            .as_object()
+            .is_some_and(|d| !d.is_empty())
+            && !dir.join("node_modules").is_dir();
+        let installs = if needs_install {
+            vec![Install {
+                title: "Installing dependencies with npm".to_owned(),
+                argv: ["npm", "install", "--omit=dev", "--no-audit", "--no-fund"]
+                    .map(str::to_owned)
+                    .to_vec(),
+            }]
+        } else {
+            Vec::new()
+        };
+        return Ok(Detected {
+            buildpack: "node",
+            start_command: start,
+            message: "Node.js app detected".to_owned(),
+            installs,
+        });
+    }
+    if has("index.html") {
+        return Ok(Detected {
+            buildpack: "static",
+            start_command: STATIC_START.to_owned(),
+            message: "Static site detected (index.html)".to_owned(),
+            installs: Vec::new(),
+        });
+    }
+    let executables = top_level_executables(dir);
+    if let [only] = executables.as_slice() {
+        return Ok(Detected {
+            buildpack: "binary",
+            start_command: format!("./{}", shell_word(only)),
+            message: format!("Executable {only} detected"),
+            installs: Vec::new(),
+        });
+    }
+    if let Some(command) = command.filter(|c| !c.trim().is_empty()) {
+        return Ok(Detected {
+            buildpack: "command",
+            start_command: command.to_owned(),
+            message: "No buildpack detected; using the app's start command".to_owned(),
+            installs: Vec::new(),
+        });
+    }
+    let hint = if executables.len() > 1 {
+        format!(
+            " ({} executables at the top level: name one with a start command)",
+            executables.len()
+        )
+    } else {
+        String::new()
+    };
+    Err(format!(
+        "no buildpack detected: add a Procfile with a web: line, an index.html, an app.py \
+         or requirements.txt, a package.json, or a single executable at the top level, or \
+         set a start command{hint}"
+    ))
+}
+
+/// Quotes a file name for `sh` when it needs it.
+fn shell_word(word: &str) -> String {
+    if word
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
+    {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// The file the start command runs, when it is an executable in the app directory.
+fn named_executable(dir: &Path, command: &str) -> Option<String> {
+    let first = command.split_whitespace().next()?;
+    let name = first.strip_prefix("./").unwrap_or(first);
+    if name.is_empty() || hydrant_api::push::path_problem(name).is_some() {
+        return None;
+    }
+    is_executable(&dir.join(name)).then(|| name.to_owned())
+}
+
+/// Top-level regular files with an execute bit that start with an ELF header or `#!`.
+fn top_level_executables(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| is_executable(&e.path()))
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .collect();
+    out.sort();
+    out
+}
+
+fn is_executable(path: &Path) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    if !meta.is_file() || !has_exec_bit(&meta) {
+        return false;
+    }
+    let mut head = [0u8; 4];
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let n = std::io::Read::read(&mut file, &mut head).unwrap_or(0);
+    head[..n].starts_with(b"\x7fELF") || head[..n].starts_with(b"#!")
+}
+
+#[cfg(unix)]
+fn has_exec_bit(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    meta.permissions().mode() & 0o111 != 0
+}
+
+#[cfg(not(unix))]
+fn has_exec_bit(_meta: &std::fs::Metadata) -> bool {
+    false
+}
+
+/// Finds `program` on `PATH`.
+fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Runs one install step in `dir`, streaming its output as STG lines.
+async fn run_install(
+    ctx: &Arc<Ctx>,
+    app: &str,
+    dir: &Path,
+    install: &Install,
+) -> Result<(), String> {
+    let Some((program, args)) = install.argv.split_first() else {
+        return Ok(());
+    };
+    if find_program(program).is_none() {
+        return Err(format!(
+            "{} needs `{program}`, which this cloud controller's host does not have: install \
+             it there, or vendor the dependencies into the app directory",
+            install.title
+        ));
+    }
+    ctx.logs
+        .stg(app, &format!("-----> {}", install.title), false);
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let pump = |stream: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>, is_err: bool| {
+        let ctx = ctx.clone();
+        let app = app.to_owned();
+        async move {
+            let Some(stream) = stream else { return };
+            let mut lines = tokio::io::BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut line = line;
+                if line.len() > MAX_LINE {
+                    let mut cut = MAX_LINE;
+                    while !line.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    line.truncate(cut);
+                }
+                ctx.logs.stg(&app, &format!("       {line}"), is_err);
+            }
+        }
+    };
+    let out = pump(
+        stdout.map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        false,
+    );
+    let err = pump(
+        stderr.map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        true,
+    );
+    let ((), (), status) = tokio::join!(out, err, child.wait());
+    let status = status.map_err(|e| format!("{program} failed: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} failed ({status}); see the lines above",
+            install.title
+        ))
+    }
+}
+
+/// A writer that hashes what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes `dir` as a gzipped tarball at `dest`; returns its size and SHA-256.
+fn write_droplet(dir: &Path, dest: &Path) -> Result<(u64, String), String> {
+    let fail = |e: std::io::Error| format!("cannot write the droplet: {e}");
+    let tmp = dest.with_extension("tgz.partial");
+    let file = std::fs::File::create(&tmp).map_err(fail)?;
+    let writer = HashingWriter {
+        inner: std::io::BufWriter::new(file),
+        hasher: Sha256::new(),
+        size: 0,
+    };
+    let gz = flate2::write::GzEncoder::new(writer, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(false);
+    tar.append_dir_all(".", dir).map_err(fail)?;
+    let gz = tar.into_inner().map_err(fail)?;
+    let mut writer = gz.finish().map_err(fail)?;
+    std::io::Write::flush(&mut writer).map_err(fail)?;
+    let sha256 = hydrant_api::push::hex(&writer.hasher.finalize());
+    let size = writer.size;
+    drop(writer.inner);
+    std::fs::rename(&tmp, dest).map_err(fail)?;
+    Ok((size, sha256))
+}
+
+fn human_bytes(bytes: u64) -> String {
+    if bytes >= 10 << 20 {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 10 << 10 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(files: &[(&str, &str, u32)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content, mode) in files {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            set_mode(&path, *mode);
+        }
+        dir
+    }
+
+    #[test]
+    fn procfile_wins_and_needs_a_web_line() {
+        let dir = app(&[("Procfile", "worker: x\nweb: ./server --port $PORT\n", 0o644)]);
+        let d = detect(dir.path(), None).unwrap();
+        assert_eq!(
+            (d.buildpack, d.start_command.as_str()),
+            ("procfile", "./server --port $PORT")
+        );
+        let dir = app(&[("Procfile", "worker: x\n", 0o644)]);
+        assert!(detect(dir.path(), None).unwrap_err().contains("web:"));
+    }
+
+    #[test]
+    fn python_node_static_and_binaries_are_detected() {
+        let dir = app(&[
+            ("app.py", "print(1)", 0o644),
+            ("requirements.txt", "\n# none\n", 0o644),
+        ]);
+        let d = detect(dir.path(), None).unwrap();
+        assert_eq!(
+            (d.buildpack, d.start_command.as_str()),
+            ("python", "python3 app.py")
+        );
+        assert!(d.installs.is_empty());
+        let dir = app(&[
+            ("app.py", "", 0o644),
+            ("requirements.txt", "flask\n", 0o644),
+        ]);
+        assert_eq!(detect(dir.path(), None).unwrap().installs.len(), 1);
+
+        let dir = app(&[(
+            "package.json",
+            r#"{"scripts":{"start":"node s.js"}}"#,
+            0o644,
+        )]);
+        assert_eq!(detect(dir.path(), None).unwrap().start_command, "npm start");
+        let dir = app(&[("package.json", r#"{"main":"srv.js"}"#, 0o644)]);
+        assert_eq!(
+            detect(dir.path(), None).unwrap().start_command,
+            "node srv.js"
+        );
+
+        let dir = app(&[("index.html", "<h1>hi</h1>", 0o644)]);
+        assert_eq!(
+            detect(dir.path(), None).unwrap().start_command,
+            STATIC_START
+        );
+
+        let dir = app(&[("server", "#!/bin/sh\necho", 0o755), ("README", "x", 0o644)]);
+        let d = detect(dir.path(), None).unwrap();
+        assert_eq!(
+            (d.buildpack, d.start_command.as_str()),
+            ("binary", "./server")
+        );
+    }
+
+    #[test]
+    fn an_explicit_command_overrides_and_can_name_the_executable() {
+        let dir = app(&[("a", "#!/bin/sh", 0o755), ("b", "\x7fELF....", 0o755)]);
+        assert!(
+            detect(dir.path(), None)
+                .unwrap_err()
+                .contains("2 executables")
+        );
+        let d = detect(dir.path(), Some("./b --fast")).unwrap();
+        assert_eq!(
+            (d.buildpack, d.start_command.as_str()),
+            ("binary", "./b --fast")
+        );
+        let dir = app(&[("index.html", "x", 0o644)]);
+        assert_eq!(
+            detect(dir.path(), Some("my-server")).unwrap().start_command,
+            "my-server"
+        );
+    }
+
+    #[test]
+    fn nothing_detected_says_what_to_add() {
+        let dir = app(&[("notes.txt", "x", 0o644)]);
+        let err = detect(dir.path(), None).unwrap_err();
+        assert!(
+            err.starts_with("no buildpack detected: add a Procfile"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn droplets_are_tarballs_with_modes() {
+        let dir = app(&[("run", "#!/bin/sh\n", 0o755)]);
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("d.tgz");
+        let (size, sha) = write_droplet(dir.path(), &dest).unwrap();
+        let bytes = std::fs::read(&dest).unwrap();
+        assert_eq!(bytes.len() as u64, size);
+        assert_eq!(sha, hydrant_api::push::hex(&Sha256::digest(&bytes)));
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes.as_slice()));
+        let modes: Vec<(String, u32)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().mode().unwrap(),
+                )
+            })
+            .collect();
+        assert!(
+            modes
+                .iter()
+                .any(|(p, m)| p.ends_with("run") && m & 0o111 != 0),
+            "{modes:?}"
+        );
+    }
+}

@@ -1,0 +1,859 @@
+//! The cloud controller end to end on loopback, driven through `hydrant-api`'s client: login,
+//! apps and their audit events, authorisation, push with resource matching, staging for each
+//! buildpack with its STG lines, placement on fake executors, crashes, droplet downloads and a
+//! restart on the same data directory.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+#[path = "common/support.rs"]
+mod support;
+
+use std::time::Duration;
+
+use hydrant_api::{
+    AppState, BuildState, CreateApp, EventFilter, InstanceState, Resource, ScaleApp, SpaceRole,
+    UpdateApp,
+};
+use hydrant_bus::messages::{self, ExecutorCrash};
+use sha2::{Digest as _, Sha256};
+use support::{Cc, FakeExecutor, Options, app_dir, push_and_stage, wait_until};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn sha(bytes: &[u8]) -> String {
+    hydrant_api::push::hex(&Sha256::digest(bytes))
+}
+
+/// A staging case: app name, files, start command, then the expected buildpack, start
+/// command and STG detection line.
+type Case<'a> = (
+    &'a str,
+    Vec<(&'a str, &'a [u8], u32)>,
+    Option<&'a str>,
+    &'a str,
+    &'a str,
+    &'a str,
+);
+
+const STATIC_SITE: &[(&str, &[u8], u32)] = &[("index.html", b"<h1>hello</h1>", 0o644)];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_info_and_401s() {
+    let dir = tempfile::tempdir().unwrap();
+    let cc = Cc::start(dir.path(), &Options::new("cc-login")).await;
+    let info = cc.anonymous().info().await.unwrap();
+    assert_eq!(info.apps_domain, "apps.localhost");
+    assert_eq!(info.endpoints["firehose"], "ws://127.0.0.1:1");
+    assert_eq!(info.api_version, hydrant_api::API_VERSION);
+
+    let err = cc.anonymous().login("admin", "wrong").await.unwrap_err();
+    assert_eq!(err.status(), Some(401), "{err}");
+    let err = cc
+        .anonymous()
+        .login("nobody", "whatever")
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(401));
+
+    let err = cc.anonymous().list_apps().await.unwrap_err();
+    assert!(err.is_unauthenticated(), "{err}");
+    assert!(err.detail().unwrap().contains("log in"), "{err}");
+    let err = cc
+        .anonymous()
+        .with_token("hyd1.garbage.token")
+        .list_apps()
+        .await
+        .unwrap_err();
+    assert!(err.is_unauthenticated(), "{err}");
+
+    let me = cc.admin.me().await.unwrap();
+    assert!(me.user.admin);
+    assert_eq!(me.user.username, "admin");
+    // The API counts its answers by status class.
+    let metrics = reqwest::get(format!("{}/metrics", cc.admin_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("cloudcontroller_requests_total{source_id=\"cloudcontroller\",instance_id=\"0\",status_class=\"4xx\"}"),
+        "{metrics}"
+    );
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_lifecycle_writes_audit_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let cc = Cc::start(dir.path(), &Options::new("cc-lifecycle")).await;
+    let admin = &cc.admin;
+    let app = admin
+        .create_app(&CreateApp {
+            name: "shop".into(),
+            ..CreateApp::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(app.state, AppState::Stopped);
+    assert_eq!(app.routes, ["shop.apps.localhost"]);
+    assert_eq!((app.instances, app.memory_mb), (1, 256));
+
+    let err = admin
+        .create_app(&CreateApp {
+            name: "shop".into(),
+            ..CreateApp::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(422));
+    let err = admin
+        .create_app(&CreateApp {
+            name: "Bad_Name".into(),
+            ..CreateApp::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.detail().unwrap().contains("lower-case"), "{err}");
+
+    let err = admin.start_app(&app.guid).await.unwrap_err();
+    assert_eq!(err.status(), Some(422));
+    assert!(err.detail().unwrap().contains("no droplet"), "{err}");
+
+    assert_eq!(admin.list_apps().await.unwrap().len(), 1);
+    assert_eq!(
+        admin.app_by_name("shop", None).await.unwrap().guid,
+        app.guid
+    );
+    assert!(
+        admin
+            .app_by_name("nope", None)
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+
+    let scaled = admin
+        .scale_app(
+            &app.guid,
+            &ScaleApp {
+                instances: Some(3),
+                memory_mb: Some(128),
+                ..ScaleApp::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((scaled.instances, scaled.memory_mb), (3, 128));
+    let err = admin
+        .scale_app(
+            &app.guid,
+            &ScaleApp {
+                instances: Some(100_000),
+                ..ScaleApp::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.detail().unwrap().contains("max_instances_per_app"),
+        "{err}"
+    );
+
+    let dir = app_dir(STATIC_SITE);
+    admin.push_dir(&app.guid, dir.path()).await.unwrap();
+    let build = admin
+        .create_build(&app.guid, &Default::default())
+        .await
+        .unwrap();
+    let build = admin.wait_for_build(&build.guid, WAIT).await.unwrap();
+    assert_eq!(build.state, BuildState::Staged, "{build:?}");
+    let started = admin.start_app(&app.guid).await.unwrap();
+    assert_eq!(started.state, AppState::Started);
+    let stopped = admin.stop_app(&app.guid).await.unwrap();
+    assert_eq!(stopped.state, AppState::Stopped);
+    admin
+        .update_app(
+            &app.guid,
+            &UpdateApp {
+                command: Some("./serve".into()),
+                ..UpdateApp::default()
+            },
+        )
+        .await
+        .unwrap();
+    let route = admin
+        .map_route(&app.guid, "www.shop.example.com/api")
+        .await
+        .unwrap();
+    assert_eq!(route.url, "www.shop.example.com/api");
+    assert_eq!(admin.app_routes(&app.guid).await.unwrap().len(), 2);
+    admin
+        .unmap_route(&app.guid, "www.shop.example.com/api")
+        .await
+        .unwrap();
+    admin.delete_app(&app.guid).await.unwrap();
+    assert!(admin.app(&app.guid).await.unwrap_err().is_not_found());
+
+    let events = admin
+        .audit_events(&EventFilter {
+            target_guid: Some(app.guid.clone()),
+            types: None,
+        })
+        .await
+        .unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    for want in [
+        "audit.app.create",
+        "audit.app.scale",
+        "audit.app.start",
+        "audit.app.stop",
+        "audit.app.update",
+        "audit.app.delete-request",
+    ] {
+        assert!(types.contains(&want), "{want} missing from {types:?}");
+    }
+    let scale = events
+        .iter()
+        .find(|e| e.event_type == "audit.app.scale")
+        .unwrap();
+    assert_eq!(scale.data["instances"], 3);
+    assert_eq!(scale.actor, "admin");
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn developers_auditors_and_outsiders() {
+    let dir = tempfile::tempdir().unwrap();
+    let cc = Cc::start(dir.path(), &Options::new("cc-authz")).await;
+    let space = cc.admin.create_space("team").await.unwrap();
+    let dev = cc
+        .user("dev", Some((&space.guid, SpaceRole::Developer)))
+        .await;
+    let aud = cc
+        .user("aud", Some((&space.guid, SpaceRole::Auditor)))
+        .await;
+    let out = cc.user("outsider", None).await;
+
+    let app = dev
+        .create_app(&CreateApp {
+            name: "billing".into(),
+            space: Some("team".into()),
+            ..CreateApp::default()
+        })
+        .await
+        .unwrap();
+    // Developers cannot create in spaces they have no role in, nor do admin work.
+    let err = dev
+        .create_app(&CreateApp {
+            name: "sneaky".into(),
+            ..CreateApp::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    assert_eq!(
+        dev.create_space("mine").await.unwrap_err().status(),
+        Some(403)
+    );
+
+    // Auditors read, and cannot change.
+    assert_eq!(aud.app(&app.guid).await.unwrap().name, "billing");
+    let err = aud
+        .scale_app(
+            &app.guid,
+            &ScaleApp {
+                instances: Some(2),
+                ..ScaleApp::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(403));
+    assert!(err.detail().unwrap().contains("auditor"), "{err}");
+    assert_eq!(
+        aud.delete_app(&app.guid).await.unwrap_err().status(),
+        Some(403)
+    );
+
+    // Outsiders learn nothing: the same 404 as for an app that does not exist.
+    let missing = out.app("no-such-guid").await.unwrap_err();
+    let hidden = out.app(&app.guid).await.unwrap_err();
+    assert_eq!(missing.status(), Some(404));
+    assert_eq!(hidden.status(), Some(404));
+    assert_eq!(missing.detail(), hidden.detail());
+    assert!(out.delete_app(&app.guid).await.unwrap_err().is_not_found());
+    assert!(out.log_token(&app.guid).await.unwrap_err().is_not_found());
+    assert!(out.list_apps().await.unwrap().is_empty());
+    assert!(
+        out.audit_events(&EventFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Developers and auditors get log tokens the firehose edge accepts for this app only.
+    let key = hydrant_auth::SigningKey::load(dir.path().join("signing.key")).unwrap();
+    for client in [&dev, &aud] {
+        let token = client.log_token(&app.guid).await.unwrap();
+        assert_eq!(token.source_id, app.guid);
+        let claims = key.verify(&token.token).unwrap();
+        assert!(claims.can_read_source(&app.guid));
+        assert!(!claims.can_read_source("another-app"));
+        assert!(!claims.can_read_firehose());
+    }
+    let events = aud
+        .audit_events(&EventFilter {
+            target_guid: Some(app.guid.clone()),
+            types: Some("audit.app.create".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].actor, "dev");
+    assert_eq!(aud.list_spaces().await.unwrap().len(), 1);
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_matching_uploads_only_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cc = Cc::start(dir.path(), &Options::new("cc-match")).await;
+    let app = cc
+        .admin
+        .create_app(&CreateApp {
+            name: "big".into(),
+            ..CreateApp::default()
+        })
+        .await
+        .unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..1000)
+        .map(|i| {
+            (
+                format!("dir{}/file{i}.txt", i % 10),
+                format!("content of file {i}\n").into_bytes(),
+            )
+        })
+        .collect();
+    let listed: Vec<(&str, &[u8], u32)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice(), 0o644))
+        .chain([("index.html", b"<p>x</p>".as_slice(), 0o644)])
+        .collect();
+    let src = app_dir(&listed);
+
+    let first = cc.admin.push_dir(&app.guid, src.path()).await.unwrap();
+    assert_eq!(first.files, 1001);
+    assert_eq!(first.uploaded_files, 1001);
+    let second = cc.admin.push_dir(&app.guid, src.path()).await.unwrap();
+    assert_eq!(
+        second.uploaded_files, 0,
+        "an unchanged re-push uploads nothing"
+    );
+    assert_eq!(second.package.sha256, first.package.sha256);
+    std::fs::write(src.path().join("dir3/file3.txt"), b"changed").unwrap();
+    let third = cc.admin.push_dir(&app.guid, src.path()).await.unwrap();
+    assert_eq!(third.uploaded_files, 1);
+    assert_ne!(third.package.sha256, first.package.sha256);
+    let build = cc
+        .admin
+        .create_build(&app.guid, &Default::default())
+        .await
+        .unwrap();
+    let build = cc.admin.wait_for_build(&build.guid, WAIT).await.unwrap();
+    assert_eq!(build.state, BuildState::Staged, "{build:?}");
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_paths_and_oversize_uploads_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = Options::new("cc-bad");
+    options.max_blob_bytes = 1024;
+    let cc = Cc::start(dir.path(), &options).await;
+    let app = cc
+        .admin
+        .create_app(&CreateApp {
+            name: "bad".into(),
+            ..CreateApp::default()
+        })
+        .await
+        .unwrap();
+    let resource = |path: &str| Resource {
+        path: path.into(),
+        size: 1,
+        sha256: sha(b"x"),
+        mode: 0o644,
+    };
+    for (paths, expect) in [
+        (vec!["/etc/passwd"], "absolute"),
+        (vec!["a/../../etc/passwd"], ".."),
+        (vec!["a", "a"], "twice"),
+    ] {
+        let list: Vec<Resource> = paths.iter().map(|p| resource(p)).collect();
+        // Sent raw, bypassing the client's own checks, to see the server's answer.
+        let response = reqwest::Client::new()
+            .post(format!("{}/v3/resource_match", cc.url))
+            .bearer_auth(cc.admin.token().unwrap())
+            .json(&hydrant_api::Resources { resources: list })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 422, "{paths:?}");
+        let body: hydrant_api::ApiErrors = response.json().await.unwrap();
+        assert!(body.errors[0].detail.contains(expect), "{body:?}");
+    }
+
+    let big = vec![7u8; 2048];
+    let err = cc
+        .admin
+        .upload_blob_bytes(&sha(&big), big.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(413), "{err}");
+    assert!(err.detail().unwrap().contains("max_blob_bytes"), "{err}");
+    let err = cc
+        .admin
+        .upload_blob_bytes(&sha(b"other"), b"content".to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(422));
+    assert!(err.detail().unwrap().contains("hash to"), "{err}");
+    let err = cc
+        .admin
+        .resource_match(&[Resource {
+            size: 5000,
+            ..resource("huge.bin")
+        }])
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(413));
+    let err = cc
+        .admin
+        .create_package(&app.guid, &[resource("never-uploaded.txt")])
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(422));
+    assert!(
+        err.detail().unwrap().contains("not in the blob store"),
+        "{err}"
+    );
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staging_detects_each_buildpack_and_narrates_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, recorder) = support::fake_agent().await;
+    let mut options = Options::new("cc-staging");
+    options.agent = Some(agent);
+    let cc = Cc::start(dir.path(), &options).await;
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "procfile",
+            vec![("Procfile", b"web: ./run --port $PORT\n", 0o644)],
+            None,
+            "procfile",
+            "./run --port $PORT",
+            "-----> Procfile detected",
+        ),
+        (
+            "binary",
+            vec![
+                ("server", b"\x7fELF\x02\x01\x01", 0o755),
+                ("data.txt", b"d", 0o644),
+            ],
+            None,
+            "binary",
+            "./server",
+            "-----> Executable server detected",
+        ),
+        (
+            "python",
+            vec![
+                ("app.py", b"print('hi')\n", 0o644),
+                ("requirements.txt", b"", 0o644),
+            ],
+            None,
+            "python",
+            "python3 app.py",
+            "-----> Python app detected",
+        ),
+        (
+            "node",
+            vec![(
+                "package.json",
+                br#"{"name":"n","scripts":{"start":"node server.js"}}"#.as_slice(),
+                0o644,
+            )],
+            None,
+            "node",
+            "npm start",
+            "-----> Node.js app detected",
+        ),
+        (
+            "site",
+            STATIC_SITE.to_vec(),
+            None,
+            "static",
+            hydrant_cloudcontroller::STATIC_START,
+            "-----> Static site detected (index.html)",
+        ),
+        (
+            "custom",
+            STATIC_SITE.to_vec(),
+            Some("./my-server --fast"),
+            "static",
+            "./my-server --fast",
+            "-----> Static site detected (index.html)",
+        ),
+    ];
+    for (name, files, command, buildpack, start, line) in cases {
+        let (app, build) = push_and_stage(&cc.admin, name, &files, command).await;
+        assert_eq!(build.state, BuildState::Staged, "{name}: {build:?}");
+        assert_eq!(build.buildpack.as_deref(), Some(buildpack), "{name}");
+        let droplet = cc.admin.current_droplet(&app.guid).await.unwrap();
+        assert_eq!(droplet.start_command, start, "{name}");
+        assert_eq!(
+            app.current_droplet_guid.as_deref(),
+            Some(droplet.guid.as_str())
+        );
+        for want in [
+            "Downloading app package...",
+            line,
+            "Uploading droplet...",
+            "Staging complete",
+        ] {
+            let guid = app.guid.clone();
+            let recorder = recorder.clone();
+            wait_until(&format!("{name}: STG {want:?}"), WAIT, move || {
+                let found = recorder.lines(&guid, "STG").iter().any(|l| l == want);
+                async move { found }
+            })
+            .await;
+        }
+    }
+
+    let (app, build) =
+        push_and_stage(&cc.admin, "nothing", &[("notes.txt", b"x", 0o644)], None).await;
+    assert_eq!(build.state, BuildState::Failed);
+    let reason = build.error.unwrap();
+    assert!(
+        reason.starts_with("no buildpack detected: add a Procfile"),
+        "{reason}"
+    );
+    assert!(app.current_droplet_guid.is_none());
+    let guid = app.guid.clone();
+    let rec = recorder.clone();
+    wait_until("the failure as an STG line", WAIT, move || {
+        let found = rec
+            .lines(&guid, "STG")
+            .iter()
+            .any(|l| l.starts_with("Staging failed: no buildpack detected"));
+        async move { found }
+    })
+    .await;
+    // Lifecycle changes show as API lines.
+    let (app, _) = push_and_stage(&cc.admin, "lifecycle", STATIC_SITE, None).await;
+    cc.admin.start_app(&app.guid).await.unwrap();
+    let guid = app.guid.clone();
+    let rec = recorder.clone();
+    wait_until("an API line for the start", WAIT, move || {
+        let found = rec
+            .lines(&guid, "API")
+            .iter()
+            .any(|l| l.contains(r#"({"state"=>"STARTED"})"#));
+        async move { found }
+    })
+    .await;
+    cc.stop().await;
+}
+
+async fn stats_states(cc: &Cc, app: &str) -> Vec<InstanceState> {
+    cc.admin
+        .app_stats(app)
+        .await
+        .unwrap()
+        .instances
+        .iter()
+        .map(|i| i.state)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_spreads_respects_capacity_and_waits_for_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = "cc-placement";
+    let cc = Cc::start(dir.path(), &Options::new(bus)).await;
+    let (app, _) = push_and_stage(&cc.admin, "web", STATIC_SITE, None).await;
+    cc.admin
+        .scale_app(
+            &app.guid,
+            &ScaleApp {
+                instances: Some(4),
+                memory_mb: Some(256),
+                ..ScaleApp::default()
+            },
+        )
+        .await
+        .unwrap();
+    cc.admin.start_app(&app.guid).await.unwrap();
+
+    // No executors yet: the instances are DOWN and say why.
+    let guid = app.guid.clone();
+    let admin = cc.admin.clone();
+    wait_until("a placement error", WAIT, move || {
+        let admin = admin.clone();
+        let guid = guid.clone();
+        async move {
+            let stats = admin.app_stats(&guid).await.unwrap();
+            stats.instances.len() == 4
+                && stats.instances.iter().all(|i| {
+                    i.state == InstanceState::Down
+                        && i.placement_error
+                            .as_deref()
+                            .is_some_and(|e| e.contains("no executor has room"))
+                })
+        }
+    })
+    .await;
+
+    // A refusing executor, a small one and a big one appear. The app is stopped until the
+    // cloud controller knows all three, so the first one heard from does not take everything.
+    cc.admin.stop_app(&app.guid).await.unwrap();
+    let refuser = FakeExecutor::start(bus, "e0", 100_000, 100, true).await;
+    let small = FakeExecutor::start(bus, "e1", 512, 10, false).await;
+    let big = FakeExecutor::start(bus, "e2", 8192, 10, false).await;
+    let metrics_url = format!("{}/metrics", cc.admin_url);
+    wait_until("three executors known", WAIT, || async {
+        reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .contains(
+                "cloudcontroller_executors{source_id=\"cloudcontroller\",instance_id=\"0\"} 3",
+            )
+    })
+    .await;
+    cc.admin.start_app(&app.guid).await.unwrap();
+    wait_until("4 running instances", WAIT, || async {
+        stats_states(&cc, &app.guid).await == vec![InstanceState::Running; 4]
+    })
+    .await;
+    assert_eq!(small.running(&app.guid) + big.running(&app.guid), 4);
+    assert_eq!(
+        small.running(&app.guid),
+        2,
+        "spread evenly while room lasts"
+    );
+    assert!(!refuser.state.lock().unwrap().starts.is_empty());
+    assert_eq!(refuser.running(&app.guid), 0);
+
+    // Scaling up past the small executor's memory puts the rest on the big one.
+    cc.admin
+        .scale_app(
+            &app.guid,
+            &ScaleApp {
+                instances: Some(7),
+                ..ScaleApp::default()
+            },
+        )
+        .await
+        .unwrap();
+    wait_until("7 running instances", WAIT, || async {
+        stats_states(&cc, &app.guid).await == vec![InstanceState::Running; 7]
+    })
+    .await;
+    assert_eq!(
+        small.running(&app.guid),
+        2,
+        "512 MB holds two 256 MB instances"
+    );
+    assert_eq!(big.running(&app.guid), 5);
+
+    // The droplet URL executors get downloads only with its token.
+    let start = big.state.lock().unwrap().starts[0].clone();
+    assert!(start.droplet_url.starts_with(&cc.url));
+    assert_eq!(start.uris, ["web.apps.localhost"]);
+    assert_eq!(start.start_command, hydrant_cloudcontroller::STATIC_START);
+    let body = reqwest::get(&start.droplet_url)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(sha(&body), start.droplet_sha256);
+    let bare = start.droplet_url.split('?').next().unwrap().to_owned();
+    assert_eq!(reqwest::get(&bare).await.unwrap().status(), 401);
+    let forged = format!("{bare}?token={}", cc.admin.token().unwrap());
+    assert_eq!(reqwest::get(&forged).await.unwrap().status(), 403);
+    let tampered = format!("{}x", start.droplet_url);
+    assert_eq!(reqwest::get(&tampered).await.unwrap().status(), 401);
+
+    // Scaling down stops the extra indexes; stopping the app stops the rest.
+    cc.admin
+        .scale_app(
+            &app.guid,
+            &ScaleApp {
+                instances: Some(1),
+                ..ScaleApp::default()
+            },
+        )
+        .await
+        .unwrap();
+    wait_until("one instance left", WAIT, || async {
+        small.running(&app.guid) + big.running(&app.guid) == 1
+    })
+    .await;
+    cc.admin.stop_app(&app.guid).await.unwrap();
+    wait_until("no instance left", WAIT, || async {
+        small.running(&app.guid) + big.running(&app.guid) == 0
+    })
+    .await;
+    let stop = big.state.lock().unwrap().stops.last().cloned().unwrap();
+    assert!(stop.reason.is_some());
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_become_audit_events_and_are_not_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus_name = "cc-crash";
+    let cc = Cc::start(dir.path(), &Options::new(bus_name)).await;
+    let executor = FakeExecutor::start(bus_name, "e1", 4096, 10, false).await;
+    let (app, _) = push_and_stage(&cc.admin, "crashy", STATIC_SITE, None).await;
+    cc.admin.start_app(&app.guid).await.unwrap();
+    wait_until("the instance running", WAIT, || async {
+        stats_states(&cc, &app.guid).await == vec![InstanceState::Running]
+    })
+    .await;
+    let instance = executor.crash(&app.guid, 0);
+    let bus = hydrant_bus::Bus::connect(
+        &hydrant_bus::Config::inprocess(bus_name),
+        &hydrant_emitter::Registry::new("test", "0"),
+    )
+    .await
+    .unwrap();
+    bus.publish_json(
+        messages::EXECUTOR_CRASH,
+        &ExecutorCrash {
+            executor_id: "e1".into(),
+            app: app.guid.clone(),
+            instance: instance.clone(),
+            index: 0,
+            reason: "CRASHED".into(),
+            exit_status: Some(137),
+            exit_description: "APP/PROC/WEB: Exited with status 137 (out of memory)".into(),
+            crash_count: Some(2),
+            crash_timestamp: 1_700_000_000_000_000_000,
+        },
+    )
+    .unwrap();
+    let filter = EventFilter {
+        target_guid: Some(app.guid.clone()),
+        types: Some("audit.app.process.crash".into()),
+    };
+    wait_until("the crash event", WAIT, || async {
+        !cc.admin.audit_events(&filter).await.unwrap().is_empty()
+    })
+    .await;
+    let event = cc.admin.audit_events(&filter).await.unwrap().remove(0);
+    assert_eq!(event.actor, "executor:e1");
+    assert_eq!(event.data["instance"], instance.as_str());
+    assert_eq!(event.data["index"], 0);
+    assert_eq!(event.data["exit_status"], 137);
+    assert_eq!(event.data["crash_count"], 2);
+    assert_eq!(event.data["reason"], "CRASHED");
+    wait_until("the crashed state in a heartbeat", WAIT, || async {
+        stats_states(&cc, &app.guid).await == vec![InstanceState::Crashed]
+    })
+    .await;
+    let stats = cc.admin.app_stats(&app.guid).await.unwrap();
+    assert_eq!(
+        stats.instances[0].crash.as_ref().unwrap().exit_status,
+        Some(137)
+    );
+    // Restarting crashed instances is the health manager's job: no second start here. A
+    // negative can only be watched for a while: three convergence intervals.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(executor.state.lock().unwrap().starts.len(), 1);
+
+    // A restart replaces the instance: the crashed one is stopped, a new one started.
+    cc.admin.restart_app(&app.guid).await.unwrap();
+    wait_until("a fresh running instance", WAIT, || async {
+        let stats = cc.admin.app_stats(&app.guid).await.unwrap();
+        stats.instances.len() == 1
+            && stats.instances[0].state == InstanceState::Running
+            && stats.instances[0].instance_guid.as_deref() != Some(instance.as_str())
+    })
+    .await;
+    {
+        let state = executor.state.lock().unwrap();
+        assert_eq!(state.starts.len(), 2);
+        assert_eq!(state.stops[0].instance.as_deref(), Some(instance.as_str()));
+        assert_eq!(state.stops[0].reason.as_deref(), Some("restarted"));
+    }
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_the_same_data_dir_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::new("cc-restart");
+    let cc = Cc::start(dir.path(), &options).await;
+    let space = cc.admin.create_space("keep").await.unwrap();
+    let _dev = cc
+        .user("keeper", Some((&space.guid, SpaceRole::Developer)))
+        .await;
+    let (app, build) = push_and_stage(&cc.admin, "durable", STATIC_SITE, None).await;
+    cc.admin.start_app(&app.guid).await.unwrap();
+    let droplet = cc.admin.current_droplet(&app.guid).await.unwrap();
+    let events_before = cc
+        .admin
+        .audit_events(&EventFilter::default())
+        .await
+        .unwrap();
+    cc.stop().await;
+
+    let cc = Cc::start(dir.path(), &options).await;
+    let again = cc.admin.app(&app.guid).await.unwrap();
+    assert_eq!(again.state, AppState::Started);
+    assert_eq!(again.routes, app.routes);
+    assert_eq!(
+        again.current_droplet_guid.as_deref(),
+        Some(droplet.guid.as_str())
+    );
+    assert_eq!(
+        cc.admin.build(&build.guid).await.unwrap().state,
+        BuildState::Staged
+    );
+    let events_after = cc
+        .admin
+        .audit_events(&EventFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(events_after, events_before);
+    let dev = cc
+        .anonymous()
+        .login("keeper", "keeper-password")
+        .await
+        .unwrap();
+    assert!(dev.scopes.iter().any(|s| s.contains(&space.guid)));
+    assert_eq!(cc.admin.list_spaces().await.unwrap().len(), 2);
+    // The blobs are still there: re-pushing uploads nothing.
+    let src = app_dir(STATIC_SITE);
+    let outcome = cc.admin.push_dir(&app.guid, src.path()).await.unwrap();
+    assert_eq!(outcome.uploaded_files, 0);
+    // Old tokens stay valid: the signing key was kept.
+    let token = cc.admin.log_token(&app.guid).await.unwrap();
+    let key = hydrant_auth::SigningKey::load(dir.path().join("signing.key")).unwrap();
+    key.verify(&token.token).unwrap();
+    cc.stop().await;
+}

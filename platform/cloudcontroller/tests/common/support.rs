@@ -1,0 +1,452 @@
+//! Test harness for the cloud controller: the real role on loopback, a fake v2 Ingress agent
+//! that records the app log lines it is sent, and fake executors on the in-process bus.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    dead_code,
+    reason = "test code"
+)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hydrant_api::Client;
+use hydrant_bus::messages::{
+    self, ExecutorHeartbeat, ExecutorReply, InstanceHeartbeat, InstanceState, Resources,
+    StartInstance, StopInstance,
+};
+use hydrant_bus::{Bus, Config as BusConfig};
+use hydrant_cloudcontroller::{Config, Listeners};
+use hydrant_emitter::Registry;
+use hydrant_envelope::raw::Empty;
+use hydrant_envelope::raw::ingress::ingress_server::{Ingress, IngressServer};
+use hydrant_envelope::v2;
+use hydrant_envelope::wire::BatchIter;
+use prost::Message as _;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+
+/// Waits until `cond` holds, failing the test with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running cloud controller.
+#[derive(Debug)]
+pub struct Cc {
+    pub url: String,
+    pub admin_url: String,
+    pub admin: Client,
+    pub data_dir: PathBuf,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), hydrant_cloudcontroller::Error>>>,
+}
+
+/// Options a test may change.
+#[derive(Debug)]
+pub struct Options {
+    pub bus: String,
+    pub agent: Option<String>,
+    pub max_blob_bytes: u64,
+}
+
+impl Options {
+    pub fn new(bus: &str) -> Self {
+        Self {
+            bus: bus.to_owned(),
+            agent: None,
+            max_blob_bytes: 1 << 30,
+        }
+    }
+}
+
+impl Cc {
+    pub async fn start(data_dir: &Path, options: &Options) -> Self {
+        let mut config = Config {
+            listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            data_dir: data_dir.display().to_string(),
+            admin_password: Some(ADMIN_PASSWORD.into()),
+            password_hash_iterations: 1000,
+            converge_interval_ms: 200,
+            executor_request_timeout_ms: 1000,
+            max_blob_bytes: options.max_blob_bytes,
+            endpoints: BTreeMap::from([("firehose".into(), "ws://127.0.0.1:1".into())]),
+            bus: BusConfig::inprocess(&options.bus),
+            ..Config::default()
+        };
+        config.telemetry.agent.clone_from(&options.agent);
+        config.telemetry.interval_secs = 1;
+        let listeners = Listeners::bind(&config).await.unwrap();
+        let addr = listeners.api.local_addr().unwrap();
+        let admin_addr = listeners.admin.local_addr().unwrap();
+        config.external_url = format!("http://{addr}");
+        let url = config.external_url.clone();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(hydrant_cloudcontroller::run(
+            config,
+            listeners,
+            shutdown.clone(),
+        ));
+        let anonymous = Client::new(&url, None);
+        wait_until("the API to answer", Duration::from_secs(10), || {
+            let anonymous = anonymous.clone();
+            async move { anonymous.info().await.is_ok() }
+        })
+        .await;
+        let token = anonymous.login("admin", ADMIN_PASSWORD).await.unwrap();
+        Self {
+            admin: anonymous.with_token(token.access_token),
+            url,
+            admin_url: format!("http://{admin_addr}"),
+            data_dir: data_dir.to_path_buf(),
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    pub fn anonymous(&self) -> Client {
+        Client::new(&self.url, None)
+    }
+
+    /// A client logged in as a new user with `role` in `space` (no role when `None`).
+    pub async fn user(
+        &self,
+        name: &str,
+        space_guid: Option<(&str, hydrant_api::SpaceRole)>,
+    ) -> Client {
+        let password = format!("{name}-password");
+        self.admin
+            .create_user(&hydrant_api::CreateUser {
+                username: name.into(),
+                password: password.clone(),
+                admin: false,
+            })
+            .await
+            .unwrap();
+        if let Some((space, role)) = space_guid {
+            self.admin.assign_role(space, name, role).await.unwrap();
+        }
+        let token = self.anonymous().login(name, &password).await.unwrap();
+        self.anonymous().with_token(token.access_token)
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("the cloud controller stops within 10 s")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Cc {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Writes `files` (path, content, mode) under a new temp dir.
+pub fn app_dir(files: &[(&str, &[u8], u32)]) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    for (path, content, mode) in files {
+        let full = dir.path().join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(&full, content).unwrap();
+        std::fs::set_permissions(&full, std::fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    dir
+}
+
+/// Creates an app, pushes `files`, stages it and returns (app, build).
+pub async fn push_and_stage(
+    client: &Client,
+    name: &str,
+    files: &[(&str, &[u8], u32)],
+    command: Option<&str>,
+) -> (hydrant_api::App, hydrant_api::Build) {
+    let app = client
+        .create_app(&hydrant_api::CreateApp {
+            name: name.into(),
+            command: command.map(str::to_owned),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let dir = app_dir(files);
+    client.push_dir(&app.guid, dir.path()).await.unwrap();
+    let build = client
+        .create_build(&app.guid, &hydrant_api::CreateBuild::default())
+        .await
+        .unwrap();
+    let build = client
+        .wait_for_build(&build.guid, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let app = client.app(&app.guid).await.unwrap();
+    (app, build)
+}
+
+// === fake agent ===
+
+/// Records every envelope it receives.
+#[derive(Debug, Clone, Default)]
+pub struct Recorder {
+    envelopes: Arc<Mutex<Vec<v2::Envelope>>>,
+}
+
+impl Recorder {
+    fn record(&self, batch: &Bytes) {
+        let mut out = self.envelopes.lock().unwrap();
+        for e in BatchIter::new(batch) {
+            out.push(v2::Envelope::decode(e.unwrap()).unwrap());
+        }
+    }
+
+    /// Log lines of `source_type` for `source_id`, as text.
+    pub fn lines(&self, source_id: &str, source_type: &str) -> Vec<String> {
+        self.envelopes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.source_id == source_id)
+            .filter(|e| e.tags.get("source_type").map(String::as_str) == Some(source_type))
+            .filter_map(|e| match &e.message {
+                Some(v2::envelope::Message::Log(l)) => {
+                    Some(String::from_utf8_lossy(&l.payload).into_owned())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl Ingress for Recorder {
+    async fn sender(&self, request: Request<Streaming<Bytes>>) -> Result<Response<Empty>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(e) = stream.message().await? {
+            self.envelopes
+                .lock()
+                .unwrap()
+                .push(v2::Envelope::decode(e.as_ref()).unwrap());
+        }
+        Ok(Response::new(Empty))
+    }
+
+    async fn batch_sender(
+        &self,
+        request: Request<Streaming<Bytes>>,
+    ) -> Result<Response<Empty>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(batch) = stream.message().await? {
+            self.record(&batch);
+        }
+        Ok(Response::new(Empty))
+    }
+
+    async fn send(&self, request: Request<Bytes>) -> Result<Response<Empty>, Status> {
+        self.record(request.get_ref());
+        Ok(Response::new(Empty))
+    }
+}
+
+/// A fake agent serving v2 Ingress on loopback.
+pub async fn fake_agent() -> (String, Recorder) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let recorder = Recorder::default();
+    let service = IngressServer::new(recorder.clone())
+        .max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await;
+    });
+    (format!("http://{addr}"), recorder)
+}
+
+// === fake executors ===
+
+/// What a fake executor was asked and what it runs.
+#[derive(Debug, Default)]
+pub struct ExecutorState {
+    pub starts: Vec<StartInstance>,
+    pub stops: Vec<StopInstance>,
+    pub instances: Vec<InstanceHeartbeat>,
+    pub memory: BTreeMap<String, u64>,
+}
+
+/// A fake executor: answers start and stop requests on the bus and heartbeats what it runs.
+#[derive(Debug)]
+pub struct FakeExecutor {
+    pub id: String,
+    pub state: Arc<Mutex<ExecutorState>>,
+    stop: CancellationToken,
+}
+
+impl FakeExecutor {
+    pub async fn start(bus_name: &str, id: &str, memory_mb: u64, slots: u32, refuse: bool) -> Self {
+        let bus = Bus::connect(
+            &BusConfig::inprocess(bus_name),
+            &Registry::new("executor", id),
+        )
+        .await
+        .unwrap();
+        let state = Arc::new(Mutex::new(ExecutorState::default()));
+        let stop = CancellationToken::new();
+        let mut starts = bus
+            .subscribe(&messages::executor_start_subject(id))
+            .await
+            .unwrap();
+        let mut stops = bus
+            .subscribe(&messages::executor_stop_subject(id))
+            .await
+            .unwrap();
+        let heartbeat = {
+            let state = state.clone();
+            let id = id.to_owned();
+            move || {
+                let s = state.lock().unwrap();
+                ExecutorHeartbeat {
+                    executor_id: id.clone(),
+                    host: "127.0.0.1".into(),
+                    capacity: Resources {
+                        memory_mb,
+                        instances: slots,
+                    },
+                    used: Resources {
+                        memory_mb: s.memory.values().sum(),
+                        instances: u32::try_from(s.instances.len()).unwrap(),
+                    },
+                    instances: s.instances.clone(),
+                }
+            }
+        };
+        let task_state = state.clone();
+        let task_stop = stop.clone();
+        let id_owned = id.to_owned();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    () = task_stop.cancelled() => break,
+                    _ = ticks.tick() => {
+                        bus.publish_json(messages::EXECUTOR_HEARTBEAT, &heartbeat()).unwrap();
+                    }
+                    Some(message) = starts.next() => {
+                        let start: StartInstance = message.json().unwrap();
+                        let accepted = !refuse;
+                        {
+                            let mut s = task_state.lock().unwrap();
+                            s.starts.push(start.clone());
+                            if accepted && !s.instances.iter().any(|i| i.instance == start.instance) {
+                                s.memory.insert(start.instance.clone(), start.memory_mb);
+                                s.instances.push(InstanceHeartbeat {
+                                    app: start.app.clone(),
+                                    instance: start.instance.clone(),
+                                    index: start.index,
+                                    state: InstanceState::Running,
+                                    since: 1,
+                                    port: Some(61000),
+                                });
+                            }
+                        }
+                        let reply = ExecutorReply {
+                            executor_id: id_owned.clone(),
+                            accepted,
+                            reason: (!accepted).then(|| "insufficient memory".to_owned()),
+                        };
+                        bus.reply(&message, messages::encode(&reply).unwrap()).unwrap();
+                        bus.publish_json(messages::EXECUTOR_HEARTBEAT, &heartbeat()).unwrap();
+                    }
+                    Some(message) = stops.next() => {
+                        let stop: StopInstance = message.json().unwrap();
+                        {
+                            let mut s = task_state.lock().unwrap();
+                            s.stops.push(stop.clone());
+                            let gone: Vec<String> = s
+                                .instances
+                                .iter()
+                                .filter(|i| i.app == stop.app
+                                    && stop.instance.as_ref().is_none_or(|g| *g == i.instance))
+                                .map(|i| i.instance.clone())
+                                .collect();
+                            s.instances.retain(|i| !gone.contains(&i.instance));
+                            for g in gone {
+                                s.memory.remove(&g);
+                            }
+                        }
+                        let reply = ExecutorReply {
+                            executor_id: id_owned.clone(),
+                            accepted: true,
+                            reason: None,
+                        };
+                        let _ = bus.reply(&message, messages::encode(&reply).unwrap());
+                        bus.publish_json(messages::EXECUTOR_HEARTBEAT, &heartbeat()).unwrap();
+                    }
+                }
+            }
+        });
+        Self {
+            id: id.to_owned(),
+            state,
+            stop,
+        }
+    }
+
+    /// Instances of `app` it runs.
+    pub fn running(&self, app: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .instances
+            .iter()
+            .filter(|i| i.app == app)
+            .count()
+    }
+
+    /// Marks an instance crashed in the next heartbeats.
+    pub fn crash(&self, app: &str, index: u32) -> String {
+        let mut s = self.state.lock().unwrap();
+        let i = s
+            .instances
+            .iter_mut()
+            .find(|i| i.app == app && i.index == index)
+            .unwrap();
+        i.state = InstanceState::Crashed;
+        i.instance.clone()
+    }
+}
+
+impl Drop for FakeExecutor {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

@@ -1,0 +1,286 @@
+//! The executor's config (`hydrant run executor --config FILE`, or the `[executor]` part of the
+//! micro cloud): who it is on the bus, what it may run, and how patient it is with apps.
+//!
+//! Invariant: a config that passes [`Config::validate`] names a usable executor id (one bus
+//! subject token), a non-empty port range and non-zero intervals; every rejection names the
+//! field and says what to write instead.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hydrant_emitter::TelemetryConfig;
+use serde::Deserialize;
+
+use crate::Error;
+
+/// Executor settings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This executor's id: one bus subject token (letters, digits, `-`, `_`). Start and stop
+    /// requests arrive on `executor.start.<id>` / `executor.stop.<id>`. Default `"0"`.
+    pub executor_id: String,
+    /// The address routers should send traffic to (the `host` of route registrations and
+    /// `CF_INSTANCE_IP`). Default `"127.0.0.1"`.
+    pub advertise_host: String,
+    /// Where droplets are cached (`droplets/`) and instances unpacked (`instances/`). Anything
+    /// left in `instances/` by an earlier run is removed at start. Default `"executor-data"`.
+    pub data_dir: PathBuf,
+    /// Memory the executor may hand out to instances, MiB. Default 8192.
+    pub memory_mb: u64,
+    /// Instances the executor runs at most. Default 256.
+    pub max_instances: u32,
+    /// Ports handed to instances as `PORT`, inclusive. Default `[61000, 61999]`.
+    pub port_range: [u16; 2],
+    /// How long a stopping instance gets between SIGTERM and SIGKILL, seconds. Default 10
+    /// (Cloud Foundry's graceful shutdown interval).
+    pub stop_timeout_secs: u64,
+    /// How often container metrics (cpu, memory, disk, quotas) are emitted, seconds. Default 5.
+    pub metrics_interval_secs: u64,
+    /// How long an instance may take to pass its first health check when its start request
+    /// names no timeout, seconds. Default 60 (Cloud Foundry's default).
+    pub startup_timeout_secs: u64,
+    /// How often a starting instance is probed, milliseconds. Default 500 (the DEA's pace).
+    pub startup_check_interval_ms: u64,
+    /// How often a running instance is probed, seconds. Default 30 (Diego's liveness pace).
+    pub liveness_check_interval_secs: u64,
+    /// How long one probe may take, milliseconds. Default 1000 (Diego's default).
+    pub probe_timeout_ms: u64,
+    /// How often each instance's memory is checked against its quota, milliseconds. Default 1000.
+    pub memory_check_interval_ms: u64,
+    /// How often each instance's directory is measured for the `disk` metric, seconds: walking
+    /// a tree is not free, so it is rate-limited. Default 30.
+    pub disk_check_interval_secs: u64,
+    /// How often a heartbeat is published (also at once on every state change), seconds.
+    /// Default 10.
+    pub heartbeat_interval_secs: u64,
+    /// How often routes of running instances are re-registered (also at once on RUNNING and on
+    /// `router.start`), seconds. Default 20 (gorouter's register interval).
+    pub register_interval_secs: u64,
+    /// How long a crashed or stopped instance stays in heartbeats before it is forgotten,
+    /// seconds. Default 60 (six heartbeats: the health manager cannot miss it).
+    pub retention_secs: u64,
+    /// Size of the droplet cache, MiB; past it the least recently used droplets not being
+    /// unpacked are evicted. Default 2048.
+    pub droplet_cache_mb: u64,
+    /// Largest droplet (compressed) accepted, MiB. Default 1024.
+    pub max_droplet_mb: u64,
+    /// How long a droplet download may take, seconds. Default 300.
+    pub download_timeout_secs: u64,
+    /// The message bus.
+    pub bus: hydrant_bus::Config,
+    /// Where app logs, container metrics and the executor's own metrics go (the local agent).
+    /// Without an agent, app output is read and counted as dropped (`no_agent`).
+    pub telemetry: TelemetryConfig,
+    /// Where `/healthz` and `/metrics` listen. Default `127.0.0.1:14830`.
+    pub admin_listen: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            executor_id: "0".to_owned(),
+            advertise_host: "127.0.0.1".to_owned(),
+            data_dir: PathBuf::from("executor-data"),
+            memory_mb: 8192,
+            max_instances: 256,
+            port_range: [61000, 61999],
+            stop_timeout_secs: 10,
+            metrics_interval_secs: 5,
+            startup_timeout_secs: 60,
+            startup_check_interval_ms: 500,
+            liveness_check_interval_secs: 30,
+            probe_timeout_ms: 1000,
+            memory_check_interval_ms: 1000,
+            disk_check_interval_secs: 30,
+            heartbeat_interval_secs: 10,
+            register_interval_secs: 20,
+            retention_secs: 60,
+            droplet_cache_mb: 2048,
+            max_droplet_mb: 1024,
+            download_timeout_secs: 300,
+            bus: hydrant_bus::Config::default(),
+            telemetry: TelemetryConfig::default(),
+            admin_listen: "127.0.0.1:14830".to_owned(),
+        }
+    }
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+    Error::Config {
+        field,
+        message: message.into(),
+    }
+}
+
+/// `true` when `id` can be one bus subject token and a file name.
+pub(crate) fn is_token(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Config {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first bad field, [`Error::Telemetry`] or [`Error::Bus`].
+    pub fn validate(&self) -> Result<(), Error> {
+        if !is_token(&self.executor_id) {
+            return Err(invalid(
+                "executor_id",
+                format!(
+                    "{:?} must be 1-128 letters, digits, '-' or '_' (it becomes a bus subject \
+                     token), e.g. \"cell-1\"",
+                    self.executor_id
+                ),
+            ));
+        }
+        if self.advertise_host.trim().is_empty() || self.advertise_host.contains(' ') {
+            return Err(invalid(
+                "advertise_host",
+                "write the address routers reach this host on, e.g. \"10.0.0.5\"",
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "data_dir",
+                "write a directory the executor may own, e.g. \"/var/lib/hydrant/executor\"",
+            ));
+        }
+        if self.memory_mb == 0 {
+            return Err(invalid("memory_mb", "must be at least 1 (MiB)"));
+        }
+        if self.max_instances == 0 {
+            return Err(invalid("max_instances", "must be at least 1"));
+        }
+        let [first, last] = self.port_range;
+        if first == 0 || first > last {
+            return Err(invalid(
+                "port_range",
+                format!(
+                    "[{first}, {last}] is empty or starts at 0; write [first, last], e.g. \
+                     [61000, 61999]"
+                ),
+            ));
+        }
+        for (field, value) in [
+            ("stop_timeout_secs", self.stop_timeout_secs),
+            ("metrics_interval_secs", self.metrics_interval_secs),
+            ("startup_timeout_secs", self.startup_timeout_secs),
+            ("startup_check_interval_ms", self.startup_check_interval_ms),
+            (
+                "liveness_check_interval_secs",
+                self.liveness_check_interval_secs,
+            ),
+            ("probe_timeout_ms", self.probe_timeout_ms),
+            ("memory_check_interval_ms", self.memory_check_interval_ms),
+            ("disk_check_interval_secs", self.disk_check_interval_secs),
+            ("heartbeat_interval_secs", self.heartbeat_interval_secs),
+            ("register_interval_secs", self.register_interval_secs),
+            ("droplet_cache_mb", self.droplet_cache_mb),
+            ("max_droplet_mb", self.max_droplet_mb),
+            ("download_timeout_secs", self.download_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be greater than 0"));
+            }
+            if value > 86_400_000 {
+                return Err(invalid(field, format!("{value} is implausibly large")));
+            }
+        }
+        self.admin_listen.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "admin_listen",
+                format!(
+                    "{:?} is not an address; write it as \"127.0.0.1:14830\"",
+                    self.admin_listen
+                ),
+            )
+        })?;
+        self.bus.validate()?;
+        self.telemetry.validate()?;
+        Ok(())
+    }
+
+    pub(crate) fn stop_timeout(&self) -> Duration {
+        Duration::from_secs(self.stop_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        reason = "test code"
+    )]
+
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn toml_with_unknown_field_is_rejected() {
+        let err = toml::from_str::<Config>("executor_id = \"a\"\nmemory = 5\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let ok: Config = toml::from_str(
+            "executor_id = \"cell-1\"\nport_range = [7000, 7010]\n[bus]\nurl = \"inprocess://t\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.port_range, [7000, 7010]);
+        ok.validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: Vec<(Config, &str)> = vec![
+            (
+                Config {
+                    executor_id: "a.b".into(),
+                    ..Config::default()
+                },
+                "executor_id",
+            ),
+            (
+                Config {
+                    port_range: [9, 8],
+                    ..Config::default()
+                },
+                "port_range",
+            ),
+            (
+                Config {
+                    stop_timeout_secs: 0,
+                    ..Config::default()
+                },
+                "stop_timeout_secs",
+            ),
+            (
+                Config {
+                    admin_listen: "nope".into(),
+                    ..Config::default()
+                },
+                "admin_listen",
+            ),
+            (
+                Config {
+                    memory_mb: 0,
+                    ..Config::default()
+                },
+                "memory_mb",
+            ),
+        ];
+        for (config, field) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{err} should name {field}");
+        }
+    }
+}

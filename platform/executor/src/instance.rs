@@ -1,0 +1,499 @@
+//! One instance, from start request to destroyed container: the DEA's instance lifecycle.
+//!
+//! Flow: admitted by the cell → prepare (droplet fetched, unpacked into `<data_dir>/instances/
+//! <guid>/app`) → `bash -c <start_command>` in its own process group, stdout/stderr pumped to
+//! the log sink → health checks (STARTING → RUNNING) with memory-quota checks and container
+//! metrics alongside → exit, crash, failed health check, OOM or stop request → the group is
+//! killed, the directory removed, and the outcome reported (CRASHED + `executor.crash`, or
+//! STOPPING → DOWN).
+//!
+//! Invariants: the process group is always signalled as a whole, so nothing an app forks
+//! outlives its instance (short of `setsid`); the executor never restarts a crashed instance
+//! (the health manager decides that); a stop is SIGTERM, then SIGKILL after
+//! `stop_timeout_secs`.
+
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hydrant_bus::Message;
+use hydrant_bus::messages::{ExecutorCrash, HealthCheckType, InstanceState, StartInstance};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::Child;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::cell::{Cell, now_nanos};
+use crate::health::{self, Probe, go_duration};
+use crate::logs::{self, LogSink};
+use crate::metrics::{REASON_CRASHED, REASON_HEALTH_CHECK, REASON_OOM};
+use crate::procfs::{self, GroupUsage};
+use crate::{Error, droplet, env};
+
+const MIB: u64 = 1024 * 1024;
+/// After SIGKILL, how long to wait for the process to be reaped before giving up on it.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How long the log pumps may take to drain the pipes once the group is dead.
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
+/// Directory entries measured at most for the `disk` metric.
+const DISK_WALK_LIMIT: usize = 1_000_000;
+
+/// Why supervision ended.
+enum Outcome {
+    Exited(Option<ExitStatus>),
+    OutOfMemory,
+    Unhealthy(String),
+    Stop,
+}
+
+/// The identity of one instance, for messages about it.
+struct Ident {
+    cell: Arc<Cell>,
+    start: StartInstance,
+    sink: LogSink,
+    dir: PathBuf,
+}
+
+impl Ident {
+    fn guid(&self) -> &str {
+        &self.start.instance
+    }
+
+    fn cell_line(&self, text: &str) {
+        let id = &self.cell.config.executor_id;
+        self.sink.cell(&format!("Cell {id} {text}"));
+    }
+
+    fn crash(&self, reason: &str, exit_status: Option<i32>, description: String) {
+        self.cell.set_state(self.guid(), InstanceState::Crashed);
+        tracing::info!(instance = ?self.guid(), %reason, description = ?description,
+            "executor: instance crashed");
+        self.cell.report_crash(&ExecutorCrash {
+            executor_id: self.cell.config.executor_id.clone(),
+            app: self.start.app.clone(),
+            instance: self.start.instance.clone(),
+            index: self.start.index,
+            reason: reason.to_owned(),
+            exit_status,
+            exit_description: description,
+            crash_count: None,
+            crash_timestamp: now_nanos(),
+        });
+    }
+
+    async fn destroy(&self) {
+        self.cell_line(&format!(
+            "destroying container for instance {}",
+            self.guid()
+        ));
+        remove_dir(&self.dir).await;
+        self.cell_line(&format!(
+            "successfully destroyed container for instance {}",
+            self.guid()
+        ));
+    }
+}
+
+async fn remove_dir(dir: &Path) {
+    let dir = dir.to_path_buf();
+    let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err((dir, e)),
+        _ => Ok(()),
+    })
+    .await;
+    if let Ok(Err((dir, error))) = removed {
+        tracing::warn!(?dir, %error, "executor: cannot remove an instance directory");
+    }
+}
+
+/// Runs one admitted instance to its end. `request` is answered once the process is started
+/// (accepted) or could not be (refused, with the reason).
+pub(crate) async fn run(
+    cell: Arc<Cell>,
+    start: StartInstance,
+    sha: String,
+    port: u16,
+    stop: CancellationToken,
+    request: Message,
+) {
+    let mut extra: Vec<(String, String)> = start
+        .tags
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !start.tags.contains_key("app_name") {
+        extra.push(("app_name".to_owned(), start.app_name.clone()));
+    }
+    let sink = LogSink::new(
+        cell.emitter.clone(),
+        &start.app,
+        &start.index.to_string(),
+        &extra,
+        cell.metrics.log_lines.clone(),
+        cell.metrics.dropped_no_agent.clone(),
+    );
+    let ident = Ident {
+        dir: cell.instances_dir.join(&start.instance),
+        cell,
+        start,
+        sink,
+    };
+    ident.cell_line(&format!("creating container for instance {}", ident.guid()));
+    let started_at = now_nanos();
+    let prepared = tokio::select! {
+        prepared = prepare(&ident, &sha) => Some(prepared),
+        () = stop.cancelled() => None,
+    };
+    let spawned = match prepared {
+        Some(Ok(())) if !stop.is_cancelled() => Some(spawn(&ident, port, started_at)),
+        Some(Ok(())) | None => None,
+        Some(Err(e)) => Some(Err(e)),
+    };
+    let (mut child, pgid, readers) = match spawned {
+        None => {
+            ident.cell.respond(&request, true, None);
+            ident.cell.set_state(ident.guid(), InstanceState::Stopping);
+            ident.destroy().await;
+            ident.cell.set_state(ident.guid(), InstanceState::Down);
+            return;
+        }
+        Some(Err(error)) => {
+            let text = error.to_string();
+            ident.cell_line(&format!(
+                "failed to create container for instance {}: {text}",
+                ident.guid()
+            ));
+            ident.cell.respond(&request, false, Some(text.clone()));
+            ident.crash(
+                REASON_CRASHED,
+                None,
+                format!("Failed to create container: {text}"),
+            );
+            remove_dir(&ident.dir).await;
+            return;
+        }
+        Some(Ok(spawned)) => spawned,
+    };
+    ident.cell_line(&format!(
+        "successfully created container for instance {}",
+        ident.guid()
+    ));
+    ident.cell.respond(&request, true, None);
+    ident.sink.cell("Starting health monitoring of container");
+
+    let outcome = supervise(&ident, &mut child, pgid, port, started_at, &stop).await;
+
+    let mut exit_note = String::new();
+    let status = match &outcome {
+        Outcome::Exited(status) => *status,
+        Outcome::Stop => {
+            ident.cell.set_state(ident.guid(), InstanceState::Stopping);
+            tracing::info!(instance = ?ident.guid(),
+                reason = ?ident.cell.stop_reason(ident.guid()), "executor: stopping instance");
+            ident.cell_line(&format!("stopping instance {}", ident.guid()));
+            signal_group(pgid, Signal::SIGTERM);
+            let grace = ident.cell.config.stop_timeout();
+            match tokio::time::timeout(grace, child.wait()).await {
+                Ok(result) => result.ok(),
+                Err(_) => {
+                    exit_note = format!(
+                        " (exceeded {} graceful shutdown interval)",
+                        go_duration(grace)
+                    );
+                    kill(&mut child, pgid).await
+                }
+            }
+        }
+        Outcome::OutOfMemory => {
+            exit_note = " (out of memory)".to_owned();
+            kill(&mut child, pgid).await
+        }
+        Outcome::Unhealthy(_) => kill(&mut child, pgid).await,
+    };
+    // Whatever the leader did, nothing of the group may outlive the instance.
+    signal_group(pgid, Signal::SIGKILL);
+    drain(readers).await;
+    let code = status.map(exit_code);
+    if let Some(code) = code {
+        ident.sink.cell(&format!("Exit status {code}{exit_note}"));
+    }
+    match outcome {
+        Outcome::Stop => {
+            ident.destroy().await;
+            ident.cell.set_state(ident.guid(), InstanceState::Down);
+        }
+        Outcome::Exited(_) => {
+            let shown = code.map_or_else(|| "unknown".to_owned(), |c| c.to_string());
+            ident.crash(
+                REASON_CRASHED,
+                code,
+                format!("{}: Exited with status {shown}", logs::APP_SOURCE),
+            );
+            ident.destroy().await;
+        }
+        Outcome::OutOfMemory => {
+            let shown = code.unwrap_or(137);
+            ident.crash(
+                REASON_OOM,
+                Some(shown),
+                format!(
+                    "{}: Exited with status {shown} (out of memory)",
+                    logs::APP_SOURCE
+                ),
+            );
+            ident.destroy().await;
+        }
+        Outcome::Unhealthy(description) => {
+            ident.crash(REASON_HEALTH_CHECK, None, description);
+            ident.destroy().await;
+        }
+    }
+}
+
+/// Creates the instance directory and unpacks the droplet into it.
+async fn prepare(ident: &Ident, sha: &str) -> Result<(), Error> {
+    let dir = &ident.dir;
+    // A directory left by an earlier instance of the same guid is stale by definition.
+    remove_dir(dir).await;
+    for sub in ["app", "tmp"] {
+        let path = dir.join(sub);
+        tokio::fs::create_dir_all(&path)
+            .await
+            .map_err(|source| Error::Io {
+                what: "cannot create the instance directory",
+                path,
+                source,
+            })?;
+    }
+    let lease = ident
+        .cell
+        .droplets
+        .fetch(&ident.start.droplet_url, sha)
+        .await?;
+    let archive = lease.path().to_path_buf();
+    let app = dir.join("app");
+    let max = ident.start.disk_mb.saturating_mul(MIB);
+    tokio::task::spawn_blocking(move || {
+        let unpacked = droplet::unpack(&archive, &app, max);
+        drop(lease);
+        unpacked
+    })
+    .await
+    .map_err(|e| Error::Corrupt(format!("unpacking was interrupted: {e}")))??;
+    Ok(())
+}
+
+/// Starts the app's process in its own process group, with its output pumped to the sink.
+fn spawn(
+    ident: &Ident,
+    port: u16,
+    started_at: i64,
+) -> Result<(Child, i32, Vec<JoinHandle<()>>), Error> {
+    let cell = &ident.cell;
+    let home = ident.dir.join("app");
+    let tmp = ident.dir.join("tmp");
+    let placement = env::Placement {
+        port,
+        host: &cell.config.advertise_host,
+        home: &home,
+        tmp: &tmp,
+        started_at_nanos: started_at,
+    };
+    let environment = env::build(&ident.start, &placement, &cell.path_env, &cell.hydrant_bin);
+    let mut command = tokio::process::Command::new("bash");
+    command
+        .arg("-c")
+        .arg(&ident.start.start_command)
+        .current_dir(&home)
+        .env_clear()
+        .envs(&environment)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(Error::Spawn)?;
+    let pgid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .ok_or_else(|| Error::Spawn(std::io::Error::other("the process vanished at birth")))?;
+    let mut readers = Vec::with_capacity(2);
+    if let Some(out) = child.stdout.take() {
+        readers.push(tokio::spawn(logs::pump(out, ident.sink.clone(), false)));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.push(tokio::spawn(logs::pump(err, ident.sink.clone(), true)));
+    }
+    Ok((child, pgid, readers))
+}
+
+/// Watches the instance until it exits, must be killed, or is asked to stop.
+async fn supervise(
+    ident: &Ident,
+    child: &mut Child,
+    pgid: i32,
+    port: u16,
+    started_at: i64,
+    stop: &CancellationToken,
+) -> Outcome {
+    let config = &ident.cell.config;
+    let check = &ident.start.health_check;
+    let startup_timeout = Duration::from_secs(
+        check
+            .timeout_secs
+            .map_or(config.startup_timeout_secs, u64::from)
+            .max(1),
+    );
+    let startup_interval = Duration::from_millis(config.startup_check_interval_ms);
+    let liveness_interval = Duration::from_secs(config.liveness_check_interval_secs);
+    let probe = Probe {
+        kind: check.kind,
+        port,
+        endpoint: health::endpoint(check.endpoint.as_deref()),
+        timeout: Duration::from_millis(config.probe_timeout_ms),
+        client: ident.cell.probes.clone(),
+    };
+    let memory_quota = ident.start.memory_mb.saturating_mul(MIB);
+    let disk_quota = ident.start.disk_mb.saturating_mul(MIB);
+
+    let deadline = Instant::now() + startup_timeout;
+    let mut running = false;
+    let mut last_error = "the health check has not run yet".to_owned();
+    let mut next_probe = Instant::now();
+    let mut in_flight: Option<JoinHandle<Result<(), String>>> = None;
+    let mut memory_tick =
+        tokio::time::interval(Duration::from_millis(config.memory_check_interval_ms));
+    memory_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut metrics_tick = tokio::time::interval(Duration::from_secs(config.metrics_interval_secs));
+    metrics_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let disk_interval = Duration::from_secs(config.disk_check_interval_secs);
+    let mut next_disk = Instant::now();
+    let mut disk = 0u64;
+    let mut last_cpu: Option<(u64, Instant)> = None;
+
+    loop {
+        tokio::select! {
+            status = child.wait() => return Outcome::Exited(status.ok()),
+            () = stop.cancelled() => return Outcome::Stop,
+            () = tokio::time::sleep_until(deadline), if !running => {
+                let waited = go_duration(startup_timeout);
+                ident.sink.health(&format!("Timed out after {waited}: health check never passed."));
+                return Outcome::Unhealthy(format!("Instance never healthy after {waited}: {last_error}"));
+            }
+            () = tokio::time::sleep_until(next_probe), if in_flight.is_none() => {
+                in_flight = Some(tokio::spawn(probe.clone().run()));
+            }
+            result = wait_probe(&mut in_flight), if in_flight.is_some() => {
+                in_flight = None;
+                match (running, result) {
+                    (false, Ok(())) => {
+                        running = true;
+                        ident.cell.set_state(ident.guid(), InstanceState::Running);
+                        ident.sink.cell("Container became healthy");
+                        next_probe = Instant::now() + liveness_interval;
+                    }
+                    (false, Err(error)) => {
+                        last_error = error;
+                        next_probe = Instant::now() + startup_interval;
+                    }
+                    (true, Ok(())) => next_probe = Instant::now() + liveness_interval,
+                    (true, Err(error)) => {
+                        ident.sink.health(&error);
+                        return Outcome::Unhealthy(format!("Instance became unhealthy: {error}"));
+                    }
+                }
+                if running && check.kind == HealthCheckType::Process {
+                    // Only the process's exit can fail a `process` check.
+                    next_probe = Instant::now() + Duration::from_secs(86_400 * 365);
+                }
+            }
+            _ = memory_tick.tick() => {
+                let usage = sample(pgid).await;
+                if usage.rss_bytes > memory_quota {
+                    tracing::info!(instance = ?ident.guid(), rss = usage.rss_bytes, quota = memory_quota,
+                        "executor: instance over its memory quota");
+                    return Outcome::OutOfMemory;
+                }
+            }
+            _ = metrics_tick.tick() => {
+                let usage = sample(pgid).await;
+                let now = Instant::now();
+                let cpu = last_cpu.map_or(0.0, |(cpu, at)| {
+                    let wall = now.duration_since(at).as_nanos() as f64;
+                    if wall > 0.0 { usage.cpu_nanos.saturating_sub(cpu) as f64 * 100.0 / wall } else { 0.0 }
+                });
+                last_cpu = Some((usage.cpu_nanos, now));
+                if now >= next_disk {
+                    let dir = ident.dir.clone();
+                    disk = tokio::task::spawn_blocking(move || procfs::dir_size(&dir, DISK_WALK_LIMIT))
+                        .await
+                        .unwrap_or(disk);
+                    next_disk = now + disk_interval;
+                }
+                let age = now_nanos().saturating_sub(started_at).max(0) as f64;
+                ident.sink.gauge(&[
+                    ("cpu", cpu, "percentage"),
+                    ("memory", usage.rss_bytes as f64, "bytes"),
+                    ("disk", disk as f64, "bytes"),
+                    ("memory_quota", memory_quota as f64, "bytes"),
+                    ("disk_quota", disk_quota as f64, "bytes"),
+                    ("container_age", age, "nanoseconds"),
+                ]);
+            }
+        }
+    }
+}
+
+async fn wait_probe(in_flight: &mut Option<JoinHandle<Result<(), String>>>) -> Result<(), String> {
+    match in_flight {
+        Some(handle) => handle
+            .await
+            .unwrap_or_else(|e| Err(format!("the health check failed to run: {e}"))),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sample(pgid: i32) -> GroupUsage {
+    tokio::task::spawn_blocking(move || procfs::sample_group(pgid))
+        .await
+        .unwrap_or_default()
+}
+
+fn signal_group(pgid: i32, signal: Signal) {
+    // ESRCH (the group is already gone) is the common, harmless case.
+    let _ = killpg(Pid::from_raw(pgid), signal);
+}
+
+/// SIGKILLs the group and reaps the leader.
+async fn kill(child: &mut Child, pgid: i32) -> Option<ExitStatus> {
+    signal_group(pgid, Signal::SIGKILL);
+    tokio::time::timeout(KILL_WAIT, child.wait())
+        .await
+        .ok()
+        .and_then(Result::ok)
+}
+
+/// Lets the log pumps finish what the pipes still hold, within bounds: a process that escaped
+/// the group may hold a pipe open forever.
+async fn drain(mut readers: Vec<JoinHandle<()>>) {
+    let all = async {
+        for reader in &mut readers {
+            let _ = reader.await;
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_WAIT, all).await;
+    for reader in readers {
+        reader.abort();
+    }
+}
+
+/// The shell's way of numbering an exit: the code, or 128 + the signal that killed it.
+fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}

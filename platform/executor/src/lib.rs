@@ -1,0 +1,228 @@
+//! Hydrant's executor (the DEA): runs app instances as processes, checks their health, turns
+//! their output into log envelopes and their usage into container metrics, and tells the rest
+//! of the platform what it runs (heartbeats, crash events, route registrations).
+//!
+//! Flow: cloud controller / health manager → `executor.start.<id>`, `executor.stop.<id>` (bus)
+//! → [`run`] → one task per instance (droplet → process group → health → RUNNING) → app
+//! stdout/stderr and container metrics → emitter → agent; state → `executor.heartbeat`,
+//! `executor.crash`, `router.register` / `router.unregister` (bus).
+//!
+//! Invariants:
+//! - The data plane outlives the control plane: nothing an instance does waits on the bus or
+//!   the cloud controller, so with either down, running instances keep running and logging.
+//! - Never backpressure an app: its pipes are always read; the emitter drops (and counts)
+//!   rather than waits.
+//! - Start and stop are idempotent per instance guid; a crashed instance is reported, kept
+//!   visible for `retention_secs`, and never restarted here.
+//!
+//! # Layout
+//! - `config`: [`Config`] and its validation.
+//! - `cell`: the instance table, placement, requests, heartbeats and routes.
+//! - `instance`: one instance's lifecycle.
+//! - `droplet`: the droplet cache and safe unpacking.
+//! - `env`: the environment an instance starts with.
+//! - `health`: port / http / process probes.
+//! - `logs`: line splitting and the log sink.
+//! - `procfs`: cpu, memory and disk readings.
+//! - `metrics`: the executor's own counters and gauges.
+
+mod cell;
+mod config;
+mod droplet;
+mod env;
+mod error;
+mod health;
+mod instance;
+mod logs;
+mod metrics;
+mod procfs;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hydrant_bus::messages::{self, executor_start_subject, executor_stop_subject};
+use hydrant_bus::{Announcer, Bus};
+use hydrant_emitter::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::Error;
+pub use metrics::{REASON_CRASHED, REASON_HEALTH_CHECK, REASON_OOM};
+
+/// Shortest gap between two route announcements triggered by instances becoming RUNNING or by
+/// `router.start`: enough to collapse a burst, short enough that a new route is not late.
+const ROUTE_MIN_GAP: Duration = Duration::from_millis(100);
+/// Extra time, beyond the graceful stop interval, that shutdown waits for instances.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
+/// How long shutdown waits for the bus to take the final messages.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The sockets the executor serves, bound by the caller (tests bind `127.0.0.1:0`).
+#[derive(Debug)]
+pub struct Listeners {
+    /// `/healthz` and `/metrics` (`Config::admin_listen`, default `127.0.0.1:14830`).
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `config.admin_listen`.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] naming the field whose address could not be bound.
+    pub async fn bind(config: &Config) -> Result<Self, Error> {
+        let admin = TcpListener::bind(&config.admin_listen)
+            .await
+            .map_err(|source| Error::Bind {
+                field: "admin_listen",
+                addr: config.admin_listen.clone(),
+                source,
+            })?;
+        Ok(Self { admin })
+    }
+}
+
+fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io { what, path, source }
+}
+
+/// Runs the executor until `shutdown` is cancelled; then stops every instance gracefully
+/// (bounded by `stop_timeout_secs` plus a few seconds), unregisters their routes, sends a last
+/// heartbeat and returns.
+///
+/// # Errors
+/// An invalid config, an unusable data directory, an unreachable bus at start-up, or a failed
+/// admin listener.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    config.validate()?;
+    let registry = Registry::new("executor", &config.executor_id);
+    let metrics = metrics::Metrics::new(&registry);
+
+    let instances_dir = config.data_dir.join("instances");
+    // Instances of an earlier run are not re-adopted: their directories are stale.
+    match std::fs::remove_dir_all(&instances_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io_error("cannot clear old instances in", &instances_dir)(e));
+        }
+        _ => {}
+    }
+    std::fs::create_dir_all(&instances_dir).map_err(io_error("cannot create", &instances_dir))?;
+    let instances_dir = std::fs::canonicalize(&instances_dir)
+        .map_err(io_error("cannot resolve", &instances_dir))?;
+    let droplets = droplet::DropletCache::open(
+        config.data_dir.join("droplets"),
+        config.droplet_cache_mb.saturating_mul(1024 * 1024),
+        config.max_droplet_mb.saturating_mul(1024 * 1024),
+        Duration::from_secs(config.download_timeout_secs),
+        metrics.cache.clone(),
+    )?;
+    let probes = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(|e| Error::Download {
+            url: String::new(),
+            reason: format!("cannot build an HTTP client: {e}"),
+        })?;
+
+    let bus = Bus::connect(&config.bus, &registry).await?;
+    // App output and the executor's metrics keep flowing while instances stop at shutdown, so
+    // the emitter outlives `shutdown` and is stopped last.
+    let emitter_stop = CancellationToken::new();
+    let _emitter_guard = emitter_stop.clone().drop_guard();
+    let emitter = config.telemetry.start(&registry, emitter_stop.clone());
+    let hydrant_bin = std::env::current_exe()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path_env =
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned());
+
+    let start_subject = executor_start_subject(&config.executor_id);
+    let stop_subject = executor_stop_subject(&config.executor_id);
+    let heartbeat_interval = Duration::from_secs(config.heartbeat_interval_secs);
+    let register_interval = Duration::from_secs(config.register_interval_secs);
+    let mut starts = bus.subscribe(&start_subject).await?;
+    let mut stops = bus.subscribe(&stop_subject).await?;
+
+    let cell = Arc::new(cell::Cell::new(
+        config,
+        bus.clone(),
+        emitter.clone(),
+        metrics,
+        droplets,
+        probes,
+        instances_dir,
+        hydrant_bin,
+        path_env,
+    ));
+
+    let announcers = CancellationToken::new();
+    let _announcers_guard = announcers.clone().drop_guard();
+    let beat = Arc::clone(&cell);
+    let heartbeats = Announcer::new(&bus, messages::EXECUTOR_HEARTBEAT, heartbeat_interval)
+        .retrigger_on(messages::EXECUTOR_GREET)
+        .min_gap(Duration::ZERO)
+        .spawn(announcers.clone(), move || {
+            messages::encode(&beat.heartbeat()).into_iter().collect()
+        })
+        .await?;
+    let routed = Arc::clone(&cell);
+    let routes = Announcer::new(&bus, messages::ROUTER_REGISTER, register_interval)
+        .retrigger_on(messages::ROUTER_START)
+        .min_gap(ROUTE_MIN_GAP)
+        .spawn(announcers.clone(), move || routed.route_payloads())
+        .await?;
+    let _ = cell.heartbeats.set(heartbeats);
+    let _ = cell.routes.set(routes);
+
+    let admin = tokio::spawn(hydrant_emitter::admin::serve(
+        listeners.admin,
+        hydrant_emitter::admin::router(registry.clone()),
+        shutdown.clone(),
+    ));
+    tracing::info!(executor_id = %cell.config.executor_id, bus = %bus.url(),
+        "executor taking start requests on {start_subject}");
+
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(message) = starts.next() => cell.handle_start(message),
+            Some(message) = stops.next() => cell.handle_stop(&message),
+        }
+    }
+    drop(starts);
+    drop(stops);
+
+    cell.stop_all("executor shutting down");
+    cell.tasks.close();
+    let grace = cell.config.stop_timeout() + SHUTDOWN_SLACK;
+    if tokio::time::timeout(grace, cell.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("executor: some instances did not stop in time; leaving them");
+    }
+    // The final word: every instance DOWN (or CRASHED), routes already unregistered.
+    cell.publish(messages::EXECUTOR_HEARTBEAT, &cell.heartbeat());
+    announcers.cancel();
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, bus.flush()).await;
+    emitter_stop.cancel();
+    if let Some(emitter) = &emitter {
+        emitter.stopped().await;
+    }
+    match admin.await {
+        Ok(Ok(())) | Err(_) => Ok(()),
+        Ok(Err(e)) => Err(Error::Admin(e)),
+    }
+}
+
+/// Where the executor keeps instance `guid`'s files under `data_dir` (for tools and tests).
+#[must_use]
+pub fn instance_dir(data_dir: &Path, guid: &str) -> PathBuf {
+    data_dir.join("instances").join(guid)
+}

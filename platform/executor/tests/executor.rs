@@ -1,0 +1,518 @@
+//! The executor on loopback: real processes started from droplets served over HTTP, driven
+//! through an isolated in-process bus, with their output captured by a fake agent.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+#[path = "support/rig.rs"]
+mod rig;
+
+use std::time::Duration;
+
+use hydrant_bus::messages::{self, HealthCheckType, InstanceState, RegistryMessage, RouterStart};
+use hydrant_envelope::v2;
+use rig::{Rig, droplet, evil_droplet, wait_log, wait_until};
+
+const APP: &str = r#"#!/bin/bash
+env | sort
+echo "to stderr" >&2
+head -c 70000 /dev/zero | tr '\0' 'x'; echo
+printf 'one\r\ntwo\n'
+exec python3 -m http.server "$PORT" --bind 127.0.0.1
+"#;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_runs_with_its_env_logs_and_route_then_stops() {
+    let mut rig = Rig::start("executor-runs", true, |_| {}).await;
+    let (url, sha) = rig.droplets.put("app", droplet(&[("app.sh", APP)]));
+    let mut start = rig.start_message("bash app.sh", &url, &sha);
+    start.env.insert("GREETING".into(), "hello world".into());
+    start.env.insert("PORT".into(), "1".into());
+    let guid = start.instance.clone();
+
+    let reply = rig.request_start(&start).await;
+    assert!(reply.accepted, "{reply:?}");
+    let hb = rig.wait_state(&guid, InstanceState::Running, WAIT).await;
+    let port = hb.instances[0].port.unwrap();
+    assert_eq!(hb.executor_id, "cell-1");
+    assert_eq!(hb.used.memory_mb, 256);
+    assert_eq!(hb.used.instances, 1);
+
+    // The route is registered with gorouter's fields.
+    let register: RegistryMessage = tokio::time::timeout(WAIT, rig.registers.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(register.host, "127.0.0.1");
+    assert_eq!(register.port, port);
+    assert_eq!(register.uris, vec!["shop.hydrant.test".to_owned()]);
+    assert_eq!(register.app.as_deref(), Some("app-guid-1"));
+    assert_eq!(register.private_instance_id.as_deref(), Some(guid.as_str()));
+    assert_eq!(register.private_instance_index.as_deref(), Some("3"));
+    assert_eq!(register.tags["app_name"], "shop");
+    // The app really serves on that port.
+    let page = reqwest::get(format!("http://127.0.0.1:{port}/app.sh"))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+
+    // Idempotent: a repeated start is accepted and starts nothing new.
+    let again = rig.request_start(&start).await;
+    assert!(again.accepted);
+    // router.start makes the executor re-register at once.
+    rig.bus
+        .publish_json(messages::ROUTER_START, &RouterStart::default())
+        .unwrap();
+    let again: RegistryMessage = tokio::time::timeout(WAIT, rig.registers.next())
+        .await
+        .expect("re-registration after router.start")
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(again.port, port);
+
+    // The environment, as the app printed it.
+    wait_log(&rig.recorder, "env and output", WAIT, |_, p| p == "two").await;
+    let out = rig.recorder.lines("APP/PROC/WEB");
+    let has = |line: &str| out.iter().any(|l| l == line);
+    assert!(has(&format!("PORT={port}")), "PORT is the executor's");
+    assert!(has("INSTANCE_INDEX=3"));
+    assert!(has(&format!("INSTANCE_GUID={guid}")));
+    assert!(has("GREETING=hello world"));
+    assert!(has("MEMORY_LIMIT=256m"));
+    assert!(has("VCAP_SERVICES={}"));
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("HOME=") && l.ends_with("/app"))
+    );
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("TMPDIR=") && l.ends_with("/tmp"))
+    );
+    assert!(out.iter().any(|l| l.starts_with("HYDRANT_BIN=/")));
+    let vcap = out
+        .iter()
+        .find_map(|l| l.strip_prefix("VCAP_APPLICATION="))
+        .unwrap();
+    let vcap: serde_json::Value = serde_json::from_str(vcap).unwrap();
+    assert_eq!(vcap["application_id"], "app-guid-1");
+    assert_eq!(vcap["application_name"], "shop");
+    assert_eq!(vcap["instance_index"], 3);
+    assert_eq!(vcap["port"], port);
+    assert_eq!(vcap["limits"]["mem"], 256);
+    assert_eq!(vcap["space_id"], "space-1");
+    assert!(out.iter().any(|l| l.starts_with("HYDRANT_APPLICATION={")));
+    // Lines split on \r\n, long lines chunked at 60 KiB.
+    assert!(has("one") && has("two"));
+    let xs: Vec<usize> = out
+        .iter()
+        .filter(|l| l.starts_with('x'))
+        .map(String::len)
+        .collect();
+    assert_eq!(xs, vec![61_440, 70_000 - 61_440]);
+    // Envelope shape: source and instance ids, OUT and ERR, tags.
+    let logs = rig.recorder.logs();
+    let (env, _, is_err, _) = logs.iter().find(|(_, _, _, p)| p == b"to stderr").unwrap();
+    assert!(*is_err);
+    assert_eq!(env.source_id, "app-guid-1");
+    assert_eq!(env.instance_id, "3");
+    assert_eq!(env.tags["space_id"], "space-1");
+    assert_eq!(env.tags["app_name"], "shop");
+    let (_, _, port_is_err, _) = logs
+        .iter()
+        .find(|(_, _, _, p)| p.starts_with(b"PORT="))
+        .unwrap();
+    assert!(!port_is_err);
+    let cell = rig.recorder.lines("CELL");
+    for expected in [
+        format!("Cell cell-1 creating container for instance {guid}"),
+        format!("Cell cell-1 successfully created container for instance {guid}"),
+        "Starting health monitoring of container".to_owned(),
+        "Container became healthy".to_owned(),
+    ] {
+        assert!(
+            cell.contains(&expected),
+            "{expected:?} missing from {cell:?}"
+        );
+    }
+    // Container metrics arrive as gauges for the instance.
+    wait_until("container metrics", WAIT, || {
+        let found = rig.recorder.all().iter().any(|e| {
+            e.source_id == "app-guid-1"
+                && matches!(&e.message, Some(v2::envelope::Message::Gauge(g))
+                    if g.metrics.get("memory").is_some_and(|m| m.value > 0.0)
+                        && g.metrics["memory_quota"].value == 256.0 * 1024.0 * 1024.0
+                        && g.metrics.contains_key("cpu")
+                        && g.metrics.contains_key("disk"))
+        });
+        async move { found }
+    })
+    .await;
+
+    // Stop: unregister, STOPPING → DOWN, directory gone.
+    let stopped = rig.request_stop("app-guid-1", &guid).await;
+    assert!(stopped.accepted);
+    let unregister: RegistryMessage = tokio::time::timeout(WAIT, rig.unregisters.next())
+        .await
+        .expect("unregister on stop")
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(unregister.port, port);
+    let hb = rig.wait_state(&guid, InstanceState::Down, WAIT).await;
+    assert_eq!(hb.used.memory_mb, 0);
+    wait_log(&rig.recorder, "destroyed", WAIT, |st, p| {
+        st == "CELL" && p.contains("successfully destroyed container")
+    })
+    .await;
+    assert!(
+        rig.recorder
+            .lines("CELL")
+            .iter()
+            .any(|l| l == "Exit status 143")
+    );
+    assert!(!hydrant_executor::instance_dir(&rig.data.path().join("executor"), &guid).exists());
+    let metrics = rig.metrics().await;
+    assert!(
+        metrics.contains("executor_starts_total{source_id=\"executor\",instance_id=\"cell-1\"} 1")
+    );
+    assert!(metrics.contains("executor_droplet_cache_misses_total"));
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_escalates_to_sigkill_for_an_app_that_traps_term() {
+    let mut rig = Rig::start("executor-sigterm", true, |_| {}).await;
+    let app = "trap 'echo got TERM' TERM\necho ready\nwhile true; do sleep 0.05; done\n";
+    let (url, sha) = rig.droplets.put("trap", droplet(&[("trap.sh", app)]));
+    let mut start = rig.start_message("bash trap.sh", &url, &sha);
+    start.health_check.kind = HealthCheckType::Process;
+    start.uris.clear();
+    let guid = start.instance.clone();
+    assert!(rig.request_start(&start).await.accepted);
+    rig.wait_state(&guid, InstanceState::Running, WAIT).await;
+    wait_log(&rig.recorder, "ready", WAIT, |_, p| p == "ready").await;
+
+    let began = tokio::time::Instant::now();
+    assert!(rig.request_stop("app-guid-1", &guid).await.accepted);
+    rig.wait_state(&guid, InstanceState::Stopping, WAIT).await;
+    rig.wait_state(&guid, InstanceState::Down, WAIT).await;
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_secs(1),
+        "stopped after {took:?}, before the grace period"
+    );
+    wait_log(&rig.recorder, "exit line", WAIT, |st, p| {
+        st == "CELL" && p.starts_with("Exit status")
+    })
+    .await;
+    let out = rig.recorder.lines("APP/PROC/WEB");
+    assert!(
+        out.iter().any(|l| l == "got TERM"),
+        "the app saw SIGTERM: {out:?}"
+    );
+    let cell = rig.recorder.lines("CELL");
+    assert!(
+        cell.iter()
+            .any(|l| l == "Exit status 137 (exceeded 1s graceful shutdown interval)"),
+        "{cell:?}"
+    );
+    assert!(cell.contains(&format!("Cell cell-1 stopping instance {guid}")));
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_exits_at_start_is_reported_crashed_with_its_status() {
+    let mut rig = Rig::start("executor-crash", true, |_| {}).await;
+    let (url, sha) = rig
+        .droplets
+        .put("crash", droplet(&[("crash.sh", "echo boom >&2\nexit 3\n")]));
+    let start = rig.start_message("bash crash.sh", &url, &sha);
+    let guid = start.instance.clone();
+    assert!(rig.request_start(&start).await.accepted);
+    let crash = rig.next_crash(WAIT).await;
+    assert_eq!(crash.instance, guid);
+    assert_eq!(crash.app, "app-guid-1");
+    assert_eq!(crash.index, 3);
+    assert_eq!(crash.reason, "CRASHED");
+    assert_eq!(crash.exit_status, Some(3));
+    assert_eq!(crash.exit_description, "APP/PROC/WEB: Exited with status 3");
+    let hb = rig.wait_state(&guid, InstanceState::Crashed, WAIT).await;
+    assert_eq!(hb.used.memory_mb, 0);
+    // Not restarted, and a repeated start for the crashed guid is refused.
+    let again = rig.request_start(&start).await;
+    assert!(!again.accepted);
+    assert!(again.reason.unwrap().contains("crashed"));
+    wait_log(&rig.recorder, "boom", WAIT, |st, p| {
+        st == "APP/PROC/WEB" && p == "boom"
+    })
+    .await;
+    wait_log(&rig.recorder, "exit status", WAIT, |st, p| {
+        st == "CELL" && p == "Exit status 3"
+    })
+    .await;
+    assert!(rig.metrics().await.contains(
+        "executor_crashes_total{source_id=\"executor\",instance_id=\"cell-1\",reason=\"CRASHED\"} 1"
+    ));
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_never_opens_its_port_fails_its_health_check() {
+    let mut rig = Rig::start("executor-unhealthy", true, |c| c.startup_timeout_secs = 1).await;
+    let (url, sha) = rig
+        .droplets
+        .put("sleepy", droplet(&[("sleep.sh", "exec sleep 30\n")]));
+    let start = rig.start_message("bash sleep.sh", &url, &sha);
+    let guid = start.instance.clone();
+    let began = tokio::time::Instant::now();
+    assert!(rig.request_start(&start).await.accepted);
+    let crash = rig.next_crash(Duration::from_secs(5)).await;
+    assert_eq!(crash.instance, guid);
+    assert_eq!(crash.reason, "HEALTH_CHECK");
+    assert_eq!(crash.exit_status, None);
+    assert!(
+        crash
+            .exit_description
+            .starts_with("Instance never healthy after 1s: Failed to make TCP connection to port"),
+        "{}",
+        crash.exit_description
+    );
+    assert!(began.elapsed() < Duration::from_secs(4));
+    rig.wait_state(&guid, InstanceState::Crashed, WAIT).await;
+    wait_log(&rig.recorder, "health line", WAIT, |st, p| {
+        st == "HEALTH" && p == "Timed out after 1s: health check never passed."
+    })
+    .await;
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_over_its_memory_quota_is_killed_as_oom() {
+    let mut rig = Rig::start("executor-oom", true, |_| {}).await;
+    let hog = "import time\nx = b'a' * (200 * 1024 * 1024)\nprint('allocated', flush=True)\ntime.sleep(30)\n";
+    let (url, sha) = rig.droplets.put("hog", droplet(&[("hog.py", hog)]));
+    let mut start = rig.start_message("exec python3 hog.py", &url, &sha);
+    start.memory_mb = 64;
+    start.health_check.kind = HealthCheckType::Process;
+    let guid = start.instance.clone();
+    assert!(rig.request_start(&start).await.accepted);
+    let crash = rig.next_crash(WAIT).await;
+    assert_eq!(crash.instance, guid);
+    assert_eq!(crash.reason, "OOM");
+    assert_eq!(crash.exit_status, Some(137));
+    assert!(crash.exit_description.ends_with("(out of memory)"));
+    wait_log(&rig.recorder, "oom exit line", WAIT, |st, p| {
+        st == "CELL" && p == "Exit status 137 (out of memory)"
+    })
+    .await;
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_droplets_and_impossible_requests_are_refused_with_a_reason() {
+    let mut rig = Rig::start("executor-refusals", true, |c| c.memory_mb = 1024).await;
+    let (url, sha) = rig
+        .droplets
+        .put("good", droplet(&[("a.sh", "exec sleep 30\n")]));
+
+    let wrong_sha = rig.start_message("bash a.sh", &url, &"0".repeat(64));
+    let reply = rig.request_start(&wrong_sha).await;
+    assert!(!reply.accepted);
+    let reason = reply.reason.unwrap();
+    assert!(reason.contains("sha256 mismatch"), "{reason}");
+    assert!(!reason.contains("secret"), "credentials leaked: {reason}");
+    let crash = rig.next_crash(WAIT).await;
+    assert_eq!(crash.instance, wrong_sha.instance);
+    assert!(crash.exit_description.contains("sha256 mismatch"));
+
+    let (evil_url, evil_sha) = rig.droplets.put("evil", evil_droplet("../../escaped.txt"));
+    let evil = rig.start_message("bash a.sh", &evil_url, &evil_sha);
+    let reply = rig.request_start(&evil).await;
+    assert!(!reply.accepted);
+    let reason = reply.reason.unwrap();
+    assert!(reason.contains("escape"), "{reason}");
+    assert!(!rig.data.path().join("escaped.txt").exists());
+    assert!(!rig.data.path().join("executor/escaped.txt").exists());
+
+    let (abs_url, abs_sha) = rig
+        .droplets
+        .put("abs", evil_droplet("/tmp/hydrant-abs.txt"));
+    let reply = rig
+        .request_start(&rig.start_message("bash a.sh", &abs_url, &abs_sha))
+        .await;
+    assert!(!reply.accepted);
+    assert!(reply.reason.unwrap().contains("escape"));
+
+    let mut huge = rig.start_message("bash a.sh", &url, &sha);
+    huge.memory_mb = 4096;
+    let reply = rig.request_start(&huge).await;
+    assert!(!reply.accepted);
+    assert!(reply.reason.unwrap().contains("not enough memory"));
+
+    let mut elsewhere = rig.start_message("bash a.sh", &url, &sha);
+    elsewhere.executor_id = "cell-2".into();
+    let reply = rig.request_start(&elsewhere).await;
+    assert!(!reply.accepted);
+    assert!(reply.reason.unwrap().contains("wrong executor"));
+
+    let garbage = rig
+        .bus
+        .request(
+            &messages::executor_start_subject("cell-1"),
+            bytes::Bytes::from_static(b"{not json"),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    let reply: messages::ExecutorReply = garbage.json().unwrap();
+    assert!(!reply.accepted);
+    let metrics = rig.metrics().await;
+    assert!(metrics.contains("executor_dropped_total{source_id=\"executor\",instance_id=\"cell-1\",reason=\"bad_request\"} 1"));
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_printing_flat_out_is_never_blocked_and_drops_are_counted() {
+    // The agent is unreachable, so everything the app prints beyond the emitter's queue is
+    // dropped; the app must still get through its output and open its port.
+    let mut rig = Rig::start("executor-flood", false, |_| {}).await;
+    let app = "yes 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' | head -n 400000\nexec python3 -m http.server \"$PORT\" --bind 127.0.0.1\n";
+    let (url, sha) = rig.droplets.put("flood", droplet(&[("flood.sh", app)]));
+    let start = rig.start_message("bash flood.sh", &url, &sha);
+    let guid = start.instance.clone();
+    assert!(rig.request_start(&start).await.accepted);
+    // While the flood runs, the executor keeps answering requests promptly.
+    let began = tokio::time::Instant::now();
+    let stop_other = rig.request_stop("other-app", "other").await;
+    assert!(stop_other.accepted);
+    assert!(began.elapsed() < Duration::from_secs(2));
+    rig.wait_state(&guid, InstanceState::Running, Duration::from_secs(30))
+        .await;
+    wait_until("drops counted", WAIT, || {
+        let admin = rig.admin;
+        async move {
+            let text = reqwest::get(format!("http://{admin}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let dropped: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("emitter_dropped_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            let lines: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("executor_log_lines_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            dropped > 0.0 && lines >= 400_000.0
+        }
+    })
+    .await;
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_the_executor_down_stops_its_instances_and_unregisters_routes() {
+    let mut rig = Rig::start("executor-shutdown", true, |_| {}).await;
+    let app = "exec python3 -m http.server \"$PORT\" --bind 127.0.0.1\n";
+    let (url, sha) = rig.droplets.put("web", droplet(&[("web.sh", app)]));
+    let start = rig.start_message("bash web.sh", &url, &sha);
+    let guid = start.instance.clone();
+    assert!(rig.request_start(&start).await.accepted);
+    rig.wait_state(&guid, InstanceState::Running, WAIT).await;
+    let mut unregisters = rig
+        .bus
+        .subscribe(messages::ROUTER_UNREGISTER)
+        .await
+        .unwrap();
+    let mut heartbeats = rig
+        .bus
+        .subscribe(messages::EXECUTOR_HEARTBEAT)
+        .await
+        .unwrap();
+    let data = rig.data.path().join("executor");
+    rig.stop().await;
+    let unregister: RegistryMessage = unregisters
+        .try_next()
+        .expect("unregistered")
+        .json()
+        .unwrap();
+    assert_eq!(
+        unregister.private_instance_id.as_deref(),
+        Some(guid.as_str())
+    );
+    let mut last = None;
+    while let Some(m) = heartbeats.try_next() {
+        last = Some(m.json::<messages::ExecutorHeartbeat>().unwrap());
+    }
+    let last = last.expect("a final heartbeat");
+    assert!(
+        last.instances
+            .iter()
+            .all(|i| i.state == InstanceState::Down)
+    );
+    assert!(!hydrant_executor::instance_dir(&data, &guid).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_keep_running_and_logging_while_the_bus_is_down() {
+    let mut rig = Rig::start("executor-outage", true, |_| {}).await;
+    let app = "python3 -m http.server \"$PORT\" --bind 127.0.0.1 &\n\
+               i=0; while true; do i=$((i+1)); echo \"tick $i\"; sleep 0.05; done\n";
+    let (url, sha) = rig.droplets.put("ticker", droplet(&[("tick.sh", app)]));
+    let start = rig.start_message("bash tick.sh", &url, &sha);
+    let guid = start.instance.clone();
+    assert!(rig.request_start(&start).await.accepted);
+    let hb = rig.wait_state(&guid, InstanceState::Running, WAIT).await;
+    let port = hb.instances[0].port.unwrap();
+    let _ = tokio::time::timeout(WAIT, rig.registers.next())
+        .await
+        .unwrap();
+
+    rig.bus.simulate_outage(true).unwrap();
+    let ticks = || {
+        rig.recorder
+            .lines("APP/PROC/WEB")
+            .iter()
+            .filter(|l| l.starts_with("tick"))
+            .count()
+    };
+    let before = ticks();
+    wait_until("logs during the outage", WAIT, || {
+        let now = ticks();
+        async move { now >= before + 10 }
+    })
+    .await;
+    let page = reqwest::get(format!("http://127.0.0.1:{port}/tick.sh"))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.status(),
+        200,
+        "the app still serves while the bus is down"
+    );
+
+    // When the bus returns, the executor speaks up at once: heartbeat and routes.
+    rig.bus.simulate_outage(false).unwrap();
+    rig.wait_state(&guid, InstanceState::Running, WAIT).await;
+    let again: RegistryMessage = tokio::time::timeout(WAIT, rig.registers.next())
+        .await
+        .expect("routes re-registered after the outage")
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(again.port, port);
+    rig.stop().await;
+}

@@ -1,0 +1,442 @@
+//! Test rig for the executor: an isolated in-process bus, a fake agent recording envelopes, a
+//! tiny HTTP droplet server, droplets built on the fly, and helpers that wait for conditions
+//! with deadlines.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    dead_code,
+    reason = "test code"
+)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hydrant_bus::messages::{
+    self, ExecutorCrash, ExecutorHeartbeat, ExecutorReply, HealthCheck, HealthCheckType,
+    InstanceState, StartInstance, StopInstance,
+};
+use hydrant_bus::{Bus, Subscription};
+use hydrant_emitter::Registry;
+use hydrant_envelope::raw::Empty;
+use hydrant_envelope::raw::ingress::ingress_server::{Ingress, IngressServer};
+use hydrant_envelope::v2;
+use hydrant_envelope::wire::BatchIter;
+use hydrant_executor::{Config, Listeners};
+use prost::Message as _;
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Records every envelope it receives.
+#[derive(Debug, Clone, Default)]
+pub struct Recorder {
+    envelopes: Arc<Mutex<Vec<v2::Envelope>>>,
+}
+
+impl Recorder {
+    fn record(&self, batch: &Bytes) {
+        let mut out = self.envelopes.lock().unwrap();
+        for e in BatchIter::new(batch) {
+            out.push(v2::Envelope::decode(e.unwrap()).unwrap());
+        }
+    }
+
+    pub fn all(&self) -> Vec<v2::Envelope> {
+        self.envelopes.lock().unwrap().clone()
+    }
+
+    /// Log envelopes as (source_type, is_err, payload).
+    pub fn logs(&self) -> Vec<(v2::Envelope, String, bool, Vec<u8>)> {
+        self.all()
+            .into_iter()
+            .filter_map(|e| match &e.message {
+                Some(v2::envelope::Message::Log(l)) => {
+                    let st = e.tags.get("source_type").cloned().unwrap_or_default();
+                    let is_err = l.r#type == v2::log::Type::Err as i32;
+                    let payload = l.payload.to_vec();
+                    Some((e, st, is_err, payload))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn lines(&self, source_type: &str) -> Vec<String> {
+        self.logs()
+            .into_iter()
+            .filter(|(_, st, _, _)| st == source_type)
+            .map(|(_, _, _, p)| String::from_utf8_lossy(&p).into_owned())
+            .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl Ingress for Recorder {
+    async fn sender(&self, request: Request<Streaming<Bytes>>) -> Result<Response<Empty>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(e) = stream.message().await? {
+            self.envelopes
+                .lock()
+                .unwrap()
+                .push(v2::Envelope::decode(e).unwrap());
+        }
+        Ok(Response::new(Empty))
+    }
+
+    async fn batch_sender(
+        &self,
+        request: Request<Streaming<Bytes>>,
+    ) -> Result<Response<Empty>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(batch) = stream.message().await? {
+            self.record(&batch);
+        }
+        Ok(Response::new(Empty))
+    }
+
+    async fn send(&self, request: Request<Bytes>) -> Result<Response<Empty>, Status> {
+        self.record(request.get_ref());
+        Ok(Response::new(Empty))
+    }
+}
+
+/// Starts a fake agent on loopback.
+pub async fn fake_agent() -> (String, Recorder) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let recorder = Recorder::default();
+    let service = IngressServer::new(recorder.clone())
+        .max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+            .unwrap();
+    });
+    (format!("http://{addr}"), recorder)
+}
+
+/// An address nothing listens on.
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Serves droplets over HTTP from memory.
+#[derive(Clone, Default)]
+pub struct DropletServer {
+    files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    addr: Arc<Mutex<Option<SocketAddr>>>,
+}
+
+impl DropletServer {
+    pub async fn start() -> Self {
+        let server = Self::default();
+        let files = server.files.clone();
+        let app = axum::Router::new().route(
+            "/droplets/{name}",
+            axum::routing::get(
+                move |axum::extract::Path(name): axum::extract::Path<String>| {
+                    let files = files.clone();
+                    async move {
+                        match files.lock().unwrap().get(&name) {
+                            Some(bytes) => Ok(bytes.clone()),
+                            None => Err(axum::http::StatusCode::NOT_FOUND),
+                        }
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        *server.addr.lock().unwrap() = Some(listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        server
+    }
+
+    /// Publishes `bytes` and returns (url, sha256).
+    pub fn put(&self, name: &str, bytes: Vec<u8>) -> (String, String) {
+        let sha = sha256(&bytes);
+        self.files.lock().unwrap().insert(name.to_owned(), bytes);
+        let addr = self.addr.lock().unwrap().unwrap();
+        (
+            format!("http://user:secret@{addr}/droplets/{name}?token=t0ps3cret"),
+            sha,
+        )
+    }
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A tar.gz with the given files (mode 0755).
+pub fn droplet(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, body) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o755);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, path, body.as_bytes())
+            .unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+/// A tar.gz with one entry whose name is written raw (so `..` gets past the builder).
+pub fn evil_droplet(raw_name: &str) -> Vec<u8> {
+    let mut header = tar::Header::new_old();
+    header.as_old_mut().name[..raw_name.len()].copy_from_slice(raw_name.as_bytes());
+    header.set_size(5);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    builder.append(&header, &b"evil\n"[..]).unwrap();
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+/// One executor under test with everything around it.
+pub struct Rig {
+    pub bus: Bus,
+    pub recorder: Recorder,
+    pub droplets: DropletServer,
+    pub admin: SocketAddr,
+    pub executor_id: String,
+    pub data: tempfile::TempDir,
+    pub shutdown: CancellationToken,
+    pub task: Option<JoinHandle<Result<(), hydrant_executor::Error>>>,
+    pub heartbeats: Subscription,
+    pub crashes: Subscription,
+    pub registers: Subscription,
+    pub unregisters: Subscription,
+}
+
+impl Rig {
+    /// Starts an executor with short timings; `tweak` adjusts the config. `agent`: record
+    /// envelopes (true) or point at a dead address (false).
+    pub async fn start(name: &str, agent: bool, tweak: impl FnOnce(&mut Config)) -> Self {
+        let bus_config = hydrant_bus::Config::inprocess(name);
+        let bus = Bus::connect(&bus_config, &Registry::new("test", "0"))
+            .await
+            .unwrap();
+        let heartbeats = bus.subscribe(messages::EXECUTOR_HEARTBEAT).await.unwrap();
+        let crashes = bus.subscribe(messages::EXECUTOR_CRASH).await.unwrap();
+        let registers = bus.subscribe(messages::ROUTER_REGISTER).await.unwrap();
+        let unregisters = bus.subscribe(messages::ROUTER_UNREGISTER).await.unwrap();
+        let (agent_url, recorder) = if agent {
+            fake_agent().await
+        } else {
+            (format!("http://{}", dead_addr()), Recorder::default())
+        };
+        let droplets = DropletServer::start().await;
+        let data = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            executor_id: "cell-1".to_owned(),
+            data_dir: data.path().join("executor"),
+            admin_listen: "127.0.0.1:0".to_owned(),
+            port_range: [20000, 40000],
+            stop_timeout_secs: 1,
+            metrics_interval_secs: 1,
+            startup_timeout_secs: 10,
+            startup_check_interval_ms: 50,
+            memory_check_interval_ms: 100,
+            heartbeat_interval_secs: 60,
+            register_interval_secs: 60,
+            bus: bus_config,
+            ..Config::default()
+        };
+        config.telemetry.agent = Some(agent_url);
+        config.telemetry.interval_secs = 1;
+        tweak(&mut config);
+        let executor_id = config.executor_id.clone();
+        let listeners = Listeners::bind(&config).await.unwrap();
+        let admin = listeners.admin.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(hydrant_executor::run(config, listeners, shutdown.clone()));
+        let rig = Self {
+            bus,
+            recorder,
+            droplets,
+            admin,
+            executor_id,
+            data,
+            shutdown,
+            task: Some(task),
+            heartbeats,
+            crashes,
+            registers,
+            unregisters,
+        };
+        // The executor is ready once its start subject answers.
+        let probe = StopInstance {
+            executor_id: rig.executor_id.clone(),
+            app: "nobody".into(),
+            ..StopInstance::default()
+        };
+        wait_until("executor ready", Duration::from_secs(5), || async {
+            rig.try_stop(&probe).await.is_ok()
+        })
+        .await;
+        rig
+    }
+
+    pub fn start_message(&self, cmd: &str, url: &str, sha: &str) -> StartInstance {
+        StartInstance {
+            executor_id: self.executor_id.clone(),
+            app: "app-guid-1".into(),
+            app_name: "shop".into(),
+            instance: format!("inst-{}", fastrand::u64(..)),
+            index: 3,
+            droplet_url: url.into(),
+            droplet_sha256: sha.into(),
+            start_command: cmd.into(),
+            env: Default::default(),
+            memory_mb: 256,
+            disk_mb: 64,
+            uris: vec!["shop.hydrant.test".into()],
+            health_check: HealthCheck {
+                kind: HealthCheckType::Port,
+                endpoint: None,
+                timeout_secs: None,
+            },
+            tags: [("space_id".to_owned(), "space-1".to_owned())].into(),
+        }
+    }
+
+    pub async fn request_start(&self, start: &StartInstance) -> ExecutorReply {
+        let reply = self
+            .bus
+            .request(
+                &messages::executor_start_subject(&self.executor_id),
+                messages::encode(start).unwrap(),
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap();
+        reply.json().unwrap()
+    }
+
+    async fn try_stop(&self, stop: &StopInstance) -> Result<ExecutorReply, hydrant_bus::Error> {
+        let reply = self
+            .bus
+            .request(
+                &messages::executor_stop_subject(&self.executor_id),
+                messages::encode(stop).unwrap(),
+                Duration::from_secs(5),
+            )
+            .await?;
+        reply.json()
+    }
+
+    pub async fn request_stop(&self, app: &str, instance: &str) -> ExecutorReply {
+        self.try_stop(&StopInstance {
+            executor_id: self.executor_id.clone(),
+            app: app.into(),
+            instance: Some(instance.into()),
+            reason: Some("test".into()),
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Waits for a heartbeat in which `guid` is in `state`; returns that heartbeat.
+    pub async fn wait_state(
+        &mut self,
+        guid: &str,
+        state: InstanceState,
+        timeout: Duration,
+    ) -> ExecutorHeartbeat {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.heartbeats.next())
+                .await
+                .unwrap_or_else(|_| panic!("no heartbeat with {guid} {state:?} in {timeout:?}"))
+                .unwrap();
+            let hb: ExecutorHeartbeat = message.json().unwrap();
+            if hb
+                .instances
+                .iter()
+                .any(|i| i.instance == guid && i.state == state)
+            {
+                return hb;
+            }
+        }
+    }
+
+    pub async fn next_crash(&mut self, timeout: Duration) -> ExecutorCrash {
+        tokio::time::timeout(timeout, self.crashes.next())
+            .await
+            .expect("no crash event in time")
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(15), task)
+            .await
+            .expect("executor did not shut down in time")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes (then panics naming `what`).
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the recorder holds a log line satisfying `pred`.
+pub async fn wait_log(
+    recorder: &Recorder,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&str, &str) -> bool,
+) {
+    wait_until(what, timeout, || {
+        let found = recorder
+            .logs()
+            .iter()
+            .any(|(_, st, _, p)| pred(st, &String::from_utf8_lossy(p)));
+        async move { found }
+    })
+    .await;
+}

@@ -1,0 +1,40 @@
+//! The one error type of the router: what stops it from starting or serving.
+//!
+//! Bad requests and bad registrations are not errors here: they become router-made responses
+//! (`X-Cf-RouterError`) or counted drops (`router.dropped{reason}`). This type is for the
+//! operator: a config to fix, a listener that failed, a bus that could not be joined.
+
+/// Why the router could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A config field holds a value the router cannot use.
+    #[error("invalid router config: {field}: {message}")]
+    Config {
+        /// The field, as written in the config file.
+        field: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The `[telemetry]` section is invalid.
+    #[error(transparent)]
+    Telemetry(#[from] hydrant_emitter::Error),
+    /// The `[bus]` section is invalid, or the bus could not be joined.
+    #[error("router bus: {0}")]
+    Bus(#[from] hydrant_bus::Error),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr} ({field}): {source}")]
+    Bind {
+        /// The config field holding the address.
+        field: &'static str,
+        /// The address.
+        addr: String,
+        /// The bind error.
+        source: std::io::Error,
+    },
+    /// Accepting client connections failed for good.
+    #[error("router listener failed: {0}")]
+    Accept(#[source] std::io::Error),
+    /// The admin HTTP server failed.
+    #[error("router admin server failed: {0}")]
+    Admin(#[source] std::io::Error),
+}

@@ -1,0 +1,187 @@
+//! Hydrant's HTTP router: a gorouter-style reverse proxy routing by `Host`, with safe retries,
+//! access logs and per-request Timer envelopes.
+//!
+//! Flow: executors register instances on the bus (`router.register`) → the routes task keeps
+//! the table → a client request is matched on its `Host` (case-insensitive, port ignored) and
+//! the longest route path → an instance is picked (round-robin or least-connection) → the
+//! request goes out on a pooled keep-alive connection → the response streams back, and an
+//! `RTR` access-log line and a Timer envelope named `http` go into the app's stream.
+//!
+//! Invariants:
+//! - A request is retried on another instance only when no byte of it reached the app, at most
+//!   `max_attempts` times and never on the same instance twice; an unreachable instance is
+//!   skipped for `retry_after_failure_ms` unless every instance is skipped (then all are tried).
+//! - The data plane outlives the control plane: with the bus down the table stays as it is and
+//!   nothing expires; when it returns, every registration gets a fresh threshold.
+//! - Router-made responses (404 `unknown_route`, 503 `no_endpoints`, 502 `endpoint_failure`,
+//!   400s) carry `X-Cf-RouterError` and `X-Hydrant-Router-Error`.
+//! - Nothing on the request path waits for telemetry: envelopes go through the never-blocking
+//!   emitter, metrics are relaxed atomics.
+//!
+//! # Layout
+//! - `config`: [`Config`], [`StaticRoute`], [`LoadBalancing`].
+//! - `table`: routes, instances, balancing, the published snapshot.
+//! - `routes`: the bus side (register, unregister, greet, start, pruning).
+//! - `server`: accepting client connections.
+//! - `proxy`: one request: lookup, headers, attempts, router-made errors.
+//! - `backend`: keep-alive pools and one attempt at an instance.
+//! - `body`: the response body, returning connections and emitting on completion.
+//! - `access_log`: the `RTR` line and the Timer envelope.
+//! - `metrics`: `router.*` counters and gauges.
+
+mod access_log;
+mod backend;
+mod body;
+mod config;
+mod error;
+mod metrics;
+mod proxy;
+mod routes;
+mod server;
+mod table;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hydrant_bus::Bus;
+use hydrant_bus::messages::{self, RouterStart};
+use hydrant_emitter::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, LoadBalancing, StaticRoute};
+pub use error::Error;
+
+/// The sockets the router serves, bound by the caller (tests bind `127.0.0.1:0`).
+#[derive(Debug)]
+pub struct Listeners {
+    /// Client HTTP (`Config::listen`, default `127.0.0.1:8080`).
+    pub http: TcpListener,
+    /// `/healthz` and `/metrics` (`Config::admin_listen`, default `127.0.0.1:8085`).
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `config.listen` and `config.admin_listen`.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] naming the field whose address could not be bound.
+    pub async fn bind(config: &Config) -> Result<Self, Error> {
+        let bind = |field: &'static str, addr: &str| {
+            let addr = addr.to_owned();
+            async move {
+                TcpListener::bind(&addr)
+                    .await
+                    .map_err(|source| Error::Bind {
+                        field,
+                        addr,
+                        source,
+                    })
+            }
+        };
+        Ok(Self {
+            http: bind("listen", &config.listen).await?,
+            admin: bind("admin_listen", &config.admin_listen).await?,
+        })
+    }
+}
+
+/// Runs the router until `shutdown` is cancelled, then stops accepting, lets open connections
+/// finish (up to 10 s) and returns once every task has stopped.
+///
+/// # Errors
+/// An invalid config, a bus that cannot be joined, or an admin listener that failed.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    config.validate()?;
+    let registry = Registry::new("router", &config.router_id);
+    let bus = Bus::connect(&config.bus, &registry).await?;
+    // Subscribe before announcing, so the registrations `router.start` provokes are not missed.
+    let subscription = bus.subscribe("router.*").await?;
+    let emitter = config.telemetry.start(&registry, shutdown.clone());
+
+    let max_attempts = usize::try_from(config.max_attempts)
+        .unwrap_or(proxy::MAX_ATTEMPTS)
+        .clamp(1, proxy::MAX_ATTEMPTS);
+    let shared = Arc::new(proxy::Shared {
+        metrics: metrics::Metrics::new(&registry),
+        backends: Arc::new(backend::Backends::new(
+            config.connect_timeout(),
+            config.request_timeout(),
+            config.max_idle_connections_per_backend,
+        )),
+        emitter: emitter.clone(),
+        router_id: config.router_id.as_str().into(),
+        clock: tokio::time::Instant::now(),
+        eject_ms: u64::try_from(config.retry_after_failure().as_millis()).unwrap_or(u64::MAX),
+        max_attempts,
+    });
+
+    let mut routes = table::RouteTable::new(table::Limits {
+        default_load_balancing: config.load_balancing,
+        default_ttl: config.prune_threshold(),
+        empty_ttl: config.empty_route_timeout(),
+        max_routes: config.max_routes,
+        max_instances: config.max_instances_per_route,
+    });
+    routes.add_static(&config.routes, tokio::time::Instant::now());
+    let table = Arc::new(table::Table::default());
+    table.publish(routes.snapshot());
+
+    let listen_ip = listeners.http.local_addr().map_or_else(
+        |_| config.listen.clone(),
+        |a: SocketAddr| a.ip().to_string(),
+    );
+    let start = RouterStart {
+        id: format!(
+            "{}-{}",
+            config.router_id,
+            proxy::new_request_id().to_str().unwrap_or("0")
+        ),
+        hosts: vec![listen_ip],
+        minimum_register_interval_in_seconds: messages::REGISTER_INTERVAL.as_secs(),
+        prune_threshold_in_seconds: config.prune_threshold_secs,
+    };
+    let routes_task = tokio::spawn(
+        routes::Routes {
+            bus,
+            subscription,
+            routes,
+            table: Arc::clone(&table),
+            shared: Arc::clone(&shared),
+            start,
+            prune_interval: config.prune_interval(),
+        }
+        .run(shutdown.clone()),
+    );
+    let admin = tokio::spawn(hydrant_emitter::admin::serve(
+        listeners.admin,
+        hydrant_emitter::admin::router(registry.clone()),
+        shutdown.clone(),
+    ));
+    tracing::info!(listen = %config.listen, routes = config.routes.len(), "router serving");
+    server::Server {
+        listener: listeners.http,
+        shared,
+        table,
+        max_connections: config.max_client_connections,
+        header_read_timeout: std::time::Duration::from_secs(config.header_read_timeout_secs),
+    }
+    .run(shutdown.clone())
+    .await;
+    // Whatever ended the server, stop everything else too.
+    shutdown.cancel();
+    let _ = routes_task.await;
+    let admin_result = admin.await;
+    if let Some(emitter) = emitter {
+        emitter.flush();
+        emitter.stopped().await;
+    }
+    match admin_result {
+        Ok(Ok(())) | Err(_) => Ok(()),
+        Ok(Err(e)) => Err(Error::Admin(e)),
+    }
+}

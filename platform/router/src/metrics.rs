@@ -1,0 +1,270 @@
+//! The router's own counters and gauges (`router.*`), registered once so the hot path pays one
+//! relaxed atomic add per count.
+//!
+//! Invariant: every router-made response is counted under `router.errors{reason}` with the same
+//! reason it carries in `X-Cf-RouterError`, and every refused registration under
+//! `router.dropped{reason}`; every response head sent is counted once under
+//! `router.responses{status_class}`.
+
+use std::time::Duration;
+
+use hydrant_emitter::{Counter, Gauge, Registry};
+
+use crate::table::Refused;
+
+/// Upper bounds (ms) of the backend latency buckets: gorouter's Prometheus buckets.
+const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 4, 6, 8, 10, 20, 40, 50, 100, 500, 1000];
+const LATENCY_BUCKET_LABELS: [&str; 13] = [
+    "1", "2", "4", "6", "8", "10", "20", "40", "50", "100", "500", "1000", "+Inf",
+];
+
+/// Router-made response reasons (gorouter's `X-Cf-RouterError` values where it has one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    UnknownRoute,
+    NoEndpoints,
+    EndpointFailure,
+    EndpointTimeout,
+    EmptyHost,
+    InvalidAppInstanceHeader,
+    UnknownAppInstance,
+}
+
+impl Reason {
+    const ALL: [Self; 7] = [
+        Self::UnknownRoute,
+        Self::NoEndpoints,
+        Self::EndpointFailure,
+        Self::EndpointTimeout,
+        Self::EmptyHost,
+        Self::InvalidAppInstanceHeader,
+        Self::UnknownAppInstance,
+    ];
+
+    /// The metric tag and the `X-Hydrant-Router-Error` value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownRoute => "unknown_route",
+            Self::NoEndpoints => "no_endpoints",
+            Self::EndpointFailure => "endpoint_failure",
+            Self::EndpointTimeout => "endpoint_timeout",
+            Self::EmptyHost => "empty_host",
+            Self::InvalidAppInstanceHeader => "invalid_cf_app_instance_header",
+            Self::UnknownAppInstance => "unknown_app_instance",
+        }
+    }
+
+    /// The `X-Cf-RouterError` value gorouter would send.
+    pub(crate) fn gorouter(self) -> &'static str {
+        match self {
+            Self::EndpointTimeout => "endpoint_failure",
+            Self::UnknownAppInstance => "unknown_route",
+            other => other.as_str(),
+        }
+    }
+}
+
+/// Every `router.*` metric.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    pub(crate) requests: Counter,
+    responses: [Counter; 6],
+    errors: [Counter; 7],
+    pub(crate) retries: Counter,
+    pub(crate) attempt_failures: Counter,
+    pub(crate) routes: Gauge,
+    pub(crate) endpoints: Gauge,
+    pub(crate) connections: Gauge,
+    pub(crate) registrations: Counter,
+    pub(crate) unregistrations: Counter,
+    pub(crate) pruned: Counter,
+    pub(crate) upgrades: Counter,
+    dropped: [Counter; 5],
+    latency_buckets: [Counter; 13],
+    pub(crate) latency_sum_us: Counter,
+}
+
+impl Metrics {
+    pub(crate) fn new(registry: &Registry) -> Self {
+        let class = |c: &str| {
+            registry.counter(
+                "router.responses",
+                "Responses sent to clients, by status class",
+                &[("status_class", c)],
+            )
+        };
+        let dropped = |reason: &str| {
+            registry.counter(
+                "router.dropped",
+                "Registrations (or parts of them) the router refused, by reason",
+                &[("reason", reason)],
+            )
+        };
+        Self {
+            requests: registry.counter("router.requests", "Requests received from clients", &[]),
+            responses: ["1xx", "2xx", "3xx", "4xx", "5xx", "xxx"].map(class),
+            errors: Reason::ALL.map(|r| {
+                registry.counter(
+                    "router.errors",
+                    "Requests the router answered itself (or lost), by reason",
+                    &[("reason", r.as_str())],
+                )
+            }),
+            retries: registry.counter(
+                "router.retries",
+                "Requests sent to another instance after one could not be reached",
+                &[],
+            ),
+            attempt_failures: registry.counter(
+                "router.backend_unreachable",
+                "Attempts that could not reach an instance (dial failed, connection closed unused)",
+                &[],
+            ),
+            routes: registry.gauge(
+                "router.routes",
+                "Routes (host + path) in the table",
+                "count",
+                &[],
+            ),
+            endpoints: registry.gauge(
+                "router.endpoints",
+                "Instances over all routes",
+                "count",
+                &[],
+            ),
+            connections: registry.gauge(
+                "router.connections",
+                "Client connections open",
+                "count",
+                &[],
+            ),
+            registrations: registry.counter(
+                "router.registrations",
+                "router.register messages received",
+                &[],
+            ),
+            unregistrations: registry.counter(
+                "router.unregistrations",
+                "router.unregister messages received",
+                &[],
+            ),
+            pruned: registry.counter(
+                "router.pruned",
+                "Registrations removed because they were not refreshed in time",
+                &[],
+            ),
+            upgrades: registry.counter(
+                "router.upgrades",
+                "Connections upgraded (WebSocket) and tunnelled to an instance",
+                &[],
+            ),
+            dropped: [
+                Refused::InvalidRegistration.reason(),
+                Refused::InvalidUri.reason(),
+                Refused::TableFull.reason(),
+                Refused::RouteFull.reason(),
+                "undecodable",
+            ]
+            .map(dropped),
+            latency_buckets: LATENCY_BUCKET_LABELS.map(|le| {
+                registry.counter(
+                    "router.backend_latency_bucket",
+                    "Backend response-head latency, cumulative buckets in ms (Prometheus style)",
+                    &[("le", le)],
+                )
+            }),
+            latency_sum_us: registry.counter(
+                "router.backend_latency_us",
+                "Sum of backend response-head latencies, microseconds (divide by the +Inf bucket)",
+                &[],
+            ),
+        }
+    }
+
+    pub(crate) fn response(&self, status: u16) {
+        let i = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            500..=599 => 4,
+            _ => 5,
+        };
+        self.responses[i].inc();
+    }
+
+    pub(crate) fn error(&self, reason: Reason) {
+        if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
+            self.errors[i].inc();
+        }
+    }
+
+    pub(crate) fn refused(&self, refused: Refused) {
+        let i = match refused {
+            Refused::InvalidRegistration => 0,
+            Refused::InvalidUri => 1,
+            Refused::TableFull => 2,
+            Refused::RouteFull => 3,
+        };
+        self.dropped[i].inc();
+    }
+
+    /// A bus message that is not the JSON it should be.
+    pub(crate) fn undecodable(&self) {
+        self.dropped[4].inc();
+    }
+
+    pub(crate) fn backend_latency(&self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency_sum_us.add(us);
+        let ms = us / 1000;
+        let first = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|&le| ms < le)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        for bucket in &self.latency_buckets[first..] {
+            bucket.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_are_cumulative() {
+        let registry = Registry::new("router", "0");
+        let metrics = Metrics::new(&registry);
+        metrics.backend_latency(Duration::from_micros(500));
+        metrics.backend_latency(Duration::from_millis(30));
+        metrics.backend_latency(Duration::from_secs(5));
+        let bucket = |le| registry.counter_sum("router.backend_latency_bucket", &[("le", le)]);
+        assert_eq!(bucket("1"), 1);
+        assert_eq!(bucket("20"), 1);
+        assert_eq!(bucket("40"), 2);
+        assert_eq!(bucket("1000"), 2);
+        assert_eq!(bucket("+Inf"), 3);
+        assert_eq!(metrics.latency_sum_us.get(), 5_030_500);
+    }
+
+    #[test]
+    fn every_reason_and_drop_has_its_own_counter() {
+        let registry = Registry::new("router", "0");
+        let metrics = Metrics::new(&registry);
+        for reason in Reason::ALL {
+            metrics.error(reason);
+        }
+        metrics.refused(Refused::TableFull);
+        metrics.undecodable();
+        assert_eq!(registry.counter_sum("router.errors", &[]), 7);
+        assert_eq!(
+            registry.counter_sum("router.dropped", &[("reason", "table_full")]),
+            1
+        );
+        assert_eq!(
+            registry.counter_sum("router.dropped", &[("reason", "undecodable")]),
+            1
+        );
+    }
+}

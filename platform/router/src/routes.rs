@@ -1,0 +1,158 @@
+//! The routes task: keeps the route table in step with the bus, gorouter style.
+//!
+//! Flow: `router.register` / `router.unregister` → [`RouteTable`] → a new snapshot for the
+//! proxy when the set of instances changed; `router.greet` → reply with our [`RouterStart`];
+//! at start and on every reconnect → publish `router.start`, so every publisher re-registers
+//! at once; every `prune_interval` → drop registrations older than their threshold.
+//!
+//! Invariant: the data plane outlives the control plane. While the bus is disconnected nothing
+//! is pruned, and when it returns every registration gets a fresh threshold before any can
+//! expire, so a bus outage never empties the table.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hydrant_bus::messages::{self, RegistryMessage, RouterStart};
+use hydrant_bus::{Bus, BusStatus, Message, Subscription};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::Shared;
+use crate::table::{RouteTable, Table};
+
+/// Most bus messages applied before a new snapshot is published, so a burst of registrations
+/// (every executor answering `router.start`) costs one rebuild, not one per message.
+const BATCH: usize = 1024;
+
+/// The routes task's state.
+pub(crate) struct Routes {
+    pub(crate) bus: Bus,
+    pub(crate) subscription: Subscription,
+    pub(crate) routes: RouteTable,
+    pub(crate) table: Arc<Table>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) start: RouterStart,
+    pub(crate) prune_interval: Duration,
+}
+
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routes")
+            .field("routes", &self.routes.route_count())
+            .field("start", &self.start)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Routes {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        let start = messages::encode(&self.start).unwrap_or_default();
+        let mut status = self.bus.watch_status();
+        let mut connected = status.borrow_and_update().is_connected();
+        if connected {
+            self.announce(&start);
+        }
+        self.publish();
+        let mut prune =
+            tokio::time::interval_at(Instant::now() + self.prune_interval, self.prune_interval);
+        prune.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut status_open = true;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                message = self.subscription.next() => {
+                    let Some(message) = message else {
+                        tracing::warn!("router: bus subscription closed; serving the last table");
+                        shutdown.cancelled().await;
+                        return;
+                    };
+                    let mut changed = self.apply(&message, &start);
+                    for _ in 0..BATCH {
+                        let Some(message) = self.subscription.try_next() else { break };
+                        changed |= self.apply(&message, &start);
+                    }
+                    if changed {
+                        self.publish();
+                    }
+                }
+                _ = prune.tick() => {
+                    if connected {
+                        let (removed, changed) = self.routes.prune(Instant::now());
+                        if removed > 0 {
+                            tracing::info!(removed, "router: pruned stale registrations");
+                        }
+                        self.shared.metrics.pruned.add(removed as u64);
+                        if changed {
+                            self.publish();
+                        }
+                    }
+                }
+                result = status.changed(), if status_open => {
+                    if result.is_err() {
+                        status_open = false;
+                        continue;
+                    }
+                    let now_connected = matches!(*status.borrow_and_update(), BusStatus::Connected);
+                    // A change that ends connected is a reconnect even if we never saw the
+                    // disconnected state in between (the watch keeps only the latest value).
+                    if now_connected {
+                        tracing::info!("router: bus is back; registrations get a fresh threshold");
+                        self.routes.freshen(Instant::now());
+                        self.announce(&start);
+                    } else if connected {
+                        tracing::warn!("router: bus disconnected; keeping the table, pruning paused");
+                    }
+                    connected = now_connected;
+                }
+            }
+        }
+    }
+
+    /// Applies one bus message; `true` when the table's instances changed.
+    fn apply(&mut self, message: &Message, start: &Bytes) -> bool {
+        let metrics = &self.shared.metrics;
+        match message.subject.as_str() {
+            messages::ROUTER_REGISTER | messages::ROUTER_UNREGISTER => {
+                let Ok(registration) = message.json::<RegistryMessage>() else {
+                    metrics.undecodable();
+                    return false;
+                };
+                let now = Instant::now();
+                let outcome = if message.subject == messages::ROUTER_REGISTER {
+                    metrics.registrations.inc();
+                    self.routes.register(&registration, now)
+                } else {
+                    metrics.unregistrations.inc();
+                    self.routes.unregister(&registration, now)
+                };
+                for refused in &outcome.refused {
+                    metrics.refused(*refused);
+                }
+                outcome.changed
+            }
+            messages::ROUTER_GREET => {
+                if message.reply.is_some()
+                    && let Err(error) = self.bus.reply(message, start.clone())
+                {
+                    tracing::warn!(%error, "router: cannot answer router.greet");
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    fn announce(&self, start: &Bytes) {
+        if let Err(error) = self.bus.publish(messages::ROUTER_START, start.clone()) {
+            tracing::warn!(%error, "router: cannot publish router.start");
+        }
+    }
+
+    fn publish(&self) {
+        self.table.publish(self.routes.snapshot());
+        let metrics = &self.shared.metrics;
+        metrics.routes.set(self.routes.route_count() as f64);
+        metrics.endpoints.set(self.routes.endpoint_count() as f64);
+    }
+}
