@@ -26,16 +26,17 @@ pub struct Config {
     /// Which doppler this is, in its own metrics' `instance_id`. Default `doppler-0`.
     pub instance_id: String,
     /// Envelopes the ingress ring holds before it drops its oldest batches (counted
-    /// `doppler.dropped{reason="ingress_ring_full"}`). Default 10_000, Loggregator's
-    /// `doppler.ingress_buffer_size`.
+    /// `doppler.dropped{reason="ingress_ring_full"}`). Default 50_000: Loggregator's
+    /// `doppler.ingress_buffer_size` is 10_000, which is 10 ms at 1 M envelopes/s, and one
+    /// scheduling hiccup on a busy 2-core host overflowed it in `hydrant bench pipeline`.
     pub ingress_ring_envelopes: usize,
     /// Bytes of batches the ingress ring holds before it drops its oldest. Default 64 MiB.
     pub ingress_ring_bytes: usize,
     /// Envelopes waiting for one subscriber before its oldest are dropped (counted
     /// `doppler.dropped{reason="slow_subscriber"}`, and a gap marker goes into its stream).
-    /// Default 10_000.
+    /// Default 50_000 (see `ingress_ring_envelopes`).
     pub subscription_queue_envelopes: usize,
-    /// Bytes waiting for one subscriber before its oldest are dropped. Default 8 MiB. Worst-case
+    /// Bytes waiting for one subscriber before its oldest are dropped. Default 16 MiB. Worst-case
     /// egress memory is `max_subscriptions` times this.
     pub subscription_queue_bytes: usize,
     /// Most envelopes in one egress message (`EnvelopeBatch`). Default 100, as Loggregator.
@@ -71,10 +72,10 @@ impl Default for Config {
             listen: "127.0.0.1:8082".to_owned(),
             admin_listen: "127.0.0.1:8083".to_owned(),
             instance_id: "doppler-0".to_owned(),
-            ingress_ring_envelopes: 10_000,
+            ingress_ring_envelopes: 50_000,
             ingress_ring_bytes: 64 * 1024 * 1024,
-            subscription_queue_envelopes: 10_000,
-            subscription_queue_bytes: 8 * 1024 * 1024,
+            subscription_queue_envelopes: 50_000,
+            subscription_queue_bytes: 16 * 1024 * 1024,
             egress_batch_envelopes: 100,
             egress_batch_bytes: 256 * 1024,
             max_subscriptions: 500,

@@ -754,7 +754,7 @@ pub async fn app(args: AppListArgs) -> anyhow::Result<ExitCode> {
                 format!("#{}", i.index),
                 state,
                 if i.since > 0 && i.state == InstanceState::Running {
-                    human_duration(now.saturating_sub(i.since))
+                    human_duration(now.saturating_sub(i.since / 1_000_000_000))
                 } else {
                     String::new()
                 },

@@ -13,6 +13,7 @@ mod apps;
 mod bench;
 mod bench_consumer;
 mod cli_config;
+mod demo;
 mod demo_app;
 mod emit;
 mod exit;

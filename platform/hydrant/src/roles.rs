@@ -22,6 +22,10 @@ pub enum Role {
     Trafficcontroller,
     /// The HTTP router: a reverse proxy by Host, routes from the bus and the config file.
     Router,
+    /// The cloud controller: the REST API, desired state, staging and placement.
+    Cloudcontroller,
+    /// An executor (the DEA): runs app instances.
+    Executor,
 }
 
 fn load<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
@@ -114,6 +118,31 @@ pub async fn run_from_file(role: Role, path: &Path) -> anyhow::Result<ExitCode> 
                 config.listen, config.admin_listen
             );
             hydrant_router::run(config, listeners, shutdown).await?;
+        }
+        Role::Cloudcontroller => {
+            let config: hydrant_cloudcontroller::Config = load(path)?;
+            config.validate()?;
+            let listeners = hydrant_cloudcontroller::Listeners {
+                api: bind(&config.listen, "listen").await?,
+                admin: bind(&config.admin_listen, "admin_listen").await?,
+            };
+            eprintln!(
+                "cloudcontroller: API on {}, admin on {}",
+                config.listen, config.admin_listen
+            );
+            hydrant_cloudcontroller::run(config, listeners, shutdown).await?;
+        }
+        Role::Executor => {
+            let config: hydrant_executor::Config = load(path)?;
+            config.validate()?;
+            let listeners = hydrant_executor::Listeners {
+                admin: bind(&config.admin_listen, "admin_listen").await?,
+            };
+            eprintln!(
+                "executor {}: admin on {}",
+                config.executor_id, config.admin_listen
+            );
+            hydrant_executor::run(config, listeners, shutdown).await?;
         }
     }
     Ok(ExitCode::SUCCESS)

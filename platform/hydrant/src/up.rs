@@ -28,6 +28,9 @@ pub struct UpArgs {
     /// (agent 3458, doppler 8082, firehose 8081); endpoints.json says which.
     #[arg(long)]
     ephemeral_ports: bool,
+    /// Also push the demo app and drive light traffic at it through the router.
+    #[arg(long)]
+    demo: bool,
 }
 
 /// Which ports the roles listen on.
@@ -558,7 +561,31 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("  endpoints + admin token   {}", endpoints_path.display());
     println!("  CLI config                {}", cli_path.display());
     println!();
-    println!("Try: hydrant emit my-app --message hello   then   hydrant logs my-app --recent");
+    if args.demo {
+        if let (Some(api), Some(router), Some(domain)) =
+            (&e.api, &e.router, &e.apps_domain)
+        {
+            println!("Pushing the demo app...");
+            crate::demo::push(api, &cloud.token, &data_dir)
+                .await
+                .context("the demo app could not be pushed")?;
+            tokio::spawn(crate::demo::drive_traffic(
+                router.clone(),
+                domain.clone(),
+                shutdown.clone(),
+            ));
+            let port = router.rsplit(':').next().unwrap_or("80");
+            println!(
+                "The demo app is up with light traffic: curl -H 'Host: demo.{domain}' {router}/   \
+                 hydrant logs demo   hydrant app demo   (it also answers on http://demo.{domain}:{port})"
+            );
+        }
+    } else {
+        println!(
+            "Try: hydrant push NAME -p DIR   or   hydrant emit my-app --message hello   then   \
+             hydrant logs my-app --recent"
+        );
+    }
     println!("Press Ctrl-C to stop.");
 
     let ctrl_c = shutdown.clone();
