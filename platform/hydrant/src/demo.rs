@@ -18,8 +18,7 @@ pub const DEMO_APP: &str = "demo";
 /// Pushes and starts the demo app (idempotent: an existing `demo` is re-staged and restarted).
 pub async fn push(api: &str, token: &str, data_dir: &Path) -> anyhow::Result<()> {
     let dir = data_dir.join("demo-app");
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(
         dir.join("Procfile"),
         "web: exec \"$HYDRANT_BIN\" demo-app\n",

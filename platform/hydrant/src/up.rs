@@ -562,9 +562,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("  CLI config                {}", cli_path.display());
     println!();
     if args.demo {
-        if let (Some(api), Some(router), Some(domain)) =
-            (&e.api, &e.router, &e.apps_domain)
-        {
+        if let (Some(api), Some(router), Some(domain)) = (&e.api, &e.router, &e.apps_domain) {
             println!("Pushing the demo app...");
             crate::demo::push(api, &cloud.token, &data_dir)
                 .await

@@ -272,3 +272,203 @@ fn commands_without_a_running_cloud_say_what_to_do() {
     assert!(err.contains("hydrant up"), "unhelpful error: {err}");
     let _ = Path::new(".");
 }
+
+/// One HTTP/1.1 request through the router: `(status, head in lower case, body)`.
+fn via_router(router: &str, host: &str, path: &str) -> (u16, String, String) {
+    let addr = router.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+fn demo_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Procfile"),
+        "web: exec \"$HYDRANT_BIN\" demo-app\n",
+    )
+    .unwrap();
+    dir
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn push_route_scale_logs_and_events() {
+    let up = Up::start();
+    let endpoints = up.endpoints();
+    let router = endpoints["router"].as_str().unwrap().to_owned();
+    let app_dir = demo_dir();
+    let app_path = app_dir.path().to_str().unwrap();
+
+    // Push: staged from the Procfile, started, and reachable through the router by Host.
+    let out = up.cli(&["push", "web", "-p", app_path]);
+    assert!(out.status.success(), "push failed: {}", text(&out));
+    let pushed = text(&out);
+    assert!(
+        pushed.contains("Procfile detected"),
+        "no staging lines: {pushed}"
+    );
+    assert!(
+        pushed.contains("http://web.apps.localhost:"),
+        "no route printed: {pushed}"
+    );
+    let (status, head, body) = via_router(&router, "web.apps.localhost", "/");
+    assert_eq!(status, 200, "{head}{body}");
+    assert!(body.contains("instance 0"), "{body}");
+    assert!(head.contains("x-vcap-request-id:"), "{head}");
+    // Host matching ignores case and the port.
+    let (status, _, _) = via_router(&router, "WEB.apps.localhost:80", "/");
+    assert_eq!(status, 200);
+
+    // The app's stream has the router's access line and the app's own line for a request.
+    let (status, _, _) = via_router(&router, "web.apps.localhost", "/delay/1");
+    assert_eq!(status, 200);
+    let mut recent = String::new();
+    wait_for(Duration::from_secs(20), "RTR and APP lines", || {
+        let out = up.cli(&["logs", "web", "--recent", "--lines", "1000"]);
+        recent = String::from_utf8_lossy(&out.stdout).into_owned();
+        recent.contains("[RTR/0] OUT") && recent.contains("[APP/PROC/WEB/0] OUT GET /delay/1")
+    });
+    assert!(recent.contains("[STG/0] OUT"), "{recent}");
+    assert!(recent.contains("[CELL/0] OUT"), "{recent}");
+    let rtr = recent
+        .lines()
+        .find(|l| l.contains("[RTR/0]") && l.contains("/delay/1"))
+        .unwrap();
+    assert!(rtr.contains("\"GET /delay/1 HTTP/1.1\" 200"), "{rtr}");
+
+    // Re-pushing an unchanged app uploads nothing.
+    let out = up.cli(&["push", "web", "-p", app_path]);
+    assert!(out.status.success(), "re-push failed: {}", text(&out));
+    assert!(text(&out).contains("0 of 1 files"), "{}", text(&out));
+
+    // Scale to 3: the router spreads requests over every instance.
+    let out = up.cli(&["scale", "web", "-i", "3"]);
+    assert!(out.status.success(), "scale failed: {}", text(&out));
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        let (status, _, body) = via_router(&router, "web.apps.localhost", "/");
+        assert_eq!(status, 200, "{body}");
+        let index = body
+            .split("instance ")
+            .nth(1)
+            .unwrap()
+            .chars()
+            .next()
+            .unwrap();
+        seen.insert(index);
+    }
+    assert_eq!(seen.len(), 3, "round-robin reached only {seen:?}");
+    let out = up.cli(&["app", "web", "--json"]);
+    let app: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(app["instances"].as_array().unwrap().len(), 3);
+
+    // A crash becomes an audit event with the exit status.
+    let (status, _, _) = via_router(&router, "web.apps.localhost", "/crash");
+    assert_eq!(status, 200);
+    wait_for(Duration::from_secs(20), "the crash event", || {
+        let out = up.cli(&["events", "web", "--json"]);
+        let events: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        events.as_array().is_some_and(|list| {
+            list.iter()
+                .any(|e| e["type"] == "audit.app.process.crash" && e["data"]["exit_status"] == 1)
+        })
+    });
+    let out = up.cli(&["events", "web"]);
+    let events = text(&out);
+    for kind in ["audit.app.create", "audit.app.start", "audit.app.scale"] {
+        assert!(events.contains(kind), "{kind} missing from {events}");
+    }
+
+    // Router-made errors are marked and say what happened.
+    let (status, head, body) = via_router(&router, "nope.apps.localhost", "/");
+    assert_eq!(status, 404);
+    assert!(
+        head.contains("x-hydrant-router-error: unknown_route"),
+        "{head}"
+    );
+    assert!(body.contains("nope.apps.localhost"), "{body}");
+
+    // Listing commands speak JSON for scripts.
+    let out = up.cli(&["apps", "--json"]);
+    let apps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(apps[0]["name"], "web");
+    let out = up.cli(&["routes", "--json"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("web.apps.localhost"));
+
+    // Stopping the app takes its route away: the router answers for it, marked.
+    let out = up.cli(&["stop", "web"]);
+    assert!(out.status.success(), "stop failed: {}", text(&out));
+    wait_for(Duration::from_secs(20), "the route to go", || {
+        let (status, head, _) = via_router(&router, "web.apps.localhost", "/");
+        status != 200 && head.contains("x-hydrant-router-error")
+    });
+
+    assert!(up.stop().success(), "hydrant up did not exit cleanly");
+}
+
+#[test]
+fn bad_pushes_and_crashing_apps_get_clear_errors_and_exit_codes() {
+    let up = Up::start();
+
+    // A directory that does not exist, and an empty one: bad input, exit 2.
+    let out = up.cli(&["push", "ghost", "-p", "/nonexistent/app/dir"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("no such directory"), "{}", text(&out));
+    let empty = tempfile::tempdir().unwrap();
+    let out = up.cli(&["push", "empty", "-p", empty.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("empty"), "{}", text(&out));
+
+    // A bad size, and an app that does not exist.
+    let out = up.cli(&["scale", "ghost", "-m", "12X"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("256M or 1G"), "{}", text(&out));
+    let out = up.cli(&["scale", "ghost", "-i", "2"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("hydrant apps"), "{}", text(&out));
+
+    // A directory with nothing runnable: staging fails and says what to add.
+    let junk = tempfile::tempdir().unwrap();
+    std::fs::write(junk.path().join("notes.txt"), "not an app\n").unwrap();
+    let out = up.cli(&["push", "junk", "-p", junk.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("Procfile"), "{}", text(&out));
+
+    // An app that crashes at start: push fails, naming the crash and where to look.
+    let app = demo_dir();
+    let out = up.cli(&[
+        "push",
+        "crasher",
+        "-p",
+        app.path().to_str().unwrap(),
+        "-c",
+        "echo about to fail >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("crashed"), "{}", text(&out));
+    let mut recent = String::new();
+    wait_for(Duration::from_secs(20), "the crasher's stderr line", || {
+        let out = up.cli(&["logs", "crasher", "--recent"]);
+        recent = String::from_utf8_lossy(&out.stdout).into_owned();
+        recent.contains("[APP/PROC/WEB/0] ERR about to fail")
+    });
+
+    assert!(up.stop().success(), "hydrant up did not exit cleanly");
+}
