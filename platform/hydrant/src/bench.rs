@@ -228,6 +228,7 @@ async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
     let options = crate::up::Options {
         self_telemetry: false,
         platform: false,
+        app_log_rate_limit: 0,
     };
     let cloud = MicroCloud::start(&data_dir, Ports::Ephemeral, options, shutdown.clone()).await?;
 

@@ -31,6 +31,10 @@ pub struct UpArgs {
     /// Also push the demo app and drive light traffic at it through the router.
     #[arg(long)]
     demo: bool,
+    /// Log bytes per second each app instance may send before its lines are dropped (with one
+    /// "exceeded log rate limit" notice per second in its stream); 0 = unlimited.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    app_log_rate_limit: u64,
 }
 
 /// Which ports the roles listen on.
@@ -82,6 +86,8 @@ pub struct Options {
     pub self_telemetry: bool,
     /// Run the platform roles as well as the pipeline.
     pub platform: bool,
+    /// The agent's per-instance app log rate limit in bytes/s (0 = unlimited).
+    pub app_log_rate_limit: u64,
 }
 
 /// A running micro cloud.
@@ -160,6 +166,7 @@ impl MicroCloud {
         {
             let config = hydrant_agent::Config {
                 dopplers: vec![doppler_url.clone()],
+                app_log_rate_limit_bytes_per_sec: options.app_log_rate_limit,
                 telemetry: telemetry.clone(),
                 ..hydrant_agent::Config::default()
             };
@@ -523,6 +530,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let options = Options {
         self_telemetry: true,
         platform: true,
+        app_log_rate_limit: args.app_log_rate_limit,
     };
     let mut cloud = MicroCloud::start(&data_dir, ports, options, shutdown.clone()).await?;
 

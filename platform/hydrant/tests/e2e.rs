@@ -87,6 +87,17 @@ impl Up {
 
 impl Drop for Up {
     fn drop(&mut self) {
+        // SIGTERM first, so the executor stops its app instances (they live in their own
+        // process groups and would outlive a SIGKILLed parent); SIGKILL only if it hangs.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
     }
 }
@@ -469,6 +480,60 @@ fn bad_pushes_and_crashing_apps_get_clear_errors_and_exit_codes() {
         recent = String::from_utf8_lossy(&out.stdout).into_owned();
         recent.contains("[APP/PROC/WEB/0] ERR about to fail")
     });
+
+    assert!(up.stop().success(), "hydrant up did not exit cleanly");
+}
+
+#[test]
+fn a_flooding_app_hits_its_log_rate_limit_and_other_apps_are_unaffected() {
+    let up = Up::start();
+    let router = up.endpoints()["router"].as_str().unwrap().to_owned();
+    let app = demo_dir();
+    let dir = app.path().to_str().unwrap();
+    let out = up.cli(&["push", "quiet", "-p", dir]);
+    assert!(out.status.success(), "{}", text(&out));
+    // 1 KB lines as fast as `yes` writes them (tens of MB/s), while serving HTTP.
+    let out = up.cli(&[
+        "push",
+        "flood",
+        "-p",
+        dir,
+        "-c",
+        "yes \"$(head -c 1000 /dev/zero | tr '\\0' x)\" & exec \"$HYDRANT_BIN\" demo-app",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The flooder's own stream says it hit the limit.
+    wait_for(Duration::from_secs(20), "the rate-limit notice", || {
+        let out = up.cli(&["logs", "flood", "--recent", "--lines", "1000"]);
+        String::from_utf8_lossy(&out.stdout).contains("exceeded log rate limit")
+    });
+    // The quiet app keeps serving, and its request lines still arrive, during the flood.
+    for i in 0..10 {
+        let (status, _, _) = via_router(&router, "quiet.apps.localhost", &format!("/delay/{i}"));
+        assert_eq!(status, 200);
+    }
+    wait_for(Duration::from_secs(20), "the quiet app's lines", || {
+        let out = up.cli(&["logs", "quiet", "--recent", "--lines", "1000"]);
+        let logs = String::from_utf8_lossy(&out.stdout).into_owned();
+        (0..10).all(|i| logs.contains(&format!("GET /delay/{i} 200")))
+    });
+    // The drops are counted at the agent.
+    let agent_admin = up.endpoints()["admin"]["agent"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let addr = agent_admin.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut metrics = String::new();
+    s.read_to_string(&mut metrics).unwrap();
+    let limited: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("agent_dropped_total") && l.contains("rate_limited"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(limited > 0.0, "no rate-limit drops counted:\n{metrics}");
 
     assert!(up.stop().success(), "hydrant up did not exit cleanly");
 }
