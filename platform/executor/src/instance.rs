@@ -321,6 +321,8 @@ fn spawn(
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .ok_or_else(|| Error::Spawn(std::io::Error::other("the process vanished at birth")))?;
+    // Remembered so a later executor can stop this group if this one dies without stopping it.
+    let _ = std::fs::write(ident.dir.join(PGID_FILE), pgid.to_string());
     let mut readers = Vec::with_capacity(2);
     if let Some(out) = child.stdout.take() {
         readers.push(tokio::spawn(logs::pump(out, ident.sink.clone(), false)));
@@ -329,6 +331,39 @@ fn spawn(
         readers.push(tokio::spawn(logs::pump(err, ident.sink.clone(), true)));
     }
     Ok((child, pgid, readers))
+}
+
+/// The file in an instance's directory that holds its process group id.
+pub(crate) const PGID_FILE: &str = "pgid";
+
+/// Kills the process groups an earlier executor left running under `instances_dir` (it was
+/// killed before it could stop them). A group is killed only if its leader still runs inside
+/// that instance's directory, so a recycled process id is never hit.
+pub(crate) fn reap_orphans(instances_dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(instances_dir) else {
+        return 0;
+    };
+    let mut reaped = 0;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let Some(pgid) = std::fs::read_to_string(dir.join(PGID_FILE))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .filter(|p| *p > 1)
+        else {
+            continue;
+        };
+        let Ok(cwd) = std::fs::read_link(format!("/proc/{pgid}/cwd")) else {
+            continue;
+        };
+        let Ok(real_dir) = std::fs::canonicalize(&dir) else {
+            continue;
+        };
+        if cwd.starts_with(&real_dir) && killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok() {
+            reaped += 1;
+        }
+    }
+    reaped
 }
 
 /// Watches the instance until it exits, must be killed, or is asked to stop.

@@ -105,7 +105,12 @@ pub async fn run(
     let metrics = metrics::Metrics::new(&registry);
 
     let instances_dir = config.data_dir.join("instances");
-    // Instances of an earlier run are not re-adopted: their directories are stale.
+    // Instances of an earlier run are not re-adopted: their processes are killed (an executor
+    // killed with SIGKILL could not stop them) and their directories are stale.
+    let reaped = instance::reap_orphans(&instances_dir);
+    if reaped > 0 {
+        tracing::warn!(reaped, "killed instances an earlier executor left running");
+    }
     match std::fs::remove_dir_all(&instances_dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(io_error("cannot clear old instances in", &instances_dir)(e));

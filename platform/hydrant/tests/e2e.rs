@@ -24,7 +24,12 @@ struct Up {
 
 impl Up {
     fn start() -> Self {
-        let home = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap())
+    }
+
+    /// `hydrant up` on an existing home (and so data dir), e.g. after a crash.
+    fn start_in(home: tempfile::TempDir) -> Self {
+        let _ = std::fs::remove_file(home.path().join("data/endpoints.json"));
         let child = Command::new(BIN)
             .args(["up", "--ephemeral-ports", "--data-dir"])
             .arg(home.path().join("data"))
@@ -536,4 +541,50 @@ fn a_flooding_app_hits_its_log_rate_limit_and_other_apps_are_unaffected() {
     assert!(limited > 0.0, "no rate-limit drops counted:\n{metrics}");
 
     assert!(up.stop().success(), "hydrant up did not exit cleanly");
+}
+
+#[test]
+fn instances_left_by_a_killed_micro_cloud_are_stopped_by_the_next_one() {
+    let mut up = Up::start();
+    let app = demo_dir();
+    let out = up.cli(&["push", "orphan", "-p", app.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let instances = up.home.path().join("data/executor/instances");
+    let pgid: i32 = std::fs::read_dir(&instances)
+        .unwrap()
+        .flatten()
+        .find_map(|e| std::fs::read_to_string(e.path().join("pgid")).ok())
+        .expect("the instance's pgid file")
+        .trim()
+        .parse()
+        .unwrap();
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    assert!(alive(pgid));
+
+    // SIGKILL: the executor gets no chance to stop its instances.
+    up.child.kill().unwrap();
+    up.child.wait().unwrap();
+    assert!(
+        alive(pgid),
+        "the instance should have outlived its killed parent"
+    );
+
+    let home = std::mem::replace(&mut up.home, tempfile::tempdir().unwrap());
+    drop(up);
+    let up = Up::start_in(home);
+    wait_for(
+        Duration::from_secs(20),
+        "the orphaned instance to be killed",
+        || !alive(pgid),
+    );
+    assert!(up.stop().success());
 }
