@@ -18,7 +18,7 @@ pub enum Error {
         errors: Vec<ApiErrorItem>,
     },
     /// The request never got an answer (connection refused, timeout, ...).
-    #[error("cannot reach the cloud controller at {url}: {source}")]
+    #[error("cannot reach the cloud controller at {url}")]
     Transport {
         /// The URL asked.
         url: String,

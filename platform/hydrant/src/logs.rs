@@ -50,21 +50,59 @@ async fn resolve_source(cli: CliConfig, source: &str) -> anyhow::Result<(ClientC
     let session = crate::apps::Session::load()?;
     match session.client.app_by_name(source, None).await {
         Ok(app) => {
+            remember_app(source, &app.guid);
             let config = session.app_stream_config(&app).await?;
             Ok((config, app.guid))
         }
         // Not an app name: a GUID, or a platform source such as `doppler`.
         Err(hydrant_api::Error::Api { status: 404, .. }) => Ok((raw, source.to_owned())),
-        // The controller is down: logs must still flow, so read the raw source.
+        // The controller is down, but logs still flow: use the GUID this CLI saw for the name
+        // last time (the firehose verifies the CLI's token by itself).
         Err(hydrant_api::Error::Transport { .. }) => {
+            let guid = recall_app(source);
             eprintln!(
-                "warning: the cloud controller is unreachable; reading {} as a source id",
-                render::escape_text(source)
+                "warning: the cloud controller is unreachable; reading {} from the firehose directly",
+                match &guid {
+                    Some(g) => format!("{} (app {g}, as last seen)", render::escape_text(source)),
+                    None => format!("{} as a source id", render::escape_text(source)),
+                }
             );
-            Ok((raw, source.to_owned()))
+            Ok((raw, guid.unwrap_or_else(|| source.to_owned())))
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `$HYDRANT_HOME/apps.json`: app name → GUID, as last resolved, so `hydrant logs NAME` keeps
+/// working while the cloud controller is down. Best effort: a failure to read or write it
+/// only costs that convenience.
+fn apps_cache() -> Option<std::path::PathBuf> {
+    cli_config::home().ok().map(|h| h.join("apps.json"))
+}
+
+fn remember_app(name: &str, guid: &str) {
+    let Some(path) = apps_cache() else { return };
+    let mut map: std::collections::BTreeMap<String, String> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if map.get(name).map(String::as_str) == Some(guid) {
+        return;
+    }
+    // Bounded: a CLI that has seen very many apps forgets the map rather than grow it forever.
+    if map.len() >= 10_000 {
+        map.clear();
+    }
+    map.insert(name.to_owned(), guid.to_owned());
+    if let Ok(bytes) = serde_json::to_vec(&map) {
+        let _ = cli_config::write_private(&path, &bytes);
+    }
+}
+
+fn recall_app(name: &str) -> Option<String> {
+    let bytes = std::fs::read(apps_cache()?).ok()?;
+    let map: std::collections::BTreeMap<String, String> = serde_json::from_slice(&bytes).ok()?;
+    map.get(name).cloned()
 }
 
 /// Exit code when the output pipe closed (e.g. `hydrant logs app | head`): not an error.

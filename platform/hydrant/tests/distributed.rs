@@ -35,14 +35,16 @@ const ADMIN_PASSWORD: &str = "distributed-test-pw";
 /// The router forgets a registration this long after its last refresh.
 const ROUTE_TTL_SECS: u64 = 5;
 
-/// A port nobody listens on right now: bound, read and released. The role binds it a moment
-/// later; loopback ephemeral ports are not handed out again that quickly.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `n` distinct ports nobody listens on right now: bound together (so none repeats), read and
+/// released. The roles bind them a moment later; the kernel does not hand a just-released
+/// ephemeral port out again that quickly.
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 fn addr(port: u16) -> SocketAddr {
@@ -190,10 +192,7 @@ impl Cluster {
             "router_admin",
         ];
         let dir = tempfile::tempdir().unwrap();
-        let mut ports = BTreeMap::new();
-        for name in names {
-            ports.insert(name, free_port());
-        }
+        let ports = names.into_iter().zip(free_ports(names.len())).collect();
         Self {
             dir,
             children: BTreeMap::new(),
@@ -258,7 +257,8 @@ impl Cluster {
         command
             .args(["run", role, "--config"])
             .arg(&path)
-            .env("HYDRANT_LOG", "info");
+            .env("HYDRANT_LOG", "info")
+            .env("NO_COLOR", "1");
         self.spawn(role, &mut command);
         let to = addr(self.port(admin));
         wait_for(Duration::from_secs(20), &format!("{role} /healthz"), || {
@@ -677,6 +677,11 @@ fn data_plane_outlives_the_control_plane() {
     );
     let path = cluster.probe("cc-down", 3);
     live.wait_for(&path, 3, "lines made while the controller was down");
+    // The control plane's own commands fail fast with "cannot reach" (exit 5), not a hang.
+    let out = cluster.cli(&["apps"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("cannot reach the cloud controller"), "{err}");
     // A reader arriving during the outage gets the recent lines by guid.
     cluster.wait_recent_lines(&guid, &path, 3);
     eprintln!(
