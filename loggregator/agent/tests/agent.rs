@@ -10,28 +10,27 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hydrant_agent::{Config, Listeners, run};
-use hydrant_envelope::raw::Empty;
 use hydrant_envelope::raw::ingress::ingress_client::IngressClient as RawClient;
-use hydrant_envelope::raw::ingress::ingress_server::{Ingress, IngressServer};
 use hydrant_envelope::v2;
 use hydrant_envelope::v2::ingress_client::IngressClient as TypedClient;
-use hydrant_envelope::wire::{self, BatchIter, EnvelopeView};
+use hydrant_envelope::wire::{self, EnvelopeView};
+use hydrant_testkit::{FakeAgent, wait_for};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::Code;
 
 // === fake doppler ===
 
-/// One envelope as a doppler received it.
+/// One envelope as a doppler received it, with the routing fields as the agent's own parser
+/// reads them.
 #[derive(Debug, Clone)]
 struct Got {
     source_id: String,
@@ -41,118 +40,34 @@ struct Got {
     at: Instant,
 }
 
-#[derive(Debug, Clone, Default)]
-struct Recorder {
-    got: Arc<Mutex<Vec<Got>>>,
+/// A fake doppler: a fake Ingress that takes only BatchSender, as the agent must forward, on a
+/// runtime of its own so that `kill` closes every socket at once, as when the process dies.
+fn doppler() -> FakeAgent {
+    FakeAgent::builder().batch_sender_only().start()
 }
 
-impl Recorder {
-    fn record(&self, batch: &Bytes) {
-        let at = Instant::now();
-        let mut got = self.got.lock().unwrap();
-        for e in BatchIter::new(batch) {
-            let e = e.unwrap();
-            let view = EnvelopeView::parse(e).expect("the agent forwards only valid envelopes");
-            got.push(Got {
+/// A fake doppler back on the address of one that was killed.
+fn doppler_on(addr: SocketAddr) -> FakeAgent {
+    FakeAgent::builder().on(addr).batch_sender_only().start()
+}
+
+/// Everything `doppler` received, in arrival order.
+fn got(doppler: &FakeAgent) -> Vec<Got> {
+    doppler
+        .received()
+        .into_iter()
+        .map(|r| {
+            let view =
+                EnvelopeView::parse(&r.bytes).expect("the agent forwards only valid envelopes");
+            Got {
                 source_id: view.source_id.to_owned(),
                 instance_id: view.instance_id.to_owned(),
                 sequence: view.sequence,
-                envelope: v2::Envelope::decode(e).unwrap(),
-                at,
-            });
-        }
-    }
-
-    fn all(&self) -> Vec<Got> {
-        self.got.lock().unwrap().clone()
-    }
-
-    fn count(&self) -> usize {
-        self.got.lock().unwrap().len()
-    }
-}
-
-#[tonic::async_trait]
-impl Ingress for Recorder {
-    async fn sender(&self, _: Request<Streaming<Bytes>>) -> Result<Response<Empty>, Status> {
-        Err(Status::unimplemented("the agent must use BatchSender"))
-    }
-
-    async fn batch_sender(
-        &self,
-        request: Request<Streaming<Bytes>>,
-    ) -> Result<Response<Empty>, Status> {
-        let mut stream = request.into_inner();
-        while let Some(batch) = stream.message().await? {
-            self.record(&batch);
-        }
-        Ok(Response::new(Empty))
-    }
-
-    async fn send(&self, _: Request<Bytes>) -> Result<Response<Empty>, Status> {
-        Err(Status::unimplemented(
-            "this endpoint is not yet implemented",
-        ))
-    }
-}
-
-/// A fake doppler on its own runtime, so `kill` closes every socket at once, as when the
-/// process dies.
-struct FakeDoppler {
-    addr: SocketAddr,
-    recorder: Recorder,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl FakeDoppler {
-    fn start() -> Self {
-        Self::start_on("127.0.0.1:0".parse().unwrap())
-    }
-
-    fn start_on(addr: SocketAddr) -> Self {
-        let std_listener = std::net::TcpListener::bind(addr).unwrap();
-        std_listener.set_nonblocking(true).unwrap();
-        let addr = std_listener.local_addr().unwrap();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let recorder = Recorder::default();
-        let service = IngressServer::new(recorder.clone())
-            .max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
-        runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-            tonic::transport::Server::builder()
-                .initial_stream_window_size(4 * 1024 * 1024)
-                .initial_connection_window_size(8 * 1024 * 1024)
-                .add_service(service)
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-                .await
-                .unwrap();
-        });
-        Self {
-            addr,
-            recorder,
-            runtime: Some(runtime),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn kill(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-impl Drop for FakeDoppler {
-    fn drop(&mut self) {
-        self.kill();
-    }
+                envelope: r.envelope,
+                at: r.at,
+            }
+        })
+        .collect()
 }
 
 /// A TCP proxy in front of a doppler that can freeze: it stops moving bytes but keeps every
@@ -227,7 +142,7 @@ struct Agent {
 }
 
 impl Agent {
-    async fn start(dopplers: &[&FakeDoppler], tweak: impl FnOnce(&mut Config)) -> Self {
+    async fn start(dopplers: &[&FakeAgent], tweak: impl FnOnce(&mut Config)) -> Self {
         let urls: Vec<String> = dopplers.iter().map(|d| d.url()).collect();
         Self::start_urls(&urls, tweak).await
     }
@@ -363,14 +278,6 @@ struct Ledger {
     dropped: f64,
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// A stream yielding `items` with `gap` between them, so streams overlap in time.
 fn paced<T: Send + 'static>(
     items: Vec<T>,
@@ -427,7 +334,7 @@ fn assert_contiguous(got: &[Got]) {
 
 #[tokio::test]
 async fn a_stock_v2_client_reaches_the_doppler_with_sequence_numbers() {
-    let doppler = FakeDoppler::start();
+    let doppler = doppler();
     let agent = Agent::start(&[&doppler], |_| {}).await;
     let mut client = agent.typed().await;
 
@@ -466,11 +373,10 @@ async fn a_stock_v2_client_reaches_the_doppler_with_sequence_numbers() {
         .await
         .unwrap();
 
-    wait_until("every envelope", Duration::from_secs(5), || {
-        doppler.recorder.count() == 311
-    })
-    .await;
-    let got = doppler.recorder.all();
+    doppler
+        .wait_for(Duration::from_secs(5), "every envelope", |e| e.len() == 311)
+        .await;
+    let got = got(&doppler);
     // Apart from the sequence stamp (field 100, which a stock decoder skips as unknown), the
     // doppler gets exactly what was sent, in order.
     let received: Vec<v2::Envelope> = got
@@ -516,7 +422,7 @@ async fn a_stock_v2_client_reaches_the_doppler_with_sequence_numbers() {
 
 #[tokio::test]
 async fn the_hydrant_emitter_and_the_agents_own_telemetry_flow_through() {
-    let doppler = FakeDoppler::start();
+    let doppler = doppler();
     let ingress = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", ingress.local_addr().unwrap());
@@ -543,11 +449,11 @@ async fn the_hydrant_emitter_and_the_agents_own_telemetry_flow_through() {
     for i in 0..1000 {
         emitter.log("app", "0", "APP/PROC/WEB", format!("{i}").as_bytes(), false);
     }
-    wait_until(
-        "the emitter's lines and the agent's metrics",
+    wait_for(
         Duration::from_secs(10),
-        || {
-            let got = doppler.recorder.all();
+        "the emitter's lines and the agent's metrics",
+        || async {
+            let got = got(&doppler);
             got.iter().filter(|g| g.source_id == "app").count() == 1000
                 && got.iter().any(|g| {
                     g.source_id == "agent"
@@ -557,9 +463,7 @@ async fn the_hydrant_emitter_and_the_agents_own_telemetry_flow_through() {
         },
     )
     .await;
-    let lines: Vec<String> = doppler
-        .recorder
-        .all()
+    let lines: Vec<String> = got(&doppler)
         .iter()
         .filter(|g| g.source_id == "app")
         .map(|g| payload(&g.envelope))
@@ -576,7 +480,7 @@ async fn the_hydrant_emitter_and_the_agents_own_telemetry_flow_through() {
 
 #[tokio::test]
 async fn garbage_is_rejected_and_counted_while_a_parallel_stream_is_unaffected() {
-    let doppler = FakeDoppler::start();
+    let doppler = doppler();
     let agent = Agent::start(&[&doppler], |_| {}).await;
 
     // A well-behaved stream running the whole time.
@@ -666,13 +570,14 @@ async fn garbage_is_rejected_and_counted_while_a_parallel_stream_is_unaffected()
     good.await
         .unwrap()
         .expect("the good stream is never disturbed");
-    wait_until(
-        "the good and valid envelopes",
-        Duration::from_secs(5),
-        || doppler.recorder.count() == 1002,
-    )
-    .await;
-    let got = doppler.recorder.all();
+    doppler
+        .wait_for(
+            Duration::from_secs(5),
+            "the good and valid envelopes",
+            |e| e.len() == 1002,
+        )
+        .await;
+    let got = got(&doppler);
     assert_eq!(got.iter().filter(|g| g.source_id == "good").count(), 1000);
     assert_eq!(got.iter().filter(|g| g.source_id == "mixed").count(), 2);
     assert_contiguous(&got);
@@ -698,7 +603,7 @@ async fn garbage_is_rejected_and_counted_while_a_parallel_stream_is_unaffected()
 
 #[tokio::test]
 async fn an_app_over_its_log_rate_limit_gets_one_notice_per_second() {
-    let doppler = FakeDoppler::start();
+    let doppler = doppler();
     let agent = Agent::start(&[&doppler], |c| c.app_log_rate_limit_bytes_per_sec = 100).await;
     let mut client = agent.typed().await;
     let burst = |round: u32| v2::EnvelopeBatch {
@@ -711,10 +616,11 @@ async fn an_app_over_its_log_rate_limit_gets_one_notice_per_second() {
     let start = Instant::now();
     client.send(burst(0)).await.unwrap();
     // Lines are 7 bytes; the 100-byte burst lets 14 through.
-    wait_until("the first burst", Duration::from_secs(5), || {
-        doppler.recorder.count() == 14 + 1 + 5 + 5
-    })
-    .await;
+    doppler
+        .wait_for(Duration::from_secs(5), "the first burst", |e| {
+            e.len() == 14 + 1 + 5 + 5
+        })
+        .await;
     // Still inside the silent second that followed the notice.
     assert!(
         start.elapsed() < Duration::from_millis(800),
@@ -723,10 +629,8 @@ async fn an_app_over_its_log_rate_limit_gets_one_notice_per_second() {
     client.send(burst(1)).await.unwrap();
     tokio::time::sleep_until(start + Duration::from_millis(1100)).await;
     client.send(burst(2)).await.unwrap();
-    wait_until("the third burst", Duration::from_secs(5), || {
-        doppler
-            .recorder
-            .all()
+    wait_for(Duration::from_secs(5), "the third burst", || async {
+        got(&doppler)
             .iter()
             .filter(|g| payload(&g.envelope).starts_with("router 2"))
             .count()
@@ -734,7 +638,7 @@ async fn an_app_over_its_log_rate_limit_gets_one_notice_per_second() {
     })
     .await;
 
-    let got = doppler.recorder.all();
+    let got = got(&doppler);
     let notices: Vec<&Got> = got
         .iter()
         .filter(|g| payload(&g.envelope).contains("exceeded log rate limit"))
@@ -783,8 +687,8 @@ async fn an_app_over_its_log_rate_limit_gets_one_notice_per_second() {
 
 #[tokio::test]
 async fn each_source_lands_on_one_doppler() {
-    let d0 = FakeDoppler::start();
-    let d1 = FakeDoppler::start();
+    let d0 = doppler();
+    let d1 = doppler();
     let agent = Agent::start(&[&d0, &d1], |_| {}).await;
     let mut client = agent.typed().await;
     let batches: Vec<v2::EnvelopeBatch> = (0..20)
@@ -798,13 +702,12 @@ async fn each_source_lands_on_one_doppler() {
         .batch_sender(tokio_stream::iter(batches))
         .await
         .unwrap();
-    wait_until("all envelopes", Duration::from_secs(5), || {
-        d0.recorder.count() + d1.recorder.count() == 800
+    wait_for(Duration::from_secs(5), "all envelopes", || async {
+        d0.count() + d1.count() == 800
     })
     .await;
-    let on = |d: &FakeDoppler| -> HashSet<String> {
-        d.recorder.all().into_iter().map(|g| g.source_id).collect()
-    };
+    let on =
+        |d: &FakeAgent| -> HashSet<String> { got(d).into_iter().map(|g| g.source_id).collect() };
     let (s0, s1) = (on(&d0), on(&d1));
     assert!(s0.is_disjoint(&s1), "a source was split across dopplers");
     assert_eq!(s0.len() + s1.len(), 40);
@@ -813,16 +716,16 @@ async fn each_source_lands_on_one_doppler() {
         "both dopplers get sources"
     );
     for d in [&d0, &d1] {
-        assert_contiguous(&d.recorder.all());
+        assert_contiguous(&got(d));
     }
     agent.stop().await;
 }
 
 #[tokio::test]
 async fn a_dead_doppler_s_sources_fail_over_within_two_seconds_and_return() {
-    let mut d0 = FakeDoppler::start();
-    let d1 = FakeDoppler::start();
-    let d0_addr = d0.addr;
+    let mut d0 = doppler();
+    let d1 = doppler();
+    let d0_addr = d0.addr();
     let agent = Agent::start(&[&d0, &d1], |c| c.reconnect_max_backoff_ms = 500).await;
 
     // 40 sources, 20 envelopes each every 5 ms, through the typed client, until told to stop.
@@ -856,16 +759,17 @@ async fn a_dead_doppler_s_sources_fail_over_within_two_seconds_and_return() {
         })
     };
 
-    wait_until("traffic on both dopplers", Duration::from_secs(5), || {
-        d0.recorder.count() > 400 && d1.recorder.count() > 400
-    })
+    wait_for(
+        Duration::from_secs(5),
+        "traffic on both dopplers",
+        || async { d0.count() > 400 && d1.count() > 400 },
+    )
     .await;
-    let d0_sources: HashSet<String> = d0.recorder.all().into_iter().map(|g| g.source_id).collect();
+    let d0_sources: HashSet<String> = got(&d0).into_iter().map(|g| g.source_id).collect();
     let killed = Instant::now();
     d0.kill();
-    wait_until("d0's sources on d1", Duration::from_secs(2), || {
-        d1.recorder
-            .all()
+    wait_for(Duration::from_secs(2), "d0's sources on d1", || async {
+        got(&d1)
             .iter()
             .any(|g| d0_sources.contains(&g.source_id) && g.at > killed)
     })
@@ -883,17 +787,12 @@ async fn a_dead_doppler_s_sources_fail_over_within_two_seconds_and_return() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // The doppler comes back: its sources return to it.
-    let d0b = FakeDoppler::start_on(d0_addr);
-    wait_until("d0's sources back on d0", Duration::from_secs(5), || {
-        d0b.recorder.count() > 100
+    let d0b = doppler_on(d0_addr);
+    d0b.wait_for(Duration::from_secs(5), "d0's sources back on d0", |e| {
+        e.len() > 100
     })
     .await;
-    let back: HashSet<String> = d0b
-        .recorder
-        .all()
-        .into_iter()
-        .map(|g| g.source_id)
-        .collect();
+    let back: HashSet<String> = got(&d0b).into_iter().map(|g| g.source_id).collect();
     assert!(
         back.is_subset(&d0_sources),
         "only d0's own sources go back to it"
@@ -912,9 +811,9 @@ async fn a_dead_doppler_s_sources_fail_over_within_two_seconds_and_return() {
     agent.stop().await;
 
     // Every loss is visible: counted by the agent after sequencing, or a sequence gap.
-    let mut all = d0.recorder.all();
-    all.extend(d1.recorder.all());
-    all.extend(d0b.recorder.all());
+    let mut all = got(&d0);
+    all.extend(got(&d1));
+    all.extend(got(&d0b));
     let mut seen: HashMap<String, HashSet<u64>> = HashMap::new();
     for g in &all {
         assert!(
@@ -951,8 +850,8 @@ async fn a_dead_doppler_s_sources_fail_over_within_two_seconds_and_return() {
 
 #[tokio::test]
 async fn with_no_doppler_up_emitters_are_never_blocked_and_drops_are_counted() {
-    let mut d0 = FakeDoppler::start();
-    let addr = d0.addr;
+    let mut d0 = doppler();
+    let addr = d0.addr();
     let agent = Agent::start(&[&d0], |c| {
         c.egress_queue_max_batches = 4;
         c.batch_max_envelopes = 10;
@@ -991,23 +890,23 @@ async fn with_no_doppler_up_emitters_are_never_blocked_and_drops_are_counted() {
         "only the queue and one batch are kept: {full}"
     );
     // The doppler returns and gets the newest data that was kept.
-    let d0b = FakeDoppler::start_on(addr);
-    wait_until("the kept batches", Duration::from_secs(5), || {
-        d0b.recorder.count() >= 40
+    let d0b = doppler_on(addr);
+    d0b.wait_for(Duration::from_secs(5), "the kept batches", |e| {
+        e.len() >= 40
     })
     .await;
     let l = agent.settled().await;
     assert_eq!(l.ingress, 2000.0);
-    let last = d0b.recorder.all().last().map(|g| payload(&g.envelope));
+    let last = got(&d0b).last().map(|g| payload(&g.envelope));
     assert_eq!(last.as_deref(), Some("19/99"));
     agent.stop().await;
 }
 
 #[tokio::test]
 async fn a_frozen_doppler_is_detected_by_keepalive_and_its_sources_move() {
-    let d0 = FakeDoppler::start();
-    let d1 = FakeDoppler::start();
-    let proxy = FreezableProxy::start(d0.addr).await;
+    let d0 = doppler();
+    let d1 = doppler();
+    let proxy = FreezableProxy::start(d0.addr()).await;
     let agent = Agent::start_urls(&[proxy.url(), d1.url()], |_| {}).await;
     let mut client = agent.typed().await;
     let round = |r: u32| v2::EnvelopeBatch {
@@ -1016,11 +915,11 @@ async fn a_frozen_doppler_is_detected_by_keepalive_and_its_sources_move() {
             .collect(),
     };
     client.send(round(0)).await.unwrap();
-    wait_until("both dopplers in use", Duration::from_secs(5), || {
-        d0.recorder.count() + d1.recorder.count() == 40
+    wait_for(Duration::from_secs(5), "both dopplers in use", || async {
+        d0.count() + d1.count() == 40
     })
     .await;
-    let d0_sources: HashSet<String> = d0.recorder.all().into_iter().map(|g| g.source_id).collect();
+    let d0_sources: HashSet<String> = got(&d0).into_iter().map(|g| g.source_id).collect();
     assert!(!d0_sources.is_empty());
 
     let frozen_at = Instant::now();
@@ -1030,11 +929,7 @@ async fn a_frozen_doppler_is_detected_by_keepalive_and_its_sources_move() {
     loop {
         client.send(round(r)).await.unwrap();
         r += 1;
-        let moved = d1
-            .recorder
-            .all()
-            .iter()
-            .any(|g| d0_sources.contains(&g.source_id));
+        let moved = got(&d1).iter().any(|g| d0_sources.contains(&g.source_id));
         if moved {
             break;
         }

@@ -8,161 +8,29 @@
     reason = "test code"
 )]
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use hydrant_emitter::{Emitter, EmitterConfig, Registry, spawn_reporter};
-use hydrant_envelope::raw::Empty;
-use hydrant_envelope::raw::ingress::ingress_server::{Ingress, IngressServer};
 use hydrant_envelope::v2;
-use hydrant_envelope::wire::{BatchIter, EnvelopeView};
+use hydrant_envelope::wire::EnvelopeView;
+use hydrant_testkit::{FakeAgent, dead_addr, wait_for};
 use prost::Message;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
 
-/// Records every envelope it receives, in arrival order.
-#[derive(Debug, Clone, Default)]
-struct Recorder {
-    envelopes: Arc<Mutex<Vec<Bytes>>>,
-    batches: Arc<Mutex<usize>>,
-}
-
-impl Recorder {
-    fn record(&self, batch: &Bytes) {
-        *self.batches.lock().unwrap() += 1;
-        let mut out = self.envelopes.lock().unwrap();
-        for e in BatchIter::new(batch) {
-            out.push(Bytes::copy_from_slice(e.unwrap()));
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.envelopes.lock().unwrap().len()
-    }
-
-    fn decoded(&self) -> Vec<v2::Envelope> {
-        self.envelopes
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|b| v2::Envelope::decode(b.as_ref()).unwrap())
-            .collect()
-    }
-
-    fn payloads(&self) -> Vec<String> {
-        self.decoded()
-            .into_iter()
-            .filter_map(|e| match e.message {
-                Some(v2::envelope::Message::Log(l)) => {
-                    Some(String::from_utf8(l.payload.to_vec()).unwrap())
-                }
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-#[tonic::async_trait]
-impl Ingress for Recorder {
-    async fn sender(&self, request: Request<Streaming<Bytes>>) -> Result<Response<Empty>, Status> {
-        let mut stream = request.into_inner();
-        while let Some(e) = stream.message().await? {
-            self.envelopes.lock().unwrap().push(e);
-        }
-        Ok(Response::new(Empty))
-    }
-
-    async fn batch_sender(
-        &self,
-        request: Request<Streaming<Bytes>>,
-    ) -> Result<Response<Empty>, Status> {
-        let mut stream = request.into_inner();
-        while let Some(batch) = stream.message().await? {
-            self.record(&batch);
-        }
-        Ok(Response::new(Empty))
-    }
-
-    async fn send(&self, request: Request<Bytes>) -> Result<Response<Empty>, Status> {
-        self.record(request.get_ref());
-        Ok(Response::new(Empty))
-    }
-}
-
-/// A fake agent on its own runtime, so `kill` drops every connection at once, like a process
-/// dying.
-struct FakeAgent {
-    addr: SocketAddr,
-    recorder: Recorder,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl FakeAgent {
-    fn start() -> Self {
-        Self::start_on("127.0.0.1:0".parse().unwrap())
-    }
-
-    fn start_on(addr: SocketAddr) -> Self {
-        let std_listener = std::net::TcpListener::bind(addr).unwrap();
-        std_listener.set_nonblocking(true).unwrap();
-        let addr = std_listener.local_addr().unwrap();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let recorder = Recorder::default();
-        let service = IngressServer::new(recorder.clone())
-            .max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
-        runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-            tonic::transport::Server::builder()
-                .initial_stream_window_size(4 * 1024 * 1024)
-                .initial_connection_window_size(8 * 1024 * 1024)
-                .add_service(service)
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-                .await
-                .unwrap();
-        });
-        Self {
-            addr,
-            recorder,
-            runtime: Some(runtime),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn kill(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-impl Drop for FakeAgent {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// An address nothing listens on.
-fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// The text of every log line, in arrival order; the payloads are the emitter's own ASCII, so
+/// anything else fails here.
+fn payloads(agent: &FakeAgent) -> Vec<String> {
+    agent
+        .envelopes()
+        .into_iter()
+        .filter_map(|e| match e.message {
+            Some(v2::envelope::Message::Log(l)) => {
+                Some(String::from_utf8(l.payload.to_vec()).unwrap())
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 struct Ledger {
@@ -218,20 +86,19 @@ async fn every_kind_of_envelope_arrives_and_the_ledger_balances() {
     emitter.emit(&typed);
     emitter.emit_encoded(&typed.encode_to_vec());
 
-    wait_for("all envelopes", Duration::from_secs(5), || {
-        agent.recorder.count() == 1006
-    })
-    .await;
+    agent
+        .wait_for(Duration::from_secs(5), "all envelopes", |e| e.len() == 1006)
+        .await;
     shutdown.cancel();
     emitter.stopped().await;
 
-    let payloads = agent.recorder.payloads();
+    let payloads = payloads(&agent);
     let want: Vec<String> = (0..1000).map(|i| format!("line {i}")).collect();
     assert_eq!(payloads, want, "log lines arrive complete and in order");
-    for e in agent.recorder.envelopes.lock().unwrap().iter() {
-        EnvelopeView::parse(e).expect("every envelope passes the agent's validation");
+    for r in agent.received() {
+        EnvelopeView::parse(&r.bytes).expect("every envelope passes the agent's validation");
     }
-    let decoded = agent.recorder.decoded();
+    let decoded = agent.envelopes();
     assert_eq!(decoded[0].tags["source_type"], "APP/PROC/WEB");
     assert!(matches!(
         &decoded[0].message,
@@ -243,10 +110,7 @@ async fn every_kind_of_envelope_arrives_and_the_ledger_balances() {
     assert_eq!(l.emitted, 1006);
     assert_eq!(l.sent, 1006);
     assert_eq!(l.dropped, 0);
-    assert!(
-        *agent.recorder.batches.lock().unwrap() < 100,
-        "envelopes are batched"
-    );
+    assert!(agent.batches() < 100, "envelopes are batched");
 }
 
 #[tokio::test]
@@ -257,16 +121,14 @@ async fn a_lone_envelope_is_flushed_by_time() {
     let emitter = Emitter::start(config(agent.url()), &registry, shutdown.clone());
     // A first line opens the stream, so what is measured next is the flush, not the connect.
     emitter.log("app", "0", "APP", b"first", false);
-    wait_for("the first line", Duration::from_secs(5), || {
-        agent.recorder.count() == 1
-    })
-    .await;
+    agent
+        .wait_for(Duration::from_secs(5), "the first line", |e| e.len() == 1)
+        .await;
     let start = Instant::now();
     emitter.log("app", "0", "APP", b"alone", false);
-    wait_for("the flush", Duration::from_secs(2), || {
-        agent.recorder.count() == 2
-    })
-    .await;
+    agent
+        .wait_for(Duration::from_secs(2), "the flush", |e| e.len() == 2)
+        .await;
     assert!(
         start.elapsed() < Duration::from_millis(500),
         "took {:?}",
@@ -340,11 +202,12 @@ async fn when_the_queue_overflows_the_oldest_batches_go() {
         7
     );
     let agent = FakeAgent::start_on(addr);
-    wait_for("reconnect and delivery", Duration::from_secs(5), || {
-        agent.recorder.count() == 3
-    })
-    .await;
-    assert_eq!(agent.recorder.payloads(), vec!["7", "8", "9"]);
+    agent
+        .wait_for(Duration::from_secs(5), "reconnect and delivery", |e| {
+            e.len() == 3
+        })
+        .await;
+    assert_eq!(payloads(&agent), vec!["7", "8", "9"]);
     shutdown.cancel();
     emitter.stopped().await;
     let l = ledger(&registry);
@@ -354,7 +217,7 @@ async fn when_the_queue_overflows_the_oldest_batches_go() {
 #[tokio::test]
 async fn an_agent_that_dies_and_returns_gets_the_stream_back_and_the_ledger_balances() {
     let mut agent = FakeAgent::start();
-    let addr = agent.addr;
+    let addr = agent.addr();
     let registry = Registry::new("test", "0");
     let shutdown = CancellationToken::new();
     let emitter = Emitter::start(config(agent.url()), &registry, shutdown.clone());
@@ -362,11 +225,10 @@ async fn an_agent_that_dies_and_returns_gets_the_stream_back_and_the_ledger_bala
     for i in 0..500 {
         emitter.log("app", "0", "APP", format!("a{i}").as_bytes(), false);
     }
-    wait_for("first half", Duration::from_secs(5), || {
-        agent.recorder.count() == 500
-    })
-    .await;
-    let first = agent.recorder.count();
+    agent
+        .wait_for(Duration::from_secs(5), "first half", |e| e.len() == 500)
+        .await;
+    let first = agent.count();
     agent.kill();
 
     // While the agent is gone: nothing blocks, and everything is accounted for.
@@ -380,8 +242,8 @@ async fn an_agent_that_dies_and_returns_gets_the_stream_back_and_the_ledger_bala
     for i in 0..500 {
         emitter.log("app", "0", "APP", format!("c{i}").as_bytes(), false);
     }
-    wait_for("the reconnected stream", Duration::from_secs(5), || {
-        agent2.recorder.payloads().iter().any(|p| p == "c499")
+    wait_for(Duration::from_secs(5), "the reconnected stream", || async {
+        payloads(&agent2).iter().any(|p| p == "c499")
     })
     .await;
     shutdown.cancel();
@@ -390,13 +252,13 @@ async fn an_agent_that_dies_and_returns_gets_the_stream_back_and_the_ledger_bala
     let l = ledger(&registry);
     assert_eq!(l.emitted, 1500);
     assert_eq!(l.emitted, l.sent + l.dropped, "the ledger balances");
-    let delivered = (first + agent2.recorder.count()) as u64;
+    let delivered = (first + agent2.count()) as u64;
     assert!(
         delivered <= l.sent,
         "nothing is delivered that was not counted as sent"
     );
     // Whatever was emitted after the agent came back arrived, in order.
-    let second = agent2.recorder.payloads();
+    let second = payloads(&agent2);
     let c: Vec<&String> = second.iter().filter(|p| p.starts_with('c')).collect();
     assert!(
         c.windows(2)
@@ -418,12 +280,8 @@ async fn the_reporter_delivers_a_final_snapshot_at_shutdown() {
         shutdown.clone(),
     );
     requests.add(5);
-    wait_for("a periodic report", Duration::from_secs(5), || {
-        agent
-            .recorder
-            .decoded()
-            .iter()
-            .any(|e| matches!(&e.message, Some(v2::envelope::Message::Counter(c)) if c.name == "test.requests" && c.total == 5))
+    agent.wait_for(Duration::from_secs(5), "a periodic report", |e| {
+        e.iter().any(|e| matches!(&e.message, Some(v2::envelope::Message::Counter(c)) if c.name == "test.requests" && c.total == 5))
     })
     .await;
     requests.add(2);
@@ -431,8 +289,7 @@ async fn the_reporter_delivers_a_final_snapshot_at_shutdown() {
     emitter.stopped().await;
 
     let reports: Vec<v2::Counter> = agent
-        .recorder
-        .decoded()
+        .envelopes()
         .into_iter()
         .filter(|e| e.source_id == "reporter-test" && e.instance_id == "7")
         .filter_map(|e| match e.message {
@@ -466,7 +323,7 @@ async fn oversized_envelopes_are_refused_and_counted() {
         registry.counter_sum("emitter.dropped", &[("reason", "too_large")]),
         2
     );
-    assert_eq!(agent.recorder.payloads(), vec!["small"]);
+    assert_eq!(payloads(&agent), vec!["small"]);
     let l = ledger(&registry);
     assert_eq!((l.emitted, l.sent, l.dropped), (3, 1, 2));
 }

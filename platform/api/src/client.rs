@@ -225,6 +225,18 @@ impl Client {
         .await
     }
 
+    /// `POST /v3/apps/{guid}/instances/{index}/actions/restart` (admin or space developer):
+    /// replaces the crashed instance at `index` with a fresh one at once.
+    pub async fn restart_instance(
+        &self,
+        guid: &str,
+        index: u32,
+        request: &RestartInstance,
+    ) -> Result<InstanceRestart, Error> {
+        let path = app_path(guid, &format!("/instances/{index}/actions/restart"));
+        self.call(Method::POST, &path, Some(request)).await
+    }
+
     /// `POST /v3/apps/{guid}/processes/web/actions/scale`.
     pub async fn scale_app(&self, guid: &str, scale: &ScaleApp) -> Result<App, Error> {
         let path = app_path(guid, "/processes/web/actions/scale");
@@ -443,6 +455,72 @@ impl Client {
             path.push_str(&query.join("&"));
         }
         self.list(&path).await
+    }
+
+    // --- SLOs ---
+
+    /// `PUT /v3/apps/{guid}/slos`: replaces the app's SLOs (an empty set removes them).
+    pub async fn set_slos(
+        &self,
+        guid: &str,
+        slos: &crate::slo::SloSet,
+    ) -> Result<crate::slo::AppSlos, Error> {
+        let path = format!("/v3/apps/{}/slos", enc(guid));
+        self.call(Method::PUT, &path, Some(slos)).await
+    }
+
+    /// `GET /v3/apps/{guid}/slos`.
+    pub async fn app_slos(&self, guid: &str) -> Result<crate::slo::AppSlos, Error> {
+        let path = format!("/v3/apps/{}/slos", enc(guid));
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// `GET /v3/slos` (admin): every app that has SLOs.
+    pub async fn list_slos(&self) -> Result<Vec<crate::slo::AppSlos>, Error> {
+        self.list("/v3/slos").await
+    }
+
+    // --- autoscaling policies ---
+
+    /// `PUT /v3/apps/{guid}/autoscaling_policy`: validates and stores the app's policy.
+    pub async fn set_autoscaling_policy(
+        &self,
+        guid: &str,
+        policy: &crate::policy::ScalingPolicy,
+    ) -> Result<crate::policy::ScalingPolicy, Error> {
+        let path = app_path(guid, "/autoscaling_policy");
+        self.call(Method::PUT, &path, Some(policy)).await
+    }
+
+    /// `GET /v3/apps/{guid}/autoscaling_policy`: [`Error::Api`] with status 404 when none.
+    pub async fn autoscaling_policy(
+        &self,
+        guid: &str,
+    ) -> Result<crate::policy::ScalingPolicy, Error> {
+        let path = app_path(guid, "/autoscaling_policy");
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// `DELETE /v3/apps/{guid}/autoscaling_policy`: the app is no longer autoscaled.
+    pub async fn delete_autoscaling_policy(&self, guid: &str) -> Result<(), Error> {
+        let path = app_path(guid, "/autoscaling_policy");
+        self.call_empty(Method::DELETE, &path, None::<&()>).await
+    }
+
+    /// `GET /v3/autoscaling_policies` (admin): every app's policy, for the autoscaler.
+    pub async fn autoscaling_policies(&self) -> Result<Vec<crate::policy::AppPolicy>, Error> {
+        self.list("/v3/autoscaling_policies").await
+    }
+
+    /// `POST /v3/apps/{guid}/autoscaling_events` (admin): records an `audit.app.autoscale`
+    /// event for a decision the autoscaler made.
+    pub async fn record_autoscale(
+        &self,
+        guid: &str,
+        decision: &crate::policy::AutoscaleDecision,
+    ) -> Result<(), Error> {
+        let path = app_path(guid, "/autoscaling_events");
+        self.call_empty(Method::POST, &path, Some(decision)).await
     }
 
     // --- plumbing ---

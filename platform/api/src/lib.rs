@@ -23,7 +23,9 @@
 
 mod client;
 mod error;
+pub mod policy;
 pub mod push;
+pub mod slo;
 pub mod types;
 
 pub use client::Client;

@@ -423,6 +423,32 @@ pub struct ProcessStats {
     pub instances: Vec<InstanceInfo>,
 }
 
+/// `POST /v3/apps/{guid}/instances/{index}/actions/restart`: why the caller restarts a crashed
+/// instance (recorded in the `audit.app.process.restart` event).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartInstance {
+    /// Why, in words ("crash back-off elapsed").
+    pub reason: Option<String>,
+    /// Crashes in a row the caller has counted, when it counts them.
+    pub crash_count: Option<u32>,
+    /// The crashed instance guid, when the caller knows it: it is replaced even if the
+    /// controller's last heartbeat still shows it running (crash events overtake heartbeats).
+    pub instance: Option<String>,
+}
+
+/// The answer to [`RestartInstance`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRestart {
+    /// The app.
+    pub app_guid: String,
+    /// The instance index.
+    pub index: u32,
+    /// Crashed instance guids retired; a fresh instance takes their place. Empty when the index
+    /// held a live instance (nothing to restart) or nothing at all (placement starts it anyway).
+    pub replaced: Vec<String>,
+}
+
 // === routes ===
 
 /// `POST /v3/apps/{guid}/routes`: map a route.

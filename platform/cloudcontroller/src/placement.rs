@@ -129,6 +129,73 @@ impl Placement {
         self.wake();
     }
 
+    /// Replaces the crashed instance at `index` of `app`: forgets its crash record, retires the
+    /// crashed instance (so it no longer counts as present and is stopped) and wakes the loop,
+    /// which places a fresh instance guid at once. A live (starting or running) instance at the
+    /// index is left alone, so a late or repeated request never kills a healthy instance —
+    /// except `crashed`, when given: the caller saw that instance crash, and a crash event may
+    /// arrive before the heartbeat showing it. It is only honoured when it is an instance of
+    /// this app at this index. Returns the guids retired.
+    pub(crate) fn restart_index(
+        &self,
+        app: &str,
+        index: u32,
+        crashed: Option<&str>,
+    ) -> Vec<String> {
+        let now = Instant::now();
+        let key = (app.to_owned(), index);
+        let mut table = self.lock();
+        let at_index: Vec<&InstanceHeartbeat> = table
+            .executors
+            .values()
+            .flat_map(|e| e.heartbeat.instances.iter())
+            .filter(|i| {
+                i.app == app && i.index == index && !table.retired.contains_key(&i.instance)
+            })
+            .collect();
+        let named = crashed.filter(|guid| {
+            at_index.iter().any(|i| i.instance == *guid)
+                || table.crashes.get(&key).is_some_and(|c| c.instance == *guid)
+        });
+        let healthy = at_index.iter().any(|i| {
+            matches!(i.state, InstanceState::Starting | InstanceState::Running)
+                && Some(i.instance.as_str()) != named
+        });
+        let mut retired: Vec<String> = if healthy {
+            Vec::new()
+        } else {
+            at_index
+                .iter()
+                .filter(|i| i.state == InstanceState::Crashed)
+                .map(|i| i.instance.clone())
+                .collect()
+        };
+        if let Some(guid) = named
+            && !table.retired.contains_key(guid)
+            && !retired.iter().any(|r| r == guid)
+        {
+            retired.push(guid.to_owned());
+        }
+        if !retired.is_empty() {
+            table.crashes.remove(&key);
+            // A placement still waiting for its first heartbeat must not be re-sent under a
+            // guid just retired, or the crashed instance would come back under its old name.
+            if table
+                .pending
+                .get(&key)
+                .is_some_and(|p| retired.contains(&p.instance))
+            {
+                table.pending.remove(&key);
+            }
+        }
+        table
+            .retired
+            .extend(retired.iter().map(|i| (i.clone(), now)));
+        drop(table);
+        self.wake();
+        retired
+    }
+
     /// Records a heartbeat.
     fn heartbeat(&self, heartbeat: ExecutorHeartbeat) {
         let mut table = self.lock();

@@ -20,8 +20,9 @@ use hydrant_api::{
     UpdateApp,
 };
 use hydrant_bus::messages::{self, ExecutorCrash};
+use hydrant_testkit::{FakeAgent, wait_for};
 use sha2::{Digest as _, Sha256};
-use support::{Cc, FakeExecutor, Options, app_dir, push_and_stage, wait_until};
+use support::{Cc, FakeExecutor, Options, app_dir, push_and_stage};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -449,9 +450,9 @@ async fn bad_paths_and_oversize_uploads_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staging_detects_each_buildpack_and_narrates_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (agent, recorder) = support::fake_agent().await;
+    let agent = FakeAgent::start();
     let mut options = Options::new("cc-staging");
-    options.agent = Some(agent);
+    options.agent = Some(agent.url());
     let cc = Cc::start(dir.path(), &options).await;
     let cases: Vec<Case<'_>> = vec![
         (
@@ -530,9 +531,9 @@ async fn staging_detects_each_buildpack_and_narrates_it() {
             "Staging complete",
         ] {
             let guid = app.guid.clone();
-            let recorder = recorder.clone();
-            wait_until(&format!("{name}: STG {want:?}"), WAIT, move || {
-                let found = recorder.lines(&guid, "STG").iter().any(|l| l == want);
+            let agent = &agent;
+            wait_for(WAIT, &format!("{name}: STG {want:?}"), move || {
+                let found = agent.lines_from(&guid, "STG").iter().any(|l| l == want);
                 async move { found }
             })
             .await;
@@ -549,10 +550,10 @@ async fn staging_detects_each_buildpack_and_narrates_it() {
     );
     assert!(app.current_droplet_guid.is_none());
     let guid = app.guid.clone();
-    let rec = recorder.clone();
-    wait_until("the failure as an STG line", WAIT, move || {
-        let found = rec
-            .lines(&guid, "STG")
+    let agent = &agent;
+    wait_for(WAIT, "the failure as an STG line", move || {
+        let found = agent
+            .lines_from(&guid, "STG")
             .iter()
             .any(|l| l.starts_with("Staging failed: no buildpack detected"));
         async move { found }
@@ -562,10 +563,9 @@ async fn staging_detects_each_buildpack_and_narrates_it() {
     let (app, _) = push_and_stage(&cc.admin, "lifecycle", STATIC_SITE, None).await;
     cc.admin.start_app(&app.guid).await.unwrap();
     let guid = app.guid.clone();
-    let rec = recorder.clone();
-    wait_until("an API line for the start", WAIT, move || {
-        let found = rec
-            .lines(&guid, "API")
+    wait_for(WAIT, "an API line for the start", move || {
+        let found = agent
+            .lines_from(&guid, "API")
             .iter()
             .any(|l| l.contains(r#"({"state"=>"STARTED"})"#));
         async move { found }
@@ -607,7 +607,7 @@ async fn placement_spreads_respects_capacity_and_waits_for_room() {
     // No executors yet: the instances are DOWN and say why.
     let guid = app.guid.clone();
     let admin = cc.admin.clone();
-    wait_until("a placement error", WAIT, move || {
+    wait_for(WAIT, "a placement error", move || {
         let admin = admin.clone();
         let guid = guid.clone();
         async move {
@@ -630,7 +630,7 @@ async fn placement_spreads_respects_capacity_and_waits_for_room() {
     let small = FakeExecutor::start(bus, "e1", 512, 10, false).await;
     let big = FakeExecutor::start(bus, "e2", 8192, 10, false).await;
     let metrics_url = format!("{}/metrics", cc.admin_url);
-    wait_until("three executors known", WAIT, || async {
+    wait_for(WAIT, "three executors known", || async {
         reqwest::get(&metrics_url)
             .await
             .unwrap()
@@ -643,7 +643,7 @@ async fn placement_spreads_respects_capacity_and_waits_for_room() {
     })
     .await;
     cc.admin.start_app(&app.guid).await.unwrap();
-    wait_until("4 running instances", WAIT, || async {
+    wait_for(WAIT, "4 running instances", || async {
         stats_states(&cc, &app.guid).await == vec![InstanceState::Running; 4]
     })
     .await;
@@ -667,7 +667,7 @@ async fn placement_spreads_respects_capacity_and_waits_for_room() {
         )
         .await
         .unwrap();
-    wait_until("7 running instances", WAIT, || async {
+    wait_for(WAIT, "7 running instances", || async {
         stats_states(&cc, &app.guid).await == vec![InstanceState::Running; 7]
     })
     .await;
@@ -708,12 +708,12 @@ async fn placement_spreads_respects_capacity_and_waits_for_room() {
         )
         .await
         .unwrap();
-    wait_until("one instance left", WAIT, || async {
+    wait_for(WAIT, "one instance left", || async {
         small.running(&app.guid) + big.running(&app.guid) == 1
     })
     .await;
     cc.admin.stop_app(&app.guid).await.unwrap();
-    wait_until("no instance left", WAIT, || async {
+    wait_for(WAIT, "no instance left", || async {
         small.running(&app.guid) + big.running(&app.guid) == 0
     })
     .await;
@@ -730,7 +730,7 @@ async fn crashes_become_audit_events_and_are_not_restarted() {
     let executor = FakeExecutor::start(bus_name, "e1", 4096, 10, false).await;
     let (app, _) = push_and_stage(&cc.admin, "crashy", STATIC_SITE, None).await;
     cc.admin.start_app(&app.guid).await.unwrap();
-    wait_until("the instance running", WAIT, || async {
+    wait_for(WAIT, "the instance running", || async {
         stats_states(&cc, &app.guid).await == vec![InstanceState::Running]
     })
     .await;
@@ -760,7 +760,7 @@ async fn crashes_become_audit_events_and_are_not_restarted() {
         target_guid: Some(app.guid.clone()),
         types: Some("audit.app.process.crash".into()),
     };
-    wait_until("the crash event", WAIT, || async {
+    wait_for(WAIT, "the crash event", || async {
         !cc.admin.audit_events(&filter).await.unwrap().is_empty()
     })
     .await;
@@ -771,7 +771,7 @@ async fn crashes_become_audit_events_and_are_not_restarted() {
     assert_eq!(event.data["exit_status"], 137);
     assert_eq!(event.data["crash_count"], 2);
     assert_eq!(event.data["reason"], "CRASHED");
-    wait_until("the crashed state in a heartbeat", WAIT, || async {
+    wait_for(WAIT, "the crashed state in a heartbeat", || async {
         stats_states(&cc, &app.guid).await == vec![InstanceState::Crashed]
     })
     .await;
@@ -787,7 +787,7 @@ async fn crashes_become_audit_events_and_are_not_restarted() {
 
     // A restart replaces the instance: the crashed one is stopped, a new one started.
     cc.admin.restart_app(&app.guid).await.unwrap();
-    wait_until("a fresh running instance", WAIT, || async {
+    wait_for(WAIT, "a fresh running instance", || async {
         let stats = cc.admin.app_stats(&app.guid).await.unwrap();
         stats.instances.len() == 1
             && stats.instances[0].state == InstanceState::Running
@@ -800,6 +800,97 @@ async fn crashes_become_audit_events_and_are_not_restarted() {
         assert_eq!(state.stops[0].instance.as_deref(), Some(instance.as_str()));
         assert_eq!(state.stops[0].reason.as_deref(), Some("restarted"));
     }
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_one_crashed_instance_places_a_fresh_guid() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus_name = "cc-restart-index";
+    let cc = Cc::start(dir.path(), &Options::new(bus_name)).await;
+    let executor = FakeExecutor::start(bus_name, "e1", 4096, 10, false).await;
+    let (app, _) = push_and_stage(&cc.admin, "flaky", STATIC_SITE, None).await;
+    cc.admin
+        .scale_app(
+            &app.guid,
+            &ScaleApp {
+                instances: Some(2),
+                ..ScaleApp::default()
+            },
+        )
+        .await
+        .unwrap();
+    cc.admin.start_app(&app.guid).await.unwrap();
+    wait_for(WAIT, "two running instances", || async {
+        stats_states(&cc, &app.guid).await == vec![InstanceState::Running; 2]
+    })
+    .await;
+    let request = hydrant_api::RestartInstance {
+        reason: Some("crash back-off elapsed".into()),
+        crash_count: Some(3),
+        instance: None,
+    };
+    // A healthy index is left alone.
+    let answer = cc
+        .admin
+        .restart_instance(&app.guid, 0, &request)
+        .await
+        .unwrap();
+    assert!(answer.replaced.is_empty());
+    // An index that is not desired is refused.
+    let err = cc
+        .admin
+        .restart_instance(&app.guid, 5, &request)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(422));
+    // Outsiders learn nothing.
+    let outsider = cc.user("stranger", None).await;
+    let err = outsider
+        .restart_instance(&app.guid, 0, &request)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(404));
+
+    let crashed = executor.crash(&app.guid, 1);
+    wait_for(WAIT, "the crashed state in a heartbeat", || async {
+        stats_states(&cc, &app.guid).await == vec![InstanceState::Running, InstanceState::Crashed]
+    })
+    .await;
+    let answer = cc
+        .admin
+        .restart_instance(&app.guid, 1, &request)
+        .await
+        .unwrap();
+    assert_eq!(answer.replaced, vec![crashed.clone()]);
+    wait_for(WAIT, "a fresh instance at index 1", || async {
+        let stats = cc.admin.app_stats(&app.guid).await.unwrap();
+        stats.instances.len() == 2
+            && stats.instances[1].state == InstanceState::Running
+            && stats.instances[1].instance_guid.as_deref() != Some(crashed.as_str())
+    })
+    .await;
+    {
+        let state = executor.state.lock().unwrap();
+        assert_eq!(state.starts.len(), 3);
+        assert_eq!(state.starts[2].index, 1);
+    }
+    let events = cc
+        .admin
+        .audit_events(&EventFilter {
+            target_guid: Some(app.guid.clone()),
+            types: Some("audit.app.process.restart".into()),
+        })
+        .await
+        .unwrap();
+    let event = events
+        .iter()
+        .find(|e| e.data["index"] == 1)
+        .expect("an audit event for index 1");
+    assert_eq!(event.actor, "admin");
+    assert_eq!(event.data["reason"], "crash back-off elapsed");
+    assert_eq!(event.data["crash_count"], 3);
+    assert_eq!(event.data["replaced"][0], crashed.as_str());
     cc.stop().await;
 }
 

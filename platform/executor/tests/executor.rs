@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use hydrant_bus::messages::{self, HealthCheckType, InstanceState, RegistryMessage, RouterStart};
 use hydrant_envelope::v2;
-use rig::{Rig, droplet, evil_droplet, wait_log, wait_until};
+use hydrant_testkit::wait_for;
+use rig::{Rig, droplet, evil_droplet, logs, wait_log};
 
 const APP: &str = r#"#!/bin/bash
 env | sort
@@ -80,8 +81,8 @@ async fn an_app_runs_with_its_env_logs_and_route_then_stops() {
     assert_eq!(again.port, port);
 
     // The environment, as the app printed it.
-    wait_log(&rig.recorder, "env and output", WAIT, |_, p| p == "two").await;
-    let out = rig.recorder.lines("APP/PROC/WEB");
+    wait_log(rig.agent(), "env and output", WAIT, |_, p| p == "two").await;
+    let out = rig.agent().lines("APP/PROC/WEB");
     let has = |line: &str| out.iter().any(|l| l == line);
     assert!(has(&format!("PORT={port}")), "PORT is the executor's");
     assert!(has("INSTANCE_INDEX=3"));
@@ -119,7 +120,7 @@ async fn an_app_runs_with_its_env_logs_and_route_then_stops() {
         .collect();
     assert_eq!(xs, vec![61_440, 70_000 - 61_440]);
     // Envelope shape: source and instance ids, OUT and ERR, tags.
-    let logs = rig.recorder.logs();
+    let logs = logs(rig.agent());
     let (env, _, is_err, _) = logs.iter().find(|(_, _, _, p)| p == b"to stderr").unwrap();
     assert!(*is_err);
     assert_eq!(env.source_id, "app-guid-1");
@@ -131,7 +132,7 @@ async fn an_app_runs_with_its_env_logs_and_route_then_stops() {
         .find(|(_, _, _, p)| p.starts_with(b"PORT="))
         .unwrap();
     assert!(!port_is_err);
-    let cell = rig.recorder.lines("CELL");
+    let cell = rig.agent().lines("CELL");
     for expected in [
         format!("Cell cell-1 creating container for instance {guid}"),
         format!("Cell cell-1 successfully created container for instance {guid}"),
@@ -144,8 +145,8 @@ async fn an_app_runs_with_its_env_logs_and_route_then_stops() {
         );
     }
     // Container metrics arrive as gauges for the instance.
-    wait_until("container metrics", WAIT, || {
-        let found = rig.recorder.all().iter().any(|e| {
+    wait_for(WAIT, "container metrics", || {
+        let found = rig.agent().envelopes().iter().any(|e| {
             e.source_id == "app-guid-1"
                 && matches!(&e.message, Some(v2::envelope::Message::Gauge(g))
                     if g.metrics.get("memory").is_some_and(|m| m.value > 0.0)
@@ -169,12 +170,12 @@ async fn an_app_runs_with_its_env_logs_and_route_then_stops() {
     assert_eq!(unregister.port, port);
     let hb = rig.wait_state(&guid, InstanceState::Down, WAIT).await;
     assert_eq!(hb.used.memory_mb, 0);
-    wait_log(&rig.recorder, "destroyed", WAIT, |st, p| {
+    wait_log(rig.agent(), "destroyed", WAIT, |st, p| {
         st == "CELL" && p.contains("successfully destroyed container")
     })
     .await;
     assert!(
-        rig.recorder
+        rig.agent()
             .lines("CELL")
             .iter()
             .any(|l| l == "Exit status 143")
@@ -199,7 +200,7 @@ async fn graceful_stop_escalates_to_sigkill_for_an_app_that_traps_term() {
     let guid = start.instance.clone();
     assert!(rig.request_start(&start).await.accepted);
     rig.wait_state(&guid, InstanceState::Running, WAIT).await;
-    wait_log(&rig.recorder, "ready", WAIT, |_, p| p == "ready").await;
+    wait_log(rig.agent(), "ready", WAIT, |_, p| p == "ready").await;
 
     let began = tokio::time::Instant::now();
     assert!(rig.request_stop("app-guid-1", &guid).await.accepted);
@@ -210,16 +211,16 @@ async fn graceful_stop_escalates_to_sigkill_for_an_app_that_traps_term() {
         took >= Duration::from_secs(1),
         "stopped after {took:?}, before the grace period"
     );
-    wait_log(&rig.recorder, "exit line", WAIT, |st, p| {
+    wait_log(rig.agent(), "exit line", WAIT, |st, p| {
         st == "CELL" && p.starts_with("Exit status")
     })
     .await;
-    let out = rig.recorder.lines("APP/PROC/WEB");
+    let out = rig.agent().lines("APP/PROC/WEB");
     assert!(
         out.iter().any(|l| l == "got TERM"),
         "the app saw SIGTERM: {out:?}"
     );
-    let cell = rig.recorder.lines("CELL");
+    let cell = rig.agent().lines("CELL");
     assert!(
         cell.iter()
             .any(|l| l == "Exit status 137 (exceeded 1s graceful shutdown interval)"),
@@ -251,11 +252,11 @@ async fn an_app_that_exits_at_start_is_reported_crashed_with_its_status() {
     let again = rig.request_start(&start).await;
     assert!(!again.accepted);
     assert!(again.reason.unwrap().contains("crashed"));
-    wait_log(&rig.recorder, "boom", WAIT, |st, p| {
+    wait_log(rig.agent(), "boom", WAIT, |st, p| {
         st == "APP/PROC/WEB" && p == "boom"
     })
     .await;
-    wait_log(&rig.recorder, "exit status", WAIT, |st, p| {
+    wait_log(rig.agent(), "exit status", WAIT, |st, p| {
         st == "CELL" && p == "Exit status 3"
     })
     .await;
@@ -288,7 +289,7 @@ async fn an_app_that_never_opens_its_port_fails_its_health_check() {
     );
     assert!(began.elapsed() < Duration::from_secs(4));
     rig.wait_state(&guid, InstanceState::Crashed, WAIT).await;
-    wait_log(&rig.recorder, "health line", WAIT, |st, p| {
+    wait_log(rig.agent(), "health line", WAIT, |st, p| {
         st == "HEALTH" && p == "Timed out after 1s: health check never passed."
     })
     .await;
@@ -310,7 +311,7 @@ async fn an_app_over_its_memory_quota_is_killed_as_oom() {
     assert_eq!(crash.reason, "OOM");
     assert_eq!(crash.exit_status, Some(137));
     assert!(crash.exit_description.ends_with("(out of memory)"));
-    wait_log(&rig.recorder, "oom exit line", WAIT, |st, p| {
+    wait_log(rig.agent(), "oom exit line", WAIT, |st, p| {
         st == "CELL" && p == "Exit status 137 (out of memory)"
     })
     .await;
@@ -397,7 +398,7 @@ async fn an_app_printing_flat_out_is_never_blocked_and_drops_are_counted() {
     assert!(began.elapsed() < Duration::from_secs(2));
     rig.wait_state(&guid, InstanceState::Running, Duration::from_secs(30))
         .await;
-    wait_until("drops counted", WAIT, || {
+    wait_for(WAIT, "drops counted", || {
         let admin = rig.admin;
         async move {
             let text = reqwest::get(format!("http://{admin}/metrics"))
@@ -483,14 +484,14 @@ async fn instances_keep_running_and_logging_while_the_bus_is_down() {
 
     rig.bus.simulate_outage(true).unwrap();
     let ticks = || {
-        rig.recorder
+        rig.agent()
             .lines("APP/PROC/WEB")
             .iter()
             .filter(|l| l.starts_with("tick"))
             .count()
     };
     let before = ticks();
-    wait_until("logs during the outage", WAIT, || {
+    wait_for(WAIT, "logs during the outage", || {
         let now = ticks();
         async move { now >= before + 10 }
     })

@@ -117,8 +117,12 @@ impl Exchange {
         let mut tags: Vec<(&str, &str)> =
             Vec::with_capacity(fixed.len() + self.endpoint.tags.len());
         tags.extend_from_slice(&fixed);
+        // Consumers (SLOs, the console) count the router's own errors apart from the app's.
+        if let Some(reason) = self.router_error {
+            tags.push(("router_error", reason.as_str()));
+        }
         for (k, v) in self.endpoint.tags.iter() {
-            if !fixed.iter().any(|(f, _)| f == k) {
+            if !fixed.iter().any(|(f, _)| f == k) && *k != "router_error" {
                 tags.push((k, v));
             }
         }

@@ -1,5 +1,5 @@
-//! App endpoints: create, list, get, update, delete, start/stop/restart, scale, instance
-//! stats, routes, log tokens and audit events.
+//! App endpoints: create, list, get, update, delete, start/stop/restart, restart of one crashed
+//! instance, scale, instance stats, routes, log tokens and audit events.
 //!
 //! Each change writes desired state and an audit event in one transaction, then wakes the
 //! placement loop, which does the rest; nothing here talks to an executor. That keeps every
@@ -13,8 +13,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hydrant_api::{
-    App, AppState, AuditEvent, CreateApp, List, LogToken, MapRoute, ProcessStats, Route, ScaleApp,
-    SpaceRole, UpdateApp,
+    App, AppState, AuditEvent, CreateApp, InstanceRestart, List, LogToken, MapRoute, ProcessStats,
+    RestartInstance, Route, ScaleApp, SpaceRole, UpdateApp,
 };
 use hydrant_auth::{Claims, Scope};
 use rusqlite::Connection;
@@ -43,6 +43,10 @@ pub(super) fn routes() -> Router<Arc<Ctx>> {
         .route("/v3/apps/{guid}/actions/start", post(start_app))
         .route("/v3/apps/{guid}/actions/stop", post(stop_app))
         .route("/v3/apps/{guid}/actions/restart", post(restart_app))
+        .route(
+            "/v3/apps/{guid}/instances/{index}/actions/restart",
+            post(restart_instance),
+        )
         .route(
             "/v3/apps/{guid}/processes/web/actions/scale",
             post(scale_app),
@@ -514,6 +518,74 @@ async fn restart_app(
         .api(&app.guid, &format!("Restarted app with guid {}", app.guid));
     ctx.placement.restart(&app.guid);
     Ok(Json(app))
+}
+
+/// Longest `reason` kept in the audit event.
+const MAX_REASON_BYTES: usize = 512;
+
+async fn restart_instance(
+    State(ctx): State<Arc<Ctx>>,
+    caller: Caller,
+    Path((guid, index)): Path<(String, u32)>,
+    Body(request): Body<RestartInstance>,
+) -> Result<Json<InstanceRestart>, ApiError> {
+    let app = ctx
+        .db
+        .run(move |c| app_for(c, &caller, &guid, Access::Write).map(|app| (app, caller)))
+        .await;
+    let (app, caller) = app?;
+    if app.state != AppState::Started || index >= app.instances {
+        return Err(ApiError::unprocessable(format!(
+            "instance {index} of app {:?} is not desired (the app is {} with {} instance(s)); \
+             start or scale the app instead",
+            app.name,
+            app.state.as_str(),
+            app.instances
+        )));
+    }
+    let named = request.instance.as_deref();
+    let replaced = ctx.placement.restart_index(&app.guid, index, named);
+    let mut reason = request.reason.unwrap_or_default();
+    if reason.len() > MAX_REASON_BYTES {
+        let mut end = MAX_REASON_BYTES;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    let data = json!({
+        "index": index,
+        "reason": reason,
+        "crash_count": request.crash_count,
+        "replaced": replaced,
+    });
+    let event_app = app.clone();
+    ctx.db
+        .run(move |c| {
+            record_event(
+                c,
+                "audit.app.process.restart",
+                &caller.username,
+                &event_app,
+                data,
+            )?;
+            Ok(())
+        })
+        .await?;
+    if !replaced.is_empty() {
+        ctx.logs.api(
+            &app.guid,
+            &format!(
+                "Restarting crashed instance {index} of app with guid {}",
+                app.guid
+            ),
+        );
+    }
+    Ok(Json(InstanceRestart {
+        app_guid: app.guid,
+        index,
+        replaced,
+    }))
 }
 
 async fn scale_app(

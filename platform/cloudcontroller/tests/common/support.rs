@@ -1,5 +1,6 @@
-//! Test harness for the cloud controller: the real role on loopback, a fake v2 Ingress agent
-//! that records the app log lines it is sent, and fake executors on the in-process bus.
+//! Test harness for the cloud controller: the real role on loopback and fake executors on the
+//! in-process bus. The fake v2 Ingress agent that records its log lines is
+//! `hydrant_testkit::FakeAgent`.
 
 #![allow(
     clippy::unwrap_used,
@@ -10,12 +11,10 @@
 )]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use hydrant_api::Client;
 use hydrant_bus::messages::{
     self, ExecutorHeartbeat, ExecutorReply, InstanceHeartbeat, InstanceState, Resources,
@@ -24,33 +23,11 @@ use hydrant_bus::messages::{
 use hydrant_bus::{Bus, Config as BusConfig};
 use hydrant_cloudcontroller::{Config, Listeners};
 use hydrant_emitter::Registry;
-use hydrant_envelope::raw::Empty;
-use hydrant_envelope::raw::ingress::ingress_server::{Ingress, IngressServer};
-use hydrant_envelope::v2;
-use hydrant_envelope::wire::BatchIter;
-use prost::Message as _;
+use hydrant_testkit::wait_for;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
 
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
-
-/// Waits until `cond` holds, failing the test with `what` after `timeout`.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// A running cloud controller.
 #[derive(Debug)]
@@ -110,7 +87,7 @@ impl Cc {
             shutdown.clone(),
         ));
         let anonymous = Client::new(&url, None);
-        wait_until("the API to answer", Duration::from_secs(10), || {
+        wait_for(Duration::from_secs(10), "the API to answer", || {
             let anonymous = anonymous.clone();
             async move { anonymous.info().await.is_ok() }
         })
@@ -210,86 +187,6 @@ pub async fn push_and_stage(
         .unwrap();
     let app = client.app(&app.guid).await.unwrap();
     (app, build)
-}
-
-// === fake agent ===
-
-/// Records every envelope it receives.
-#[derive(Debug, Clone, Default)]
-pub struct Recorder {
-    envelopes: Arc<Mutex<Vec<v2::Envelope>>>,
-}
-
-impl Recorder {
-    fn record(&self, batch: &Bytes) {
-        let mut out = self.envelopes.lock().unwrap();
-        for e in BatchIter::new(batch) {
-            out.push(v2::Envelope::decode(e.unwrap()).unwrap());
-        }
-    }
-
-    /// Log lines of `source_type` for `source_id`, as text.
-    pub fn lines(&self, source_id: &str, source_type: &str) -> Vec<String> {
-        self.envelopes
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e.source_id == source_id)
-            .filter(|e| e.tags.get("source_type").map(String::as_str) == Some(source_type))
-            .filter_map(|e| match &e.message {
-                Some(v2::envelope::Message::Log(l)) => {
-                    Some(String::from_utf8_lossy(&l.payload).into_owned())
-                }
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-#[tonic::async_trait]
-impl Ingress for Recorder {
-    async fn sender(&self, request: Request<Streaming<Bytes>>) -> Result<Response<Empty>, Status> {
-        let mut stream = request.into_inner();
-        while let Some(e) = stream.message().await? {
-            self.envelopes
-                .lock()
-                .unwrap()
-                .push(v2::Envelope::decode(e.as_ref()).unwrap());
-        }
-        Ok(Response::new(Empty))
-    }
-
-    async fn batch_sender(
-        &self,
-        request: Request<Streaming<Bytes>>,
-    ) -> Result<Response<Empty>, Status> {
-        let mut stream = request.into_inner();
-        while let Some(batch) = stream.message().await? {
-            self.record(&batch);
-        }
-        Ok(Response::new(Empty))
-    }
-
-    async fn send(&self, request: Request<Bytes>) -> Result<Response<Empty>, Status> {
-        self.record(request.get_ref());
-        Ok(Response::new(Empty))
-    }
-}
-
-/// A fake agent serving v2 Ingress on loopback.
-pub async fn fake_agent() -> (String, Recorder) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let recorder = Recorder::default();
-    let service = IngressServer::new(recorder.clone())
-        .max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-            .await;
-    });
-    (format!("http://{addr}"), recorder)
 }
 
 // === fake executors ===

@@ -1,6 +1,6 @@
-//! Test rig for the executor: an isolated in-process bus, a fake agent recording envelopes, a
-//! tiny HTTP droplet server, droplets built on the fly, and helpers that wait for conditions
-//! with deadlines.
+//! Test rig for the executor: an isolated in-process bus, a fake agent recording envelopes
+//! (`hydrant_testkit::FakeAgent`), a tiny HTTP droplet server, droplets built on the fly, and
+//! helpers that wait for conditions with deadlines.
 
 #![allow(
     clippy::unwrap_used,
@@ -15,119 +15,35 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use hydrant_bus::messages::{
     self, ExecutorCrash, ExecutorHeartbeat, ExecutorReply, HealthCheck, HealthCheckType,
     InstanceState, StartInstance, StopInstance,
 };
 use hydrant_bus::{Bus, Subscription};
 use hydrant_emitter::Registry;
-use hydrant_envelope::raw::Empty;
-use hydrant_envelope::raw::ingress::ingress_server::{Ingress, IngressServer};
 use hydrant_envelope::v2;
-use hydrant_envelope::wire::BatchIter;
 use hydrant_executor::{Config, Listeners};
-use prost::Message as _;
+use hydrant_testkit::{FakeAgent, dead_addr, wait_for};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
 
-/// Records every envelope it receives.
-#[derive(Debug, Clone, Default)]
-pub struct Recorder {
-    envelopes: Arc<Mutex<Vec<v2::Envelope>>>,
-}
-
-impl Recorder {
-    fn record(&self, batch: &Bytes) {
-        let mut out = self.envelopes.lock().unwrap();
-        for e in BatchIter::new(batch) {
-            out.push(v2::Envelope::decode(e.unwrap()).unwrap());
-        }
-    }
-
-    pub fn all(&self) -> Vec<v2::Envelope> {
-        self.envelopes.lock().unwrap().clone()
-    }
-
-    /// Log envelopes as (source_type, is_err, payload).
-    pub fn logs(&self) -> Vec<(v2::Envelope, String, bool, Vec<u8>)> {
-        self.all()
-            .into_iter()
-            .filter_map(|e| match &e.message {
-                Some(v2::envelope::Message::Log(l)) => {
-                    let st = e.tags.get("source_type").cloned().unwrap_or_default();
-                    let is_err = l.r#type == v2::log::Type::Err as i32;
-                    let payload = l.payload.to_vec();
-                    Some((e, st, is_err, payload))
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    pub fn lines(&self, source_type: &str) -> Vec<String> {
-        self.logs()
-            .into_iter()
-            .filter(|(_, st, _, _)| st == source_type)
-            .map(|(_, _, _, p)| String::from_utf8_lossy(&p).into_owned())
-            .collect()
-    }
-}
-
-#[tonic::async_trait]
-impl Ingress for Recorder {
-    async fn sender(&self, request: Request<Streaming<Bytes>>) -> Result<Response<Empty>, Status> {
-        let mut stream = request.into_inner();
-        while let Some(e) = stream.message().await? {
-            self.envelopes
-                .lock()
-                .unwrap()
-                .push(v2::Envelope::decode(e).unwrap());
-        }
-        Ok(Response::new(Empty))
-    }
-
-    async fn batch_sender(
-        &self,
-        request: Request<Streaming<Bytes>>,
-    ) -> Result<Response<Empty>, Status> {
-        let mut stream = request.into_inner();
-        while let Some(batch) = stream.message().await? {
-            self.record(&batch);
-        }
-        Ok(Response::new(Empty))
-    }
-
-    async fn send(&self, request: Request<Bytes>) -> Result<Response<Empty>, Status> {
-        self.record(request.get_ref());
-        Ok(Response::new(Empty))
-    }
-}
-
-/// Starts a fake agent on loopback.
-pub async fn fake_agent() -> (String, Recorder) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let recorder = Recorder::default();
-    let service = IngressServer::new(recorder.clone())
-        .max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-            .await
-            .unwrap();
-    });
-    (format!("http://{addr}"), recorder)
-}
-
-/// An address nothing listens on.
-pub fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+/// Log envelopes as (envelope, source_type, is_err, payload).
+pub fn logs(agent: &FakeAgent) -> Vec<(v2::Envelope, String, bool, Vec<u8>)> {
+    agent
+        .envelopes()
+        .into_iter()
+        .filter_map(|e| match &e.message {
+            Some(v2::envelope::Message::Log(l)) => {
+                let st = e.tags.get("source_type").cloned().unwrap_or_default();
+                let is_err = l.r#type == v2::log::Type::Err as i32;
+                let payload = l.payload.to_vec();
+                Some((e, st, is_err, payload))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Serves droplets over HTTP from memory.
@@ -217,7 +133,7 @@ pub fn evil_droplet(raw_name: &str) -> Vec<u8> {
 /// One executor under test with everything around it.
 pub struct Rig {
     pub bus: Bus,
-    pub recorder: Recorder,
+    agent: Option<FakeAgent>,
     pub droplets: DropletServer,
     pub admin: SocketAddr,
     pub executor_id: String,
@@ -242,11 +158,10 @@ impl Rig {
         let crashes = bus.subscribe(messages::EXECUTOR_CRASH).await.unwrap();
         let registers = bus.subscribe(messages::ROUTER_REGISTER).await.unwrap();
         let unregisters = bus.subscribe(messages::ROUTER_UNREGISTER).await.unwrap();
-        let (agent_url, recorder) = if agent {
-            fake_agent().await
-        } else {
-            (format!("http://{}", dead_addr()), Recorder::default())
-        };
+        let agent = agent.then(FakeAgent::start);
+        let agent_url = agent
+            .as_ref()
+            .map_or_else(|| format!("http://{}", dead_addr()), FakeAgent::url);
         let droplets = DropletServer::start().await;
         let data = tempfile::tempdir().unwrap();
         let mut config = Config {
@@ -274,7 +189,7 @@ impl Rig {
         let task = tokio::spawn(hydrant_executor::run(config, listeners, shutdown.clone()));
         let rig = Self {
             bus,
-            recorder,
+            agent,
             droplets,
             admin,
             executor_id,
@@ -292,11 +207,18 @@ impl Rig {
             app: "nobody".into(),
             ..StopInstance::default()
         };
-        wait_until("executor ready", Duration::from_secs(5), || async {
+        wait_for(Duration::from_secs(5), "executor ready", || async {
             rig.try_stop(&probe).await.is_ok()
         })
         .await;
         rig
+    }
+
+    /// The fake agent recording the executor's envelopes.
+    pub fn agent(&self) -> &FakeAgent {
+        self.agent
+            .as_ref()
+            .expect("this rig was started with `agent: true`")
     }
 
     pub fn start_message(&self, cmd: &str, url: &str, sha: &str) -> StartInstance {
@@ -411,29 +333,15 @@ impl Rig {
     }
 }
 
-/// Polls `cond` until it holds or `timeout` passes (then panics naming `what`).
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until the recorder holds a log line satisfying `pred`.
+/// Waits until the fake agent holds a log line satisfying `pred(source_type, text)`.
 pub async fn wait_log(
-    recorder: &Recorder,
+    agent: &FakeAgent,
     what: &str,
     timeout: Duration,
     pred: impl Fn(&str, &str) -> bool,
 ) {
-    wait_until(what, timeout, || {
-        let found = recorder
-            .logs()
+    wait_for(timeout, what, || {
+        let found = logs(agent)
             .iter()
             .any(|(_, st, _, p)| pred(st, &String::from_utf8_lossy(p)));
         async move { found }

@@ -21,9 +21,8 @@ use hydrant_router::{Config, StaticRoute};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{
-    Backend, Behaviour, FakeAgent, TestRouter, dead_addr, eventually, get, send, wait_bus,
-};
+use hydrant_testkit::{FakeAgent, dead_addr, wait_for};
+use support::{Backend, Behaviour, TestRouter, get, send, wait_bus};
 
 fn static_route(uri: &str, backends: &[std::net::SocketAddr]) -> StaticRoute {
     StaticRoute {
@@ -155,7 +154,7 @@ async fn pins_an_instance_with_x_cf_app_instance() {
     let router = TestRouter::start(Config::default()).await;
     router.register(&a.registration(&["pin.apps.localhost"], "app", 0));
     router.register(&b.registration(&["pin.apps.localhost"], "app", 1));
-    eventually("both instances", || async {
+    wait_for(support::DEADLINE, "both instances", || async {
         let r = router.get("pin.apps.localhost", "/").await;
         (r.text() == "b").then_some(())
     })
@@ -230,7 +229,7 @@ async fn least_connection_prefers_idle_instances() {
         loadbalancing: Some("least-connection".into()),
     });
     router.register(&message);
-    eventually("both instances", || async {
+    wait_for(support::DEADLINE, "both instances", || async {
         (router.get("lc.apps.localhost", "/").await.text() == "idle").then_some(())
     })
     .await;
@@ -251,7 +250,7 @@ async fn least_connection_prefers_idle_instances() {
             })
         })
         .collect();
-    eventually("busy to hold two requests", || async {
+    wait_for(support::DEADLINE, "busy to hold two requests", || async {
         (busy.hits() >= busy_before + 2).then_some(())
     })
     .await;
@@ -270,7 +269,7 @@ async fn least_connection_prefers_idle_instances() {
 #[tokio::test]
 async fn unreachable_instances_are_retried_elsewhere_then_skipped() {
     let live = Backend::start("live").await;
-    let dead = [dead_addr().await, dead_addr().await];
+    let dead = [dead_addr(), dead_addr()];
     let router = TestRouter::start(Config {
         routes: vec![static_route(
             "retry.apps.localhost",
@@ -297,14 +296,8 @@ async fn unreachable_instances_are_retried_elsewhere_then_skipped() {
 
 #[tokio::test]
 async fn at_most_three_attempts_never_the_same_instance_twice() {
-    let dead: Vec<_> = [
-        dead_addr().await,
-        dead_addr().await,
-        dead_addr().await,
-        dead_addr().await,
-    ]
-    .to_vec();
-    let two = [dead_addr().await, dead_addr().await];
+    let dead: Vec<_> = [dead_addr(), dead_addr(), dead_addr(), dead_addr()].to_vec();
+    let two = [dead_addr(), dead_addr()];
     let router = TestRouter::start(Config {
         routes: vec![
             static_route("four.apps.localhost", &dead),
@@ -345,7 +338,7 @@ async fn at_most_three_attempts_never_the_same_instance_twice() {
 #[tokio::test]
 async fn a_skipped_instance_is_tried_again_after_the_ejection_time() {
     let live = Backend::start("live").await;
-    let dead = dead_addr().await;
+    let dead = dead_addr();
     let router = TestRouter::start(Config {
         routes: vec![static_route("eject.apps.localhost", &[dead, live.addr])],
         retry_after_failure_ms: 300,
@@ -360,10 +353,14 @@ async fn a_skipped_instance_is_tried_again_after_the_ejection_time() {
         1.0
     );
     // Once the mark lapses, the dead instance gets (and fails) an attempt again.
-    eventually("the dead instance to be tried again", || async {
-        assert_eq!(router.get("eject.apps.localhost", "/").await.status, 200);
-        (router.metric("router_backend_unreachable_total", "").await >= 2.0).then_some(())
-    })
+    wait_for(
+        support::DEADLINE,
+        "the dead instance to be tried again",
+        || async {
+            assert_eq!(router.get("eject.apps.localhost", "/").await.status, 200);
+            (router.metric("router_backend_unreachable_total", "").await >= 2.0).then_some(())
+        },
+    )
     .await;
     router.stop().await;
 }
@@ -430,12 +427,12 @@ async fn unregister_removes_only_that_instance() {
     let mb = b.registration(&["u.apps.localhost"], "app", 1);
     router.register(&ma);
     router.register(&mb);
-    eventually("both instances", || async {
+    wait_for(support::DEADLINE, "both instances", || async {
         (router.get("u.apps.localhost", "/").await.text() == "b").then_some(())
     })
     .await;
     router.unregister(&ma);
-    eventually("a to be gone", || async {
+    wait_for(support::DEADLINE, "a to be gone", || async {
         let texts: Vec<String> = futures_texts(&router, "u.apps.localhost", 4).await;
         texts.iter().all(|t| t == "b").then_some(())
     })
@@ -643,10 +640,10 @@ async fn upgrades_are_tunnelled() {
 
 #[tokio::test]
 async fn each_request_leaves_a_timer_and_an_rtr_line_in_the_app_stream() {
-    let (agent, url) = FakeAgent::start().await;
+    let agent = FakeAgent::start();
     let backend = Backend::start("t").await;
     let mut config = Config::default();
-    config.telemetry.agent = Some(url);
+    config.telemetry.agent = Some(agent.url());
     config.router_id = "7".into();
     let router = TestRouter::start(config).await;
     router.register(&backend.registration(&["timer.apps.localhost"], "timer-guid", 2));
@@ -662,7 +659,7 @@ async fn each_request_leaves_a_timer_and_an_rtr_line_in_the_app_stream() {
     .unwrap();
     let id = reply.header("x-vcap-request-id").unwrap().to_owned();
 
-    let (timer, line) = eventually("the Timer and the RTR line", || async {
+    let (timer, line) = wait_for(support::DEADLINE, "the Timer and the RTR line", || async {
         let envelopes = agent.envelopes();
         let timer = envelopes.iter().find(|e| {
             e.tags.get("request_id") == Some(&id)
@@ -705,6 +702,9 @@ async fn each_request_leaves_a_timer_and_an_rtr_line_in_the_app_stream() {
             "{key}"
         );
     }
+
+    // The app answered: nothing marks it as the router's own error.
+    assert!(!timer.tags.contains_key("router_error"), "{:?}", timer.tags);
 
     let (log, text) = line;
     assert_eq!(log.source_id, "timer-guid");

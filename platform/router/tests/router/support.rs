@@ -1,12 +1,11 @@
 //! Test fixtures: the router on loopback with its own in-process bus hub, small hyper
-//! backends that say who they are and echo what they saw, a one-shot HTTP client and a fake v2
-//! Ingress agent that records envelopes.
+//! backends that say who they are and echo what they saw, and a one-shot HTTP client. The fake
+//! v2 Ingress agent that records envelopes is `hydrant_testkit::FakeAgent`.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,20 +14,15 @@ use http_body_util::{BodyExt, Full};
 use hydrant_bus::messages::{self, RegistryMessage};
 use hydrant_bus::{Bus, BusStatus};
 use hydrant_emitter::Registry;
-use hydrant_envelope::raw::Empty;
-use hydrant_envelope::raw::ingress::ingress_server::{Ingress, IngressServer};
-use hydrant_envelope::v2;
-use hydrant_envelope::wire::BatchIter;
 use hydrant_router::{Config, Listeners};
+use hydrant_testkit::wait_for;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use prost::Message as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming};
 
 /// How long any awaited condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(10);
@@ -39,25 +33,6 @@ static HUB: AtomicUsize = AtomicUsize::new(0);
 pub fn unique_bus() -> hydrant_bus::Config {
     let n = HUB.fetch_add(1, Ordering::Relaxed);
     hydrant_bus::Config::inprocess(&format!("router-test-{}-{n}", std::process::id()))
-}
-
-/// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// A router running on loopback.
@@ -93,7 +68,7 @@ impl TestRouter {
             shutdown,
             task: Some(task),
         };
-        eventually("the admin endpoint", || async {
+        wait_for(DEADLINE, "the admin endpoint", || async {
             get(router.admin, "admin", "/healthz", &[])
                 .await
                 .ok()
@@ -122,10 +97,14 @@ impl TestRouter {
 
     /// Waits until `host/path` answers `status`.
     pub async fn wait_status(&self, host: &str, path: &str, status: u16) -> Reply {
-        eventually(&format!("{host}{path} to answer {status}"), || async {
-            let reply = get(self.addr, host, path, &[]).await.ok()?;
-            (reply.status.as_u16() == status).then_some(reply)
-        })
+        wait_for(
+            DEADLINE,
+            &format!("{host}{path} to answer {status}"),
+            || async {
+                let reply = get(self.addr, host, path, &[]).await.ok()?;
+                (reply.status.as_u16() == status).then_some(reply)
+            },
+        )
         .await
     }
 
@@ -160,7 +139,7 @@ impl Drop for TestRouter {
 
 /// Waits until a bus handle sees `status`.
 pub async fn wait_bus(bus: &Bus, connected: bool) {
-    eventually("the bus status", || async {
+    wait_for(DEADLINE, "the bus status", || async {
         (matches!(bus.status(), BusStatus::Connected) == connected).then_some(())
     })
     .await;
@@ -383,79 +362,4 @@ fn upgrade(mut request: Request<Incoming>) -> Response<Full<Bytes>> {
         .header("upgrade", "echo")
         .body(Full::new(Bytes::new()))
         .unwrap()
-}
-
-/// A port nothing listens on (bound, then closed).
-pub async fn dead_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// A fake agent: records every envelope sent to its v2 Ingress.
-#[derive(Clone, Default)]
-pub struct FakeAgent {
-    envelopes: Arc<Mutex<Vec<v2::Envelope>>>,
-}
-
-impl FakeAgent {
-    /// Serves on loopback; returns the agent and its URL.
-    pub async fn start() -> (Self, String) {
-        let agent = Self::default();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let service = IngressServer::new(agent.clone())
-            .max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-                .await
-                .unwrap();
-        });
-        (agent, format!("http://{addr}"))
-    }
-
-    fn record(&self, batch: &[u8]) {
-        let mut out = self.envelopes.lock().unwrap();
-        for e in BatchIter::new(batch) {
-            out.push(v2::Envelope::decode(e.unwrap()).unwrap());
-        }
-    }
-
-    pub fn envelopes(&self) -> Vec<v2::Envelope> {
-        self.envelopes.lock().unwrap().clone()
-    }
-}
-
-#[tonic::async_trait]
-impl Ingress for FakeAgent {
-    async fn sender(
-        &self,
-        request: GrpcRequest<Streaming<Bytes>>,
-    ) -> Result<GrpcResponse<Empty>, Status> {
-        let mut stream = request.into_inner();
-        while let Some(e) = stream.message().await? {
-            self.envelopes
-                .lock()
-                .unwrap()
-                .push(v2::Envelope::decode(e.as_ref()).unwrap());
-        }
-        Ok(GrpcResponse::new(Empty))
-    }
-
-    async fn batch_sender(
-        &self,
-        request: GrpcRequest<Streaming<Bytes>>,
-    ) -> Result<GrpcResponse<Empty>, Status> {
-        let mut stream = request.into_inner();
-        while let Some(batch) = stream.message().await? {
-            self.record(&batch);
-        }
-        Ok(GrpcResponse::new(Empty))
-    }
-
-    async fn send(&self, request: GrpcRequest<Bytes>) -> Result<GrpcResponse<Empty>, Status> {
-        self.record(request.get_ref());
-        Ok(GrpcResponse::new(Empty))
-    }
 }

@@ -1,0 +1,18 @@
+//! Test support shared by every crate whose tests stand in for a Loggregator v2 agent: a
+//! [`FakeAgent`] that records the envelopes a role sends it, and [`wait_for`], which polls a
+//! condition until it holds or a deadline passes.
+//!
+//! A dev-dependency only; no role links it. Its invariant is the house rule for tests: nothing
+//! sleeps and hopes. Every wait names what it waited for and fails the test once its deadline
+//! passes, and every fixture binds an ephemeral loopback port.
+
+#![allow(
+    clippy::expect_used,
+    reason = "test support: a fixture that cannot start must fail the test that asked for it"
+)]
+
+mod agent;
+mod wait;
+
+pub use agent::{FakeAgent, FakeAgentBuilder, Received};
+pub use wait::{Condition, dead_addr, wait_for};

@@ -1,0 +1,38 @@
+//! The one error type of the health manager: what stops it from starting.
+//!
+//! Nothing that happens after start-up is an error here: an unreachable cloud controller makes
+//! the desired-state copy stale, a refused restart is retried, a malformed bus message is
+//! counted and dropped. Only configuration, the bus at start-up and the admin listener fail
+//! [`crate::run`].
+
+/// Why the health manager could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A config field holds a value the health manager cannot use.
+    #[error("invalid health manager config: {field}: {message}")]
+    Config {
+        /// The field, as written in the config file.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The `[telemetry]` section is invalid.
+    #[error(transparent)]
+    Telemetry(#[from] hydrant_emitter::Error),
+    /// The bus could not be reached or refused a subscription.
+    #[error(transparent)]
+    Bus(#[from] hydrant_bus::Error),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr} ({field}): {source}")]
+    Bind {
+        /// The config field holding the address.
+        field: &'static str,
+        /// The address.
+        addr: String,
+        /// The bind error.
+        source: std::io::Error,
+    },
+    /// The admin HTTP server failed.
+    #[error("health manager admin server failed: {0}")]
+    Admin(#[source] std::io::Error),
+}
