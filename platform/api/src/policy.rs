@@ -463,12 +463,7 @@ impl ScalingPolicy {
     /// # Errors
     /// [`PolicyError`] naming the first invalid field by its JSON path.
     pub fn validate(&self) -> Result<(), PolicyError> {
-        check_counts(
-            "",
-            self.instance_min_count,
-            self.instance_max_count,
-            None,
-        )?;
+        check_counts("", self.instance_min_count, self.instance_max_count, None)?;
         if self.scaling_rules.is_empty() && self.schedules.is_none() {
             return Err(bad(
                 "scaling_rules",
@@ -577,12 +572,7 @@ fn clamp_count(n: i64) -> u32 {
     u32::try_from(n.clamp(0, MAX_INSTANCE_COUNT)).unwrap_or(0)
 }
 
-fn check_counts(
-    prefix: &str,
-    min: i64,
-    max: i64,
-    initial: Option<i64>,
-) -> Result<(), PolicyError> {
+fn check_counts(prefix: &str, min: i64, max: i64, initial: Option<i64>) -> Result<(), PolicyError> {
     if !(1..=MAX_INSTANCE_COUNT).contains(&min) {
         return Err(bad(
             format!("{prefix}instance_min_count"),
@@ -603,7 +593,9 @@ fn check_counts(
     {
         return Err(bad(
             format!("{prefix}initial_min_instance_count"),
-            format!("({initial}) must be between instance_min_count ({min}) and instance_max_count ({max})"),
+            format!(
+                "({initial}) must be between instance_min_count ({min}) and instance_max_count ({max})"
+            ),
         ));
     }
     Ok(())
@@ -617,10 +609,7 @@ impl ScalingRule {
         if let Some(problem) = metric.threshold_problem(self.threshold) {
             return Err(bad(
                 field("threshold"),
-                format!(
-                    "({}) for {}: {problem}",
-                    self.threshold, self.metric_type
-                ),
+                format!("({}) for {}: {problem}", self.threshold, self.metric_type),
             ));
         }
         let operator = Operator::parse(&self.operator).map_err(|m| bad(field("operator"), m))?;
@@ -654,7 +643,11 @@ impl ScalingRule {
                 self.breach_duration_secs,
                 DEFAULT_BREACH_DURATION_SECS,
             )?,
-            cool_down_secs: duration("cool_down_secs", self.cool_down_secs, DEFAULT_COOL_DOWN_SECS)?,
+            cool_down_secs: duration(
+                "cool_down_secs",
+                self.cool_down_secs,
+                DEFAULT_COOL_DOWN_SECS,
+            )?,
         })
     }
 }
@@ -762,13 +755,19 @@ impl RecurringSchedule {
         }
         let start_date = match &self.start_date {
             Some(d) => Some(parse_date(d).ok_or_else(|| {
-                bad(format!("{prefix}start_date"), format!("{d:?}: use yyyy-mm-dd"))
+                bad(
+                    format!("{prefix}start_date"),
+                    format!("{d:?}: use yyyy-mm-dd"),
+                )
             })?),
             None => None,
         };
         if let Some(d) = &self.end_date {
             let end = parse_date(d).ok_or_else(|| {
-                bad(format!("{prefix}end_date"), format!("{d:?}: use yyyy-mm-dd"))
+                bad(
+                    format!("{prefix}end_date"),
+                    format!("{d:?}: use yyyy-mm-dd"),
+                )
             })?;
             if start_date.is_some_and(|s| end < s) {
                 return Err(bad(
@@ -860,7 +859,7 @@ fn parse_date(text: &str) -> Option<i64> {
     let (y, m, d): (i64, i64, i64) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
     let days = days_from_civil(y, m, d);
     // Round-tripping rejects 02-30 and friends.
-    (m >= 1 && m <= 12 && d >= 1 && civil_from_days(days) == (y, m, d)).then_some(days)
+    ((1..=12).contains(&m) && d >= 1 && civil_from_days(days) == (y, m, d)).then_some(days)
 }
 
 /// Local seconds since 1970-01-01T00:00 of `yyyy-mm-ddThh:mm`.
@@ -964,43 +963,63 @@ mod tests {
                 "scaling_rules: give at least one",
             ),
             (
-                with_rule(r#"{"metric_type": "cpu", "threshold": 1, "operator": ">", "adjustment": "+x"}"#),
+                with_rule(
+                    r#"{"metric_type": "cpu", "threshold": 1, "operator": ">", "adjustment": "+x"}"#,
+                ),
                 r#"scaling_rules[1].adjustment: "+x": use +N, -N, +N% or -N%"#,
             ),
             (
-                with_rule(r#"{"metric_type": "cpu", "threshold": 1, "operator": ">", "adjustment": "+0"}"#),
+                with_rule(
+                    r#"{"metric_type": "cpu", "threshold": 1, "operator": ">", "adjustment": "+0"}"#,
+                ),
                 "scaling_rules[1].adjustment",
             ),
             (
-                with_rule(r#"{"metric_type": "cpu", "threshold": 1, "operator": "=>", "adjustment": "+1"}"#),
+                with_rule(
+                    r#"{"metric_type": "cpu", "threshold": 1, "operator": "=>", "adjustment": "+1"}"#,
+                ),
                 r#"scaling_rules[1].operator: "=>": use <, <=, > or >="#,
             ),
             (
-                with_rule(r#"{"metric_type": "mem-used", "threshold": 1, "operator": ">", "adjustment": "+1"}"#),
+                with_rule(
+                    r#"{"metric_type": "mem-used", "threshold": 1, "operator": ">", "adjustment": "+1"}"#,
+                ),
                 "scaling_rules[1].metric_type",
             ),
             (
-                with_rule(r#"{"metric_type": "cpuutil", "threshold": 1, "operator": ">", "adjustment": "+1"}"#),
+                with_rule(
+                    r#"{"metric_type": "cpuutil", "threshold": 1, "operator": ">", "adjustment": "+1"}"#,
+                ),
                 "scaling_rules[1].metric_type: \"cpuutil\" needs",
             ),
             (
-                with_rule(r#"{"metric_type": "memoryutil", "threshold": 150, "operator": ">", "adjustment": "+1"}"#),
+                with_rule(
+                    r#"{"metric_type": "memoryutil", "threshold": 150, "operator": ">", "adjustment": "+1"}"#,
+                ),
                 "scaling_rules[1].threshold: (150) for memoryutil",
             ),
             (
-                with_rule(r#"{"metric_type": "throughput", "threshold": -1, "operator": ">", "adjustment": "+1"}"#),
+                with_rule(
+                    r#"{"metric_type": "throughput", "threshold": -1, "operator": ">", "adjustment": "+1"}"#,
+                ),
                 "scaling_rules[1].threshold: (-1) for throughput: must be 0 or more",
             ),
             (
-                with_rule(r#"{"metric_type": "cpu", "threshold": 1, "operator": ">", "adjustment": "+1", "breach_duration_secs": 30}"#),
+                with_rule(
+                    r#"{"metric_type": "cpu", "threshold": 1, "operator": ">", "adjustment": "+1", "breach_duration_secs": 30}"#,
+                ),
                 "scaling_rules[1].breach_duration_secs: (30) must be between 60 and 3600",
             ),
             (
-                with_rule(r#"{"metric_type": "cpu", "threshold": 1, "operator": ">", "adjustment": "+1", "cool_down_secs": 4000}"#),
+                with_rule(
+                    r#"{"metric_type": "cpu", "threshold": 1, "operator": ">", "adjustment": "+1", "cool_down_secs": 4000}"#,
+                ),
                 "scaling_rules[1].cool_down_secs: (4000)",
             ),
             (
-                with_rule(r#"{"metric_type": "cpu", "threshold": 1, "operator": ">", "adjustment": "+1", "breach": 60}"#),
+                with_rule(
+                    r#"{"metric_type": "cpu", "threshold": 1, "operator": ">", "adjustment": "+1", "breach": 60}"#,
+                ),
                 "policy: not valid: unknown field `breach`",
             ),
             (
@@ -1020,7 +1039,10 @@ mod tests {
                 "schedules.recurring_schedule[0].days_of_week: (8) must be between 1 and 7",
             ),
             (
-                FULL.replace("\"initial_min_instance_count\": 5", "\"initial_min_instance_count\": 11"),
+                FULL.replace(
+                    "\"initial_min_instance_count\": 5",
+                    "\"initial_min_instance_count\": 11",
+                ),
                 "schedules.recurring_schedule[0].initial_min_instance_count: (11)",
             ),
             (
@@ -1034,7 +1056,10 @@ mod tests {
         ];
         for (json, expected) in cases {
             let message = error_of(&json);
-            assert!(message.starts_with(expected), "{message:?} should start with {expected:?}");
+            assert!(
+                message.starts_with(expected),
+                "{message:?} should start with {expected:?}"
+            );
         }
     }
 

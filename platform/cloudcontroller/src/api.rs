@@ -8,7 +8,9 @@
 //! nothing.
 
 mod apps;
+mod autoscaling;
 mod push;
+mod slos;
 
 use std::sync::Arc;
 
@@ -247,7 +249,9 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
             delete(remove_role),
         )
         .merge(apps::routes())
+        .merge(autoscaling::routes())
         .merge(push::routes())
+        .merge(slos::routes())
         .layer(DefaultBodyLimit::max(json_limit))
         // Blob uploads stream to disk under their own limit, so the JSON limit does not apply.
         .route(

@@ -22,7 +22,8 @@ use crate::api::ApiError;
 
 /// Schema steps, applied in order; step `i` takes `user_version` from `i` to `i + 1`. Append
 /// new steps (policies, SLOs, drains), never edit old ones.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE users (
     guid TEXT PRIMARY KEY,
     username TEXT NOT NULL UNIQUE,
@@ -106,7 +107,22 @@ CREATE TABLE events (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX events_target ON events(target_guid);
-"];
+",
+    r"
+CREATE TABLE slos (
+    app_guid TEXT PRIMARY KEY REFERENCES apps(guid) ON DELETE CASCADE,
+    spec TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+",
+    r"
+CREATE TABLE autoscaling_policies (
+    app_guid TEXT PRIMARY KEY REFERENCES apps(guid) ON DELETE CASCADE,
+    policy TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+",
+];
 
 /// The database handle. Clones share one connection.
 #[derive(Debug, Clone)]

@@ -366,7 +366,11 @@ impl Loop {
             }
             if let Some(apps) = &snapshot.apps {
                 let verdict = match apps.get(&key.0) {
-                    None if snapshot.fresh => Some("the app no longer exists".to_owned()),
+                    // An app pushed since the last poll is not in the copy yet; a start
+                    // overheard for it says it exists, and the API refuses if it was deleted.
+                    None if snapshot.fresh && self.tracker.overheard(&key).is_none() => {
+                        Some("the app no longer exists".to_owned())
+                    }
                     None => None,
                     Some(a) if a.state != hydrant_api::AppState::Started => {
                         Some("the app is stopped".to_owned())

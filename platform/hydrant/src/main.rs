@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod apps;
+mod autoscale_cli;
 mod bench;
 mod bench_consumer;
 mod cli_config;
@@ -20,6 +21,7 @@ mod exit;
 mod logs;
 mod roles;
 mod session;
+mod slo_cli;
 mod static_server;
 mod up;
 
@@ -74,6 +76,10 @@ enum Command {
     Login(session::LoginArgs),
     /// Show or set the cloud controller the CLI talks to.
     Target(session::TargetArgs),
+    /// Set, show or remove an app's autoscaling policy.
+    Autoscale(autoscale_cli::AutoscaleArgs),
+    /// An app's SLOs: set them, or show budget, burn rates and alerts.
+    Slo(slo_cli::SloArgs),
     /// Print a source's logs: recent lines, then follow the live stream.
     Logs(logs::LogsArgs),
     /// Send log lines into the pipeline by hand.
@@ -127,6 +133,8 @@ fn main() -> ExitCode {
             Command::MapRoute(args) => apps::map_route(args, true).await,
             Command::UnmapRoute(args) => apps::map_route(args, false).await,
             Command::Login(args) => session::login(args).await,
+            Command::Slo(args) => slo_cli::run(args).await,
+            Command::Autoscale(args) => autoscale_cli::run(args).await,
             Command::Target(args) => session::target(args).await,
             Command::Emit(args) => emit::run(args).await,
             Command::Bench { what } => bench::run(what).await,

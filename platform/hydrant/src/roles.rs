@@ -26,6 +26,12 @@ pub enum Role {
     Cloudcontroller,
     /// An executor (the DEA): runs app instances.
     Executor,
+    /// The health manager: restarts crashed instances on Cloud Foundry's back-off schedule.
+    Healthmanager,
+    /// The SLO alerter: error budgets and multi-window burn-rate alerts from the firehose.
+    Slo,
+    /// The autoscaler: app-autoscaler policies evaluated on the live firehose.
+    Autoscaler,
 }
 
 fn load<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
@@ -143,6 +149,33 @@ pub async fn run_from_file(role: Role, path: &Path) -> anyhow::Result<ExitCode> 
                 config.executor_id, config.admin_listen
             );
             hydrant_executor::run(config, listeners, shutdown).await?;
+        }
+        Role::Healthmanager => {
+            let config: hydrant_healthmanager::Config = load(path)?;
+            config.validate()?;
+            let listeners = hydrant_healthmanager::Listeners {
+                admin: bind(&config.admin_listen, "admin_listen").await?,
+            };
+            eprintln!("healthmanager: admin on {}", config.admin_listen);
+            hydrant_healthmanager::run(config, listeners, shutdown).await?;
+        }
+        Role::Slo => {
+            let config: hydrant_slo::Config = load(path)?;
+            config.validate()?;
+            let listeners = hydrant_slo::Listeners {
+                admin: bind(&config.admin_listen, "admin_listen").await?,
+            };
+            eprintln!("slo: status and admin on {}", config.admin_listen);
+            hydrant_slo::run(config, listeners, shutdown).await?;
+        }
+        Role::Autoscaler => {
+            let config: hydrant_autoscaler::Config = load(path)?;
+            config.validate()?;
+            let listeners = hydrant_autoscaler::Listeners {
+                admin: bind(&config.admin_listen, "admin_listen").await?,
+            };
+            eprintln!("autoscaler: admin on {}", config.admin_listen);
+            hydrant_autoscaler::run(config, listeners, shutdown).await?;
         }
     }
     Ok(ExitCode::SUCCESS)

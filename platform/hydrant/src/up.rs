@@ -219,12 +219,19 @@ impl MicroCloud {
             });
         }
 
+        // The admin's token: the CLI's, and the health manager's for the cloud controller's API.
+        let token = key.issue(
+            &hydrant_auth::Claims::new(ADMIN_USER)
+                .with_scope(hydrant_auth::SCOPE_ADMIN)
+                .with_scope(hydrant_auth::SCOPE_FIREHOSE),
+        );
         let platform = if options.platform {
             Some(
                 start_platform(
                     data_dir,
                     ports,
                     &key_path,
+                    &token,
                     &agent_url,
                     &firehose_url,
                     &mut admin_addrs,
@@ -237,11 +244,6 @@ impl MicroCloud {
             None
         };
 
-        let token = key.issue(
-            &hydrant_auth::Claims::new(ADMIN_USER)
-                .with_scope(hydrant_auth::SCOPE_ADMIN)
-                .with_scope(hydrant_auth::SCOPE_FIREHOSE),
-        );
         let ws = firehose_url.replacen("http://", "ws://", 1);
         let endpoints = Endpoints {
             agent: agent_url.clone(),
@@ -352,7 +354,8 @@ struct Platform {
 
 type Tasks = JoinSet<(String, anyhow::Result<()>)>;
 
-/// Starts the bus (in-process), the cloud controller, one executor and the router.
+/// Starts the bus (in-process), the cloud controller, one executor, the health manager, the
+/// autoscaler, the SLO alerter and the router.
 #[allow(
     clippy::too_many_arguments,
     reason = "one call site; a struct would only rename them"
@@ -361,6 +364,7 @@ async fn start_platform(
     data_dir: &Path,
     ports: Ports,
     key_path: &Path,
+    token: &str,
     agent_url: &str,
     firehose_url: &str,
     admin_addrs: &mut BTreeMap<String, SocketAddr>,
@@ -372,11 +376,18 @@ async fn start_platform(
     let executor_admin = bind(ports, 14830, "executor's admin endpoint").await?;
     let router_http = bind(ports, 8080, "router").await?;
     let router_admin = bind(ports, 8085, "router's admin endpoint").await?;
+    let hm_admin = bind(ports, 14832, "health manager's admin endpoint").await?;
+    let slo_admin = bind(ports, 14835, "SLO alerter's admin endpoint").await?;
+    let slo_url = url(&slo_admin)?;
+    let autoscaler_admin = bind(ports, 14836, "autoscaler's admin endpoint").await?;
     let api_url = url(&api)?;
     let router_url = url(&router_http)?;
     admin_addrs.insert("cloudcontroller".to_owned(), api_admin.local_addr()?);
     admin_addrs.insert("executor".to_owned(), executor_admin.local_addr()?);
     admin_addrs.insert("router".to_owned(), router_admin.local_addr()?);
+    admin_addrs.insert("healthmanager".to_owned(), hm_admin.local_addr()?);
+    admin_addrs.insert("slo".to_owned(), slo_admin.local_addr()?);
+    admin_addrs.insert("autoscaler".to_owned(), autoscaler_admin.local_addr()?);
 
     // Each role gets its own handle on one in-process hub, named for this process so two
     // micro clouds in one test process never hear each other.
@@ -397,6 +408,8 @@ async fn start_platform(
             ("firehose".to_owned(), firehose_url.to_owned()),
             ("agent".to_owned(), agent_url.to_owned()),
             ("router".to_owned(), router_url.clone()),
+            // The SLO alerter's status (budgets, burn rates, alerts) for `hydrant slo NAME`.
+            ("slo".to_owned(), slo_url),
         ]),
         bus: bus.clone(),
         telemetry: telemetry.clone(),
@@ -428,6 +441,62 @@ async fn start_platform(
     tasks.spawn(async move {
         let r = hydrant_executor::run(executor, listeners, s).await;
         ("executor".to_owned(), r.map_err(anyhow::Error::from))
+    });
+
+    let hm = hydrant_healthmanager::Config {
+        api_url: api_url.clone(),
+        token: Some(token.to_owned()),
+        bus: bus.clone(),
+        telemetry: telemetry.clone(),
+        ..hydrant_healthmanager::Config::default()
+    };
+    hm.validate()?;
+    let listeners = hydrant_healthmanager::Listeners { admin: hm_admin };
+    let s = shutdown.clone();
+    tasks.spawn(async move {
+        let r = hydrant_healthmanager::run(hm, listeners, s).await;
+        ("healthmanager".to_owned(), r.map_err(anyhow::Error::from))
+    });
+
+    let slo = hydrant_slo::Config {
+        api_url: api_url.clone(),
+        token: Some(token.to_owned()),
+        firehose: hydrant_firehose_client::ClientConfig {
+            url: firehose_url.to_owned(),
+            token: token.to_owned(),
+            ..hydrant_firehose_client::ClientConfig::default()
+        },
+        data_dir: data_dir.join("slo"),
+        telemetry: telemetry.clone(),
+        ..hydrant_slo::Config::default()
+    };
+    slo.validate()?;
+    let listeners = hydrant_slo::Listeners { admin: slo_admin };
+    let s = shutdown.clone();
+    tasks.spawn(async move {
+        let r = hydrant_slo::run(slo, listeners, s).await;
+        ("slo".to_owned(), r.map_err(anyhow::Error::from))
+    });
+
+    let autoscaler = hydrant_autoscaler::Config {
+        api_url: api_url.clone(),
+        token: Some(token.to_owned()),
+        firehose: hydrant_firehose_client::ClientConfig {
+            url: firehose_url.to_owned(),
+            token: token.to_owned(),
+            ..hydrant_firehose_client::ClientConfig::default()
+        },
+        telemetry: telemetry.clone(),
+        ..hydrant_autoscaler::Config::default()
+    };
+    autoscaler.validate()?;
+    let listeners = hydrant_autoscaler::Listeners {
+        admin: autoscaler_admin,
+    };
+    let s = shutdown.clone();
+    tasks.spawn(async move {
+        let r = hydrant_autoscaler::run(autoscaler, listeners, s).await;
+        ("autoscaler".to_owned(), r.map_err(anyhow::Error::from))
     });
 
     let router = hydrant_router::Config {

@@ -160,11 +160,18 @@ fn processes_under(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Sends `sig` to one process. Never to pid 0 or 1 (a group or everything), and never through
+/// the `kill` binary: procps-ng 4.0.2 misreads `kill -KILL -PGID` as a signal to group 9 or 1.
 fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
+    let Ok(pid) = i32::try_from(pid) else { return };
+    if pid <= 1 {
+        return;
+    }
+    let sig = match sig {
+        "-TERM" => nix::sys::signal::Signal::SIGTERM,
+        _ => nix::sys::signal::Signal::SIGKILL,
+    };
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
 
 /// Every process of the test: the roles, nats-server, live log followers. Dropping it ends

@@ -1,0 +1,198 @@
+//! The autoscaler's config (`hydrant run autoscaler --config FILE`, or the `[autoscaler]` part
+//! of the micro cloud): where policies and metrics come from and how often they are evaluated.
+//!
+//! Invariant: a config that passes [`Config::validate`] has an `http(s)://` API URL, exactly
+//! one token source, a percentile in (0, 100) and non-zero intervals; every rejection names
+//! the field and says what to write instead.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use hydrant_emitter::TelemetryConfig;
+use hydrant_firehose_client::ClientConfig;
+use hydrant_windows::WindowsConfig;
+use serde::Deserialize;
+
+use crate::Error;
+
+/// Autoscaler settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The cloud controller's API. Default `http://127.0.0.1:9022`.
+    pub api_url: String,
+    /// An admin token (lists every policy, scales any app). Set this or `token_file`.
+    pub token: Option<String>,
+    /// A file holding the token, re-read before every policy poll. Set this or `token`.
+    pub token_file: Option<PathBuf>,
+    /// The firehose edge. An empty `firehose.token` means "use the admin token".
+    pub firehose: ClientConfig,
+    /// The firehose subscription id; autoscalers sharing it split the stream. Default
+    /// `autoscaler`.
+    pub subscription_id: String,
+    /// How often every policy is evaluated, seconds. Default 5 (app-autoscaler: 40–60 s).
+    pub evaluation_interval_secs: u64,
+    /// How often policies and instance counts are fetched, seconds. Default 10.
+    pub policy_poll_secs: u64,
+    /// Longest window one metric value is read over, seconds (never longer than the rule's
+    /// breach duration). Default 10.
+    pub metric_window_secs: u64,
+    /// The percentile `responsetime` means, in (0, 100). Default 95.
+    pub responsetime_percentile: f64,
+    /// An app (or the whole stream) unheard of for this long is stale and every rule holds,
+    /// seconds. Default 30.
+    pub stale_after_secs: u64,
+    /// Read an app with no requests in the window as 0 ms response time, so latency
+    /// policies scale in at zero traffic (app-autoscaler's behaviour). Default true.
+    pub idle_responsetime_zero: bool,
+    /// How long one API call may take, milliseconds. Default 5000.
+    pub request_timeout_ms: u64,
+    /// Rolling-window bounds.
+    pub windows: WindowsConfig,
+    /// Where the AUTOSCALER log lines and the autoscaler's own metrics go.
+    pub telemetry: TelemetryConfig,
+    /// Where `/healthz` and `/metrics` listen. Default `127.0.0.1:14833`.
+    pub admin_listen: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            api_url: "http://127.0.0.1:9022".to_owned(),
+            token: None,
+            token_file: None,
+            firehose: ClientConfig::default(),
+            subscription_id: "autoscaler".to_owned(),
+            evaluation_interval_secs: 5,
+            policy_poll_secs: 10,
+            metric_window_secs: 10,
+            responsetime_percentile: 95.0,
+            stale_after_secs: 30,
+            idle_responsetime_zero: true,
+            request_timeout_ms: 5000,
+            windows: WindowsConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            admin_listen: "127.0.0.1:14833".to_owned(),
+        }
+    }
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+    Error::Config {
+        field,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first bad field, or the nested section's error.
+    pub fn validate(&self) -> Result<(), Error> {
+        let url = self.api_url.trim();
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        if rest.is_none_or(|r| r.is_empty() || r.contains(' ')) {
+            return Err(invalid(
+                "api_url",
+                format!(
+                    "{:?} is not an http:// URL; write the cloud controller's address, e.g. \
+                     \"http://127.0.0.1:9022\"",
+                    self.api_url
+                ),
+            ));
+        }
+        match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("token", "set token or token_file, not both"));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "token",
+                    "the autoscaler needs an admin token: set token_file = \"PATH\" or \
+                     token = \"...\"",
+                ));
+            }
+            (Some(t), None) if t.trim().is_empty() => {
+                return Err(invalid("token", "is empty; write an admin token"));
+            }
+            _ => {}
+        }
+        if self.subscription_id.is_empty() || self.subscription_id.len() > 128 {
+            return Err(invalid("subscription_id", "use 1 to 128 characters"));
+        }
+        for (field, value) in [
+            ("evaluation_interval_secs", self.evaluation_interval_secs),
+            ("policy_poll_secs", self.policy_poll_secs),
+            ("metric_window_secs", self.metric_window_secs),
+            ("stale_after_secs", self.stale_after_secs),
+            ("request_timeout_ms", self.request_timeout_ms),
+        ] {
+            if !(1..=86_400_000).contains(&value) {
+                return Err(invalid(
+                    field,
+                    format!("({value}) must be between 1 and 86400000"),
+                ));
+            }
+        }
+        if self.evaluation_interval_secs > 60 {
+            return Err(invalid(
+                "evaluation_interval_secs",
+                "must be at most 60: a breach must act within breach_duration_secs + one tick",
+            ));
+        }
+        if !(self.responsetime_percentile > 0.0 && self.responsetime_percentile < 100.0) {
+            return Err(invalid(
+                "responsetime_percentile",
+                format!(
+                    "({}) must be above 0 and below 100, e.g. 95 or 99",
+                    self.responsetime_percentile
+                ),
+            ));
+        }
+        if self.metric_window_secs > u64::from(self.windows.horizon_secs) {
+            return Err(invalid(
+                "metric_window_secs",
+                format!(
+                    "({}) is longer than windows.horizon_secs ({})",
+                    self.metric_window_secs, self.windows.horizon_secs
+                ),
+            ));
+        }
+        self.admin_listen.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "admin_listen",
+                format!(
+                    "{:?} is not an address; write \"127.0.0.1:14833\"",
+                    self.admin_listen
+                ),
+            )
+        })?;
+        self.windows.validate()?;
+        self.telemetry.validate()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+
+    #[test]
+    fn defaults_need_only_a_token() {
+        let c: Config = toml::from_str("token = \"t\"").unwrap();
+        c.validate().unwrap();
+        assert!(toml::from_str::<Config>("tokn = \"t\"").is_err());
+        let msg = Config::default().validate().unwrap_err().to_string();
+        assert!(msg.contains("token:"), "{msg}");
+        let c: Config = toml::from_str("token = \"t\"\nresponsetime_percentile = 100.0").unwrap();
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("responsetime_percentile"), "{msg}");
+        let c: Config = toml::from_str("token = \"t\"\nevaluation_interval_secs = 0").unwrap();
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("evaluation_interval_secs"), "{msg}");
+    }
+}

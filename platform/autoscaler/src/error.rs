@@ -1,0 +1,39 @@
+//! The one error type of the autoscaler: what stops it from starting.
+//!
+//! Nothing after start-up is an error here: an unreachable cloud controller keeps the last
+//! policies, a lost firehose makes every app hold, a refused scale call is retried later.
+
+/// Why the autoscaler could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A config field holds a value the autoscaler cannot use.
+    #[error("invalid autoscaler config: {field}: {message}")]
+    Config {
+        /// The field, as written in the config file.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The `[telemetry]` section is invalid.
+    #[error(transparent)]
+    Telemetry(#[from] hydrant_emitter::Error),
+    /// The `[windows]` section is invalid.
+    #[error(transparent)]
+    Windows(#[from] hydrant_windows::Error),
+    /// The `[firehose]` section is invalid.
+    #[error(transparent)]
+    Firehose(#[from] hydrant_firehose_client::Error),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr} ({field}): {source}")]
+    Bind {
+        /// The config field holding the address.
+        field: &'static str,
+        /// The address.
+        addr: String,
+        /// The bind error.
+        source: std::io::Error,
+    },
+    /// The admin HTTP server failed.
+    #[error("autoscaler admin server failed: {0}")]
+    Admin(#[source] std::io::Error),
+}

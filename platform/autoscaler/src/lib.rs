@@ -1,0 +1,408 @@
+//! The autoscaler: app-autoscaler-compatible policies evaluated on the live firehose, acting
+//! through the cloud controller's API.
+//!
+//! Flow: firehose (one subscription id, shared by every autoscaler so they split the stream)
+//! → [`hydrant_windows::drive`] → shared rolling windows; every `policy_poll_secs` the policies
+//! and instance counts come from `GET /v3/autoscaling_policies` and `GET /v3/apps`; every
+//! `evaluation_interval_secs` the [`Engine`] reads the windows and decides; a decision becomes
+//! `scale` (audit `audit.app.scale`), `POST .../autoscaling_events` (audit
+//! `audit.app.autoscale`) and an `AUTOSCALER` line in the app's log stream.
+//!
+//! Invariants: missing or stale data (a silent app, a disconnected or lossy stream) holds and
+//! says so once; at most one scale call per app is in flight per tick and the loop never
+//! waits on more than `request_timeout_ms` per call; the cloud controller being down keeps the
+//! last policies and changes nothing.
+
+mod config;
+pub mod engine;
+mod error;
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hydrant_api::policy::AutoscaleDecision;
+use hydrant_api::{AppState, Client, ScaleApp};
+use hydrant_emitter::{Counter, Emitter, Gauge, Registry};
+use hydrant_firehose_client::Subscription;
+use hydrant_windows::{SharedWindows, Windows};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use engine::{AppInfo, Engine, EngineConfig, ScaleStep, Step};
+pub use error::Error;
+
+/// The source type of the autoscaler's lines in an app's log stream.
+pub const SOURCE_TYPE: &str = "AUTOSCALER";
+
+/// The autoscaler's listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    /// `/healthz` and `/metrics`.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `admin_listen`.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] naming the field.
+    pub async fn bind(config: &Config) -> Result<Self, Error> {
+        let admin = TcpListener::bind(&config.admin_listen)
+            .await
+            .map_err(|source| Error::Bind {
+                field: "admin_listen",
+                addr: config.admin_listen.clone(),
+                source,
+            })?;
+        Ok(Self { admin })
+    }
+}
+
+#[derive(Debug)]
+struct Metrics {
+    evaluations: Counter,
+    scaled: Counter,
+    scale_failed: Counter,
+    poll_failed: Counter,
+    apps: Gauge,
+}
+
+impl Metrics {
+    fn new(registry: &Registry) -> Self {
+        Self {
+            evaluations: registry.counter("autoscaler.evaluations", "Evaluation ticks", &[]),
+            scaled: registry.counter("autoscaler.scalings", "Scale calls that succeeded", &[]),
+            scale_failed: registry.counter(
+                "autoscaler.dropped",
+                "Scaling decisions not carried out, by reason",
+                &[("reason", "scale_failed")],
+            ),
+            poll_failed: registry.counter(
+                "autoscaler.poll_failures",
+                "Policy polls that failed (the last policies stay in force)",
+                &[],
+            ),
+            apps: registry.gauge("autoscaler.apps", "Apps under a policy", "count", &[]),
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn lock(windows: &SharedWindows) -> std::sync::MutexGuard<'_, Windows> {
+    windows.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn token(config: &Config) -> Result<String, String> {
+    if let Some(token) = &config.token {
+        return Ok(token.trim().to_owned());
+    }
+    let Some(path) = &config.token_file else {
+        return Err("no token configured".to_owned());
+    };
+    tokio::fs::read_to_string(path)
+        .await
+        .map(|t| t.trim().to_owned())
+        .map_err(|e| format!("cannot read token_file {}: {e}", path.display()))
+}
+
+/// Everything the loop acts through.
+#[derive(Debug)]
+struct Actor {
+    client: Client,
+    emitter: Option<Emitter>,
+    timeout: Duration,
+    metrics: Metrics,
+}
+
+impl Actor {
+    fn say(&self, app: &str, line: &str) {
+        tracing::info!(app, "{line}");
+        if let Some(emitter) = &self.emitter {
+            emitter.log(app, "", SOURCE_TYPE, line.as_bytes(), false);
+        }
+    }
+
+    /// Policies of started and stopped apps, with their current counts.
+    async fn poll(&self, config: &Config) -> Result<Vec<AppInfo>, String> {
+        let client = self.client.with_token(token(config).await?);
+        let call = async {
+            let policies = client.autoscaling_policies().await?;
+            let apps = if policies.is_empty() {
+                Vec::new()
+            } else {
+                client.list_apps().await?
+            };
+            Ok::<_, hydrant_api::Error>((policies, apps))
+        };
+        let (policies, apps) = tokio::time::timeout(self.timeout * 2, call)
+            .await
+            .map_err(|_| "the cloud controller did not answer in time".to_owned())?
+            .map_err(|e| e.to_string())?;
+        Ok(policies
+            .into_iter()
+            .filter_map(|p| {
+                let app = apps.iter().find(|a| a.guid == p.app_guid)?;
+                Some(AppInfo {
+                    guid: p.app_guid,
+                    name: p.app_name,
+                    instances: app.instances,
+                    started: app.state == AppState::Started,
+                    policy: p.policy,
+                })
+            })
+            .collect())
+    }
+
+    async fn scale(&self, config: &Config, step: &ScaleStep) -> Result<(), String> {
+        let client = self.client.with_token(token(config).await?);
+        let scale = ScaleApp {
+            instances: Some(step.to),
+            memory_mb: None,
+            disk_mb: None,
+        };
+        tokio::time::timeout(self.timeout, client.scale_app(&step.app, &scale))
+            .await
+            .map_err(|_| "the cloud controller did not answer in time".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let decision = AutoscaleDecision {
+            rule: step.rule,
+            metric_type: step.metric_type.clone(),
+            value: step.value,
+            threshold: step.threshold,
+            operator: step.operator.clone(),
+            adjustment: step.adjustment.clone(),
+            from: step.from,
+            to: step.to,
+            reason: step.line.clone(),
+        };
+        // The scale happened; a lost audit record is logged, not retried into a second scale.
+        match tokio::time::timeout(self.timeout, client.record_autoscale(&step.app, &decision))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(app = %step.app, error = %e, "autoscale event not recorded")
+            }
+            Err(_) => tracing::warn!(app = %step.app, "autoscale event not recorded: timeout"),
+        }
+        Ok(())
+    }
+}
+
+/// Whether the stream feeding the windows can be trusted right now.
+fn stream_health(
+    windows: &Windows,
+    now: std::time::Instant,
+    config: &Config,
+) -> Result<(), String> {
+    let status = windows.stream_status();
+    if !status.connected {
+        return Err("the firehose is not connected".to_owned());
+    }
+    let stale = Duration::from_secs(config.stale_after_secs);
+    if status
+        .last_batch
+        .is_none_or(|t| now.saturating_duration_since(t) > stale)
+    {
+        return Err(format!(
+            "no firehose data for over {} s",
+            config.stale_after_secs
+        ));
+    }
+    let window = Duration::from_secs(config.metric_window_secs);
+    if windows
+        .last_stream_gap()
+        .is_some_and(|t| now.saturating_duration_since(t) < window)
+    {
+        return Err("the firehose reported lost envelopes in the metric window".to_owned());
+    }
+    Ok(())
+}
+
+/// The autoscaler's decision loop without its clock and stream: [`run`] ticks it; tests
+/// drive it with their own windows and instants against a real cloud controller.
+#[derive(Debug)]
+pub struct Autoscaler {
+    config: Config,
+    actor: Actor,
+    engine: Engine,
+    poll_error: Option<String>,
+}
+
+impl Autoscaler {
+    /// A loop acting with `config`'s API and token; lines go to `emitter`, counters to
+    /// `registry`.
+    #[must_use]
+    pub fn new(config: Config, emitter: Option<Emitter>, registry: &Registry) -> Self {
+        let actor = Actor {
+            client: Client::new(&config.api_url, None),
+            emitter,
+            timeout: Duration::from_millis(config.request_timeout_ms),
+            metrics: Metrics::new(registry),
+        };
+        let engine = Engine::new(EngineConfig {
+            metric_window: Duration::from_secs(config.metric_window_secs),
+            responsetime_percentile: config.responsetime_percentile,
+            stale_after: Duration::from_secs(config.stale_after_secs),
+            idle_responsetime_zero: config.idle_responsetime_zero,
+        });
+        Self {
+            config,
+            actor,
+            engine,
+            poll_error: None,
+        }
+    }
+
+    /// Fetches policies and instance counts; on failure the last ones stay in force.
+    pub async fn poll(&mut self) {
+        match self.actor.poll(&self.config).await {
+            Ok(apps) => {
+                self.engine.set_apps(apps);
+                self.actor.metrics.apps.set(self.engine.apps() as f64);
+                if self.poll_error.take().is_some() {
+                    tracing::info!("autoscaler: policies reachable again");
+                }
+            }
+            Err(e) => {
+                self.actor.metrics.poll_failed.inc();
+                if self.poll_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(error = %e, "autoscaler: policy poll failed; keeping the last policies");
+                    self.poll_error = Some(e);
+                }
+            }
+        }
+    }
+
+    /// Apps under a policy.
+    #[must_use]
+    pub fn apps(&self) -> usize {
+        self.engine.apps()
+    }
+
+    /// One evaluation at `now` (`unix_now` for schedules), carrying out its decisions;
+    /// returns the scale steps that succeeded.
+    pub async fn evaluate(
+        &mut self,
+        windows: &SharedWindows,
+        now: std::time::Instant,
+        unix_now: i64,
+    ) -> Vec<ScaleStep> {
+        let health = stream_health(&lock(windows), now, &self.config);
+        self.evaluate_with(windows, health, now, unix_now).await
+    }
+
+    /// [`Autoscaler::evaluate`] with the stream's health given (`Err(reason)` holds every
+    /// app), for windows fed by something other than [`hydrant_windows::drive`].
+    pub async fn evaluate_with(
+        &mut self,
+        windows: &SharedWindows,
+        stream: Result<(), String>,
+        now: std::time::Instant,
+        unix_now: i64,
+    ) -> Vec<ScaleStep> {
+        self.actor.metrics.evaluations.inc();
+        let steps = self.engine.evaluate(&lock(windows), stream, now, unix_now);
+        let mut done = Vec::new();
+        for step in steps {
+            match step {
+                Step::Say { app, line } => self.actor.say(&app, &line),
+                Step::Scale(step) => match self.actor.scale(&self.config, &step).await {
+                    Ok(()) => {
+                        self.actor.metrics.scaled.inc();
+                        self.engine.scaled(&step, now);
+                        self.actor.say(&step.app, &step.line);
+                        done.push(step);
+                    }
+                    Err(e) => {
+                        self.actor.metrics.scale_failed.inc();
+                        self.engine.scale_failed(&step.app, now);
+                        self.actor.say(
+                            &step.app,
+                            &format!(
+                                "Scaling from {} to {} failed: {e}; retrying in {} s",
+                                step.from,
+                                step.to,
+                                engine::FAILURE_BACKOFF.as_secs()
+                            ),
+                        );
+                    }
+                },
+            }
+        }
+        done
+    }
+}
+
+/// Runs the autoscaler until `shutdown`.
+///
+/// # Errors
+/// [`Error`] when the config is invalid or the admin server fails.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    config.validate()?;
+    let registry = Registry::new("autoscaler", "0");
+    let emitter_stop = CancellationToken::new();
+    let emitter = config.telemetry.start(&registry, emitter_stop.clone());
+    let windows: SharedWindows = Arc::new(Mutex::new(
+        Windows::new(config.windows.clone())?.with_registry(&registry),
+    ));
+
+    let mut firehose = config.firehose.clone();
+    if firehose.token.is_empty() {
+        firehose.token = token(&config).await.unwrap_or_default();
+    }
+    firehose.validate()?;
+    let drive = tokio::spawn(hydrant_windows::drive(
+        firehose,
+        Subscription::Firehose {
+            subscription_id: config.subscription_id.clone(),
+        },
+        Arc::clone(&windows),
+        shutdown.clone(),
+    ));
+    let admin = tokio::spawn(hydrant_emitter::admin::serve(
+        listeners.admin,
+        hydrant_emitter::admin::router(registry.clone()),
+        shutdown.clone(),
+    ));
+
+    let mut evaluate = tokio::time::interval(Duration::from_secs(config.evaluation_interval_secs));
+    evaluate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut poll = tokio::time::interval(Duration::from_secs(config.policy_poll_secs));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let emitter_handle = emitter.clone();
+    let mut autoscaler = Autoscaler::new(config, emitter, &registry);
+
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            _ = poll.tick() => autoscaler.poll().await,
+            _ = evaluate.tick() => {
+                let now = tokio::time::Instant::now().into_std();
+                autoscaler.evaluate(&windows, now, unix_now()).await;
+            }
+        }
+    }
+
+    drive.abort();
+    let admin_result = admin.await;
+    emitter_stop.cancel();
+    if let Some(emitter) = &emitter_handle {
+        emitter.stopped().await;
+    }
+    match admin_result {
+        Ok(Ok(())) | Err(_) => Ok(()),
+        Ok(Err(e)) => Err(Error::Admin(e)),
+    }
+}

@@ -1,0 +1,320 @@
+//! The SLO alerter's config (`hydrant run slo --config FILE`, or the `[slo]` part of the micro
+//! cloud): where SLOs and the firehose come from, where state is kept, how often it evaluates,
+//! and how patient webhook delivery is.
+//!
+//! Invariant: a config that passes [`Config::validate`] names exactly one way to get a token,
+//! an `http(s)://` API URL, non-zero intervals and bounded queues; every rejection names the
+//! field and says what to write instead.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hydrant_emitter::TelemetryConfig;
+use hydrant_firehose_client::ClientConfig;
+use hydrant_windows::WindowsConfig;
+use serde::Deserialize;
+
+use crate::Error;
+
+/// SLO alerter settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The cloud controller's API, e.g. `http://127.0.0.1:9022` (the default).
+    pub api_url: String,
+    /// A token of an admin user (it lists every app's SLOs). Set this or `token_file`.
+    pub token: Option<String>,
+    /// A file holding the token, re-read before every poll. Set this or `token`.
+    pub token_file: Option<PathBuf>,
+    /// How often the SLOs are fetched, seconds. Default 15.
+    pub poll_interval_secs: u64,
+    /// How long one API call may take, milliseconds. Default 5000.
+    pub request_timeout_ms: u64,
+    /// The firehose edge (`url`; `token` defaults to the API token, which must then carry the
+    /// `firehose` scope, as an admin's does).
+    pub firehose: ClientConfig,
+    /// The firehose shard group; alerters sharing it would split the stream, so run one.
+    /// Default `slo-alerter`.
+    pub subscription_id: String,
+    /// Where per-app minute counts and alert state are kept across restarts. Default
+    /// `slo-data`.
+    pub data_dir: PathBuf,
+    /// How often every SLO is evaluated, seconds. Default 10 (a total outage of a 99.9 % SLO
+    /// pages about 52 s in, so this adds at most a fifth to that).
+    pub evaluate_interval_secs: u64,
+    /// How often state is written to `data_dir`, seconds (and always at shutdown). Default 60.
+    pub flush_interval_secs: u64,
+    /// Bounds of the rolling windows; `minute_history` must cover the 3-day window (4320).
+    pub windows: WindowsConfig,
+    /// Webhook delivery.
+    pub webhook: WebhookConfig,
+    /// Where SLO log lines, budget gauges and the alerter's own metrics go (the local agent).
+    pub telemetry: TelemetryConfig,
+    /// Where `/healthz`, `/metrics` and the status (`/v1/slos`) listen. Default
+    /// `127.0.0.1:14835`.
+    pub admin_listen: String,
+}
+
+/// How alerts reach webhooks.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Notifications waiting for delivery; past it new ones are dropped and counted
+    /// (`slo.dropped{reason="webhook_queue_full"}`). Default 256.
+    pub queue: usize,
+    /// Deliveries in flight at once. Default 4.
+    pub concurrency: usize,
+    /// Attempts per notification before it is dropped and counted
+    /// (`slo.dropped{reason="webhook_gave_up"}`). Default 8.
+    pub max_attempts: u32,
+    /// First retry delay, milliseconds; doubles per attempt, with jitter. Default 500.
+    pub initial_backoff_ms: u64,
+    /// Longest retry delay, milliseconds. Default 30000.
+    pub max_backoff_ms: u64,
+    /// Deadline of one POST, milliseconds. Default 5000.
+    pub timeout_ms: u64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            queue: 256,
+            concurrency: 4,
+            max_attempts: 8,
+            initial_backoff_ms: 500,
+            max_backoff_ms: 30_000,
+            timeout_ms: 5000,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            api_url: "http://127.0.0.1:9022".to_owned(),
+            token: None,
+            token_file: None,
+            poll_interval_secs: 15,
+            request_timeout_ms: 5000,
+            firehose: ClientConfig::default(),
+            subscription_id: "slo-alerter".to_owned(),
+            data_dir: PathBuf::from("slo-data"),
+            evaluate_interval_secs: 10,
+            flush_interval_secs: 60,
+            windows: WindowsConfig::default(),
+            webhook: WebhookConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            admin_listen: "127.0.0.1:14835".to_owned(),
+        }
+    }
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+    Error::Config {
+        field,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first bad field, or the windows' or telemetry's own error.
+    pub fn validate(&self) -> Result<(), Error> {
+        let url = self.api_url.trim();
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        if rest.is_none_or(|r| r.is_empty() || r.contains(' ')) {
+            return Err(invalid(
+                "api_url",
+                format!(
+                    "{:?} is not an http:// URL; write the cloud controller's address, e.g. \
+                     \"http://127.0.0.1:9022\"",
+                    self.api_url
+                ),
+            ));
+        }
+        match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "token",
+                    "set token or token_file, not both (token_file is re-read, so prefer it)",
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "token",
+                    "the SLO alerter needs an admin token: set token_file = \"PATH\" (a file \
+                     holding it) or token = \"...\"",
+                ));
+            }
+            (Some(token), None) if token.trim().is_empty() => {
+                return Err(invalid("token", "is empty; write an admin token"));
+            }
+            (None, Some(path)) if path.as_os_str().is_empty() => {
+                return Err(invalid("token_file", "is empty; write a path"));
+            }
+            _ => {}
+        }
+        if self.subscription_id.is_empty() || self.subscription_id.len() > 128 {
+            return Err(invalid(
+                "subscription_id",
+                "must be 1 to 128 characters, e.g. \"slo-alerter\"",
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "is empty; write a directory path"));
+        }
+        for (field, value, max) in [
+            ("poll_interval_secs", self.poll_interval_secs, 86_400),
+            ("request_timeout_ms", self.request_timeout_ms, 600_000),
+            ("evaluate_interval_secs", self.evaluate_interval_secs, 60),
+            ("flush_interval_secs", self.flush_interval_secs, 3600),
+            ("webhook.queue", self.webhook.queue as u64, 100_000),
+            ("webhook.concurrency", self.webhook.concurrency as u64, 256),
+            (
+                "webhook.max_attempts",
+                u64::from(self.webhook.max_attempts),
+                100,
+            ),
+            (
+                "webhook.initial_backoff_ms",
+                self.webhook.initial_backoff_ms,
+                600_000,
+            ),
+            (
+                "webhook.max_backoff_ms",
+                self.webhook.max_backoff_ms,
+                3_600_000,
+            ),
+            ("webhook.timeout_ms", self.webhook.timeout_ms, 600_000),
+        ] {
+            if value == 0 || value > max {
+                return Err(invalid(
+                    field,
+                    format!("({value}) must be between 1 and {max}"),
+                ));
+            }
+        }
+        if self.webhook.max_backoff_ms < self.webhook.initial_backoff_ms {
+            return Err(invalid(
+                "webhook.max_backoff_ms",
+                format!(
+                    "({}) must be at least webhook.initial_backoff_ms ({})",
+                    self.webhook.max_backoff_ms, self.webhook.initial_backoff_ms
+                ),
+            ));
+        }
+        let longest = crate::eval::RULES
+            .iter()
+            .map(|r| r.long_minutes)
+            .max()
+            .unwrap_or(0);
+        if u64::from(self.windows.minute_history) < longest {
+            return Err(invalid(
+                "windows.minute_history",
+                format!(
+                    "({}) must be at least {longest} (3 days), the longest burn-rate window",
+                    self.windows.minute_history
+                ),
+            ));
+        }
+        self.admin_listen.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "admin_listen",
+                format!(
+                    "{:?} is not an address; write it as \"127.0.0.1:14835\"",
+                    self.admin_listen
+                ),
+            )
+        })?;
+        self.windows.validate()?;
+        self.telemetry.validate()?;
+        Ok(())
+    }
+
+    pub(crate) fn secs(secs: u64) -> Duration {
+        Duration::from_secs(secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+
+    fn valid() -> Config {
+        Config {
+            token: Some("t".to_owned()),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn defaults_with_a_token_validate_and_unknown_fields_are_refused() {
+        valid().validate().unwrap();
+        let c: Config = toml::from_str(
+            "token = \"x\"\nevaluate_interval_secs = 5\n[webhook]\nmax_attempts = 3\n",
+        )
+        .unwrap();
+        assert_eq!(c.evaluate_interval_secs, 5);
+        assert_eq!(c.webhook.max_attempts, 3);
+        assert_eq!(c.webhook.queue, 256);
+        assert!(toml::from_str::<Config>("evaluate_every = 5").is_err());
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let cases: Vec<(Config, &str)> = vec![
+            (Config::default(), "token"),
+            (
+                Config {
+                    api_url: "ftp://x".to_owned(),
+                    ..valid()
+                },
+                "api_url",
+            ),
+            (
+                Config {
+                    evaluate_interval_secs: 0,
+                    ..valid()
+                },
+                "evaluate_interval_secs",
+            ),
+            (
+                Config {
+                    webhook: WebhookConfig {
+                        max_backoff_ms: 1,
+                        ..WebhookConfig::default()
+                    },
+                    ..valid()
+                },
+                "webhook.max_backoff_ms",
+            ),
+            (
+                Config {
+                    windows: WindowsConfig {
+                        minute_history: 60,
+                        ..WindowsConfig::default()
+                    },
+                    ..valid()
+                },
+                "windows.minute_history",
+            ),
+            (
+                Config {
+                    admin_listen: "nowhere".to_owned(),
+                    ..valid()
+                },
+                "admin_listen",
+            ),
+        ];
+        for (config, field) in cases {
+            let msg = config.validate().unwrap_err().to_string();
+            assert!(msg.contains(&format!(": {field}: ")), "{field}: {msg}");
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Webhook delivery: alert notices POSTed as JSON, retried with capped exponential backoff and
+//! jitter, off the evaluation path.
+//!
+//! Flow: the evaluation loop → [`Webhooks::send`] (never waits: a full queue drops the notice
+//! and counts it) → one dispatcher task → up to `concurrency` delivery tasks, each retrying
+//! its POST until it succeeds, gets a final refusal, runs out of attempts or shutdown comes.
+//!
+//! Invariants: the queue is bounded and every notice ends delivered or counted as dropped by
+//! reason; a webhook URL is never logged whole (it may carry credentials in its user info,
+//! path or query) — only its scheme and host appear, via [`redact`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hydrant_emitter::{Counter, Registry};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::WebhookConfig;
+
+/// The scheme and host of `url`, without user info, path or query: what may be logged.
+#[must_use]
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(not a URL)".to_owned();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    format!("{scheme}://{host}/…")
+}
+
+#[derive(Debug, Clone)]
+struct Metrics {
+    delivered: Counter,
+    retried: Counter,
+    queue_full: Counter,
+    gave_up: Counter,
+}
+
+struct Delivery {
+    url: String,
+    body: Vec<u8>,
+}
+
+/// The sending side of webhook delivery; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Webhooks {
+    tx: mpsc::Sender<Delivery>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("url", &redact(&self.url))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Webhooks {
+    /// Starts the dispatcher; it stops at `shutdown`, abandoning what is still queued.
+    #[must_use]
+    pub fn spawn(config: &WebhookConfig, registry: &Registry, shutdown: CancellationToken) -> Self {
+        let dropped = |reason: &str| {
+            registry.counter(
+                "slo.dropped",
+                "Notices and records the SLO alerter did not keep, by reason",
+                &[("reason", reason)],
+            )
+        };
+        let metrics = Metrics {
+            delivered: registry.counter("slo.webhook_delivered", "Webhook POSTs accepted", &[]),
+            retried: registry.counter(
+                "slo.webhook_retries",
+                "Webhook POSTs tried again after a failure",
+                &[],
+            ),
+            queue_full: dropped("webhook_queue_full"),
+            gave_up: dropped("webhook_gave_up"),
+        };
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .build()
+            .unwrap_or_default();
+        tokio::spawn(dispatch(
+            rx,
+            config.clone(),
+            http,
+            metrics.clone(),
+            shutdown,
+        ));
+        Self { tx, metrics }
+    }
+
+    /// Queues `body` for `url`; a full queue drops it (counted), never waits.
+    pub fn send(&self, url: &str, body: Vec<u8>) {
+        let delivery = Delivery {
+            url: url.to_owned(),
+            body,
+        };
+        if self.tx.try_send(delivery).is_err() {
+            self.metrics.queue_full.inc();
+            tracing::warn!(webhook = %redact(url), "webhook queue full; notice dropped");
+        }
+    }
+}
+
+async fn dispatch(
+    mut rx: mpsc::Receiver<Delivery>,
+    config: WebhookConfig,
+    http: reqwest::Client,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    loop {
+        let delivery = tokio::select! {
+            () = shutdown.cancelled() => return,
+            d = rx.recv() => d,
+        };
+        let Some(delivery) = delivery else { return };
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => return,
+            p = Arc::clone(&permits).acquire_owned() => p,
+        };
+        let Ok(permit) = permit else { return };
+        let (config, http, metrics, shutdown) = (
+            config.clone(),
+            http.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = deliver(&delivery, &config, &http, &metrics) => {}
+            }
+        });
+    }
+}
+
+/// The delay before retry number `attempt` (1-based): doubling from the initial delay, capped,
+/// then jittered down by up to half so that many alerters do not retry in step.
+#[must_use]
+pub fn backoff(config: &WebhookConfig, attempt: u32) -> Duration {
+    let base = config
+        .initial_backoff_ms
+        .saturating_mul(1u64 << attempt.saturating_sub(1).min(32))
+        .min(config.max_backoff_ms);
+    let jitter = fastrand::u64(0..=base / 2);
+    Duration::from_millis(base - jitter)
+}
+
+async fn deliver(d: &Delivery, config: &WebhookConfig, http: &reqwest::Client, m: &Metrics) {
+    for attempt in 1..=config.max_attempts {
+        let result = http
+            .post(&d.url)
+            .header("content-type", "application/json")
+            .body(d.body.clone())
+            .send()
+            .await;
+        let retriable = match result {
+            Ok(r) if r.status().is_success() => {
+                m.delivered.inc();
+                return;
+            }
+            Ok(r) => {
+                let s = r.status();
+                tracing::warn!(webhook = %redact(&d.url), status = s.as_u16(), attempt,
+                    "webhook refused the notice");
+                s.is_server_error() || s.as_u16() == 408 || s.as_u16() == 429
+            }
+            Err(e) => {
+                // reqwest's error text includes the URL; print only its kind.
+                let kind = if e.is_timeout() {
+                    "timeout"
+                } else if e.is_connect() {
+                    "connect"
+                } else {
+                    "request"
+                };
+                tracing::warn!(webhook = %redact(&d.url), error = kind, attempt,
+                    "webhook unreachable");
+                true
+            }
+        };
+        if !retriable || attempt == config.max_attempts {
+            break;
+        }
+        m.retried.inc();
+        tokio::time::sleep(backoff(config, attempt)).await;
+    }
+    m.gave_up.inc();
+    tracing::warn!(webhook = %redact(&d.url), "webhook notice dropped after its attempts");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_keeps_only_scheme_and_host() {
+        assert_eq!(
+            redact("https://user:s3cret@hooks.example.com:8443/t/0k3n?key=abc"),
+            "https://hooks.example.com:8443/…"
+        );
+        assert_eq!(redact("http://h/x"), "http://h/…");
+        assert_eq!(redact("garbage s3cret"), "(not a URL)");
+    }
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jittered() {
+        let c = WebhookConfig {
+            initial_backoff_ms: 100,
+            max_backoff_ms: 1000,
+            ..WebhookConfig::default()
+        };
+        for _ in 0..100 {
+            let first = backoff(&c, 1).as_millis();
+            assert!((50..=100).contains(&first), "{first}");
+            let third = backoff(&c, 3).as_millis();
+            assert!((200..=400).contains(&third), "{third}");
+            let late = backoff(&c, 40).as_millis();
+            assert!((500..=1000).contains(&late), "{late}");
+        }
+    }
+}
