@@ -467,6 +467,9 @@ async fn start_platform(
             ..hydrant_firehose_client::ClientConfig::default()
         },
         data_dir: data_dir.join("slo"),
+        // On one machine the API is cheap to ask: pick up a new SLO and judge it sooner.
+        poll_interval_secs: 5,
+        evaluate_interval_secs: 5,
         telemetry: telemetry.clone(),
         ..hydrant_slo::Config::default()
     };

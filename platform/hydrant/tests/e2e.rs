@@ -638,3 +638,48 @@ fn the_health_manager_restarts_a_killed_instance_at_once_and_says_so() {
 
     assert!(up.stop().success(), "hydrant up did not exit cleanly");
 }
+
+#[test]
+fn an_availability_slo_pages_when_the_app_returns_500s() {
+    let up = Up::start();
+    let router = up.endpoints()["router"].as_str().unwrap().to_owned();
+    let app = demo_dir();
+    let out = up.cli(&["push", "shop", "-p", app.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let spec = app.path().join("slo.json");
+    std::fs::write(
+        &spec,
+        r#"{"slos":[{"name":"availability","sli":{"type":"availability"},"objective":99.9,"min_requests":20}]}"#,
+    )
+    .unwrap();
+    let out = up.cli(&["slo", "shop", "--set", spec.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A total outage: every request answers 500.
+    for _ in 0..40 {
+        assert_eq!(
+            via_router(&router, "shop.apps.localhost", "/status/500").0,
+            500
+        );
+    }
+    let started = Instant::now();
+    let mut status = serde_json::Value::Null;
+    wait_for(Duration::from_secs(60), "a page alert", || {
+        let out = up.cli(&["slo", "shop", "--json"]);
+        status = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        status["status"]["slos"][0]["alerts"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|alert| alert["severity"] == "page"))
+    });
+    eprintln!("paged {:?} after the outage began", started.elapsed());
+    let slo = &status["status"]["slos"][0];
+    assert!(slo["budget_remaining"].as_f64().unwrap() < 0.0, "{slo}");
+    assert!(slo["sli_1h"].as_f64().unwrap() < 1.0, "{slo}");
+    // The alert is in the app's own stream too.
+    wait_for(Duration::from_secs(20), "the SLO line", || {
+        let out = up.cli(&["logs", "shop", "--recent", "--lines", "1000"]);
+        String::from_utf8_lossy(&out.stdout).contains("PAGE FIRING")
+    });
+
+    assert!(up.stop().success(), "hydrant up did not exit cleanly");
+}
