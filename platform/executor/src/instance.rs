@@ -72,6 +72,7 @@ impl Ident {
         self.cell.set_state(self.guid(), InstanceState::Crashed);
         tracing::info!(instance = ?self.guid(), %reason, description = ?description,
             "executor: instance crashed");
+        self.sink.crash_event(reason, exit_status, &description);
         self.cell.report_crash(&ExecutorCrash {
             executor_id: self.cell.config.executor_id.clone(),
             app: self.start.app.clone(),

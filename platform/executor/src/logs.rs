@@ -84,6 +84,9 @@ impl LineSplitter {
     }
 }
 
+/// `Event.title` of the envelope that reports an instance crash in its app's stream.
+pub(crate) const CRASH_EVENT_TITLE: &str = "app.crash";
+
 /// Where one instance's log lines go, with the instance's identity and tags baked in.
 #[derive(Debug, Clone)]
 pub(crate) struct LogSink {
@@ -148,6 +151,26 @@ impl LogSink {
     /// One health-check line (`HEALTH`), on stderr as Diego writes it.
     pub(crate) fn health(&self, text: &str) {
         self.emit(&self.health_tags, text.as_bytes(), true);
+    }
+
+    /// An `app.crash` Event in the app's stream, so firehose consumers (the console, rolling
+    /// windows) see crashes without listening to the bus.
+    pub(crate) fn crash_event(&self, reason: &str, exit_status: Option<i32>, description: &str) {
+        if let Some(emitter) = &self.emitter {
+            let status = exit_status.map_or_else(String::new, |s| s.to_string());
+            let tags = [
+                ("reason", reason),
+                ("exit_status", status.as_str()),
+                ("source_type", CELL_SOURCE),
+            ];
+            emitter.event(
+                &self.source_id,
+                &self.instance_id,
+                CRASH_EVENT_TITLE,
+                description,
+                &tags,
+            );
+        }
     }
 
     /// Emits a gauge envelope for this instance.

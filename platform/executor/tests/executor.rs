@@ -260,6 +260,20 @@ async fn an_app_that_exits_at_start_is_reported_crashed_with_its_status() {
         st == "CELL" && p == "Exit status 3"
     })
     .await;
+    // The crash is in the app's stream too, for consumers that only read the firehose.
+    rig.agent()
+        .wait_for(WAIT, "an app.crash event", |envelopes| {
+            envelopes.iter().any(|e| {
+                e.source_id == "app-guid-1"
+                    && e.instance_id == "3"
+                    && e.tags.get("exit_status").map(String::as_str) == Some("3")
+                    && matches!(
+                        &e.message,
+                        Some(v2::envelope::Message::Event(ev)) if ev.title == "app.crash"
+                    )
+            })
+        })
+        .await;
     assert!(rig.metrics().await.contains(
         "executor_crashes_total{source_id=\"executor\",instance_id=\"cell-1\",reason=\"CRASHED\"} 1"
     ));
