@@ -42,8 +42,8 @@ pub const CRASH_EVENT_TITLES: [&str; 2] = ["app.crash", "audit.app.process.crash
 /// The Timer name the router gives one proxied request.
 pub const HTTP_TIMER: &str = "http";
 
-/// Timer tags that mark a response the router made itself; the value is the reason. The
-/// router's Timer does not carry either yet (only its `RTR` line has `x_cf_routererror`).
+/// Timer tags that mark a response the router made itself; the value is the reason. Hydrant's
+/// router sets `router_error`; `x_cf_routererror` is gorouter's name for the same thing.
 pub const ROUTER_ERROR_TAGS: [&str; 2] = ["router_error", "x_cf_routererror"];
 
 /// The value router error reasons are counted under once an app has `max_tag_values` of them.
