@@ -1,0 +1,15 @@
+//! The nozzle core's error type. Messages name the config field at fault and never carry
+//! credentials (URLs are masked before they get here).
+
+/// What can go wrong in shared nozzle machinery.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A config value is out of range; `field` is its dotted path in the nozzle's config.
+    #[error("config field `{field}`: {message}")]
+    Config {
+        /// The dotted config path, e.g. `queue.max_bytes`.
+        field: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}

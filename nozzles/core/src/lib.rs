@@ -1,0 +1,29 @@
+//! The machinery every nozzle shares. A nozzle reads the firehose and forwards envelopes to
+//! an outside system (syslog, Datadog, OTLP); this crate holds the parts that decide what
+//! happens when that system is slow or down.
+//!
+//! Flow: firehose client → nozzle encoder → one [`DestinationQueue`] per destination (bounded
+//! in bytes and count, drop-oldest) → a sender task that takes batches, retries them with
+//! [`Backoff`] and stops trying while the destination's [`CircuitBreaker`] is open.
+//!
+//! Invariants this crate keeps:
+//! - one slow or dead destination never slows the firehose or another destination: pushing
+//!   never waits, it evicts the oldest entries and counts them by reason;
+//! - every loss is counted ([`NozzleMetrics`]) and can be told to the app in-band
+//!   ([`loss_notice`]);
+//! - credentials in destination URLs never leave the process: everything that names a
+//!   destination goes through [`mask_url`].
+
+mod backoff;
+mod breaker;
+mod error;
+mod mask;
+mod metrics;
+mod queue;
+
+pub use backoff::Backoff;
+pub use breaker::{BreakerConfig, CircuitBreaker};
+pub use error::Error;
+pub use mask::mask_url;
+pub use metrics::{LOSS_SOURCE_TYPE, NozzleMetrics, loss_notice, loss_notice_text};
+pub use queue::{DestinationQueue, QueueLimits};

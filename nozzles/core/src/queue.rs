@@ -1,0 +1,329 @@
+//! [`DestinationQueue`]: the bounded queue in front of one destination.
+//!
+//! Flow: nozzle reader (`push`, never waits) → queue → the destination's sender
+//! (`next_batch`).
+//!
+//! Invariants:
+//! - it never holds more than `max_items` entries or `max_bytes` bytes: a push that would
+//!   overflow evicts the oldest entries first (the newest logs are the ones a developer is
+//!   looking for), and every eviction is counted under `dropped{reason="queue_full"}`;
+//! - an entry larger than the whole byte budget is refused (`reason="too_large"`) instead of
+//!   emptying the queue for it;
+//! - pushing never blocks the reader, so a slow destination cannot slow the firehose or any
+//!   other destination.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::{Error, NozzleMetrics};
+
+/// Size limits of one destination's queue and of the batches taken from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueLimits {
+    /// Most entries held. Default 10000 (Cloud Foundry's per-drain diode).
+    pub max_items: usize,
+    /// Most bytes held. Default 16 MiB.
+    pub max_bytes: usize,
+    /// Most entries per batch handed to the sender. Default 1000.
+    pub batch_items: usize,
+    /// Most bytes per batch (a single larger entry still goes alone). Default 256 KiB.
+    pub batch_bytes: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            max_items: 10_000,
+            max_bytes: 16 * 1024 * 1024,
+            batch_items: 1_000,
+            batch_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl QueueLimits {
+    /// Checks the section; `prefix` is its dotted path in the nozzle's config.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the field.
+    pub fn validate(&self, prefix: &str) -> Result<(), Error> {
+        for (name, value) in [
+            ("max_items", self.max_items),
+            ("max_bytes", self.max_bytes),
+            ("batch_items", self.batch_items),
+            ("batch_bytes", self.batch_bytes),
+        ] {
+            if value == 0 {
+                return Err(Error::Config {
+                    field: format!("{prefix}.{name}"),
+                    message: "must be at least 1".to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct Entry<T> {
+    item: T,
+    bytes: usize,
+    queued_at: Instant,
+}
+
+#[derive(Debug)]
+struct State<T> {
+    entries: VecDeque<Entry<T>>,
+    bytes: usize,
+    closed: bool,
+}
+
+/// A bounded, drop-oldest queue of `T` for one destination.
+#[derive(Debug)]
+pub struct DestinationQueue<T> {
+    limits: QueueLimits,
+    state: Mutex<State<T>>,
+    notify: Notify,
+    metrics: NozzleMetrics,
+}
+
+impl<T> DestinationQueue<T> {
+    /// An empty queue; drops and depth are reported through `metrics`.
+    #[must_use]
+    pub fn new(limits: QueueLimits, metrics: NozzleMetrics) -> Self {
+        Self {
+            limits,
+            state: Mutex::new(State {
+                entries: VecDeque::new(),
+                bytes: 0,
+                closed: false,
+            }),
+            notify: Notify::new(),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `item`, which weighs `bytes`, evicting the oldest entries if needed. Returns how
+    /// many entries were lost (evicted, or this one refused).
+    pub fn push(&self, item: T, bytes: usize) -> u64 {
+        if bytes > self.limits.max_bytes {
+            self.metrics.dropped("too_large", 1);
+            return 1;
+        }
+        let mut evicted = 0u64;
+        {
+            let mut s = self.lock();
+            if s.closed {
+                drop(s);
+                self.metrics.dropped("shutdown", 1);
+                return 1;
+            }
+            while s.entries.len() >= self.limits.max_items
+                || s.bytes + bytes > self.limits.max_bytes
+            {
+                let Some(old) = s.entries.pop_front() else {
+                    break;
+                };
+                s.bytes -= old.bytes;
+                evicted += 1;
+            }
+            s.entries.push_back(Entry {
+                item,
+                bytes,
+                queued_at: Instant::now(),
+            });
+            s.bytes += bytes;
+            self.metrics.set_depth(s.entries.len(), s.bytes);
+        }
+        if evicted > 0 {
+            self.metrics.dropped("queue_full", evicted);
+        }
+        self.notify.notify_one();
+        evicted
+    }
+
+    /// Waits for at least one entry and takes up to `batch_items` / `batch_bytes` of them,
+    /// oldest first; `None` once the queue is closed and empty.
+    pub async fn next_batch(&self) -> Option<Vec<T>> {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(batch) = self.try_batch() {
+                return Some(batch);
+            }
+            if self.lock().closed {
+                return None;
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes a batch if anything is queued.
+    pub fn try_batch(&self) -> Option<Vec<T>> {
+        let mut s = self.lock();
+        let first = s.entries.front()?;
+        self.metrics.set_lag(first.queued_at.elapsed());
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(front) = s.entries.front() {
+            if !batch.is_empty()
+                && (batch.len() >= self.limits.batch_items
+                    || bytes + front.bytes > self.limits.batch_bytes)
+            {
+                break;
+            }
+            let Some(e) = s.entries.pop_front() else {
+                break;
+            };
+            bytes += e.bytes;
+            s.bytes -= e.bytes;
+            batch.push(e.item);
+        }
+        self.metrics.set_depth(s.entries.len(), s.bytes);
+        Some(batch)
+    }
+
+    /// Stops taking entries; `next_batch` returns what is left, then `None`.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.notify.notify_waiters();
+        self.notify.notify_one();
+    }
+
+    /// Throws everything queued away, counted under `reason`; returns how many.
+    pub fn discard(&self, reason: &'static str) -> u64 {
+        let n = {
+            let mut s = self.lock();
+            let n = s.entries.len() as u64;
+            s.entries.clear();
+            s.bytes = 0;
+            self.metrics.set_depth(0, 0);
+            n
+        };
+        if n > 0 {
+            self.metrics.dropped(reason, n);
+        }
+        n
+    }
+
+    /// Entries and bytes queued now.
+    #[must_use]
+    pub fn depth(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.entries.len(), s.bytes)
+    }
+
+    /// Age of the oldest queued entry (zero when empty).
+    #[must_use]
+    pub fn oldest_age(&self) -> Duration {
+        self.lock()
+            .entries
+            .front()
+            .map_or(Duration::ZERO, |e| e.queued_at.elapsed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use hydrant_emitter::Registry;
+
+    use super::{DestinationQueue, QueueLimits};
+    use crate::NozzleMetrics;
+
+    fn queue(max_items: usize, max_bytes: usize) -> (Registry, DestinationQueue<u32>) {
+        let registry = Registry::new("nozzle-test", "0");
+        let metrics = NozzleMetrics::new(&registry, "syslog://127.0.0.1:1");
+        let limits = QueueLimits {
+            max_items,
+            max_bytes,
+            batch_items: 3,
+            batch_bytes: 100,
+        };
+        (registry, DestinationQueue::new(limits, metrics))
+    }
+
+    #[test]
+    fn drops_oldest_by_count_and_counts_the_reason() {
+        let (registry, q) = queue(3, 1_000);
+        for i in 0..5 {
+            q.push(i, 1);
+        }
+        assert_eq!(q.depth(), (3, 3));
+        assert_eq!(q.try_batch().unwrap(), [2, 3, 4]);
+        assert_eq!(
+            registry.counter_sum("nozzle.dropped", &[("reason", "queue_full")]),
+            2
+        );
+    }
+
+    #[test]
+    fn drops_oldest_by_bytes_and_refuses_giants() {
+        let (registry, q) = queue(100, 10);
+        q.push(1, 4);
+        q.push(2, 4);
+        assert_eq!(q.push(3, 4), 1, "one eviction makes room");
+        assert_eq!(q.depth(), (2, 8));
+        assert_eq!(q.push(4, 11), 1);
+        assert_eq!(
+            registry.counter_sum("nozzle.dropped", &[("reason", "too_large")]),
+            1
+        );
+        assert_eq!(q.try_batch().unwrap(), [2, 3]);
+    }
+
+    #[test]
+    fn batches_respect_item_and_byte_limits() {
+        let (_r, q) = queue(100, 10_000);
+        for i in 0..5 {
+            q.push(i, 10);
+        }
+        assert_eq!(q.try_batch().unwrap(), [0, 1, 2]);
+        q.push(9, 95);
+        assert_eq!(
+            q.try_batch().unwrap(),
+            [3, 4],
+            "95 more bytes would pass 100"
+        );
+        assert_eq!(q.try_batch().unwrap(), [9]);
+        assert!(q.try_batch().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn next_batch_waits_reports_lag_and_ends_after_close() {
+        let (registry, q) = queue(100, 10_000);
+        let q = Arc::new(q);
+        q.push(7, 1);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(q.oldest_age(), Duration::from_secs(3));
+        let taker = tokio::spawn({
+            let q = Arc::clone(&q);
+            async move {
+                let mut got = Vec::new();
+                while let Some(b) = q.next_batch().await {
+                    got.extend(b);
+                }
+                got
+            }
+        });
+        tokio::task::yield_now().await;
+        q.push(8, 1);
+        tokio::task::yield_now().await;
+        q.close();
+        assert_eq!(taker.await.unwrap(), [7, 8]);
+        assert_eq!(q.push(1, 1), 1, "closed queues refuse");
+        let text = registry.render_prometheus();
+        assert!(text.contains("nozzle_lag_seconds"), "{text}");
+    }
+}

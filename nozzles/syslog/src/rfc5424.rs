@@ -1,0 +1,659 @@
+//! The RFC 5424 encoder: one envelope in, the lines Cloud Foundry's syslog agent would write
+//! out, each framed with an RFC 6587 octet count.
+//!
+//! Flow: firehose batch → [`EnvelopeView`] → [`encode`] → destination queues → transport.
+//!
+//! Line format (consumers.md §2.2, §2.3), byte-compatible with CF's drains:
+//! `<PRI>1 TIMESTAMP HOSTNAME APP-NAME [PROCID] - SD MSG\n`, PRI 14 for `OUT` and metrics,
+//! 11 for `ERR`; timestamps in UTC with trimmed microseconds and `+00:00`; a gauge with N
+//! metrics becomes N lines.
+//!
+//! Invariants: whatever the envelope holds, every frame is one syntactically valid RFC 5424
+//! message — header fields are reduced to printable ASCII and cut to their RFC lengths,
+//! structured-data names to their allowed characters, values escaped (`\`, `"`, `]`), NUL
+//! bytes removed — and the octet count is the exact length of what follows it, so a payload
+//! with newlines or a fake syslog header inside is still one message.
+
+use hydrant_envelope::wire::{EnvelopeView, Fields, Kind, Value};
+use serde::{Deserialize, Serialize};
+
+/// Cloud Foundry Foundation's IANA private enterprise number, used in every SD-ID.
+pub const ENTERPRISE: &str = "47450";
+
+/// Which envelopes a drain receives, as Cloud Foundry's `drain-data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainData {
+    /// Logs and events (Cloud Foundry's default).
+    #[default]
+    Logs,
+    /// Counters and gauges.
+    Metrics,
+    /// Timers.
+    Traces,
+    /// Everything.
+    All,
+}
+
+impl DrainData {
+    fn wants(self, kind: Kind) -> bool {
+        match (self, kind) {
+            (_, Kind::None) => false,
+            (DrainData::All, _) => true,
+            (DrainData::Logs, k) => matches!(k, Kind::Log | Kind::Event),
+            (DrainData::Metrics, k) => matches!(k, Kind::Counter | Kind::Gauge),
+            (DrainData::Traces, k) => k == Kind::Timer,
+        }
+    }
+}
+
+/// How envelopes are turned into lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncoderOptions {
+    /// HOSTNAME when the envelope has none of `organization_name`, `space_name`, `app_name`.
+    pub hostname: String,
+    /// Write the `tags@47450` element (CF's `disable-metadata=true` turns it off).
+    pub metadata: bool,
+    /// Which envelopes produce lines.
+    pub drain_data: DrainData,
+}
+
+impl Default for EncoderOptions {
+    fn default() -> Self {
+        Self {
+            hostname: "hydrant".to_owned(),
+            metadata: true,
+            drain_data: DrainData::Logs,
+        }
+    }
+}
+
+/// Appends the octet-counted frames (`LEN SP MSG`) for `view` to `out`; returns how many.
+/// Envelopes the options filter out produce none.
+pub fn encode(view: &EnvelopeView<'_>, options: &EncoderOptions, out: &mut Vec<u8>) -> usize {
+    let mut n = 0;
+    each_message(view, options, out, |out, start| {
+        let len = out.len() - start;
+        let prefix = format!("{len} ");
+        out.splice(start..start, prefix.bytes());
+        n += 1;
+    });
+    n
+}
+
+/// The unframed messages for `view`, one `Vec` each (tests and tools; the hot path is
+/// [`encode`]).
+#[must_use]
+pub fn encode_messages(view: &EnvelopeView<'_>, options: &EncoderOptions) -> Vec<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut starts = Vec::new();
+    each_message(view, options, &mut buf, |out, start| {
+        starts.push((start, out.len()));
+    });
+    starts.iter().map(|&(a, b)| buf[a..b].to_vec()).collect()
+}
+
+/// Writes each message for `view` at the end of `out` and calls `done(out, start)` after it.
+fn each_message(
+    view: &EnvelopeView<'_>,
+    options: &EncoderOptions,
+    out: &mut Vec<u8>,
+    mut done: impl FnMut(&mut Vec<u8>, usize),
+) {
+    if !options.drain_data.wants(view.kind) {
+        return;
+    }
+    let mut tags: Vec<(&str, &str)> = if options.metadata {
+        view.tags().collect()
+    } else {
+        Vec::new()
+    };
+    // Keys sorted, last value wins for a repeated key (as in a decoded map).
+    tags.reverse();
+    tags.sort_by(|a, b| a.0.cmp(b.0));
+    tags.dedup_by(|a, b| a.0 == b.0);
+    let hostname = hostname(view, &options.hostname);
+    match view.kind {
+        Kind::Log => {
+            let (payload, is_err) = view.log().unwrap_or_default();
+            let start = out.len();
+            let source_type = view.tag("source_type").unwrap_or("");
+            header(out, if is_err { 11 } else { 14 }, view, &hostname);
+            procid(out, Some(source_type), view.instance_id);
+            out.extend_from_slice(b" - ");
+            tags_sd(out, &tags, true);
+            out.push(b' ');
+            out.extend(payload.iter().copied().filter(|&b| b != 0));
+            if out.last() != Some(&b'\n') || out.len() == start {
+                out.push(b'\n');
+            }
+            done(out, start);
+        }
+        Kind::Gauge => {
+            for (name, value, unit) in view.gauge_values() {
+                let start = metric_head(out, view, &hostname);
+                sd_open(out, "gauge");
+                param(out, "name", name);
+                param(out, "value", &go_float(value));
+                param(out, "unit", unit);
+                out.push(b']');
+                metric_tail(out, &tags);
+                done(out, start);
+            }
+        }
+        Kind::Counter => {
+            let (mut name, mut delta, mut total) = ("", 0u64, 0u64);
+            for field in Fields::new(view.body()).flatten() {
+                match field {
+                    (1, Value::Len(b)) => name = std::str::from_utf8(b).unwrap_or(""),
+                    (2, Value::Varint(v)) => delta = v,
+                    (3, Value::Varint(v)) => total = v,
+                    _ => {}
+                }
+            }
+            let start = metric_head(out, view, &hostname);
+            sd_open(out, "counter");
+            param(out, "name", name);
+            param(out, "total", &total.to_string());
+            param(out, "delta", &delta.to_string());
+            out.push(b']');
+            metric_tail(out, &tags);
+            done(out, start);
+        }
+        Kind::Timer => {
+            let (start_ns, stop_ns) = view.timer_span().unwrap_or_default();
+            let start = metric_head(out, view, &hostname);
+            sd_open(out, "timer");
+            param(out, "name", view.timer_name().unwrap_or(""));
+            param(out, "start", &start_ns.to_string());
+            param(out, "stop", &stop_ns.to_string());
+            out.push(b']');
+            metric_tail(out, &tags);
+            done(out, start);
+        }
+        Kind::Event => {
+            let (title, body) = view.event().unwrap_or_default();
+            let start = metric_head(out, view, &hostname);
+            sd_open(out, "event");
+            param(out, "title", title);
+            param(out, "body", body);
+            out.push(b']');
+            metric_tail(out, &tags);
+            done(out, start);
+        }
+        Kind::None => {}
+    }
+}
+
+fn metric_head(out: &mut Vec<u8>, view: &EnvelopeView<'_>, hostname: &str) -> usize {
+    let start = out.len();
+    header(out, 14, view, hostname);
+    procid(out, None, view.instance_id);
+    out.extend_from_slice(b" - ");
+    start
+}
+
+fn metric_tail(out: &mut Vec<u8>, tags: &[(&str, &str)]) {
+    tags_sd(out, tags, false);
+    out.extend_from_slice(b" \n");
+}
+
+fn header(out: &mut Vec<u8>, pri: u8, view: &EnvelopeView<'_>, hostname: &str) {
+    out.push(b'<');
+    out.extend_from_slice(pri.to_string().as_bytes());
+    out.extend_from_slice(b">1 ");
+    timestamp(out, view.timestamp);
+    out.push(b' ');
+    out.extend_from_slice(hostname.as_bytes());
+    out.push(b' ');
+    printable_field(out, view.source_id, 48);
+    out.push(b' ');
+}
+
+/// `[SOURCE-TYPE/instance]` for logs, `[instance]` for metrics; cut to PROCID's 128.
+fn procid(out: &mut Vec<u8>, source_type: Option<&str>, instance: &str) {
+    let mut value = String::with_capacity(32);
+    value.push('[');
+    if let Some(st) = source_type {
+        value.extend(st.chars().map(|c| {
+            if c.is_whitespace() {
+                '-'
+            } else {
+                c.to_ascii_uppercase()
+            }
+        }));
+        value.push('/');
+    }
+    value.push_str(instance);
+    value.push(']');
+    printable_field(out, &value, 128);
+}
+
+/// Writes `s` reduced to PRINTUSASCII (33..=126) and cut to `max`, or `-` if nothing is left.
+fn printable_field(out: &mut Vec<u8>, s: &str, max: usize) {
+    let before = out.len();
+    out.extend(s.bytes().filter(|b| (33..=126).contains(b)).take(max));
+    if out.len() == before {
+        out.push(b'-');
+    }
+}
+
+/// `org.space.app` from the tags, each part sanitised as CF does; the fallback otherwise.
+fn hostname(view: &EnvelopeView<'_>, fallback: &str) -> String {
+    let org = view.tag("organization_name");
+    let space = view.tag("space_name");
+    let app = view.tag("app_name");
+    if org.is_none() && space.is_none() && app.is_none() {
+        let mut out = Vec::new();
+        printable_field(&mut out, fallback, 255);
+        return String::from_utf8(out).unwrap_or_else(|_| "-".to_owned());
+    }
+    let parts = [org, space, app].map(|p| host_part(p.unwrap_or("")));
+    let joined = parts.join(".");
+    if joined.len() > 255 {
+        joined[..255].to_owned()
+    } else {
+        joined
+    }
+}
+
+fn host_part(s: &str) -> String {
+    let mut part: String = s
+        .chars()
+        .map(|c| if c.is_whitespace() { '-' } else { c })
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    while part.ends_with('-') {
+        part.pop();
+    }
+    part.truncate(63);
+    part
+}
+
+fn sd_open(out: &mut Vec<u8>, id: &str) {
+    out.push(b'[');
+    out.extend_from_slice(id.as_bytes());
+    out.push(b'@');
+    out.extend_from_slice(ENTERPRISE.as_bytes());
+}
+
+/// `[tags@47450 k="v" ...]`; when `dash_if_empty`, `-` stands in for no tags (logs need an
+/// SD field; metrics already have one).
+fn tags_sd(out: &mut Vec<u8>, tags: &[(&str, &str)], dash_if_empty: bool) {
+    let before = out.len();
+    sd_open(out, "tags");
+    let opened = out.len();
+    for (k, v) in tags {
+        param(out, k, v);
+    }
+    if out.len() == opened {
+        out.truncate(before);
+        if dash_if_empty {
+            out.push(b'-');
+        }
+    } else {
+        out.push(b']');
+    }
+}
+
+/// ` name="value"`, with the name reduced to SD-NAME (PRINTUSASCII except `= ] "` and
+/// space, at most 32) and the value escaped; a name with nothing left is skipped.
+fn param(out: &mut Vec<u8>, name: &str, value: &str) {
+    let clean = name
+        .bytes()
+        .filter(|b| (33..=126).contains(b) && !matches!(b, b'=' | b']' | b'"'))
+        .take(32);
+    let before = out.len();
+    out.push(b' ');
+    out.extend(clean);
+    if out.len() == before + 1 {
+        out.truncate(before);
+        return;
+    }
+    out.extend_from_slice(b"=\"");
+    for b in value.bytes() {
+        match b {
+            0 => continue,
+            b'\\' | b'"' | b']' => out.push(b'\\'),
+            _ => {}
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+}
+
+/// Go's `2006-01-02T15:04:05.999999-07:00` in UTC: microseconds with trailing zeros trimmed
+/// (no fraction at all when zero) and `+00:00`, never `Z`.
+fn timestamp(out: &mut Vec<u8>, nanos: i64) {
+    let secs = nanos.div_euclid(1_000_000_000);
+    let micros = nanos.rem_euclid(1_000_000_000) / 1_000;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let mut s = format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60
+    );
+    if micros > 0 {
+        let frac = format!("{micros:06}");
+        s.push('.');
+        s.push_str(frac.trim_end_matches('0'));
+    }
+    s.push_str("+00:00");
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
+/// algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Go's `strconv.FormatFloat(v, 'g', -1, 64)`, which CF uses for gauge values: the shortest
+/// digits that round-trip, in exponent form (`1e+06`, `1.5e-07`) when the decimal exponent is
+/// below -4 or at least 6 (strconv's rule for the shortest precision).
+fn go_float(v: f64) -> String {
+    if v.is_nan() {
+        return "NaN".to_owned();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned();
+    }
+    // Rust's `{:e}` gives the shortest round-trip digits: "1.2345e3", "-5e-7", "0e0".
+    let sci = format!("{v:e}");
+    let Some((mantissa, exp)) = sci.split_once('e') else {
+        return sci;
+    };
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let (neg, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => (true, m),
+        None => (false, mantissa),
+    };
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let mut out = String::new();
+    if neg {
+        out.push('-');
+    }
+    if !(-4..6).contains(&exp) {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        out.push('e');
+        out.push(if exp < 0 { '-' } else { '+' });
+        out.push_str(&format!("{:02}", exp.unsigned_abs()));
+    } else if exp < 0 {
+        out.push_str("0.");
+        for _ in 0..(-exp - 1) {
+            out.push('0');
+        }
+        out.push_str(&digits);
+    } else {
+        let int_len = exp as usize + 1;
+        if digits.len() <= int_len {
+            out.push_str(&digits);
+            for _ in digits.len()..int_len {
+                out.push('0');
+            }
+        } else {
+            out.push_str(&digits[..int_len]);
+            out.push('.');
+            out.push_str(&digits[int_len..]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use hydrant_envelope::v2;
+    use hydrant_envelope::wire::{EnvelopeView, encode as encode_envelope};
+
+    use super::{DrainData, EncoderOptions, encode, encode_messages, go_float};
+
+    fn lines(e: &v2::Envelope, opts: &EncoderOptions) -> Vec<String> {
+        let bytes = encode_envelope(e);
+        let view = EnvelopeView::parse(&bytes).unwrap();
+        encode_messages(&view, opts)
+            .into_iter()
+            .map(|m| String::from_utf8(m).unwrap())
+            .collect()
+    }
+
+    fn opts(drain_data: DrainData) -> EncoderOptions {
+        EncoderOptions {
+            hostname: "test-hostname".to_owned(),
+            metadata: true,
+            drain_data,
+        }
+    }
+
+    fn log(err: bool, tags: &[(&str, &str)]) -> v2::Envelope {
+        v2::Envelope {
+            timestamp: 12_345_000,
+            source_id: "test-app-id".to_owned(),
+            instance_id: "2".to_owned(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            message: Some(v2::envelope::Message::Log(v2::Log {
+                payload: b"just a test".to_vec().into(),
+                r#type: i32::from(err),
+            })),
+            ..v2::Envelope::default()
+        }
+    }
+
+    // The expected lines are Cloud Foundry's own (`rfc5424_test.go`, consumers.md §2.2).
+    #[test]
+    fn golden_log_lines_match_cloud_foundry() {
+        assert_eq!(
+            lines(
+                &log(false, &[("source_type", "MY TASK")]),
+                &opts(DrainData::Logs)
+            ),
+            [
+                "<14>1 1970-01-01T00:00:00.012345+00:00 test-hostname test-app-id [MY-TASK/2] - \
+              [tags@47450 source_type=\"MY TASK\"] just a test\n"
+            ]
+        );
+        let tagged = log(
+            true,
+            &[
+                ("source_type", "MY TASK"),
+                ("organization_name", "some-org"),
+                ("space_name", "some-space"),
+                ("app_name", "some-app"),
+            ],
+        );
+        assert_eq!(
+            lines(&tagged, &opts(DrainData::Logs)),
+            [
+                "<11>1 1970-01-01T00:00:00.012345+00:00 some-org.some-space.some-app test-app-id \
+              [MY-TASK/2] - [tags@47450 app_name=\"some-app\" organization_name=\"some-org\" \
+              source_type=\"MY TASK\" space_name=\"some-space\"] just a test\n"
+            ]
+        );
+        let no_meta = EncoderOptions {
+            metadata: false,
+            ..opts(DrainData::Logs)
+        };
+        assert_eq!(
+            lines(&log(true, &[("source_type", "MY TASK")]), &no_meta),
+            [
+                "<11>1 1970-01-01T00:00:00.012345+00:00 test-hostname test-app-id [MY-TASK/2] - \
+              - just a test\n"
+            ]
+        );
+    }
+
+    #[test]
+    fn hostname_parts_are_sanitised_like_cloud_foundry() {
+        let e = log(
+            false,
+            &[
+                ("organization_name", "some_org"),
+                ("space_name", "some space"),
+                ("app_name", "some_app--"),
+            ],
+        );
+        let l = &lines(&e, &opts(DrainData::Logs))[0];
+        assert!(
+            l.contains(" someorg.some-space.someapp test-app-id "),
+            "{l}"
+        );
+    }
+
+    #[test]
+    fn golden_metric_lines_match_cloud_foundry() {
+        let base = v2::Envelope {
+            timestamp: 12_345_000,
+            source_id: "test-app-id".to_owned(),
+            instance_id: "1".to_owned(),
+            ..v2::Envelope::default()
+        };
+        let head = "<14>1 1970-01-01T00:00:00.012345+00:00 test-hostname test-app-id [1] - ";
+        let gauge = v2::Envelope {
+            message: Some(v2::envelope::Message::Gauge(v2::Gauge {
+                metrics: [
+                    (
+                        "cpu".to_owned(),
+                        v2::GaugeValue {
+                            unit: "percentage".to_owned(),
+                            value: 0.23,
+                        },
+                    ),
+                    (
+                        "memory_quota".to_owned(),
+                        v2::GaugeValue {
+                            unit: "bytes".to_owned(),
+                            value: 8000.0,
+                        },
+                    ),
+                ]
+                .into_iter()
+                .collect(),
+            })),
+            ..base.clone()
+        };
+        let mut got = lines(&gauge, &opts(DrainData::Metrics));
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                format!("{head}[gauge@47450 name=\"cpu\" value=\"0.23\" unit=\"percentage\"] \n"),
+                format!(
+                    "{head}[gauge@47450 name=\"memory_quota\" value=\"8000\" unit=\"bytes\"] \n"
+                ),
+            ]
+        );
+        let counter = v2::Envelope {
+            tags: [("metric-tag".to_owned(), "scallop".to_owned())]
+                .into_iter()
+                .collect(),
+            message: Some(v2::envelope::Message::Counter(v2::Counter {
+                name: "some-counter".to_owned(),
+                delta: 1,
+                total: 99,
+            })),
+            ..base.clone()
+        };
+        assert_eq!(
+            lines(&counter, &opts(DrainData::Metrics)),
+            [format!(
+                "{head}[counter@47450 name=\"some-counter\" total=\"99\" delta=\"1\"]\
+                 [tags@47450 metric-tag=\"scallop\"] \n"
+            )]
+        );
+        let timer = v2::Envelope {
+            message: Some(v2::envelope::Message::Timer(v2::Timer {
+                name: "http".to_owned(),
+                start: 10,
+                stop: 20,
+            })),
+            ..base.clone()
+        };
+        assert_eq!(
+            lines(&timer, &opts(DrainData::Traces)),
+            [format!(
+                "{head}[timer@47450 name=\"http\" start=\"10\" stop=\"20\"] \n"
+            )]
+        );
+        assert!(
+            lines(&timer, &opts(DrainData::Logs)).is_empty(),
+            "filtered out"
+        );
+        let event = v2::Envelope {
+            message: Some(v2::envelope::Message::Event(v2::Event {
+                title: "event-title".to_owned(),
+                body: "event-body".to_owned(),
+            })),
+            ..base
+        };
+        assert_eq!(
+            lines(&event, &opts(DrainData::Logs)),
+            [format!(
+                "{head}[event@47450 title=\"event-title\" body=\"event-body\"] \n"
+            )]
+        );
+    }
+
+    #[test]
+    fn escapes_values_strips_nul_and_frames_exactly() {
+        let mut e = log(
+            false,
+            &[("source_type", "APP/PROC/WEB"), ("q", "a\"b]c\\d")],
+        );
+        e.timestamp = 1_700_000_000_000_000_000;
+        if let Some(v2::envelope::Message::Log(l)) = &mut e.message {
+            l.payload = b"line one\n<14>1 fake header\0 end".to_vec().into();
+        }
+        let bytes = encode_envelope(&e);
+        let view = EnvelopeView::parse(&bytes).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(encode(&view, &opts(DrainData::Logs), &mut out), 1);
+        let text = String::from_utf8(out).unwrap();
+        let (len, msg) = text.split_once(' ').unwrap();
+        assert_eq!(len.parse::<usize>().unwrap(), msg.len());
+        assert_eq!(
+            msg,
+            "<14>1 2023-11-14T22:13:20+00:00 test-hostname test-app-id [APP/PROC/WEB/2] - \
+             [tags@47450 q=\"a\\\"b\\]c\\\\d\" source_type=\"APP/PROC/WEB\"] \
+             line one\n<14>1 fake header end\n"
+        );
+    }
+
+    #[test]
+    fn floats_format_like_go() {
+        for (v, want) in [
+            (0.23, "0.23"),
+            (8000.0, "8000"),
+            (0.0, "0"),
+            (-1.5, "-1.5"),
+            (123_456.7, "123456.7"),
+            (1e6, "1e+06"),
+            (1_234_567.0, "1.234567e+06"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (1.5e-7, "1.5e-07"),
+            (1e100, "1e+100"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "+Inf"),
+        ] {
+            assert_eq!(go_float(v), want, "{v}");
+        }
+    }
+}
