@@ -4,16 +4,21 @@
 //! Flow: firehose edge → [`hydrant_firehose_client::FirehoseClient`] (a shared subscription
 //! id, so several copies split the stream) → [`rfc5424::encode`] (once per envelope) → one
 //! bounded [`hydrant_nozzle_core::DestinationQueue`] per drain URL → a sender task per drain
-//! ([`transport::TcpSender`]) with retries, backoff and a circuit breaker.
+//! ([`transport::TcpSender`]) with retries, backoff and a circuit breaker. [`run`] is the role
+//! that wires it together from a [`Config`] (`hydrant nozzle syslog --config FILE`).
 //!
 //! Invariants: a slow or dead drain never slows the firehose or another drain (its queue drops
 //! its oldest lines and counts them); drain credentials are masked in every log, metric and
 //! error; every frame is one valid RFC 5424 message whatever the envelope carries.
 
+mod config;
 mod error;
 pub mod rfc5424;
+mod role;
 pub mod transport;
 
+pub use config::{Config, EncoderConfig};
 pub use error::Error;
 pub use rfc5424::{DrainData, ENTERPRISE, EncoderOptions, encode, encode_messages};
+pub use role::{Listeners, ROLE, run};
 pub use transport::{TcpSender, parse_syslog_url, run_sender};

@@ -1,8 +1,7 @@
 //! End to end against a real rsyslog: envelopes → encoder → queue → TCP sender → rsyslogd
 //! (imtcp, octet-counted framing) → a file we parse and check message by message.
 //!
-//! rsyslogd runs with its own temp config and work directory and loads no input but imtcp on
-//! a loopback port, so the machine's syslog setup and `/dev/log` are never touched.
+//! rsyslogd is started by `support/rsyslog.rs`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -10,11 +9,12 @@
     reason = "test code"
 )]
 
+#[path = "support/rsyslog.rs"]
+mod rsyslog;
+
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Child, Command};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hydrant_emitter::Registry;
@@ -24,98 +24,8 @@ use hydrant_nozzle_core::{
     Backoff, BreakerConfig, CircuitBreaker, DestinationQueue, NozzleMetrics, QueueLimits,
 };
 use hydrant_nozzle_syslog::{DrainData, EncoderOptions, TcpSender, encode, encode_messages};
+use rsyslog::{read_records, start_rsyslog};
 use tokio_util::sync::CancellationToken;
-
-const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
-
-struct Rsyslog {
-    child: Child,
-    port: u16,
-    out: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Rsyslog {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_rsyslog() -> Rsyslog {
-    assert!(
-        Path::new(RSYSLOGD).exists(),
-        "{RSYSLOGD} is missing: run ./scripts/test, which installs the Debian package rsyslog"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.jsonl");
-    let port = free_port();
-    let conf = format!(
-        r#"global(workDirectory="{work}" maxMessageSize="64k"
-       parser.escapeControlCharactersOnReceive="off" parser.dropTrailingLFOnReception="off")
-module(load="imtcp")
-template(name="fields" type="string" string="{{\"raw\":\"%rawmsg:::json%\",\"pri\":\"%pri%\",\"host\":\"%hostname:::json%\",\"app\":\"%app-name:::json%\",\"procid\":\"%procid:::json%\",\"msgid\":\"%msgid:::json%\",\"sd\":\"%structured-data:::json%\",\"msg\":\"%msg:::json%\"}}\n")
-ruleset(name="drain") {{
-  action(type="omfile" file="{out}" template="fields" flushOnTXEnd="on" asyncWriting="off")
-}}
-input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="drain" supportOctetCountedFraming="on")
-"#,
-        work = dir.path().display(),
-        out = out.display(),
-    );
-    let conf_path = dir.path().join("rsyslog.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let child = Command::new(RSYSLOGD)
-        .arg("-n")
-        .arg("-f")
-        .arg(&conf_path)
-        .arg("-i")
-        .arg(dir.path().join("rsyslog.pid"))
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "rsyslogd did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Rsyslog {
-        child,
-        port,
-        out,
-        _dir: dir,
-    }
-}
-
-fn read_records(path: &Path, want: usize) -> Vec<HashMap<String, String>> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let complete = text.matches('\n').count();
-        if complete >= want {
-            // A little more time would reveal duplicates; the caller checks the count.
-            return text
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-                .collect();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rsyslog wrote {complete} of {want} messages"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn log_envelope(i: usize, payload: Vec<u8>, err: bool) -> v2::Envelope {
     v2::Envelope {

@@ -89,11 +89,26 @@ enum Command {
     /// Serve a directory over HTTP (what the static buildpack's droplets run).
     #[command(hide = true)]
     StaticServer(static_server::StaticServerArgs),
+    /// Run a nozzle (a firehose consumer that forwards to an outside system) from a TOML file.
+    Nozzle {
+        /// Which nozzle.
+        kind: NozzleKind,
+        /// The nozzle's TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Measure the pipeline end to end over real sockets.
     Bench {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
+}
+
+/// The nozzles `hydrant nozzle` can run.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum NozzleKind {
+    /// RFC 5424 syslog drains (`syslog://`), in Cloud Foundry's drain format.
+    Syslog,
 }
 
 fn main() -> ExitCode {
@@ -119,6 +134,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => up::run(args).await,
             Command::Run { role, config } => roles::run_from_file(role, &config).await,
+            Command::Nozzle { kind, config } => {
+                let role = match kind {
+                    NozzleKind::Syslog => roles::Role::NozzleSyslog,
+                };
+                roles::run_from_file(role, &config).await
+            }
             Command::Logs(args) => logs::run(args).await,
             Command::Push(args) => apps::push(args).await,
             Command::Apps(args) => apps::apps(args).await,

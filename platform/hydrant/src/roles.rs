@@ -32,6 +32,8 @@ pub enum Role {
     Slo,
     /// The autoscaler: app-autoscaler policies evaluated on the live firehose.
     Autoscaler,
+    /// The syslog nozzle: firehose → RFC 5424 syslog drains.
+    NozzleSyslog,
 }
 
 fn load<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
@@ -176,6 +178,20 @@ pub async fn run_from_file(role: Role, path: &Path) -> anyhow::Result<ExitCode> 
             };
             eprintln!("autoscaler: admin on {}", config.admin_listen);
             hydrant_autoscaler::run(config, listeners, shutdown).await?;
+        }
+        Role::NozzleSyslog => {
+            let config: hydrant_nozzle_syslog::Config = load(path)?;
+            config.validate()?;
+            let listeners = hydrant_nozzle_syslog::Listeners {
+                admin: bind(&config.admin_listen, "admin_listen").await?,
+            };
+            eprintln!(
+                "syslog nozzle: {} drain(s), subscription {:?}, admin on {}",
+                config.drains.len(),
+                config.subscription_id,
+                config.admin_listen
+            );
+            hydrant_nozzle_syslog::run(config, listeners, shutdown).await?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,288 @@
+//! The syslog nozzle's config: where the firehose is, which drains to feed, how lines are
+//! written and how much each drain may hold back.
+//!
+//! Loaded from TOML by `hydrant nozzle syslog --config FILE`. Unknown fields are refused,
+//! every field has a default but `drains`, and [`Config::validate`] names the field at fault.
+//! Invariant: no error built here carries a credential — drain URLs are shown through
+//! [`mask_url`], and the firehose token is never shown at all.
+
+use hydrant_emitter::TelemetryConfig;
+use hydrant_firehose_client::ClientConfig;
+use hydrant_nozzle_core::{Backoff, BreakerConfig, QueueLimits, mask_url};
+use serde::{Deserialize, Serialize};
+
+use crate::{DrainData, EncoderOptions, Error, parse_syslog_url};
+
+/// The whole config of one syslog nozzle.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The firehose edge to read (`url`, `token` with the `firehose` scope, reconnect policy).
+    pub firehose: ClientConfig,
+    /// The firehose shard group. Nozzles sharing it split the stream between them, so run
+    /// several copies with the same id to scale out. Default `syslog-nozzle`.
+    pub subscription_id: String,
+    /// The drains, `syslog://[user:pass@]HOST:PORT[?drain-data=logs|metrics|traces|all
+    /// &disable-metadata=true]`. At least one. The query overrides `[encoder]` for that drain,
+    /// as Cloud Foundry's drain URLs do.
+    pub drains: Vec<String>,
+    /// How envelopes become lines, for drains whose URL says nothing else.
+    pub encoder: EncoderConfig,
+    /// Per-drain queue and batch limits. Default 10000 messages / 16 MiB per drain.
+    pub queue: QueueLimits,
+    /// Retries of a failed batch. Default 10 ms doubling to 5 s, 8 retries.
+    pub retry: Backoff,
+    /// When to stop trying a drain that stays down. Default 5 failures, 10 s open.
+    pub breaker: BreakerConfig,
+    /// Deadline for connecting to a drain and writing one batch, in ms. Default 10000.
+    pub write_timeout_ms: u64,
+    /// On shutdown, how long the drains get to take what is queued, in ms; the rest is counted
+    /// as `dropped{reason="shutdown"}`. Default 2000.
+    pub shutdown_drain_ms: u64,
+    /// This copy's instance id in its own metrics. Default `0`.
+    pub instance_id: String,
+    /// `/healthz` and `/metrics`. Default `127.0.0.1:14840`.
+    pub admin_listen: String,
+    /// Where the nozzle's own metrics go as envelopes.
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            firehose: ClientConfig::default(),
+            subscription_id: "syslog-nozzle".to_owned(),
+            drains: Vec::new(),
+            encoder: EncoderConfig::default(),
+            queue: QueueLimits::default(),
+            retry: Backoff::default(),
+            breaker: BreakerConfig::default(),
+            write_timeout_ms: 10_000,
+            shutdown_drain_ms: 2_000,
+            instance_id: "0".to_owned(),
+            admin_listen: "127.0.0.1:14840".to_owned(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+/// The `[encoder]` section: the defaults of every drain's [`EncoderOptions`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncoderConfig {
+    /// HOSTNAME for envelopes without org/space/app names (those get `org.space.app`).
+    /// Default `hydrant`.
+    pub hostname: String,
+    /// Write the envelope's tags as a `tags@47450` element. Default true.
+    pub metadata: bool,
+    /// Which envelopes become lines: `logs` (and events), `metrics`, `traces` (timers) or
+    /// `all`. Default `logs`.
+    pub drain_data: DrainData,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        let o = EncoderOptions::default();
+        Self {
+            hostname: o.hostname,
+            metadata: o.metadata,
+            drain_data: o.drain_data,
+        }
+    }
+}
+
+fn config_error(field: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::Config {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Checks every field; the first problem is returned naming its dotted path.
+    ///
+    /// # Errors
+    /// [`Error::Config`] (or [`Error::Core`] for a shared section) saying what to change.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.firehose.validate().map_err(|e| match e {
+            hydrant_firehose_client::Error::Config { field, message } => {
+                config_error(format!("firehose.{field}"), message)
+            }
+            other => Error::Firehose(other),
+        })?;
+        if self.firehose.token.is_empty() {
+            return Err(config_error(
+                "firehose.token",
+                "is empty; put a token with the `firehose` scope here",
+            ));
+        }
+        if self.subscription_id.is_empty() {
+            return Err(config_error(
+                "subscription_id",
+                "is empty; name the shard group, e.g. \"syslog-nozzle\"",
+            ));
+        }
+        if self.drains.is_empty() {
+            return Err(config_error(
+                "drains",
+                "is empty; list at least one \"syslog://HOST:PORT\"",
+            ));
+        }
+        for i in 0..self.drains.len() {
+            self.drain(i)?;
+        }
+        if self.encoder.hostname.is_empty() {
+            return Err(config_error(
+                "encoder.hostname",
+                "is empty; use a name such as \"hydrant\"",
+            ));
+        }
+        self.queue.validate("queue")?;
+        self.retry.validate("retry")?;
+        self.breaker.validate("breaker")?;
+        if self.write_timeout_ms == 0 {
+            return Err(config_error(
+                "write_timeout_ms",
+                "must be at least 1 (ms to connect and write one batch)",
+            ));
+        }
+        if self.admin_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(config_error(
+                "admin_listen",
+                format!(
+                    "({:?}) is not an address; write it like 127.0.0.1:14840",
+                    self.admin_listen
+                ),
+            ));
+        }
+        self.telemetry
+            .validate()
+            .map_err(|e| config_error("telemetry", e.to_string()))?;
+        Ok(())
+    }
+
+    /// Drain `index`: its `host:port` and its encoder options (the `[encoder]` defaults with
+    /// the URL's `drain-data` and `disable-metadata` applied).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `drains[index]`, URL masked.
+    pub fn drain(&self, index: usize) -> Result<(String, EncoderOptions), Error> {
+        let field = format!("drains[{index}]");
+        let url = self.drains.get(index).map_or("", String::as_str);
+        let addr = parse_syslog_url(&field, url)?;
+        let mut options = EncoderOptions {
+            hostname: self.encoder.hostname.clone(),
+            metadata: self.encoder.metadata,
+            drain_data: self.encoder.drain_data,
+        };
+        let query = url.split_once('?').map_or("", |(_, q)| q);
+        let query = query.split('#').next().unwrap_or("");
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let bad =
+                |what: &str| config_error(field.clone(), format!("{}: {what}", mask_url(url)));
+            match key {
+                "drain-data" => {
+                    options.drain_data = match value {
+                        "logs" => DrainData::Logs,
+                        "metrics" => DrainData::Metrics,
+                        "traces" => DrainData::Traces,
+                        "all" => DrainData::All,
+                        _ => return Err(bad("drain-data must be logs, metrics, traces or all")),
+                    };
+                }
+                "disable-metadata" => {
+                    options.metadata = match value {
+                        "true" => false,
+                        "false" => true,
+                        _ => return Err(bad("disable-metadata must be true or false")),
+                    };
+                }
+                // Other parameters (credentials of some providers) are the drain's business.
+                _ => {}
+            }
+        }
+        Ok((addr, options))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+    use crate::DrainData;
+
+    fn parse(text: &str) -> Config {
+        toml::from_str(text).unwrap()
+    }
+
+    fn valid() -> Config {
+        parse(
+            "drains = [\"syslog://127.0.0.1:5514\"]\n[firehose]\nurl = \"http://127.0.0.1:8081\"\n\
+             token = \"t\"\n",
+        )
+    }
+
+    #[test]
+    fn defaults_and_a_minimal_file_validate() {
+        let c = valid();
+        c.validate().unwrap();
+        assert_eq!(c.subscription_id, "syslog-nozzle");
+        assert_eq!(c.admin_listen, "127.0.0.1:14840");
+        assert_eq!(c.encoder.drain_data, DrainData::Logs);
+        assert!(
+            toml::from_str::<Config>("drain = []").is_err(),
+            "unknown field"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field_and_never_the_secret() {
+        let mut c = valid();
+        c.drains
+            .push("syslog://user:hunter2@logs.example.com".to_owned());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("drains[1]") && !e.contains("hunter2"), "{e}");
+        assert!(e.contains("user:****@"), "{e}");
+
+        let mut c = valid();
+        c.drains = vec!["syslog://u:hunter2@h:1?drain-data=everything".to_owned()];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("drains[0]") && e.contains("drain-data"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+
+        for (text, field) in [
+            ("drains = []\n[firehose]\ntoken = \"t\"", "`drains`"),
+            ("drains = [\"syslog://h:1\"]", "firehose.token"),
+            (
+                "drains = [\"syslog://h:1\"]\n[firehose]\ntoken = \"t\"\nurl = \"nope\"",
+                "firehose.url",
+            ),
+            (
+                "drains = [\"syslog://h:1\"]\n[firehose]\ntoken = \"t\"\n[queue]\nmax_items = 0",
+                "queue.max_items",
+            ),
+            (
+                "drains = [\"syslog://h:1\"]\nadmin_listen = \"x\"\n[firehose]\ntoken = \"t\"",
+                "admin_listen",
+            ),
+        ] {
+            let e = parse(text).validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn drain_query_overrides_the_encoder_section() {
+        let mut c = valid();
+        c.drains = vec![
+            "syslog://h:1".to_owned(),
+            "syslog://h:2/?drain-data=all&disable-metadata=true".to_owned(),
+        ];
+        let (addr, plain) = c.drain(0).unwrap();
+        assert_eq!(addr, "h:1");
+        assert!(plain.metadata && plain.drain_data == DrainData::Logs);
+        let (addr, custom) = c.drain(1).unwrap();
+        assert_eq!(addr, "h:2");
+        assert!(!custom.metadata && custom.drain_data == DrainData::All);
+    }
+}
