@@ -15,6 +15,7 @@ mod config;
 mod error;
 pub mod rfc5424;
 mod role;
+pub mod rsyslogd;
 pub mod transport;
 
 pub use config::{Config, EncoderConfig};

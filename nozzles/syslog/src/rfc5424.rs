@@ -73,9 +73,16 @@ impl Default for EncoderOptions {
 pub fn encode(view: &EnvelopeView<'_>, options: &EncoderOptions, out: &mut Vec<u8>) -> usize {
     let mut n = 0;
     each_message(view, options, out, |out, start| {
-        let len = out.len() - start;
-        let prefix = format!("{len} ");
-        out.splice(start..start, prefix.bytes());
+        // The count goes in front of a message already written: shift it right by the
+        // prefix's width rather than build the message elsewhere and copy it back.
+        let end = out.len();
+        let mut digits = [0u8; 20];
+        let digits = decimal(&mut digits, (end - start) as u64);
+        let width = digits.len() + 1;
+        out.resize(end + width, 0);
+        out.copy_within(start..end, start + width);
+        out[start..start + digits.len()].copy_from_slice(digits);
+        out[start + digits.len()] = b' ';
         n += 1;
     });
     n
@@ -112,13 +119,12 @@ fn each_message(
     tags.reverse();
     tags.sort_by(|a, b| a.0.cmp(b.0));
     tags.dedup_by(|a, b| a.0 == b.0);
-    let hostname = hostname(view, &options.hostname);
     match view.kind {
         Kind::Log => {
             let (payload, is_err) = view.log().unwrap_or_default();
             let start = out.len();
             let source_type = view.tag("source_type").unwrap_or("");
-            header(out, if is_err { 11 } else { 14 }, view, &hostname);
+            header(out, if is_err { 11 } else { 14 }, view, &options.hostname);
             procid(out, Some(source_type), view.instance_id);
             out.extend_from_slice(b" - ");
             tags_sd(out, &tags, true);
@@ -131,7 +137,7 @@ fn each_message(
         }
         Kind::Gauge => {
             for (name, value, unit) in view.gauge_values() {
-                let start = metric_head(out, view, &hostname);
+                let start = metric_head(out, view, &options.hostname);
                 sd_open(out, "gauge");
                 param(out, "name", name);
                 param(out, "value", &go_float(value));
@@ -151,18 +157,18 @@ fn each_message(
                     _ => {}
                 }
             }
-            let start = metric_head(out, view, &hostname);
+            let start = metric_head(out, view, &options.hostname);
             sd_open(out, "counter");
             param(out, "name", name);
-            param(out, "total", &total.to_string());
-            param(out, "delta", &delta.to_string());
+            param(out, "total", decimal_str(&mut [0; 20], total));
+            param(out, "delta", decimal_str(&mut [0; 20], delta));
             out.push(b']');
             metric_tail(out, &tags);
             done(out, start);
         }
         Kind::Timer => {
             let (start_ns, stop_ns) = view.timer_span().unwrap_or_default();
-            let start = metric_head(out, view, &hostname);
+            let start = metric_head(out, view, &options.hostname);
             sd_open(out, "timer");
             param(out, "name", view.timer_name().unwrap_or(""));
             param(out, "start", &start_ns.to_string());
@@ -173,7 +179,7 @@ fn each_message(
         }
         Kind::Event => {
             let (title, body) = view.event().unwrap_or_default();
-            let start = metric_head(out, view, &hostname);
+            let start = metric_head(out, view, &options.hostname);
             sd_open(out, "event");
             param(out, "title", title);
             param(out, "body", body);
@@ -185,9 +191,9 @@ fn each_message(
     }
 }
 
-fn metric_head(out: &mut Vec<u8>, view: &EnvelopeView<'_>, hostname: &str) -> usize {
+fn metric_head(out: &mut Vec<u8>, view: &EnvelopeView<'_>, fallback_host: &str) -> usize {
     let start = out.len();
-    header(out, 14, view, hostname);
+    header(out, 14, view, fallback_host);
     procid(out, None, view.instance_id);
     out.extend_from_slice(b" - ");
     start
@@ -198,13 +204,13 @@ fn metric_tail(out: &mut Vec<u8>, tags: &[(&str, &str)]) {
     out.extend_from_slice(b" \n");
 }
 
-fn header(out: &mut Vec<u8>, pri: u8, view: &EnvelopeView<'_>, hostname: &str) {
+fn header(out: &mut Vec<u8>, pri: u8, view: &EnvelopeView<'_>, fallback_host: &str) {
     out.push(b'<');
-    out.extend_from_slice(pri.to_string().as_bytes());
+    out.extend_from_slice(decimal(&mut [0; 20], u64::from(pri)));
     out.extend_from_slice(b">1 ");
     timestamp(out, view.timestamp);
     out.push(b' ');
-    out.extend_from_slice(hostname.as_bytes());
+    hostname(out, view, fallback_host);
     out.push(b' ');
     printable_field(out, view.source_id, 48);
     out.push(b' ');
@@ -212,21 +218,28 @@ fn header(out: &mut Vec<u8>, pri: u8, view: &EnvelopeView<'_>, hostname: &str) {
 
 /// `[SOURCE-TYPE/instance]` for logs, `[instance]` for metrics; cut to PROCID's 128.
 fn procid(out: &mut Vec<u8>, source_type: Option<&str>, instance: &str) {
-    let mut value = String::with_capacity(32);
-    value.push('[');
+    const MAX: usize = 128;
+    let start = out.len();
+    // Written straight into `out`, with the same reduction as `printable_field`: only
+    // PRINTUSASCII survives (a non-ASCII char has no byte in that range), up to MAX bytes.
+    let mut put = |b: u8| {
+        if (33..=126).contains(&b) && out.len() - start < MAX {
+            out.push(b);
+        }
+    };
+    put(b'[');
     if let Some(st) = source_type {
-        value.extend(st.chars().map(|c| {
+        for c in st.chars() {
             if c.is_whitespace() {
-                '-'
-            } else {
-                c.to_ascii_uppercase()
+                put(b'-');
+            } else if c.is_ascii() {
+                put(c.to_ascii_uppercase() as u8);
             }
-        }));
-        value.push('/');
+        }
+        put(b'/');
     }
-    value.push_str(instance);
-    value.push(']');
-    printable_field(out, &value, 128);
+    instance.bytes().for_each(&mut put);
+    put(b']');
 }
 
 /// Writes `s` reduced to PRINTUSASCII (33..=126) and cut to `max`, or `-` if nothing is left.
@@ -238,36 +251,67 @@ fn printable_field(out: &mut Vec<u8>, s: &str, max: usize) {
     }
 }
 
-/// `org.space.app` from the tags, each part sanitised as CF does; the fallback otherwise.
-fn hostname(view: &EnvelopeView<'_>, fallback: &str) -> String {
+/// Writes `org.space.app` from the tags, each part sanitised as CF does (at most 3 × 63 + 2
+/// bytes, within HOSTNAME's 255); `fallback` reduced to PRINTUSASCII otherwise.
+fn hostname(out: &mut Vec<u8>, view: &EnvelopeView<'_>, fallback: &str) {
     let org = view.tag("organization_name");
     let space = view.tag("space_name");
     let app = view.tag("app_name");
     if org.is_none() && space.is_none() && app.is_none() {
-        let mut out = Vec::new();
-        printable_field(&mut out, fallback, 255);
-        return String::from_utf8(out).unwrap_or_else(|_| "-".to_owned());
+        printable_field(out, fallback, 255);
+        return;
     }
-    let parts = [org, space, app].map(|p| host_part(p.unwrap_or("")));
-    let joined = parts.join(".");
-    if joined.len() > 255 {
-        joined[..255].to_owned()
-    } else {
-        joined
+    for (i, part) in [org, space, app].into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        host_part(out, part.unwrap_or(""));
     }
 }
 
-fn host_part(s: &str) -> String {
-    let mut part: String = s
-        .chars()
-        .map(|c| if c.is_whitespace() { '-' } else { c })
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .collect();
-    while part.ends_with('-') {
-        part.pop();
+/// Whitespace to `-`, only ASCII letters, digits and `-` kept, trailing `-` trimmed, then
+/// cut to 63 bytes (in that order, as CF does).
+fn host_part(out: &mut Vec<u8>, s: &str) {
+    let start = out.len();
+    for c in s.chars() {
+        if c.is_whitespace() {
+            out.push(b'-');
+        } else if c.is_ascii_alphanumeric() || c == '-' {
+            out.push(c as u8);
+        }
     }
-    part.truncate(63);
-    part
+    while out.len() > start && out.last() == Some(&b'-') {
+        out.pop();
+    }
+    out.truncate(start + 63.min(out.len() - start));
+}
+
+/// `v` in decimal, written at the end of `buf`; returns the digits.
+fn decimal(buf: &mut [u8; 20], mut v: u64) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// [`decimal`] as text (the digits are ASCII).
+fn decimal_str(buf: &mut [u8; 20], v: u64) -> &str {
+    std::str::from_utf8(decimal(buf, v)).unwrap_or("0")
+}
+
+/// `v` as exactly `width` decimal digits, zero-padded (callers keep it in range).
+fn padded(out: &mut Vec<u8>, v: i64, width: usize) {
+    let mut buf = [0u8; 20];
+    let digits = decimal(&mut buf, v.unsigned_abs());
+    for _ in digits.len()..width {
+        out.push(b'0');
+    }
+    out.extend_from_slice(digits);
 }
 
 fn sd_open(out: &mut Vec<u8>, id: &str) {
@@ -330,19 +374,27 @@ fn timestamp(out: &mut Vec<u8>, nanos: i64) {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    let mut s = format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    );
+    // i64 nanoseconds span the years 1677..=2262, so four digits always fit.
+    padded(out, y, 4);
+    out.push(b'-');
+    padded(out, i64::from(m), 2);
+    out.push(b'-');
+    padded(out, i64::from(d), 2);
+    out.push(b'T');
+    padded(out, sod / 3600, 2);
+    out.push(b':');
+    padded(out, sod / 60 % 60, 2);
+    out.push(b':');
+    padded(out, sod % 60, 2);
     if micros > 0 {
-        let frac = format!("{micros:06}");
-        s.push('.');
-        s.push_str(frac.trim_end_matches('0'));
+        out.push(b'.');
+        padded(out, micros, 6);
+        // micros > 0, so a non-zero digit stops the trim before the dot.
+        while out.last() == Some(&b'0') {
+            out.pop();
+        }
     }
-    s.push_str("+00:00");
-    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(b"+00:00");
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's

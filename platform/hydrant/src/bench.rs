@@ -7,6 +7,11 @@
 //! each role's own `/metrics`. Gap markers the doppler adds to the stream enter the ledger too
 //! (injected, then delivered or counted as dropped). A non-zero `unaccounted` means the pipeline
 //! lost (or invented) data silently.
+//!
+//! `hydrant bench syslog`: pre-built 250-byte log envelopes → the syslog nozzle's encoder →
+//! its destination queue → `run_sender`/`TcpSender` → a real rsyslogd (imtcp, octet-counted),
+//! against the same rsyslogd fed pre-encoded frames in big writes (its ceiling). Delivered
+//! means written by rsyslog, counted in its output file.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -27,6 +32,19 @@ use crate::up::{MicroCloud, Ports};
 pub enum BenchCommand {
     /// The log/metric pipeline end to end.
     Pipeline(PipelineArgs),
+    /// The syslog nozzle's encoder and TCP sender into a real rsyslogd.
+    Syslog(SyslogArgs),
+}
+
+/// Arguments of `hydrant bench syslog`.
+#[derive(Debug, clap::Args)]
+pub struct SyslogArgs {
+    /// How long each of the two runs (nozzle, raw ceiling) sends, in seconds.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `hydrant bench pipeline`.
@@ -84,6 +102,7 @@ struct Latency {
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Pipeline(args) => pipeline(args).await,
+        BenchCommand::Syslog(args) => syslog(args).await,
     }
 }
 
@@ -379,4 +398,263 @@ fn print_report(r: &Report) {
         "  in-band gap markers told the consumer of {} lost envelopes",
         r.gap_reported
     );
+}
+
+/// One run of `hydrant bench syslog`.
+#[derive(Debug, Serialize)]
+struct SyslogRun {
+    sent: u64,
+    delivered: u64,
+    dropped: u64,
+    /// Delivered messages over the time from the first send to rsyslog's last write.
+    messages_per_sec: f64,
+    /// CPU time of this process while it sent (rsyslogd's own is not included).
+    cpu_seconds: f64,
+    envelopes_per_cpu_sec: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct SyslogReport {
+    duration_secs: u64,
+    envelope_bytes: usize,
+    nozzle: SyslogRun,
+    rsyslog_ceiling: SyslogRun,
+}
+
+/// Distinct envelopes the syslog bench cycles through.
+const SYSLOG_ENVELOPES: usize = 1_000;
+
+/// Log envelopes of ~250 bytes on the wire with the tags Cloud Foundry apps carry.
+fn syslog_envelopes() -> Vec<Bytes> {
+    use hydrant_envelope::v2;
+    let base = hydrant_envelope::now_nanos();
+    (0..SYSLOG_ENVELOPES)
+        .map(|i| {
+            let mut e = v2::Envelope {
+                timestamp: base + i as i64 * 1_001_000,
+                source_id: "6f1c8e6a-2b9d-4c47-9a43-0d7c5b1e2f30".to_owned(),
+                instance_id: (i % 4).to_string(),
+                tags: [
+                    ("source_type", "APP/PROC/WEB"),
+                    ("organization_name", "demo"),
+                    ("space_name", "dev"),
+                    ("app_name", "web"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+                ..v2::Envelope::default()
+            };
+            let head = hydrant_envelope::wire::encode(&e).len();
+            let payload = format!("{i:06} GET /index.html 200 ");
+            let pad = ENVELOPE_BYTES.saturating_sub(head + payload.len() + 6);
+            e.message = Some(v2::envelope::Message::Log(v2::Log {
+                payload: format!("{payload}{}", "x".repeat(pad)).into_bytes().into(),
+                r#type: 0,
+            }));
+            hydrant_envelope::wire::encode(&e)
+        })
+        .collect()
+}
+
+/// Polls rsyslog's output until it holds `want` lines or stops growing for 5 s; returns the
+/// count and when it last grew.
+async fn wait_for_lines(
+    rsyslogd: &hydrant_nozzle_syslog::rsyslogd::Rsyslogd,
+    want: u64,
+) -> anyhow::Result<(u64, Instant)> {
+    let mut last = rsyslogd.lines()?;
+    let mut grew = Instant::now();
+    while last < want && grew.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = rsyslogd.lines()?;
+        if now != last {
+            last = now;
+            grew = Instant::now();
+        }
+    }
+    Ok((last, grew))
+}
+
+fn syslog_run(sent: u64, delivered: u64, dropped: u64, secs: f64, cpu: f64) -> SyslogRun {
+    SyslogRun {
+        sent,
+        delivered,
+        dropped,
+        messages_per_sec: delivered as f64 / secs.max(0.001),
+        cpu_seconds: cpu,
+        envelopes_per_cpu_sec: if cpu > 0.0 {
+            delivered as f64 / cpu
+        } else {
+            0.0
+        },
+    }
+}
+
+/// The nozzle's own path, as its reader loop drives it: encode each envelope once, push the
+/// frames to the drain's queue, and let `run_sender` write batches over one connection. The
+/// producer waits while the queue is half full, so nothing is evicted and the rate is what
+/// the sender and rsyslog sustain.
+async fn syslog_nozzle(
+    rsyslogd: &hydrant_nozzle_syslog::rsyslogd::Rsyslogd,
+    envelopes: &[Bytes],
+    duration: Duration,
+) -> anyhow::Result<SyslogRun> {
+    use hydrant_nozzle_core::{CircuitBreaker, DestinationQueue, NozzleMetrics, QueueLimits};
+    use hydrant_nozzle_syslog::{EncoderOptions, TcpSender, encode, run_sender};
+
+    let views = envelopes
+        .iter()
+        .map(|b| hydrant_envelope::wire::EnvelopeView::parse(b))
+        .collect::<Result<Vec<_>, _>>()
+        .context("a bench envelope does not parse")?;
+    let url = format!("syslog://127.0.0.1:{}", rsyslogd.port);
+    let registry = hydrant_emitter::Registry::new(hydrant_nozzle_syslog::ROLE, "bench");
+    let metrics = NozzleMetrics::new(&registry, &url);
+    let limits = QueueLimits::default();
+    let high_water = limits.max_items / 2;
+    let queue = Arc::new(DestinationQueue::new(limits, metrics.clone()));
+    let sender = TcpSender::new(
+        format!("127.0.0.1:{}", rsyslogd.port),
+        &url,
+        Duration::from_secs(10),
+    );
+    let task = tokio::spawn(run_sender(
+        Arc::clone(&queue),
+        sender,
+        hydrant_nozzle_core::Backoff::default(),
+        CircuitBreaker::new(hydrant_nozzle_core::BreakerConfig::default()),
+        metrics.clone(),
+        CancellationToken::new(),
+    ));
+    let options = EncoderOptions::default();
+    let before = rsyslogd.lines()?;
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let mut buf = Vec::with_capacity(4096);
+    let mut sent = 0u64;
+    'produce: while t0.elapsed() < duration {
+        while queue.depth().0 >= high_water {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if t0.elapsed() >= duration {
+                break 'produce;
+            }
+        }
+        for view in views.iter().take(BATCH * 10) {
+            buf.clear();
+            sent += encode(view, &options, &mut buf) as u64;
+            let frames = Bytes::copy_from_slice(&buf);
+            metrics.received(1);
+            queue.push(frames.clone(), frames.len());
+        }
+        tokio::task::yield_now().await;
+    }
+    queue.close();
+    task.await.context("the syslog sender panicked")?;
+    let cpu = cpu_seconds() - cpu0;
+    let (lines, last) = wait_for_lines(rsyslogd, before + sent).await?;
+    Ok(syslog_run(
+        sent,
+        lines - before,
+        metrics.dropped_total(),
+        (last - t0).as_secs_f64(),
+        cpu,
+    ))
+}
+
+/// rsyslog's ceiling: the same frames pre-encoded into one buffer and written in 256 KiB
+/// chunks over one blocking connection, with no encoding, queueing or batching on our side.
+async fn syslog_ceiling(
+    rsyslogd: &hydrant_nozzle_syslog::rsyslogd::Rsyslogd,
+    envelopes: &[Bytes],
+    duration: Duration,
+) -> anyhow::Result<SyslogRun> {
+    use std::io::Write as _;
+
+    let options = hydrant_nozzle_syslog::EncoderOptions::default();
+    let mut frames = Vec::with_capacity(envelopes.len() * 400);
+    let mut per_pass = 0u64;
+    for bytes in envelopes {
+        let view = hydrant_envelope::wire::EnvelopeView::parse(bytes)
+            .context("a bench envelope does not parse")?;
+        per_pass += hydrant_nozzle_syslog::encode(&view, &options, &mut frames) as u64;
+    }
+    let addr = ("127.0.0.1", rsyslogd.port);
+    let before = rsyslogd.lines()?;
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let sent = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+        let mut tcp = std::net::TcpStream::connect(addr)?;
+        let mut sent = 0;
+        while t0.elapsed() < duration {
+            for chunk in frames.chunks(256 * 1024) {
+                tcp.write_all(chunk)?;
+            }
+            sent += per_pass;
+        }
+        tcp.flush()?;
+        Ok(sent)
+    })
+    .await
+    .context("the raw sender panicked")?
+    .context("the raw sender failed")?;
+    let cpu = cpu_seconds() - cpu0;
+    let (lines, last) = wait_for_lines(rsyslogd, before + sent).await?;
+    Ok(syslog_run(
+        sent,
+        lines - before,
+        0,
+        (last - t0).as_secs_f64(),
+        cpu,
+    ))
+}
+
+async fn syslog(args: SyslogArgs) -> anyhow::Result<ExitCode> {
+    use hydrant_nozzle_syslog::rsyslogd::{COUNT_TEMPLATE, Rsyslogd};
+
+    if args.duration == 0 {
+        anyhow::bail!("--duration must be at least 1");
+    }
+    let rsyslogd = tokio::task::spawn_blocking(|| Rsyslogd::start(COUNT_TEMPLATE))
+        .await
+        .context("starting rsyslogd panicked")?
+        .context("cannot start rsyslogd")?;
+    let envelopes = syslog_envelopes();
+    let duration = Duration::from_secs(args.duration);
+    let nozzle = syslog_nozzle(&rsyslogd, &envelopes, duration).await?;
+    let ceiling = syslog_ceiling(&rsyslogd, &envelopes, duration).await?;
+    let report = SyslogReport {
+        duration_secs: args.duration,
+        envelope_bytes: envelopes.first().map_or(0, Bytes::len),
+        nozzle,
+        rsyslog_ceiling: ceiling,
+    };
+    let complete = [&report.nozzle, &report.rsyslog_ceiling]
+        .iter()
+        .all(|r| r.delivered == r.sent && r.dropped == 0);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "hydrant bench syslog: encoder → queue → TCP sender → rsyslogd (imtcp, octet-counted)"
+        );
+        println!(
+            "  envelopes           {} bytes on the wire, {} s per run",
+            report.envelope_bytes, report.duration_secs
+        );
+        for (name, r) in [
+            ("nozzle", &report.nozzle),
+            ("rsyslog ceiling", &report.rsyslog_ceiling),
+        ] {
+            println!(
+                "  {name:<19} {:.0} messages/s ({} sent, {} written, {} dropped; {:.0} per CPU-second of hydrant)",
+                r.messages_per_sec, r.sent, r.delivered, r.dropped, r.envelopes_per_cpu_sec
+            );
+        }
+    }
+    Ok(if complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }

@@ -1,85 +1,24 @@
-//! A real rsyslogd for the nozzle's tests, listening with imtcp (octet-counted framing) on a
-//! loopback port and writing every message it parsed as one JSON line of its own fields.
-//!
-//! rsyslogd runs with its own temp config and work directory and loads no input but imtcp, so
-//! the machine's syslog setup and `/dev/log` are never touched. Included with `#[path]` by
-//! the test files that need it.
+//! The tests' side of the real rsyslogd (`hydrant_nozzle_syslog::rsyslogd`): started with the
+//! JSON-fields template, its records read back with deadlines. Included with `#[path]` by the
+//! test files that need it.
 #![allow(dead_code, reason = "each test file uses a part")]
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-pub const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
+use hydrant_nozzle_syslog::rsyslogd::{FIELDS_TEMPLATE, Rsyslogd};
 
-pub struct Rsyslog {
-    child: Child,
-    pub port: u16,
-    pub out: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Rsyslog {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub type Rsyslog = Rsyslogd;
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    hydrant_nozzle_syslog::rsyslogd::free_port().unwrap()
 }
 
+/// rsyslogd writing one JSON line of its own parse of each message.
 pub fn start_rsyslog() -> Rsyslog {
-    assert!(
-        Path::new(RSYSLOGD).exists(),
-        "{RSYSLOGD} is missing: run ./scripts/test, which installs the Debian package rsyslog"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.jsonl");
-    let port = free_port();
-    let conf = format!(
-        r#"global(workDirectory="{work}" maxMessageSize="64k"
-       parser.escapeControlCharactersOnReceive="off" parser.dropTrailingLFOnReception="off")
-module(load="imtcp")
-template(name="fields" type="string" string="{{\"raw\":\"%rawmsg:::json%\",\"pri\":\"%pri%\",\"host\":\"%hostname:::json%\",\"app\":\"%app-name:::json%\",\"procid\":\"%procid:::json%\",\"msgid\":\"%msgid:::json%\",\"sd\":\"%structured-data:::json%\",\"msg\":\"%msg:::json%\"}}\n")
-ruleset(name="drain") {{
-  action(type="omfile" file="{out}" template="fields" flushOnTXEnd="on" asyncWriting="off")
-}}
-input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="drain" supportOctetCountedFraming="on")
-"#,
-        work = dir.path().display(),
-        out = out.display(),
-    );
-    let conf_path = dir.path().join("rsyslog.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let child = Command::new(RSYSLOGD)
-        .arg("-n")
-        .arg("-f")
-        .arg(&conf_path)
-        .arg("-i")
-        .arg(dir.path().join("rsyslog.pid"))
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "rsyslogd did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Rsyslog {
-        child,
-        port,
-        out,
-        _dir: dir,
-    }
+    Rsyslogd::start(FIELDS_TEMPLATE)
+        .unwrap_or_else(|e| panic!("{e} (./scripts/test installs the Debian package rsyslog)"))
 }
 
 pub fn read_records(path: &Path, want: usize) -> Vec<HashMap<String, String>> {
