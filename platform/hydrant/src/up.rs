@@ -175,11 +175,11 @@ impl MicroCloud {
                 ingress: agent_ingress,
                 admin: agent_admin,
             };
-            let s = shutdown.clone();
-            tasks.spawn(async move {
-                let r = hydrant_agent::run(config, listeners, s).await;
-                ("agent".to_owned(), r.map_err(anyhow::Error::from))
-            });
+            spawn_role(
+                &mut tasks,
+                "agent",
+                hydrant_agent::run(config, listeners, shutdown.clone()),
+            );
         }
         {
             let config = hydrant_doppler::Config {
@@ -191,11 +191,11 @@ impl MicroCloud {
                 grpc: doppler_grpc,
                 admin: doppler_admin,
             };
-            let s = shutdown.clone();
-            tasks.spawn(async move {
-                let r = hydrant_doppler::run(config, listeners, s).await;
-                ("doppler".to_owned(), r.map_err(anyhow::Error::from))
-            });
+            spawn_role(
+                &mut tasks,
+                "doppler",
+                hydrant_doppler::run(config, listeners, shutdown.clone()),
+            );
         }
         {
             let config = hydrant_firehose::Config {
@@ -209,14 +209,11 @@ impl MicroCloud {
                 http: firehose_http,
                 admin: firehose_admin,
             };
-            let s = shutdown.clone();
-            tasks.spawn(async move {
-                let r = hydrant_firehose::run(config, listeners, s).await;
-                (
-                    "trafficcontroller".to_owned(),
-                    r.map_err(anyhow::Error::from),
-                )
-            });
+            spawn_role(
+                &mut tasks,
+                "trafficcontroller",
+                hydrant_firehose::run(config, listeners, shutdown.clone()),
+            );
         }
 
         // The admin's token: the CLI's, and the health manager's for the cloud controller's API.
@@ -354,6 +351,17 @@ struct Platform {
 
 type Tasks = JoinSet<(String, anyhow::Result<()>)>;
 
+/// Runs one role's `run` future in the micro cloud's task set, under its name.
+fn spawn_role<E>(
+    tasks: &mut Tasks,
+    name: &'static str,
+    run: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+) where
+    E: Into<anyhow::Error> + Send + 'static,
+{
+    tasks.spawn(async move { (name.to_owned(), run.await.map_err(Into::into)) });
+}
+
 /// Starts the bus (in-process), the cloud controller, one executor, the health manager, the
 /// autoscaler, the SLO alerter and the router.
 #[allow(
@@ -421,11 +429,11 @@ async fn start_platform(
         api,
         admin: api_admin,
     };
-    let s = shutdown.clone();
-    tasks.spawn(async move {
-        let r = hydrant_cloudcontroller::run(cc, listeners, s).await;
-        ("cloudcontroller".to_owned(), r.map_err(anyhow::Error::from))
-    });
+    spawn_role(
+        tasks,
+        "cloudcontroller",
+        hydrant_cloudcontroller::run(cc, listeners, shutdown.clone()),
+    );
 
     let executor = hydrant_executor::Config {
         data_dir: data_dir.join("executor"),
@@ -437,11 +445,11 @@ async fn start_platform(
     let listeners = hydrant_executor::Listeners {
         admin: executor_admin,
     };
-    let s = shutdown.clone();
-    tasks.spawn(async move {
-        let r = hydrant_executor::run(executor, listeners, s).await;
-        ("executor".to_owned(), r.map_err(anyhow::Error::from))
-    });
+    spawn_role(
+        tasks,
+        "executor",
+        hydrant_executor::run(executor, listeners, shutdown.clone()),
+    );
 
     let hm = hydrant_healthmanager::Config {
         api_url: api_url.clone(),
@@ -452,11 +460,11 @@ async fn start_platform(
     };
     hm.validate()?;
     let listeners = hydrant_healthmanager::Listeners { admin: hm_admin };
-    let s = shutdown.clone();
-    tasks.spawn(async move {
-        let r = hydrant_healthmanager::run(hm, listeners, s).await;
-        ("healthmanager".to_owned(), r.map_err(anyhow::Error::from))
-    });
+    spawn_role(
+        tasks,
+        "healthmanager",
+        hydrant_healthmanager::run(hm, listeners, shutdown.clone()),
+    );
 
     let slo = hydrant_slo::Config {
         api_url: api_url.clone(),
@@ -475,11 +483,11 @@ async fn start_platform(
     };
     slo.validate()?;
     let listeners = hydrant_slo::Listeners { admin: slo_admin };
-    let s = shutdown.clone();
-    tasks.spawn(async move {
-        let r = hydrant_slo::run(slo, listeners, s).await;
-        ("slo".to_owned(), r.map_err(anyhow::Error::from))
-    });
+    spawn_role(
+        tasks,
+        "slo",
+        hydrant_slo::run(slo, listeners, shutdown.clone()),
+    );
 
     let autoscaler = hydrant_autoscaler::Config {
         api_url: api_url.clone(),
@@ -496,11 +504,11 @@ async fn start_platform(
     let listeners = hydrant_autoscaler::Listeners {
         admin: autoscaler_admin,
     };
-    let s = shutdown.clone();
-    tasks.spawn(async move {
-        let r = hydrant_autoscaler::run(autoscaler, listeners, s).await;
-        ("autoscaler".to_owned(), r.map_err(anyhow::Error::from))
-    });
+    spawn_role(
+        tasks,
+        "autoscaler",
+        hydrant_autoscaler::run(autoscaler, listeners, shutdown.clone()),
+    );
 
     let router = hydrant_router::Config {
         bus,
@@ -512,11 +520,11 @@ async fn start_platform(
         http: router_http,
         admin: router_admin,
     };
-    let s = shutdown.clone();
-    tasks.spawn(async move {
-        let r = hydrant_router::run(router, listeners, s).await;
-        ("router".to_owned(), r.map_err(anyhow::Error::from))
-    });
+    spawn_role(
+        tasks,
+        "router",
+        hydrant_router::run(router, listeners, shutdown.clone()),
+    );
 
     Ok(Platform {
         api_url,

@@ -38,10 +38,20 @@ const ROUTE_TTL_SECS: u64 = 5;
 /// `n` distinct ports nobody listens on right now: bound together (so none repeats), read and
 /// released. The roles bind them a moment later; the kernel does not hand a just-released
 /// ephemeral port out again that quickly.
+/// `n` free ports for the roles to listen on. They are chosen below Linux's ephemeral range
+/// (32768–60999), so the kernel never hands one to another test's `bind(0)` or outgoing
+/// connection between this probe and the role's own bind.
 fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
+    let mut held: Vec<TcpListener> = Vec::with_capacity(n);
+    let mut tries = 0;
+    while held.len() < n {
+        tries += 1;
+        assert!(tries < 10_000, "no free ports in 20000-32000");
+        let port = 20_000 + fastrand::u16(..12_000);
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+    }
     held.iter()
         .map(|l| l.local_addr().unwrap().port())
         .collect()
