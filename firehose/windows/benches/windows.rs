@@ -1,3 +1,7 @@
+//! Criterion bench of the rolling windows: how many mixed envelopes (router timers, app logs,
+//! container gauges) one core observes per second, and what the readers cost. The control loops
+//! and consoles feed every firehose envelope through `observe`, so this is their hot path.
+
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

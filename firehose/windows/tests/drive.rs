@@ -1,3 +1,6 @@
+//! The driver that feeds `Windows` from a firehose stream: batches and gap markers reach the
+//! windows, disconnects are recorded, a fatal error ends the loop, shutdown stops it.
+
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

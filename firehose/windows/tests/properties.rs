@@ -1,3 +1,6 @@
+//! Property tests: hostile envelopes at random times never panic the windows, and memory stays
+//! within every configured cap after each step.
+
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -1,3 +1,7 @@
+//! The rolling windows metric by metric, with injected time: rates, status classes with the
+//! router's own errors apart, percentiles against an exact sort, gauges, log lines, crashes,
+//! rollover, expiry, caps and per-minute SLO counts.
+
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

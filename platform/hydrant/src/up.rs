@@ -466,14 +466,16 @@ async fn start_platform(
         hydrant_healthmanager::run(hm, listeners, shutdown.clone()),
     );
 
+    // The SLO alerter and the autoscaler read the whole firehose with the admin token.
+    let firehose = hydrant_firehose_client::ClientConfig {
+        url: firehose_url.to_owned(),
+        token: token.to_owned(),
+        ..hydrant_firehose_client::ClientConfig::default()
+    };
     let slo = hydrant_slo::Config {
         api_url: api_url.clone(),
         token: Some(token.to_owned()),
-        firehose: hydrant_firehose_client::ClientConfig {
-            url: firehose_url.to_owned(),
-            token: token.to_owned(),
-            ..hydrant_firehose_client::ClientConfig::default()
-        },
+        firehose: firehose.clone(),
         data_dir: data_dir.join("slo"),
         // On one machine the API is cheap to ask: pick up a new SLO and judge it sooner.
         poll_interval_secs: 5,
@@ -492,11 +494,7 @@ async fn start_platform(
     let autoscaler = hydrant_autoscaler::Config {
         api_url: api_url.clone(),
         token: Some(token.to_owned()),
-        firehose: hydrant_firehose_client::ClientConfig {
-            url: firehose_url.to_owned(),
-            token: token.to_owned(),
-            ..hydrant_firehose_client::ClientConfig::default()
-        },
+        firehose,
         telemetry: telemetry.clone(),
         ..hydrant_autoscaler::Config::default()
     };
