@@ -1,0 +1,1 @@
+//! The Datadog nozzle: firehose → Datadog's metrics API v2 (skeleton; being built).

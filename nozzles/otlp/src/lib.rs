@@ -1,0 +1,1 @@
+//! The OTLP nozzle: firehose → OpenTelemetry over gRPC (skeleton; being built).

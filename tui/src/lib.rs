@@ -1,0 +1,1 @@
+//! `hydrant top`: the terminal console (skeleton; being built).
