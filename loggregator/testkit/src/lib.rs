@@ -1,6 +1,7 @@
 //! Test support shared by every crate whose tests stand in for a Loggregator v2 agent: a
-//! [`FakeAgent`] that records the envelopes a role sends it, and [`wait_for`], which polls a
-//! condition until it holds or a deadline passes.
+//! [`FakeAgent`] that records the envelopes a role sends it, [`wait_for`], which polls a
+//! condition until it holds or a deadline passes, and [`MicroCloud`], a real `hydrant up` for
+//! end-to-end tests of the binary.
 //!
 //! A dev-dependency only; no role links it. Its invariant is the house rule for tests: nothing
 //! sleeps and hopes. Every wait names what it waited for and fails the test once its deadline
@@ -12,7 +13,9 @@
 )]
 
 mod agent;
+mod micro;
 mod wait;
 
 pub use agent::{FakeAgent, FakeAgentBuilder, Received};
+pub use micro::MicroCloud;
 pub use wait::{Condition, dead_addr, wait_for};
