@@ -523,6 +523,39 @@ impl Client {
         self.call_empty(Method::POST, &path, Some(decision)).await
     }
 
+    // --- syslog drains ---
+
+    /// `POST /v3/apps/{guid}/drains`: binds a syslog drain to the app.
+    pub async fn create_drain(&self, guid: &str, url: &str) -> Result<crate::Drain, Error> {
+        let path = app_path(guid, "/drains");
+        let body = crate::CreateDrain {
+            url: url.to_owned(),
+        };
+        self.call(Method::POST, &path, Some(&body)).await
+    }
+
+    /// `GET /v3/apps/{guid}/drains`: the app's drains, masked, with their last status.
+    pub async fn app_drains(&self, guid: &str) -> Result<Vec<crate::Drain>, Error> {
+        self.list(&app_path(guid, "/drains")).await
+    }
+
+    /// `DELETE /v3/apps/{guid}/drains/{drain_guid}`.
+    pub async fn delete_drain(&self, guid: &str, drain_guid: &str) -> Result<(), Error> {
+        let path = app_path(guid, &format!("/drains/{}", enc(drain_guid)));
+        self.call_empty(Method::DELETE, &path, None::<&()>).await
+    }
+
+    /// `GET /v3/drain_targets` (admin): every binding with its full URL, for the syslog nozzle.
+    pub async fn drain_targets(&self) -> Result<Vec<crate::DrainTarget>, Error> {
+        self.list("/v3/drain_targets").await
+    }
+
+    /// `PUT /v3/drain_status` (admin): the syslog nozzle's report on its drains.
+    pub async fn report_drain_status(&self, statuses: &[crate::DrainStatus]) -> Result<(), Error> {
+        self.call_empty(Method::PUT, "/v3/drain_status", Some(&statuses))
+            .await
+    }
+
     // --- plumbing ---
 
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {

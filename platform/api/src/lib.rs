@@ -22,6 +22,7 @@
 //! HTTP status and the server's own detail text, so a CLI can print it and pick an exit code.
 
 mod client;
+pub mod drain;
 mod error;
 pub mod policy;
 pub mod push;
@@ -29,6 +30,7 @@ pub mod slo;
 pub mod types;
 
 pub use client::Client;
+pub use drain::{CreateDrain, Drain, DrainState, DrainStatus, DrainTarget};
 pub use error::Error;
 pub use types::*;
 
