@@ -1,0 +1,513 @@
+//! The Datadog nozzle role: `run` reads the firehose, aggregates metrics per interval and keeps
+//! Datadog fed.
+//!
+//! Flow: [`FirehoseClient`] (shared subscription) → reader loop → [`Aggregator`] (and, with
+//! `[logs]`, one intake entry per log) → every `batch.flush_interval_ms`: flush → [`encode`]
+//! → one [`Outbox`] per metrics endpoint → one sender task per endpoint ([`deliver`]) →
+//! Datadog.
+//!
+//! Invariants: the reader never waits on Datadog — outboxes and the log queue drop their
+//! oldest entries and count them, so a slow or dead Datadog costs only data, never firehose
+//! throughput; the ledger holds per endpoint: `received = sent + Σ dropped{reason}` once the
+//! role has stopped; on shutdown the partial interval is flushed too, the senders get
+//! `shutdown_drain_ms`, and what is left is counted as `dropped{reason="shutdown"}`; the API
+//! key is read once and lives only in a sensitive header value.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hydrant_emitter::{Counter, Gauge, Registry};
+use hydrant_firehose_client::{FirehoseClient, StreamEvent, Subscription};
+use hydrant_nozzle_core::{CircuitBreaker, DestinationQueue, NozzleMetrics};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregate::{Aggregator, MapOptions, Route};
+use crate::http::{HttpClient, Target, tls_config};
+use crate::outbox::Outbox;
+use crate::sender::{Endpoint, RetryPolicy, deliver};
+use crate::series::{Limits, encode};
+use crate::{ApiKey, Compression, Config, Error, TimerMode, logs};
+
+/// The role's name in its metrics and self-telemetry.
+pub const ROLE: &str = "nozzle-datadog";
+
+/// Path of the metrics API v2.
+pub const SERIES_PATH: &str = "/api/v2/series";
+/// Path of the distribution points API.
+pub const DISTRIBUTION_PATH: &str = "/api/v1/distribution_points";
+/// Path of the logs intake.
+pub const LOGS_PATH: &str = "/api/v2/logs";
+
+/// Grace after the drain deadline for senders stuck in a request before they are aborted.
+const ABORT_GRACE: Duration = Duration::from_millis(500);
+
+/// The sockets the nozzle serves, bound by the caller (tests bind `127.0.0.1:0`).
+#[derive(Debug)]
+pub struct Listeners {
+    /// `/healthz` and `/metrics` (`Config::admin_listen`, default `127.0.0.1:14841`).
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `config.admin_listen`.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] naming the field.
+    pub async fn bind(config: &Config) -> Result<Self, Error> {
+        let admin = TcpListener::bind(&config.admin_listen)
+            .await
+            .map_err(|source| Error::Bind {
+                field: "admin_listen",
+                addr: config.admin_listen.clone(),
+                source,
+            })?;
+        Ok(Self { admin })
+    }
+}
+
+/// What the reader counts about the firehose and the flushes.
+struct ReaderMetrics {
+    envelopes: Counter,
+    firehose_lost: Counter,
+    disconnects: Counter,
+    connected: Gauge,
+    series: Gauge,
+    flushes: Counter,
+}
+
+impl ReaderMetrics {
+    fn new(registry: &Registry) -> Self {
+        Self {
+            envelopes: registry.counter(
+                "nozzle.envelopes",
+                "Envelopes read from the firehose.",
+                &[],
+            ),
+            firehose_lost: registry.counter(
+                "nozzle.firehose_lost",
+                "Envelopes the firehose reported lost before they reached this nozzle.",
+                &[],
+            ),
+            disconnects: registry.counter(
+                "nozzle.firehose_disconnects",
+                "Times the firehose connection dropped.",
+                &[],
+            ),
+            connected: registry.gauge(
+                "nozzle.firehose_connected",
+                "1 while the firehose stream is open.",
+                "bool",
+                &[],
+            ),
+            series: registry.gauge(
+                "nozzle.series",
+                "Series in the last flushed interval.",
+                "count",
+                &[],
+            ),
+            flushes: registry.counter("nozzle.flushes", "Intervals flushed.", &[]),
+        }
+    }
+}
+
+/// A metrics endpoint as the reader sees it.
+struct MetricsSink {
+    outbox: Arc<Outbox>,
+    metrics: NozzleMetrics,
+    compression: Compression,
+}
+
+/// The logs endpoint as the reader sees it.
+struct LogsSink {
+    queue: Arc<DestinationQueue<Bytes>>,
+    metrics: NozzleMetrics,
+    source: String,
+    tags: Vec<String>,
+}
+
+/// Everything the reader feeds.
+struct Sinks {
+    series: MetricsSink,
+    distribution: Option<MetricsSink>,
+    logs: Option<LogsSink>,
+    limits: Limits,
+}
+
+/// Runs the nozzle until `shutdown` is cancelled (or the firehose refuses it for good), then
+/// flushes the partial interval, gives the senders `shutdown_drain_ms` and returns.
+///
+/// # Errors
+/// An invalid config, a missing API key, a firehose that rejects the token or subscription, or
+/// a failed admin server.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    config.validate()?;
+    let api_key = config.api_key(|name| std::env::var(name).ok())?;
+    run_with_key(config, api_key, listeners, shutdown).await
+}
+
+/// [`run`] with the API key already read (tests and embedders that keep the key elsewhere).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_key(
+    config: Config,
+    api_key: ApiKey,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    config.validate()?;
+    let registry = Registry::new(ROLE, &config.instance_id);
+    let reader_metrics = ReaderMetrics::new(&registry);
+    let api = Target::parse("api_url", &config.api_url)?;
+    let logs_target = if config.logs.enabled {
+        Some(Target::parse("logs.url", &config.logs.url)?)
+    } else {
+        None
+    };
+    let tls = if api.tls || logs_target.as_ref().is_some_and(|t| t.tls) {
+        Some(tls_config(config.ca_file.as_deref())?)
+    } else {
+        None
+    };
+    let timeout = Duration::from_millis(config.request_timeout_ms);
+    let policy = RetryPolicy {
+        backoff: config.retry.clone(),
+        max_retry_after: Duration::from_millis(config.max_retry_after_ms),
+    };
+
+    let mut senders = JoinSet::new();
+    // Senders outlive the reader: they stop once their closed queue is empty, or on this token
+    // when the drain deadline passes.
+    let senders_stop = CancellationToken::new();
+    let mut metrics_endpoint = |path: &'static str, field: &str, target: &Target| {
+        let client = HttpClient::new(field, target.clone(), tls.clone(), timeout)?;
+        let endpoint = Endpoint::new(client, path, &api_key)?;
+        let metrics = NozzleMetrics::new(&registry, &endpoint.url());
+        let outbox = Arc::new(Outbox::new(config.queue.clone(), metrics.clone()));
+        senders.spawn(send_requests(
+            Arc::clone(&outbox),
+            endpoint,
+            policy.clone(),
+            CircuitBreaker::new(config.breaker.clone()),
+            metrics.clone(),
+            senders_stop.clone(),
+        ));
+        Ok::<_, Error>((outbox, metrics))
+    };
+    let (outbox, metrics) = metrics_endpoint(SERIES_PATH, "api_url", &api)?;
+    let series = MetricsSink {
+        outbox,
+        metrics,
+        compression: config.compression,
+    };
+    let distribution = if config.timers == TimerMode::Distribution {
+        let (outbox, metrics) = metrics_endpoint(DISTRIBUTION_PATH, "api_url", &api)?;
+        Some(MetricsSink {
+            outbox,
+            metrics,
+            // The only encoding the distribution points API documents.
+            compression: Compression::Deflate,
+        })
+    } else {
+        None
+    };
+    let logs = match &logs_target {
+        Some(target) => {
+            let client = HttpClient::new("logs.url", target.clone(), tls.clone(), timeout)?;
+            let endpoint = Endpoint::new(client, LOGS_PATH, &api_key)?;
+            let metrics = NozzleMetrics::new(&registry, &endpoint.url());
+            let queue = Arc::new(DestinationQueue::new(
+                config.logs.queue.clone(),
+                metrics.clone(),
+            ));
+            senders.spawn(send_logs(
+                Arc::clone(&queue),
+                endpoint,
+                policy.clone(),
+                CircuitBreaker::new(config.breaker.clone()),
+                metrics.clone(),
+                senders_stop.clone(),
+            ));
+            Some(LogsSink {
+                queue,
+                metrics,
+                source: config.logs.source.clone(),
+                tags: config.tags.clone(),
+            })
+        }
+        None => None,
+    };
+    let sinks = Sinks {
+        series,
+        distribution,
+        logs,
+        limits: Limits {
+            max_series: config.batch.max_series_per_request,
+            max_uncompressed: config.batch.max_uncompressed_bytes,
+            max_compressed: config.batch.max_compressed_bytes,
+        },
+    };
+
+    let admin = tokio::spawn(hydrant_emitter::admin::serve(
+        listeners.admin,
+        hydrant_emitter::admin::router(registry.clone()),
+        shutdown.clone(),
+    ));
+    let telemetry = config.telemetry.start(&registry, shutdown.clone());
+    let client = FirehoseClient::connect(
+        config.firehose.clone(),
+        Subscription::Firehose {
+            subscription_id: config.subscription_id.clone(),
+        },
+    )?;
+    tracing::info!(
+        subscription_id = %config.subscription_id,
+        api = %sinks.series.metrics.destination(),
+        timers = ?config.timers,
+        logs = sinks.logs.is_some(),
+        "datadog nozzle reading the firehose"
+    );
+
+    let mut aggregator = Aggregator::new(MapOptions::from_config(&config));
+    let flush_every = Duration::from_millis(config.batch.flush_interval_ms);
+    let read = read_firehose(
+        client,
+        &mut aggregator,
+        &sinks,
+        flush_every,
+        &reader_metrics,
+        &shutdown,
+    )
+    .await;
+    // Whatever ended the reader, stop the rest too, and send the partial interval.
+    shutdown.cancel();
+    reader_metrics.connected.set(0.0);
+    flush(&mut aggregator, &sinks, flush_every, &reader_metrics);
+
+    sinks.series.outbox.close();
+    if let Some(d) = &sinks.distribution {
+        d.outbox.close();
+    }
+    if let Some(l) = &sinks.logs {
+        l.queue.close();
+    }
+    let deadline = Duration::from_millis(config.shutdown_drain_ms);
+    let drained = tokio::time::timeout(deadline, async {
+        while senders.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        senders_stop.cancel();
+        let mut lost = sinks.series.outbox.discard("shutdown");
+        if let Some(d) = &sinks.distribution {
+            lost += d.outbox.discard("shutdown");
+        }
+        if let Some(l) = &sinks.logs {
+            lost += l.queue.discard("shutdown");
+        }
+        tracing::warn!(lost, "Datadog did not take everything before the deadline");
+        let grace = tokio::time::timeout(ABORT_GRACE, async {
+            while senders.join_next().await.is_some() {}
+        })
+        .await;
+        if grace.is_err() {
+            senders.shutdown().await;
+        }
+    }
+
+    let admin_result = admin.await;
+    if let Some(emitter) = telemetry {
+        emitter.stopped().await;
+    }
+    read?;
+    match admin_result {
+        Ok(Ok(())) | Err(_) => Ok(()),
+        Ok(Err(e)) => Err(Error::Admin(e)),
+    }
+}
+
+fn now_secs() -> i64 {
+    hydrant_envelope::now_nanos() / 1_000_000_000
+}
+
+/// The reader loop: batches folded in, a flush every `flush_every`.
+async fn read_firehose(
+    mut client: FirehoseClient,
+    aggregator: &mut Aggregator,
+    sinks: &Sinks,
+    flush_every: Duration,
+    metrics: &ReaderMetrics,
+    shutdown: &CancellationToken,
+) -> Result<(), Error> {
+    let mut ticker =
+        tokio::time::interval_at(tokio::time::Instant::now() + flush_every, flush_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            _ = ticker.tick() => {
+                flush(aggregator, sinks, flush_every, metrics);
+                continue;
+            }
+            event = client.next() => event,
+        };
+        let Some(event) = event else {
+            return Ok(());
+        };
+        match event {
+            StreamEvent::Batch(batch) => {
+                metrics.envelopes.add(batch.len() as u64);
+                let now = now_secs();
+                let mut scratch = Vec::with_capacity(16);
+                for view in batch.iter() {
+                    aggregator.add(&view, now, &mut scratch);
+                    if let Some(logs) = &sinks.logs
+                        && let Some(entry) = logs::entry(&view, &logs.source, &logs.tags)
+                    {
+                        logs.metrics.received(1);
+                        logs.queue.push(entry.clone(), entry.len());
+                    }
+                }
+                report_tally(aggregator, sinks);
+            }
+            StreamEvent::Gap(gap) => {
+                metrics.firehose_lost.add(gap.dropped);
+                tracing::warn!(
+                    dropped = gap.dropped,
+                    hop = %gap.hop,
+                    reason = %gap.reason,
+                    "the firehose lost envelopes before this nozzle"
+                );
+            }
+            StreamEvent::Connected => {
+                metrics.connected.set(1.0);
+                tracing::info!("firehose connected");
+            }
+            StreamEvent::Closed { code, reason } => {
+                metrics.connected.set(0.0);
+                tracing::warn!(code, %reason, "firehose closed the stream");
+            }
+            StreamEvent::Disconnected { reason, retry_in } => {
+                metrics.connected.set(0.0);
+                metrics.disconnects.inc();
+                tracing::warn!(%reason, ?retry_in, "firehose disconnected");
+            }
+            StreamEvent::Fatal(e) => {
+                metrics.connected.set(0.0);
+                return Err(Error::Firehose(e));
+            }
+            other => tracing::debug!(?other, "firehose event ignored"),
+        }
+    }
+}
+
+/// Moves the aggregator's counts into each endpoint's metrics.
+fn report_tally(aggregator: &mut Aggregator, sinks: &Sinks) {
+    let tally = aggregator.take_tally();
+    for (route, sink) in [
+        (Route::Series, Some(&sinks.series)),
+        (Route::Distribution, sinks.distribution.as_ref()),
+    ] {
+        let Some(sink) = sink else { continue };
+        let received = tally.received(route);
+        if received > 0 {
+            sink.metrics.received(received);
+        }
+        for (reason, n) in tally.drops(route) {
+            sink.metrics.dropped(reason, n);
+        }
+    }
+}
+
+/// Ends the interval: series encoded into requests and queued for their endpoints.
+fn flush(aggregator: &mut Aggregator, sinks: &Sinks, every: Duration, metrics: &ReaderMetrics) {
+    let interval = i64::try_from(every.as_secs()).unwrap_or(i64::MAX).max(1);
+    // Counts are stamped with the start of the interval they cover.
+    let window_start = now_secs() - interval;
+    let flushed = aggregator.flush(window_start, interval);
+    // Sampled-away timer values are only known at the flush.
+    report_tally(aggregator, sinks);
+    metrics.flushes.inc();
+    metrics
+        .series
+        .set((flushed.series.len() + flushed.distributions.len()) as f64);
+    let queue = |sink: &MetricsSink, encoded: crate::series::Encoded| {
+        if encoded.too_large > 0 {
+            sink.metrics.dropped("too_large", encoded.too_large);
+        }
+        for payload in encoded.payloads {
+            sink.outbox.push(payload);
+        }
+    };
+    if !flushed.series.is_empty() {
+        let encoded = encode(
+            &flushed.series,
+            |s| s.values,
+            sinks.limits,
+            sinks.series.compression,
+        );
+        queue(&sinks.series, encoded);
+    }
+    if let Some(sink) = &sinks.distribution
+        && !flushed.distributions.is_empty()
+    {
+        let encoded = encode(
+            &flushed.distributions,
+            |d| d.values,
+            sinks.limits,
+            sink.compression,
+        );
+        queue(sink, encoded);
+    }
+}
+
+async fn send_requests(
+    outbox: Arc<Outbox>,
+    mut endpoint: Endpoint,
+    policy: RetryPolicy,
+    mut breaker: CircuitBreaker,
+    metrics: NozzleMetrics,
+    stop: CancellationToken,
+) {
+    while let Some(payload) = outbox.next().await {
+        deliver(
+            &mut endpoint,
+            &payload,
+            &policy,
+            &mut breaker,
+            &metrics,
+            &stop,
+        )
+        .await;
+    }
+}
+
+async fn send_logs(
+    queue: Arc<DestinationQueue<Bytes>>,
+    mut endpoint: Endpoint,
+    policy: RetryPolicy,
+    mut breaker: CircuitBreaker,
+    metrics: NozzleMetrics,
+    stop: CancellationToken,
+) {
+    while let Some(batch) = queue.next_batch().await {
+        let payload = logs::payload(&batch);
+        deliver(
+            &mut endpoint,
+            &payload,
+            &policy,
+            &mut breaker,
+            &metrics,
+            &stop,
+        )
+        .await;
+    }
+}
