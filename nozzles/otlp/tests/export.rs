@@ -1,0 +1,586 @@
+//! The OTLP nozzle end to end: envelopes emitted into a real pipeline (agent → doppler →
+//! firehose edge), the nozzle reading the firehose, and a local OTLP/gRPC receiver decoding
+//! and checking every request. Each test asserts the ledger: every record the app emitted
+//! arrives exactly once, or is counted as dropped with its reason.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+#[path = "support/pipeline.rs"]
+mod pipeline;
+#[path = "support/receiver.rs"]
+mod receiver;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use hydrant_emitter::Emitter;
+use hydrant_envelope::v2;
+use hydrant_nozzle_core::QueueLimits;
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::metrics::v1::{Metric, metric, number_data_point};
+use pipeline::{Nozzle, metric as scrape_metric, start_pipeline};
+use receiver::{Answer, Receiver};
+use tonic::Code;
+
+const APP: &str = "6f1c8e6a-2b9d-4c47-9a43-0d7c5b1e2f30";
+const BASE_NS: i64 = 1_700_000_000_000_000_000;
+const WAIT: Duration = Duration::from_secs(30);
+
+fn app_tags() -> HashMap<String, String> {
+    [
+        ("source_type", "APP/PROC/WEB"),
+        ("app_name", "web"),
+        ("space_name", "dev"),
+        ("organization_name", "demo"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+fn app_envelope(i: usize, message: v2::envelope::Message) -> v2::Envelope {
+    v2::Envelope {
+        timestamp: BASE_NS + i as i64,
+        source_id: APP.to_owned(),
+        instance_id: "1".to_owned(),
+        tags: app_tags(),
+        message: Some(message),
+        ..v2::Envelope::default()
+    }
+}
+
+fn payload(i: usize) -> String {
+    format!("message {i} {}", "x".repeat(i % 40))
+}
+
+fn emit_logs(emitter: &Emitter, range: std::ops::Range<usize>) {
+    for i in range {
+        emitter.emit(&app_envelope(
+            i,
+            v2::envelope::Message::Log(v2::Log {
+                payload: payload(i).into_bytes().into(),
+                r#type: i32::from(i.is_multiple_of(3)),
+            }),
+        ));
+    }
+    emitter.flush();
+}
+
+fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s.as_str()),
+            _ => None,
+        }
+    })
+}
+
+/// Every log record the receiver kept for the app, with its resource's attributes.
+fn app_records(receiver: &Receiver) -> Vec<(Vec<KeyValue>, LogRecord)> {
+    let mut out = Vec::new();
+    for request in receiver.log_requests() {
+        for rl in request.resource_logs {
+            let resource = rl.resource.unwrap_or_default().attributes;
+            if attr(&resource, "hydrant.source_id") != Some(APP) {
+                continue;
+            }
+            for sl in rl.scope_logs {
+                for r in sl.log_records {
+                    out.push((resource.clone(), r));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn body(r: &LogRecord) -> &str {
+    match r.body.as_ref().and_then(|b| b.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s,
+        other => panic!("body {other:?}"),
+    }
+}
+
+/// Checks the app's log records are exactly `0..n` (each once), with every field right.
+fn check_logs_exactly_once(records: &[(Vec<KeyValue>, LogRecord)], n: usize) {
+    let mut seen = vec![0u32; n];
+    for (resource, r) in records {
+        assert_eq!(attr(resource, "service.name"), Some("web"));
+        assert_eq!(attr(resource, "service.instance.id"), Some("1"));
+        assert_eq!(attr(resource, "hydrant.app_id"), Some(APP));
+        assert_eq!(attr(resource, "cloudfoundry.space.name"), Some("dev"));
+        assert_eq!(attr(resource, "cloudfoundry.org.name"), Some("demo"));
+        let i = (r.time_unix_nano as i64 - BASE_NS) as usize;
+        assert!(i < n, "unexpected time {}", r.time_unix_nano);
+        seen[i] += 1;
+        assert_eq!(body(r), payload(i), "record {i}");
+        let err = i.is_multiple_of(3);
+        assert_eq!(r.severity_number, if err { 17 } else { 9 }, "record {i}");
+        assert_eq!(
+            attr(&r.attributes, "log.iostream"),
+            Some(if err { "stderr" } else { "stdout" })
+        );
+        assert_eq!(attr(&r.attributes, "source_type"), Some("APP/PROC/WEB"));
+        assert_eq!(attr(&r.attributes, "app_name"), Some("web"));
+        assert!(r.observed_time_unix_nano > 0);
+    }
+    let lost: Vec<usize> = (0..n).filter(|i| seen[*i] == 0).collect();
+    let doubled: Vec<usize> = (0..n).filter(|i| seen[*i] > 1).collect();
+    assert!(lost.is_empty(), "lost records {lost:?}");
+    assert!(doubled.is_empty(), "duplicated records {doubled:?}");
+}
+
+/// Every metric the receiver kept for the app, flattened.
+fn app_metrics(receiver: &Receiver) -> Vec<Metric> {
+    let mut out = Vec::new();
+    for request in receiver.metric_requests() {
+        for rm in request.resource_metrics {
+            let resource = rm.resource.unwrap_or_default().attributes;
+            if attr(&resource, "hydrant.source_id") != Some(APP) {
+                continue;
+            }
+            assert_eq!(attr(&resource, "service.name"), Some("web"));
+            for sm in rm.scope_metrics {
+                out.extend(sm.metrics);
+            }
+        }
+    }
+    out
+}
+
+fn point_count(metrics: &[Metric]) -> usize {
+    metrics
+        .iter()
+        .map(|m| match &m.data {
+            Some(metric::Data::Sum(s)) => s.data_points.len(),
+            Some(metric::Data::Gauge(g)) => g.data_points.len(),
+            Some(metric::Data::Histogram(h)) => h.data_points.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+const COUNTERS: usize = 40;
+const GAUGES: usize = 40;
+const TIMERS: usize = 40;
+
+fn emit_metrics(emitter: &Emitter) {
+    for i in 0..COUNTERS {
+        emitter.emit(&app_envelope(
+            i,
+            v2::envelope::Message::Counter(v2::Counter {
+                name: "requests".to_owned(),
+                delta: 2,
+                total: 2 * (i as u64 + 1),
+            }),
+        ));
+    }
+    for i in 0..GAUGES {
+        emitter.emit(&app_envelope(
+            i,
+            v2::envelope::Message::Gauge(v2::Gauge {
+                metrics: [
+                    ("cpu", i as f64 / 2.0, "percentage"),
+                    ("memory", 1_000.0 + i as f64, "bytes"),
+                ]
+                .into_iter()
+                .map(|(n, v, u)| {
+                    (
+                        n.to_owned(),
+                        v2::GaugeValue {
+                            unit: u.to_owned(),
+                            value: v,
+                        },
+                    )
+                })
+                .collect(),
+            }),
+        ));
+    }
+    for i in 0..TIMERS {
+        // Durations i ms: 0..=5 ms fall in the first bucket, the rest spread above.
+        let mut e = app_envelope(
+            i,
+            v2::envelope::Message::Timer(v2::Timer {
+                name: "http".to_owned(),
+                start: BASE_NS,
+                stop: BASE_NS + i as i64 * 1_000_000,
+            }),
+        );
+        e.tags.insert("status_code".to_owned(), "200".to_owned());
+        e.tags.insert("request_id".to_owned(), format!("req-{i}"));
+        emitter.emit(&e);
+    }
+    for i in 0..5 {
+        emitter.emit(&app_envelope(
+            i,
+            v2::envelope::Message::Timer(v2::Timer {
+                name: "db".to_owned(),
+                start: 0,
+                stop: 1,
+            }),
+        ));
+    }
+    emitter.flush();
+}
+
+fn check_metrics(metrics: &[Metric]) {
+    assert_eq!(
+        point_count(metrics),
+        COUNTERS + 2 * GAUGES + TIMERS,
+        "one point each"
+    );
+    let mut counter_values = Vec::new();
+    let mut cpu = Vec::new();
+    let mut durations = Vec::new();
+    for m in metrics {
+        match (m.name.as_str(), &m.data) {
+            ("requests", Some(metric::Data::Sum(s))) => {
+                assert!(s.is_monotonic);
+                assert_eq!(s.aggregation_temporality, 2, "cumulative");
+                for p in &s.data_points {
+                    let Some(number_data_point::Value::AsInt(v)) = p.value else {
+                        panic!("{p:?}");
+                    };
+                    assert_eq!(attr(&p.attributes, "source_id"), Some(APP));
+                    assert_eq!(attr(&p.attributes, "instance_id"), Some("1"));
+                    assert_eq!(attr(&p.attributes, "app_name"), Some("web"));
+                    let i = (p.time_unix_nano as i64 - BASE_NS) as u64;
+                    assert_eq!(v as u64, 2 * (i + 1), "total of counter {i}");
+                    counter_values.push(v);
+                }
+            }
+            ("cpu", Some(metric::Data::Gauge(g))) => {
+                assert_eq!(m.unit, "percentage");
+                for p in &g.data_points {
+                    let i = (p.time_unix_nano as i64 - BASE_NS) as f64;
+                    assert_eq!(p.value, Some(number_data_point::Value::AsDouble(i / 2.0)));
+                    cpu.push(i);
+                }
+            }
+            ("memory", Some(metric::Data::Gauge(g))) => {
+                assert_eq!(m.unit, "bytes");
+                for p in &g.data_points {
+                    let i = (p.time_unix_nano as i64 - BASE_NS) as f64;
+                    assert_eq!(
+                        p.value,
+                        Some(number_data_point::Value::AsDouble(1_000.0 + i))
+                    );
+                }
+            }
+            ("http", Some(metric::Data::Histogram(h))) => {
+                assert_eq!(m.unit, "s");
+                assert_eq!(h.aggregation_temporality, 1, "delta");
+                for p in &h.data_points {
+                    assert_eq!(p.count, 1);
+                    let secs = p.sum.unwrap();
+                    assert_eq!(p.min, Some(secs));
+                    assert_eq!(p.max, Some(secs));
+                    let bucket = p.bucket_counts.iter().position(|c| *c == 1).unwrap();
+                    let upper = p.explicit_bounds.get(bucket).copied().unwrap_or(f64::MAX);
+                    let lower = bucket
+                        .checked_sub(1)
+                        .map_or(f64::MIN, |b| p.explicit_bounds[b]);
+                    assert!(lower < secs && secs <= upper, "{secs} in bucket {bucket}");
+                    assert_eq!(attr(&p.attributes, "status_code"), Some("200"));
+                    assert_eq!(attr(&p.attributes, "request_id"), None);
+                    durations.push((secs * 1000.0).round() as u64);
+                }
+            }
+            (name, data) => panic!("unexpected metric {name}: {data:?}"),
+        }
+    }
+    counter_values.sort_unstable();
+    assert_eq!(
+        counter_values,
+        (1..=COUNTERS as i64).map(|i| 2 * i).collect::<Vec<_>>()
+    );
+    assert_eq!(cpu.len(), GAUGES);
+    durations.sort_unstable();
+    assert_eq!(durations, (0..TIMERS as u64).collect::<Vec<_>>());
+}
+
+/// Waits until each signal's queue has accounted for everything it received.
+async fn wait_accounted(nozzle: &Nozzle) -> String {
+    hydrant_testkit::wait_for(
+        WAIT,
+        "every received record to be sent or dropped",
+        || async {
+            let text = nozzle.scrape().await;
+            let received = scrape_metric(&text, "nozzle_received_total", "");
+            let done = scrape_metric(&text, "nozzle_sent_total", "")
+                + scrape_metric(&text, "nozzle_dropped_total", "");
+            (received > 0 && received == done).then_some(text)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_and_metrics_arrive_mapped_exactly_once() {
+    let receiver = Receiver::new();
+    let server = receiver.serve("127.0.0.1:0".parse().unwrap()).await;
+    let pipeline = start_pipeline().await;
+    let nozzle = Nozzle::start(pipeline.config(&format!("http://{}", server.addr))).await;
+    let emitter = pipeline.emitter();
+    nozzle.wait_until_flowing(&emitter).await;
+
+    const N: usize = 1_000;
+    emit_logs(&emitter, 0..N);
+    emit_metrics(&emitter);
+    emitter.emit(&app_envelope(
+        N,
+        v2::envelope::Message::Event(v2::Event {
+            title: "app.crash".to_owned(),
+            body: "exited with status 1".to_owned(),
+        }),
+    ));
+    emitter.flush();
+
+    hydrant_testkit::wait_for(WAIT, "every app log, event and metric point", || async {
+        app_records(&receiver).len() > N
+            && point_count(&app_metrics(&receiver)) >= COUNTERS + 2 * GAUGES + TIMERS
+    })
+    .await;
+    let text = wait_accounted(&nozzle).await;
+
+    let records = app_records(&receiver);
+    let (events, logs): (Vec<_>, Vec<_>) = records
+        .into_iter()
+        .partition(|(_, r)| !r.event_name.is_empty());
+    check_logs_exactly_once(&logs, N);
+    let [(_, event)] = &events[..] else {
+        panic!("one event: {events:?}");
+    };
+    assert_eq!(event.event_name, "app.crash");
+    assert_eq!(body(event), "exited with status 1");
+    check_metrics(&app_metrics(&receiver));
+    assert!(
+        receiver.violations().is_empty(),
+        "{:?}",
+        receiver.violations()
+    );
+
+    let auth = receiver.authorization();
+    assert!(
+        auth.iter()
+            .all(|a| a.as_deref() == Some("Bearer s3cret-token")),
+        "every export carries the header: {auth:?}"
+    );
+    assert!(!text.contains("s3cret"), "a header value in /metrics");
+    assert_eq!(scrape_metric(&text, "nozzle_dropped_total", ""), 0);
+    assert_eq!(scrape_metric(&text, "nozzle_retries_total", ""), 0);
+    assert_eq!(
+        scrape_metric(
+            &text,
+            "nozzle_skipped_total",
+            "reason=\"timer_not_exported\""
+        ),
+        5
+    );
+    assert!(
+        text.contains("#logs") && text.contains("#metrics"),
+        "{text}"
+    );
+    nozzle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_is_retried_then_delivered() {
+    let receiver = Receiver::new();
+    receiver.script(&[Answer::Fail(Code::Unavailable); 2]);
+    receiver.script(&[Answer::Fail(Code::ResourceExhausted)]);
+    let server = receiver.serve("127.0.0.1:0".parse().unwrap()).await;
+    let pipeline = start_pipeline().await;
+    let mut config = pipeline.config(&format!("http://{}", server.addr));
+    config.export_metrics = false;
+    config.retry.max_retries = 10;
+    let nozzle = Nozzle::start(config).await;
+    let emitter = pipeline.emitter();
+    nozzle.wait_until_flowing(&emitter).await;
+
+    const N: usize = 300;
+    emit_logs(&emitter, 0..N);
+    hydrant_testkit::wait_for(WAIT, "every app log", || async {
+        app_records(&receiver).len() >= N
+    })
+    .await;
+    let text = wait_accounted(&nozzle).await;
+    check_logs_exactly_once(&app_records(&receiver), N);
+    assert!(
+        scrape_metric(&text, "nozzle_retries_total", "") >= 3,
+        "{text}"
+    );
+    assert_eq!(
+        scrape_metric(&text, "nozzle_dropped_total", ""),
+        0,
+        "{text}"
+    );
+    nozzle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_argument_is_not_retried_and_is_counted() {
+    let receiver = Receiver::new();
+    receiver.logs_answer(Answer::Fail(Code::InvalidArgument));
+    let server = receiver.serve("127.0.0.1:0".parse().unwrap()).await;
+    let pipeline = start_pipeline().await;
+    let mut config = pipeline.config(&format!("http://{}", server.addr));
+    config.export_metrics = false;
+    let nozzle = Nozzle::start(config).await;
+    let emitter = pipeline.emitter();
+    nozzle.wait_until_flowing(&emitter).await;
+
+    emit_logs(&emitter, 0..200);
+    hydrant_testkit::wait_for(WAIT, "the app's logs to be read", || async {
+        scrape_metric(&nozzle.scrape().await, "nozzle_envelopes_total", "") > 200
+    })
+    .await;
+    let text = wait_accounted(&nozzle).await;
+    let received = scrape_metric(&text, "nozzle_received_total", "");
+    assert!(received > 200);
+    assert_eq!(
+        scrape_metric(&text, "nozzle_dropped_total", "reason=\"rejected\""),
+        received,
+        "every refused record counted: {text}"
+    );
+    assert_eq!(scrape_metric(&text, "nozzle_sent_total", ""), 0);
+    assert_eq!(
+        scrape_metric(&text, "nozzle_retries_total", ""),
+        0,
+        "never retried"
+    );
+    assert!(receiver.log_requests().is_empty());
+    // One call per batch: far fewer calls than records, and none repeated.
+    assert!(
+        receiver.calls() <= received as usize / 2,
+        "{} calls",
+        receiver.calls()
+    );
+    nozzle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_success_rejections_are_counted_as_dropped() {
+    let receiver = Receiver::new();
+    receiver.logs_answer(Answer::Partial(1));
+    let server = receiver.serve("127.0.0.1:0".parse().unwrap()).await;
+    let pipeline = start_pipeline().await;
+    let mut config = pipeline.config(&format!("http://{}", server.addr));
+    config.export_metrics = false;
+    let nozzle = Nozzle::start(config).await;
+    let emitter = pipeline.emitter();
+    nozzle.wait_until_flowing(&emitter).await;
+
+    emit_logs(&emitter, 0..300);
+    hydrant_testkit::wait_for(WAIT, "every app log", || async {
+        app_records(&receiver).len() >= 300
+    })
+    .await;
+    let text = wait_accounted(&nozzle).await;
+    let calls = receiver.log_requests().len() as u64;
+    assert_eq!(
+        scrape_metric(&text, "nozzle_dropped_total", "reason=\"rejected\""),
+        calls,
+        "one refused record per export: {text}"
+    );
+    let records: u64 = receiver
+        .log_requests()
+        .iter()
+        .flat_map(|r| &r.resource_logs)
+        .flat_map(|rl| &rl.scope_logs)
+        .map(|sl| sl.log_records.len() as u64)
+        .sum();
+    assert_eq!(
+        scrape_metric(&text, "nozzle_sent_total", ""),
+        records - calls
+    );
+    nozzle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_down_then_back_drains_the_backlog_and_counts_the_overflow() {
+    let addr = hydrant_testkit::dead_addr();
+    let receiver = Receiver::new();
+    let pipeline = start_pipeline().await;
+    let mut config = pipeline.config(&format!("http://{addr}"));
+    config.export_metrics = false;
+    config.queue = QueueLimits {
+        max_items: 150,
+        batch_items: 50,
+        ..QueueLimits::default()
+    };
+    // Enough retries to outlast the outage: the queue, not the retry budget, absorbs it.
+    config.retry.max_retries = 1_000;
+    let nozzle = Nozzle::start(config).await;
+    let emitter = pipeline.emitter();
+    // The receiver is down, so "flowing" means the nozzle read (and queued) the probe.
+    nozzle.wait_until_flowing(&emitter).await;
+
+    const N: usize = 400;
+    emit_logs(&emitter, 0..N);
+    hydrant_testkit::wait_for(WAIT, "the backlog to overflow the queue", || async {
+        let text = nozzle.scrape().await;
+        scrape_metric(&text, "nozzle_envelopes_total", "") > N as u64
+            && scrape_metric(&text, "nozzle_dropped_total", "reason=\"queue_full\"") > 0
+    })
+    .await;
+    assert_eq!(receiver.calls(), 0);
+
+    let server = receiver.serve(addr).await;
+    let text = wait_accounted(&nozzle).await;
+    let received = scrape_metric(&text, "nozzle_received_total", "");
+    let sent = scrape_metric(&text, "nozzle_sent_total", "");
+    let full = scrape_metric(&text, "nozzle_dropped_total", "reason=\"queue_full\"");
+    assert_eq!(received, sent + full, "only the queue dropped: {text}");
+    assert!(sent >= 150, "the queued backlog was delivered: {text}");
+    let delivered: u64 = receiver
+        .log_requests()
+        .iter()
+        .flat_map(|r| &r.resource_logs)
+        .flat_map(|rl| &rl.scope_logs)
+        .map(|sl| sl.log_records.len() as u64)
+        .sum();
+    assert_eq!(
+        delivered, sent,
+        "what the receiver holds is what was counted sent"
+    );
+    // The newest records survive a drop-oldest queue: the last one emitted arrived, once.
+    let last: Vec<_> = app_records(&receiver)
+        .into_iter()
+        .filter(|(_, r)| r.time_unix_nano as i64 == BASE_NS + N as i64 - 1)
+        .collect();
+    assert_eq!(last.len(), 1);
+    assert!(
+        receiver.violations().is_empty(),
+        "{:?}",
+        receiver.violations()
+    );
+    nozzle.stop().await;
+    server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_config_is_refused_naming_the_field() {
+    let text = "[firehose]\nurl = \"http://127.0.0.1:1\"\ntoken = \"t\"\n\
+                [headers]\nauthorization = \"Bearer hunter2\"\n\
+                [metrics]\nhistogram_bounds_seconds = [0.5, 0.1]\n";
+    let mut config: hydrant_nozzle_otlp::Config = toml::from_str(text).unwrap();
+    config.admin_listen = "127.0.0.1:0".to_owned();
+    let listeners = hydrant_nozzle_otlp::Listeners::bind(&config).await.unwrap();
+    let err = hydrant_nozzle_otlp::run(
+        config,
+        listeners,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("metrics.histogram_bounds_seconds"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
