@@ -102,6 +102,16 @@ impl CircuitBreaker {
         self.open_until = None;
     }
 
+    /// Opens now, whatever the count: for a failure that retrying soon cannot fix (a drain
+    /// the nozzle refuses to reach), so the next probe waits a full cool-down.
+    pub fn trip(&mut self) {
+        self.failures = self.failures.max(self.config.failure_threshold);
+        if self.open_until.is_none() {
+            self.opened += 1;
+        }
+        self.open_until = Some(Instant::now() + Duration::from_millis(self.config.open_ms));
+    }
+
     /// An attempt failed: count it, and open (or re-open after a failed probe).
     pub fn record_failure(&mut self) {
         self.failures = self.failures.saturating_add(1);
@@ -143,5 +153,8 @@ mod tests {
         b.record_success();
         assert!(b.allow() && !b.is_open());
         assert_eq!(b.times_opened(), 1);
+        b.trip();
+        assert!(b.is_open() && b.wait() == Duration::from_secs(1));
+        assert_eq!(b.times_opened(), 2);
     }
 }

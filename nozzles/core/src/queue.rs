@@ -116,7 +116,15 @@ impl<T> DestinationQueue<T> {
     /// Queues `item`, which weighs `bytes`, evicting the oldest entries if needed. Returns how
     /// many entries were lost (evicted, or this one refused).
     pub fn push(&self, item: T, bytes: usize) -> u64 {
+        self.push_with(item, bytes, |_, _| {})
+    }
+
+    /// [`push`](Self::push), and `lost` sees every entry lost on the way (evicted ones, or
+    /// `item` itself when refused) with its reason, so a caller can say whose data it was.
+    /// `lost` runs under the queue's lock: keep it short and never push from it.
+    pub fn push_with(&self, item: T, bytes: usize, mut lost: impl FnMut(&T, &'static str)) -> u64 {
         if bytes > self.limits.max_bytes {
+            lost(&item, "too_large");
             self.metrics.dropped("too_large", 1);
             return 1;
         }
@@ -125,6 +133,7 @@ impl<T> DestinationQueue<T> {
             let mut s = self.lock();
             if s.closed {
                 drop(s);
+                lost(&item, "shutdown");
                 self.metrics.dropped("shutdown", 1);
                 return 1;
             }
@@ -135,6 +144,7 @@ impl<T> DestinationQueue<T> {
                     break;
                 };
                 s.bytes -= old.bytes;
+                lost(&old.item, "queue_full");
                 evicted += 1;
             }
             s.entries.push_back(Entry {
@@ -201,9 +211,17 @@ impl<T> DestinationQueue<T> {
 
     /// Throws everything queued away, counted under `reason`; returns how many.
     pub fn discard(&self, reason: &'static str) -> u64 {
+        self.discard_with(reason, |_| {})
+    }
+
+    /// [`discard`](Self::discard), and `lost` sees every entry thrown away.
+    pub fn discard_with(&self, reason: &'static str, mut lost: impl FnMut(&T)) -> u64 {
         let n = {
             let mut s = self.lock();
             let n = s.entries.len() as u64;
+            for e in &s.entries {
+                lost(&e.item);
+            }
             s.entries.clear();
             s.bytes = 0;
             self.metrics.set_depth(0, 0);
@@ -266,6 +284,26 @@ mod tests {
             registry.counter_sum("nozzle.dropped", &[("reason", "queue_full")]),
             2
         );
+    }
+
+    #[test]
+    fn push_with_and_discard_with_show_what_was_lost() {
+        let (_registry, q) = queue(2, 10);
+        let mut lost = Vec::new();
+        for i in 0..4 {
+            q.push_with(i, 1, |item, reason| lost.push((*item, reason)));
+        }
+        q.push_with(9, 11, |item, reason| lost.push((*item, reason)));
+        assert_eq!(
+            lost,
+            [(0, "queue_full"), (1, "queue_full"), (9, "too_large")]
+        );
+        let mut thrown = Vec::new();
+        assert_eq!(q.discard_with("unbound", |item| thrown.push(*item)), 2);
+        assert_eq!(thrown, [2, 3]);
+        q.close();
+        q.push_with(5, 1, |item, reason| lost.push((*item, reason)));
+        assert_eq!(lost.last(), Some(&(5, "shutdown")));
     }
 
     #[test]

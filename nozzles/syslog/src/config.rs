@@ -11,7 +11,7 @@ use hydrant_firehose_client::ClientConfig;
 use hydrant_nozzle_core::{Backoff, BreakerConfig, QueueLimits, mask_url};
 use serde::{Deserialize, Serialize};
 
-use crate::{DrainData, EncoderOptions, Error, parse_syslog_url};
+use crate::{DrainData, DrainUrl, EncoderOptions, Error, TlsConfig};
 
 /// The whole config of one syslog nozzle.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -22,9 +22,11 @@ pub struct Config {
     /// The firehose shard group. Nozzles sharing it split the stream between them, so run
     /// several copies with the same id to scale out. Default `syslog-nozzle`.
     pub subscription_id: String,
-    /// The drains, `syslog://[user:pass@]HOST:PORT[?drain-data=logs|metrics|traces|all
-    /// &disable-metadata=true]`. At least one. The query overrides `[encoder]` for that drain,
-    /// as Cloud Foundry's drain URLs do.
+    /// The drains, each getting every envelope: `syslog://[user:pass@]HOST:PORT`,
+    /// `syslog-tls://HOST:PORT` or `https://[user:pass@]HOST[:PORT]/PATH`, optionally with
+    /// `?drain-data=logs|metrics|traces|all&disable-metadata=true`, which overrides
+    /// `[encoder]` for that drain as Cloud Foundry's drain URLs do. Written by the operator, so
+    /// they may point anywhere, loopback included.
     pub drains: Vec<String>,
     /// How envelopes become lines, for drains whose URL says nothing else.
     pub encoder: EncoderConfig,
@@ -43,8 +45,14 @@ pub struct Config {
     pub instance_id: String,
     /// `/healthz` and `/metrics`. Default `127.0.0.1:14840`.
     pub admin_listen: String,
-    /// Where the nozzle's own metrics go as envelopes.
+    /// Where the nozzle's own metrics go as envelopes; also where the `LGR` loss notices go
+    /// into the apps' streams (without an agent there are no notices, only counters).
     pub telemetry: TelemetryConfig,
+    /// Which certificates `syslog-tls://` and `https://` drains must present.
+    pub tls: TlsConfig,
+    /// How often an app is told, in its own log stream, how many of its messages a drain lost
+    /// since the last notice (one `LGR` line per app and drain at most), in ms. Default 5000.
+    pub loss_notice_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -62,6 +70,8 @@ impl Default for Config {
             instance_id: "0".to_owned(),
             admin_listen: "127.0.0.1:14840".to_owned(),
             telemetry: TelemetryConfig::default(),
+            tls: TlsConfig::default(),
+            loss_notice_interval_ms: 5_000,
         }
     }
 }
@@ -158,29 +168,50 @@ impl Config {
         self.telemetry
             .validate()
             .map_err(|e| config_error("telemetry", e.to_string()))?;
+        self.tls.validate()?;
+        if self.loss_notice_interval_ms == 0 {
+            return Err(config_error(
+                "loss_notice_interval_ms",
+                "must be at least 1 (ms between loss notices to an app)",
+            ));
+        }
         Ok(())
     }
 
-    /// Drain `index`: its `host:port` and its encoder options (the `[encoder]` defaults with
+    /// Drain `index`: its parsed URL and its encoder options (the `[encoder]` defaults with
     /// the URL's `drain-data` and `disable-metadata` applied).
     ///
     /// # Errors
     /// [`Error::Config`] naming `drains[index]`, URL masked.
-    pub fn drain(&self, index: usize) -> Result<(String, EncoderOptions), Error> {
+    pub fn drain(&self, index: usize) -> Result<(DrainUrl, EncoderOptions), Error> {
         let field = format!("drains[{index}]");
         let url = self.drains.get(index).map_or("", String::as_str);
-        let addr = parse_syslog_url(&field, url)?;
+        drain_options(&field, url, &self.encoder)
+    }
+}
+
+/// A drain URL's parts and its encoder options: `defaults` with the URL's `drain-data` and
+/// `disable-metadata` applied. `field` names the URL in errors.
+///
+/// # Errors
+/// [`Error::Config`] naming `field`, URL masked.
+pub fn drain_options(
+    field: &str,
+    url: &str,
+    defaults: &EncoderConfig,
+) -> Result<(DrainUrl, EncoderOptions), Error> {
+    {
+        let parsed = DrainUrl::parse(field, url)?;
         let mut options = EncoderOptions {
-            hostname: self.encoder.hostname.clone(),
-            metadata: self.encoder.metadata,
-            drain_data: self.encoder.drain_data,
+            hostname: defaults.hostname.clone(),
+            metadata: defaults.metadata,
+            drain_data: defaults.drain_data,
         };
         let query = url.split_once('?').map_or("", |(_, q)| q);
         let query = query.split('#').next().unwrap_or("");
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let bad =
-                |what: &str| config_error(field.clone(), format!("{}: {what}", mask_url(url)));
+            let bad = |what: &str| config_error(field, format!("{}: {what}", mask_url(url)));
             match key {
                 "drain-data" => {
                     options.drain_data = match value {
@@ -202,7 +233,7 @@ impl Config {
                 _ => {}
             }
         }
-        Ok((addr, options))
+        Ok((parsed, options))
     }
 }
 
@@ -278,11 +309,11 @@ mod tests {
             "syslog://h:1".to_owned(),
             "syslog://h:2/?drain-data=all&disable-metadata=true".to_owned(),
         ];
-        let (addr, plain) = c.drain(0).unwrap();
-        assert_eq!(addr, "h:1");
+        let (url, plain) = c.drain(0).unwrap();
+        assert_eq!(url.authority(), "h:1");
         assert!(plain.metadata && plain.drain_data == DrainData::Logs);
-        let (addr, custom) = c.drain(1).unwrap();
-        assert_eq!(addr, "h:2");
+        let (url, custom) = c.drain(1).unwrap();
+        assert_eq!(url.authority(), "h:2");
         assert!(!custom.metadata && custom.drain_data == DrainData::All);
     }
 }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 pub const ENTERPRISE: &str = "47450";
 
 /// Which envelopes a drain receives, as Cloud Foundry's `drain-data`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DrainData {
     /// Logs and events (Cloud Foundry's default).
@@ -48,7 +48,7 @@ impl DrainData {
 }
 
 /// How envelopes are turned into lines.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EncoderOptions {
     /// HOSTNAME when the envelope has none of `organization_name`, `space_name`, `app_name`.
     pub hostname: String,

@@ -1,9 +1,10 @@
 //! A real rsyslogd for the nozzle's tests and for `hydrant bench syslog`: imtcp with
 //! octet-counted framing on a free loopback port, every parsed message written to one file
-//! through a template the caller chooses.
+//! through a template the caller chooses; optionally behind TLS (rsyslog's `gtls` netstream
+//! driver, Debian package `rsyslog-gnutls`) with a certificate the caller made.
 //!
-//! Flow: frames → rsyslogd (imtcp → its RFC 5424 parser → omfile) → `out`, which the caller
-//! reads ([`Rsyslogd::lines`] counts what has been written).
+//! Flow: frames → rsyslogd (imtcp [+ gtls] → its RFC 5424 parser → omfile) → `out`, which the
+//! caller reads ([`Rsyslogd::lines`] counts what has been written).
 //!
 //! Invariants: rsyslogd runs with its own config and work directory in a temp dir and loads no
 //! input but imtcp, so the machine's syslog setup and `/dev/log` are never touched; the
@@ -24,6 +25,26 @@ pub const FIELDS_TEMPLATE: &str = r#"{\"raw\":\"%rawmsg:::json%\",\"pri\":\"%pri
 /// One empty line per message: rsyslog still takes in, frames and parses each message, but
 /// writing costs one byte, so a count of lines measures its intake rather than its formatting.
 pub const COUNT_TEMPLATE: &str = r"\n";
+
+/// PEM files for a TLS listener: the server's certificate (chain) and key, and a CA file
+/// (gnutls wants one even when it does not ask clients for certificates).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA certificate, PEM.
+    pub ca: PathBuf,
+    /// The server certificate, PEM.
+    pub cert: PathBuf,
+    /// The server's private key, PEM.
+    pub key: PathBuf,
+}
+
+/// The gnutls netstream driver Debian's `rsyslog-gnutls` installs, in any multiarch dir.
+fn gtls_installed() -> bool {
+    std::fs::read_dir("/usr/lib").is_ok_and(|dirs| {
+        dirs.flatten()
+            .any(|d| d.path().join("rsyslog/lmnsd_gtls.so").exists())
+    })
+}
 
 /// A running rsyslogd; killed on drop.
 #[derive(Debug)]
@@ -61,6 +82,25 @@ impl Rsyslogd {
     /// # Errors
     /// rsyslogd is not installed, does not start, or does not listen within 10 s.
     pub fn start(template: &str) -> std::io::Result<Self> {
+        Self::start_with(template, None)
+    }
+
+    /// As [`Rsyslogd::start`], the listener speaking TLS with `tls`'s certificate
+    /// (anonymous clients, as syslog-tls drains are).
+    ///
+    /// # Errors
+    /// As [`Rsyslogd::start`], or the gnutls driver (`rsyslog-gnutls`) is missing.
+    pub fn start_tls(template: &str, tls: &TlsFiles) -> std::io::Result<Self> {
+        Self::start_with(template, Some(tls))
+    }
+
+    fn start_with(template: &str, tls: Option<&TlsFiles>) -> std::io::Result<Self> {
+        if tls.is_some() && !gtls_installed() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "rsyslog's gtls driver is missing: install the Debian package rsyslog-gnutls",
+            ));
+        }
         if !Path::new(RSYSLOGD).exists() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
@@ -70,10 +110,24 @@ impl Rsyslogd {
         let dir = tempfile::tempdir()?;
         let out = dir.path().join("out");
         let port = free_port()?;
+        let (tls_global, tls_module) = match tls {
+            Some(t) => (
+                format!(
+                    r#"
+       defaultNetstreamDriver="gtls" defaultNetstreamDriverCAFile="{}"
+       defaultNetstreamDriverCertFile="{}" defaultNetstreamDriverKeyFile="{}""#,
+                    t.ca.display(),
+                    t.cert.display(),
+                    t.key.display()
+                ),
+                r#" streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="anon""#,
+            ),
+            None => (String::new(), ""),
+        };
         let conf = format!(
             r#"global(workDirectory="{work}" maxMessageSize="64k"
-       parser.escapeControlCharactersOnReceive="off" parser.dropTrailingLFOnReception="off")
-module(load="imtcp")
+       parser.escapeControlCharactersOnReceive="off" parser.dropTrailingLFOnReception="off"{tls_global})
+module(load="imtcp"{tls_module})
 template(name="drain" type="string" string="{template}")
 ruleset(name="drain") {{
   action(type="omfile" file="{out}" template="drain" flushOnTXEnd="on" asyncWriting="off")

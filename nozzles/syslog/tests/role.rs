@@ -9,178 +9,19 @@
     reason = "test code"
 )]
 
+#[path = "support/pipeline.rs"]
+mod pipeline;
 #[path = "support/rsyslog.rs"]
 mod rsyslog;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
-
-use hydrant_emitter::{Emitter, EmitterConfig, Registry};
-use hydrant_nozzle_core::{Backoff, BreakerConfig};
-use hydrant_nozzle_syslog::{Config, Listeners};
+use hydrant_emitter::Emitter;
+use pipeline::{
+    drains, eventually, metric, scrape, start_nozzle, start_pipeline, wait_until_flowing,
+};
 use rsyslog::{Rsyslog, free_port, records_now, start_rsyslog};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use std::collections::HashMap;
 
 const APP: &str = "app-under-test";
-
-struct Pipeline {
-    agent: String,
-    firehose: String,
-    token: String,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Pipeline {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-async fn bind() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.unwrap()
-}
-
-fn url(l: &TcpListener) -> String {
-    format!("http://{}", l.local_addr().unwrap())
-}
-
-/// Agent, doppler and firehose edge on ephemeral ports, as `MicroCloud::start` wires them.
-async fn start_pipeline() -> Pipeline {
-    let shutdown = CancellationToken::new();
-    let key = hydrant_auth::SigningKey::from_bytes(&[7u8; 32]).unwrap();
-    let (agent_ingress, agent_admin) = (bind().await, bind().await);
-    let (doppler_grpc, doppler_admin) = (bind().await, bind().await);
-    let (firehose_http, firehose_admin) = (bind().await, bind().await);
-    let (agent, doppler, firehose) = (url(&agent_ingress), url(&doppler_grpc), url(&firehose_http));
-    tokio::spawn(hydrant_agent::run(
-        hydrant_agent::Config {
-            dopplers: vec![doppler.clone()],
-            ..hydrant_agent::Config::default()
-        },
-        hydrant_agent::Listeners {
-            ingress: agent_ingress,
-            admin: agent_admin,
-        },
-        shutdown.clone(),
-    ));
-    tokio::spawn(hydrant_doppler::run(
-        hydrant_doppler::Config::default(),
-        hydrant_doppler::Listeners {
-            grpc: doppler_grpc,
-            admin: doppler_admin,
-        },
-        shutdown.clone(),
-    ));
-    tokio::spawn(hydrant_firehose::run(
-        hydrant_firehose::Config {
-            dopplers: vec![doppler],
-            signing_key: Some(key.to_hex()),
-            reconnect_min_ms: 10,
-            reconnect_max_ms: 200,
-            ..hydrant_firehose::Config::default()
-        },
-        hydrant_firehose::Listeners {
-            http: firehose_http,
-            admin: firehose_admin,
-        },
-        shutdown.clone(),
-    ));
-    let token = key
-        .issue(&hydrant_auth::Claims::new("nozzle-test").with_scope(hydrant_auth::SCOPE_FIREHOSE));
-    Pipeline {
-        agent,
-        firehose,
-        token,
-        shutdown,
-    }
-}
-
-struct Nozzle {
-    admin: SocketAddr,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), hydrant_nozzle_syslog::Error>>,
-}
-
-async fn start_nozzle(pipeline: &Pipeline, drains: Vec<String>) -> Nozzle {
-    let mut config = Config {
-        drains,
-        retry: Backoff {
-            initial_ms: 10,
-            max_ms: 50,
-            jitter: 0.0,
-            max_retries: 1,
-        },
-        breaker: BreakerConfig {
-            failure_threshold: 2,
-            open_ms: 100,
-        },
-        write_timeout_ms: 2_000,
-        shutdown_drain_ms: 1_000,
-        admin_listen: "127.0.0.1:0".to_owned(),
-        ..Config::default()
-    };
-    config.firehose.url.clone_from(&pipeline.firehose);
-    config.firehose.token.clone_from(&pipeline.token);
-    config.firehose.reconnect.initial_ms = 20;
-    config.firehose.reconnect.max_ms = 200;
-    config.validate().unwrap();
-    let listeners = Listeners::bind(&config).await.unwrap();
-    let admin = listeners.admin.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(hydrant_nozzle_syslog::run(
-        config,
-        listeners,
-        shutdown.clone(),
-    ));
-    Nozzle {
-        admin,
-        shutdown,
-        task,
-    }
-}
-
-/// The nozzle's `/metrics` text.
-async fn scrape(admin: SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    text
-}
-
-/// Sum of the samples of `name` whose labels contain `filter`.
-fn metric(text: &str, name: &str, filter: &str) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| l.contains(filter))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Emits probe logs until the nozzle has read one: from then on the firehose path is open
-/// end to end, so nothing the test emits next can fall into a subscription not yet made.
-async fn wait_until_flowing(emitter: &Emitter, nozzle: &Nozzle) {
-    eventually("the firehose to reach the nozzle", async || {
-        emitter.log("probe", "0", "APP/PROC/WEB", b"probe", false);
-        emitter.flush();
-        metric(&scrape(nozzle.admin).await, "nozzle_envelopes_total", "") > 0
-    })
-    .await;
-}
 
 fn emit_app_logs(emitter: &Emitter, n: usize) {
     for i in 0..n {
@@ -238,15 +79,7 @@ async fn every_log_reaches_rsyslog_in_order_exactly_once() {
     let pipeline = start_pipeline().await;
     let drain = format!("syslog://user:secret@127.0.0.1:{}", rsyslog.port);
     let nozzle = start_nozzle(&pipeline, vec![drain]).await;
-    let registry = Registry::new("test-app", "0");
-    let emitter = Emitter::start(
-        EmitterConfig {
-            agent: pipeline.agent.clone(),
-            ..EmitterConfig::default()
-        },
-        &registry,
-        pipeline.shutdown.clone(),
-    );
+    let emitter = pipeline.emitter();
     wait_until_flowing(&emitter, &nozzle).await;
 
     const N: usize = 2_000;
@@ -269,12 +102,14 @@ async fn every_log_reaches_rsyslog_in_order_exactly_once() {
     assert_eq!(metric(&text, "nozzle_dropped_total", ""), 0);
     assert_eq!(metric(&text, "nozzle_firehose_connected", ""), 1);
 
-    nozzle.shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), nozzle.task)
-        .await
-        .expect("the nozzle stops")
-        .unwrap()
-        .unwrap();
+    let report = &drains(nozzle.admin).await["drains[0]"];
+    assert_eq!(report["state"], "ok", "{report}");
+    assert_eq!(
+        report["sent"],
+        metric(&text, "nozzle_sent_total", ""),
+        "{report}"
+    );
+    nozzle.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,15 +121,7 @@ async fn a_dead_drain_loses_only_its_own_data_and_counts_it() {
     let dead_port = free_port();
     let dead = format!("syslog://ops:secret@127.0.0.1:{dead_port}");
     let nozzle = start_nozzle(&pipeline, vec![dead, healthy.clone()]).await;
-    let registry = Registry::new("test-app", "0");
-    let emitter = Emitter::start(
-        EmitterConfig {
-            agent: pipeline.agent.clone(),
-            ..EmitterConfig::default()
-        },
-        &registry,
-        pipeline.shutdown.clone(),
-    );
+    let emitter = pipeline.emitter();
     wait_until_flowing(&emitter, &nozzle).await;
 
     const N: usize = 1_000;
@@ -320,11 +147,19 @@ async fn a_dead_drain_loses_only_its_own_data_and_counts_it() {
     );
     assert_eq!(metric(&text, "nozzle_dropped_total", &healthy_tag), 0);
     assert!(metric(&text, "nozzle_retries_total", &dead_tag) > 0);
-
-    nozzle.shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), nozzle.task)
-        .await
-        .expect("the nozzle stops despite the dead drain")
-        .unwrap()
-        .unwrap();
+    let report = drains(nozzle.admin).await;
+    let dead = &report["drains[0]"];
+    assert_eq!(
+        dead["state"], "open",
+        "the dead drain's breaker is open: {dead}"
+    );
+    let error = dead["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("ops:****@") && !error.contains("secret"),
+        "{error}"
+    );
+    assert_eq!(dead["sent"], 0);
+    assert_eq!(report["drains[1]"]["state"], "ok");
+    assert_eq!(report["drains[1]"]["dropped"], 0);
+    nozzle.stop().await;
 }
