@@ -38,6 +38,7 @@ pub enum DrainState {
 
 #[derive(Debug)]
 struct Books {
+    received: u64,
     sent: u64,
     dropped: u64,
     state: DrainState,
@@ -58,6 +59,8 @@ pub struct Tally {
 /// A copy of a drain's books at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
+    /// Messages queued for the drain (each envelope's lines count once).
+    pub received: u64,
     /// Messages delivered.
     pub sent: u64,
     /// Messages lost, every reason.
@@ -85,6 +88,7 @@ impl Tally {
             metrics,
             aggregate,
             books: Mutex::new(Books {
+                received: 0,
                 sent: 0,
                 dropped: 0,
                 state: DrainState::Ok,
@@ -112,6 +116,7 @@ impl Tally {
         if let Some(a) = &self.aggregate {
             a.received(n);
         }
+        self.books().received += n;
     }
 
     /// A batch of `n` got through.
@@ -200,6 +205,7 @@ impl Tally {
     pub fn snapshot(&self) -> Snapshot {
         let b = self.books();
         Snapshot {
+            received: b.received,
             sent: b.sent,
             dropped: b.dropped,
             state: b.state,

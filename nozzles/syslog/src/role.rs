@@ -84,6 +84,9 @@ pub struct DrainReport {
     /// The app an app drain belongs to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_guid: Option<String>,
+    /// Messages queued for the drain since it started: `received = sent + dropped +
+    /// queue_depth` once no batch is in flight.
+    pub received: u64,
     /// Messages delivered since the drain started.
     pub sent: u64,
     /// Messages lost since the drain started, every reason.
@@ -132,6 +135,7 @@ impl Drain {
             key: self.key.clone(),
             url: self.masked.clone(),
             app_guid: self.app.as_deref().map(str::to_owned),
+            received: books.received,
             sent: books.sent,
             dropped: books.dropped,
             queue_depth: depth as u64,
