@@ -428,6 +428,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_the_defaults() {
+        let example = parse(include_str!("../otlp-nozzle.example.toml"));
+        example.validate().unwrap();
+        let defaults = Config {
+            firehose: example.firehose.clone(),
+            ..Config::default()
+        };
+        assert_eq!(example, defaults);
+    }
+
+    #[test]
     fn headers_become_sensitive_metadata_and_never_print() {
         let c = parse(&format!(
             "[headers]\nauthorization = \"Bearer hunter2\"\nx-tenant = \"a\"\n{MINIMAL}"

@@ -406,7 +406,11 @@ async fn send(
             }
             Outcome::Retry(status) => {
                 breaker.record_failure();
-                if attempt >= backoff.max_retries || stop.is_cancelled() {
+                if stop.is_cancelled() {
+                    metrics.dropped("shutdown", n);
+                    return;
+                }
+                if attempt >= backoff.max_retries {
                     tracing::warn!(
                         signal = exporter.signal().as_str(),
                         code = ?status.code(),
