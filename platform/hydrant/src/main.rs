@@ -109,6 +109,8 @@ enum Command {
 enum NozzleKind {
     /// RFC 5424 syslog drains (`syslog://`), in Cloud Foundry's drain format.
     Syslog,
+    /// OpenTelemetry logs and metrics over OTLP/gRPC.
+    Otlp,
 }
 
 fn main() -> ExitCode {
@@ -137,6 +139,7 @@ fn main() -> ExitCode {
             Command::Nozzle { kind, config } => {
                 let role = match kind {
                     NozzleKind::Syslog => roles::Role::NozzleSyslog,
+                    NozzleKind::Otlp => roles::Role::NozzleOtlp,
                 };
                 roles::run_from_file(role, &config).await
             }

@@ -34,6 +34,8 @@ pub enum Role {
     Autoscaler,
     /// The syslog nozzle: firehose → RFC 5424 syslog drains.
     NozzleSyslog,
+    /// The OTLP nozzle: firehose → OpenTelemetry logs and metrics over gRPC.
+    NozzleOtlp,
 }
 
 fn load<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
@@ -192,6 +194,20 @@ pub async fn run_from_file(role: Role, path: &Path) -> anyhow::Result<ExitCode> 
                 config.admin_listen
             );
             hydrant_nozzle_syslog::run(config, listeners, shutdown).await?;
+        }
+        Role::NozzleOtlp => {
+            let config: hydrant_nozzle_otlp::Config = load(path)?;
+            config.validate()?;
+            let listeners = hydrant_nozzle_otlp::Listeners {
+                admin: bind(&config.admin_listen, "admin_listen").await?,
+            };
+            eprintln!(
+                "otlp nozzle: exporting to {}, subscription {:?}, admin on {}",
+                hydrant_nozzle_core::mask_url(&config.endpoint),
+                config.subscription_id,
+                config.admin_listen
+            );
+            hydrant_nozzle_otlp::run(config, listeners, shutdown).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
