@@ -134,7 +134,7 @@ pub struct LogsConfig {
     /// `ddsource` of every log. Default `hydrant`.
     pub source: String,
     /// Queue and batch limits of the logs endpoint (batches are kept within the intake's 1000
-    /// entries / 5 MB). Default 10000 logs / 16 MiB queued, 1000 logs / 4 MiB per request.
+    /// entries / 5 MB). Default 10000 logs / 16 MiB queued, 1000 logs / 4 MB per request.
     pub queue: QueueLimits,
 }
 
@@ -148,7 +148,7 @@ impl Default for LogsConfig {
                 max_items: 10_000,
                 max_bytes: 16 * 1024 * 1024,
                 batch_items: DATADOG_LOGS_MAX_ENTRIES,
-                batch_bytes: 4 * 1024 * 1024,
+                batch_bytes: DATADOG_LOGS_MAX_BYTES - DATADOG_LOG_MAX_BYTES,
             },
         }
     }
@@ -440,7 +440,7 @@ impl Config {
             return Err(Error::config(
                 "logs.queue.batch_bytes",
                 format!(
-                    "must be at most {} so a batch plus one more log stays within the intake's \
+                    "must be at most {} so a request stays within the intake's \
                      {DATADOG_LOGS_MAX_BYTES} bytes",
                     DATADOG_LOGS_MAX_BYTES - DATADOG_LOG_MAX_BYTES
                 ),

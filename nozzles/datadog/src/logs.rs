@@ -6,8 +6,10 @@
 //! array) → the sender.
 //!
 //! Invariants: a message is valid UTF-8 JSON whatever bytes the app wrote (invalid sequences
-//! are replaced, JSON escaping covers control characters), and is cut at the intake's 1 MB per
-//! log; `ddtags` carries the same sanitised `key:value` tags as the metrics.
+//! are replaced, JSON escaping covers control characters); an encoded entry is at most the
+//! intake's 1 MB per log (the message is cut to fit), so a batch of `batch_bytes` ≤ 4 MB stays
+//! within its 5 MB per request; `ddtags` carries the same sanitised `key:value` tags as the
+//! metrics.
 
 use std::io::Write;
 
@@ -72,7 +74,7 @@ pub fn entry(view: &EnvelopeView<'_>, source: &str, extra_tags: &[String]) -> Op
         .tag("app_name")
         .filter(|s| !s.is_empty())
         .unwrap_or(view.source_id);
-    let e = Entry {
+    let mut e = Entry {
         ddsource: source,
         ddtags: tags.join(","),
         hostname: view.tag("ip").unwrap_or(""),
@@ -81,7 +83,19 @@ pub fn entry(view: &EnvelopeView<'_>, source: &str, extra_tags: &[String]) -> Op
         status,
         timestamp: view.timestamp / 1_000_000,
     };
-    serde_json::to_vec(&e).ok().map(Bytes::from)
+    // JSON escaping can make a message up to six times longer (control characters become
+    // \u001b): shrink it until the whole entry is within the intake's per-log limit.
+    loop {
+        let json = serde_json::to_vec(&e).ok()?;
+        if json.len() <= DATADOG_LOG_MAX_BYTES || e.message.is_empty() {
+            return Some(Bytes::from(json));
+        }
+        let mut cut = e.message.len() * DATADOG_LOG_MAX_BYTES / json.len() * 9 / 10;
+        while !e.message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        e.message = &e.message[..cut];
+    }
 }
 
 /// A batch of entries as one gzip-compressed JSON array.
@@ -107,5 +121,41 @@ pub fn payload(entries: &[Bytes]) -> Payload {
         uncompressed: plain,
         series: entries.len(),
         values: entries.len() as u64,
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+mod tests {
+    use hydrant_envelope::v2;
+    use hydrant_envelope::wire::{EnvelopeView, encode};
+
+    use super::entry;
+    use crate::config::DATADOG_LOG_MAX_BYTES;
+
+    #[test]
+    fn a_huge_escaped_message_is_cut_to_the_per_log_limit() {
+        let e = v2::Envelope {
+            source_id: "app".to_owned(),
+            message: Some(v2::envelope::Message::Log(v2::Log {
+                // Every byte becomes six in JSON.
+                payload: vec![0x1b; 200_000].into(),
+                r#type: 1,
+            })),
+            ..v2::Envelope::default()
+        };
+        let bytes = encode(&e);
+        let view = EnvelopeView::parse(&bytes).unwrap();
+        let json = entry(&view, "hydrant", &[]).unwrap();
+        assert!(json.len() <= DATADOG_LOG_MAX_BYTES, "{}", json.len());
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert!(v["message"].as_str().unwrap().len() > 100_000);
+        assert_eq!(v["status"], "error");
+        assert_eq!(v["service"], "app");
     }
 }
