@@ -111,6 +111,8 @@ enum NozzleKind {
     Syslog,
     /// OpenTelemetry logs and metrics over OTLP/gRPC.
     Otlp,
+    /// Datadog's metrics API v2 (and, if enabled, its logs intake).
+    Datadog,
 }
 
 fn main() -> ExitCode {
@@ -140,6 +142,7 @@ fn main() -> ExitCode {
                 let role = match kind {
                     NozzleKind::Syslog => roles::Role::NozzleSyslog,
                     NozzleKind::Otlp => roles::Role::NozzleOtlp,
+                    NozzleKind::Datadog => roles::Role::NozzleDatadog,
                 };
                 roles::run_from_file(role, &config).await
             }

@@ -36,6 +36,8 @@ pub enum Role {
     NozzleSyslog,
     /// The OTLP nozzle: firehose → OpenTelemetry logs and metrics over gRPC.
     NozzleOtlp,
+    /// The Datadog nozzle: firehose → Datadog's metrics API v2 (and logs intake).
+    NozzleDatadog,
 }
 
 fn load<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
@@ -208,6 +210,20 @@ pub async fn run_from_file(role: Role, path: &Path) -> anyhow::Result<ExitCode> 
                 config.admin_listen
             );
             hydrant_nozzle_otlp::run(config, listeners, shutdown).await?;
+        }
+        Role::NozzleDatadog => {
+            let config: hydrant_nozzle_datadog::Config = load(path)?;
+            config.validate()?;
+            let listeners = hydrant_nozzle_datadog::Listeners {
+                admin: bind(&config.admin_listen, "admin_listen").await?,
+            };
+            eprintln!(
+                "datadog nozzle: sending to {}, subscription {:?}, admin on {}",
+                hydrant_nozzle_core::mask_url(&config.api_url),
+                config.subscription_id,
+                config.admin_listen
+            );
+            hydrant_nozzle_datadog::run(config, listeners, shutdown).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
