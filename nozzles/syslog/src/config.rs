@@ -11,7 +11,7 @@ use hydrant_firehose_client::ClientConfig;
 use hydrant_nozzle_core::{Backoff, BreakerConfig, QueueLimits, mask_url};
 use serde::{Deserialize, Serialize};
 
-use crate::{DrainData, DrainUrl, EncoderOptions, Error, TlsConfig};
+use crate::{DrainData, DrainUrl, EncoderOptions, Error, PlatformConfig, TlsConfig};
 
 /// The whole config of one syslog nozzle.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -53,6 +53,9 @@ pub struct Config {
     /// How often an app is told, in its own log stream, how many of its messages a drain lost
     /// since the last notice (one `LGR` line per app and drain at most), in ms. Default 5000.
     pub loss_notice_interval_ms: u64,
+    /// Platform mode: also serve the drains developers bind to their apps, as the cloud
+    /// controller lists them. Default off.
+    pub platform: Option<PlatformConfig>,
 }
 
 impl Default for Config {
@@ -72,6 +75,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             tls: TlsConfig::default(),
             loss_notice_interval_ms: 5_000,
+            platform: None,
         }
     }
 }
@@ -132,11 +136,15 @@ impl Config {
                 "is empty; name the shard group, e.g. \"syslog-nozzle\"",
             ));
         }
-        if self.drains.is_empty() {
+        if self.drains.is_empty() && self.platform.is_none() {
             return Err(config_error(
                 "drains",
-                "is empty; list at least one \"syslog://HOST:PORT\"",
+                "is empty; list at least one \"syslog://HOST:PORT\", or add a [platform] \
+                 section to serve the drains bound to apps",
             ));
+        }
+        if let Some(platform) = &self.platform {
+            platform.validate()?;
         }
         for i in 0..self.drains.len() {
             self.drain(i)?;

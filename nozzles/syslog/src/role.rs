@@ -277,7 +277,6 @@ impl Fleet {
 
     /// Stops drain `key` (not yet unrouted: call [`Fleet::publish`]); its queue is counted as
     /// `unbound`.
-    #[allow(dead_code, reason = "platform mode unbinds drains")]
     pub(crate) fn remove(&mut self, key: &str) {
         if let Some(drain) = self.drains.remove(key) {
             let lost = drain.retire("unbound");
@@ -389,6 +388,13 @@ pub async fn run(
     config.validate()?;
     let registry = Registry::new(ROLE, &config.instance_id);
     let reader_metrics = ReaderMetrics::new(&registry);
+    // Everything that can refuse the config does so before any task starts.
+    let client = FirehoseClient::connect(
+        config.firehose.clone(),
+        Subscription::Firehose {
+            subscription_id: config.subscription_id.clone(),
+        },
+    )?;
     let mut fleet = Fleet::new(&config, &registry)?;
     for (index, url) in config.drains.iter().enumerate() {
         let (_, options) = config.drain(index)?;
@@ -429,15 +435,11 @@ pub async fn run(
         background.clone(),
     ));
 
-    let client = FirehoseClient::connect(
-        config.firehose.clone(),
-        Subscription::Firehose {
-            subscription_id: config.subscription_id.clone(),
-        },
-    )?;
+    let platform = crate::platform::start(&config, &registry, &fleet, background.clone());
     tracing::info!(
         subscription_id = %config.subscription_id,
         drains = config.drains.len(),
+        platform = config.platform.is_some(),
         "syslog nozzle reading the firehose"
     );
 
@@ -445,6 +447,10 @@ pub async fn run(
     // Whatever ended the reader, stop the rest too.
     shutdown.cancel();
     reader_metrics.connected.set(0.0);
+    if let Some(platform) = platform {
+        background.cancel();
+        let _ = platform.await;
+    }
 
     let (drains, mut tasks, senders_stop) = {
         let mut f = lock(&fleet);
