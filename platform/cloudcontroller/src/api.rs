@@ -9,6 +9,7 @@
 
 mod apps;
 mod autoscaling;
+mod drains;
 mod push;
 mod slos;
 
@@ -230,8 +231,8 @@ impl FromRequestParts<Arc<Ctx>> for Caller {
     }
 }
 
-/// The API router. Later issues add `/v3/apps/{guid}/policy` (autoscaler),
-/// `/v3/apps/{guid}/slos` and `/v3/apps/{guid}/drains` beside the app routes in `apps.rs`.
+/// The API router: users, spaces and tokens here; apps, push, autoscaling policies, SLOs and
+/// syslog drains in their own modules.
 pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
     let json_limit = ctx.config.max_request_bytes;
     Router::new()
@@ -250,6 +251,7 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         )
         .merge(apps::routes())
         .merge(autoscaling::routes())
+        .merge(drains::routes())
         .merge(push::routes())
         .merge(slos::routes())
         .layer(DefaultBodyLimit::max(json_limit))
@@ -260,6 +262,9 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         )
         .fallback(|| async { ApiError::not_found("Endpoint") })
         .layer(middleware::from_fn_with_state(ctx.clone(), count_requests))
+        .merge(hydrant_dashboard::router(
+            ctx.config.endpoints.get("firehose").map(String::as_str),
+        ))
         .with_state(ctx)
 }
 

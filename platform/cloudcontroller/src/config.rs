@@ -71,6 +71,12 @@ pub struct Config {
     pub executor_timeout_secs: u64,
     /// How long an executor may take to answer a start or stop request. Default 2000 ms.
     pub executor_request_timeout_ms: u64,
+    /// Let apps bind syslog drains whose host is a loopback, private or link-local address.
+    /// Default false: a drain is a connection the platform makes for a developer, and must not
+    /// reach into the platform's own network unless the operator says so.
+    pub allow_private_drains: bool,
+    /// Drains one app may have. Default 20.
+    pub max_drains_per_app: usize,
     /// Other endpoints `/v3/info` advertises, by name (`firehose = "ws://127.0.0.1:8088"`).
     pub endpoints: BTreeMap<String, String>,
     /// The `instance_id` of the role's own metrics. Default `"0"`.
@@ -108,6 +114,8 @@ impl Default for Config {
             converge_interval_ms: 3000,
             executor_timeout_secs: 30,
             executor_request_timeout_ms: 2000,
+            allow_private_drains: false,
+            max_drains_per_app: 20,
             endpoints: BTreeMap::new(),
             instance_id: "0".to_owned(),
             bus: hydrant_bus::Config::default(),
@@ -217,6 +225,9 @@ impl Config {
                 "max_instances_per_app",
                 "must be between 1 and 10000",
             ));
+        }
+        if self.max_drains_per_app > 1_000 {
+            return Err(invalid("max_drains_per_app", "must be at most 1000"));
         }
         let durations = [
             ("staging_timeout_secs", self.staging_timeout_secs),

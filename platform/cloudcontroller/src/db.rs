@@ -1,5 +1,5 @@
-//! Desired state in SQLite: users, spaces, roles, apps, routes, packages, builds, droplets and
-//! audit events.
+//! Desired state in SQLite: users, spaces, roles, apps, routes, packages, builds, droplets,
+//! audit events, SLOs, autoscaling policies and syslog drain bindings.
 //!
 //! One connection in WAL mode behind a mutex; the API reaches it through [`Db::run`], which
 //! moves the work onto a blocking thread so a slow disk never stalls the async runtime. The
@@ -121,6 +121,16 @@ CREATE TABLE autoscaling_policies (
     policy TEXT NOT NULL,
     updated_at INTEGER NOT NULL
 );
+",
+    r"
+CREATE TABLE drains (
+    guid TEXT PRIMARY KEY,
+    app_guid TEXT NOT NULL REFERENCES apps(guid) ON DELETE CASCADE,
+    url TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    status TEXT
+);
+CREATE INDEX drains_app ON drains(app_guid);
 ",
 ];
 

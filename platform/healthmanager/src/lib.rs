@@ -33,7 +33,7 @@ mod error;
 mod metrics;
 mod tracker;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,6 +67,8 @@ pub const SOURCE_TYPE: &str = "HM";
 const STOP_RESEND: Duration = Duration::from_secs(30);
 /// How often "Holding" is said per app.
 const HOLD_EVERY: Duration = Duration::from_secs(60);
+/// How often a restart held back for index 0 looks again whether the app is up.
+const ALL_CRASHED_RECHECK: Duration = Duration::from_secs(1);
 /// Retry requests from restart tasks waiting for the loop.
 const RETRY_QUEUE: usize = 1024;
 /// How long shutdown waits for restart and stop tasks.
@@ -273,6 +275,9 @@ struct Loop {
     retries: mpsc::Sender<(Key, bool)>,
     attempts: HashMap<Key, u32>,
     holds: HashMap<String, Instant>,
+    /// Restarts waiting for index 0 because every instance of their app is crashed; each
+    /// says so once.
+    deferred: HashSet<Key>,
     grace: Duration,
     shutdown: CancellationToken,
 }
@@ -364,7 +369,30 @@ impl Loop {
                 tracing::debug!(app = %key.0, index = key.1, "already running again");
                 continue;
             }
+            // HM9000's rule: when every instance of an app is crashed, only index 0 restarts;
+            // the others follow once it is up, so a crashing app does not restart as a herd.
+            if key.1 != 0 && !self.tracker.any_live(&key.0) {
+                self.tracker.retry(&key, now + ALL_CRASHED_RECHECK);
+                if self.deferred.insert(key.clone()) {
+                    self.shared.say(
+                        &key.0,
+                        Some(key.1),
+                        &format!(
+                            "Waiting to restart instance {}: every instance of the app is \
+                             crashed, so index 0 restarts first",
+                            key.1
+                        ),
+                    );
+                }
+                continue;
+            }
+            self.deferred.remove(&key);
             if let Some(apps) = &snapshot.apps {
+                // A start overheard after the copy was fetched means the app was started or
+                // scaled since: the copy's "stopped" or instance count is behind.
+                let newer_start = snapshot
+                    .fetched_at
+                    .is_some_and(|at| self.tracker.overheard_after(&key, at));
                 let verdict = match apps.get(&key.0) {
                     // An app pushed since the last poll is not in the copy yet; a start
                     // overheard for it says it exists, and the API refuses if it was deleted.
@@ -372,10 +400,10 @@ impl Loop {
                         Some("the app no longer exists".to_owned())
                     }
                     None => None,
-                    Some(a) if a.state != hydrant_api::AppState::Started => {
+                    Some(a) if a.state != hydrant_api::AppState::Started && !newer_start => {
                         Some("the app is stopped".to_owned())
                     }
-                    Some(a) if key.1 >= a.instances => {
+                    Some(a) if key.1 >= a.instances && !newer_start => {
                         Some(format!("the app wants {} instance(s)", a.instances))
                     }
                     Some(_) => None,
@@ -432,6 +460,8 @@ impl Loop {
             _ => None,
         };
         self.tracker.prune(now, fresh);
+        let tracker = &self.tracker;
+        self.deferred.retain(|key| tracker.crash_count(key) > 0);
         self.holds
             .retain(|_, at| now.saturating_duration_since(*at) < HOLD_EVERY);
         let (Some(apps), Some(fetched_at)) = (&snapshot.apps, snapshot.fetched_at) else {
@@ -555,6 +585,7 @@ pub async fn run(
         retries: retry_tx,
         attempts: HashMap::new(),
         holds: HashMap::new(),
+        deferred: HashSet::new(),
         grace: Config::secs(config.extra_grace_secs),
         shutdown: shutdown.clone(),
     };

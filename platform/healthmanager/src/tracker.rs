@@ -289,6 +289,17 @@ impl Tracker {
         })
     }
 
+    /// `true` when any index of `app` has a starting or running instance whose crash was not
+    /// counted. `false` means every instance the executors know of is crashed or gone.
+    pub(crate) fn any_live(&self, app: &str) -> bool {
+        self.executors.values().any(|e| {
+            e.heartbeat
+                .instances
+                .iter()
+                .any(|i| i.app == app && live(i.state) && !self.counted.contains_key(&i.instance))
+        })
+    }
+
     /// Keeps the newest start request for its index. `false` when the table is full.
     pub(crate) fn overhear(&mut self, start: StartInstance, now: Instant) -> bool {
         let key = (start.app.clone(), start.index);
@@ -302,6 +313,12 @@ impl Tracker {
     /// The newest start request overheard for `key`.
     pub(crate) fn overheard(&self, key: &Key) -> Option<&StartInstance> {
         self.overheard.get(key).map(|(start, _)| start)
+    }
+
+    /// `true` when the cloud controller sent a start for `key` after `at`: the app was started
+    /// or scaled since a copy fetched at `at`, so that copy is behind for this index.
+    pub(crate) fn overheard_after(&self, key: &Key, at: Instant) -> bool {
+        self.overheard.get(key).is_some_and(|(_, seen)| *seen > at)
     }
 
     /// Executors that can take an instance of `app` needing `memory_mb`, best first: those
@@ -451,8 +468,7 @@ impl Tracker {
         }
     }
 
-    /// The index's crash count, for tests and logs.
-    #[cfg(test)]
+    /// The index's crash count (0 once forgotten).
     pub(crate) fn crash_count(&self, key: &Key) -> u32 {
         self.indexes.get(key).map_or(0, |s| s.crash_count)
     }
@@ -636,6 +652,33 @@ mod tests {
         assert!(t.extras(&apps, later, later, grace, resend).is_empty());
         assert_eq!(t.would_stop(&apps), vec!["app".to_owned()]);
         assert!(t.would_stop(&HashMap::new()).contains(&"app".to_owned()));
+    }
+
+    #[test]
+    fn an_app_is_live_while_any_uncounted_instance_starts_or_runs() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(Duration::from_secs(30), 100);
+        t.heartbeat(
+            heartbeat(&[
+                ("i-0", 0, InstanceState::Crashed),
+                ("i-1", 1, InstanceState::Running),
+            ]),
+            t0,
+        );
+        assert!(t.any_live("app"));
+        assert!(!t.any_live("other"));
+        // The running one crashes: its event overtakes the next heartbeat.
+        t.crash(&key(1), "i-1", t0).unwrap();
+        assert!(!t.any_live("app"));
+        t.heartbeat(
+            heartbeat(&[
+                ("i-0", 0, InstanceState::Crashed),
+                ("i-1", 1, InstanceState::Crashed),
+                ("i-0b", 0, InstanceState::Starting),
+            ]),
+            t0,
+        );
+        assert!(t.any_live("app"));
     }
 
     #[test]

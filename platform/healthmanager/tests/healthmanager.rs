@@ -252,6 +252,25 @@ impl FakeExecutor {
     }
 }
 
+impl FakeExecutor {
+    /// Marks the running instances at `indexes` crashed without a crash event, so the health
+    /// manager learns of all of them from one heartbeat, as after a lost bus message.
+    fn crash_quietly(&self, app: &str, indexes: &[u32]) {
+        let mut s = self.state.lock().unwrap();
+        for i in &mut s.instances {
+            if i.app == app && indexes.contains(&i.index) && i.state == InstanceState::Running {
+                i.state = InstanceState::Crashed;
+            }
+        }
+    }
+
+    /// Every start sent, in order, as (app, index).
+    fn start_order(&self) -> Vec<(String, u32)> {
+        let s = self.state.lock().unwrap();
+        s.starts.iter().map(|x| (x.app.clone(), x.index)).collect()
+    }
+}
+
 impl Drop for FakeExecutor {
     fn drop(&mut self) {
         self.stop.cancel();
@@ -362,6 +381,61 @@ async fn crashes_are_restarted_through_the_controller_at_once() {
     })
     .await;
     assert_eq!(executor.starts_of(&app.guid, 0).len(), 3);
+    hm.cancel();
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_instance_crashed_index_0_restarts_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = "hm-herd";
+    let cc = start_cc(dir.path(), bus).await;
+    let executor = FakeExecutor::start(bus, "e1").await;
+    let agent = FakeAgent::start();
+    let token = cc.admin.token().unwrap().to_owned();
+    let hm = start_hm(hm_config(bus, cc.admin.base_url(), &token, &agent)).await;
+    let app = push_started_app(&cc.admin, "herd").await;
+    cc.admin
+        .scale_app(
+            &app.guid,
+            &hydrant_api::ScaleApp {
+                instances: Some(3),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    wait_for(WAIT, "three instances", || async {
+        (0..3).all(|i| executor.starts_of(&app.guid, i).len() == 1)
+    })
+    .await;
+    // At once, before the health manager's next poll: starts it overheard since its copy
+    // was fetched tell it the app is started and scaled.
+    executor.crash_quietly(&app.guid, &[0, 1, 2]);
+    wait_for(WAIT, "indexes 1 and 2 restarted after index 0", || async {
+        (0..3).all(|i| executor.starts_of(&app.guid, i).len() == 2)
+    })
+    .await;
+    let order: Vec<u32> = executor
+        .start_order()
+        .into_iter()
+        .filter(|(a, _)| *a == app.guid)
+        .map(|(_, i)| i)
+        .skip(3)
+        .collect();
+    assert_eq!(order[0], 0, "index 0 must restart first: {order:?}");
+    let lines = hm_lines(&agent, &app.guid);
+    for index in [1, 2] {
+        let waiting = format!(
+            "Waiting to restart instance {index}: every instance of the app is crashed, so \
+             index 0 restarts first"
+        );
+        assert_eq!(
+            lines.iter().filter(|l| **l == waiting).count(),
+            1,
+            "said once for index {index}: {lines:?}"
+        );
+    }
     hm.cancel();
     cc.stop().await;
 }

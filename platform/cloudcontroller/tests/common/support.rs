@@ -46,6 +46,7 @@ pub struct Options {
     pub bus: String,
     pub agent: Option<String>,
     pub max_blob_bytes: u64,
+    pub allow_private_drains: bool,
 }
 
 impl Options {
@@ -54,6 +55,7 @@ impl Options {
             bus: bus.to_owned(),
             agent: None,
             max_blob_bytes: 1 << 30,
+            allow_private_drains: false,
         }
     }
 }
@@ -69,6 +71,7 @@ impl Cc {
             converge_interval_ms: 200,
             executor_request_timeout_ms: 1000,
             max_blob_bytes: options.max_blob_bytes,
+            allow_private_drains: options.allow_private_drains,
             endpoints: BTreeMap::from([("firehose".into(), "ws://127.0.0.1:1".into())]),
             bus: BusConfig::inprocess(&options.bus),
             ..Config::default()
