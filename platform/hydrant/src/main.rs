@@ -23,6 +23,7 @@ mod roles;
 mod session;
 mod slo_cli;
 mod static_server;
+mod top;
 mod up;
 
 #[global_allocator]
@@ -82,6 +83,8 @@ enum Command {
     Slo(slo_cli::SloArgs),
     /// Print a source's logs: recent lines, then follow the live stream.
     Logs(logs::LogsArgs),
+    /// The live console: apps, an app's detail, the pipeline, nodes and events (cf top, k9s keys).
+    Top(top::TopArgs),
     /// Send log lines into the pipeline by hand.
     Emit(emit::EmitArgs),
     /// The demo app: an HTTP server with endpoints that make errors, latency, logs and crashes.
@@ -147,6 +150,7 @@ fn main() -> ExitCode {
                 roles::run_from_file(role, &config).await
             }
             Command::Logs(args) => logs::run(args).await,
+            Command::Top(args) => top::run(args).await,
             Command::Push(args) => apps::push(args).await,
             Command::Apps(args) => apps::apps(args).await,
             Command::App(args) => apps::app(args).await,

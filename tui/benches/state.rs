@@ -1,0 +1,149 @@
+//! Can `hydrant top` keep up with 100,000 envelopes a second while redrawing at its default
+//! rate (once a second) on under one core?
+//!
+//! One iteration is one simulated second: 100,000 envelopes of a mixed load (router timers,
+//! app logs, container gauges, component counters over 50 apps with 2 instances each) applied
+//! to the [`State`] in batches of 100, then one refresh and one full draw of the apps screen
+//! into a 160×50 `TestBackend`. The time per iteration is the CPU share of one core at
+//! 100,000 envelopes/s (1 s = a whole core); the throughput is what one core could absorb.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "bench code"
+)]
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hydrant_envelope::v2;
+use hydrant_firehose_client::Batch;
+use hydrant_top::{State, StateConfig};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+
+const PER_SECOND: usize = 100_000;
+const BATCH: usize = 100;
+const APPS: usize = 50;
+
+fn envelope(i: usize, ts: i64) -> v2::Envelope {
+    let app = format!("app-{:02}", i % APPS);
+    let instance = ((i / APPS) % 2).to_string();
+    let tags = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let (tags, message) = match i % 20 {
+        0..=7 => (
+            tags(&[
+                ("peer_type", "Client"),
+                ("status_code", if i.is_multiple_of(97) { "500" } else { "200" }),
+                ("source_type", "RTR"),
+            ]),
+            v2::envelope::Message::Timer(v2::Timer {
+                name: "http".to_owned(),
+                start: ts - 1_000_000 - (i as i64 % 50) * 1_000_000,
+                stop: ts,
+            }),
+        ),
+        8..=15 => (
+            tags(&[("source_type", "APP/PROC/WEB")]),
+            v2::envelope::Message::Log(v2::Log {
+                payload: Bytes::from(format!(
+                    "GET /orders/{i} 200 12ms user-agent=curl/8.0 request-id={i:08x}"
+                )),
+                r#type: 0,
+            }),
+        ),
+        16..=18 => (
+            tags(&[]),
+            v2::envelope::Message::Gauge(v2::Gauge {
+                metrics: [
+                    ("cpu", 12.5, "percentage"),
+                    ("memory", 50e6, "bytes"),
+                    ("disk", 10e6, "bytes"),
+                    ("memory_quota", 64e6, "bytes"),
+                    ("disk_quota", 1e9, "bytes"),
+                    ("container_age", 1e12, "nanoseconds"),
+                ]
+                .into_iter()
+                .map(|(n, v, u)| {
+                    (
+                        n.to_owned(),
+                        v2::GaugeValue {
+                            unit: u.to_owned(),
+                            value: v,
+                        },
+                    )
+                })
+                .collect(),
+            }),
+        ),
+        _ => {
+            return v2::Envelope {
+                source_id: "doppler".to_owned(),
+                instance_id: "0".to_owned(),
+                timestamp: ts,
+                message: Some(v2::envelope::Message::Counter(v2::Counter {
+                    name: "doppler.ingress".to_owned(),
+                    delta: 100,
+                    total: i as u64,
+                })),
+                ..v2::Envelope::default()
+            };
+        }
+    };
+    v2::Envelope {
+        source_id: app,
+        instance_id: instance,
+        timestamp: ts,
+        tags,
+        message: Some(message),
+        ..v2::Envelope::default()
+    }
+}
+
+fn one_second_of_load(wall: i64) -> Vec<Batch> {
+    (0..PER_SECOND / BATCH)
+        .map(|b| {
+            let ts = wall + (b as i64) * 10_000_000;
+            let envs: Vec<v2::Envelope> = (0..BATCH).map(|i| envelope(b * BATCH + i, ts)).collect();
+            Batch::from_envelopes(&envs)
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let wall = hydrant_envelope::now_nanos();
+    let batches = one_second_of_load(wall);
+    let t0 = Instant::now();
+    let mut state = State::new(StateConfig::default(), t0, wall, "bench", "bench").unwrap();
+    let mut term = Terminal::new(TestBackend::new(160, 50)).unwrap();
+    let mut second = 0u64;
+    let mut group = c.benchmark_group("state");
+    group.throughput(Throughput::Elements(PER_SECOND as u64));
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(20));
+    group.bench_function("100k_envelopes_and_one_redraw", |b| {
+        b.iter(|| {
+            second += 1;
+            let start = t0 + Duration::from_secs(second);
+            for (i, batch) in batches.iter().enumerate() {
+                let now = start + Duration::from_millis(i as u64 * 10);
+                state.apply_batch(black_box(batch), now);
+            }
+            let now = start + Duration::from_secs(1);
+            state.tick(now);
+            hydrant_top::draw(&mut term, &mut state).unwrap();
+        });
+    });
+    group.finish();
+    assert!(state.envelopes() >= PER_SECOND as u64);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

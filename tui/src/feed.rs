@@ -1,0 +1,514 @@
+//! The feed: tasks that read the firehose (or each app's stream), the log cache and the API,
+//! and hand what they read to the screen over one bounded channel.
+//!
+//! Flow: operator mode → one firehose subscription; developer mode → one per-app stream per
+//! app the token may see (each with its own short-lived log token, renewed when refused).
+//! Each stream connects first, then reads the last minute from the log cache up to the moment
+//! it connected ([`Feed::History`]), then forwards live batches. An API poller sends
+//! [`ApiSnapshot`]s every few seconds.
+//!
+//! Invariants: the channel to the screen is bounded; a live batch that does not fit is
+//! dropped and counted (the count is shown on screen), never queued without bound; history,
+//! API snapshots, gaps and connection changes wait for room instead, because losing them would
+//! make the screen lie rather than lag. No task here touches the terminal.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use hydrant_api::{App, Client, EventFilter};
+use hydrant_envelope::v2;
+use hydrant_firehose_client::{
+    Batch, ClientConfig, Error as StreamError, FirehoseClient, Kind, RecentQuery, StreamEvent,
+    Subscription, recent,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::{ApiSnapshot, Feed, StreamChange};
+
+/// Messages queued between the feed tasks and the screen.
+pub(crate) const CHANNEL: usize = 256;
+
+/// Most apps streamed at once in developer mode (each is one WebSocket).
+pub(crate) const MAX_APP_STREAMS: usize = 100;
+
+/// Most apps whose history is read at start in operator mode.
+const MAX_HISTORY_APPS: usize = 20;
+
+/// Most platform sources whose metrics history is read at start.
+const MAX_HISTORY_SOURCES: usize = 50;
+
+/// How far back history goes: a little over the longest rate window (60 s).
+const HISTORY_NS: i64 = 65_000_000_000;
+
+/// How far back component metrics go (a few reports each).
+const COMPONENT_HISTORY_NS: i64 = 30_000_000_000;
+
+/// Deadline of one API call.
+const API_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most apps whose instance stats are polled each round.
+const MAX_STATS_APPS: usize = 100;
+
+/// Most apps whose policy and SLOs are polled one by one (developer mode).
+const MAX_PER_APP_POLLS: usize = 20;
+
+/// Audit events kept from each poll.
+const MAX_AUDIT: usize = 500;
+
+/// Which way the console reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reading {
+    /// The whole firehose (admin / firehose scope).
+    Firehose,
+    /// One stream per app (any developer).
+    AppStreams,
+}
+
+/// What every feed task shares.
+#[derive(Debug, Clone)]
+pub(crate) struct Feeder {
+    pub tx: mpsc::Sender<Feed>,
+    pub dropped: Arc<AtomicU64>,
+    pub shutdown: CancellationToken,
+}
+
+impl Feeder {
+    /// Sends something the screen must not miss; false once the screen is gone.
+    async fn send(&self, feed: Feed) -> bool {
+        tokio::select! {
+            () = self.shutdown.cancelled() => false,
+            sent = self.tx.send(feed) => sent.is_ok(),
+        }
+    }
+
+    /// Offers a live batch; a full channel drops it and counts its envelopes.
+    fn offer(&self, batch: Batch) -> bool {
+        let n = batch.len() as u64;
+        match self.tx.try_send(Feed::Batch(batch)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped.fetch_add(n, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// How a stream ended.
+enum Ended {
+    /// The console is shutting down.
+    Shutdown,
+    /// The stream gave up for good.
+    Fatal(StreamError),
+}
+
+/// Forwards one stream's events to the screen until shutdown or a fatal error. `history` runs
+/// once, right after the first connection, with the moment it connected (UNIX ns).
+async fn forward<F, Fut>(
+    mut client: FirehoseClient,
+    feeder: &Feeder,
+    mut history: Option<F>,
+) -> Ended
+where
+    F: FnOnce(i64) -> Fut,
+    Fut: std::future::Future<Output = Vec<v2::Envelope>>,
+{
+    let mut up = false;
+    loop {
+        let event = tokio::select! {
+            () = feeder.shutdown.cancelled() => return Ended::Shutdown,
+            event = client.next() => event,
+        };
+        let Some(event) = event else {
+            return Ended::Shutdown;
+        };
+        let alive = match event {
+            StreamEvent::Batch(batch) => feeder.offer(batch),
+            StreamEvent::Gap(gap) => feeder.send(Feed::Gap(gap)).await,
+            StreamEvent::Connected => {
+                up = true;
+                let mut ok = feeder.send(Feed::Stream(StreamChange::Up)).await;
+                if let Some(read) = history.take() {
+                    // Live envelopes wait in the client's bounded queue (and then the edge's)
+                    // while history is read, so they land after it, in order.
+                    let envelopes = read(hydrant_envelope::now_nanos()).await;
+                    if !envelopes.is_empty() {
+                        ok &= feeder
+                            .send(Feed::History(Batch::from_envelopes(&envelopes)))
+                            .await;
+                    }
+                }
+                ok
+            }
+            StreamEvent::Closed { code, reason } if up => {
+                up = false;
+                let text = format!("closed by the firehose ({code}: {reason})");
+                feeder.send(Feed::Stream(StreamChange::Down(text))).await
+            }
+            StreamEvent::Disconnected { reason, retry_in } if up => {
+                up = false;
+                let text = format!("{reason}; retrying in {:.1} s", retry_in.as_secs_f64());
+                feeder.send(Feed::Stream(StreamChange::Down(text))).await
+            }
+            StreamEvent::Fatal(error) => {
+                if up {
+                    feeder
+                        .send(Feed::Stream(StreamChange::Down(error.to_string())))
+                        .await;
+                }
+                return Ended::Fatal(error);
+            }
+            _ => true,
+        };
+        if !alive {
+            return Ended::Shutdown;
+        }
+    }
+}
+
+/// The newest minute of one source from the log cache, oldest first, up to `until` (UNIX ns):
+/// router timers in one read, logs, gauges and events in another, so a chatty app's logs do not
+/// crowd out its requests.
+async fn app_history(config: &ClientConfig, source: &str, until: i64) -> Vec<v2::Envelope> {
+    let query = |types: Vec<Kind>| RecentQuery {
+        start_time: Some(until.saturating_sub(HISTORY_NS).max(0)),
+        end_time: Some(until),
+        envelope_types: types,
+        limit: Some(hydrant_firehose_client::MAX_RECENT_LIMIT),
+        descending: true,
+    };
+    let timers = query(vec![Kind::Timer]);
+    let rest = query(vec![Kind::Log, Kind::Gauge, Kind::Event]);
+    let (a, b) = tokio::join!(
+        recent(config, source, &timers),
+        recent(config, source, &rest)
+    );
+    let mut out: Vec<v2::Envelope> = a.unwrap_or_default();
+    out.extend(b.unwrap_or_default());
+    out.sort_by_key(|e| e.timestamp);
+    out
+}
+
+/// The last reports of a platform component (counters and gauges), oldest first.
+async fn component_history(config: &ClientConfig, source: &str, until: i64) -> Vec<v2::Envelope> {
+    let query = RecentQuery {
+        start_time: Some(until.saturating_sub(COMPONENT_HISTORY_NS).max(0)),
+        end_time: Some(until),
+        envelope_types: vec![Kind::Counter, Kind::Gauge],
+        limit: Some(hydrant_firehose_client::MAX_RECENT_LIMIT),
+        descending: true,
+    };
+    let mut out = recent(config, source, &query).await.unwrap_or_default();
+    out.sort_by_key(|e| e.timestamp);
+    out
+}
+
+/// Source ids the log cache holds (`GET /api/v1/meta`), best effort.
+async fn cached_sources(config: &ClientConfig) -> Vec<String> {
+    let url = format!("{}/api/v1/meta", config.url.trim_end_matches('/'));
+    let Ok(http) = reqwest::Client::builder().timeout(API_TIMEOUT).build() else {
+        return Vec::new();
+    };
+    let Ok(response) = http.get(url).bearer_auth(&config.token).send().await else {
+        return Vec::new();
+    };
+    if !response.status().is_success() {
+        return Vec::new();
+    }
+    let Ok(body) = response.json::<serde_json::Value>().await else {
+        return Vec::new();
+    };
+    body.get("meta")
+        .and_then(|m| m.as_object())
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Operator mode: the firehose, with history for the busiest-looking apps and every platform
+/// component. Returns the error when the firehose refuses the token.
+pub(crate) async fn firehose(
+    config: ClientConfig,
+    api: Option<Client>,
+    feeder: Feeder,
+) -> Result<(), StreamError> {
+    feeder.send(Feed::Stream(StreamChange::Wanted(1))).await;
+    let subscription = Subscription::Firehose {
+        subscription_id: format!("hydrant-top-{:016x}", fastrand_id()),
+    };
+    let client = FirehoseClient::connect(config.clone(), subscription)?;
+    let history = {
+        let config = config.clone();
+        move |until: i64| async move {
+            let apps: Vec<String> = match &api {
+                Some(api) => tokio::time::timeout(API_TIMEOUT, api.list_apps())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|a| a.guid)
+                    .collect(),
+                None => Vec::new(),
+            };
+            let sources: Vec<String> = cached_sources(&config)
+                .await
+                .into_iter()
+                .filter(|s| !apps.contains(s))
+                .take(MAX_HISTORY_SOURCES)
+                .collect();
+            let app_reads = apps
+                .iter()
+                .take(MAX_HISTORY_APPS)
+                .map(|a| app_history(&config, a, until));
+            let source_reads = sources.iter().map(|s| component_history(&config, s, until));
+            let (a, b) = tokio::join!(join_all(app_reads), join_all(source_reads));
+            let mut all: Vec<v2::Envelope> = a.into_iter().chain(b).flatten().collect();
+            all.sort_by_key(|e| e.timestamp);
+            all
+        }
+    };
+    match forward(client, &feeder, Some(history)).await {
+        Ended::Shutdown => Ok(()),
+        Ended::Fatal(e) => Err(e),
+    }
+}
+
+/// A random-enough id for the firehose subscription (one console, one shard group).
+fn fastrand_id() -> u64 {
+    let nanos = hydrant_envelope::now_nanos().unsigned_abs();
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Developer mode: one stream per app in `apps` (kept in step with the API poller's list),
+/// each authorised by its own log token.
+pub(crate) async fn app_streams(
+    base: ClientConfig,
+    api: Client,
+    mut apps: watch::Receiver<Vec<App>>,
+    only: Option<String>,
+    feeder: Feeder,
+) {
+    let mut running: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
+    let mut tasks = JoinSet::new();
+    loop {
+        let wanted: Vec<App> = apps
+            .borrow_and_update()
+            .iter()
+            .filter(|a| {
+                only.as_deref()
+                    .is_none_or(|f| a.name.to_lowercase().contains(&f.to_lowercase()))
+            })
+            .take(MAX_APP_STREAMS)
+            .cloned()
+            .collect();
+        running.retain(|guid, handle| {
+            let keep = wanted.iter().any(|a| &a.guid == guid);
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        for app in &wanted {
+            if running.contains_key(&app.guid) {
+                continue;
+            }
+            let handle = tasks.spawn(app_stream(
+                base.clone(),
+                api.clone(),
+                app.guid.clone(),
+                feeder.clone(),
+            ));
+            running.insert(app.guid.clone(), handle);
+        }
+        let n = u32::try_from(running.len()).unwrap_or(u32::MAX);
+        if !feeder.send(Feed::Stream(StreamChange::Wanted(n))).await {
+            break;
+        }
+        tokio::select! {
+            () = feeder.shutdown.cancelled() => break,
+            changed = apps.changed() => if changed.is_err() { break },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    tasks.abort_all();
+}
+
+/// One app's stream, renewing its log token whenever the edge refuses it.
+async fn app_stream(base: ClientConfig, api: Client, guid: String, feeder: Feeder) {
+    let mut history_done = false;
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let token = match tokio::time::timeout(API_TIMEOUT, api.log_token(&guid)).await {
+            Ok(Ok(t)) => Some(t.token),
+            // A controller without per-app tokens: the session's own token may do.
+            Ok(Err(e)) if e.is_not_found() => None,
+            _ => {
+                tokio::select! {
+                    () = feeder.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        let config = ClientConfig {
+            token: token.unwrap_or_else(|| base.token.clone()),
+            ..base.clone()
+        };
+        let Ok(client) = FirehoseClient::connect(
+            config.clone(),
+            Subscription::App {
+                source_id: guid.clone(),
+            },
+        ) else {
+            return;
+        };
+        let history = (!history_done).then(|| {
+            let (config, guid) = (config.clone(), guid.clone());
+            move |until: i64| async move { app_history(&config, &guid, until).await }
+        });
+        history_done = true;
+        match forward(client, &feeder, history).await {
+            Ended::Shutdown => return,
+            // An expired or revoked token: get a new one and reconnect.
+            Ended::Fatal(StreamError::Unauthorized) => pause = Duration::from_millis(500),
+            Ended::Fatal(e) => {
+                feeder
+                    .send(Feed::Stream(StreamChange::Failed(format!(
+                        "app stream {guid}: {e}"
+                    ))))
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+/// Polls the API every `every` and sends what it finds; keeps `apps` (for the developer-mode
+/// streams) in step.
+pub(crate) async fn api_poller(
+    api: Client,
+    admin: bool,
+    every: Duration,
+    apps: watch::Sender<Vec<App>>,
+    feeder: Feeder,
+) {
+    let http = reqwest::Client::builder().timeout(API_TIMEOUT).build().ok();
+    let mut slo_base: Option<String> = None;
+    loop {
+        if slo_base.is_none()
+            && let Ok(Ok(info)) = tokio::time::timeout(API_TIMEOUT, api.info()).await
+        {
+            slo_base = info.endpoints.get("slo").cloned();
+        }
+        let snapshot = poll(&api, admin, http.as_ref(), slo_base.as_deref()).await;
+        if let Some(list) = &snapshot.apps {
+            apps.send_replace(list.clone());
+        }
+        if !feeder.send(Feed::Api(Box::new(snapshot))).await {
+            return;
+        }
+        tokio::select! {
+            () = feeder.shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// `call` with the API deadline; the error as text.
+async fn timed<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, hydrant_api::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(API_TIMEOUT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer in {} s", API_TIMEOUT.as_secs())),
+    }
+}
+
+/// One round of API reads.
+async fn poll(
+    api: &Client,
+    admin: bool,
+    http: Option<&reqwest::Client>,
+    slo_base: Option<&str>,
+) -> ApiSnapshot {
+    let mut s = ApiSnapshot::default();
+    let mut errors: Vec<String> = Vec::new();
+    match timed("listing apps", api.list_apps()).await {
+        Ok(apps) => s.apps = Some(apps),
+        Err(e) => errors.push(e),
+    }
+    let apps: Vec<App> = s.apps.clone().unwrap_or_default();
+    let stats = apps
+        .iter()
+        .take(MAX_STATS_APPS)
+        .map(|a| timed("app stats", api.app_stats(&a.guid)));
+    for result in join_all(stats).await {
+        match result {
+            Ok(stats) => s.stats.push(stats),
+            Err(e) => errors.push(e),
+        }
+    }
+    match timed("audit events", api.audit_events(&EventFilter::default())).await {
+        Ok(mut events) => {
+            let cut = events.len().saturating_sub(MAX_AUDIT);
+            events.drain(..cut);
+            s.audit = Some(events);
+        }
+        Err(e) => errors.push(e),
+    }
+    if admin {
+        if let Ok(policies) = timed("policies", api.autoscaling_policies()).await {
+            s.policies = Some(
+                policies
+                    .into_iter()
+                    .map(|p| (p.app_guid, p.policy))
+                    .collect(),
+            );
+        }
+        if let Ok(slos) = timed("SLOs", api.list_slos()).await {
+            s.slos = Some(slos);
+        }
+    } else {
+        let few: Vec<&App> = apps.iter().take(MAX_PER_APP_POLLS).collect();
+        let policies = join_all(few.iter().map(|a| api.autoscaling_policy(&a.guid))).await;
+        s.policies = Some(
+            few.iter()
+                .zip(policies)
+                .filter_map(|(a, p)| p.ok().map(|p| (a.guid.clone(), p)))
+                .collect(),
+        );
+        let slos = join_all(few.iter().map(|a| api.app_slos(&a.guid))).await;
+        s.slos = Some(slos.into_iter().filter_map(Result::ok).collect());
+    }
+    if let (Some(http), Some(base), Some(slos)) = (http, slo_base, &s.slos) {
+        let with_slos = slos
+            .iter()
+            .filter(|x| !x.slos.is_empty())
+            .take(MAX_STATS_APPS);
+        let reads = with_slos.map(|x| {
+            let url = format!("{}/v1/slos/{}", base.trim_end_matches('/'), x.app_guid);
+            async move {
+                let response = http.get(url).send().await.ok()?;
+                if !response.status().is_success() {
+                    return None;
+                }
+                response.json::<hydrant_api::slo::AppSloStatus>().await.ok()
+            }
+        });
+        s.slo_status = join_all(reads).await.into_iter().flatten().collect();
+    }
+    if !errors.is_empty() {
+        errors.dedup();
+        s.error = Some(errors.join("; "));
+    }
+    s
+}
