@@ -14,6 +14,7 @@ mod autoscale_cli;
 mod bench;
 mod bench_consumer;
 mod cli_config;
+mod dashboard_cli;
 mod demo;
 mod demo_app;
 mod emit;
@@ -81,6 +82,8 @@ enum Command {
     Autoscale(autoscale_cli::AutoscaleArgs),
     /// An app's SLOs: set them, or show budget, burn rates and alerts.
     Slo(slo_cli::SloArgs),
+    /// Print the web dashboard's URL (with your token in its fragment); --open opens it.
+    Dashboard(dashboard_cli::DashboardArgs),
     /// Print a source's logs: recent lines, then follow the live stream.
     Logs(logs::LogsArgs),
     /// The live console: apps, an app's detail, the pipeline, nodes and events (cf top, k9s keys).
@@ -165,6 +168,7 @@ fn main() -> ExitCode {
             Command::UnmapRoute(args) => apps::map_route(args, false).await,
             Command::Login(args) => session::login(args).await,
             Command::Slo(args) => slo_cli::run(args).await,
+            Command::Dashboard(args) => dashboard_cli::run(&args),
             Command::Autoscale(args) => autoscale_cli::run(args).await,
             Command::Target(args) => session::target(args).await,
             Command::Emit(args) => emit::run(args).await,
