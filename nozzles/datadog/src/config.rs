@@ -515,6 +515,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_the_defaults() {
+        let mut c = parse(include_str!("../datadog.example.toml"));
+        c.validate().unwrap();
+        assert_eq!(c.firehose.token, "PUT-A-FIREHOSE-TOKEN-HERE");
+        c.firehose.token = String::new();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
     fn errors_name_the_field() {
         for (text, field) in [
             ("", "firehose.token"),
