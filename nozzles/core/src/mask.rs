@@ -20,10 +20,29 @@ pub fn mask_url(url: &str) -> String {
         Some((s, r)) => (Some(s), r),
         None => (None, before_query),
     };
-    if let Some(scheme) = scheme {
-        out.push_str(scheme);
-        out.push_str("://");
-    }
+    let Some(scheme) = scheme else {
+        // Not a URL: a `user:password@` may still be in it (`syslog:/u:p@h`), after the last
+        // `/` before the `@`.
+        match before_query.rfind('@') {
+            Some(at) => {
+                let start = before_query[..at].rfind('/').map_or(0, |i| i + 1);
+                out.push_str(&before_query[..start]);
+                match before_query[start..at].split_once(':') {
+                    Some((user, _password)) => {
+                        out.push_str(user);
+                        out.push_str(":****");
+                    }
+                    None => out.push_str(&before_query[start..at]),
+                }
+                out.push_str(&before_query[at..]);
+            }
+            None => out.push_str(before_query),
+        }
+        push_query(&mut out, query);
+        return out;
+    };
+    out.push_str(scheme);
+    out.push_str("://");
     // The userinfo ends at the last '@' before the path: passwords may contain '@'.
     let authority_end = rest.find('/').unwrap_or(rest.len());
     let (authority, path) = rest.split_at(authority_end);
@@ -36,14 +55,19 @@ pub fn mask_url(url: &str) -> String {
                     out.push_str(":****");
                 }
                 // A bare user part is often a token on its own (https://TOKEN@host).
-                None if scheme.is_some() => out.push_str("****"),
-                None => out.push_str(userinfo),
+                None => out.push_str("****"),
             }
             out.push_str(host);
         }
         None => out.push_str(authority),
     }
     out.push_str(path);
+    push_query(&mut out, query);
+    out
+}
+
+/// Appends `?query` with every value masked.
+fn push_query(out: &mut String, query: Option<&str>) {
     if let Some(query) = query {
         out.push('?');
         for (i, pair) in query.split('&').enumerate() {
@@ -59,7 +83,6 @@ pub fn mask_url(url: &str) -> String {
             }
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -90,5 +113,15 @@ mod tests {
     fn leaves_urls_without_credentials_alone() {
         assert_eq!(mask_url("syslog://127.0.0.1:514"), "syslog://127.0.0.1:514");
         assert_eq!(mask_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn masks_credentials_in_malformed_urls() {
+        assert_eq!(
+            mask_url("syslog:/u:secret@host:514"),
+            "syslog:/u:****@host:514"
+        );
+        assert_eq!(mask_url("u:secret@host"), "u:****@host");
+        assert_eq!(mask_url("u@host?k=v"), "u@host?k=****");
     }
 }

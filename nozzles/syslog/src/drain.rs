@@ -41,6 +41,7 @@ struct Books {
     received: u64,
     sent: u64,
     dropped: u64,
+    in_flight: u64,
     state: DrainState,
     last_error: Option<String>,
     last_success_unix_ms: Option<u64>,
@@ -65,6 +66,8 @@ pub struct Snapshot {
     pub sent: u64,
     /// Messages lost, every reason.
     pub dropped: u64,
+    /// Messages taken from the queue and not yet sent or lost.
+    pub in_flight: u64,
     /// Where the drain stands.
     pub state: DrainState,
     /// The last failure, masked.
@@ -91,6 +94,7 @@ impl Tally {
                 received: 0,
                 sent: 0,
                 dropped: 0,
+                in_flight: 0,
                 state: DrainState::Ok,
                 last_error: None,
                 last_success_unix_ms: None,
@@ -127,8 +131,14 @@ impl Tally {
         }
         let mut b = self.books();
         b.sent += n;
+        b.in_flight = 0;
         b.state = DrainState::Ok;
         b.last_success_unix_ms = Some(unix_ms());
+    }
+
+    /// The sender took a batch of `n` from the queue.
+    pub fn taken(&self, n: u64) {
+        self.books().in_flight = n;
     }
 
     /// One more attempt at a batch.
@@ -171,6 +181,7 @@ impl Tally {
         if let Some(a) = &self.aggregate {
             a.dropped(reason, n);
         }
+        self.books().in_flight = 0;
         self.book_losses(batch.iter());
     }
 
@@ -208,6 +219,7 @@ impl Tally {
             received: b.received,
             sent: b.sent,
             dropped: b.dropped,
+            in_flight: b.in_flight,
             state: b.state,
             last_error: b.last_error.clone(),
             last_success_unix_ms: b.last_success_unix_ms,

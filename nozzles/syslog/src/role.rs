@@ -85,7 +85,7 @@ pub struct DrainReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_guid: Option<String>,
     /// Messages queued for the drain since it started: `received = sent + dropped +
-    /// queue_depth` once no batch is in flight.
+    /// queue_depth + in_flight`.
     pub received: u64,
     /// Messages delivered since the drain started.
     pub sent: u64,
@@ -93,6 +93,8 @@ pub struct DrainReport {
     pub dropped: u64,
     /// Messages queued now.
     pub queue_depth: u64,
+    /// Messages the sender holds now (taken from the queue, not yet sent or lost).
+    pub in_flight: u64,
     /// Age of the oldest queued message, ms (absent when the queue is empty).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lag_ms: Option<u64>,
@@ -139,6 +141,7 @@ impl Drain {
             sent: books.sent,
             dropped: books.dropped,
             queue_depth: depth as u64,
+            in_flight: books.in_flight,
             lag_ms: (depth > 0).then(|| u64::try_from(lag.as_millis()).unwrap_or(u64::MAX)),
             last_error: books.last_error,
             last_success_unix_ms: books.last_success_unix_ms,

@@ -82,7 +82,16 @@ impl Rsyslogd {
     /// # Errors
     /// rsyslogd is not installed, does not start, or does not listen within 10 s.
     pub fn start(template: &str) -> std::io::Result<Self> {
-        Self::start_with(template, None)
+        Self::start_with(template, None, None)
+    }
+
+    /// As [`Rsyslogd::start`] on a given port: a drain that went down comes back where its
+    /// URL points.
+    ///
+    /// # Errors
+    /// As [`Rsyslogd::start`].
+    pub fn start_on(template: &str, port: u16) -> std::io::Result<Self> {
+        Self::start_with(template, None, Some(port))
     }
 
     /// As [`Rsyslogd::start`], the listener speaking TLS with `tls`'s certificate
@@ -91,10 +100,14 @@ impl Rsyslogd {
     /// # Errors
     /// As [`Rsyslogd::start`], or the gnutls driver (`rsyslog-gnutls`) is missing.
     pub fn start_tls(template: &str, tls: &TlsFiles) -> std::io::Result<Self> {
-        Self::start_with(template, Some(tls))
+        Self::start_with(template, Some(tls), None)
     }
 
-    fn start_with(template: &str, tls: Option<&TlsFiles>) -> std::io::Result<Self> {
+    fn start_with(
+        template: &str,
+        tls: Option<&TlsFiles>,
+        port: Option<u16>,
+    ) -> std::io::Result<Self> {
         if tls.is_some() && !gtls_installed() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
@@ -109,7 +122,10 @@ impl Rsyslogd {
         }
         let dir = tempfile::tempdir()?;
         let out = dir.path().join("out");
-        let port = free_port()?;
+        let port = match port {
+            Some(p) => p,
+            None => free_port()?,
+        };
         let (tls_global, tls_module) = match tls {
             Some(t) => (
                 format!(
@@ -127,7 +143,7 @@ impl Rsyslogd {
         let conf = format!(
             r#"global(workDirectory="{work}" maxMessageSize="64k"
        parser.escapeControlCharactersOnReceive="off" parser.dropTrailingLFOnReception="off"{tls_global})
-module(load="imtcp"{tls_module})
+module(load="imtcp" maxSessions="2000"{tls_module})
 template(name="drain" type="string" string="{template}")
 ruleset(name="drain") {{
   action(type="omfile" file="{out}" template="drain" flushOnTXEnd="on" asyncWriting="off")

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use hydrant_nozzle_core::{Backoff, CircuitBreaker, DestinationQueue, NozzleMetrics, mask_url};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -67,25 +67,26 @@ impl Payload for Frames {
     }
 }
 
+/// Write buffer kept between batches; a larger batch grows it for its own write only, so a
+/// thousand quiet drains do not each hold a big buffer.
+const KEEP_BUFFER: usize = 16 * 1024;
+
 /// An open connection to a stream drain.
 #[derive(Debug)]
 enum Conn {
-    Plain(BufWriter<TcpStream>),
-    Tls(Box<BufWriter<TlsStream<TcpStream>>>),
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl Conn {
+    /// Writes `bytes` and pushes them out of every buffer on the way.
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match self {
             Self::Plain(s) => s.write_all(bytes).await,
-            Self::Tls(s) => s.write_all(bytes).await,
-        }
-    }
-
-    async fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Self::Plain(s) => s.flush().await,
-            Self::Tls(s) => s.flush().await,
+            Self::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
         }
     }
 
@@ -127,6 +128,7 @@ pub struct TcpSender {
     masked: String,
     timeout: Duration,
     conn: Option<Conn>,
+    buffer: Vec<u8>,
 }
 
 impl TcpSender {
@@ -145,6 +147,7 @@ impl TcpSender {
             masked: mask_url(url),
             timeout,
             conn: None,
+            buffer: Vec::new(),
         }
     }
 
@@ -182,6 +185,7 @@ impl TcpSender {
             masked: mask_url(raw_url),
             timeout,
             conn: None,
+            buffer: Vec::new(),
         })
     }
 
@@ -222,14 +226,19 @@ impl TcpSender {
             Some(conn) => conn,
             None => self.conn.insert(self.connect().await?),
         };
-        let io = |source| Error::Drain {
+        // One write per batch: the frames are copied once into the buffer, as a buffered
+        // writer would, and the syscalls stay few.
+        self.buffer.clear();
+        for frame in frames {
+            self.buffer.extend_from_slice(frame.frames());
+        }
+        let written = conn.write(&self.buffer).await;
+        self.buffer.clear();
+        self.buffer.shrink_to(KEEP_BUFFER);
+        written.map_err(|source| Error::Drain {
             url: self.masked.clone(),
             source,
-        };
-        for frame in frames {
-            conn.write(frame.frames()).await.map_err(io)?;
-        }
-        conn.flush().await.map_err(io)
+        })
     }
 
     async fn connect(&self) -> Result<Conn, Error> {
@@ -239,7 +248,7 @@ impl TcpSender {
             .await
             .map_err(|e| dial_error(e, &self.masked))?;
         let Some(tls) = &self.tls else {
-            return Ok(Conn::Plain(BufWriter::with_capacity(64 * 1024, tcp)));
+            return Ok(Conn::Plain(tcp));
         };
         if tls.insecure {
             tracing::warn!(drain = %self.masked, "TLS certificate NOT verified (insecure_skip_verify)");
@@ -248,10 +257,7 @@ impl TcpSender {
             .connect(tls.name.clone(), tcp)
             .await
             .map_err(|e| tls_error(e, &self.host, &self.masked))?;
-        Ok(Conn::Tls(Box::new(BufWriter::with_capacity(
-            64 * 1024,
-            stream,
-        ))))
+        Ok(Conn::Tls(Box::new(stream)))
     }
 }
 
@@ -374,6 +380,7 @@ pub(crate) async fn drive<P: Payload>(
             batch = queue.next_batch() => batch,
         };
         let Some(batch) = batch else { return };
+        tally.taken(batch.len() as u64);
         tokio::select! {
             biased;
             () = stop.cancelled() => {
