@@ -114,7 +114,7 @@ fn bench_encode(c: &mut Criterion) {
     group.bench_function("logs_request_1000", |b| {
         b.iter(|| encoder.encode(&logs).0.len());
     });
-    let mut encoder = RequestEncoder::Metrics(MetricsEncoder::new(Mapping::default()));
+    let mut encoder = RequestEncoder::metrics(MetricsEncoder::new(Mapping::default()));
     group.bench_function("metrics_request_1000", |b| {
         b.iter(|| encoder.encode(&metrics).0.len());
     });

@@ -46,6 +46,10 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Deadline of one export call, in ms. Default 10000 (the OTLP exporters' default).
     pub export_timeout_ms: u64,
+    /// Export calls in flight at once per signal, so one call's round trip does not idle the
+    /// nozzle (the collector's exporters run 10). Records of two calls may arrive out of
+    /// order; each carries its own time. Default 4.
+    pub exports_in_flight: usize,
     /// Per-signal queue limits; `batch_items` is the most records (or data points) in one
     /// export and `batch_bytes` the most envelope bytes behind one. Default 10000 records /
     /// 16 MiB per signal, 1000 per export.
@@ -79,6 +83,7 @@ impl Default for Config {
             flush_interval_ms: 200,
             max_request_bytes: 4 * 1024 * 1024,
             export_timeout_ms: 10_000,
+            exports_in_flight: 4,
             queue: QueueLimits::default(),
             retry: Backoff::default(),
             breaker: BreakerConfig::default(),
@@ -279,6 +284,12 @@ impl Config {
                 "must be at least 1 (ms one export call may take)",
             ));
         }
+        if !(1..=64).contains(&self.exports_in_flight) {
+            return Err(config_error(
+                "exports_in_flight",
+                "must be between 1 and 64 (export calls in flight per signal)",
+            ));
+        }
         self.queue.validate("queue")?;
         self.retry.validate("retry")?;
         self.breaker.validate("breaker")?;
@@ -390,6 +401,7 @@ mod tests {
                 "export_timeout_ms",
             ),
             ("max_request_bytes = 10", "max_request_bytes"),
+            ("exports_in_flight = 0", "exports_in_flight"),
             ("admin_listen = \"x\"", "admin_listen"),
             ("[queue]\nbatch_items = 0", "queue.batch_items"),
             ("[retry]\njitter = 3.0", "retry.jitter"),

@@ -12,7 +12,7 @@
 //! INVALID_ARGUMENT and the like; header values never reach a log line.
 
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
@@ -224,16 +224,23 @@ impl Exporter {
     }
 }
 
-/// Turns batches into encoded requests for one signal.
-#[derive(Debug)]
+/// Turns batches into encoded requests for one signal. Clones share the metrics state, so
+/// every sender of a signal sees the same counter totals.
+#[derive(Debug, Clone)]
 pub enum RequestEncoder {
     /// Logs keep no state.
     Logs,
     /// Metrics keep the running totals of delta-only counters.
-    Metrics(MetricsEncoder),
+    Metrics(Arc<Mutex<MetricsEncoder>>),
 }
 
 impl RequestEncoder {
+    /// A metrics encoder shared by a signal's senders.
+    #[must_use]
+    pub fn metrics(encoder: MetricsEncoder) -> Self {
+        Self::Metrics(Arc::new(Mutex::new(encoder)))
+    }
+
     /// Encodes `items`; returns the request and how many records or points it carries.
     pub fn encode(&mut self, items: &[Item]) -> (Bytes, usize) {
         match self {
@@ -243,7 +250,10 @@ impl RequestEncoder {
                 (request.encode_to_vec().into(), n)
             }
             Self::Metrics(encoder) => {
-                let (request, n) = encoder.request(items);
+                let (request, n) = encoder
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .request(items);
                 (request.encode_to_vec().into(), n)
             }
         }

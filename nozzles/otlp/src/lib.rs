@@ -4,10 +4,10 @@
 //!
 //! Flow: firehose edge → [`hydrant_firehose_client::FirehoseClient`] (a shared subscription
 //! id, so several copies split the stream) → [`encode::Mapping::route`] → one bounded
-//! [`hydrant_nozzle_core::DestinationQueue`] per signal (logs, metrics) → a sender per signal
-//! ([`export::run_sender`]) that batches, encodes the OTLP request once and calls
-//! `LogsService/Export` / `MetricsService/Export`, with retries, backoff and a circuit
-//! breaker. A pass-through: no OpenTelemetry SDK pipeline, no aggregation state beyond one
+//! [`hydrant_nozzle_core::DestinationQueue`] per signal (logs, metrics) → `exports_in_flight`
+//! senders per signal ([`export::run_sender`]) that batch, encode each OTLP request once and
+//! call `LogsService/Export` / `MetricsService/Export`, with retries, backoff and a circuit
+//! breaker each. A pass-through: no OpenTelemetry SDK pipeline, no aggregation state beyond one
 //! bounded map (below); we batch ourselves.
 //!
 //! # Mapping

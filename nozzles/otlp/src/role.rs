@@ -2,9 +2,9 @@
 //! metrics.
 //!
 //! Flow: [`FirehoseClient`] (shared subscription) → reader loop ([`Mapping::route`]: one
-//! [`Item`] per log record or data point) → one [`DestinationQueue`] per signal → one
-//! [`run_sender`] task per signal → `LogsService/Export` / `MetricsService/Export` on one
-//! HTTP/2 connection.
+//! [`Item`] per log record or data point) → one [`DestinationQueue`] per signal →
+//! `exports_in_flight` [`run_sender`] tasks per signal → `LogsService/Export` /
+//! `MetricsService/Export`, all on one HTTP/2 connection.
 //!
 //! Invariants: the reader never waits on the receiver — a push evicts that signal's oldest
 //! items and counts them, so a slow receiver costs data, never firehose lag, and a receiver
@@ -175,17 +175,21 @@ pub async fn run(
             &format!("{}#{}", config.endpoint, signal.as_str()),
         );
         let queue = Arc::new(DestinationQueue::new(config.queue.clone(), metrics.clone()));
-        senders.spawn(run_sender(
-            Arc::clone(&queue),
-            Exporter::new(channel.clone(), signal, headers.clone(), timeout),
-            encoder,
-            options.clone(),
-            config.retry.clone(),
-            CircuitBreaker::new(config.breaker.clone()),
-            metrics.clone(),
-            shutdown.clone(),
-            senders_stop.clone(),
-        ));
+        // Several senders per queue keep that many calls in flight; each has its own breaker,
+        // so each backs off on its own when the receiver goes away.
+        for _ in 0..config.exports_in_flight {
+            senders.spawn(run_sender(
+                Arc::clone(&queue),
+                Exporter::new(channel.clone(), signal, headers.clone(), timeout),
+                encoder.clone(),
+                options.clone(),
+                config.retry.clone(),
+                CircuitBreaker::new(config.breaker.clone()),
+                metrics.clone(),
+                shutdown.clone(),
+                senders_stop.clone(),
+            ));
+        }
         Destination { queue, metrics }
     };
     let logs = config
@@ -194,7 +198,7 @@ pub async fn run(
     let metrics = config.export_metrics.then(|| {
         destination(
             Signal::Metrics,
-            RequestEncoder::Metrics(MetricsEncoder::new(mapping.clone())),
+            RequestEncoder::metrics(MetricsEncoder::new(mapping.clone())),
         )
     });
 
