@@ -64,12 +64,17 @@ impl DrainUrl {
     /// [`Error::Config`] for an unknown scheme, a missing host, a bad port or a character
     /// that has no place in a URL; the message shows the URL masked and how to write it.
     pub fn parse(field: &str, url: &str) -> Result<Self, Error> {
+        // The URL is shown masked, and with control characters replaced: it may come from a
+        // developer's binding and end up on an operator's terminal.
+        let shown: String = mask_url(url)
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
         let bad = |why: &str| Error::Config {
             field: field.to_owned(),
             message: format!(
-                "{} {why}; write it as \"syslog://HOST:PORT\", \"syslog-tls://HOST:PORT\" or \
-                 \"https://HOST[:PORT]/PATH\"",
-                mask_url(url)
+                "{shown} {why}; write it as \"syslog://HOST:PORT\", \"syslog-tls://HOST:PORT\" \
+                 or \"https://HOST[:PORT]/PATH\""
             ),
         };
         let (scheme, rest) = [Scheme::Syslog, Scheme::SyslogTls, Scheme::Https]
@@ -190,9 +195,11 @@ mod tests {
             "syslog-tls://u:secret@[::1:514",
             "syslog://u:secret@h :514",
             "https://u:secret@",
+            "syslog://u:secret@h:514/\u{1b}[2J",
         ] {
             let e = DrainUrl::parse("drains[1]", bad).unwrap_err().to_string();
             assert!(e.contains("drains[1]") && !e.contains("secret"), "{e}");
+            assert!(!e.contains('\u{1b}'), "{e:?}");
         }
     }
 }
