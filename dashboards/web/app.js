@@ -144,6 +144,7 @@
     byId('login').hidden = false;
     byId('main').hidden = true;
     byId('login-message').textContent = message || '';
+    byId('who').textContent = '';
     setStatus('no token', 'bad');
   }
 
