@@ -248,6 +248,7 @@ async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
         self_telemetry: false,
         platform: false,
         app_log_rate_limit: 0,
+        allow_private_drains: false,
     };
     let cloud = MicroCloud::start(&data_dir, Ports::Ephemeral, options, shutdown.clone()).await?;
 

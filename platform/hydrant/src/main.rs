@@ -17,6 +17,7 @@ mod cli_config;
 mod dashboard_cli;
 mod demo;
 mod demo_app;
+mod drain_cli;
 mod emit;
 mod exit;
 mod logs;
@@ -78,6 +79,12 @@ enum Command {
     Login(session::LoginArgs),
     /// Show or set the cloud controller the CLI talks to.
     Target(session::TargetArgs),
+    /// Bind a syslog drain to an app, or show its drains' health with --status.
+    Drain(drain_cli::DrainArgs),
+    /// List syslog drains.
+    Drains(drain_cli::DrainsArgs),
+    /// Unbind a syslog drain from an app.
+    Undrain(drain_cli::UndrainArgs),
     /// Set, show or remove an app's autoscaling policy.
     Autoscale(autoscale_cli::AutoscaleArgs),
     /// An app's SLOs: set them, or show budget, burn rates and alerts.
@@ -169,6 +176,9 @@ fn main() -> ExitCode {
             Command::Login(args) => session::login(args).await,
             Command::Slo(args) => slo_cli::run(args).await,
             Command::Dashboard(args) => dashboard_cli::run(&args),
+            Command::Drain(args) => drain_cli::drain(args).await,
+            Command::Drains(args) => drain_cli::drains(args).await,
+            Command::Undrain(args) => drain_cli::undrain(args).await,
             Command::Autoscale(args) => autoscale_cli::run(args).await,
             Command::Target(args) => session::target(args).await,
             Command::Emit(args) => emit::run(args).await,

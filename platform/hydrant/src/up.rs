@@ -35,6 +35,11 @@ pub struct UpArgs {
     /// "exceeded log rate limit" notice per second in its stream); 0 = unlimited.
     #[arg(long, default_value_t = 1024 * 1024)]
     app_log_rate_limit: u64,
+    /// Let apps bind syslog drains to loopback, private and link-local addresses (a local
+    /// rsyslog, a collector on the LAN). Off by default: a drain is a connection the platform
+    /// makes on a developer's behalf.
+    #[arg(long)]
+    allow_private_drains: bool,
 }
 
 /// Which ports the roles listen on.
@@ -88,6 +93,8 @@ pub struct Options {
     pub platform: bool,
     /// The agent's per-instance app log rate limit in bytes/s (0 = unlimited).
     pub app_log_rate_limit: u64,
+    /// Apps may bind syslog drains to internal addresses.
+    pub allow_private_drains: bool,
 }
 
 /// A running micro cloud.
@@ -231,6 +238,7 @@ impl MicroCloud {
                     &token,
                     &agent_url,
                     &firehose_url,
+                    options.allow_private_drains,
                     &mut admin_addrs,
                     &mut tasks,
                     &shutdown,
@@ -363,7 +371,7 @@ fn spawn_role<E>(
 }
 
 /// Starts the bus (in-process), the cloud controller, one executor, the health manager, the
-/// autoscaler, the SLO alerter and the router.
+/// autoscaler, the SLO alerter, the app-drain syslog nozzle and the router.
 #[allow(
     clippy::too_many_arguments,
     reason = "one call site; a struct would only rename them"
@@ -375,6 +383,7 @@ async fn start_platform(
     token: &str,
     agent_url: &str,
     firehose_url: &str,
+    allow_private_drains: bool,
     admin_addrs: &mut BTreeMap<String, SocketAddr>,
     tasks: &mut Tasks,
     shutdown: &CancellationToken,
@@ -388,6 +397,7 @@ async fn start_platform(
     let slo_admin = bind(ports, 14835, "SLO alerter's admin endpoint").await?;
     let slo_url = url(&slo_admin)?;
     let autoscaler_admin = bind(ports, 14836, "autoscaler's admin endpoint").await?;
+    let drains_admin = bind(ports, 14840, "syslog drain nozzle's admin endpoint").await?;
     let api_url = url(&api)?;
     let router_url = url(&router_http)?;
     admin_addrs.insert("cloudcontroller".to_owned(), api_admin.local_addr()?);
@@ -396,6 +406,7 @@ async fn start_platform(
     admin_addrs.insert("healthmanager".to_owned(), hm_admin.local_addr()?);
     admin_addrs.insert("slo".to_owned(), slo_admin.local_addr()?);
     admin_addrs.insert("autoscaler".to_owned(), autoscaler_admin.local_addr()?);
+    admin_addrs.insert("nozzle-syslog".to_owned(), drains_admin.local_addr()?);
 
     // Each role gets its own handle on one in-process hub, named for this process so two
     // micro clouds in one test process never hear each other.
@@ -412,6 +423,7 @@ async fn start_platform(
         data_dir: data_dir.join("cloudcontroller").display().to_string(),
         signing_key_file: Some(key_path.display().to_string()),
         admin_user: ADMIN_USER.to_owned(),
+        allow_private_drains,
         endpoints: BTreeMap::from([
             ("firehose".to_owned(), firehose_url.to_owned()),
             ("agent".to_owned(), agent_url.to_owned()),
@@ -489,6 +501,33 @@ async fn start_platform(
         tasks,
         "slo",
         hydrant_slo::run(slo, listeners, shutdown.clone()),
+    );
+
+    // App syslog drains, served by the platform: the nozzle reads the bindings from the cloud
+    // controller and reports each drain's health back for `hydrant drain NAME --status`.
+    let drains = hydrant_nozzle_syslog::Config {
+        firehose: firehose.clone(),
+        subscription_id: "app-drains".to_owned(),
+        platform: Some(hydrant_nozzle_syslog::PlatformConfig {
+            api_url: api_url.clone(),
+            token: Some(token.to_owned()),
+            // On one machine the API is cheap to ask: a new binding starts within 2 s.
+            poll_interval_ms: 2_000,
+            status_interval_ms: 2_000,
+            allow_private: allow_private_drains,
+            ..hydrant_nozzle_syslog::PlatformConfig::default()
+        }),
+        telemetry: telemetry.clone(),
+        ..hydrant_nozzle_syslog::Config::default()
+    };
+    drains.validate()?;
+    let listeners = hydrant_nozzle_syslog::Listeners {
+        admin: drains_admin,
+    };
+    spawn_role(
+        tasks,
+        "nozzle-syslog",
+        hydrant_nozzle_syslog::run(drains, listeners, shutdown.clone()),
     );
 
     let autoscaler = hydrant_autoscaler::Config {
@@ -609,6 +648,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         self_telemetry: true,
         platform: true,
         app_log_rate_limit: args.app_log_rate_limit,
+        allow_private_drains: args.allow_private_drains,
     };
     let mut cloud = MicroCloud::start(&data_dir, ports, options, shutdown.clone()).await?;
 

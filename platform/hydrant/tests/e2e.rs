@@ -29,10 +29,16 @@ impl Up {
 
     /// `hydrant up` on an existing home (and so data dir), e.g. after a crash.
     fn start_in(home: tempfile::TempDir) -> Self {
+        Self::start_with(home, &[])
+    }
+
+    /// `hydrant up` with extra flags.
+    fn start_with(home: tempfile::TempDir, extra: &[&str]) -> Self {
         let _ = std::fs::remove_file(home.path().join("data/endpoints.json"));
         let child = Command::new(BIN)
             .args(["up", "--ephemeral-ports", "--data-dir"])
             .arg(home.path().join("data"))
+            .args(extra)
             .env("HYDRANT_HOME", home.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -153,6 +159,21 @@ fn http_status(base: &str, path: &str, token: Option<&str>) -> u16 {
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     resp.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The body of a GET on a loopback admin endpoint.
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
 }
 
 fn is_cf_line(line: &str, index: &str, stream: &str) -> bool {
@@ -682,4 +703,128 @@ fn an_availability_slo_pages_when_the_app_returns_500s() {
     });
 
     assert!(up.stop().success(), "hydrant up did not exit cleanly");
+}
+
+#[test]
+fn an_app_drain_is_served_by_the_platform_and_reports_its_status() {
+    use hydrant_nozzle_syslog::rsyslogd::{FIELDS_TEMPLATE, Rsyslogd};
+
+    let rsyslog = Rsyslogd::start(FIELDS_TEMPLATE)
+        .unwrap_or_else(|e| panic!("{e} (./scripts/test installs the Debian package rsyslog)"));
+    let drain = format!("syslog://drainer:hunter2@127.0.0.1:{}", rsyslog.port);
+    let up = Up::start_with(tempfile::tempdir().unwrap(), &["--allow-private-drains"]);
+    let app_dir = tempfile::tempdir().unwrap();
+    std::fs::write(app_dir.path().join("index.html"), "<h1>drained</h1>").unwrap();
+    let out = up.cli(&["push", "site", "-p", app_dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "push failed: {}", text(&out));
+    let out = up.cli(&["app", "site", "--json"]);
+    let app: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let guid = app["app"]["guid"].as_str().unwrap().to_owned();
+
+    let out = up.cli(&["drain", "site", &drain]);
+    assert!(out.status.success(), "drain failed: {}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("drainer:****@127.0.0.1") && !said.contains("hunter2"),
+        "{said}"
+    );
+
+    // The nozzle picks the binding up within its poll interval; lines sent before that reach
+    // the firehose but not the drain, so keep sending until the drain has some, then count a
+    // marked batch exactly.
+    wait_for(Duration::from_secs(30), "the drain to start", || {
+        let out = up.cli(&["emit", &guid, "-m", "warm-up"]);
+        assert!(out.status.success(), "{}", text(&out));
+        std::fs::read_to_string(&rsyslog.out).is_ok_and(|t| t.contains("warm-up"))
+    });
+    let out = up.cli(&["emit", &guid, "-m", "drained-line", "-n", "200"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let marked = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&rsyslog.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| {
+                r["msg"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("drained-line"))
+            })
+            .collect()
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "200 marked lines in rsyslog",
+        || marked().len() >= 200,
+    );
+    let records = marked();
+    assert_eq!(records.len(), 200, "no duplicates");
+    // HOSTNAME is space.app, APP-NAME the app's guid, as Cloud Foundry's drains write them.
+    for r in &records {
+        assert_eq!(r["app"], guid.as_str(), "{r}");
+        assert!(r["host"].as_str().unwrap().ends_with(".site"), "{r}");
+        assert_eq!(r["procid"], "[APP/PROC/WEB/0]", "{r}");
+    }
+
+    // The developer sees the drain's health, reported by the nozzle.
+    wait_for(Duration::from_secs(20), "a status with sent lines", || {
+        let out = up.cli(&["drain", "site", "--status", "--json"]);
+        let drains: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        drains[0]["status"]["sent"].as_u64().unwrap_or(0) >= 200
+    });
+    let out = up.cli(&["drain", "site", "--status"]);
+    let table = text(&out);
+    assert!(
+        table.contains("ok") && table.contains("drainer:****@"),
+        "{table}"
+    );
+    assert!(!table.contains("hunter2"), "{table}");
+    let out = up.cli(&["drains"]);
+    assert!(text(&out).contains("site"), "{}", text(&out));
+
+    // Unbinding stops the drain: later lines do not arrive.
+    let out = up.cli(&["undrain", "site", &drain]);
+    assert!(out.status.success(), "undrain failed: {}", text(&out));
+    let out = up.cli(&["undrain", "site", &drain]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let admin = up.endpoints()["admin"]["nozzle-syslog"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_owned();
+    wait_for(
+        Duration::from_secs(20),
+        "the nozzle to drop the binding",
+        || !http_get(&admin, "/drains").contains(&guid),
+    );
+    let before = std::fs::read_to_string(&rsyslog.out).unwrap();
+    let out = up.cli(&["emit", &guid, "-m", "after-undrain", "-n", "50"]);
+    assert!(out.status.success());
+    // Lines sent after the drain stopped go nowhere near it; a line that was routed would have
+    // arrived well within the time the marked batch above took.
+    let out = up.cli(&["logs", "site", "--recent"]);
+    assert!(
+        text(&out).contains("after-undrain"),
+        "the lines reached the platform"
+    );
+    let after = std::fs::read_to_string(&rsyslog.out).unwrap();
+    assert_eq!(before.len(), after.len(), "nothing more reached the drain");
+    assert!(up.stop().success());
+}
+
+#[test]
+fn drains_to_private_addresses_are_refused_by_default() {
+    let up = Up::start();
+    let app_dir = tempfile::tempdir().unwrap();
+    std::fs::write(app_dir.path().join("index.html"), "<h1>x</h1>").unwrap();
+    let out = up.cli(&["push", "site", "-p", app_dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "push failed: {}", text(&out));
+    let out = up.cli(&["drain", "site", "syslog://u:hunter2@127.0.0.1:514"]);
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(said.contains("--allow-private-drains"), "{said}");
+    assert!(!said.contains("hunter2"), "{said}");
+    let out = up.cli(&["drain", "site", "ftp://example.com"]);
+    assert!(text(&out).contains("not supported"), "{}", text(&out));
+    let out = up.cli(&["drains", "site"]);
+    assert!(text(&out).contains("No drains"), "{}", text(&out));
 }
