@@ -1,5 +1,6 @@
-//! `hydrant up --demo`: pushes the demo app into the fresh micro cloud and drives light traffic
-//! at it through the router, so a newcomer sees logs, request metrics and latency move at once.
+//! `hydrant up --demo`: pushes the demo app into the fresh micro cloud, gives it two SLOs and
+//! drives light traffic at it through the router, so a newcomer sees logs, request metrics,
+//! latency and error budgets move at once.
 //!
 //! The push goes through the same public API the CLI uses (nothing here reaches into a role),
 //! and the traffic goes through the router like any client's, so every signal a user then
@@ -9,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use hydrant_api::slo::{Sli, Slo, SloSet};
 use hydrant_api::{BuildState, Client, CreateApp, CreateBuild};
 use tokio_util::sync::CancellationToken;
 
@@ -57,7 +59,38 @@ pub async fn push(api: &str, token: &str, data_dir: &Path) -> anyhow::Result<()>
         build.error.unwrap_or_default()
     );
     client.restart_app(&app.guid).await?;
+    // Two SLOs, so the console and dashboard show budgets burning from the first minute (the
+    // traffic below answers ~5 % 500s: an availability SLO of 99 % burns at about 5×). An
+    // existing set, perhaps the user's own, is left alone.
+    let existing = client.app_slos(&app.guid).await?;
+    if existing.slos.is_empty() {
+        client.set_slos(&app.guid, &demo_slos()).await?;
+    }
     Ok(())
+}
+
+fn demo_slos() -> SloSet {
+    let availability = Slo {
+        name: "availability".to_owned(),
+        sli: Sli::Availability {
+            count_router_errors: true,
+        },
+        objective: 99.0,
+        period_days: 30,
+        min_requests: 50,
+        webhook_url: None,
+        description: Some("Share of requests the demo app answers without a 5xx".to_owned()),
+    };
+    let latency = Slo {
+        name: "latency".to_owned(),
+        sli: Sli::Latency { threshold_ms: 250 },
+        objective: 95.0,
+        description: Some("Share of requests answered within 250 ms".to_owned()),
+        ..availability.clone()
+    };
+    SloSet {
+        slos: vec![availability, latency],
+    }
 }
 
 /// Sends a request every ~100 ms through the router: mostly fast successes, some slow ones,
