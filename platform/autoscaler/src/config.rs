@@ -30,7 +30,8 @@ pub struct Config {
     /// The firehose subscription id; autoscalers sharing it split the stream. Default
     /// `autoscaler`.
     pub subscription_id: String,
-    /// How often every policy is evaluated, seconds. Default 5 (app-autoscaler: 40–60 s).
+    /// How often every policy is evaluated, seconds. Default 2 (app-autoscaler: 40–60 s), so
+    /// a breach acts within `breach_duration_secs` + 2 s plus the scale call.
     pub evaluation_interval_secs: u64,
     /// How often policies and instance counts are fetched, seconds. Default 10.
     pub policy_poll_secs: u64,
@@ -47,6 +48,11 @@ pub struct Config {
     pub idle_responsetime_zero: bool,
     /// How long one API call may take, milliseconds. Default 5000.
     pub request_timeout_ms: u64,
+    /// Operator cap on every rule's `breach_duration_secs` and `cool_down_secs`, seconds.
+    /// Policies keep app-autoscaler's 60 s minimum; this platform-wide setting shortens what
+    /// the autoscaler applies, for demos and tests that cannot wait a minute per decision.
+    /// Every line says the durations applied. Default unset: policies as written.
+    pub rule_duration_cap_secs: Option<u32>,
     /// Rolling-window bounds.
     pub windows: WindowsConfig,
     /// Where the AUTOSCALER log lines and the autoscaler's own metrics go.
@@ -63,13 +69,14 @@ impl Default for Config {
             token_file: None,
             firehose: ClientConfig::default(),
             subscription_id: "autoscaler".to_owned(),
-            evaluation_interval_secs: 5,
+            evaluation_interval_secs: 2,
             policy_poll_secs: 10,
             metric_window_secs: 10,
             responsetime_percentile: 95.0,
             stale_after_secs: 30,
             idle_responsetime_zero: true,
             request_timeout_ms: 5000,
+            rule_duration_cap_secs: None,
             windows: WindowsConfig::default(),
             telemetry: TelemetryConfig::default(),
             admin_listen: "127.0.0.1:14833".to_owned(),
@@ -136,6 +143,17 @@ impl Config {
                     format!("({value}) must be between 1 and 86400000"),
                 ));
             }
+        }
+        if let Some(cap) = self.rule_duration_cap_secs
+            && !(1..=3600).contains(&cap)
+        {
+            return Err(invalid(
+                "rule_duration_cap_secs",
+                format!(
+                    "({cap}) must be between 1 and 3600 seconds; remove it to apply policies \
+                     as written"
+                ),
+            ));
         }
         if self.evaluation_interval_secs > 60 {
             return Err(invalid(

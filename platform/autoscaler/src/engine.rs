@@ -10,7 +10,9 @@
 //!   `breach_duration_secs`; missing or stale data resets the clock, so missing data never
 //!   scales anything (in particular never scales in);
 //! - an app in cooldown is not scaled by a rule; a schedule's or the policy's limits are;
-//! - each hold or "limited" note is said once per change, not once per tick.
+//! - each hold or "limited" note is said once per change, not once per tick;
+//! - an operator's `rule_duration_cap` only ever shortens a rule's breach duration and
+//!   cooldown, and every line says the durations actually applied.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -35,6 +37,30 @@ pub struct EngineConfig {
     /// Treat an app with no requests in the window as 0 ms response time, so a latency
     /// policy can scale in at zero traffic (app-autoscaler does the same).
     pub idle_responsetime_zero: bool,
+    /// The operator's cap on every rule's breach duration and cooldown (`None`: as written).
+    pub rule_duration_cap: Option<Duration>,
+}
+
+impl EngineConfig {
+    /// `responsetime p95`, `throughput avg`, ...: the metric as measured.
+    fn describe_metric(&self, rule: &Rule) -> String {
+        if matches!(rule.metric, MetricType::ResponseTime) {
+            format!("{} p{}", rule.metric_type, self.responsetime_percentile)
+        } else {
+            format!("{} avg", rule.metric_type)
+        }
+    }
+
+    /// A rule's breach duration and cooldown as this engine applies them.
+    #[must_use]
+    pub fn durations(&self, rule: &Rule) -> (Duration, Duration) {
+        let breach = Duration::from_secs(u64::from(rule.breach_duration_secs));
+        let cool_down = Duration::from_secs(u64::from(rule.cool_down_secs));
+        match self.rule_duration_cap {
+            Some(cap) => (breach.min(cap), cool_down.min(cap)),
+            None => (breach, cool_down),
+        }
+    }
 }
 
 /// What the cloud controller says about an app.
@@ -125,9 +151,11 @@ impl Engine {
     }
 
     /// Replaces the set of apps and policies (after a poll). Breach clocks and cooldowns of
-    /// apps whose policy did not change are kept.
-    pub fn set_apps(&mut self, apps: Vec<AppInfo>) {
+    /// apps whose policy did not change are kept. Returns one line per app whose policy is
+    /// new or changed, so its owner can see the autoscaler took it up.
+    pub fn set_apps(&mut self, apps: Vec<AppInfo>) -> Vec<Step> {
         let mut next = HashMap::with_capacity(apps.len());
+        let mut said = Vec::new();
         for info in apps {
             let Ok(rules) = info.policy.rules() else {
                 continue;
@@ -137,18 +165,66 @@ impl Engine {
                     old.info = info;
                     old
                 }
-                old => AppState {
-                    breach_since: vec![None; rules.len()],
-                    rules,
-                    cooldown_until: old.as_ref().and_then(|o| o.cooldown_until),
-                    note: None,
-                    schedule: None,
-                    info,
-                },
+                old => {
+                    said.push(Step::Say {
+                        app: info.guid.clone(),
+                        line: self.in_force(&info.policy, &rules),
+                    });
+                    AppState {
+                        breach_since: vec![None; rules.len()],
+                        rules,
+                        cooldown_until: old.as_ref().and_then(|o| o.cooldown_until),
+                        note: None,
+                        schedule: None,
+                        info,
+                    }
+                }
             };
             next.insert(state.info.guid.clone(), state);
         }
         self.apps = next;
+        said
+    }
+
+    /// "Policy in force: ..." with every rule as this engine will apply it.
+    fn in_force(&self, policy: &ScalingPolicy, rules: &[Rule]) -> String {
+        let mut line = format!(
+            "Autoscaling policy in force: {}..{} instances",
+            policy.instance_min_count, policy.instance_max_count
+        );
+        for rule in rules {
+            let (breach, cool_down) = self.config.durations(rule);
+            line.push_str(&format!(
+                "; scaling_rules[{}] {} {} {}{} for {} s → {} (cooldown {} s)",
+                rule.index,
+                self.config.describe_metric(rule),
+                rule.operator.as_str(),
+                rule.threshold,
+                rule.metric.unit(),
+                breach.as_secs(),
+                rule.adjustment_text,
+                cool_down.as_secs()
+            ));
+        }
+        if let Some(schedules) = &policy.schedules {
+            line.push_str(&format!(
+                "; {} schedule(s) in {}",
+                schedules.recurring_schedule.len() + schedules.specific_date.len(),
+                schedules.timezone
+            ));
+        }
+        if self.config.rule_duration_cap.is_some()
+            && rules.iter().any(|r| {
+                self.config.durations(r)
+                    != (
+                        Duration::from_secs(u64::from(r.breach_duration_secs)),
+                        Duration::from_secs(u64::from(r.cool_down_secs)),
+                    )
+            })
+        {
+            line.push_str(" (durations shortened by the operator's rule_duration_cap_secs)");
+        }
+        line
     }
 
     /// How many apps are under a policy.
@@ -291,9 +367,7 @@ fn evaluate_app(
             Ok(value) if rule.operator.holds(value, rule.threshold as f64) => {
                 let since = *state.breach_since[i].get_or_insert(now);
                 let held = now.saturating_duration_since(since);
-                if fired.is_none()
-                    && held >= Duration::from_secs(u64::from(rule.breach_duration_secs))
-                {
+                if fired.is_none() && held >= config.durations(rule).0 {
                     fired = Some((i, value));
                 }
             }
@@ -328,21 +402,17 @@ fn evaluate_app(
         return;
     }
     let rule = &state.rules[i];
+    let (breach, cool_down) = config.durations(rule);
     let wanted = rule.adjustment.apply(current);
     let to = u32::try_from(wanted.clamp(i64::from(limits.min), i64::from(limits.max)))
         .unwrap_or(limits.max);
     let unit = rule.metric.unit();
     let seen = format!(
-        "{} {} {value:.1}{unit} {} {}{unit} for {} s",
-        rule.metric_type,
-        if matches!(rule.metric, MetricType::ResponseTime) {
-            format!("p{}", config.responsetime_percentile)
-        } else {
-            "avg".to_owned()
-        },
+        "{} {value:.1}{unit} {} {}{unit} for {} s",
+        config.describe_metric(rule),
         rule.operator.as_str(),
         rule.threshold,
-        rule.breach_duration_secs
+        breach.as_secs()
     );
     if to == current {
         note(
@@ -366,11 +436,12 @@ fn evaluate_app(
         threshold: rule.threshold,
         operator: rule.operator.as_str().to_owned(),
         adjustment: rule.adjustment_text.clone(),
-        cool_down: Duration::from_secs(u64::from(rule.cool_down_secs)),
+        cool_down,
         line: format!(
             "Scaling from {current} to {to} instances: scaling_rules[{i}] {seen} \
              (adjustment {}, cooldown {} s)",
-            rule.adjustment_text, rule.cool_down_secs
+            rule.adjustment_text,
+            cool_down.as_secs()
         ),
     }));
 }
@@ -392,9 +463,7 @@ fn measure(
             silent.as_secs()
         ));
     }
-    let window = config
-        .metric_window
-        .min(Duration::from_secs(u64::from(rule.breach_duration_secs)));
+    let window = config.metric_window.min(config.durations(rule).0);
     let gauge = |name: &str| {
         app.gauge(name, window, now)
             .map(|g| g.avg)

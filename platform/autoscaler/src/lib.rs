@@ -251,6 +251,9 @@ impl Autoscaler {
             responsetime_percentile: config.responsetime_percentile,
             stale_after: Duration::from_secs(config.stale_after_secs),
             idle_responsetime_zero: config.idle_responsetime_zero,
+            rule_duration_cap: config
+                .rule_duration_cap_secs
+                .map(|s| Duration::from_secs(u64::from(s))),
         });
         Self {
             config,
@@ -264,7 +267,11 @@ impl Autoscaler {
     pub async fn poll(&mut self) {
         match self.actor.poll(&self.config).await {
             Ok(apps) => {
-                self.engine.set_apps(apps);
+                for step in self.engine.set_apps(apps) {
+                    if let Step::Say { app, line } = step {
+                        self.actor.say(&app, &line);
+                    }
+                }
                 self.actor.metrics.apps.set(self.engine.apps() as f64);
                 if self.poll_error.take().is_some() {
                     tracing::info!("autoscaler: policies reachable again");

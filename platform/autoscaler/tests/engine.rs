@@ -75,6 +75,12 @@ fn gauge(metrics: &[(&str, f64)]) -> v2::Envelope {
 
 impl Rig {
     fn new(policy: &str, instances: u32) -> Self {
+        Self::with_cap(policy, instances, None).0
+    }
+
+    /// A rig whose engine caps rule durations at `cap`; also returns what taking up the
+    /// policy said.
+    fn with_cap(policy: &str, instances: u32, cap: Option<Duration>) -> (Self, Vec<Step>) {
         let base = Instant::now();
         let w = Windows::with_clock(WindowsConfig::default(), base, 1_700_000_040).unwrap();
         let mut engine = Engine::new(EngineConfig {
@@ -82,21 +88,23 @@ impl Rig {
             responsetime_percentile: 95.0,
             stale_after: Duration::from_secs(30),
             idle_responsetime_zero: true,
+            rule_duration_cap: cap,
         });
-        engine.set_apps(vec![AppInfo {
+        let said = engine.set_apps(vec![AppInfo {
             guid: APP.to_owned(),
             name: "demo".to_owned(),
             instances,
             started: true,
             policy: ScalingPolicy::parse(policy).unwrap(),
         }]);
-        Self {
+        let rig = Self {
             w,
             engine,
             base,
             secs: 0,
             instances,
-        }
+        };
+        (rig, said)
     }
 
     fn now(&self) -> Instant {
@@ -292,4 +300,67 @@ fn throughput_scales_out_and_limits_clamp() {
         1,
         "{said:?}"
     );
+}
+
+#[test]
+fn taking_up_a_policy_is_said_once_with_its_rules() {
+    let (mut rig, said) = Rig::with_cap(LATENCY, 1, None);
+    assert_eq!(said.len(), 1, "{said:?}");
+    let Step::Say { app, line } = &said[0] else {
+        panic!("{said:?}")
+    };
+    assert_eq!(app, APP);
+    assert!(
+        line.starts_with(
+            "Autoscaling policy in force: 1..4 instances; scaling_rules[0] \
+             responsetime p95 > 200ms for 60 s → +1 (cooldown 60 s)"
+        ),
+        "{line}"
+    );
+    assert!(!line.contains("operator"), "{line}");
+    // The same policy again (the next poll) says nothing; a changed one is said again.
+    let same = AppInfo {
+        guid: APP.to_owned(),
+        name: "demo".to_owned(),
+        instances: 1,
+        started: true,
+        policy: ScalingPolicy::parse(LATENCY).unwrap(),
+    };
+    assert!(rig.engine.set_apps(vec![same.clone()]).is_empty());
+    let changed = AppInfo {
+        policy: ScalingPolicy::parse(&LATENCY.replace("\"threshold\": 200", "\"threshold\": 300"))
+            .unwrap(),
+        ..same
+    };
+    assert_eq!(rig.engine.set_apps(vec![changed]).len(), 1);
+}
+
+#[test]
+fn an_operator_cap_shortens_breach_and_cooldown_and_says_so() {
+    let (mut rig, said) = Rig::with_cap(LATENCY, 1, Some(Duration::from_secs(10)));
+    let Step::Say { line, .. } = &said[0] else {
+        panic!("{said:?}")
+    };
+    assert!(line.contains("for 10 s → +1 (cooldown 10 s)"), "{line}");
+    assert!(line.contains("shortened by the operator"), "{line}");
+    rig.run(10, 20, 100, true);
+    let start = rig.secs;
+    let (scaled, _) = rig.run(30, 20, 400, true);
+    assert_eq!(scaled.len(), 2, "{scaled:?}");
+    let (at, step) = &scaled[0];
+    assert!(
+        at - start <= 10 + 5,
+        "acted {} s after the breach",
+        at - start
+    );
+    assert!(
+        at - start >= 10,
+        "acted before the capped breach: {}",
+        at - start
+    );
+    assert!(step.line.contains("for 10 s"), "{}", step.line);
+    assert!(step.line.contains("cooldown 10 s"), "{}", step.line);
+    assert_eq!(step.cool_down, Duration::from_secs(10));
+    // The second step waited out the capped cooldown and a fresh capped breach.
+    assert!(scaled[1].0 - at >= 10, "{scaled:?}");
 }

@@ -249,6 +249,7 @@ async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
         platform: false,
         app_log_rate_limit: 0,
         allow_private_drains: false,
+        autoscaler_rule_cap_secs: None,
     };
     let cloud = MicroCloud::start(&data_dir, Ports::Ephemeral, options, shutdown.clone()).await?;
 

@@ -40,6 +40,10 @@ pub struct UpArgs {
     /// makes on a developer's behalf.
     #[arg(long)]
     allow_private_drains: bool,
+    /// Shortens every autoscaling rule's breach duration and cooldown to at most this many
+    /// seconds (policies keep their 60 s minimum); for tests and demos.
+    #[arg(long, hide = true)]
+    autoscaler_rule_cap_secs: Option<u32>,
 }
 
 /// Which ports the roles listen on.
@@ -95,6 +99,8 @@ pub struct Options {
     pub app_log_rate_limit: u64,
     /// Apps may bind syslog drains to internal addresses.
     pub allow_private_drains: bool,
+    /// The autoscaler's `rule_duration_cap_secs` (tests and demos only).
+    pub autoscaler_rule_cap_secs: Option<u32>,
 }
 
 /// A running micro cloud.
@@ -239,6 +245,7 @@ impl MicroCloud {
                     &agent_url,
                     &firehose_url,
                     options.allow_private_drains,
+                    options.autoscaler_rule_cap_secs,
                     &mut admin_addrs,
                     &mut tasks,
                     &shutdown,
@@ -384,6 +391,7 @@ async fn start_platform(
     agent_url: &str,
     firehose_url: &str,
     allow_private_drains: bool,
+    autoscaler_rule_cap_secs: Option<u32>,
     admin_addrs: &mut BTreeMap<String, SocketAddr>,
     tasks: &mut Tasks,
     shutdown: &CancellationToken,
@@ -534,6 +542,7 @@ async fn start_platform(
         api_url: api_url.clone(),
         token: Some(token.to_owned()),
         firehose,
+        rule_duration_cap_secs: autoscaler_rule_cap_secs,
         telemetry: telemetry.clone(),
         ..hydrant_autoscaler::Config::default()
     };
@@ -649,6 +658,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         platform: true,
         app_log_rate_limit: args.app_log_rate_limit,
         allow_private_drains: args.allow_private_drains,
+        autoscaler_rule_cap_secs: args.autoscaler_rule_cap_secs,
     };
     let mut cloud = MicroCloud::start(&data_dir, ports, options, shutdown.clone()).await?;
 
