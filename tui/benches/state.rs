@@ -41,7 +41,10 @@ fn envelope(i: usize, ts: i64) -> v2::Envelope {
         0..=7 => (
             tags(&[
                 ("peer_type", "Client"),
-                ("status_code", if i.is_multiple_of(97) { "500" } else { "200" }),
+                (
+                    "status_code",
+                    if i.is_multiple_of(97) { "500" } else { "200" },
+                ),
                 ("source_type", "RTR"),
             ]),
             v2::envelope::Message::Timer(v2::Timer {

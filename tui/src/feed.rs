@@ -512,3 +512,66 @@ async fn poll(
     }
     s
 }
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+mod tests {
+    use super::*;
+
+    fn batch(n: usize) -> Batch {
+        let envs: Vec<v2::Envelope> = (0..n)
+            .map(|i| v2::Envelope {
+                source_id: "app".to_owned(),
+                timestamp: i as i64 + 1,
+                message: Some(v2::envelope::Message::Log(v2::Log {
+                    payload: bytes::Bytes::from_static(b"x"),
+                    r#type: 0,
+                })),
+                ..v2::Envelope::default()
+            })
+            .collect();
+        Batch::from_envelopes(&envs)
+    }
+
+    #[tokio::test]
+    async fn a_full_channel_drops_live_batches_and_counts_their_envelopes() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let feeder = Feeder {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+            shutdown: CancellationToken::new(),
+        };
+        assert!(feeder.offer(batch(3)));
+        assert!(feeder.offer(batch(4)));
+        // The screen is behind: the third batch does not fit and is counted, not queued.
+        assert!(feeder.offer(batch(5)));
+        assert_eq!(feeder.dropped.load(Ordering::Relaxed), 5);
+        let Some(Feed::Batch(first)) = rx.recv().await else {
+            panic!("the first batch was queued");
+        };
+        assert_eq!(first.len(), 3);
+        // Room again: the next batch goes through; nothing was dropped for it.
+        assert!(feeder.offer(batch(1)));
+        assert_eq!(feeder.dropped.load(Ordering::Relaxed), 5);
+        // Things the screen must not miss wait for room instead of being dropped.
+        let waiting = tokio::spawn({
+            let feeder = feeder.clone();
+            async move { feeder.send(Feed::Stream(StreamChange::Up)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "a notice waits while the channel is full"
+        );
+        rx.recv().await.unwrap();
+        assert!(waiting.await.unwrap());
+        // Once the screen is gone the feed stops.
+        drop(rx);
+        assert!(!feeder.offer(batch(1)));
+    }
+}

@@ -289,8 +289,7 @@ async fn ui_loop(
     refresh: Duration,
 ) -> Result<(), Error> {
     let guard = terminal::Guard::enter()?;
-    let mut term = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
-    term.clear()?;
+    let mut term = fresh_terminal()?;
     let (keys_tx, mut keys) = mpsc::channel(64);
     let stop = Arc::new(AtomicBool::new(false));
     let reader = terminal::spawn_input(keys_tx, Arc::clone(&stop))?;
@@ -308,7 +307,7 @@ async fn ui_loop(
                 match input {
                     Some(Input::Key(key)) => match state.apply_key(&key, now) {
                         Effect::Quit => break Ok(()),
-                        Effect::Repaint => term.clear()?,
+                        Effect::Repaint => term = fresh_terminal()?,
                         Effect::Redraw => {}
                     },
                     Some(Input::Resize) => {}
@@ -353,6 +352,17 @@ async fn ui_loop(
     // The reader notices `stop` within its poll interval; it holds no terminal state.
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
     outcome
+}
+
+/// A cleared screen and a terminal whose next frame redraws every cell. (Ratatui's own
+/// `clear` asks the terminal where its cursor is and waits for the answer, which a terminal
+/// that does not answer — a bare pseudo-terminal — never gives.)
+fn fresh_terminal() -> std::io::Result<Terminal<CrosstermBackend<std::io::Stdout>>> {
+    ratatui::crossterm::execute!(
+        std::io::stdout(),
+        ratatui::crossterm::terminal::Clear(ratatui::crossterm::terminal::ClearType::All)
+    )?;
+    Terminal::new(CrosstermBackend::new(std::io::stdout()))
 }
 
 /// Draws one frame, telling the state how many rows a page is.

@@ -186,7 +186,7 @@ pub const PIPELINE_COLUMNS: &[Column] = &[
         17,
         "agent, doppler, logcache, trafficcontroller or nozzle",
     ),
-    text("SOURCE", 14, "the component's source id"),
+    text("SOURCE", 18, "the component's source id"),
     text("INSTANCE", 10, "which copy of the component"),
     num("IN/S", 7, "envelopes received per second"),
     num("OUT/S", 7, "envelopes sent on per second"),

@@ -921,3 +921,47 @@ proptest! {
         assert_no_control(&draw(&mut state, 140, 40));
     }
 }
+
+#[test]
+fn header_reports_disconnected_streams_losses_and_screen_drops() {
+    use hydrant_top::StreamChange;
+    let (mut state, t0) = recorded();
+    state.apply_feed(Feed::Stream(StreamChange::Wanted(1)), t0);
+    state.apply_feed(Feed::Stream(StreamChange::Up), t0);
+    state.tick(t0);
+    let text = screen(&draw(&mut state, 160, 30));
+    assert!(text.contains("streams 1/1"), "{text}");
+    assert!(!text.contains("disconnected"), "{text}");
+    state.apply_feed(
+        Feed::Stream(StreamChange::Down("connection reset".to_owned())),
+        t0,
+    );
+    state.apply_feed(
+        Feed::Gap(hydrant_firehose_client::Gap {
+            source_id: DEMO.to_owned(),
+            dropped: 42,
+            hop: "doppler".to_owned(),
+            reason: "slow_consumer".to_owned(),
+        }),
+        t0,
+    );
+    state.set_ui_dropped(7, t0);
+    state.tick(t0);
+    let buf = draw(&mut state, 160, 30);
+    let text = screen(&buf);
+    assert!(text.contains("streams 0/1 · "), "{text}");
+    let (x, y) = must_find(&buf, "ALERT: 1 of 1 stream(s) disconnected");
+    assert_eq!(buf[(x, y)].fg, Color::Red);
+    assert!(text.contains("lost 42"), "{text}");
+    assert!(text.contains("ui drops 7"), "{text}");
+    type_keys(&mut state, ":events\n", t0);
+    let text = screen(&draw(&mut state, 160, 40));
+    for expected in [
+        "stream lost",
+        "connection reset",
+        "42 envelopes lost (slow_consumer at doppler)",
+        "7 envelopes dropped: the screen fell behind the stream",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing:\n{text}");
+    }
+}

@@ -588,14 +588,23 @@ fn events_table(state: &State) -> Table {
 }
 
 fn header(state: &State, now: Instant, wall: i64) -> Header {
+    // Envelopes per second over the last five whole seconds, or as many as have passed since
+    // the first live envelope.
     let sec = wall.div_euclid(1_000_000_000);
+    let from = state
+        .stream
+        .per_sec
+        .front()
+        .map_or(sec, |(s, _)| *s)
+        .max(sec - 5);
     let recent: u64 = state
         .stream
         .per_sec
         .iter()
-        .filter(|(s, _)| (sec - 5..sec).contains(s))
+        .filter(|(s, _)| (from..sec).contains(s))
         .map(|(_, n)| n)
         .sum();
+    let seconds = (sec - from).max(1);
     let api_note = if state.meta.error.is_some() {
         state.meta.error.as_ref().map(|e| format!("API: {e}"))
     } else if !state.meta.seen {
@@ -686,7 +695,7 @@ fn header(state: &State, now: Instant, wall: i64) -> Header {
         mode: state.mode().to_owned(),
         target: clean(state.target()).into_owned(),
         streams: (connected, wanted),
-        envelopes_per_second: recent as f64 / 5.0,
+        envelopes_per_second: recent as f64 / seconds as f64,
         lost: state.stream.lost,
         ui_dropped: state.stream.ui_dropped,
         api_note,
@@ -833,7 +842,7 @@ fn detail(state: &State, guid: &str, now: Instant, wall: i64) -> AppDetail {
     let rate = |window| w.map(|w| w.requests(window, now).per_second);
     let classes = w.map(|w| w.status_classes(MINUTE, now)).unwrap_or_default();
     let requests_title = format!(
-        "requests/s {} now · {} over 10 s · {} over 60 s · 2xx {} 3xx {} 4xx {} 5xx {} in 60 s",
+        "requests/s {} now · {}/10s · {}/60s · 60s: 2xx {} 3xx {} 4xx {} 5xx {}",
         format::opt_number(rate(SEC)),
         format::opt_number(rate(TEN)),
         format::opt_number(rate(MINUTE)),
@@ -844,7 +853,7 @@ fn detail(state: &State, guid: &str, now: Instant, wall: i64) -> AppDetail {
     );
     let lat = w.and_then(|w| w.latency(TEN, now));
     let latency_title = format!(
-        "latency (mean per second) · p50 {} · p95 {} · p99 {} over 10 s",
+        "latency (mean per second) · 10s: p50 {} p95 {} p99 {}",
         format::opt_latency(lat.map(|l| l.p50)),
         format::opt_latency(lat.map(|l| l.p95)),
         format::opt_latency(lat.map(|l| l.p99)),

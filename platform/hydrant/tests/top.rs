@@ -1,0 +1,262 @@
+//! `hydrant top` end to end: a real micro cloud with the demo app (`hydrant up --demo`), the real
+//! binary in a pseudo-terminal, keys typed into it and the screen read back through a terminal
+//! emulator (`vt100`).
+//!
+//! `script` gives the console a pseudo-terminal that is its controlling terminal (as a shell
+//! would); `stty` sizes it first, and after the console exits `stty -a` prints the terminal's
+//! modes, so the test sees that raw mode was undone — not just that the process ended.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+use std::io::{Read as _, Write as _};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hydrant_testkit::MicroCloud;
+
+const ROWS: u16 = 45;
+const COLS: u16 = 160;
+
+fn nonzero(n: u16) -> std::num::NonZero<u16> {
+    std::num::NonZero::new(n).unwrap()
+}
+
+/// `hydrant top` running in a pseudo-terminal, with what it drew so far.
+struct Console {
+    child: Child,
+    keys: ChildStdin,
+    screen: Arc<Mutex<vt100::Parser>>,
+    raw: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Console {
+    fn start(cloud: &MicroCloud) -> Self {
+        let bin = env!("CARGO_BIN_EXE_hydrant");
+        let inner = format!(
+            "stty rows {ROWS} cols {COLS} && '{bin}' top; echo TOP-EXIT=$?; stty -a; sleep 1"
+        );
+        let mut child = Command::new("script")
+            .args(["-q", "-f", "-e", "-c", &inner, "/dev/null"])
+            .env("HYDRANT_HOME", cloud.home())
+            .env("TERM", "xterm-256color")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("script(1) runs (util-linux)");
+        let keys = child.stdin.take().unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let screen = Arc::new(Mutex::new(vt100::Parser::new(
+            nonzero(ROWS),
+            nonzero(COLS),
+            0,
+        )));
+        let raw = Arc::new(Mutex::new(Vec::new()));
+        let (s, r) = (Arc::clone(&screen), Arc::clone(&raw));
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16 * 1024];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s.lock().unwrap().process(&buf[..n]);
+                r.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Self {
+            child,
+            keys,
+            screen,
+            raw,
+        }
+    }
+
+    fn text(&self) -> String {
+        self.screen.lock().unwrap().screen().contents()
+    }
+
+    fn raw(&self) -> String {
+        String::from_utf8_lossy(&self.raw.lock().unwrap()).into_owned()
+    }
+
+    fn type_keys(&mut self, keys: &str) {
+        self.keys.write_all(keys.as_bytes()).unwrap();
+        self.keys.flush().unwrap();
+    }
+
+    /// Waits until `check` finds what it wants on the screen; fails naming `what` and showing
+    /// the screen.
+    fn wait<T>(&self, within: Duration, what: &str, mut check: impl FnMut(&str) -> Option<T>) -> T {
+        let deadline = Instant::now() + within;
+        loop {
+            let text = self.text();
+            if let Some(found) = check(&text) {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {within:?} waiting for {what}; the screen:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The fields of the first table row that starts with `name` (whitespace-separated, the
+/// border removed).
+fn row<'a>(text: &'a str, name: &str) -> Option<Vec<&'a str>> {
+    text.lines()
+        .map(|l| l.trim_matches('│').trim())
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .map(|l| l.split_whitespace().collect())
+}
+
+fn number(field: &str) -> Option<f64> {
+    let (digits, scale) = match field.strip_suffix('k') {
+        Some(d) => (d, 1e3),
+        None => (field, 1.0),
+    };
+    digits.parse::<f64>().ok().map(|v| v * scale)
+}
+
+#[test]
+fn top_shows_the_demo_app_moving_drills_in_and_out_shows_the_pipeline_and_restores_the_terminal() {
+    let cloud = MicroCloud::start(env!("CARGO_BIN_EXE_hydrant"), &["--demo"]);
+    let mut top = Console::start(&cloud);
+
+    // The apps screen: the demo app with requests, latency and status counts.
+    fn fields(text: &str) -> Option<Vec<&str>> {
+        row(text, "demo").filter(|f| f.len() >= 17)
+    }
+    let first = top.wait(
+        Duration::from_secs(120),
+        "the demo app's row with live request rates and latency",
+        |text| {
+            let f = fields(text)?;
+            // NAME STATE INST CPU% MEM REQ/1 REQ/10 REQ/60 P50 P95 P99 2XX 3XX 4XX 5XX LOG/S ...
+            let req10 = number(f[6])?;
+            let p95_is_latency = f[9].ends_with("ms") || f[9].ends_with("µs");
+            (req10 > 0.0 && p95_is_latency && number(f[11])? > 0.0)
+                .then(|| (number(f[11]).unwrap_or(0.0), f[8].to_owned()))
+        },
+    );
+    // Moving: the 2xx count of the last minute keeps changing as traffic flows.
+    top.wait(Duration::from_secs(20), "the 2xx count to move", |text| {
+        let f = fields(text)?;
+        (number(f[11])? != first.0).then_some(())
+    });
+    let text = top.text();
+    assert!(text.contains("operator (firehose)"), "{text}");
+    assert!(text.contains("REQ/60"), "{text}");
+
+    // Enter drills into the demo app (the busiest, so selected): instances, sparklines, logs.
+    top.type_keys("\r");
+    top.wait(Duration::from_secs(10), "the demo app's detail", |text| {
+        (text.contains("instances")
+            && text.contains("requests/s")
+            && text.contains("logs (live)")
+            && text.contains("[APP/PROC/WEB/"))
+        .then_some(())
+    });
+    let log_lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains("[APP/PROC/WEB/") || l.contains("[RTR/"))
+            .map(ToOwned::to_owned)
+            .collect()
+    };
+    let before = log_lines(&top.text());
+    top.wait(
+        Duration::from_secs(10),
+        "the live log pane to move",
+        |text| (log_lines(text).last() != before.last()).then_some(()),
+    );
+    // Instance states come from the API, polled every few seconds.
+    top.wait(
+        Duration::from_secs(20),
+        "the instances running, per the API",
+        |text| (text.contains("RUNNING") && text.contains("autoscaler")).then_some(()),
+    );
+
+    // Esc goes back to the apps.
+    top.type_keys("\x1b");
+    top.wait(Duration::from_secs(10), "the apps screen again", |text| {
+        (text.contains("apps (") && fields(text).is_some()).then_some(())
+    });
+
+    // `:pipeline`: every hop of the pipeline with live rates from its own metrics.
+    top.type_keys(":pipeline\r");
+    let (agent_in, doppler_out) = top.wait(
+        Duration::from_secs(30),
+        "the pipeline screen with the agent's and the doppler's rates",
+        |text| {
+            if !text.contains("pipeline (") {
+                return None;
+            }
+            let agent = row(text, "agent")?;
+            let doppler = row(text, "doppler")?;
+            let a = number(agent.get(3)?)?;
+            let d = number(doppler.get(4)?)?;
+            (a > 0.0 && d > 0.0).then_some((a, d))
+        },
+    );
+    assert!(agent_in > 0.0 && doppler_out > 0.0);
+    let text = top.text();
+    assert!(text.contains("trafficcontroller"), "{text}");
+    assert!(text.contains("DROPS BY REASON"), "{text}");
+
+    // `q` quits; the terminal is back in cooked mode on the main screen.
+    top.type_keys("q");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !top.raw().contains("TOP-EXIT=") {
+        assert!(Instant::now() < deadline, "hydrant top did not exit on q");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !top.raw().contains("icanon") {
+        assert!(Instant::now() < deadline, "stty -a printed nothing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let raw = top.raw();
+    assert!(raw.contains("TOP-EXIT=0"), "hydrant top failed:\n{raw}");
+    let exit = raw.find("TOP-EXIT=").unwrap();
+    let modes = &raw[exit..];
+    for (mode, word) in [("canonical input", "icanon"), ("echo", "echo")] {
+        assert!(
+            modes.split_whitespace().any(|w| w == word),
+            "{mode} was not restored: {modes}"
+        );
+        assert!(
+            !modes.split_whitespace().any(|w| w == format!("-{word}")),
+            "{mode} is still off: {modes}"
+        );
+    }
+    let before_exit = &raw[..exit];
+    let left = before_exit
+        .rfind("\x1b[?1049l")
+        .expect("left the alternate screen");
+    assert!(
+        before_exit.rfind("\x1b[?1049h").unwrap() < left,
+        "the alternate screen was entered after it was left"
+    );
+    assert!(
+        before_exit[left..].contains("\x1b[?25h"),
+        "the cursor was not shown again"
+    );
+    assert!(
+        !top.screen.lock().unwrap().screen().alternate_screen(),
+        "the terminal is still on the alternate screen"
+    );
+}
