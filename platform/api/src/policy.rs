@@ -8,11 +8,24 @@
 //!
 //! Invariant: a policy that passes [`ScalingPolicy::validate`] can be evaluated without another
 //! check: every enum-like string parses, every count is in range, every rule's durations are
-//! within app-autoscaler's 60–3600 s, and every error names the offending field by its JSON path
-//! (`scaling_rules[1].adjustment`) and says what to write instead.
+//! within app-autoscaler's 60–3600 s, the schedules' time zone resolves, and every error names
+//! the offending field by its JSON path (`scaling_rules[1].adjustment`) and says what to write
+//! instead.
+//!
+//! Schedules are in IANA time zones (`Europe/Berlin`, `America/New_York`, `UTC`) or fixed
+//! offsets (`UTC+08:00`), read from the IANA database bundled into the binary, so the CLI, the
+//! cloud controller and the autoscaler agree on every name and rule whatever machine they run
+//! on. Each day's window becomes a pair of instants the way `java.time` (app-autoscaler's
+//! scheduler) and RFC 5545 resolve local times: a time skipped by a spring-forward gap moves
+//! later by the gap's length (02:30 on a day that jumps from 02:00 to 03:00 is 03:30), and a
+//! time repeated by a fall-back fold is its first occurrence. So a window opens once and closes
+//! once per day, never twice on the long day and never silently not at all on the short one.
 
 use std::fmt;
 
+use jiff::Timestamp;
+use jiff::civil::{Date, DateTime, Time};
+use jiff::tz::{Offset, TimeZone};
 use serde::{Deserialize, Serialize};
 
 /// Default `breach_duration_secs` (app-autoscaler's).
@@ -75,8 +88,8 @@ pub struct ScalingRule {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Schedules {
-    /// The zone the times are in. Hydrant evaluates `UTC`, `Etc/UTC`, `GMT` and fixed offsets
-    /// (`Etc/GMT-8`, `UTC+08:00`); it has no zone database.
+    /// The zone the times are in: an IANA name (`Europe/Berlin`, `America/New_York`, `UTC`,
+    /// `Etc/GMT-8`) or a fixed offset (`UTC+08:00`, `GMT-05:30`).
     pub timezone: String,
     /// Weekly or monthly windows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -508,10 +521,12 @@ impl ScalingPolicy {
         let Some(schedules) = &self.schedules else {
             return own;
         };
-        let Some(offset) = zone_offset_secs(&schedules.timezone) else {
+        let (Some(zone), Ok(now)) = (
+            time_zone(&schedules.timezone),
+            Timestamp::from_second(unix_secs),
+        ) else {
             return own;
         };
-        let local = unix_secs.saturating_add(offset);
         let mut best: Option<(i64, Limits)> = None;
         let mut consider = |start: i64, limits: Limits| {
             if best.is_none_or(|(s, _)| start < s) {
@@ -520,12 +535,12 @@ impl ScalingPolicy {
         };
         for (i, s) in schedules.specific_date.iter().enumerate() {
             let (Some(start), Some(end)) = (
-                parse_date_time(&s.start_date_time),
-                parse_date_time(&s.end_date_time),
+                parse_date_time(&s.start_date_time).and_then(|d| instant(&zone, d)),
+                parse_date_time(&s.end_date_time).and_then(|d| instant(&zone, d)),
             ) else {
                 continue;
             };
-            if (start..end).contains(&local) {
+            if (start..end).contains(&unix_secs) {
                 consider(
                     start,
                     schedule_limits(
@@ -537,17 +552,25 @@ impl ScalingPolicy {
                 );
             }
         }
+        // A day's window lies within that local day, but the instant `now` may belong to the
+        // day before or after in local terms once a gap has moved a time: look at all three.
+        let today = zone.to_datetime(now).date();
+        let days = [today.yesterday().ok(), Some(today), today.tomorrow().ok()];
         for (i, s) in schedules.recurring_schedule.iter().enumerate() {
-            if let Some(start) = s.active_since(local) {
-                consider(
-                    start,
-                    schedule_limits(
-                        s.instance_min_count,
-                        s.instance_max_count,
-                        s.initial_min_instance_count,
-                        (ScheduleKind::Recurring, i),
-                    ),
-                );
+            for day in days.iter().flatten() {
+                if let Some((start, end)) = s.window_on(*day, &zone)
+                    && (start..end).contains(&unix_secs)
+                {
+                    consider(
+                        start,
+                        schedule_limits(
+                            s.instance_min_count,
+                            s.instance_max_count,
+                            s.initial_min_instance_count,
+                            (ScheduleKind::Recurring, i),
+                        ),
+                    );
+                }
             }
         }
         best.map_or(own, |(_, l)| l)
@@ -654,12 +677,12 @@ impl ScalingRule {
 
 impl Schedules {
     fn validate(&self) -> Result<(), PolicyError> {
-        if zone_offset_secs(&self.timezone).is_none() {
+        if time_zone(&self.timezone).is_none() {
             return Err(bad(
                 "schedules.timezone",
                 format!(
-                    "{:?}: Hydrant has no zone database; use UTC, Etc/UTC, GMT, a fixed \
-                     offset like Etc/GMT-8 (8 hours east) or UTC+08:00",
+                    "{:?} is not a time zone: use an IANA name such as \"Europe/Berlin\", \
+                     \"America/New_York\" or \"UTC\", or a fixed offset such as \"UTC+08:00\"",
                     self.timezone
                 ),
             ));
@@ -784,15 +807,9 @@ impl RecurringSchedule {
         )
     }
 
-    /// The local second this window opened, if it is open at local second `local`.
-    fn active_since(&self, local: i64) -> Option<i64> {
-        let day = local.div_euclid(86_400);
-        let second = local.rem_euclid(86_400);
-        let start = i64::from(parse_hhmm(&self.start_time)?) * 60;
-        let end = i64::from(parse_hhmm(&self.end_time)?) * 60;
-        if !(start..end).contains(&second) {
-            return None;
-        }
+    /// This window's opening and closing instants (UNIX seconds) on local `day`, if it applies
+    /// that day. Times skipped or repeated by a DST change resolve as the module doc says.
+    fn window_on(&self, day: Date, zone: &TimeZone) -> Option<(i64, i64)> {
         if self
             .start_date
             .as_deref()
@@ -806,42 +823,62 @@ impl RecurringSchedule {
         {
             return None;
         }
-        let (_, _, day_of_month) = civil_from_days(day);
-        // 1970-01-01 was a Thursday (ISO 4).
-        let weekday = (day + 3).rem_euclid(7) + 1;
         let on = if self.days_of_week.is_empty() {
-            self.days_of_month.contains(&day_of_month)
+            self.days_of_month.contains(&i64::from(day.day()))
         } else {
-            self.days_of_week.contains(&weekday)
+            self.days_of_week
+                .contains(&i64::from(day.weekday().to_monday_one_offset()))
         };
-        on.then_some(day * 86_400 + start)
+        if !on {
+            return None;
+        }
+        let start = instant(zone, day.to_datetime(parse_time(&self.start_time)?))?;
+        let end = instant(zone, day.to_datetime(parse_time(&self.end_time)?))?;
+        (start < end).then_some((start, end))
     }
 }
 
-/// Seconds east of UTC for the zones Hydrant can evaluate.
-fn zone_offset_secs(zone: &str) -> Option<i64> {
-    if matches!(zone, "UTC" | "Etc/UTC" | "GMT" | "Etc/GMT" | "Z") {
-        return Some(0);
+/// The zone a `timezone` names: a fixed offset written `UTC+HH:MM` / `GMT-HH:MM` (or `Z`), else
+/// an IANA name from the bundled database.
+fn time_zone(name: &str) -> Option<TimeZone> {
+    if name == "Z" {
+        return Some(TimeZone::UTC);
     }
-    if let Some(rest) = zone.strip_prefix("Etc/GMT") {
-        // POSIX sign convention: Etc/GMT-8 is eight hours east.
-        let hours: i64 = rest.parse().ok()?;
-        return (-14..=12).contains(&hours).then_some(-hours * 3600);
+    if let Some(rest) = name
+        .strip_prefix("UTC")
+        .or_else(|| name.strip_prefix("GMT"))
+        .filter(|r| r.starts_with(['+', '-']))
+    {
+        let sign = if rest.starts_with('-') { -1 } else { 1 };
+        let minutes = i32::try_from(parse_hhmm(&rest[1..])?).ok()?;
+        if minutes > 14 * 60 {
+            return None;
+        }
+        return Offset::from_seconds(sign * minutes * 60)
+            .ok()
+            .map(TimeZone::fixed);
     }
-    let rest = zone.strip_prefix("UTC")?;
-    let sign = match rest.as_bytes().first()? {
-        b'+' => 1,
-        b'-' => -1,
-        _ => return None,
-    };
-    let minutes = i64::from(parse_hhmm(&rest[1..])?);
-    (minutes <= 14 * 60).then_some(sign * minutes * 60)
+    // Names are short ASCII paths; anything else is refused before it reaches the database.
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_-+".contains(&b))
+    {
+        return None;
+    }
+    TimeZone::get(name).ok()
+}
+
+/// UNIX second of local `at` in `zone` (gaps move later, folds take the first occurrence).
+fn instant(zone: &TimeZone, at: DateTime) -> Option<i64> {
+    zone.to_timestamp(at).ok().map(Timestamp::as_second)
 }
 
 /// Minutes since midnight of `HH:MM`.
 fn parse_hhmm(text: &str) -> Option<u32> {
     let (h, m) = text.split_once(':')?;
-    if h.len() != 2 || m.len() != 2 {
+    if h.len() != 2 || m.len() != 2 || !(h.bytes().chain(m.bytes())).all(|b| b.is_ascii_digit()) {
         return None;
     }
     let h: u32 = h.parse().ok()?;
@@ -849,48 +886,37 @@ fn parse_hhmm(text: &str) -> Option<u32> {
     (h < 24 && m < 60).then_some(h * 60 + m)
 }
 
-/// Days since 1970-01-01 of `yyyy-mm-dd`.
-fn parse_date(text: &str) -> Option<i64> {
+/// `HH:MM` as a time of day.
+fn parse_time(text: &str) -> Option<Time> {
+    let minutes = parse_hhmm(text)?;
+    Time::new(
+        i8::try_from(minutes / 60).ok()?,
+        i8::try_from(minutes % 60).ok()?,
+        0,
+        0,
+    )
+    .ok()
+}
+
+/// `yyyy-mm-dd`, a real date.
+fn parse_date(text: &str) -> Option<Date> {
     let mut parts = text.split('-');
     let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || y.len() != 4 || m.len() != 2 || d.len() != 2 {
+    if parts.next().is_some()
+        || y.len() != 4
+        || m.len() != 2
+        || d.len() != 2
+        || !(y.bytes().chain(m.bytes()).chain(d.bytes())).all(|b| b.is_ascii_digit())
+    {
         return None;
     }
-    let (y, m, d): (i64, i64, i64) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
-    let days = days_from_civil(y, m, d);
-    // Round-tripping rejects 02-30 and friends.
-    ((1..=12).contains(&m) && d >= 1 && civil_from_days(days) == (y, m, d)).then_some(days)
+    Date::new(y.parse().ok()?, m.parse().ok()?, d.parse().ok()?).ok()
 }
 
-/// Local seconds since 1970-01-01T00:00 of `yyyy-mm-ddThh:mm`.
-fn parse_date_time(text: &str) -> Option<i64> {
+/// `yyyy-mm-ddThh:mm`, local.
+fn parse_date_time(text: &str) -> Option<DateTime> {
     let (date, time) = text.split_once('T')?;
-    Some(parse_date(date)? * 86_400 + i64::from(parse_hhmm(time)?) * 60)
-}
-
-/// Howard Hinnant's `days_from_civil`.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Howard Hinnant's `civil_from_days`.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    Some(parse_date(date)?.to_datetime(parse_time(time)?))
 }
 
 #[cfg(test)]
@@ -907,7 +933,7 @@ mod tests {
         {"metric_type": "responsetime", "threshold": 200, "operator": ">=", "adjustment": "+50%"}
       ],
       "schedules": {
-        "timezone": "Etc/GMT-8",
+        "timezone": "Asia/Shanghai",
         "recurring_schedule": [
           {"start_time": "10:00", "end_time": "18:00", "days_of_week": [1,2,3],
            "instance_min_count": 1, "instance_max_count": 10, "initial_min_instance_count": 5}
@@ -1023,8 +1049,17 @@ mod tests {
                 "policy: not valid: unknown field `breach`",
             ),
             (
-                FULL.replace("Etc/GMT-8", "Asia/Shanghai"),
-                "schedules.timezone: \"Asia/Shanghai\"",
+                FULL.replace("Asia/Shanghai", "Europe/Berln"),
+                "schedules.timezone: \"Europe/Berln\" is not a time zone: use an IANA name \
+                 such as \"Europe/Berlin\"",
+            ),
+            (
+                FULL.replace("Asia/Shanghai", "UTC+15:00"),
+                "schedules.timezone: \"UTC+15:00\" is not a time zone",
+            ),
+            (
+                FULL.replace("Asia/Shanghai", "../../etc/passwd"),
+                "schedules.timezone: \"../../etc/passwd\" is not a time zone",
             ),
             (
                 FULL.replace("\"18:00\"", "\"09:00\""),
@@ -1080,22 +1115,177 @@ mod tests {
         assert!(!Operator::parse(">").unwrap().holds(5.0, 5.0));
     }
 
+    /// UNIX second of a UTC date and time.
+    fn utc(y: i16, mo: i8, d: i8, h: i8, mi: i8) -> i64 {
+        instant(
+            &TimeZone::UTC,
+            Date::new(y, mo, d)
+                .unwrap()
+                .to_datetime(Time::new(h, mi, 0, 0).unwrap()),
+        )
+        .unwrap()
+    }
+
+    /// A policy with one recurring window every day in `zone`, and a specific date.
+    fn daily(zone: &str, start: &str, end: &str) -> ScalingPolicy {
+        ScalingPolicy::parse(&format!(
+            r#"{{"instance_min_count": 1, "instance_max_count": 4,
+              "schedules": {{"timezone": "{zone}",
+                "recurring_schedule": [{{"start_time": "{start}", "end_time": "{end}",
+                  "days_of_week": [1,2,3,4,5,6,7],
+                  "instance_min_count": 3, "instance_max_count": 6}}]}}}}"#
+        ))
+        .unwrap()
+    }
+
+    fn active(p: &ScalingPolicy, unix: i64) -> bool {
+        p.limits_at(unix).schedule.is_some()
+    }
+
     #[test]
     fn schedules_set_limits_in_their_zone() {
         let p = ScalingPolicy::parse(FULL).unwrap();
-        // 2026-11-30 is a Monday; 10:30 in UTC+8 is 02:30 UTC.
-        let monday = days_from_civil(2026, 11, 30) * 86_400;
-        let l = p.limits_at(monday + 2 * 3600 + 1800);
+        // 2026-11-30 is a Monday; 10:30 in Shanghai (UTC+8, no DST) is 02:30 UTC.
+        let l = p.limits_at(utc(2026, 11, 30, 2, 30));
         assert_eq!((l.min, l.max, l.initial_min), (1, 10, Some(5)));
         assert_eq!(l.schedule, Some((ScheduleKind::Recurring, 0)));
         // 18:00 local has ended.
-        assert_eq!(p.limits_at(monday + 10 * 3600).schedule, None);
+        assert_eq!(p.limits_at(utc(2026, 11, 30, 10, 0)).schedule, None);
         // Thursday is not in the list.
-        assert_eq!(p.limits_at(monday + 3 * 86_400 + 3 * 3600).max, 4);
-        let new_year = days_from_civil(2099, 1, 1) * 86_400 + 3 * 3600;
-        let l = p.limits_at(new_year);
+        assert_eq!(p.limits_at(utc(2026, 12, 3, 3, 0)).max, 4);
+        let l = p.limits_at(utc(2099, 1, 1, 3, 0));
         assert_eq!(l.schedule, Some((ScheduleKind::SpecificDate, 0)));
-        assert_eq!(civil_from_days(days_from_civil(2024, 2, 29)), (2024, 2, 29));
-        assert_eq!(zone_offset_secs("UTC-05:30"), Some(-19_800));
+        // Fixed offsets, both spellings of the sign convention.
+        for zone in ["UTC+08:00", "GMT+08:00", "Etc/GMT-8"] {
+            let p = ScalingPolicy::parse(&FULL.replace("Asia/Shanghai", zone)).unwrap();
+            assert!(active(&p, utc(2026, 11, 30, 2, 30)), "{zone}");
+            assert!(!active(&p, utc(2026, 11, 30, 10, 0)), "{zone}");
+        }
+        let p = daily("UTC-05:30", "10:00", "11:00");
+        assert!(active(&p, utc(2026, 11, 30, 15, 30)));
+        assert!(!active(&p, utc(2026, 11, 30, 16, 30)));
+    }
+
+    #[test]
+    fn business_hours_follow_new_york_across_its_spring_change() {
+        // 10:00–18:00 on weekdays. New York moves from EST (-5) to EDT (-4) on Sunday
+        // 2026-03-08, so the window opens at 15:00 UTC on Friday and 14:00 UTC on Monday.
+        let p = ScalingPolicy::parse(
+            r#"{"instance_min_count": 1, "instance_max_count": 4,
+              "schedules": {"timezone": "America/New_York",
+                "recurring_schedule": [{"start_time": "10:00", "end_time": "18:00",
+                  "days_of_week": [1,2,3,4,5], "instance_min_count": 2, "instance_max_count": 8}]}}"#,
+        )
+        .unwrap();
+        assert!(!active(&p, utc(2026, 3, 6, 14, 30)));
+        assert!(active(&p, utc(2026, 3, 6, 15, 0)));
+        assert!(active(&p, utc(2026, 3, 6, 22, 59)));
+        assert!(!active(&p, utc(2026, 3, 6, 23, 0)));
+        assert!(!active(&p, utc(2026, 3, 8, 15, 0)), "Sunday");
+        assert!(!active(&p, utc(2026, 3, 9, 13, 59)));
+        assert!(active(&p, utc(2026, 3, 9, 14, 0)));
+        assert!(!active(&p, utc(2026, 3, 9, 22, 0)));
+        assert_eq!(p.limits_at(utc(2026, 3, 9, 14, 0)).max, 8);
+    }
+
+    #[test]
+    fn a_window_in_the_spring_forward_gap_moves_later_by_the_gap() {
+        // Berlin jumps from 02:00 CET (+1) to 03:00 CEST (+2) at 01:00 UTC on 2026-03-29:
+        // 02:30 does not exist that day and reads as 03:30 CEST (01:30 UTC), as java.time and
+        // RFC 5545 have it; 04:00 CEST is 02:00 UTC. So the window runs 01:30–02:00 UTC.
+        let p = daily("Europe/Berlin", "02:30", "04:00");
+        assert!(!active(&p, utc(2026, 3, 29, 1, 0)), "03:00 CEST");
+        assert!(!active(&p, utc(2026, 3, 29, 1, 29)));
+        assert!(active(&p, utc(2026, 3, 29, 1, 30)));
+        assert!(active(&p, utc(2026, 3, 29, 1, 59)));
+        assert!(!active(&p, utc(2026, 3, 29, 2, 0)));
+        // The day before is plain CET (01:30–03:00 UTC), the day after plain CEST
+        // (00:30–02:00 UTC).
+        assert!(active(&p, utc(2026, 3, 28, 1, 30)));
+        assert!(active(&p, utc(2026, 3, 28, 2, 59)));
+        assert!(!active(&p, utc(2026, 3, 28, 3, 0)));
+        assert!(active(&p, utc(2026, 3, 30, 0, 30)));
+        assert!(!active(&p, utc(2026, 3, 30, 2, 0)));
+
+        // A window entirely inside the gap keeps its length instead of vanishing:
+        // 02:10–02:40 becomes 03:10–03:40 CEST (01:10–01:40 UTC).
+        let p = daily("Europe/Berlin", "02:10", "02:40");
+        assert!(!active(&p, utc(2026, 3, 29, 1, 9)));
+        assert!(active(&p, utc(2026, 3, 29, 1, 10)));
+        assert!(active(&p, utc(2026, 3, 29, 1, 39)));
+        assert!(!active(&p, utc(2026, 3, 29, 1, 40)));
+
+        // A specific date in the gap resolves the same way.
+        let p = ScalingPolicy::parse(
+            r#"{"instance_min_count": 1, "instance_max_count": 4,
+              "schedules": {"timezone": "Europe/Berlin",
+                "specific_date": [{"start_date_time": "2026-03-29T02:30",
+                  "end_date_time": "2026-03-29T05:00",
+                  "instance_min_count": 2, "instance_max_count": 5}]}}"#,
+        )
+        .unwrap();
+        assert!(!active(&p, utc(2026, 3, 29, 1, 29)));
+        assert!(active(&p, utc(2026, 3, 29, 1, 30)));
+        assert!(active(&p, utc(2026, 3, 29, 2, 59)));
+        assert!(!active(&p, utc(2026, 3, 29, 3, 0)));
+    }
+
+    #[test]
+    fn a_window_across_the_fall_back_fold_opens_once_and_runs_the_long_hour() {
+        // Berlin goes back from 03:00 CEST (+2) to 02:00 CET (+1) at 01:00 UTC on 2026-10-25:
+        // 02:00–03:00 happens twice. 02:30 is its first occurrence (00:30 UTC); 03:30 CET is
+        // 02:30 UTC. The window is open for two real hours, as one schedule the whole time.
+        let p = daily("Europe/Berlin", "02:30", "03:30");
+        assert!(!active(&p, utc(2026, 10, 25, 0, 29)));
+        for (h, m) in [(0, 30), (0, 59), (1, 0), (1, 45), (2, 29)] {
+            let l = p.limits_at(utc(2026, 10, 25, h, m));
+            assert_eq!(
+                l.schedule,
+                Some((ScheduleKind::Recurring, 0)),
+                "{h}:{m} UTC"
+            );
+            assert_eq!((l.min, l.max), (3, 6));
+        }
+        assert!(!active(&p, utc(2026, 10, 25, 2, 30)));
+        // A window inside the repeated hour is open during its first pass only.
+        let p = daily("Europe/Berlin", "02:10", "02:50");
+        assert!(active(&p, utc(2026, 10, 25, 0, 10)));
+        assert!(!active(&p, utc(2026, 10, 25, 0, 50)));
+        assert!(
+            !active(&p, utc(2026, 10, 25, 1, 10)),
+            "the second 02:10 (CET)"
+        );
+        // The next day the window is in CET again: 01:10–01:50 UTC.
+        assert!(active(&p, utc(2026, 10, 26, 1, 10)));
+    }
+
+    #[test]
+    fn zone_names_are_checked_without_touching_the_file_system() {
+        for good in [
+            "Europe/Berlin",
+            "America/New_York",
+            "UTC",
+            "Etc/UTC",
+            "Asia/Kolkata",
+        ] {
+            assert!(time_zone(good).is_some(), "{good}");
+        }
+        for bad in [
+            "",
+            "Europe/Berln",
+            "/etc/localtime",
+            "../zoneinfo/UTC",
+            "UTC+8",
+            "UTC+25:00",
+        ] {
+            assert!(time_zone(bad).is_none(), "{bad}");
+        }
+        assert_eq!(
+            time_zone("UTC-05:30")
+                .unwrap()
+                .to_offset(Timestamp::UNIX_EPOCH)
+                .seconds(),
+            -19_800
+        );
     }
 }
