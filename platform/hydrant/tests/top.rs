@@ -35,14 +35,14 @@ struct Console {
 }
 
 impl Console {
-    fn start(cloud: &MicroCloud) -> Self {
+    fn start(home: &std::path::Path) -> Self {
         let bin = env!("CARGO_BIN_EXE_hydrant");
         let inner = format!(
             "stty rows {ROWS} cols {COLS} && '{bin}' top; echo TOP-EXIT=$?; stty -a; sleep 1"
         );
         let mut child = Command::new("script")
             .args(["-q", "-f", "-e", "-c", &inner, "/dev/null"])
-            .env("HYDRANT_HOME", cloud.home())
+            .env("HYDRANT_HOME", home)
             .env("TERM", "xterm-256color")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -132,9 +132,10 @@ fn number(field: &str) -> Option<f64> {
 }
 
 #[test]
-fn top_shows_the_demo_app_moving_drills_in_and_out_shows_the_pipeline_and_restores_the_terminal() {
+fn top_follows_the_demo_app_drills_in_and_out_shows_the_pipeline_restores_the_terminal_and_serves_a_developer()
+ {
     let cloud = MicroCloud::start(env!("CARGO_BIN_EXE_hydrant"), &["--demo"]);
-    let mut top = Console::start(&cloud);
+    let mut top = Console::start(cloud.home());
 
     // The apps screen: the demo app with requests, latency and status counts.
     fn fields(text: &str) -> Option<Vec<&str>> {
@@ -259,4 +260,70 @@ fn top_shows_the_demo_app_moving_drills_in_and_out_shows_the_pipeline_and_restor
         !top.screen.lock().unwrap().screen().alternate_screen(),
         "the terminal is still on the alternate screen"
     );
+    drop(top);
+
+    // A developer without admin rights: the console reads the app's own stream.
+    let dev_home = developer_home(&cloud);
+    let mut dev = Console::start(dev_home.path());
+    dev.wait(
+        Duration::from_secs(60),
+        "the developer's console with the demo app's live numbers",
+        |text| {
+            let f = fields(text)?;
+            (text.contains("developer (app streams)") && number(f[6])? > 0.0).then_some(())
+        },
+    );
+    dev.type_keys(":pipeline\r");
+    dev.wait(
+        Duration::from_secs(10),
+        "the pipeline screen explaining it needs the firehose",
+        |text| text.contains("no pipeline metrics").then_some(()),
+    );
+    dev.type_keys("q");
+    dev.wait(
+        Duration::from_secs(15),
+        "the developer's console to exit",
+        |_| dev.raw().contains("TOP-EXIT=0").then_some(()),
+    );
+}
+
+/// A `HYDRANT_HOME` logged in as a new user who is only a developer in the default space.
+fn developer_home(cloud: &MicroCloud) -> tempfile::TempDir {
+    let config = cloud.cli_config();
+    let api = config["api"].as_str().unwrap().to_owned();
+    let token = config["token"].as_str().unwrap().to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let admin = hydrant_api::Client::new(&api, Some(token));
+        admin
+            .create_user(&hydrant_api::CreateUser {
+                username: "dev".to_owned(),
+                password: "developer-password".to_owned(),
+                admin: false,
+            })
+            .await
+            .unwrap();
+        let space = admin.list_spaces().await.unwrap().remove(0);
+        admin
+            .assign_role(&space.guid, "dev", hydrant_api::SpaceRole::Developer)
+            .await
+            .unwrap();
+    });
+    let home = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        cloud.home().join("config.json"),
+        home.path().join("config.json"),
+    )
+    .unwrap();
+    let login = Command::new(env!("CARGO_BIN_EXE_hydrant"))
+        .args(["login", "-u", "dev"])
+        .env("HYDRANT_HOME", home.path())
+        .env("HYDRANT_PASSWORD", "developer-password")
+        .output()
+        .unwrap();
+    assert!(login.status.success(), "{login:?}");
+    home
 }

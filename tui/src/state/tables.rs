@@ -1015,7 +1015,13 @@ fn status_notes(state: &State, guid: &str, wall: i64) -> Vec<Note> {
 fn app_events(state: &State, guid: &str) -> Vec<Note> {
     let mut all: Vec<(i64, Level, String)> = Vec::new();
     for e in state.events.iter().filter(|e| &*e.source == guid) {
-        all.push((e.ts, e.level, format!("{} {}", clean(&e.kind), e.detail)));
+        // Notices often start with their own kind (`SLO availability ...`): say it once.
+        let text = if e.detail.starts_with(&*e.kind) {
+            e.detail.clone()
+        } else {
+            format!("{} {}", clean(&e.kind), e.detail)
+        };
+        all.push((e.ts, e.level, text));
     }
     for a in state.meta.audit.iter().filter(|a| a.target_guid == guid) {
         all.push((
