@@ -583,7 +583,7 @@ fn detail_screen_shows_instances_sparklines_status_events_and_escaped_logs() {
         "latency (mean per second)",
         "autoscaler: 1..4 instances · cpu > 80 → +1",
         "SLO availability (availability 99.9% over 30d): budget 40% left",
-        "22:13:10 SLO SLO availability (availability 99.9%): PAGE FIRING",
+        "22:13:10 SLO availability (availability 99.9%): PAGE FIRING",
         "logs (live)",
         "[APP/PROC/WEB/0] OUT GET / 200 in 20ms",
     ] {
