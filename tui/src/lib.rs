@@ -148,22 +148,21 @@ impl Options {
     }
 }
 
-/// Decides how to read: the API's word on whether the token is an admin's.
+/// Decides how to read: the API's word on whether the token is an admin's. When the API cannot
+/// say (down, or none configured), the firehose is tried; a refusal falls back to app streams.
 async fn resolve(options: &Options, api: Option<&Client>) -> (feed::Reading, bool) {
     let admin = match api {
-        Some(api) => matches!(
-            tokio::time::timeout(Duration::from_secs(5), api.me()).await,
-            Ok(Ok(me)) if me.user.admin
-        ),
-        None => false,
+        Some(api) => match tokio::time::timeout(Duration::from_secs(5), api.me()).await {
+            Ok(Ok(me)) => Some(me.user.admin),
+            _ => None,
+        },
+        None => None,
     };
-    let reading = match options.mode {
-        Mode::Operator => feed::Reading::Firehose,
-        Mode::Developer => feed::Reading::AppStreams,
-        Mode::Auto if admin || api.is_none() => feed::Reading::Firehose,
-        Mode::Auto => feed::Reading::AppStreams,
+    let reading = match (options.mode, admin) {
+        (Mode::Operator, _) | (Mode::Auto, Some(true) | None) => feed::Reading::Firehose,
+        (Mode::Developer, _) | (Mode::Auto, Some(false)) => feed::Reading::AppStreams,
     };
-    (reading, admin)
+    (reading, admin == Some(true))
 }
 
 /// Runs the console until `q`, Ctrl-C or SIGTERM.
@@ -173,6 +172,11 @@ async fn resolve(options: &Options, api: Option<&Client>) -> (feed::Reading, boo
 /// draw on, [`Error::Unauthorized`] when no stream accepts the token.
 pub async fn run(options: Options) -> Result<(), Error> {
     options.validate()?;
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return Err(Error::Terminal(std::io::Error::other(
+            "standard output is not a terminal (for logs in a pipe, use `hydrant logs`)",
+        )));
+    }
     let api = options
         .api_url
         .as_deref()
@@ -375,4 +379,63 @@ where
     state.set_page(ui::page_rows(size.height));
     term.draw(|frame| ui::draw(frame, state)).map_err(failed)?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+mod tests {
+    use super::*;
+
+    fn options() -> Options {
+        Options::new(
+            Some("http://127.0.0.1:9022".to_owned()),
+            "token".to_owned(),
+            "http://127.0.0.1:8081".to_owned(),
+        )
+    }
+
+    #[test]
+    fn options_validate_and_name_the_option_at_fault() {
+        options().validate().unwrap();
+        let bad = Options {
+            refresh: Duration::from_millis(50),
+            ..options()
+        };
+        let message = bad.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("`--refresh`") && message.contains("50 ms"),
+            "{message}"
+        );
+        let bad = Options {
+            api_url: None,
+            mode: Mode::Developer,
+            ..options()
+        };
+        let message = bad.validate().unwrap_err().to_string();
+        assert!(message.contains("`--developer`"), "{message}");
+        let bad = Options {
+            firehose_url: " ".to_owned(),
+            ..options()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("`firehose`")
+        );
+        let bad = Options {
+            firehose_url: "https://edge".to_owned(),
+            ..options()
+        };
+        let message = bad.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("`firehose`") && message.contains("TLS"),
+            "{message}"
+        );
+    }
 }
