@@ -239,7 +239,7 @@ pub(crate) async fn firehose(
 ) -> Result<(), StreamError> {
     feeder.send(Feed::Stream(StreamChange::Wanted(1))).await;
     let subscription = Subscription::Firehose {
-        subscription_id: format!("hydrant-top-{:016x}", fastrand_id()),
+        subscription_id: format!("hydrant-top-{:016x}", subscription_suffix()),
     };
     let client = FirehoseClient::connect(config.clone(), subscription)?;
     let history = {
@@ -279,8 +279,9 @@ pub(crate) async fn firehose(
     }
 }
 
-/// A random-enough id for the firehose subscription (one console, one shard group).
-fn fastrand_id() -> u64 {
+/// Tells this console's subscription apart from other consoles' (each must get the whole
+/// stream, not share a shard group): the start time mixed with the process id.
+fn subscription_suffix() -> u64 {
     let nanos = hydrant_envelope::now_nanos().unsigned_abs();
     nanos ^ (u64::from(std::process::id()) << 32)
 }

@@ -350,6 +350,9 @@ pub struct State {
 /// Log `source_type`s whose lines are platform notices, shown as events.
 const NOTICE_SOURCES: [&str; 3] = ["SLO", "AUTOSCALER", "HM"];
 
+/// A component silent this long (UNIX ns) is forgotten: ten minutes.
+const FORGET_COMPONENT_NS: i64 = 600_000_000_000;
+
 /// Most SLOs tracked per app from live gauges.
 const MAX_SLOS_PER_APP: usize = 32;
 
@@ -743,15 +746,19 @@ impl State {
 
     /// Rebuilds the view at `now` (paused or not) and re-sorts the tables.
     pub(crate) fn rebuild(&mut self, now: Instant) {
-        self.housekeeping();
+        self.housekeeping(now);
         self.view = tables::build(self, now);
         for kind in TableKind::ALL {
             self.relayout(kind);
         }
     }
 
-    /// Drops per-app data of apps neither the windows nor the API know any more.
-    fn housekeeping(&mut self) {
+    /// Drops per-app data of apps neither the windows nor the API know any more, and
+    /// components silent for [`FORGET_COMPONENT_NS`].
+    fn housekeeping(&mut self, now: Instant) {
+        let wall = self.clock.wall_ns(now);
+        self.components
+            .forget_older_than(wall.saturating_sub(FORGET_COMPONENT_NS));
         let windows = &self.windows;
         let apps = &self.meta.apps;
         let known = |id: &str| apps.contains_key(id) || windows.app(id).is_some();

@@ -482,6 +482,18 @@ impl Components {
             .collect()
     }
 
+    /// Forgets components whose newest report is older than `before` (UNIX ns): they stopped
+    /// or moved, and their stale rows would only mislead.
+    pub(crate) fn forget_older_than(&mut self, before: i64) {
+        let mut count = 0;
+        for instances in self.map.values_mut() {
+            instances.retain(|_, c| c.last_ts >= before);
+            count += instances.len();
+        }
+        self.map.retain(|_, instances| !instances.is_empty());
+        self.count = count;
+    }
+
     /// Components tracked.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -590,5 +602,12 @@ mod tests {
         ));
         assert_eq!((c.dropped_components, c.dropped_series), (1, 1));
         assert_eq!(c.len(), 1);
+        // A component that stopped reporting is forgotten, making room for another.
+        c.forget_older_than(2_000_000_000);
+        assert_eq!(c.len(), 0);
+        assert!(record(
+            &mut c,
+            &counter("doppler", "doppler.ingress", 1, 3, &[])
+        ));
     }
 }
