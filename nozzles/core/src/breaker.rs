@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 
@@ -76,6 +77,20 @@ impl CircuitBreaker {
         self.open_until.map_or(Duration::ZERO, |until| {
             until.saturating_duration_since(Instant::now())
         })
+    }
+
+    /// Waits until an attempt may go. `false` when `shutdown` is cancelled during the
+    /// cool-down: the caller gives up the batch it holds and counts it as `shutdown`. A closed
+    /// breaker answers `true` at once, even after shutdown, so a draining sender keeps sending.
+    pub async fn ready(&self, shutdown: &CancellationToken) -> bool {
+        let wait = self.wait();
+        if wait.is_zero() {
+            return true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => true,
+            () = shutdown.cancelled() => false,
+        }
     }
 
     /// Whether an attempt may go now.
@@ -156,5 +171,32 @@ mod tests {
         b.trip();
         assert!(b.is_open() && b.wait() == Duration::from_secs(1));
         assert_eq!(b.times_opened(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_waits_out_the_cool_down_unless_shut_down() {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let mut b = CircuitBreaker::new(BreakerConfig {
+            failure_threshold: 1,
+            open_ms: 1_000,
+        });
+        let start = tokio::time::Instant::now();
+        assert!(b.ready(&shutdown).await, "closed: at once");
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        b.record_failure();
+        assert!(b.ready(&shutdown).await);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(1),
+            "open: the cool-down"
+        );
+        b.record_failure();
+        shutdown.cancel();
+        assert!(!b.ready(&shutdown).await, "shut down during the cool-down");
+        b.record_success();
+        assert!(
+            b.ready(&shutdown).await,
+            "closed: still ready after shutdown"
+        );
     }
 }

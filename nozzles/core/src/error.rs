@@ -12,4 +12,7 @@ pub enum Error {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// The firehose client refused its config for a reason other than one field.
+    #[error("firehose: {0}")]
+    Firehose(hydrant_firehose_client::Error),
 }

@@ -1,8 +1,9 @@
 //! The machinery every nozzle shares. A nozzle reads the firehose and forwards envelopes to
 //! an outside system (syslog, Datadog, OTLP); this crate holds the parts that decide what
-//! happens when that system is slow or down.
+//! happens when that system is slow or down, and the scaffolding every nozzle's `run` is built
+//! on (the [`FirehoseReader`], the shared config checks, a bounded shutdown).
 //!
-//! Flow: firehose client → nozzle encoder → one [`DestinationQueue`] per destination (bounded
+//! Flow: [`FirehoseReader`] → nozzle encoder → one [`DestinationQueue`] per destination (bounded
 //! in bytes and count, drop-oldest) → a sender task that takes batches, retries them with
 //! [`Backoff`] and stops trying while the destination's [`CircuitBreaker`] is open.
 //!
@@ -17,13 +18,19 @@
 mod backoff;
 mod breaker;
 mod error;
+mod firehose;
 mod mask;
 mod metrics;
 mod queue;
+mod role;
 
 pub use backoff::Backoff;
 pub use breaker::{BreakerConfig, CircuitBreaker};
 pub use error::Error;
+pub use firehose::FirehoseReader;
 pub use mask::mask_url;
 pub use metrics::{LOSS_SOURCE_TYPE, NozzleMetrics, loss_notice, loss_notice_text};
 pub use queue::{DestinationQueue, QueueLimits};
+pub use role::{
+    ABORT_GRACE, finish_self_report, finish_senders, validate_firehose, validate_self_report,
+};

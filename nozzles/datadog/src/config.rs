@@ -10,7 +10,9 @@ use std::path::PathBuf;
 
 use hydrant_emitter::TelemetryConfig;
 use hydrant_firehose_client::ClientConfig;
-use hydrant_nozzle_core::{Backoff, BreakerConfig, QueueLimits};
+use hydrant_nozzle_core::{
+    Backoff, BreakerConfig, QueueLimits, validate_firehose, validate_self_report,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -292,24 +294,7 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] (or [`Error::Core`] for a shared section) saying what to change.
     pub fn validate(&self) -> Result<(), Error> {
-        self.firehose.validate().map_err(|e| match e {
-            hydrant_firehose_client::Error::Config { field, message } => {
-                Error::config(format!("firehose.{field}"), message)
-            }
-            other => Error::Firehose(other),
-        })?;
-        if self.firehose.token.is_empty() {
-            return Err(Error::config(
-                "firehose.token",
-                "is empty; put a token with the `firehose` scope here",
-            ));
-        }
-        if self.subscription_id.is_empty() {
-            return Err(Error::config(
-                "subscription_id",
-                "is empty; name the shard group, e.g. \"datadog-nozzle\"",
-            ));
-        }
+        validate_firehose(&self.firehose, &self.subscription_id, "datadog-nozzle")?;
         Target::parse("api_url", &self.api_url)?;
         if self.api_key_file.is_none() && self.api_key_env.is_empty() {
             return Err(Error::config(
@@ -366,18 +351,7 @@ impl Config {
                 "must be at least 1 (ms to connect and get one answer)",
             ));
         }
-        if self.admin_listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(Error::config(
-                "admin_listen",
-                format!(
-                    "({:?}) is not an address; write it like 127.0.0.1:14841",
-                    self.admin_listen
-                ),
-            ));
-        }
-        self.telemetry
-            .validate()
-            .map_err(|e| Error::config("telemetry", e.to_string()))?;
+        validate_self_report(&self.admin_listen, "127.0.0.1:14841", &self.telemetry)?;
         self.validate_logs()
     }
 

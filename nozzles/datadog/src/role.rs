@@ -1,7 +1,7 @@
 //! The Datadog nozzle role: `run` reads the firehose, aggregates metrics per interval and keeps
 //! Datadog fed.
 //!
-//! Flow: [`FirehoseClient`] (shared subscription) → reader loop → [`Aggregator`] (and, with
+//! Flow: [`FirehoseReader`] (shared subscription) → reader loop → [`Aggregator`] (and, with
 //! `[logs]`, one intake entry per log) → every `batch.flush_interval_ms`: flush → [`encode`]
 //! → one [`Outbox`] per metrics endpoint → one sender task per endpoint ([`deliver`]) →
 //! Datadog.
@@ -18,8 +18,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hydrant_emitter::{Counter, Gauge, Registry};
-use hydrant_firehose_client::{FirehoseClient, StreamEvent, Subscription};
-use hydrant_nozzle_core::{CircuitBreaker, DestinationQueue, NozzleMetrics};
+use hydrant_nozzle_core::{
+    CircuitBreaker, DestinationQueue, FirehoseReader, NozzleMetrics, finish_self_report,
+    finish_senders,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -40,9 +42,6 @@ pub const SERIES_PATH: &str = "/api/v2/series";
 pub const DISTRIBUTION_PATH: &str = "/api/v1/distribution_points";
 /// Path of the logs intake.
 pub const LOGS_PATH: &str = "/api/v2/logs";
-
-/// Grace after the drain deadline for senders stuck in a request before they are aborted.
-const ABORT_GRACE: Duration = Duration::from_millis(500);
 
 /// The sockets the nozzle serves, bound by the caller (tests bind `127.0.0.1:0`).
 #[derive(Debug)]
@@ -68,40 +67,15 @@ impl Listeners {
     }
 }
 
-/// What the reader counts about the firehose and the flushes.
-struct ReaderMetrics {
-    envelopes: Counter,
-    firehose_lost: Counter,
-    disconnects: Counter,
-    connected: Gauge,
+/// What the reader counts about the flushes.
+struct FlushMetrics {
     series: Gauge,
     flushes: Counter,
 }
 
-impl ReaderMetrics {
+impl FlushMetrics {
     fn new(registry: &Registry) -> Self {
         Self {
-            envelopes: registry.counter(
-                "nozzle.envelopes",
-                "Envelopes read from the firehose.",
-                &[],
-            ),
-            firehose_lost: registry.counter(
-                "nozzle.firehose_lost",
-                "Envelopes the firehose reported lost before they reached this nozzle.",
-                &[],
-            ),
-            disconnects: registry.counter(
-                "nozzle.firehose_disconnects",
-                "Times the firehose connection dropped.",
-                &[],
-            ),
-            connected: registry.gauge(
-                "nozzle.firehose_connected",
-                "1 while the firehose stream is open.",
-                "bool",
-                &[],
-            ),
             series: registry.gauge(
                 "nozzle.series",
                 "Series in the last flushed interval.",
@@ -164,7 +138,7 @@ pub async fn run_with_key(
 ) -> Result<(), Error> {
     config.validate()?;
     let registry = Registry::new(ROLE, &config.instance_id);
-    let reader_metrics = ReaderMetrics::new(&registry);
+    let flush_metrics = FlushMetrics::new(&registry);
     let api = Target::parse("api_url", &config.api_url)?;
     let logs_target = if config.logs.enabled {
         Some(Target::parse("logs.url", &config.logs.url)?)
@@ -261,12 +235,8 @@ pub async fn run_with_key(
         shutdown.clone(),
     ));
     let telemetry = config.telemetry.start(&registry, shutdown.clone());
-    let client = FirehoseClient::connect(
-        config.firehose.clone(),
-        Subscription::Firehose {
-            subscription_id: config.subscription_id.clone(),
-        },
-    )?;
+    let reader =
+        FirehoseReader::connect(config.firehose.clone(), &config.subscription_id, &registry)?;
     tracing::info!(
         subscription_id = %config.subscription_id,
         api = %sinks.series.metrics.destination(),
@@ -278,18 +248,17 @@ pub async fn run_with_key(
     let mut aggregator = Aggregator::new(MapOptions::from_config(&config));
     let flush_every = Duration::from_millis(config.batch.flush_interval_ms);
     let read = read_firehose(
-        client,
+        reader,
         &mut aggregator,
         &sinks,
         flush_every,
-        &reader_metrics,
+        &flush_metrics,
         &shutdown,
     )
     .await;
     // Whatever ended the reader, stop the rest too, and send the partial interval.
     shutdown.cancel();
-    reader_metrics.connected.set(0.0);
-    flush(&mut aggregator, &sinks, flush_every, &reader_metrics);
+    flush(&mut aggregator, &sinks, flush_every, &flush_metrics);
 
     sinks.series.outbox.close();
     if let Some(d) = &sinks.distribution {
@@ -299,12 +268,7 @@ pub async fn run_with_key(
         l.queue.close();
     }
     let deadline = Duration::from_millis(config.shutdown_drain_ms);
-    let drained = tokio::time::timeout(deadline, async {
-        while senders.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        senders_stop.cancel();
+    finish_senders(&mut senders, deadline, &senders_stop, || {
         let mut lost = sinks.series.outbox.discard("shutdown");
         if let Some(d) = &sinks.distribution {
             lost += d.outbox.discard("shutdown");
@@ -313,24 +277,12 @@ pub async fn run_with_key(
             lost += l.queue.discard("shutdown");
         }
         tracing::warn!(lost, "Datadog did not take everything before the deadline");
-        let grace = tokio::time::timeout(ABORT_GRACE, async {
-            while senders.join_next().await.is_some() {}
-        })
-        .await;
-        if grace.is_err() {
-            senders.shutdown().await;
-        }
-    }
+    })
+    .await;
 
-    let admin_result = admin.await;
-    if let Some(emitter) = telemetry {
-        emitter.stopped().await;
-    }
+    let admin = finish_self_report(admin, telemetry).await;
     read?;
-    match admin_result {
-        Ok(Ok(())) | Err(_) => Ok(()),
-        Ok(Err(e)) => Err(Error::Admin(e)),
-    }
+    admin.map_err(Error::Admin)
 }
 
 fn now_secs() -> i64 {
@@ -339,73 +291,41 @@ fn now_secs() -> i64 {
 
 /// The reader loop: batches folded in, a flush every `flush_every`.
 async fn read_firehose(
-    mut client: FirehoseClient,
+    mut reader: FirehoseReader,
     aggregator: &mut Aggregator,
     sinks: &Sinks,
     flush_every: Duration,
-    metrics: &ReaderMetrics,
+    metrics: &FlushMetrics,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
     let mut ticker =
         tokio::time::interval_at(tokio::time::Instant::now() + flush_every, flush_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let event = tokio::select! {
+        let batch = tokio::select! {
             biased;
             () = shutdown.cancelled() => return Ok(()),
             _ = ticker.tick() => {
                 flush(aggregator, sinks, flush_every, metrics);
                 continue;
             }
-            event = client.next() => event,
+            batch = reader.next_batch(shutdown) => batch?,
         };
-        let Some(event) = event else {
+        let Some(batch) = batch else {
             return Ok(());
         };
-        match event {
-            StreamEvent::Batch(batch) => {
-                metrics.envelopes.add(batch.len() as u64);
-                let now = now_secs();
-                let mut scratch = Vec::with_capacity(16);
-                for view in batch.iter() {
-                    aggregator.add(&view, now, &mut scratch);
-                    if let Some(logs) = &sinks.logs
-                        && let Some(entry) = logs::entry(&view, &logs.source, &logs.tags)
-                    {
-                        logs.metrics.received(1);
-                        logs.queue.push(entry.clone(), entry.len());
-                    }
-                }
-                report_tally(aggregator, sinks);
+        let now = now_secs();
+        let mut scratch = Vec::with_capacity(16);
+        for view in batch.iter() {
+            aggregator.add(&view, now, &mut scratch);
+            if let Some(logs) = &sinks.logs
+                && let Some(entry) = logs::entry(&view, &logs.source, &logs.tags)
+            {
+                logs.metrics.received(1);
+                logs.queue.push(entry.clone(), entry.len());
             }
-            StreamEvent::Gap(gap) => {
-                metrics.firehose_lost.add(gap.dropped);
-                tracing::warn!(
-                    dropped = gap.dropped,
-                    hop = %gap.hop,
-                    reason = %gap.reason,
-                    "the firehose lost envelopes before this nozzle"
-                );
-            }
-            StreamEvent::Connected => {
-                metrics.connected.set(1.0);
-                tracing::info!("firehose connected");
-            }
-            StreamEvent::Closed { code, reason } => {
-                metrics.connected.set(0.0);
-                tracing::warn!(code, %reason, "firehose closed the stream");
-            }
-            StreamEvent::Disconnected { reason, retry_in } => {
-                metrics.connected.set(0.0);
-                metrics.disconnects.inc();
-                tracing::warn!(%reason, ?retry_in, "firehose disconnected");
-            }
-            StreamEvent::Fatal(e) => {
-                metrics.connected.set(0.0);
-                return Err(Error::Firehose(e));
-            }
-            other => tracing::debug!(?other, "firehose event ignored"),
         }
+        report_tally(aggregator, sinks);
     }
 }
 
@@ -428,7 +348,7 @@ fn report_tally(aggregator: &mut Aggregator, sinks: &Sinks) {
 }
 
 /// Ends the interval: series encoded into requests and queued for their endpoints.
-fn flush(aggregator: &mut Aggregator, sinks: &Sinks, every: Duration, metrics: &ReaderMetrics) {
+fn flush(aggregator: &mut Aggregator, sinks: &Sinks, every: Duration, metrics: &FlushMetrics) {
     let interval = i64::try_from(every.as_secs()).unwrap_or(i64::MAX).max(1);
     // Counts are stamped with the start of the interval they cover.
     let window_start = now_secs() - interval;

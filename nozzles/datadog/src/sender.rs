@@ -135,15 +135,9 @@ pub async fn deliver(
     ];
     let mut attempt = 0u32;
     loop {
-        let wait = breaker.wait();
-        if !wait.is_zero() {
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = shutdown.cancelled() => {
-                    metrics.dropped("shutdown", payload.values);
-                    return;
-                }
-            }
+        if !breaker.ready(shutdown).await {
+            metrics.dropped("shutdown", payload.values);
+            return;
         }
         let (outcome, detail) = match endpoint
             .client

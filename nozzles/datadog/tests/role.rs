@@ -18,19 +18,16 @@
 mod fake_datadog;
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use fake_datadog::{FakeDatadog, Reply};
-use hydrant_emitter::{Emitter, EmitterConfig, Registry};
+use hydrant_emitter::Emitter;
 use hydrant_nozzle_core::{Backoff, BreakerConfig};
 use hydrant_nozzle_datadog::{BatchConfig, Config, Listeners, TimerMode};
+use hydrant_nozzle_testkit::{Pipeline, Probe, metric_matching as metric, scrape};
 use hydrant_testkit::wait_for;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
@@ -69,98 +66,12 @@ impl Write for LogWriter {
     }
 }
 
-struct Pipeline {
-    agent: String,
-    firehose: String,
-    token: String,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Pipeline {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-async fn bind() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.unwrap()
-}
-
-fn url(l: &TcpListener) -> String {
-    format!("http://{}", l.local_addr().unwrap())
-}
-
-/// Agent, doppler and firehose edge on ephemeral ports, as `MicroCloud::start` wires them.
-async fn start_pipeline() -> Pipeline {
-    let shutdown = CancellationToken::new();
-    let key = hydrant_auth::SigningKey::from_bytes(&[9u8; 32]).unwrap();
-    let (agent_ingress, agent_admin) = (bind().await, bind().await);
-    let (doppler_grpc, doppler_admin) = (bind().await, bind().await);
-    let (firehose_http, firehose_admin) = (bind().await, bind().await);
-    let (agent, doppler, firehose) = (url(&agent_ingress), url(&doppler_grpc), url(&firehose_http));
-    tokio::spawn(hydrant_agent::run(
-        hydrant_agent::Config {
-            dopplers: vec![doppler.clone()],
-            ..hydrant_agent::Config::default()
-        },
-        hydrant_agent::Listeners {
-            ingress: agent_ingress,
-            admin: agent_admin,
-        },
-        shutdown.clone(),
-    ));
-    tokio::spawn(hydrant_doppler::run(
-        hydrant_doppler::Config::default(),
-        hydrant_doppler::Listeners {
-            grpc: doppler_grpc,
-            admin: doppler_admin,
-        },
-        shutdown.clone(),
-    ));
-    tokio::spawn(hydrant_firehose::run(
-        hydrant_firehose::Config {
-            dopplers: vec![doppler],
-            signing_key: Some(key.to_hex()),
-            reconnect_min_ms: 10,
-            reconnect_max_ms: 200,
-            ..hydrant_firehose::Config::default()
-        },
-        hydrant_firehose::Listeners {
-            http: firehose_http,
-            admin: firehose_admin,
-        },
-        shutdown.clone(),
-    ));
-    let token = key
-        .issue(&hydrant_auth::Claims::new("nozzle-test").with_scope(hydrant_auth::SCOPE_FIREHOSE));
-    Pipeline {
-        agent,
-        firehose,
-        token,
-        shutdown,
-    }
-}
-
-struct Nozzle {
-    admin: SocketAddr,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), hydrant_nozzle_datadog::Error>>,
-    _key_file: tempfile::NamedTempFile,
-}
-
-impl Nozzle {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("the nozzle stops")
-            .unwrap()
-            .unwrap();
-    }
-}
+/// The Datadog role on a task.
+type Nozzle = hydrant_nozzle_testkit::Nozzle<hydrant_nozzle_datadog::Error>;
 
 fn base_config(pipeline: &Pipeline, api_url: String) -> Config {
-    let mut config = Config {
+    Config {
+        firehose: pipeline.firehose_client(),
         api_url,
         tags: vec!["env:test".to_owned()],
         batch: BatchConfig {
@@ -182,54 +93,22 @@ fn base_config(pipeline: &Pipeline, api_url: String) -> Config {
         shutdown_drain_ms: 3_000,
         admin_listen: "127.0.0.1:0".to_owned(),
         ..Config::default()
-    };
-    config.firehose.url.clone_from(&pipeline.firehose);
-    config.firehose.token.clone_from(&pipeline.token);
-    config.firehose.reconnect.initial_ms = 20;
-    config.firehose.reconnect.max_ms = 200;
-    config
+    }
 }
 
-/// Starts the role through `run`, reading the key from a file as an operator would.
-async fn start_nozzle(mut config: Config) -> Nozzle {
+/// Starts the role through `run`, reading the key from a file as an operator would; the file
+/// lives as long as the returned handle on it.
+async fn start_nozzle(mut config: Config) -> (Nozzle, tempfile::NamedTempFile) {
     captured_logs();
     let mut key_file = tempfile::NamedTempFile::new().unwrap();
     writeln!(key_file, "{KEY}").unwrap();
     config.api_key_file = Some(key_file.path().to_owned());
     config.validate().unwrap();
     let listeners = Listeners::bind(&config).await.unwrap();
-    let admin = listeners.admin.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(hydrant_nozzle_datadog::run(
-        config,
-        listeners,
-        shutdown.clone(),
-    ));
-    Nozzle {
-        admin,
-        shutdown,
-        task,
-        _key_file: key_file,
-    }
-}
-
-async fn scrape(admin: SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    text
-}
-
-/// Sum of the samples of `name` whose labels contain every `filter`.
-fn metric(text: &str, name: &str, filters: &[&str]) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| filters.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    let nozzle = Nozzle::spawn(listeners.admin.local_addr().unwrap(), |shutdown| {
+        hydrant_nozzle_datadog::run(config, listeners, shutdown)
+    });
+    (nozzle, key_file)
 }
 
 fn destination(fake_url: &str, path: &str) -> String {
@@ -246,28 +125,6 @@ async fn wait_for_ledger(nozzle: &Nozzle, dest: &str) -> (u64, u64, u64) {
         (received > 0 && received == sent + dropped).then_some((received, sent, dropped))
     })
     .await
-}
-
-fn emitter(pipeline: &Pipeline) -> Emitter {
-    Emitter::start(
-        EmitterConfig {
-            agent: pipeline.agent.clone(),
-            ..EmitterConfig::default()
-        },
-        &Registry::new("test-app", "0"),
-        pipeline.shutdown.clone(),
-    )
-}
-
-/// Emits probe counters until the nozzle has read one, so nothing emitted next can fall into
-/// a subscription not yet made.
-async fn wait_until_flowing(emitter: &Emitter, nozzle: &Nozzle) {
-    wait_for(WITHIN, "the firehose to reach the nozzle", || async {
-        emitter.counter("probe", "0", "probe", 1, &[]);
-        emitter.flush();
-        metric(&scrape(nozzle.admin).await, "nozzle_envelopes_total", &[]) > 0
-    })
-    .await;
 }
 
 fn has_tag(series: &Value, tag: &str) -> bool {
@@ -317,11 +174,11 @@ fn assert_no_key_anywhere(text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_gauges_and_timers_arrive_as_datadog_series() {
-    let pipeline = start_pipeline().await;
+    let pipeline = Pipeline::start().await;
     let fake = FakeDatadog::start(KEY).await;
-    let nozzle = start_nozzle(base_config(&pipeline, fake.url())).await;
-    let emitter = emitter(&pipeline);
-    wait_until_flowing(&emitter, &nozzle).await;
+    let (nozzle, _key_file) = start_nozzle(base_config(&pipeline, fake.url())).await;
+    let emitter = pipeline.emitter();
+    nozzle.wait_until_flowing(&emitter, Probe::Counter).await;
 
     let total = emit_counters(&emitter, 1_000);
     let start = hydrant_envelope::now_nanos();
@@ -421,15 +278,15 @@ async fn counters_gauges_and_timers_arrive_as_datadog_series() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timers_as_distributions_reach_the_distribution_points_api() {
-    let pipeline = start_pipeline().await;
+    let pipeline = Pipeline::start().await;
     let fake = FakeDatadog::start(KEY).await;
     let config = Config {
         timers: TimerMode::Distribution,
         ..base_config(&pipeline, fake.url())
     };
-    let nozzle = start_nozzle(config).await;
-    let emitter = emitter(&pipeline);
-    wait_until_flowing(&emitter, &nozzle).await;
+    let (nozzle, _key_file) = start_nozzle(config).await;
+    let emitter = pipeline.emitter();
+    nozzle.wait_until_flowing(&emitter, Probe::Counter).await;
 
     let start = hydrant_envelope::now_nanos();
     for i in 0..200i64 {
@@ -473,11 +330,11 @@ async fn timers_as_distributions_reach_the_distribution_points_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_and_server_errors_are_retried_until_delivered() {
-    let pipeline = start_pipeline().await;
+    let pipeline = Pipeline::start().await;
     let fake = FakeDatadog::start(KEY).await;
-    let nozzle = start_nozzle(base_config(&pipeline, fake.url())).await;
-    let emitter = emitter(&pipeline);
-    wait_until_flowing(&emitter, &nozzle).await;
+    let (nozzle, _key_file) = start_nozzle(base_config(&pipeline, fake.url())).await;
+    let emitter = pipeline.emitter();
+    nozzle.wait_until_flowing(&emitter, Probe::Counter).await;
 
     fake.script([
         Reply::throttled("0.2"),
@@ -521,11 +378,11 @@ async fn throttling_and_server_errors_are_retried_until_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_requests_are_not_retried_and_are_counted() {
-    let pipeline = start_pipeline().await;
+    let pipeline = Pipeline::start().await;
     let fake = FakeDatadog::start(KEY).await;
-    let nozzle = start_nozzle(base_config(&pipeline, fake.url())).await;
-    let emitter = emitter(&pipeline);
-    wait_until_flowing(&emitter, &nozzle).await;
+    let (nozzle, _key_file) = start_nozzle(base_config(&pipeline, fake.url())).await;
+    let emitter = pipeline.emitter();
+    nozzle.wait_until_flowing(&emitter, Probe::Counter).await;
 
     let before = fake.seen().len();
     fake.script([Reply::status(400), Reply::status(403), Reply::status(413)]);
@@ -602,7 +459,7 @@ async fn rejected_requests_are_not_retried_and_are_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_datadog_costs_only_counted_data() {
-    let pipeline = start_pipeline().await;
+    let pipeline = Pipeline::start().await;
     let dead = format!("http://{}", hydrant_testkit::dead_addr());
     let mut config = base_config(&pipeline, dead.clone());
     config.retry.max_retries = 2;
@@ -610,9 +467,9 @@ async fn a_dead_datadog_costs_only_counted_data() {
         failure_threshold: 2,
         open_ms: 200,
     };
-    let nozzle = start_nozzle(config).await;
-    let emitter = emitter(&pipeline);
-    wait_until_flowing(&emitter, &nozzle).await;
+    let (nozzle, _key_file) = start_nozzle(config).await;
+    let emitter = pipeline.emitter();
+    nozzle.wait_until_flowing(&emitter, Probe::Counter).await;
     emit_counters(&emitter, 300);
     let dest = destination(&dead, SERIES);
     let (received, sent, dropped) = wait_for_ledger(&nozzle, &dest).await;
@@ -660,14 +517,14 @@ async fn a_missing_key_stops_the_role_naming_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_reach_the_logs_intake_when_enabled() {
-    let pipeline = start_pipeline().await;
+    let pipeline = Pipeline::start().await;
     let fake = FakeDatadog::start(KEY).await;
     let mut config = base_config(&pipeline, fake.url());
     config.logs.enabled = true;
     config.logs.url = fake.url();
-    let nozzle = start_nozzle(config).await;
-    let emitter = emitter(&pipeline);
-    wait_until_flowing(&emitter, &nozzle).await;
+    let (nozzle, _key_file) = start_nozzle(config).await;
+    let emitter = pipeline.emitter();
+    nozzle.wait_until_flowing(&emitter, Probe::Counter).await;
     for i in 0..100 {
         emitter.log_with_tags(
             "app-a",

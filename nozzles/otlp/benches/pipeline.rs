@@ -23,13 +23,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hydrant_nozzle_core::QueueLimits;
+use hydrant_nozzle_testkit::{Pipeline, Probe, metric, scrape};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
-use pipeline::{Nozzle, metric, start_pipeline};
+use pipeline::{nozzle_config, start_nozzle};
 use tonic::{Request, Response, Status};
 
 #[derive(Debug, Clone, Default)]
@@ -75,8 +76,8 @@ async fn main() {
             .add_service(LogsServiceServer::new(counting.clone()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let pipeline = start_pipeline().await;
-    let mut config = pipeline.config(&format!("http://{addr}"));
+    let pipeline = Pipeline::start().await;
+    let mut config = nozzle_config(&pipeline, &format!("http://{addr}"));
     config.export_metrics = false;
     config.queue = QueueLimits {
         max_items: 200_000,
@@ -84,9 +85,9 @@ async fn main() {
         batch_items: 2_000,
         batch_bytes: 1024 * 1024,
     };
-    let nozzle = Nozzle::start(config).await;
+    let nozzle = start_nozzle(config).await;
     let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter).await;
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
     let before = counting.0.load(Ordering::Relaxed);
 
     let payload = format!("GET /index.html 200 {}", "x".repeat(160));
@@ -119,7 +120,7 @@ async fn main() {
     let mut last_change = Instant::now();
     let finished = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let text = nozzle.scrape().await;
+        let text = scrape(nozzle.admin).await;
         let received = metric(&text, "nozzle_received_total", "");
         let done =
             metric(&text, "nozzle_sent_total", "") + metric(&text, "nozzle_dropped_total", "");

@@ -11,7 +11,9 @@ use std::fmt;
 
 use hydrant_emitter::TelemetryConfig;
 use hydrant_firehose_client::ClientConfig;
-use hydrant_nozzle_core::{Backoff, BreakerConfig, QueueLimits, mask_url};
+use hydrant_nozzle_core::{
+    Backoff, BreakerConfig, QueueLimits, mask_url, validate_firehose, validate_self_report,
+};
 use serde::Deserialize;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 
@@ -245,24 +247,7 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] (or [`Error::Core`] for a shared section) saying what to change.
     pub fn validate(&self) -> Result<(), Error> {
-        self.firehose.validate().map_err(|e| match e {
-            hydrant_firehose_client::Error::Config { field, message } => {
-                config_error(format!("firehose.{field}"), message)
-            }
-            other => Error::Firehose(other),
-        })?;
-        if self.firehose.token.is_empty() {
-            return Err(config_error(
-                "firehose.token",
-                "is empty; put a token with the `firehose` scope here",
-            ));
-        }
-        if self.subscription_id.is_empty() {
-            return Err(config_error(
-                "subscription_id",
-                "is empty; name the shard group, e.g. \"otlp-nozzle\"",
-            ));
-        }
+        validate_firehose(&self.firehose, &self.subscription_id, "otlp-nozzle")?;
         validate_endpoint("endpoint", &self.endpoint)?;
         self.headers.to_metadata()?;
         if !self.export_logs && !self.export_metrics {
@@ -293,18 +278,7 @@ impl Config {
         self.queue.validate("queue")?;
         self.retry.validate("retry")?;
         self.breaker.validate("breaker")?;
-        if self.admin_listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(config_error(
-                "admin_listen",
-                format!(
-                    "({:?}) is not an address; write it like 127.0.0.1:14842",
-                    self.admin_listen
-                ),
-            ));
-        }
-        self.telemetry
-            .validate()
-            .map_err(|e| config_error("telemetry", e.to_string()))?;
+        validate_self_report(&self.admin_listen, "127.0.0.1:14842", &self.telemetry)?;
         Ok(())
     }
 }

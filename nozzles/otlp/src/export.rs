@@ -375,15 +375,9 @@ async fn send(
     }
     let mut attempt = 0u32;
     loop {
-        let wait = breaker.wait();
-        if !wait.is_zero() {
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = stop.cancelled() => {
-                    metrics.dropped("shutdown", n);
-                    return;
-                }
-            }
+        if !breaker.ready(stop).await {
+            metrics.dropped("shutdown", n);
+            return;
         }
         match exporter.export(request.bytes.clone()).await {
             Outcome::Accepted { rejected, message } => {

@@ -1,7 +1,7 @@
 //! The OTLP nozzle role: `run` reads the firehose and keeps an OTLP receiver fed with logs and
 //! metrics.
 //!
-//! Flow: [`FirehoseClient`] (shared subscription) → reader loop ([`Mapping::route`]: one
+//! Flow: [`FirehoseReader`] (shared subscription) → reader loop ([`Mapping::route`]: one
 //! [`Item`] per log record or data point) → one [`DestinationQueue`] per signal →
 //! `exports_in_flight` [`run_sender`] tasks per signal → `LogsService/Export` /
 //! `MetricsService/Export`, all on one HTTP/2 connection.
@@ -16,10 +16,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hydrant_emitter::{Counter, Gauge, Registry};
+use hydrant_emitter::{Counter, Registry};
 use hydrant_envelope::wire::EnvelopeView;
-use hydrant_firehose_client::{FirehoseClient, StreamEvent, Subscription};
-use hydrant_nozzle_core::{CircuitBreaker, DestinationQueue, NozzleMetrics};
+use hydrant_nozzle_core::{
+    CircuitBreaker, DestinationQueue, FirehoseReader, NozzleMetrics, finish_self_report,
+    finish_senders,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -30,9 +32,6 @@ use crate::{Config, Error};
 
 /// The role's name in its metrics and self-telemetry.
 pub const ROLE: &str = "nozzle-otlp";
-
-/// Grace after the drain deadline for senders stuck in a call before they are aborted.
-const ABORT_GRACE: Duration = Duration::from_millis(500);
 
 /// The sockets the nozzle serves, bound by the caller (tests bind `127.0.0.1:0`).
 #[derive(Debug)]
@@ -79,48 +78,23 @@ impl Destination {
     }
 }
 
-/// What the reader counts about the firehose itself.
-struct ReaderMetrics {
+/// Envelopes the reader leaves out on purpose, counted by reason.
+struct Skipped {
     registry: Registry,
-    envelopes: Counter,
-    firehose_lost: Counter,
-    reconnects: Counter,
-    connected: Gauge,
-    skipped: HashMap<&'static str, Counter>,
+    by_reason: HashMap<&'static str, Counter>,
 }
 
-impl ReaderMetrics {
+impl Skipped {
     fn new(registry: &Registry) -> Self {
         Self {
             registry: registry.clone(),
-            envelopes: registry.counter(
-                "nozzle.envelopes",
-                "Envelopes read from the firehose.",
-                &[],
-            ),
-            firehose_lost: registry.counter(
-                "nozzle.firehose_lost",
-                "Envelopes the firehose reported lost before they reached this nozzle.",
-                &[],
-            ),
-            reconnects: registry.counter(
-                "nozzle.firehose_disconnects",
-                "Times the firehose connection dropped.",
-                &[],
-            ),
-            connected: registry.gauge(
-                "nozzle.firehose_connected",
-                "1 while the firehose stream is open.",
-                "bool",
-                &[],
-            ),
-            skipped: HashMap::new(),
+            by_reason: HashMap::new(),
         }
     }
 
-    fn skipped(&mut self, reason: &'static str) {
+    fn count(&mut self, reason: &'static str) {
         let registry = &self.registry;
-        self.skipped
+        self.by_reason
             .entry(reason)
             .or_insert_with(|| {
                 registry.counter(
@@ -146,7 +120,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     config.validate()?;
     let registry = Registry::new(ROLE, &config.instance_id);
-    let mut reader_metrics = ReaderMetrics::new(&registry);
+    let mut skipped = Skipped::new(&registry);
     let mapping = Mapping::new(&config);
     let headers = config.headers.to_metadata()?;
     let channel = hydrant_envelope::raw::tuned_endpoint(&config.endpoint)
@@ -208,12 +182,8 @@ pub async fn run(
         shutdown.clone(),
     ));
     let telemetry = config.telemetry.start(&registry, shutdown.clone());
-    let client = FirehoseClient::connect(
-        config.firehose.clone(),
-        Subscription::Firehose {
-            subscription_id: config.subscription_id.clone(),
-        },
-    )?;
+    let reader =
+        FirehoseReader::connect(config.firehose.clone(), &config.subscription_id, &registry)?;
     tracing::info!(
         subscription_id = %config.subscription_id,
         endpoint = %hydrant_nozzle_core::mask_url(&config.endpoint),
@@ -223,29 +193,23 @@ pub async fn run(
     );
 
     let read = read_firehose(
-        client,
+        reader,
         &mapping,
         logs.as_ref(),
         metrics.as_ref(),
-        &mut reader_metrics,
+        &mut skipped,
         &shutdown,
     )
     .await;
     // Whatever ended the reader, stop the rest too.
     shutdown.cancel();
-    reader_metrics.connected.set(0.0);
 
     let destinations: Vec<&Destination> = logs.iter().chain(metrics.iter()).collect();
     for d in &destinations {
         d.queue.close();
     }
     let deadline = Duration::from_millis(config.shutdown_drain_ms);
-    let drained = tokio::time::timeout(deadline, async {
-        while senders.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        senders_stop.cancel();
+    finish_senders(&mut senders, deadline, &senders_stop, || {
         let mut lost = 0;
         for d in &destinations {
             lost += d.queue.discard("shutdown");
@@ -254,90 +218,39 @@ pub async fn run(
             lost,
             "the receiver did not take everything before the deadline"
         );
-        let grace = tokio::time::timeout(ABORT_GRACE, async {
-            while senders.join_next().await.is_some() {}
-        })
-        .await;
-        if grace.is_err() {
-            senders.shutdown().await;
-        }
-    }
+    })
+    .await;
 
-    let admin_result = admin.await;
-    if let Some(emitter) = telemetry {
-        emitter.stopped().await;
-    }
+    let admin = finish_self_report(admin, telemetry).await;
     read?;
-    match admin_result {
-        Ok(Ok(())) | Err(_) => Ok(()),
-        Ok(Err(e)) => Err(Error::Admin(e)),
-    }
+    admin.map_err(Error::Admin)
 }
 
 /// The reader loop: batches in, one item per record or data point pushed to its signal.
 async fn read_firehose(
-    mut client: FirehoseClient,
+    mut reader: FirehoseReader,
     mapping: &Mapping,
     logs: Option<&Destination>,
     metrics: Option<&Destination>,
-    reader: &mut ReaderMetrics,
+    skipped: &mut Skipped,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
-    loop {
-        let event = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return Ok(()),
-            event = client.next() => event,
-        };
-        let Some(event) = event else {
-            return Ok(());
-        };
-        match event {
-            StreamEvent::Batch(batch) => {
-                reader.envelopes.add(batch.len() as u64);
-                for envelope in batch.envelopes() {
-                    let Ok(view) = EnvelopeView::parse(&envelope) else {
-                        // The client validated the batch; this cannot happen, but is counted.
-                        reader.skipped("malformed");
-                        continue;
-                    };
-                    match (mapping.route(&view), logs, metrics) {
-                        (Route::Logs, Some(d), _) => d.push(&envelope, 1),
-                        (Route::Metrics(n), _, Some(d)) => d.push(&envelope, n),
-                        (Route::Skip(reason), _, _) => reader.skipped(reason),
-                        // A signal without a destination is one the config turned off.
-                        (Route::Logs, None, _) => reader.skipped("logs_disabled"),
-                        (Route::Metrics(_), _, None) => reader.skipped("metrics_disabled"),
-                    }
-                }
+    while let Some(batch) = reader.next_batch(shutdown).await? {
+        for envelope in batch.envelopes() {
+            let Ok(view) = EnvelopeView::parse(&envelope) else {
+                // The client validated the batch; this cannot happen, but is counted.
+                skipped.count("malformed");
+                continue;
+            };
+            match (mapping.route(&view), logs, metrics) {
+                (Route::Logs, Some(d), _) => d.push(&envelope, 1),
+                (Route::Metrics(n), _, Some(d)) => d.push(&envelope, n),
+                (Route::Skip(reason), _, _) => skipped.count(reason),
+                // A signal without a destination is one the config turned off.
+                (Route::Logs, None, _) => skipped.count("logs_disabled"),
+                (Route::Metrics(_), _, None) => skipped.count("metrics_disabled"),
             }
-            StreamEvent::Gap(gap) => {
-                reader.firehose_lost.add(gap.dropped);
-                tracing::warn!(
-                    dropped = gap.dropped,
-                    hop = %gap.hop,
-                    reason = %gap.reason,
-                    "the firehose lost envelopes before this nozzle"
-                );
-            }
-            StreamEvent::Connected => {
-                reader.connected.set(1.0);
-                tracing::info!("firehose connected");
-            }
-            StreamEvent::Closed { code, reason } => {
-                reader.connected.set(0.0);
-                tracing::warn!(code, %reason, "firehose closed the stream");
-            }
-            StreamEvent::Disconnected { reason, retry_in } => {
-                reader.connected.set(0.0);
-                reader.reconnects.inc();
-                tracing::warn!(%reason, ?retry_in, "firehose disconnected");
-            }
-            StreamEvent::Fatal(e) => {
-                reader.connected.set(0.0);
-                return Err(Error::Firehose(e));
-            }
-            other => tracing::debug!(?other, "firehose event ignored"),
         }
     }
+    Ok(())
 }

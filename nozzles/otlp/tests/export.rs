@@ -20,10 +20,11 @@ use std::time::Duration;
 use hydrant_emitter::Emitter;
 use hydrant_envelope::v2;
 use hydrant_nozzle_core::QueueLimits;
+use hydrant_nozzle_testkit::{Pipeline, Probe, metric as scrape_metric, scrape};
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::metrics::v1::{Metric, metric, number_data_point};
-use pipeline::{Nozzle, metric as scrape_metric, start_pipeline};
+use pipeline::{Nozzle, nozzle_config, start_nozzle};
 use receiver::{Answer, Receiver};
 use tonic::Code;
 
@@ -311,7 +312,7 @@ async fn wait_accounted(nozzle: &Nozzle) -> String {
         WAIT,
         "every received record to be sent or dropped",
         || async {
-            let text = nozzle.scrape().await;
+            let text = scrape(nozzle.admin).await;
             let received = scrape_metric(&text, "nozzle_received_total", "");
             let done = scrape_metric(&text, "nozzle_sent_total", "")
                 + scrape_metric(&text, "nozzle_dropped_total", "");
@@ -325,10 +326,10 @@ async fn wait_accounted(nozzle: &Nozzle) -> String {
 async fn logs_and_metrics_arrive_mapped_exactly_once() {
     let receiver = Receiver::new();
     let server = receiver.serve("127.0.0.1:0".parse().unwrap()).await;
-    let pipeline = start_pipeline().await;
-    let nozzle = Nozzle::start(pipeline.config(&format!("http://{}", server.addr))).await;
+    let pipeline = Pipeline::start().await;
+    let nozzle = start_nozzle(nozzle_config(&pipeline, &format!("http://{}", server.addr))).await;
     let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter).await;
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
 
     const N: usize = 1_000;
     emit_logs(&emitter, 0..N);
@@ -396,13 +397,13 @@ async fn unavailable_is_retried_then_delivered() {
     receiver.script(&[Answer::Fail(Code::Unavailable); 2]);
     receiver.script(&[Answer::Fail(Code::ResourceExhausted)]);
     let server = receiver.serve("127.0.0.1:0".parse().unwrap()).await;
-    let pipeline = start_pipeline().await;
-    let mut config = pipeline.config(&format!("http://{}", server.addr));
+    let pipeline = Pipeline::start().await;
+    let mut config = nozzle_config(&pipeline, &format!("http://{}", server.addr));
     config.export_metrics = false;
     config.retry.max_retries = 10;
-    let nozzle = Nozzle::start(config).await;
+    let nozzle = start_nozzle(config).await;
     let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter).await;
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
 
     const N: usize = 300;
     emit_logs(&emitter, 0..N);
@@ -429,16 +430,16 @@ async fn invalid_argument_is_not_retried_and_is_counted() {
     let receiver = Receiver::new();
     receiver.logs_answer(Answer::Fail(Code::InvalidArgument));
     let server = receiver.serve("127.0.0.1:0".parse().unwrap()).await;
-    let pipeline = start_pipeline().await;
-    let mut config = pipeline.config(&format!("http://{}", server.addr));
+    let pipeline = Pipeline::start().await;
+    let mut config = nozzle_config(&pipeline, &format!("http://{}", server.addr));
     config.export_metrics = false;
-    let nozzle = Nozzle::start(config).await;
+    let nozzle = start_nozzle(config).await;
     let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter).await;
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
 
     emit_logs(&emitter, 0..200);
     hydrant_testkit::wait_for(WAIT, "the app's logs to be read", || async {
-        scrape_metric(&nozzle.scrape().await, "nozzle_envelopes_total", "") > 200
+        scrape_metric(&scrape(nozzle.admin).await, "nozzle_envelopes_total", "") > 200
     })
     .await;
     let text = wait_accounted(&nozzle).await;
@@ -470,12 +471,12 @@ async fn partial_success_rejections_are_counted_as_dropped() {
     let receiver = Receiver::new();
     receiver.logs_answer(Answer::Partial(1));
     let server = receiver.serve("127.0.0.1:0".parse().unwrap()).await;
-    let pipeline = start_pipeline().await;
-    let mut config = pipeline.config(&format!("http://{}", server.addr));
+    let pipeline = Pipeline::start().await;
+    let mut config = nozzle_config(&pipeline, &format!("http://{}", server.addr));
     config.export_metrics = false;
-    let nozzle = Nozzle::start(config).await;
+    let nozzle = start_nozzle(config).await;
     let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter).await;
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
 
     emit_logs(&emitter, 0..300);
     hydrant_testkit::wait_for(WAIT, "every app log", || async {
@@ -507,8 +508,8 @@ async fn partial_success_rejections_are_counted_as_dropped() {
 async fn receiver_down_then_back_drains_the_backlog_and_counts_the_overflow() {
     let addr = hydrant_testkit::dead_addr();
     let receiver = Receiver::new();
-    let pipeline = start_pipeline().await;
-    let mut config = pipeline.config(&format!("http://{addr}"));
+    let pipeline = Pipeline::start().await;
+    let mut config = nozzle_config(&pipeline, &format!("http://{addr}"));
     config.export_metrics = false;
     config.queue = QueueLimits {
         max_items: 150,
@@ -517,15 +518,15 @@ async fn receiver_down_then_back_drains_the_backlog_and_counts_the_overflow() {
     };
     // Enough retries to outlast the outage: the queue, not the retry budget, absorbs it.
     config.retry.max_retries = 1_000;
-    let nozzle = Nozzle::start(config).await;
+    let nozzle = start_nozzle(config).await;
     let emitter = pipeline.emitter();
     // The receiver is down, so "flowing" means the nozzle read (and queued) the probe.
-    nozzle.wait_until_flowing(&emitter).await;
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
 
     const N: usize = 400;
     emit_logs(&emitter, 0..N);
     hydrant_testkit::wait_for(WAIT, "the backlog to overflow the queue", || async {
-        let text = nozzle.scrape().await;
+        let text = scrape(nozzle.admin).await;
         scrape_metric(&text, "nozzle_envelopes_total", "") > N as u64
             && scrape_metric(&text, "nozzle_dropped_total", "reason=\"queue_full\"") > 0
     })

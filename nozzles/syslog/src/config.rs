@@ -8,7 +8,9 @@
 
 use hydrant_emitter::TelemetryConfig;
 use hydrant_firehose_client::ClientConfig;
-use hydrant_nozzle_core::{Backoff, BreakerConfig, QueueLimits, mask_url};
+use hydrant_nozzle_core::{
+    Backoff, BreakerConfig, QueueLimits, mask_url, validate_firehose, validate_self_report,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{DrainData, DrainUrl, EncoderOptions, Error, PlatformConfig, TlsConfig};
@@ -118,24 +120,7 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] (or [`Error::Core`] for a shared section) saying what to change.
     pub fn validate(&self) -> Result<(), Error> {
-        self.firehose.validate().map_err(|e| match e {
-            hydrant_firehose_client::Error::Config { field, message } => {
-                config_error(format!("firehose.{field}"), message)
-            }
-            other => Error::Firehose(other),
-        })?;
-        if self.firehose.token.is_empty() {
-            return Err(config_error(
-                "firehose.token",
-                "is empty; put a token with the `firehose` scope here",
-            ));
-        }
-        if self.subscription_id.is_empty() {
-            return Err(config_error(
-                "subscription_id",
-                "is empty; name the shard group, e.g. \"syslog-nozzle\"",
-            ));
-        }
+        validate_firehose(&self.firehose, &self.subscription_id, "syslog-nozzle")?;
         if self.drains.is_empty() && self.platform.is_none() {
             return Err(config_error(
                 "drains",
@@ -164,18 +149,7 @@ impl Config {
                 "must be at least 1 (ms to connect and write one batch)",
             ));
         }
-        if self.admin_listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(config_error(
-                "admin_listen",
-                format!(
-                    "({:?}) is not an address; write it like 127.0.0.1:14840",
-                    self.admin_listen
-                ),
-            ));
-        }
-        self.telemetry
-            .validate()
-            .map_err(|e| config_error("telemetry", e.to_string()))?;
+        validate_self_report(&self.admin_listen, "127.0.0.1:14840", &self.telemetry)?;
         self.tls.validate()?;
         if self.loss_notice_interval_ms == 0 {
             return Err(config_error(

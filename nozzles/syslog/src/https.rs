@@ -22,12 +22,10 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
-use rustls::pki_types::ServerName;
-use tokio_rustls::TlsConnector;
 
 use crate::dial::Dialer;
-use crate::transport::{Payload, dial_error, tls_error};
-use crate::{DrainUrl, Error, tls};
+use crate::transport::{DrainTls, Payload, dial_error};
+use crate::{DrainUrl, Error};
 
 /// The most of a drain's answer body read before the connection is given up.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -41,9 +39,7 @@ pub struct HttpsSender {
     host_header: HeaderValue,
     authorization: Option<HeaderValue>,
     dialer: Dialer,
-    tls: Arc<ClientConfig>,
-    name: ServerName<'static>,
-    insecure: bool,
+    tls: DrainTls,
     masked: String,
     timeout: Duration,
     conn: Option<SendRequest<Full<Bytes>>>,
@@ -68,7 +64,7 @@ impl HttpsSender {
             field: masked.clone(),
             message,
         };
-        let name = tls::server_name(&url.host).map_err(bad)?;
+        let tls = DrainTls::new(&url.host, tls, insecure, &masked)?;
         let host = if url.port == 443 {
             url.authority().trim_end_matches(":443").to_owned()
         } else {
@@ -101,9 +97,7 @@ impl HttpsSender {
             host_header,
             authorization,
             dialer,
-            tls: Arc::clone(tls),
-            name,
-            insecure,
+            tls,
             masked,
             timeout,
             conn: None,
@@ -191,13 +185,7 @@ impl HttpsSender {
             .connect(&self.host, self.port)
             .await
             .map_err(|e| dial_error(e, &self.masked))?;
-        if self.insecure {
-            tracing::warn!(drain = %self.masked, "TLS certificate NOT verified (insecure_skip_verify)");
-        }
-        let stream = TlsConnector::from(Arc::clone(&self.tls))
-            .connect(self.name.clone(), tcp)
-            .await
-            .map_err(|e| tls_error(e, &self.host, &self.masked))?;
+        let stream = self.tls.handshake(tcp, &self.host, &self.masked).await?;
         let (sender, connection) =
             http1::handshake(TokioIo::new(stream))
                 .await

@@ -1,6 +1,6 @@
 //! The syslog nozzle role: `run` reads the firehose and keeps every drain fed.
 //!
-//! Flow: [`FirehoseClient`] (shared subscription) → reader loop → the current [`Routes`]
+//! Flow: [`FirehoseReader`] (shared subscription) → reader loop → the current [`Routes`]
 //! (every configured drain, plus the platform's app drains looked up by `source_id`) → each
 //! envelope encoded once per distinct [`EncoderOptions`] among the drains that want it → one
 //! [`DestinationQueue`] per drain → one sender task per drain → the drain (TCP, TLS or
@@ -21,11 +21,10 @@ use std::time::Duration;
 use axum::Json;
 use axum::routing::get;
 use bytes::Bytes;
-use hydrant_emitter::{Counter, Emitter, Gauge, Registry};
-use hydrant_firehose_client::{FirehoseClient, StreamEvent, Subscription};
+use hydrant_emitter::{Emitter, Registry};
 use hydrant_nozzle_core::{
-    Backoff, BreakerConfig, CircuitBreaker, DestinationQueue, NozzleMetrics, QueueLimits,
-    loss_notice, mask_url,
+    Backoff, BreakerConfig, CircuitBreaker, DestinationQueue, FirehoseReader, NozzleMetrics,
+    QueueLimits, finish_self_report, finish_senders, loss_notice, mask_url,
 };
 use rustls::ClientConfig;
 use serde::Serialize;
@@ -41,9 +40,6 @@ use crate::{Config, EncoderOptions, Error, HttpsSender, Scheme, TcpSender, encod
 
 /// The role's name in its metrics and self-telemetry.
 pub const ROLE: &str = "nozzle-syslog";
-
-/// Grace after the drain deadline for senders stuck in a write before they are aborted.
-const ABORT_GRACE: Duration = Duration::from_millis(500);
 
 /// `source_id`s remembered by the reader so queued frames share one allocation per app.
 const MAX_INTERNED: usize = 10_000;
@@ -341,42 +337,6 @@ pub(crate) fn lock(fleet: &SharedFleet) -> std::sync::MutexGuard<'_, Fleet> {
     fleet.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What the reader counts about the firehose itself.
-struct ReaderMetrics {
-    envelopes: Counter,
-    firehose_lost: Counter,
-    reconnects: Counter,
-    connected: Gauge,
-}
-
-impl ReaderMetrics {
-    fn new(registry: &Registry) -> Self {
-        Self {
-            envelopes: registry.counter(
-                "nozzle.envelopes",
-                "Envelopes read from the firehose.",
-                &[],
-            ),
-            firehose_lost: registry.counter(
-                "nozzle.firehose_lost",
-                "Envelopes the firehose reported lost before they reached this nozzle.",
-                &[],
-            ),
-            reconnects: registry.counter(
-                "nozzle.firehose_disconnects",
-                "Times the firehose connection dropped.",
-                &[],
-            ),
-            connected: registry.gauge(
-                "nozzle.firehose_connected",
-                "1 while the firehose stream is open.",
-                "bool",
-                &[],
-            ),
-        }
-    }
-}
-
 /// Runs the nozzle until `shutdown` is cancelled (or the firehose refuses it for good), then
 /// gives the drains `shutdown_drain_ms` to take what is queued and returns.
 ///
@@ -390,14 +350,9 @@ pub async fn run(
 ) -> Result<(), Error> {
     config.validate()?;
     let registry = Registry::new(ROLE, &config.instance_id);
-    let reader_metrics = ReaderMetrics::new(&registry);
     // Everything that can refuse the config does so before any task starts.
-    let client = FirehoseClient::connect(
-        config.firehose.clone(),
-        Subscription::Firehose {
-            subscription_id: config.subscription_id.clone(),
-        },
-    )?;
+    let reader =
+        FirehoseReader::connect(config.firehose.clone(), &config.subscription_id, &registry)?;
     let mut fleet = Fleet::new(&config, &registry)?;
     for (index, url) in config.drains.iter().enumerate() {
         let (_, options) = config.drain(index)?;
@@ -446,10 +401,9 @@ pub async fn run(
         "syslog nozzle reading the firehose"
     );
 
-    let read = read_firehose(client, routes, &reader_metrics, &shutdown).await;
+    let read = read_firehose(reader, routes, &shutdown).await;
     // Whatever ended the reader, stop the rest too.
     shutdown.cancel();
-    reader_metrics.connected.set(0.0);
     if let Some(platform) = platform {
         background.cancel();
         let _ = platform.await;
@@ -467,40 +421,23 @@ pub async fn run(
         drain.queue.close();
     }
     let deadline = Duration::from_millis(config.shutdown_drain_ms);
-    let drained = tokio::time::timeout(deadline, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        senders_stop.cancel();
+    finish_senders(&mut tasks, deadline, &senders_stop, || {
         let mut lost = 0;
         for drain in &drains {
             lost += drain.retire("shutdown");
         }
         tracing::warn!(lost, "drains did not take everything before the deadline");
-        let grace = tokio::time::timeout(ABORT_GRACE, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if grace.is_err() {
-            tasks.shutdown().await;
-        }
-    }
+    })
+    .await;
     background.cancel();
     let _ = notifier.await;
     // Final words: what was lost during shutdown, then the metrics.
     tell_losses(&drains, telemetry.as_ref());
     telemetry_stop.cancel();
 
-    let admin_result = admin.await;
-    if let Some(emitter) = telemetry {
-        emitter.stopped().await;
-    }
+    let admin = finish_self_report(admin, telemetry).await;
     read?;
-    match admin_result {
-        Ok(Ok(())) | Err(_) => Ok(()),
-        Ok(Err(e)) => Err(Error::Admin(e)),
-    }
+    admin.map_err(Error::Admin)
 }
 
 /// Every `interval`, tells each app how many of its messages each drain lost since the last
@@ -571,88 +508,48 @@ impl Interner {
 
 /// The reader loop: batches in, frames pushed to every drain that wants them.
 async fn read_firehose(
-    mut client: FirehoseClient,
+    mut reader: FirehoseReader,
     mut routes: watch::Receiver<Arc<Routes>>,
-    metrics: &ReaderMetrics,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
     let mut buf = Vec::with_capacity(4096);
     let mut encoded: Vec<(usize, Option<Bytes>)> = Vec::new();
     let mut interner = Interner::default();
     let mut current = Arc::clone(&routes.borrow_and_update());
-    loop {
-        let event = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return Ok(()),
-            event = client.next() => event,
-        };
-        let Some(event) = event else {
-            return Ok(());
-        };
-        match event {
-            StreamEvent::Batch(batch) => {
-                metrics.envelopes.add(batch.len() as u64);
-                if routes.has_changed().unwrap_or(false) {
-                    current = Arc::clone(&routes.borrow_and_update());
-                }
-                let r = &*current;
-                for view in batch.iter() {
-                    let (app, own) = match r.by_app.get_key_value(view.source_id) {
-                        Some((app, drains)) => (Some(Arc::clone(app)), drains.as_slice()),
-                        None => (None, &[][..]),
-                    };
-                    if r.everyone.is_empty() && own.is_empty() {
-                        continue;
+    while let Some(batch) = reader.next_batch(shutdown).await? {
+        if routes.has_changed().unwrap_or(false) {
+            current = Arc::clone(&routes.borrow_and_update());
+        }
+        let r = &*current;
+        for view in batch.iter() {
+            let (app, own) = match r.by_app.get_key_value(view.source_id) {
+                Some((app, drains)) => (Some(Arc::clone(app)), drains.as_slice()),
+                None => (None, &[][..]),
+            };
+            if r.everyone.is_empty() && own.is_empty() {
+                continue;
+            }
+            let source = app.unwrap_or_else(|| interner.get(view.source_id));
+            encoded.clear();
+            for (enc, drain) in r.everyone.iter().chain(own) {
+                let frames = match encoded.iter().find(|(e, _)| e == enc) {
+                    Some((_, frames)) => frames.clone(),
+                    None => {
+                        buf.clear();
+                        let frames = (encode(&view, &r.encodings[*enc], &mut buf) > 0)
+                            .then(|| Bytes::copy_from_slice(&buf));
+                        encoded.push((*enc, frames.clone()));
+                        frames
                     }
-                    let source = app.unwrap_or_else(|| interner.get(view.source_id));
-                    encoded.clear();
-                    for (enc, drain) in r.everyone.iter().chain(own) {
-                        let frames = match encoded.iter().find(|(e, _)| e == enc) {
-                            Some((_, frames)) => frames.clone(),
-                            None => {
-                                buf.clear();
-                                let frames = (encode(&view, &r.encodings[*enc], &mut buf) > 0)
-                                    .then(|| Bytes::copy_from_slice(&buf));
-                                encoded.push((*enc, frames.clone()));
-                                frames
-                            }
-                        };
-                        if let Some(bytes) = frames {
-                            drain.push(Frames {
-                                bytes,
-                                source_id: Arc::clone(&source),
-                            });
-                        }
-                    }
+                };
+                if let Some(bytes) = frames {
+                    drain.push(Frames {
+                        bytes,
+                        source_id: Arc::clone(&source),
+                    });
                 }
             }
-            StreamEvent::Gap(gap) => {
-                metrics.firehose_lost.add(gap.dropped);
-                tracing::warn!(
-                    dropped = gap.dropped,
-                    hop = %gap.hop,
-                    reason = %gap.reason,
-                    "the firehose lost envelopes before this nozzle"
-                );
-            }
-            StreamEvent::Connected => {
-                metrics.connected.set(1.0);
-                tracing::info!("firehose connected");
-            }
-            StreamEvent::Closed { code, reason } => {
-                metrics.connected.set(0.0);
-                tracing::warn!(code, %reason, "firehose closed the stream");
-            }
-            StreamEvent::Disconnected { reason, retry_in } => {
-                metrics.connected.set(0.0);
-                metrics.reconnects.inc();
-                tracing::warn!(%reason, ?retry_in, "firehose disconnected");
-            }
-            StreamEvent::Fatal(e) => {
-                metrics.connected.set(0.0);
-                return Err(Error::Firehose(e));
-            }
-            other => tracing::debug!(?other, "firehose event ignored"),
         }
     }
+    Ok(())
 }

@@ -110,12 +110,56 @@ impl Conn {
     }
 }
 
-/// Stream-side TLS: the shared client config and the name the certificate must carry.
+/// A drain's TLS (`syslog-tls://` and `https://`): the nozzle's client config and the name
+/// the drain's certificate must carry.
 #[derive(Debug, Clone)]
-struct StreamTls {
+pub(crate) struct DrainTls {
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
     insecure: bool,
+}
+
+impl DrainTls {
+    /// TLS to `host` with the nozzle's `config`; `insecure` when certificates are not checked.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the drain by its masked URL when `host` cannot be checked
+    /// against a certificate.
+    pub(crate) fn new(
+        host: &str,
+        config: &Arc<ClientConfig>,
+        insecure: bool,
+        masked: &str,
+    ) -> Result<Self, Error> {
+        let name = tls::server_name(host).map_err(|message| Error::Config {
+            field: masked.to_owned(),
+            message,
+        })?;
+        Ok(Self {
+            config: Arc::clone(config),
+            name,
+            insecure,
+        })
+    }
+
+    /// The TLS handshake over a connection to `host`.
+    ///
+    /// # Errors
+    /// [`Error::Tls`] for a refused certificate (in words), [`Error::Drain`] otherwise.
+    pub(crate) async fn handshake(
+        &self,
+        tcp: TcpStream,
+        host: &str,
+        masked: &str,
+    ) -> Result<TlsStream<TcpStream>, Error> {
+        if self.insecure {
+            tracing::warn!(drain = %masked, "TLS certificate NOT verified (insecure_skip_verify)");
+        }
+        TlsConnector::from(Arc::clone(&self.config))
+            .connect(self.name.clone(), tcp)
+            .await
+            .map_err(|e| tls_error(e, host, masked))
+    }
 }
 
 /// One TCP (or TLS) connection to a drain, opened on first use and again after any failure.
@@ -124,7 +168,7 @@ pub struct TcpSender {
     host: String,
     port: u16,
     dialer: Dialer,
-    tls: Option<StreamTls>,
+    tls: Option<DrainTls>,
     masked: String,
     timeout: Duration,
     conn: Option<Conn>,
@@ -164,16 +208,9 @@ impl TcpSender {
         insecure: bool,
         timeout: Duration,
     ) -> Result<Self, Error> {
+        let masked = mask_url(raw_url);
         let tls = if url.scheme.is_tls() {
-            let name = tls::server_name(&url.host).map_err(|message| Error::Config {
-                field: mask_url(raw_url),
-                message,
-            })?;
-            Some(StreamTls {
-                config: Arc::clone(tls),
-                name,
-                insecure,
-            })
+            Some(DrainTls::new(&url.host, tls, insecure, &masked)?)
         } else {
             None
         };
@@ -182,7 +219,7 @@ impl TcpSender {
             port: url.port,
             dialer,
             tls,
-            masked: mask_url(raw_url),
+            masked,
             timeout,
             conn: None,
             buffer: Vec::new(),
@@ -250,13 +287,7 @@ impl TcpSender {
         let Some(tls) = &self.tls else {
             return Ok(Conn::Plain(tcp));
         };
-        if tls.insecure {
-            tracing::warn!(drain = %self.masked, "TLS certificate NOT verified (insecure_skip_verify)");
-        }
-        let stream = TlsConnector::from(Arc::clone(&tls.config))
-            .connect(tls.name.clone(), tcp)
-            .await
-            .map_err(|e| tls_error(e, &self.host, &self.masked))?;
+        let stream = tls.handshake(tcp, &self.host, &self.masked).await?;
         Ok(Conn::Tls(Box::new(stream)))
     }
 }
@@ -288,7 +319,7 @@ pub(crate) fn dial_error(e: DialError, masked: &str) -> Error {
 }
 
 /// A handshake failure as the nozzle reports it: certificate problems in words.
-pub(crate) fn tls_error(e: std::io::Error, host: &str, masked: &str) -> Error {
+fn tls_error(e: std::io::Error, host: &str, masked: &str) -> Error {
     match tls::describe(&e, host) {
         Some(message) => Error::Tls {
             url: masked.to_owned(),
@@ -403,15 +434,9 @@ async fn deliver<P: Payload>(
 ) {
     let mut attempt = 0u32;
     loop {
-        let wait = breaker.wait();
-        if !wait.is_zero() {
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = shutdown.cancelled() => {
-                    tally.drop_batch("shutdown", batch);
-                    return;
-                }
-            }
+        if !breaker.ready(shutdown).await {
+            tally.drop_batch("shutdown", batch);
+            return;
         }
         match link.send(batch).await {
             Ok(()) => {

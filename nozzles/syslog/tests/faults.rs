@@ -25,9 +25,8 @@ use hydrant_emitter::Emitter;
 use hydrant_nozzle_core::{Backoff, BreakerConfig, QueueLimits};
 use hydrant_nozzle_syslog::rsyslogd::{FIELDS_TEMPLATE, Rsyslogd};
 use hydrant_nozzle_syslog::{Listeners, PlatformConfig};
-use pipeline::{
-    drains, eventually, metric, scrape, start_nozzle_with, start_pipeline, wait_until_flowing,
-};
+use hydrant_nozzle_testkit::{Pipeline, Probe, metric, scrape};
+use pipeline::{drains, eventually, nozzle_config, start_nozzle_with};
 use rsyslog::{Rsyslog, records_now, start_rsyslog};
 use serde_json::Value;
 
@@ -109,11 +108,14 @@ async fn a_drain_down_then_back_retries_delivers_and_loses_only_its_queue_overfl
     let healthy = start_rsyslog();
     let flappy = start_rsyslog();
     let port = flappy.port;
-    let pipeline = start_pipeline().await;
-    let mut config = pipeline.config(vec![
-        format!("syslog://127.0.0.1:{port}"),
-        format!("syslog://127.0.0.1:{}", healthy.port),
-    ]);
+    let pipeline = Pipeline::start().await;
+    let mut config = nozzle_config(
+        &pipeline,
+        vec![
+            format!("syslog://127.0.0.1:{port}"),
+            format!("syslog://127.0.0.1:{}", healthy.port),
+        ],
+    );
     config.queue = QueueLimits {
         max_items: 200,
         batch_items: 50,
@@ -132,7 +134,7 @@ async fn a_drain_down_then_back_retries_delivers_and_loses_only_its_queue_overfl
     };
     let nozzle = start_nozzle_with(config).await;
     let emitter = pipeline.emitter();
-    wait_until_flowing(&emitter, &nozzle).await;
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
 
     const BEFORE: usize = 100;
     const DURING: usize = 1_000;
@@ -256,11 +258,14 @@ async fn a_drain_that_accepts_but_never_reads_times_out_stays_bounded_and_spares
         std::future::pending::<()>().await;
         drop((held, stuck));
     });
-    let pipeline = start_pipeline().await;
-    let mut config = pipeline.config(vec![
-        format!("syslog://127.0.0.1:{stuck_port}"),
-        format!("syslog://127.0.0.1:{}", healthy.port),
-    ]);
+    let pipeline = Pipeline::start().await;
+    let mut config = nozzle_config(
+        &pipeline,
+        vec![
+            format!("syslog://127.0.0.1:{stuck_port}"),
+            format!("syslog://127.0.0.1:{}", healthy.port),
+        ],
+    );
     config.write_timeout_ms = 300;
     config.queue = QueueLimits {
         max_items: 1_000,
@@ -269,7 +274,7 @@ async fn a_drain_that_accepts_but_never_reads_times_out_stays_bounded_and_spares
     };
     let nozzle = start_nozzle_with(config).await;
     let emitter = pipeline.emitter();
-    wait_until_flowing(&emitter, &nozzle).await;
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
 
     // 2 KiB lines, 20 MB in all: more than the kernel buffers of a connection nobody reads.
     // Sent in steps the healthy drain keeps up with, so only the stuck one overflows.
@@ -354,8 +359,8 @@ async fn a_malformed_binding_is_reported_and_the_others_still_deliver() {
             &format!("syslog://127.0.0.1:{}", receiver.port),
         ),
     ]);
-    let pipeline = start_pipeline().await;
-    let mut config = pipeline.config(Vec::new());
+    let pipeline = Pipeline::start().await;
+    let mut config = nozzle_config(&pipeline, Vec::new());
     config.platform = Some(PlatformConfig {
         api_url: api.url.clone(),
         token: Some(ADMIN_TOKEN.to_owned()),
@@ -366,7 +371,7 @@ async fn a_malformed_binding_is_reported_and_the_others_still_deliver() {
     });
     let nozzle = start_nozzle_with(config).await;
     let emitter = pipeline.emitter();
-    wait_until_flowing(&emitter, &nozzle).await;
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
     eventually("the good binding to start", async || {
         drains(nozzle.admin).await.contains_key("good")
     })
@@ -398,9 +403,12 @@ async fn a_thousand_app_drains_bound_at_once_cost_bounded_memory_and_spare_the_f
     let receiver: Rsyslog = start_rsyslog();
     let everything = start_rsyslog();
     let api = FakeApi::start().await;
-    let pipeline = start_pipeline().await;
+    let pipeline = Pipeline::start().await;
     // One configured drain takes every envelope beside the thousand app drains.
-    let mut config = pipeline.config(vec![format!("syslog://127.0.0.1:{}", everything.port)]);
+    let mut config = nozzle_config(
+        &pipeline,
+        vec![format!("syslog://127.0.0.1:{}", everything.port)],
+    );
     config.platform = Some(PlatformConfig {
         api_url: api.url.clone(),
         token: Some(ADMIN_TOKEN.to_owned()),
@@ -411,7 +419,7 @@ async fn a_thousand_app_drains_bound_at_once_cost_bounded_memory_and_spare_the_f
     });
     let nozzle = start_nozzle_with(config).await;
     let emitter = pipeline.emitter();
-    wait_until_flowing(&emitter, &nozzle).await;
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
 
     let rss_before = rss_kib();
     let bound_at = Instant::now();

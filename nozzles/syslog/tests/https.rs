@@ -21,9 +21,8 @@ use https_receiver::HttpsReceiver;
 use hydrant_emitter::Emitter;
 use hydrant_nozzle_core::{Backoff, BreakerConfig};
 use hydrant_nozzle_syslog::TlsConfig;
-use pipeline::{
-    drains, eventually, metric, scrape, start_nozzle_with, start_pipeline, wait_until_flowing,
-};
+use hydrant_nozzle_testkit::{Pipeline, Probe, metric, scrape};
+use pipeline::{drains, eventually, nozzle_config, start_nozzle_with};
 
 const APP: &str = "https-app";
 
@@ -61,12 +60,15 @@ async fn https_drains_get_line_batches_retry_5xx_and_429_and_never_retry_a_400()
     let ca = Ca::new("https test CA");
     let receiver = HttpsReceiver::start(&ca.server(&["localhost"])).await;
     let port = receiver.addr.port();
-    let pipeline = start_pipeline().await;
-    let mut config = pipeline.config(vec![
-        format!("https://user:pw@localhost:{port}/ok?token=abc"),
-        format!("https://localhost:{port}/flaky"),
-        format!("https://localhost:{port}/reject"),
-    ]);
+    let pipeline = Pipeline::start().await;
+    let mut config = nozzle_config(
+        &pipeline,
+        vec![
+            format!("https://user:pw@localhost:{port}/ok?token=abc"),
+            format!("https://localhost:{port}/flaky"),
+            format!("https://localhost:{port}/reject"),
+        ],
+    );
     config.tls = TlsConfig {
         ca_file: Some(ca.pem.clone()),
         system_roots: false,
@@ -85,7 +87,7 @@ async fn https_drains_get_line_batches_retry_5xx_and_429_and_never_retry_a_400()
     receiver.always("/reject", 400);
     let nozzle = start_nozzle_with(config).await;
     let emitter = pipeline.emitter();
-    wait_until_flowing(&emitter, &nozzle).await;
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
     // Let the probes settle so the scripted answers meet the test's own batches.
     eventually("the probes to be delivered or refused", async || {
         drains(nozzle.admin).await.values().all(|d| {

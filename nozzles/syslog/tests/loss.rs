@@ -18,9 +18,8 @@ mod rsyslog;
 use std::sync::{Arc, Mutex};
 
 use hydrant_firehose_client::{ClientConfig, FirehoseClient, StreamEvent, Subscription};
-use pipeline::{
-    Pipeline, drains, eventually, start_nozzle_with, start_pipeline, wait_until_flowing,
-};
+use hydrant_nozzle_testkit::{Pipeline, Probe};
+use pipeline::{drains, eventually, nozzle_config, start_nozzle_with};
 use rsyslog::{free_port, records_now, start_rsyslog};
 
 const APP: &str = "lossy-app";
@@ -89,16 +88,19 @@ fn lost_count(notice: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_losing_drain_tells_the_app_in_its_own_stream_with_exact_counts() {
     let healthy = start_rsyslog();
-    let pipeline = start_pipeline().await;
+    let pipeline = Pipeline::start().await;
     let (lines, connected) = follow_app(&pipeline);
     let dead_port = free_port();
     let dead = format!("syslog://ops:secret@127.0.0.1:{dead_port}");
-    let mut config = pipeline.config(vec![dead, format!("syslog://127.0.0.1:{}", healthy.port)]);
+    let mut config = nozzle_config(
+        &pipeline,
+        vec![dead, format!("syslog://127.0.0.1:{}", healthy.port)],
+    );
     config.telemetry.agent = Some(pipeline.agent.clone());
     config.loss_notice_interval_ms = 1_000;
     let nozzle = start_nozzle_with(config).await;
     let emitter = pipeline.emitter();
-    wait_until_flowing(&emitter, &nozzle).await;
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
     eventually("the app stream to open", async || {
         *connected.lock().unwrap()
     })

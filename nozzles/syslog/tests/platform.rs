@@ -24,10 +24,8 @@ use hydrant_api::DrainState;
 use hydrant_emitter::Emitter;
 use hydrant_nozzle_core::BreakerConfig;
 use hydrant_nozzle_syslog::{Config, PlatformConfig};
-use pipeline::{
-    Pipeline, drains, eventually, metric, scrape, start_nozzle_with, start_pipeline,
-    wait_until_flowing,
-};
+use hydrant_nozzle_testkit::{Pipeline, Probe, metric, scrape};
+use pipeline::{drains, eventually, nozzle_config, start_nozzle_with};
 use rsyslog::{Rsyslog, free_port, records_now, start_rsyslog};
 
 /// A platform-mode config; the token file is removed when the returned handle drops.
@@ -36,7 +34,7 @@ fn platform_config(
     api: &FakeApi,
     allow_private: bool,
 ) -> (Config, tempfile::NamedTempFile) {
-    let mut config = pipeline.config(Vec::new());
+    let mut config = nozzle_config(pipeline, Vec::new());
     let token_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(token_file.path(), format!("{ADMIN_TOKEN}\n")).unwrap();
     config.platform = Some(PlatformConfig {
@@ -91,11 +89,11 @@ async fn app_drains_follow_bindings_get_only_their_app_and_report_status() {
             &format!("syslog://u:secret@127.0.0.1:{dead_port}"),
         ),
     ]);
-    let pipeline = start_pipeline().await;
+    let pipeline = Pipeline::start().await;
     let (config, _token) = platform_config(&pipeline, &api, true);
     let nozzle = start_nozzle_with(config).await;
     let emitter = pipeline.emitter();
-    wait_until_flowing(&emitter, &nozzle).await;
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
     eventually("both bindings to start", async || {
         let d = drains(nozzle.admin).await;
         d.contains_key("b1") && d.contains_key("b2")
@@ -239,13 +237,13 @@ async fn private_addresses_are_refused_unless_the_operator_allows_them() {
             &format!("syslog://localhost:{}", receiver.port),
         ),
     ]);
-    let pipeline = start_pipeline().await;
+    let pipeline = Pipeline::start().await;
     let (mut config, _token) = platform_config(&pipeline, &api, false);
     // Refused drains look again after a short cool-down, so every batch meets the refusal.
     config.breaker.open_ms = 100;
     let nozzle = start_nozzle_with(config).await;
     let emitter = pipeline.emitter();
-    wait_until_flowing(&emitter, &nozzle).await;
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
     eventually("both bindings to start", async || {
         drains(nozzle.admin).await.len() == 2
     })

@@ -15,9 +15,8 @@ mod pipeline;
 mod rsyslog;
 
 use hydrant_emitter::Emitter;
-use pipeline::{
-    drains, eventually, metric, scrape, start_nozzle, start_pipeline, wait_until_flowing,
-};
+use hydrant_nozzle_testkit::{Pipeline, Probe, metric, scrape};
+use pipeline::{drains, eventually, start_nozzle};
 use rsyslog::{Rsyslog, free_port, records_now, start_rsyslog};
 use std::collections::HashMap;
 
@@ -76,11 +75,11 @@ fn check_in_order(records: &[HashMap<String, String>], n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_log_reaches_rsyslog_in_order_exactly_once() {
     let rsyslog = start_rsyslog();
-    let pipeline = start_pipeline().await;
+    let pipeline = Pipeline::start().await;
     let drain = format!("syslog://user:secret@127.0.0.1:{}", rsyslog.port);
     let nozzle = start_nozzle(&pipeline, vec![drain]).await;
     let emitter = pipeline.emitter();
-    wait_until_flowing(&emitter, &nozzle).await;
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
 
     const N: usize = 2_000;
     emit_app_logs(&emitter, N);
@@ -115,14 +114,14 @@ async fn every_log_reaches_rsyslog_in_order_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_drain_loses_only_its_own_data_and_counts_it() {
     let rsyslog = start_rsyslog();
-    let pipeline = start_pipeline().await;
+    let pipeline = Pipeline::start().await;
     let healthy = format!("syslog://127.0.0.1:{}", rsyslog.port);
     // Nothing listens there: every connect is refused.
     let dead_port = free_port();
     let dead = format!("syslog://ops:secret@127.0.0.1:{dead_port}");
     let nozzle = start_nozzle(&pipeline, vec![dead, healthy.clone()]).await;
     let emitter = pipeline.emitter();
-    wait_until_flowing(&emitter, &nozzle).await;
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
 
     const N: usize = 1_000;
     emit_app_logs(&emitter, N);

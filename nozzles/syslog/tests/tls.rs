@@ -23,9 +23,8 @@ use certs::Ca;
 use hydrant_emitter::Emitter;
 use hydrant_nozzle_syslog::TlsConfig;
 use hydrant_nozzle_syslog::rsyslogd::{FIELDS_TEMPLATE, Rsyslogd};
-use pipeline::{
-    drains, eventually, metric, scrape, start_nozzle_with, start_pipeline, wait_until_flowing,
-};
+use hydrant_nozzle_testkit::{Pipeline, Probe, metric, scrape};
+use pipeline::{drains, eventually, nozzle_config, start_nozzle_with};
 use rsyslog::{Rsyslog, records_now, start_rsyslog};
 
 const APP: &str = "tls-app";
@@ -66,14 +65,17 @@ async fn verified_tls_delivers_and_bad_certificates_are_refused_without_hurting_
     let untrusted = start_tls_rsyslog(&stranger.server(&["localhost"]));
     let plain = start_rsyslog();
 
-    let pipeline = start_pipeline().await;
-    let mut config = pipeline.config(vec![
-        format!("syslog-tls://localhost:{}", good.port),
-        // The same good receiver by IP: its certificate does not name 127.0.0.1.
-        format!("syslog-tls://ops:secret@127.0.0.1:{}", good.port),
-        format!("syslog-tls://localhost:{}", untrusted.port),
-        format!("syslog://127.0.0.1:{}", plain.port),
-    ]);
+    let pipeline = Pipeline::start().await;
+    let mut config = nozzle_config(
+        &pipeline,
+        vec![
+            format!("syslog-tls://localhost:{}", good.port),
+            // The same good receiver by IP: its certificate does not name 127.0.0.1.
+            format!("syslog-tls://ops:secret@127.0.0.1:{}", good.port),
+            format!("syslog-tls://localhost:{}", untrusted.port),
+            format!("syslog://127.0.0.1:{}", plain.port),
+        ],
+    );
     config.tls = TlsConfig {
         ca_file: Some(trusted.pem.clone()),
         system_roots: false,
@@ -81,7 +83,7 @@ async fn verified_tls_delivers_and_bad_certificates_are_refused_without_hurting_
     };
     let nozzle = start_nozzle_with(config).await;
     let emitter = pipeline.emitter();
-    wait_until_flowing(&emitter, &nozzle).await;
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
 
     const N: usize = 500;
     emit(&emitter, N);
@@ -165,8 +167,11 @@ async fn verified_tls_delivers_and_bad_certificates_are_refused_without_hurting_
 async fn insecure_skip_verify_accepts_what_verification_refuses() {
     let stranger = Ca::new("unknown CA");
     let receiver = start_tls_rsyslog(&stranger.server(&["elsewhere.example"]));
-    let pipeline = start_pipeline().await;
-    let mut config = pipeline.config(vec![format!("syslog-tls://127.0.0.1:{}", receiver.port)]);
+    let pipeline = Pipeline::start().await;
+    let mut config = nozzle_config(
+        &pipeline,
+        vec![format!("syslog-tls://127.0.0.1:{}", receiver.port)],
+    );
     config.tls = TlsConfig {
         ca_file: None,
         system_roots: false,
@@ -174,7 +179,7 @@ async fn insecure_skip_verify_accepts_what_verification_refuses() {
     };
     let nozzle = start_nozzle_with(config).await;
     let emitter = pipeline.emitter();
-    wait_until_flowing(&emitter, &nozzle).await;
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
     emit(&emitter, 50);
     eventually("delivery without verification", async || {
         app_messages(&receiver).len() >= 50

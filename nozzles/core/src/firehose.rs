@@ -1,0 +1,131 @@
+//! The firehose side of every nozzle: one shared subscription read batch by batch, with what
+//! the connection itself does (opens, drops, reports loss upstream) counted and logged the same
+//! way whichever nozzle reads it.
+//!
+//! Flow: [`FirehoseClient`] → [`FirehoseReader::next_batch`] → the nozzle's own routing.
+//! Invariant: `nozzle.firehose_connected` reads 1 only while the stream is open; it falls to 0
+//! on a disconnect, a close, a fatal error, and when the reader is dropped.
+
+use hydrant_emitter::{Counter, Gauge, Registry};
+use hydrant_firehose_client::{
+    Batch, ClientConfig, Error, FirehoseClient, StreamEvent, Subscription,
+};
+use tokio_util::sync::CancellationToken;
+
+/// A nozzle's firehose subscription and the metrics it keeps about the stream.
+#[derive(Debug)]
+pub struct FirehoseReader {
+    client: FirehoseClient,
+    envelopes: Counter,
+    lost: Counter,
+    disconnects: Counter,
+    connected: Gauge,
+}
+
+impl FirehoseReader {
+    /// Subscribes to the firehose in the shard group `subscription_id` (copies sharing it split
+    /// the stream) and registers the stream's metrics in `registry`. Nothing is read until
+    /// [`FirehoseReader::next_batch`].
+    ///
+    /// # Errors
+    /// The client refuses `config` (URL, token, limits).
+    pub fn connect(
+        config: ClientConfig,
+        subscription_id: &str,
+        registry: &Registry,
+    ) -> Result<Self, Error> {
+        let client = FirehoseClient::connect(
+            config,
+            Subscription::Firehose {
+                subscription_id: subscription_id.to_owned(),
+            },
+        )?;
+        Ok(Self {
+            client,
+            envelopes: registry.counter(
+                "nozzle.envelopes",
+                "Envelopes read from the firehose.",
+                &[],
+            ),
+            lost: registry.counter(
+                "nozzle.firehose_lost",
+                "Envelopes the firehose reported lost before they reached this nozzle.",
+                &[],
+            ),
+            disconnects: registry.counter(
+                "nozzle.firehose_disconnects",
+                "Times the firehose connection dropped.",
+                &[],
+            ),
+            connected: registry.gauge(
+                "nozzle.firehose_connected",
+                "1 while the firehose stream is open.",
+                "bool",
+                &[],
+            ),
+        })
+    }
+
+    /// The next batch of envelopes (already counted in `nozzle.envelopes`); `None` once
+    /// `shutdown` is cancelled or the stream has ended. Connection events in between are
+    /// counted and logged here. Cancel-safe: dropping the future loses no batch.
+    ///
+    /// # Errors
+    /// The firehose refused this nozzle for good (token rejected, subscription not found, or
+    /// reconnect attempts used up).
+    pub async fn next_batch(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Batch>, Error> {
+        loop {
+            let event = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(None),
+                event = self.client.next() => event,
+            };
+            let Some(event) = event else {
+                return Ok(None);
+            };
+            match event {
+                StreamEvent::Batch(batch) => {
+                    self.envelopes.add(batch.len() as u64);
+                    return Ok(Some(batch));
+                }
+                StreamEvent::Gap(gap) => {
+                    self.lost.add(gap.dropped);
+                    tracing::warn!(
+                        dropped = gap.dropped,
+                        hop = %gap.hop,
+                        reason = %gap.reason,
+                        "the firehose lost envelopes before this nozzle"
+                    );
+                }
+                StreamEvent::Connected => {
+                    self.connected.set(1.0);
+                    tracing::info!("firehose connected");
+                }
+                StreamEvent::Closed { code, reason } => {
+                    self.connected.set(0.0);
+                    tracing::warn!(code, %reason, "firehose closed the stream");
+                }
+                StreamEvent::Disconnected { reason, retry_in } => {
+                    self.connected.set(0.0);
+                    self.disconnects.inc();
+                    tracing::warn!(%reason, ?retry_in, "firehose disconnected");
+                }
+                StreamEvent::Fatal(e) => {
+                    self.connected.set(0.0);
+                    return Err(e);
+                }
+                other => tracing::debug!(?other, "firehose event ignored"),
+            }
+        }
+    }
+}
+
+impl Drop for FirehoseReader {
+    fn drop(&mut self) {
+        // Whatever ended the reading, the nozzle no longer has the stream open.
+        self.connected.set(0.0);
+    }
+}

@@ -1,0 +1,242 @@
+//! Test support shared by the nozzles' end-to-end tests: the real pipeline in-process (agent →
+//! doppler → firehose edge on ephemeral loopback ports, wired as `hydrant up` wires them), a
+//! handle on a nozzle running on top of it, and readers for the nozzle's admin pages.
+//!
+//! A dev-dependency only; no role links it. Invariant: nothing here sleeps and hopes. Every
+//! wait has a deadline and names what it waited for, every fixture binds `127.0.0.1:0`, and
+//! dropping a [`Pipeline`] stops every role it started.
+
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test support: a fixture that cannot start, or a nozzle that will not stop, must fail \
+              the test that asked for it"
+)]
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hydrant_emitter::{Emitter, EmitterConfig, Registry};
+use hydrant_firehose_client::ClientConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long a fixture waits for the pipeline to carry a probe through to a nozzle, and for a
+/// nozzle to stop. Generous: two-core machines build other crates while tests run.
+const WITHIN: Duration = Duration::from_secs(40);
+
+/// Agent, doppler and firehose edge, running until this is dropped.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// The agent's v2 Ingress, `http://127.0.0.1:PORT`: where emitters send.
+    pub agent: String,
+    /// The firehose edge, `http://127.0.0.1:PORT`: what nozzles read.
+    pub firehose: String,
+    /// A token with the `firehose` scope, signed by the edge's key.
+    pub token: String,
+    /// Cancelled on drop; stops the three roles and every emitter made by [`Pipeline::emitter`].
+    pub shutdown: CancellationToken,
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind an ephemeral loopback port")
+}
+
+fn url(l: &TcpListener) -> String {
+    format!(
+        "http://{}",
+        l.local_addr().expect("a bound listener has an address")
+    )
+}
+
+impl Pipeline {
+    /// Starts agent, doppler and firehose edge on ephemeral ports, the agent sending to the
+    /// doppler and the edge reading it, with short reconnect delays so a test does not wait on
+    /// the edge's first attempt.
+    pub async fn start() -> Self {
+        let shutdown = CancellationToken::new();
+        let key = hydrant_auth::SigningKey::from_bytes(&[7u8; 32]).expect("a 32-byte signing key");
+        let (agent_ingress, agent_admin) = (bind().await, bind().await);
+        let (doppler_grpc, doppler_admin) = (bind().await, bind().await);
+        let (firehose_http, firehose_admin) = (bind().await, bind().await);
+        let (agent, doppler, firehose) =
+            (url(&agent_ingress), url(&doppler_grpc), url(&firehose_http));
+        tokio::spawn(hydrant_agent::run(
+            hydrant_agent::Config {
+                dopplers: vec![doppler.clone()],
+                ..hydrant_agent::Config::default()
+            },
+            hydrant_agent::Listeners {
+                ingress: agent_ingress,
+                admin: agent_admin,
+            },
+            shutdown.clone(),
+        ));
+        tokio::spawn(hydrant_doppler::run(
+            hydrant_doppler::Config::default(),
+            hydrant_doppler::Listeners {
+                grpc: doppler_grpc,
+                admin: doppler_admin,
+            },
+            shutdown.clone(),
+        ));
+        tokio::spawn(hydrant_firehose::run(
+            hydrant_firehose::Config {
+                dopplers: vec![doppler],
+                signing_key: Some(key.to_hex()),
+                reconnect_min_ms: 10,
+                reconnect_max_ms: 200,
+                ..hydrant_firehose::Config::default()
+            },
+            hydrant_firehose::Listeners {
+                http: firehose_http,
+                admin: firehose_admin,
+            },
+            shutdown.clone(),
+        ));
+        let token = key.issue(
+            &hydrant_auth::Claims::new("nozzle-test").with_scope(hydrant_auth::SCOPE_FIREHOSE),
+        );
+        Self {
+            agent,
+            firehose,
+            token,
+            shutdown,
+        }
+    }
+
+    /// An emitter into the agent, as an app's executor would have.
+    #[must_use]
+    pub fn emitter(&self) -> Emitter {
+        Emitter::start(
+            EmitterConfig {
+                agent: self.agent.clone(),
+                ..EmitterConfig::default()
+            },
+            &Registry::new("test-app", "0"),
+            self.shutdown.clone(),
+        )
+    }
+
+    /// A nozzle's `[firehose]` section reading this pipeline: its URL and token, and reconnect
+    /// delays short enough for a test (20 ms doubling to 200 ms).
+    #[must_use]
+    pub fn firehose_client(&self) -> ClientConfig {
+        let mut client = ClientConfig::default();
+        client.url.clone_from(&self.firehose);
+        client.token.clone_from(&self.token);
+        client.reconnect.initial_ms = 20;
+        client.reconnect.max_ms = 200;
+        client
+    }
+}
+
+/// What [`Nozzle::wait_until_flowing`] emits until the nozzle has read one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// A log line from source `probe` (for nozzles that forward logs).
+    Log,
+    /// A counter increment `probe` from source `probe` (for nozzles that aggregate metrics and
+    /// would count a log as something they cannot send).
+    Counter,
+}
+
+/// A nozzle's `run` on a task, and how to reach and stop it.
+#[derive(Debug)]
+pub struct Nozzle<E> {
+    /// The nozzle's admin server (`/healthz`, `/metrics`, its own pages).
+    pub admin: SocketAddr,
+    /// Stops the nozzle.
+    pub shutdown: CancellationToken,
+    /// The task running `run`.
+    pub task: JoinHandle<Result<(), E>>,
+}
+
+impl<E: Debug + Send + 'static> Nozzle<E> {
+    /// Spawns `run` with a fresh shutdown token; `admin` is where its admin listener is bound.
+    pub fn spawn<F>(admin: SocketAddr, run: impl FnOnce(CancellationToken) -> F) -> Self
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+    {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(shutdown.clone()));
+        Self {
+            admin,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Emits probes until the nozzle has read one: from then on the firehose path is open end
+    /// to end, so nothing the test emits next can fall into a subscription not yet made.
+    pub async fn wait_until_flowing(&self, emitter: &Emitter, probe: Probe) {
+        hydrant_testkit::wait_for(WITHIN, "the firehose to reach the nozzle", || async {
+            match probe {
+                Probe::Log => emitter.log("probe", "0", "APP/PROC/WEB", b"probe", false),
+                Probe::Counter => emitter.counter("probe", "0", "probe", 1, &[]),
+            }
+            emitter.flush();
+            metric(&scrape(self.admin).await, "nozzle_envelopes_total", "") > 0
+        })
+        .await;
+    }
+
+    /// Stops the nozzle and fails the test unless `run` returns `Ok` in time.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let ended = tokio::time::timeout(WITHIN, self.task)
+            .await
+            .expect("the nozzle stops");
+        if let Err(e) = ended.expect("the nozzle's task does not panic") {
+            panic!("the nozzle ended with an error: {e:?}");
+        }
+    }
+}
+
+/// The body of `GET path` on a nozzle's admin server.
+pub async fn admin_get(admin: SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("connect to the admin server");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("send the request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.expect("read the answer");
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or(text)
+}
+
+/// The nozzle's `/metrics` text.
+pub async fn scrape(admin: SocketAddr) -> String {
+    admin_get(admin, "/metrics").await
+}
+
+/// Sum of the samples of `name` whose labels contain `filter` (`""` for every sample).
+#[must_use]
+pub fn metric(text: &str, name: &str, filter: &str) -> u64 {
+    metric_matching(text, name, &[filter])
+}
+
+/// Sum of the samples of `name` whose labels contain every one of `filters`.
+#[must_use]
+pub fn metric_matching(text: &str, name: &str, filters: &[&str]) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
