@@ -15,6 +15,9 @@ use serde::Deserialize;
 
 use crate::Error;
 
+/// Most autoscaler copies one platform may run.
+pub const MAX_INSTANCES: u32 = 1024;
+
 /// Autoscaler settings.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -27,9 +30,16 @@ pub struct Config {
     pub token_file: Option<PathBuf>,
     /// The firehose edge. An empty `firehose.token` means "use the admin token".
     pub firehose: ClientConfig,
-    /// The firehose subscription id; autoscalers sharing it split the stream. Default
-    /// `autoscaler`.
+    /// The firehose subscription id's prefix: each copy subscribes as
+    /// `{subscription_id}-{instance_index}` and so receives the whole stream (copies sharing an
+    /// id would split it per envelope and each see part of every app). Default `autoscaler`.
     pub subscription_id: String,
+    /// This copy's number among `instance_count` autoscalers, from 0. Each app is decided by
+    /// exactly one copy, chosen by hashing its guid. Default 0.
+    pub instance_index: u32,
+    /// How many autoscaler copies share the platform's apps; every copy must be given the same
+    /// count and a distinct index. Default 1.
+    pub instance_count: u32,
     /// How often every policy is evaluated, seconds. Default 2 (app-autoscaler: 40–60 s), so
     /// a breach acts within `breach_duration_secs` + 2 s plus the scale call.
     pub evaluation_interval_secs: u64,
@@ -69,6 +79,8 @@ impl Default for Config {
             token_file: None,
             firehose: ClientConfig::default(),
             subscription_id: "autoscaler".to_owned(),
+            instance_index: 0,
+            instance_count: 1,
             evaluation_interval_secs: 2,
             policy_poll_secs: 10,
             metric_window_secs: 10,
@@ -92,6 +104,12 @@ fn invalid(field: &'static str, message: impl Into<String>) -> Error {
 }
 
 impl Config {
+    /// The firehose subscription id this copy reads with.
+    #[must_use]
+    pub fn copy_subscription_id(&self) -> String {
+        format!("{}-{}", self.subscription_id, self.instance_index)
+    }
+
     /// Checks every field.
     ///
     /// # Errors
@@ -127,8 +145,27 @@ impl Config {
             }
             _ => {}
         }
-        if self.subscription_id.is_empty() || self.subscription_id.len() > 128 {
-            return Err(invalid("subscription_id", "use 1 to 128 characters"));
+        if self.subscription_id.is_empty() || self.subscription_id.len() > 120 {
+            return Err(invalid("subscription_id", "use 1 to 120 characters"));
+        }
+        if !(1..=MAX_INSTANCES).contains(&self.instance_count) {
+            return Err(invalid(
+                "instance_count",
+                format!(
+                    "({}) must be between 1 and {MAX_INSTANCES}: the number of autoscaler copies",
+                    self.instance_count
+                ),
+            ));
+        }
+        if self.instance_index >= self.instance_count {
+            return Err(invalid(
+                "instance_index",
+                format!(
+                    "({}) must be below instance_count ({}): copies are numbered 0 to \
+                     instance_count - 1",
+                    self.instance_index, self.instance_count
+                ),
+            ));
         }
         for (field, value) in [
             ("evaluation_interval_secs", self.evaluation_interval_secs),
@@ -212,5 +249,26 @@ mod tests {
         let c: Config = toml::from_str("token = \"t\"\nevaluation_interval_secs = 0").unwrap();
         let msg = c.validate().unwrap_err().to_string();
         assert!(msg.contains("evaluation_interval_secs"), "{msg}");
+    }
+
+    #[test]
+    fn copies_are_numbered_below_their_count_and_read_apart() {
+        let c: Config =
+            toml::from_str("token = \"t\"\ninstance_index = 1\ninstance_count = 3").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.copy_subscription_id(), "autoscaler-1");
+        let c: Config =
+            toml::from_str("token = \"t\"\ninstance_index = 3\ninstance_count = 3").unwrap();
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("instance_index: (3) must be below instance_count (3)"),
+            "{msg}"
+        );
+        let c: Config = toml::from_str("token = \"t\"\ninstance_count = 0").unwrap();
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("instance_count: (0)"), "{msg}");
+        let c: Config = toml::from_str("token = \"t\"\nrule_duration_cap_secs = 0").unwrap();
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("rule_duration_cap_secs: (0)"), "{msg}");
     }
 }

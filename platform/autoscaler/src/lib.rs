@@ -1,12 +1,27 @@
 //! The autoscaler: app-autoscaler-compatible policies evaluated on the live firehose, acting
 //! through the cloud controller's API.
 //!
-//! Flow: firehose (one subscription id, shared by every autoscaler so they split the stream)
-//! → [`hydrant_windows::drive`] → shared rolling windows; every `policy_poll_secs` the policies
-//! and instance counts come from `GET /v3/autoscaling_policies` and `GET /v3/apps`; every
-//! `evaluation_interval_secs` the [`Engine`] reads the windows and decides; a decision becomes
-//! `scale` (audit `audit.app.scale`), `POST .../autoscaling_events` (audit
-//! `audit.app.autoscale`) and an `AUTOSCALER` line in the app's log stream.
+//! Flow: firehose (this copy's own subscription id) → [`feed`] (keeps only the envelopes of
+//! this copy's apps) → rolling windows; every `policy_poll_secs` the policies and instance
+//! counts come from `GET /v3/autoscaling_policies` and `GET /v3/apps`, and the [`shard`] keeps
+//! the apps this copy owns; every `evaluation_interval_secs` the [`Engine`] reads the windows
+//! and decides; a decision becomes `scale` (audit `audit.app.scale`),
+//! `POST .../autoscaling_events` (audit `audit.app.autoscale`) and an `AUTOSCALER` line in the
+//! app's log stream, whose instance is the copy's index (`[AUTOSCALER/1]`).
+//!
+//! # Several copies
+//! Copies are numbered (`instance_index` of `instance_count`). Each app belongs to exactly one
+//! copy, by rendezvous hashing of its guid, so no app gets two decisions and each copy's
+//! windows, memory and API calls cover only its share. Every copy reads the whole firehose on
+//! its own subscription id (`{subscription_id}-{instance_index}`) and drops the rest as it
+//! parses: the edge splits a *shared* subscription per envelope, which would hand each copy
+//! part of every app's requests (half the throughput, a percentile over half the samples).
+//! Per-app streams were the alternative; they would cost one edge stream per app (the edge
+//! caps streams) and carry the apps' logs, which the autoscaler does not need. The price of
+//! this design is that each copy parses the whole stream's routing fields, not only its share.
+//! Two copies given the same index would share a subscription and see sequence gaps, so both
+//! hold and say so rather than decide twice on half the data; a copy that is down leaves its
+//! apps unscaled (not rescaled by another) until it is back, so run copies under a supervisor.
 //!
 //! Invariants: missing or stale data (a silent app, a disconnected or lossy stream) holds and
 //! says so once; at most one scale call per app is in flight per tick and the loop never
@@ -16,21 +31,26 @@
 mod config;
 pub mod engine;
 mod error;
+pub mod feed;
+pub mod shard;
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hydrant_api::policy::AutoscaleDecision;
 use hydrant_api::{AppState, Client, ScaleApp};
 use hydrant_emitter::{Counter, Emitter, Gauge, Registry};
-use hydrant_firehose_client::Subscription;
+use hydrant_firehose_client::{FirehoseClient, Subscription};
 use hydrant_windows::{SharedWindows, Windows};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::Config;
+pub use config::{Config, MAX_INSTANCES};
 pub use engine::{AppInfo, Engine, EngineConfig, ScaleStep, Step};
 pub use error::Error;
+pub use feed::{FeedStatus, SharedStatus, Watched};
+pub use shard::{Shard, owner};
 
 /// The source type of the autoscaler's lines in an app's log stream.
 pub const SOURCE_TYPE: &str = "AUTOSCALER";
@@ -66,6 +86,7 @@ struct Metrics {
     scale_failed: Counter,
     poll_failed: Counter,
     apps: Gauge,
+    apps_elsewhere: Gauge,
 }
 
 impl Metrics {
@@ -83,7 +104,18 @@ impl Metrics {
                 "Policy polls that failed (the last policies stay in force)",
                 &[],
             ),
-            apps: registry.gauge("autoscaler.apps", "Apps under a policy", "count", &[]),
+            apps: registry.gauge(
+                "autoscaler.apps",
+                "Apps under a policy that this copy decides for",
+                "count",
+                &[],
+            ),
+            apps_elsewhere: registry.gauge(
+                "autoscaler.apps_elsewhere",
+                "Apps under a policy that other autoscaler copies decide for",
+                "count",
+                &[],
+            ),
         }
     }
 }
@@ -118,13 +150,15 @@ struct Actor {
     emitter: Option<Emitter>,
     timeout: Duration,
     metrics: Metrics,
+    /// This copy's index, the instance of its lines (`[AUTOSCALER/1]`).
+    copy: String,
 }
 
 impl Actor {
     fn say(&self, app: &str, line: &str) {
-        tracing::info!(app, "{line}");
+        tracing::info!(app, copy = %self.copy, "{line}");
         if let Some(emitter) = &self.emitter {
-            emitter.log(app, "", SOURCE_TYPE, line.as_bytes(), false);
+            emitter.log(app, &self.copy, SOURCE_TYPE, line.as_bytes(), false);
         }
     }
 
@@ -197,11 +231,11 @@ impl Actor {
 
 /// Whether the stream feeding the windows can be trusted right now.
 fn stream_health(
+    status: FeedStatus,
     windows: &Windows,
     now: std::time::Instant,
     config: &Config,
 ) -> Result<(), String> {
-    let status = windows.stream_status();
     if !status.connected {
         return Err("the firehose is not connected".to_owned());
     }
@@ -233,6 +267,11 @@ pub struct Autoscaler {
     actor: Actor,
     engine: Engine,
     poll_error: Option<String>,
+    shard: Shard,
+    watched: Watched,
+    feed: SharedStatus,
+    /// (this copy's apps, all apps under a policy) at the last poll, to log changes once.
+    share: (usize, usize),
 }
 
 impl Autoscaler {
@@ -245,6 +284,7 @@ impl Autoscaler {
             emitter,
             timeout: Duration::from_millis(config.request_timeout_ms),
             metrics: Metrics::new(registry),
+            copy: config.instance_index.to_string(),
         };
         let engine = Engine::new(EngineConfig {
             metric_window: Duration::from_secs(config.metric_window_secs),
@@ -255,18 +295,61 @@ impl Autoscaler {
                 .rule_duration_cap_secs
                 .map(|s| Duration::from_secs(u64::from(s))),
         });
+        let shard = Shard {
+            index: config.instance_index,
+            count: config.instance_count.max(1),
+        };
         Self {
             config,
             actor,
             engine,
             poll_error: None,
+            shard,
+            watched: Arc::new(RwLock::new(HashSet::new())),
+            feed: SharedStatus::default(),
+            share: (0, 0),
         }
     }
 
-    /// Fetches policies and instance counts; on failure the last ones stay in force.
+    /// The apps whose envelopes this copy needs: its own under a policy, as of the last poll.
+    #[must_use]
+    pub fn watched(&self) -> Watched {
+        Arc::clone(&self.watched)
+    }
+
+    /// Where this copy's feed stands; [`run`] hands it to the feed.
+    #[must_use]
+    pub fn feed_status(&self) -> SharedStatus {
+        Arc::clone(&self.feed)
+    }
+
+    /// Fetches policies and instance counts and keeps this copy's apps; on failure the last
+    /// ones stay in force.
     pub async fn poll(&mut self) {
         match self.actor.poll(&self.config).await {
-            Ok(apps) => {
+            Ok(all) => {
+                let total = all.len();
+                let apps: Vec<AppInfo> = all
+                    .into_iter()
+                    .filter(|a| self.shard.owns(&a.guid))
+                    .collect();
+                let share = (apps.len(), total);
+                *self.watched.write().unwrap_or_else(PoisonError::into_inner) =
+                    apps.iter().map(|a| a.guid.clone()).collect();
+                self.actor
+                    .metrics
+                    .apps_elsewhere
+                    .set((total - apps.len()) as f64);
+                if share != self.share {
+                    tracing::info!(
+                        copy = self.shard.index,
+                        copies = self.shard.count,
+                        "autoscaler: deciding for {} of {} apps under a policy",
+                        share.0,
+                        share.1
+                    );
+                    self.share = share;
+                }
                 for step in self.engine.set_apps(apps) {
                     if let Step::Say { app, line } = step {
                         self.actor.say(&app, &line);
@@ -301,7 +384,8 @@ impl Autoscaler {
         now: std::time::Instant,
         unix_now: i64,
     ) -> Vec<ScaleStep> {
-        let health = stream_health(&lock(windows), now, &self.config);
+        let status = *self.feed.lock().unwrap_or_else(PoisonError::into_inner);
+        let health = stream_health(status, &lock(windows), now, &self.config);
         self.evaluate_with(windows, health, now, unix_now).await
     }
 
@@ -357,7 +441,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     config.validate()?;
-    let registry = Registry::new("autoscaler", "0");
+    let registry = Registry::new("autoscaler", &config.instance_index.to_string());
     let emitter_stop = CancellationToken::new();
     let emitter = config.telemetry.start(&registry, emitter_stop.clone());
     let windows: SharedWindows = Arc::new(Mutex::new(
@@ -369,14 +453,24 @@ pub async fn run(
         firehose.token = token(&config).await.unwrap_or_default();
     }
     firehose.validate()?;
-    let drive = tokio::spawn(hydrant_windows::drive(
+    let client = FirehoseClient::connect(
         firehose,
         Subscription::Firehose {
-            subscription_id: config.subscription_id.clone(),
+            subscription_id: config.copy_subscription_id(),
         },
-        Arc::clone(&windows),
-        shutdown.clone(),
-    ));
+    )?;
+    let counters = feed::FeedCounters {
+        observed: registry.counter(
+            "autoscaler.envelopes_observed",
+            "Envelopes of this copy's apps folded into its windows",
+            &[],
+        ),
+        skipped: registry.counter(
+            "autoscaler.envelopes_skipped",
+            "Envelopes of apps this copy does not decide for, read and left alone",
+            &[],
+        ),
+    };
     let admin = tokio::spawn(hydrant_emitter::admin::serve(
         listeners.admin,
         hydrant_emitter::admin::router(registry.clone()),
@@ -389,6 +483,14 @@ pub async fn run(
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let emitter_handle = emitter.clone();
     let mut autoscaler = Autoscaler::new(config, emitter, &registry);
+    let drive = tokio::spawn(feed::run(
+        client,
+        Arc::clone(&windows),
+        autoscaler.watched(),
+        autoscaler.feed_status(),
+        counters,
+        shutdown.clone(),
+    ));
 
     loop {
         tokio::select! {
