@@ -69,8 +69,9 @@ impl Default for StateConfig {
     }
 }
 
-/// Seconds of sparkline history per app.
-pub const SPARK_SECS: usize = 60;
+/// Seconds of sparkline history per app (a wide terminal shows them all, a narrow one the
+/// newest that fit).
+pub const SPARK_SECS: usize = 150;
 
 /// What the feed tasks tell the console, over one bounded channel.
 #[derive(Debug)]

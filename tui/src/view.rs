@@ -423,9 +423,9 @@ pub struct AppDetail {
     pub summary_tone: Tone,
     /// Its instances.
     pub instances: Table,
-    /// Requests per second, one per second, oldest first (60 values).
+    /// Requests per second, one per second, oldest first (`SPARK_SECS` values).
     pub requests: Vec<u64>,
-    /// Mean latency per second in µs, oldest first (60 values; 0 without requests).
+    /// Mean latency per second in µs, oldest first (`SPARK_SECS` values; 0 without requests).
     pub latency: Vec<u64>,
     /// Title of the request sparkline: current rates.
     pub requests_title: String,

@@ -91,17 +91,22 @@ fn draw_instances(frame: &mut Frame<'_>, area: Rect, d: &AppDetail) {
 fn draw_sparks(frame: &mut Frame<'_>, area: Rect, d: &AppDetail) {
     let [left, right] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
+    // One bar a second, the newest at the right edge: as many seconds as fit.
+    let newest = |data: &[u64], area: Rect| -> Vec<u64> {
+        let fit = usize::from(area.width.saturating_sub(2));
+        data[data.len().saturating_sub(fit)..].to_vec()
+    };
     frame.render_widget(
         Sparkline::default()
             .block(Block::bordered().title(format!(" {} ", d.requests_title)))
-            .data(d.requests.iter().copied())
+            .data(newest(&d.requests, left))
             .style(Style::default().fg(Color::Green)),
         left,
     );
     frame.render_widget(
         Sparkline::default()
             .block(Block::bordered().title(format!(" {} ", d.latency_title)))
-            .data(d.latency.iter().copied())
+            .data(newest(&d.latency, right))
             .style(Style::default().fg(Color::Magenta)),
         right,
     );
