@@ -190,7 +190,7 @@ impl Exchange {
 
 /// Formats into a stack buffer; the text is cut if it does not fit (never for a socket address
 /// in 64 bytes).
-fn format_into<'b>(buf: &'b mut [u8], args: std::fmt::Arguments<'_>) -> &'b str {
+pub(crate) fn format_into<'b>(buf: &'b mut [u8], args: std::fmt::Arguments<'_>) -> &'b str {
     struct Cursor<'a> {
         buf: &'a mut [u8],
         len: usize,

@@ -1,13 +1,18 @@
-//! Connections to app instances: per-instance keep-alive pools and one attempt at a request.
+//! Connections to app instances: per-instance, per-worker keep-alive pools and one attempt at
+//! a request.
 //!
-//! Flow: the proxy picks an instance → [`Backends::send`] takes an idle connection from the
-//! instance's pool (or dials one with `TCP_NODELAY` and the connect timeout) → the request goes
-//! out → the response head comes back with the connection, which returns to the pool when the
-//! response body has been read to its end (see `body`).
+//! Flow: the proxy picks an instance → [`Backends::send`] takes an idle connection from this
+//! worker's list for the instance (or dials one with `TCP_NODELAY` and the connect timeout) →
+//! the request goes out → the response head comes back with the connection, which returns to
+//! the same list when the response body has been read to its end (see `body`).
 //!
-//! Invariant: an attempt reports [`Failure::NotSent`] (with the request handed back) only when
-//! no byte of the request reached the app: the dial failed, or hyper returned the request
-//! unsent from a connection that closed under it. Only that case may be retried elsewhere.
+//! Invariants:
+//! - An attempt reports [`Failure::NotSent`] (with the request handed back) only when no byte
+//!   of the request reached the app: the dial failed, or hyper returned the request unsent
+//!   from a connection that closed under it. Only that case may be retried elsewhere.
+//! - Each worker has its own [`Backends`]: a connection's task is spawned on the worker that
+//!   dialled it and only that worker reuses it, so a request and the connection carrying it
+//!   never wake each other across threads.
 
 use std::io;
 use std::sync::{Arc, PoisonError};
@@ -38,9 +43,11 @@ pub(crate) enum Failure {
     Timeout,
 }
 
-/// Dialing and pooling settings shared by every instance.
+/// One worker's dialing and pooling.
 #[derive(Debug)]
 pub(crate) struct Backends {
+    /// Which of each endpoint's idle lists is this worker's.
+    worker: usize,
     connect_timeout: Duration,
     request_timeout: Duration,
     max_idle: usize,
@@ -49,11 +56,13 @@ pub(crate) struct Backends {
 
 impl Backends {
     pub(crate) fn new(
+        worker: usize,
         connect_timeout: Duration,
         request_timeout: Duration,
         max_idle: usize,
     ) -> Self {
         Self {
+            worker,
             connect_timeout,
             request_timeout,
             max_idle,
@@ -69,7 +78,7 @@ impl Backends {
     ) -> Result<(Response<Incoming>, Sender), Failure> {
         // Pooled connections first. One the app closed while idle hands the request back
         // unsent; then the next one (or a fresh dial) gets it.
-        while let Some(mut sender) = take_idle(endpoint) {
+        while let Some(mut sender) = self.take_idle(endpoint) {
             if sender.ready().await.is_err() {
                 continue;
             }
@@ -138,21 +147,27 @@ impl Backends {
         if sender.is_closed() {
             return;
         }
-        let mut idle = endpoint.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(idle) = endpoint.idle(self.worker) else {
+            return;
+        };
+        let mut idle = idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < self.max_idle {
             idle.push(sender);
         }
     }
-}
 
-fn take_idle(endpoint: &Endpoint) -> Option<Sender> {
-    let mut idle = endpoint.idle.lock().unwrap_or_else(PoisonError::into_inner);
-    while let Some(sender) = idle.pop() {
-        if !sender.is_closed() {
-            return Some(sender);
+    fn take_idle(&self, endpoint: &Endpoint) -> Option<Sender> {
+        let mut idle = endpoint
+            .idle(self.worker)?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while let Some(sender) = idle.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
         }
+        None
     }
-    None
 }
 
 fn connect_reason(error: &io::Error) -> &'static str {

@@ -87,8 +87,13 @@ pub struct Config {
     /// After its last instance is gone, a route answers 503 (`no_endpoints`) rather than 404
     /// for this long. Default 120 s.
     pub empty_route_timeout_secs: u64,
-    /// Idle keep-alive connections kept per backend instance. Default 100.
+    /// Idle keep-alive connections kept per backend instance, over all workers (each worker
+    /// keeps its share, rounded up). Default 100.
     pub max_idle_connections_per_backend: usize,
+    /// Threads serving client connections, each with its own event loop and its own backend
+    /// connections, so a request and the backend connection it uses never change threads.
+    /// 0 means one per CPU core the process may use. Default 0.
+    pub workers: usize,
     /// Client connections served at once; more wait in the kernel's accept queue. Default 10000.
     pub max_client_connections: usize,
     /// A client connection that sends no complete request head for this long is closed.
@@ -123,6 +128,7 @@ impl Default for Config {
             prune_interval_ms: 30_000,
             empty_route_timeout_secs: 120,
             max_idle_connections_per_backend: 100,
+            workers: 0,
             max_client_connections: 10_000,
             header_read_timeout_secs: 30,
             max_routes: 100_000,
@@ -239,6 +245,13 @@ impl Config {
             "connections",
         )?;
         in_range(
+            "workers",
+            self.workers as u64,
+            0,
+            1024,
+            "threads (0: one per core)",
+        )?;
+        in_range(
             "max_client_connections",
             self.max_client_connections as u64,
             1,
@@ -314,6 +327,21 @@ impl Config {
         Ok(())
     }
 
+    /// How many worker threads serve clients: `workers`, or one per usable core when it is 0.
+    #[must_use]
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        }
+    }
+
+    /// Idle connections each worker keeps per backend instance.
+    pub(crate) fn idle_per_worker(&self) -> usize {
+        self.max_idle_connections_per_backend
+            .div_ceil(self.worker_count())
+    }
+
     pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
@@ -353,6 +381,25 @@ mod tests {
         assert_eq!(config.max_attempts, 3);
         assert_eq!(config.retry_after_failure(), Duration::from_secs(30));
         assert_eq!(config.prune_threshold(), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn workers_default_to_one_per_core_and_share_the_idle_limit() {
+        let config = Config::default();
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(config.worker_count(), cores);
+        let config = Config {
+            workers: 3,
+            max_idle_connections_per_backend: 100,
+            ..Config::default()
+        };
+        assert_eq!((config.worker_count(), config.idle_per_worker()), (3, 34));
+        let config = Config {
+            workers: 4,
+            max_idle_connections_per_backend: 0,
+            ..Config::default()
+        };
+        assert_eq!(config.idle_per_worker(), 0);
     }
 
     #[test]
@@ -400,6 +447,13 @@ mod tests {
                     ..Config::default()
                 },
                 "max_attempts",
+            ),
+            (
+                Config {
+                    workers: 5000,
+                    ..Config::default()
+                },
+                "workers",
             ),
             (
                 Config {

@@ -31,6 +31,11 @@ pub enum Error {
         /// The bind error.
         source: std::io::Error,
     },
+    /// A worker thread (or its event loop) could not be started.
+    #[error(
+        "cannot start a router worker thread: {0}; lower `workers` or raise the process's thread limit"
+    )]
+    Worker(#[source] std::io::Error),
     /// Accepting client connections failed for good.
     #[error("router listener failed: {0}")]
     Accept(#[source] std::io::Error),

@@ -17,12 +17,15 @@
 //!   400s) carry `X-Cf-RouterError` and `X-Hydrant-Router-Error`.
 //! - Nothing on the request path waits for telemetry: envelopes go through the never-blocking
 //!   emitter, metrics are relaxed atomics.
+//! - Client connections are served by `workers` threads (one per core by default), each with
+//!   its own event loop and backend pools; a request never hops between threads. The route
+//!   table is the one thing they share, read-mostly.
 //!
 //! # Layout
 //! - `config`: [`Config`], [`StaticRoute`], [`LoadBalancing`].
 //! - `table`: routes, instances, balancing, the published snapshot.
 //! - `routes`: the bus side (register, unregister, greet, start, pruning).
-//! - `server`: accepting client connections.
+//! - `server`: accepting client connections and the worker threads that serve them.
 //! - `proxy`: one request: lookup, headers, attempts, router-made errors.
 //! - `backend`: keep-alive pools and one attempt at an instance.
 //! - `body`: the response body, returning connections and emitting on completion.
@@ -106,19 +109,29 @@ pub async fn run(
     let max_attempts = usize::try_from(config.max_attempts)
         .unwrap_or(proxy::MAX_ATTEMPTS)
         .clamp(1, proxy::MAX_ATTEMPTS);
-    let shared = Arc::new(proxy::Shared {
-        metrics: metrics::Metrics::new(&registry),
-        backends: Arc::new(backend::Backends::new(
-            config.connect_timeout(),
-            config.request_timeout(),
-            config.max_idle_connections_per_backend,
-        )),
-        emitter: emitter.clone(),
-        router_id: config.router_id.as_str().into(),
-        clock: tokio::time::Instant::now(),
-        eject_ms: u64::try_from(config.retry_after_failure().as_millis()).unwrap_or(u64::MAX),
-        max_attempts,
-    });
+    let metrics = metrics::Metrics::new(&registry);
+    let workers = config.worker_count();
+    let router_id: Arc<str> = config.router_id.as_str().into();
+    let clock = tokio::time::Instant::now();
+    let eject_ms = u64::try_from(config.retry_after_failure().as_millis()).unwrap_or(u64::MAX);
+    let worker_shared = (0..workers)
+        .map(|worker| {
+            Arc::new(proxy::Shared {
+                metrics: metrics.clone(),
+                backends: Arc::new(backend::Backends::new(
+                    worker,
+                    config.connect_timeout(),
+                    config.request_timeout(),
+                    config.idle_per_worker(),
+                )),
+                emitter: emitter.clone(),
+                router_id: Arc::clone(&router_id),
+                clock,
+                eject_ms,
+                max_attempts,
+            })
+        })
+        .collect();
 
     let mut routes = table::RouteTable::new(table::Limits {
         default_load_balancing: config.load_balancing,
@@ -126,6 +139,7 @@ pub async fn run(
         empty_ttl: config.empty_route_timeout(),
         max_routes: config.max_routes,
         max_instances: config.max_instances_per_route,
+        workers,
     });
     routes.add_static(&config.routes, tokio::time::Instant::now());
     let table = Arc::new(table::Table::default());
@@ -151,7 +165,7 @@ pub async fn run(
             subscription,
             routes,
             table: Arc::clone(&table),
-            shared: Arc::clone(&shared),
+            metrics: metrics.clone(),
             start,
             prune_interval: config.prune_interval(),
         }
@@ -162,13 +176,19 @@ pub async fn run(
         hydrant_emitter::admin::router(registry.clone()),
         shutdown.clone(),
     ));
-    tracing::info!(listen = %config.listen, routes = config.routes.len(), "router serving");
-    server::Server {
+    tracing::info!(
+        listen = %config.listen,
+        routes = config.routes.len(),
+        workers,
+        "router serving"
+    );
+    let served = server::Server {
         listener: listeners.http,
-        shared,
+        workers: worker_shared,
         table,
         max_connections: config.max_client_connections,
         header_read_timeout: std::time::Duration::from_secs(config.header_read_timeout_secs),
+        connections: metrics.connections.clone(),
     }
     .run(shutdown.clone())
     .await;
@@ -180,6 +200,7 @@ pub async fn run(
         emitter.flush();
         emitter.stopped().await;
     }
+    served?;
     match admin_result {
         Ok(Ok(())) | Err(_) => Ok(()),
         Ok(Err(e)) => Err(Error::Admin(e)),

@@ -64,8 +64,8 @@ impl Reason {
     }
 }
 
-/// Every `router.*` metric.
-#[derive(Debug)]
+/// Every `router.*` metric. Clones share the same series (each worker holds one).
+#[derive(Debug, Clone)]
 pub(crate) struct Metrics {
     pub(crate) requests: Counter,
     responses: [Counter; 6],

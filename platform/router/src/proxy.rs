@@ -1,10 +1,11 @@
 //! One client request, from `Host` to the app's response: lookup, headers, instance choice,
 //! safe retries, router-made errors.
 //!
-//! Flow: `server` hands each request with the connection's current [`Snapshot`] → route lookup
-//! on the lowercased host (no allocation) and the request path → optional pinning with
-//! `X-Cf-App-Instance` → up to `max_attempts` instances, never one twice, retrying only when no
-//! byte reached the app → the response streams back through `body`.
+//! Flow: `server` hands each request with the connection's current [`Snapshot`] to [`route`]
+//! (lookup on the lowercased host without allocating, and the request path; pinning with
+//! `X-Cf-App-Instance`), done before any await so the snapshot is only borrowed → [`handle`]
+//! tries up to `max_attempts` instances, never one twice, retrying only when no byte reached
+//! the app → the response streams back through `body`.
 //!
 //! Invariants:
 //! - A request is retried only after [`Failure::NotSent`]; anything else the app may have seen
@@ -13,6 +14,7 @@
 //!   `X-Hydrant-Router-Error`, so nobody mistakes it for the app's.
 //! - Hop-by-hop headers are never forwarded, in either direction.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use hydrant_emitter::Emitter;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::access_log::Exchange;
+use crate::access_log::{Exchange, format_into};
 use crate::backend::{Backends, Failure, Lease};
 use crate::body::ResponseBody;
 use crate::metrics::{Metrics, Reason};
@@ -47,7 +49,8 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// The most attempts [`crate::Config::max_attempts`] allows; sizes the tried-list on the stack.
 pub(crate) const MAX_ATTEMPTS: usize = 16;
 
-/// What every request needs, shared by all connections.
+/// What every request needs, shared by the connections of one worker thread (each worker has
+/// its own, so the reference counts and pools it touches per request stay on one core).
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
@@ -82,13 +85,41 @@ struct Seen {
     forwarded_proto: Option<HeaderValue>,
 }
 
-/// Serves one request; never fails (errors become router-made responses).
-pub(crate) async fn handle(
-    shared: Arc<Shared>,
-    snapshot: Arc<Snapshot>,
-    remote: SocketAddr,
-    mut request: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+/// The client end of one connection, fixed for all its requests.
+#[derive(Debug, Clone)]
+pub(crate) struct Client {
+    pub(crate) remote: SocketAddr,
+    /// The client's IP as a header value, made once per connection for `X-Forwarded-For`.
+    ip: HeaderValue,
+}
+
+impl Client {
+    pub(crate) fn new(remote: SocketAddr) -> Self {
+        let mut buf = [0u8; 64];
+        let ip = format_into(&mut buf, format_args!("{}", remote.ip()));
+        Self {
+            remote,
+            ip: HeaderValue::from_str(ip).unwrap_or_else(|_| HeaderValue::from_static("-")),
+        }
+    }
+}
+
+/// Where a request goes, decided before anything is awaited.
+#[derive(Debug)]
+pub(crate) struct Routed {
+    started: Instant,
+    request_id: HeaderValue,
+    pool: Arc<Pool>,
+    pinned: Option<usize>,
+}
+
+/// The first, synchronous half of a request: count it, name it, find its route and instance
+/// set. `Err` is the router-made answer (no host, unknown route, bad pin, no instances).
+pub(crate) fn route(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    request: &Request<Incoming>,
+) -> Result<Routed, Box<Response<ResponseBody>>> {
     let started = Instant::now();
     shared.metrics.requests.inc();
     let request_id = request_id(request.headers());
@@ -102,31 +133,30 @@ pub(crate) async fn handle(
             .map(HeaderValue::as_bytes),
     };
     let Some(host) = raw_host.and_then(|raw| request_host(raw, &mut buf)) else {
-        return Ok(router_error(
-            &shared,
+        return Err(Box::new(router_error(
+            shared,
             Reason::EmptyHost,
             StatusCode::BAD_REQUEST,
             "400 Bad Request: the request has no Host.\n".into(),
             &request_id,
             None,
-        ));
+        )));
     };
     let Some(route) = snapshot.lookup(host, request.uri().path()) else {
         let page = format!(
             "404 Not Found: Requested route ('{}') does not exist.\n",
             host.escape_default()
         );
-        return Ok(router_error(
-            &shared,
+        return Err(Box::new(router_error(
+            shared,
             Reason::UnknownRoute,
             StatusCode::NOT_FOUND,
             page,
             &request_id,
             None,
-        ));
+        )));
     };
     let pool = Arc::clone(&route.pool);
-    drop(snapshot);
 
     let pinned = match pinned_instance(request.headers(), &pool) {
         Ok(pinned) => pinned,
@@ -137,14 +167,14 @@ pub(crate) async fn handle(
                 }
                 _ => "400 Bad Request: X-Cf-App-Instance names no instance of this route.\n",
             };
-            return Ok(router_error(
-                &shared,
+            return Err(Box::new(router_error(
+                shared,
                 reason,
                 StatusCode::BAD_REQUEST,
                 page.into(),
                 &request_id,
                 None,
-            ));
+            )));
         }
     };
     if pool.endpoints.is_empty() {
@@ -152,19 +182,45 @@ pub(crate) async fn handle(
             "503 Service Unavailable: Requested route ('{}') has no available endpoints.\n",
             host.escape_default()
         );
-        return Ok(router_error(
-            &shared,
+        return Err(Box::new(router_error(
+            shared,
             Reason::NoEndpoints,
             StatusCode::SERVICE_UNAVAILABLE,
             page,
             &request_id,
             None,
-        ));
+        )));
     }
 
+    Ok(Routed {
+        started,
+        request_id,
+        pool,
+        pinned,
+    })
+}
+
+/// The second half: sends the request to an instance, retrying while that is safe. Never
+/// fails (errors become router-made responses).
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    routed: Result<Routed, Box<Response<ResponseBody>>>,
+    client: Client,
+    mut request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let Routed {
+        started,
+        request_id,
+        pool,
+        pinned,
+    } = match routed {
+        Ok(routed) => routed,
+        Err(response) => return Ok(*response),
+    };
+    let remote = client.remote;
     let upgrade = is_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-    prepare_request(&mut request, remote, &request_id, upgrade);
+    prepare_request(&mut request, &client.ip, &request_id, upgrade);
     let seen = shared
         .emitter
         .as_ref()
@@ -173,7 +229,6 @@ pub(crate) async fn handle(
     let mut tried = [0usize; MAX_ATTEMPTS];
     let mut attempts = 0;
     let mut failed_attempts = 0u32;
-    let mut last = None;
     loop {
         let choice = match pinned {
             Some(index) => (attempts == 0).then_some(index),
@@ -189,7 +244,6 @@ pub(crate) async fn handle(
         tried[attempts] = index;
         attempts += 1;
         let endpoint = &pool.endpoints[index];
-        last = Some(Arc::clone(endpoint));
         set_instance_headers(request.headers_mut(), endpoint);
         let in_flight = endpoint.start_request();
         let sent = Instant::now();
@@ -272,6 +326,7 @@ pub(crate) async fn handle(
             }
         }
     }
+    let last = attempts.checked_sub(1).map(|i| &pool.endpoints[tried[i]]);
     let exchange = match (seen, last) {
         (Some(seen), Some(endpoint)) => {
             let mut x = exchange(
@@ -279,7 +334,7 @@ pub(crate) async fn handle(
                 seen,
                 remote,
                 &request_id,
-                &endpoint,
+                endpoint,
                 Some(Reason::EndpointFailure),
                 Duration::ZERO,
             );
@@ -319,14 +374,13 @@ fn respond(
         x.failed_attempts = failed_attempts;
         x
     });
-    let endpoint = Arc::clone(in_flight.endpoint());
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     strip_hop_by_hop(headers, switching);
     if !headers.contains_key(&X_VCAP_REQUEST_ID) {
         headers.insert(X_VCAP_REQUEST_ID.clone(), request_id.clone());
     }
-    if let Some(value) = &endpoint.app_instance_header {
+    if let Some(value) = &in_flight.endpoint().app_instance_header {
         headers.insert(X_CF_APP_INSTANCE.clone(), value.clone());
     }
     if switching {
@@ -565,7 +619,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 fn prepare_request(
     request: &mut Request<Incoming>,
-    remote: SocketAddr,
+    client_ip: &HeaderValue,
     request_id: &HeaderValue,
     upgrade: bool,
 ) {
@@ -591,16 +645,15 @@ fn prepare_request(
     let headers = request.headers_mut();
     strip_hop_by_hop(headers, upgrade);
 
-    let ip = remote.ip();
     let forwarded = match headers.get(&X_FORWARDED_FOR) {
         Some(previous) => {
-            let mut value = Vec::with_capacity(previous.len() + 48);
+            let mut value = Vec::with_capacity(previous.len() + 2 + client_ip.len());
             value.extend_from_slice(previous.as_bytes());
             value.extend_from_slice(b", ");
-            value.extend_from_slice(ip.to_string().as_bytes());
+            value.extend_from_slice(client_ip.as_bytes());
             HeaderValue::from_bytes(&value).ok()
         }
-        None => HeaderValue::from_str(&ip.to_string()).ok(),
+        None => Some(client_ip.clone()),
     };
     if let Some(forwarded) = forwarded {
         headers.insert(X_FORWARDED_FOR.clone(), forwarded);
@@ -609,14 +662,34 @@ fn prepare_request(
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
     if !headers.contains_key(&X_REQUEST_START) {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        if let Ok(value) = HeaderValue::from_str(&ms.to_string()) {
-            headers.insert(X_REQUEST_START.clone(), value);
-        }
+        headers.insert(X_REQUEST_START.clone(), request_start());
     }
     headers.insert(X_VCAP_REQUEST_ID.clone(), request_id.clone());
+}
+
+thread_local! {
+    /// The last `X-Request-Start` value made on this thread and its millisecond: requests in
+    /// the same millisecond share it instead of each formatting and allocating one.
+    static REQUEST_START: RefCell<(u128, HeaderValue)> =
+        const { RefCell::new((0, HeaderValue::from_static("0"))) };
+}
+
+/// Now, in milliseconds since the Unix epoch, as a header value.
+fn request_start() -> HeaderValue {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    REQUEST_START.with_borrow_mut(|(at, value)| {
+        if *at != ms {
+            let mut buf = [0u8; 40];
+            let text = format_into(&mut buf, format_args!("{ms}"));
+            if let Ok(fresh) = HeaderValue::from_str(text) {
+                *at = ms;
+                *value = fresh;
+            }
+        }
+        value.clone()
+    })
 }
 
 fn set_instance_headers(headers: &mut HeaderMap, endpoint: &Endpoint) {

@@ -18,7 +18,7 @@ use hydrant_bus::{Bus, BusStatus, Message, Subscription};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::Shared;
+use crate::metrics::Metrics;
 use crate::table::{RouteTable, Table};
 
 /// Most bus messages applied before a new snapshot is published, so a burst of registrations
@@ -31,7 +31,7 @@ pub(crate) struct Routes {
     pub(crate) subscription: Subscription,
     pub(crate) routes: RouteTable,
     pub(crate) table: Arc<Table>,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) metrics: Metrics,
     pub(crate) start: RouterStart,
     pub(crate) prune_interval: Duration,
 }
@@ -82,7 +82,7 @@ impl Routes {
                         if removed > 0 {
                             tracing::info!(removed, "router: pruned stale registrations");
                         }
-                        self.shared.metrics.pruned.add(removed as u64);
+                        self.metrics.pruned.add(removed as u64);
                         if changed {
                             self.publish();
                         }
@@ -111,7 +111,7 @@ impl Routes {
 
     /// Applies one bus message; `true` when the table's instances changed.
     fn apply(&mut self, message: &Message, start: &Bytes) -> bool {
-        let metrics = &self.shared.metrics;
+        let metrics = &self.metrics;
         match message.subject.as_str() {
             messages::ROUTER_REGISTER | messages::ROUTER_UNREGISTER => {
                 let Ok(registration) = message.json::<RegistryMessage>() else {
@@ -151,7 +151,7 @@ impl Routes {
 
     fn publish(&self) {
         self.table.publish(self.routes.snapshot());
-        let metrics = &self.shared.metrics;
+        let metrics = &self.metrics;
         metrics.routes.set(self.routes.route_count() as f64);
         metrics.endpoints.set(self.routes.endpoint_count() as f64);
     }

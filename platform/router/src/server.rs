@@ -1,87 +1,298 @@
-//! The client side: accept connections, serve HTTP/1.1 on each with keep-alive and upgrades,
-//! hand every request to `proxy`.
+//! The client side: accept connections, hand each to one worker thread for good, serve HTTP/1.1
+//! on it with keep-alive and upgrades, pass every request to `proxy`.
 //!
-//! Flow: listener → bounded accept (a semaphore of `max_client_connections`) → one task per
-//! connection with `TCP_NODELAY` → hyper's HTTP/1 server → `proxy::handle` with the
-//! connection's cached table snapshot.
+//! Flow: the listener (on the caller's runtime) → bounded accept (a semaphore of
+//! `max_client_connections`) → the worker with the fewest open connections, over a bounded
+//! queue → that worker's own current-thread runtime registers the socket (`TCP_NODELAY`) and
+//! serves it with hyper's HTTP/1 server → `proxy::route` with the connection's cached table
+//! snapshot, then `proxy::handle` with the worker's own backend pools.
 //!
-//! Invariant: the number of client connections served at once is bounded; past it, clients
-//! wait in the kernel's accept queue instead of costing the router memory.
+//! Invariants:
+//! - The number of client connections served at once is bounded; past it, clients wait in the
+//!   kernel's accept queue instead of costing the router memory.
+//! - A connection stays on one worker from accept to close, and every backend connection its
+//!   requests use was dialled by that worker: serving a request wakes no other thread.
+//! - Shutdown closes the listener, then each worker lets its open connections finish (up to
+//!   10 s) and ends its thread; [`Server::run`] returns after the last worker has stopped.
 
 use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use hydrant_emitter::Gauge;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::proxy::{self, Shared};
+use crate::Error;
+use crate::proxy::{self, Client, Shared};
 use crate::table::Table;
 
 /// How long open connections get to finish their requests after shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Accepted connections waiting for their worker to pick them up, per worker. The accept
+/// semaphore bounds them too; this only keeps one slow worker from holding many.
+const QUEUE: usize = 256;
+
+/// The acceptor and its workers.
 pub(crate) struct Server {
     pub(crate) listener: TcpListener,
-    pub(crate) shared: Arc<Shared>,
+    /// One per worker thread: its metrics handles, backend pools and settings.
+    pub(crate) workers: Vec<Arc<Shared>>,
     pub(crate) table: Arc<Table>,
     pub(crate) max_connections: usize,
     pub(crate) header_read_timeout: Duration,
+    pub(crate) connections: Gauge,
+}
+
+/// A connection on its way to a worker.
+struct Accepted {
+    stream: std::net::TcpStream,
+    remote: SocketAddr,
+    /// Held until the connection closes: one of `max_client_connections`.
+    permit: OwnedSemaphorePermit,
+}
+
+/// The acceptor's side of one worker.
+struct Handle {
+    queue: mpsc::Sender<Accepted>,
+    /// Connections handed to this worker and not yet closed (queued ones included).
+    open: Arc<AtomicUsize>,
+    done: oneshot::Receiver<()>,
+}
+
+/// What the open-connection counters are shared with.
+#[derive(Clone)]
+struct Open {
+    worker: Arc<AtomicUsize>,
+    total: Arc<AtomicUsize>,
+    gauge: Gauge,
+}
+
+impl Open {
+    fn closed(&self) {
+        self.worker.fetch_sub(1, Ordering::Relaxed);
+        let total = self.total.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        self.gauge.set(total as f64);
+    }
 }
 
 impl Server {
-    pub(crate) async fn run(self, shutdown: CancellationToken) {
+    /// Starts the workers, accepts until `shutdown`, then waits for the workers to drain.
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let Self {
+            listener,
+            workers,
+            table,
+            max_connections,
+            header_read_timeout,
+            connections,
+        } = self;
+        let total = Arc::new(AtomicUsize::new(0));
+        let mut handles = Vec::with_capacity(workers.len());
+        let mut failed = None;
+        for (index, shared) in workers.into_iter().enumerate() {
+            let open = Open {
+                worker: Arc::new(AtomicUsize::new(0)),
+                total: Arc::clone(&total),
+                gauge: connections.clone(),
+            };
+            let worker = Worker {
+                shared,
+                table: Arc::clone(&table),
+                header_read_timeout,
+                open,
+            };
+            match worker.spawn(index, shutdown.clone()).await {
+                Ok(handle) => handles.push(handle),
+                Err(error) => {
+                    failed = Some(Error::Worker(error));
+                    break;
+                }
+            }
+        }
+        if failed.is_none() {
+            accept(
+                &listener,
+                &handles,
+                max_connections,
+                &total,
+                &connections,
+                &shutdown,
+            )
+            .await;
+        }
+        // Close the port at once: new clients are refused (and go to another router) rather
+        // than waiting in a backlog nobody accepts from while the open connections drain.
+        drop(listener);
+        // Closing the queues ends each worker's loop even if nobody cancelled `shutdown`
+        // (a worker that failed to start must not leave the others running).
+        let mut done = Vec::with_capacity(handles.len());
+        for handle in handles {
+            drop(handle.queue);
+            done.push(handle.done);
+        }
+        for done in done {
+            let _ = done.await;
+        }
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+async fn accept(
+    listener: &TcpListener,
+    workers: &[Handle],
+    max_connections: usize,
+    total: &AtomicUsize,
+    gauge: &Gauge,
+    shutdown: &CancellationToken,
+) {
+    let limit = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => return,
+            permit = Arc::clone(&limit).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let (stream, remote) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors or a connection reset while queued: transient.
+                    tracing::warn!(%error, "router: accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        // Leave this runtime's reactor; the worker registers the socket with its own.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "router: cannot hand a connection to a worker");
+                continue;
+            }
+        };
+        // The least loaded worker: connections are long-lived, so balance their count.
+        let Some(worker) = workers
+            .iter()
+            .min_by_key(|w| w.open.load(Ordering::Relaxed))
+        else {
+            return;
+        };
+        worker.open.fetch_add(1, Ordering::Relaxed);
+        gauge.set((total.fetch_add(1, Ordering::Relaxed) + 1) as f64);
+        let accepted = Accepted {
+            stream,
+            remote,
+            permit,
+        };
+        let sent = tokio::select! {
+            () = shutdown.cancelled() => return,
+            sent = worker.queue.send(accepted) => sent,
+        };
+        if sent.is_err() {
+            // The worker has stopped, so the router is stopping: the connection just closes.
+            worker.open.fetch_sub(1, Ordering::Relaxed);
+            gauge.set(total.fetch_sub(1, Ordering::Relaxed).saturating_sub(1) as f64);
+        }
+    }
+}
+
+/// One worker thread: a current-thread runtime serving the connections handed to it.
+struct Worker {
+    shared: Arc<Shared>,
+    table: Arc<Table>,
+    header_read_timeout: Duration,
+    open: Open,
+}
+
+impl Worker {
+    /// Starts the thread and waits until its runtime is up.
+    async fn spawn(self, index: usize, shutdown: CancellationToken) -> io::Result<Handle> {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        let (ready_tx, ready) = oneshot::channel();
+        let (done_tx, done) = oneshot::channel();
+        let open = Arc::clone(&self.open.worker);
+        std::thread::Builder::new()
+            .name(format!("router-worker-{index}"))
+            .spawn(move || {
+                // Built here, not by the caller: a runtime must not be dropped inside another
+                // runtime's context, which is where a failed spawn would drop it.
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(error));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                runtime.block_on(self.serve(receiver, shutdown));
+                drop(runtime);
+                let _ = done_tx.send(());
+            })?;
+        ready
+            .await
+            .map_err(|_| io::Error::other("the worker thread ended while starting"))??;
+        Ok(Handle { queue, open, done })
+    }
+
+    async fn serve(self, mut queue: mpsc::Receiver<Accepted>, shutdown: CancellationToken) {
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
             .keep_alive(true);
-        let builder = Arc::new(builder);
-        let limit = Arc::new(Semaphore::new(self.max_connections));
-        let open = Arc::new(AtomicUsize::new(0));
         let tracker = TaskTracker::new();
         loop {
-            let permit = tokio::select! {
+            let accepted = tokio::select! {
                 () = shutdown.cancelled() => break,
-                permit = Arc::clone(&limit).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
+                accepted = queue.recv() => match accepted {
+                    Some(accepted) => accepted,
+                    None => break,
                 },
             };
-            let (stream, remote) = tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of descriptors or a connection reset while queued: transient.
-                        tracing::warn!(%error, "router: accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                },
+            let Accepted {
+                stream,
+                remote,
+                permit,
+            } = accepted;
+            let stream = match TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "router: worker cannot register a connection");
+                    self.open.closed();
+                    continue;
+                }
             };
-            let _ = stream.set_nodelay(true);
             let shared = Arc::clone(&self.shared);
             let reader = RefCell::new(self.table.reader());
-            let builder = Arc::clone(&builder);
+            let client = Client::new(remote);
+            let service = service_fn(move |request| {
+                let routed = proxy::route(&shared, reader.borrow_mut().current(), &request);
+                proxy::handle(Arc::clone(&shared), routed, client.clone(), request)
+            });
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             let shutdown = shutdown.clone();
-            let open = Arc::clone(&open);
-            let gauge = self.shared.metrics.connections.clone();
-            gauge.set((open.fetch_add(1, Ordering::Relaxed) + 1) as f64);
+            let open = self.open.clone();
             tracker.spawn(async move {
-                let service = service_fn(move |request| {
-                    let snapshot = Arc::clone(reader.borrow_mut().current());
-                    proxy::handle(Arc::clone(&shared), snapshot, remote, request)
-                });
-                let connection = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
                 tokio::pin!(connection);
                 tokio::select! {
                     _ = connection.as_mut() => {}
@@ -90,9 +301,15 @@ impl Server {
                         let _ = connection.await;
                     }
                 }
-                gauge.set(open.fetch_sub(1, Ordering::Relaxed).saturating_sub(1) as f64);
+                open.closed();
                 drop(permit);
             });
+        }
+        // Connections still queued for this worker are closed unserved.
+        queue.close();
+        while let Ok(accepted) = queue.try_recv() {
+            drop(accepted);
+            self.open.closed();
         }
         tracker.close();
         if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())

@@ -7,7 +7,7 @@
 //!
 //! Invariants:
 //! - An [`Endpoint`] (one instance: its address, identity, in-flight count, failure mark and
-//!   idle connections) lives as long as its registration does not change; snapshot rebuilds
+//!   idle connections, one list per worker thread) lives as long as its registration does not change; snapshot rebuilds
 //!   reuse it, so keep-alive pools and least-connection counts survive table changes.
 //! - The table is bounded: at most `max_routes` keys and `max_instances_per_route` instances
 //!   per key; what does not fit is refused and counted by the caller.
@@ -119,7 +119,9 @@ pub(crate) struct Endpoint {
     in_flight: AtomicUsize,
     /// Milliseconds on the router clock when the last failure happened, plus one; 0 = none.
     failed_at: AtomicU64,
-    pub(crate) idle: Mutex<Vec<Sender>>,
+    /// Idle keep-alive connections, one list per worker: a connection's task runs on the
+    /// worker that dialled it, so only that worker may reuse it without a cross-thread hop.
+    idle: Box<[Mutex<Vec<Sender>>]>,
 }
 
 impl Endpoint {
@@ -130,6 +132,7 @@ impl Endpoint {
         index: Option<&str>,
         tags: Vec<(String, String)>,
         load_balancing: Option<LoadBalancing>,
+        workers: usize,
     ) -> Self {
         let addr_text: Box<str> = addr.to_string().into();
         let header = |v: &str| HeaderValue::from_str(v).ok();
@@ -156,11 +159,11 @@ impl Endpoint {
             app_instance,
             in_flight: AtomicUsize::new(0),
             failed_at: AtomicU64::new(0),
-            idle: Mutex::new(Vec::new()),
+            idle: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
         }
     }
 
-    fn from_registration(addr: SocketAddr, message: &RegistryMessage) -> Self {
+    fn from_registration(addr: SocketAddr, message: &RegistryMessage, workers: usize) -> Self {
         Self::new(
             addr,
             message.app.as_deref(),
@@ -176,6 +179,7 @@ impl Endpoint {
                 .as_ref()
                 .and_then(|o| o.loadbalancing.as_deref())
                 .and_then(LoadBalancing::parse),
+            workers,
         )
     }
 
@@ -187,6 +191,12 @@ impl Endpoint {
             && self.instance_id == other.instance_id
             && self.tags == other.tags
             && self.load_balancing == other.load_balancing
+    }
+
+    /// Worker `worker`'s idle connections to this instance (`None` for a worker it does not know,
+    /// which then simply does not pool).
+    pub(crate) fn idle(&self, worker: usize) -> Option<&Mutex<Vec<Sender>>> {
+        self.idle.get(worker)
     }
 
     /// Requests in flight to this instance right now.
@@ -454,6 +464,8 @@ pub(crate) struct Limits {
     pub(crate) empty_ttl: Duration,
     pub(crate) max_routes: usize,
     pub(crate) max_instances: usize,
+    /// Worker threads, so each endpoint gets one idle list per worker.
+    pub(crate) workers: usize,
 }
 
 /// The mutable table, owned by the routes task.
@@ -494,6 +506,7 @@ impl RouteTable {
                     Some(&entry.slots.len().to_string()),
                     Vec::new(),
                     None,
+                    self.limits.workers,
                 );
                 entry.slots.push(Slot {
                     endpoint: Arc::new(endpoint),
@@ -518,7 +531,11 @@ impl RouteTable {
         let ttl = message
             .stale_threshold(self.limits.default_ttl)
             .min(self.limits.default_ttl);
-        let fresh = Arc::new(Endpoint::from_registration(addr, message));
+        let fresh = Arc::new(Endpoint::from_registration(
+            addr,
+            message,
+            self.limits.workers,
+        ));
         for uri in &message.uris {
             let Some(key) = RouteKey::parse(uri) else {
                 outcome.refused.push(Refused::InvalidUri);
@@ -713,6 +730,7 @@ mod tests {
             empty_ttl: Duration::from_secs(120),
             max_routes: 100,
             max_instances: 4,
+            workers: 2,
         }
     }
 
@@ -894,6 +912,7 @@ mod tests {
                     Some(&i.to_string()),
                     Vec::new(),
                     None,
+                    1,
                 ))
             })
             .collect();

@@ -603,6 +603,114 @@ async fn keep_alive_connections_are_reused() {
 }
 
 #[tokio::test]
+async fn backend_connections_are_pooled_by_each_worker() {
+    for workers in [1, 3] {
+        let backend = Backend::start("pool").await;
+        let router = TestRouter::start(Config {
+            routes: vec![static_route("pool.apps.localhost", &[backend.addr])],
+            workers,
+            ..Config::default()
+        })
+        .await;
+        // Every request on a fresh client connection, so they land on any worker.
+        for _ in 0..30 {
+            let reply = router.get("pool.apps.localhost", "/").await;
+            assert_eq!(reply.status, 200);
+        }
+        assert_eq!(backend.hits(), 30);
+        let dialled = backend.connections();
+        assert!(
+            (1..=workers).contains(&dialled),
+            "{workers} workers dialled {dialled} backend connections for 30 sequential requests"
+        );
+        router.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn many_clients_at_once_are_all_served() {
+    let backends = [Backend::start("m0").await, Backend::start("m1").await];
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let router = TestRouter::start(Config {
+        routes: vec![static_route("many.apps.localhost", &addrs)],
+        workers: 2,
+        max_client_connections: 8,
+        ..Config::default()
+    })
+    .await;
+    // More clients than the connection limit: the rest wait in the accept queue, none fail.
+    let addr = router.addr;
+    let clients: Vec<_> = (0..40)
+        .map(|i| {
+            tokio::spawn(async move {
+                let body = Bytes::from(format!("client {i}"));
+                let reply = send(addr, "POST", "many.apps.localhost", "/", &[], body.clone())
+                    .await
+                    .unwrap();
+                assert_eq!(reply.status, 200);
+                assert_eq!(reply.body, body, "a reply went to the wrong client");
+            })
+        })
+        .collect();
+    for client in clients {
+        tokio::time::timeout(support::DEADLINE, client)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(backends[0].hits() + backends[1].hits(), 40);
+    assert_eq!(router.metric("router_responses_total", "2xx").await, 40.0);
+    wait_for(
+        support::DEADLINE,
+        "every client connection to close",
+        || async { (router.metric("router_connections", "").await == 0.0).then_some(()) },
+    )
+    .await;
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting_and_lets_requests_in_flight_finish() {
+    let backend = Backend::start("drain").await;
+    let router = TestRouter::start(Config {
+        routes: vec![static_route("drain.apps.localhost", &[backend.addr])],
+        workers: 2,
+        ..Config::default()
+    })
+    .await;
+    let addr = router.addr;
+    let slow: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(async move { get(addr, "drain.apps.localhost", "/slow", &[]).await }))
+        .collect();
+    wait_for(
+        support::DEADLINE,
+        "four requests at the backend",
+        || async { (backend.hits() == 4).then_some(()) },
+    )
+    .await;
+    router.begin_shutdown();
+    wait_for(
+        support::DEADLINE,
+        "new connections to be refused",
+        || async { TcpStream::connect(addr).await.is_err().then_some(()) },
+    )
+    .await;
+    backend.release();
+    for task in slow {
+        let reply = tokio::time::timeout(support::DEADLINE, task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (reply.status.as_u16(), reply.text().as_str()),
+            (200, "drain")
+        );
+    }
+    router.stop().await;
+}
+
+#[tokio::test]
 async fn upgrades_are_tunnelled() {
     let backend = Backend::start("ws").await;
     let router = TestRouter::start(Config {

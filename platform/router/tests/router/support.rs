@@ -119,6 +119,11 @@ impl TestRouter {
             .sum()
     }
 
+    /// Asks the router to stop without waiting for it; [`TestRouter::stop`] then waits.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
@@ -215,11 +220,12 @@ pub enum Behaviour {
     Die,
 }
 
-/// A backend on loopback: answers with its name, counts requests, echoes what it saw as
-/// `x-seen-*` response headers; `/slow` waits until [`Backend::release`].
+/// A backend on loopback: answers with its name, counts requests and connections, echoes what
+/// it saw as `x-seen-*` response headers; `/slow` waits until [`Backend::release`].
 pub struct Backend {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     gate: Arc<Notify>,
     task: JoinHandle<()>,
 }
@@ -233,14 +239,17 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
         let gate = Arc::new(Notify::new());
         let task = {
             let (hits, gate, name) = (hits.clone(), gate.clone(), name.to_owned());
+            let connections = connections.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
                         return;
                     };
+                    connections.fetch_add(1, Ordering::SeqCst);
                     let (hits, gate, name) = (hits.clone(), gate.clone(), name.clone());
                     tokio::spawn(async move {
                         let service = service_fn(move |request| {
@@ -258,6 +267,7 @@ impl Backend {
         Self {
             addr,
             hits,
+            connections,
             gate,
             task,
         }
@@ -265,6 +275,11 @@ impl Backend {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// Lets every waiting `/slow` request finish.
