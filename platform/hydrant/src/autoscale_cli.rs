@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use hydrant_api::EventFilter;
-use hydrant_api::policy::ScalingPolicy;
+use hydrant_api::policy::{ScalingPolicy, ScheduleKind};
 use hydrant_firehose_client::render::escape_text;
 
 use crate::apps::Session;
@@ -43,6 +43,35 @@ fn usage(message: String) -> anyhow::Error {
         message,
     }
     .into()
+}
+
+/// Which limits the policy sets right now, and where they come from.
+fn in_force_now(policy: &ScalingPolicy) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let limits = policy.limits_at(now);
+    let source = match (limits.schedule, &policy.schedules) {
+        (Some((ScheduleKind::Recurring, i)), Some(s)) => format!(
+            "schedules.recurring_schedule[{i}] ({})",
+            escape_text(&s.timezone)
+        ),
+        (Some((ScheduleKind::SpecificDate, i)), Some(s)) => {
+            format!(
+                "schedules.specific_date[{i}] ({})",
+                escape_text(&s.timezone)
+            )
+        }
+        (_, Some(s)) => format!(
+            "the policy; no schedule is active now in {}",
+            escape_text(&s.timezone)
+        ),
+        (_, None) => "the policy".to_owned(),
+    };
+    format!(
+        "In force now: {}..{} instances, from {source}.",
+        limits.min, limits.max
+    )
 }
 
 /// Runs `hydrant autoscale`.
@@ -97,7 +126,10 @@ pub async fn run(args: AutoscaleArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     match session.client.autoscaling_policy(&app.guid).await {
-        Ok(policy) => println!("{}", serde_json::to_string_pretty(&policy)?),
+        Ok(policy) => {
+            println!("{}", serde_json::to_string_pretty(&policy)?);
+            println!("\n{}", in_force_now(&policy));
+        }
         Err(hydrant_api::Error::Api { status: 404, .. }) => {
             println!("{} has no autoscaling policy.", escape_text(&app.name));
         }

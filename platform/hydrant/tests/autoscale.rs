@@ -241,7 +241,7 @@ fn a_latency_policy_scales_the_demo_app_out_under_load_and_back_in() {
             .find(|l| l.contains("Scaling from 1 to 2 instances"))
     });
     assert!(
-        line.contains(&format!("scaling_rules[0] responsetime p95 "))
+        line.contains("scaling_rules[0] responsetime p95 ")
             && line.contains(&format!("ms > 200ms for {CAP_SECS} s")),
         "{line}"
     );
@@ -270,14 +270,29 @@ fn a_latency_policy_scales_the_demo_app_out_under_load_and_back_in() {
     assert!(decision["data"]["value"].as_f64().unwrap() >= 290.0);
     assert!(events.iter().any(|e| e["type"] == "audit.app.scale"));
     let out = cloud.cli(&["events", "pulse"]);
-    assert!(text(&out).contains("audit.app.autoscale"), "{}", text(&out));
+    let listed = text(&out);
+    let row = listed
+        .lines()
+        .find(|l| l.contains("audit.app.autoscale"))
+        .unwrap_or_else(|| panic!("no autoscale event in {listed}"));
+    assert!(
+        row.contains("metric_type: responsetime") && row.contains("value: "),
+        "{row}"
+    );
 
     // ... and in `hydrant autoscale --show`, beside the policy.
     let out = cloud.cli(&["autoscale", "pulse", "--show"]);
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
     assert!(shown.contains("\"instance_max_count\": 3"), "{shown}");
-    assert!(shown.contains("Scaling from 1 to 2 instances"), "{shown}");
+    assert!(
+        shown.contains("Scaling from 1 to 2 instances: scaling_rules[0] responsetime p95 "),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("In force now: 1..3 instances, from the policy."),
+        "{shown}"
+    );
 
     // Both instances serve: the router reaches index 1 as well.
     wait_until(Duration::from_secs(30), "instance 1 to answer", || {
