@@ -282,6 +282,9 @@ impl feed::Feeder {
     }
 }
 
+/// How long the console waits for its input thread to stop before it leaves without it.
+const READER_GRACE: Duration = Duration::from_millis(500);
+
 /// Messages applied in one go before the loop looks at keys and the clock again.
 const DRAIN: usize = 256;
 
@@ -353,8 +356,17 @@ async fn ui_loop(
     };
     stop.store(true, Ordering::Relaxed);
     drop(guard);
-    // The reader notices `stop` within its poll interval; it holds no terminal state.
-    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+    // The reader notices `stop` within its poll interval and holds no terminal state. When the
+    // terminal has hung up, crossterm's poll can spin without ever returning, so the wait is
+    // bounded: the thread ends with the process.
+    // (Not `spawn_blocking(join)`: dropping the runtime would wait for that forever.)
+    let deadline = Instant::now() + READER_GRACE;
+    while !reader.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if reader.is_finished() {
+        let _ = reader.join();
+    }
     outcome
 }
 

@@ -285,6 +285,50 @@ fn top_follows_the_demo_app_drills_in_and_out_shows_the_pipeline_restores_the_te
         "the developer's console to exit",
         |_| dev.raw().contains("TOP-EXIT=0").then_some(()),
     );
+    drop(dev);
+
+    // The terminal goes away under the console (the ssh session drops, the terminal window
+    // is closed): it must exit, not linger spinning on a dead terminal.
+    let mut gone = Console::start(dev_home.path());
+    gone.wait(Duration::from_secs(60), "the console to draw", |text| {
+        text.contains("hydrant top").then_some(())
+    });
+    let pids = consoles_in(dev_home.path());
+    assert!(!pids.is_empty(), "found the console's process");
+    gone.child.kill().unwrap();
+    gone.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !consoles_in(dev_home.path()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "hydrant top still runs 10 s after its terminal hung up: {pids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Live `hydrant top` processes whose `HYDRANT_HOME` is `home`.
+fn consoles_in(home: &std::path::Path) -> Vec<u32> {
+    let wanted = format!("HYDRANT_HOME={}", home.display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_top = args.first().is_some_and(|a| a.ends_with(b"hydrant"))
+            && args.get(1).is_some_and(|a| *a == b"top");
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let zombie = status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'));
+        if is_top && !zombie && environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes()) {
+            found.push(pid);
+        }
+    }
+    found
 }
 
 /// A `HYDRANT_HOME` logged in as a new user who is only a developer in the default space.
