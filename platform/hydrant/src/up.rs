@@ -35,11 +35,12 @@ pub struct UpArgs {
     /// "exceeded log rate limit" notice per second in its stream); 0 = unlimited.
     #[arg(long, default_value_t = 1024 * 1024)]
     app_log_rate_limit: u64,
-    /// Let apps bind syslog drains to loopback, private and link-local addresses (a local
-    /// rsyslog, a collector on the LAN). Off by default: a drain is a connection the platform
-    /// makes on a developer's behalf.
+    /// Refuse syslog drains to loopback, private and link-local addresses, as a shared
+    /// platform does (`allow_private_drains = false`, the cloud controller's default when run
+    /// alone). The micro cloud listens on loopback only and its user is its operator, so by
+    /// default it lets apps drain to a local rsyslog or a collector on the LAN.
     #[arg(long)]
-    allow_private_drains: bool,
+    refuse_private_drains: bool,
     /// Shortens every autoscaling rule's breach duration and cooldown to at most this many
     /// seconds (policies keep their 60 s minimum); for tests and demos.
     #[arg(long, hide = true)]
@@ -657,7 +658,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         self_telemetry: true,
         platform: true,
         app_log_rate_limit: args.app_log_rate_limit,
-        allow_private_drains: args.allow_private_drains,
+        allow_private_drains: !args.refuse_private_drains,
         autoscaler_rule_cap_secs: args.autoscaler_rule_cap_secs,
     };
     let mut cloud = MicroCloud::start(&data_dir, ports, options, shutdown.clone()).await?;

@@ -712,7 +712,8 @@ fn an_app_drain_is_served_by_the_platform_and_reports_its_status() {
     let rsyslog = Rsyslogd::start(FIELDS_TEMPLATE)
         .unwrap_or_else(|e| panic!("{e} (./scripts/test installs the Debian package rsyslog)"));
     let drain = format!("syslog://drainer:hunter2@127.0.0.1:{}", rsyslog.port);
-    let up = Up::start_with(tempfile::tempdir().unwrap(), &["--allow-private-drains"]);
+    // The micro cloud's user is its operator: a drain to a local rsyslog is allowed.
+    let up = Up::start();
     let app_dir = tempfile::tempdir().unwrap();
     std::fs::write(app_dir.path().join("index.html"), "<h1>drained</h1>").unwrap();
     let out = up.cli(&["push", "site", "-p", app_dir.path().to_str().unwrap()]);
@@ -812,8 +813,8 @@ fn an_app_drain_is_served_by_the_platform_and_reports_its_status() {
 }
 
 #[test]
-fn drains_to_private_addresses_are_refused_by_default() {
-    let up = Up::start();
+fn drains_to_private_addresses_are_refused_when_the_operator_says_so() {
+    let up = Up::start_with(tempfile::tempdir().unwrap(), &["--refuse-private-drains"]);
     let app_dir = tempfile::tempdir().unwrap();
     std::fs::write(app_dir.path().join("index.html"), "<h1>x</h1>").unwrap();
     let out = up.cli(&["push", "site", "-p", app_dir.path().to_str().unwrap()]);
@@ -821,7 +822,7 @@ fn drains_to_private_addresses_are_refused_by_default() {
     let out = up.cli(&["drain", "site", "syslog://u:hunter2@127.0.0.1:514"]);
     assert!(!out.status.success());
     let said = text(&out);
-    assert!(said.contains("--allow-private-drains"), "{said}");
+    assert!(said.contains("allow_private_drains"), "{said}");
     assert!(!said.contains("hunter2"), "{said}");
     let out = up.cli(&["drain", "site", "ftp://example.com"]);
     assert!(text(&out).contains("not supported"), "{}", text(&out));

@@ -161,8 +161,7 @@ async fn check_reachable(url: &DrainUrl<'_>, allow_private: bool) -> Result<(), 
         return Err(ApiError::unprocessable(format!(
             "the drain host {:?} is {ip}, a loopback, private or link-local address; the \
              platform does not send logs there unless an operator allows it \
-             (allow_private_drains = true in the cloud controller's config, or \
-             `hydrant up --allow-private-drains`)",
+             (allow_private_drains = true in the cloud controller's config)",
             url.host
         )));
     }
