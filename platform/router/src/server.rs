@@ -185,9 +185,11 @@ async fn accept(
                 continue;
             }
         };
-        // The least loaded worker: connections are long-lived, so balance their count.
+        // The least loaded worker still running: connections are long-lived, so balance
+        // their count. None left means the router is going down.
         let Some(worker) = workers
             .iter()
+            .filter(|w| !w.queue.is_closed())
             .min_by_key(|w| w.open.load(Ordering::Relaxed))
         else {
             return;
