@@ -642,7 +642,16 @@ fn prepare_request(
         }
     }
     *request.version_mut() = Version::HTTP_11;
-    let headers = request.headers_mut();
+    prepare_headers(request.headers_mut(), client_ip, request_id, upgrade);
+}
+
+/// The request headers the app sees: hop-by-hop ones gone, the forwarding ones added.
+fn prepare_headers(
+    headers: &mut HeaderMap,
+    client_ip: &HeaderValue,
+    request_id: &HeaderValue,
+    upgrade: bool,
+) {
     strip_hop_by_hop(headers, upgrade);
 
     let forwarded = match headers.get(&X_FORWARDED_FOR) {
@@ -728,6 +737,42 @@ mod tests {
         assert!(parts[2].starts_with('4'));
         assert!(matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'));
         assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn request_start_is_the_current_unix_millisecond() {
+        let now_ms = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        };
+        for _ in 0..3 {
+            let before = now_ms();
+            let value: u128 = request_start().to_str().unwrap().parse().unwrap();
+            let after = now_ms();
+            assert!(
+                (before..=after).contains(&value),
+                "{before} {value} {after}"
+            );
+            // The cached value must move on with the clock.
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_client_ip() {
+        let client = Client::new("[::1]:5000".parse().unwrap());
+        let request_id = HeaderValue::from_static("id");
+        let mut request = Request::new(());
+        request
+            .headers_mut()
+            .insert(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        let mut again = Request::new(());
+        prepare_headers(request.headers_mut(), &client.ip, &request_id, false);
+        prepare_headers(again.headers_mut(), &client.ip, &request_id, false);
+        assert_eq!(request.headers()[&X_FORWARDED_FOR], "10.0.0.1, ::1");
+        assert_eq!(again.headers()[&X_FORWARDED_FOR], "::1");
     }
 
     #[test]
