@@ -89,11 +89,14 @@ impl Listeners {
     }
 }
 
-/// Runs the router until `shutdown` is cancelled, then stops accepting, lets open connections
-/// finish (up to 10 s) and returns once every task has stopped.
+/// Runs the router until `shutdown` is cancelled, then closes the client listener, lets open
+/// connections finish (up to 10 s) and returns once every task and worker thread has stopped.
+/// Client connections are served on `config.workers` threads of their own; everything else runs
+/// on the caller's runtime.
 ///
 /// # Errors
-/// An invalid config, a bus that cannot be joined, or an admin listener that failed.
+/// An invalid config, a bus that cannot be joined, a worker thread that could not start, or an
+/// admin listener that failed.
 pub async fn run(
     config: Config,
     listeners: Listeners,
