@@ -19,7 +19,6 @@ mod backoff;
 mod breaker;
 mod error;
 mod firehose;
-mod mask;
 mod metrics;
 mod queue;
 mod role;
@@ -28,7 +27,7 @@ pub use backoff::Backoff;
 pub use breaker::{BreakerConfig, CircuitBreaker};
 pub use error::Error;
 pub use firehose::FirehoseReader;
-pub use mask::mask_url;
+pub use hydrant_api::mask_url;
 pub use metrics::{LOSS_SOURCE_TYPE, NozzleMetrics, loss_notice, loss_notice_text};
 pub use queue::{DestinationQueue, QueueLimits};
 pub use role::{

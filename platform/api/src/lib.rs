@@ -16,6 +16,8 @@
 //!   of what is missing, package creation).
 //! - [`push`]: fingerprinting an app directory for resource matching, with the path rules the
 //!   server enforces.
+//! - [`mask_url`]: credential masking for URLs the API carries (drain URLs), used by the
+//!   cloud controller and every nozzle that names a destination.
 //! - [`Error`]: what a call can fail with; [`Error::Api`] keeps the server's status and message.
 //!
 //! Invariant: every error a caller sees names what failed and, for server errors, carries the
@@ -24,6 +26,7 @@
 mod client;
 pub mod drain;
 mod error;
+mod mask;
 pub mod policy;
 pub mod push;
 pub mod slo;
@@ -32,6 +35,7 @@ pub mod types;
 pub use client::Client;
 pub use drain::{CreateDrain, Drain, DrainState, DrainStatus, DrainTarget};
 pub use error::Error;
+pub use mask::mask_url;
 pub use types::*;
 
 /// The API version the cloud controller reports in `GET /v3/info`.

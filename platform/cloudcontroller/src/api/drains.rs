@@ -20,7 +20,7 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get, put};
 use axum::{Json, Router};
 use hydrant_api::{CreateDrain, Drain, DrainStatus, DrainTarget, List};
-use hydrant_nozzle_core::mask_url;
+use hydrant_api::mask_url;
 use rusqlite::Connection;
 use serde_json::json;
 
