@@ -33,4 +33,47 @@ pub enum Error {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// A program the platform runs is not installed.
+    #[error(
+        "`{program}` is not installed: install the Debian package `{package}` (apt-get install {package})"
+    )]
+    MissingProgram {
+        /// The program.
+        program: &'static str,
+        /// The Debian package that provides it.
+        package: &'static str,
+    },
+    /// An egress rule cannot be used.
+    #[error("egress rule `{rule}`: {message}")]
+    InvalidRule {
+        /// The rule, as protocol, destination and ports.
+        rule: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// Every address of the container network's pool is in use.
+    #[error(
+        "no free address left in the container network {subnet}: stop some instances or give `network.subnet` a shorter prefix"
+    )]
+    PoolExhausted {
+        /// The pool.
+        subnet: String,
+    },
+    /// This host cannot run containers (not root, no cgroups, no runtime): the message says
+    /// why and how to fix it.
+    #[error("cannot run apps in containers on this host: {reason}; {fix}")]
+    Host {
+        /// What is missing.
+        reason: String,
+        /// How to fix it (install, mount, run as root, or run with `--isolation none`).
+        fix: String,
+    },
+    /// The OCI runtime spec could not be built from a container spec.
+    #[error("cannot describe container {id} for the runtime: {message}")]
+    Spec {
+        /// The container.
+        id: String,
+        /// What was wrong.
+        message: String,
+    },
 }

@@ -2,4 +2,818 @@
 //! its own IP, and nftables egress rules in the spirit of Cloud Foundry's application security
 //! groups.
 //!
-//! (skeleton: the API below is the contract the rest of the crate codes against)
+//! Flow: the executor calls [`Network::setup`] once at start (one bridge, one address pool) →
+//! [`Network::attach`] before it starts a container (the container joins the namespace at
+//! [`Attachment::netns_path`]) → the router and health checks reach the container at
+//! `ip:8080` from the host → [`Network::detach`] after the container is gone →
+//! [`Network::teardown`] at shutdown.
+//!
+//! # Default egress policy
+//!
+//! Evaluated for every *new* connection a container opens (replies to connections the host
+//! opened, and replies to connections the container opened, always flow):
+//! 1. **Nothing on the host.** New connections from the bridge to any host address (the
+//!    gateway, the host's other IPs, where the agent, doppler, NATS, the cloud controller and
+//!    every admin port listen) are dropped in an `inet` input hook. Only a container's own
+//!    per-attachment rules (the per-binding rules of the services) can open a host address.
+//!    `127.0.0.1` inside a container is the namespace's own loopback and reaches nothing of the
+//!    platform.
+//! 2. **No container-to-container traffic** except through the router: frames between two
+//!    ports of the bridge are dropped (a `bridge`-family forward hook), and so is anything routed
+//!    back into the bridge's subnet.
+//! 3. The container's own per-attachment rules, then the operator's rules, in order; the first
+//!    that matches decides (`allow` accepts, `deny` drops).
+//! 4. The link-local range `169.254.0.0/16` (cloud metadata) is dropped, and so is every range in
+//!    [`NetConfig::deny`] (by default the private ranges 10/8, 172.16/12, 192.168/16, the shared
+//!    100.64/10 and multicast 224/4).
+//! 5. Everything else (public egress) is accepted and masqueraded behind the host's address.
+//!    Routing it needs `net.ipv4.ip_forward = 1`, which [`Network::setup`] sets (and nothing
+//!    else does; teardown leaves it on, since other software may rely on it too).
+//!
+//! New connections from outside the host into the bridge are dropped too: only the host itself
+//! (router, health checks) opens connections to containers. Containers have IPv6 turned off.
+//!
+//! # Names, and cleaning up after a crash
+//! Everything a bridge owns carries its name: veths and namespaces are `<bridge>-<hash of the
+//! container id>` (at most 15 bytes, the kernel's limit for interface names), the nftables
+//! tables are `inet hydrant_<bridge>` and `bridge hydrant_<bridge>`, a container's own rules
+//! live in chain `c_<hash>`. A bridge name has no `-`, so one bridge's prefix never matches
+//! another's. [`Network::setup`] removes everything with its prefix before it builds anew, so a
+//! platform killed with SIGKILL restarts clean.
+//!
+//! # Why `ip` and `nft`, not netlink
+//! The work is done by iproute2's `ip` and nftables' `nft` run as child processes (arguments as
+//! a list, scripts on stdin), not through a netlink crate: `nft -f -` applies a whole ruleset
+//! as one atomic kernel transaction in a syntax an operator can read and rerun, the rust nftables
+//! crates either shell out to `nft` themselves or bind libnftables, and attach costs a handful
+//! of process spawns (`ip -batch`) against a container start of tens of milliseconds. A missing
+//! program is reported with its Debian package (`iproute2`, `nftables`). Only the IPv6 switch
+//! inside a namespace is done in-process, on a short-lived thread that enters the namespace.
+
+mod cmd;
+mod rules;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use serde::{Deserialize, Serialize};
+
+pub use rules::{Action, EgressRule, Protocol};
+
+use crate::Error;
+use cmd::{Program, is_gone, run};
+
+/// Where iproute2 keeps named network namespaces.
+const NETNS_DIR: &str = "/run/netns";
+
+/// The link-local range (cloud metadata services); always denied unless a rule allows it.
+const LINK_LOCAL: &str = "169.254.0.0/16";
+
+/// One bridge and its address pool; made once per executor (or per staging pool).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetConfig {
+    /// The host bridge, and the prefix of every veth and namespace it owns: 1-8 characters,
+    /// lowercase letters and digits, starting with a letter. Default `hydrant0`.
+    pub bridge: String,
+    /// The address pool as a CIDR; the first address is the bridge's (the containers' gateway),
+    /// the rest go to containers. Prefix length 16-29. Default `10.254.0.0/22` (1021 containers).
+    pub subnet: String,
+    /// Operator rules, evaluated in order before the default denies. Default none.
+    pub rules: Vec<EgressRule>,
+    /// Destinations dropped after the rules (besides `169.254.0.0/16`, always dropped). Default:
+    /// `10.0.0.0/8`, `172.16.0.0/12`, `192.168.0.0/16`, `100.64.0.0/10`, `224.0.0.0/4`.
+    pub deny: Vec<String>,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            bridge: "hydrant0".to_owned(),
+            subnet: "10.254.0.0/22".to_owned(),
+            rules: Vec::new(),
+            deny: [
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "100.64.0.0/10",
+                "224.0.0.0/4",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        }
+    }
+}
+
+impl NetConfig {
+    /// Checks every field; the error names the field and what to write instead.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.pool().map(|_| ())?;
+        for rule in &self.rules {
+            rule.validate()?;
+        }
+        for (i, deny) in self.deny.iter().enumerate() {
+            rules::parse_destinations(deny).map_err(|message| Error::Config {
+                field: "network.deny",
+                message: format!("entry {i}: {message}"),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The checked bridge name and subnet.
+    fn pool(&self) -> Result<(Ipv4Addr, u8), Error> {
+        let b = self.bridge.as_bytes();
+        let well_formed = (1..=8).contains(&b.len())
+            && b[0].is_ascii_lowercase()
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !well_formed {
+            return Err(Error::Config {
+                field: "network.bridge",
+                message: format!(
+                    "{:?} cannot name a bridge: use 1-8 lowercase letters and digits, starting \
+                     with a letter (veth names add a hash and must fit in 15 bytes), e.g. \"hydrant0\"",
+                    self.bridge
+                ),
+            });
+        }
+        let (network, prefix) =
+            rules::parse_cidr(&self.subnet).map_err(|message| Error::Config {
+                field: "network.subnet",
+                message,
+            })?;
+        if !(16..=29).contains(&prefix) {
+            return Err(Error::Config {
+                field: "network.subnet",
+                message: format!(
+                    "{:?}: use a prefix length of 16-29 (a /29 holds 5 containers, a /22 1021)",
+                    self.subnet
+                ),
+            });
+        }
+        Ok((network, prefix))
+    }
+
+    /// The full egress policy in evaluation order, as shown by `hydrant security-groups`: the
+    /// operator's rules, then the default denies, then the public allow.
+    pub fn effective_rules(&self) -> Vec<EgressRule> {
+        let deny = |destination: &str, description: &str| EgressRule {
+            action: Action::Deny,
+            description: description.to_owned(),
+            ..EgressRule::allow(Protocol::All, destination, None)
+        };
+        let mut out = vec![
+            deny(
+                "<host>",
+                "containers reach nothing on the host (only replies flow)",
+            ),
+            deny(
+                &self.subnet,
+                "no container-to-container traffic except through the router",
+            ),
+        ];
+        out.extend(self.rules.iter().cloned());
+        out.push(deny(LINK_LOCAL, "link-local (cloud metadata)"));
+        out.extend(self.deny.iter().map(|d| deny(d, "default deny")));
+        out.push(EgressRule {
+            description: "public egress, masqueraded".to_owned(),
+            ..EgressRule::allow(Protocol::All, "0.0.0.0/0", None)
+        });
+        out
+    }
+}
+
+/// A container's place on the bridge: its namespace, its address and its veth.
+#[derive(Debug)]
+pub struct Attachment {
+    /// The container id it was made for.
+    pub id: String,
+    /// The network namespace to put in the container's OCI config (`linux.namespaces[].path`).
+    pub netns_path: PathBuf,
+    /// The namespace's name (`ip netns list`).
+    pub netns: String,
+    /// The container's address; the router reaches the app at `ip:8080`.
+    pub ip: Ipv4Addr,
+    /// The bridge's address, the container's default route.
+    pub gateway: Ipv4Addr,
+    /// The pool's prefix length (the container's `eth0` is `ip/prefix_len`).
+    pub prefix_len: u8,
+    /// The host side of the veth pair (the container side is `eth0`).
+    pub veth: String,
+    /// The hash part of the names, which also names the container's nft chain.
+    key: String,
+}
+
+/// The bridge, its pool and its rules; shared by the executor's tasks (`&self` methods).
+#[derive(Debug)]
+pub struct Network {
+    config: NetConfig,
+    gateway: Ipv4Addr,
+    prefix_len: u8,
+    table: String,
+    pool: Mutex<Pool>,
+}
+
+/// The addresses and names in use. A std mutex: held for a few instructions, never across await.
+#[derive(Debug)]
+struct Pool {
+    first: u32,
+    last: u32,
+    /// Next-fit cursor, so a freed address is not handed out again at once (conntrack entries
+    /// of the old container may linger).
+    next: u32,
+    used: BTreeSet<u32>,
+    keys: BTreeSet<String>,
+}
+
+impl Pool {
+    fn take(&mut self, id: &str, key_len: usize) -> Option<(Ipv4Addr, String)> {
+        let size = self.last - self.first + 1;
+        let ip = (0..size)
+            .map(|i| self.first + (self.next - self.first + i) % size)
+            .find(|ip| !self.used.contains(ip))?;
+        // A hash collision between two live ids gets the next salt; the names stay derived
+        // from the id so cleanup finds them by prefix alone.
+        let key = (0u32..)
+            .map(|salt| {
+                let text = if salt == 0 {
+                    id.to_owned()
+                } else {
+                    format!("{id}#{salt}")
+                };
+                let mut hex = format!("{:016x}", fnv1a(text.as_bytes()));
+                hex.truncate(key_len);
+                hex
+            })
+            .find(|key| !self.keys.contains(key))?;
+        self.used.insert(ip);
+        self.keys.insert(key.clone());
+        self.next = if ip == self.last { self.first } else { ip + 1 };
+        Some((Ipv4Addr::from(ip), key))
+    }
+
+    fn give_back(&mut self, ip: Ipv4Addr, key: &str) {
+        self.used.remove(&u32::from(ip));
+        self.keys.remove(key);
+    }
+}
+
+/// 64-bit FNV-1a: a stable, dependency-free hash for short names.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+impl Network {
+    /// Creates (or adopts) the bridge, its gateway address and the nftables tables; removes what
+    /// an earlier run left behind (netns, veths, rules with this bridge's prefix) so a SIGKILLed
+    /// platform restarts clean.
+    pub async fn setup(config: &NetConfig) -> Result<Network, Error> {
+        config.validate()?;
+        let (network, prefix_len) = config.pool()?;
+        let (start, end) = rules::cidr_interval(network, prefix_len);
+        let gateway = Ipv4Addr::from(start + 1);
+        let net = Network {
+            config: config.clone(),
+            gateway,
+            prefix_len,
+            table: format!("hydrant_{}", config.bridge),
+            pool: Mutex::new(Pool {
+                first: start + 2,
+                last: end - 1,
+                next: start + 2,
+                used: BTreeSet::new(),
+                keys: BTreeSet::new(),
+            }),
+        };
+        net.remove_leftovers().await?;
+        let bridge = config.bridge.as_str();
+        if !link_exists(bridge).await? {
+            run(
+                Program::Ip,
+                &["link", "add", "name", bridge, "type", "bridge"],
+                None,
+            )
+            .await?;
+        }
+        let address = format!("{gateway}/{prefix_len}");
+        run(
+            Program::Ip,
+            &["addr", "replace", &address, "dev", bridge],
+            None,
+        )
+        .await?;
+        run(Program::Ip, &["link", "set", bridge, "up"], None).await?;
+        let forward = Path::new("/proc/sys/net/ipv4/ip_forward");
+        tokio::fs::write(forward, "1\n")
+            .await
+            .map_err(|source| Error::Io {
+                what: "turning on IPv4 forwarding (containers' public egress needs it)",
+                path: forward.to_owned(),
+                source,
+            })?;
+        run(Program::Nft, &["-f", "-"], Some(&net.ruleset()?)).await?;
+        tracing::info!(bridge, subnet = %config.subnet, rules = config.rules.len(), "container network ready");
+        Ok(net)
+    }
+
+    /// A network namespace for container `id` with a veth on the bridge, its own IP from the
+    /// pool, `lo` up, a default route via the gateway, IPv6 off inside, and `extra` rules
+    /// (per-binding rules the services issue will add) that apply to this container only.
+    pub async fn attach(&self, id: &str, extra: &[EgressRule]) -> Result<Attachment, Error> {
+        if id.is_empty() {
+            return Err(Error::Config {
+                field: "container id",
+                message: "is empty".to_owned(),
+            });
+        }
+        let mut chain_rules = Vec::with_capacity(extra.len());
+        for rule in extra {
+            chain_rules.push(rule.to_nft()?);
+        }
+        let key_len = 14 - self.config.bridge.len();
+        let (ip, key) = self
+            .lock()
+            .take(id, key_len)
+            .ok_or_else(|| Error::PoolExhausted {
+                subnet: self.config.subnet.clone(),
+            })?;
+        let name = format!("{}-{key}", self.config.bridge);
+        let attachment = Attachment {
+            id: id.to_owned(),
+            netns_path: Path::new(NETNS_DIR).join(&name),
+            netns: name.clone(),
+            ip,
+            gateway: self.gateway,
+            prefix_len: self.prefix_len,
+            veth: name,
+            key,
+        };
+        match self.plumb(&attachment, &chain_rules).await {
+            Ok(()) => Ok(attachment),
+            Err(error) => {
+                // Leave nothing half-made behind; the first error is the one worth reporting.
+                if let Err(cleanup) = self.detach_ref(&attachment).await {
+                    tracing::warn!(id, error = %cleanup, "cleaning up a failed attach");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn plumb(&self, a: &Attachment, chain_rules: &[String]) -> Result<(), Error> {
+        let bridge = &self.config.bridge;
+        let host = format!(
+            "netns add {ns}\nlink add {veth} type veth peer name eth0 netns {ns}\n\
+             link set {veth} master {bridge} up\n",
+            ns = a.netns,
+            veth = a.veth,
+        );
+        run(Program::Ip, &["-batch", "-"], Some(&host)).await?;
+        disable_ipv6_in(a.netns_path.clone()).await?;
+        let inside = format!(
+            "link set lo up\naddr add {ip}/{len} dev eth0\nlink set eth0 up\n\
+             route add default via {gw} dev eth0\n",
+            ip = a.ip,
+            len = a.prefix_len,
+            gw = a.gateway,
+        );
+        run(Program::Ip, &["-n", &a.netns, "-batch", "-"], Some(&inside)).await?;
+        let table = &self.table;
+        let chain = format!("c_{}", a.key);
+        let mut script = format!("add chain inet {table} {chain}\n");
+        for rule in chain_rules {
+            script.push_str(&format!("add rule inet {table} {chain} {rule}\n"));
+        }
+        script.push_str(&format!(
+            "add element inet {table} containers {{ {} : jump {chain} }}\n",
+            a.ip
+        ));
+        script.push_str(&format!(
+            "add element bridge {table} ports {{ \"{}\" . {} }}\n",
+            a.veth, a.ip
+        ));
+        run(Program::Nft, &["-f", "-"], Some(&script)).await?;
+        Ok(())
+    }
+
+    /// Removes the namespace, veth, per-container rules, and returns the IP to the pool.
+    /// Idempotent.
+    pub async fn detach(&self, attachment: Attachment) -> Result<(), Error> {
+        self.detach_ref(&attachment).await
+    }
+
+    async fn detach_ref(&self, a: &Attachment) -> Result<(), Error> {
+        let table = &self.table;
+        let chain = format!("c_{}", a.key);
+        let element = format!("delete element inet {table} containers {{ {} }}\n", a.ip);
+        let drop_chain =
+            format!("flush chain inet {table} {chain}\ndelete chain inet {table} {chain}\n");
+        let port = format!(
+            "delete element bridge {table} ports {{ \"{}\" . {} }}\n",
+            a.veth, a.ip
+        );
+        // Each piece alone, so one already gone does not keep the others.
+        let mut first_error = None;
+        for script in [element, drop_chain, port] {
+            if let Err(e) = run(Program::Nft, &["-f", "-"], Some(&script)).await
+                && !is_gone(&e)
+            {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Err(e) = remove_link(&a.veth).await {
+            first_error.get_or_insert(e);
+        }
+        if let Err(e) = remove_netns(&a.netns).await {
+            first_error.get_or_insert(e);
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => {
+                self.lock().give_back(a.ip, &a.key);
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes everything this bridge owns (for shutdown and tests).
+    pub async fn teardown(self) -> Result<(), Error> {
+        self.remove_leftovers().await?;
+        if link_exists(&self.config.bridge).await? {
+            remove_link(&self.config.bridge).await?;
+        }
+        tracing::info!(bridge = %self.config.bridge, "container network removed");
+        Ok(())
+    }
+
+    /// The configuration this network was set up with.
+    pub fn config(&self) -> &NetConfig {
+        &self.config
+    }
+
+    /// The bridge's address (every container's gateway).
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.gateway
+    }
+
+    /// The nft tables, namespaces and veths with this bridge's prefix (not the bridge itself).
+    async fn remove_leftovers(&self) -> Result<(), Error> {
+        let table = &self.table;
+        // `add` then `delete` in one transaction: removes the table whether or not it exists.
+        let script = format!(
+            "add table inet {table}\ndelete table inet {table}\n\
+             add table bridge {table}\ndelete table bridge {table}\n"
+        );
+        run(Program::Nft, &["-f", "-"], Some(&script)).await?;
+        let prefix = format!("{}-", self.config.bridge);
+        for name in netns_names().await? {
+            if name.starts_with(&prefix) {
+                remove_netns(&name).await?;
+            }
+        }
+        for name in link_names().await? {
+            if name.starts_with(&prefix) {
+                remove_link(&name).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The bridge's whole ruleset, loaded atomically by `nft -f -`.
+    fn ruleset(&self) -> Result<String, Error> {
+        let c = &self.config;
+        let (table, bridge, subnet) = (&self.table, &c.bridge, &c.subnet);
+        let mut operator = String::new();
+        for rule in &c.rules {
+            operator.push_str(&format!("\t\t{}\n", rule.to_nft()?));
+        }
+        let mut denies = Vec::new();
+        for deny in std::iter::once(LINK_LOCAL).chain(c.deny.iter().map(String::as_str)) {
+            let merged = rules::parse_destinations(deny).map_err(|message| Error::Config {
+                field: "network.deny",
+                message,
+            })?;
+            denies.extend(
+                merged
+                    .into_iter()
+                    .map(|(a, b)| rules::render_ip_interval(a, b)),
+            );
+        }
+        let denies = denies.join(", ");
+        Ok(format!(
+            "table inet {table} {{
+	map containers {{
+		type ipv4_addr : verdict
+	}}
+	set default_deny {{
+		type ipv4_addr
+		flags interval
+		auto-merge
+		elements = {{ {denies} }}
+	}}
+	chain input {{
+		type filter hook input priority filter; policy accept;
+		iifname \"{bridge}\" ct state established,related accept
+		iifname \"{bridge}\" ip saddr vmap @containers
+		iifname \"{bridge}\" counter drop comment \"container to host\"
+	}}
+	chain forward {{
+		type filter hook forward priority filter; policy accept;
+		oifname \"{bridge}\" ct state established,related accept
+		iifname \"{bridge}\" jump egress
+		oifname \"{bridge}\" counter drop comment \"unsolicited into containers\"
+	}}
+	chain egress {{
+		ip daddr {subnet} counter drop comment \"container to container\"
+		meta nfproto ipv6 counter drop comment \"ipv6\"
+		ip saddr vmap @containers
+{operator}		ip daddr @default_deny counter drop comment \"default deny\"
+		counter accept comment \"public egress\"
+	}}
+	chain postrouting {{
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr {subnet} oifname != \"{bridge}\" masquerade
+	}}
+}}
+table bridge {table} {{
+	chain forward {{
+		type filter hook forward priority filter; policy accept;
+		iifname \"{bridge}-*\" oifname \"{bridge}-*\" counter drop comment \"container to container\"
+	}}
+	set ports {{
+		type ifname . ipv4_addr
+	}}
+	chain prerouting {{
+		type filter hook prerouting priority filter; policy accept;
+		iifname \"{bridge}-*\" iifname . ip saddr != @ports counter drop comment \"spoofed source\"
+	}}
+}}
+"
+        ))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Names of every network interface in the host's namespace.
+async fn link_names() -> Result<Vec<String>, Error> {
+    #[derive(Deserialize)]
+    struct Link {
+        ifname: String,
+    }
+    let json = run(Program::Ip, &["-j", "link", "show"], None).await?;
+    let links: Vec<Link> = serde_json::from_str(&json).map_err(|e| Error::Command {
+        program: "ip",
+        args: "-j link show".to_owned(),
+        message: format!("unexpected output: {e}"),
+    })?;
+    Ok(links.into_iter().map(|l| l.ifname).collect())
+}
+
+async fn link_exists(name: &str) -> Result<bool, Error> {
+    Ok(link_names().await?.iter().any(|n| n == name))
+}
+
+async fn remove_link(name: &str) -> Result<(), Error> {
+    match run(Program::Ip, &["link", "del", name], None).await {
+        Err(e) if !is_gone(&e) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Names of the namespaces iproute2 knows (its bind mounts under `/run/netns`).
+async fn netns_names() -> Result<Vec<String>, Error> {
+    let mut names = Vec::new();
+    let mut dir = match tokio::fs::read_dir(NETNS_DIR).await {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+        Err(source) => {
+            return Err(Error::Io {
+                what: "listing network namespaces",
+                path: NETNS_DIR.into(),
+                source,
+            });
+        }
+    };
+    loop {
+        match dir.next_entry().await {
+            Ok(Some(entry)) => names.push(entry.file_name().to_string_lossy().into_owned()),
+            Ok(None) => return Ok(names),
+            Err(source) => {
+                return Err(Error::Io {
+                    what: "listing network namespaces",
+                    path: NETNS_DIR.into(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+async fn remove_netns(name: &str) -> Result<(), Error> {
+    if !Path::new(NETNS_DIR).join(name).exists() {
+        return Ok(());
+    }
+    match run(Program::Ip, &["netns", "del", name], None).await {
+        Err(e) if !is_gone(&e) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Turns IPv6 off inside a namespace before its `eth0` comes up (so it never gets an address).
+/// Done on a fresh thread that enters the namespace and exits: a thread's namespace is its own,
+/// and no runtime thread is ever moved.
+async fn disable_ipv6_in(netns: PathBuf) -> Result<(), Error> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("hydrant-netns".to_owned())
+        .spawn(move || {
+            let _ = tx.send(disable_ipv6_blocking(&netns));
+        });
+    let io = |source| Error::Io {
+        what: "turning IPv6 off in a network namespace",
+        path: NETNS_DIR.into(),
+        source,
+    };
+    spawned.map_err(io)?;
+    rx.await.map_err(|_| {
+        io(std::io::Error::other(
+            "the namespace thread ended without answering",
+        ))
+    })?
+}
+
+fn disable_ipv6_blocking(netns: &Path) -> Result<(), Error> {
+    let io = |path: &Path, source| Error::Io {
+        what: "turning IPv6 off in a network namespace",
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(netns).map_err(|e| io(netns, e))?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| io(netns, std::io::Error::from(e)))?;
+    for scope in ["all", "default"] {
+        let path = PathBuf::from(format!("/proc/sys/net/ipv6/conf/{scope}/disable_ipv6"));
+        match std::fs::write(&path, "1\n") {
+            // A kernel without IPv6 has no such file: nothing to turn off.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path, e)),
+            Ok(()) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network(config: NetConfig) -> Network {
+        let (network, prefix_len) = config.pool().unwrap();
+        let (start, end) = rules::cidr_interval(network, prefix_len);
+        Network {
+            gateway: Ipv4Addr::from(start + 1),
+            prefix_len,
+            table: format!("hydrant_{}", config.bridge),
+            pool: Mutex::new(Pool {
+                first: start + 2,
+                last: end - 1,
+                next: start + 2,
+                used: BTreeSet::new(),
+                keys: BTreeSet::new(),
+            }),
+            config,
+        }
+    }
+
+    #[test]
+    fn defaults_validate_and_read_from_config() {
+        NetConfig::default().validate().unwrap();
+        let config: NetConfig = serde_json::from_str(
+            r#"{"bridge": "hyx1", "rules": [{"protocol": "tcp", "destination": "10.0.0.5", "ports": "5432"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(config.subnet, "10.254.0.0/22");
+        assert_eq!(config.rules.len(), 1);
+        assert!(serde_json::from_str::<NetConfig>(r#"{"bridges": "x"}"#).is_err());
+    }
+
+    #[test]
+    fn bad_config_names_the_field_and_the_fix() {
+        let bad = |config: NetConfig| config.validate().unwrap_err().to_string();
+        let err = bad(NetConfig {
+            bridge: "hydrant-br0".into(),
+            ..NetConfig::default()
+        });
+        assert!(
+            err.contains("network.bridge") && err.contains("1-8 lowercase"),
+            "{err}"
+        );
+        let err = bad(NetConfig {
+            subnet: "10.254.0.1/22".into(),
+            ..NetConfig::default()
+        });
+        assert!(
+            err.contains("network.subnet") && err.contains("10.254.0.0/22"),
+            "{err}"
+        );
+        let err = bad(NetConfig {
+            subnet: "10.0.0.0/8".into(),
+            ..NetConfig::default()
+        });
+        assert!(err.contains("16-29"), "{err}");
+        let err = bad(NetConfig {
+            deny: vec!["10.0.0.0/40".into()],
+            ..NetConfig::default()
+        });
+        assert!(err.contains("network.deny"), "{err}");
+    }
+
+    #[test]
+    fn pool_hands_out_distinct_addresses_and_names_until_full() {
+        let net = network(NetConfig {
+            subnet: "10.254.8.0/29".into(),
+            ..NetConfig::default()
+        });
+        let mut pool = net.lock();
+        let taken: Vec<_> = (0..5)
+            .map(|i| pool.take(&format!("app-{i}"), 6).unwrap())
+            .collect();
+        let ips: BTreeSet<_> = taken.iter().map(|(ip, _)| *ip).collect();
+        assert_eq!(ips.len(), 5);
+        assert!(
+            !ips.contains(&"10.254.8.1".parse().unwrap()),
+            "the gateway is never handed out"
+        );
+        assert!(
+            !ips.contains(&"10.254.8.7".parse().unwrap()),
+            "nor the broadcast address"
+        );
+        assert!(pool.take("app-5", 6).is_none(), "a /29 holds 5 containers");
+        pool.give_back(taken[2].0, &taken[2].1);
+        let (ip, _) = pool.take("app-6", 6).unwrap();
+        assert_eq!(ip, taken[2].0);
+        // The same id twice (a restart racing a stop) still gets two distinct names.
+        drop(pool);
+        let mut pool = network(NetConfig::default()).pool.into_inner().unwrap();
+        let (_, a) = pool.take("same", 6).unwrap();
+        let (_, b) = pool.take("same", 6).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 6);
+    }
+
+    #[test]
+    fn ruleset_puts_host_and_neighbours_first_then_rules_then_default_denies() {
+        let config = NetConfig {
+            bridge: "hyx2".into(),
+            subnet: "10.254.12.0/22".into(),
+            rules: vec![EgressRule::allow(
+                Protocol::Tcp,
+                "10.0.11.0/24",
+                Some("5432"),
+            )],
+            deny: vec!["192.168.0.0/16".into(), "10.0.0.0/8".into()],
+        };
+        let ruleset = network(config).ruleset().unwrap();
+        let at = |needle: &str| {
+            ruleset
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle} missing:\n{ruleset}"))
+        };
+        assert!(ruleset.contains("table inet hydrant_hyx2"));
+        assert!(ruleset.contains("iifname \"hyx2\" counter drop comment \"container to host\""));
+        assert!(ruleset.contains("iifname \"hyx2-*\" oifname \"hyx2-*\" counter drop"));
+        assert!(ruleset.contains("elements = { 169.254.0.0/16, 192.168.0.0/16, 10.0.0.0/8 }"));
+        let subnet = at("ip daddr 10.254.12.0/22 counter drop");
+        let own = at("\n\t\tip saddr vmap @containers\n");
+        let operator = at("ip daddr 10.0.11.0/24 tcp dport 5432 counter accept");
+        let deny = at("ip daddr @default_deny counter drop");
+        let public = at("counter accept comment \"public egress\"");
+        assert!(
+            subnet < own && own < operator && operator < deny && deny < public,
+            "{ruleset}"
+        );
+        assert!(ruleset.contains("ip saddr 10.254.12.0/22 oifname != \"hyx2\" masquerade"));
+    }
+
+    #[test]
+    fn effective_rules_list_the_whole_policy_in_order() {
+        let config = NetConfig {
+            rules: vec![EgressRule::allow(Protocol::Udp, "10.0.0.2", Some("53"))],
+            ..NetConfig::default()
+        };
+        let rules = config.effective_rules();
+        assert_eq!(rules[0].destination, "<host>");
+        assert_eq!(rules[2], config.rules[0]);
+        assert_eq!(rules[3].destination, LINK_LOCAL);
+        assert_eq!(rules.last().map(|r| r.action), Some(Action::Allow));
+        assert_eq!(rules.len(), 2 + 1 + 1 + 5 + 1);
+    }
+}
