@@ -2,7 +2,8 @@
 //! envelopes to the local agent's v2 `BatchSender`.
 //!
 //! Flow: caller → current batch (a [`BatchBuilder`] under a short lock) → bounded queue of
-//! encoded batches → one sender task → one long-lived `BatchSender` stream to the agent.
+//! encoded batches (a drop-oldest `hydrant_buffer::Buffer`) → one sender task → one long-lived
+//! `BatchSender` stream to the agent.
 //!
 //! Invariants:
 //! - Emitting never awaits and never waits for the network (invariant 1). When the queue is
@@ -17,12 +18,12 @@
 
 mod encode;
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use hydrant_buffer::{Buffer, BufferConfig, Depth, DropReason, Limits, Observer};
 use hydrant_envelope::raw::Empty;
 use hydrant_envelope::raw::ingress::ingress_client::IngressClient;
 use hydrant_envelope::v2;
@@ -237,21 +238,36 @@ struct Current {
     body: Vec<u8>,
 }
 
-/// Full batches waiting for the sender, oldest first.
-#[derive(Debug, Default)]
-struct Queue {
-    batches: VecDeque<(Bytes, usize)>,
-    envelopes: usize,
+/// Reports the queue's evictions and depth under the emitter's metric names.
+#[derive(Debug)]
+struct QueueReport {
+    queue_full: Counter,
+    depth: Gauge,
 }
+
+impl Observer for QueueReport {
+    fn dropped(&self, reason: DropReason, _items: usize, events: u64) {
+        // The queue only evicts: it is never closed (late emits are refused before it) and
+        // keeps any batch, whatever its size.
+        if reason == DropReason::Evicted {
+            self.queue_full.add(events);
+        }
+    }
+    fn depth(&self, depth: Depth) {
+        self.depth.set(depth.events as f64);
+    }
+}
+
+/// Full batches waiting for the sender, oldest first; drop-oldest past `queue_max_batches`.
+type Queue = Buffer<(Bytes, usize), QueueReport>;
 
 #[derive(Debug)]
 struct Inner {
     batch_max_envelopes: usize,
     batch_max_bytes: usize,
     flush_interval: Duration,
-    queue_max_batches: usize,
     current: Mutex<Current>,
-    queue: Mutex<Queue>,
+    queue: Queue,
     /// Wakes the sender: a batch was queued, or the current batch became non-empty.
     wake: Notify,
     /// Reporters that will still emit a final snapshot at shutdown; the sender waits for them.
@@ -295,35 +311,12 @@ impl Inner {
     }
 
     fn enqueue(&self, batch: Bytes, count: usize) {
-        let mut queue = lock(&self.queue);
-        while queue.batches.len() >= self.queue_max_batches {
-            let Some((_, dropped)) = queue.batches.pop_front() else {
-                break;
-            };
-            queue.envelopes -= dropped;
-            self.metrics.queue_full.add(dropped as u64);
-        }
-        queue.batches.push_back((batch, count));
-        queue.envelopes += count;
-        self.metrics.queue_depth.set(queue.envelopes as f64);
-        drop(queue);
+        self.queue.push((batch, count));
         self.wake.notify_one();
     }
 
     fn pop(&self) -> Option<(Bytes, usize)> {
-        let mut queue = lock(&self.queue);
-        let item = queue.batches.pop_front()?;
-        queue.envelopes -= item.1;
-        self.metrics.queue_depth.set(queue.envelopes as f64);
-        Some(item)
-    }
-
-    /// Puts a batch back at the head (the sender took it but could not hand it over yet).
-    fn unpop(&self, item: (Bytes, usize)) {
-        let mut queue = lock(&self.queue);
-        queue.envelopes += item.1;
-        queue.batches.push_front(item);
-        self.metrics.queue_depth.set(queue.envelopes as f64);
+        self.queue.pop()
     }
 
     /// When the current batch must be flushed, if it holds anything.
@@ -391,11 +384,11 @@ impl Emitter {
     /// envelopes are queued and counted as dropped, and the problem is logged.
     #[must_use]
     pub fn start(config: EmitterConfig, registry: &Registry, shutdown: CancellationToken) -> Self {
+        let metrics = Metrics::new(registry);
         let inner = Arc::new(Inner {
             batch_max_envelopes: config.batch_max_envelopes.max(1),
             batch_max_bytes: config.batch_max_bytes.max(1),
             flush_interval: Duration::from_millis(config.flush_interval_ms.max(1)),
-            queue_max_batches: config.queue_max_batches.max(1),
             current: Mutex::new(Current {
                 builder: BatchBuilder::with_capacity(config.batch_max_bytes.min(1 << 20)),
                 started: None,
@@ -403,12 +396,18 @@ impl Emitter {
                 scratch: Vec::new(),
                 body: Vec::new(),
             }),
-            queue: Mutex::new(Queue::default()),
+            queue: Buffer::with_observer(
+                BufferConfig::drop_oldest(Limits::UNBOUNDED.items(config.queue_max_batches.max(1))),
+                QueueReport {
+                    queue_full: metrics.queue_full.clone(),
+                    depth: metrics.queue_depth.clone(),
+                },
+            ),
             wake: Notify::new(),
             reporters: AtomicUsize::new(0),
             reporter_done: Notify::new(),
             stopped: CancellationToken::new(),
-            metrics: Metrics::new(registry),
+            metrics,
         });
         let endpoint = match config.validate().and_then(|()| endpoint(&config.agent)) {
             Ok(endpoint) => Some(endpoint),
@@ -639,6 +638,9 @@ struct Sender {
     endpoint: Option<tonic::transport::Endpoint>,
     shutdown: CancellationToken,
     stream: Option<Stream>,
+    /// A batch taken from the queue but not yet handed over when shutdown came; the drain
+    /// delivers or counts it first.
+    held: Option<(Bytes, usize)>,
     backoff: Duration,
     next_attempt: Instant,
 }
@@ -654,6 +656,7 @@ impl Sender {
             endpoint,
             shutdown,
             stream: None,
+            held: None,
             backoff: BACKOFF_MIN,
             next_attempt: Instant::now(),
         }
@@ -717,7 +720,7 @@ impl Sender {
                 }
                 () = self.shutdown.cancelled() => {
                     // Not handed over yet: the drain delivers it or counts it.
-                    self.inner.unpop((copy, count));
+                    self.held = Some((copy, count));
                 }
             }
             return;
@@ -764,12 +767,12 @@ impl Sender {
         self.inner.close();
         if self.stream.is_none()
             && let Some(endpoint) = &self.endpoint
-            && lock(&self.inner.queue).envelopes > 0
+            && (self.held.is_some() || self.inner.queue.depth_events() > 0)
             && let Ok(Ok(stream)) = tokio::time::timeout_at(deadline, Stream::open(endpoint)).await
         {
             self.stream = Some(stream);
         }
-        while let Some((batch, count)) = self.inner.pop() {
+        while let Some((batch, count)) = self.held.take().or_else(|| self.inner.pop()) {
             let Some(stream) = self.stream.as_mut() else {
                 self.inner.metrics.shutdown.add(count as u64);
                 continue;
