@@ -16,11 +16,30 @@
 //!   are found by their prefix and removed at the next start.
 //!
 //! # Layout
+//! - `config`: [`Config`], the owner's container settings.
+//! - `runtime`: [`Containers`] (one per owner) and [`Container`] (one per running container):
+//!   spawn, usage, signal, destroy, and cleanup of leftovers.
+//! - `spec`: [`ContainerSpec`] and the OCI runtime spec made from it.
+//! - `stack`: the read-only root filesystem and the `vcap` user.
+//! - `cgroup`: each container's parent cgroup, its limits and counters (v1 and v2).
+//! - `seccomp`: the system calls refused to containers.
 //! - `error`: [`Error`].
 //! - `net`: the host bridge, one network namespace and veth per container, and the nftables
 //!   egress rules.
 
+mod cgroup;
+mod config;
 mod error;
 pub mod net;
+mod runtime;
+mod seccomp;
+mod spec;
+mod stack;
 
+pub use cgroup::{Usage, cpu_shares_for};
+pub use config::{Config, DEFAULT_PIDS, DEFAULT_TMP_MB};
 pub use error::Error;
+pub use nix::sys::signal::Signal;
+pub use runtime::{Container, Containers, End, Leftovers};
+pub use spec::{Bind, ContainerSpec, Limits, NOFILE, Network};
+pub use stack::{APP_DIR, TMP_DIR, VCAP_GID, VCAP_UID, chown_to_vcap};
