@@ -1,15 +1,15 @@
-//! Password hashing (PBKDF2-HMAC-SHA256 with a random salt) and random identifiers.
+//! Password hashing (PBKDF2-HMAC-SHA256 from RustCrypto's `pbkdf2`, with a random salt) and
+//! random identifiers (`uuid` version 4).
 //!
 //! Stored hashes carry their own parameters (`pbkdf2-sha256$<iterations>$<salt>$<hash>`), so
-//! raising the iteration count later leaves old hashes verifiable. Comparison is constant-time,
-//! so a wrong guess takes as long as a nearly right one.
+//! raising the iteration count later leaves old hashes verifiable; hashes stored before the
+//! hand-written PBKDF2 was replaced verify unchanged, since both compute RFC 8018's function
+//! (the published vectors below pin it). Comparison is constant-time, so a wrong guess takes as
+//! long as a nearly right one.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
-use hmac::{Hmac, Mac};
 use sha2::Sha256;
-
-type HmacSha256 = Hmac<Sha256>;
 
 const SCHEME: &str = "pbkdf2-sha256";
 const SALT_BYTES: usize = 16;
@@ -43,18 +43,7 @@ fn fallback_byte() -> u8 {
 
 /// A new random guid in the usual 8-4-4-4-12 form (version 4).
 pub(crate) fn new_guid() -> String {
-    let mut b = random_bytes::<16>();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hydrant_api::push::hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// A new random password for a generated admin: 24 URL-safe characters.
@@ -65,23 +54,7 @@ pub(crate) fn new_password() -> String {
 /// PBKDF2-HMAC-SHA256 (RFC 8018) of `password` with `salt`, one 32-byte block.
 fn pbkdf2(password: &[u8], salt: &[u8], iterations: u32) -> [u8; HASH_BYTES] {
     let mut out = [0u8; HASH_BYTES];
-    let Ok(keyed) = HmacSha256::new_from_slice(password) else {
-        // HMAC takes keys of any length; this branch cannot run.
-        return out;
-    };
-    let mut mac = keyed.clone();
-    mac.update(salt);
-    mac.update(&1u32.to_be_bytes());
-    let mut u: [u8; HASH_BYTES] = mac.finalize().into_bytes().into();
-    out = u;
-    for _ in 1..iterations {
-        let mut mac = keyed.clone();
-        mac.update(&u);
-        u = mac.finalize().into_bytes().into();
-        for (o, x) in out.iter_mut().zip(u.iter()) {
-            *o ^= x;
-        }
-    }
+    pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut out);
     out
 }
 
@@ -162,6 +135,17 @@ mod tests {
         ] {
             assert!(!verify("x", bad), "{bad}");
         }
+    }
+
+    /// A row in the stored format with a digest made outside this crate (Python's
+    /// `hashlib.pbkdf2_hmac`, the function the hand-written code this module used before also
+    /// computed): users stored before the switch to RustCrypto's `pbkdf2` still log in.
+    #[test]
+    fn hashes_stored_before_the_switch_still_verify() {
+        let stored = "pbkdf2-sha256$1000$AAECAwQFBgcICQoLDA0ODw$\
+                      yRTMTwbMbo9G0VfjobWqerzuuxe7BETNTErBbKKumGQ";
+        assert!(verify("correct horse", stored));
+        assert!(!verify("correct horse!", stored));
     }
 
     #[test]
