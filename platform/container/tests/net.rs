@@ -1,0 +1,535 @@
+//! The container network against the real kernel: bridges, network namespaces, veths and
+//! nftables, checked by opening TCP connections from inside the namespaces and by the kernel's
+//! own lists (`ip netns list`, `ip link`, `nft list ruleset`).
+//!
+//! Needs root (CI runs as root) and fails saying so otherwise. Each test owns one bridge
+//! `hyt<n>` with subnet `10.254.<4n>.0/22`, and, where it needs somewhere to connect to, one
+//! "service" namespace `hys<n>` at `10.254.<128+n>.0/24`: every address a test sends to is one
+//! of its own namespaces or interfaces, or loopback. A guard removes all of it on drop, so a
+//! failing test leaves nothing behind for the next.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers outside #[test] fns"
+)]
+
+use std::fs::File;
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use hydrant_container::net::{Action, EgressRule, NetConfig, Network, Protocol};
+
+/// How long a connection that must fail gets (a dropped SYN never answers).
+const REFUSED_WITHIN: Duration = Duration::from_millis(800);
+/// How long a connection that must succeed gets (veths on one host answer in microseconds).
+const CONNECTS_WITHIN: Duration = Duration::from_secs(5);
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the container network tests create bridges, network namespaces and nftables tables: \
+         run them as root (CI does)"
+    );
+}
+
+fn config(n: u8) -> NetConfig {
+    NetConfig {
+        bridge: format!("hyt{n}"),
+        subnet: format!("10.254.{}.0/22", u16::from(n) * 4),
+        ..NetConfig::default()
+    }
+}
+
+/// Runs a command to completion; panics with its stderr if it fails.
+fn sh(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().expect("run");
+    assert!(
+        out.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command, ignoring failure (for cleanup).
+fn try_sh(program: &str, args: &[&str], stdin: Option<&str>) {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    if let Ok(mut child) = child {
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            let _ = pipe.write_all(text.as_bytes());
+        }
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
+}
+
+fn netns_list() -> String {
+    sh("ip", &["netns", "list"])
+}
+fn links() -> String {
+    sh("ip", &["-o", "link", "show"])
+}
+fn ruleset() -> String {
+    sh("nft", &["list", "ruleset"])
+}
+/// One bridge's `inet` table: what other tests running at the same time add is not in it.
+fn table(n: u8) -> String {
+    sh(
+        "nft",
+        &["list", "table", "inet", &format!("hydrant_hyt{n}")],
+    )
+}
+
+/// Removes everything a test made, synchronously, even when the test panicked.
+struct Guard {
+    bridge: String,
+    service: String,
+}
+
+impl Guard {
+    fn new(n: u8) -> Self {
+        let guard = Self {
+            bridge: format!("hyt{n}"),
+            service: format!("hys{n}"),
+        };
+        // A previous run of this test that was killed may have left its pieces.
+        guard.clean();
+        guard
+    }
+
+    fn clean(&self) {
+        let table = format!("hydrant_{}", self.bridge);
+        let script = format!(
+            "add table inet {table}\ndelete table inet {table}\n\
+             add table bridge {table}\ndelete table bridge {table}\n"
+        );
+        try_sh("nft", &["-f", "-"], Some(&script));
+        let prefix = format!("{}-", self.bridge);
+        let owned = |name: &str| {
+            name.starts_with(&prefix) || name == self.bridge || name.starts_with(&self.service)
+        };
+        if let Ok(dir) = std::fs::read_dir("/run/netns") {
+            for entry in dir.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if owned(&name) {
+                    try_sh("ip", &["netns", "del", &name], None);
+                }
+            }
+        }
+        let out = Command::new("ip").args(["-o", "link", "show"]).output();
+        for line in out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .lines()
+        {
+            let name = line.split(':').nth(1).unwrap_or("").trim();
+            let name = name.split('@').next().unwrap_or(name);
+            if owned(name) {
+                try_sh("ip", &["link", "del", name], None);
+            }
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.clean();
+    }
+}
+
+/// Runs `f` on a thread inside the network namespace at `netns`: sockets it makes live there.
+fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = File::open(netns).expect("open netns");
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    })
+}
+
+/// Whether a TCP handshake to `to` completes from inside `from` (the host when `None`).
+fn connects(from: Option<&Path>, to: SocketAddr, within: Duration) -> bool {
+    let attempt = move || TcpStream::connect_timeout(&to, within).is_ok();
+    match from {
+        Some(netns) => in_netns(netns, attempt),
+        None => attempt(),
+    }
+}
+
+fn reachable(from: Option<&Path>, to: SocketAddr) -> bool {
+    connects(from, to, CONNECTS_WITHIN)
+}
+
+fn unreachable(from: Option<&Path>, to: SocketAddr) -> bool {
+    !connects(from, to, REFUSED_WITHIN)
+}
+
+fn listen_in(netns: &Path, addr: SocketAddr) -> TcpListener {
+    in_netns(netns, || TcpListener::bind(addr).expect("bind in netns"))
+}
+
+/// A namespace `hys<n>` standing in for a service on another machine: `10.254.<128+n>.2` and
+/// `.3` behind a veth whose host side is `.1`, plus `169.254.<n>.1` on a stand-in interface
+/// inside it (routed from the host), listening on ports 5432 and 5433 of each.
+struct Service {
+    a: Ipv4Addr,
+    b: Ipv4Addr,
+    link_local: Ipv4Addr,
+    _listeners: Vec<TcpListener>,
+}
+
+fn service(n: u8, _guard: &Guard) -> Service {
+    let name = format!("hys{n}");
+    let net = 128 + u16::from(n);
+    let (host, a, b) = (
+        format!("10.254.{net}.1"),
+        format!("10.254.{net}.2"),
+        format!("10.254.{net}.3"),
+    );
+    let link_local = format!("169.254.{n}.1");
+    sh("ip", &["netns", "add", &name]);
+    sh(
+        "ip",
+        &[
+            "link",
+            "add",
+            &format!("{name}h"),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &name,
+        ],
+    );
+    sh(
+        "ip",
+        &[
+            "addr",
+            "add",
+            &format!("{host}/24"),
+            "dev",
+            &format!("{name}h"),
+        ],
+    );
+    sh("ip", &["link", "set", &format!("{name}h"), "up"]);
+    for cmd in [
+        vec!["addr", "add", &format!("{a}/24"), "dev", "eth0"],
+        vec!["addr", "add", &format!("{b}/24"), "dev", "eth0"],
+        vec!["link", "set", "lo", "up"],
+        vec!["link", "set", "eth0", "up"],
+        vec!["route", "add", "default", "via", &host],
+        // A veth pair rather than a `dummy`: some kernels (CI's VMs) ship without the module.
+        vec![
+            "link", "add", "lnk0", "type", "veth", "peer", "name", "lnk1",
+        ],
+        vec!["link", "set", "lnk1", "up"],
+        vec!["addr", "add", &format!("{link_local}/24"), "dev", "lnk0"],
+        vec!["link", "set", "lnk0", "up"],
+    ] {
+        let mut args = vec!["-n", name.as_str()];
+        args.extend(cmd.iter().map(|s| &**s));
+        sh("ip", &args);
+    }
+    sh(
+        "ip",
+        &["route", "add", &format!("169.254.{n}.0/24"), "via", &a],
+    );
+    let netns = Path::new("/run/netns").join(&name);
+    let listeners = [5432, 5433]
+        .into_iter()
+        .map(|port| listen_in(&netns, SocketAddr::from(([0, 0, 0, 0], port))))
+        .collect();
+    Service {
+        a: a.parse().unwrap(),
+        b: b.parse().unwrap(),
+        link_local: link_local.parse().unwrap(),
+        _listeners: listeners,
+    }
+}
+
+fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+#[tokio::test]
+async fn a_container_reaches_nothing_on_the_host_nor_its_neighbours_but_the_router_reaches_it() {
+    require_root();
+    let _guard = Guard::new(1);
+    let net = Network::setup(&config(1)).await.unwrap();
+    let a = net.attach("app-a/0", &[]).await.unwrap();
+    let b = net.attach("app-b/0", &[]).await.unwrap();
+    assert_ne!(a.ip, b.ip);
+    assert_eq!(a.gateway, net.gateway());
+    assert!(
+        a.veth.len() <= 15 && a.veth.starts_with("hyt1-"),
+        "{}",
+        a.veth
+    );
+
+    // The platform's listeners: on the gateway address and on the host's loopback.
+    let on_gateway = TcpListener::bind((net.gateway(), 0)).unwrap();
+    let on_loopback = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    // A link-local address on an interface of the host this test makes (never a real metadata
+    // service); a veth pair, since some kernels ship without the `dummy` module.
+    sh(
+        "ip",
+        &[
+            "link", "add", "hyt1-lnk", "type", "veth", "peer", "name", "hyt1-lnp",
+        ],
+    );
+    sh("ip", &["link", "set", "hyt1-lnp", "up"]);
+    sh(
+        "ip",
+        &["addr", "add", "169.254.101.1/32", "dev", "hyt1-lnk"],
+    );
+    sh("ip", &["link", "set", "hyt1-lnk", "up"]);
+    let on_link_local = TcpListener::bind(("169.254.101.1", 0)).unwrap();
+    // The apps' own listeners, inside their namespaces.
+    let app_a = listen_in(&a.netns_path, at(Ipv4Addr::UNSPECIFIED, 8080));
+    let app_b = listen_in(&b.netns_path, at(Ipv4Addr::UNSPECIFIED, 8080));
+    let port = |l: &TcpListener| l.local_addr().unwrap().port();
+
+    // Positive controls: the host reaches each app (the router's path), and each app its own
+    // loopback, so every refusal below is the policy, not broken plumbing.
+    assert!(
+        reachable(None, at(a.ip, port(&app_a))),
+        "the router path to a"
+    );
+    assert!(
+        reachable(None, at(b.ip, port(&app_b))),
+        "the router path to b"
+    );
+    assert!(reachable(
+        Some(&a.netns_path),
+        at(Ipv4Addr::LOCALHOST, port(&app_a))
+    ));
+    assert!(
+        reachable(None, at(net.gateway(), port(&on_gateway))),
+        "the host reaches its own listener"
+    );
+
+    let from_a = Some(a.netns_path.as_path());
+    assert!(
+        unreachable(from_a, at(net.gateway(), port(&on_gateway))),
+        "the gateway IP"
+    );
+    assert!(
+        unreachable(from_a, at(Ipv4Addr::LOCALHOST, port(&on_loopback))),
+        "127.0.0.1 inside is the container's own"
+    );
+    assert!(unreachable(
+        from_a,
+        at("169.254.101.1".parse().unwrap(), port(&on_link_local))
+    ));
+    assert!(
+        unreachable(from_a, at(b.ip, port(&app_b))),
+        "a neighbour container"
+    );
+    assert!(
+        unreachable(Some(&b.netns_path), at(a.ip, port(&app_a))),
+        "and back"
+    );
+
+    // IPv6 is off inside: no addresses on eth0, and the switch reads 1.
+    let v6 = in_netns(&a.netns_path, || {
+        std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6").unwrap_or_default()
+    });
+    assert_eq!(v6.trim(), "1");
+    assert_eq!(sh("ip", &["-n", &a.netns, "-6", "addr", "show"]).trim(), "");
+
+    net.detach(a).await.unwrap();
+    net.detach(b).await.unwrap();
+    net.teardown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_operator_allow_rule_opens_exactly_its_destination_and_port_and_link_local_stays_shut() {
+    require_root();
+    let guard = Guard::new(2);
+    let svc = service(2, &guard);
+    let mut config = config(2);
+    config.rules = vec![EgressRule::allow(
+        Protocol::Tcp,
+        &svc.a.to_string(),
+        Some("5432"),
+    )];
+    let net = Network::setup(&config).await.unwrap();
+    let c = net.attach("app/0", &[]).await.unwrap();
+    let from = Some(c.netns_path.as_path());
+
+    // The host reaches every listener of the service, so each refusal below is the rule set.
+    for addr in [at(svc.a, 5433), at(svc.b, 5432), at(svc.link_local, 5432)] {
+        assert!(reachable(None, addr), "{addr} from the host");
+    }
+    assert!(
+        reachable(from, at(svc.a, 5432)),
+        "the allowed destination and port"
+    );
+    assert!(
+        unreachable(from, at(svc.a, 5433)),
+        "another port of the allowed destination"
+    );
+    assert!(
+        unreachable(from, at(svc.b, 5432)),
+        "the allowed port on another private address"
+    );
+    assert!(
+        unreachable(from, at(svc.link_local, 5432)),
+        "link-local beyond the host"
+    );
+
+    net.detach(c).await.unwrap();
+    net.teardown().await.unwrap();
+}
+
+#[tokio::test]
+async fn operator_rules_apply_in_order_so_a_deny_before_an_allow_closes_part_of_it() {
+    require_root();
+    let guard = Guard::new(5);
+    let svc = service(5, &guard);
+    let mut config = config(5);
+    let range = format!("{}-{}", svc.a, svc.b);
+    config.rules = vec![
+        EgressRule {
+            action: Action::Deny,
+            ..EgressRule::allow(Protocol::Tcp, &svc.b.to_string(), Some("5433"))
+        },
+        EgressRule::allow(Protocol::Tcp, &range, Some("5432-5433")),
+    ];
+    let net = Network::setup(&config).await.unwrap();
+    let c = net.attach("app/0", &[]).await.unwrap();
+    let from = Some(c.netns_path.as_path());
+    assert!(reachable(from, at(svc.a, 5433)));
+    assert!(reachable(from, at(svc.b, 5432)));
+    assert!(unreachable(from, at(svc.b, 5433)), "the deny comes first");
+    net.detach(c).await.unwrap();
+    net.teardown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_per_attachment_rule_applies_to_its_container_only_and_detach_removes_everything_it_made()
+{
+    require_root();
+    let guard = Guard::new(3);
+    let svc = service(3, &guard);
+    let net = Network::setup(&config(3)).await.unwrap();
+    let binding = EgressRule::allow(Protocol::Tcp, &svc.a.to_string(), Some("5432"));
+    let bound = net
+        .attach("bound/0", std::slice::from_ref(&binding))
+        .await
+        .unwrap();
+    let other = net.attach("other/0", &[]).await.unwrap();
+    assert!(
+        reachable(Some(&bound.netns_path), at(svc.a, 5432)),
+        "the bound container"
+    );
+    assert!(
+        unreachable(Some(&other.netns_path), at(svc.a, 5432)),
+        "another container"
+    );
+    assert!(
+        unreachable(Some(&bound.netns_path), at(svc.a, 5433)),
+        "only the bound port"
+    );
+
+    let (netns, veth, ip) = (bound.netns.clone(), bound.veth.clone(), bound.ip);
+    let chain = format!("c_{}", veth.trim_start_matches("hyt3-"));
+    assert!(netns_list().contains(&netns));
+    assert!(links().contains(&format!("{veth}@")));
+    let rules = ruleset();
+    assert!(
+        rules.contains(&chain) && rules.contains(&format!("{ip} : jump {chain}")),
+        "{rules}"
+    );
+
+    net.detach(bound).await.unwrap();
+    assert!(!netns_list().contains(&netns), "{}", netns_list());
+    assert!(!links().contains(&format!("{veth}@")), "{}", links());
+    let rules = table(3);
+    assert!(
+        !rules.contains(&chain) && !rules.contains(&format!("{ip} ")),
+        "{rules}"
+    );
+    // The other container is untouched.
+    assert!(netns_list().contains(&other.netns));
+    assert!(rules.contains(&format!("{} : jump", other.ip)));
+
+    // Detach is idempotent: pieces already gone (here the namespace and veth) are not an error.
+    sh("ip", &["netns", "del", &other.netns]);
+    sh("ip", &["link", "del", &other.veth]);
+    net.detach(other).await.unwrap();
+    assert!(!table(3).contains(" : jump c_"), "{}", table(3));
+
+    // The freed addresses go back to the pool: a /22 never runs out after attach/detach.
+    let again = net.attach("bound/0", &[binding]).await.unwrap();
+    assert!(reachable(Some(&again.netns_path), at(svc.a, 5432)));
+    net.detach(again).await.unwrap();
+    net.teardown().await.unwrap();
+}
+
+#[tokio::test]
+async fn setup_after_a_crash_removes_every_leftover_and_teardown_leaves_nothing() {
+    require_root();
+    let _guard = Guard::new(4);
+    let net = Network::setup(&config(4)).await.unwrap();
+    let a = net
+        .attach(
+            "app/0",
+            &[EgressRule::allow(Protocol::Udp, "10.254.200.1", Some("53"))],
+        )
+        .await
+        .unwrap();
+    let b = net.attach("app/1", &[]).await.unwrap();
+    let (names, a_ip) = ([a.netns.clone(), b.netns.clone()], a.ip);
+    // The platform is SIGKILLed: nothing is detached.
+    drop((a, b, net));
+    for name in &names {
+        assert!(netns_list().contains(name.as_str()));
+    }
+
+    let net = Network::setup(&config(4)).await.unwrap();
+    let (ns, link) = (netns_list(), links());
+    for name in &names {
+        assert!(!ns.contains(name.as_str()), "namespace {name} left: {ns}");
+        assert!(
+            !link.contains(&format!("{name}@")),
+            "veth {name} left: {link}"
+        );
+    }
+    let rules = table(4);
+    assert!(
+        !rules.contains("chain c_") && !rules.contains(" : jump"),
+        "{rules}"
+    );
+    assert!(link.contains("hyt4:"), "the bridge is adopted: {link}");
+
+    // It works as new: the first address is handed out again.
+    let c = net.attach("app/0", &[]).await.unwrap();
+    assert_eq!(c.ip, a_ip);
+    let on_c = listen_in(&c.netns_path, at(Ipv4Addr::UNSPECIFIED, 8080));
+    assert!(reachable(None, at(c.ip, on_c.local_addr().unwrap().port())));
+    drop(on_c);
+
+    // Teardown, with a container still attached, leaves nothing of this bridge in the kernel.
+    let name = c.netns.clone();
+    net.teardown().await.unwrap();
+    assert!(!netns_list().contains("hyt4-"), "{}", netns_list());
+    assert!(!links().contains("hyt4"), "{}", links());
+    let rules = ruleset();
+    assert!(!rules.contains("hydrant_hyt4"), "{rules}");
+    assert!(!name.is_empty());
+}
