@@ -120,6 +120,7 @@ impl Hub {
             self.limits,
             kinds,
             self.metrics.dropped_slow.clone(),
+            self.metrics.dropped_closed.clone(),
         ))
     }
 

@@ -11,13 +11,10 @@
 //! consumer that falls behind in a burst and catches up is never cut off, while one that keeps
 //! losing data without ever draining is.
 
-use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard, PoisonError};
-
 use bytes::Bytes;
+use hydrant_buffer::{Buffer, BufferConfig, DropReason, Limits as Bounds, Observer};
 use hydrant_emitter::Counter;
 use hydrant_envelope::wire::Kind;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Which envelope types a consumer wants.
@@ -65,18 +62,6 @@ pub(crate) struct Limits {
     pub(crate) max_bytes: usize,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    queue: VecDeque<Bytes>,
-    bytes: usize,
-    /// Dropped since the last gap marker handed to the writer.
-    unreported: u64,
-    /// When the current run of drops began; cleared when the writer finds the queue empty.
-    behind_since: Option<Instant>,
-    /// Set when the consumer is gone; later pushes are ignored (nobody to owe them to).
-    closed: bool,
-}
-
 /// What [`Outbox::take`] handed over besides the envelopes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Taken {
@@ -84,76 +69,60 @@ pub(crate) struct Taken {
     pub(crate) gap: u64,
 }
 
+/// Counts the outbox's drops under the edge's metric names.
+#[derive(Debug)]
+struct Report {
+    dropped: Counter,
+    closed: Counter,
+}
+
+impl Observer for Report {
+    fn dropped(&self, reason: DropReason, _items: usize, events: u64) {
+        match reason {
+            DropReason::Evicted | DropReason::Full | DropReason::TooLarge => {
+                self.dropped.add(events);
+            }
+            // Routed here after the consumer left (the fan-out held the outbox a moment
+            // longer): counted, since nobody else will.
+            DropReason::Closed => self.closed.add(events),
+            // What `close` empties is returned to, and counted by, the caller.
+            DropReason::Discarded => {}
+        }
+    }
+}
+
 /// One consumer's bounded queue.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    state: Mutex<State>,
-    notify: Notify,
-    limits: Limits,
+    buffer: Buffer<Bytes, Report>,
     kinds: KindMask,
-    dropped: Counter,
 }
 
 impl Outbox {
-    pub(crate) fn new(limits: Limits, kinds: KindMask, dropped: Counter) -> Self {
+    /// An outbox counting overflow in `dropped` and envelopes routed to it after
+    /// [`Outbox::close`] in `closed`.
+    pub(crate) fn new(limits: Limits, kinds: KindMask, dropped: Counter, closed: Counter) -> Self {
+        let bounds = Bounds::UNBOUNDED
+            .items(limits.max_envelopes)
+            .bytes(limits.max_bytes);
         Self {
-            state: Mutex::new(State::default()),
-            notify: Notify::new(),
-            limits,
+            buffer: Buffer::with_observer(
+                BufferConfig::drop_oldest(bounds),
+                Report { dropped, closed },
+            ),
             kinds,
-            dropped,
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn kinds(&self) -> KindMask {
         self.kinds
     }
 
-    /// Appends envelopes, dropping the oldest queued ones to stay within the limits. Never
-    /// blocks beyond the short lock, which no one holds across an await.
+    /// Appends envelopes, dropping the oldest queued ones to stay within the limits (always
+    /// keeping the newest, even one larger than the byte limit on its own). Never blocks beyond
+    /// the short lock, which no one holds across an await.
     pub(crate) fn push_many<'a>(&self, envelopes: impl IntoIterator<Item = &'a Bytes>) {
-        let mut pushed = false;
-        let mut dropped = 0u64;
-        {
-            let mut s = self.lock();
-            if s.closed {
-                return;
-            }
-            for e in envelopes {
-                // Always keep the newest envelope, even one larger than the byte limit on its
-                // own: the queue may exceed max_bytes by at most one envelope.
-                while !s.queue.is_empty()
-                    && (s.queue.len() >= self.limits.max_envelopes
-                        || s.bytes + e.len() > self.limits.max_bytes)
-                {
-                    if let Some(old) = s.queue.pop_front() {
-                        s.bytes -= old.len();
-                        dropped += 1;
-                    }
-                }
-                s.bytes += e.len();
-                s.queue.push_back(e.clone());
-                pushed = true;
-            }
-            if dropped > 0 {
-                s.unreported += dropped;
-                if s.behind_since.is_none() {
-                    s.behind_since = Some(Instant::now());
-                }
-            }
-        }
-        if dropped > 0 {
-            self.dropped.add(dropped);
-        }
-        if pushed {
-            // Stores a permit when the writer is busy, so a push between its take and its wait
-            // is never missed.
-            self.notify.notify_one();
-        }
+        self.buffer.push_iter(envelopes.into_iter().cloned());
     }
 
     /// Moves up to `max_envelopes` / `max_bytes` (at least one envelope) into `out`. When the
@@ -164,60 +133,39 @@ impl Outbox {
         max_bytes: usize,
         out: &mut Vec<Bytes>,
     ) -> Taken {
-        let mut s = self.lock();
-        let gap = std::mem::take(&mut s.unreported);
-        if s.queue.is_empty() {
-            s.behind_since = None;
-            return Taken { gap };
+        let max = Bounds::UNBOUNDED.items(max_envelopes).bytes(max_bytes);
+        Taken {
+            gap: self.buffer.drain_into(out, max).gap,
         }
-        let mut bytes = 0usize;
-        while out.len() < max_envelopes {
-            let Some(front) = s.queue.front() else {
-                break;
-            };
-            if !out.is_empty() && bytes + front.len() > max_bytes {
-                break;
-            }
-            let len = front.len();
-            if let Some(e) = s.queue.pop_front() {
-                bytes += len;
-                out.push(e);
-            }
-        }
-        s.bytes -= bytes;
-        Taken { gap }
     }
 
     /// Hands over the count of drops not yet reported (for a final gap marker).
     pub(crate) fn take_unreported(&self) -> u64 {
-        std::mem::take(&mut self.lock().unreported)
+        self.buffer.take_gap()
     }
 
     /// When the current run of drops began, if the consumer is behind.
     pub(crate) fn behind_since(&self) -> Option<Instant> {
-        self.lock().behind_since
+        self.buffer.behind_since()
     }
 
     /// Waits until something was pushed since the last wait (or returns at once if so).
     pub(crate) async fn notified(&self) {
-        self.notify.notified().await;
+        self.buffer.readable().await;
     }
 
     /// Marks the consumer gone and empties the queue. Returns how many queued envelopes were
-    /// never delivered.
+    /// never delivered (the caller counts them).
     pub(crate) fn close(&self) -> u64 {
-        let mut s = self.lock();
-        s.closed = true;
-        let left = s.queue.len() as u64;
-        s.queue.clear();
-        s.bytes = 0;
-        left
+        // Closed first, so nothing pushed from now on can be left queued and uncounted.
+        self.buffer.close();
+        self.buffer.discard(|_| {}).events
     }
 
     /// `(envelopes, bytes)` queued now.
     pub(crate) fn depth(&self) -> (usize, usize) {
-        let s = self.lock();
-        (s.queue.len(), s.bytes)
+        let d = self.buffer.depth();
+        (d.items, d.bytes)
     }
 }
 
@@ -233,6 +181,7 @@ mod tests {
             },
             KindMask::ALL,
             Counter::default(),
+            Counter::default(),
         )
     }
 
@@ -245,7 +194,7 @@ mod tests {
         let o = outbox(3, 1 << 20);
         let e = envs(5, 10);
         o.push_many(&e);
-        assert_eq!(o.dropped.get(), 2);
+        assert_eq!(o.buffer.observer().dropped.get(), 2);
         assert!(o.behind_since().is_some());
         let mut out = Vec::new();
         assert_eq!(o.take(10, 1 << 20, &mut out), Taken { gap: 2 });
@@ -262,7 +211,7 @@ mod tests {
         let o = outbox(1000, 100);
         o.push_many(&envs(20, 30));
         assert_eq!(o.depth(), (3, 90));
-        assert_eq!(o.dropped.get(), 17);
+        assert_eq!(o.buffer.observer().dropped.get(), 17);
         // One envelope larger than the whole limit still gets through, alone.
         o.push_many(&envs(1, 500));
         assert_eq!(o.depth(), (1, 500));

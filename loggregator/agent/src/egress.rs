@@ -14,15 +14,15 @@
 //! - A broken stream marks the doppler down at once (the router moves its sources to their next
 //!   doppler) and it is retried with capped exponential backoff until it answers again.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use hydrant_buffer::{Buffer, BufferConfig, Depth, DropReason, Limits, Observer};
 use hydrant_emitter::{Counter, Gauge, Registry};
 use hydrant_envelope::raw::Empty;
 use hydrant_envelope::raw::ingress::ingress_client::IngressClient;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -36,28 +36,31 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// After shutdown, how long a lane keeps delivering what is queued.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+/// Reports a lane's evictions and depth under the agent's metric names.
+#[derive(Debug)]
+struct LaneReport {
+    queue_full: Counter,
+    depth: Gauge,
 }
 
-#[derive(Debug, Default)]
-struct LaneQueue {
-    batches: VecDeque<(Bytes, usize)>,
-    envelopes: usize,
-    bytes: usize,
+impl Observer for LaneReport {
+    fn dropped(&self, reason: DropReason, _items: usize, events: u64) {
+        // A lane only evicts; what `clear` throws away is counted by its caller.
+        if reason == DropReason::Evicted {
+            self.queue_full.add(events);
+        }
+    }
+    fn depth(&self, depth: Depth) {
+        self.depth.set(depth.events as f64);
+    }
 }
 
 /// One doppler's bounded queue of encoded batches and its counters.
 #[derive(Debug)]
 pub(crate) struct Lane {
     pub(crate) url: String,
-    queue: Mutex<LaneQueue>,
-    wake: Notify,
-    max_batches: usize,
-    max_bytes: usize,
+    queue: Buffer<(Bytes, usize), LaneReport>,
     egress: Counter,
-    depth: Gauge,
-    queue_full: Counter,
 }
 
 impl Lane {
@@ -68,73 +71,45 @@ impl Lane {
         max_bytes: usize,
         queue_full: Counter,
     ) -> Self {
+        let depth = registry.gauge(
+            "agent.queue_depth",
+            "envelopes waiting for a doppler",
+            "count",
+            &[("queue", "egress"), ("doppler", url)],
+        );
+        let limits = Limits::UNBOUNDED.items(max_batches.max(1)).bytes(max_bytes);
         Self {
             url: url.to_owned(),
-            queue: Mutex::new(LaneQueue::default()),
-            wake: Notify::new(),
-            max_batches: max_batches.max(1),
-            max_bytes,
+            queue: Buffer::with_observer(
+                BufferConfig::drop_oldest(limits),
+                LaneReport { queue_full, depth },
+            ),
             egress: registry.counter(
                 "agent.egress",
                 "envelopes handed to a doppler's stream",
                 &[("doppler", url)],
             ),
-            depth: registry.gauge(
-                "agent.queue_depth",
-                "envelopes waiting for a doppler",
-                "count",
-                &[("queue", "egress"), ("doppler", url)],
-            ),
-            queue_full,
         }
     }
 
     /// Queues one batch of `count` envelopes, dropping the oldest batches past either bound.
     /// The batch just queued is always kept: a lone batch may exceed `max_bytes` by one envelope.
     pub(crate) fn enqueue(&self, batch: Bytes, count: usize) {
-        let mut q = lock(&self.queue);
-        q.bytes += batch.len();
-        q.envelopes += count;
-        q.batches.push_back((batch, count));
-        while q.batches.len() > 1
-            && (q.batches.len() > self.max_batches || q.bytes > self.max_bytes)
-        {
-            let Some((old, n)) = q.batches.pop_front() else {
-                break;
-            };
-            q.bytes -= old.len();
-            q.envelopes -= n;
-            self.queue_full.add(n as u64);
-        }
-        self.depth.set(q.envelopes as f64);
-        drop(q);
-        self.wake.notify_one();
+        self.queue.push((batch, count));
     }
 
     pub(crate) fn pop(&self) -> Option<(Bytes, usize)> {
-        let mut q = lock(&self.queue);
-        let (batch, n) = q.batches.pop_front()?;
-        q.bytes -= batch.len();
-        q.envelopes -= n;
-        self.depth.set(q.envelopes as f64);
-        Some((batch, n))
+        self.queue.pop()
     }
 
-    fn unpop(&self, batch: Bytes, n: usize) {
-        let mut q = lock(&self.queue);
-        q.bytes += batch.len();
-        q.envelopes += n;
-        q.batches.push_front((batch, n));
-        self.depth.set(q.envelopes as f64);
+    /// Completes when a batch was queued since the last call.
+    async fn ready(&self) {
+        self.queue.readable().await;
     }
 
-    /// Empties the queue; returns how many envelopes it held.
+    /// Empties the queue; returns how many envelopes it held (the caller counts them).
     pub(crate) fn clear(&self) -> u64 {
-        let mut q = lock(&self.queue);
-        let n = q.envelopes;
-        *q = LaneQueue::default();
-        self.depth.set(0.0);
-        n as u64
+        self.queue.discard(|_| {}).events
     }
 }
 
@@ -210,6 +185,8 @@ pub(crate) async fn run_lane(
     let lane = router.lane(index);
     let mut backoff = BACKOFF_MIN;
     let mut stream: Option<Stream> = None;
+    // A batch popped but not handed over when the drain began: delivered or counted first.
+    let mut held: Option<(Bytes, usize)> = None;
     while !drain.is_cancelled() {
         let Some(open) = stream.as_mut() else {
             let attempt = tokio::select! {
@@ -240,7 +217,7 @@ pub(crate) async fn run_lane(
                 biased;
                 () = drain.cancelled() => {
                     // Not handed over: the drain below delivers or counts it.
-                    lane.unpop(batch, n);
+                    held = Some((batch, n));
                     true
                 }
                 sent = open.send(batch.clone()) => {
@@ -254,7 +231,7 @@ pub(crate) async fn run_lane(
             }
         } else {
             tokio::select! {
-                () = lane.wake.notified() => true,
+                () = lane.ready() => true,
                 _ = &mut open.rpc => false,
                 () = drain.cancelled() => true,
             }
@@ -274,7 +251,7 @@ pub(crate) async fn run_lane(
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     if let Some(mut open) = stream {
         let mut healthy = true;
-        while let Some((batch, n)) = lane.pop() {
+        while let Some((batch, n)) = held.take().or_else(|| lane.pop()) {
             match tokio::time::timeout_at(deadline, open.send(batch)).await {
                 Ok(true) => lane.egress.add(n as u64),
                 Ok(false) => {
@@ -292,7 +269,8 @@ pub(crate) async fn run_lane(
             open.finish(deadline).await;
         }
     }
-    router.metrics().shutdown.add(lane.clear());
+    let unsent = held.map_or(0, |(_, n)| n as u64);
+    router.metrics().shutdown.add(lane.clear() + unsent);
     router.set_up(index, false);
 }
 

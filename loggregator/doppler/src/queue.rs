@@ -13,12 +13,9 @@
 //!   saying how many it lost, so the loss is visible in-band, where it happened.
 //! - The stream is fed the moment data is queued: no timer stands between a push and a send.
 
-use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard, PoisonError};
-
 use bytes::Bytes;
+use hydrant_buffer::{Buffer, BufferConfig, DropReason, Limits, Observer, Weigh};
 use hydrant_emitter::Counter;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// A run of encoded envelopes forming a valid `EnvelopeBatch` on its own; chunks concatenate into
@@ -29,6 +26,17 @@ pub struct Chunk {
     pub bytes: Bytes,
     /// Envelopes in it.
     pub count: usize,
+}
+
+impl Weigh for Chunk {
+    #[inline]
+    fn events(&self) -> u64 {
+        self.count as u64
+    }
+    #[inline]
+    fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
 }
 
 /// Limits on what one queue holds and on one message taken from it.
@@ -56,24 +64,30 @@ pub struct Taken {
     pub count: usize,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    chunks: VecDeque<Chunk>,
-    envelopes: usize,
-    bytes: usize,
-    unreported: u64,
-    dropped: u64,
-    closed: bool,
+/// Counts the queue's drops under the doppler's metric names.
+#[derive(Debug)]
+struct Report {
+    dropped_slow: Counter,
+    dropped_closed: Counter,
+}
+
+impl Observer for Report {
+    fn dropped(&self, reason: DropReason, _items: usize, events: u64) {
+        match reason {
+            DropReason::Closed | DropReason::Discarded => self.dropped_closed.add(events),
+            DropReason::Evicted | DropReason::Full | DropReason::TooLarge => {
+                self.dropped_slow.add(events);
+            }
+        }
+    }
 }
 
 /// A bounded, drop-oldest queue of encoded chunks for one subscriber.
 #[derive(Debug)]
 pub struct SubscriptionQueue {
-    inner: Mutex<Inner>,
-    ready: Notify,
-    limits: QueueLimits,
-    dropped_slow: Counter,
-    dropped_closed: Counter,
+    buffer: Buffer<Chunk, Report>,
+    /// One outgoing message's worth.
+    take: Limits,
 }
 
 impl SubscriptionQueue {
@@ -81,17 +95,21 @@ impl SubscriptionQueue {
     /// (envelopes still queued, or arriving, after the subscriber went away).
     #[must_use]
     pub fn new(limits: QueueLimits, dropped_slow: Counter, dropped_closed: Counter) -> Self {
+        let bounds = Limits::UNBOUNDED
+            .events(limits.max_envelopes as u64)
+            .bytes(limits.max_bytes);
         Self {
-            inner: Mutex::default(),
-            ready: Notify::new(),
-            limits,
-            dropped_slow,
-            dropped_closed,
+            buffer: Buffer::with_observer(
+                BufferConfig::drop_oldest(bounds),
+                Report {
+                    dropped_slow,
+                    dropped_closed,
+                },
+            ),
+            take: Limits::UNBOUNDED
+                .events(limits.batch_envelopes as u64)
+                .bytes(limits.batch_bytes),
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Appends `chunks` (draining the vector) under one lock, dropping the oldest queued chunks
@@ -100,65 +118,26 @@ impl SubscriptionQueue {
         if chunks.is_empty() {
             return;
         }
-        let mut inner = self.lock();
-        if inner.closed {
-            let n: usize = chunks.drain(..).map(|c| c.count).sum();
-            self.dropped_closed.add(n as u64);
-            return;
-        }
-        for chunk in chunks.drain(..) {
-            inner.envelopes += chunk.count;
-            inner.bytes += chunk.bytes.len();
-            inner.chunks.push_back(chunk);
-        }
-        let mut dropped = 0u64;
-        while (inner.envelopes > self.limits.max_envelopes || inner.bytes > self.limits.max_bytes)
-            && inner.chunks.len() > 1
-        {
-            let Some(old) = inner.chunks.pop_front() else {
-                break;
-            };
-            inner.envelopes -= old.count;
-            inner.bytes -= old.bytes.len();
-            dropped += old.count as u64;
-        }
-        if dropped > 0 {
-            inner.unreported += dropped;
-            inner.dropped += dropped;
-            self.dropped_slow.add(dropped);
-        }
-        drop(inner);
-        self.ready.notify_one();
+        self.buffer.push_iter(chunks.drain(..));
     }
 
     /// Takes what is queued, up to one message's worth, without waiting.
     pub fn try_take(&self) -> Option<Taken> {
-        let mut inner = self.lock();
-        if inner.chunks.is_empty() {
+        let mut chunks = Vec::new();
+        let drained = self.buffer.drain_into(&mut chunks, self.take);
+        if drained.items == 0 {
+            // Drop-oldest keeps the newest chunk, so a gap never outlives the data behind it;
+            // hand any back all the same rather than lose it.
+            if drained.gap > 0 {
+                self.buffer.restore_gap(drained.gap);
+            }
             return None;
         }
-        let mut taken = Taken {
-            gap: std::mem::take(&mut inner.unreported),
-            ..Taken::default()
-        };
-        let mut bytes = 0;
-        while let Some(front) = inner.chunks.front() {
-            let fits = taken.chunks.is_empty()
-                || (taken.count + front.count <= self.limits.batch_envelopes
-                    && bytes + front.bytes.len() <= self.limits.batch_bytes);
-            if !fits {
-                break;
-            }
-            let Some(chunk) = inner.chunks.pop_front() else {
-                break;
-            };
-            inner.envelopes -= chunk.count;
-            inner.bytes -= chunk.bytes.len();
-            bytes += chunk.bytes.len();
-            taken.count += chunk.count;
-            taken.chunks.push(chunk);
-        }
-        Some(taken)
+        Some(Taken {
+            gap: drained.gap,
+            chunks,
+            count: drained.events as usize,
+        })
     }
 
     /// Waits for data and takes up to one message's worth; `None` once `shutdown` fires.
@@ -167,10 +146,10 @@ impl SubscriptionQueue {
             if let Some(taken) = self.try_take() {
                 return Some(taken);
             }
-            // `notify_one` stores a permit when nobody waits, so a push between `try_take` and
-            // here still wakes us.
+            // A push between `try_take` and here still wakes us: the buffer's wake-up leaves a
+            // permit when nobody waits.
             tokio::select! {
-                () = self.ready.notified() => {}
+                () = self.buffer.readable() => {}
                 () = shutdown.cancelled() => return None,
             }
         }
@@ -179,26 +158,19 @@ impl SubscriptionQueue {
     /// Marks the subscriber gone: what is queued, and whatever the router still routes here
     /// before it learns, is counted as dropped.
     pub fn close(&self) {
-        let mut inner = self.lock();
-        inner.closed = true;
-        let n = inner.envelopes;
-        inner.chunks.clear();
-        inner.envelopes = 0;
-        inner.bytes = 0;
-        drop(inner);
-        self.dropped_closed.add(n as u64);
+        self.buffer.close_and_discard();
     }
 
     /// Envelopes this queue dropped for being full, since it was created.
     #[must_use]
     pub fn dropped(&self) -> u64 {
-        self.lock().dropped
+        self.buffer.stats().dropped(DropReason::Evicted)
     }
 
     /// Envelopes waiting now.
     #[must_use]
     pub fn depth(&self) -> usize {
-        self.lock().envelopes
+        self.buffer.depth_events() as usize
     }
 }
 

@@ -10,42 +10,60 @@
 //! `doppler.dropped{reason="ingress_ring_full"}`. The batch just pushed is never the one dropped.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, PoisonError};
 
+use hydrant_buffer::{Buffer, BufferConfig, Depth, DropReason, Limits, Observer, Weigh};
 use hydrant_emitter::{Counter, Gauge};
-use tokio::sync::Notify;
 
 use crate::batch::ValidBatch;
 
-#[derive(Debug, Default)]
-struct Inner {
-    batches: VecDeque<ValidBatch>,
-    envelopes: usize,
-    bytes: usize,
+impl Weigh for ValidBatch {
+    #[inline]
+    fn events(&self) -> u64 {
+        self.len() as u64
+    }
+    #[inline]
+    fn bytes(&self) -> usize {
+        self.buffer_len()
+    }
+}
+
+/// Reports the ring's drops and depth under the doppler's metric names.
+#[derive(Debug)]
+struct Report {
+    dropped: Counter,
+    depth: Gauge,
+}
+
+impl Observer for Report {
+    fn dropped(&self, reason: DropReason, _items: usize, events: u64) {
+        // Only eviction can happen: the ring is never closed and keeps an oversized batch.
+        if reason == DropReason::Evicted {
+            self.dropped.add(events);
+        }
+    }
+    fn depth(&self, depth: Depth) {
+        self.depth.set(depth.events as f64);
+    }
 }
 
 /// A bounded, drop-oldest queue of validated batches, many writers, one reader.
 #[derive(Debug)]
 pub struct IngressRing {
-    inner: Mutex<Inner>,
-    ready: Notify,
-    max_envelopes: usize,
-    max_bytes: usize,
-    dropped: Counter,
-    depth: Gauge,
+    buffer: Buffer<ValidBatch, Report>,
 }
 
 impl IngressRing {
     /// A ring holding at most `max_envelopes` envelopes and `max_bytes` of received messages.
     #[must_use]
     pub fn new(max_envelopes: usize, max_bytes: usize, dropped: Counter, depth: Gauge) -> Self {
+        let limits = Limits::UNBOUNDED
+            .events(max_envelopes as u64)
+            .bytes(max_bytes);
         Self {
-            inner: Mutex::default(),
-            ready: Notify::new(),
-            max_envelopes,
-            max_bytes,
-            dropped,
-            depth,
+            buffer: Buffer::with_observer(
+                BufferConfig::drop_oldest(limits),
+                Report { dropped, depth },
+            ),
         }
     }
 
@@ -55,44 +73,19 @@ impl IngressRing {
         if batch.is_empty() {
             return;
         }
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.envelopes += batch.len();
-        inner.bytes += batch.buffer_len();
-        inner.batches.push_back(batch);
-        while (inner.envelopes > self.max_envelopes || inner.bytes > self.max_bytes)
-            && inner.batches.len() > 1
-        {
-            let Some(old) = inner.batches.pop_front() else {
-                break;
-            };
-            inner.envelopes -= old.len();
-            inner.bytes -= old.buffer_len();
-            self.dropped.add(old.len() as u64);
-        }
-        self.depth.set(inner.envelopes as f64);
-        drop(inner);
-        self.ready.notify_one();
+        self.buffer.push(batch);
     }
 
     /// Moves every waiting batch into `out`, oldest first.
     pub fn take_all(&self, out: &mut VecDeque<ValidBatch>) {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if inner.batches.is_empty() {
-            return;
-        }
-        if out.is_empty() {
-            std::mem::swap(out, &mut inner.batches);
-        } else {
-            out.append(&mut inner.batches);
-        }
-        inner.envelopes = 0;
-        inner.bytes = 0;
-        self.depth.set(0.0);
+        // The per-source sequence numbers carry the loss downstream; the ring's own gap count
+        // is reported only as `doppler.dropped{reason="ingress_ring_full"}`.
+        self.buffer.swap_all(out);
     }
 
     /// Completes when a push happened since the last call (a push before the first call counts).
     pub async fn ready(&self) {
-        self.ready.notified().await;
+        self.buffer.readable().await;
     }
 }
 
