@@ -1,0 +1,97 @@
+//! The role runtime: what every deployable role shares, so a role crate holds only its own
+//! mechanism. It sits between the contracts (envelope, emitter/telemetry, bus, api types) and
+//! the roles; it never depends on a role, and roles never depend on each other.
+//!
+//! A role is a library with one entry point, [`Role::run`]. Everything around it — reading and
+//! validating the TOML config, binding the listeners it declares, naming the config field when
+//! an address is taken, the shutdown signal, the registry its `/metrics` renders — happens here,
+//! once, for `hydrant run ROLE` and for the micro cloud (`hydrant up`) alike. Nothing in a role
+//! knows which of the two started it.
+//!
+//! Invariant: a role's sockets are bound in exactly one place ([`bind`] / [`bind_on`]), from the
+//! listeners the role declares as data ([`Role::LISTENERS`]); a bind error names the config
+//! field and the address, so the operator knows which line of which file to change.
+//!
+//! # Adding a role
+//! 1. In the role's crate, write its `Config` (serde, `#[serde(deny_unknown_fields, default)]`,
+//!    documented defaults, a `validate()` whose errors name the field — use [`invalid`]).
+//! 2. Implement [`Role`] on a unit struct: its `NAME` (what `hydrant run NAME` takes), its
+//!    `LISTENERS` (name, config field, default address, how to read the address from the
+//!    config), `validate`, `registry` (its `source_id`/`instance_id`), and `run`, which takes
+//!    its sockets out of [`Listeners`] by name and serves until the shutdown token fires.
+//! 3. Add one row to the table in the `hydrant` binary (`roles.rs`) so `hydrant run NAME` starts
+//!    it, and, if the micro cloud should run it, one row to the micro cloud's table with its
+//!    micro-cloud config.
+//!
+//! # Layout
+//! - `listeners`: [`ListenerSpec`], [`Listeners`], [`bind`] and [`bind_on`].
+//! - `config`: [`load`] (TOML file → config), [`invalid`] and [`ConfigError`], the
+//!   [`ApiConsumer`] block (`api_url` + `token`/`token_file`).
+//! - `run`: [`run_from_file`], the whole of `hydrant run ROLE --config FILE`, and
+//!   [`shutdown_on_signal`].
+//! - `backoff`: [`Backoff`], the one capped exponential backoff with jitter.
+//! - `sync`: [`lock`], the poison-tolerant mutex lock.
+
+mod backoff;
+mod config;
+mod error;
+mod listeners;
+mod run;
+mod sync;
+
+use std::future::Future;
+
+pub use backoff::Backoff;
+pub use config::{ApiConsumer, ConfigError, MAX_TOKEN_FILE_BYTES, invalid, load};
+pub use error::Error;
+pub use hydrant_emitter::Registry;
+pub use listeners::{ListenerSpec, Listeners, bind, bind_on};
+pub use run::{RunError, run_from_file, shutdown_on_signal};
+pub use sync::lock;
+use tokio_util::sync::CancellationToken;
+
+/// A deployable role: its config, the sockets it serves, and its entry point.
+///
+/// Implemented once per role crate on a unit struct (`hydrant_agent::Agent`, ...); the binary's
+/// tables name these types and nothing else of the role.
+pub trait Role: 'static {
+    /// The role's name as `hydrant run` takes it and as its metrics' `source_id` defaults to
+    /// (`agent`, `doppler`, `nozzle-syslog`, ...).
+    const NAME: &'static str;
+    /// The role's config, read from TOML with unknown fields refused.
+    type Config: serde::de::DeserializeOwned + Send + 'static;
+    /// Why the role could not start or stopped with an error. Converts from the runtime's
+    /// [`Error`] so a missing listener or a bind error passes through unchanged.
+    type Error: std::error::Error + From<Error> + Send + Sync + 'static;
+    /// The listeners the role serves, in the order they are bound.
+    const LISTENERS: &'static [ListenerSpec<Self::Config>];
+
+    /// Checks every field; errors name the field and say what to write instead.
+    ///
+    /// # Errors
+    /// The first field that cannot work.
+    fn validate(config: &Self::Config) -> Result<(), Self::Error>;
+
+    /// The registry behind the role's `/metrics` and self-telemetry: `source_id` is the role,
+    /// `instance_id` which copy of it.
+    fn registry(config: &Self::Config) -> Registry;
+
+    /// What an operator wants to read at start-up beyond where the role listens (e.g. how many
+    /// drains a nozzle serves); `None` for nothing more.
+    fn describe(config: &Self::Config) -> Option<String> {
+        let _ = config;
+        None
+    }
+
+    /// Runs the role on `listeners` until `shutdown` fires, counting into `registry`, then stops
+    /// cleanly and returns.
+    ///
+    /// # Errors
+    /// A config that does not validate, or a listener that failed.
+    fn run(
+        config: Self::Config,
+        listeners: Listeners,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}

@@ -1,0 +1,104 @@
+//! Listeners as data, and the one place a role's sockets are bound.
+//!
+//! A role declares what it listens on ([`ListenerSpec`]: a name its `run` asks for, the config
+//! field holding the address, the documented default); [`bind`] binds them all at the config's
+//! addresses (`hydrant run`), [`bind_on`] at addresses the caller picks (the micro cloud's
+//! well-known or ephemeral ports, tests' `127.0.0.1:0`).
+//!
+//! Invariant: every bind error names the config field and the address. The trust issue wraps
+//! the bound sockets in mTLS here, so no role binds a socket of its own.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+
+use crate::{Error, Role};
+
+/// One socket a role serves.
+#[derive(Debug)]
+pub struct ListenerSpec<C> {
+    /// What the role's `run` takes it out of [`Listeners`] by (`ingress`, `admin`, ...).
+    pub name: &'static str,
+    /// The config field holding its address (`listen`, `admin_listen`).
+    pub field: &'static str,
+    /// The documented default address.
+    pub default: &'static str,
+    /// Reads the address out of a config.
+    pub address: fn(&C) -> &str,
+}
+
+/// The sockets bound for one role, by the names its [`Role::LISTENERS`] gave them.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    bound: Vec<(&'static str, TcpListener)>,
+}
+
+impl Listeners {
+    /// Listeners bound elsewhere, by name (tests that already hold sockets).
+    #[must_use]
+    pub fn from_bound(bound: Vec<(&'static str, TcpListener)>) -> Self {
+        Self { bound }
+    }
+
+    /// Takes the listener called `name` out.
+    ///
+    /// # Errors
+    /// [`Error::NoListener`] when the role did not declare it (or took it twice).
+    pub fn take(&mut self, name: &'static str) -> Result<TcpListener, Error> {
+        let at = self
+            .bound
+            .iter()
+            .position(|(n, _)| *n == name)
+            .ok_or(Error::NoListener(name))?;
+        Ok(self.bound.swap_remove(at).1)
+    }
+
+    /// Where the listener called `name` is bound, if it is.
+    #[must_use]
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.bound
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, l)| l.local_addr().ok())
+    }
+
+    /// Every listener's name and bound address, in declaration order.
+    #[must_use]
+    pub fn addrs(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.bound
+            .iter()
+            .filter_map(|(n, l)| Some((*n, l.local_addr().ok()?)))
+            .collect()
+    }
+}
+
+/// Binds every listener `R` declares at the address its config gives.
+///
+/// # Errors
+/// [`Error::Bind`] naming the field and the address.
+pub async fn bind<R: Role>(config: &R::Config) -> Result<Listeners, Error> {
+    bind_on::<R>(|spec| (spec.address)(config).to_owned()).await
+}
+
+/// Binds every listener `R` declares at `address(spec)`: the caller picks (`127.0.0.1:0` for
+/// a kernel-chosen port).
+///
+/// # Errors
+/// [`Error::Bind`] naming the field and the address.
+pub async fn bind_on<R: Role>(
+    address: impl Fn(&ListenerSpec<R::Config>) -> String,
+) -> Result<Listeners, Error> {
+    let mut bound = Vec::with_capacity(R::LISTENERS.len());
+    for spec in R::LISTENERS {
+        let addr = address(spec);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| Error::Bind {
+                field: spec.field,
+                addr,
+                source,
+            })?;
+        bound.push((spec.name, listener));
+    }
+    Ok(Listeners { bound })
+}
