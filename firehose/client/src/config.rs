@@ -43,8 +43,9 @@ pub struct ClientConfig {
     /// Largest recent-logs response body accepted, in bytes. Default 64 MiB.
     pub max_response_bytes: usize,
     /// Watch `hydrant_sequence` per (source_id, instance_id) and report jumps as gaps. Turn it
-    /// off for a firehose subscription shared by several connections if the edge splits one
-    /// source across them. Default true.
+    /// off for a firehose subscription id that several connections share: the edge deals the
+    /// group's envelopes round-robin, so each connection sees only its share of a source's
+    /// sequence and would report the rest as lost. Default true.
     pub track_sequences: bool,
     /// Most (source_id, instance_id) pairs whose sequence is remembered; the least recently
     /// seen are forgotten beyond this. Default 10000.

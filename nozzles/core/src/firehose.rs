@@ -3,8 +3,14 @@
 //! way whichever nozzle reads it.
 //!
 //! Flow: [`FirehoseClient`] → [`FirehoseReader::next_batch`] → the nozzle's own routing.
-//! Invariant: `nozzle.firehose_connected` reads 1 only while the stream is open; it falls to 0
-//! on a disconnect, a close, a fatal error, and when the reader is dropped.
+//! Invariants:
+//! - `nozzle.firehose_connected` reads 1 only while the stream is open; it falls to 0 on a
+//!   disconnect, a close, a fatal error, and when the reader is dropped;
+//! - `nozzle.firehose_lost` counts only losses the pipeline marked in the stream (the doppler's
+//!   and the edge's gap markers, each counted once at the hop that dropped). A nozzle's
+//!   subscription is a shard group: the edge deals its envelopes round-robin to the copies that
+//!   share the id, so one copy sees every other sequence number of a source, and judging loss by
+//!   sequence jumps would count the copies' shares as lost (half the stream with two copies).
 
 use hydrant_emitter::{Counter, Gauge, Registry};
 use hydrant_firehose_client::{
@@ -25,15 +31,18 @@ pub struct FirehoseReader {
 impl FirehoseReader {
     /// Subscribes to the firehose in the shard group `subscription_id` (copies sharing it split
     /// the stream) and registers the stream's metrics in `registry`. Nothing is read until
-    /// [`FirehoseReader::next_batch`].
+    /// [`FirehoseReader::next_batch`]. Sequence tracking is turned off whatever `config` says:
+    /// on a shard group a jump is another copy's share, not a loss (see the module's
+    /// invariants).
     ///
     /// # Errors
     /// The client refuses `config` (URL, token, limits).
     pub fn connect(
-        config: ClientConfig,
+        mut config: ClientConfig,
         subscription_id: &str,
         registry: &Registry,
     ) -> Result<Self, Error> {
+        config.track_sequences = false;
         let client = FirehoseClient::connect(
             config,
             Subscription::Firehose {

@@ -391,6 +391,54 @@ async fn logs_and_metrics_arrive_mapped_exactly_once() {
     nozzle.stop().await;
 }
 
+/// Two copies of the nozzle on one subscription id: the edge splits the stream between them, so
+/// each reads about half of one source's sequence numbers. Together they deliver every record
+/// once, and neither counts the other's share as lost (the ledger balances with no drops).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_copies_on_one_subscription_split_the_stream_without_false_loss() {
+    let receiver = Receiver::new();
+    let server = receiver.serve("127.0.0.1:0".parse().unwrap()).await;
+    let pipeline = Pipeline::start().await;
+    let mut config = nozzle_config(&pipeline, &format!("http://{}", server.addr));
+    config.export_metrics = false;
+    let (a, b) = (
+        start_nozzle(config.clone()).await,
+        start_nozzle(config).await,
+    );
+    let emitter = pipeline.emitter();
+    a.wait_until_flowing(&emitter, Probe::Log).await;
+    b.wait_until_flowing(&emitter, Probe::Log).await;
+
+    const N: usize = 2_000;
+    emit_logs(&emitter, 0..N);
+    hydrant_testkit::wait_for(
+        WAIT,
+        "every app log through one copy or the other",
+        || async { app_records(&receiver).len() >= N },
+    )
+    .await;
+    let (ta, tb) = (wait_accounted(&a).await, wait_accounted(&b).await);
+    check_logs_exactly_once(&app_records(&receiver), N);
+    for (copy, text) in [("a", &ta), ("b", &tb)] {
+        assert!(
+            scrape_metric(text, "nozzle_envelopes_total", "") > (N / 10) as u64,
+            "copy {copy} read a share of the stream: {text}"
+        );
+        assert_eq!(
+            scrape_metric(text, "nozzle_firehose_lost_total", ""),
+            0,
+            "copy {copy} counted the other copy's share as lost: {text}"
+        );
+        assert_eq!(scrape_metric(text, "nozzle_dropped_total", ""), 0, "{text}");
+    }
+    // The ledger: the app emitted N, the receiver holds each of the N once (checked above), and
+    // no hop counted a drop, so emitted = delivered + drops with drops = 0.
+    let sent = |t: &str| scrape_metric(t, "nozzle_sent_total", "");
+    assert!(sent(&ta) + sent(&tb) >= N as u64, "{ta}\n{tb}");
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unavailable_is_retried_then_delivered() {
     let receiver = Receiver::new();
