@@ -1,7 +1,7 @@
 //! [`DestinationQueue`]: the bounded queue in front of one destination.
 //!
-//! Flow: nozzle reader (`push`, never waits) → queue → the destination's sender
-//! (`next_batch`).
+//! Flow: nozzle reader (`push`, never waits) → queue (a `hydrant_buffer::Buffer`, drop-oldest,
+//! refusing oversized entries) → the destination's sender (`next_batch`).
 //!
 //! Invariants:
 //! - it never holds more than `max_items` entries or `max_bytes` bytes: a push that would
@@ -12,12 +12,10 @@
 //! - pushing never blocks the reader, so a slow destination cannot slow the firehose or any
 //!   other destination.
 
-use std::collections::VecDeque;
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use hydrant_buffer::{Buffer, BufferConfig, Depth, DropReason, Limits, Observer, Oversize, Weigh};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::{Error, NozzleMetrics};
@@ -77,40 +75,61 @@ struct Entry<T> {
     queued_at: Instant,
 }
 
+impl<T> Weigh for Entry<T> {
+    #[inline]
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// The nozzle's name for a buffer's drop reason (`None`: the caller counts it under its own).
+const fn reason(reason: DropReason) -> Option<&'static str> {
+    match reason {
+        DropReason::Evicted | DropReason::Full => Some("queue_full"),
+        DropReason::TooLarge => Some("too_large"),
+        DropReason::Closed => Some("shutdown"),
+        DropReason::Discarded => None,
+    }
+}
+
+/// Reports drops and depth through the destination's [`NozzleMetrics`].
 #[derive(Debug)]
-struct State<T> {
-    entries: VecDeque<Entry<T>>,
-    bytes: usize,
-    closed: bool,
+struct Report(NozzleMetrics);
+
+impl Observer for Report {
+    fn dropped(&self, why: DropReason, items: usize, _events: u64) {
+        if let Some(why) = reason(why) {
+            self.0.dropped(why, items as u64);
+        }
+    }
+    fn depth(&self, depth: Depth) {
+        self.0.set_depth(depth.items, depth.bytes);
+    }
 }
 
 /// A bounded, drop-oldest queue of `T` for one destination.
 #[derive(Debug)]
 pub struct DestinationQueue<T> {
     limits: QueueLimits,
-    state: Mutex<State<T>>,
-    notify: Notify,
-    metrics: NozzleMetrics,
+    buffer: Buffer<Entry<T>, Report>,
 }
 
 impl<T> DestinationQueue<T> {
     /// An empty queue; drops and depth are reported through `metrics`.
     #[must_use]
     pub fn new(limits: QueueLimits, metrics: NozzleMetrics) -> Self {
+        let config = BufferConfig {
+            oversize: Oversize::Refuse,
+            ..BufferConfig::drop_oldest(
+                Limits::UNBOUNDED
+                    .items(limits.max_items)
+                    .bytes(limits.max_bytes),
+            )
+        };
         Self {
             limits,
-            state: Mutex::new(State {
-                entries: VecDeque::new(),
-                bytes: 0,
-                closed: false,
-            }),
-            notify: Notify::new(),
-            metrics,
+            buffer: Buffer::with_observer(config, Report(metrics)),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues `item`, which weighs `bytes`, evicting the oldest entries if needed. Returns how
@@ -123,90 +142,49 @@ impl<T> DestinationQueue<T> {
     /// `item` itself when refused) with its reason, so a caller can say whose data it was.
     /// `lost` runs under the queue's lock: keep it short and never push from it.
     pub fn push_with(&self, item: T, bytes: usize, mut lost: impl FnMut(&T, &'static str)) -> u64 {
-        if bytes > self.limits.max_bytes {
-            lost(&item, "too_large");
-            self.metrics.dropped("too_large", 1);
-            return 1;
-        }
-        let mut evicted = 0u64;
-        {
-            let mut s = self.lock();
-            if s.closed {
-                drop(s);
-                lost(&item, "shutdown");
-                self.metrics.dropped("shutdown", 1);
-                return 1;
+        let entry = Entry {
+            item,
+            bytes,
+            queued_at: Instant::now(),
+        };
+        let pushed = self.buffer.push_with(entry, |e, why| {
+            if let Some(why) = reason(why) {
+                lost(&e.item, why);
             }
-            while s.entries.len() >= self.limits.max_items
-                || s.bytes + bytes > self.limits.max_bytes
-            {
-                let Some(old) = s.entries.pop_front() else {
-                    break;
-                };
-                s.bytes -= old.bytes;
-                lost(&old.item, "queue_full");
-                evicted += 1;
-            }
-            s.entries.push_back(Entry {
-                item,
-                bytes,
-                queued_at: Instant::now(),
-            });
-            s.bytes += bytes;
-            self.metrics.set_depth(s.entries.len(), s.bytes);
-        }
-        if evicted > 0 {
-            self.metrics.dropped("queue_full", evicted);
-        }
-        self.notify.notify_one();
-        evicted
+        });
+        pushed.items as u64
     }
 
     /// Waits for at least one entry and takes up to `batch_items` / `batch_bytes` of them,
     /// oldest first; `None` once the queue is closed and empty.
     pub async fn next_batch(&self) -> Option<Vec<T>> {
         loop {
-            let notified = self.notify.notified();
             if let Some(batch) = self.try_batch() {
                 return Some(batch);
             }
-            if self.lock().closed {
+            if self.buffer.is_closed() {
                 return None;
             }
-            notified.await;
+            // A push or close after the checks above leaves a wake-up for this wait.
+            self.buffer.readable().await;
         }
     }
 
     /// Takes a batch if anything is queued.
     pub fn try_batch(&self) -> Option<Vec<T>> {
-        let mut s = self.lock();
-        let first = s.entries.front()?;
-        self.metrics.set_lag(first.queued_at.elapsed());
-        let mut batch = Vec::new();
-        let mut bytes = 0usize;
-        while let Some(front) = s.entries.front() {
-            if !batch.is_empty()
-                && (batch.len() >= self.limits.batch_items
-                    || bytes + front.bytes > self.limits.batch_bytes)
-            {
-                break;
-            }
-            let Some(e) = s.entries.pop_front() else {
-                break;
-            };
-            bytes += e.bytes;
-            s.bytes -= e.bytes;
-            batch.push(e.item);
-        }
-        self.metrics.set_depth(s.entries.len(), s.bytes);
-        Some(batch)
+        let mut entries = Vec::new();
+        let max = Limits::UNBOUNDED
+            .items(self.limits.batch_items)
+            .bytes(self.limits.batch_bytes);
+        self.buffer.drain_into(&mut entries, max);
+        let first = entries.first()?;
+        self.buffer.observer().0.set_lag(first.queued_at.elapsed());
+        Some(entries.into_iter().map(|e| e.item).collect())
     }
 
     /// Stops taking entries; `next_batch` returns what is left, then `None`.
     pub fn close(&self) {
-        self.lock().closed = true;
-        self.notify.notify_waiters();
-        self.notify.notify_one();
+        self.buffer.close();
     }
 
     /// Throws everything queued away, counted under `reason`; returns how many.
@@ -216,19 +194,9 @@ impl<T> DestinationQueue<T> {
 
     /// [`discard`](Self::discard), and `lost` sees every entry thrown away.
     pub fn discard_with(&self, reason: &'static str, mut lost: impl FnMut(&T)) -> u64 {
-        let n = {
-            let mut s = self.lock();
-            let n = s.entries.len() as u64;
-            for e in &s.entries {
-                lost(&e.item);
-            }
-            s.entries.clear();
-            s.bytes = 0;
-            self.metrics.set_depth(0, 0);
-            n
-        };
+        let n = self.buffer.discard(|e| lost(&e.item)).items as u64;
         if n > 0 {
-            self.metrics.dropped(reason, n);
+            self.buffer.observer().0.dropped(reason, n);
         }
         n
     }
@@ -236,17 +204,16 @@ impl<T> DestinationQueue<T> {
     /// Entries and bytes queued now.
     #[must_use]
     pub fn depth(&self) -> (usize, usize) {
-        let s = self.lock();
-        (s.entries.len(), s.bytes)
+        let d = self.buffer.depth();
+        (d.items, d.bytes)
     }
 
     /// Age of the oldest queued entry (zero when empty).
     #[must_use]
     pub fn oldest_age(&self) -> Duration {
-        self.lock()
-            .entries
-            .front()
-            .map_or(Duration::ZERO, |e| e.queued_at.elapsed())
+        self.buffer
+            .peek_front(|e| e.queued_at.elapsed())
+            .unwrap_or(Duration::ZERO)
     }
 }
 

@@ -3,123 +3,98 @@
 //! Flow: flush → encoder → [`Outbox::push`] (never waits) → the endpoint's sender
 //! ([`Outbox::next`]).
 //!
-//! Why not `hydrant_nozzle_core::DestinationQueue`: that queue counts its drops per entry, and
-//! here one entry is a whole request carrying thousands of envelope values; the ledger is kept
-//! in values, so this queue counts an evicted request's values. Otherwise it keeps the same
+//! Both this and `hydrant_nozzle_core::DestinationQueue` are a `hydrant_buffer::Buffer`; this
+//! one weighs a request by the envelope values it carries (one entry is a whole request of
+//! thousands of values, and the ledger is kept in values), so an evicted request counts its
+//! values, where the destination queue counts entries. Otherwise it keeps the same
 //! invariants: never more than `max_requests` requests or `max_bytes` bytes, the oldest request
 //! goes first when full (`dropped{reason="queue_full"}`), and pushing never blocks the reader.
 
-use std::collections::VecDeque;
-use std::sync::{Mutex, PoisonError};
-
+use hydrant_buffer::{Buffer, BufferConfig, Depth, DropReason, Limits, Observer, Weigh};
 use hydrant_nozzle_core::NozzleMetrics;
-use tokio::sync::Notify;
 
 use crate::OutboxLimits;
 use crate::series::Payload;
 
-#[derive(Debug, Default)]
-struct State {
-    requests: VecDeque<Payload>,
-    bytes: usize,
-    closed: bool,
+impl Weigh for Payload {
+    /// The ledger is kept in values, so drops are counted in them.
+    #[inline]
+    fn events(&self) -> u64 {
+        self.values
+    }
+    #[inline]
+    fn bytes(&self) -> usize {
+        self.body.len()
+    }
+}
+
+/// Reports drops (in values) and depth through the endpoint's [`NozzleMetrics`].
+#[derive(Debug)]
+struct Report(NozzleMetrics);
+
+impl Observer for Report {
+    fn dropped(&self, reason: DropReason, _items: usize, values: u64) {
+        match reason {
+            DropReason::Evicted | DropReason::Full | DropReason::TooLarge => {
+                self.0.dropped("queue_full", values);
+            }
+            DropReason::Closed => self.0.dropped("shutdown", values),
+            // `discard` counts under the caller's reason.
+            DropReason::Discarded => {}
+        }
+    }
+    fn depth(&self, depth: Depth) {
+        self.0.set_depth(depth.items, depth.bytes);
+    }
 }
 
 /// A bounded, drop-oldest queue of request bodies.
 #[derive(Debug)]
 pub struct Outbox {
-    limits: OutboxLimits,
-    state: Mutex<State>,
-    notify: Notify,
-    metrics: NozzleMetrics,
+    buffer: Buffer<Payload, Report>,
 }
 
 impl Outbox {
-    /// An empty outbox reporting depth and drops through `metrics`.
+    /// An outbox reporting depth and drops through `metrics`.
     #[must_use]
     pub fn new(limits: OutboxLimits, metrics: NozzleMetrics) -> Self {
+        let bounds = Limits::UNBOUNDED
+            .items(limits.max_requests)
+            .bytes(limits.max_bytes);
         Self {
-            limits,
-            state: Mutex::new(State::default()),
-            notify: Notify::new(),
-            metrics,
+            buffer: Buffer::with_observer(BufferConfig::drop_oldest(bounds), Report(metrics)),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues `payload`, evicting the oldest requests while over the limits.
     pub fn push(&self, payload: Payload) {
-        let mut lost = 0u64;
-        let mut shutdown = 0u64;
-        {
-            let mut s = self.lock();
-            if s.closed {
-                shutdown = payload.values;
-            } else {
-                while s.requests.len() >= self.limits.max_requests
-                    || s.bytes + payload.body.len() > self.limits.max_bytes
-                {
-                    let Some(old) = s.requests.pop_front() else {
-                        break;
-                    };
-                    s.bytes -= old.body.len();
-                    lost += old.values;
-                }
-                s.bytes += payload.body.len();
-                s.requests.push_back(payload);
-                self.metrics.set_depth(s.requests.len(), s.bytes);
-            }
-        }
-        if lost > 0 {
-            self.metrics.dropped("queue_full", lost);
-        }
-        if shutdown > 0 {
-            self.metrics.dropped("shutdown", shutdown);
-        }
-        self.notify.notify_one();
+        self.buffer.push(payload);
     }
 
     /// Waits for the next request; `None` once closed and empty.
     pub async fn next(&self) -> Option<Payload> {
         loop {
-            let notified = self.notify.notified();
-            {
-                let mut s = self.lock();
-                if let Some(p) = s.requests.pop_front() {
-                    s.bytes -= p.body.len();
-                    self.metrics.set_depth(s.requests.len(), s.bytes);
-                    return Some(p);
-                }
-                if s.closed {
-                    return None;
-                }
+            if let Some(p) = self.buffer.pop() {
+                return Some(p);
             }
-            notified.await;
+            if self.buffer.is_closed() {
+                return None;
+            }
+            // A push or close after the checks above leaves a wake-up for this wait.
+            self.buffer.readable().await;
         }
     }
 
     /// Takes no more requests; [`Outbox::next`] hands out what is left, then `None`.
     pub fn close(&self) {
-        self.lock().closed = true;
-        self.notify.notify_waiters();
-        self.notify.notify_one();
+        self.buffer.close();
     }
 
     /// Throws everything queued away as `dropped{reason}`; returns the values lost.
     pub fn discard(&self, reason: &'static str) -> u64 {
-        let lost: u64 = {
-            let mut s = self.lock();
-            let lost = s.requests.iter().map(|p| p.values).sum();
-            s.requests.clear();
-            s.bytes = 0;
-            self.metrics.set_depth(0, 0);
-            lost
-        };
+        let lost = self.buffer.discard(|_| {}).events;
         if lost > 0 {
-            self.metrics.dropped(reason, lost);
+            self.buffer.observer().0.dropped(reason, lost);
         }
         lost
     }
@@ -127,8 +102,8 @@ impl Outbox {
     /// Requests and bytes queued now.
     #[must_use]
     pub fn depth(&self) -> (usize, usize) {
-        let s = self.lock();
-        (s.requests.len(), s.bytes)
+        let d = self.buffer.depth();
+        (d.items, d.bytes)
     }
 }
 

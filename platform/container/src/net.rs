@@ -53,7 +53,7 @@
 mod cmd;
 mod rules;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -417,20 +417,24 @@ impl Network {
             "delete element bridge {table} ports {{ \"{}\" . {} }}\n",
             a.veth, a.ip
         );
-        // Each piece alone, so one already gone does not keep the others.
         let mut first_error = None;
-        for script in [element, drop_chain, port] {
-            if let Err(e) = run(Program::Nft, &["-f", "-"], Some(&script)).await
-                && !is_gone(&e)
-            {
-                first_error.get_or_insert(e);
+        // One transaction when every piece is there (the common case); else each piece alone,
+        // so one already gone does not keep the others.
+        let all = format!("{element}{drop_chain}{port}");
+        if run(Program::Nft, &["-f", "-"], Some(&all)).await.is_err() {
+            for script in [element, drop_chain, port] {
+                if let Err(e) = run(Program::Nft, &["-f", "-"], Some(&script)).await
+                    && !is_gone(&e)
+                {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        if let Err(e) = remove_link(&a.veth).await {
-            first_error.get_or_insert(e);
-        }
-        if let Err(e) = remove_netns(&a.netns).await {
-            first_error.get_or_insert(e);
+        let (link, netns) = tokio::join!(remove_link(&a.veth), remove_netns(&a.netns));
+        for result in [link, netns] {
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
         }
         match first_error {
             Some(e) => Err(e),
@@ -459,6 +463,55 @@ impl Network {
     /// The bridge's address (every container's gateway).
     pub fn gateway(&self) -> Ipv4Addr {
         self.gateway
+    }
+
+    /// Packets dropped so far, by reason (`container to host`, `container to container`,
+    /// `link-local`, `default deny`, `spoofed source`, `unsolicited into containers`, `ipv6`,
+    /// an operator rule's description or `operator rule`, `per-container rule`), read from the
+    /// kernel's counters, for the executor's metrics.
+    pub async fn drop_counts(&self) -> Result<BTreeMap<String, u64>, Error> {
+        let mut counts = BTreeMap::new();
+        for family in ["inet", "bridge"] {
+            let json = run(
+                Program::Nft,
+                &["-j", "list", "table", family, &self.table],
+                None,
+            )
+            .await?;
+            let listing: serde_json::Value =
+                serde_json::from_str(&json).map_err(|e| Error::Command {
+                    program: "nft",
+                    args: format!("-j list table {family} {}", self.table),
+                    message: format!("unexpected output: {e}"),
+                })?;
+            let items = listing.get("nftables").and_then(|v| v.as_array());
+            for rule in items
+                .into_iter()
+                .flatten()
+                .filter_map(|item| item.get("rule"))
+            {
+                let exprs = rule.get("expr").and_then(|e| e.as_array());
+                let exprs = exprs.map(Vec::as_slice).unwrap_or_default();
+                if !exprs.iter().any(|e| e.get("drop").is_some()) {
+                    continue;
+                }
+                let packets = exprs
+                    .iter()
+                    .find_map(|e| e.get("counter")?.get("packets")?.as_u64())
+                    .unwrap_or(0);
+                let chain = rule
+                    .get("chain")
+                    .and_then(|c| c.as_str())
+                    .unwrap_or_default();
+                let reason = match rule.get("comment").and_then(|c| c.as_str()) {
+                    Some(comment) => comment.to_owned(),
+                    None if chain.starts_with("c_") => "per-container rule".to_owned(),
+                    None => "operator rule".to_owned(),
+                };
+                *counts.entry(reason).or_insert(0) += packets;
+            }
+        }
+        Ok(counts)
     }
 
     /// The nft tables, namespaces and veths with this bridge's prefix (not the bridge itself).
@@ -493,7 +546,7 @@ impl Network {
             operator.push_str(&format!("\t\t{}\n", rule.to_nft()?));
         }
         let mut denies = Vec::new();
-        for deny in std::iter::once(LINK_LOCAL).chain(c.deny.iter().map(String::as_str)) {
+        for deny in &c.deny {
             let merged = rules::parse_destinations(deny).map_err(|message| Error::Config {
                 field: "network.deny",
                 message,
@@ -504,7 +557,12 @@ impl Network {
                     .map(|(a, b)| rules::render_ip_interval(a, b)),
             );
         }
-        let denies = denies.join(", ");
+        // nft refuses an empty element list; an operator may well empty `deny`.
+        let denies = if denies.is_empty() {
+            String::new()
+        } else {
+            format!("\n\t\telements = {{ {} }}", denies.join(", "))
+        };
         Ok(format!(
             "table inet {table} {{
 	map containers {{
@@ -513,8 +571,7 @@ impl Network {
 	set default_deny {{
 		type ipv4_addr
 		flags interval
-		auto-merge
-		elements = {{ {denies} }}
+		auto-merge{denies}
 	}}
 	chain input {{
 		type filter hook input priority filter; policy accept;
@@ -532,7 +589,8 @@ impl Network {
 		ip daddr {subnet} counter drop comment \"container to container\"
 		meta nfproto ipv6 counter drop comment \"ipv6\"
 		ip saddr vmap @containers
-{operator}		ip daddr @default_deny counter drop comment \"default deny\"
+{operator}		ip daddr {LINK_LOCAL} counter drop comment \"link-local\"
+		ip daddr @default_deny counter drop comment \"default deny\"
 		counter accept comment \"public egress\"
 	}}
 	chain postrouting {{
@@ -790,14 +848,19 @@ mod tests {
         assert!(ruleset.contains("table inet hydrant_hyx2"));
         assert!(ruleset.contains("iifname \"hyx2\" counter drop comment \"container to host\""));
         assert!(ruleset.contains("iifname \"hyx2-*\" oifname \"hyx2-*\" counter drop"));
-        assert!(ruleset.contains("elements = { 169.254.0.0/16, 192.168.0.0/16, 10.0.0.0/8 }"));
+        assert!(ruleset.contains("elements = { 192.168.0.0/16, 10.0.0.0/8 }"));
         let subnet = at("ip daddr 10.254.12.0/22 counter drop");
         let own = at("\n\t\tip saddr vmap @containers\n");
         let operator = at("ip daddr 10.0.11.0/24 tcp dport 5432 counter accept");
+        let link_local = at("ip daddr 169.254.0.0/16 counter drop");
         let deny = at("ip daddr @default_deny counter drop");
         let public = at("counter accept comment \"public egress\"");
         assert!(
-            subnet < own && own < operator && operator < deny && deny < public,
+            subnet < own
+                && own < operator
+                && operator < link_local
+                && link_local < deny
+                && deny < public,
             "{ruleset}"
         );
         assert!(ruleset.contains("ip saddr 10.254.12.0/22 oifname != \"hyx2\" masquerade"));

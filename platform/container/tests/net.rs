@@ -344,6 +344,15 @@ async fn a_container_reaches_nothing_on_the_host_nor_its_neighbours_but_the_rout
         "and back"
     );
 
+    // The kernel counted each refusal under its reason, for the executor's metrics.
+    let drops = net.drop_counts().await.unwrap();
+    for reason in ["container to host", "container to container"] {
+        assert!(
+            drops.get(reason).copied().unwrap_or(0) > 0,
+            "{reason}: {drops:?}"
+        );
+    }
+
     // IPv6 is off inside: no addresses on eth0, and the switch reads 1.
     let v6 = in_netns(&a.netns_path, || {
         std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6").unwrap_or_default()
@@ -532,4 +541,65 @@ async fn setup_after_a_crash_removes_every_leftover_and_teardown_leaves_nothing(
     let rules = ruleset();
     assert!(!rules.contains("hydrant_hyt4"), "{rules}");
     assert!(!name.is_empty());
+}
+
+#[tokio::test]
+async fn many_containers_attach_at_once_with_distinct_addresses_and_detach_clean() {
+    require_root();
+    let _guard = Guard::new(6);
+    // An operator who empties the default denies still gets a valid ruleset.
+    let config = NetConfig {
+        deny: Vec::new(),
+        ..config(6)
+    };
+    let net = std::sync::Arc::new(Network::setup(&config).await.unwrap());
+    const N: usize = 24;
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let net = net.clone();
+        tasks.spawn(async move { net.attach(&format!("app/{i}"), &[]).await });
+    }
+    let mut attached = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        attached.push(result.unwrap().unwrap());
+    }
+    let concurrent = started.elapsed();
+    let ips: std::collections::BTreeSet<_> = attached.iter().map(|a| a.ip).collect();
+    let names: std::collections::BTreeSet<_> = attached.iter().map(|a| a.veth.clone()).collect();
+    assert_eq!((ips.len(), names.len()), (N, N));
+    // Each one is plumbed: the host reaches a listener in the last one made.
+    let last = attached.last().unwrap();
+    let listener = listen_in(&last.netns_path, at(Ipv4Addr::UNSPECIFIED, 8080));
+    assert!(reachable(
+        None,
+        at(last.ip, listener.local_addr().unwrap().port())
+    ));
+
+    let started = std::time::Instant::now();
+    for a in attached {
+        net.detach(a).await.unwrap();
+    }
+    let detached = started.elapsed();
+    // One at a time, as an executor starting instances one by one would.
+    let mut each = Vec::new();
+    for i in 0..8 {
+        let started = std::time::Instant::now();
+        let a = net.attach(&format!("seq/{i}"), &[]).await.unwrap();
+        each.push(started.elapsed());
+        net.detach(a).await.unwrap();
+    }
+    each.sort();
+    eprintln!(
+        "attach: {N} at once in {concurrent:?}; one at a time median {:?} max {:?}; {N} detaches in {detached:?}",
+        each[each.len() / 2],
+        each[each.len() - 1]
+    );
+    assert!(!netns_list().contains("hyt6-"), "{}", netns_list());
+    assert!(!table(6).contains(" : jump"), "{}", table(6));
+    std::sync::Arc::into_inner(net)
+        .unwrap()
+        .teardown()
+        .await
+        .unwrap();
 }
