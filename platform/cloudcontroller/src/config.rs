@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use hydrant_container::net::NetConfig;
 use hydrant_emitter::TelemetryConfig;
 use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
 
 use crate::Error;
 
@@ -62,8 +64,11 @@ pub struct Config {
     pub staging_queue: usize,
     /// Builds staged at once. Default 2.
     pub staging_workers: usize,
-    /// A build taking longer fails. Default 900 s.
+    /// A build taking longer fails (an install step still running then is stopped and its
+    /// container destroyed). Default 900 s.
     pub staging_timeout_secs: u64,
+    /// How staging runs the app's own code (install scripts): `[staging_isolation]`.
+    pub staging_isolation: StagingIsolation,
     /// How often desired and actual instances are compared (besides on every change).
     /// Default 3000 ms.
     pub converge_interval_ms: u64,
@@ -111,6 +116,7 @@ impl Default for Config {
             staging_queue: 16,
             staging_workers: 2,
             staging_timeout_secs: 900,
+            staging_isolation: StagingIsolation::default(),
             converge_interval_ms: 3000,
             executor_timeout_secs: 30,
             executor_request_timeout_ms: 2000,
@@ -243,9 +249,26 @@ impl Config {
                 return Err(invalid(field, "must be at least 1"));
             }
         }
+        self.staging_isolation.validate()?;
         self.bus.validate()?;
         self.telemetry.validate()?;
         Ok(())
+    }
+
+    /// The staging containers' settings with the defaults filled in: cgroups under
+    /// `hydrant/staging-<hash of data_dir>` (one parent per cloud controller, so two on one host
+    /// never clean up each other's containers) and state under `<data_dir>/containers`.
+    #[must_use]
+    pub fn staging_containers(&self) -> hydrant_container::Config {
+        let data = self.data_path();
+        let absolute = std::fs::canonicalize(&data).unwrap_or_else(|_| data.clone());
+        let digest = Sha256::digest(absolute.to_string_lossy().as_bytes());
+        let hash = hydrant_api::push::hex(&digest);
+        let parent = format!("hydrant/staging-{}", hash.get(..12).unwrap_or(&hash));
+        self.staging_isolation
+            .containers
+            .clone()
+            .with_defaults(&parent, data.join("containers"))
     }
 
     /// The data directory.
@@ -277,6 +300,100 @@ impl Config {
     }
 }
 
+/// Whether staging runs install steps in containers.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IsolationMode {
+    /// Each install step in a staging container (uid 2000, no platform environment, kernel
+    /// limits, its own network namespace). The default.
+    #[default]
+    Container,
+    /// Install steps run as the platform's own user with its environment, on its host: only
+    /// for hosts that cannot make containers, chosen explicitly (`hydrant up --isolation
+    /// none`); every build then says so in its `STG` lines.
+    None,
+}
+
+/// `[staging_isolation]`: how staging runs the app's own code.
+///
+/// ```toml
+/// [staging_isolation]
+/// mode = "container"            # or "none"
+/// memory_mb = 1024
+/// attach_network = true         # false: loopback only, no egress at all
+/// [staging_isolation.containers]
+/// pids_limit = 2048
+/// [staging_isolation.network]
+/// bridge = "hydstg0"
+/// subnet = "10.254.8.0/22"
+/// ```
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StagingIsolation {
+    /// `container` (default) or `none`.
+    pub mode: IsolationMode,
+    /// Memory (and swap) one install step may use, MiB; past it the kernel kills it and the
+    /// build fails saying "out of memory". Default 1024.
+    pub memory_mb: u64,
+    /// The container settings (runtime, cgroup parent, state dir, pids limit 2048, `/tmp`
+    /// size). Defaults as in `hydrant-container`, with the cgroup parent and state dir filled
+    /// in per cloud controller ([`Config::staging_containers`]).
+    pub containers: hydrant_container::Config,
+    /// Put staging containers on the staging network (public egress only, so package installs
+    /// can download; the host, link-local and private ranges denied). Default true; false gives
+    /// each a network namespace with loopback only.
+    pub attach_network: bool,
+    /// The staging network: its own bridge and subnet, apart from the executor's, so both run
+    /// in one micro cloud. Default bridge `hydstg0`, subnet `10.254.8.0/22`, the container
+    /// network's default denies.
+    pub network: NetConfig,
+}
+
+/// The staging network's default bridge.
+pub const STAGING_BRIDGE: &str = "hydstg0";
+/// The staging network's default subnet.
+pub const STAGING_SUBNET: &str = "10.254.8.0/22";
+
+impl Default for StagingIsolation {
+    fn default() -> Self {
+        Self {
+            mode: IsolationMode::Container,
+            memory_mb: 1024,
+            containers: hydrant_container::Config::default(),
+            attach_network: true,
+            network: NetConfig {
+                bridge: STAGING_BRIDGE.to_owned(),
+                subnet: STAGING_SUBNET.to_owned(),
+                ..NetConfig::default()
+            },
+        }
+    }
+}
+
+impl StagingIsolation {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the field and what to write instead.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(64..=1024 * 1024).contains(&self.memory_mb) {
+            return Err(invalid(
+                "staging_isolation.memory_mb",
+                "must be between 64 and 1048576 (MiB); default 1024",
+            ));
+        }
+        self.containers
+            .validate()
+            .map_err(|e| invalid("staging_isolation.containers", e.to_string()))?;
+        if self.attach_network {
+            self.network
+                .validate()
+                .map_err(|e| invalid("staging_isolation.network", e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
 /// True for a lower-case DNS name: labels of `a-z 0-9 -`, not starting or ending with `-`.
 pub(crate) fn is_domain(text: &str) -> bool {
     !text.is_empty()
@@ -303,6 +420,46 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:9022");
         assert_eq!(config.apps_domain, "apps.localhost");
         assert!(config.signing_key_path().ends_with("signing.key"));
+        let staging = &config.staging_isolation;
+        assert_eq!(staging.mode, IsolationMode::Container);
+        assert_eq!(staging.memory_mb, 1024);
+        assert_eq!(staging.containers.pids_limit, 2048);
+        assert_eq!(
+            (
+                staging.network.bridge.as_str(),
+                staging.network.subnet.as_str()
+            ),
+            (STAGING_BRIDGE, STAGING_SUBNET)
+        );
+        assert_ne!(
+            staging.network.bridge,
+            hydrant_container::net::NetConfig::default().bridge,
+            "staging has its own bridge, apart from the executor's"
+        );
+    }
+
+    #[test]
+    fn staging_isolation_parses_and_each_cloud_controller_gets_its_own_cgroup() {
+        let config: Config = toml::from_str(
+            "data_dir = \"a\"\n[staging_isolation]\nmode = \"none\"\nmemory_mb = 512\n\
+             [staging_isolation.network]\nbridge = \"stg1\"\nsubnet = \"10.254.12.0/24\"\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.staging_isolation.mode, IsolationMode::None);
+        assert_eq!(config.staging_isolation.network.bridge, "stg1");
+        let a = config.staging_containers();
+        let b = Config {
+            data_dir: "b".into(),
+            ..config
+        }
+        .staging_containers();
+        assert!(a.cgroup_parent.starts_with("hydrant/staging-"), "{a:?}");
+        assert_ne!(a.cgroup_parent, b.cgroup_parent);
+        assert_eq!(a.state_dir, PathBuf::from("a").join("containers"));
+        a.validate().unwrap();
+        let err = toml::from_str::<Config>("[staging_isolation]\nmode = \"chroot\"\n").unwrap_err();
+        assert!(err.to_string().contains("container"), "{err}");
     }
 
     #[test]
@@ -355,6 +512,29 @@ mod tests {
                     ..Config::default()
                 },
                 "staging_queue",
+            ),
+            (
+                Config {
+                    staging_isolation: StagingIsolation {
+                        memory_mb: 1,
+                        ..StagingIsolation::default()
+                    },
+                    ..Config::default()
+                },
+                "staging_isolation.memory_mb",
+            ),
+            (
+                Config {
+                    staging_isolation: StagingIsolation {
+                        network: NetConfig {
+                            bridge: "hydrant-stg0".into(),
+                            ..NetConfig::default()
+                        },
+                        ..StagingIsolation::default()
+                    },
+                    ..Config::default()
+                },
+                "staging_isolation.network",
             ),
             (
                 Config {

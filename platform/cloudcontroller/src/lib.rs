@@ -49,7 +49,7 @@ use hydrant_emitter::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::Config;
+pub use config::{Config, IsolationMode, StagingIsolation};
 pub use error::Error;
 pub use staging::STATIC_START;
 

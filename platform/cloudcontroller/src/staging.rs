@@ -2,22 +2,48 @@
 //!
 //! Flow: `POST /v3/apps/{guid}/builds` reserves a queue slot ([`Queue::reserve`]) → a worker
 //! copies the package's files out of the blob store into a scratch directory → detects a
-//! buildpack ([`detect`]) → installs dependencies when the app lists some and the tool exists →
-//! writes `droplets/<guid>.tgz` with its SHA-256 → marks the build STAGED and makes the droplet
-//! the app's current one. Every step is narrated as `STG` log lines in the app's stream; a
-//! failure says why, both there and in the build's `error`. Invariant: at most
-//! `staging_queue` builds wait and `staging_workers` run; a full queue is refused up front.
+//! buildpack ([`detect`]) → installs dependencies when the app lists some (or has its own
+//! install scripts) and the tool exists → writes `droplets/<guid>.tgz` with its SHA-256 → marks
+//! the build STAGED and makes the droplet the app's current one. Every step is narrated as `STG`
+//! log lines in the app's stream; a failure says why, both there and in the build's `error`.
+//! Invariant: at most `staging_queue` builds wait and `staging_workers` run; a full queue is
+//! refused up front.
+//!
+//! # Isolation
+//! Install steps are the only place staging runs the app's own code (`pip` builds a `setup.py`,
+//! `npm` runs the package's `install` scripts), so each runs in a staging container
+//! (`hydrant-container`): uid 2000, no capabilities, the stack's read-only view of the host's
+//! OS (the data dir, the signing key and `/etc/shadow` are not there), the scratch directory at
+//! `/home/vcap/app`, a private tmp dir at `/home/vcap/tmp`, only `PATH`, `HOME`, `TMPDIR`,
+//! `LANG` and the tools' own settings in its environment (no platform variable, no secret),
+//! and kernel limits (`staging_isolation.memory_mb`, the pids limit). Its network is the
+//! staging network (its own bridge and subnet, public egress only: the host's ports, the
+//! link-local and private ranges are dropped) or, with `attach_network = false`, a namespace
+//! with loopback only. Invariant: a staging container and its network attachment are removed
+//! whatever the step's outcome (success, failure, out of memory, `staging_timeout_secs`, the
+//! build dropped at shutdown): the container lives in a tracked task that destroys it before it
+//! ends, and the workers wait for those tasks before the role stops. Leftovers of a killed
+//! cloud controller are removed when it starts again.
+//!
+//! Mode `none` (`hydrant up --isolation none`, never a default) runs install steps as before:
+//! on the host, as the platform's user, with its environment; every build says so in a
+//! `WARNING` `STG` line. In container mode on a host that cannot make containers, builds that
+//! need an install step fail with the reason and the fix; builds without one still stage.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hydrant_api::{AppState, Build, BuildState, Droplet, Resource};
+use hydrant_container::{ContainerSpec, Containers, Limits, TMP_DIR, net};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncBufReadExt as _;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, OnceCell, mpsc};
+use tokio::time::Instant as Deadline;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::config::{Config, IsolationMode};
 use crate::{Ctx, db, password};
 
 /// The static site start command: Hydrant's own static server, which the executor provides as
@@ -26,6 +52,117 @@ pub const STATIC_START: &str = r#"exec "$HYDRANT_BIN" static-server --dir . --po
 
 /// Longest log line passed on from an install tool, bytes.
 const MAX_LINE: usize = 4096;
+
+/// What a build may take beyond `staging_timeout_secs`: an install step is stopped at the
+/// limit itself, and this leaves its container the time to be destroyed before the build as a
+/// whole is given up on.
+const CLEANUP_GRACE: Duration = Duration::from_secs(30);
+
+/// How long a finished install step's last output may take to arrive (its processes are gone:
+/// the pipes are at their end, this only bounds a stuck reader).
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// `PATH` inside a staging container, and where install tools are looked for in the stack
+/// (the host's own trees, read-only; nothing under `/root` or a version manager's shims).
+const STACK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where install steps run, decided once when the workers start.
+#[derive(Debug)]
+enum Sandbox {
+    /// `mode = "none"`: on the host, as the platform's own user.
+    Host,
+    /// In staging containers.
+    Containers(Staging),
+    /// Container mode on a host that cannot make containers: why, and how to fix it.
+    Unavailable(String),
+}
+
+/// The staging containers of this cloud controller.
+#[derive(Debug)]
+struct Staging {
+    containers: Containers,
+    /// The staging network, set up at the first install step that needs it (a controller that
+    /// never installs never touches the host's network), retried when that failed.
+    network: OnceCell<Arc<net::Network>>,
+    /// The tasks that own running staging containers.
+    tasks: TaskTracker,
+}
+
+impl Sandbox {
+    /// The sandbox `config` asks for; in container mode also removes what an earlier run left.
+    async fn open(config: &Config) -> Self {
+        let isolation = &config.staging_isolation;
+        if isolation.mode == IsolationMode::None {
+            tracing::warn!(
+                "staging WITHOUT isolation (staging_isolation.mode = \"none\"): install scripts \
+                 run as this process's user, with its environment"
+            );
+            return Self::Host;
+        }
+        let data = config.data_path();
+        let hidden = [
+            data.clone(),
+            config.signing_key_path(),
+            config.admin_password_path(),
+        ]
+        .into_iter()
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+        .collect();
+        let containers = match Containers::open(&config.staging_containers(), hidden).await {
+            Ok(containers) => containers,
+            Err(e) => {
+                tracing::error!(error = %e, "staging cannot run install steps in containers");
+                return Self::Unavailable(e.to_string());
+            }
+        };
+        match containers.cleanup().await {
+            Ok(left) if !left.is_empty() => {
+                tracing::warn!(?left, "removed staging containers an earlier run left");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot list leftover staging containers"),
+        }
+        Self::Containers(Staging {
+            containers,
+            network: OnceCell::new(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// Waits for every staging container to be destroyed, then takes the staging network down.
+    async fn close(self) {
+        let Self::Containers(staging) = self else {
+            return;
+        };
+        staging.tasks.close();
+        staging.tasks.wait().await;
+        if let Some(network) = staging.network.into_inner()
+            && let Ok(network) = Arc::try_unwrap(network)
+            && let Err(e) = network.teardown().await
+        {
+            tracing::warn!(error = %e, "cannot remove the staging network");
+        }
+    }
+}
+
+impl Staging {
+    async fn network(&self, config: &Config) -> Result<Arc<net::Network>, String> {
+        self.network
+            .get_or_try_init(|| async {
+                net::Network::setup(&config.staging_isolation.network)
+                    .await
+                    .map(Arc::new)
+            })
+            .await
+            .cloned()
+            .map_err(|e| {
+                format!(
+                    "cannot set up the staging network: {e} (or set \
+                     staging_isolation.attach_network = false for staging without network)"
+                )
+            })
+    }
+}
 
 /// A build waiting to be staged.
 #[derive(Debug, Clone)]
@@ -70,41 +207,58 @@ impl Queue {
     }
 }
 
-/// Starts `workers` tasks taking builds from `rx` until `shutdown`.
+/// Starts `workers` tasks taking builds from `rx` until `shutdown`; the handle ends once every
+/// staging container is gone.
 pub(crate) fn spawn_workers(
     ctx: Arc<Ctx>,
     rx: mpsc::Receiver<Job>,
     workers: usize,
     shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let rx = Arc::new(Mutex::new(rx));
-    (0..workers)
-        .map(|_| {
-            let ctx = ctx.clone();
-            let rx = rx.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                loop {
-                    let job = tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        job = async { rx.lock().await.recv().await } => job,
-                    };
-                    let Some(job) = job else { break };
-                    ctx.metrics.staging_depth.set(ctx.staging.depth() as f64);
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = run_job(&ctx, job) => {}
-                    }
-                }
-            })
-        })
-        .collect()
+    vec![tokio::spawn(supervise(ctx, rx, workers, shutdown))]
 }
 
-async fn run_job(ctx: &Arc<Ctx>, job: Job) {
+async fn supervise(
+    ctx: Arc<Ctx>,
+    rx: mpsc::Receiver<Job>,
+    workers: usize,
+    shutdown: CancellationToken,
+) {
+    let sandbox = Arc::new(Sandbox::open(&ctx.config).await);
+    let rx = Arc::new(Mutex::new(rx));
+    let mut running = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let ctx = ctx.clone();
+        let rx = rx.clone();
+        let shutdown = shutdown.clone();
+        let sandbox = sandbox.clone();
+        running.spawn(async move {
+            loop {
+                let job = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    job = async { rx.lock().await.recv().await } => job,
+                };
+                let Some(job) = job else { break };
+                ctx.metrics.staging_depth.set(ctx.staging.depth() as f64);
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = run_job(&ctx, &sandbox, job) => {}
+                }
+            }
+        });
+    }
+    while running.join_next().await.is_some() {}
+    if let Ok(sandbox) = Arc::try_unwrap(sandbox) {
+        sandbox.close().await;
+    }
+}
+
+async fn run_job(ctx: &Arc<Ctx>, sandbox: &Sandbox, job: Job) {
     let started = Instant::now();
     let timeout = Duration::from_secs(ctx.config.staging_timeout_secs);
-    let outcome = match tokio::time::timeout(timeout, stage(ctx, &job)).await {
+    let deadline = Deadline::now() + timeout;
+    let staged = stage(ctx, sandbox, &job, deadline);
+    let outcome = match tokio::time::timeout_at(deadline + CLEANUP_GRACE, staged).await {
         Ok(outcome) => outcome,
         Err(_) => Err(format!(
             "staging took longer than {} s (staging_timeout_secs)",
@@ -188,8 +342,21 @@ async fn run_job(ctx: &Arc<Ctx>, job: Job) {
 }
 
 /// Stages one build; the error is the reason, in words for the user.
-async fn stage(ctx: &Arc<Ctx>, job: &Job) -> Result<(String, Droplet), String> {
+async fn stage(
+    ctx: &Arc<Ctx>,
+    sandbox: &Sandbox,
+    job: &Job,
+    deadline: Deadline,
+) -> Result<(String, Droplet), String> {
     let app = job.app_guid.as_str();
+    if matches!(sandbox, Sandbox::Host) {
+        ctx.logs.stg(
+            app,
+            "WARNING: staging WITHOUT isolation: install scripts run as the platform's own user, \
+             with its environment, on its host (the operator chose --isolation none)",
+            true,
+        );
+    }
     ctx.logs.stg(app, "Downloading app package...", false);
     let package_guid = job.package_guid.clone();
     let resources = ctx
@@ -227,7 +394,10 @@ async fn stage(ctx: &Arc<Ctx>, job: &Job) -> Result<(String, Droplet), String> {
     ctx.logs
         .stg(app, &format!("-----> {}", detected.message), false);
     for install in &detected.installs {
-        run_install(ctx, app, &dir, install).await?;
+        let tmp = scratch.path().join("tmp");
+        std::fs::create_dir_all(&tmp)
+            .map_err(|e| format!("cannot create a staging directory: {e}"))?;
+        run_install(ctx, sandbox, app, &dir, &tmp, install, deadline).await?;
     }
     ctx.logs.stg(
         app,
@@ -415,10 +585,15 @@ fn detect_buildpack(dir: &Path, command: Option<&str>) -> Result<Detected, Strin
                     .into(),
             );
         };
-        let needs_install = json["dependencies"]
+        // npm runs the package's own install scripts even without dependencies.
+        let has_scripts = ["preinstall", "install", "postinstall"]
+            .iter()
+            .any(|name| json["scripts"][name].is_string());
+        let needs_install = (json["dependencies"]
             .as_object()
             .is_some_and(|d| !d.is_empty())
-            && !dir.join("node_modules").is_dir();
+            && !dir.join("node_modules").is_dir())
+            || has_scripts;
         let installs = if needs_install {
             vec![Install {
                 title: "Installing dependencies with npm".to_owned(),
@@ -546,25 +721,262 @@ fn find_program(program: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// Runs one install step in `dir`, streaming its output as STG lines.
+/// Finds `program` where a staging container looks for it: the stack's `PATH`, which shows the
+/// host's own trees at the same paths.
+fn find_in_stack(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(STACK_PATH)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The Debian package that provides an install tool, for the error that says to install it.
+fn package_of(program: &str) -> &str {
+    match program {
+        "python3" => "python3-pip",
+        other => other,
+    }
+}
+
+/// The whole environment of a staging container: nothing of the platform's.
+fn staging_env() -> Vec<(String, String)> {
+    [
+        ("PATH", STACK_PATH.to_owned()),
+        // HOME in the tmp dir: caches and dotfiles stay out of the droplet.
+        ("HOME", TMP_DIR.to_owned()),
+        ("TMPDIR", TMP_DIR.to_owned()),
+        ("LANG", "C.UTF-8".to_owned()),
+        ("PIP_CACHE_DIR", format!("{TMP_DIR}/pip-cache")),
+        ("PIP_DISABLE_PIP_VERSION_CHECK", "1".to_owned()),
+        ("PIP_NO_INPUT", "1".to_owned()),
+        ("npm_config_cache", format!("{TMP_DIR}/npm-cache")),
+        ("npm_config_update_notifier", "false".to_owned()),
+        ("npm_config_audit", "false".to_owned()),
+        ("npm_config_fund", "false".to_owned()),
+        // Install scripts' output in the STG lines, as the user expects from a build log.
+        ("npm_config_foreground_scripts", "true".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// Runs one install step in `dir` (scratch space in `tmp`), streaming its output as STG lines.
 async fn run_install(
     ctx: &Arc<Ctx>,
+    sandbox: &Sandbox,
     app: &str,
     dir: &Path,
+    tmp: &Path,
     install: &Install,
+    deadline: Deadline,
 ) -> Result<(), String> {
-    let Some((program, args)) = install.argv.split_first() else {
+    let Some(program) = install.argv.first() else {
         return Ok(());
     };
-    if find_program(program).is_none() {
-        return Err(format!(
-            "{} needs `{program}`, which this cloud controller's host does not have: install \
-             it there, or vendor the dependencies into the app directory",
-            install.title
-        ));
+    match sandbox {
+        Sandbox::Unavailable(reason) => {
+            return Err(format!("{} cannot run: {reason}", install.title));
+        }
+        Sandbox::Host if find_program(program).is_none() => {
+            return Err(format!(
+                "{} needs `{program}`, which this cloud controller's host does not have: \
+                 install it there, or vendor the dependencies into the app directory",
+                install.title
+            ));
+        }
+        Sandbox::Containers(_) if find_in_stack(program).is_none() => {
+            return Err(format!(
+                "{} needs `{program}`, which the staging stack (the host's /usr, read-only) \
+                 does not have: install it on the cloud controller's host (apt-get install {}), \
+                 or vendor the dependencies into the app directory",
+                install.title,
+                package_of(program)
+            ));
+        }
+        Sandbox::Host | Sandbox::Containers(_) => {}
     }
     ctx.logs
         .stg(app, &format!("-----> {}", install.title), false);
+    match sandbox {
+        Sandbox::Containers(staging) => {
+            let stop = CancellationToken::new();
+            // Dropped (timeout of the whole build, shutdown): the task destroys the container.
+            let _stop_when_dropped = stop.clone().drop_guard();
+            let task = staging.tasks.spawn(contained(
+                ctx.clone(),
+                app.to_owned(),
+                staging.containers.clone(),
+                staging_network(ctx, staging).await?,
+                ContainerSpec {
+                    id: format!("stg-{}", password::new_guid()),
+                    args: install.argv.clone(),
+                    env: staging_env(),
+                    cwd: None,
+                    app_dir: dir.to_path_buf(),
+                    tmp_dir: tmp.to_path_buf(),
+                    binds: Vec::new(),
+                    limits: Limits::for_memory_mb(
+                        ctx.config.staging_isolation.memory_mb,
+                        ctx.config.staging_isolation.containers.pids_limit,
+                        ctx.config.staging_isolation.containers.tmp_mb,
+                    ),
+                    network: hydrant_container::Network::Private,
+                },
+                install.title.clone(),
+                stop,
+                deadline,
+            ));
+            task.await
+                .unwrap_or_else(|e| Err(format!("{} broke off: {e}", install.title)))
+        }
+        Sandbox::Host | Sandbox::Unavailable(_) => on_host(ctx, app, dir, install).await,
+    }
+}
+
+async fn staging_network(
+    ctx: &Arc<Ctx>,
+    staging: &Staging,
+) -> Result<Option<Arc<net::Network>>, String> {
+    if !ctx.config.staging_isolation.attach_network {
+        return Ok(None);
+    }
+    staging.network(&ctx.config).await.map(Some)
+}
+
+/// How an install step in a container stopped running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ran {
+    /// Its command exited with this code (128 + signal when killed).
+    Exited(Option<i32>),
+    /// `staging_timeout_secs` passed.
+    TimedOut,
+    /// The build was dropped (shutdown, or the whole build's limit).
+    Stopped,
+}
+
+/// Runs `spec` in a staging container on `network` (loopback only when `None`) and removes
+/// the container and its attachment whatever happens; the error is the reason for the user.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one task's whole context, moved in"
+)]
+async fn contained(
+    ctx: Arc<Ctx>,
+    app: String,
+    containers: Containers,
+    network: Option<Arc<net::Network>>,
+    mut spec: ContainerSpec,
+    title: String,
+    stop: CancellationToken,
+    deadline: Deadline,
+) -> Result<(), String> {
+    let attachment = match &network {
+        Some(network) => {
+            let attachment = network.attach(&spec.id, &[]).await.map_err(|e| {
+                format!("cannot put the staging container on the staging network: {e}")
+            })?;
+            spec.network = hydrant_container::Network::Join(attachment.netns_path.clone());
+            Some(attachment)
+        }
+        None => None,
+    };
+    let result = run_container(&ctx, &app, &containers, &spec, &title, &stop, deadline).await;
+    if let (Some(network), Some(attachment)) = (network, attachment)
+        && let Err(e) = network.detach(attachment).await
+    {
+        tracing::warn!(container = %spec.id, error = %e, "cannot detach a staging container");
+    }
+    result
+}
+
+async fn run_container(
+    ctx: &Arc<Ctx>,
+    app: &str,
+    containers: &Containers,
+    spec: &ContainerSpec,
+    title: &str,
+    stop: &CancellationToken,
+    deadline: Deadline,
+) -> Result<(), String> {
+    let mut container = containers
+        .spawn(spec)
+        .await
+        .map_err(|e| format!("cannot start the staging container for {title}: {e}"))?;
+    let stdout = container.take_stdout();
+    let stderr = container.take_stderr();
+    let ran = {
+        let run = async {
+            let mut output = std::pin::pin!(async {
+                tokio::join!(pump(ctx, app, stdout, false), pump(ctx, app, stderr, true))
+            });
+            let mut drained = false;
+            let code = loop {
+                tokio::select! {
+                    code = container.wait() => break code,
+                    _ = &mut output, if !drained => drained = true,
+                }
+            };
+            if !drained {
+                let _ = tokio::time::timeout(DRAIN, output).await;
+            }
+            code
+        };
+        tokio::select! {
+            code = run => Ran::Exited(code),
+            () = tokio::time::sleep_until(deadline) => Ran::TimedOut,
+            () = stop.cancelled() => Ran::Stopped,
+        }
+    };
+    let end = container.destroy().await;
+    for failure in &end.cleanup_failures {
+        tracing::warn!(container = %spec.id, %failure, "staging container cleanup");
+    }
+    let memory_mb = spec.limits.memory_bytes >> 20;
+    match ran {
+        _ if end.out_of_memory => Err(format!(
+            "{title} ran out of memory: the kernel killed it at the staging limit of \
+             {memory_mb} MiB (staging_isolation.memory_mb)"
+        )),
+        Ran::Exited(Some(0)) => Ok(()),
+        Ran::Exited(Some(code)) => Err(format!(
+            "{title} failed (exit status {code}); see the lines above"
+        )),
+        Ran::Exited(None) => Err(format!("{title} failed: its exit status is unknown")),
+        Ran::TimedOut => Err(format!(
+            "{title} did not finish within staging_timeout_secs ({} s) and was stopped",
+            ctx.config.staging_timeout_secs
+        )),
+        Ran::Stopped => Err(format!("{title} was stopped: staging was cancelled")),
+    }
+}
+
+/// Passes `stream`'s lines on as STG lines, cut at [`MAX_LINE`].
+async fn pump<R: tokio::io::AsyncRead + Unpin>(
+    ctx: &Arc<Ctx>,
+    app: &str,
+    stream: Option<R>,
+    is_err: bool,
+) {
+    let Some(stream) = stream else { return };
+    let mut lines = tokio::io::BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let mut line = line;
+        if line.len() > MAX_LINE {
+            let mut cut = MAX_LINE;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+        }
+        ctx.logs.stg(app, &format!("       {line}"), is_err);
+    }
+}
+
+/// Runs one install step on the host (`--isolation none`), as the platform's user.
+async fn on_host(ctx: &Arc<Ctx>, app: &str, dir: &Path, install: &Install) -> Result<(), String> {
+    let Some((program, args)) = install.argv.split_first() else {
+        return Ok(());
+    };
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .current_dir(dir)
@@ -576,34 +988,11 @@ async fn run_install(
         .map_err(|e| format!("cannot run {program}: {e}"))?;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
-    let pump = |stream: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>, is_err: bool| {
-        let ctx = ctx.clone();
-        let app = app.to_owned();
-        async move {
-            let Some(stream) = stream else { return };
-            let mut lines = tokio::io::BufReader::new(stream).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut line = line;
-                if line.len() > MAX_LINE {
-                    let mut cut = MAX_LINE;
-                    while !line.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    line.truncate(cut);
-                }
-                ctx.logs.stg(&app, &format!("       {line}"), is_err);
-            }
-        }
-    };
-    let out = pump(
-        stdout.map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        false,
+    let ((), (), status) = tokio::join!(
+        pump(ctx, app, stdout, false),
+        pump(ctx, app, stderr, true),
+        child.wait()
     );
-    let err = pump(
-        stderr.map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        true,
-    );
-    let ((), (), status) = tokio::join!(out, err, child.wait());
     let status = status.map_err(|e| format!("{program} failed: {e}"))?;
     if status.success() {
         Ok(())

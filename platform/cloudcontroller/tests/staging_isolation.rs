@@ -1,0 +1,445 @@
+//! Staging runs the app's own code (npm install scripts) in a staging container: a hostile
+//! install script reads none of the platform's secrets, reaches none of its ports, runs as uid
+//! 2000 with none of the platform's environment, and its container, cgroup, bundle and network
+//! attachment are gone afterwards — after success, failure, out of memory and the time limit.
+//! `--isolation none` keeps the old way and says so in every build.
+//!
+//! The container tests need root (namespaces, cgroups, `runc`, `ip`, `nft`) and fail naming
+//! that when not root; CI runs them as root.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+#[path = "common/support.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hydrant_api::{Build, BuildState, Client};
+use hydrant_bus::Config as BusConfig;
+use hydrant_cloudcontroller::{Config, IsolationMode, Listeners, StagingIsolation};
+use hydrant_testkit::{FakeAgent, wait_for};
+use support::{ADMIN_PASSWORD, app_dir};
+use tokio_util::sync::CancellationToken;
+
+/// How long a build may take here (npm starts in a second or two; CI machines are slow).
+const BUILD_WAIT: Duration = Duration::from_secs(120);
+
+fn require_root(test: &str) {
+    let uid = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    assert_eq!(
+        uid, "0",
+        "{test} needs root: staging containers need namespaces, cgroups, runc, ip and nft \
+         (run the tests as root, as CI does)"
+    );
+}
+
+/// A cloud controller on loopback with its own data dir and staging settings.
+struct Cc {
+    config: Config,
+    client: Client,
+    port: u16,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), hydrant_cloudcontroller::Error>>,
+}
+
+impl Cc {
+    async fn start(
+        data_dir: &Path,
+        bus: &str,
+        agent: &FakeAgent,
+        isolation: StagingIsolation,
+        timeout_secs: u64,
+    ) -> Self {
+        let mut config = Config {
+            listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            data_dir: data_dir.display().to_string(),
+            admin_password: Some(ADMIN_PASSWORD.into()),
+            password_hash_iterations: 1000,
+            staging_timeout_secs: timeout_secs,
+            staging_isolation: isolation,
+            endpoints: BTreeMap::from([("firehose".into(), "ws://127.0.0.1:1".into())]),
+            bus: BusConfig::inprocess(bus),
+            ..Config::default()
+        };
+        config.telemetry.agent = Some(agent.url());
+        config.telemetry.interval_secs = 1;
+        let listeners = Listeners::bind(&config).await.unwrap();
+        let addr = listeners.api.local_addr().unwrap();
+        config.external_url = format!("http://{addr}");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(hydrant_cloudcontroller::run(
+            config.clone(),
+            listeners,
+            shutdown.clone(),
+        ));
+        let anonymous = Client::new(&config.external_url, None);
+        wait_for(Duration::from_secs(10), "the API to answer", || {
+            let anonymous = anonymous.clone();
+            async move { anonymous.info().await.is_ok() }
+        })
+        .await;
+        let token = anonymous.login("admin", ADMIN_PASSWORD).await.unwrap();
+        Self {
+            config,
+            client: anonymous.with_token(token.access_token),
+            port: addr.port(),
+            shutdown,
+            task,
+        }
+    }
+
+    /// Pushes `files` as app `name` and waits for its build to end.
+    async fn stage(&self, name: &str, files: &[(&str, &[u8], u32)]) -> (String, Build) {
+        let app = self
+            .client
+            .create_app(&hydrant_api::CreateApp {
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let dir = app_dir(files);
+        self.client.push_dir(&app.guid, dir.path()).await.unwrap();
+        let build = self
+            .client
+            .create_build(&app.guid, &hydrant_api::CreateBuild::default())
+            .await
+            .unwrap();
+        let build = self
+            .client
+            .wait_for_build(&build.guid, BUILD_WAIT)
+            .await
+            .unwrap();
+        (app.guid, build)
+    }
+
+    /// Asserts that no staging container, cgroup, bundle, veth or network namespace is left,
+    /// as the kernel and the runtime list them.
+    async fn assert_nothing_left(&self, after: &str) {
+        let settings = self.config.staging_containers();
+        let containers = hydrant_container::Containers::open(&settings, Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            containers.list().await.unwrap(),
+            Vec::<String>::new(),
+            "{after}: containers the runtime still knows"
+        );
+        assert_eq!(
+            containers.cgroup_ids(),
+            Vec::<String>::new(),
+            "{after}: staging cgroups left"
+        );
+        let bundles: Vec<_> = std::fs::read_dir(settings.state_dir.join("bundles"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(bundles.is_empty(), "{after}: bundles left: {bundles:?}");
+        let prefix = format!("{}-", self.config.staging_isolation.network.bridge);
+        for dir in ["/sys/class/net", "/run/netns"] {
+            let left: Vec<String> = std::fs::read_dir(dir)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.starts_with(&prefix))
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert!(left.is_empty(), "{after}: {dir} still has {left:?}");
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the cloud controller stops within 30 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// The STG lines of `app` once `last` is among them.
+async fn stg_until(agent: &FakeAgent, app: &str, last: &str) -> Vec<String> {
+    let (app_owned, last_owned) = (app.to_owned(), last.to_owned());
+    wait_for(
+        Duration::from_secs(15),
+        &format!("STG {last:?}"),
+        move || {
+            let found = agent
+                .lines_from(&app_owned, "STG")
+                .iter()
+                .any(|l| l.contains(&last_owned));
+            async move { found }
+        },
+    )
+    .await;
+    agent.lines_from(app, "STG")
+}
+
+/// A bridge name of this test process (1-8 lowercase letters and digits), so a micro cloud
+/// running on the same host keeps its own.
+fn test_bridge() -> String {
+    format!("stgt{:04x}", std::process::id() & 0xffff)
+}
+
+const PROBE: &str = r#"
+const fs = require('fs');
+const net = require('net');
+const { execSync } = require('child_process');
+const t = JSON.parse(fs.readFileSync('targets.json', 'utf8'));
+const say = (what, ok, detail) =>
+  console.log(`PROBE ${what}: ${ok ? 'SUCCEEDED' : 'FAILED'} (${detail})`);
+console.log('PROBE-UID ' + execSync('id -u').toString().trim());
+console.log('PROBE-HOME ' + process.env.HOME);
+console.log('PROBE-NET ' + Object.values(require('os').networkInterfaces()).flat()
+  .filter((i) => i.family === 'IPv4').map((i) => i.address).join(' '));
+console.log('PROBE-ENV ' + Object.keys(process.env).sort().join(','));
+for (const [what, path] of [
+  ['read the signing key', t.key],
+  ['read the admin password', t.password],
+  ['read the database', t.db],
+  ['read /etc/shadow', '/etc/shadow'],
+]) {
+  try {
+    const content = fs.readFileSync(path);
+    say(what, content.length > 0, `${content.length} bytes`);
+  } catch (e) {
+    say(what, false, e.code);
+  }
+}
+try {
+  const names = fs.readdirSync(t.data);
+  say('list the data dir', names.length > 0, names.join(' '));
+} catch (e) {
+  say('list the data dir', false, e.code);
+}
+const connect = (what, port) => new Promise((done) => {
+  const socket = net.connect({ host: '127.0.0.1', port });
+  const timer = setTimeout(() => { socket.destroy(); say(what, false, 'timeout'); done(); }, 3000);
+  socket.on('connect', () => { clearTimeout(timer); socket.destroy(); say(what, true, 'connected'); done(); });
+  socket.on('error', (e) => { clearTimeout(timer); say(what, false, e.code); done(); });
+});
+(async () => {
+  await connect('connect to the cloud controller', t.cc);
+  await connect('connect to the test listener', t.listener);
+  console.log('PROBE-DONE');
+})();
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_npm_install_script_gets_nothing_of_the_platform() {
+    require_root("a_hostile_npm_install_script_gets_nothing_of_the_platform");
+    let data = tempfile::tempdir().unwrap();
+    let agent = FakeAgent::start();
+    let isolation = StagingIsolation {
+        network: hydrant_container::net::NetConfig {
+            bridge: test_bridge(),
+            subnet: "10.254.220.0/24".into(),
+            ..StagingIsolation::default().network
+        },
+        ..StagingIsolation::default()
+    };
+    let cc = Cc::start(data.path(), "stg-hostile", &agent, isolation, 300).await;
+
+    // A listener of the platform's on the host's loopback, counting who reaches it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener_port = listener.local_addr().unwrap().port();
+    let reached = Arc::new(AtomicUsize::new(0));
+    let counter = reached.clone();
+    tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+
+    let data_dir = std::fs::canonicalize(data.path()).unwrap();
+    let targets = serde_json::json!({
+        "key": cc.config.signing_key_path(),
+        "password": cc.config.admin_password_path(),
+        "db": data_dir.join("cloudcontroller.db"),
+        "data": data_dir,
+        "cc": cc.port,
+        "listener": listener_port,
+    })
+    .to_string();
+    assert!(
+        cc.config.signing_key_path().is_file(),
+        "the key the script tries exists"
+    );
+    let package = br#"{"name":"probe","version":"1.0.0",
+        "scripts":{"install":"node probe.js","start":"node probe.js"}}"#;
+    let (app, build) = cc
+        .stage(
+            "hostile",
+            &[
+                ("package.json", package.as_slice(), 0o644),
+                ("probe.js", PROBE.as_bytes(), 0o644),
+                ("targets.json", targets.as_bytes(), 0o644),
+            ],
+        )
+        .await;
+    let lines = stg_until(&agent, &app, "Staging complete").await;
+    let text = lines.join("\n");
+    assert_eq!(build.state, BuildState::Staged, "{build:?}\n{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "-----> Installing dependencies with npm"),
+        "{text}"
+    );
+    assert!(
+        text.contains("PROBE-DONE"),
+        "the probe ran to its end:\n{text}"
+    );
+    assert!(text.contains("PROBE-UID 2000"), "{text}");
+    assert!(text.contains("PROBE-HOME /home/vcap/tmp"), "{text}");
+    let addresses = lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("PROBE-NET "))
+        .unwrap();
+    assert!(
+        addresses.contains("10.254.220."),
+        "the install ran on the staging network: {addresses}"
+    );
+    let env = lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("PROBE-ENV "))
+        .unwrap();
+    for leaked in ["CARGO", "RUST", "SSH_", "SUDO_"] {
+        assert!(
+            !env.split(',').any(|k| k.starts_with(leaked)),
+            "the platform's environment leaked ({leaked}*): {env}"
+        );
+    }
+    let probes: Vec<&String> = lines.iter().filter(|l| l.contains("PROBE ")).collect();
+    assert_eq!(probes.len(), 7, "every attempt reported:\n{text}");
+    for probe in probes {
+        assert!(
+            probe.contains(": FAILED ("),
+            "an attempt succeeded: {probe}"
+        );
+    }
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        0,
+        "the listener was reached"
+    );
+    cc.assert_nothing_left("after a successful install").await;
+    let bridge = cc.config.staging_isolation.network.bridge.clone();
+    cc.stop().await;
+    assert!(
+        !Path::new("/sys/class/net").join(&bridge).exists(),
+        "the staging bridge {bridge} is removed at shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_out_of_memory_and_timed_out_installs_say_why_and_leave_nothing() {
+    require_root("failed_out_of_memory_and_timed_out_installs_say_why_and_leave_nothing");
+    let data = tempfile::tempdir().unwrap();
+    let agent = FakeAgent::start();
+    let isolation = StagingIsolation {
+        memory_mb: 256,
+        attach_network: false,
+        ..StagingIsolation::default()
+    };
+    let cc = Cc::start(data.path(), "stg-failures", &agent, isolation, 25).await;
+    let package = |install: &str| {
+        format!(
+            r#"{{"name":"p","version":"1.0.0","scripts":{{"install":{},"start":"node s.js"}}}}"#,
+            serde_json::Value::from(install)
+        )
+    };
+
+    let failing = package("echo failing on purpose; exit 3");
+    let (app, build) = cc
+        .stage("failing", &[("package.json", failing.as_bytes(), 0o644)])
+        .await;
+    assert_eq!(build.state, BuildState::Failed);
+    let error = build.error.unwrap();
+    assert!(
+        error.starts_with("Installing dependencies with npm failed (exit status"),
+        "{error}"
+    );
+    let lines = stg_until(&agent, &app, "Staging failed").await;
+    assert!(
+        lines.iter().any(|l| l.contains("failing on purpose")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("Staging failed: Installing dependencies with npm failed")),
+        "{lines:#?}"
+    );
+    cc.assert_nothing_left("after a failed install").await;
+
+    let hog = package("node -e \"const a = []; for (;;) a.push(Buffer.alloc(16 << 20, 1))\"");
+    let (app, build) = cc
+        .stage("hog", &[("package.json", hog.as_bytes(), 0o644)])
+        .await;
+    assert_eq!(build.state, BuildState::Failed);
+    let error = build.error.unwrap();
+    assert!(error.contains("ran out of memory"), "{error}");
+    assert!(error.contains("256 MiB"), "{error}");
+    let lines = stg_until(&agent, &app, "Staging failed").await;
+    assert!(
+        lines.iter().any(|l| l.contains("out of memory")),
+        "{lines:#?}"
+    );
+    cc.assert_nothing_left("after an install killed for memory")
+        .await;
+
+    // A daemonised child too: nothing survives the container.
+    let slow = package("(setsid sleep 600 &); sleep 600");
+    let (app, build) = cc
+        .stage("slow", &[("package.json", slow.as_bytes(), 0o644)])
+        .await;
+    assert_eq!(build.state, BuildState::Failed);
+    let error = build.error.unwrap();
+    assert!(
+        error.contains("did not finish within staging_timeout_secs (25 s)"),
+        "{error}"
+    );
+    stg_until(&agent, &app, "Staging failed").await;
+    cc.assert_nothing_left("after an install past the time limit")
+        .await;
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staging_without_isolation_says_so_in_every_build() {
+    let data = tempfile::tempdir().unwrap();
+    let agent = FakeAgent::start();
+    let isolation = StagingIsolation {
+        mode: IsolationMode::None,
+        ..StagingIsolation::default()
+    };
+    let cc = Cc::start(data.path(), "stg-none", &agent, isolation, 60).await;
+    let (app, build) = cc
+        .stage("plain", &[("index.html", b"<h1>hi</h1>".as_slice(), 0o644)])
+        .await;
+    assert_eq!(build.state, BuildState::Staged, "{build:?}");
+    let lines = stg_until(&agent, &app, "Staging complete").await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("WARNING: staging WITHOUT isolation")),
+        "{lines:#?}"
+    );
+    cc.stop().await;
+}
