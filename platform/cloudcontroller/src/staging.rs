@@ -843,6 +843,30 @@ async fn staging_network(
     staging.network(&ctx.config).await.map(Some)
 }
 
+/// Rules letting a staging container ask the host's resolvers (`/etc/resolv.conf`, which the
+/// stack shows inside) on port 53, even where they sit in a denied range or on the host itself:
+/// package installs resolve names. Loopback resolvers are left out (a container's loopback is
+/// its own, they cannot be reached from it).
+fn dns_rules(resolv_conf: &str) -> Vec<net::EgressRule> {
+    resolv_conf
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            if words.next()? != "nameserver" {
+                return None;
+            }
+            words.next()?.parse::<std::net::Ipv4Addr>().ok()
+        })
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .flat_map(|ip| {
+            [net::Protocol::Udp, net::Protocol::Tcp].map(|protocol| net::EgressRule {
+                description: "DNS: the host's resolver".to_owned(),
+                ..net::EgressRule::allow(protocol, &ip.to_string(), Some("53"))
+            })
+        })
+        .collect()
+}
+
 /// How an install step in a container stopped running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ran {
@@ -872,7 +896,11 @@ async fn contained(
 ) -> Result<(), String> {
     let attachment = match &network {
         Some(network) => {
-            let attachment = network.attach(&spec.id, &[]).await.map_err(|e| {
+            let resolvers = tokio::fs::read_to_string("/etc/resolv.conf")
+                .await
+                .unwrap_or_default();
+            let rules = dns_rules(&resolvers);
+            let attachment = network.attach(&spec.id, &rules).await.map_err(|e| {
                 format!("cannot put the staging container on the staging network: {e}")
             })?;
             spec.network = hydrant_container::Network::Join(attachment.netns_path.clone());
@@ -1146,6 +1174,67 @@ mod tests {
             detect(dir.path(), Some("my-server")).unwrap().start_command,
             "my-server"
         );
+    }
+
+    #[test]
+    fn staging_containers_may_ask_the_hosts_resolvers_and_nothing_more() {
+        let rules = dns_rules(
+            "# generated\nnameserver 10.255.255.53\nnameserver 127.0.0.53\n\
+             nameserver fe80::1\nsearch example.com\nnameserver 169.254.169.253\n",
+        );
+        let allowed: Vec<(String, Option<String>)> = rules
+            .iter()
+            .map(|r| (r.destination.clone(), r.ports.clone()))
+            .collect();
+        let port = Some("53".to_owned());
+        assert_eq!(
+            allowed,
+            [
+                ("10.255.255.53".to_owned(), port.clone()),
+                ("10.255.255.53".to_owned(), port.clone()),
+                ("169.254.169.253".to_owned(), port.clone()),
+                ("169.254.169.253".to_owned(), port),
+            ]
+        );
+        for rule in &rules {
+            rule.validate().unwrap();
+        }
+        assert!(dns_rules("").is_empty());
+    }
+
+    #[test]
+    fn node_packages_with_their_own_install_scripts_are_installed() {
+        let dir = app(&[(
+            "package.json",
+            r#"{"scripts":{"start":"node s.js","postinstall":"node build.js"}}"#,
+            0o644,
+        )]);
+        let installs = detect(dir.path(), None).unwrap().installs;
+        assert_eq!(installs.len(), 1);
+        assert_eq!(installs[0].argv[0], "npm");
+        let dir = app(&[(
+            "package.json",
+            r#"{"scripts":{"start":"node s.js"}}"#,
+            0o644,
+        )]);
+        assert!(detect(dir.path(), None).unwrap().installs.is_empty());
+    }
+
+    #[test]
+    fn the_staging_environment_holds_nothing_of_the_platform() {
+        let env = staging_env();
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        for name in &names {
+            assert!(
+                ["PATH", "HOME", "TMPDIR", "LANG"].contains(name)
+                    || name.starts_with("PIP_")
+                    || name.starts_with("npm_config_"),
+                "{name} is not for a buildpack"
+            );
+        }
+        let home = env.iter().find(|(k, _)| k == "HOME").unwrap();
+        assert_eq!(home.1, TMP_DIR);
+        assert!(!STACK_PATH.contains("/root"));
     }
 
     #[test]
