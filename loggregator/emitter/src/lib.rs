@@ -4,9 +4,9 @@
 //! Flow: role code → [`Emitter`] (bounded, never blocks) → gRPC `BatchSender` → agent.
 //!
 //! # Layout
-//! - [`telemetry`]: named counters and gauges with tags; rendered as Prometheus text on
-//!   `/metrics` and emitted as envelopes into the pipeline (invariant 7: the platform observes
-//!   itself through its own pipeline).
+//! - [`telemetry`]: named counters, gauges and histograms with tags; rendered as Prometheus
+//!   text on `/metrics` and emitted as envelopes into the pipeline (invariant 7: the platform
+//!   observes itself through its own pipeline).
 //! - [`admin`]: the `/healthz` + `/metrics` HTTP router every role serves.
 //! - [`Emitter`]: the bounded, batching, never-blocking client of the agent's v2 ingress, and
 //!   [`spawn_reporter`], which feeds a [`Registry`] through it.
@@ -18,4 +18,4 @@ pub mod telemetry;
 
 pub use emitter::{Emitter, EmitterConfig, TelemetryConfig, spawn_reporter};
 pub use error::Error;
-pub use telemetry::{Counter, Gauge, Registry};
+pub use telemetry::{Counter, Gauge, Histogram, Registry};

@@ -1,15 +1,22 @@
-//! Named, tagged counters and gauges for a role's own health.
+//! Named, tagged counters, gauges and histograms for a role's own health.
 //!
 //! Every role registers its metrics once at start-up and keeps the handles; a handle is an
 //! `Arc<AtomicU64>`, so the hot path pays one relaxed atomic add. The same registry renders
 //! Prometheus text for `/metrics` and turns into envelopes for the pipeline, so the two views
 //! never disagree. Names follow `<role>.<noun>` (`doppler.dropped`) with the reason or direction
 //! as a tag, as Loggregator does (`dropped{direction=ingress}`).
+//!
+//! Invariant: the text passes `promtool check metrics` (Prometheus's own linter): counters end
+//! in `_total`, histograms are real histograms in base units (`_bucket{le}`, `_sum`, `_count`),
+//! and no other series carries an `le` label. Histograms exist on `/metrics` only: the pipeline
+//! already carries each observation they summarise (the router's per-request `http` Timer), so
+//! an envelope of buckets would say the same thing twice.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use hydrant_envelope::v2;
 
@@ -55,6 +62,86 @@ impl Gauge {
     }
 }
 
+/// A distribution of durations over fixed bucket bounds in seconds, rendered as a Prometheus
+/// histogram. Clones share the same cells.
+#[derive(Debug, Clone)]
+pub struct Histogram(Arc<HistogramCells>);
+
+#[derive(Debug)]
+struct HistogramCells {
+    /// Upper bounds in seconds, ascending and finite.
+    bounds: Box<[f64]>,
+    /// Observations per bucket, not cumulative (one add per observation): slot `i` counts
+    /// values in `(bounds[i-1], bounds[i]]`, the last slot those above every bound.
+    buckets: Box<[AtomicU64]>,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &[f64]) -> Self {
+        let mut bounds: Vec<f64> = bounds.iter().copied().filter(|b| b.is_finite()).collect();
+        bounds.sort_by(f64::total_cmp);
+        bounds.dedup();
+        let buckets = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        Self(Arc::new(HistogramCells {
+            bounds: bounds.into(),
+            buckets,
+            sum_nanos: AtomicU64::new(0),
+        }))
+    }
+
+    /// Records one observation.
+    #[inline]
+    pub fn observe(&self, value: Duration) {
+        let secs = value.as_secs_f64();
+        let cells = &self.0;
+        let i = cells
+            .bounds
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(cells.bounds.len());
+        if let Some(bucket) = cells.buckets.get(i) {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        let nanos = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
+        cells.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    #[must_use]
+    pub fn count(&self) -> u64 {
+        self.0
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The sum of every observation.
+    #[must_use]
+    pub fn sum(&self) -> Duration {
+        Duration::from_nanos(self.0.sum_nanos.load(Ordering::Relaxed))
+    }
+
+    /// `(upper bound in seconds, observations at or below it)` for every bound, cumulative as
+    /// Prometheus counts them, ending with `(+Inf, count)`.
+    #[must_use]
+    pub fn cumulative(&self) -> Vec<(f64, u64)> {
+        let mut total = 0;
+        self.0
+            .bounds
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.0.buckets.iter())
+            .map(|(bound, n)| {
+                total += n.load(Ordering::Relaxed);
+                (bound, total)
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug)]
 enum Handle {
     Counter {
@@ -65,6 +152,7 @@ enum Handle {
         gauge: Gauge,
         unit: &'static str,
     },
+    Histogram(Histogram),
 }
 
 #[derive(Debug)]
@@ -74,6 +162,9 @@ struct Metric {
     tags: Vec<(String, String)>,
     handle: Handle,
 }
+
+/// One counter as [`Registry::counters`] reads it: name, tags, current total.
+pub type CounterSample = (&'static str, Vec<(String, String)>, u64);
 
 /// The metrics one role owns. Cloning shares the registry.
 #[derive(Debug, Clone)]
@@ -161,6 +252,32 @@ impl Registry {
         gauge
     }
 
+    /// Registers (or finds) a histogram of durations with upper bounds `bounds_seconds`
+    /// (ascending; `+Inf` is implied). `name` should end in its unit, `_seconds`.
+    pub fn histogram(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        bounds_seconds: &[f64],
+        tags: &[(&str, &str)],
+    ) -> Histogram {
+        let tags = own(tags);
+        let mut metrics = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
+        for m in metrics.iter() {
+            if let (true, Handle::Histogram(h)) = (m.name == name && m.tags == tags, &m.handle) {
+                return h.clone();
+            }
+        }
+        let histogram = Histogram::new(bounds_seconds);
+        metrics.push(Metric {
+            name,
+            help,
+            tags,
+            handle: Handle::Histogram(histogram.clone()),
+        });
+        histogram
+    }
+
     /// The sum of every counter named `name` whose tags include all of `tags`.
     #[must_use]
     pub fn counter_sum(&self, name: &str, tags: &[(&str, &str)]) -> u64 {
@@ -174,41 +291,74 @@ impl Registry {
             })
             .map(|m| match &m.handle {
                 Handle::Counter { counter, .. } => counter.get(),
-                Handle::Gauge { .. } => 0,
+                Handle::Gauge { .. } | Handle::Histogram(_) => 0,
             })
             .sum()
     }
 
-    /// Prometheus text exposition format (version 0.0.4). Names have `.` turned into `_` and
-    /// counters get the `_total` suffix; every series carries `source_id` and `instance_id`.
+    /// Every counter's name, tags and current total, for a caller in the same process (the
+    /// micro cloud's ledger) that would otherwise scrape and re-parse `/metrics`.
+    #[must_use]
+    pub fn counters(&self) -> Vec<CounterSample> {
+        let metrics = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
+        metrics
+            .iter()
+            .filter_map(|m| match &m.handle {
+                Handle::Counter { counter, .. } => Some((m.name, m.tags.clone(), counter.get())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Prometheus text exposition format (version 0.0.4). Names have `.` turned into `_`,
+    /// counters get the `_total` suffix and histograms their `_bucket`/`_sum`/`_count` series;
+    /// every series carries `source_id` and `instance_id`.
     #[must_use]
     pub fn render_prometheus(&self) -> String {
         let metrics = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out = String::new();
         let mut seen: HashMap<String, ()> = HashMap::new();
         for m in metrics.iter() {
-            let (kind, value, name) = match &m.handle {
-                Handle::Counter { counter, .. } => (
-                    "counter",
-                    counter.get() as f64,
-                    format!("{}_total", prom_name(m.name)),
-                ),
-                Handle::Gauge { gauge, .. } => ("gauge", gauge.get(), prom_name(m.name)),
+            let (kind, name) = match &m.handle {
+                Handle::Counter { .. } => ("counter", format!("{}_total", prom_name(m.name))),
+                Handle::Gauge { .. } => ("gauge", prom_name(m.name)),
+                Handle::Histogram(_) => ("histogram", prom_name(m.name)),
             };
             if seen.insert(name.clone(), ()).is_none() {
                 let _ = writeln!(out, "# HELP {name} {}", m.help);
                 let _ = writeln!(out, "# TYPE {name} {kind}");
             }
-            let _ = write!(
-                out,
-                "{name}{{source_id=\"{}\",instance_id=\"{}\"",
+            let mut labels = format!(
+                "source_id=\"{}\",instance_id=\"{}\"",
                 escape_label(&self.source_id),
                 escape_label(&self.instance_id)
             );
             for (k, v) in &m.tags {
-                let _ = write!(out, ",{}=\"{}\"", prom_name(k), escape_label(v));
+                let _ = write!(labels, ",{}=\"{}\"", prom_name(k), escape_label(v));
             }
-            let _ = writeln!(out, "}} {value}");
+            match &m.handle {
+                Handle::Counter { counter, .. } => {
+                    let _ = writeln!(out, "{name}{{{labels}}} {}", counter.get());
+                }
+                Handle::Gauge { gauge, .. } => {
+                    let _ = writeln!(out, "{name}{{{labels}}} {}", gauge.get());
+                }
+                Handle::Histogram(h) => {
+                    let cumulative = h.cumulative();
+                    for (bound, n) in &cumulative {
+                        let le = if bound.is_finite() {
+                            bound.to_string()
+                        } else {
+                            "+Inf".to_owned()
+                        };
+                        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
+                    }
+                    let count = cumulative.last().map_or(0, |(_, n)| *n);
+                    let sum = h.sum().as_secs_f64();
+                    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+                    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+                }
+            }
         }
         out
     }
@@ -221,7 +371,7 @@ impl Registry {
         let mut metrics = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
         metrics
             .iter_mut()
-            .map(|m| {
+            .filter_map(|m| {
                 let message = match &mut m.handle {
                     Handle::Counter {
                         counter,
@@ -245,15 +395,17 @@ impl Registry {
                             },
                         )]),
                     }),
+                    // See the module's invariant: the Timer envelopes already carry these.
+                    Handle::Histogram(_) => return None,
                 };
-                v2::Envelope {
+                Some(v2::Envelope {
                     timestamp: now,
                     source_id: self.source_id.to_string(),
                     instance_id: self.instance_id.to_string(),
                     tags: m.tags.iter().cloned().collect(),
                     message: Some(message),
                     ..v2::Envelope::default()
-                }
+                })
             })
             .collect()
     }
@@ -324,6 +476,39 @@ mod tests {
         assert!(text.contains(
             "agent_queue_depth{source_id=\"agent\",instance_id=\"n1\",queue=\"egress\"} 3"
         ));
+    }
+
+    #[test]
+    fn histograms_render_cumulative_buckets_in_seconds() {
+        let r = Registry::new("router", "0");
+        let h = r.histogram(
+            "router.backend_latency_seconds",
+            "latency",
+            &[0.001, 0.01, 0.1],
+            &[],
+        );
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(1));
+        h.observe(Duration::from_millis(30));
+        h.observe(Duration::from_secs(5));
+        let text = r.render_prometheus();
+        let labels = "source_id=\"router\",instance_id=\"0\"";
+        for line in [
+            "# TYPE router_backend_latency_seconds histogram".to_owned(),
+            format!("router_backend_latency_seconds_bucket{{{labels},le=\"0.001\"}} 2"),
+            format!("router_backend_latency_seconds_bucket{{{labels},le=\"0.01\"}} 2"),
+            format!("router_backend_latency_seconds_bucket{{{labels},le=\"0.1\"}} 3"),
+            format!("router_backend_latency_seconds_bucket{{{labels},le=\"+Inf\"}} 4"),
+            format!("router_backend_latency_seconds_sum{{{labels}}} 5.0315"),
+            format!("router_backend_latency_seconds_count{{{labels}}} 4"),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing from\n{text}"
+            );
+        }
+        assert_eq!(h.count(), 4);
+        assert!(r.take_envelopes().is_empty(), "histograms stay on /metrics");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //!   hostile text from the stream stays text; a screenshot lands in the target tmpdir;
 //! - the Grafana dashboard: every metric and label it queries is one the running platform
 //!   emits, collected from the roles' Prometheus endpoints and the firehose, under the OTLP
-//!   nozzle's naming (dots become underscores, counters `_total`, timers `_bucket/_sum/_count`).
+//!   nozzle's naming (dots become underscores, counters `_total`, timers `_bucket/_sum/_count`);
+//! - every role's `/metrics` passes `promtool check metrics` (Prometheus's own linter) with no
+//!   finding.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -526,8 +528,45 @@ fn add(emitted: &mut Emitted, name: String, labels: impl IntoIterator<Item = Str
     emitted.entry(name).or_default().extend(labels);
 }
 
-/// Names and labels from every role's Prometheus `/metrics`.
-async fn from_prometheus_endpoints(endpoints: &Value, emitted: &mut Emitted) {
+/// What `promtool check metrics` (Debian package `prometheus`, which `scripts/test` installs)
+/// finds wrong in one scrape, a line per finding; empty when the text is clean.
+fn promtool_findings(role: &str, text: &str) -> Vec<String> {
+    use std::io::Write as _;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "promtool cannot run ({e}): install the Debian package `prometheus` \
+                 (scripts/test does) to lint /metrics"
+            )
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let mut findings: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{role}: {l}"))
+        .collect();
+    if !out.status.success() && findings.is_empty() {
+        findings.push(format!("{role}: promtool exited with {}", out.status));
+    }
+    findings
+}
+
+/// Names and labels from every role's Prometheus `/metrics`; returns what `promtool check
+/// metrics` found wrong in them.
+async fn from_prometheus_endpoints(endpoints: &Value, emitted: &mut Emitted) -> Vec<String> {
+    let mut findings = Vec::new();
     for (role, base) in endpoints["admin"].as_object().unwrap() {
         let text = reqwest::get(format!("{}/metrics", base.as_str().unwrap()))
             .await
@@ -535,6 +574,7 @@ async fn from_prometheus_endpoints(endpoints: &Value, emitted: &mut Emitted) {
             .text()
             .await
             .unwrap();
+        findings.extend(promtool_findings(role, &text));
         for line in text
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -553,6 +593,7 @@ async fn from_prometheus_endpoints(endpoints: &Value, emitted: &mut Emitted) {
             add(emitted, line[..name_end].to_owned(), labels);
         }
     }
+    findings
 }
 
 /// Prometheus's spelling of an OTLP metric name.
@@ -1046,9 +1087,14 @@ async fn grafana_dashboard_queries_only_metrics_the_platform_emits() {
             .all(|(_, _, names)| check_query(names, emitted).is_empty())
     };
     from_firehose(&endpoints, &mut emitted, Duration::from_secs(60), all_found).await;
-    from_prometheus_endpoints(&endpoints, &mut emitted).await;
+    let findings = from_prometheus_endpoints(&endpoints, &mut emitted).await;
     let _ = nozzle.kill();
     let _ = nozzle.wait();
+    assert!(
+        findings.is_empty(),
+        "promtool check metrics finds problems in /metrics:\n{}",
+        findings.join("\n")
+    );
 
     let mut problems = Vec::new();
     for (title, q, names) in &queries {

@@ -8,14 +8,14 @@
 
 use std::time::Duration;
 
-use hydrant_emitter::{Counter, Gauge, Registry};
+use hydrant_emitter::{Counter, Gauge, Histogram, Registry};
 
 use crate::table::Refused;
 
-/// Upper bounds (ms) of the backend latency buckets: gorouter's Prometheus buckets.
-const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 4, 6, 8, 10, 20, 40, 50, 100, 500, 1000];
-const LATENCY_BUCKET_LABELS: [&str; 13] = [
-    "1", "2", "4", "6", "8", "10", "20", "40", "50", "100", "500", "1000", "+Inf",
+/// Upper bounds (seconds) of the backend latency buckets: gorouter's Prometheus buckets
+/// (1 ms to 1 s).
+const LATENCY_BUCKETS_SECONDS: [f64; 12] = [
+    0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.02, 0.04, 0.05, 0.1, 0.5, 1.0,
 ];
 
 /// Router-made response reasons (gorouter's `X-Cf-RouterError` values where it has one).
@@ -80,8 +80,7 @@ pub(crate) struct Metrics {
     pub(crate) pruned: Counter,
     pub(crate) upgrades: Counter,
     dropped: [Counter; 5],
-    latency_buckets: [Counter; 13],
-    pub(crate) latency_sum_us: Counter,
+    latency: Histogram,
 }
 
 impl Metrics {
@@ -166,16 +165,10 @@ impl Metrics {
                 "undecodable",
             ]
             .map(dropped),
-            latency_buckets: LATENCY_BUCKET_LABELS.map(|le| {
-                registry.counter(
-                    "router.backend_latency_bucket",
-                    "Backend response-head latency, cumulative buckets in ms (Prometheus style)",
-                    &[("le", le)],
-                )
-            }),
-            latency_sum_us: registry.counter(
-                "router.backend_latency_us",
-                "Sum of backend response-head latencies, microseconds (divide by the +Inf bucket)",
+            latency: registry.histogram(
+                "router.backend_latency_seconds",
+                "Time from sending a request to an instance to its response head, in seconds",
+                &LATENCY_BUCKETS_SECONDS,
                 &[],
             ),
         }
@@ -215,16 +208,7 @@ impl Metrics {
     }
 
     pub(crate) fn backend_latency(&self, latency: Duration) {
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.latency_sum_us.add(us);
-        let ms = us / 1000;
-        let first = LATENCY_BUCKETS_MS
-            .iter()
-            .position(|&le| ms < le)
-            .unwrap_or(LATENCY_BUCKETS_MS.len());
-        for bucket in &self.latency_buckets[first..] {
-            bucket.inc();
-        }
+        self.latency.observe(latency);
     }
 }
 
@@ -233,19 +217,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn latency_buckets_are_cumulative() {
+    fn latency_is_a_histogram_in_seconds() {
         let registry = Registry::new("router", "0");
         let metrics = Metrics::new(&registry);
         metrics.backend_latency(Duration::from_micros(500));
         metrics.backend_latency(Duration::from_millis(30));
         metrics.backend_latency(Duration::from_secs(5));
-        let bucket = |le| registry.counter_sum("router.backend_latency_bucket", &[("le", le)]);
-        assert_eq!(bucket("1"), 1);
-        assert_eq!(bucket("20"), 1);
-        assert_eq!(bucket("40"), 2);
-        assert_eq!(bucket("1000"), 2);
-        assert_eq!(bucket("+Inf"), 3);
-        assert_eq!(metrics.latency_sum_us.get(), 5_030_500);
+        let bucket = |le: f64| {
+            metrics
+                .latency
+                .cumulative()
+                .into_iter()
+                .find(|(b, _)| *b == le)
+                .map(|(_, n)| n)
+        };
+        assert_eq!(bucket(0.001), Some(1));
+        assert_eq!(bucket(0.02), Some(1));
+        assert_eq!(bucket(0.04), Some(2));
+        assert_eq!(bucket(1.0), Some(2));
+        assert_eq!(bucket(f64::INFINITY), Some(3));
+        assert_eq!(metrics.latency.sum(), Duration::from_micros(5_030_500));
+        let text = registry.render_prometheus();
+        assert!(text.contains("# TYPE router_backend_latency_seconds histogram"));
+        assert!(!text.contains("backend_latency_bucket_total"), "{text}");
     }
 
     #[test]
