@@ -12,14 +12,9 @@ pub enum Error {
     /// The token signing key could not be loaded.
     #[error("cannot load the token signing key: {0}")]
     Key(#[from] hydrant_auth::Error),
-    /// A listener could not be bound (only from [`crate::Listeners::bind`]).
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address from the config.
-        addr: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    /// The runtime could not bind a listener or read the config.
+    #[error(transparent)]
+    Runtime(#[from] hydrant_runtime::Error),
     /// Serving HTTP failed.
     #[error("{what} server failed: {source}")]
     Serve {

@@ -71,20 +71,65 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds `config.listen` and `config.admin_listen`.
+    /// Binds `config.listen` and `config.admin_listen` through the runtime.
     ///
     /// # Errors
-    /// [`Error::Bind`] naming the address that could not be bound.
+    /// [`Error::Runtime`] naming the field whose address could not be bound.
     pub async fn bind(config: &Config) -> Result<Self, Error> {
-        let bind = |addr: String| async move {
-            TcpListener::bind(&addr)
-                .await
-                .map_err(|source| Error::Bind { addr, source })
-        };
+        Self::take(hydrant_runtime::bind::<TrafficController>(config).await?)
+    }
+
+    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
         Ok(Self {
-            http: bind(config.listen.clone()).await?,
-            admin: bind(config.admin_listen.clone()).await?,
+            http: bound.take("http")?,
+            admin: bound.take("admin")?,
         })
+    }
+}
+
+/// The traffic controller and firehose edge as a [`hydrant_runtime::Role`]: `hydrant run
+/// trafficcontroller`, and the micro cloud's edge.
+#[derive(Debug, Clone, Copy)]
+pub struct TrafficController;
+
+impl hydrant_runtime::Role for TrafficController {
+    const NAME: &'static str = "trafficcontroller";
+    type Config = Config;
+    type Error = Error;
+    const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] = &[
+        hydrant_runtime::ListenerSpec {
+            name: "http",
+            field: "listen",
+            default: "127.0.0.1:8081",
+            address: |c| &c.listen,
+        },
+        hydrant_runtime::ListenerSpec {
+            name: "admin",
+            field: "admin_listen",
+            default: "127.0.0.1:8089",
+            address: |c| &c.admin_listen,
+        },
+    ];
+
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
+
+    fn registry(config: &Config) -> Registry {
+        Registry::new(ROLE, &config.instance_id)
+    }
+
+    fn describe(config: &Config) -> Option<String> {
+        Some(format!("dopplers {}", config.dopplers.join(", ")))
+    }
+
+    async fn run(
+        config: Config,
+        listeners: hydrant_runtime::Listeners,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        serve(config, Listeners::take(listeners)?, registry, shutdown).await
     }
 }
 
@@ -98,6 +143,17 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let registry = <TrafficController as hydrant_runtime::Role>::registry(&config);
+    serve(config, listeners, registry, shutdown).await
+}
+
+/// [`run`], counting into `registry` (the runtime's, which the micro cloud reads directly).
+async fn serve(
+    config: Config,
+    listeners: Listeners,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     config.validate()?;
     let key = match (&config.signing_key_file, &config.signing_key) {
         (Some(path), _) => Some(SigningKey::load(path)?),
@@ -109,7 +165,6 @@ pub async fn run(
     };
     // Everything below stops on `stop`: the caller's shutdown, or a listener failing.
     let stop = shutdown.child_token();
-    let registry = Registry::new(ROLE, &config.instance_id);
     let metrics = Metrics::new(&registry);
     let hub = Arc::new(Hub::new(
         metrics.clone(),

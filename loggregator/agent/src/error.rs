@@ -18,16 +18,9 @@ pub enum Error {
     /// The `[telemetry]` section is invalid.
     #[error(transparent)]
     Telemetry(#[from] hydrant_emitter::Error),
-    /// A listen address could not be bound.
-    #[error("cannot listen on {addr} ({field}): {source}")]
-    Bind {
-        /// The config field holding the address.
-        field: &'static str,
-        /// The address.
-        addr: String,
-        /// The bind error.
-        source: std::io::Error,
-    },
+    /// The runtime could not bind a listener or read the config.
+    #[error(transparent)]
+    Runtime(#[from] hydrant_runtime::Error),
     /// The gRPC ingress server failed.
     #[error("agent ingress server failed: {0}")]
     Ingress(#[from] tonic::transport::Error),

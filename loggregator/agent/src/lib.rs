@@ -65,27 +65,64 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds `config.listen` and `config.admin_listen`.
+    /// Binds `config.listen` and `config.admin_listen` through the runtime.
     ///
     /// # Errors
-    /// [`Error::Bind`] naming the field whose address could not be bound.
+    /// [`Error::Runtime`] naming the field whose address could not be bound.
     pub async fn bind(config: &Config) -> Result<Self, Error> {
-        let bind = |field: &'static str, addr: &str| {
-            let addr = addr.to_owned();
-            async move {
-                TcpListener::bind(&addr)
-                    .await
-                    .map_err(|source| Error::Bind {
-                        field,
-                        addr,
-                        source,
-                    })
-            }
-        };
+        Self::take(hydrant_runtime::bind::<Agent>(config).await?)
+    }
+
+    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
         Ok(Self {
-            ingress: bind("listen", &config.listen).await?,
-            admin: bind("admin_listen", &config.admin_listen).await?,
+            ingress: bound.take("ingress")?,
+            admin: bound.take("admin")?,
         })
+    }
+}
+
+/// The agent as a [`hydrant_runtime::Role`]: `hydrant run agent`, and the micro cloud's agent.
+#[derive(Debug, Clone, Copy)]
+pub struct Agent;
+
+impl hydrant_runtime::Role for Agent {
+    const NAME: &'static str = "agent";
+    type Config = Config;
+    type Error = Error;
+    const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] = &[
+        hydrant_runtime::ListenerSpec {
+            name: "ingress",
+            field: "listen",
+            default: "127.0.0.1:3458",
+            address: |c| &c.listen,
+        },
+        hydrant_runtime::ListenerSpec {
+            name: "admin",
+            field: "admin_listen",
+            default: "127.0.0.1:14824",
+            address: |c| &c.admin_listen,
+        },
+    ];
+
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
+
+    fn registry(config: &Config) -> Registry {
+        Registry::new("agent", &config.instance_id)
+    }
+
+    fn describe(config: &Config) -> Option<String> {
+        Some(format!("dopplers {}", config.dopplers.join(", ")))
+    }
+
+    async fn run(
+        config: Config,
+        listeners: hydrant_runtime::Listeners,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        serve(config, Listeners::take(listeners)?, registry, shutdown).await
     }
 }
 
@@ -99,8 +136,18 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let registry = <Agent as hydrant_runtime::Role>::registry(&config);
+    serve(config, listeners, registry, shutdown).await
+}
+
+/// [`run`], counting into `registry` (the micro cloud keeps a handle to read it directly).
+async fn serve(
+    config: Config,
+    listeners: Listeners,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     config.validate()?;
-    let registry = Registry::new("agent", &config.instance_id);
     let metrics = metrics::Metrics::new(&registry);
     let lanes: Vec<Arc<egress::Lane>> = config
         .dopplers

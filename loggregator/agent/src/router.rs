@@ -14,11 +14,12 @@
 //! - The tracking map is bounded by `max_tracked_instances` and idle entries are forgotten.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hydrant_envelope::v2;
 use hydrant_envelope::wire::{self, BatchBuilder, BatchIter, EnvelopeView, Fields, Kind, Value};
+use hydrant_runtime::lock;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -112,10 +113,6 @@ pub(crate) struct Router {
     flush_wake: Notify,
     metrics: Metrics,
     settings: Settings,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// `tags["origin"]`, else `deprecated_tags["origin"].text`, as Loggregator's agent falls back.

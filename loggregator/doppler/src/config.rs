@@ -224,23 +224,18 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds `config.listen` and `config.admin_listen`.
+    /// Binds `config.listen` and `config.admin_listen` through the runtime.
     ///
     /// # Errors
-    /// [`Error::Bind`] naming the field whose address failed.
+    /// [`Error::Runtime`] naming the field whose address could not be bound.
     pub async fn bind(config: &Config) -> Result<Self, Error> {
-        let bind = |field: &'static str, addr: String| async move {
-            TcpListener::bind(&addr)
-                .await
-                .map_err(|source| Error::Bind {
-                    field,
-                    addr,
-                    source,
-                })
-        };
+        Self::take(hydrant_runtime::bind::<crate::Doppler>(config).await?)
+    }
+
+    pub(crate) fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
         Ok(Self {
-            grpc: bind("listen", config.listen.clone()).await?,
-            admin: bind("admin_listen", config.admin_listen.clone()).await?,
+            grpc: bound.take("grpc")?,
+            admin: bound.take("admin")?,
         })
     }
 }

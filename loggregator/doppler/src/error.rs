@@ -17,16 +17,9 @@ pub enum Error {
     /// The `[logcache]` section is out of range.
     #[error("doppler config: {0}")]
     LogCache(#[from] hydrant_logcache::Error),
-    /// A listen address could not be bound.
-    #[error("doppler: cannot listen on {addr} ({field}): {source}")]
-    Bind {
-        /// The config field holding the address.
-        field: &'static str,
-        /// The address.
-        addr: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    /// The runtime could not bind a listener or read the config.
+    #[error(transparent)]
+    Runtime(#[from] hydrant_runtime::Error),
     /// The gRPC server failed.
     #[error("doppler gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),

@@ -56,6 +56,48 @@ const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// stream can pin: real requests are a few hundred bytes.
 pub const MAX_EGRESS_REQUEST_BYTES: usize = 64 * 1024;
 
+/// The doppler as a [`hydrant_runtime::Role`]: `hydrant run doppler`, and the micro cloud's
+/// doppler.
+#[derive(Debug, Clone, Copy)]
+pub struct Doppler;
+
+impl hydrant_runtime::Role for Doppler {
+    const NAME: &'static str = "doppler";
+    type Config = Config;
+    type Error = Error;
+    const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] = &[
+        hydrant_runtime::ListenerSpec {
+            name: "grpc",
+            field: "listen",
+            default: "127.0.0.1:8082",
+            address: |c| &c.listen,
+        },
+        hydrant_runtime::ListenerSpec {
+            name: "admin",
+            field: "admin_listen",
+            default: "127.0.0.1:8083",
+            address: |c| &c.admin_listen,
+        },
+    ];
+
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
+
+    fn registry(config: &Config) -> Registry {
+        Registry::new("doppler", &config.instance_id)
+    }
+
+    async fn run(
+        config: Config,
+        listeners: hydrant_runtime::Listeners,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        serve(config, Listeners::take(listeners)?, registry, shutdown).await
+    }
+}
+
 /// Runs the doppler until `shutdown` is cancelled, then stops every task it started (open
 /// streams get `shutdown_grace_secs` to finish) and returns.
 ///
@@ -66,10 +108,20 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let registry = <Doppler as hydrant_runtime::Role>::registry(&config);
+    serve(config, listeners, registry, shutdown).await
+}
+
+/// [`run`], counting into `registry` (the runtime's, which the micro cloud reads directly).
+async fn serve(
+    config: Config,
+    listeners: Listeners,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     config.validate()?;
     // Every task stops on `stop`: the caller's shutdown, or a server failing on its own.
     let stop = shutdown.child_token();
-    let registry = Registry::new("doppler", &config.instance_id);
     let metrics = Metrics::new(&registry);
     let store = Arc::new(Store::new(config.logcache.clone()));
     let ring = Arc::new(ring::IngressRing::new(

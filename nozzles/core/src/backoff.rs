@@ -1,4 +1,5 @@
-//! Capped exponential backoff with jitter between retries of a batch.
+//! The nozzles' retry policy for a batch: when to retry (the runtime's one capped exponential
+//! backoff with jitter, [`hydrant_runtime::Backoff`]) and how often before giving up.
 //!
 //! Invariant: the delay never exceeds `max`, and jitter only shortens it, so a fleet of
 //! nozzles cut off by the same outage does not retry in lockstep and never waits longer than
@@ -41,13 +42,7 @@ impl Backoff {
     /// The delay before retry number `attempt` (0-based).
     #[must_use]
     pub fn delay(&self, attempt: u32) -> Duration {
-        let factor = 1u64.checked_shl(attempt.min(63)).unwrap_or(u64::MAX);
-        let base = self
-            .initial_ms
-            .saturating_mul(factor)
-            .min(self.max_ms.max(self.initial_ms));
-        let cut = (base as f64 * self.jitter.clamp(0.0, 1.0) * fastrand::f64()) as u64;
-        Duration::from_millis(base.saturating_sub(cut))
+        hydrant_runtime::Backoff::from_ms(self.initial_ms, self.max_ms, self.jitter).delay(attempt)
     }
 
     /// Checks the section; `prefix` is its dotted path in the nozzle's config.

@@ -32,4 +32,6 @@ pub use config::{
     DATADOG_MAX_UNCOMPRESSED_BYTES, LogsConfig, OutboxLimits, TimerMode,
 };
 pub use error::Error;
-pub use role::{DISTRIBUTION_PATH, LOGS_PATH, Listeners, ROLE, SERIES_PATH, run, run_with_key};
+pub use role::{
+    DISTRIBUTION_PATH, DatadogNozzle, LOGS_PATH, Listeners, ROLE, SERIES_PATH, run, run_with_key,
+};

@@ -51,19 +51,70 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds `config.admin_listen`.
+    /// Binds `config.admin_listen` through the runtime.
     ///
     /// # Errors
-    /// [`Error::Bind`] naming the field.
+    /// [`Error::Runtime`] naming the field whose address could not be bound.
     pub async fn bind(config: &Config) -> Result<Self, Error> {
-        let admin = TcpListener::bind(&config.admin_listen)
-            .await
-            .map_err(|source| Error::Bind {
-                field: "admin_listen",
-                addr: config.admin_listen.clone(),
-                source,
-            })?;
-        Ok(Self { admin })
+        Self::take(hydrant_runtime::bind::<DatadogNozzle>(config).await?)
+    }
+
+    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
+        Ok(Self {
+            admin: bound.take("admin")?,
+        })
+    }
+}
+
+/// The Datadog nozzle as a [`hydrant_runtime::Role`]: `hydrant run nozzle-datadog` and `hydrant
+/// nozzle datadog`.
+#[derive(Debug, Clone, Copy)]
+pub struct DatadogNozzle;
+
+impl hydrant_runtime::Role for DatadogNozzle {
+    const NAME: &'static str = "nozzle-datadog";
+    type Config = Config;
+    type Error = Error;
+    const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
+        &[hydrant_runtime::ListenerSpec {
+            name: "admin",
+            field: "admin_listen",
+            default: "127.0.0.1:14841",
+            address: |c| &c.admin_listen,
+        }];
+
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
+
+    fn registry(config: &Config) -> Registry {
+        Registry::new(ROLE, &config.instance_id)
+    }
+
+    fn describe(config: &Config) -> Option<String> {
+        Some(format!(
+            "sending to {}, subscription {:?}",
+            hydrant_nozzle_core::mask_url(&config.api_url),
+            config.subscription_id
+        ))
+    }
+
+    async fn run(
+        config: Config,
+        listeners: hydrant_runtime::Listeners,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        config.validate()?;
+        let api_key = config.api_key(|name| std::env::var(name).ok())?;
+        serve_with_key(
+            config,
+            api_key,
+            Listeners::take(listeners)?,
+            registry,
+            shutdown,
+        )
+        .await
     }
 }
 
@@ -136,8 +187,20 @@ pub async fn run_with_key(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let registry = <DatadogNozzle as hydrant_runtime::Role>::registry(&config);
+    serve_with_key(config, api_key, listeners, registry, shutdown).await
+}
+
+/// [`run_with_key`], counting into `registry` (the runtime's, which the micro cloud reads
+/// directly).
+async fn serve_with_key(
+    config: Config,
+    api_key: ApiKey,
+    listeners: Listeners,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     config.validate()?;
-    let registry = Registry::new(ROLE, &config.instance_id);
     let flush_metrics = FlushMetrics::new(&registry);
     let api = Target::parse("api_url", &config.api_url)?;
     let logs_target = if config.logs.enabled {

@@ -18,16 +18,9 @@ pub enum Error {
     /// The firehose client refused its config or gave up.
     #[error("firehose: {0}")]
     Firehose(#[from] hydrant_firehose_client::Error),
-    /// A listener could not be bound.
-    #[error("cannot bind {field} {addr}: {source}")]
-    Bind {
-        /// The config field.
-        field: &'static str,
-        /// The address.
-        addr: String,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// The runtime could not bind a listener or read the config.
+    #[error(transparent)]
+    Runtime(#[from] hydrant_runtime::Error),
     /// The admin server failed.
     #[error("admin server: {0}")]
     Admin(std::io::Error),

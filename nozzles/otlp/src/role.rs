@@ -41,19 +41,61 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds `config.admin_listen`.
+    /// Binds `config.admin_listen` through the runtime.
     ///
     /// # Errors
-    /// [`Error::Bind`] naming the field.
+    /// [`Error::Runtime`] naming the field whose address could not be bound.
     pub async fn bind(config: &Config) -> Result<Self, Error> {
-        let admin = TcpListener::bind(&config.admin_listen)
-            .await
-            .map_err(|source| Error::Bind {
-                field: "admin_listen",
-                addr: config.admin_listen.clone(),
-                source,
-            })?;
-        Ok(Self { admin })
+        Self::take(hydrant_runtime::bind::<OtlpNozzle>(config).await?)
+    }
+
+    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
+        Ok(Self {
+            admin: bound.take("admin")?,
+        })
+    }
+}
+
+/// The OTLP nozzle as a [`hydrant_runtime::Role`]: `hydrant run nozzle-otlp` and `hydrant nozzle
+/// otlp`.
+#[derive(Debug, Clone, Copy)]
+pub struct OtlpNozzle;
+
+impl hydrant_runtime::Role for OtlpNozzle {
+    const NAME: &'static str = "nozzle-otlp";
+    type Config = Config;
+    type Error = Error;
+    const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
+        &[hydrant_runtime::ListenerSpec {
+            name: "admin",
+            field: "admin_listen",
+            default: "127.0.0.1:14842",
+            address: |c| &c.admin_listen,
+        }];
+
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
+
+    fn registry(config: &Config) -> Registry {
+        Registry::new(ROLE, &config.instance_id)
+    }
+
+    fn describe(config: &Config) -> Option<String> {
+        Some(format!(
+            "exporting to {}, subscription {:?}",
+            hydrant_nozzle_core::mask_url(&config.endpoint),
+            config.subscription_id
+        ))
+    }
+
+    async fn run(
+        config: Config,
+        listeners: hydrant_runtime::Listeners,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        serve(config, Listeners::take(listeners)?, registry, shutdown).await
     }
 }
 
@@ -118,8 +160,18 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let registry = <OtlpNozzle as hydrant_runtime::Role>::registry(&config);
+    serve(config, listeners, registry, shutdown).await
+}
+
+/// [`run`], counting into `registry` (the runtime's, which the micro cloud reads directly).
+async fn serve(
+    config: Config,
+    listeners: Listeners,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     config.validate()?;
-    let registry = Registry::new(ROLE, &config.instance_id);
     let mut skipped = Skipped::new(&registry);
     let mapping = Mapping::new(&config);
     let headers = config.headers.to_metadata()?;

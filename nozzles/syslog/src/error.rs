@@ -17,16 +17,9 @@ pub enum Error {
     /// The firehose client refused its config.
     #[error("firehose: {0}")]
     Firehose(#[from] hydrant_firehose_client::Error),
-    /// A listener could not be bound.
-    #[error("cannot bind {field} {addr}: {source}")]
-    Bind {
-        /// The config field.
-        field: &'static str,
-        /// The address.
-        addr: String,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// The runtime could not bind a listener or read the config.
+    #[error(transparent)]
+    Runtime(#[from] hydrant_runtime::Error),
     /// Talking to a drain failed.
     #[error("drain {url}: {source}")]
     Drain {

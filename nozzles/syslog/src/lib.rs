@@ -33,7 +33,7 @@ pub use error::Error;
 pub use https::HttpsSender;
 pub use platform::PlatformConfig;
 pub use rfc5424::{DrainData, ENTERPRISE, EncoderOptions, encode, encode_messages};
-pub use role::{DrainReport, Listeners, ROLE, run};
+pub use role::{DrainReport, Listeners, ROLE, SyslogNozzle, run};
 pub use tls::TlsConfig;
 pub use transport::{Frames, Payload, TcpSender, run_sender};
 pub use url::{DrainUrl, Scheme, parse_syslog_url};

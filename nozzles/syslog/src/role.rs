@@ -15,7 +15,7 @@
 //! `dropped{reason="shutdown"}`; drains are named only by their masked URL.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
@@ -53,19 +53,61 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds `config.admin_listen`.
+    /// Binds `config.admin_listen` through the runtime.
     ///
     /// # Errors
-    /// [`Error::Bind`] naming the field.
+    /// [`Error::Runtime`] naming the field whose address could not be bound.
     pub async fn bind(config: &Config) -> Result<Self, Error> {
-        let admin = TcpListener::bind(&config.admin_listen)
-            .await
-            .map_err(|source| Error::Bind {
-                field: "admin_listen",
-                addr: config.admin_listen.clone(),
-                source,
-            })?;
-        Ok(Self { admin })
+        Self::take(hydrant_runtime::bind::<SyslogNozzle>(config).await?)
+    }
+
+    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
+        Ok(Self {
+            admin: bound.take("admin")?,
+        })
+    }
+}
+
+/// The syslog nozzle as a [`hydrant_runtime::Role`]: `hydrant run nozzle-syslog`, `hydrant nozzle
+/// syslog`, and the micro cloud's app drains.
+#[derive(Debug, Clone, Copy)]
+pub struct SyslogNozzle;
+
+impl hydrant_runtime::Role for SyslogNozzle {
+    const NAME: &'static str = "nozzle-syslog";
+    type Config = Config;
+    type Error = Error;
+    const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
+        &[hydrant_runtime::ListenerSpec {
+            name: "admin",
+            field: "admin_listen",
+            default: "127.0.0.1:14840",
+            address: |c| &c.admin_listen,
+        }];
+
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
+
+    fn registry(config: &Config) -> Registry {
+        Registry::new(ROLE, &config.instance_id)
+    }
+
+    fn describe(config: &Config) -> Option<String> {
+        Some(format!(
+            "{} drain(s), subscription {:?}",
+            config.drains.len(),
+            config.subscription_id
+        ))
+    }
+
+    async fn run(
+        config: Config,
+        listeners: hydrant_runtime::Listeners,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        serve(config, Listeners::take(listeners)?, registry, shutdown).await
     }
 }
 
@@ -334,7 +376,7 @@ impl Fleet {
 pub(crate) type SharedFleet = Arc<Mutex<Fleet>>;
 
 pub(crate) fn lock(fleet: &SharedFleet) -> std::sync::MutexGuard<'_, Fleet> {
-    fleet.lock().unwrap_or_else(PoisonError::into_inner)
+    hydrant_runtime::lock(fleet)
 }
 
 /// Runs the nozzle until `shutdown` is cancelled (or the firehose refuses it for good), then
@@ -348,8 +390,18 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let registry = <SyslogNozzle as hydrant_runtime::Role>::registry(&config);
+    serve(config, listeners, registry, shutdown).await
+}
+
+/// [`run`], counting into `registry` (the runtime's, which the micro cloud reads directly).
+async fn serve(
+    config: Config,
+    listeners: Listeners,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     config.validate()?;
-    let registry = Registry::new(ROLE, &config.instance_id);
     // Everything that can refuse the config does so before any task starts.
     let reader =
         FirehoseReader::connect(config.firehose.clone(), &config.subscription_id, &registry)?;

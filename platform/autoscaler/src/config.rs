@@ -115,36 +115,13 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] naming the first bad field, or the nested section's error.
     pub fn validate(&self) -> Result<(), Error> {
-        let url = self.api_url.trim();
-        let rest = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"));
-        if rest.is_none_or(|r| r.is_empty() || r.contains(' ')) {
-            return Err(invalid(
-                "api_url",
-                format!(
-                    "{:?} is not an http:// URL; write the cloud controller's address, e.g. \
-                     \"http://127.0.0.1:9022\"",
-                    self.api_url
-                ),
-            ));
-        }
-        match (&self.token, &self.token_file) {
-            (Some(_), Some(_)) => {
-                return Err(invalid("token", "set token or token_file, not both"));
-            }
-            (None, None) => {
-                return Err(invalid(
-                    "token",
-                    "the autoscaler needs an admin token: set token_file = \"PATH\" or \
-                     token = \"...\"",
-                ));
-            }
-            (Some(t), None) if t.trim().is_empty() => {
-                return Err(invalid("token", "is empty; write an admin token"));
-            }
-            _ => {}
-        }
+        hydrant_runtime::ApiConsumer::new(
+            &self.api_url,
+            self.token.as_ref(),
+            self.token_file.as_ref(),
+        )
+        .validate("", "an admin token")
+        .map_err(hydrant_runtime::Error::from)?;
         if self.subscription_id.is_empty() || self.subscription_id.len() > 120 {
             return Err(invalid("subscription_id", "use 1 to 120 characters"));
         }

@@ -23,16 +23,9 @@ pub enum Error {
     /// The `[firehose]` section is invalid.
     #[error(transparent)]
     Firehose(#[from] hydrant_firehose_client::Error),
-    /// A listen address could not be bound.
-    #[error("cannot listen on {addr} ({field}): {source}")]
-    Bind {
-        /// The config field holding the address.
-        field: &'static str,
-        /// The address.
-        addr: String,
-        /// The bind error.
-        source: std::io::Error,
-    },
+    /// The runtime could not bind a listener or read the config.
+    #[error(transparent)]
+    Runtime(#[from] hydrant_runtime::Error),
     /// The admin HTTP server failed.
     #[error("autoscaler admin server failed: {0}")]
     Admin(#[source] std::io::Error),

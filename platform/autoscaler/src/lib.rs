@@ -63,19 +63,59 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds `admin_listen`.
+    /// Binds `config.admin_listen` through the runtime.
     ///
     /// # Errors
-    /// [`Error::Bind`] naming the field.
+    /// [`Error::Runtime`] naming the field whose address could not be bound.
     pub async fn bind(config: &Config) -> Result<Self, Error> {
-        let admin = TcpListener::bind(&config.admin_listen)
-            .await
-            .map_err(|source| Error::Bind {
-                field: "admin_listen",
-                addr: config.admin_listen.clone(),
-                source,
-            })?;
-        Ok(Self { admin })
+        Self::take(hydrant_runtime::bind::<AutoscalerRole>(config).await?)
+    }
+
+    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
+        Ok(Self {
+            admin: bound.take("admin")?,
+        })
+    }
+}
+
+/// The autoscaler as a [`hydrant_runtime::Role`]: `hydrant run autoscaler`, and the micro cloud's.
+#[derive(Debug, Clone, Copy)]
+pub struct AutoscalerRole;
+
+impl hydrant_runtime::Role for AutoscalerRole {
+    const NAME: &'static str = "autoscaler";
+    type Config = Config;
+    type Error = Error;
+    const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
+        &[hydrant_runtime::ListenerSpec {
+            name: "admin",
+            field: "admin_listen",
+            default: "127.0.0.1:14833",
+            address: |c| &c.admin_listen,
+        }];
+
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
+
+    fn registry(config: &Config) -> Registry {
+        Registry::new("autoscaler", &config.instance_index.to_string())
+    }
+
+    fn describe(config: &Config) -> Option<String> {
+        Some(format!(
+            "copy {} of {}",
+            config.instance_index, config.instance_count
+        ))
+    }
+
+    async fn run(
+        config: Config,
+        listeners: hydrant_runtime::Listeners,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        serve(config, Listeners::take(listeners)?, registry, shutdown).await
     }
 }
 
@@ -127,20 +167,16 @@ fn unix_now() -> i64 {
 }
 
 fn lock(windows: &SharedWindows) -> std::sync::MutexGuard<'_, Windows> {
-    windows.lock().unwrap_or_else(PoisonError::into_inner)
+    hydrant_runtime::lock(windows)
 }
 
 async fn token(config: &Config) -> Result<String, String> {
-    if let Some(token) = &config.token {
-        return Ok(token.trim().to_owned());
-    }
-    let Some(path) = &config.token_file else {
-        return Err("no token configured".to_owned());
-    };
-    tokio::fs::read_to_string(path)
-        .await
-        .map(|t| t.trim().to_owned())
-        .map_err(|e| format!("cannot read token_file {}: {e}", path.display()))
+    hydrant_runtime::ApiConsumer::new(
+        &config.api_url,
+        config.token.as_ref(),
+        config.token_file.as_ref(),
+    )
+    .token()
 }
 
 /// Everything the loop acts through.
@@ -440,8 +476,18 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let registry = <AutoscalerRole as hydrant_runtime::Role>::registry(&config);
+    serve(config, listeners, registry, shutdown).await
+}
+
+/// [`run`], counting into `registry` (the runtime's, which the micro cloud reads directly).
+async fn serve(
+    config: Config,
+    listeners: Listeners,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     config.validate()?;
-    let registry = Registry::new("autoscaler", &config.instance_index.to_string());
     let emitter_stop = CancellationToken::new();
     let emitter = config.telemetry.start(&registry, emitter_stop.clone());
     let windows: SharedWindows = Arc::new(Mutex::new(

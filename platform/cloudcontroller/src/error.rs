@@ -26,16 +26,9 @@ pub enum Error {
     /// The signing key could not be loaded or created.
     #[error("cloud controller signing key: {0}")]
     Auth(#[from] hydrant_auth::Error),
-    /// A listen address could not be bound.
-    #[error("cannot listen on {addr} ({field}): {source}")]
-    Bind {
-        /// The config field holding the address.
-        field: &'static str,
-        /// The address.
-        addr: String,
-        /// The bind error.
-        source: std::io::Error,
-    },
+    /// The runtime could not bind a listener or read the config.
+    #[error(transparent)]
+    Runtime(#[from] hydrant_runtime::Error),
     /// A file or directory under `data_dir` could not be used.
     #[error("{}: {source}", .path.display())]
     Io {

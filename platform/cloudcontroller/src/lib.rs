@@ -66,27 +66,61 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds `config.listen` and `config.admin_listen`.
+    /// Binds `config.listen` and `config.admin_listen` through the runtime.
     ///
     /// # Errors
-    /// [`Error::Bind`] naming the field whose address could not be bound.
+    /// [`Error::Runtime`] naming the field whose address could not be bound.
     pub async fn bind(config: &Config) -> Result<Self, Error> {
-        let bind = |field: &'static str, addr: &str| {
-            let addr = addr.to_owned();
-            async move {
-                TcpListener::bind(&addr)
-                    .await
-                    .map_err(|source| Error::Bind {
-                        field,
-                        addr,
-                        source,
-                    })
-            }
-        };
+        Self::take(hydrant_runtime::bind::<CloudController>(config).await?)
+    }
+
+    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
         Ok(Self {
-            api: bind("listen", &config.listen).await?,
-            admin: bind("admin_listen", &config.admin_listen).await?,
+            api: bound.take("api")?,
+            admin: bound.take("admin")?,
         })
+    }
+}
+
+/// The cloud controller as a [`hydrant_runtime::Role`]: `hydrant run cloudcontroller`, and the
+/// micro cloud's API.
+#[derive(Debug, Clone, Copy)]
+pub struct CloudController;
+
+impl hydrant_runtime::Role for CloudController {
+    const NAME: &'static str = "cloudcontroller";
+    type Config = Config;
+    type Error = Error;
+    const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] = &[
+        hydrant_runtime::ListenerSpec {
+            name: "api",
+            field: "listen",
+            default: "127.0.0.1:9022",
+            address: |c| &c.listen,
+        },
+        hydrant_runtime::ListenerSpec {
+            name: "admin",
+            field: "admin_listen",
+            default: "127.0.0.1:14831",
+            address: |c| &c.admin_listen,
+        },
+    ];
+
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
+
+    fn registry(config: &Config) -> Registry {
+        Registry::new("cloudcontroller", &config.instance_id)
+    }
+
+    async fn run(
+        config: Config,
+        listeners: hydrant_runtime::Listeners,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        serve(config, Listeners::take(listeners)?, registry, shutdown).await
     }
 }
 
@@ -115,6 +149,17 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let registry = <CloudController as hydrant_runtime::Role>::registry(&config);
+    serve(config, listeners, registry, shutdown).await
+}
+
+/// [`run`], counting into `registry` (the runtime's, which the micro cloud reads directly).
+async fn serve(
+    config: Config,
+    listeners: Listeners,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     config.validate()?;
     let data = config.data_path();
     std::fs::create_dir_all(&data).map_err(|source| Error::Io {
@@ -133,7 +178,6 @@ pub async fn run(
     bootstrap(&config, &db)?;
     let blobs = blobs::BlobStore::open(&data)?;
 
-    let registry = Registry::new("cloudcontroller", &config.instance_id);
     let metrics = metrics::Metrics::new(&registry);
     let telemetry = config.telemetry.start(&registry, shutdown.clone());
     let logs = logs::AppLogs::new(telemetry.clone(), &registry);

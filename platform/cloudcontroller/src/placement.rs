@@ -15,7 +15,7 @@
 //! heartbeat is older than `executor_timeout_secs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hydrant_api::{App, AppState, CrashInfo, InstanceInfo, ProcessStats};
@@ -93,7 +93,7 @@ fn api_state(state: InstanceState) -> hydrant_api::InstanceState {
 
 impl Placement {
     fn lock(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+        hydrant_runtime::lock(&self.table)
     }
 
     /// Asks for a convergence pass now.

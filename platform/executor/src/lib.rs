@@ -67,19 +67,57 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds `config.admin_listen`.
+    /// Binds `config.admin_listen` through the runtime.
     ///
     /// # Errors
-    /// [`Error::Bind`] naming the field whose address could not be bound.
+    /// [`Error::Runtime`] naming the field whose address could not be bound.
     pub async fn bind(config: &Config) -> Result<Self, Error> {
-        let admin = TcpListener::bind(&config.admin_listen)
-            .await
-            .map_err(|source| Error::Bind {
-                field: "admin_listen",
-                addr: config.admin_listen.clone(),
-                source,
-            })?;
-        Ok(Self { admin })
+        Self::take(hydrant_runtime::bind::<Executor>(config).await?)
+    }
+
+    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
+        Ok(Self {
+            admin: bound.take("admin")?,
+        })
+    }
+}
+
+/// An executor as a [`hydrant_runtime::Role`]: `hydrant run executor`, and the micro cloud's one
+/// executor.
+#[derive(Debug, Clone, Copy)]
+pub struct Executor;
+
+impl hydrant_runtime::Role for Executor {
+    const NAME: &'static str = "executor";
+    type Config = Config;
+    type Error = Error;
+    const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
+        &[hydrant_runtime::ListenerSpec {
+            name: "admin",
+            field: "admin_listen",
+            default: "127.0.0.1:14830",
+            address: |c| &c.admin_listen,
+        }];
+
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
+
+    fn registry(config: &Config) -> Registry {
+        Registry::new("executor", &config.executor_id)
+    }
+
+    fn describe(config: &Config) -> Option<String> {
+        Some(format!("executor {}", config.executor_id))
+    }
+
+    async fn run(
+        config: Config,
+        listeners: hydrant_runtime::Listeners,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        serve(config, Listeners::take(listeners)?, registry, shutdown).await
     }
 }
 
@@ -100,8 +138,18 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let registry = <Executor as hydrant_runtime::Role>::registry(&config);
+    serve(config, listeners, registry, shutdown).await
+}
+
+/// [`run`], counting into `registry` (the runtime's, which the micro cloud reads directly).
+async fn serve(
+    config: Config,
+    listeners: Listeners,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     config.validate()?;
-    let registry = Registry::new("executor", &config.executor_id);
     let metrics = metrics::Metrics::new(&registry);
 
     let instances_dir = config.data_dir.join("instances");

@@ -94,42 +94,13 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] naming the first bad field, [`Error::Telemetry`] or [`Error::Bus`].
     pub fn validate(&self) -> Result<(), Error> {
-        let url = self.api_url.trim();
-        let rest = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"));
-        if rest.is_none_or(|r| r.is_empty() || r.contains(' ')) {
-            return Err(invalid(
-                "api_url",
-                format!(
-                    "{:?} is not an http:// URL; write the cloud controller's address, e.g. \
-                     \"http://127.0.0.1:9022\"",
-                    self.api_url
-                ),
-            ));
-        }
-        match (&self.token, &self.token_file) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "token",
-                    "set token or token_file, not both (token_file is re-read, so prefer it)",
-                ));
-            }
-            (None, None) => {
-                return Err(invalid(
-                    "token",
-                    "the health manager needs an admin token: set token_file = \"PATH\" (a \
-                     file holding it) or token = \"...\"",
-                ));
-            }
-            (Some(token), None) if token.trim().is_empty() => {
-                return Err(invalid("token", "is empty; write an admin token"));
-            }
-            (None, Some(path)) if path.as_os_str().is_empty() => {
-                return Err(invalid("token_file", "is empty; write a path"));
-            }
-            _ => {}
-        }
+        hydrant_runtime::ApiConsumer::new(
+            &self.api_url,
+            self.token.as_ref(),
+            self.token_file.as_ref(),
+        )
+        .validate("", "an admin token")
+        .map_err(hydrant_runtime::Error::from)?;
         for (field, value) in [
             ("poll_interval_secs", self.poll_interval_secs),
             ("request_timeout_ms", self.request_timeout_ms),

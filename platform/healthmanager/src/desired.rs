@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hydrant_api::{App, Client};
@@ -61,7 +61,7 @@ impl Desired {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Copy> {
-        self.copy.lock().unwrap_or_else(PoisonError::into_inner)
+        hydrant_runtime::lock(&self.copy)
     }
 
     /// The copy as of `now`.

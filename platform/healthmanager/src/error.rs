@@ -22,16 +22,9 @@ pub enum Error {
     /// The bus could not be reached or refused a subscription.
     #[error(transparent)]
     Bus(#[from] hydrant_bus::Error),
-    /// A listen address could not be bound.
-    #[error("cannot listen on {addr} ({field}): {source}")]
-    Bind {
-        /// The config field holding the address.
-        field: &'static str,
-        /// The address.
-        addr: String,
-        /// The bind error.
-        source: std::io::Error,
-    },
+    /// The runtime could not bind a listener or read the config.
+    #[error(transparent)]
+    Runtime(#[from] hydrant_runtime::Error),
     /// The admin HTTP server failed.
     #[error("health manager admin server failed: {0}")]
     Admin(#[source] std::io::Error),

@@ -21,16 +21,9 @@ pub enum Error {
     /// The `[bus]` section is invalid, or the bus could not be joined.
     #[error("router bus: {0}")]
     Bus(#[from] hydrant_bus::Error),
-    /// A listen address could not be bound.
-    #[error("cannot listen on {addr} ({field}): {source}")]
-    Bind {
-        /// The config field holding the address.
-        field: &'static str,
-        /// The address.
-        addr: String,
-        /// The bind error.
-        source: std::io::Error,
-    },
+    /// The runtime could not bind a listener or read the config.
+    #[error(transparent)]
+    Runtime(#[from] hydrant_runtime::Error),
     /// A worker thread (or its event loop) could not be started.
     #[error(
         "cannot start a router worker thread: {0}; lower `workers` or raise the process's thread limit"

@@ -65,27 +65,60 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds `config.listen` and `config.admin_listen`.
+    /// Binds `config.listen` and `config.admin_listen` through the runtime.
     ///
     /// # Errors
-    /// [`Error::Bind`] naming the field whose address could not be bound.
+    /// [`Error::Runtime`] naming the field whose address could not be bound.
     pub async fn bind(config: &Config) -> Result<Self, Error> {
-        let bind = |field: &'static str, addr: &str| {
-            let addr = addr.to_owned();
-            async move {
-                TcpListener::bind(&addr)
-                    .await
-                    .map_err(|source| Error::Bind {
-                        field,
-                        addr,
-                        source,
-                    })
-            }
-        };
+        Self::take(hydrant_runtime::bind::<Router>(config).await?)
+    }
+
+    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
         Ok(Self {
-            http: bind("listen", &config.listen).await?,
-            admin: bind("admin_listen", &config.admin_listen).await?,
+            http: bound.take("http")?,
+            admin: bound.take("admin")?,
         })
+    }
+}
+
+/// The router as a [`hydrant_runtime::Role`]: `hydrant run router`, and the micro cloud's router.
+#[derive(Debug, Clone, Copy)]
+pub struct Router;
+
+impl hydrant_runtime::Role for Router {
+    const NAME: &'static str = "router";
+    type Config = Config;
+    type Error = Error;
+    const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] = &[
+        hydrant_runtime::ListenerSpec {
+            name: "http",
+            field: "listen",
+            default: "127.0.0.1:8080",
+            address: |c| &c.listen,
+        },
+        hydrant_runtime::ListenerSpec {
+            name: "admin",
+            field: "admin_listen",
+            default: "127.0.0.1:8085",
+            address: |c| &c.admin_listen,
+        },
+    ];
+
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
+
+    fn registry(config: &Config) -> Registry {
+        Registry::new("router", &config.router_id)
+    }
+
+    async fn run(
+        config: Config,
+        listeners: hydrant_runtime::Listeners,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        serve(config, Listeners::take(listeners)?, registry, shutdown).await
     }
 }
 
@@ -102,8 +135,18 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let registry = <Router as hydrant_runtime::Role>::registry(&config);
+    serve(config, listeners, registry, shutdown).await
+}
+
+/// [`run`], counting into `registry` (the runtime's, which the micro cloud reads directly).
+async fn serve(
+    config: Config,
+    listeners: Listeners,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     config.validate()?;
-    let registry = Registry::new("router", &config.router_id);
     let bus = Bus::connect(&config.bus, &registry).await?;
     // Subscribe before announcing, so the registrations `router.start` provokes are not missed.
     let subscription = bus.subscribe("router.*").await?;

@@ -33,8 +33,7 @@ pub mod store;
 pub mod webhook;
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -44,6 +43,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use hydrant_emitter::{Emitter, Registry};
 use hydrant_firehose_client::Subscription;
+use hydrant_runtime::lock;
 use hydrant_windows::{SharedWindows, Windows};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -63,28 +63,56 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds `config.admin_listen`.
+    /// Binds `config.admin_listen` through the runtime.
     ///
     /// # Errors
-    /// [`Error::Bind`] naming the field whose address could not be bound.
+    /// [`Error::Runtime`] naming the field whose address could not be bound.
     pub async fn bind(config: &Config) -> Result<Self, Error> {
-        let admin = TcpListener::bind(&config.admin_listen)
-            .await
-            .map_err(|source| Error::Bind {
-                field: "admin_listen",
-                addr: config.admin_listen.clone(),
-                source,
-            })?;
-        Ok(Self { admin })
+        Self::take(hydrant_runtime::bind::<Slo>(config).await?)
+    }
+
+    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
+        Ok(Self {
+            admin: bound.take("admin")?,
+        })
+    }
+}
+
+/// The SLO alerter as a [`hydrant_runtime::Role`]: `hydrant run slo`, and the micro cloud's.
+#[derive(Debug, Clone, Copy)]
+pub struct Slo;
+
+impl hydrant_runtime::Role for Slo {
+    const NAME: &'static str = "slo";
+    type Config = Config;
+    type Error = Error;
+    const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
+        &[hydrant_runtime::ListenerSpec {
+            name: "admin",
+            field: "admin_listen",
+            default: "127.0.0.1:14835",
+            address: |c| &c.admin_listen,
+        }];
+
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
+
+    fn registry(_: &Config) -> Registry {
+        Registry::new("slo", "0")
+    }
+
+    async fn run(
+        config: Config,
+        listeners: hydrant_runtime::Listeners,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        serve(config, Listeners::take(listeners)?, registry, shutdown).await
     }
 }
 
 type SharedEngine = Arc<Mutex<Engine>>;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section leaves the state whole, so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// Maps Tokio's clock to UNIX seconds, read once.
 #[derive(Debug, Clone, Copy)]
@@ -121,8 +149,18 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let registry = <Slo as hydrant_runtime::Role>::registry(&config);
+    serve(config, listeners, registry, shutdown).await
+}
+
+/// [`run`], counting into `registry` (the runtime's, which the micro cloud reads directly).
+async fn serve(
+    config: Config,
+    listeners: Listeners,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     config.validate()?;
-    let registry = Registry::new("slo", "0");
     let state_dir = config.data_dir.join("apps");
     std::fs::create_dir_all(&state_dir).map_err(|source| Error::Io {
         what: "cannot create",
@@ -389,25 +427,12 @@ fn status_routes(engine: SharedEngine) -> axum::Router {
 }
 
 fn read_token(config: &Config) -> Result<String, String> {
-    if let Some(t) = &config.token {
-        return Ok(t.trim().to_owned());
-    }
-    let path: PathBuf = config.token_file.clone().unwrap_or_default();
-    let meta = std::fs::metadata(&path)
-        .map_err(|e| format!("cannot read token_file {}: {e}", path.display()))?;
-    if meta.len() > 64 * 1024 {
-        return Err(format!(
-            "token_file {} is larger than 64 KiB",
-            path.display()
-        ));
-    }
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read token_file {}: {e}", path.display()))?;
-    let token = text.trim().to_owned();
-    if token.is_empty() {
-        return Err(format!("token_file {} is empty", path.display()));
-    }
-    Ok(token)
+    hydrant_runtime::ApiConsumer::new(
+        &config.api_url,
+        config.token.as_ref(),
+        config.token_file.as_ref(),
+    )
+    .token()
 }
 
 async fn poll_specs(

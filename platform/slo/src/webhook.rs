@@ -145,12 +145,8 @@ async fn dispatch(
 /// then jittered down by up to half so that many alerters do not retry in step.
 #[must_use]
 pub fn backoff(config: &WebhookConfig, attempt: u32) -> Duration {
-    let base = config
-        .initial_backoff_ms
-        .saturating_mul(1u64 << attempt.saturating_sub(1).min(32))
-        .min(config.max_backoff_ms);
-    let jitter = fastrand::u64(0..=base / 2);
-    Duration::from_millis(base - jitter)
+    hydrant_runtime::Backoff::from_ms(config.initial_backoff_ms, config.max_backoff_ms, 0.5)
+        .delay(attempt.saturating_sub(1))
 }
 
 async fn deliver(d: &Delivery, config: &WebhookConfig, http: &reqwest::Client, m: &Metrics) {
