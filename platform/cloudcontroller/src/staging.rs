@@ -115,18 +115,31 @@ impl Sandbox {
                 return Self::Unavailable(e.to_string());
             }
         };
-        match containers.cleanup().await {
+        let killed = match containers.cleanup().await {
             Ok(left) if !left.is_empty() => {
                 tracing::warn!(?left, "removed staging containers an earlier run left");
+                true
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot list leftover staging containers"),
-        }
-        Self::Containers(Staging {
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list leftover staging containers");
+                false
+            }
+        };
+        let staging = Staging {
             containers,
             network: OnceCell::new(),
             tasks: TaskTracker::new(),
-        })
+        };
+        // A run killed in the middle of an install also left its network attachment: setting
+        // the network up removes everything with the bridge's prefix.
+        if killed
+            && isolation.attach_network
+            && let Err(e) = staging.network(config).await
+        {
+            tracing::warn!(error = %e, "cannot remove the staging network's leftovers");
+        }
+        Self::Containers(staging)
     }
 
     /// Waits for every staging container to be destroyed, then takes the staging network down.

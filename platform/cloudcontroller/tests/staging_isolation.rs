@@ -443,3 +443,113 @@ async fn staging_without_isolation_says_so_in_every_build() {
     );
     cc.stop().await;
 }
+
+/// The staging containers the runtime knows for the cloud controller configured as `config`.
+async fn staging_containers(config: &Config) -> Vec<String> {
+    hydrant_container::Containers::open(&config.staging_containers(), Vec::new())
+        .await
+        .unwrap()
+        .list()
+        .await
+        .unwrap()
+}
+
+#[test]
+fn a_cloud_controller_killed_mid_install_removes_the_leftovers_when_it_starts_again() {
+    require_root(
+        "a_cloud_controller_killed_mid_install_removes_the_leftovers_when_it_starts_again",
+    );
+    let data = tempfile::tempdir().unwrap();
+    let agent = FakeAgent::start();
+    let isolation = StagingIsolation {
+        network: hydrant_container::net::NetConfig {
+            bridge: test_bridge(),
+            subnet: "10.254.221.0/24".into(),
+            ..StagingIsolation::default().network
+        },
+        ..StagingIsolation::default()
+    };
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+
+    // The first life: an install step that never ends, then the process "dies": its runtime
+    // goes away without running any of its cleanup.
+    let first = runtime();
+    let config = first.block_on(async {
+        let cc = Cc::start(data.path(), "stg-killed-1", &agent, isolation.clone(), 600).await;
+        let package =
+            br#"{"name":"k","version":"1.0.0","scripts":{"install":"sleep 600","start":"x"}}"#;
+        let app = cc
+            .client
+            .create_app(&hydrant_api::CreateApp {
+                name: "killed".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let dir = app_dir(&[("package.json", package.as_slice(), 0o644)]);
+        cc.client.push_dir(&app.guid, dir.path()).await.unwrap();
+        cc.client
+            .create_build(&app.guid, &hydrant_api::CreateBuild::default())
+            .await
+            .unwrap();
+        let config = cc.config.clone();
+        let watched = config.clone();
+        wait_for(BUILD_WAIT, "the staging container to run", move || {
+            let config = watched.clone();
+            async move { !staging_containers(&config).await.is_empty() }
+        })
+        .await;
+        std::mem::forget(cc);
+        config
+    });
+    first.shutdown_background();
+    let prefix = format!("{}-", config.staging_isolation.network.bridge);
+    let netns = || -> Vec<String> {
+        std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let second = runtime();
+    second.block_on(async {
+        assert_eq!(
+            staging_containers(&config).await.len(),
+            1,
+            "the killed controller's container outlived it"
+        );
+        assert_eq!(netns().len(), 1, "and so did its network namespace");
+
+        let cc = Cc::start(data.path(), "stg-killed-2", &agent, isolation, 600).await;
+        let watched = config.clone();
+        wait_for(
+            Duration::from_secs(30),
+            "the leftovers to be removed",
+            move || {
+                let config = watched.clone();
+                async move { staging_containers(&config).await.is_empty() }
+            },
+        )
+        .await;
+        wait_for(
+            Duration::from_secs(30),
+            "the network leftovers to go",
+            || {
+                let empty = netns().is_empty();
+                async move { empty }
+            },
+        )
+        .await;
+        cc.assert_nothing_left("after a restart").await;
+        cc.stop().await;
+    });
+}
