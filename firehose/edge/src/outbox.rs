@@ -4,7 +4,7 @@
 //! oldest envelopes, counts them (`dropped{reason=slow_consumer}`) and remembers how many it has
 //! not yet told the consumer about, so the writer can put a gap marker in front of the next data.
 //! Envelopes are `Bytes` slices of the upstream batch, so queueing costs a reference count, not a
-//! copy.
+//! copy. The queue is a drop-oldest `hydrant_buffer::Buffer` bounded by envelopes and bytes.
 //!
 //! "Behind" starts at the first drop and ends only when the writer finds the queue empty; a
 //! consumer behind for longer than the slow-consumer timeout is closed by its writer. So a
@@ -234,12 +234,22 @@ mod tests {
     }
 
     #[test]
-    fn closed_outboxes_ignore_pushes_and_report_leftovers() {
+    fn closed_outboxes_refuse_pushes_count_them_and_report_leftovers() {
         let o = outbox(10, 1 << 20);
         o.push_many(&envs(4, 8));
         assert_eq!(o.close(), 4);
-        o.push_many(&envs(4, 8));
+        assert_eq!(
+            o.buffer.observer().closed.get(),
+            0,
+            "leftovers are the caller's to count"
+        );
+        o.push_many(&envs(3, 8));
         assert_eq!(o.depth(), (0, 0));
+        assert_eq!(
+            o.buffer.observer().closed.get(),
+            3,
+            "late envelopes are counted once"
+        );
     }
 
     #[test]
