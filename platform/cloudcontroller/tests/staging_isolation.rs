@@ -2,7 +2,8 @@
 //! install script reads none of the platform's secrets, reaches none of its ports, runs as uid
 //! 2000 with none of the platform's environment, and its container, cgroup, bundle and network
 //! attachment are gone afterwards — after success, failure, out of memory and the time limit.
-//! `--isolation none` keeps the old way and says so in every build.
+//! `--isolation none` keeps the old way and says so in every build; where containers cannot be
+//! made, install steps fail saying why and how to fix it, and never run unisolated.
 //!
 //! The container tests need root (namespaces, cgroups, `runc`, `ip`, `nft`) and fail naming
 //! that when not root; CI runs them as root.
@@ -552,4 +553,45 @@ fn a_cloud_controller_killed_mid_install_removes_the_leftovers_when_it_starts_ag
         cc.assert_nothing_left("after a restart").await;
         cc.stop().await;
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_containers_cannot_be_made_installs_fail_saying_how_to_fix_it() {
+    let data = tempfile::tempdir().unwrap();
+    let agent = FakeAgent::start();
+    let mut isolation = StagingIsolation {
+        attach_network: false,
+        ..StagingIsolation::default()
+    };
+    isolation.containers.runtime = "/nonexistent/runc".into();
+    let cc = Cc::start(data.path(), "stg-unavailable", &agent, isolation, 60).await;
+
+    let package = br#"{"name":"u","version":"1.0.0","scripts":{"install":"id","start":"x"}}"#;
+    let (app, build) = cc
+        .stage(
+            "needs-install",
+            &[("package.json", package.as_slice(), 0o644)],
+        )
+        .await;
+    assert_eq!(build.state, BuildState::Failed);
+    let error = build.error.unwrap();
+    assert!(
+        error.starts_with(
+            "Installing dependencies with npm cannot run: cannot run apps in containers"
+        ),
+        "{error}"
+    );
+    assert!(error.contains("--isolation none"), "{error}");
+    let lines = stg_until(&agent, &app, "Staging failed").await;
+    assert!(
+        !lines.iter().any(|l| l.contains("uid=")),
+        "nothing ran unisolated: {lines:#?}"
+    );
+
+    // Builds without an install step run none of the app's code, and still stage.
+    let (_, build) = cc
+        .stage("plain", &[("index.html", b"<h1>hi</h1>".as_slice(), 0o644)])
+        .await;
+    assert_eq!(build.state, BuildState::Staged, "{build:?}");
+    cc.stop().await;
 }
