@@ -25,10 +25,11 @@ use hydrant_api::policy::ScalingPolicy;
 use hydrant_api::slo::{AppSloStatus, AppSlos};
 use hydrant_api::{App, AuditEvent, ProcessStats};
 use hydrant_envelope::gap::Gap;
+use hydrant_envelope::semantic::{HttpTimer, event_title, source_type, tag};
 use hydrant_envelope::wire::{EnvelopeView, Kind};
 use hydrant_firehose_client::Batch;
 use hydrant_firehose_client::render::TimeZone;
-use hydrant_windows::{HTTP_TIMER, ROUTER_ERROR_TAGS, Windows, WindowsConfig};
+use hydrant_windows::{Windows, WindowsConfig};
 
 pub use keys::Effect;
 
@@ -349,7 +350,11 @@ pub struct State {
 }
 
 /// Log `source_type`s whose lines are platform notices, shown as events.
-const NOTICE_SOURCES: [&str; 3] = ["SLO", "AUTOSCALER", "HM"];
+const NOTICE_SOURCES: [&str; 3] = [
+    source_type::SLO,
+    source_type::AUTOSCALER,
+    source_type::HEALTH_MANAGER,
+];
 
 /// A component silent this long (UNIX ns) is forgotten: ten minutes.
 const FORGET_COMPONENT_NS: i64 = 600_000_000_000;
@@ -475,26 +480,17 @@ impl State {
     }
 
     fn observe_timer(&mut self, view: &EnvelopeView<'_>, at: Instant) {
-        if view.timer_name() != Some(HTTP_TIMER) || view.source_id.is_empty() {
+        if view.source_id.is_empty() {
             return;
         }
-        let (mut client, mut router_made) = (true, false);
-        for (k, v) in view.tags() {
-            if k == "peer_type" {
-                client = v.eq_ignore_ascii_case("client");
-            } else if ROUTER_ERROR_TAGS.contains(&k) && !v.is_empty() && v != "-" {
-                router_made = true;
-            }
-        }
-        if !client {
+        let Some(timer) = HttpTimer::read(view) else {
             return;
-        }
-        let latency_us = if router_made {
-            None
-        } else {
-            view.timer_span()
-                .map(|(start, stop)| stop.saturating_sub(start).max(0).unsigned_abs() / 1_000)
         };
+        if !timer.client {
+            return;
+        }
+        // Router-made responses never reached the app: no latency for them.
+        let latency_us = timer.app_latency_ns().map(|ns| ns / 1_000);
         let sec = self.clock.wall_ns(at).div_euclid(1_000_000_000);
         let cap = self.config.windows.max_apps;
         if !self.sparks.contains_key(view.source_id) && self.sparks.len() >= cap {
@@ -534,7 +530,7 @@ impl State {
         let Some((payload, err)) = view.log() else {
             return;
         };
-        let source_type = view.tag("source_type").unwrap_or("");
+        let source_type = view.tag(tag::SOURCE_TYPE).unwrap_or("");
         if NOTICE_SOURCES.contains(&source_type) {
             self.notice(view, source_type, payload);
         }
@@ -563,12 +559,12 @@ impl State {
     fn notice(&mut self, view: &EnvelopeView<'_>, source_type: &str, payload: &[u8]) {
         let text = crate::format::clean_bytes(&payload[..payload.len().min(400)]);
         let level = match source_type {
-            "SLO" if text.contains("FIRING") && text.contains("PAGE") => Level::Crit,
-            "SLO" if text.contains("FIRING") => Level::Alert,
-            "HM" => Level::Warn,
+            source_type::SLO if text.contains("FIRING") && text.contains("PAGE") => Level::Crit,
+            source_type::SLO if text.contains("FIRING") => Level::Alert,
+            source_type::HEALTH_MANAGER => Level::Warn,
             _ => Level::Info,
         };
-        if source_type == "AUTOSCALER" {
+        if source_type == source_type::AUTOSCALER {
             self.autoscaler_notes
                 .insert(view.source_id.into(), (view.timestamp, text.clone()));
         }
@@ -582,7 +578,7 @@ impl State {
         if title == hydrant_envelope::gap::GAP_TITLE {
             return;
         }
-        let crash = hydrant_windows::CRASH_EVENT_TITLES.contains(&title);
+        let crash = event_title::is_crash(title);
         let level = if crash { Level::Warn } else { Level::Info };
         let mut detail = String::new();
         if !view.instance_id.is_empty() {

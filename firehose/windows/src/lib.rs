@@ -33,7 +33,4 @@ pub use drive::{DriveStatus, SharedWindows, drive, drive_stream};
 pub use error::Error;
 pub use minutes::{LATENCY_BOUNDS_MS, MinuteCounts};
 pub use view::{AppWindows, GaugeStat, InstanceWindows, Latency, LogRate, Rate, StatusClasses};
-pub use windows::{
-    CONTAINER_GAUGES, CRASH_EVENT_TITLES, DropReason, Footprint, HTTP_TIMER, OTHER_REASON,
-    ROUTER_ERROR_TAGS, Windows, WindowsStats,
-};
+pub use windows::{DropReason, Footprint, OTHER_REASON, Windows, WindowsStats};

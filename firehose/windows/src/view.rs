@@ -13,11 +13,12 @@
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use hydrant_envelope::semantic::ContainerMetric;
 
 use crate::minutes::MinuteCounts;
 use crate::ring::Ring;
 use crate::state::{AppState, InstanceState};
-use crate::windows::{CONTAINER_GAUGES, Windows};
+use crate::windows::Windows;
 
 /// A count over a window and its rate.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -403,7 +404,7 @@ impl<'a> AppWindows<'a> {
     /// True when `name` is one of the executor's container gauges.
     #[must_use]
     pub fn is_container_gauge(name: &str) -> bool {
-        CONTAINER_GAUGES.contains(&name)
+        ContainerMetric::from_name(name).is_some()
     }
 
     fn gauge_index(&self, name: &str) -> Option<u16> {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use hydrant_emitter::{Counter, Gauge, Registry};
 use hydrant_envelope::gap::{GAP_TITLE, Gap};
+use hydrant_envelope::semantic::{ContainerMetric, HttpTimer, event_title};
 use hydrant_envelope::wire::{EnvelopeView, Kind};
 use hydrant_firehose_client::Batch;
 
@@ -25,26 +26,6 @@ use crate::minutes::MinuteCounts;
 use crate::state::{AppState, InstanceState, Response, Shape};
 use crate::view::AppWindows;
 use crate::{Error, WindowsConfig};
-
-/// The executor's per-instance container gauges; they never count towards the custom cap.
-pub const CONTAINER_GAUGES: [&str; 6] = [
-    "cpu",
-    "memory",
-    "disk",
-    "memory_quota",
-    "disk_quota",
-    "container_age",
-];
-
-/// `Event` titles counted as an instance crash.
-pub const CRASH_EVENT_TITLES: [&str; 2] = ["app.crash", "audit.app.process.crash"];
-
-/// The Timer name the router gives one proxied request.
-pub const HTTP_TIMER: &str = "http";
-
-/// Timer tags that mark a response the router made itself; the value is the reason. Hydrant's
-/// router sets `router_error`; `x_cf_routererror` is gorouter's name for the same thing.
-pub const ROUTER_ERROR_TAGS: [&str; 2] = ["router_error", "x_cf_routererror"];
 
 /// The value router error reasons are counted under once an app has `max_tag_values` of them.
 pub const OTHER_REASON: &str = "other";
@@ -513,36 +494,21 @@ impl Windows {
     }
 
     fn observe_timer(&mut self, view: &EnvelopeView<'_>, tick: u64, now: Instant) -> bool {
-        if view.timer_name() != Some(HTTP_TIMER) {
+        let Some(timer) = HttpTimer::read(view) else {
             return false;
-        }
-        let (mut status, mut reason, mut client) = ("", None, true);
-        for (k, v) in view.tags() {
-            match k {
-                "status_code" => status = v,
-                "peer_type" => client = v.eq_ignore_ascii_case("client"),
-                k if ROUTER_ERROR_TAGS.contains(&k) && !v.is_empty() && v != "-" => {
-                    reason = Some(v);
-                }
-                _ => {}
-            }
-        }
-        // An app's own `http` timers (peer_type Server) would count each request twice.
-        if !client {
-            return false;
-        }
-        let class = match status.parse::<u16>() {
-            Ok(code @ 100..=599) => usize::from(code / 100),
-            _ => 0,
         };
-        let latency_us = view
-            .timer_span()
-            .map(|(start, stop)| u64::try_from(stop.saturating_sub(start)).unwrap_or(0) / 1000);
+        // An app's own `http` timers (peer_type Server) would count each request twice.
+        if !timer.client {
+            return false;
+        }
+        let (class, reason) = (timer.status_class(), timer.router_error);
+        let latency_us = timer.app_latency_ns().map(|ns| ns / 1000);
         let response = Response {
             class,
             router_made: reason.is_some(),
-            // Router-made responses never reached the app: their speed says nothing about it.
-            latency_us: if reason.is_some() { None } else { latency_us },
+            // Router-made responses never reached the app: their speed says nothing about it
+            // (`app_latency_ns` is `None` for them).
+            latency_us,
         };
         let (shape, max_name, max_values) = (
             self.shape,
@@ -615,7 +581,7 @@ impl Windows {
             }
             return false;
         }
-        if !CRASH_EVENT_TITLES.contains(&title) {
+        if !event_title::is_crash(title) {
             return false;
         }
         let Some(app) = self.locate(view, tick, now) else {
@@ -665,7 +631,7 @@ impl Windows {
                         continue;
                     }
                     None => {
-                        let container = CONTAINER_GAUGES.contains(&name);
+                        let container = ContainerMetric::from_name(name).is_some();
                         if !container && *custom_gauges >= max_custom {
                             drops[DropReason::GaugeNameCap.index()] += 1;
                             continue;

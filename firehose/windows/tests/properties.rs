@@ -108,7 +108,7 @@ proptest! {
             let c = r.w.config();
             prop_assert!(f.apps <= c.max_apps);
             prop_assert!(f.max_instances <= c.max_instances_per_app);
-            prop_assert!(f.max_gauge_names <= c.max_custom_gauges + hydrant_windows::CONTAINER_GAUGES.len());
+            prop_assert!(f.max_gauge_names <= c.max_custom_gauges + hydrant_envelope::semantic::ContainerMetric::ALL.len());
             prop_assert!(f.max_reasons <= c.max_tag_values + 1);
             prop_assert!(f.max_second_buckets <= c.horizon_secs as usize + 1);
             prop_assert!(f.max_histograms <= 5 + 5 + 2);

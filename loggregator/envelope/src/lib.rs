@@ -11,6 +11,8 @@
 //!   messages, so the agent and doppler never decode what they forward.
 //! - [`json`]: protojson-shaped JSON for browsers and scripts.
 //! - [`gap`]: the in-band marker that tells a consumer how many envelopes it lost and why.
+//! - [`semantic`]: what the platform's envelopes mean: the router's `http` Timer, the container
+//!   metrics, log source types and tag keys, built and read through typed helpers.
 //!
 //! The invariant this crate keeps: nothing here panics on input, and no allocation is sized by
 //! a length read from the wire before that length has been checked against the bytes present.
@@ -18,6 +20,7 @@
 pub mod gap;
 pub mod json;
 pub mod raw;
+pub mod semantic;
 pub mod wire;
 
 mod error;

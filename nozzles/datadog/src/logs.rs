@@ -14,6 +14,7 @@
 use std::io::Write;
 
 use bytes::Bytes;
+use hydrant_envelope::semantic::tag as key;
 use hydrant_envelope::wire::{EnvelopeView, Kind};
 use serde::Serialize;
 
@@ -71,7 +72,7 @@ pub fn entry(view: &EnvelopeView<'_>, source: &str, extra_tags: &[String]) -> Op
     tags.sort_unstable();
     tags.dedup();
     let service = view
-        .tag("app_name")
+        .tag(key::APP_NAME)
         .filter(|s| !s.is_empty())
         .unwrap_or(view.source_id);
     let mut e = Entry {

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use bytes::Bytes;
+use hydrant_envelope::semantic::tag as key;
 use hydrant_envelope::wire::{EnvelopeView, Fields, Kind, Value};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -149,12 +150,12 @@ impl<'a> ResourceKey<'a> {
         Self {
             source_id: view.source_id,
             instance_id: view.instance_id,
-            app_id: tag(tags, "app_id"),
-            app_name: tag(tags, "app_name"),
-            space_id: tag(tags, "space_id"),
-            space_name: tag(tags, "space_name"),
-            org_id: tag(tags, "organization_id"),
-            org_name: tag(tags, "organization_name"),
+            app_id: tag(tags, key::APP_ID),
+            app_name: tag(tags, key::APP_NAME),
+            space_id: tag(tags, key::SPACE_ID),
+            space_name: tag(tags, key::SPACE_NAME),
+            org_id: tag(tags, key::ORGANIZATION_ID),
+            org_name: tag(tags, key::ORGANIZATION_NAME),
         }
     }
 

@@ -8,6 +8,7 @@
 //! full pipe. Memory is bounded by [`MAX_MESSAGE`] per stream whatever the app writes.
 
 use hydrant_emitter::{Counter, Emitter};
+use hydrant_envelope::semantic::{event_title, source_type, tag};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Longest log message, bytes (Diego's `MAX_MESSAGE_SIZE`, 60 KiB); longer lines are chunked.
@@ -16,11 +17,11 @@ pub(crate) const MAX_MESSAGE: usize = 61_440;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// The `source_type` of the app's own output.
-pub(crate) const APP_SOURCE: &str = "APP/PROC/WEB";
+pub(crate) const APP_SOURCE: &str = source_type::APP_WEB;
 /// The `source_type` of the executor's lines about the container.
-pub(crate) const CELL_SOURCE: &str = "CELL";
+pub(crate) const CELL_SOURCE: &str = source_type::CELL;
 /// The `source_type` of health-check outcomes.
-pub(crate) const HEALTH_SOURCE: &str = "HEALTH";
+pub(crate) const HEALTH_SOURCE: &str = source_type::HEALTH;
 
 /// Splits a byte stream into messages on `\n` or `\r` (a `\r\n` pair ends one message), cutting
 /// any line longer than [`MAX_MESSAGE`] into chunks of that size. A line break right after a
@@ -85,7 +86,7 @@ impl LineSplitter {
 }
 
 /// `Event.title` of the envelope that reports an instance crash in its app's stream.
-pub(crate) const CRASH_EVENT_TITLE: &str = "app.crash";
+pub(crate) const CRASH_EVENT_TITLE: &str = event_title::APP_CRASH;
 
 /// Where one instance's log lines go, with the instance's identity and tags baked in.
 #[derive(Debug, Clone)]
@@ -112,8 +113,8 @@ impl LogSink {
         no_agent: Counter,
     ) -> Self {
         let with = |source_type: &str| {
-            let mut tags = vec![("source_type".to_owned(), source_type.to_owned())];
-            tags.extend(extra.iter().filter(|(k, _)| k != "source_type").cloned());
+            let mut tags = vec![(tag::SOURCE_TYPE.to_owned(), source_type.to_owned())];
+            tags.extend(extra.iter().filter(|(k, _)| k != tag::SOURCE_TYPE).cloned());
             tags
         };
         Self {
@@ -161,7 +162,7 @@ impl LogSink {
             let tags = [
                 ("reason", reason),
                 ("exit_status", status.as_str()),
-                ("source_type", CELL_SOURCE),
+                (tag::SOURCE_TYPE, CELL_SOURCE),
             ];
             emitter.event(
                 &self.source_id,
@@ -179,7 +180,7 @@ impl LogSink {
             let tags: Vec<(&str, &str)> = self
                 .app_tags
                 .iter()
-                .filter(|(k, _)| k != "source_type")
+                .filter(|(k, _)| k != tag::SOURCE_TYPE)
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
             emitter.gauge(&self.source_id, &self.instance_id, metrics, &tags);

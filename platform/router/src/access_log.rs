@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Uri, Version};
 use hydrant_emitter::Emitter;
+use hydrant_envelope::semantic::{HttpTimer, HttpTimerTags, source_type, tag};
 
 use crate::metrics::Reason;
 use crate::table::Endpoint;
@@ -85,8 +86,13 @@ impl Exchange {
         LINE.with_borrow_mut(|line| {
             line.clear();
             self.format_line(line, app_id, index, elapsed);
-            self.emitter
-                .log(app_id, &self.router_id, "RTR", line.as_bytes(), false);
+            self.emitter.log(
+                app_id,
+                &self.router_id,
+                source_type::ROUTER,
+                line.as_bytes(),
+                false,
+            );
         });
     }
 
@@ -101,33 +107,39 @@ impl Exchange {
         let request_id = self.request_id.to_str().unwrap_or("");
         let mut remote = [0u8; 64];
         let remote = format_into(&mut remote, format_args!("{}", self.remote));
-        let fixed: [(&str, &str); 11] = [
-            ("peer_type", "Client"),
-            ("method", self.method.as_str()),
-            ("status_code", status),
-            ("uri", uri),
-            ("request_id", request_id),
-            ("user_agent", user_agent),
-            ("remote_address", remote),
-            ("app_id", app_id),
-            ("instance_id", index),
-            ("routing_instance_id", &self.endpoint.instance_id),
-            ("origin", "hydrant-router"),
-        ];
+        let fixed = HttpTimerTags {
+            method: self.method.as_str(),
+            status_code: status,
+            uri,
+            request_id,
+            user_agent,
+            remote_address: remote,
+            app_id,
+            instance_id: index,
+            routing_instance_id: &self.endpoint.instance_id,
+            origin: "hydrant-router",
+        }
+        .fixed();
         let mut tags: Vec<(&str, &str)> =
             Vec::with_capacity(fixed.len() + self.endpoint.tags.len());
         tags.extend_from_slice(&fixed);
         // Consumers (SLOs, the console) count the router's own errors apart from the app's.
         if let Some(reason) = self.router_error {
-            tags.push(("router_error", reason.as_str()));
+            tags.push((tag::ROUTER_ERROR, reason.as_str()));
         }
         for (k, v) in self.endpoint.tags.iter() {
-            if !fixed.iter().any(|(f, _)| f == k) && *k != "router_error" {
+            if !fixed.iter().any(|(f, _)| f == k) && *k != tag::ROUTER_ERROR {
                 tags.push((k, v));
             }
         }
-        self.emitter
-            .timer(app_id, index, "http", self.started_ns, stopped_ns, &tags);
+        self.emitter.timer(
+            app_id,
+            index,
+            HttpTimer::NAME,
+            self.started_ns,
+            stopped_ns,
+            &tags,
+        );
     }
 
     /// gorouter's access-log line (`accesslog/schema/access_log_record.go`).
