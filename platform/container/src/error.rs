@@ -59,6 +59,10 @@ pub enum Error {
         /// The pool.
         subnet: String,
     },
+    /// The container network clashes with something already on the host (another live
+    /// process on the same bridge, or an interface inside the subnet); the message says which.
+    #[error("cannot set up the container network: {0}")]
+    NetworkConflict(String),
     /// This host cannot run containers (not root, no cgroups, no runtime): the message says
     /// why and how to fix it.
     #[error("cannot run apps in containers on this host: {reason}; {fix}")]

@@ -215,6 +215,10 @@ pub struct Network {
     prefix_len: u8,
     table: String,
     pool: Mutex<Pool>,
+    /// An exclusive lock on `/run/hydrant/net-<bridge>.lock` for this network's life: a second
+    /// live process set up on the same bridge would remove this one's containers as leftovers,
+    /// so it is refused instead. The kernel drops the lock when the process dies, however.
+    _lock: Option<std::fs::File>,
 }
 
 /// The addresses and names in use. A std mutex: held for a few instructions, never across await.
@@ -277,7 +281,10 @@ impl Network {
         let (network, prefix_len) = config.pool()?;
         let (start, end) = rules::cidr_interval(network, prefix_len);
         let gateway = Ipv4Addr::from(start + 1);
+        let lock = lock_bridge(&config.bridge).await?;
+        check_subnet_free(&config.bridge, &config.subnet, (start, end)).await?;
         let net = Network {
+            _lock: Some(lock),
             config: config.clone(),
             gateway,
             prefix_len,
@@ -430,8 +437,9 @@ impl Network {
                 }
             }
         }
-        let (link, netns) = tokio::join!(remove_link(&a.veth), remove_netns(&a.netns));
-        for result in [link, netns] {
+        // The veth first: removing it removes its peer in the namespace at once, while a
+        // namespace's own removal takes its interfaces down later, in the background.
+        for result in [remove_link(&a.veth).await, remove_netns(&a.netns).await] {
             if let Err(e) = result {
                 first_error.get_or_insert(e);
             }
@@ -620,6 +628,93 @@ table bridge {table} {{
     }
 }
 
+/// Where the per-bridge locks live (a tmpfs: nothing survives a reboot, as nothing should).
+const LOCK_DIR: &str = "/run/hydrant";
+
+/// How long setup waits for the bridge's lock. A lock is also held, for a moment, by a child
+/// forked (before its exec) while the previous owner in this process was alive; a live owner
+/// holds it for good.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn lock_bridge(bridge: &str) -> Result<std::fs::File, Error> {
+    let path = Path::new(LOCK_DIR).join(format!("net-{bridge}.lock"));
+    let io = |source| Error::Io {
+        what: "locking the container bridge",
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(LOCK_DIR).map_err(io)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => break,
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+    }
+    Err(Error::NetworkConflict(format!(
+        "bridge {bridge:?} is in use by another running process (it holds {}): stop it, or \
+             give this one its own `network.bridge` and `network.subnet`",
+        path.display()
+    )))
+}
+
+/// Refuses a subnet that an interface other than our bridge already has an address in (or a
+/// narrower network inside): both would claim the same addresses and routing would pick one.
+async fn check_subnet_free(
+    bridge: &str,
+    subnet: &str,
+    (start, end): (u32, u32),
+) -> Result<(), Error> {
+    #[derive(Deserialize)]
+    struct Link {
+        ifname: String,
+        #[serde(default)]
+        addr_info: Vec<Addr>,
+    }
+    #[derive(Deserialize)]
+    struct Addr {
+        family: String,
+        #[serde(default)]
+        local: String,
+        #[serde(default)]
+        prefixlen: u8,
+    }
+    let json = run(Program::Ip, &["-j", "addr", "show"], None).await?;
+    let links: Vec<Link> = serde_json::from_str(&json).map_err(|e| Error::Command {
+        program: "ip",
+        args: "-j addr show".to_owned(),
+        message: format!("unexpected output: {e}"),
+    })?;
+    for link in links.iter().filter(|l| l.ifname != bridge) {
+        for addr in link.addr_info.iter().filter(|a| a.family == "inet") {
+            let Ok(ip) = addr.local.parse::<Ipv4Addr>() else {
+                continue;
+            };
+            let (net_start, net_end) = rules::cidr_interval(ip, addr.prefixlen.min(32));
+            let inside =
+                (start..=end).contains(&u32::from(ip)) || (net_start >= start && net_end <= end);
+            if inside {
+                return Err(Error::NetworkConflict(format!(
+                    "subnet {subnet} is already used on this host: interface {} has {}/{}; \
+                     pick another `network.subnet`",
+                    link.ifname, addr.local, addr.prefixlen
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Names of every network interface in the host's namespace.
 async fn link_names() -> Result<Vec<String>, Error> {
     #[derive(Deserialize)]
@@ -737,6 +832,7 @@ mod tests {
         let (network, prefix_len) = config.pool().unwrap();
         let (start, end) = rules::cidr_interval(network, prefix_len);
         Network {
+            _lock: None,
             gateway: Ipv4Addr::from(start + 1),
             prefix_len,
             table: format!("hydrant_{}", config.bridge),

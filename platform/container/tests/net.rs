@@ -3,8 +3,10 @@
 //! own lists (`ip netns list`, `ip link`, `nft list ruleset`).
 //!
 //! Needs root (CI runs as root) and fails saying so otherwise. Each test owns one bridge
-//! `hyt<n>` with subnet `10.254.<4n>.0/22`, and, where it needs somewhere to connect to, one
-//! "service" namespace `hys<n>` at `10.254.<128+n>.0/24`: every address a test sends to is one
+//! `hyt<n>` with subnet `10.254.<64+4n>.0/22`, and, where it needs somewhere to connect to, one
+//! "service" namespace `hys<n>` at `10.254.<128+n>.0/24` (both apart from the executor's and
+//! staging's default pools, `10.254.0.0/22` and `10.254.8.0/22`, which end-to-end tests running
+//! at the same time may use): every address a test sends to is one
 //! of its own namespaces or interfaces, or loopback. A guard removes all of it on drop, so a
 //! failing test leaves nothing behind for the next.
 #![allow(
@@ -38,7 +40,7 @@ fn require_root() {
 fn config(n: u8) -> NetConfig {
     NetConfig {
         bridge: format!("hyt{n}"),
-        subnet: format!("10.254.{}.0/22", u16::from(n) * 4),
+        subnet: format!("10.254.{}.0/22", 64 + u16::from(n) * 4),
         ..NetConfig::default()
     }
 }
@@ -270,6 +272,22 @@ async fn a_container_reaches_nothing_on_the_host_nor_its_neighbours_but_the_rout
     require_root();
     let _guard = Guard::new(1);
     let net = Network::setup(&config(1)).await.unwrap();
+    // A second live network on the same bridge would remove this one's containers: refused.
+    let err = Network::setup(&config(1)).await.unwrap_err().to_string();
+    assert!(
+        err.contains("\"hyt1\" is in use by another running process"),
+        "{err}"
+    );
+    // So is a subnet an interface of the host already has addresses in.
+    let overlapping = NetConfig {
+        bridge: "hyt9".into(),
+        ..config(1)
+    };
+    let err = Network::setup(&overlapping).await.unwrap_err().to_string();
+    assert!(
+        err.contains("interface hyt1 has") && err.contains("pick another"),
+        "{err}"
+    );
     let a = net.attach("app-a/0", &[]).await.unwrap();
     let b = net.attach("app-b/0", &[]).await.unwrap();
     assert_ne!(a.ip, b.ip);
@@ -478,8 +496,8 @@ async fn a_per_attachment_rule_applies_to_its_container_only_and_detach_removes_
     assert!(rules.contains(&format!("{} : jump", other.ip)));
 
     // Detach is idempotent: pieces already gone (here the namespace and veth) are not an error.
-    sh("ip", &["netns", "del", &other.netns]);
     sh("ip", &["link", "del", &other.veth]);
+    sh("ip", &["netns", "del", &other.netns]);
     net.detach(other).await.unwrap();
     assert!(!table(3).contains(" : jump c_"), "{}", table(3));
 

@@ -106,6 +106,7 @@ pub(crate) fn is_gone(error: &Error) -> bool {
         Error::Command { message, .. } => {
             message.contains("No such file or directory")
                 || message.contains("Cannot find device")
+                || message.contains("No such device")
                 || message.contains("does not exist")
         }
         _ => false,
