@@ -45,6 +45,8 @@ pub(crate) struct Record {
     /// When it entered `state`, for retention.
     pub(crate) changed: Instant,
     pub(crate) port: u16,
+    /// Where the router reaches it when not `advertise_host:port` (its container's address).
+    pub(crate) address: Option<(String, u16)>,
     pub(crate) uris: Vec<String>,
     pub(crate) memory_mb: u64,
     pub(crate) tags: BTreeMap<String, String>,
@@ -73,6 +75,8 @@ pub(crate) struct Cell {
     pub(crate) instances_dir: PathBuf,
     pub(crate) hydrant_bin: String,
     pub(crate) path_env: String,
+    /// The container runtime and network; `None` with `isolation = "none"`.
+    pub(crate) isolated: Option<crate::isolation::Isolated>,
     table: Mutex<HashMap<String, Record>>,
     pub(crate) heartbeats: OnceLock<AnnouncerHandle>,
     pub(crate) routes: OnceLock<AnnouncerHandle>,
@@ -103,6 +107,7 @@ impl Cell {
         instances_dir: PathBuf,
         hydrant_bin: String,
         path_env: String,
+        isolated: Option<crate::isolation::Isolated>,
     ) -> Self {
         metrics.memory_capacity_mb.set(config.memory_mb as f64);
         Self {
@@ -115,6 +120,7 @@ impl Cell {
             instances_dir,
             hydrant_bin,
             path_env,
+            isolated,
             table: Mutex::new(HashMap::new()),
             heartbeats: OnceLock::new(),
             routes: OnceLock::new(),
@@ -287,6 +293,7 @@ impl Cell {
                 since: now_nanos(),
                 changed: Instant::now(),
                 port,
+                address: None,
                 uris: start.uris.clone(),
                 memory_mb: start.memory_mb,
                 tags: start.tags.clone(),
@@ -371,6 +378,18 @@ impl Cell {
         Some(previous)
     }
 
+    /// Records where the router reaches `guid` (its container's address).
+    pub(crate) fn set_address(&self, guid: &str, host: String, port: u16) {
+        if let Some(record) = self.lock().get_mut(guid) {
+            record.address = Some((host, port));
+        }
+    }
+
+    /// Where the router reaches `guid`, when it is not `advertise_host:port`.
+    pub(crate) fn address(&self, guid: &str) -> Option<(String, u16)> {
+        self.lock().get(guid).and_then(|r| r.address.clone())
+    }
+
     /// Publishes the crash of `guid`.
     pub(crate) fn report_crash(&self, crash: &ExecutorCrash) {
         self.metrics.crash(&crash.reason);
@@ -395,11 +414,14 @@ impl Cell {
             private_instance_index: Some(record.index.to_string()),
             stale_threshold_in_seconds: Some(messages::PRUNE_THRESHOLD.as_secs()),
             tags,
-            ..RegistryMessage::new(
-                &self.config.advertise_host,
-                record.port,
-                record.uris.clone(),
-            )
+            ..match &record.address {
+                Some((host, port)) => RegistryMessage::new(host, *port, record.uris.clone()),
+                None => RegistryMessage::new(
+                    &self.config.advertise_host,
+                    record.port,
+                    record.uris.clone(),
+                ),
+            }
         }
     }
 

@@ -9,10 +9,24 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use hydrant_container::net::NetConfig;
 use hydrant_emitter::TelemetryConfig;
 use serde::Deserialize;
 
 use crate::Error;
+
+/// How instances are isolated from the platform and from each other.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Each instance in its own container (runc): its own user, namespaces, cgroup limits and
+    /// network. Needs root, `runc`, `iproute2` and `nftables`.
+    #[default]
+    Container,
+    /// Instances run as the platform's own user beside its data: only for hosts that cannot
+    /// make containers, and never silently (the executor warns at start and on every start).
+    None,
+}
 
 /// Executor settings.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -75,6 +89,15 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Where `/healthz` and `/metrics` listen. Default `127.0.0.1:14830`.
     pub admin_listen: String,
+    /// `"container"` (default) or `"none"`: see [`Isolation`].
+    pub isolation: Isolation,
+    /// Containers (with `isolation = "container"`): runtime, cgroup parent (default
+    /// `hydrant/<executor_id>`), state dir (default `<data_dir>/containers`), pids and `/tmp`
+    /// limits.
+    pub containers: hydrant_container::Config,
+    /// The container network (with `isolation = "container"`): bridge, subnet and egress
+    /// rules. Executors sharing a host need different bridges and subnets.
+    pub network: NetConfig,
 }
 
 impl Default for Config {
@@ -103,6 +126,9 @@ impl Default for Config {
             bus: hydrant_bus::Config::default(),
             telemetry: TelemetryConfig::default(),
             admin_listen: "127.0.0.1:14830".to_owned(),
+            isolation: Isolation::default(),
+            containers: hydrant_container::Config::default(),
+            network: NetConfig::default(),
         }
     }
 }
@@ -203,7 +229,22 @@ impl Config {
         })?;
         self.bus.validate()?;
         self.telemetry.validate()?;
+        if self.isolation == Isolation::Container {
+            let at = |e: hydrant_container::Error| invalid("containers", e.to_string());
+            self.containers.validate().map_err(at)?;
+            self.network
+                .validate()
+                .map_err(|e| invalid("network", e.to_string()))?;
+        }
         Ok(())
+    }
+
+    /// The container settings with the executor's defaults filled in.
+    pub(crate) fn container_config(&self) -> hydrant_container::Config {
+        self.containers.clone().with_defaults(
+            &format!("hydrant/{}", self.executor_id),
+            self.data_dir.join("containers"),
+        )
     }
 
     pub(crate) fn stop_timeout(&self) -> Duration {

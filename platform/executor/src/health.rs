@@ -12,6 +12,8 @@ use hydrant_bus::messages::HealthCheckType;
 #[derive(Debug, Clone)]
 pub(crate) struct Probe {
     pub(crate) kind: HealthCheckType,
+    /// Where the instance listens: loopback, or its container's address.
+    pub(crate) host: String,
     pub(crate) port: u16,
     pub(crate) endpoint: String,
     pub(crate) timeout: Duration,
@@ -24,7 +26,7 @@ impl Probe {
         match self.kind {
             HealthCheckType::Process => Ok(()),
             HealthCheckType::Port => {
-                let connect = tokio::net::TcpStream::connect(("127.0.0.1", self.port));
+                let connect = tokio::net::TcpStream::connect((self.host.as_str(), self.port));
                 match tokio::time::timeout(self.timeout, connect).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(format!(
@@ -39,7 +41,7 @@ impl Probe {
                 }
             }
             HealthCheckType::Http => {
-                let url = format!("http://127.0.0.1:{}{}", self.port, self.endpoint);
+                let url = format!("http://{}:{}{}", self.host, self.port, self.endpoint);
                 let sent = self.client.get(&url).timeout(self.timeout).send().await;
                 match sent {
                     Ok(response) if response.status() == reqwest::StatusCode::OK => Ok(()),
@@ -135,6 +137,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let probe = Probe {
             kind: HealthCheckType::Port,
+            host: "127.0.0.1".into(),
             port,
             endpoint: "/".into(),
             timeout: Duration::from_secs(1),

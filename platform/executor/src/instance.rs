@@ -1,22 +1,28 @@
 //! One instance, from start request to destroyed container: the DEA's instance lifecycle.
 //!
 //! Flow: admitted by the cell → prepare (droplet fetched, unpacked into `<data_dir>/instances/
-//! <guid>/app`) → `bash -c <start_command>` in its own process group, stdout/stderr pumped to
-//! the log sink → health checks (STARTING → RUNNING) with memory-quota checks and container
-//! metrics alongside → exit, crash, failed health check, OOM or stop request → the group is
-//! killed, the directory removed, and the outcome reported (CRASHED + `executor.crash`, or
-//! STOPPING → DOWN).
+//! <guid>/app`) → a container (`isolation = "container"`: its own namespaces, uid 2000, cgroup
+//! limits, an address on the container bridge, `PORT=8080`) or, unisolated, `bash -c
+//! <start_command>` in its own process group; stdout/stderr pumped to the log sink → health
+//! checks (STARTING → RUNNING) with container metrics and the disk quota alongside → exit,
+//! crash, OOM kill, failed health check, disk quota or stop request → the container is
+//! destroyed (or the group killed), the directory removed, and the outcome reported (CRASHED +
+//! `executor.crash`, or STOPPING → DOWN).
 //!
-//! Invariants: the process group is always signalled as a whole, so nothing an app forks
-//! outlives its instance (short of `setsid`); the executor never restarts a crashed instance
-//! (the health manager decides that); a stop is SIGTERM, then SIGKILL after
-//! `stop_timeout_secs`.
+//! Invariants: nothing an app forks outlives its instance (the pid namespace dies with the
+//! container; unisolated, the process group is signalled as a whole, short of `setsid`); the
+//! executor never restarts a crashed instance (the health manager decides that); a stop is
+//! SIGTERM, then SIGKILL after `stop_timeout_secs`; in a container the memory quota is the
+//! kernel's, so an OOM kill is reported from the cgroup, not guessed from polling.
 
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
+
+use hydrant_container::net::Attachment;
+use hydrant_container::{Bind, Container, ContainerSpec, Limits, Network};
 
 use hydrant_bus::Message;
 use hydrant_bus::messages::{ExecutorCrash, HealthCheckType, InstanceState, StartInstance};
@@ -29,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cell::{Cell, now_nanos};
 use crate::health::{self, Probe, go_duration};
+use crate::isolation::UNISOLATED;
 use crate::logs::{self, LogSink};
 use crate::metrics::{REASON_CRASHED, REASON_HEALTH_CHECK, REASON_OOM};
 use crate::procfs::{self, GroupUsage};
@@ -41,13 +48,118 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 const DRAIN_WAIT: Duration = Duration::from_secs(1);
 /// Directory entries measured at most for the `disk` metric.
 const DISK_WALK_LIMIT: usize = 1_000_000;
+/// The port an app in a container listens on (Cloud Foundry's `PORT`): it has its own address.
+const CONTAINER_PORT: u16 = 8080;
+/// Where the `hydrant` binary is shown inside containers (`$HYDRANT_BIN`).
+const CONTAINER_HYDRANT_BIN: &str = "/opt/hydrant/hydrant";
+/// `PATH` inside containers: the stack's, never the host user's.
+const CONTAINER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Why supervision ended.
 enum Outcome {
-    Exited(Option<ExitStatus>),
+    /// The process ended by itself, with this code (128 + signal when killed).
+    Exited(Option<i32>),
     OutOfMemory,
+    /// Its files passed its disk quota (the description says by how much).
+    DiskQuota(String),
     Unhealthy(String),
     Stop,
+}
+
+/// What runs an instance.
+enum Running {
+    /// Unisolated: a process group on the host.
+    Group { child: Child, pgid: i32 },
+    /// A container with its place on the bridge.
+    Container {
+        container: Box<Container>,
+        attachment: Option<Attachment>,
+    },
+}
+
+/// What a container's end adds to the outcome.
+#[derive(Default)]
+struct Ended {
+    out_of_memory: bool,
+    peak_bytes: u64,
+}
+
+impl Running {
+    async fn wait(&mut self) -> Option<i32> {
+        match self {
+            Self::Group { child, .. } => child.wait().await.ok().map(exit_code),
+            Self::Container { container, .. } => container.wait().await,
+        }
+    }
+
+    async fn terminate(&mut self) {
+        match self {
+            Self::Group { pgid, .. } => signal_group(*pgid, Signal::SIGTERM),
+            Self::Container { container, .. } => {
+                let _ = container.signal(Signal::SIGTERM).await;
+            }
+        }
+    }
+
+    /// SIGKILL, and the exit code once reaped.
+    async fn kill(&mut self) -> Option<i32> {
+        match self {
+            Self::Group { child, pgid } => kill(child, *pgid).await.map(exit_code),
+            Self::Container { container, .. } => {
+                let _ = container.signal(Signal::SIGKILL).await;
+                tokio::time::timeout(KILL_WAIT, container.wait())
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        }
+    }
+
+    /// Memory in use and CPU time so far, nanoseconds.
+    async fn usage(&self) -> (u64, u64) {
+        match self {
+            Self::Group { pgid, .. } => {
+                let usage = sample(*pgid).await;
+                (usage.rss_bytes, usage.cpu_nanos)
+            }
+            Self::Container { container, .. } => {
+                let usage = container.usage();
+                (usage.memory_bytes, usage.cpu_nanos)
+            }
+        }
+    }
+
+    /// Nothing of the instance may outlive this: the group is killed, or the container
+    /// destroyed and its address given back.
+    async fn finish(self, ident: &Ident) -> Ended {
+        match self {
+            Self::Group { pgid, .. } => {
+                signal_group(pgid, Signal::SIGKILL);
+                Ended::default()
+            }
+            Self::Container {
+                container,
+                attachment,
+            } => {
+                let end = (*container).destroy().await;
+                let mut failures = end.cleanup_failures;
+                if let (Some(attachment), Some(isolated)) = (attachment, &ident.cell.isolated)
+                    && let Err(e) = isolated.network.detach(attachment).await
+                {
+                    failures.push(e.to_string());
+                }
+                if !failures.is_empty() {
+                    ident.cell.metrics.cleanup_failures.inc();
+                    tracing::warn!(instance = ?ident.guid(), ?failures,
+                        "executor: container not fully cleaned up");
+                }
+                Ended {
+                    out_of_memory: end.out_of_memory,
+                    peak_bytes: end.peak_bytes,
+                }
+            }
+        }
+    }
 }
 
 /// The identity of one instance, for messages about it.
@@ -56,6 +168,8 @@ struct Ident {
     start: StartInstance,
     sink: LogSink,
     dir: PathBuf,
+    /// The host port given to an unisolated instance.
+    port: u16,
 }
 
 impl Ident {
@@ -139,6 +253,7 @@ pub(crate) async fn run(
     );
     let ident = Ident {
         dir: cell.instances_dir.join(&start.instance),
+        port,
         cell,
         start,
         sink,
@@ -150,11 +265,11 @@ pub(crate) async fn run(
         () = stop.cancelled() => None,
     };
     let spawned = match prepared {
-        Some(Ok(())) if !stop.is_cancelled() => Some(spawn(&ident, port, started_at)),
+        Some(Ok(())) if !stop.is_cancelled() => Some(spawn(&ident, port, started_at).await),
         Some(Ok(())) | None => None,
         Some(Err(e)) => Some(Err(e)),
     };
-    let (mut child, pgid, readers) = match spawned {
+    let (mut running, readers) = match spawned {
         None => {
             ident.cell.respond(&request, true, None);
             ident.cell.set_state(ident.guid(), InstanceState::Stopping);
@@ -186,39 +301,44 @@ pub(crate) async fn run(
     ident.cell.respond(&request, true, None);
     ident.sink.cell("Starting health monitoring of container");
 
-    let outcome = supervise(&ident, &mut child, pgid, port, started_at, &stop).await;
+    let outcome = supervise(&ident, &mut running, started_at, &stop).await;
 
     let mut exit_note = String::new();
-    let status = match &outcome {
-        Outcome::Exited(status) => *status,
+    let code = match &outcome {
+        Outcome::Exited(code) => *code,
         Outcome::Stop => {
             ident.cell.set_state(ident.guid(), InstanceState::Stopping);
             tracing::info!(instance = ?ident.guid(),
                 reason = ?ident.cell.stop_reason(ident.guid()), "executor: stopping instance");
             ident.cell_line(&format!("stopping instance {}", ident.guid()));
-            signal_group(pgid, Signal::SIGTERM);
+            running.terminate().await;
             let grace = ident.cell.config.stop_timeout();
-            match tokio::time::timeout(grace, child.wait()).await {
-                Ok(result) => result.ok(),
+            match tokio::time::timeout(grace, running.wait()).await {
+                Ok(code) => code,
                 Err(_) => {
                     exit_note = format!(
                         " (exceeded {} graceful shutdown interval)",
                         go_duration(grace)
                     );
-                    kill(&mut child, pgid).await
+                    running.kill().await
                 }
             }
         }
-        Outcome::OutOfMemory => {
-            exit_note = " (out of memory)".to_owned();
-            kill(&mut child, pgid).await
+        Outcome::OutOfMemory | Outcome::DiskQuota(_) | Outcome::Unhealthy(_) => {
+            running.kill().await
         }
-        Outcome::Unhealthy(_) => kill(&mut child, pgid).await,
     };
-    // Whatever the leader did, nothing of the group may outlive the instance.
-    signal_group(pgid, Signal::SIGKILL);
+    // Whatever the app did, nothing of it may outlive the instance.
+    let ended = running.finish(&ident).await;
     drain(readers).await;
-    let code = status.map(exit_code);
+    let outcome = match outcome {
+        Outcome::Exited(_) if ended.out_of_memory => Outcome::OutOfMemory,
+        other => other,
+    };
+    if matches!(outcome, Outcome::OutOfMemory) {
+        exit_note = " (out of memory)".to_owned();
+        ident.cell.metrics.oom_kills.inc();
+    }
     if let Some(code) = code {
         ident.sink.cell(&format!("Exit status {code}{exit_note}"));
     }
@@ -238,14 +358,23 @@ pub(crate) async fn run(
         }
         Outcome::OutOfMemory => {
             let shown = code.unwrap_or(137);
-            ident.crash(
-                REASON_OOM,
-                Some(shown),
-                format!(
-                    "{}: Exited with status {shown} (out of memory)",
-                    logs::APP_SOURCE
-                ),
+            let mut description = format!(
+                "{}: Exited with status {shown} (out of memory)",
+                logs::APP_SOURCE
             );
+            if ended.peak_bytes > 0 {
+                description.push_str(&format!(
+                    "; peak memory {} of its {} MiB quota",
+                    mib(ended.peak_bytes),
+                    ident.start.memory_mb
+                ));
+            }
+            ident.crash(REASON_OOM, Some(shown), description);
+            ident.destroy().await;
+        }
+        Outcome::DiskQuota(description) => {
+            ident.sink.cell(&description);
+            ident.crash(REASON_CRASHED, code, description);
             ident.destroy().await;
         }
         Outcome::Unhealthy(description) => {
@@ -253,6 +382,11 @@ pub(crate) async fn run(
             ident.destroy().await;
         }
     }
+}
+
+/// Bytes as MiB with one decimal, for people.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / MIB as f64)
 }
 
 /// Creates the instance directory and unpacks the droplet into it.
@@ -288,12 +422,17 @@ async fn prepare(ident: &Ident, sha: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Starts the app's process in its own process group, with its output pumped to the sink.
-fn spawn(
+/// Starts the app, in a container or (unisolated) in its own process group, with its output
+/// pumped to the sink.
+async fn spawn(
     ident: &Ident,
     port: u16,
     started_at: i64,
-) -> Result<(Child, i32, Vec<JoinHandle<()>>), Error> {
+) -> Result<(Running, Vec<JoinHandle<()>>), Error> {
+    if ident.cell.isolated.is_some() {
+        return spawn_container(ident, started_at).await;
+    }
+    ident.cell_line(UNISOLATED);
     let cell = &ident.cell;
     let home = ident.dir.join("app");
     let tmp = ident.dir.join("tmp");
@@ -331,7 +470,96 @@ fn spawn(
     if let Some(err) = child.stderr.take() {
         readers.push(tokio::spawn(logs::pump(err, ident.sink.clone(), true)));
     }
-    Ok((child, pgid, readers))
+    Ok((Running::Group { child, pgid }, readers))
+}
+
+fn container_error(error: hydrant_container::Error) -> Error {
+    Error::Spawn(std::io::Error::other(error.to_string()))
+}
+
+/// Starts the app in a container on the bridge: `PORT=8080` on its own address.
+async fn spawn_container(
+    ident: &Ident,
+    started_at: i64,
+) -> Result<(Running, Vec<JoinHandle<()>>), Error> {
+    let cell = &ident.cell;
+    let Some(isolated) = &cell.isolated else {
+        return Err(Error::Spawn(std::io::Error::other("no container runtime")));
+    };
+    let spawn_started = std::time::Instant::now();
+    let attachment = isolated
+        .network
+        .attach(ident.guid(), &crate::isolation::dns_rules().await)
+        .await
+        .map_err(container_error)?;
+    let ip = attachment.ip.to_string();
+    let home = Path::new(hydrant_container::APP_DIR);
+    let tmp = Path::new(hydrant_container::TMP_DIR);
+    let placement = env::Placement {
+        port: CONTAINER_PORT,
+        host: &ip,
+        home,
+        tmp,
+        started_at_nanos: started_at,
+    };
+    let hydrant_bin = Path::new(&cell.hydrant_bin);
+    let binds = if hydrant_bin.is_file() {
+        vec![Bind {
+            host: hydrant_bin.to_path_buf(),
+            container: PathBuf::from(CONTAINER_HYDRANT_BIN),
+        }]
+    } else {
+        vec![]
+    };
+    let shown_bin = if binds.is_empty() {
+        ""
+    } else {
+        CONTAINER_HYDRANT_BIN
+    };
+    let environment = env::build(&ident.start, &placement, CONTAINER_PATH, shown_bin);
+    let containers = &cell.config.containers;
+    let spec = ContainerSpec {
+        id: ident.guid().to_owned(),
+        args: vec![
+            "/bin/bash".to_owned(),
+            "-c".to_owned(),
+            ident.start.start_command.clone(),
+        ],
+        env: environment.into_iter().collect(),
+        cwd: None,
+        app_dir: ident.dir.join("app"),
+        tmp_dir: ident.dir.join("tmp"),
+        binds,
+        limits: Limits::for_memory_mb(
+            ident.start.memory_mb,
+            containers.pids_limit,
+            containers.tmp_mb,
+        ),
+        network: Network::Join(attachment.netns_path.clone()),
+    };
+    let mut container = match isolated.containers.spawn(&spec).await {
+        Ok(container) => container,
+        Err(error) => {
+            let _ = isolated.network.detach(attachment).await;
+            return Err(container_error(error));
+        }
+    };
+    cell.metrics.container_started(spawn_started.elapsed());
+    cell.set_address(ident.guid(), ip, CONTAINER_PORT);
+    let mut readers = Vec::with_capacity(2);
+    if let Some(out) = container.take_stdout() {
+        readers.push(tokio::spawn(logs::pump(out, ident.sink.clone(), false)));
+    }
+    if let Some(err) = container.take_stderr() {
+        readers.push(tokio::spawn(logs::pump(err, ident.sink.clone(), true)));
+    }
+    Ok((
+        Running::Container {
+            container: Box::new(container),
+            attachment: Some(attachment),
+        },
+        readers,
+    ))
 }
 
 /// The file in an instance's directory that holds its process group id.
@@ -370,9 +598,7 @@ pub(crate) fn reap_orphans(instances_dir: &std::path::Path) -> usize {
 /// Watches the instance until it exits, must be killed, or is asked to stop.
 async fn supervise(
     ident: &Ident,
-    child: &mut Child,
-    pgid: i32,
-    port: u16,
+    app: &mut Running,
     started_at: i64,
     stop: &CancellationToken,
 ) -> Outcome {
@@ -386,8 +612,14 @@ async fn supervise(
     );
     let startup_interval = Duration::from_millis(config.startup_check_interval_ms);
     let liveness_interval = Duration::from_secs(config.liveness_check_interval_secs);
+    let (host, port) = ident
+        .cell
+        .address(ident.guid())
+        .unwrap_or_else(|| ("127.0.0.1".to_owned(), ident.port));
+    let contained = matches!(app, Running::Container { .. });
     let probe = Probe {
         kind: check.kind,
+        host,
         port,
         endpoint: health::endpoint(check.endpoint.as_deref()),
         timeout: Duration::from_millis(config.probe_timeout_ms),
@@ -413,7 +645,7 @@ async fn supervise(
 
     loop {
         tokio::select! {
-            status = child.wait() => return Outcome::Exited(status.ok()),
+            code = app.wait() => return Outcome::Exited(code),
             () = stop.cancelled() => return Outcome::Stop,
             () = tokio::time::sleep_until(deadline), if !running => {
                 let waited = go_duration(startup_timeout);
@@ -447,33 +679,43 @@ async fn supervise(
                     next_probe = Instant::now() + Duration::from_secs(86_400 * 365);
                 }
             }
-            _ = memory_tick.tick() => {
-                let usage = sample(pgid).await;
-                if usage.rss_bytes > memory_quota {
-                    tracing::info!(instance = ?ident.guid(), rss = usage.rss_bytes, quota = memory_quota,
+            // In a container the kernel enforces the memory quota; polling is for unisolated
+            // instances only.
+            _ = memory_tick.tick(), if !contained => {
+                let (memory, _) = app.usage().await;
+                if memory > memory_quota {
+                    tracing::info!(instance = ?ident.guid(), rss = memory, quota = memory_quota,
                         "executor: instance over its memory quota");
                     return Outcome::OutOfMemory;
                 }
             }
             _ = metrics_tick.tick() => {
-                let usage = sample(pgid).await;
+                let (memory, cpu_nanos) = app.usage().await;
                 let now = Instant::now();
                 let cpu = last_cpu.map_or(0.0, |(cpu, at)| {
                     let wall = now.duration_since(at).as_nanos() as f64;
-                    if wall > 0.0 { usage.cpu_nanos.saturating_sub(cpu) as f64 * 100.0 / wall } else { 0.0 }
+                    if wall > 0.0 { cpu_nanos.saturating_sub(cpu) as f64 * 100.0 / wall } else { 0.0 }
                 });
-                last_cpu = Some((usage.cpu_nanos, now));
+                last_cpu = Some((cpu_nanos, now));
                 if now >= next_disk {
                     let dir = ident.dir.clone();
                     disk = tokio::task::spawn_blocking(move || procfs::dir_size(&dir, DISK_WALK_LIMIT))
                         .await
                         .unwrap_or(disk);
                     next_disk = now + disk_interval;
+                    if disk > disk_quota {
+                        return Outcome::DiskQuota(format!(
+                            "{}: stopped: its files use {}, past its disk quota of {} MiB",
+                            logs::APP_SOURCE,
+                            mib(disk),
+                            ident.start.disk_mb
+                        ));
+                    }
                 }
                 let age = now_nanos().saturating_sub(started_at).max(0) as f64;
                 ident.sink.gauge(&[
                     ("cpu", cpu, "percentage"),
-                    ("memory", usage.rss_bytes as f64, "bytes"),
+                    ("memory", memory as f64, "bytes"),
                     ("disk", disk as f64, "bytes"),
                     ("memory_quota", memory_quota as f64, "bytes"),
                     ("disk_quota", disk_quota as f64, "bytes"),

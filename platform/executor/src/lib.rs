@@ -33,6 +33,7 @@ mod env;
 mod error;
 mod health;
 mod instance;
+mod isolation;
 mod logs;
 mod metrics;
 mod procfs;
@@ -47,7 +48,7 @@ use hydrant_emitter::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::Config;
+pub use config::{Config, Isolation};
 pub use error::Error;
 pub use metrics::{REASON_CRASHED, REASON_HEALTH_CHECK, REASON_OOM};
 
@@ -155,7 +156,14 @@ async fn serve(
     let instances_dir = config.data_dir.join("instances");
     // Instances of an earlier run are not re-adopted: their processes are killed (an executor
     // killed with SIGKILL could not stop them) and their directories are stale.
-    let reaped = instance::reap_orphans(&instances_dir);
+    // In containers, `isolation::open` kills and removes what an earlier run left; unisolated,
+    // its process groups are found by the pgid files.
+    let isolated = isolation::open(&config).await?;
+    let reaped = if isolated.is_none() {
+        instance::reap_orphans(&instances_dir)
+    } else {
+        0
+    };
     if reaped > 0 {
         tracing::warn!(reaped, "killed instances an earlier executor left running");
     }
@@ -212,6 +220,7 @@ async fn serve(
         instances_dir,
         hydrant_bin,
         path_env,
+        isolated,
     ));
 
     let announcers = CancellationToken::new();

@@ -5,7 +5,7 @@
 //! (`emitter.dropped{reason}`) in the same registry.
 
 use hydrant_bus::messages::InstanceState;
-use hydrant_emitter::{Counter, Gauge, Registry};
+use hydrant_emitter::{Counter, Gauge, Histogram, Registry};
 
 use crate::droplet::CacheMetrics;
 
@@ -28,6 +28,10 @@ pub(crate) struct Metrics {
     pub(crate) dropped_publish: Counter,
     pub(crate) memory_capacity_mb: Gauge,
     pub(crate) memory_used_mb: Gauge,
+    pub(crate) container_starts: Counter,
+    container_start_latency: Histogram,
+    pub(crate) oom_kills: Counter,
+    pub(crate) cleanup_failures: Counter,
     instances: [(InstanceState, Gauge); 5],
     pub(crate) cache: CacheMetrics,
 }
@@ -93,6 +97,28 @@ impl Metrics {
                 "MiB",
                 &[],
             ),
+            container_starts: registry.counter(
+                "executor.container_starts",
+                "Containers started for instances",
+                &[],
+            ),
+            container_start_latency: registry.histogram(
+                "executor.container_start_latency_seconds",
+                "Time from asking for a container to its command running (network, bundle, \
+                 cgroup, runtime)",
+                &[0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+                &[],
+            ),
+            oom_kills: registry.counter(
+                "executor.oom_kills",
+                "Instances the kernel killed for passing their memory limit",
+                &[],
+            ),
+            cleanup_failures: registry.counter(
+                "executor.container_cleanup_failures",
+                "Containers whose cgroup, bundle or network could not be fully removed",
+                &[],
+            ),
             instances,
             cache: CacheMetrics {
                 hits: registry.counter(
@@ -118,6 +144,12 @@ impl Metrics {
                 ),
             },
         }
+    }
+
+    /// Counts one container start that took `latency` (from spawn to running).
+    pub(crate) fn container_started(&self, latency: std::time::Duration) {
+        self.container_starts.inc();
+        self.container_start_latency.observe(latency);
     }
 
     /// Counts one crash.

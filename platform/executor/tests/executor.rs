@@ -23,7 +23,7 @@ env | sort
 echo "to stderr" >&2
 head -c 70000 /dev/zero | tr '\0' 'x'; echo
 printf 'one\r\ntwo\n'
-exec python3 -m http.server "$PORT" --bind 127.0.0.1
+exec python3 -m http.server "$PORT" --bind 0.0.0.0
 "#;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -40,7 +40,6 @@ async fn an_app_runs_with_its_env_logs_and_route_then_stops() {
     let reply = rig.request_start(&start).await;
     assert!(reply.accepted, "{reply:?}");
     let hb = rig.wait_state(&guid, InstanceState::Running, WAIT).await;
-    let port = hb.instances[0].port.unwrap();
     assert_eq!(hb.executor_id, "cell-1");
     assert_eq!(hb.used.memory_mb, 256);
     assert_eq!(hb.used.instances, 1);
@@ -52,15 +51,19 @@ async fn an_app_runs_with_its_env_logs_and_route_then_stops() {
         .unwrap()
         .json()
         .unwrap();
-    assert_eq!(register.host, "127.0.0.1");
+    // In its container the app has an address of its own on the bridge and listens on 8080.
+    let port = 8080;
+    assert_ne!(register.host, "127.0.0.1");
+    assert!(register.host.starts_with("10."), "{}", register.host);
     assert_eq!(register.port, port);
+    let host = register.host.clone();
     assert_eq!(register.uris, vec!["shop.hydrant.test".to_owned()]);
     assert_eq!(register.app.as_deref(), Some("app-guid-1"));
     assert_eq!(register.private_instance_id.as_deref(), Some(guid.as_str()));
     assert_eq!(register.private_instance_index.as_deref(), Some("3"));
     assert_eq!(register.tags["app_name"], "shop");
     // The app really serves on that port.
-    let page = reqwest::get(format!("http://127.0.0.1:{port}/app.sh"))
+    let page = reqwest::get(format!("http://{host}:{port}/app.sh"))
         .await
         .unwrap();
     assert_eq!(page.status(), 200);
@@ -90,15 +93,15 @@ async fn an_app_runs_with_its_env_logs_and_route_then_stops() {
     assert!(has("GREETING=hello world"));
     assert!(has("MEMORY_LIMIT=256m"));
     assert!(has("VCAP_SERVICES={}"));
+    assert!(has("HOME=/home/vcap/app"), "{out:?}");
+    assert!(has("TMPDIR=/home/vcap/tmp"));
+    assert!(has("HYDRANT_BIN=/opt/hydrant/hydrant"));
+    assert!(has(&format!("CF_INSTANCE_INTERNAL_IP={host}")));
     assert!(
         out.iter()
-            .any(|l| l.starts_with("HOME=") && l.ends_with("/app"))
+            .any(|l| l.starts_with("PATH=") && !l.contains("/root")),
+        "the container's PATH is the stack's"
     );
-    assert!(
-        out.iter()
-            .any(|l| l.starts_with("TMPDIR=") && l.ends_with("/tmp"))
-    );
-    assert!(out.iter().any(|l| l.starts_with("HYDRANT_BIN=/")));
     let vcap = out
         .iter()
         .find_map(|l| l.strip_prefix("VCAP_APPLICATION="))
@@ -185,6 +188,13 @@ async fn an_app_runs_with_its_env_logs_and_route_then_stops() {
     assert!(
         metrics.contains("executor_starts_total{source_id=\"executor\",instance_id=\"cell-1\"} 1")
     );
+    assert!(
+        metrics.contains(
+            "executor_container_starts_total{source_id=\"executor\",instance_id=\"cell-1\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("executor_container_start_latency_seconds_bucket"));
     assert!(metrics.contains("executor_droplet_cache_misses_total"));
     rig.stop().await;
 }
@@ -324,11 +334,24 @@ async fn an_app_over_its_memory_quota_is_killed_as_oom() {
     assert_eq!(crash.instance, guid);
     assert_eq!(crash.reason, "OOM");
     assert_eq!(crash.exit_status, Some(137));
-    assert!(crash.exit_description.ends_with("(out of memory)"));
+    // The kernel killed it at its cgroup's limit; the crash says so, with the peak.
+    assert!(
+        crash
+            .exit_description
+            .starts_with("APP/PROC/WEB: Exited with status 137 (out of memory); peak memory 6"),
+        "{}",
+        crash.exit_description
+    );
+    assert!(crash.exit_description.ends_with("of its 64 MiB quota"));
     wait_log(rig.agent(), "oom exit line", WAIT, |st, p| {
         st == "CELL" && p == "Exit status 137 (out of memory)"
     })
     .await;
+    assert!(
+        rig.metrics()
+            .await
+            .contains("executor_oom_kills_total{source_id=\"executor\",instance_id=\"cell-1\"} 1")
+    );
     rig.stop().await;
 }
 
@@ -400,7 +423,7 @@ async fn an_app_printing_flat_out_is_never_blocked_and_drops_are_counted() {
     // The agent is unreachable, so everything the app prints beyond the emitter's queue is
     // dropped; the app must still get through its output and open its port.
     let mut rig = Rig::start("executor-flood", false, |_| {}).await;
-    let app = "yes 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' | head -n 400000\nexec python3 -m http.server \"$PORT\" --bind 127.0.0.1\n";
+    let app = "yes 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' | head -n 400000\nexec python3 -m http.server \"$PORT\" --bind 0.0.0.0\n";
     let (url, sha) = rig.droplets.put("flood", droplet(&[("flood.sh", app)]));
     let start = rig.start_message("bash flood.sh", &url, &sha);
     let guid = start.instance.clone();
@@ -441,7 +464,7 @@ async fn an_app_printing_flat_out_is_never_blocked_and_drops_are_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutting_the_executor_down_stops_its_instances_and_unregisters_routes() {
     let mut rig = Rig::start("executor-shutdown", true, |_| {}).await;
-    let app = "exec python3 -m http.server \"$PORT\" --bind 127.0.0.1\n";
+    let app = "exec python3 -m http.server \"$PORT\" --bind 0.0.0.0\n";
     let (url, sha) = rig.droplets.put("web", droplet(&[("web.sh", app)]));
     let start = rig.start_message("bash web.sh", &url, &sha);
     let guid = start.instance.clone();
@@ -484,17 +507,20 @@ async fn shutting_the_executor_down_stops_its_instances_and_unregisters_routes()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_keep_running_and_logging_while_the_bus_is_down() {
     let mut rig = Rig::start("executor-outage", true, |_| {}).await;
-    let app = "python3 -m http.server \"$PORT\" --bind 127.0.0.1 &\n\
+    let app = "python3 -m http.server \"$PORT\" --bind 0.0.0.0 &\n\
                i=0; while true; do i=$((i+1)); echo \"tick $i\"; sleep 0.05; done\n";
     let (url, sha) = rig.droplets.put("ticker", droplet(&[("tick.sh", app)]));
     let start = rig.start_message("bash tick.sh", &url, &sha);
     let guid = start.instance.clone();
     assert!(rig.request_start(&start).await.accepted);
-    let hb = rig.wait_state(&guid, InstanceState::Running, WAIT).await;
-    let port = hb.instances[0].port.unwrap();
-    let _ = tokio::time::timeout(WAIT, rig.registers.next())
+    rig.wait_state(&guid, InstanceState::Running, WAIT).await;
+    let registered: RegistryMessage = tokio::time::timeout(WAIT, rig.registers.next())
         .await
+        .unwrap()
+        .unwrap()
+        .json()
         .unwrap();
+    let (host, port) = (registered.host, registered.port);
 
     rig.bus.simulate_outage(true).unwrap();
     let ticks = || {
@@ -510,7 +536,7 @@ async fn instances_keep_running_and_logging_while_the_bus_is_down() {
         async move { now >= before + 10 }
     })
     .await;
-    let page = reqwest::get(format!("http://127.0.0.1:{port}/tick.sh"))
+    let page = reqwest::get(format!("http://{host}:{port}/tick.sh"))
         .await
         .unwrap();
     assert_eq!(
@@ -529,5 +555,100 @@ async fn instances_keep_running_and_logging_while_the_bus_is_down() {
         .json()
         .unwrap();
     assert_eq!(again.port, port);
+    rig.stop().await;
+}
+
+/// Host processes whose cgroup lies under `parent`/`guid`: what runs in that container.
+fn processes_in(parent: &str, guid: &str) -> Vec<(u32, String)> {
+    let needle = format!("{parent}/{guid}/");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|c| c.contains(&needle))
+        })
+        .filter_map(|pid| {
+            let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+            Some((pid, cmd.replace('\0', " ")))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_takes_a_setsid_double_forked_child_with_the_container() {
+    let mut parent = String::new();
+    let mut rig = Rig::start("executor-setsid", true, |c| {
+        parent = c.containers.cgroup_parent.clone();
+    })
+    .await;
+    let app = "setsid bash -c '(sleep 300 &) ; exec sleep 301' &\n\
+               exec python3 -m http.server \"$PORT\" --bind 0.0.0.0\n";
+    let (url, sha) = rig.droplets.put("daemon", droplet(&[("d.sh", app)]));
+    let start = rig.start_message("bash d.sh", &url, &sha);
+    let guid = start.instance.clone();
+    assert!(rig.request_start(&start).await.accepted);
+    rig.wait_state(&guid, InstanceState::Running, WAIT).await;
+    wait_for(WAIT, "the escaped children", || {
+        let found = processes_in(&parent, &guid);
+        async move {
+            found.iter().any(|(_, c)| c.starts_with("sleep 300"))
+                && found.iter().any(|(_, c)| c.starts_with("sleep 301"))
+        }
+    })
+    .await;
+    assert!(rig.request_stop("app-guid-1", &guid).await.accepted);
+    rig.wait_state(&guid, InstanceState::Down, WAIT).await;
+    let left = processes_in(&parent, &guid);
+    assert!(left.is_empty(), "outlived the stop: {left:?}");
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_past_its_disk_quota_is_stopped_with_the_reason() {
+    let mut rig = Rig::start("executor-disk", true, |c| c.disk_check_interval_secs = 1).await;
+    let app = "head -c 12000000 /dev/zero > /home/vcap/app/fill; echo filled; exec sleep 300\n";
+    let (url, sha) = rig.droplets.put("filler", droplet(&[("fill.sh", app)]));
+    let mut start = rig.start_message("bash fill.sh", &url, &sha);
+    start.disk_mb = 10;
+    start.health_check.kind = HealthCheckType::Process;
+    let guid = start.instance.clone();
+    assert!(rig.request_start(&start).await.accepted);
+    let crash = rig.next_crash(WAIT).await;
+    assert_eq!(crash.instance, guid);
+    assert_eq!(crash.reason, "CRASHED");
+    assert!(
+        crash
+            .exit_description
+            .contains("past its disk quota of 10 MiB"),
+        "{}",
+        crash.exit_description
+    );
+    rig.wait_state(&guid, InstanceState::Crashed, WAIT).await;
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unisolated_instances_say_so_on_every_start() {
+    let mut rig = Rig::start("executor-none", true, |c| {
+        c.isolation = hydrant_executor::Isolation::None;
+    })
+    .await;
+    let app = "echo uid=$(id -u)\nexec python3 -m http.server \"$PORT\" --bind 127.0.0.1\n";
+    let (url, sha) = rig.droplets.put("plain", droplet(&[("p.sh", app)]));
+    let start = rig.start_message("bash p.sh", &url, &sha);
+    let guid = start.instance.clone();
+    assert!(rig.request_start(&start).await.accepted);
+    let hb = rig.wait_state(&guid, InstanceState::Running, WAIT).await;
+    let port = hb.instances[0].port.unwrap();
+    let page = reqwest::get(format!("http://127.0.0.1:{port}/p.sh"))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    wait_log(rig.agent(), "the warning", WAIT, |st, p| {
+        st == "CELL" && p.contains("running WITHOUT isolation")
+    })
+    .await;
     rig.stop().await;
 }

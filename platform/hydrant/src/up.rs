@@ -458,6 +458,10 @@ async fn start_platform(
 
     let executor = hydrant_executor::Config {
         data_dir: data_dir.join("executor"),
+        // Instances run unisolated (warned at start and in every instance's CELL lines)
+        // until `hydrant up --isolation` lands with the micro cloud's apps listening
+        // beyond loopback and a bridge per test cloud.
+        isolation: hydrant_executor::Isolation::None,
         bus: bus.clone(),
         telemetry: telemetry.clone(),
         ..hydrant_executor::Config::default()

@@ -436,6 +436,9 @@ impl Cluster {
         c.start_role("cloudcontroller", &cc, "api_admin");
         let executor = json!({
             "executor_id": "cell-1",
+            // The pushed apps listen on loopback; containers are tested in the executor's and
+            // the container crate's own tests.
+            "isolation": "none",
             "data_dir": c.path("executor").display().to_string(),
             "admin_listen": format!("127.0.0.1:{}", c.port("executor_admin")),
             "stop_timeout_secs": 2,

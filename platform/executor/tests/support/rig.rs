@@ -130,8 +130,13 @@ pub fn evil_droplet(raw_name: &str) -> Vec<u8> {
     builder.into_inner().unwrap().finish().unwrap()
 }
 
+/// Rigs started by this test process, to give each its own bridge and subnet.
+static RIGS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// One executor under test with everything around it.
 pub struct Rig {
+    /// The container network to remove at `stop` (`None` when unisolated).
+    network: Option<hydrant_container::net::NetConfig>,
     pub bus: Bus,
     agent: Option<FakeAgent>,
     pub droplets: DropletServer,
@@ -147,7 +152,7 @@ pub struct Rig {
 }
 
 impl Rig {
-    /// Starts an executor with short timings; `tweak` adjusts the config. `agent`: record
+    /// Starts an executor (in containers unless `tweak` says otherwise) with short timings; `tweak` adjusts the config. `agent`: record
     /// envelopes (true) or point at a dead address (false).
     pub async fn start(name: &str, agent: bool, tweak: impl FnOnce(&mut Config)) -> Self {
         let bus_config = hydrant_bus::Config::inprocess(name);
@@ -179,15 +184,26 @@ impl Rig {
             bus: bus_config,
             ..Config::default()
         };
+        // Each rig its own cgroup parent, bridge and subnet: tests run side by side, and each
+        // executor removes what it finds under its own at start.
+        let n = RIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        config.containers.cgroup_parent = format!("hydrant-test/{name}-{pid}");
+        config.network.bridge = format!("x{:04x}{n:x}", pid & 0xffff);
+        config.network.subnet = format!("10.{}.{}.0/22", 200 + pid % 50, (n % 64) * 4);
         config.telemetry.agent = Some(agent_url);
         config.telemetry.interval_secs = 1;
         tweak(&mut config);
         let executor_id = config.executor_id.clone();
+        let config_isolation = config.isolation;
+        let config_network = config.network.clone();
         let listeners = Listeners::bind(&config).await.unwrap();
         let admin = listeners.admin.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(hydrant_executor::run(config, listeners, shutdown.clone()));
         let rig = Self {
+            network: (config_isolation == hydrant_executor::Isolation::Container)
+                .then_some(config_network),
             bus,
             agent,
             droplets,
@@ -291,7 +307,16 @@ impl Rig {
         loop {
             let message = tokio::time::timeout_at(deadline, self.heartbeats.next())
                 .await
-                .unwrap_or_else(|_| panic!("no heartbeat with {guid} {state:?} in {timeout:?}"))
+                .unwrap_or_else(|_| {
+                    let seen: Vec<String> = self.agent.as_ref().map_or_else(Vec::new, |a| {
+                        ["CELL", "HEALTH", "APP/PROC/WEB"]
+                            .iter()
+                            .flat_map(|t| a.lines(t))
+                            .take(50)
+                            .collect()
+                    });
+                    panic!("no heartbeat with {guid} {state:?} in {timeout:?}; logs: {seen:#?}")
+                })
                 .unwrap();
             let hb: ExecutorHeartbeat = message.json().unwrap();
             if hb
@@ -330,6 +355,12 @@ impl Rig {
             .expect("executor did not shut down in time")
             .unwrap()
             .unwrap();
+        // The executor leaves its bridge for the next start; a test leaves nothing.
+        if let Some(network) = self.network.take()
+            && let Ok(net) = hydrant_container::net::Network::setup(&network).await
+        {
+            net.teardown().await.unwrap();
+        }
     }
 }
 

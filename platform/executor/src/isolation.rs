@@ -1,0 +1,111 @@
+//! How the executor isolates instances: with `isolation = "container"` (the default) it opens
+//! the container runtime and the container network once at start, after removing whatever an
+//! earlier run (killed with SIGKILL) left; with `"none"` it says loudly that apps run
+//! unisolated.
+//!
+//! Invariant: the executor never runs apps unisolated unless its config says `none`; when
+//! containers cannot be made, start fails with the reason and the fix (including
+//! `--isolation none`), never a silent fallback.
+
+use std::path::PathBuf;
+
+use hydrant_container::Containers;
+use hydrant_container::net::{EgressRule, Network, Protocol};
+
+use crate::Error;
+use crate::config::{Config, Isolation};
+
+/// The CELL line that marks an unisolated instance.
+pub(crate) const UNISOLATED: &str = "running WITHOUT isolation: the app runs as the platform's own user and can read its data (isolation = \"none\")";
+
+/// The container runtime and network of one executor.
+#[derive(Debug)]
+pub(crate) struct Isolated {
+    pub(crate) containers: Containers,
+    pub(crate) network: Network,
+}
+
+fn refused(error: &hydrant_container::Error) -> Error {
+    Error::Config {
+        field: "isolation",
+        message: format!(
+            "{error}. To run apps unisolated on purpose (they can then read the platform's \
+             keys), set isolation = \"none\" or run `hydrant up --isolation none`"
+        ),
+    }
+}
+
+/// Paths no container may see even where a bound host tree would show them: the data dir,
+/// the directory above it (the micro cloud keeps its keys there) and the binary's directory.
+fn hidden(config: &Config, hydrant_bin: &str) -> Vec<PathBuf> {
+    let mut hidden = Vec::new();
+    let data = std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
+    if let Some(parent) = data.parent().filter(|p| p.components().count() > 2) {
+        hidden.push(parent.to_path_buf());
+    }
+    hidden.push(data);
+    if let Some(dir) = std::path::Path::new(hydrant_bin).parent() {
+        hidden.push(dir.to_path_buf());
+    }
+    hidden
+}
+
+/// Opens isolation as configured.
+///
+/// # Errors
+/// [`Error::Config`] (field `isolation`) saying why containers cannot be made here and how to
+/// fix it.
+pub(crate) async fn open(config: &Config) -> Result<Option<Isolated>, Error> {
+    if config.isolation == Isolation::None {
+        tracing::warn!("executor {}: {UNISOLATED}", config.executor_id);
+        return Ok(None);
+    }
+    let hydrant_bin = std::env::current_exe()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let containers = Containers::open(&config.container_config(), hidden(config, &hydrant_bin))
+        .await
+        .map_err(|e| refused(&e))?;
+    let left = containers.cleanup().await.map_err(|e| refused(&e))?;
+    if !left.is_empty() {
+        tracing::warn!(containers = ?left.containers, cgroups = ?left.cgroups,
+            bundles = ?left.bundles, failures = ?left.failures,
+            "executor: removed containers an earlier run left behind");
+    }
+    let network = Network::setup(&config.network)
+        .await
+        .map_err(|e| refused(&e))?;
+    tracing::info!(runtime = %containers.runtime().display(), cgroups = containers.cgroup_version(),
+        bridge = %config.network.bridge, "executor: instances run in containers");
+    Ok(Some(Isolated {
+        containers,
+        network,
+    }))
+}
+
+/// Rules letting an instance ask the host's resolvers (`/etc/resolv.conf`, which the stack
+/// shows inside) on port 53, even where they sit in a denied range: apps resolve names (and
+/// Python's `http.server` waits on a reverse lookup before it listens). Loopback resolvers are
+/// left out: a container's loopback is its own.
+pub(crate) async fn dns_rules() -> Vec<EgressRule> {
+    let resolv_conf = tokio::fs::read_to_string("/etc/resolv.conf")
+        .await
+        .unwrap_or_default();
+    resolv_conf
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            if words.next()? != "nameserver" {
+                return None;
+            }
+            words.next()?.parse::<std::net::Ipv4Addr>().ok()
+        })
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .flat_map(|ip| {
+            [Protocol::Udp, Protocol::Tcp].map(|protocol| EgressRule {
+                description: "DNS: the host's resolver".to_owned(),
+                ..EgressRule::allow(protocol, &ip.to_string(), Some("53"))
+            })
+        })
+        .collect()
+}
