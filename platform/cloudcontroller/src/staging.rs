@@ -62,6 +62,10 @@ const CLEANUP_GRACE: Duration = Duration::from_secs(30);
 /// the pipes are at their end, this only bounds a stuck reader).
 const DRAIN: Duration = Duration::from_secs(2);
 
+/// How close to its memory limit a failed install step's peak must come for the failure to be
+/// reported as running out of memory, bytes.
+const STARVED_SLACK: u64 = 1 << 20;
+
 /// `PATH` inside a staging container, and where install tools are looked for in the stack
 /// (the host's own trees, read-only; nothing under `/root` or a version manager's shims).
 const STACK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -973,8 +977,15 @@ async fn run_container(
         tracing::warn!(container = %spec.id, %failure, "staging container cleanup");
     }
     let memory_mb = spec.limits.memory_bytes >> 20;
+    // The kernel kills the process that grew (say, a node script npm started); the tool then
+    // exits with its own status, not 137, so a failed step whose peak reached the limit counts
+    // as starved too.
+    let starved = end.out_of_memory
+        || (matches!(ran, Ran::Exited(Some(code)) if code != 0)
+            && spec.limits.memory_bytes > 0
+            && end.peak_bytes.saturating_add(STARVED_SLACK) >= spec.limits.memory_bytes);
     match ran {
-        _ if end.out_of_memory => Err(format!(
+        _ if starved => Err(format!(
             "{title} ran out of memory: the kernel killed it at the staging limit of \
              {memory_mb} MiB (staging_isolation.memory_mb)"
         )),
