@@ -215,7 +215,7 @@ pub struct Network {
     prefix_len: u8,
     table: String,
     pool: Mutex<Pool>,
-    /// An exclusive lock on `/run/hydrant/net-<bridge>.lock` for this network's life: a second
+    /// An exclusive lock on `/run/hydrant/net-<bridge>.lock` for this network's life: another
     /// live process set up on the same bridge would remove this one's containers as leftovers,
     /// so it is refused instead. The kernel drops the lock when the process dies, however.
     _lock: Option<std::fs::File>,
@@ -281,7 +281,7 @@ impl Network {
         let (network, prefix_len) = config.pool()?;
         let (start, end) = rules::cidr_interval(network, prefix_len);
         let gateway = Ipv4Addr::from(start + 1);
-        let lock = lock_bridge(&config.bridge).await?;
+        let lock = lock_bridge(&config.bridge)?;
         check_subnet_free(&config.bridge, &config.subnet, (start, end)).await?;
         let net = Network {
             _lock: Some(lock),
@@ -631,12 +631,12 @@ table bridge {table} {{
 /// Where the per-bridge locks live (a tmpfs: nothing survives a reboot, as nothing should).
 const LOCK_DIR: &str = "/run/hydrant";
 
-/// How long setup waits for the bridge's lock. A lock is also held, for a moment, by a child
-/// forked (before its exec) while the previous owner in this process was alive; a live owner
-/// holds it for good.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-async fn lock_bridge(bridge: &str) -> Result<std::fs::File, Error> {
+/// Takes the bridge's lock and writes our PID into it. The lock is already ours when an
+/// earlier [`Network`] of this same process was forgotten without a teardown (a role restarted
+/// in-process, a test simulating a crash; a child forked meanwhile may hold it for a moment
+/// too): then this setup takes over. Any other live holder is refused.
+fn lock_bridge(bridge: &str) -> Result<std::fs::File, Error> {
+    use std::io::Write as _;
     let path = Path::new(LOCK_DIR).join(format!("net-{bridge}.lock"));
     let io = |source| Error::Io {
         what: "locking the container bridge",
@@ -644,28 +644,36 @@ async fn lock_bridge(bridge: &str) -> Result<std::fs::File, Error> {
         source,
     };
     std::fs::create_dir_all(LOCK_DIR).map_err(io)?;
-    let file = std::fs::OpenOptions::new()
+    let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .open(&path)
         .map_err(io)?;
-    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            Err(std::fs::TryLockError::WouldBlock) => break,
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0).map_err(io)?;
+            writeln!(file, "{}", std::process::id()).map_err(io)?;
+            Ok(file)
         }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            if holder.trim().parse::<u32>().ok() == Some(std::process::id()) {
+                return Ok(file);
+            }
+            Err(Error::NetworkConflict(format!(
+                "bridge {bridge:?} is in use by another running process (pid {}, holding {}): \
+                 stop it, or give this one its own `network.bridge` and `network.subnet`",
+                match holder.trim() {
+                    "" => "unknown",
+                    pid => pid,
+                },
+                path.display()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
     }
-    Err(Error::NetworkConflict(format!(
-        "bridge {bridge:?} is in use by another running process (it holds {}): stop it, or \
-             give this one its own `network.bridge` and `network.subnet`",
-        path.display()
-    )))
 }
 
 /// Refuses a subnet that an interface other than our bridge already has an address in (or a

@@ -272,12 +272,26 @@ async fn a_container_reaches_nothing_on_the_host_nor_its_neighbours_but_the_rout
     require_root();
     let _guard = Guard::new(1);
     let net = Network::setup(&config(1)).await.unwrap();
-    // A second live network on the same bridge would remove this one's containers: refused.
-    let err = Network::setup(&config(1)).await.unwrap_err().to_string();
+    // Another live process on the same bridge would remove this one's containers: refused.
+    // (A lock on another open file of the lock, with a foreign PID in it, stands in for one.)
+    let other = config(7);
+    let lock_path = format!("/run/hydrant/net-{}.lock", other.bridge);
+    std::fs::write(&lock_path, "1\n").unwrap();
+    let held = File::open(&lock_path).unwrap();
+    held.try_lock().unwrap();
+    let err = Network::setup(&other).await.unwrap_err().to_string();
     assert!(
-        err.contains("\"hyt1\" is in use by another running process"),
+        err.contains("\"hyt7\" is in use by another running process (pid 1"),
         "{err}"
     );
+    drop(held);
+    let _guard7 = Guard::new(7);
+    Network::setup(&other)
+        .await
+        .unwrap()
+        .teardown()
+        .await
+        .unwrap();
     // So is a subnet an interface of the host already has addresses in.
     let overlapping = NetConfig {
         bridge: "hyt9".into(),
@@ -522,8 +536,9 @@ async fn setup_after_a_crash_removes_every_leftover_and_teardown_leaves_nothing(
         .unwrap();
     let b = net.attach("app/1", &[]).await.unwrap();
     let (names, a_ip) = ([a.netns.clone(), b.netns.clone()], a.ip);
-    // The platform is SIGKILLed: nothing is detached.
-    drop((a, b, net));
+    // The platform is SIGKILLed: nothing is detached, nothing torn down, nothing dropped.
+    std::mem::forget(net);
+    drop((a, b));
     for name in &names {
         assert!(netns_list().contains(name.as_str()));
     }
