@@ -147,14 +147,6 @@ fn origin<'a>(view: &EnvelopeView<'a>) -> Option<&'a str> {
     found.filter(|o| !o.is_empty())
 }
 
-fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
 impl Router {
     pub(crate) fn new(settings: Settings, lanes: Vec<Arc<Lane>>, metrics: Metrics) -> Self {
         let now = Instant::now();
@@ -308,7 +300,7 @@ impl Router {
             scratch.clear();
             scratch.extend_from_slice(bytes);
             scratch.push(0x12);
-            put_varint(&mut scratch, source_id.len() as u64);
+            wire::put_varint(&mut scratch, source_id.len() as u64);
             scratch.extend_from_slice(source_id.as_bytes());
             self.push(state, lane, &scratch, sequence, now);
             state.scratch = scratch;

@@ -569,7 +569,10 @@ pub fn split_batch(batch: &Bytes) -> impl Iterator<Item = Result<Bytes, Error>> 
     })
 }
 
-fn varint_len(mut v: u64) -> usize {
+/// Bytes `v` takes as a protobuf varint (1 to 10).
+#[inline]
+#[must_use]
+pub fn varint_len(mut v: u64) -> usize {
     let mut n = 1;
     while v >= 0x80 {
         v >>= 7;
@@ -578,7 +581,10 @@ fn varint_len(mut v: u64) -> usize {
     n
 }
 
-fn put_varint(buf: &mut BytesMut, mut v: u64) {
+/// Appends `v` as a protobuf varint: the one varint writer every hop that writes the wire
+/// format by hand (this builder, the emitter's encoder, the agent's batches) shares.
+#[inline]
+pub fn put_varint(buf: &mut impl BufMut, mut v: u64) {
     while v >= 0x80 {
         buf.put_u8((v as u8) | 0x80);
         v >>= 7;

@@ -6,29 +6,14 @@
 //! output is an ordinary `loggregator.v2.Envelope` (fields in number order, proto3 defaults
 //! omitted), so any prost decoder reads it back; the tests check exactly that.
 
+use hydrant_envelope::wire::{put_varint, varint_len};
+
 /// Wire type 0.
 const VARINT: u8 = 0;
 /// Wire type 1.
 const FIXED64: u8 = 1;
 /// Wire type 2.
 const LEN: u8 = 2;
-
-fn varint_len(mut v: u64) -> usize {
-    let mut n = 1;
-    while v >= 0x80 {
-        v >>= 7;
-        n += 1;
-    }
-    n
-}
-
-fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
 
 fn put_key(buf: &mut Vec<u8>, field: u32, wire: u8) {
     put_varint(buf, u64::from(field << 3 | u32::from(wire)));
