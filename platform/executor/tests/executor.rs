@@ -652,3 +652,154 @@ async fn unisolated_instances_say_so_on_every_start() {
     .await;
     rig.stop().await;
 }
+
+/// An app that tries to escape its container on every request and answers what happened.
+const ESCAPE_APP: &str = r#"
+import json, os, socket, subprocess, urllib.parse, http.server
+
+def attempt(action):
+    try:
+        return "escaped: " + repr(action())[:100]
+    except Exception as error:
+        return "blocked: " + type(error).__name__
+
+def environs_with(marker):
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if marker in open("/proc/%s/environ" % pid, "rb").read():
+                    found.append(pid)
+            except Exception:
+                pass
+    return found
+
+class Escape(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+        report = {"uid": subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip()}
+        for path in query.get("read", []):
+            report["read " + path] = attempt(lambda: open(path).read())
+        for pid in query.get("kill", []):
+            report["kill " + pid] = attempt(lambda: os.kill(int(pid), 9))
+        for addr in query.get("connect", []):
+            host, port = addr.rsplit(":", 1)
+            report["connect " + addr] = attempt(
+                lambda: socket.create_connection((host, int(port)), timeout=1).close())
+        report["environ"] = environs_with(b"OTHER_SECRET")
+        body = json.dumps(report).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Escape).serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_cannot_escape_its_container() {
+    let mut parent = String::new();
+    let mut subnet = String::new();
+    let mut rig = Rig::start("executor-escape", true, |c| {
+        parent = c.containers.cgroup_parent.clone();
+        subnet = c.network.subnet.clone();
+    })
+    .await;
+    // The platform's secrets beside the executor's data dir, as the micro cloud keeps them.
+    let key = rig.data.path().join("signing.key");
+    let endpoints = rig.data.path().join("endpoints.json");
+    std::fs::write(&key, "PLATFORM-SIGNING-KEY").unwrap();
+    std::fs::write(&endpoints, r#"{"token":"ADMIN-TOKEN"}"#).unwrap();
+
+    // A neighbour with a secret in its environment.
+    let (url, sha) = rig
+        .droplets
+        .put("other", droplet(&[("o.sh", "exec sleep 300\n")]));
+    let mut other = rig.start_message("bash o.sh", &url, &sha);
+    other.app = "other-app".into();
+    other.instance = "other-instance".into();
+    other.uris.clear();
+    other.health_check.kind = HealthCheckType::Process;
+    other.env.insert("OTHER_SECRET".into(), "neighbour".into());
+    assert!(rig.request_start(&other).await.accepted);
+    rig.wait_state("other-instance", InstanceState::Running, WAIT)
+        .await;
+    let mut neighbour = Vec::new();
+    wait_for(WAIT, "the neighbour's processes", || {
+        neighbour = processes_in(&parent, "other-instance");
+        let found = !neighbour.is_empty();
+        async move { found }
+    })
+    .await;
+
+    let (url, sha) = rig
+        .droplets
+        .put("escape", droplet(&[("escape.py", ESCAPE_APP)]));
+    let start = rig.start_message("exec python3 escape.py", &url, &sha);
+    let guid = start.instance.clone();
+    assert!(rig.request_start(&start).await.accepted);
+    rig.wait_state(&guid, InstanceState::Running, WAIT).await;
+    let route: RegistryMessage = loop {
+        let message: RegistryMessage = tokio::time::timeout(WAIT, rig.registers.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .json()
+            .unwrap();
+        if message.private_instance_id.as_deref() == Some(guid.as_str()) {
+            break message;
+        }
+    };
+
+    // The platform's ports: on the host's loopback and on the bridge's own address.
+    let gateway = {
+        let base: std::net::Ipv4Addr = subnet.split('/').next().unwrap().parse().unwrap();
+        std::net::Ipv4Addr::from(u32::from(base) + 1)
+    };
+    let agent_port = rig.agent().url().rsplit(':').next().unwrap().to_owned();
+    let admin_port = rig.admin.port().to_string();
+    let mut query = vec![
+        format!("read={}", key.display()),
+        format!("read={}", endpoints.display()),
+        "read=/etc/shadow".to_owned(),
+    ];
+    for (pid, _) in &neighbour {
+        query.push(format!("kill={pid}"));
+    }
+    for port in [&agent_port, &admin_port] {
+        query.push(format!("connect=127.0.0.1:{port}"));
+        query.push(format!("connect={gateway}:{port}"));
+    }
+    let page = reqwest::get(format!(
+        "http://{}:{}/?{}",
+        route.host,
+        route.port,
+        query.join("&")
+    ))
+    .await
+    .unwrap();
+    assert_eq!(page.status(), 200);
+    let report: serde_json::Value = page.json().await.unwrap();
+    assert_eq!(report["uid"], "2000", "{report:#}");
+    assert_eq!(report["environ"], serde_json::json!([]), "{report:#}");
+    let attempts = report.as_object().unwrap();
+    assert_eq!(attempts.len(), 2 + 3 + neighbour.len() + 4, "{report:#}");
+    for (what, outcome) in attempts {
+        if what == "uid" || what == "environ" {
+            continue;
+        }
+        let outcome = outcome.as_str().unwrap();
+        assert!(
+            outcome.starts_with("blocked")
+                || (what == "read /etc/shadow" && outcome == "escaped: ''"),
+            "{what}: {outcome}"
+        );
+    }
+    // The neighbour lives on.
+    assert!(!processes_in(&parent, "other-instance").is_empty());
+    rig.stop().await;
+}
