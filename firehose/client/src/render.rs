@@ -15,10 +15,10 @@
 //! cosmetic while a real ESC is not. With `color`, the only ESC bytes in the output are this
 //! module's own SGR sequences, right after the indent and right before the newline.
 
-use std::cell::Cell;
 use std::fmt::Write as _;
 
 use hydrant_envelope::gap::{GAP_SOURCE, Gap};
+use hydrant_envelope::time::Civil;
 use hydrant_envelope::v2;
 use hydrant_envelope::wire::{EnvelopeView, Fields, Kind, Value};
 use prost::Message as _;
@@ -296,64 +296,26 @@ pub fn escape_text(text: &str) -> String {
 
 /// Appends `ns` (UNIX ns) as `2006-01-02T15:04:05.00-0700`: centiseconds, truncated like Go.
 pub fn format_timestamp(ns: i64, tz: TimeZone, out: &mut String) {
-    let secs = ns.div_euclid(1_000_000_000);
-    let centis = ns.rem_euclid(1_000_000_000) / 10_000_000;
-    let offset = match tz {
-        TimeZone::Utc => 0,
-        TimeZone::Fixed(offset) => offset,
-        TimeZone::Local => local_offset(secs),
+    let c = match tz {
+        TimeZone::Utc => Civil::utc(ns),
+        TimeZone::Fixed(offset) => Civil::at_offset(ns, offset),
+        TimeZone::Local => Civil::local(ns),
     };
-    let local = secs.saturating_add(i64::from(offset));
-    let (year, month, day) = civil_from_days(local.div_euclid(86_400));
-    let second_of_day = local.rem_euclid(86_400);
-    let sign = if offset < 0 { '-' } else { '+' };
-    let offset_minutes = offset.unsigned_abs() / 60;
+    let sign = if c.offset_seconds < 0 { '-' } else { '+' };
+    let offset_minutes = c.offset_seconds.unsigned_abs() / 60;
     let _ = write!(
         out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{centis:02}{sign}{:02}{:02}",
-        second_of_day / 3600,
-        second_of_day % 3600 / 60,
-        second_of_day % 60,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:02}{sign}{:02}{:02}",
+        c.year,
+        c.month,
+        c.day,
+        c.hour,
+        c.minute,
+        c.second,
+        c.nanosecond / 10_000_000,
         offset_minutes / 60,
         offset_minutes % 60,
     );
-}
-
-/// The local UTC offset at `secs`, cached per minute (zone rules change on minute boundaries)
-/// so a burst of lines asks the zone database once.
-fn local_offset(secs: i64) -> i32 {
-    use chrono::{Offset as _, TimeZone as _};
-    thread_local! {
-        static CACHE: Cell<(i64, i32)> = const { Cell::new((i64::MIN, 0)) };
-    }
-    let minute = secs.div_euclid(60);
-    CACHE.with(|cache| {
-        let (cached_minute, offset) = cache.get();
-        if cached_minute == minute {
-            return offset;
-        }
-        let offset = chrono::Local
-            .timestamp_opt(secs, 0)
-            .earliest()
-            .map_or(0, |t| t.offset().fix().local_minus_utc());
-        cache.set((minute, offset));
-        offset
-    })
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

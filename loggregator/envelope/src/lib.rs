@@ -13,6 +13,7 @@
 //! - [`gap`]: the in-band marker that tells a consumer how many envelopes it lost and why.
 //! - [`semantic`]: what the platform's envelopes mean: the router's `http` Timer, the container
 //!   metrics, log source types and tag keys, built and read through typed helpers.
+//! - [`time`]: envelope timestamps as calendar time (RFC 3339, local offsets), on `jiff`.
 //!
 //! The invariant this crate keeps: nothing here panics on input, and no allocation is sized by
 //! a length read from the wire before that length has been checked against the bytes present.
@@ -21,6 +22,7 @@ pub mod gap;
 pub mod json;
 pub mod raw;
 pub mod semantic;
+pub mod time;
 pub mod wire;
 
 mod error;

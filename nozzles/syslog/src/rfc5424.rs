@@ -369,23 +369,20 @@ fn param(out: &mut Vec<u8>, name: &str, value: &str) {
 /// Go's `2006-01-02T15:04:05.999999-07:00` in UTC: microseconds with trailing zeros trimmed
 /// (no fraction at all when zero) and `+00:00`, never `Z`.
 fn timestamp(out: &mut Vec<u8>, nanos: i64) {
-    let secs = nanos.div_euclid(1_000_000_000);
-    let micros = nanos.rem_euclid(1_000_000_000) / 1_000;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
+    let c = hydrant_envelope::time::Civil::utc(nanos);
+    let micros = i64::from(c.nanosecond / 1_000);
     // i64 nanoseconds span the years 1677..=2262, so four digits always fit.
-    padded(out, y, 4);
+    padded(out, i64::from(c.year), 4);
     out.push(b'-');
-    padded(out, i64::from(m), 2);
+    padded(out, i64::from(c.month), 2);
     out.push(b'-');
-    padded(out, i64::from(d), 2);
+    padded(out, i64::from(c.day), 2);
     out.push(b'T');
-    padded(out, sod / 3600, 2);
+    padded(out, i64::from(c.hour), 2);
     out.push(b':');
-    padded(out, sod / 60 % 60, 2);
+    padded(out, i64::from(c.minute), 2);
     out.push(b':');
-    padded(out, sod % 60, 2);
+    padded(out, i64::from(c.second), 2);
     if micros > 0 {
         out.push(b'.');
         padded(out, micros, 6);
@@ -395,21 +392,6 @@ fn timestamp(out: &mut Vec<u8>, nanos: i64) {
         }
     }
     out.extend_from_slice(b"+00:00");
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
-/// algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// Go's `strconv.FormatFloat(v, 'g', -1, 64)`, which CF uses for gauge values: the shortest

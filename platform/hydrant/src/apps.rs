@@ -1036,14 +1036,21 @@ fn human_duration(secs: i64) -> String {
     }
 }
 
+/// `unix_secs` in the local zone as `2006-01-02T15:04:05-0700`.
 fn format_time(unix_secs: i64) -> String {
-    chrono::DateTime::from_timestamp(unix_secs, 0).map_or_else(
-        || unix_secs.to_string(),
-        |t| {
-            t.with_timezone(&chrono::Local)
-                .format("%Y-%m-%dT%H:%M:%S%z")
-                .to_string()
-        },
+    let c = hydrant_envelope::time::Civil::local(unix_secs.saturating_mul(1_000_000_000));
+    let sign = if c.offset_seconds < 0 { '-' } else { '+' };
+    let minutes = c.offset_seconds.unsigned_abs() / 60;
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{sign}{:02}{:02}",
+        c.year,
+        c.month,
+        c.day,
+        c.hour,
+        c.minute,
+        c.second,
+        minutes / 60,
+        minutes % 60
     )
 }
 

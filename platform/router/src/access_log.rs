@@ -241,32 +241,7 @@ pub(crate) fn push_escaped(out: &mut String, bytes: &[u8], limit: usize) {
 
 /// Appends UNIX nanoseconds as `2006-01-02T15:04:05.000000000Z`.
 pub(crate) fn push_timestamp(out: &mut String, unix_ns: i64) {
-    let secs = unix_ns.div_euclid(1_000_000_000);
-    let nanos = unix_ns.rem_euclid(1_000_000_000);
-    let days = secs.div_euclid(86_400);
-    let of_day = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    );
-}
-
-/// Howard Hinnant's days-since-1970 to (year, month, day) in the proleptic Gregorian calendar.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    hydrant_envelope::time::push_rfc3339_nanos_utc(out, unix_ns);
 }
 
 #[cfg(test)]
