@@ -21,7 +21,6 @@ use std::time::Duration;
 use hydrant_emitter::{Emitter, EmitterConfig, Registry};
 use hydrant_firehose_client::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +39,8 @@ pub struct Pipeline {
     pub token: String,
     /// Cancelled on drop; stops the three roles and every emitter made by [`Pipeline::emitter`].
     pub shutdown: CancellationToken,
+    /// The roles' tasks and registries.
+    _cloud: hydrant_microcloud::MicroCloud,
 }
 
 impl Drop for Pipeline {
@@ -48,72 +49,28 @@ impl Drop for Pipeline {
     }
 }
 
-async fn bind() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind an ephemeral loopback port")
-}
-
-fn url(l: &TcpListener) -> String {
-    format!(
-        "http://{}",
-        l.local_addr().expect("a bound listener has an address")
-    )
-}
-
 impl Pipeline {
-    /// Starts agent, doppler and firehose edge on ephemeral ports, the agent sending to the
-    /// doppler and the edge reading it, with short reconnect delays so a test does not wait on
-    /// the edge's first attempt.
+    /// Starts agent, doppler and firehose edge on ephemeral ports through the micro cloud's
+    /// own wiring (`hydrant_microcloud`, the one copy `hydrant up` uses), with short edge
+    /// reconnect delays so a test does not wait on the edge's first attempt. The roles run
+    /// until the pipeline is dropped.
     pub async fn start() -> Self {
         let shutdown = CancellationToken::new();
-        let key = hydrant_auth::SigningKey::from_bytes(&[7u8; 32]).expect("a 32-byte signing key");
-        let (agent_ingress, agent_admin) = (bind().await, bind().await);
-        let (doppler_grpc, doppler_admin) = (bind().await, bind().await);
-        let (firehose_http, firehose_admin) = (bind().await, bind().await);
-        let (agent, doppler, firehose) =
-            (url(&agent_ingress), url(&doppler_grpc), url(&firehose_http));
-        tokio::spawn(hydrant_agent::run(
-            hydrant_agent::Config {
-                dopplers: vec![doppler.clone()],
-                ..hydrant_agent::Config::default()
-            },
-            hydrant_agent::Listeners {
-                ingress: agent_ingress,
-                admin: agent_admin,
-            },
+        let cloud = hydrant_microcloud::MicroCloud::start(
+            hydrant_microcloud::Options::pipeline(),
             shutdown.clone(),
-        ));
-        tokio::spawn(hydrant_doppler::run(
-            hydrant_doppler::Config::default(),
-            hydrant_doppler::Listeners {
-                grpc: doppler_grpc,
-                admin: doppler_admin,
-            },
-            shutdown.clone(),
-        ));
-        tokio::spawn(hydrant_firehose::run(
-            hydrant_firehose::Config {
-                dopplers: vec![doppler],
-                signing_key: Some(key.to_hex()),
-                reconnect_min_ms: 10,
-                reconnect_max_ms: 200,
-                ..hydrant_firehose::Config::default()
-            },
-            hydrant_firehose::Listeners {
-                http: firehose_http,
-                admin: firehose_admin,
-            },
-            shutdown.clone(),
-        ));
-        let token = key.issue(
+        )
+        .await
+        .expect("the pipeline starts on ephemeral loopback ports");
+        let token = cloud.key.issue(
             &hydrant_auth::Claims::new("nozzle-test").with_scope(hydrant_auth::SCOPE_FIREHOSE),
         );
         Self {
-            agent,
-            firehose,
+            agent: cloud.agent_url.clone(),
+            firehose: cloud.firehose_url.clone(),
             token,
             shutdown,
+            _cloud: cloud,
         }
     }
 

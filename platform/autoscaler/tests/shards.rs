@@ -26,9 +26,9 @@ use hydrant_api::policy::ScalingPolicy;
 use hydrant_autoscaler::{Config, Listeners, SOURCE_TYPE, owner};
 use hydrant_emitter::{Emitter, EmitterConfig, Registry};
 use hydrant_firehose_client::{ClientConfig, RecentQuery};
+use hydrant_microcloud::{MicroCloud, Options as CloudOptions};
 use hydrant_testkit::wait_for;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use support::{Cc, FakeExecutor, Options, push_and_stage};
@@ -51,67 +51,22 @@ struct Pipeline {
     firehose: String,
     token: String,
     shutdown: CancellationToken,
+    _cloud: MicroCloud,
 }
 
-async fn bind() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.unwrap()
-}
-
-fn url(l: &TcpListener) -> String {
-    format!("http://{}", l.local_addr().unwrap())
-}
-
-/// Agent, doppler and firehose edge on ephemeral ports, wired as `hydrant up` wires them.
+/// Agent, doppler and firehose edge on ephemeral ports, through the micro cloud's own wiring
+/// (the one copy `hydrant up` uses).
 async fn start_pipeline() -> Pipeline {
     let shutdown = CancellationToken::new();
-    let key = hydrant_auth::SigningKey::from_bytes(&[9u8; 32]).unwrap();
-    let (agent_ingress, agent_admin) = (bind().await, bind().await);
-    let (doppler_grpc, doppler_admin) = (bind().await, bind().await);
-    let (firehose_http, firehose_admin) = (bind().await, bind().await);
-    let (agent, doppler, firehose) = (url(&agent_ingress), url(&doppler_grpc), url(&firehose_http));
-    tokio::spawn(hydrant_agent::run(
-        hydrant_agent::Config {
-            dopplers: vec![doppler.clone()],
-            ..hydrant_agent::Config::default()
-        },
-        hydrant_agent::Listeners {
-            ingress: agent_ingress,
-            admin: agent_admin,
-        },
-        shutdown.clone(),
-    ));
-    tokio::spawn(hydrant_doppler::run(
-        hydrant_doppler::Config::default(),
-        hydrant_doppler::Listeners {
-            grpc: doppler_grpc,
-            admin: doppler_admin,
-        },
-        shutdown.clone(),
-    ));
-    tokio::spawn(hydrant_firehose::run(
-        hydrant_firehose::Config {
-            dopplers: vec![doppler],
-            signing_key: Some(key.to_hex()),
-            reconnect_min_ms: 10,
-            reconnect_max_ms: 200,
-            ..hydrant_firehose::Config::default()
-        },
-        hydrant_firehose::Listeners {
-            http: firehose_http,
-            admin: firehose_admin,
-        },
-        shutdown.clone(),
-    ));
-    let token = key.issue(
-        &hydrant_auth::Claims::new("autoscaler-test")
-            .with_scope(hydrant_auth::SCOPE_FIREHOSE)
-            .with_scope(hydrant_auth::SCOPE_ADMIN),
-    );
+    let cloud = MicroCloud::start(CloudOptions::pipeline(), shutdown.clone())
+        .await
+        .unwrap();
     Pipeline {
-        agent,
-        firehose,
-        token,
+        agent: cloud.agent_url.clone(),
+        firehose: cloud.firehose_url.clone(),
+        token: cloud.token.clone(),
         shutdown,
+        _cloud: cloud,
     }
 }
 
@@ -205,7 +160,7 @@ async fn each_app_is_scaled_by_exactly_the_copy_that_owns_it() {
         config.firehose.token.clone_from(&pipeline.token);
         config.telemetry.agent = Some(pipeline.agent.clone());
         config.validate().unwrap();
-        let admin = bind().await;
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         admins.push(admin.local_addr().unwrap());
         tasks.push(tokio::spawn(hydrant_autoscaler::run(
             config,

@@ -25,7 +25,7 @@ use hydrant_envelope::wire::BatchBuilder;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::up::{MicroCloud, Ports};
+use crate::up::MicroCloud;
 
 /// `hydrant bench ...`
 #[derive(Debug, clap::Subcommand)]
@@ -245,13 +245,11 @@ async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     let data_dir = tempfile_dir()?;
     let options = crate::up::Options {
-        self_telemetry: false,
-        platform: false,
-        app_log_rate_limit: 0,
-        allow_private_drains: false,
-        autoscaler_rule_cap_secs: None,
+        data_dir: Some(data_dir.clone()),
+        edge_reconnect_ms: None,
+        ..crate::up::Options::pipeline()
     };
-    let cloud = MicroCloud::start(&data_dir, Ports::Ephemeral, options, shutdown.clone()).await?;
+    let cloud = MicroCloud::start(options, shutdown.clone()).await?;
 
     let consumer =
         crate::bench_consumer::Consumer::start(&cloud.firehose_url, &cloud.token, "bench").await?;
@@ -305,10 +303,10 @@ async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
     let delivered = consumer.delivered() - delivered0;
     let emitted = emitted.load(Ordering::Relaxed);
 
-    let drops = cloud.scrape_drops().await?;
+    let drops = cloud.drops();
     // The doppler adds gap markers to the stream; later hops may drop them and count it, so
     // the ledger adds what was injected and removes the markers that arrived.
-    let injected = cloud.scrape_counter("doppler_gap_markers_total").await?;
+    let injected = cloud.counter("doppler.gap_markers");
     let dropped_total: u64 = drops.values().sum();
     let hist = consumer.latency();
     let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;

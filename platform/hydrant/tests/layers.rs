@@ -13,6 +13,8 @@
 //!
 //! Dev-dependencies are free: an integration test may start any role.
 
+#![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -58,6 +60,7 @@ const LAYERS: &[(&str, Layer, bool)] = &[
     ("hydrant-nozzle-datadog", Layer::Consumers, false),
     ("hydrant-nozzle-otlp", Layer::Consumers, false),
     ("hydrant-top", Layer::Consumers, false),
+    ("hydrant-microcloud", Layer::Bin, true),
     ("hydrant", Layer::Bin, false),
     ("hydrant-testkit", Layer::TestKit, true),
     ("hydrant-nozzle-testkit", Layer::TestKit, true),

@@ -1,0 +1,477 @@
+//! The micro cloud as a library: every role started together in one process, on loopback, wired
+//! the way separate hosts would be (real gRPC, WebSocket and HTTP sockets between roles, an
+//! in-process bus). `hydrant up` is this plus `endpoints.json` and a banner; `hydrant bench
+//! pipeline`, the nozzles' test kit and the autoscaler's shard test start the pipeline part of
+//! it, so there is one copy of the wiring.
+//!
+//! The micro cloud is a table ([`table`]): one row per role, naming the role type (a
+//! [`hydrant_runtime::Role`]), the well-known ports `hydrant up` gives it and its micro-cloud
+//! config, built from where the other roles listen ([`Wiring`]). Starting is two passes: bind
+//! every row's listeners (so every address is known), then build each config and spawn each
+//! role with a registry the micro cloud keeps, so the ledger reads the roles' counters directly
+//! instead of scraping their `/metrics`.
+//!
+//! Invariants: roles only meet through their sockets and the bus, exactly as on separate hosts;
+//! two micro clouds in one process never share a bus hub; stopping the shutdown token stops
+//! every role, and [`MicroCloud::stopped`] waits for them.
+//!
+//! Adding a role to the micro cloud: implement [`MicroRole`] for its role type (its ports and
+//! its micro-cloud config) and add one `row::<TheRole>()` to [`table`].
+
+mod roles;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use hydrant_emitter::{Registry, TelemetryConfig};
+use hydrant_runtime::Listeners;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use roles::MicroRole;
+
+/// An error a role stopped with, boxed so roles of every type share one task set.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The user the micro cloud's cloud controller creates and issues its token for.
+pub const ADMIN_USER: &str = "admin";
+
+/// Why the micro cloud could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The signing key could not be read, made or saved.
+    #[error("the micro cloud's signing key: {0}")]
+    Key(#[from] hydrant_auth::Error),
+    /// A role's socket could not be bound.
+    #[error(
+        "the {role} cannot start: {source}; is another Hydrant running? Stop it, or run \
+         `hydrant up --ephemeral-ports`"
+    )]
+    Bind {
+        /// The role.
+        role: &'static str,
+        /// The runtime's bind error, naming the address.
+        source: hydrant_runtime::Error,
+    },
+    /// A role's micro-cloud config did not validate (a bug in the table, reported).
+    #[error("the micro cloud's {role} config is invalid: {source}")]
+    Config {
+        /// The role.
+        role: &'static str,
+        /// The role's validation error.
+        source: BoxError,
+    },
+    /// The platform roles keep state, and no data directory was given.
+    #[error("the platform roles need a data directory; give Options::data_dir")]
+    NoDataDir,
+}
+
+/// Which ports the roles listen on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ports {
+    /// The documented defaults (agent 3458, doppler 8082, firehose 8081, ...).
+    WellKnown,
+    /// Kernel-chosen free ports (tests, benchmarks, a second micro cloud).
+    Ephemeral,
+}
+
+/// What a micro cloud runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where state lives (the signing key, the cloud controller's database and blobs, the
+    /// executor's droplets). Required with `platform`; without it the pipeline uses a key made
+    /// in memory.
+    pub data_dir: Option<PathBuf>,
+    /// Well-known or ephemeral ports.
+    pub ports: Ports,
+    /// Roles send their own metrics into the pipeline (off for the bench and the test kits,
+    /// whose ledgers count only what they emitted).
+    pub self_telemetry: bool,
+    /// Run the platform roles as well as the pipeline (needs the `platform` feature).
+    pub platform: bool,
+    /// The agent's per-instance app log rate limit in bytes/s (0 = unlimited).
+    pub app_log_rate_limit: u64,
+    /// Apps may bind syslog drains to internal addresses.
+    pub allow_private_drains: bool,
+    /// The autoscaler's `rule_duration_cap_secs` (tests and demos only).
+    pub autoscaler_rule_cap_secs: Option<u32>,
+    /// The edge's reconnect delays to the doppler, `(min_ms, max_ms)`; `None` keeps the edge's
+    /// defaults. Tests shorten them so the first subscription is not waited for.
+    pub edge_reconnect_ms: Option<(u64, u64)>,
+}
+
+impl Options {
+    /// Agent, doppler and edge only, on ephemeral ports, no self-telemetry, quick edge
+    /// reconnects: what a test or a benchmark of the pipeline wants.
+    #[must_use]
+    pub fn pipeline() -> Self {
+        Self {
+            data_dir: None,
+            ports: Ports::Ephemeral,
+            self_telemetry: false,
+            platform: false,
+            app_log_rate_limit: 0,
+            allow_private_drains: false,
+            autoscaler_rule_cap_secs: None,
+            edge_reconnect_ms: Some((10, 200)),
+        }
+    }
+}
+
+/// Where every started role listens, for building the others' configs.
+#[derive(Debug)]
+pub struct Wiring {
+    addrs: BTreeMap<&'static str, Vec<(&'static str, SocketAddr)>>,
+    /// The options the micro cloud was started with.
+    pub options: Options,
+    /// The signing key file, when there is a data directory.
+    pub key_path: Option<PathBuf>,
+    /// The signing key, hex (for the edge, which verifies tokens with it).
+    pub key_hex: String,
+    /// A token with the admin and firehose scopes, for the roles that call the API or read
+    /// the whole firehose.
+    pub token: String,
+    /// The in-process bus, named for this micro cloud.
+    pub bus: hydrant_bus::Config,
+}
+
+impl Wiring {
+    /// `http://ADDR` of `role`'s listener `listener`; empty when that role is not in this micro
+    /// cloud (its config then names nothing).
+    #[must_use]
+    pub fn url(&self, role: &str, listener: &str) -> String {
+        self.addr(role, listener)
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default()
+    }
+
+    /// Where `role`'s listener `listener` is bound.
+    #[must_use]
+    pub fn addr(&self, role: &str, listener: &str) -> Option<SocketAddr> {
+        self.addrs
+            .get(role)?
+            .iter()
+            .find(|(n, _)| *n == listener)
+            .map(|(_, a)| *a)
+    }
+
+    /// The data directory, or `dir` under it.
+    #[must_use]
+    pub fn data(&self, dir: &str) -> PathBuf {
+        self.options
+            .data_dir
+            .as_deref()
+            .unwrap_or(Path::new("."))
+            .join(dir)
+    }
+
+    /// Where the pipeline roles' own metrics go: the agent, when self-telemetry is on.
+    #[must_use]
+    pub fn pipeline_telemetry(&self) -> TelemetryConfig {
+        TelemetryConfig {
+            agent: self
+                .options
+                .self_telemetry
+                .then(|| self.url("agent", "ingress")),
+            ..TelemetryConfig::default()
+        }
+    }
+
+    /// Where the platform roles' metrics and logs go: always the agent, because the executor's
+    /// app logs and the router's access logs travel with the same emitter as their metrics.
+    #[must_use]
+    pub fn platform_telemetry(&self) -> TelemetryConfig {
+        TelemetryConfig {
+            agent: Some(self.url("agent", "ingress")),
+            ..TelemetryConfig::default()
+        }
+    }
+}
+
+/// One row of the micro cloud's table: a role type, erased to what the start-up needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Row {
+    /// The role's name in `endpoints.json`'s `admin` map (`firehose` for the edge).
+    pub key: &'static str,
+    /// The role's own name (`trafficcontroller`), which its errors carry.
+    pub name: &'static str,
+    /// A platform role (runs only with [`Options::platform`]).
+    pub platform: bool,
+    bind: fn(Ports) -> BindFuture,
+    start: fn(&Wiring, Listeners, &CancellationToken, &mut Tasks) -> Result<Registry, Error>,
+}
+
+type BindFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Listeners, hydrant_runtime::Error>> + Send>,
+>;
+type Tasks = JoinSet<(&'static str, Result<(), BoxError>)>;
+
+/// The row for role `R`.
+#[must_use]
+pub const fn row<R: MicroRole>() -> Row {
+    Row {
+        key: R::KEY,
+        name: R::NAME,
+        platform: R::PLATFORM,
+        bind: bind_row::<R>,
+        start: start_row::<R>,
+    }
+}
+
+fn bind_row<R: MicroRole>(ports: Ports) -> BindFuture {
+    Box::pin(hydrant_runtime::bind_on::<R>(move |spec| {
+        let port = R::LISTENERS
+            .iter()
+            .position(|s| s.name == spec.name)
+            .and_then(|i| R::PORTS.get(i).copied())
+            .unwrap_or(0);
+        match ports {
+            Ports::WellKnown => format!("127.0.0.1:{port}"),
+            Ports::Ephemeral => "127.0.0.1:0".to_owned(),
+        }
+    }))
+}
+
+fn start_row<R: MicroRole>(
+    wiring: &Wiring,
+    listeners: Listeners,
+    shutdown: &CancellationToken,
+    tasks: &mut Tasks,
+) -> Result<Registry, Error> {
+    let config = R::config(wiring);
+    R::validate(&config).map_err(|e| Error::Config {
+        role: R::NAME,
+        source: Box::new(e),
+    })?;
+    let registry = R::registry(&config);
+    let run = R::run(config, listeners, registry.clone(), shutdown.clone());
+    tasks.spawn(async move { (R::NAME, run.await.map_err(|e| Box::new(e) as BoxError)) });
+    Ok(registry)
+}
+
+/// The micro cloud's table: every role it can run, pipeline first (the platform's configs
+/// point at it).
+#[must_use]
+pub fn table() -> Vec<Row> {
+    let pipeline = [
+        row::<hydrant_agent::Agent>(),
+        row::<hydrant_doppler::Doppler>(),
+        row::<hydrant_firehose::TrafficController>(),
+    ];
+    #[cfg(feature = "platform")]
+    let platform = vec![
+        row::<hydrant_cloudcontroller::CloudController>(),
+        row::<hydrant_executor::Executor>(),
+        row::<hydrant_healthmanager::HealthManager>(),
+        row::<hydrant_slo::Slo>(),
+        row::<hydrant_nozzle_syslog::SyslogNozzle>(),
+        row::<hydrant_autoscaler::AutoscalerRole>(),
+        row::<hydrant_router::Router>(),
+    ];
+    #[cfg(not(feature = "platform"))]
+    let platform = Vec::new();
+    pipeline.into_iter().chain(platform).collect()
+}
+
+/// A running micro cloud.
+#[derive(Debug)]
+pub struct MicroCloud {
+    /// The agent's v2 gRPC ingress, `http://127.0.0.1:PORT`: where emitters send.
+    pub agent_url: String,
+    /// The doppler's gRPC port.
+    pub doppler_url: String,
+    /// The firehose edge, `http://127.0.0.1:PORT`.
+    pub firehose_url: String,
+    /// The cloud controller's URL, when the platform roles run.
+    pub api_url: Option<String>,
+    /// The router's URL, when the platform roles run.
+    pub router_url: Option<String>,
+    /// The domain apps' default routes live under, when the platform roles run.
+    pub apps_domain: Option<String>,
+    /// A token with the admin and firehose scopes, for [`ADMIN_USER`].
+    pub token: String,
+    /// The key every token is signed with (tests issue narrower tokens with it).
+    pub key: hydrant_auth::SigningKey,
+    /// Each role's admin address (`/healthz`, `/metrics`), by its `endpoints.json` name.
+    pub admin: BTreeMap<String, SocketAddr>,
+    registries: BTreeMap<&'static str, Registry>,
+    tasks: Tasks,
+}
+
+impl MicroCloud {
+    /// Binds every role's sockets, then starts the roles: the pipeline always, the platform when
+    /// `options.platform` (and the `platform` feature).
+    ///
+    /// # Errors
+    /// The data directory or key cannot be made, a port is taken, or a role's config is
+    /// invalid.
+    pub async fn start(options: Options, shutdown: CancellationToken) -> Result<Self, Error> {
+        if options.platform && options.data_dir.is_none() {
+            return Err(Error::NoDataDir);
+        }
+        let (key, key_path) = match &options.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| Error::DataDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+                let path = dir.join("signing.key");
+                (
+                    hydrant_auth::SigningKey::load_or_generate(&path)?,
+                    Some(path),
+                )
+            }
+            None => (hydrant_auth::SigningKey::generate()?, None),
+        };
+        let token = key.issue(
+            &hydrant_auth::Claims::new(ADMIN_USER)
+                .with_scope(hydrant_auth::SCOPE_ADMIN)
+                .with_scope(hydrant_auth::SCOPE_FIREHOSE),
+        );
+        let rows: Vec<Row> = table()
+            .into_iter()
+            .filter(|r| options.platform || !r.platform)
+            .collect();
+
+        // Pass 1: bind everything, so every config can name every address.
+        let mut bound = Vec::with_capacity(rows.len());
+        let mut addrs = BTreeMap::new();
+        for row in &rows {
+            let listeners = (row.bind)(options.ports)
+                .await
+                .map_err(|source| Error::Bind {
+                    role: row.name,
+                    source,
+                })?;
+            addrs.insert(row.key, listeners.addrs());
+            bound.push((row, listeners));
+        }
+        let wiring = Wiring {
+            addrs,
+            key_path,
+            key_hex: key.to_hex(),
+            token: token.clone(),
+            // Named for this process and this start, so two micro clouds in one test process
+            // never hear each other.
+            bus: hydrant_bus::Config::inprocess(&format!(
+                "microcloud-{}-{}",
+                std::process::id(),
+                start_number()
+            )),
+            options,
+        };
+
+        // Pass 2: configs and tasks.
+        let mut tasks = JoinSet::new();
+        let mut registries = BTreeMap::new();
+        let mut admin = BTreeMap::new();
+        for (row, listeners) in bound {
+            if let Some(a) = listeners.local_addr("admin") {
+                admin.insert(row.key.to_owned(), a);
+            }
+            let registry = (row.start)(&wiring, listeners, &shutdown, &mut tasks)?;
+            registries.insert(row.key, registry);
+        }
+        let platform = wiring.options.platform;
+        Ok(Self {
+            agent_url: wiring.url("agent", "ingress"),
+            doppler_url: wiring.url("doppler", "grpc"),
+            firehose_url: wiring.url("firehose", "http"),
+            api_url: platform.then(|| wiring.url("cloudcontroller", "api")),
+            router_url: platform.then(|| wiring.url("router", "http")),
+            apps_domain: platform.then(roles::apps_domain),
+            token,
+            key,
+            admin,
+            registries,
+            tasks,
+        })
+    }
+
+    /// The registry of the role `endpoints.json` calls `key` (`agent`, `firehose`, ...).
+    #[must_use]
+    pub fn registry(&self, key: &str) -> Option<&Registry> {
+        self.registries.get(key)
+    }
+
+    /// Every drop counter of every role on the stream path, keyed `role.reason`, read from the
+    /// roles' registries. Drops on side branches are left out (the log cache is a side copy:
+    /// losing a cache entry does not lose the envelope from the firehose).
+    #[must_use]
+    pub fn drops(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for (role, registry) in &self.registries {
+            for (name, tags, value) in registry.counters() {
+                if !name.ends_with("dropped") {
+                    continue;
+                }
+                let reason = tags
+                    .iter()
+                    .find(|(k, _)| k == "reason")
+                    .map_or("unspecified", |(_, v)| v.as_str());
+                if reason.starts_with("logcache") {
+                    continue;
+                }
+                *out.entry(format!("{role}.{reason}")).or_insert(0) += value;
+            }
+        }
+        out
+    }
+
+    /// The sum over every role of the counters named `name` (`doppler.gap_markers`).
+    #[must_use]
+    pub fn counter(&self, name: &str) -> u64 {
+        self.registries
+            .values()
+            .map(|r| r.counter_sum(name, &[]))
+            .sum()
+    }
+
+    /// Waits until a role stops on its own (its name and how) or `shutdown` fires (`None`).
+    pub async fn supervise(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Option<(String, Result<(), BoxError>)> {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => None,
+            joined = self.tasks.join_next() => match joined {
+                // Roles watch the same token, so one may finish in the instant between the
+                // signal and this select: that is the requested stop, not a failure.
+                Some(Ok((_, Ok(())))) if shutdown.is_cancelled() => None,
+                Some(Ok((role, result))) => Some((role.to_owned(), result)),
+                Some(Err(e)) => Some(("a role".to_owned(), Err(format!("task failed: {e}").into()))),
+                None => None,
+            },
+        }
+    }
+
+    /// Waits for every role to stop (after the shutdown token fired), reporting on stderr any
+    /// that stopped with an error.
+    pub async fn stopped(mut self) {
+        while let Some(joined) = self.tasks.join_next().await {
+            match joined {
+                Ok((role, Err(e))) => eprintln!("error: {role} stopped: {e}"),
+                Err(e) => eprintln!("error: a role task failed: {e}"),
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// A per-start suffix for the bus hub's name: the process id alone repeats when one test
+/// process starts several micro clouds.
+fn start_number() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STARTS: AtomicU64 = AtomicU64::new(0);
+    STARTS.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,236 @@
+//! The micro cloud's rows: for each role, the ports `hydrant up` gives it and its micro-cloud
+//! config, built from where the other roles listen.
+//!
+//! Invariant: the well-known ports and every field set here are what `hydrant up` has always
+//! used (tests, `endpoints.json` readers and users rely on them); everything not set is the
+//! role's documented default.
+
+use hydrant_runtime::Role;
+
+use crate::Wiring;
+
+/// A role as the micro cloud runs it.
+pub trait MicroRole: Role {
+    /// Its name in `endpoints.json`'s `admin` map.
+    const KEY: &'static str;
+    /// A platform role: runs only when the micro cloud runs the platform.
+    const PLATFORM: bool;
+    /// The well-known port of each of its listeners, in [`Role::LISTENERS`] order.
+    const PORTS: &'static [u16];
+    /// Its config in the micro cloud.
+    fn config(wiring: &Wiring) -> Self::Config;
+}
+
+impl MicroRole for hydrant_agent::Agent {
+    const KEY: &'static str = "agent";
+    const PLATFORM: bool = false;
+    const PORTS: &'static [u16] = &[3458, 14824];
+
+    fn config(w: &Wiring) -> hydrant_agent::Config {
+        hydrant_agent::Config {
+            dopplers: vec![w.url("doppler", "grpc")],
+            app_log_rate_limit_bytes_per_sec: w.options.app_log_rate_limit,
+            telemetry: w.pipeline_telemetry(),
+            ..hydrant_agent::Config::default()
+        }
+    }
+}
+
+impl MicroRole for hydrant_doppler::Doppler {
+    const KEY: &'static str = "doppler";
+    const PLATFORM: bool = false;
+    const PORTS: &'static [u16] = &[8082, 8083];
+
+    fn config(w: &Wiring) -> hydrant_doppler::Config {
+        hydrant_doppler::Config {
+            telemetry: w.pipeline_telemetry(),
+            ..hydrant_doppler::Config::default()
+        }
+    }
+}
+
+impl MicroRole for hydrant_firehose::TrafficController {
+    const KEY: &'static str = "firehose";
+    const PLATFORM: bool = false;
+    const PORTS: &'static [u16] = &[8081, 8089];
+
+    fn config(w: &Wiring) -> hydrant_firehose::Config {
+        let mut config = hydrant_firehose::Config {
+            dopplers: vec![w.url("doppler", "grpc")],
+            telemetry: w.pipeline_telemetry(),
+            ..hydrant_firehose::Config::default()
+        };
+        // The cloud controller signs with the key file; the edge verifies with the same key.
+        match &w.key_path {
+            Some(path) => config.signing_key_file = Some(path.display().to_string()),
+            None => config.signing_key = Some(w.key_hex.clone()),
+        }
+        if let Some((min, max)) = w.options.edge_reconnect_ms {
+            config.reconnect_min_ms = min;
+            config.reconnect_max_ms = max;
+        }
+        config
+    }
+}
+
+/// The domain apps' default routes live under (the cloud controller's default).
+#[cfg(feature = "platform")]
+pub(crate) fn apps_domain() -> String {
+    hydrant_cloudcontroller::Config::default().apps_domain
+}
+
+#[cfg(not(feature = "platform"))]
+pub(crate) fn apps_domain() -> String {
+    String::new()
+}
+
+#[cfg(feature = "platform")]
+mod platform {
+    use std::collections::BTreeMap;
+
+    use super::MicroRole;
+    use crate::{ADMIN_USER, Wiring};
+
+    /// The SLO alerter and the autoscaler read the whole firehose with the admin token.
+    fn firehose(w: &Wiring) -> hydrant_firehose_client::ClientConfig {
+        hydrant_firehose_client::ClientConfig {
+            url: w.url("firehose", "http"),
+            token: w.token.clone(),
+            ..hydrant_firehose_client::ClientConfig::default()
+        }
+    }
+
+    impl MicroRole for hydrant_cloudcontroller::CloudController {
+        const KEY: &'static str = "cloudcontroller";
+        const PLATFORM: bool = true;
+        const PORTS: &'static [u16] = &[9022, 14831];
+
+        fn config(w: &Wiring) -> hydrant_cloudcontroller::Config {
+            hydrant_cloudcontroller::Config {
+                external_url: w.url("cloudcontroller", "api"),
+                data_dir: w.data("cloudcontroller").display().to_string(),
+                signing_key_file: w.key_path.as_ref().map(|p| p.display().to_string()),
+                admin_user: ADMIN_USER.to_owned(),
+                allow_private_drains: w.options.allow_private_drains,
+                endpoints: BTreeMap::from([
+                    ("firehose".to_owned(), w.url("firehose", "http")),
+                    ("agent".to_owned(), w.url("agent", "ingress")),
+                    ("router".to_owned(), w.url("router", "http")),
+                    // The SLO alerter's status (budgets, burn rates, alerts) for `hydrant slo`.
+                    ("slo".to_owned(), w.url("slo", "admin")),
+                ]),
+                bus: w.bus.clone(),
+                telemetry: w.platform_telemetry(),
+                ..hydrant_cloudcontroller::Config::default()
+            }
+        }
+    }
+
+    impl MicroRole for hydrant_executor::Executor {
+        const KEY: &'static str = "executor";
+        const PLATFORM: bool = true;
+        const PORTS: &'static [u16] = &[14830];
+
+        fn config(w: &Wiring) -> hydrant_executor::Config {
+            hydrant_executor::Config {
+                data_dir: w.data("executor"),
+                bus: w.bus.clone(),
+                telemetry: w.platform_telemetry(),
+                ..hydrant_executor::Config::default()
+            }
+        }
+    }
+
+    impl MicroRole for hydrant_healthmanager::HealthManager {
+        const KEY: &'static str = "healthmanager";
+        const PLATFORM: bool = true;
+        const PORTS: &'static [u16] = &[14832];
+
+        fn config(w: &Wiring) -> hydrant_healthmanager::Config {
+            hydrant_healthmanager::Config {
+                api_url: w.url("cloudcontroller", "api"),
+                token: Some(w.token.clone()),
+                bus: w.bus.clone(),
+                telemetry: w.platform_telemetry(),
+                ..hydrant_healthmanager::Config::default()
+            }
+        }
+    }
+
+    impl MicroRole for hydrant_slo::Slo {
+        const KEY: &'static str = "slo";
+        const PLATFORM: bool = true;
+        const PORTS: &'static [u16] = &[14835];
+
+        fn config(w: &Wiring) -> hydrant_slo::Config {
+            hydrant_slo::Config {
+                api_url: w.url("cloudcontroller", "api"),
+                token: Some(w.token.clone()),
+                firehose: firehose(w),
+                data_dir: w.data("slo"),
+                // On one machine the API is cheap to ask: pick up a new SLO and judge it sooner.
+                poll_interval_secs: 5,
+                evaluate_interval_secs: 5,
+                telemetry: w.platform_telemetry(),
+                ..hydrant_slo::Config::default()
+            }
+        }
+    }
+
+    /// App syslog drains, served by the platform: the nozzle reads the bindings from the cloud
+    /// controller and reports each drain's health back for `hydrant drain NAME --status`.
+    impl MicroRole for hydrant_nozzle_syslog::SyslogNozzle {
+        const KEY: &'static str = "nozzle-syslog";
+        const PLATFORM: bool = true;
+        const PORTS: &'static [u16] = &[14840];
+
+        fn config(w: &Wiring) -> hydrant_nozzle_syslog::Config {
+            hydrant_nozzle_syslog::Config {
+                firehose: firehose(w),
+                subscription_id: "app-drains".to_owned(),
+                platform: Some(hydrant_nozzle_syslog::PlatformConfig {
+                    api_url: w.url("cloudcontroller", "api"),
+                    token: Some(w.token.clone()),
+                    // On one machine the API is cheap to ask: a new binding starts within 2 s.
+                    poll_interval_ms: 2_000,
+                    status_interval_ms: 2_000,
+                    allow_private: w.options.allow_private_drains,
+                    ..hydrant_nozzle_syslog::PlatformConfig::default()
+                }),
+                telemetry: w.platform_telemetry(),
+                ..hydrant_nozzle_syslog::Config::default()
+            }
+        }
+    }
+
+    impl MicroRole for hydrant_autoscaler::AutoscalerRole {
+        const KEY: &'static str = "autoscaler";
+        const PLATFORM: bool = true;
+        const PORTS: &'static [u16] = &[14836];
+
+        fn config(w: &Wiring) -> hydrant_autoscaler::Config {
+            hydrant_autoscaler::Config {
+                api_url: w.url("cloudcontroller", "api"),
+                token: Some(w.token.clone()),
+                firehose: firehose(w),
+                rule_duration_cap_secs: w.options.autoscaler_rule_cap_secs,
+                telemetry: w.platform_telemetry(),
+                ..hydrant_autoscaler::Config::default()
+            }
+        }
+    }
+
+    impl MicroRole for hydrant_router::Router {
+        const KEY: &'static str = "router";
+        const PLATFORM: bool = true;
+        const PORTS: &'static [u16] = &[8080, 8085];
+
+        fn config(w: &Wiring) -> hydrant_router::Config {
+            hydrant_router::Config {
+                bus: w.bus.clone(),
+                telemetry: w.platform_telemetry(),
+                ..hydrant_router::Config::default()
+            }
+        }
+    }
+}
