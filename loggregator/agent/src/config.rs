@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 
 use hydrant_emitter::TelemetryConfig;
+use hydrant_runtime::invalid;
 use serde::Deserialize;
 
 use crate::Error;
@@ -84,13 +85,6 @@ impl Default for Config {
     }
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> Error {
-    Error::Config {
-        field,
-        message: message.into(),
-    }
-}
-
 impl Config {
     /// Checks every field.
     ///
@@ -112,17 +106,19 @@ impl Config {
             return Err(invalid(
                 "dopplers",
                 "list at least one doppler, e.g. [\"http://127.0.0.1:8082\"]",
-            ));
+            )
+            .into());
         }
         if self.dopplers.len() > usize::from(u16::MAX) {
-            return Err(invalid("dopplers", "at most 65535 dopplers"));
+            return Err(invalid("dopplers", "at most 65535 dopplers").into());
         }
         for (i, url) in self.dopplers.iter().enumerate() {
             if !url.starts_with("http://") && !url.starts_with("https://") {
                 return Err(invalid(
                     "dopplers",
                     format!("{url:?} is not a URL; write it as \"http://127.0.0.1:8082\""),
-                ));
+                )
+                .into());
             }
             tonic::transport::Endpoint::from_shared(url.clone())
                 .map_err(|e| invalid("dopplers", format!("{url:?} is not a valid URL: {e}")))?;
@@ -130,7 +126,8 @@ impl Config {
                 return Err(invalid(
                     "dopplers",
                     format!("{url:?} is listed twice; list each doppler once"),
-                ));
+                )
+                .into());
             }
         }
         let positive = [
@@ -141,7 +138,7 @@ impl Config {
         ];
         for (field, value) in positive {
             if value == 0 {
-                return Err(invalid(field, "must be at least 1"));
+                return Err(invalid(field, "must be at least 1").into());
             }
         }
         let positive_ms = [
@@ -154,7 +151,7 @@ impl Config {
         ];
         for (field, value) in positive_ms {
             if value == 0 {
-                return Err(invalid(field, "must be at least 1"));
+                return Err(invalid(field, "must be at least 1").into());
             }
         }
         if self.flush_idle_ms > self.flush_max_ms {
@@ -165,7 +162,8 @@ impl Config {
                      latest flush",
                     self.flush_idle_ms, self.flush_max_ms
                 ),
-            ));
+            )
+            .into());
         }
         if self.egress_queue_max_bytes < self.batch_max_bytes {
             return Err(invalid(
@@ -174,7 +172,8 @@ impl Config {
                     "{} is below batch_max_bytes ({}); the queue must hold at least one batch",
                     self.egress_queue_max_bytes, self.batch_max_bytes
                 ),
-            ));
+            )
+            .into());
         }
         if self.batch_max_bytes > hydrant_envelope::MAX_MESSAGE_BYTES / 2 {
             return Err(invalid(
@@ -183,7 +182,8 @@ impl Config {
                     "must be at most {} so a batch plus one envelope fits a gRPC message",
                     hydrant_envelope::MAX_MESSAGE_BYTES / 2
                 ),
-            ));
+            )
+            .into());
         }
         self.telemetry.validate()?;
         Ok(())

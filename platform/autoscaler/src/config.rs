@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use hydrant_emitter::TelemetryConfig;
 use hydrant_firehose_client::ClientConfig;
+use hydrant_runtime::invalid;
 use hydrant_windows::WindowsConfig;
 use serde::Deserialize;
 
@@ -96,13 +97,6 @@ impl Default for Config {
     }
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> Error {
-    Error::Config {
-        field,
-        message: message.into(),
-    }
-}
-
 impl Config {
     /// The firehose subscription id this copy reads with.
     #[must_use]
@@ -123,7 +117,7 @@ impl Config {
         .validate("", "an admin token")
         .map_err(hydrant_runtime::Error::from)?;
         if self.subscription_id.is_empty() || self.subscription_id.len() > 120 {
-            return Err(invalid("subscription_id", "use 1 to 120 characters"));
+            return Err(invalid("subscription_id", "use 1 to 120 characters").into());
         }
         if !(1..=MAX_INSTANCES).contains(&self.instance_count) {
             return Err(invalid(
@@ -132,7 +126,8 @@ impl Config {
                     "({}) must be between 1 and {MAX_INSTANCES}: the number of autoscaler copies",
                     self.instance_count
                 ),
-            ));
+            )
+            .into());
         }
         if self.instance_index >= self.instance_count {
             return Err(invalid(
@@ -142,7 +137,8 @@ impl Config {
                      instance_count - 1",
                     self.instance_index, self.instance_count
                 ),
-            ));
+            )
+            .into());
         }
         for (field, value) in [
             ("evaluation_interval_secs", self.evaluation_interval_secs),
@@ -152,10 +148,9 @@ impl Config {
             ("request_timeout_ms", self.request_timeout_ms),
         ] {
             if !(1..=86_400_000).contains(&value) {
-                return Err(invalid(
-                    field,
-                    format!("({value}) must be between 1 and 86400000"),
-                ));
+                return Err(
+                    invalid(field, format!("({value}) must be between 1 and 86400000")).into(),
+                );
             }
         }
         if let Some(cap) = self.rule_duration_cap_secs
@@ -167,13 +162,15 @@ impl Config {
                     "({cap}) must be between 1 and 3600 seconds; remove it to apply policies \
                      as written"
                 ),
-            ));
+            )
+            .into());
         }
         if self.evaluation_interval_secs > 60 {
             return Err(invalid(
                 "evaluation_interval_secs",
                 "must be at most 60: a breach must act within breach_duration_secs + one tick",
-            ));
+            )
+            .into());
         }
         if !(self.responsetime_percentile > 0.0 && self.responsetime_percentile < 100.0) {
             return Err(invalid(
@@ -182,7 +179,8 @@ impl Config {
                     "({}) must be above 0 and below 100, e.g. 95 or 99",
                     self.responsetime_percentile
                 ),
-            ));
+            )
+            .into());
         }
         if self.metric_window_secs > u64::from(self.windows.horizon_secs) {
             return Err(invalid(
@@ -191,7 +189,8 @@ impl Config {
                     "({}) is longer than windows.horizon_secs ({})",
                     self.metric_window_secs, self.windows.horizon_secs
                 ),
-            ));
+            )
+            .into());
         }
         self.admin_listen.parse::<SocketAddr>().map_err(|_| {
             invalid(

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use hydrant_container::net::NetConfig;
 use hydrant_emitter::TelemetryConfig;
+use hydrant_runtime::invalid;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
@@ -130,13 +131,6 @@ impl Default for Config {
     }
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> Error {
-    Error::Config {
-        field,
-        message: message.into(),
-    }
-}
-
 impl Config {
     /// Checks every field.
     ///
@@ -162,13 +156,15 @@ impl Config {
                     "{:?} is not an http(s) URL; write it as \"http://127.0.0.1:9022\"",
                     self.external_url
                 ),
-            ));
+            )
+            .into());
         }
         if self.data_dir.trim().is_empty() {
             return Err(invalid(
                 "data_dir",
                 "must name a directory, e.g. \"data/cloudcontroller\"",
-            ));
+            )
+            .into());
         }
         if !is_domain(&self.apps_domain) {
             return Err(invalid(
@@ -178,13 +174,15 @@ impl Config {
                      e.g. \"apps.localhost\"",
                     self.apps_domain
                 ),
-            ));
+            )
+            .into());
         }
         if self.admin_user.is_empty() || crate::api::username_problem(&self.admin_user).is_some() {
             return Err(invalid(
                 "admin_user",
                 "use 1 to 64 of a-z A-Z 0-9 . _ @ -, e.g. \"admin\"",
-            ));
+            )
+            .into());
         }
         if let Some(password) = &self.admin_password
             && password.len() < 8
@@ -192,13 +190,15 @@ impl Config {
             return Err(invalid(
                 "admin_password",
                 "must be at least 8 characters (or leave it unset to generate one)",
-            ));
+            )
+            .into());
         }
         if self.password_hash_iterations < 1000 {
             return Err(invalid(
                 "password_hash_iterations",
                 "must be at least 1000 (default 100000)",
-            ));
+            )
+            .into());
         }
         for (field, value) in [
             ("token_ttl_secs", self.token_ttl_secs),
@@ -206,14 +206,15 @@ impl Config {
             ("droplet_token_ttl_secs", self.droplet_token_ttl_secs),
         ] {
             if !(1..=30 * 86_400).contains(&value) {
-                return Err(invalid(field, "must be between 1 and 2592000 seconds"));
+                return Err(invalid(field, "must be between 1 and 2592000 seconds").into());
             }
         }
         if self.max_blob_bytes == 0 || self.max_package_bytes == 0 {
             return Err(invalid(
                 "max_blob_bytes",
                 "max_blob_bytes and max_package_bytes must be at least 1",
-            ));
+            )
+            .into());
         }
         let counts = [
             ("max_package_files", self.max_package_files, 10_000_000),
@@ -223,17 +224,14 @@ impl Config {
         ];
         for (field, value, max) in counts {
             if value == 0 || value > max {
-                return Err(invalid(field, format!("must be between 1 and {max}")));
+                return Err(invalid(field, format!("must be between 1 and {max}")).into());
             }
         }
         if self.max_instances_per_app == 0 || self.max_instances_per_app > 10_000 {
-            return Err(invalid(
-                "max_instances_per_app",
-                "must be between 1 and 10000",
-            ));
+            return Err(invalid("max_instances_per_app", "must be between 1 and 10000").into());
         }
         if self.max_drains_per_app > 1_000 {
-            return Err(invalid("max_drains_per_app", "must be at most 1000"));
+            return Err(invalid("max_drains_per_app", "must be at most 1000").into());
         }
         let durations = [
             ("staging_timeout_secs", self.staging_timeout_secs),
@@ -246,7 +244,7 @@ impl Config {
         ];
         for (field, value) in durations {
             if value == 0 || value > 86_400_000 {
-                return Err(invalid(field, "must be at least 1"));
+                return Err(invalid(field, "must be at least 1").into());
             }
         }
         self.staging_isolation.validate()?;
@@ -380,7 +378,8 @@ impl StagingIsolation {
             return Err(invalid(
                 "staging_isolation.memory_mb",
                 "must be between 64 and 1048576 (MiB); default 1024",
-            ));
+            )
+            .into());
         }
         self.containers
             .validate()

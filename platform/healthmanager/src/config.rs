@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hydrant_emitter::TelemetryConfig;
+use hydrant_runtime::invalid;
 use serde::Deserialize;
 
 use crate::Error;
@@ -81,13 +82,6 @@ impl Default for Config {
     }
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> Error {
-    Error::Config {
-        field,
-        message: message.into(),
-    }
-}
-
 impl Config {
     /// Checks every field.
     ///
@@ -112,17 +106,18 @@ impl Config {
             ("max_tracked", self.max_tracked as u64),
         ] {
             if value == 0 {
-                return Err(invalid(field, "must be greater than 0"));
+                return Err(invalid(field, "must be greater than 0").into());
             }
             if value > 86_400_000 {
-                return Err(invalid(field, format!("{value} is implausibly large")));
+                return Err(invalid(field, format!("{value} is implausibly large")).into());
             }
         }
         if self.extra_grace_secs > 86_400 {
             return Err(invalid(
                 "extra_grace_secs",
                 "must be at most 86400 (a day); the default is 30",
-            ));
+            )
+            .into());
         }
         if self.stale_after_secs < self.poll_interval_secs {
             return Err(invalid(
@@ -132,7 +127,8 @@ impl Config {
                      before the next poll; make it a few poll intervals",
                     self.stale_after_secs, self.poll_interval_secs
                 ),
-            ));
+            )
+            .into());
         }
         self.admin_listen.parse::<SocketAddr>().map_err(|_| {
             invalid(

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use hydrant_emitter::TelemetryConfig;
 use hydrant_firehose_client::ClientConfig;
+use hydrant_runtime::invalid;
 use hydrant_windows::WindowsConfig;
 use serde::Deserialize;
 
@@ -110,13 +111,6 @@ impl Default for Config {
     }
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> Error {
-    Error::Config {
-        field,
-        message: message.into(),
-    }
-}
-
 impl Config {
     /// Checks every field.
     ///
@@ -134,10 +128,11 @@ impl Config {
             return Err(invalid(
                 "subscription_id",
                 "must be 1 to 128 characters, e.g. \"slo-alerter\"",
-            ));
+            )
+            .into());
         }
         if self.data_dir.as_os_str().is_empty() {
-            return Err(invalid("data_dir", "is empty; write a directory path"));
+            return Err(invalid("data_dir", "is empty; write a directory path").into());
         }
         for (field, value, max) in [
             ("poll_interval_secs", self.poll_interval_secs, 86_400),
@@ -164,10 +159,9 @@ impl Config {
             ("webhook.timeout_ms", self.webhook.timeout_ms, 600_000),
         ] {
             if value == 0 || value > max {
-                return Err(invalid(
-                    field,
-                    format!("({value}) must be between 1 and {max}"),
-                ));
+                return Err(
+                    invalid(field, format!("({value}) must be between 1 and {max}")).into(),
+                );
             }
         }
         if self.webhook.max_backoff_ms < self.webhook.initial_backoff_ms {
@@ -177,7 +171,8 @@ impl Config {
                     "({}) must be at least webhook.initial_backoff_ms ({})",
                     self.webhook.max_backoff_ms, self.webhook.initial_backoff_ms
                 ),
-            ));
+            )
+            .into());
         }
         let longest = crate::eval::RULES
             .iter()
@@ -191,7 +186,8 @@ impl Config {
                     "({}) must be at least {longest} (3 days), the longest burn-rate window",
                     self.windows.minute_history
                 ),
-            ));
+            )
+            .into());
         }
         self.admin_listen.parse::<SocketAddr>().map_err(|_| {
             invalid(

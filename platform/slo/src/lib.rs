@@ -167,13 +167,13 @@ async fn serve(
         path: state_dir.clone(),
         source,
     })?;
-    let token = read_token(&config).map_err(|message| Error::Config {
-        field: if config.token_file.is_some() {
+    let token = read_token(&config).map_err(|message| {
+        let field = if config.token_file.is_some() {
             "token_file"
         } else {
             "token"
-        },
-        message,
+        };
+        Error::Config(hydrant_runtime::invalid(field, message))
     })?;
 
     let emitter_stop = CancellationToken::new();
