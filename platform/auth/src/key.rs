@@ -103,13 +103,7 @@ impl SigningKey {
     /// The key as lowercase hex, the form [`save`](Self::save) writes.
     #[must_use]
     pub fn to_hex(&self) -> String {
-        use std::fmt::Write as _;
-        self.bytes
-            .iter()
-            .fold(String::with_capacity(self.bytes.len() * 2), |mut s, b| {
-                let _ = write!(s, "{b:02x}");
-                s
-            })
+        hex::encode(&self.bytes)
     }
 
     /// Reads a key file written by [`save`](Self::save) (or any hex/base64 key text).
@@ -244,17 +238,10 @@ impl SigningKey {
 }
 
 fn decode_key_text(text: &str) -> Option<Vec<u8>> {
-    if text.len().is_multiple_of(2)
-        && !text.is_empty()
-        && text.bytes().all(|b| b.is_ascii_hexdigit())
+    if !text.is_empty()
+        && let Ok(bytes) = hex::decode(text)
     {
-        return (0..text.len())
-            .step_by(2)
-            .map(|i| {
-                text.get(i..i + 2)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-            })
-            .collect();
+        return Some(bytes);
     }
     [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
         .iter()
