@@ -524,25 +524,7 @@ impl Network {
 
     /// The nft tables, namespaces and veths with this bridge's prefix (not the bridge itself).
     async fn remove_leftovers(&self) -> Result<(), Error> {
-        let table = &self.table;
-        // `add` then `delete` in one transaction: removes the table whether or not it exists.
-        let script = format!(
-            "add table inet {table}\ndelete table inet {table}\n\
-             add table bridge {table}\ndelete table bridge {table}\n"
-        );
-        run(Program::Nft, &["-f", "-"], Some(&script)).await?;
-        let prefix = format!("{}-", self.config.bridge);
-        for name in netns_names().await? {
-            if name.starts_with(&prefix) {
-                remove_netns(&name).await?;
-            }
-        }
-        for name in link_names().await? {
-            if name.starts_with(&prefix) {
-                remove_link(&name).await?;
-            }
-        }
-        Ok(())
+        remove_owned_by(&self.config.bridge).await
     }
 
     /// The bridge's whole ruleset, loaded atomically by `nft -f -`.
@@ -711,6 +693,12 @@ async fn check_subnet_free(
             let (net_start, net_end) = rules::cidr_interval(ip, addr.prefixlen.min(32));
             let inside =
                 (start..=end).contains(&u32::from(ip)) || (net_start >= start && net_end <= end);
+            if inside && owner_is_gone(&link.ifname) {
+                tracing::warn!(stale = %link.ifname, subnet, "removing a container bridge whose owner is gone");
+                remove_owned_by(&link.ifname).await?;
+                remove_link(&link.ifname).await?;
+                break;
+            }
             if inside {
                 return Err(Error::NetworkConflict(format!(
                     "subnet {subnet} is already used on this host: interface {} has {}/{}; \
@@ -721,6 +709,39 @@ async fn check_subnet_free(
         }
     }
     Ok(())
+}
+
+/// Removes the nft tables, namespaces and veths that bridge `bridge` owns (not the bridge).
+async fn remove_owned_by(bridge: &str) -> Result<(), Error> {
+    let table = format!("hydrant_{bridge}");
+    // `add` then `delete` in one transaction: removes the table whether or not it exists.
+    let script = format!(
+        "add table inet {table}\ndelete table inet {table}\n\
+         add table bridge {table}\ndelete table bridge {table}\n"
+    );
+    run(Program::Nft, &["-f", "-"], Some(&script)).await?;
+    let prefix = format!("{bridge}-");
+    for name in netns_names().await? {
+        if name.starts_with(&prefix) {
+            remove_netns(&name).await?;
+        }
+    }
+    for name in link_names().await? {
+        if name.starts_with(&prefix) {
+            remove_link(&name).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `bridge` is a container bridge whose owner is gone: it has a lock file here that
+/// nobody holds (a process killed while it ran under another bridge name, e.g. a test's).
+fn owner_is_gone(bridge: &str) -> bool {
+    let path = Path::new(LOCK_DIR).join(format!("net-{bridge}.lock"));
+    std::fs::OpenOptions::new()
+        .read(true)
+        .open(path)
+        .is_ok_and(|file| file.try_lock().is_ok())
 }
 
 /// Names of every network interface in the host's namespace.

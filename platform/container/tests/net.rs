@@ -294,7 +294,7 @@ async fn a_container_reaches_nothing_on_the_host_nor_its_neighbours_but_the_rout
         .unwrap();
     // So is a subnet an interface of the host already has addresses in.
     let overlapping = NetConfig {
-        bridge: "hyt9".into(),
+        bridge: "hytx1".into(),
         ..config(1)
     };
     let err = Network::setup(&overlapping).await.unwrap_err().to_string();
@@ -635,4 +635,27 @@ async fn many_containers_attach_at_once_with_distinct_addresses_and_detach_clean
         .teardown()
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_bridge_left_by_a_dead_owner_under_another_name_is_reclaimed_not_a_conflict() {
+    require_root();
+    let (_guard8, _guard9) = (Guard::new(8), Guard::new(9));
+    let first = Network::setup(&config(8)).await.unwrap();
+    let a = first.attach("app/0", &[]).await.unwrap();
+    // Its owner dies (its lock goes with it); the next run uses another bridge name for the
+    // same subnet, as tests with per-process names do.
+    drop((a, first));
+    let second = NetConfig {
+        bridge: "hyt9".into(),
+        ..config(8)
+    };
+    let net = Network::setup(&second).await.unwrap();
+    let link = links();
+    assert!(!link.contains("hyt8"), "{link}");
+    assert!(!netns_list().contains("hyt8-"), "{}", netns_list());
+    assert!(!ruleset().contains("hydrant_hyt8"));
+    let b = net.attach("app/0", &[]).await.unwrap();
+    net.detach(b).await.unwrap();
+    net.teardown().await.unwrap();
 }
