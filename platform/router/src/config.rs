@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hydrant_emitter::TelemetryConfig;
+use hydrant_runtime::invalid;
 use serde::Deserialize;
 
 use crate::Error;
@@ -139,19 +140,13 @@ impl Default for Config {
     }
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
-    Error::Config {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
 fn in_range(field: &str, value: u64, min: u64, max: u64, unit: &str) -> Result<(), Error> {
     if value < min || value > max {
         return Err(invalid(
             field,
             format!("{value} is out of range; write a value from {min} to {max} {unit}"),
-        ));
+        )
+        .into());
     }
     Ok(())
 }
@@ -186,7 +181,8 @@ impl Config {
                     "{:?}: write 1 to 64 letters, digits, '-' or '_' (e.g. \"0\")",
                     self.router_id
                 ),
-            ));
+            )
+            .into());
         }
         in_range(
             "connect_timeout_ms",
@@ -287,7 +283,8 @@ impl Config {
                     self.routes.len(),
                     self.max_routes
                 ),
-            ));
+            )
+            .into());
         }
         for (i, route) in self.routes.iter().enumerate() {
             let field = format!("routes[{i}]");
@@ -299,27 +296,31 @@ impl Config {
                          \"app.apps.localhost/path\"",
                         route.uri
                     ),
-                ));
+                )
+                .into());
             }
             if route.backends.len() > self.max_instances_per_route {
                 return Err(invalid(
                     format!("{field}.backends"),
                     "more backends than max_instances_per_route; raise it",
-                ));
+                )
+                .into());
             }
             for backend in &route.backends {
                 if backend.parse::<SocketAddr>().is_err() {
                     return Err(invalid(
                         format!("{field}.backends"),
                         format!("{backend:?} is not IP:PORT; write it as \"127.0.0.1:9000\""),
-                    ));
+                    )
+                    .into());
                 }
             }
             if route.app_id.as_deref().is_some_and(str::is_empty) {
                 return Err(invalid(
                     format!("{field}.app_id"),
                     "is empty; remove it or write the app guid",
-                ));
+                )
+                .into());
             }
         }
         self.telemetry.validate()?;

@@ -8,13 +8,8 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A config field holds a value the router cannot use.
-    #[error("invalid router config: {field}: {message}")]
-    Config {
-        /// The field, as written in the config file.
-        field: String,
-        /// What is wrong and how to fix it.
-        message: String,
-    },
+    #[error("invalid router config: {0}")]
+    Config(#[from] hydrant_runtime::ConfigError),
     /// The `[telemetry]` section is invalid.
     #[error(transparent)]
     Telemetry(#[from] hydrant_emitter::Error),
