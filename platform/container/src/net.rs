@@ -41,6 +41,13 @@
 //! another's. [`Network::setup`] removes everything with its prefix before it builds anew, so a
 //! platform killed with SIGKILL restarts clean.
 //!
+//! Because setup removes what it finds, two live owners of one bridge would destroy each
+//! other's containers: setup takes an exclusive lock, `/run/hydrant/net-<bridge>.lock`, holding
+//! its PID, and refuses while another live process holds it (the kernel frees the lock of a
+//! killed one; a [`Network`] forgotten earlier in the same process is taken over). It also
+//! refuses a subnet that another interface of the host has addresses in, unless that interface
+//! is a container bridge whose owner is gone (its lock is free), which it removes.
+//!
 //! # Why `ip` and `nft`, not netlink
 //! The work is done by iproute2's `ip` and nftables' `nft` run as child processes (arguments as
 //! a list, scripts on stdin), not through a netlink crate: `nft -f -` applies a whole ruleset
