@@ -23,8 +23,9 @@ pub struct StaticServerArgs {
     /// Port to listen on; the platform sets `PORT`.
     #[arg(long, env = "PORT", default_value_t = 8080)]
     port: u16,
-    /// Address to bind.
-    #[arg(long, default_value = "127.0.0.1")]
+    /// Address to bind; the platform sets `VCAP_APP_HOST` (`0.0.0.0`: in a container the app
+    /// is reached on its own address).
+    #[arg(long, env = "VCAP_APP_HOST", default_value = "127.0.0.1")]
     bind: std::net::IpAddr,
 }
 
