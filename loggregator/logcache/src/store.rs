@@ -22,10 +22,13 @@ use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 use hydrant_envelope::wire::Kind;
+// A panic while holding a shard cannot leave it half-updated in a way that matters more than
+// losing the cache, so keep serving: the runtime's poison-tolerant lock.
+use hydrant_runtime::lock;
 use serde::Deserialize;
 
 use crate::Error;
@@ -236,12 +239,6 @@ pub struct Store {
     totals: Totals,
     /// Serialises the global evictions so two threads never both truncate.
     maintenance: Mutex<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a shard cannot leave it half-updated in a way that matters more
-    // than losing the cache, so keep serving.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn bump(counter: &AtomicU64, n: u64) {

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use hydrant_emitter::{Counter, Gauge};
@@ -180,10 +180,7 @@ impl DropletCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.inner
-            .table
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        hydrant_runtime::lock(&self.inner.table)
     }
 
     fn path_of(&self, sha: &str) -> PathBuf {
