@@ -60,58 +60,43 @@ impl Target {
                 ),
             )
         };
-        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("http://") {
-            (false, r)
-        } else {
-            return Err(bad("is not an http:// or https:// URL"));
+        // The parse error never repeats the input, so nothing secret leaks through it.
+        let parsed = url::Url::parse(url).map_err(|e| bad(&format!("is not a valid URL ({e})")))?;
+        let tls = match parsed.scheme() {
+            "https" => true,
+            "http" => false,
+            _ => return Err(bad("is not an http:// or https:// URL")),
         };
-        if rest.contains(['?', '#']) {
+        if parsed.query().is_some() || parsed.fragment().is_some() {
             return Err(bad("must not have a query or fragment"));
         }
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        if authority.contains('@') {
+        if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err(bad(
                 "must not carry credentials (the API key goes in api_key_env)",
             ));
         }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let Some((h, after)) = v6.split_once(']') else {
-                return Err(bad("has an unclosed IPv6 bracket"));
-            };
-            (h, after.strip_prefix(':'))
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
+        let (host, authority) = match (parsed.host(), parsed.host_str()) {
+            (Some(url::Host::Ipv6(ip)), Some(written)) => (ip.to_string(), written),
+            (Some(_), Some(written)) if !written.is_empty() => (written.to_owned(), written),
+            _ => return Err(bad("has no host")),
         };
-        if host.is_empty() {
-            return Err(bad("has no host"));
-        }
-        let port = match port {
-            None => {
-                if tls {
-                    443
-                } else {
-                    80
-                }
-            }
-            Some(p) => match p.parse::<u16>() {
-                Ok(p) if p > 0 => p,
-                _ => return Err(bad("has an invalid port")),
-            },
+        let port = match parsed.port_or_known_default() {
+            Some(p) if p > 0 => p,
+            _ => return Err(bad("has an invalid port")),
         };
-        if tls && ServerName::try_from(host.to_owned()).is_err() {
+        let authority = match parsed.port() {
+            Some(p) => format!("{authority}:{p}"),
+            None => authority.to_owned(),
+        };
+        if tls && ServerName::try_from(host.clone()).is_err() {
             return Err(bad("has a host that is not a valid TLS server name"));
         }
         Ok(Self {
             tls,
-            host: host.to_owned(),
+            host,
             port,
-            authority: authority.to_owned(),
-            base_path: path.trim_end_matches('/').to_owned(),
+            authority,
+            base_path: parsed.path().trim_end_matches('/').to_owned(),
         })
     }
 

@@ -220,18 +220,21 @@ pub fn validate_endpoint(field: &str, url: &str) -> Result<(), Error> {
             format!("{} {why}; write it as \"http://HOST:4317\"", mask_url(url)),
         )
     };
-    if url.starts_with("https://") {
-        return Err(bad(
-            "uses TLS, which this nozzle does not speak yet (send to a local collector)",
-        ));
+    // The parse error never repeats the input, so nothing secret leaks through it.
+    let parsed = url::Url::parse(url).map_err(|e| bad(&format!("is not a valid URL ({e})")))?;
+    match parsed.scheme() {
+        "http" => {}
+        "https" => {
+            return Err(bad(
+                "uses TLS, which this nozzle does not speak yet (send to a local collector)",
+            ));
+        }
+        _ => return Err(bad("is not an http:// URL")),
     }
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(bad("is not an http:// URL"));
-    };
-    if rest.is_empty() || rest.starts_with(['/', ':']) {
+    if parsed.host_str().is_none_or(str::is_empty) {
         return Err(bad("has no host"));
     }
-    if rest.contains('@') {
+    if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(bad(
             "carries credentials in the URL; put them in [headers] instead",
         ));
