@@ -164,8 +164,10 @@ impl NetConfig {
         Ok((network, prefix))
     }
 
-    /// The full egress policy in evaluation order, as shown by `hydrant security-groups`: the
-    /// operator's rules, then the default denies, then the public allow.
+    /// The full egress policy in evaluation order, for `hydrant security-groups` (as JSON, or
+    /// through [`render_rules`]): the host and neighbour denies (the host shown as `<host>`),
+    /// the operator's rules, then the default denies, then the public allow. A container's own
+    /// per-binding rules come right after the neighbour deny.
     pub fn effective_rules(&self) -> Vec<EgressRule> {
         let deny = |destination: &str, description: &str| EgressRule {
             action: Action::Deny,
@@ -191,6 +193,46 @@ impl NetConfig {
         });
         out
     }
+}
+
+/// Rules as an aligned text table, one per line in evaluation order, for operators.
+pub fn render_rules(rules: &[EgressRule]) -> String {
+    let rows: Vec<[String; 5]> = rules
+        .iter()
+        .map(|r| {
+            let ports = match (&r.ports, r.icmp_type, r.code) {
+                (Some(p), _, _) => p.clone(),
+                (None, Some(t), Some(c)) => format!("type {t} code {c}"),
+                (None, Some(t), None) => format!("type {t}"),
+                _ => "all".to_owned(),
+            };
+            [
+                r.action.as_str().to_owned(),
+                r.protocol.as_str().to_owned(),
+                r.destination.clone(),
+                ports,
+                r.description.clone(),
+            ]
+        })
+        .collect();
+    let header = ["action", "protocol", "destination", "ports", "description"].map(str::to_owned);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// A container's place on the bridge: its namespace, its address and its veth.
@@ -1010,5 +1052,20 @@ mod tests {
         assert_eq!(rules[3].destination, LINK_LOCAL);
         assert_eq!(rules.last().map(|r| r.action), Some(Action::Allow));
         assert_eq!(rules.len(), 2 + 1 + 1 + 5 + 1);
+        let table = render_rules(&rules);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), rules.len() + 1);
+        assert!(
+            lines[0].starts_with("action  protocol  destination"),
+            "{table}"
+        );
+        assert!(
+            lines[3].starts_with("allow   udp       10.0.0.2") && lines[3].contains(" 53"),
+            "{table}"
+        );
+        assert!(
+            lines[4].starts_with("deny    all       169.254.0.0/16  all"),
+            "{table}"
+        );
     }
 }

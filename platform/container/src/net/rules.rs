@@ -29,6 +29,18 @@ pub enum Protocol {
     All,
 }
 
+impl Protocol {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Icmp => "icmp",
+            Self::All => "all",
+        }
+    }
+}
+
 /// What a matching rule does with a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -38,6 +50,16 @@ pub enum Action {
     Allow,
     /// Drop it.
     Deny,
+}
+
+impl Action {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
 }
 
 /// One egress rule, with the fields of a Cloud Foundry application security group rule.
@@ -150,12 +172,7 @@ impl EgressRule {
 
     /// How error messages name this rule.
     fn summary(&self) -> String {
-        let protocol = match self.protocol {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Icmp => "icmp",
-            Protocol::All => "all",
-        };
+        let protocol = self.protocol.as_str();
         match &self.ports {
             Some(p) => format!("{protocol} {} ports {p}", self.destination),
             None => format!("{protocol} {}", self.destination),
