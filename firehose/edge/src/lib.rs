@@ -46,6 +46,7 @@ use std::time::Duration;
 
 use hydrant_auth::SigningKey;
 use hydrant_emitter::Registry;
+use hydrant_runtime::Backoff;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -59,7 +60,6 @@ use crate::config::secs;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, ROLE};
 use crate::outbox::Limits;
-use crate::upstream::Backoff;
 
 /// The sockets the role serves, bound by the caller (tests bind `127.0.0.1:0`).
 #[derive(Debug)]
@@ -174,10 +174,7 @@ async fn serve(
         },
     ));
     let tracker = TaskTracker::new();
-    let backoff = Backoff {
-        min: Duration::from_millis(config.reconnect_min_ms),
-        max: Duration::from_millis(config.reconnect_max_ms),
-    };
+    let backoff = Backoff::from_ms(config.reconnect_min_ms, config.reconnect_max_ms, 0.25);
     let mut readers = Vec::with_capacity(config.dopplers.len());
     for url in &config.dopplers {
         let channel = upstream::read_channel(url)

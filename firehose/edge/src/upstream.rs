@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use hydrant_envelope::raw::egress::egress_client::EgressClient;
 use hydrant_envelope::v2::{self, selector};
+use hydrant_runtime::Backoff;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
@@ -61,13 +62,6 @@ fn firehose_request() -> v2::EgressBatchRequest {
     }
 }
 
-/// Reconnect pacing.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Backoff {
-    pub(crate) min: Duration,
-    pub(crate) max: Duration,
-}
-
 /// Keeps a subscription to `url` open until `shutdown`, publishing every batch into `hub`.
 pub(crate) async fn subscribe(
     url: String,
@@ -76,26 +70,26 @@ pub(crate) async fn subscribe(
     backoff: Backoff,
     shutdown: CancellationToken,
 ) {
-    let mut delay = backoff.min;
+    let mut attempt = 0;
     let mut scratch = Vec::new();
     while !shutdown.is_cancelled() {
-        match stream_once(&url, &hub, &metrics, &mut scratch, &shutdown).await {
-            Ok(()) => {
-                // The stream was up; a fresh failure starts over from the shortest delay.
-                delay = backoff.min;
-            }
-            Err(e) => {
-                metrics.upstream_subscribe_errors.inc();
-                tracing::warn!(doppler = %url, error = %e, retry_in = ?delay, "doppler subscription failed");
-            }
+        let result = stream_once(&url, &hub, &metrics, &mut scratch, &shutdown).await;
+        if result.is_ok() {
+            // The stream was up; a fresh failure starts over from the shortest delay.
+            attempt = 0;
         }
-        // Jitter of up to a quarter keeps a fleet of edges from reconnecting in lockstep.
-        let jitter = delay.mul_f64(fastrand::f64() * 0.25);
+        // The runtime's jitter (up to a quarter off) keeps a fleet of edges from reconnecting
+        // in lockstep.
+        let delay = backoff.delay(attempt);
+        if let Err(e) = result {
+            metrics.upstream_subscribe_errors.inc();
+            tracing::warn!(doppler = %url, error = %e, retry_in = ?delay, "doppler subscription failed");
+        }
         tokio::select! {
-            () = tokio::time::sleep(delay + jitter) => {}
+            () = tokio::time::sleep(delay) => {}
             () = shutdown.cancelled() => break,
         }
-        delay = (delay * 2).min(backoff.max);
+        attempt = attempt.saturating_add(1);
     }
 }
 
