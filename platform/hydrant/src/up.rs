@@ -45,6 +45,12 @@ pub struct UpArgs {
     /// seconds (policies keep their 60 s minimum); for tests and demos.
     #[arg(long, hide = true)]
     autoscaler_rule_cap_secs: Option<u32>,
+    /// How app instances are isolated: `container` (each in its own runc container as uid
+    /// 2000 with kernel limits and its own network; needs root, runc, iproute2 and nftables)
+    /// or `none` (as your own user beside the platform's keys; warned at start and in every
+    /// instance's logs). `none` is the default until the micro cloud's apps run in containers.
+    #[arg(long, value_parser = ["container", "none"], default_value = "none")]
+    isolation: String,
 }
 
 /// `endpoints.json`: where everything listens, and the admin token.
@@ -124,8 +130,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         app_log_rate_limit: args.app_log_rate_limit,
         allow_private_drains: !args.refuse_private_drains,
         autoscaler_rule_cap_secs: args.autoscaler_rule_cap_secs,
+        containers: args.isolation == "container",
         edge_reconnect_ms: None,
     };
+    if !options.containers {
+        eprintln!(
+            "WARNING: apps run WITHOUT isolation, as your own user beside the platform's keys \
+             (hydrant up --isolation none); --isolation container runs each in its own container"
+        );
+    }
     let mut cloud = MicroCloud::start(options, shutdown.clone()).await?;
     let endpoints = Endpoints::of(&cloud, data_dir.clone());
 

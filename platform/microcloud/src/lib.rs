@@ -104,6 +104,9 @@ pub struct Options {
     pub allow_private_drains: bool,
     /// The autoscaler's `rule_duration_cap_secs` (tests and demos only).
     pub autoscaler_rule_cap_secs: Option<u32>,
+    /// Run app instances in containers (`hydrant up --isolation container`); otherwise they
+    /// run unisolated and the executor says so at start and in every instance's CELL lines.
+    pub containers: bool,
     /// The edge's reconnect delays to the doppler, `(min_ms, max_ms)`; `None` keeps the edge's
     /// defaults. Tests shorten them so the first subscription is not waited for.
     pub edge_reconnect_ms: Option<(u64, u64)>,
@@ -122,6 +125,7 @@ impl Options {
             app_log_rate_limit: 0,
             allow_private_drains: false,
             autoscaler_rule_cap_secs: None,
+            containers: false,
             edge_reconnect_ms: Some((10, 200)),
         }
     }

@@ -134,6 +134,13 @@ mod platform {
         fn config(w: &Wiring) -> hydrant_executor::Config {
             hydrant_executor::Config {
                 data_dir: w.data("executor"),
+                // `hydrant up --isolation`: unisolated (warned at start and in every instance's
+                // CELL lines) unless asked for containers.
+                isolation: if w.options.containers {
+                    hydrant_executor::Isolation::Container
+                } else {
+                    hydrant_executor::Isolation::None
+                },
                 bus: w.bus.clone(),
                 telemetry: w.platform_telemetry(),
                 ..hydrant_executor::Config::default()

@@ -1,0 +1,281 @@
+//! End to end through the real `hydrant` binary: `hydrant up --isolation container` runs a
+//! pushed app in a container, and the app (a Python stdlib server that tries each escape on
+//! every request and answers JSON) reads none of the platform's secrets, sees and signals no
+//! other instance, reaches none of the platform's ports, and runs as uid 2000 — asked through
+//! the router, as a user would reach it. Needs root (CI runs as root).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+use std::io::{Read as _, Write as _};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hydrant");
+
+const ESCAPE_APP: &str = r#"
+import json, os, socket, subprocess, urllib.parse, http.server
+
+def attempt(action):
+    try:
+        return "escaped: " + repr(action())[:100]
+    except Exception as error:
+        return "blocked: " + type(error).__name__
+
+def other_environs(own):
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                text = open("/proc/%s/environ" % pid, "rb").read()
+            except Exception:
+                continue
+            if b"CF_INSTANCE_GUID=" in text and own.encode() not in text:
+                found.append(pid)
+    return found
+
+class Escape(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+        own = os.environ["CF_INSTANCE_GUID"]
+        report = {
+            "guid": own,
+            "uid": subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip(),
+            "environ": other_environs(own),
+        }
+        for path in query.get("read", []):
+            report["read " + path] = attempt(lambda: open(path).read())
+        for pid in query.get("kill", []):
+            report["kill " + pid] = attempt(lambda: os.kill(int(pid), 9))
+        for addr in query.get("connect", []):
+            host, port = addr.rsplit(":", 1)
+            report["connect " + addr] = attempt(
+                lambda: socket.create_connection((host, int(port)), timeout=1).close())
+        body = json.dumps(report).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Escape).serve_forever()
+"#;
+
+struct Up {
+    child: Child,
+    home: tempfile::TempDir,
+}
+
+impl Up {
+    fn start() -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let child = Command::new(BIN)
+            .args([
+                "up",
+                "--ephemeral-ports",
+                "--isolation",
+                "container",
+                "--data-dir",
+            ])
+            .arg(home.path().join("data"))
+            .env("HYDRANT_HOME", home.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let up = Self { child, home };
+        wait_for(Duration::from_secs(60), "endpoints.json", || {
+            up.home.path().join("data/endpoints.json").exists()
+                && up.home.path().join("config.json").exists()
+        });
+        up
+    }
+
+    fn endpoints(&self) -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(self.home.path().join("data/endpoints.json")).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .env("HYDRANT_HOME", self.home.path())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // SIGTERM, so the executor destroys its containers; SIGKILL only if it hangs.
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One request through the router: `(status, body)`.
+fn via_router(router: &str, host: &str, path: &str) -> (u16, String) {
+    let addr = router.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// Host pids of the processes in instance containers of the micro cloud's executor, by guid.
+fn instance_pids() -> Vec<(String, u32)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+            let line = cgroup.lines().find(|l| l.contains(":pids:"))?;
+            let rest = line.split("/hydrant/0/").nth(1)?;
+            Some((rest.split('/').next()?.to_owned(), pid))
+        })
+        .collect()
+}
+
+#[test]
+fn a_pushed_app_cannot_escape_its_container() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs apps in real containers and needs root: run it as root, as CI does"
+    );
+    let up = Up::start();
+    let endpoints = up.endpoints();
+    let router = endpoints["router"].as_str().unwrap().to_owned();
+    let data = up.home.path().join("data");
+    let app = tempfile::tempdir().unwrap();
+    std::fs::write(app.path().join("escape.py"), ESCAPE_APP).unwrap();
+    std::fs::write(app.path().join("Procfile"), "web: exec python3 escape.py\n").unwrap();
+    let out = up.cli(&["push", "escape", "-p", app.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "push failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = up.cli(&["scale", "escape", "-i", "2"]);
+    assert!(out.status.success());
+    wait_for(
+        Duration::from_secs(60),
+        "two instances in containers",
+        || {
+            let mut guids: Vec<String> = instance_pids().into_iter().map(|(g, _)| g).collect();
+            guids.sort();
+            guids.dedup();
+            guids.len() >= 2
+        },
+    );
+
+    let port = |url: &str| {
+        url.rsplit(':')
+            .next()
+            .unwrap()
+            .trim_end_matches('/')
+            .to_owned()
+    };
+    let mut ports: Vec<String> = ["agent", "doppler", "firehose", "api", "router"]
+        .iter()
+        .map(|k| port(endpoints[*k].as_str().unwrap()))
+        .collect();
+    for (_, admin) in endpoints["admin"].as_object().unwrap() {
+        ports.push(port(admin.as_str().unwrap()));
+    }
+    let mut query = vec![
+        format!("read={}", data.join("signing.key").display()),
+        format!("read={}", data.join("endpoints.json").display()),
+        "read=/etc/shadow".to_owned(),
+    ];
+    for port in &ports {
+        query.push(format!("connect=127.0.0.1:{port}"));
+        // The bridge's own address (the default pool's gateway): the host, seen from inside.
+        query.push(format!("connect=10.254.0.1:{port}"));
+    }
+    // Ask until one instance answers; then try to kill every process of the other.
+    let (status, body) = via_router(
+        &router,
+        "escape.apps.localhost",
+        &format!("/?{}", query.join("&")),
+    );
+    assert_eq!(status, 200, "{body}");
+    let first: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let own = first["guid"].as_str().unwrap().to_owned();
+    let others: Vec<u32> = instance_pids()
+        .into_iter()
+        .filter(|(guid, _)| *guid != own)
+        .map(|(_, pid)| pid)
+        .collect();
+    assert!(!others.is_empty());
+    for pid in &others {
+        query.push(format!("kill={pid}"));
+    }
+    let path = format!("/?{}", query.join("&"));
+    let report: serde_json::Value = loop {
+        let (status, body) = via_router(&router, "escape.apps.localhost", &path);
+        assert_eq!(status, 200, "{body}");
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if report["guid"] == own.as_str() {
+            break report;
+        }
+    };
+    assert_eq!(report["uid"], "2000", "{report:#}");
+    assert_eq!(report["environ"], serde_json::json!([]), "{report:#}");
+    for (what, outcome) in report.as_object().unwrap() {
+        if ["guid", "uid", "environ"].contains(&what.as_str()) {
+            continue;
+        }
+        let outcome = outcome.as_str().unwrap();
+        assert!(
+            outcome.starts_with("blocked")
+                || (what == "read /etc/shadow" && outcome == "escaped: ''"),
+            "{what}: {outcome}\n{report:#}"
+        );
+    }
+    // The other instance still serves.
+    let alive: Vec<u32> = instance_pids()
+        .into_iter()
+        .filter(|(guid, _)| *guid != own)
+        .map(|(_, pid)| pid)
+        .collect();
+    assert!(
+        others.iter().all(|p| alive.contains(p)),
+        "{others:?} vs {alive:?}"
+    );
+}
