@@ -168,8 +168,14 @@ fn the_check_refuses_upward_edges_role_to_role_edges_and_test_kits() {
         violations(&graph("hydrant-cloudcontroller", "hydrant-nozzle-core")).len(),
         1
     );
-    assert_eq!(violations(&graph("hydrant-executor", "hydrant-router")).len(), 1);
-    assert_eq!(violations(&graph("hydrant-router", "hydrant-testkit")).len(), 1);
+    assert_eq!(
+        violations(&graph("hydrant-executor", "hydrant-router")).len(),
+        1
+    );
+    assert_eq!(
+        violations(&graph("hydrant-router", "hydrant-testkit")).len(),
+        1
+    );
     assert!(violations(&graph("hydrant-executor", "hydrant-container")).is_empty());
     assert!(violations(&graph("hydrant-nozzle-syslog", "hydrant-api")).is_empty());
 }
