@@ -223,15 +223,18 @@ impl Slo {
             ));
         }
         if let Some(url) = &self.webhook_url {
-            let rest = url
-                .strip_prefix("http://")
-                .or_else(|| url.strip_prefix("https://"));
-            let ok = rest.is_some_and(|r| {
-                !r.is_empty()
-                    && !r.starts_with('/')
-                    && r.len() <= 2048
-                    && r.bytes().all(|b| b.is_ascii_graphic())
-            });
+            // Spaces and control bytes would be percent-encoded by a parser, and `http:///x`
+            // would be read as host `x` (WHATWG's leniency); refuse both instead, so the URL
+            // the alerter calls is the one the user wrote.
+            let ok = url.len() <= 2048
+                && url.bytes().all(|b| b.is_ascii_graphic())
+                && url
+                    .split_once("://")
+                    .is_some_and(|(_, rest)| !rest.starts_with('/'))
+                && url::Url::parse(url).is_ok_and(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.host_str().is_some_and(|h| !h.is_empty())
+                });
             if !ok {
                 // The URL may hold a secret: the message never repeats it.
                 return Err(bad(
@@ -428,6 +431,23 @@ mod tests {
                 "`slos[0].webhook_url`",
             ),
         ];
+        let cases = cases.into_iter().chain(
+            [
+                "http:///secret",
+                "https://hooks.example.com:99999/secret",
+                "https://hooks.example.com/a secret",
+                "hooks.example.com/secret",
+            ]
+            .map(|url| {
+                (
+                    Slo {
+                        webhook_url: Some(url.to_owned()),
+                        ..slo()
+                    },
+                    "`slos[0].webhook_url`",
+                )
+            }),
+        );
         for (slo, field) in cases {
             let msg = error_of(slo);
             assert!(msg.starts_with(field), "{msg}");
@@ -438,5 +458,12 @@ mod tests {
         };
         let msg = dup.validate().unwrap_err().to_string();
         assert!(msg.starts_with("`slos[1].name`"), "{msg}");
+        let ok = SloSet {
+            slos: vec![Slo {
+                webhook_url: Some("https://hooks.example.com:8443/slo?team=web".to_owned()),
+                ..slo()
+            }],
+        };
+        ok.validate().unwrap();
     }
 }
