@@ -293,9 +293,9 @@ async fn a_hostile_npm_install_script_gets_nothing_of_the_platform() {
             ],
         )
         .await;
+    assert_eq!(build.state, BuildState::Staged, "{build:?}");
     let lines = stg_until(&agent, &app, "Staging complete").await;
     let text = lines.join("\n");
-    assert_eq!(build.state, BuildState::Staged, "{build:?}\n{text}");
     assert!(
         lines
             .iter()
@@ -495,15 +495,21 @@ fn a_cloud_controller_killed_mid_install_removes_the_leftovers_when_it_starts_ag
             .unwrap();
         let dir = app_dir(&[("package.json", package.as_slice(), 0o644)]);
         cc.client.push_dir(&app.guid, dir.path()).await.unwrap();
-        cc.client
+        let build = cc
+            .client
             .create_build(&app.guid, &hydrant_api::CreateBuild::default())
             .await
             .unwrap();
         let config = cc.config.clone();
         let watched = config.clone();
+        let client = cc.client.clone();
         wait_for(BUILD_WAIT, "the staging container to run", move || {
-            let config = watched.clone();
-            async move { !staging_containers(&config).await.is_empty() }
+            let (config, client, guid) = (watched.clone(), client.clone(), build.guid.clone());
+            async move {
+                let build = client.build(&guid).await.unwrap();
+                assert_ne!(build.state, BuildState::Failed, "{build:?}");
+                !staging_containers(&config).await.is_empty()
+            }
         })
         .await;
         std::mem::forget(cc);
