@@ -164,6 +164,11 @@ impl NetConfig {
         Ok((network, prefix))
     }
 
+    /// [`NetConfig::effective_rules`] as [`render_rules`]' aligned table.
+    pub fn effective_rules_table(&self) -> String {
+        render_rules(&self.effective_rules())
+    }
+
     /// The full egress policy in evaluation order, for `hydrant security-groups` (as JSON, or
     /// through [`render_rules`]): the host and neighbour denies (the host shown as `<host>`),
     /// the operator's rules, then the default denies, then the public allow. A container's own

@@ -22,6 +22,7 @@ mod emit;
 mod exit;
 mod logs;
 mod roles;
+mod security_groups;
 mod session;
 mod slo_cli;
 mod static_server;
@@ -110,6 +111,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The egress rules an executor's containers get (application security groups).
+    SecurityGroups(security_groups::SecurityGroupsArgs),
     /// Measure the pipeline end to end over real sockets.
     Bench {
         #[command(subcommand)]
@@ -182,6 +185,7 @@ fn main() -> ExitCode {
             Command::Autoscale(args) => autoscale_cli::run(args).await,
             Command::Target(args) => session::target(args).await,
             Command::Emit(args) => emit::run(args).await,
+            Command::SecurityGroups(args) => security_groups::run(&args),
             Command::Bench { what } => bench::run(what).await,
             Command::DemoApp(args) => demo_app::run(args).await,
             Command::StaticServer(args) => static_server::run(args).await,
