@@ -45,8 +45,9 @@ pub struct UpArgs {
     /// seconds (policies keep their 60 s minimum); for tests and demos.
     #[arg(long, hide = true)]
     autoscaler_rule_cap_secs: Option<u32>,
-    /// How app instances are isolated: `container` (each in its own runc container as uid
-    /// 2000 with kernel limits and its own network; needs root, runc, iproute2 and nftables)
+    /// How app instances and staging's install steps are isolated: `container` (each in its
+    /// own runc container as uid 2000 with kernel limits and its own network; needs root,
+    /// runc, iproute2 and nftables)
     /// or `none` (as your own user beside the platform's keys; warned at start and in every
     /// instance's logs). `none` is the default until the micro cloud's apps run in containers.
     #[arg(long, value_parser = ["container", "none"], default_value = "none")]

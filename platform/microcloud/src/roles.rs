@@ -119,6 +119,15 @@ mod platform {
                     // The SLO alerter's status (budgets, burn rates, alerts) for `hydrant slo`.
                     ("slo".to_owned(), w.url("slo", "admin")),
                 ]),
+                // `hydrant up --isolation`: staging's install steps run the way instances do.
+                staging_isolation: hydrant_cloudcontroller::StagingIsolation {
+                    mode: if w.options.containers {
+                        hydrant_cloudcontroller::IsolationMode::Container
+                    } else {
+                        hydrant_cloudcontroller::IsolationMode::None
+                    },
+                    ..hydrant_cloudcontroller::StagingIsolation::default()
+                },
                 bus: w.bus.clone(),
                 telemetry: w.platform_telemetry(),
                 ..hydrant_cloudcontroller::Config::default()
