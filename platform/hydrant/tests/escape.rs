@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hydrant");
 
+/// One containerised micro cloud at a time: they would share the default bridge, which a
+/// second live process may not take.
+static ONE_CLOUD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 const ESCAPE_APP: &str = r#"
 import json, os, socket, subprocess, urllib.parse, http.server
 
@@ -75,7 +79,12 @@ struct Up {
 
 impl Up {
     fn start() -> Self {
-        let home = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap())
+    }
+
+    /// `hydrant up --isolation container` on an existing home (after a crash).
+    fn start_in(home: tempfile::TempDir) -> Self {
+        let _ = std::fs::remove_file(home.path().join("data/endpoints.json"));
         let child = Command::new(BIN)
             .args([
                 "up",
@@ -173,6 +182,9 @@ fn instance_pids() -> Vec<(String, u32)> {
 
 #[test]
 fn a_pushed_app_cannot_escape_its_container() {
+    let _one = ONE_CLOUD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     assert!(
         nix::unistd::geteuid().is_root(),
         "this test runs apps in real containers and needs root: run it as root, as CI does"
@@ -278,4 +290,86 @@ fn a_pushed_app_cannot_escape_its_container() {
         others.iter().all(|p| alive.contains(p)),
         "{others:?} vs {alive:?}"
     );
+}
+
+/// The containers `runc` knows under the micro cloud's executor.
+fn runc_list(data: &std::path::Path) -> Vec<String> {
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(data.join("executor/containers/runc"))
+        .args(["list", "--quiet"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn containers_of_a_killed_micro_cloud_are_removed_at_its_next_start() {
+    let _one = ONE_CLOUD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs apps in real containers and needs root: run it as root, as CI does"
+    );
+    let mut up = Up::start();
+    let data = up.home.path().join("data");
+    let app = tempfile::tempdir().unwrap();
+    std::fs::write(app.path().join("escape.py"), ESCAPE_APP).unwrap();
+    std::fs::write(app.path().join("Procfile"), "web: exec python3 escape.py\n").unwrap();
+    let out = up.cli(&["push", "left", "-p", app.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = runc_list(&data);
+    assert_eq!(before.len(), 1, "{before:?}");
+    let old_pids: Vec<u32> = instance_pids()
+        .into_iter()
+        .filter(|(guid, _)| *guid == before[0])
+        .map(|(_, pid)| pid)
+        .collect();
+    assert!(!old_pids.is_empty());
+
+    // SIGKILL: the executor cannot stop anything; the container outlives it.
+    up.child.kill().unwrap();
+    up.child.wait().unwrap();
+    assert_eq!(
+        runc_list(&data),
+        before,
+        "the container should outlive a SIGKILL"
+    );
+    let home = std::mem::replace(&mut up.home, tempfile::tempdir().unwrap());
+    drop(up);
+
+    // The next start removes it (and the health manager starts the app afresh).
+    let up = Up::start_in(home);
+    wait_for(Duration::from_secs(60), "the old container gone", || {
+        !runc_list(&data).contains(&before[0])
+    });
+    let alive: Vec<u32> = instance_pids()
+        .into_iter()
+        .filter(|(guid, _)| *guid == before[0])
+        .map(|(_, pid)| pid)
+        .collect();
+    assert!(alive.is_empty(), "{alive:?} outlived the restart");
+    for hierarchy in ["memory", "pids", "cpu"] {
+        let dir = std::path::Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join("hydrant/0")
+            .join(&before[0]);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    assert!(
+        !std::fs::read_dir(data.join("executor/containers/bundles"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy() == before[0]),
+        "bundle left behind"
+    );
+    drop(up);
 }
