@@ -10,7 +10,7 @@
 //! - [`FirehoseClient`] / [`StreamEvent`]: one subscription, kept alive with capped exponential
 //!   backoff and jitter; final on 401/403/404.
 //! - [`recent`] / [`RecentQuery`]: history from the log cache read API (protojson parsed back
-//!   by [`json`]).
+//!   by `hydrant_envelope::json`, the same codec the edge writes it with).
 //! - [`follow_with_recent`] / [`Follow`]: recent, then live, with no gap and no duplicates.
 //! - [`render`]: `cf logs`-compatible lines with every control character escaped, and NDJSON.
 //!
@@ -25,7 +25,6 @@ mod error;
 mod follow;
 mod frame;
 mod http;
-pub mod json;
 mod recent;
 pub mod render;
 mod stream;

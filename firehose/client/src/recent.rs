@@ -108,7 +108,7 @@ pub async fn recent(
         let what = || format!("app {source_id:?}");
         match response.status {
             200 => {
-                return crate::json::read_response(&response.body).map_err(|reason| {
+                return hydrant_envelope::json::read_response(&response.body).map_err(|reason| {
                     Error::Protocol {
                         what: "the recent-logs API",
                         reason,

@@ -4,6 +4,13 @@
 //! `json_name`), 64-bit integers as strings, `bytes` as base64, enums by name, and every field
 //! present. One addition: log payloads that are valid UTF-8 are also given as `payload_text`, so a
 //! script does not need to base64-decode every line.
+//!
+//! Both directions live here, so the edge (which writes this JSON) and the client (which reads
+//! the recent-logs API's JSON back, in [`read_response`] and [`from_json`]) share one codec.
+
+mod decode;
+
+pub use decode::{from_json, read_response};
 
 use base64::Engine;
 use serde_json::{Map, Value, json};

@@ -1,5 +1,6 @@
-//! protojson back into `v2::Envelope`: the inverse of `hydrant_envelope::json`, for the
-//! recent-logs read API.
+//! protojson back into `v2::Envelope`: the inverse of the encoder in [`super`], so the edge's
+//! JSON and the client's reading of it are one codec, tested round trip (the recent-logs read
+//! API, and any script-facing JSON a Hydrant tool reads back).
 //!
 //! Accepts what a protojson parser accepts for these messages: snake_case or lowerCamelCase
 //! names, 64-bit integers as strings or numbers, `bytes` as standard or URL-safe base64 with or
@@ -11,10 +12,10 @@
 
 use std::collections::HashMap;
 
+use crate::v2::{self, envelope::Message, value::Data};
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use bytes::Bytes;
-use hydrant_envelope::v2::{self, envelope::Message, value::Data};
 use serde_json::{Map, Value};
 
 /// A parse failure and where it happened; the path is built innermost first on the way out, so
@@ -81,7 +82,7 @@ pub fn read_response(body: &[u8]) -> Result<Vec<v2::Envelope>, String> {
 ///
 /// # Errors
 /// A message naming the field path that is wrong.
-pub fn envelope(value: &Value) -> Result<v2::Envelope, String> {
+pub fn from_json(value: &Value) -> Result<v2::Envelope, String> {
     parse_envelope(value).map_err(Failure::render)
 }
 
@@ -419,13 +420,13 @@ mod tests {
     #[test]
     fn inverts_the_envelope_crate_json() {
         let envs = sample();
-        let body = json!({ "envelopes": hydrant_envelope::json::batch(&envs) }).to_string();
+        let body = json!({ "envelopes": crate::json::batch(&envs) }).to_string();
         assert_eq!(read_response(body.as_bytes()).unwrap(), envs);
     }
 
     #[test]
     fn accepts_protojson_variants() {
-        let e = envelope(&json!({
+        let e = from_json(&json!({
             "timestamp": 5,
             "sourceId": "s",
             "instanceId": null,
@@ -442,7 +443,7 @@ mod tests {
             panic!()
         };
         assert_eq!(&l.payload[..], b"hi");
-        let e = envelope(&json!({"log": {"payload_text": "plain"}})).unwrap();
+        let e = from_json(&json!({"log": {"payload_text": "plain"}})).unwrap();
         let Some(Message::Log(l)) = e.message else {
             panic!()
         };
@@ -466,7 +467,7 @@ mod tests {
             (json!([1]), "expected an object"),
         ];
         for (value, needle) in cases {
-            let err = envelope(&value).unwrap_err();
+            let err = from_json(&value).unwrap_err();
             assert!(err.contains(needle), "{err} should mention {needle}");
         }
         let err =
