@@ -19,8 +19,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, put};
 use axum::{Json, Router};
-use hydrant_api::{CreateDrain, Drain, DrainStatus, DrainTarget, List};
 use hydrant_api::mask_url;
+use hydrant_api::{CreateDrain, Drain, DrainStatus, DrainTarget, List};
 use rusqlite::Connection;
 use serde_json::json;
 
