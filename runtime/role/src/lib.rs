@@ -17,14 +17,17 @@
 //!    documented defaults, a `validate()` whose errors name the field — use [`invalid`]).
 //! 2. Implement [`Role`] on a unit struct: its `NAME` (what `hydrant run NAME` takes), its
 //!    `LISTENERS` (name, config field, default address, how to read the address from the
-//!    config), `validate`, `registry` (its `source_id`/`instance_id`), and `run`, which takes
-//!    its sockets out of [`Listeners`] by name and serves until the shutdown token fires.
+//!    config; [`admin_listener`] when the admin listener is its only socket), `validate`,
+//!    `registry` when its `source_id`/`instance_id` are not `NAME`/`0`, and `run`, which takes
+//!    its sockets out of [`Listeners`] by name (or [`AdminListener::take`]) and serves until
+//!    the shutdown token fires.
 //! 3. Add one row to the table in the `hydrant` binary (`roles.rs`) so `hydrant run NAME` starts
 //!    it, and, if the micro cloud should run it, one row to the micro cloud's table with its
 //!    micro-cloud config.
 //!
 //! # Layout
-//! - `listeners`: [`ListenerSpec`], [`Listeners`], [`bind`] and [`bind_on`].
+//! - `listeners`: [`ListenerSpec`], [`Listeners`], [`bind`] and [`bind_on`]; the standard
+//!   admin-only set, [`admin_listener`] and [`AdminListener`].
 //! - `config`: [`load`] (TOML file → config), [`invalid`] and [`ConfigError`], the
 //!   [`ApiConsumer`] block (`api_url` + `token`/`token_file`).
 //! - `run`: [`run_from_file`], the whole of `hydrant run ROLE --config FILE`, and
@@ -45,7 +48,7 @@ pub use backoff::Backoff;
 pub use config::{ApiConsumer, ConfigError, MAX_TOKEN_FILE_BYTES, invalid, load};
 pub use error::Error;
 pub use hydrant_emitter::Registry;
-pub use listeners::{ListenerSpec, Listeners, bind, bind_on};
+pub use listeners::{ADMIN, AdminListener, ListenerSpec, Listeners, admin_listener, bind, bind_on};
 pub use run::{RunError, run_from_file, shutdown_on_signal};
 pub use sync::lock;
 use tokio_util::sync::CancellationToken;
@@ -73,8 +76,12 @@ pub trait Role: 'static {
     fn validate(config: &Self::Config) -> Result<(), Self::Error>;
 
     /// The registry behind the role's `/metrics` and self-telemetry: `source_id` is the role,
-    /// `instance_id` which copy of it.
-    fn registry(config: &Self::Config) -> Registry;
+    /// `instance_id` which copy of it. By default [`Role::NAME`] and `0`, for a role that runs
+    /// as one copy.
+    fn registry(config: &Self::Config) -> Registry {
+        let _ = config;
+        Registry::new(Self::NAME, "0")
+    }
 
     /// What an operator wants to read at start-up beyond where the role listens (e.g. how many
     /// drains a nozzle serves); `None` for nothing more.

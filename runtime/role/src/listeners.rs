@@ -5,9 +5,15 @@
 //! addresses (`hydrant run`), [`bind_on`] at addresses the caller picks (the micro cloud's
 //! well-known or ephemeral ports, tests' `127.0.0.1:0`).
 //!
+//! Most roles serve one socket only, their admin listener (`/healthz`, `/metrics` and whatever
+//! status page the role adds); [`admin_listener`] declares it and [`AdminListener`] is its
+//! bound set, so such a role writes neither.
+//!
 //! Invariant: every bind error names the config field and the address. The trust issue wraps
 //! the bound sockets in mTLS here, so no role binds a socket of its own.
 
+use std::fmt;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
@@ -25,6 +31,64 @@ pub struct ListenerSpec<C> {
     pub default: &'static str,
     /// Reads the address out of a config.
     pub address: fn(&C) -> &str,
+}
+
+/// The one listener of a role whose only socket is its admin listener: named `admin`, read from
+/// the config field `admin_listen`, defaulting to `default`.
+pub const fn admin_listener<C>(default: &'static str, address: fn(&C) -> &str) -> ListenerSpec<C> {
+    ListenerSpec {
+        name: ADMIN,
+        field: "admin_listen",
+        default,
+        address,
+    }
+}
+
+/// The name [`admin_listener`] gives the admin listener.
+pub const ADMIN: &str = "admin";
+
+/// The bound listener set of role `R` when its only socket is the admin listener
+/// ([`admin_listener`]). A role names it as its own `Listeners` (a type alias), so callers keep
+/// writing `Listeners::bind(&config)`.
+pub struct AdminListener<R> {
+    /// `/healthz`, `/metrics` and the role's own status endpoints (`admin_listen`).
+    pub admin: TcpListener,
+    role: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for AdminListener<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminListener")
+            .field("admin", &self.admin)
+            .finish()
+    }
+}
+
+impl<R: Role> AdminListener<R> {
+    /// A set over a socket bound elsewhere (tests that already hold one).
+    #[must_use]
+    pub fn new(admin: TcpListener) -> Self {
+        Self {
+            admin,
+            role: PhantomData,
+        }
+    }
+
+    /// Binds the config's admin address through [`bind`].
+    ///
+    /// # Errors
+    /// [`Error::Bind`] naming the field and the address.
+    pub async fn bind(config: &R::Config) -> Result<Self, Error> {
+        Self::take(bind::<R>(config).await?)
+    }
+
+    /// Takes the admin listener out of what the runtime bound for `R`.
+    ///
+    /// # Errors
+    /// [`Error::NoListener`] when `R` did not declare [`admin_listener`].
+    pub fn take(mut bound: Listeners) -> Result<Self, Error> {
+        Ok(Self::new(bound.take(ADMIN)?))
+    }
 }
 
 /// The sockets bound for one role, by the names its [`Role::LISTENERS`] gave them.

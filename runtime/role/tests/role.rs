@@ -187,3 +187,56 @@ fn load_refuses_unknown_fields_and_names_the_file() {
     let err = Echo::validate(&config).unwrap_err().to_string();
     assert!(err.contains("greeting"), "{err}");
 }
+
+/// A role whose only socket is its admin listener, written with the runtime's defaults.
+struct AdminOnly;
+
+impl Role for AdminOnly {
+    const NAME: &'static str = "admin-only";
+    type Config = EchoConfig;
+    type Error = Error;
+    const LISTENERS: &'static [ListenerSpec<EchoConfig>] =
+        &[hydrant_runtime::admin_listener("127.0.0.1:0", |c| {
+            &c.admin_listen
+        })];
+
+    fn validate(_: &EchoConfig) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn run(
+        _: EchoConfig,
+        listeners: Listeners,
+        _: Registry,
+        _: CancellationToken,
+    ) -> Result<(), Error> {
+        hydrant_runtime::AdminListener::<Self>::take(listeners).map(drop)
+    }
+}
+
+#[tokio::test]
+async fn an_admin_only_role_binds_admin_listen_and_counts_under_its_name() {
+    let config = EchoConfig::default();
+    let spec = &AdminOnly::LISTENERS[0];
+    assert_eq!((spec.name, spec.field), ("admin", "admin_listen"));
+    let set = hydrant_runtime::AdminListener::<AdminOnly>::bind(&config)
+        .await
+        .unwrap();
+    assert!(set.admin.local_addr().unwrap().ip().is_loopback());
+    assert_eq!(AdminOnly::registry(&config).source_id(), "admin-only");
+    let bound = bind::<AdminOnly>(&config).await.unwrap();
+    AdminOnly::run(
+        config,
+        bound,
+        Registry::new("x", "0"),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    // A role that asks for the admin set without declaring it gets an error, not a panic.
+    let echo_only = Listeners::from_bound(Vec::new());
+    assert!(matches!(
+        hydrant_runtime::AdminListener::<AdminOnly>::take(echo_only),
+        Err(Error::NoListener("admin"))
+    ));
+}
