@@ -79,6 +79,7 @@ impl Drop for Owner {
             .flatten()
         {
             let _ = std::fs::remove_dir(hierarchy.path().join(&self.config.cgroup_parent));
+            let _ = std::fs::remove_dir(hierarchy.path().join("hydrant-test"));
         }
     }
 }

@@ -281,6 +281,35 @@ mod tests {
     }
 
     #[test]
+    fn isolation_is_containers_unless_said_otherwise() {
+        assert_eq!(Config::default().isolation, Isolation::Container);
+        let none: Config = toml::from_str("isolation = \"none\"\n").unwrap();
+        assert_eq!(none.isolation, Isolation::None);
+        let err = toml::from_str::<Config>("isolation = \"chroot\"\n").unwrap_err();
+        assert!(err.to_string().contains("container"), "{err}");
+        let custom: Config = toml::from_str(
+            "executor_id = \"c1\"\n[containers]\npids_limit = 512\n[network]\nbridge = \"hyc1\"\n",
+        )
+        .unwrap();
+        custom.validate().unwrap();
+        assert_eq!(custom.container_config().cgroup_parent, "hydrant/c1");
+        assert_eq!(custom.containers.pids_limit, 512);
+        let bad = Config {
+            containers: hydrant_container::Config {
+                cgroup_parent: "../escape".into(),
+                ..hydrant_container::Config::default()
+            },
+            ..Config::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("containers")
+        );
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases: Vec<(Config, &str)> = vec![
             (

@@ -137,6 +137,8 @@ static RIGS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0)
 pub struct Rig {
     /// The container network to remove at `stop` (`None` when unisolated).
     network: Option<hydrant_container::net::NetConfig>,
+    /// The executor's cgroup parent, to remove at `stop`.
+    cgroup_parent: Option<String>,
     pub bus: Bus,
     agent: Option<FakeAgent>,
     pub droplets: DropletServer,
@@ -197,6 +199,7 @@ impl Rig {
         let executor_id = config.executor_id.clone();
         let config_isolation = config.isolation;
         let config_network = config.network.clone();
+        let config_parent = config.containers.cgroup_parent.clone();
         let listeners = Listeners::bind(&config).await.unwrap();
         let admin = listeners.admin.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -204,6 +207,7 @@ impl Rig {
         let rig = Self {
             network: (config_isolation == hydrant_executor::Isolation::Container)
                 .then_some(config_network),
+            cgroup_parent: Some(config_parent),
             bus,
             agent,
             droplets,
@@ -355,11 +359,23 @@ impl Rig {
             .expect("executor did not shut down in time")
             .unwrap()
             .unwrap();
-        // The executor leaves its bridge for the next start; a test leaves nothing.
+        // The executor leaves its bridge and cgroup parent for the next start; a test leaves
+        // nothing.
         if let Some(network) = self.network.take()
             && let Ok(net) = hydrant_container::net::Network::setup(&network).await
         {
             net.teardown().await.unwrap();
+        }
+        if let Some(parent) = self.cgroup_parent.take() {
+            for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let _ = std::fs::remove_dir(hierarchy.path().join(&parent));
+                // Empty once the last test of this run is done.
+                let _ = std::fs::remove_dir(hierarchy.path().join("hydrant-test"));
+            }
         }
     }
 }
