@@ -18,13 +18,17 @@ use crate::config::Endpoint;
 #[derive(Debug)]
 pub(crate) struct Response {
     pub status: u16,
+    /// The `Content-Type`, when it was readable text.
+    pub content_type: Option<String>,
     pub body: Bytes,
 }
 
-/// GETs `path_and_query` (already percent-encoded) under the endpoint's prefix.
+/// GETs `path_and_query` (already percent-encoded) under the endpoint's prefix, asking for
+/// `accept`.
 pub(crate) async fn get(
     endpoint: &Endpoint,
     path_and_query: &str,
+    accept: &str,
     token: &str,
     max_body: usize,
 ) -> Result<Response, Error> {
@@ -46,7 +50,7 @@ pub(crate) async fn get(
     });
     let mut request = http::Request::get(format!("{}{}", endpoint.prefix, path_and_query))
         .header(http::header::HOST, &endpoint.authority)
-        .header(http::header::ACCEPT, "application/json")
+        .header(http::header::ACCEPT, accept)
         .header(http::header::CONNECTION, "close");
     if !token.is_empty() {
         request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
@@ -62,6 +66,11 @@ pub(crate) async fn get(
         .await
         .map_err(|e| connect_error(e.to_string()))?;
     let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = Limited::new(response.into_body(), max_body)
         .collect()
         .await
@@ -79,5 +88,9 @@ pub(crate) async fn get(
             }
         })?
         .to_bytes();
-    Ok(Response { status, body })
+    Ok(Response {
+        status,
+        content_type,
+        body,
+    })
 }

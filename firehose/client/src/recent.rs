@@ -10,6 +10,7 @@
 
 use hydrant_envelope::v2;
 use hydrant_envelope::wire::Kind;
+use prost::Message as _;
 
 use crate::config::percent_encode;
 use crate::render::escape_text;
@@ -98,7 +99,13 @@ pub async fn recent(
             percent_encode(source_id),
             query.query_string(limit)
         );
-        let read = crate::http::get(&endpoint, &path, &config.token, config.max_response_bytes);
+        let read = crate::http::get(
+            &endpoint,
+            &path,
+            ACCEPT,
+            &config.token,
+            config.max_response_bytes,
+        );
         let response = tokio::time::timeout(config.request_timeout(), read)
             .await
             .map_err(|_| Error::Timeout {
@@ -107,14 +114,7 @@ pub async fn recent(
             })??;
         let what = || format!("app {source_id:?}");
         match response.status {
-            200 => {
-                return hydrant_envelope::json::read_response(&response.body).map_err(|reason| {
-                    Error::Protocol {
-                        what: "the recent-logs API",
-                        reason,
-                    }
-                });
-            }
+            200 => return decode(&response),
             401 => return Err(Error::Unauthorized),
             403 => return Err(Error::Forbidden { what: what() }),
             404 => return Err(Error::NotFound { what: what() }),
@@ -137,6 +137,28 @@ pub async fn recent(
             }
         }
     }
+}
+
+/// What the client asks the read API for: the binary batch first (no JSON on the way), Log
+/// Cache's JSON from an edge or log cache that only speaks that.
+const ACCEPT: &str = "application/x-protobuf, application/json;q=0.5";
+
+/// The envelopes of a 200 answer, binary or JSON as its `Content-Type` says.
+fn decode(response: &crate::http::Response) -> Result<Vec<v2::Envelope>, Error> {
+    let protocol = |reason: String| Error::Protocol {
+        what: "the recent-logs API",
+        reason,
+    };
+    let binary = response
+        .content_type
+        .as_deref()
+        .is_some_and(|t| t.starts_with("application/x-protobuf"));
+    if binary {
+        return v2::EnvelopeBatch::decode(&response.body[..])
+            .map(|b| b.batch)
+            .map_err(|e| protocol(format!("the binary batch does not decode: {e}")));
+    }
+    hydrant_envelope::json::read_response(&response.body).map_err(protocol)
 }
 
 fn too_many(body: &[u8]) -> Error {

@@ -7,6 +7,10 @@
 //! sorting the union by timestamp and cutting at `limit` gives the exact answer. A doppler that
 //! is down or slower than `read_timeout_secs` is skipped and counted
 //! (`trafficcontroller.upstream_errors{call=read}`); only when none answers does the read fail.
+//!
+//! The answer is Log Cache's JSON unless the request's `Accept` names [`PROTOBUF`]: then it is
+//! one encoded v2 `EnvelopeBatch`, what Hydrant's own client asks for, so recent logs are never
+//! turned into JSON only to be parsed back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +26,19 @@ use hydrant_envelope::v2;
 use serde_json::{Map, Value, json};
 
 use crate::api::{ApiError, Query, Shared};
+
+/// The media type of a binary read answer: one encoded v2 `EnvelopeBatch`.
+pub(crate) const PROTOBUF: &str = "application/x-protobuf";
+
+/// True when `Accept` asks for [`PROTOBUF`] (a client that can read both lists it first).
+fn wants_protobuf(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.split(';').next().is_some_and(|m| m.trim() == PROTOBUF))
+}
 
 /// Log Cache's default and largest `limit`.
 const DEFAULT_LIMIT: i64 = 100;
@@ -146,6 +163,11 @@ pub(crate) async fn read(
     let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
     let envelopes = merge(envelopes, request.descending, limit);
     app.metrics.egress_recent.add(envelopes.len() as u64);
+    if wants_protobuf(&headers) {
+        let batch = v2::EnvelopeBatch { batch: envelopes };
+        let body = prost::Message::encode_to_vec(&batch);
+        return Ok(([(axum::http::header::CONTENT_TYPE, PROTOBUF)], body).into_response());
+    }
     Ok(Json(json!({ "envelopes": hydrant_envelope::json::batch(&envelopes) })).into_response())
 }
 

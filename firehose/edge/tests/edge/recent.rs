@@ -155,3 +155,72 @@ async fn meta_merges_dopplers_and_hides_what_the_token_cannot_read() {
     assert!(v["meta"].get("web").is_some());
     edge.stop().await;
 }
+
+/// `GET path` with `Accept: accept`; the status, `Content-Type` and body.
+async fn get_accepting(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    accept: &str,
+) -> (u16, String, bytes::Bytes) {
+    use http_body_util::BodyExt as _;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", addr.to_string())
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", accept)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, content_type, body)
+}
+
+/// A client that accepts protobuf gets the same envelopes as one encoded `EnvelopeBatch`
+/// (nothing turned into JSON and back); a browser's `Accept` still gets Log Cache's JSON.
+#[tokio::test]
+async fn protobuf_readers_get_the_batch_binary_and_browsers_json() {
+    use prost::Message as _;
+    let (a, b) = two_dopplers().await;
+    let edge = start_edge(config(vec![a.url(), b.url()])).await;
+    let t = admin_token();
+    let (status, content_type, body) = get_accepting(
+        edge.http,
+        "/api/v1/read/web?limit=3&descending=true",
+        &t,
+        "application/x-protobuf, application/json;q=0.5",
+    )
+    .await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "application/x-protobuf")
+    );
+    let batch = hydrant_envelope::v2::EnvelopeBatch::decode(&body[..]).unwrap();
+    let ts: Vec<i64> = batch.batch.iter().map(|e| e.timestamp).collect();
+    assert_eq!(ts, vec![7, 6, 5]);
+    let (json_status, json_type, json) = get_accepting(
+        edge.http,
+        "/api/v1/read/web?limit=3&descending=true",
+        &t,
+        "text/html,application/json;q=0.9,*/*;q=0.8",
+    )
+    .await;
+    assert_eq!(json_status, 200);
+    assert!(json_type.starts_with("application/json"), "{json_type}");
+    let back = hydrant_envelope::json::read_response(&json).unwrap();
+    assert_eq!(back, batch.batch, "both answers carry the same envelopes");
+    edge.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
