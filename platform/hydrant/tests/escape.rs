@@ -373,3 +373,42 @@ fn containers_of_a_killed_micro_cloud_are_removed_at_its_next_start() {
     );
     drop(up);
 }
+
+#[test]
+fn an_app_past_its_memory_is_oom_killed_and_its_peak_shows_in_events() {
+    let _one = ONE_CLOUD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs apps in real containers and needs root: run it as root, as CI does"
+    );
+    let up = Up::start();
+    let app = tempfile::tempdir().unwrap();
+    std::fs::write(
+        app.path().join("hog.py"),
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(1 << 20))\n",
+    )
+    .unwrap();
+    std::fs::write(app.path().join("Procfile"), "web: exec python3 hog.py\n").unwrap();
+    // The push itself may report the crash; what matters is what the platform recorded.
+    let _ = up.cli(&[
+        "push",
+        "hog",
+        "-m",
+        "64M",
+        "-p",
+        app.path().to_str().unwrap(),
+    ]);
+    let mut events = String::new();
+    wait_for(Duration::from_secs(60), "an OOM crash event", || {
+        let out = up.cli(&["events", "hog"]);
+        events = String::from_utf8_lossy(&out.stdout).into_owned();
+        events.contains("out of memory")
+    });
+    assert!(events.contains("audit.app.process.crash"), "{events}");
+    assert!(
+        events.contains("Exited with status 137 (out of memory); peak memory"),
+        "{events}"
+    );
+}
