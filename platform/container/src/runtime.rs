@@ -1,8 +1,8 @@
 //! Running containers with the OCI runtime (`runc`): one [`Containers`] handle per owner (an
 //! executor, the stager) made at start, one [`Container`] per running container.
 //!
-//! Flow: [`Containers::open`] checks the host (root, runtime, cgroups), lays out the stack and
-//! removes leftovers ([`Containers::cleanup`]) → [`Containers::spawn`] writes the bundle, makes
+//! Flow: [`Containers::open`] checks the host (root, runtime, cgroups) and lays out the stack
+//! → [`Containers::cleanup`] removes what a killed earlier run left → [`Containers::spawn`] writes the bundle, makes
 //! the parent cgroup with the limits and starts `runc run` as a child whose stdout/stderr are
 //! the container's → [`Container::usage`] reads the cgroup → [`Container::signal`] /
 //! [`Container::destroy`] end it and report the [`End`].
@@ -130,8 +130,9 @@ fn exit_code(status: ExitStatus) -> i32 {
 }
 
 impl Containers {
-    /// Checks that this host can run containers, lays out the stack under the state dir and
-    /// removes what an earlier run of the same owner left (logged).
+    /// Checks that this host can run containers and lays out the stack under the state dir.
+    /// The owner then calls [`Containers::cleanup`] once, before its first container, to
+    /// remove what an earlier run left.
     ///
     /// `hidden` are host paths no container may see (the data dir, the platform binary's
     /// directory); they are masked where a bound host tree would show them.
