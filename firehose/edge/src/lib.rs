@@ -82,7 +82,7 @@ impl Listeners {
     fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
         Ok(Self {
             http: bound.take("http")?,
-            admin: bound.take("admin")?,
+            admin: bound.take(hydrant_runtime::ADMIN)?,
         })
     }
 }
@@ -103,12 +103,7 @@ impl hydrant_runtime::Role for TrafficController {
             default: "127.0.0.1:8081",
             address: |c| &c.listen,
         },
-        hydrant_runtime::ListenerSpec {
-            name: "admin",
-            field: "admin_listen",
-            default: "127.0.0.1:8089",
-            address: |c| &c.admin_listen,
-        },
+        hydrant_runtime::admin_listener("127.0.0.1:8089", |c| &c.admin_listen),
     ];
 
     fn validate(config: &Config) -> Result<(), Error> {

@@ -76,7 +76,7 @@ impl Listeners {
     fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
         Ok(Self {
             ingress: bound.take("ingress")?,
-            admin: bound.take("admin")?,
+            admin: bound.take(hydrant_runtime::ADMIN)?,
         })
     }
 }
@@ -96,12 +96,7 @@ impl hydrant_runtime::Role for Agent {
             default: "127.0.0.1:3458",
             address: |c| &c.listen,
         },
-        hydrant_runtime::ListenerSpec {
-            name: "admin",
-            field: "admin_listen",
-            default: "127.0.0.1:14824",
-            address: |c| &c.admin_listen,
-        },
+        hydrant_runtime::admin_listener("127.0.0.1:14824", |c| &c.admin_listen),
     ];
 
     fn validate(config: &Config) -> Result<(), Error> {

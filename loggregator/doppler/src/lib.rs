@@ -72,12 +72,7 @@ impl hydrant_runtime::Role for Doppler {
             default: "127.0.0.1:8082",
             address: |c| &c.listen,
         },
-        hydrant_runtime::ListenerSpec {
-            name: "admin",
-            field: "admin_listen",
-            default: "127.0.0.1:8083",
-            address: |c| &c.admin_listen,
-        },
+        hydrant_runtime::admin_listener("127.0.0.1:8083", |c| &c.admin_listen),
     ];
 
     fn validate(config: &Config) -> Result<(), Error> {

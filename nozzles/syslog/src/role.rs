@@ -28,7 +28,6 @@ use hydrant_nozzle_core::{
 };
 use rustls::ClientConfig;
 use serde::Serialize;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -44,29 +43,9 @@ pub const ROLE: &str = "nozzle-syslog";
 /// `source_id`s remembered by the reader so queued frames share one allocation per app.
 const MAX_INTERNED: usize = 10_000;
 
-/// The sockets the nozzle serves, bound by the caller (tests bind `127.0.0.1:0`).
-#[derive(Debug)]
-pub struct Listeners {
-    /// `/healthz`, `/metrics` and `/drains` (`Config::admin_listen`, default
-    /// `127.0.0.1:14840`).
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds `config.admin_listen` through the runtime.
-    ///
-    /// # Errors
-    /// [`Error::Runtime`] naming the field whose address could not be bound.
-    pub async fn bind(config: &Config) -> Result<Self, Error> {
-        Self::take(hydrant_runtime::bind::<SyslogNozzle>(config).await?)
-    }
-
-    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
-        Ok(Self {
-            admin: bound.take("admin")?,
-        })
-    }
-}
+/// The socket the nozzle serves: its admin listener, `/healthz`, `/metrics` and `/drains` (`admin_listen`, default
+/// `127.0.0.1:14840`), bound by the caller (tests bind `127.0.0.1:0`).
+pub type Listeners = hydrant_runtime::AdminListener<SyslogNozzle>;
 
 /// The syslog nozzle as a [`hydrant_runtime::Role`]: `hydrant run nozzle-syslog`, `hydrant nozzle
 /// syslog`, and the micro cloud's app drains.
@@ -78,12 +57,9 @@ impl hydrant_runtime::Role for SyslogNozzle {
     type Config = Config;
     type Error = Error;
     const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
-        &[hydrant_runtime::ListenerSpec {
-            name: "admin",
-            field: "admin_listen",
-            default: "127.0.0.1:14840",
-            address: |c| &c.admin_listen,
-        }];
+        &[hydrant_runtime::admin_listener("127.0.0.1:14840", |c| {
+            &c.admin_listen
+        })];
 
     fn validate(config: &Config) -> Result<(), Error> {
         config.validate()

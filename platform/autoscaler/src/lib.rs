@@ -42,8 +42,8 @@ use hydrant_api::policy::AutoscaleDecision;
 use hydrant_api::{AppState, Client, ScaleApp};
 use hydrant_emitter::{Counter, Emitter, Gauge, Registry};
 use hydrant_firehose_client::{FirehoseClient, Subscription};
+use hydrant_runtime::lock;
 use hydrant_windows::{SharedWindows, Windows};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, MAX_INSTANCES};
@@ -55,28 +55,9 @@ pub use shard::{Shard, owner};
 /// The source type of the autoscaler's lines in an app's log stream.
 pub const SOURCE_TYPE: &str = "AUTOSCALER";
 
-/// The autoscaler's listeners.
-#[derive(Debug)]
-pub struct Listeners {
-    /// `/healthz` and `/metrics`.
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds `config.admin_listen` through the runtime.
-    ///
-    /// # Errors
-    /// [`Error::Runtime`] naming the field whose address could not be bound.
-    pub async fn bind(config: &Config) -> Result<Self, Error> {
-        Self::take(hydrant_runtime::bind::<AutoscalerRole>(config).await?)
-    }
-
-    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
-        Ok(Self {
-            admin: bound.take("admin")?,
-        })
-    }
-}
+/// The socket the autoscaler serves: its admin listener, `/healthz` and `/metrics` (`admin_listen`, default
+/// `127.0.0.1:14833`), bound by the caller (tests bind `127.0.0.1:0`).
+pub type Listeners = hydrant_runtime::AdminListener<AutoscalerRole>;
 
 /// The autoscaler as a [`hydrant_runtime::Role`]: `hydrant run autoscaler`, and the micro cloud's.
 #[derive(Debug, Clone, Copy)]
@@ -87,12 +68,9 @@ impl hydrant_runtime::Role for AutoscalerRole {
     type Config = Config;
     type Error = Error;
     const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
-        &[hydrant_runtime::ListenerSpec {
-            name: "admin",
-            field: "admin_listen",
-            default: "127.0.0.1:14833",
-            address: |c| &c.admin_listen,
-        }];
+        &[hydrant_runtime::admin_listener("127.0.0.1:14833", |c| {
+            &c.admin_listen
+        })];
 
     fn validate(config: &Config) -> Result<(), Error> {
         config.validate()
@@ -164,10 +142,6 @@ fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-fn lock(windows: &SharedWindows) -> std::sync::MutexGuard<'_, Windows> {
-    hydrant_runtime::lock(windows)
 }
 
 async fn token(config: &Config) -> Result<String, String> {
@@ -420,7 +394,7 @@ impl Autoscaler {
         now: std::time::Instant,
         unix_now: i64,
     ) -> Vec<ScaleStep> {
-        let status = *self.feed.lock().unwrap_or_else(PoisonError::into_inner);
+        let status = *lock(&self.feed);
         let health = stream_health(status, &lock(windows), now, &self.config);
         self.evaluate_with(windows, health, now, unix_now).await
     }

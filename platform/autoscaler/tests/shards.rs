@@ -164,7 +164,7 @@ async fn each_app_is_scaled_by_exactly_the_copy_that_owns_it() {
         admins.push(admin.local_addr().unwrap());
         tasks.push(tokio::spawn(hydrant_autoscaler::run(
             config,
-            Listeners { admin },
+            Listeners::new(admin),
             stop.clone(),
         )));
     }

@@ -43,7 +43,6 @@ use hydrant_bus::messages::{
 };
 use hydrant_bus::{Bus, Message};
 use hydrant_emitter::{Emitter, Registry};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -74,28 +73,9 @@ const RETRY_QUEUE: usize = 1024;
 /// How long shutdown waits for restart and stop tasks.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// The sockets the health manager serves, bound by the caller (tests bind `127.0.0.1:0`).
-#[derive(Debug)]
-pub struct Listeners {
-    /// `/healthz` and `/metrics` (`Config::admin_listen`, default `127.0.0.1:14832`).
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds `config.admin_listen` through the runtime.
-    ///
-    /// # Errors
-    /// [`Error::Runtime`] naming the field whose address could not be bound.
-    pub async fn bind(config: &Config) -> Result<Self, Error> {
-        Self::take(hydrant_runtime::bind::<HealthManager>(config).await?)
-    }
-
-    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
-        Ok(Self {
-            admin: bound.take("admin")?,
-        })
-    }
-}
+/// The socket the health manager serves: its admin listener, `/healthz` and `/metrics` (`admin_listen`, default
+/// `127.0.0.1:14832`), bound by the caller (tests bind `127.0.0.1:0`).
+pub type Listeners = hydrant_runtime::AdminListener<HealthManager>;
 
 /// The health manager as a [`hydrant_runtime::Role`]: `hydrant run healthmanager`, and the micro
 /// cloud's.
@@ -107,19 +87,12 @@ impl hydrant_runtime::Role for HealthManager {
     type Config = Config;
     type Error = Error;
     const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
-        &[hydrant_runtime::ListenerSpec {
-            name: "admin",
-            field: "admin_listen",
-            default: "127.0.0.1:14832",
-            address: |c| &c.admin_listen,
-        }];
+        &[hydrant_runtime::admin_listener("127.0.0.1:14832", |c| {
+            &c.admin_listen
+        })];
 
     fn validate(config: &Config) -> Result<(), Error> {
         config.validate()
-    }
-
-    fn registry(_: &Config) -> Registry {
-        Registry::new("healthmanager", "0")
     }
 
     fn describe(config: &Config) -> Option<String> {

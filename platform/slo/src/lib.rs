@@ -45,7 +45,6 @@ use hydrant_emitter::{Emitter, Registry};
 use hydrant_firehose_client::Subscription;
 use hydrant_runtime::lock;
 use hydrant_windows::{SharedWindows, Windows};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, WebhookConfig};
@@ -55,28 +54,9 @@ pub use error::Error;
 /// The `source_type` of the alerter's log lines in an app's stream.
 pub const SOURCE_TYPE: &str = "SLO";
 
-/// The sockets the alerter serves, bound by the caller (tests bind `127.0.0.1:0`).
-#[derive(Debug)]
-pub struct Listeners {
-    /// `/healthz`, `/metrics` and `/v1/slos` (`Config::admin_listen`).
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds `config.admin_listen` through the runtime.
-    ///
-    /// # Errors
-    /// [`Error::Runtime`] naming the field whose address could not be bound.
-    pub async fn bind(config: &Config) -> Result<Self, Error> {
-        Self::take(hydrant_runtime::bind::<Slo>(config).await?)
-    }
-
-    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
-        Ok(Self {
-            admin: bound.take("admin")?,
-        })
-    }
-}
+/// The socket the alerter serves: its admin listener, `/healthz`, `/metrics` and `/v1/slos` (`admin_listen`, default
+/// `127.0.0.1:14835`), bound by the caller (tests bind `127.0.0.1:0`).
+pub type Listeners = hydrant_runtime::AdminListener<Slo>;
 
 /// The SLO alerter as a [`hydrant_runtime::Role`]: `hydrant run slo`, and the micro cloud's.
 #[derive(Debug, Clone, Copy)]
@@ -87,19 +67,12 @@ impl hydrant_runtime::Role for Slo {
     type Config = Config;
     type Error = Error;
     const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
-        &[hydrant_runtime::ListenerSpec {
-            name: "admin",
-            field: "admin_listen",
-            default: "127.0.0.1:14835",
-            address: |c| &c.admin_listen,
-        }];
+        &[hydrant_runtime::admin_listener("127.0.0.1:14835", |c| {
+            &c.admin_listen
+        })];
 
     fn validate(config: &Config) -> Result<(), Error> {
         config.validate()
-    }
-
-    fn registry(_: &Config) -> Registry {
-        Registry::new("slo", "0")
     }
 
     async fn run(
