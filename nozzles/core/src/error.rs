@@ -16,3 +16,14 @@ pub enum Error {
     #[error("firehose: {0}")]
     Firehose(hydrant_firehose_client::Error),
 }
+
+/// The runtime's config-field error is this crate's [`Error::Config`], so `validate` uses the
+/// runtime's [`hydrant_runtime::invalid`] and keeps its messages.
+impl From<hydrant_runtime::ConfigError> for Error {
+    fn from(e: hydrant_runtime::ConfigError) -> Self {
+        Self::Config {
+            field: e.field,
+            message: e.message,
+        }
+    }
+}

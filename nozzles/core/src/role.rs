@@ -14,16 +14,10 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
+use hydrant_runtime::invalid;
 
 /// Grace after the drain deadline for senders stuck in a write or call before they are aborted.
 pub const ABORT_GRACE: Duration = Duration::from_millis(500);
-
-fn config_error(field: impl Into<String>, message: impl Into<String>) -> Error {
-    Error::Config {
-        field: field.into(),
-        message: message.into(),
-    }
-}
 
 /// Checks the `[firehose]` section and `subscription_id`; `example_id` (the nozzle's default
 /// shard group) is suggested when the id is empty.
@@ -37,21 +31,21 @@ pub fn validate_firehose(
 ) -> Result<(), Error> {
     firehose.validate().map_err(|e| match e {
         hydrant_firehose_client::Error::Config { field, message } => {
-            config_error(format!("firehose.{field}"), message)
+            Error::from(invalid(format!("firehose.{field}"), message))
         }
         other => Error::Firehose(other),
     })?;
     if firehose.token.is_empty() {
-        return Err(config_error(
+        return Err(Error::from(invalid(
             "firehose.token",
             "is empty; put a token with the `firehose` scope here",
-        ));
+        )));
     }
     if subscription_id.is_empty() {
-        return Err(config_error(
+        return Err(Error::from(invalid(
             "subscription_id",
             format!("is empty; name the shard group, e.g. \"{example_id}\""),
-        ));
+        )));
     }
     Ok(())
 }
@@ -67,14 +61,14 @@ pub fn validate_self_report(
     telemetry: &TelemetryConfig,
 ) -> Result<(), Error> {
     if admin_listen.parse::<std::net::SocketAddr>().is_err() {
-        return Err(config_error(
+        return Err(Error::from(invalid(
             "admin_listen",
             format!("({admin_listen:?}) is not an address; write it like {example}"),
-        ));
+        )));
     }
     telemetry
         .validate()
-        .map_err(|e| config_error("telemetry", e.to_string()))
+        .map_err(|e| Error::from(invalid("telemetry", e.to_string())))
 }
 
 /// Gives `senders` (whose queues the caller has closed) up to `drain` to deliver what is

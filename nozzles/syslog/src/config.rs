@@ -11,6 +11,7 @@ use hydrant_firehose_client::ClientConfig;
 use hydrant_nozzle_core::{
     Backoff, BreakerConfig, QueueLimits, mask_url, validate_firehose, validate_self_report,
 };
+use hydrant_runtime::invalid;
 use serde::{Deserialize, Serialize};
 
 use crate::{DrainData, DrainUrl, EncoderOptions, Error, PlatformConfig, TlsConfig};
@@ -107,13 +108,6 @@ impl Default for EncoderConfig {
     }
 }
 
-fn config_error(field: impl Into<String>, message: impl Into<String>) -> Error {
-    Error::Config {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
 impl Config {
     /// Checks every field; the first problem is returned naming its dotted path.
     ///
@@ -122,11 +116,11 @@ impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         validate_firehose(&self.firehose, &self.subscription_id, "syslog-nozzle")?;
         if self.drains.is_empty() && self.platform.is_none() {
-            return Err(config_error(
+            return Err(Error::from(invalid(
                 "drains",
                 "is empty; list at least one \"syslog://HOST:PORT\", or add a [platform] \
                  section to serve the drains bound to apps",
-            ));
+            )));
         }
         if let Some(platform) = &self.platform {
             platform.validate()?;
@@ -135,27 +129,27 @@ impl Config {
             self.drain(i)?;
         }
         if self.encoder.hostname.is_empty() {
-            return Err(config_error(
+            return Err(Error::from(invalid(
                 "encoder.hostname",
                 "is empty; use a name such as \"hydrant\"",
-            ));
+            )));
         }
         self.queue.validate("queue")?;
         self.retry.validate("retry")?;
         self.breaker.validate("breaker")?;
         if self.write_timeout_ms == 0 {
-            return Err(config_error(
+            return Err(Error::from(invalid(
                 "write_timeout_ms",
                 "must be at least 1 (ms to connect and write one batch)",
-            ));
+            )));
         }
         validate_self_report(&self.admin_listen, "127.0.0.1:14840", &self.telemetry)?;
         self.tls.validate()?;
         if self.loss_notice_interval_ms == 0 {
-            return Err(config_error(
+            return Err(Error::from(invalid(
                 "loss_notice_interval_ms",
                 "must be at least 1 (ms between loss notices to an app)",
-            ));
+            )));
         }
         Ok(())
     }
@@ -193,7 +187,8 @@ pub fn drain_options(
         let query = query.split('#').next().unwrap_or("");
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let bad = |what: &str| config_error(field, format!("{}: {what}", mask_url(url)));
+            let bad =
+                |what: &str| Error::from(invalid(field, format!("{}: {what}", mask_url(url))));
             match key {
                 "drain-data" => {
                     options.drain_data = match value {

@@ -71,6 +71,17 @@ pub enum Error {
     Admin(std::io::Error),
 }
 
+/// The runtime's config-field error is this crate's [`Error::Config`], so `validate` uses the
+/// runtime's [`hydrant_runtime::invalid`] and keeps its messages.
+impl From<hydrant_runtime::ConfigError> for Error {
+    fn from(e: hydrant_runtime::ConfigError) -> Self {
+        Self::Config {
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
 impl Error {
     /// The drain was refused before any connection (private address not allowed).
     #[must_use]

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use hydrant_api::{Client, DrainState as ApiState, DrainStatus, DrainTarget};
 use hydrant_emitter::{Counter, Gauge, Registry};
+use hydrant_runtime::{ApiConsumer, invalid};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -65,80 +66,35 @@ impl Default for PlatformConfig {
     }
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> Error {
-    Error::Config {
-        field: format!("platform.{field}"),
-        message: message.into(),
-    }
-}
-
 impl PlatformConfig {
     /// Checks the section; errors name `platform.FIELD`.
     ///
     /// # Errors
     /// [`Error::Config`].
     pub fn validate(&self) -> Result<(), Error> {
-        let url = self.api_url.trim();
-        let rest = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"));
-        if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
-            return Err(invalid(
-                "api_url",
-                format!(
-                    "{:?} is not an http:// URL; write the cloud controller's address, e.g. \
-                     \"http://127.0.0.1:9022\"",
-                    self.api_url
-                ),
-            ));
-        }
-        match (&self.token, &self.token_file) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "token",
-                    "set token or token_file, not both (token_file is re-read, so prefer it)",
-                ));
-            }
-            (None, None) => {
-                return Err(invalid(
-                    "token",
-                    "platform mode needs an admin token: set token_file = \"PATH\" or \
-                     token = \"...\"",
-                ));
-            }
-            (Some(t), None) if t.trim().is_empty() => {
-                return Err(invalid("token", "is empty; write an admin token"));
-            }
-            (None, Some(p)) if p.as_os_str().is_empty() => {
-                return Err(invalid("token_file", "is empty; write a path"));
-            }
-            _ => {}
-        }
+        self.api().validate("platform.", "an admin token")?;
         for (field, value) in [
             ("poll_interval_ms", self.poll_interval_ms),
             ("status_interval_ms", self.status_interval_ms),
             ("request_timeout_ms", self.request_timeout_ms),
         ] {
             if value == 0 {
-                return Err(invalid(field, "must be at least 1 (ms)"));
+                return Err(invalid(format!("platform.{field}"), "must be at least 1 (ms)").into());
             }
         }
         Ok(())
     }
 
+    /// The section's `api_url`, `token` and `token_file` as the runtime's API-consumer block.
+    fn api(&self) -> ApiConsumer<'_> {
+        ApiConsumer::new(&self.api_url, self.token.as_ref(), self.token_file.as_ref())
+    }
+
+    /// The admin token now, re-read from `token_file` (never echoed in the error).
     fn token(&self) -> Result<String, Error> {
-        match (&self.token, &self.token_file) {
-            (Some(t), _) => Ok(t.trim().to_owned()),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map(|t| t.trim().to_owned())
-                .map_err(|e| {
-                    Error::Api(format!(
-                        "cannot read platform.token_file {}: {e}",
-                        path.display()
-                    ))
-                }),
-            (None, None) => Err(invalid("token", "is not set")),
-        }
+        self.api()
+            .token()
+            .map_err(|e| Error::Api(format!("platform: {e}")))
     }
 }
 
