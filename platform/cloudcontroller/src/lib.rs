@@ -77,7 +77,7 @@ impl Listeners {
     fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
         Ok(Self {
             api: bound.take("api")?,
-            admin: bound.take("admin")?,
+            admin: bound.take(hydrant_runtime::ADMIN)?,
         })
     }
 }
@@ -98,12 +98,7 @@ impl hydrant_runtime::Role for CloudController {
             default: "127.0.0.1:9022",
             address: |c| &c.listen,
         },
-        hydrant_runtime::ListenerSpec {
-            name: "admin",
-            field: "admin_listen",
-            default: "127.0.0.1:14831",
-            address: |c| &c.admin_listen,
-        },
+        hydrant_runtime::admin_listener("127.0.0.1:14831", |c| &c.admin_listen),
     ];
 
     fn validate(config: &Config) -> Result<(), Error> {

@@ -45,8 +45,7 @@ const STATIC_SITE: &[(&str, &[u8], u32)] = &[("index.html", b"<h1>hello</h1>", 0
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_info_and_401s() {
-    let dir = tempfile::tempdir().unwrap();
-    let cc = Cc::start(dir.path(), &Options::new("cc-login")).await;
+    let (_dir, cc) = Cc::fresh("cc-login").await;
     let info = cc.anonymous().info().await.unwrap();
     assert_eq!(info.apps_domain, "apps.localhost");
     assert_eq!(info.endpoints["firehose"], "ws://127.0.0.1:1");
@@ -91,16 +90,9 @@ async fn login_info_and_401s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_lifecycle_writes_audit_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let cc = Cc::start(dir.path(), &Options::new("cc-lifecycle")).await;
+    let (_dir, cc) = Cc::fresh("cc-lifecycle").await;
     let admin = &cc.admin;
-    let app = admin
-        .create_app(&CreateApp {
-            name: "shop".into(),
-            ..CreateApp::default()
-        })
-        .await
-        .unwrap();
+    let app = cc.app("shop").await;
     assert_eq!(app.state, AppState::Stopped);
     assert_eq!(app.routes, ["shop.apps.localhost"]);
     assert_eq!((app.instances, app.memory_mb), (1, 256));
@@ -230,8 +222,7 @@ async fn app_lifecycle_writes_audit_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn developers_auditors_and_outsiders() {
-    let dir = tempfile::tempdir().unwrap();
-    let cc = Cc::start(dir.path(), &Options::new("cc-authz")).await;
+    let (dir, cc) = Cc::fresh("cc-authz").await;
     let space = cc.admin.create_space("team").await.unwrap();
     let dev = cc
         .user("dev", Some((&space.guid, SpaceRole::Developer)))
@@ -323,16 +314,8 @@ async fn developers_auditors_and_outsiders() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_matching_uploads_only_what_is_missing() {
-    let dir = tempfile::tempdir().unwrap();
-    let cc = Cc::start(dir.path(), &Options::new("cc-match")).await;
-    let app = cc
-        .admin
-        .create_app(&CreateApp {
-            name: "big".into(),
-            ..CreateApp::default()
-        })
-        .await
-        .unwrap();
+    let (_dir, cc) = Cc::fresh("cc-match").await;
+    let app = cc.app("big").await;
     let files: Vec<(String, Vec<u8>)> = (0..1000)
         .map(|i| {
             (
@@ -377,14 +360,7 @@ async fn bad_paths_and_oversize_uploads_are_refused() {
     let mut options = Options::new("cc-bad");
     options.max_blob_bytes = 1024;
     let cc = Cc::start(dir.path(), &options).await;
-    let app = cc
-        .admin
-        .create_app(&CreateApp {
-            name: "bad".into(),
-            ..CreateApp::default()
-        })
-        .await
-        .unwrap();
+    let app = cc.app("bad").await;
     let resource = |path: &str| Resource {
         path: path.into(),
         size: 1,

@@ -11,9 +11,9 @@
 #[path = "common/support.rs"]
 mod support;
 
+use hydrant_api::EventFilter;
 use hydrant_api::policy::{AutoscaleDecision, ScalingPolicy};
-use hydrant_api::{CreateApp, EventFilter};
-use support::{Cc, Options};
+use support::Cc;
 
 const POLICY: &str = r#"{
   "instance_min_count": 1, "instance_max_count": 4,
@@ -24,16 +24,8 @@ const POLICY: &str = r#"{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_are_validated_stored_listed_and_removed() {
-    let dir = tempfile::tempdir().unwrap();
-    let cc = Cc::start(dir.path(), &Options::new("cc-autoscaling")).await;
-    let app = cc
-        .admin
-        .create_app(&CreateApp {
-            name: "demo".into(),
-            ..CreateApp::default()
-        })
-        .await
-        .unwrap();
+    let (_dir, cc) = Cc::fresh("cc-autoscaling").await;
+    let app = cc.app("demo").await;
 
     let missing = cc.admin.autoscaling_policy(&app.guid).await.unwrap_err();
     assert_eq!(missing.status(), Some(404));

@@ -13,7 +13,7 @@
 #[path = "common/support.rs"]
 mod support;
 
-use hydrant_api::{CreateApp, DrainState, DrainStatus, EventFilter, SpaceRole};
+use hydrant_api::{DrainState, DrainStatus, EventFilter, SpaceRole};
 use support::{Cc, Options};
 
 /// A documentation address (TEST-NET-3): public, so allowed, and never contacted here.
@@ -21,16 +21,9 @@ const PUBLIC: &str = "syslog://papertrail:hunter2@203.0.113.7:6514?drain-data=al
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drains_are_bound_masked_reported_and_unbound() {
-    let dir = tempfile::tempdir().unwrap();
-    let cc = Cc::start(dir.path(), &Options::new("cc-drains")).await;
+    let (_dir, cc) = Cc::fresh("cc-drains").await;
     let admin = &cc.admin;
-    let app = admin
-        .create_app(&CreateApp {
-            name: "shop".into(),
-            ..CreateApp::default()
-        })
-        .await
-        .unwrap();
+    let app = cc.app("shop").await;
     let space = admin.list_spaces().await.unwrap().remove(0);
     let dev = cc
         .user("dev", Some((space.guid.as_str(), SpaceRole::Developer)))
@@ -158,16 +151,9 @@ async fn drains_are_bound_masked_reported_and_unbound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_and_malformed_drains_are_refused_saying_why() {
-    let dir = tempfile::tempdir().unwrap();
-    let cc = Cc::start(dir.path(), &Options::new("cc-drains-refused")).await;
+    let (_dir, cc) = Cc::fresh("cc-drains-refused").await;
     let admin = &cc.admin;
-    let app = admin
-        .create_app(&CreateApp {
-            name: "shop".into(),
-            ..CreateApp::default()
-        })
-        .await
-        .unwrap();
+    let app = cc.app("shop").await;
     for url in [
         "syslog://127.0.0.1:514",
         "syslog://localhost:514",
@@ -200,14 +186,7 @@ async fn internal_and_malformed_drains_are_refused_saying_why() {
     let mut options = Options::new("cc-drains-private");
     options.allow_private_drains = true;
     let cc = Cc::start(dir.path(), &options).await;
-    let app = cc
-        .admin
-        .create_app(&CreateApp {
-            name: "shop".into(),
-            ..CreateApp::default()
-        })
-        .await
-        .unwrap();
+    let app = cc.app("shop").await;
     cc.admin
         .create_drain(&app.guid, "syslog://127.0.0.1:514")
         .await

@@ -12,9 +12,9 @@
 #[path = "common/support.rs"]
 mod support;
 
+use hydrant_api::EventFilter;
 use hydrant_api::slo::{Sli, Slo, SloSet};
-use hydrant_api::{CreateApp, EventFilter};
-use support::{Cc, Options};
+use support::Cc;
 
 fn availability(webhook: Option<&str>) -> Slo {
     Slo {
@@ -32,16 +32,9 @@ fn availability(webhook: Option<&str>) -> Slo {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slos_are_stored_listed_audited_and_validated() {
-    let dir = tempfile::tempdir().unwrap();
-    let cc = Cc::start(dir.path(), &Options::new("cc-slos")).await;
+    let (_dir, cc) = Cc::fresh("cc-slos").await;
     let admin = &cc.admin;
-    let app = admin
-        .create_app(&CreateApp {
-            name: "shop".into(),
-            ..CreateApp::default()
-        })
-        .await
-        .unwrap();
+    let app = cc.app("shop").await;
 
     let empty = admin.app_slos(&app.guid).await.unwrap();
     assert!(empty.slos.is_empty());

@@ -106,6 +106,25 @@ impl Cc {
         }
     }
 
+    /// A cloud controller with default [`Options`] on bus `bus`, on a fresh data directory the
+    /// caller keeps alive for as long as it uses the controller.
+    pub async fn fresh(bus: &str) -> (tempfile::TempDir, Self) {
+        let dir = tempfile::tempdir().unwrap();
+        let cc = Self::start(dir.path(), &Options::new(bus)).await;
+        (dir, cc)
+    }
+
+    /// Creates the app `name` in the default space, as the admin.
+    pub async fn app(&self, name: &str) -> hydrant_api::App {
+        self.admin
+            .create_app(&hydrant_api::CreateApp {
+                name: name.into(),
+                ..hydrant_api::CreateApp::default()
+            })
+            .await
+            .unwrap()
+    }
+
     pub fn anonymous(&self) -> Client {
         Client::new(&self.url, None)
     }
