@@ -146,6 +146,8 @@ pub struct Wiring {
     pub token: String,
     /// The in-process bus, named for this micro cloud.
     pub bus: hydrant_bus::Config,
+    /// This micro cloud's own container networks, when it is not the default one.
+    pub networks: Option<Networks>,
 }
 
 impl Wiring {
@@ -307,6 +309,8 @@ pub struct MicroCloud {
     pub key: hydrant_auth::SigningKey,
     /// Each role's admin address (`/healthz`, `/metrics`), by its `endpoints.json` name.
     pub admin: BTreeMap<String, SocketAddr>,
+    /// This micro cloud's own container networks (`None`: the defaults, or no containers).
+    pub networks: Option<Networks>,
     registries: BTreeMap<&'static str, Registry>,
     tasks: Tasks,
 }
@@ -371,6 +375,7 @@ impl MicroCloud {
                 std::process::id(),
                 start_number()
             )),
+            networks: Networks::for_options(&options),
             options,
         };
 
@@ -396,6 +401,7 @@ impl MicroCloud {
             token,
             key,
             admin,
+            networks: wiring.networks.clone(),
             registries,
             tasks,
         })
@@ -472,10 +478,185 @@ impl MicroCloud {
     }
 }
 
+/// The executor's and staging's bridges and subnets of a micro cloud that is not the default
+/// one (`--ephemeral-ports` with containers), so micro clouds side by side on one host — the
+/// end-to-end tests start them in parallel — never ask for the same bridge or subnet.
+///
+/// Bridge names come from a hash of the data directory (`hy` / `hs` + 6 hex: veth names are
+/// `<bridge>-<6 hex>`, within the kernel's 15 bytes). Subnets come from a pool kept for this,
+/// `10.253.0.0/16` as /24 pairs (executor `10.253.<2k>.0/24`, staging `10.253.<2k+1>.0/24`),
+/// from `k = hash % 128` on, skipping pairs an interface other than these bridges already has
+/// an address in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Networks {
+    /// The executor's bridge.
+    pub executor_bridge: String,
+    /// The executor's subnet (CIDR).
+    pub executor_subnet: String,
+    /// Staging's bridge.
+    pub staging_bridge: String,
+    /// Staging's subnet (CIDR).
+    pub staging_subnet: String,
+    /// The executor's cgroup parent (`hydrant/<executor bridge>`): the default `hydrant/0` is
+    /// shared, and an executor cleans up every container under its parent when it starts.
+    pub executor_cgroup_parent: String,
+}
+
+impl Networks {
+    /// The networks `options` asks for: `None` keeps the defaults (well-known ports, or no
+    /// containers).
+    #[must_use]
+    pub fn for_options(options: &Options) -> Option<Self> {
+        if !(options.platform && options.containers && options.ports == Ports::Ephemeral) {
+            return None;
+        }
+        let data = options.data_dir.as_deref()?;
+        let absolute = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf());
+        let hash = fnv1a(absolute.to_string_lossy().as_bytes());
+        let executor_bridge = format!("hy{:06x}", hash & 0x00ff_ffff);
+        let staging_bridge = format!("hs{:06x}", hash & 0x00ff_ffff);
+        let taken = host_ipv4_nets(&[&executor_bridge, &staging_bridge]);
+        let k = pick_pair(hash, &taken);
+        Some(Self {
+            executor_subnet: format!("10.253.{}.0/24", 2 * k),
+            staging_subnet: format!("10.253.{}.0/24", 2 * k + 1),
+            executor_cgroup_parent: format!("hydrant/{executor_bridge}"),
+            executor_bridge,
+            staging_bridge,
+        })
+    }
+}
+
+/// The pool's first /24 pair, from `hash % 128` on, that overlaps none of `taken`; when every
+/// pair is taken, the first one (the container network's setup then refuses it, naming the
+/// interface).
+fn pick_pair(hash: u64, taken: &[(u32, u32)]) -> u64 {
+    let start = hash % 128;
+    (0..128)
+        .map(|i| (start + i) % 128)
+        .find(|k| {
+            // k < 128, so 2k fits the third octet.
+            let base = u32::from_be_bytes([10, 253, 0, 0]) | (u32::try_from(*k).unwrap_or(0) << 9);
+            let pair = (base, 23);
+            !taken.iter().any(|net| overlaps(*net, pair))
+        })
+        .unwrap_or(start)
+}
+
+/// Whether two IPv4 networks `(address, prefix length)` share an address.
+fn overlaps(a: (u32, u32), b: (u32, u32)) -> bool {
+    let prefix = a.1.min(b.1).min(32);
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    };
+    a.0 & mask == b.0 & mask
+}
+
+/// The IPv4 networks of this host's interfaces other than `own` (`ip -4 -o addr`); empty when
+/// `ip` cannot run (containers need it, and their setup then says so).
+fn host_ipv4_nets(own: &[&str]) -> Vec<(u32, u32)> {
+    let Ok(out) = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let name = fields.get(1)?;
+            if own.contains(name) || fields.get(2) != Some(&"inet") {
+                return None;
+            }
+            let (addr, prefix) = fields.get(3)?.split_once('/')?;
+            let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+            Some((u32::from(addr), prefix.parse().ok()?))
+        })
+        .collect()
+}
+
+/// FNV-1a, 64 bits: a stable hash of the data directory (std's hasher is seeded per process).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// A per-start suffix for the bus hub's name: the process id alone repeats when one test
 /// process starts several micro clouds.
 fn start_number() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static STARTS: AtomicU64 = AtomicU64::new(0);
     STARTS.fetch_add(1, Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ephemeral(dir: &Path) -> Options {
+        Options {
+            data_dir: Some(dir.to_path_buf()),
+            platform: true,
+            containers: true,
+            ..Options::pipeline()
+        }
+    }
+
+    #[test]
+    fn a_non_default_micro_cloud_gets_its_own_short_bridges_and_pool_subnets() {
+        let a = Networks::for_options(&ephemeral(Path::new("/nonexistent/a"))).unwrap();
+        let b = Networks::for_options(&ephemeral(Path::new("/nonexistent/b"))).unwrap();
+        for n in [&a, &b] {
+            assert!(
+                n.executor_bridge.starts_with("hy") && n.executor_bridge.len() == 8,
+                "{n:?}"
+            );
+            assert!(
+                n.staging_bridge.starts_with("hs") && n.staging_bridge.len() == 8,
+                "{n:?}"
+            );
+            assert!(n.executor_subnet.starts_with("10.253."), "{n:?}");
+            assert_ne!(n.executor_subnet, n.staging_subnet);
+        }
+        assert_ne!(a.executor_bridge, b.executor_bridge);
+        assert_ne!(a.executor_cgroup_parent, b.executor_cgroup_parent);
+        // The same data directory keeps its bridges across restarts.
+        assert_eq!(
+            Networks::for_options(&ephemeral(Path::new("/nonexistent/a")))
+                .unwrap()
+                .executor_bridge,
+            a.executor_bridge
+        );
+    }
+
+    #[test]
+    fn well_known_ports_or_no_containers_keep_the_default_networks() {
+        let dir = Path::new("/nonexistent/a");
+        let well_known = Options {
+            ports: Ports::WellKnown,
+            ..ephemeral(dir)
+        };
+        assert_eq!(Networks::for_options(&well_known), None);
+        let unisolated = Options {
+            containers: false,
+            ..ephemeral(dir)
+        };
+        assert_eq!(Networks::for_options(&unisolated), None);
+    }
+
+    #[test]
+    fn a_pair_an_interface_already_holds_is_skipped() {
+        let at = |third: u8| (u32::from_be_bytes([10, 253, third, 1]), 24);
+        // hash 5: pair k = 5 is 10.253.10.0/24 + 10.253.11.0/24.
+        assert_eq!(pick_pair(5, &[]), 5);
+        assert_eq!(pick_pair(5, &[at(11)]), 6);
+        assert_eq!(pick_pair(5, &[at(10), at(12), at(9)]), 7);
+        // A wider network holding the whole pool leaves nothing free: the first pair is kept.
+        assert_eq!(pick_pair(5, &[(u32::from_be_bytes([10, 0, 0, 1]), 8)]), 5);
+        assert_eq!(pick_pair(127 + 128, &[]), 127);
+    }
 }

@@ -106,7 +106,7 @@ mod platform {
         const PORTS: &'static [u16] = &[9022, 14831];
 
         fn config(w: &Wiring) -> hydrant_cloudcontroller::Config {
-            hydrant_cloudcontroller::Config {
+            let mut config = hydrant_cloudcontroller::Config {
                 external_url: w.url("cloudcontroller", "api"),
                 data_dir: w.data("cloudcontroller").display().to_string(),
                 signing_key_file: w.key_path.as_ref().map(|p| p.display().to_string()),
@@ -131,7 +131,14 @@ mod platform {
                 bus: w.bus.clone(),
                 telemetry: w.platform_telemetry(),
                 ..hydrant_cloudcontroller::Config::default()
+            };
+            // A second micro cloud on this host: staging on its own bridge and subnet.
+            if let Some(n) = &w.networks {
+                let network = &mut config.staging_isolation.network;
+                network.bridge.clone_from(&n.staging_bridge);
+                network.subnet.clone_from(&n.staging_subnet);
             }
+            config
         }
     }
 
@@ -141,7 +148,7 @@ mod platform {
         const PORTS: &'static [u16] = &[14830];
 
         fn config(w: &Wiring) -> hydrant_executor::Config {
-            hydrant_executor::Config {
+            let mut config = hydrant_executor::Config {
                 data_dir: w.data("executor"),
                 // `hydrant up --isolation`: unisolated (warned at start and in every instance's
                 // CELL lines) unless asked for containers.
@@ -153,7 +160,17 @@ mod platform {
                 bus: w.bus.clone(),
                 telemetry: w.platform_telemetry(),
                 ..hydrant_executor::Config::default()
+            };
+            // A second micro cloud on this host: its own bridge, subnet and cgroup parent.
+            if let Some(n) = &w.networks {
+                config.network.bridge.clone_from(&n.executor_bridge);
+                config.network.subnet.clone_from(&n.executor_subnet);
+                config
+                    .containers
+                    .cgroup_parent
+                    .clone_from(&n.executor_cgroup_parent);
             }
+            config
         }
     }
 
