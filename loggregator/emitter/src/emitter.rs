@@ -278,10 +278,12 @@ struct Inner {
     metrics: Metrics,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding these locks cannot leave them inconsistent in a way that matters
-    // more than losing telemetry, so keep going.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+/// Locks `mutex`, taking the data over from a task that panicked while holding it: the one
+/// poison-tolerant lock of the workspace, here because this is the lowest crate every role
+/// depends on (roles reach it as `hydrant_runtime::lock`). A panic while holding the emitter's
+/// own locks cannot leave them inconsistent in a way that matters more than losing telemetry.
+pub fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Inner {

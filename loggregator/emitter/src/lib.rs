@@ -16,6 +16,6 @@ mod emitter;
 mod error;
 pub mod telemetry;
 
-pub use emitter::{Emitter, EmitterConfig, TelemetryConfig, spawn_reporter};
+pub use emitter::{Emitter, EmitterConfig, TelemetryConfig, lock, spawn_reporter};
 pub use error::Error;
 pub use telemetry::{Counter, Gauge, Histogram, Registry};

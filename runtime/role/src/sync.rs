@@ -4,12 +4,9 @@
 //! table behind a mutex in a role is left consistent between statements (updates are single
 //! assignments or idempotent), so the data after a poisoning is still the best there is.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
-
-/// Locks `mutex`, taking the data over from a task that panicked while holding it.
-pub fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
+/// Locks `mutex`, taking the data over from a task that panicked while holding it. Defined in
+/// the emitter, the lowest crate every role depends on, so it also serves the emitter itself.
+pub use hydrant_emitter::lock;
 
 #[cfg(test)]
 mod tests {
