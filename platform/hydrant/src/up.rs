@@ -49,8 +49,9 @@ pub struct UpArgs {
     /// own runc container as uid 2000 with kernel limits and its own network; needs root,
     /// runc, iproute2 and nftables)
     /// or `none` (as your own user beside the platform's keys; warned at start and in every
-    /// instance's logs). `none` is the default until the micro cloud's apps run in containers.
-    #[arg(long, value_parser = ["container", "none"], default_value = "none")]
+    /// instance's logs). With `--ephemeral-ports` the micro cloud takes its own bridges and
+    /// subnets (from `10.253.0.0/16`), so several run side by side.
+    #[arg(long, value_parser = ["container", "none"], default_value = "container")]
     isolation: String,
 }
 
@@ -84,6 +85,25 @@ pub struct Endpoints {
     pub apps_domain: Option<String>,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// The container networks' bridges and subnets, when this micro cloud has its own
+    /// (`--ephemeral-ports` with containers); absent: the defaults, or no containers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub networks: Option<EndpointNetworks>,
+}
+
+/// `endpoints.json`'s `networks`: where this micro cloud's containers live.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointNetworks {
+    /// The executor's bridge (its veths are `<bridge>-<6 hex>`).
+    pub executor_bridge: String,
+    /// The executor's subnet.
+    pub executor_subnet: String,
+    /// Staging's bridge.
+    pub staging_bridge: String,
+    /// Staging's subnet.
+    pub staging_subnet: String,
+    /// The executor's cgroup parent (instances are `<parent>/<guid>`).
+    pub executor_cgroup_parent: String,
 }
 
 impl Endpoints {
@@ -108,6 +128,13 @@ impl Endpoints {
             router: cloud.router_url.clone(),
             apps_domain: cloud.apps_domain.clone(),
             data_dir,
+            networks: cloud.networks.as_ref().map(|n| EndpointNetworks {
+                executor_bridge: n.executor_bridge.clone(),
+                executor_subnet: n.executor_subnet.clone(),
+                staging_bridge: n.staging_bridge.clone(),
+                staging_subnet: n.staging_subnet.clone(),
+                executor_cgroup_parent: n.executor_cgroup_parent.clone(),
+            }),
         }
     }
 }

@@ -34,6 +34,10 @@ impl Up {
 
     /// `hydrant up` with extra flags.
     fn start_with(home: tempfile::TempDir, extra: &[&str]) -> Self {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "hydrant up runs apps in real containers and needs root: run this test as root, as CI does"
+        );
         let _ = std::fs::remove_file(home.path().join("data/endpoints.json"));
         let child = Command::new(BIN)
             .args(["up", "--ephemeral-ports", "--data-dir"])
@@ -75,6 +79,37 @@ impl Up {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap()
+    }
+
+    /// The processes of this micro cloud's app instances, as a user checks them in a container
+    /// world: every `cgroup.procs` under the executor's cgroup parent (named in
+    /// `endpoints.json`), in the pids hierarchy (cgroup v1) or the unified one (v2).
+    fn instance_pids(&self) -> Vec<i32> {
+        let parent = self.endpoints()["networks"]["executor_cgroup_parent"]
+            .as_str()
+            .expect("endpoints.json names the executor's cgroup parent (containers are on)")
+            .to_owned();
+        let root = Path::new("/sys/fs/cgroup");
+        let base = if root.join("cgroup.controllers").exists() {
+            root.join(&parent)
+        } else {
+            root.join("pids").join(&parent)
+        };
+        let mut pids = Vec::new();
+        let mut dirs = vec![base];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(entry.path());
+                }
+            }
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        pids
     }
 
     fn stop(mut self) -> std::process::ExitStatus {
@@ -577,15 +612,11 @@ fn instances_left_by_a_killed_micro_cloud_are_stopped_by_the_next_one() {
     let app = demo_dir();
     let out = up.cli(&["push", "orphan", "-p", app.path().to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
-    let instances = up.home.path().join("data/executor/instances");
-    let pgid: i32 = std::fs::read_dir(&instances)
-        .unwrap()
-        .flatten()
-        .find_map(|e| std::fs::read_to_string(e.path().join("pgid")).ok())
-        .expect("the instance's pgid file")
-        .trim()
-        .parse()
-        .unwrap();
+    let pids = up.instance_pids();
+    assert!(
+        !pids.is_empty(),
+        "the instance's container has no processes"
+    );
     let alive = |pid: i32| {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
             !stat
@@ -596,14 +627,15 @@ fn instances_left_by_a_killed_micro_cloud_are_stopped_by_the_next_one() {
                 .starts_with('Z')
         })
     };
-    assert!(alive(pgid));
+    let any_alive = || pids.iter().any(|p| alive(*p));
+    assert!(any_alive());
 
     // SIGKILL: the executor gets no chance to stop its instances.
     up.child.kill().unwrap();
     up.child.wait().unwrap();
     assert!(
-        alive(pgid),
-        "the instance should have outlived its killed parent"
+        any_alive(),
+        "the instance's container should have outlived its killed parent"
     );
 
     let home = std::mem::replace(&mut up.home, tempfile::tempdir().unwrap());
@@ -611,8 +643,8 @@ fn instances_left_by_a_killed_micro_cloud_are_stopped_by_the_next_one() {
     let up = Up::start_in(home);
     wait_for(
         Duration::from_secs(20),
-        "the orphaned instance to be killed",
-        || !alive(pgid),
+        "the orphaned instance's container to be killed",
+        || !any_alive(),
     );
     assert!(up.stop().success());
 }
@@ -624,21 +656,19 @@ fn the_health_manager_restarts_a_killed_instance_at_once_and_says_so() {
     let app = demo_dir();
     let out = up.cli(&["push", "phoenix", "-p", app.path().to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
-    let instances = up.home.path().join("data/executor/instances");
-    let pgid = std::fs::read_dir(&instances)
-        .unwrap()
-        .flatten()
-        .find_map(|e| std::fs::read_to_string(e.path().join("pgid")).ok())
-        .unwrap();
-
+    // A crash: every process in the instance's container dies at once.
+    let pids = up.instance_pids();
+    assert!(
+        !pids.is_empty(),
+        "the instance's container has no processes"
+    );
     let killed = Instant::now();
-    let pgid: i32 = pgid.trim().parse().unwrap();
-    assert!(pgid > 1, "{pgid}");
-    nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(pgid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    for pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 
     // The restart is visible in the app's own stream, and the app serves again.
     let mut recent = String::new();
