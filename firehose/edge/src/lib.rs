@@ -47,7 +47,6 @@ use std::time::Duration;
 use hydrant_auth::SigningKey;
 use hydrant_emitter::Registry;
 use hydrant_runtime::Backoff;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -61,29 +60,13 @@ use crate::hub::Hub;
 use crate::metrics::{Metrics, ROLE};
 use crate::outbox::Limits;
 
-/// The sockets the role serves, bound by the caller (tests bind `127.0.0.1:0`).
-#[derive(Debug)]
-pub struct Listeners {
-    /// Public HTTP/WebSocket: streams, SSE and recent reads. Default `127.0.0.1:8081`.
-    pub http: TcpListener,
-    /// Admin: `/healthz` and `/metrics`. Default `127.0.0.1:8089`.
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds `config.listen` and `config.admin_listen` through the runtime.
-    ///
-    /// # Errors
-    /// [`Error::Runtime`] naming the field whose address could not be bound.
-    pub async fn bind(config: &Config) -> Result<Self, Error> {
-        Self::take(hydrant_runtime::bind::<TrafficController>(config).await?)
-    }
-
-    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
-        Ok(Self {
-            http: bound.take("http")?,
-            admin: bound.take(hydrant_runtime::ADMIN)?,
-        })
+hydrant_runtime::listeners! {
+    /// The sockets the role serves, bound by the caller (tests bind `127.0.0.1:0`).
+    pub struct Listeners for TrafficController {
+        /// Public HTTP/WebSocket: streams, SSE and recent reads. Default `127.0.0.1:8081`.
+        http,
+        /// Admin: `/healthz` and `/metrics`. Default `127.0.0.1:8089`.
+        admin,
     }
 }
 
@@ -97,12 +80,7 @@ impl hydrant_runtime::Role for TrafficController {
     type Config = Config;
     type Error = Error;
     const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] = &[
-        hydrant_runtime::ListenerSpec {
-            name: "http",
-            field: "listen",
-            default: "127.0.0.1:8081",
-            address: |c| &c.listen,
-        },
+        hydrant_runtime::listener("http", "listen", "127.0.0.1:8081", |c| &c.listen),
         hydrant_runtime::admin_listener("127.0.0.1:8089", |c| &c.admin_listen),
     ];
 

@@ -48,36 +48,19 @@ use std::time::Duration;
 
 use hydrant_emitter::Registry;
 use hydrant_envelope::raw::ingress::ingress_server::IngressServer;
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use error::Error;
 
-/// The sockets the agent serves, bound by the caller (tests bind `127.0.0.1:0`).
-#[derive(Debug)]
-pub struct Listeners {
-    /// The gRPC v2 Ingress (`Config::listen`, default `127.0.0.1:3458`).
-    pub ingress: TcpListener,
-    /// `/healthz` and `/metrics` (`Config::admin_listen`, default `127.0.0.1:14824`).
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds `config.listen` and `config.admin_listen` through the runtime.
-    ///
-    /// # Errors
-    /// [`Error::Runtime`] naming the field whose address could not be bound.
-    pub async fn bind(config: &Config) -> Result<Self, Error> {
-        Self::take(hydrant_runtime::bind::<Agent>(config).await?)
-    }
-
-    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
-        Ok(Self {
-            ingress: bound.take("ingress")?,
-            admin: bound.take(hydrant_runtime::ADMIN)?,
-        })
+hydrant_runtime::listeners! {
+    /// The sockets the agent serves, bound by the caller (tests bind `127.0.0.1:0`).
+    pub struct Listeners for Agent {
+        /// The gRPC v2 Ingress (`Config::listen`, default `127.0.0.1:3458`).
+        ingress,
+        /// `/healthz` and `/metrics` (`Config::admin_listen`, default `127.0.0.1:14824`).
+        admin,
     }
 }
 
@@ -90,12 +73,7 @@ impl hydrant_runtime::Role for Agent {
     type Config = Config;
     type Error = Error;
     const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] = &[
-        hydrant_runtime::ListenerSpec {
-            name: "ingress",
-            field: "listen",
-            default: "127.0.0.1:3458",
-            address: |c| &c.listen,
-        },
+        hydrant_runtime::listener("ingress", "listen", "127.0.0.1:3458", |c| &c.listen),
         hydrant_runtime::admin_listener("127.0.0.1:14824", |c| &c.admin_listen),
     ];
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 use hydrant_emitter::TelemetryConfig;
 use hydrant_logcache::StoreConfig;
 use serde::Deserialize;
-use tokio::net::TcpListener;
 
 use crate::Error;
 
@@ -211,32 +210,6 @@ impl Config {
 
     pub(crate) fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
-    }
-}
-
-/// The sockets the doppler serves on, bound by the caller (tests bind `127.0.0.1:0`).
-#[derive(Debug)]
-pub struct Listeners {
-    /// gRPC: v2 Ingress, v2 Egress and `logcache.v1.Egress` (config `listen`).
-    pub grpc: TcpListener,
-    /// Admin HTTP: `/healthz`, `/metrics` (config `admin_listen`).
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds `config.listen` and `config.admin_listen` through the runtime.
-    ///
-    /// # Errors
-    /// [`Error::Runtime`] naming the field whose address could not be bound.
-    pub async fn bind(config: &Config) -> Result<Self, Error> {
-        Self::take(hydrant_runtime::bind::<crate::Doppler>(config).await?)
-    }
-
-    pub(crate) fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
-        Ok(Self {
-            grpc: bound.take("grpc")?,
-            admin: bound.take("admin")?,
-        })
     }
 }
 

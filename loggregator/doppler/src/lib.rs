@@ -41,7 +41,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 pub use batch::{Envelope, Tally, ValidBatch};
-pub use config::{Config, Listeners};
+pub use config::Config;
 pub use error::Error;
 pub use metrics::Metrics;
 pub use queue::{Chunk, QueueLimits, SubscriptionQueue, Taken};
@@ -56,6 +56,16 @@ const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// stream can pin: real requests are a few hundred bytes.
 pub const MAX_EGRESS_REQUEST_BYTES: usize = 64 * 1024;
 
+hydrant_runtime::listeners! {
+    /// The sockets the doppler serves on, bound by the caller (tests bind `127.0.0.1:0`).
+    pub struct Listeners for Doppler {
+        /// gRPC: v2 Ingress, v2 Egress and `logcache.v1.Egress` (config `listen`).
+        grpc,
+        /// Admin HTTP: `/healthz`, `/metrics` (config `admin_listen`).
+        admin,
+    }
+}
+
 /// The doppler as a [`hydrant_runtime::Role`]: `hydrant run doppler`, and the micro cloud's
 /// doppler.
 #[derive(Debug, Clone, Copy)]
@@ -66,12 +76,7 @@ impl hydrant_runtime::Role for Doppler {
     type Config = Config;
     type Error = Error;
     const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] = &[
-        hydrant_runtime::ListenerSpec {
-            name: "grpc",
-            field: "listen",
-            default: "127.0.0.1:8082",
-            address: |c| &c.listen,
-        },
+        hydrant_runtime::listener("grpc", "listen", "127.0.0.1:8082", |c| &c.listen),
         hydrant_runtime::admin_listener("127.0.0.1:8083", |c| &c.admin_listen),
     ];
 

@@ -46,7 +46,6 @@ use hydrant_api::{Space, User};
 use hydrant_auth::SigningKey;
 use hydrant_bus::Bus;
 use hydrant_emitter::Registry;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, IsolationMode, StagingIsolation};
@@ -56,29 +55,13 @@ pub use staging::STATIC_START;
 /// The space apps go into when the request names none; created at first start.
 pub const DEFAULT_SPACE: &str = "default";
 
-/// The sockets the cloud controller serves, bound by the caller (tests bind `127.0.0.1:0`).
-#[derive(Debug)]
-pub struct Listeners {
-    /// The REST API (`Config::listen`, default `127.0.0.1:9022`).
-    pub api: TcpListener,
-    /// `/healthz` and `/metrics` (`Config::admin_listen`, default `127.0.0.1:14831`).
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds `config.listen` and `config.admin_listen` through the runtime.
-    ///
-    /// # Errors
-    /// [`Error::Runtime`] naming the field whose address could not be bound.
-    pub async fn bind(config: &Config) -> Result<Self, Error> {
-        Self::take(hydrant_runtime::bind::<CloudController>(config).await?)
-    }
-
-    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
-        Ok(Self {
-            api: bound.take("api")?,
-            admin: bound.take(hydrant_runtime::ADMIN)?,
-        })
+hydrant_runtime::listeners! {
+    /// The sockets the cloud controller serves, bound by the caller (tests bind `127.0.0.1:0`).
+    pub struct Listeners for CloudController {
+        /// The REST API (`Config::listen`, default `127.0.0.1:9022`).
+        api,
+        /// `/healthz` and `/metrics` (`Config::admin_listen`, default `127.0.0.1:14831`).
+        admin,
     }
 }
 
@@ -92,12 +75,7 @@ impl hydrant_runtime::Role for CloudController {
     type Config = Config;
     type Error = Error;
     const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] = &[
-        hydrant_runtime::ListenerSpec {
-            name: "api",
-            field: "listen",
-            default: "127.0.0.1:9022",
-            address: |c| &c.listen,
-        },
+        hydrant_runtime::listener("api", "listen", "127.0.0.1:9022", |c| &c.listen),
         hydrant_runtime::admin_listener("127.0.0.1:14831", |c| &c.admin_listen),
     ];
 

@@ -48,7 +48,9 @@ pub use backoff::Backoff;
 pub use config::{ApiConsumer, ConfigError, MAX_TOKEN_FILE_BYTES, invalid, load};
 pub use error::Error;
 pub use hydrant_emitter::Registry;
-pub use listeners::{ADMIN, AdminListener, ListenerSpec, Listeners, admin_listener, bind, bind_on};
+pub use listeners::{
+    ADMIN, AdminListener, ListenerSpec, Listeners, admin_listener, bind, bind_on, listener,
+};
 pub use run::{RunError, run_from_file, shutdown_on_signal};
 pub use sync::lock;
 use tokio_util::sync::CancellationToken;

@@ -91,6 +91,79 @@ impl<R: Role> AdminListener<R> {
     }
 }
 
+/// Declares a role's bound listener set: a struct with one public `TcpListener` field per
+/// listener (named as in [`crate::Role::LISTENERS`]), `bind(config)` that binds them at the
+/// config's addresses through [`bind`], and `take(bound)` that takes them out of what the
+/// runtime bound for the role's `run`. Roles whose only socket is the admin listener use
+/// [`AdminListener`] instead.
+///
+/// ```ignore
+/// hydrant_runtime::listeners! {
+///     /// The sockets the agent serves.
+///     pub struct Listeners for Agent {
+///         /// The gRPC v2 Ingress (`listen`).
+///         ingress,
+///         /// `/healthz` and `/metrics` (`admin_listen`).
+///         admin,
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! listeners {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident for $role:ty {
+            $( $(#[$field_meta:meta])* $field:ident ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug)]
+        $vis struct $name {
+            $( $(#[$field_meta])* pub $field: ::tokio::net::TcpListener, )+
+        }
+
+        impl $name {
+            /// Binds every listener at the config's address through the runtime.
+            ///
+            /// # Errors
+            /// [`hydrant_runtime::Error::Bind`] naming the field whose address could not be
+            /// bound.
+            pub async fn bind(
+                config: &<$role as $crate::Role>::Config,
+            ) -> ::std::result::Result<Self, $crate::Error> {
+                Self::take($crate::bind::<$role>(config).await?)
+            }
+
+            /// Takes the listeners out of what the runtime bound for the role.
+            ///
+            /// # Errors
+            /// [`hydrant_runtime::Error::NoListener`] when the role did not declare one.
+            pub fn take(
+                mut bound: $crate::Listeners,
+            ) -> ::std::result::Result<Self, $crate::Error> {
+                Ok(Self {
+                    $( $field: bound.take(stringify!($field))?, )+
+                })
+            }
+        }
+    };
+}
+
+/// A listener of a role (see [`ListenerSpec`]), in one line of its `LISTENERS`.
+pub const fn listener<C>(
+    name: &'static str,
+    field: &'static str,
+    default: &'static str,
+    address: fn(&C) -> &str,
+) -> ListenerSpec<C> {
+    ListenerSpec {
+        name,
+        field,
+        default,
+        address,
+    }
+}
+
 /// The sockets bound for one role, by the names its [`Role::LISTENERS`] gave them.
 #[derive(Debug, Default)]
 pub struct Listeners {
