@@ -17,10 +17,6 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hydrant");
 
-/// One containerised micro cloud at a time: they would share the default bridge, which a
-/// second live process may not take.
-static ONE_CLOUD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 const ESCAPE_APP: &str = r#"
 import json, os, socket, subprocess, urllib.parse, http.server
 
@@ -107,6 +103,25 @@ impl Up {
         up
     }
 
+    /// The executor's cgroup parent: this micro cloud's own, named in `endpoints.json`.
+    fn cgroup_parent(&self) -> String {
+        self.endpoints()["networks"]["executor_cgroup_parent"]
+            .as_str()
+            .expect("endpoints.json names the executor's cgroup parent")
+            .to_owned()
+    }
+
+    /// The executor bridge's own address (the first of its subnet): the host, from a container.
+    fn gateway(&self) -> String {
+        let subnet = self.endpoints()["networks"]["executor_subnet"]
+            .as_str()
+            .expect("endpoints.json names the executor's subnet")
+            .to_owned();
+        let base = subnet.split('/').next().unwrap();
+        let addr: std::net::Ipv4Addr = base.parse().unwrap();
+        std::net::Ipv4Addr::from(u32::from(addr) + 1).to_string()
+    }
+
     fn endpoints(&self) -> serde_json::Value {
         serde_json::from_slice(
             &std::fs::read(self.home.path().join("data/endpoints.json")).unwrap(),
@@ -166,7 +181,8 @@ fn via_router(router: &str, host: &str, path: &str) -> (u16, String) {
 }
 
 /// Host pids of the processes in instance containers of the micro cloud's executor, by guid.
-fn instance_pids() -> Vec<(String, u32)> {
+fn instance_pids(parent: &str) -> Vec<(String, u32)> {
+    let parent = format!("/{parent}/");
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -174,7 +190,7 @@ fn instance_pids() -> Vec<(String, u32)> {
         .filter_map(|pid| {
             let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
             let line = cgroup.lines().find(|l| l.contains(":pids:"))?;
-            let rest = line.split("/hydrant/0/").nth(1)?;
+            let rest = line.split(parent.as_str()).nth(1)?;
             Some((rest.split('/').next()?.to_owned(), pid))
         })
         .collect()
@@ -182,9 +198,6 @@ fn instance_pids() -> Vec<(String, u32)> {
 
 #[test]
 fn a_pushed_app_cannot_escape_its_container() {
-    let _one = ONE_CLOUD
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     assert!(
         nix::unistd::geteuid().is_root(),
         "this test runs apps in real containers and needs root: run it as root, as CI does"
@@ -209,7 +222,10 @@ fn a_pushed_app_cannot_escape_its_container() {
         Duration::from_secs(60),
         "two instances in containers",
         || {
-            let mut guids: Vec<String> = instance_pids().into_iter().map(|(g, _)| g).collect();
+            let mut guids: Vec<String> = instance_pids(&up.cgroup_parent())
+                .into_iter()
+                .map(|(g, _)| g)
+                .collect();
             guids.sort();
             guids.dedup();
             guids.len() >= 2
@@ -237,8 +253,8 @@ fn a_pushed_app_cannot_escape_its_container() {
     ];
     for port in &ports {
         query.push(format!("connect=127.0.0.1:{port}"));
-        // The bridge's own address (the default pool's gateway): the host, seen from inside.
-        query.push(format!("connect=10.254.0.1:{port}"));
+        // The bridge's own address (the pool's gateway): the host, seen from inside.
+        query.push(format!("connect={}:{port}", up.gateway()));
     }
     // Ask until one instance answers; then try to kill every process of the other.
     let (status, body) = via_router(
@@ -249,7 +265,7 @@ fn a_pushed_app_cannot_escape_its_container() {
     assert_eq!(status, 200, "{body}");
     let first: serde_json::Value = serde_json::from_str(&body).unwrap();
     let own = first["guid"].as_str().unwrap().to_owned();
-    let others: Vec<u32> = instance_pids()
+    let others: Vec<u32> = instance_pids(&up.cgroup_parent())
         .into_iter()
         .filter(|(guid, _)| *guid != own)
         .map(|(_, pid)| pid)
@@ -281,7 +297,7 @@ fn a_pushed_app_cannot_escape_its_container() {
         );
     }
     // The other instance still serves.
-    let alive: Vec<u32> = instance_pids()
+    let alive: Vec<u32> = instance_pids(&up.cgroup_parent())
         .into_iter()
         .filter(|(guid, _)| *guid != own)
         .map(|(_, pid)| pid)
@@ -308,9 +324,6 @@ fn runc_list(data: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn containers_of_a_killed_micro_cloud_are_removed_at_its_next_start() {
-    let _one = ONE_CLOUD
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     assert!(
         nix::unistd::geteuid().is_root(),
         "this test runs apps in real containers and needs root: run it as root, as CI does"
@@ -328,7 +341,7 @@ fn containers_of_a_killed_micro_cloud_are_removed_at_its_next_start() {
     );
     let before = runc_list(&data);
     assert_eq!(before.len(), 1, "{before:?}");
-    let old_pids: Vec<u32> = instance_pids()
+    let old_pids: Vec<u32> = instance_pids(&up.cgroup_parent())
         .into_iter()
         .filter(|(guid, _)| *guid == before[0])
         .map(|(_, pid)| pid)
@@ -351,7 +364,7 @@ fn containers_of_a_killed_micro_cloud_are_removed_at_its_next_start() {
     wait_for(Duration::from_secs(60), "the old container gone", || {
         !runc_list(&data).contains(&before[0])
     });
-    let alive: Vec<u32> = instance_pids()
+    let alive: Vec<u32> = instance_pids(&up.cgroup_parent())
         .into_iter()
         .filter(|(guid, _)| *guid == before[0])
         .map(|(_, pid)| pid)
@@ -360,7 +373,7 @@ fn containers_of_a_killed_micro_cloud_are_removed_at_its_next_start() {
     for hierarchy in ["memory", "pids", "cpu"] {
         let dir = std::path::Path::new("/sys/fs/cgroup")
             .join(hierarchy)
-            .join("hydrant/0")
+            .join(up.cgroup_parent())
             .join(&before[0]);
         assert!(!dir.exists(), "{} left behind", dir.display());
     }
@@ -376,9 +389,6 @@ fn containers_of_a_killed_micro_cloud_are_removed_at_its_next_start() {
 
 #[test]
 fn an_app_past_its_memory_is_oom_killed_and_its_peak_shows_in_events() {
-    let _one = ONE_CLOUD
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     assert!(
         nix::unistd::geteuid().is_root(),
         "this test runs apps in real containers and needs root: run it as root, as CI does"
