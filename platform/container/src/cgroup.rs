@@ -333,6 +333,21 @@ impl Cgroups {
         failures
     }
 
+    /// Removes the parent itself in every hierarchy, where it is empty (an owner stopping for
+    /// good). Returns what could not be removed; a parent that still holds cgroups stays.
+    pub(crate) fn remove_parent(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        for hierarchy in self.hierarchies() {
+            let dir = hierarchy.join(&self.parent);
+            if dir.exists()
+                && let Err(e) = std::fs::remove_dir(&dir)
+            {
+                failures.push(format!("{}: {e}", dir.display()));
+            }
+        }
+        failures
+    }
+
     /// The container ids that have a cgroup under the parent in any hierarchy.
     pub(crate) fn list(&self) -> Vec<String> {
         let mut ids: Vec<String> = self

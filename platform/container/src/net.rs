@@ -507,8 +507,9 @@ impl Network {
         }
     }
 
-    /// Removes everything this bridge owns (for shutdown and tests).
-    pub async fn teardown(self) -> Result<(), Error> {
+    /// Removes everything this bridge owns (for shutdown and tests). Borrowing, so an owner
+    /// that shares the network with its tasks can remove it once they are done.
+    pub async fn teardown(&self) -> Result<(), Error> {
         self.remove_leftovers().await?;
         if link_exists(&self.config.bridge).await? {
             remove_link(&self.config.bridge).await?;

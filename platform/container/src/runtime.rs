@@ -420,6 +420,16 @@ impl Containers {
         left.failures.extend(failures);
         Ok(left)
     }
+
+    /// Removes this owner's cgroup parent, once every container of it is gone (an owner
+    /// stopping for good), so stopped owners leave no empty cgroups behind. Returns what could
+    /// not be removed.
+    pub async fn close(&self) -> Vec<String> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.cgroups.remove_parent())
+            .await
+            .unwrap_or_default()
+    }
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), Error> {

@@ -268,6 +268,19 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("executor: some instances did not stop in time; leaving them");
+    } else if let Some(isolated) = &cell.isolated {
+        // Every container is gone: the bridge, its rules and the cgroup parent go too, so a
+        // stopped executor leaves nothing on the host (the next start makes them again).
+        if let Err(e) = isolated.network.teardown().await {
+            tracing::warn!("executor: the container network could not be removed: {e}");
+        }
+        let failures = isolated.containers.close().await;
+        if !failures.is_empty() {
+            tracing::warn!(
+                ?failures,
+                "executor: the cgroup parent could not be removed"
+            );
+        }
     }
     // The final word: every instance DOWN (or CRASHED), routes already unregistered.
     cell.publish(messages::EXECUTOR_HEARTBEAT, &cell.heartbeat());
