@@ -3,16 +3,6 @@
 //! buildpack with its STG lines, placement on fake executors, crashes, droplet downloads and a
 //! restart on the same data directory.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
-
-#[path = "common/support.rs"]
-mod support;
-
 use std::time::Duration;
 
 use hydrant_api::{
@@ -22,7 +12,8 @@ use hydrant_api::{
 use hydrant_bus::messages::{self, ExecutorCrash};
 use hydrant_testkit::{FakeAgent, wait_for};
 use sha2::{Digest as _, Sha256};
-use support::{Cc, FakeExecutor, Options, app_dir, push_and_stage};
+
+use crate::support::{Cc, FakeExecutor, Options, app_dir, push_and_stage};
 
 const WAIT: Duration = Duration::from_secs(15);
 

@@ -1,19 +1,10 @@
 //! Autoscaling policy endpoints end to end: validation with field-named errors, store, read,
 //! list for the autoscaler, decision audit events, removal.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
-
-#[path = "common/support.rs"]
-mod support;
-
 use hydrant_api::EventFilter;
 use hydrant_api::policy::{AutoscaleDecision, ScalingPolicy};
-use support::Cc;
+
+use crate::support::Cc;
 
 const POLICY: &str = r#"{
   "instance_min_count": 1, "instance_max_count": 4,

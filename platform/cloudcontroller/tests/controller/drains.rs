@@ -3,18 +3,9 @@
 //! the developer then sees; drains to internal addresses are refused unless the operator allows
 //! them; bad URLs are refused saying what is wrong.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
-
-#[path = "common/support.rs"]
-mod support;
-
 use hydrant_api::{DrainState, DrainStatus, EventFilter, SpaceRole};
-use support::{Cc, Options};
+
+use crate::support::{Cc, Options};
 
 /// A documentation address (TEST-NET-3): public, so allowed, and never contacted here.
 const PUBLIC: &str = "syslog://papertrail:hunter2@203.0.113.7:6514?drain-data=all";

@@ -2,19 +2,10 @@
 //! listing, and audited without its webhook URL; an invalid set is refused naming the field;
 //! deleting the app removes its SLOs.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
-
-#[path = "common/support.rs"]
-mod support;
-
 use hydrant_api::EventFilter;
 use hydrant_api::slo::{Sli, Slo, SloSet};
-use support::Cc;
+
+use crate::support::Cc;
 
 fn availability(webhook: Option<&str>) -> Slo {
     Slo {

@@ -1,0 +1,16 @@
+//! The cloud controller's API end to end on loopback, one test binary (one link) for the API,
+//! drain, SLO and autoscaling-policy suites, which share the harness in `common/support.rs`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+mod api;
+mod autoscaling;
+mod drains;
+mod slos;
+#[path = "../common/support.rs"]
+mod support;
