@@ -61,8 +61,8 @@ fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// A role's config as TOML: top-level values first, then one `[table]` per object (one level of
-/// nesting is all the role configs use). JSON string escapes are valid TOML basic strings.
+/// A role's config as TOML: top-level values first, then one `[table]` per object, objects
+/// inside those as inline tables. JSON string escapes are valid TOML basic strings.
 fn to_toml(config: &serde_json::Value) -> String {
     let object = config.as_object().unwrap();
     let mut out = String::new();
@@ -72,8 +72,19 @@ fn to_toml(config: &serde_json::Value) -> String {
             serde_json::Value::Object(table) => {
                 tables.push_str(&format!("\n[{key}]\n"));
                 for (k, v) in table {
-                    assert!(!v.is_object(), "{key}.{k}: nested tables are not supported");
-                    tables.push_str(&format!("{k} = {v}\n"));
+                    if let Some(inner) = v.as_object() {
+                        // A second level as an inline table (`network = { bridge = "x" }`).
+                        let fields: Vec<String> = inner
+                            .iter()
+                            .map(|(ik, iv)| {
+                                assert!(!iv.is_object(), "{key}.{k}.{ik}: too deeply nested");
+                                format!("{ik} = {iv}")
+                            })
+                            .collect();
+                        tables.push_str(&format!("{k} = {{ {} }}\n", fields.join(", ")));
+                    } else {
+                        tables.push_str(&format!("{k} = {v}\n"));
+                    }
                 }
             }
             other => out.push_str(&format!("{key} = {other}\n")),
@@ -170,6 +181,24 @@ fn processes_under(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// A bridge named `prefix` + 6 random hex digits and a /24 for it in `10.252.0.0/16` (apart from
+/// the micro clouds' pool) that no interface of this host holds an address in.
+fn own_network(prefix: &str) -> (String, String) {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .expect("ip runs (iproute2, which containers need)");
+    let taken = String::from_utf8_lossy(&out.stdout).into_owned();
+    let bridge = format!("{prefix}{:06x}", fastrand::u32(..0x0100_0000));
+    for _ in 0..1000 {
+        let third = fastrand::u8(..);
+        if !taken.contains(&format!(" 10.252.{third}.")) {
+            return (bridge, format!("10.252.{third}.0/24"));
+        }
+    }
+    panic!("every /24 of 10.252.0.0/16 is held by an interface of this host: free one");
+}
+
 /// Sends `sig` to one process. Never to pid 0 or 1 (a group or everything), and never through
 /// the `kill` binary: procps-ng 4.0.2 misreads `kill -KILL -PGID` as a signal to group 9 or 1.
 fn signal(pid: u32, sig: &str) {
@@ -188,6 +217,8 @@ fn signal(pid: u32, sig: &str) {
 /// them all, also when an assertion failed half-way (then it prints the roles' log tails).
 struct Cluster {
     dir: tempfile::TempDir,
+    /// Staging's bridge and subnet.
+    staging_bridge: (String, String),
     children: BTreeMap<String, Child>,
     ports: BTreeMap<&'static str, u16>,
 }
@@ -214,6 +245,7 @@ impl Cluster {
             dir,
             children: BTreeMap::new(),
             ports,
+            staging_bridge: own_network("hs"),
         }
     }
 
@@ -385,9 +417,27 @@ impl Cluster {
                 "agent": self.url("agent"),
                 "router": self.url("router"),
             },
+            // Staging's containers on this cluster's own network too.
+            "staging_isolation": {
+                "network": { "bridge": self.staging_bridge.0, "subnet": self.staging_bridge.1 },
+            },
             "bus": self.bus(),
             "telemetry": self.telemetry(),
         })
+    }
+
+    /// The containers `runc` knows under the executor.
+    fn containers(&self) -> Vec<String> {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(self.path("executor/containers/runc"))
+            .args(["list", "--quiet"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     fn bus(&self) -> serde_json::Value {
@@ -400,6 +450,10 @@ impl Cluster {
 
     /// Starts nats-server and the six roles, each with its own data, and logs the CLI in.
     fn start() -> Self {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the executor runs apps in real containers and needs root: run this test as root, as CI does"
+        );
         let mut c = Self::new();
         std::fs::create_dir_all(c.home()).unwrap();
         // The token signing key the cloud controller and the firehose edge share.
@@ -434,11 +488,13 @@ impl Cluster {
         c.start_role("trafficcontroller", &firehose, "firehose_admin");
         let cc = c.cloudcontroller_config();
         c.start_role("cloudcontroller", &cc, "api_admin");
+        // Instances run in containers (the executor's default) on this cluster's own bridge,
+        // subnet and cgroup parent, so it runs beside micro clouds and other clusters.
+        let (bridge, subnet) = own_network("hd");
         let executor = json!({
             "executor_id": "cell-1",
-            // The pushed apps listen on loopback; containers are tested in the executor's and
-            // the container crate's own tests.
-            "isolation": "none",
+            "network": { "bridge": bridge, "subnet": subnet },
+            "containers": { "cgroup_parent": format!("hydrant/{bridge}") },
             "data_dir": c.path("executor").display().to_string(),
             "admin_listen": format!("127.0.0.1:{}", c.port("executor_admin")),
             "stop_timeout_secs": 2,
@@ -585,6 +641,27 @@ impl Drop for Cluster {
         for pid in processes_under(&self.path("executor")) {
             signal(u32::try_from(pid).unwrap_or(0), "-KILL");
         }
+        // And any container it left (its next start would remove them; there is none).
+        let root = self.path("executor/containers/runc");
+        let listed = Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "--quiet"])
+            .output();
+        for id in listed
+            .map(|o| o.stdout)
+            .unwrap_or_default()
+            .split(|b| *b == b'\n')
+        {
+            let id = String::from_utf8_lossy(id).trim().to_owned();
+            if !id.is_empty() {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force", &id])
+                    .output();
+            }
+        }
     }
 }
 
@@ -679,6 +756,11 @@ fn data_plane_outlives_the_control_plane() {
     assert_eq!(app["instances"].as_array().unwrap().len(), 2, "{app}");
     cluster.wait_balanced(&["0", "1"], Duration::from_secs(20));
     assert_eq!(cluster.executor_starts(), 2.0);
+    assert_eq!(
+        cluster.containers().len(),
+        2,
+        "each instance runs in its own container"
+    );
     eprintln!("[{:?}] pushed {APP} ({guid})", started.elapsed());
 
     // A live stream opened while the controller is up must survive its death.
