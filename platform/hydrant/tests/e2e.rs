@@ -859,3 +859,51 @@ fn drains_to_private_addresses_are_refused_when_the_operator_says_so() {
     let out = up.cli(&["drains", "site"]);
     assert!(text(&out).contains("No drains"), "{}", text(&out));
 }
+
+#[test]
+fn up_says_why_it_cannot_make_containers_and_how_to_fix_it() {
+    // No `runc` on PATH (and, run without root, no root either): `hydrant up` must stop with the
+    // reason and the fixes, not run apps unisolated behind the user's back.
+    let home = tempfile::tempdir().unwrap();
+    let empty_path = tempfile::tempdir().unwrap();
+    let stderr_path = home.path().join("stderr");
+    let mut child = Command::new(BIN)
+        .args(["up", "--ephemeral-ports", "--data-dir"])
+        .arg(home.path().join("data"))
+        .env("HYDRANT_HOME", home.path())
+        .env("PATH", empty_path.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    wait_for(Duration::from_secs(30), "hydrant up to give up", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(!status.unwrap().success(), "{stderr}");
+    assert!(stderr.contains("--isolation none"), "{stderr}");
+    if nix::unistd::geteuid().is_root() {
+        assert!(stderr.contains("apt-get install runc"), "{stderr}");
+    } else {
+        assert!(stderr.contains("root"), "{stderr}");
+    }
+}
+
+#[test]
+fn isolation_none_runs_apps_unisolated_and_says_so_on_every_push() {
+    let up = Up::start_with(tempfile::tempdir().unwrap(), &["--isolation", "none"]);
+    // No container networks of its own: nothing to name.
+    assert!(up.endpoints().get("networks").is_none());
+    let app = demo_dir();
+    let out = up.cli(&["push", "bare", "-p", app.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut recent = String::new();
+    wait_for(Duration::from_secs(20), "the unisolated warnings", || {
+        let out = up.cli(&["logs", "bare", "--recent", "--lines", "1000"]);
+        recent = String::from_utf8_lossy(&out.stdout).into_owned();
+        recent.contains("running WITHOUT isolation")
+    });
+    assert!(up.stop().success(), "hydrant up did not exit cleanly");
+}
