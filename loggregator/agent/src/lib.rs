@@ -171,11 +171,11 @@ async fn serve(
         ));
     }
     let flusher = tokio::spawn(router.clone().run_flusher(shutdown.clone()));
-    let admin = tokio::spawn(hydrant_emitter::admin::serve(
+    let admin = hydrant_emitter::admin::spawn(
         listeners.admin,
         hydrant_emitter::admin::router(registry.clone()),
-        shutdown.clone(),
-    ));
+        &shutdown,
+    );
     let telemetry = config.telemetry.start(&registry, shutdown.clone());
 
     let service = IngressServer::new(ingress::IngressService::new(
@@ -201,13 +201,7 @@ async fn serve(
     router.flush_all();
     drain.cancel();
     while lane_tasks.join_next().await.is_some() {}
-    let admin_result = admin.await;
-    if let Some(emitter) = telemetry {
-        emitter.stopped().await;
-    }
+    let admin = hydrant_emitter::admin::finish(admin, telemetry.as_ref()).await;
     served?;
-    match admin_result {
-        Ok(Ok(())) | Err(_) => Ok(()),
-        Ok(Err(e)) => Err(Error::Admin(e)),
-    }
+    admin.map_err(Error::Admin)
 }

@@ -99,9 +99,8 @@ pub async fn finish_senders<T: 'static>(
     }
 }
 
-/// Winds down a nozzle's self-reporting once its pipeline has stopped: waits for the admin
-/// server (stopped by the role's shutdown token), then for the telemetry emitter to send the
-/// last metrics, so they leave the process before `run` returns.
+/// Winds down a nozzle's self-reporting once its pipeline has stopped: the admin server, then
+/// the telemetry's last metrics (see [`hydrant_emitter::admin::finish`]).
 ///
 /// # Errors
 /// The admin server's listener failed. A panicked admin task is not an error of the run.
@@ -109,9 +108,5 @@ pub async fn finish_self_report(
     admin: JoinHandle<std::io::Result<()>>,
     telemetry: Option<Emitter>,
 ) -> std::io::Result<()> {
-    let admin = admin.await;
-    if let Some(emitter) = telemetry {
-        emitter.stopped().await;
-    }
-    admin.unwrap_or(Ok(()))
+    hydrant_emitter::admin::finish(admin, telemetry.as_ref()).await
 }

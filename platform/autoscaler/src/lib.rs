@@ -491,11 +491,11 @@ async fn serve(
             &[],
         ),
     };
-    let admin = tokio::spawn(hydrant_emitter::admin::serve(
+    let admin = hydrant_emitter::admin::spawn(
         listeners.admin,
         hydrant_emitter::admin::router(registry.clone()),
-        shutdown.clone(),
-    ));
+        &shutdown,
+    );
 
     let mut evaluate = tokio::time::interval(Duration::from_secs(config.evaluation_interval_secs));
     evaluate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -525,13 +525,8 @@ async fn serve(
     }
 
     drive.abort();
-    let admin_result = admin.await;
     emitter_stop.cancel();
-    if let Some(emitter) = &emitter_handle {
-        emitter.stopped().await;
-    }
-    match admin_result {
-        Ok(Ok(())) | Err(_) => Ok(()),
-        Ok(Err(e)) => Err(Error::Admin(e)),
-    }
+    hydrant_emitter::admin::finish(admin, emitter_handle.as_ref())
+        .await
+        .map_err(Error::Admin)
 }

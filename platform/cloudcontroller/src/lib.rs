@@ -177,11 +177,11 @@ async fn serve(
         feeds,
         shutdown.clone(),
     ));
-    let admin = tokio::spawn(hydrant_emitter::admin::serve(
+    let admin = hydrant_emitter::admin::spawn(
         listeners.admin,
         hydrant_emitter::admin::router(registry.clone()),
-        shutdown.clone(),
-    ));
+        &shutdown,
+    );
     tracing::info!(
         listen = %ctx.config.listen,
         external_url = %ctx.config.external_url,
@@ -197,16 +197,10 @@ async fn serve(
         let _ = task.await;
     }
     let _ = converge.await;
-    let admin_result = admin.await;
     drop(ctx);
-    if let Some(emitter) = telemetry {
-        emitter.stopped().await;
-    }
+    let admin = hydrant_emitter::admin::finish(admin, telemetry.as_ref()).await;
     served.map_err(Error::Serve)?;
-    match admin_result {
-        Ok(Ok(())) | Err(_) => Ok(()),
-        Ok(Err(e)) => Err(Error::Admin(e)),
-    }
+    admin.map_err(Error::Admin)
 }
 
 /// First-start work: the default space and the administrator; and builds a previous run left

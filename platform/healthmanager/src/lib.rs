@@ -590,11 +590,11 @@ async fn serve(
         metrics.clone(),
         shutdown.clone(),
     ));
-    let admin = tokio::spawn(hydrant_emitter::admin::serve(
+    let admin = hydrant_emitter::admin::spawn(
         listeners.admin,
         hydrant_emitter::admin::router(registry.clone()),
-        shutdown.clone(),
-    ));
+        &shutdown,
+    );
     let (retry_tx, mut retry_rx) = mpsc::channel(RETRY_QUEUE);
     let mut state = Loop {
         shared: Arc::clone(&shared),
@@ -639,13 +639,9 @@ async fn serve(
     tasks.close();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await;
     emitter_stop.cancel();
-    if let Some(emitter) = &emitter {
-        emitter.stopped().await;
-    }
-    match admin.await {
-        Ok(Ok(())) | Err(_) => Ok(()),
-        Ok(Err(e)) => Err(Error::Admin(e)),
-    }
+    hydrant_emitter::admin::finish(admin, emitter.as_ref())
+        .await
+        .map_err(Error::Admin)
 }
 
 /// Sleeps until `due`, or forever when nothing is scheduled.
