@@ -150,11 +150,7 @@ async fn serve(
     ));
     let cache_task = tokio::spawn(cache::run(intake, store.clone(), metrics.logcache.clone()));
     let _telemetry = config.telemetry.start(&registry, stop.clone());
-    let admin_task = tokio::spawn(admin::serve(
-        listeners.admin,
-        admin::router(registry.clone()),
-        stop.clone(),
-    ));
+    let admin_task = admin::spawn(listeners.admin, admin::router(registry.clone()), &stop);
 
     let ingress = ingress::IngressService::new(ring, metrics.clone(), stop.clone());
     let egress = egress::EgressService::new(

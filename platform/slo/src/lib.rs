@@ -201,11 +201,7 @@ async fn serve(
 
     let admin_router =
         hydrant_emitter::admin::router(registry.clone()).merge(status_routes(Arc::clone(&engine)));
-    let mut admin = tokio::spawn(hydrant_emitter::admin::serve(
-        listeners.admin,
-        admin_router,
-        shutdown.clone(),
-    ));
+    let mut admin = hydrant_emitter::admin::spawn(listeners.admin, admin_router, &shutdown);
 
     let notices_sent = registry.counter("slo.notices", "Alerts started or resolved", &[]);
     let mut evaluate = tokio::time::interval(Config::secs(config.evaluate_interval_secs));
