@@ -43,8 +43,8 @@ pub const ROLE: &str = "nozzle-syslog";
 /// `source_id`s remembered by the reader so queued frames share one allocation per app.
 const MAX_INTERNED: usize = 10_000;
 
-/// The socket the nozzle serves: its admin listener, `/healthz`, `/metrics` and `/drains` (`admin_listen`, default
-/// `127.0.0.1:14840`), bound by the caller (tests bind `127.0.0.1:0`).
+/// The socket the nozzle serves: its admin listener, `/healthz`, `/metrics` and `/drains`
+/// (`admin_listen`, default `127.0.0.1:14840`), bound by the caller (tests bind `127.0.0.1:0`).
 pub type Listeners = hydrant_runtime::AdminListener<SyslogNozzle>;
 
 /// The syslog nozzle as a [`hydrant_runtime::Role`]: `hydrant run nozzle-syslog`, `hydrant nozzle

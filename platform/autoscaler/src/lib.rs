@@ -55,8 +55,8 @@ pub use shard::{Shard, owner};
 /// The source type of the autoscaler's lines in an app's log stream.
 pub const SOURCE_TYPE: &str = "AUTOSCALER";
 
-/// The socket the autoscaler serves: its admin listener, `/healthz` and `/metrics` (`admin_listen`, default
-/// `127.0.0.1:14833`), bound by the caller (tests bind `127.0.0.1:0`).
+/// The socket the autoscaler serves: its admin listener, `/healthz` and `/metrics` (`admin_listen`,
+/// default `127.0.0.1:14833`), bound by the caller (tests bind `127.0.0.1:0`).
 pub type Listeners = hydrant_runtime::AdminListener<AutoscalerRole>;
 
 /// The autoscaler as a [`hydrant_runtime::Role`]: `hydrant run autoscaler`, and the micro cloud's.

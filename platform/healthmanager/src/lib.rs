@@ -73,8 +73,8 @@ const RETRY_QUEUE: usize = 1024;
 /// How long shutdown waits for restart and stop tasks.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// The socket the health manager serves: its admin listener, `/healthz` and `/metrics` (`admin_listen`, default
-/// `127.0.0.1:14832`), bound by the caller (tests bind `127.0.0.1:0`).
+/// The socket the health manager serves: its admin listener, `/healthz` and `/metrics`
+/// (`admin_listen`, default `127.0.0.1:14832`), bound by the caller (tests bind `127.0.0.1:0`).
 pub type Listeners = hydrant_runtime::AdminListener<HealthManager>;
 
 /// The health manager as a [`hydrant_runtime::Role`]: `hydrant run healthmanager`, and the micro

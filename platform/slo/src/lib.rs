@@ -54,8 +54,8 @@ pub use error::Error;
 /// The `source_type` of the alerter's log lines in an app's stream.
 pub const SOURCE_TYPE: &str = "SLO";
 
-/// The socket the alerter serves: its admin listener, `/healthz`, `/metrics` and `/v1/slos` (`admin_listen`, default
-/// `127.0.0.1:14835`), bound by the caller (tests bind `127.0.0.1:0`).
+/// The socket the alerter serves: its admin listener, `/healthz`, `/metrics` and `/v1/slos`
+/// (`admin_listen`, default `127.0.0.1:14835`), bound by the caller (tests bind `127.0.0.1:0`).
 pub type Listeners = hydrant_runtime::AdminListener<Slo>;
 
 /// The SLO alerter as a [`hydrant_runtime::Role`]: `hydrant run slo`, and the micro cloud's.
