@@ -196,6 +196,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             router.rsplit(':').next().unwrap_or("80")
         );
     }
+    if let Some(n) = &e.networks {
+        println!(
+            "  container networks        {} {} (apps), {} {} (staging)",
+            n.executor_bridge, n.executor_subnet, n.staging_bridge, n.staging_subnet
+        );
+    }
     for (role, url) in &e.admin {
         println!("  {role:<10} admin          {url}/metrics  {url}/healthz");
     }
