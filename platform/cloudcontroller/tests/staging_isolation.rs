@@ -517,8 +517,8 @@ fn a_cloud_controller_killed_mid_install_removes_the_leftovers_when_it_starts_ag
     });
     first.shutdown_background();
     let prefix = format!("{}-", config.staging_isolation.network.bridge);
-    let netns = || -> Vec<String> {
-        std::fs::read_dir("/run/netns")
+    let listed = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(dir)
             .map(|d| {
                 d.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -527,6 +527,10 @@ fn a_cloud_controller_killed_mid_install_removes_the_leftovers_when_it_starts_ag
             })
             .unwrap_or_default()
     };
+    let netns = || listed("/run/netns");
+    // The kernel removes a veth some time after its namespace goes (its teardown is deferred to
+    // a work queue), so the host side is waited for too, not assumed gone with the namespace.
+    let veths = || listed("/sys/class/net");
     let second = runtime();
     second.block_on(async {
         assert_eq!(
@@ -551,7 +555,7 @@ fn a_cloud_controller_killed_mid_install_removes_the_leftovers_when_it_starts_ag
             Duration::from_secs(30),
             "the network leftovers to go",
             || {
-                let empty = netns().is_empty();
+                let empty = netns().is_empty() && veths().is_empty();
                 async move { empty }
             },
         )
