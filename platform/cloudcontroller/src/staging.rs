@@ -146,7 +146,8 @@ impl Sandbox {
         Self::Containers(staging)
     }
 
-    /// Waits for every staging container to be destroyed, then takes the staging network down.
+    /// Waits for every staging container to be destroyed, then takes the staging network and
+    /// cgroup parent down.
     async fn close(self) {
         let Self::Containers(staging) = self else {
             return;
@@ -158,6 +159,12 @@ impl Sandbox {
             && let Err(e) = network.teardown().await
         {
             tracing::warn!(error = %e, "cannot remove the staging network");
+        }
+        // Every staging container is gone: its cgroup parent goes too, so a stopped
+        // controller leaves no empty cgroups behind.
+        let failures = staging.containers.close().await;
+        if !failures.is_empty() {
+            tracing::warn!(?failures, "cannot remove the staging cgroup parent");
         }
     }
 }
