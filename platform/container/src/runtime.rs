@@ -129,7 +129,41 @@ fn exit_code(status: ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
+/// What `open` needs of the host: root, the runtime on `PATH`, and cgroup hierarchies with the
+/// memory, pids and CPU controllers. Reads only; makes nothing.
+fn host(config: &Config) -> Result<(PathBuf, Cgroups), Error> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::Host {
+            reason: format!(
+                "containers need root, and this process runs as uid {}",
+                nix::unistd::geteuid()
+            ),
+            fix: "run hydrant as root, or run `hydrant up --isolation none` (apps then run \
+                  unisolated as your user)"
+                .to_owned(),
+        });
+    }
+    let runtime = which(&config.runtime).ok_or_else(|| Error::Host {
+        reason: format!("the OCI runtime {:?} is not installed", config.runtime),
+        fix: "install it with `apt-get install runc`, or run `hydrant up --isolation none` \
+              (unisolated)"
+            .to_owned(),
+    })?;
+    let cgroups = Cgroups::detect(&config.cgroup_parent)?;
+    Ok((runtime, cgroups))
+}
+
 impl Containers {
+    /// Whether this host can run containers with `config`, without making anything: root, the
+    /// runtime on `PATH`, the cgroup controllers. `hydrant up` asks before it starts a role, so
+    /// a host that cannot isolate apps is refused before the platform says it is up.
+    ///
+    /// # Errors
+    /// [`Error::Host`] saying what is missing and how to fix it, as [`Containers::open`] would.
+    pub fn check_host(config: &Config) -> Result<(), Error> {
+        host(config).map(drop)
+    }
+
     /// Checks that this host can run containers and lays out the stack under the state dir.
     /// The owner then calls [`Containers::cleanup`] once, before its first container, to
     /// remove what an earlier run left.
@@ -150,24 +184,7 @@ impl Containers {
                     .to_owned(),
             });
         }
-        if !nix::unistd::geteuid().is_root() {
-            return Err(Error::Host {
-                reason: format!(
-                    "containers need root, and this process runs as uid {}",
-                    nix::unistd::geteuid()
-                ),
-                fix: "run hydrant as root, or run `hydrant up --isolation none` (apps then run \
-                      unisolated as your user)"
-                    .to_owned(),
-            });
-        }
-        let runtime = which(&config.runtime).ok_or_else(|| Error::Host {
-            reason: format!("the OCI runtime {:?} is not installed", config.runtime),
-            fix: "install it with `apt-get install runc`, or run `hydrant up --isolation none` \
-                  (unisolated)"
-                .to_owned(),
-        })?;
-        let cgroups = Cgroups::detect(&config.cgroup_parent)?;
+        let (runtime, cgroups) = host(config)?;
         let state_dir = config.state_dir.clone();
         let inner = tokio::task::spawn_blocking(move || -> Result<Inner, Error> {
             std::fs::create_dir_all(&state_dir).map_err(io("cannot create", &state_dir))?;

@@ -161,6 +161,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         containers: args.isolation == "container",
         edge_reconnect_ms: None,
     };
+    if options.containers {
+        // Asked before any role starts, so a host that cannot isolate apps never sees the
+        // platform come up (and an `endpoints.json` written) only to fail a moment later.
+        hydrant_container::Containers::check_host(&hydrant_container::Config::default())?;
+    }
     if !options.containers {
         eprintln!(
             "WARNING: apps run WITHOUT isolation, as your own user beside the platform's keys \

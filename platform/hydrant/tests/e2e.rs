@@ -884,6 +884,11 @@ fn up_says_why_it_cannot_make_containers_and_how_to_fix_it() {
     let stderr = std::fs::read_to_string(&stderr_path).unwrap();
     assert!(!status.unwrap().success(), "{stderr}");
     assert!(stderr.contains("--isolation none"), "{stderr}");
+    // Refused before anything starts: no platform came up, so nothing tells a user it is up.
+    assert!(
+        !home.path().join("data").join("endpoints.json").exists(),
+        "endpoints.json written by a platform that cannot isolate apps: {stderr}"
+    );
     if nix::unistd::geteuid().is_root() {
         assert!(stderr.contains("apt-get install runc"), "{stderr}");
     } else {
