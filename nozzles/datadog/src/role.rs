@@ -22,7 +22,6 @@ use hydrant_nozzle_core::{
     CircuitBreaker, DestinationQueue, FirehoseReader, NozzleMetrics, finish_self_report,
     finish_senders,
 };
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -43,28 +42,9 @@ pub const DISTRIBUTION_PATH: &str = "/api/v1/distribution_points";
 /// Path of the logs intake.
 pub const LOGS_PATH: &str = "/api/v2/logs";
 
-/// The sockets the nozzle serves, bound by the caller (tests bind `127.0.0.1:0`).
-#[derive(Debug)]
-pub struct Listeners {
-    /// `/healthz` and `/metrics` (`Config::admin_listen`, default `127.0.0.1:14841`).
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds `config.admin_listen` through the runtime.
-    ///
-    /// # Errors
-    /// [`Error::Runtime`] naming the field whose address could not be bound.
-    pub async fn bind(config: &Config) -> Result<Self, Error> {
-        Self::take(hydrant_runtime::bind::<DatadogNozzle>(config).await?)
-    }
-
-    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
-        Ok(Self {
-            admin: bound.take("admin")?,
-        })
-    }
-}
+/// The sockets the role serves: its admin listener only (`/healthz`, `/metrics`; `Config::admin_listen`,
+/// default `127.0.0.1:14841`), bound by the runtime or by the caller (tests bind `127.0.0.1:0`).
+pub type Listeners = hydrant_runtime::AdminListener<DatadogNozzle>;
 
 /// The Datadog nozzle as a [`hydrant_runtime::Role`]: `hydrant run nozzle-datadog` and `hydrant
 /// nozzle datadog`.
@@ -76,12 +56,9 @@ impl hydrant_runtime::Role for DatadogNozzle {
     type Config = Config;
     type Error = Error;
     const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
-        &[hydrant_runtime::ListenerSpec {
-            name: "admin",
-            field: "admin_listen",
-            default: "127.0.0.1:14841",
-            address: |c| &c.admin_listen,
-        }];
+        &[hydrant_runtime::admin_listener("127.0.0.1:14841", |c| {
+            &c.admin_listen
+        })];
 
     fn validate(config: &Config) -> Result<(), Error> {
         config.validate()

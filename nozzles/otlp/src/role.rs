@@ -22,7 +22,6 @@ use hydrant_nozzle_core::{
     CircuitBreaker, DestinationQueue, FirehoseReader, NozzleMetrics, finish_self_report,
     finish_senders,
 };
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -33,28 +32,9 @@ use crate::{Config, Error};
 /// The role's name in its metrics and self-telemetry.
 pub const ROLE: &str = "nozzle-otlp";
 
-/// The sockets the nozzle serves, bound by the caller (tests bind `127.0.0.1:0`).
-#[derive(Debug)]
-pub struct Listeners {
-    /// `/healthz` and `/metrics` (`Config::admin_listen`, default `127.0.0.1:14842`).
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds `config.admin_listen` through the runtime.
-    ///
-    /// # Errors
-    /// [`Error::Runtime`] naming the field whose address could not be bound.
-    pub async fn bind(config: &Config) -> Result<Self, Error> {
-        Self::take(hydrant_runtime::bind::<OtlpNozzle>(config).await?)
-    }
-
-    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
-        Ok(Self {
-            admin: bound.take("admin")?,
-        })
-    }
-}
+/// The sockets the role serves: its admin listener only (`/healthz`, `/metrics`; `Config::admin_listen`,
+/// default `127.0.0.1:14842`), bound by the runtime or by the caller (tests bind `127.0.0.1:0`).
+pub type Listeners = hydrant_runtime::AdminListener<OtlpNozzle>;
 
 /// The OTLP nozzle as a [`hydrant_runtime::Role`]: `hydrant run nozzle-otlp` and `hydrant nozzle
 /// otlp`.
@@ -66,12 +46,9 @@ impl hydrant_runtime::Role for OtlpNozzle {
     type Config = Config;
     type Error = Error;
     const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
-        &[hydrant_runtime::ListenerSpec {
-            name: "admin",
-            field: "admin_listen",
-            default: "127.0.0.1:14842",
-            address: |c| &c.admin_listen,
-        }];
+        &[hydrant_runtime::admin_listener("127.0.0.1:14842", |c| {
+            &c.admin_listen
+        })];
 
     fn validate(config: &Config) -> Result<(), Error> {
         config.validate()

@@ -45,7 +45,6 @@ use std::time::Duration;
 use hydrant_bus::messages::{self, executor_start_subject, executor_stop_subject};
 use hydrant_bus::{Announcer, Bus};
 use hydrant_emitter::Registry;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, Isolation};
@@ -60,28 +59,9 @@ const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the bus to take the final messages.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The sockets the executor serves, bound by the caller (tests bind `127.0.0.1:0`).
-#[derive(Debug)]
-pub struct Listeners {
-    /// `/healthz` and `/metrics` (`Config::admin_listen`, default `127.0.0.1:14830`).
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds `config.admin_listen` through the runtime.
-    ///
-    /// # Errors
-    /// [`Error::Runtime`] naming the field whose address could not be bound.
-    pub async fn bind(config: &Config) -> Result<Self, Error> {
-        Self::take(hydrant_runtime::bind::<Executor>(config).await?)
-    }
-
-    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
-        Ok(Self {
-            admin: bound.take("admin")?,
-        })
-    }
-}
+/// The sockets the role serves: its admin listener only (`/healthz`, `/metrics`; `Config::admin_listen`,
+/// default `127.0.0.1:14830`), bound by the runtime or by the caller (tests bind `127.0.0.1:0`).
+pub type Listeners = hydrant_runtime::AdminListener<Executor>;
 
 /// An executor as a [`hydrant_runtime::Role`]: `hydrant run executor`, and the micro cloud's one
 /// executor.
@@ -93,12 +73,9 @@ impl hydrant_runtime::Role for Executor {
     type Config = Config;
     type Error = Error;
     const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
-        &[hydrant_runtime::ListenerSpec {
-            name: "admin",
-            field: "admin_listen",
-            default: "127.0.0.1:14830",
-            address: |c| &c.admin_listen,
-        }];
+        &[hydrant_runtime::admin_listener("127.0.0.1:14830", |c| {
+            &c.admin_listen
+        })];
 
     fn validate(config: &Config) -> Result<(), Error> {
         config.validate()
