@@ -1063,7 +1063,8 @@ fn start_nozzle(cloud: &MicroCloud, endpoints: &Value) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grafana_dashboard_queries_only_metrics_the_platform_emits() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dashboards/grafana/hydrant.json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../contracts/dashboards/grafana/hydrant.json");
     let dashboard: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let queries: Vec<(String, String, QueryNames)> = grafana_queries(&dashboard)
         .into_iter()

@@ -179,3 +179,40 @@ fn the_check_refuses_upward_edges_role_to_role_edges_and_test_kits() {
     assert!(violations(&graph("hydrant-executor", "hydrant-container")).is_empty());
     assert!(violations(&graph("hydrant-nozzle-syslog", "hydrant-api")).is_empty());
 }
+
+/// The directory each layer's crates live in, so the tree shows the layering a reader would
+/// otherwise have to look up in the table.
+fn layer_dir(layer: Layer) -> &'static str {
+    match layer {
+        Layer::Contracts => "contracts",
+        Layer::Runtime => "runtime",
+        Layer::Pipeline => "pipeline",
+        Layer::Platform => "platform",
+        Layer::Consumers => "consumers",
+        Layer::Bin => "bin",
+        Layer::TestKit => "testkits",
+    }
+}
+
+#[test]
+fn every_crate_lives_in_its_layers_directory() {
+    let root = workspace_root();
+    let manifest = read_toml(&root.join("Cargo.toml"));
+    let mut misplaced = Vec::new();
+    for member in manifest["workspace"]["members"].as_array().unwrap() {
+        let dir = member.as_str().unwrap();
+        let crate_toml = read_toml(&root.join(dir).join("Cargo.toml"));
+        let name = crate_toml["package"]["name"].as_str().unwrap();
+        let Some((layer, _)) = layer_of(name) else {
+            continue;
+        };
+        let top = dir.split('/').next().unwrap_or_default();
+        if top != layer_dir(layer) {
+            misplaced.push(format!(
+                "{name} is in {dir}/ but its layer is {layer:?}: move it under {}/",
+                layer_dir(layer)
+            ));
+        }
+    }
+    assert!(misplaced.is_empty(), "{misplaced:#?}");
+}
