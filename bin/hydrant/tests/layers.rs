@@ -42,6 +42,7 @@ const LAYERS: &[(&str, Layer, bool)] = &[
     ("hydrant-bus", Layer::Runtime, true),
     ("hydrant-buffer", Layer::Runtime, true),
     ("hydrant-runtime", Layer::Runtime, true),
+    ("hydrant-tls", Layer::Runtime, true),
     ("hydrant-agent", Layer::Pipeline, false),
     ("hydrant-doppler", Layer::Pipeline, false),
     ("hydrant-logcache", Layer::Pipeline, true),
