@@ -19,4 +19,41 @@ pub enum Error {
         "{0:?} is not a role identity; use one of agent, doppler, trafficcontroller, cloudcontroller, executor, router, healthmanager, autoscaler, slo, nozzle, nats"
     )]
     UnknownIdentity(String),
+    /// A directory already holds a CA and something asked to make another.
+    #[error(
+        "{0} already exists: this directory has a CA; issue leaves from it, or replace it with `hydrant certs rotate begin`"
+    )]
+    CaExists(PathBuf),
+    /// No CA to sign with.
+    #[error("no CA in {0}: run `hydrant certs init --dir {0}` first")]
+    NoCa(PathBuf),
+    /// A file that should hold a certificate or key does not hold a usable one.
+    #[error("{path}: {reason}")]
+    BadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The crypto library could not make a key or certificate.
+    #[error("cannot make a certificate: {0}")]
+    Generate(String),
+    /// A subject alternative name that is neither a host name nor an IP address.
+    #[error(
+        "{0:?} is neither a host name nor an IP address; use e.g. cell-1.example.com or 10.0.0.5"
+    )]
+    BadName(String),
+    /// A validity out of range.
+    #[error("--days {0}: must be between 1 and 36500")]
+    BadDays(u32),
+    /// A rotation step run out of order.
+    #[error("cannot run `rotate {step}`: {state}; run `{next}` next")]
+    RotationOrder {
+        /// The step asked for.
+        step: &'static str,
+        /// Where the rotation stands.
+        state: &'static str,
+        /// The command that comes next.
+        next: &'static str,
+    },
 }

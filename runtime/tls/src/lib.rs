@@ -25,3 +25,4 @@ pub mod issue;
 
 pub use error::Error;
 pub use identity::Identity;
+pub use issue::{CertDir, CertInfo, LeafSpec};
