@@ -22,6 +22,7 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hydrant_envelope::v2;
 use hydrant_firehose_client::Batch;
+use hydrant_testkit::envelopes::{self, counter, gauge, timer};
 use hydrant_top::{State, StateConfig};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -30,85 +31,46 @@ const PER_SECOND: usize = 100_000;
 const BATCH: usize = 100;
 const APPS: usize = 50;
 
+/// Envelope `i` of the mixed load: a router timer, an app log, a container gauge or a
+/// component counter, at `ts`.
 fn envelope(i: usize, ts: i64) -> v2::Envelope {
     let app = format!("app-{:02}", i % APPS);
     let instance = ((i / APPS) % 2).to_string();
-    let tags = |pairs: &[(&str, &str)]| {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    };
-    let (tags, message) = match i % 20 {
-        0..=7 => (
-            tags(&[
+    match i % 20 {
+        0..=7 => {
+            let status = if i.is_multiple_of(97) { "500" } else { "200" };
+            let tags = [
                 ("peer_type", "Client"),
-                (
-                    "status_code",
-                    if i.is_multiple_of(97) { "500" } else { "200" },
-                ),
+                ("status_code", status),
                 ("source_type", "RTR"),
-            ]),
-            v2::envelope::Message::Timer(v2::Timer {
-                name: "http".to_owned(),
-                start: ts - 1_000_000 - (i as i64 % 50) * 1_000_000,
-                stop: ts,
-            }),
-        ),
-        8..=15 => (
-            tags(&[("source_type", "APP/PROC/WEB")]),
-            v2::envelope::Message::Log(v2::Log {
-                payload: Bytes::from(format!(
-                    "GET /orders/{i} 200 12ms user-agent=curl/8.0 request-id={i:08x}"
-                )),
-                r#type: 0,
-            }),
-        ),
-        16..=18 => (
-            tags(&[]),
-            v2::envelope::Message::Gauge(v2::Gauge {
-                metrics: [
-                    ("cpu", 12.5, "percentage"),
-                    ("memory", 50e6, "bytes"),
-                    ("disk", 10e6, "bytes"),
-                    ("memory_quota", 64e6, "bytes"),
-                    ("disk_quota", 1e9, "bytes"),
-                    ("container_age", 1e12, "nanoseconds"),
-                ]
-                .into_iter()
-                .map(|(n, v, u)| {
-                    (
-                        n.to_owned(),
-                        v2::GaugeValue {
-                            unit: u.to_owned(),
-                            value: v,
-                        },
-                    )
-                })
-                .collect(),
-            }),
-        ),
-        _ => {
-            return v2::Envelope {
-                source_id: "doppler".to_owned(),
-                instance_id: "0".to_owned(),
-                timestamp: ts,
-                message: Some(v2::envelope::Message::Counter(v2::Counter {
-                    name: "doppler.ingress".to_owned(),
-                    delta: 100,
-                    total: i as u64,
-                })),
-                ..v2::Envelope::default()
-            };
+            ];
+            let start = ts - 1_000_000 - (i as i64 % 50) * 1_000_000;
+            envelopes::envelope(ts, &app, &instance, &tags, timer("http", start, ts))
         }
-    };
-    v2::Envelope {
-        source_id: app,
-        instance_id: instance,
-        timestamp: ts,
-        tags,
-        message: Some(message),
-        ..v2::Envelope::default()
+        8..=15 => {
+            let line = format!("GET /orders/{i} 200 12ms user-agent=curl/8.0 request-id={i:08x}");
+            let log = v2::envelope::Message::Log(v2::Log {
+                payload: Bytes::from(line),
+                r#type: 0,
+            });
+            let tags = [("source_type", "APP/PROC/WEB")];
+            envelopes::envelope(ts, &app, &instance, &tags, log)
+        }
+        16..=18 => {
+            let container = gauge(&[
+                ("cpu", 12.5, "percentage"),
+                ("memory", 50e6, "bytes"),
+                ("disk", 10e6, "bytes"),
+                ("memory_quota", 64e6, "bytes"),
+                ("disk_quota", 1e9, "bytes"),
+                ("container_age", 1e12, "nanoseconds"),
+            ]);
+            envelopes::envelope(ts, &app, &instance, &[], container)
+        }
+        _ => {
+            let ingress = counter("doppler.ingress", 100, i as u64);
+            envelopes::envelope(ts, "doppler", "0", &[], ingress)
+        }
     }
 }
 

@@ -167,12 +167,6 @@ pub fn clock(ns: i64, offset_secs: i32) -> String {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
 mod tests {
     use super::*;
 

@@ -185,12 +185,6 @@ pub fn edit(line: &mut String, key: &KeyEvent) -> Edit {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
 mod tests {
     use super::*;
 

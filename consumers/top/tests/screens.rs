@@ -5,14 +5,9 @@
 //! thresholds, an app short of instances, a stopped app, the pipeline's own counters (with drops
 //! and a slow consumer), an executor near capacity, audit events and SLO notices. Time is pinned
 //! (the state's clock is given, times are shown in UTC), so every number on screen is exact.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
 
-use std::collections::HashMap;
+#![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,6 +19,7 @@ use hydrant_api::{
 use hydrant_envelope::v2;
 use hydrant_firehose_client::Batch;
 use hydrant_firehose_client::render::TimeZone;
+use hydrant_testkit::envelopes::{self, envelope};
 use hydrant_top::view::{Screen, TableKind};
 use hydrant_top::{ApiSnapshot, Feed, State, StateConfig};
 use proptest::prelude::*;
@@ -41,40 +37,18 @@ const DEMO: &str = "g-demo";
 const API: &str = "g-api";
 const IDLE: &str = "g-idle";
 
-fn tags(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
-
 fn timer(app: &str, instance: &str, status: &str, latency_ms: i64, ts: i64) -> v2::Envelope {
-    v2::Envelope {
-        source_id: app.to_owned(),
-        instance_id: instance.to_owned(),
-        timestamp: ts,
-        tags: tags(&[("peer_type", "Client"), ("status_code", status)]),
-        message: Some(v2::envelope::Message::Timer(v2::Timer {
-            name: "http".to_owned(),
-            start: ts - latency_ms * 1_000_000,
-            stop: ts,
-        })),
-        ..v2::Envelope::default()
-    }
+    let tags = [("peer_type", "Client"), ("status_code", status)];
+    let http = envelopes::timer("http", ts - latency_ms * 1_000_000, ts);
+    envelope(ts, app, instance, &tags, http)
 }
 
 fn log(app: &str, instance: &str, source_type: &str, payload: &[u8], ts: i64) -> v2::Envelope {
-    v2::Envelope {
-        source_id: app.to_owned(),
-        instance_id: instance.to_owned(),
-        timestamp: ts,
-        tags: tags(&[("source_type", source_type)]),
-        message: Some(v2::envelope::Message::Log(v2::Log {
-            payload: Bytes::copy_from_slice(payload),
-            r#type: 0,
-        })),
-        ..v2::Envelope::default()
-    }
+    let line = v2::envelope::Message::Log(v2::Log {
+        payload: Bytes::copy_from_slice(payload),
+        r#type: 0,
+    });
+    envelope(ts, app, instance, &[("source_type", source_type)], line)
 }
 
 fn gauge(source: &str, instance: &str, metrics: &[(&str, f64, &str)], ts: i64) -> v2::Envelope {
@@ -88,27 +62,7 @@ fn gauge_tagged(
     tag: &[(&str, &str)],
     ts: i64,
 ) -> v2::Envelope {
-    v2::Envelope {
-        source_id: source.to_owned(),
-        instance_id: instance.to_owned(),
-        timestamp: ts,
-        tags: tags(tag),
-        message: Some(v2::envelope::Message::Gauge(v2::Gauge {
-            metrics: metrics
-                .iter()
-                .map(|(n, v, u)| {
-                    (
-                        (*n).to_owned(),
-                        v2::GaugeValue {
-                            unit: (*u).to_owned(),
-                            value: *v,
-                        },
-                    )
-                })
-                .collect(),
-        })),
-        ..v2::Envelope::default()
-    }
+    envelope(ts, source, instance, tag, envelopes::gauge(metrics))
 }
 
 fn counter(source: &str, name: &str, total: u64, tag: &[(&str, &str)], ts: i64) -> v2::Envelope {
@@ -123,32 +77,21 @@ fn counter_of(
     tag: &[(&str, &str)],
     ts: i64,
 ) -> v2::Envelope {
-    v2::Envelope {
-        source_id: source.to_owned(),
-        instance_id: instance.to_owned(),
-        timestamp: ts,
-        tags: tags(tag),
-        message: Some(v2::envelope::Message::Counter(v2::Counter {
-            name: name.to_owned(),
-            delta: 0,
-            total,
-        })),
-        ..v2::Envelope::default()
-    }
+    envelope(
+        ts,
+        source,
+        instance,
+        tag,
+        envelopes::counter(name, 0, total),
+    )
 }
 
 fn event(app: &str, instance: &str, title: &str, body: &str, ts: i64) -> v2::Envelope {
-    v2::Envelope {
-        source_id: app.to_owned(),
-        instance_id: instance.to_owned(),
-        timestamp: ts,
-        tags: tags(&[("reason", "CRASHED")]),
-        message: Some(v2::envelope::Message::Event(v2::Event {
-            title: title.to_owned(),
-            body: body.to_owned(),
-        })),
-        ..v2::Envelope::default()
-    }
+    let crash = v2::envelope::Message::Event(v2::Event {
+        title: title.to_owned(),
+        body: body.to_owned(),
+    });
+    envelope(ts, app, instance, &[("reason", "CRASHED")], crash)
 }
 
 fn app(guid: &str, name: &str, state: AppState, instances: u32) -> App {

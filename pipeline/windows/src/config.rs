@@ -144,7 +144,6 @@ impl WindowsConfig {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "test code")]
     use super::*;
 
     #[test]

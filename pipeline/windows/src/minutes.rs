@@ -147,7 +147,6 @@ impl MinuteCounts {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "test code")]
     use super::*;
 
     #[test]

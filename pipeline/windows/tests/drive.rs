@@ -1,14 +1,7 @@
-//! The driver that feeds `Windows` from a firehose stream: batches and gap markers reach the
-//! windows, disconnects are recorded, a fatal error ends the loop, shutdown stops it.
+//! The driver that feeds `Windows` from a firehose stream: batches land in the windows, gap
+//! markers are counted, disconnects are recorded, a fatal error ends the loop, shutdown stops it.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
-//! The driving loop: batches land in the windows, gaps are counted, the connection state is
-//! recorded, fatal errors end the loop, and shutdown stops it.
+#![allow(clippy::unwrap_used, reason = "test code")]
 
 #[path = "support/envelopes.rs"]
 mod support;

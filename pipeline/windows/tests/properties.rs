@@ -1,12 +1,6 @@
 //! Property tests: hostile envelopes at random times never panic the windows, and memory stays
 //! within every configured cap after each step.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
 //! Random envelopes, random times: nothing panics, and what is stored never exceeds the caps.
 
 #[path = "support/envelopes.rs"]

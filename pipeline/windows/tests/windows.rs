@@ -2,12 +2,6 @@
 //! router's own errors apart, percentiles against an exact sort, gauges, log lines, crashes,
 //! rollover, expiry, caps and per-minute SLO counts.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
 //! Every metric the windows keep, with injected time: rates, status classes, quantiles against
 //! an exact computation, gauges, log lines, crashes, rollover and expiry, caps, staleness and
 //! the per-minute SLO counts.

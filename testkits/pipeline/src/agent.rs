@@ -390,8 +390,6 @@ impl Drop for FakeAgent {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "test code")]
-
     use super::*;
     use hydrant_envelope::raw::ingress::ingress_client::IngressClient;
 

@@ -1,7 +1,7 @@
 //! Test support shared by every crate whose tests stand in for a Loggregator v2 agent: a
 //! [`FakeAgent`] that records the envelopes a role sends it, [`wait_for`], which polls a
-//! condition until it holds or a deadline passes, and [`MicroCloud`], a real `hydrant up` for
-//! end-to-end tests of the binary.
+//! condition until it holds or a deadline passes, [`MicroCloud`], a real `hydrant up` for
+//! end-to-end tests of the binary, and [`envelopes`], builders for the envelopes tests feed.
 //!
 //! A dev-dependency only; no role links it. Its invariant is the house rule for tests: nothing
 //! sleeps and hopes. Every wait names what it waited for and fails the test once its deadline
@@ -13,6 +13,7 @@
 )]
 
 mod agent;
+pub mod envelopes;
 mod micro;
 mod wait;
 

@@ -502,32 +502,13 @@ impl Components {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
 mod tests {
     use super::*;
-    use hydrant_envelope::v2;
+    use hydrant_testkit::envelopes;
 
     fn counter(source: &str, name: &str, total: u64, ts_s: i64, tags: &[(&str, &str)]) -> Vec<u8> {
-        let e = v2::Envelope {
-            source_id: source.to_owned(),
-            instance_id: "0".to_owned(),
-            timestamp: ts_s * 1_000_000_000,
-            tags: tags
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            message: Some(v2::envelope::Message::Counter(v2::Counter {
-                name: name.to_owned(),
-                delta: 0,
-                total,
-            })),
-            ..v2::Envelope::default()
-        };
+        let total = envelopes::counter(name, 0, total);
+        let e = envelopes::envelope(ts_s * 1_000_000_000, source, "0", tags, total);
         hydrant_envelope::wire::encode(&e).to_vec()
     }
 

@@ -1,12 +1,13 @@
 //! Envelope builders and a pinned clock for the windows tests.
 #![allow(dead_code, reason = "each test file uses a different subset")]
+#![allow(clippy::unwrap_used, reason = "test code")]
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hydrant_envelope::v2;
 use hydrant_envelope::wire::{EnvelopeView, encode};
+use hydrant_testkit::envelopes::{self, envelope, timer};
 use hydrant_windows::{Windows, WindowsConfig};
 
 /// A UNIX second on a minute boundary, so minute arithmetic in tests is plain.
@@ -38,25 +39,6 @@ impl Rig {
     }
 }
 
-fn envelope(
-    source: &str,
-    instance: &str,
-    tags: &[(&str, &str)],
-    message: v2::envelope::Message,
-) -> v2::Envelope {
-    v2::Envelope {
-        timestamp: 1,
-        source_id: source.to_owned(),
-        instance_id: instance.to_owned(),
-        tags: tags
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-        message: Some(message),
-        ..v2::Envelope::default()
-    }
-}
-
 /// The router's `http` Timer for one response taking `latency_us`.
 pub fn http(source: &str, instance: &str, status: u16, latency_us: i64) -> v2::Envelope {
     http_tagged(source, instance, status, latency_us, &[])
@@ -80,40 +62,22 @@ pub fn http_tagged(
     ];
     tags.extend_from_slice(extra);
     envelope(
+        1,
         source,
         instance,
         &tags,
-        v2::envelope::Message::Timer(v2::Timer {
-            name: "http".to_owned(),
-            start: 1_000_000_000,
-            stop: 1_000_000_000 + latency_us * 1000,
-        }),
+        timer("http", 1_000_000_000, 1_000_000_000 + latency_us * 1000),
     )
 }
 
 pub fn gauge(source: &str, instance: &str, metrics: &[(&str, f64)]) -> v2::Envelope {
-    let metrics: HashMap<String, v2::GaugeValue> = metrics
-        .iter()
-        .map(|(n, v)| {
-            (
-                (*n).to_owned(),
-                v2::GaugeValue {
-                    unit: "bytes".to_owned(),
-                    value: *v,
-                },
-            )
-        })
-        .collect();
-    envelope(
-        source,
-        instance,
-        &[],
-        v2::envelope::Message::Gauge(v2::Gauge { metrics }),
-    )
+    let metrics: Vec<_> = metrics.iter().map(|&(n, v)| (n, v, "bytes")).collect();
+    envelope(1, source, instance, &[], envelopes::gauge(&metrics))
 }
 
 pub fn log(source: &str, instance: &str, source_type: &str, err: bool) -> v2::Envelope {
     envelope(
+        1,
         source,
         instance,
         &[("source_type", source_type)],
@@ -126,6 +90,7 @@ pub fn log(source: &str, instance: &str, source_type: &str, err: bool) -> v2::En
 
 pub fn event(source: &str, instance: &str, title: &str) -> v2::Envelope {
     envelope(
+        1,
         source,
         instance,
         &[],
