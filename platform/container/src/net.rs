@@ -945,33 +945,27 @@ mod tests {
 
     #[test]
     fn bad_config_names_the_field_and_the_fix() {
-        let bad = |config: NetConfig| config.validate().unwrap_err().to_string();
-        let err = bad(NetConfig {
-            bridge: "hydrant-br0".into(),
-            ..NetConfig::default()
-        });
-        assert!(
-            err.contains("network.bridge") && err.contains("1-8 lowercase"),
-            "{err}"
-        );
-        let err = bad(NetConfig {
-            subnet: "10.254.0.1/22".into(),
-            ..NetConfig::default()
-        });
-        assert!(
-            err.contains("network.subnet") && err.contains("10.254.0.0/22"),
-            "{err}"
-        );
-        let err = bad(NetConfig {
-            subnet: "10.0.0.0/8".into(),
-            ..NetConfig::default()
-        });
-        assert!(err.contains("16-29"), "{err}");
-        let err = bad(NetConfig {
-            deny: vec!["10.0.0.0/40".into()],
-            ..NetConfig::default()
-        });
-        assert!(err.contains("network.deny"), "{err}");
+        type Spoil = fn(&mut NetConfig);
+        let cases: [(Spoil, &[&str]); 4] = [
+            (
+                |c| c.bridge = "hydrant-br0".into(),
+                &["network.bridge", "1-8 lowercase"],
+            ),
+            (
+                |c| c.subnet = "10.254.0.1/22".into(),
+                &["network.subnet", "10.254.0.0/22"],
+            ),
+            (|c| c.subnet = "10.0.0.0/8".into(), &["16-29"]),
+            (|c| c.deny = vec!["10.0.0.0/40".into()], &["network.deny"]),
+        ];
+        for (spoil, wants) in cases {
+            let mut config = NetConfig::default();
+            spoil(&mut config);
+            let err = config.validate().unwrap_err().to_string();
+            for want in wants {
+                assert!(err.contains(want), "{want:?} is not in {err}");
+            }
+        }
     }
 
     #[test]

@@ -10,12 +10,7 @@
 //! Memory per container is the host-side `runc run` process's RSS plus the container's own
 //! cgroup usage while it runs an idle `sleep`.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+#![allow(clippy::unwrap_used, reason = "test code")]
 
 use std::time::{Duration, Instant};
 

@@ -6,12 +6,7 @@
 //!
 //! These tests need root (runc, cgroups); without it they fail and say so.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
