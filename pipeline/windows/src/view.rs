@@ -179,6 +179,57 @@ fn rate<B>(
     }
 }
 
+/// The whole seconds a window covers at `now`, as `(tick, secs)` for [`Ring::window`].
+fn seconds_of(windows: &Windows, window: Duration, now: Instant) -> (u64, u64) {
+    (windows.clock.tick(now), window_secs(windows, window))
+}
+
+/// Sums `f` over a per-second ring's `(tick, secs)` seconds.
+fn window_sum<B>(ring: &Ring<B>, (tick, secs): (u64, u64), f: impl Fn(&B) -> u64) -> u64 {
+    ring.window(tick, secs).map(|(_, b)| f(b)).sum()
+}
+
+/// A per-second bucket that counts `APP/*` log lines, so apps and instances read them alike.
+trait LogSecond {
+    /// Log lines in the second.
+    fn lines(&self) -> u64;
+    /// Of those, lines on stderr.
+    fn stderr(&self) -> u64;
+}
+
+impl LogSecond for crate::state::Second {
+    fn lines(&self) -> u64 {
+        u64::from(self.logs)
+    }
+    fn stderr(&self) -> u64 {
+        u64::from(self.log_errs)
+    }
+}
+
+impl LogSecond for crate::state::InstanceSecond {
+    fn lines(&self) -> u64 {
+        u64::from(self.logs)
+    }
+    fn stderr(&self) -> u64 {
+        u64::from(self.log_errs)
+    }
+}
+
+/// `APP/*` log lines over the window, from a ring of seconds that counts them.
+fn log_rate<B: LogSecond>(
+    windows: &Windows,
+    ring: &Ring<B>,
+    first_seen: Instant,
+    last_log: Option<Instant>,
+    window: Duration,
+    now: Instant,
+) -> LogRate {
+    LogRate {
+        lines: rate(windows, ring, first_seen, last_log, window, now, B::lines),
+        stderr: window_sum(ring, seconds_of(windows, window, now), B::stderr),
+    }
+}
+
 /// One app's windows, borrowed from [`Windows`].
 #[derive(Debug, Clone, Copy)]
 pub struct AppWindows<'a> {
@@ -331,35 +382,21 @@ impl<'a> AppWindows<'a> {
     #[must_use]
     pub fn logs(&self, window: Duration, now: Instant) -> LogRate {
         let s = self.state;
-        let lines = rate(
+        log_rate(
             self.windows,
             &s.seconds,
             s.first_seen,
             s.last_log,
             window,
             now,
-            |b| u64::from(b.logs),
-        );
-        let secs = window_secs(self.windows, window);
-        let tick = self.windows.clock.tick(now);
-        let stderr = s
-            .seconds
-            .window(tick, secs)
-            .map(|(_, b)| u64::from(b.log_errs))
-            .sum();
-        LogRate { lines, stderr }
+        )
     }
 
     /// Crash events over the window.
     #[must_use]
     pub fn crashes(&self, window: Duration, now: Instant) -> u64 {
-        let secs = window_secs(self.windows, window);
-        let tick = self.windows.clock.tick(now);
-        self.state
-            .seconds
-            .window(tick, secs)
-            .map(|(_, b)| u64::from(b.crashes))
-            .sum()
+        let seconds = seconds_of(self.windows, window, now);
+        window_sum(&self.state.seconds, seconds, |b| u64::from(b.crashes))
     }
 
     /// A gauge across the app's instances over the window; `None` when no instance reported
@@ -537,36 +574,22 @@ impl<'a> InstanceWindows<'a> {
     /// App-made 5xx this instance served over the window.
     #[must_use]
     pub fn server_errors(&self, window: Duration, now: Instant) -> u64 {
-        let secs = window_secs(self.windows, window);
-        let tick = self.windows.clock.tick(now);
-        self.state
-            .seconds
-            .window(tick, secs)
-            .map(|(_, b)| u64::from(b.server_errors))
-            .sum()
+        let seconds = seconds_of(self.windows, window, now);
+        window_sum(&self.state.seconds, seconds, |b| u64::from(b.server_errors))
     }
 
     /// `APP/*` log lines of this instance over the window.
     #[must_use]
     pub fn logs(&self, window: Duration, now: Instant) -> LogRate {
         let s = self.state;
-        let lines = rate(
+        log_rate(
             self.windows,
             &s.seconds,
             s.first_seen,
             s.last_log,
             window,
             now,
-            |b| u64::from(b.logs),
-        );
-        let secs = window_secs(self.windows, window);
-        let tick = self.windows.clock.tick(now);
-        let stderr = s
-            .seconds
-            .window(tick, secs)
-            .map(|(_, b)| u64::from(b.log_errs))
-            .sum();
-        LogRate { lines, stderr }
+        )
     }
 
     /// One gauge of this instance over the window; `None` without a sample in it.
