@@ -5,6 +5,7 @@
 //! the queues. Invariant: a config that passes [`Config::validate`] connects without panicking
 //! and every queue it sizes is bounded.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,24 @@ pub struct Config {
     /// How often the NATS client pings the server to notice a dead connection, in seconds.
     /// Default 20 (gorouter's choice: failover finishes well inside the 120 s route TTL).
     pub ping_interval_secs: u64,
+    /// Mutual TLS to `nats-server` (`[bus.tls]`): the CA bundle that signed the server's
+    /// certificate, and this role's certificate and key, whose identity the server maps to a
+    /// user with subject permissions (`hydrant certs nats-config` writes the server's side).
+    /// Default: none (plaintext), which is all the in-process hub needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
+}
+
+/// The files of `[bus.tls]`, as `hydrant certs` writes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The trust bundle (`ca.pem`): every CA whose server certificate is accepted.
+    pub ca_file: PathBuf,
+    /// This role's certificate (`<identity>.pem`).
+    pub cert_file: PathBuf,
+    /// Its private key (`<identity>.key`).
+    pub key_file: PathBuf,
 }
 
 impl Default for Config {
@@ -52,6 +71,7 @@ impl Default for Config {
             max_payload: 1024 * 1024,
             connect_timeout_ms: 2000,
             ping_interval_secs: 20,
+            tls: None,
         }
     }
 }
@@ -114,6 +134,27 @@ impl Config {
                 "bus.ping_interval_secs = {}: must be between 1 and 3600",
                 self.ping_interval_secs
             )));
+        }
+        if let Some(tls) = &self.tls {
+            if !matches!(self.target()?, Target::Nats(_)) {
+                return Err(Error::Config(
+                    "bus.tls is for NATS; the in-process hub needs none: remove [bus.tls] or set \
+                     bus.url = \"nats://HOST:PORT\""
+                        .to_owned(),
+                ));
+            }
+            for (field, path) in [
+                ("ca_file", &tls.ca_file),
+                ("cert_file", &tls.cert_file),
+                ("key_file", &tls.key_file),
+            ] {
+                if path.as_os_str().is_empty() {
+                    return Err(Error::Config(format!(
+                        "bus.tls.{field} is empty: name the file `hydrant certs` wrote \
+                         (e.g. ca.pem, executor.pem, executor.key)"
+                    )));
+                }
+            }
         }
         Ok(())
     }

@@ -49,6 +49,7 @@ mod inprocess;
 pub mod messages;
 mod metrics;
 mod nats;
+pub mod nats_config;
 pub mod subject;
 
 use std::pin::Pin;
@@ -64,7 +65,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 pub use announcer::{Announcer, AnnouncerHandle};
-pub use config::{Config, INPROCESS};
+pub use config::{Config, INPROCESS, TlsFiles};
 pub use error::Error;
 
 use crate::config::Target;

@@ -8,8 +8,8 @@
 //!
 //! | subject | payload | published by | when |
 //! |---|---|---|---|
-//! | `router.register` | [`RegistryMessage`] | executor, per running instance | on RUNNING, every [`REGISTER_INTERVAL`], at once on (re)connect and on `router.start` |
-//! | `router.unregister` | [`RegistryMessage`] (matched on `host`, `port`/`tls_port`, `uris`) | executor | when an instance stops or crashes |
+//! | `router.register.<executor_id>` (or plain `router.register`, gorouter's, from other emitters) | [`RegistryMessage`] | executor, per running instance | on RUNNING, every [`REGISTER_INTERVAL`], at once on (re)connect and on `router.start` |
+//! | `router.unregister.<executor_id>` (or plain `router.unregister`) | [`RegistryMessage`] (matched on `host`, `port`/`tls_port`, `uris`) | executor | when an instance stops or crashes |
 //! | `router.greet` | request, empty body; reply [`RouterStart`] | anyone who needs the router's timings | at boot |
 //! | `router.start` | [`RouterStart`] | router | at boot and on every bus reconnect |
 //! | `executor.heartbeat` | [`ExecutorHeartbeat`] | executor | every [`HEARTBEAT_INTERVAL`] and on (re)connect |
@@ -61,6 +61,39 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 #[must_use]
 pub fn executor_start_subject(executor_id: &str) -> String {
     format!("{EXECUTOR_START}.{executor_id}")
+}
+
+/// The subject on which executor `executor_id` registers its instances' routes:
+/// `router.register.<executor_id>`. Per cell, so that on an authenticated bus (where each cell
+/// may publish only its own) the router knows which cell sent a registration.
+#[must_use]
+pub fn router_register_subject(executor_id: &str) -> String {
+    format!("{ROUTER_REGISTER}.{executor_id}")
+}
+
+/// The subject on which executor `executor_id` unregisters routes: `router.unregister.<id>`.
+#[must_use]
+pub fn router_unregister_subject(executor_id: &str) -> String {
+    format!("{ROUTER_UNREGISTER}.{executor_id}")
+}
+
+/// Splits a route subject into (`router.register` or `router.unregister`, the cell that sent
+/// it, if the subject names one). `None` for any other subject.
+#[must_use]
+pub fn route_subject(subject: &str) -> Option<(&'static str, Option<&str>)> {
+    for base in [ROUTER_REGISTER, ROUTER_UNREGISTER] {
+        if subject == base {
+            return Some((base, None));
+        }
+        if let Some(cell) = subject
+            .strip_prefix(base)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .filter(|cell| !cell.is_empty() && !cell.contains('.'))
+        {
+            return Some((base, Some(cell)));
+        }
+    }
+    None
 }
 
 /// The subject on which executor `executor_id` takes [`StopInstance`] requests.

@@ -6,6 +6,11 @@
 //!   closed|client_error} + (messages still queued)`;
 //! - receiving: `bus.received = bus.delivered + bus.dropped{reason=subscriber_queue_full}`.
 //!
+//! NATS only: `bus.refused{reason=permissions_violation}` counts publishes and subscriptions
+//! the server refused because this role's identity may not use that subject (the server drops
+//! the message, so nobody acts on it); `reason=authorization_violation` counts connections it
+//! refused outright.
+//!
 //! NATS only: `bus.dropped{reason=client_queue_full}` counts overflows of the client library's
 //! own per-subscription channel before our pump sees them (so they are not in `received`).
 //! That channel is sized to make this rare, and the client reports it through a lossy event
@@ -31,6 +36,8 @@ pub(crate) struct Metrics {
     pub requests_no_responders: Counter,
     pub requests_disconnected: Counter,
     pub reconnects: Counter,
+    pub refused_permissions: Counter,
+    pub refused_authorization: Counter,
     pub connected: Gauge,
     pub publish_queue_depth: Gauge,
 }
@@ -79,6 +86,18 @@ impl Metrics {
             requests_timeout: requests("timeout"),
             requests_no_responders: requests("no_responders"),
             requests_disconnected: requests("disconnected"),
+            refused_permissions: registry.counter(
+                "bus.refused",
+                "Publishes or subscriptions the NATS server refused as not permitted for this \
+                 role's identity, by reason",
+                &[("backend", backend), ("reason", "permissions_violation")],
+            ),
+            refused_authorization: registry.counter(
+                "bus.refused",
+                "Publishes or subscriptions the NATS server refused as not permitted for this \
+                 role's identity, by reason",
+                &[("backend", backend), ("reason", "authorization_violation")],
+            ),
             reconnects: registry.counter(
                 "bus.reconnects",
                 "Times the bus connection came back after an outage",

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::{ConnectErrorKind, Event, RequestErrorKind, SubscribeErrorKind};
+use async_nats::{ConnectErrorKind, Event, RequestErrorKind, ServerError, SubscribeErrorKind};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc::error::TrySendError;
@@ -90,6 +90,20 @@ impl Handle {
                             metrics.dropped_client_queue_full.inc();
                             tracing::warn!(sid, "bus: NATS client queue overflowed");
                         }
+                        Event::ServerError(ServerError::Other(text))
+                            if text.to_ascii_lowercase().contains("permissions violation") =>
+                        {
+                            // The server refused a publish or subscription this identity may
+                            // not make; it dropped the message, so nobody acted on it.
+                            metrics.refused_permissions.inc();
+                            tracing::warn!(refused = %text, "bus: NATS refused a subject for this role's identity");
+                        }
+                        Event::ServerError(ServerError::AuthorizationViolation) => {
+                            metrics.refused_authorization.inc();
+                            tracing::error!(
+                                "bus: NATS refused this role's credentials (authorization violation)"
+                            );
+                        }
                         other => tracing::info!(event = %other, "nats connection event"),
                     }
                 }
@@ -107,6 +121,15 @@ impl Handle {
             .max_reconnects(None)
             .reconnect_delay_callback(reconnect_delay)
             .event_callback(on_event);
+        // async-nats re-reads these files on every (re)connect, so a rotated certificate is
+        // picked up at the next reconnect without a restart.
+        let options = match &config.tls {
+            Some(tls) => options
+                .require_tls(true)
+                .add_root_certificates(tls.ca_file.clone())
+                .add_client_certificate(tls.cert_file.clone(), tls.key_file.clone()),
+            None => options,
+        };
         let url = config.redacted_url();
         let connect = options.connect(servers.to_vec());
         let client = match tokio::time::timeout(
@@ -454,6 +477,15 @@ fn describe_connect_error(err: &async_nats::ConnectError) -> String {
     match (err.kind(), io_kind) {
         (_, Some(std::io::ErrorKind::ConnectionRefused)) => "connection refused".to_owned(),
         (ConnectErrorKind::TimedOut, _) => "timed out".to_owned(),
+        (ConnectErrorKind::AuthorizationViolation, _) => {
+            "the server refused this identity (no NATS user maps to its certificate: \
+             regenerate the server's config with `hydrant certs nats-config`)"
+                .to_owned()
+        }
+        (ConnectErrorKind::Tls, _) => format!(
+            "TLS setup failed ({}); check bus.tls's files",
+            source.unwrap_or_default()
+        ),
         (ConnectErrorKind::Dns, _) => format!(
             "cannot resolve the host name ({})",
             source.unwrap_or_default()

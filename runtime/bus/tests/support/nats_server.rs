@@ -15,6 +15,8 @@ pub struct NatsServer {
     port: u16,
     child: Option<Child>,
     log: PathBuf,
+    /// A config file to run with (`-c`), instead of plain `-a 127.0.0.1 -p PORT`.
+    config: Option<PathBuf>,
 }
 
 impl NatsServer {
@@ -29,6 +31,24 @@ impl NatsServer {
             port,
             child: None,
             log,
+            config: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts a server on a free port with the config `make(port)` returns (written to
+    /// `dir/nats.conf`), and waits until it speaks NATS.
+    #[allow(dead_code, reason = "not every test binary runs a configured server")]
+    pub fn start_with_config(dir: &std::path::Path, make: impl FnOnce(u16) -> String) -> Self {
+        let port = free_port();
+        let config = dir.join("nats.conf");
+        std::fs::write(&config, make(port)).unwrap();
+        let mut server = Self {
+            port,
+            child: None,
+            log: dir.join("nats.log"),
+            config: Some(config),
         };
         server.spawn();
         server
@@ -62,8 +82,12 @@ impl NatsServer {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(binary())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+        let mut command = Command::new(binary());
+        match &self.config {
+            Some(config) => command.arg("-c").arg(config),
+            None => command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]),
+        };
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))

@@ -1,0 +1,238 @@
+//! The authenticated bus against a real `nats-server` (Debian's 2.9) running the config
+//! [`hydrant_bus::nats_config`] writes, with certificates from `hydrant-tls`: a role connects
+//! only with a certificate from the platform's CA whose identity maps to a user; an executor
+//! cannot publish a start command (the server refuses it, the publisher counts the refusal, the
+//! addressed cell never sees it); a cell can register routes only on its own subject.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+#[allow(dead_code, reason = "shared with the other NATS tests")]
+#[path = "support/nats_server.rs"]
+mod nats_server;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hydrant_bus::messages::{
+    self, RegistryMessage, executor_start_subject, router_register_subject,
+};
+use hydrant_bus::nats_config::{self, ServerTls};
+use hydrant_bus::{Bus, Config, Error, Subscription, TlsFiles};
+use hydrant_emitter::Registry;
+use hydrant_tls::Identity;
+use hydrant_tls::issue::{self, CertDir, LeafSpec};
+use nats_server::NatsServer;
+use tokio::time::Instant;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A CA, the control-plane leaves, one executor leaf per cell (`e1`, `e2`) in its own
+/// directory (as on its own host), and a server running the generated config.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    certs: CertDir,
+    cells: PathBuf,
+    other_ca: CertDir,
+    server: NatsServer,
+}
+
+impl Fixture {
+    fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let certs = issue::ensure(
+            &tmp.path().join("certs"),
+            &[
+                Identity::CloudController,
+                Identity::HealthManager,
+                Identity::Router,
+                Identity::Agent,
+                Identity::Nats,
+            ],
+            &names,
+        )
+        .unwrap();
+        let cells = tmp.path().join("cells");
+        for cell in ["e1", "e2"] {
+            issue::issue(
+                certs.dir(),
+                &LeafSpec {
+                    identity: Identity::Executor,
+                    names: vec![nats_config::cell_user(cell)],
+                    days: 1,
+                },
+                Some(&cells.join(cell)),
+            )
+            .unwrap();
+        }
+        let other_ca =
+            issue::ensure(&tmp.path().join("other"), &[Identity::CloudController], &[]).unwrap();
+        let server = NatsServer::start_with_config(tmp.path(), |port| {
+            nats_config::server_config(
+                &format!("127.0.0.1:{port}"),
+                ServerTls {
+                    ca_file: &certs.ca_file(),
+                    cert_file: &certs.cert_file(Identity::Nats),
+                    key_file: &certs.key_file(Identity::Nats),
+                },
+                &["e1".to_owned(), "e2".to_owned()],
+            )
+            .unwrap()
+        });
+        Self {
+            _tmp: tmp,
+            certs,
+            cells,
+            other_ca,
+            server,
+        }
+    }
+
+    fn config(&self, ca: &Path, leaf: &CertDir, identity: Identity) -> Config {
+        Config {
+            tls: Some(TlsFiles {
+                ca_file: ca.to_path_buf(),
+                cert_file: leaf.cert_file(identity),
+                key_file: leaf.key_file(identity),
+            }),
+            ..Config::nats(&self.server.url())
+        }
+    }
+
+    async fn connect(&self, identity: Identity) -> (Bus, Registry) {
+        let registry = Registry::new(identity.name(), "0");
+        let config = self.config(&self.certs.ca_file(), &self.certs, identity);
+        (Bus::connect(&config, &registry).await.unwrap(), registry)
+    }
+
+    async fn cell(&self, cell: &str) -> (Bus, Registry) {
+        let registry = Registry::new("executor", cell);
+        let dir = CertDir::new(self.cells.join(cell));
+        let config = self.config(&dir.ca_file(), &dir, Identity::Executor);
+        (Bus::connect(&config, &registry).await.unwrap(), registry)
+    }
+}
+
+fn refused(registry: &Registry) -> u64 {
+    registry.counter_sum("bus.refused", &[("reason", "permissions_violation")])
+}
+
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn recv(sub: &mut Subscription) -> hydrant_bus::Message {
+    tokio::time::timeout(DEADLINE, sub.next())
+        .await
+        .expect("no message within the deadline")
+        .expect("subscription closed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_certificate_cannot_publish_a_start_command_and_nothing_acts_on_it() {
+    let fixture = Fixture::start();
+    let (e1, _) = fixture.cell("e1").await;
+    let (e2, e2_registry) = fixture.cell("e2").await;
+    let (cloudcontroller, cc_registry) = fixture.connect(Identity::CloudController).await;
+    let mut starts = e1.subscribe(&executor_start_subject("e1")).await.unwrap();
+
+    // A forged start from another cell: the server refuses it and says so; e2 counts it.
+    e2.publish(&executor_start_subject("e1"), Bytes::from_static(b"forged"))
+        .unwrap();
+    e2.flush().await.unwrap();
+    eventually("e2 to count the refused publish", || {
+        refused(&e2_registry) == 1
+    })
+    .await;
+
+    // The cloud controller's start arrives, and it is the first thing e1 sees: the forged one
+    // (published earlier) never reached it.
+    cloudcontroller
+        .publish(
+            &executor_start_subject("e1"),
+            Bytes::from_static(b"genuine"),
+        )
+        .unwrap();
+    let first = recv(&mut starts).await;
+    assert_eq!(first.payload, Bytes::from_static(b"genuine"));
+    assert_eq!(refused(&cc_registry), 0);
+    // An executor may not even listen to another cell's starts (they carry app environments).
+    let _spy = e2.subscribe(&executor_start_subject("e1")).await.unwrap();
+    eventually("e2 to count the refused subscription", || {
+        refused(&e2_registry) == 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_registers_routes_only_on_its_own_subject() {
+    let fixture = Fixture::start();
+    let (router, _) = fixture.connect(Identity::Router).await;
+    let (e1, _) = fixture.cell("e1").await;
+    let (e2, e2_registry) = fixture.cell("e2").await;
+    let mut routes = router.subscribe("router.>").await.unwrap();
+
+    let steal = RegistryMessage::new("10.0.0.66", 8080, vec!["shop.example.com".into()]);
+    e2.publish_json(&router_register_subject("e1"), &steal)
+        .unwrap();
+    e2.publish_json(messages::ROUTER_REGISTER, &steal).unwrap();
+    e2.flush().await.unwrap();
+    eventually("both forged registrations refused", || {
+        refused(&e2_registry) == 2
+    })
+    .await;
+    let own = RegistryMessage::new("10.0.0.2", 8080, vec!["blog.example.com".into()]);
+    e2.publish_json(&router_register_subject("e2"), &own)
+        .unwrap();
+    let genuine = RegistryMessage::new("10.0.0.1", 8080, vec!["shop.example.com".into()]);
+    e1.publish_json(&router_register_subject("e1"), &genuine)
+        .unwrap();
+    let mut seen = [recv(&mut routes).await, recv(&mut routes).await];
+    seen.sort_by(|a, b| a.subject.cmp(&b.subject));
+    assert_eq!(seen[0].subject, "router.register.e1");
+    assert_eq!(seen[0].json::<RegistryMessage>().unwrap(), genuine);
+    assert_eq!(seen[1].subject, "router.register.e2");
+    assert_eq!(seen[1].json::<RegistryMessage>().unwrap(), own);
+    assert!(routes.try_next().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_certificate_another_ca_or_an_identity_without_a_user_is_refused() {
+    let fixture = Fixture::start();
+    let registry = Registry::new("test", "0");
+    let refused_with = |err: Error| match err {
+        Error::Unreachable { reason, .. } => reason,
+        other => panic!("expected a refused connection, got {other}"),
+    };
+
+    // Plaintext, no certificate: the server requires TLS with a client certificate.
+    let plain = Bus::connect(&Config::nats(&fixture.server.url()), &registry).await;
+    let reason = refused_with(plain.unwrap_err());
+    assert!(!reason.is_empty());
+
+    // A cloud controller certificate from another CA.
+    let forged = fixture.config(
+        &fixture.certs.ca_file(),
+        &fixture.other_ca,
+        Identity::CloudController,
+    );
+    refused_with(Bus::connect(&forged, &registry).await.unwrap_err());
+
+    // A valid certificate whose identity has no bus user (the agent never uses the bus).
+    let agent = fixture.config(&fixture.certs.ca_file(), &fixture.certs, Identity::Agent);
+    let reason = refused_with(Bus::connect(&agent, &registry).await.unwrap_err());
+    assert!(reason.contains("refused this identity"), "{reason}");
+
+    // The right certificate connects.
+    fixture.connect(Identity::CloudController).await;
+}
