@@ -369,7 +369,8 @@ impl Cell {
         self.update_gauges(&table);
         drop(table);
         if let Some(message) = unregister {
-            self.publish(messages::ROUTER_UNREGISTER, &message);
+            let subject = messages::router_unregister_subject(&self.config.executor_id);
+            self.publish(&subject, &message);
         }
         if state == InstanceState::Running {
             self.announce_routes();

@@ -5,7 +5,7 @@
 //! Flow: cloud controller / health manager → `executor.start.<id>`, `executor.stop.<id>` (bus)
 //! → [`run`] → one task per instance (droplet → process group → health → RUNNING) → app
 //! stdout/stderr and container metrics → emitter → agent; state → `executor.heartbeat`,
-//! `executor.crash`, `router.register` / `router.unregister` (bus).
+//! `executor.crash`, `router.register.<executor_id>` / `router.unregister.<executor_id>` (bus).
 //!
 //! Invariants:
 //! - The data plane outlives the control plane: nothing an instance does waits on the bus or
@@ -211,7 +211,10 @@ async fn serve(
         })
         .await?;
     let routed = Arc::clone(&cell);
-    let routes = Announcer::new(&bus, messages::ROUTER_REGISTER, register_interval)
+    // Per-cell subject: on the authenticated bus a cell may publish only its own, which is how
+    // the router knows which cell a registration came from.
+    let register_subject = messages::router_register_subject(&cell.config.executor_id);
+    let routes = Announcer::new(&bus, &register_subject, register_interval)
         .retrigger_on(messages::ROUTER_START)
         .min_gap(ROUTE_MIN_GAP)
         .spawn(announcers.clone(), move || routed.route_payloads())

@@ -472,7 +472,7 @@ async fn shutting_the_executor_down_stops_its_instances_and_unregisters_routes()
     rig.wait_state(&guid, InstanceState::Running, WAIT).await;
     let mut unregisters = rig
         .bus
-        .subscribe(messages::ROUTER_UNREGISTER)
+        .subscribe("router.unregister.*")
         .await
         .unwrap();
     let mut heartbeats = rig

@@ -38,6 +38,7 @@ mod body;
 mod config;
 mod error;
 mod metrics;
+mod placement;
 mod proxy;
 mod routes;
 mod server;
@@ -149,7 +150,11 @@ async fn serve(
     config.validate()?;
     let bus = Bus::connect(&config.bus, &registry).await?;
     // Subscribe before announcing, so the registrations `router.start` provokes are not missed.
-    let subscription = bus.subscribe("router.*").await?;
+    // `router.>`: gorouter's subjects and each cell's own `router.register.<cell>`.
+    let subscription = bus.subscribe("router.>").await?;
+    let starts = bus
+        .subscribe(&format!("{}.*", messages::EXECUTOR_START))
+        .await?;
     let emitter = config.telemetry.start(&registry, shutdown.clone());
 
     let max_attempts = usize::try_from(config.max_attempts)
@@ -209,6 +214,8 @@ async fn serve(
         routes::Routes {
             bus,
             subscription,
+            starts,
+            placements: placement::Placements::default(),
             routes,
             table: Arc::clone(&table),
             metrics: metrics.clone(),

@@ -79,7 +79,7 @@ pub(crate) struct Metrics {
     pub(crate) unregistrations: Counter,
     pub(crate) pruned: Counter,
     pub(crate) upgrades: Counter,
-    dropped: [Counter; 5],
+    dropped: [Counter; 6],
     latency: Histogram,
 }
 
@@ -163,6 +163,7 @@ impl Metrics {
                 Refused::TableFull.reason(),
                 Refused::RouteFull.reason(),
                 "undecodable",
+                "not_placed",
             ]
             .map(dropped),
             latency: registry.histogram(
@@ -205,6 +206,11 @@ impl Metrics {
     /// A bus message that is not the JSON it should be.
     pub(crate) fn undecodable(&self) {
         self.dropped[4].inc();
+    }
+
+    /// A route message from a cell for an instance not placed on that cell.
+    pub(crate) fn not_placed(&self) {
+        self.dropped[5].inc();
     }
 
     pub(crate) fn backend_latency(&self, latency: Duration) {

@@ -1,6 +1,7 @@
 //! The routes task: keeps the route table in step with the bus, gorouter style.
 //!
-//! Flow: `router.register` / `router.unregister` → [`RouteTable`] → a new snapshot for the
+//! Flow: `router.register` / `router.unregister` (and their per-cell forms
+//! `router.register.<cell>`, checked against [`Placements`]) → [`RouteTable`] → a new snapshot for the
 //! proxy when the set of instances changed; `router.greet` → reply with our [`RouterStart`];
 //! at start and on every reconnect → publish `router.start`, so every publisher re-registers
 //! at once; every `prune_interval` → drop registrations older than their threshold.
@@ -19,6 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::placement::{Placements, Verdict};
 use crate::table::{RouteTable, Table};
 
 /// Most bus messages applied before a new snapshot is published, so a burst of registrations
@@ -29,6 +31,9 @@ const BATCH: usize = 1024;
 pub(crate) struct Routes {
     pub(crate) bus: Bus,
     pub(crate) subscription: Subscription,
+    /// `executor.start.*`: where instances are placed, for the per-cell registration check.
+    pub(crate) starts: Subscription,
+    pub(crate) placements: Placements,
     pub(crate) routes: RouteTable,
     pub(crate) table: Arc<Table>,
     pub(crate) metrics: Metrics,
@@ -60,7 +65,17 @@ impl Routes {
         let mut status_open = true;
         loop {
             tokio::select! {
+                // Placements before registrations: a start command published before a
+                // registration is applied first, so the check sees it.
+                biased;
                 () = shutdown.cancelled() => return,
+                Some(start) = self.starts.next() => {
+                    self.placements.learn(&start);
+                    for _ in 0..BATCH {
+                        let Some(start) = self.starts.try_next() else { break };
+                        self.placements.learn(&start);
+                    }
+                }
                 message = self.subscription.next() => {
                     let Some(message) = message else {
                         tracing::warn!("router: bus subscription closed; serving the last table");
@@ -112,25 +127,41 @@ impl Routes {
     /// Applies one bus message; `true` when the table's instances changed.
     fn apply(&mut self, message: &Message, start: &Bytes) -> bool {
         let metrics = &self.metrics;
-        match message.subject.as_str() {
-            messages::ROUTER_REGISTER | messages::ROUTER_UNREGISTER => {
-                let Ok(registration) = message.json::<RegistryMessage>() else {
-                    metrics.undecodable();
+        if let Some((base, cell)) = messages::route_subject(&message.subject) {
+            let Ok(registration) = message.json::<RegistryMessage>() else {
+                metrics.undecodable();
+                return false;
+            };
+            let register = base == messages::ROUTER_REGISTER;
+            // A cell's own subject names who sent it (on the authenticated bus a cell may
+            // publish only its own): it may only speak for instances placed on it.
+            if let Some(cell) = cell {
+                let instance = registration.private_instance_id.as_deref();
+                if self.placements.check(instance, cell, register) == Verdict::NotPlaced {
+                    metrics.not_placed();
+                    tracing::warn!(
+                        %cell,
+                        instance = instance.unwrap_or("(none)"),
+                        subject = %message.subject,
+                        "router: ignored a route message from a cell for an instance not placed on it"
+                    );
                     return false;
-                };
-                let now = Instant::now();
-                let outcome = if message.subject == messages::ROUTER_REGISTER {
-                    metrics.registrations.inc();
-                    self.routes.register(&registration, now)
-                } else {
-                    metrics.unregistrations.inc();
-                    self.routes.unregister(&registration, now)
-                };
-                for refused in &outcome.refused {
-                    metrics.refused(*refused);
                 }
-                outcome.changed
             }
+            let now = Instant::now();
+            let outcome = if register {
+                metrics.registrations.inc();
+                self.routes.register(&registration, now)
+            } else {
+                metrics.unregistrations.inc();
+                self.routes.unregister(&registration, now)
+            };
+            for refused in &outcome.refused {
+                metrics.refused(*refused);
+            }
+            return outcome.changed;
+        }
+        match message.subject.as_str() {
             messages::ROUTER_GREET => {
                 if message.reply.is_some()
                     && let Err(error) = self.bus.reply(message, start.clone())

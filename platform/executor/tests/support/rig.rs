@@ -163,8 +163,9 @@ impl Rig {
             .unwrap();
         let heartbeats = bus.subscribe(messages::EXECUTOR_HEARTBEAT).await.unwrap();
         let crashes = bus.subscribe(messages::EXECUTOR_CRASH).await.unwrap();
-        let registers = bus.subscribe(messages::ROUTER_REGISTER).await.unwrap();
-        let unregisters = bus.subscribe(messages::ROUTER_UNREGISTER).await.unwrap();
+        // Executors register on their own cell's subject (`router.register.<executor_id>`).
+        let registers = bus.subscribe("router.register.*").await.unwrap();
+        let unregisters = bus.subscribe("router.unregister.*").await.unwrap();
         let agent = agent.then(FakeAgent::start);
         let agent_url = agent
             .as_ref()

@@ -9,6 +9,7 @@
     reason = "test code"
 )]
 
+mod placement;
 mod support;
 
 use std::collections::HashMap;
