@@ -56,4 +56,26 @@ pub enum Error {
         /// The command that comes next.
         next: &'static str,
     },
+    /// A `tls` config field is wrong.
+    #[error("{field} {message}")]
+    Config {
+        /// The field, e.g. `tls.cert_file`.
+        field: &'static str,
+        /// What is wrong and what to write instead.
+        message: String,
+    },
+    /// A PEM file does not hold what it should.
+    #[error("{}: {message}", path.display())]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// rustls refused a TLS configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// A certificate could not be made.
+    #[error("cannot make a certificate: {0}")]
+    Issue(String),
 }
