@@ -13,6 +13,7 @@ mod apps;
 mod autoscale_cli;
 mod bench;
 mod bench_consumer;
+mod certs;
 mod cli_config;
 mod dashboard_cli;
 mod demo;
@@ -111,6 +112,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The internal CA and certificates: init, issue, show, rotate, nats-config.
+    Certs(certs::CertsArgs),
     /// The egress rules an executor's containers get (application security groups).
     SecurityGroups(security_groups::SecurityGroupsArgs),
     /// Measure the pipeline end to end over real sockets.
@@ -186,6 +189,7 @@ fn main() -> ExitCode {
             Command::Target(args) => session::target(args).await,
             Command::Emit(args) => emit::run(args).await,
             Command::SecurityGroups(args) => security_groups::run(&args),
+            Command::Certs(args) => certs::run(args),
             Command::Bench { what } => bench::run(what).await,
             Command::DemoApp(args) => demo_app::run(args).await,
             Command::StaticServer(args) => static_server::run(args).await,
