@@ -16,8 +16,11 @@ pub struct CliConfig {
     pub firehose: String,
     /// The local agent's v2 ingress URL (for `hydrant emit`).
     pub agent: String,
-    /// The bearer token the CLI presents.
+    /// The bearer token the CLI presents (it expires; see `refresh_token`).
     pub token: String,
+    /// Renews `token` at the cloud controller when it is near expiry (as `cf` does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
     /// The cloud controller's URL (`hydrant target`); absent for a pipeline-only setup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<String>,
@@ -60,6 +63,40 @@ pub fn load() -> anyhow::Result<CliConfig> {
 pub fn save(config: &CliConfig) -> anyhow::Result<PathBuf> {
     let path = path()?;
     write_private(&path, &serde_json::to_vec_pretty(config)?)?;
+/// Renew the access token when less than this is left.
+const REFRESH_AHEAD_SECS: i64 = 120;
+
+/// Renews the saved access token with the saved refresh token when it expires within two
+/// minutes, so commands never start with a token about to die. Best effort: without a refresh
+/// token, an API or a network, the old token is kept and the command's own call says what is
+/// wrong.
+pub async fn refresh_if_needed() {
+    let Ok(mut config) = load() else {
+        return;
+    };
+    let (Some(api), Some(refresh)) = (config.api.clone(), config.refresh_token.clone()) else {
+        return;
+    };
+    let near = hydrant_auth::peek_claims(&config.token).map_or(true, |c| {
+        c.exp - hydrant_auth::now_secs() < REFRESH_AHEAD_SECS
+    });
+    if !near {
+        return;
+    }
+    match hydrant_api::Client::new(&api, None).refresh(&refresh).await {
+        Ok(fresh) => {
+            config.token = fresh.access_token;
+            if let Some(r) = fresh.refresh_token {
+                config.refresh_token = Some(r);
+            }
+            if let Err(e) = save(&config) {
+                tracing::warn!(error = %e, "cannot save the renewed token");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "token refresh failed; keeping the old token"),
+    }
+}
+
     Ok(path)
 }
 

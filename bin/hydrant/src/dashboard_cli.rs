@@ -120,6 +120,7 @@ mod tests {
             firehose: "http://127.0.0.1:8081".to_owned(),
             agent: "http://127.0.0.1:3458".to_owned(),
             token: token.to_owned(),
+            refresh_token: None,
             api: api.map(str::to_owned),
             router: None,
             user: None,

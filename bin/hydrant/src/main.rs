@@ -154,6 +154,20 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        // Commands that talk to a Hydrant as the logged-in user start with a live token.
+        if !matches!(
+            cli.command,
+            Command::Up(_)
+                | Command::Run { .. }
+                | Command::Nozzle { .. }
+                | Command::Login(_)
+                | Command::Target(_)
+                | Command::Bench { .. }
+                | Command::DemoApp(_)
+                | Command::StaticServer(_)
+        ) {
+            cli_config::refresh_if_needed().await;
+        }
         match cli.command {
             Command::Up(args) => up::run(args).await,
             Command::Run { role, config } => roles::run_from_file(role, &config).await,

@@ -1,7 +1,9 @@
 //! `hydrant login` and `hydrant target`: which cloud controller the CLI talks to and as whom.
 //!
 //! The token lands in the CLI config (mode 0600) beside the endpoints the controller
-//! advertises in `GET /v3/info`, so `logs`, `push` and the rest need no flags afterwards.
+//! advertises in `GET /v3/info`, so `logs`, `push` and the rest need no flags afterwards. The
+//! refresh token lands there too: `cli_config::refresh_if_needed` renews the access token
+//! before any command when it is about to expire.
 
 use std::io::{BufRead as _, IsTerminal as _};
 use std::process::ExitCode;
@@ -101,6 +103,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
             .cloned()
             .or_else(|| existing.as_ref().and_then(|c| c.router.clone())),
         token: token.access_token,
+        refresh_token: token.refresh_token,
         api: Some(api.clone()),
         user: Some(username.clone()),
     };
@@ -122,6 +125,7 @@ pub async fn target(args: TargetArgs) -> anyhow::Result<ExitCode> {
             agent: String::new(),
             token: String::new(),
             api: None,
+            refresh_token: None,
             router: None,
             user: None,
         });
@@ -130,6 +134,7 @@ pub async fn target(args: TargetArgs) -> anyhow::Result<ExitCode> {
             config.token.clear();
             config.user = None;
         }
+            config.refresh_token = None;
         config.api = Some(api.clone());
         if let Some(f) = info.endpoints.get("firehose") {
             config.firehose.clone_from(f);

@@ -72,8 +72,13 @@ pub struct Endpoints {
     pub recent: String,
     /// Each role's `/healthz` and `/metrics` base URL.
     pub admin: BTreeMap<String, String>,
-    /// A token with the admin and firehose scopes.
+    /// A token with the admin and firehose scopes; it expires (`token_expires_at`).
     pub token: String,
+    /// When `token` expires, UNIX seconds.
+    pub token_expires_at: i64,
+    /// Renews `token` at the cloud controller (`grant_type=refresh_token`), when it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
     /// The cloud controller's REST API (absent when the platform roles are off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api: Option<String>,
@@ -144,6 +149,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         Some(d) => d,
         None => cli_config::home()?.join("data"),
     };
+            token_expires_at: hydrant_auth::peek_claims(&cloud.token).map_or(0, |c| c.exp),
+            refresh_token: cloud.refresh_token.clone(),
     let shutdown = CancellationToken::new();
     let ports = if args.ephemeral_ports {
         Ports::Ephemeral
@@ -208,6 +215,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         );
     }
     for (role, url) in &e.admin {
+        refresh_token: cloud.refresh_token.clone(),
         println!("  {role:<10} admin          {url}/metrics  {url}/healthz");
     }
     println!("  endpoints + admin token   {}", endpoints_path.display());

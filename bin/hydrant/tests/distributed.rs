@@ -408,7 +408,6 @@ impl Cluster {
             "admin_listen": format!("127.0.0.1:{}", self.port("api_admin")),
             "external_url": self.url("api"),
             "data_dir": self.path("cloudcontroller").display().to_string(),
-            "signing_key_file": self.path("signing.key").display().to_string(),
             "admin_password": ADMIN_PASSWORD,
             "password_hash_iterations": 1000,
             "converge_interval_ms": 500,
@@ -456,15 +455,6 @@ impl Cluster {
         );
         let mut c = Self::new();
         std::fs::create_dir_all(c.home()).unwrap();
-        // The token signing key the cloud controller and the firehose edge share.
-        let mut key = [0_u8; 32];
-        std::fs::File::open("/dev/urandom")
-            .unwrap()
-            .read_exact(&mut key)
-            .unwrap();
-        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        std::fs::write(c.path("signing.key"), format!("{hex}\n")).unwrap();
-
         c.start_nats();
         let doppler = json!({
             "listen": format!("127.0.0.1:{}", c.port("doppler")),
@@ -482,7 +472,10 @@ impl Cluster {
             "listen": format!("127.0.0.1:{}", c.port("firehose")),
             "admin_listen": format!("127.0.0.1:{}", c.port("firehose_admin")),
             "dopplers": [c.url("doppler")],
-            "signing_key_file": c.path("signing.key").display().to_string(),
+            // Public keys only, from the cloud controller (which starts after the edge: the
+            // edge keeps asking), cached so a restarted edge verifies without it.
+            "token_keys_url": format!("{}/token_keys", c.url("api")),
+            "token_keys_cache": c.path("firehose-token-keys.json").display().to_string(),
             "telemetry": c.telemetry(),
         });
         c.start_role("trafficcontroller", &firehose, "firehose_admin");

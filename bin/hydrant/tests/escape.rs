@@ -247,7 +247,10 @@ fn a_pushed_app_cannot_escape_its_container() {
         ports.push(port(admin.as_str().unwrap()));
     }
     let mut query = vec![
-        format!("read={}", data.join("signing.key").display()),
+        format!(
+            "read={}",
+            data.join("cloudcontroller/token_keys/active").display()
+        ),
         format!("read={}", data.join("endpoints.json").display()),
         "read=/etc/shadow".to_owned(),
     ];

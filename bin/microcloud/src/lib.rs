@@ -37,6 +37,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The user the micro cloud's cloud controller creates and issues its token for.
 pub const ADMIN_USER: &str = "admin";
 
+/// Lifetime of the admin access token the micro cloud hands out (`endpoints.json`, the CLI
+/// config): 8 hours; the refresh token renews it.
+pub const ADMIN_TOKEN_TTL_SECS: i64 = 8 * 3600;
+/// Lifetime of the refresh token and of the in-process roles' token: 30 days.
+pub const ROLE_TOKEN_TTL_SECS: i64 = 30 * 86_400;
+
 /// Why the micro cloud could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -137,11 +143,13 @@ pub struct Wiring {
     addrs: BTreeMap<&'static str, Vec<(&'static str, SocketAddr)>>,
     /// The options the micro cloud was started with.
     pub options: Options,
-    /// The signing key file, when there is a data directory.
-    pub key_path: Option<PathBuf>,
-    /// The signing key, hex (for the edge, which verifies tokens with it).
-    pub key_hex: String,
-    /// A token with the admin and firehose scopes, for the roles that call the API or read
+    /// The cloud controller's token key directory, when there is a data directory.
+    pub token_keys_dir: Option<PathBuf>,
+    /// The public token keys (`/token_keys` JSON): what the edge verifies with until it has
+    /// fetched them from the cloud controller. Never a private key.
+    pub token_keys: String,
+    /// A token (admin, firehose and API scopes; [`ROLE_TOKEN_TTL_SECS`]) for the in-process
+    /// roles that call the API or read
     /// the whole firehose.
     pub token: String,
     /// The in-process bus, named for this micro cloud.
@@ -303,8 +311,12 @@ pub struct MicroCloud {
     pub router_url: Option<String>,
     /// The domain apps' default routes live under, when the platform roles run.
     pub apps_domain: Option<String>,
-    /// A token with the admin and firehose scopes, for [`ADMIN_USER`].
+    /// An access token with the admin and firehose scopes for [`ADMIN_USER`], valid for
+    /// [`ADMIN_TOKEN_TTL_SECS`].
     pub token: String,
+    /// A refresh token for [`ADMIN_USER`], when the cloud controller runs: renews `token` at
+    /// its token endpoint (`grant_type=refresh_token`).
+    pub refresh_token: Option<String>,
     /// The key every token is signed with (tests issue narrower tokens with it).
     pub key: hydrant_auth::SigningKey,
     /// Each role's admin address (`/healthz`, `/metrics`), by its `endpoints.json` name.
@@ -326,25 +338,49 @@ impl MicroCloud {
         if options.platform && options.data_dir.is_none() {
             return Err(Error::NoDataDir);
         }
-        let (key, key_path) = match &options.data_dir {
+        // The micro cloud's process is the cloud controller's host: it holds the key
+        // directory, mints the admin's first tokens, and hands every other role public keys.
+        let (key, token_keys_dir) = match &options.data_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|source| Error::DataDir {
                     path: dir.clone(),
                     source,
                 })?;
-                let path = dir.join("signing.key");
+                let keys_dir = dir.join("cloudcontroller").join("token_keys");
                 (
-                    hydrant_auth::SigningKey::load_or_generate(&path)?,
-                    Some(path),
+                    hydrant_auth::KeyStore::open(&keys_dir)?.signing().clone(),
+                    Some(keys_dir),
                 )
             }
             None => (hydrant_auth::SigningKey::generate()?, None),
         };
-        let token = key.issue(
-            &hydrant_auth::Claims::new(ADMIN_USER)
+        let admin_claims = |ttl| {
+            hydrant_auth::Claims::new(ADMIN_USER)
+                .for_audience(hydrant_auth::AUD_API)
+                .for_audience(hydrant_auth::AUD_LOGS)
                 .with_scope(hydrant_auth::SCOPE_ADMIN)
-                .with_scope(hydrant_auth::SCOPE_FIREHOSE),
-        );
+                .with_scope(hydrant_auth::SCOPE_FIREHOSE)
+                .with_scope(hydrant_auth::SCOPE_API_READ)
+                .with_scope(hydrant_auth::SCOPE_API_WRITE)
+                .expires_in(ttl)
+        };
+        // Without a cloud controller nothing can renew a token, so it lives as long as a
+        // role's.
+        let ttl = if options.platform {
+            ADMIN_TOKEN_TTL_SECS
+        } else {
+            ROLE_TOKEN_TTL_SECS
+        };
+        let token = key.issue(&admin_claims(ttl));
+        let role_token = key.issue(&admin_claims(ROLE_TOKEN_TTL_SECS));
+        let refresh_token = options.platform.then(|| {
+            key.issue(
+                &hydrant_auth::Claims::new(ADMIN_USER)
+                    .for_audience(hydrant_auth::AUD_REFRESH)
+                    .expires_in(ROLE_TOKEN_TTL_SECS),
+            )
+        });
+        let token_keys = key.key_set().to_json();
         let rows: Vec<Row> = table()
             .into_iter()
             .filter(|r| options.platform || !r.platform)
@@ -365,9 +401,9 @@ impl MicroCloud {
         }
         let wiring = Wiring {
             addrs,
-            key_path,
-            key_hex: key.to_hex(),
-            token: token.clone(),
+            token_keys_dir,
+            token_keys,
+            token: role_token,
             // Named for this process and this start, so two micro clouds in one test process
             // never hear each other.
             bus: hydrant_bus::Config::inprocess(&format!(
@@ -399,6 +435,7 @@ impl MicroCloud {
             router_url: platform.then(|| wiring.url("router", "http")),
             apps_domain: platform.then(roles::apps_domain),
             token,
+            refresh_token,
             key,
             admin,
             networks: wiring.networks.clone(),

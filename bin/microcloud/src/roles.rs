@@ -60,10 +60,18 @@ impl MicroRole for hydrant_firehose::TrafficController {
             telemetry: w.pipeline_telemetry(),
             ..hydrant_firehose::Config::default()
         };
-        // The cloud controller signs with the key file; the edge verifies with the same key.
-        match &w.key_path {
-            Some(path) => config.signing_key_file = Some(path.display().to_string()),
-            None => config.signing_key = Some(w.key_hex.clone()),
+        // The edge holds public keys only: the ones the micro cloud starts with, then (with a
+        // cloud controller) whatever its `/token_keys` publishes, cached under the data dir so
+        // a restarted edge verifies while the controller is down.
+        config.token_keys = Some(w.token_keys.clone());
+        if w.options.platform {
+            config.token_keys_url = Some(format!("{}/token_keys", w.url("cloudcontroller", "api")));
+            config.token_keys_cache = Some(
+                w.data("firehose")
+                    .join("token_keys.json")
+                    .display()
+                    .to_string(),
+            );
         }
         if let Some((min, max)) = w.options.edge_reconnect_ms {
             config.reconnect_min_ms = min;
@@ -109,7 +117,7 @@ mod platform {
             let mut config = hydrant_cloudcontroller::Config {
                 external_url: w.url("cloudcontroller", "api"),
                 data_dir: w.data("cloudcontroller").display().to_string(),
-                signing_key_file: w.key_path.as_ref().map(|p| p.display().to_string()),
+                token_keys_dir: w.token_keys_dir.as_ref().map(|p| p.display().to_string()),
                 admin_user: ADMIN_USER.to_owned(),
                 allow_private_drains: w.options.allow_private_drains,
                 endpoints: BTreeMap::from([

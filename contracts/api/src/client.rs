@@ -88,6 +88,31 @@ impl Client {
         self.call(Method::POST, "/v3/tokens", Some(&body)).await
     }
 
+    /// `POST /v3/tokens` with `grant_type=refresh_token`: a new access token for the user the
+    /// refresh token belongs to, with the scopes that user has now.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenResponse, Error> {
+        let body = serde_json::json!({
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+        });
+        self.call(Method::POST, "/v3/tokens", Some(&body)).await
+    }
+
+    /// `POST /v3/tokens` with `grant_type=client_credentials`: a token for a configured
+    /// OAuth2 client (a platform role).
+    pub async fn client_credentials(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Result<TokenResponse, Error> {
+        let body = serde_json::json!({
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "client_secret": client_secret,
+        });
+        self.call(Method::POST, "/v3/tokens", Some(&body)).await
+    }
+
     /// `GET /v3/me`: the token's user and roles.
     pub async fn me(&self) -> Result<Me, Error> {
         self.call(Method::GET, "/v3/me", None::<&()>).await

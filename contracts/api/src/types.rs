@@ -98,6 +98,10 @@ pub struct TokenResponse {
     pub expires_in: i64,
     /// What it grants (`admin`, `space:<guid>:developer`, ...).
     pub scopes: Vec<String>,
+    /// Renews the access token at `POST /v3/tokens` (`grant_type=refresh_token`); only that
+    /// endpoint accepts it. Absent for client credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
 }
 
 /// `POST /v3/apps/{guid}/log_token`: a short-lived token that reads one app's logs and

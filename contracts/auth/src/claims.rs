@@ -1,10 +1,12 @@
-//! What a token says: its subject, its scopes and its lifetime, and the access decisions those
-//! imply.
+//! What a token says: its issuer, subject, audiences, scopes and lifetime (the JWT claims UAA
+//! uses), and the access decisions those imply.
 //!
 //! Access is decided from the claims alone, with no lookup, so the decision is the same whether
 //! or not the cloud controller is reachable. Scopes are plain strings so that an older verifier
 //! reading a newer token simply ignores scopes it does not know (they grant nothing), rather
-//! than rejecting the token.
+//! than rejecting the token. The audience says which service a token is for: a verifier checks
+//! it before any scope ([`crate::KeySet::verify`] takes the audience as an argument), so a log
+//! token is never an API credential however its scopes read.
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +14,23 @@ use serde::{Deserialize, Serialize};
 pub const SCOPE_ADMIN: &str = "admin";
 /// Read every envelope of every source (the firehose, and any one source).
 pub const SCOPE_FIREHOSE: &str = "firehose";
+/// Read through the cloud controller's API (UAA's name).
+pub const SCOPE_API_READ: &str = "cloud_controller.read";
+/// Change things through the cloud controller's API (UAA's name).
+pub const SCOPE_API_WRITE: &str = "cloud_controller.write";
+
+/// The audience of a token for the cloud controller's REST API.
+pub const AUD_API: &str = "hydrant-api";
+/// The audience of a token for the firehose edge (streams, SSE, recent reads).
+pub const AUD_LOGS: &str = "hydrant-logs";
+/// The audience of a refresh token: only the token endpoint accepts it.
+pub const AUD_REFRESH: &str = "hydrant-refresh";
+/// The audience of a droplet download token: only the droplet endpoint accepts it.
+pub const AUD_DROPLET: &str = "hydrant-droplet";
+
+/// Lifetime [`Claims::new`] gives a token until [`Claims::expires_in`] says otherwise: every
+/// token expires.
+pub const DEFAULT_TTL_SECS: i64 = 3600;
 
 const APP_PREFIX: &str = "app:";
 const APP_READ_SUFFIX: &str = ":read";
@@ -76,35 +95,65 @@ impl<'a> Scope<'a> {
     }
 }
 
-/// The signed content of a token.
+/// The signed content of a token: a JWT claims set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
-    /// Who the token was issued to (a user name or a client id).
-    pub sub: String,
-    /// What the token may do; see [`Scope`].
+    /// Who issued it (the cloud controller's URL). Informational: trust comes from the key.
     #[serde(default)]
+    pub iss: String,
+    /// Who the token was issued to (a user name, or `client:<id>`).
+    pub sub: String,
+    /// The services it is for ([`AUD_API`], [`AUD_LOGS`], ...). JWT allows a string or an
+    /// array; both are read, an array is written.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub aud: Vec<String>,
+    /// What the token may do; see [`Scope`]. Written as `scope`, UAA's claim name.
+    #[serde(rename = "scope", default)]
     pub scopes: Vec<String>,
-    /// Expiry, UNIX seconds; 0 means the token never expires.
+    /// Expiry, UNIX seconds. A token without one is refused.
     #[serde(default)]
     pub exp: i64,
     /// Issue time, UNIX seconds.
     #[serde(default)]
     pub iat: i64,
-    /// A unique id for this token, so an issuer can log and later deny-list it.
+    /// A unique id for this token, so an issuer can log and later deny-list it; filled in at
+    /// issue when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// Set on tokens minted for an OAuth2 client (`client_credentials`) rather than a user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
 }
 
 impl Claims {
-    /// Claims for `sub`, issued now, with no scopes and no expiry.
+    /// Claims for `sub`, issued now, with no audience, no scopes and an expiry
+    /// [`DEFAULT_TTL_SECS`] away. A token with no audience verifies nowhere, so every issuer
+    /// says who the token is for with [`for_audience`](Self::for_audience).
     #[must_use]
     pub fn new(sub: impl Into<String>) -> Self {
+        let iat = crate::now_secs();
         Self {
+            iss: String::new(),
             sub: sub.into(),
+            aud: Vec::new(),
             scopes: Vec::new(),
-            exp: 0,
-            iat: crate::now_secs(),
+            exp: iat.saturating_add(DEFAULT_TTL_SECS),
+            iat,
             jti: None,
+            client_id: None,
         }
     }
 
@@ -113,6 +162,25 @@ impl Claims {
     pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
         self.scopes.push(scope.into());
         self
+    }
+
+    /// Adds one audience.
+    #[must_use]
+    pub fn for_audience(mut self, audience: impl Into<String>) -> Self {
+        self.aud.push(audience.into());
+        self
+    }
+
+    /// True when the token is meant for `audience`.
+    #[must_use]
+    pub fn has_audience(&self, audience: &str) -> bool {
+        self.aud.iter().any(|a| a == audience)
+    }
+
+    /// True when the token carries exactly `scope`.
+    #[must_use]
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
     }
 
     /// Sets the expiry to `secs` after the issue time.
@@ -162,10 +230,11 @@ impl Claims {
         })
     }
 
-    /// True when the token has expired at `now` (UNIX seconds).
+    /// True when the token has expired at `now` (UNIX seconds). A token without an expiry
+    /// (`exp` 0 or negative) counts as expired: every token must end.
     #[must_use]
     pub fn is_expired_at(&self, now: i64) -> bool {
-        self.exp != 0 && now >= self.exp
+        self.exp <= 0 || now >= self.exp
     }
 }
 
@@ -219,11 +288,29 @@ mod tests {
     #[test]
     fn expiry() {
         let mut c = Claims::new("x");
-        assert!(!c.is_expired_at(i64::MAX), "exp 0 never expires");
+        c.exp = 0;
+        assert!(c.is_expired_at(0), "a token without exp is refused");
         c.exp = 100;
         assert!(!c.is_expired_at(99));
         assert!(c.is_expired_at(100));
         let c = Claims::new("y").expires_in(60);
         assert_eq!(c.exp, c.iat + 60);
+        let d = Claims::new("z");
+        assert_eq!(d.exp, d.iat + DEFAULT_TTL_SECS, "expiry is the default");
+    }
+
+    #[test]
+    fn audience_reads_as_a_string_or_an_array() {
+        let one: Claims = serde_json::from_str(r#"{"sub":"a","aud":"hydrant-api"}"#).unwrap();
+        assert!(one.has_audience(AUD_API));
+        let many: Claims = serde_json::from_str(
+            r#"{"sub":"a","aud":["hydrant-api","hydrant-logs"],"scope":["admin"]}"#,
+        )
+        .unwrap();
+        assert!(many.has_audience(AUD_LOGS) && many.is_admin());
+        assert!(!many.has_audience(AUD_REFRESH));
+        let text = serde_json::to_string(&Claims::new("b").for_audience(AUD_LOGS)).unwrap();
+        assert!(text.contains(r#""aud":["hydrant-logs"]"#), "{text}");
+        assert!(text.contains(r#""scope":[]"#), "{text}");
     }
 }

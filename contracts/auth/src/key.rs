@@ -1,43 +1,47 @@
-//! The shared HMAC-SHA256 secret: generating it, keeping it on disk, issuing and verifying
-//! tokens with it.
+//! The private half: the Ed25519 key that signs tokens, kept on disk only by the cloud
+//! controller, and the key directory that lets it rotate without downtime.
 //!
-//! Whoever holds the key can mint any token, so it only ever lives in a file its owner alone can
-//! read (mode 0600) and never appears in `Debug` output or error messages. Verification checks
-//! the MAC, in constant time, over the token text before it decodes a byte of the payload.
+//! Whoever holds a signing key can mint any token, so it only ever lives in a file its owner
+//! alone can read (mode 0600), never appears in `Debug` output or error messages, and no other
+//! role is given one: they get the public halves ([`crate::KeySet`], `/token_keys`).
+//!
+//! # Rotation (the key directory)
+//! `<dir>/<kid>.key` holds each key (PKCS#8, base64); `<dir>/active` names the one that signs.
+//! Every key in the directory is published. Rotating is three steps, each taking effect
+//! without a restart of any verifier: [`KeyStore::stage`] a new key (published, not yet
+//! signing, so verifiers learn it first), [`KeyStore::activate`] it (it signs from now on; the
+//! old one is still published), and once the longest-lived token the old key signed has
+//! expired, [`KeyStore::retire`] the old one.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use ring::rand::{SecureRandom as _, SystemRandom};
+use ring::signature::{Ed25519KeyPair, KeyPair as _};
 
-use crate::{Claims, Error, MAX_TOKEN_BYTES, TOKEN_PREFIX};
+use crate::jwks::{Jwk, KeySet};
+use crate::{Claims, Error, jwt};
 
-type HmacSha256 = Hmac<Sha256>;
-
-/// Bytes in a generated key: the HMAC-SHA256 block-size recommendation's lower bound.
-const GENERATED_KEY_BYTES: usize = 32;
-/// Shorter keys are refused: they would make tokens guessable.
-const MIN_KEY_BYTES: usize = 32;
-/// Longer keys buy nothing (HMAC hashes them down) and bound what a key file may make us read.
-const MAX_KEY_BYTES: usize = 512;
 /// Key files larger than this are not key files.
 const MAX_KEY_FILE_BYTES: u64 = 4096;
-/// Encoded length of a 32-byte MAC in unpadded base64.
-const MAC_TEXT_LEN: usize = 43;
+/// Most keys a directory may hold: a rotation needs two, a staged third is the most.
+pub const MAX_KEYS: usize = 8;
+const ACTIVE_FILE: &str = "active";
+const KEY_SUFFIX: &str = ".key";
 
-/// The secret that signs and verifies tokens.
+/// An Ed25519 private key that signs tokens, with its key id.
 #[derive(Clone)]
 pub struct SigningKey {
-    bytes: Vec<u8>,
-    /// Keyed once; cloning the keyed state per token skips re-hashing the key.
-    mac: HmacSha256,
+    pair: Arc<Ed25519KeyPair>,
+    pkcs8: Arc<Vec<u8>>,
+    kid: String,
 }
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SigningKey(<redacted>)")
+        write!(f, "SigningKey(kid {}, <redacted>)", self.kid)
     }
 }
 
@@ -47,112 +51,102 @@ impl SigningKey {
     /// # Errors
     /// [`Error::Random`] when the OS has no random source.
     pub fn generate() -> Result<Self, Error> {
-        let mut bytes = [0u8; GENERATED_KEY_BYTES];
-        getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
-        Self::from_bytes(&bytes)
+        let pkcs8 =
+            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| Error::Random)?;
+        Self::from_pkcs8(pkcs8.as_ref())
     }
 
-    /// A key from raw bytes (32 to 512 of them).
+    /// A key from PKCS#8 DER bytes (v1 as `openssl genpkey -algorithm ed25519` writes, or v2).
     ///
     /// # Errors
-    /// [`Error::KeyFormat`] when the length is out of range.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        if !(MIN_KEY_BYTES..=MAX_KEY_BYTES).contains(&bytes.len()) {
-            return Err(Error::KeyFormat {
+    /// [`Error::KeyFormat`] when the bytes are not an Ed25519 PKCS#8 key.
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, Error> {
+        let pair =
+            Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|e| Error::KeyFormat {
                 path: None,
                 reason: format!(
-                    "a key must be {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes, got {}; \
-                     generate one with SigningKey::generate (or `openssl rand -hex 32`)",
-                    bytes.len()
+                    "not an Ed25519 PKCS#8 private key ({e}); make one with \
+                 `openssl genpkey -algorithm ed25519`"
                 ),
-            });
-        }
-        let mac = HmacSha256::new_from_slice(bytes).map_err(|e| Error::KeyFormat {
-            path: None,
-            reason: e.to_string(),
-        })?;
+            })?;
+        let kid = kid_of(pair.public_key().as_ref());
         Ok(Self {
-            bytes: bytes.to_vec(),
-            mac,
+            pair: Arc::new(pair),
+            pkcs8: Arc::new(der.to_vec()),
+            kid,
         })
     }
 
-    /// A key from text: hex, or base64 (standard or URL-safe, padded or not). Surrounding
-    /// whitespace is ignored, so a file written by `echo` or an editor loads.
+    /// A key from text: base64 PKCS#8, or a PEM `PRIVATE KEY` block. Surrounding whitespace is
+    /// ignored.
     ///
     /// # Errors
-    /// [`Error::KeyFormat`] when the text is neither encoding or the key is too short/long.
+    /// [`Error::KeyFormat`] when the text holds no Ed25519 key.
     pub fn from_text(text: &str) -> Result<Self, Error> {
-        let text = text.trim();
-        if text.len() > MAX_KEY_BYTES * 2 {
+        if text.len() > MAX_KEY_FILE_BYTES as usize {
             return Err(Error::KeyFormat {
                 path: None,
-                reason: format!(
-                    "key text is {} characters; a key is at most {MAX_KEY_BYTES} bytes",
-                    text.len()
-                ),
+                reason: format!("key text is {} bytes; a key is far shorter", text.len()),
             });
         }
-        let bytes = decode_key_text(text).ok_or_else(|| Error::KeyFormat {
-            path: None,
-            reason: "the key must be hex or base64 text".to_owned(),
-        })?;
-        Self::from_bytes(&bytes)
+        let body: String = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let der = STANDARD
+            .decode(body.as_bytes())
+            .map_err(|_| Error::KeyFormat {
+                path: None,
+                reason: "the key must be base64 PKCS#8 or a PEM PRIVATE KEY block".to_owned(),
+            })?;
+        Self::from_pkcs8(&der)
     }
 
-    /// The key as lowercase hex, the form [`save`](Self::save) writes.
+    /// The key id tokens it signs carry in their header: derived from the public key, so the
+    /// same key always has the same id.
     #[must_use]
-    pub fn to_hex(&self) -> String {
-        hex::encode(&self.bytes)
+    pub fn kid(&self) -> &str {
+        &self.kid
     }
 
-    /// Reads a key file written by [`save`](Self::save) (or any hex/base64 key text).
+    /// The public half as a JSON Web Key, for `/token_keys`.
+    #[must_use]
+    pub fn public_jwk(&self) -> Jwk {
+        Jwk::ed25519(&self.kid, self.pair.public_key().as_ref())
+    }
+
+    /// A verifier that knows only this key's public half.
+    #[must_use]
+    pub fn key_set(&self) -> KeySet {
+        KeySet::from_keys([self.public_jwk()]).unwrap_or_default()
+    }
+
+    /// Reads a key file written by [`save`](Self::save) (or any base64/PEM PKCS#8 text).
     ///
     /// # Errors
     /// [`Error::KeyIo`] when the file cannot be read; [`Error::KeyFormat`] when it holds no key.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let io = |source| Error::KeyIo {
-            path: path.to_owned(),
-            source,
-        };
-        let len = std::fs::metadata(path).map_err(io)?.len();
-        if len > MAX_KEY_FILE_BYTES {
-            return Err(Error::KeyFormat {
-                path: Some(path.to_owned()),
-                reason: format!(
-                    "the file is {len} bytes; a key file is at most {MAX_KEY_FILE_BYTES}"
-                ),
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(io)?;
-        Self::from_text(&text).map_err(|e| match e {
-            Error::KeyFormat { reason, .. } => Error::KeyFormat {
-                path: Some(path.to_owned()),
-                reason,
-            },
-            other => other,
-        })
+        let text = read_small(path)?;
+        Self::from_text(&text).map_err(|e| with_path(e, path))
     }
 
-    /// Writes the key as hex to `path` (creating parent directories), readable only by its
-    /// owner. The write goes to a temporary file renamed into place, so a reader never sees a
-    /// half-written key.
+    /// Writes the key (base64 PKCS#8) to `path`, readable only by its owner, through a
+    /// temporary file renamed into place so a reader never sees half a key.
     ///
     /// # Errors
     /// [`Error::KeyIo`] when the file cannot be written.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), Error> {
         let path = path.as_ref();
-        write_private(path, format!("{}\n", self.to_hex()).as_bytes()).map_err(|source| {
-            Error::KeyIo {
-                path: path.to_owned(),
-                source,
-            }
+        let text = format!("{}\n", STANDARD.encode(self.pkcs8.as_slice()));
+        write_private(path, text.as_bytes()).map_err(|source| Error::KeyIo {
+            path: path.to_owned(),
+            source,
         })
     }
 
-    /// Loads the key at `path`, or generates and saves one when the file does not exist (what
-    /// `hydrant up` does on first start).
+    /// Loads the key at `path`, or generates and saves one when the file does not exist.
     ///
     /// # Errors
     /// As [`load`](Self::load), [`generate`](Self::generate) and [`save`](Self::save).
@@ -168,88 +162,227 @@ impl SigningKey {
         }
     }
 
-    /// Signs `claims` into token text.
+    /// Signs `claims` into a JWT (`EdDSA`, with this key's `kid`). A token without a `jti`
+    /// gets a random one.
     #[must_use]
     pub fn issue(&self, claims: &Claims) -> String {
+        let mut owned;
+        let claims = if claims.jti.is_none() {
+            owned = claims.clone();
+            owned.jti = Some(random_id());
+            &owned
+        } else {
+            claims
+        };
         // Claims are strings and integers; serializing them cannot fail, and an empty payload
         // would only yield a token that never verifies.
         let json = serde_json::to_vec(claims).unwrap_or_default();
-        let mut token = String::with_capacity(TOKEN_PREFIX.len() + json.len() * 4 / 3 + 50);
-        token.push_str(TOKEN_PREFIX);
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(&json, &mut token);
-        let mac = self.mac.clone().chain_update(token.as_bytes()).finalize();
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(mac.into_bytes(), &mut token);
-        token
-    }
-
-    /// Checks a token against this key and the current time.
-    ///
-    /// # Errors
-    /// [`Error::Malformed`], [`Error::BadSignature`] or [`Error::Expired`].
-    pub fn verify(&self, token: &str) -> Result<Claims, Error> {
-        self.verify_at(token, crate::now_secs())
-    }
-
-    /// Checks a token as of `now` (UNIX seconds).
-    ///
-    /// # Errors
-    /// [`Error::Malformed`], [`Error::BadSignature`] or [`Error::Expired`].
-    pub fn verify_at(&self, token: &str, now: i64) -> Result<Claims, Error> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(Error::Malformed("longer than 8 KiB"));
-        }
-        let (signed, mac_text) = token
-            .rsplit_once('.')
-            .ok_or(Error::Malformed("expected hyd1.<claims>.<signature>"))?;
-        let (prefix, payload) = signed
-            .split_once('.')
-            .ok_or(Error::Malformed("expected hyd1.<claims>.<signature>"))?;
-        if prefix != TOKEN_PREFIX {
-            return Err(Error::Malformed("not a Hydrant token (no hyd1. prefix)"));
-        }
-        if payload.contains('.') {
-            return Err(Error::Malformed("expected hyd1.<claims>.<signature>"));
-        }
-        if mac_text.len() != MAC_TEXT_LEN {
-            return Err(Error::Malformed("signature has the wrong length"));
-        }
-        let mut mac = [0u8; 33];
-        let n = URL_SAFE_NO_PAD
-            .decode_slice(mac_text, &mut mac)
-            .map_err(|_| Error::Malformed("signature is not base64url"))?;
-        let mac = mac.get(..n).unwrap_or_default();
-        self.mac
-            .clone()
-            .chain_update(signed.as_bytes())
-            .verify_slice(mac)
-            .map_err(|_| Error::BadSignature)?;
-        let json = URL_SAFE_NO_PAD
-            .decode(payload)
-            .map_err(|_| Error::Malformed("claims are not base64url"))?;
-        let claims: Claims = serde_json::from_slice(&json)
-            .map_err(|_| Error::Malformed("claims are not valid JSON claims"))?;
-        if claims.is_expired_at(now) {
-            return Err(Error::Expired { exp: claims.exp });
-        }
-        Ok(claims)
+        let input = jwt::signing_input(&self.kid, &json);
+        let signature = self.pair.sign(input.as_bytes());
+        jwt::finish(input, signature.as_ref())
     }
 }
 
-fn decode_key_text(text: &str) -> Option<Vec<u8>> {
-    if !text.is_empty()
-        && let Ok(bytes) = hex::decode(text)
-    {
-        return Some(bytes);
+/// A random, URL-safe id (16 bytes): token ids and client secrets.
+#[must_use]
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    // An OS without randomness has failed far worse elsewhere; a zero id is still unique
+    // enough for logging and never used for trust.
+    let _ = SystemRandom::new().fill(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// `kid`: the first 12 bytes of SHA-256 over the public key, base64url.
+fn kid_of(public: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, public);
+    URL_SAFE_NO_PAD.encode(digest.as_ref().get(..12).unwrap_or_default())
+}
+
+/// The cloud controller's key directory: every key it publishes and the one that signs.
+#[derive(Debug, Clone)]
+pub struct KeyStore {
+    dir: PathBuf,
+    active: SigningKey,
+    keys: Vec<SigningKey>,
+}
+
+impl KeyStore {
+    /// Opens `dir`, creating it with one active key on first use.
+    ///
+    /// # Errors
+    /// [`Error::KeyIo`] / [`Error::KeyFormat`] for unreadable files, more than [`MAX_KEYS`]
+    /// keys, or an `active` file naming a key that is not there.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, Error> {
+        let dir = dir.as_ref();
+        let mut keys = read_keys(dir)?;
+        if keys.is_empty() {
+            let key = SigningKey::generate()?;
+            key.save(dir.join(format!("{}{KEY_SUFFIX}", key.kid())))?;
+            write_active(dir, key.kid())?;
+            keys.push(key);
+        }
+        let active_path = dir.join(ACTIVE_FILE);
+        let active = match read_small(&active_path) {
+            Ok(text) => text.trim().to_owned(),
+            Err(Error::KeyIo { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && keys.len() == 1 =>
+            {
+                let only = keys.first().map(|k| k.kid().to_owned()).unwrap_or_default();
+                write_active(dir, &only)?;
+                only
+            }
+            Err(e) => return Err(e),
+        };
+        let active = keys
+            .iter()
+            .find(|k| k.kid() == active)
+            .cloned()
+            .ok_or_else(|| Error::KeyFormat {
+                path: Some(active_path),
+                reason: format!(
+                    "names key {active:?}, which is not in the directory; write the kid of one \
+                     of its *.key files"
+                ),
+            })?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            active,
+            keys,
+        })
     }
-    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
-        .iter()
-        .find_map(|engine| engine.decode(text).ok())
+
+    /// The key that signs new tokens.
+    #[must_use]
+    pub fn signing(&self) -> &SigningKey {
+        &self.active
+    }
+
+    /// The directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The public half of every key in the directory (what `/token_keys` serves).
+    #[must_use]
+    pub fn key_set(&self) -> KeySet {
+        KeySet::from_keys(self.keys.iter().map(SigningKey::public_jwk)).unwrap_or_default()
+    }
+
+    /// Rotation step 1: adds a new key, published but not yet signing. Returns its kid.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open), or the directory already holds [`MAX_KEYS`] keys.
+    pub fn stage(dir: impl AsRef<Path>) -> Result<String, Error> {
+        let dir = dir.as_ref();
+        let store = Self::open(dir)?;
+        if store.keys.len() >= MAX_KEYS {
+            return Err(Error::KeyFormat {
+                path: Some(dir.to_owned()),
+                reason: format!("already holds {MAX_KEYS} keys; retire old ones first"),
+            });
+        }
+        let key = SigningKey::generate()?;
+        key.save(dir.join(format!("{}{KEY_SUFFIX}", key.kid())))?;
+        Ok(key.kid().to_owned())
+    }
+
+    /// Rotation step 2: `kid` signs from now on; the previous key stays published.
+    ///
+    /// # Errors
+    /// [`Error::KeyFormat`] when `kid` is not in the directory.
+    pub fn activate(dir: impl AsRef<Path>, kid: &str) -> Result<(), Error> {
+        let dir = dir.as_ref();
+        let store = Self::open(dir)?;
+        if !store.keys.iter().any(|k| k.kid() == kid) {
+            return Err(Error::KeyFormat {
+                path: Some(dir.to_owned()),
+                reason: format!("has no key {kid:?}; stage one first"),
+            });
+        }
+        write_active(dir, kid)
+    }
+
+    /// Rotation step 3: drops `kid` from the directory, so verifiers stop accepting it at
+    /// their next fetch. Refuses the active key.
+    ///
+    /// # Errors
+    /// [`Error::KeyFormat`] for the active key or a kid that is not a key id.
+    pub fn retire(dir: impl AsRef<Path>, kid: &str) -> Result<(), Error> {
+        let dir = dir.as_ref();
+        let store = Self::open(dir)?;
+        if store.active.kid() == kid || !jwt::is_kid(kid) {
+            return Err(Error::KeyFormat {
+                path: Some(dir.to_owned()),
+                reason: format!(
+                    "{kid:?} is the active key or not a key id; activate another first"
+                ),
+            });
+        }
+        let path = dir.join(format!("{kid}{KEY_SUFFIX}"));
+        std::fs::remove_file(&path).map_err(|source| Error::KeyIo { path, source })
+    }
+}
+
+fn read_keys(dir: &Path) -> Result<Vec<SigningKey>, Error> {
+    let io = |source| Error::KeyIo {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut keys = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.extension().is_none_or(|e| e != "key") {
+            continue;
+        }
+        if keys.len() >= MAX_KEYS {
+            return Err(Error::KeyFormat {
+                path: Some(dir.to_owned()),
+                reason: format!("holds more than {MAX_KEYS} keys; retire old ones"),
+            });
+        }
+        keys.push(SigningKey::load(&path)?);
+    }
+    keys.sort_by(|a, b| a.kid().cmp(b.kid()));
+    Ok(keys)
+}
+
+fn write_active(dir: &Path, kid: &str) -> Result<(), Error> {
+    let path = dir.join(ACTIVE_FILE);
+    write_private(&path, format!("{kid}\n").as_bytes())
+        .map_err(|source| Error::KeyIo { path, source })
+}
+
+/// Reads a small text file (at most 4 KiB).
+pub(crate) fn read_small(path: &Path) -> Result<String, Error> {
+    let io = |source| Error::KeyIo {
+        path: path.to_owned(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > MAX_KEY_FILE_BYTES {
+        return Err(Error::KeyFormat {
+            path: Some(path.to_owned()),
+            reason: format!("the file is {len} bytes; a key file is at most {MAX_KEY_FILE_BYTES}"),
+        });
+    }
+    std::fs::read_to_string(path).map_err(io)
+}
+
+fn with_path(e: Error, path: &Path) -> Error {
+    match e {
+        Error::KeyFormat { reason, .. } => Error::KeyFormat {
+            path: Some(path.to_owned()),
+            reason,
+        },
+        other => other,
+    }
 }
 
 /// Writes `bytes` to `path` with mode 0600 via a temporary file and a rename.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -272,104 +405,113 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{SCOPE_FIREHOSE, Scope};
+    use crate::{AUD_API, AUD_LOGS, SCOPE_FIREHOSE, Scope};
 
     fn key() -> SigningKey {
-        SigningKey::from_bytes(&[7u8; 32]).unwrap()
+        SigningKey::generate().unwrap()
     }
 
     #[test]
-    fn round_trip() {
+    fn round_trip_through_the_published_keys() {
         let k = key();
         let claims = Claims::new("alice")
+            .for_audience(AUD_LOGS)
             .with_scope(SCOPE_FIREHOSE)
             .with_scope(Scope::app_read("web"))
             .expires_in(3600);
         let token = k.issue(&claims);
-        assert!(token.starts_with("hyd1."));
         assert_eq!(token.split('.').count(), 3);
-        assert_eq!(k.verify(&token).unwrap(), claims);
-    }
-
-    #[test]
-    fn another_key_is_a_bad_signature() {
-        let token = key().issue(&Claims::new("a"));
-        let other = SigningKey::from_bytes(&[8u8; 32]).unwrap();
-        assert!(matches!(other.verify(&token), Err(Error::BadSignature)));
-    }
-
-    #[test]
-    fn expired_tokens_are_refused() {
-        let k = key();
-        let mut c = Claims::new("a");
-        c.exp = 1000;
-        let t = k.issue(&c);
-        assert!(k.verify_at(&t, 999).is_ok());
+        let got = k.key_set().verify(&token, AUD_LOGS).unwrap();
+        assert_eq!(got.sub, "alice");
+        assert_eq!(got.scopes, claims.scopes);
+        assert!(got.jti.is_some(), "issue fills in a token id");
         assert!(matches!(
-            k.verify_at(&t, 1000),
-            Err(Error::Expired { exp: 1000 })
+            k.key_set().verify(&token, AUD_API),
+            Err(Error::WrongAudience { expected: AUD_API })
         ));
-        c.exp = 0;
-        assert!(k.verify_at(&k.issue(&c), i64::MAX).is_ok());
     }
 
     #[test]
-    fn malformed_shapes() {
-        let k = key();
-        let good = k.issue(&Claims::new("a"));
-        let (_, rest) = good.split_once('.').unwrap();
-        for bad in [
-            String::new(),
-            "hyd1".to_owned(),
-            "hyd1..".to_owned(),
-            format!("hyd2.{rest}"),
-            format!("{good}.x"),
-            format!("hyd1.a.{rest}"),
-            "x".repeat(MAX_TOKEN_BYTES + 1),
-        ] {
-            assert!(
-                matches!(k.verify(&bad), Err(Error::Malformed(_))),
-                "{bad:.40} should be malformed"
-            );
-        }
+    fn another_key_is_unknown_and_a_forged_kid_is_a_bad_signature() {
+        let a = key();
+        let b = key();
+        let token = b.issue(&Claims::new("m").for_audience(AUD_API));
+        assert!(matches!(
+            a.key_set().verify(&token, AUD_API),
+            Err(Error::UnknownKey { .. })
+        ));
+        // b's token relabelled with a's kid: the signature does not match a's key.
+        let (_, rest) = token.split_once('.').unwrap();
+        let header = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"alg":"EdDSA","typ":"JWT","kid":"{}"}}"#,
+            a.kid()
+        ));
+        let forged = format!("{header}.{rest}");
+        assert!(matches!(
+            a.key_set().verify(&forged, AUD_API),
+            Err(Error::BadSignature)
+        ));
     }
 
     #[test]
-    fn signed_garbage_is_malformed_not_accepted() {
-        // A payload the key really signed but that is not claims JSON.
+    fn pem_and_base64_forms_load() {
         let k = key();
-        let signed = format!("hyd1.{}", URL_SAFE_NO_PAD.encode(b"[1,2,3]"));
-        let mac = k.mac.clone().chain_update(signed.as_bytes()).finalize();
-        let token = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(mac.into_bytes()));
-        assert!(matches!(k.verify(&token), Err(Error::Malformed(_))));
-    }
-
-    #[test]
-    fn key_text_forms() {
-        let k = key();
-        let hex = k.to_hex();
-        assert_eq!(hex.len(), 64);
-        let from_hex = SigningKey::from_text(&format!("  {hex}\n")).unwrap();
-        let from_b64 = SigningKey::from_text(&STANDARD.encode([7u8; 32])).unwrap();
-        let from_b64url = SigningKey::from_text(&URL_SAFE_NO_PAD.encode([7u8; 32])).unwrap();
-        let token = k.issue(&Claims::new("a"));
-        for k2 in [from_hex, from_b64, from_b64url] {
-            assert!(k2.verify(&token).is_ok());
-        }
-        assert!(SigningKey::from_text("abcd").is_err(), "too short");
+        let b64 = STANDARD.encode(k.pkcs8.as_slice());
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n");
+        assert_eq!(SigningKey::from_text(&pem).unwrap().kid(), k.kid());
+        assert_eq!(
+            SigningKey::from_text(&format!(" {b64}\n")).unwrap().kid(),
+            k.kid()
+        );
         assert!(SigningKey::from_text("not a key!").is_err());
-        assert!(SigningKey::from_text(&"ab".repeat(2000)).is_err());
+        assert!(SigningKey::from_text("AAAA").is_err());
     }
 
     #[test]
     fn debug_hides_the_key() {
-        assert_eq!(format!("{:?}", key()), "SigningKey(<redacted>)");
+        let k = key();
+        assert_eq!(
+            format!("{k:?}"),
+            format!("SigningKey(kid {}, <redacted>)", k.kid())
+        );
     }
 
     #[test]
-    fn generated_keys_differ() {
-        let a = SigningKey::generate().unwrap();
-        let b = SigningKey::generate().unwrap();
-        assert_ne!(a.to_hex(), b.to_hex());
+    fn rotation_in_three_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = KeyStore::open(dir.path()).unwrap();
+        let old = first.signing().clone();
+        let old_token = old.issue(&Claims::new("a").for_audience(AUD_API));
+
+        let new_kid = KeyStore::stage(dir.path()).unwrap();
+        let staged = KeyStore::open(dir.path()).unwrap();
+        assert_eq!(
+            staged.signing().kid(),
+            old.kid(),
+            "a staged key does not sign yet"
+        );
+        assert_eq!(staged.key_set().len(), 2, "but it is published");
+
+        KeyStore::activate(dir.path(), &new_kid).unwrap();
+        let both = KeyStore::open(dir.path()).unwrap();
+        assert_eq!(both.signing().kid(), new_kid);
+        let new_token = both
+            .signing()
+            .issue(&Claims::new("b").for_audience(AUD_API));
+        let published = both.key_set();
+        assert!(published.verify(&old_token, AUD_API).is_ok());
+        assert!(published.verify(&new_token, AUD_API).is_ok());
+
+        assert!(
+            KeyStore::retire(dir.path(), &new_kid).is_err(),
+            "never the active key"
+        );
+        KeyStore::retire(dir.path(), old.kid()).unwrap();
+        let after = KeyStore::open(dir.path()).unwrap().key_set();
+        assert!(matches!(
+            after.verify(&old_token, AUD_API),
+            Err(Error::UnknownKey { .. })
+        ));
+        assert!(after.verify(&new_token, AUD_API).is_ok());
     }
 }

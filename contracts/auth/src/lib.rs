@@ -1,35 +1,44 @@
-//! Hydrant's bearer tokens: signed claims that any role can check on its own.
+//! Hydrant's bearer tokens: JWTs that only the cloud controller can mint and any role can
+//! check on its own.
 //!
-//! The cloud controller issues tokens; the firehose edge (and later every public endpoint)
-//! verifies them with the shared [`SigningKey`] alone. No call goes back to the issuer, so log
-//! streams keep authorising while the cloud controller, its database or the bus is down
-//! (invariant 4: the data plane outlives the control plane). The price is that a token cannot be
-//! revoked before it expires, which is why tokens should be short-lived.
+//! The cloud controller holds the Ed25519 private keys ([`KeyStore`], [`SigningKey`]) and
+//! publishes their public halves at `GET /token_keys` in UAA's shape ([`Jwks`]). Every other
+//! role holds a [`KeySet`] of public keys, fetched once and cached, and verifies with it
+//! alone: no call goes back to the issuer, so log streams keep authorising while the cloud
+//! controller, its database or the bus is down (invariant 4), and a verifying role that is
+//! compromised still cannot mint a token. A token cannot be revoked before it expires, which
+//! is why every token expires and access tokens are short-lived.
 //!
 //! # Token format
-//! `hyd1.<base64url(claims JSON)>.<base64url(HMAC-SHA256)>`, unpadded, where the MAC covers the
-//! ASCII text `hyd1.<payload>`. MACing the text rather than the decoded JSON means a verifier
-//! never parses bytes an attacker chose before it knows the issuer wrote them.
+//! A compact JWT: header `{"alg":"EdDSA","typ":"JWT","kid":…}`, claims `iss`, `sub`, `aud`,
+//! `scope`, `iat`, `exp`, `jti` ([`Claims`]), an Ed25519 signature over the first two parts.
+//! Audiences name the service a token is for ([`AUD_API`], [`AUD_LOGS`], [`AUD_REFRESH`],
+//! [`AUD_DROPLET`]); scopes say what it may do there ([`Scope`]).
 //!
 //! # Layout
-//! - [`Claims`]: who the token is for, what it may read ([`Scope`]), and when it expires.
-//! - [`SigningKey`]: the shared secret; generates, stores, issues and verifies.
+//! - [`Claims`]: who the token is for, where it is valid, what it may do, when it expires.
+//! - `jwt`: the compact form, taken apart with structure checks before any crypto.
+//! - [`SigningKey`], [`KeyStore`]: the private side (the cloud controller only), rotation.
+//! - [`KeySet`], [`Jwks`]: the public side every verifier holds.
 //!
-//! The invariant this crate keeps: [`SigningKey::verify`] answers every input, however hostile,
-//! with `Ok` only for a token this key issued and that has not expired, never panics, and never
-//! allocates more than [`MAX_TOKEN_BYTES`] worth of memory for it.
+//! The invariant this crate keeps: [`KeySet::verify`] answers every input, however hostile,
+//! with `Ok` only for an unexpired token one of its keys signed for the audience asked about,
+//! never panics, and never allocates more than [`MAX_TOKEN_BYTES`] worth of memory for it.
 
 mod claims;
 mod error;
+mod jwks;
+mod jwt;
 mod key;
 
-pub use claims::{Claims, SCOPE_ADMIN, SCOPE_FIREHOSE, Scope};
+pub use claims::{
+    AUD_API, AUD_DROPLET, AUD_LOGS, AUD_REFRESH, Claims, DEFAULT_TTL_SECS, SCOPE_ADMIN,
+    SCOPE_API_READ, SCOPE_API_WRITE, SCOPE_FIREHOSE, Scope,
+};
 pub use error::Error;
-pub use key::SigningKey;
-
-/// The version tag every token starts with. A new format gets a new tag, so old verifiers reject
-/// new tokens as malformed instead of misreading them.
-pub const TOKEN_PREFIX: &str = "hyd1";
+pub use jwks::{Jwk, Jwks, KeySet, MAX_JWKS_BYTES};
+pub use jwt::peek_claims;
+pub use key::{KeyStore, MAX_KEYS, SigningKey, random_id};
 
 /// Tokens longer than this are rejected before any decoding. Real tokens are a few hundred bytes;
 /// the bound keeps a hostile `Authorization` header from costing more than a few kilobytes.

@@ -1,6 +1,11 @@
 //! The public HTTP surface: routes, the state handlers share, token checks, query parsing and
 //! error answers.
 //!
+//! Tokens are checked in one place, [`Shared::authenticate`]: signature against the cloud
+//! controller's public keys, expiry, and the audience `hydrant-logs` (an API-only token is
+//! refused here with 401, whatever its scopes). Each endpoint then checks the scope it needs:
+//! the firehose needs `firehose` or `admin`, a source needs `app:<id>:read` or those.
+//!
 //! Every refusal happens before a WebSocket upgrade or a byte of data, is answered with a JSON
 //! body `{"error": code, "message": text}` that says what to do, and is counted in
 //! `trafficcontroller.rejected{reason}`. Per-source reads answer "not allowed" and "no such
@@ -13,7 +18,7 @@ use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hydrant_auth::{Claims, SCOPE_ADMIN, SigningKey};
+use hydrant_auth::{AUD_LOGS, Claims, SCOPE_ADMIN};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -39,8 +44,8 @@ pub(crate) struct StreamOptions {
 /// What every handler shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    /// `None` when auth is disabled.
-    pub(crate) key: Option<SigningKey>,
+    /// The public keys tokens are verified with; `None` when auth is disabled.
+    pub(crate) keys: Option<Arc<crate::keys::TokenKeys>>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) metrics: Metrics,
     pub(crate) opts: StreamOptions,
@@ -138,14 +143,18 @@ impl Shared {
         e
     }
 
-    /// The caller's verified claims, from `Authorization: Bearer` or `?access_token=`.
-    pub(crate) fn authenticate(
+    /// The caller's verified claims, from `Authorization: Bearer` or `?access_token=`: signed
+    /// by a published key, unexpired, and meant for this edge (`aud` `hydrant-logs`).
+    pub(crate) async fn authenticate(
         &self,
         headers: &HeaderMap,
         query: &Query,
     ) -> Result<Claims, ApiError> {
-        let Some(key) = &self.key else {
-            return Ok(Claims::new("anonymous").with_scope(SCOPE_ADMIN));
+        let Some(keys) = &self.keys else {
+            return Ok(Claims::new("anonymous")
+                .for_audience(AUD_LOGS)
+                .with_scope(SCOPE_ADMIN)
+                .expires_in(i64::from(u32::MAX)));
         };
         let unauthorized =
             |m: String| self.reject(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m));
@@ -172,7 +181,9 @@ impl Shared {
                 }
             },
         };
-        key.verify(token).map_err(|e| unauthorized(e.to_string()))
+        keys.verify(token, AUD_LOGS)
+            .await
+            .map_err(|e| unauthorized(e.to_string()))
     }
 }
 

@@ -24,12 +24,28 @@ pub struct Config {
     /// gRPC URLs of every doppler (`http://host:port`); each serves v2 Egress and the log cache
     /// read API. Default `["http://127.0.0.1:8082"]`.
     pub dopplers: Vec<String>,
-    /// File holding the token signing key (hex or base64), shared with the cloud controller.
-    /// Default unset; one of `signing_key_file`, `signing_key` or `disable_auth` is required.
-    pub signing_key_file: Option<String>,
-    /// The signing key inline (hex or base64), for tests and single-file deployments. Default
+    /// The cloud controller's public token keys, `http://HOST:PORT/token_keys`. Fetched at
+    /// start (retried until it answers), refreshed every `token_keys_refresh_secs`, and again
+    /// when a token names an unknown key (at most once per `token_keys_refetch_secs`). The edge
+    /// holds public keys only: it verifies tokens, it can never mint one. Default unset; one of
+    /// `token_keys_url`, `token_keys_file` or `disable_auth` is required.
+    pub token_keys_url: Option<String>,
+    /// A key-set file (`{"keys": [...]}`, what `/token_keys` answers) to verify with, for
+    /// deployments that distribute keys as files. Default unset.
+    pub token_keys_file: Option<String>,
+    /// A key set inline (the `/token_keys` JSON): the keys to verify with when nothing else
+    /// is configured, or the keys known until the first fetch from `token_keys_url`. Default
     /// unset.
-    pub signing_key: Option<String>,
+    pub token_keys: Option<String>,
+    /// Where fetched keys are cached, so a restarted edge verifies while the cloud controller
+    /// is down. Default unset (memory only).
+    pub token_keys_cache: Option<String>,
+    /// Least time between two fetches caused by unknown key ids, seconds: forged `kid`s cannot
+    /// turn into a flood of requests to the cloud controller. Default 30.
+    pub token_keys_refetch_secs: f64,
+    /// How often the keys are re-fetched anyway, seconds (picks up staged and retired keys).
+    /// Default 300.
+    pub token_keys_refresh_secs: f64,
     /// Serve everything to everyone without a token. Only for local benchmarks. Default false.
     pub disable_auth: bool,
     /// Envelopes a consumer may have queued before the oldest are dropped. Default 10000.
@@ -72,8 +88,12 @@ impl Default for Config {
             admin_listen: "127.0.0.1:8089".to_owned(),
             instance_id: "0".to_owned(),
             dopplers: vec!["http://127.0.0.1:8082".to_owned()],
-            signing_key_file: None,
-            signing_key: None,
+            token_keys_url: None,
+            token_keys_file: None,
+            token_keys: None,
+            token_keys_cache: None,
+            token_keys_refetch_secs: 30.0,
+            token_keys_refresh_secs: 300.0,
             disable_auth: false,
             queue_max_envelopes: 10_000,
             queue_max_bytes: 16 * 1024 * 1024,
@@ -148,23 +168,25 @@ impl Config {
                 )));
             }
         }
-        let keys =
-            usize::from(self.signing_key_file.is_some()) + usize::from(self.signing_key.is_some());
-        if keys > 1 {
+        let sources = usize::from(self.token_keys_url.is_some())
+            + usize::from(self.token_keys_file.is_some());
+        if sources > 1 {
             return Err(invalid(
-                "signing_key_file and signing_key are both set: keep one".to_owned(),
+                "token_keys_url and token_keys_file are both set: keep one".to_owned(),
             ));
         }
-        if keys == 0 && !self.disable_auth {
+        let sources = sources + usize::from(self.token_keys.is_some() && sources == 0);
+        if sources == 0 && !self.disable_auth {
             return Err(invalid(
-                "no token signing key: set signing_key_file to the cloud controller's key file \
-                 (or signing_key inline), or disable_auth = true for a local benchmark"
+                "no token keys: set token_keys_url to the cloud controller's \
+                 \"http://HOST:PORT/token_keys\" (or token_keys_file to a saved key set), or \
+                 disable_auth = true for a local benchmark"
                     .to_owned(),
             ));
         }
-        if keys == 1 && self.disable_auth {
+        if sources > 0 && self.disable_auth {
             return Err(invalid(
-                "disable_auth = true with a signing key set: remove one (disable_auth serves \
+                "disable_auth = true with token keys set: remove one (disable_auth serves \
                  everything to everyone)"
                     .to_owned(),
             ));
@@ -188,6 +210,19 @@ impl Config {
             )));
         }
         if self.frame_max_bytes < 1024 || self.frame_max_bytes > hydrant_envelope::MAX_MESSAGE_BYTES
+        if let Some(url) = &self.token_keys_url {
+            let ok = url
+                .parse::<http::Uri>()
+                .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+            if !ok {
+                return Err(invalid(format!(
+                    "token_keys_url = {url:?}: must be a URL like \
+                     \"http://127.0.0.1:9022/token_keys\""
+                )));
+            }
+        }
+        check_secs("token_keys_refetch_secs", self.token_keys_refetch_secs)?;
+        check_secs("token_keys_refresh_secs", self.token_keys_refresh_secs)?;
         {
             return Err(invalid(format!(
                 "frame_max_bytes = {}: must be between 1024 and {}",
@@ -230,7 +265,7 @@ mod tests {
 
     fn with_key() -> Config {
         Config {
-            signing_key: Some("ab".repeat(32)),
+            token_keys_url: Some("http://127.0.0.1:9022/token_keys".into()),
             ..Config::default()
         }
     }
@@ -239,7 +274,7 @@ mod tests {
     fn defaults_need_only_a_key() {
         with_key().validate().unwrap();
         let err = Config::default().validate().unwrap_err().to_string();
-        assert!(err.contains("signing_key_file"), "{err}");
+        assert!(err.contains("token_keys_url"), "{err}");
         Config {
             disable_auth: true,
             ..Config::default()
@@ -330,7 +365,7 @@ mod tests {
             ),
             (
                 Config {
-                    signing_key_file: Some("k".into()),
+                    token_keys_file: Some("k".into()),
                     ..with_key()
                 },
                 "both set",
@@ -347,7 +382,8 @@ mod tests {
         let c: Config = toml_like(
             r#"
             dopplers = ["http://10.0.0.1:8082", "http://10.0.0.2:8082"]
-            signing_key_file = "/var/hydrant/signing.key"
+            token_keys_url = "http://10.0.0.9:9022/token_keys"
+            token_keys_cache = "/var/hydrant/token_keys.json"
             slow_consumer_timeout_secs = 5
             ping_interval_secs = 0.5
             "#,
@@ -358,6 +394,20 @@ mod tests {
         c.validate().unwrap();
     }
 
+            (
+                Config {
+                    token_keys_url: Some("https//cc/token_keys".into()),
+                    ..Config::default()
+                },
+                "token_keys_url",
+            ),
+            (
+                Config {
+                    token_keys_refetch_secs: 0.0,
+                    ..with_key()
+                },
+                "token_keys_refetch_secs",
+            ),
     fn toml_like(s: &str) -> Config {
         toml::from_str(s).unwrap()
     }

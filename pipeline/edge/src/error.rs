@@ -9,8 +9,8 @@ pub enum Error {
     /// A configuration value is unusable; the message names the field.
     #[error("invalid trafficcontroller config: {0}")]
     Config(String),
-    /// The token signing key could not be loaded.
-    #[error("cannot load the token signing key: {0}")]
+    /// The token key set file could not be loaded.
+    #[error("cannot load the token keys: {0}")]
     Key(#[from] hydrant_auth::Error),
     /// The runtime could not bind a listener or read the config.
     #[error(transparent)]

@@ -15,7 +15,10 @@
 //!
 //! Frames are binary, one encoded v2 `EnvelopeBatch` each, or with `?format=json` protojson
 //! text. Tokens come from `Authorization: Bearer` or `?access_token=` and are verified locally
-//! with the shared signing key, so streams keep working while the cloud controller is down.
+//! with the cloud controller's public keys (`keys`: fetched from `/token_keys`, cached in
+//! memory and on disk), so streams keep working while the cloud controller is down, and this
+//! role, holding no private key, cannot mint a token. A stream is closed (1008) when its token
+//! expires.
 //!
 //! # Layout
 //! - [`config`]: [`Config`] and its validation.
@@ -33,6 +36,7 @@ pub mod config;
 mod error;
 mod frame;
 mod hub;
+mod keys;
 mod metrics;
 mod outbox;
 mod recent;
@@ -44,7 +48,6 @@ use std::future::IntoFuture as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hydrant_auth::SigningKey;
 use hydrant_emitter::Registry;
 use hydrant_runtime::Backoff;
 use tokio::sync::Semaphore;
@@ -128,16 +131,33 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     config.validate()?;
-    let key = match (&config.signing_key_file, &config.signing_key) {
-        (Some(path), _) => Some(SigningKey::load(path)?),
-        (None, Some(text)) => Some(SigningKey::from_text(text)?),
-        (None, None) => {
-            tracing::warn!("disable_auth = true: every stream is open to anyone who can connect");
-            None
-        }
-    };
     // Everything below stops on `stop`: the caller's shutdown, or a listener failing.
     let stop = shutdown.child_token();
+    let tracker = TaskTracker::new();
+    let keys = if config.disable_auth {
+        tracing::warn!("disable_auth = true: every stream is open to anyone who can connect");
+        None
+    } else {
+        let keys = Arc::new(keys::TokenKeys::new(
+            config.token_keys_url.clone(),
+            config
+                .token_keys_file
+                .as_ref()
+                .map(std::path::PathBuf::from),
+            config.token_keys.as_deref(),
+            config
+                .token_keys_cache
+                .as_ref()
+                .map(std::path::PathBuf::from),
+            secs(config.token_keys_refetch_secs, Duration::from_secs(30)),
+        )?);
+        tracker.spawn(keys.clone().refresh(
+            secs(config.token_keys_refresh_secs, Duration::from_secs(300)),
+            stop.clone(),
+        ));
+        tracing::info!(known = keys.len(), url = ?config.token_keys_url, "token keys");
+        Some(keys)
+    };
     let metrics = Metrics::new(&registry);
     let hub = Arc::new(Hub::new(
         metrics.clone(),
@@ -146,7 +166,6 @@ async fn serve(
             max_bytes: config.queue_max_bytes,
         },
     ));
-    let tracker = TaskTracker::new();
     let backoff = Backoff::from_ms(config.reconnect_min_ms, config.reconnect_max_ms, 0.25);
     let mut readers = Vec::with_capacity(config.dopplers.len());
     for url in &config.dopplers {
@@ -165,7 +184,7 @@ async fn serve(
     let _emitter = config.telemetry.start(&registry, stop.clone());
     let fallback = Duration::from_secs(10);
     let shared = Arc::new(Shared {
-        key,
+        keys,
         hub,
         metrics,
         opts: StreamOptions {

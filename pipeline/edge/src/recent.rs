@@ -126,7 +126,7 @@ pub(crate) async fn read(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let q = Query::parse(query.as_deref()).map_err(|e| app.reject(e))?;
-    let claims = app.authenticate(&headers, &q)?;
+    let claims = app.authenticate(&headers, &q).await?;
     if !claims.can_read_source(&source_id) {
         return Err(app.reject(ApiError::source_not_found(&source_id)));
     }
@@ -203,7 +203,7 @@ pub(crate) async fn meta(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let q = Query::parse(query.as_deref()).map_err(|e| app.reject(e))?;
-    let claims = app.authenticate(&headers, &q)?;
+    let claims = app.authenticate(&headers, &q).await?;
     let deadline = app.read_timeout;
     let calls = app.readers.iter().map(|(url, channel)| {
         let mut client = EgressClient::new(channel.clone())

@@ -55,7 +55,7 @@ pub(crate) async fn read(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let q = Query::parse(query.as_deref()).map_err(|e| app.reject(e))?;
-    let claims = app.authenticate(&headers, &q)?;
+    let claims = app.authenticate(&headers, &q).await?;
     let kinds = kinds(&q);
     if kinds.is_empty() {
         return Err(app.reject(ApiError::bad_request(

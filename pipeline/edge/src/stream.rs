@@ -9,7 +9,9 @@
 //! A consumer that keeps its outbox overflowing without ever draining it for
 //! `slow_consumer_timeout` (or that leaves one frame unwritten that long) is told how much it
 //! lost with a final gap marker and closed with 1008; one that stops answering pings is closed
-//! with 1008 too (Loggregator's keepalive).
+//! with 1008 too (Loggregator's keepalive). A stream ends when its token does: at the token's
+//! `exp` the connection is closed with 1008 "token expired", and the client reconnects with a
+//! fresh token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +48,7 @@ const SLOW_APP: &str = "Consumer too slow: it kept losing data. Read faster, or 
                         firehose with a subscription id.";
 const NO_PONG: &str = "No pong before the keepalive timeout; closing.";
 const SHUTTING_DOWN: &str = "The server is shutting down; reconnect.";
+const TOKEN_EXPIRED: &str = "token expired";
 
 /// WebSocket close codes.
 const POLICY_VIOLATION: u16 = 1008;
@@ -62,7 +65,7 @@ pub(crate) async fn firehose(
     ws: Upgrade,
 ) -> Result<Response, ApiError> {
     let q = Query::parse(query.as_deref()).map_err(|e| app.reject(e))?;
-    let claims = app.authenticate(&headers, &q)?;
+    let claims = app.authenticate(&headers, &q).await?;
     if !claims.can_read_firehose() {
         return Err(app.reject(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -88,7 +91,8 @@ pub(crate) async fn firehose(
     let format = Format::parse(q.get("format")).map_err(|e| app.reject(e))?;
     let (ws, permit) = admit(&app, ws)?;
     let sub = app.hub.subscribe_group(&id, kinds, Endpoint::Firehose);
-    Ok(upgrade(app, ws, sub, format, permit, SLOW_FIREHOSE))
+    let ends = token_deadline(&claims);
+    Ok(upgrade(app, ws, sub, format, permit, SLOW_FIREHOSE, ends))
 }
 
 /// `GET /apps/{source_id}/stream[?format=json]`: one source's logs and metrics.
@@ -100,7 +104,7 @@ pub(crate) async fn app_stream(
     ws: Upgrade,
 ) -> Result<Response, ApiError> {
     let q = Query::parse(query.as_deref()).map_err(|e| app.reject(e))?;
-    let claims = app.authenticate(&headers, &q)?;
+    let claims = app.authenticate(&headers, &q).await?;
     if !claims.can_read_source(&source_id) {
         return Err(app.reject(ApiError::source_not_found(&source_id)));
     }
@@ -109,7 +113,16 @@ pub(crate) async fn app_stream(
     let sub = app
         .hub
         .subscribe_sources(vec![source_id], KindMask::ALL, Endpoint::AppStream);
-    Ok(upgrade(app, ws, sub, format, permit, SLOW_APP))
+    let ends = token_deadline(&claims);
+    Ok(upgrade(app, ws, sub, format, permit, SLOW_APP, ends))
+}
+
+/// When the stream's token expires, as an instant on the clock the writer sleeps on.
+fn token_deadline(claims: &hydrant_auth::Claims) -> Instant {
+    let left = claims.exp.saturating_sub(hydrant_auth::now_secs()).max(0);
+    // Tokens live hours at most; a far-future exp is capped so the addition cannot overflow.
+    let left = u64::try_from(left).unwrap_or(0).min(366 * 86_400);
+    Instant::now() + Duration::from_secs(left)
 }
 
 /// Checks that this is a WebSocket handshake and that a stream slot is free.
@@ -140,13 +153,14 @@ fn upgrade(
     format: Format,
     permit: OwnedSemaphorePermit,
     slow_reason: &'static str,
+    token_ends: Instant,
 ) -> Response {
     let tracker = app.tracker.clone();
     ws.max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
-                serve(app, socket, sub, format, slow_reason).await;
+                serve(app, socket, sub, format, slow_reason, token_ends).await;
                 drop(permit);
             })
         })
@@ -160,14 +174,22 @@ enum End {
     NoPong,
     Shutdown,
     PeerGone,
+    TokenExpired,
 }
 
-async fn serve(app: Arc<Shared>, socket: WebSocket, sub: Subscription, format: Format, slow: &str) {
+async fn serve(
+    app: Arc<Shared>,
+    socket: WebSocket,
+    sub: Subscription,
+    format: Format,
+    slow: &str,
+    token_ends: Instant,
+) {
     let (mut tx, rx) = socket.split();
     let peer_gone = CancellationToken::new();
     let (pong_tx, pong_rx) = watch::channel(Instant::now());
     let reader = tokio::spawn(read_client(rx, pong_tx, peer_gone.clone()));
-    let end = write_loop(&app, &mut tx, &sub, format, pong_rx, &peer_gone).await;
+    let end = write_loop(&app, &mut tx, &sub, format, pong_rx, &peer_gone, token_ends).await;
     let close = match end {
         End::TooSlow => {
             app.metrics.slow_consumers.inc();
@@ -188,6 +210,11 @@ async fn serve(app: Arc<Shared>, socket: WebSocket, sub: Subscription, format: F
             Some((POLICY_VIOLATION, NO_PONG))
         }
         End::Shutdown => Some((GOING_AWAY, SHUTTING_DOWN)),
+        End::TokenExpired => {
+            // What is still queued is never sent: count it, so the ledger balances.
+            app.metrics.dropped_closed.add(sub.outbox().close());
+            Some((POLICY_VIOLATION, TOKEN_EXPIRED))
+        }
         End::PeerGone => None,
     };
     if let Some((code, reason)) = close {
@@ -290,6 +317,7 @@ async fn write_loop(
     format: Format,
     mut pong_rx: watch::Receiver<Instant>,
     peer_gone: &CancellationToken,
+    token_ends: Instant,
 ) -> End {
     let opts = app.opts;
     let outbox = sub.outbox();
@@ -301,6 +329,9 @@ async fn write_loop(
     loop {
         let last_pong = *pong_rx.borrow_and_update();
         let now = Instant::now();
+        if now >= token_ends {
+            return End::TokenExpired;
+        }
         if let Some((sent, due)) = awaiting {
             if last_pong >= sent {
                 awaiting = None;
@@ -337,6 +368,7 @@ async fn write_loop(
             tokio::select! {
                 () = outbox.notified() => {}
                 () = sleep_until(wake) => {}
+                () = sleep_until(token_ends) => return End::TokenExpired,
                 r = pong_rx.changed() => if r.is_err() { return End::PeerGone; },
                 () = peer_gone.cancelled() => return End::PeerGone,
                 () = app.shutdown.cancelled() => return End::Shutdown,
@@ -353,7 +385,7 @@ async fn write_loop(
                 egress.add(count);
                 return end;
             }
-            Sent::Failed | Sent::Ended(End::PeerGone | End::NoPong) => {
+            Sent::Failed | Sent::Ended(End::PeerGone | End::NoPong | End::TokenExpired) => {
                 app.metrics.dropped_closed.add(count);
                 return End::PeerGone;
             }
@@ -367,7 +399,13 @@ mod tests {
 
     #[test]
     fn close_reasons_fit_a_close_frame() {
-        for r in [SLOW_FIREHOSE, SLOW_APP, NO_PONG, SHUTTING_DOWN] {
+        for r in [
+            SLOW_FIREHOSE,
+            SLOW_APP,
+            NO_PONG,
+            SHUTTING_DOWN,
+            TOKEN_EXPIRED,
+        ] {
             assert!(r.len() <= 123, "{r:?} is {} bytes", r.len());
         }
     }

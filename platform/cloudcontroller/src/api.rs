@@ -12,6 +12,7 @@ mod autoscaling;
 mod drains;
 mod push;
 mod slos;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -24,15 +25,16 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use hydrant_api::{
     ApiErrorItem, ApiErrors, AssignRole, CreateSpace, CreateUser, Info, List, Me, RoleAssignment,
-    Space, SpaceRole, TokenRequest, TokenResponse, User,
+    Space, SpaceRole, User,
 };
-use hydrant_auth::Claims;
+use hydrant_auth::{AUD_API, SCOPE_API_READ, SCOPE_API_WRITE};
 
 use crate::Ctx;
 use crate::{db, password};
 
 pub(crate) use apps::{record_event, username_problem};
 pub(crate) use push::droplet_scope;
+pub(crate) use tokens::{Clients, Keys};
 
 /// An error answer.
 #[derive(Debug)]
@@ -212,10 +214,37 @@ impl FromRequestParts<Arc<Ctx>> for Caller {
                 ApiError::unauthenticated("the Authorization header must be `Bearer <token>`")
             })?;
         let claims = ctx
-            .key
-            .verify(token.trim())
+        // The audience first: a log token or a refresh token is never an API credential.
+            .keys
+            .key_set()
+            .verify(token.trim(), AUD_API)
             .map_err(|e| ApiError::unauthenticated(format!("{e}; log in again")))?;
         let username = claims.sub;
+        // Then the scope the method needs: reads need cloud_controller.read, anything that
+        // changes state needs cloud_controller.write.
+        let reading = matches!(
+            parts.method,
+            axum::http::Method::GET | axum::http::Method::HEAD
+        );
+        let needed = if reading {
+            SCOPE_API_READ
+        } else {
+            SCOPE_API_WRITE
+        };
+        if !claims.has_scope(needed) {
+            return Err(ApiError::forbidden(format!(
+                "this token lacks the {needed} scope; use a token issued for this"
+            )));
+        }
+        if let Some(client) = &claims.client_id {
+            // A client (a platform role) is no user: it acts with its scopes alone.
+            return Ok(Self {
+                user_guid: format!("client:{client}"),
+                username: format!("client:{client}"),
+                admin: claims.is_admin(),
+            });
+        }
+        let token_admin = claims.is_admin();
         let row = ctx
             .db
             .run(move |c| Ok(db::user_by_name(c, &username)?))
@@ -226,7 +255,9 @@ impl FromRequestParts<Arc<Ctx>> for Caller {
         Ok(Self {
             user_guid: row.user.guid,
             username: row.user.username,
-            admin: row.user.admin,
+            // Both must say so: a user made admin after login gets it at the next token, and
+            // a narrowed token never carries more than it says.
+            admin: row.user.admin && token_admin,
         })
     }
 }
@@ -237,7 +268,9 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
     let json_limit = ctx.config.max_request_bytes;
     Router::new()
         .route("/v3/info", get(info))
-        .route("/v3/tokens", post(login))
+        .route("/v3/tokens", post(tokens::token))
+        .route("/oauth/token", post(tokens::token))
+        .route("/token_keys", get(tokens::token_keys))
         .route("/v3/me", get(me))
         .route("/v3/users", get(list_users).post(create_user))
         .route("/v3/spaces", get(list_spaces).post(create_space))
@@ -285,64 +318,6 @@ async fn info(State(ctx): State<Arc<Ctx>>) -> Json<Info> {
         external_url: ctx.config.base_url().to_owned(),
         endpoints: ctx.config.endpoints.clone(),
     })
-}
-
-async fn login(
-    State(ctx): State<Arc<Ctx>>,
-    Body(request): Body<TokenRequest>,
-) -> Result<Json<TokenResponse>, ApiError> {
-    let username = request.username.clone();
-    let found = ctx
-        .db
-        .run(move |c| {
-            let Some(row) = db::user_by_name(c, &username)? else {
-                return Ok(None);
-            };
-            let roles = db::roles(c, None, Some(&row.user.guid))?;
-            Ok(Some((row, roles)))
-        })
-        .await?;
-    let password = request.password;
-    // Verify even for unknown users, so timing does not tell which names exist.
-    let (row, roles) = match found {
-        Some((row, roles)) => {
-            let hash = row.password_hash.clone();
-            let ok = tokio::task::spawn_blocking(move || password::verify(&password, &hash))
-                .await
-                .unwrap_or(false);
-            if !ok {
-                return Err(wrong_credentials());
-            }
-            (row, roles)
-        }
-        None => {
-            let iterations = ctx.config.password_hash_iterations;
-            let _ = tokio::task::spawn_blocking(move || {
-                password::verify(&password, &password::hash("", iterations))
-            })
-            .await;
-            return Err(wrong_credentials());
-        }
-    };
-    let mut claims = Claims::new(row.user.username.clone()).expires_in(ctx.config.token_ttl_secs);
-    if row.user.admin {
-        claims = claims
-            .with_scope(hydrant_auth::SCOPE_ADMIN)
-            .with_scope(hydrant_auth::SCOPE_FIREHOSE);
-    }
-    for role in &roles {
-        claims = claims.with_scope(format!("space:{}:{}", role.space_guid, role.role.as_str()));
-    }
-    Ok(Json(TokenResponse {
-        access_token: ctx.key.issue(&claims),
-        token_type: "bearer".to_owned(),
-        expires_in: ctx.config.token_ttl_secs,
-        scopes: claims.scopes,
-    }))
-}
-
-fn wrong_credentials() -> ApiError {
-    ApiError::unauthenticated("wrong user name or password")
 }
 
 async fn me(State(ctx): State<Arc<Ctx>>, caller: Caller) -> Result<Json<Me>, ApiError> {

@@ -31,9 +31,14 @@ pub struct Config {
     pub data_dir: String,
     /// Default routes are `NAME.<apps_domain>`. Default `apps.localhost`.
     pub apps_domain: String,
-    /// The token signing key file, shared with the firehose edge (created when absent).
-    /// Default `<data_dir>/signing.key`.
-    pub signing_key_file: Option<String>,
+    /// The directory of token signing keys (Ed25519, mode 0600; created with one key when
+    /// absent). Only this role holds it: every other role verifies with the public keys served
+    /// at `GET /token_keys`. See `hydrant_auth::KeyStore` for rotation. Default
+    /// `<data_dir>/token_keys`.
+    pub token_keys_dir: Option<String>,
+    /// OAuth2 clients that get tokens with the `client_credentials` grant: the roles that call
+    /// the API (`[[clients]]`). Default none.
+    pub clients: Vec<ClientConfig>,
     /// The administrator created at first start. Default `admin`.
     pub admin_user: String,
     /// The administrator's password. Unset: one is generated at first start and written to
@@ -44,8 +49,12 @@ pub struct Config {
     pub admin_password_file: Option<String>,
     /// PBKDF2-HMAC-SHA256 iterations for new password hashes. Default 100000; at least 1000.
     pub password_hash_iterations: u32,
-    /// Lifetime of a login token, seconds. Default 28800 (8 h).
+    /// Lifetime of an access token (login, refresh, client credentials), seconds. Default
+    /// 3600 (1 h); at most 30 days.
     pub token_ttl_secs: i64,
+    /// Lifetime of a refresh token (usable only at the token endpoint), seconds. Default
+    /// 2592000 (30 days); at most 90 days.
+    pub refresh_token_ttl_secs: i64,
     /// Lifetime of a `log_token`, seconds. Default 600.
     pub log_token_ttl_secs: i64,
     /// Lifetime of the token in a droplet URL handed to an executor, seconds. Default 900.
@@ -101,12 +110,14 @@ impl Default for Config {
             external_url: "http://127.0.0.1:9022".to_owned(),
             data_dir: "data/cloudcontroller".to_owned(),
             apps_domain: "apps.localhost".to_owned(),
-            signing_key_file: None,
+            token_keys_dir: None,
+            clients: Vec::new(),
             admin_user: "admin".to_owned(),
             admin_password: None,
             admin_password_file: None,
             password_hash_iterations: 100_000,
-            token_ttl_secs: 8 * 3600,
+            token_ttl_secs: 3600,
+            refresh_token_ttl_secs: 30 * 86_400,
             log_token_ttl_secs: 600,
             droplet_token_ttl_secs: 900,
             max_blob_bytes: 1 << 30,
@@ -220,6 +231,16 @@ impl Config {
             ("max_package_files", self.max_package_files, 10_000_000),
             ("max_request_bytes", self.max_request_bytes, 1 << 30),
             ("staging_queue", self.staging_queue, 10_000),
+        if !(1..=90 * 86_400).contains(&self.refresh_token_ttl_secs) {
+            return Err(invalid(
+                "refresh_token_ttl_secs",
+                "must be between 1 and 7776000 seconds (90 days)",
+            )
+            .into());
+        }
+        for (i, client) in self.clients.iter().enumerate() {
+            client.validate(&format!("clients[{i}]."))?;
+        }
             ("staging_workers", self.staging_workers, 64),
         ];
         for (field, value, max) in counts {
@@ -275,12 +296,12 @@ impl Config {
         PathBuf::from(&self.data_dir)
     }
 
-    /// The signing key file: `signing_key_file`, or `<data_dir>/signing.key`.
+    /// The token key directory: `token_keys_dir`, or `<data_dir>/token_keys`.
     #[must_use]
-    pub fn signing_key_path(&self) -> PathBuf {
-        self.signing_key_file
+    pub fn token_keys_path(&self) -> PathBuf {
+        self.token_keys_dir
             .as_ref()
-            .map_or_else(|| self.data_path().join("signing.key"), PathBuf::from)
+            .map_or_else(|| self.data_path().join("token_keys"), PathBuf::from)
     }
 
     /// Where a generated admin password goes.
@@ -418,7 +439,8 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.listen, "127.0.0.1:9022");
         assert_eq!(config.apps_domain, "apps.localhost");
-        assert!(config.signing_key_path().ends_with("signing.key"));
+        assert!(config.token_keys_path().ends_with("token_keys"));
+        assert_eq!(config.token_ttl_secs, 3600);
         let staging = &config.staging_isolation;
         assert_eq!(staging.mode, IsolationMode::Container);
         assert_eq!(staging.memory_mb, 1024);
@@ -427,6 +449,102 @@ mod tests {
             (
                 staging.network.bridge.as_str(),
                 staging.network.subnet.as_str()
+/// One OAuth2 client (`[[clients]]`): a role that calls the API gets its tokens with
+/// `grant_type = client_credentials` and this id and secret.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The client id (`client_id`). Letters, digits and `. _ -`.
+    pub id: String,
+    /// The secret inline. Set this or `secret_file`.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// A file holding the secret (read at start).
+    #[serde(default)]
+    pub secret_file: Option<String>,
+    /// The scopes its tokens carry (`admin`, `firehose`, `cloud_controller.read`,
+    /// `cloud_controller.write`, ...). Default `["cloud_controller.read"]`.
+    #[serde(default = "default_client_scopes")]
+    pub scopes: Vec<String>,
+    /// The audiences its tokens carry. Default `["hydrant-api"]`; add `"hydrant-logs"` for a
+    /// client that also reads the firehose.
+    #[serde(default = "default_client_audiences")]
+    pub audiences: Vec<String>,
+}
+
+fn default_client_scopes() -> Vec<String> {
+    vec![hydrant_auth::SCOPE_API_READ.to_owned()]
+}
+
+fn default_client_audiences() -> Vec<String> {
+    vec![hydrant_auth::AUD_API.to_owned()]
+}
+
+impl ClientConfig {
+    fn validate(&self, prefix: &str) -> Result<(), Error> {
+        let ok_id = !self.id.is_empty()
+            && self.id.len() <= 64
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok_id {
+            return Err(invalid(
+                format!("{prefix}id"),
+                "use 1 to 64 letters, digits and . _ -",
+            )
+            .into());
+        }
+        match (&self.secret, &self.secret_file) {
+            (Some(s), None) if s.len() >= 16 => {}
+            (Some(_), None) => {
+                return Err(
+                    invalid(format!("{prefix}secret"), "use at least 16 characters").into(),
+                );
+            }
+            (None, Some(f)) if !f.is_empty() => {}
+            _ => {
+                return Err(invalid(
+                    format!("{prefix}secret"),
+                    "set exactly one of secret or secret_file",
+                )
+                .into());
+            }
+        }
+        for aud in &self.audiences {
+            if ![hydrant_auth::AUD_API, hydrant_auth::AUD_LOGS].contains(&aud.as_str()) {
+                return Err(invalid(
+                    format!("{prefix}audiences"),
+                    format!("{aud:?}: use \"hydrant-api\" and/or \"hydrant-logs\""),
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The secret: inline, or the file's contents (trimmed).
+    pub(crate) fn load_secret(&self) -> Result<String, Error> {
+        if let Some(secret) = &self.secret {
+            return Ok(secret.clone());
+        }
+        let path = PathBuf::from(self.secret_file.as_deref().unwrap_or_default());
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let secret = text.trim().to_owned();
+        if secret.len() < 16 {
+            return Err(invalid(
+                "clients.secret_file",
+                format!("{} holds fewer than 16 characters", path.display()),
+            )
+            .into());
+        }
+        Ok(secret)
+    }
+}
+
             ),
             (STAGING_BRIDGE, STAGING_SUBNET)
         );

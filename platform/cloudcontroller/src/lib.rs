@@ -11,7 +11,8 @@
 //! - Desired state lives only in `data_dir` (SQLite in WAL mode, blobs, droplets): stopping
 //!   the role and starting it again on the same directory loses nothing.
 //! - The data plane never waits for this role: executors keep running what they run while it
-//!   is down, and tokens it issued keep verifying at the firehose edge.
+//!   is down, and tokens it issued keep verifying at the firehose edge (which holds only the
+//!   public keys from `GET /token_keys`; this role alone holds the private ones).
 //! - Every queue is bounded (staging queue, bus subscriptions) and every upload capped by
 //!   config; bad input is a JSON error that says what to fix, never a panic.
 //!
@@ -43,12 +44,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use hydrant_api::{Space, User};
-use hydrant_auth::SigningKey;
 use hydrant_bus::Bus;
 use hydrant_emitter::Registry;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Config, IsolationMode, StagingIsolation};
+pub use config::{ClientConfig, Config, IsolationMode, StagingIsolation};
 pub use error::Error;
 pub use staging::STATIC_START;
 
@@ -102,7 +102,10 @@ impl hydrant_runtime::Role for CloudController {
 pub(crate) struct Ctx {
     pub(crate) config: Config,
     pub(crate) db: db::Db,
-    pub(crate) key: SigningKey,
+    /// The token key directory: only this role can mint tokens.
+    pub(crate) keys: api::Keys,
+    /// OAuth2 clients (`client_credentials`).
+    pub(crate) clients: api::Clients,
     pub(crate) blobs: blobs::BlobStore,
     pub(crate) staging: staging::Queue,
     pub(crate) placement: placement::Placement,
@@ -139,14 +142,8 @@ async fn serve(
         path: data.clone(),
         source,
     })?;
-    let key_path = config.signing_key_path();
-    if let Some(parent) = key_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|source| Error::Io {
-            path: parent.to_path_buf(),
-            source,
-        })?;
-    }
-    let key = SigningKey::load_or_generate(&key_path)?;
+    let keys = api::Keys::open(config.token_keys_path())?;
+    let clients = api::Clients::load(&config.clients)?;
     let db = db::Db::open(&data.join("cloudcontroller.db"))?;
     bootstrap(&config, &db)?;
     let blobs = blobs::BlobStore::open(&data)?;
@@ -162,7 +159,8 @@ async fn serve(
     let ctx = Arc::new(Ctx {
         config,
         db,
-        key,
+        keys,
+        clients,
         blobs,
         staging: queue,
         placement: placement::Placement::default(),

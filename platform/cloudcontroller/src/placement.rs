@@ -738,13 +738,14 @@ fn start_message(
 ) -> Option<StartInstance> {
     let droplet = d.droplet.as_ref()?;
     let claims = Claims::new(format!("executor:{executor_id}"))
+        .for_audience(hydrant_auth::AUD_DROPLET)
         .with_scope(crate::api::droplet_scope(&droplet.guid))
         .expires_in(ctx.config.droplet_token_ttl_secs);
     let droplet_url = format!(
         "{}/internal/droplets/{}?token={}",
         ctx.config.base_url(),
         droplet.guid,
-        ctx.key.issue(&claims)
+        ctx.keys.signing().issue(&claims)
     );
     let app = &d.app;
     Some(StartInstance {

@@ -106,7 +106,7 @@ impl Sandbox {
         let data = config.data_path();
         let hidden = [
             data.clone(),
-            config.signing_key_path(),
+            config.token_keys_path(),
             config.admin_password_path(),
         ]
         .into_iter()

@@ -268,8 +268,14 @@ async fn a_hostile_npm_install_script_gets_nothing_of_the_platform() {
     });
 
     let data_dir = std::fs::canonicalize(data.path()).unwrap();
+    // A private token signing key: the one secret that mints every token.
+    let signing_key = std::fs::read_dir(cc.config.token_keys_path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "key"))
+        .unwrap();
     let targets = serde_json::json!({
-        "key": cc.config.signing_key_path(),
+        "key": signing_key,
         "password": cc.config.admin_password_path(),
         "db": data_dir.join("cloudcontroller.db"),
         "data": data_dir,
@@ -277,10 +283,7 @@ async fn a_hostile_npm_install_script_gets_nothing_of_the_platform() {
         "listener": listener_port,
     })
     .to_string();
-    assert!(
-        cc.config.signing_key_path().is_file(),
-        "the key the script tries exists"
-    );
+    assert!(signing_key.is_file(), "the key the script tries exists");
     let package = br#"{"name":"probe","version":"1.0.0",
         "scripts":{"install":"node probe.js","start":"node probe.js"}}"#;
     let (app, build) = cc

@@ -63,7 +63,9 @@ impl Pipeline {
         .await
         .expect("the pipeline starts on ephemeral loopback ports");
         let token = cloud.key.issue(
-            &hydrant_auth::Claims::new("nozzle-test").with_scope(hydrant_auth::SCOPE_FIREHOSE),
+            &hydrant_auth::Claims::new("nozzle-test")
+                .for_audience(hydrant_auth::AUD_LOGS)
+                .with_scope(hydrant_auth::SCOPE_FIREHOSE),
         );
         Self {
             agent: cloud.agent_url.clone(),

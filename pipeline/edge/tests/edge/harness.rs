@@ -27,12 +27,18 @@ use tonic::{Request, Response, Status};
 
 pub type Ws = WebSocketStream<TcpStream>;
 
-/// The key every test edge verifies with.
+/// The key the tests' "cloud controller" signs with; a test edge holds only its public half.
 pub fn key() -> SigningKey {
-    SigningKey::from_bytes(&[9u8; 32]).unwrap()
+    static KEY: std::sync::OnceLock<SigningKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| SigningKey::generate().unwrap()).clone()
 }
 
-pub fn token(claims: Claims) -> String {
+/// `claims` signed by the test key, for this edge (`hydrant-logs`) unless they name an
+/// audience themselves.
+pub fn token(mut claims: Claims) -> String {
+    if claims.aud.is_empty() {
+        claims = claims.for_audience(hydrant_auth::AUD_LOGS);
+    }
     key().issue(&claims)
 }
 
@@ -316,7 +322,7 @@ pub struct Edge {
 pub fn config(dopplers: Vec<String>) -> Config {
     Config {
         dopplers,
-        signing_key: Some(key().to_hex()),
+        token_keys: Some(key().key_set().to_json()),
         reconnect_min_ms: 10,
         reconnect_max_ms: 100,
         slow_consumer_timeout_secs: 1.0,

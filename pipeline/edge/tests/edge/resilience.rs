@@ -77,14 +77,14 @@ async fn a_bad_config_is_refused_before_anything_starts() {
         admin: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
     };
     let bad = hydrant_firehose::Config {
-        signing_key_file: Some("/nonexistent/signing.key".into()),
+        token_keys_file: Some("/nonexistent/token_keys.json".into()),
         ..hydrant_firehose::Config::default()
     };
     let err = hydrant_firehose::run(bad, listeners, tokio_util::sync::CancellationToken::new())
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("/nonexistent/signing.key"),
+        err.to_string().contains("/nonexistent/token_keys.json"),
         "{err}"
     );
 }

@@ -796,11 +796,14 @@ async fn log_token(
         .run(move |c| app_for(c, &caller, &guid, Access::Read))
         .await?;
     let ttl = ctx.config.log_token_ttl_secs;
-    let claims = Claims::new(username)
+    // For the firehose edge only, one app only: never the API, never the firehose.
+    let mut claims = Claims::new(username)
+        .for_audience(hydrant_auth::AUD_LOGS)
         .with_scope(Scope::app_read(&app.guid))
         .expires_in(ttl);
+    claims.iss = ctx.config.base_url().to_owned();
     Ok(Json(LogToken {
-        token: ctx.key.issue(&claims),
+        token: ctx.keys.signing().issue(&claims),
         source_id: app.guid,
         expires_in: ttl,
     }))

@@ -321,8 +321,9 @@ async fn download_droplet(
         ApiError::unauthenticated("droplet downloads need the token from the droplet URL")
     })?;
     let claims = ctx
-        .key
-        .verify(&token)
+        .keys
+        .key_set()
+        .verify(&token, hydrant_auth::AUD_DROPLET)
         .map_err(|e| ApiError::unauthenticated(e.to_string()))?;
     let scope = droplet_scope(&guid);
     if !claims.scopes.contains(&scope) {

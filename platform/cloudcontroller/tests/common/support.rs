@@ -47,6 +47,7 @@ pub struct Options {
     pub agent: Option<String>,
     pub max_blob_bytes: u64,
     pub allow_private_drains: bool,
+    pub clients: Vec<hydrant_cloudcontroller::ClientConfig>,
 }
 
 impl Options {
@@ -56,6 +57,7 @@ impl Options {
             agent: None,
             max_blob_bytes: 1 << 30,
             allow_private_drains: false,
+            clients: Vec::new(),
         }
     }
 }
@@ -72,6 +74,7 @@ impl Cc {
             executor_request_timeout_ms: 1000,
             max_blob_bytes: options.max_blob_bytes,
             allow_private_drains: options.allow_private_drains,
+            clients: options.clients.clone(),
             endpoints: BTreeMap::from([("firehose".into(), "ws://127.0.0.1:1".into())]),
             bus: BusConfig::inprocess(&options.bus),
             ..Config::default()

@@ -56,7 +56,7 @@ async fn login_info_and_401s() {
     assert!(err.detail().unwrap().contains("log in"), "{err}");
     let err = cc
         .anonymous()
-        .with_token("hyd1.garbage.token")
+        .with_token("garbage.not.token")
         .list_apps()
         .await
         .unwrap_err();
@@ -280,12 +280,18 @@ async fn developers_auditors_and_outsiders() {
             .is_empty()
     );
 
-    // Developers and auditors get log tokens the firehose edge accepts for this app only.
-    let key = hydrant_auth::SigningKey::load(dir.path().join("signing.key")).unwrap();
+    // Developers and auditors get log tokens the firehose edge accepts for this app only,
+    // verified with nothing but the published public keys.
+    let _ = &dir;
+    let keys = published_keys(&cc).await;
     for client in [&dev, &aud] {
         let token = client.log_token(&app.guid).await.unwrap();
         assert_eq!(token.source_id, app.guid);
-        let claims = key.verify(&token.token).unwrap();
+        let claims = keys.verify(&token.token, hydrant_auth::AUD_LOGS).unwrap();
+        assert!(
+            keys.verify(&token.token, hydrant_auth::AUD_API).is_err(),
+            "a log token is never an API token"
+        );
         assert!(claims.can_read_source(&app.guid));
         assert!(!claims.can_read_source("another-app"));
         assert!(!claims.can_read_firehose());
@@ -659,8 +665,9 @@ async fn placement_spreads_respects_capacity_and_waits_for_room() {
     assert_eq!(sha(&body), start.droplet_sha256);
     let bare = start.droplet_url.split('?').next().unwrap().to_owned();
     assert_eq!(reqwest::get(&bare).await.unwrap().status(), 401);
+    // An API token is not a droplet token, admin or not: wrong audience.
     let forged = format!("{bare}?token={}", cc.admin.token().unwrap());
-    assert_eq!(reqwest::get(&forged).await.unwrap().status(), 403);
+    assert_eq!(reqwest::get(&forged).await.unwrap().status(), 401);
     let tampered = format!("{}x", start.droplet_url);
     assert_eq!(reqwest::get(&tampered).await.unwrap().status(), 401);
 
@@ -911,7 +918,299 @@ async fn a_restart_on_the_same_data_dir_keeps_everything() {
     assert_eq!(outcome.uploaded_files, 0);
     // Old tokens stay valid: the signing key was kept.
     let token = cc.admin.log_token(&app.guid).await.unwrap();
-    let key = hydrant_auth::SigningKey::load(dir.path().join("signing.key")).unwrap();
-    key.verify(&token.token).unwrap();
+    let keys = published_keys(&cc).await;
+    keys.verify(&token.token, hydrant_auth::AUD_LOGS).unwrap();
+    let _ = &dir;
     cc.stop().await;
+}
+
+// === tokens: only the auth server mints them, and every check names its audience ===
+
+/// `GET /token_keys`, parsed: what every verifying role holds.
+async fn published_keys(cc: &Cc) -> hydrant_auth::KeySet {
+    let body = reqwest::get(format!("{}/token_keys", cc.url))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    hydrant_auth::KeySet::from_json(&body).unwrap()
+}
+
+/// The status of `method path` with `token` (none when `None`).
+async fn status(cc: &Cc, method: reqwest::Method, path: &str, token: Option<&str>) -> u16 {
+    let mut request = reqwest::Client::new().request(method, format!("{}{path}", cc.url));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+/// The token half of the auth matrix against the API: each kind of token, on a read and a
+/// write of an app, gets exactly the expected status, and nothing is allowed that should not
+/// be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_token_matrix_has_no_unexpected_allows() {
+    use hydrant_auth::{
+        AUD_API, AUD_LOGS, Claims, KeyStore, SCOPE_ADMIN, SCOPE_API_READ, SCOPE_API_WRITE,
+    };
+    let (dir, cc) = Cc::fresh("cc-token-matrix").await;
+    let app = cc.app("matrix").await;
+    let other_space = cc
+        .admin
+        .create_space("elsewhere")
+        .await
+        .unwrap();
+    let outsider = cc
+        .user("outsider", Some((&other_space.guid, SpaceRole::Developer)))
+        .await;
+    // The test reads the controller's own key directory to mint the odd tokens a real
+    // issuer never would (expired, wrong audience, narrow scopes): same key, so only the
+    // claims differ.
+    let key = KeyStore::open(dir.path().join("token_keys"))
+        .unwrap()
+        .signing()
+        .clone();
+    let admin_claims = || {
+        Claims::new("admin")
+            .for_audience(AUD_API)
+            .for_audience(AUD_LOGS)
+            .with_scope(SCOPE_ADMIN)
+            .with_scope(SCOPE_API_READ)
+            .with_scope(SCOPE_API_WRITE)
+    };
+    let mut expired = admin_claims();
+    expired.iat -= 7200;
+    expired.exp = hydrant_auth::now_secs() - 60;
+    let mut logs_only = admin_claims();
+    logs_only.aud = vec![AUD_LOGS.to_owned()];
+    let mut no_api_scope = admin_claims();
+    no_api_scope.scopes = vec!["firehose".to_owned()];
+    let mut read_only = admin_claims();
+    read_only.scopes = vec![SCOPE_ADMIN.to_owned(), SCOPE_API_READ.to_owned()];
+    let log_token = cc.admin.log_token(&app.guid).await.unwrap().token;
+    let forged = hydrant_auth::SigningKey::generate()
+        .unwrap()
+        .issue(&admin_claims());
+    let refresh = cc
+        .anonymous()
+        .login("admin", crate::support::ADMIN_PASSWORD)
+        .await
+        .unwrap()
+        .refresh_token
+        .unwrap();
+
+    let read = format!("/v3/apps/{}", app.guid);
+    let write = format!("/v3/apps/{}/actions/stop", app.guid);
+    let rows: Vec<(&str, Option<String>, u16, u16)> = vec![
+        ("no token", None, 401, 401),
+        ("expired", Some(key.issue(&expired)), 401, 401),
+        (
+            "wrong audience (logs only)",
+            Some(key.issue(&logs_only)),
+            401,
+            401,
+        ),
+        ("wrong audience (a log token)", Some(log_token), 401, 401),
+        ("wrong audience (a refresh token)", Some(refresh), 401, 401),
+        ("a key not in /token_keys", Some(forged), 401, 401),
+        (
+            "wrong scope (no API scope)",
+            Some(key.issue(&no_api_scope)),
+            403,
+            403,
+        ),
+        (
+            "wrong scope (read only)",
+            Some(key.issue(&read_only)),
+            200,
+            403,
+        ),
+        (
+            "another space's user",
+            outsider.token().map(str::to_owned),
+            404,
+            404,
+        ),
+        ("admin", cc.admin.token().map(str::to_owned), 200, 200),
+    ];
+    let mut table = Vec::new();
+    let mut unexpected_allows = Vec::new();
+    for (name, token, want_read, want_write) in &rows {
+        let got_read = status(&cc, reqwest::Method::GET, &read, token.as_deref()).await;
+        let got_write = status(&cc, reqwest::Method::POST, &write, token.as_deref()).await;
+        for (what, want, got) in [
+            ("read", want_read, got_read),
+            ("write", want_write, got_write),
+        ] {
+            if got < 300 && *want >= 300 {
+                unexpected_allows.push(format!("{name} / {what}: {got}"));
+            }
+            if got != *want {
+                table.push(format!("{name} / {what}: want {want}, got {got}"));
+            }
+        }
+    }
+    assert!(
+        unexpected_allows.is_empty(),
+        "unexpected allows: {unexpected_allows:#?}"
+    );
+    assert!(table.is_empty(), "unexpected statuses: {table:#?}");
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_keys_refresh_and_client_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("autoscaler.secret");
+    std::fs::write(&secret_file, "s3cret-s3cret-s3cret\n").unwrap();
+    // UAA's shape, public halves only.
+    let (_d, plain) = Cc::fresh("cc-token-keys").await;
+    let doc: serde_json::Value = reqwest::get(format!("{}/token_keys", plain.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = &doc["keys"][0];
+    assert_eq!(key["kty"], "OKP");
+    assert_eq!(key["crv"], "Ed25519");
+    assert_eq!(key["alg"], "EdDSA");
+    assert_eq!(key["use"], "sig");
+    assert!(key.get("d").is_none(), "never the private half: {doc}");
+
+    // A refresh token renews the access token, with the user's scopes as they are now.
+    let login = plain
+        .anonymous()
+        .login("admin", crate::support::ADMIN_PASSWORD)
+        .await
+        .unwrap();
+    let refresh = login.refresh_token.unwrap();
+    let renewed = plain.anonymous().refresh(&refresh).await.unwrap();
+    assert!(renewed.scopes.iter().any(|s| s == "admin"));
+    let me = plain
+        .anonymous()
+        .with_token(renewed.access_token)
+        .me()
+        .await
+        .unwrap();
+    assert_eq!(me.user.username, "admin");
+    // An access token is not a refresh token.
+    let err = plain
+        .anonymous()
+        .refresh(plain.admin.token().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(401), "{err}");
+    plain.stop().await;
+
+    // Client credentials: a configured client gets a token with its configured scopes.
+    let data = tempfile::tempdir().unwrap();
+    let mut options = Options::new("cc-clients");
+    options.clients = vec![hydrant_cloudcontroller::ClientConfig {
+        id: "autoscaler".into(),
+        secret: None,
+        secret_file: Some(secret_file.display().to_string()),
+        scopes: vec!["cloud_controller.read".into()],
+        audiences: vec!["hydrant-api".into()],
+    }];
+    let cc = Cc::start(data.path(), &options).await;
+    let bad = cc
+        .anonymous()
+        .client_credentials("autoscaler", "wrong-wrong-wrong")
+        .await
+        .unwrap_err();
+    assert_eq!(bad.status(), Some(401));
+    let granted = cc
+        .anonymous()
+        .client_credentials("autoscaler", "s3cret-s3cret-s3cret")
+        .await
+        .unwrap();
+    assert!(granted.refresh_token.is_none());
+    let client = cc.anonymous().with_token(granted.access_token.clone());
+    client.list_apps().await.unwrap();
+    let app = cc.app("scaled").await;
+    let write = format!("/v3/apps/{}/actions/stop", app.guid);
+    assert_eq!(
+        status(
+            &cc,
+            reqwest::Method::POST,
+            &write,
+            Some(&granted.access_token)
+        )
+        .await,
+        403,
+        "read scope only"
+    );
+    cc.stop().await;
+}
+
+/// Rotation: a key staged and activated on disk signs new tokens while the old key's tokens
+/// keep verifying, with no restart; after retirement the old key is no longer published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_without_a_restart() {
+    let (dir, cc) = Cc::fresh("cc-rotation").await;
+    let keys_dir = dir.path().join("token_keys");
+    let old_token = cc.admin.token().unwrap().to_owned();
+    let old_kid = hydrant_auth::KeyStore::open(&keys_dir)
+        .unwrap()
+        .signing()
+        .kid()
+        .to_owned();
+    let new_kid = hydrant_auth::KeyStore::stage(&keys_dir).unwrap();
+    wait_for(WAIT, "the staged key to be published", || async {
+        published_keys(&cc).await.contains(&new_kid)
+    })
+    .await;
+    hydrant_auth::KeyStore::activate(&keys_dir, &new_kid).unwrap();
+    wait_for(WAIT, "the new key to sign", || async {
+        let t = cc
+            .anonymous()
+            .login("admin", crate::support::ADMIN_PASSWORD)
+            .await
+            .unwrap();
+        t.access_token.contains(&new_kid_header(&new_kid))
+    })
+    .await;
+    let new_token = cc
+        .anonymous()
+        .login("admin", crate::support::ADMIN_PASSWORD)
+        .await
+        .unwrap()
+        .access_token;
+    // The overlap: both verify, at the API and with the published keys.
+    let keys = published_keys(&cc).await;
+    for t in [&old_token, &new_token] {
+        keys.verify(t, hydrant_auth::AUD_API).unwrap();
+        cc.anonymous()
+            .with_token(t.clone())
+            .list_apps()
+            .await
+            .unwrap();
+    }
+    hydrant_auth::KeyStore::retire(&keys_dir, &old_kid).unwrap();
+    wait_for(WAIT, "the old key to be withdrawn", || async {
+        !published_keys(&cc).await.contains(&old_kid)
+    })
+    .await;
+    let err = cc
+        .anonymous()
+        .with_token(old_token)
+        .list_apps()
+        .await
+        .unwrap_err();
+    assert!(err.is_unauthenticated(), "{err}");
+    cc.anonymous()
+        .with_token(new_token)
+        .list_apps()
+        .await
+        .unwrap();
+    cc.stop().await;
+}
+
+/// The base64url JWT header a token signed with `kid` starts with.
+fn new_kid_header(kid: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!(r#"{{"alg":"EdDSA","typ":"JWT","kid":"{kid}"}}"#))
 }
