@@ -9,6 +9,15 @@ use std::collections::HashMap;
 
 use hydrant_envelope::v2;
 
+/// The tags the platform puts on an app's web-process envelopes: app `web` in space `dev` of
+/// org `demo`.
+pub const APP_TAGS: [(&str, &str); 4] = [
+    ("source_type", "APP/PROC/WEB"),
+    ("organization_name", "demo"),
+    ("space_name", "dev"),
+    ("app_name", "web"),
+];
+
 /// Tags as the envelope carries them, from `(key, value)` pairs.
 #[must_use]
 pub fn tags(pairs: &[(&str, &str)]) -> HashMap<String, String> {
