@@ -11,26 +11,17 @@ use hydrant_envelope::v2;
 use hydrant_envelope::wire::encode;
 use hydrant_nozzle_otlp::encode::{Item, Mapping, MetricsEncoder};
 use hydrant_nozzle_otlp::export::RequestEncoder;
+use hydrant_testkit::envelopes::{self, APP_TAGS, counter, gauge, timer};
 
 const BATCH: usize = 1_000;
 
 fn envelope(i: usize, message: v2::envelope::Message) -> bytes::Bytes {
-    encode(&v2::Envelope {
-        timestamp: 1_700_000_000_000_000_000 + i as i64 * 1_001_000,
-        source_id: format!("6f1c8e6a-2b9d-4c47-9a43-0d7c5b1e2f3{}", i % 4),
-        instance_id: (i % 3).to_string(),
-        tags: [
-            ("source_type", "APP/PROC/WEB"),
-            ("organization_name", "demo"),
-            ("space_name", "dev"),
-            ("app_name", "web"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect(),
-        message: Some(message),
-        ..v2::Envelope::default()
-    })
+    let timestamp = 1_700_000_000_000_000_000 + i as i64 * 1_001_000;
+    let source = format!("6f1c8e6a-2b9d-4c47-9a43-0d7c5b1e2f3{}", i % 4);
+    let instance = (i % 3).to_string();
+    encode(&envelopes::envelope(
+        timestamp, &source, &instance, &APP_TAGS, message,
+    ))
 }
 
 fn log_items() -> Vec<Item> {
@@ -54,26 +45,14 @@ fn metric_items() -> Vec<Item> {
     let mut items = Vec::with_capacity(BATCH);
     let mut i = 0;
     while items.len() < BATCH {
+        let v = i as f64;
         let gauge = envelope(
             i,
-            v2::envelope::Message::Gauge(v2::Gauge {
-                metrics: [
-                    ("cpu", "percentage"),
-                    ("memory", "bytes"),
-                    ("disk", "bytes"),
-                ]
-                .into_iter()
-                .map(|(n, u)| {
-                    (
-                        n.to_owned(),
-                        v2::GaugeValue {
-                            unit: u.to_owned(),
-                            value: i as f64,
-                        },
-                    )
-                })
-                .collect(),
-            }),
+            gauge(&[
+                ("cpu", v, "percentage"),
+                ("memory", v, "bytes"),
+                ("disk", v, "bytes"),
+            ]),
         );
         for point in 0..3 {
             items.push(Item {
@@ -81,22 +60,12 @@ fn metric_items() -> Vec<Item> {
                 point,
             });
         }
-        let counter = v2::envelope::Message::Counter(v2::Counter {
-            name: "requests".to_owned(),
-            delta: 1,
-            total: i as u64,
-        });
         items.push(Item {
-            envelope: envelope(i, counter),
+            envelope: envelope(i, counter("requests", 1, i as u64)),
             point: 0,
         });
-        let timer = v2::envelope::Message::Timer(v2::Timer {
-            name: "http".to_owned(),
-            start: 0,
-            stop: (i as i64 % 500) * 1_000_000,
-        });
         items.push(Item {
-            envelope: envelope(i, timer),
+            envelope: envelope(i, timer("http", 0, (i as i64 % 500) * 1_000_000)),
             point: 0,
         });
         i += 1;

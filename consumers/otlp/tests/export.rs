@@ -2,57 +2,35 @@
 //! firehose edge), the nozzle reading the firehose, and a local OTLP/gRPC receiver decoding
 //! and checking every request. Each test asserts the ledger: every record the app emitted
 //! arrives exactly once, or is counted as dropped with its reason.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+
+#![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
 #[path = "support/pipeline.rs"]
 mod pipeline;
 #[path = "support/receiver.rs"]
 mod receiver;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use hydrant_emitter::Emitter;
 use hydrant_envelope::v2;
 use hydrant_nozzle_core::QueueLimits;
+use hydrant_nozzle_otlp::Config;
 use hydrant_nozzle_testkit::{Pipeline, Probe, metric as scrape_metric, scrape};
+use hydrant_testkit::envelopes::{APP_TAGS, counter, envelope, gauge, timer};
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::metrics::v1::{Metric, metric, number_data_point};
 use pipeline::{Nozzle, nozzle_config, start_nozzle};
-use receiver::{Answer, Receiver};
+use receiver::{Answer, Receiver, Server};
 use tonic::Code;
 
 const APP: &str = "6f1c8e6a-2b9d-4c47-9a43-0d7c5b1e2f30";
 const BASE_NS: i64 = 1_700_000_000_000_000_000;
 const WAIT: Duration = Duration::from_secs(30);
 
-fn app_tags() -> HashMap<String, String> {
-    [
-        ("source_type", "APP/PROC/WEB"),
-        ("app_name", "web"),
-        ("space_name", "dev"),
-        ("organization_name", "demo"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
-}
-
 fn app_envelope(i: usize, message: v2::envelope::Message) -> v2::Envelope {
-    v2::Envelope {
-        timestamp: BASE_NS + i as i64,
-        source_id: APP.to_owned(),
-        instance_id: "1".to_owned(),
-        tags: app_tags(),
-        message: Some(message),
-        ..v2::Envelope::default()
-    }
+    envelope(BASE_NS + i as i64, APP, "1", &APP_TAGS, message)
 }
 
 fn payload(i: usize) -> String {
@@ -172,47 +150,20 @@ const TIMERS: usize = 40;
 
 fn emit_metrics(emitter: &Emitter) {
     for i in 0..COUNTERS {
-        emitter.emit(&app_envelope(
-            i,
-            v2::envelope::Message::Counter(v2::Counter {
-                name: "requests".to_owned(),
-                delta: 2,
-                total: 2 * (i as u64 + 1),
-            }),
-        ));
+        emitter.emit(&app_envelope(i, counter("requests", 2, 2 * (i as u64 + 1))));
     }
     for i in 0..GAUGES {
         emitter.emit(&app_envelope(
             i,
-            v2::envelope::Message::Gauge(v2::Gauge {
-                metrics: [
-                    ("cpu", i as f64 / 2.0, "percentage"),
-                    ("memory", 1_000.0 + i as f64, "bytes"),
-                ]
-                .into_iter()
-                .map(|(n, v, u)| {
-                    (
-                        n.to_owned(),
-                        v2::GaugeValue {
-                            unit: u.to_owned(),
-                            value: v,
-                        },
-                    )
-                })
-                .collect(),
-            }),
+            gauge(&[
+                ("cpu", i as f64 / 2.0, "percentage"),
+                ("memory", 1_000.0 + i as f64, "bytes"),
+            ]),
         ));
     }
     for i in 0..TIMERS {
         // Durations i ms: 0..=5 ms fall in the first bucket, the rest spread above.
-        let mut e = app_envelope(
-            i,
-            v2::envelope::Message::Timer(v2::Timer {
-                name: "http".to_owned(),
-                start: BASE_NS,
-                stop: BASE_NS + i as i64 * 1_000_000,
-            }),
-        );
+        let mut e = app_envelope(i, timer("http", BASE_NS, BASE_NS + i as i64 * 1_000_000));
         e.tags.insert("status_code".to_owned(), "200".to_owned());
         e.tags.insert("request_id".to_owned(), format!("req-{i}"));
         emitter.emit(&e);
@@ -322,14 +273,31 @@ async fn wait_accounted(nozzle: &Nozzle) -> String {
     .await
 }
 
+/// Serves `receiver` on loopback and starts the pipeline; the config is for a nozzle exporting
+/// to it logs only (metrics off, so every count is of logs).
+async fn logs_only(receiver: &Receiver) -> (Server, Pipeline, Config) {
+    let server = receiver.serve("127.0.0.1:0".parse().unwrap()).await;
+    let pipeline = Pipeline::start().await;
+    let mut config = nozzle_config(&pipeline, &format!("http://{}", server.addr));
+    config.export_metrics = false;
+    (server, pipeline, config)
+}
+
+/// Starts a nozzle on `pipeline` and waits until app logs flow through it.
+async fn flowing(pipeline: &Pipeline, config: Config) -> (Nozzle, Emitter) {
+    let nozzle = start_nozzle(config).await;
+    let emitter = pipeline.emitter();
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
+    (nozzle, emitter)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_and_metrics_arrive_mapped_exactly_once() {
     let receiver = Receiver::new();
     let server = receiver.serve("127.0.0.1:0".parse().unwrap()).await;
     let pipeline = Pipeline::start().await;
-    let nozzle = start_nozzle(nozzle_config(&pipeline, &format!("http://{}", server.addr))).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
+    let config = nozzle_config(&pipeline, &format!("http://{}", server.addr));
+    let (nozzle, emitter) = flowing(&pipeline, config).await;
 
     const N: usize = 1_000;
     emit_logs(&emitter, 0..N);
@@ -397,10 +365,7 @@ async fn logs_and_metrics_arrive_mapped_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_copies_on_one_subscription_split_the_stream_without_false_loss() {
     let receiver = Receiver::new();
-    let server = receiver.serve("127.0.0.1:0".parse().unwrap()).await;
-    let pipeline = Pipeline::start().await;
-    let mut config = nozzle_config(&pipeline, &format!("http://{}", server.addr));
-    config.export_metrics = false;
+    let (_server, pipeline, config) = logs_only(&receiver).await;
     let (a, b) = (
         start_nozzle(config.clone()).await,
         start_nozzle(config).await,
@@ -444,14 +409,9 @@ async fn unavailable_is_retried_then_delivered() {
     let receiver = Receiver::new();
     receiver.script(&[Answer::Fail(Code::Unavailable); 2]);
     receiver.script(&[Answer::Fail(Code::ResourceExhausted)]);
-    let server = receiver.serve("127.0.0.1:0".parse().unwrap()).await;
-    let pipeline = Pipeline::start().await;
-    let mut config = nozzle_config(&pipeline, &format!("http://{}", server.addr));
-    config.export_metrics = false;
+    let (_server, pipeline, mut config) = logs_only(&receiver).await;
     config.retry.max_retries = 10;
-    let nozzle = start_nozzle(config).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
+    let (nozzle, emitter) = flowing(&pipeline, config).await;
 
     const N: usize = 300;
     emit_logs(&emitter, 0..N);
@@ -477,13 +437,8 @@ async fn unavailable_is_retried_then_delivered() {
 async fn invalid_argument_is_not_retried_and_is_counted() {
     let receiver = Receiver::new();
     receiver.logs_answer(Answer::Fail(Code::InvalidArgument));
-    let server = receiver.serve("127.0.0.1:0".parse().unwrap()).await;
-    let pipeline = Pipeline::start().await;
-    let mut config = nozzle_config(&pipeline, &format!("http://{}", server.addr));
-    config.export_metrics = false;
-    let nozzle = start_nozzle(config).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
+    let (_server, pipeline, config) = logs_only(&receiver).await;
+    let (nozzle, emitter) = flowing(&pipeline, config).await;
 
     emit_logs(&emitter, 0..200);
     hydrant_testkit::wait_for(WAIT, "the app's logs to be read", || async {
@@ -518,13 +473,8 @@ async fn invalid_argument_is_not_retried_and_is_counted() {
 async fn partial_success_rejections_are_counted_as_dropped() {
     let receiver = Receiver::new();
     receiver.logs_answer(Answer::Partial(1));
-    let server = receiver.serve("127.0.0.1:0".parse().unwrap()).await;
-    let pipeline = Pipeline::start().await;
-    let mut config = nozzle_config(&pipeline, &format!("http://{}", server.addr));
-    config.export_metrics = false;
-    let nozzle = start_nozzle(config).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
+    let (_server, pipeline, config) = logs_only(&receiver).await;
+    let (nozzle, emitter) = flowing(&pipeline, config).await;
 
     emit_logs(&emitter, 0..300);
     hydrant_testkit::wait_for(WAIT, "every app log", || async {
@@ -566,10 +516,8 @@ async fn receiver_down_then_back_drains_the_backlog_and_counts_the_overflow() {
     };
     // Enough retries to outlast the outage: the queue, not the retry budget, absorbs it.
     config.retry.max_retries = 1_000;
-    let nozzle = start_nozzle(config).await;
-    let emitter = pipeline.emitter();
     // The receiver is down, so "flowing" means the nozzle read (and queued) the probe.
-    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
+    let (nozzle, emitter) = flowing(&pipeline, config).await;
 
     const N: usize = 400;
     emit_logs(&emitter, 0..N);

@@ -8,19 +8,11 @@ use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 
 use super::{Item, Mapping, MetricsEncoder, Route, logs_request};
 use crate::config::{Config, Temporality};
+use hydrant_testkit::envelopes::{self, counter, gauge, timer};
 
 fn envelope(message: v2::envelope::Message, tags: &[(&str, &str)]) -> Bytes {
-    encode(&v2::Envelope {
-        timestamp: 1_700_000_000_123_456_789,
-        source_id: "app-guid".to_owned(),
-        instance_id: "2".to_owned(),
-        tags: tags
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-        message: Some(message),
-        ..v2::Envelope::default()
-    })
+    let e = envelopes::envelope(1_700_000_000_123_456_789, "app-guid", "2", tags, message);
+    encode(&e)
 }
 
 fn item(envelope: &Bytes, point: u32) -> Item {
@@ -138,28 +130,9 @@ fn routes_follow_the_config() {
         mapping.route(&EnvelopeView::parse(&e).unwrap())
     };
     assert_eq!(route(log(b"x", false)), Route::Logs);
-    let gauge = v2::envelope::Message::Gauge(v2::Gauge {
-        metrics: [("cpu", 1.0), ("memory", 2.0), ("disk", 3.0)]
-            .into_iter()
-            .map(|(n, v)| {
-                (
-                    n.to_owned(),
-                    v2::GaugeValue {
-                        unit: "x".to_owned(),
-                        value: v,
-                    },
-                )
-            })
-            .collect(),
-    });
+    let gauge = gauge(&[("cpu", 1.0, "x"), ("memory", 2.0, "x"), ("disk", 3.0, "x")]);
     assert_eq!(route(gauge), Route::Metrics(3));
-    let timer = |name: &str| {
-        v2::envelope::Message::Timer(v2::Timer {
-            name: name.to_owned(),
-            start: 0,
-            stop: 1,
-        })
-    };
+    let timer = |name: &str| timer(name, 0, 1);
     assert_eq!(route(timer("http")), Route::Metrics(1));
     assert_eq!(route(timer("db")), Route::Skip("timer_not_exported"));
     let no_metrics = Mapping::new(&Config {
@@ -171,14 +144,6 @@ fn routes_follow_the_config() {
         no_metrics.route(&EnvelopeView::parse(&e).unwrap()),
         Route::Skip("metrics_disabled")
     );
-}
-
-fn counter(name: &str, delta: u64, total: u64) -> v2::envelope::Message {
-    v2::envelope::Message::Counter(v2::Counter {
-        name: name.to_owned(),
-        delta,
-        total,
-    })
 }
 
 fn int_points(data: &metric::Data) -> Vec<i64> {
@@ -242,28 +207,11 @@ fn counters_are_cumulative_totals_or_deltas() {
 #[test]
 fn gauges_and_http_timers() {
     let gauge = envelope(
-        v2::envelope::Message::Gauge(v2::Gauge {
-            metrics: [("cpu", 12.5, "percentage"), ("memory", 1024.0, "bytes")]
-                .into_iter()
-                .map(|(n, v, u)| {
-                    (
-                        n.to_owned(),
-                        v2::GaugeValue {
-                            unit: u.to_owned(),
-                            value: v,
-                        },
-                    )
-                })
-                .collect(),
-        }),
+        gauge(&[("cpu", 12.5, "percentage"), ("memory", 1024.0, "bytes")]),
         &[],
     );
     let timer = envelope(
-        v2::envelope::Message::Timer(v2::Timer {
-            name: "http".to_owned(),
-            start: 1_000_000_000,
-            stop: 1_030_000_000,
-        }),
+        timer("http", 1_000_000_000, 1_030_000_000),
         &[
             ("status_code", "200"),
             ("request_id", "r-1"),
