@@ -8,33 +8,22 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hydrant_envelope::v2;
 use hydrant_envelope::wire::{EnvelopeView, encode as encode_envelope};
 use hydrant_nozzle_syslog::{DrainData, EncoderOptions, encode};
+use hydrant_testkit::envelopes::{APP_TAGS, envelope};
 
 const ENVELOPES: usize = 1_000;
 
 fn envelopes() -> Vec<Vec<u8>> {
     (0..ENVELOPES)
         .map(|i| {
-            let e = v2::Envelope {
-                timestamp: 1_700_000_000_000_000_000 + i as i64 * 1_001_000,
-                source_id: "6f1c8e6a-2b9d-4c47-9a43-0d7c5b1e2f30".to_owned(),
-                instance_id: (i % 4).to_string(),
-                tags: [
-                    ("source_type", "APP/PROC/WEB"),
-                    ("organization_name", "demo"),
-                    ("space_name", "dev"),
-                    ("app_name", "web"),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-                message: Some(v2::envelope::Message::Log(v2::Log {
-                    payload: format!("{i:06} GET /index.html 200 {}", "x".repeat(80))
-                        .into_bytes()
-                        .into(),
-                    r#type: 0,
-                })),
-                ..v2::Envelope::default()
-            };
+            let timestamp = 1_700_000_000_000_000_000 + i as i64 * 1_001_000;
+            let line = v2::envelope::Message::Log(v2::Log {
+                payload: format!("{i:06} GET /index.html 200 {}", "x".repeat(80))
+                    .into_bytes()
+                    .into(),
+                r#type: 0,
+            });
+            let source = "6f1c8e6a-2b9d-4c47-9a43-0d7c5b1e2f30";
+            let e = envelope(timestamp, source, &(i % 4).to_string(), &APP_TAGS, line);
             encode_envelope(&e).to_vec()
         })
         .collect()

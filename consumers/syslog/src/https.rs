@@ -224,12 +224,6 @@ fn lines<P: Payload>(batch: &[P]) -> Bytes {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
 mod tests {
     use bytes::Bytes;
 

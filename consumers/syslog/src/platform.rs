@@ -365,12 +365,6 @@ pub(crate) fn start(
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
 mod tests {
     use super::{PlatformConfig, host_label};
 

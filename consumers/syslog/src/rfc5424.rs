@@ -454,6 +454,7 @@ fn go_float(v: f64) -> String {
 mod tests {
     use hydrant_envelope::v2;
     use hydrant_envelope::wire::{EnvelopeView, encode as encode_envelope};
+    use hydrant_testkit::envelopes::{counter, envelope, gauge, timer};
 
     use super::{DrainData, EncoderOptions, encode, encode_messages, go_float};
 
@@ -475,20 +476,11 @@ mod tests {
     }
 
     fn log(err: bool, tags: &[(&str, &str)]) -> v2::Envelope {
-        v2::Envelope {
-            timestamp: 12_345_000,
-            source_id: "test-app-id".to_owned(),
-            instance_id: "2".to_owned(),
-            tags: tags
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            message: Some(v2::envelope::Message::Log(v2::Log {
-                payload: b"just a test".to_vec().into(),
-                r#type: i32::from(err),
-            })),
-            ..v2::Envelope::default()
-        }
+        let line = v2::envelope::Message::Log(v2::Log {
+            payload: b"just a test".to_vec().into(),
+            r#type: i32::from(err),
+        });
+        envelope(12_345_000, "test-app-id", "2", tags, line)
     }
 
     // The expected lines are Cloud Foundry's own (`rfc5424_test.go`, consumers.md §2.2).
@@ -553,36 +545,17 @@ mod tests {
 
     #[test]
     fn golden_metric_lines_match_cloud_foundry() {
-        let base = v2::Envelope {
-            timestamp: 12_345_000,
-            source_id: "test-app-id".to_owned(),
-            instance_id: "1".to_owned(),
-            ..v2::Envelope::default()
+        let metric = |tags: &[(&str, &str)], message| {
+            envelope(12_345_000, "test-app-id", "1", tags, message)
         };
         let head = "<14>1 1970-01-01T00:00:00.012345+00:00 test-hostname test-app-id [1] - ";
-        let gauge = v2::Envelope {
-            message: Some(v2::envelope::Message::Gauge(v2::Gauge {
-                metrics: [
-                    (
-                        "cpu".to_owned(),
-                        v2::GaugeValue {
-                            unit: "percentage".to_owned(),
-                            value: 0.23,
-                        },
-                    ),
-                    (
-                        "memory_quota".to_owned(),
-                        v2::GaugeValue {
-                            unit: "bytes".to_owned(),
-                            value: 8000.0,
-                        },
-                    ),
-                ]
-                .into_iter()
-                .collect(),
-            })),
-            ..base.clone()
-        };
+        let gauge = metric(
+            &[],
+            gauge(&[
+                ("cpu", 0.23, "percentage"),
+                ("memory_quota", 8000.0, "bytes"),
+            ]),
+        );
         let mut got = lines(&gauge, &opts(DrainData::Metrics));
         got.sort();
         assert_eq!(
@@ -594,17 +567,7 @@ mod tests {
                 ),
             ]
         );
-        let counter = v2::Envelope {
-            tags: [("metric-tag".to_owned(), "scallop".to_owned())]
-                .into_iter()
-                .collect(),
-            message: Some(v2::envelope::Message::Counter(v2::Counter {
-                name: "some-counter".to_owned(),
-                delta: 1,
-                total: 99,
-            })),
-            ..base.clone()
-        };
+        let counter = metric(&[("metric-tag", "scallop")], counter("some-counter", 1, 99));
         assert_eq!(
             lines(&counter, &opts(DrainData::Metrics)),
             [format!(
@@ -612,14 +575,7 @@ mod tests {
                  [tags@47450 metric-tag=\"scallop\"] \n"
             )]
         );
-        let timer = v2::Envelope {
-            message: Some(v2::envelope::Message::Timer(v2::Timer {
-                name: "http".to_owned(),
-                start: 10,
-                stop: 20,
-            })),
-            ..base.clone()
-        };
+        let timer = metric(&[], timer("http", 10, 20));
         assert_eq!(
             lines(&timer, &opts(DrainData::Traces)),
             [format!(
@@ -630,13 +586,13 @@ mod tests {
             lines(&timer, &opts(DrainData::Logs)).is_empty(),
             "filtered out"
         );
-        let event = v2::Envelope {
-            message: Some(v2::envelope::Message::Event(v2::Event {
+        let event = metric(
+            &[],
+            v2::envelope::Message::Event(v2::Event {
                 title: "event-title".to_owned(),
                 body: "event-body".to_owned(),
-            })),
-            ..base
-        };
+            }),
+        );
         assert_eq!(
             lines(&event, &opts(DrainData::Logs)),
             [format!(

@@ -478,12 +478,6 @@ async fn deliver<P: Payload>(
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
 mod tests {
     use super::split_addr;
 

@@ -151,12 +151,6 @@ pub fn parse_syslog_url(field: &str, url: &str) -> Result<String, Error> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
 mod tests {
     use super::{DrainUrl, Scheme, parse_syslog_url};
 

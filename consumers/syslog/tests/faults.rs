@@ -3,12 +3,8 @@
 //! drains lose nothing: a drain down for a while and back, a drain that accepts but never
 //! reads, malformed URLs (in the config and in a binding), and a thousand app drains bound at
 //! once. Bad TLS certificates are in `tls.rs`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+
+#![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
 #[path = "support/fake_api.rs"]
 mod fake_api;
@@ -26,23 +22,16 @@ use hydrant_nozzle_core::{Backoff, BreakerConfig, QueueLimits};
 use hydrant_nozzle_syslog::rsyslogd::{FIELDS_TEMPLATE, Rsyslogd};
 use hydrant_nozzle_syslog::{Listeners, PlatformConfig};
 use hydrant_nozzle_testkit::{Pipeline, Probe, metric, scrape};
-use pipeline::{drains, eventually, nozzle_config, start_nozzle_with};
+use pipeline::{WEB, drains, emit_logs, eventually, nozzle_config, start_nozzle_with};
 use rsyslog::{Rsyslog, records_now, start_rsyslog};
 use serde_json::Value;
 
 const APP: &str = "fault-app";
 
 fn emit(emitter: &Emitter, app: &str, tag: &str, range: std::ops::Range<usize>, pad: usize) {
-    for i in range {
-        emitter.log(
-            app,
-            "0",
-            "APP/PROC/WEB",
-            format!("{tag} {i} {}", "x".repeat(pad)).as_bytes(),
-            false,
-        );
-    }
-    emitter.flush();
+    emit_logs(emitter, app, range, WEB, |i| {
+        (format!("{tag} {i} {}", "x".repeat(pad)), false)
+    });
 }
 
 /// The `(tag, index)` of every line of `app` in `records`.

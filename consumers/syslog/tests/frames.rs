@@ -1,12 +1,8 @@
 //! Property: whatever an envelope carries (payload bytes, tag keys and values, ids), the
 //! encoder yields octet-counted frames that split back into exactly the messages it made,
 //! each one a syntactically valid RFC 5424 message.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+
+#![allow(clippy::expect_used, clippy::panic, reason = "test code")]
 
 use hydrant_envelope::v2;
 use hydrant_envelope::wire::{EnvelopeView, encode as encode_envelope};

@@ -2,12 +2,8 @@
 //! made at test time) that records every request: bodies are the batch's RFC 5424 messages,
 //! one per line, without octet counts; credentials go as basic auth; 5xx and 429 are retried
 //! until the batch gets through exactly once; a 400 is not retried, and its loss is counted.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+
+#![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
 #[path = "support/certs.rs"]
 mod certs;
@@ -22,21 +18,15 @@ use hydrant_emitter::Emitter;
 use hydrant_nozzle_core::{Backoff, BreakerConfig};
 use hydrant_nozzle_syslog::TlsConfig;
 use hydrant_nozzle_testkit::{Pipeline, Probe, metric, scrape};
-use pipeline::{drains, eventually, nozzle_config, start_nozzle_with};
+use pipeline::{drains, emit_logs, eventually, nozzle_config, start_nozzle_with};
 
 const APP: &str = "https-app";
 
 fn emit(emitter: &Emitter, n: usize) {
-    for i in 0..n {
-        emitter.log_with_tags(
-            APP,
-            "0",
-            format!("https message {i}").as_bytes(),
-            i % 3 == 0,
-            &[("source_type", "APP/PROC/WEB"), ("app_name", "web")],
-        );
-    }
-    emitter.flush();
+    let tags = [("source_type", "APP/PROC/WEB"), ("app_name", "web")];
+    emit_logs(emitter, APP, 0..n, &tags, |i| {
+        (format!("https message {i}"), i % 3 == 0)
+    });
 }
 
 fn app_lines(receiver: &HttpsReceiver, path: &str) -> Vec<String> {

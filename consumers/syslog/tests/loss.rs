@@ -3,12 +3,8 @@
 //! `/apps/{id}/stream`), `[LGR/LGR] ERR N messages lost for application … in syslog drain …
 //! with url …` — periodically, with the exact count since the last notice, the URL masked —
 //! and the healthy drain beside it carries those lines too.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+
+#![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
 #[path = "support/pipeline.rs"]
 mod pipeline;
@@ -19,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use hydrant_firehose_client::{ClientConfig, FirehoseClient, StreamEvent, Subscription};
 use hydrant_nozzle_testkit::{Pipeline, Probe};
-use pipeline::{drains, eventually, nozzle_config, start_nozzle_with};
+use pipeline::{WEB, drains, emit_logs, eventually, nozzle_config, start_nozzle_with};
 use rsyslog::{free_port, records_now, start_rsyslog};
 
 const APP: &str = "lossy-app";
@@ -126,16 +122,9 @@ async fn a_losing_drain_tells_the_app_in_its_own_stream_with_exact_counts() {
     })
     .await;
     const N: u64 = 700;
-    for i in 0..N {
-        emitter.log(
-            APP,
-            "0",
-            "APP/PROC/WEB",
-            format!("line {i}").as_bytes(),
-            false,
-        );
-    }
-    emitter.flush();
+    emit_logs(&emitter, APP, 0..N as usize, WEB, |i| {
+        (format!("line {i}"), false)
+    });
     emitted += N;
 
     // Each notice is itself an app line the dead drain loses, so notice k also counts the

@@ -3,12 +3,8 @@
 //! drain gets only its own app's envelopes, an unbound drain's queue is counted as
 //! `unbound`, statuses reach the API with counts, state and masked errors, drains keep running
 //! while the API is down, and private addresses are refused unless the operator allows them.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+
+#![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
 #[path = "support/fake_api.rs"]
 mod fake_api;
@@ -25,7 +21,7 @@ use hydrant_emitter::Emitter;
 use hydrant_nozzle_core::BreakerConfig;
 use hydrant_nozzle_syslog::{Config, PlatformConfig};
 use hydrant_nozzle_testkit::{Pipeline, Probe, metric, scrape};
-use pipeline::{drains, eventually, nozzle_config, start_nozzle_with};
+use pipeline::{WEB, drains, emit_logs, eventually, nozzle_config, start_nozzle_with};
 use rsyslog::{Rsyslog, free_port, records_now, start_rsyslog};
 
 /// A platform-mode config; the token file is removed when the returned handle drops.
@@ -55,16 +51,7 @@ fn platform_config(
 }
 
 fn emit(emitter: &Emitter, app: &str, n: usize, tag: &str) {
-    for i in 0..n {
-        emitter.log(
-            app,
-            "0",
-            "APP/PROC/WEB",
-            format!("{tag} {i}").as_bytes(),
-            false,
-        );
-    }
-    emitter.flush();
+    emit_logs(emitter, app, 0..n, WEB, |i| (format!("{tag} {i}"), false));
 }
 
 fn by_app(rsyslog: &Rsyslog) -> HashMap<String, Vec<HashMap<String, String>>> {

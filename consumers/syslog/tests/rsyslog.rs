@@ -2,12 +2,8 @@
 //! (imtcp, octet-counted framing) → a file we parse and check message by message.
 //!
 //! rsyslogd is started by `support/rsyslog.rs`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+
+#![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
 #[path = "support/rsyslog.rs"]
 mod rsyslog;

@@ -3,12 +3,8 @@
 //! name and one from an untrusted CA are refused with an error that says which, the loss is
 //! counted, the drain's breaker opens, and the other drains of the same nozzle deliver
 //! everything.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+
+#![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
 #[path = "support/certs.rs"]
 mod certs;
@@ -24,7 +20,7 @@ use hydrant_emitter::Emitter;
 use hydrant_nozzle_syslog::TlsConfig;
 use hydrant_nozzle_syslog::rsyslogd::{FIELDS_TEMPLATE, Rsyslogd};
 use hydrant_nozzle_testkit::{Pipeline, Probe, metric, scrape};
-use pipeline::{drains, eventually, nozzle_config, start_nozzle_with};
+use pipeline::{drains, emit_logs, eventually, nozzle_config, start_nozzle_with};
 use rsyslog::{Rsyslog, records_now, start_rsyslog};
 
 const APP: &str = "tls-app";
@@ -35,16 +31,10 @@ fn start_tls_rsyslog(files: &hydrant_nozzle_syslog::rsyslogd::TlsFiles) -> Rsysl
 }
 
 fn emit(emitter: &Emitter, n: usize) {
-    for i in 0..n {
-        emitter.log_with_tags(
-            APP,
-            "0",
-            format!("tls message {i}").as_bytes(),
-            false,
-            &[("source_type", "APP/PROC/WEB"), ("app_name", "web")],
-        );
-    }
-    emitter.flush();
+    let tags = [("source_type", "APP/PROC/WEB"), ("app_name", "web")];
+    emit_logs(emitter, APP, 0..n, &tags, |i| {
+        (format!("tls message {i}"), false)
+    });
 }
 
 fn app_messages(rsyslog: &Rsyslog) -> Vec<String> {

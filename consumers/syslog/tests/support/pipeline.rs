@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use hydrant_emitter::Emitter;
 use hydrant_nozzle_core::{Backoff, BreakerConfig};
 use hydrant_nozzle_syslog::{Config, Listeners};
 use hydrant_nozzle_testkit::{Pipeline, admin_get};
@@ -64,4 +65,23 @@ pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The tags of a log line from an app's web process.
+pub const WEB: &[(&str, &str)] = &[("source_type", "APP/PROC/WEB")];
+
+/// Emits app log lines from instance 0 of `app`, one for each `i` in `range`: `line(i)` gives
+/// its text and whether it went to stderr. Flushes, so they leave the emitter at once.
+pub fn emit_logs(
+    emitter: &Emitter,
+    app: &str,
+    range: std::ops::Range<usize>,
+    tags: &[(&str, &str)],
+    line: impl Fn(usize) -> (String, bool),
+) {
+    for i in range {
+        let (text, is_err) = line(i);
+        emitter.log_with_tags(app, "0", text.as_bytes(), is_err, tags);
+    }
+    emitter.flush();
 }
