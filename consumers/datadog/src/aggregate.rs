@@ -614,15 +614,10 @@ fn datadog_unit(unit: &str) -> Option<&'static str> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
 mod tests {
     use hydrant_envelope::v2;
     use hydrant_envelope::wire::{EnvelopeView, encode};
+    use hydrant_testkit::envelopes::{self, counter, gauge};
 
     use super::{Aggregator, MapOptions, Route, Tally};
     use crate::TimerMode;
@@ -643,26 +638,8 @@ mod tests {
     }
 
     fn envelope(source: &str, tags: &[(&str, &str)], message: v2::envelope::Message) -> Vec<u8> {
-        let e = v2::Envelope {
-            timestamp: NOW * 1_000_000_000 + 500_000_000,
-            source_id: source.to_owned(),
-            instance_id: "1".to_owned(),
-            tags: tags
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            message: Some(message),
-            ..v2::Envelope::default()
-        };
-        encode(&e).to_vec()
-    }
-
-    fn counter(name: &str, delta: u64, total: u64) -> v2::envelope::Message {
-        v2::envelope::Message::Counter(v2::Counter {
-            name: name.to_owned(),
-            delta,
-            total,
-        })
+        let timestamp = NOW * 1_000_000_000 + 500_000_000;
+        encode(&envelopes::envelope(timestamp, source, "1", tags, message)).to_vec()
     }
 
     fn feed(agg: &mut Aggregator, envelopes: &[Vec<u8>]) {
@@ -763,28 +740,7 @@ mod tests {
     #[test]
     fn gauges_keep_the_newest_value_per_metric_with_units() {
         let mut agg = Aggregator::new(opts(TimerMode::Gauges));
-        let g = |cpu: f64, mem: f64| {
-            v2::envelope::Message::Gauge(v2::Gauge {
-                metrics: [
-                    (
-                        "cpu".to_owned(),
-                        v2::GaugeValue {
-                            unit: "percentage".to_owned(),
-                            value: cpu,
-                        },
-                    ),
-                    (
-                        "memory".to_owned(),
-                        v2::GaugeValue {
-                            unit: "bytes".to_owned(),
-                            value: mem,
-                        },
-                    ),
-                ]
-                .into_iter()
-                .collect(),
-            })
-        };
+        let g = |cpu: f64, mem: f64| gauge(&[("cpu", cpu, "percentage"), ("memory", mem, "bytes")]);
         feed(
             &mut agg,
             &[
@@ -810,11 +766,7 @@ mod tests {
 
     fn timer(ms: i64) -> v2::envelope::Message {
         let start = NOW * 1_000_000_000;
-        v2::envelope::Message::Timer(v2::Timer {
-            name: "http".to_owned(),
-            start,
-            stop: start + ms * 1_000_000,
-        })
+        envelopes::timer("http", start, start + ms * 1_000_000)
     }
 
     #[test]

@@ -339,12 +339,6 @@ fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
 mod tests {
     use std::time::Duration;
 

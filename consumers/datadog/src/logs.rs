@@ -126,12 +126,6 @@ pub fn payload(entries: &[Bytes]) -> Payload {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
 mod tests {
     use hydrant_envelope::v2;
     use hydrant_envelope::wire::{EnvelopeView, encode};

@@ -108,12 +108,6 @@ impl Outbox {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
 mod tests {
     use bytes::Bytes;
     use hydrant_emitter::Registry;

@@ -1,11 +1,7 @@
 //! The fake Datadog must fail what real Datadog would refuse, or the role tests prove nothing:
 //! this checks the fake's contract over real HTTP with the nozzle's own client.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+
+#![allow(clippy::unwrap_used, reason = "test code")]
 
 #[path = "support/fake_datadog.rs"]
 mod fake_datadog;

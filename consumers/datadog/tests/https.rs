@@ -2,12 +2,8 @@
 //! test CA. Datadog is only reachable over https, so this is the path every real request
 //! takes: the CA from `ca_file` is trusted, an unknown CA and a certificate for another host
 //! name are refused, and a refused connection never delivers the request.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+
+#![allow(clippy::unwrap_used, reason = "test code")]
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};

@@ -7,12 +7,8 @@
 //! timers map as configured with the right names and tags, throttling and server errors are
 //! retried until delivered, rejections are not retried and are counted, the ledger
 //! `received = sent + Σ dropped` balances, and the API key shows up nowhere.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+
+#![allow(clippy::unwrap_used, reason = "test code")]
 
 #[path = "support/fake_datadog.rs"]
 mod fake_datadog;
@@ -114,6 +110,16 @@ async fn start_nozzle(mut config: Config) -> (Nozzle, tempfile::NamedTempFile) {
 fn destination(fake_url: &str, path: &str) -> String {
     format!("destination=\"{fake_url}{path}\"")
 }
+/// Starts the role (as [`start_nozzle`] does) and waits until app counters flow through it.
+async fn flowing(
+    pipeline: &Pipeline,
+    config: Config,
+) -> (Nozzle, tempfile::NamedTempFile, Emitter) {
+    let (nozzle, key_file) = start_nozzle(config).await;
+    let emitter = pipeline.emitter();
+    nozzle.wait_until_flowing(&emitter, Probe::Counter).await;
+    (nozzle, key_file, emitter)
+}
 
 /// `received = sent + Σ dropped` for one endpoint, and nothing in flight.
 async fn wait_for_ledger(nozzle: &Nozzle, dest: &str) -> (u64, u64, u64) {
@@ -176,9 +182,7 @@ fn assert_no_key_anywhere(text: &str) {
 async fn counters_gauges_and_timers_arrive_as_datadog_series() {
     let pipeline = Pipeline::start().await;
     let fake = FakeDatadog::start(KEY).await;
-    let (nozzle, _key_file) = start_nozzle(base_config(&pipeline, fake.url())).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Counter).await;
+    let (nozzle, _key_file, emitter) = flowing(&pipeline, base_config(&pipeline, fake.url())).await;
 
     let total = emit_counters(&emitter, 1_000);
     let start = hydrant_envelope::now_nanos();
@@ -284,9 +288,7 @@ async fn timers_as_distributions_reach_the_distribution_points_api() {
         timers: TimerMode::Distribution,
         ..base_config(&pipeline, fake.url())
     };
-    let (nozzle, _key_file) = start_nozzle(config).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Counter).await;
+    let (nozzle, _key_file, emitter) = flowing(&pipeline, config).await;
 
     let start = hydrant_envelope::now_nanos();
     for i in 0..200i64 {
@@ -332,9 +334,7 @@ async fn timers_as_distributions_reach_the_distribution_points_api() {
 async fn throttling_and_server_errors_are_retried_until_delivered() {
     let pipeline = Pipeline::start().await;
     let fake = FakeDatadog::start(KEY).await;
-    let (nozzle, _key_file) = start_nozzle(base_config(&pipeline, fake.url())).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Counter).await;
+    let (nozzle, _key_file, emitter) = flowing(&pipeline, base_config(&pipeline, fake.url())).await;
 
     fake.script([
         Reply::throttled("0.2"),
@@ -380,9 +380,7 @@ async fn throttling_and_server_errors_are_retried_until_delivered() {
 async fn rejected_requests_are_not_retried_and_are_counted() {
     let pipeline = Pipeline::start().await;
     let fake = FakeDatadog::start(KEY).await;
-    let (nozzle, _key_file) = start_nozzle(base_config(&pipeline, fake.url())).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Counter).await;
+    let (nozzle, _key_file, emitter) = flowing(&pipeline, base_config(&pipeline, fake.url())).await;
 
     let before = fake.seen().len();
     fake.script([Reply::status(400), Reply::status(403), Reply::status(413)]);
@@ -467,9 +465,7 @@ async fn a_dead_datadog_costs_only_counted_data() {
         failure_threshold: 2,
         open_ms: 200,
     };
-    let (nozzle, _key_file) = start_nozzle(config).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Counter).await;
+    let (nozzle, _key_file, emitter) = flowing(&pipeline, config).await;
     emit_counters(&emitter, 300);
     let dest = destination(&dead, SERIES);
     let (received, sent, dropped) = wait_for_ledger(&nozzle, &dest).await;
@@ -522,9 +518,7 @@ async fn logs_reach_the_logs_intake_when_enabled() {
     let mut config = base_config(&pipeline, fake.url());
     config.logs.enabled = true;
     config.logs.url = fake.url();
-    let (nozzle, _key_file) = start_nozzle(config).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Counter).await;
+    let (nozzle, _key_file, emitter) = flowing(&pipeline, config).await;
     for i in 0..100 {
         emitter.log_with_tags(
             "app-a",

@@ -28,7 +28,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::routing::{MethodRouter, post};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -105,9 +105,9 @@ impl FakeDatadog {
             shutdown: CancellationToken::new(),
         };
         let app = Router::new()
-            .route("/api/v2/series", post(series))
-            .route("/api/v1/distribution_points", post(distribution))
-            .route("/api/v2/logs", post(logs))
+            .route(SERIES.path, intake(&SERIES))
+            .route(DISTRIBUTION.path, intake(&DISTRIBUTION))
+            .route(LOGS.path, intake(&LOGS))
             .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(fake.clone());
         let stop = fake.shutdown.clone();
@@ -462,47 +462,35 @@ pub fn check_logs(body: &Value) -> Result<(), String> {
     Ok(())
 }
 
-async fn series(
-    State(fake): State<FakeDatadog>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> (StatusCode, HeaderMap, String) {
-    let contract = Contract {
-        path: "/api/v2/series",
-        encodings: &["deflate", "zstd1", "gzip"],
-        max_compressed: MAX_COMPRESSED,
-        max_decompressed: MAX_DECOMPRESSED,
-        check: check_v2,
-    };
-    fake.handle(&contract, &headers, &body)
-}
+const SERIES: Contract = Contract {
+    path: "/api/v2/series",
+    encodings: &["deflate", "zstd1", "gzip"],
+    max_compressed: MAX_COMPRESSED,
+    max_decompressed: MAX_DECOMPRESSED,
+    check: check_v2,
+};
 
-async fn distribution(
-    State(fake): State<FakeDatadog>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> (StatusCode, HeaderMap, String) {
-    let contract = Contract {
-        path: "/api/v1/distribution_points",
-        encodings: &["deflate"],
-        max_compressed: MAX_COMPRESSED,
-        max_decompressed: MAX_DECOMPRESSED,
-        check: check_distribution,
-    };
-    fake.handle(&contract, &headers, &body)
-}
+const DISTRIBUTION: Contract = Contract {
+    path: "/api/v1/distribution_points",
+    encodings: &["deflate"],
+    max_compressed: MAX_COMPRESSED,
+    max_decompressed: MAX_DECOMPRESSED,
+    check: check_distribution,
+};
 
-async fn logs(
-    State(fake): State<FakeDatadog>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> (StatusCode, HeaderMap, String) {
-    let contract = Contract {
-        path: "/api/v2/logs",
-        encodings: &["gzip", "deflate"],
-        max_compressed: MAX_DECOMPRESSED,
-        max_decompressed: 5_000_000,
-        check: check_logs,
-    };
-    fake.handle(&contract, &headers, &body)
+const LOGS: Contract = Contract {
+    path: "/api/v2/logs",
+    encodings: &["gzip", "deflate"],
+    max_compressed: MAX_DECOMPRESSED,
+    max_decompressed: 5_000_000,
+    check: check_logs,
+};
+
+/// The endpoint that holds requests to `contract`.
+fn intake(contract: &'static Contract) -> MethodRouter<FakeDatadog> {
+    post(
+        move |State(fake): State<FakeDatadog>, headers: HeaderMap, body: Bytes| async move {
+            fake.handle(contract, &headers, &body)
+        },
+    )
 }
