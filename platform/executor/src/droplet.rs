@@ -473,13 +473,6 @@ pub(crate) fn unpack(archive: &Path, dest: &Path, max_bytes: u64) -> Result<u64,
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        reason = "test code"
-    )]
-
     use super::*;
 
     fn metrics() -> CacheMetrics {

@@ -207,13 +207,6 @@ pub(crate) async fn pump(mut pipe: impl AsyncRead + Unpin, sink: LogSink, is_err
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        reason = "test code"
-    )]
-
     use super::*;
 
     fn split(chunks: &[&[u8]]) -> Vec<Vec<u8>> {

@@ -118,13 +118,6 @@ pub(crate) fn dir_size(dir: &Path, max_entries: usize) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        reason = "test code"
-    )]
-
     use super::*;
 
     #[test]

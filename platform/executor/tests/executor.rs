@@ -1,12 +1,7 @@
 //! The executor on loopback: real processes started from droplets served over HTTP, driven
 //! through an isolated in-process bus, with their output captured by a fake agent.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+#![allow(clippy::unwrap_used, reason = "test code")]
 
 #[path = "support/rig.rs"]
 mod rig;
@@ -470,11 +465,7 @@ async fn shutting_the_executor_down_stops_its_instances_and_unregisters_routes()
     let guid = start.instance.clone();
     assert!(rig.request_start(&start).await.accepted);
     rig.wait_state(&guid, InstanceState::Running, WAIT).await;
-    let mut unregisters = rig
-        .bus
-        .subscribe("router.unregister.*")
-        .await
-        .unwrap();
+    let mut unregisters = rig.bus.subscribe("router.unregister.*").await.unwrap();
     let mut heartbeats = rig
         .bus
         .subscribe(messages::EXECUTOR_HEARTBEAT)
