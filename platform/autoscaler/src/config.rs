@@ -209,7 +209,6 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "test code")]
     use super::*;
 
     #[test]

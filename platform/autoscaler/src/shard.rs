@@ -61,7 +61,6 @@ fn weight(app_guid: &str, index: u32) -> u64 {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "test code")]
 mod tests {
     use super::*;
 

@@ -2,17 +2,12 @@
 //! in-process bus) with synthetic router envelopes and injected time: a slow app is scaled out
 //! within breach_duration_secs + one tick, recorded as `audit.app.scale` and
 //! `audit.app.autoscale`, and scaled back in after the cooldown once it is fast again.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+
+#![allow(clippy::unwrap_used, reason = "test code")]
 
 #[path = "../../cloudcontroller/tests/common/support.rs"]
 mod support;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,8 +15,8 @@ use hydrant_api::EventFilter;
 use hydrant_api::policy::ScalingPolicy;
 use hydrant_autoscaler::{Autoscaler, Config, ScaleStep};
 use hydrant_emitter::Registry;
-use hydrant_envelope::v2;
 use hydrant_envelope::wire::{EnvelopeView, encode};
+use hydrant_testkit::envelopes::{envelope, timer};
 use hydrant_testkit::wait_for;
 use hydrant_windows::{SharedWindows, Windows, WindowsConfig};
 use support::{Cc, FakeExecutor, Options, push_and_stage};
@@ -38,22 +33,13 @@ const POLICY: &str = r#"{
 }"#;
 
 fn http(app: &str, latency_ms: i64) -> Vec<u8> {
-    encode(&v2::Envelope {
-        timestamp: 1,
-        source_id: app.to_owned(),
-        instance_id: "0".to_owned(),
-        tags: HashMap::from([
-            ("peer_type".to_owned(), "Client".to_owned()),
-            ("status_code".to_owned(), "200".to_owned()),
-        ]),
-        message: Some(v2::envelope::Message::Timer(v2::Timer {
-            name: "http".to_owned(),
-            start: 1_000_000_000,
-            stop: 1_000_000_000 + latency_ms * 1_000_000,
-        })),
-        ..v2::Envelope::default()
-    })
-    .to_vec()
+    let tags = [("peer_type", "Client"), ("status_code", "200")];
+    let request = timer(
+        "http",
+        1_000_000_000,
+        1_000_000_000 + latency_ms * 1_000_000,
+    );
+    encode(&envelope(1, app, "0", &tags, request)).to_vec()
 }
 
 struct Clock {

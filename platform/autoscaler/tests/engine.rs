@@ -1,19 +1,15 @@
 //! The evaluator on synthetic envelope streams with an injected clock: scale out under load,
 //! back in after cooldown, breach duration honoured, no scale-in on missing data.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
 
-use std::collections::HashMap;
+#![allow(clippy::unwrap_used, reason = "test code")]
+
 use std::time::{Duration, Instant};
 
 use hydrant_api::policy::ScalingPolicy;
 use hydrant_autoscaler::{AppInfo, Engine, EngineConfig, ScaleStep, Step};
 use hydrant_envelope::v2;
 use hydrant_envelope::wire::{EnvelopeView, encode};
+use hydrant_testkit::envelopes::{self, envelope, timer};
 use hydrant_windows::{Windows, WindowsConfig};
 
 const APP: &str = "app-1";
@@ -28,49 +24,19 @@ struct Rig {
     instances: u32,
 }
 
-fn envelope(message: v2::envelope::Message, tags: &[(&str, &str)]) -> v2::Envelope {
-    v2::Envelope {
-        timestamp: 1,
-        source_id: APP.to_owned(),
-        instance_id: "0".to_owned(),
-        tags: tags
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-        message: Some(message),
-        ..v2::Envelope::default()
-    }
-}
-
 fn http(latency_ms: i64) -> v2::Envelope {
-    envelope(
-        v2::envelope::Message::Timer(v2::Timer {
-            name: "http".to_owned(),
-            start: 1_000_000_000,
-            stop: 1_000_000_000 + latency_ms * 1_000_000,
-        }),
-        &[
-            ("peer_type", "Client"),
-            ("status_code", "200"),
-            ("method", "GET"),
-        ],
-    )
+    let tags = [
+        ("peer_type", "Client"),
+        ("status_code", "200"),
+        ("method", "GET"),
+    ];
+    let stop = 1_000_000_000 + latency_ms * 1_000_000;
+    envelope(1, APP, "0", &tags, timer("http", 1_000_000_000, stop))
 }
 
 fn gauge(metrics: &[(&str, f64)]) -> v2::Envelope {
-    let metrics: HashMap<String, v2::GaugeValue> = metrics
-        .iter()
-        .map(|(n, v)| {
-            (
-                (*n).to_owned(),
-                v2::GaugeValue {
-                    unit: "bytes".to_owned(),
-                    value: *v,
-                },
-            )
-        })
-        .collect();
-    envelope(v2::envelope::Message::Gauge(v2::Gauge { metrics }), &[])
+    let metrics: Vec<_> = metrics.iter().map(|&(n, v)| (n, v, "bytes")).collect();
+    envelope(1, APP, "0", &[], envelopes::gauge(&metrics))
 }
 
 impl Rig {

@@ -7,12 +7,8 @@
 //! see about half of every app's requests (~12 rps, no breach) and both would decide for every
 //! app; each copy on its own subscription, keeping its apps, sees all 25 rps of exactly its
 //! apps.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+
+#![allow(clippy::unwrap_used, reason = "test code")]
 
 #[path = "../../cloudcontroller/tests/common/support.rs"]
 mod support;
