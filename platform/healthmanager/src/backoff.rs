@@ -47,13 +47,6 @@ pub fn next_crash_count(previous: u32, ran_for: Option<Duration>) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        reason = "test code"
-    )]
-
     use super::*;
 
     const MIN: u64 = 60;

@@ -485,13 +485,6 @@ pub(crate) fn restart_line(index: u32, count: u32) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        reason = "test code"
-    )]
-
     use hydrant_bus::messages::{InstanceHeartbeat, Resources};
 
     use super::*;

@@ -3,12 +3,7 @@
 //! the controller's restart endpoint at once; with the controller stopped, crashes are still
 //! restarted from the overheard start request and extra instances are held, not stopped.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+#![allow(clippy::unwrap_used, reason = "test code")]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
