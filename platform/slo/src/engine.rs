@@ -327,7 +327,6 @@ fn slo_status(slo: &Slo, e: &Evaluation, active: &[Firing]) -> SloStatus {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "test code")]
     use super::*;
 
     fn day_minute(day: u64, minute: u64, total: u32, bad: u32) -> MinuteCounts {

@@ -278,7 +278,6 @@ pub fn transitions(active: &mut Vec<Firing>, eval: &Evaluation, unix_now: u64) -
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
     use super::*;
 
     fn slo(objective: f64, min_requests: u64) -> Slo {

@@ -3,12 +3,7 @@
 //! a quiet app does not page below its minimum count; a restart from the state files keeps
 //! the budget and does not re-announce what was already firing.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+#![allow(clippy::unwrap_used, reason = "test code")]
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +13,7 @@ use hydrant_envelope::v2;
 use hydrant_envelope::wire::{EnvelopeView, encode};
 use hydrant_slo::eval::Severity;
 use hydrant_slo::{Engine, Notice, store};
+use hydrant_testkit::envelopes::{envelope, timer};
 use hydrant_windows::{Windows, WindowsConfig};
 
 /// A UNIX second on a minute boundary.
@@ -72,21 +68,8 @@ fn http(source: &str, status: u16) -> v2::Envelope {
         ("status_code", status.as_str()),
         ("method", "GET"),
     ];
-    v2::Envelope {
-        timestamp: 1,
-        source_id: source.to_owned(),
-        instance_id: "0".to_owned(),
-        tags: tags
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-        message: Some(v2::envelope::Message::Timer(v2::Timer {
-            name: "http".to_owned(),
-            start: 1_000_000_000,
-            stop: 1_020_000_000,
-        })),
-        ..v2::Envelope::default()
-    }
+    let request = timer("http", 1_000_000_000, 1_020_000_000);
+    envelope(1, source, "0", &tags, request)
 }
 
 fn specs(min_requests: u64) -> Vec<AppSlos> {

@@ -2,12 +2,7 @@
 //! retried with backoff until delivered; a server that never accepts costs the configured
 //! attempts and one counted drop; a full queue drops and counts without waiting.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+#![allow(clippy::unwrap_used, reason = "test code")]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
