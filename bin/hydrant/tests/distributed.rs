@@ -8,6 +8,10 @@
 //! lines keep reaching the firehose; afterwards the control plane comes back with nothing lost
 //! and repairs the state (a scale-up lands on the router).
 //!
+//! The bus is authenticated too: nats-server runs the config `hydrant certs nats-config` writes
+//! (TLS, client certificates mapped to users, subject permissions per role), and the executor
+//! has its own cell's bus identity.
+//!
 //! The route TTL is shortened (5 s, registrations every 1 s) so the bus outage outlasts it: a
 //! router that pruned while disconnected would fail the outage window.
 
@@ -290,7 +294,22 @@ impl Cluster {
     fn start_nats(&mut self) {
         let port = self.port("nats").to_string();
         let mut command = Command::new(nats_server_path());
-        command.args(["-a", "127.0.0.1", "-p", &port]);
+        // TLS with client certificates mapped to users with per-role subject permissions, as
+        // `hydrant certs nats-config` writes it.
+        let certs = hydrant_tls::issue::CertDir::new(self.path("certs"));
+        let config = hydrant_bus::nats_config::server_config(
+            &format!("127.0.0.1:{port}"),
+            hydrant_bus::nats_config::ServerTls {
+                ca_file: &certs.ca_file(),
+                cert_file: &certs.cert_file(hydrant_tls::Identity::Nats),
+                key_file: &certs.key_file(hydrant_tls::Identity::Nats),
+            },
+            &["cell-1".to_owned()],
+        )
+        .unwrap();
+        let conf = self.path("nats.conf");
+        std::fs::write(&conf, config).unwrap();
+        command.arg("-c").arg(&conf);
         self.spawn("nats", &mut command);
         let to = addr(self.port("nats"));
         wait_for(Duration::from_secs(10), "nats-server to listen", || {
@@ -420,7 +439,7 @@ impl Cluster {
             "staging_isolation": {
                 "network": { "bridge": self.staging_bridge.0, "subnet": self.staging_bridge.1 },
             },
-            "bus": self.bus(),
+            "bus": self.bus("cloudcontroller"),
             "telemetry": self.telemetry(),
         })
     }
@@ -439,8 +458,55 @@ impl Cluster {
             .collect()
     }
 
-    fn bus(&self) -> serde_json::Value {
-        json!({ "url": format!("nats://127.0.0.1:{}", self.port("nats")) })
+    /// The authenticated bus as `identity`: NATS over TLS with the role's own certificate,
+    /// which nats-server maps to a user with that role's subject permissions.
+    fn bus(&self, identity: &str) -> serde_json::Value {
+        let dir = self.path("certs");
+        json!({
+            "url": format!("nats://127.0.0.1:{}", self.port("nats")),
+            "tls": {
+                "ca_file": dir.join("ca.pem").display().to_string(),
+                "cert_file": dir.join(format!("{identity}.pem")).display().to_string(),
+                "key_file": dir.join(format!("{identity}.key")).display().to_string(),
+            },
+        })
+    }
+
+    /// The bus's certificates: nats-server's leaf names the address the roles dial, and the
+    /// executor's carries its cell's bus identity (`cell-1.executor`), so it may publish only
+    /// its own cell's subjects.
+    fn prepare_bus_certs(&self) {
+        use hydrant_tls::Identity;
+        use hydrant_tls::issue::{self, LeafSpec};
+        let dir = self.path("certs");
+        let ids = [
+            Identity::CloudController,
+            Identity::Router,
+            Identity::Executor,
+            Identity::Nats,
+        ];
+        issue::ensure(&dir, &ids, &[]).unwrap();
+        for (identity, names) in [
+            (
+                Identity::Nats,
+                vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+            ),
+            (
+                Identity::Executor,
+                vec![hydrant_bus::nats_config::cell_user("cell-1")],
+            ),
+        ] {
+            issue::issue(
+                &dir,
+                &LeafSpec {
+                    identity,
+                    names,
+                    days: 1,
+                },
+                None,
+            )
+            .unwrap();
+        }
     }
 
     fn telemetry(&self) -> serde_json::Value {
@@ -455,6 +521,7 @@ impl Cluster {
         );
         let mut c = Self::new();
         std::fs::create_dir_all(c.home()).unwrap();
+        c.prepare_bus_certs();
         c.start_nats();
         let doppler = json!({
             "listen": format!("127.0.0.1:{}", c.port("doppler")),
@@ -494,7 +561,7 @@ impl Cluster {
             "startup_check_interval_ms": 100,
             "heartbeat_interval_secs": 1,
             "register_interval_secs": 1,
-            "bus": c.bus(),
+            "bus": c.bus("executor"),
             "telemetry": c.telemetry(),
         });
         c.start_role("executor", &executor, "executor_admin");
@@ -504,7 +571,7 @@ impl Cluster {
             "router_id": "0",
             "prune_threshold_secs": ROUTE_TTL_SECS,
             "prune_interval_ms": 200,
-            "bus": c.bus(),
+            "bus": c.bus("router"),
             "telemetry": c.telemetry(),
         });
         c.start_role("router", &router, "router_admin");

@@ -269,6 +269,41 @@ mod tests {
     }
 
     #[test]
+    fn tls_files_parse_and_are_checked() {
+        let config: Config = toml::from_str(
+            "url = \"nats://127.0.0.1:4222\"\n[tls]\nca_file = \"ca.pem\"\n\
+             cert_file = \"router.pem\"\nkey_file = \"router.key\"\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.tls.as_ref().map(|t| t.cert_file.clone()),
+            Some("router.pem".into())
+        );
+        let err = toml::from_str::<Config>(
+            "url = \"nats://x:1\"\n[tls]\nca_file = \"a\"\ncert_file = \"b\"\n\
+             key_file = \"c\"\nkey = \"d\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("key"), "{err}");
+        let inprocess = Config {
+            tls: config.tls.clone(),
+            ..Config::default()
+        };
+        let err = inprocess.validate().unwrap_err().to_string();
+        assert!(err.contains("bus.tls is for NATS"), "{err}");
+        let empty = Config {
+            tls: config.tls.clone().map(|t| TlsFiles {
+                key_file: "".into(),
+                ..t
+            }),
+            ..config
+        };
+        let err = empty.validate().unwrap_err().to_string();
+        assert!(err.contains("bus.tls.key_file"), "{err}");
+    }
+
+    #[test]
     fn credentials_never_reach_logs() {
         let config = Config::nats("nats://user:s3cret@10.0.0.1:4222,nats://10.0.0.2:4222");
         assert_eq!(
