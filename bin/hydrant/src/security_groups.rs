@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use hydrant_runtime::Validate as _;
 
 /// `hydrant security-groups`.
 #[derive(Debug, clap::Args)]

@@ -267,7 +267,12 @@ fn start_row<R: MicroRole>(
         source: Box::new(e),
     })?;
     let registry = R::registry(&config);
-    let run = R::run(config, listeners, registry.clone(), shutdown.clone());
+    let run = hydrant_runtime::run_with_registry::<R>(
+        config,
+        listeners,
+        registry.clone(),
+        shutdown.clone(),
+    );
     tasks.spawn(async move { (R::NAME, run.await.map_err(|e| Box::new(e) as BoxError)) });
     Ok(registry)
 }

@@ -287,13 +287,15 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
-impl Config {
+impl hydrant_runtime::Validate for Config {
+    type Error = Error;
+
     /// Checks every field; the first problem is returned naming its dotted path. Does not read
     /// the API key (see [`Config::api_key`]).
     ///
     /// # Errors
     /// [`Error::Config`] (or [`Error::Core`] for a shared section) saying what to change.
-    pub fn validate(&self) -> Result<(), Error> {
+    fn validate(&self) -> Result<(), Error> {
         validate_firehose(&self.firehose, &self.subscription_id, "datadog-nozzle")?;
         Target::parse("api_url", &self.api_url)?;
         if self.api_key_file.is_none() && self.api_key_env.is_empty() {
@@ -354,7 +356,9 @@ impl Config {
         validate_self_report(&self.admin_listen, "127.0.0.1:14841", &self.telemetry)?;
         self.validate_logs()
     }
+}
 
+impl Config {
     fn validate_batch(&self) -> Result<(), Error> {
         let b = &self.batch;
         if b.flush_interval_ms < 1_000 {
@@ -457,6 +461,7 @@ mod tests {
     use std::io::Write;
 
     use super::{Config, TimerMode};
+    use hydrant_runtime::Validate as _;
 
     fn parse(text: &str) -> Config {
         toml::from_str(text).unwrap()

@@ -33,9 +33,6 @@ pub enum Error {
         /// Why, in words.
         message: String,
     },
-    /// The admin server failed.
-    #[error("admin server: {0}")]
-    Admin(std::io::Error),
 }
 
 impl Error {

@@ -8,8 +8,8 @@
 //! or distributions) → [`series::encode`] (JSON, gzip, within Datadog's 512000-byte compressed
 //! and 5 MiB decompressed limits) → one bounded [`outbox::Outbox`] per endpoint → a sender per
 //! endpoint ([`sender::deliver`]: retries 429/5xx with backoff and `Retry-After`, never
-//! retries other 4xx, circuit breaker) → Datadog. [`run`] wires it together from a [`Config`]
-//! (`hydrant nozzle datadog --config FILE`).
+//! retries other 4xx, circuit breaker) → Datadog. [`DatadogNozzle`] wires it together from a
+//! [`Config`] (`hydrant nozzle datadog --config FILE`).
 //!
 //! Invariants: aggregation bounds memory and work whatever the firehose rate (100,000
 //! envelopes/s become at most `batch.max_series` points per interval); a slow or dead Datadog
@@ -32,6 +32,4 @@ pub use config::{
     DATADOG_MAX_UNCOMPRESSED_BYTES, LogsConfig, OutboxLimits, TimerMode,
 };
 pub use error::Error;
-pub use role::{
-    DISTRIBUTION_PATH, DatadogNozzle, LOGS_PATH, Listeners, ROLE, SERIES_PATH, run, run_with_key,
-};
+pub use role::{DISTRIBUTION_PATH, DatadogNozzle, LOGS_PATH, ROLE, SERIES_PATH};

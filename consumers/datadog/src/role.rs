@@ -19,8 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hydrant_emitter::{Counter, Gauge, Registry};
 use hydrant_nozzle_core::{
-    CircuitBreaker, DestinationQueue, FirehoseReader, NozzleMetrics, finish_self_report,
-    finish_senders,
+    CircuitBreaker, DestinationQueue, FirehoseReader, NozzleMetrics, finish_senders,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -42,10 +41,6 @@ pub const DISTRIBUTION_PATH: &str = "/api/v1/distribution_points";
 /// Path of the logs intake.
 pub const LOGS_PATH: &str = "/api/v2/logs";
 
-/// The sockets the role serves: its admin listener only (`/healthz`, `/metrics`; `Config::admin_listen`,
-/// default `127.0.0.1:14841`), bound by the runtime or by the caller (tests bind `127.0.0.1:0`).
-pub type Listeners = hydrant_runtime::AdminListener<DatadogNozzle>;
-
 /// The Datadog nozzle as a [`hydrant_runtime::Role`]: `hydrant run nozzle-datadog` and `hydrant
 /// nozzle datadog`.
 #[derive(Debug, Clone, Copy)]
@@ -59,10 +54,6 @@ impl hydrant_runtime::Role for DatadogNozzle {
         &[hydrant_runtime::admin_listener("127.0.0.1:14841", |c| {
             &c.admin_listen
         })];
-
-    fn validate(config: &Config) -> Result<(), Error> {
-        config.validate()
-    }
 
     fn registry(config: &Config) -> Registry {
         Registry::new(ROLE, &config.instance_id)
@@ -78,20 +69,12 @@ impl hydrant_runtime::Role for DatadogNozzle {
 
     async fn run(
         config: Config,
-        listeners: hydrant_runtime::Listeners,
+        _: hydrant_runtime::Listeners,
         registry: Registry,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
-        config.validate()?;
         let api_key = config.api_key(|name| std::env::var(name).ok())?;
-        serve_with_key(
-            config,
-            api_key,
-            Listeners::take(listeners)?,
-            registry,
-            shutdown,
-        )
-        .await
+        serve(config, api_key, registry, shutdown).await
     }
 }
 
@@ -140,44 +123,12 @@ struct Sinks {
 
 /// Runs the nozzle until `shutdown` is cancelled (or the firehose refuses it for good), then
 /// flushes the partial interval, gives the senders `shutdown_drain_ms` and returns.
-///
-/// # Errors
-/// An invalid config, a missing API key, a firehose that rejects the token or subscription, or
-/// a failed admin server.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    config.validate()?;
-    let api_key = config.api_key(|name| std::env::var(name).ok())?;
-    run_with_key(config, api_key, listeners, shutdown).await
-}
-
-/// [`run`] with the API key already read (tests and embedders that keep the key elsewhere).
-///
-/// # Errors
-/// As [`run`].
-pub async fn run_with_key(
+async fn serve(
     config: Config,
     api_key: ApiKey,
-    listeners: Listeners,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let registry = <DatadogNozzle as hydrant_runtime::Role>::registry(&config);
-    serve_with_key(config, api_key, listeners, registry, shutdown).await
-}
-
-/// [`run_with_key`], counting into `registry` (the runtime's, which the micro cloud reads
-/// directly).
-async fn serve_with_key(
-    config: Config,
-    api_key: ApiKey,
-    listeners: Listeners,
     registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    config.validate()?;
     let flush_metrics = FlushMetrics::new(&registry);
     let api = Target::parse("api_url", &config.api_url)?;
     let logs_target = if config.logs.enabled {
@@ -269,11 +220,6 @@ async fn serve_with_key(
         },
     };
 
-    let admin = tokio::spawn(hydrant_emitter::admin::serve(
-        listeners.admin,
-        hydrant_emitter::admin::router(registry.clone()),
-        shutdown.clone(),
-    ));
     let telemetry = config.telemetry.start(&registry, shutdown.clone());
     let reader =
         FirehoseReader::connect(config.firehose.clone(), &config.subscription_id, &registry)?;
@@ -320,9 +266,10 @@ async fn serve_with_key(
     })
     .await;
 
-    let admin = finish_self_report(admin, telemetry).await;
-    read?;
-    admin.map_err(Error::Admin)
+    if let Some(telemetry) = &telemetry {
+        telemetry.stopped().await;
+    }
+    read
 }
 
 fn now_secs() -> i64 {

@@ -20,8 +20,9 @@ use std::time::Duration;
 use fake_datadog::{FakeDatadog, Reply};
 use hydrant_emitter::Emitter;
 use hydrant_nozzle_core::{Backoff, BreakerConfig};
-use hydrant_nozzle_datadog::{BatchConfig, Config, Listeners, TimerMode};
+use hydrant_nozzle_datadog::{BatchConfig, Config, TimerMode};
 use hydrant_nozzle_testkit::{Pipeline, Probe, metric_matching as metric, scrape};
+use hydrant_runtime::Validate as _;
 use hydrant_testkit::wait_for;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -100,9 +101,11 @@ async fn start_nozzle(mut config: Config) -> (Nozzle, tempfile::NamedTempFile) {
     writeln!(key_file, "{KEY}").unwrap();
     config.api_key_file = Some(key_file.path().to_owned());
     config.validate().unwrap();
-    let listeners = Listeners::bind(&config).await.unwrap();
-    let nozzle = Nozzle::spawn(listeners.admin.local_addr().unwrap(), |shutdown| {
-        hydrant_nozzle_datadog::run(config, listeners, shutdown)
+    let listeners = hydrant_runtime::bind::<hydrant_nozzle_datadog::DatadogNozzle>(&config)
+        .await
+        .unwrap();
+    let nozzle = Nozzle::spawn(listeners.local_addr("admin").unwrap(), |shutdown| {
+        hydrant_runtime::run::<hydrant_nozzle_datadog::DatadogNozzle>(config, listeners, shutdown)
     });
     (nozzle, key_file)
 }
@@ -500,11 +503,17 @@ async fn a_missing_key_stops_the_role_naming_the_field() {
         },
         ..Config::default()
     };
-    let listeners = Listeners::bind(&config).await.unwrap();
-    let e = hydrant_nozzle_datadog::run(config, listeners, CancellationToken::new())
+    let listeners = hydrant_runtime::bind::<hydrant_nozzle_datadog::DatadogNozzle>(&config)
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap();
+    let e = hydrant_runtime::run::<hydrant_nozzle_datadog::DatadogNozzle>(
+        config,
+        listeners,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("api_key_env") && e.contains("HYDRANT_DATADOG_TEST_UNSET_KEY"),
         "{e}"

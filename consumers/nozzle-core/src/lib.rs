@@ -30,6 +30,4 @@ pub use firehose::FirehoseReader;
 pub use hydrant_api::mask_url;
 pub use metrics::{LOSS_SOURCE_TYPE, NozzleMetrics, loss_notice, loss_notice_text};
 pub use queue::{DestinationQueue, QueueLimits};
-pub use role::{
-    ABORT_GRACE, finish_self_report, finish_senders, validate_firehose, validate_self_report,
-};
+pub use role::{ABORT_GRACE, finish_senders, validate_firehose, validate_self_report};

@@ -1,6 +1,5 @@
 //! The scaffolding around every nozzle's `run`: the config sections all nozzles share, and the
-//! end of a run — senders given a deadline to deliver what is queued, then the admin server and
-//! the self-telemetry wound down.
+//! end of a run — senders given a deadline to deliver what is queued.
 //!
 //! Invariant: a nozzle's shutdown is bounded. Senders get the configured drain time plus
 //! [`ABORT_GRACE`] and are then aborted, so a destination that hangs cannot hold the process;
@@ -8,9 +7,9 @@
 
 use std::time::Duration;
 
-use hydrant_emitter::{Emitter, TelemetryConfig};
+use hydrant_emitter::TelemetryConfig;
 use hydrant_firehose_client::ClientConfig;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
@@ -97,16 +96,4 @@ pub async fn finish_senders<T: 'static>(
     if grace.is_err() {
         senders.shutdown().await;
     }
-}
-
-/// Winds down a nozzle's self-reporting once its pipeline has stopped: the admin server, then
-/// the telemetry's last metrics (see [`hydrant_emitter::admin::finish`]).
-///
-/// # Errors
-/// The admin server's listener failed. A panicked admin task is not an error of the run.
-pub async fn finish_self_report(
-    admin: JoinHandle<std::io::Result<()>>,
-    telemetry: Option<Emitter>,
-) -> std::io::Result<()> {
-    hydrant_emitter::admin::finish(admin, telemetry.as_ref()).await
 }

@@ -244,12 +244,14 @@ pub fn validate_endpoint(field: &str, url: &str) -> Result<(), Error> {
     Ok(())
 }
 
-impl Config {
+impl hydrant_runtime::Validate for Config {
+    type Error = Error;
+
     /// Checks every field; the first problem is returned naming its dotted path.
     ///
     /// # Errors
     /// [`Error::Config`] (or [`Error::Core`] for a shared section) saying what to change.
-    pub fn validate(&self) -> Result<(), Error> {
+    fn validate(&self) -> Result<(), Error> {
         validate_firehose(&self.firehose, &self.subscription_id, "otlp-nozzle")?;
         validate_endpoint("endpoint", &self.endpoint)?;
         self.headers.to_metadata()?;
@@ -330,6 +332,7 @@ impl MetricsConfig {
 #[cfg(test)]
 mod tests {
     use super::{Config, Temporality};
+    use hydrant_runtime::Validate as _;
 
     fn parse(text: &str) -> Config {
         toml::from_str(text).unwrap()

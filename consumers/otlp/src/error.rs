@@ -21,7 +21,4 @@ pub enum Error {
     /// The runtime could not bind a listener or read the config.
     #[error(transparent)]
     Runtime(#[from] hydrant_runtime::Error),
-    /// The admin server failed.
-    #[error("admin server: {0}")]
-    Admin(std::io::Error),
 }

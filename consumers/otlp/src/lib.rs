@@ -58,4 +58,4 @@ mod role;
 
 pub use config::{Config, Headers, MetricsConfig, Temporality};
 pub use error::Error;
-pub use role::{Listeners, OtlpNozzle, ROLE, run};
+pub use role::{OtlpNozzle, ROLE};

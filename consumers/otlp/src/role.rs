@@ -19,8 +19,7 @@ use std::time::Duration;
 use hydrant_emitter::{Counter, Registry};
 use hydrant_envelope::wire::EnvelopeView;
 use hydrant_nozzle_core::{
-    CircuitBreaker, DestinationQueue, FirehoseReader, NozzleMetrics, finish_self_report,
-    finish_senders,
+    CircuitBreaker, DestinationQueue, FirehoseReader, NozzleMetrics, finish_senders,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -31,10 +30,6 @@ use crate::{Config, Error};
 
 /// The role's name in its metrics and self-telemetry.
 pub const ROLE: &str = "nozzle-otlp";
-
-/// The sockets the role serves: its admin listener only (`/healthz`, `/metrics`; `Config::admin_listen`,
-/// default `127.0.0.1:14842`), bound by the runtime or by the caller (tests bind `127.0.0.1:0`).
-pub type Listeners = hydrant_runtime::AdminListener<OtlpNozzle>;
 
 /// The OTLP nozzle as a [`hydrant_runtime::Role`]: `hydrant run nozzle-otlp` and `hydrant nozzle
 /// otlp`.
@@ -50,10 +45,6 @@ impl hydrant_runtime::Role for OtlpNozzle {
             &c.admin_listen
         })];
 
-    fn validate(config: &Config) -> Result<(), Error> {
-        config.validate()
-    }
-
     fn registry(config: &Config) -> Registry {
         Registry::new(ROLE, &config.instance_id)
     }
@@ -68,11 +59,11 @@ impl hydrant_runtime::Role for OtlpNozzle {
 
     async fn run(
         config: Config,
-        listeners: hydrant_runtime::Listeners,
+        _: hydrant_runtime::Listeners,
         registry: Registry,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
-        serve(config, Listeners::take(listeners)?, registry, shutdown).await
+        serve(config, registry, shutdown).await
     }
 }
 
@@ -128,27 +119,11 @@ impl Skipped {
 
 /// Runs the nozzle until `shutdown` is cancelled (or the firehose refuses it for good), then
 /// gives the senders `shutdown_drain_ms` to export what is queued and returns.
-///
-/// # Errors
-/// An invalid config, a firehose that rejects the token or subscription, or a failed admin
-/// server.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let registry = <OtlpNozzle as hydrant_runtime::Role>::registry(&config);
-    serve(config, listeners, registry, shutdown).await
-}
-
-/// [`run`], counting into `registry` (the runtime's, which the micro cloud reads directly).
 async fn serve(
     config: Config,
-    listeners: Listeners,
     registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    config.validate()?;
     let mut skipped = Skipped::new(&registry);
     let mapping = Mapping::new(&config);
     let headers = config.headers.to_metadata()?;
@@ -205,11 +180,6 @@ async fn serve(
         )
     });
 
-    let admin = tokio::spawn(hydrant_emitter::admin::serve(
-        listeners.admin,
-        hydrant_emitter::admin::router(registry.clone()),
-        shutdown.clone(),
-    ));
     let telemetry = config.telemetry.start(&registry, shutdown.clone());
     let reader =
         FirehoseReader::connect(config.firehose.clone(), &config.subscription_id, &registry)?;
@@ -250,9 +220,10 @@ async fn serve(
     })
     .await;
 
-    let admin = finish_self_report(admin, telemetry).await;
-    read?;
-    admin.map_err(Error::Admin)
+    if let Some(telemetry) = &telemetry {
+        telemetry.stopped().await;
+    }
+    read
 }
 
 /// The reader loop: batches in, one item per record or data point pushed to its signal.

@@ -569,8 +569,10 @@ async fn a_bad_config_is_refused_naming_the_field() {
                 [metrics]\nhistogram_bounds_seconds = [0.5, 0.1]\n";
     let mut config: hydrant_nozzle_otlp::Config = toml::from_str(text).unwrap();
     config.admin_listen = "127.0.0.1:0".to_owned();
-    let listeners = hydrant_nozzle_otlp::Listeners::bind(&config).await.unwrap();
-    let err = hydrant_nozzle_otlp::run(
+    let listeners = hydrant_runtime::bind::<hydrant_nozzle_otlp::OtlpNozzle>(&config)
+        .await
+        .unwrap();
+    let err = hydrant_runtime::run::<hydrant_nozzle_otlp::OtlpNozzle>(
         config,
         listeners,
         tokio_util::sync::CancellationToken::new(),

@@ -108,12 +108,14 @@ impl Default for EncoderConfig {
     }
 }
 
-impl Config {
+impl hydrant_runtime::Validate for Config {
+    type Error = Error;
+
     /// Checks every field; the first problem is returned naming its dotted path.
     ///
     /// # Errors
     /// [`Error::Config`] (or [`Error::Core`] for a shared section) saying what to change.
-    pub fn validate(&self) -> Result<(), Error> {
+    fn validate(&self) -> Result<(), Error> {
         validate_firehose(&self.firehose, &self.subscription_id, "syslog-nozzle")?;
         if self.drains.is_empty() && self.platform.is_none() {
             return Err(Error::from(invalid(
@@ -153,7 +155,9 @@ impl Config {
         }
         Ok(())
     }
+}
 
+impl Config {
     /// Drain `index`: its parsed URL and its encoder options (the `[encoder]` defaults with
     /// the URL's `drain-data` and `disable-metadata` applied).
     ///
@@ -218,6 +222,7 @@ pub fn drain_options(
 mod tests {
     use super::Config;
     use crate::DrainData;
+    use hydrant_runtime::Validate as _;
 
     fn parse(text: &str) -> Config {
         toml::from_str(text).unwrap()

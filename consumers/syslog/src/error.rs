@@ -66,9 +66,6 @@ pub enum Error {
     /// The cloud controller could not be asked for drains or told their status.
     #[error("platform API: {0}")]
     Api(String),
-    /// The admin server failed.
-    #[error("admin server: {0}")]
-    Admin(std::io::Error),
 }
 
 /// The runtime's config-field error is this crate's [`Error::Config`], so `validate` uses the

@@ -6,8 +6,8 @@
 //! id, so several copies split the stream) → [`rfc5424::encode`] (once per envelope and
 //! distinct encoding) → one bounded [`hydrant_nozzle_core::DestinationQueue`] per drain → a
 //! sender task per drain ([`transport::Link`]: [`TcpSender`] or [`HttpsSender`]) with
-//! retries, backoff and a circuit breaker. [`run`] is the role that wires it together from a
-//! [`Config`] (`hydrant nozzle syslog --config FILE`).
+//! retries, backoff and a circuit breaker. [`SyslogNozzle`] is the role that wires it together
+//! from a [`Config`] (`hydrant nozzle syslog --config FILE`).
 //!
 //! Invariants: a slow or dead drain never slows the firehose or another drain (its queue drops
 //! its oldest lines and counts them, and the app is told in its own stream); drain credentials
@@ -33,7 +33,7 @@ pub use error::Error;
 pub use https::HttpsSender;
 pub use platform::PlatformConfig;
 pub use rfc5424::{DrainData, ENTERPRISE, EncoderOptions, encode, encode_messages};
-pub use role::{DrainReport, Listeners, ROLE, SyslogNozzle, run};
+pub use role::{DrainReport, ROLE, SyslogNozzle};
 pub use tls::TlsConfig;
 pub use transport::{Frames, Payload, TcpSender, run_sender};
 pub use url::{DrainUrl, Scheme, parse_syslog_url};

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use hydrant_emitter::{Emitter, Registry};
 use hydrant_nozzle_core::{
     Backoff, BreakerConfig, CircuitBreaker, DestinationQueue, FirehoseReader, NozzleMetrics,
-    QueueLimits, finish_self_report, finish_senders, loss_notice, mask_url,
+    QueueLimits, finish_senders, loss_notice, mask_url,
 };
 use rustls::ClientConfig;
 use serde::Serialize;
@@ -43,10 +43,6 @@ pub const ROLE: &str = "nozzle-syslog";
 /// `source_id`s remembered by the reader so queued frames share one allocation per app.
 const MAX_INTERNED: usize = 10_000;
 
-/// The socket the nozzle serves: its admin listener, `/healthz`, `/metrics` and `/drains`
-/// (`admin_listen`, default `127.0.0.1:14840`), bound by the caller (tests bind `127.0.0.1:0`).
-pub type Listeners = hydrant_runtime::AdminListener<SyslogNozzle>;
-
 /// The syslog nozzle as a [`hydrant_runtime::Role`]: `hydrant run nozzle-syslog`, `hydrant nozzle
 /// syslog`, and the micro cloud's app drains.
 #[derive(Debug, Clone, Copy)]
@@ -60,10 +56,6 @@ impl hydrant_runtime::Role for SyslogNozzle {
         &[hydrant_runtime::admin_listener("127.0.0.1:14840", |c| {
             &c.admin_listen
         })];
-
-    fn validate(config: &Config) -> Result<(), Error> {
-        config.validate()
-    }
 
     fn registry(config: &Config) -> Registry {
         Registry::new(ROLE, &config.instance_id)
@@ -83,7 +75,7 @@ impl hydrant_runtime::Role for SyslogNozzle {
         registry: Registry,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
-        serve(config, Listeners::take(listeners)?, registry, shutdown).await
+        serve(config, &listeners, registry, shutdown).await
     }
 }
 
@@ -357,27 +349,12 @@ pub(crate) fn lock(fleet: &SharedFleet) -> std::sync::MutexGuard<'_, Fleet> {
 
 /// Runs the nozzle until `shutdown` is cancelled (or the firehose refuses it for good), then
 /// gives the drains `shutdown_drain_ms` to take what is queued and returns.
-///
-/// # Errors
-/// An invalid config, a firehose that rejects the token or subscription, or a failed admin
-/// server.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let registry = <SyslogNozzle as hydrant_runtime::Role>::registry(&config);
-    serve(config, listeners, registry, shutdown).await
-}
-
-/// [`run`], counting into `registry` (the runtime's, which the micro cloud reads directly).
 async fn serve(
     config: Config,
-    listeners: Listeners,
+    listeners: &hydrant_runtime::Listeners,
     registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    config.validate()?;
     // Everything that can refuse the config does so before any task starts.
     let reader =
         FirehoseReader::connect(config.firehose.clone(), &config.subscription_id, &registry)?;
@@ -399,19 +376,15 @@ async fn serve(
     // The emitter outlives the drains so the last loss notices and metrics still leave.
     let telemetry_stop = CancellationToken::new();
     let telemetry = config.telemetry.start(&registry, telemetry_stop.clone());
-    let admin = tokio::spawn(hydrant_emitter::admin::serve(
-        listeners.admin,
-        hydrant_emitter::admin::router(registry.clone()).route(
-            "/drains",
-            get({
-                let fleet = Arc::clone(&fleet);
-                move || {
-                    let reports = lock(&fleet).reports();
-                    async move { Json(reports) }
-                }
-            }),
-        ),
-        shutdown.clone(),
+    listeners.mount_admin(axum::Router::new().route(
+        "/drains",
+        get({
+            let fleet = Arc::clone(&fleet);
+            move || {
+                let reports = lock(&fleet).reports();
+                async move { Json(reports) }
+            }
+        }),
     ));
     let background = CancellationToken::new();
     let notifier = tokio::spawn(notify_losses(
@@ -463,9 +436,10 @@ async fn serve(
     tell_losses(&drains, telemetry.as_ref());
     telemetry_stop.cancel();
 
-    let admin = finish_self_report(admin, telemetry).await;
-    read?;
-    admin.map_err(Error::Admin)
+    if let Some(telemetry) = &telemetry {
+        telemetry.stopped().await;
+    }
+    read
 }
 
 /// Every `interval`, tells each app how many of its messages each drain lost since the last

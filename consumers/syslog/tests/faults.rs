@@ -19,9 +19,10 @@ use std::time::Instant;
 use fake_api::{ADMIN_TOKEN, FakeApi, target};
 use hydrant_emitter::Emitter;
 use hydrant_nozzle_core::{Backoff, BreakerConfig, QueueLimits};
+use hydrant_nozzle_syslog::PlatformConfig;
 use hydrant_nozzle_syslog::rsyslogd::{FIELDS_TEMPLATE, Rsyslogd};
-use hydrant_nozzle_syslog::{Listeners, PlatformConfig};
 use hydrant_nozzle_testkit::{Pipeline, Probe, metric, scrape};
+use hydrant_runtime::Validate as _;
 use pipeline::{WEB, drains, emit_logs, eventually, nozzle_config, start_nozzle_with};
 use rsyslog::{Rsyslog, records_now, start_rsyslog};
 use serde_json::Value;
@@ -327,11 +328,17 @@ async fn malformed_drain_urls_are_refused_by_validate_naming_the_field() {
         assert!(e.contains("drains[1]"), "{bad}: {e}");
         assert!(!e.contains("secret") && e.contains("u:****@"), "{bad}: {e}");
         // The role refuses it the same way, before reading anything.
-        let listeners = Listeners::bind(&config).await.unwrap();
-        let e = hydrant_nozzle_syslog::run(config, listeners, Default::default())
+        let listeners = hydrant_runtime::bind::<hydrant_nozzle_syslog::SyslogNozzle>(&config)
             .await
-            .unwrap_err()
-            .to_string();
+            .unwrap();
+        let e = hydrant_runtime::run::<hydrant_nozzle_syslog::SyslogNozzle>(
+            config,
+            listeners,
+            Default::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("drains[1]"), "{bad}: {e}");
     }
 }

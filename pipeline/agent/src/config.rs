@@ -85,12 +85,14 @@ impl Default for Config {
     }
 }
 
-impl Config {
+impl hydrant_runtime::Validate for Config {
+    type Error = Error;
+
     /// Checks every field.
     ///
     /// # Errors
     /// [`Error::Config`] naming the first bad field, or [`Error::Telemetry`].
-    pub fn validate(&self) -> Result<(), Error> {
+    fn validate(&self) -> Result<(), Error> {
         for (field, addr) in [
             ("listen", &self.listen),
             ("admin_listen", &self.admin_listen),
@@ -193,6 +195,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hydrant_runtime::Validate as _;
 
     #[test]
     fn defaults_are_valid_and_match_loggregator_ports() {

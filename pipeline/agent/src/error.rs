@@ -19,7 +19,4 @@ pub enum Error {
     /// The gRPC ingress server failed.
     #[error("agent ingress server failed: {0}")]
     Ingress(#[from] tonic::transport::Error),
-    /// The admin HTTP server failed.
-    #[error("agent admin server failed: {0}")]
-    Admin(#[source] std::io::Error),
 }

@@ -59,8 +59,6 @@ hydrant_runtime::listeners! {
     pub struct Listeners for Agent {
         /// The gRPC v2 Ingress (`Config::listen`, default `127.0.0.1:3458`).
         ingress,
-        /// `/healthz` and `/metrics` (`Config::admin_listen`, default `127.0.0.1:14824`).
-        admin,
     }
 }
 
@@ -76,10 +74,6 @@ impl hydrant_runtime::Role for Agent {
         hydrant_runtime::listener("ingress", "listen", "127.0.0.1:3458", |c| &c.listen),
         hydrant_runtime::admin_listener("127.0.0.1:14824", |c| &c.admin_listen),
     ];
-
-    fn validate(config: &Config) -> Result<(), Error> {
-        config.validate()
-    }
 
     fn registry(config: &Config) -> Registry {
         Registry::new("agent", &config.instance_id)
@@ -101,26 +95,12 @@ impl hydrant_runtime::Role for Agent {
 
 /// Runs the agent until `shutdown` is cancelled, then stops taking envelopes, delivers what it
 /// holds (for up to 2 s) and returns once every task has stopped.
-///
-/// # Errors
-/// An invalid config, or a listener that failed.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let registry = <Agent as hydrant_runtime::Role>::registry(&config);
-    serve(config, listeners, registry, shutdown).await
-}
-
-/// [`run`], counting into `registry` (the micro cloud keeps a handle to read it directly).
 async fn serve(
     config: Config,
     listeners: Listeners,
     registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    config.validate()?;
     let metrics = metrics::Metrics::new(&registry);
     let lanes: Vec<Arc<egress::Lane>> = config
         .dopplers
@@ -171,11 +151,6 @@ async fn serve(
         ));
     }
     let flusher = tokio::spawn(router.clone().run_flusher(shutdown.clone()));
-    let admin = hydrant_emitter::admin::spawn(
-        listeners.admin,
-        hydrant_emitter::admin::router(registry.clone()),
-        &shutdown,
-    );
     let telemetry = config.telemetry.start(&registry, shutdown.clone());
 
     let service = IngressServer::new(ingress::IngressService::new(
@@ -201,7 +176,8 @@ async fn serve(
     router.flush_all();
     drain.cancel();
     while lane_tasks.join_next().await.is_some() {}
-    let admin = hydrant_emitter::admin::finish(admin, telemetry.as_ref()).await;
-    served?;
-    admin.map_err(Error::Admin)
+    if let Some(telemetry) = &telemetry {
+        telemetry.stopped().await;
+    }
+    Ok(served?)
 }

@@ -13,11 +13,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hydrant_agent::{Config, Listeners, run};
+use hydrant_agent::Config;
 use hydrant_envelope::raw::ingress::ingress_client::IngressClient as RawClient;
 use hydrant_envelope::v2;
 use hydrant_envelope::v2::ingress_client::IngressClient as TypedClient;
 use hydrant_envelope::wire::{self, EnvelopeView};
+use hydrant_runtime::Listeners;
 use hydrant_testkit::{FakeAgent, wait_for};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -158,7 +159,11 @@ impl Agent {
         };
         tweak(&mut config);
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(config, Listeners { ingress, admin }, shutdown.clone()));
+        let task = tokio::spawn(hydrant_runtime::run::<hydrant_agent::Agent>(
+            config,
+            Listeners::from_bound(vec![("ingress", ingress), ("admin", admin)]),
+            shutdown.clone(),
+        ));
         let agent = Self {
             url,
             admin: admin_addr,
@@ -435,7 +440,11 @@ async fn the_hydrant_emitter_and_the_agents_own_telemetry_flow_through() {
         ..Config::default()
     };
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run(config, Listeners { ingress, admin }, shutdown.clone()));
+    let task = tokio::spawn(hydrant_runtime::run::<hydrant_agent::Agent>(
+        config,
+        Listeners::from_bound(vec![("ingress", ingress), ("admin", admin)]),
+        shutdown.clone(),
+    ));
 
     let registry = hydrant_emitter::Registry::new("test-role", "0");
     let emitter = hydrant_emitter::Emitter::start(

@@ -110,12 +110,14 @@ fn at_least(field: &'static str, value: usize, min: usize, hint: &str) -> Result
     Ok(())
 }
 
-impl Config {
+impl hydrant_runtime::Validate for Config {
+    type Error = Error;
+
     /// Checks every setting.
     ///
     /// # Errors
     /// [`Error::Config`] or [`Error::LogCache`] naming the field and a valid value.
-    pub fn validate(&self) -> Result<(), Error> {
+    fn validate(&self) -> Result<(), Error> {
         check_addr("listen", &self.listen)?;
         check_addr("admin_listen", &self.admin_listen)?;
         if self.instance_id.is_empty() {
@@ -199,7 +201,9 @@ impl Config {
         self.logcache.validate()?;
         Ok(())
     }
+}
 
+impl Config {
     pub(crate) fn keepalive_interval(&self) -> Duration {
         Duration::from_secs(self.keepalive_interval_secs)
     }
@@ -216,6 +220,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hydrant_runtime::Validate as _;
 
     #[test]
     fn empty_toml_is_the_default_and_valid() {

@@ -23,9 +23,6 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("doppler gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
-    /// The admin HTTP server failed.
-    #[error("doppler admin server failed: {0}")]
-    Admin(std::io::Error),
     /// An internal task panicked or was cancelled unexpectedly.
     #[error("doppler task {task} failed: {message}")]
     Task {

@@ -14,7 +14,7 @@
 //! bounded and drops its oldest data first; every drop is counted with a reason, and a
 //! subscriber that lost data finds a gap marker in its stream; no client can slow another.
 //!
-//! Entry point: [`run`], with a [`Config`] and the [`Listeners`] the caller bound.
+//! Entry point: [`Doppler`], a [`hydrant_runtime::Role`], with a [`Config`].
 
 mod batch;
 mod cache;
@@ -31,7 +31,7 @@ mod selector;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hydrant_emitter::{Registry, admin};
+use hydrant_emitter::Registry;
 use hydrant_envelope::{MAX_MESSAGE_BYTES, logcache_v1, raw};
 use hydrant_logcache::Store;
 use tokio::sync::mpsc;
@@ -61,8 +61,6 @@ hydrant_runtime::listeners! {
     pub struct Listeners for Doppler {
         /// gRPC: v2 Ingress, v2 Egress and `logcache.v1.Egress` (config `listen`).
         grpc,
-        /// Admin HTTP: `/healthz`, `/metrics` (config `admin_listen`).
-        admin,
     }
 }
 
@@ -80,10 +78,6 @@ impl hydrant_runtime::Role for Doppler {
         hydrant_runtime::admin_listener("127.0.0.1:8083", |c| &c.admin_listen),
     ];
 
-    fn validate(config: &Config) -> Result<(), Error> {
-        config.validate()
-    }
-
     fn registry(config: &Config) -> Registry {
         Registry::new("doppler", &config.instance_id)
     }
@@ -100,26 +94,12 @@ impl hydrant_runtime::Role for Doppler {
 
 /// Runs the doppler until `shutdown` is cancelled, then stops every task it started (open
 /// streams get `shutdown_grace_secs` to finish) and returns.
-///
-/// # Errors
-/// An invalid config, or a server that fails while running.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let registry = <Doppler as hydrant_runtime::Role>::registry(&config);
-    serve(config, listeners, registry, shutdown).await
-}
-
-/// [`run`], counting into `registry` (the runtime's, which the micro cloud reads directly).
 async fn serve(
     config: Config,
     listeners: Listeners,
     registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    config.validate()?;
     // Every task stops on `stop`: the caller's shutdown, or a server failing on its own.
     let stop = shutdown.child_token();
     let metrics = Metrics::new(&registry);
@@ -150,7 +130,6 @@ async fn serve(
     ));
     let cache_task = tokio::spawn(cache::run(intake, store.clone(), metrics.logcache.clone()));
     let _telemetry = config.telemetry.start(&registry, stop.clone());
-    let admin_task = admin::spawn(listeners.admin, admin::router(registry.clone()), &stop);
 
     let ingress = ingress::IngressService::new(ring, metrics.clone(), stop.clone());
     let egress = egress::EgressService::new(
@@ -211,7 +190,6 @@ async fn serve(
     let grace = config.shutdown_grace();
     let router_done = join("router", router_task, grace).await;
     let cache_done = join("cache", cache_task, grace).await;
-    let admin_done = join("admin", admin_task, grace).await;
     let served = match served {
         Ok(result) => result.map_err(Error::from),
         Err(e) => Err(Error::Task {
@@ -222,7 +200,6 @@ async fn serve(
     served?;
     router_done?;
     cache_done?;
-    admin_done?.map_err(Error::Admin)?;
     tracing::info!("doppler stopped");
     Ok(())
 }

@@ -130,12 +130,14 @@ pub(crate) fn secs(v: f64, fallback: Duration) -> Duration {
     Duration::try_from_secs_f64(v).unwrap_or(fallback)
 }
 
-impl Config {
+impl hydrant_runtime::Validate for Config {
+    type Error = Error;
+
     /// Checks every field; the message names the field and says how to fix it.
     ///
     /// # Errors
     /// [`Error::Config`].
-    pub fn validate(&self) -> Result<(), Error> {
+    fn validate(&self) -> Result<(), Error> {
         for (name, addr) in [
             ("listen", &self.listen),
             ("admin_listen", &self.admin_listen),
@@ -262,6 +264,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hydrant_runtime::Validate as _;
 
     fn with_key() -> Config {
         Config {

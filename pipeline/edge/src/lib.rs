@@ -68,8 +68,6 @@ hydrant_runtime::listeners! {
     pub struct Listeners for TrafficController {
         /// Public HTTP/WebSocket: streams, SSE and recent reads. Default `127.0.0.1:8081`.
         http,
-        /// Admin: `/healthz` and `/metrics`. Default `127.0.0.1:8089`.
-        admin,
     }
 }
 
@@ -86,10 +84,6 @@ impl hydrant_runtime::Role for TrafficController {
         hydrant_runtime::listener("http", "listen", "127.0.0.1:8081", |c| &c.listen),
         hydrant_runtime::admin_listener("127.0.0.1:8089", |c| &c.admin_listen),
     ];
-
-    fn validate(config: &Config) -> Result<(), Error> {
-        config.validate()
-    }
 
     fn registry(config: &Config) -> Registry {
         Registry::new(ROLE, &config.instance_id)
@@ -110,27 +104,12 @@ impl hydrant_runtime::Role for TrafficController {
 }
 
 /// Runs the traffic controller until `shutdown` is cancelled and its streams have closed.
-///
-/// # Errors
-/// [`Error::Config`] or [`Error::Key`] before anything starts; [`Error::Serve`] if a listener
-/// fails while serving.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let registry = <TrafficController as hydrant_runtime::Role>::registry(&config);
-    serve(config, listeners, registry, shutdown).await
-}
-
-/// [`run`], counting into `registry` (the runtime's, which the micro cloud reads directly).
 async fn serve(
     config: Config,
     listeners: Listeners,
     registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    config.validate()?;
     // Everything below stops on `stop`: the caller's shutdown, or a listener failing.
     let stop = shutdown.child_token();
     let tracker = TaskTracker::new();
@@ -203,7 +182,6 @@ async fn serve(
     });
     tracing::info!(
         http = ?listeners.http.local_addr().ok(),
-        admin = ?listeners.admin.local_addr().ok(),
         dopplers = config.dopplers.len(),
         "trafficcontroller serving"
     );
@@ -221,23 +199,10 @@ async fn serve(
             })
         }
     };
-    let admin = {
-        let stop = stop.clone();
-        let router = hydrant_emitter::admin::router(registry);
-        async move {
-            let r = hydrant_emitter::admin::serve(listeners.admin, router, stop.clone()).await;
-            stop.cancel();
-            r.map_err(|source| Error::Serve {
-                what: "admin",
-                source,
-            })
-        }
-    };
-    let (http, admin) = tokio::join!(http, admin);
+    let http = http.await;
     tracker.close();
     tracker.wait().await;
     http?;
-    admin?;
     Ok(())
 }
 

@@ -103,12 +103,16 @@ impl Config {
     pub fn copy_subscription_id(&self) -> String {
         format!("{}-{}", self.subscription_id, self.instance_index)
     }
+}
+
+impl hydrant_runtime::Validate for Config {
+    type Error = Error;
 
     /// Checks every field.
     ///
     /// # Errors
     /// [`Error::Config`] naming the first bad field, or the nested section's error.
-    pub fn validate(&self) -> Result<(), Error> {
+    fn validate(&self) -> Result<(), Error> {
         hydrant_runtime::ApiConsumer::new(
             &self.api_url,
             self.token.as_ref(),
@@ -210,6 +214,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hydrant_runtime::Validate as _;
 
     #[test]
     fn defaults_need_only_a_token() {

@@ -21,7 +21,4 @@ pub enum Error {
     /// The runtime could not bind a listener or read the config.
     #[error(transparent)]
     Runtime(#[from] hydrant_runtime::Error),
-    /// The admin HTTP server failed.
-    #[error("autoscaler admin server failed: {0}")]
-    Admin(#[source] std::io::Error),
 }

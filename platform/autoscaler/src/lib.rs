@@ -55,10 +55,6 @@ pub use shard::{Shard, owner};
 /// The source type of the autoscaler's lines in an app's log stream.
 pub const SOURCE_TYPE: &str = "AUTOSCALER";
 
-/// The socket the autoscaler serves: its admin listener, `/healthz` and `/metrics` (`admin_listen`,
-/// default `127.0.0.1:14833`), bound by the caller (tests bind `127.0.0.1:0`).
-pub type Listeners = hydrant_runtime::AdminListener<AutoscalerRole>;
-
 /// The autoscaler as a [`hydrant_runtime::Role`]: `hydrant run autoscaler`, and the micro cloud's.
 #[derive(Debug, Clone, Copy)]
 pub struct AutoscalerRole;
@@ -71,10 +67,6 @@ impl hydrant_runtime::Role for AutoscalerRole {
         &[hydrant_runtime::admin_listener("127.0.0.1:14833", |c| {
             &c.admin_listen
         })];
-
-    fn validate(config: &Config) -> Result<(), Error> {
-        config.validate()
-    }
 
     fn registry(config: &Config) -> Registry {
         Registry::new("autoscaler", &config.instance_index.to_string())
@@ -89,11 +81,11 @@ impl hydrant_runtime::Role for AutoscalerRole {
 
     async fn run(
         config: Config,
-        listeners: hydrant_runtime::Listeners,
+        _: hydrant_runtime::Listeners,
         registry: Registry,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
-        serve(config, Listeners::take(listeners)?, registry, shutdown).await
+        serve(config, registry, shutdown).await
     }
 }
 
@@ -269,8 +261,8 @@ fn stream_health(
     Ok(())
 }
 
-/// The autoscaler's decision loop without its clock and stream: [`run`] ticks it; tests
-/// drive it with their own windows and instants against a real cloud controller.
+/// The autoscaler's decision loop without its clock and stream: the role ([`AutoscalerRole`])
+/// ticks it; tests drive it with their own windows and instants against a real cloud controller.
 #[derive(Debug)]
 pub struct Autoscaler {
     config: Config,
@@ -327,7 +319,7 @@ impl Autoscaler {
         Arc::clone(&self.watched)
     }
 
-    /// Where this copy's feed stands; [`run`] hands it to the feed.
+    /// Where this copy's feed stands; the role hands it to the feed.
     #[must_use]
     pub fn feed_status(&self) -> SharedStatus {
         Arc::clone(&self.feed)
@@ -442,26 +434,11 @@ impl Autoscaler {
 }
 
 /// Runs the autoscaler until `shutdown`.
-///
-/// # Errors
-/// [`Error`] when the config is invalid or the admin server fails.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let registry = <AutoscalerRole as hydrant_runtime::Role>::registry(&config);
-    serve(config, listeners, registry, shutdown).await
-}
-
-/// [`run`], counting into `registry` (the runtime's, which the micro cloud reads directly).
 async fn serve(
     config: Config,
-    listeners: Listeners,
     registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    config.validate()?;
     let emitter_stop = CancellationToken::new();
     let emitter = config.telemetry.start(&registry, emitter_stop.clone());
     let windows: SharedWindows = Arc::new(Mutex::new(
@@ -491,11 +468,6 @@ async fn serve(
             &[],
         ),
     };
-    let admin = hydrant_emitter::admin::spawn(
-        listeners.admin,
-        hydrant_emitter::admin::router(registry.clone()),
-        &shutdown,
-    );
 
     let mut evaluate = tokio::time::interval(Duration::from_secs(config.evaluation_interval_secs));
     evaluate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -526,7 +498,8 @@ async fn serve(
 
     drive.abort();
     emitter_stop.cancel();
-    hydrant_emitter::admin::finish(admin, emitter_handle.as_ref())
-        .await
-        .map_err(Error::Admin)
+    if let Some(emitter) = &emitter_handle {
+        emitter.stopped().await;
+    }
+    Ok(())
 }

@@ -16,6 +16,7 @@ use hydrant_api::policy::ScalingPolicy;
 use hydrant_autoscaler::{Autoscaler, Config, ScaleStep};
 use hydrant_emitter::Registry;
 use hydrant_envelope::wire::{EnvelopeView, encode};
+use hydrant_runtime::Validate as _;
 use hydrant_testkit::envelopes::{envelope, timer};
 use hydrant_testkit::wait_for;
 use hydrant_windows::{SharedWindows, Windows, WindowsConfig};

@@ -19,10 +19,11 @@ use std::time::Duration;
 
 use hydrant_api::EventFilter;
 use hydrant_api::policy::ScalingPolicy;
-use hydrant_autoscaler::{Config, Listeners, SOURCE_TYPE, owner};
+use hydrant_autoscaler::{AutoscalerRole, Config, SOURCE_TYPE, owner};
 use hydrant_emitter::{Emitter, EmitterConfig, Registry};
 use hydrant_firehose_client::{ClientConfig, RecentQuery};
 use hydrant_microcloud::{MicroCloud, Options as CloudOptions};
+use hydrant_runtime::{Listeners, Validate as _};
 use hydrant_testkit::wait_for;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
@@ -158,9 +159,9 @@ async fn each_app_is_scaled_by_exactly_the_copy_that_owns_it() {
         config.validate().unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         admins.push(admin.local_addr().unwrap());
-        tasks.push(tokio::spawn(hydrant_autoscaler::run(
+        tasks.push(tokio::spawn(hydrant_runtime::run::<AutoscalerRole>(
             config,
-            Listeners::new(admin),
+            Listeners::from_bound(vec![("admin", admin)]),
             stop.clone(),
         )));
     }

@@ -142,12 +142,14 @@ impl Default for Config {
     }
 }
 
-impl Config {
+impl hydrant_runtime::Validate for Config {
+    type Error = Error;
+
     /// Checks every field.
     ///
     /// # Errors
     /// [`Error::Config`] naming the first bad field, [`Error::Telemetry`] or [`Error::Bus`].
-    pub fn validate(&self) -> Result<(), Error> {
+    fn validate(&self) -> Result<(), Error> {
         for (field, addr) in [
             ("listen", &self.listen),
             ("admin_listen", &self.admin_listen),
@@ -273,7 +275,9 @@ impl Config {
         self.telemetry.validate()?;
         Ok(())
     }
+}
 
+impl Config {
     /// The staging containers' settings with the defaults filled in: cgroups under
     /// `hydrant/staging-<hash of data_dir>` (one parent per cloud controller, so two on one host
     /// never clean up each other's containers) and state under `<data_dir>/containers`.
@@ -432,6 +436,7 @@ pub(crate) fn is_domain(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hydrant_runtime::Validate as _;
 
     #[test]
     fn default_is_valid_and_documented_values_hold() {

@@ -43,7 +43,4 @@ pub enum Error {
     /// The API server failed.
     #[error("cloud controller API server failed: {0}")]
     Serve(#[source] std::io::Error),
-    /// The admin HTTP server failed.
-    #[error("cloud controller admin server failed: {0}")]
-    Admin(#[source] std::io::Error),
 }

@@ -60,8 +60,6 @@ hydrant_runtime::listeners! {
     pub struct Listeners for CloudController {
         /// The REST API (`Config::listen`, default `127.0.0.1:9022`).
         api,
-        /// `/healthz` and `/metrics` (`Config::admin_listen`, default `127.0.0.1:14831`).
-        admin,
     }
 }
 
@@ -78,10 +76,6 @@ impl hydrant_runtime::Role for CloudController {
         hydrant_runtime::listener("api", "listen", "127.0.0.1:9022", |c| &c.listen),
         hydrant_runtime::admin_listener("127.0.0.1:14831", |c| &c.admin_listen),
     ];
-
-    fn validate(config: &Config) -> Result<(), Error> {
-        config.validate()
-    }
 
     fn registry(config: &Config) -> Registry {
         Registry::new("cloudcontroller", &config.instance_id)
@@ -116,27 +110,12 @@ pub(crate) struct Ctx {
 /// Runs the cloud controller until `shutdown` is cancelled, then stops serving, lets running
 /// builds be abandoned (they are marked FAILED at the next start) and returns once every task
 /// has stopped.
-///
-/// # Errors
-/// An invalid config, an unusable data directory or database, a bus that cannot be joined, or
-/// a listener that failed.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let registry = <CloudController as hydrant_runtime::Role>::registry(&config);
-    serve(config, listeners, registry, shutdown).await
-}
-
-/// [`run`], counting into `registry` (the runtime's, which the micro cloud reads directly).
 async fn serve(
     config: Config,
     listeners: Listeners,
     registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    config.validate()?;
     let data = config.data_path();
     std::fs::create_dir_all(&data).map_err(|source| Error::Io {
         path: data.clone(),
@@ -175,11 +154,6 @@ async fn serve(
         feeds,
         shutdown.clone(),
     ));
-    let admin = hydrant_emitter::admin::spawn(
-        listeners.admin,
-        hydrant_emitter::admin::router(registry.clone()),
-        &shutdown,
-    );
     tracing::info!(
         listen = %ctx.config.listen,
         external_url = %ctx.config.external_url,
@@ -196,9 +170,10 @@ async fn serve(
     }
     let _ = converge.await;
     drop(ctx);
-    let admin = hydrant_emitter::admin::finish(admin, telemetry.as_ref()).await;
-    served.map_err(Error::Serve)?;
-    admin.map_err(Error::Admin)
+    if let Some(telemetry) = &telemetry {
+        telemetry.stopped().await;
+    }
+    served.map_err(Error::Serve)
 }
 
 /// First-start work: the default space and the administrator; and builds a previous run left

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use hydrant_api::{Build, BuildState, Client};
 use hydrant_bus::Config as BusConfig;
-use hydrant_cloudcontroller::{Config, IsolationMode, Listeners, StagingIsolation};
+use hydrant_cloudcontroller::{Config, IsolationMode, StagingIsolation};
 use hydrant_testkit::{FakeAgent, wait_for};
 use support::{ADMIN_PASSWORD, app_dir};
 use tokio_util::sync::CancellationToken;
@@ -78,15 +78,15 @@ impl Cc {
         };
         config.telemetry.agent = Some(agent.url());
         config.telemetry.interval_secs = 1;
-        let listeners = Listeners::bind(&config).await.unwrap();
-        let addr = listeners.api.local_addr().unwrap();
+        let listeners = hydrant_runtime::bind::<hydrant_cloudcontroller::CloudController>(&config)
+            .await
+            .unwrap();
+        let addr = listeners.local_addr("api").unwrap();
         config.external_url = format!("http://{addr}");
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(hydrant_cloudcontroller::run(
-            config.clone(),
-            listeners,
-            shutdown.clone(),
-        ));
+        let task = tokio::spawn(hydrant_runtime::run::<
+            hydrant_cloudcontroller::CloudController,
+        >(config.clone(), listeners, shutdown.clone()));
         let anonymous = Client::new(&config.external_url, None);
         wait_for(Duration::from_secs(10), "the API to answer", || {
             let anonymous = anonymous.clone();

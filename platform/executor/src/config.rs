@@ -149,12 +149,14 @@ pub(crate) fn is_token(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-impl Config {
+impl hydrant_runtime::Validate for Config {
+    type Error = Error;
+
     /// Checks every field.
     ///
     /// # Errors
     /// [`Error::Config`] naming the first bad field, [`Error::Telemetry`] or [`Error::Bus`].
-    pub fn validate(&self) -> Result<(), Error> {
+    fn validate(&self) -> Result<(), Error> {
         if !is_token(&self.executor_id) {
             return Err(invalid(
                 "executor_id",
@@ -238,7 +240,9 @@ impl Config {
         }
         Ok(())
     }
+}
 
+impl Config {
     /// The container settings with the executor's defaults filled in.
     pub(crate) fn container_config(&self) -> hydrant_container::Config {
         self.containers.clone().with_defaults(
@@ -255,6 +259,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hydrant_runtime::Validate as _;
 
     #[test]
     fn defaults_are_valid() {

@@ -39,9 +39,6 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
-    /// The admin HTTP server failed.
-    #[error("executor admin server failed: {0}")]
-    Admin(#[source] std::io::Error),
     /// A start request cannot be honoured as written.
     #[error("invalid start request: {0}")]
     InvalidRequest(String),

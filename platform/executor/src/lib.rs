@@ -3,7 +3,7 @@
 //! of the platform what it runs (heartbeats, crash events, route registrations).
 //!
 //! Flow: cloud controller / health manager → `executor.start.<id>`, `executor.stop.<id>` (bus)
-//! → [`run`] → one task per instance (droplet → process group → health → RUNNING) → app
+//! → [`Executor`] → one task per instance (droplet → process group → health → RUNNING) → app
 //! stdout/stderr and container metrics → emitter → agent; state → `executor.heartbeat`,
 //! `executor.crash`, `router.register.<executor_id>` / `router.unregister.<executor_id>` (bus).
 //!
@@ -59,10 +59,6 @@ const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the bus to take the final messages.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The sockets the role serves: its admin listener only (`/healthz`, `/metrics`; `Config::admin_listen`,
-/// default `127.0.0.1:14830`), bound by the runtime or by the caller (tests bind `127.0.0.1:0`).
-pub type Listeners = hydrant_runtime::AdminListener<Executor>;
-
 /// An executor as a [`hydrant_runtime::Role`]: `hydrant run executor`, and the micro cloud's one
 /// executor.
 #[derive(Debug, Clone, Copy)]
@@ -77,10 +73,6 @@ impl hydrant_runtime::Role for Executor {
             &c.admin_listen
         })];
 
-    fn validate(config: &Config) -> Result<(), Error> {
-        config.validate()
-    }
-
     fn registry(config: &Config) -> Registry {
         Registry::new("executor", &config.executor_id)
     }
@@ -91,11 +83,11 @@ impl hydrant_runtime::Role for Executor {
 
     async fn run(
         config: Config,
-        listeners: hydrant_runtime::Listeners,
+        _: hydrant_runtime::Listeners,
         registry: Registry,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
-        serve(config, Listeners::take(listeners)?, registry, shutdown).await
+        serve(config, registry, shutdown).await
     }
 }
 
@@ -107,27 +99,11 @@ fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> E
 /// Runs the executor until `shutdown` is cancelled; then stops every instance gracefully
 /// (bounded by `stop_timeout_secs` plus a few seconds), unregisters their routes, sends a last
 /// heartbeat and returns.
-///
-/// # Errors
-/// An invalid config, an unusable data directory, an unreachable bus at start-up, or a failed
-/// admin listener.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let registry = <Executor as hydrant_runtime::Role>::registry(&config);
-    serve(config, listeners, registry, shutdown).await
-}
-
-/// [`run`], counting into `registry` (the runtime's, which the micro cloud reads directly).
 async fn serve(
     config: Config,
-    listeners: Listeners,
     registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    config.validate()?;
     let metrics = metrics::Metrics::new(&registry);
 
     let instances_dir = config.data_dir.join("instances");
@@ -222,11 +198,6 @@ async fn serve(
     let _ = cell.heartbeats.set(heartbeats);
     let _ = cell.routes.set(routes);
 
-    let admin = tokio::spawn(hydrant_emitter::admin::serve(
-        listeners.admin,
-        hydrant_emitter::admin::router(registry.clone()),
-        shutdown.clone(),
-    ));
     tracing::info!(executor_id = %cell.config.executor_id, bus = %bus.url(),
         "executor taking start requests on {start_subject}");
 
@@ -270,10 +241,7 @@ async fn serve(
     if let Some(emitter) = &emitter {
         emitter.stopped().await;
     }
-    match admin.await {
-        Ok(Ok(())) | Err(_) => Ok(()),
-        Ok(Err(e)) => Err(Error::Admin(e)),
-    }
+    Ok(())
 }
 
 /// Where the executor keeps instance `guid`'s files under `data_dir` (for tools and tests).

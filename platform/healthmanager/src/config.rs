@@ -82,12 +82,14 @@ impl Default for Config {
     }
 }
 
-impl Config {
+impl hydrant_runtime::Validate for Config {
+    type Error = Error;
+
     /// Checks every field.
     ///
     /// # Errors
     /// [`Error::Config`] naming the first bad field, [`Error::Telemetry`] or [`Error::Bus`].
-    pub fn validate(&self) -> Result<(), Error> {
+    fn validate(&self) -> Result<(), Error> {
         hydrant_runtime::ApiConsumer::new(
             &self.api_url,
             self.token.as_ref(),
@@ -143,7 +145,9 @@ impl Config {
         self.telemetry.validate()?;
         Ok(())
     }
+}
 
+impl Config {
     pub(crate) fn secs(secs: u64) -> Duration {
         Duration::from_secs(secs)
     }
@@ -156,6 +160,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hydrant_runtime::Validate as _;
 
     fn valid() -> Config {
         Config {

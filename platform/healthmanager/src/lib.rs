@@ -73,10 +73,6 @@ const RETRY_QUEUE: usize = 1024;
 /// How long shutdown waits for restart and stop tasks.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// The socket the health manager serves: its admin listener, `/healthz` and `/metrics`
-/// (`admin_listen`, default `127.0.0.1:14832`), bound by the caller (tests bind `127.0.0.1:0`).
-pub type Listeners = hydrant_runtime::AdminListener<HealthManager>;
-
 /// The health manager as a [`hydrant_runtime::Role`]: `hydrant run healthmanager`, and the micro
 /// cloud's.
 #[derive(Debug, Clone, Copy)]
@@ -91,21 +87,17 @@ impl hydrant_runtime::Role for HealthManager {
             &c.admin_listen
         })];
 
-    fn validate(config: &Config) -> Result<(), Error> {
-        config.validate()
-    }
-
     fn describe(config: &Config) -> Option<String> {
         Some(format!("desired state from {}", config.api_url))
     }
 
     async fn run(
         config: Config,
-        listeners: hydrant_runtime::Listeners,
+        _: hydrant_runtime::Listeners,
         registry: Registry,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
-        serve(config, Listeners::take(listeners)?, registry, shutdown).await
+        serve(config, registry, shutdown).await
     }
 }
 
@@ -533,26 +525,11 @@ impl Loop {
 }
 
 /// Runs the health manager until `shutdown` is cancelled.
-///
-/// # Errors
-/// An invalid config, an unreachable bus at start-up, or a failed admin listener.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let registry = <HealthManager as hydrant_runtime::Role>::registry(&config);
-    serve(config, listeners, registry, shutdown).await
-}
-
-/// [`run`], counting into `registry` (the runtime's, which the micro cloud reads directly).
 async fn serve(
     config: Config,
-    listeners: Listeners,
     registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    config.validate()?;
     let metrics = Metrics::new(&registry);
     let bus = Bus::connect(&config.bus, &registry).await?;
     let emitter_stop = CancellationToken::new();
@@ -590,11 +567,6 @@ async fn serve(
         metrics.clone(),
         shutdown.clone(),
     ));
-    let admin = hydrant_emitter::admin::spawn(
-        listeners.admin,
-        hydrant_emitter::admin::router(registry.clone()),
-        &shutdown,
-    );
     let (retry_tx, mut retry_rx) = mpsc::channel(RETRY_QUEUE);
     let mut state = Loop {
         shared: Arc::clone(&shared),
@@ -639,9 +611,10 @@ async fn serve(
     tasks.close();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await;
     emitter_stop.cancel();
-    hydrant_emitter::admin::finish(admin, emitter.as_ref())
-        .await
-        .map_err(Error::Admin)
+    if let Some(emitter) = &emitter {
+        emitter.stopped().await;
+    }
+    Ok(())
 }
 
 /// Sleeps until `due`, or forever when nothing is scheduled.

@@ -43,17 +43,15 @@ async fn start_cc(dir: &std::path::Path, bus: &str) -> Cc {
         bus: BusConfig::inprocess(bus),
         ..hydrant_cloudcontroller::Config::default()
     };
-    let listeners = hydrant_cloudcontroller::Listeners::bind(&config)
+    let listeners = hydrant_runtime::bind::<hydrant_cloudcontroller::CloudController>(&config)
         .await
         .unwrap();
-    config.external_url = format!("http://{}", listeners.api.local_addr().unwrap());
+    config.external_url = format!("http://{}", listeners.local_addr("api").unwrap());
     let url = config.external_url.clone();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(hydrant_cloudcontroller::run(
-        config,
-        listeners,
-        shutdown.clone(),
-    ));
+    let task = tokio::spawn(hydrant_runtime::run::<
+        hydrant_cloudcontroller::CloudController,
+    >(config, listeners, shutdown.clone()));
     let anonymous = Client::new(&url, None);
     wait_for(WAIT, "the API to answer", || {
         let anonymous = anonymous.clone();
@@ -298,15 +296,17 @@ fn hm_config(
 }
 
 async fn start_hm(config: hydrant_healthmanager::Config) -> CancellationToken {
-    let listeners = hydrant_healthmanager::Listeners::bind(&config)
+    let listeners = hydrant_runtime::bind::<hydrant_healthmanager::HealthManager>(&config)
         .await
         .unwrap();
     let shutdown = CancellationToken::new();
-    tokio::spawn(hydrant_healthmanager::run(
-        config,
-        listeners,
-        shutdown.clone(),
-    ));
+    tokio::spawn(
+        hydrant_runtime::run::<hydrant_healthmanager::HealthManager>(
+            config,
+            listeners,
+            shutdown.clone(),
+        ),
+    );
     shutdown
 }
 

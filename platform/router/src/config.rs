@@ -151,12 +151,14 @@ fn in_range(field: &str, value: u64, min: u64, max: u64, unit: &str) -> Result<(
     Ok(())
 }
 
-impl Config {
+impl hydrant_runtime::Validate for Config {
+    type Error = Error;
+
     /// Checks every field.
     ///
     /// # Errors
     /// [`Error::Config`] naming the first bad field, [`Error::Telemetry`] or [`Error::Bus`].
-    pub fn validate(&self) -> Result<(), Error> {
+    fn validate(&self) -> Result<(), Error> {
         for (field, addr) in [
             ("listen", &self.listen),
             ("admin_listen", &self.admin_listen),
@@ -327,7 +329,9 @@ impl Config {
         self.bus.validate()?;
         Ok(())
     }
+}
 
+impl Config {
     /// How many worker threads serve clients: `workers`, or one per usable core when it is 0.
     #[must_use]
     pub fn worker_count(&self) -> usize {
@@ -373,6 +377,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
     use super::*;
+    use hydrant_runtime::Validate as _;
 
     #[test]
     fn defaults_are_gorouters_and_valid() {

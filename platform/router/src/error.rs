@@ -27,7 +27,4 @@ pub enum Error {
     /// Accepting client connections failed for good.
     #[error("router listener failed: {0}")]
     Accept(#[source] std::io::Error),
-    /// The admin HTTP server failed.
-    #[error("router admin server failed: {0}")]
-    Admin(#[source] std::io::Error),
 }

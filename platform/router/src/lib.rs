@@ -50,35 +50,16 @@ use std::sync::Arc;
 use hydrant_bus::Bus;
 use hydrant_bus::messages::{self, RouterStart};
 use hydrant_emitter::Registry;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, LoadBalancing, StaticRoute};
 pub use error::Error;
 
-/// The sockets the router serves, bound by the caller (tests bind `127.0.0.1:0`).
-#[derive(Debug)]
-pub struct Listeners {
-    /// Client HTTP (`Config::listen`, default `127.0.0.1:8080`).
-    pub http: TcpListener,
-    /// `/healthz` and `/metrics` (`Config::admin_listen`, default `127.0.0.1:8085`).
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds `config.listen` and `config.admin_listen` through the runtime.
-    ///
-    /// # Errors
-    /// [`Error::Runtime`] naming the field whose address could not be bound.
-    pub async fn bind(config: &Config) -> Result<Self, Error> {
-        Self::take(hydrant_runtime::bind::<Router>(config).await?)
-    }
-
-    fn take(mut bound: hydrant_runtime::Listeners) -> Result<Self, Error> {
-        Ok(Self {
-            http: bound.take("http")?,
-            admin: bound.take("admin")?,
-        })
+hydrant_runtime::listeners! {
+    /// The socket the router serves itself (the runtime serves its admin listener).
+    pub struct Listeners for Router {
+        /// Client HTTP (`Config::listen`, default `127.0.0.1:8080`).
+        http,
     }
 }
 
@@ -105,10 +86,6 @@ impl hydrant_runtime::Role for Router {
         },
     ];
 
-    fn validate(config: &Config) -> Result<(), Error> {
-        config.validate()
-    }
-
     fn registry(config: &Config) -> Registry {
         Registry::new("router", &config.router_id)
     }
@@ -127,27 +104,12 @@ impl hydrant_runtime::Role for Router {
 /// connections finish (up to 10 s) and returns once every task and worker thread has stopped.
 /// Client connections are served on `config.workers` threads of their own; everything else runs
 /// on the caller's runtime.
-///
-/// # Errors
-/// An invalid config, a bus that cannot be joined, a worker thread that could not start, or an
-/// admin listener that failed.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let registry = <Router as hydrant_runtime::Role>::registry(&config);
-    serve(config, listeners, registry, shutdown).await
-}
-
-/// [`run`], counting into `registry` (the runtime's, which the micro cloud reads directly).
 async fn serve(
     config: Config,
     listeners: Listeners,
     registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    config.validate()?;
     let bus = Bus::connect(&config.bus, &registry).await?;
     // Subscribe before announcing, so the registrations `router.start` provokes are not missed.
     // `router.>`: gorouter's subjects and each cell's own `router.register.<cell>`.
@@ -224,11 +186,6 @@ async fn serve(
         }
         .run(shutdown.clone()),
     );
-    let admin = tokio::spawn(hydrant_emitter::admin::serve(
-        listeners.admin,
-        hydrant_emitter::admin::router(registry.clone()),
-        shutdown.clone(),
-    ));
     tracing::info!(
         listen = %config.listen,
         routes = config.routes.len(),
@@ -248,14 +205,9 @@ async fn serve(
     // Whatever ended the server, stop everything else too.
     shutdown.cancel();
     let _ = routes_task.await;
-    let admin_result = admin.await;
     if let Some(emitter) = emitter {
         emitter.flush();
         emitter.stopped().await;
     }
-    served?;
-    match admin_result {
-        Ok(Ok(())) | Err(_) => Ok(()),
-        Ok(Err(e)) => Err(Error::Admin(e)),
-    }
+    served
 }

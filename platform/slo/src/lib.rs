@@ -54,10 +54,6 @@ pub use error::Error;
 /// The `source_type` of the alerter's log lines in an app's stream.
 pub const SOURCE_TYPE: &str = "SLO";
 
-/// The socket the alerter serves: its admin listener, `/healthz`, `/metrics` and `/v1/slos`
-/// (`admin_listen`, default `127.0.0.1:14835`), bound by the caller (tests bind `127.0.0.1:0`).
-pub type Listeners = hydrant_runtime::AdminListener<Slo>;
-
 /// The SLO alerter as a [`hydrant_runtime::Role`]: `hydrant run slo`, and the micro cloud's.
 #[derive(Debug, Clone, Copy)]
 pub struct Slo;
@@ -71,17 +67,13 @@ impl hydrant_runtime::Role for Slo {
             &c.admin_listen
         })];
 
-    fn validate(config: &Config) -> Result<(), Error> {
-        config.validate()
-    }
-
     async fn run(
         config: Config,
         listeners: hydrant_runtime::Listeners,
         registry: Registry,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
-        serve(config, Listeners::take(listeners)?, registry, shutdown).await
+        serve(config, &listeners, registry, shutdown).await
     }
 }
 
@@ -114,26 +106,12 @@ impl Clock {
 }
 
 /// Runs the alerter until `shutdown`; then writes its state and returns.
-///
-/// # Errors
-/// An invalid config, an unusable data directory or token file, or a failed admin listener.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let registry = <Slo as hydrant_runtime::Role>::registry(&config);
-    serve(config, listeners, registry, shutdown).await
-}
-
-/// [`run`], counting into `registry` (the runtime's, which the micro cloud reads directly).
 async fn serve(
     config: Config,
-    listeners: Listeners,
+    listeners: &hydrant_runtime::Listeners,
     registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    config.validate()?;
     let state_dir = config.data_dir.join("apps");
     std::fs::create_dir_all(&state_dir).map_err(|source| Error::Io {
         what: "cannot create",
@@ -199,9 +177,7 @@ async fn serve(
     ));
     let webhooks = webhook::Webhooks::spawn(&config.webhook, &registry, tasks.clone());
 
-    let admin_router =
-        hydrant_emitter::admin::router(registry.clone()).merge(status_routes(Arc::clone(&engine)));
-    let mut admin = hydrant_emitter::admin::spawn(listeners.admin, admin_router, &shutdown);
+    listeners.mount_admin(status_routes(Arc::clone(&engine)));
 
     let notices_sent = registry.counter("slo.notices", "Alerts started or resolved", &[]);
     let mut evaluate = tokio::time::interval(Config::secs(config.evaluate_interval_secs));
@@ -209,9 +185,9 @@ async fn serve(
     evaluate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     flush.reset();
-    let result = loop {
+    loop {
         tokio::select! {
-            () = shutdown.cancelled() => break Ok(()),
+            () = shutdown.cancelled() => break,
             _ = evaluate.tick() => {
                 let notices = evaluate_once(&clock, &windows, &engine, emitter.as_ref());
                 for n in &notices {
@@ -220,15 +196,8 @@ async fn serve(
                 }
             }
             _ = flush.tick() => flush_state(&state_dir, &engine, &windows),
-            served = &mut admin => {
-                break match served {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(Error::Admin(e)),
-                    Err(e) => Err(Error::Admin(std::io::Error::other(e))),
-                };
-            }
         }
-    };
+    }
     tasks.cancel();
     let _ = driver.await;
     flush_state(&state_dir, &engine, &windows);
@@ -236,7 +205,7 @@ async fn serve(
     if let Some(emitter) = &emitter {
         emitter.stopped().await;
     }
-    result
+    Ok(())
 }
 
 fn flush_state(dir: &std::path::Path, engine: &SharedEngine, windows: &SharedWindows) {

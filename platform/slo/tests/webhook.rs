@@ -41,7 +41,11 @@ async fn server(
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(hydrant_emitter::admin::serve(listener, app, shutdown));
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    });
     (format!("http://user:s3cret@{addr}/hook"), hits, body)
 }
 

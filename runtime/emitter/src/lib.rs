@@ -5,13 +5,11 @@
 //!
 //! # Layout
 //! - [`telemetry`]: named counters, gauges and histograms with tags; rendered as Prometheus
-//!   text on `/metrics` and emitted as envelopes into the pipeline (invariant 7: the platform
-//!   observes itself through its own pipeline).
-//! - [`admin`]: the `/healthz` + `/metrics` HTTP router every role serves.
+//!   text on `/metrics` (which the role runtime serves) and emitted as envelopes into the
+//!   pipeline (invariant 7: the platform observes itself through its own pipeline).
 //! - [`Emitter`]: the bounded, batching, never-blocking client of the agent's v2 ingress, and
 //!   [`spawn_reporter`], which feeds a [`Registry`] through it.
 
-pub mod admin;
 mod emitter;
 mod error;
 pub mod telemetry;

@@ -21,6 +21,20 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// A config that checks itself. Every role's `Config` implements it beside its fields, so the
+/// checks live with what they check; the runtime calls it before anything is bound
+/// ([`crate::Role::validate`]'s default).
+pub trait Validate {
+    /// What a rejection is: the role's error, whose config variant names the field.
+    type Error;
+
+    /// Checks every field; errors name the field and say what to write instead.
+    ///
+    /// # Errors
+    /// The first field that cannot work.
+    fn validate(&self) -> Result<(), Self::Error>;
+}
+
 /// A [`ConfigError`] for `field`.
 pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError {

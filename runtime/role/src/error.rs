@@ -39,6 +39,9 @@ pub enum Error {
         /// The bind error.
         source: std::io::Error,
     },
+    /// The admin listener (`/healthz`, `/metrics`) failed while the role ran.
+    #[error("the admin listener failed: {0}")]
+    Admin(std::io::Error),
     /// A role asked for a listener it did not declare in [`crate::Role::LISTENERS`] (a bug in
     /// the role's `run`, reported rather than panicking).
     #[error("the role has no listener named `{0}`; declare it in Role::LISTENERS")]

@@ -5,19 +5,18 @@
 //! addresses (`hydrant run`), [`bind_on`] at addresses the caller picks (the micro cloud's
 //! well-known or ephemeral ports, tests' `127.0.0.1:0`).
 //!
-//! Most roles serve one socket only, their admin listener (`/healthz`, `/metrics` and whatever
-//! status page the role adds); [`admin_listener`] declares it and [`AdminListener`] is its
-//! bound set, so such a role writes neither.
+//! Every role declares its admin listener ([`admin_listener`]); the runtime serves it
+//! (`/healthz`, `/metrics`, the routes the role mounts with [`Listeners::mount_admin`]), so the
+//! role's `run` never sees it, and a role whose only socket is its admin listener takes nothing.
 //!
 //! Invariant: every bind error names the config field and the address. The trust issue wraps
 //! the bound sockets in mTLS here, so no role binds a socket of its own.
 
-use std::fmt;
-use std::marker::PhantomData;
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
+use crate::admin::AdminRoutes;
 use crate::{Error, Role};
 
 /// One socket a role serves.
@@ -33,8 +32,8 @@ pub struct ListenerSpec<C> {
     pub address: fn(&C) -> &str,
 }
 
-/// The one listener of a role whose only socket is its admin listener: named `admin`, read from
-/// the config field `admin_listen`, defaulting to `default`.
+/// A role's admin listener: named `admin`, read from the config field `admin_listen`, defaulting
+/// to `default`. The runtime serves it; the role's `run` does not get it.
 pub const fn admin_listener<C>(default: &'static str, address: fn(&C) -> &str) -> ListenerSpec<C> {
     ListenerSpec {
         name: ADMIN,
@@ -47,55 +46,9 @@ pub const fn admin_listener<C>(default: &'static str, address: fn(&C) -> &str) -
 /// The name [`admin_listener`] gives the admin listener.
 pub const ADMIN: &str = "admin";
 
-/// The bound listener set of role `R` when its only socket is the admin listener
-/// ([`admin_listener`]). A role names it as its own `Listeners` (a type alias), so callers keep
-/// writing `Listeners::bind(&config)`.
-pub struct AdminListener<R> {
-    /// `/healthz`, `/metrics` and the role's own status endpoints (`admin_listen`).
-    pub admin: TcpListener,
-    role: PhantomData<fn() -> R>,
-}
-
-impl<R> fmt::Debug for AdminListener<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AdminListener")
-            .field("admin", &self.admin)
-            .finish()
-    }
-}
-
-impl<R: Role> AdminListener<R> {
-    /// A set over a socket bound elsewhere (tests that already hold one).
-    #[must_use]
-    pub fn new(admin: TcpListener) -> Self {
-        Self {
-            admin,
-            role: PhantomData,
-        }
-    }
-
-    /// Binds the config's admin address through [`bind`].
-    ///
-    /// # Errors
-    /// [`Error::Bind`] naming the field and the address.
-    pub async fn bind(config: &R::Config) -> Result<Self, Error> {
-        Self::take(bind::<R>(config).await?)
-    }
-
-    /// Takes the admin listener out of what the runtime bound for `R`.
-    ///
-    /// # Errors
-    /// [`Error::NoListener`] when `R` did not declare [`admin_listener`].
-    pub fn take(mut bound: Listeners) -> Result<Self, Error> {
-        Ok(Self::new(bound.take(ADMIN)?))
-    }
-}
-
-/// Declares a role's bound listener set: a struct with one public `TcpListener` field per
-/// listener (named as in [`crate::Role::LISTENERS`]), `bind(config)` that binds them at the
-/// config's addresses through [`bind`], and `take(bound)` that takes them out of what the
-/// runtime bound for the role's `run`. Roles whose only socket is the admin listener use
-/// [`AdminListener`] instead.
+/// Declares the sockets a role's `run` serves itself: a struct with one public `TcpListener`
+/// field per listener (named as in [`crate::Role::LISTENERS`], the admin listener left out: the
+/// runtime serves it) and `take(bound)`, which takes them out of what the runtime bound.
 ///
 /// ```ignore
 /// hydrant_runtime::listeners! {
@@ -103,8 +56,6 @@ impl<R: Role> AdminListener<R> {
 ///     pub struct Listeners for Agent {
 ///         /// The gRPC v2 Ingress (`listen`).
 ///         ingress,
-///         /// `/healthz` and `/metrics` (`admin_listen`).
-///         admin,
 ///     }
 /// }
 /// ```
@@ -123,17 +74,6 @@ macro_rules! listeners {
         }
 
         impl $name {
-            /// Binds every listener at the config's address through the runtime.
-            ///
-            /// # Errors
-            /// [`hydrant_runtime::Error::Bind`] naming the field whose address could not be
-            /// bound.
-            pub async fn bind(
-                config: &<$role as $crate::Role>::Config,
-            ) -> ::std::result::Result<Self, $crate::Error> {
-                Self::take($crate::bind::<$role>(config).await?)
-            }
-
             /// Takes the listeners out of what the runtime bound for the role.
             ///
             /// # Errors
@@ -164,17 +104,33 @@ pub const fn listener<C>(
     }
 }
 
-/// The sockets bound for one role, by the names its [`Role::LISTENERS`] gave them.
+/// The sockets bound for one role, by the names its [`Role::LISTENERS`] gave them, and where
+/// the role mounts its admin routes.
 #[derive(Debug, Default)]
 pub struct Listeners {
     bound: Vec<(&'static str, TcpListener)>,
+    admin_routes: AdminRoutes,
 }
 
 impl Listeners {
     /// Listeners bound elsewhere, by name (tests that already hold sockets).
     #[must_use]
     pub fn from_bound(bound: Vec<(&'static str, TcpListener)>) -> Self {
-        Self { bound }
+        Self {
+            bound,
+            admin_routes: AdminRoutes::default(),
+        }
+    }
+
+    /// Serves `routes` on the role's admin listener beside `/healthz` and `/metrics`, from now
+    /// on (a role mounts its status routes once it has built the state they read).
+    pub fn mount_admin(&self, routes: axum::Router) {
+        self.admin_routes.mount(routes);
+    }
+
+    /// The mount point [`Listeners::mount_admin`] serves, for the runtime's admin server.
+    pub(crate) fn admin_routes(&self) -> AdminRoutes {
+        self.admin_routes.clone()
     }
 
     /// Takes the listener called `name` out.
@@ -237,5 +193,5 @@ pub async fn bind_on<R: Role>(
             })?;
         bound.push((spec.name, listener));
     }
-    Ok(Listeners { bound })
+    Ok(Listeners::from_bound(bound))
 }

@@ -1,14 +1,17 @@
-//! `hydrant run ROLE --config FILE` as one generic function over [`Role`]: read the file,
-//! validate, bind, say where the role listens, run until SIGINT/SIGTERM.
+//! Running a role: [`run`] on listeners already bound (the micro cloud, tests), serving the
+//! role's admin listener beside it, and [`run_from_file`], the whole of
+//! `hydrant run ROLE --config FILE` (read the file, validate, bind, say where the role listens,
+//! run until SIGINT/SIGTERM).
 //!
-//! Invariant: nothing is bound before the config validates, so a bad config never holds a port;
-//! the role sees the same [`Listeners`] and registry it would get in the micro cloud.
+//! Invariant: a role is only ever started through [`run_with_registry`], so every role's config
+//! is validated before its code runs and every role's `/healthz` and `/metrics` are the
+//! runtime's; nothing is bound before the config validates, so a bad config never holds a port.
 
 use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{Role, bind, load};
+use crate::{ADMIN, Error, Listeners, Registry, Role, admin, bind, load};
 
 /// Why [`run_from_file`] stopped: the runtime refused to start the role, or the role failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +47,56 @@ pub async fn run_from_file<R: Role>(
     }
     say(&line);
     let registry = R::registry(&config);
-    R::run(config, listeners, registry, shutdown_on_signal())
+    run_with_registry::<R>(config, listeners, registry, shutdown_on_signal())
         .await
         .map_err(RunError::Role)
+}
+
+/// Runs role `R` on `listeners` until `shutdown` fires, counting into the registry
+/// [`Role::registry`] gives it. See [`run_with_registry`].
+///
+/// # Errors
+/// The config does not validate, the role stopped with an error, or its admin listener failed.
+pub async fn run<R: Role>(
+    config: R::Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), R::Error> {
+    let registry = R::registry(&config);
+    run_with_registry::<R>(config, listeners, registry, shutdown).await
+}
+
+/// Runs role `R` on `listeners` until `shutdown` fires: validates its config, serves its admin
+/// listener (`/healthz`, `/metrics` over `registry`, the routes it mounts) while [`Role::run`]
+/// runs, and stops the admin server once the role has returned, so the last scrape sees every
+/// count the role made. The caller keeps a clone of `registry` to read the counters directly.
+///
+/// # Errors
+/// The config does not validate, the role stopped with an error, or its admin listener failed.
+pub async fn run_with_registry<R: Role>(
+    config: R::Config,
+    mut listeners: Listeners,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), R::Error> {
+    R::validate(&config)?;
+    let admin_stop = shutdown.child_token();
+    let admin = listeners.take(ADMIN).ok().map(|listener| {
+        admin::spawn(
+            listener,
+            registry.clone(),
+            listeners.admin_routes(),
+            admin_stop.clone(),
+        )
+    });
+    let ran = R::run(config, listeners, registry, shutdown).await;
+    admin_stop.cancel();
+    let admin = match admin {
+        Some(task) => admin::finish(task).await,
+        None => Ok(()),
+    };
+    ran?;
+    admin.map_err(|e| Error::Admin(e).into())
 }
 
 /// A token cancelled on Ctrl-C (SIGINT) or SIGTERM, whichever comes first.

@@ -1,6 +1,6 @@
 //! The runtime seen from a role: a toy role declares its listeners as data, the runtime binds
-//! them (naming the config field when it cannot), loads its config refusing unknown fields, and
-//! runs it until shutdown.
+//! them (naming the config field when it cannot), loads its config refusing unknown fields,
+//! serves its `/healthz`, `/metrics` and mounted routes, and runs it until shutdown.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -10,7 +10,9 @@
 
 use std::io::Write as _;
 
-use hydrant_runtime::{Error, ListenerSpec, Listeners, Registry, Role, bind, bind_on, invalid};
+use hydrant_runtime::{
+    Error, ListenerSpec, Listeners, Registry, Role, Validate, bind, bind_on, invalid,
+};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +32,17 @@ impl Default for EchoConfig {
             admin_listen: "127.0.0.1:0".to_owned(),
             greeting: "hello".to_owned(),
         }
+    }
+}
+
+impl Validate for EchoConfig {
+    type Error = Error;
+
+    fn validate(&self) -> Result<(), Error> {
+        if self.greeting.is_empty() {
+            return Err(invalid("greeting", "write a word to greet with").into());
+        }
+        Ok(())
     }
 }
 
@@ -53,13 +66,6 @@ impl Role for Echo {
             address: |c| &c.admin_listen,
         },
     ];
-
-    fn validate(config: &EchoConfig) -> Result<(), Error> {
-        if config.greeting.is_empty() {
-            return Err(invalid("greeting", "write a word to greet with").into());
-        }
-        Ok(())
-    }
 
     fn registry(_: &EchoConfig) -> Registry {
         Registry::new("echo", "0")
@@ -188,7 +194,8 @@ fn load_refuses_unknown_fields_and_names_the_file() {
     assert!(err.contains("greeting"), "{err}");
 }
 
-/// A role whose only socket is its admin listener, written with the runtime's defaults.
+/// A role whose only socket is its admin listener, written with the runtime's defaults: it
+/// counts, mounts a status route once it has the state the route reads, and waits.
 struct AdminOnly;
 
 impl Role for AdminOnly {
@@ -200,43 +207,130 @@ impl Role for AdminOnly {
             &c.admin_listen
         })];
 
-    fn validate(_: &EchoConfig) -> Result<(), Error> {
+    async fn run(
+        config: EchoConfig,
+        listeners: Listeners,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        // The admin listener is the runtime's: the role never gets it.
+        assert!(listeners.addrs().is_empty());
+        registry
+            .counter("admin_only.started", "Starts.", &[("greeting", "x")])
+            .inc();
+        let greeting = config.greeting;
+        // Mounted only once the role is told to, so the test sees the 404 before.
+        shutdown.cancelled().await;
+        listeners.mount_admin(axum::Router::new().route(
+            "/greeting",
+            axum::routing::get(move || async move { greeting }),
+        ));
         Ok(())
     }
+}
+
+/// GET `path` from `addr`: the status and the body.
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_runtime_serves_healthz_metrics_and_the_routes_a_role_mounts() {
+    let config = EchoConfig::default();
+    let spec = &AdminOnly::LISTENERS[0];
+    assert_eq!((spec.name, spec.field), ("admin", "admin_listen"));
+    let bound = bind::<AdminOnly>(&config).await.unwrap();
+    let admin = bound.local_addr("admin").unwrap();
+    assert!(admin.ip().is_loopback());
+    let registry = AdminOnly::registry(&config);
+    assert_eq!(registry.source_id(), "admin-only");
+    let stop_role = CancellationToken::new();
+    let task = tokio::spawn(hydrant_runtime::run_with_registry::<AdminOnly>(
+        config,
+        bound,
+        registry.clone(),
+        stop_role.clone(),
+    ));
+
+    assert_eq!(get(admin, "/healthz").await, (200, "ok\n".to_owned()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, body) = get(admin, "/metrics").await;
+        assert_eq!(status, 200);
+        if body.contains("admin_only_started") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never counted: {body}"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(get(admin, "/greeting").await.0, 404);
+    stop_role.cancel();
+    task.await.unwrap().unwrap();
+    // Once the role has returned, the runtime has stopped its admin server too.
+    assert!(
+        reqwest::get(format!("http://{admin}/healthz"))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_mounted_route_is_served_beside_healthz_and_metrics() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let listeners = Listeners::from_bound(vec![("admin", listener)]);
+    listeners
+        .mount_admin(axum::Router::new().route("/status", axum::routing::get(|| async { "fine" })));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(hydrant_runtime::run::<Mounted>(
+        EchoConfig::default(),
+        listeners,
+        stop.clone(),
+    ));
+    assert_eq!(get(addr, "/status").await, (200, "fine".to_owned()));
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+    assert_eq!(get(addr, "/nope").await.0, 404);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// A role that only waits: its admin routes were mounted by whoever bound its listeners.
+struct Mounted;
+
+impl Role for Mounted {
+    const NAME: &'static str = "mounted";
+    type Config = EchoConfig;
+    type Error = Error;
+    const LISTENERS: &'static [ListenerSpec<EchoConfig>] =
+        &[hydrant_runtime::admin_listener("127.0.0.1:0", |c| {
+            &c.admin_listen
+        })];
 
     async fn run(
         _: EchoConfig,
-        listeners: Listeners,
+        _: Listeners,
         _: Registry,
-        _: CancellationToken,
+        shutdown: CancellationToken,
     ) -> Result<(), Error> {
-        hydrant_runtime::AdminListener::<Self>::take(listeners).map(drop)
+        shutdown.cancelled().await;
+        Ok(())
     }
 }
 
 #[tokio::test]
-async fn an_admin_only_role_binds_admin_listen_and_counts_under_its_name() {
-    let config = EchoConfig::default();
-    let spec = &AdminOnly::LISTENERS[0];
-    assert_eq!((spec.name, spec.field), ("admin", "admin_listen"));
-    let set = hydrant_runtime::AdminListener::<AdminOnly>::bind(&config)
+async fn a_config_that_does_not_validate_never_reaches_the_role() {
+    let config = EchoConfig {
+        greeting: String::new(),
+        ..EchoConfig::default()
+    };
+    let listeners = bind_on::<Echo>(|_| "127.0.0.1:0".to_owned()).await.unwrap();
+    let err = hydrant_runtime::run::<Echo>(config, listeners, CancellationToken::new())
         .await
-        .unwrap();
-    assert!(set.admin.local_addr().unwrap().ip().is_loopback());
-    assert_eq!(AdminOnly::registry(&config).source_id(), "admin-only");
-    let bound = bind::<AdminOnly>(&config).await.unwrap();
-    AdminOnly::run(
-        config,
-        bound,
-        Registry::new("x", "0"),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    // A role that asks for the admin set without declaring it gets an error, not a panic.
-    let echo_only = Listeners::from_bound(Vec::new());
-    assert!(matches!(
-        hydrant_runtime::AdminListener::<AdminOnly>::take(echo_only),
-        Err(Error::NoListener("admin"))
-    ));
+        .unwrap_err();
+    assert!(err.to_string().contains("greeting"), "{err}");
 }

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use hydrant_emitter::Emitter;
 use hydrant_nozzle_core::{Backoff, BreakerConfig};
-use hydrant_nozzle_syslog::{Config, Listeners};
+use hydrant_nozzle_syslog::Config;
 use hydrant_nozzle_testkit::{Pipeline, admin_get};
+use hydrant_runtime::Validate as _;
 
 /// The syslog role running on a task.
 pub type Nozzle = hydrant_nozzle_testkit::Nozzle<hydrant_nozzle_syslog::Error>;
@@ -43,9 +44,11 @@ pub async fn start_nozzle(pipeline: &Pipeline, drains: Vec<String>) -> Nozzle {
 
 pub async fn start_nozzle_with(config: Config) -> Nozzle {
     config.validate().unwrap();
-    let listeners = Listeners::bind(&config).await.unwrap();
-    Nozzle::spawn(listeners.admin.local_addr().unwrap(), |shutdown| {
-        hydrant_nozzle_syslog::run(config, listeners, shutdown)
+    let listeners = hydrant_runtime::bind::<hydrant_nozzle_syslog::SyslogNozzle>(&config)
+        .await
+        .unwrap();
+    Nozzle::spawn(listeners.local_addr("admin").unwrap(), |shutdown| {
+        hydrant_runtime::run::<hydrant_nozzle_syslog::SyslogNozzle>(config, listeners, shutdown)
     })
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use hydrant_doppler::{Config, Error, Listeners};
+use hydrant_doppler::{Config, Error};
 use hydrant_envelope::logcache_v1;
 use hydrant_envelope::v2::{self, egress_client::EgressClient, ingress_client::IngressClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,9 +40,9 @@ pub async fn start(config: Config) -> Doppler {
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (grpc_addr, admin_addr) = (grpc.local_addr().unwrap(), admin.local_addr().unwrap());
     let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(hydrant_doppler::run(
+    let handle = tokio::spawn(hydrant_runtime::run::<hydrant_doppler::Doppler>(
         config,
-        Listeners { grpc, admin },
+        hydrant_runtime::Listeners::from_bound(vec![("grpc", grpc), ("admin", admin)]),
         shutdown.clone(),
     ));
     Doppler {

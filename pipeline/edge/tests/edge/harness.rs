@@ -14,7 +14,7 @@ use hydrant_envelope::logcache_v1::{self, MetaInfo, MetaRequest, MetaResponse, R
 use hydrant_envelope::raw::egress::egress_server::{Egress, EgressServer};
 use hydrant_envelope::v2;
 use hydrant_envelope::wire::{BatchIter, EnvelopeView};
-use hydrant_firehose::{Config, Listeners};
+use hydrant_firehose::{Config, TrafficController};
 use prost::Message as _;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
@@ -332,14 +332,17 @@ pub fn config(dopplers: Vec<String>) -> Config {
 }
 
 pub async fn start_edge(config: Config) -> Edge {
-    let listeners = Listeners {
-        http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    };
-    let http = listeners.http.local_addr().unwrap();
-    let admin = listeners.admin.local_addr().unwrap();
+    let listeners = hydrant_runtime::bind_on::<TrafficController>(|_| "127.0.0.1:0".to_owned())
+        .await
+        .unwrap();
+    let http = listeners.local_addr("http").unwrap();
+    let admin = listeners.local_addr("admin").unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(hydrant_firehose::run(config, listeners, shutdown.clone()));
+    let task = tokio::spawn(hydrant_runtime::run::<TrafficController>(
+        config,
+        listeners,
+        shutdown.clone(),
+    ));
     Edge {
         http,
         admin,

@@ -72,17 +72,21 @@ async fn shutdown_closes_streams_with_1001_and_run_returns() {
 
 #[tokio::test]
 async fn a_bad_config_is_refused_before_anything_starts() {
-    let listeners = hydrant_firehose::Listeners {
-        http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        admin: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    };
+    let listeners =
+        hydrant_runtime::bind_on::<hydrant_firehose::TrafficController>(|_| "127.0.0.1:0".into())
+            .await
+            .unwrap();
     let bad = hydrant_firehose::Config {
         token_keys_file: Some("/nonexistent/token_keys.json".into()),
         ..hydrant_firehose::Config::default()
     };
-    let err = hydrant_firehose::run(bad, listeners, tokio_util::sync::CancellationToken::new())
-        .await
-        .unwrap_err();
+    let err = hydrant_runtime::run::<hydrant_firehose::TrafficController>(
+        bad,
+        listeners,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
     assert!(
         err.to_string().contains("/nonexistent/token_keys.json"),
         "{err}"

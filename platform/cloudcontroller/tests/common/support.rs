@@ -21,7 +21,7 @@ use hydrant_bus::messages::{
     StartInstance, StopInstance,
 };
 use hydrant_bus::{Bus, Config as BusConfig};
-use hydrant_cloudcontroller::{Config, Listeners};
+use hydrant_cloudcontroller::Config;
 use hydrant_emitter::Registry;
 use hydrant_testkit::wait_for;
 use tokio::task::JoinHandle;
@@ -81,17 +81,17 @@ impl Cc {
         };
         config.telemetry.agent.clone_from(&options.agent);
         config.telemetry.interval_secs = 1;
-        let listeners = Listeners::bind(&config).await.unwrap();
-        let addr = listeners.api.local_addr().unwrap();
-        let admin_addr = listeners.admin.local_addr().unwrap();
+        let listeners = hydrant_runtime::bind::<hydrant_cloudcontroller::CloudController>(&config)
+            .await
+            .unwrap();
+        let addr = listeners.local_addr("api").unwrap();
+        let admin_addr = listeners.local_addr("admin").unwrap();
         config.external_url = format!("http://{addr}");
         let url = config.external_url.clone();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(hydrant_cloudcontroller::run(
-            config,
-            listeners,
-            shutdown.clone(),
-        ));
+        let task = tokio::spawn(hydrant_runtime::run::<
+            hydrant_cloudcontroller::CloudController,
+        >(config, listeners, shutdown.clone()));
         let anonymous = Client::new(&url, None);
         wait_for(Duration::from_secs(10), "the API to answer", || {
             let anonymous = anonymous.clone();

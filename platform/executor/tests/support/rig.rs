@@ -22,7 +22,7 @@ use hydrant_bus::messages::{
 use hydrant_bus::{Bus, Subscription};
 use hydrant_emitter::Registry;
 use hydrant_envelope::v2;
-use hydrant_executor::{Config, Listeners};
+use hydrant_executor::Config;
 use hydrant_testkit::{FakeAgent, dead_addr, wait_for};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
@@ -201,10 +201,16 @@ impl Rig {
         let config_isolation = config.isolation;
         let config_network = config.network.clone();
         let config_parent = config.containers.cgroup_parent.clone();
-        let listeners = Listeners::bind(&config).await.unwrap();
-        let admin = listeners.admin.local_addr().unwrap();
+        let listeners = hydrant_runtime::bind::<hydrant_executor::Executor>(&config)
+            .await
+            .unwrap();
+        let admin = listeners.local_addr("admin").unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(hydrant_executor::run(config, listeners, shutdown.clone()));
+        let task = tokio::spawn(hydrant_runtime::run::<hydrant_executor::Executor>(
+            config,
+            listeners,
+            shutdown.clone(),
+        ));
         let rig = Self {
             network: (config_isolation == hydrant_executor::Isolation::Container)
                 .then_some(config_network),

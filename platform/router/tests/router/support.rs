@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hydrant_bus::messages::{self, RegistryMessage};
 use hydrant_bus::{Bus, BusStatus};
 use hydrant_emitter::Registry;
-use hydrant_router::{Config, Listeners};
+use hydrant_router::Config;
 use hydrant_testkit::wait_for;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -56,11 +56,17 @@ impl TestRouter {
         let bus = Bus::connect(&config.bus, &Registry::new("test", "0"))
             .await
             .unwrap();
-        let listeners = Listeners::bind(&config).await.unwrap();
-        let addr = listeners.http.local_addr().unwrap();
-        let admin = listeners.admin.local_addr().unwrap();
+        let listeners = hydrant_runtime::bind::<hydrant_router::Router>(&config)
+            .await
+            .unwrap();
+        let addr = listeners.local_addr("http").unwrap();
+        let admin = listeners.local_addr("admin").unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(hydrant_router::run(config, listeners, shutdown.clone()));
+        let task = tokio::spawn(hydrant_runtime::run::<hydrant_router::Router>(
+            config,
+            listeners,
+            shutdown.clone(),
+        ));
         let router = Self {
             addr,
             admin,
