@@ -70,6 +70,22 @@ impl NatsServer {
         }
     }
 
+    /// Asks the server to re-read its config and the files it names (certificates, CA
+    /// bundle), as an operator's `nats-server --signal reload` does; existing connections stay.
+    #[allow(dead_code, reason = "not every test binary reloads")]
+    pub fn reload(&self) {
+        let pid = self.child.as_ref().map(Child::id).unwrap();
+        let status = Command::new(binary())
+            .arg("--signal")
+            .arg(format!("reload={pid}"))
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "nats-server --signal reload={pid}: {status}"
+        );
+    }
+
     /// Starts the server again on the same port and waits until it is ready.
     pub fn restart(&mut self) {
         self.kill();
