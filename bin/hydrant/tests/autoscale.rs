@@ -9,12 +9,7 @@
 //! hidden operator cap (`--autoscaler-rule-cap-secs`) so the same code path acts after a few
 //! seconds and the test stays short. Every wait is real time with a deadline.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+#![allow(clippy::unwrap_used, reason = "test code")]
 
 use std::io::{Read as _, Write as _};
 use std::sync::Arc;

@@ -2,12 +2,7 @@
 //! sends log lines with `hydrant emit` and reads them back with `hydrant logs` — the path a
 //! developer takes on day one, over real sockets between real roles.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};

@@ -4,12 +4,7 @@
 //! other instance, reaches none of the platform's ports, and runs as uid 2000 — asked through
 //! the router, as a user would reach it. Needs root (CI runs as root).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use std::io::{Read as _, Write as _};
 use std::process::{Child, Command, Stdio};

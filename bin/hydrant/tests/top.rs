@@ -5,12 +5,8 @@
 //! `script` gives the console a pseudo-terminal that is its controlling terminal (as a shell
 //! would); `stty` sizes it first, and after the console exits `stty -a` prints the terminal's
 //! modes, so the test sees that raw mode was undone — not just that the process ended.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use std::io::{Read as _, Write as _};
 use std::process::{Child, ChildStdin, Command, Stdio};
