@@ -1,15 +1,15 @@
-//! One HTTP/1.1 GET to the edge's read API, for recent logs.
+//! One HTTP GET to the edge's read API, for recent logs, through `reqwest`: the workspace's one
+//! HTTP client stack (the CLI, the API client and the nozzles use it too).
 //!
-//! A fresh connection per request: recent reads are rare (once per `hydrant logs`), so pooling
-//! buys nothing and a lean client keeps the CLI small.
+//! A fresh client per request, without a pool: recent reads are rare (once per `hydrant logs`),
+//! so keeping connections buys nothing. Proxies from the environment are not used: the edge is
+//! the platform's own endpoint, as it is for the WebSocket streams.
 //!
 //! Invariant: the body read is capped at `max_body` bytes (a misbehaving or hostile server
-//! cannot make the client allocate without bound).
+//! cannot make the client allocate without bound): chunks are taken one by one and the read
+//! stops as soon as the cap would be passed.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use bytes::{Bytes, BytesMut};
 
 use crate::Error;
 use crate::config::Endpoint;
@@ -37,32 +37,27 @@ pub(crate) async fn get(
         url: url.clone(),
         reason,
     };
-    let tcp = TcpStream::connect(&endpoint.authority)
-        .await
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(0)
+        .build()
         .map_err(|e| connect_error(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| connect_error(e.to_string()))?;
-    // The connection task ends by itself once the response is read and the sender dropped.
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let mut request = http::Request::get(format!("{}{}", endpoint.prefix, path_and_query))
-        .header(http::header::HOST, &endpoint.authority)
+    let mut request = client
+        .get(&url)
         .header(http::header::ACCEPT, accept)
         .header(http::header::CONNECTION, "close");
     if !token.is_empty() {
-        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let request = request
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| Error::Config {
-            field: "token",
-            message: format!("cannot be sent in an HTTP header ({e}); paste the token again"),
+        let value = http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| {
+            Error::Config {
+                field: "token",
+                message: format!("cannot be sent in an HTTP header ({e}); paste the token again"),
+            }
         })?;
-    let response = sender
-        .send_request(request)
+        request = request.header(http::header::AUTHORIZATION, value);
+    }
+    let mut response = request
+        .send()
         .await
         .map_err(|e| connect_error(e.to_string()))?;
     let status = response.status().as_u16();
@@ -71,26 +66,26 @@ pub(crate) async fn get(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body = Limited::new(response.into_body(), max_body)
-        .collect()
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response
+        .chunk()
         .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                Error::Protocol {
-                    what: "the recent-logs API",
-                    reason: format!(
-                        "response is larger than max_response_bytes ({max_body}); ask for fewer \
-                         envelopes with a lower limit"
-                    ),
-                }
-            } else {
-                connect_error(format!("reading the response failed: {e}"))
-            }
-        })?
-        .to_bytes();
+        .map_err(|e| connect_error(format!("reading the response failed: {e}")))?
+    {
+        if body.len() + chunk.len() > max_body {
+            return Err(Error::Protocol {
+                what: "the recent-logs API",
+                reason: format!(
+                    "response is larger than max_response_bytes ({max_body}); ask for fewer \
+                     envelopes with a lower limit"
+                ),
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
     Ok(Response {
         status,
         content_type,
-        body,
+        body: body.freeze(),
     })
 }

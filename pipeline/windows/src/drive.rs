@@ -8,10 +8,11 @@
 //! as a gap); every gap is counted in the windows; the connection state is recorded so a
 //! consumer can tell "the app is quiet" from "we are not hearing anything".
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures_util::{Stream, StreamExt};
+use hydrant_emitter::lock;
 use hydrant_firehose_client::{ClientConfig, FirehoseClient, StreamEvent, Subscription};
 use tokio_util::sync::CancellationToken;
 
@@ -54,11 +55,6 @@ impl Windows {
 /// The current instant on Tokio's clock, so paused-time tests drive the windows too.
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
-}
-
-fn lock(windows: &SharedWindows) -> std::sync::MutexGuard<'_, Windows> {
-    // A reader that panicked mid-query left nothing half-written: queries do not mutate.
-    windows.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Subscribes with `config` and feeds every batch into `windows` until `shutdown`.

@@ -15,10 +15,12 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hydrant_envelope::v2;
+
+use crate::lock;
 
 /// A monotonically increasing count.
 #[derive(Debug, Clone, Default)]
@@ -201,7 +203,7 @@ impl Registry {
         tags: &[(&str, &str)],
     ) -> Counter {
         let tags = own(tags);
-        let mut metrics = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut metrics = lock(&self.metrics);
         for m in metrics.iter() {
             if let (true, Handle::Counter { counter, .. }) =
                 (m.name == name && m.tags == tags, &m.handle)
@@ -231,7 +233,7 @@ impl Registry {
         tags: &[(&str, &str)],
     ) -> Gauge {
         let tags = own(tags);
-        let mut metrics = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut metrics = lock(&self.metrics);
         for m in metrics.iter() {
             if let (true, Handle::Gauge { gauge, .. }) =
                 (m.name == name && m.tags == tags, &m.handle)
@@ -262,7 +264,7 @@ impl Registry {
         tags: &[(&str, &str)],
     ) -> Histogram {
         let tags = own(tags);
-        let mut metrics = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut metrics = lock(&self.metrics);
         for m in metrics.iter() {
             if let (true, Handle::Histogram(h)) = (m.name == name && m.tags == tags, &m.handle) {
                 return h.clone();
@@ -281,7 +283,7 @@ impl Registry {
     /// The sum of every counter named `name` whose tags include all of `tags`.
     #[must_use]
     pub fn counter_sum(&self, name: &str, tags: &[(&str, &str)]) -> u64 {
-        let metrics = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
+        let metrics = lock(&self.metrics);
         metrics
             .iter()
             .filter(|m| m.name == name)
@@ -300,7 +302,7 @@ impl Registry {
     /// micro cloud's ledger) that would otherwise scrape and re-parse `/metrics`.
     #[must_use]
     pub fn counters(&self) -> Vec<CounterSample> {
-        let metrics = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
+        let metrics = lock(&self.metrics);
         metrics
             .iter()
             .filter_map(|m| match &m.handle {
@@ -315,7 +317,7 @@ impl Registry {
     /// every series carries `source_id` and `instance_id`.
     #[must_use]
     pub fn render_prometheus(&self) -> String {
-        let metrics = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
+        let metrics = lock(&self.metrics);
         let mut out = String::new();
         let mut seen: HashMap<String, ()> = HashMap::new();
         for m in metrics.iter() {
@@ -368,7 +370,7 @@ impl Registry {
     #[must_use]
     pub fn take_envelopes(&self) -> Vec<v2::Envelope> {
         let now = hydrant_envelope::now_nanos();
-        let mut metrics = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut metrics = lock(&self.metrics);
         metrics
             .iter_mut()
             .filter_map(|m| {
