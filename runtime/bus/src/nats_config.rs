@@ -13,7 +13,7 @@
 //! # Who may do what
 //! | user | publishes | subscribes |
 //! |---|---|---|
-//! | `cloudcontroller`, `healthmanager` | `executor.start.*`, `executor.stop.*`, `executor.greet` | `executor.heartbeat`, `executor.crash`, `executor.start.*`, replies |
+//! | `cloudcontroller`, `healthmanager` | `executor.start.*`, `executor.stop.*`, `executor.greet` | `executor.heartbeat`, `executor.crash`, replies; the health manager also `executor.start.*` |
 //! | `router` | `router.start`, replies to `router.greet` | `router.>`, `executor.start.*` (placements) |
 //! | `<cell>.executor` (per cell) | `router.register.<cell>`, `router.unregister.<cell>`, `executor.heartbeat`, `executor.crash`, replies to its starts and stops | `executor.start.<cell>`, `executor.stop.<cell>`, `router.start`, `executor.greet` |
 //! | `executor` (when no cells are listed: every executor shares it) | as a cell, for every cell (`*`) | as a cell, for every cell |
@@ -67,21 +67,20 @@ pub fn users(cells: &[String]) -> Result<Vec<User>, Error> {
     let subjects = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     let start_all = format!("{EXECUTOR_START}.*");
     let stop_all = format!("{EXECUTOR_STOP}.*");
-    let placer = |name: &str| User {
+    // The health manager also watches start commands (placements it must not duplicate); the
+    // cloud controller makes them and needs no copy.
+    let placer = |name: &str, watches_starts: bool| User {
         name: name.to_owned(),
         publish: subjects(&[&start_all, &stop_all, EXECUTOR_GREET, BOOKKEEPING]),
-        subscribe: subjects(&[
-            EXECUTOR_HEARTBEAT,
-            EXECUTOR_CRASH,
-            &start_all,
-            INBOX,
-            BOOKKEEPING,
-        ]),
+        subscribe: subjects(&[EXECUTOR_HEARTBEAT, EXECUTOR_CRASH, INBOX, BOOKKEEPING])
+            .into_iter()
+            .chain(watches_starts.then(|| start_all.clone()))
+            .collect(),
         allow_responses: false,
     };
     let mut users = vec![
-        placer("cloudcontroller"),
-        placer("healthmanager"),
+        placer("cloudcontroller", false),
+        placer("healthmanager", true),
         User {
             name: "router".to_owned(),
             publish: subjects(&[ROUTER_START, BOOKKEEPING]),
