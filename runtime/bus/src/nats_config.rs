@@ -225,6 +225,13 @@ mod tests {
                 .iter()
                 .any(|u| u.name == "agent" || u.name == "executor")
         );
+        // Start commands carry app environments: only their makers and their cell read them.
+        let readers: Vec<&str> = users
+            .iter()
+            .filter(|u| u.subscribe.iter().any(|p| matches(p, "executor.start.e1")))
+            .map(|u| u.name.as_str())
+            .collect();
+        assert_eq!(readers, ["healthmanager", "router", "e1.executor"]);
     }
 
     #[test]
