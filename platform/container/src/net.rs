@@ -288,6 +288,18 @@ struct Pool {
 }
 
 impl Pool {
+    /// The pool of the subnet `start..=end`: every address but the network's, the gateway's
+    /// (`start + 1`) and the broadcast address.
+    fn of_subnet(start: u32, end: u32) -> Self {
+        Pool {
+            first: start + 2,
+            last: end - 1,
+            next: start + 2,
+            used: BTreeSet::new(),
+            keys: BTreeSet::new(),
+        }
+    }
+
     fn take(&mut self, id: &str, key_len: usize) -> Option<(Ipv4Addr, String)> {
         let size = self.last - self.first + 1;
         let ip = (0..size)
@@ -343,13 +355,7 @@ impl Network {
             gateway,
             prefix_len,
             table: format!("hydrant_{}", config.bridge),
-            pool: Mutex::new(Pool {
-                first: start + 2,
-                last: end - 1,
-                next: start + 2,
-                used: BTreeSet::new(),
-                keys: BTreeSet::new(),
-            }),
+            pool: Mutex::new(Pool::of_subnet(start, end)),
         };
         net.remove_leftovers().await?;
         let bridge = config.bridge.as_str();
@@ -920,13 +926,7 @@ mod tests {
             gateway: Ipv4Addr::from(start + 1),
             prefix_len,
             table: format!("hydrant_{}", config.bridge),
-            pool: Mutex::new(Pool {
-                first: start + 2,
-                last: end - 1,
-                next: start + 2,
-                used: BTreeSet::new(),
-                keys: BTreeSet::new(),
-            }),
+            pool: Mutex::new(Pool::of_subnet(start, end)),
             config,
         }
     }

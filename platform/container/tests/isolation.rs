@@ -157,6 +157,16 @@ async fn finish(mut container: Container) -> (String, End) {
     (text, end)
 }
 
+/// Waits (10 s at most) for a file a container writes once it is up; fails the test saying
+/// `what` did not happen.
+async fn wait_for_file(path: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn runs_as_vcap_without_capabilities_or_privileges() {
     let owner = owner("caps").await;
@@ -240,11 +250,7 @@ async fn another_container_and_host_processes_are_out_of_reach() {
         .unwrap();
     let host_pid = host_sleep.id().unwrap();
     let neighbour_dir = owner.dir.path().join("instances/neighbour/app");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !neighbour_dir.join("f").exists() {
-        assert!(Instant::now() < deadline, "the neighbour never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_file(&neighbour_dir.join("f"), "the neighbour never started").await;
     let script = format!(
         "kill -9 {host_pid} 2>&1; echo kill=$?; \
          cat {}/f 2>&1; echo file=$?; \
@@ -297,11 +303,7 @@ async fn memory_past_the_limit_is_an_oom_kill_with_its_peak() {
         .await
         .unwrap();
     let up = owner.dir.path().join("instances/killed/app/up");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !up.exists() {
-        assert!(Instant::now() < deadline, "never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_file(&up, "never started").await;
     container.signal(Signal::SIGKILL).await.unwrap();
     let (_, end) = finish(container).await;
     assert_eq!(end.exit_code, Some(137));
@@ -349,11 +351,7 @@ async fn a_setsid_double_forked_child_dies_with_its_container() {
         .await
         .unwrap();
     let inner = marker.with_file_name("inner");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !inner.exists() {
-        assert!(Instant::now() < deadline, "the daemon never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_file(&inner, "the daemon never started").await;
     // The pid inside is not the host's: find the daemon on the host by its cgroup.
     let usage = container.usage();
     assert!(usage.pids >= 4, "{usage:?}");
@@ -394,11 +392,7 @@ async fn sigterm_reaches_the_command_through_init() {
         .await
         .unwrap();
     let ready = owner.dir.path().join("instances/term/app/ready");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_file(&ready, "never ready").await;
     container.signal(Signal::SIGTERM).await.unwrap();
     let started = Instant::now();
     let (out, end) = finish(container).await;
@@ -416,11 +410,7 @@ async fn leftovers_of_a_killed_owner_are_removed() {
         .await
         .unwrap();
     let up = owner.dir.path().join("instances/orphan/app/up");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !up.exists() {
-        assert!(Instant::now() < deadline, "never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_file(&up, "never started").await;
     // The owner dies: its `runc run` is SIGKILLed and the handle is dropped undestroyed.
     let runtime_pid = container.runtime_pid().unwrap();
     nix::sys::signal::kill(
