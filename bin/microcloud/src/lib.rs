@@ -40,8 +40,11 @@ pub const ADMIN_USER: &str = "admin";
 /// Lifetime of the admin access token the micro cloud hands out (`endpoints.json`, the CLI
 /// config): 8 hours; the refresh token renews it.
 pub const ADMIN_TOKEN_TTL_SECS: i64 = 8 * 3600;
-/// Lifetime of the refresh token and of the in-process roles' token: 30 days.
+/// Lifetime of the refresh token and of the in-process roles' firehose token: 30 days.
 pub const ROLE_TOKEN_TTL_SECS: i64 = 30 * 86_400;
+/// The OAuth2 client the platform roles that call the API (health manager, autoscaler, SLO
+/// alerter, syslog nozzle) get their tokens as (`client_credentials`, renewed before expiry).
+pub const ROLES_CLIENT: &str = "hydrant-roles";
 
 /// Why the micro cloud could not start.
 #[derive(Debug, thiserror::Error)]
@@ -149,13 +152,16 @@ pub struct Wiring {
     /// fetched them from the cloud controller. Never a private key.
     pub token_keys: String,
     /// A token (admin, firehose and API scopes; [`ROLE_TOKEN_TTL_SECS`]) for the in-process
-    /// roles that call the API or read
+    /// roles that read
     /// the whole firehose.
     pub token: String,
     /// The in-process bus, named for this micro cloud.
     pub bus: hydrant_bus::Config,
     /// This micro cloud's own container networks, when it is not the default one.
     pub networks: Option<Networks>,
+    /// The secret of [`ROLES_CLIENT`], made at each start: the roles that call the API get
+    /// their tokens with it.
+    pub roles_client_secret: String,
 }
 
 impl Wiring {
@@ -442,6 +448,11 @@ impl MicroCloud {
             token,
             refresh_token,
             key,
+            roles_client_secret: format!(
+                "{}{}",
+                hydrant_auth::random_id(),
+                hydrant_auth::random_id()
+            ),
             admin,
             networks: wiring.networks.clone(),
             registries,

@@ -97,7 +97,7 @@ mod platform {
     use std::collections::BTreeMap;
 
     use super::MicroRole;
-    use crate::{ADMIN_USER, Wiring};
+    use crate::{ADMIN_USER, ROLES_CLIENT, Wiring};
 
     /// The SLO alerter and the autoscaler read the whole firehose with the admin token.
     fn firehose(w: &Wiring) -> hydrant_firehose_client::ClientConfig {
@@ -122,6 +122,19 @@ mod platform {
                 allow_private_drains: w.options.allow_private_drains,
                 endpoints: BTreeMap::from([
                     ("firehose".to_owned(), w.url("firehose", "http")),
+                // The roles that call the API: tokens by client credentials, renewed before
+                // they expire (the firehose keeps its own long-lived token).
+                clients: vec![hydrant_cloudcontroller::ClientConfig {
+                    id: ROLES_CLIENT.to_owned(),
+                    secret: Some(w.roles_client_secret.clone()),
+                    secret_file: None,
+                    scopes: vec![
+                        hydrant_auth::SCOPE_ADMIN.to_owned(),
+                        hydrant_auth::SCOPE_API_READ.to_owned(),
+                        hydrant_auth::SCOPE_API_WRITE.to_owned(),
+                    ],
+                    audiences: vec![hydrant_auth::AUD_API.to_owned()],
+                }],
                     ("agent".to_owned(), w.url("agent", "ingress")),
                     ("router".to_owned(), w.url("router", "http")),
                     // The SLO alerter's status (budgets, burn rates, alerts) for `hydrant slo`.
@@ -190,7 +203,8 @@ mod platform {
         fn config(w: &Wiring) -> hydrant_healthmanager::Config {
             hydrant_healthmanager::Config {
                 api_url: w.url("cloudcontroller", "api"),
-                token: Some(w.token.clone()),
+                client_id: Some(ROLES_CLIENT.to_owned()),
+                client_secret: Some(w.roles_client_secret.clone()),
                 bus: w.bus.clone(),
                 telemetry: w.platform_telemetry(),
                 ..hydrant_healthmanager::Config::default()
@@ -206,7 +220,8 @@ mod platform {
         fn config(w: &Wiring) -> hydrant_slo::Config {
             hydrant_slo::Config {
                 api_url: w.url("cloudcontroller", "api"),
-                token: Some(w.token.clone()),
+                client_id: Some(ROLES_CLIENT.to_owned()),
+                client_secret: Some(w.roles_client_secret.clone()),
                 firehose: firehose(w),
                 data_dir: w.data("slo"),
                 // On one machine the API is cheap to ask: pick up a new SLO and judge it sooner.
@@ -231,7 +246,8 @@ mod platform {
                 subscription_id: "app-drains".to_owned(),
                 platform: Some(hydrant_nozzle_syslog::PlatformConfig {
                     api_url: w.url("cloudcontroller", "api"),
-                    token: Some(w.token.clone()),
+                    client_id: Some(ROLES_CLIENT.to_owned()),
+                    client_secret: Some(w.roles_client_secret.clone()),
                     // On one machine the API is cheap to ask: a new binding starts within 2 s.
                     poll_interval_ms: 2_000,
                     status_interval_ms: 2_000,
@@ -252,7 +268,8 @@ mod platform {
         fn config(w: &Wiring) -> hydrant_autoscaler::Config {
             hydrant_autoscaler::Config {
                 api_url: w.url("cloudcontroller", "api"),
-                token: Some(w.token.clone()),
+                client_id: Some(ROLES_CLIENT.to_owned()),
+                client_secret: Some(w.roles_client_secret.clone()),
                 firehose: firehose(w),
                 rule_duration_cap_secs: w.options.autoscaler_rule_cap_secs,
                 telemetry: w.platform_telemetry(),

@@ -29,6 +29,9 @@ use tokio_util::sync::CancellationToken;
 use crate::role::{DrainSpec, SharedFleet, lock};
 use crate::{Config, DrainState, EncoderConfig, Error, drain_options};
 
+/// Client-credential tokens, renewed before they expire.
+static TOKENS: hydrant_api::TokenCache = hydrant_api::TokenCache::new();
+
 /// The `[platform]` section: serve the app drains the cloud controller knows.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -41,6 +44,14 @@ pub struct PlatformConfig {
     /// A file holding the admin token, re-read before every call, so whoever renews the token
     /// only rewrites the file. Set this or `token`.
     pub token_file: Option<PathBuf>,
+    /// OAuth2 client credentials instead of a token: a client id from the cloud controller's
+    /// `[[clients]]`. Tokens come from `grant_type=client_credentials` and are renewed before
+    /// they expire. Set with `client_secret` or `client_secret_file`; not with a token.
+    pub client_id: Option<String>,
+    /// The client's secret inline.
+    pub client_secret: Option<String>,
+    /// A file holding the client's secret (re-read at every renewal).
+    pub client_secret_file: Option<PathBuf>,
     /// How often the bindings are fetched, in ms. Default 5000.
     pub poll_interval_ms: u64,
     /// How often the drains' status is reported, in ms. Default 5000.
@@ -58,6 +69,9 @@ impl Default for PlatformConfig {
             api_url: "http://127.0.0.1:9022".to_owned(),
             token: None,
             token_file: None,
+            client_id: None,
+            client_secret: None,
+            client_secret_file: None,
             poll_interval_ms: 5_000,
             status_interval_ms: 5_000,
             request_timeout_ms: 5_000,
@@ -85,16 +99,32 @@ impl PlatformConfig {
         Ok(())
     }
 
-    /// The section's `api_url`, `token` and `token_file` as the runtime's API-consumer block.
+    /// The section's `api_url`, token and client credentials as the runtime's API-consumer
+    /// block.
     fn api(&self) -> ApiConsumer<'_> {
-        ApiConsumer::new(&self.api_url, self.token.as_ref(), self.token_file.as_ref())
+        ApiConsumer::new(&self.api_url, self.token.as_ref(), self.token_file.as_ref()).with_client(
+            self.client_id.as_ref(),
+            self.client_secret.as_ref(),
+            self.client_secret_file.as_ref(),
+        )
     }
 
-    /// The admin token now, re-read from `token_file` (never echoed in the error).
-    fn token(&self) -> Result<String, Error> {
-        self.api()
-            .token()
-            .map_err(|e| Error::Api(format!("platform: {e}")))
+    /// The admin token now: re-read from `token_file`, or a client-credential token renewed
+    /// before it expires (never echoed in the error).
+    async fn token(&self) -> Result<String, Error> {
+        let api = self.api();
+        match (api.client_id, api.client_secret()) {
+            (Some(id), Some(secret)) => {
+                let secret = secret.map_err(|e| Error::Api(format!("platform: {e}")))?;
+                TOKENS
+                    .client_token(&self.api_url, id, &secret)
+                    .await
+                    .map_err(|e| Error::Api(format!("platform: client credentials for {id}: {e}")))
+            }
+            _ => api
+                .token()
+                .map_err(|e| Error::Api(format!("platform: {e}"))),
+        }
     }
 }
 
@@ -306,7 +336,7 @@ pub(crate) fn start(
                 _ = poll.tick() => true,
                 _ = report.tick() => false,
             };
-            let token = match platform.token() {
+            let token = match platform.token().await {
                 Ok(t) => t,
                 Err(e) => {
                     metrics.polls_failed.inc();

@@ -30,12 +30,14 @@ mod mask;
 pub mod policy;
 pub mod push;
 pub mod slo;
+mod token_cache;
 pub mod types;
 
 pub use client::Client;
 pub use drain::{CreateDrain, Drain, DrainState, DrainStatus, DrainTarget};
 pub use error::Error;
 pub use mask::mask_url;
+pub use token_cache::{RENEW_AHEAD, TokenCache};
 pub use types::*;
 
 /// The API version the cloud controller reports in `GET /v3/info`.

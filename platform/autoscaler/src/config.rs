@@ -29,6 +29,14 @@ pub struct Config {
     pub token: Option<String>,
     /// A file holding the token, re-read before every policy poll. Set this or `token`.
     pub token_file: Option<PathBuf>,
+    /// OAuth2 client credentials instead of a token: a client id from the cloud controller's
+    /// `[[clients]]`. Tokens come from `grant_type=client_credentials` and are renewed before
+    /// they expire. Set with `client_secret` or `client_secret_file`; not with a token.
+    pub client_id: Option<String>,
+    /// The client's secret inline.
+    pub client_secret: Option<String>,
+    /// A file holding the client's secret (re-read at every renewal).
+    pub client_secret_file: Option<PathBuf>,
     /// The firehose edge. An empty `firehose.token` means "use the admin token".
     pub firehose: ClientConfig,
     /// The firehose subscription id's prefix: each copy subscribes as
@@ -78,6 +86,9 @@ impl Default for Config {
             api_url: "http://127.0.0.1:9022".to_owned(),
             token: None,
             token_file: None,
+            client_id: None,
+            client_secret: None,
+            client_secret_file: None,
             firehose: ClientConfig::default(),
             subscription_id: "autoscaler".to_owned(),
             instance_index: 0,
@@ -118,8 +129,23 @@ impl hydrant_runtime::Validate for Config {
             self.token.as_ref(),
             self.token_file.as_ref(),
         )
+        .with_client(
+            self.client_id.as_ref(),
+            self.client_secret.as_ref(),
+            self.client_secret_file.as_ref(),
+        )
         .validate("", "an admin token")
         .map_err(hydrant_runtime::Error::from)?;
+        if self.client_id.is_some() && self.firehose.token.trim().is_empty() {
+            // The firehose client holds one token for its whole life; a client-credential
+            // token expires within the hour and would end the stream (1008) for good.
+            return Err(invalid(
+                "firehose.token",
+                "with client_id, give the firehose its own token (firehose.token): client \
+                 credential tokens expire and the firehose stream would end with them",
+            )
+            .into());
+        }
         if self.subscription_id.is_empty() || self.subscription_id.len() > 120 {
             return Err(invalid("subscription_id", "use 1 to 120 characters").into());
         }

@@ -136,13 +136,27 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// Client-credential tokens, renewed before they expire.
+static TOKENS: hydrant_api::TokenCache = hydrant_api::TokenCache::new();
+
 async fn token(config: &Config) -> Result<String, String> {
-    hydrant_runtime::ApiConsumer::new(
+    let api = hydrant_runtime::ApiConsumer::new(
         &config.api_url,
         config.token.as_ref(),
         config.token_file.as_ref(),
     )
-    .token()
+    .with_client(
+        config.client_id.as_ref(),
+        config.client_secret.as_ref(),
+        config.client_secret_file.as_ref(),
+    );
+    match (api.client_id, api.client_secret()) {
+        (Some(id), Some(secret)) => TOKENS
+            .client_token(&config.api_url, id, &secret?)
+            .await
+            .map_err(|e| format!("client credentials for {id}: {e}")),
+        _ => api.token(),
+    }
 }
 
 /// Everything the loop acts through.

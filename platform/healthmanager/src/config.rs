@@ -28,6 +28,14 @@ pub struct Config {
     /// A file holding the token, re-read before every poll, so whoever renews the token only
     /// rewrites the file. Set this or `token`.
     pub token_file: Option<PathBuf>,
+    /// OAuth2 client credentials instead of a token: a client id from the cloud controller's
+    /// `[[clients]]`. Tokens come from `grant_type=client_credentials` and are renewed before
+    /// they expire. Set with `client_secret` or `client_secret_file`; not with a token.
+    pub client_id: Option<String>,
+    /// The client's secret inline.
+    pub client_secret: Option<String>,
+    /// A file holding the client's secret (re-read at every renewal).
+    pub client_secret_file: Option<PathBuf>,
     /// How often desired state is fetched, seconds. Default 5.
     pub poll_interval_secs: u64,
     /// How long one API call may take, milliseconds. Default 5000.
@@ -66,6 +74,9 @@ impl Default for Config {
             api_url: "http://127.0.0.1:9022".to_owned(),
             token: None,
             token_file: None,
+            client_id: None,
+            client_secret: None,
+            client_secret_file: None,
             poll_interval_secs: 5,
             request_timeout_ms: 5000,
             stale_after_failures: 3,
@@ -94,6 +105,11 @@ impl hydrant_runtime::Validate for Config {
             &self.api_url,
             self.token.as_ref(),
             self.token_file.as_ref(),
+        )
+        .with_client(
+            self.client_id.as_ref(),
+            self.client_secret.as_ref(),
+            self.client_secret_file.as_ref(),
         )
         .validate("", "an admin token")
         .map_err(hydrant_runtime::Error::from)?;

@@ -107,10 +107,46 @@ impl Desired {
 pub(crate) enum TokenSource {
     Fixed(String),
     File(std::path::PathBuf),
+    /// OAuth2 client credentials: tokens from the token endpoint, renewed before expiry.
+    Client {
+        api_url: String,
+        id: String,
+        secret: Secret,
+        cache: std::sync::Arc<hydrant_api::TokenCache>,
+    },
+}
+
+/// A client secret, inline or in a file re-read at every renewal.
+#[derive(Clone)]
+pub(crate) enum Secret {
+    Inline(String),
+    File(std::path::PathBuf),
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Inline(_) => f.write_str("Inline(<redacted>)"),
+            Self::File(path) => write!(f, "File({})", path.display()),
+        }
+    }
 }
 
 impl TokenSource {
     pub(crate) fn from_config(config: &Config) -> Self {
+        if let Some(id) = &config.client_id {
+            let secret = match (&config.client_secret, &config.client_secret_file) {
+                (_, Some(path)) => Secret::File(path.clone()),
+                (Some(secret), None) => Secret::Inline(secret.trim().to_owned()),
+                (None, None) => Secret::Inline(String::new()),
+            };
+            return Self::Client {
+                api_url: config.api_url.clone(),
+                id: id.clone(),
+                secret,
+                cache: std::sync::Arc::default(),
+            };
+        }
         match (&config.token, &config.token_file) {
             (_, Some(path)) => Self::File(path.clone()),
             (Some(token), None) => Self::Fixed(token.trim().to_owned()),
@@ -118,11 +154,27 @@ impl TokenSource {
         }
     }
 
-    /// The current token; the file is re-read every time so a renewed token is picked up.
+    /// The current token; the file is re-read every time so a renewed token is picked up, and
+    /// a client's token is renewed before it expires.
     pub(crate) async fn get(&self) -> Result<String, String> {
         match self {
             Self::Fixed(token) => Ok(token.clone()),
             Self::File(path) => read_token(path).await,
+            Self::Client {
+                api_url,
+                id,
+                secret,
+                cache,
+            } => {
+                let secret = match secret {
+                    Secret::Inline(s) => s.clone(),
+                    Secret::File(path) => read_token(path).await?,
+                };
+                cache
+                    .client_token(api_url, id, &secret)
+                    .await
+                    .map_err(|e| format!("client credentials for {id}: {e}"))
+            }
         }
     }
 }

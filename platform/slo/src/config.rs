@@ -28,6 +28,14 @@ pub struct Config {
     pub token: Option<String>,
     /// A file holding the token, re-read before every poll. Set this or `token`.
     pub token_file: Option<PathBuf>,
+    /// OAuth2 client credentials instead of a token: a client id from the cloud controller's
+    /// `[[clients]]`. Tokens come from `grant_type=client_credentials` and are renewed before
+    /// they expire. Set with `client_secret` or `client_secret_file`; not with a token.
+    pub client_id: Option<String>,
+    /// The client's secret inline.
+    pub client_secret: Option<String>,
+    /// A file holding the client's secret (re-read at every renewal).
+    pub client_secret_file: Option<PathBuf>,
     /// How often the SLOs are fetched, seconds. Default 15.
     pub poll_interval_secs: u64,
     /// How long one API call may take, milliseconds. Default 5000.
@@ -102,6 +110,9 @@ impl Default for Config {
             subscription_id: "slo-alerter".to_owned(),
             data_dir: PathBuf::from("slo-data"),
             evaluate_interval_secs: 10,
+            client_id: None,
+            client_secret: None,
+            client_secret_file: None,
             flush_interval_secs: 60,
             windows: WindowsConfig::default(),
             webhook: WebhookConfig::default(),
@@ -130,8 +141,23 @@ impl hydrant_runtime::Validate for Config {
             return Err(invalid(
                 "subscription_id",
                 "must be 1 to 128 characters, e.g. \"slo-alerter\"",
+        .with_client(
+            self.client_id.as_ref(),
+            self.client_secret.as_ref(),
+            self.client_secret_file.as_ref(),
+        )
             )
             .into());
+        if self.client_id.is_some() && self.firehose.token.trim().is_empty() {
+            // The firehose client holds one token for its whole life; a client-credential
+            // token expires within the hour and would end the stream (1008) for good.
+            return Err(invalid(
+                "firehose.token",
+                "with client_id, give the firehose its own token (firehose.token): client \
+                 credential tokens expire and the firehose stream would end with them",
+            )
+            .into());
+        }
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "is empty; write a directory path").into());

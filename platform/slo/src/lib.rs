@@ -118,14 +118,19 @@ async fn serve(
         path: state_dir.clone(),
         source,
     })?;
-    let token = read_token(&config).map_err(|message| {
-        let field = if config.token_file.is_some() {
-            "token_file"
-        } else {
-            "token"
-        };
-        Error::Config(hydrant_runtime::invalid(field, message))
-    })?;
+    // The firehose falls back to the API token; with client credentials it has its own.
+    let token = if config.firehose.token.is_empty() {
+        read_token(&config).await.map_err(|message| {
+            let field = if config.token_file.is_some() {
+                "token_file"
+            } else {
+                "token"
+            };
+            Error::Config(hydrant_runtime::invalid(field, message))
+        })?
+    } else {
+        String::new()
+    };
 
     let emitter_stop = CancellationToken::new();
     let _emitter_guard = emitter_stop.clone().drop_guard();
@@ -364,13 +369,27 @@ fn status_routes(engine: SharedEngine) -> axum::Router {
         )
 }
 
-fn read_token(config: &Config) -> Result<String, String> {
-    hydrant_runtime::ApiConsumer::new(
+/// Client-credential tokens, renewed before they expire.
+static TOKENS: hydrant_api::TokenCache = hydrant_api::TokenCache::new();
+
+async fn read_token(config: &Config) -> Result<String, String> {
+    let api = hydrant_runtime::ApiConsumer::new(
         &config.api_url,
         config.token.as_ref(),
         config.token_file.as_ref(),
     )
-    .token()
+    .with_client(
+        config.client_id.as_ref(),
+        config.client_secret.as_ref(),
+        config.client_secret_file.as_ref(),
+    );
+    match (api.client_id, api.client_secret()) {
+        (Some(id), Some(secret)) => TOKENS
+            .client_token(&config.api_url, id, &secret?)
+            .await
+            .map_err(|e| format!("client credentials for {id}: {e}")),
+        _ => api.token(),
+    }
 }
 
 async fn poll_specs(
@@ -393,7 +412,7 @@ async fn poll_specs(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let token = match read_token(&config) {
+        let token = match read_token(&config).await {
             Ok(t) => t,
             Err(why) => {
                 failures.inc();

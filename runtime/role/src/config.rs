@@ -64,9 +64,11 @@ pub fn load<C: DeserializeOwned>(path: &Path) -> Result<C, Error> {
 pub const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 
 /// The API-consumer block of a role that calls the cloud controller: its URL, and exactly one
-/// of an inline token or a file holding it (re-read on every use, so whoever renews the token
-/// only rewrites the file). A view over the role's own fields, which keep their names in its
-/// config.
+/// way to get a token: OAuth2 client credentials (`client_id` with `client_secret` or
+/// `client_secret_file`; the role gets its tokens at the token endpoint and renews them before
+/// they expire), an inline token, or a file holding one (re-read on every use, so whoever
+/// renews the token only rewrites the file). A view over the role's own fields, which keep
+/// their names in its config.
 #[derive(Debug, Clone, Copy)]
 pub struct ApiConsumer<'a> {
     /// `api_url`: the cloud controller, `http(s)://HOST:PORT`.
@@ -75,6 +77,12 @@ pub struct ApiConsumer<'a> {
     pub token: Option<&'a str>,
     /// `token_file`.
     pub token_file: Option<&'a Path>,
+    /// `client_id`.
+    pub client_id: Option<&'a str>,
+    /// `client_secret`.
+    pub client_secret: Option<&'a str>,
+    /// `client_secret_file`.
+    pub client_secret_file: Option<&'a Path>,
 }
 
 impl<'a> ApiConsumer<'a> {
@@ -89,7 +97,24 @@ impl<'a> ApiConsumer<'a> {
             api_url,
             token: token.map(String::as_str),
             token_file: token_file.map(PathBuf::as_path),
+            client_id: None,
+            client_secret: None,
+            client_secret_file: None,
         }
+    }
+
+    /// The block with the role's `client_id`, `client_secret` and `client_secret_file` too.
+    #[must_use]
+    pub fn with_client(
+        mut self,
+        client_id: Option<&'a String>,
+        client_secret: Option<&'a String>,
+        client_secret_file: Option<&'a PathBuf>,
+    ) -> Self {
+        self.client_id = client_id.map(String::as_str);
+        self.client_secret = client_secret.map(String::as_str);
+        self.client_secret_file = client_secret_file.map(PathBuf::as_path);
+        self
     }
 
     /// Checks the block. `needs` says what the token must be able to do, for the message when
@@ -112,6 +137,37 @@ impl<'a> ApiConsumer<'a> {
                 ),
             ));
         }
+        if let Some(id) = self.client_id {
+            if self.token.is_some() || self.token_file.is_some() {
+                return Err(invalid(
+                    format!("{prefix}client_id"),
+                    "set client credentials or a token (token/token_file), not both",
+                ));
+            }
+            if id.trim().is_empty() {
+                return Err(invalid(
+                    format!("{prefix}client_id"),
+                    "is empty; write the client id",
+                ));
+            }
+            return match (self.client_secret, self.client_secret_file) {
+                (Some(_), Some(_)) | (None, None) => Err(invalid(
+                    format!("{prefix}client_secret"),
+                    "set exactly one of client_secret or client_secret_file with client_id",
+                )),
+                (Some(secret), None) if secret.trim().is_empty() => Err(invalid(
+                    format!("{prefix}client_secret"),
+                    "is empty; write the client's secret",
+                )),
+                _ => Ok(()),
+            };
+        }
+        if self.client_secret.is_some() || self.client_secret_file.is_some() {
+            return Err(invalid(
+                format!("{prefix}client_id"),
+                "a client secret needs client_id too",
+            ));
+        }
         match (self.token, self.token_file) {
             (Some(_), Some(_)) => Err(invalid(
                 format!("{prefix}token"),
@@ -120,8 +176,9 @@ impl<'a> ApiConsumer<'a> {
             (None, None) => Err(invalid(
                 format!("{prefix}token"),
                 format!(
-                    "this role needs {needs}: set token_file = \"PATH\" (a file holding it) or \
-                     token = \"...\""
+                    "this role needs {needs}: set client_id and client_secret_file (OAuth2 \
+                     client credentials, renewed automatically), token_file = \"PATH\" (a file \
+                     holding a token) or token = \"...\""
                 ),
             )),
             (Some(token), None) if token.trim().is_empty() => Err(invalid(
@@ -136,6 +193,20 @@ impl<'a> ApiConsumer<'a> {
         }
     }
 
+    /// The client secret now: inline, or the file's contents (trimmed), read afresh. `None`
+    /// when the block has no `client_id` (the role uses [`token`](Self::token) then).
+    ///
+    /// # Errors
+    /// A message naming the file when it cannot be read or is empty; never the secret.
+    pub fn client_secret(&self) -> Option<Result<String, String>> {
+        self.client_id?;
+        if let Some(secret) = self.client_secret {
+            return Some(Ok(secret.trim().to_owned()));
+        }
+        let path = self.client_secret_file.unwrap_or(Path::new(""));
+        Some(read_small(path, "client_secret_file"))
+    }
+
     /// The token now: the inline one, or the file's contents (trimmed), read afresh.
     ///
     /// # Errors
@@ -146,22 +217,25 @@ impl<'a> ApiConsumer<'a> {
             return Ok(t.trim().to_owned());
         }
         let path = self.token_file.unwrap_or(Path::new(""));
-        let meta = std::fs::metadata(path)
-            .map_err(|e| format!("cannot read token_file {}: {e}", path.display()))?;
-        if meta.len() > MAX_TOKEN_FILE_BYTES {
-            return Err(format!(
-                "token_file {} is larger than 64 KiB",
-                path.display()
-            ));
-        }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read token_file {}: {e}", path.display()))?;
-        let token = text.trim().to_owned();
-        if token.is_empty() {
-            return Err(format!("token_file {} is empty", path.display()));
-        }
-        Ok(token)
+        read_small(path, "token_file")
     }
+}
+
+/// A token or secret file's trimmed contents, at most [`MAX_TOKEN_FILE_BYTES`]; errors name
+/// `field` and the file, never the contents.
+fn read_small(path: &Path, field: &str) -> Result<String, String> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read {field} {}: {e}", path.display()))?;
+    if meta.len() > MAX_TOKEN_FILE_BYTES {
+        return Err(format!("{field} {} is larger than 64 KiB", path.display()));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {field} {}: {e}", path.display()))?;
+    let value = text.trim().to_owned();
+    if value.is_empty() {
+        return Err(format!("{field} {} is empty", path.display()));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -205,6 +279,54 @@ mod tests {
         assert_eq!(
             field_of("http://a", None, Some("")).as_deref(),
             Some("token_file")
+        );
+    }
+
+    #[test]
+    fn client_credentials_are_one_way_to_get_a_token() {
+        let id = Some("autoscaler".to_owned());
+        let secret = Some("s3cret-s3cret-s3cret".to_owned());
+        let file = Some(PathBuf::from("/etc/hydrant/autoscaler.secret"));
+        let token = Some("t".to_owned());
+        let field = |token: Option<&String>, id, secret, file| {
+            ApiConsumer::new("http://a", token, None)
+                .with_client(id, secret, file)
+                .validate("", "an admin token")
+                .err()
+                .map(|e| e.field)
+        };
+        assert_eq!(field(None, id.as_ref(), secret.as_ref(), None), None);
+        assert_eq!(field(None, id.as_ref(), None, file.as_ref()), None);
+        assert_eq!(
+            field(None, id.as_ref(), None, None).as_deref(),
+            Some("client_secret")
+        );
+        assert_eq!(
+            field(None, id.as_ref(), secret.as_ref(), file.as_ref()).as_deref(),
+            Some("client_secret")
+        );
+        assert_eq!(
+            field(token.as_ref(), id.as_ref(), secret.as_ref(), None).as_deref(),
+            Some("client_id"),
+            "credentials or a token, not both"
+        );
+        assert_eq!(
+            field(None, None, secret.as_ref(), None).as_deref(),
+            Some("client_id")
+        );
+        let api = ApiConsumer::new("http://a", None, None).with_client(
+            id.as_ref(),
+            secret.as_ref(),
+            None,
+        );
+        assert_eq!(
+            api.client_secret().unwrap().unwrap(),
+            "s3cret-s3cret-s3cret"
+        );
+        assert!(
+            ApiConsumer::new("http://a", token.as_ref(), None)
+                .client_secret()
+                .is_none()
         );
     }
 

@@ -1129,6 +1129,24 @@ async fn token_keys_refresh_and_client_credentials() {
     assert!(granted.refresh_token.is_none());
     let client = cc.anonymous().with_token(granted.access_token.clone());
     client.list_apps().await.unwrap();
+    // What a role holds: the token is reused while it has time left, fetched anew when
+    // cleared (after the API refused it) or near expiry.
+    let cache = hydrant_api::TokenCache::new();
+    let first = cache
+        .client_token(&cc.url, "autoscaler", "s3cret-s3cret-s3cret")
+        .await
+        .unwrap();
+    let again = cache
+        .client_token(&cc.url, "autoscaler", "s3cret-s3cret-s3cret")
+        .await
+        .unwrap();
+    assert_eq!(first, again, "cached while it has time left");
+    cache.clear();
+    let renewed = cache
+        .client_token(&cc.url, "autoscaler", "s3cret-s3cret-s3cret")
+        .await
+        .unwrap();
+    assert_ne!(first, renewed, "a fresh token (new jti) after clear");
     let app = cc.app("scaled").await;
     let write = format!("/v3/apps/{}/actions/stop", app.guid);
     assert_eq!(
