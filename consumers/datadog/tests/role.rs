@@ -110,9 +110,6 @@ async fn start_nozzle(mut config: Config) -> (Nozzle, tempfile::NamedTempFile) {
     (nozzle, key_file)
 }
 
-fn destination(fake_url: &str, path: &str) -> String {
-    format!("destination=\"{fake_url}{path}\"")
-}
 /// Starts the role (as [`start_nozzle`] does) and waits until app counters flow through it.
 async fn flowing(
     pipeline: &Pipeline,
@@ -122,6 +119,10 @@ async fn flowing(
     let emitter = pipeline.emitter();
     nozzle.wait_until_flowing(&emitter, Probe::Counter).await;
     (nozzle, key_file, emitter)
+}
+
+fn destination(fake_url: &str, path: &str) -> String {
+    format!("destination=\"{fake_url}{path}\"")
 }
 
 /// `received = sent + Σ dropped` for one endpoint, and nothing in flight.
@@ -156,6 +157,11 @@ const APPS: [&str; 2] = ["app-a", "app-b"];
 
 /// Emits `n` `requests` counter increments (delta `i % 5 + 1`) per app; returns the total per
 /// app.
+/// The router's `http` timer for a request that started at `start` and took `ms` milliseconds.
+fn router_request(emitter: &Emitter, start: i64, ms: i64, tags: &[(&str, &str)]) {
+    emitter.timer("router", "0", "http", start, start + ms * 1_000_000, tags);
+}
+
 fn emit_counters(emitter: &Emitter, n: u64) -> u64 {
     let mut total = 0;
     for i in 0..n {
@@ -190,14 +196,7 @@ async fn counters_gauges_and_timers_arrive_as_datadog_series() {
     let total = emit_counters(&emitter, 1_000);
     let start = hydrant_envelope::now_nanos();
     for i in 0..300i64 {
-        emitter.timer(
-            "router",
-            "0",
-            "http",
-            start,
-            start + (i + 1) * 1_000_000,
-            &[("status_code", "200")],
-        );
+        router_request(&emitter, start, i + 1, &[("status_code", "200")]);
         emitter.gauge(
             "app-a",
             "1",
@@ -295,14 +294,7 @@ async fn timers_as_distributions_reach_the_distribution_points_api() {
 
     let start = hydrant_envelope::now_nanos();
     for i in 0..200i64 {
-        emitter.timer(
-            "router",
-            "0",
-            "http",
-            start,
-            start + (i + 1) * 1_000_000,
-            &[],
-        );
+        router_request(&emitter, start, i + 1, &[]);
     }
     emitter.flush();
     let values = wait_for(WITHIN, "200 durations as distribution points", || async {

@@ -60,6 +60,17 @@ fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
 }
 
 /// Every log record the receiver kept for the app, with its resource's attributes.
+/// Log records the receiver holds, from every source, over all export requests.
+fn record_count(receiver: &Receiver) -> u64 {
+    receiver
+        .log_requests()
+        .iter()
+        .flat_map(|r| &r.resource_logs)
+        .flat_map(|rl| &rl.scope_logs)
+        .map(|sl| sl.log_records.len() as u64)
+        .sum()
+}
+
 fn app_records(receiver: &Receiver) -> Vec<(Vec<KeyValue>, LogRecord)> {
     let mut out = Vec::new();
     for request in receiver.log_requests() {
@@ -488,13 +499,7 @@ async fn partial_success_rejections_are_counted_as_dropped() {
         calls,
         "one refused record per export: {text}"
     );
-    let records: u64 = receiver
-        .log_requests()
-        .iter()
-        .flat_map(|r| &r.resource_logs)
-        .flat_map(|rl| &rl.scope_logs)
-        .map(|sl| sl.log_records.len() as u64)
-        .sum();
+    let records = record_count(&receiver);
     assert_eq!(
         scrape_metric(&text, "nozzle_sent_total", ""),
         records - calls
@@ -536,13 +541,7 @@ async fn receiver_down_then_back_drains_the_backlog_and_counts_the_overflow() {
     let full = scrape_metric(&text, "nozzle_dropped_total", "reason=\"queue_full\"");
     assert_eq!(received, sent + full, "only the queue dropped: {text}");
     assert!(sent >= 150, "the queued backlog was delivered: {text}");
-    let delivered: u64 = receiver
-        .log_requests()
-        .iter()
-        .flat_map(|r| &r.resource_logs)
-        .flat_map(|rl| &rl.scope_logs)
-        .map(|sl| sl.log_records.len() as u64)
-        .sum();
+    let delivered = record_count(&receiver);
     assert_eq!(
         delivered, sent,
         "what the receiver holds is what was counted sent"

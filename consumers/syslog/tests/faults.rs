@@ -21,9 +21,9 @@ use hydrant_emitter::Emitter;
 use hydrant_nozzle_core::{Backoff, BreakerConfig, QueueLimits};
 use hydrant_nozzle_syslog::PlatformConfig;
 use hydrant_nozzle_syslog::rsyslogd::{FIELDS_TEMPLATE, Rsyslogd};
-use hydrant_nozzle_testkit::{Pipeline, Probe, metric, scrape};
+use hydrant_nozzle_testkit::{Pipeline, metric, scrape};
 use hydrant_runtime::Validate as _;
-use pipeline::{WEB, drains, emit_logs, eventually, nozzle_config, start_nozzle_with};
+use pipeline::{WEB, drains, emit_logs, eventually, flowing, nozzle_config};
 use rsyslog::{Rsyslog, records_now, start_rsyslog};
 use serde_json::Value;
 
@@ -33,6 +33,19 @@ fn emit(emitter: &Emitter, app: &str, tag: &str, range: std::ops::Range<usize>, 
     emit_logs(emitter, app, range, WEB, |i| {
         (format!("{tag} {i} {}", "x".repeat(pad)), false)
     });
+}
+
+/// Drains bound in the fake platform `api`, polled every 100 ms and reported every
+/// `status_interval_ms`; private addresses allowed, since the test receivers are on loopback.
+fn from_api(api: &FakeApi, status_interval_ms: u64) -> PlatformConfig {
+    PlatformConfig {
+        api_url: api.url.clone(),
+        token: Some(ADMIN_TOKEN.to_owned()),
+        poll_interval_ms: 100,
+        status_interval_ms,
+        allow_private: true,
+        ..PlatformConfig::default()
+    }
 }
 
 /// The `(tag, index)` of every line of `app` in `records`.
@@ -122,9 +135,7 @@ async fn a_drain_down_then_back_retries_delivers_and_loses_only_its_queue_overfl
         failure_threshold: 3,
         open_ms: 100,
     };
-    let nozzle = start_nozzle_with(config).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
+    let (nozzle, emitter) = flowing(&pipeline, config).await;
 
     const BEFORE: usize = 100;
     const DURING: usize = 1_000;
@@ -262,9 +273,7 @@ async fn a_drain_that_accepts_but_never_reads_times_out_stays_bounded_and_spares
         max_bytes: 1024 * 1024,
         ..QueueLimits::default()
     };
-    let nozzle = start_nozzle_with(config).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
+    let (nozzle, emitter) = flowing(&pipeline, config).await;
 
     // 2 KiB lines, 20 MB in all: more than the kernel buffers of a connection nobody reads.
     // Sent in steps the healthy drain keeps up with, so only the stuck one overflows.
@@ -357,17 +366,8 @@ async fn a_malformed_binding_is_reported_and_the_others_still_deliver() {
     ]);
     let pipeline = Pipeline::start().await;
     let mut config = nozzle_config(&pipeline, Vec::new());
-    config.platform = Some(PlatformConfig {
-        api_url: api.url.clone(),
-        token: Some(ADMIN_TOKEN.to_owned()),
-        poll_interval_ms: 100,
-        status_interval_ms: 100,
-        allow_private: true,
-        ..PlatformConfig::default()
-    });
-    let nozzle = start_nozzle_with(config).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
+    config.platform = Some(from_api(&api, 100));
+    let (nozzle, emitter) = flowing(&pipeline, config).await;
     eventually("the good binding to start", async || {
         drains(nozzle.admin).await.contains_key("good")
     })
@@ -405,17 +405,8 @@ async fn a_thousand_app_drains_bound_at_once_cost_bounded_memory_and_spare_the_f
         &pipeline,
         vec![format!("syslog://127.0.0.1:{}", everything.port)],
     );
-    config.platform = Some(PlatformConfig {
-        api_url: api.url.clone(),
-        token: Some(ADMIN_TOKEN.to_owned()),
-        poll_interval_ms: 100,
-        status_interval_ms: 500,
-        allow_private: true,
-        ..PlatformConfig::default()
-    });
-    let nozzle = start_nozzle_with(config).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
+    config.platform = Some(from_api(&api, 500));
+    let (nozzle, emitter) = flowing(&pipeline, config).await;
 
     let rss_before = rss_kib();
     let bound_at = Instant::now();

@@ -17,8 +17,8 @@ use https_receiver::HttpsReceiver;
 use hydrant_emitter::Emitter;
 use hydrant_nozzle_core::{Backoff, BreakerConfig};
 use hydrant_nozzle_syslog::TlsConfig;
-use hydrant_nozzle_testkit::{Pipeline, Probe, metric, scrape};
-use pipeline::{drains, emit_logs, eventually, nozzle_config, start_nozzle_with};
+use hydrant_nozzle_testkit::{Pipeline, metric, scrape};
+use pipeline::{drains, emit_logs, eventually, flowing, nozzle_config};
 
 const APP: &str = "https-app";
 
@@ -75,9 +75,7 @@ async fn https_drains_get_line_batches_retry_5xx_and_429_and_never_retry_a_400()
         open_ms: 100,
     };
     receiver.always("/reject", 400);
-    let nozzle = start_nozzle_with(config).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
+    let (nozzle, emitter) = flowing(&pipeline, config).await;
     // Let the probes settle so the scripted answers meet the test's own batches.
     eventually("the probes to be delivered or refused", async || {
         drains(nozzle.admin).await.values().all(|d| {

@@ -14,8 +14,8 @@ mod rsyslog;
 use std::sync::{Arc, Mutex};
 
 use hydrant_firehose_client::{ClientConfig, FirehoseClient, StreamEvent, Subscription};
-use hydrant_nozzle_testkit::{Pipeline, Probe};
-use pipeline::{WEB, drains, emit_logs, eventually, nozzle_config, start_nozzle_with};
+use hydrant_nozzle_testkit::Pipeline;
+use pipeline::{WEB, drains, emit_logs, eventually, flowing, nozzle_config};
 use rsyslog::{free_port, records_now, start_rsyslog};
 
 const APP: &str = "lossy-app";
@@ -94,9 +94,7 @@ async fn a_losing_drain_tells_the_app_in_its_own_stream_with_exact_counts() {
     );
     config.telemetry.agent = Some(pipeline.agent.clone());
     config.loss_notice_interval_ms = 1_000;
-    let nozzle = start_nozzle_with(config).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
+    let (nozzle, emitter) = flowing(&pipeline, config).await;
     eventually("the app stream to open", async || {
         *connected.lock().unwrap()
     })

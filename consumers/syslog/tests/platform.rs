@@ -20,8 +20,8 @@ use hydrant_api::DrainState;
 use hydrant_emitter::Emitter;
 use hydrant_nozzle_core::BreakerConfig;
 use hydrant_nozzle_syslog::{Config, PlatformConfig};
-use hydrant_nozzle_testkit::{Pipeline, Probe, metric, scrape};
-use pipeline::{WEB, drains, emit_logs, eventually, nozzle_config, start_nozzle_with};
+use hydrant_nozzle_testkit::{Pipeline, metric, scrape};
+use pipeline::{WEB, drains, emit_logs, eventually, flowing, nozzle_config};
 use rsyslog::{Rsyslog, free_port, records_now, start_rsyslog};
 
 /// A platform-mode config; the token file is removed when the returned handle drops.
@@ -78,9 +78,7 @@ async fn app_drains_follow_bindings_get_only_their_app_and_report_status() {
     ]);
     let pipeline = Pipeline::start().await;
     let (config, _token) = platform_config(&pipeline, &api, true);
-    let nozzle = start_nozzle_with(config).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
+    let (nozzle, emitter) = flowing(&pipeline, config).await;
     eventually("both bindings to start", async || {
         let d = drains(nozzle.admin).await;
         d.contains_key("b1") && d.contains_key("b2")
@@ -228,9 +226,7 @@ async fn private_addresses_are_refused_unless_the_operator_allows_them() {
     let (mut config, _token) = platform_config(&pipeline, &api, false);
     // Refused drains look again after a short cool-down, so every batch meets the refusal.
     config.breaker.open_ms = 100;
-    let nozzle = start_nozzle_with(config).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
+    let (nozzle, emitter) = flowing(&pipeline, config).await;
     eventually("both bindings to start", async || {
         drains(nozzle.admin).await.len() == 2
     })

@@ -11,8 +11,8 @@ mod pipeline;
 mod rsyslog;
 
 use hydrant_emitter::Emitter;
-use hydrant_nozzle_testkit::{Pipeline, Probe, metric, scrape};
-use pipeline::{drains, emit_logs, eventually, start_nozzle};
+use hydrant_nozzle_testkit::{Pipeline, metric, scrape};
+use pipeline::{drains, emit_logs, eventually, flowing, nozzle_config};
 use rsyslog::{Rsyslog, free_port, records_now, start_rsyslog};
 use std::collections::HashMap;
 
@@ -67,9 +67,7 @@ async fn every_log_reaches_rsyslog_in_order_exactly_once() {
     let rsyslog = start_rsyslog();
     let pipeline = Pipeline::start().await;
     let drain = format!("syslog://user:secret@127.0.0.1:{}", rsyslog.port);
-    let nozzle = start_nozzle(&pipeline, vec![drain]).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
+    let (nozzle, emitter) = flowing(&pipeline, nozzle_config(&pipeline, vec![drain])).await;
 
     const N: usize = 2_000;
     emit_app_logs(&emitter, N);
@@ -109,9 +107,11 @@ async fn a_dead_drain_loses_only_its_own_data_and_counts_it() {
     // Nothing listens there: every connect is refused.
     let dead_port = free_port();
     let dead = format!("syslog://ops:secret@127.0.0.1:{dead_port}");
-    let nozzle = start_nozzle(&pipeline, vec![dead, healthy.clone()]).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
+    let (nozzle, emitter) = flowing(
+        &pipeline,
+        nozzle_config(&pipeline, vec![dead, healthy.clone()]),
+    )
+    .await;
 
     const N: usize = 1_000;
     emit_app_logs(&emitter, N);

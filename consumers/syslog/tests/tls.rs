@@ -19,8 +19,8 @@ use certs::Ca;
 use hydrant_emitter::Emitter;
 use hydrant_nozzle_syslog::TlsConfig;
 use hydrant_nozzle_syslog::rsyslogd::{FIELDS_TEMPLATE, Rsyslogd};
-use hydrant_nozzle_testkit::{Pipeline, Probe, metric, scrape};
-use pipeline::{drains, emit_logs, eventually, nozzle_config, start_nozzle_with};
+use hydrant_nozzle_testkit::{Pipeline, metric, scrape};
+use pipeline::{drains, emit_logs, eventually, flowing, nozzle_config};
 use rsyslog::{Rsyslog, records_now, start_rsyslog};
 
 const APP: &str = "tls-app";
@@ -71,9 +71,7 @@ async fn verified_tls_delivers_and_bad_certificates_are_refused_without_hurting_
         system_roots: false,
         insecure_skip_verify: false,
     };
-    let nozzle = start_nozzle_with(config).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
+    let (nozzle, emitter) = flowing(&pipeline, config).await;
 
     const N: usize = 500;
     emit(&emitter, N);
@@ -167,9 +165,7 @@ async fn insecure_skip_verify_accepts_what_verification_refuses() {
         system_roots: false,
         insecure_skip_verify: true,
     };
-    let nozzle = start_nozzle_with(config).await;
-    let emitter = pipeline.emitter();
-    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
+    let (nozzle, emitter) = flowing(&pipeline, config).await;
     emit(&emitter, 50);
     eventually("delivery without verification", async || {
         app_messages(&receiver).len() >= 50

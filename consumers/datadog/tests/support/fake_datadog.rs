@@ -386,11 +386,7 @@ pub fn check_v2(body: &Value) -> Result<(), String> {
         if let Some(u) = o.get("unit") {
             u.as_str().ok_or("unit must be a string")?;
         }
-        let points = o
-            .get("points")
-            .and_then(Value::as_array)
-            .filter(|p| !p.is_empty())
-            .ok_or("points is required and must be a non-empty array")?;
+        let points = points_of(o)?;
         for p in points {
             let p = p.as_object().ok_or("a point must be an object")?;
             if p.keys().any(|k| k != "timestamp" && k != "value") {
@@ -405,6 +401,15 @@ pub fn check_v2(body: &Value) -> Result<(), String> {
         check_tags(o.get("tags"))?;
     }
     Ok(())
+}
+
+/// A series' `points`, which both APIs require to be a non-empty array.
+fn points_of(series: &serde_json::Map<String, Value>) -> Result<&Vec<Value>, String> {
+    Ok(series
+        .get("points")
+        .and_then(Value::as_array)
+        .filter(|p| !p.is_empty())
+        .ok_or("points is required and must be a non-empty array")?)
 }
 
 pub fn check_distribution(body: &Value) -> Result<(), String> {
@@ -422,11 +427,7 @@ pub fn check_distribution(body: &Value) -> Result<(), String> {
         {
             return Err("type must be \"distribution\"".to_owned());
         }
-        let points = o
-            .get("points")
-            .and_then(Value::as_array)
-            .filter(|p| !p.is_empty())
-            .ok_or("points is required and must be a non-empty array")?;
+        let points = points_of(o)?;
         for p in points {
             let pair = p
                 .as_array()

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use hydrant_emitter::Emitter;
 use hydrant_nozzle_core::{Backoff, BreakerConfig};
 use hydrant_nozzle_syslog::Config;
-use hydrant_nozzle_testkit::{Pipeline, admin_get};
+use hydrant_nozzle_testkit::{Pipeline, Probe, admin_get};
 use hydrant_runtime::Validate as _;
 
 /// The syslog role running on a task.
@@ -87,4 +87,12 @@ pub fn emit_logs(
         emitter.log_with_tags(app, "0", text.as_bytes(), is_err, tags);
     }
     emitter.flush();
+}
+
+/// Starts the role on `pipeline` with `config` and waits until app logs flow through it.
+pub async fn flowing(pipeline: &Pipeline, config: Config) -> (Nozzle, Emitter) {
+    let nozzle = start_nozzle_with(config).await;
+    let emitter = pipeline.emitter();
+    nozzle.wait_until_flowing(&emitter, Probe::Log).await;
+    (nozzle, emitter)
 }
