@@ -907,3 +907,42 @@ fn isolation_none_runs_apps_unisolated_and_says_so_on_every_push() {
     });
     assert!(up.stop().success(), "hydrant up did not exit cleanly");
 }
+
+/// Tokens expire, and the user does not notice: `hydrant up` saves a refresh token beside the
+/// access token, and the CLI renews an access token that is expired or about to expire before
+/// the command runs. `endpoints.json` says when its admin token expires.
+#[test]
+fn the_cli_renews_its_access_token_with_the_saved_refresh_token() {
+    let up = Up::start();
+    let endpoints = up.endpoints();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let expires = endpoints["token_expires_at"].as_i64().unwrap();
+    assert!(
+        expires > now && expires <= now + 8 * 3600 + 60,
+        "the admin token expires within 8 h: {expires} vs now {now}"
+    );
+    assert!(endpoints["refresh_token"].is_string(), "{endpoints}");
+
+    // An unusable access token in the CLI config: renewed before `hydrant apps` runs.
+    let path = up.home.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config["token"] = "expired.access.token".into();
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let out = up.cli(&["apps"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let renewed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_ne!(renewed["token"], "expired.access.token");
+    assert_eq!(renewed["token"].as_str().unwrap().split('.').count(), 3);
+
+    // Without the refresh token the same command fails and says to log in.
+    config["refresh_token"] = serde_json::Value::Null;
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let out = up.cli(&["apps"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("log in"), "{}", text(&out));
+}
