@@ -1,4 +1,5 @@
-//! The Ingress and Egress services with envelopes carried as encoded `Bytes`.
+//! The Ingress and Egress services, and Log Cache's `Read`, with envelopes carried as encoded
+//! `Bytes`.
 //!
 //! A stock Loggregator client speaks the typed services in [`crate::v2`]; on the wire these are
 //! the same methods with the same paths and messages. The difference is only on our side: the
@@ -72,7 +73,13 @@ macro_rules! prost_wire {
     )*};
 }
 
-prost_wire!(crate::v2::EgressRequest, crate::v2::EgressBatchRequest);
+prost_wire!(
+    crate::v2::EgressRequest,
+    crate::v2::EgressBatchRequest,
+    crate::logcache_v1::ReadRequest,
+    crate::logcache_v1::MetaRequest,
+    crate::logcache_v1::MetaResponse
+);
 
 /// A tonic codec for [`WireEncode`]/[`WireDecode`] messages.
 #[derive(Debug)]
@@ -183,4 +190,18 @@ pub mod ingress {
 )]
 pub mod egress {
     include!("gen/raw/loggregator.v2.Egress.rs");
+}
+
+/// `logcache.v1.Egress` with `Read` answered as an encoded `ReadResponse` (build one with
+/// [`crate::wire::read_response`], take its envelopes with [`crate::wire::read_response_batch`]).
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic,
+    rust_2018_idioms,
+    reason = "generated code"
+)]
+pub mod logcache {
+    include!("gen/raw/logcache.v1.Egress.rs");
 }

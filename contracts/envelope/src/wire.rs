@@ -676,5 +676,41 @@ pub fn batch_of<'a>(envelopes: impl IntoIterator<Item = &'a [u8]>) -> Bytes {
     b.take()
 }
 
+/// Encodes a `logcache.v1.ReadResponse` around encoded envelopes: field 1, the
+/// `EnvelopeBatch`, holding them as they are (what the doppler answers a log cache `Read` with,
+/// without decoding what it stored).
+#[must_use]
+pub fn read_response<'a>(envelopes: impl IntoIterator<Item = &'a [u8]>) -> Bytes {
+    let batch = batch_of(envelopes);
+    let mut out = BytesMut::with_capacity(batch.len() + 11);
+    put_varint(&mut out, u64::from((1u32 << 3) | u32::from(LEN)));
+    put_varint(&mut out, batch.len() as u64);
+    out.put_slice(&batch);
+    out.freeze()
+}
+
+/// The encoded `EnvelopeBatch` of an encoded `logcache.v1.ReadResponse`, sharing its buffer
+/// (walk it with [`BatchIter`] or [`split_batch`]). A response without envelopes gives an empty
+/// batch; one that carries the field more than once (protobuf merges them) gives them joined.
+///
+/// # Errors
+/// The bytes are not a `ReadResponse`.
+pub fn read_response_batch(response: &Bytes) -> Result<Bytes, Error> {
+    let base = response.as_ptr() as usize;
+    let mut parts = Vec::new();
+    for field in Fields::new(response) {
+        if let (1, value) = field? {
+            let slice = expect_len(1, value)?;
+            let start = slice.as_ptr() as usize - base;
+            parts.push(response.slice(start..start + slice.len()));
+        }
+    }
+    Ok(match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.swap_remove(0),
+        _ => parts.concat().into(),
+    })
+}
+
 #[cfg(test)]
 mod tests;

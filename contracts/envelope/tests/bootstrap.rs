@@ -56,7 +56,21 @@ fn raw_services() -> Vec<tonic_build::manual::Service> {
             true,
         ))
         .build();
-    vec![ingress, egress]
+    let logcache = Service::builder()
+        .name("Egress")
+        .package("logcache.v1")
+        .comment("Log Cache's egress with `Read` answered as the encoded `ReadResponse` (`Bytes`): the doppler builds it from the stored envelopes and the edge slices them out, neither decoding.")
+        .method(method("read", "Read", "crate::logcache_v1::ReadRequest", "::bytes::Bytes", false, false))
+        .method(method(
+            "meta",
+            "Meta",
+            "crate::logcache_v1::MetaRequest",
+            "crate::logcache_v1::MetaResponse",
+            false,
+            false,
+        ))
+        .build();
+    vec![ingress, egress, logcache]
 }
 
 fn generate(out: &Path) {

@@ -1,5 +1,8 @@
 //! The doppler's log cache: the task that fills the [`Store`] off the routing path, and
-//! `logcache.v1.Egress` (`Read`, `Meta`) that serves it.
+//! `logcache.v1.Egress` (`Read`, `Meta`) that serves it. `Read` answers with the encoded
+//! `ReadResponse` built around the stored envelope bytes (`wire::read_response`), so a recent
+//! read is never decoded here, like the live stream (a stock Log Cache client reads the same
+//! bytes as its typed `ReadResponse`).
 //!
 //! Where it sits: router → bounded hand-off of whole batches (overflow counted
 //! `doppler.dropped{reason="logcache_busy"}`) → [`run`] → `Store::ingest`; clients (the firehose
@@ -15,13 +18,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hydrant_emitter::Counter;
 
-use hydrant_envelope::logcache_v1::egress_server::Egress;
-use hydrant_envelope::logcache_v1::{
-    EnvelopeType, MetaInfo, MetaRequest, MetaResponse, ReadRequest, ReadResponse,
-};
-use hydrant_envelope::v2;
+use bytes::Bytes;
+use hydrant_envelope::logcache_v1::{EnvelopeType, MetaInfo, MetaRequest, MetaResponse, ReadRequest};
+use hydrant_envelope::raw::logcache::egress_server::Egress;
 use hydrant_logcache::{Kind, ReadQuery, Store, StoreStats};
-use prost::Message;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tonic::{Request, Response, Status};
@@ -168,7 +168,7 @@ impl LogCacheService {
 
 #[tonic::async_trait]
 impl Egress for LogCacheService {
-    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<Bytes>, Status> {
         let query = self.query(request.into_inner())?;
         let stored = self
             .store
@@ -176,22 +176,14 @@ impl Egress for LogCacheService {
             .map_err(|e| self.invalid(e.to_string()))?;
         let budget = hydrant_envelope::MAX_MESSAGE_BYTES - RESPONSE_SLACK;
         let mut used = 0;
-        let mut batch = Vec::with_capacity(stored.len());
-        for bytes in stored {
+        // Stored envelopes passed validation at ingress: they go out as they were stored.
+        let page = stored.iter().take_while(|bytes| {
             used += bytes.len() + 6;
-            if used > budget {
-                break;
-            }
-            // Stored envelopes passed validation at ingress, so this decode succeeds; one that
-            // did not would be skipped rather than fail the page.
-            if let Ok(envelope) = v2::Envelope::decode(bytes) {
-                batch.push(envelope);
-            }
-        }
-        self.metrics.logcache.egress.add(batch.len() as u64);
-        Ok(Response::new(ReadResponse {
-            envelopes: Some(v2::EnvelopeBatch { batch }),
-        }))
+            used <= budget
+        });
+        let page: Vec<&[u8]> = page.map(AsRef::as_ref).collect();
+        self.metrics.logcache.egress.add(page.len() as u64);
+        Ok(Response::new(hydrant_envelope::wire::read_response(page)))
     }
 
     async fn meta(&self, _request: Request<MetaRequest>) -> Result<Response<MetaResponse>, Status> {
@@ -219,6 +211,7 @@ impl Egress for LogCacheService {
 
 #[cfg(test)]
 mod tests {
+    use hydrant_envelope::v2;
     use hydrant_envelope::wire::{batch_of, encode};
 
     use super::*;

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hydrant_emitter::Registry;
-use hydrant_envelope::{MAX_MESSAGE_BYTES, logcache_v1, raw};
+use hydrant_envelope::{MAX_MESSAGE_BYTES, raw};
 use hydrant_logcache::Store;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -165,7 +165,7 @@ async fn serve(
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            logcache_v1::egress_server::EgressServer::new(logcache)
+            raw::logcache::egress_server::EgressServer::new(logcache)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )

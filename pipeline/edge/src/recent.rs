@@ -11,6 +11,11 @@
 //! The answer is Log Cache's JSON unless the request's `Accept` names [`PROTOBUF`]: then it is
 //! one encoded v2 `EnvelopeBatch`, what Hydrant's own client asks for, so recent logs are never
 //! turned into JSON only to be parsed back.
+//!
+//! Invariant: on the binary path recent envelopes stay bytes end to end, like the live stream:
+//! the doppler answers with the encoded `ReadResponse` around the bytes it stored, this edge
+//! slices the envelopes out of it (reading only their timestamps, to merge) and writes the same
+//! bytes into its answer. Only the JSON answer decodes them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,9 +25,12 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::join_all;
+use bytes::Bytes;
 use hydrant_envelope::logcache_v1::egress_client::EgressClient;
 use hydrant_envelope::logcache_v1::{EnvelopeType, MetaInfo, MetaRequest, ReadRequest};
+use hydrant_envelope::raw::logcache::egress_client::EgressClient as RawEgressClient;
 use hydrant_envelope::v2;
+use hydrant_envelope::wire::{self, EnvelopeView};
 use serde_json::{Map, Value, json};
 
 use crate::api::{ApiError, Query, Shared};
@@ -106,16 +114,33 @@ fn read_request(source_id: &str, q: &Query) -> Result<ReadRequest, ApiError> {
     })
 }
 
+/// One encoded envelope of a doppler's answer, with the timestamp the merge orders by.
+type Stamped = (i64, Bytes);
+
 /// Merges per-doppler answers: order by timestamp (stable, so each doppler's own order of equal
 /// timestamps survives), then keep the first `limit`.
-fn merge(mut envelopes: Vec<v2::Envelope>, descending: bool, limit: usize) -> Vec<v2::Envelope> {
+fn merge(mut envelopes: Vec<Stamped>, descending: bool, limit: usize) -> Vec<Stamped> {
     if descending {
-        envelopes.sort_by_key(|e| std::cmp::Reverse(e.timestamp));
+        envelopes.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
     } else {
-        envelopes.sort_by_key(|e| e.timestamp);
+        envelopes.sort_by_key(|(t, _)| *t);
     }
     envelopes.truncate(limit);
     envelopes
+}
+
+/// The envelopes of one doppler's encoded `ReadResponse`, as slices of it with their timestamps.
+fn stamped(response: &Bytes) -> Result<Vec<Stamped>, String> {
+    let batch = wire::read_response_batch(response).map_err(|e| e.to_string())?;
+    wire::split_batch(&batch)
+        .map(|envelope| {
+            let envelope = envelope.map_err(|e| e.to_string())?;
+            let timestamp = EnvelopeView::parse(&envelope)
+                .map_err(|e| e.to_string())?
+                .timestamp;
+            Ok((timestamp, envelope))
+        })
+        .collect()
 }
 
 /// `GET /api/v1/read/{source_id}`.
@@ -133,7 +158,7 @@ pub(crate) async fn read(
     let request = read_request(&source_id, &q).map_err(|e| app.reject(e))?;
     let deadline = app.read_timeout;
     let calls = app.readers.iter().map(|(url, channel)| {
-        let mut client = EgressClient::new(channel.clone())
+        let mut client = RawEgressClient::new(channel.clone())
             .max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
         let request = request.clone();
         async move {
@@ -147,12 +172,13 @@ pub(crate) async fn read(
     let mut answered = 0usize;
     for (url, result) in join_all(calls).await {
         match result {
-            Ok(Ok(response)) => {
-                answered += 1;
-                if let Some(batch) = response.into_inner().envelopes {
-                    envelopes.extend(batch.batch);
+            Ok(Ok(response)) => match stamped(response.get_ref()) {
+                Ok(theirs) => {
+                    answered += 1;
+                    envelopes.extend(theirs);
                 }
-            }
+                Err(e) => upstream_failed(&app, url, &format!("unreadable answer: {e}")),
+            },
             Ok(Err(status)) => upstream_failed(&app, url, &status.to_string()),
             Err(_) => upstream_failed(&app, url, "timed out"),
         }
@@ -164,11 +190,15 @@ pub(crate) async fn read(
     let envelopes = merge(envelopes, request.descending, limit);
     app.metrics.egress_recent.add(envelopes.len() as u64);
     if wants_protobuf(&headers) {
-        let batch = v2::EnvelopeBatch { batch: envelopes };
-        let body = prost::Message::encode_to_vec(&batch);
+        let body = wire::batch_of(envelopes.iter().map(|(_, e)| e.as_ref()));
         return Ok(([(axum::http::header::CONTENT_TYPE, PROTOBUF)], body).into_response());
     }
-    Ok(Json(json!({ "envelopes": hydrant_envelope::json::batch(&envelopes) })).into_response())
+    // Every envelope passed the walker's validation, which prost accepts.
+    let decoded: Vec<v2::Envelope> = envelopes
+        .iter()
+        .filter_map(|(_, e)| prost::Message::decode(e.clone()).ok())
+        .collect();
+    Ok(Json(json!({ "envelopes": hydrant_envelope::json::batch(&decoded) })).into_response())
 }
 
 fn upstream_failed(app: &Shared, url: &str, error: &str) {
@@ -301,14 +331,26 @@ mod tests {
 
     #[test]
     fn merge_orders_then_limits() {
-        let e = |t| v2::Envelope {
-            timestamp: t,
-            ..v2::Envelope::default()
-        };
-        let ts = |v: Vec<v2::Envelope>| v.iter().map(|e| e.timestamp).collect::<Vec<_>>();
+        let e = |t| (t, Bytes::new());
+        let ts = |v: Vec<Stamped>| v.iter().map(|(t, _)| *t).collect::<Vec<_>>();
         let all = vec![e(5), e(1), e(9), e(3), e(7)];
         assert_eq!(ts(merge(all.clone(), false, 3)), vec![1, 3, 5]);
         assert_eq!(ts(merge(all, true, 2)), vec![9, 7]);
+    }
+
+    #[test]
+    fn a_doppler_answer_is_sliced_not_decoded_and_bad_bytes_are_refused() {
+        let one = wire::encode(&v2::Envelope {
+            timestamp: 7,
+            source_id: "web".to_owned(),
+            ..v2::Envelope::default()
+        });
+        let answer = wire::read_response([one.as_ref()]);
+        let got = stamped(&answer).unwrap();
+        assert_eq!(got, vec![(7, one)]);
+        // The envelope is a slice of the doppler's answer, not a copy.
+        assert!(answer.as_ptr_range().contains(&got[0].1.as_ptr()));
+        assert!(stamped(&Bytes::from_static(&[0x0a, 0x03, 0x0a, 0x09, 0x00])).is_err());
     }
 
     #[test]

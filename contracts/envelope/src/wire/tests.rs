@@ -23,6 +23,30 @@ fn log(source: &str, payload: &[u8]) -> v2::Envelope {
 }
 
 #[test]
+fn a_read_response_built_from_bytes_is_what_prost_reads_and_slices_back() {
+    let one = encode(&log("app-1", b"first"));
+    let two = encode(&log("app-1", b"second"));
+    let response = read_response([one.as_ref(), two.as_ref()]);
+    let decoded = crate::logcache_v1::ReadResponse::decode(response.clone()).unwrap();
+    let batch = decoded.envelopes.unwrap().batch;
+    assert_eq!(batch, vec![log("app-1", b"first"), log("app-1", b"second")]);
+
+    let sliced = read_response_batch(&response).unwrap();
+    let envelopes: Vec<Bytes> = split_batch(&sliced).map(Result::unwrap).collect();
+    assert_eq!(envelopes, vec![one.clone(), two]);
+    // What prost writes is read the same way, and an empty answer is an empty batch.
+    let typed = crate::logcache_v1::ReadResponse {
+        envelopes: Some(v2::EnvelopeBatch {
+            batch: vec![log("app-1", b"first")],
+        }),
+    };
+    let again = read_response_batch(&Bytes::from(typed.encode_to_vec())).unwrap();
+    assert_eq!(split_batch(&again).map(Result::unwrap).collect::<Vec<_>>(), vec![one]);
+    assert!(read_response_batch(&Bytes::new()).unwrap().is_empty());
+    assert!(read_response_batch(&Bytes::from_static(&[0x0a, 0x05, 0x01])).is_err());
+}
+
+#[test]
 fn view_reads_routing_fields() {
     let bytes = encode(&log("app-1", b"hello"));
     let view = EnvelopeView::parse(&bytes).unwrap();
