@@ -21,11 +21,10 @@ use fake_datadog::{FakeDatadog, Reply};
 use hydrant_emitter::Emitter;
 use hydrant_nozzle_core::{Backoff, BreakerConfig};
 use hydrant_nozzle_datadog::{BatchConfig, Config, TimerMode};
-use hydrant_nozzle_testkit::{Pipeline, Probe, metric_matching as metric, scrape};
+use hydrant_nozzle_testkit::{Pipeline, Probe, metric_matching as metric, refusal, scrape};
 use hydrant_runtime::Validate as _;
 use hydrant_testkit::wait_for;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
 const SERIES: &str = "/api/v2/series";
@@ -495,17 +494,7 @@ async fn a_missing_key_stops_the_role_naming_the_field() {
         },
         ..Config::default()
     };
-    let listeners = hydrant_runtime::bind::<hydrant_nozzle_datadog::DatadogNozzle>(&config)
-        .await
-        .unwrap();
-    let e = hydrant_runtime::run::<hydrant_nozzle_datadog::DatadogNozzle>(
-        config,
-        listeners,
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let e = refusal::<hydrant_nozzle_datadog::DatadogNozzle>(config).await;
     assert!(
         e.contains("api_key_env") && e.contains("HYDRANT_DATADOG_TEST_UNSET_KEY"),
         "{e}"

@@ -16,7 +16,7 @@ use hydrant_emitter::Emitter;
 use hydrant_envelope::v2;
 use hydrant_nozzle_core::QueueLimits;
 use hydrant_nozzle_otlp::Config;
-use hydrant_nozzle_testkit::{Pipeline, Probe, metric as scrape_metric, scrape};
+use hydrant_nozzle_testkit::{Pipeline, Probe, metric as scrape_metric, refusal, scrape};
 use hydrant_testkit::envelopes::{APP_TAGS, counter, envelope, gauge, timer};
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
@@ -568,17 +568,7 @@ async fn a_bad_config_is_refused_naming_the_field() {
                 [metrics]\nhistogram_bounds_seconds = [0.5, 0.1]\n";
     let mut config: hydrant_nozzle_otlp::Config = toml::from_str(text).unwrap();
     config.admin_listen = "127.0.0.1:0".to_owned();
-    let listeners = hydrant_runtime::bind::<hydrant_nozzle_otlp::OtlpNozzle>(&config)
-        .await
-        .unwrap();
-    let err = hydrant_runtime::run::<hydrant_nozzle_otlp::OtlpNozzle>(
-        config,
-        listeners,
-        tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let err = refusal::<hydrant_nozzle_otlp::OtlpNozzle>(config).await;
     assert!(err.contains("metrics.histogram_bounds_seconds"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }

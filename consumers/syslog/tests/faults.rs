@@ -21,7 +21,7 @@ use hydrant_emitter::Emitter;
 use hydrant_nozzle_core::{Backoff, BreakerConfig, QueueLimits};
 use hydrant_nozzle_syslog::PlatformConfig;
 use hydrant_nozzle_syslog::rsyslogd::{FIELDS_TEMPLATE, Rsyslogd};
-use hydrant_nozzle_testkit::{Pipeline, metric, scrape};
+use hydrant_nozzle_testkit::{Pipeline, metric, refusal, scrape};
 use hydrant_runtime::Validate as _;
 use pipeline::{WEB, drains, emit_logs, eventually, flowing, nozzle_config};
 use rsyslog::{Rsyslog, records_now, start_rsyslog};
@@ -337,17 +337,7 @@ async fn malformed_drain_urls_are_refused_by_validate_naming_the_field() {
         assert!(e.contains("drains[1]"), "{bad}: {e}");
         assert!(!e.contains("secret") && e.contains("u:****@"), "{bad}: {e}");
         // The role refuses it the same way, before reading anything.
-        let listeners = hydrant_runtime::bind::<hydrant_nozzle_syslog::SyslogNozzle>(&config)
-            .await
-            .unwrap();
-        let e = hydrant_runtime::run::<hydrant_nozzle_syslog::SyslogNozzle>(
-            config,
-            listeners,
-            Default::default(),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+        let e = refusal::<hydrant_nozzle_syslog::SyslogNozzle>(config).await;
         assert!(e.contains("drains[1]"), "{bad}: {e}");
     }
 }

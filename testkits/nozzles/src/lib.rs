@@ -1,6 +1,7 @@
 //! Test support shared by the nozzles' end-to-end tests: the real pipeline in-process (agent →
 //! doppler → firehose edge on ephemeral loopback ports, wired as `hydrant up` wires them), a
-//! handle on a nozzle running on top of it, and readers for the nozzle's admin pages.
+//! handle on a nozzle running on top of it, readers for the nozzle's admin pages, and
+//! [`refusal`], the error a nozzle stops with when its config must be refused.
 //!
 //! A dev-dependency only; no role links it. Invariant: nothing here sleeps and hopes. Every
 //! wait has a deadline and names what it waited for, every fixture binds `127.0.0.1:0`, and
@@ -27,6 +28,19 @@ use tokio_util::sync::CancellationToken;
 /// How long a fixture waits for the pipeline to carry a probe through to a nozzle, and for a
 /// nozzle to stop. Generous: two-core machines build other crates while tests run.
 const WITHIN: Duration = Duration::from_secs(40);
+
+/// Runs role `R` with `config` on loopback listeners, as `hydrant run` would, and returns the
+/// error it stops with: for a config the role must refuse before it reads anything. Fails the
+/// test when the listeners cannot be bound or the role runs.
+pub async fn refusal<R: hydrant_runtime::Role>(config: R::Config) -> String {
+    let listeners = hydrant_runtime::bind::<R>(&config)
+        .await
+        .expect("the role's listeners bind on loopback");
+    match hydrant_runtime::run::<R>(config, listeners, CancellationToken::new()).await {
+        Ok(()) => panic!("{} ran with a config it must refuse", R::NAME),
+        Err(e) => e.to_string(),
+    }
+}
 
 /// Agent, doppler and firehose edge, running until this is dropped.
 #[derive(Debug)]
