@@ -111,6 +111,7 @@ pub(crate) async fn read(
         sub,
         taken: Vec::new(),
         done: false,
+        token_ends: crate::stream::token_deadline(&claims),
         _permit: permit,
     };
     let body = futures_util::stream::unfold(state, |mut s| async move {
@@ -132,6 +133,8 @@ struct Stream {
     sub: Subscription,
     taken: Vec<Bytes>,
     done: bool,
+    /// The stream ends when its token does, with a `closing` event saying so.
+    token_ends: Instant,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -147,6 +150,11 @@ impl Stream {
         loop {
             if self.app.shutdown.is_cancelled() {
                 return self.closing("the server is shutting down; reconnect");
+            }
+            if Instant::now() >= self.token_ends {
+                // What is still queued is never sent: count it, so the ledger balances.
+                self.app.metrics.dropped_closed.add(outbox.close());
+                return self.closing("token expired");
             }
             let behind = outbox.behind_since();
             if behind.is_some_and(|t| Instant::now() >= t + opts.slow_consumer_timeout) {
@@ -184,6 +192,7 @@ impl Stream {
                     return Bytes::from(format!("event: heartbeat\ndata: {now}\n\n"));
                 }
                 () = self.app.shutdown.cancelled() => {}
+                () = tokio::time::sleep_until(self.token_ends) => {}
             }
         }
     }

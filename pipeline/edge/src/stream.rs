@@ -118,7 +118,7 @@ pub(crate) async fn app_stream(
 }
 
 /// When the stream's token expires, as an instant on the clock the writer sleeps on.
-fn token_deadline(claims: &hydrant_auth::Claims) -> Instant {
+pub(crate) fn token_deadline(claims: &hydrant_auth::Claims) -> Instant {
     let left = claims.exp.saturating_sub(hydrant_auth::now_secs()).max(0);
     // Tokens live hours at most; a far-future exp is capped so the addition cannot overflow.
     let left = u64::try_from(left).unwrap_or(0).min(366 * 86_400);

@@ -67,6 +67,27 @@ async fn sse_streams_json_batches_of_the_asked_sources_and_types_and_heartbeats(
 }
 
 #[tokio::test]
+async fn an_sse_stream_ends_with_a_closing_event_when_its_token_expires() {
+    let doppler = RunningDoppler::start().await;
+    let edge = start_edge(config(vec![doppler.url()])).await;
+    edge.wait_connected(1.0).await;
+    let short = token(
+        Claims::new("dev")
+            .with_scope(Scope::app_read("web"))
+            .expires_in(2),
+    );
+    let (status, mut body) = http_stream(edge.http, "/v2/read?source_id=web&log", &short).await;
+    assert_eq!(status, 200);
+    let mut text = String::new();
+    read_until(&mut body, &mut text, "event: closing\ndata: token expired").await;
+    let end = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("the stream ends after the closing event");
+    assert!(end.is_none(), "nothing after the closing event");
+    edge.stop().await;
+}
+
+#[tokio::test]
 async fn sse_refusals() {
     let doppler = RunningDoppler::start().await;
     let edge = start_edge(config(vec![doppler.url()])).await;
