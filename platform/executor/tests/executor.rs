@@ -419,10 +419,8 @@ async fn an_app_printing_flat_out_is_never_blocked_and_drops_are_counted() {
     // dropped; the app must still get through its output and open its port.
     let mut rig = Rig::start("executor-flood", false, |_| {}).await;
     let app = "yes 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' | head -n 400000\nexec python3 -m http.server \"$PORT\" --bind 0.0.0.0\n";
-    let (url, sha) = rig.droplets.put("flood", droplet(&[("flood.sh", app)]));
-    let start = rig.start_message("bash flood.sh", &url, &sha);
+    let start = rig.start_script("flood", "flood.sh", app).await;
     let guid = start.instance.clone();
-    assert!(rig.request_start(&start).await.accepted);
     // While the flood runs, the executor keeps answering requests promptly.
     let began = tokio::time::Instant::now();
     let stop_other = rig.request_stop("other-app", "other").await;
@@ -460,10 +458,8 @@ async fn an_app_printing_flat_out_is_never_blocked_and_drops_are_counted() {
 async fn shutting_the_executor_down_stops_its_instances_and_unregisters_routes() {
     let mut rig = Rig::start("executor-shutdown", true, |_| {}).await;
     let app = "exec python3 -m http.server \"$PORT\" --bind 0.0.0.0\n";
-    let (url, sha) = rig.droplets.put("web", droplet(&[("web.sh", app)]));
-    let start = rig.start_message("bash web.sh", &url, &sha);
+    let start = rig.start_script("web", "web.sh", app).await;
     let guid = start.instance.clone();
-    assert!(rig.request_start(&start).await.accepted);
     rig.wait_state(&guid, InstanceState::Running, WAIT).await;
     let mut unregisters = rig.bus.subscribe("router.unregister.*").await.unwrap();
     let mut heartbeats = rig
@@ -500,10 +496,8 @@ async fn instances_keep_running_and_logging_while_the_bus_is_down() {
     let mut rig = Rig::start("executor-outage", true, |_| {}).await;
     let app = "python3 -m http.server \"$PORT\" --bind 0.0.0.0 &\n\
                i=0; while true; do i=$((i+1)); echo \"tick $i\"; sleep 0.05; done\n";
-    let (url, sha) = rig.droplets.put("ticker", droplet(&[("tick.sh", app)]));
-    let start = rig.start_message("bash tick.sh", &url, &sha);
+    let start = rig.start_script("ticker", "tick.sh", app).await;
     let guid = start.instance.clone();
-    assert!(rig.request_start(&start).await.accepted);
     rig.wait_state(&guid, InstanceState::Running, WAIT).await;
     let registered: RegistryMessage = tokio::time::timeout(WAIT, rig.registers.next())
         .await
@@ -576,10 +570,8 @@ async fn stop_takes_a_setsid_double_forked_child_with_the_container() {
     .await;
     let app = "setsid bash -c '(sleep 300 &) ; exec sleep 301' &\n\
                exec python3 -m http.server \"$PORT\" --bind 0.0.0.0\n";
-    let (url, sha) = rig.droplets.put("daemon", droplet(&[("d.sh", app)]));
-    let start = rig.start_message("bash d.sh", &url, &sha);
+    let start = rig.start_script("daemon", "d.sh", app).await;
     let guid = start.instance.clone();
-    assert!(rig.request_start(&start).await.accepted);
     rig.wait_state(&guid, InstanceState::Running, WAIT).await;
     wait_for(WAIT, "the escaped children", || {
         let found = processes_in(&parent, &guid);
@@ -627,10 +619,8 @@ async fn unisolated_instances_say_so_on_every_start() {
     })
     .await;
     let app = "echo uid=$(id -u)\nexec python3 -m http.server \"$PORT\" --bind 127.0.0.1\n";
-    let (url, sha) = rig.droplets.put("plain", droplet(&[("p.sh", app)]));
-    let start = rig.start_message("bash p.sh", &url, &sha);
+    let start = rig.start_script("plain", "p.sh", app).await;
     let guid = start.instance.clone();
-    assert!(rig.request_start(&start).await.accepted);
     let hb = rig.wait_state(&guid, InstanceState::Running, WAIT).await;
     let port = hb.instances[0].port.unwrap();
     let page = reqwest::get(format!("http://127.0.0.1:{port}/p.sh"))

@@ -271,6 +271,15 @@ impl Rig {
         }
     }
 
+    /// Serves a droplet holding only `file` (the shell script `script`) as `name`, asks the
+    /// executor to run `bash file` from it and checks that it took the request.
+    pub async fn start_script(&self, name: &str, file: &str, script: &str) -> StartInstance {
+        let (url, sha) = self.droplets.put(name, droplet(&[(file, script)]));
+        let start = self.start_message(&format!("bash {file}"), &url, &sha);
+        assert!(self.request_start(&start).await.accepted, "{name} refused");
+        start
+    }
+
     pub async fn request_start(&self, start: &StartInstance) -> ExecutorReply {
         let reply = self
             .bus
