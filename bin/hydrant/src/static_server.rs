@@ -3,8 +3,11 @@
 //!
 //! It serves files under one directory and nothing outside it: request paths are decoded,
 //! split into components, and any `..`, absolute or hidden-escape component is refused before
-//! the file system is touched. `/` and directories serve their `index.html`. One access line per
-//! request goes to stdout, as an app's would.
+//! the file system is touched. Dotfiles and dot-directories (`/.env`, `/.git/config`) are
+//! secrets or repository state pushed along with the site, never content: they answer 404,
+//! also when a symlink leads to one. `/` and directories serve their `index.html`. Files are
+//! streamed in 64 KiB chunks, so a large file costs no more memory than a small one. One
+//! access line per request goes to stdout, as an app's would.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -61,19 +64,44 @@ pub async fn run(args: StaticServerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The file for a request path, or `None` when the path tries to leave the root.
-fn resolve(root: &Path, request_path: &str) -> Option<PathBuf> {
-    let decoded = percent_decode(request_path)?;
+/// How much of a file one chunk of a streamed response carries.
+const CHUNK: usize = 64 * 1024;
+
+/// Where a request path leads.
+#[derive(Debug, PartialEq, Eq)]
+enum Resolved {
+    /// A path under the root (it may not exist).
+    Path(PathBuf),
+    /// The path tries to leave the root or is not a valid path: 400.
+    Bad,
+    /// A component is hidden (starts with `.`): 404, as if it were not there.
+    Hidden,
+}
+
+/// Where a request path leads, decoded, without touching the file system.
+fn resolve(root: &Path, request_path: &str) -> Resolved {
+    let Some(decoded) = percent_decode(request_path) else {
+        return Resolved::Bad;
+    };
     let mut path = root.to_path_buf();
     for part in decoded.split('/') {
         match part {
             "" | "." => {}
-            ".." => return None,
-            p if p.contains('\\') || p.contains('\0') => return None,
+            ".." => return Resolved::Bad,
+            p if p.contains('\\') || p.contains('\0') => return Resolved::Bad,
+            p if p.starts_with('.') => return Resolved::Hidden,
             p => path.push(p),
         }
     }
-    Some(path)
+    Resolved::Path(path)
+}
+
+/// Whether any component of `path` below `root` is hidden.
+fn hidden_below(root: &Path, path: &Path) -> bool {
+    path.strip_prefix(root).map_or(true, |rest| {
+        rest.components()
+            .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+    })
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -94,28 +122,39 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 async fn serve(root: &Path, request_path: &str) -> Response {
-    let Some(mut path) = resolve(root, request_path) else {
-        return (StatusCode::BAD_REQUEST, "bad path\n").into_response();
+    let not_found = || (StatusCode::NOT_FOUND, "not found\n").into_response();
+    let mut path = match resolve(root, request_path) {
+        Resolved::Path(path) => path,
+        Resolved::Bad => return (StatusCode::BAD_REQUEST, "bad path\n").into_response(),
+        Resolved::Hidden => return not_found(),
     };
     if tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_dir()) {
         path.push("index.html");
     }
-    // Symlinks inside the droplet must not lead outside it either.
+    // Symlinks inside the droplet must not lead outside it, nor to a hidden file, either.
     match tokio::fs::canonicalize(&path).await {
-        Ok(real) if real.starts_with(root) => path = real,
-        _ => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
+        Ok(real) if real.starts_with(root) && !hidden_below(root, &real) => path = real,
+        _ => return not_found(),
     }
-    match tokio::fs::read(&path).await {
-        Ok(body) => {
-            let mut response = body.into_response();
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(content_type(&path)),
-            );
-            response
-        }
-        Err(_) => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    let Ok(file) = tokio::fs::File::open(&path).await else {
+        return not_found();
+    };
+    let Ok(meta) = file.metadata().await else {
+        return not_found();
+    };
+    if !meta.is_file() {
+        return not_found();
     }
+    let body =
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, CHUNK));
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type(&path)),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
+    response
 }
 
 fn content_type(path: &Path) -> &'static str {
@@ -144,13 +183,77 @@ mod tests {
         let root = Path::new("/srv/app");
         assert_eq!(
             resolve(root, "/a/b.html"),
-            Some(PathBuf::from("/srv/app/a/b.html"))
+            Resolved::Path(PathBuf::from("/srv/app/a/b.html"))
         );
-        assert_eq!(resolve(root, "/"), Some(PathBuf::from("/srv/app")));
-        assert_eq!(resolve(root, "/../etc/passwd"), None);
-        assert_eq!(resolve(root, "/a/%2e%2e/%2e%2e/etc"), None);
-        assert_eq!(resolve(root, "/a%00b"), None);
-        assert_eq!(resolve(root, "/%zz"), None);
+        assert_eq!(
+            resolve(root, "/"),
+            Resolved::Path(PathBuf::from("/srv/app"))
+        );
+        assert_eq!(resolve(root, "/../etc/passwd"), Resolved::Bad);
+        assert_eq!(resolve(root, "/a/%2e%2e/%2e%2e/etc"), Resolved::Bad);
+        assert_eq!(resolve(root, "/a%00b"), Resolved::Bad);
+        assert_eq!(resolve(root, "/%zz"), Resolved::Bad);
+        assert_eq!(resolve(root, "/.env"), Resolved::Hidden);
+        assert_eq!(resolve(root, "/.git/config"), Resolved::Hidden);
+        assert_eq!(resolve(root, "/a/%2egit/HEAD"), Resolved::Hidden);
+    }
+
+    async fn get(root: &Path, path: &str) -> (StatusCode, Vec<usize>) {
+        use futures_util::StreamExt as _;
+        let response = serve(root, path).await;
+        let status = response.status();
+        let mut body = response.into_body().into_data_stream();
+        let mut frames = Vec::new();
+        while let Some(data) = body.next().await {
+            frames.push(data.unwrap().len());
+        }
+        (status, frames)
+    }
+
+    #[tokio::test]
+    async fn dotfiles_are_not_found_even_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::write(root.join(".env"), "SECRET=1").unwrap();
+        std::fs::create_dir_all(root.join(".git")).unwrap();
+        std::fs::write(root.join(".git/config"), "[core]").unwrap();
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::write(root.join("a/.htpasswd"), "u:p").unwrap();
+        std::os::unix::fs::symlink(root.join(".env"), root.join("env.txt")).unwrap();
+        std::fs::write(root.join("index.html"), "<h1>hi</h1>").unwrap();
+        for path in [
+            "/.env",
+            "/.git/config",
+            "/.git/",
+            "/a/.htpasswd",
+            "/env.txt",
+        ] {
+            assert_eq!(get(&root, path).await.0, StatusCode::NOT_FOUND, "{path}");
+        }
+        let (status, frames) = get(&root, "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(frames.iter().sum::<usize>(), "<h1>hi</h1>".len());
+    }
+
+    #[tokio::test]
+    async fn large_files_stream_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let size = 5 * 1024 * 1024 + 7;
+        std::fs::write(root.join("big.bin"), vec![7u8; size]).unwrap();
+        let response = serve(&root, "/big.bin").await;
+        assert_eq!(
+            response.headers()[header::CONTENT_LENGTH],
+            size.to_string().as_str()
+        );
+        let (status, frames) = get(&root, "/big.bin").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(frames.iter().sum::<usize>(), size);
+        assert!(
+            frames.iter().all(|&n| n <= CHUNK) && frames.len() > 1,
+            "the file arrives in chunks of at most {CHUNK} bytes, not whole: {} frames",
+            frames.len()
+        );
     }
 
     #[test]

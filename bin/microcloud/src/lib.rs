@@ -353,7 +353,7 @@ impl MicroCloud {
         // directory, mints the admin's first tokens, and hands every other role public keys.
         let (key, token_keys_dir) = match &options.data_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|source| Error::DataDir {
+                private_dir(dir).map_err(|source| Error::DataDir {
                     path: dir.clone(),
                     source,
                 })?;
@@ -646,9 +646,38 @@ fn start_number() -> u64 {
     STARTS.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Creates the data directory and makes it mode 0700, also when it already existed: it holds
+/// the database, every tenant's code and droplets and the signing key, which no other user on
+/// the host may read.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_data_dir_is_private_even_when_it_existed() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&dir).unwrap();
+        let fresh = parent.path().join("fresh/nested");
+        private_dir(&fresh).unwrap();
+        for d in [&dir, &fresh] {
+            let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
+    }
 
     fn ephemeral(dir: &Path) -> Options {
         Options {

@@ -9,7 +9,7 @@
 //! the connection goes to the address that was checked, so a name that re-resolves to an
 //! internal address between a check and a connect (DNS rebinding) cannot slip through.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use tokio::net::TcpStream;
 
@@ -81,56 +81,9 @@ impl Dialer {
     }
 }
 
-/// Whether `ip` is an address a developer's drain must not reach without an operator's leave:
-/// loopback, RFC 1918 / unique-local, link-local, CGNAT shared space, unspecified, broadcast,
-/// multicast, documentation and benchmarking ranges, and IPv4 mapped or embedded in IPv6.
-#[must_use]
-pub fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_internal_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal_v4(v4);
-            }
-            let seg = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                // fc00::/7 unique local, fe80::/10 link-local, fec0::/10 old site-local.
-                || (seg[0] & 0xfe00) == 0xfc00
-                || (seg[0] & 0xffc0) == 0xfe80
-                || (seg[0] & 0xffc0) == 0xfec0
-                // ::a.b.c.d (deprecated IPv4-compatible) and 64:ff9b::/96 NAT64 carry IPv4.
-                || (seg[..6] == [0, 0, 0, 0, 0, 0] && is_internal_v4(embedded_v4(v6)))
-                || (seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && is_internal_v4(embedded_v4(v6)))
-                // 2001:db8::/32 documentation.
-                || (seg[0] == 0x2001 && seg[1] == 0x0db8)
-        }
-    }
-}
-
-fn embedded_v4(v6: Ipv6Addr) -> Ipv4Addr {
-    let o = v6.octets();
-    Ipv4Addr::new(o[12], o[13], o[14], o[15])
-}
-
-fn is_internal_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, c, _] = ip.octets();
-    ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        || ip.is_documentation()
-        || a == 0
-        // 100.64.0.0/10 carrier-grade NAT, 198.18.0.0/15 benchmarking, 192.0.0.0/24 IETF.
-        || (a == 100 && (b & 0xc0) == 64)
-        || (a == 198 && (b & 0xfe) == 18)
-        || (a == 192 && b == 0 && c == 0)
-        // 240.0.0.0/4 reserved.
-        || a >= 240
-}
+/// The platform's one outbound-address policy (`hydrant_api::drain`), shared with the cloud
+/// controller's drain check and the SLO alerter's webhooks.
+pub use hydrant_api::drain::is_internal;
 
 #[cfg(test)]
 #[allow(

@@ -77,6 +77,10 @@ pub struct Config {
     /// Deadline for one doppler to answer a recent-logs or meta read; a doppler that misses it
     /// is skipped. Default 5 s.
     pub read_timeout_secs: f64,
+    /// Connection caps and timeouts of the public listener (`[limits]`); WebSocket and SSE
+    /// streams count against `max_connections` for as long as they are open. Default: the
+    /// runtime's, with `max_connections` 2048 (room for `max_streams` and short requests).
+    pub limits: hydrant_runtime::Limits,
     /// Where this role's own metrics go.
     pub telemetry: hydrant_emitter::TelemetryConfig,
 }
@@ -107,6 +111,10 @@ impl Default for Config {
             reconnect_min_ms: 10,
             reconnect_max_ms: 5000,
             read_timeout_secs: 5.0,
+            limits: hydrant_runtime::Limits {
+                max_connections: 2048,
+                ..hydrant_runtime::Limits::default()
+            },
             telemetry: hydrant_emitter::TelemetryConfig::default(),
         }
     }
@@ -257,6 +265,9 @@ impl hydrant_runtime::Validate for Config {
                 "telemetry.interval_secs = 0: must be at least 1".to_owned(),
             ));
         }
+        self.limits
+            .validate("limits")
+            .map_err(|e| invalid(e.to_string()))?;
         Ok(())
     }
 }

@@ -44,7 +44,6 @@ mod sse;
 mod stream;
 mod upstream;
 
-use std::future::IntoFuture as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -187,9 +186,11 @@ async fn serve(
     );
     let http = {
         let stop = stop.clone();
-        let serve = axum::serve(listeners.http, api::router(shared))
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future();
+        let serve = hydrant_runtime::Gate::new("http", &config.limits, &registry).serve(
+            listeners.http,
+            api::router(shared),
+            stop.clone(),
+        );
         async move {
             let r = serve.await;
             stop.cancel();

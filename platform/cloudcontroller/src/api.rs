@@ -162,7 +162,8 @@ where
                 let detail = rejection.body_text();
                 if status == StatusCode::PAYLOAD_TOO_LARGE {
                     Err(ApiError::too_large(format!(
-                        "the request body is larger than max_request_bytes: {detail}"
+                        "the request body is larger than this endpoint takes \
+                         (max_small_request_bytes, or max_request_bytes for push): {detail}"
                     )))
                 } else {
                     Err(ApiError::unprocessable(format!(
@@ -266,6 +267,7 @@ impl FromRequestParts<Arc<Ctx>> for Caller {
 /// syslog drains in their own modules.
 pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
     let json_limit = ctx.config.max_request_bytes;
+    let small_limit = ctx.config.max_small_request_bytes;
     Router::new()
         .route("/v3/info", get(info))
         .route("/v3/tokens", post(tokens::token))
@@ -285,9 +287,11 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         .merge(apps::routes())
         .merge(autoscaling::routes())
         .merge(drains::routes())
-        .merge(push::routes())
         .merge(slos::routes())
-        .layer(DefaultBodyLimit::max(json_limit))
+        // A login or a space is a few hundred bytes: only the push endpoints that carry file
+        // lists get the large limit.
+        .layer(DefaultBodyLimit::max(small_limit))
+        .merge(push::routes().layer(DefaultBodyLimit::max(json_limit)))
         // Blob uploads stream to disk under their own limit, so the JSON limit does not apply.
         .route(
             "/v3/blobs/{sha256}",

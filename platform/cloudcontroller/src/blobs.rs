@@ -5,6 +5,10 @@
 //! `blobs/` only when the hash matches; staging copies blobs out into a scratch directory and
 //! writes the droplet into `droplets/`. Invariant: a file under `blobs/<xx>/<sha256>` always
 //! holds exactly the content with that hash, so resource matching can trust its presence.
+//!
+//! State at rest is the platform's alone: `data_dir` and every directory here are mode 0700,
+//! and blobs, droplets and the database 0600 ([`private_dir`], [`private_file`]), so another
+//! user on the host reads no tenant's code, environment or password hashes.
 
 use std::path::{Path, PathBuf};
 
@@ -22,11 +26,16 @@ pub(crate) struct BlobStore {
 }
 
 impl BlobStore {
-    /// Creates the directories under `root` when missing.
+    /// Creates the directories under `root` when missing, all private to this user (`root`
+    /// included, also when it already existed).
     pub(crate) fn open(root: &Path) -> Result<Self, Error> {
-        for dir in ["blobs", "droplets", "tmp"] {
-            let path = root.join(dir);
-            std::fs::create_dir_all(&path).map_err(|source| Error::Io { path, source })?;
+        for path in [
+            root.to_path_buf(),
+            root.join("blobs"),
+            root.join("droplets"),
+            root.join("tmp"),
+        ] {
+            private_dir(&path).map_err(|source| Error::Io { path, source })?;
         }
         Ok(Self {
             root: root.to_path_buf(),
@@ -102,8 +111,7 @@ impl BlobStore {
         }
         let dest = self.blob_path(sha256);
         if let Some(parent) = dest.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
+            private_dir(parent)
                 .map_err(|e| ApiError::internal(format!("cannot store the blob: {e}")))?;
         }
         tmp_path
@@ -111,4 +119,38 @@ impl BlobStore {
             .map_err(|e| ApiError::internal(format!("cannot store the blob: {e}")))?;
         Ok(size)
     }
+}
+
+/// Creates `dir` (and missing parents) and makes it mode 0700.
+///
+/// # Errors
+/// The directory cannot be made or its mode set.
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    set_mode(dir, 0o700)
+}
+
+/// Creates `path` empty when missing, and makes it mode 0600 either way: before SQLite opens
+/// a database, so the database and the journals SQLite gives the same mode are private.
+///
+/// # Errors
+/// The file cannot be made or its mode set.
+pub(crate) fn private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    drop(options.open(path)?);
+    set_mode(path, 0o600)
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
+    Ok(())
 }

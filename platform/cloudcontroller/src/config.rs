@@ -65,8 +65,15 @@ pub struct Config {
     pub max_package_bytes: u64,
     /// Most files in one package. Default 100000.
     pub max_package_files: usize,
-    /// Largest JSON request body, bytes. Default 33554432 (32 MiB, a 100000-file resource list).
+    /// Largest JSON body of the push endpoints that carry file lists (`/v3/resource_match`,
+    /// packages), bytes. Default 33554432 (32 MiB, a 100000-file resource list).
     pub max_request_bytes: usize,
+    /// Largest JSON body of every other endpoint (login, users, spaces, apps, routes, drains,
+    /// SLOs, policies), bytes; larger ones get 413 and are counted
+    /// (`listener_requests_refused_total{reason="body_too_large"}`). Default 65536 (64 KiB).
+    pub max_small_request_bytes: usize,
+    /// Connection caps and timeouts of the API listener (`[limits]`).
+    pub limits: hydrant_runtime::Limits,
     /// Most instances one app may ask for. Default 100.
     pub max_instances_per_app: u32,
     /// Builds that may wait for a staging worker; past this `POST .../builds` answers 503.
@@ -124,6 +131,8 @@ impl Default for Config {
             max_package_bytes: 4 << 30,
             max_package_files: 100_000,
             max_request_bytes: 32 << 20,
+            max_small_request_bytes: 64 << 10,
+            limits: hydrant_runtime::Limits::default(),
             max_instances_per_app: 100,
             staging_queue: 16,
             staging_workers: 2,
@@ -232,6 +241,7 @@ impl hydrant_runtime::Validate for Config {
         let counts = [
             ("max_package_files", self.max_package_files, 10_000_000),
             ("max_request_bytes", self.max_request_bytes, 1 << 30),
+            ("max_small_request_bytes", self.max_small_request_bytes, 1 << 30),
             ("staging_queue", self.staging_queue, 10_000),
         if !(1..=90 * 86_400).contains(&self.refresh_token_ttl_secs) {
             return Err(invalid(
@@ -272,6 +282,7 @@ impl hydrant_runtime::Validate for Config {
         }
         self.staging_isolation.validate()?;
         self.bus.validate()?;
+        self.limits.validate("limits")?;
         self.telemetry.validate()?;
         Ok(())
     }

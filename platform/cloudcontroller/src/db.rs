@@ -144,6 +144,20 @@ impl Db {
     /// Opens (creating) the database at `path` and migrates it to the newest schema.
     pub(crate) fn open(path: &Path) -> Result<Self, Error> {
         let db_err = |context| move |source| Error::Db { context, source };
+        // SQLite creates its WAL and shared-memory files with the database's mode: make that
+        // 0600 first (and repair older, world-readable ones).
+        for file in [
+            path.to_path_buf(),
+            sidecar(path, "-wal"),
+            sidecar(path, "-shm"),
+        ] {
+            if file == path || file.exists() {
+                crate::blobs::private_file(&file).map_err(|source| Error::Io {
+                    path: file.clone(),
+                    source,
+                })?;
+            }
+        }
         let mut conn = Connection::open(path).map_err(db_err("open"))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db_err("enable WAL"))?;
@@ -783,6 +797,12 @@ pub(crate) fn list_events(
     Ok(events)
 }
 
+/// `path` with `suffix` appended to its file name (SQLite's `-wal`, `-shm`).
+fn sidecar(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    std::path::PathBuf::from(name)
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -160,8 +160,10 @@ async fn serve(
         bus = %bus.url(),
         "cloud controller serving"
     );
-    let served = axum::serve(listeners.api, api::router(ctx.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+    // Through the gate: connection caps, header and idle timeouts, counted refusals.
+    let gate = hydrant_runtime::Gate::new("api", &ctx.config.limits, &registry);
+    let served = gate
+        .serve(listeners.api, api::router(ctx.clone()), shutdown.clone())
         .await;
     shutdown.cancel();
 

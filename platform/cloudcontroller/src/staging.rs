@@ -1087,7 +1087,12 @@ impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
 fn write_droplet(dir: &Path, dest: &Path) -> Result<(u64, String), String> {
     let fail = |e: std::io::Error| format!("cannot write the droplet: {e}");
     let tmp = dest.with_extension("tgz.partial");
-    let file = std::fs::File::create(&tmp).map_err(fail)?;
+    // A droplet holds the app's code: readable by the platform's user only.
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(&tmp).map_err(fail)?;
     let writer = HashingWriter {
         inner: std::io::BufWriter::new(file),
         hasher: Sha256::new(),

@@ -95,11 +95,23 @@ pub struct Config {
     /// connections, so a request and the backend connection it uses never change threads.
     /// 0 means one per CPU core the process may use. Default 0.
     pub workers: usize,
-    /// Client connections served at once; more wait in the kernel's accept queue. Default 10000.
+    /// Client connections served at once, WebSocket and other upgraded connections included
+    /// for as long as they are open; past it a new connection is answered 503 and closed
+    /// (`listener_connections_refused_total{listener="http",reason="max_connections"}`).
+    /// Default 10000.
     pub max_client_connections: usize,
-    /// A client connection that sends no complete request head for this long is closed.
-    /// Default 30 s.
+    /// Client connections one address may hold at once, so one client cannot take every slot
+    /// (`reason="max_connections_per_address"`); 0 turns it off (a router behind a load
+    /// balancer sees one address); above `max_client_connections` it has no effect. Default
+    /// 1000.
+    pub max_connections_per_address: usize,
+    /// A client connection that sends no complete request head for this long (after
+    /// connecting, or between requests) is closed
+    /// (`listener_connections_closed_total{reason="header_timeout"}`). Default 30 s.
     pub header_read_timeout_secs: u64,
+    /// A client connection, WebSocket included, that moves no byte either way for this long
+    /// is closed (`reason="idle_timeout"`). Default 900 s (gorouter's frontend idle timeout).
+    pub idle_timeout_secs: u64,
     /// Distinct routes (host + path) the table holds; registrations past it are dropped and
     /// counted (`router.dropped{reason=table_full}`). Default 100000.
     pub max_routes: usize,
@@ -131,11 +143,26 @@ impl Default for Config {
             max_idle_connections_per_backend: 100,
             workers: 0,
             max_client_connections: 10_000,
+            max_connections_per_address: 1000,
             header_read_timeout_secs: 30,
+            idle_timeout_secs: 900,
             max_routes: 100_000,
             max_instances_per_route: 1024,
             bus: hydrant_bus::Config::default(),
             telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The client listener's abuse limits, as the runtime's gate takes them.
+    #[must_use]
+    pub fn limits(&self) -> hydrant_runtime::Limits {
+        hydrant_runtime::Limits {
+            max_connections: self.max_client_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            header_read_timeout_ms: self.header_read_timeout_secs.saturating_mul(1000),
+            idle_timeout_secs: self.idle_timeout_secs,
         }
     }
 }
@@ -263,6 +290,14 @@ impl hydrant_runtime::Validate for Config {
             3600,
             "s",
         )?;
+        in_range(
+            "max_connections_per_address",
+            self.max_connections_per_address as u64,
+            0,
+            1_000_000,
+            "connections (0: no per-address cap)",
+        )?;
+        in_range("idle_timeout_secs", self.idle_timeout_secs, 1, 86_400, "s")?;
         in_range(
             "max_routes",
             self.max_routes as u64,

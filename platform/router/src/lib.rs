@@ -196,8 +196,7 @@ async fn serve(
         listener: listeners.http,
         workers: worker_shared,
         table,
-        max_connections: config.max_client_connections,
-        header_read_timeout: std::time::Duration::from_secs(config.header_read_timeout_secs),
+        gate: hydrant_runtime::Gate::new("http", &config.limits(), &registry),
         connections: metrics.connections.clone(),
     }
     .run(shutdown.clone())

@@ -1,15 +1,17 @@
 //! The client side: accept connections, hand each to one worker thread for good, serve HTTP/1.1
 //! on it with keep-alive and upgrades, pass every request to `proxy`.
 //!
-//! Flow: the listener (on the caller's runtime) → bounded accept (a semaphore of
-//! `max_client_connections`) → the worker with the fewest open connections, over a bounded
-//! queue → that worker's own current-thread runtime registers the socket (`TCP_NODELAY`) and
-//! serves it with hyper's HTTP/1 server → `proxy::route` with the connection's cached table
-//! snapshot, then `proxy::handle` with the worker's own backend pools.
+//! Flow: the listener (on the caller's runtime) → the runtime's [`Gate`] (the
+//! `max_client_connections` and per-address caps) → the worker with the fewest open
+//! connections, over a bounded queue → that worker's own current-thread runtime registers the
+//! socket (`TCP_NODELAY`), wraps it in the gate's idle timeout and serves it with hyper's HTTP/1
+//! server (header read timeout) → `proxy::route` with the connection's cached table snapshot,
+//! then `proxy::handle` with the worker's own backend pools.
 //!
 //! Invariants:
-//! - The number of client connections served at once is bounded; past it, clients wait in the
-//!   kernel's accept queue instead of costing the router memory.
+//! - The number of client connections open at once is bounded, WebSocket tunnels included for
+//!   their whole life; past a cap a new client gets `503` at once and is counted, so a client
+//!   holding many slow connections cannot make the others wait.
 //! - A connection stays on one worker from accept to close, and every backend connection its
 //!   requests use was dialled by that worker: serving a request wakes no other thread.
 //! - Shutdown closes the listener, then each worker lets its open connections finish (up to
@@ -23,11 +25,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hydrant_emitter::Gauge;
-use hyper::server::conn::http1;
+use hydrant_runtime::{Admission, Gate, Guarded};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -48,8 +50,8 @@ pub(crate) struct Server {
     /// One per worker thread: its metrics handles, backend pools and settings.
     pub(crate) workers: Vec<Arc<Shared>>,
     pub(crate) table: Arc<Table>,
-    pub(crate) max_connections: usize,
-    pub(crate) header_read_timeout: Duration,
+    /// The client listener's caps and timeouts.
+    pub(crate) gate: Gate,
     pub(crate) connections: Gauge,
 }
 
@@ -57,8 +59,9 @@ pub(crate) struct Server {
 struct Accepted {
     stream: std::net::TcpStream,
     remote: SocketAddr,
-    /// Held until the connection closes: one of `max_client_connections`.
-    permit: OwnedSemaphorePermit,
+    /// Its place under the caps; moves into the connection's I/O, so it is held until the
+    /// socket closes (after an upgrade too).
+    admission: Admission,
 }
 
 /// The acceptor's side of one worker.
@@ -92,8 +95,7 @@ impl Server {
             listener,
             workers,
             table,
-            max_connections,
-            header_read_timeout,
+            gate,
             connections,
         } = self;
         let total = Arc::new(AtomicUsize::new(0));
@@ -108,7 +110,7 @@ impl Server {
             let worker = Worker {
                 shared,
                 table: Arc::clone(&table),
-                header_read_timeout,
+                gate: gate.clone(),
                 open,
             };
             match worker.spawn(index, shutdown.clone()).await {
@@ -120,15 +122,7 @@ impl Server {
             }
         }
         if failed.is_none() {
-            accept(
-                &listener,
-                &handles,
-                max_connections,
-                &total,
-                &connections,
-                &shutdown,
-            )
-            .await;
+            accept(&listener, &handles, &gate, &total, &connections, &shutdown).await;
         }
         // Close the port at once: new clients are refused (and go to another router) rather
         // than waiting in a backlog nobody accepts from while the open connections drain.
@@ -150,20 +144,12 @@ impl Server {
 async fn accept(
     listener: &TcpListener,
     workers: &[Handle],
-    max_connections: usize,
+    gate: &Gate,
     total: &AtomicUsize,
     gauge: &Gauge,
     shutdown: &CancellationToken,
 ) {
-    let limit = Arc::new(Semaphore::new(max_connections));
     loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => return,
-            permit = Arc::clone(&limit).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
         let (stream, remote) = tokio::select! {
             () = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -175,6 +161,9 @@ async fn accept(
                     continue;
                 }
             },
+        };
+        let Some((stream, admission)) = gate.admit_stream(stream, remote.ip()) else {
+            continue;
         };
         let _ = stream.set_nodelay(true);
         // Leave this runtime's reactor; the worker registers the socket with its own.
@@ -199,7 +188,7 @@ async fn accept(
         let accepted = Accepted {
             stream,
             remote,
-            permit,
+            admission,
         };
         let sent = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -217,7 +206,7 @@ async fn accept(
 struct Worker {
     shared: Arc<Shared>,
     table: Arc<Table>,
-    header_read_timeout: Duration,
+    gate: Gate,
     open: Open,
 }
 
@@ -255,11 +244,7 @@ impl Worker {
     }
 
     async fn serve(self, mut queue: mpsc::Receiver<Accepted>, shutdown: CancellationToken) {
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout)
-            .keep_alive(true);
+        let builder = self.gate.http1();
         let tracker = TaskTracker::new();
         loop {
             let accepted = tokio::select! {
@@ -272,7 +257,7 @@ impl Worker {
             let Accepted {
                 stream,
                 remote,
-                permit,
+                admission,
             } = accepted;
             let stream = match TcpStream::from_std(stream) {
                 Ok(stream) => stream,
@@ -290,21 +275,22 @@ impl Worker {
                 proxy::handle(Arc::clone(&shared), routed, client.clone(), request)
             });
             let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(Guarded::new(stream, admission)), service)
                 .with_upgrades();
             let shutdown = shutdown.clone();
             let open = self.open.clone();
+            let gate = self.gate.clone();
             tracker.spawn(async move {
                 tokio::pin!(connection);
-                tokio::select! {
-                    _ = connection.as_mut() => {}
+                let result = tokio::select! {
+                    r = connection.as_mut() => r,
                     () = shutdown.cancelled() => {
                         connection.as_mut().graceful_shutdown();
-                        let _ = connection.await;
+                        connection.await
                     }
-                }
+                };
+                gate.finished(&result);
                 open.closed();
-                drop(permit);
             });
         }
         // Connections still queued for this worker are closed unserved.

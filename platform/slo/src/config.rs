@@ -83,6 +83,11 @@ pub struct WebhookConfig {
     pub max_backoff_ms: u64,
     /// Deadline of one POST, milliseconds. Default 5000.
     pub timeout_ms: u64,
+    /// Let webhooks reach loopback, private and link-local addresses. Default false: a
+    /// webhook URL is written by a developer, and the alerter must not POST into the
+    /// platform's own network (or a cloud metadata service) for them; refused notices are
+    /// counted (`slo.dropped{reason="webhook_refused"}`). The same policy as syslog drains.
+    pub allow_private: bool,
 }
 
 impl Default for WebhookConfig {
@@ -94,6 +99,7 @@ impl Default for WebhookConfig {
             initial_backoff_ms: 500,
             max_backoff_ms: 30_000,
             timeout_ms: 5000,
+            allow_private: false,
         }
     }
 }

@@ -8,10 +8,20 @@
 //! Invariants: the queue is bounded and every notice ends delivered or counted as dropped by
 //! reason; a webhook URL is never logged whole (it may carry credentials in its user info,
 //! path or query) — only its scheme and host appear, via [`redact`].
+//!
+//! A webhook URL is written by a developer, so delivery follows the platform's outbound
+//! policy (`hydrant_api::drain::Outbound`, the one syslog drains use): loopback, private and
+//! link-local destinations are refused — IP literals before connecting, names on what DNS
+//! answered, and the POST goes only to an address that passed — unless the operator set
+//! `webhook.allow_private`; redirects are followed only within the same scheme, host and
+//! port (at most [`MAX_REDIRECTS`]); no proxy from the environment is used; every POST has a
+//! deadline; and the response body is never read, so its size costs nothing. A refused
+//! notice is not retried and is counted as `slo.dropped{reason="webhook_refused"}`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use hydrant_api::drain::{Outbound, OutboundRefused};
 use hydrant_emitter::{Counter, Registry};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -29,12 +39,95 @@ pub fn redact(url: &str) -> String {
     format!("{scheme}://{host}/…")
 }
 
+/// Redirects one delivery follows, all within the webhook's own host.
+pub const MAX_REDIRECTS: usize = 5;
+
 #[derive(Debug, Clone)]
 struct Metrics {
     delivered: Counter,
     retried: Counter,
     queue_full: Counter,
     gave_up: Counter,
+    refused: Counter,
+}
+
+/// A redirect to another scheme, host or port: refused, whatever the address.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the webhook redirected to another host ({to}); webhooks may redirect within their host only"
+)]
+struct CrossHostRedirect {
+    /// Scheme and host of the target, never its path or credentials.
+    to: String,
+}
+
+/// More redirects than [`MAX_REDIRECTS`].
+#[derive(Debug, thiserror::Error)]
+#[error("the webhook redirected more than {MAX_REDIRECTS} times")]
+struct TooManyRedirects;
+
+/// Resolves webhook hosts and hands the connector only the addresses the policy allows.
+#[derive(Debug, Clone, Copy)]
+struct Vetted(Outbound);
+
+impl reqwest::dns::Resolve for Vetted {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0;
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let resolved = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let allowed = policy.vet(&host, resolved)?;
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Follows a redirect only to the same scheme, host and port as the webhook itself.
+fn same_host_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let next = attempt.url();
+        let same = attempt.previous().first().is_some_and(|first| {
+            first.scheme() == next.scheme()
+                && first.host_str() == next.host_str()
+                && first.port_or_known_default() == next.port_or_known_default()
+        });
+        if !same {
+            let to = redact(next.as_str());
+            attempt.error(CrossHostRedirect { to })
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(TooManyRedirects)
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// The HTTP client every delivery uses, with the outbound policy built in.
+fn client(config: &WebhookConfig) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(config.timeout_ms))
+        .connect_timeout(Duration::from_millis(config.timeout_ms))
+        .redirect(same_host_redirects())
+        .dns_resolver(Vetted(Outbound {
+            allow_private: config.allow_private,
+        }))
+        .no_proxy()
+        .build()
+}
+
+/// Whether `e` is the outbound policy refusing the destination (not worth a retry).
+fn is_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(error) = cause {
+        if error.is::<OutboundRefused>()
+            || error.is::<CrossHostRedirect>()
+            || error.is::<TooManyRedirects>()
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 struct Delivery {
@@ -77,12 +170,14 @@ impl Webhooks {
             ),
             queue_full: dropped("webhook_queue_full"),
             gave_up: dropped("webhook_gave_up"),
+            refused: dropped("webhook_refused"),
         };
         let (tx, rx) = mpsc::channel(config.queue.max(1));
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.timeout_ms))
-            .build()
-            .unwrap_or_default();
+        // A client without the policy would be worse than none: without one, every notice
+        // is dropped and counted.
+        let http = client(config)
+            .inspect_err(|e| tracing::error!(error = %e, "webhooks disabled: no HTTP client"))
+            .ok();
         tokio::spawn(dispatch(
             rx,
             config.clone(),
@@ -109,7 +204,7 @@ impl Webhooks {
 async fn dispatch(
     mut rx: mpsc::Receiver<Delivery>,
     config: WebhookConfig,
-    http: reqwest::Client,
+    http: Option<reqwest::Client>,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
@@ -133,6 +228,10 @@ async fn dispatch(
         );
         tokio::spawn(async move {
             let _permit = permit;
+            let Some(http) = http else {
+                metrics.gave_up.inc();
+                return;
+            };
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 () = deliver(&delivery, &config, &http, &metrics) => {}
@@ -150,6 +249,20 @@ pub fn backoff(config: &WebhookConfig, attempt: u32) -> Duration {
 }
 
 async fn deliver(d: &Delivery, config: &WebhookConfig, http: &reqwest::Client, m: &Metrics) {
+    let policy = Outbound {
+        allow_private: config.allow_private,
+    };
+    // An IP literal is never resolved, so the resolver cannot judge it: judge it here.
+    let literal = reqwest::Url::parse(&d.url)
+        .ok()
+        .and_then(|url| url.host_str().and_then(|host| policy.refuses_literal(host)));
+    if let Some(ip) = literal {
+        m.refused.inc();
+        tracing::warn!(webhook = %redact(&d.url), %ip,
+            "webhook refused: a loopback, private or link-local address \
+             (webhook.allow_private is off)");
+        return;
+    }
     for attempt in 1..=config.max_attempts {
         let result = http
             .post(&d.url)
@@ -167,6 +280,14 @@ async fn deliver(d: &Delivery, config: &WebhookConfig, http: &reqwest::Client, m
                 tracing::warn!(webhook = %redact(&d.url), status = s.as_u16(), attempt,
                     "webhook refused the notice");
                 s.is_server_error() || s.as_u16() == 408 || s.as_u16() == 429
+            }
+            Err(e) if is_refusal(&e) => {
+                m.refused.inc();
+                tracing::warn!(webhook = %redact(&d.url),
+                    "webhook refused: it resolves or redirects to a loopback, private or \
+                     link-local address or to another host (webhook.allow_private is off, or \
+                     the redirect left the webhook's host)");
+                return;
             }
             Err(e) => {
                 // reqwest's error text includes the URL; print only its kind.

@@ -74,9 +74,8 @@ pub(crate) fn spawn(
     stop: CancellationToken,
 ) -> JoinHandle<std::io::Result<()>> {
     tokio::spawn(async move {
-        axum::serve(listener, router(registry, mounted))
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
+        let gate = crate::Gate::new("admin", &crate::serve::ADMIN_LIMITS, &registry);
+        gate.serve(listener, router(registry, mounted), stop).await
     })
 }
 

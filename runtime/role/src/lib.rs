@@ -36,6 +36,8 @@
 //! - `run`: [`run`] and [`run_with_registry`] (a role on bound listeners), [`run_from_file`],
 //!   the whole of `hydrant run ROLE --config FILE`, and [`shutdown_on_signal`].
 //! - `backoff`: [`Backoff`], the one capped exponential backoff with jitter.
+//! - `serve`: [`Gate`] and [`Limits`], the abuse limits of a public HTTP listener (connection
+//!   caps, header read and idle timeouts, counted refusals) and the server that applies them.
 //! - `sync`: [`lock`], the poison-tolerant mutex lock.
 
 mod admin;
@@ -44,6 +46,7 @@ mod config;
 mod error;
 mod listeners;
 mod run;
+mod serve;
 mod sync;
 
 use std::future::Future;
@@ -55,6 +58,7 @@ pub use error::Error;
 pub use hydrant_emitter::Registry;
 pub use listeners::{ADMIN, ListenerSpec, Listeners, admin_listener, bind, bind_on, listener};
 pub use run::{RunError, run, run_from_file, run_with_registry, shutdown_on_signal};
+pub use serve::{ADMIN_LIMITS, Admission, Gate, Guarded, Limits};
 pub use sync::lock;
 use tokio_util::sync::CancellationToken;
 

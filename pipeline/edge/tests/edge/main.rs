@@ -12,6 +12,7 @@
 mod auth;
 mod firehose;
 mod harness;
+mod limits;
 mod recent;
 mod resilience;
 mod slow;

@@ -19,6 +19,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, put};
 use axum::{Json, Router};
+use hydrant_api::drain::is_internal;
 use hydrant_api::mask_url;
 use hydrant_api::{CreateDrain, Drain, DrainStatus, DrainTarget, List};
 use rusqlite::Connection;
@@ -107,36 +108,6 @@ fn parse(url: &str) -> Result<DrainUrl<'_>, String> {
         }
     };
     Ok(DrainUrl { scheme, host, port })
-}
-
-/// True for addresses a drain must not reach unless the operator allows it.
-fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                // 100.64.0.0/10, carrier-grade NAT: often the platform's own network.
-                || (a == 100 && (b & 0xc0) == 64)
-                || a == 0
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                // fc00::/7 unique local, fe80::/10 link-local.
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-        }
-    }
 }
 
 /// Resolves the drain's host and refuses internal addresses unless `allow_private`.

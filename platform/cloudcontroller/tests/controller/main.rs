@@ -11,6 +11,7 @@
 mod api;
 mod autoscaling;
 mod drains;
+mod limits;
 mod slos;
 #[path = "../common/support.rs"]
 mod support;

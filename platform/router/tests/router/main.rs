@@ -10,6 +10,7 @@
 )]
 
 mod placement;
+mod limits;
 mod support;
 
 use std::collections::HashMap;
@@ -635,11 +636,12 @@ async fn many_clients_at_once_are_all_served() {
     let router = TestRouter::start(Config {
         routes: vec![static_route("many.apps.localhost", &addrs)],
         workers: 2,
-        max_client_connections: 8,
+        max_client_connections: 64,
         ..Config::default()
     })
     .await;
-    // More clients than the connection limit: the rest wait in the accept queue, none fail.
+    // Many more clients than workers, all at once: none fails and none gets another's reply.
+    // (Past max_client_connections they would be refused with 503: see `limits`.)
     let addr = router.addr;
     let clients: Vec<_> = (0..40)
         .map(|i| {
