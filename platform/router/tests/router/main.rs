@@ -9,8 +9,8 @@
     reason = "test code"
 )]
 
-mod placement;
 mod limits;
+mod placement;
 mod support;
 
 use std::collections::HashMap;
