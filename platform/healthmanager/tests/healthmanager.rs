@@ -17,6 +17,7 @@ use hydrant_bus::messages::{
 use hydrant_bus::{Bus, Config as BusConfig};
 use hydrant_emitter::Registry;
 use hydrant_testkit::{FakeAgent, wait_for};
+use tempfile::TempDir;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -310,26 +311,39 @@ async fn start_hm(config: hydrant_healthmanager::Config) -> CancellationToken {
     shutdown
 }
 
+/// A cloud controller, one fake executor (`e1`) and a health manager on the in-process bus
+/// `bus`, the health manager reporting to a fake agent; the directory holds the controller's
+/// data.
+async fn world(bus: &str) -> (Cc, FakeExecutor, FakeAgent, CancellationToken, TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let cc = start_cc(dir.path(), bus).await;
+    let executor = FakeExecutor::start(bus, "e1").await;
+    let agent = FakeAgent::start();
+    let token = cc.admin.token().unwrap().to_owned();
+    let hm = start_hm(hm_config(bus, cc.admin.base_url(), &token, &agent)).await;
+    (cc, executor, agent, hm, dir)
+}
+
+/// Pushes and starts `name`, waits for its first instance, then lets the health manager's copy
+/// of desired state include the app.
+async fn running_app(cc: &Cc, executor: &FakeExecutor, name: &str) -> hydrant_api::App {
+    let app = push_started_app(&cc.admin, name).await;
+    wait_for(WAIT, "the first instance", || async {
+        executor.starts_of(&app.guid, 0).len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app
+}
+
 fn hm_lines(agent: &FakeAgent, app: &str) -> Vec<String> {
     agent.lines_from(app, hydrant_healthmanager::SOURCE_TYPE)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_are_restarted_through_the_controller_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = "hm-api";
-    let cc = start_cc(dir.path(), bus).await;
-    let executor = FakeExecutor::start(bus, "e1").await;
-    let agent = FakeAgent::start();
-    let token = cc.admin.token().unwrap().to_owned();
-    let hm = start_hm(hm_config(bus, cc.admin.base_url(), &token, &agent)).await;
-    let app = push_started_app(&cc.admin, "flaky").await;
-    wait_for(WAIT, "the first instance", || async {
-        executor.starts_of(&app.guid, 0).len() == 1
-    })
-    .await;
-    // Let the health manager's copy include the app.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (cc, executor, agent, hm, _dir) = world("hm-api").await;
+    let app = running_app(&cc, &executor, "flaky").await;
 
     for crash in 1..=2 {
         let crashed = executor.crash(&app.guid, 0);
@@ -382,13 +396,7 @@ async fn crashes_are_restarted_through_the_controller_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_instance_crashed_index_0_restarts_first() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = "hm-herd";
-    let cc = start_cc(dir.path(), bus).await;
-    let executor = FakeExecutor::start(bus, "e1").await;
-    let agent = FakeAgent::start();
-    let token = cc.admin.token().unwrap().to_owned();
-    let hm = start_hm(hm_config(bus, cc.admin.base_url(), &token, &agent)).await;
+    let (cc, executor, agent, hm, _dir) = world("hm-herd").await;
     let app = push_started_app(&cc.admin, "herd").await;
     cc.admin
         .scale_app(
@@ -437,19 +445,8 @@ async fn when_every_instance_crashed_index_0_restarts_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_controller_down_it_restarts_from_overheard_starts_and_holds_stops() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = "hm-down";
-    let cc = start_cc(dir.path(), bus).await;
-    let executor = FakeExecutor::start(bus, "e1").await;
-    let agent = FakeAgent::start();
-    let token = cc.admin.token().unwrap().to_owned();
-    let hm = start_hm(hm_config(bus, cc.admin.base_url(), &token, &agent)).await;
-    let app = push_started_app(&cc.admin, "steady").await;
-    wait_for(WAIT, "the first instance", || async {
-        executor.starts_of(&app.guid, 0).len() == 1
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (cc, executor, agent, hm, _dir) = world("hm-down").await;
+    let app = running_app(&cc, &executor, "steady").await;
     cc.stop().await;
 
     // An instance nobody asked for (index 3 of a one-instance app).
