@@ -179,8 +179,10 @@ impl Outbound {
 
 /// Whether `ip` is an address a tenant's URL must not reach without an operator's leave:
 /// loopback, RFC 1918 / unique-local, link-local (cloud metadata services live there), CGNAT
-/// shared space, unspecified, broadcast, multicast, documentation and benchmarking ranges,
-/// and IPv4 mapped or embedded in IPv6.
+/// shared space, unspecified, broadcast, multicast, benchmarking and reserved ranges, and
+/// IPv4 mapped or embedded in IPv6. The documentation ranges (`203.0.113.0/24`,
+/// `2001:db8::/32`, ...) reach nothing, internal or not, and stand for public hosts in
+/// examples and tests.
 #[must_use]
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
@@ -200,8 +202,6 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 // ::a.b.c.d (deprecated IPv4-compatible) and 64:ff9b::/96 NAT64 carry IPv4.
                 || (seg[..6] == [0, 0, 0, 0, 0, 0] && is_internal_v4(embedded_v4(v6)))
                 || (seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && is_internal_v4(embedded_v4(v6)))
-                // 2001:db8::/32 documentation.
-                || (seg[0] == 0x2001 && seg[1] == 0x0db8)
         }
     }
 }
@@ -219,7 +219,6 @@ fn is_internal_v4(ip: Ipv4Addr) -> bool {
         || ip.is_unspecified()
         || ip.is_broadcast()
         || ip.is_multicast()
-        || ip.is_documentation()
         || a == 0
         // 100.64.0.0/10 carrier-grade NAT, 198.18.0.0/15 benchmarking, 192.0.0.0/24 IETF.
         || (a == 100 && (b & 0xc0) == 64)
@@ -254,7 +253,13 @@ mod tests {
         ] {
             assert!(is_internal(internal.parse().unwrap()), "{internal}");
         }
-        for public in ["1.1.1.1", "172.32.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for public in [
+            "1.1.1.1",
+            "172.32.0.1",
+            "203.0.113.7",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(!is_internal(public.parse().unwrap()), "{public}");
         }
         let metadata: SocketAddr = "169.254.169.254:80".parse().unwrap();
