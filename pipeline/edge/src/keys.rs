@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use hydrant_auth::{Claims, Error, KeySet};
+
+use crate::metrics::Metrics;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +34,7 @@ pub(crate) struct TokenKeys {
     /// One fetch at a time: concurrent unknown-kid requests share it.
     fetching: tokio::sync::Mutex<()>,
     client: reqwest::Client,
+    metrics: Metrics,
 }
 
 impl TokenKeys {
@@ -43,6 +46,7 @@ impl TokenKeys {
         inline: Option<&str>,
         cache: Option<PathBuf>,
         refetch_every: Duration,
+        metrics: Metrics,
     ) -> Result<Self, Error> {
         let initial = match (&file, inline, &cache) {
             (Some(path), _, _) => KeySet::load(path)?,
@@ -72,6 +76,7 @@ impl TokenKeys {
                 path: None,
                 reason: format!("cannot build an HTTP client for token_keys_url: {e}"),
             })?;
+        metrics.token_keys.set(initial.len() as f64);
         Ok(Self {
             set: RwLock::new(Arc::new(initial)),
             url,
@@ -80,6 +85,7 @@ impl TokenKeys {
             last_fetch: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
             client,
+            metrics,
         })
     }
 
@@ -139,6 +145,7 @@ impl TokenKeys {
         let set = match self.get(url).await {
             Ok(set) => set,
             Err(e) => {
+                self.metrics.token_keys_fetch_failed.inc();
                 tracing::warn!(url = %url, error = %e, "cannot fetch token keys; verifying with the keys known");
                 return false;
             }
@@ -148,6 +155,8 @@ impl TokenKeys {
         {
             tracing::warn!(error = %e, "cannot write the token key cache");
         }
+        self.metrics.token_keys_fetched.inc();
+        self.metrics.token_keys.set(set.len() as f64);
         let changed = *self.current() != set;
         if changed {
             tracing::info!(keys = set.len(), "token keys updated");

@@ -112,6 +112,7 @@ async fn serve(
     // Everything below stops on `stop`: the caller's shutdown, or a listener failing.
     let stop = shutdown.child_token();
     let tracker = TaskTracker::new();
+    let metrics = Metrics::new(&registry);
     let keys = if config.disable_auth {
         tracing::warn!("disable_auth = true: every stream is open to anyone who can connect");
         None
@@ -128,6 +129,7 @@ async fn serve(
                 .as_ref()
                 .map(std::path::PathBuf::from),
             secs(config.token_keys_refetch_secs, Duration::from_secs(30)),
+            metrics.clone(),
         )?);
         tracker.spawn(keys.clone().refresh(
             secs(config.token_keys_refresh_secs, Duration::from_secs(300)),
@@ -136,7 +138,6 @@ async fn serve(
         tracing::info!(known = keys.len(), url = ?config.token_keys_url, "token keys");
         Some(keys)
     };
-    let metrics = Metrics::new(&registry);
     let hub = Arc::new(Hub::new(
         metrics.clone(),
         Limits {

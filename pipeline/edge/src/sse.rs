@@ -152,6 +152,7 @@ impl Stream {
                 return self.closing("the server is shutting down; reconnect");
             }
             if Instant::now() >= self.token_ends {
+                self.app.metrics.token_expired.inc();
                 // What is still queued is never sent: count it, so the ledger balances.
                 self.app.metrics.dropped_closed.add(outbox.close());
                 return self.closing("token expired");

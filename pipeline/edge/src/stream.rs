@@ -211,6 +211,7 @@ async fn serve(
         }
         End::Shutdown => Some((GOING_AWAY, SHUTTING_DOWN)),
         End::TokenExpired => {
+            app.metrics.token_expired.inc();
             // What is still queued is never sent: count it, so the ledger balances.
             app.metrics.dropped_closed.add(sub.outbox().close());
             Some((POLICY_VIOLATION, TOKEN_EXPIRED))

@@ -263,6 +263,11 @@ async fn a_stream_is_closed_with_1008_when_its_token_expires() {
         }
         other => panic!("expected a 1008 close, got {other:?}"),
     }
+    assert_eq!(
+        edge.metric("trafficcontroller_token_expired_total", &[])
+            .await,
+        1.0
+    );
     edge.stop().await;
 }
 
@@ -343,6 +348,15 @@ async fn keys_are_fetched_rotated_cached_and_outlive_the_controller() {
     })
     .await;
     assert!(cache.is_file(), "the fetched keys are cached on disk");
+    assert_eq!(edge.metric("trafficcontroller_token_keys", &[]).await, 1.0);
+    assert!(
+        edge.metric(
+            "trafficcontroller_token_key_fetches_total",
+            &[("result", "ok")]
+        )
+        .await
+            >= 1.0
+    );
 
     // Rotation, step 1: the controller publishes the new key; a token naming it makes the
     // edge fetch once, and both keys verify.
