@@ -258,6 +258,18 @@ fn check_metrics(request: &ExportMetricsServiceRequest) -> Vec<String> {
     problems
 }
 
+/// What a scripted answer does to a call: `Err` fails it, `Ok(Some(n))` takes it but reports
+/// `n` records rejected, `Ok(None)` takes everything.
+fn scripted(answer: Answer) -> Result<Option<i64>, Status> {
+    match answer {
+        Answer::Fail(code) => Err(Status::new(code, "scripted failure")),
+        Answer::Ok => Ok(None),
+        Answer::Partial(n) => Ok(Some(n)),
+    }
+}
+
+const PARTIAL: &str = "scripted partial rejection";
+
 #[tonic::async_trait]
 impl LogsService for Receiver {
     async fn export(
@@ -265,21 +277,13 @@ impl LogsService for Receiver {
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
         let default = self.lock().default_logs;
-        let answer = self.answer(&request, default, check_logs(request.get_ref()));
-        match answer {
-            Answer::Fail(code) => Err(Status::new(code, "scripted failure")),
-            Answer::Ok | Answer::Partial(_) => {
-                self.lock().logs.push(request.into_inner());
-                let partial_success = match answer {
-                    Answer::Partial(n) => Some(ExportLogsPartialSuccess {
-                        rejected_log_records: n,
-                        error_message: "scripted partial rejection".to_owned(),
-                    }),
-                    _ => None,
-                };
-                Ok(Response::new(ExportLogsServiceResponse { partial_success }))
-            }
-        }
+        let rejected = scripted(self.answer(&request, default, check_logs(request.get_ref())))?;
+        self.lock().logs.push(request.into_inner());
+        let partial_success = rejected.map(|n| ExportLogsPartialSuccess {
+            rejected_log_records: n,
+            error_message: PARTIAL.to_owned(),
+        });
+        Ok(Response::new(ExportLogsServiceResponse { partial_success }))
     }
 }
 
@@ -290,22 +294,15 @@ impl MetricsService for Receiver {
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
         let default = self.lock().default_metrics;
-        let answer = self.answer(&request, default, check_metrics(request.get_ref()));
-        match answer {
-            Answer::Fail(code) => Err(Status::new(code, "scripted failure")),
-            Answer::Ok | Answer::Partial(_) => {
-                self.lock().metrics.push(request.into_inner());
-                let partial_success = match answer {
-                    Answer::Partial(n) => Some(ExportMetricsPartialSuccess {
-                        rejected_data_points: n,
-                        error_message: "scripted partial rejection".to_owned(),
-                    }),
-                    _ => None,
-                };
-                Ok(Response::new(ExportMetricsServiceResponse {
-                    partial_success,
-                }))
-            }
-        }
+        let check = check_metrics(request.get_ref());
+        let rejected = scripted(self.answer(&request, default, check))?;
+        self.lock().metrics.push(request.into_inner());
+        let partial_success = rejected.map(|n| ExportMetricsPartialSuccess {
+            rejected_data_points: n,
+            error_message: PARTIAL.to_owned(),
+        });
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success,
+        }))
     }
 }
