@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use hydrant_emitter::TelemetryConfig;
 use hydrant_runtime::invalid;
+use hydrant_tls::TlsFiles;
 use serde::Deserialize;
 
 use crate::Error;
@@ -59,6 +60,11 @@ pub struct Config {
     pub keepalive_timeout_ms: u64,
     /// Where the agent's own metrics go. Default: not emitted, only served on `/metrics`.
     pub telemetry: TelemetryConfig,
+    /// Mutual TLS (`[tls]`, the agent's own leaf, CN `agent`). Set: ingress requires a client
+    /// certificate naming one of [`crate::INGRESS_IDENTITIES`], and the agent presents its
+    /// certificate to dopplers, whose certificates must name `doppler`. Default unset:
+    /// plaintext, for tests and single-process setups.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for Config {
@@ -81,6 +87,7 @@ impl Default for Config {
             keepalive_interval_ms: 1000,
             keepalive_timeout_ms: 1000,
             telemetry: TelemetryConfig::default(),
+            tls: None,
         }
     }
 }
@@ -188,6 +195,9 @@ impl hydrant_runtime::Validate for Config {
             .into());
         }
         self.telemetry.validate()?;
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+        }
         Ok(())
     }
 }
@@ -275,7 +285,7 @@ mod tests {
                 Config {
                     telemetry: TelemetryConfig {
                         agent: Some("nope".to_owned()),
-                        interval_secs: 5,
+                        ..TelemetryConfig::default()
                     },
                     ..Config::default()
                 },

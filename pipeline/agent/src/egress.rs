@@ -11,6 +11,8 @@
 //!   (`doppler_unavailable` when the stream broke or the doppler went away, `shutdown` when the
 //!   drain deadline passed). What the transport held when a connection died is not known here;
 //!   the doppler sees it as a gap in the per-source sequence numbers.
+//! - With mutual TLS, a doppler is only used if its certificate names `doppler`; a failed
+//!   handshake is a failed connection like any other.
 //! - A broken stream marks the doppler down at once (the router moves its sources to their next
 //!   doppler) and it is retried with capped exponential backoff until it answers again.
 
@@ -139,8 +141,11 @@ struct Stream {
 }
 
 impl Stream {
-    async fn open(endpoint: &tonic::transport::Endpoint) -> Result<Self, tonic::transport::Error> {
-        let channel = endpoint.connect().await?;
+    async fn open(
+        endpoint: &tonic::transport::Endpoint,
+        tls: Option<&hydrant_tls::Connector>,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = hydrant_tls::grpc::connect(endpoint, tls).await?;
         let mut client = IngressClient::new(channel)
             .max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
         // One slot: the lane learns within one batch that the stream broke, and still holds that
@@ -179,6 +184,7 @@ pub(crate) async fn run_lane(
     router: Arc<Router>,
     index: usize,
     endpoint: tonic::transport::Endpoint,
+    tls: Option<hydrant_tls::Connector>,
     max_backoff: Duration,
     drain: CancellationToken,
 ) {
@@ -190,7 +196,7 @@ pub(crate) async fn run_lane(
     while !drain.is_cancelled() {
         let Some(open) = stream.as_mut() else {
             let attempt = tokio::select! {
-                r = Stream::open(&endpoint) => Some(r),
+                r = Stream::open(&endpoint, tls.as_ref()) => Some(r),
                 () = drain.cancelled() => None,
             };
             match attempt {

@@ -19,4 +19,7 @@ pub enum Error {
     /// The gRPC ingress server failed.
     #[error("agent ingress server failed: {0}")]
     Ingress(#[from] tonic::transport::Error),
+    /// The `tls` certificates cannot be used.
+    #[error("agent tls: {0}")]
+    Tls(#[from] hydrant_tls::Error),
 }

@@ -7,6 +7,9 @@
 //! and `BatchSender` stream (`egress`) → doppler.
 //!
 //! Invariants:
+//! - With `tls` set, only a client whose certificate chains to the bundle and names one of
+//!   [`INGRESS_IDENTITIES`] gets past the handshake; the rest are refused, logged and counted
+//!   (`tls.refused{endpoint="agent.ingress",reason}`), and no envelope of theirs is read.
 //! - Never backpressure an emitter: ingress handlers only take a short lock; a full egress queue
 //!   drops its oldest batch and counts it.
 //! - No silent loss: `agent.ingress + agent.rate_limited = Σ agent.egress + Σ agent.dropped`
@@ -53,6 +56,26 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use error::Error;
+
+/// Who may send to the agent over mutual TLS: every role identity that emits (each role's own
+/// metrics; the executor for app output; the router for access logs; nozzles for their own
+/// telemetry). Only `nats` is left out: the NATS server is not a Hydrant role and emits
+/// nothing, so its certificate is never a sender.
+pub const INGRESS_IDENTITIES: &[hydrant_tls::Identity] = {
+    use hydrant_tls::Identity::*;
+    &[
+        Agent,
+        Doppler,
+        TrafficController,
+        CloudController,
+        Executor,
+        Router,
+        HealthManager,
+        Autoscaler,
+        Slo,
+        Nozzle,
+    ]
+};
 
 hydrant_runtime::listeners! {
     /// The sockets the agent serves, bound by the caller (tests bind `127.0.0.1:0`).
@@ -101,6 +124,16 @@ async fn serve(
     registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let material = config
+        .tls
+        .as_ref()
+        .map(hydrant_tls::Material::load)
+        .transpose()?;
+    let doppler_tls = material
+        .clone()
+        .map(|m| hydrant_tls::ClientTls::new(m, hydrant_tls::Identity::Doppler))
+        .transpose()?
+        .map(hydrant_tls::Connector::new);
     let metrics = metrics::Metrics::new(&registry);
     let lanes: Vec<Arc<egress::Lane>> = config
         .dopplers
@@ -146,6 +179,7 @@ async fn serve(
             router.clone(),
             index,
             endpoint,
+            doppler_tls.clone(),
             Duration::from_millis(config.reconnect_max_backoff_ms),
             drain.clone(),
         ));
@@ -158,17 +192,41 @@ async fn serve(
         shutdown.clone(),
     ))
     .max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
-    let incoming =
-        tonic::transport::server::TcpIncoming::from(listeners.ingress).with_nodelay(Some(true));
-    tracing::info!(listen = %config.listen, dopplers = ?config.dopplers, "agent serving v2 ingress");
-    let served = tonic::transport::Server::builder()
+    tracing::info!(listen = %config.listen, dopplers = ?config.dopplers, tls = material.is_some(), "agent serving v2 ingress");
+    let server = tonic::transport::Server::builder()
         .initial_stream_window_size(4 * 1024 * 1024)
         .initial_connection_window_size(8 * 1024 * 1024)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
-        .await;
+        .add_service(service);
+    let served = match material {
+        Some(material) => {
+            let _expiry = hydrant_emitter::tls::spawn_expiry_gauge(
+                &registry,
+                material.clone(),
+                shutdown.clone(),
+            );
+            let tls = hydrant_emitter::tls::server(
+                &registry,
+                material,
+                "agent.ingress",
+                INGRESS_IDENTITIES,
+            )?;
+            server
+                .serve_with_incoming_shutdown(
+                    hydrant_tls::grpc::incoming(listeners.ingress, tls),
+                    shutdown.clone().cancelled_owned(),
+                )
+                .await
+        }
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listeners.ingress)
+                .with_nodelay(Some(true));
+            server
+                .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
+                .await
+        }
+    };
     // Whatever ended the server, stop everything else too.
     shutdown.cancel();
 

@@ -436,6 +436,7 @@ async fn the_hydrant_emitter_and_the_agents_own_telemetry_flow_through() {
         telemetry: hydrant_emitter::TelemetryConfig {
             agent: Some(url.clone()),
             interval_secs: 1,
+            ..hydrant_emitter::TelemetryConfig::default()
         },
         ..Config::default()
     };

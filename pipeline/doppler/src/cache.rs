@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use hydrant_emitter::Counter;
 
 use bytes::Bytes;
-use hydrant_envelope::logcache_v1::{EnvelopeType, MetaInfo, MetaRequest, MetaResponse, ReadRequest};
+use hydrant_envelope::logcache_v1::{
+    EnvelopeType, MetaInfo, MetaRequest, MetaResponse, ReadRequest,
+};
 use hydrant_envelope::raw::logcache::egress_server::Egress;
 use hydrant_logcache::{Kind, ReadQuery, Store, StoreStats};
 use tokio::sync::mpsc;

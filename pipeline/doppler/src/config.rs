@@ -63,6 +63,10 @@ pub struct Config {
     pub logcache: StoreConfig,
     /// Where the doppler's own metrics go (`[telemetry]`).
     pub telemetry: TelemetryConfig,
+    /// Mutual TLS (`[tls]`, the doppler's own leaf, CN `doppler`). Set: the gRPC port lets in
+    /// `agent` on Ingress and `trafficcontroller` on Egress and log cache reads, nothing else.
+    /// Default unset: plaintext.
+    pub tls: Option<hydrant_tls::TlsFiles>,
 }
 
 impl Default for Config {
@@ -85,6 +89,7 @@ impl Default for Config {
             shutdown_grace_secs: 5,
             logcache: StoreConfig::default(),
             telemetry: TelemetryConfig::default(),
+            tls: None,
         }
     }
 }
@@ -199,6 +204,9 @@ impl hydrant_runtime::Validate for Config {
             });
         }
         self.logcache.validate()?;
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+        }
         Ok(())
     }
 }

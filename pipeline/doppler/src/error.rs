@@ -20,6 +20,9 @@ pub enum Error {
     /// The runtime could not bind a listener or read the config.
     #[error(transparent)]
     Runtime(#[from] hydrant_runtime::Error),
+    /// The `tls` certificates cannot be used.
+    #[error("doppler tls: {0}")]
+    Tls(#[from] hydrant_tls::Error),
     /// The gRPC server failed.
     #[error("doppler gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),

@@ -14,6 +14,12 @@
 //! bounded and drops its oldest data first; every drop is counted with a reason, and a
 //! subscriber that lost data finds a gap marker in its stream; no client can slow another.
 //!
+//! With `tls` set the port requires mutual TLS: a client whose certificate does not chain to the
+//! bundle or names neither `agent` nor `trafficcontroller` is refused at the handshake; an
+//! `agent` calling Egress or the log cache, or a `trafficcontroller` calling Ingress, is refused
+//! with `PERMISSION_DENIED` before any data (see [`INGRESS_IDENTITIES`], [`READ_IDENTITIES`]).
+//! Every refusal is counted in `tls.refused{endpoint,reason}`.
+//!
 //! Entry point: [`Doppler`], a [`hydrant_runtime::Role`], with a [`Config`].
 
 mod batch;
@@ -28,15 +34,19 @@ mod ring;
 pub mod router;
 mod selector;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hydrant_emitter::Registry;
 use hydrant_envelope::{MAX_MESSAGE_BYTES, raw};
 use hydrant_logcache::Store;
+use hydrant_tls::{Gate, Identity};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
@@ -55,6 +65,12 @@ const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// its selectors for as long as it lives, so this, not the 10 MiB data limit, bounds what one
 /// stream can pin: real requests are a few hundred bytes.
 pub const MAX_EGRESS_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Who may send to the doppler's v2 Ingress over mutual TLS: agents only.
+pub const INGRESS_IDENTITIES: &[Identity] = &[Identity::Agent];
+/// Who may read v2 Egress and the log cache over mutual TLS: the traffic controller (the
+/// firehose edge) only; every other reader goes through it and its token checks.
+pub const READ_IDENTITIES: &[Identity] = &[Identity::TrafficController];
 
 hydrant_runtime::listeners! {
     /// The sockets the doppler serves on, bound by the caller (tests bind `127.0.0.1:0`).
@@ -145,31 +161,69 @@ async fn serve(
         stop.clone(),
     );
     let logcache = cache::LogCacheService::new(store, metrics.clone());
-    let incoming = TcpIncoming::from(listeners.grpc)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(config.keepalive_interval()));
+    let material = config
+        .tls
+        .as_ref()
+        .map(hydrant_tls::Material::load)
+        .transpose()?;
+    // One port serves both sides: the handshake lets in either identity, then each service's
+    // gate refuses the other with PERMISSION_DENIED before its handler runs.
+    let gate = |endpoint: &'static str, allowed: &[Identity]| match &material {
+        Some(_) => Gate::allow(
+            endpoint,
+            allowed,
+            hydrant_emitter::tls::observer(&registry, endpoint),
+        ),
+        None => Gate::open(),
+    };
     let server = Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(config.keepalive_interval()))
         .http2_keepalive_timeout(Some(config.keepalive_timeout()))
-        .add_service(
+        .add_service(InterceptedService::new(
             raw::ingress::ingress_server::IngressServer::new(ingress)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
+            gate("doppler.ingress", INGRESS_IDENTITIES),
+        ))
+        .add_service(InterceptedService::new(
             raw::egress::egress_server::EgressServer::new(egress)
                 .max_decoding_message_size(MAX_EGRESS_REQUEST_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
+            gate("doppler.egress", READ_IDENTITIES),
+        ))
+        .add_service(InterceptedService::new(
             raw::logcache::egress_server::EgressServer::new(logcache)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+            gate("doppler.logcache", READ_IDENTITIES),
+        ));
+    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match material {
+            Some(material) => {
+                let _expiry = hydrant_emitter::tls::spawn_expiry_gauge(
+                    &registry,
+                    material.clone(),
+                    stop.clone(),
+                );
+                let allowed: Vec<Identity> = [INGRESS_IDENTITIES, READ_IDENTITIES].concat();
+                let tls = hydrant_emitter::tls::server(&registry, material, "doppler", &allowed)?;
+                Box::pin(server.serve_with_incoming_shutdown(
+                    hydrant_tls::grpc::incoming(listeners.grpc, tls),
+                    stop.clone().cancelled_owned(),
+                ))
+            }
+            None => {
+                let incoming = TcpIncoming::from(listeners.grpc)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(config.keepalive_interval()));
+                Box::pin(
+                    server.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
+                )
+            }
+        };
     let mut grpc_task = tokio::spawn(server);
     tracing::info!(instance_id = %config.instance_id, "doppler serving");
 

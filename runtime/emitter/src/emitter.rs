@@ -3,7 +3,8 @@
 //!
 //! Flow: caller → current batch (a [`BatchBuilder`] under a short lock) → bounded queue of
 //! encoded batches (a drop-oldest `hydrant_buffer::Buffer`) → one sender task → one long-lived
-//! `BatchSender` stream to the agent.
+//! `BatchSender` stream to the agent (mutual TLS when `tls` is set: the sender presents its
+//! role's leaf and accepts only a server whose certificate names `agent`).
 //!
 //! Invariants:
 //! - Emitting never awaits and never waits for the network (invariant 1). When the queue is
@@ -28,6 +29,7 @@ use hydrant_envelope::raw::Empty;
 use hydrant_envelope::raw::ingress::ingress_client::IngressClient;
 use hydrant_envelope::v2;
 use hydrant_envelope::wire::BatchBuilder;
+use hydrant_tls::TlsFiles;
 use prost::Message as _;
 use serde::Deserialize;
 use tokio::sync::{Notify, mpsc};
@@ -59,6 +61,9 @@ pub struct TelemetryConfig {
     /// How often the role's counters and gauges are emitted as envelopes. Default 5 s (what
     /// Doppler uses).
     pub interval_secs: u64,
+    /// Certificates for mutual TLS to the agent (`[telemetry.tls]`): this role's own leaf,
+    /// presented to the agent, whose certificate must name `agent`. Unset: plaintext.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for TelemetryConfig {
@@ -66,6 +71,7 @@ impl Default for TelemetryConfig {
         Self {
             agent: None,
             interval_secs: 5,
+            tls: None,
         }
     }
 }
@@ -79,6 +85,7 @@ impl TelemetryConfig {
         let emitter = Emitter::start(
             EmitterConfig {
                 agent,
+                tls: self.tls.clone(),
                 ..EmitterConfig::default()
             },
             registry,
@@ -101,6 +108,7 @@ impl TelemetryConfig {
         if let Some(agent) = &self.agent {
             validate_url("telemetry.agent", agent)?;
         }
+        validate_tls("telemetry.tls", self.tls.as_ref())?;
         if self.interval_secs == 0 {
             return Err(Error::Config {
                 field: "telemetry.interval_secs",
@@ -109,6 +117,14 @@ impl TelemetryConfig {
         }
         Ok(())
     }
+}
+
+fn validate_tls(field: &'static str, tls: Option<&TlsFiles>) -> Result<(), Error> {
+    tls.map_or(Ok(()), TlsFiles::validate)
+        .map_err(|e| Error::Config {
+            field,
+            message: e.to_string(),
+        })
 }
 
 fn validate_url(field: &'static str, url: &str) -> Result<(), Error> {
@@ -139,6 +155,9 @@ pub struct EmitterConfig {
     pub flush_interval_ms: u64,
     /// Batches waiting to be sent; past this the oldest is dropped and counted. Default 1024.
     pub queue_max_batches: usize,
+    /// Certificates for mutual TLS to the agent: the sender's own leaf is presented, and the
+    /// agent's certificate must name `agent`. Default unset: plaintext.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for EmitterConfig {
@@ -149,6 +168,7 @@ impl Default for EmitterConfig {
             batch_max_bytes: 64 * 1024,
             flush_interval_ms: 10,
             queue_max_batches: 1024,
+            tls: None,
         }
     }
 }
@@ -160,6 +180,7 @@ impl EmitterConfig {
     /// A field that would make the emitter unable to send; the message names it.
     pub fn validate(&self) -> Result<(), Error> {
         validate_url("agent", &self.agent)?;
+        validate_tls("tls", self.tls.as_ref())?;
         let positive = [
             ("batch_max_envelopes", self.batch_max_envelopes),
             ("batch_max_bytes", self.batch_max_bytes),
@@ -411,7 +432,10 @@ impl Emitter {
             stopped: CancellationToken::new(),
             metrics,
         });
-        let endpoint = match config.validate().and_then(|()| endpoint(&config.agent)) {
+        let endpoint = match config
+            .validate()
+            .and_then(|()| endpoint(&config.agent, config.tls.as_ref()))
+        {
             Ok(endpoint) => Some(endpoint),
             Err(error) => {
                 tracing::warn!(%error, "emitter cannot reach the agent; envelopes will be dropped");
@@ -573,7 +597,26 @@ fn header<'a>(
     }
 }
 
-fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, Error> {
+/// How the sender reaches the agent: the gRPC endpoint, and with mutual TLS the connector that
+/// runs the handshake.
+#[derive(Debug, Clone)]
+struct Target {
+    endpoint: tonic::transport::Endpoint,
+    connector: Option<hydrant_tls::Connector>,
+}
+
+fn endpoint(url: &str, tls: Option<&TlsFiles>) -> Result<Target, Error> {
+    let connector = tls
+        .map(|files| {
+            let material = hydrant_tls::Material::load(files)?;
+            hydrant_tls::ClientTls::new(material, hydrant_tls::Identity::Agent)
+        })
+        .transpose()
+        .map_err(|e| Error::Config {
+            field: "tls",
+            message: e.to_string(),
+        })?
+        .map(hydrant_tls::Connector::new);
     let endpoint =
         tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(|e| Error::Config {
             field: "agent",
@@ -581,14 +624,18 @@ fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, Error> {
         })?;
     // tonic's default HTTP/2 windows hold one stream to ~0.1 M envelopes/s; keepalive notices a
     // dead agent whose socket never closed.
-    Ok(endpoint
+    let endpoint = endpoint
         .initial_stream_window_size(4 * 1024 * 1024)
         .initial_connection_window_size(8 * 1024 * 1024)
         .tcp_nodelay(true)
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(1))
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true);
+    Ok(Target {
+        endpoint,
+        connector,
+    })
 }
 
 /// One open `BatchSender` stream: batches go in through `tx`; `rpc` ends when the stream does.
@@ -599,8 +646,9 @@ struct Stream {
 }
 
 impl Stream {
-    async fn open(endpoint: &tonic::transport::Endpoint) -> Result<Self, tonic::transport::Error> {
-        let channel = endpoint.connect().await?;
+    async fn open(target: &Target) -> Result<Self, tonic::transport::Error> {
+        let channel =
+            hydrant_tls::grpc::connect(&target.endpoint, target.connector.as_ref()).await?;
         let mut client = IngressClient::new(channel)
             .max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
         // One slot: the sender learns within one batch that the stream has broken, and holds
@@ -637,7 +685,7 @@ impl Stream {
 #[derive(Debug)]
 struct Sender {
     inner: Arc<Inner>,
-    endpoint: Option<tonic::transport::Endpoint>,
+    endpoint: Option<Target>,
     shutdown: CancellationToken,
     stream: Option<Stream>,
     /// A batch taken from the queue but not yet handed over when shutdown came; the drain
@@ -648,11 +696,7 @@ struct Sender {
 }
 
 impl Sender {
-    fn new(
-        inner: Arc<Inner>,
-        endpoint: Option<tonic::transport::Endpoint>,
-        shutdown: CancellationToken,
-    ) -> Self {
+    fn new(inner: Arc<Inner>, endpoint: Option<Target>, shutdown: CancellationToken) -> Self {
         Self {
             inner,
             endpoint,
