@@ -83,6 +83,10 @@ pub struct Config {
     pub limits: hydrant_runtime::Limits,
     /// Where this role's own metrics go.
     pub telemetry: hydrant_emitter::TelemetryConfig,
+    /// Mutual TLS to the dopplers (`[upstream_tls]`, this edge's leaf, CN
+    /// `trafficcontroller`): presented on every doppler connection, and each doppler's
+    /// certificate must name `doppler`. Default unset: plaintext.
+    pub upstream_tls: Option<hydrant_tls::TlsFiles>,
 }
 
 impl Default for Config {
@@ -116,6 +120,7 @@ impl Default for Config {
                 ..hydrant_runtime::Limits::default()
             },
             telemetry: hydrant_emitter::TelemetryConfig::default(),
+            upstream_tls: None,
         }
     }
 }
@@ -146,6 +151,10 @@ impl hydrant_runtime::Validate for Config {
     /// # Errors
     /// [`Error::Config`].
     fn validate(&self) -> Result<(), Error> {
+        if let Some(tls) = &self.upstream_tls {
+            tls.validate()
+                .map_err(|e| invalid(format!("upstream_{e}")))?;
+        }
         for (name, addr) in [
             ("listen", &self.listen),
             ("admin_listen", &self.admin_listen),
@@ -201,6 +210,19 @@ impl hydrant_runtime::Validate for Config {
                     .to_owned(),
             ));
         }
+        if let Some(url) = &self.token_keys_url {
+            let ok = url
+                .parse::<http::Uri>()
+                .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+            if !ok {
+                return Err(invalid(format!(
+                    "token_keys_url = {url:?}: must be a URL like \
+                     \"http://127.0.0.1:9022/token_keys\""
+                )));
+            }
+        }
+        check_secs("token_keys_refetch_secs", self.token_keys_refetch_secs)?;
+        check_secs("token_keys_refresh_secs", self.token_keys_refresh_secs)?;
         if self.queue_max_envelopes == 0 || self.queue_max_envelopes > 10_000_000 {
             return Err(invalid(format!(
                 "queue_max_envelopes = {}: must be between 1 and 10000000",
@@ -220,19 +242,6 @@ impl hydrant_runtime::Validate for Config {
             )));
         }
         if self.frame_max_bytes < 1024 || self.frame_max_bytes > hydrant_envelope::MAX_MESSAGE_BYTES
-        if let Some(url) = &self.token_keys_url {
-            let ok = url
-                .parse::<http::Uri>()
-                .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
-            if !ok {
-                return Err(invalid(format!(
-                    "token_keys_url = {url:?}: must be a URL like \
-                     \"http://127.0.0.1:9022/token_keys\""
-                )));
-            }
-        }
-        check_secs("token_keys_refetch_secs", self.token_keys_refetch_secs)?;
-        check_secs("token_keys_refresh_secs", self.token_keys_refresh_secs)?;
         {
             return Err(invalid(format!(
                 "frame_max_bytes = {}: must be between 1024 and {}",
@@ -384,6 +393,20 @@ mod tests {
                 },
                 "both set",
             ),
+            (
+                Config {
+                    token_keys_url: Some("https//cc/token_keys".into()),
+                    ..Config::default()
+                },
+                "token_keys_url",
+            ),
+            (
+                Config {
+                    token_keys_refetch_secs: 0.0,
+                    ..with_key()
+                },
+                "token_keys_refetch_secs",
+            ),
         ];
         for (config, needle) in cases {
             let err = config.validate().unwrap_err().to_string();
@@ -408,20 +431,6 @@ mod tests {
         c.validate().unwrap();
     }
 
-            (
-                Config {
-                    token_keys_url: Some("https//cc/token_keys".into()),
-                    ..Config::default()
-                },
-                "token_keys_url",
-            ),
-            (
-                Config {
-                    token_keys_refetch_secs: 0.0,
-                    ..with_key()
-                },
-                "token_keys_refetch_secs",
-            ),
     fn toml_like(s: &str) -> Config {
         toml::from_str(s).unwrap()
     }

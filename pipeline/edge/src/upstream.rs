@@ -6,6 +6,10 @@
 //! and are split and routed without a prost decode. A doppler that goes away is retried with
 //! exponential backoff (from `reconnect_min_ms`, doubling, capped at `reconnect_max_ms`, with
 //! jitter so edges do not reconnect in lockstep) and the backoff resets once a stream is up.
+//!
+//! With `upstream_tls` set, every doppler connection (subscription and reads) is mutual TLS:
+//! the edge presents its `trafficcontroller` leaf and accepts a doppler only if its certificate
+//! names `doppler`, whatever address it dialled.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,9 +39,25 @@ pub(crate) fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
         .keep_alive_while_idle(true))
 }
 
+/// The connector for mutual TLS to the dopplers, when configured.
+pub(crate) fn tls(
+    files: Option<&hydrant_tls::TlsFiles>,
+) -> Result<Option<hydrant_tls::Connector>, hydrant_tls::Error> {
+    files
+        .map(|files| {
+            let material = hydrant_tls::Material::load(files)?;
+            hydrant_tls::ClientTls::new(material, hydrant_tls::Identity::Doppler)
+        })
+        .transpose()
+        .map(|tls| tls.map(hydrant_tls::Connector::new))
+}
+
 /// A lazily connected channel for the log cache read API; it reconnects on its own.
-pub(crate) fn read_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(endpoint(url)?.connect_lazy())
+pub(crate) fn read_channel(
+    url: &str,
+    tls: Option<&hydrant_tls::Connector>,
+) -> Result<Channel, tonic::transport::Error> {
+    Ok(hydrant_tls::grpc::connect_lazy(&endpoint(url)?, tls))
 }
 
 /// Everything, from every source: one selector per envelope type, each with an empty
@@ -65,6 +85,7 @@ fn firehose_request() -> v2::EgressBatchRequest {
 /// Keeps a subscription to `url` open until `shutdown`, publishing every batch into `hub`.
 pub(crate) async fn subscribe(
     url: String,
+    tls: Option<hydrant_tls::Connector>,
     hub: Arc<Hub>,
     metrics: Metrics,
     backoff: Backoff,
@@ -73,7 +94,7 @@ pub(crate) async fn subscribe(
     let mut attempt = 0;
     let mut scratch = Vec::new();
     while !shutdown.is_cancelled() {
-        let result = stream_once(&url, &hub, &metrics, &mut scratch, &shutdown).await;
+        let result = stream_once(&url, tls.as_ref(), &hub, &metrics, &mut scratch, &shutdown).await;
         if result.is_ok() {
             // The stream was up; a fresh failure starts over from the shortest delay.
             attempt = 0;
@@ -104,6 +125,7 @@ enum StreamError {
 /// One connection's life. `Ok` once a stream was established, however it ended.
 async fn stream_once(
     url: &str,
+    tls: Option<&hydrant_tls::Connector>,
     hub: &Hub,
     metrics: &Metrics,
     scratch: &mut Vec<crate::hub::Parsed>,
@@ -111,7 +133,7 @@ async fn stream_once(
 ) -> Result<(), StreamError> {
     let endpoint = endpoint(url)?;
     let channel = tokio::select! {
-        c = endpoint.connect() => c?,
+        c = hydrant_tls::grpc::connect(&endpoint, tls) => c?,
         () = shutdown.cancelled() => return Ok(()),
     };
     let mut client =
