@@ -1,13 +1,17 @@
 //! Envelope codec costs per envelope: the zero-copy walk the hops use versus a prost decode, and
-//! building an outgoing batch. `cargo bench -p hydrant-envelope`.
+//! building an outgoing batch; and a recent read's page (the doppler's answer and the edge's
+//! binary answer) kept as bytes versus decoded and re-encoded. `cargo bench -p hydrant-envelope`.
 
 use std::collections::HashMap;
 use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hydrant_envelope::logcache_v1::ReadResponse;
 use hydrant_envelope::v2;
-use hydrant_envelope::wire::{BatchBuilder, EnvelopeView, encode, split_batch};
+use hydrant_envelope::wire::{
+    BatchBuilder, EnvelopeView, batch_of, encode, read_response, read_response_batch, split_batch,
+};
 use prost::Message;
 
 fn sample_batch(n: usize) -> Bytes {
@@ -65,5 +69,45 @@ fn codec(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec);
+/// One recent read of a 1000-envelope page, doppler and edge together: what the log cache
+/// stored goes out as the edge's binary answer.
+fn recent_read(c: &mut Criterion) {
+    let stored: Vec<Bytes> = split_batch(&sample_batch(1000)).flatten().collect();
+    let mut g = c.benchmark_group("recent_read_of_1000");
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("bytes_end_to_end", |b| {
+        b.iter(|| {
+            let answer = read_response(black_box(&stored).iter().map(AsRef::as_ref));
+            let page = read_response_batch(&answer).unwrap_or_default();
+            let mut merged: Vec<(i64, Bytes)> = split_batch(&page)
+                .flatten()
+                .filter_map(|e| Some((EnvelopeView::parse(&e).ok()?.timestamp, e)))
+                .collect();
+            merged.sort_by_key(|(t, _)| *t);
+            batch_of(merged.iter().map(|(_, e)| e.as_ref()))
+        });
+    });
+    g.bench_function("decode_and_reencode", |b| {
+        b.iter(|| {
+            let batch = black_box(&stored)
+                .iter()
+                .filter_map(|e| v2::Envelope::decode(e.clone()).ok())
+                .collect();
+            let answer = ReadResponse {
+                envelopes: Some(v2::EnvelopeBatch { batch }),
+            }
+            .encode_to_vec();
+            let mut page = ReadResponse::decode(answer.as_slice())
+                .ok()
+                .and_then(|r| r.envelopes)
+                .map(|b| b.batch)
+                .unwrap_or_default();
+            page.sort_by_key(|e| e.timestamp);
+            v2::EnvelopeBatch { batch: page }.encode_to_vec()
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, recent_read);
 criterion_main!(benches);
