@@ -65,6 +65,13 @@ pub struct PipelineArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Run every hop (generators → agent → doppler → firehose edge) over mutual TLS, as
+    /// `hydrant up` does; the generators present the `executor` certificate.
+    #[arg(long)]
+    tls: bool,
+    /// Run twice in this process, plaintext then mutual TLS, and report what TLS costs.
+    #[arg(long, conflicts_with = "tls")]
+    compare_tls: bool,
 }
 
 /// Size of every generated envelope on the wire, as the issue specifies.
@@ -74,6 +81,8 @@ const BATCH: usize = 100;
 
 #[derive(Debug, Serialize)]
 struct Report {
+    /// Every hop ran mutual TLS.
+    tls: bool,
     duration_secs: f64,
     target_rate: u64,
     emitted: u64,
@@ -166,14 +175,17 @@ fn stamp(envelope: &mut [u8], nanos: u64) {
 
 async fn generator(
     agent: String,
+    tls: Option<hydrant_tls::Connector>,
     sources: Vec<String>,
     rate: u64,
     stop: CancellationToken,
     emitted: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
-    let channel = hydrant_envelope::raw::tuned_endpoint(&agent)?
-        .connect()
-        .await?;
+    let channel = hydrant_tls::grpc::connect(
+        &hydrant_envelope::raw::tuned_endpoint(&agent)?,
+        tls.as_ref(),
+    )
+    .await?;
     let mut client = hydrant_envelope::raw::ingress::ingress_client::IngressClient::new(channel)
         .max_encoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
@@ -242,14 +254,69 @@ async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
     if args.generators == 0 || args.sources == 0 || args.duration == 0 {
         anyhow::bail!("--generators, --sources and --duration must be at least 1");
     }
+    let modes = if args.compare_tls {
+        vec![false, true]
+    } else {
+        vec![args.tls]
+    };
+    let mut reports = Vec::with_capacity(modes.len());
+    for tls in modes {
+        reports.push(pipeline_run(&args, tls).await?);
+    }
+    // Throughput with TLS against without, from the same process and build.
+    let cost = match reports.as_slice() {
+        [plain, tls] if plain.envelopes_per_sec > 0.0 => {
+            Some(100.0 * (1.0 - tls.envelopes_per_sec / plain.envelopes_per_sec))
+        }
+        _ => None,
+    };
+    if args.json {
+        let json = match (&reports[..], cost) {
+            ([plain, tls], Some(cost)) => serde_json::json!({
+                "plaintext": plain,
+                "tls": tls,
+                "tls_throughput_cost_percent": cost,
+            }),
+            _ => serde_json::to_value(&reports[0])?,
+        };
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        for r in &reports {
+            print_report(r);
+        }
+        if let Some(cost) = cost {
+            println!("mutual TLS costs {cost:.1} % of plaintext throughput");
+        }
+    }
+    Ok(if reports.iter().all(|r| r.unaccounted == 0) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// One micro cloud, loaded for `args.duration`, drained, and measured.
+async fn pipeline_run(args: &PipelineArgs, tls: bool) -> anyhow::Result<Report> {
     let shutdown = CancellationToken::new();
     let data_dir = tempfile_dir()?;
     let options = crate::up::Options {
         data_dir: Some(data_dir.clone()),
         edge_reconnect_ms: None,
+        tls,
         ..crate::up::Options::pipeline()
     };
     let cloud = MicroCloud::start(options, shutdown.clone()).await?;
+    // Under TLS the generators stand in for the executor and present its certificate.
+    let generator_tls = cloud
+        .certs
+        .as_deref()
+        .map(|dir| {
+            let files = hydrant_tls::TlsFiles::in_dir(dir, hydrant_tls::Identity::Executor);
+            let material = hydrant_tls::Material::load(&files)?;
+            hydrant_tls::ClientTls::new(material, hydrant_tls::Identity::Agent)
+                .map(hydrant_tls::Connector::new)
+        })
+        .transpose()?;
 
     let consumer =
         crate::bench_consumer::Consumer::start(&cloud.firehose_url, &cloud.token, "bench").await?;
@@ -271,6 +338,7 @@ async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
         };
         gens.push(tokio::spawn(generator(
             cloud.agent_url.clone(),
+            generator_tls.clone(),
             sources,
             per_gen_rate,
             stop.clone(),
@@ -311,6 +379,7 @@ async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
     let hist = consumer.latency();
     let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
     let report = Report {
+        tls,
         duration_secs: gen_elapsed.as_secs_f64(),
         target_rate: args.rate,
         emitted,
@@ -344,16 +413,7 @@ async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
     shutdown.cancel();
     cloud.stopped().await;
     let _ = std::fs::remove_dir_all(&data_dir);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report);
-    }
-    Ok(if report.unaccounted == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(3)
-    })
+    Ok(report)
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
@@ -364,7 +424,12 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 
 fn print_report(r: &Report) {
     println!(
-        "hydrant bench pipeline: generators → agent → doppler → firehose → WebSocket consumer"
+        "hydrant bench pipeline: generators → agent → doppler → firehose → WebSocket consumer{}",
+        if r.tls {
+            " (mutual TLS on every hop)"
+        } else {
+            " (plaintext)"
+        }
     );
     println!(
         "  duration            {:.1} s (target rate: {})",

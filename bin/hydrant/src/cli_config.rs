@@ -30,6 +30,10 @@ pub struct CliConfig {
     /// Who the token belongs to, for `hydrant target`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The certificate `hydrant emit` presents to an agent that requires mutual TLS (`hydrant
+    /// up` writes its `nozzle` leaf here); absent: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_tls: Option<hydrant_tls::TlsFiles>,
 }
 
 /// `$HYDRANT_HOME`, or `~/.hydrant`.
@@ -59,10 +63,6 @@ pub fn load() -> anyhow::Result<CliConfig> {
         .with_context(|| format!("{} is not a valid CLI config", path.display()))
 }
 
-/// Writes the CLI config (mode 0600: it holds a token).
-pub fn save(config: &CliConfig) -> anyhow::Result<PathBuf> {
-    let path = path()?;
-    write_private(&path, &serde_json::to_vec_pretty(config)?)?;
 /// Renew the access token when less than this is left.
 const REFRESH_AHEAD_SECS: i64 = 120;
 
@@ -97,6 +97,10 @@ pub async fn refresh_if_needed() {
     }
 }
 
+/// Writes the CLI config (mode 0600: it holds a token).
+pub fn save(config: &CliConfig) -> anyhow::Result<PathBuf> {
+    let path = path()?;
+    write_private(&path, &serde_json::to_vec_pretty(config)?)?;
     Ok(path)
 }
 

@@ -124,6 +124,7 @@ mod tests {
             api: api.map(str::to_owned),
             router: None,
             user: None,
+            agent_tls: None,
         }
     }
 

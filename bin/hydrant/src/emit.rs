@@ -44,13 +44,29 @@ pub async fn run(args: EmitArgs) -> anyhow::Result<ExitCode> {
     if args.count == 0 {
         anyhow::bail!("--count must be at least 1");
     }
-    let agent = match args.agent.clone() {
-        Some(a) => a,
-        None => cli_config::load()?.agent,
+    let (agent, tls) = match args.agent.clone() {
+        Some(a) => (a, None),
+        None => {
+            let config = cli_config::load()?;
+            (config.agent, config.agent_tls)
+        }
     };
-    let mut client = v2::ingress_client::IngressClient::connect(agent.clone())
+    // Under mutual TLS (what `hydrant up` runs) the CLI presents the certificate `hydrant up`
+    // wrote into its config, and accepts only a server whose certificate names `agent`.
+    let connector = tls
+        .map(|files| {
+            let material = hydrant_tls::Material::load(&files)?;
+            hydrant_tls::ClientTls::new(material, hydrant_tls::Identity::Agent)
+                .map(hydrant_tls::Connector::new)
+        })
+        .transpose()
+        .context("cannot use the agent certificate from the CLI config")?;
+    let endpoint = tonic::transport::Endpoint::from_shared(agent.clone())
+        .with_context(|| format!("{agent:?} is not an agent URL"))?;
+    let channel = hydrant_tls::grpc::connect(&endpoint, connector.as_ref())
         .await
         .with_context(|| format!("cannot reach the agent at {agent}; is `hydrant up` running?"))?;
+    let mut client = v2::ingress_client::IngressClient::new(channel);
     let mut sent = 0;
     while sent < args.count {
         let n = CHUNK.min(args.count - sent);

@@ -106,6 +106,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         refresh_token: token.refresh_token,
         api: Some(api.clone()),
         user: Some(username.clone()),
+        agent_tls: existing.as_ref().and_then(|c| c.agent_tls.clone()),
     };
     let path = cli_config::save(&config)?;
     eprintln!(
@@ -124,17 +125,18 @@ pub async fn target(args: TargetArgs) -> anyhow::Result<ExitCode> {
             firehose: String::new(),
             agent: String::new(),
             token: String::new(),
-            api: None,
             refresh_token: None,
+            api: None,
             router: None,
             user: None,
+            agent_tls: None,
         });
         if config.api.as_deref() != Some(api.as_str()) {
             // A token from another controller is useless here.
             config.token.clear();
+            config.refresh_token = None;
             config.user = None;
         }
-            config.refresh_token = None;
         config.api = Some(api.clone());
         if let Some(f) = info.endpoints.get("firehose") {
             config.firehose.clone_from(f);

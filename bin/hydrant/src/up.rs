@@ -94,6 +94,26 @@ pub struct Endpoints {
     /// (`--ephemeral-ports` with containers); absent: the defaults, or no containers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub networks: Option<EndpointNetworks>,
+    /// The internal CA and a client certificate a local tool may use on the pipeline's
+    /// mutual-TLS ports (absent when they run plaintext).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EndpointTls>,
+}
+
+/// `endpoints.json`'s `tls`: the trust bundle and a client certificate for local tools.
+///
+/// The `nozzle` leaf may send to the agent; reading doppler egress or the log cache takes the
+/// `trafficcontroller` leaf in the same directory. Servers are verified by identity name
+/// (`agent`, `doppler`), not by address: set the TLS server name accordingly.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointTls {
+    /// The certificate directory (every identity's leaf, `ca.pem`).
+    pub dir: PathBuf,
+    /// The identity of the client certificate below.
+    pub identity: String,
+    /// `ca_file`, `cert_file`, `key_file`.
+    #[serde(flatten)]
+    pub files: hydrant_tls::TlsFiles,
 }
 
 /// `endpoints.json`'s `networks`: where this micro cloud's containers live.
@@ -129,6 +149,8 @@ impl Endpoints {
                 .map(|(k, v)| (k.clone(), format!("http://{v}")))
                 .collect(),
             token: cloud.token.clone(),
+            token_expires_at: hydrant_auth::peek_claims(&cloud.token).map_or(0, |c| c.exp),
+            refresh_token: cloud.refresh_token.clone(),
             api: cloud.api_url.clone(),
             router: cloud.router_url.clone(),
             apps_domain: cloud.apps_domain.clone(),
@@ -140,6 +162,11 @@ impl Endpoints {
                 staging_subnet: n.staging_subnet.clone(),
                 executor_cgroup_parent: n.executor_cgroup_parent.clone(),
             }),
+            tls: cloud.certs.as_ref().map(|dir| EndpointTls {
+                dir: dir.clone(),
+                identity: hydrant_tls::Identity::Nozzle.name().to_owned(),
+                files: hydrant_tls::TlsFiles::in_dir(dir, hydrant_tls::Identity::Nozzle),
+            }),
         }
     }
 }
@@ -149,8 +176,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         Some(d) => d,
         None => cli_config::home()?.join("data"),
     };
-            token_expires_at: hydrant_auth::peek_claims(&cloud.token).map_or(0, |c| c.exp),
-            refresh_token: cloud.refresh_token.clone(),
     let shutdown = CancellationToken::new();
     let ports = if args.ephemeral_ports {
         Ports::Ephemeral
@@ -167,6 +192,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         autoscaler_rule_cap_secs: args.autoscaler_rule_cap_secs,
         containers: args.isolation == "container",
         edge_reconnect_ms: None,
+        // Every pipeline hop runs mutual TLS, with certificates made at first start.
+        tls: true,
     };
     if options.containers {
         // Asked before any role starts, so a host that cannot isolate apps never sees the
@@ -188,9 +215,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         firehose: cloud.firehose_url.clone(),
         agent: cloud.agent_url.clone(),
         token: cloud.token.clone(),
+        refresh_token: cloud.refresh_token.clone(),
         api: cloud.api_url.clone(),
         router: cloud.router_url.clone(),
         user: Some(ADMIN_USER.to_owned()),
+        agent_tls: endpoints.tls.as_ref().map(|t| t.files.clone()),
     })?;
 
     let e = &endpoints;
@@ -215,7 +244,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         );
     }
     for (role, url) in &e.admin {
-        refresh_token: cloud.refresh_token.clone(),
         println!("  {role:<10} admin          {url}/metrics  {url}/healthz");
     }
     println!("  endpoints + admin token   {}", endpoints_path.display());

@@ -380,13 +380,14 @@ fn base64_decode(text: &str) -> Vec<u8> {
 }
 
 /// Sends one counter with markup in its source, name and reason tag through the real agent.
-async fn emit_hostile_counter(agent: &str) {
+async fn emit_hostile_counter(agent: &str, tls: Option<hydrant_tls::TlsFiles>) {
     use hydrant_envelope::v2;
     let registry = hydrant_emitter::Registry::new("dashboard-test", "0");
     let shutdown = tokio_util::sync::CancellationToken::new();
     let emitter = hydrant_emitter::Emitter::start(
         hydrant_emitter::EmitterConfig {
             agent: agent.to_owned(),
+            tls,
             ..hydrant_emitter::EmitterConfig::default()
         },
         &registry,
@@ -487,7 +488,9 @@ async fn web_dashboard_shows_the_demo_live_in_chromium() {
     eprintln!("screenshot: {}", path.display());
 
     // Markup in a stream's strings is shown as text, never parsed.
-    emit_hostile_counter(config["agent"].as_str().unwrap()).await;
+    // `hydrant up` runs mutual TLS: send with the client certificate it gave the CLI.
+    let tls = serde_json::from_value(config["agent_tls"].clone()).ok();
+    emit_hostile_counter(config["agent"].as_str().unwrap(), tls).await;
     let shown = wait_until(
         &mut page,
         "the hostile counter shown as text",
@@ -1046,10 +1049,14 @@ fn start_nozzle(cloud: &MicroCloud, endpoints: &Value) -> Child {
              drains = [\"syslog://127.0.0.1:{port}\"]\n\
              admin_listen = \"127.0.0.1:0\"\n\
              [firehose]\nurl = \"{}\"\ntoken = \"{}\"\n\
-             [telemetry]\nagent = \"{}\"\ninterval_secs = 1\n",
+             [telemetry]\nagent = \"{}\"\ninterval_secs = 1\n\
+             [telemetry.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
             endpoints["firehose"].as_str().unwrap(),
             endpoints["token"].as_str().unwrap(),
             endpoints["agent"].as_str().unwrap(),
+            endpoints["tls"]["ca_file"].as_str().unwrap(),
+            endpoints["tls"]["cert_file"].as_str().unwrap(),
+            endpoints["tls"]["key_file"].as_str().unwrap(),
         ),
     )
     .unwrap();

@@ -82,6 +82,9 @@ pub enum Error {
     /// The platform roles keep state, and no data directory was given.
     #[error("the platform roles need a data directory; give Options::data_dir")]
     NoDataDir,
+    /// Mutual TLS was asked for and the certificate directory cannot be made or read.
+    #[error("the micro cloud's certificates (DATA_DIR/certs): {0}")]
+    Certs(#[from] hydrant_tls::Error),
 }
 
 /// Which ports the roles listen on.
@@ -119,6 +122,10 @@ pub struct Options {
     /// The edge's reconnect delays to the doppler, `(min_ms, max_ms)`; `None` keeps the edge's
     /// defaults. Tests shorten them so the first subscription is not waited for.
     pub edge_reconnect_ms: Option<(u64, u64)>,
+    /// Every pipeline hop runs mutual TLS with certificates from `DATA_DIR/certs` (made at
+    /// first start; needs `data_dir`). `hydrant up` sets it; the pipeline test kits and the
+    /// bench leave it off unless asked.
+    pub tls: bool,
 }
 
 impl Options {
@@ -136,6 +143,7 @@ impl Options {
             autoscaler_rule_cap_secs: None,
             containers: false,
             edge_reconnect_ms: Some((10, 200)),
+            tls: false,
         }
     }
 }
@@ -151,6 +159,9 @@ pub struct Wiring {
     /// The public token keys (`/token_keys` JSON): what the edge verifies with until it has
     /// fetched them from the cloud controller. Never a private key.
     pub token_keys: String,
+    /// The secret of [`ROLES_CLIENT`], made at each start: the roles that call the API get
+    /// their tokens with it.
+    pub roles_client_secret: String,
     /// A token (admin, firehose and API scopes; [`ROLE_TOKEN_TTL_SECS`]) for the in-process
     /// roles that read
     /// the whole firehose.
@@ -159,12 +170,18 @@ pub struct Wiring {
     pub bus: hydrant_bus::Config,
     /// This micro cloud's own container networks, when it is not the default one.
     pub networks: Option<Networks>,
-    /// The secret of [`ROLES_CLIENT`], made at each start: the roles that call the API get
-    /// their tokens with it.
-    pub roles_client_secret: String,
+    /// The certificate directory, when the pipeline runs mutual TLS.
+    pub certs: Option<PathBuf>,
 }
 
 impl Wiring {
+    /// The certificate files of `identity`, when the pipeline runs mutual TLS.
+    #[must_use]
+    pub fn tls(&self, identity: hydrant_tls::Identity) -> Option<hydrant_tls::TlsFiles> {
+        let dir = self.certs.as_deref()?;
+        Some(hydrant_tls::TlsFiles::in_dir(dir, identity))
+    }
+
     /// `http://ADDR` of `role`'s listener `listener`; empty when that role is not in this micro
     /// cloud (its config then names nothing).
     #[must_use]
@@ -194,14 +211,16 @@ impl Wiring {
             .join(dir)
     }
 
-    /// Where the pipeline roles' own metrics go: the agent, when self-telemetry is on.
+    /// Where the pipeline roles' own metrics go: the agent, when self-telemetry is on,
+    /// presenting `identity`'s certificate under mutual TLS.
     #[must_use]
-    pub fn pipeline_telemetry(&self) -> TelemetryConfig {
+    pub fn pipeline_telemetry(&self, identity: hydrant_tls::Identity) -> TelemetryConfig {
         TelemetryConfig {
             agent: self
                 .options
                 .self_telemetry
                 .then(|| self.url("agent", "ingress")),
+            tls: self.tls(identity),
             ..TelemetryConfig::default()
         }
     }
@@ -209,9 +228,10 @@ impl Wiring {
     /// Where the platform roles' metrics and logs go: always the agent, because the executor's
     /// app logs and the router's access logs travel with the same emitter as their metrics.
     #[must_use]
-    pub fn platform_telemetry(&self) -> TelemetryConfig {
+    pub fn platform_telemetry(&self, identity: hydrant_tls::Identity) -> TelemetryConfig {
         TelemetryConfig {
             agent: Some(self.url("agent", "ingress")),
+            tls: self.tls(identity),
             ..TelemetryConfig::default()
         }
     }
@@ -334,6 +354,9 @@ pub struct MicroCloud {
     pub admin: BTreeMap<String, SocketAddr>,
     /// This micro cloud's own container networks (`None`: the defaults, or no containers).
     pub networks: Option<Networks>,
+    /// The certificate directory when every pipeline hop runs mutual TLS (`ca.pem`,
+    /// `<identity>.pem`, `<identity>.key`); `None`: plaintext.
+    pub certs: Option<PathBuf>,
     registries: BTreeMap<&'static str, Registry>,
     tasks: Tasks,
 }
@@ -392,6 +415,17 @@ impl MicroCloud {
             )
         });
         let token_keys = key.key_set().to_json();
+        let certs = if options.tls {
+            let dir = options
+                .data_dir
+                .as_ref()
+                .ok_or(Error::NoDataDir)?
+                .join("certs");
+            hydrant_tls::issue::ensure(&dir, &hydrant_tls::Identity::ALL, &[])?;
+            Some(dir)
+        } else {
+            None
+        };
         let rows: Vec<Row> = table()
             .into_iter()
             .filter(|r| options.platform || !r.platform)
@@ -414,6 +448,11 @@ impl MicroCloud {
             addrs,
             token_keys_dir,
             token_keys,
+            roles_client_secret: format!(
+                "{}{}",
+                hydrant_auth::random_id(),
+                hydrant_auth::random_id()
+            ),
             token: role_token,
             // Named for this process and this start, so two micro clouds in one test process
             // never hear each other.
@@ -423,6 +462,7 @@ impl MicroCloud {
                 start_number()
             )),
             networks: Networks::for_options(&options),
+            certs,
             options,
         };
 
@@ -448,13 +488,9 @@ impl MicroCloud {
             token,
             refresh_token,
             key,
-            roles_client_secret: format!(
-                "{}{}",
-                hydrant_auth::random_id(),
-                hydrant_auth::random_id()
-            ),
             admin,
             networks: wiring.networks.clone(),
+            certs: wiring.certs.clone(),
             registries,
             tasks,
         })

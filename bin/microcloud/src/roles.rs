@@ -6,6 +6,7 @@
 //! role's documented default.
 
 use hydrant_runtime::Role;
+use hydrant_tls::Identity;
 
 use crate::Wiring;
 
@@ -30,7 +31,8 @@ impl MicroRole for hydrant_agent::Agent {
         hydrant_agent::Config {
             dopplers: vec![w.url("doppler", "grpc")],
             app_log_rate_limit_bytes_per_sec: w.options.app_log_rate_limit,
-            telemetry: w.pipeline_telemetry(),
+            telemetry: w.pipeline_telemetry(Identity::Agent),
+            tls: w.tls(Identity::Agent),
             ..hydrant_agent::Config::default()
         }
     }
@@ -43,7 +45,8 @@ impl MicroRole for hydrant_doppler::Doppler {
 
     fn config(w: &Wiring) -> hydrant_doppler::Config {
         hydrant_doppler::Config {
-            telemetry: w.pipeline_telemetry(),
+            telemetry: w.pipeline_telemetry(Identity::Doppler),
+            tls: w.tls(Identity::Doppler),
             ..hydrant_doppler::Config::default()
         }
     }
@@ -57,7 +60,8 @@ impl MicroRole for hydrant_firehose::TrafficController {
     fn config(w: &Wiring) -> hydrant_firehose::Config {
         let mut config = hydrant_firehose::Config {
             dopplers: vec![w.url("doppler", "grpc")],
-            telemetry: w.pipeline_telemetry(),
+            telemetry: w.pipeline_telemetry(Identity::TrafficController),
+            upstream_tls: w.tls(Identity::TrafficController),
             ..hydrant_firehose::Config::default()
         };
         // The edge holds public keys only: the ones the micro cloud starts with, then (with a
@@ -118,10 +122,6 @@ mod platform {
                 external_url: w.url("cloudcontroller", "api"),
                 data_dir: w.data("cloudcontroller").display().to_string(),
                 token_keys_dir: w.token_keys_dir.as_ref().map(|p| p.display().to_string()),
-                admin_user: ADMIN_USER.to_owned(),
-                allow_private_drains: w.options.allow_private_drains,
-                endpoints: BTreeMap::from([
-                    ("firehose".to_owned(), w.url("firehose", "http")),
                 // The roles that call the API: tokens by client credentials, renewed before
                 // they expire (the firehose keeps its own long-lived token).
                 clients: vec![hydrant_cloudcontroller::ClientConfig {
@@ -135,6 +135,10 @@ mod platform {
                     ],
                     audiences: vec![hydrant_auth::AUD_API.to_owned()],
                 }],
+                admin_user: ADMIN_USER.to_owned(),
+                allow_private_drains: w.options.allow_private_drains,
+                endpoints: BTreeMap::from([
+                    ("firehose".to_owned(), w.url("firehose", "http")),
                     ("agent".to_owned(), w.url("agent", "ingress")),
                     ("router".to_owned(), w.url("router", "http")),
                     // The SLO alerter's status (budgets, burn rates, alerts) for `hydrant slo`.
@@ -150,7 +154,7 @@ mod platform {
                     ..hydrant_cloudcontroller::StagingIsolation::default()
                 },
                 bus: w.bus.clone(),
-                telemetry: w.platform_telemetry(),
+                telemetry: w.platform_telemetry(hydrant_tls::Identity::CloudController),
                 ..hydrant_cloudcontroller::Config::default()
             };
             // A second micro cloud on this host: staging on its own bridge and subnet.
@@ -179,7 +183,7 @@ mod platform {
                     hydrant_executor::Isolation::None
                 },
                 bus: w.bus.clone(),
-                telemetry: w.platform_telemetry(),
+                telemetry: w.platform_telemetry(hydrant_tls::Identity::Executor),
                 ..hydrant_executor::Config::default()
             };
             // A second micro cloud on this host: its own bridge, subnet and cgroup parent.
@@ -206,7 +210,7 @@ mod platform {
                 client_id: Some(ROLES_CLIENT.to_owned()),
                 client_secret: Some(w.roles_client_secret.clone()),
                 bus: w.bus.clone(),
-                telemetry: w.platform_telemetry(),
+                telemetry: w.platform_telemetry(hydrant_tls::Identity::HealthManager),
                 ..hydrant_healthmanager::Config::default()
             }
         }
@@ -227,7 +231,7 @@ mod platform {
                 // On one machine the API is cheap to ask: pick up a new SLO and judge it sooner.
                 poll_interval_secs: 5,
                 evaluate_interval_secs: 5,
-                telemetry: w.platform_telemetry(),
+                telemetry: w.platform_telemetry(hydrant_tls::Identity::Slo),
                 ..hydrant_slo::Config::default()
             }
         }
@@ -254,7 +258,7 @@ mod platform {
                     allow_private: w.options.allow_private_drains,
                     ..hydrant_nozzle_syslog::PlatformConfig::default()
                 }),
-                telemetry: w.platform_telemetry(),
+                telemetry: w.platform_telemetry(hydrant_tls::Identity::Nozzle),
                 ..hydrant_nozzle_syslog::Config::default()
             }
         }
@@ -272,7 +276,7 @@ mod platform {
                 client_secret: Some(w.roles_client_secret.clone()),
                 firehose: firehose(w),
                 rule_duration_cap_secs: w.options.autoscaler_rule_cap_secs,
-                telemetry: w.platform_telemetry(),
+                telemetry: w.platform_telemetry(hydrant_tls::Identity::Autoscaler),
                 ..hydrant_autoscaler::Config::default()
             }
         }
@@ -286,7 +290,7 @@ mod platform {
         fn config(w: &Wiring) -> hydrant_router::Config {
             hydrant_router::Config {
                 bus: w.bus.clone(),
-                telemetry: w.platform_telemetry(),
+                telemetry: w.platform_telemetry(hydrant_tls::Identity::Router),
                 ..hydrant_router::Config::default()
             }
         }
