@@ -22,7 +22,6 @@ use hydrant_emitter::Emitter;
 use hydrant_nozzle_core::{Backoff, BreakerConfig};
 use hydrant_nozzle_datadog::{BatchConfig, Config, TimerMode};
 use hydrant_nozzle_testkit::{Pipeline, Probe, metric_matching as metric, refusal, scrape};
-use hydrant_runtime::Validate as _;
 use hydrant_testkit::wait_for;
 use serde_json::Value;
 
@@ -99,13 +98,7 @@ async fn start_nozzle(mut config: Config) -> (Nozzle, tempfile::NamedTempFile) {
     let mut key_file = tempfile::NamedTempFile::new().unwrap();
     writeln!(key_file, "{KEY}").unwrap();
     config.api_key_file = Some(key_file.path().to_owned());
-    config.validate().unwrap();
-    let listeners = hydrant_runtime::bind::<hydrant_nozzle_datadog::DatadogNozzle>(&config)
-        .await
-        .unwrap();
-    let nozzle = Nozzle::spawn(listeners.local_addr("admin").unwrap(), |shutdown| {
-        hydrant_runtime::run::<hydrant_nozzle_datadog::DatadogNozzle>(config, listeners, shutdown)
-    });
+    let nozzle = Nozzle::start::<hydrant_nozzle_datadog::DatadogNozzle>(config).await;
     (nozzle, key_file)
 }
 

@@ -152,6 +152,22 @@ impl<E: Debug + Send + 'static> Nozzle<E> {
         }
     }
 
+    /// Checks `config`, binds role `R`'s listeners where it names them (tests name
+    /// `127.0.0.1:0`) and runs the role as `hydrant run` does.
+    pub async fn start<R: hydrant_runtime::Role<Error = E>>(config: R::Config) -> Self {
+        use hydrant_runtime::Validate as _;
+        config.validate().expect("the test's config is valid");
+        let listeners = hydrant_runtime::bind::<R>(&config)
+            .await
+            .expect("the role's listeners bind on loopback");
+        let admin = listeners
+            .local_addr("admin")
+            .expect("a nozzle serves an admin listener");
+        Self::spawn(admin, |shutdown| {
+            hydrant_runtime::run::<R>(config, listeners, shutdown)
+        })
+    }
+
     /// Emits probes until the nozzle has read one: from then on the firehose path is open end
     /// to end, so nothing the test emits next can fall into a subscription not yet made.
     pub async fn wait_until_flowing(&self, emitter: &Emitter, probe: Probe) {

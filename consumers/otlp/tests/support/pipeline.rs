@@ -4,7 +4,6 @@
 use hydrant_nozzle_core::{Backoff, BreakerConfig};
 use hydrant_nozzle_otlp::{Config, Headers};
 use hydrant_nozzle_testkit::Pipeline;
-use hydrant_runtime::Validate as _;
 
 /// The OTLP nozzle running on a task.
 pub type Nozzle = hydrant_nozzle_testkit::Nozzle<hydrant_nozzle_otlp::Error>;
@@ -40,11 +39,5 @@ pub fn nozzle_config(pipeline: &Pipeline, endpoint: &str) -> Config {
 
 /// Starts the nozzle through `run`, as the binary does.
 pub async fn start_nozzle(config: Config) -> Nozzle {
-    config.validate().unwrap();
-    let listeners = hydrant_runtime::bind::<hydrant_nozzle_otlp::OtlpNozzle>(&config)
-        .await
-        .unwrap();
-    Nozzle::spawn(listeners.local_addr("admin").unwrap(), |shutdown| {
-        hydrant_runtime::run::<hydrant_nozzle_otlp::OtlpNozzle>(config, listeners, shutdown)
-    })
+    Nozzle::start::<hydrant_nozzle_otlp::OtlpNozzle>(config).await
 }

@@ -11,7 +11,6 @@ use hydrant_emitter::Emitter;
 use hydrant_nozzle_core::{Backoff, BreakerConfig};
 use hydrant_nozzle_syslog::Config;
 use hydrant_nozzle_testkit::{Pipeline, Probe, admin_get};
-use hydrant_runtime::Validate as _;
 
 /// The syslog role running on a task.
 pub type Nozzle = hydrant_nozzle_testkit::Nozzle<hydrant_nozzle_syslog::Error>;
@@ -43,13 +42,7 @@ pub async fn start_nozzle(pipeline: &Pipeline, drains: Vec<String>) -> Nozzle {
 }
 
 pub async fn start_nozzle_with(config: Config) -> Nozzle {
-    config.validate().unwrap();
-    let listeners = hydrant_runtime::bind::<hydrant_nozzle_syslog::SyslogNozzle>(&config)
-        .await
-        .unwrap();
-    Nozzle::spawn(listeners.local_addr("admin").unwrap(), |shutdown| {
-        hydrant_runtime::run::<hydrant_nozzle_syslog::SyslogNozzle>(config, listeners, shutdown)
-    })
+    Nozzle::start::<hydrant_nozzle_syslog::SyslogNozzle>(config).await
 }
 
 /// The nozzle's `/drains` report, by key.
