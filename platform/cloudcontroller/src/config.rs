@@ -231,18 +231,6 @@ impl hydrant_runtime::Validate for Config {
                 return Err(invalid(field, "must be between 1 and 2592000 seconds").into());
             }
         }
-        if self.max_blob_bytes == 0 || self.max_package_bytes == 0 {
-            return Err(invalid(
-                "max_blob_bytes",
-                "max_blob_bytes and max_package_bytes must be at least 1",
-            )
-            .into());
-        }
-        let counts = [
-            ("max_package_files", self.max_package_files, 10_000_000),
-            ("max_request_bytes", self.max_request_bytes, 1 << 30),
-            ("max_small_request_bytes", self.max_small_request_bytes, 1 << 30),
-            ("staging_queue", self.staging_queue, 10_000),
         if !(1..=90 * 86_400).contains(&self.refresh_token_ttl_secs) {
             return Err(invalid(
                 "refresh_token_ttl_secs",
@@ -253,6 +241,22 @@ impl hydrant_runtime::Validate for Config {
         for (i, client) in self.clients.iter().enumerate() {
             client.validate(&format!("clients[{i}]."))?;
         }
+        if self.max_blob_bytes == 0 || self.max_package_bytes == 0 {
+            return Err(invalid(
+                "max_blob_bytes",
+                "max_blob_bytes and max_package_bytes must be at least 1",
+            )
+            .into());
+        }
+        let counts = [
+            ("max_package_files", self.max_package_files, 10_000_000),
+            ("max_request_bytes", self.max_request_bytes, 1 << 30),
+            (
+                "max_small_request_bytes",
+                self.max_small_request_bytes,
+                1 << 30,
+            ),
+            ("staging_queue", self.staging_queue, 10_000),
             ("staging_workers", self.staging_workers, 64),
         ];
         for (field, value, max) in counts {
@@ -444,27 +448,6 @@ pub(crate) fn is_domain(text: &str) -> bool {
         })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use hydrant_runtime::Validate as _;
-
-    #[test]
-    fn default_is_valid_and_documented_values_hold() {
-        let config = Config::default();
-        config.validate().unwrap();
-        assert_eq!(config.listen, "127.0.0.1:9022");
-        assert_eq!(config.apps_domain, "apps.localhost");
-        assert!(config.token_keys_path().ends_with("token_keys"));
-        assert_eq!(config.token_ttl_secs, 3600);
-        let staging = &config.staging_isolation;
-        assert_eq!(staging.mode, IsolationMode::Container);
-        assert_eq!(staging.memory_mb, 1024);
-        assert_eq!(staging.containers.pids_limit, 2048);
-        assert_eq!(
-            (
-                staging.network.bridge.as_str(),
-                staging.network.subnet.as_str()
 /// One OAuth2 client (`[[clients]]`): a role that calls the API gets its tokens with
 /// `grant_type = client_credentials` and this id and secret.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -561,6 +544,27 @@ impl ClientConfig {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hydrant_runtime::Validate as _;
+
+    #[test]
+    fn default_is_valid_and_documented_values_hold() {
+        let config = Config::default();
+        config.validate().unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9022");
+        assert_eq!(config.apps_domain, "apps.localhost");
+        assert!(config.token_keys_path().ends_with("token_keys"));
+        assert_eq!(config.token_ttl_secs, 3600);
+        let staging = &config.staging_isolation;
+        assert_eq!(staging.mode, IsolationMode::Container);
+        assert_eq!(staging.memory_mb, 1024);
+        assert_eq!(staging.containers.pids_limit, 2048);
+        assert_eq!(
+            (
+                staging.network.bridge.as_str(),
+                staging.network.subnet.as_str()
             ),
             (STAGING_BRIDGE, STAGING_SUBNET)
         );

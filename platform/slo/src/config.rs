@@ -110,15 +110,15 @@ impl Default for Config {
             api_url: "http://127.0.0.1:9022".to_owned(),
             token: None,
             token_file: None,
+            client_id: None,
+            client_secret: None,
+            client_secret_file: None,
             poll_interval_secs: 15,
             request_timeout_ms: 5000,
             firehose: ClientConfig::default(),
             subscription_id: "slo-alerter".to_owned(),
             data_dir: PathBuf::from("slo-data"),
             evaluate_interval_secs: 10,
-            client_id: None,
-            client_secret: None,
-            client_secret_file: None,
             flush_interval_secs: 60,
             windows: WindowsConfig::default(),
             webhook: WebhookConfig::default(),
@@ -141,19 +141,13 @@ impl hydrant_runtime::Validate for Config {
             self.token.as_ref(),
             self.token_file.as_ref(),
         )
-        .validate("", "an admin token")
-        .map_err(hydrant_runtime::Error::from)?;
-        if self.subscription_id.is_empty() || self.subscription_id.len() > 128 {
-            return Err(invalid(
-                "subscription_id",
-                "must be 1 to 128 characters, e.g. \"slo-alerter\"",
         .with_client(
             self.client_id.as_ref(),
             self.client_secret.as_ref(),
             self.client_secret_file.as_ref(),
         )
-            )
-            .into());
+        .validate("", "an admin token")
+        .map_err(hydrant_runtime::Error::from)?;
         if self.client_id.is_some() && self.firehose.token.trim().is_empty() {
             // The firehose client holds one token for its whole life; a client-credential
             // token expires within the hour and would end the stream (1008) for good.
@@ -164,6 +158,12 @@ impl hydrant_runtime::Validate for Config {
             )
             .into());
         }
+        if self.subscription_id.is_empty() || self.subscription_id.len() > 128 {
+            return Err(invalid(
+                "subscription_id",
+                "must be 1 to 128 characters, e.g. \"slo-alerter\"",
+            )
+            .into());
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "is empty; write a directory path").into());
