@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use hydrant_runtime::invalid;
+
 use crate::Error;
 
 /// The traffic controller / firehose edge configuration.
@@ -125,15 +127,15 @@ impl Default for Config {
     }
 }
 
-fn invalid(msg: String) -> Error {
-    Error::Config(msg)
-}
-
 fn check_secs(name: &str, v: f64) -> Result<(), Error> {
     if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
-        return Err(invalid(format!(
-            "{name} = {v}: must be a number of seconds above 0 and at most 86400 (e.g. 10 or 0.5)"
-        )));
+        return Err(invalid(
+            name,
+            format!(
+                "{v} is not a number of seconds above 0 and at most 86400; write e.g. 10 or 0.5"
+            ),
+        )
+        .into());
     }
     Ok(())
 }
@@ -153,101 +155,132 @@ impl hydrant_runtime::Validate for Config {
     fn validate(&self) -> Result<(), Error> {
         if let Some(tls) = &self.upstream_tls {
             tls.validate()
-                .map_err(|e| invalid(format!("upstream_{e}")))?;
+                .map_err(|e| Error::from(invalid("upstream_tls", e.to_string())))?;
         }
         for (name, addr) in [
             ("listen", &self.listen),
             ("admin_listen", &self.admin_listen),
         ] {
             if addr.parse::<std::net::SocketAddr>().is_err() {
-                return Err(invalid(format!(
-                    "{name} = {addr:?}: must be an IP address and port such as \"127.0.0.1:8081\""
-                )));
+                return Err(invalid(
+                    name,
+                    format!(
+                        "{addr:?} is not an IP address and port; write e.g. \"127.0.0.1:8081\""
+                    ),
+                )
+                .into());
             }
         }
         if self.dopplers.is_empty() {
             return Err(invalid(
-                "dopplers is empty: list at least one doppler gRPC URL, e.g. [\"http://127.0.0.1:8082\"]"
-                    .to_owned(),
-            ));
+                "dopplers",
+                "is empty: list at least one doppler gRPC URL, e.g. [\"http://127.0.0.1:8082\"]",
+            )
+            .into());
         }
         for (i, url) in self.dopplers.iter().enumerate() {
             let ok = url.parse::<http::Uri>().is_ok_and(|u| {
                 u.scheme_str() == Some("http") && u.authority().is_some_and(|a| a.port().is_some())
             });
             if !ok {
-                return Err(invalid(format!(
-                    "dopplers[{i}] = {url:?}: must be a URL like \"http://127.0.0.1:8082\" \
-                     (http scheme, host and port)"
-                )));
+                return Err(invalid(
+                    format!("dopplers[{i}]"),
+                    format!(
+                        "{url:?} is not a doppler URL: write it like \"http://127.0.0.1:8082\" \
+                         (http scheme, host and port)"
+                    ),
+                )
+                .into());
             }
             if self.dopplers[..i].contains(url) {
-                return Err(invalid(format!(
-                    "dopplers[{i}] = {url:?} is listed twice: every envelope would arrive twice"
-                )));
+                return Err(invalid(
+                    format!("dopplers[{i}]"),
+                    format!("{url:?} is listed twice: every envelope would arrive twice"),
+                )
+                .into());
             }
         }
         let sources = usize::from(self.token_keys_url.is_some())
             + usize::from(self.token_keys_file.is_some());
         if sources > 1 {
             return Err(invalid(
-                "token_keys_url and token_keys_file are both set: keep one".to_owned(),
-            ));
+                "token_keys_url",
+                "token_keys_url and token_keys_file are both set: keep one",
+            )
+            .into());
         }
         let sources = sources + usize::from(self.token_keys.is_some() && sources == 0);
         if sources == 0 && !self.disable_auth {
             return Err(invalid(
+                "token_keys_url",
                 "no token keys: set token_keys_url to the cloud controller's \
                  \"http://HOST:PORT/token_keys\" (or token_keys_file to a saved key set), or \
-                 disable_auth = true for a local benchmark"
-                    .to_owned(),
-            ));
+                 disable_auth = true for a local benchmark",
+            )
+            .into());
         }
         if sources > 0 && self.disable_auth {
             return Err(invalid(
-                "disable_auth = true with token keys set: remove one (disable_auth serves \
-                 everything to everyone)"
-                    .to_owned(),
-            ));
+                "disable_auth",
+                "is true with token keys set: remove one (disable_auth serves everything to \
+                 everyone)",
+            )
+            .into());
         }
         if let Some(url) = &self.token_keys_url {
             let ok = url
                 .parse::<http::Uri>()
                 .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
             if !ok {
-                return Err(invalid(format!(
-                    "token_keys_url = {url:?}: must be a URL like \
-                     \"http://127.0.0.1:9022/token_keys\""
-                )));
+                return Err(invalid(
+                    "token_keys_url",
+                    format!(
+                        "{url:?} is not a URL: write it like \"http://127.0.0.1:9022/token_keys\""
+                    ),
+                )
+                .into());
             }
         }
         check_secs("token_keys_refetch_secs", self.token_keys_refetch_secs)?;
         check_secs("token_keys_refresh_secs", self.token_keys_refresh_secs)?;
         if self.queue_max_envelopes == 0 || self.queue_max_envelopes > 10_000_000 {
-            return Err(invalid(format!(
-                "queue_max_envelopes = {}: must be between 1 and 10000000",
-                self.queue_max_envelopes
-            )));
+            return Err(invalid(
+                "queue_max_envelopes",
+                format!(
+                    "{} must be between 1 and 10000000",
+                    self.queue_max_envelopes
+                ),
+            )
+            .into());
         }
         if self.queue_max_bytes < 64 * 1024 || self.queue_max_bytes > 1 << 32 {
-            return Err(invalid(format!(
-                "queue_max_bytes = {}: must be between 65536 (64 KiB) and 4294967296 (4 GiB)",
-                self.queue_max_bytes
-            )));
+            return Err(invalid(
+                "queue_max_bytes",
+                format!(
+                    "{} must be between 65536 (64 KiB) and 4294967296 (4 GiB)",
+                    self.queue_max_bytes
+                ),
+            )
+            .into());
         }
         if self.frame_max_envelopes == 0 || self.frame_max_envelopes > 10_000 {
-            return Err(invalid(format!(
-                "frame_max_envelopes = {}: must be between 1 and 10000",
-                self.frame_max_envelopes
-            )));
+            return Err(invalid(
+                "frame_max_envelopes",
+                format!("{} must be between 1 and 10000", self.frame_max_envelopes),
+            )
+            .into());
         }
         if self.frame_max_bytes < 1024 || self.frame_max_bytes > hydrant_envelope::MAX_MESSAGE_BYTES
         {
-            return Err(invalid(format!(
-                "frame_max_bytes = {}: must be between 1024 and {}",
-                self.frame_max_bytes,
-                hydrant_envelope::MAX_MESSAGE_BYTES
-            )));
+            return Err(invalid(
+                "frame_max_bytes",
+                format!(
+                    "{} must be between 1024 and {}",
+                    self.frame_max_bytes,
+                    hydrant_envelope::MAX_MESSAGE_BYTES
+                ),
+            )
+            .into());
         }
         check_secs(
             "slow_consumer_timeout_secs",
@@ -258,25 +291,22 @@ impl hydrant_runtime::Validate for Config {
         check_secs("sse_heartbeat_secs", self.sse_heartbeat_secs)?;
         check_secs("read_timeout_secs", self.read_timeout_secs)?;
         if self.max_streams == 0 {
-            return Err(invalid(
-                "max_streams = 0: must be at least 1 (default 1000)".to_owned(),
-            ));
+            return Err(invalid("max_streams", "must be at least 1 (default 1000)").into());
         }
         if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
-            return Err(invalid(format!(
-                "reconnect_min_ms = {} and reconnect_max_ms = {}: need 0 < min <= max \
-                 (defaults 10 and 5000)",
-                self.reconnect_min_ms, self.reconnect_max_ms
-            )));
+            return Err(invalid(
+                "reconnect_min_ms",
+                format!(
+                    "{} with reconnect_max_ms = {}: need 0 < min <= max (defaults 10 and 5000)",
+                    self.reconnect_min_ms, self.reconnect_max_ms
+                ),
+            )
+            .into());
         }
         if self.telemetry.interval_secs == 0 {
-            return Err(invalid(
-                "telemetry.interval_secs = 0: must be at least 1".to_owned(),
-            ));
+            return Err(invalid("telemetry.interval_secs", "must be at least 1").into());
         }
-        self.limits
-            .validate("limits")
-            .map_err(|e| invalid(e.to_string()))?;
+        self.limits.validate("limits")?;
         Ok(())
     }
 }

@@ -6,9 +6,9 @@
 /// Why the traffic controller could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A configuration value is unusable; the message names the field.
+    /// A configuration value is unusable; the error names the field.
     #[error("invalid trafficcontroller config: {0}")]
-    Config(String),
+    Config(#[from] hydrant_runtime::ConfigError),
     /// The token key set file could not be loaded.
     #[error("cannot load the token keys: {0}")]
     Key(#[from] hydrant_auth::Error),

@@ -148,10 +148,10 @@ async fn serve(
     let backoff = Backoff::from_ms(config.reconnect_min_ms, config.reconnect_max_ms, 0.25);
     let mut readers = Vec::with_capacity(config.dopplers.len());
     let tls = upstream::tls(config.upstream_tls.as_ref())
-        .map_err(|e| Error::Config(format!("upstream_tls: {e}")))?;
+        .map_err(|e| hydrant_runtime::invalid("upstream_tls", e.to_string()))?;
     for url in &config.dopplers {
         let channel = upstream::read_channel(url, tls.as_ref())
-            .map_err(|e| Error::Config(format!("dopplers: {url:?}: {e}")))?;
+            .map_err(|e| hydrant_runtime::invalid("dopplers", format!("{url:?}: {e}")))?;
         readers.push((url.clone(), channel));
         tracker.spawn(upstream::subscribe(
             url.clone(),
