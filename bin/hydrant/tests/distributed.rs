@@ -8,6 +8,9 @@
 //! lines keep reaching the firehose; afterwards the control plane comes back with nothing lost
 //! and repairs the state (a scale-up lands on the router).
 //!
+//! Every pipeline hop runs mutual TLS, as a real deployment does: one internal CA, a leaf per
+//! role identity, each role presenting its own.
+//!
 //! The bus is authenticated too: nats-server runs the config `hydrant certs nats-config` writes
 //! (TLS, client certificates mapped to users, subject permissions per role), and the executor
 //! has its own cell's bus identity.
@@ -440,7 +443,7 @@ impl Cluster {
                 "network": { "bridge": self.staging_bridge.0, "subnet": self.staging_bridge.1 },
             },
             "bus": self.bus("cloudcontroller"),
-            "telemetry": self.telemetry(),
+            "telemetry": self.telemetry("cloudcontroller"),
         })
     }
 
@@ -509,8 +512,20 @@ impl Cluster {
         }
     }
 
-    fn telemetry(&self) -> serde_json::Value {
-        json!({ "agent": self.url("agent"), "interval_secs": 1 })
+    /// The certificate files of `identity` (every pipeline hop runs mutual TLS).
+    fn tls(&self, identity: &str) -> serde_json::Value {
+        let dir = self.path("certs");
+        json!({
+            "ca_file": dir.join("ca.pem").display().to_string(),
+            "cert_file": dir.join(format!("{identity}.pem")).display().to_string(),
+            "key_file": dir.join(format!("{identity}.key")).display().to_string(),
+        })
+    }
+
+    /// Metrics (and, for the executor and router, app and access logs) to the agent, over
+    /// mutual TLS as `identity`.
+    fn telemetry(&self, identity: &str) -> serde_json::Value {
+        json!({ "agent": self.url("agent"), "interval_secs": 1, "tls": self.tls(identity) })
     }
 
     /// Starts nats-server and the six roles, each with its own data, and logs the CLI in.
@@ -521,18 +536,22 @@ impl Cluster {
         );
         let mut c = Self::new();
         std::fs::create_dir_all(c.home()).unwrap();
+        // One internal CA and a leaf per role identity: every pipeline hop runs mutual TLS.
+        hydrant_tls::issue::ensure(&c.path("certs"), &hydrant_tls::Identity::ALL, &[]).unwrap();
         c.prepare_bus_certs();
         c.start_nats();
         let doppler = json!({
             "listen": format!("127.0.0.1:{}", c.port("doppler")),
             "admin_listen": format!("127.0.0.1:{}", c.port("doppler_admin")),
-            "telemetry": c.telemetry(),
+            "telemetry": c.telemetry("doppler"),
+            "tls": c.tls("doppler"),
         });
         c.start_role("doppler", &doppler, "doppler_admin");
         let agent = json!({
             "listen": format!("127.0.0.1:{}", c.port("agent")),
             "admin_listen": format!("127.0.0.1:{}", c.port("agent_admin")),
             "dopplers": [c.url("doppler")],
+            "tls": c.tls("agent"),
         });
         c.start_role("agent", &agent, "agent_admin");
         let firehose = json!({
@@ -543,7 +562,8 @@ impl Cluster {
             // edge keeps asking), cached so a restarted edge verifies without it.
             "token_keys_url": format!("{}/token_keys", c.url("api")),
             "token_keys_cache": c.path("firehose-token-keys.json").display().to_string(),
-            "telemetry": c.telemetry(),
+            "telemetry": c.telemetry("trafficcontroller"),
+            "upstream_tls": c.tls("trafficcontroller"),
         });
         c.start_role("trafficcontroller", &firehose, "firehose_admin");
         let cc = c.cloudcontroller_config();
@@ -562,7 +582,7 @@ impl Cluster {
             "heartbeat_interval_secs": 1,
             "register_interval_secs": 1,
             "bus": c.bus("executor"),
-            "telemetry": c.telemetry(),
+            "telemetry": c.telemetry("executor"),
         });
         c.start_role("executor", &executor, "executor_admin");
         let router = json!({
@@ -572,7 +592,7 @@ impl Cluster {
             "prune_threshold_secs": ROUTE_TTL_SECS,
             "prune_interval_ms": 200,
             "bus": c.bus("router"),
-            "telemetry": c.telemetry(),
+            "telemetry": c.telemetry("router"),
         });
         c.start_role("router", &router, "router_admin");
 
