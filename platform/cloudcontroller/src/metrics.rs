@@ -26,6 +26,8 @@ pub(crate) struct Metrics {
     pub(crate) executors: Gauge,
     pub(crate) dropped_malformed: Counter,
     pub(crate) dropped_unknown_app: Counter,
+    pub(crate) dropped_wrong_cell: Counter,
+    pub(crate) dropped_not_placed: Counter,
 }
 
 impl Metrics {
@@ -114,6 +116,8 @@ impl Metrics {
             ),
             dropped_malformed: dropped("malformed"),
             dropped_unknown_app: dropped("unknown_app"),
+            dropped_wrong_cell: dropped(hydrant_bus::placement::REASON_WRONG_CELL),
+            dropped_not_placed: dropped(hydrant_bus::placement::REASON_NOT_PLACED),
         }
     }
 

@@ -1,12 +1,17 @@
 //! Placement and convergence: making the instances executors run match the desired state.
 //!
-//! Flow: `executor.heartbeat` → the executor table (capacity, usage, instances) →
+//! Flow: `executor.heartbeat.<cell>` (vetted against the placements announced on
+//! `executor.placed.*`: a cell speaks only for itself and the instances placed on it; anything
+//! else is dropped, counted as `cloudcontroller.dropped{reason}` and logged) → the executor
+//! table (capacity, usage, instances) →
 //! [`Placement::converge`] (every `converge_interval_ms` and whenever something changes) →
 //! `StartInstance` requests for desired instances not seen in any heartbeat (placed on the
 //! executor with room that runs the fewest of the app's instances, then the most free
 //! memory; a refusal moves on to the next) and `StopInstance` requests for instances nobody
 //! wants (stopped or deleted apps, indexes above the desired count, duplicates, instances
-//! replaced by a restart). `executor.crash` becomes an `audit.app.process.crash` event.
+//! replaced by a restart); each start is announced first on `executor.placed.<cell>` (without
+//! the environment) for the router and the health manager. `executor.crash.<cell>`, vetted the
+//! same way, becomes an `audit.app.process.crash` event.
 //!
 //! Invariants: every request is idempotent and re-sent by the next pass until a heartbeat
 //! shows it took effect, so a lost message is repaired rather than retried in a storm; crashed
@@ -22,9 +27,10 @@ use hydrant_api::{App, AppState, CrashInfo, InstanceInfo, ProcessStats};
 use hydrant_auth::Claims;
 use hydrant_bus::messages::{
     self, ExecutorCrash, ExecutorHeartbeat, ExecutorReply, HealthCheck, HealthCheckType,
-    InstanceHeartbeat, InstanceState, StartInstance, StopInstance,
+    InstanceHeartbeat, InstancePlaced, InstanceState, StartInstance, StopInstance,
 };
-use hydrant_bus::{Bus, Subscription};
+use hydrant_bus::placement::{Placements, Refusal};
+use hydrant_bus::{Bus, Message, Subscription};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -308,14 +314,18 @@ impl Placement {
 /// Subscriptions the loop reads; made before the API serves, so no heartbeat is missed.
 #[derive(Debug)]
 pub(crate) struct Feeds {
+    placed: Subscription,
     heartbeats: Subscription,
     crashes: Subscription,
 }
 
 pub(crate) async fn subscribe(bus: &Bus) -> Result<Feeds, hydrant_bus::Error> {
+    // Each cell on its own subject (the only ones its bus identity may publish).
+    let every = messages::every_cell;
     let feeds = Feeds {
-        heartbeats: bus.subscribe(messages::EXECUTOR_HEARTBEAT).await?,
-        crashes: bus.subscribe(messages::EXECUTOR_CRASH).await?,
+        placed: bus.subscribe(&every(messages::EXECUTOR_PLACED)).await?,
+        heartbeats: bus.subscribe(&every(messages::EXECUTOR_HEARTBEAT)).await?,
+        crashes: bus.subscribe(&every(messages::EXECUTOR_CRASH)).await?,
     };
     // Learn the executors now rather than at their next heartbeat (up to 10 s away), so the
     // first push after a (re)start is placed at once.
@@ -328,13 +338,30 @@ pub(crate) async fn run(ctx: Arc<Ctx>, bus: Bus, mut feeds: Feeds, shutdown: Can
     let interval = Duration::from_millis(ctx.config.converge_interval_ms);
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut placements = Placements::default();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
+            Some(message) = feeds.placed.next() => learn(&ctx, &mut placements, &message),
             message = feeds.heartbeats.next() => {
                 let Some(message) = message else { break };
+                // Every placement announced before this heartbeat first.
+                while let Some(placed) = feeds.placed.try_next() {
+                    learn(&ctx, &mut placements, &placed);
+                }
                 match message.json::<ExecutorHeartbeat>() {
-                    Ok(hb) if !hb.executor_id.is_empty() => {
+                    Ok(mut hb) if !hb.executor_id.is_empty() => {
+                        match placements.vet_heartbeat(&message.subject, &mut hb) {
+                            Ok(forged) => {
+                                for instance in &forged {
+                                    refused(&ctx, Refusal::NotPlaced, &message.subject, &hb.executor_id, instance);
+                                }
+                            }
+                            Err(refusal) => {
+                                refused(&ctx, refusal, &message.subject, &hb.executor_id, "(all)");
+                                continue;
+                            }
+                        }
                         ctx.metrics.heartbeats.inc();
                         let known = ctx.placement.lock().executors.contains_key(&hb.executor_id);
                         ctx.placement.heartbeat(hb);
@@ -348,8 +375,14 @@ pub(crate) async fn run(ctx: Arc<Ctx>, bus: Bus, mut feeds: Feeds, shutdown: Can
             }
             message = feeds.crashes.next() => {
                 let Some(message) = message else { break };
+                while let Some(placed) = feeds.placed.try_next() {
+                    learn(&ctx, &mut placements, &placed);
+                }
                 match message.json::<ExecutorCrash>() {
-                    Ok(crash) => record_crash(&ctx, crash).await,
+                    Ok(crash) => match placements.vet_crash(&message.subject, &crash) {
+                        Ok(()) => record_crash(&ctx, crash).await,
+                        Err(refusal) => refused(&ctx, refusal, &message.subject, &crash.executor_id, &crash.instance),
+                    },
                     Err(_) => ctx.metrics.dropped_malformed.inc(),
                 }
             }
@@ -357,6 +390,27 @@ pub(crate) async fn run(ctx: Arc<Ctx>, bus: Bus, mut feeds: Feeds, shutdown: Can
             _ = ticks.tick() => converge(&ctx, &bus).await,
         }
     }
+}
+
+fn learn(ctx: &Ctx, placements: &mut Placements, message: &Message) {
+    if !placements.learn(message) {
+        ctx.metrics.dropped_malformed.inc();
+    }
+}
+
+/// Counts and logs a cell's report the placement check refused; nothing acts on it.
+fn refused(ctx: &Ctx, refusal: Refusal, subject: &str, executor_id: &str, instance: &str) {
+    match refusal {
+        Refusal::WrongCell => ctx.metrics.dropped_wrong_cell.inc(),
+        Refusal::NotPlaced => ctx.metrics.dropped_not_placed.inc(),
+    }
+    tracing::warn!(
+        %subject,
+        executor_id = %executor_id.escape_debug(),
+        instance = %instance.escape_debug(),
+        reason = refusal.reason(),
+        "cloud controller: dropped a report from a cell about an instance it does not run"
+    );
 }
 
 async fn record_crash(ctx: &Arc<Ctx>, crash: ExecutorCrash) {
@@ -709,6 +763,14 @@ async fn send_start(
     start: &StartInstance,
 ) -> Result<(), String> {
     let payload = messages::encode(start).map_err(|e| e.to_string())?;
+    // The placement first, so the router and the health manager know the instance is this
+    // cell's before its first heartbeat or route registration.
+    if let Err(error) = bus.publish_json(
+        &messages::executor_placed_subject(executor_id),
+        &InstancePlaced::from(start),
+    ) {
+        tracing::warn!(%error, executor_id, "cloud controller: cannot announce a placement");
+    }
     let subject = messages::executor_start_subject(executor_id);
     match bus.request(&subject, payload, request_timeout(ctx)).await {
         Ok(reply) => match reply.json::<ExecutorReply>() {

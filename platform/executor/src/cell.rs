@@ -4,8 +4,8 @@
 //!
 //! Flow: `executor.start.<id>` / `executor.stop.<id>` → [`Cell::handle_start`] /
 //! [`Cell::handle_stop`] → an instance task (`instance`) that reports its state changes back
-//! through [`Cell::set_state`] → heartbeats (`executor.heartbeat`) and routes
-//! (`router.register` / `router.unregister`).
+//! through [`Cell::set_state`] → heartbeats (`executor.heartbeat.<id>`) and routes
+//! (`router.register.<id>` / `router.unregister.<id>`); crashes go to `executor.crash.<id>`.
 //!
 //! Invariants: start and stop are idempotent per instance guid; memory is reserved under the
 //! table lock, so two concurrent starts can never overcommit; a route is registered only for a
@@ -394,7 +394,10 @@ impl Cell {
     /// Publishes the crash of `guid`.
     pub(crate) fn report_crash(&self, crash: &ExecutorCrash) {
         self.metrics.crash(&crash.reason);
-        self.publish(messages::EXECUTOR_CRASH, crash);
+        self.publish(
+            &messages::executor_crash_subject(&self.config.executor_id),
+            crash,
+        );
     }
 
     fn registration(&self, guid: &str, record: &Record) -> RegistryMessage {

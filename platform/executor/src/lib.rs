@@ -4,8 +4,10 @@
 //!
 //! Flow: cloud controller / health manager → `executor.start.<id>`, `executor.stop.<id>` (bus)
 //! → [`Executor`] → one task per instance (droplet → process group → health → RUNNING) → app
-//! stdout/stderr and container metrics → emitter → agent; state → `executor.heartbeat`,
-//! `executor.crash`, `router.register.<executor_id>` / `router.unregister.<executor_id>` (bus).
+//! stdout/stderr and container metrics → emitter → agent; state → `executor.heartbeat.<executor_id>`,
+//! `executor.crash.<executor_id>`, `router.register.<executor_id>` /
+//! `router.unregister.<executor_id>` (bus; each on the cell's own subject, the only ones its
+//! bus identity may publish).
 //!
 //! Invariants:
 //! - The data plane outlives the control plane: nothing an instance does waits on the bus or
@@ -179,7 +181,10 @@ async fn serve(
     let announcers = CancellationToken::new();
     let _announcers_guard = announcers.clone().drop_guard();
     let beat = Arc::clone(&cell);
-    let heartbeats = Announcer::new(&bus, messages::EXECUTOR_HEARTBEAT, heartbeat_interval)
+    // Per-cell subject, like the route registrations below: consumers check that the cell it
+    // names is the `executor_id` in the heartbeat.
+    let heartbeat_subject = messages::executor_heartbeat_subject(&cell.config.executor_id);
+    let heartbeats = Announcer::new(&bus, &heartbeat_subject, heartbeat_interval)
         .retrigger_on(messages::EXECUTOR_GREET)
         .min_gap(Duration::ZERO)
         .spawn(announcers.clone(), move || {
@@ -234,7 +239,7 @@ async fn serve(
         }
     }
     // The final word: every instance DOWN (or CRASHED), routes already unregistered.
-    cell.publish(messages::EXECUTOR_HEARTBEAT, &cell.heartbeat());
+    cell.publish(&heartbeat_subject, &cell.heartbeat());
     announcers.cancel();
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, bus.flush()).await;
     emitter_stop.cancel();

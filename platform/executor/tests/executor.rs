@@ -464,7 +464,7 @@ async fn shutting_the_executor_down_stops_its_instances_and_unregisters_routes()
     let mut unregisters = rig.bus.subscribe("router.unregister.*").await.unwrap();
     let mut heartbeats = rig
         .bus
-        .subscribe(messages::EXECUTOR_HEARTBEAT)
+        .subscribe(&messages::every_cell(messages::EXECUTOR_HEARTBEAT))
         .await
         .unwrap();
     let data = rig.data.path().join("executor");

@@ -3,7 +3,9 @@
 //! restarting crashed instances on Cloud Foundry's crash back-off — without ever acting
 //! destructively on a picture it cannot trust.
 //!
-//! Flow: `executor.heartbeat`, `executor.crash`, `executor.start.*` (bus) → `tracker`
+//! Flow: `executor.heartbeat.<cell>`, `executor.crash.<cell>` (each vetted against the
+//! placements from `executor.placed.*`: a cell speaks only for itself and the instances placed
+//! on it; anything else is dropped, counted and logged), `executor.start.*` (bus) → `tracker`
 //! (actual state, crash counts, a timer per pending restart) → at each restart's exact due
 //! time: `POST /v3/apps/{guid}/instances/{index}/actions/restart` (the controller places a
 //! fresh instance and writes `audit.app.process.restart`), or, with the controller
@@ -39,9 +41,11 @@ use std::time::Duration;
 
 use hydrant_api::{Client, RestartInstance};
 use hydrant_bus::messages::{
-    self, ExecutorCrash, ExecutorHeartbeat, ExecutorReply, StartInstance, StopInstance,
+    self, ExecutorCrash, ExecutorHeartbeat, ExecutorReply, InstancePlaced, StartInstance,
+    StopInstance,
 };
-use hydrant_bus::{Bus, Message};
+use hydrant_bus::placement::{Placements, Refusal};
+use hydrant_bus::{Bus, Message, Subscription};
 use hydrant_emitter::{Emitter, Registry};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -54,7 +58,10 @@ pub use backoff::{
 };
 pub use config::Config;
 pub use error::Error;
-pub use metrics::{DROP_MALFORMED, DROP_NO_COPY, DROP_NO_EXECUTOR, DROP_TABLE_FULL};
+pub use metrics::{
+    DROP_MALFORMED, DROP_NO_COPY, DROP_NO_EXECUTOR, DROP_NOT_PLACED, DROP_TABLE_FULL,
+    DROP_WRONG_CELL,
+};
 
 use desired::{Desired, TokenSource};
 use metrics::Metrics;
@@ -191,6 +198,14 @@ async fn send_start(shared: &Shared, executor_id: &str, start: &StartInstance) -
     let Ok(payload) = messages::encode(start) else {
         return false;
     };
+    // The placement first, so consumers (the router, the cloud controller) know the instance
+    // is this cell's before its first heartbeat or route registration.
+    if let Err(error) = shared.bus.publish_json(
+        &messages::executor_placed_subject(executor_id),
+        &InstancePlaced::from(start),
+    ) {
+        tracing::warn!(%error, executor_id, "health manager: cannot announce a placement");
+    }
     let subject = messages::executor_start_subject(executor_id);
     match shared.bus.request(&subject, payload, shared.timeout).await {
         Ok(reply) => reply.json::<ExecutorReply>().is_ok_and(|r| r.accepted),
@@ -274,6 +289,8 @@ async fn restart(shared: &Shared, job: Job) -> bool {
 struct Loop {
     shared: Arc<Shared>,
     tracker: Tracker,
+    /// Which cell runs which instance, from `executor.placed.*`.
+    placements: Placements,
     tasks: TaskTracker,
     retries: mpsc::Sender<(Key, bool)>,
     attempts: HashMap<Key, u32>,
@@ -286,14 +303,59 @@ struct Loop {
 }
 
 impl Loop {
+    /// Applies every placement waiting, so a report is vetted against all placements
+    /// published before it.
+    fn learn_placements(&mut self, placed: &mut Subscription) {
+        while let Some(message) = placed.try_next() {
+            self.learn_placement(&message);
+        }
+    }
+
+    fn learn_placement(&mut self, message: &Message) {
+        if !self.placements.learn(message) {
+            self.shared.metrics.dropped_malformed.inc();
+        }
+    }
+
+    /// Counts and logs a cell's report the placement check refused; nothing acts on it.
+    fn refuse(&self, refusal: Refusal, subject: &str, executor_id: &str, instance: &str) {
+        self.shared.metrics.refused(refusal);
+        tracing::warn!(
+            %subject,
+            executor_id = %executor_id.escape_debug(),
+            instance = %instance.escape_debug(),
+            reason = refusal.reason(),
+            "health manager: dropped a report from a cell about an instance it does not run"
+        );
+    }
+
     fn on_heartbeat(&mut self, message: &Message) {
-        let heartbeat = match message.json::<ExecutorHeartbeat>() {
+        let mut heartbeat = match message.json::<ExecutorHeartbeat>() {
             Ok(hb) if !hb.executor_id.is_empty() => hb,
             _ => {
                 self.shared.metrics.dropped_malformed.inc();
                 return;
             }
         };
+        match self
+            .placements
+            .vet_heartbeat(&message.subject, &mut heartbeat)
+        {
+            Ok(forged) => {
+                for instance in &forged {
+                    self.refuse(
+                        Refusal::NotPlaced,
+                        &message.subject,
+                        &heartbeat.executor_id,
+                        instance,
+                    );
+                }
+            }
+            Err(refusal) => {
+                self.refuse(refusal, &message.subject, &heartbeat.executor_id, "(all)");
+                return;
+            }
+        }
         let (crashed, full) = self.tracker.heartbeat(heartbeat, Instant::now());
         self.shared.metrics.dropped_table_full.add(full as u64);
         for c in crashed {
@@ -304,6 +366,15 @@ impl Loop {
     fn on_crash_message(&mut self, message: &Message) {
         match message.json::<ExecutorCrash>() {
             Ok(crash) if !crash.app.is_empty() && !crash.instance.is_empty() => {
+                if let Err(refusal) = self.placements.vet_crash(&message.subject, &crash) {
+                    self.refuse(
+                        refusal,
+                        &message.subject,
+                        &crash.executor_id,
+                        &crash.instance,
+                    );
+                    return;
+                }
                 self.on_crash(&(crash.app, crash.index), &crash.instance);
             }
             _ => self.shared.metrics.dropped_malformed.inc(),
@@ -536,8 +607,16 @@ async fn serve(
     let _emitter_guard = emitter_stop.clone().drop_guard();
     let emitter = config.telemetry.start(&registry, emitter_stop.clone());
 
-    let mut heartbeats = bus.subscribe(messages::EXECUTOR_HEARTBEAT).await?;
-    let mut crashes = bus.subscribe(messages::EXECUTOR_CRASH).await?;
+    // Each cell on its own subject (the only ones its bus identity may publish).
+    let mut placed = bus
+        .subscribe(&messages::every_cell(messages::EXECUTOR_PLACED))
+        .await?;
+    let mut heartbeats = bus
+        .subscribe(&messages::every_cell(messages::EXECUTOR_HEARTBEAT))
+        .await?;
+    let mut crashes = bus
+        .subscribe(&messages::every_cell(messages::EXECUTOR_CRASH))
+        .await?;
     let mut starts = bus
         .subscribe(&format!("{}.*", messages::EXECUTOR_START))
         .await?;
@@ -574,6 +653,7 @@ async fn serve(
             Config::secs(config.executor_timeout_secs),
             config.max_tracked,
         ),
+        placements: Placements::new(config.max_tracked),
         tasks: tasks.clone(),
         retries: retry_tx,
         attempts: HashMap::new(),
@@ -591,8 +671,15 @@ async fn serve(
         let next_due = state.tracker.next_due();
         tokio::select! {
             () = shutdown.cancelled() => break,
-            Some(message) = heartbeats.next() => state.on_heartbeat(&message),
-            Some(message) = crashes.next() => state.on_crash_message(&message),
+            Some(message) = placed.next() => state.learn_placement(&message),
+            Some(message) = heartbeats.next() => {
+                state.learn_placements(&mut placed);
+                state.on_heartbeat(&message);
+            }
+            Some(message) = crashes.next() => {
+                state.learn_placements(&mut placed);
+                state.on_crash_message(&message);
+            }
             Some(message) = starts.next() => state.on_start(&message),
             Some((key, done)) = retry_rx.recv() => {
                 if done {

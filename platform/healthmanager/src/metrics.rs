@@ -3,6 +3,7 @@
 //! Invariant: every bus message, restart or table entry the health manager drops is counted
 //! here under `healthmanager.dropped{reason}`.
 
+use hydrant_bus::placement::Refusal;
 use hydrant_emitter::{Counter, Gauge, Registry};
 
 /// A bus message that did not decode.
@@ -13,6 +14,10 @@ pub const DROP_TABLE_FULL: &str = "table_full";
 pub const DROP_NO_COPY: &str = "no_copy";
 /// A restart no executor accepted (retried after `retry_secs`).
 pub const DROP_NO_EXECUTOR: &str = "no_executor";
+/// A heartbeat or crash whose `executor_id` is not the cell its subject names.
+pub const DROP_WRONG_CELL: &str = hydrant_bus::placement::REASON_WRONG_CELL;
+/// A crash, or one heartbeat entry, about an instance placed on another cell.
+pub const DROP_NOT_PLACED: &str = hydrant_bus::placement::REASON_NOT_PLACED;
 
 /// Handles to every health manager metric.
 #[derive(Debug, Clone)]
@@ -30,9 +35,19 @@ pub(crate) struct Metrics {
     pub(crate) dropped_table_full: Counter,
     pub(crate) dropped_no_copy: Counter,
     pub(crate) dropped_no_executor: Counter,
+    pub(crate) dropped_wrong_cell: Counter,
+    pub(crate) dropped_not_placed: Counter,
 }
 
 impl Metrics {
+    /// Counts a cell's report dropped by the placement check.
+    pub(crate) fn refused(&self, refusal: Refusal) {
+        match refusal {
+            Refusal::WrongCell => self.dropped_wrong_cell.inc(),
+            Refusal::NotPlaced => self.dropped_not_placed.inc(),
+        }
+    }
+
     pub(crate) fn new(registry: &Registry) -> Self {
         let dropped = |reason| {
             registry.counter(
@@ -91,6 +106,8 @@ impl Metrics {
             dropped_table_full: dropped(DROP_TABLE_FULL),
             dropped_no_copy: dropped(DROP_NO_COPY),
             dropped_no_executor: dropped(DROP_NO_EXECUTOR),
+            dropped_wrong_cell: dropped(DROP_WRONG_CELL),
+            dropped_not_placed: dropped(DROP_NOT_PLACED),
         }
     }
 }

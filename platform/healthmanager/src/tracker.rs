@@ -2,7 +2,8 @@
 //! each instance index has crashed, when its restart is due, and the newest start request the
 //! cloud controller sent for it.
 //!
-//! Flow: `executor.heartbeat`, `executor.crash`, `executor.start.*` (bus) → [`Tracker`] →
+//! Flow: `executor.heartbeat.<cell>`, `executor.crash.<cell>` (vetted by the run loop against
+//! the placements), `executor.start.*` (bus) → [`Tracker`] →
 //! due restarts ([`Tracker::take_due`]) and extra instances ([`Tracker::extras`]) → the run
 //! loop acts on them.
 //!

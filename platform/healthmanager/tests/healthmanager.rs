@@ -1,7 +1,9 @@
 //! The health manager against the real cloud controller on loopback, fake executors on the
 //! in-process bus and a fake agent that records the HM lines: a crash is restarted through
 //! the controller's restart endpoint at once; with the controller stopped, crashes are still
-//! restarted from the overheard start request and extra instances are held, not stopped.
+//! restarted from the overheard start request and extra instances are held, not stopped; a
+//! cell's crash or heartbeat about another cell's instance is dropped and counted, never
+//! restarted.
 
 #![allow(clippy::unwrap_used, reason = "test code")]
 
@@ -193,7 +195,7 @@ impl FakeExecutor {
                 }
                 let hb = heartbeat(&task_state.lock().unwrap());
                 task_bus
-                    .publish_json(messages::EXECUTOR_HEARTBEAT, &hb)
+                    .publish_json(&messages::executor_heartbeat_subject(&me), &hb)
                     .unwrap();
             }
         });
@@ -228,7 +230,7 @@ impl FakeExecutor {
         };
         self.bus
             .publish_json(
-                messages::EXECUTOR_CRASH,
+                &messages::executor_crash_subject(&self.id),
                 &ExecutorCrash {
                     executor_id: self.id.clone(),
                     app: app.into(),
@@ -297,9 +299,17 @@ fn hm_config(
 }
 
 async fn start_hm(config: hydrant_healthmanager::Config) -> CancellationToken {
+    start_hm_with_admin(config).await.0
+}
+
+/// Starts a health manager and returns its shutdown token and admin (`/metrics`) address.
+async fn start_hm_with_admin(
+    config: hydrant_healthmanager::Config,
+) -> (CancellationToken, std::net::SocketAddr) {
     let listeners = hydrant_runtime::bind::<hydrant_healthmanager::HealthManager>(&config)
         .await
         .unwrap();
+    let admin = listeners.local_addr("admin").unwrap();
     let shutdown = CancellationToken::new();
     tokio::spawn(
         hydrant_runtime::run::<hydrant_healthmanager::HealthManager>(
@@ -308,7 +318,23 @@ async fn start_hm(config: hydrant_healthmanager::Config) -> CancellationToken {
             shutdown.clone(),
         ),
     );
-    shutdown
+    (shutdown, admin)
+}
+
+/// One series of the health manager's `/metrics` (0 when absent), over a plain HTTP/1.0 GET.
+async fn metric(admin: std::net::SocketAddr, name: &str, labels: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: admin\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
 }
 
 /// A cloud controller, one fake executor (`e1`) and a health manager on the in-process bus
@@ -499,4 +525,99 @@ async fn with_the_controller_down_it_restarts_from_overheard_starts_and_holds_st
     assert!(state.instances.iter().any(|i| i.instance == "stray"));
     drop(state);
     hm.cancel();
+}
+
+/// A hostile cell (e2) reports the instance placed on e1 crashed, on its own subject under its
+/// own name and under e1's, and heartbeats it as crashed: every report is dropped and counted
+/// by reason, no crash is counted and nothing is restarted; e1's own crash report still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_crash_from_another_cell_restarts_nothing() {
+    let bus = "hm-forged";
+    let dir = tempfile::tempdir().unwrap();
+    let cc = start_cc(dir.path(), bus).await;
+    let executor = FakeExecutor::start(bus, "e1").await;
+    let agent = FakeAgent::start();
+    let token = cc.admin.token().unwrap().to_owned();
+    let (hm, admin) =
+        start_hm_with_admin(hm_config(bus, cc.admin.base_url(), &token, &agent)).await;
+    let app = running_app(&cc, &executor, "victim").await;
+    let victim = executor.starts_of(&app.guid, 0).remove(0).instance;
+    // The hostile cell joins after the placement, so the instance is e1's.
+    let hostile = FakeExecutor::start(bus, "e2").await;
+    let forged = |executor_id: &str| ExecutorCrash {
+        executor_id: executor_id.into(),
+        app: app.guid.clone(),
+        instance: victim.clone(),
+        index: 0,
+        reason: "CRASHED".into(),
+        exit_description: "forged".into(),
+        ..ExecutorCrash::default()
+    };
+    let e2_crash = messages::executor_crash_subject("e2");
+    hostile.bus.publish_json(&e2_crash, &forged("e2")).unwrap();
+    hostile.bus.publish_json(&e2_crash, &forged("e1")).unwrap();
+    let heartbeat = ExecutorHeartbeat {
+        executor_id: "e2".into(),
+        instances: vec![InstanceHeartbeat {
+            app: app.guid.clone(),
+            instance: victim.clone(),
+            index: 0,
+            state: InstanceState::Crashed,
+            since: 1,
+            port: None,
+        }],
+        ..ExecutorHeartbeat::default()
+    };
+    hostile
+        .bus
+        .publish_json(&messages::executor_heartbeat_subject("e2"), &heartbeat)
+        .unwrap();
+    wait_for(
+        WAIT,
+        "the forged reports to be dropped and counted",
+        || async {
+            metric(
+                admin,
+                "healthmanager_dropped_total",
+                "reason=\"not_placed\"",
+            )
+            .await
+                == 2.0
+                && metric(
+                    admin,
+                    "healthmanager_dropped_total",
+                    "reason=\"wrong_cell\"",
+                )
+                .await
+                    == 1.0
+        },
+    )
+    .await;
+    // The reports were handled (and refused) before the counters moved: had one been taken,
+    // its crash would be counted and a restart (due at once for a first crash) sent.
+    assert_eq!(metric(admin, "healthmanager_crashes_total", "").await, 0.0);
+    assert_eq!(executor.starts_of(&app.guid, 0).len(), 1);
+    assert!(hostile.state.lock().unwrap().starts.is_empty());
+    assert!(
+        !hm_lines(&agent, &app.guid)
+            .iter()
+            .any(|l| l.contains("crash")),
+        "{:?}",
+        hm_lines(&agent, &app.guid)
+    );
+
+    // The genuine crash from e1 is restarted (on whichever cell has room: e2 runs none of
+    // the app's instances, so the controller may well place it there).
+    let crashed = executor.crash(&app.guid, 0);
+    wait_for(WAIT, "a restart after the genuine crash", || async {
+        executor
+            .starts_of(&app.guid, 0)
+            .iter()
+            .chain(&hostile.starts_of(&app.guid, 0))
+            .any(|s| s.instance != crashed)
+    })
+    .await;
+    assert_eq!(metric(admin, "healthmanager_crashes_total", "").await, 1.0);
+    hm.cancel();
+    cc.stop().await;
 }

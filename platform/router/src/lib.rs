@@ -114,9 +114,8 @@ async fn serve(
     // Subscribe before announcing, so the registrations `router.start` provokes are not missed.
     // `router.>`: gorouter's subjects and each cell's own `router.register.<cell>`.
     let subscription = bus.subscribe("router.>").await?;
-    let starts = bus
-        .subscribe(&format!("{}.*", messages::EXECUTOR_START))
-        .await?;
+    // Placements (not start commands, which carry app environments): who runs what.
+    let placed = bus.subscribe(&placement::subject()).await?;
     let emitter = config.telemetry.start(&registry, shutdown.clone());
 
     let max_attempts = usize::try_from(config.max_attempts)
@@ -176,7 +175,7 @@ async fn serve(
         routes::Routes {
             bus,
             subscription,
-            starts,
+            placed,
             placements: placement::Placements::default(),
             routes,
             table: Arc::clone(&table),

@@ -20,7 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::placement::{Placements, Verdict};
+use crate::placement::{Claim, Placements};
 use crate::table::{RouteTable, Table};
 
 /// Most bus messages applied before a new snapshot is published, so a burst of registrations
@@ -31,8 +31,8 @@ const BATCH: usize = 1024;
 pub(crate) struct Routes {
     pub(crate) bus: Bus,
     pub(crate) subscription: Subscription,
-    /// `executor.start.*`: where instances are placed, for the per-cell registration check.
-    pub(crate) starts: Subscription,
+    /// `executor.placed.*`: where instances are placed, for the per-cell registration check.
+    pub(crate) placed: Subscription,
     pub(crate) placements: Placements,
     pub(crate) routes: RouteTable,
     pub(crate) table: Arc<Table>,
@@ -65,15 +65,15 @@ impl Routes {
         let mut status_open = true;
         loop {
             tokio::select! {
-                // Placements before registrations: a start command published before a
+                // Placements before registrations: a placement published before a
                 // registration is applied first, so the check sees it.
                 biased;
                 () = shutdown.cancelled() => return,
-                Some(start) = self.starts.next() => {
-                    self.placements.learn(&start);
+                Some(placed) = self.placed.next() => {
+                    self.learn(&placed);
                     for _ in 0..BATCH {
-                        let Some(start) = self.starts.try_next() else { break };
-                        self.placements.learn(&start);
+                        let Some(placed) = self.placed.try_next() else { break };
+                        self.learn(&placed);
                     }
                 }
                 message = self.subscription.next() => {
@@ -124,6 +124,12 @@ impl Routes {
         }
     }
 
+    fn learn(&mut self, placed: &Message) {
+        if !self.placements.learn(placed) {
+            self.metrics.undecodable();
+        }
+    }
+
     /// Applies one bus message; `true` when the table's instances changed.
     fn apply(&mut self, message: &Message, start: &Bytes) -> bool {
         let metrics = &self.metrics;
@@ -137,7 +143,12 @@ impl Routes {
             // publish only its own): it may only speak for instances placed on it.
             if let Some(cell) = cell {
                 let instance = registration.private_instance_id.as_deref();
-                if self.placements.check(instance, cell, register) == Verdict::NotPlaced {
+                let claim = if register {
+                    Claim::Runs
+                } else {
+                    Claim::Releases
+                };
+                if self.placements.check(instance, cell, claim).is_err() {
                     metrics.not_placed();
                     tracing::warn!(
                         %cell,

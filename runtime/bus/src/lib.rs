@@ -16,6 +16,8 @@
 //!   subject (`router.start`), so a lost message is repaired by the next one.
 //! - [`messages`]: the subjects and their JSON payloads (gorouter-compatible `router.*`, and
 //!   Hydrant's `executor.*`).
+//! - [`placement`]: which cell runs which instance, and the check that a cell's heartbeats,
+//!   crashes and route messages speak only for itself and its own instances.
 //! - [`Config`]: the `[bus]` config section.
 //!
 //! ```
@@ -50,6 +52,7 @@ pub mod messages;
 mod metrics;
 mod nats;
 pub mod nats_config;
+pub mod placement;
 pub mod subject;
 
 use std::pin::Pin;

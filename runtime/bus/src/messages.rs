@@ -12,10 +12,16 @@
 //! | `router.unregister.<executor_id>` (or plain `router.unregister`) | [`RegistryMessage`] (matched on `host`, `port`/`tls_port`, `uris`) | executor | when an instance stops or crashes |
 //! | `router.greet` | request, empty body; reply [`RouterStart`] | anyone who needs the router's timings | at boot |
 //! | `router.start` | [`RouterStart`] | router | at boot and on every bus reconnect |
-//! | `executor.heartbeat` | [`ExecutorHeartbeat`] | executor | every [`HEARTBEAT_INTERVAL`] and on (re)connect |
-//! | `executor.crash` | [`ExecutorCrash`] | executor | once per crash |
+//! | `executor.heartbeat.<executor_id>` | [`ExecutorHeartbeat`] | executor | every [`HEARTBEAT_INTERVAL`] and on (re)connect |
+//! | `executor.crash.<executor_id>` | [`ExecutorCrash`] | executor | once per crash |
+//! | `executor.placed.<executor_id>` | [`InstancePlaced`] (no environment, no droplet token) | cloud controller, health manager | just before each start request |
 //! | `executor.start.<executor_id>` | request [`StartInstance`]; reply [`ExecutorReply`] | cloud controller, health manager | to place an instance; re-sent by convergence until it shows in heartbeats |
 //! | `executor.stop.<executor_id>` | request [`StopInstance`]; reply [`ExecutorReply`] | cloud controller, health manager | to stop instances; re-sent until they leave heartbeats |
+//!
+//! Heartbeats and crashes name their cell twice, in the subject and in `executor_id`; on the
+//! authenticated bus a cell may publish only its own subject, so a consumer that finds the two
+//! differ, or a report about an instance placed on another cell, drops it
+//! ([`crate::placement`]).
 //!
 //! `router.*` payloads use gorouter's field names exactly, so a stock gorouter or route-emitter
 //! can share the bus. Start and stop requests are addressed to one executor by subject
@@ -37,13 +43,17 @@ pub const ROUTER_UNREGISTER: &str = "router.unregister";
 pub const ROUTER_GREET: &str = "router.greet";
 /// The router (re)started or reconnected: re-register everything now. Payload [`RouterStart`].
 pub const ROUTER_START: &str = "router.start";
-/// An executor's capacity and instances: [`ExecutorHeartbeat`].
+/// Prefix of the per-cell heartbeat subject ([`ExecutorHeartbeat`]); see
+/// [`executor_heartbeat_subject`].
 pub const EXECUTOR_HEARTBEAT: &str = "executor.heartbeat";
 /// Anyone who keeps an executor table (the cloud controller, the health manager) (re)started:
 /// every executor heartbeats now instead of at its next interval. Empty payload.
 pub const EXECUTOR_GREET: &str = "executor.greet";
-/// An instance crashed: [`ExecutorCrash`].
+/// Prefix of the per-cell crash subject ([`ExecutorCrash`]); see [`executor_crash_subject`].
 pub const EXECUTOR_CRASH: &str = "executor.crash";
+/// Prefix of the per-cell placement subject ([`InstancePlaced`]); see
+/// [`executor_placed_subject`].
+pub const EXECUTOR_PLACED: &str = "executor.placed";
 /// Prefix of the per-executor start subject; see [`executor_start_subject`].
 pub const EXECUTOR_START: &str = "executor.start";
 /// Prefix of the per-executor stop subject; see [`executor_stop_subject`].
@@ -61,6 +71,43 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 #[must_use]
 pub fn executor_start_subject(executor_id: &str) -> String {
     format!("{EXECUTOR_START}.{executor_id}")
+}
+
+/// The subject on which executor `executor_id` heartbeats: `executor.heartbeat.<id>`. Per
+/// cell, so that on an authenticated bus (where each cell may publish only its own) a consumer
+/// knows which cell sent it.
+#[must_use]
+pub fn executor_heartbeat_subject(executor_id: &str) -> String {
+    format!("{EXECUTOR_HEARTBEAT}.{executor_id}")
+}
+
+/// The subject on which executor `executor_id` reports crashes: `executor.crash.<id>`.
+#[must_use]
+pub fn executor_crash_subject(executor_id: &str) -> String {
+    format!("{EXECUTOR_CRASH}.{executor_id}")
+}
+
+/// The subject announcing that an instance was placed on `executor_id`:
+/// `executor.placed.<id>`.
+#[must_use]
+pub fn executor_placed_subject(executor_id: &str) -> String {
+    format!("{EXECUTOR_PLACED}.{executor_id}")
+}
+
+/// The pattern that watches every cell's `prefix.<cell>` subject (`executor.heartbeat.*`).
+#[must_use]
+pub fn every_cell(prefix: &str) -> String {
+    format!("{prefix}.*")
+}
+
+/// The cell a per-cell subject names: `cell_of("executor.crash.e1", EXECUTOR_CRASH)` is
+/// `Some("e1")`; `None` for another subject or one without exactly one cell token.
+#[must_use]
+pub fn cell_of<'a>(subject: &'a str, prefix: &str) -> Option<&'a str> {
+    subject
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .filter(|cell| !cell.is_empty() && !cell.contains('.'))
 }
 
 /// The subject on which executor `executor_id` registers its instances' routes:
@@ -408,6 +455,33 @@ pub struct StopInstance {
     pub reason: Option<String>,
 }
 
+/// `executor.placed.<executor_id>`: an instance was (or is about to be) placed on that cell.
+/// The slim side of a [`StartInstance`]: who runs what, without the environment or the
+/// droplet URL's token, so the router can check registrations without reading start commands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InstancePlaced {
+    /// The cell asked to run it (must match the subject; consumers ignore it otherwise).
+    pub executor_id: String,
+    /// The app's guid.
+    pub app: String,
+    /// The instance's guid.
+    pub instance: String,
+    /// The instance index.
+    pub index: u32,
+}
+
+impl From<&StartInstance> for InstancePlaced {
+    fn from(start: &StartInstance) -> Self {
+        Self {
+            executor_id: start.executor_id.clone(),
+            app: start.app.clone(),
+            instance: start.instance.clone(),
+            index: start.index,
+        }
+    }
+}
+
 /// An executor's reply to [`StartInstance`] or [`StopInstance`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -638,6 +712,36 @@ mod tests {
         let value: Value = serde_json::from_slice(&encode(&health_check_failure).unwrap()).unwrap();
         assert!(value.get("exit_status").is_none());
         assert_eq!(roundtrip(&health_check_failure), health_check_failure);
+    }
+
+    #[test]
+    fn per_cell_subjects_name_their_cell_and_placements_carry_no_environment() {
+        assert_eq!(executor_heartbeat_subject("e1"), "executor.heartbeat.e1");
+        assert_eq!(executor_crash_subject("e1"), "executor.crash.e1");
+        assert_eq!(executor_placed_subject("e1"), "executor.placed.e1");
+        assert_eq!(cell_of("executor.crash.e1", EXECUTOR_CRASH), Some("e1"));
+        assert_eq!(cell_of("executor.crash", EXECUTOR_CRASH), None);
+        assert_eq!(cell_of("executor.crash.e1.x", EXECUTOR_CRASH), None);
+        assert_eq!(cell_of("executor.crashes.e1", EXECUTOR_CRASH), None);
+        assert!(crate::subject::matches(
+            &every_cell(EXECUTOR_HEARTBEAT),
+            &executor_heartbeat_subject("e7")
+        ));
+        let start = StartInstance {
+            executor_id: "e1".into(),
+            app: "a1".into(),
+            instance: "i1".into(),
+            index: 3,
+            droplet_url: "http://cc/droplets/d1?token=secret".into(),
+            env: BTreeMap::from([("DB_PASSWORD".into(), "secret".into())]),
+            ..StartInstance::default()
+        };
+        let placed = InstancePlaced::from(&start);
+        let value: Value = serde_json::from_slice(&encode(&placed).unwrap()).unwrap();
+        assert_eq!(
+            value,
+            json!({"executor_id": "e1", "app": "a1", "instance": "i1", "index": 3})
+        );
     }
 
     #[test]

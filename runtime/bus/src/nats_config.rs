@@ -13,23 +13,29 @@
 //! # Who may do what
 //! | user | publishes | subscribes |
 //! |---|---|---|
-//! | `cloudcontroller`, `healthmanager` | `executor.start.*`, `executor.stop.*`, `executor.greet` | `executor.heartbeat`, `executor.crash`, replies; the health manager also `executor.start.*` |
-//! | `router` | `router.start`, replies to `router.greet` | `router.>`, `executor.start.*` (placements) |
-//! | `<cell>.executor` (per cell) | `router.register.<cell>`, `router.unregister.<cell>`, `executor.heartbeat`, `executor.crash`, replies to its starts and stops | `executor.start.<cell>`, `executor.stop.<cell>`, `router.start`, `executor.greet` |
+//! | `cloudcontroller`, `healthmanager` | `executor.start.*`, `executor.stop.*`, `executor.placed.*`, `executor.greet` | `executor.heartbeat.*`, `executor.crash.*`, `executor.placed.*`, replies; the health manager also `executor.start.*` |
+//! | `router` | `router.start`, replies to `router.greet` | `router.>`, `executor.placed.*` (placements, without environments) |
+//! | `<cell>.executor` (per cell) | `router.register.<cell>`, `router.unregister.<cell>`, `executor.heartbeat.<cell>`, `executor.crash.<cell>`, replies to its starts and stops | `executor.start.<cell>`, `executor.stop.<cell>`, `router.start`, `executor.greet` |
 //! | `executor` (when no cells are listed: every executor shares it) | as a cell, for every cell (`*`) | as a cell, for every cell |
 //!
-//! Only the cloud controller and the health manager may publish start and stop commands; only
-//! executors may publish heartbeats, crashes and route registrations; with per-cell users, an
-//! executor may register routes only on its own cell's subject, which is how the router knows
-//! which cell sent a registration (see the router's placement check). The plain gorouter
-//! subjects `router.register`/`router.unregister` are published by nobody on this bus.
+//! Only the cloud controller and the health manager may publish start and stop commands and
+//! placements; only executors may publish heartbeats, crashes and route registrations, and with
+//! per-cell users each only on its own cell's subject, which is how a consumer knows which cell
+//! sent a report (see [`crate::placement`]: a report for another cell's instance is dropped).
+//! Start commands carry app environments and droplet tokens: only the addressed cell and the
+//! health manager (which copies them to restart instances while the cloud controller is down)
+//! read them; the router learns placements from the slim `executor.placed.*`. The plain
+//! gorouter subjects `router.register`/`router.unregister` are published by nobody on this bus,
+//! so a stock gorouter on it sees no routes: it needs a bridge that re-publishes the per-cell
+//! subjects after the same placement check.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::Error;
 use crate::messages::{
-    EXECUTOR_CRASH, EXECUTOR_GREET, EXECUTOR_HEARTBEAT, EXECUTOR_START, EXECUTOR_STOP, ROUTER_START,
+    EXECUTOR_CRASH, EXECUTOR_GREET, EXECUTOR_HEARTBEAT, EXECUTOR_PLACED, EXECUTOR_START,
+    EXECUTOR_STOP, ROUTER_START, every_cell,
 };
 
 /// Subjects the bus client uses for its own bookkeeping (subscription confirmations), which
@@ -65,17 +71,32 @@ pub fn users(cells: &[String]) -> Result<Vec<User>, Error> {
         check_cell(cell)?;
     }
     let subjects = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-    let start_all = format!("{EXECUTOR_START}.*");
-    let stop_all = format!("{EXECUTOR_STOP}.*");
-    // The health manager also watches start commands (placements it must not duplicate); the
-    // cloud controller makes them and needs no copy.
-    let placer = |name: &str, watches_starts: bool| User {
+    let start_all = every_cell(EXECUTOR_START);
+    let stop_all = every_cell(EXECUTOR_STOP);
+    let placed_all = every_cell(EXECUTOR_PLACED);
+    let heartbeats_all = every_cell(EXECUTOR_HEARTBEAT);
+    let crashes_all = every_cell(EXECUTOR_CRASH);
+    // The health manager also reads start commands (it copies them to restart instances while
+    // the cloud controller is down); the cloud controller makes them and needs no copy.
+    let placer = |name: &str, reads_starts: bool| User {
         name: name.to_owned(),
-        publish: subjects(&[&start_all, &stop_all, EXECUTOR_GREET, BOOKKEEPING]),
-        subscribe: subjects(&[EXECUTOR_HEARTBEAT, EXECUTOR_CRASH, INBOX, BOOKKEEPING])
-            .into_iter()
-            .chain(watches_starts.then(|| start_all.clone()))
-            .collect(),
+        publish: subjects(&[
+            &start_all,
+            &stop_all,
+            &placed_all,
+            EXECUTOR_GREET,
+            BOOKKEEPING,
+        ]),
+        subscribe: subjects(&[
+            &heartbeats_all,
+            &crashes_all,
+            &placed_all,
+            INBOX,
+            BOOKKEEPING,
+        ])
+        .into_iter()
+        .chain(reads_starts.then(|| start_all.clone()))
+        .collect(),
         allow_responses: false,
     };
     let mut users = vec![
@@ -84,7 +105,7 @@ pub fn users(cells: &[String]) -> Result<Vec<User>, Error> {
         User {
             name: "router".to_owned(),
             publish: subjects(&[ROUTER_START, BOOKKEEPING]),
-            subscribe: subjects(&["router.>", &start_all, BOOKKEEPING]),
+            subscribe: subjects(&["router.>", &placed_all, BOOKKEEPING]),
             allow_responses: true,
         },
     ];
@@ -93,8 +114,8 @@ pub fn users(cells: &[String]) -> Result<Vec<User>, Error> {
         publish: vec![
             format!("router.register.{cell}"),
             format!("router.unregister.{cell}"),
-            EXECUTOR_HEARTBEAT.to_owned(),
-            EXECUTOR_CRASH.to_owned(),
+            format!("{EXECUTOR_HEARTBEAT}.{cell}"),
+            format!("{EXECUTOR_CRASH}.{cell}"),
             BOOKKEEPING.to_owned(),
         ],
         subscribe: vec![
@@ -215,23 +236,61 @@ mod tests {
         assert!(may_publish(&users, "e1.executor", "router.register.e1"));
         assert!(!may_publish(&users, "e1.executor", "router.register.e2"));
         assert!(!may_publish(&users, "e1.executor", "router.register"));
-        assert!(may_publish(&users, "e2.executor", "executor.heartbeat"));
+        for kind in ["heartbeat", "crash"] {
+            assert!(may_publish(
+                &users,
+                "e2.executor",
+                &format!("executor.{kind}.e2")
+            ));
+            assert!(!may_publish(
+                &users,
+                "e2.executor",
+                &format!("executor.{kind}.e1")
+            ));
+            assert!(!may_publish(
+                &users,
+                "e2.executor",
+                &format!("executor.{kind}")
+            ));
+        }
         for role in ["cloudcontroller", "healthmanager", "router"] {
             assert!(!may_publish(&users, role, "router.register.e1"), "{role}");
-            assert!(!may_publish(&users, role, "executor.heartbeat"), "{role}");
+            assert!(
+                !may_publish(&users, role, "executor.heartbeat.e1"),
+                "{role}"
+            );
+            assert!(!may_publish(&users, role, "executor.crash.e1"), "{role}");
+        }
+        // Placements come only from those who place.
+        for user in ["cloudcontroller", "healthmanager"] {
+            assert!(may_publish(&users, user, "executor.placed.e1"), "{user}");
+        }
+        for user in ["router", "e1.executor", "e2.executor"] {
+            assert!(!may_publish(&users, user, "executor.placed.e1"), "{user}");
         }
         assert!(
             !users
                 .iter()
                 .any(|u| u.name == "agent" || u.name == "executor")
         );
-        // Start commands carry app environments: only their makers and their cell read them.
+        // Start commands carry app environments: only the health manager and their cell read them.
         let readers: Vec<&str> = users
             .iter()
             .filter(|u| u.subscribe.iter().any(|p| matches(p, "executor.start.e1")))
             .map(|u| u.name.as_str())
             .collect();
-        assert_eq!(readers, ["healthmanager", "router", "e1.executor"]);
+        assert_eq!(readers, ["healthmanager", "e1.executor"]);
+        let may_read = |user: &str, subject: &str| {
+            users
+                .iter()
+                .find(|u| u.name == user)
+                .is_some_and(|u| u.subscribe.iter().any(|p| matches(p, subject)))
+        };
+        assert!(may_read("router", "executor.placed.e1"));
+        for user in ["cloudcontroller", "healthmanager"] {
+            assert!(may_read(user, "executor.heartbeat.e2"), "{user}");
+            assert!(may_read(user, "executor.crash.e2"), "{user}");
+        }
     }
 
     #[test]
@@ -239,6 +298,7 @@ mod tests {
         let users = users(&[]).unwrap();
         assert!(may_publish(&users, "executor", "router.register.any"));
         assert!(!may_publish(&users, "executor", "executor.start.any"));
+        assert!(may_publish(&users, "executor", "executor.heartbeat.any"));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! [`hydrant_bus::nats_config`] writes, with certificates from `hydrant-tls`: a role connects
 //! only with a certificate from the platform's CA whose identity maps to a user; an executor
 //! cannot publish a start command (the server refuses it, the publisher counts the refusal, the
-//! addressed cell never sees it); a cell can register routes only on its own subject.
+//! addressed cell never sees it); a cell can register routes, heartbeat and report crashes only
+//! on its own subject, and what it says there about another cell's instances is dropped by the
+//! consumer's placement check; the router reads placements but not start commands.
 
 #![allow(
     clippy::unwrap_used,
@@ -20,9 +22,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hydrant_bus::messages::{
-    self, RegistryMessage, executor_start_subject, router_register_subject,
+    self, ExecutorCrash, ExecutorHeartbeat, InstanceHeartbeat, InstancePlaced, InstanceState,
+    RegistryMessage, StartInstance, executor_crash_subject, executor_heartbeat_subject,
+    executor_placed_subject, executor_start_subject, router_register_subject,
 };
 use hydrant_bus::nats_config::{self, ServerTls};
+use hydrant_bus::placement::{Placements, Refusal};
 use hydrant_bus::{Bus, Config, Error, Subscription, TlsFiles};
 use hydrant_emitter::Registry;
 use hydrant_tls::Identity;
@@ -331,4 +336,187 @@ async fn the_ca_rotates_without_dropping_a_connection() {
     // The router's connection, made with a leaf of the old CA, never dropped.
     assert_eq!(router_registry.counter_sum("bus.reconnects", &[]), 0);
     assert!(router.status().is_connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_reads_placements_but_cannot_subscribe_to_start_commands() {
+    let fixture = Fixture::start();
+    let (router, router_registry) = fixture.connect(Identity::Router).await;
+    let (cloudcontroller, _) = fixture.connect(Identity::CloudController).await;
+    let mut placements = router
+        .subscribe(&messages::every_cell(messages::EXECUTOR_PLACED))
+        .await
+        .unwrap();
+    // Start commands carry environments and droplet tokens: the server refuses the
+    // subscription, the router counts it, and nothing reaches it.
+    let mut starts = router
+        .subscribe(&messages::every_cell(messages::EXECUTOR_START))
+        .await
+        .unwrap();
+    eventually("the router to count its refused subscription", || {
+        refused(&router_registry) == 1
+    })
+    .await;
+    let start = StartInstance {
+        executor_id: "e1".into(),
+        app: "a1".into(),
+        instance: "i-1".into(),
+        env: [("DB_PASSWORD".to_owned(), "secret".to_owned())].into(),
+        ..StartInstance::default()
+    };
+    cloudcontroller
+        .publish_json(
+            &executor_placed_subject("e1"),
+            &InstancePlaced::from(&start),
+        )
+        .unwrap();
+    cloudcontroller
+        .publish_json(&executor_start_subject("e1"), &start)
+        .unwrap();
+    let placed = recv(&mut placements).await;
+    assert_eq!(placed.subject, "executor.placed.e1");
+    assert!(!String::from_utf8_lossy(&placed.payload).contains("secret"));
+    let mut learned = Placements::default();
+    assert!(learned.learn(&placed));
+    assert_eq!(learned.cell("i-1"), Some("e1"));
+    // A round trip through the server after the start: had it been delivered, it would be here.
+    router.flush().await.unwrap();
+    cloudcontroller.flush().await.unwrap();
+    assert!(
+        starts.try_next().is_none(),
+        "the router read a start command"
+    );
+    // And a cell may not forge a placement.
+    let (e2, e2_registry) = fixture.cell("e2").await;
+    e2.publish_json(
+        &executor_placed_subject("e2"),
+        &InstancePlaced::from(&start),
+    )
+    .unwrap();
+    e2.flush().await.unwrap();
+    eventually("e2 to count its refused placement", || {
+        refused(&e2_registry) == 1
+    })
+    .await;
+}
+
+/// A heartbeat from `cell` claiming `instance` runs on it.
+fn heartbeat(cell: &str, instance: &str) -> ExecutorHeartbeat {
+    ExecutorHeartbeat {
+        executor_id: cell.into(),
+        instances: vec![InstanceHeartbeat {
+            app: "a1".into(),
+            instance: instance.into(),
+            state: InstanceState::Running,
+            ..InstanceHeartbeat::default()
+        }],
+        ..ExecutorHeartbeat::default()
+    }
+}
+
+fn crash(cell: &str, instance: &str) -> ExecutorCrash {
+    ExecutorCrash {
+        executor_id: cell.into(),
+        app: "a1".into(),
+        instance: instance.into(),
+        reason: "CRASHED".into(),
+        ..ExecutorCrash::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_heartbeats_and_reports_crashes_only_for_itself() {
+    let fixture = Fixture::start();
+    let (healthmanager, hm_registry) = fixture.connect(Identity::HealthManager).await;
+    let (e1, _) = fixture.cell("e1").await;
+    let (e2, e2_registry) = fixture.cell("e2").await;
+    let mut placed = healthmanager
+        .subscribe(&messages::every_cell(messages::EXECUTOR_PLACED))
+        .await
+        .unwrap();
+    let mut heartbeats = healthmanager
+        .subscribe(&messages::every_cell(messages::EXECUTOR_HEARTBEAT))
+        .await
+        .unwrap();
+    let mut crashes = healthmanager
+        .subscribe(&messages::every_cell(messages::EXECUTOR_CRASH))
+        .await
+        .unwrap();
+    let placement = InstancePlaced {
+        executor_id: "e1".into(),
+        app: "a1".into(),
+        instance: "i-1".into(),
+        index: 0,
+    };
+    healthmanager
+        .publish_json(&executor_placed_subject("e1"), &placement)
+        .unwrap();
+    let mut placements = Placements::default();
+    assert!(placements.learn(&recv(&mut placed).await));
+
+    // On e1's subjects, or the old shared ones: the server refuses them.
+    e2.publish_json(&executor_crash_subject("e1"), &crash("e1", "i-1"))
+        .unwrap();
+    e2.publish_json(&executor_heartbeat_subject("e1"), &heartbeat("e1", "i-1"))
+        .unwrap();
+    e2.publish_json(messages::EXECUTOR_CRASH, &crash("e1", "i-1"))
+        .unwrap();
+    e2.flush().await.unwrap();
+    eventually("e2's three forged reports refused", || {
+        refused(&e2_registry) == 3
+    })
+    .await;
+
+    // On its own subjects, naming e1 or e1's instance: delivered, and dropped by the check.
+    e2.publish_json(&executor_crash_subject("e2"), &crash("e1", "i-1"))
+        .unwrap();
+    e2.publish_json(&executor_crash_subject("e2"), &crash("e2", "i-1"))
+        .unwrap();
+    e2.publish_json(&executor_heartbeat_subject("e2"), &heartbeat("e2", "i-1"))
+        .unwrap();
+    // The genuine reports.
+    e1.publish_json(&executor_heartbeat_subject("e1"), &heartbeat("e1", "i-1"))
+        .unwrap();
+    e1.publish_json(&executor_crash_subject("e1"), &crash("e1", "i-1"))
+        .unwrap();
+
+    let mut verdicts = Vec::new();
+    for _ in 0..3 {
+        let message = recv(&mut crashes).await;
+        let report: ExecutorCrash = message.json().unwrap();
+        verdicts.push((
+            message.subject.clone(),
+            report.executor_id.clone(),
+            placements.vet_crash(&message.subject, &report),
+        ));
+    }
+    verdicts.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    assert_eq!(
+        verdicts,
+        [
+            ("executor.crash.e1".to_owned(), "e1".to_owned(), Ok(())),
+            (
+                "executor.crash.e2".to_owned(),
+                "e1".to_owned(),
+                Err(Refusal::WrongCell)
+            ),
+            (
+                "executor.crash.e2".to_owned(),
+                "e2".to_owned(),
+                Err(Refusal::NotPlaced)
+            ),
+        ]
+    );
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let message = recv(&mut heartbeats).await;
+        let mut report: ExecutorHeartbeat = message.json().unwrap();
+        let forged = placements
+            .vet_heartbeat(&message.subject, &mut report)
+            .unwrap();
+        kept.push((report.executor_id, report.instances.len(), forged.len()));
+    }
+    kept.sort();
+    assert_eq!(kept, [("e1".to_owned(), 1, 0), ("e2".to_owned(), 0, 1)]);
+    assert_eq!(refused(&hm_registry), 0);
 }

@@ -274,13 +274,14 @@ impl FakeExecutor {
         let task_state = state.clone();
         let task_stop = stop.clone();
         let id_owned = id.to_owned();
+        let heartbeat_subject = messages::executor_heartbeat_subject(id);
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(Duration::from_millis(100));
             loop {
                 tokio::select! {
                     () = task_stop.cancelled() => break,
                     _ = ticks.tick() => {
-                        bus.publish_json(messages::EXECUTOR_HEARTBEAT, &heartbeat()).unwrap();
+                        bus.publish_json(&heartbeat_subject, &heartbeat()).unwrap();
                     }
                     Some(message) = starts.next() => {
                         let start: StartInstance = message.json().unwrap();
@@ -306,7 +307,7 @@ impl FakeExecutor {
                             reason: (!accepted).then(|| "insufficient memory".to_owned()),
                         };
                         bus.reply(&message, messages::encode(&reply).unwrap()).unwrap();
-                        bus.publish_json(messages::EXECUTOR_HEARTBEAT, &heartbeat()).unwrap();
+                        bus.publish_json(&heartbeat_subject, &heartbeat()).unwrap();
                     }
                     Some(message) = stops.next() => {
                         let stop: StopInstance = message.json().unwrap();
@@ -331,7 +332,7 @@ impl FakeExecutor {
                             reason: None,
                         };
                         let _ = bus.reply(&message, messages::encode(&reply).unwrap());
-                        bus.publish_json(messages::EXECUTOR_HEARTBEAT, &heartbeat()).unwrap();
+                        bus.publish_json(&heartbeat_subject, &heartbeat()).unwrap();
                     }
                 }
             }

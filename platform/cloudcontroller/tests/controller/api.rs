@@ -715,8 +715,52 @@ async fn crashes_become_audit_events_and_are_not_restarted() {
     )
     .await
     .unwrap();
+    // Another cell reports e1's instance crashed, under its own name and under e1's, on the
+    // only subject it may publish: both dropped and counted, no audit event.
+    let forged = |executor_id: &str| ExecutorCrash {
+        executor_id: executor_id.into(),
+        app: app.guid.clone(),
+        instance: instance.clone(),
+        reason: "CRASHED".into(),
+        ..ExecutorCrash::default()
+    };
+    for executor_id in ["e2", "e1"] {
+        bus.publish_json(
+            &messages::executor_crash_subject("e2"),
+            &forged(executor_id),
+        )
+        .unwrap();
+    }
+    let metrics_url = format!("{}/metrics", cc.admin_url);
+    wait_for(WAIT, "the forged crashes dropped and counted", || async {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        ["not_placed", "wrong_cell"].iter().all(|reason| {
+            text.lines().any(|l| {
+                l.starts_with("cloudcontroller_dropped_total{")
+                    && l.contains(&format!("reason=\"{reason}\""))
+                    && l.ends_with(" 1")
+            })
+        })
+    })
+    .await;
+    let crash_events = EventFilter {
+        target_guid: Some(app.guid.clone()),
+        types: Some("audit.app.process.crash".into()),
+    };
+    assert!(
+        cc.admin
+            .audit_events(&crash_events)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     bus.publish_json(
-        messages::EXECUTOR_CRASH,
+        &messages::executor_crash_subject("e1"),
         &ExecutorCrash {
             executor_id: "e1".into(),
             app: app.guid.clone(),

@@ -161,8 +161,14 @@ impl Rig {
         let bus = Bus::connect(&bus_config, &Registry::new("test", "0"))
             .await
             .unwrap();
-        let heartbeats = bus.subscribe(messages::EXECUTOR_HEARTBEAT).await.unwrap();
-        let crashes = bus.subscribe(messages::EXECUTOR_CRASH).await.unwrap();
+        let heartbeats = bus
+            .subscribe(&messages::every_cell(messages::EXECUTOR_HEARTBEAT))
+            .await
+            .unwrap();
+        let crashes = bus
+            .subscribe(&messages::every_cell(messages::EXECUTOR_CRASH))
+            .await
+            .unwrap();
         // Executors register on their own cell's subject (`router.register.<executor_id>`).
         let registers = bus.subscribe("router.register.*").await.unwrap();
         let unregisters = bus.subscribe("router.unregister.*").await.unwrap();

@@ -1,10 +1,12 @@
-//! A cell may only route to instances placed on it: a registration on
+//! A cell may only route to instances placed on it, as the slim placement message
+//! (`executor.placed.<cell>`, no environment) says; the router never reads start commands. A
+//! registration on
 //! `router.register.<cell>` for an instance the cloud controller placed on another cell is
 //! ignored and counted (`router.dropped{reason=not_placed}`), never routed to; the rightful
 //! cell's registration is; and a forged unregister from another cell removes nothing.
 
 use hydrant_bus::messages::{
-    self, StartInstance, executor_start_subject, router_register_subject, router_unregister_subject,
+    InstancePlaced, executor_placed_subject, router_register_subject, router_unregister_subject,
 };
 use hydrant_router::Config;
 
@@ -15,20 +17,17 @@ async fn a_registration_from_a_cell_the_instance_was_not_placed_on_is_ignored() 
     let genuine = Backend::start("genuine").await;
     let thief = Backend::start("thief").await;
     let router = TestRouter::start(Config::default()).await;
-    // The cloud controller places shop's instance 0 on e1.
-    let start = StartInstance {
+    // The cloud controller places shop's instance 0 on e1 (and says so without the start
+    // command's environment).
+    let placed = InstancePlaced {
         executor_id: "e1".into(),
         app: "shop".into(),
         instance: "shop-instance-0".into(),
-        uris: vec!["shop.apps.localhost".into()],
-        ..StartInstance::default()
+        index: 0,
     };
     router
         .bus
-        .publish(
-            &executor_start_subject("e1"),
-            messages::encode(&start).unwrap(),
-        )
+        .publish_json(&executor_placed_subject("e1"), &placed)
         .unwrap();
 
     // e2 claims that instance (pointing at its own backend), and a fresh instance id it was
