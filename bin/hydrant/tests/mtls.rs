@@ -469,6 +469,16 @@ async fn every_internal_port_answers_each_certificate_case_exactly() {
         1,
         "the agent calling egress is counted at the egress gate"
     );
+    // Each TLS role reports how long its own certificate has left, in seconds.
+    for (key, identity) in [("agent", "agent"), ("doppler", "doppler")] {
+        let text = rig.cloud.registry(key).unwrap().render_prometheus();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("tls_cert_expiry_seconds{") && l.contains(identity))
+            .unwrap_or_else(|| panic!("{key} has no expiry gauge:\n{text}"));
+        let seconds: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(seconds > 30.0 * 86_400.0, "{line}");
+    }
     rig.shutdown.cancel();
     rig.cloud.stopped().await;
 }

@@ -1,6 +1,7 @@
 //! Mutual TLS as a role's `/metrics` sees it: refusals counted by endpoint and reason
-//! (`tls.refused{endpoint,reason}`), and the days until the role's own certificate expires
-//! (`tls.cert_days_to_expiry{identity}`), so `hydrant top` and alerts can warn before it does.
+//! (`tls.refused{endpoint,reason}`), and the time until the role's own certificate expires
+//! (`tls.cert_expiry_seconds{identity}`, seconds because Prometheus wants base units: divide by
+//! 86400 for days), so `hydrant top` and alerts can warn before it does.
 //!
 //! Flow: a role with a `tls` block builds its servers with [`server`] (the endpoint's refusal
 //! counters are registered at zero, so a scrape shows every reason) and starts
@@ -65,7 +66,7 @@ pub fn server(
     ServerTls::new(material, endpoint, allowed, observer(registry, endpoint))
 }
 
-/// Keeps `tls.cert_days_to_expiry` current (now, then every minute) until `shutdown`.
+/// Keeps `tls.cert_expiry_seconds` current (now, then every minute) until `shutdown`.
 pub fn spawn_expiry_gauge(
     registry: &Registry,
     material: Arc<Material>,
@@ -73,15 +74,15 @@ pub fn spawn_expiry_gauge(
 ) -> JoinHandle<()> {
     let identity = material.identity().map_or("unknown", Identity::name);
     let gauge = registry.gauge(
-        "tls.cert_days_to_expiry",
-        "days until this role's own certificate expires",
-        "days",
+        "tls.cert_expiry_seconds",
+        "seconds until this role's own certificate expires (negative once it has)",
+        "seconds",
         &[("identity", identity)],
     );
     tokio::spawn(async move {
         loop {
             if let Some(days) = material.days_to_expiry() {
-                gauge.set(days);
+                gauge.set(days * 86_400.0);
             }
             tokio::select! {
                 () = tokio::time::sleep(EXPIRY_EVERY) => {}
