@@ -37,7 +37,7 @@ use crate::cell::{Cell, now_nanos};
 use crate::health::{self, Probe, go_duration};
 use crate::isolation::UNISOLATED;
 use crate::logs::{self, LogSink};
-use crate::metrics::{REASON_CRASHED, REASON_HEALTH_CHECK, REASON_OOM};
+use crate::metrics::{REASON_CRASHED, REASON_HEALTH_CHECK, REASON_OOM, Usage};
 use crate::procfs::{self, GroupUsage};
 use crate::{Error, droplet, env};
 
@@ -302,6 +302,10 @@ pub(crate) async fn run(
     ident.sink.cell("Starting health monitoring of container");
 
     let outcome = supervise(&ident, &mut running, started_at, &stop).await;
+    ident
+        .cell
+        .metrics
+        .instance_gone(&ident.start.app, ident.start.index);
 
     let mut exit_note = String::new();
     let code = match &outcome {
@@ -713,6 +717,18 @@ async fn supervise(
                     }
                 }
                 let age = now_nanos().saturating_sub(started_at).max(0) as f64;
+                ident.cell.metrics.instance_usage(
+                    &ident.start.app,
+                    &ident.start.app_name,
+                    ident.start.index,
+                    Usage {
+                        cpu_percentage: cpu,
+                        memory_bytes: memory as f64,
+                        disk_bytes: disk as f64,
+                        memory_quota_bytes: memory_quota as f64,
+                        disk_quota_bytes: disk_quota as f64,
+                    },
+                );
                 ident.sink.gauge(&[
                     ("cpu", cpu, "percentage"),
                     ("memory", memory as f64, "bytes"),

@@ -3,6 +3,11 @@
 //! Invariant: every line, message or request the executor drops is counted here under
 //! `executor.dropped{reason}`; app output the emitter drops is counted by the emitter
 //! (`emitter.dropped{reason}`) in the same registry.
+//!
+//! Per-instance usage (`executor.app_*{app_id, app_name, instance_index}`) repeats the container
+//! metrics the app's stream carries, so a Prometheus scraping `/metrics` directly sees them too;
+//! those series exist only while the instance runs on this cell, so their number is bounded by
+//! the cell's instances.
 
 use hydrant_bus::messages::InstanceState;
 use hydrant_emitter::{Counter, Gauge, Histogram, Registry};
@@ -15,6 +20,45 @@ pub const REASON_CRASHED: &str = "CRASHED";
 pub const REASON_OOM: &str = "OOM";
 /// The instance never passed its start-up health check, or failed a later one.
 pub const REASON_HEALTH_CHECK: &str = "HEALTH_CHECK";
+
+/// The per-instance usage gauges: (name, help, unit).
+const APP_USAGE: [(&str, &str, &str); 5] = [
+    (
+        "executor.app_cpu_percentage",
+        "CPU an instance used over the last interval, percent of one core",
+        "percentage",
+    ),
+    (
+        "executor.app_memory_bytes",
+        "Memory an instance uses",
+        "bytes",
+    ),
+    (
+        "executor.app_disk_bytes",
+        "Disk an instance's files use",
+        "bytes",
+    ),
+    (
+        "executor.app_memory_quota_bytes",
+        "Memory an instance may use",
+        "bytes",
+    ),
+    (
+        "executor.app_disk_quota_bytes",
+        "Disk an instance's files may use",
+        "bytes",
+    ),
+];
+
+/// One sample of an instance's usage, in the order of [`APP_USAGE`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Usage {
+    pub(crate) cpu_percentage: f64,
+    pub(crate) memory_bytes: f64,
+    pub(crate) disk_bytes: f64,
+    pub(crate) memory_quota_bytes: f64,
+    pub(crate) disk_quota_bytes: f64,
+}
 
 /// Handles to every executor metric.
 #[derive(Debug, Clone)]
@@ -168,10 +212,74 @@ impl Metrics {
             .inc();
     }
 
+    /// Publishes one instance's usage under its app and index.
+    pub(crate) fn instance_usage(&self, app_id: &str, app_name: &str, index: u32, usage: Usage) {
+        let index = index.to_string();
+        let tags = [
+            ("app_id", app_id),
+            ("app_name", app_name),
+            ("instance_index", index.as_str()),
+        ];
+        let values = [
+            usage.cpu_percentage,
+            usage.memory_bytes,
+            usage.disk_bytes,
+            usage.memory_quota_bytes,
+            usage.disk_quota_bytes,
+        ];
+        for ((name, help, unit), value) in APP_USAGE.into_iter().zip(values) {
+            self.registry.gauge(name, help, unit, &tags).set(value);
+        }
+    }
+
+    /// Removes an instance's usage series once it no longer runs here.
+    pub(crate) fn instance_gone(&self, app_id: &str, index: u32) {
+        let index = index.to_string();
+        let tags = [("app_id", app_id), ("instance_index", index.as_str())];
+        for (name, _, _) in APP_USAGE {
+            self.registry.remove(name, &tags);
+        }
+    }
+
     /// Publishes the per-state instance counts.
     pub(crate) fn set_instances(&self, count: impl Fn(InstanceState) -> usize) {
         for (state, gauge) in &self.instances {
             gauge.set(count(*state) as f64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_usage_is_on_metrics_only_while_the_instance_runs() {
+        let registry = Registry::new("executor", "cell-1");
+        let metrics = Metrics::new(&registry);
+        let usage = Usage {
+            cpu_percentage: 12.5,
+            memory_bytes: 1024.0,
+            ..Usage::default()
+        };
+        metrics.instance_usage("guid-a", "shop", 0, usage);
+        metrics.instance_usage("guid-a", "shop", 1, usage);
+        let text = registry.render_prometheus();
+        assert!(
+            text.contains("# TYPE executor_app_cpu_percentage gauge"),
+            "{text}"
+        );
+        assert!(
+            text.lines().any(|l| l
+                == "executor_app_memory_bytes{source_id=\"executor\",instance_id=\"cell-1\",\
+                    app_id=\"guid-a\",app_name=\"shop\",instance_index=\"1\"} 1024"),
+            "{text}"
+        );
+        metrics.instance_gone("guid-a", 1);
+        let text = registry.render_prometheus();
+        assert!(!text.contains("instance_index=\"1\""), "{text}");
+        assert!(text.contains("instance_index=\"0\"} 12.5"), "{text}");
+        metrics.instance_gone("guid-a", 0);
+        assert!(!registry.render_prometheus().contains("app_id="));
     }
 }

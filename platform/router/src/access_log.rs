@@ -19,7 +19,7 @@ use http::{HeaderValue, Method, Uri, Version};
 use hydrant_emitter::Emitter;
 use hydrant_envelope::semantic::{HttpTimer, HttpTimerTags, source_type, tag};
 
-use crate::metrics::Reason;
+use crate::metrics::{AppSeries, Reason};
 use crate::table::Endpoint;
 
 /// Header fields longer than this are cut (gorouter's limit).
@@ -53,6 +53,8 @@ pub(crate) struct Exchange {
     pub(crate) router_error: Option<Reason>,
     pub(crate) backend_time: Duration,
     pub(crate) failed_attempts: u32,
+    /// The app's `/metrics` series (`None` for a route without an app).
+    pub(crate) app: Option<AppSeries>,
 }
 
 thread_local! {
@@ -68,6 +70,9 @@ impl Exchange {
             return;
         };
         let elapsed = self.started.elapsed();
+        if let Some(app) = &self.app {
+            app.observe(self.status, elapsed);
+        }
         let stopped_ns = self
             .started_ns
             .saturating_add(i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX));

@@ -5,12 +5,20 @@
 //! reason it carries in `X-Cf-RouterError`, and every refused registration under
 //! `router.dropped{reason}`; every response head sent is counted once under
 //! `router.responses{status_class}`.
+//!
+//! Per-app series (`router.app_responses{app_id, app_name, status_class}`,
+//! `router.app_response_seconds{app_id, app_name}`) let a Prometheus that scrapes `/metrics`
+//! directly see what the `http` Timer envelopes carry; they exist only while the app has a route
+//! in the table ([`Metrics::retain_apps`]), so their number is bounded by the table's limits.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hydrant_emitter::{Counter, Gauge, Histogram, Registry};
+use hydrant_emitter::{Counter, Gauge, Histogram, Registry, lock};
+use hydrant_envelope::semantic::tag;
 
-use crate::table::Refused;
+use crate::table::{Endpoint, Refused};
 
 /// Upper bounds (seconds) of the backend latency buckets: gorouter's Prometheus buckets
 /// (1 ms to 1 s).
@@ -64,6 +72,39 @@ impl Reason {
     }
 }
 
+/// Status classes in the order of the `responses` counters.
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "xxx"];
+
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        500..=599 => 4,
+        _ => 5,
+    }
+}
+
+const APP_RESPONSES: &str = "router.app_responses";
+const APP_RESPONSE_SECONDS: &str = "router.app_response_seconds";
+
+/// One app's response counters and response-time histogram. Clones share the same series; a
+/// handle kept after the app left the table counts into series `/metrics` no longer shows.
+#[derive(Debug, Clone)]
+pub(crate) struct AppSeries {
+    responses: [Counter; 6],
+    time: Histogram,
+}
+
+impl AppSeries {
+    /// Counts one response to a client and the time from its request to its end.
+    pub(crate) fn observe(&self, status: u16, elapsed: Duration) {
+        self.responses[class_index(status)].inc();
+        self.time.observe(elapsed);
+    }
+}
+
 /// Every `router.*` metric. Clones share the same series (each worker holds one).
 #[derive(Debug, Clone)]
 pub(crate) struct Metrics {
@@ -81,6 +122,9 @@ pub(crate) struct Metrics {
     pub(crate) upgrades: Counter,
     dropped: [Counter; 6],
     latency: Histogram,
+    registry: Registry,
+    /// Per-app series by app guid.
+    apps: Arc<Mutex<HashMap<Box<str>, AppSeries>>>,
 }
 
 impl Metrics {
@@ -101,7 +145,7 @@ impl Metrics {
         };
         Self {
             requests: registry.counter("router.requests", "Requests received from clients", &[]),
-            responses: ["1xx", "2xx", "3xx", "4xx", "5xx", "xxx"].map(class),
+            responses: STATUS_CLASSES.map(class),
             errors: Reason::ALL.map(|r| {
                 registry.counter(
                     "router.errors",
@@ -172,19 +216,62 @@ impl Metrics {
                 &LATENCY_BUCKETS_SECONDS,
                 &[],
             ),
+            registry: registry.clone(),
+            apps: Arc::default(),
         }
     }
 
     pub(crate) fn response(&self, status: u16) {
-        let i = match status {
-            100..=199 => 0,
-            200..=299 => 1,
-            300..=399 => 2,
-            400..=499 => 3,
-            500..=599 => 4,
-            _ => 5,
+        self.responses[class_index(status)].inc();
+    }
+
+    /// The series of the app behind `endpoint`, registered on first use; `None` for a route
+    /// without an app (a static route with no `app_id`).
+    pub(crate) fn app(&self, endpoint: &Endpoint) -> Option<AppSeries> {
+        let app_id = endpoint.app_id.as_deref()?;
+        let mut apps = lock(&self.apps);
+        if let Some(series) = apps.get(app_id) {
+            return Some(series.clone());
+        }
+        let app_name = endpoint
+            .tags
+            .iter()
+            .find(|(k, _)| k == tag::APP_NAME)
+            .map_or("", |(_, v)| v.as_str());
+        let tags = [("app_id", app_id), (tag::APP_NAME, app_name)];
+        let series = AppSeries {
+            responses: STATUS_CLASSES.map(|class| {
+                let mut tags = tags.to_vec();
+                tags.push(("status_class", class));
+                self.registry.counter(
+                    APP_RESPONSES,
+                    "Responses sent to clients for an app's routes, by status class",
+                    &tags,
+                )
+            }),
+            time: self.registry.histogram(
+                APP_RESPONSE_SECONDS,
+                "Time from a request for an app to the end of its response, in seconds",
+                &LATENCY_BUCKETS_SECONDS,
+                &tags,
+            ),
         };
-        self.responses[i].inc();
+        apps.insert(app_id.into(), series.clone());
+        Some(series)
+    }
+
+    /// Drops the series of every app not in `live` (the apps with a route in the table).
+    pub(crate) fn retain_apps(&self, live: &HashSet<&str>) {
+        let mut apps = lock(&self.apps);
+        apps.retain(|app_id, _| {
+            let keep = live.contains(&**app_id);
+            if !keep {
+                for name in [APP_RESPONSES, APP_RESPONSE_SECONDS] {
+                    self.registry.remove(name, &[("app_id", app_id)]);
+                }
+            }
+            keep
+        });
     }
 
     pub(crate) fn error(&self, reason: Reason) {
@@ -246,6 +333,64 @@ mod tests {
         let text = registry.render_prometheus();
         assert!(text.contains("# TYPE router_backend_latency_seconds histogram"));
         assert!(!text.contains("backend_latency_bucket_total"), "{text}");
+    }
+
+    #[test]
+    fn app_series_live_as_long_as_the_app_has_routes() {
+        let registry = Registry::new("router", "0");
+        let metrics = Metrics::new(&registry);
+        let endpoint = |app: &str, name: &str| {
+            Endpoint::new(
+                "127.0.0.1:8080".parse().unwrap(),
+                Some(app),
+                None,
+                Some("0"),
+                vec![("app_name".to_owned(), name.to_owned())],
+                None,
+                1,
+            )
+        };
+        let shop = metrics.app(&endpoint("guid-shop", "shop")).unwrap();
+        shop.observe(200, Duration::from_millis(3));
+        shop.observe(503, Duration::from_millis(30));
+        metrics
+            .app(&endpoint("guid-shop", "shop"))
+            .unwrap()
+            .observe(201, Duration::from_millis(1));
+        metrics
+            .app(&endpoint("guid-blog", "blog"))
+            .unwrap()
+            .observe(200, Duration::from_millis(1));
+        let text = registry.render_prometheus();
+        let labels = r#"source_id="router",instance_id="0",app_id="guid-shop",app_name="shop""#;
+        for line in [
+            format!(r#"router_app_responses_total{{{labels},status_class="2xx"}} 2"#),
+            format!(r#"router_app_responses_total{{{labels},status_class="5xx"}} 1"#),
+            format!(r#"router_app_response_seconds_bucket{{{labels},le="0.004"}} 2"#),
+            format!("router_app_response_seconds_count{{{labels}}} 3"),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+        let unowned = Endpoint::new(
+            "127.0.0.1:8080".parse().unwrap(),
+            None,
+            None,
+            None,
+            Vec::new(),
+            None,
+            1,
+        );
+        assert!(metrics.app(&unowned).is_none(), "a static route has no app");
+
+        metrics.retain_apps(&HashSet::from(["guid-blog"]));
+        let text = registry.render_prometheus();
+        assert!(!text.contains("guid-shop"), "{text}");
+        assert!(text.contains(r#"app_name="blog""#), "{text}");
+        metrics.retain_apps(&HashSet::new());
+        assert!(!registry.render_prometheus().contains("app_id="));
     }
 
     #[test]

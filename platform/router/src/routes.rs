@@ -196,5 +196,6 @@ impl Routes {
         let metrics = &self.metrics;
         metrics.routes.set(self.routes.route_count() as f64);
         metrics.endpoints.set(self.routes.endpoint_count() as f64);
+        metrics.retain_apps(&self.routes.app_ids());
     }
 }

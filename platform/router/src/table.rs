@@ -13,7 +13,7 @@
 //!   per key; what does not fit is refused and counted by the caller.
 //! - Expiry is driven by the caller's clock (`now`), so it can be paused while the bus is down.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -658,6 +658,15 @@ impl RouteTable {
     /// Routes (host + path keys) in the table.
     pub(crate) fn route_count(&self) -> usize {
         self.routes.len()
+    }
+
+    /// The guids of the apps with an instance in the table.
+    pub(crate) fn app_ids(&self) -> HashSet<&str> {
+        self.routes
+            .values()
+            .flat_map(|e| &e.slots)
+            .filter_map(|s| s.endpoint.app_id.as_deref())
+            .collect()
     }
 
     /// Instances over all routes.

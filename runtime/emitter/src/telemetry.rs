@@ -280,17 +280,25 @@ impl Registry {
         histogram
     }
 
+    /// Removes every metric named `name` whose tags include all of `tags` (counter, gauge or
+    /// histogram) and returns how many went. For series that follow something that comes and
+    /// goes (an app, an instance): removing them when it goes keeps `/metrics` bounded by what
+    /// is alive. Handles still held keep working but no longer show; registering the same name
+    /// and tags again starts a fresh series.
+    pub fn remove(&self, name: &str, tags: &[(&str, &str)]) -> usize {
+        let mut metrics = lock(&self.metrics);
+        let before = metrics.len();
+        metrics.retain(|m| !(m.name == name && has_tags(&m.tags, tags)));
+        before - metrics.len()
+    }
+
     /// The sum of every counter named `name` whose tags include all of `tags`.
     #[must_use]
     pub fn counter_sum(&self, name: &str, tags: &[(&str, &str)]) -> u64 {
         let metrics = lock(&self.metrics);
         metrics
             .iter()
-            .filter(|m| m.name == name)
-            .filter(|m| {
-                tags.iter()
-                    .all(|(k, v)| m.tags.iter().any(|(mk, mv)| mk == k && mv == v))
-            })
+            .filter(|m| m.name == name && has_tags(&m.tags, tags))
             .map(|m| match &m.handle {
                 Handle::Counter { counter, .. } => counter.get(),
                 Handle::Gauge { .. } | Handle::Histogram(_) => 0,
@@ -422,6 +430,12 @@ fn own(tags: &[(&str, &str)]) -> Vec<(String, String)> {
     v
 }
 
+/// Whether `have` includes every one of `want`.
+fn has_tags(have: &[(String, String)], want: &[(&str, &str)]) -> bool {
+    want.iter()
+        .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
+}
+
 fn prom_name(name: &str) -> String {
     name.chars()
         .map(|c| {
@@ -511,6 +525,49 @@ mod tests {
         }
         assert_eq!(h.count(), 4);
         assert!(r.take_envelopes().is_empty(), "histograms stay on /metrics");
+    }
+
+    #[test]
+    fn removed_series_leave_text_and_envelopes() {
+        let r = Registry::new("executor", "0");
+        let cpu = |app: &str, index: &str| {
+            r.gauge(
+                "executor.app_cpu_percentage",
+                "cpu",
+                "percentage",
+                &[("app_id", app), ("instance_index", index)],
+            )
+        };
+        cpu("a", "0").set(1.0);
+        cpu("a", "1").set(2.0);
+        cpu("b", "0").set(3.0);
+        r.counter("executor.starts", "starts", &[("app_id", "a")])
+            .inc();
+        assert_eq!(
+            r.remove(
+                "executor.app_cpu_percentage",
+                &[("app_id", "a"), ("instance_index", "1")]
+            ),
+            1
+        );
+        assert_eq!(
+            r.remove("executor.app_cpu_percentage", &[("app_id", "a")]),
+            1
+        );
+        assert_eq!(
+            r.remove("executor.app_cpu_percentage", &[("app_id", "a")]),
+            0
+        );
+        let text = r.render_prometheus();
+        assert!(!text.contains("app_id=\"a\",instance_index"), "{text}");
+        assert!(text.contains("app_id=\"b\""), "{text}");
+        assert!(
+            text.contains("executor_starts_total"),
+            "other names stay: {text}"
+        );
+        assert_eq!(r.take_envelopes().len(), 2);
+        // Registering again starts over from a fresh series.
+        assert_eq!(cpu("a", "0").get(), 0.0);
     }
 
     #[test]
