@@ -214,13 +214,12 @@ impl FromRequestParts<Arc<Ctx>> for Caller {
             .ok_or_else(|| {
                 ApiError::unauthenticated("the Authorization header must be `Bearer <token>`")
             })?;
-        let claims = ctx
         // The audience first: a log token or a refresh token is never an API credential.
+        let claims = ctx
             .keys
             .key_set()
             .verify(token.trim(), AUD_API)
             .map_err(|e| ApiError::unauthenticated(format!("{e}; log in again")))?;
-        let username = claims.sub;
         // Then the scope the method needs: reads need cloud_controller.read, anything that
         // changes state needs cloud_controller.write.
         let reading = matches!(
@@ -246,6 +245,7 @@ impl FromRequestParts<Arc<Ctx>> for Caller {
             });
         }
         let token_admin = claims.is_admin();
+        let username = claims.sub;
         let row = ctx
             .db
             .run(move |c| Ok(db::user_by_name(c, &username)?))
