@@ -1,7 +1,9 @@
-//! The Grafana dashboard's shape: it imports (valid JSON, the fields Grafana needs), panels
-//! fit the 24-column grid without overlapping, ids and query refIds are unique, and every
-//! query reads from the dashboard's Prometheus variable. Whether the metrics it names exist is
-//! checked against a running micro cloud in the `hydrant` crate's `dashboard` test.
+//! The Grafana dashboards' shape (`hydrant.json` for a Prometheus fed by the OTLP nozzle,
+//! `hydrant-direct.json` for one scraping the roles' `/metrics`): each imports (valid JSON, the
+//! fields Grafana needs), panels fit the 24-column grid without overlapping, ids and query
+//! refIds are unique, and every query reads from the dashboard's Prometheus variable. Whether
+//! the metrics they name exist is checked against a running micro cloud in the `hydrant`
+//! crate's `dashboard` test.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,9 +15,24 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-fn dashboard() -> Value {
-    let text = include_str!("../grafana/hydrant.json");
-    serde_json::from_str(text).expect("grafana/hydrant.json is JSON")
+/// Both dashboards with the uid each must keep (Grafana links and provisioning use it).
+fn dashboards() -> [(&'static str, Value); 2] {
+    let parse = |name: &str, text: &str| {
+        serde_json::from_str::<Value>(text).unwrap_or_else(|e| panic!("grafana/{name}: {e}"))
+    };
+    [
+        (
+            "hydrant-overview",
+            parse("hydrant.json", include_str!("../grafana/hydrant.json")),
+        ),
+        (
+            "hydrant-direct",
+            parse(
+                "hydrant-direct.json",
+                include_str!("../grafana/hydrant-direct.json"),
+            ),
+        ),
+    ]
 }
 
 /// Every panel, rows' nested panels included.
@@ -30,10 +47,15 @@ fn panels(v: &Value) -> Vec<&Value> {
 
 #[test]
 fn panels_fit_the_grid_and_have_unique_ids() {
-    let d = dashboard();
-    assert_eq!(d["uid"], "hydrant-overview");
+    for (uid, d) in dashboards() {
+        panels_fit(uid, &d);
+    }
+}
+
+fn panels_fit(uid: &str, d: &Value) {
+    assert_eq!(d["uid"], uid);
     assert!(d["schemaVersion"].as_u64().unwrap() >= 36);
-    let all = panels(&d);
+    let all = panels(d);
     assert!(all.len() >= 15, "only {} panels", all.len());
     let mut ids = BTreeSet::new();
     let mut cells = BTreeSet::new();
@@ -66,7 +88,12 @@ fn panels_fit_the_grid_and_have_unique_ids() {
 
 #[test]
 fn every_query_reads_the_prometheus_variable() {
-    let d = dashboard();
+    for (_, d) in dashboards() {
+        reads_the_variable(&d);
+    }
+}
+
+fn reads_the_variable(d: &Value) {
     let vars: Vec<&str> = d["templating"]["list"]
         .as_array()
         .unwrap()
@@ -74,7 +101,7 @@ fn every_query_reads_the_prometheus_variable() {
         .map(|v| v["name"].as_str().unwrap())
         .collect();
     assert_eq!(vars, ["datasource", "app"]);
-    for p in panels(&d).into_iter().filter(|p| p["type"] != "row") {
+    for p in panels(d).into_iter().filter(|p| p["type"] != "row") {
         let targets = p["targets"].as_array().unwrap();
         assert!(!targets.is_empty(), "{} has no query", p["title"]);
         assert!(
