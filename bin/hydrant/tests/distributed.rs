@@ -977,6 +977,29 @@ fn data_plane_outlives_the_control_plane() {
         "[{:?}] scaled to 3 after the bus came back",
         started.elapsed()
     );
+    // Nothing genuine was refused: the executor's heartbeats, crashes and registrations on its
+    // own cell's subjects pass the server's permissions, the router reads placements (not
+    // start commands), and the consumers' placement checks accept every genuine report.
+    for admin in ["executor_admin", "api_admin", "router_admin"] {
+        let text = cluster.admin_metrics(admin);
+        assert_eq!(
+            metric(&text, "bus_refused_total").unwrap_or(0.0),
+            0.0,
+            "{admin}: the bus refused a genuine publish or subscription:\n{text}"
+        );
+        let forged: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.contains("_dropped_total{")
+                    && (l.contains("reason=\"not_placed\"") || l.contains("reason=\"wrong_cell\""))
+                    && !l.ends_with(" 0")
+            })
+            .collect();
+        assert!(
+            forged.is_empty(),
+            "{admin} dropped genuine reports: {forged:?}"
+        );
+    }
     drop(cluster);
     eprintln!("[{:?}] torn down", started.elapsed());
 }
