@@ -6,6 +6,8 @@
 //! - the Grafana dashboard: every metric and label it queries is one the running platform
 //!   emits, collected from the roles' Prometheus endpoints and the firehose, under the OTLP
 //!   nozzle's naming (dots become underscores, counters `_total`, timers `_bucket/_sum/_count`);
+//! - the direct-scrape Grafana dashboard (`hydrant-direct.json`): every metric and label it
+//!   queries is on the roles' `/metrics` alone, as a Prometheus scraping them sees it;
 //! - every role's `/metrics` passes `promtool check metrics` (Prometheus's own linter) with no
 //!   finding.
 #![allow(
@@ -566,12 +568,30 @@ fn promtool_findings(role: &str, text: &str) -> Vec<String> {
     findings
 }
 
-/// Names and labels from every role's Prometheus `/metrics`; returns what `promtool check
+/// Every role's admin base URL (`role`, `http://host:port`), plus any `extra` the test started.
+fn scrape_targets(endpoints: &Value, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    endpoints["admin"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(role, base)| (role.clone(), base.as_str().unwrap().to_owned()))
+        .chain(
+            extra
+                .iter()
+                .map(|(r, b)| ((*r).to_owned(), (*b).to_owned())),
+        )
+        .collect()
+}
+
+/// Names and labels from every target's Prometheus `/metrics`; returns what `promtool check
 /// metrics` found wrong in them.
-async fn from_prometheus_endpoints(endpoints: &Value, emitted: &mut Emitted) -> Vec<String> {
+async fn from_prometheus_endpoints(
+    targets: &[(String, String)],
+    emitted: &mut Emitted,
+) -> Vec<String> {
     let mut findings = Vec::new();
-    for (role, base) in endpoints["admin"].as_object().unwrap() {
-        let text = reqwest::get(format!("{}/metrics", base.as_str().unwrap()))
+    for (role, base) in targets {
+        let text = reqwest::get(format!("{base}/metrics"))
             .await
             .unwrap_or_else(|e| panic!("{role} /metrics: {e}"))
             .text()
@@ -1028,8 +1048,14 @@ fn promql_reader_finds_metrics_labels_and_groupings() {
     );
 }
 
-/// Runs a syslog nozzle (into a local sink) so the pipeline's nozzle metrics exist too.
-fn start_nozzle(cloud: &MicroCloud, endpoints: &Value) -> Child {
+/// Runs a syslog nozzle (into a local sink) so the pipeline's nozzle metrics exist too;
+/// returns it with its admin base URL (where its `/metrics` is).
+fn start_nozzle(cloud: &MicroCloud, endpoints: &Value) -> (Child, String) {
+    // A port the kernel just handed out and nobody holds: the nozzle binds it next.
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = sink.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -1047,7 +1073,7 @@ fn start_nozzle(cloud: &MicroCloud, endpoints: &Value) -> Child {
         format!(
             "subscription_id = \"grafana-check-syslog\"\n\
              drains = [\"syslog://127.0.0.1:{port}\"]\n\
-             admin_listen = \"127.0.0.1:0\"\n\
+             admin_listen = \"{admin}\"\n\
              [firehose]\nurl = \"{}\"\ntoken = \"{}\"\n\
              [telemetry]\nagent = \"{}\"\ninterval_secs = 1\n\
              [telemetry.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
@@ -1060,18 +1086,20 @@ fn start_nozzle(cloud: &MicroCloud, endpoints: &Value) -> Child {
         ),
     )
     .unwrap();
-    cloud
+    let child = cloud
         .command(&["nozzle", "syslog", "--config", config.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .unwrap()
+        .unwrap();
+    (child, format!("http://{admin}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grafana_dashboard_queries_only_metrics_the_platform_emits() {
+/// A dashboard's queries, each with the names it reads.
+fn dashboard_queries(file: &str) -> Vec<(String, String, QueryNames)> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../contracts/dashboards/grafana/hydrant.json");
+        .join("../../contracts/dashboards/grafana")
+        .join(file);
     let dashboard: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let queries: Vec<(String, String, QueryNames)> = grafana_queries(&dashboard)
         .into_iter()
@@ -1080,11 +1108,34 @@ async fn grafana_dashboard_queries_only_metrics_the_platform_emits() {
             (title, q, names)
         })
         .collect();
-    assert!(queries.len() >= 10, "only {} queries", queries.len());
+    assert!(
+        queries.len() >= 10,
+        "{file}: only {} queries",
+        queries.len()
+    );
+    queries
+}
+
+/// Every query's problems against `emitted`, a line per problem.
+fn problems(queries: &[(String, String, QueryNames)], emitted: &Emitted) -> Vec<String> {
+    let mut out = Vec::new();
+    for (title, q, names) in queries {
+        for p in check_query(names, emitted) {
+            out.push(format!("{title}: {q}\n    {p}"));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafana_dashboard_queries_only_metrics_the_platform_emits() {
+    let queries = dashboard_queries("hydrant.json");
+    let direct_queries = dashboard_queries("hydrant-direct.json");
 
     let cloud = demo_cloud();
     let endpoints = cloud.endpoints();
-    let mut nozzle = start_nozzle(&cloud, &endpoints);
+    let (mut nozzle, nozzle_admin) = start_nozzle(&cloud, &endpoints);
+    let targets = scrape_targets(&endpoints, &[("test-nozzle", &nozzle_admin)]);
 
     let mut emitted = Emitted::new();
     // Stream until every query is satisfied: role reports come every few seconds, SLO gauges
@@ -1095,7 +1146,21 @@ async fn grafana_dashboard_queries_only_metrics_the_platform_emits() {
             .all(|(_, _, names)| check_query(names, emitted).is_empty())
     };
     from_firehose(&endpoints, &mut emitted, Duration::from_secs(60), all_found).await;
-    let findings = from_prometheus_endpoints(&endpoints, &mut emitted).await;
+    let mut findings = from_prometheus_endpoints(&targets, &mut emitted).await;
+
+    // The direct-scrape dashboard reads the roles' /metrics alone (what a Prometheus scraping
+    // them sees, no nozzle in between). Per-app series appear once the demo app has served
+    // requests and its instances have reported usage, so scrape until they are there.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (direct, direct_findings) = loop {
+        let mut direct = Emitted::new();
+        let found = from_prometheus_endpoints(&targets, &mut direct).await;
+        if problems(&direct_queries, &direct).is_empty() || Instant::now() >= deadline {
+            break (direct, found);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    findings.extend(direct_findings);
     let _ = nozzle.kill();
     let _ = nozzle.wait();
     assert!(
@@ -1104,16 +1169,19 @@ async fn grafana_dashboard_queries_only_metrics_the_platform_emits() {
         findings.join("\n")
     );
 
-    let mut problems = Vec::new();
-    for (title, q, names) in &queries {
-        for p in check_query(names, &emitted) {
-            problems.push(format!("{title}: {q}\n    {p}"));
-        }
-    }
+    let otlp = problems(&queries, &emitted);
     assert!(
-        problems.is_empty(),
+        otlp.is_empty(),
         "the Grafana dashboard queries what the platform does not emit:\n{}\n\nemitted: {:?}",
-        problems.join("\n"),
+        otlp.join("\n"),
         emitted.keys().collect::<Vec<_>>()
+    );
+    let scraped = problems(&direct_queries, &direct);
+    assert!(
+        scraped.is_empty(),
+        "the direct-scrape Grafana dashboard queries what the roles' /metrics do not carry:\n{}\n\n\
+         on /metrics: {:?}",
+        scraped.join("\n"),
+        direct.keys().collect::<Vec<_>>()
     );
 }
