@@ -1,0 +1,317 @@
+//! The health manager on the authenticated bus: a real `nats-server` running the config
+//! `hydrant_bus::nats_config` writes, every party with its own certificate (the health
+//! manager, a placer with the cloud controller's identity, cells `e1` and `e2` with their cell
+//! identities). The cloud controller's API is down, so a crash the health manager believes is
+//! restarted straight from the overheard start request, on the bus. A hostile `e2` reporting
+//! `e1`'s instance crashed is refused by the server on `e1`'s subject and dropped and counted by
+//! the health manager on its own; nothing is restarted. `e1`'s own crash report is.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+#[allow(dead_code, reason = "shared with the bus crate's NATS tests")]
+#[path = "../../../runtime/bus/tests/support/nats_server.rs"]
+mod nats_server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hydrant_bus::messages::{
+    self, ExecutorCrash, ExecutorHeartbeat, ExecutorReply, InstanceHeartbeat, InstancePlaced,
+    InstanceState, Resources, StartInstance,
+};
+use hydrant_bus::nats_config::{self, ServerTls};
+use hydrant_bus::{Bus, Config as BusConfig, TlsFiles};
+use hydrant_emitter::Registry;
+use hydrant_testkit::wait_for;
+use hydrant_tls::Identity;
+use hydrant_tls::issue::{self, CertDir, LeafSpec};
+use nats_server::NatsServer;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    certs: CertDir,
+    cells: PathBuf,
+    server: NatsServer,
+}
+
+impl Fixture {
+    fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let certs = issue::ensure(
+            &tmp.path().join("certs"),
+            &[
+                Identity::CloudController,
+                Identity::HealthManager,
+                Identity::Nats,
+            ],
+            &names,
+        )
+        .unwrap();
+        let cells = tmp.path().join("cells");
+        for cell in ["e1", "e2"] {
+            issue::issue(
+                certs.dir(),
+                &LeafSpec {
+                    identity: Identity::Executor,
+                    names: vec![nats_config::cell_user(cell)],
+                    days: 1,
+                },
+                Some(&cells.join(cell)),
+            )
+            .unwrap();
+        }
+        let server = NatsServer::start_with_config(tmp.path(), |port| {
+            nats_config::server_config(
+                &format!("127.0.0.1:{port}"),
+                ServerTls {
+                    ca_file: &certs.ca_file(),
+                    cert_file: &certs.cert_file(Identity::Nats),
+                    key_file: &certs.key_file(Identity::Nats),
+                },
+                &["e1".to_owned(), "e2".to_owned()],
+            )
+            .unwrap()
+        });
+        Self {
+            _tmp: tmp,
+            certs,
+            cells,
+            server,
+        }
+    }
+
+    fn config(&self, dir: &CertDir, identity: Identity) -> BusConfig {
+        BusConfig {
+            tls: Some(TlsFiles {
+                ca_file: dir.ca_file(),
+                cert_file: dir.cert_file(identity),
+                key_file: dir.key_file(identity),
+            }),
+            ..BusConfig::nats(&self.server.url())
+        }
+    }
+
+    fn role(&self, identity: Identity) -> BusConfig {
+        self.config(&self.certs, identity)
+    }
+
+    async fn cell(&self, cell: &str) -> (Bus, Registry) {
+        let registry = Registry::new("executor", cell);
+        let dir = CertDir::new(self.cells.join(cell));
+        let bus = Bus::connect(&self.config(&dir, Identity::Executor), &registry)
+            .await
+            .unwrap();
+        (bus, registry)
+    }
+}
+
+/// Starts a health manager whose API is unreachable; returns its shutdown and admin address.
+async fn start_hm(bus: BusConfig) -> (CancellationToken, SocketAddr) {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let config = hydrant_healthmanager::Config {
+        api_url,
+        token: Some("unused".into()),
+        poll_interval_secs: 1,
+        request_timeout_ms: 500,
+        converge_interval_secs: 1,
+        retry_secs: 1,
+        admin_listen: "127.0.0.1:0".into(),
+        bus,
+        ..hydrant_healthmanager::Config::default()
+    };
+    let listeners = hydrant_runtime::bind::<hydrant_healthmanager::HealthManager>(&config)
+        .await
+        .unwrap();
+    let admin = listeners.local_addr("admin").unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(
+        hydrant_runtime::run::<hydrant_healthmanager::HealthManager>(
+            config,
+            listeners,
+            shutdown.clone(),
+        ),
+    );
+    (shutdown, admin)
+}
+
+/// One series of `/metrics` (0 when absent), over a plain HTTP/1.0 GET.
+async fn metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: admin\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+fn crash(executor_id: &str, instance: &str) -> ExecutorCrash {
+    ExecutorCrash {
+        executor_id: executor_id.into(),
+        app: "app-1".into(),
+        instance: instance.into(),
+        index: 0,
+        reason: "CRASHED".into(),
+        exit_status: Some(1),
+        exit_description: "APP/PROC/WEB: Exited with status 1".into(),
+        ..ExecutorCrash::default()
+    }
+}
+
+fn heartbeat(cell: &str, instance: &str, state: InstanceState) -> ExecutorHeartbeat {
+    ExecutorHeartbeat {
+        executor_id: cell.into(),
+        host: "127.0.0.1".into(),
+        capacity: Resources {
+            memory_mb: 8192,
+            instances: 20,
+        },
+        used: Resources::default(),
+        instances: vec![InstanceHeartbeat {
+            app: "app-1".into(),
+            instance: instance.into(),
+            index: 0,
+            state,
+            since: 1,
+            port: Some(61000),
+        }],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_crash_on_the_authenticated_bus_restarts_nothing() {
+    let fixture = Fixture::start();
+    let (hm, admin) = start_hm(fixture.role(Identity::HealthManager)).await;
+    let placer = Bus::connect(
+        &fixture.role(Identity::CloudController),
+        &Registry::new("cloudcontroller", "0"),
+    )
+    .await
+    .unwrap();
+    let (e1, _) = fixture.cell("e1").await;
+    let (e2, e2_registry) = fixture.cell("e2").await;
+    let mut e1_starts = e1
+        .subscribe(&messages::executor_start_subject("e1"))
+        .await
+        .unwrap();
+    let mut e2_starts = e2
+        .subscribe(&messages::executor_start_subject("e2"))
+        .await
+        .unwrap();
+
+    // The controller places app-1's instance 0 on e1: the placement, then the start (which
+    // the health manager overhears and would copy to restart it).
+    let start = StartInstance {
+        executor_id: "e1".into(),
+        app: "app-1".into(),
+        app_name: "victim".into(),
+        instance: "i-1".into(),
+        index: 0,
+        memory_mb: 64,
+        ..StartInstance::default()
+    };
+    placer
+        .publish_json(
+            &messages::executor_placed_subject("e1"),
+            &InstancePlaced::from(&start),
+        )
+        .unwrap();
+    placer
+        .publish_json(&messages::executor_start_subject("e1"), &start)
+        .unwrap();
+    let first = tokio::time::timeout(WAIT, e1_starts.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.json::<StartInstance>().unwrap().instance, "i-1");
+    // e1 runs it (and e2 heartbeats, so it is a restart candidate with room).
+    let running = heartbeat("e1", "i-1", InstanceState::Running);
+    e1.publish_json(&messages::executor_heartbeat_subject("e1"), &running)
+        .unwrap();
+    let mut idle = heartbeat("e2", "unused", InstanceState::Running);
+    idle.instances.clear();
+    e2.publish_json(&messages::executor_heartbeat_subject("e2"), &idle)
+        .unwrap();
+
+    // e2 on e1's subject: the server refuses it.
+    e2.publish_json(&messages::executor_crash_subject("e1"), &crash("e1", "i-1"))
+        .unwrap();
+    // e2 on its own subject, as itself and as e1, and a heartbeat showing it crashed.
+    let own = messages::executor_crash_subject("e2");
+    e2.publish_json(&own, &crash("e2", "i-1")).unwrap();
+    e2.publish_json(&own, &crash("e1", "i-1")).unwrap();
+    e2.publish_json(
+        &messages::executor_heartbeat_subject("e2"),
+        &heartbeat("e2", "i-1", InstanceState::Crashed),
+    )
+    .unwrap();
+    wait_for(
+        WAIT,
+        "the server to refuse e2's publish on e1's subject",
+        || async {
+            e2_registry.counter_sum("bus.refused", &[("reason", "permissions_violation")]) == 1
+        },
+    )
+    .await;
+    wait_for(WAIT, "the forged reports dropped and counted", || async {
+        metric(
+            admin,
+            "healthmanager_dropped_total",
+            "reason=\"not_placed\"",
+        )
+        .await
+            == 2.0
+            && metric(
+                admin,
+                "healthmanager_dropped_total",
+                "reason=\"wrong_cell\"",
+            )
+            .await
+                == 1.0
+    })
+    .await;
+    // Handled and refused before the counters moved: had one been taken, its crash would be
+    // counted, and a first crash restarts at once.
+    assert_eq!(metric(admin, "healthmanager_crashes_total", "").await, 0.0);
+    assert!(e1_starts.try_next().is_none());
+    assert!(e2_starts.try_next().is_none());
+
+    // e1's own report is restarted from the overheard start, under a fresh instance guid.
+    e1.publish_json(&messages::executor_crash_subject("e1"), &crash("e1", "i-1"))
+        .unwrap();
+    let restart = tokio::select! {
+        m = e1_starts.next() => (m.unwrap(), &e1),
+        m = e2_starts.next() => (m.unwrap(), &e2),
+        () = tokio::time::sleep(WAIT) => panic!("no restart after e1's genuine crash"),
+    };
+    let (message, cell) = restart;
+    let restarted: StartInstance = message.json().unwrap();
+    assert_eq!(restarted.app, "app-1");
+    assert_ne!(restarted.instance, "i-1");
+    let reply = ExecutorReply {
+        executor_id: restarted.executor_id.clone(),
+        accepted: true,
+        reason: None,
+    };
+    cell.reply(&message, messages::encode(&reply).unwrap())
+        .unwrap();
+    assert_eq!(metric(admin, "healthmanager_crashes_total", "").await, 1.0);
+    hm.cancel();
+}
