@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::token::{Secret, TokenSource};
 
 /// How to reach and read the firehose edge.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,6 +22,22 @@ pub struct ClientConfig {
     /// Bearer token sent as `Authorization: Bearer <token>`. Default empty (the edge answers
     /// 401).
     pub token: String,
+    /// Cloud controller base URL that client credentials are exchanged at
+    /// (`POST /v3/tokens`, `grant_type=client_credentials`). Needed with `client_id`. Default
+    /// empty.
+    pub api_url: String,
+    /// OAuth2 client id. When set, the client gets its token with client credentials and renews
+    /// it before it expires and whenever the edge closes a stream for an expired token, instead
+    /// of sending `token`. Default empty (use `token`).
+    pub client_id: String,
+    /// The client's secret, inline. Default empty; prefer `client_secret_file`.
+    pub client_secret: String,
+    /// A file holding the client's secret, re-read at each renewal. Default empty.
+    pub client_secret_file: String,
+    /// A token source set in code (the CLI's refresh token, a shared cache); not read from
+    /// TOML. When set it wins over `token` and the client credentials. Default none.
+    #[serde(skip)]
+    pub token_source: Option<TokenSource>,
     /// Reconnect policy. Default: 100 ms doubling to 5 s, 50 % jitter.
     pub reconnect: Backoff,
     /// Stream events (batches, gaps, ...) queued between the socket reader and the consumer.
@@ -60,6 +77,11 @@ impl Default for ClientConfig {
         Self {
             url: "http://127.0.0.1:8081".to_owned(),
             token: String::new(),
+            api_url: String::new(),
+            client_id: String::new(),
+            client_secret: String::new(),
+            client_secret_file: String::new(),
+            token_source: None,
             reconnect: Backoff::default(),
             buffer_events: 16,
             connect_timeout_ms: 10_000,
@@ -180,12 +202,61 @@ impl Endpoint {
 }
 
 impl ClientConfig {
+    /// Where the stream's token comes from: `token_source` if set, else client credentials when
+    /// `client_id` is set, else `None` (the static `token`).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the client credential fields are incomplete.
+    pub fn credentials(&self) -> Result<Option<TokenSource>, Error> {
+        if let Some(source) = &self.token_source {
+            return Ok(Some(source.clone()));
+        }
+        if self.client_id.is_empty() {
+            if !self.client_secret.is_empty() || !self.client_secret_file.is_empty() {
+                return Err(Error::Config {
+                    field: "client_id",
+                    message: "must be set with client_secret or client_secret_file".to_owned(),
+                });
+            }
+            return Ok(None);
+        }
+        if self.api_url.is_empty() {
+            return Err(Error::Config {
+                field: "api_url",
+                message: "must name the cloud controller (e.g. http://127.0.0.1:9022) when \
+                          client_id is set: the token is renewed there"
+                    .to_owned(),
+            });
+        }
+        let secret = match (
+            self.client_secret.is_empty(),
+            self.client_secret_file.is_empty(),
+        ) {
+            (false, true) => Secret::Inline(self.client_secret.clone()),
+            (true, false) => Secret::File(self.client_secret_file.clone().into()),
+            _ => {
+                return Err(Error::Config {
+                    field: "client_secret",
+                    message: "set exactly one of client_secret and client_secret_file with \
+                              client_id"
+                        .to_owned(),
+                });
+            }
+        };
+        Ok(Some(TokenSource::client_credentials(
+            self.api_url.trim_end_matches('/').to_owned(),
+            self.client_id.clone(),
+            secret,
+        )))
+    }
+
     /// Checks every field; the message names the field and what to change.
     ///
     /// # Errors
     /// [`Error::Config`] for the first unusable field.
     pub fn validate(&self) -> Result<(), Error> {
         self.endpoint()?;
+        self.credentials()?;
         let positive = [
             ("buffer_events", self.buffer_events as u64),
             ("connect_timeout_ms", self.connect_timeout_ms),

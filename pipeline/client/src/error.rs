@@ -18,6 +18,20 @@ pub enum Error {
     /// The edge rejected the token (HTTP 401). Fatal: reconnecting cannot help.
     #[error("token rejected by the firehose (401): log in again")]
     Unauthorized,
+    /// The edge refused a token that has expired, and the client has no way to renew it (a
+    /// static `token`). Fatal.
+    #[error(
+        "the firehose token expired {expired_secs_ago} s ago: log in again (`hydrant login`), or \
+         configure client_id and client_secret so the client renews it"
+    )]
+    TokenExpired {
+        /// How long ago the token's `exp` passed (0 when the edge said so at close).
+        expired_secs_ago: u64,
+    },
+    /// The token source could not produce a token, and retrying cannot help (credentials
+    /// refused). Fatal.
+    #[error("cannot get a firehose token: {0}")]
+    TokenRenewal(String),
     /// The stream or source does not exist, or this token may not see it (HTTP 404; the edge
     /// answers both the same so outsiders learn nothing). Fatal.
     #[error("{what} not found or not visible to you (404)")]

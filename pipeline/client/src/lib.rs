@@ -8,7 +8,8 @@
 //!
 //! # Layout
 //! - [`FirehoseClient`] / [`StreamEvent`]: one subscription, kept alive with capped exponential
-//!   backoff and jitter; final on 401/403/404.
+//!   backoff and jitter; final on 401/403/404, except that a [`TokenSource`] (client
+//!   credentials, a refresh token) renews an expired or refused token and reconnects at once.
 //! - [`recent`] / [`RecentQuery`]: history from the log cache read API (protojson parsed back
 //!   by `hydrant_envelope::json`, the same codec the edge writes it with).
 //! - [`follow_with_recent`] / [`Follow`]: recent, then live, with no gap and no duplicates.
@@ -28,6 +29,7 @@ mod http;
 mod recent;
 pub mod render;
 mod stream;
+mod token;
 
 pub use batch::Batch;
 pub use config::{Backoff, ClientConfig, Subscription};
@@ -39,3 +41,4 @@ pub use hydrant_envelope::gap::Gap;
 pub use hydrant_envelope::wire::{EnvelopeView, Kind};
 pub use recent::{MAX_RECENT_LIMIT, RecentQuery, recent};
 pub use stream::{ClientStats, FirehoseClient, StreamEvent};
+pub use token::{Secret, TokenError, TokenFuture, TokenSource};

@@ -91,6 +91,14 @@ pub async fn recent(
 ) -> Result<Vec<v2::Envelope>, Error> {
     config.validate()?;
     let endpoint = config.endpoint()?;
+    let token = match config.credentials()? {
+        Some(source) => source.token(false).await.map_err(|e| match e {
+            crate::TokenError::Refused(reason) | crate::TokenError::Unavailable(reason) => {
+                Error::TokenRenewal(crate::render::escape_text(&reason))
+            }
+        })?,
+        None => config.token.clone(),
+    };
     let mut limit = query.limit;
     let mut retries = 0;
     loop {
@@ -99,13 +107,7 @@ pub async fn recent(
             percent_encode(source_id),
             query.query_string(limit)
         );
-        let read = crate::http::get(
-            &endpoint,
-            &path,
-            ACCEPT,
-            &config.token,
-            config.max_response_bytes,
-        );
+        let read = crate::http::get(&endpoint, &path, ACCEPT, &token, config.max_response_bytes);
         let response = tokio::time::timeout(config.request_timeout(), read)
             .await
             .map_err(|_| Error::Timeout {

@@ -9,7 +9,10 @@
 //!   socket, so memory never grows with a slow consumer: the edge's slow-consumer policy (a gap
 //!   marker, or close 1008) decides instead, and both reach the consumer as events;
 //! - 401, 403 and 404 are final: they end the stream with one [`StreamEvent::Fatal`] instead of
-//!   a retry loop that can never succeed;
+//!   a retry loop that can never succeed; the one exception is a token that can be renewed
+//!   (a [`TokenSource`]): a 401 or a close 1008 "token expired" renews it once and reconnects at
+//!   once, without back-off, and a freshly renewed token that is refused again is final;
+//! - a static token that has expired ends the stream with [`Error::TokenExpired`];
 //! - everything else (refused, reset, close frames, idle) is retried, and the consumer is told
 //!   what happened and when the next attempt is;
 //! - text that came from the server (close reasons, error bodies) is escaped before it is put
@@ -36,7 +39,11 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use crate::config::Endpoint;
 use crate::frame::{FrameCounts, SequenceTracker, split_frame};
 use crate::render::escape_text;
-use crate::{Batch, ClientConfig, Error, Subscription};
+use crate::token::{TokenError, explain_refusal};
+use crate::{Batch, ClientConfig, Error, Subscription, TokenSource};
+
+/// The reason the edge gives when it closes a stream whose token expired (with code 1008).
+const TOKEN_EXPIRED: &str = "token expired";
 
 /// Something that happened on the stream, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +105,8 @@ pub struct ClientStats {
     pub malformed: u64,
     /// Frames ignored (text frames: this client asks for binary).
     pub ignored_frames: u64,
+    /// Tokens renewed because the edge closed a stream for an expired token or refused one.
+    pub renewals: u64,
 }
 
 #[derive(Debug, Default)]
@@ -113,6 +122,7 @@ struct Stats {
     sequence_lost: AtomicU64,
     malformed: AtomicU64,
     ignored_frames: AtomicU64,
+    renewals: AtomicU64,
 }
 
 impl Stats {
@@ -146,6 +156,7 @@ impl Stats {
             sequence_lost: get(&self.sequence_lost),
             malformed: get(&self.malformed),
             ignored_frames: get(&self.ignored_frames),
+            renewals: get(&self.renewals),
         }
     }
 }
@@ -170,6 +181,7 @@ impl FirehoseClient {
     pub fn connect(config: ClientConfig, subscription: Subscription) -> Result<Self, Error> {
         config.validate()?;
         let endpoint = config.endpoint()?;
+        let source = config.credentials()?;
         let auth = bearer(&config.token)?;
         let (tx, rx) = mpsc::channel(config.buffer_events);
         let stats = Arc::new(Stats::default());
@@ -180,6 +192,7 @@ impl FirehoseClient {
             endpoint,
             subscription,
             auth,
+            source,
             tx,
             stats: Arc::clone(&stats),
         };
@@ -230,8 +243,12 @@ type Socket = WebSocketStream<TcpStream>;
 enum Failure {
     /// Retrying cannot help.
     Fatal(Error),
+    /// The edge refused the token (401): final unless the token can be renewed.
+    Refused,
     /// Worth retrying; the text says why it failed.
     Retry(String),
+    /// The token source could not give a token now (controller down): retried with back-off.
+    NoToken(String),
 }
 
 /// How a connection ended.
@@ -240,6 +257,8 @@ enum End {
     ConsumerGone,
     /// Lost, with the reason.
     Lost(String),
+    /// The edge closed the stream because its token expired.
+    Expired(String),
 }
 
 /// The consumer dropped the client (sending an event failed).
@@ -251,7 +270,9 @@ struct Reader {
     endpoint: Endpoint,
     subscription: Subscription,
     url: String,
+    /// The static token's header (when there is no `source`).
     auth: Option<HeaderValue>,
+    source: Option<TokenSource>,
     tracker: SequenceTracker,
     tx: mpsc::Sender<StreamEvent>,
     stats: Arc<Stats>,
@@ -266,17 +287,40 @@ impl Reader {
         // Consecutive attempts that did not lead to a healthy connection.
         let mut failures: u32 = 0;
         let reset_after = Duration::from_millis(self.config.reconnect.reset_after_ms);
+        // The last token was refused or expired: the next attempt renews it first.
+        let mut stale = false;
         loop {
             let opened = tokio::select! {
-                opened = self.open() => opened,
+                opened = self.attempt(stale) => opened,
                 () = self.tx.closed() => return,
             };
+            let renewed = std::mem::take(&mut stale);
             let reason = match opened {
                 Err(Failure::Fatal(error)) => {
                     let _ = self.emit(StreamEvent::Fatal(error)).await;
                     return;
                 }
+                Err(Failure::Refused) => {
+                    if self.source.is_none() || renewed {
+                        // A static token, or one renewed a moment ago, was refused:
+                        // renewing again cannot help.
+                        let error = self.refusal(Error::Unauthorized);
+                        let _ = self.emit(StreamEvent::Fatal(error)).await;
+                        return;
+                    }
+                    stale = true;
+                    let reason = "the firehose refused the token (401); renewing it".to_owned();
+                    if self.renew_now(reason).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 Err(Failure::Retry(reason)) => reason,
+                Err(Failure::NoToken(reason)) => {
+                    // The renewal itself failed: the next attempt must still renew.
+                    stale = renewed;
+                    reason
+                }
                 Ok(socket) => {
                     let up_since = Instant::now();
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
@@ -285,6 +329,21 @@ impl Reader {
                     }
                     match self.pump(socket).await {
                         End::ConsumerGone => return,
+                        End::Expired(reason) => {
+                            if self.source.is_none() {
+                                let error = self.refusal(Error::TokenExpired {
+                                    expired_secs_ago: 0,
+                                });
+                                let _ = self.emit(StreamEvent::Fatal(error)).await;
+                                return;
+                            }
+                            // An expected expiry: no back-off, and it is no failure.
+                            stale = true;
+                            if self.renew_now(reason).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
                         End::Lost(reason) => {
                             if up_since.elapsed() >= reset_after {
                                 failures = 0;
@@ -317,18 +376,57 @@ impl Reader {
         }
     }
 
+    /// Tells the consumer the stream is reconnecting at once with a renewed token.
+    async fn renew_now(&self, reason: String) -> Result<(), Gone> {
+        self.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(url = %self.url, %reason, "firehose token renewal");
+        self.emit(StreamEvent::Disconnected {
+            reason,
+            retry_in: Duration::ZERO,
+        })
+        .await
+    }
+
+    /// The final error for a refused static token: [`Error::TokenExpired`] when its `exp`
+    /// says it expired, else `fallback`.
+    fn refusal(&self, fallback: Error) -> Error {
+        if self.source.is_some() {
+            return fallback;
+        }
+        explain_refusal(&self.config.token, fallback)
+    }
+
+    /// One attempt with a token: from the source (renewed when `stale`) or the static one.
+    async fn attempt(&self, stale: bool) -> Result<Socket, Failure> {
+        let Some(source) = &self.source else {
+            return self.open(self.auth.clone()).await;
+        };
+        let token = match source.token(stale).await {
+            Ok(token) => token,
+            Err(TokenError::Refused(reason)) => {
+                return Err(Failure::Fatal(Error::TokenRenewal(escape_text(&reason))));
+            }
+            Err(TokenError::Unavailable(reason)) => return Err(Failure::NoToken(reason)),
+        };
+        if stale {
+            self.stats.renewals.fetch_add(1, Ordering::Relaxed);
+        }
+        let auth = bearer(&token).map_err(Failure::Fatal)?;
+        self.open(auth).await
+    }
+
     /// One attempt: TCP connect, WebSocket upgrade with the token, within the deadline.
-    async fn open(&self) -> Result<Socket, Failure> {
+    async fn open(&self, auth: Option<HeaderValue>) -> Result<Socket, Failure> {
         let mut request = self.url.as_str().into_client_request().map_err(|e| {
             Failure::Fatal(Error::Config {
                 field: "url",
                 message: format!("does not make a valid WebSocket URL ({e})"),
             })
         })?;
-        if let Some(auth) = &self.auth {
+        if let Some(auth) = auth {
             request
                 .headers_mut()
-                .insert(http::header::AUTHORIZATION, auth.clone());
+                .insert(http::header::AUTHORIZATION, auth);
         }
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(self.config.max_frame_bytes))
@@ -362,7 +460,7 @@ impl Reader {
         };
         let what = self.subscription.describe();
         match response.status().as_u16() {
-            401 => Failure::Fatal(Error::Unauthorized),
+            401 => Failure::Refused,
             403 => Failure::Fatal(Error::Forbidden { what }),
             404 => Failure::Fatal(Error::NotFound { what }),
             status => {
@@ -439,12 +537,16 @@ impl Reader {
                     } else {
                         format!("the firehose closed the stream (code {code}: {reason})")
                     };
+                    let expired = code == 1008 && reason == TOKEN_EXPIRED;
                     if self
                         .emit(StreamEvent::Closed { code, reason })
                         .await
                         .is_err()
                     {
                         return End::ConsumerGone;
+                    }
+                    if expired {
+                        return End::Expired(detail);
                     }
                     return End::Lost(detail);
                 }
