@@ -40,10 +40,12 @@ pub const ADMIN_USER: &str = "admin";
 /// Lifetime of the admin access token the micro cloud hands out (`endpoints.json`, the CLI
 /// config): 8 hours; the refresh token renews it.
 pub const ADMIN_TOKEN_TTL_SECS: i64 = 8 * 3600;
-/// Lifetime of the refresh token and of the in-process roles' firehose token: 30 days.
+/// Lifetime of the refresh token: 30 days. (The in-process roles hold no such token: they read
+/// the firehose as [`ROLES_CLIENT`] and renew.)
 pub const ROLE_TOKEN_TTL_SECS: i64 = 30 * 86_400;
-/// The OAuth2 client the platform roles that call the API (health manager, autoscaler, SLO
-/// alerter, syslog nozzle) get their tokens as (`client_credentials`, renewed before expiry).
+/// The OAuth2 client the platform roles that call the API or read the firehose (health
+/// manager, autoscaler, SLO alerter, syslog nozzle) get their tokens as (`client_credentials`,
+/// renewed before expiry and when the edge closes a stream for an expired token).
 pub const ROLES_CLIENT: &str = "hydrant-roles";
 
 /// Why the micro cloud could not start.
@@ -162,10 +164,6 @@ pub struct Wiring {
     /// The secret of [`ROLES_CLIENT`], made at each start: the roles that call the API get
     /// their tokens with it.
     pub roles_client_secret: String,
-    /// A token (admin, firehose and API scopes; [`ROLE_TOKEN_TTL_SECS`]) for the in-process
-    /// roles that read
-    /// the whole firehose.
-    pub token: String,
     /// The in-process bus, named for this micro cloud.
     pub bus: hydrant_bus::Config,
     /// This micro cloud's own container networks, when it is not the default one.
@@ -406,7 +404,6 @@ impl MicroCloud {
             ROLE_TOKEN_TTL_SECS
         };
         let token = key.issue(&admin_claims(ttl));
-        let role_token = key.issue(&admin_claims(ROLE_TOKEN_TTL_SECS));
         let refresh_token = options.platform.then(|| {
             key.issue(
                 &hydrant_auth::Claims::new(ADMIN_USER)
@@ -453,7 +450,6 @@ impl MicroCloud {
                 hydrant_auth::random_id(),
                 hydrant_auth::random_id()
             ),
-            token: role_token,
             // Named for this process and this start, so two micro clouds in one test process
             // never hear each other.
             bus: hydrant_bus::Config::inprocess(&format!(

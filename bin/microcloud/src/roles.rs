@@ -103,11 +103,14 @@ mod platform {
     use super::MicroRole;
     use crate::{ADMIN_USER, ROLES_CLIENT, Wiring};
 
-    /// The SLO alerter and the autoscaler read the whole firehose with the admin token.
+    /// The SLO alerter, the autoscaler and the syslog nozzle read the whole firehose as
+    /// [`ROLES_CLIENT`]: the stream renews its token when the edge closes it for expiry.
     fn firehose(w: &Wiring) -> hydrant_firehose_client::ClientConfig {
         hydrant_firehose_client::ClientConfig {
             url: w.url("firehose", "http"),
-            token: w.token.clone(),
+            api_url: w.url("cloudcontroller", "api"),
+            client_id: ROLES_CLIENT.to_owned(),
+            client_secret: w.roles_client_secret.clone(),
             ..hydrant_firehose_client::ClientConfig::default()
         }
     }
@@ -122,8 +125,8 @@ mod platform {
                 external_url: w.url("cloudcontroller", "api"),
                 data_dir: w.data("cloudcontroller").display().to_string(),
                 token_keys_dir: w.token_keys_dir.as_ref().map(|p| p.display().to_string()),
-                // The roles that call the API: tokens by client credentials, renewed before
-                // they expire (the firehose keeps its own long-lived token).
+                // The platform roles: tokens by client credentials for the API and the
+                // firehose, renewed before they expire.
                 clients: vec![hydrant_cloudcontroller::ClientConfig {
                     id: ROLES_CLIENT.to_owned(),
                     secret: Some(w.roles_client_secret.clone()),
@@ -133,7 +136,10 @@ mod platform {
                         hydrant_auth::SCOPE_API_READ.to_owned(),
                         hydrant_auth::SCOPE_API_WRITE.to_owned(),
                     ],
-                    audiences: vec![hydrant_auth::AUD_API.to_owned()],
+                    audiences: vec![
+                        hydrant_auth::AUD_API.to_owned(),
+                        hydrant_auth::AUD_LOGS.to_owned(),
+                    ],
                 }],
                 admin_user: ADMIN_USER.to_owned(),
                 allow_private_drains: w.options.allow_private_drains,

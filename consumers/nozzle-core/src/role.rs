@@ -34,10 +34,11 @@ pub fn validate_firehose(
         }
         other => Error::Firehose(other),
     })?;
-    if firehose.token.is_empty() {
+    if firehose.token.is_empty() && firehose.client_id.is_empty() {
         return Err(Error::from(invalid(
             "firehose.token",
-            "is empty; put a token with the `firehose` scope here",
+            "is empty; put a token with the `firehose` scope here, or client_id and \
+             client_secret_file (with api_url) so the token is renewed",
         )));
     }
     if subscription_id.is_empty() {

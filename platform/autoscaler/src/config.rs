@@ -136,13 +136,17 @@ impl hydrant_runtime::Validate for Config {
         )
         .validate("", "an admin token")
         .map_err(hydrant_runtime::Error::from)?;
-        if self.client_id.is_some() && self.firehose.token.trim().is_empty() {
-            // The firehose client holds one token for its whole life; a client-credential
-            // token expires within the hour and would end the stream (1008) for good.
+        if self.client_id.is_some()
+            && self.firehose.token.trim().is_empty()
+            && self.firehose.client_id.is_empty()
+        {
+            // A client-credential token handed to the stream once would expire and end it
+            // (1008); the firehose block renews only with its own client credentials.
             return Err(invalid(
                 "firehose.token",
-                "with client_id, give the firehose its own token (firehose.token): client \
-                 credential tokens expire and the firehose stream would end with them",
+                "with client_id, give the firehose its own credentials (firehose.client_id, \
+                 firehose.client_secret_file and firehose.api_url, renewed as they expire) or \
+                 its own token (firehose.token)",
             )
             .into());
         }

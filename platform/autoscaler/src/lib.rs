@@ -460,7 +460,7 @@ async fn serve(
     ));
 
     let mut firehose = config.firehose.clone();
-    if firehose.token.is_empty() {
+    if firehose.token.is_empty() && firehose.client_id.is_empty() {
         firehose.token = token(&config).await.unwrap_or_default();
     }
     firehose.validate()?;

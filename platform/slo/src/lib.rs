@@ -119,7 +119,7 @@ async fn serve(
         source,
     })?;
     // The firehose falls back to the API token; with client credentials it has its own.
-    let token = if config.firehose.token.is_empty() {
+    let token = if config.firehose.token.is_empty() && config.firehose.client_id.is_empty() {
         read_token(&config).await.map_err(|message| {
             let field = if config.token_file.is_some() {
                 "token_file"
