@@ -42,6 +42,7 @@ async fn resolve_source(cli: CliConfig, source: &str) -> anyhow::Result<(ClientC
     let raw = ClientConfig {
         url: cli.firehose.clone(),
         token: cli.token.clone(),
+        token_source: crate::session::stream_token_source(cli.token.clone(), None),
         ..ClientConfig::default()
     };
     if cli.api.is_none() {
@@ -51,7 +52,9 @@ async fn resolve_source(cli: CliConfig, source: &str) -> anyhow::Result<(ClientC
     match session.client.app_by_name(source, None).await {
         Ok(app) => {
             remember_app(source, &app.guid);
-            let config = session.app_stream_config(&app).await?;
+            let mut config = session.app_stream_config(&app).await?;
+            config.token_source =
+                crate::session::stream_token_source(config.token.clone(), Some(app.guid.clone()));
             Ok((config, app.guid))
         }
         // Not an app name: a GUID, or a platform source such as `doppler`.
@@ -186,6 +189,9 @@ pub async fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
                 } else {
                     render::render_gap(gap, hydrant_envelope::now_nanos(), &opts, &mut out);
                 }
+            }
+            StreamEvent::Disconnected { reason, retry_in } if retry_in.is_zero() => {
+                eprintln!("{}; reconnecting now", render::escape_text(reason));
             }
             StreamEvent::Disconnected { reason, retry_in } => {
                 eprintln!(

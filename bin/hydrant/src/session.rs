@@ -8,8 +8,11 @@
 use std::io::{BufRead as _, IsTerminal as _};
 use std::process::ExitCode;
 
+use std::sync::{Arc, Mutex};
+
 use hydrant_api::Client;
 use hydrant_firehose_client::render::escape_text;
+use hydrant_firehose_client::{TokenError, TokenSource};
 
 use crate::cli_config::{self, CliConfig};
 use crate::exit;
@@ -179,4 +182,83 @@ pub async fn target(args: TargetArgs) -> anyhow::Result<ExitCode> {
     println!("firehose:  {}", escape_text(&config.firehose));
     println!("router:    {}", show(config.router.as_deref()));
     Ok(ExitCode::SUCCESS)
+}
+
+/// A token source for long streams (`hydrant logs -f`, `hydrant top`): hands out `initial`
+/// until the firehose closes the stream for an expired token, then renews the saved login with
+/// the saved refresh token (as `refresh_if_needed` does before a command) and, for an app's
+/// stream (`app_guid`), mints a fresh log token with it. `None` without a saved refresh token:
+/// the stream then ends with a message naming the expiry.
+pub fn stream_token_source(initial: String, app_guid: Option<String>) -> Option<TokenSource> {
+    let saved = cli_config::load().ok()?;
+    saved.api.as_ref()?;
+    saved.refresh_token.as_ref()?;
+    let current = Arc::new(Mutex::new(initial));
+    Some(TokenSource::new(move |stale| {
+        let (current, app_guid) = (Arc::clone(&current), app_guid.clone());
+        async move {
+            let lock = |m: &Mutex<String>| {
+                m.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+            };
+            if !stale {
+                return Ok(lock(&current));
+            }
+            let session = renew_session().await?;
+            let token = match &app_guid {
+                Some(guid) => {
+                    let api = session.api.clone().unwrap_or_default();
+                    match Client::new(&api, Some(session.token.clone()))
+                        .log_token(guid)
+                        .await
+                    {
+                        Ok(t) => t.token,
+                        Err(hydrant_api::Error::Api { status: 404, .. }) => session.token,
+                        Err(e) => return Err(TokenError::Unavailable(e.to_string())),
+                    }
+                }
+                None => session.token,
+            };
+            *current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = token.clone();
+            Ok(token)
+        }
+    }))
+}
+
+/// The saved login, its access token renewed with the refresh token unless it has more than
+/// two minutes left; the renewal is saved for the next command.
+async fn renew_session() -> Result<CliConfig, TokenError> {
+    let mut config = cli_config::load().map_err(|e| TokenError::Unavailable(e.to_string()))?;
+    let fresh_enough = hydrant_auth::peek_claims(&config.token)
+        .is_ok_and(|c| c.exp - hydrant_auth::now_secs() > 120);
+    if fresh_enough {
+        return Ok(config);
+    }
+    let (Some(api), Some(refresh)) = (config.api.clone(), config.refresh_token.clone()) else {
+        return Err(TokenError::Refused(
+            "no saved refresh token: log in again with `hydrant login`".to_owned(),
+        ));
+    };
+    match Client::new(&api, None).refresh(&refresh).await {
+        Ok(fresh) => {
+            config.token = fresh.access_token;
+            if let Some(r) = fresh.refresh_token {
+                config.refresh_token = Some(r);
+            }
+            if let Err(e) = cli_config::save(&config) {
+                tracing::warn!(error = %e, "cannot save the renewed token");
+            }
+            Ok(config)
+        }
+        Err(hydrant_api::Error::Api {
+            status: 400 | 401 | 403,
+            ..
+        }) => Err(TokenError::Refused(
+            "the saved login has expired: log in again with `hydrant login`".to_owned(),
+        )),
+        Err(e) => Err(TokenError::Unavailable(e.to_string())),
+    }
 }

@@ -31,7 +31,9 @@ pub struct TopArgs {
 /// Runs the console until `q`.
 pub async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     let cli = cli_config::load()?;
+    let source = crate::session::stream_token_source(cli.token.clone(), None);
     let mut options = hydrant_top::Options::new(cli.api, cli.token, cli.firehose);
+    options.token_source = source;
     options.app_filter = args.app.filter(|a| !a.is_empty());
     options.refresh = Duration::from_millis(args.refresh);
     options.mode = if args.operator {

@@ -358,9 +358,14 @@ async fn app_stream(base: ClientConfig, api: Client, guid: String, feeder: Feede
                 continue;
             }
         };
-        let config = ClientConfig {
-            token: token.unwrap_or_else(|| base.token.clone()),
-            ..base.clone()
+        // A log token is renewed by this loop; the session's own token by its source.
+        let config = match token {
+            Some(token) => ClientConfig {
+                token,
+                token_source: None,
+                ..base.clone()
+            },
+            None => base.clone(),
         };
         let Ok(client) = FirehoseClient::connect(
             config.clone(),
@@ -378,7 +383,9 @@ async fn app_stream(base: ClientConfig, api: Client, guid: String, feeder: Feede
         match forward(client, &feeder, history).await {
             Ended::Shutdown => return,
             // An expired or revoked token: get a new one and reconnect.
-            Ended::Fatal(StreamError::Unauthorized) => pause = Duration::from_millis(500),
+            Ended::Fatal(StreamError::Unauthorized | StreamError::TokenExpired { .. }) => {
+                pause = Duration::from_millis(500);
+            }
             Ended::Fatal(e) => {
                 feeder
                     .send(Feed::Stream(StreamChange::Failed(format!(

@@ -68,6 +68,9 @@ pub struct Options {
     pub api_url: Option<String>,
     /// The bearer token for the API and the firehose.
     pub token: String,
+    /// Renews the firehose stream's token when the edge closes it for expiry (the CLI's
+    /// refresh token); `None` keeps `token` for the stream's life. Default `None`.
+    pub token_source: Option<hydrant_firehose_client::TokenSource>,
     /// The firehose edge's URL.
     pub firehose_url: String,
     /// Only apps whose name contains this (an initial `/` filter; in developer mode, also the
@@ -88,6 +91,7 @@ impl Options {
         Self {
             api_url,
             token,
+            token_source: None,
             firehose_url,
             app_filter: None,
             refresh: Duration::from_secs(1),
@@ -143,6 +147,7 @@ impl Options {
         ClientConfig {
             url: self.firehose_url.clone(),
             token: self.token.clone(),
+            token_source: self.token_source.clone(),
             ..ClientConfig::default()
         }
     }
