@@ -7,7 +7,8 @@
 //!   emits, collected from the roles' Prometheus endpoints and the firehose, under the OTLP
 //!   nozzle's naming (dots become underscores, counters `_total`, timers `_bucket/_sum/_count`);
 //! - the direct-scrape Grafana dashboard (`hydrant-direct.json`): every metric and label it
-//!   queries is on the roles' `/metrics` alone, as a Prometheus scraping them sees it;
+//!   queries is on the roles' `/metrics` alone, and a real Prometheus scraping them answers
+//!   every panel query with data;
 //! - every role's `/metrics` passes `promtool check metrics` (Prometheus's own linter) with no
 //!   finding.
 #![allow(
@@ -1127,6 +1128,110 @@ fn problems(queries: &[(String, String, QueryNames)], emitted: &Emitted) -> Vec<
     out
 }
 
+/// A real Prometheus (Debian package `prometheus`, which `scripts/test` installs) on loopback,
+/// scraping `targets` every second into a temporary directory; stopped on drop.
+struct Prometheus {
+    child: Child,
+    _data: tempfile::TempDir,
+    base: String,
+}
+
+impl Prometheus {
+    async fn start(targets: &[(String, String)]) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let addrs: Vec<String> = targets
+            .iter()
+            .map(|(_, base)| format!("{:?}", base.trim_start_matches("http://")))
+            .collect();
+        let config = data.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}}\n\
+                 scrape_configs:\n  - job_name: hydrant\n    static_configs:\n      \
+                 - targets: [{}]\n",
+                addrs.join(", ")
+            ),
+        )
+        .unwrap();
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                data.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={listen}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "prometheus cannot run ({e}): install the Debian package `prometheus` \
+                     (scripts/test does) to run the dashboard's queries"
+                )
+            });
+        let prometheus = Self {
+            child,
+            _data: data,
+            base: format!("http://{listen}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = reqwest::get(format!("{}/-/ready", prometheus.base)).await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return prometheus;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus was not ready within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// An instant query's result series; `Err` when Prometheus refuses the query.
+    async fn query(&self, promql: &str) -> Result<Vec<Value>, String> {
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/api/v1/query", self.base),
+            [("query", promql)],
+        )
+        .unwrap();
+        let answer: Value = reqwest::get(url)
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        if answer["status"] != "success" {
+            return Err(answer.to_string());
+        }
+        Ok(answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A dashboard query as Grafana sends it with every app selected: `$app` is the variable's
+/// "All" value and `$__rate_interval` four scrape intervals.
+fn as_grafana_sends_it(query: &str) -> String {
+    query
+        .replace("$__rate_interval", "4s")
+        .replace("$app", ".*")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grafana_dashboard_queries_only_metrics_the_platform_emits() {
     let queries = dashboard_queries("hydrant.json");
@@ -1161,6 +1266,35 @@ async fn grafana_dashboard_queries_only_metrics_the_platform_emits() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     findings.extend(direct_findings);
+
+    // And a real Prometheus scraping those same endpoints answers every panel query of the
+    // direct-scrape dashboard with data (rates need a few scrapes first).
+    let started = Instant::now();
+    let prometheus = Prometheus::start(&targets).await;
+    let panels: Vec<&(String, String, QueryNames)> = direct_queries
+        .iter()
+        .filter(|(title, _, _)| !title.starts_with("variable"))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let unanswered = loop {
+        let mut unanswered = Vec::new();
+        for (title, q, _) in &panels {
+            match prometheus.query(&as_grafana_sends_it(q)).await {
+                Ok(series) if !series.is_empty() => {}
+                Ok(_) => unanswered.push(format!("{title}: {q}\n    no data")),
+                Err(e) => unanswered.push(format!("{title}: {q}\n    refused: {e}")),
+            }
+        }
+        if unanswered.is_empty() || Instant::now() >= deadline {
+            break unanswered;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    drop(prometheus);
+    eprintln!(
+        "prometheus answered the direct-scrape dashboard in {:?}",
+        started.elapsed()
+    );
     let _ = nozzle.kill();
     let _ = nozzle.wait();
     assert!(
@@ -1175,6 +1309,12 @@ async fn grafana_dashboard_queries_only_metrics_the_platform_emits() {
         "the Grafana dashboard queries what the platform does not emit:\n{}\n\nemitted: {:?}",
         otlp.join("\n"),
         emitted.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        unanswered.is_empty(),
+        "a Prometheus scraping the roles answers these direct-scrape dashboard queries with \
+         nothing:\n{}",
+        unanswered.join("\n")
     );
     let scraped = problems(&direct_queries, &direct);
     assert!(
