@@ -92,7 +92,10 @@ const APP_RESPONSE_SECONDS: &str = "router.app_response_seconds";
 /// One app's response counters and response-time histogram. Clones share the same series; a
 /// handle kept after the app left the table counts into series `/metrics` no longer shows.
 #[derive(Debug, Clone)]
-pub(crate) struct AppSeries {
+pub(crate) struct AppSeries(Arc<AppCells>);
+
+#[derive(Debug)]
+struct AppCells {
     responses: [Counter; 6],
     time: Histogram,
 }
@@ -100,8 +103,8 @@ pub(crate) struct AppSeries {
 impl AppSeries {
     /// Counts one response to a client and the time from its request to its end.
     pub(crate) fn observe(&self, status: u16, elapsed: Duration) {
-        self.responses[class_index(status)].inc();
-        self.time.observe(elapsed);
+        self.0.responses[class_index(status)].inc();
+        self.0.time.observe(elapsed);
     }
 }
 
@@ -239,7 +242,7 @@ impl Metrics {
             .find(|(k, _)| k == tag::APP_NAME)
             .map_or("", |(_, v)| v.as_str());
         let tags = [("app_id", app_id), (tag::APP_NAME, app_name)];
-        let series = AppSeries {
+        let series = AppSeries(Arc::new(AppCells {
             responses: STATUS_CLASSES.map(|class| {
                 let mut tags = tags.to_vec();
                 tags.push(("status_class", class));
@@ -255,7 +258,7 @@ impl Metrics {
                 &LATENCY_BUCKETS_SECONDS,
                 &tags,
             ),
-        };
+        }));
         apps.insert(app_id.into(), series.clone());
         Some(series)
     }
@@ -353,8 +356,9 @@ mod tests {
         let shop = metrics.app(&endpoint("guid-shop", "shop")).unwrap();
         shop.observe(200, Duration::from_millis(3));
         shop.observe(503, Duration::from_millis(30));
-        metrics
-            .app(&endpoint("guid-shop", "shop"))
+        // A second instance of the same app counts into the same series.
+        endpoint("guid-shop", "shop")
+            .app_series(&metrics)
             .unwrap()
             .observe(201, Duration::from_millis(1));
         metrics

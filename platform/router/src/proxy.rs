@@ -512,7 +512,7 @@ fn exchange(
         router_error,
         backend_time,
         failed_attempts: 0,
-        app: shared.metrics.app(endpoint),
+        app: endpoint.app_series(&shared.metrics),
     })
 }
 

@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::backend::Sender;
 use crate::config::{LoadBalancing, StaticRoute};
+use crate::metrics::{AppSeries, Metrics};
 
 /// Longest host name (RFC 1035) plus room for a trailing dot.
 pub(crate) const MAX_HOST_LEN: usize = 255;
@@ -117,6 +118,8 @@ pub(crate) struct Endpoint {
     pub(crate) app_instance: Option<Box<str>>,
     pub(crate) app_instance_header: Option<HeaderValue>,
     in_flight: AtomicUsize,
+    /// The app's `/metrics` series, looked up once per instance rather than per request.
+    app_series: OnceLock<Option<AppSeries>>,
     /// Milliseconds on the router clock when the last failure happened, plus one; 0 = none.
     failed_at: AtomicU64,
     /// Idle keep-alive connections, one list per worker: a connection's task runs on the
@@ -158,6 +161,7 @@ impl Endpoint {
             load_balancing,
             app_instance,
             in_flight: AtomicUsize::new(0),
+            app_series: OnceLock::new(),
             failed_at: AtomicU64::new(0),
             idle: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
         }
@@ -181,6 +185,11 @@ impl Endpoint {
                 .and_then(LoadBalancing::parse),
             workers,
         )
+    }
+
+    /// The series of this instance's app (`None` for a route without an app).
+    pub(crate) fn app_series(&self, metrics: &Metrics) -> Option<AppSeries> {
+        self.app_series.get_or_init(|| metrics.app(self)).clone()
     }
 
     /// Whether a registration describes this same instance (so refreshing keeps it).
