@@ -13,6 +13,9 @@
 //!   (a [`TokenSource`]): a 401 or a close 1008 "token expired" renews it once and reconnects at
 //!   once, without back-off, and a freshly renewed token that is refused again is final;
 //! - a static token that has expired ends the stream with [`Error::TokenExpired`];
+//! - with a renewable JWT on a firehose subscription, a successor connection with a renewed
+//!   token joins the group shortly before `exp`, so the edge's expiry close never leaves the
+//!   group without a member (envelopes it would route to nobody, uncounted);
 //! - everything else (refused, reset, close frames, idle) is retried, and the consumer is told
 //!   what happened and when the next attempt is;
 //! - text that came from the server (close reasons, error bodies) is escaped before it is put
@@ -321,13 +324,13 @@ impl Reader {
                     stale = renewed;
                     reason
                 }
-                Ok(socket) => {
+                Ok((socket, handover)) => {
                     let up_since = Instant::now();
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
                     if self.emit(StreamEvent::Connected).await.is_err() {
                         return;
                     }
-                    match self.pump(socket).await {
+                    match self.pump(socket, handover).await {
                         End::ConsumerGone => return,
                         End::Expired(reason) => {
                             if self.source.is_none() {
@@ -397,9 +400,10 @@ impl Reader {
     }
 
     /// One attempt with a token: from the source (renewed when `stale`) or the static one.
-    async fn attempt(&self, stale: bool) -> Result<Socket, Failure> {
+    /// With the socket comes when to hand over to a successor connection (see [`handover_at`]).
+    async fn attempt(&self, stale: bool) -> Result<(Socket, Option<Instant>), Failure> {
         let Some(source) = &self.source else {
-            return self.open(self.auth.clone()).await;
+            return Ok((self.open(self.auth.clone()).await?, None));
         };
         let token = match source.token(stale).await {
             Ok(token) => token,
@@ -412,7 +416,13 @@ impl Reader {
             self.stats.renewals.fetch_add(1, Ordering::Relaxed);
         }
         let auth = bearer(&token).map_err(Failure::Fatal)?;
-        self.open(auth).await
+        let socket = self.open(auth).await?;
+        // Only a firehose group can take a second member without duplicating envelopes.
+        let handover = match self.subscription {
+            Subscription::Firehose { .. } => handover_at(&token),
+            Subscription::App { .. } => None,
+        };
+        Ok((socket, handover))
     }
 
     /// One attempt: TCP connect, WebSocket upgrade with the token, within the deadline.
@@ -478,23 +488,59 @@ impl Reader {
     }
 
     /// Reads the socket until it ends, pushing events into the queue.
-    async fn pump(&mut self, mut socket: Socket) -> End {
+    ///
+    /// Make-before-break: at `handover` (shortly before the token expires) a successor
+    /// connection opens with a renewed token and joins the subscription group beside this one;
+    /// both are read until the edge closes this one for expiry, and the stream goes on on the
+    /// successor with no window in which the group has no member (which the edge would not
+    /// count as loss). If the successor cannot open, the close is handled as before.
+    async fn pump(&mut self, mut socket: Socket, mut handover: Option<Instant>) -> End {
         let idle = Duration::from_millis(self.config.idle_timeout_ms);
         let ping_every = Duration::from_millis(self.config.ping_interval_ms);
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut events = Vec::new();
+        let mut successor: Option<(Socket, Option<Instant>)> = None;
         // Measured from when the reader last had a frame or last came back from a slow
         // consumer, so time spent blocked on the queue never counts as the edge being silent.
         let mut active_at = Instant::now();
         loop {
+            let handover_due = handover.filter(|_| successor.is_none());
             let message = tokio::select! {
                 biased;
                 () = self.tx.closed() => {
                     let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
+                    if let Some((mut next, _)) = successor.take() {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), next.close(None)).await;
+                    }
                     return End::ConsumerGone;
                 }
                 message = tokio::time::timeout_at(active_at + idle, socket.next()) => message,
+                message = next_message(successor.as_mut().map(|(s, _)| s)) => {
+                    match message {
+                        Some(Ok(Message::Binary(frame))) => {
+                            if self.forward(&frame, &mut events).await.is_err() {
+                                return End::ConsumerGone;
+                            }
+                        }
+                        Some(Ok(Message::Text(_))) => {
+                            self.stats.ignored_frames.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                        // The successor failed: the old connection's close is handled as
+                        // before, with a renewal then.
+                        _ => successor = None,
+                    }
+                    continue;
+                }
+                () = sleep_until_opt(handover_due) => {
+                    handover = None;
+                    if let Ok(next) = self.attempt(true).await {
+                        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                        successor = Some(next);
+                    }
+                    continue;
+                }
                 _ = ping.tick() => {
                     if let Err(e) = socket.send(Message::Ping(Bytes::new())).await {
                         return End::Lost(format!("connection lost: {e}"));
@@ -502,6 +548,22 @@ impl Reader {
                     continue;
                 }
             };
+            // The old connection ended (expired, most likely) while a successor is up: go on
+            // there without telling the consumer anything happened.
+            let ended = !matches!(
+                message,
+                Ok(Some(Ok(Message::Binary(_)
+                    | Message::Text(_)
+                    | Message::Ping(_)
+                    | Message::Pong(_))))
+            );
+            if ended && let Some((next, next_handover)) = successor.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
+                socket = next;
+                handover = next_handover;
+                active_at = Instant::now();
+                continue;
+            }
             let message = match message {
                 Err(_) => {
                     return End::Lost(format!(
@@ -515,12 +577,8 @@ impl Reader {
             };
             match message {
                 Message::Binary(frame) => {
-                    let counts = split_frame(&frame, &mut self.tracker, &mut events);
-                    self.stats.add_frame(frame.len(), counts);
-                    for event in events.drain(..) {
-                        if self.tx.send(event).await.is_err() {
-                            return End::ConsumerGone;
-                        }
+                    if self.forward(&frame, &mut events).await.is_err() {
+                        return End::ConsumerGone;
                     }
                 }
                 Message::Text(_) => {
@@ -555,4 +613,44 @@ impl Reader {
             active_at = Instant::now();
         }
     }
+
+    /// Splits one binary frame into events and hands them to the consumer.
+    async fn forward(&mut self, frame: &Bytes, events: &mut Vec<StreamEvent>) -> Result<(), Gone> {
+        let counts = split_frame(frame, &mut self.tracker, events);
+        self.stats.add_frame(frame.len(), counts);
+        for event in events.drain(..) {
+            self.tx.send(event).await.map_err(|_| Gone)?;
+        }
+        Ok(())
+    }
+}
+
+/// The next message of an optional socket; never ready without one.
+async fn next_message(socket: Option<&mut Socket>) -> Option<Result<Message, tungstenite::Error>> {
+    match socket {
+        Some(socket) => socket.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`; never wakes without one.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// When to open a successor connection for a JWT: a fifth of its remaining life (at most 5 s)
+/// before its `exp`, so the edge's expiry close finds the successor already in the group.
+/// `None` for a token that is no JWT (the close is then handled when it comes).
+fn handover_at(token: &str) -> Option<Instant> {
+    let exp = crate::token::jwt_expiry(token)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
+    let left = (exp as f64 - now).max(0.0);
+    let lead = (left / 5.0).min(5.0);
+    Some(Instant::now() + Duration::from_secs_f64(left - lead))
 }

@@ -33,6 +33,8 @@ const SECRET: &str = "s3cret";
 struct Platform {
     tokens: Mutex<HashMap<String, Instant>>,
     lifetime: Duration,
+    /// Mint JWT-shaped tokens (the client can read their `exp` and hand over before it).
+    jwt: bool,
     minted: AtomicU64,
     /// Refuse this many upgrades with 401 even for a valid token (as after a key rotation).
     refuse_next: AtomicU64,
@@ -48,11 +50,26 @@ async fn grant(State(p): State<Arc<Platform>>, Json(body): Json<serde_json::Valu
         return (StatusCode::UNAUTHORIZED, Json(errors)).into_response();
     }
     let n = p.minted.fetch_add(1, Ordering::SeqCst);
-    let token = format!("tok-{n}");
-    p.tokens
-        .lock()
-        .unwrap()
-        .insert(token.clone(), Instant::now() + p.lifetime);
+    let (token, expires) = if p.jwt {
+        // `exp` is whole seconds, as the real controller's; the edge closes at that second.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let exp = now.as_secs() + p.lifetime.as_secs();
+        let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let token = format!(
+            "{}.{}.c2ln",
+            enc(r#"{"alg":"EdDSA"}"#),
+            enc(&format!(
+                r#"{{"sub":"client:nozzle","exp":{exp},"jti":"{n}"}}"#
+            ))
+        );
+        let left = Duration::from_secs(exp).saturating_sub(now);
+        (token, Instant::now() + left)
+    } else {
+        (format!("tok-{n}"), Instant::now() + p.lifetime)
+    };
+    p.tokens.lock().unwrap().insert(token.clone(), expires);
     Json(serde_json::json!({
         "access_token": token,
         "token_type": "bearer",
@@ -120,11 +137,12 @@ struct Running {
     tx: mpsc::Sender<u64>,
 }
 
-async fn platform(lifetime: Duration) -> Running {
+async fn platform(lifetime: Duration, jwt: bool) -> Running {
     let (tx, rx) = mpsc::channel(1024);
     let platform = Arc::new(Platform {
         tokens: Mutex::default(),
         lifetime,
+        jwt,
         minted: AtomicU64::new(0),
         refuse_next: AtomicU64::new(0),
         envelopes: tokio::sync::Mutex::new(rx),
@@ -174,9 +192,18 @@ async fn next(client: &mut FirehoseClient) -> StreamEvent {
         .expect("the stream is still open")
 }
 
-#[tokio::test]
-async fn a_renewing_consumer_keeps_receiving_across_expiries_without_loss() {
-    let running = platform(Duration::from_secs(1)).await;
+/// What one run across several expiries saw.
+struct Ledger {
+    emitted: u64,
+    delivered: u64,
+    drops: u64,
+    closes: u64,
+    reconnects: u64,
+    renewals: u64,
+}
+
+async fn across_expiries(lifetime: Duration, jwt: bool, run_for: Duration) -> Ledger {
+    let running = platform(lifetime, jwt).await;
     let mut client = FirehoseClient::connect(renewing(&running.url, SECRET), firehose()).unwrap();
     assert_eq!(next(&mut client).await, StreamEvent::Connected);
 
@@ -185,7 +212,7 @@ async fn a_renewing_consumer_keeps_receiving_across_expiries_without_loss() {
     let emitter = tokio::spawn(async move {
         let mut emitted = 0u64;
         let started = Instant::now();
-        while started.elapsed() < Duration::from_millis(3_600) {
+        while started.elapsed() < run_for {
             emitted += 1;
             if tx.try_send(emitted).is_err() {
                 p.drops.fetch_add(1, Ordering::SeqCst);
@@ -198,7 +225,7 @@ async fn a_renewing_consumer_keeps_receiving_across_expiries_without_loss() {
     let mut delivered = 0u64;
     let mut reconnects = 0u64;
     let mut emitted = None;
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + run_for + Duration::from_secs(10);
     let mut emitter = Some(emitter);
     loop {
         if let Some(handle) = emitter.as_mut().filter(|h| h.is_finished()) {
@@ -234,31 +261,65 @@ async fn a_renewing_consumer_keeps_receiving_across_expiries_without_loss() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    let emitted = emitted.unwrap();
-    let drops = running.platform.drops.load(Ordering::SeqCst);
     let stats = client.stats();
-    assert_eq!(
-        emitted,
-        delivered + drops,
-        "emitted = delivered + counted drops"
-    );
-    assert_eq!(drops, 0, "a prompt renewal loses nothing");
     assert_eq!(stats.sequence_lost, 0);
-    let closes = running.platform.expiry_closes.load(Ordering::SeqCst);
-    assert!(closes >= 3, "only {closes} expiries crossed");
-    assert!(stats.renewals >= closes, "{stats:?}");
-    assert_eq!(reconnects, closes);
+    let ledger = Ledger {
+        emitted: emitted.unwrap(),
+        delivered,
+        drops: running.platform.drops.load(Ordering::SeqCst),
+        closes: running.platform.expiry_closes.load(Ordering::SeqCst),
+        reconnects,
+        renewals: stats.renewals,
+    };
     println!(
-        "renewal: emitted {emitted}, delivered {delivered}, drops {drops}, expiries {closes}, \
+        "renewal (jwt {jwt}): emitted {}, delivered {}, drops {}, expiries {}, reconnects {}, \
          renewals {}, tokens minted {}",
-        stats.renewals,
+        ledger.emitted,
+        ledger.delivered,
+        ledger.drops,
+        ledger.closes,
+        ledger.reconnects,
+        ledger.renewals,
         running.platform.minted.load(Ordering::SeqCst)
     );
+    ledger
+}
+
+#[tokio::test]
+async fn a_renewing_consumer_keeps_receiving_across_expiries_without_loss() {
+    // Opaque tokens: the client learns of the expiry from the edge's close and reconnects at
+    // once (a 5 s back-off floor would blow the deadline).
+    let l = across_expiries(Duration::from_secs(1), false, Duration::from_millis(3_600)).await;
+    assert_eq!(
+        l.emitted,
+        l.delivered + l.drops,
+        "emitted = delivered + counted drops"
+    );
+    assert_eq!(l.drops, 0, "a prompt renewal loses nothing");
+    assert!(l.closes >= 3, "only {} expiries crossed", l.closes);
+    assert!(l.renewals >= l.closes, "{} renewals", l.renewals);
+    assert_eq!(l.reconnects, l.closes);
+}
+
+#[tokio::test]
+async fn a_jwt_consumer_hands_over_before_each_expiry_without_a_disconnect() {
+    // JWTs: the client reads `exp`, opens a successor with a renewed token shortly before it,
+    // and the edge's expiry close lands on a connection already replaced.
+    let l = across_expiries(Duration::from_secs(2), true, Duration::from_millis(6_500)).await;
+    assert_eq!(
+        l.emitted,
+        l.delivered + l.drops,
+        "emitted = delivered + counted drops"
+    );
+    assert_eq!(l.drops, 0);
+    assert!(l.closes >= 3, "only {} expiries crossed", l.closes);
+    assert!(l.renewals >= l.closes, "{} renewals", l.renewals);
+    assert_eq!(l.reconnects, 0, "no disconnect reached the consumer");
 }
 
 #[tokio::test]
 async fn a_refused_upgrade_renews_once_then_is_final() {
-    let running = platform(Duration::from_secs(60)).await;
+    let running = platform(Duration::from_secs(60), false).await;
     running.platform.refuse_next.store(1, Ordering::SeqCst);
     let mut client = FirehoseClient::connect(renewing(&running.url, SECRET), firehose()).unwrap();
     match next(&mut client).await {
@@ -283,7 +344,7 @@ async fn a_refused_upgrade_renews_once_then_is_final() {
 
 #[tokio::test]
 async fn wrong_client_credentials_are_final_and_say_what_to_check() {
-    let running = platform(Duration::from_secs(60)).await;
+    let running = platform(Duration::from_secs(60), false).await;
     let mut client = FirehoseClient::connect(renewing(&running.url, "wrong"), firehose()).unwrap();
     let StreamEvent::Fatal(error) = next(&mut client).await else {
         panic!("expected a final error");
