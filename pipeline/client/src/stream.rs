@@ -641,7 +641,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// When to open a successor connection for a JWT: a fifth of its remaining life (at most 5 s)
+/// When to open a successor connection for a JWT: a third of its remaining life (at most 5 s)
 /// before its `exp`, so the edge's expiry close finds the successor already in the group.
 /// `None` for a token that is no JWT (the close is then handled when it comes).
 fn handover_at(token: &str) -> Option<Instant> {
@@ -651,6 +651,6 @@ fn handover_at(token: &str) -> Option<Instant> {
         .ok()?
         .as_secs_f64();
     let left = (exp as f64 - now).max(0.0);
-    let lead = (left / 5.0).min(5.0);
+    let lead = (left / 3.0).min(5.0);
     Some(Instant::now() + Duration::from_secs_f64(left - lead))
 }
