@@ -164,3 +164,48 @@ async fn a_consumer_with_three_second_tokens_keeps_every_envelope_across_expirie
         .await
         .expect("every role stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_expired_token_gets_an_error_naming_the_expiry_not_a_reconnect_loop() {
+    let shutdown = CancellationToken::new();
+    let mut cloud = MicroCloud::start(Options::pipeline(), shutdown.clone())
+        .await
+        .unwrap();
+    let expired = cloud.key.issue(
+        &hydrant_auth::Claims::new("admin")
+            .for_audience(hydrant_auth::AUD_LOGS)
+            .with_scope(hydrant_auth::SCOPE_ADMIN)
+            .expires_in(-60),
+    );
+    let config = ClientConfig {
+        url: cloud.firehose_url.clone(),
+        token: expired,
+        ..ClientConfig::default()
+    };
+    let mut client = FirehoseClient::connect(
+        config,
+        Subscription::Firehose {
+            subscription_id: "expired-test".to_owned(),
+        },
+    )
+    .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), client.next())
+        .await
+        .expect("an answer within 10 s");
+    let Some(StreamEvent::Fatal(error)) = event else {
+        panic!("expected a final error, got {event:?}");
+    };
+    let text = error.to_string();
+    assert!(
+        text.contains("token expired") && text.contains("s ago"),
+        "{text}"
+    );
+    assert_eq!(client.next().await, None, "no reconnect follows");
+    assert_eq!(client.stats().disconnects, 0);
+
+    shutdown.cancel();
+    let _ = cloud.supervise(&shutdown).await;
+    tokio::time::timeout(Duration::from_secs(30), cloud.stopped())
+        .await
+        .expect("every role stops");
+}
