@@ -262,6 +262,23 @@ mod tests {
     }
 
     #[test]
+    fn client_credentials_for_the_firehose_renew_instead_of_a_fixed_token() {
+        let api =
+            "api_url = \"http://cc:9022\"\nclient_id = \"autoscaler\"\nclient_secret = \"s\"\n";
+        let c: Config = toml::from_str(api).unwrap();
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("firehose.client_id"), "{msg}");
+        let firehose = "[firehose]\napi_url = \"http://cc:9022\"\nclient_id = \"autoscaler\"\n\
+                        client_secret_file = \"/etc/hydrant/autoscaler.secret\"\n";
+        let c: Config = toml::from_str(&format!("{api}{firehose}")).unwrap();
+        c.validate().unwrap();
+        assert!(
+            c.firehose.credentials().unwrap().is_some(),
+            "the stream renews"
+        );
+    }
+
+    #[test]
     fn copies_are_numbered_below_their_count_and_read_apart() {
         let c: Config =
             toml::from_str("token = \"t\"\ninstance_index = 1\ninstance_count = 3").unwrap();
