@@ -86,12 +86,6 @@ impl Dialer {
 pub use hydrant_api::drain::is_internal;
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
 mod tests {
     use std::net::IpAddr;
 

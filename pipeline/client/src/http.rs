@@ -48,12 +48,11 @@ pub(crate) async fn get(
         .header(http::header::ACCEPT, accept)
         .header(http::header::CONNECTION, "close");
     if !token.is_empty() {
-        let value = http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| {
-            Error::Config {
+        let value =
+            http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| Error::Config {
                 field: "token",
                 message: format!("cannot be sent in an HTTP header ({e}); paste the token again"),
-            }
-        })?;
+            })?;
         request = request.header(http::header::AUTHORIZATION, value);
     }
     let mut response = request

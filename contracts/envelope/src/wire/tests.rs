@@ -41,7 +41,10 @@ fn a_read_response_built_from_bytes_is_what_prost_reads_and_slices_back() {
         }),
     };
     let again = read_response_batch(&Bytes::from(typed.encode_to_vec())).unwrap();
-    assert_eq!(split_batch(&again).map(Result::unwrap).collect::<Vec<_>>(), vec![one]);
+    assert_eq!(
+        split_batch(&again).map(Result::unwrap).collect::<Vec<_>>(),
+        vec![one]
+    );
     assert!(read_response_batch(&Bytes::new()).unwrap().is_empty());
     assert!(read_response_batch(&Bytes::from_static(&[0x0a, 0x05, 0x01])).is_err());
 }

@@ -1000,11 +1000,7 @@ async fn the_api_token_matrix_has_no_unexpected_allows() {
     };
     let (dir, cc) = Cc::fresh("cc-token-matrix").await;
     let app = cc.app("matrix").await;
-    let other_space = cc
-        .admin
-        .create_space("elsewhere")
-        .await
-        .unwrap();
+    let other_space = cc.admin.create_space("elsewhere").await.unwrap();
     let outsider = cc
         .user("outsider", Some((&other_space.guid, SpaceRole::Developer)))
         .await;
