@@ -293,8 +293,10 @@ async fn an_app_that_never_opens_its_port_fails_its_health_check() {
         .put("sleepy", droplet(&[("sleep.sh", "exec sleep 30\n")]));
     let start = rig.start_message("bash sleep.sh", &url, &sha);
     let guid = start.instance.clone();
-    let began = tokio::time::Instant::now();
     assert!(rig.request_start(&start).await.accepted);
+    // The crash's own wait is the bound: with the 1 s startup timeout it comes well within 5 s,
+    // with the default (60 s) it would not come at all. A wall-clock assertion on top of it only
+    // measured how busy the machine was.
     let crash = rig.next_crash(Duration::from_secs(5)).await;
     assert_eq!(crash.instance, guid);
     assert_eq!(crash.reason, "HEALTH_CHECK");
@@ -306,7 +308,6 @@ async fn an_app_that_never_opens_its_port_fails_its_health_check() {
         "{}",
         crash.exit_description
     );
-    assert!(began.elapsed() < Duration::from_secs(4));
     rig.wait_state(&guid, InstanceState::Crashed, WAIT).await;
     wait_log(rig.agent(), "health line", WAIT, |st, p| {
         st == "HEALTH" && p == "Timed out after 1s: health check never passed."
