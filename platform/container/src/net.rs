@@ -272,7 +272,7 @@ pub struct Network {
     /// An exclusive lock on `/run/hydrant/net-<bridge>.lock` for this network's life: another
     /// live process set up on the same bridge would remove this one's containers as leftovers,
     /// so it is refused instead. The kernel drops the lock when the process dies, however.
-    _lock: Option<std::fs::File>,
+    bridge_lock: Option<std::fs::File>,
 }
 
 /// The addresses and names in use. A std mutex: held for a few instructions, never across await.
@@ -350,7 +350,7 @@ impl Network {
         let lock = lock_bridge(&config.bridge)?;
         check_subnet_free(&config.bridge, &config.subnet, (start, end)).await?;
         let net = Network {
-            _lock: Some(lock),
+            bridge_lock: Some(lock),
             config: config.clone(),
             gateway,
             prefix_len,
@@ -520,6 +520,18 @@ impl Network {
         if link_exists(&self.config.bridge).await? {
             remove_link(&self.config.bridge).await?;
         }
+        // With the bridge gone there is nothing left for a lock to guard, so its file goes
+        // too (each micro cloud's own bridge name would otherwise leave one behind). It is
+        // unlinked while still held: `lock_bridge` re-checks the path after locking, so a
+        // process that opened the old file meanwhile does not take a lock nobody else sees.
+        if self.bridge_lock.is_some() {
+            let path = lock_path(&self.config.bridge);
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove the bridge's lock file");
+            }
+        }
         tracing::info!(bridge = %self.config.bridge, "container network removed");
         Ok(())
     }
@@ -679,8 +691,36 @@ const LOCK_DIR: &str = "/run/hydrant";
 /// in-process, a test simulating a crash; a child forked meanwhile may hold it for a moment
 /// too): then this setup takes over. Any other live holder is refused.
 fn lock_bridge(bridge: &str) -> Result<std::fs::File, Error> {
+    // A clean teardown unlinks the lock file while holding it; a lock taken on a file that
+    // was unlinked meanwhile guards nothing, so lock again on the file the path names now.
+    for _ in 0..8 {
+        let file = lock_bridge_once(bridge)?;
+        let path = lock_path(bridge);
+        let same = match (file.metadata(), std::fs::metadata(&path)) {
+            (Ok(held), Ok(named)) => {
+                use std::os::unix::fs::MetadataExt as _;
+                held.dev() == named.dev() && held.ino() == named.ino()
+            }
+            _ => false,
+        };
+        if same {
+            return Ok(file);
+        }
+    }
+    Err(Error::NetworkConflict(format!(
+        "the lock file of bridge {bridge:?} keeps being replaced under {LOCK_DIR}: another \
+         process is setting up and tearing down the same bridge; give this one its own \
+         `network.bridge` and `network.subnet`"
+    )))
+}
+
+fn lock_path(bridge: &str) -> PathBuf {
+    Path::new(LOCK_DIR).join(format!("net-{bridge}.lock"))
+}
+
+fn lock_bridge_once(bridge: &str) -> Result<std::fs::File, Error> {
     use std::io::Write as _;
-    let path = Path::new(LOCK_DIR).join(format!("net-{bridge}.lock"));
+    let path = lock_path(bridge);
     let io = |source| Error::Io {
         what: "locking the container bridge",
         path: path.clone(),
@@ -798,7 +838,7 @@ async fn remove_owned_by(bridge: &str) -> Result<(), Error> {
 /// Whether `bridge` is a container bridge whose owner is gone: it has a lock file here that
 /// nobody holds (a process killed while it ran under another bridge name, e.g. a test's).
 fn owner_is_gone(bridge: &str) -> bool {
-    let path = Path::new(LOCK_DIR).join(format!("net-{bridge}.lock"));
+    let path = lock_path(bridge);
     std::fs::OpenOptions::new()
         .read(true)
         .open(path)
@@ -922,7 +962,7 @@ mod tests {
         let (network, prefix_len) = config.pool().unwrap();
         let (start, end) = rules::cidr_interval(network, prefix_len);
         Network {
-            _lock: None,
+            bridge_lock: None,
             gateway: Ipv4Addr::from(start + 1),
             prefix_len,
             table: format!("hydrant_{}", config.bridge),

@@ -574,6 +574,11 @@ async fn setup_after_a_crash_removes_every_leftover_and_teardown_leaves_nothing(
     let rules = ruleset();
     assert!(!rules.contains("hydrant_hyt4"), "{rules}");
     assert!(!name.is_empty());
+    // Nor on disk: the bridge's lock file goes with the bridge.
+    assert!(
+        !std::path::Path::new("/run/hydrant/net-hyt4.lock").exists(),
+        "the lock file of a torn-down bridge is left behind"
+    );
 }
 
 #[tokio::test]
