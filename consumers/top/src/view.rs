@@ -215,9 +215,13 @@ pub const PIPELINE_COLUMNS: &[Column] = &[
     text("DROPS BY REASON", 30, "dropped since start, by reason"),
 ];
 
-/// The nodes screen: executors.
+/// The nodes screen: executors, and every other role that reports its certificate's expiry.
 pub const NODE_COLUMNS: &[Column] = &[
-    text("EXECUTOR", 18, "the executor's id"),
+    text(
+        "NODE",
+        20,
+        "the executor's id, or source/instance of another platform role",
+    ),
     num("MEM USED", 8, "memory reserved by live instances"),
     num("MEM CAP", 8, "memory the executor may hand out"),
     num(
@@ -239,6 +243,11 @@ pub const NODE_COLUMNS: &[Column] = &[
         "CRASHES",
         7,
         "instances that crashed since the executor started",
+    ),
+    num(
+        "CERT",
+        7,
+        "days until the node's TLS certificate expires (yellow under 30, red once expired)",
     ),
     num("AGE", 4, "seconds since the executor last reported"),
 ];

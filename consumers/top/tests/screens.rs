@@ -908,3 +908,102 @@ fn header_reports_disconnected_streams_losses_and_screen_drops() {
         assert!(text.contains(expected), "{expected:?} missing:\n{text}");
     }
 }
+
+const DAY: f64 = 86_400.0;
+
+/// A platform that reports nothing but certificates: the executor `exec-1` and every other
+/// `(source, instance, days left)`, each as the `tls.cert_expiry_seconds` gauge its role keeps.
+fn with_certs(nodes: &[(&str, &str, f64)]) -> (State, Instant) {
+    let t0 = Instant::now();
+    let config = StateConfig {
+        tz: TimeZone::Utc,
+        ..StateConfig::default()
+    };
+    let mut state = State::new(config, t0, WALL, "operator (firehose)", "http://api").unwrap();
+    let mut envelopes = vec![gauge(
+        "executor",
+        "exec-1",
+        &[("executor.memory_capacity", 1024.0, "MiB")],
+        WALL - 2 * SEC,
+    )];
+    for (source, instance, days) in nodes {
+        envelopes.push(gauge_tagged(
+            source,
+            instance,
+            &[("tls.cert_expiry_seconds", days * DAY, "seconds")],
+            &[("identity", source)],
+            WALL - SEC,
+        ));
+    }
+    state.apply_feed(Feed::Batch(Batch::from_envelopes(&envelopes)), t0);
+    state.tick(t0);
+    type_keys(&mut state, ":nodes\n", t0);
+    (state, t0)
+}
+
+#[test]
+fn nodes_screen_warns_when_a_certificate_has_under_30_days_left() {
+    let (mut state, _) = with_certs(&[("executor", "exec-1", 10.0), ("doppler", "0", 90.0)]);
+    let buf = draw(&mut state, 160, 30);
+    let (x, y) = must_find(
+        &buf,
+        "WARN: TLS certificate of exec-1 expires in 10 day(s) (CERT column, :nodes)",
+    );
+    assert_eq!(buf[(x, y)].fg, Color::Yellow);
+    let (_, y) = must_find(&buf, "│exec-1 ");
+    assert_eq!(
+        column_text(&buf, "CERT", y),
+        ("10d".to_owned(), Color::Yellow)
+    );
+    // The other roles' certificates have rows of their own, by source/instance.
+    let (_, y) = must_find(&buf, "│doppler/0 ");
+    assert_eq!(
+        column_text(&buf, "CERT", y),
+        ("90d".to_owned(), Color::Reset)
+    );
+}
+
+#[test]
+fn nodes_screen_shows_no_certificate_warning_with_90_days_left() {
+    let (mut state, _) = with_certs(&[("executor", "exec-1", 90.0), ("doppler", "0", 90.0)]);
+    let buf = draw(&mut state, 160, 30);
+    let text = screen(&buf);
+    assert!(!text.contains("TLS certificate"), "{text}");
+    must_find(&buf, "no alerts");
+    let (_, y) = must_find(&buf, "│exec-1 ");
+    assert_eq!(
+        column_text(&buf, "CERT", y),
+        ("90d".to_owned(), Color::Reset)
+    );
+}
+
+#[test]
+fn an_expired_certificate_says_expired_above_an_expiring_one() {
+    let (mut state, _) = with_certs(&[
+        ("executor", "exec-1", 10.0),
+        ("trafficcontroller", "0", -2.0),
+        ("doppler", "0", -0.5),
+    ]);
+    let buf = draw(&mut state, 160, 30);
+    // The worst first, and in red: the certificate that expired longest ago, counting the other.
+    let (x, crit_y) = must_find(
+        &buf,
+        "CRIT: TLS certificate of trafficcontroller/0 and 1 more EXPIRED 2d ago",
+    );
+    assert_eq!(buf[(x, crit_y)].fg, Color::Red);
+    let (_, warn_y) = must_find(&buf, "WARN: TLS certificate of exec-1 expires in 10 day(s)");
+    assert!(crit_y < warn_y);
+    let (_, y) = must_find(&buf, "│trafficcontroller/0 ");
+    assert_eq!(
+        column_text(&buf, "CERT", y),
+        ("expired".to_owned(), Color::Red)
+    );
+}
+
+#[test]
+fn certificate_warnings_escape_a_hostile_source_id() {
+    let (mut state, _) = with_certs(&[("evil\u{1b}[2J\u{7}", "0\r\n", 3.0)]);
+    let buf = draw(&mut state, 160, 30);
+    assert_no_control(&buf);
+    must_find(&buf, "WARN: TLS certificate of evil");
+}

@@ -4,7 +4,8 @@
 //! Flow: counter and gauge envelopes named `<role>.<noun>` (invariant 7 of the architecture:
 //! the platform observes itself through its own pipeline) → [`Components::record`] → the
 //! pipeline and nodes tables, built from [`Components::pipeline_rows`] and
-//! [`Components::executors`].
+//! [`Components::nodes`]. Any role's `tls.cert_expiry_seconds` gauge is kept too, whatever its
+//! prefix, so the nodes screen and the header can warn before a certificate expires.
 //!
 //! Invariants: memory is bounded (components and series per component are capped; refusals are
 //! counted); rates come from counter totals and the envelopes' own timestamps, so a late or
@@ -24,6 +25,10 @@ pub(crate) const ROLES: [&str; 6] = [
     "nozzle",
     "executor",
 ];
+
+/// The gauge every role with a TLS leaf keeps current: seconds until its own certificate
+/// expires (negative once it has). Kept from any source, whatever its role prefix.
+pub(crate) const CERT_EXPIRY: &str = "tls.cert_expiry_seconds";
 
 /// Counter samples kept per series (components report every few seconds).
 const SAMPLES: usize = 16;
@@ -145,6 +150,13 @@ impl Component {
             .find_map(Series::gauge)
     }
 
+    /// Seconds until the soonest of the component's certificates expires.
+    fn cert_expiry(&self) -> Option<f64> {
+        self.matching(CERT_EXPIRY)
+            .filter_map(Series::gauge)
+            .reduce(f64::min)
+    }
+
     fn has_role(&self, role: &str) -> bool {
         self.series.values().any(|s| {
             s.name
@@ -186,6 +198,8 @@ pub(crate) struct ExecutorStats {
     pub log_rate: Option<f64>,
     pub starts: Option<u64>,
     pub crashes: Option<u64>,
+    /// Seconds until the node's own TLS certificate expires (negative once it has).
+    pub cert_expiry: Option<f64>,
     pub last_ts: i64,
 }
 
@@ -331,7 +345,7 @@ impl Components {
             Kind::Gauge => {
                 let mut kept = false;
                 for (name, value, _unit) in view.gauge_values() {
-                    if role_of(name).is_none() || !value.is_finite() {
+                    if (role_of(name).is_none() && name != CERT_EXPIRY) || !value.is_finite() {
                         continue;
                     }
                     kept |= self.store(view, name, |data| match data {
@@ -477,9 +491,41 @@ impl Components {
                 log_rate: c.rate(&["executor.log_lines"]),
                 starts: c.total(&["executor.starts"]),
                 crashes: c.total(&["executor.crashes"]),
+                cert_expiry: c.cert_expiry(),
                 last_ts: c.last_ts,
             })
             .collect()
+    }
+
+    /// Every executor, then every other component that reports its certificate's expiry (the
+    /// pipeline hops, the cloud controller, the router, ...) as `source/instance` with only
+    /// that known: the nodes screen is where an operator looks for a certificate to renew.
+    pub(crate) fn nodes(&self) -> Vec<ExecutorStats> {
+        let mut nodes = self.executors();
+        let others = self
+            .map
+            .iter()
+            .flat_map(|(s, m)| m.iter().map(move |(i, c)| (s, i, c)))
+            .filter(|(_, _, c)| !c.has_role("executor"));
+        for (source, instance, c) in others {
+            let Some(cert_expiry) = c.cert_expiry() else {
+                continue;
+            };
+            nodes.push(ExecutorStats {
+                id: format!("{source}/{instance}"),
+                memory_used: None,
+                memory_capacity: None,
+                running: None,
+                starting: None,
+                crashed: None,
+                log_rate: None,
+                starts: None,
+                crashes: None,
+                cert_expiry: Some(cert_expiry),
+                last_ts: c.last_ts,
+            });
+        }
+        nodes
     }
 
     /// Forgets components whose newest report is older than `before` (UNIX ns): they stopped

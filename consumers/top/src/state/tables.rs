@@ -48,6 +48,21 @@ pub(crate) mod threshold {
         }
     }
 
+    /// A node's certificate: yellow with fewer days than this left, red once expired.
+    pub const CERT_DAYS: f64 = 30.0;
+
+    /// The tone of a certificate with `seconds` left.
+    #[must_use]
+    pub fn cert(seconds: f64) -> crate::view::Tone {
+        if seconds <= 0.0 {
+            crate::view::Tone::Alert
+        } else if seconds < CERT_DAYS * 86_400.0 {
+            crate::view::Tone::Warn
+        } else {
+            crate::view::Tone::Normal
+        }
+    }
+
     /// SLO error budget left (fraction): yellow under a half, red under a quarter.
     #[must_use]
     pub fn budget(left: f64) -> crate::view::Tone {
@@ -398,7 +413,7 @@ fn nodes_table(state: &State, wall: i64) -> Table {
             }
         }
     }
-    let mut executors = state.components.executors();
+    let mut executors = state.components.nodes();
     for id in placed.keys() {
         if !executors.iter().any(|e| &e.id == id) {
             executors.push(ExecutorStats {
@@ -411,6 +426,7 @@ fn nodes_table(state: &State, wall: i64) -> Table {
                 log_rate: None,
                 starts: None,
                 crashes: None,
+                cert_expiry: None,
                 last_ts: 0,
             });
         }
@@ -452,6 +468,7 @@ fn nodes_table(state: &State, wall: i64) -> Table {
                 rate_cell(e.log_rate),
                 CellOut::num(e.starts.map(|n| n as f64), opt_count(e.starts)),
                 CellOut::num(e.crashes.map(|n| n as f64), opt_count(e.crashes)),
+                cert_cell(e.cert_expiry),
                 if reported {
                     CellOut::num(Some(age.as_secs_f64()), format::age(age)).tone(if stale {
                         Tone::Dim
@@ -476,6 +493,80 @@ fn nodes_table(state: &State, wall: i64) -> Table {
             .to_owned()
     });
     Table { rows, empty_note }
+}
+
+/// Time left on a certificate: whole days (hours on its last day), or `expired`. Sorts by
+/// days left.
+fn cert_cell(seconds: Option<f64>) -> CellOut {
+    let Some(secs) = seconds else {
+        return CellOut::num(None, NONE);
+    };
+    let text = if secs <= 0.0 {
+        "expired".to_owned()
+    } else if secs < 86_400.0 {
+        format!("{:.0}h", (secs / 3_600.0).floor())
+    } else {
+        format!("{:.0}d", (secs / 86_400.0).floor())
+    };
+    CellOut::num(Some(secs / 86_400.0), text).tone(threshold::cert(secs))
+}
+
+/// `secs` as a duration, saturating (a gauge is any finite number, some too large for one).
+fn secs_duration(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX)
+}
+
+/// Header lines for certificates that expired (critical: peers refuse them now) and for those
+/// under [`threshold::CERT_DAYS`], each naming the worst node and how many more there are.
+fn cert_alerts(state: &State) -> Vec<(Level, String)> {
+    let mut expired: Vec<(f64, String)> = Vec::new();
+    let mut expiring: Vec<(f64, String)> = Vec::new();
+    for node in state.components.nodes() {
+        let Some(secs) = node.cert_expiry else {
+            continue;
+        };
+        if secs <= 0.0 {
+            expired.push((secs, node.id));
+        } else if secs < threshold::CERT_DAYS * 86_400.0 {
+            expiring.push((secs, node.id));
+        }
+    }
+    let mut alerts = Vec::new();
+    let more = |n: usize| {
+        if n > 1 {
+            format!(" and {} more", n - 1)
+        } else {
+            String::new()
+        }
+    };
+    if let Some((secs, id)) = expired.iter().min_by(|a, b| a.0.total_cmp(&b.0)) {
+        alerts.push((
+            Level::Crit,
+            format!(
+                "TLS certificate of {}{} EXPIRED {} ago: renew it (CERT column, :nodes)",
+                clean(id),
+                more(expired.len()),
+                format::age(secs_duration(-secs))
+            ),
+        ));
+    }
+    if let Some((secs, id)) = expiring.iter().min_by(|a, b| a.0.total_cmp(&b.0)) {
+        let days = (secs / 86_400.0).floor();
+        alerts.push((
+            Level::Warn,
+            format!(
+                "TLS certificate of {}{} expires in {} (CERT column, :nodes)",
+                clean(id),
+                more(expiring.len()),
+                if days >= 1.0 {
+                    format!("{days:.0} day(s)")
+                } else {
+                    format::age(secs_duration(*secs))
+                }
+            ),
+        ));
+    }
+    alerts
 }
 
 /// The level of an audit event type.
@@ -690,6 +781,7 @@ fn header(state: &State, now: Instant, wall: i64) -> Header {
             ),
         ));
     }
+    alerts.extend(cert_alerts(state));
     alerts.sort_by_key(|a| std::cmp::Reverse(a.0));
     Header {
         mode: state.mode().to_owned(),
