@@ -613,6 +613,38 @@ mod tests {
     }
 
     #[test]
+    fn any_role_s_certificate_expiry_is_kept_and_the_soonest_one_counts() {
+        let mut c = Components::new(8, 64);
+        let expiry = |identity, secs| {
+            let gauge = envelopes::gauge(&[(CERT_EXPIRY, secs, "seconds")]);
+            let e = envelopes::envelope(
+                1_000_000_000,
+                "cloudcontroller",
+                "0",
+                &[("identity", identity)],
+                gauge,
+            );
+            hydrant_envelope::wire::encode(&e).to_vec()
+        };
+        assert!(record(&mut c, &expiry("cloudcontroller", 90.0 * 86_400.0)));
+        assert!(record(&mut c, &expiry("nats", 5.0 * 86_400.0)));
+        // Other metrics of a role the console does not track stay ignored.
+        let other = envelopes::envelope(
+            1_000_000_000,
+            "cloudcontroller",
+            "0",
+            &[],
+            envelopes::gauge(&[("cloudcontroller.apps", 3.0, "count")]),
+        );
+        assert!(!record(&mut c, &hydrant_envelope::wire::encode(&other)));
+        assert!(c.executors().is_empty());
+        let nodes = c.nodes();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].id, "cloudcontroller/0");
+        assert_eq!(nodes[0].cert_expiry, Some(5.0 * 86_400.0));
+    }
+
+    #[test]
     fn caps_are_counted() {
         let mut c = Components::new(1, 1);
         assert!(record(
