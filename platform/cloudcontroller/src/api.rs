@@ -43,6 +43,8 @@ pub(crate) struct ApiError {
     code: u32,
     title: &'static str,
     detail: String,
+    /// Seconds for a `Retry-After` header (429 answers).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -52,7 +54,20 @@ impl ApiError {
             code,
             title,
             detail: detail.into(),
+            retry_after: None,
         }
+    }
+
+    /// 429 with `Retry-After`, rounded up to whole seconds.
+    pub(crate) fn too_many_requests(detail: impl Into<String>, wait: std::time::Duration) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            10016,
+            "CF-RateLimitExceeded",
+            detail,
+        );
+        error.retry_after = Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
+        error
     }
 
     pub(crate) fn unauthenticated(detail: impl Into<String>) -> Self {
@@ -140,7 +155,13 @@ impl IntoResponse for ApiError {
                 detail: self.detail,
             }],
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 

@@ -34,6 +34,7 @@ mod blobs;
 mod config;
 mod db;
 mod error;
+mod login;
 mod logs;
 mod metrics;
 mod password;
@@ -105,6 +106,8 @@ pub(crate) struct Ctx {
     pub(crate) placement: placement::Placement,
     pub(crate) logs: logs::AppLogs,
     pub(crate) metrics: metrics::Metrics,
+    /// The per-name brake on password guessing.
+    pub(crate) logins: login::Logins,
 }
 
 /// Runs the cloud controller until `shutdown` is cancelled, then stops serving, lets running
@@ -145,6 +148,7 @@ async fn serve(
         placement: placement::Placement::default(),
         logs,
         metrics,
+        logins: login::Logins::default(),
     });
 
     let staging_tasks = staging::spawn_workers(ctx.clone(), jobs, workers, shutdown.clone());

@@ -28,6 +28,8 @@ pub(crate) struct Metrics {
     pub(crate) dropped_unknown_app: Counter,
     pub(crate) dropped_wrong_cell: Counter,
     pub(crate) dropped_not_placed: Counter,
+    pub(crate) logins_failed: Counter,
+    pub(crate) logins_throttled: Counter,
 }
 
 impl Metrics {
@@ -60,7 +62,16 @@ impl Metrics {
                 &[("reason", reason)],
             )
         };
+        let login = |result| {
+            registry.counter(
+                "cloudcontroller.logins_refused",
+                "password logins refused, by reason (a wrong password, or throttled after too many)",
+                &[("reason", result)],
+            )
+        };
         Self {
+            logins_failed: login("wrong_password"),
+            logins_throttled: login("throttled"),
             requests: [
                 request("1xx"),
                 request("2xx"),

@@ -180,26 +180,42 @@ async fn password_grant(ctx: &Arc<Ctx>, grant: Grant) -> Result<Json<Granted>, A
             "the password grant needs username and password",
         ));
     };
+    let now = std::time::Instant::now();
+    if let Err(wait) = ctx.logins.check(&username, now) {
+        ctx.metrics.logins_throttled.inc();
+        return Err(ApiError::too_many_requests(
+            format!(
+                "too many wrong passwords for this user name; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+            wait,
+        ));
+    }
     let lookup = username.clone();
     let found = ctx
         .db
         .run(move |c| Ok(db::user_by_name(c, &lookup)?))
         .await?;
-    // Verify even for unknown users, so timing does not tell which names exist.
-    let iterations = ctx.config.password_hash_iterations;
-    let hash = found.as_ref().map(|row| row.password_hash.clone());
-    let ok = tokio::task::spawn_blocking(move || match hash {
-        Some(hash) => password::verify(&password, &hash),
-        None => {
-            let _ = password::verify(&password, &password::hash("", iterations));
-            false
-        }
-    })
-    .await
-    .unwrap_or(false);
+    // Verify even for unknown users, against a hash made once at the same iteration count, so
+    // both cost one derivation and timing does not tell which names exist.
+    let known = found.is_some();
+    let hash = match found {
+        Some(row) => row.password_hash,
+        None => ctx
+            .logins
+            .dummy_hash(ctx.config.password_hash_iterations)
+            .to_owned(),
+    };
+    let ok = tokio::task::spawn_blocking(move || password::verify(&password, &hash))
+        .await
+        .unwrap_or(false)
+        && known;
     if !ok {
+        ctx.logins.failed(&username, now);
+        ctx.metrics.logins_failed.inc();
         return Err(ApiError::unauthenticated("wrong user name or password"));
     }
+    ctx.logins.succeeded(&username);
     user_tokens(ctx, username, true).await
 }
 

@@ -35,6 +35,56 @@ type Case<'a> = (
 const STATIC_SITE: &[(&str, &[u8], u32)] = &[("index.html", b"<h1>hello</h1>", 0o644)];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guessing_is_slowed_per_name_whether_or_not_the_name_exists() {
+    let (_dir, cc) = Cc::fresh("cc-login-brake").await;
+    let http = reqwest::Client::new();
+    let login = |user: &'static str, password: &'static str| {
+        http.post(format!("{}/v3/tokens", cc.url))
+            .json(&serde_json::json!({"username": user, "password": password}))
+            .send()
+    };
+    for user in ["admin", "nobody"] {
+        // Five failures are free; the sixth starts a back-off.
+        for attempt in 1..=6 {
+            let status = login(user, "guess").await.unwrap().status();
+            assert_eq!(status, 401, "{user}: attempt {attempt}");
+        }
+        // During it even the right password is refused, before any hashing, with the wait.
+        let refused = login(user, crate::support::ADMIN_PASSWORD).await.unwrap();
+        assert_eq!(refused.status(), 429, "{user}");
+        assert_eq!(
+            refused
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            Some("1".to_owned()),
+            "{user}"
+        );
+        let body: hydrant_api::ApiErrors = refused.json().await.unwrap();
+        assert!(
+            body.errors[0].detail.contains("too many wrong passwords"),
+            "{body:?}"
+        );
+    }
+    // Another name is not slowed by those guesses, and tokens already issued keep working.
+    assert_eq!(login("carol", "guess").await.unwrap().status(), 401);
+    assert!(cc.admin.me().await.is_ok());
+    let metrics = reqwest::get(format!("{}/metrics", cc.admin_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (reason, count) in [("wrong_password", 13), ("throttled", 2)] {
+        let line = format!(
+            "cloudcontroller_logins_refused_total{{source_id=\"cloudcontroller\",instance_id=\"0\",reason=\"{reason}\"}} {count}"
+        );
+        assert!(metrics.contains(&line), "{line} not in {metrics}");
+    }
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_info_and_401s() {
     let (_dir, cc) = Cc::fresh("cc-login").await;
     let info = cc.anonymous().info().await.unwrap();
