@@ -22,10 +22,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use hydrant_buffer::{Buffer, BufferConfig, Depth, DropReason, Limits, Observer};
 use hydrant_emitter::{Counter, Gauge, Registry};
-use hydrant_envelope::raw::Empty;
-use hydrant_envelope::raw::ingress::ingress_client::IngressClient;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -133,51 +129,6 @@ pub(crate) fn endpoint(
         .keep_alive_while_idle(true))
 }
 
-/// One open `BatchSender` stream: batches go in through `tx`; `rpc` ends when the stream does.
-#[derive(Debug)]
-struct Stream {
-    tx: mpsc::Sender<Bytes>,
-    rpc: JoinHandle<Result<tonic::Response<Empty>, tonic::Status>>,
-}
-
-impl Stream {
-    async fn open(
-        endpoint: &tonic::transport::Endpoint,
-        tls: Option<&hydrant_tls::Connector>,
-    ) -> Result<Self, tonic::transport::Error> {
-        let channel = hydrant_tls::grpc::connect(endpoint, tls).await?;
-        let mut client = IngressClient::new(channel)
-            .max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
-        // One slot: the lane learns within one batch that the stream broke, and still holds that
-        // batch to count it, instead of losing it silently inside a channel.
-        let (tx, rx) = mpsc::channel::<Bytes>(1);
-        let rpc = tokio::spawn(async move {
-            client
-                .batch_sender(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-        });
-        Ok(Self { tx, rpc })
-    }
-
-    /// Hands one batch to the stream; `false` when the stream has ended.
-    async fn send(&mut self, batch: Bytes) -> bool {
-        tokio::select! {
-            biased;
-            result = self.tx.send(batch) => result.is_ok(),
-            _ = &mut self.rpc => false,
-        }
-    }
-
-    /// Ends the stream and waits (until `deadline`) for the doppler to have read it all.
-    async fn finish(self, deadline: Instant) {
-        drop(self.tx);
-        let mut rpc = self.rpc;
-        if tokio::time::timeout_at(deadline, &mut rpc).await.is_err() {
-            rpc.abort();
-        }
-    }
-}
-
 /// Keeps doppler `index` fed until `drain` is cancelled, then delivers what is left (until
 /// [`DRAIN_TIMEOUT`]) and counts the rest.
 pub(crate) async fn run_lane(
@@ -190,13 +141,13 @@ pub(crate) async fn run_lane(
 ) {
     let lane = router.lane(index);
     let mut backoff = BACKOFF_MIN;
-    let mut stream: Option<Stream> = None;
+    let mut stream: Option<hydrant_emitter::BatchStream> = None;
     // A batch popped but not handed over when the drain began: delivered or counted first.
     let mut held: Option<(Bytes, usize)> = None;
     while !drain.is_cancelled() {
         let Some(open) = stream.as_mut() else {
             let attempt = tokio::select! {
-                r = Stream::open(&endpoint, tls.as_ref()) => Some(r),
+                r = hydrant_emitter::BatchStream::open(&endpoint, tls.as_ref()) => Some(r),
                 () = drain.cancelled() => None,
             };
             match attempt {
@@ -238,7 +189,7 @@ pub(crate) async fn run_lane(
         } else {
             tokio::select! {
                 () = lane.ready() => true,
-                _ = &mut open.rpc => false,
+                () = open.ended() => false,
                 () = drain.cancelled() => true,
             }
         };

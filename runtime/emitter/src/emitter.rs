@@ -638,17 +638,22 @@ fn endpoint(url: &str, tls: Option<&TlsFiles>) -> Result<Target, Error> {
     })
 }
 
-/// One open `BatchSender` stream: batches go in through `tx`; `rpc` ends when the stream does.
+/// One open v2 `BatchSender` stream: batches go in through `tx`; `rpc` ends when the stream
+/// does. Shared by the emitter (to its agent) and the agent (to its dopplers), the two ends that
+/// push encoded batches over Ingress.
 #[derive(Debug)]
-struct Stream {
+pub struct BatchStream {
     tx: mpsc::Sender<Bytes>,
     rpc: JoinHandle<Result<tonic::Response<Empty>, tonic::Status>>,
 }
 
-impl Stream {
-    async fn open(target: &Target) -> Result<Self, tonic::transport::Error> {
-        let channel =
-            hydrant_tls::grpc::connect(&target.endpoint, target.connector.as_ref()).await?;
+impl BatchStream {
+    /// Connects (through `tls` when given) and opens the stream.
+    pub async fn open(
+        endpoint: &tonic::transport::Endpoint,
+        tls: Option<&hydrant_tls::Connector>,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = hydrant_tls::grpc::connect(endpoint, tls).await?;
         let mut client = IngressClient::new(channel)
             .max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
         // One slot: the sender learns within one batch that the stream has broken, and holds
@@ -663,7 +668,7 @@ impl Stream {
     }
 
     /// Hands one batch to the stream. `false` when the stream has ended (the batch is lost).
-    async fn send(&mut self, batch: Bytes) -> bool {
+    pub async fn send(&mut self, batch: Bytes) -> bool {
         tokio::select! {
             biased;
             result = self.tx.send(batch) => result.is_ok(),
@@ -671,8 +676,14 @@ impl Stream {
         }
     }
 
-    /// Ends the stream cleanly and waits (up to `deadline`) for the agent to have read it all.
-    async fn finish(self, deadline: Instant) {
+    /// Resolves once the stream has ended (the receiver closed it or the connection broke).
+    /// Once it has, the stream is spent: drop it rather than waiting or sending again.
+    pub async fn ended(&mut self) {
+        let _ = (&mut self.rpc).await;
+    }
+
+    /// Ends the stream cleanly and waits (up to `deadline`) for the receiver to have read it all.
+    pub async fn finish(self, deadline: Instant) {
         drop(self.tx);
         let mut rpc = self.rpc;
         if tokio::time::timeout_at(deadline, &mut rpc).await.is_err() {
@@ -687,7 +698,7 @@ struct Sender {
     inner: Arc<Inner>,
     endpoint: Option<Target>,
     shutdown: CancellationToken,
-    stream: Option<Stream>,
+    stream: Option<BatchStream>,
     /// A batch taken from the queue but not yet handed over when shutdown came; the drain
     /// delivers or counts it first.
     held: Option<(Bytes, usize)>,
@@ -720,7 +731,7 @@ impl Sender {
         let Some(endpoint) = &self.endpoint else {
             return;
         };
-        match Stream::open(endpoint).await {
+        match BatchStream::open(&endpoint.endpoint, endpoint.connector.as_ref()).await {
             Ok(stream) => {
                 tracing::debug!("emitter connected to the agent");
                 self.stream = Some(stream);
@@ -814,7 +825,11 @@ impl Sender {
         if self.stream.is_none()
             && let Some(endpoint) = &self.endpoint
             && (self.held.is_some() || self.inner.queue.depth_events() > 0)
-            && let Ok(Ok(stream)) = tokio::time::timeout_at(deadline, Stream::open(endpoint)).await
+            && let Ok(Ok(stream)) = tokio::time::timeout_at(
+                deadline,
+                BatchStream::open(&endpoint.endpoint, endpoint.connector.as_ref()),
+            )
+            .await
         {
             self.stream = Some(stream);
         }

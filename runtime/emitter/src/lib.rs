@@ -16,6 +16,6 @@ mod error;
 pub mod telemetry;
 pub mod tls;
 
-pub use emitter::{Emitter, EmitterConfig, TelemetryConfig, lock, spawn_reporter};
+pub use emitter::{BatchStream, Emitter, EmitterConfig, TelemetryConfig, lock, spawn_reporter};
 pub use error::Error;
 pub use telemetry::{Counter, Gauge, Histogram, Registry};
