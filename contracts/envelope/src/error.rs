@@ -36,4 +36,7 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// A subscription cursor (`?cursor=`) that is not one this platform wrote.
+    #[error("malformed cursor: {0}; reconnect without ?cursor= to start from live data")]
+    Cursor(&'static str),
 }

@@ -11,6 +11,7 @@
 //!   messages, so the agent and doppler never decode what they forward.
 //! - [`json`]: protojson-shaped JSON for browsers and scripts.
 //! - [`gap`]: the in-band marker that tells a consumer how many envelopes it lost and why.
+//! - [`cursor`]: resumable subscriptions: a consumer's cursor and the dopplers' ring positions.
 //! - [`semantic`]: what the platform's envelopes mean: the router's `http` Timer, the container
 //!   metrics, log source types and tag keys, built and read through typed helpers.
 //! - [`time`]: envelope timestamps as calendar time (RFC 3339, local offsets), on `jiff`.
@@ -18,6 +19,7 @@
 //! The invariant this crate keeps: nothing here panics on input, and no allocation is sized by
 //! a length read from the wire before that length has been checked against the bytes present.
 
+pub mod cursor;
 pub mod gap;
 pub mod json;
 pub mod raw;
