@@ -322,6 +322,9 @@ pub struct Buffer<T, O = ()> {
     writable: Notify,
     /// Mirrors `depth.events` for lock-free reads by telemetry.
     depth_events: AtomicU64,
+    /// Mirrors `depth.items` and `depth.bytes` for lock-free [`Buffer::fill_permille`].
+    depth_items: AtomicU64,
+    depth_bytes: AtomicU64,
     config: BufferConfig,
     observer: O,
 }
@@ -352,6 +355,8 @@ impl<T: Weigh, O: Observer> Buffer<T, O> {
             readable: Notify::new(),
             writable: Notify::new(),
             depth_events: AtomicU64::new(0),
+            depth_items: AtomicU64::new(0),
+            depth_bytes: AtomicU64::new(0),
             config,
             observer,
         }
@@ -389,6 +394,10 @@ impl<T: Weigh, O: Observer> Buffer<T, O> {
 
     fn depth_changed(&self, s: &State<T>) {
         self.depth_events.store(s.depth.events, Ordering::Relaxed);
+        self.depth_items
+            .store(s.depth.items as u64, Ordering::Relaxed);
+        self.depth_bytes
+            .store(s.depth.bytes as u64, Ordering::Relaxed);
         self.observer.depth(s.depth);
     }
 
@@ -732,6 +741,22 @@ impl<T: Weigh, O: Observer> Buffer<T, O> {
     /// Events queued now, without taking the lock.
     pub fn depth_events(&self) -> u64 {
         self.depth_events.load(Ordering::Relaxed)
+    }
+
+    /// How full the buffer is, in thousandths of its tightest limit (entries, events or bytes),
+    /// without taking the lock: what a [`crate::FairShare`] owner reads as pressure.
+    pub fn fill_permille(&self) -> u64 {
+        fn permille(depth: u64, limit: u64) -> u64 {
+            if limit == u64::MAX || limit == 0 {
+                return 0;
+            }
+            depth.saturating_mul(1000) / limit
+        }
+        let l = &self.config.limits;
+        let items = permille(self.depth_items.load(Ordering::Relaxed), l.items as u64);
+        let events = permille(self.depth_events.load(Ordering::Relaxed), l.events);
+        let bytes = permille(self.depth_bytes.load(Ordering::Relaxed), l.bytes as u64);
+        items.max(events).max(bytes)
     }
 
     /// The buffer's own ledger.

@@ -24,6 +24,11 @@
 //!   downstream then show no unexplained hole.
 //! - Nothing here panics on input, and no lock is held across an await.
 //!
+//! - **Fair when it must drop** (with a [`FairShare`] beside it): the owner charges every
+//!   envelope to its source before it joins an entry; under pressure a source holding more
+//!   than the average of the sources queued is refused, so drops land on the loud source and a
+//!   quiet one loses nothing. Drops are counted by source and told to it.
+//!
 //! # Design, and why not a lock-free queue
 //! A `Mutex<VecDeque<T>>` plus two `tokio::sync::Notify` (one for the consumer, one for blocked
 //! producers). Every take is a batch take ([`Buffer::drain_into`], [`Buffer::swap_all`]), so the
@@ -48,7 +53,11 @@
 
 mod buffer;
 mod error;
+mod fair;
 
 pub use buffer::{Buffer, Depth, Drained, DropReason, Observer, Oversize, Pushed, Stats, WhenFull};
 pub use buffer::{BufferConfig, Limits, Weigh};
 pub use error::Error;
+pub use fair::{
+    FairConfig, FairDrop, FairShare, FairStats, KeyHasher, PROBES, Share, SourceDrops, SourceKey,
+};
