@@ -96,7 +96,10 @@ impl Cursor {
     /// Sets the mark of `mark.doppler`, replacing the old one. A cursor already naming
     /// [`MAX_CURSOR_MARKS`] dopplers ignores new ones.
     pub fn set(&mut self, mark: Mark) {
-        match self.marks.binary_search_by_key(&mark.doppler, |m| m.doppler) {
+        match self
+            .marks
+            .binary_search_by_key(&mark.doppler, |m| m.doppler)
+        {
             Ok(i) => {
                 if let Some(slot) = self.marks.get_mut(i) {
                     *slot = mark;
@@ -263,11 +266,9 @@ pub fn put_frame_cursor(frame: &mut BytesMut, cursor: &str) {
 /// across restarts.
 #[must_use]
 pub fn doppler_id(instance_id: &str) -> u64 {
-    instance_id
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
+    instance_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

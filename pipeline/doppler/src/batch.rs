@@ -141,6 +141,13 @@ impl ValidBatch {
         self.buf.len()
     }
 
+    /// The received message every valid envelope of this batch sits in (the replay ring keeps
+    /// it as is when nothing in it was rejected).
+    #[must_use]
+    pub fn buffer(&self) -> &Bytes {
+        &self.buf
+    }
+
     /// The valid envelopes, in order.
     pub fn iter(&self) -> impl Iterator<Item = Envelope<'_>> + '_ {
         self.slots.iter().map(|slot| {

@@ -59,6 +59,13 @@ pub struct Config {
     pub keepalive_timeout_secs: u64,
     /// How long shutdown waits for open streams to finish before cutting them. Default 5 s.
     pub shutdown_grace_secs: u64,
+    /// Bytes of recent batches the replay ring keeps, so a consumer that reconnects with its
+    /// cursor is sent exactly what it missed (resumable subscriptions). Default 256 MiB; 0
+    /// turns the ring off (the firehose edge then subscribes like any v2 client, and cursors
+    /// stop advancing).
+    pub replay_ring_bytes: usize,
+    /// Longest the replay ring keeps a batch, seconds: the resume window. Default 60.
+    pub replay_ring_secs: u64,
     /// The log cache's bounds (`[logcache]`).
     pub logcache: StoreConfig,
     /// Where the doppler's own metrics go (`[telemetry]`).
@@ -87,6 +94,8 @@ impl Default for Config {
             keepalive_interval_secs: 15,
             keepalive_timeout_secs: 20,
             shutdown_grace_secs: 5,
+            replay_ring_bytes: 256 * 1024 * 1024,
+            replay_ring_secs: 60,
             logcache: StoreConfig::default(),
             telemetry: TelemetryConfig::default(),
             tls: None,
@@ -203,6 +212,23 @@ impl hydrant_runtime::Validate for Config {
                     .to_owned(),
             });
         }
+        if self.replay_ring_bytes > 0 {
+            at_least(
+                "replay_ring_bytes",
+                self.replay_ring_bytes,
+                hydrant_envelope::MAX_MESSAGE_BYTES,
+                "it must hold one full gRPC message; 0 turns the ring off",
+            )?;
+            if !(1..=3600).contains(&self.replay_ring_secs) {
+                return Err(Error::Config {
+                    field: "replay_ring_secs",
+                    message: format!(
+                        "{} is out of range; use 1 to 3600 seconds (the default is 60)",
+                        self.replay_ring_secs
+                    ),
+                });
+            }
+        }
         self.logcache.validate()?;
         if let Some(tls) = &self.tls {
             tls.validate()?;
@@ -218,6 +244,10 @@ impl Config {
 
     pub(crate) fn keepalive_timeout(&self) -> Duration {
         Duration::from_secs(self.keepalive_timeout_secs)
+    }
+
+    pub(crate) fn replay_window(&self) -> Duration {
+        Duration::from_secs(self.replay_ring_secs)
     }
 
     pub(crate) fn shutdown_grace(&self) -> Duration {
@@ -274,5 +304,21 @@ mod tests {
                 .to_string()
                 .contains("logcache.max_sources")
         );
+        let bad = Config {
+            replay_ring_secs: 0,
+            ..Config::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("replay_ring_secs")
+        );
+        let off = Config {
+            replay_ring_bytes: 0,
+            replay_ring_secs: 0,
+            ..Config::default()
+        };
+        off.validate().unwrap();
     }
 }

@@ -5,6 +5,10 @@
 //! stream; this module registers a [`SubscriptionQueue`] with the router and turns the queue into
 //! the response stream.
 //!
+//! A `BatchedReceiver` call with `hydrant-ring-from` metadata is a ring read instead: served
+//! from the replay ring (see `replay`), with a position record before every batch; stock
+//! clients never send it and get Loggregator's stream.
+//!
 //! Invariants: a stream is registered with the router before its response headers go out, so
 //! nothing that reaches the doppler after the client sees the response is missed; when the
 //! subscriber lost envelopes, the next thing it receives is a gap marker saying how many; when the
@@ -28,6 +32,7 @@ use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
 use crate::queue::{QueueLimits, SubscriptionQueue, Taken};
+use crate::replay::{ReplayRing, RingRequest, ring_stream};
 use crate::router::Command;
 use crate::selector::SubscriptionRequest;
 
@@ -42,8 +47,24 @@ pub(crate) struct EgressService {
     open: Arc<AtomicUsize>,
     max_subscriptions: usize,
     limits: QueueLimits,
+    /// The replay ring ring reads are served from; `None` when turned off.
+    replay: Option<Arc<ReplayRing>>,
     metrics: Metrics,
     shutdown: CancellationToken,
+}
+
+/// An admitted stream's slot under `max_subscriptions`; dropping it frees the slot.
+#[derive(Debug)]
+struct Slot {
+    open: Arc<AtomicUsize>,
+    metrics: Metrics,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let open = self.open.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        self.metrics.subscriptions.set(open as f64);
+    }
 }
 
 /// One open stream's registration; dropping it unsubscribes.
@@ -79,6 +100,7 @@ impl EgressService {
         commands: mpsc::Sender<Command>,
         max_subscriptions: usize,
         limits: QueueLimits,
+        replay: Option<Arc<ReplayRing>>,
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Self {
@@ -88,41 +110,79 @@ impl EgressService {
             open: Arc::new(AtomicUsize::new(0)),
             max_subscriptions,
             limits,
+            replay,
             metrics,
             shutdown,
         }
     }
 
-    fn subscribe(
+    fn parse(
         &self,
         shard_id: String,
         legacy_selector: Option<v2::Selector>,
         selectors: Vec<v2::Selector>,
         deterministic_name: &str,
-    ) -> Result<Subscription, Status> {
-        let request =
-            SubscriptionRequest::parse(shard_id, legacy_selector, selectors, deterministic_name)
-                .map_err(|e| {
-                    self.metrics.rejected_invalid.inc();
-                    Status::invalid_argument(e.to_string())
-                })?;
+    ) -> Result<SubscriptionRequest, Status> {
+        SubscriptionRequest::parse(shard_id, legacy_selector, selectors, deterministic_name)
+            .map_err(|e| {
+                self.metrics.rejected_invalid.inc();
+                Status::invalid_argument(e.to_string())
+            })
+    }
+
+    /// Takes one of the `max_subscriptions` stream slots.
+    fn admit(&self) -> Result<(), Status> {
         let admitted = self
             .open
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < self.max_subscriptions).then_some(n + 1)
             });
-        let open = match admitted {
-            Ok(before) => before + 1,
+        match admitted {
+            Ok(before) => {
+                self.metrics.subscriptions.set((before + 1) as f64);
+                Ok(())
+            }
             Err(_) => {
                 self.metrics.rejected_max_subscriptions.inc();
-                return Err(Status::resource_exhausted(format!(
+                Err(Status::resource_exhausted(format!(
                     "unable to create stream: the doppler serves at most {} egress streams \
                      (max_subscriptions)",
                     self.max_subscriptions
-                )));
+                )))
             }
+        }
+    }
+
+    /// A ring read (`hydrant-ring-from` metadata): batches from the replay ring, each after its
+    /// position record.
+    fn ring_read(
+        &self,
+        ring: RingRequest,
+        request: SubscriptionRequest,
+    ) -> Result<ByteStream, Status> {
+        let Some(replay) = &self.replay else {
+            return Err(Status::failed_precondition(
+                "this doppler keeps no replay ring (replay_ring_bytes = 0); subscribe without \
+                 hydrant-ring-from",
+            ));
         };
-        self.metrics.subscriptions.set(open as f64);
+        self.admit()?;
+        let slot = Slot {
+            open: self.open.clone(),
+            metrics: self.metrics.clone(),
+        };
+        Ok(Box::pin(ring_stream(
+            replay.clone(),
+            ring,
+            request,
+            self.metrics.dropped_slow_subscriber.clone(),
+            slot,
+            self.shutdown.clone(),
+        )))
+    }
+
+    fn subscribe(&self, request: SubscriptionRequest) -> Result<Subscription, Status> {
+        self.admit()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(SubscriptionQueue::new(
             self.limits,
@@ -268,12 +328,13 @@ impl Egress for EgressService {
         request: Request<v2::EgressRequest>,
     ) -> Result<Response<Self::ReceiverStream>, Status> {
         let r = request.into_inner();
-        let subscription = self.subscribe(
+        let parsed = self.parse(
             r.shard_id,
             r.legacy_selector,
             r.selectors,
             &r.deterministic_name,
         )?;
+        let subscription = self.subscribe(parsed)?;
         Ok(Response::new(single_stream(
             subscription,
             self.shutdown.clone(),
@@ -284,13 +345,18 @@ impl Egress for EgressService {
         &self,
         request: Request<v2::EgressBatchRequest>,
     ) -> Result<Response<Self::BatchedReceiverStream>, Status> {
+        let ring = RingRequest::from_metadata(request.metadata())?;
         let r = request.into_inner();
-        let subscription = self.subscribe(
+        let parsed = self.parse(
             r.shard_id,
             r.legacy_selector,
             r.selectors,
             &r.deterministic_name,
         )?;
+        if let Some(ring) = ring {
+            return Ok(Response::new(self.ring_read(ring, parsed)?));
+        }
+        let subscription = self.subscribe(parsed)?;
         Ok(Response::new(batched_stream(
             subscription,
             self.shutdown.clone(),

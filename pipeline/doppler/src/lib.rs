@@ -6,8 +6,13 @@
 //! ```text
 //! agents ─v2 Ingress─► validate ─► ingress ring ─► router ─► queue per subscription ─v2 Egress─► subscribers
 //!                                                     │        (drop oldest, gap marker)
+//!                                                     ├─► replay ring ─ring reads─► firehose edge (live, and resumes)
 //!                                                     └─► log cache task ─► Store ◄─ logcache.v1.Egress
 //! ```
+//!
+//! The replay ring keeps the last `replay_ring_bytes` / `replay_ring_secs` of routed batches,
+//! numbered per envelope, so a firehose consumer's cursor can be resumed after a reconnect or an
+//! edge restart (see `replay`).
 //!
 //! Invariants: envelopes travel as encoded bytes and are never decoded on the way through (the
 //! log cache's `Read` is the one place that decodes, for its typed response); every queue is
@@ -30,6 +35,7 @@ mod error;
 mod ingress;
 mod metrics;
 mod queue;
+mod replay;
 mod ring;
 pub mod router;
 mod selector;
@@ -136,11 +142,19 @@ async fn serve(
         metrics.dropped_logcache_busy.clone(),
     );
 
+    let replay = (config.replay_ring_bytes > 0).then(|| {
+        Arc::new(replay::ReplayRing::new(
+            hydrant_envelope::cursor::doppler_id(&config.instance_id),
+            config.replay_ring_bytes,
+            config.replay_window(),
+        ))
+    });
     let router_task = tokio::spawn(router::run(
         router::Router::new(config.egress_batch_envelopes, config.egress_batch_bytes),
         ring.clone(),
         commands_rx,
         handoff,
+        replay.clone(),
         metrics.clone(),
         stop.clone(),
     ));
@@ -157,6 +171,7 @@ async fn serve(
             batch_envelopes: config.egress_batch_envelopes,
             batch_bytes: config.egress_batch_bytes,
         },
+        replay,
         metrics.clone(),
         stop.clone(),
     );

@@ -27,6 +27,7 @@ use crate::batch::{Envelope, ValidBatch};
 use crate::cache::Handoff;
 use crate::metrics::Metrics;
 use crate::queue::{Chunk, SubscriptionQueue};
+use crate::replay::ReplayRing;
 use crate::ring::IngressRing;
 use crate::selector::{Filter, Route, SubscriptionRequest, crc64_ecma};
 
@@ -386,13 +387,15 @@ fn deliver(
     }
 }
 
-/// The router task: takes batches from the ring, applies subscription changes, routes, then
-/// hands each batch to the log cache without waiting (a full hand-off skips the cache, counted).
+/// The router task: takes batches from the ring, applies subscription changes, routes, keeps
+/// each batch in the replay ring (when on), then hands it to the log cache without waiting (a
+/// full hand-off skips the cache, counted).
 pub(crate) async fn run(
     mut router: Router,
     ring: Arc<IngressRing>,
     mut commands: mpsc::Receiver<Command>,
     cache: Handoff,
+    replay: Option<Arc<ReplayRing>>,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
@@ -417,6 +420,9 @@ pub(crate) async fn run(
         for batch in batches.drain(..) {
             router.route(&batch);
             metrics.routed.add(batch.len() as u64);
+            if let Some(replay) = &replay {
+                replay.push(&batch);
+            }
             cache.offer(batch);
         }
         // Let ingress handlers and streams on this worker run between rounds.

@@ -1,0 +1,629 @@
+//! The replay ring: the recent batches this doppler routed, numbered, so a reader can ask for
+//! everything after a position it had reached (resumable subscriptions, issue 16).
+//!
+//! Where it sits: router task → [`ReplayRing::push`] (after routing each batch) → ring reads:
+//! a v2 `BatchedReceiver` call carrying `hydrant-ring-from` metadata gets [`ring_stream`], which
+//! sends each batch preceded by a [`RingPosition`]. The firehose edge reads live from the head
+//! this way (so the ring is its queue, and a batch goes out as the bytes the agent sent), and
+//! replays a reconnecting consumer's missed range with a bounded read (`hydrant-ring-to`).
+//!
+//! Numbering: every envelope kept gets an *offset*, counting from 0 at this process's start,
+//! under a random *epoch*; a batch is `[start, start + count)`. A reader that asks for an offset
+//! the ring has evicted is told exactly how many envelopes it lost (`skipped`).
+//!
+//! Invariants: bounded by bytes of kept messages and by age (`replay_ring_bytes`,
+//! `replay_ring_secs`); the newest batch is always kept; a batch is kept as received when every
+//! envelope in it is valid and routable, else rebuilt from the valid ones, so a reader never
+//! sees what ingress rejected; the writer never waits on a reader (one short lock per batch);
+//! a live reader that falls behind the ring loses its oldest data, counted as
+//! `doppler.dropped{reason="slow_subscriber"}`, exactly as a slow subscription queue does.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use hydrant_emitter::Counter;
+use hydrant_envelope::cursor::RingPosition;
+use hydrant_envelope::wire::{Kind, batch_of, varint_len};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::batch::ValidBatch;
+use crate::queue::{QueueLimits, SubscriptionQueue};
+use crate::router::Router;
+use crate::selector::SubscriptionRequest;
+
+/// Most batches one read takes under the lock before sending them.
+const READ_BATCHES: usize = 64;
+
+/// One kept batch.
+#[derive(Debug, Clone)]
+struct Entry {
+    start: u64,
+    count: u64,
+    bytes: Bytes,
+    at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    /// The offset the next batch gets.
+    next: u64,
+}
+
+impl Inner {
+    /// The oldest offset still held (`next` when empty).
+    fn first(&self) -> u64 {
+        self.entries.front().map_or(self.next, |e| e.start)
+    }
+}
+
+/// Where the ring stands, published to waiting readers on every push.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Head(u64);
+
+/// A bounded, numbered ring of recent batches; one writer (the router task), many readers.
+#[derive(Debug)]
+pub(crate) struct ReplayRing {
+    inner: Mutex<Inner>,
+    head: watch::Sender<Head>,
+    doppler: u64,
+    epoch: u64,
+    max_bytes: usize,
+    max_age: Duration,
+}
+
+/// What one read found.
+#[derive(Debug, Default)]
+struct Read {
+    /// Envelopes between the requested offset and the first batch returned that the ring no
+    /// longer holds.
+    skipped: u64,
+    entries: Vec<Entry>,
+}
+
+impl ReplayRing {
+    /// A ring keeping at most `max_bytes` of batches, none older than `max_age` once a newer one
+    /// arrives. `doppler` is this doppler's stable id; the epoch is drawn at random.
+    pub(crate) fn new(doppler: u64, max_bytes: usize, max_age: Duration) -> Self {
+        Self {
+            inner: Mutex::default(),
+            head: watch::Sender::new(Head(0)),
+            doppler,
+            epoch: fastrand::u64(1..),
+            max_bytes,
+            max_age,
+        }
+    }
+
+    #[cfg(test)]
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Keeps `batch`, evicting the oldest batches past the bounds. Never waits on a reader.
+    pub(crate) fn push(&self, batch: &ValidBatch) {
+        let Some((bytes, count)) = clean(batch) else {
+            return;
+        };
+        let now = Instant::now();
+        let next = {
+            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            let start = inner.next;
+            inner.next = start + count;
+            inner.bytes += bytes.len();
+            inner.entries.push_back(Entry {
+                start,
+                count,
+                bytes,
+                at: now,
+            });
+            while inner.entries.len() > 1 {
+                let Some(front) = inner.entries.front() else {
+                    break;
+                };
+                let too_old = now.saturating_duration_since(front.at) > self.max_age;
+                if !too_old && inner.bytes <= self.max_bytes {
+                    break;
+                }
+                if let Some(old) = inner.entries.pop_front() {
+                    inner.bytes -= old.bytes.len();
+                }
+            }
+            inner.next
+        };
+        self.head.send_replace(Head(next));
+    }
+
+    /// The offset the next batch will get.
+    pub(crate) fn next_offset(&self) -> u64 {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .next
+    }
+
+    /// `(batches, bytes)` held now.
+    #[cfg(test)]
+    fn depth(&self) -> (usize, usize) {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        (inner.entries.len(), inner.bytes)
+    }
+
+    /// Up to [`READ_BATCHES`] batches starting at or after `from` and before `to`.
+    fn read(&self, from: u64, to: u64) -> Read {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = inner.first();
+        let skipped = first.saturating_sub(from).min(to.saturating_sub(from));
+        // Entries are sorted by start; the first one ending after `from`.
+        let at = inner.entries.partition_point(|e| e.start + e.count <= from);
+        let entries = inner
+            .entries
+            .range(at..)
+            .take_while(|e| e.start < to)
+            .take(READ_BATCHES)
+            .cloned()
+            .collect();
+        Read { skipped, entries }
+    }
+}
+
+/// The batch as it should be kept: the received bytes when every envelope in them is valid and
+/// routable (the common case, no copy), else a batch rebuilt from those that are. `None` when
+/// nothing is left.
+fn clean(batch: &ValidBatch) -> Option<(Bytes, u64)> {
+    let mut framed = 0usize;
+    let mut routable = true;
+    for e in batch.iter() {
+        framed += 1 + varint_len(e.bytes.len() as u64) + e.bytes.len();
+        routable &= e.kind != Kind::None;
+    }
+    if routable && framed == batch.buffer_len() {
+        return (!batch.is_empty()).then(|| (batch.buffer().clone(), batch.len() as u64));
+    }
+    let kept: Vec<&[u8]> = batch
+        .iter()
+        .filter(|e| e.kind != Kind::None)
+        .map(|e| e.bytes)
+        .collect();
+    (!kept.is_empty()).then(|| {
+        let n = kept.len() as u64;
+        (batch_of(kept), n)
+    })
+}
+
+/// What a ring read asked for, from the call's metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RingRequest {
+    /// `None`: from the head (live data from now on).
+    pub(crate) from: Option<u64>,
+    /// Stop before the batch starting at or after this offset; `None` follows live.
+    pub(crate) to: Option<u64>,
+    /// The epoch `from` belongs to, when the reader knows it.
+    pub(crate) epoch: Option<u64>,
+}
+
+impl RingRequest {
+    /// Reads the `hydrant-ring-*` metadata; `Ok(None)` when the call is an ordinary
+    /// subscription.
+    pub(crate) fn from_metadata(
+        meta: &tonic::metadata::MetadataMap,
+    ) -> Result<Option<Self>, Status> {
+        use hydrant_envelope::cursor::{RING_EPOCH, RING_FROM, RING_TO};
+        let text = |key: &str| meta.get(key).map(|v| v.to_str().unwrap_or("?"));
+        let number = |key: &'static str| -> Result<Option<u64>, Status> {
+            text(key)
+                .map(|v| {
+                    v.parse::<u64>().map_err(|_| {
+                        Status::invalid_argument(format!("{key}: {v:?} is not an offset"))
+                    })
+                })
+                .transpose()
+        };
+        let Some(from) = text(RING_FROM) else {
+            return Ok(None);
+        };
+        let from = if from == "head" {
+            None
+        } else {
+            number(RING_FROM)?
+        };
+        Ok(Some(Self {
+            from,
+            to: number(RING_TO)?,
+            epoch: number(RING_EPOCH)?,
+        }))
+    }
+}
+
+/// A ring read's response: position records and batches, in ring order.
+pub(crate) fn ring_stream(
+    ring: Arc<ReplayRing>,
+    request: RingRequest,
+    selectors: SubscriptionRequest,
+    slow: Counter,
+    guard: impl Send + 'static,
+    shutdown: CancellationToken,
+) -> impl Stream<Item = Result<Bytes, Status>> + Send + 'static {
+    let mut head = ring.head.subscribe();
+    head.mark_changed();
+    let restarted = request.epoch.is_some_and(|e| e != ring.epoch);
+    let next = match request.from {
+        _ if restarted => 0,
+        None => ring.next_offset(),
+        // An offset from the future (another epoch the reader did not name): start live.
+        Some(from) => from.min(ring.next_offset()),
+    };
+    let state = Reader {
+        filter: Filter::new(selectors),
+        ring,
+        next,
+        to: request.to.unwrap_or(u64::MAX),
+        live: request.to.is_none(),
+        restarted,
+        head,
+        pending: VecDeque::new(),
+        slow,
+        shutdown,
+        _guard: guard,
+    };
+    futures_util::stream::unfold(state, |mut s| async move {
+        let message = s.next_message().await?;
+        Some((Ok(message), s))
+    })
+}
+
+struct Reader<G> {
+    ring: Arc<ReplayRing>,
+    filter: Filter,
+    next: u64,
+    to: u64,
+    live: bool,
+    restarted: bool,
+    head: watch::Receiver<Head>,
+    pending: VecDeque<Bytes>,
+    slow: Counter,
+    shutdown: CancellationToken,
+    _guard: G,
+}
+
+impl<G> Reader<G> {
+    async fn next_message(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(m) = self.pending.pop_front() {
+                return Some(m);
+            }
+            if self.next >= self.to {
+                return None;
+            }
+            let read = self.ring.read(self.next, self.to);
+            if read.entries.is_empty() {
+                if !self.live && self.ring.next_offset() >= self.to {
+                    // A bounded read whose remaining range was evicted: say so, then end.
+                    if read.skipped > 0 {
+                        self.pending
+                            .push_back(self.position(self.to, 0, read.skipped));
+                    }
+                    self.next = self.to;
+                    continue;
+                }
+                tokio::select! {
+                    changed = self.head.changed() => if changed.is_err() { return None },
+                    () = self.shutdown.cancelled() => return None,
+                }
+                continue;
+            }
+            let mut skipped = read.skipped;
+            if skipped > 0 && self.live {
+                self.slow.add(skipped);
+            }
+            for entry in read.entries {
+                let first_skip = std::mem::take(&mut skipped);
+                self.pending
+                    .push_back(self.position(entry.start, entry.count, first_skip));
+                self.restarted = false;
+                self.filter.apply(&entry.bytes, &mut self.pending);
+                self.next = entry.start + entry.count;
+            }
+        }
+    }
+
+    fn position(&self, start: u64, count: u64, skipped: u64) -> Bytes {
+        RingPosition {
+            doppler: self.ring.doppler,
+            epoch: self.ring.epoch,
+            start,
+            count,
+            skipped,
+            restarted: self.restarted,
+        }
+        .encode()
+    }
+}
+
+/// Applies a read's selectors to kept batches: a request for everything (what the edge asks)
+/// passes batches through untouched; anything else goes through a one-subscriber [`Router`],
+/// so replayed data is selected exactly as live data is.
+enum Filter {
+    All,
+    Select {
+        router: Box<Router>,
+        queue: Arc<SubscriptionQueue>,
+    },
+}
+
+impl Filter {
+    fn new(request: SubscriptionRequest) -> Self {
+        if selects_everything(&request) {
+            return Self::All;
+        }
+        let queue = Arc::new(SubscriptionQueue::new(
+            QueueLimits {
+                max_envelopes: usize::MAX,
+                max_bytes: usize::MAX,
+                batch_envelopes: 1000,
+                batch_bytes: 1 << 20,
+            },
+            Counter::default(),
+            Counter::default(),
+        ));
+        let mut router = Box::new(Router::new(1000, 1 << 20));
+        router.subscribe(1, request, queue.clone());
+        Self::Select { router, queue }
+    }
+
+    fn apply(&mut self, bytes: &Bytes, out: &mut VecDeque<Bytes>) {
+        match self {
+            Self::All => out.push_back(bytes.clone()),
+            Self::Select { router, queue } => {
+                let (batch, _) = ValidBatch::from_batch(bytes.clone());
+                router.route(&batch);
+                while let Some(taken) = queue.try_take() {
+                    out.extend(taken.chunks.into_iter().map(|c| c.bytes));
+                }
+            }
+        }
+    }
+}
+
+/// True for an unsharded request with, from every source, every log, counter, gauge, timer and
+/// event.
+fn selects_everything(request: &SubscriptionRequest) -> bool {
+    use crate::selector::Filter as F;
+    if !request.shard_id.is_empty() {
+        return false;
+    }
+    let all = |want: &dyn Fn(&F) -> bool| {
+        request
+            .routes
+            .iter()
+            .any(|r| r.source_id.is_empty() && want(&r.filter))
+    };
+    all(&|f| *f == F::Log)
+        && all(&|f| *f == F::Timer)
+        && all(&|f| *f == F::Event)
+        && all(&|f| matches!(f, F::Counter(n) if n.is_empty()))
+        && all(&|f| matches!(f, F::Gauge(n) if n.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt as _;
+    use hydrant_envelope::v2;
+    use hydrant_envelope::wire::{BatchIter, EnvelopeView, encode};
+
+    use super::*;
+
+    fn log(source: &str, n: i64) -> Bytes {
+        encode(&v2::Envelope {
+            source_id: source.to_owned(),
+            timestamp: n,
+            message: Some(v2::envelope::Message::Log(v2::Log {
+                payload: Bytes::from(format!("line {n}")),
+                r#type: 0,
+            })),
+            ..v2::Envelope::default()
+        })
+    }
+
+    fn batch(source: &str, range: std::ops::Range<i64>) -> ValidBatch {
+        let envs: Vec<Bytes> = range.map(|n| log(source, n)).collect();
+        ValidBatch::from_batch(batch_of(envs.iter().map(|b| b.as_ref()))).0
+    }
+
+    fn everything() -> SubscriptionRequest {
+        use v2::selector::Message;
+        let all = |m| v2::Selector {
+            source_id: String::new(),
+            message: Some(m),
+        };
+        SubscriptionRequest::parse(
+            String::new(),
+            None,
+            vec![
+                all(Message::Log(v2::LogSelector {})),
+                all(Message::Counter(v2::CounterSelector::default())),
+                all(Message::Gauge(v2::GaugeSelector::default())),
+                all(Message::Timer(v2::TimerSelector {})),
+                all(Message::Event(v2::EventSelector {})),
+            ],
+            "",
+        )
+        .unwrap()
+    }
+
+    /// Reads a bounded stream to its end: (positions, timestamps of the envelopes).
+    async fn read_all(
+        ring: &Arc<ReplayRing>,
+        request: RingRequest,
+        selectors: SubscriptionRequest,
+    ) -> (Vec<RingPosition>, Vec<i64>) {
+        let stream = ring_stream(
+            ring.clone(),
+            request,
+            selectors,
+            Counter::default(),
+            (),
+            CancellationToken::new(),
+        );
+        let messages: Vec<Bytes> = stream.map(Result::unwrap).collect().await;
+        let mut positions = Vec::new();
+        let mut stamps = Vec::new();
+        for m in messages {
+            if let Some(p) = RingPosition::from_message(&m) {
+                positions.push(p);
+                continue;
+            }
+            for e in BatchIter::new(&m) {
+                stamps.push(EnvelopeView::parse(e.unwrap()).unwrap().timestamp);
+            }
+        }
+        (positions, stamps)
+    }
+
+    #[tokio::test]
+    async fn a_bounded_read_returns_exactly_the_range_in_order() {
+        let ring = Arc::new(ReplayRing::new(1, usize::MAX, Duration::from_secs(60)));
+        ring.push(&batch("a", 0..10));
+        ring.push(&batch("b", 10..15));
+        ring.push(&batch("a", 15..30));
+        let request = RingRequest {
+            from: Some(10),
+            to: Some(30),
+            epoch: Some(ring.epoch()),
+        };
+        let (positions, stamps) = read_all(&ring, request, everything()).await;
+        assert_eq!(stamps, (10..30).collect::<Vec<_>>());
+        assert_eq!(
+            positions
+                .iter()
+                .map(|p| (p.start, p.count))
+                .collect::<Vec<_>>(),
+            [(10, 5), (15, 15)]
+        );
+        assert!(positions.iter().all(|p| p.skipped == 0 && !p.restarted));
+    }
+
+    #[tokio::test]
+    async fn an_evicted_range_is_reported_with_the_exact_count() {
+        // Room for about two batches of ten.
+        let one = batch("a", 40..50).buffer_len();
+        let ring = Arc::new(ReplayRing::new(1, 2 * one, Duration::from_secs(60)));
+        for i in 0..5 {
+            ring.push(&batch("a", i * 10..i * 10 + 10));
+        }
+        assert_eq!(ring.depth().0, 2);
+        let request = RingRequest {
+            from: Some(5),
+            to: Some(50),
+            epoch: None,
+        };
+        let (positions, stamps) = read_all(&ring, request, everything()).await;
+        assert_eq!(positions[0].skipped, 25, "offsets 5..30 are gone");
+        assert_eq!(stamps, (30..50).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_older_than_the_window_are_evicted_and_the_newest_kept() {
+        let ring = ReplayRing::new(1, usize::MAX, Duration::from_secs(60));
+        ring.push(&batch("a", 0..3));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        ring.push(&batch("a", 3..4));
+        assert_eq!(ring.depth().0, 1);
+        tokio::time::advance(Duration::from_secs(600)).await;
+        ring.push(&batch("a", 4..5));
+        assert_eq!(ring.depth().0, 1, "the newest batch is always kept");
+        assert_eq!(ring.next_offset(), 5);
+    }
+
+    #[tokio::test]
+    async fn selectors_apply_to_replayed_batches() {
+        use v2::selector::Message;
+        let ring = Arc::new(ReplayRing::new(1, usize::MAX, Duration::from_secs(60)));
+        let mixed: Vec<Bytes> = (0..6).map(|n| log(["a", "b"][n as usize % 2], n)).collect();
+        ring.push(&ValidBatch::from_batch(batch_of(mixed.iter().map(|b| b.as_ref()))).0);
+        let only_a = SubscriptionRequest::parse(
+            String::new(),
+            None,
+            vec![v2::Selector {
+                source_id: "a".into(),
+                message: Some(Message::Log(v2::LogSelector {})),
+            }],
+            "",
+        )
+        .unwrap();
+        let request = RingRequest {
+            from: Some(0),
+            to: Some(6),
+            epoch: None,
+        };
+        let (_, stamps) = read_all(&ring, request, only_a).await;
+        assert_eq!(stamps, [0, 2, 4]);
+    }
+
+    #[tokio::test]
+    async fn another_epoch_reads_from_the_oldest_batch_and_says_so() {
+        let ring = Arc::new(ReplayRing::new(1, usize::MAX, Duration::from_secs(60)));
+        ring.push(&batch("a", 0..4));
+        let request = RingRequest {
+            from: Some(1000),
+            to: Some(4),
+            epoch: Some(ring.epoch() ^ 1),
+        };
+        let (positions, stamps) = read_all(&ring, request, everything()).await;
+        assert!(positions[0].restarted);
+        assert_eq!(stamps.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_live_read_waits_for_new_batches() {
+        let ring = Arc::new(ReplayRing::new(1, usize::MAX, Duration::from_secs(60)));
+        ring.push(&batch("a", 0..2));
+        let request = RingRequest {
+            from: None,
+            to: None,
+            epoch: None,
+        };
+        let mut stream = Box::pin(ring_stream(
+            ring.clone(),
+            request,
+            everything(),
+            Counter::default(),
+            (),
+            CancellationToken::new(),
+        ));
+        ring.push(&batch("a", 2..5));
+        let first = stream.next().await.unwrap().unwrap();
+        let p = RingPosition::from_message(&first).unwrap();
+        assert_eq!(
+            (p.start, p.count),
+            (2, 3),
+            "from the head: older batches are not sent"
+        );
+        let data = stream.next().await.unwrap().unwrap();
+        assert_eq!(BatchIter::new(&data).count(), 3);
+    }
+
+    #[test]
+    fn rejected_and_untyped_envelopes_are_left_out_of_kept_batches() {
+        let good = log("a", 1);
+        let untyped = encode(&v2::Envelope::default());
+        let (b, _) = ValidBatch::from_batch(batch_of([&good[..], &untyped[..], &good[..]]));
+        let (bytes, count) = clean(&b).unwrap();
+        assert_eq!(count, 2);
+        assert_eq!(BatchIter::new(&bytes).count(), 2);
+        let (plain, _) = ValidBatch::from_batch(batch_of([&good[..]]));
+        let (same, _) = clean(&plain).unwrap();
+        assert_eq!(
+            same.as_ptr(),
+            plain.buffer().as_ptr(),
+            "a clean batch is kept as is"
+        );
+    }
+}
