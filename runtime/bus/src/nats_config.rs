@@ -13,9 +13,9 @@
 //! # Who may do what
 //! | user | publishes | subscribes |
 //! |---|---|---|
-//! | `cloudcontroller`, `healthmanager` | `executor.start.*`, `executor.stop.*`, `executor.placed.*`, `executor.greet` | `executor.heartbeat.*`, `executor.crash.*`, `executor.placed.*`, replies; the health manager also `executor.start.*` |
+//! | `cloudcontroller`, `healthmanager` | `executor.start.*`, `executor.stop.*`, `executor.placed.*`, `executor.greet`, `executor.evacuate.*`, `executor.kill.*` | `executor.heartbeat.*`, `executor.crash.*`, `executor.placed.*`, `executor.presence.*`, replies; the health manager also `executor.start.*` |
 //! | `router` | `router.start`, replies to `router.greet` | `router.>`, `executor.placed.*` (placements, without environments) |
-//! | `<cell>.executor` (per cell) | `router.register.<cell>`, `router.unregister.<cell>`, `executor.heartbeat.<cell>`, `executor.crash.<cell>`, replies to its starts and stops | `executor.start.<cell>`, `executor.stop.<cell>`, `router.start`, `executor.greet` |
+//! | `<cell>.executor` (per cell) | `router.register.<cell>`, `router.unregister.<cell>`, `executor.heartbeat.<cell>`, `executor.crash.<cell>`, `executor.presence.<cell>`, replies to its starts and stops | `executor.start.<cell>`, `executor.stop.<cell>`, `executor.evacuate.<cell>`, `executor.kill.<cell>`, `executor.presence.*` (whether another cell can take its instances), `router.start`, `executor.greet` |
 //! | `executor` (when no cells are listed: every executor shares it) | as a cell, for every cell (`*`) | as a cell, for every cell |
 //!
 //! Only the cloud controller and the health manager may publish start and stop commands and
@@ -34,8 +34,8 @@ use std::path::Path;
 
 use crate::Error;
 use crate::messages::{
-    EXECUTOR_CRASH, EXECUTOR_GREET, EXECUTOR_HEARTBEAT, EXECUTOR_PLACED, EXECUTOR_START,
-    EXECUTOR_STOP, ROUTER_START, every_cell,
+    EXECUTOR_CRASH, EXECUTOR_EVACUATE, EXECUTOR_GREET, EXECUTOR_HEARTBEAT, EXECUTOR_KILL,
+    EXECUTOR_PLACED, EXECUTOR_PRESENCE, EXECUTOR_START, EXECUTOR_STOP, ROUTER_START, every_cell,
 };
 
 /// Subjects the bus client uses for its own bookkeeping (subscription confirmations), which
@@ -76,6 +76,9 @@ pub fn users(cells: &[String]) -> Result<Vec<User>, Error> {
     let placed_all = every_cell(EXECUTOR_PLACED);
     let heartbeats_all = every_cell(EXECUTOR_HEARTBEAT);
     let crashes_all = every_cell(EXECUTOR_CRASH);
+    let presence_all = every_cell(EXECUTOR_PRESENCE);
+    let evacuate_all = every_cell(EXECUTOR_EVACUATE);
+    let kill_all = every_cell(EXECUTOR_KILL);
     // The health manager also reads start commands (it copies them to restart instances while
     // the cloud controller is down); the cloud controller makes them and needs no copy.
     let placer = |name: &str, reads_starts: bool| User {
@@ -84,6 +87,8 @@ pub fn users(cells: &[String]) -> Result<Vec<User>, Error> {
             &start_all,
             &stop_all,
             &placed_all,
+            &evacuate_all,
+            &kill_all,
             EXECUTOR_GREET,
             BOOKKEEPING,
         ]),
@@ -91,6 +96,7 @@ pub fn users(cells: &[String]) -> Result<Vec<User>, Error> {
             &heartbeats_all,
             &crashes_all,
             &placed_all,
+            &presence_all,
             INBOX,
             BOOKKEEPING,
         ])
@@ -116,11 +122,15 @@ pub fn users(cells: &[String]) -> Result<Vec<User>, Error> {
             format!("router.unregister.{cell}"),
             format!("{EXECUTOR_HEARTBEAT}.{cell}"),
             format!("{EXECUTOR_CRASH}.{cell}"),
+            format!("{EXECUTOR_PRESENCE}.{cell}"),
             BOOKKEEPING.to_owned(),
         ],
         subscribe: vec![
             format!("{EXECUTOR_START}.{cell}"),
             format!("{EXECUTOR_STOP}.{cell}"),
+            format!("{EXECUTOR_EVACUATE}.{cell}"),
+            format!("{EXECUTOR_KILL}.{cell}"),
+            presence_all.clone(),
             ROUTER_START.to_owned(),
             EXECUTOR_GREET.to_owned(),
             BOOKKEEPING.to_owned(),
@@ -146,13 +156,41 @@ pub struct ServerTls<'a> {
     pub key_file: &'a Path,
 }
 
+/// How one `nats-server` joins a cluster of them (`cluster { … }`), so the bus survives the
+/// loss of a node: clients list every node's client URL and fail over; the servers forward
+/// each message to the nodes with interest.
+#[derive(Debug, Clone, Copy)]
+pub struct Cluster<'a> {
+    /// The cluster's name; every node must use the same one.
+    pub name: &'a str,
+    /// Where this node accepts routes from the other nodes (`HOST:PORT`).
+    pub listen: &'a str,
+    /// The other nodes' route listeners (`HOST:PORT`); this node's own may be listed too and
+    /// is left out, so every node can be given the same list.
+    pub routes: &'a [String],
+    /// The shared route secret ([`ensure_cluster_secret`]). Routes are not subject to any
+    /// user's permissions, so a certificate from the platform's CA alone (which every
+    /// executor holds) must not be enough to join: a route also needs this secret.
+    pub secret: &'a str,
+}
+
 /// A complete `nats-server` config: listen on `listen` (`HOST:PORT`), TLS required with
 /// client certificates verified and mapped to users, and [`users`]' permissions.
 pub fn server_config(listen: &str, tls: ServerTls<'_>, cells: &[String]) -> Result<String, Error> {
-    if listen.trim().is_empty() || listen.chars().any(char::is_whitespace) {
-        return Err(Error::Config(format!(
-            "nats listen address {listen:?}: use HOST:PORT, e.g. 127.0.0.1:4222"
-        )));
+    clustered_config(listen, tls, cells, None)
+}
+
+/// [`server_config`] for one node of a cluster: the same client side, plus a `cluster` block
+/// whose routes use mutual TLS with the same certificates and the cluster's secret.
+pub fn clustered_config(
+    listen: &str,
+    tls: ServerTls<'_>,
+    cells: &[String],
+    cluster: Option<&Cluster<'_>>,
+) -> Result<String, Error> {
+    check_host_port("nats listen address", listen, "127.0.0.1:4222")?;
+    if let Some(cluster) = cluster {
+        check_cluster(cluster)?;
     }
     let users = users(cells)?;
     let mut out = String::new();
@@ -193,7 +231,130 @@ pub fn server_config(listen: &str, tls: ServerTls<'_>, cells: &[String]) -> Resu
         );
     }
     let _ = writeln!(out, "  ]\n}}");
+    if let Some(cluster) = cluster {
+        let own = cluster.listen.trim();
+        let routes: Vec<String> = cluster
+            .routes
+            .iter()
+            .map(|r| r.trim())
+            .filter(|r| *r != own)
+            .map(|r| format!("nats-route://{ROUTE_USER}:{}@{r}", cluster.secret))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\n# Routes between the nodes: mutual TLS with the platform's CA and the cluster's\n\
+             # secret (routes bypass user permissions, so a CA certificate alone is not enough).\n\
+             cluster {{\n  name: {}\n  listen: {}\n  \
+             authorization {{ user: {}, password: {}, timeout: 5 }}\n  \
+             tls {{\n    cert_file: {}\n    key_file: {}\n    ca_file: {}\n    verify: true\n    timeout: 5\n  }}\n  \
+             routes: {}\n}}",
+            q(cluster.name),
+            q(own),
+            q(ROUTE_USER),
+            q(cluster.secret),
+            path(tls.cert_file),
+            path(tls.key_file),
+            path(tls.ca_file),
+            list(&routes),
+        );
+    }
     Ok(out)
+}
+
+/// The user name routes authenticate as (with the cluster secret as its password).
+const ROUTE_USER: &str = "route";
+
+/// Bytes of randomness in a cluster secret (hex-encoded in its file).
+const SECRET_BYTES: usize = 32;
+
+/// Reads the cluster's route secret from `path`, or makes one (32 random bytes, hex) and writes
+/// it there with mode 0600 when the file does not exist. Every node of a cluster needs the same
+/// file: copy it with the certificates.
+pub fn ensure_cluster_secret(path: &Path) -> Result<String, Error> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let secret = text.trim().to_owned();
+            if secret.len() < 2 * 16 || !secret.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(Error::Config(format!(
+                    "{}: not a cluster secret (at least 32 hex digits); delete it to make a new \
+                     one, then copy the new file to every NATS node",
+                    path.display()
+                )));
+            }
+            Ok(secret)
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; SECRET_BYTES];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(
+                |_| {
+                    Error::Config(
+                        "no randomness from the operating system for the cluster secret".to_owned(),
+                    )
+                },
+            )?;
+            let secret = hex::encode(bytes);
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let written = options.open(path).and_then(|mut file| {
+                std::io::Write::write_all(&mut file, format!("{secret}\n").as_bytes())
+            });
+            written.map_err(|err| {
+                Error::Config(format!(
+                    "writing the cluster secret {}: {err}",
+                    path.display()
+                ))
+            })?;
+            Ok(secret)
+        }
+        Err(err) => Err(Error::Config(format!(
+            "reading the cluster secret {}: {err}",
+            path.display()
+        ))),
+    }
+}
+
+fn check_host_port(what: &str, value: &str, example: &str) -> Result<(), Error> {
+    let ok = !value.trim().is_empty()
+        && !value.chars().any(char::is_whitespace)
+        && value
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "{what} {value:?}: use HOST:PORT, e.g. {example}"
+        )))
+    }
+}
+
+fn check_cluster(cluster: &Cluster<'_>) -> Result<(), Error> {
+    let name_ok = !cluster.name.is_empty()
+        && cluster
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !name_ok {
+        return Err(Error::Config(format!(
+            "nats cluster name {:?}: use letters, digits, '-' or '_', e.g. hydrant",
+            cluster.name
+        )));
+    }
+    check_host_port(
+        "nats cluster listen address",
+        cluster.listen,
+        "127.0.0.1:6222",
+    )?;
+    for route in cluster.routes {
+        check_host_port("nats cluster route", route, "10.0.0.2:6222")?;
+    }
+    if cluster.secret.len() < 32 || !cluster.secret.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(Error::Config(
+            "nats cluster secret: at least 32 hex digits (see ensure_cluster_secret)".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 /// A cell id must be one subject token and one DNS label: letters, digits and `-`.

@@ -178,7 +178,7 @@ fn binary() -> PathBuf {
 
 /// A port nothing listens on right now. The OS hands out ephemeral ports in sequence, so the
 /// moment between closing this listener and the server binding it is safe in practice.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
