@@ -19,7 +19,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hydrant_auth::{AUD_LOGS, Claims, SCOPE_ADMIN};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
@@ -52,8 +51,9 @@ pub(crate) struct Shared {
     /// `(url, channel)` for each doppler's log cache read API.
     pub(crate) readers: Vec<(String, Channel)>,
     pub(crate) read_timeout: Duration,
-    /// One permit per open stream: bounds the number of consumer queues.
-    pub(crate) streams: Arc<Semaphore>,
+    /// Who may open one more stream: bounds the number of consumer queues, per token, per
+    /// user, and keeps slots for the platform's own consumers.
+    pub(crate) admission: crate::admission::Admission,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
 }
@@ -137,7 +137,9 @@ impl Shared {
         match e.status() {
             StatusCode::UNAUTHORIZED => m.rejected_unauthorized.inc(),
             StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => m.rejected_forbidden.inc(),
-            StatusCode::SERVICE_UNAVAILABLE => m.rejected_too_many.inc(),
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+                m.rejected_too_many.inc();
+            }
             _ => m.rejected_bad_request.inc(),
         }
         e

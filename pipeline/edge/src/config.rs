@@ -72,6 +72,18 @@ pub struct Config {
     pub sse_heartbeat_secs: f64,
     /// Most concurrent streams (WebSocket and SSE); more get 503. Default 1000.
     pub max_streams: usize,
+    /// Most streams one user token may hold open at once; the next gets 429
+    /// `too_many_streams_for_token`. Tokens minted for an OAuth2 client (the platform's own
+    /// consumers, `[[clients]]` in the cloud controller) are not held to it. Default 16.
+    pub max_streams_per_token: usize,
+    /// Most streams one user (a token's `sub`) may hold open across all their tokens; the next
+    /// gets 429 `too_many_streams_for_user`. Not applied to OAuth2 clients. Default 32.
+    pub max_streams_per_user: usize,
+    /// Streams out of `max_streams` that users' tokens may never take: kept for the platform's
+    /// own consumers (health manager, autoscaler, SLO alerter, nozzles), which read with
+    /// client-credentials tokens. Past `max_streams - platform_reserved_streams` user streams a
+    /// user gets 503. Default 100.
+    pub platform_reserved_streams: usize,
     /// First delay before reconnecting to a doppler; doubles per failure. Default 10 ms.
     pub reconnect_min_ms: u64,
     /// Longest delay between reconnect attempts. Default 5000 ms.
@@ -114,6 +126,9 @@ impl Default for Config {
             pong_timeout_secs: 30.0,
             sse_heartbeat_secs: 15.0,
             max_streams: 1000,
+            max_streams_per_token: 16,
+            max_streams_per_user: 32,
+            platform_reserved_streams: 100,
             reconnect_min_ms: 10,
             reconnect_max_ms: 5000,
             read_timeout_secs: 5.0,
@@ -293,6 +308,29 @@ impl hydrant_runtime::Validate for Config {
         if self.max_streams == 0 {
             return Err(invalid("max_streams", "must be at least 1 (default 1000)").into());
         }
+        for (name, v) in [
+            ("max_streams_per_token", self.max_streams_per_token),
+            ("max_streams_per_user", self.max_streams_per_user),
+        ] {
+            if v == 0 {
+                return Err(invalid(
+                    name,
+                    "must be at least 1 (defaults 16 per token, 32 per user)",
+                )
+                .into());
+            }
+        }
+        if self.platform_reserved_streams >= self.max_streams {
+            return Err(invalid(
+                "platform_reserved_streams",
+                format!(
+                    "{} leaves users no stream of max_streams = {}: reserve fewer (default 100 of \
+                     1000), or 0 to reserve none",
+                    self.platform_reserved_streams, self.max_streams
+                ),
+            )
+            .into());
+        }
         if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
             return Err(invalid(
                 "reconnect_min_ms",
@@ -415,6 +453,20 @@ mod tests {
                     ..with_key()
                 },
                 "max_streams",
+            ),
+            (
+                Config {
+                    max_streams_per_token: 0,
+                    ..with_key()
+                },
+                "max_streams_per_token",
+            ),
+            (
+                Config {
+                    max_streams: 10,
+                    ..with_key()
+                },
+                "platform_reserved_streams",
             ),
             (
                 Config {

@@ -31,6 +31,7 @@
 //! The fan-out never awaits a consumer; each consumer's queue is bounded, drops its oldest data
 //! when full, counts the drop, and tells the consumer with an in-band gap marker.
 
+mod admission;
 mod api;
 pub mod config;
 mod error;
@@ -49,7 +50,6 @@ use std::time::Duration;
 
 use hydrant_emitter::Registry;
 use hydrant_runtime::Backoff;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -179,7 +179,16 @@ async fn serve(
         },
         readers,
         read_timeout: secs(config.read_timeout_secs, Duration::from_secs(5)),
-        streams: Arc::new(Semaphore::new(config.max_streams)),
+        admission: admission::Admission::new(
+            admission::Caps {
+                max_streams: config.max_streams,
+                per_token: config.max_streams_per_token,
+                per_user: config.max_streams_per_user,
+                reserved: config.platform_reserved_streams,
+                per_identity: !config.disable_auth,
+            },
+            &registry,
+        ),
         shutdown: stop.clone(),
         tracker: tracker.clone(),
     });

@@ -20,7 +20,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use hydrant_envelope::wire::Kind;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::api::{ApiError, Query, Shared};
@@ -90,13 +89,7 @@ pub(crate) async fn read(
     } else if let Some(hidden) = sources.iter().find(|s| !claims.can_read_source(s)) {
         return Err(app.reject(ApiError::source_not_found(hidden)));
     }
-    let permit = app.streams.clone().try_acquire_owned().map_err(|_| {
-        app.reject(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_streams",
-            "this edge is at its stream limit (max_streams); retry later or use another edge",
-        ))
-    })?;
+    let permit = app.admission.admit(&claims).map_err(|e| app.reject(e))?;
     let sub = if sources.is_empty() {
         let group = match q.get("shard_id").filter(|s| !s.is_empty()) {
             Some(shard) => format!("sse:{shard}"),
@@ -135,7 +128,7 @@ struct Stream {
     done: bool,
     /// The stream ends when its token does, with a `closing` event saying so.
     token_ends: Instant,
-    _permit: OwnedSemaphorePermit,
+    _permit: crate::admission::Ticket,
 }
 
 impl Stream {

@@ -23,10 +23,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Ticket;
 use crate::api::{ApiError, Query, Shared};
 use crate::frame::{self, Format};
 use crate::hub::Subscription;
@@ -89,7 +90,7 @@ pub(crate) async fn firehose(
         }
     };
     let format = Format::parse(q.get("format")).map_err(|e| app.reject(e))?;
-    let (ws, permit) = admit(&app, ws)?;
+    let (ws, permit) = admit(&app, ws, &claims)?;
     let sub = app.hub.subscribe_group(&id, kinds, Endpoint::Firehose);
     let ends = token_deadline(&claims);
     Ok(upgrade(app, ws, sub, format, permit, SLOW_FIREHOSE, ends))
@@ -109,7 +110,7 @@ pub(crate) async fn app_stream(
         return Err(app.reject(ApiError::source_not_found(&source_id)));
     }
     let format = Format::parse(q.get("format")).map_err(|e| app.reject(e))?;
-    let (ws, permit) = admit(&app, ws)?;
+    let (ws, permit) = admit(&app, ws, &claims)?;
     let sub = app
         .hub
         .subscribe_sources(vec![source_id], KindMask::ALL, Endpoint::AppStream);
@@ -125,8 +126,13 @@ pub(crate) fn token_deadline(claims: &hydrant_auth::Claims) -> Instant {
     Instant::now() + Duration::from_secs(left)
 }
 
-/// Checks that this is a WebSocket handshake and that a stream slot is free.
-fn admit(app: &Shared, ws: Upgrade) -> Result<(WebSocketUpgrade, OwnedSemaphorePermit), ApiError> {
+/// Checks that this is a WebSocket handshake and that the token may open one more stream
+/// (`admission`: per token, per user, platform-reserved, total).
+fn admit(
+    app: &Shared,
+    ws: Upgrade,
+    claims: &hydrant_auth::Claims,
+) -> Result<(WebSocketUpgrade, Ticket), ApiError> {
     let ws = ws.map_err(|r| {
         app.reject(ApiError::new(
             r.status(),
@@ -134,13 +140,7 @@ fn admit(app: &Shared, ws: Upgrade) -> Result<(WebSocketUpgrade, OwnedSemaphoreP
             format!("this endpoint speaks WebSocket only: {}", r.body_text()),
         ))
     })?;
-    let permit = app.streams.clone().try_acquire_owned().map_err(|_| {
-        app.reject(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_streams",
-            "this edge is at its stream limit (max_streams); retry later or use another edge",
-        ))
-    })?;
+    let permit = app.admission.admit(claims).map_err(|e| app.reject(e))?;
     Ok((ws, permit))
 }
 
@@ -151,7 +151,7 @@ fn upgrade(
     ws: WebSocketUpgrade,
     sub: Subscription,
     format: Format,
-    permit: OwnedSemaphorePermit,
+    permit: Ticket,
     slow_reason: &'static str,
     token_ends: Instant,
 ) -> Response {

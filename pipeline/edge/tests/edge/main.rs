@@ -9,6 +9,7 @@
     reason = "test harness helpers outside #[test] fns"
 )]
 
+mod admission;
 mod auth;
 mod firehose;
 mod harness;
