@@ -58,6 +58,21 @@ pub struct Config {
     /// A doppler that does not answer a ping within this is declared down. Default 1000 ms, so
     /// a dead doppler is noticed within about 2 s.
     pub keepalive_timeout_ms: u64,
+    /// Fair drops between sources: when a doppler's egress queue is half full, an envelope whose
+    /// source already holds more than its share of the queue is refused
+    /// (`agent.dropped{reason="fair_share"}`, and `agent.dropped_by_source`), so a flooding app
+    /// loses its own lines and the quiet ones none. Off: the queue only drops its oldest batches,
+    /// whoever's they are. Default true.
+    pub fair_share: bool,
+    /// Sources tracked on their own for fair drops, per doppler; the rest share one slot.
+    /// Default 1024.
+    pub fair_max_sources: usize,
+    /// A source that lost envelopes to fairness is told (a log line in its own stream) at most
+    /// once per this long. Default 10000 ms.
+    pub fair_notice_interval_ms: u64,
+    /// Sources with a series of their own in `agent.dropped_by_source`; the rest are counted as
+    /// `source_id="other"`. Default 20.
+    pub fair_metrics_sources: usize,
     /// Where the agent's own metrics go. Default: not emitted, only served on `/metrics`.
     pub telemetry: TelemetryConfig,
     /// Mutual TLS (`[tls]`, the agent's own leaf, CN `agent`). Set: ingress requires a client
@@ -86,9 +101,24 @@ impl Default for Config {
             reconnect_max_backoff_ms: 2000,
             keepalive_interval_ms: 1000,
             keepalive_timeout_ms: 1000,
+            fair_share: true,
+            fair_max_sources: 1024,
+            fair_notice_interval_ms: 10_000,
+            fair_metrics_sources: 20,
             telemetry: TelemetryConfig::default(),
             tls: None,
         }
+    }
+}
+
+impl Config {
+    /// The fairness ledger's settings for one doppler lane, or `None` with `fair_share` off.
+    pub(crate) fn fair(&self) -> Option<hydrant_buffer::FairConfig> {
+        self.fair_share.then(|| hydrant_buffer::FairConfig {
+            max_sources: self.fair_max_sources,
+            notice_interval: std::time::Duration::from_millis(self.fair_notice_interval_ms),
+            ..hydrant_buffer::FairConfig::default()
+        })
     }
 }
 
@@ -144,6 +174,7 @@ impl hydrant_runtime::Validate for Config {
             ("batch_max_bytes", self.batch_max_bytes),
             ("egress_queue_max_batches", self.egress_queue_max_batches),
             ("max_tracked_instances", self.max_tracked_instances),
+            ("fair_max_sources", self.fair_max_sources),
         ];
         for (field, value) in positive {
             if value == 0 {
@@ -157,11 +188,26 @@ impl hydrant_runtime::Validate for Config {
             ("reconnect_max_backoff_ms", self.reconnect_max_backoff_ms),
             ("keepalive_interval_ms", self.keepalive_interval_ms),
             ("keepalive_timeout_ms", self.keepalive_timeout_ms),
+            ("fair_notice_interval_ms", self.fair_notice_interval_ms),
         ];
         for (field, value) in positive_ms {
             if value == 0 {
                 return Err(invalid(field, "must be at least 1").into());
             }
+        }
+        if self.fair_max_sources > 1 << 20 {
+            return Err(invalid(
+                "fair_max_sources",
+                "must be at most 1048576 (each tracked source costs memory per doppler)",
+            )
+            .into());
+        }
+        if self.fair_metrics_sources > 1000 {
+            return Err(invalid(
+                "fair_metrics_sources",
+                "must be at most 1000: each is a /metrics series",
+            )
+            .into());
         }
         if self.flush_idle_ms > self.flush_max_ms {
             return Err(invalid(
@@ -280,6 +326,20 @@ mod tests {
                     ..Config::default()
                 },
                 "max_tracked_instances",
+            ),
+            (
+                Config {
+                    fair_max_sources: 0,
+                    ..Config::default()
+                },
+                "fair_max_sources",
+            ),
+            (
+                Config {
+                    fair_metrics_sources: 100_000,
+                    ..Config::default()
+                },
+                "fair_metrics_sources",
             ),
             (
                 Config {

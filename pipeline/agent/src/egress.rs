@@ -11,6 +11,12 @@
 //!   (`doppler_unavailable` when the stream broke or the doppler went away, `shutdown` when the
 //!   drain deadline passed). What the transport held when a connection died is not known here;
 //!   the doppler sees it as a gap in the per-source sequence numbers.
+//! - A batch dropped from a full queue becomes a gap marker (`hydrant.gap`, hop `agent`, reason
+//!   `egress_queue_full`) in front of the next batch the doppler gets, so the loss is in-band
+//!   where it happened, as the doppler's own are (`agent.gap_markers` counts them).
+//! - With `fair_share` on, every batch knows which sources it holds ([`Share`]s): they are
+//!   given back to the lane's [`FairShare`] when the batch leaves and counted under their
+//!   sources when it is evicted, so the router can refuse a source over its share of the lane.
 //! - With mutual TLS, a doppler is only used if its certificate names `doppler`; a failed
 //!   handshake is a failed connection like any other.
 //! - A broken stream marks the doppler down at once (the router moves its sources to their next
@@ -20,8 +26,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hydrant_buffer::{Buffer, BufferConfig, Depth, DropReason, Limits, Observer};
+use hydrant_buffer::{
+    Buffer, BufferConfig, Depth, DropReason, FairConfig, FairShare, Limits, Observer, Share, Weigh,
+};
 use hydrant_emitter::{Counter, Gauge, Registry};
+use hydrant_envelope::gap::{GAP_SOURCE, Gap};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -53,12 +62,35 @@ impl Observer for LaneReport {
     }
 }
 
+/// One encoded batch waiting for a doppler, and the sources it holds.
+#[derive(Debug, Default)]
+pub(crate) struct LaneBatch {
+    pub(crate) bytes: Bytes,
+    pub(crate) count: usize,
+    /// One per run of the same source (empty with `fair_share` off).
+    pub(crate) shares: Vec<Share>,
+}
+
+impl Weigh for LaneBatch {
+    #[inline]
+    fn events(&self) -> u64 {
+        self.count as u64
+    }
+    #[inline]
+    fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
 /// One doppler's bounded queue of encoded batches and its counters.
 #[derive(Debug)]
 pub(crate) struct Lane {
     pub(crate) url: String,
-    queue: Buffer<(Bytes, usize), LaneReport>,
+    queue: Buffer<LaneBatch, LaneReport>,
+    /// Who holds the queue; `None` with `fair_share` off.
+    fair: Option<FairShare>,
     egress: Counter,
+    gap_markers: Counter,
 }
 
 impl Lane {
@@ -68,6 +100,7 @@ impl Lane {
         max_batches: usize,
         max_bytes: usize,
         queue_full: Counter,
+        fair: Option<FairConfig>,
     ) -> Self {
         let depth = registry.gauge(
             "agent.queue_depth",
@@ -82,22 +115,62 @@ impl Lane {
                 BufferConfig::drop_oldest(limits),
                 LaneReport { queue_full, depth },
             ),
+            fair: fair.map(FairShare::new),
             egress: registry.counter(
                 "agent.egress",
                 "envelopes handed to a doppler's stream",
                 &[("doppler", url)],
             ),
+            gap_markers: registry.counter(
+                "agent.gap_markers",
+                "gap markers sent to a doppler in front of data after the egress queue dropped",
+                &[("doppler", url)],
+            ),
         }
     }
 
-    /// Queues one batch of `count` envelopes, dropping the oldest batches past either bound.
-    /// The batch just queued is always kept: a lone batch may exceed `max_bytes` by one envelope.
-    pub(crate) fn enqueue(&self, batch: Bytes, count: usize) {
-        self.queue.push((batch, count));
+    /// The lane's fairness ledger, when `fair_share` is on.
+    pub(crate) fn fair(&self) -> Option<&FairShare> {
+        self.fair.as_ref()
     }
 
+    /// How full the queue is, in thousandths of its tightest bound.
+    pub(crate) fn fill_permille(&self) -> u64 {
+        self.queue.fill_permille()
+    }
+
+    /// Queues one batch, dropping the oldest batches past either bound (their sources are
+    /// charged with the drop). The batch just queued is always kept: a lone batch may exceed
+    /// `max_bytes` by one envelope.
+    pub(crate) fn enqueue(&self, batch: LaneBatch) {
+        let fair = self.fair.as_ref();
+        self.queue.push_with(batch, |lost, _| {
+            if let Some(fair) = fair {
+                fair.evicted(&lost.shares);
+            }
+        });
+    }
+
+    /// Takes the oldest batch and what was dropped since the last take (owed as a gap marker).
+    pub(crate) fn take(&self) -> Option<(LaneBatch, u64)> {
+        let mut out = Vec::with_capacity(1);
+        let drained = self.queue.drain_into(&mut out, Limits::UNBOUNDED.items(1));
+        let Some(batch) = out.pop() else {
+            if drained.gap > 0 {
+                self.queue.restore_gap(drained.gap);
+            }
+            return None;
+        };
+        if let Some(fair) = &self.fair {
+            fair.release(&batch.shares);
+        }
+        Some((batch, drained.gap))
+    }
+
+    /// Takes the oldest batch, dropping any gap owed (tests read batches one by one).
+    #[cfg(test)]
     pub(crate) fn pop(&self) -> Option<(Bytes, usize)> {
-        self.queue.pop()
+        self.take().map(|(b, _)| (b.bytes, b.count))
     }
 
     /// Completes when a batch was queued since the last call.
@@ -107,8 +180,27 @@ impl Lane {
 
     /// Empties the queue; returns how many envelopes it held (the caller counts them).
     pub(crate) fn clear(&self) -> u64 {
-        self.queue.discard(|_| {}).events
+        let fair = self.fair.as_ref();
+        self.queue
+            .discard(|b| {
+                if let Some(fair) = fair {
+                    fair.release(&b.shares);
+                }
+            })
+            .events
     }
+}
+
+/// The batch that tells a doppler `dropped` envelopes were lost in the agent's queue.
+fn gap_batch(dropped: u64) -> Bytes {
+    let marker = Gap {
+        source_id: GAP_SOURCE.to_owned(),
+        dropped,
+        hop: "agent".to_owned(),
+        reason: "egress_queue_full".to_owned(),
+    }
+    .encode();
+    hydrant_envelope::wire::batch_of([marker.as_ref()])
 }
 
 /// Connection settings for every doppler.
@@ -142,7 +234,7 @@ pub(crate) async fn run_lane(
     let lane = router.lane(index);
     let mut backoff = BACKOFF_MIN;
     let mut stream: Option<hydrant_emitter::BatchStream> = None;
-    // A batch popped but not handed over when the drain began: delivered or counted first.
+    // A batch taken but not handed over when the drain began: delivered or counted first.
     let mut held: Option<(Bytes, usize)> = None;
     while !drain.is_cancelled() {
         let Some(open) = stream.as_mut() else {
@@ -169,7 +261,11 @@ pub(crate) async fn run_lane(
             }
             continue;
         };
-        let alive = if let Some((batch, n)) = lane.pop() {
+        let alive = if let Some((batch, gap)) = lane.take() {
+            let (batch, n) = (batch.bytes, batch.count);
+            if gap > 0 && open.send(gap_batch(gap)).await {
+                lane.gap_markers.inc();
+            }
             tokio::select! {
                 biased;
                 () = drain.cancelled() => {
@@ -208,7 +304,10 @@ pub(crate) async fn run_lane(
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     if let Some(mut open) = stream {
         let mut healthy = true;
-        while let Some((batch, n)) = held.take().or_else(|| lane.pop()) {
+        while let Some((batch, n)) = held
+            .take()
+            .or_else(|| lane.take().map(|(b, _)| (b.bytes, b.count)))
+        {
             match tokio::time::timeout_at(deadline, open.send(batch)).await {
                 Ok(true) => lane.egress.add(n as u64),
                 Ok(false) => {
@@ -239,19 +338,32 @@ mod tests {
         let registry = Registry::new("agent", "t");
         let full = registry.counter("agent.dropped", "", &[("reason", "egress_queue_full")]);
         (
-            Lane::new("http://d:1", &registry, max_batches, max_bytes, full),
+            Lane::new("http://d:1", &registry, max_batches, max_bytes, full, None),
             registry,
         )
+    }
+
+    fn batch(bytes: &'static [u8], count: usize) -> LaneBatch {
+        LaneBatch {
+            bytes: Bytes::from_static(bytes),
+            count,
+            shares: Vec::new(),
+        }
     }
 
     #[test]
     fn a_full_queue_drops_the_oldest_batches_and_counts_their_envelopes() {
         let (lane, registry) = lane(2, 1 << 20);
-        lane.enqueue(Bytes::from_static(b"a"), 3);
-        lane.enqueue(Bytes::from_static(b"b"), 4);
-        lane.enqueue(Bytes::from_static(b"c"), 5);
+        lane.enqueue(batch(b"a", 3));
+        lane.enqueue(batch(b"b", 4));
+        lane.enqueue(batch(b"c", 5));
         assert_eq!(registry.counter_sum("agent.dropped", &[]), 3);
-        assert_eq!(lane.pop().map(|b| b.0), Some(Bytes::from_static(b"b")));
+        let (first, gap) = lane.take().unwrap();
+        assert_eq!(
+            (first.bytes, gap),
+            (Bytes::from_static(b"b"), 3),
+            "the loss is owed in-band"
+        );
         assert_eq!(lane.pop().map(|b| b.0), Some(Bytes::from_static(b"c")));
         assert!(lane.pop().is_none());
     }
@@ -259,8 +371,8 @@ mod tests {
     #[test]
     fn the_byte_bound_applies_but_keeps_the_newest_batch() {
         let (lane, registry) = lane(100, 4);
-        lane.enqueue(Bytes::from_static(b"abc"), 1);
-        lane.enqueue(Bytes::from_static(b"defgh"), 2);
+        lane.enqueue(batch(b"abc", 1));
+        lane.enqueue(batch(b"defgh", 2));
         assert_eq!(registry.counter_sum("agent.dropped", &[]), 1);
         assert_eq!(lane.clear(), 2);
         assert!(lane.pop().is_none());

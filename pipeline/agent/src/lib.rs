@@ -11,8 +11,12 @@
 //!   [`INGRESS_IDENTITIES`] gets past the handshake; the rest are refused, logged and counted
 //!   (`tls.refused{endpoint="agent.ingress",reason}`), and no envelope of theirs is read.
 //! - Never backpressure an emitter: ingress handlers only take a short lock; a full egress queue
-//!   drops its oldest batch and counts it.
-//! - No silent loss: `agent.ingress + agent.rate_limited = Σ agent.egress + Σ agent.dropped`
+//!   drops its oldest batch, counts it and owes the doppler a gap marker for it.
+//! - Fair drops (`fair_share`, on by default): when a doppler's queue is half full, a source
+//!   holding more than its share of it is refused, counted under its name and told in its own
+//!   stream, so one app's flood never costs a quiet app a line.
+//! - No silent loss: `agent.ingress + agent.rate_limited + agent.fair_notices = Σ agent.egress +
+//!   Σ agent.dropped`
 //!   once drained (see `metrics`); loss in flight to a doppler shows there as a gap in the
 //!   per-source sequence numbers (field 100) the agent stamps.
 //! - One app's stream lands on one doppler (rendezvous hash of `source_id`, `hash`) while that
@@ -134,7 +138,7 @@ async fn serve(
         .map(|m| hydrant_tls::ClientTls::new(m, hydrant_tls::Identity::Doppler))
         .transpose()?
         .map(hydrant_tls::Connector::new);
-    let metrics = metrics::Metrics::new(&registry);
+    let metrics = metrics::Metrics::new(&registry, config.fair_metrics_sources);
     let lanes: Vec<Arc<egress::Lane>> = config
         .dopplers
         .iter()
@@ -145,6 +149,7 @@ async fn serve(
                 config.egress_queue_max_batches,
                 config.egress_queue_max_bytes,
                 metrics.egress_queue_full.clone(),
+                config.fair(),
             ))
         })
         .collect();
@@ -156,6 +161,7 @@ async fn serve(
         rate_limit: config.app_log_rate_limit_bytes_per_sec,
         max_instances: config.max_tracked_instances,
         instance_idle: Duration::from_secs(config.instance_idle_secs),
+        fair_sweep: Duration::from_millis(config.fair_notice_interval_ms.min(1000)),
     };
     let router = Arc::new(router::Router::new(settings, lanes, metrics));
 

@@ -1,11 +1,16 @@
 //! The agent's self-metrics, registered once at start-up so the hot path only adds to atomics.
 //!
 //! The ledger they keep, once the agent has drained:
-//! `agent.ingress + agent.rate_limited = Σ agent.egress{doppler} + Σ agent.dropped{reason}`.
-//! `agent.rate_limited` counts the rate-limit notices the agent itself adds to an app's stream;
-//! it is on the left because those envelopes enter the pipeline here.
+//! `agent.ingress + agent.rate_limited + agent.fair_notices = Σ agent.egress{doppler} +
+//! Σ agent.dropped{reason}`. `agent.rate_limited` and `agent.fair_notices` count the notices
+//! the agent itself adds to an app's stream; they are on the left because those envelopes enter
+//! the pipeline here. Gap markers (`agent.gap_markers`) are on neither side: they describe a
+//! loss, they are not data. `agent.dropped_by_source{source_id}` splits the fairness and
+//! queue-full drops by source (bounded: the first `fair_metrics_sources`, then `other`).
 
-use hydrant_emitter::{Counter, Gauge, Registry};
+use std::sync::Arc;
+
+use hydrant_emitter::{Counter, Gauge, Registry, SourceCounters};
 
 /// Drop counters by reason, plus the role-wide counters and gauges.
 #[derive(Debug, Clone)]
@@ -26,6 +31,12 @@ pub(crate) struct Metrics {
     pub(crate) doppler_unavailable: Counter,
     /// Still queued when the shutdown drain deadline passed.
     pub(crate) shutdown: Counter,
+    /// Refused for holding more than their source's share of a full-ish egress queue.
+    pub(crate) fair_share: Counter,
+    /// Notices sent to sources that lost envelopes to fairness or a full queue.
+    pub(crate) fair_notices: Counter,
+    /// Fairness and queue-full drops by source.
+    pub(crate) dropped_by_source: Arc<SourceCounters>,
     /// Envelopes whose `source_id` was taken from `tags["origin"]`.
     pub(crate) origin_mappings: Counter,
     /// Rate-limit notices sent to apps (one per overage, at most one per instance per second).
@@ -39,7 +50,7 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new(registry: &Registry) -> Self {
+    pub(crate) fn new(registry: &Registry, metrics_sources: usize) -> Self {
         let dropped = |reason| {
             registry.counter(
                 "agent.dropped",
@@ -56,6 +67,20 @@ impl Metrics {
             egress_queue_full: dropped("egress_queue_full"),
             doppler_unavailable: dropped("doppler_unavailable"),
             shutdown: dropped("shutdown"),
+            fair_share: dropped("fair_share"),
+            fair_notices: registry.counter(
+                "agent.fair_notices",
+                "notices sent to apps that lost envelopes for exceeding their fair share",
+                &[],
+            ),
+            dropped_by_source: Arc::new(SourceCounters::new(
+                registry,
+                "agent.dropped_by_source",
+                "envelopes dropped for exceeding a fair share or evicted from a full egress \
+                 queue, by source (top sources, then other)",
+                &[],
+                metrics_sources,
+            )),
             origin_mappings: registry.counter(
                 "agent.origin_mappings",
                 "envelopes whose source_id was taken from the origin tag",

@@ -12,11 +12,16 @@
 //!   same lock that appends to the batch, so within one doppler stream they are in order.
 //! - Every envelope that enters is forwarded or counted under exactly one drop reason.
 //! - The tracking map is bounded by `max_tracked_instances` and idle entries are forgotten.
+//! - With `fair_share` on, each envelope is charged to its source in its lane's `FairShare`
+//!   before it is stamped (so a refusal leaves no hole in the sequence) and refused when the
+//!   lane is under pressure and its source holds more than its share; the source is told with
+//!   a log line in its own stream (`LGR`), at most once per `fair_notice_interval_ms`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hydrant_buffer::{FairDrop, KeyHasher, Share, SourceKey};
 use hydrant_envelope::v2;
 use hydrant_envelope::wire::{self, BatchBuilder, BatchIter, EnvelopeView, Fields, Kind, Value};
 use hydrant_runtime::lock;
@@ -24,7 +29,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::egress::Lane;
+use crate::egress::{Lane, LaneBatch};
 use crate::hash;
 use crate::limiter::{self, Bucket, Verdict};
 use crate::metrics::Metrics;
@@ -44,6 +49,8 @@ pub(crate) struct Settings {
     pub(crate) rate_limit: u64,
     pub(crate) max_instances: usize,
     pub(crate) instance_idle: Duration,
+    /// How often the fairness ledgers hand over their drop counts and notices.
+    pub(crate) fair_sweep: Duration,
 }
 
 /// What happened to one incoming message, for the gRPC status the sender gets.
@@ -82,6 +89,8 @@ struct Instance {
 struct Source {
     /// Dopplers in this source's order of preference, computed once.
     ranking: Box<[u16]>,
+    /// Its key in the lanes' fairness ledgers, computed once.
+    key: SourceKey,
     instances: HashMap<Box<str>, Instance>,
 }
 
@@ -89,6 +98,8 @@ struct Source {
 #[derive(Debug)]
 struct Pending {
     builder: BatchBuilder,
+    /// The sources charged for what `builder` holds, one per run of the same source.
+    shares: Vec<Share>,
     first: Option<Instant>,
     last: Instant,
 }
@@ -103,6 +114,7 @@ struct State {
     /// Reused to rewrite an envelope whose `source_id` comes from its origin tag.
     scratch: Vec<u8>,
     last_sweep: Instant,
+    hasher: KeyHasher,
 }
 
 /// The shared routing state and the lanes it feeds.
@@ -113,6 +125,32 @@ pub(crate) struct Router {
     flush_wake: Notify,
     metrics: Metrics,
     settings: Settings,
+}
+
+/// What a source that lost `dropped` envelopes is told, in its own stream.
+fn fair_notice(dropped: u64, why: FairDrop, interval: Duration) -> String {
+    let cause = match why {
+        FairDrop::Refused => "this app exceeded its fair share of the agent's queue to the doppler",
+        FairDrop::Evicted => "the agent's queue to the doppler was full",
+    };
+    format!(
+        "hydrant: {} envelopes dropped in the last {} s: {cause}",
+        thousands(dropped),
+        interval.as_secs().max(1)
+    )
+}
+
+/// `12345` as `12,345`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `tags["origin"]`, else `deprecated_tags["origin"].text`, as Loggregator's agent falls back.
@@ -160,12 +198,14 @@ impl Router {
                 .iter()
                 .map(|_| Pending {
                     builder: BatchBuilder::with_capacity(capacity),
+                    shares: Vec::new(),
                     first: None,
                     last: now,
                 })
                 .collect(),
             scratch: Vec::new(),
             last_sweep: now,
+            hasher: KeyHasher::default(),
         };
         Self {
             state: Mutex::new(state),
@@ -267,7 +307,7 @@ impl Router {
             if let Some(source_type) = source_type {
                 let size = view.log().map_or(0, |(payload, _)| payload.len());
                 let verdict =
-                    self.with_instance(state, source_id, view.instance_id, now, |i, _| {
+                    self.with_instance(state, source_id, view.instance_id, now, |i, _, _| {
                         i.bucket
                             .get_or_insert_with(|| Bucket::new(limit, now))
                             .check(limit, size, now)
@@ -287,12 +327,21 @@ impl Router {
                 }
             }
         }
-        let (sequence, lane) =
-            self.with_instance(state, source_id, view.instance_id, now, |i, lane| {
+        let cost = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        let admitted =
+            self.with_instance(state, source_id, view.instance_id, now, |i, lane, key| {
+                let share = match self.lanes.get(lane).and_then(|l| Some((l.fair()?, l))) {
+                    Some((fair, l)) => Some(fair.admit(key, source_id, cost, l.fill_permille())?),
+                    None => None,
+                };
                 let sequence = i.next_sequence;
                 i.next_sequence += 1;
-                (sequence, lane)
+                Some((sequence, lane, share))
             });
+        let Some((sequence, lane, share)) = admitted else {
+            self.metrics.fair_share.inc();
+            return;
+        };
         if patched {
             // Protobuf decoders keep the last occurrence of a field, so appending `source_id`
             // overrides the empty one without re-encoding the envelope.
@@ -302,10 +351,10 @@ impl Router {
             scratch.push(0x12);
             wire::put_varint(&mut scratch, source_id.len() as u64);
             scratch.extend_from_slice(source_id.as_bytes());
-            self.push(state, lane, &scratch, sequence, now);
+            self.push(state, lane, &scratch, sequence, now, share);
             state.scratch = scratch;
         } else {
-            self.push(state, lane, bytes, sequence, now);
+            self.push(state, lane, bytes, sequence, now, share);
         }
     }
 
@@ -332,38 +381,97 @@ impl Router {
             ..v2::Envelope::default()
         };
         let bytes = wire::encode(&notice);
-        let (sequence, lane) = self.with_instance(state, source_id, instance_id, now, |i, lane| {
-            let sequence = i.next_sequence;
-            i.next_sequence += 1;
-            (sequence, lane)
-        });
-        self.push(state, lane, &bytes, sequence, now);
+        self.push_notice(state, source_id, instance_id, &bytes, now);
     }
 
-    /// Runs `f` on the instance's entry (created if new) and the doppler it routes to now.
+    /// Appends a notice the agent itself makes to `source_id`'s stream, uncharged: it is small
+    /// and is the one thing the source must get.
+    fn push_notice(
+        &self,
+        state: &mut State,
+        source_id: &str,
+        instance_id: &str,
+        bytes: &[u8],
+        now: Instant,
+    ) {
+        let (sequence, lane) =
+            self.with_instance(state, source_id, instance_id, now, |i, lane, _| {
+                let sequence = i.next_sequence;
+                i.next_sequence += 1;
+                (sequence, lane)
+            });
+        self.push(state, lane, bytes, sequence, now, None);
+    }
+
+    /// Hands every lane's per-source drop counts to `agent.dropped_by_source` and tells each
+    /// source that lost envelopes, at most once per notice interval, in its own stream.
+    pub(crate) fn sweep_fair(&self, now: Instant) {
+        let mut notices: Vec<(String, u64, FairDrop)> = Vec::new();
+        let by_source = &self.metrics.dropped_by_source;
+        for lane in &self.lanes {
+            let Some(fair) = lane.fair() else { continue };
+            fair.sweep(
+                now,
+                |d| by_source.add(d.source, d.dropped),
+                |d| {
+                    if let Some(source) = d.source {
+                        notices.push((source.to_owned(), d.dropped, d.why));
+                    }
+                },
+            );
+        }
+        if notices.is_empty() {
+            return;
+        }
+        let interval = self
+            .lanes
+            .iter()
+            .find_map(|l| l.fair())
+            .map_or(Duration::ZERO, |f| f.config().notice_interval);
+        let mut state = lock(&self.state);
+        for (source, dropped, why) in notices {
+            let notice = v2::Envelope {
+                timestamp: hydrant_envelope::now_nanos(),
+                source_id: source.clone(),
+                tags: HashMap::from([("source_type".to_owned(), "LGR".to_owned())]),
+                message: Some(v2::envelope::Message::Log(v2::Log {
+                    payload: fair_notice(dropped, why, interval).into_bytes().into(),
+                    r#type: v2::log::Type::Err as i32,
+                })),
+                ..v2::Envelope::default()
+            };
+            self.push_notice(&mut state, &source, "", &wire::encode(&notice), now);
+            self.metrics.fair_notices.inc();
+        }
+    }
+
+    /// Runs `f` on the instance's entry (created if new), the doppler it routes to now and the
+    /// source's fairness key.
     fn with_instance<R>(
         &self,
         state: &mut State,
         source_id: &str,
         instance_id: &str,
         now: Instant,
-        f: impl FnOnce(&mut Instance, usize) -> R,
+        f: impl FnOnce(&mut Instance, usize, SourceKey) -> R,
     ) -> R {
         if let Some(source) = state.sources.get_mut(source_id)
             && let Some(instance) = source.instances.get_mut(instance_id)
         {
             instance.last_seen = now;
-            return f(instance, hash::pick(&source.ranking, &state.up));
+            return f(instance, hash::pick(&source.ranking, &state.up), source.key);
         }
         if state.instances >= self.settings.max_instances {
             self.evict_oldest(state);
         }
         let seeds = &state.seeds;
+        let hasher = &state.hasher;
         let source = state
             .sources
             .entry(Box::from(source_id))
             .or_insert_with(|| Source {
                 ranking: hash::ranking(seeds, source_id),
+                key: hasher.key(source_id.as_bytes()),
                 instances: HashMap::new(),
             });
         let instance = source
@@ -376,7 +484,7 @@ impl Router {
             });
         state.instances += 1;
         self.metrics.tracked_instances.set(state.instances as f64);
-        f(instance, hash::pick(&source.ranking, &state.up))
+        f(instance, hash::pick(&source.ranking, &state.up), source.key)
     }
 
     /// Forgets the least recently seen eighth of the instances (at least one).
@@ -442,12 +550,29 @@ impl Router {
         }
     }
 
-    /// Appends one stamped envelope to doppler `lane`'s batch, queueing the batch when full.
-    fn push(&self, state: &mut State, lane: usize, envelope: &[u8], sequence: u64, now: Instant) {
+    /// Appends one stamped envelope to doppler `lane`'s batch, with the share it was charged,
+    /// queueing the batch when full.
+    fn push(
+        &self,
+        state: &mut State,
+        lane: usize,
+        envelope: &[u8],
+        sequence: u64,
+        now: Instant,
+        share: Option<Share>,
+    ) {
         let Some(pending) = state.pending.get_mut(lane) else {
             return;
         };
         pending.builder.push_with_sequence(envelope, sequence);
+        if let Some(share) = share
+            && !pending
+                .shares
+                .last_mut()
+                .is_some_and(|last| last.merge(share))
+        {
+            pending.shares.push(share);
+        }
         pending.last = now;
         if pending.first.is_none() {
             pending.first = Some(now);
@@ -465,9 +590,13 @@ impl Router {
             return;
         }
         let count = pending.builder.count();
-        let batch = pending.builder.take();
+        let bytes = pending.builder.take();
         pending.first = None;
-        self.lanes[lane].enqueue(batch, count);
+        self.lanes[lane].enqueue(LaneBatch {
+            bytes,
+            count,
+            shares: std::mem::take(&mut pending.shares),
+        });
     }
 
     /// Queues every batch due by time; returns when the next one will be due.
@@ -499,19 +628,24 @@ impl Router {
 
     /// Sends partial batches after `flush_idle` without new envelopes, or `flush_max` after
     /// their first, until `shutdown`.
+    /// Also sweeps the fairness ledgers every `fair_sweep`.
     pub(crate) async fn run_flusher(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut next_sweep = Instant::now() + self.settings.fair_sweep;
         loop {
-            let next = self.flush_due(Instant::now());
-            let sleep = async {
-                match next {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let now = Instant::now();
+            if now >= next_sweep {
+                self.sweep_fair(now);
+                next_sweep = now + self.settings.fair_sweep;
+            }
+            let next = self.flush_due(now);
+            let at = next.map_or(next_sweep, |n| n.min(next_sweep));
             tokio::select! {
                 () = self.flush_wake.notified() => {}
-                () = sleep => {}
-                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(at) => {}
+                () = shutdown.cancelled() => {
+                    self.sweep_fair(Instant::now());
+                    return;
+                }
             }
         }
     }
@@ -532,6 +666,10 @@ impl Router {
                 let lost = pending.builder.count() as u64;
                 drop(pending.builder.take());
                 pending.first = None;
+                if let Some(fair) = self.lanes[lane].fair() {
+                    fair.release(&pending.shares);
+                }
+                pending.shares.clear();
                 self.metrics.doppler_unavailable.add(lost);
             }
             self.metrics
@@ -552,17 +690,28 @@ mod tests {
     use super::*;
 
     fn router(lanes: &[&str], rate_limit: u64, max_instances: usize) -> (Router, Registry) {
+        router_with(lanes, rate_limit, max_instances, 1024, None)
+    }
+
+    fn router_with(
+        lanes: &[&str],
+        rate_limit: u64,
+        max_instances: usize,
+        max_batches: usize,
+        fair: Option<hydrant_buffer::FairConfig>,
+    ) -> (Router, Registry) {
         let registry = Registry::new("agent", "t");
-        let metrics = Metrics::new(&registry);
+        let metrics = Metrics::new(&registry, 20);
         let lanes = lanes
             .iter()
             .map(|url| {
                 Arc::new(Lane::new(
                     url,
                     &registry,
-                    1024,
+                    max_batches,
                     1 << 30,
                     metrics.egress_queue_full.clone(),
+                    fair,
                 ))
             })
             .collect();
@@ -574,6 +723,7 @@ mod tests {
             rate_limit,
             max_instances,
             instance_idle: Duration::from_secs(600),
+            fair_sweep: Duration::from_secs(1),
         };
         (Router::new(settings, lanes, metrics), registry)
     }
@@ -752,6 +902,96 @@ mod tests {
         r.ingest_envelope(&log("app-999", "0", &[], "x"));
         let last = drain(&r, 0).pop().unwrap();
         assert_eq!(last.1, 2);
+    }
+
+    #[test]
+    fn a_flood_loses_its_own_envelopes_and_is_told_while_a_quiet_source_loses_none() {
+        let fair = hydrant_buffer::FairConfig::default();
+        // One envelope per batch, ten batches per lane: nobody takes, so the lane fills.
+        let (r, registry) = router_with(&["http://d0"], 0, 100, 10, Some(fair));
+        r.set_up(0, true);
+        for round in 0..3 {
+            for _ in 0..20 {
+                r.ingest_envelope(&log("loud", "0", &[], "flood"));
+            }
+            r.ingest_envelope(&log("quiet", "0", &[], &format!("line {round}")));
+        }
+        let dropped_fair = registry.counter_sum("agent.dropped", &[("reason", "fair_share")]);
+        let dropped_full =
+            registry.counter_sum("agent.dropped", &[("reason", "egress_queue_full")]);
+        assert!(
+            dropped_fair > 0,
+            "the flood was refused once the quiet source held a share"
+        );
+        let got = drain(&r, 0);
+        let quiet: Vec<u64> = got
+            .iter()
+            .filter(|(e, _)| e.source_id == "quiet")
+            .map(|(_, s)| *s)
+            .collect();
+        assert_eq!(quiet, [1, 2, 3], "every quiet line, in order, no hole");
+        let loud = got.iter().filter(|(e, _)| e.source_id == "loud").count() as u64;
+        assert_eq!(
+            loud + dropped_fair + dropped_full,
+            60,
+            "the flood's ledger balances"
+        );
+        let fair = r.lane(0).fair().unwrap().stats();
+        assert!(fair.balanced() && fair.queued == 0, "{fair:?}");
+
+        r.sweep_fair(Instant::now());
+        assert_eq!(
+            registry.counter_sum("agent.dropped_by_source", &[("source_id", "loud")]),
+            dropped_fair + dropped_full
+        );
+        assert_eq!(
+            registry.counter_sum("agent.dropped_by_source", &[("source_id", "quiet")]),
+            0
+        );
+        let notices = drain(&r, 0);
+        assert_eq!(notices.len(), 1);
+        let (notice, _) = &notices[0];
+        assert_eq!(notice.source_id, "loud");
+        let Some(v2::envelope::Message::Log(l)) = &notice.message else {
+            panic!("not a log");
+        };
+        let text = String::from_utf8(l.payload.to_vec()).unwrap();
+        let n = thousands(dropped_fair + dropped_full);
+        assert_eq!(
+            text,
+            format!(
+                "hydrant: {n} envelopes dropped in the last 10 s: this app exceeded its fair \
+                 share of the agent's queue to the doppler"
+            )
+        );
+        assert_eq!(registry.counter_sum("agent.fair_notices", &[]), 1);
+        // Told at most once per interval.
+        r.ingest_envelope(&log("quiet", "0", &[], "x"));
+        r.sweep_fair(Instant::now());
+        assert_eq!(registry.counter_sum("agent.fair_notices", &[]), 1);
+    }
+
+    #[test]
+    fn without_fairness_the_full_queue_evicts_the_quiet_source_too() {
+        let (r, registry) = router_with(&["http://d0"], 0, 100, 10, None);
+        r.set_up(0, true);
+        r.ingest_envelope(&log("quiet", "0", &[], "line"));
+        for _ in 0..20 {
+            r.ingest_envelope(&log("loud", "0", &[], "flood"));
+        }
+        assert!(drain(&r, 0).iter().all(|(e, _)| e.source_id == "loud"));
+        assert_eq!(
+            registry.counter_sum("agent.dropped", &[("reason", "fair_share")]),
+            0
+        );
+    }
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(12_345), "12,345");
+        assert_eq!(thousands(1_234_567), "1,234,567");
     }
 
     #[test]

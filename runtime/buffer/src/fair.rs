@@ -187,7 +187,7 @@ struct Slot {
     unsynced: u64,
     /// Drops not yet told to the source.
     unreported: u64,
-    /// The first reason among the unreported drops (what the notice names).
+    /// Why the unreported drops happened: `Refused` if any was (what the notice names).
     why: Option<FairDrop>,
     last_notice: Option<Instant>,
 }
@@ -223,7 +223,7 @@ pub struct SourceDrops<'a> {
     pub source: Option<&'a str>,
     /// Envelopes dropped.
     pub dropped: u64,
-    /// Why (the first reason in this count).
+    /// Why: [`FairDrop::Refused`] if any of them was refused for being over its share.
     pub why: FairDrop,
 }
 
@@ -290,7 +290,7 @@ impl FairShare {
             if active > 1 && u128::from(s.queued_cost + cost64) > share {
                 s.unsynced += 1;
                 s.unreported += 1;
-                s.why.get_or_insert(FairDrop::Refused);
+                s.why = Some(FairDrop::Refused);
                 t.stats.refused += 1;
                 return None;
             }
