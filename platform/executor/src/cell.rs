@@ -7,13 +7,15 @@
 //! through [`Cell::set_state`] → heartbeats (`executor.heartbeat.<id>`) and routes
 //! (`router.register.<id>` / `router.unregister.<id>`); crashes go to `executor.crash.<id>`.
 //!
-//! Invariants: start and stop are idempotent per instance guid; memory is reserved under the
-//! table lock, so two concurrent starts can never overcommit; a route is registered only for a
+//! Invariants: start and stop are idempotent per instance guid; memory, disk and a slot are
+//! reserved under the table lock, so two concurrent starts can never overcommit; an
+//! evacuating or killed cell admits nothing (see `presence`); a killed cell publishes nothing; a route is registered only for a
 //! RUNNING instance and unregistered when it leaves RUNNING; crashed and stopped instances stay
 //! visible in heartbeats for `retention_secs`, then are forgotten.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -49,13 +51,14 @@ pub(crate) struct Record {
     pub(crate) address: Option<(String, u16)>,
     pub(crate) uris: Vec<String>,
     pub(crate) memory_mb: u64,
+    pub(crate) disk_mb: u64,
     pub(crate) tags: BTreeMap<String, String>,
     pub(crate) stop: CancellationToken,
     pub(crate) stop_reason: Option<String>,
 }
 
 impl Record {
-    fn is_live(&self) -> bool {
+    pub(crate) fn is_live(&self) -> bool {
         matches!(
             self.state,
             InstanceState::Starting | InstanceState::Running | InstanceState::Stopping
@@ -80,6 +83,13 @@ pub(crate) struct Cell {
     table: Mutex<HashMap<String, Record>>,
     pub(crate) heartbeats: OnceLock<AnnouncerHandle>,
     pub(crate) routes: OnceLock<AnnouncerHandle>,
+    pub(crate) presence: OnceLock<AnnouncerHandle>,
+    /// Set while the cell evacuates (`presence`).
+    pub(crate) evacuation: Mutex<Option<crate::presence::Evacuation>>,
+    /// The other cells' last presence, to know whether evacuating can help.
+    pub(crate) peers: Mutex<crate::presence::Peers>,
+    /// `hydrant debug kill-cell`: the cell went silent as a lost host would.
+    pub(crate) killed: AtomicBool,
     /// Every instance task, so shutdown can wait for them all.
     pub(crate) tasks: TaskTracker,
 }
@@ -110,6 +120,7 @@ impl Cell {
         isolated: Option<crate::isolation::Isolated>,
     ) -> Self {
         metrics.memory_capacity_mb.set(config.memory_mb as f64);
+        metrics.disk_capacity_mb.set(config.disk_mb as f64);
         Self {
             config,
             bus,
@@ -124,17 +135,24 @@ impl Cell {
             table: Mutex::new(HashMap::new()),
             heartbeats: OnceLock::new(),
             routes: OnceLock::new(),
+            presence: OnceLock::new(),
+            evacuation: Mutex::new(None),
+            peers: Mutex::new(crate::presence::Peers::default()),
+            killed: AtomicBool::new(false),
             tasks: TaskTracker::new(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Record>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<String, Record>> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Publishes on the bus; a failure is counted, never waited on or retried (the next
     /// heartbeat or registration repairs it).
     pub(crate) fn publish<T: serde::Serialize>(&self, subject: &str, message: &T) {
+        if self.is_killed() {
+            return;
+        }
         if let Err(error) = self.bus.publish_json(subject, message) {
             self.metrics.dropped_publish.inc();
             tracing::warn!(%subject, %error, "executor: bus publish failed");
@@ -142,7 +160,7 @@ impl Cell {
     }
 
     fn answer(&self, to: &Message, answer: &ExecutorReply) {
-        if to.reply.is_none() {
+        if to.reply.is_none() || self.is_killed() {
             return;
         }
         match messages::encode(answer) {
@@ -163,8 +181,17 @@ impl Cell {
         self.answer(to, &reply(accepted, &self.config.executor_id, reason));
     }
 
-    fn announce_heartbeat(&self) {
+    /// `true` once `hydrant debug kill-cell` killed this cell.
+    pub(crate) fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Relaxed)
+    }
+
+    /// Heartbeat and presence at once (free capacity changed with the instance table).
+    pub(crate) fn announce_heartbeat(&self) {
         if let Some(h) = self.heartbeats.get() {
+            h.announce_now();
+        }
+        if let Some(h) = self.presence.get() {
             h.announce_now();
         }
     }
@@ -184,6 +211,12 @@ impl Cell {
             .map(|r| r.memory_mb)
             .sum();
         self.metrics.memory_used_mb.set(used as f64);
+        let disk: u64 = table
+            .values()
+            .filter(|r| r.is_live())
+            .map(|r| r.disk_mb)
+            .sum();
+        self.metrics.disk_used_mb.set(disk as f64);
     }
 
     fn addressed_to_me(&self, executor_id: &str) -> Result<(), String> {
@@ -245,6 +278,7 @@ impl Cell {
             return Err("memory_mb and disk_mb must be greater than 0".to_owned());
         }
         let sha = normalize_sha(&start.droplet_sha256).map_err(|e| e.to_string())?;
+        self.taking_work()?;
         let mut table = self.lock();
         match table.get(&start.instance).map(|r| r.state) {
             Some(InstanceState::Starting | InstanceState::Running) => {
@@ -273,6 +307,14 @@ impl Cell {
                 start.memory_mb, self.config.memory_mb
             ));
         }
+        let disk_used: u64 = live.iter().map(|r| r.disk_mb).sum();
+        let disk_free = self.config.disk_mb.saturating_sub(disk_used);
+        if start.disk_mb > disk_free {
+            return Err(format!(
+                "not enough disk: {} MiB requested, {disk_free} of {} MiB free",
+                start.disk_mb, self.config.disk_mb
+            ));
+        }
         if live.len() >= self.config.max_instances as usize {
             return Err(format!(
                 "no free instance slot: all {} are in use",
@@ -296,6 +338,7 @@ impl Cell {
                 address: None,
                 uris: start.uris.clone(),
                 memory_mb: start.memory_mb,
+                disk_mb: start.disk_mb,
                 tags: start.tags.clone(),
                 stop: stop.clone(),
                 stop_reason: None,

@@ -43,8 +43,32 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Memory the executor may hand out to instances, MiB. Default 8192.
     pub memory_mb: u64,
-    /// Instances the executor runs at most. Default 256.
+    /// Instances the executor runs at most (the cell's container slots). Default 256.
     pub max_instances: u32,
+    /// Disk the executor may hand out to instances, MiB (each start reserves its `disk_mb`).
+    /// Default 65536.
+    pub disk_mb: u64,
+    /// The cell's availability zone: placement spreads an app's instances over zones first.
+    /// One bus-subject-safe token. Default `"z1"`.
+    pub zone: String,
+    /// How often the cell advertises its presence and free capacity on
+    /// `executor.presence.<executor_id>` (also at once on every change), seconds. Default 5
+    /// (Diego's `lock_retry_interval`, the DEA's advertise interval).
+    pub presence_interval_secs: u64,
+    /// How long the presence lives without a refresh: once it lapses, the cloud controller
+    /// declares the cell lost and places its instances elsewhere, seconds. At least twice
+    /// `presence_interval_secs`. Default 15 (Diego's presence TTL).
+    pub presence_ttl_secs: u64,
+    /// How long an evacuation (SIGTERM, or `hydrant drain-cell`) keeps instances serving while
+    /// their replacements start elsewhere; past it the rest are stopped anyway, seconds.
+    /// Default 600 (Diego's `evacuation_timeout_in_seconds`).
+    pub evacuation_timeout_secs: u64,
+    /// SIGTERM evacuates the cell first (when another healthy cell advertises) instead of
+    /// stopping its instances at once. Default true.
+    pub evacuate_on_shutdown: bool,
+    /// Obey `executor.kill.<executor_id>` (`hydrant debug kill-cell`): go silent and kill every
+    /// instance at once, as a lost host would. Only for the micro cloud. Default false.
+    pub debug_kill: bool,
     /// Ports handed to instances as `PORT`, inclusive. Default `[61000, 61999]`.
     pub port_range: [u16; 2],
     /// How long a stopping instance gets between SIGTERM and SIGKILL, seconds. Default 10
@@ -108,6 +132,13 @@ impl Default for Config {
             data_dir: PathBuf::from("executor-data"),
             memory_mb: 8192,
             max_instances: 256,
+            disk_mb: 65536,
+            zone: "z1".to_owned(),
+            presence_interval_secs: 5,
+            presence_ttl_secs: 15,
+            evacuation_timeout_secs: 600,
+            evacuate_on_shutdown: true,
+            debug_kill: false,
             port_range: [61000, 61999],
             stop_timeout_secs: 10,
             metrics_interval_secs: 5,
@@ -185,6 +216,28 @@ impl hydrant_runtime::Validate for Config {
         if self.max_instances == 0 {
             return Err(invalid("max_instances", "must be at least 1"));
         }
+        if self.disk_mb == 0 {
+            return Err(invalid("disk_mb", "must be at least 1 (MiB)"));
+        }
+        if !is_token(&self.zone) {
+            return Err(invalid(
+                "zone",
+                format!(
+                    "{:?} must be 1-128 letters, digits, '-' or '_', e.g. \"z1\"",
+                    self.zone
+                ),
+            ));
+        }
+        if self.presence_ttl_secs < self.presence_interval_secs.saturating_mul(2) {
+            return Err(invalid(
+                "presence_ttl_secs",
+                format!(
+                    "{} must be at least twice presence_interval_secs ({}), or one lost \
+                     presence would declare a healthy cell lost; e.g. 15 with 5",
+                    self.presence_ttl_secs, self.presence_interval_secs
+                ),
+            ));
+        }
         let [first, last] = self.port_range;
         if first == 0 || first > last {
             return Err(invalid(
@@ -209,6 +262,9 @@ impl hydrant_runtime::Validate for Config {
             ("disk_check_interval_secs", self.disk_check_interval_secs),
             ("heartbeat_interval_secs", self.heartbeat_interval_secs),
             ("register_interval_secs", self.register_interval_secs),
+            ("presence_interval_secs", self.presence_interval_secs),
+            ("presence_ttl_secs", self.presence_ttl_secs),
+            ("evacuation_timeout_secs", self.evacuation_timeout_secs),
             ("droplet_cache_mb", self.droplet_cache_mb),
             ("max_droplet_mb", self.max_droplet_mb),
             ("download_timeout_secs", self.download_timeout_secs),
@@ -344,6 +400,20 @@ mod tests {
                     ..Config::default()
                 },
                 "memory_mb",
+            ),
+            (
+                Config {
+                    presence_ttl_secs: 6,
+                    ..Config::default()
+                },
+                "presence_ttl_secs",
+            ),
+            (
+                Config {
+                    zone: "zone a".into(),
+                    ..Config::default()
+                },
+                "zone",
             ),
         ];
         for (config, field) in cases {

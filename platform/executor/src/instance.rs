@@ -316,7 +316,12 @@ pub(crate) async fn run(
                 reason = ?ident.cell.stop_reason(ident.guid()), "executor: stopping instance");
             ident.cell_line(&format!("stopping instance {}", ident.guid()));
             running.terminate().await;
-            let grace = ident.cell.config.stop_timeout();
+            // A killed cell plays a lost host: no graceful interval.
+            let grace = if ident.cell.is_killed() {
+                Duration::ZERO
+            } else {
+                ident.cell.config.stop_timeout()
+            };
             match tokio::time::timeout(grace, running.wait()).await {
                 Ok(code) => code,
                 Err(_) => {

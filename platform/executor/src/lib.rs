@@ -20,6 +20,7 @@
 //! # Layout
 //! - `config`: [`Config`] and its validation.
 //! - `cell`: the instance table, placement, requests, heartbeats and routes.
+//! - `presence`: the cell's presence (zone, free capacity), evacuation and debug kill.
 //! - `instance`: one instance's lifecycle.
 //! - `droplet`: the droplet cache and safe unpacking.
 //! - `env`: the environment an instance starts with.
@@ -38,6 +39,7 @@ mod instance;
 mod isolation;
 mod logs;
 mod metrics;
+mod presence;
 mod procfs;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +49,7 @@ use std::time::Duration;
 use hydrant_bus::messages::{self, executor_start_subject, executor_stop_subject};
 use hydrant_bus::{Announcer, Bus};
 use hydrant_emitter::Registry;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, Isolation};
@@ -60,6 +63,8 @@ const ROUTE_MIN_GAP: Duration = Duration::from_millis(100);
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the bus to take the final messages.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often an evacuating cell looks whether it is empty or past its deadline.
+const EVACUATION_CHECK: Duration = Duration::from_millis(250);
 
 /// An executor as a [`hydrant_runtime::Role`]: `hydrant run executor`, and the micro cloud's one
 /// executor.
@@ -164,6 +169,16 @@ async fn serve(
     let register_interval = Duration::from_secs(config.register_interval_secs);
     let mut starts = bus.subscribe(&start_subject).await?;
     let mut stops = bus.subscribe(&stop_subject).await?;
+    let mut evacuations = bus
+        .subscribe(&messages::executor_evacuate_subject(&config.executor_id))
+        .await?;
+    let mut kills = bus
+        .subscribe(&messages::executor_kill_subject(&config.executor_id))
+        .await?;
+    let mut peers = bus
+        .subscribe(&messages::every_cell(messages::EXECUTOR_PRESENCE))
+        .await?;
+    let presence_interval = Duration::from_secs(config.presence_interval_secs);
 
     let cell = Arc::new(cell::Cell::new(
         config,
@@ -200,21 +215,81 @@ async fn serve(
         .min_gap(ROUTE_MIN_GAP)
         .spawn(announcers.clone(), move || routed.route_payloads())
         .await?;
+    let advertised = Arc::clone(&cell);
+    let presence_subject = messages::executor_presence_subject(&cell.config.executor_id);
+    let presence = Announcer::new(&bus, &presence_subject, presence_interval)
+        .retrigger_on(messages::EXECUTOR_GREET)
+        .min_gap(ROUTE_MIN_GAP)
+        .spawn(announcers.clone(), move || {
+            messages::encode(&advertised.presence())
+                .into_iter()
+                .collect()
+        })
+        .await?;
     let _ = cell.heartbeats.set(heartbeats);
     let _ = cell.routes.set(routes);
+    let _ = cell.presence.set(presence);
 
     tracing::info!(executor_id = %cell.config.executor_id, bus = %bus.url(),
         "executor taking start requests on {start_subject}");
 
+    // SIGTERM evacuates first (when another cell can take the instances): the loop keeps
+    // taking stops, which is how the controller ends each old instance once its replacement
+    // runs, until the cell is empty or the deadline passes.
+    let mut leaving = false;
+    let mut killed = false;
+    let mut checks = tokio::time::interval(EVACUATION_CHECK);
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = shutdown.cancelled(), if !leaving => {
+                if !cell.config.evacuate_on_shutdown || cell.live_count() == 0 {
+                    break;
+                }
+                if !cell.another_cell_can_take() {
+                    tracing::info!("executor: no other healthy cell advertises; stopping instances without evacuating");
+                    break;
+                }
+                cell.evacuate("SIGTERM");
+                leaving = true;
+            }
+            _ = checks.tick(), if leaving || cell.evacuation_deadline().is_some() => {
+                if leaving && cell.live_count() == 0 {
+                    tracing::info!("executor: evacuated; every instance runs elsewhere");
+                    break;
+                }
+                if cell.evacuation_deadline().is_some_and(|d| Instant::now() >= d) && cell.live_count() > 0 {
+                    tracing::warn!("executor: evacuation deadline passed; stopping what is left");
+                    cell.stop_all("evacuation deadline passed");
+                    if leaving {
+                        break;
+                    }
+                }
+            }
             Some(message) = starts.next() => cell.handle_start(message),
             Some(message) = stops.next() => cell.handle_stop(&message),
+            Some(message) = evacuations.next() => cell.handle_evacuate(&message),
+            Some(message) = peers.next() => cell.note_peer(&message),
+            Some(message) = kills.next() => if cell.handle_kill(&message) {
+                killed = true;
+                break;
+            },
         }
     }
     drop(starts);
     drop(stops);
+    drop(evacuations);
+    drop(kills);
+    drop(peers);
+    if killed {
+        // A lost host: nothing more on the bus, instances killed, and the process stays
+        // until it is stopped (the micro cloud keeps running around it).
+        announcers.cancel();
+        cell.tasks.close();
+        cell.tasks.wait().await;
+        shutdown.cancelled().await;
+        emitter_stop.cancel();
+        return Ok(());
+    }
 
     cell.stop_all("executor shutting down");
     cell.tasks.close();

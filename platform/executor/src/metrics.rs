@@ -72,6 +72,10 @@ pub(crate) struct Metrics {
     pub(crate) dropped_publish: Counter,
     pub(crate) memory_capacity_mb: Gauge,
     pub(crate) memory_used_mb: Gauge,
+    pub(crate) disk_capacity_mb: Gauge,
+    pub(crate) disk_used_mb: Gauge,
+    /// 1 while the cell evacuates, else 0 (the console's nodes screen shows it).
+    pub(crate) evacuating: Gauge,
     pub(crate) container_starts: Counter,
     container_start_latency: Histogram,
     pub(crate) oom_kills: Counter,
@@ -129,6 +133,24 @@ impl Metrics {
             dropped_no_agent: dropped("no_agent"),
             dropped_bad_request: dropped("bad_request"),
             dropped_publish: dropped("publish_failed"),
+            disk_capacity_mb: registry.gauge(
+                "executor.disk_capacity",
+                "Disk the executor may hand out",
+                "MiB",
+                &[],
+            ),
+            disk_used_mb: registry.gauge(
+                "executor.disk_used",
+                "Disk reserved by live instances",
+                "MiB",
+                &[],
+            ),
+            evacuating: registry.gauge(
+                "executor.evacuating",
+                "1 while the cell moves its instances elsewhere",
+                "bool",
+                &[],
+            ),
             memory_capacity_mb: registry.gauge(
                 "executor.memory_capacity",
                 "Memory the executor may hand out",

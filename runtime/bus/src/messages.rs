@@ -17,6 +17,9 @@
 //! | `executor.placed.<executor_id>` | [`InstancePlaced`] (no environment, no droplet token) | cloud controller, health manager | just before each start request |
 //! | `executor.start.<executor_id>` | request [`StartInstance`]; reply [`ExecutorReply`] | cloud controller, health manager | to place an instance; re-sent by convergence until it shows in heartbeats |
 //! | `executor.stop.<executor_id>` | request [`StopInstance`]; reply [`ExecutorReply`] | cloud controller, health manager | to stop instances; re-sent until they leave heartbeats |
+//! | `executor.presence.<executor_id>` | [`CellPresence`] (`dea.advertise` field names) | executor | every [`PRESENCE_INTERVAL`], at once on every change; stale after its `ttl_secs` ([`PRESENCE_TTL`]) |
+//! | `executor.evacuate.<executor_id>` | [`EvacuateCell`] | cloud controller (`hydrant drain-cell`) | until the cell's presence says `evacuating` |
+//! | `executor.kill.<executor_id>` | [`EvacuateCell`] (its `reason`) | cloud controller (`hydrant debug kill-cell`) | once; only a cell with `debug_kill` obeys |
 //!
 //! Heartbeats and crashes name their cell twice, in the subject and in `executor_id`; on the
 //! authenticated bus a cell may publish only its own subject, so a consumer that finds the two
@@ -58,6 +61,20 @@ pub const EXECUTOR_PLACED: &str = "executor.placed";
 pub const EXECUTOR_START: &str = "executor.start";
 /// Prefix of the per-executor stop subject; see [`executor_stop_subject`].
 pub const EXECUTOR_STOP: &str = "executor.stop";
+
+/// Prefix of the per-cell presence subject ([`CellPresence`]); see
+/// [`executor_presence_subject`].
+pub const EXECUTOR_PRESENCE: &str = "executor.presence";
+/// Prefix of the per-cell evacuation request subject ([`EvacuateCell`]).
+pub const EXECUTOR_EVACUATE: &str = "executor.evacuate";
+/// Prefix of the per-cell debug kill subject ([`EvacuateCell`]): a cell with `debug_kill`
+/// goes silent and kills its instances at once, as a lost host would.
+pub const EXECUTOR_KILL: &str = "executor.kill";
+/// How often a cell advertises its presence (Diego's `lock_retry_interval`, the DEA's
+/// `intervals.advertise`: 5 s).
+pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a presence lives without a refresh (Diego's cell presence `lock_ttl`: 15 s).
+pub const PRESENCE_TTL: Duration = Duration::from_secs(15);
 
 /// How often routes are re-registered (gorouter's `minimumRegisterIntervalInSeconds`, 20 s).
 pub const REGISTER_INTERVAL: Duration = Duration::from_secs(20);
@@ -141,6 +158,24 @@ pub fn route_subject(subject: &str) -> Option<(&'static str, Option<&str>)> {
         }
     }
     None
+}
+
+/// The subject on which cell `executor_id` advertises its presence: `executor.presence.<id>`.
+#[must_use]
+pub fn executor_presence_subject(executor_id: &str) -> String {
+    format!("{EXECUTOR_PRESENCE}.{executor_id}")
+}
+
+/// The subject on which cell `executor_id` takes evacuation requests: `executor.evacuate.<id>`.
+#[must_use]
+pub fn executor_evacuate_subject(executor_id: &str) -> String {
+    format!("{EXECUTOR_EVACUATE}.{executor_id}")
+}
+
+/// The subject on which cell `executor_id` takes debug kill requests: `executor.kill.<id>`.
+#[must_use]
+pub fn executor_kill_subject(executor_id: &str) -> String {
+    format!("{EXECUTOR_KILL}.{executor_id}")
 }
 
 /// The subject on which executor `executor_id` takes [`StopInstance`] requests.
@@ -482,6 +517,132 @@ impl From<&StartInstance> for InstancePlaced {
     }
 }
 
+/// A cell's health as placement sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CellState {
+    /// Advertising and taking work.
+    #[default]
+    Healthy,
+    /// Moving its instances elsewhere: takes no new work, keeps its instances serving until
+    /// their replacements run.
+    Evacuating,
+    /// Its presence expired (never advertised by a cell; the controller's verdict).
+    Lost,
+}
+
+impl CellState {
+    /// `healthy`, `evacuating` or `lost`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Evacuating => "evacuating",
+            Self::Lost => "lost",
+        }
+    }
+}
+
+/// The DEA's `placement_properties` object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PlacementProperties {
+    /// The availability zone.
+    pub zone: String,
+}
+
+/// What a cell can hold in total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CellCapacity {
+    /// Memory, MiB.
+    pub memory_mb: u64,
+    /// Disk, MiB.
+    pub disk_mb: u64,
+    /// Container slots.
+    pub containers: u32,
+}
+
+/// How an evacuation is going, in a [`CellPresence`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EvacuationProgress {
+    /// When it began, UNIX nanoseconds.
+    pub started_at: i64,
+    /// When the cell stops whatever is left, UNIX nanoseconds.
+    pub deadline_at: i64,
+    /// Instances still on the cell.
+    pub remaining: u32,
+    /// Why (`SIGTERM`, `hydrant drain-cell`).
+    pub reason: String,
+}
+
+/// `executor.presence.<executor_id>`: the cell is alive, where it is and what it has free.
+/// Diego's cell presence (a 15 s TTL refreshed every 5 s) with the DEA's `dea.advertise` field
+/// names (`id`, `stacks`, `available_memory`, `available_disk`, `app_id_to_count`,
+/// `placement_properties.zone`), plus what the auction scores with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CellPresence {
+    /// The cell's id (its executor id; must match the subject).
+    pub id: String,
+    /// Its zone, as the DEA put it.
+    pub placement_properties: PlacementProperties,
+    /// Root filesystems it runs (`cflinuxfs4`).
+    pub stacks: Vec<String>,
+    /// The address its instances listen on.
+    pub host: String,
+    /// Free memory, MiB.
+    pub available_memory: u64,
+    /// Free disk, MiB.
+    pub available_disk: u64,
+    /// Free container slots.
+    pub available_containers: u32,
+    /// Totals.
+    pub capacity: CellCapacity,
+    /// Live instances per app guid.
+    pub app_id_to_count: BTreeMap<String, u32>,
+    /// Instances still starting (the auction's `StartingContainerCount`).
+    pub starting: u32,
+    /// `healthy` or `evacuating`.
+    pub state: CellState,
+    /// How long this presence lives without a refresh, seconds (15).
+    pub ttl_secs: u64,
+    /// Present while evacuating.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evacuation: Option<EvacuationProgress>,
+}
+
+impl CellPresence {
+    /// The cell's zone.
+    #[must_use]
+    pub fn zone(&self) -> &str {
+        &self.placement_properties.zone
+    }
+
+    /// How long this presence lives: its `ttl_secs`, or [`PRESENCE_TTL`] when it names none,
+    /// never more than a minute (a hostile cell cannot make itself immortal).
+    #[must_use]
+    pub fn ttl(&self) -> Duration {
+        match self.ttl_secs {
+            0 => PRESENCE_TTL,
+            secs => Duration::from_secs(secs.min(60)),
+        }
+    }
+}
+
+/// `executor.evacuate.<executor_id>` and `executor.kill.<executor_id>`: move everything off
+/// the cell (or, for kill, die as a lost host would).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EvacuateCell {
+    /// The cell asked (must match the subject).
+    pub executor_id: String,
+    /// Why, for the cell's log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// An executor's reply to [`StartInstance`] or [`StopInstance`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -798,5 +959,45 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_presence_reads_like_a_dea_advertisement_and_its_ttl_is_bounded() {
+        // A DEA's `dea.advertise`, unknown keys included: the shared fields land where they
+        // should and the rest defaults.
+        let dea: CellPresence = serde_json::from_value(json!({
+            "id": "dea-3",
+            "stacks": ["cflinuxfs4"],
+            "url": "http://10.0.0.3:34567",
+            "available_memory": 2048,
+            "available_disk": 8192,
+            "app_id_to_count": {"app-1": 2},
+            "placement_properties": {"zone": "z2"}
+        }))
+        .unwrap();
+        assert_eq!(dea.id, "dea-3");
+        assert_eq!(dea.zone(), "z2");
+        assert_eq!(dea.available_memory, 2048);
+        assert_eq!(dea.app_id_to_count["app-1"], 2);
+        assert_eq!(dea.state, CellState::Healthy);
+        assert_eq!(dea.ttl(), PRESENCE_TTL);
+        let hostile = CellPresence {
+            ttl_secs: u64::MAX,
+            ..CellPresence::default()
+        };
+        assert_eq!(hostile.ttl(), Duration::from_secs(60));
+        let evacuating = CellPresence {
+            state: CellState::Evacuating,
+            ..dea
+        };
+        let v: Value = serde_json::to_value(&evacuating).unwrap();
+        assert_eq!(v["state"], "evacuating");
+        assert_eq!(v["placement_properties"]["zone"], "z2");
+        assert_eq!(roundtrip(&evacuating), evacuating);
+        assert_eq!(executor_presence_subject("c1"), "executor.presence.c1");
+        assert_eq!(
+            cell_of("executor.presence.c1", EXECUTOR_PRESENCE),
+            Some("c1")
+        );
     }
 }
