@@ -56,6 +56,7 @@ const LAYERS: &[(&str, Layer, bool)] = &[
     ("hydrant-healthmanager", Layer::Platform, false),
     ("hydrant-autoscaler", Layer::Platform, false),
     ("hydrant-slo", Layer::Platform, false),
+    ("hydrant-broker", Layer::Platform, false),
     ("hydrant-nozzle-core", Layer::Consumers, true),
     ("hydrant-nozzle-syslog", Layer::Consumers, false),
     ("hydrant-nozzle-datadog", Layer::Consumers, false),

@@ -1,0 +1,315 @@
+//! MySQL (MariaDB): one shared `mariadbd` (`mariadb-install-db` once) with a database
+//! `cf_<instance>` per instance and a user per binding (`MAX_USER_CONNECTIONS` from the plan or
+//! the binding's `max_user_connections`; `SELECT` only with `read-only`), as cf-mysql-broker
+//! does. Unbind drops the user and kills its open connections.
+//!
+//! Invariant: the broker administers the server only over its Unix socket with socket
+//! (peer-credential) authentication: no administrator password exists to leak, anonymous
+//! users are removed at every start, and TCP logins are only the bindings' users.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+use super::{COMMAND_TIMEOUT, Ctx, Running, Usage, database_name};
+use crate::Error;
+use crate::catalog::Plan;
+use crate::node::{self, Spec};
+use crate::store::{Binding, Instance, SharedNode};
+
+/// A binding's user name: `u` and 15 hex digits of the binding id's SHA-256 (MariaDB user names
+/// stay short, and a binding id never shows on the server).
+#[must_use]
+pub fn username(binding_id: &str) -> String {
+    let digest = sha2::Sha256::digest(binding_id.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("u{}", &hex[..15])
+}
+
+fn socket(dir: &Path) -> String {
+    dir.join("mysqld.sock").display().to_string()
+}
+
+/// Initialises the data directory on first use and returns the node's spec.
+///
+/// # Errors
+/// `mariadb-install-db` failed, or MariaDB is not installed.
+pub async fn prepare(ctx: &Ctx, row: &SharedNode, dir: &Path) -> Result<Spec, Error> {
+    let bins = ctx.bins("mysql")?;
+    let data = dir.join("data");
+    if !data.join("mysql").exists() {
+        let datadir = format!("--datadir={}", data.display());
+        let socket_user = format!("--auth-root-socket-user={}", ctx.admin_user);
+        node::exec(
+            bins.get("install-db")?,
+            &[
+                "--no-defaults",
+                &datadir,
+                "--auth-root-authentication-method=socket",
+                &socket_user,
+                "--skip-test-db",
+            ],
+            &[],
+            ctx.user,
+            COMMAND_TIMEOUT,
+            &[],
+        )
+        .await?;
+    }
+    let port = row.ports.first().copied().unwrap_or(0);
+    let args = vec![
+        "--no-defaults".to_owned(),
+        format!("--datadir={}", data.display()),
+        format!("--socket={}", socket(dir)),
+        format!("--port={port}"),
+        format!("--bind-address={}", ctx.config.bind_address),
+        format!("--pid-file={}", dir.join("mysqld.pid").display()),
+        "--skip-name-resolve".to_owned(),
+        "--innodb-buffer-pool-size=32M".to_owned(),
+        "--innodb-log-file-size=16M".to_owned(),
+        "--performance-schema=OFF".to_owned(),
+        "--max-connections=500".to_owned(),
+    ];
+    Ok(Spec {
+        name: "mysql".to_owned(),
+        program: bins.get("mysqld")?.to_path_buf(),
+        args,
+        env: Vec::new(),
+        dir: dir.to_path_buf(),
+        user: ctx.user,
+        memory_bytes: ctx
+            .config
+            .memory_cgroups
+            .then_some(ctx.config.shared_node_memory_mb * 1024 * 1024),
+        router: Arc::new(route),
+    })
+}
+
+/// A line naming a `cf_<id>` database belongs to that instance; others to the broker.
+fn route(line: &str) -> Option<String> {
+    let at = line.find("cf_")?;
+    let id: String = line[at + 3..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .map(|c| if c == '_' { '-' } else { c })
+        .collect();
+    crate::osb::valid_id(&id).then_some(id)
+}
+
+async fn sql(ctx: &Ctx, statement: &str, redact: &[&str]) -> Result<String, Error> {
+    let r = ctx.running("mysql").await.ok_or_else(|| Error::NodeStart {
+        node: "mysql".to_owned(),
+        detail: "is not running".to_owned(),
+    })?;
+    run(ctx, &r, statement, redact).await
+}
+
+async fn run(ctx: &Ctx, r: &Running, statement: &str, redact: &[&str]) -> Result<String, Error> {
+    let socket = socket(&r.dir);
+    node::exec(
+        ctx.bins("mysql")?.get("client")?,
+        &[
+            "--no-defaults",
+            "-S",
+            &socket,
+            "-u",
+            &ctx.admin_user,
+            "-N",
+            "-B",
+            "-e",
+            statement,
+        ],
+        &[],
+        None,
+        COMMAND_TIMEOUT,
+        redact,
+    )
+    .await
+}
+
+/// Waits until the server answers, then removes anonymous users.
+///
+/// # Errors
+/// [`Error::NodeStart`] after the start timeout.
+pub async fn ready(ctx: &Ctx, r: &Running) -> Result<(), Error> {
+    let timeout = std::time::Duration::from_secs(ctx.config.start_timeout_secs);
+    node::wait_ready("mysql", timeout, || async {
+        run(ctx, r, "SELECT 1", &[]).await.map(drop)
+    })
+    .await?;
+    run(
+        ctx,
+        r,
+        "DELETE FROM mysql.global_priv WHERE User = ''; FLUSH PRIVILEGES",
+        &[],
+    )
+    .await
+    .map(drop)
+}
+
+/// Makes the instance's database.
+///
+/// # Errors
+/// The server refused.
+pub async fn provision(ctx: &Ctx, i: &Instance) -> Result<(), Error> {
+    ctx.shared("mysql").await?;
+    let db = database_name(&i.id);
+    sql(
+        ctx,
+        &format!("CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4"),
+        &[],
+    )
+    .await
+    .map(drop)
+}
+
+fn max_connections(plan: &Plan, b: &Binding) -> u64 {
+    b.parameters
+        .get("max_user_connections")
+        .and_then(Value::as_u64)
+        .unwrap_or(u64::from(plan.connections))
+}
+
+/// Makes binding `b`'s user with its grants.
+///
+/// # Errors
+/// The server refused.
+pub async fn bind(ctx: &Ctx, plan: &Plan, i: &Instance, b: &Binding) -> Result<(), Error> {
+    ctx.shared("mysql").await?;
+    let db = database_name(&i.id);
+    let (u, pw) = (&b.username, b.password.as_str());
+    let privileges = if b.parameters.get("read-only").and_then(Value::as_bool) == Some(true) {
+        "SELECT"
+    } else {
+        "ALL PRIVILEGES"
+    };
+    let max = max_connections(plan, b);
+    sql(
+        ctx,
+        &format!(
+            "CREATE USER IF NOT EXISTS '{u}'@'%' IDENTIFIED BY '{pw}' WITH MAX_USER_CONNECTIONS {max}; \
+             GRANT {privileges} ON `{db}`.* TO '{u}'@'%'"
+        ),
+        &[pw],
+    )
+    .await
+    .map(drop)
+}
+
+/// Drops binding `b`'s user and kills its connections.
+///
+/// # Errors
+/// The server refused.
+pub async fn unbind(ctx: &Ctx, b: &Binding) -> Result<(), Error> {
+    ctx.shared("mysql").await?;
+    let u = &b.username;
+    let ids = sql(
+        ctx,
+        &format!("SELECT id FROM information_schema.processlist WHERE user = '{u}'"),
+        &[],
+    )
+    .await?;
+    sql(ctx, &format!("DROP USER IF EXISTS '{u}'@'%'"), &[]).await?;
+    for id in ids.lines().filter_map(|l| l.trim().parse::<u64>().ok()) {
+        // The connection may have ended meanwhile; that is what was wanted.
+        let _ = sql(ctx, &format!("KILL {id}"), &[]).await;
+    }
+    Ok(())
+}
+
+/// Drops the instance's bindings' users and its database.
+///
+/// # Errors
+/// The server refused.
+pub async fn deprovision(ctx: &Ctx, i: &Instance, bindings: &[Binding]) -> Result<(), Error> {
+    ctx.shared("mysql").await?;
+    for b in bindings {
+        unbind(ctx, b).await?;
+    }
+    let db = database_name(&i.id);
+    sql(ctx, &format!("DROP DATABASE IF EXISTS `{db}`"), &[])
+        .await
+        .map(drop)
+}
+
+/// Binding `b`'s credentials, in cf-mysql-broker's shape.
+#[must_use]
+pub fn credentials(host: &str, port: u16, i: &Instance, b: &Binding) -> Value {
+    let db = database_name(&i.id);
+    let (u, p) = (&b.username, &b.password);
+    json!({
+        "hostname": host,
+        "port": port,
+        "name": db,
+        "username": u,
+        "password": p,
+        "uri": format!("mysql://{u}:{p}@{host}:{port}/{db}?reconnect=true"),
+        "jdbcUrl": format!("jdbc:mysql://{host}:{port}/{db}?user={u}&password={p}"),
+    })
+}
+
+/// Connections to and size of the instance's database.
+///
+/// # Errors
+/// The server did not answer.
+pub async fn usage(ctx: &Ctx, i: &Instance) -> Result<Usage, Error> {
+    let db = database_name(&i.id);
+    let out = sql(
+        ctx,
+        &format!(
+            "SELECT (SELECT COUNT(*) FROM information_schema.processlist WHERE db = '{db}'), \
+             (SELECT COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables \
+              WHERE table_schema = '{db}')"
+        ),
+        &[],
+    )
+    .await?;
+    let mut fields = out.split_whitespace().map(|f| f.parse::<f64>().ok());
+    Ok(Usage {
+        connections: fields.next().flatten().unwrap_or(0.0),
+        memory_bytes: None,
+        storage_bytes: fields.next().flatten(),
+        ops_total: None,
+        queue_depth: None,
+        queues: None,
+    })
+}
+
+/// Applies plan `to`'s per-user connection cap to bindings that did not set their own.
+///
+/// # Errors
+/// The server refused.
+pub async fn resize(ctx: &Ctx, i: &Instance, to: &Plan) -> Result<(), Error> {
+    for b in ctx.store.bindings_of(&i.id)? {
+        let max = max_connections(to, &b);
+        sql(
+            ctx,
+            &format!(
+                "ALTER USER '{}'@'%' WITH MAX_USER_CONNECTIONS {max}",
+                b.username
+            ),
+            &[],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names_are_short_stable_and_lines_route_by_database() {
+        let u = username("6b0c1a5e-5b7e-4a53-9d3c-b7c1a6a2f0c1");
+        assert_eq!(u.len(), 16);
+        assert_eq!(u, username("6b0c1a5e-5b7e-4a53-9d3c-b7c1a6a2f0c1"));
+        assert_eq!(
+            route("Access denied for user 'x'@'%' to database 'cf_ab_12'").as_deref(),
+            Some("ab-12")
+        );
+        assert_eq!(route("InnoDB: Buffer pool(s) load completed"), None);
+    }
+}

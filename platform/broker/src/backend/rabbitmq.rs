@@ -1,0 +1,365 @@
+//! RabbitMQ: one shared node (started lazily on the first provision: an Erlang node takes
+//! seconds), a vhost per instance (named by the instance id, with connection and queue limits
+//! from the plan) and a user per binding (named by the binding id, `management` tag so its
+//! credentials also work on the HTTP API), as cf-rabbitmq-multitenant-broker does. Unbind
+//! closes the user's connections and deletes it.
+//!
+//! Invariant: the node is private to this broker: its own node name, Erlang cookie (written by
+//! the broker before the first start, 0400), epmd port and distribution port from the pool, so
+//! it never joins or disturbs another RabbitMQ on the host.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::{COMMAND_TIMEOUT, Ctx, Running, Usage};
+use crate::Error;
+use crate::catalog::Plan;
+use crate::node::{self, Spec};
+use crate::store::{Binding, Instance, SharedNode};
+
+/// The administrator the node is created with.
+const ADMIN: &str = "hydrant-admin";
+
+fn env(dir: &Path, ports: &[u16]) -> Vec<(String, String)> {
+    let port = |n: usize| ports.get(n).copied().unwrap_or(0);
+    let d = |f: &str| dir.join(f).display().to_string();
+    vec![
+        ("HOME".to_owned(), dir.display().to_string()),
+        (
+            "RABBITMQ_NODENAME".to_owned(),
+            format!("hydrant{}@localhost", port(0)),
+        ),
+        ("RABBITMQ_MNESIA_BASE".to_owned(), d("mnesia")),
+        ("RABBITMQ_LOG_BASE".to_owned(), d("log")),
+        ("RABBITMQ_LOGS".to_owned(), "-".to_owned()),
+        ("RABBITMQ_CONFIG_FILE".to_owned(), d("rabbitmq.conf")),
+        (
+            "RABBITMQ_ADVANCED_CONFIG_FILE".to_owned(),
+            d("advanced.config"),
+        ),
+        ("RABBITMQ_CONF_ENV_FILE".to_owned(), d("rabbitmq-env.conf")),
+        (
+            "RABBITMQ_ENABLED_PLUGINS_FILE".to_owned(),
+            d("enabled_plugins"),
+        ),
+        ("RABBITMQ_PID_FILE".to_owned(), d("rabbitmq.pid")),
+        ("RABBITMQ_DIST_PORT".to_owned(), port(2).to_string()),
+        ("ERL_EPMD_PORT".to_owned(), port(3).to_string()),
+    ]
+}
+
+/// Writes the node's config, plugins and cookie, and returns its spec.
+///
+/// # Errors
+/// A file cannot be written, or RabbitMQ is not installed.
+pub fn prepare(ctx: &Ctx, row: &SharedNode, dir: &Path) -> Result<Spec, Error> {
+    let bins = ctx.bins("rabbitmq")?;
+    let port = |n: usize| row.ports.get(n).copied().unwrap_or(0);
+    let bind = &ctx.config.bind_address;
+    let memory = ctx.config.shared_node_memory_mb * 1024 * 1024;
+    let conf = format!(
+        "listeners.tcp.default = {bind}:{amqp}\nmanagement.tcp.ip = {bind}\n\
+         management.tcp.port = {mgmt}\nloopback_users = none\ndefault_user = {ADMIN}\n\
+         default_pass = {secret}\nvm_memory_high_watermark.absolute = {watermark}\n",
+        amqp = port(0),
+        mgmt = port(1),
+        secret = row.secret,
+        watermark = memory / 5 * 2,
+    );
+    node::write_private(&dir.join("rabbitmq.conf"), &conf, ctx.user)?;
+    node::write_private(
+        &dir.join("enabled_plugins"),
+        "[rabbitmq_management].\n",
+        ctx.user,
+    )?;
+    let cookie = dir.join(".erlang.cookie");
+    if !cookie.exists() {
+        // Written before the first start, so an admin command (as the broker's user) never
+        // creates one the node's user cannot read.
+        node::write_private(&cookie, &node::secret(32), ctx.user)?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&cookie, std::fs::Permissions::from_mode(0o400))
+            .map_err(|e| Error::io("cannot restrict", &cookie, e))?;
+    }
+    Ok(Spec {
+        name: "rabbitmq".to_owned(),
+        program: bins.get("server")?.to_path_buf(),
+        args: Vec::new(),
+        env: env(dir, &row.ports),
+        dir: dir.to_path_buf(),
+        user: ctx.user,
+        memory_bytes: ctx.config.memory_cgroups.then_some(memory),
+        router: Arc::new(route),
+    })
+}
+
+/// A line naming `vhost '<id>'` belongs to that instance; others to the broker.
+fn route(line: &str) -> Option<String> {
+    let rest = &line[line.find("vhost '")? + 7..];
+    let id = &rest[..rest.find('\'')?];
+    crate::osb::valid_id(id).then(|| id.to_owned())
+}
+
+async fn ctl(ctx: &Ctx, args: &[&str], redact: &[&str]) -> Result<String, Error> {
+    let r = ctx
+        .running("rabbitmq")
+        .await
+        .ok_or_else(|| Error::NodeStart {
+            node: "rabbitmq".to_owned(),
+            detail: "is not running".to_owned(),
+        })?;
+    run(ctx, &r, args, redact).await
+}
+
+async fn run(ctx: &Ctx, r: &Running, args: &[&str], redact: &[&str]) -> Result<String, Error> {
+    let env = env(&r.dir, &r.ports);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    node::exec(
+        ctx.bins("rabbitmq")?.get("ctl")?,
+        args,
+        &env,
+        None,
+        COMMAND_TIMEOUT,
+        redact,
+    )
+    .await
+}
+
+/// Waits until the node (with its management plugin) has finished starting.
+///
+/// # Errors
+/// [`Error::NodeStart`] after the start timeout.
+pub async fn ready(ctx: &Ctx, r: &Running) -> Result<(), Error> {
+    let timeout = std::time::Duration::from_secs(ctx.config.start_timeout_secs);
+    node::wait_ready("rabbitmq", timeout, || async {
+        run(ctx, r, &["-q", "await_startup", "--timeout", "10"], &[])
+            .await
+            .map(drop)
+    })
+    .await
+}
+
+/// Stops the node's private epmd once the node is down.
+pub async fn stop_epmd(ctx: &Ctx, r: &Running) {
+    let Ok(epmd) = ctx
+        .bins("rabbitmq")
+        .and_then(|b| b.get("epmd").map(Path::to_path_buf))
+    else {
+        return;
+    };
+    let port = r.ports.get(3).copied().unwrap_or(0).to_string();
+    let _ = node::exec(
+        &epmd,
+        &["-kill"],
+        &[("ERL_EPMD_PORT", port.as_str())],
+        ctx.user,
+        COMMAND_TIMEOUT,
+        &[],
+    )
+    .await;
+}
+
+async fn listed(ctx: &Ctx, what: &str, name: &str) -> Result<bool, Error> {
+    let out = ctl(ctx, &["-q", what, "--no-table-headers"], &[]).await?;
+    Ok(out
+        .lines()
+        .any(|l| l.split('\t').next().map(str::trim) == Some(name)))
+}
+
+/// Makes the instance's vhost with the plan's limits.
+///
+/// # Errors
+/// The node refused.
+pub async fn provision(ctx: &Ctx, plan: &Plan, i: &Instance) -> Result<(), Error> {
+    ctx.shared("rabbitmq").await?;
+    if !listed(ctx, "list_vhosts", &i.id).await? {
+        ctl(ctx, &["-q", "add_vhost", &i.id], &[]).await?;
+    }
+    ctl(
+        ctx,
+        &[
+            "-q",
+            "set_permissions",
+            "-p",
+            &i.id,
+            ADMIN,
+            ".*",
+            ".*",
+            ".*",
+        ],
+        &[],
+    )
+    .await?;
+    limits(ctx, i, plan).await
+}
+
+/// Sets the vhost's connection and queue limits to plan `to`'s.
+///
+/// # Errors
+/// The node refused.
+pub async fn limits(ctx: &Ctx, i: &Instance, to: &Plan) -> Result<(), Error> {
+    let limits = json!({"max-connections": to.connections, "max-queues": to.queues}).to_string();
+    ctl(ctx, &["-q", "set_vhost_limits", "-p", &i.id, &limits], &[])
+        .await
+        .map(drop)
+}
+
+/// Makes binding `b`'s user with full rights on the vhost.
+///
+/// # Errors
+/// The node refused.
+pub async fn bind(ctx: &Ctx, i: &Instance, b: &Binding) -> Result<(), Error> {
+    ctx.shared("rabbitmq").await?;
+    let (u, pw) = (b.username.as_str(), b.password.as_str());
+    if listed(ctx, "list_users", u).await? {
+        ctl(ctx, &["-q", "change_password", u, pw], &[pw]).await?;
+    } else {
+        ctl(ctx, &["-q", "add_user", u, pw], &[pw]).await?;
+    }
+    ctl(
+        ctx,
+        &["-q", "set_permissions", "-p", &i.id, u, ".*", ".*", ".*"],
+        &[],
+    )
+    .await?;
+    ctl(ctx, &["-q", "set_user_tags", u, "management"], &[])
+        .await
+        .map(drop)
+}
+
+/// Closes binding `b`'s connections and deletes its user.
+///
+/// # Errors
+/// The node refused.
+pub async fn unbind(ctx: &Ctx, b: &Binding) -> Result<(), Error> {
+    ctx.shared("rabbitmq").await?;
+    let u = b.username.as_str();
+    if listed(ctx, "list_users", u).await? {
+        ctl(ctx, &["-q", "delete_user", u], &[]).await?;
+    }
+    let conns = ctl(
+        ctx,
+        &[
+            "-q",
+            "list_connections",
+            "--no-table-headers",
+            "pid",
+            "user",
+        ],
+        &[],
+    )
+    .await?;
+    for line in conns.lines() {
+        let mut f = line.split('\t');
+        if let (Some(pid), Some(user)) = (f.next(), f.next())
+            && user.trim() == u
+        {
+            let _ = ctl(
+                ctx,
+                &["-q", "close_connection", pid.trim(), "binding deleted"],
+                &[],
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the instance's bindings' users and its vhost.
+///
+/// # Errors
+/// The node refused.
+pub async fn deprovision(ctx: &Ctx, i: &Instance, bindings: &[Binding]) -> Result<(), Error> {
+    ctx.shared("rabbitmq").await?;
+    for b in bindings {
+        unbind(ctx, b).await?;
+    }
+    if listed(ctx, "list_vhosts", &i.id).await? {
+        ctl(ctx, &["-q", "delete_vhost", &i.id], &[]).await?;
+    }
+    Ok(())
+}
+
+/// Binding `b`'s credentials, in cf-rabbitmq-multitenant-broker's shape.
+#[must_use]
+pub fn credentials(host: &str, amqp: u16, mgmt: u16, i: &Instance, b: &Binding) -> Value {
+    let (u, p, v) = (&b.username, &b.password, &i.id);
+    let uri = format!("amqp://{u}:{p}@{host}:{amqp}/{v}");
+    let api = format!("http://{u}:{p}@{host}:{mgmt}/api/");
+    json!({
+        "dashboard_url": format!("http://{host}:{mgmt}/#/login/"),
+        "username": u,
+        "password": p,
+        "hostname": host,
+        "hostnames": [host],
+        "vhost": v,
+        "uri": uri,
+        "uris": [uri],
+        "http_api_uri": api,
+        "http_api_uris": [api],
+        "ssl": false,
+        "protocols": {
+            "amqp": {
+                "username": u, "password": p, "vhost": v, "host": host, "hosts": [host],
+                "port": amqp, "ssl": false, "uri": uri, "uris": [uri],
+            },
+            "management": {
+                "username": u, "password": p, "host": host, "hosts": [host],
+                "port": mgmt, "ssl": false, "path": "/api/", "uri": api, "uris": [api],
+            },
+        },
+    })
+}
+
+/// The vhost's connections, queues and messages waiting.
+///
+/// # Errors
+/// The node did not answer.
+pub async fn usage(ctx: &Ctx, i: &Instance) -> Result<Usage, Error> {
+    let queues = ctl(
+        ctx,
+        &[
+            "-q",
+            "list_queues",
+            "-p",
+            &i.id,
+            "--no-table-headers",
+            "messages",
+        ],
+        &[],
+    )
+    .await?;
+    let depths: Vec<f64> = queues
+        .lines()
+        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .collect();
+    let conns = ctl(
+        ctx,
+        &["-q", "list_connections", "--no-table-headers", "vhost"],
+        &[],
+    )
+    .await?;
+    Ok(Usage {
+        connections: conns.lines().filter(|l| l.trim() == i.id).count() as f64,
+        memory_bytes: None,
+        storage_bytes: None,
+        ops_total: None,
+        queue_depth: Some(depths.iter().sum()),
+        queues: Some(depths.len() as f64),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lines_naming_a_vhost_route_to_its_instance() {
+        assert_eq!(
+            super::route("user 'b1' authenticated and granted access to vhost 'abc-1'").as_deref(),
+            Some("abc-1")
+        );
+        assert_eq!(super::route("Server startup complete"), None);
+        assert_eq!(super::route("vhost '/' is up"), None);
+    }
+}

@@ -1,0 +1,235 @@
+//! Hydrant's own service broker: one Open Service Broker API v2.17 server with four offerings —
+//! `mysql` (MariaDB), `postgresql`, `redis`, `rabbitmq`, plans `small` and `medium` — each
+//! backed by real servers the broker runs itself as supervised service nodes (data under
+//! `data_dir/nodes`, as an unprivileged user and in a memory cgroup when the broker is root,
+//! ports from a pool on `bind_address`, loopback by default).
+//!
+//! Flow: a platform (the cloud controller, any OSB client) → `listen` (basic auth,
+//! `X-Broker-API-Version`) → [`osb`] → SQLite state ([`store`]) → [`backend`] → the node's own
+//! admin client (`mariadb`, `psql`, `redis-cli`, `rabbitmqctl`) → the node. Each node's log
+//! lines go into the pipeline as `SVC` logs of their instance (source id = instance guid), and
+//! [`metrics`] emits each instance's gauges every 10 s; broker operations are counted as
+//! `broker.operations{operation,status}` with latencies in `broker.operation_seconds`.
+//!
+//! How a platform registers it: `hydrant up` writes it into `endpoints.json` as
+//! `"service_broker": {"url": "http://127.0.0.1:9030", "username": "broker", "password": "…"}`;
+//! any OSB client registers it with that URL and those basic-auth credentials.
+//!
+//! Invariants:
+//! - A backend whose programs are missing is absent from the catalog, with one log line naming
+//!   the Debian package to install; nothing else changes.
+//! - The broker survives its own restart: instances, bindings, node ports and secrets are in
+//!   SQLite, and at start every node with instances is started again on the ports its
+//!   credentials name (Redis gets its bindings' ACL users back); a provision the restart
+//!   interrupted is reported `failed` so the platform deprovisions it.
+//! - Deprovision leaves nothing: the database / vhost / process, every binding's user, the
+//!   node's directory (Redis) and its port.
+//! - A node that dies while wanted is started again (`broker.node_restarts`), and its gap
+//!   shows as `service.up 0` in its gauges.
+//!
+//! # Layout
+//! - `config`: [`Config`] and its validation.
+//! - [`catalog`]: offerings, plans, ids and parameter schemas.
+//! - [`schema`]: the parameter checker.
+//! - [`store`]: the SQLite state.
+//! - [`osb`]: the HTTP API.
+//! - [`backend`]: binaries, nodes and per-offering admin operations.
+//! - [`node`]: supervised child processes, admin commands, ports, secrets, cgroups.
+//! - [`metrics`]: per-instance gauges.
+
+pub mod backend;
+pub mod catalog;
+mod config;
+mod error;
+pub mod metrics;
+pub mod node;
+pub mod osb;
+pub mod schema;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::routing::get;
+use hydrant_emitter::Registry;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, MIN_PORTS, PortRange};
+pub use error::Error;
+
+/// The broker as a [`hydrant_runtime::Role`]: `hydrant run broker`, and the micro cloud's.
+#[derive(Debug, Clone, Copy)]
+pub struct Broker;
+
+hydrant_runtime::listeners! {
+    /// The sockets the broker serves.
+    pub struct Listeners for Broker {
+        /// The OSBAPI (`listen`).
+        api,
+    }
+}
+
+impl hydrant_runtime::Role for Broker {
+    const NAME: &'static str = "broker";
+    type Config = Config;
+    type Error = Error;
+    const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] = &[
+        hydrant_runtime::listener("api", "listen", "127.0.0.1:9030", |c| &c.listen),
+        hydrant_runtime::admin_listener("127.0.0.1:14838", |c| &c.admin_listen),
+    ];
+
+    fn describe(config: &Config) -> Option<String> {
+        Some(format!(
+            "offerings {}; nodes on {} ports {}-{}",
+            config.offerings.join(", "),
+            config.bind_address,
+            config.ports.first,
+            config.ports.last
+        ))
+    }
+
+    async fn run(
+        config: Config,
+        listeners: hydrant_runtime::Listeners,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        serve(config, listeners, registry, shutdown).await
+    }
+}
+
+/// Runs the broker until `shutdown`, then stops every service node.
+async fn serve(
+    config: Config,
+    listeners: hydrant_runtime::Listeners,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let password = config.read_password()?;
+    let user = node::service_user(&config.run_as)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| Error::io("cannot create", &config.data_dir, e))?;
+    if user.is_some() {
+        // Nodes run as `run_as` and must reach their own directories below this one.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| Error::io("cannot open up", &config.data_dir, e))?;
+    }
+    let store = Arc::new(store::Store::open(&config.data_dir.join("broker.db"))?);
+    for mut i in store.instances()? {
+        if i.state == store::State::Creating {
+            i.state = store::State::Failed;
+            i.description =
+                "the broker restarted while provisioning; deprovision and retry".to_owned();
+            store.put_instance(&i)?;
+        }
+    }
+
+    let mut bins = HashMap::new();
+    let mut available = Vec::new();
+    for o in catalog::OFFERINGS {
+        if !config.offerings.iter().any(|n| n == o.name) {
+            continue;
+        }
+        match backend::detect(o.name) {
+            Ok(b) => {
+                bins.insert(o.name, b);
+                available.push(o);
+            }
+            Err(why) => tracing::warn!("offering {} is absent from the catalog: {why}", o.name),
+        }
+    }
+
+    let emitter_stop = CancellationToken::new();
+    let _emitter_guard = emitter_stop.clone().drop_guard();
+    let emitter = config.telemetry.start(&registry, emitter_stop.clone());
+    let nodes_stop = CancellationToken::new();
+    let sink = node::Sink {
+        emitter: emitter.clone(),
+        registry: registry.clone(),
+    };
+    let ctx = Arc::new(backend::Ctx::new(
+        config.clone(),
+        user,
+        bins,
+        sink,
+        Arc::clone(&store),
+        nodes_stop.clone(),
+    ));
+    tokio::spawn(restore(Arc::clone(&ctx)));
+    let tasks = shutdown.child_token();
+    tokio::spawn(metrics::run(
+        Arc::clone(&ctx),
+        emitter.clone(),
+        registry.clone(),
+        tasks.clone(),
+    ));
+    listeners.mount_admin(admin_routes(Arc::clone(&ctx)));
+
+    let listeners = Listeners::take(listeners)?;
+    let broker = Arc::new(osb::Broker::new(
+        Arc::clone(&ctx),
+        available,
+        config.username.clone(),
+        password,
+        registry.clone(),
+    ));
+    let served = axum::serve(listeners.api, osb::router(broker))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    tasks.cancel();
+    ctx.stop_all().await;
+    nodes_stop.cancel();
+    emitter_stop.cancel();
+    if let Some(emitter) = &emitter {
+        emitter.stopped().await;
+    }
+    served.map_err(|e| Error::io("serving", &config.listen, e))
+}
+
+/// Starts again the nodes of instances that exist (a broker restart).
+async fn restore(ctx: Arc<backend::Ctx>) {
+    let instances = match ctx.store.instances() {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::warn!("cannot read instances to restore their nodes: {e}");
+            return;
+        }
+    };
+    let mut shared_started = Vec::new();
+    for i in instances.iter().filter(|i| i.state == store::State::Ready) {
+        let Some(plan) = catalog::offering(&i.offering).and_then(|o| o.plan(&i.plan_id)) else {
+            continue;
+        };
+        let result = if i.offering == "redis" {
+            ctx.redis_node(i, plan).await.map(drop)
+        } else if !shared_started.contains(&i.offering) {
+            shared_started.push(i.offering.clone());
+            ctx.shared(&i.offering).await.map(drop)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
+            tracing::warn!(instance = %i.id, "cannot restore its service node: {e}");
+        }
+    }
+}
+
+fn admin_routes(ctx: Arc<backend::Ctx>) -> axum::Router {
+    axum::Router::new().route(
+        "/v1/nodes",
+        get(move || {
+            let ctx = Arc::clone(&ctx);
+            async move {
+                let nodes: Vec<serde_json::Value> = ctx
+                    .node_pids()
+                    .await
+                    .into_iter()
+                    .map(|(name, pid, ports)| serde_json::json!({"name": name, "pid": pid, "ports": ports}))
+                    .collect();
+                Json(nodes)
+            }
+        }),
+    )
+}

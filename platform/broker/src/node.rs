@@ -1,0 +1,586 @@
+//! Service nodes: the real servers (mariadbd, postgres, redis-server, rabbitmq-server) the
+//! broker runs as supervised child processes, and the small mechanisms around them — admin
+//! commands with deadlines, the port pool, random secrets, the unprivileged user and the
+//! memory cgroup a node runs in.
+//!
+//! Flow: [`Node::spawn`] starts the supervisor task → the child starts (as `run_as` when the
+//! broker is root, in its own memory cgroup when it can) → its stdout/stderr lines become `SVC`
+//! log envelopes of the instance they belong to → when the child dies while wanted (a crash, a
+//! SIGKILL) it is counted (`broker.node_restarts`) and started again after a capped backoff,
+//! and [`Node::starts`] ticks so the broker re-applies what a restart loses (Redis ACL users).
+//!
+//! Invariants: a node's log line is capped at [`MAX_LINE`] bytes (longer lines are cut and
+//! counted, never buffered whole); a node is stopped with SIGTERM and, after
+//! [`STOP_GRACE`], SIGKILL, so deprovision and shutdown never leave a process behind; an
+//! admin command's error carries its program and stderr, with every secret it was given
+//! replaced by `***`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use hydrant_emitter::{Counter, Emitter, Registry};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+
+/// The longest log line kept; the rest of a longer line is dropped and counted.
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// How long a node gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// The `source_type` of a service node's log lines.
+pub const SOURCE_TYPE: &str = "SVC";
+
+/// Maps one log line of a node to the source id (instance guid) it belongs to; `None` keeps
+/// it out of every tenant's stream (it goes to the broker's own log).
+pub type Router = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// How to start one node.
+#[derive(Clone)]
+pub struct Spec {
+    /// Its name (`postgresql-42001`, `redis-<instance>`): logs, cgroup and `/v1/nodes`.
+    pub name: String,
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments (no secrets: those go in files under `dir`).
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Its working and data directory.
+    pub dir: PathBuf,
+    /// Who it runs as (uid, gid), when the broker is root.
+    pub user: Option<(u32, u32)>,
+    /// Its memory cgroup's limit, bytes, when the broker may make cgroups.
+    pub memory_bytes: Option<u64>,
+    /// Where its log lines go.
+    pub router: Router,
+}
+
+impl std::fmt::Debug for Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spec")
+            .field("name", &self.name)
+            .field("program", &self.program)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What nodes report into.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    /// Where log lines go (none: only the broker's own log).
+    pub emitter: Option<Emitter>,
+    /// The broker's registry (restart and dropped-line counters).
+    pub registry: Registry,
+}
+
+/// A running, supervised node.
+#[derive(Debug)]
+pub struct Node {
+    /// Its name.
+    pub name: String,
+    pid: Arc<AtomicU32>,
+    starts: watch::Receiver<u64>,
+    stop: CancellationToken,
+    task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Node {
+    /// Starts `spec` under a supervisor that restarts it until [`Node::stop`] or `shutdown`.
+    #[must_use]
+    pub fn spawn(spec: Spec, sink: Sink, shutdown: &CancellationToken) -> Arc<Self> {
+        let pid = Arc::new(AtomicU32::new(0));
+        let (tx, starts) = watch::channel(0);
+        let stop = shutdown.child_token();
+        let name = spec.name.clone();
+        let task = tokio::spawn(supervise(spec, sink, Arc::clone(&pid), tx, stop.clone()));
+        Arc::new(Self {
+            name,
+            pid,
+            starts,
+            stop,
+            task: tokio::sync::Mutex::new(Some(task)),
+        })
+    }
+
+    /// The current child's pid (0 between a death and its restart).
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Ordering::Relaxed)
+    }
+
+    /// Ticks at every (re)start of the child.
+    #[must_use]
+    pub fn starts(&self) -> watch::Receiver<u64> {
+        self.starts.clone()
+    }
+
+    /// Stops the child (SIGTERM, then SIGKILL after [`STOP_GRACE`]) and the supervisor, and
+    /// waits for both.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.lock().await.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn supervise(
+    spec: Spec,
+    sink: Sink,
+    pid: Arc<AtomicU32>,
+    starts: watch::Sender<u64>,
+    stop: CancellationToken,
+) {
+    let restarts = sink.registry.counter(
+        "broker.node_restarts",
+        "Service nodes started again after they exited unasked",
+        &[("node", node_kind(&spec.name))],
+    );
+    let truncated = sink.registry.counter(
+        "broker.dropped",
+        "Service node log bytes not forwarded, by reason",
+        &[("reason", "line_too_long")],
+    );
+    let backoff = hydrant_runtime::Backoff::from_ms(500, 30_000, 0.2);
+    let mut attempt = 0u32;
+    loop {
+        let began = Instant::now();
+        match start(&spec, &sink, &truncated) {
+            Ok(mut child) => {
+                let id = child.id().unwrap_or(0);
+                pid.store(id, Ordering::Relaxed);
+                if let Some(bytes) = spec.memory_bytes
+                    && let Err(why) = cgroup::attach(&spec.name, bytes, id)
+                {
+                    tracing::warn!(node = %spec.name, "runs without a memory cgroup: {why}");
+                }
+                starts.send_modify(|n| *n += 1);
+                tokio::select! {
+                    status = child.wait() => {
+                        pid.store(0, Ordering::Relaxed);
+                        restarts.inc();
+                        tracing::warn!(node = %spec.name, ?status, "service node exited; starting it again");
+                    }
+                    () = stop.cancelled() => {
+                        terminate(&mut child, &spec.name).await;
+                        pid.store(0, Ordering::Relaxed);
+                        cgroup::remove(&spec.name);
+                        return;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(node = %spec.name, "cannot start service node: {e}"),
+        }
+        if began.elapsed() > Duration::from_secs(60) {
+            attempt = 0;
+        }
+        let delay = backoff.delay(attempt);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.cancelled() => {
+                cgroup::remove(&spec.name);
+                return;
+            }
+        }
+    }
+}
+
+fn node_kind(name: &str) -> &'static str {
+    ["mysql", "postgresql", "redis", "rabbitmq"]
+        .into_iter()
+        .find(|k| name.starts_with(k))
+        .unwrap_or("other")
+}
+
+fn start(spec: &Spec, sink: &Sink, truncated: &Counter) -> Result<Child, Error> {
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .current_dir(&spec.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    if let Some((uid, gid)) = spec.user {
+        cmd.uid(uid).gid(gid);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io("cannot start", &spec.program, e))?;
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pump(
+            out,
+            false,
+            spec.clone(),
+            sink.clone(),
+            truncated.clone(),
+        ));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pump(
+            err,
+            true,
+            spec.clone(),
+            sink.clone(),
+            truncated.clone(),
+        ));
+    }
+    Ok(child)
+}
+
+/// Forwards a node's output line by line, each line capped at [`MAX_LINE`].
+async fn pump(
+    reader: impl AsyncRead + Unpin,
+    is_err: bool,
+    spec: Spec,
+    sink: Sink,
+    truncated: Counter,
+) {
+    let mut reader = BufReader::new(reader);
+    let mut line: Vec<u8> = Vec::new();
+    loop {
+        let (used, end) = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(buf) => {
+                let (chunk, end) = match buf.iter().position(|&c| c == b'\n') {
+                    Some(i) => (&buf[..i], Some(i + 1)),
+                    None => (buf, None),
+                };
+                let room = MAX_LINE.saturating_sub(line.len());
+                let keep = chunk.len().min(room);
+                line.extend_from_slice(&chunk[..keep]);
+                if keep < chunk.len() {
+                    truncated.add((chunk.len() - keep) as u64);
+                }
+                (end.unwrap_or(buf.len()), end.is_some())
+            }
+        };
+        reader.consume(used);
+        if end {
+            forward(&line, is_err, &spec, &sink);
+            line.clear();
+        }
+    }
+    if !line.is_empty() {
+        forward(&line, is_err, &spec, &sink);
+    }
+}
+
+fn forward(line: &[u8], is_err: bool, spec: &Spec, sink: &Sink) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end();
+    if text.is_empty() {
+        return;
+    }
+    match (spec.router)(text) {
+        Some(source) => {
+            if let Some(emitter) = &sink.emitter {
+                emitter.log(&source, "0", SOURCE_TYPE, text.as_bytes(), is_err);
+            }
+        }
+        None => tracing::debug!(node = %spec.name, "{text}"),
+    }
+}
+
+async fn terminate(child: &mut Child, name: &str) {
+    if let Some(id) = child.id()
+        && let Ok(pid) = i32::try_from(id)
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(node = %name, "service node ignored SIGTERM; killing it");
+        let _ = child.kill().await;
+    }
+}
+
+/// Runs an admin command: `program args` with `env`, as `user`, for at most `timeout`.
+///
+/// # Errors
+/// [`Error::Command`] with the exit status and stderr (secrets in `redact` replaced by
+/// `***`), or the deadline.
+pub async fn exec(
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    user: Option<(u32, u32)>,
+    timeout: Duration,
+    redact: &[&str],
+) -> Result<String, Error> {
+    let name = program.file_name().map_or_else(
+        || program.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    let out = match tokio::time::timeout(timeout, cmd.output()).await {
+        Err(_) => {
+            return Err(Error::command(
+                &name,
+                format!("no answer within {} s", timeout.as_secs()),
+            ));
+        }
+        Ok(Err(e)) => return Err(Error::command(&name, format!("cannot run it: {e}"))),
+        Ok(Ok(out)) => out,
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        return Ok(stdout);
+    }
+    let mut detail = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    if detail.is_empty() {
+        detail = stdout.trim().to_owned();
+    }
+    for secret in redact.iter().filter(|s| !s.is_empty()) {
+        detail = detail.replace(secret, "***");
+    }
+    if detail.len() > 600 {
+        let mut cut = detail.len() - 600;
+        while !detail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        detail = format!("…{}", &detail[cut..]);
+    }
+    Err(Error::command(&name, format!("{}: {detail}", out.status)))
+}
+
+/// Waits until `probe` succeeds, trying every 200 ms, for at most `timeout`.
+///
+/// # Errors
+/// [`Error::NodeStart`] with the probe's last error.
+pub async fn wait_ready<F, Fut>(node: &str, timeout: Duration, mut probe: F) -> Result<(), Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match probe().await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::NodeStart {
+                node: node.to_owned(),
+                detail: format!("not ready after {} s: {last}", timeout.as_secs()),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A random secret of `len` letters and digits (safe inside SQL literals, URIs and shell
+/// words without escaping).
+#[must_use]
+pub fn secret(len: usize) -> String {
+    use ring::rand::SecureRandom as _;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let rng = ring::rand::SystemRandom::new();
+    let mut out = String::with_capacity(len);
+    let mut buf = [0u8; 64];
+    while out.len() < len {
+        if rng.fill(&mut buf).is_err() {
+            // The system RNG failing is not recoverable; fall back to the OS's per-process
+            // random state rather than hand out a predictable secret.
+            return uuid::Uuid::new_v4().simple().to_string();
+        }
+        for b in buf {
+            // 248 = 4 × 62: rejecting the rest keeps every character equally likely.
+            if b < 248 && out.len() < len {
+                out.push(char::from(ALPHABET[usize::from(b % 62)]));
+            }
+        }
+    }
+    out
+}
+
+/// The (uid, gid) service nodes run as: `run_as`'s when the broker is root, else `None` (the
+/// broker's own user).
+///
+/// # Errors
+/// [`Error::Config`] when the broker is root and `run_as` is not a user here.
+pub fn service_user(run_as: &str) -> Result<Option<(u32, u32)>, Error> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    match nix::unistd::User::from_name(run_as) {
+        Ok(Some(u)) => Ok(Some((u.uid.as_raw(), u.gid.as_raw()))),
+        _ => Err(hydrant_runtime::invalid(
+            "run_as",
+            format!(
+                "{run_as:?} is not a user on this host; create it or name another unprivileged user"
+            ),
+        )
+        .into()),
+    }
+}
+
+/// Creates `dir` (and parents) owned by `user`.
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn make_dir(dir: &Path, user: Option<(u32, u32)>) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+            .map_err(|e| Error::io("cannot hand over", dir, e))?;
+    }
+    Ok(())
+}
+
+/// Writes `text` to `path` (mode 0600, owned by `user`): node config files that hold secrets.
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn write_private(path: &Path, text: &str, user: Option<(u32, u32)>) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).map_err(|e| Error::io("cannot write", path, e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io("cannot restrict", path, e))?;
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(|e| Error::io("cannot hand over", path, e))?;
+    }
+    Ok(())
+}
+
+/// Memory cgroups for nodes (v2 when mounted, else v1's memory hierarchy), under
+/// `hydrant-broker/<node>`. Best effort: without permission a node runs unlimited, with a
+/// warning naming why.
+pub mod cgroup {
+    use std::path::PathBuf;
+
+    const PARENT: &str = "hydrant-broker";
+
+    fn dir(node: &str) -> Option<(PathBuf, bool)> {
+        let root = PathBuf::from("/sys/fs/cgroup");
+        if root.join("cgroup.controllers").exists() {
+            Some((root.join(PARENT).join(node), true))
+        } else if root.join("memory").is_dir() {
+            Some((root.join("memory").join(PARENT).join(node), false))
+        } else {
+            None
+        }
+    }
+
+    /// Puts `pid` in node's cgroup limited to `bytes`.
+    ///
+    /// # Errors
+    /// Why not, as a sentence.
+    pub fn attach(node: &str, bytes: u64, pid: u32) -> Result<(), String> {
+        let Some((dir, v2)) = dir(node) else {
+            return Err("no cgroup file system is mounted".to_owned());
+        };
+        if v2 {
+            let parent = dir.parent().map(PathBuf::from).unwrap_or_default();
+            std::fs::create_dir_all(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+            let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
+            let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory");
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let limit = if v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        std::fs::write(dir.join(limit), bytes.to_string())
+            .map_err(|e| format!("{}: {e}", dir.join(limit).display()))?;
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+            .map_err(|e| format!("{}: {e}", dir.join("cgroup.procs").display()))?;
+        Ok(())
+    }
+
+    /// The limit node's cgroup has, bytes, when it has one.
+    #[must_use]
+    pub fn limit(node: &str) -> Option<u64> {
+        let (dir, v2) = dir(node)?;
+        let file = if v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        std::fs::read_to_string(dir.join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Sets node's cgroup limit (a plan change).
+    pub fn set_limit(node: &str, bytes: u64) {
+        if let Some((dir, v2)) = dir(node) {
+            let file = if v2 {
+                "memory.max"
+            } else {
+                "memory.limit_in_bytes"
+            };
+            let _ = std::fs::write(dir.join(file), bytes.to_string());
+        }
+    }
+
+    /// Removes node's cgroup once its processes are gone.
+    pub fn remove(node: &str) {
+        if let Some((dir, _)) = dir(node) {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_alphanumeric_and_differ() {
+        let a = secret(24);
+        assert_eq!(a.len(), 24);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, secret(24));
+    }
+
+    #[tokio::test]
+    async fn a_failed_command_names_the_program_and_hides_secrets() {
+        let err = exec(
+            Path::new("sh"),
+            &["-c", "echo 'bad password hunter2' >&2; exit 3"],
+            &[],
+            None,
+            Duration::from_secs(10),
+            &["hunter2"],
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("sh failed: "), "{err}");
+        assert!(err.contains("bad password ***"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}
