@@ -8,8 +8,17 @@
 //! Invariant: every envelope referenced here passed [`EnvelopeView::parse`], so a stock prost
 //! decoder accepts it; malformed envelopes are counted by the caller and never referenced. One
 //! `Vec` per batch, no allocation per envelope, no copy of envelope bytes.
+//!
+//! With fair drops on, [`ValidBatch::retain_fair`] charges each envelope to its source in the
+//! ingress ring's `FairShare` and drops the references to those refused (the bytes stay; the
+//! envelope is simply no longer part of the batch). The batch holds its charges until
+//! [`ValidBatch::release_fair`] (the router took it); a batch dropped without that was evicted
+//! from the ring, and its envelopes are counted against their sources.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
+use hydrant_buffer::{FairShare, KeyHasher, Share};
 use hydrant_envelope::wire::{BatchIter, EnvelopeView, Fields, Kind, Value};
 
 /// Where one valid envelope and its routing fields sit in the batch buffer.
@@ -35,10 +44,36 @@ pub struct Tally {
 }
 
 /// The valid envelopes of one received message.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct ValidBatch {
     buf: Bytes,
     slots: Vec<Slot>,
+    lease: Option<Lease>,
+}
+
+/// A copy shares the bytes but holds no fairness charge: only the original is in the ring.
+impl Clone for ValidBatch {
+    fn clone(&self) -> Self {
+        Self {
+            buf: self.buf.clone(),
+            slots: self.slots.clone(),
+            lease: None,
+        }
+    }
+}
+
+/// What a batch's envelopes are charged to in the ingress ring's fairness ledger. Dropped
+/// without [`ValidBatch::release_fair`], the batch was evicted: its sources lose them.
+#[derive(Debug)]
+struct Lease {
+    fair: Arc<FairShare>,
+    shares: Vec<Share>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.fair.evicted(&self.shares);
+    }
 }
 
 /// One valid envelope of a [`ValidBatch`], borrowed.
@@ -89,7 +124,14 @@ impl ValidBatch {
                 }
             }
         }
-        (Self { buf, slots }, tally)
+        (
+            Self {
+                buf,
+                slots,
+                lease: None,
+            },
+            tally,
+        )
     }
 
     /// Validates one encoded `Envelope` (the legacy `Sender` stream).
@@ -106,7 +148,56 @@ impl ValidBatch {
                 Vec::new()
             }
         };
-        (Self { buf, slots }, tally)
+        (
+            Self {
+                buf,
+                slots,
+                lease: None,
+            },
+            tally,
+        )
+    }
+
+    /// Charges every envelope to its source in `fair` (the queue is `fill_permille` full) and
+    /// drops from the batch those refused for being over their source's share; returns how many
+    /// were refused. The batch then holds its charges until [`ValidBatch::release_fair`].
+    pub fn retain_fair(&mut self, fair: &Arc<FairShare>, keys: &KeyHasher, fill: u64) -> usize {
+        let mut shares: Vec<Share> = Vec::new();
+        let mut refused = 0;
+        let buf = &self.buf;
+        self.slots.retain(|slot| {
+            let bytes = part(buf, slot.start, slot.len);
+            let source = part(bytes, slot.source_start, slot.source_len);
+            // Validated as UTF-8 by the parser.
+            let name = std::str::from_utf8(source).unwrap_or_default();
+            match fair.admit(keys.key(source), name, slot.len, fill) {
+                Some(share) => {
+                    if !shares.last_mut().is_some_and(|last| last.merge(share)) {
+                        shares.push(share);
+                    }
+                    true
+                }
+                None => {
+                    refused += 1;
+                    false
+                }
+            }
+        });
+        // A second charge replaces (and so evicts) the first; callers charge once.
+        self.lease = Some(Lease {
+            fair: fair.clone(),
+            shares,
+        });
+        refused
+    }
+
+    /// Gives back what [`ValidBatch::retain_fair`] charged: the batch left the queue it was
+    /// charged for.
+    pub fn release_fair(&mut self) {
+        if let Some(mut lease) = self.lease.take() {
+            lease.fair.release(&lease.shares);
+            lease.shares.clear();
+        }
     }
 
     fn slot(base: &[u8], view: &EnvelopeView<'_>) -> Slot {
@@ -280,6 +371,36 @@ mod tests {
         assert_eq!(tally.received, 4);
         assert_eq!(tally.malformed, 2);
         assert_eq!(batch.len(), 2);
+    }
+
+    #[test]
+    fn fairness_drops_only_the_loud_source_and_the_charges_come_back() {
+        let fair = Arc::new(FairShare::new(hydrant_buffer::FairConfig::default()));
+        let keys = KeyHasher::default();
+        let loud = encode(&gauge("loud", &["a"]));
+        let quiet = encode(&gauge("quiet", &["a"]));
+        let (mut first, _) =
+            ValidBatch::from_batch(batch_of(std::iter::repeat_n(loud.as_ref(), 50)));
+        assert_eq!(
+            first.retain_fair(&fair, &keys, 0),
+            0,
+            "no pressure, no refusal"
+        );
+        let mixed = [loud.as_ref(), quiet.as_ref(), loud.as_ref(), quiet.as_ref()];
+        let (mut second, _) = ValidBatch::from_batch(batch_of(mixed));
+        // The first loud envelope still finds its source alone; once the quiet one holds a
+        // share, the loud one is over its own.
+        assert_eq!(second.retain_fair(&fair, &keys, 1000), 1);
+        let sources: Vec<&[u8]> = second.iter().map(|e| e.source_id).collect();
+        assert_eq!(sources, [&b"loud"[..], b"quiet", b"quiet"]);
+        second.release_fair();
+        drop(first);
+        let stats = fair.stats();
+        assert_eq!((stats.admitted, stats.released, stats.evicted), (53, 3, 50));
+        assert!(stats.balanced() && stats.queued == 0, "{stats:?}");
+        let copy = second.clone();
+        drop(copy);
+        assert_eq!(fair.stats().evicted, 50, "a copy holds no charge");
     }
 
     #[test]

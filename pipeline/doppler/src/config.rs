@@ -31,6 +31,11 @@ pub struct Config {
     pub ingress_ring_envelopes: usize,
     /// Bytes of batches the ingress ring holds before it drops its oldest. Default 64 MiB.
     pub ingress_ring_bytes: usize,
+    /// Fair drops at ingress: once the ring is half full, an envelope whose source already holds
+    /// more than its share of the ring is refused (`doppler.dropped{reason="fair_share"}`, by
+    /// source in `doppler.dropped_by_source`) and the source is told in its own stream, so one
+    /// app's flood never costs a quiet app a line. Default true.
+    pub fair_share: bool,
     /// Envelopes waiting for one subscriber before its oldest are dropped (counted
     /// `doppler.dropped{reason="slow_subscriber"}`, and a gap marker goes into its stream).
     /// Default 50_000 (see `ingress_ring_envelopes`).
@@ -84,6 +89,7 @@ impl Default for Config {
             instance_id: "doppler-0".to_owned(),
             ingress_ring_envelopes: 50_000,
             ingress_ring_bytes: 64 * 1024 * 1024,
+            fair_share: true,
             subscription_queue_envelopes: 50_000,
             subscription_queue_bytes: 16 * 1024 * 1024,
             egress_batch_envelopes: 100,

@@ -8,12 +8,25 @@
 //! (`doppler.dropped{reason="malformed"}`) and skipped while the rest of its batch, its stream and
 //! every other stream carry on. A handler never awaits anything downstream: pushing into the ring
 //! is a short lock, and overflow drops the ring's oldest data, counted.
+//!
+//! Fair drops (`fair_share`, on by default): before a batch enters the ring, each envelope is
+//! charged to its source; once the ring is half full, a source holding more than its share of
+//! it is refused (`doppler.dropped{reason="fair_share"}`), so an agent forwarding one app's
+//! flood cannot make the ring evict a quiet app's lines. Every second or so the drops are
+//! handed to `doppler.dropped_by_source` and each source that lost envelopes is told, at most
+//! once per 10 s, by a log line in its own stream (`doppler.fair_notices`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
+use hydrant_buffer::{FairConfig, FairDrop, FairShare, KeyHasher};
 use hydrant_envelope::raw::Empty;
 use hydrant_envelope::raw::ingress::ingress_server::Ingress;
+use hydrant_envelope::v2;
+use hydrant_envelope::wire;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -21,36 +34,100 @@ use crate::batch::{Tally, ValidBatch};
 use crate::metrics::Metrics;
 use crate::ring::IngressRing;
 
+/// How often the fairness ledger hands over its counts and notices.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The ring's fairness ledger and when it is next swept.
+#[derive(Debug)]
+struct Fair {
+    ledger: Arc<FairShare>,
+    keys: KeyHasher,
+    next_sweep: Mutex<Instant>,
+}
+
 /// Validates incoming messages and feeds the ring.
 #[derive(Debug)]
 pub(crate) struct IngressService {
     ring: Arc<IngressRing>,
     metrics: Metrics,
     shutdown: CancellationToken,
+    fair: Option<Fair>,
 }
 
 impl IngressService {
+    /// `fair`: charge envelopes to their sources and refuse the ones over their share.
     pub(crate) fn new(
         ring: Arc<IngressRing>,
         metrics: Metrics,
         shutdown: CancellationToken,
+        fair: bool,
     ) -> Self {
         Self {
             ring,
             metrics,
             shutdown,
+            fair: fair.then(|| Fair {
+                ledger: Arc::new(FairShare::new(FairConfig::default())),
+                keys: KeyHasher::default(),
+                next_sweep: Mutex::new(Instant::now() + SWEEP_EVERY),
+            }),
         }
     }
 
-    fn accept(&self, (batch, tally): (ValidBatch, Tally)) {
+    fn accept(&self, (mut batch, tally): (ValidBatch, Tally)) {
         self.metrics.ingress.add(tally.received as u64);
         if tally.malformed > 0 {
             self.metrics.dropped_malformed.add(tally.malformed as u64);
             tracing::debug!(malformed = tally.malformed, "dropped malformed envelopes");
         }
+        if let Some(fair) = &self.fair
+            && !batch.is_empty()
+        {
+            let refused = batch.retain_fair(&fair.ledger, &fair.keys, self.ring.fill_permille());
+            self.metrics.dropped_fair_share.add(refused as u64);
+            self.ring.push(batch);
+            self.maybe_sweep(fair, Instant::now());
+            return;
+        }
         self.ring.push(batch);
     }
 
+    /// Hands the ledger's drops to `doppler.dropped_by_source` and the due notices to their
+    /// sources, when a sweep is due (and no other handler is doing it).
+    fn maybe_sweep(&self, fair: &Fair, now: Instant) {
+        {
+            let Ok(mut next) = fair.next_sweep.try_lock() else {
+                return;
+            };
+            if now < *next {
+                return;
+            }
+            *next = now + SWEEP_EVERY;
+        }
+        self.sweep(fair, now);
+    }
+
+    fn sweep(&self, fair: &Fair, now: Instant) {
+        let mut notices: Vec<Bytes> = Vec::new();
+        let by_source = &self.metrics.dropped_by_source;
+        let interval = fair.ledger.config().notice_interval;
+        fair.ledger.sweep(
+            now,
+            |d| by_source.add(d.source, d.dropped),
+            |d| {
+                if let Some(source) = d.source {
+                    notices.push(notice(source, d.dropped, d.why, interval));
+                }
+            },
+        );
+        if notices.is_empty() {
+            return;
+        }
+        self.metrics.fair_notices.add(notices.len() as u64);
+        // Uncharged: a notice is small and is the one thing the source must get.
+        let (batch, _) = ValidBatch::from_batch(wire::batch_of(notices.iter().map(|n| n.as_ref())));
+        self.ring.push(batch);
+    }
     /// Drains a client stream until it ends or the doppler shuts down.
     async fn consume(
         &self,
@@ -80,6 +157,30 @@ impl IngressService {
     }
 }
 
+/// The log line a source that lost `dropped` envelopes here gets in its own stream.
+fn notice(source: &str, dropped: u64, why: FairDrop, interval: Duration) -> Bytes {
+    let cause = match why {
+        FairDrop::Refused => "this app exceeded its fair share of doppler ingress",
+        FairDrop::Evicted => "the doppler's ingress ring was full",
+    };
+    let envelope = v2::Envelope {
+        timestamp: hydrant_envelope::now_nanos(),
+        source_id: source.to_owned(),
+        tags: HashMap::from([("source_type".to_owned(), "LGR".to_owned())]),
+        message: Some(v2::envelope::Message::Log(v2::Log {
+            payload: format!(
+                "hydrant: {dropped} envelopes dropped in the last {} s: {cause}",
+                interval.as_secs().max(1)
+            )
+            .into_bytes()
+            .into(),
+            r#type: v2::log::Type::Err as i32,
+        })),
+        ..v2::Envelope::default()
+    };
+    wire::encode(&envelope)
+}
+
 #[tonic::async_trait]
 impl Ingress for IngressService {
     async fn sender(&self, request: Request<Streaming<Bytes>>) -> Result<Response<Empty>, Status> {
@@ -98,5 +199,94 @@ impl Ingress for IngressService {
     async fn send(&self, request: Request<Bytes>) -> Result<Response<Empty>, Status> {
         self.accept(ValidBatch::from_batch(request.into_inner()));
         Ok(Response::new(Empty))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
+mod tests {
+    use std::collections::VecDeque;
+
+    use hydrant_emitter::Registry;
+    use hydrant_envelope::wire::{EnvelopeView, batch_of, encode};
+
+    use super::*;
+
+    fn log(source: &str) -> Bytes {
+        encode(&v2::Envelope {
+            source_id: source.to_owned(),
+            message: Some(v2::envelope::Message::Log(v2::Log {
+                payload: Bytes::from_static(b"line"),
+                r#type: 0,
+            })),
+            ..v2::Envelope::default()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_into_a_full_ring_loses_its_own_envelopes_and_is_told_the_quiet_app_none() {
+        let registry = Registry::new("doppler", "t");
+        let metrics = Metrics::new(&registry);
+        let ring = Arc::new(IngressRing::new(
+            1000,
+            usize::MAX,
+            metrics.dropped_ring_full.clone(),
+            metrics.ingress_ring_depth.clone(),
+        ));
+        let service = IngressService::new(ring.clone(), metrics, CancellationToken::new(), true);
+        let (loud, quiet) = (log("loud"), log("quiet"));
+        // Nobody takes from the ring: ten times its size of flood, a quiet line now and then.
+        for i in 0..100 {
+            let mut envelopes = vec![loud.as_ref(); 100];
+            if i % 10 == 0 {
+                envelopes[50] = quiet.as_ref();
+            }
+            service.accept(ValidBatch::from_batch(batch_of(envelopes)));
+        }
+        let mut out = VecDeque::new();
+        ring.take_all(&mut out);
+        let count = |name: &[u8]| -> usize {
+            out.iter()
+                .map(|b| b.iter().filter(|e| e.source_id == name).count())
+                .sum()
+        };
+        assert_eq!(count(b"quiet"), 10, "every quiet line is in the ring");
+        let refused = registry.counter_sum("doppler.dropped", &[("reason", "fair_share")]);
+        let evicted = registry.counter_sum("doppler.dropped", &[("reason", "ingress_ring_full")]);
+        assert!(refused > 0);
+        assert_eq!(count(b"loud") as u64 + refused + evicted, 100 * 100 - 10);
+        for batch in &mut out {
+            batch.release_fair();
+        }
+        drop(out);
+
+        tokio::time::advance(SWEEP_EVERY).await;
+        service.accept(ValidBatch::from_batch(batch_of([quiet.as_ref()])));
+        assert_eq!(
+            registry.counter_sum("doppler.dropped_by_source", &[("source_id", "loud")]),
+            refused + evicted
+        );
+        assert_eq!(
+            registry.counter_sum("doppler.dropped_by_source", &[("source_id", "quiet")]),
+            0
+        );
+        let mut out = VecDeque::new();
+        ring.take_all(&mut out);
+        let notices: Vec<String> = out
+            .iter()
+            .flat_map(|b| b.iter().map(|e| e.bytes.to_vec()).collect::<Vec<_>>())
+            .filter_map(|bytes| {
+                let view = EnvelopeView::parse(&bytes).ok()?;
+                let (payload, _) = view.log()?;
+                (view.source_id == "loud").then(|| String::from_utf8_lossy(payload).into_owned())
+            })
+            .collect();
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert!(
+            notices[0].contains("exceeded its fair share of doppler ingress"),
+            "{}",
+            notices[0]
+        );
+        assert_eq!(registry.counter_sum("doppler.fair_notices", &[]), 1);
     }
 }

@@ -161,7 +161,8 @@ async fn serve(
     let cache_task = tokio::spawn(cache::run(intake, store.clone(), metrics.logcache.clone()));
     let _telemetry = config.telemetry.start(&registry, stop.clone());
 
-    let ingress = ingress::IngressService::new(ring, metrics.clone(), stop.clone());
+    let ingress =
+        ingress::IngressService::new(ring, metrics.clone(), stop.clone(), config.fair_share);
     let egress = egress::EgressService::new(
         commands_tx,
         config.max_subscriptions,

@@ -1,12 +1,16 @@
 //! The doppler's self-telemetry: every counter and gauge it reports, registered once at start-up.
 //!
 //! The ledger these make up, for any run:
-//! `doppler.ingress = malformed + ingress_ring_full + routed` (the rest are in the ring), and per
+//! `doppler.ingress + fair_notices = malformed + fair_share + ingress_ring_full + routed` (the
+//! rest are in the ring; `fair_notices` are the log lines the doppler itself adds to a source
+//! that lost envelopes to fairness), and per
 //! routed envelope copy: `doppler.egress + slow_subscriber + subscription_closed` plus what is
 //! still queued. The log cache sees `routed - logcache_busy` envelopes, and
 //! `logcache.ingress = logcache.store_size + logcache.expired + logcache.rejected`.
 
-use hydrant_emitter::{Counter, Gauge, Registry};
+use std::sync::Arc;
+
+use hydrant_emitter::{Counter, Gauge, Registry, SourceCounters};
 use hydrant_logcache::StoreStats;
 
 /// Handles to every metric; cloning shares them.
@@ -24,6 +28,12 @@ pub struct Metrics {
     pub dropped_malformed: Counter,
     /// Envelopes dropped because the ingress ring was full.
     pub dropped_ring_full: Counter,
+    /// Envelopes refused at ingress for holding more than their source's share of the ring.
+    pub dropped_fair_share: Counter,
+    /// Fairness and ring-full drops by source (20 sources, then `other`).
+    pub dropped_by_source: Arc<SourceCounters>,
+    /// Notices added to the streams of sources that lost envelopes at ingress.
+    pub fair_notices: Counter,
     /// Envelope copies dropped from a subscriber's full queue.
     pub dropped_slow_subscriber: Counter,
     /// Envelope copies still queued for, or routed to, a subscription that had closed.
@@ -105,6 +115,20 @@ impl Metrics {
             ),
             dropped_malformed: dropped("malformed"),
             dropped_ring_full: dropped("ingress_ring_full"),
+            dropped_fair_share: dropped("fair_share"),
+            dropped_by_source: Arc::new(SourceCounters::new(
+                registry,
+                "doppler.dropped_by_source",
+                "Envelopes dropped at ingress for exceeding a fair share or evicted from a full \
+                 ring, by source (top sources, then other)",
+                &[],
+                20,
+            )),
+            fair_notices: registry.counter(
+                "doppler.fair_notices",
+                "Notices sent to sources that lost envelopes at doppler ingress",
+                &[],
+            ),
             dropped_slow_subscriber: dropped("slow_subscriber"),
             dropped_subscription_closed: dropped("subscription_closed"),
             dropped_logcache_busy: dropped("logcache_busy"),

@@ -81,6 +81,15 @@ impl IngressRing {
         // The per-source sequence numbers carry the loss downstream; the ring's own gap count
         // is reported only as `doppler.dropped{reason="ingress_ring_full"}`.
         self.buffer.swap_all(out);
+        // Out of the ring: their sources' fair-share charges come back (see `batch`).
+        for batch in out.iter_mut() {
+            batch.release_fair();
+        }
+    }
+
+    /// How full the ring is, in thousandths of its tighter bound (ingress fairness reads it).
+    pub fn fill_permille(&self) -> u64 {
+        self.buffer.fill_permille()
     }
 
     /// Completes when a push happened since the last call (a push before the first call counts).
