@@ -117,23 +117,10 @@ async fn serve(
         tracing::warn!("disable_auth = true: every stream is open to anyone who can connect");
         None
     } else {
-        let keys = Arc::new(keys::TokenKeys::new(
-            config.token_keys_url.clone(),
-            config
-                .token_keys_file
-                .as_ref()
-                .map(std::path::PathBuf::from),
-            config.token_keys.as_deref(),
-            config
-                .token_keys_cache
-                .as_ref()
-                .map(std::path::PathBuf::from),
-            secs(config.token_keys_refetch_secs, Duration::from_secs(30)),
-            metrics.clone(),
-        )?);
+        let keys = Arc::new(keys::token_keys(&config, &metrics)?);
         tracker.spawn(keys.clone().refresh(
             secs(config.token_keys_refresh_secs, Duration::from_secs(300)),
-            stop.clone(),
+            stop.clone().cancelled_owned(),
         ));
         tracing::info!(known = keys.len(), url = ?config.token_keys_url, "token keys");
         Some(keys)

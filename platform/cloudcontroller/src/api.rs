@@ -309,6 +309,7 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         .merge(autoscaling::routes())
         .merge(drains::routes())
         .merge(slos::routes())
+        .merge(crate::placement::cells::routes())
         // A login or a space is a few hundred bytes: only the push endpoints that carry file
         // lists get the large limit.
         .layer(DefaultBodyLimit::max(small_limit))

@@ -13,11 +13,23 @@
 //! the environment) for the router and the health manager. `executor.crash.<cell>`, vetted the
 //! same way, becomes an `audit.app.process.crash` event.
 //!
+//! Cells: `executor.presence.<cell>` (zone, capacity, free memory, disk and slots, state) keeps
+//! a cell alive for its TTL (15 s). Where an instance goes is the auction's answer (`auction`:
+//! Diego's scoring). A presence that lapses wakes the loop at that instant (no sweep): the cell
+//! is lost, its instances become suspects and are placed elsewhere at once, while the router
+//! keeps their routes until they age out; a lost cell that comes back has its suspects stopped
+//! where a replacement runs (kept where none does). An evacuating cell (`hydrant drain-cell`,
+//! or SIGTERM on the executor) takes no new work; each of its instances gets a replacement and
+//! is stopped only once that replacement is RUNNING.
+//!
 //! Invariants: every request is idempotent and re-sent by the next pass until a heartbeat
 //! shows it took effect, so a lost message is repaired rather than retried in a storm; crashed
 //! instances are left alone (restarting them is the health manager's job) but count as
 //! present, so they are not placed twice; nothing is placed on an executor whose last
-//! heartbeat is older than `executor_timeout_secs`.
+//! heartbeat is older than `executor_timeout_secs` (or whose presence outlived its TTL).
+
+mod auction;
+pub(crate) mod cells;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,8 +38,9 @@ use std::time::Duration;
 use hydrant_api::{App, AppState, CrashInfo, InstanceInfo, ProcessStats};
 use hydrant_auth::Claims;
 use hydrant_bus::messages::{
-    self, ExecutorCrash, ExecutorHeartbeat, ExecutorReply, HealthCheck, HealthCheckType,
-    InstanceHeartbeat, InstancePlaced, InstanceState, StartInstance, StopInstance,
+    self, CellPresence, CellState, EvacuateCell, ExecutorCrash, ExecutorHeartbeat, ExecutorReply,
+    HealthCheck, HealthCheckType, InstanceHeartbeat, InstancePlaced, InstanceState, StartInstance,
+    StopInstance,
 };
 use hydrant_bus::placement::{Placements, Refusal};
 use hydrant_bus::{Bus, Message, Subscription};
@@ -39,13 +52,47 @@ use crate::{Ctx, db, password};
 
 /// How long a restart remembers the instances it replaced (they are stopped if seen again).
 const RETIRED_TTL: Duration = Duration::from_secs(600);
+/// How long a lost cell stays listed (`hydrant cells` shows it as lost).
+const LOST_TTL: Duration = Duration::from_secs(3600);
+/// Most lost cells listed; the oldest are forgotten first.
+const MAX_LOST: usize = 1024;
 
 type Key = (String, u32);
 
 #[derive(Debug)]
 struct Executor {
     heartbeat: ExecutorHeartbeat,
+    presence: Option<CellPresence>,
     seen: Instant,
+}
+
+impl Executor {
+    /// How long the cell lives without news: its presence's TTL, or, for a cell that only
+    /// heartbeats, `fallback` (`executor_timeout_secs`).
+    fn ttl(&self, fallback: Duration) -> Duration {
+        self.presence.as_ref().map_or(fallback, CellPresence::ttl)
+    }
+
+    fn evacuating(&self) -> bool {
+        self.presence
+            .as_ref()
+            .is_some_and(|p| p.state == CellState::Evacuating)
+    }
+
+    fn zone(&self) -> &str {
+        self.presence.as_ref().map_or("", CellPresence::zone)
+    }
+}
+
+/// A cell whose presence lapsed.
+#[derive(Debug, Clone)]
+struct LostCell {
+    zone: String,
+    presence: Option<CellPresence>,
+    /// When it was declared lost, UNIX nanoseconds.
+    since: i64,
+    at: Instant,
+    instances: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +100,7 @@ struct Pending {
     instance: String,
     executor_id: String,
     memory_mb: u64,
+    disk_mb: u64,
     sent: Instant,
 }
 
@@ -64,6 +112,34 @@ struct Table {
     crashes: HashMap<Key, CrashInfo>,
     retired: HashMap<String, Instant>,
     stops_sent: HashMap<String, Instant>,
+    /// Cells whose presence lapsed.
+    lost: BTreeMap<String, LostCell>,
+    /// Instances on a cell when it was lost (Diego's Suspect): replaced, and stopped if their
+    /// cell comes back while the replacement runs.
+    suspects: HashMap<String, Instant>,
+    /// Cells asked to evacuate whose presence does not say so yet (the request is re-sent).
+    draining: HashMap<String, Instant>,
+    /// Cells to kill (`hydrant debug kill-cell`), published by the next pass.
+    kills: Vec<String>,
+}
+
+impl Table {
+    /// Is the cell moving its instances away (its presence says so, or it was asked)?
+    fn evacuating(&self, executor_id: &str) -> bool {
+        self.draining.contains_key(executor_id)
+            || self
+                .executors
+                .get(executor_id)
+                .is_some_and(Executor::evacuating)
+    }
+
+    /// When the next cell's presence lapses.
+    fn next_expiry(&self, fallback: Duration) -> Option<Instant> {
+        self.executors
+            .values()
+            .map(|e| e.seen + e.ttl(fallback))
+            .min()
+    }
 }
 
 /// The executor table and the convergence loop's state.
@@ -206,13 +282,87 @@ impl Placement {
     fn heartbeat(&self, heartbeat: ExecutorHeartbeat) {
         let mut table = self.lock();
         let id = heartbeat.executor_id.clone();
-        table.executors.insert(
-            id,
-            Executor {
-                heartbeat,
-                seen: Instant::now(),
-            },
-        );
+        returned(&mut table, &id);
+        let now = Instant::now();
+        match table.executors.get_mut(&id) {
+            Some(e) => {
+                e.heartbeat = heartbeat;
+                e.seen = now;
+            }
+            None => {
+                table.executors.insert(
+                    id,
+                    Executor {
+                        heartbeat,
+                        presence: None,
+                        seen: now,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Records a presence. Returns `true` when placement should look again at once: a new
+    /// cell, or one that started evacuating.
+    fn presence(&self, presence: CellPresence) -> bool {
+        let mut table = self.lock();
+        let id = presence.id.clone();
+        returned(&mut table, &id);
+        let now = Instant::now();
+        if presence.state == CellState::Evacuating {
+            table.draining.remove(&id);
+        }
+        match table.executors.get_mut(&id) {
+            Some(e) => {
+                let changed = e.presence.as_ref().map(|p| p.state) != Some(presence.state);
+                e.presence = Some(presence);
+                e.seen = now;
+                changed
+            }
+            None => {
+                let heartbeat = ExecutorHeartbeat {
+                    executor_id: id.clone(),
+                    host: presence.host.clone(),
+                    ..ExecutorHeartbeat::default()
+                };
+                table.executors.insert(
+                    id,
+                    Executor {
+                        heartbeat,
+                        presence: Some(presence),
+                        seen: now,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Asks cell `id` to evacuate (`hydrant drain-cell`). `false` when no such cell is known.
+    pub(crate) fn drain(&self, id: &str) -> bool {
+        let mut table = self.lock();
+        if !table.executors.contains_key(id) {
+            return false;
+        }
+        if !table.executors.get(id).is_some_and(Executor::evacuating) {
+            table.draining.insert(id.to_owned(), Instant::now());
+        }
+        drop(table);
+        self.wake();
+        true
+    }
+
+    /// Asks cell `id` to die as a lost host would (`hydrant debug kill-cell`; only a cell with
+    /// `debug_kill` obeys). `false` when no such cell is known.
+    pub(crate) fn kill(&self, id: &str) -> bool {
+        let mut table = self.lock();
+        if !table.executors.contains_key(id) {
+            return false;
+        }
+        table.kills.push(id.to_owned());
+        drop(table);
+        self.wake();
+        true
     }
 
     /// Executors heard from recently.
@@ -265,10 +415,13 @@ impl Placement {
         };
         for index in 0..wanted {
             let key = (app.guid.clone(), index);
-            if let Some((id, i)) = actual
-                .get(&index)
-                .and_then(|list| list.iter().find(|(_, i)| live(i.state)))
-            {
+            // A replacement that runs is the one to show; the instance it replaces (on an
+            // evacuating or returned cell) is listed after the wanted ones.
+            if let Some((id, i)) = actual.get(&index).and_then(|list| {
+                list.iter()
+                    .find(|(id, i)| i.state == InstanceState::Running && !table.evacuating(id))
+                    .or_else(|| list.iter().find(|(_, i)| live(i.state)))
+            }) {
                 instances.push(info(index, id, i, host_of(id)));
             } else if let Some(p) = table.pending.get(&key) {
                 instances.push(InstanceInfo {
@@ -317,6 +470,7 @@ pub(crate) struct Feeds {
     placed: Subscription,
     heartbeats: Subscription,
     crashes: Subscription,
+    presence: Subscription,
 }
 
 pub(crate) async fn subscribe(bus: &Bus) -> Result<Feeds, hydrant_bus::Error> {
@@ -326,6 +480,7 @@ pub(crate) async fn subscribe(bus: &Bus) -> Result<Feeds, hydrant_bus::Error> {
         placed: bus.subscribe(&every(messages::EXECUTOR_PLACED)).await?,
         heartbeats: bus.subscribe(&every(messages::EXECUTOR_HEARTBEAT)).await?,
         crashes: bus.subscribe(&every(messages::EXECUTOR_CRASH)).await?,
+        presence: bus.subscribe(&every(messages::EXECUTOR_PRESENCE)).await?,
     };
     // Learn the executors now rather than at their next heartbeat (up to 10 s away), so the
     // first push after a (re)start is placed at once.
@@ -339,9 +494,24 @@ pub(crate) async fn run(ctx: Arc<Ctx>, bus: Bus, mut feeds: Feeds, shutdown: Can
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut placements = Placements::default();
+    let fallback = Duration::from_secs(ctx.config.executor_timeout_secs);
     loop {
+        // Event-driven failure detection: the loop wakes the instant the next presence lapses.
+        let expiry = ctx.placement.lock().next_expiry(fallback);
         tokio::select! {
             () = shutdown.cancelled() => break,
+            () = sleep_until(expiry) => converge(&ctx, &bus).await,
+            Some(message) = feeds.presence.next() => {
+                match message.json::<CellPresence>() {
+                    Ok(p) if messages::cell_of(&message.subject, messages::EXECUTOR_PRESENCE) == Some(p.id.as_str()) => {
+                        if ctx.placement.presence(p) {
+                            converge(&ctx, &bus).await;
+                        }
+                    }
+                    Ok(p) => refused(&ctx, Refusal::WrongCell, &message.subject, &p.id, "(presence)"),
+                    Err(_) => ctx.metrics.dropped_malformed.inc(),
+                }
+            }
             Some(message) = feeds.placed.next() => learn(&ctx, &mut placements, &message),
             message = feeds.heartbeats.next() => {
                 let Some(message) = message else { break };
@@ -389,6 +559,14 @@ pub(crate) async fn run(ctx: Arc<Ctx>, bus: Bus, mut feeds: Feeds, shutdown: Can
             () = ctx.placement.wake.notified() => converge(&ctx, &bus).await,
             _ = ticks.tick() => converge(&ctx, &bus).await,
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -473,7 +651,38 @@ pub(crate) async fn converge(ctx: &Arc<Ctx>, bus: &Bus) {
         }
     };
     let resend_after = Duration::from_millis(ctx.config.converge_interval_ms / 2);
-    let (stops, resends, missing) = plan(ctx, &desired, resend_after);
+    let Plan {
+        stops,
+        resends,
+        missing,
+        evacuate,
+        kill,
+    } = plan(ctx, &desired, resend_after);
+    for (subject, cell, reason) in evacuate
+        .into_iter()
+        .map(|c| {
+            (
+                messages::executor_evacuate_subject(&c),
+                c,
+                "hydrant drain-cell",
+            )
+        })
+        .chain(kill.into_iter().map(|c| {
+            (
+                messages::executor_kill_subject(&c),
+                c,
+                "hydrant debug kill-cell",
+            )
+        }))
+    {
+        let request = EvacuateCell {
+            executor_id: cell,
+            reason: Some(reason.to_owned()),
+        };
+        if let Err(error) = bus.publish_json(&subject, &request) {
+            tracing::warn!(%error, %subject, "cloud controller: cannot ask a cell to leave");
+        }
+    }
     for (executor_id, stop) in stops {
         ctx.metrics.stops.inc();
         let Ok(payload) = messages::encode(&stop) else {
@@ -518,7 +727,11 @@ async fn load_desired(ctx: &Arc<Ctx>) -> Result<HashMap<String, Desired>, crate:
     ctx.db
         .run(|c| {
             let mut out = HashMap::new();
-            for app in db::list_apps(c, None)? {
+            for mut app in db::list_apps(c, None)? {
+                // Bound services reach an instance through its start message: a bind or
+                // unbind takes effect at the next start or restart, with no restage.
+                let services = crate::services::vcap::services_env(c, &app.guid)?;
+                crate::services::vcap::apply(&mut app.env, &services);
                 let droplet = match &app.current_droplet_guid {
                     Some(guid) => db::get_droplet(c, guid)?,
                     None => None,
@@ -530,32 +743,123 @@ async fn load_desired(ctx: &Arc<Ctx>) -> Result<HashMap<String, Desired>, crate:
         .await
 }
 
-type Plan = (Vec<(String, StopInstance)>, Vec<(Key, Pending)>, Vec<Key>);
+/// One pass's decisions.
+#[derive(Debug, Default)]
+struct Plan {
+    stops: Vec<(String, StopInstance)>,
+    resends: Vec<(Key, Pending)>,
+    missing: Vec<Key>,
+    /// Cells to (re-)ask to evacuate.
+    evacuate: Vec<String>,
+    /// Cells to kill (`hydrant debug kill-cell`).
+    kill: Vec<String>,
+}
+
+/// Forgets cells whose presence lapsed: each becomes a lost cell and its instances suspects,
+/// so this same pass places their replacements.
+fn expire_cells(table: &mut Table, now: Instant, fallback: Duration) {
+    let expired: Vec<String> = table
+        .executors
+        .iter()
+        .filter(|(_, e)| now.duration_since(e.seen) >= e.ttl(fallback))
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in expired {
+        let Some(e) = table.executors.remove(&id) else {
+            continue;
+        };
+        let instances: Vec<String> = e
+            .heartbeat
+            .instances
+            .iter()
+            .filter(|i| live(i.state))
+            .map(|i| i.instance.clone())
+            .collect();
+        tracing::warn!(
+            cell = %id,
+            silent_ms = now.duration_since(e.seen).as_millis() as u64,
+            instances = instances.len(),
+            "cloud controller: cell lost (its presence expired); placing its instances elsewhere"
+        );
+        table.draining.remove(&id);
+        table.lost.insert(
+            id,
+            LostCell {
+                zone: e.zone().to_owned(),
+                presence: e.presence,
+                since: now_nanos(),
+                at: now,
+                instances: instances.len(),
+            },
+        );
+        table
+            .suspects
+            .extend(instances.into_iter().map(|i| (i, now)));
+    }
+    table
+        .lost
+        .retain(|_, l| now.duration_since(l.at) < LOST_TTL);
+    while table.lost.len() > MAX_LOST {
+        let oldest = table
+            .lost
+            .iter()
+            .min_by_key(|(_, l)| l.at)
+            .map(|(id, _)| id.clone());
+        match oldest {
+            Some(id) => table.lost.remove(&id),
+            None => break,
+        };
+    }
+}
+
+/// A cell heard from again is no longer lost (its suspects stay suspects: the next pass stops
+/// those whose replacement runs).
+fn returned(table: &mut Table, id: &str) {
+    if table.lost.remove(id).is_some() {
+        tracing::warn!(cell = %id, "cloud controller: a lost cell is back");
+    }
+}
 
 /// Compares desired and actual under the lock: what to stop, what to re-send, what to place.
 fn plan(ctx: &Ctx, desired: &HashMap<String, Desired>, resend_after: Duration) -> Plan {
     let now = Instant::now();
     let timeout = Duration::from_secs(ctx.config.executor_timeout_secs);
     let mut table = ctx.placement.lock();
-    table
-        .executors
-        .retain(|_, e| now.duration_since(e.seen) < timeout);
+    expire_cells(&mut table, now, timeout);
     table
         .retired
         .retain(|_, at| now.duration_since(*at) < RETIRED_TTL);
     table
         .stops_sent
         .retain(|_, at| now.duration_since(*at) < RETIRED_TTL);
+    table
+        .suspects
+        .retain(|_, at| now.duration_since(*at) < RETIRED_TTL);
     let known: HashSet<String> = table.executors.keys().cloned().collect();
     table.pending.retain(|_, p| known.contains(&p.executor_id));
+    table.draining.retain(|id, _| known.contains(id));
+    let mut out = Plan {
+        evacuate: table.draining.keys().cloned().collect(),
+        kill: std::mem::take(&mut table.kills),
+        ..Plan::default()
+    };
 
     let wants = |app: &str, index: u32| {
         desired.get(app).is_some_and(|d| {
             d.app.state == AppState::Started && d.droplet.is_some() && index < d.app.instances
         })
     };
-
-    let mut stops = Vec::new();
+    // An instance on an evacuating cell, or a suspect whose cell came back, serves only until
+    // a replacement elsewhere runs.
+    let suspects: HashSet<String> = table.suspects.keys().cloned().collect();
+    let evacuating: HashSet<String> = known
+        .iter()
+        .filter(|id| table.evacuating(id))
+        .cloned()
+        .collect();
+    let leaving = |executor_id: &str, i: &InstanceHeartbeat| {
+        suspects.contains(&i.instance) || evacuating.contains(executor_id)
+    };
     let mut actual: HashMap<Key, Vec<(String, InstanceHeartbeat)>> = HashMap::new();
     for executor in table.executors.values() {
         for i in &executor.heartbeat.instances {
@@ -567,42 +871,31 @@ fn plan(ctx: &Ctx, desired: &HashMap<String, Desired>, resend_after: Duration) -
     }
     let mut to_stop: Vec<(String, String, String, &'static str)> = Vec::new();
     for ((app, index), list) in &actual {
-        let wanted = wants(app, *index);
-        let mut kept = false;
-        let mut ordered: Vec<&(String, InstanceHeartbeat)> = list.iter().collect();
-        // Keep the one the placement asked for, else a running one, else the oldest.
+        let unwanted = (!wants(app, *index)).then(|| match desired.get(app) {
+            None => "app deleted",
+            Some(d) if d.app.state != AppState::Started => "app stopped",
+            Some(_) => "scaled down",
+        });
         let pending_guid = table
             .pending
             .get(&(app.clone(), *index))
             .map(|p| p.instance.clone());
-        ordered.sort_by_key(|(_, i)| {
-            (
-                Some(&i.instance) != pending_guid.as_ref(),
-                i.state != InstanceState::Running,
-                i.since,
-            )
-        });
-        for (executor_id, i) in ordered {
-            if !live(i.state) {
-                continue;
-            }
-            let reason = if table.retired.contains_key(&i.instance) {
-                Some("restarted")
-            } else if !wanted {
-                Some(match desired.get(app) {
-                    None => "app deleted",
-                    Some(d) if d.app.state != AppState::Started => "app stopped",
-                    Some(_) => "scaled down",
-                })
-            } else if kept {
-                Some("duplicate")
-            } else {
-                kept = true;
-                None
-            };
-            if let Some(reason) = reason {
-                to_stop.push((executor_id.clone(), app.clone(), i.instance.clone(), reason));
-            }
+        let retired = |i: &str| table.retired.contains_key(i);
+        let decided = settle_index(
+            list,
+            pending_guid.as_deref(),
+            unwanted,
+            &retired,
+            &suspects,
+            &evacuating,
+        );
+        for (executor_id, instance, reason) in decided {
+            to_stop.push((
+                executor_id.to_owned(),
+                app.clone(),
+                instance.to_owned(),
+                reason,
+            ));
         }
     }
     // Placements asked for but no longer wanted are stopped too, in case they started.
@@ -624,7 +917,7 @@ fn plan(ctx: &Ctx, desired: &HashMap<String, Desired>, resend_after: Duration) -
             .is_none_or(|at| now.duration_since(*at) >= resend_after);
         if due {
             table.stops_sent.insert(instance.clone(), now);
-            stops.push((
+            out.stops.push((
                 executor_id.clone(),
                 StopInstance {
                     executor_id,
@@ -636,47 +929,117 @@ fn plan(ctx: &Ctx, desired: &HashMap<String, Desired>, resend_after: Duration) -
         }
     }
 
-    let mut resends = Vec::new();
-    let mut missing = Vec::new();
     let mut apps: Vec<&Desired> = desired.values().collect();
     apps.sort_by(|a, b| a.app.guid.cmp(&b.app.guid));
+    // Diego's batch order: every app's index 0 first, then index 1, ...
+    let mut keys: Vec<Key> = Vec::new();
     for d in apps {
         if d.app.state != AppState::Started || d.droplet.is_none() {
             table.placement_errors.retain(|(a, _), _| *a != d.app.guid);
             continue;
         }
-        for index in 0..d.app.instances {
-            let key = (d.app.guid.clone(), index);
-            let present = actual.get(&key).is_some_and(|list| {
-                list.iter()
-                    .any(|(_, i)| live(i.state) && !table.retired.contains_key(&i.instance))
-            });
-            if present {
-                table.pending.remove(&key);
-                table.placement_errors.remove(&key);
-                continue;
-            }
-            match table.pending.get_mut(&key) {
-                Some(p) if now.duration_since(p.sent) >= resend_after => {
-                    p.sent = now;
-                    resends.push((key, p.clone()));
-                }
-                Some(_) => {}
-                None => missing.push(key),
-            }
-        }
+        keys.extend((0..d.app.instances).map(|index| (d.app.guid.clone(), index)));
         table
             .placement_errors
             .retain(|(a, i), _| *a != d.app.guid || *i < d.app.instances);
     }
-    (stops, resends, missing)
+    keys.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    for key in keys {
+        let present = actual.get(&key).is_some_and(|list| {
+            list.iter().any(|(executor_id, i)| {
+                live(i.state)
+                    && !table.retired.contains_key(&i.instance)
+                    && !leaving(executor_id, i)
+            })
+        });
+        if present {
+            table.pending.remove(&key);
+            table.placement_errors.remove(&key);
+            continue;
+        }
+        match table.pending.get_mut(&key) {
+            Some(p) if now.duration_since(p.sent) >= resend_after => {
+                p.sent = now;
+                out.resends.push((key, p.clone()));
+            }
+            Some(_) => {}
+            None => out.missing.push(key),
+        }
+    }
+    out
 }
 
-/// Executors with room for `memory_mb`, best first: fewest instances of `app`, then most free
-/// memory.
-fn candidates(ctx: &Ctx, app: &str, memory_mb: u64) -> (Vec<String>, usize) {
+/// Which copies of one instance index to stop, and why: `(cell, instance, reason)` each. At
+/// most one copy on a healthy cell is kept (the placement's own, else a running one, else the
+/// oldest); a copy on an evacuating cell, or a suspect whose lost cell came back, is kept only
+/// while no copy on a healthy cell runs — so it serves until its replacement does, and a
+/// suspect with no replacement is promoted back. `unwanted` says why, when the index is not
+/// desired at all.
+fn settle_index<'a>(
+    list: &'a [(String, InstanceHeartbeat)],
+    pending_guid: Option<&str>,
+    unwanted: Option<&'static str>,
+    retired: &dyn Fn(&str) -> bool,
+    suspects: &HashSet<String>,
+    evacuating: &HashSet<String>,
+) -> Vec<(&'a str, &'a str, &'static str)> {
+    let leaving = |executor_id: &str, i: &InstanceHeartbeat| {
+        suspects.contains(&i.instance) || evacuating.contains(executor_id)
+    };
+    let mut ordered: Vec<&(String, InstanceHeartbeat)> = list.iter().collect();
+    ordered.sort_by_key(|(executor_id, i)| {
+        (
+            leaving(executor_id, i),
+            Some(i.instance.as_str()) != pending_guid,
+            i.state != InstanceState::Running,
+            i.since,
+        )
+    });
+    let replaced = list.iter().any(|(executor_id, i)| {
+        i.state == InstanceState::Running && !leaving(executor_id, i) && !retired(&i.instance)
+    });
+    let mut kept = false;
+    let mut kept_leaving = false;
+    let mut out = Vec::new();
+    for (executor_id, i) in ordered {
+        if !live(i.state) {
+            continue;
+        }
+        let reason = if retired(&i.instance) {
+            Some("restarted")
+        } else if let Some(why) = unwanted {
+            Some(why)
+        } else if leaving(executor_id, i) {
+            if replaced {
+                Some(if suspects.contains(&i.instance) {
+                    "duplicate: replaced while its cell was lost"
+                } else {
+                    "evacuated: its replacement is running"
+                })
+            } else if kept_leaving {
+                Some("duplicate")
+            } else {
+                kept_leaving = true;
+                None
+            }
+        } else if kept {
+            Some("duplicate")
+        } else {
+            kept = true;
+            None
+        };
+        if let Some(reason) = reason {
+            out.push((executor_id.as_str(), i.instance.as_str(), reason));
+        }
+    }
+    out
+}
+
+/// Every cell as the auction sees it for an instance of `app`.
+fn candidates(ctx: &Ctx, app: &str) -> Vec<auction::Candidate> {
     let table = ctx.placement.lock();
-    let mut out: Vec<(usize, std::cmp::Reverse<u64>, String)> = Vec::new();
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(table.executors.len());
     for (id, executor) in &table.executors {
         let hb = &executor.heartbeat;
         let shown: HashSet<&str> = hb.instances.iter().map(|i| i.instance.as_str()).collect();
@@ -686,42 +1049,89 @@ fn candidates(ctx: &Ctx, app: &str, memory_mb: u64) -> (Vec<String>, usize) {
             .filter(|(_, p)| p.executor_id == *id && !shown.contains(p.instance.as_str()))
             .collect();
         let pending_mb: u64 = pending.iter().map(|(_, p)| p.memory_mb).sum();
-        let free_mb = hb
-            .capacity
-            .memory_mb
-            .saturating_sub(hb.used.memory_mb)
-            .saturating_sub(pending_mb);
-        let free_slots = u64::from(hb.capacity.instances)
-            .saturating_sub(u64::from(hb.used.instances))
-            .saturating_sub(pending.len() as u64);
-        if free_mb < memory_mb || free_slots == 0 {
-            continue;
-        }
+        let pending_disk: u64 = pending.iter().map(|(_, p)| p.disk_mb).sum();
+        // A cell that only heartbeats (no presence) says nothing of disk: it never limits.
+        let (total_memory, total_disk, total_slots, free_disk) = match &executor.presence {
+            Some(p) => (
+                p.capacity.memory_mb,
+                p.capacity.disk_mb,
+                p.capacity.containers,
+                p.available_disk,
+            ),
+            None => (
+                hb.capacity.memory_mb,
+                u64::from(u32::MAX),
+                hb.capacity.instances,
+                u64::from(u32::MAX),
+            ),
+        };
+        let used_slots = if hb.instances.is_empty() && executor.presence.is_some() {
+            // No heartbeat yet: the presence's own count.
+            executor.presence.as_ref().map_or(0, |p| {
+                p.capacity.containers.saturating_sub(p.available_containers)
+            })
+        } else {
+            hb.used.instances
+        };
+        let used_memory = if hb.instances.is_empty() && executor.presence.is_some() {
+            executor.presence.as_ref().map_or(0, |p| {
+                p.capacity.memory_mb.saturating_sub(p.available_memory)
+            })
+        } else {
+            hb.used.memory_mb
+        };
         let mine = hb
             .instances
             .iter()
-            .filter(|i| i.app == app && live(i.state) && !table.retired.contains_key(&i.instance))
+            .filter(|i| {
+                i.app == app
+                    && live(i.state)
+                    && !table.retired.contains_key(&i.instance)
+                    && !table.suspects.contains_key(&i.instance)
+            })
             .count()
             + pending.iter().filter(|((a, _), _)| a == app).count();
-        out.push((mine, std::cmp::Reverse(free_mb), id.clone()));
+        let starting = hb
+            .instances
+            .iter()
+            .filter(|i| i.state == InstanceState::Starting)
+            .count()
+            + pending.len();
+        out.push(auction::Candidate {
+            id: id.clone(),
+            zone: executor.zone().to_owned(),
+            evacuating: table.evacuating(id),
+            total_memory_mb: total_memory,
+            total_disk_mb: total_disk,
+            total_containers: total_slots,
+            free_memory_mb: total_memory
+                .saturating_sub(used_memory)
+                .saturating_sub(pending_mb),
+            free_disk_mb: free_disk.saturating_sub(pending_disk),
+            free_containers: total_slots
+                .saturating_sub(used_slots)
+                .saturating_sub(count(pending.len())),
+            starting: count(starting),
+            app_instances: count(mine),
+        });
     }
-    out.sort();
-    (
-        out.into_iter().map(|(_, _, id)| id).collect(),
-        table.executors.len(),
-    )
+    out
 }
 
 async fn place(ctx: &Arc<Ctx>, bus: &Bus, d: &Desired, index: u32) {
     let key = (d.app.guid.clone(), index);
     let instance = password::new_guid();
-    let (ordered, known) = candidates(ctx, &d.app.guid, d.app.memory_mb);
+    let need = auction::Need {
+        memory_mb: d.app.memory_mb,
+        disk_mb: d.app.disk_mb,
+    };
+    let ranking = auction::rank(&candidates(ctx, &d.app.guid), need);
     let mut refusals = Vec::new();
-    for executor_id in ordered {
-        let Some(start) = start_message(ctx, d, index, &instance, &executor_id) else {
+    for executor_id in &ranking.order {
+        let Some(start) = start_message(ctx, d, index, &instance, executor_id) else {
             return;
         };
-        match send_start(ctx, bus, &executor_id, &start).await {
+        match send_start(ctx, bus, executor_id, &start).await {
             Ok(()) => {
                 ctx.metrics.placed.inc();
                 let mut table = ctx.placement.lock();
@@ -730,8 +1140,9 @@ async fn place(ctx: &Arc<Ctx>, bus: &Bus, d: &Desired, index: u32) {
                     key,
                     Pending {
                         instance,
-                        executor_id,
+                        executor_id: executor_id.clone(),
                         memory_mb: d.app.memory_mb,
+                        disk_mb: d.app.disk_mb,
                         sent: Instant::now(),
                     },
                 );
@@ -742,18 +1153,28 @@ async fn place(ctx: &Arc<Ctx>, bus: &Bus, d: &Desired, index: u32) {
     }
     ctx.metrics.no_room.inc();
     let message = if refusals.is_empty() {
-        format!(
-            "no executor has room for an instance of {} MB ({known} executor(s) known); \
-             it will be placed when one has room",
-            d.app.memory_mb
-        )
+        ranking.insufficient(need)
     } else {
+        let mut all = refusals;
+        all.extend(
+            ranking
+                .refusals
+                .iter()
+                .map(|(cell, why)| format!("{cell}: {why}")),
+        );
         format!(
             "no executor accepted the instance ({}); retrying",
-            refusals.join("; ")
+            all.join("; ")
         )
     };
     ctx.placement.lock().placement_errors.insert(key, message);
+}
+
+/// Now, UNIX nanoseconds.
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 async fn send_start(
@@ -843,4 +1264,166 @@ fn start_message(
             ("process_type".to_owned(), "web".to_owned()),
         ]),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(
+        cell: &str,
+        instance: &str,
+        state: InstanceState,
+        since: i64,
+    ) -> (String, InstanceHeartbeat) {
+        (
+            cell.to_owned(),
+            InstanceHeartbeat {
+                app: "app".to_owned(),
+                instance: instance.to_owned(),
+                index: 0,
+                state,
+                since,
+                port: None,
+            },
+        )
+    }
+
+    fn set(items: &[&str]) -> HashSet<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn leaving_copies_serve_until_their_replacement_runs() {
+        use InstanceState::{Running, Starting};
+        struct Case {
+            name: &'static str,
+            list: Vec<(String, InstanceHeartbeat)>,
+            pending: Option<&'static str>,
+            suspects: &'static [&'static str],
+            evacuating: &'static [&'static str],
+            stopped: Vec<(&'static str, &'static str)>,
+        }
+        let cases = vec![
+            Case {
+                name: "evacuating: the old copy keeps serving while the replacement starts",
+                list: vec![
+                    copy("c1", "old", Running, 1),
+                    copy("c2", "new", Starting, 2),
+                ],
+                pending: Some("new"),
+                suspects: &[],
+                evacuating: &["c1"],
+                stopped: vec![],
+            },
+            Case {
+                name: "evacuating: once the replacement runs the old copy stops",
+                list: vec![copy("c1", "old", Running, 1), copy("c2", "new", Running, 2)],
+                pending: None,
+                suspects: &[],
+                evacuating: &["c1"],
+                stopped: vec![("old", "evacuated: its replacement is running")],
+            },
+            Case {
+                name: "a lost cell came back: its suspect stops where the replacement runs",
+                list: vec![copy("c1", "old", Running, 1), copy("c2", "new", Running, 2)],
+                pending: None,
+                suspects: &["old"],
+                evacuating: &[],
+                stopped: vec![("old", "duplicate: replaced while its cell was lost")],
+            },
+            Case {
+                name: "a lost cell came back before the replacement ran: both kept for now",
+                list: vec![
+                    copy("c1", "old", Running, 1),
+                    copy("c2", "new", Starting, 2),
+                ],
+                pending: Some("new"),
+                suspects: &["old"],
+                evacuating: &[],
+                stopped: vec![],
+            },
+            Case {
+                name: "two healthy copies: the placement's own is kept",
+                list: vec![copy("c1", "a", Running, 1), copy("c2", "b", Running, 2)],
+                pending: Some("b"),
+                suspects: &[],
+                evacuating: &[],
+                stopped: vec![("a", "duplicate")],
+            },
+        ];
+        for case in cases {
+            let got = settle_index(
+                &case.list,
+                case.pending,
+                None,
+                &|_| false,
+                &set(case.suspects),
+                &set(case.evacuating),
+            );
+            let got: Vec<(&str, &str)> = got.iter().map(|(_, i, r)| (*i, *r)).collect();
+            assert_eq!(got, case.stopped, "{}", case.name);
+        }
+        let single = [copy("c1", "old", Running, 1)];
+        let unwanted = settle_index(
+            &single,
+            None,
+            Some("scaled down"),
+            &|_| false,
+            &set(&[]),
+            &set(&["c1"]),
+        );
+        assert_eq!(unwanted, [("c1", "old", "scaled down")]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lapsed_presence_makes_a_lost_cell_and_suspects_at_its_ttl() {
+        let mut table = Table::default();
+        let presence = CellPresence {
+            id: "c1".to_owned(),
+            ttl_secs: 15,
+            placement_properties: messages::PlacementProperties {
+                zone: "z1".to_owned(),
+            },
+            ..CellPresence::default()
+        };
+        let heartbeat = ExecutorHeartbeat {
+            executor_id: "c1".to_owned(),
+            instances: vec![copy("c1", "i-1", InstanceState::Running, 1).1],
+            ..ExecutorHeartbeat::default()
+        };
+        let start = Instant::now();
+        table.executors.insert(
+            "c1".to_owned(),
+            Executor {
+                heartbeat,
+                presence: Some(presence),
+                seen: start,
+            },
+        );
+        let fallback = Duration::from_secs(30);
+        assert_eq!(
+            table.next_expiry(fallback),
+            Some(start + Duration::from_secs(15))
+        );
+        tokio::time::advance(Duration::from_millis(14_999)).await;
+        expire_cells(&mut table, Instant::now(), fallback);
+        assert!(table.executors.contains_key("c1"), "alive within its TTL");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        expire_cells(&mut table, Instant::now(), fallback);
+        assert!(table.executors.is_empty());
+        assert_eq!(table.lost["c1"].zone, "z1");
+        assert_eq!(table.lost["c1"].instances, 1);
+        assert!(table.suspects.contains_key("i-1"));
+        assert_eq!(table.next_expiry(fallback), None);
+        returned(&mut table, "c1");
+        assert!(
+            table.lost.is_empty(),
+            "a cell heard from again is no longer lost"
+        );
+        assert!(
+            table.suspects.contains_key("i-1"),
+            "its instances stay suspects"
+        );
+    }
 }
