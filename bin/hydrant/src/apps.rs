@@ -156,9 +156,21 @@ impl Session {
         Ok(Self { config, client })
     }
 
-    /// The app called `name`, with a not-found error that says how to list apps.
+    /// The targeted space's guid (`hydrant target -o ORG -s SPACE`), if one is targeted.
+    pub fn space_guid(&self) -> Option<String> {
+        crate::orgs_cli::load_target()
+            .and_then(|t| t.space)
+            .map(|s| s.guid)
+    }
+
+    /// The app called `name` (in the targeted space, if one is), with a not-found error that
+    /// says how to list apps.
     pub async fn app(&self, name: &str) -> anyhow::Result<App> {
-        match self.client.app_by_name(name, None).await {
+        match self
+            .client
+            .app_by_name(name, self.space_guid().as_deref())
+            .await
+        {
             Ok(app) => Ok(app),
             Err(hydrant_api::Error::Api { status: 404, .. }) => Err(exit::CliError {
                 code: exit::NOT_FOUND,
@@ -304,7 +316,12 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     let name = escape_text(&args.name);
 
     // 1. The app: create it, or update what the flags name.
-    let app = match session.client.app_by_name(&args.name, None).await {
+    let space = session.space_guid();
+    let app = match session
+        .client
+        .app_by_name(&args.name, space.as_deref())
+        .await
+    {
         Ok(app) => {
             eprintln!("Updating app {name}...");
             let update = UpdateApp {
@@ -336,6 +353,7 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
                 health_check_type: health,
                 health_check_endpoint: args.endpoint.clone(),
                 no_route: args.no_route,
+                space,
                 ..CreateApp::default()
             };
             session.client.create_app(&create).await?
@@ -602,7 +620,11 @@ async fn wait_running(session: &Session, app: &App, deadline: Instant) -> anyhow
 
 pub async fn apps(args: ListArgs) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
-    let apps = session.client.list_apps().await?;
+    let mut apps = session.client.list_apps().await?;
+    // As `cf apps`: the targeted space's apps, when one is targeted.
+    if let Some(space) = session.space_guid() {
+        apps.retain(|a| a.space_guid == space);
+    }
     let mut rows = Vec::new();
     let mut json = Vec::new();
     for app in &apps {

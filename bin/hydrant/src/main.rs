@@ -22,6 +22,7 @@ mod drain_cli;
 mod emit;
 mod exit;
 mod logs;
+mod orgs_cli;
 mod roles;
 mod security_groups;
 mod session;
@@ -79,8 +80,32 @@ enum Command {
     UnmapRoute(apps::RouteArgs),
     /// Log in to a cloud controller.
     Login(session::LoginArgs),
-    /// Show or set the cloud controller the CLI talks to.
+    /// Show or set the cloud controller, org (-o) and space (-s) the CLI works in.
     Target(session::TargetArgs),
+    /// Create a user (admin).
+    CreateUser(orgs_cli::CreateUserArgs),
+    /// Create an org (admin).
+    CreateOrg(orgs_cli::CreateOrgArgs),
+    /// Create a space in an org (admin or OrgManager).
+    CreateSpace(orgs_cli::CreateSpaceArgs),
+    /// Give a user an org role: USERNAME ORG OrgManager|OrgAuditor.
+    SetOrgRole(orgs_cli::OrgRoleArgs),
+    /// Take an org role from a user: USERNAME ORG OrgManager|OrgAuditor.
+    UnsetOrgRole(orgs_cli::OrgRoleArgs),
+    /// Give a user a space role: USERNAME ORG SPACE SpaceDeveloper|SpaceAuditor|SpaceManager.
+    SetSpaceRole(orgs_cli::SpaceRoleArgs),
+    /// Take a space role from a user: USERNAME ORG SPACE ROLE.
+    UnsetSpaceRole(orgs_cli::SpaceRoleArgs),
+    /// List the orgs you can see.
+    Orgs(orgs_cli::OrgsArgs),
+    /// List the spaces you can see (in the targeted org, or -o ORG).
+    Spaces(orgs_cli::SpacesArgs),
+    /// Show an app's environment variables (space developers).
+    Env(orgs_cli::EnvArgs),
+    /// Set an app's environment variable: APP NAME VALUE.
+    SetEnv(orgs_cli::SetEnvArgs),
+    /// Remove an app's environment variable: APP NAME.
+    UnsetEnv(orgs_cli::UnsetEnvArgs),
     /// Bind a syslog drain to an app, or show its drains' health with --status.
     Drain(drain_cli::DrainArgs),
     /// List syslog drains.
@@ -201,6 +226,18 @@ fn main() -> ExitCode {
             Command::Undrain(args) => drain_cli::undrain(args).await,
             Command::Autoscale(args) => autoscale_cli::run(args).await,
             Command::Target(args) => session::target(args).await,
+            Command::CreateUser(args) => orgs_cli::create_user(args).await,
+            Command::CreateOrg(args) => orgs_cli::create_org(args).await,
+            Command::CreateSpace(args) => orgs_cli::create_space(args).await,
+            Command::SetOrgRole(args) => orgs_cli::org_role(args, true).await,
+            Command::UnsetOrgRole(args) => orgs_cli::org_role(args, false).await,
+            Command::SetSpaceRole(args) => orgs_cli::space_role(args, true).await,
+            Command::UnsetSpaceRole(args) => orgs_cli::space_role(args, false).await,
+            Command::Orgs(args) => orgs_cli::orgs(args).await,
+            Command::Spaces(args) => orgs_cli::spaces(args).await,
+            Command::Env(args) => orgs_cli::env(args).await,
+            Command::SetEnv(args) => orgs_cli::set_env(args).await,
+            Command::UnsetEnv(args) => orgs_cli::unset_env(args).await,
             Command::Emit(args) => emit::run(args).await,
             Command::SecurityGroups(args) => security_groups::run(&args),
             Command::Certs(args) => certs::run(args),

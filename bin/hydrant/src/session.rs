@@ -1,4 +1,5 @@
-//! `hydrant login` and `hydrant target`: which cloud controller the CLI talks to and as whom.
+//! `hydrant login` and `hydrant target`: which cloud controller the CLI talks to, as whom, and
+//! in which org and space (`target -o ORG -s SPACE`, kept by `orgs_cli`).
 //!
 //! The token lands in the CLI config (mode 0600) beside the endpoints the controller
 //! advertises in `GET /v3/info`, so `logs`, `push` and the rest need no flags afterwards. The
@@ -36,6 +37,12 @@ pub struct LoginArgs {
 pub struct TargetArgs {
     /// The cloud controller's URL to target; without it, show the current target.
     api: Option<String>,
+    /// The org to work in.
+    #[arg(short = 'o', long)]
+    org: Option<String>,
+    /// The space to work in (in the targeted or given org).
+    #[arg(short = 's', long)]
+    space: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -71,8 +78,9 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     };
     let password = match args.password {
         Some(p) => p,
-        // Read a line from a pipe (`echo pw | hydrant login -u me`) or the terminal.
-        None => prompt("Password")?,
+        // Read a line from a pipe (`echo pw | hydrant login -u me`) or, without echo, the
+        // terminal.
+        None => crate::orgs_cli::read_secret("Password")?,
     };
     let client = Client::new(&api, None);
     let info = client.info().await?;
@@ -111,6 +119,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         user: Some(username.clone()),
         agent_tls: existing.as_ref().and_then(|c| c.agent_tls.clone()),
     };
+    let authed = client.with_token(config.token.clone());
     let path = cli_config::save(&config)?;
     eprintln!(
         "Logged in to {} as {} (saved in {})",
@@ -118,6 +127,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         escape_text(&username),
         path.display()
     );
+    crate::orgs_cli::target_after_login(&authed, &api, &username).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -156,12 +166,26 @@ pub async fn target(args: TargetArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    if args.org.is_some() || args.space.is_some() {
+        crate::orgs_cli::set_target(args.org.as_deref(), args.space.as_deref()).await?;
+    }
     let config = cli_config::load()?;
+    let target = crate::orgs_cli::load_target();
+    let org = target
+        .as_ref()
+        .and_then(|t| t.org.as_ref())
+        .map(|o| o.name.as_str());
+    let space = target
+        .as_ref()
+        .and_then(|t| t.space.as_ref())
+        .map(|s| s.name.as_str());
     if args.json {
         #[derive(serde::Serialize)]
         struct Out<'a> {
             api: Option<&'a str>,
             user: Option<&'a str>,
+            org: Option<&'a str>,
+            space: Option<&'a str>,
             firehose: &'a str,
             router: Option<&'a str>,
         }
@@ -170,6 +194,8 @@ pub async fn target(args: TargetArgs) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(&Out {
                 api: config.api.as_deref(),
                 user: config.user.as_deref(),
+                org,
+                space,
                 firehose: &config.firehose,
                 router: config.router.as_deref(),
             })?
@@ -179,6 +205,8 @@ pub async fn target(args: TargetArgs) -> anyhow::Result<ExitCode> {
     let show = |v: Option<&str>| v.map_or_else(|| "(none)".to_owned(), escape_text);
     println!("api:       {}", show(config.api.as_deref()));
     println!("user:      {}", show(config.user.as_deref()));
+    println!("org:       {}", show(org));
+    println!("space:     {}", show(space));
     println!("firehose:  {}", escape_text(&config.firehose));
     println!("router:    {}", show(config.router.as_deref()));
     Ok(ExitCode::SUCCESS)

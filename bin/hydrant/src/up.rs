@@ -221,6 +221,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         user: Some(ADMIN_USER.to_owned()),
         agent_tls: endpoints.tls.as_ref().map(|t| t.files.clone()),
     })?;
+    // A fresh micro cloud has new org and space guids: push goes to its default space.
+    crate::orgs_cli::forget_target();
 
     let e = &endpoints;
     println!("Hydrant micro cloud is up.");

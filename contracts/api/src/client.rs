@@ -130,10 +130,11 @@ impl Client {
         self.list("/v3/users").await
     }
 
-    /// `POST /v3/spaces` (admin).
+    /// `POST /v3/spaces` in the `default` org (an admin or that org's managers).
     pub async fn create_space(&self, name: &str) -> Result<Space, Error> {
         let body = CreateSpace {
             name: name.to_owned(),
+            org: None,
         };
         self.call(Method::POST, "/v3/spaces", Some(&body)).await
     }
@@ -591,12 +592,12 @@ impl Client {
         }
     }
 
-    async fn list<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, Error> {
+    pub(crate) async fn list<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, Error> {
         let list: List<T> = self.call(Method::GET, path, None::<&()>).await?;
         Ok(list.resources)
     }
 
-    async fn call<T: DeserializeOwned, B: Serialize>(
+    pub(crate) async fn call<T: DeserializeOwned, B: Serialize>(
         &self,
         method: Method,
         path: &str,
@@ -609,7 +610,7 @@ impl Client {
         self.execute(path, request).await
     }
 
-    async fn call_empty<B: Serialize>(
+    pub(crate) async fn call_empty<B: Serialize>(
         &self,
         method: Method,
         path: &str,
@@ -697,7 +698,7 @@ const NOT_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHA
     .remove(b'~');
 
 /// Percent-encodes everything but unreserved characters, for path segments and query values.
-fn enc(text: &str) -> String {
+pub(crate) fn enc(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, NOT_UNRESERVED).to_string()
 }
 

@@ -16,6 +16,8 @@
 //!   of what is missing, package creation).
 //! - [`push`]: fingerprinting an app directory for resource matching, with the path rules the
 //!   server enforces.
+//! - [`tenancy`]: orgs, org roles, quotas, domains, space-owned routes and app environment
+//!   variables (Cloud Foundry's tenancy model).
 //! - [`mask_url`]: credential masking for URLs the API carries (drain URLs), used by the
 //!   cloud controller and every nozzle that names a destination.
 //! - [`Error`]: what a call can fail with; [`Error::Api`] keeps the server's status and message.
@@ -30,6 +32,7 @@ mod mask;
 pub mod policy;
 pub mod push;
 pub mod slo;
+pub mod tenancy;
 mod token_cache;
 pub mod types;
 
@@ -37,6 +40,10 @@ pub use client::Client;
 pub use drain::{CreateDrain, Drain, DrainState, DrainStatus, DrainTarget};
 pub use error::Error;
 pub use mask::mask_url;
+pub use tenancy::{
+    AssignOrgRole, CreateDomain, CreateOrg, CreateQuota, CreateRoute, Domain, EnvVars, Org,
+    OrgRole, OrgRoleAssignment, Quota, QuotaScope, SetQuota, SpaceRoute,
+};
 pub use token_cache::{RENEW_AHEAD, TokenCache};
 pub use types::*;
 

@@ -151,14 +151,20 @@ pub struct Me {
     pub user: User,
     /// Its space roles.
     pub roles: Vec<RoleAssignment>,
+    /// Its org roles.
+    #[serde(default)]
+    pub org_roles: Vec<crate::tenancy::OrgRoleAssignment>,
 }
 
 /// `POST /v3/spaces` (admin only).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSpace {
-    /// Unique space name (1 to 63 of `a-z 0-9 -`).
+    /// Space name, unique in its org (1 to 63 of `a-z 0-9 -`).
     pub name: String,
+    /// The org, by name or guid. Default: the `default` org.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
 }
 
 /// A space: a group of apps and the people who may see or change them.
@@ -166,8 +172,17 @@ pub struct CreateSpace {
 pub struct Space {
     /// Its guid.
     pub guid: String,
-    /// Its name.
+    /// Its name (unique in its org).
     pub name: String,
+    /// Its org's guid.
+    #[serde(default)]
+    pub org_guid: String,
+    /// Its org's name.
+    #[serde(default)]
+    pub org_name: String,
+    /// The space quota assigned to it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_guid: Option<String>,
     /// Creation time, UNIX seconds.
     pub created_at: i64,
 }
@@ -180,24 +195,29 @@ pub enum SpaceRole {
     Developer,
     /// Reads the space's apps, events and logs; changes nothing.
     Auditor,
+    /// Manages who has which role in the space; reads its apps (never their environment).
+    Manager,
 }
 
 impl SpaceRole {
-    /// `developer` or `auditor`, as in URLs and token scopes.
+    /// `developer`, `auditor` or `manager`, as in URLs and token scopes.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Developer => "developer",
             Self::Auditor => "auditor",
+            Self::Manager => "manager",
         }
     }
 
-    /// Parses `developer` or `auditor`.
+    /// Parses `developer`, `auditor` or `manager`, or the cf CLI's `SpaceDeveloper`,
+    /// `SpaceAuditor` and `SpaceManager`.
     #[must_use]
     pub fn parse(text: &str) -> Option<Self> {
         match text {
-            "developer" => Some(Self::Developer),
-            "auditor" => Some(Self::Auditor),
+            "developer" | "SpaceDeveloper" => Some(Self::Developer),
+            "auditor" | "SpaceAuditor" => Some(Self::Auditor),
+            "manager" | "SpaceManager" => Some(Self::Manager),
             _ => None,
         }
     }
@@ -220,6 +240,9 @@ pub struct RoleAssignment {
     pub space_guid: String,
     /// The space's name.
     pub space_name: String,
+    /// The name of the space's org.
+    #[serde(default)]
+    pub org_name: String,
     /// The user's name.
     pub username: String,
     /// The role.

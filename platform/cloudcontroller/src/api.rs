@@ -1,32 +1,30 @@
-//! The REST API: routing, the error body, who is calling, and the user, space and token
-//! endpoints. Apps live in `api/apps.rs`; push, staging and droplets in `api/push.rs`.
+//! The REST API: routing, the error body, who is calling, and the user and token endpoints.
+//! Orgs, spaces and roles live in `api/orgs.rs`; apps in `api/apps.rs`; push, staging and
+//! droplets in `api/push.rs`.
 //!
 //! Every answer that is not a success is `{"errors": [{"code", "title", "detail"}]}` with the
-//! matching HTTP status, and the detail says what to change. Authorisation: admins see and do
-//! everything; space developers manage their space's apps; space auditors read them; anyone
-//! else gets the same 404 for an app that exists as for one that does not, so outsiders learn
-//! nothing.
+//! matching HTTP status, and the detail says what to change. Authorisation is Cloud Foundry's
+//! org and space role matrix, decided in `tenancy`: anyone without a role that lets them see a
+//! thing gets the same 404 for it as for one that does not exist, so outsiders learn nothing.
 
 mod apps;
 mod autoscaling;
 mod drains;
+mod orgs;
 mod push;
 mod slos;
 mod tokens;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use hydrant_api::{
-    ApiErrorItem, ApiErrors, AssignRole, CreateSpace, CreateUser, Info, List, Me, RoleAssignment,
-    Space, SpaceRole, User,
-};
+use hydrant_api::{ApiErrorItem, ApiErrors, CreateUser, Info, List, Me, User};
 use hydrant_auth::{AUD_API, SCOPE_API_READ, SCOPE_API_WRITE};
 
 use crate::Ctx;
@@ -284,7 +282,7 @@ impl FromRequestParts<Arc<Ctx>> for Caller {
     }
 }
 
-/// The API router: users, spaces and tokens here; apps, push, autoscaling policies, SLOs and
+/// The API router: users and tokens here; orgs and spaces, apps, push, autoscaling policies, SLOs and
 /// syslog drains in their own modules.
 pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
     let json_limit = ctx.config.max_request_bytes;
@@ -296,15 +294,7 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         .route("/token_keys", get(tokens::token_keys))
         .route("/v3/me", get(me))
         .route("/v3/users", get(list_users).post(create_user))
-        .route("/v3/spaces", get(list_spaces).post(create_space))
-        .route(
-            "/v3/spaces/{guid}/roles",
-            get(space_roles).post(assign_role),
-        )
-        .route(
-            "/v3/spaces/{guid}/roles/{role}/{username}",
-            delete(remove_role),
-        )
+        .merge(orgs::routes())
         .merge(apps::routes())
         .merge(autoscaling::routes())
         .merge(drains::routes())
@@ -353,9 +343,11 @@ async fn me(State(ctx): State<Arc<Ctx>>, caller: Caller) -> Result<Json<Me>, Api
             let row = db::user_by_name(c, &caller.username)?
                 .ok_or_else(|| ApiError::unauthenticated("log in again"))?;
             let roles = db::roles(c, None, Some(&caller.user_guid))?;
+            let org_roles = crate::tenancy::org_roles(c, None, Some(&caller.user_guid))?;
             Ok(Me {
                 user: row.user,
                 roles,
+                org_roles,
             })
         })
         .await?;
@@ -412,126 +404,4 @@ async fn create_user(
         })
         .await?;
     Ok((StatusCode::CREATED, Json(user)))
-}
-
-async fn list_spaces(
-    State(ctx): State<Arc<Ctx>>,
-    caller: Caller,
-) -> Result<Json<List<Space>>, ApiError> {
-    let spaces = ctx
-        .db
-        .run(move |c| {
-            let all = db::list_spaces(c)?;
-            if caller.admin {
-                return Ok(all);
-            }
-            let mine = db::roles(c, None, Some(&caller.user_guid))?;
-            Ok(all
-                .into_iter()
-                .filter(|s| mine.iter().any(|r| r.space_guid == s.guid))
-                .collect())
-        })
-        .await?;
-    Ok(Json(List::new(spaces)))
-}
-
-async fn create_space(
-    State(ctx): State<Arc<Ctx>>,
-    caller: Caller,
-    Body(request): Body<CreateSpace>,
-) -> Result<(StatusCode, Json<Space>), ApiError> {
-    caller.require_admin()?;
-    if let Some(problem) = apps::name_problem(&request.name) {
-        return Err(ApiError::unprocessable(format!(
-            "space name {:?}: {problem}",
-            request.name
-        )));
-    }
-    let space = Space {
-        guid: password::new_guid(),
-        name: request.name,
-        created_at: hydrant_auth::now_secs(),
-    };
-    let stored = space.clone();
-    ctx.db
-        .run(move |c| {
-            if db::find_space(c, &stored.name)?.is_some() {
-                return Err(ApiError::unprocessable(format!(
-                    "a space called {:?} already exists",
-                    stored.name
-                )));
-            }
-            Ok(db::insert_space(c, &stored)?)
-        })
-        .await?;
-    Ok((StatusCode::CREATED, Json(space)))
-}
-
-async fn space_roles(
-    State(ctx): State<Arc<Ctx>>,
-    caller: Caller,
-    Path(guid): Path<String>,
-) -> Result<Json<List<RoleAssignment>>, ApiError> {
-    let roles = ctx
-        .db
-        .run(move |c| {
-            let space = db::find_space(c, &guid)?.ok_or_else(|| ApiError::not_found("Space"))?;
-            let roles = db::roles(c, Some(&space.guid), None)?;
-            let visible = caller.admin || roles.iter().any(|r| r.username == caller.username);
-            if !visible {
-                return Err(ApiError::not_found("Space"));
-            }
-            Ok(roles)
-        })
-        .await?;
-    Ok(Json(List::new(roles)))
-}
-
-async fn assign_role(
-    State(ctx): State<Arc<Ctx>>,
-    caller: Caller,
-    Path(guid): Path<String>,
-    Body(request): Body<AssignRole>,
-) -> Result<(StatusCode, Json<RoleAssignment>), ApiError> {
-    caller.require_admin()?;
-    let assignment = ctx
-        .db
-        .run(move |c| {
-            let space = db::find_space(c, &guid)?.ok_or_else(|| ApiError::not_found("Space"))?;
-            let user = db::user_by_name(c, &request.username)?.ok_or_else(|| {
-                ApiError::unprocessable(format!(
-                    "no user called {:?}; create it first",
-                    request.username
-                ))
-            })?;
-            db::set_role(c, &space.guid, &user.user.guid, request.role)?;
-            Ok(RoleAssignment {
-                space_guid: space.guid,
-                space_name: space.name,
-                username: user.user.username,
-                role: request.role,
-            })
-        })
-        .await?;
-    Ok((StatusCode::CREATED, Json(assignment)))
-}
-
-async fn remove_role(
-    State(ctx): State<Arc<Ctx>>,
-    caller: Caller,
-    Path((guid, role, username)): Path<(String, String, String)>,
-) -> Result<StatusCode, ApiError> {
-    caller.require_admin()?;
-    let role = SpaceRole::parse(&role)
-        .ok_or_else(|| ApiError::unprocessable("the role must be developer or auditor"))?;
-    ctx.db
-        .run(move |c| {
-            let space = db::find_space(c, &guid)?.ok_or_else(|| ApiError::not_found("Space"))?;
-            let user =
-                db::user_by_name(c, &username)?.ok_or_else(|| ApiError::not_found("User"))?;
-            db::remove_role(c, &space.guid, &user.user.guid, role)?;
-            Ok(())
-        })
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
 }

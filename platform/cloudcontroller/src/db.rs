@@ -1,4 +1,4 @@
-//! Desired state in SQLite: users, spaces, roles, apps, routes, packages, builds, droplets,
+//! Desired state in SQLite: users, orgs, spaces, roles, quotas, domains, apps, routes, packages, builds, droplets,
 //! audit events, SLOs, autoscaling policies and syslog drain bindings.
 //!
 //! One connection in WAL mode behind a mutex; the API reaches it through [`Db::run`], which
@@ -22,7 +22,7 @@ use crate::api::ApiError;
 
 /// Schema steps, applied in order; step `i` takes `user_version` from `i` to `i + 1`. Append
 /// new steps (policies, SLOs, drains), never edit old ones.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     r"
 CREATE TABLE users (
     guid TEXT PRIMARY KEY,
@@ -132,6 +132,67 @@ CREATE TABLE drains (
 );
 CREATE INDEX drains_app ON drains(app_guid);
 ",
+    // Tenancy (orgs, org roles, quotas, domains, space-owned routes). Spaces move into orgs
+    // and their names become unique per org rather than platform-wide, which SQLite can only
+    // do by rebuilding the table (foreign keys are off while migrations run); every existing
+    // space lands in the `default` org.
+    r"
+CREATE TABLE quotas (
+    guid TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    org_guid TEXT REFERENCES orgs(guid) ON DELETE CASCADE,
+    total_memory_mb INTEGER,
+    total_instances INTEGER,
+    total_apps INTEGER,
+    total_routes INTEGER,
+    total_service_instances INTEGER,
+    total_blob_mb INTEGER,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE orgs (
+    guid TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    quota_guid TEXT REFERENCES quotas(guid) ON DELETE SET NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE org_roles (
+    org_guid TEXT NOT NULL REFERENCES orgs(guid) ON DELETE CASCADE,
+    user_guid TEXT NOT NULL REFERENCES users(guid) ON DELETE CASCADE,
+    role TEXT NOT NULL,
+    PRIMARY KEY (org_guid, user_guid, role)
+);
+INSERT INTO orgs (guid, name, created_at)
+    VALUES (lower(hex(randomblob(16))), 'default', CAST(strftime('%s', 'now') AS INTEGER));
+CREATE TABLE spaces_tenancy (
+    guid TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    org_guid TEXT NOT NULL REFERENCES orgs(guid),
+    quota_guid TEXT REFERENCES quotas(guid) ON DELETE SET NULL,
+    created_at INTEGER NOT NULL,
+    UNIQUE (org_guid, name)
+);
+INSERT INTO spaces_tenancy (guid, name, org_guid, created_at)
+    SELECT guid, name, (SELECT guid FROM orgs WHERE name = 'default'), created_at FROM spaces;
+DROP TABLE spaces;
+ALTER TABLE spaces_tenancy RENAME TO spaces;
+CREATE TABLE domains (
+    guid TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    org_guid TEXT REFERENCES orgs(guid) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE space_routes (
+    guid TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    path TEXT NOT NULL,
+    space_guid TEXT NOT NULL REFERENCES spaces(guid) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL,
+    UNIQUE (host, domain, path)
+);
+CREATE INDEX space_routes_space ON space_routes(space_guid);
+",
 ];
 
 /// The database handle. Clones share one connection.
@@ -161,8 +222,6 @@ impl Db {
         let mut conn = Connection::open(path).map_err(db_err("open"))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db_err("enable WAL"))?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(db_err("enable foreign keys"))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db_err("set synchronous"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
@@ -176,6 +235,10 @@ impl Db {
                 source: rusqlite::Error::InvalidQuery,
             });
         }
+        // Off while migrating (the bundled SQLite turns them on by default): a step that
+        // rebuilds a table drops the old one, which with foreign keys on would cascade.
+        conn.pragma_update(None, "foreign_keys", "OFF")
+            .map_err(db_err("disable foreign keys while migrating"))?;
         for (step, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             let tx = conn.transaction().map_err(db_err("begin migration"))?;
             tx.execute_batch(sql).map_err(db_err("migrate schema"))?;
@@ -183,6 +246,8 @@ impl Db {
                 .map_err(db_err("record schema version"))?;
             tx.commit().map_err(db_err("commit migration"))?;
         }
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(db_err("enable foreign keys"))?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -259,35 +324,89 @@ pub(crate) fn list_users(c: &Connection) -> rusqlite::Result<Vec<User>> {
     rows.map(|r| r.map(|u| u.user)).collect()
 }
 
-fn space_from(row: &Row<'_>) -> rusqlite::Result<Space> {
+const SPACE_COLUMNS: &str = "s.guid, s.name, s.org_guid, o.name, s.quota_guid, s.created_at";
+
+pub(crate) fn space_from(row: &Row<'_>) -> rusqlite::Result<Space> {
     Ok(Space {
         guid: row.get(0)?,
         name: row.get(1)?,
-        created_at: row.get(2)?,
+        org_guid: row.get(2)?,
+        org_name: row.get(3)?,
+        quota_guid: row.get(4)?,
+        created_at: row.get(5)?,
     })
 }
 
 pub(crate) fn insert_space(c: &Connection, space: &Space) -> rusqlite::Result<()> {
     c.execute(
-        "INSERT INTO spaces (guid, name, created_at) VALUES (?1, ?2, ?3)",
-        params![space.guid, space.name, space.created_at],
+        "INSERT INTO spaces (guid, name, org_guid, quota_guid, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            space.guid,
+            space.name,
+            space.org_guid,
+            space.quota_guid,
+            space.created_at
+        ],
     )
     .map(drop)
 }
 
-/// A space by guid or, failing that, by name.
-pub(crate) fn find_space(c: &Connection, guid_or_name: &str) -> rusqlite::Result<Option<Space>> {
+/// A space by guid.
+pub(crate) fn space_by_guid(c: &Connection, guid: &str) -> rusqlite::Result<Option<Space>> {
     c.query_row(
-        "SELECT guid, name, created_at FROM spaces WHERE guid = ?1 OR name = ?1 \
-         ORDER BY guid = ?1 DESC LIMIT 1",
-        [guid_or_name],
+        &format!(
+            "SELECT {SPACE_COLUMNS} FROM spaces s JOIN orgs o ON o.guid = s.org_guid \
+             WHERE s.guid = ?1"
+        ),
+        [guid],
         space_from,
     )
     .optional()
 }
 
+/// A space of org `org_guid` by guid or, failing that, by name.
+pub(crate) fn find_space_in(
+    c: &Connection,
+    org_guid: &str,
+    guid_or_name: &str,
+) -> rusqlite::Result<Option<Space>> {
+    c.query_row(
+        &format!(
+            "SELECT {SPACE_COLUMNS} FROM spaces s JOIN orgs o ON o.guid = s.org_guid \
+             WHERE s.org_guid = ?1 AND (s.guid = ?2 OR s.name = ?2) \
+             ORDER BY s.guid = ?2 DESC LIMIT 1"
+        ),
+        [org_guid, guid_or_name],
+        space_from,
+    )
+    .optional()
+}
+
+/// A space by guid or, failing that, by name (the `default` org's first, then any org's).
+/// It ignores who is asking: handlers that act for a user resolve spaces with
+/// `tenancy::visible_space`, which answers 404 for spaces the caller may not see.
+pub(crate) fn find_space(c: &Connection, guid_or_name: &str) -> rusqlite::Result<Option<Space>> {
+    Ok(spaces_named(c, guid_or_name)?
+        .into_iter()
+        .min_by_key(|s| (s.guid != guid_or_name, s.org_name != "default")))
+}
+
+/// Every space named `name` or with guid `name`, in any org.
+pub(crate) fn spaces_named(c: &Connection, name: &str) -> rusqlite::Result<Vec<Space>> {
+    let mut stmt = c.prepare(&format!(
+        "SELECT {SPACE_COLUMNS} FROM spaces s JOIN orgs o ON o.guid = s.org_guid \
+         WHERE s.guid = ?1 OR s.name = ?1 ORDER BY s.guid = ?1 DESC, o.name"
+    ))?;
+    let rows = stmt.query_map([name], space_from)?;
+    rows.collect()
+}
+
 pub(crate) fn list_spaces(c: &Connection) -> rusqlite::Result<Vec<Space>> {
-    let mut stmt = c.prepare("SELECT guid, name, created_at FROM spaces ORDER BY name")?;
+    let mut stmt = c.prepare(&format!(
+        "SELECT {SPACE_COLUMNS} FROM spaces s JOIN orgs o ON o.guid = s.org_guid \
+         ORDER BY o.name, s.name"
+    ))?;
     let rows = stmt.query_map([], space_from)?;
     rows.collect()
 }
@@ -324,10 +443,11 @@ pub(crate) fn roles(
     user_guid: Option<&str>,
 ) -> rusqlite::Result<Vec<RoleAssignment>> {
     let mut stmt = c.prepare(
-        "SELECT r.space_guid, s.name, u.username, r.role FROM space_roles r \
+        "SELECT r.space_guid, s.name, u.username, r.role, o.name FROM space_roles r \
          JOIN spaces s ON s.guid = r.space_guid JOIN users u ON u.guid = r.user_guid \
+         JOIN orgs o ON o.guid = s.org_guid \
          WHERE (?1 IS NULL OR r.space_guid = ?1) AND (?2 IS NULL OR r.user_guid = ?2) \
-         ORDER BY s.name, u.username, r.role",
+         ORDER BY o.name, s.name, u.username, r.role",
     )?;
     let rows = stmt.query_map(params![space_guid, user_guid], |row| {
         let role: String = row.get(3)?;
@@ -336,15 +456,17 @@ pub(crate) fn roles(
             row.get::<_, String>(1)?,
             row.get::<_, String>(2)?,
             role,
+            row.get::<_, String>(4)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (space_guid, space_name, username, role) = row?;
+        let (space_guid, space_name, username, role, org_name) = row?;
         if let Some(role) = SpaceRole::parse(&role) {
             out.push(RoleAssignment {
                 space_guid,
                 space_name,
+                org_name,
                 username,
                 role,
             });
@@ -813,11 +935,19 @@ mod tests {
         let path = dir.path().join("cc.db");
         let db = Db::open(&path).unwrap();
         db.blocking(|c| {
+            let org: String = c
+                .query_row("SELECT guid FROM orgs WHERE name = 'default'", [], |r| {
+                    r.get(0)
+                })
+                .unwrap();
             insert_space(
                 c,
                 &Space {
                     guid: "s1".into(),
                     name: "default".into(),
+                    org_guid: org,
+                    org_name: "default".into(),
+                    quota_guid: None,
                     created_at: 1,
                 },
             )
@@ -830,7 +960,7 @@ mod tests {
                 .unwrap()
         });
         assert_eq!(version, MIGRATIONS.len());
-        let space = db.blocking(|c| find_space(c, "default")).unwrap().unwrap();
+        let space = db.blocking(|c| space_by_guid(c, "s1")).unwrap().unwrap();
         assert_eq!(space.guid, "s1");
     }
 }

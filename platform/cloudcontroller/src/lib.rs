@@ -23,6 +23,7 @@
 //! - `db`: schema, migrations, queries. `blobs`: the content-addressed store.
 //! - `staging`: buildpack detection and droplet building. `placement`: the executor table and
 //!   the convergence loop.
+//! - `tenancy`: orgs, org roles and the access matrix every handler asks.
 //! - `password`: password hashing and guids. `logs`, `metrics`: what the role emits.
 //!
 //! Extension points for the policy, SLO and drain issues: a migration step appended in `db`,
@@ -40,11 +41,12 @@ mod metrics;
 mod password;
 mod placement;
 mod staging;
+mod tenancy;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use hydrant_api::{Space, User};
+use hydrant_api::User;
 use hydrant_bus::Bus;
 use hydrant_emitter::Registry;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +55,8 @@ pub use config::{ClientConfig, Config, IsolationMode, StagingIsolation};
 pub use error::Error;
 pub use staging::STATIC_START;
 
-/// The space apps go into when the request names none; created at first start.
+/// The space (in the `default` org) apps go into when the request names none; created at
+/// first start.
 pub const DEFAULT_SPACE: &str = "default";
 
 hydrant_runtime::listeners! {
@@ -182,22 +185,13 @@ async fn serve(
     served.map_err(Error::Serve)
 }
 
-/// First-start work: the default space and the administrator; and builds a previous run left
-/// half-done are marked FAILED.
+/// First-start work: the default org and space and the administrator; and builds a previous
+/// run left half-done are marked FAILED.
 fn bootstrap(config: &Config, db: &db::Db) -> Result<(), Error> {
     let db_err = |context| move |source| Error::Db { context, source };
     let now = hydrant_auth::now_secs();
     db.blocking(|c| {
-        if db::find_space(c, DEFAULT_SPACE)?.is_none() {
-            db::insert_space(
-                c,
-                &Space {
-                    guid: password::new_guid(),
-                    name: DEFAULT_SPACE.to_owned(),
-                    created_at: now,
-                },
-            )?;
-        }
+        tenancy::bootstrap(c, now)?;
         db::fail_interrupted_builds(c, now).map(drop)
     })
     .map_err(db_err("bootstrap"))?;

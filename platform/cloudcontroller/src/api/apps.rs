@@ -5,7 +5,6 @@
 //! placement loop, which does the rest; nothing here talks to an executor. That keeps every
 //! action idempotent: starting a started app changes nothing but the event log.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -13,8 +12,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hydrant_api::{
-    App, AppState, AuditEvent, CreateApp, InstanceRestart, List, LogToken, MapRoute, ProcessStats,
-    RestartInstance, Route, ScaleApp, SpaceRole, UpdateApp,
+    App, AppState, AuditEvent, CreateApp, EnvVars, InstanceRestart, List, LogToken, MapRoute,
+    ProcessStats, RestartInstance, Route, ScaleApp, UpdateApp,
 };
 use hydrant_auth::{Claims, Scope};
 use rusqlite::Connection;
@@ -22,6 +21,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, Body, Caller};
+use crate::tenancy::{self, Grants};
 use crate::{Ctx, db, password};
 
 /// Default memory per instance, MiB.
@@ -58,14 +58,23 @@ pub(super) fn routes() -> Router<Arc<Ctx>> {
         )
         .route("/v3/routes", get(list_routes))
         .route("/v3/apps/{guid}/log_token", post(log_token))
+        .route(
+            "/v3/apps/{guid}/environment_variables",
+            get(get_env).patch(patch_env),
+        )
         .route("/v3/audit_events", get(audit_events))
 }
 
 /// What a caller wants to do with an app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Access {
+    /// Its state, routes, events and logs; the environment and start command come back
+    /// blanked unless the caller develops in its space.
     Read,
+    /// Change it.
     Write,
+    /// Read what only its developers may: environment variables, webhook URLs, credentials.
+    Secrets,
 }
 
 /// Loads an app the caller may `access`. An app the caller may not see is "not found", never
@@ -76,22 +85,29 @@ pub(crate) fn app_for(
     guid: &str,
     access: Access,
 ) -> Result<App, ApiError> {
-    let app = db::get_app(c, guid)?.ok_or_else(|| ApiError::not_found("App"))?;
+    let mut app = db::get_app(c, guid)?.ok_or_else(|| ApiError::not_found("App"))?;
     if caller.admin {
         return Ok(app);
     }
-    let roles = db::roles(c, Some(&app.space_guid), Some(&caller.user_guid))?;
-    if roles.is_empty() {
+    let grants = Grants::load(c, caller)?;
+    let space = db::space_by_guid(c, &app.space_guid)?.ok_or_else(|| ApiError::not_found("App"))?;
+    let allowed = grants.space_of(&space);
+    if !allowed.read_apps {
         return Err(ApiError::not_found("App"));
     }
-    if access == Access::Write && !roles.iter().any(|r| r.role == SpaceRole::Developer) {
-        return Err(ApiError::forbidden(format!(
-            "you are an auditor in space {:?}, which only reads; ask an admin for the \
-             developer role to change apps",
+    match access {
+        Access::Write | Access::Secrets if !allowed.develop => Err(ApiError::forbidden(format!(
+            "your role in space {:?} (auditor or manager) only reads apps: it neither \
+                 changes them nor sees their environment; ask a space manager for the \
+                 SpaceDeveloper role",
             app.space_name
-        )));
+        ))),
+        Access::Read if !allowed.develop => {
+            tenancy::redact(&mut app);
+            Ok(app)
+        }
+        _ => Ok(app),
     }
-    Ok(app)
 }
 
 /// Why `name` cannot name an app or space, if it cannot: it becomes a host name label.
@@ -200,8 +216,18 @@ async fn list_apps(
                 apps.retain(|a| a.space_guid == space || a.space_name == space);
             }
             if !caller.admin {
-                let mine = db::roles(c, None, Some(&caller.user_guid))?;
-                apps.retain(|a| mine.iter().any(|r| r.space_guid == a.space_guid));
+                let grants = Grants::load(c, &caller)?;
+                let orgs = tenancy::space_orgs(c)?;
+                let access = |a: &App| {
+                    let org = orgs.get(&a.space_guid).map_or("", String::as_str);
+                    grants.space(&a.space_guid, org)
+                };
+                apps.retain(|a| access(a).read_apps);
+                for app in &mut apps {
+                    if !access(app).develop {
+                        tenancy::redact(app);
+                    }
+                }
             }
             Ok(apps)
         })
@@ -227,20 +253,14 @@ async fn create_app(
         .db
         .run(move |c| {
             let tx = c.transaction()?;
-            let space_name = request.space.as_deref().unwrap_or(crate::DEFAULT_SPACE);
-            let space = db::find_space(&tx, space_name)?.ok_or_else(|| {
-                ApiError::unprocessable(format!(
-                    "no space called {space_name:?}; list them with GET /v3/spaces"
-                ))
-            })?;
-            if !caller.admin {
-                let roles = db::roles(&tx, Some(&space.guid), Some(&caller.user_guid))?;
-                if !roles.iter().any(|r| r.role == SpaceRole::Developer) {
-                    return Err(ApiError::forbidden(format!(
-                        "you are not a developer in space {:?}; ask an admin for the role",
-                        space.name
-                    )));
-                }
+            let grants = Grants::load(&tx, &caller)?;
+            let space = tenancy::visible_space(&tx, &grants, None, request.space.as_deref())?;
+            if !grants.space_of(&space).develop {
+                return Err(ApiError::forbidden(format!(
+                    "you are not a developer in space {:?}; ask a space manager for the \
+                     SpaceDeveloper role",
+                    space.name
+                )));
             }
             if db::list_apps(&tx, Some(&request.name))?
                 .iter()
@@ -809,6 +829,100 @@ async fn log_token(
     }))
 }
 
+/// Most variables one app may hold, and the longest name and value.
+const MAX_ENV_VARS: usize = 256;
+const MAX_ENV_NAME: usize = 256;
+const MAX_ENV_VALUE: usize = 32 * 1024;
+
+fn env_answer(app: &App) -> EnvVars {
+    EnvVars {
+        var: app
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect(),
+    }
+}
+
+async fn get_env(
+    State(ctx): State<Arc<Ctx>>,
+    caller: Caller,
+    Path(guid): Path<String>,
+) -> Result<Json<EnvVars>, ApiError> {
+    let app = ctx
+        .db
+        .run(move |c| app_for(c, &caller, &guid, Access::Secrets))
+        .await?;
+    Ok(Json(env_answer(&app)))
+}
+
+/// Why `name` cannot name an environment variable, if it cannot.
+fn env_name_problem(name: &str) -> Option<&'static str> {
+    let mut bytes = name.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+    if !first_ok || name.len() > MAX_ENV_NAME {
+        return Some("start with a letter or _, at most 256 characters");
+    }
+    if !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Some("use only letters, digits and _");
+    }
+    if name.starts_with("HYDRANT_") || name == "PORT" {
+        return Some("the platform sets PORT and HYDRANT_* itself");
+    }
+    None
+}
+
+async fn patch_env(
+    State(ctx): State<Arc<Ctx>>,
+    caller: Caller,
+    Path(guid): Path<String>,
+    Body(patch): Body<EnvVars>,
+) -> Result<Json<EnvVars>, ApiError> {
+    for (name, value) in &patch.var {
+        if let Some(problem) = env_name_problem(name) {
+            return Err(ApiError::unprocessable(format!(
+                "environment variable {name:?}: {problem}"
+            )));
+        }
+        if value.as_ref().is_some_and(|v| v.len() > MAX_ENV_VALUE) {
+            return Err(ApiError::unprocessable(format!(
+                "environment variable {name:?}: values are at most 32 KiB"
+            )));
+        }
+    }
+    let (app, _) = change_app(&ctx, caller, guid, "audit.app.update", move |_, app| {
+        for (name, value) in patch.var {
+            match value {
+                Some(value) => {
+                    app.env.insert(name, value);
+                }
+                None => {
+                    app.env.remove(&name);
+                }
+            }
+        }
+        if app.env.len() > MAX_ENV_VARS {
+            return Err(ApiError::unprocessable(format!(
+                "an app holds at most {MAX_ENV_VARS} environment variables"
+            )));
+        }
+        // Names and values stay out of the audit trail: auditors read it.
+        Ok(Some(json!({"environment_variables": tenancy::HIDDEN})))
+    })
+    .await?;
+    ctx.logs.api(
+        &app.guid,
+        &format!(
+            "Updated app with guid {} ({{\"environment_variables\"=>\"{}\"}})",
+            app.guid,
+            tenancy::HIDDEN
+        ),
+    );
+    Ok(Json(env_answer(&app)))
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct EventQuery {
@@ -836,11 +950,12 @@ async fn audit_events(
                 events.retain(|e| wanted.contains(&e.event_type.as_str()));
             }
             if !caller.admin {
-                let spaces: BTreeMap<String, ()> = db::roles(c, None, Some(&caller.user_guid))?
-                    .into_iter()
-                    .map(|r| (r.space_guid, ()))
-                    .collect();
-                events.retain(|e| spaces.contains_key(&e.space_guid));
+                let grants = Grants::load(c, &caller)?;
+                let orgs = tenancy::space_orgs(c)?;
+                events.retain(|e| {
+                    let org = orgs.get(&e.space_guid).map_or("", String::as_str);
+                    grants.space(&e.space_guid, org).read_apps
+                });
             }
             Ok(events)
         })

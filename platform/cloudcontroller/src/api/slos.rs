@@ -59,7 +59,15 @@ async fn get_slos(
         .db
         .run(move |c| {
             let app = app_for(c, &caller, &guid, Access::Read)?;
-            let (slos, updated_at) = stored(c, &app.guid)?.unwrap_or_default();
+            let (mut slos, updated_at) = stored(c, &app.guid)?.unwrap_or_default();
+            // A webhook URL often carries a secret in its path or query: developers only.
+            if app_for(c, &caller, &guid, Access::Secrets).is_err() {
+                for slo in &mut slos {
+                    if slo.webhook_url.is_some() {
+                        slo.webhook_url = Some(crate::tenancy::HIDDEN.to_owned());
+                    }
+                }
+            }
             Ok(AppSlos {
                 app_guid: app.guid,
                 app_name: app.name,

@@ -281,7 +281,8 @@ async fn developers_auditors_and_outsiders() {
         })
         .await
         .unwrap();
-    // Developers cannot create in spaces they have no role in, nor do admin work.
+    // Developers cannot create in spaces they have no role in (the default space is as
+    // invisible to them as one that does not exist), nor do admin work.
     let err = dev
         .create_app(&CreateApp {
             name: "sneaky".into(),
@@ -289,7 +290,7 @@ async fn developers_auditors_and_outsiders() {
         })
         .await
         .unwrap_err();
-    assert_eq!(err.status(), Some(403), "{err}");
+    assert_eq!(err.status(), Some(404), "{err}");
     assert_eq!(
         dev.create_space("mine").await.unwrap_err().status(),
         Some(403)

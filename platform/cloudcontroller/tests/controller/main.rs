@@ -1,5 +1,6 @@
 //! The cloud controller's API end to end on loopback, one test binary (one link) for the API,
-//! drain, SLO and autoscaling-policy suites, which share the harness in `common/support.rs`.
+//! drain, SLO, autoscaling-policy and tenancy suites, which share the harness in
+//! `common/support.rs`.
 
 #![allow(
     clippy::unwrap_used,
@@ -15,3 +16,4 @@ mod limits;
 mod slos;
 #[path = "../common/support.rs"]
 mod support;
+mod tenancy;

@@ -1,0 +1,511 @@
+//! The role matrix: two orgs, three spaces, a user in every role, and every API action tried
+//! by each of them against the real controller on loopback. Each cell is exact — allowed,
+//! 404 (cannot see it) or 403 (sees it, may not change it) — so an unexpected allow fails, and
+//! every 404 must read the same as for something that does not exist and name no tenant.
+
+use std::collections::BTreeMap;
+
+use hydrant_api::{
+    Client, CreateApp, CreateUser, EventFilter, OrgRole, ScaleApp, SpaceRole, UpdateApp,
+};
+
+use crate::support::Cc;
+
+/// The people, in the order of the matrix's columns.
+const PEOPLE: [&str; 8] = [
+    "admin",
+    "org-mgr",
+    "org-aud",
+    "dev",
+    "auditor",
+    "space-mgr",
+    "other-dev",
+    "nobody",
+];
+
+/// What one person may get: `Y` allowed, `N` 404, `F` 403.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Y,
+    N,
+    F,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    GetOrg,
+    ListOrgRoles,
+    CreateSpaceInOrg,
+    AssignOrgRole,
+    GetSpace,
+    ListSpaceRoles,
+    AssignSpaceRole,
+    DeleteFreshSpace,
+    GetApp,
+    GetEnv,
+    SetEnv,
+    UpdateApp,
+    ScaleApp,
+    StopApp,
+    CreateAppInSpace,
+    AppEvents,
+    LogToken,
+    AppRoutes,
+    MapRoute,
+    GetOtherOrgsApp,
+    CreateUser,
+    CreateOrg,
+    ListUsers,
+}
+
+/// The matrix: for each action, the outcome per person in [`PEOPLE`] order.
+const MATRIX: &[(Action, &str)] = &[
+    //                          admin org-mgr org-aud dev aud space-mgr other-dev nobody
+    (Action::GetOrg, "YYYYYYNN"),
+    (Action::ListOrgRoles, "YYYYYYNN"),
+    (Action::CreateSpaceInOrg, "YYFFFFNN"),
+    (Action::AssignOrgRole, "YYFFFFNN"),
+    (Action::GetSpace, "YYNYYYNN"),
+    (Action::ListSpaceRoles, "YYNYYYNN"),
+    (Action::AssignSpaceRole, "YYNFFYNN"),
+    (Action::DeleteFreshSpace, "YYNNNNNN"),
+    (Action::GetApp, "YYNYYYNN"),
+    (Action::GetEnv, "YFNYFFNN"),
+    (Action::SetEnv, "YFNYFFNN"),
+    (Action::UpdateApp, "YFNYFFNN"),
+    (Action::ScaleApp, "YFNYFFNN"),
+    (Action::StopApp, "YFNYFFNN"),
+    (Action::CreateAppInSpace, "YFNYFFNN"),
+    (Action::AppEvents, "YYNYYYNN"),
+    (Action::LogToken, "YYNYYYNN"),
+    (Action::AppRoutes, "YYNYYYNN"),
+    (Action::MapRoute, "YFNYFFNN"),
+    (Action::GetOtherOrgsApp, "YNNNNNYN"),
+    (Action::CreateUser, "YFFFFFFF"),
+    (Action::CreateOrg, "YFFFFFFF"),
+    (Action::ListUsers, "YFFFFFFF"),
+];
+
+/// The tenants every action is tried against.
+struct Fixture {
+    org: hydrant_api::Org,
+    space: hydrant_api::Space,
+    app: hydrant_api::App,
+    other_app: hydrant_api::App,
+}
+
+/// Tenant names a 404 must never carry.
+const SECRET_NAMES: [&str; 5] = ["acme", "globex", "shop", "site", "checkout"];
+
+async fn attempt(
+    action: Action,
+    who: &str,
+    client: &Client,
+    admin: &Client,
+    fx: &Fixture,
+) -> Result<(), hydrant_api::Error> {
+    let app = &fx.app.guid;
+    match action {
+        Action::GetOrg => {
+            // The list is filtered: the org shows in it exactly for those who may read it.
+            let orgs = client.list_orgs().await?;
+            if orgs.iter().any(|o| o.guid == fx.org.guid) {
+                Ok(())
+            } else {
+                Err(not_found())
+            }
+        }
+        Action::ListOrgRoles => client.org_roles(&fx.org.guid).await.map(drop),
+        Action::CreateSpaceInOrg => client
+            .create_space_in(&fx.org.guid, &format!("made-by-{who}"))
+            .await
+            .map(drop),
+        Action::AssignOrgRole => client
+            .assign_org_role(&fx.org.guid, "spare", OrgRole::Auditor)
+            .await
+            .map(drop),
+        Action::GetSpace => {
+            let listed = client
+                .list_spaces()
+                .await?
+                .iter()
+                .any(|s| s.guid == fx.space.guid);
+            let alone = client.space_roles(&fx.space.guid).await.map(drop);
+            assert_eq!(
+                listed,
+                alone.is_ok(),
+                "{who}: list and get of a space agree"
+            );
+            alone
+        }
+        Action::ListSpaceRoles => client.space_roles(&fx.space.guid).await.map(drop),
+        Action::AssignSpaceRole => client
+            .assign_role(&fx.space.guid, "spare", SpaceRole::Auditor)
+            .await
+            .map(drop),
+        Action::DeleteFreshSpace => {
+            let fresh = admin
+                .create_space_in(&fx.org.guid, &format!("doomed-{who}"))
+                .await
+                .unwrap();
+            client.delete_space(&fresh.guid).await
+        }
+        Action::GetApp => {
+            let listed = client.list_apps().await?.iter().any(|a| a.guid == *app);
+            let alone = client.app(app).await.map(drop);
+            assert_eq!(listed, alone.is_ok(), "{who}: list and get of an app agree");
+            alone
+        }
+        Action::GetEnv => client.env(app).await.map(drop),
+        Action::SetEnv => client
+            .patch_env(
+                app,
+                BTreeMap::from([(
+                    format!("SET_BY_{}", who.replace('-', "_")),
+                    Some("1".into()),
+                )]),
+            )
+            .await
+            .map(drop),
+        Action::UpdateApp => client
+            .update_app(
+                app,
+                &UpdateApp {
+                    health_check_endpoint: Some("/health".into()),
+                    ..UpdateApp::default()
+                },
+            )
+            .await
+            .map(drop),
+        Action::ScaleApp => client
+            .scale_app(
+                app,
+                &ScaleApp {
+                    instances: Some(2),
+                    ..ScaleApp::default()
+                },
+            )
+            .await
+            .map(drop),
+        Action::StopApp => client.stop_app(app).await.map(drop),
+        Action::CreateAppInSpace => client
+            .create_app(&CreateApp {
+                name: format!("new-by-{who}"),
+                space: Some(fx.space.guid.clone()),
+                no_route: true,
+                ..CreateApp::default()
+            })
+            .await
+            .map(drop),
+        Action::AppEvents => {
+            let events = client
+                .audit_events(&EventFilter {
+                    target_guid: Some(app.clone()),
+                    types: None,
+                })
+                .await?;
+            assert!(
+                !events.is_empty(),
+                "{who}: a visible app has its create event"
+            );
+            Ok(())
+        }
+        Action::LogToken => client.log_token(app).await.map(drop),
+        Action::AppRoutes => client.app_routes(app).await.map(drop),
+        Action::MapRoute => client
+            .map_route(app, &format!("{who}.apps.localhost"))
+            .await
+            .map(drop),
+        Action::GetOtherOrgsApp => client.app(&fx.other_app.guid).await.map(drop),
+        Action::CreateUser => client
+            .create_user(&CreateUser {
+                username: format!("made-{who}"),
+                password: "long-enough-password".into(),
+                admin: false,
+            })
+            .await
+            .map(drop),
+        Action::CreateOrg => client.create_org(&format!("org-by-{who}")).await.map(drop),
+        Action::ListUsers => client.list_users().await.map(drop),
+    }
+}
+
+fn not_found() -> hydrant_api::Error {
+    hydrant_api::Error::Api {
+        status: 404,
+        errors: Vec::new(),
+    }
+}
+
+fn outcome(result: &Result<(), hydrant_api::Error>) -> Option<Outcome> {
+    match result {
+        Ok(()) => Some(Outcome::Y),
+        Err(e) if e.status() == Some(404) => Some(Outcome::N),
+        Err(e) if e.status() == Some(403) => Some(Outcome::F),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_action_by_every_role_is_exactly_as_the_matrix_says() {
+    let (_dir, cc) = Cc::fresh("cc-tenancy-matrix").await;
+    let admin = cc.admin.clone();
+    let acme = admin.create_org("acme").await.unwrap();
+    let globex = admin.create_org("globex").await.unwrap();
+    let dev_space = admin.create_space_in("acme", "dev").await.unwrap();
+    admin.create_space_in("acme", "prod").await.unwrap();
+    let web = admin.create_space_in("globex", "web").await.unwrap();
+    // Space names are per org: globex may have its own `dev`.
+    admin.create_space_in("globex", "dev").await.unwrap();
+
+    let mut clients: BTreeMap<&str, Client> = BTreeMap::new();
+    clients.insert("admin", admin.clone());
+    for who in &PEOPLE[1..] {
+        clients.insert(who, cc.user(who, None).await);
+    }
+    cc.user("spare", None).await;
+    admin
+        .assign_org_role(&acme.guid, "org-mgr", OrgRole::Manager)
+        .await
+        .unwrap();
+    admin
+        .assign_org_role(&acme.guid, "org-aud", OrgRole::Auditor)
+        .await
+        .unwrap();
+    for (who, role) in [
+        ("dev", SpaceRole::Developer),
+        ("auditor", SpaceRole::Auditor),
+        ("space-mgr", SpaceRole::Manager),
+    ] {
+        admin.assign_role(&dev_space.guid, who, role).await.unwrap();
+    }
+    admin
+        .assign_role(&web.guid, "other-dev", SpaceRole::Developer)
+        .await
+        .unwrap();
+
+    let app = admin
+        .create_app(&CreateApp {
+            name: "shop".into(),
+            space: Some(dev_space.guid.clone()),
+            command: Some("./run --token hunter2".into()),
+            env: BTreeMap::from([("DB_PASSWORD".into(), "s3cret".into())]),
+            ..CreateApp::default()
+        })
+        .await
+        .unwrap();
+    let other_app = admin
+        .create_app(&CreateApp {
+            name: "site".into(),
+            space: Some(web.guid.clone()),
+            ..CreateApp::default()
+        })
+        .await
+        .unwrap();
+    let fx = Fixture {
+        org: acme.clone(),
+        space: dev_space.clone(),
+        app: app.clone(),
+        other_app,
+    };
+    let nothing = clients["nobody"].app("no-such-app").await.unwrap_err();
+
+    let mut wrong = Vec::new();
+    let mut tried = 0;
+    for (action, row) in MATRIX {
+        assert_eq!(row.len(), PEOPLE.len(), "{action:?}: one cell per person");
+        for (who, cell) in PEOPLE.iter().zip(row.chars()) {
+            let expected = match cell {
+                'Y' => Outcome::Y,
+                'N' => Outcome::N,
+                _ => Outcome::F,
+            };
+            let result = attempt(*action, who, &clients[who], &admin, &fx).await;
+            tried += 1;
+            let got = outcome(&result);
+            if got != Some(expected) {
+                wrong.push(format!(
+                    "{action:?} by {who}: expected {expected:?}, got {result:?}"
+                ));
+            }
+            if let Err(e) = &result {
+                let detail = e.detail().unwrap_or_default();
+                for name in SECRET_NAMES {
+                    if got == Some(Outcome::N) {
+                        assert!(
+                            !detail.contains(name),
+                            "{action:?} by {who}: a 404 names {name:?}: {detail}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {tried} cells wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    assert!(
+        tried >= 180,
+        "the matrix covers every action for every role"
+    );
+
+    // A hidden app answers word for word as a missing one.
+    let hidden = clients["nobody"].app(&app.guid).await.unwrap_err();
+    assert_eq!(hidden.detail(), nothing.detail());
+
+    // Lists are filtered to exactly what each person may see.
+    let names = |orgs: Vec<hydrant_api::Org>| orgs.into_iter().map(|o| o.name).collect::<Vec<_>>();
+    assert_eq!(
+        names(clients["other-dev"].list_orgs().await.unwrap()),
+        ["globex"]
+    );
+    assert_eq!(names(clients["dev"].list_orgs().await.unwrap()), ["acme"]);
+    assert!(clients["nobody"].list_orgs().await.unwrap().is_empty());
+    let all = names(admin.list_orgs().await.unwrap());
+    assert!(all.contains(&"acme".to_owned()) && all.contains(&"globex".to_owned()));
+    let space_names = |client: &Client| {
+        let client = client.clone();
+        async move {
+            let mut names: Vec<String> = client
+                .list_spaces()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|s| format!("{}/{}", s.org_name, s.name))
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    assert_eq!(space_names(&clients["auditor"]).await, ["acme/dev"]);
+    assert_eq!(space_names(&clients["other-dev"]).await, ["globex/web"]);
+    assert!(space_names(&clients["org-aud"]).await.is_empty());
+    let mgr_spaces = space_names(&clients["org-mgr"]).await;
+    assert!(mgr_spaces.contains(&"acme/prod".to_owned()));
+    assert!(mgr_spaces.iter().all(|s| s.starts_with("acme/")));
+    let app_names = |client: &Client| {
+        let client = client.clone();
+        async move {
+            client
+                .list_apps()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|a| a.name)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(
+        !app_names(&clients["other-dev"])
+            .await
+            .contains(&"shop".to_owned())
+    );
+    assert!(
+        !app_names(&clients["dev"])
+            .await
+            .contains(&"site".to_owned())
+    );
+    let events = clients["other-dev"]
+        .audit_events(&EventFilter::default())
+        .await
+        .unwrap();
+    assert!(events.iter().all(|e| e.space_guid == web.guid));
+
+    // Readers who are not developers never see the environment or the start command, in the
+    // app itself or in its list entry; developers do.
+    for who in ["org-mgr", "auditor", "space-mgr"] {
+        let seen = clients[who].app(&app.guid).await.unwrap();
+        assert!(seen.env.is_empty(), "{who} sees env: {:?}", seen.env);
+        assert_ne!(
+            seen.command.as_deref(),
+            Some("./run --token hunter2"),
+            "{who}"
+        );
+        let listed = clients[who].list_apps().await.unwrap();
+        let listed = listed.iter().find(|a| a.guid == app.guid).unwrap();
+        assert!(listed.env.is_empty(), "{who} sees env in the list");
+    }
+    let dev_view = clients["dev"].env(&app.guid).await.unwrap();
+    assert_eq!(dev_view.var["DB_PASSWORD"].as_deref(), Some("s3cret"));
+    assert_eq!(
+        clients["dev"]
+            .app(&app.guid)
+            .await
+            .unwrap()
+            .command
+            .as_deref(),
+        Some("./run --token hunter2")
+    );
+    // Nor do audit events carry them, to anyone.
+    let events = clients["auditor"]
+        .audit_events(&EventFilter {
+            target_guid: Some(app.guid.clone()),
+            types: None,
+        })
+        .await
+        .unwrap();
+    let text = serde_json::to_string(&events).unwrap();
+    assert!(
+        !text.contains("s3cret") && !text.contains("SET_BY_DEV"),
+        "{text}"
+    );
+    let _ = globex;
+    cc.stop().await;
+}
+
+/// `unset` takes a variable away; removing a role takes the access away at the next request,
+/// with no new login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_changes_and_role_removal_take_effect_at_once() {
+    let (_dir, cc) = Cc::fresh("cc-tenancy-env").await;
+    let admin = cc.admin.clone();
+    let org = admin.create_org("acme").await.unwrap();
+    let space = admin.create_space_in(&org.name, "dev").await.unwrap();
+    let dev = cc.user("dev", None).await;
+    admin
+        .assign_role(&space.guid, "dev", SpaceRole::Developer)
+        .await
+        .unwrap();
+    let app = dev
+        .create_app(&CreateApp {
+            name: "shop".into(),
+            space: Some(space.guid.clone()),
+            ..CreateApp::default()
+        })
+        .await
+        .unwrap();
+    dev.patch_env(
+        &app.guid,
+        BTreeMap::from([
+            ("A".to_owned(), Some("1".to_owned())),
+            ("B".to_owned(), Some("2".to_owned())),
+        ]),
+    )
+    .await
+    .unwrap();
+    let env = dev
+        .patch_env(&app.guid, BTreeMap::from([("A".to_owned(), None)]))
+        .await
+        .unwrap();
+    assert_eq!(env.var.keys().collect::<Vec<_>>(), ["B"]);
+    assert_eq!(dev.app(&app.guid).await.unwrap().env["B"], "2");
+    let bad = dev
+        .patch_env(
+            &app.guid,
+            BTreeMap::from([("1X".to_owned(), Some("v".into()))]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(bad.status(), Some(422));
+
+    admin
+        .remove_role(&space.guid, "dev", SpaceRole::Developer)
+        .await
+        .unwrap();
+    assert!(dev.app(&app.guid).await.unwrap_err().is_not_found());
+    assert!(dev.env(&app.guid).await.unwrap_err().is_not_found());
+    cc.stop().await;
+}
