@@ -34,6 +34,8 @@ pub enum BenchCommand {
     Pipeline(PipelineArgs),
     /// The syslog nozzle's encoder and TCP sender into a real rsyslogd.
     Syslog(SyslogArgs),
+    /// Route registrations from executors to routers through a real nats-server.
+    Bus(crate::bench_bus::BusArgs),
 }
 
 /// Arguments of `hydrant bench syslog`.
@@ -112,6 +114,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Pipeline(args) => pipeline(args).await,
         BenchCommand::Syslog(args) => syslog(args).await,
+        BenchCommand::Bus(args) => crate::bench_bus::run(args).await,
     }
 }
 
@@ -234,8 +237,13 @@ async fn generator(
 /// userspace ABI, so no `sysconf` call is needed. Off Linux the bench reports 0 CPU seconds and
 /// the per-CPU-second figure is omitted.
 fn cpu_seconds() -> f64 {
+    cpu_seconds_of("self")
+}
+
+/// CPU time (user + system) process `pid` (or `self`) has used so far, as [`cpu_seconds`].
+pub(crate) fn cpu_seconds_of(pid: &str) -> f64 {
     const USER_HZ: f64 = 100.0;
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
     // The command name (field 2) may contain spaces; everything after its closing ')' is
@@ -416,7 +424,7 @@ async fn pipeline_run(args: &PipelineArgs, tls: bool) -> anyhow::Result<Report> 
     Ok(report)
 }
 
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("hydrant-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)

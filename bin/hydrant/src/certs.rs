@@ -95,6 +95,19 @@ enum CertsCommand {
         /// The file to write (default: nats.conf in the certificate directory).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Make this server one node of a cluster: where it accepts routes from the other
+        /// nodes (HOST:PORT). Routes use the `nats` certificate and a shared secret kept in
+        /// `nats-cluster.secret` in the certificate directory (made on first use; copy it to
+        /// every node with the certificates).
+        #[arg(long)]
+        cluster_listen: Option<String>,
+        /// Another node's route address (HOST:PORT, repeatable); this node's own may be listed,
+        /// so every node can be given the same list.
+        #[arg(long = "route", requires = "cluster_listen")]
+        routes: Vec<String>,
+        /// The cluster's name (the same on every node).
+        #[arg(long, default_value = "hydrant", requires = "cluster_listen")]
+        cluster_name: String,
     },
 }
 
@@ -173,7 +186,17 @@ pub fn run(args: CertsArgs) -> anyhow::Result<ExitCode> {
             listen,
             cells,
             out,
-        } => nats(&dir.resolve()?, &listen, &cells, out),
+            cluster_listen,
+            routes,
+            cluster_name,
+        } => {
+            let cluster = cluster_listen.map(|listen| ClusterArgs {
+                name: cluster_name,
+                listen,
+                routes,
+            });
+            nats(&dir.resolve()?, &listen, &cells, cluster.as_ref(), out)
+        }
     }
 }
 
@@ -295,10 +318,18 @@ fn rotate(dir: &Path, step: RotateStep, ca_days: u32) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--cluster-listen` and its companions.
+struct ClusterArgs {
+    name: String,
+    listen: String,
+    routes: Vec<String>,
+}
+
 fn nats(
     dir: &Path,
     listen: &str,
     cells: &[String],
+    cluster: Option<&ClusterArgs>,
     out: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let certs = CertDir::new(dir);
@@ -316,7 +347,21 @@ fn nats(
     }
     let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
     let (ca, cert, key) = (absolute(certs.ca_file()), absolute(cert), absolute(key));
-    let text = nats_config::server_config(
+    let secret = match cluster {
+        Some(_) => Some(nats_config::ensure_cluster_secret(
+            &dir.join("nats-cluster.secret"),
+        )?),
+        None => None,
+    };
+    let cluster = cluster
+        .zip(secret.as_deref())
+        .map(|(c, secret)| nats_config::Cluster {
+            name: &c.name,
+            listen: &c.listen,
+            routes: &c.routes,
+            secret,
+        });
+    let text = nats_config::clustered_config(
         listen,
         ServerTls {
             ca_file: &ca,
@@ -324,9 +369,12 @@ fn nats(
             key_file: &key,
         },
         cells,
+        cluster.as_ref(),
     )?;
     let out = out.unwrap_or_else(|| dir.join("nats.conf"));
-    std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+    // 0600: with a cluster the file holds the route secret.
+    hydrant_tls::local::write_private(&out, text.as_bytes())
+        .with_context(|| format!("writing {}", out.display()))?;
     println!(
         "wrote {}: run `nats-server -c {}`; each role's [bus] gets url = \"nats://{listen}\" \
          and [bus.tls] with its own certificate",

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod apps;
 mod autoscale_cli;
 mod bench;
+mod bench_bus;
 mod bench_consumer;
 mod certs;
 mod cli_config;

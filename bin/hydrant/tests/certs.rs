@@ -233,4 +233,64 @@ fn a_cell_leaf_for_another_host_and_the_nats_config() {
         config.contains(&dir.join("nats.pem").display().to_string()),
         "{config}"
     );
+    assert!(!config.contains("cluster {"), "{config}");
+
+    // One node of a three-node cluster; the second node's config shares the same secret.
+    let node = |out: &str, listen: &str| {
+        let out = home.path().join(out);
+        let mut args = vec![
+            "certs",
+            "nats-config",
+            "--dir",
+            dir_arg,
+            "--cluster-listen",
+            listen,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        for route in ["10.0.0.1:6222", "10.0.0.2:6222", "10.0.0.3:6222"] {
+            args.extend(["--route", route]);
+        }
+        ok(home.path(), &args);
+        std::fs::read_to_string(out).unwrap()
+    };
+    let a = node("a.conf", "10.0.0.1:6222");
+    let b = node("b.conf", "10.0.0.2:6222");
+    let secret_file = dir.join("nats-cluster.secret");
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    let secret = secret.trim();
+    assert_eq!(secret.len(), 64, "{secret}");
+    for (config, own, others) in [
+        (&a, "10.0.0.1:6222", ["10.0.0.2:6222", "10.0.0.3:6222"]),
+        (&b, "10.0.0.2:6222", ["10.0.0.1:6222", "10.0.0.3:6222"]),
+    ] {
+        assert!(config.contains("cluster {"), "{config}");
+        assert!(config.contains(&format!("listen: \"{own}\"")), "{config}");
+        assert!(
+            !config.contains(&format!("@{own}")),
+            "a route to itself: {config}"
+        );
+        for other in others {
+            assert!(
+                config.contains(&format!("nats-route://route:{secret}@{other}")),
+                "{config}"
+            );
+        }
+    }
+    for file in [&secret_file, &home.path().join("a.conf")] {
+        let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+    refused(
+        home.path(),
+        &[
+            "certs",
+            "nats-config",
+            "--dir",
+            dir_arg,
+            "--route",
+            "10.0.0.1:6222",
+        ],
+        "--cluster-listen",
+    );
 }
