@@ -505,7 +505,16 @@ async fn poll(
         let reads = with_slos.map(|x| {
             let url = format!("{}/v1/slos/{}", base.trim_end_matches('/'), x.app_guid);
             async move {
-                let response = http.get(url).send().await.ok()?;
+                // The alerter shows an app's status to a token that may read its logs.
+                let token = match api.log_token(&x.app_guid).await {
+                    Ok(t) => Some(t.token),
+                    Err(_) => api.token().map(str::to_owned),
+                };
+                let mut request = http.get(url);
+                if let Some(token) = token {
+                    request = request.bearer_auth(token);
+                }
+                let response = request.send().await.ok()?;
                 if !response.status().is_success() {
                     return None;
                 }

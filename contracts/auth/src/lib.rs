@@ -20,6 +20,8 @@
 //! - `jwt`: the compact form, taken apart with structure checks before any crypto.
 //! - [`SigningKey`], [`KeyStore`]: the private side (the cloud controller only), rotation.
 //! - [`KeySet`], [`Jwks`]: the public side every verifier holds.
+//! - [`TokenKeys`]: a [`KeySet`] kept current from the controller's `/token_keys` and a cache
+//!   file, what the firehose edge and the admin ports that show tenant data verify with.
 //!
 //! The invariant this crate keeps: [`KeySet::verify`] answers every input, however hostile,
 //! with `Ok` only for an unexpired token one of its keys signed for the audience asked about,
@@ -27,6 +29,7 @@
 
 mod claims;
 mod error;
+mod fetch;
 mod jwks;
 mod jwt;
 mod key;
@@ -36,6 +39,7 @@ pub use claims::{
     SCOPE_API_READ, SCOPE_API_WRITE, SCOPE_FIREHOSE, Scope,
 };
 pub use error::Error;
+pub use fetch::{FETCH_TIMEOUT, KeySources, KeysObserver, TokenKeys, Unobserved, bearer};
 pub use jwks::{Jwk, Jwks, KeySet, MAX_JWKS_BYTES};
 pub use jwt::peek_claims;
 pub use key::{KeyStore, MAX_KEYS, SigningKey, random_id};

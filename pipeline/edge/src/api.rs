@@ -44,7 +44,7 @@ pub(crate) struct StreamOptions {
 #[derive(Debug)]
 pub(crate) struct Shared {
     /// The public keys tokens are verified with; `None` when auth is disabled.
-    pub(crate) keys: Option<Arc<crate::keys::TokenKeys>>,
+    pub(crate) keys: Option<Arc<hydrant_auth::TokenKeys>>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) metrics: Metrics,
     pub(crate) opts: StreamOptions,
@@ -161,17 +161,14 @@ impl Shared {
         let unauthorized =
             |m: String| self.reject(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m));
         let token = match headers.get(header::AUTHORIZATION) {
-            Some(value) => {
-                let value = value.to_str().unwrap_or_default();
-                match value.split_once(' ') {
-                    Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-                    _ => {
-                        return Err(unauthorized(
-                            "the Authorization header must be \"Bearer <token>\"".to_owned(),
-                        ));
-                    }
+            Some(value) => match hydrant_auth::bearer(value.to_str().unwrap_or_default()) {
+                Some(token) => token,
+                None => {
+                    return Err(unauthorized(
+                        "the Authorization header must be \"Bearer <token>\"".to_owned(),
+                    ));
                 }
-            }
+            },
             None => match query.get("access_token") {
                 Some(token) => token,
                 None => {

@@ -63,6 +63,17 @@ pub struct Config {
     /// Where `/healthz`, `/metrics` and the status (`/v1/slos`) listen. Default
     /// `127.0.0.1:14835`.
     pub admin_listen: String,
+    /// The cloud controller's public token keys, which `/v1/slos` verifies tokens with.
+    /// Fetched at start (retried until it answers), every 5 minutes, and when a token names an
+    /// unknown key. Default unset: `api_url` + `/token_keys`.
+    pub token_keys_url: Option<String>,
+    /// Where fetched keys are cached, so a restarted alerter answers `/v1/slos` while the
+    /// cloud controller is down. Default unset: `data_dir/token_keys.json`.
+    pub token_keys_cache: Option<PathBuf>,
+    /// `/v1/slos` needs a token that may read the app (`admin`, `firehose`, or the app's log
+    /// token); every app's list needs `admin` or `firehose`. Default true; false shows every
+    /// app's SLOs to anyone who reaches the admin port (only for local tests).
+    pub status_auth: bool,
 }
 
 /// How alerts reach webhooks.
@@ -124,6 +135,32 @@ impl Default for Config {
             webhook: WebhookConfig::default(),
             telemetry: TelemetryConfig::default(),
             admin_listen: "127.0.0.1:14835".to_owned(),
+            token_keys_url: None,
+            token_keys_cache: None,
+            status_auth: true,
+        }
+    }
+}
+
+impl Config {
+    /// Where the status check's token keys come from: `token_keys_url` (default
+    /// `api_url/token_keys`), cached in `token_keys_cache` (default
+    /// `data_dir/token_keys.json`).
+    #[must_use]
+    pub fn token_key_sources(&self) -> hydrant_auth::KeySources {
+        hydrant_auth::KeySources {
+            url: Some(
+                self.token_keys_url.clone().unwrap_or_else(|| {
+                    format!("{}/token_keys", self.api_url.trim_end_matches('/'))
+                }),
+            ),
+            cache: Some(
+                self.token_keys_cache
+                    .clone()
+                    .unwrap_or_else(|| self.data_dir.join("token_keys.json")),
+            ),
+            refetch_every: Duration::from_secs(30),
+            ..hydrant_auth::KeySources::default()
         }
     }
 }
@@ -166,6 +203,18 @@ impl hydrant_runtime::Validate for Config {
             return Err(invalid(
                 "subscription_id",
                 "must be 1 to 128 characters, e.g. \"slo-alerter\"",
+            )
+            .into());
+        }
+        if let Some(url) = &self.token_keys_url
+            && !(url.starts_with("http://") && url.len() > "http://".len())
+        {
+            return Err(invalid(
+                "token_keys_url",
+                format!(
+                    "{url:?} is not an http URL: write it like \"http://127.0.0.1:9022/token_keys\", \
+                     or leave it out for api_url + /token_keys"
+                ),
             )
             .into());
         }

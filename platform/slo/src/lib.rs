@@ -8,7 +8,8 @@
 //! alert starts or stops, an `SLO` log line in the app's stream and a JSON POST to the SLO's
 //! webhook ([`webhook`]). State goes to `data_dir` every `flush_interval_secs` and at
 //! shutdown ([`store`]); the status of every SLO is served as JSON on the admin listener
-//! (`GET /v1/slos`, `GET /v1/slos/{app_guid}`) for `hydrant slo NAME`.
+//! (`GET /v1/slos`, `GET /v1/slos/{app_guid}`) for `hydrant slo NAME`, to tokens that may read
+//! the app (`status`).
 //!
 //! Invariants:
 //! - Evaluation never waits on the outside world: webhooks go through a bounded queue, the
@@ -24,11 +25,13 @@
 //! - [`engine`]: every app's SLOs over the windows, the period ledger, statuses.
 //! - [`store`]: the per-app state files.
 //! - [`webhook`]: delivery with retries.
+//! - `status`: `/v1/slos` on the admin listener, behind a token check.
 
 mod config;
 pub mod engine;
 mod error;
 pub mod eval;
+mod status;
 pub mod store;
 pub mod webhook;
 
@@ -36,11 +39,6 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::Json;
-use axum::extract::Path;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use hydrant_emitter::{Emitter, Registry};
 use hydrant_firehose_client::Subscription;
 use hydrant_runtime::lock;
@@ -182,7 +180,27 @@ async fn serve(
     ));
     let webhooks = webhook::Webhooks::spawn(&config.webhook, &registry, tasks.clone());
 
-    listeners.mount_admin(status_routes(Arc::clone(&engine)));
+    let keys = if config.status_auth {
+        let keys = Arc::new(
+            hydrant_auth::TokenKeys::new(
+                config.token_key_sources(),
+                Arc::new(hydrant_auth::Unobserved),
+            )
+            .map_err(|e| {
+                Error::Config(hydrant_runtime::invalid("token_keys_url", e.to_string()))
+            })?,
+        );
+        tokio::spawn(
+            Arc::clone(&keys).refresh(Duration::from_secs(300), tasks.clone().cancelled_owned()),
+        );
+        Some(keys)
+    } else {
+        tracing::warn!(
+            "status_auth = false: /v1/slos shows every app's SLOs to anyone who can connect"
+        );
+        None
+    };
+    listeners.mount_admin(status::routes(Arc::clone(&engine), keys, &registry));
 
     let notices_sent = registry.counter("slo.notices", "Alerts started or resolved", &[]);
     let mut evaluate = tokio::time::interval(Config::secs(config.evaluate_interval_secs));
@@ -342,31 +360,6 @@ fn announce(n: &Notice, emitter: Option<&Emitter>, webhooks: &webhook::Webhooks)
         let body = serde_json::to_vec(&webhook_body(n)).unwrap_or_default();
         webhooks.send(url, body);
     }
-}
-
-fn status_routes(engine: SharedEngine) -> axum::Router {
-    let all = Arc::clone(&engine);
-    axum::Router::new()
-        .route(
-            "/v1/slos",
-            get(move || {
-                let list: Vec<_> = lock(&all).statuses().cloned().collect();
-                async move { Json(list) }
-            }),
-        )
-        .route(
-            "/v1/slos/{app_guid}",
-            get(move |Path(guid): Path<String>| {
-                let found = lock(&engine).status(&guid).cloned();
-                async move {
-                    match found {
-                        Some(s) => Json(s).into_response(),
-                        None => (StatusCode::NOT_FOUND, "no SLOs evaluated for this app\n")
-                            .into_response(),
-                    }
-                }
-            }),
-        )
 }
 
 /// Client-credential tokens, renewed before they expire.
