@@ -31,6 +31,7 @@ mod error;
 mod mask;
 pub mod policy;
 pub mod push;
+pub mod services;
 pub mod slo;
 pub mod tenancy;
 mod token_cache;

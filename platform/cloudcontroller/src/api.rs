@@ -12,6 +12,7 @@ mod autoscaling;
 mod drains;
 mod orgs;
 mod push;
+mod services;
 mod slos;
 mod tokens;
 
@@ -124,6 +125,11 @@ impl ApiError {
             "CF-ServiceUnavailable",
             detail,
         )
+    }
+
+    /// What the answer says, for a log line when no client gets it.
+    pub(crate) fn detail(&self) -> &str {
+        &self.detail
     }
 
     pub(crate) fn internal(detail: impl Into<String>) -> Self {
@@ -299,6 +305,7 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         .merge(autoscaling::routes())
         .merge(drains::routes())
         .merge(slos::routes())
+        .merge(services::routes())
         .merge(crate::placement::cells::routes())
         // A login or a space is a few hundred bytes: only the push endpoints that carry file
         // lists get the large limit.

@@ -107,6 +107,8 @@ pub struct Config {
     pub bus: hydrant_bus::Config,
     /// Where the role's own metrics, and the apps' `STG` and `API` log lines, go.
     pub telemetry: TelemetryConfig,
+    /// Service brokers: outbound policy, deadlines and polling (`[services]`).
+    pub services: crate::services::ServicesConfig,
 }
 
 impl Default for Config {
@@ -147,6 +149,7 @@ impl Default for Config {
             instance_id: "0".to_owned(),
             bus: hydrant_bus::Config::default(),
             telemetry: TelemetryConfig::default(),
+            services: crate::services::ServicesConfig::default(),
         }
     }
 }
@@ -285,6 +288,7 @@ impl hydrant_runtime::Validate for Config {
             }
         }
         self.staging_isolation.validate()?;
+        self.services.validate()?;
         self.bus.validate()?;
         self.limits.validate("limits")?;
         self.telemetry.validate()?;

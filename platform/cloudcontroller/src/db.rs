@@ -193,6 +193,8 @@ CREATE TABLE space_routes (
 );
 CREATE INDEX space_routes_space ON space_routes(space_guid);
 ",
+    // Services: brokers, their catalogs, instances, bindings and the durable job rows.
+    crate::services::store::MIGRATION,
 ];
 
 /// The database handle. Clones share one connection.

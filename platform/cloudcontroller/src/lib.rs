@@ -25,6 +25,8 @@
 //!   the convergence loop.
 //! - `tenancy`: orgs, org roles and the access matrix every handler asks.
 //! - `password`: password hashing and guids. `logs`, `metrics`: what the role emits.
+//! - `services`: the OSBAPI client, catalogs, parameter schemas, the durable job runner and
+//!   `VCAP_SERVICES`; their endpoints in `api/services.rs`.
 //!
 //! Extension points for the policy, SLO and drain issues: a migration step appended in `db`,
 //! routes beside the app routes in `api/apps.rs`, and, for control loops that need them, new
@@ -40,6 +42,7 @@ mod logs;
 mod metrics;
 mod password;
 mod placement;
+mod services;
 mod staging;
 mod tenancy;
 
@@ -53,6 +56,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{ClientConfig, Config, IsolationMode, StagingIsolation};
 pub use error::Error;
+pub use services::ServicesConfig;
 pub use staging::STATIC_START;
 
 /// The space (in the `default` org) apps go into when the request names none; created at
@@ -111,6 +115,8 @@ pub(crate) struct Ctx {
     pub(crate) metrics: metrics::Metrics,
     /// The per-name brake on password guessing.
     pub(crate) logins: login::Logins,
+    /// Service brokers: the OSBAPI client and the job runner's wake-up and counters.
+    pub(crate) services: services::Services,
 }
 
 /// Runs the cloud controller until `shutdown` is cancelled, then stops serving, lets running
@@ -141,6 +147,7 @@ async fn serve(
     let (queue, jobs) = staging::Queue::new(config.staging_queue);
     let workers = config.staging_workers;
 
+    let services = services::Services::new(&config.services, &registry)?;
     let ctx = Arc::new(Ctx {
         config,
         db,
@@ -152,9 +159,11 @@ async fn serve(
         logs,
         metrics,
         logins: login::Logins::default(),
+        services,
     });
 
     let staging_tasks = staging::spawn_workers(ctx.clone(), jobs, workers, shutdown.clone());
+    let service_jobs = tokio::spawn(services::jobs::run(ctx.clone(), shutdown.clone()));
     let converge = tokio::spawn(placement::run(
         ctx.clone(),
         bus.clone(),
@@ -178,6 +187,7 @@ async fn serve(
         let _ = task.await;
     }
     let _ = converge.await;
+    let _ = service_jobs.await;
     drop(ctx);
     if let Some(telemetry) = &telemetry {
         telemetry.stopped().await;

@@ -48,7 +48,7 @@ pub(super) fn routes() -> Router<Arc<Ctx>> {
 
 /// The parts of a drain URL the checks need.
 #[derive(Debug, PartialEq, Eq)]
-struct DrainUrl<'a> {
+pub(super) struct DrainUrl<'a> {
     scheme: &'a str,
     host: &'a str,
     port: u16,
@@ -56,7 +56,7 @@ struct DrainUrl<'a> {
 
 /// Parses `scheme://[user[:pass]@]host[:port][/path][?query]`, naming what is wrong. Errors
 /// quote the URL masked.
-fn parse(url: &str) -> Result<DrainUrl<'_>, String> {
+pub(super) fn parse(url: &str) -> Result<DrainUrl<'_>, String> {
     let shown = mask_url(url);
     if url.len() > MAX_URL_LEN {
         return Err(format!("the drain URL is longer than {MAX_URL_LEN} bytes"));
@@ -111,7 +111,10 @@ fn parse(url: &str) -> Result<DrainUrl<'_>, String> {
 }
 
 /// Resolves the drain's host and refuses internal addresses unless `allow_private`.
-async fn check_reachable(url: &DrainUrl<'_>, allow_private: bool) -> Result<(), ApiError> {
+pub(super) async fn check_reachable(
+    url: &DrainUrl<'_>,
+    allow_private: bool,
+) -> Result<(), ApiError> {
     if allow_private {
         return Ok(());
     }

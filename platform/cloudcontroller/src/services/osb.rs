@@ -1,0 +1,401 @@
+//! The OSBAPI v2.17 HTTP client: one request to one broker, with the headers the spec requires
+//! and the answer reduced to what the job runner decides on.
+//!
+//! Every request carries `X-Broker-API-Version: 2.17`, a fresh `X-Broker-API-Request-Identity`,
+//! HTTP basic auth and, when a user is behind it, `X-Broker-API-Originating-Identity:
+//! cloudfoundry <base64 {"user_id"}>`. Broker URLs follow the platform's outbound policy
+//! (internal addresses refused after DNS unless the operator allows them), redirects are not
+//! followed, no proxy from the environment is used, every request has a deadline and no answer
+//! is read past `max_response_bytes`.
+//!
+//! Invariant: the broker's password and the credentials in its answers never reach a log line
+//! or an error message; errors name the broker by scheme and host only.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use hydrant_api::drain::{Outbound, OutboundRefused};
+use hydrant_emitter::Registry;
+use serde_json::Value;
+
+use super::ServicesConfig;
+use crate::Error;
+
+/// The OSBAPI version the platform speaks.
+pub(crate) const API_VERSION: &str = "2.17";
+
+/// Longest `operation` string a broker may hand back (spec: 10,000 characters).
+pub(crate) const MAX_OPERATION_LEN: usize = 10_000;
+
+/// Where and how to reach one broker.
+#[derive(Debug, Clone)]
+pub(crate) struct BrokerAddr {
+    pub(crate) url: String,
+    pub(crate) username: String,
+    pub(crate) password: String,
+}
+
+/// A broker's answer: status, the body parsed as JSON (`None` when it was not JSON) and the
+/// `Retry-After` it asked for.
+#[derive(Debug, Clone)]
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: Option<Value>,
+    pub(crate) retry_after: Option<Duration>,
+}
+
+impl Answer {
+    /// The body if it is a JSON object (what every 2xx must be).
+    pub(crate) fn object(&self) -> Option<&serde_json::Map<String, Value>> {
+        self.body.as_ref().and_then(Value::as_object)
+    }
+
+    /// `error` and `description` of an error body, as one line for a user.
+    pub(crate) fn error_text(&self) -> String {
+        let field = |k: &str| {
+            self.object()
+                .and_then(|o| o.get(k))
+                .and_then(Value::as_str)
+                .map(|s| s.chars().take(500).collect::<String>())
+        };
+        match (field("error"), field("description")) {
+            (Some(e), Some(d)) => format!("{e}: {d}"),
+            (None, Some(d)) => d,
+            (Some(e), None) => e,
+            (None, None) => format!("HTTP {}", self.status),
+        }
+    }
+}
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// No answer within the deadline: the broker may have acted (orphan mitigation applies).
+    Timeout(String),
+    /// No connection was made: the broker never saw the request.
+    Connect(String),
+    /// The request may have reached the broker but no whole answer came back.
+    Broken(String),
+    /// The outbound policy refused the broker's address.
+    Refused(String),
+    /// The answer was larger than `max_response_bytes`.
+    TooLarge(String),
+}
+
+impl Failure {
+    /// Whether the broker may have acted on the request (so a create must be mitigated).
+    pub(crate) fn uncertain(&self) -> bool {
+        matches!(self, Self::Timeout(_) | Self::Broken(_) | Self::TooLarge(_))
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Timeout(m)
+            | Self::Connect(m)
+            | Self::Broken(m)
+            | Self::Refused(m)
+            | Self::TooLarge(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Resolves broker hosts and hands the connector only the addresses the policy allows.
+#[derive(Debug, Clone, Copy)]
+struct Vetted(Outbound);
+
+impl reqwest::dns::Resolve for Vetted {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0;
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let resolved = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let allowed = policy.vet(&host, resolved)?;
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The client every broker call goes through.
+#[derive(Debug)]
+pub(crate) struct OsbClient {
+    http: reqwest::Client,
+    policy: Outbound,
+    max_body: usize,
+    registry: Registry,
+}
+
+impl OsbClient {
+    pub(crate) fn new(config: &ServicesConfig, registry: &Registry) -> Result<Self, Error> {
+        let policy = Outbound {
+            allow_private: config.allow_private_brokers,
+        };
+        let timeout = Duration::from_secs(config.broker_timeout_secs);
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Vetted(policy))
+            .no_proxy()
+            .build()
+            .map_err(|e| {
+                Error::Config(hydrant_runtime::invalid(
+                    "services",
+                    format!("cannot build the broker HTTP client: {e}"),
+                ))
+            })?;
+        Ok(Self {
+            http,
+            policy,
+            max_body: config.max_response_bytes,
+            registry: registry.clone(),
+        })
+    }
+
+    /// Why `url` cannot be a broker URL, if it cannot: `http(s)://host[:port][/path]`, no
+    /// user info, query or fragment, and no internal IP literal unless allowed.
+    pub(crate) fn url_problem(&self, url: &str) -> Option<String> {
+        let parsed = match url::Url::parse(url) {
+            Ok(u) => u,
+            Err(e) => {
+                return Some(format!(
+                    "{url:?} is not a URL ({e}); write http://HOST:PORT"
+                ));
+            }
+        };
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Some(format!(
+                "the broker URL must be http:// or https://, not {}://",
+                parsed.scheme()
+            ));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Some(
+                "put the broker's credentials in USERNAME and PASSWORD, not in the URL".to_owned(),
+            );
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Some("the broker URL may not have a query or fragment".to_owned());
+        }
+        let host = parsed.host_str()?;
+        if let Some(ip) = self.policy.refuses_literal(host) {
+            return Some(format!(
+                "the broker host {host} is {ip}, a loopback, private or link-local address; the \
+                 platform does not connect there unless an operator allows it \
+                 (services.allow_private_brokers = true in the cloud controller's config)"
+            ));
+        }
+        None
+    }
+
+    /// Sends one request. `path` starts with `/v2/` and carries its query; `user` is the
+    /// originating user's guid (none for catalog fetches and orphan mitigation).
+    pub(crate) async fn send(
+        &self,
+        broker: &BrokerAddr,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        user: Option<&str>,
+    ) -> Result<Answer, Failure> {
+        let started = std::time::Instant::now();
+        let shown = shown(&broker.url);
+        let url = format!("{}{path}", broker.url.trim_end_matches('/'));
+        let operation = operation_name(&method, path);
+        let mut request = self
+            .http
+            .request(method, &url)
+            .basic_auth(&broker.username, Some(&broker.password))
+            .header("X-Broker-API-Version", API_VERSION)
+            .header(
+                "X-Broker-API-Request-Identity",
+                uuid::Uuid::new_v4().to_string(),
+            )
+            .header(reqwest::header::ACCEPT, "application/json");
+        if let Some(user) = user {
+            let identity = serde_json::json!({ "user_id": user }).to_string();
+            let encoded = base64::engine::general_purpose::STANDARD.encode(identity);
+            request = request.header(
+                "X-Broker-API-Originating-Identity",
+                format!("cloudfoundry {encoded}"),
+            );
+        }
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+        }
+        let result = self.finish(request, &shown).await;
+        let outcome = match &result {
+            Ok(a) => status_class(a.status),
+            Err(Failure::Timeout(_)) => "timeout",
+            Err(Failure::Refused(_)) => "refused",
+            Err(_) => "unreachable",
+        };
+        self.registry
+            .counter(
+                "cloudcontroller.broker_requests",
+                "OSBAPI requests to service brokers, by operation and outcome",
+                &[("operation", operation), ("outcome", outcome)],
+            )
+            .inc();
+        self.registry
+            .gauge(
+                "cloudcontroller.broker_latency_ms",
+                "duration of the last OSBAPI request, by operation",
+                "ms",
+                &[("operation", operation)],
+            )
+            .set(started.elapsed().as_secs_f64() * 1000.0);
+        result
+    }
+
+    async fn finish(
+        &self,
+        request: reqwest::RequestBuilder,
+        shown: &str,
+    ) -> Result<Answer, Failure> {
+        let mut response = request.send().await.map_err(|e| classify(&e, shown))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let mut bytes = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if bytes.len() + chunk.len() > self.max_body {
+                        return Err(Failure::TooLarge(format!(
+                            "the broker at {shown} answered with more than {} bytes \
+                             (services.max_response_bytes)",
+                            self.max_body
+                        )));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(classify(&e, shown)),
+            }
+        }
+        let body = serde_json::from_slice::<Value>(&bytes).ok();
+        Ok(Answer {
+            status,
+            body,
+            retry_after,
+        })
+    }
+}
+
+/// `Retry-After` as delta seconds (the form the spec recommends); a date is not honoured.
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// The broker URL as it may be shown: scheme and host only.
+pub(crate) fn shown(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Err(_) => "(a broker URL that does not parse)".to_owned(),
+    }
+}
+
+fn classify(e: &reqwest::Error, shown: &str) -> Failure {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = cause {
+        if let Some(refused) = error.downcast_ref::<OutboundRefused>() {
+            return Failure::Refused(format!(
+                "{refused} (services.allow_private_brokers = true in the cloud controller's \
+                 config allows it)"
+            ));
+        }
+        cause = error.source();
+    }
+    if e.is_timeout() {
+        Failure::Timeout(format!("the broker at {shown} did not answer in time"))
+    } else if e.is_connect() {
+        Failure::Connect(format!("cannot connect to the broker at {shown}"))
+    } else {
+        Failure::Broken(format!(
+            "the connection to the broker at {shown} broke before a whole answer came"
+        ))
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+/// A bounded set of operation names for metric tags.
+fn operation_name(method: &reqwest::Method, path: &str) -> &'static str {
+    let path = path.split('?').next().unwrap_or(path);
+    let binding = path.contains("/service_bindings/");
+    let last_op = path.ends_with("/last_operation");
+    match (method.as_str(), binding, last_op) {
+        (_, _, _) if path == "/v2/catalog" => "catalog",
+        ("GET", false, true) => "instance_last_operation",
+        ("GET", true, true) => "binding_last_operation",
+        ("GET", true, false) => "fetch_binding",
+        ("GET", false, false) => "fetch_instance",
+        ("PUT", false, _) => "provision",
+        ("PATCH", false, _) => "update",
+        ("DELETE", false, _) => "deprovision",
+        ("PUT", true, _) => "bind",
+        ("DELETE", true, _) => "unbind",
+        _ => "other",
+    }
+}
+
+/// Percent-encodes a query value (`operation`, ids).
+pub(crate) fn enc(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "test code")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_only() {
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    #[test]
+    fn broker_urls_are_shown_without_credentials_or_paths() {
+        assert_eq!(
+            shown("http://u:secret@broker.example:8080/v2?x=1"),
+            "http://broker.example:8080"
+        );
+    }
+
+    #[test]
+    fn operations_are_named_for_metrics() {
+        let get = reqwest::Method::GET;
+        assert_eq!(operation_name(&get, "/v2/catalog"), "catalog");
+        assert_eq!(
+            operation_name(&get, "/v2/service_instances/a/last_operation?x=y"),
+            "instance_last_operation"
+        );
+        assert_eq!(
+            operation_name(
+                &reqwest::Method::DELETE,
+                "/v2/service_instances/a/service_bindings/b"
+            ),
+            "unbind"
+        );
+    }
+}

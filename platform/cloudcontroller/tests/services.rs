@@ -1,0 +1,1063 @@
+//! The cloud controller as an OSBAPI v2.17 client, against a strict fake broker on loopback:
+//! catalog validation and plan visibility, synchronous and asynchronous (polled, `Retry-After`)
+//! provisioning, bindings reaching `VCAP_SERVICES` in the start message, 409/410/422 handling,
+//! orphan mitigation after a 500 and after a timeout — the latter surviving a controller
+//! restart — and parameters refused against the plan's schema before the broker is called.
+//!
+//! The fake broker checks every header and body field the spec requires on every request and
+//! records each violation; every test ends by asserting there were none.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+#[path = "common/support.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use base64::Engine as _;
+use hydrant_api::services::{
+    BindingFilter, BindingType, CreateServiceBinding, CreateServiceBroker, CreateServiceInstance,
+    Job, ServiceAccess, ServiceInstanceType, UpdateServiceInstance,
+};
+use hydrant_api::{Client, CreateUser, SpaceRole};
+use hydrant_cloudcontroller::{Config, ServicesConfig};
+use hydrant_testkit::wait_for;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use support::{ADMIN_PASSWORD, FakeExecutor, push_and_stage};
+
+const WAIT: Duration = Duration::from_secs(30);
+const USER: &str = "broker-user";
+const PASSWORD: &str = "broker-pass";
+
+// === the fake broker ===
+
+#[derive(Debug, Clone)]
+struct Request {
+    method: String,
+    path: String,
+    query: String,
+    body: Value,
+}
+
+#[derive(Debug, Default)]
+struct BrokerState {
+    requests: Vec<Request>,
+    violations: Vec<String>,
+    /// Instances the broker holds: id → plan id.
+    instances: BTreeMap<String, String>,
+    bindings: BTreeMap<String, String>,
+    /// Polls answered "in progress" so far, per instance.
+    polls: BTreeMap<String, u32>,
+    /// Answer every DELETE with 500 (an orphan mitigation keeps retrying).
+    fail_deletes: bool,
+    catalog: Value,
+}
+
+#[derive(Debug, Clone)]
+struct FakeBroker {
+    url: String,
+    state: Arc<Mutex<BrokerState>>,
+}
+
+fn plan(id: &str, name: &str, extra: &Value) -> Value {
+    let mut plan = json!({"id": id, "name": name, "description": format!("the {name} plan")});
+    if let (Some(plan), Some(extra)) = (plan.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            plan.insert(k.clone(), v.clone());
+        }
+    }
+    plan
+}
+
+fn good_catalog() -> Value {
+    json!({"services": [{
+        "id": "svc-cache", "name": "cache", "description": "a cache", "bindable": true,
+        "plan_updateable": true, "tags": ["cache", "redis"],
+        "plans": [
+            plan("p-sync", "sync", &json!({})),
+            plan("p-bigger", "bigger", &json!({})),
+            plan("p-slow", "slow", &json!({"maximum_polling_duration": 60})),
+            plan("p-fail", "fail", &json!({})),
+            plan("p-hang", "hang", &json!({})),
+            plan("p-conflict", "conflict", &json!({})),
+            plan("p-schema", "schema", &json!({"schemas": {"service_instance": {"create": {
+                "parameters": {
+                    "$schema": "http://json-schema.org/draft-04/schema#",
+                    "type": "object", "additionalProperties": false, "required": ["size"],
+                    "properties": {"size": {"type": "integer", "minimum": 1, "maximum": 8}}
+                }
+            }}}})),
+        ]
+    }, {
+        "id": "svc-db", "name": "db", "description": "a database", "bindable": true,
+        "tags": ["relational"],
+        "plans": [plan("p-db", "small", &json!({}))]
+    }]})
+}
+
+impl FakeBroker {
+    async fn start() -> Self {
+        let state = Arc::new(Mutex::new(BrokerState {
+            catalog: good_catalog(),
+            ..BrokerState::default()
+        }));
+        let app = Router::new()
+            .route("/v2/catalog", get(catalog))
+            .route("/v2/service_instances/{id}", any(instance))
+            .route(
+                "/v2/service_instances/{id}/last_operation",
+                get(last_operation),
+            )
+            .route(
+                "/v2/service_instances/{id}/service_bindings/{bid}",
+                any(binding),
+            )
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, state }
+    }
+
+    fn requests(&self, method: &str, fragment: &str) -> Vec<Request> {
+        self.state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|r| r.method == method && r.path.contains(fragment))
+            .cloned()
+            .collect()
+    }
+
+    fn assert_strict(&self) {
+        let violations = self.state.lock().unwrap().violations.clone();
+        assert!(violations.is_empty(), "OSBAPI violations: {violations:#?}");
+    }
+}
+
+type Shared = State<Arc<Mutex<BrokerState>>>;
+
+fn query_map(query: &str) -> BTreeMap<String, String> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// Checks the headers every request needs; `user` when a person is behind the request.
+fn check_headers(
+    s: &mut BrokerState,
+    headers: &HeaderMap,
+    what: &str,
+    user: bool,
+) -> Option<Response> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if header("x-broker-api-version") != Some("2.17") {
+        s.violations
+            .push(format!("{what}: X-Broker-API-Version is not 2.17"));
+        return Some(StatusCode::PRECONDITION_FAILED.into_response());
+    }
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    );
+    if header("authorization") != Some(expected.as_str()) {
+        s.violations
+            .push(format!("{what}: wrong or missing basic auth"));
+        return Some(StatusCode::UNAUTHORIZED.into_response());
+    }
+    if header("x-broker-api-request-identity").is_none_or(str::is_empty) {
+        s.violations
+            .push(format!("{what}: no X-Broker-API-Request-Identity"));
+    }
+    if user {
+        let identity = header("x-broker-api-originating-identity").unwrap_or("");
+        let decoded = identity
+            .strip_prefix("cloudfoundry ")
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+        if !decoded.is_some_and(|v| v.get("user_id").is_some_and(Value::is_string)) {
+            s.violations.push(format!(
+                "{what}: X-Broker-API-Originating-Identity {identity:?} is not `cloudfoundry \
+                 base64({{\"user_id\"}})`"
+            ));
+        }
+    }
+    None
+}
+
+fn require(s: &mut BrokerState, what: &str, body: &Value, fields: &[&str]) {
+    for field in fields {
+        let present = body
+            .pointer(&format!("/{}", field.replace('.', "/")))
+            .is_some_and(|v| !v.is_null());
+        if !present {
+            s.violations.push(format!("{what}: body lacks {field}"));
+        }
+    }
+}
+
+fn record(s: &mut BrokerState, method: &Method, path: &str, query: &str, body: &Value) {
+    s.requests.push(Request {
+        method: method.to_string(),
+        path: path.to_owned(),
+        query: query.to_owned(),
+        body: body.clone(),
+    });
+}
+
+async fn catalog(State(state): Shared, headers: HeaderMap) -> Response {
+    let mut s = state.lock().unwrap();
+    if let Some(refusal) = check_headers(&mut s, &headers, "catalog", false) {
+        return refusal;
+    }
+    Json(s.catalog.clone()).into_response()
+}
+
+fn plan_name(plan_id: &str) -> &str {
+    plan_id.strip_prefix("p-").unwrap_or(plan_id)
+}
+
+async fn instance(
+    State(state): Shared,
+    method: Method,
+    UrlPath(id): UrlPath<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let params = query_map(&query);
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let what = format!("{method} instance {id}");
+    let hang;
+    {
+        let mut s = state.lock().unwrap();
+        record(
+            &mut s,
+            &method,
+            &format!("/v2/service_instances/{id}"),
+            &query,
+            &body,
+        );
+        let orphan_delete = method == Method::DELETE;
+        if let Some(refusal) = check_headers(&mut s, &headers, &what, !orphan_delete) {
+            return refusal;
+        }
+        if params.get("accepts_incomplete").map(String::as_str) != Some("true") {
+            s.violations
+                .push(format!("{what}: no accepts_incomplete=true"));
+        }
+        match method {
+            Method::PUT => {
+                require(
+                    &mut s,
+                    &what,
+                    &body,
+                    &[
+                        "service_id",
+                        "plan_id",
+                        "organization_guid",
+                        "space_guid",
+                        "context.platform",
+                        "context.space_guid",
+                        "context.organization_guid",
+                        "context.instance_name",
+                    ],
+                );
+                let plan_id = body["plan_id"].as_str().unwrap_or_default().to_owned();
+                match plan_name(&plan_id) {
+                    "fail" => {
+                        s.instances.insert(id, plan_id);
+                        return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({})))
+                            .into_response();
+                    }
+                    "conflict" => {
+                        return (
+                            StatusCode::CONFLICT,
+                            Json(json!({"description": "exists with other attributes"})),
+                        )
+                            .into_response();
+                    }
+                    "slow" => {
+                        s.instances.insert(id.clone(), plan_id);
+                        return (
+                            StatusCode::ACCEPTED,
+                            Json(json!({"operation": "provision op/1", "dashboard_url": "http://dash/1"})),
+                        )
+                            .into_response();
+                    }
+                    "hang" => {
+                        s.instances.insert(id, plan_id);
+                        hang = true;
+                    }
+                    _ => {
+                        s.instances.insert(id, plan_id);
+                        return (
+                            StatusCode::CREATED,
+                            Json(json!({"dashboard_url": "http://dash/0"})),
+                        )
+                            .into_response();
+                    }
+                }
+            }
+            Method::PATCH => {
+                require(
+                    &mut s,
+                    &what,
+                    &body,
+                    &["service_id", "plan_id", "previous_values.plan_id"],
+                );
+                if let Some(plan_id) = body["plan_id"].as_str() {
+                    s.instances.insert(id, plan_id.to_owned());
+                }
+                return Json(json!({})).into_response();
+            }
+            Method::DELETE => {
+                for field in ["service_id", "plan_id"] {
+                    if !params.contains_key(field) {
+                        s.violations
+                            .push(format!("{what}: no {field} query parameter"));
+                    }
+                }
+                if s.fail_deletes {
+                    return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({}))).into_response();
+                }
+                return if s.instances.remove(&id).is_some() {
+                    Json(json!({})).into_response()
+                } else {
+                    (StatusCode::GONE, Json(json!({}))).into_response()
+                };
+            }
+            _ => return StatusCode::METHOD_NOT_ALLOWED.into_response(),
+        }
+    }
+    if hang {
+        // Longer than the controller's 1-second broker deadline.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    (StatusCode::CREATED, Json(json!({}))).into_response()
+}
+
+async fn last_operation(
+    State(state): Shared,
+    UrlPath(id): UrlPath<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let params = query_map(&query);
+    let mut s = state.lock().unwrap();
+    record(
+        &mut s,
+        &Method::GET,
+        &format!("/v2/service_instances/{id}/last_operation"),
+        &query,
+        &Value::Null,
+    );
+    let what = format!("last_operation {id}");
+    if let Some(refusal) = check_headers(&mut s, &headers, &what, false) {
+        return refusal;
+    }
+    if params.get("operation").map(String::as_str) != Some("provision op/1") {
+        s.violations
+            .push(format!("{what}: the operation was not echoed: {query}"));
+    }
+    if !params.contains_key("service_id") || !params.contains_key("plan_id") {
+        s.violations
+            .push(format!("{what}: no service_id/plan_id: {query}"));
+    }
+    let polls = s.polls.entry(id).or_default();
+    *polls += 1;
+    if *polls < 3 {
+        let mut response =
+            Json(json!({"state": "in progress", "description": format!("step {polls} of 3")}))
+                .into_response();
+        response
+            .headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        return response;
+    }
+    Json(json!({"state": "succeeded"})).into_response()
+}
+
+async fn binding(
+    State(state): Shared,
+    method: Method,
+    UrlPath((id, bid)): UrlPath<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let params = query_map(&query);
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let mut s = state.lock().unwrap();
+    record(
+        &mut s,
+        &method,
+        &format!("/v2/service_instances/{id}/service_bindings/{bid}"),
+        &query,
+        &body,
+    );
+    let what = format!("{method} binding {bid}");
+    if let Some(refusal) = check_headers(&mut s, &headers, &what, true) {
+        return refusal;
+    }
+    if params.get("accepts_incomplete").map(String::as_str) != Some("true") {
+        s.violations
+            .push(format!("{what}: no accepts_incomplete=true"));
+    }
+    if !s.instances.contains_key(&id) {
+        s.violations
+            .push(format!("{what}: the instance does not exist"));
+    }
+    match method {
+        Method::PUT => {
+            require(
+                &mut s,
+                &what,
+                &body,
+                &["service_id", "plan_id", "bind_resource", "context.platform"],
+            );
+            s.bindings.insert(bid.clone(), id);
+            let uri = if body["service_id"] == "svc-db" {
+                format!("postgres://u-{bid}:secret@127.0.0.1:5432/db")
+            } else {
+                format!("redis://:secret-{bid}@127.0.0.1:6379")
+            };
+            (
+                StatusCode::CREATED,
+                Json(json!({"credentials": {"uri": uri, "password": "secret"}})),
+            )
+                .into_response()
+        }
+        Method::DELETE => {
+            for field in ["service_id", "plan_id"] {
+                if !params.contains_key(field) {
+                    s.violations
+                        .push(format!("{what}: no {field} query parameter"));
+                }
+            }
+            if s.bindings.remove(&bid).is_some() {
+                Json(json!({})).into_response()
+            } else {
+                (StatusCode::GONE, Json(json!({}))).into_response()
+            }
+        }
+        _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
+    }
+}
+
+// === the controller ===
+
+struct Cc {
+    url: String,
+    admin: Client,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), hydrant_cloudcontroller::Error>>,
+}
+
+async fn start_cc(data: &Path, bus: &str) -> Cc {
+    let mut config = Config {
+        listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
+        data_dir: data.display().to_string(),
+        admin_password: Some(ADMIN_PASSWORD.into()),
+        password_hash_iterations: 1000,
+        converge_interval_ms: 200,
+        executor_request_timeout_ms: 1000,
+        bus: hydrant_bus::Config::inprocess(bus),
+        services: ServicesConfig {
+            allow_private_brokers: true,
+            broker_timeout_secs: 1,
+            poll_interval_secs: 1,
+            max_poll_interval_secs: 2,
+            orphan_retry_secs: 1,
+            ..ServicesConfig::default()
+        },
+        ..Config::default()
+    };
+    let listeners = hydrant_runtime::bind::<hydrant_cloudcontroller::CloudController>(&config)
+        .await
+        .unwrap();
+    let addr = listeners.local_addr("api").unwrap();
+    config.external_url = format!("http://{addr}");
+    let url = config.external_url.clone();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(hydrant_runtime::run::<
+        hydrant_cloudcontroller::CloudController,
+    >(config, listeners, shutdown.clone()));
+    let anonymous = Client::new(&url, None);
+    wait_for(WAIT, "the API to answer", || {
+        let anonymous = anonymous.clone();
+        async move { anonymous.info().await.is_ok() }
+    })
+    .await;
+    let token = anonymous.login("admin", ADMIN_PASSWORD).await.unwrap();
+    Cc {
+        admin: anonymous.with_token(token.access_token),
+        url,
+        shutdown,
+        task,
+    }
+}
+
+impl Cc {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("the cloud controller stops")
+            .unwrap()
+            .unwrap();
+    }
+
+    async fn register(&self, broker: &FakeBroker) {
+        self.admin
+            .create_service_broker(&CreateServiceBroker {
+                name: "fake".into(),
+                url: broker.url.clone(),
+                username: USER.into(),
+                password: PASSWORD.into(),
+            })
+            .await
+            .unwrap();
+        for offering in ["cache", "db"] {
+            self.admin
+                .set_service_access(&ServiceAccess {
+                    offering: offering.into(),
+                    plan: None,
+                    broker: None,
+                    enable: true,
+                })
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn finished(client: &Client, job: &Job) -> Job {
+    let mut last = job.clone();
+    let guid = job.guid.clone();
+    wait_for(WAIT, "the job to finish", || {
+        let client = client.clone();
+        let guid = guid.clone();
+        async move { client.job(&guid).await.unwrap().is_done() }
+    })
+    .await;
+    last = client.job(&last.guid).await.unwrap_or(last);
+    last
+}
+
+async fn create(
+    client: &Client,
+    plan: &str,
+    name: &str,
+    parameters: Option<Value>,
+) -> (String, Job) {
+    let answer = client
+        .create_service_instance(&CreateServiceInstance {
+            name: name.into(),
+            kind: ServiceInstanceType::Managed,
+            offering: Some(if plan == "small" { "db" } else { "cache" }.into()),
+            plan: Some(plan.into()),
+            parameters,
+            tags: vec!["mine".into()],
+            ..CreateServiceInstance::default()
+        })
+        .await
+        .unwrap();
+    let job = answer.job.expect("a managed create answers with a job");
+    (answer.instance.guid, job)
+}
+
+// === tests ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalogs_are_validated_and_new_plans_stay_hidden_until_access_is_enabled() {
+    let broker = FakeBroker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cc = start_cc(dir.path(), "svc-catalog").await;
+
+    // A broken catalog is refused whole, each problem named.
+    broker.state.lock().unwrap().catalog = json!({"services": [{"id": "x", "name": "bad name",
+        "bindable": true, "plans": []}]});
+    let refused = cc
+        .admin
+        .create_service_broker(&CreateServiceBroker {
+            name: "fake".into(),
+            url: broker.url.clone(),
+            username: USER.into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("description is required"), "{refused}");
+    assert!(refused.contains("not CLI-friendly"), "{refused}");
+    assert!(refused.contains("at least one plan"), "{refused}");
+
+    // Wrong credentials: the broker's 401 is reported as such.
+    broker.state.lock().unwrap().catalog = good_catalog();
+    let unauthorised = cc
+        .admin
+        .create_service_broker(&CreateServiceBroker {
+            name: "fake".into(),
+            url: broker.url.clone(),
+            username: USER.into(),
+            password: "wrong".into(),
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(unauthorised.contains("401"), "{unauthorised}");
+    broker.state.lock().unwrap().violations.clear();
+
+    let registered = cc
+        .admin
+        .create_service_broker(&CreateServiceBroker {
+            name: "fake".into(),
+            url: broker.url.clone(),
+            username: USER.into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(registered.offerings, ["cache", "db"]);
+
+    // A developer sees no plan until an admin enables access.
+    let space = cc.admin.list_spaces().await.unwrap()[0].guid.clone();
+    cc.admin
+        .create_user(&CreateUser {
+            username: "dev".into(),
+            password: "dev-password".into(),
+            admin: false,
+        })
+        .await
+        .unwrap();
+    cc.admin
+        .assign_role(&space, "dev", SpaceRole::Developer)
+        .await
+        .unwrap();
+    let token = Client::new(&cc.url, None)
+        .login("dev", "dev-password")
+        .await
+        .unwrap();
+    let dev = Client::new(&cc.url, Some(token.access_token));
+    assert!(dev.list_service_offerings().await.unwrap().is_empty());
+    let hidden = dev
+        .create_service_instance(&CreateServiceInstance {
+            name: "early".into(),
+            offering: Some("cache".into()),
+            plan: Some("sync".into()),
+            ..CreateServiceInstance::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.status(), Some(422));
+    assert!(
+        hidden
+            .to_string()
+            .contains("enable-service-access cache -p sync"),
+        "{hidden}"
+    );
+    cc.admin
+        .set_service_access(&ServiceAccess {
+            offering: "cache".into(),
+            plan: Some("sync".into()),
+            broker: None,
+            enable: true,
+        })
+        .await
+        .unwrap();
+    let market = dev.list_service_offerings().await.unwrap();
+    assert_eq!(market.len(), 1);
+    assert_eq!(market[0].plans.len(), 1);
+    assert_eq!(market[0].plans[0].name, "sync");
+    // The admin sees every plan, public or not; brokers are the admin's alone.
+    let all = cc.admin.list_service_offerings().await.unwrap();
+    assert_eq!(all[0].plans.len(), 7);
+    assert_eq!(
+        dev.list_service_brokers().await.unwrap_err().status(),
+        Some(403)
+    );
+    broker.assert_strict();
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_and_bindings_follow_osbapi_and_reach_vcap_services() {
+    let broker = FakeBroker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bus = "svc-flow";
+    let cc = start_cc(dir.path(), bus).await;
+    let executor = FakeExecutor::start(bus, "cell-1", 4096, 10, false).await;
+    cc.register(&broker).await;
+
+    // Parameters are checked against the plan's schema before the broker hears of them.
+    let bad = cc
+        .admin
+        .create_service_instance(&CreateServiceInstance {
+            name: "sized".into(),
+            offering: Some("cache".into()),
+            plan: Some("schema".into()),
+            parameters: Some(json!({"size": 99, "colour": "red"})),
+            ..CreateServiceInstance::default()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(bad.contains("parameters.size: must be at most 8"), "{bad}");
+    assert!(bad.contains("\"colour\" is not a parameter"), "{bad}");
+    assert!(broker.requests("PUT", "/v2/service_instances/").is_empty());
+
+    // Synchronous provision: 201, done at the first answer.
+    let (cache, job) = create(&cc.admin, "sync", "cache", None).await;
+    let job = finished(&cc.admin, &job).await;
+    assert_eq!(job.state, "COMPLETE", "{job:?}");
+    let instance = cc.admin.service_instance(&cache).await.unwrap();
+    assert_eq!(instance.last_operation.state, "succeeded");
+    assert_eq!(instance.dashboard_url.as_deref(), Some("http://dash/0"));
+
+    // Asynchronous provision: 202, last_operation polled after each Retry-After with the
+    // operation echoed, until it succeeds.
+    let (db, job) = create(&cc.admin, "slow", "slowdb", None).await;
+    let started = std::time::Instant::now();
+    let job = finished(&cc.admin, &job).await;
+    assert_eq!(job.state, "COMPLETE", "{job:?}");
+    assert!(job.polls >= 2, "{job:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "two Retry-After: 1 waits were honoured"
+    );
+    assert_eq!(broker.requests("GET", "/last_operation").len(), 3);
+    let (pg, job) = create(&cc.admin, "small", "pg", None).await;
+    assert_eq!(finished(&cc.admin, &job).await.state, "COMPLETE");
+    let _ = db;
+
+    // 409 fails the create and is not orphan-mitigated.
+    let (conflicted, job) = create(&cc.admin, "conflict", "conflicted", None).await;
+    let job = finished(&cc.admin, &job).await;
+    assert_eq!(job.state, "FAILED");
+    assert!(job.description.unwrap().contains("409"));
+    let instance = cc.admin.service_instance(&conflicted).await.unwrap();
+    assert_eq!(instance.last_operation.state, "failed");
+
+    // Bind an app: credentials arrive, then VCAP_SERVICES carries them at the next start.
+    let (app, _) = push_and_stage(
+        &cc.admin,
+        "shop",
+        &[("index.html", b"<h1>hi</h1>", 0o644)],
+        None,
+    )
+    .await;
+    for instance in [&cache, &pg] {
+        let answer = cc
+            .admin
+            .create_service_binding(&CreateServiceBinding {
+                kind: BindingType::App,
+                service_instance: instance.clone(),
+                app: Some(app.guid.clone()),
+                ..CreateServiceBinding::default()
+            })
+            .await
+            .unwrap();
+        let job = finished(&cc.admin, answer.job.as_ref().unwrap()).await;
+        assert_eq!(job.state, "COMPLETE", "{job:?}");
+    }
+    cc.admin.start_app(&app.guid).await.unwrap();
+    let state = executor.state.clone();
+    let guid = app.guid.clone();
+    wait_for(WAIT, "a start message", move || {
+        let found = state.lock().unwrap().starts.iter().any(|s| s.app == guid);
+        async move { found }
+    })
+    .await;
+    let start = executor.state.lock().unwrap().starts[0].clone();
+    let vcap: Value = serde_json::from_str(&start.env["VCAP_SERVICES"]).unwrap();
+    let entry = &vcap["cache"][0];
+    let keys: Vec<&str> = entry
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys.len(),
+        12,
+        "the twelve keys of a managed entry: {keys:?}"
+    );
+    assert_eq!(entry["label"], "cache");
+    assert_eq!(entry["plan"], "sync");
+    assert_eq!(entry["name"], "cache");
+    assert_eq!(entry["instance_name"], "cache");
+    assert_eq!(entry["binding_name"], Value::Null);
+    assert_eq!(entry["tags"], json!(["cache", "redis", "mine"]));
+    assert_eq!(entry["credentials"]["password"], "secret");
+    assert!(
+        start.env["DATABASE_URL"].starts_with("postgres://u-"),
+        "{:?}",
+        start.env.get("DATABASE_URL")
+    );
+    let bind_put = &broker.requests("PUT", "/service_bindings/")[0];
+    assert_eq!(bind_put.body["bind_resource"]["app_guid"], app.guid);
+
+    // A service key gets its own credentials, readable through details.
+    let key = cc
+        .admin
+        .create_service_binding(&CreateServiceBinding {
+            kind: BindingType::Key,
+            service_instance: cache.clone(),
+            name: Some("ops".into()),
+            ..CreateServiceBinding::default()
+        })
+        .await
+        .unwrap();
+    finished(&cc.admin, key.job.as_ref().unwrap()).await;
+    let details = cc
+        .admin
+        .service_binding_details(&key.binding.guid)
+        .await
+        .unwrap();
+    assert!(
+        details.credentials["uri"]
+            .as_str()
+            .unwrap()
+            .contains(&key.binding.guid)
+    );
+    let key_put = broker
+        .requests("PUT", &format!("/service_bindings/{}", key.binding.guid))
+        .remove(0);
+    assert_eq!(
+        key_put.body["bind_resource"]["credential_client_id"],
+        "cc_service_key_client"
+    );
+
+    // Deleting an instance with bindings is refused; unbinding then deleting works, and a
+    // delete of something the broker no longer has (410) counts as done.
+    let refused = cc.admin.delete_service_instance(&cache).await.unwrap_err();
+    assert_eq!(refused.status(), Some(422));
+    let bindings = cc
+        .admin
+        .list_service_bindings(&BindingFilter {
+            service_instance: Some(&cache),
+            ..BindingFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(bindings.len(), 2);
+    for b in bindings {
+        let answer = cc.admin.delete_service_binding(&b.guid).await.unwrap();
+        assert_eq!(
+            finished(&cc.admin, &answer.job.unwrap()).await.state,
+            "COMPLETE"
+        );
+    }
+    broker.state.lock().unwrap().instances.remove(&cache);
+    let answer = cc.admin.delete_service_instance(&cache).await.unwrap();
+    assert_eq!(
+        finished(&cc.admin, &answer.job.unwrap()).await.state,
+        "COMPLETE"
+    );
+    assert!(
+        cc.admin
+            .service_instance(&cache)
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+
+    // After a restart the app's VCAP_SERVICES no longer has the unbound instance.
+    let before = executor.state.lock().unwrap().starts.len();
+    cc.admin.restart_app(&app.guid).await.unwrap();
+    let state = executor.state.clone();
+    wait_for(WAIT, "a new start message", move || {
+        let n = state.lock().unwrap().starts.len();
+        async move { n > before }
+    })
+    .await;
+    let start = executor
+        .state
+        .lock()
+        .unwrap()
+        .starts
+        .last()
+        .unwrap()
+        .clone();
+    let vcap: Value = serde_json::from_str(&start.env["VCAP_SERVICES"]).unwrap();
+    assert!(vcap.get("cache").is_none(), "{vcap}");
+    assert_eq!(vcap["db"][0]["plan"], "small");
+
+    // A plan change goes through PATCH with the previous plan.
+    let (resized, job) = create(&cc.admin, "sync", "resized", None).await;
+    finished(&cc.admin, &job).await;
+    let answer = cc
+        .admin
+        .update_service_instance(
+            &resized,
+            &UpdateServiceInstance {
+                plan: Some("bigger".into()),
+                ..UpdateServiceInstance::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        finished(&cc.admin, &answer.job.unwrap()).await.state,
+        "COMPLETE"
+    );
+    assert_eq!(
+        cc.admin
+            .service_instance(&resized)
+            .await
+            .unwrap()
+            .plan
+            .as_deref(),
+        Some("bigger")
+    );
+    let patch = broker.requests("PATCH", &resized).remove(0);
+    assert_eq!(patch.body["previous_values"]["plan_id"], "p-sync");
+    assert!(patch.query.contains("accepts_incomplete=true"));
+
+    broker.assert_strict();
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_and_timed_out_creates_are_orphan_mitigated_even_across_a_restart() {
+    let broker = FakeBroker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bus = "svc-orphans";
+    let cc = start_cc(dir.path(), bus).await;
+    cc.register(&broker).await;
+
+    // A 500 on provision: the create fails and the platform deletes what the broker may have.
+    let (failed, job) = create(&cc.admin, "fail", "broken", None).await;
+    let job = finished(&cc.admin, &job).await;
+    assert_eq!(job.state, "FAILED");
+    let b = broker.clone();
+    let id = failed.clone();
+    wait_for(WAIT, "the orphan to be deleted", move || {
+        let gone = !b.state.lock().unwrap().instances.contains_key(&id)
+            && !b.requests("DELETE", &id).is_empty();
+        async move { gone }
+    })
+    .await;
+    let delete = broker.requests("DELETE", &failed).remove(0);
+    assert!(
+        delete.query.contains("service_id=svc-cache"),
+        "{}",
+        delete.query
+    );
+    assert!(delete.query.contains("plan_id=p-fail"), "{}", delete.query);
+
+    // A timeout: the broker's deletes fail for now, so the mitigation is still pending when
+    // the controller stops; the next controller on the same data finishes it.
+    broker.state.lock().unwrap().fail_deletes = true;
+    let (hung, job) = create(&cc.admin, "hang", "hung", None).await;
+    let job = finished(&cc.admin, &job).await;
+    assert_eq!(job.state, "FAILED");
+    assert!(job.description.unwrap().contains("did not answer in time"));
+    let b = broker.clone();
+    let id = hung.clone();
+    wait_for(WAIT, "a first (failing) mitigation attempt", move || {
+        let tried = !b.requests("DELETE", &id).is_empty();
+        async move { tried }
+    })
+    .await;
+    cc.stop().await;
+    assert!(broker.state.lock().unwrap().instances.contains_key(&hung));
+    broker.state.lock().unwrap().fail_deletes = false;
+
+    let cc = start_cc(dir.path(), bus).await;
+    let b = broker.clone();
+    let id = hung.clone();
+    wait_for(
+        WAIT,
+        "the restarted controller to finish the mitigation",
+        move || {
+            let gone = !b.state.lock().unwrap().instances.contains_key(&id);
+            async move { gone }
+        },
+    )
+    .await;
+    let instance = cc.admin.service_instance(&hung).await.unwrap();
+    assert_eq!(instance.last_operation.kind, "create");
+    assert_eq!(instance.last_operation.state, "failed");
+    // The failed instance can then be deleted: the broker answers 410, which is success.
+    let answer = cc.admin.delete_service_instance(&hung).await.unwrap();
+    assert_eq!(
+        finished(&cc.admin, &answer.job.unwrap()).await.state,
+        "COMPLETE"
+    );
+
+    broker.assert_strict();
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_provided_instances_bind_at_once_and_feed_syslog_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = "svc-upsi";
+    let cc = start_cc(dir.path(), bus).await;
+    let answer = cc
+        .admin
+        .create_service_instance(&CreateServiceInstance {
+            name: "ext-db".into(),
+            kind: ServiceInstanceType::UserProvided,
+            credentials: Some(json!({"uri": "mysql://u:p@db.example:3306/app"})),
+            syslog_drain_url: Some("syslog://203.0.113.7:514".into()),
+            ..CreateServiceInstance::default()
+        })
+        .await
+        .unwrap();
+    assert!(answer.job.is_none());
+    let app = cc
+        .admin
+        .create_app(&hydrant_api::CreateApp {
+            name: "reader".into(),
+            ..hydrant_api::CreateApp::default()
+        })
+        .await
+        .unwrap();
+    let bound = cc
+        .admin
+        .create_service_binding(&CreateServiceBinding {
+            kind: BindingType::App,
+            service_instance: answer.instance.guid.clone(),
+            app: Some(app.guid.clone()),
+            name: Some("primary".into()),
+            ..CreateServiceBinding::default()
+        })
+        .await
+        .unwrap();
+    assert!(bound.job.is_none());
+    // The drain reaches the syslog nozzle's list like any drain.
+    let targets = cc.admin.drain_targets().await.unwrap();
+    assert_eq!(targets.len(), 1);
+    assert_eq!(targets[0].url, "syslog://203.0.113.7:514");
+    assert_eq!(targets[0].app_guid, app.guid);
+    cc.admin
+        .delete_service_binding(&bound.binding.guid)
+        .await
+        .unwrap();
+    assert!(cc.admin.drain_targets().await.unwrap().is_empty());
+    cc.stop().await;
+}
