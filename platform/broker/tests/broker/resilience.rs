@@ -1,0 +1,91 @@
+//! The broker's own resilience: a service node killed with SIGKILL is started again with its
+//! bindings' users, and a restarted broker brings its nodes back on the ports its credentials
+//! name, so every binding keeps working.
+
+use serde_json::json;
+
+use crate::{config, eventually, guid, ports, process_alive, require, run, start};
+
+async fn redis_ping(c: &serde_json::Value) -> bool {
+    let port = c["port"].as_u64().unwrap().to_string();
+    let (_, out) = run(
+        "redis-cli",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "--no-auth-warning",
+            "--user",
+            c["username"].as_str().unwrap(),
+            "--pass",
+            c["password"].as_str().unwrap(),
+            "PING",
+        ],
+        &[],
+    )
+    .await;
+    out.trim() == "PONG"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_redis_node_is_restarted_with_its_bindings() {
+    require("redis");
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(config(dir.path(), ports())).await;
+    let id = guid();
+    b.provision(&id, "redis", "small", json!({})).await;
+    let creds = b.bind(&id, &guid(), "redis", json!({})).await;
+    assert!(redis_ping(&creds).await);
+    let pid = b.nodes().await[0].1;
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually(30, "a new Redis process", || async {
+        let now = b.nodes().await[0].1;
+        now != 0 && now != pid
+    })
+    .await;
+    eventually(30, "the binding to work again", || redis_ping(&creds)).await;
+    let metrics = b.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("node_restarts") && l.contains("redis") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    assert_eq!(b.deprovision(&id, "redis").await, 200);
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_broker_serves_the_same_credentials() {
+    require("redis");
+    let dir = tempfile::tempdir().unwrap();
+    let ports = ports();
+    let b = start(config(dir.path(), ports)).await;
+    let (id, bid) = (guid(), guid());
+    b.provision(&id, "redis", "small", json!({})).await;
+    let creds = b.bind(&id, &bid, "redis", json!({})).await;
+    let pid = b.nodes().await[0].1;
+    b.stop().await;
+    assert!(!process_alive(pid), "the broker stops its nodes");
+    assert!(!redis_ping(&creds).await);
+
+    let b = start(config(dir.path(), ports)).await;
+    eventually(30, "the binding to work after the restart", || {
+        redis_ping(&creds)
+    })
+    .await;
+    let (status, fetched) = b
+        .get(&format!(
+            "/v2/service_instances/{id}/service_bindings/{bid}"
+        ))
+        .await;
+    assert_eq!((status, &fetched["credentials"]), (200, &creds));
+    assert_eq!(b.deprovision(&id, "redis").await, 200);
+    b.stop().await;
+}
