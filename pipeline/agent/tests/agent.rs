@@ -244,7 +244,8 @@ impl Agent {
     async fn ledger(&self) -> Ledger {
         Ledger {
             ingress: self.metric("agent_ingress_total", &[]).await,
-            notices: self.metric("agent_rate_limited_total", &[]).await,
+            notices: self.metric("agent_rate_limited_total", &[]).await
+                + self.metric("agent_fair_notices_total", &[]).await,
             egress: self.metric("agent_egress_total", &[]).await,
             dropped: self.metric("agent_dropped_total", &[]).await,
         }
