@@ -204,8 +204,17 @@ async fn alerter_status(session: &Session, app_guid: &str) -> Result<AppSloStatu
         .timeout(Duration::from_secs(5))
         .build()
         .map_err(|e| e.to_string())?;
-    let response = http
-        .get(&url)
+    // The status is the app's data: the alerter wants a token that may read its logs, which
+    // the app's log token is (an admin's own token would do too).
+    let token = match session.client.log_token(app_guid).await {
+        Ok(t) => Some(t.token),
+        Err(_) => session.client.token().map(str::to_owned),
+    };
+    let mut request = http.get(&url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
         .send()
         .await
         .map_err(|_| "the SLO alerter is unreachable".to_owned())?;
