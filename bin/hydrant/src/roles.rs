@@ -37,6 +37,8 @@ pub enum Role {
     NozzleOtlp,
     /// The Datadog nozzle: firehose → Datadog's metrics API v2 (and logs intake).
     NozzleDatadog,
+    /// The service broker (OSBAPI): MySQL, PostgreSQL, Redis and RabbitMQ on nodes it runs.
+    Broker,
 }
 
 /// Runs role `R` from `path` until a signal stops it.
@@ -60,13 +62,14 @@ pub async fn run_from_file(role: Role, path: &Path) -> anyhow::Result<ExitCode> 
         Role::NozzleSyslog => run::<hydrant_nozzle_syslog::SyslogNozzle>(path).await,
         Role::NozzleOtlp => run::<hydrant_nozzle_otlp::OtlpNozzle>(path).await,
         Role::NozzleDatadog => run::<hydrant_nozzle_datadog::DatadogNozzle>(path).await,
+        Role::Broker => run::<hydrant_broker::Broker>(path).await,
     }?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Every role's name, as the runtime knows it, for the table test below.
 #[cfg(test)]
-fn names() -> [&'static str; 12] {
+fn names() -> [&'static str; 13] {
     use hydrant_runtime::Role as _;
     [
         hydrant_agent::Agent::NAME,
@@ -81,6 +84,7 @@ fn names() -> [&'static str; 12] {
         hydrant_nozzle_syslog::SyslogNozzle::NAME,
         hydrant_nozzle_otlp::OtlpNozzle::NAME,
         hydrant_nozzle_datadog::DatadogNozzle::NAME,
+        hydrant_broker::Broker::NAME,
     ]
 }
 
