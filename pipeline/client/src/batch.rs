@@ -6,6 +6,8 @@
 //! Invariant: a `Batch` holds a valid encoded `EnvelopeBatch` whose every envelope passed
 //! [`EnvelopeView::parse`], so iterating it never yields an error.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use hydrant_envelope::v2;
 use hydrant_envelope::wire::{BatchIter, EnvelopeView, split_batch};
@@ -18,12 +20,32 @@ use crate::Error;
 pub struct Batch {
     bytes: Bytes,
     len: usize,
+    /// The subscription's cursor after this batch, when it ended a frame that carried one.
+    cursor: Option<Arc<str>>,
 }
 
 impl Batch {
     /// Wraps bytes already known to be valid (the client's own splitter checked them).
     pub(crate) fn trusted(bytes: Bytes, len: usize) -> Self {
-        Self { bytes, len }
+        Self {
+            bytes,
+            len,
+            cursor: None,
+        }
+    }
+
+    pub(crate) fn set_cursor(&mut self, cursor: Arc<str>) {
+        self.cursor = Some(cursor);
+    }
+
+    /// The subscription's cursor right after this batch (the edge sends one with every frame;
+    /// only a frame's last batch carries it). A consumer that has durably handled everything up
+    /// to here can keep it and resume from it later with
+    /// [`FirehoseClient::resume`](crate::FirehoseClient::resume): it is then sent what came
+    /// after, and nothing before.
+    #[must_use]
+    pub fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
     }
 
     /// Validates an encoded `EnvelopeBatch` (every envelope must parse).
@@ -36,7 +58,11 @@ impl Batch {
             EnvelopeView::parse(envelope?)?;
             len += 1;
         }
-        Ok(Self { bytes, len })
+        Ok(Self {
+            bytes,
+            len,
+            cursor: None,
+        })
     }
 
     /// Encodes decoded envelopes as a batch (the slow path, for recent logs and tests).
@@ -55,6 +81,7 @@ impl Batch {
         Self {
             bytes: builder.take(),
             len,
+            cursor: None,
         }
     }
 

@@ -10,11 +10,16 @@
 //!   `EnvelopeBatch`;
 //! - every envelope is either in a yielded batch, or is a gap marker surfaced as a `Gap`, or is
 //!   counted as malformed and surfaced as a `Gap` with hop `client`;
-//! - the sequence memory is bounded by `max_tracked_sources`.
+//! - the sequence memory is bounded by `max_tracked_sources`;
+//! - the frame's cursor (`EnvelopeBatch` field 100, after the envelopes) is taken when it is
+//!   short URL-safe text, put on the frame's last batch, and never counted as an envelope.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use std::sync::Arc;
+
+use hydrant_envelope::cursor::{MAX_CURSOR_CHARS, POSITION_KEY};
 use hydrant_envelope::gap::{GAP_SOURCE, Gap};
 use hydrant_envelope::wire::{EnvelopeView, read_varint};
 
@@ -138,19 +143,26 @@ fn malformed_gap(count: u64) -> Gap {
     }
 }
 
-/// Splits `frame` into events appended to `out`.
+/// Splits `frame` into events appended to `out`; a cursor the frame carries replaces `cursor`.
 pub(crate) fn split_frame(
     frame: &Bytes,
     tracker: &mut SequenceTracker,
     out: &mut Vec<StreamEvent>,
+    cursor: &mut Option<Arc<str>>,
 ) -> FrameCounts {
     let buf: &[u8] = frame;
+    let first_event = out.len();
     let mut counts = FrameCounts::default();
     let mut run = Run::default();
     let mut pending_malformed = 0u64;
     let mut pos = 0;
+    let mut found: Option<Arc<str>> = None;
     while pos < buf.len() {
         let record_start = pos;
+        if let Some(text) = frame_cursor(buf, &mut pos) {
+            found = text.map(Arc::from);
+            continue;
+        }
         let Some(envelope) = next_record(buf, &mut pos) else {
             // The rest of the frame cannot be walked: at least one envelope is lost.
             pending_malformed += 1;
@@ -197,7 +209,39 @@ pub(crate) fn split_frame(
         counts.malformed += pending_malformed;
         out.push(StreamEvent::Gap(malformed_gap(pending_malformed)));
     }
+    if let Some(found) = found {
+        let last = out
+            .iter_mut()
+            .skip(first_event)
+            .rev()
+            .find_map(|e| match e {
+                StreamEvent::Batch(b) => Some(b),
+                _ => None,
+            });
+        if let Some(batch) = last {
+            batch.set_cursor(found.clone());
+        }
+        *cursor = Some(found);
+    }
     counts
+}
+
+/// When a cursor record starts at `*pos`: moves past it and gives its text (`None` inside when
+/// it is not short URL-safe text, which is then ignored). `None` for any other record.
+fn frame_cursor<'a>(buf: &'a [u8], pos: &mut usize) -> Option<Option<&'a str>> {
+    let mut at = *pos;
+    if read_varint(buf, &mut at).ok()? != POSITION_KEY {
+        return None;
+    }
+    let len = usize::try_from(read_varint(buf, &mut at).ok()?).ok()?;
+    let end = at.checked_add(len)?;
+    let bytes = buf.get(at..end)?;
+    *pos = end;
+    let usable = len <= MAX_CURSOR_CHARS
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_');
+    Some(usable.then(|| std::str::from_utf8(bytes).ok()).flatten())
 }
 
 /// Reads one `EnvelopeBatch` entry at `*pos`; `None` when the bytes there are not one.
@@ -248,11 +292,36 @@ mod tests {
     }
 
     #[test]
+    fn the_frame_cursor_goes_on_the_last_batch_and_is_no_envelope() {
+        let mut f = bytes::BytesMut::from(&frame(&[log("a", "0", 1), log("a", "0", 2)])[..]);
+        hydrant_envelope::cursor::put_frame_cursor(&mut f, "AQEabc_-");
+        let f = f.freeze();
+        let mut t = SequenceTracker::new(100, true);
+        let mut out = Vec::new();
+        let mut cursor = None;
+        let c = split_frame(&f, &mut t, &mut out, &mut cursor);
+        assert_eq!(shape(&out), ["batch2"]);
+        assert_eq!(c.malformed, 0);
+        let StreamEvent::Batch(b) = &out[0] else {
+            unreachable!()
+        };
+        assert_eq!(b.cursor(), Some("AQEabc_-"));
+        assert_eq!(cursor.as_deref(), Some("AQEabc_-"));
+        // Text that is not URL-safe is ignored, never sent back.
+        let mut f = bytes::BytesMut::from(&frame(&[log("a", "0", 3)])[..]);
+        hydrant_envelope::cursor::put_frame_cursor(&mut f, "a b\n");
+        let mut out = Vec::new();
+        split_frame(&f.freeze(), &mut t, &mut out, &mut cursor);
+        assert_eq!(shape(&out), ["batch1"]);
+        assert_eq!(cursor.as_deref(), Some("AQEabc_-"));
+    }
+
+    #[test]
     fn clean_frame_is_one_zero_copy_batch() {
         let f = frame(&[log("a", "0", 1), log("a", "0", 2)]);
         let mut t = SequenceTracker::new(100, true);
         let mut out = Vec::new();
-        let c = split_frame(&f, &mut t, &mut out);
+        let c = split_frame(&f, &mut t, &mut out, &mut None);
         assert_eq!(shape(&out), ["batch2"]);
         let StreamEvent::Batch(b) = &out[0] else {
             unreachable!()
@@ -279,7 +348,7 @@ mod tests {
         ]);
         let mut t = SequenceTracker::new(100, true);
         let mut out = Vec::new();
-        let c = split_frame(&f, &mut t, &mut out);
+        let c = split_frame(&f, &mut t, &mut out, &mut None);
         assert_eq!(
             shape(&out),
             [
@@ -307,7 +376,7 @@ mod tests {
         let f = frame(&[log("a", "", 0), bad.clone(), bad, log("a", "", 0)]);
         let mut t = SequenceTracker::new(100, true);
         let mut out = Vec::new();
-        let c = split_frame(&f, &mut t, &mut out);
+        let c = split_frame(&f, &mut t, &mut out, &mut None);
         assert_eq!(
             shape(&out),
             ["batch1", "gap2:client:malformed_envelope", "batch1"]
@@ -315,7 +384,12 @@ mod tests {
         assert_eq!(c.malformed, 2);
 
         let mut out = Vec::new();
-        let c = split_frame(&Bytes::from_static(b"\xff\xff"), &mut t, &mut out);
+        let c = split_frame(
+            &Bytes::from_static(b"\xff\xff"),
+            &mut t,
+            &mut out,
+            &mut None,
+        );
         assert_eq!(shape(&out), ["gap1:client:malformed_envelope"]);
         assert_eq!(c.malformed, 1);
     }
@@ -347,7 +421,7 @@ mod tests {
         let mut t = SequenceTracker::new(10, false);
         let f = frame(&[log("a", "0", 1), log("a", "0", 5)]);
         let mut out = Vec::new();
-        split_frame(&f, &mut t, &mut out);
+        split_frame(&f, &mut t, &mut out, &mut None);
         assert_eq!(shape(&out), ["batch2"]);
     }
 }

@@ -19,7 +19,11 @@
 //! - everything else (refused, reset, close frames, idle) is retried, and the consumer is told
 //!   what happened and when the next attempt is;
 //! - text that came from the server (close reasons, error bodies) is escaped before it is put
-//!   in an event, because consumers print events on terminals.
+//!   in an event, because consumers print events on terminals;
+//! - every reconnect resumes: the client keeps the cursor of the last frame it read and sends
+//!   it back (`?cursor=`), so the edge replays what was missed while it was away (within the
+//!   dopplers' window; past it, a gap marker with the exact count), even across an edge
+//!   restart. [`FirehoseClient::resume`] starts from a cursor a consumer kept itself.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -182,6 +186,21 @@ impl FirehoseClient {
     /// [`Error::Config`] when the config does not validate or the token cannot be sent as an
     /// HTTP header.
     pub fn connect(config: ClientConfig, subscription: Subscription) -> Result<Self, Error> {
+        Self::resume(config, subscription, None)
+    }
+
+    /// Like [`FirehoseClient::connect`], but the first connection resumes from `cursor` (a
+    /// [`Batch::cursor`] the consumer kept, e.g. in a file after its destination acknowledged
+    /// the batch): the edge first sends what came after it. A cursor that is not URL-safe text
+    /// is ignored (the stream then starts live).
+    ///
+    /// # Errors
+    /// As [`FirehoseClient::connect`].
+    pub fn resume(
+        config: ClientConfig,
+        subscription: Subscription,
+        cursor: Option<&str>,
+    ) -> Result<Self, Error> {
         config.validate()?;
         let endpoint = config.endpoint()?;
         let source = config.credentials()?;
@@ -191,6 +210,7 @@ impl FirehoseClient {
         let reader = Reader {
             tracker: SequenceTracker::new(config.max_tracked_sources, config.track_sequences),
             url: endpoint.ws_url(&subscription.path()),
+            cursor: cursor.filter(|c| usable_cursor(c)).map(Arc::from),
             config,
             endpoint,
             subscription,
@@ -273,6 +293,8 @@ struct Reader {
     endpoint: Endpoint,
     subscription: Subscription,
     url: String,
+    /// The cursor of the last frame read (or the one resumed from): sent on every reconnect.
+    cursor: Option<Arc<str>>,
     /// The static token's header (when there is no `source`).
     auth: Option<HeaderValue>,
     source: Option<TokenSource>,
@@ -427,7 +449,14 @@ impl Reader {
 
     /// One attempt: TCP connect, WebSocket upgrade with the token, within the deadline.
     async fn open(&self, auth: Option<HeaderValue>) -> Result<Socket, Failure> {
-        let mut request = self.url.as_str().into_client_request().map_err(|e| {
+        let url = match &self.cursor {
+            Some(cursor) => {
+                let join = if self.url.contains('?') { '&' } else { '?' };
+                format!("{}{join}cursor={cursor}", self.url)
+            }
+            None => self.url.clone(),
+        };
+        let mut request = url.as_str().into_client_request().map_err(|e| {
             Failure::Fatal(Error::Config {
                 field: "url",
                 message: format!("does not make a valid WebSocket URL ({e})"),
@@ -616,13 +645,22 @@ impl Reader {
 
     /// Splits one binary frame into events and hands them to the consumer.
     async fn forward(&mut self, frame: &Bytes, events: &mut Vec<StreamEvent>) -> Result<(), Gone> {
-        let counts = split_frame(frame, &mut self.tracker, events);
+        let counts = split_frame(frame, &mut self.tracker, events, &mut self.cursor);
         self.stats.add_frame(frame.len(), counts);
         for event in events.drain(..) {
             self.tx.send(event).await.map_err(|_| Gone)?;
         }
         Ok(())
     }
+}
+
+/// A cursor worth sending back: short URL-safe text (what the edge writes).
+fn usable_cursor(cursor: &str) -> bool {
+    !cursor.is_empty()
+        && cursor.len() <= hydrant_envelope::cursor::MAX_CURSOR_CHARS
+        && cursor
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The next message of an optional socket; never ready without one.

@@ -260,7 +260,7 @@ pub(crate) fn ring_stream(
         // An offset from the future (another epoch the reader did not name): start live.
         Some(from) => from.min(ring.next_offset()),
     };
-    let state = Reader {
+    let mut state = Reader {
         filter: Filter::new(selectors),
         ring,
         next,
@@ -273,6 +273,9 @@ pub(crate) fn ring_stream(
         shutdown,
         _guard: guard,
     };
+    // Says at once which doppler and epoch this is and where the read starts, before any data.
+    let hello = state.position(next, 0, 0);
+    state.pending.push_back(hello);
     futures_util::stream::unfold(state, |mut s| async move {
         let message = s.next_message().await?;
         Some((Ok(message), s))
@@ -505,7 +508,7 @@ mod tests {
                 .iter()
                 .map(|p| (p.start, p.count))
                 .collect::<Vec<_>>(),
-            [(10, 5), (15, 15)]
+            [(10, 0), (10, 5), (15, 15)]
         );
         assert!(positions.iter().all(|p| p.skipped == 0 && !p.restarted));
     }
@@ -525,7 +528,7 @@ mod tests {
             epoch: None,
         };
         let (positions, stamps) = read_all(&ring, request, everything()).await;
-        assert_eq!(positions[0].skipped, 25, "offsets 5..30 are gone");
+        assert_eq!(positions[1].skipped, 25, "offsets 5..30 are gone");
         assert_eq!(stamps, (30..50).collect::<Vec<_>>());
     }
 
@@ -599,6 +602,9 @@ mod tests {
             CancellationToken::new(),
         ));
         ring.push(&batch("a", 2..5));
+        let hello = stream.next().await.unwrap().unwrap();
+        let p = RingPosition::from_message(&hello).unwrap();
+        assert_eq!((p.start, p.count), (2, 0), "the read starts at the head");
         let first = stream.next().await.unwrap().unwrap();
         let p = RingPosition::from_message(&first).unwrap();
         assert_eq!(

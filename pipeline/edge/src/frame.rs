@@ -4,14 +4,21 @@
 //! frame, never decoded. JSON is for browsers and scripts and is the only path that decodes with
 //! prost. When envelopes were dropped before this run, a gap marker leads the frame, so the
 //! consumer learns of the hole exactly where it is.
+//!
+//! Every frame may end with the consumer's cursor (resumable subscriptions): in binary frames as
+//! `EnvelopeBatch` field 100 after the envelopes (stock v2 decoders skip unknown fields), in
+//! JSON as `"cursor"` beside `"batch"`. A consumer that reconnects with `?cursor=<it>` gets what
+//! it missed; the text is opaque.
 
-use bytes::Bytes;
+use bytes::{BufMut as _, Bytes, BytesMut};
+use hydrant_envelope::cursor::put_frame_cursor;
 use hydrant_envelope::gap::{GAP_SOURCE, Gap};
 use hydrant_envelope::v2;
-use hydrant_envelope::wire::BatchBuilder;
+use hydrant_envelope::wire::put_varint;
 use prost::Message as _;
 
 use crate::api::ApiError;
+use crate::position::Item;
 
 /// How a consumer wants its frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,36 +52,61 @@ pub(crate) fn gap(dropped: u64) -> Gap {
     }
 }
 
-/// One encoded `EnvelopeBatch`: the gap marker (when `dropped > 0`), then `envelopes`.
-pub(crate) fn binary(dropped: u64, envelopes: &[Bytes]) -> Bytes {
-    let marker = (dropped > 0).then(|| gap(dropped).encode());
-    let size: usize = envelopes.iter().map(|e| e.len() + 6).sum::<usize>()
-        + marker.as_ref().map_or(0, |m| m.len() + 6);
-    let mut b = BatchBuilder::with_capacity(size);
-    if let Some(m) = &marker {
-        b.push(m);
-    }
-    for e in envelopes {
-        b.push(e);
-    }
-    b.take()
+/// The slow-consumer marker when `dropped > 0`.
+pub(crate) fn slow_gap(dropped: u64) -> Option<Gap> {
+    (dropped > 0).then(|| gap(dropped))
 }
 
-/// The same batch as protojson text. Returns the text and how many envelopes failed to decode
-/// (none should: the hub only forwards envelopes a prost decoder accepts).
-pub(crate) fn json(dropped: u64, envelopes: &[Bytes]) -> (String, u64) {
+fn put_entry(b: &mut BytesMut, envelope: &[u8]) {
+    b.put_u8(0x0a); // field 1, LEN
+    put_varint(b, envelope.len() as u64);
+    b.put_slice(envelope);
+}
+
+/// One encoded `EnvelopeBatch`: the gap marker (when there is one), then `envelopes`, then the
+/// cursor (when there is one).
+pub(crate) fn binary(marker: Option<&Gap>, envelopes: &[Item], cursor: Option<&str>) -> Bytes {
+    let marker = marker.map(Gap::encode);
+    let size: usize = envelopes.iter().map(|e| e.bytes.len() + 6).sum::<usize>()
+        + marker.as_ref().map_or(0, |m| m.len() + 6)
+        + cursor.map_or(0, |c| c.len() + 4);
+    let mut b = BytesMut::with_capacity(size);
+    if let Some(m) = &marker {
+        put_entry(&mut b, m);
+    }
+    for e in envelopes {
+        put_entry(&mut b, &e.bytes);
+    }
+    if let Some(cursor) = cursor {
+        put_frame_cursor(&mut b, cursor);
+    }
+    b.freeze()
+}
+
+/// The same batch as protojson text, `{"batch": [...], "cursor": "..."}`. Returns the text and
+/// how many envelopes failed to decode (none should: the hub only forwards envelopes a prost
+/// decoder accepts).
+pub(crate) fn json(
+    marker: Option<&Gap>,
+    envelopes: &[Item],
+    cursor: Option<&str>,
+) -> (String, u64) {
     let mut decoded = Vec::with_capacity(envelopes.len() + 1);
-    if dropped > 0 {
-        decoded.push(gap(dropped).to_envelope());
+    if let Some(marker) = marker {
+        decoded.push(marker.to_envelope());
     }
     let mut failed = 0;
     for e in envelopes {
-        match v2::Envelope::decode(&e[..]) {
+        match v2::Envelope::decode(&e.bytes[..]) {
             Ok(env) => decoded.push(env),
             Err(_) => failed += 1,
         }
     }
-    (hydrant_envelope::json::batch(&decoded).to_string(), failed)
+    let mut value = hydrant_envelope::json::batch(&decoded);
+    if let (Some(cursor), Some(object)) = (cursor, value.as_object_mut()) {
+        object.insert("cursor".to_owned(), cursor.into());
+    }
+    (value.to_string(), failed)
 }
 
 #[cfg(test)]
@@ -82,21 +114,25 @@ mod tests {
     use hydrant_envelope::wire::{BatchIter, EnvelopeView};
 
     use super::*;
+    use crate::position::At;
 
-    fn log(text: &str) -> Bytes {
-        hydrant_envelope::wire::encode(&v2::Envelope {
-            source_id: "web".into(),
-            message: Some(v2::envelope::Message::Log(v2::Log {
-                payload: text.as_bytes().to_vec().into(),
-                r#type: 0,
-            })),
-            ..v2::Envelope::default()
-        })
+    fn log(text: &str) -> Item {
+        Item::new(
+            hydrant_envelope::wire::encode(&v2::Envelope {
+                source_id: "web".into(),
+                message: Some(v2::envelope::Message::Log(v2::Log {
+                    payload: text.as_bytes().to_vec().into(),
+                    r#type: 0,
+                })),
+                ..v2::Envelope::default()
+            }),
+            At::NONE,
+        )
     }
 
     #[test]
     fn binary_frames_are_batches_led_by_the_gap() {
-        let frame = binary(3, &[log("a"), log("b")]);
+        let frame = binary(slow_gap(3).as_ref(), &[log("a"), log("b")], None);
         let batch = v2::EnvelopeBatch::decode(&frame[..]).unwrap();
         assert_eq!(batch.batch.len(), 3);
         let views: Vec<_> = BatchIter::new(&frame)
@@ -109,16 +145,25 @@ mod tests {
         );
         assert_eq!(g.source_id, "hydrant");
         assert_eq!(views[1].log().unwrap().0, b"a");
-        assert_eq!(binary(0, &[log("x")]).len(), log("x").len() + 2);
+        assert_eq!(
+            binary(None, &[log("x")], None).len(),
+            log("x").bytes.len() + 2
+        );
+        // With a cursor, stock decoders still see the same batch.
+        let with = binary(None, &[log("x")], Some("AQE"));
+        assert_eq!(v2::EnvelopeBatch::decode(&with[..]).unwrap().batch.len(), 1);
+        assert_eq!(&with[with.len() - 3..], b"AQE");
     }
 
     #[test]
     fn json_frames_hold_a_batch() {
-        let (text, failed) = json(0, &[log("hello")]);
+        let (text, failed) = json(None, &[log("hello")], Some("AQE"));
         assert_eq!(failed, 0);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["batch"][0]["log"]["payload_text"], "hello");
-        assert_eq!(json(0, &[Bytes::from_static(&[0xff])]).1, 1);
+        assert_eq!(v["cursor"], "AQE");
+        let bad = Item::new(Bytes::from_static(&[0xff]), At::NONE);
+        assert_eq!(json(None, &[bad], None).1, 1);
     }
 
     #[test]

@@ -5,20 +5,29 @@
 //! one id each see 1/N and together see everything. Different ids each see everything. Per-app
 //! streams receive the envelopes whose `source_id` they named.
 //!
+//! Positions: when the upstream reads a doppler's replay ring, every envelope is stamped with
+//! its place in that doppler's stream ([`At`]); the hub remembers, per doppler, where the last
+//! published batch ended, and a new subscription records those ends (its *live start*) under the
+//! same lock publishing takes, so a resuming consumer is replayed exactly the range before them.
+//!
 //! Invariant: publishing never waits on a consumer. It takes a read lock on the routing table
 //! (written only when consumers come and go) and pushes into outboxes that drop their own
 //! oldest data when full, so one stalled consumer cannot slow the upstream read or any other
 //! consumer.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
+use hydrant_envelope::cursor::{Mark, RingPosition};
 use hydrant_envelope::wire::{EnvelopeView, Kind, split_batch};
+use tokio::sync::watch;
 
 use crate::metrics::{Endpoint, Metrics};
 use crate::outbox::{KindMask, Limits, Outbox};
+use crate::position::{At, Item};
 
 /// One envelope of the batch being published, with what routing needs.
 #[derive(Debug)]
@@ -27,12 +36,27 @@ pub(crate) struct Parsed {
     kind: Kind,
     /// Where `source_id` sits in `bytes`.
     source: std::ops::Range<usize>,
+    at: At,
 }
 
 impl Parsed {
     fn source_id(&self) -> &[u8] {
         self.bytes.get(self.source.clone()).unwrap_or_default()
     }
+
+    fn item(&self) -> Item {
+        Item::new(self.bytes.clone(), self.at)
+    }
+}
+
+/// What the hub knows of one doppler's stream.
+#[derive(Debug, Default)]
+struct Upstream {
+    /// `(doppler id, epoch)`, once a ring read told it.
+    identity: Mutex<Option<(u64, u64)>>,
+    /// The offset after the last batch published (written under the table's read lock, read
+    /// under its write lock).
+    end: AtomicU64,
 }
 
 /// Where `part` (borrowed from `whole`) sits in `whole`.
@@ -69,6 +93,10 @@ pub(crate) struct Hub {
     table: RwLock<Table>,
     metrics: Metrics,
     limits: Limits,
+    /// One per configured doppler, in config order.
+    upstreams: Vec<Upstream>,
+    /// Bumped whenever a doppler's identity becomes known, for [`Hub::wait_identified`].
+    identified: watch::Sender<usize>,
 }
 
 /// What a subscription reads.
@@ -85,6 +113,11 @@ pub(crate) struct Subscription {
     outbox: Arc<Outbox>,
     target: Target,
     endpoint: Endpoint,
+    /// Per doppler slot, where live data for this subscription starts (known dopplers only).
+    live: Vec<(usize, Mark)>,
+    /// The group already had members when this one joined: they were given the stream while
+    /// this consumer was away, so it must not be replayed to it again.
+    joined_live_group: bool,
 }
 
 impl Subscription {
@@ -94,6 +127,27 @@ impl Subscription {
 
     pub(crate) fn endpoint(&self) -> Endpoint {
         self.endpoint
+    }
+
+    /// Where live data starts, per doppler slot.
+    pub(crate) fn live_starts(&self) -> &[(usize, Mark)] {
+        &self.live
+    }
+
+    pub(crate) fn joined_live_group(&self) -> bool {
+        self.joined_live_group
+    }
+
+    /// Whether this subscription takes an envelope of `kind` from `source_id` (what a replay
+    /// filters by, so replayed data is selected as live data is).
+    pub(crate) fn wants(&self, kind: Kind, source_id: &[u8]) -> bool {
+        if !self.outbox.kinds().has(kind) {
+            return false;
+        }
+        match &self.target {
+            Target::Group(_) => true,
+            Target::Sources(sources) => sources.iter().any(|s| s.as_bytes() == source_id),
+        }
     }
 }
 
@@ -107,11 +161,91 @@ impl Drop for Subscription {
 }
 
 impl Hub {
-    pub(crate) fn new(metrics: Metrics, limits: Limits) -> Self {
+    /// A hub for `dopplers` upstreams (slots `0..dopplers`, in config order).
+    pub(crate) fn new(metrics: Metrics, limits: Limits, dopplers: usize) -> Self {
         Self {
             table: RwLock::default(),
             metrics,
             limits,
+            upstreams: (0..dopplers).map(|_| Upstream::default()).collect(),
+            identified: watch::Sender::new(0),
+        }
+    }
+
+    /// The live start of every doppler whose identity is known. Called under the write lock.
+    fn live_starts(&self) -> Vec<(usize, Mark)> {
+        self.upstreams
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, u)| {
+                let (doppler, epoch) =
+                    (*u.identity.lock().unwrap_or_else(PoisonError::into_inner))?;
+                Some((
+                    slot,
+                    Mark {
+                        doppler,
+                        epoch,
+                        next: u.end.load(Ordering::Acquire),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// The doppler id and epoch at `slot`, when known.
+    pub(crate) fn identity(&self, slot: usize) -> Option<(u64, u64)> {
+        *self
+            .upstreams
+            .get(slot)?
+            .identity
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until every doppler's identity is known, or `limit` passes (a doppler that is down
+    /// does not hold a resuming consumer back for longer).
+    pub(crate) async fn wait_identified(&self, limit: Duration) {
+        let all = self.upstreams.len();
+        let mut rx = self.identified.subscribe();
+        let known = |hub: &Self| (0..all).all(|slot| hub.identity(slot).is_some());
+        let _ = tokio::time::timeout(limit, async {
+            while !known(self) {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Records where a doppler's ring read stands (its identity, and the end of what has been
+    /// published when the read starts somewhere new), under the lock publishing takes.
+    pub(crate) fn at_position(&self, slot: usize, position: &RingPosition) {
+        let Some(u) = self.upstreams.get(slot) else {
+            return;
+        };
+        let _t = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        let mut identity = u.identity.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Some((position.doppler, position.epoch));
+        if *identity != now || position.count == 0 {
+            *identity = now;
+            u.end.store(position.start, Ordering::Release);
+            drop(identity);
+            self.identified.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// The offset after the last batch published from `slot`.
+    pub(crate) fn end(&self, slot: usize) -> u64 {
+        self.upstreams
+            .get(slot)
+            .map_or(0, |u| u.end.load(Ordering::Acquire))
+    }
+
+    /// Forgets a doppler's position (its stream now comes without positions).
+    pub(crate) fn forget_position(&self, slot: usize) {
+        if let Some(u) = self.upstreams.get(slot) {
+            *u.identity.lock().unwrap_or_else(PoisonError::into_inner) = None;
         }
     }
 
@@ -136,20 +270,21 @@ impl Hub {
             id: id.to_owned(),
             kinds,
         };
-        self.table
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .groups
-            .entry(key.clone())
-            .or_default()
-            .members
-            .push(outbox.clone());
+        let (live, joined_live_group) = {
+            let mut t = self.table.write().unwrap_or_else(PoisonError::into_inner);
+            let members = &mut t.groups.entry(key.clone()).or_default().members;
+            let had_members = !members.is_empty();
+            members.push(outbox.clone());
+            (self.live_starts(), had_members)
+        };
         self.metrics.streams(endpoint).inc();
         Subscription {
             hub: self.clone(),
             outbox,
             target: Target::Group(key),
             endpoint,
+            live,
+            joined_live_group,
         }
     }
 
@@ -161,7 +296,7 @@ impl Hub {
         endpoint: Endpoint,
     ) -> Subscription {
         let outbox = self.new_outbox(kinds);
-        {
+        let live = {
             let mut t = self.table.write().unwrap_or_else(PoisonError::into_inner);
             for s in &sources {
                 t.sources
@@ -169,13 +304,16 @@ impl Hub {
                     .or_default()
                     .push(outbox.clone());
             }
-        }
+            self.live_starts()
+        };
         self.metrics.streams(endpoint).inc();
         Subscription {
             hub: self.clone(),
             outbox,
             target: Target::Sources(sources),
             endpoint,
+            live,
+            joined_live_group: false,
         }
     }
 
@@ -203,12 +341,32 @@ impl Hub {
         }
     }
 
-    /// Routes one encoded `EnvelopeBatch` from a doppler. `scratch` is the caller's reusable
-    /// buffer, so publishing allocates nothing per batch once warm.
+    /// Routes one encoded `EnvelopeBatch` from a doppler without positions (a doppler with no
+    /// replay ring, or a marker). `scratch` is the caller's reusable buffer, so publishing
+    /// allocates nothing per batch once warm.
     pub(crate) fn publish(&self, batch: &Bytes, scratch: &mut Vec<Parsed>) {
+        self.publish_at(None, batch, scratch);
+    }
+
+    /// Routes one batch of a doppler's ring read: its envelopes are at `position.start`
+    /// onwards, and once routed, `slot`'s live end moves to `position.end()`.
+    pub(crate) fn publish_at(
+        &self,
+        at: Option<(usize, &RingPosition)>,
+        batch: &Bytes,
+        scratch: &mut Vec<Parsed>,
+    ) {
         scratch.clear();
         let mut malformed = 0u64;
-        for item in split_batch(batch) {
+        let stamp = |i: u64| match at {
+            Some((_, p)) => At {
+                doppler: p.doppler,
+                epoch: p.epoch,
+                offset: p.start + i,
+            },
+            None => At::NONE,
+        };
+        for (offset, item) in (0u64..).zip(split_batch(batch)) {
             let Ok(bytes) = item else {
                 // The batch framing itself is broken: nothing after this point can be trusted.
                 malformed += 1;
@@ -224,6 +382,7 @@ impl Hub {
                 bytes,
                 kind,
                 source,
+                at: stamp(offset),
             });
         }
         self.metrics.ingress.add(scratch.len() as u64 + malformed);
@@ -231,10 +390,17 @@ impl Hub {
             self.metrics.dropped_malformed.add(malformed);
             tracing::warn!(malformed, "dropped malformed envelopes from a doppler");
         }
+        let t = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some((slot, p)) = at
+            && let Some(u) = self.upstreams.get(slot)
+        {
+            // Under the read lock, so a subscription (write lock) sees this batch either
+            // entirely published or not at all.
+            u.end.store(p.end(), Ordering::Release);
+        }
         if scratch.is_empty() {
             return;
         }
-        let t = self.table.read().unwrap_or_else(PoisonError::into_inner);
         for (key, group) in &t.groups {
             route_group(key.kinds, group, scratch);
         }
@@ -243,7 +409,7 @@ impl Hub {
                 if let Some(list) = t.sources.get(p.source_id()) {
                     for o in list {
                         if o.kinds().has(p.kind) {
-                            o.push_many([&p.bytes]);
+                            o.push_many([p.item()]);
                         }
                     }
                 }
@@ -276,7 +442,7 @@ fn route_group(kinds: KindMask, group: &Group, batch: &[Parsed]) {
     let matching = || batch.iter().filter(move |p| kinds.has(p.kind));
     match group.members.as_slice() {
         [] => {}
-        [only] => only.push_many(matching().map(|p| &p.bytes)),
+        [only] => only.push_many(matching().map(Parsed::item)),
         members => {
             let count = matching().count();
             if count == 0 {
@@ -288,7 +454,7 @@ fn route_group(kinds: KindMask, group: &Group, batch: &[Parsed]) {
                     matching()
                         .enumerate()
                         .filter(|(j, _)| (start.wrapping_add(*j)) % n == i)
-                        .map(|(_, p)| &p.bytes),
+                        .map(|(_, p)| p.item()),
                 );
             }
         }
@@ -309,6 +475,7 @@ mod tests {
                 max_envelopes: 10_000,
                 max_bytes: 1 << 24,
             },
+            1,
         ))
     }
 
@@ -339,7 +506,7 @@ mod tests {
     fn drain(s: &Subscription) -> Vec<Bytes> {
         let mut out = Vec::new();
         s.outbox().take(usize::MAX, usize::MAX, &mut out);
-        out
+        out.into_iter().map(|i| i.bytes).collect()
     }
 
     #[test]
@@ -397,6 +564,32 @@ mod tests {
         assert_eq!(h.metrics.dropped_closed.get(), 2);
         assert_eq!(h.depth(), (0, 0));
         assert!(h.table.read().unwrap().sources.is_empty());
+    }
+
+    #[test]
+    fn ring_batches_stamp_positions_and_move_the_live_start() {
+        let h = hub();
+        let p = RingPosition {
+            doppler: 7,
+            epoch: 9,
+            start: 100,
+            count: 0,
+            ..RingPosition::default()
+        };
+        h.at_position(0, &p);
+        let early = h.subscribe_group("x", KindMask::ALL, Endpoint::Firehose);
+        assert_eq!(early.live_starts()[0].1.next, 100);
+        let batch = hydrant_envelope::wire::batch_of([&log("web", 1)[..], &log("web", 2)[..]]);
+        let p = RingPosition { count: 2, ..p };
+        h.publish_at(Some((0, &p)), &batch, &mut Vec::new());
+        let late = h.subscribe_group("x", KindMask::ALL, Endpoint::Firehose);
+        assert!(late.joined_live_group());
+        assert_eq!(late.live_starts()[0].1.next, 102);
+        let mut out = Vec::new();
+        early.outbox().take(10, usize::MAX, &mut out);
+        let offsets: Vec<u64> = out.iter().map(|i| i.at.offset).collect();
+        assert_eq!(offsets, [100, 101]);
+        assert_eq!(h.identity(0), Some((7, 9)));
     }
 
     #[test]

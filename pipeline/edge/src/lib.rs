@@ -24,6 +24,8 @@
 //! - [`config`]: [`Config`] and its validation.
 //! - `upstream`: doppler subscriptions with reconnect and backoff; read channels.
 //! - `hub`: the routing table and fan-out; `outbox`: a consumer's drop-oldest queue.
+//! - `position`: where each queued envelope came from and each consumer's cursor; `resume`:
+//!   replaying a reconnecting consumer from the dopplers' replay rings.
 //! - `api`: routes, token checks, errors; `stream` (WebSocket), `sse`, `recent`; `frame`:
 //!   what goes on the wire.
 //!
@@ -40,7 +42,9 @@ mod hub;
 mod keys;
 mod metrics;
 mod outbox;
+mod position;
 mod recent;
+mod resume;
 mod sse;
 mod stream;
 mod upstream;
@@ -131,16 +135,18 @@ async fn serve(
             max_envelopes: config.queue_max_envelopes,
             max_bytes: config.queue_max_bytes,
         },
+        config.dopplers.len(),
     ));
     let backoff = Backoff::from_ms(config.reconnect_min_ms, config.reconnect_max_ms, 0.25);
     let mut readers = Vec::with_capacity(config.dopplers.len());
     let tls = upstream::tls(config.upstream_tls.as_ref())
         .map_err(|e| hydrant_runtime::invalid("upstream_tls", e.to_string()))?;
-    for url in &config.dopplers {
+    for (slot, url) in config.dopplers.iter().enumerate() {
         let channel = upstream::read_channel(url, tls.as_ref())
             .map_err(|e| hydrant_runtime::invalid("dopplers", format!("{url:?}: {e}")))?;
         readers.push((url.clone(), channel));
         tracker.spawn(upstream::subscribe(
+            slot,
             url.clone(),
             tls.clone(),
             hub.clone(),

@@ -64,6 +64,10 @@ pub(crate) struct Metrics {
     pub(crate) dropped_malformed: Counter,
     pub(crate) dropped_closed: Counter,
     pub(crate) slow_consumers: Counter,
+    /// Envelopes sent to resuming consumers from the dopplers' replay rings.
+    pub(crate) replayed: Counter,
+    /// Live envelopes not sent because the consumer's replay had already sent them.
+    pub(crate) duplicates: Counter,
     pub(crate) keepalive_timeouts: Counter,
     pub(crate) rejected_unauthorized: Counter,
     pub(crate) rejected_forbidden: Counter,
@@ -127,6 +131,16 @@ impl Metrics {
             dropped_slow: dropped("slow_consumer"),
             dropped_malformed: dropped("malformed"),
             dropped_closed: dropped("closed"),
+            replayed: r.counter(
+                "trafficcontroller.replayed",
+                "envelopes replayed to consumers that resumed with a cursor",
+                &[],
+            ),
+            duplicates: r.counter(
+                "trafficcontroller.duplicates_suppressed",
+                "live envelopes not sent again because a resuming consumer's replay sent them",
+                &[],
+            ),
             slow_consumers: r.counter(
                 "trafficcontroller.slow_consumers",
                 "consumers closed for falling behind",

@@ -11,11 +11,12 @@
 //! consumer that falls behind in a burst and catches up is never cut off, while one that keeps
 //! losing data without ever draining is.
 
-use bytes::Bytes;
 use hydrant_buffer::{Buffer, BufferConfig, DropReason, Limits as Bounds, Observer};
 use hydrant_emitter::Counter;
 use hydrant_envelope::wire::Kind;
 use tokio::time::Instant;
+
+use crate::position::Item;
 
 /// Which envelope types a consumer wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -94,7 +95,7 @@ impl Observer for Report {
 /// One consumer's bounded queue.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    buffer: Buffer<Bytes, Report>,
+    buffer: Buffer<Item, Report>,
     kinds: KindMask,
 }
 
@@ -121,8 +122,8 @@ impl Outbox {
     /// Appends envelopes, dropping the oldest queued ones to stay within the limits (always
     /// keeping the newest, even one larger than the byte limit on its own). Never blocks beyond
     /// the short lock, which no one holds across an await.
-    pub(crate) fn push_many<'a>(&self, envelopes: impl IntoIterator<Item = &'a Bytes>) {
-        self.buffer.push_iter(envelopes.into_iter().cloned());
+    pub(crate) fn push_many(&self, envelopes: impl IntoIterator<Item = Item>) {
+        self.buffer.push_iter(envelopes);
     }
 
     /// Moves up to `max_envelopes` / `max_bytes` (at least one envelope) into `out`. When the
@@ -131,7 +132,7 @@ impl Outbox {
         &self,
         max_envelopes: usize,
         max_bytes: usize,
-        out: &mut Vec<Bytes>,
+        out: &mut Vec<Item>,
     ) -> Taken {
         let max = Bounds::UNBOUNDED.items(max_envelopes).bytes(max_bytes);
         Taken {
@@ -171,7 +172,10 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
+    use crate::position::At;
 
     fn outbox(max_envelopes: usize, max_bytes: usize) -> Outbox {
         Outbox::new(
@@ -185,15 +189,17 @@ mod tests {
         )
     }
 
-    fn envs(n: usize, size: usize) -> Vec<Bytes> {
-        (0..n).map(|i| Bytes::from(vec![i as u8; size])).collect()
+    fn envs(n: usize, size: usize) -> Vec<Item> {
+        (0..n)
+            .map(|i| Item::new(Bytes::from(vec![i as u8; size]), At::NONE))
+            .collect()
     }
 
     #[test]
     fn overflow_drops_the_oldest_and_reports_a_gap_once() {
         let o = outbox(3, 1 << 20);
         let e = envs(5, 10);
-        o.push_many(&e);
+        o.push_many(e.clone());
         assert_eq!(o.buffer.observer().dropped.get(), 2);
         assert!(o.behind_since().is_some());
         let mut out = Vec::new();
@@ -209,18 +215,18 @@ mod tests {
     #[test]
     fn byte_limit_bounds_the_queue() {
         let o = outbox(1000, 100);
-        o.push_many(&envs(20, 30));
+        o.push_many(envs(20, 30));
         assert_eq!(o.depth(), (3, 90));
         assert_eq!(o.buffer.observer().dropped.get(), 17);
         // One envelope larger than the whole limit still gets through, alone.
-        o.push_many(&envs(1, 500));
+        o.push_many(envs(1, 500));
         assert_eq!(o.depth(), (1, 500));
     }
 
     #[test]
     fn take_respects_frame_limits_but_always_moves_one() {
         let o = outbox(1000, 1 << 20);
-        o.push_many(&envs(10, 100));
+        o.push_many(envs(10, 100));
         let mut out = Vec::new();
         o.take(4, 1 << 20, &mut out);
         assert_eq!(out.len(), 4);
@@ -236,14 +242,14 @@ mod tests {
     #[test]
     fn closed_outboxes_refuse_pushes_count_them_and_report_leftovers() {
         let o = outbox(10, 1 << 20);
-        o.push_many(&envs(4, 8));
+        o.push_many(envs(4, 8));
         assert_eq!(o.close(), 4);
         assert_eq!(
             o.buffer.observer().closed.get(),
             0,
             "leftovers are the caller's to count"
         );
-        o.push_many(&envs(3, 8));
+        o.push_many(envs(3, 8));
         assert_eq!(o.depth(), (0, 0));
         assert_eq!(
             o.buffer.observer().closed.get(),

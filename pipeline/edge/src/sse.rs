@@ -9,6 +9,10 @@
 //! out. The same outbox and slow-consumer rule as the WebSockets apply; since the HTTP layer only
 //! asks for more when the client has read, the rule is applied as the stream is read, and ends
 //! it with `event: closing`.
+//!
+//! Resumable: each data event's `id:` is the consumer's cursor (also `"cursor"` in its JSON), so
+//! a browser's `EventSource` sends it back as `Last-Event-ID` when it reconnects (`?cursor=`
+//! works too), and the stream resumes with what it missed (see `resume`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,6 +31,8 @@ use crate::frame;
 use crate::hub::Subscription;
 use crate::metrics::Endpoint;
 use crate::outbox::KindMask;
+use crate::position::{Item, Tracker};
+use crate::resume::Replay;
 
 /// Most `source_id`s one stream may follow.
 const MAX_SOURCES: usize = 100;
@@ -90,6 +96,8 @@ pub(crate) async fn read(
         return Err(app.reject(ApiError::source_not_found(hidden)));
     }
     let permit = app.admission.admit(&claims).map_err(|e| app.reject(e))?;
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let resume = crate::resume::requested(&app, q.get("cursor").or(last_event_id)).await?;
     let sub = if sources.is_empty() {
         let group = match q.get("shard_id").filter(|s| !s.is_empty()) {
             Some(shard) => format!("sse:{shard}"),
@@ -99,9 +107,19 @@ pub(crate) async fn read(
     } else {
         app.hub.subscribe_sources(sources, kinds, Endpoint::Sse)
     };
+    let mut tracker = Tracker::default();
+    let replay = Replay::plan(
+        &sub,
+        resume.as_ref(),
+        app.readers.iter().map(|(_, c)| c.clone()).collect(),
+        app.read_timeout,
+        &mut tracker,
+    );
     let state = Stream {
         app,
         sub,
+        tracker,
+        replay,
         taken: Vec::new(),
         done: false,
         token_ends: crate::stream::token_deadline(&claims),
@@ -124,7 +142,9 @@ pub(crate) async fn read(
 struct Stream {
     app: Arc<Shared>,
     sub: Subscription,
-    taken: Vec<Bytes>,
+    tracker: Tracker,
+    replay: Replay,
+    taken: Vec<Item>,
     done: bool,
     /// The stream ends when its token does, with a `closing` event saying so.
     token_ends: Instant,
@@ -156,11 +176,26 @@ impl Stream {
                 let left = outbox.close();
                 self.app.metrics.dropped_closed.add(left);
                 let lost = outbox.take_unreported() + left;
-                let (gap, _) = frame::json(lost, &[]);
+                let (gap, _) = frame::json(frame::slow_gap(lost).as_ref(), &[], None);
                 let closing = self.closing("consumer too slow: it kept losing data");
                 let mut out = format!("data: {gap}\n\n").into_bytes();
                 out.extend_from_slice(&closing);
                 return Bytes::from(out);
+            }
+            if !self.replay.is_done() {
+                let chunk = tokio::select! {
+                    c = self.replay.next(&self.sub, opts.frame_max_envelopes) => c,
+                    () = self.app.shutdown.cancelled() => continue,
+                };
+                let Some(mut chunk) = chunk else {
+                    continue;
+                };
+                let items = chunk.admit(&mut self.tracker);
+                let cursor = self.tracker.text();
+                let (text, failed) = frame::json(chunk.marker.as_ref(), &items, cursor.as_deref());
+                self.app.metrics.dropped_malformed.add(failed);
+                self.app.metrics.replayed.add(items.len() as u64 - failed);
+                return event(cursor.as_deref(), &text);
             }
             let gap = outbox
                 .take(
@@ -169,15 +204,27 @@ impl Stream {
                     &mut self.taken,
                 )
                 .gap;
+            let before = self.taken.len();
+            let tracker = &mut self.tracker;
+            self.taken.retain(|i| tracker.admit(i.at));
+            self.app
+                .metrics
+                .duplicates
+                .add((before - self.taken.len()) as u64);
             if !self.taken.is_empty() || gap > 0 {
-                let (text, failed) = frame::json(gap, &self.taken);
+                let cursor = self.tracker.text();
+                let (text, failed) = frame::json(
+                    frame::slow_gap(gap).as_ref(),
+                    &self.taken,
+                    cursor.as_deref(),
+                );
                 self.app.metrics.dropped_malformed.add(failed);
                 self.app
                     .metrics
                     .egress(Endpoint::Sse)
                     .add(self.taken.len() as u64 - failed);
                 self.taken.clear();
-                return Bytes::from(format!("data: {text}\n\n"));
+                return event(cursor.as_deref(), &text);
             }
             tokio::select! {
                 () = outbox.notified() => {}
@@ -189,6 +236,14 @@ impl Stream {
                 () = tokio::time::sleep_until(self.token_ends) => {}
             }
         }
+    }
+}
+
+/// One SSE data event, with the cursor as its `id` when there is one.
+fn event(cursor: Option<&str>, data: &str) -> Bytes {
+    match cursor {
+        Some(id) => Bytes::from(format!("id: {id}\ndata: {data}\n\n")),
+        None => Bytes::from(format!("data: {data}\n\n")),
     }
 }
 

@@ -12,6 +12,10 @@
 //! with 1008 too (Loggregator's keepalive). A stream ends when its token does: at the token's
 //! `exp` the connection is closed with 1008 "token expired", and the client reconnects with a
 //! fresh token.
+//!
+//! Resumable: every frame ends with the consumer's cursor (see `position`), and a consumer that
+//! connects with `?cursor=` is first sent what it missed from the dopplers' replay rings, then
+//! its live data, with nothing repeated (see `resume`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +37,8 @@ use crate::frame::{self, Format};
 use crate::hub::Subscription;
 use crate::metrics::Endpoint;
 use crate::outbox::{KindMask, Outbox};
+use crate::position::{Item, Tracker};
+use crate::resume::Replay;
 
 /// Longest subscription id accepted.
 const MAX_SUBSCRIPTION_ID: usize = 256;
@@ -90,10 +96,17 @@ pub(crate) async fn firehose(
         }
     };
     let format = Format::parse(q.get("format")).map_err(|e| app.reject(e))?;
+    let resume = crate::resume::requested(&app, q.get("cursor")).await?;
     let (ws, permit) = admit(&app, ws, &claims)?;
     let sub = app.hub.subscribe_group(&id, kinds, Endpoint::Firehose);
     let ends = token_deadline(&claims);
-    Ok(upgrade(app, ws, sub, format, permit, SLOW_FIREHOSE, ends))
+    let on = Open {
+        format,
+        slow_reason: SLOW_FIREHOSE,
+        token_ends: ends,
+        resume,
+    };
+    Ok(upgrade(app, ws, sub, permit, on))
 }
 
 /// `GET /apps/{source_id}/stream[?format=json]`: one source's logs and metrics.
@@ -110,12 +123,19 @@ pub(crate) async fn app_stream(
         return Err(app.reject(ApiError::source_not_found(&source_id)));
     }
     let format = Format::parse(q.get("format")).map_err(|e| app.reject(e))?;
+    let resume = crate::resume::requested(&app, q.get("cursor")).await?;
     let (ws, permit) = admit(&app, ws, &claims)?;
     let sub = app
         .hub
         .subscribe_sources(vec![source_id], KindMask::ALL, Endpoint::AppStream);
     let ends = token_deadline(&claims);
-    Ok(upgrade(app, ws, sub, format, permit, SLOW_APP, ends))
+    let on = Open {
+        format,
+        slow_reason: SLOW_APP,
+        token_ends: ends,
+        resume,
+    };
+    Ok(upgrade(app, ws, sub, permit, on))
 }
 
 /// When the stream's token expires, as an instant on the clock the writer sleeps on.
@@ -150,17 +170,15 @@ fn upgrade(
     app: Arc<Shared>,
     ws: WebSocketUpgrade,
     sub: Subscription,
-    format: Format,
     permit: Ticket,
-    slow_reason: &'static str,
-    token_ends: Instant,
+    on: Open,
 ) -> Response {
     let tracker = app.tracker.clone();
     ws.max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
-                serve(app, socket, sub, format, slow_reason, token_ends).await;
+                serve(app, socket, sub, on).await;
                 drop(permit);
             })
         })
@@ -177,19 +195,27 @@ enum End {
     TokenExpired,
 }
 
-async fn serve(
-    app: Arc<Shared>,
-    socket: WebSocket,
-    sub: Subscription,
+/// How a connection was opened.
+#[derive(Debug)]
+struct Open {
     format: Format,
-    slow: &str,
+    slow_reason: &'static str,
     token_ends: Instant,
-) {
+    /// The cursor the consumer resumes from (`?cursor=`).
+    resume: Option<hydrant_envelope::cursor::Cursor>,
+}
+
+async fn serve(app: Arc<Shared>, socket: WebSocket, sub: Subscription, on: Open) {
+    let Open {
+        format,
+        slow_reason: slow,
+        ..
+    } = on;
     let (mut tx, rx) = socket.split();
     let peer_gone = CancellationToken::new();
     let (pong_tx, pong_rx) = watch::channel(Instant::now());
     let reader = tokio::spawn(read_client(rx, pong_tx, peer_gone.clone()));
-    let end = write_loop(&app, &mut tx, &sub, format, pong_rx, &peer_gone, token_ends).await;
+    let end = write_loop(&app, &mut tx, &sub, &on, pong_rx, &peer_gone).await;
     let close = match end {
         End::TooSlow => {
             app.metrics.slow_consumers.inc();
@@ -200,7 +226,7 @@ async fn serve(
             app.metrics.dropped_closed.add(left);
             let lost = outbox.take_unreported() + left;
             if lost > 0 {
-                let (msg, _) = message(format, lost, &[], &app);
+                let (msg, _) = message(format, frame::slow_gap(lost).as_ref(), &[], None, &app);
                 let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, tx.send(msg)).await;
             }
             Some((POLICY_VIOLATION, slow))
@@ -254,11 +280,17 @@ async fn read_client(
 
 /// The frame for `envelopes`, and how many of them could not be rendered (counted as
 /// malformed drops, so the ledger still balances).
-fn message(format: Format, gap: u64, envelopes: &[bytes::Bytes], app: &Shared) -> (Message, u64) {
+fn message(
+    format: Format,
+    marker: Option<&hydrant_envelope::gap::Gap>,
+    envelopes: &[Item],
+    cursor: Option<&str>,
+    app: &Shared,
+) -> (Message, u64) {
     match format {
-        Format::Binary => (Message::Binary(frame::binary(gap, envelopes)), 0),
+        Format::Binary => (Message::Binary(frame::binary(marker, envelopes, cursor)), 0),
         Format::Json => {
-            let (text, failed) = frame::json(gap, envelopes);
+            let (text, failed) = frame::json(marker, envelopes, cursor);
             app.metrics.dropped_malformed.add(failed);
             (Message::Text(text.into()), failed)
         }
@@ -315,15 +347,23 @@ async fn write_loop(
     app: &Shared,
     tx: &mut SplitSink<WebSocket, Message>,
     sub: &Subscription,
-    format: Format,
+    on: &Open,
     mut pong_rx: watch::Receiver<Instant>,
     peer_gone: &CancellationToken,
-    token_ends: Instant,
 ) -> End {
+    let (format, token_ends) = (on.format, on.token_ends);
+    let mut tracker = Tracker::default();
+    let mut replay = Replay::plan(
+        sub,
+        on.resume.as_ref(),
+        app.readers.iter().map(|(_, c)| c.clone()).collect(),
+        app.read_timeout,
+        &mut tracker,
+    );
     let opts = app.opts;
     let outbox = sub.outbox();
     let egress = app.metrics.egress(sub.endpoint());
-    let mut taken = Vec::with_capacity(opts.frame_max_envelopes);
+    let mut taken: Vec<Item> = Vec::with_capacity(opts.frame_max_envelopes);
     let mut next_ping = Instant::now() + opts.ping_interval;
     // (when the outstanding ping was sent, when its pong is due)
     let mut awaiting: Option<(Instant, Instant)> = None;
@@ -361,9 +401,40 @@ async fn write_loop(
         if too_slow(outbox, opts.slow_consumer_timeout, now) {
             return End::TooSlow;
         }
+        if !replay.is_done() {
+            // What the consumer missed goes first; live data waits in the outbox meanwhile.
+            let chunk = tokio::select! {
+                c = replay.next(sub, opts.frame_max_envelopes) => c,
+                () = peer_gone.cancelled() => return End::PeerGone,
+                () = app.shutdown.cancelled() => return End::Shutdown,
+            };
+            let Some(mut chunk) = chunk else {
+                continue;
+            };
+            let items = chunk.admit(&mut tracker);
+            let cursor = tracker.text();
+            let (msg, failed) = message(
+                format,
+                chunk.marker.as_ref(),
+                &items,
+                cursor.as_deref(),
+                app,
+            );
+            let count = items.len() as u64 - failed;
+            match send(app, tx, msg, outbox, peer_gone).await {
+                Sent::Ok => app.metrics.replayed.add(count),
+                Sent::Failed => return End::PeerGone,
+                Sent::Ended(end) => return end,
+            }
+            continue;
+        }
         let gap = outbox
             .take(opts.frame_max_envelopes, opts.frame_max_bytes, &mut taken)
             .gap;
+        let before = taken.len();
+        taken.retain(|i| tracker.admit(i.at));
+        // Already sent by the replay: delivered, once.
+        app.metrics.duplicates.add((before - taken.len()) as u64);
         if taken.is_empty() && gap == 0 {
             let wake = awaiting.map_or(next_ping, |(_, due)| due.min(next_ping));
             tokio::select! {
@@ -376,7 +447,14 @@ async fn write_loop(
             }
             continue;
         }
-        let (msg, failed) = message(format, gap, &taken, app);
+        let cursor = tracker.text();
+        let (msg, failed) = message(
+            format,
+            frame::slow_gap(gap).as_ref(),
+            &taken,
+            cursor.as_deref(),
+            app,
+        );
         let count = taken.len() as u64 - failed;
         taken.clear();
         match send(app, tx, msg, outbox, peer_gone).await {

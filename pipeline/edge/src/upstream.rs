@@ -7,6 +7,13 @@
 //! exponential backoff (from `reconnect_min_ms`, doubling, capped at `reconnect_max_ms`, with
 //! jitter so edges do not reconnect in lockstep) and the backoff resets once a stream is up.
 //!
+//! Each subscription is a ring read (`hydrant-ring-from` metadata): the doppler streams its
+//! replay ring, a position record before every batch, so every envelope the hub queues carries
+//! its offset and consumers get cursors. A broken stream is resumed from where the hub stopped
+//! (nothing lost within the doppler's window; anything beyond it arrives as an exact gap). A
+//! doppler whose ring is off answers `FAILED_PRECONDITION`, and is subscribed to like any v2
+//! client instead, without positions.
+//!
 //! With `upstream_tls` set, every doppler connection (subscription and reads) is mutual TLS:
 //! the edge presents its `trafficcontroller` leaf and accepts a doppler only if its certificate
 //! names `doppler`, whatever address it dialled.
@@ -14,6 +21,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use hydrant_envelope::cursor::{RING_EPOCH, RING_FROM, RING_TO, RingPosition};
+use hydrant_envelope::gap::{GAP_SOURCE, Gap};
 use hydrant_envelope::raw::egress::egress_client::EgressClient;
 use hydrant_envelope::v2::{self, selector};
 use hydrant_runtime::Backoff;
@@ -62,7 +72,7 @@ pub(crate) fn read_channel(
 
 /// Everything, from every source: one selector per envelope type, each with an empty
 /// `source_id` (all sources) and empty names (all counters, all gauges).
-fn firehose_request() -> v2::EgressBatchRequest {
+pub(crate) fn firehose_request() -> v2::EgressBatchRequest {
     let all = |message| v2::Selector {
         source_id: String::new(),
         message: Some(message),
@@ -82,8 +92,58 @@ fn firehose_request() -> v2::EgressBatchRequest {
     }
 }
 
-/// Keeps a subscription to `url` open until `shutdown`, publishing every batch into `hub`.
+/// A ring read of everything from `from` (`None`: the head), up to `to` when bounded.
+pub(crate) fn ring_request(
+    from: Option<(u64, u64)>,
+    to: Option<u64>,
+) -> tonic::Request<v2::EgressBatchRequest> {
+    let mut request = tonic::Request::new(firehose_request());
+    let md = request.metadata_mut();
+    let number = |n: u64| tonic::metadata::MetadataValue::from(n);
+    match from {
+        Some((epoch, offset)) => {
+            md.insert(RING_FROM, number(offset));
+            md.insert(RING_EPOCH, number(epoch));
+        }
+        None => {
+            md.insert(
+                RING_FROM,
+                tonic::metadata::MetadataValue::from_static("head"),
+            );
+        }
+    }
+    if let Some(to) = to {
+        md.insert(RING_TO, number(to));
+    }
+    request
+}
+
+/// True when a doppler refused a ring read because it keeps no ring (or predates them).
+pub(crate) fn no_ring(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::FailedPrecondition | tonic::Code::Unimplemented
+    )
+}
+
+/// The marker for envelopes a doppler's ring no longer held when this edge read on.
+pub(crate) fn ring_gap(position: &RingPosition) -> Gap {
+    Gap {
+        source_id: GAP_SOURCE.to_owned(),
+        dropped: position.skipped,
+        hop: "doppler".to_owned(),
+        reason: if position.restarted {
+            "doppler_restarted".to_owned()
+        } else {
+            "slow_subscriber".to_owned()
+        },
+    }
+}
+
+/// Keeps a subscription to `url` (the doppler in `slot`) open until `shutdown`, publishing
+/// every batch into `hub`.
 pub(crate) async fn subscribe(
+    slot: usize,
     url: String,
     tls: Option<hydrant_tls::Connector>,
     hub: Arc<Hub>,
@@ -94,7 +154,16 @@ pub(crate) async fn subscribe(
     let mut attempt = 0;
     let mut scratch = Vec::new();
     while !shutdown.is_cancelled() {
-        let result = stream_once(&url, tls.as_ref(), &hub, &metrics, &mut scratch, &shutdown).await;
+        let result = stream_once(
+            slot,
+            &url,
+            tls.as_ref(),
+            &hub,
+            &metrics,
+            &mut scratch,
+            &shutdown,
+        )
+        .await;
         if result.is_ok() {
             // The stream was up; a fresh failure starts over from the shortest delay.
             attempt = 0;
@@ -124,6 +193,7 @@ enum StreamError {
 
 /// One connection's life. `Ok` once a stream was established, however it ended.
 async fn stream_once(
+    slot: usize,
     url: &str,
     tls: Option<&hydrant_tls::Connector>,
     hub: &Hub,
@@ -138,15 +208,44 @@ async fn stream_once(
     };
     let mut client =
         EgressClient::new(channel).max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
-    let mut stream = tokio::select! {
-        r = client.batched_receiver(firehose_request()) => r?.into_inner(),
+    // Where the hub stopped, so a broken stream loses nothing still in the doppler's ring.
+    let from = hub.identity(slot).map(|(_, epoch)| (epoch, hub.end(slot)));
+    let ring = tokio::select! {
+        r = client.batched_receiver(ring_request(from, None)) => r,
         () = shutdown.cancelled() => return Ok(()),
     };
+    let (mut stream, ring) = match ring {
+        Ok(r) => (r.into_inner(), true),
+        Err(status) if no_ring(&status) => {
+            hub.forget_position(slot);
+            tracing::info!(doppler = %url, "doppler keeps no replay ring; cursors will not advance for it");
+            let plain = tokio::select! {
+                r = client.batched_receiver(firehose_request()) => r?,
+                () = shutdown.cancelled() => return Ok(()),
+            };
+            (plain.into_inner(), false)
+        }
+        Err(status) => return Err(status.into()),
+    };
     metrics.doppler_connections.inc();
-    tracing::info!(doppler = %url, "subscribed to doppler");
+    tracing::info!(doppler = %url, ring, "subscribed to doppler");
+    let mut pending: Option<RingPosition> = None;
     let ended = loop {
         tokio::select! {
             m = stream.message() => match m {
+                Ok(Some(batch)) if ring => {
+                    if let Some(position) = RingPosition::from_message(&batch) {
+                        if position.skipped > 0 {
+                            let marker: Bytes = hydrant_envelope::wire::batch_of([&ring_gap(&position).encode()[..]]);
+                            hub.publish(&marker, scratch);
+                        }
+                        hub.at_position(slot, &position);
+                        pending = (position.count > 0).then_some(position);
+                        continue;
+                    }
+                    let at = pending.take();
+                    hub.publish_at(at.as_ref().map(|p| (slot, p)), &batch, scratch);
+                }
                 Ok(Some(batch)) => hub.publish(&batch, scratch),
                 Ok(None) => break None,
                 Err(status) => break Some(status),

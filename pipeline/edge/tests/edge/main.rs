@@ -16,5 +16,6 @@ mod harness;
 mod limits;
 mod recent;
 mod resilience;
+mod resume;
 mod slow;
 mod sse;

@@ -1,0 +1,306 @@
+//! Resuming a consumer from its cursor: what it missed, read back from the dopplers' replay
+//! rings, before its live data.
+//!
+//! Where it sits: a WebSocket or SSE handler that got `?cursor=` subscribes in the hub first
+//! (which records, per doppler, where its live data starts), then plans a [`Replay`]: per
+//! doppler, the range from the cursor's mark to that live start, read with a bounded ring read
+//! (`hydrant-ring-from`/`-to`) on the doppler's read channel. The writer sends the replay's
+//! frames, then drains the live outbox; its [`Tracker`] drops anything live it already sent.
+//!
+//! Semantics:
+//! - within the window: exactly the envelopes missed, in each doppler's order, then live data;
+//! - beyond it: a gap marker (hop `doppler`, reason `replay_window`) with the count the ring no
+//!   longer holds, then what it still holds. The count is every envelope of that doppler, so
+//!   it is exact for the whole firehose and an upper bound for a filtered stream;
+//! - selectors apply to replayed envelopes as to live ones (the subscription's types and
+//!   sources);
+//! - a shard group member resumes its cursor only when it is the group's first member to come
+//!   back: while others were connected they were given its share, and replaying it again would
+//!   duplicate it;
+//! - a doppler that restarted since the cursor was written has a new epoch: the consumer is
+//!   replayed what the new process holds, after a gap marker (reason `doppler_restarted`)
+//!   counting what that process already evicted; what the old process held is gone;
+//! - a doppler that cannot be read within the read timeout yields a gap marker (reason
+//!   `replay_unavailable`) counting the whole range, so the consumer is never silently short.
+//!
+//! Invariant: a replay holds at most one doppler batch beyond the frame being built.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hydrant_envelope::MAX_MESSAGE_BYTES;
+use hydrant_envelope::cursor::{Cursor, Mark, RingPosition};
+use hydrant_envelope::gap::{GAP_SOURCE, Gap};
+use hydrant_envelope::raw::egress::egress_client::EgressClient;
+use hydrant_envelope::wire::{EnvelopeView, split_batch};
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+use crate::api::{ApiError, Shared};
+use crate::hub::Subscription;
+use crate::position::{At, Item, Tracker};
+use crate::upstream::ring_request;
+
+/// How long a resuming consumer waits for the edge to know every doppler (just after an edge
+/// restart its upstreams are still connecting).
+pub(crate) const IDENTIFY_WAIT: Duration = Duration::from_secs(5);
+
+/// One doppler's missed range.
+#[derive(Debug, Clone, Copy)]
+struct Job {
+    slot: usize,
+    /// The consumer's mark (its epoch may be an old one).
+    from: Mark,
+    /// Where live data starts.
+    to: Mark,
+}
+
+/// Something for the writer to send.
+#[derive(Debug, Default)]
+pub(crate) struct Chunk {
+    pub(crate) marker: Option<Gap>,
+    pub(crate) items: Vec<Item>,
+    /// Where finished ranges end: set on the consumer's cursor once `items` are sent.
+    pub(crate) then: Vec<Mark>,
+}
+
+impl Chunk {
+    /// Moves `tracker` past what this chunk sends, returning the items to send (those the
+    /// consumer was not given yet).
+    pub(crate) fn admit(&mut self, tracker: &mut Tracker) -> Vec<Item> {
+        let mut items = std::mem::take(&mut self.items);
+        items.retain(|i| tracker.admit(i.at));
+        for mark in self.then.drain(..) {
+            tracker.set(mark);
+        }
+        items
+    }
+}
+
+struct Running {
+    job: Job,
+    stream: Streaming<Bytes>,
+    position: Option<RingPosition>,
+}
+
+/// The replay of one consumer, doppler by doppler.
+pub(crate) struct Replay {
+    jobs: VecDeque<Job>,
+    running: Option<Running>,
+    /// Envelopes read but not yet handed out (at most one doppler batch).
+    ready: VecDeque<Item>,
+    /// Ends of finished ranges, handed out with the last of their envelopes.
+    finished: Vec<Mark>,
+    readers: Vec<Channel>,
+    timeout: Duration,
+    /// Envelopes replayed so far.
+    pub(crate) replayed: u64,
+}
+
+fn marker(dropped: u64, reason: &str) -> Gap {
+    Gap {
+        source_id: GAP_SOURCE.to_owned(),
+        dropped,
+        hop: "doppler".to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+impl Replay {
+    /// Plans the replay of `sub` from `cursor`, and starts `tracker` where the consumer stands:
+    /// the cursor's marks, and the live start of every doppler there is nothing to replay from.
+    pub(crate) fn plan(
+        sub: &Subscription,
+        cursor: Option<&Cursor>,
+        readers: Vec<Channel>,
+        timeout: Duration,
+        tracker: &mut Tracker,
+    ) -> Self {
+        let mut jobs = VecDeque::new();
+        // Marks of dopplers this edge does not know (yet) are carried as they are.
+        for mark in cursor.map(Cursor::marks).unwrap_or_default() {
+            tracker.set(*mark);
+        }
+        for &(slot, live) in sub.live_starts() {
+            let from = cursor.and_then(|c| c.get(live.doppler));
+            match from {
+                Some(from)
+                    if !sub.joined_live_group()
+                        && (from.epoch != live.epoch || from.next < live.next) =>
+                {
+                    jobs.push_back(Job {
+                        slot,
+                        from,
+                        to: live,
+                    });
+                }
+                Some(from) if from.epoch == live.epoch && from.next >= live.next => {}
+                _ => tracker.set(live),
+            }
+        }
+        Self {
+            jobs,
+            running: None,
+            ready: VecDeque::new(),
+            finished: Vec::new(),
+            readers,
+            timeout,
+            replayed: 0,
+        }
+    }
+
+    /// True when there is nothing (left) to replay.
+    pub(crate) fn is_done(&self) -> bool {
+        self.jobs.is_empty()
+            && self.running.is_none()
+            && self.ready.is_empty()
+            && self.finished.is_empty()
+    }
+
+    /// The next frame's worth (up to `max` envelopes), `None` once the replay is over.
+    pub(crate) async fn next(&mut self, sub: &Subscription, max: usize) -> Option<Chunk> {
+        let max = max.max(1);
+        loop {
+            if self.ready.len() >= max {
+                return Some(self.take(max));
+            }
+            let Some(running) = &mut self.running else {
+                if !self.ready.is_empty() || !self.finished.is_empty() {
+                    return Some(self.take(max));
+                }
+                let job = self.jobs.pop_front()?;
+                match self.open(job).await {
+                    Ok(running) => self.running = Some(running),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "replay: a doppler could not be read");
+                        self.finished.push(job.to);
+                        let lost = job.to.next.saturating_sub(job.from.next);
+                        let mut chunk = self.take(max);
+                        chunk.marker = Some(marker(lost, "replay_unavailable"));
+                        return Some(chunk);
+                    }
+                }
+                continue;
+            };
+            let job = running.job;
+            let message = match tokio::time::timeout(self.timeout, running.stream.message()).await {
+                Ok(Ok(Some(m))) => m,
+                Ok(Ok(None)) => {
+                    self.running = None;
+                    self.finished.push(job.to);
+                    continue;
+                }
+                Ok(Err(_)) | Err(_) => {
+                    // Cut short: tell the consumer how much of the range it will not get.
+                    let reached = running.position.map_or(job.from.next, |p| p.end());
+                    self.running = None;
+                    self.finished.push(job.to);
+                    let lost = job.to.next.saturating_sub(reached);
+                    if lost == 0 {
+                        continue;
+                    }
+                    let mut chunk = self.take(max);
+                    chunk.marker = Some(marker(lost, "replay_unavailable"));
+                    return Some(chunk);
+                }
+            };
+            if let Some(p) = RingPosition::from_message(&message) {
+                running.position = Some(p);
+                if p.skipped > 0 || p.restarted {
+                    let reason = if p.restarted {
+                        "doppler_restarted"
+                    } else {
+                        "replay_window"
+                    };
+                    if p.skipped > 0 {
+                        let mut chunk = self.take(max);
+                        chunk.marker = Some(marker(p.skipped, reason));
+                        return Some(chunk);
+                    }
+                }
+                continue;
+            }
+            let Some(p) = running.position else {
+                continue;
+            };
+            // The first batch may start before the cursor: skip what the consumer already has.
+            let from = if p.epoch == job.from.epoch {
+                job.from.next
+            } else {
+                0
+            };
+            for (i, bytes) in split_batch(&message).enumerate() {
+                let Ok(bytes) = bytes else { break };
+                let at = At {
+                    doppler: p.doppler,
+                    epoch: p.epoch,
+                    offset: p.start + i as u64,
+                };
+                if at.offset < from || at.offset >= job.to.next && p.epoch == job.to.epoch {
+                    continue;
+                }
+                let Ok(view) = EnvelopeView::parse(&bytes) else {
+                    continue;
+                };
+                if sub.wants(view.kind, view.source_id.as_bytes()) {
+                    self.ready.push_back(Item::new(bytes, at));
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, max: usize) -> Chunk {
+        let n = self.ready.len().min(max);
+        let items: Vec<Item> = self.ready.drain(..n).collect();
+        self.replayed += items.len() as u64;
+        let then = if self.ready.is_empty() {
+            std::mem::take(&mut self.finished)
+        } else {
+            Vec::new()
+        };
+        Chunk {
+            marker: None,
+            items,
+            then,
+        }
+    }
+
+    async fn open(&self, job: Job) -> Result<Running, tonic::Status> {
+        let channel = self
+            .readers
+            .get(job.slot)
+            .cloned()
+            .ok_or_else(|| tonic::Status::not_found("no such doppler"))?;
+        let mut client = EgressClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        // A doppler that restarted since (another epoch) answers `restarted` and reads its new
+        // process from the oldest batch, up to the live start.
+        let request = ring_request(Some((job.from.epoch, job.from.next)), Some(job.to.next));
+        let response = tokio::time::timeout(self.timeout, client.batched_receiver(request))
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded("the doppler did not answer"))??;
+        Ok(Running {
+            job,
+            stream: response.into_inner(),
+            position: None,
+        })
+    }
+}
+
+/// The cursor a stream asked to resume from (`?cursor=`, or for SSE the `Last-Event-ID` a
+/// browser sends back), once the edge knows its dopplers (or [`IDENTIFY_WAIT`] passed).
+///
+/// # Errors
+/// 400 when the cursor is not one this platform wrote.
+pub(crate) async fn requested(
+    app: &Shared,
+    text: Option<&str>,
+) -> Result<Option<Cursor>, ApiError> {
+    let Some(text) = text.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let cursor = Cursor::decode(text)
+        .map_err(|e| app.reject(ApiError::bad_request(format!("cursor: {e}"))))?;
+    app.hub.wait_identified(IDENTIFY_WAIT).await;
+    Ok(Some(cursor))
+}

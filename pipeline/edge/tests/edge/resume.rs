@@ -1,0 +1,305 @@
+//! Resumable subscriptions against a real doppler: a consumer that reconnects with the cursor of
+//! its last frame gets exactly what it missed, in order, then live data; beyond the doppler's
+//! window it gets a gap marker with the exact count, then what the ring still holds.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use hydrant_doppler::Doppler;
+use hydrant_envelope::cursor::POSITION_FIELD;
+use hydrant_envelope::gap::Gap;
+use hydrant_envelope::v2;
+use hydrant_envelope::wire::{EnvelopeView, Fields, Value};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::*;
+
+struct RealDoppler {
+    grpc: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), hydrant_doppler::Error>>,
+}
+
+impl RealDoppler {
+    async fn start(window_secs: u64) -> Self {
+        let listeners = hydrant_runtime::bind_on::<Doppler>(|_| "127.0.0.1:0".to_owned())
+            .await
+            .unwrap();
+        let grpc = listeners.local_addr("grpc").unwrap();
+        let shutdown = CancellationToken::new();
+        let config = hydrant_doppler::Config {
+            replay_ring_secs: window_secs,
+            ..hydrant_doppler::Config::default()
+        };
+        let task = tokio::spawn(hydrant_runtime::run::<Doppler>(
+            config,
+            listeners,
+            shutdown.clone(),
+        ));
+        Self {
+            grpc,
+            shutdown,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Sends one batch through v2 Ingress (`Send`), as an agent does.
+    async fn send(&self, envelopes: Vec<v2::Envelope>) {
+        let mut client = v2::ingress_client::IngressClient::connect(self.url())
+            .await
+            .unwrap();
+        client
+            .send(v2::EnvelopeBatch { batch: envelopes })
+            .await
+            .unwrap();
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+fn logs(source: &str, range: std::ops::Range<i64>) -> Vec<v2::Envelope> {
+    range
+        .map(|i| log(source, i, &format!("line {i}")))
+        .collect()
+}
+
+/// What one frame held.
+#[derive(Debug, Default)]
+struct Frame {
+    /// `(source_id, timestamp)` of every ordinary envelope.
+    envelopes: Vec<(String, i64)>,
+    gaps: Vec<Gap>,
+    cursor: Option<String>,
+}
+
+fn parse(frame: &Bytes) -> Frame {
+    let mut out = Frame::default();
+    for field in Fields::new(frame) {
+        match field.unwrap() {
+            (1, Value::Len(bytes)) => {
+                let view = EnvelopeView::parse(bytes).unwrap();
+                match Gap::from_view(&view) {
+                    Some(gap) => out.gaps.push(gap),
+                    None => out
+                        .envelopes
+                        .push((view.source_id.to_owned(), view.timestamp)),
+                }
+            }
+            (POSITION_FIELD, Value::Len(bytes)) => {
+                out.cursor = Some(String::from_utf8(bytes.to_vec()).unwrap());
+            }
+            other => panic!("unexpected field {other:?}"),
+        }
+    }
+    out
+}
+
+/// Reads frames until `want` envelopes arrived; returns them, the gaps and the last cursor.
+async fn read(ws: &mut Ws, want: usize) -> Frame {
+    let mut all = Frame::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while all.envelopes.len() < want {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "timed out with {} of {want} envelopes: {:?}",
+                    all.envelopes.len(),
+                    all.envelopes
+                )
+            })
+            .unwrap()
+            .unwrap();
+        let Message::Binary(bytes) = msg else {
+            continue;
+        };
+        let f = parse(&bytes);
+        all.envelopes.extend(f.envelopes);
+        all.gaps.extend(f.gaps);
+        if f.cursor.is_some() {
+            all.cursor = f.cursor;
+        }
+    }
+    all
+}
+
+/// Nothing more arrives within a short grace (used after the exact count was read).
+async fn nothing_more(ws: &mut Ws) {
+    let more = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => return parse(&b),
+                Some(Ok(_)) => {}
+                _ => return Frame::default(),
+            }
+        }
+    })
+    .await;
+    if let Ok(f) = more {
+        assert!(f.envelopes.is_empty(), "unexpected extra envelopes {f:?}");
+    }
+}
+
+async fn close(edge: &Edge, mut ws: Ws, gauge: &str) {
+    ws.close(None).await.unwrap();
+    drop(ws);
+    wait_for("the edge to drop the consumer", 10, || async {
+        edge.metric(gauge, &[]).await == 0.0
+    })
+    .await;
+}
+
+fn stamps(f: &Frame) -> Vec<i64> {
+    f.envelopes.iter().map(|(_, t)| *t).collect()
+}
+
+#[tokio::test]
+async fn a_firehose_consumer_resumes_with_exactly_what_it_missed_then_live_data() {
+    let doppler = RealDoppler::start(60).await;
+    let edge = start_edge(config(vec![doppler.url()])).await;
+    edge.wait_connected(1.0).await;
+    let token = admin_token();
+    let mut ws = edge.ws("/firehose/resume", Some(&token)).await.unwrap();
+    for i in 0..5 {
+        doppler.send(logs("a", i * 10..i * 10 + 10)).await;
+    }
+    let first = read(&mut ws, 50).await;
+    assert_eq!(stamps(&first), (0..50).collect::<Vec<_>>());
+    let cursor = first.cursor.expect("every frame carries the cursor");
+    close(&edge, ws, "trafficcontroller_firehoses").await;
+
+    // Missed while away: two sources, several batches.
+    for i in 5..12 {
+        let source = if i % 2 == 0 { "a" } else { "b" };
+        doppler.send(logs(source, i * 10..i * 10 + 10)).await;
+    }
+    let mut ws = edge
+        .ws(&format!("/firehose/resume?cursor={cursor}"), Some(&token))
+        .await
+        .unwrap();
+    let missed = read(&mut ws, 70).await;
+    assert!(missed.gaps.is_empty(), "{:?}", missed.gaps);
+    assert_eq!(stamps(&missed), (50..120).collect::<Vec<_>>(), "in order");
+    doppler.send(logs("a", 120..130)).await;
+    let live = read(&mut ws, 10).await;
+    assert_eq!(
+        stamps(&live),
+        (120..130).collect::<Vec<_>>(),
+        "then live, no repeat"
+    );
+    nothing_more(&mut ws).await;
+    assert_eq!(
+        edge.metric("trafficcontroller_replayed_total", &[]).await,
+        70.0
+    );
+    drop(ws);
+    edge.stop().await;
+    doppler.stop().await;
+}
+
+#[tokio::test]
+async fn an_app_stream_resumes_after_an_edge_restart_with_only_its_source() {
+    let doppler = RealDoppler::start(60).await;
+    let edge = start_edge(config(vec![doppler.url()])).await;
+    edge.wait_connected(1.0).await;
+    let token = admin_token();
+    let mut ws = edge.ws("/apps/web/stream", Some(&token)).await.unwrap();
+    doppler.send(logs("web", 0..5)).await;
+    let first = read(&mut ws, 5).await;
+    let cursor = first.cursor.unwrap();
+    drop(ws);
+    edge.stop().await;
+
+    // The edge is gone; the data keeps arriving at the doppler.
+    doppler.send(logs("web", 5..10)).await;
+    doppler.send(logs("worker", 100..110)).await;
+    doppler.send(logs("web", 10..15)).await;
+    let edge = start_edge(config(vec![doppler.url()])).await;
+    let mut ws = edge
+        .ws(&format!("/apps/web/stream?cursor={cursor}"), Some(&token))
+        .await
+        .unwrap();
+    let missed = read(&mut ws, 10).await;
+    assert_eq!(stamps(&missed), (5..15).collect::<Vec<_>>());
+    assert!(missed.envelopes.iter().all(|(s, _)| s == "web"));
+    doppler.send(logs("web", 15..17)).await;
+    assert_eq!(stamps(&read(&mut ws, 2).await), [15, 16]);
+    nothing_more(&mut ws).await;
+    drop(ws);
+    edge.stop().await;
+    doppler.stop().await;
+}
+
+#[tokio::test]
+async fn beyond_the_window_a_gap_marker_counts_exactly_what_is_gone() {
+    let doppler = RealDoppler::start(1).await;
+    let edge = start_edge(config(vec![doppler.url()])).await;
+    edge.wait_connected(1.0).await;
+    let token = admin_token();
+    let mut ws = edge.ws("/firehose/late", Some(&token)).await.unwrap();
+    doppler.send(logs("a", 0..10)).await;
+    let cursor = read(&mut ws, 10).await.cursor.unwrap();
+    close(&edge, ws, "trafficcontroller_firehoses").await;
+
+    doppler.send(logs("a", 10..40)).await;
+    // The window is one second: past it, the next batch evicts the 30 above.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    doppler.send(logs("a", 40..50)).await;
+    let mut ws = edge
+        .ws(&format!("/firehose/late?cursor={cursor}"), Some(&token))
+        .await
+        .unwrap();
+    let got = read(&mut ws, 10).await;
+    assert_eq!(got.gaps.len(), 1, "{:?}", got.gaps);
+    let gap = &got.gaps[0];
+    assert_eq!(
+        (gap.dropped, gap.hop.as_str(), gap.reason.as_str()),
+        (30, "doppler", "replay_window")
+    );
+    assert_eq!(stamps(&got), (40..50).collect::<Vec<_>>());
+    drop(ws);
+    edge.stop().await;
+    doppler.stop().await;
+}
+
+#[tokio::test]
+async fn json_frames_carry_the_cursor_and_a_bad_cursor_is_refused() {
+    let doppler = RealDoppler::start(60).await;
+    let edge = start_edge(config(vec![doppler.url()])).await;
+    edge.wait_connected(1.0).await;
+    let token = admin_token();
+    let mut ws = edge
+        .ws("/firehose/json?format=json", Some(&token))
+        .await
+        .unwrap();
+    doppler.send(logs("a", 0..3)).await;
+    let text = loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(t) => break t,
+            _ => continue,
+        }
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(v["cursor"].as_str().is_some_and(|c| !c.is_empty()), "{v}");
+    let refused = edge
+        .ws("/firehose/json?cursor=not-a-cursor", Some(&token))
+        .await;
+    assert!(
+        refused.is_err(),
+        "a malformed cursor gets 400, not a stream"
+    );
+    drop(ws);
+    edge.stop().await;
+    doppler.stop().await;
+}
