@@ -24,6 +24,7 @@ mod emit;
 mod exit;
 mod logs;
 mod orgs_cli;
+mod quotas_cli;
 mod roles;
 mod security_groups;
 mod session;
@@ -107,6 +108,16 @@ enum Command {
     SetEnv(orgs_cli::SetEnvArgs),
     /// Remove an app's environment variable: APP NAME.
     UnsetEnv(orgs_cli::UnsetEnvArgs),
+    /// List org and space quotas.
+    Quotas(quotas_cli::QuotasArgs),
+    /// Create an org quota (admin): NAME -m TOTAL_MEMORY -i INSTANCES -r ROUTES -s SERVICE_INSTANCES.
+    CreateQuota(quotas_cli::CreateQuotaArgs),
+    /// Assign an org quota to an org (admin): ORG QUOTA.
+    SetQuota(quotas_cli::SetQuotaArgs),
+    /// Create a space quota in an org (admin or OrgManager).
+    CreateSpaceQuota(quotas_cli::CreateSpaceQuotaArgs),
+    /// Assign a space quota to a space (admin or OrgManager): SPACE QUOTA.
+    SetSpaceQuota(quotas_cli::SetSpaceQuotaArgs),
     /// Bind a syslog drain to an app, or show its drains' health with --status.
     Drain(drain_cli::DrainArgs),
     /// List syslog drains.
@@ -239,6 +250,11 @@ fn main() -> ExitCode {
             Command::Env(args) => orgs_cli::env(args).await,
             Command::SetEnv(args) => orgs_cli::set_env(args).await,
             Command::UnsetEnv(args) => orgs_cli::unset_env(args).await,
+            Command::Quotas(args) => quotas_cli::quotas(args).await,
+            Command::CreateQuota(args) => quotas_cli::create_quota(args).await,
+            Command::SetQuota(args) => quotas_cli::set_quota(args).await,
+            Command::CreateSpaceQuota(args) => quotas_cli::create_space_quota(args).await,
+            Command::SetSpaceQuota(args) => quotas_cli::set_space_quota(args).await,
             Command::Emit(args) => emit::run(args).await,
             Command::SecurityGroups(args) => security_groups::run(&args),
             Command::Certs(args) => certs::run(args),

@@ -180,6 +180,50 @@ fn two_users_in_two_homes_get_what_their_roles_allow() {
     let env = json(&cli(alice, &["env", "shop", "--json"]));
     assert_eq!(env["GREETING"], "hello");
 
+    // Quotas: an org quota and a space quota of one app; a second push names the quota.
+    ok(&cli(
+        admin,
+        &[
+            "create-quota",
+            "small",
+            "-m",
+            "2G",
+            "-i",
+            "10",
+            "-r",
+            "10",
+            "-s",
+            "5",
+        ],
+    ));
+    ok(&cli(admin, &["set-quota", "acme", "small"]));
+    ok(&cli(
+        admin,
+        &["create-space-quota", "one-app", "-o", "acme", "-a", "1"],
+    ));
+    ok(&cli(
+        admin,
+        &["set-space-quota", "dev", "one-app", "-o", "acme"],
+    ));
+    let quotas = json(&cli(alice, &["quotas", "--json"]));
+    let names: Vec<&str> = quotas
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"small") && names.contains(&"one-app"),
+        "{names:?}"
+    );
+    let over = cli(alice, &["push", "second", "-p", app_path, "--no-start"]);
+    assert!(!over.status.success());
+    assert!(
+        text(&over).contains("space quota \"one-app\" exceeded: apps limit 1, 1 in use"),
+        "{}",
+        text(&over)
+    );
+
     // Bob logs in from a second home, the password piped to the prompt; Alice stays Alice.
     let bob_home = tempfile::tempdir().unwrap();
     let bob = bob_home.path();

@@ -12,6 +12,7 @@ mod autoscaling;
 mod drains;
 mod orgs;
 mod push;
+mod quotas;
 mod services;
 mod slos;
 mod tokens;
@@ -301,6 +302,7 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v3/me", get(me))
         .route("/v3/users", get(list_users).post(create_user))
         .merge(orgs::routes())
+        .merge(quotas::routes())
         .merge(apps::routes())
         .merge(autoscaling::routes())
         .merge(drains::routes())

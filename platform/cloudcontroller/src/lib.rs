@@ -23,7 +23,8 @@
 //! - `db`: schema, migrations, queries. `blobs`: the content-addressed store.
 //! - `staging`: buildpack detection and droplet building. `placement`: the executor table and
 //!   the convergence loop.
-//! - `tenancy`: orgs, org roles and the access matrix every handler asks.
+//! - `tenancy`: orgs, org roles and the access matrix every handler asks. `quotas`: org and
+//!   space quotas and the check before anything grows.
 //! - `password`: password hashing and guids. `logs`, `metrics`: what the role emits.
 //! - `services`: the OSBAPI client, catalogs, parameter schemas, the durable job runner and
 //!   `VCAP_SERVICES`; their endpoints in `api/services.rs`.
@@ -42,6 +43,7 @@ mod logs;
 mod metrics;
 mod password;
 mod placement;
+mod quotas;
 mod services;
 mod staging;
 mod tenancy;
@@ -144,7 +146,8 @@ async fn serve(
     let logs = logs::AppLogs::new(telemetry.clone(), &registry);
     let bus = Bus::connect(&config.bus, &registry).await?;
     let feeds = placement::subscribe(&bus).await?;
-    let (queue, jobs) = staging::Queue::new(config.staging_queue);
+    // One space holds at most half the queue: another always finds a place.
+    let queue = staging::Queue::new(config.staging_queue, config.staging_queue / 2);
     let workers = config.staging_workers;
 
     let services = services::Services::new(&config.services, &registry)?;
@@ -162,7 +165,7 @@ async fn serve(
         services,
     });
 
-    let staging_tasks = staging::spawn_workers(ctx.clone(), jobs, workers, shutdown.clone());
+    let staging_tasks = staging::spawn_workers(ctx.clone(), workers, shutdown.clone());
     let service_jobs = tokio::spawn(services::jobs::run(ctx.clone(), shutdown.clone()));
     let converge = tokio::spawn(placement::run(
         ctx.clone(),

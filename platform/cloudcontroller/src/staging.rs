@@ -7,7 +7,8 @@
 //! the build STAGED and makes the droplet the app's current one. Every step is narrated as `STG`
 //! log lines in the app's stream; a failure says why, both there and in the build's `error`.
 //! Invariant: at most `staging_queue` builds wait and `staging_workers` run; a full queue is
-//! refused up front.
+//! refused up front, and the queue is fair across spaces (`staging/queue.rs`): one space holds
+//! at most half of its places and spaces take turns at the workers.
 //!
 //! # Isolation
 //! Install steps are the only place staging runs the app's own code (`pip` builds a `setup.py`,
@@ -38,10 +39,14 @@ use hydrant_api::{AppState, Build, BuildState, Droplet, Resource};
 use hydrant_container::{ContainerSpec, Containers, Limits, TMP_DIR, net};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncBufReadExt as _;
-use tokio::sync::{Mutex, OnceCell, mpsc};
+use tokio::sync::OnceCell;
 use tokio::time::Instant as Deadline;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+mod queue;
+
+pub(crate) use queue::{Queue, Refused};
 
 use crate::config::{Config, IsolationMode};
 use crate::{Ctx, db, password};
@@ -198,71 +203,29 @@ pub(crate) struct Job {
     pub(crate) command: Option<String>,
 }
 
-/// The sending side of the staging queue.
-#[derive(Debug, Clone)]
-pub(crate) struct Queue {
-    tx: mpsc::Sender<Job>,
-}
-
-/// A reserved slot in the queue.
-#[derive(Debug)]
-pub(crate) struct Permit(mpsc::OwnedPermit<Job>);
-
-impl Permit {
-    pub(crate) fn send(self, job: Job) {
-        self.0.send(job);
-    }
-}
-
-impl Queue {
-    pub(crate) fn new(capacity: usize) -> (Self, mpsc::Receiver<Job>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (Self { tx }, rx)
-    }
-
-    /// A slot, or `None` when the queue is full.
-    pub(crate) fn reserve(&self) -> Option<Permit> {
-        self.tx.clone().try_reserve_owned().ok().map(Permit)
-    }
-
-    /// Builds waiting.
-    pub(crate) fn depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
-    }
-}
-
-/// Starts `workers` tasks taking builds from `rx` until `shutdown`; the handle ends once every
-/// staging container is gone.
+/// Starts `workers` tasks taking builds from the queue until `shutdown`; the handle ends once
+/// every staging container is gone.
 pub(crate) fn spawn_workers(
     ctx: Arc<Ctx>,
-    rx: mpsc::Receiver<Job>,
     workers: usize,
     shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    vec![tokio::spawn(supervise(ctx, rx, workers, shutdown))]
+    vec![tokio::spawn(supervise(ctx, workers, shutdown))]
 }
 
-async fn supervise(
-    ctx: Arc<Ctx>,
-    rx: mpsc::Receiver<Job>,
-    workers: usize,
-    shutdown: CancellationToken,
-) {
+async fn supervise(ctx: Arc<Ctx>, workers: usize, shutdown: CancellationToken) {
     let sandbox = Arc::new(Sandbox::open(&ctx.config).await);
-    let rx = Arc::new(Mutex::new(rx));
     let mut running = tokio::task::JoinSet::new();
     for _ in 0..workers {
         let ctx = ctx.clone();
-        let rx = rx.clone();
         let shutdown = shutdown.clone();
         let sandbox = sandbox.clone();
         running.spawn(async move {
             loop {
                 let job = tokio::select! {
                     () = shutdown.cancelled() => break,
-                    job = async { rx.lock().await.recv().await } => job,
+                    job = ctx.staging.next() => job,
                 };
-                let Some(job) = job else { break };
                 ctx.metrics.staging_depth.set(ctx.staging.depth() as f64);
                 tokio::select! {
                     () = shutdown.cancelled() => break,

@@ -21,6 +21,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, Body, Caller};
+use crate::quotas::{self, Growth};
 use crate::tenancy::{self, Grants};
 use crate::{Ctx, db, password};
 
@@ -262,6 +263,16 @@ async fn create_app(
                     space.name
                 )));
             }
+            // A new app is stopped: it takes an app and its default route, no memory yet.
+            quotas::check(
+                &tx,
+                &space.guid,
+                &Growth {
+                    apps: 1,
+                    routes: i64::from(!request.no_route),
+                    ..Growth::default()
+                },
+            )?;
             if db::list_apps(&tx, Some(&request.name))?
                 .iter()
                 .any(|a| a.space_guid == space.guid)
@@ -477,7 +488,7 @@ async fn set_state(
         AppState::Started => "audit.app.start",
         AppState::Stopped => "audit.app.stop",
     };
-    let (app, data) = change_app(&ctx, caller, guid, event, move |_, app| {
+    let (app, data) = change_app(&ctx, caller, guid, event, move |c, app| {
         if state == AppState::Started && app.current_droplet_guid.is_none() {
             return Err(ApiError::unprocessable(format!(
                 "app {:?} has no droplet to run: push its files and stage them \
@@ -487,6 +498,13 @@ async fn set_state(
         }
         if app.state == state {
             return Ok(None);
+        }
+        if state == AppState::Started {
+            quotas::check(
+                c,
+                &app.space_guid,
+                &Growth::running(app.instances, app.memory_mb),
+            )?;
         }
         app.state = state;
         Ok(Some(json!({"state": state.as_str()})))
@@ -523,12 +541,19 @@ async fn restart_app(
     caller: Caller,
     Path(guid): Path<String>,
 ) -> Result<Json<App>, ApiError> {
-    let (app, _) = change_app(&ctx, caller, guid, "audit.app.restart", |_, app| {
+    let (app, _) = change_app(&ctx, caller, guid, "audit.app.restart", |c, app| {
         if app.current_droplet_guid.is_none() {
             return Err(ApiError::unprocessable(format!(
                 "app {:?} has no droplet to run: push and stage it first",
                 app.name
             )));
+        }
+        if app.state != AppState::Started {
+            quotas::check(
+                c,
+                &app.space_guid,
+                &Growth::running(app.instances, app.memory_mb),
+            )?;
         }
         app.state = AppState::Started;
         Ok(Some(json!({"state": "STARTED", "restart": true})))
@@ -615,7 +640,15 @@ async fn scale_app(
     Body(scale): Body<ScaleApp>,
 ) -> Result<Json<App>, ApiError> {
     check_scale(&ctx, scale.instances, scale.memory_mb, scale.disk_mb)?;
-    let (app, data) = change_app(&ctx, caller, guid, "audit.app.scale", move |_, app| {
+    let (app, data) = change_app(&ctx, caller, guid, "audit.app.scale", move |c, app| {
+        if app.state == AppState::Started {
+            let before = Growth::running(app.instances, app.memory_mb);
+            let after = Growth::running(
+                scale.instances.unwrap_or(app.instances),
+                scale.memory_mb.unwrap_or(app.memory_mb),
+            );
+            quotas::check(c, &app.space_guid, &after.minus(before))?;
+        }
         let mut data = serde_json::Map::new();
         if let Some(n) = scale.instances {
             data.insert("instances".into(), json!(n));
@@ -751,6 +784,14 @@ async fn map_route(
                     "route {url} is already mapped to another app; unmap it there first"
                 )));
             }
+            quotas::check(
+                &tx,
+                &app.space_guid,
+                &Growth {
+                    routes: 1,
+                    ..Growth::default()
+                },
+            )?;
             let route = Route {
                 guid: password::new_guid(),
                 url: url.clone(),

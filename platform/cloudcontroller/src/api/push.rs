@@ -162,7 +162,15 @@ async fn create_package(
     let stored = package.clone();
     ctx.db
         .run(move |c| {
-            app_for(c, &caller, &guid, Access::Write)?;
+            let app = app_for(c, &caller, &guid, Access::Write)?;
+            crate::quotas::check(
+                c,
+                &app.space_guid,
+                &crate::quotas::Growth {
+                    blob_bytes: i64::try_from(stored.size).unwrap_or(i64::MAX),
+                    ..crate::quotas::Growth::default()
+                },
+            )?;
             Ok(db::insert_package(c, &stored, &list)?)
         })
         .await?;
@@ -213,12 +221,19 @@ async fn create_build(
         })
         .await?;
     // Reserve the queue slot before writing the build, so a full queue leaves no orphan row.
-    let permit = ctx.staging.reserve().ok_or_else(|| {
+    let permit = ctx.staging.reserve(&app.space_guid).map_err(|refused| {
         ctx.metrics.staging_rejected.inc();
-        ApiError::unavailable(format!(
-            "the staging queue is full ({} builds waiting); try again in a minute",
-            ctx.config.staging_queue
-        ))
+        match refused {
+            staging::Refused::Full => ApiError::unavailable(format!(
+                "the staging queue is full ({} builds waiting); try again in a minute",
+                ctx.config.staging_queue
+            )),
+            staging::Refused::SpaceShare => ApiError::unavailable(format!(
+                "this space already has {} builds waiting, its share of the staging queue; \
+                 try again once they have started",
+                ctx.staging.per_space()
+            )),
+        }
     })?;
     let now = hydrant_auth::now_secs();
     let build = Build {

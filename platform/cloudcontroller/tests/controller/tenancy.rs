@@ -6,10 +6,11 @@
 use std::collections::BTreeMap;
 
 use hydrant_api::{
-    Client, CreateApp, CreateUser, EventFilter, OrgRole, ScaleApp, SpaceRole, UpdateApp,
+    Client, CreateApp, CreateQuota, CreateUser, EventFilter, OrgRole, QuotaScope, ScaleApp,
+    SpaceRole, UpdateApp,
 };
 
-use crate::support::Cc;
+use crate::support::{Cc, push_and_stage};
 
 /// The people, in the order of the matrix's columns.
 const PEOPLE: [&str; 8] = [
@@ -56,6 +57,10 @@ enum Action {
     CreateUser,
     CreateOrg,
     ListUsers,
+    CreateOrgQuota,
+    CreateSpaceQuota,
+    SetOrgQuota,
+    SetSpaceQuota,
 }
 
 /// The matrix: for each action, the outcome per person in [`PEOPLE`] order.
@@ -84,6 +89,10 @@ const MATRIX: &[(Action, &str)] = &[
     (Action::CreateUser, "YFFFFFFF"),
     (Action::CreateOrg, "YFFFFFFF"),
     (Action::ListUsers, "YFFFFFFF"),
+    (Action::CreateOrgQuota, "YFFFFFFF"),
+    (Action::CreateSpaceQuota, "YYFFFFNN"),
+    (Action::SetOrgQuota, "YFFFFFNN"),
+    (Action::SetSpaceQuota, "YYNFFFNN"),
 ];
 
 /// The tenants every action is tried against.
@@ -227,6 +236,27 @@ async fn attempt(
             .map(drop),
         Action::CreateOrg => client.create_org(&format!("org-by-{who}")).await.map(drop),
         Action::ListUsers => client.list_users().await.map(drop),
+        Action::CreateOrgQuota => client
+            .create_quota(&CreateQuota {
+                name: format!("org-quota-by-{who}"),
+                ..CreateQuota::default()
+            })
+            .await
+            .map(drop),
+        Action::CreateSpaceQuota => client
+            .create_quota(&CreateQuota {
+                name: format!("space-quota-by-{who}"),
+                scope: QuotaScope::Space,
+                org: Some(fx.org.guid.clone()),
+                ..CreateQuota::default()
+            })
+            .await
+            .map(drop),
+        Action::SetOrgQuota => client.set_org_quota(&fx.org.guid, "roomy").await.map(drop),
+        Action::SetSpaceQuota => client
+            .set_space_quota(&fx.space.guid, "roomy-space")
+            .await
+            .map(drop),
     }
 }
 
@@ -257,6 +287,24 @@ async fn every_action_by_every_role_is_exactly_as_the_matrix_says() {
     let web = admin.create_space_in("globex", "web").await.unwrap();
     // Space names are per org: globex may have its own `dev`.
     admin.create_space_in("globex", "dev").await.unwrap();
+
+    // Unlimited quotas for the assignment actions to assign.
+    admin
+        .create_quota(&CreateQuota {
+            name: "roomy".into(),
+            ..CreateQuota::default()
+        })
+        .await
+        .unwrap();
+    admin
+        .create_quota(&CreateQuota {
+            name: "roomy-space".into(),
+            scope: QuotaScope::Space,
+            org: Some("acme".into()),
+            ..CreateQuota::default()
+        })
+        .await
+        .unwrap();
 
     let mut clients: BTreeMap<&str, Client> = BTreeMap::new();
     clients.insert("admin", admin.clone());
@@ -348,7 +396,7 @@ async fn every_action_by_every_role_is_exactly_as_the_matrix_says() {
         wrong.join("\n")
     );
     assert!(
-        tried >= 180,
+        tried >= 200,
         "the matrix covers every action for every role"
     );
 
@@ -507,5 +555,166 @@ async fn env_changes_and_role_removal_take_effect_at_once() {
         .unwrap();
     assert!(dev.app(&app.guid).await.unwrap_err().is_not_found());
     assert!(dev.env(&app.guid).await.unwrap_err().is_not_found());
+    cc.stop().await;
+}
+
+/// The default org's guid.
+async fn default_org(client: &Client) -> String {
+    client
+        .list_orgs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|o| o.name == "default")
+        .unwrap()
+        .guid
+}
+
+fn procfile_app() -> [(&'static str, &'static [u8], u32); 2] {
+    [
+        ("Procfile", b"web: ./run\n", 0o644),
+        ("run", b"#!/bin/sh\nexec sleep 1000\n", 0o755),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_scales_and_creates_past_a_quota_fail_naming_it_with_limit_and_use() {
+    let (_dir, cc) = Cc::fresh("cc-quotas").await;
+    let admin = cc.admin.clone();
+    let (web, _) = push_and_stage(&admin, "web", &procfile_app(), None).await;
+    admin
+        .create_quota(&CreateQuota {
+            name: "small".into(),
+            total_memory_mb: Some(512),
+            total_apps: Some(2),
+            total_routes: Some(2),
+            ..CreateQuota::default()
+        })
+        .await
+        .unwrap();
+    let org = default_org(&admin).await;
+    admin.set_org_quota(&org, "small").await.unwrap();
+
+    admin.start_app(&web.guid).await.unwrap();
+    let scale = |instances, memory_mb| ScaleApp {
+        instances: Some(instances),
+        memory_mb,
+        ..ScaleApp::default()
+    };
+    let err = admin
+        .scale_app(&web.guid, &scale(3, None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(422), "{err}");
+    let detail = err.detail().unwrap();
+    for part in [
+        "org quota \"small\"",
+        "total memory limit 512 MB",
+        "256 MB in use",
+        "512 MB more",
+    ] {
+        assert!(detail.contains(part), "{part:?} missing from: {detail}");
+    }
+    admin.scale_app(&web.guid, &scale(2, None)).await.unwrap();
+
+    // Apps and routes count too; the default route is a route.
+    let second = admin
+        .create_app(&CreateApp {
+            name: "second".into(),
+            ..CreateApp::default()
+        })
+        .await
+        .unwrap();
+    let err = admin
+        .create_app(&CreateApp {
+            name: "third".into(),
+            no_route: true,
+            ..CreateApp::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.detail().unwrap().contains("apps limit 2, 2 in use"),
+        "{err}"
+    );
+    let err = admin
+        .map_route(&second.guid, "extra.apps.localhost")
+        .await
+        .unwrap_err();
+    assert!(
+        err.detail().unwrap().contains("routes limit 2, 2 in use"),
+        "{err}"
+    );
+
+    // A space quota binds below the org's: at most 2 instances in this space.
+    admin
+        .create_quota(&CreateQuota {
+            name: "tiny".into(),
+            scope: QuotaScope::Space,
+            org: Some(org.clone()),
+            total_instances: Some(2),
+            ..CreateQuota::default()
+        })
+        .await
+        .unwrap();
+    let space = admin
+        .list_spaces()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.org_guid == org && s.name == "default")
+        .unwrap();
+    admin.set_space_quota(&space.guid, "tiny").await.unwrap();
+    let err = admin
+        .scale_app(&web.guid, &scale(3, Some(128)))
+        .await
+        .unwrap_err();
+    assert!(
+        err.detail()
+            .unwrap()
+            .contains("space quota \"tiny\" exceeded: instances limit 2, 2 in use"),
+        "{err}"
+    );
+    // Scaling down and stopping always work.
+    admin.scale_app(&web.guid, &scale(1, None)).await.unwrap();
+    admin.stop_app(&web.guid).await.unwrap();
+    // Starting a stopped app counts its instances again.
+    admin
+        .scale_app(&web.guid, &scale(3, Some(64)))
+        .await
+        .unwrap();
+    let err = admin.start_app(&web.guid).await.unwrap_err();
+    assert!(err.detail().unwrap().contains("instances limit 2"), "{err}");
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_past_the_blob_storage_quota_is_refused() {
+    let (_dir, cc) = Cc::fresh("cc-quota-blobs").await;
+    let admin = cc.admin.clone();
+    let org = default_org(&admin).await;
+    admin
+        .create_quota(&CreateQuota {
+            name: "one-mb".into(),
+            total_blob_mb: Some(1),
+            ..CreateQuota::default()
+        })
+        .await
+        .unwrap();
+    admin.set_org_quota(&org, "one-mb").await.unwrap();
+    let app = cc.app("big").await;
+    let big = vec![7u8; 2 << 20];
+    let dir = crate::support::app_dir(&[("data.bin", &big, 0o644)]);
+    let err = admin.push_dir(&app.guid, dir.path()).await.unwrap_err();
+    assert_eq!(err.status(), Some(422), "{err}");
+    assert!(
+        err.detail()
+            .unwrap()
+            .contains("org quota \"one-mb\" exceeded: blob storage limit 1 MB, 0 MB in use"),
+        "{err}"
+    );
+    // A small one fits.
+    let small = crate::support::app_dir(&[("data.bin", b"small", 0o644)]);
+    admin.push_dir(&app.guid, small.path()).await.unwrap();
     cc.stop().await;
 }
