@@ -207,6 +207,8 @@ pub struct Ctx {
     pub store: Arc<Store>,
     /// Fires at broker shutdown.
     pub shutdown: CancellationToken,
+    /// The HTTP client of admin APIs (RabbitMQ's management API).
+    pub http: reqwest::Client,
     nodes: Mutex<HashMap<String, Slot>>,
     reserved: Mutex<HashSet<u16>>,
 }
@@ -234,6 +236,9 @@ impl Ctx {
             sink,
             store,
             shutdown,
+            http: reqwest::Client::builder()
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new()),
             nodes: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
         }

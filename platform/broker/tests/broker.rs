@@ -8,7 +8,12 @@
 //! own slice of the port pool, so tests run in parallel. A test that needs a server whose
 //! package is missing fails with the package's name.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 #[path = "broker/observability.rs"]
 mod observability;

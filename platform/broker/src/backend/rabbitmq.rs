@@ -2,7 +2,9 @@
 //! seconds), a vhost per instance (named by the instance id, with connection and queue limits
 //! from the plan) and a user per binding (named by the binding id, `management` tag so its
 //! credentials also work on the HTTP API), as cf-rabbitmq-multitenant-broker does. Unbind
-//! closes the user's connections and deletes it.
+//! deletes the user and closes its connections. The broker administers the node through its
+//! management API as `hydrant-admin` (milliseconds per call; `rabbitmqctl` costs an Erlang VM
+//! start each), and uses `rabbitmqctl` only to wait for the node's start.
 //!
 //! Invariant: the node is private to this broker: its own node name, Erlang cookie (written by
 //! the broker before the first start, 0400), epmd port and distribution port from the pool, so
@@ -11,6 +13,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::{COMMAND_TIMEOUT, Ctx, Running, Usage};
@@ -102,17 +105,6 @@ fn route(line: &str) -> Option<String> {
     crate::osb::valid_id(id).then(|| id.to_owned())
 }
 
-async fn ctl(ctx: &Ctx, args: &[&str], redact: &[&str]) -> Result<String, Error> {
-    let r = ctx
-        .running("rabbitmq")
-        .await
-        .ok_or_else(|| Error::NodeStart {
-            node: "rabbitmq".to_owned(),
-            detail: "is not running".to_owned(),
-        })?;
-    run(ctx, &r, args, redact).await
-}
-
 async fn run(ctx: &Ctx, r: &Running, args: &[&str], redact: &[&str]) -> Result<String, Error> {
     let env = env(&r.dir, &r.ports);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -127,14 +119,15 @@ async fn run(ctx: &Ctx, r: &Running, args: &[&str], redact: &[&str]) -> Result<S
     .await
 }
 
-/// Waits until the node (with its management plugin) has finished starting.
+/// Waits until the node has finished starting and its management API answers the admin.
 ///
 /// # Errors
 /// [`Error::NodeStart`] after the start timeout.
 pub async fn ready(ctx: &Ctx, r: &Running) -> Result<(), Error> {
     let timeout = std::time::Duration::from_secs(ctx.config.start_timeout_secs);
     node::wait_ready("rabbitmq", timeout, || async {
-        run(ctx, r, &["-q", "await_startup", "--timeout", "10"], &[])
+        run(ctx, r, &["-q", "await_startup", "--timeout", "10"], &[]).await?;
+        api_on(ctx, r, Method::GET, "overview", None, &[200])
             .await
             .map(drop)
     })
@@ -161,11 +154,70 @@ pub async fn stop_epmd(ctx: &Ctx, r: &Running) {
     .await;
 }
 
-async fn listed(ctx: &Ctx, what: &str, name: &str) -> Result<bool, Error> {
-    let out = ctl(ctx, &["-q", what, "--no-table-headers"], &[]).await?;
-    Ok(out
-        .lines()
-        .any(|l| l.split('\t').next().map(str::trim) == Some(name)))
+/// One call of the node's management API as its administrator; a status outside `ok` is an
+/// error naming the call (never its body: that may hold a password).
+async fn api_on(
+    ctx: &Ctx,
+    r: &Running,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    ok: &[u16],
+) -> Result<Value, Error> {
+    let url = format!(
+        "http://{}:{}/api/{path}",
+        super::redis::admin_host(&ctx.config.bind_address),
+        r.ports.get(1).copied().unwrap_or(0)
+    );
+    let mut req = ctx
+        .http
+        .request(method.clone(), url)
+        .basic_auth(ADMIN, Some(&r.secret))
+        .timeout(COMMAND_TIMEOUT);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let what = format!("{method} /api/{path}");
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| Error::command("rabbitmq management API", format!("{what}: {e}")))?;
+    let status = resp.status().as_u16();
+    if !ok.contains(&status) {
+        let text = resp.text().await.unwrap_or_default();
+        let text: String = text.chars().take(300).collect();
+        return Err(Error::command(
+            "rabbitmq management API",
+            format!("{what} answered {status}: {text}"),
+        ));
+    }
+    Ok(resp.json::<Value>().await.unwrap_or(Value::Null))
+}
+
+async fn api(
+    ctx: &Ctx,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    ok: &[u16],
+) -> Result<Value, Error> {
+    let r = ctx
+        .running("rabbitmq")
+        .await
+        .ok_or_else(|| Error::NodeStart {
+            node: "rabbitmq".to_owned(),
+            detail: "is not running".to_owned(),
+        })?;
+    api_on(ctx, &r, method, path, body, ok).await
+}
+
+/// Created or updated.
+const PUT_OK: &[u16] = &[201, 204];
+/// Deleted, or already gone.
+const DELETE_OK: &[u16] = &[204, 404];
+
+fn everything() -> Value {
+    json!({"configure": ".*", "write": ".*", "read": ".*"})
 }
 
 /// Makes the instance's vhost with the plan's limits.
@@ -174,22 +226,20 @@ async fn listed(ctx: &Ctx, what: &str, name: &str) -> Result<bool, Error> {
 /// The node refused.
 pub async fn provision(ctx: &Ctx, plan: &Plan, i: &Instance) -> Result<(), Error> {
     ctx.shared("rabbitmq").await?;
-    if !listed(ctx, "list_vhosts", &i.id).await? {
-        ctl(ctx, &["-q", "add_vhost", &i.id], &[]).await?;
-    }
-    ctl(
+    api(
         ctx,
-        &[
-            "-q",
-            "set_permissions",
-            "-p",
-            &i.id,
-            ADMIN,
-            ".*",
-            ".*",
-            ".*",
-        ],
-        &[],
+        Method::PUT,
+        &format!("vhosts/{}", i.id),
+        Some(json!({})),
+        PUT_OK,
+    )
+    .await?;
+    api(
+        ctx,
+        Method::PUT,
+        &format!("permissions/{}/{ADMIN}", i.id),
+        Some(everything()),
+        PUT_OK,
     )
     .await?;
     limits(ctx, i, plan).await
@@ -200,10 +250,20 @@ pub async fn provision(ctx: &Ctx, plan: &Plan, i: &Instance) -> Result<(), Error
 /// # Errors
 /// The node refused.
 pub async fn limits(ctx: &Ctx, i: &Instance, to: &Plan) -> Result<(), Error> {
-    let limits = json!({"max-connections": to.connections, "max-queues": to.queues}).to_string();
-    ctl(ctx, &["-q", "set_vhost_limits", "-p", &i.id, &limits], &[])
-        .await
-        .map(drop)
+    for (limit, value) in [
+        ("max-connections", to.connections),
+        ("max-queues", to.queues),
+    ] {
+        api(
+            ctx,
+            Method::PUT,
+            &format!("vhost-limits/{}/{limit}", i.id),
+            Some(json!({"value": value})),
+            PUT_OK,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Makes binding `b`'s user with full rights on the vhost.
@@ -212,54 +272,55 @@ pub async fn limits(ctx: &Ctx, i: &Instance, to: &Plan) -> Result<(), Error> {
 /// The node refused.
 pub async fn bind(ctx: &Ctx, i: &Instance, b: &Binding) -> Result<(), Error> {
     ctx.shared("rabbitmq").await?;
-    let (u, pw) = (b.username.as_str(), b.password.as_str());
-    if listed(ctx, "list_users", u).await? {
-        ctl(ctx, &["-q", "change_password", u, pw], &[pw]).await?;
-    } else {
-        ctl(ctx, &["-q", "add_user", u, pw], &[pw]).await?;
-    }
-    ctl(
+    let u = &b.username;
+    api(
         ctx,
-        &["-q", "set_permissions", "-p", &i.id, u, ".*", ".*", ".*"],
-        &[],
+        Method::PUT,
+        &format!("users/{u}"),
+        Some(json!({"password": b.password, "tags": "management"})),
+        PUT_OK,
     )
     .await?;
-    ctl(ctx, &["-q", "set_user_tags", u, "management"], &[])
-        .await
-        .map(drop)
+    api(
+        ctx,
+        Method::PUT,
+        &format!("permissions/{}/{u}", i.id),
+        Some(everything()),
+        PUT_OK,
+    )
+    .await
+    .map(drop)
 }
 
-/// Closes binding `b`'s connections and deletes its user.
+/// Deletes binding `b`'s user and closes its connections.
 ///
 /// # Errors
 /// The node refused.
 pub async fn unbind(ctx: &Ctx, b: &Binding) -> Result<(), Error> {
     ctx.shared("rabbitmq").await?;
-    let u = b.username.as_str();
-    if listed(ctx, "list_users", u).await? {
-        ctl(ctx, &["-q", "delete_user", u], &[]).await?;
-    }
-    let conns = ctl(
+    let u = &b.username;
+    api(ctx, Method::DELETE, &format!("users/{u}"), None, DELETE_OK).await?;
+    let conns = api(
         ctx,
-        &[
-            "-q",
-            "list_connections",
-            "--no-table-headers",
-            "pid",
-            "user",
-        ],
-        &[],
+        Method::GET,
+        "connections?columns=name,user",
+        None,
+        &[200],
     )
     .await?;
-    for line in conns.lines() {
-        let mut f = line.split('\t');
-        if let (Some(pid), Some(user)) = (f.next(), f.next())
-            && user.trim() == u
+    for c in conns.as_array().into_iter().flatten() {
+        if c["user"].as_str() == Some(u.as_str())
+            && let Some(name) = c["name"].as_str()
         {
-            let _ = ctl(
+            let name =
+                percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
+            // It may have closed meanwhile; that is what was wanted.
+            let _ = api(
                 ctx,
-                &["-q", "close_connection", pid.trim(), "binding deleted"],
-                &[],
+                Method::DELETE,
+                &format!("connections/{name}"),
+                None,
+                DELETE_OK,
             )
             .await;
         }
@@ -276,10 +337,15 @@ pub async fn deprovision(ctx: &Ctx, i: &Instance, bindings: &[Binding]) -> Resul
     for b in bindings {
         unbind(ctx, b).await?;
     }
-    if listed(ctx, "list_vhosts", &i.id).await? {
-        ctl(ctx, &["-q", "delete_vhost", &i.id], &[]).await?;
-    }
-    Ok(())
+    api(
+        ctx,
+        Method::DELETE,
+        &format!("vhosts/{}", i.id),
+        None,
+        DELETE_OK,
+    )
+    .await
+    .map(drop)
 }
 
 /// Binding `b`'s credentials, in cf-rabbitmq-multitenant-broker's shape.
@@ -313,36 +379,36 @@ pub fn credentials(host: &str, amqp: u16, mgmt: u16, i: &Instance, b: &Binding) 
     })
 }
 
-/// The vhost's connections, queues and messages waiting.
+/// The vhost's connections, queues and messages waiting (the management API's view, which
+/// samples every few seconds).
 ///
 /// # Errors
 /// The node did not answer.
 pub async fn usage(ctx: &Ctx, i: &Instance) -> Result<Usage, Error> {
-    let queues = ctl(
+    let queues = api(
         ctx,
-        &[
-            "-q",
-            "list_queues",
-            "-p",
-            &i.id,
-            "--no-table-headers",
-            "messages",
-        ],
-        &[],
+        Method::GET,
+        &format!("queues/{}?columns=messages", i.id),
+        None,
+        &[200],
     )
     .await?;
     let depths: Vec<f64> = queues
-        .lines()
-        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|q| q["messages"].as_f64().unwrap_or(0.0))
         .collect();
-    let conns = ctl(
+    let conns = api(
         ctx,
-        &["-q", "list_connections", "--no-table-headers", "vhost"],
-        &[],
+        Method::GET,
+        &format!("vhosts/{}/connections?columns=name", i.id),
+        None,
+        &[200],
     )
     .await?;
     Ok(Usage {
-        connections: conns.lines().filter(|l| l.trim() == i.id).count() as f64,
+        connections: conns.as_array().map_or(0, Vec::len) as f64,
         memory_bytes: None,
         storage_bytes: None,
         ops_total: None,
