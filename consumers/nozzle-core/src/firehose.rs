@@ -38,17 +38,47 @@ impl FirehoseReader {
     /// # Errors
     /// The client refuses `config` (URL, token, limits).
     pub fn connect(
-        mut config: ClientConfig,
+        config: ClientConfig,
         subscription_id: &str,
         registry: &Registry,
     ) -> Result<Self, Error> {
+        Self::resume(config, subscription_id, registry, None)
+    }
+
+    /// Like [`FirehoseReader::connect`], resuming from what a [`crate::CursorFile`] kept: the
+    /// firehose first sends what came after that cursor, and the `ahead` entries the
+    /// destinations had already taken past it are counted in `nozzle.duplicates` (they are
+    /// sent again: at-least-once).
+    ///
+    /// # Errors
+    /// The client refuses `config` (URL, token, limits).
+    pub fn resume(
+        mut config: ClientConfig,
+        subscription_id: &str,
+        registry: &Registry,
+        saved: Option<&crate::Saved>,
+    ) -> Result<Self, Error> {
         config.track_sequences = false;
-        let client = FirehoseClient::connect(
+        let client = FirehoseClient::resume(
             config,
             Subscription::Firehose {
                 subscription_id: subscription_id.to_owned(),
             },
+            saved.map(|s| s.cursor.as_str()),
         )?;
+        let duplicates = registry.counter(
+            "nozzle.duplicates",
+            "Envelopes sent again after a restart because the destinations had taken them \
+             after the last stored cursor (at-least-once delivery).",
+            &[],
+        );
+        if let Some(saved) = saved {
+            duplicates.add(saved.ahead);
+            tracing::info!(
+                ahead = saved.ahead,
+                "resuming the firehose from the stored cursor"
+            );
+        }
         Ok(Self {
             client,
             envelopes: registry.counter(

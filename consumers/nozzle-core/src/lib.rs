@@ -12,11 +12,15 @@
 //!   never waits, it evicts the oldest entries and counts them by reason;
 //! - every loss is counted ([`NozzleMetrics`]) and can be told to the app in-band
 //!   ([`loss_notice`]);
+//! - a nozzle with a cursor file resumes where its destinations stopped: the cursor of the
+//!   last frame they all dealt with is stored after they did ([`CursorFile`], [`Checkpoints`]),
+//!   so a restart within the dopplers' window loses nothing (at-least-once);
 //! - credentials in destination URLs never leave the process: everything that names a
 //!   destination goes through [`mask_url`].
 
 mod backoff;
 mod breaker;
+mod cursor;
 mod error;
 mod firehose;
 mod metrics;
@@ -25,6 +29,7 @@ mod role;
 
 pub use backoff::Backoff;
 pub use breaker::{BreakerConfig, CircuitBreaker};
+pub use cursor::{Checkpoints, CursorFile, KEEP_INTERVAL, MAX_CHECKPOINTS, Progress, Saved, keep};
 pub use error::Error;
 pub use firehose::FirehoseReader;
 pub use hydrant_api::mask_url;

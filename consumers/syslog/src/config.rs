@@ -59,6 +59,12 @@ pub struct Config {
     /// Platform mode: also serve the drains developers bind to their apps, as the cloud
     /// controller lists them. Default off.
     pub platform: Option<PlatformConfig>,
+    /// A file keeping the firehose cursor of the last frame every drain dealt with (written
+    /// atomically after the drains took it). With it, a nozzle restarted within the dopplers'
+    /// replay window (60 s by default) resumes there and loses nothing; what the drains took
+    /// after the stored cursor is sent again and counted in `nozzle.duplicates`. The directory
+    /// must exist. Default unset: a restarted nozzle starts from live data.
+    pub cursor_file: Option<String>,
 }
 
 impl Default for Config {
@@ -79,6 +85,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             loss_notice_interval_ms: 5_000,
             platform: None,
+            cursor_file: None,
         }
     }
 }
@@ -126,6 +133,20 @@ impl hydrant_runtime::Validate for Config {
         }
         if let Some(platform) = &self.platform {
             platform.validate()?;
+        }
+        if let Some(file) = &self.cursor_file {
+            let dir = std::path::Path::new(file)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            if file.is_empty() || !dir.is_dir() {
+                return Err(Error::from(invalid(
+                    "cursor_file",
+                    format!(
+                        "{file:?}: its directory must exist; create it, or leave cursor_file out"
+                    ),
+                )));
+            }
         }
         for i in 0..self.drains.len() {
             self.drain(i)?;

@@ -82,6 +82,19 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// What the firehose cursor waits for: a drain's queued messages resolve (sent, or lost and
+/// counted) in the order they were queued.
+impl hydrant_nozzle_core::Progress for Tally {
+    fn pushed(&self) -> u64 {
+        self.books().received
+    }
+
+    fn resolved(&self) -> u64 {
+        let b = self.books();
+        b.sent + b.dropped
+    }
+}
+
 impl Tally {
     /// Books counted into `metrics` (the drain's own) and, when given, `aggregate` (one set
     /// shared by many drains, e.g. every app drain of the platform).

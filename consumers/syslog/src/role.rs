@@ -23,8 +23,8 @@ use axum::routing::get;
 use bytes::Bytes;
 use hydrant_emitter::{Emitter, Registry};
 use hydrant_nozzle_core::{
-    Backoff, BreakerConfig, CircuitBreaker, DestinationQueue, FirehoseReader, NozzleMetrics,
-    QueueLimits, finish_senders, loss_notice, mask_url,
+    Backoff, BreakerConfig, Checkpoints, CircuitBreaker, CursorFile, DestinationQueue,
+    FirehoseReader, NozzleMetrics, Progress, QueueLimits, finish_senders, loss_notice, mask_url,
 };
 use rustls::ClientConfig;
 use serde::Serialize;
@@ -356,8 +356,17 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     // Everything that can refuse the config does so before any task starts.
-    let reader =
-        FirehoseReader::connect(config.firehose.clone(), &config.subscription_id, &registry)?;
+    let cursor_file = config.cursor_file.as_ref().map(CursorFile::new);
+    let saved = match &cursor_file {
+        Some(file) => file.load()?,
+        None => None,
+    };
+    let reader = FirehoseReader::resume(
+        config.firehose.clone(),
+        &config.subscription_id,
+        &registry,
+        saved.as_ref(),
+    )?;
     let mut fleet = Fleet::new(&config, &registry)?;
     for (index, url) in config.drains.iter().enumerate() {
         let (_, options) = config.drain(index)?;
@@ -402,7 +411,21 @@ async fn serve(
         "syslog nozzle reading the firehose"
     );
 
-    let read = read_firehose(reader, routes, &shutdown).await;
+    // The cursor is stored only once every drain dealt with a frame (at-least-once).
+    let checkpoints = cursor_file
+        .as_ref()
+        .map(|_| Arc::new(Mutex::new(Checkpoints::default())));
+    let keeper_stop = CancellationToken::new();
+    let keeper = cursor_file
+        .zip(checkpoints.clone())
+        .map(|(file, checkpoints)| {
+            tokio::spawn(hydrant_nozzle_core::keep(
+                file,
+                checkpoints,
+                keeper_stop.clone(),
+            ))
+        });
+    let read = read_firehose(reader, routes, checkpoints.as_deref(), &shutdown).await;
     // Whatever ended the reader, stop the rest too.
     shutdown.cancel();
     if let Some(platform) = platform {
@@ -431,6 +454,11 @@ async fn serve(
     })
     .await;
     background.cancel();
+    // What the drains delivered while shutting down moves the cursor one last time.
+    keeper_stop.cancel();
+    if let Some(keeper) = keeper {
+        let _ = keeper.await;
+    }
     let _ = notifier.await;
     // Final words: what was lost during shutdown, then the metrics.
     tell_losses(&drains, telemetry.as_ref());
@@ -512,8 +540,11 @@ impl Interner {
 async fn read_firehose(
     mut reader: FirehoseReader,
     mut routes: watch::Receiver<Arc<Routes>>,
+    checkpoints: Option<&Mutex<Checkpoints>>,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
+    // The drains given something from the current frame (only kept with a cursor file).
+    let mut touched: Vec<Arc<Drain>> = Vec::new();
     let mut buf = Vec::with_capacity(4096);
     let mut encoded: Vec<(usize, Option<Bytes>)> = Vec::new();
     let mut interner = Interner::default();
@@ -549,8 +580,24 @@ async fn read_firehose(
                         bytes,
                         source_id: Arc::clone(&source),
                     });
+                    if checkpoints.is_some() && !touched.iter().any(|t| Arc::ptr_eq(t, drain)) {
+                        touched.push(Arc::clone(drain));
+                    }
                 }
             }
+        }
+        if let (Some(checkpoints), Some(cursor)) = (checkpoints, batch.cursor()) {
+            let marks: Vec<(Arc<dyn Progress>, u64)> = touched
+                .drain(..)
+                .map(|d| {
+                    let pushed = d.tally.pushed();
+                    (Arc::clone(&d.tally) as Arc<dyn Progress>, pushed)
+                })
+                .collect();
+            checkpoints
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record(Arc::from(cursor), marks);
         }
     }
     Ok(())

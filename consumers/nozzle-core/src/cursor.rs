@@ -1,0 +1,263 @@
+//! Where a nozzle stands in the firehose, kept across restarts: the cursor of the last frame
+//! every destination has dealt with, in a small file written atomically.
+//!
+//! Flow: the reader loop, after handing a frame's envelopes to the destination queues, records
+//! a checkpoint (the frame's cursor and, per destination it pushed to, how many entries that
+//! destination had been given) → [`Checkpoints`] → the keeper ([`keep`]) settles the oldest
+//! checkpoints whose destinations have all resolved their entries (delivered, or lost and
+//! counted) and writes the newest settled cursor with [`CursorFile::store`] → on restart,
+//! [`CursorFile::load`] gives it back and the nozzle resumes there
+//! ([`crate::FirehoseReader::resume`]).
+//!
+//! Invariants:
+//! - at-least-once: a cursor is written only after every destination that was given that
+//!   frame's envelopes has resolved them, so a nozzle killed at any moment (SIGKILL included)
+//!   and restarted within the dopplers' window loses nothing;
+//! - duplicates are bounded and counted: what a destination took after the last settled frame
+//!   is sent again after a restart; the file says how many entries that was when it was
+//!   written (`ahead`), and the restarted nozzle counts them in `nozzle.duplicates`; entries
+//!   acknowledged between the last write and the kill (at most one destination batch) are
+//!   the only uncounted ones;
+//! - the file is replaced by rename, so it is always one whole cursor, never half of one;
+//! - bounded: at most [`MAX_CHECKPOINTS`] checkpoints wait; past it the oldest is dropped,
+//!   which only makes the next written cursor coarser (never wrong).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+
+/// Checkpoints waiting to settle before the oldest is dropped.
+pub const MAX_CHECKPOINTS: usize = 4096;
+/// How often the keeper looks for settled checkpoints.
+pub const KEEP_INTERVAL: Duration = Duration::from_millis(5);
+
+/// A destination's running totals, as the checkpoints see them.
+pub trait Progress: Send + Sync + std::fmt::Debug {
+    /// Entries handed to the destination so far.
+    fn pushed(&self) -> u64;
+    /// Entries it has dealt with so far: delivered, or lost and counted. Entries resolve in
+    /// the order they were pushed.
+    fn resolved(&self) -> u64;
+}
+
+/// What the cursor file holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    /// The cursor of the last frame every destination dealt with.
+    pub cursor: String,
+    /// Entries past that frame the destinations had already dealt with when this was written:
+    /// they are sent again after a restart (counted as duplicates).
+    pub ahead: u64,
+}
+
+/// The cursor file: `cursor <text>` and `ahead <n>` lines, replaced atomically.
+#[derive(Debug, Clone)]
+pub struct CursorFile {
+    path: PathBuf,
+}
+
+impl CursorFile {
+    /// The file at `path` (it need not exist yet; its directory must).
+    #[must_use]
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// Where it lives.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What was stored; `None` when there is no file yet.
+    ///
+    /// # Errors
+    /// The file exists but cannot be read or is not a cursor file.
+    pub fn load(&self) -> Result<Option<Saved>, Error> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.bad(format!("cannot be read: {e}"))),
+        };
+        let mut cursor = None;
+        let mut ahead = 0;
+        for line in text.lines() {
+            match line.split_once(' ') {
+                Some(("cursor", c)) if !c.is_empty() && c.len() <= 4096 => {
+                    cursor = Some(c.to_owned());
+                }
+                Some(("ahead", n)) => ahead = n.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        match cursor {
+            Some(cursor) => Ok(Some(Saved { cursor, ahead })),
+            None => Err(self.bad("holds no cursor; delete it to start from live data".to_owned())),
+        }
+    }
+
+    /// Replaces the file with `saved` (write beside it, then rename over it).
+    ///
+    /// # Errors
+    /// The directory is not writable.
+    pub fn store(&self, saved: &Saved) -> Result<(), Error> {
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".tmp");
+        let body = format!("cursor {}\nahead {}\n", saved.cursor, saved.ahead);
+        std::fs::write(&tmp, body)
+            .and_then(|()| std::fs::rename(&tmp, &self.path))
+            .map_err(|e| self.bad(format!("cannot be written: {e}")))
+    }
+
+    fn bad(&self, message: String) -> Error {
+        Error::Config {
+            field: "cursor_file".to_owned(),
+            message: format!("{}: {message}", self.path.display()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Checkpoint {
+    cursor: Arc<str>,
+    marks: Vec<(Arc<dyn Progress>, u64)>,
+}
+
+/// Frames handed to destinations and not yet settled, oldest first.
+#[derive(Debug, Default)]
+pub struct Checkpoints {
+    pending: VecDeque<Checkpoint>,
+    /// The newest settled checkpoint, with its marks (to count what is ahead of it).
+    settled: Option<Checkpoint>,
+}
+
+impl Checkpoints {
+    /// Records that everything up to `cursor` has been handed to the destinations in `marks`,
+    /// each with its [`Progress::pushed`] total right after.
+    pub fn record(&mut self, cursor: Arc<str>, marks: Vec<(Arc<dyn Progress>, u64)>) {
+        if self.pending.len() >= MAX_CHECKPOINTS {
+            self.pending.pop_front();
+        }
+        self.pending.push_back(Checkpoint { cursor, marks });
+    }
+
+    /// Settles what the destinations have dealt with; returns what to store when the settled
+    /// cursor moved.
+    pub fn settle(&mut self) -> Option<Saved> {
+        let mut moved = false;
+        while let Some(front) = self.pending.front() {
+            if !front.marks.iter().all(|(p, at)| p.resolved() >= *at) {
+                break;
+            }
+            self.settled = self.pending.pop_front();
+            moved = true;
+        }
+        let settled = self.settled.as_ref()?;
+        moved.then(|| Saved {
+            cursor: settled.cursor.to_string(),
+            ahead: settled
+                .marks
+                .iter()
+                .map(|(p, at)| p.resolved().saturating_sub(*at))
+                .max()
+                .unwrap_or(0),
+        })
+    }
+}
+
+/// The keeper: every [`KEEP_INTERVAL`], and once more when `stop` fires, stores the newest
+/// settled cursor. A failed write is logged and retried with the next one.
+pub async fn keep(file: CursorFile, checkpoints: Arc<Mutex<Checkpoints>>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(KEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            () = stop.cancelled() => true,
+        };
+        let saved = checkpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .settle();
+        if let Some(saved) = saved
+            && let Err(e) = file.store(&saved)
+        {
+            tracing::warn!(error = %e, "cannot keep the firehose cursor");
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    #[derive(Debug, Default)]
+    struct Dest {
+        pushed: AtomicU64,
+        resolved: AtomicU64,
+    }
+
+    impl Progress for Dest {
+        fn pushed(&self) -> u64 {
+            self.pushed.load(Ordering::Relaxed)
+        }
+        fn resolved(&self) -> u64 {
+            self.resolved.load(Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn a_cursor_settles_only_when_every_destination_dealt_with_its_frame() {
+        let (a, b) = (Arc::new(Dest::default()), Arc::new(Dest::default()));
+        let mut c = Checkpoints::default();
+        a.pushed.store(10, Ordering::Relaxed);
+        b.pushed.store(5, Ordering::Relaxed);
+        let marks = |n_a, n_b| -> Vec<(Arc<dyn Progress>, u64)> {
+            vec![(a.clone(), n_a), (b.clone(), n_b)]
+        };
+        c.record("one".into(), marks(10, 5));
+        c.record("two".into(), marks(20, 5));
+        a.resolved.store(10, Ordering::Relaxed);
+        assert_eq!(c.settle(), None, "b has not dealt with its five yet");
+        b.resolved.store(5, Ordering::Relaxed);
+        a.resolved.store(13, Ordering::Relaxed);
+        assert_eq!(
+            c.settle(),
+            Some(Saved {
+                cursor: "one".into(),
+                ahead: 3
+            })
+        );
+        assert_eq!(c.settle(), None, "nothing moved");
+        a.resolved.store(20, Ordering::Relaxed);
+        assert_eq!(c.settle().unwrap().cursor, "two");
+    }
+
+    #[test]
+    fn the_file_round_trips_and_a_missing_file_is_no_cursor() {
+        let dir = std::env::temp_dir().join(format!("nozzle-cursor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = CursorFile::new(dir.join("cursor"));
+        let _ = std::fs::remove_file(file.path());
+        assert_eq!(file.load().unwrap(), None);
+        let saved = Saved {
+            cursor: "AQEabc".into(),
+            ahead: 7,
+        };
+        file.store(&saved).unwrap();
+        assert_eq!(file.load().unwrap(), Some(saved));
+        std::fs::write(file.path(), "garbage").unwrap();
+        assert!(file.load().unwrap_err().to_string().contains("cursor_file"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
