@@ -101,6 +101,13 @@ pub struct Config {
     /// `trafficcontroller`): presented on every doppler connection, and each doppler's
     /// certificate must name `doppler`. Default unset: plaintext.
     pub upstream_tls: Option<hydrant_tls::TlsFiles>,
+    /// Serve the public listener over TLS (`https://`, `wss://`) with this certificate
+    /// (`[tls]`: `cert_file`, `key_file`, and `ca_file`, the bundle holding the CA that issued
+    /// it, e.g. `hydrant certs`' `ca.pem` with the `trafficcontroller` leaf issued with
+    /// `--name` for the edge's host name). Re-read when the files change. No client
+    /// certificate is asked for: tokens say who may read what. Default unset: plain HTTP, as
+    /// the micro cloud's loopback edge.
+    pub tls: Option<hydrant_tls::TlsFiles>,
 }
 
 impl Default for Config {
@@ -138,6 +145,7 @@ impl Default for Config {
             },
             telemetry: hydrant_emitter::TelemetryConfig::default(),
             upstream_tls: None,
+            tls: None,
         }
     }
 }
@@ -168,9 +176,11 @@ impl hydrant_runtime::Validate for Config {
     /// # Errors
     /// [`Error::Config`].
     fn validate(&self) -> Result<(), Error> {
-        if let Some(tls) = &self.upstream_tls {
-            tls.validate()
-                .map_err(|e| Error::from(invalid("upstream_tls", e.to_string())))?;
+        for (field, tls) in [("upstream_tls", &self.upstream_tls), ("tls", &self.tls)] {
+            if let Some(tls) = tls {
+                tls.validate()
+                    .map_err(|e| Error::from(invalid(field, e.to_string())))?;
+            }
         }
         for (name, addr) in [
             ("listen", &self.listen),

@@ -27,7 +27,8 @@
 //! - `position`: where each queued envelope came from and each consumer's cursor; `resume`:
 //!   replaying a reconnecting consumer from the dopplers' replay rings.
 //! - `api`: routes, token checks, errors; `stream` (WebSocket), `sse`, `recent`; `frame`:
-//!   what goes on the wire.
+//!   what goes on the wire; `admission`: stream caps per token, per user, and for the
+//!   platform; `https`: the public listener over TLS.
 //!
 //! The invariant the role keeps: no consumer can slow the upstream read or another consumer.
 //! The fan-out never awaits a consumer; each consumer's queue is bounded, drops its oldest data
@@ -38,6 +39,7 @@ mod api;
 pub mod config;
 mod error;
 mod frame;
+mod https;
 mod hub;
 mod keys;
 mod metrics;
@@ -190,15 +192,25 @@ async fn serve(
         dopplers = config.dopplers.len(),
         "trafficcontroller serving"
     );
+    // `[tls]`: the public listener speaks https:// and wss://; tokens still decide access.
+    let public_tls = match &config.tls {
+        Some(files) => Some(
+            hydrant_tls::Material::load(files)
+                .and_then(hydrant_tls::PublicServer::new)
+                .map_err(|e| hydrant_runtime::invalid("tls", e.to_string()))?
+                .acceptor(),
+        ),
+        None => None,
+    };
     let http = {
         let stop = stop.clone();
-        let serve = hydrant_runtime::Gate::new("http", &config.limits, &registry).serve(
-            listeners.http,
-            api::router(shared),
-            stop.clone(),
-        );
+        let gate = hydrant_runtime::Gate::new("http", &config.limits, &registry);
+        let router = api::router(shared);
         async move {
-            let r = serve.await;
+            let r = match public_tls {
+                Some(tls) => https::serve(gate, listeners.http, router, tls, stop.clone()).await,
+                None => gate.serve(listeners.http, router, stop.clone()).await,
+            };
             stop.cancel();
             r.map_err(|source| Error::Serve {
                 what: "http",

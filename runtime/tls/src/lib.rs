@@ -21,6 +21,8 @@
 //! - [`grpc`]: tonic adapters: the TLS incoming stream, the connector, the per-service gate.
 //! - [`der`]: reading a certificate's CN and `notAfter`.
 //! - [`local`]: CAs and leaves made on the spot for tests (other CAs, expired leaves).
+//! - [`public`]: TLS for public endpoints (the firehose edge's `https://`/`wss://`), where
+//!   tokens, not certificates, say who the caller is.
 //!
 //! # The certificate directory
 //! - `ca.pem`: the trust bundle, every CA a role accepts (one, or two during a rotation).
@@ -36,6 +38,7 @@ pub mod grpc;
 pub mod identity;
 pub mod issue;
 pub mod local;
+pub mod public;
 pub mod server;
 
 pub use client::ClientTls;
@@ -43,6 +46,7 @@ pub use error::Error;
 pub use files::{Material, TlsFiles};
 pub use grpc::{Connector, Gate, PeerInfo, peer_identity};
 pub use identity::Identity;
+pub use public::{PublicServer, public_client};
 pub use server::{Observer, Reason, ServerTls, Tally};
 
 use std::sync::Arc;

@@ -217,7 +217,7 @@ impl ServerTls {
 
 /// Presents the role's current certificate.
 #[derive(Debug)]
-struct Resolver(Arc<Material>);
+pub(crate) struct Resolver(pub(crate) Arc<Material>);
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {

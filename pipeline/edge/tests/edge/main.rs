@@ -19,3 +19,4 @@ mod resilience;
 mod resume;
 mod slow;
 mod sse;
+mod tls;
