@@ -27,6 +27,7 @@ mod orgs_cli;
 mod quotas_cli;
 mod roles;
 mod security_groups;
+mod services_cli;
 mod session;
 mod slo_cli;
 mod static_server;
@@ -149,6 +150,58 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Register a service broker and fetch its catalog (admin).
+    #[command(alias = "csb")]
+    CreateServiceBroker(services_cli::BrokerArgs),
+    /// List service brokers (admin).
+    ServiceBrokers(services_cli::JsonArgs),
+    /// Change a broker's credentials or URL and fetch its catalog again (admin).
+    UpdateServiceBroker(services_cli::BrokerArgs),
+    /// Remove a service broker that has no instances (admin).
+    DeleteServiceBroker(services_cli::DeleteBrokerArgs),
+    /// Make an offering's plans (or one plan) available to every user (admin).
+    EnableServiceAccess(services_cli::AccessArgs),
+    /// Hide an offering's plans (or one plan) from users (admin).
+    DisableServiceAccess(services_cli::AccessArgs),
+    /// The service offerings and plans you can create instances of.
+    #[command(alias = "m")]
+    Marketplace(services_cli::MarketplaceArgs),
+    /// Create a service instance from a broker's plan.
+    #[command(alias = "cs")]
+    CreateService(services_cli::CreateServiceArgs),
+    /// Create a service instance from credentials you give (and an optional syslog drain).
+    #[command(alias = "cups")]
+    CreateUserProvidedService(services_cli::UpsiArgs),
+    /// Change a user-provided service's credentials, drain or tags.
+    #[command(alias = "uups")]
+    UpdateUserProvidedService(services_cli::UpsiArgs),
+    /// List service instances.
+    #[command(alias = "s")]
+    Services(services_cli::JsonArgs),
+    /// One service instance: plan, bound apps, last operation.
+    Service(services_cli::ServiceArgs),
+    /// Change a service instance's plan, parameters or tags.
+    UpdateService(services_cli::UpdateServiceArgs),
+    /// Delete a service instance.
+    #[command(alias = "ds")]
+    DeleteService(services_cli::DeleteServiceArgs),
+    /// Bind a service instance to an app (VCAP_SERVICES at its next restart, or --restart).
+    #[command(alias = "bs")]
+    BindService(services_cli::BindArgs),
+    /// Unbind a service instance from an app.
+    #[command(alias = "us")]
+    UnbindService(services_cli::UnbindArgs),
+    /// Create a service key: credentials for use outside an app.
+    #[command(alias = "csk")]
+    CreateServiceKey(services_cli::CreateKeyArgs),
+    /// Show a service key's credentials.
+    ServiceKey(services_cli::KeyArgs),
+    /// List a service instance's keys.
+    #[command(alias = "sk")]
+    ServiceKeys(services_cli::KeysArgs),
+    /// Delete a service key.
+    #[command(alias = "dsk")]
+    DeleteServiceKey(services_cli::KeyArgs),
     /// The internal CA and certificates: init, issue, show, rotate, nats-config.
     Certs(certs::CertsArgs),
     /// The egress rules an executor's containers get (application security groups).
@@ -257,6 +310,26 @@ fn main() -> ExitCode {
             Command::SetSpaceQuota(args) => quotas_cli::set_space_quota(args).await,
             Command::Emit(args) => emit::run(args).await,
             Command::SecurityGroups(args) => security_groups::run(&args),
+            Command::CreateServiceBroker(args) => services_cli::create_broker(args).await,
+            Command::ServiceBrokers(args) => services_cli::brokers(args).await,
+            Command::UpdateServiceBroker(args) => services_cli::update_broker(args).await,
+            Command::DeleteServiceBroker(args) => services_cli::delete_broker(args).await,
+            Command::EnableServiceAccess(args) => services_cli::access(args, true).await,
+            Command::DisableServiceAccess(args) => services_cli::access(args, false).await,
+            Command::Marketplace(args) => services_cli::marketplace(args).await,
+            Command::CreateService(args) => services_cli::create_service(args).await,
+            Command::CreateUserProvidedService(args) => services_cli::upsi(args, true).await,
+            Command::UpdateUserProvidedService(args) => services_cli::upsi(args, false).await,
+            Command::Services(args) => services_cli::services(args).await,
+            Command::Service(args) => services_cli::service(args).await,
+            Command::UpdateService(args) => services_cli::update_service(args).await,
+            Command::DeleteService(args) => services_cli::delete_service(args).await,
+            Command::BindService(args) => services_cli::bind(args).await,
+            Command::UnbindService(args) => services_cli::unbind(args).await,
+            Command::CreateServiceKey(args) => services_cli::create_key(args).await,
+            Command::ServiceKey(args) => services_cli::service_key(args).await,
+            Command::ServiceKeys(args) => services_cli::service_keys(args).await,
+            Command::DeleteServiceKey(args) => services_cli::delete_key(args).await,
             Command::Certs(args) => certs::run(args),
             Command::Bench { what } => bench::run(what).await,
             Command::DemoApp(args) => demo_app::run(args).await,

@@ -98,6 +98,10 @@ pub struct Endpoints {
     /// mutual-TLS ports (absent when they run plaintext).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<EndpointTls>,
+    /// The micro cloud's OSBAPI service broker (`url`, `username`, `password`), registered with
+    /// the cloud controller; any other OSB client may use it too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_broker: Option<crate::services_cli::BrokerEndpoint>,
 }
 
 /// `endpoints.json`'s `tls`: the trust bundle and a client certificate for local tools.
@@ -167,6 +171,10 @@ impl Endpoints {
                 identity: hydrant_tls::Identity::Nozzle.name().to_owned(),
                 files: hydrant_tls::TlsFiles::in_dir(dir, hydrant_tls::Identity::Nozzle),
             }),
+            service_broker: cloud
+                .service_broker
+                .as_ref()
+                .map(crate::services_cli::BrokerEndpoint::from),
         }
     }
 }
@@ -207,6 +215,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let mut cloud = MicroCloud::start(options, shutdown.clone()).await?;
+    if let (Some(api), Some(broker)) = (&cloud.api_url, &cloud.service_broker) {
+        // Registered (or updated: its password is new at each start) before endpoints.json
+        // exists, so whoever waits for that file finds the marketplace ready.
+        crate::services_cli::register_micro_broker(api, &cloud.token, broker).await;
+    }
     let endpoints = Endpoints::of(&cloud, data_dir.clone());
 
     let endpoints_path = data_dir.join("endpoints.json");
@@ -237,6 +250,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             "  router                    {router}  (apps at http://NAME.{}:{})",
             e.apps_domain.as_deref().unwrap_or("apps.localhost"),
             router.rsplit(':').next().unwrap_or("80")
+        );
+    }
+    if let Some(b) = &e.service_broker {
+        println!(
+            "  service broker (OSBAPI)   {}  (`hydrant marketplace`)",
+            b.url
         );
     }
     if let Some(n) = &e.networks {

@@ -164,6 +164,9 @@ pub struct Wiring {
     /// The secret of [`ROLES_CLIENT`], made at each start: the roles that call the API get
     /// their tokens with it.
     pub roles_client_secret: String,
+    /// The basic-auth password of the micro cloud's service broker, made at each start (the
+    /// cloud controller's registration is updated with it).
+    pub broker_password: String,
     /// The in-process bus, named for this micro cloud.
     pub bus: hydrant_bus::Config,
     /// This micro cloud's own container networks, when it is not the default one.
@@ -319,10 +322,24 @@ pub fn table() -> Vec<Row> {
         row::<hydrant_nozzle_syslog::SyslogNozzle>(),
         row::<hydrant_autoscaler::AutoscalerRole>(),
         row::<hydrant_router::Router>(),
+        row::<hydrant_broker::Broker>(),
     ];
     #[cfg(not(feature = "platform"))]
     let platform = Vec::new();
     pipeline.into_iter().chain(platform).collect()
+}
+
+/// Where the micro cloud's OSBAPI service broker listens and the basic auth it takes: what
+/// `hydrant up` registers with the cloud controller and writes to `endpoints.json`, so any
+/// other OSB client can use it too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceBroker {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The basic-auth user.
+    pub username: String,
+    /// The basic-auth password (new at each start).
+    pub password: String,
 }
 
 /// A running micro cloud.
@@ -338,6 +355,8 @@ pub struct MicroCloud {
     pub api_url: Option<String>,
     /// The router's URL, when the platform roles run.
     pub router_url: Option<String>,
+    /// The service broker (`endpoints.json`'s `service_broker`), when the platform roles run.
+    pub service_broker: Option<ServiceBroker>,
     /// The domain apps' default routes live under, when the platform roles run.
     pub apps_domain: Option<String>,
     /// An access token with the admin and firehose scopes for [`ADMIN_USER`], valid for
@@ -450,6 +469,7 @@ impl MicroCloud {
                 hydrant_auth::random_id(),
                 hydrant_auth::random_id()
             ),
+            broker_password: format!("{}{}", hydrant_auth::random_id(), hydrant_auth::random_id()),
             // Named for this process and this start, so two micro clouds in one test process
             // never hear each other.
             bus: hydrant_bus::Config::inprocess(&format!(
@@ -480,6 +500,11 @@ impl MicroCloud {
             firehose_url: wiring.url("firehose", "http"),
             api_url: platform.then(|| wiring.url("cloudcontroller", "api")),
             router_url: platform.then(|| wiring.url("router", "http")),
+            service_broker: platform.then(|| ServiceBroker {
+                url: wiring.url("broker", "api"),
+                username: roles::BROKER_USER.to_owned(),
+                password: wiring.broker_password.clone(),
+            }),
             apps_domain: platform.then(roles::apps_domain),
             token,
             refresh_token,

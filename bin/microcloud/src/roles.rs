@@ -85,6 +85,9 @@ impl MicroRole for hydrant_firehose::TrafficController {
     }
 }
 
+/// The basic-auth user of the micro cloud's service broker.
+pub(crate) const BROKER_USER: &str = "broker";
+
 /// The domain apps' default routes live under (the cloud controller's default).
 #[cfg(feature = "platform")]
 pub(crate) fn apps_domain() -> String {
@@ -112,6 +115,24 @@ mod platform {
             client_id: ROLES_CLIENT.to_owned(),
             client_secret: w.roles_client_secret.clone(),
             ..hydrant_firehose_client::ClientConfig::default()
+        }
+    }
+
+    impl MicroRole for hydrant_broker::Broker {
+        const KEY: &'static str = "broker";
+        const PLATFORM: bool = true;
+        const PORTS: &'static [u16] = &[9030, 14838];
+
+        fn config(w: &Wiring) -> hydrant_broker::Config {
+            hydrant_broker::Config {
+                username: super::BROKER_USER.to_owned(),
+                password: Some(w.broker_password.clone()),
+                data_dir: w.data("broker"),
+                // The broker has no certificate of its own yet; its service logs and gauges
+                // are app-like telemetry, sent as the cell sends its apps'.
+                telemetry: w.platform_telemetry(hydrant_tls::Identity::Executor),
+                ..hydrant_broker::Config::default()
+            }
         }
     }
 
@@ -143,6 +164,11 @@ mod platform {
                 }],
                 admin_user: ADMIN_USER.to_owned(),
                 allow_private_drains: w.options.allow_private_drains,
+                // The micro cloud's own broker listens on loopback.
+                services: hydrant_cloudcontroller::ServicesConfig {
+                    allow_private_brokers: true,
+                    ..hydrant_cloudcontroller::ServicesConfig::default()
+                },
                 endpoints: BTreeMap::from([
                     ("firehose".to_owned(), w.url("firehose", "http")),
                     ("agent".to_owned(), w.url("agent", "ingress")),
