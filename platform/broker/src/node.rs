@@ -443,12 +443,17 @@ pub fn service_user(run_as: &str) -> Result<Option<(u32, u32)>, Error> {
     }
 }
 
-/// Creates `dir` (and parents) owned by `user`.
+/// Creates `dir` (and parents) owned by `user`, mode 0700: a node's directory holds its data,
+/// secrets and (PostgreSQL, MariaDB) the admin socket, which only the node's user and the
+/// broker may reach.
 ///
 /// # Errors
 /// [`Error::Io`].
 pub fn make_dir(dir: &Path, user: Option<(u32, u32)>) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io("cannot restrict", dir, e))?;
     if let Some((uid, gid)) = user {
         std::os::unix::fs::chown(dir, Some(uid), Some(gid))
             .map_err(|e| Error::io("cannot hand over", dir, e))?;

@@ -1,7 +1,8 @@
 //! Every service instance is a source in the pipeline: its node's own log lines arrive at the
 //! agent as `SVC` logs with the instance guid as source id, its gauges every interval, and the
-//! broker's operation counters as the broker's own metrics. A Redis node runs in a memory
-//! cgroup sized from its plan when the broker may make one (root).
+//! broker's operation counters as the broker's own metrics. A Redis node refuses writes past
+//! its plan's memory and runs in a memory cgroup sized from it when the broker may make one
+//! (root).
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use hydrant_envelope::v2;
 use hydrant_testkit::FakeAgent;
 use serde_json::json;
 
-use crate::{config, guid, ports, require, start};
+use crate::{config, guid, ports, require, run, start};
 
 fn gauge_names(e: &v2::Envelope) -> Vec<String> {
     match &e.message {
@@ -29,7 +30,8 @@ async fn an_instance_sends_its_own_logs_and_gauges() {
     let b = start(c).await;
     let id = guid();
     b.provision(&id, "redis", "small", json!({})).await;
-    b.bind(&id, &guid(), "redis", json!({})).await;
+    let bid = guid();
+    b.bind(&id, &bid, "redis", json!({})).await;
 
     agent
         .wait_for(Duration::from_secs(20), "Redis's own start-up line", |envs| {
@@ -67,6 +69,51 @@ async fn an_instance_sends_its_own_logs_and_gauges() {
             })
         })
         .await;
+
+    // The plan's memory holds: once Redis is past it, writes are refused, not the host's
+    // memory taken.
+    let creds = b
+        .get(&format!(
+            "/v2/service_instances/{id}/service_bindings/{bid}"
+        ))
+        .await
+        .1["credentials"]
+        .clone();
+    let port = creds["port"].as_u64().unwrap().to_string();
+    let auth = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "--no-auth-warning",
+        "--user",
+        creds["username"].as_str().unwrap(),
+        "--pass",
+        creds["password"].as_str().unwrap(),
+    ];
+    let (_, out) = run(
+        "redis-cli",
+        &[&auth[..], &["SETRANGE", "big", "73400320", "x"]].concat(),
+        &[],
+    )
+    .await;
+    assert!(out.trim().parse::<u64>().is_ok(), "{out}");
+    let (_, out) = run(
+        "redis-cli",
+        &[&auth[..], &["SET", "one-more", "x"]].concat(),
+        &[],
+    )
+    .await;
+    assert!(
+        out.starts_with("OOM"),
+        "a write past the small plan's 64 MiB is refused: {out}"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("nodes").join(format!("redis-{id}")))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "a node's directory is private");
 
     if nix::unistd::geteuid().is_root() {
         let limit = hydrant_broker::node::cgroup::limit(&format!("redis-{id}"));
