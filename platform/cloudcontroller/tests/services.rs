@@ -96,6 +96,8 @@ fn good_catalog() -> Value {
             plan("p-fail", "fail", &json!({})),
             plan("p-hang", "hang", &json!({})),
             plan("p-conflict", "conflict", &json!({})),
+            plan("p-stuck", "stuck", &json!({"maximum_polling_duration": 2})),
+            plan("p-busy", "busy", &json!({})),
             plan("p-schema", "schema", &json!({"schemas": {"service_instance": {"create": {
                 "parameters": {
                     "$schema": "http://json-schema.org/draft-04/schema#",
@@ -295,7 +297,7 @@ async fn instance(
                         )
                             .into_response();
                     }
-                    "slow" => {
+                    "slow" | "stuck" => {
                         s.instances.insert(id.clone(), plan_id);
                         return (
                             StatusCode::ACCEPTED,
@@ -383,9 +385,10 @@ async fn last_operation(
         s.violations
             .push(format!("{what}: no service_id/plan_id: {query}"));
     }
+    let stuck = s.instances.get(&id).is_some_and(|p| p == "p-stuck");
     let polls = s.polls.entry(id).or_default();
     *polls += 1;
-    if *polls < 3 {
+    if *polls < 3 || stuck {
         let mut response =
             Json(json!({"state": "in progress", "description": format!("step {polls} of 3")}))
                 .into_response();
@@ -436,6 +439,13 @@ async fn binding(
                 &body,
                 &["service_id", "plan_id", "bind_resource", "context.platform"],
             );
+            if body["plan_id"] == "p-busy" {
+                return (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    Json(json!({"error": "ConcurrencyError", "description": "busy"})),
+                )
+                    .into_response();
+            }
             s.bindings.insert(bid.clone(), id);
             let uri = if body["service_id"] == "svc-db" {
                 format!("postgres://u-{bid}:secret@127.0.0.1:5432/db")
@@ -693,7 +703,7 @@ async fn catalogs_are_validated_and_new_plans_stay_hidden_until_access_is_enable
     assert_eq!(market[0].plans[0].name, "sync");
     // The admin sees every plan, public or not; brokers are the admin's alone.
     let all = cc.admin.list_service_offerings().await.unwrap();
-    assert_eq!(all[0].plans.len(), 7);
+    assert_eq!(all[0].plans.len(), 9);
     assert_eq!(
         dev.list_service_brokers().await.unwrap_err().status(),
         Some(403)
@@ -1059,5 +1069,66 @@ async fn user_provided_instances_bind_at_once_and_feed_syslog_drains() {
         .await
         .unwrap();
     assert!(cc.admin.drain_targets().await.unwrap().is_empty());
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_stops_at_the_plans_limit_and_concurrency_errors_are_not_mitigated() {
+    let broker = FakeBroker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cc = start_cc(dir.path(), "svc-limits").await;
+    cc.register(&broker).await;
+
+    // The plan allows 2 s of polling: the broker never finishes, so the create fails then and
+    // what it may have made is deleted.
+    let (stuck, job) = create(&cc.admin, "stuck", "stuck", None).await;
+    let job = finished(&cc.admin, &job).await;
+    assert_eq!(job.state, "FAILED");
+    let reason = job.description.unwrap();
+    assert!(reason.contains("did not finish within 2 s"), "{reason}");
+    let b = broker.clone();
+    let id = stuck.clone();
+    wait_for(WAIT, "the stuck instance's orphan delete", move || {
+        let deleted = !b.requests("DELETE", &id).is_empty();
+        async move { deleted }
+    })
+    .await;
+
+    // 422 ConcurrencyError on a bind: failed, and no orphan mitigation for it.
+    let (busy, job) = create(&cc.admin, "busy", "busy", None).await;
+    assert_eq!(finished(&cc.admin, &job).await.state, "COMPLETE");
+    let key = cc
+        .admin
+        .create_service_binding(&CreateServiceBinding {
+            kind: BindingType::Key,
+            service_instance: busy.clone(),
+            name: Some("k".into()),
+            ..CreateServiceBinding::default()
+        })
+        .await
+        .unwrap();
+    let job = finished(&cc.admin, key.job.as_ref().unwrap()).await;
+    assert_eq!(job.state, "FAILED");
+    assert!(job.description.unwrap().contains("ConcurrencyError"));
+    // Give a (wrong) mitigation every chance to show up before checking it did not.
+    let (_, job) = create(&cc.admin, "sync", "after", None).await;
+    finished(&cc.admin, &job).await;
+    assert!(
+        broker
+            .requests("DELETE", &format!("/service_bindings/{}", key.binding.guid))
+            .is_empty()
+    );
+    // The failed binding is gone, so a new key of the same name can be tried.
+    assert!(
+        cc.admin
+            .list_service_bindings(&BindingFilter {
+                service_instance: Some(&busy),
+                ..BindingFilter::default()
+            })
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    broker.assert_strict();
     cc.stop().await;
 }

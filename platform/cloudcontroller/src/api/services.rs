@@ -604,8 +604,7 @@ async fn create_instance(
                     request.name, space.name
                 )));
             }
-            // The tenancy quota check on service instances belongs here, once it exists:
-            // check_service_instance_quota(&tx, &space.guid)?;
+            crate::quotas::check_service_instance_quota(&tx, &space.guid)?;
             let now = hydrant_auth::now_secs();
             let guid = password::new_guid();
             let ctx_json = context(&tx, &space.guid, &space.name, &request.name);
@@ -700,8 +699,7 @@ async fn create_upsi(
                     request.name, space.name
                 )));
             }
-            // The tenancy quota check on service instances belongs here, once it exists:
-            // check_service_instance_quota(&tx, &space.guid)?;
+            crate::quotas::check_service_instance_quota(&tx, &space.guid)?;
             let now = hydrant_auth::now_secs();
             let instance = InstanceRow {
                 guid: password::new_guid(),

@@ -283,11 +283,16 @@ async fn decide(ctx: &Arc<Ctx>, job: &JobRow, broker: &osb::BrokerAddr) -> Next 
     match job.phase.as_str() {
         "poll" => {
             if job.deadline_ms.is_some_and(|d| now_ms() > d) && !orphan {
-                let minutes = spec.max_poll_secs.div_ceil(60);
+                let limit = if spec.max_poll_secs < 120 {
+                    format!("{} s", spec.max_poll_secs)
+                } else {
+                    format!("{} min", spec.max_poll_secs.div_ceil(60))
+                };
                 return Next::Failed {
                     reason: format!(
-                        "the broker did not finish within {minutes} minute(s), the longest the \
-                         platform polls this plan"
+                        "the broker did not finish within {limit}, the longest the platform \
+                         polls this plan (its maximum_polling_duration, or the platform's \
+                         services.max_polling_minutes)"
                     ),
                     orphan: job.operation.ends_with(".create"),
                 };
