@@ -14,6 +14,7 @@ mod autoscale_cli;
 mod bench;
 mod bench_bus;
 mod bench_consumer;
+mod cells_cli;
 mod certs;
 mod cli_config;
 mod dashboard_cli;
@@ -121,6 +122,13 @@ enum Command {
     SetSpaceQuota(quotas_cli::SetSpaceQuotaArgs),
     /// Bind a syslog drain to an app, or show its drains' health with --status.
     Drain(drain_cli::DrainArgs),
+    /// List the executor cells: zone, state (healthy/evacuating/lost), capacity and use (admin).
+    Cells(cells_cli::CellsArgs),
+    /// Evacuate a cell: its instances move elsewhere, each kept serving until its replacement
+    /// runs; the cell then takes no new work (admin).
+    DrainCell(cells_cli::DrainCellArgs),
+    /// Debugging aids for the micro cloud (`hydrant debug kill-cell ID`).
+    Debug(cells_cli::DebugArgs),
     /// List syslog drains.
     Drains(drain_cli::DrainsArgs),
     /// Unbind a syslog drain from an app.
@@ -287,6 +295,9 @@ fn main() -> ExitCode {
             Command::Slo(args) => slo_cli::run(args).await,
             Command::Dashboard(args) => dashboard_cli::run(&args),
             Command::Drain(args) => drain_cli::drain(args).await,
+            Command::Cells(args) => cells_cli::cells(args).await,
+            Command::DrainCell(args) => cells_cli::drain_cell(args).await,
+            Command::Debug(args) => cells_cli::debug(args).await,
             Command::Drains(args) => drain_cli::drains(args).await,
             Command::Undrain(args) => drain_cli::undrain(args).await,
             Command::Autoscale(args) => autoscale_cli::run(args).await,

@@ -53,6 +53,10 @@ pub struct UpArgs {
     /// subnets (from `10.253.0.0/16`), so several run side by side.
     #[arg(long, value_parser = ["container", "none"], default_value = "container")]
     isolation: String,
+    /// Executor cells to run (zones `z1` … `zN`): watch placement spread an app, then take a
+    /// cell away with `hydrant debug kill-cell` or `hydrant drain-cell` (`hydrant cells`).
+    #[arg(long, default_value_t = 1)]
+    cells: u32,
 }
 
 /// `endpoints.json`: where everything listens, and the admin token.
@@ -202,6 +206,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         edge_reconnect_ms: None,
         // Every pipeline hop runs mutual TLS, with certificates made at first start.
         tls: true,
+        cells: args.cells,
     };
     if options.containers {
         // Asked before any role starts, so a host that cannot isolate apps never sees the

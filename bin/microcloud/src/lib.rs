@@ -87,6 +87,17 @@ pub enum Error {
     /// Mutual TLS was asked for and the certificate directory cannot be made or read.
     #[error("the micro cloud's certificates (DATA_DIR/certs): {0}")]
     Certs(#[from] hydrant_tls::Error),
+    /// `--cells` is out of range.
+    #[error(
+        "--cells {cells}: run 1 to {most} cells (with containers each cell takes its own \
+         subnet, so at most 4; `--isolation none` allows up to 16)"
+    )]
+    Cells {
+        /// What was asked for.
+        cells: u32,
+        /// The most allowed.
+        most: u32,
+    },
 }
 
 /// Which ports the roles listen on.
@@ -114,6 +125,9 @@ pub struct Options {
     pub platform: bool,
     /// The agent's per-instance app log rate limit in bytes/s (0 = unlimited).
     pub app_log_rate_limit: u64,
+    /// Fair drops between sources at the agent's egress and the doppler's ingress (their
+    /// `fair_share`); on except when a bench measures what it costs.
+    pub fair_share: bool,
     /// Apps may bind syslog drains to internal addresses.
     pub allow_private_drains: bool,
     /// The autoscaler's `rule_duration_cap_secs` (tests and demos only).
@@ -128,7 +142,18 @@ pub struct Options {
     /// first start; needs `data_dir`). `hydrant up` sets it; the pipeline test kits and the
     /// bench leave it off unless asked.
     pub tls: bool,
+    /// The dopplers keep their replay ring (resumable subscriptions); on except when a bench
+    /// measures what it costs.
+    pub replay_ring: bool,
+    /// Executor cells (`hydrant up --cells N`, 1 to [`MAX_CELLS`]): one is executor `0` in
+    /// zone `z1`; more are `cell-1` … `cell-N` in zones `z1` … `zN`, each with its own data
+    /// directory (and, with containers, its own bridge, subnet and cgroup parent).
+    pub cells: u32,
 }
+
+/// Most cells `hydrant up --cells` runs (with containers, each takes a /22 or /24 of the
+/// executor's subnet range, so at most 4).
+pub const MAX_CELLS: u32 = 16;
 
 impl Options {
     /// Agent, doppler and edge only, on ephemeral ports, no self-telemetry, quick edge
@@ -141,11 +166,14 @@ impl Options {
             self_telemetry: false,
             platform: false,
             app_log_rate_limit: 0,
+            fair_share: true,
             allow_private_drains: false,
             autoscaler_rule_cap_secs: None,
             containers: false,
             edge_reconnect_ms: Some((10, 200)),
             tls: false,
+            replay_ring: true,
+            cells: 1,
         }
     }
 }
@@ -389,6 +417,13 @@ impl MicroCloud {
         if options.platform && options.data_dir.is_none() {
             return Err(Error::NoDataDir);
         }
+        let most = if options.containers { 4 } else { MAX_CELLS };
+        if options.cells == 0 || options.cells > most {
+            return Err(Error::Cells {
+                cells: options.cells,
+                most,
+            });
+        }
         // The micro cloud's process is the cloud controller's host: it holds the key
         // directory, mints the admin's first tokens, and hands every other role public keys.
         let (key, token_keys_dir) = match &options.data_dir {
@@ -492,6 +527,13 @@ impl MicroCloud {
             }
             let registry = (row.start)(&wiring, listeners, &shutdown, &mut tasks)?;
             registries.insert(row.key, registry);
+        }
+        #[cfg(feature = "platform")]
+        if wiring.options.platform {
+            for k in 2..=wiring.options.cells {
+                let (key, addr) = roles::start_cell(&wiring, k, &shutdown, &mut tasks).await?;
+                admin.insert(key, addr);
+            }
         }
         let platform = wiring.options.platform;
         Ok(Self {

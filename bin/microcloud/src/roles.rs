@@ -31,6 +31,7 @@ impl MicroRole for hydrant_agent::Agent {
         hydrant_agent::Config {
             dopplers: vec![w.url("doppler", "grpc")],
             app_log_rate_limit_bytes_per_sec: w.options.app_log_rate_limit,
+            fair_share: w.options.fair_share,
             telemetry: w.pipeline_telemetry(Identity::Agent),
             tls: w.tls(Identity::Agent),
             ..hydrant_agent::Config::default()
@@ -45,8 +46,14 @@ impl MicroRole for hydrant_doppler::Doppler {
 
     fn config(w: &Wiring) -> hydrant_doppler::Config {
         hydrant_doppler::Config {
+            fair_share: w.options.fair_share,
             telemetry: w.pipeline_telemetry(Identity::Doppler),
             tls: w.tls(Identity::Doppler),
+            replay_ring_bytes: if w.options.replay_ring {
+                hydrant_doppler::Config::default().replay_ring_bytes
+            } else {
+                0
+            },
             ..hydrant_doppler::Config::default()
         }
     }
@@ -218,6 +225,13 @@ mod platform {
                 telemetry: w.platform_telemetry(hydrant_tls::Identity::Executor),
                 ..hydrant_executor::Config::default()
             };
+            // The micro cloud has nothing to evacuate to when it stops (every cell stops with
+            // it), and `hydrant debug kill-cell` plays a lost host here.
+            config.evacuate_on_shutdown = false;
+            config.debug_kill = true;
+            if w.options.cells > 1 {
+                config.executor_id = "cell-1".to_owned();
+            }
             // A second micro cloud on this host: its own bridge, subnet and cgroup parent.
             if let Some(n) = &w.networks {
                 config.network.bridge.clone_from(&n.executor_bridge);
@@ -327,4 +341,92 @@ mod platform {
             }
         }
     }
+
+    /// Starts extra cell `k` (2 ≤ k ≤ cells) of `hydrant up --cells N`: executor `cell-k` in
+    /// zone `zk` with its own data directory, an ephemeral admin port and, with containers,
+    /// its own bridge, subnet and cgroup parent. Returns its `endpoints.json` admin key and
+    /// address.
+    pub(crate) async fn start_cell(
+        w: &Wiring,
+        k: u32,
+        shutdown: &tokio_util::sync::CancellationToken,
+        tasks: &mut crate::Tasks,
+    ) -> Result<(String, std::net::SocketAddr), crate::Error> {
+        use hydrant_executor::Executor;
+        use hydrant_runtime::Role as _;
+
+        let mut config = <Executor as MicroRole>::config(w);
+        let id = format!("cell-{k}");
+        config.executor_id.clone_from(&id);
+        config.zone = format!("z{k}");
+        config.data_dir = w.data(&format!("executor-{id}"));
+        if w.options.containers {
+            config.network.bridge = format!("{}c{k}", config.network.bridge);
+            config.network.subnet = shifted_subnet(&config.network.subnet, k);
+            if !config.containers.cgroup_parent.is_empty() {
+                config.containers.cgroup_parent =
+                    format!("{}-c{k}", config.containers.cgroup_parent);
+            }
+        }
+        let invalid = |e: hydrant_executor::Error| crate::Error::Config {
+            role: Executor::NAME,
+            source: Box::new(e),
+        };
+        Executor::validate(&config).map_err(invalid)?;
+        let listeners = hydrant_runtime::bind_on::<Executor>(|_| "127.0.0.1:0".to_owned())
+            .await
+            .map_err(|source| crate::Error::Bind {
+                role: Executor::NAME,
+                source,
+            })?;
+        let key = format!("executor-{id}");
+        let addr = listeners
+            .local_addr("admin")
+            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let registry = Executor::registry(&config);
+        let run = hydrant_runtime::run_with_registry::<Executor>(
+            config,
+            listeners,
+            registry,
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            (
+                Executor::NAME,
+                run.await.map_err(|e| Box::new(e) as crate::BoxError),
+            )
+        });
+        Ok((key, addr))
+    }
+
+    /// Cell `k`'s subnet: the first cell's, its third octet moved up by 64 per cell (so four
+    /// cells of a /22 or /24 never overlap). An unparsable subnet is returned as is, and the
+    /// executor's own validation names it.
+    fn shifted_subnet(subnet: &str, k: u32) -> String {
+        let Some((addr, prefix)) = subnet.split_once('/') else {
+            return subnet.to_owned();
+        };
+        let mut octets: Vec<u32> = addr.split('.').filter_map(|o| o.parse().ok()).collect();
+        if octets.len() != 4 {
+            return subnet.to_owned();
+        }
+        octets[2] = (octets[2] + 64 * (k - 1)) % 256;
+        format!(
+            "{}.{}.{}.{}/{prefix}",
+            octets[0], octets[1], octets[2], octets[3]
+        )
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn each_cell_gets_its_own_subnet() {
+            assert_eq!(super::shifted_subnet("10.254.0.0/22", 2), "10.254.64.0/22");
+            assert_eq!(super::shifted_subnet("10.253.6.0/24", 4), "10.253.198.0/24");
+            assert_eq!(super::shifted_subnet("nonsense", 3), "nonsense");
+        }
+    }
 }
+
+#[cfg(feature = "platform")]
+pub(crate) use platform::start_cell;

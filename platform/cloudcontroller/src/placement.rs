@@ -857,6 +857,11 @@ fn plan(ctx: &Ctx, desired: &HashMap<String, Desired>, resend_after: Duration) -
         .filter(|id| table.evacuating(id))
         .cloned()
         .collect();
+    // A placement on a cell that is now evacuating is not waited for (the cell refuses
+    // re-sends): the index is placed anew elsewhere.
+    table
+        .pending
+        .retain(|_, p| !evacuating.contains(&p.executor_id));
     let leaving = |executor_id: &str, i: &InstanceHeartbeat| {
         suspects.contains(&i.instance) || evacuating.contains(executor_id)
     };

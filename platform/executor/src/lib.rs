@@ -281,9 +281,11 @@ async fn serve(
     drop(kills);
     drop(peers);
     if killed {
-        // A lost host: nothing more on the bus, instances killed, and the process stays
-        // until it is stopped (the micro cloud keeps running around it).
+        // A lost host: nothing more on the bus (the announcers go before the instances, whose
+        // state changes would trigger one last presence), instances killed, and the process
+        // stays until it is stopped (the micro cloud keeps running around it).
         announcers.cancel();
+        cell.kill();
         cell.tasks.close();
         cell.tasks.wait().await;
         shutdown.cancelled().await;

@@ -203,7 +203,8 @@ impl Cell {
         }
     }
 
-    /// Handles `executor.kill.<id>`: `true` when the cell is now dead (only with `debug_kill`).
+    /// Handles `executor.kill.<id>`: `true` when the cell must die (only with `debug_kill`);
+    /// the caller silences its announcers first, then calls [`Cell::kill`].
     pub(crate) fn handle_kill(&self, message: &Message) -> bool {
         match message.json::<EvacuateCell>() {
             Ok(request) if request.executor_id == self.config.executor_id => {
@@ -212,7 +213,6 @@ impl Cell {
                     self.metrics.dropped_bad_request.inc();
                     return false;
                 }
-                self.kill();
                 true
             }
             _ => {

@@ -1,0 +1,269 @@
+//! Cells end to end through the real `hydrant` binary: `hydrant up --cells 3` runs three
+//! executor cells in zones z1–z3; an app of 6 instances is spread 2/2/2; a cell killed with
+//! `hydrant debug kill-cell` (silent, instances gone, as a lost host) has its instances running
+//! again on the others within 10 s of its presence lapsing; a cell drained with
+//! `hydrant drain-cell` moves its instances with zero failed requests through the router.
+//! Every step prints its timings.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hydrant");
+
+struct Up {
+    child: Child,
+    home: tempfile::TempDir,
+}
+
+impl Up {
+    fn start(extra: &[&str]) -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let child = Command::new(BIN)
+            .args(["up", "--ephemeral-ports", "--data-dir"])
+            .arg(home.path().join("data"))
+            .args(extra)
+            .env("HYDRANT_HOME", home.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = Self { child, home };
+        wait_for(Duration::from_secs(90), "endpoints.json", || {
+            up.home.path().join("data/endpoints.json").exists()
+                && up.home.path().join("config.json").exists()
+        });
+        up
+    }
+
+    fn router(&self) -> String {
+        let text = std::fs::read(self.home.path().join("data/endpoints.json")).unwrap();
+        let endpoints: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        endpoints["router"].as_str().unwrap().to_owned()
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .env("HYDRANT_HOME", self.home.path())
+            .output()
+            .unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Running instances of `app` per cell.
+    fn running_per_cell(&self, app: &str) -> BTreeMap<String, usize> {
+        let app = self.json(&["app", app, "--json"]);
+        let mut out = BTreeMap::new();
+        for i in app["instances"].as_array().unwrap() {
+            if i["state"] == "RUNNING" {
+                *out.entry(i["executor_id"].as_str().unwrap().to_owned())
+                    .or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
+    /// Each cell's state, by id.
+    fn cell_states(&self) -> BTreeMap<String, String> {
+        self.json(&["cells", "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["id"].as_str().unwrap().to_owned(),
+                    c["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let pid = i32::try_from(self.child.id()).unwrap();
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// One request through the router; `None` when it did not get a 200.
+fn get(router: &str, host: &str) -> Option<()> {
+    let addr = router.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    resp.starts_with("HTTP/1.1 200").then_some(())
+}
+
+#[test]
+fn three_cells_spread_an_app_survive_a_lost_cell_and_drain_without_a_failed_request() {
+    let up = Up::start(&["--cells", "3", "--isolation", "none"]);
+    wait_for(Duration::from_secs(30), "three healthy cells", || {
+        up.cell_states()
+            .values()
+            .filter(|s| *s == "healthy")
+            .count()
+            == 3
+    });
+    let cells = up.json(&["cells", "--json"]);
+    let zones: Vec<&str> = cells
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["zone"].as_str().unwrap())
+        .collect();
+    assert_eq!(zones, ["z1", "z2", "z3"]);
+
+    // Placement: 6 instances, 2 on each cell.
+    let app = tempfile::tempdir().unwrap();
+    std::fs::write(
+        app.path().join("Procfile"),
+        "web: exec \"$HYDRANT_BIN\" demo-app\n",
+    )
+    .unwrap();
+    let out = up.cli(&["push", "web", "-p", app.path().to_str().unwrap(), "-i", "6"]);
+    assert!(out.status.success(), "push failed: {}", text(&out));
+    wait_for(Duration::from_secs(30), "6 running instances", || {
+        up.running_per_cell("web").values().sum::<usize>() == 6
+    });
+    let spread = up.running_per_cell("web");
+    println!("placement of 6 instances: {spread:?}");
+    assert_eq!(spread.values().copied().collect::<Vec<_>>(), [2, 2, 2]);
+
+    // A lost cell: its instances run again elsewhere within 10 s of its presence lapsing.
+    let killed = Instant::now();
+    let out = up.cli(&["debug", "kill-cell", "cell-2"]);
+    assert!(out.status.success(), "kill-cell failed: {}", text(&out));
+    let mut lost_at = None;
+    wait_for(
+        Duration::from_secs(40),
+        "6 running off the killed cell",
+        || {
+            if lost_at.is_none() && up.cell_states().get("cell-2").is_some_and(|s| s == "lost") {
+                lost_at = Some(Instant::now());
+            }
+            let per_cell = up.running_per_cell("web");
+            lost_at.is_some()
+                && !per_cell.contains_key("cell-2")
+                && per_cell.values().sum::<usize>() == 6
+        },
+    );
+    let lost_at = lost_at.unwrap();
+    let rescheduled = Instant::now();
+    println!(
+        "kill-cell: presence lapsed {:.1} s after the kill; 6 running again {:.1} s after that \
+         (at most this test's 100 ms poll late)",
+        (lost_at - killed).as_secs_f64(),
+        (rescheduled - lost_at).as_secs_f64()
+    );
+    // The TTL (15 s) runs from the last presence, sent at most 5 s before the kill; the slack
+    // is this test's polling through the CLI.
+    assert!(
+        lost_at - killed <= Duration::from_secs(20),
+        "the presence TTL is 15 s, yet the cell was lost only after {:?}",
+        lost_at - killed
+    );
+    assert!(
+        rescheduled - lost_at <= Duration::from_secs(10),
+        "replacements took {:?} after the cell was lost",
+        rescheduled - lost_at
+    );
+
+    // Evacuation under load: a client loop through the router sees no failed request.
+    let router = up.router();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let client = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match get(&router, "web.apps.localhost") {
+                    Some(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    None => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    wait_for(Duration::from_secs(10), "the client loop running", || {
+        ok.load(Ordering::Relaxed) > 20
+    });
+    let drained = Instant::now();
+    let out = up.cli(&["drain-cell", "cell-1"]);
+    assert!(out.status.success(), "drain-cell failed: {}", text(&out));
+    wait_for(
+        Duration::from_secs(60),
+        "cell-1 empty and 6 running",
+        || {
+            let per_cell = up.running_per_cell("web");
+            !per_cell.contains_key("cell-1") && per_cell.values().sum::<usize>() == 6
+        },
+    );
+    let moved = drained.elapsed();
+    // A little more traffic after the move, on the replacements alone.
+    let after = ok.load(Ordering::Relaxed) + 20;
+    wait_for(Duration::from_secs(10), "traffic after the move", || {
+        ok.load(Ordering::Relaxed) > after
+    });
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!(
+        "drain-cell: 6 instances moved in {:.1} s; {ok} requests succeeded, {failed} failed",
+        moved.as_secs_f64()
+    );
+    assert_eq!(failed, 0, "requests failed during the evacuation");
+    assert_eq!(up.cell_states()["cell-1"], "evacuating");
+    let listing = text(&up.cli(&["cells"]));
+    assert!(
+        listing.contains("evacuating") && listing.contains("lost"),
+        "{listing}"
+    );
+}
