@@ -303,3 +303,79 @@ async fn json_frames_carry_the_cursor_and_a_bad_cursor_is_refused() {
     edge.stop().await;
     doppler.stop().await;
 }
+
+/// Reads SSE body chunks until the text holds `needle`.
+async fn sse_until(body: &mut hyper::body::Incoming, text: &mut String, needle: &str) {
+    use http_body_util::BodyExt as _;
+    while !text.contains(needle) {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("waiting for {needle:?}; have {text:?}"))
+            .expect("stream still open")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+}
+
+/// `(id, timestamps)` of every data event in `text`.
+fn sse_events(text: &str) -> Vec<(Option<String>, Vec<i64>)> {
+    text.split("\n\n")
+        .filter_map(|event| {
+            let id = event
+                .lines()
+                .find_map(|l| l.strip_prefix("id: "))
+                .map(str::to_owned);
+            let data = event.lines().find_map(|l| l.strip_prefix("data: {"))?;
+            let v: serde_json::Value = serde_json::from_str(&format!("{{{data}")).unwrap();
+            let stamps = v["batch"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["log"].is_object())
+                .map(|e| e["timestamp"].as_str().unwrap().parse().unwrap())
+                .collect();
+            Some((id, stamps))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_sse_reader_resumes_from_its_last_event_id() {
+    let doppler = RealDoppler::start(60).await;
+    let edge = start_edge(config(vec![doppler.url()])).await;
+    edge.wait_connected(1.0).await;
+    let token = admin_token();
+    let (status, mut body) = http_stream(edge.http, "/v2/read?source_id=web&log", &token).await;
+    assert_eq!(status, 200);
+    wait_for("the SSE subscription", 5, || async {
+        edge.metric("trafficcontroller_sse_streams", &[]).await == 1.0
+    })
+    .await;
+    doppler.send(logs("web", 0..3)).await;
+    let mut text = String::new();
+    sse_until(&mut body, &mut text, "\"timestamp\":\"2\"").await;
+    let events = sse_events(&text);
+    let id = events.last().and_then(|(id, _)| id.clone()).expect("an id");
+    drop(body);
+    wait_for("the SSE stream to be released", 5, || async {
+        edge.metric("trafficcontroller_sse_streams", &[]).await == 0.0
+    })
+    .await;
+    doppler.send(logs("web", 3..6)).await;
+    let (status, mut body) = http_stream(
+        edge.http,
+        &format!("/v2/read?source_id=web&log&cursor={id}"),
+        &token,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut text = String::new();
+    sse_until(&mut body, &mut text, "\"timestamp\":\"5\"").await;
+    let stamps: Vec<i64> = sse_events(&text).into_iter().flat_map(|(_, s)| s).collect();
+    assert_eq!(stamps, [3, 4, 5], "exactly what it missed");
+    drop(body);
+    edge.stop().await;
+    doppler.stop().await;
+}
