@@ -56,6 +56,14 @@ impl Bins {
 /// # Errors
 /// A sentence naming the missing program and its package.
 pub fn detect(offering: &str) -> Result<Bins, String> {
+    detect_with(offering, find)
+}
+
+/// [`detect`] with `find(program, dirs searched first)` in place of the file system.
+fn detect_with(
+    offering: &str,
+    find: impl Fn(&str, &[PathBuf]) -> Option<PathBuf>,
+) -> Result<Bins, String> {
     let postgres_dirs = postgres_bin_dirs();
     // (name as used, candidates, extra dirs searched first, package)
     let wanted: Vec<(&'static str, &[&str], Vec<PathBuf>, &str)> = match offering {
@@ -131,6 +139,29 @@ pub fn detect(offering: &str) -> Result<Bins, String> {
         }
     }
     Ok(bins)
+}
+
+/// The configured offerings that can run here (`detect` finds their programs), with their
+/// programs; each one left out is logged once, naming the package to install.
+pub fn available(
+    wanted: &[String],
+    detect: impl Fn(&str) -> Result<Bins, String>,
+) -> (HashMap<&'static str, Bins>, Vec<&'static Offering>) {
+    let mut bins = HashMap::new();
+    let mut offerings = Vec::new();
+    for o in crate::catalog::OFFERINGS {
+        if !wanted.iter().any(|n| n == o.name) {
+            continue;
+        }
+        match detect(o.name) {
+            Ok(b) => {
+                bins.insert(o.name, b);
+                offerings.push(o);
+            }
+            Err(why) => tracing::warn!("offering {} is absent from the catalog: {why}", o.name),
+        }
+    }
+    (bins, offerings)
 }
 
 fn postgres_bin_dirs() -> Vec<PathBuf> {
@@ -683,4 +714,45 @@ pub async fn resize(
         }
     }
     Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_program_names_its_package() {
+        let without_cli = |name: &str, _: &[PathBuf]| {
+            (name != "redis-cli").then(|| PathBuf::from("/usr/bin").join(name))
+        };
+        assert_eq!(
+            detect_with("redis", without_cli).unwrap_err(),
+            "redis-cli not found (install the Debian package redis-tools)"
+        );
+        let nothing = |_: &str, _: &[PathBuf]| None;
+        assert_eq!(
+            detect_with("mysql", nothing).unwrap_err(),
+            "mariadbd or mysqld not found (install the Debian package mariadb-server)"
+        );
+        let everything = |name: &str, _: &[PathBuf]| Some(PathBuf::from("/x").join(name));
+        let bins = detect_with("rabbitmq", everything).unwrap();
+        assert_eq!(bins.get("ctl").unwrap(), Path::new("/x/rabbitmqctl"));
+    }
+
+    #[test]
+    fn an_offering_that_cannot_run_is_absent_and_the_others_stay() {
+        let wanted: Vec<String> = ["mysql", "redis", "rabbitmq"].map(str::to_owned).to_vec();
+        let (bins, offerings) = available(&wanted, |name| {
+            if name == "rabbitmq" {
+                Err("rabbitmq-server not found".to_owned())
+            } else {
+                Ok(Bins::default())
+            }
+        });
+        let names: Vec<&str> = offerings.iter().map(|o| o.name).collect();
+        assert_eq!(names, ["mysql", "redis"], "postgresql was not asked for");
+        assert!(!bins.contains_key("rabbitmq"));
+        let catalog = crate::catalog::body(&offerings);
+        assert_eq!(catalog["services"].as_array().unwrap().len(), 2);
+    }
 }

@@ -47,7 +47,6 @@ pub mod osb;
 pub mod schema;
 pub mod store;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -126,20 +125,7 @@ async fn serve(
         }
     }
 
-    let mut bins = HashMap::new();
-    let mut available = Vec::new();
-    for o in catalog::OFFERINGS {
-        if !config.offerings.iter().any(|n| n == o.name) {
-            continue;
-        }
-        match backend::detect(o.name) {
-            Ok(b) => {
-                bins.insert(o.name, b);
-                available.push(o);
-            }
-            Err(why) => tracing::warn!("offering {} is absent from the catalog: {why}", o.name),
-        }
-    }
+    let (bins, available) = backend::available(&config.offerings, backend::detect);
 
     let emitter_stop = CancellationToken::new();
     let _emitter_guard = emitter_stop.clone().drop_guard();
