@@ -183,6 +183,40 @@ async fn reconnects_with_backoff_after_drops() {
 }
 
 #[tokio::test]
+async fn every_reconnect_resumes_from_the_cursor_of_the_last_frame() {
+    let fake = fake_edge::start().await;
+    let mut with_cursor = bytes::BytesMut::from(&frame(&[log("app", "0", 0, 1, "one")])[..]);
+    hydrant_envelope::cursor::put_frame_cursor(&mut with_cursor, "AQEone");
+    fake.edge.script(Script::Serve(vec![
+        Action::Frame(with_cursor.freeze()),
+        Action::Drop,
+    ]));
+    fake.edge
+        .script(Script::Serve(vec![Action::Frame(frame(&[log(
+            "app", "0", 0, 2, "two",
+        )]))]));
+    let mut client =
+        FirehoseClient::resume(config(&fake.url), firehose(), Some("AQEkept")).unwrap();
+    assert_eq!(next(&mut client).await, StreamEvent::Connected);
+    match next(&mut client).await {
+        StreamEvent::Batch(b) => {
+            assert_eq!(payloads(&b), ["one"]);
+            assert_eq!(b.cursor(), Some("AQEone"), "a consumer can keep it");
+        }
+        other => panic!("expected a batch, got {other:?}"),
+    }
+    assert!(matches!(
+        next(&mut client).await,
+        StreamEvent::Disconnected { .. }
+    ));
+    assert_eq!(next(&mut client).await, StreamEvent::Connected);
+    expect_batch(next(&mut client).await, &["two"]);
+    let queries = fake.edge.queries.lock().unwrap().clone();
+    assert_eq!(queries, ["cursor=AQEkept", "cursor=AQEone"]);
+    assert_eq!(client.stats().malformed, 0, "the cursor is no envelope");
+}
+
+#[tokio::test]
 async fn slow_consumer_close_is_reported_then_reconnects() {
     let fake = fake_edge::start().await;
     fake.edge.script(Script::Serve(vec![Action::Close(

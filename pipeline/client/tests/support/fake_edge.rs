@@ -51,6 +51,8 @@ pub struct Edge {
     recent: Mutex<VecDeque<(u16, String)>>,
     /// Every stream connection attempt, with when it came and its Authorization header.
     pub attempts: Mutex<Vec<(Instant, Option<String>, String)>>,
+    /// The query string of every stream connection attempt (empty when none).
+    pub queries: Mutex<Vec<String>>,
     /// Every read API request: its path and query, and whether a stream was open then.
     pub reads: Mutex<Vec<(String, bool)>>,
     pub frames_sent: AtomicUsize,
@@ -112,6 +114,10 @@ async fn stream(
         .lock()
         .unwrap()
         .push((Instant::now(), auth, uri.path().to_owned()));
+    edge.queries
+        .lock()
+        .unwrap()
+        .push(uri.query().unwrap_or_default().to_owned());
     if !ok {
         return StatusCode::UNAUTHORIZED.into_response();
     }
