@@ -66,6 +66,10 @@ struct BrokerState {
     polls: BTreeMap<String, u32>,
     /// Answer every DELETE with 500 (an orphan mitigation keeps retrying).
     fail_deletes: bool,
+    /// Keep asynchronous bindings "in progress".
+    hold_bindings: bool,
+    /// Credentials of asynchronous bindings, handed out by a fetch once they succeeded.
+    async_bindings: BTreeMap<String, Value>,
     catalog: Value,
 }
 
@@ -129,6 +133,10 @@ impl FakeBroker {
             .route(
                 "/v2/service_instances/{id}/service_bindings/{bid}",
                 any(binding),
+            )
+            .route(
+                "/v2/service_instances/{id}/service_bindings/{bid}/last_operation",
+                get(binding_last_operation),
             )
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -420,8 +428,17 @@ async fn binding(
         &body,
     );
     let what = format!("{method} binding {bid}");
-    if let Some(refusal) = check_headers(&mut s, &headers, &what, true) {
+    let user = method == Method::PUT;
+    if let Some(refusal) = check_headers(&mut s, &headers, &what, user) {
         return refusal;
+    }
+    if method == Method::GET {
+        return match s.async_bindings.get(&bid) {
+            Some(credentials) if !s.hold_bindings => {
+                Json(json!({"credentials": credentials})).into_response()
+            }
+            _ => (StatusCode::NOT_FOUND, Json(json!({}))).into_response(),
+        };
     }
     if params.get("accepts_incomplete").map(String::as_str) != Some("true") {
         s.violations
@@ -446,7 +463,14 @@ async fn binding(
                 )
                     .into_response();
             }
+            let slow = s.instances.get(&id).is_some_and(|p| p == "p-slow");
             s.bindings.insert(bid.clone(), id);
+            if slow {
+                let credentials = json!({"uri": format!("redis://:late-{bid}@127.0.0.1:6379")});
+                s.async_bindings.insert(bid, credentials);
+                return (StatusCode::ACCEPTED, Json(json!({"operation": "bind op"})))
+                    .into_response();
+            }
             let uri = if body["service_id"] == "svc-db" {
                 format!("postgres://u-{bid}:secret@127.0.0.1:5432/db")
             } else {
@@ -473,6 +497,35 @@ async fn binding(
         }
         _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
     }
+}
+
+async fn binding_last_operation(
+    State(state): Shared,
+    UrlPath((id, bid)): UrlPath<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let params = query_map(&query);
+    let mut s = state.lock().unwrap();
+    let path = format!("/v2/service_instances/{id}/service_bindings/{bid}/last_operation");
+    record(&mut s, &Method::GET, &path, &query, &Value::Null);
+    let what = format!("binding last_operation {bid}");
+    if let Some(refusal) = check_headers(&mut s, &headers, &what, false) {
+        return refusal;
+    }
+    if params.get("operation").map(String::as_str) != Some("bind op") {
+        s.violations
+            .push(format!("{what}: the operation was not echoed: {query}"));
+    }
+    if s.hold_bindings {
+        let mut response = Json(json!({"state": "in progress"})).into_response();
+        response
+            .headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        return response;
+    }
+    Json(json!({"state": "succeeded"})).into_response()
 }
 
 // === the controller ===
@@ -1128,6 +1181,112 @@ async fn polling_stops_at_the_plans_limit_and_concurrency_errors_are_not_mitigat
             .await
             .unwrap()
             .is_empty()
+    );
+    broker.assert_strict();
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asynchronous_binding_reaches_the_app_only_with_its_credentials() {
+    let broker = FakeBroker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bus = "svc-async-bind";
+    let cc = start_cc(dir.path(), bus).await;
+    let executor = FakeExecutor::start(bus, "cell-1", 4096, 10, false).await;
+    cc.register(&broker).await;
+    let (slow, job) = create(&cc.admin, "slow", "slow", None).await;
+    assert_eq!(finished(&cc.admin, &job).await.state, "COMPLETE");
+    let (app, _) = push_and_stage(
+        &cc.admin,
+        "late",
+        &[("index.html", b"<h1>hi</h1>", 0o644)],
+        None,
+    )
+    .await;
+    cc.admin.start_app(&app.guid).await.unwrap();
+
+    broker.state.lock().unwrap().hold_bindings = true;
+    let answer = cc
+        .admin
+        .create_service_binding(&CreateServiceBinding {
+            kind: BindingType::App,
+            service_instance: slow.clone(),
+            app: Some(app.guid.clone()),
+            ..CreateServiceBinding::default()
+        })
+        .await
+        .unwrap();
+    let job = answer.job.unwrap();
+    let admin = cc.admin.clone();
+    let guid = job.guid.clone();
+    wait_for(WAIT, "the bind to be polled", move || {
+        let admin = admin.clone();
+        let guid = guid.clone();
+        async move { admin.job(&guid).await.unwrap().state == "POLLING" }
+    })
+    .await;
+
+    // Restarted while the broker works: no credentials yet, so no entry.
+    let starts = |executor: &FakeExecutor| executor.state.lock().unwrap().starts.len();
+    let before = starts(&executor);
+    cc.admin.restart_app(&app.guid).await.unwrap();
+    let state = executor.state.clone();
+    wait_for(WAIT, "a start message", move || {
+        let n = state.lock().unwrap().starts.len();
+        async move { n > before }
+    })
+    .await;
+    let start = executor
+        .state
+        .lock()
+        .unwrap()
+        .starts
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(start.env["VCAP_SERVICES"], "{}");
+    let pending = cc
+        .admin
+        .service_binding_details(&answer.binding.guid)
+        .await
+        .unwrap_err();
+    assert_eq!(pending.status(), Some(422));
+
+    // Once the broker finishes, the credentials are fetched and the next start has them.
+    broker.state.lock().unwrap().hold_bindings = false;
+    assert_eq!(finished(&cc.admin, &job).await.state, "COMPLETE");
+    let before = starts(&executor);
+    cc.admin.restart_app(&app.guid).await.unwrap();
+    let state = executor.state.clone();
+    wait_for(WAIT, "another start message", move || {
+        let n = state.lock().unwrap().starts.len();
+        async move { n > before }
+    })
+    .await;
+    let start = executor
+        .state
+        .lock()
+        .unwrap()
+        .starts
+        .last()
+        .unwrap()
+        .clone();
+    let vcap: Value = serde_json::from_str(&start.env["VCAP_SERVICES"]).unwrap();
+    assert!(
+        vcap["cache"][0]["credentials"]["uri"]
+            .as_str()
+            .unwrap()
+            .starts_with("redis://:late-"),
+        "{vcap}"
+    );
+    assert_eq!(
+        broker
+            .requests("GET", &format!("/service_bindings/{}", answer.binding.guid))
+            .iter()
+            .filter(|r| !r.path.ends_with("last_operation"))
+            .count(),
+        1,
+        "the credentials were fetched once"
     );
     broker.assert_strict();
     cc.stop().await;
