@@ -200,12 +200,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         self_telemetry: true,
         platform: true,
         app_log_rate_limit: args.app_log_rate_limit,
+        fair_share: true,
         allow_private_drains: !args.refuse_private_drains,
         autoscaler_rule_cap_secs: args.autoscaler_rule_cap_secs,
         containers: args.isolation == "container",
         edge_reconnect_ms: None,
         // Every pipeline hop runs mutual TLS, with certificates made at first start.
         tls: true,
+        replay_ring: true,
         cells: args.cells,
     };
     if options.containers {
