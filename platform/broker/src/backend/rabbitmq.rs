@@ -25,7 +25,7 @@ use crate::store::{Binding, Instance, SharedNode};
 /// The administrator the node is created with.
 const ADMIN: &str = "hydrant-admin";
 
-fn env(dir: &Path, ports: &[u16]) -> Vec<(String, String)> {
+fn env(dir: &Path, ports: &[u16], bind: &str) -> Vec<(String, String)> {
     let port = |n: usize| ports.get(n).copied().unwrap_or(0);
     let d = |f: &str| dir.join(f).display().to_string();
     vec![
@@ -50,6 +50,8 @@ fn env(dir: &Path, ports: &[u16]) -> Vec<(String, String)> {
         ("RABBITMQ_PID_FILE".to_owned(), d("rabbitmq.pid")),
         ("RABBITMQ_DIST_PORT".to_owned(), port(2).to_string()),
         ("ERL_EPMD_PORT".to_owned(), port(3).to_string()),
+        // epmd and Erlang distribution listen where the node does, not on every interface.
+        ("ERL_EPMD_ADDRESS".to_owned(), bind.to_owned()),
     ]
 }
 
@@ -65,7 +67,8 @@ pub fn prepare(ctx: &Ctx, row: &SharedNode, dir: &Path) -> Result<Spec, Error> {
     let conf = format!(
         "listeners.tcp.default = {bind}:{amqp}\nmanagement.tcp.ip = {bind}\n\
          management.tcp.port = {mgmt}\nloopback_users = none\ndefault_user = {ADMIN}\n\
-         default_pass = {secret}\nvm_memory_high_watermark.absolute = {watermark}\n",
+         default_pass = {secret}\nvm_memory_high_watermark.absolute = {watermark}\n\
+         distribution.listener.interface = {bind}\n",
         amqp = port(0),
         mgmt = port(1),
         secret = row.secret,
@@ -90,7 +93,7 @@ pub fn prepare(ctx: &Ctx, row: &SharedNode, dir: &Path) -> Result<Spec, Error> {
         name: "rabbitmq".to_owned(),
         program: bins.get("server")?.to_path_buf(),
         args: Vec::new(),
-        env: env(dir, &row.ports),
+        env: env(dir, &row.ports, bind),
         dir: dir.to_path_buf(),
         user: ctx.user,
         memory_bytes: ctx.config.memory_cgroups.then_some(memory),
@@ -106,7 +109,7 @@ fn route(line: &str) -> Option<String> {
 }
 
 async fn run(ctx: &Ctx, r: &Running, args: &[&str], redact: &[&str]) -> Result<String, Error> {
-    let env = env(&r.dir, &r.ports);
+    let env = env(&r.dir, &r.ports, &ctx.config.bind_address);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     node::exec(
         ctx.bins("rabbitmq")?.get("ctl")?,
