@@ -18,6 +18,8 @@
 //!   server enforces.
 //! - [`tenancy`]: orgs, org roles, quotas, domains, space-owned routes and app environment
 //!   variables (Cloud Foundry's tenancy model).
+//! - [`services`]: service brokers, the marketplace, service instances, bindings, service keys
+//!   and the jobs that carry their broker work.
 //! - [`mask_url`]: credential masking for URLs the API carries (drain URLs), used by the
 //!   cloud controller and every nozzle that names a destination.
 //! - [`Error`]: what a call can fail with; [`Error::Api`] keeps the server's status and message.
