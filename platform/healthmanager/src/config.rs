@@ -60,6 +60,16 @@ pub struct Config {
     /// past it new ones are dropped and counted (`healthmanager.dropped{reason="table_full"}`).
     /// Default 100000.
     pub max_tracked: usize,
+    /// This copy's id in the lease (`healthmanager.lease`): of several health managers on one
+    /// bus only the lease holder restarts and stops instances. One bus-safe token, unique per
+    /// copy. Default: made up at start from the process id and a random suffix.
+    pub instance_id: Option<String>,
+    /// How long a lease claim lives without a renewal, seconds: a holder that dies is replaced
+    /// within about this plus two renewals. Default 5.
+    pub lease_ttl_secs: u64,
+    /// How often the holder renews its claim (and a standby looks for a lapsed one),
+    /// milliseconds. At most a third of `lease_ttl_secs`. Default 1000.
+    pub lease_renew_ms: u64,
     /// The message bus.
     pub bus: hydrant_bus::Config,
     /// Where the HM log lines and the health manager's own metrics go (the local agent).
@@ -86,6 +96,9 @@ impl Default for Config {
             executor_timeout_secs: 30,
             retry_secs: 5,
             max_tracked: 100_000,
+            instance_id: None,
+            lease_ttl_secs: 5,
+            lease_renew_ms: 1000,
             bus: hydrant_bus::Config::default(),
             telemetry: TelemetryConfig::default(),
             admin_listen: "127.0.0.1:14832".to_owned(),
@@ -122,6 +135,8 @@ impl hydrant_runtime::Validate for Config {
             ("executor_timeout_secs", self.executor_timeout_secs),
             ("retry_secs", self.retry_secs),
             ("max_tracked", self.max_tracked as u64),
+            ("lease_ttl_secs", self.lease_ttl_secs),
+            ("lease_renew_ms", self.lease_renew_ms),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be greater than 0").into());
@@ -148,6 +163,29 @@ impl hydrant_runtime::Validate for Config {
             )
             .into());
         }
+        if self.lease_renew_ms.saturating_mul(3) > self.lease_ttl_secs.saturating_mul(1000) {
+            return Err(invalid(
+                "lease_renew_ms",
+                format!(
+                    "{} ms is more than a third of lease_ttl_secs ({} s): one late renewal \
+                     would hand the lease over; renew at least three times per TTL",
+                    self.lease_renew_ms, self.lease_ttl_secs
+                ),
+            )
+            .into());
+        }
+        if let Some(id) = &self.instance_id
+            && (id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        {
+            return Err(invalid(
+                "instance_id",
+                format!("{id:?} must be letters, digits, '-', '_' or '.', e.g. \"hm-host-a\""),
+            )
+            .into());
+        }
         self.admin_listen.parse::<SocketAddr>().map_err(|_| {
             invalid(
                 "admin_listen",
@@ -166,6 +204,14 @@ impl hydrant_runtime::Validate for Config {
 impl Config {
     pub(crate) fn secs(secs: u64) -> Duration {
         Duration::from_secs(secs)
+    }
+
+    pub(crate) fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_secs)
+    }
+
+    pub(crate) fn lease_renew(&self) -> Duration {
+        Duration::from_millis(self.lease_renew_ms)
     }
 
     pub(crate) fn request_timeout(&self) -> Duration {
@@ -249,6 +295,21 @@ mod tests {
                     ..valid()
                 },
                 "max_tracked",
+            ),
+            (
+                Config {
+                    lease_ttl_secs: 2,
+                    lease_renew_ms: 1000,
+                    ..valid()
+                },
+                "lease_renew_ms",
+            ),
+            (
+                Config {
+                    instance_id: Some("hm a".into()),
+                    ..valid()
+                },
+                "instance_id",
             ),
         ];
         for (config, field) in cases {

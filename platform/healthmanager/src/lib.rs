@@ -25,6 +25,8 @@
 //! - `config`: [`Config`] and its validation.
 //! - `backoff`: the crash restart calculator ([`restart_delay`], [`next_crash_count`]).
 //! - `tracker`: actual state, crash counts and the restart schedule.
+//! - `lease`: which of several copies acts (`healthmanager.lease` on the bus); the others
+//!   track actual state but neither restart nor stop anything.
 //! - `desired`: the polled desired-state copy and its freshness.
 //! - `metrics`: the health manager's own counters and gauges.
 
@@ -32,6 +34,7 @@ mod backoff;
 mod config;
 mod desired;
 mod error;
+mod lease;
 mod metrics;
 mod tracker;
 
@@ -300,6 +303,8 @@ struct Loop {
     deferred: HashSet<Key>,
     grace: Duration,
     shutdown: CancellationToken,
+    /// Only the lease holder restarts and stops; a standby keeps its picture warm.
+    lease: lease::Lease,
 }
 
 impl Loop {
@@ -425,8 +430,50 @@ impl Loop {
         }
     }
 
+    /// Takes in another copy's (or this copy's own, echoed) lease claim.
+    fn on_claim(&mut self, message: &Message) {
+        match message.json::<lease::Claim>() {
+            Ok(claim) => {
+                let change = self.lease.observe(&claim, Instant::now());
+                self.lease_changed(change);
+            }
+            Err(_) => self.shared.metrics.dropped_malformed.inc(),
+        }
+    }
+
+    /// Renews (or bids for) the lease.
+    fn renew_lease(&mut self) {
+        let (claim, change) = self.lease.tick(Instant::now());
+        if let Some(claim) = claim
+            && let Err(error) = self
+                .shared
+                .bus
+                .publish_json(messages::HEALTHMANAGER_LEASE, &claim)
+        {
+            tracing::warn!(%error, "health manager: cannot publish its lease claim");
+        }
+        self.lease_changed(change);
+    }
+
+    fn lease_changed(&self, change: Option<lease::Change>) {
+        match change {
+            Some(lease::Change::Acquired) => tracing::info!(
+                id = self.lease.id(),
+                "health manager: holds the lease; restarting and stopping instances from now on"
+            ),
+            Some(lease::Change::Lost(why)) => tracing::warn!(
+                id = self.lease.id(),
+                "health manager: lost the lease ({why}); standing by"
+            ),
+            None => {}
+        }
+    }
+
     /// Starts every restart that is due.
     fn fire_due(&mut self) {
+        if !self.lease.holds() {
+            return;
+        }
         let now = Instant::now();
         let due = self.tracker.take_due(now);
         if due.is_empty() {
@@ -563,6 +610,9 @@ impl Loop {
             }
             return;
         }
+        if !self.lease.holds() {
+            return;
+        }
         for extra in self
             .tracker
             .extras(apps, fetched_at, now, self.grace, STOP_RESEND)
@@ -661,14 +711,36 @@ async fn serve(
         deferred: HashSet::new(),
         grace: Config::secs(config.extra_grace_secs),
         shutdown: shutdown.clone(),
+        lease: lease::Lease::new(
+            config
+                .instance_id
+                .clone()
+                .unwrap_or_else(lease::generated_id),
+            config.lease_ttl(),
+            config.lease_renew(),
+        ),
     };
+    let mut claims = bus.subscribe(messages::HEALTHMANAGER_LEASE).await?;
+    let lease_held = registry.gauge(
+        "healthmanager.lease_held",
+        "1 while this copy holds the lease and acts, 0 while it stands by",
+        "count",
+        &[],
+    );
+    let mut renewals = tokio::time::interval(config.lease_renew());
+    renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let retry = Config::secs(config.retry_secs);
     let mut ticks = tokio::time::interval(Config::secs(config.converge_interval_secs));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(api = %config.api_url, bus = %bus.url(), "health manager watching executors");
 
     loop {
-        let next_due = state.tracker.next_due();
+        // A standby fires nothing: what falls due waits for the lease.
+        let next_due = state
+            .lease
+            .holds()
+            .then(|| state.tracker.next_due())
+            .flatten();
         tokio::select! {
             () = shutdown.cancelled() => break,
             Some(message) = placed.next() => state.learn_placement(&message),
@@ -690,7 +762,10 @@ async fn serve(
             }
             () = sleep_until(next_due) => {}
             _ = ticks.tick() => state.converge(),
+            Some(message) = claims.next() => state.on_claim(&message),
+            _ = renewals.tick() => state.renew_lease(),
         }
+        lease_held.set(if state.lease.holds() { 1.0 } else { 0.0 });
         state.fire_due();
         metrics.pending_restarts.set(state.tracker.pending() as f64);
     }

@@ -70,6 +70,9 @@ pub const EXECUTOR_EVACUATE: &str = "executor.evacuate";
 /// Prefix of the per-cell debug kill subject ([`EvacuateCell`]): a cell with `debug_kill`
 /// goes silent and kills its instances at once, as a lost host would.
 pub const EXECUTOR_KILL: &str = "executor.kill";
+/// The health managers' lease (Locket-style, on the bus): each copy's claim
+/// `{"holder","held","ttl_ms"}`, renewed every second by the holder; only the holder acts.
+pub const HEALTHMANAGER_LEASE: &str = "healthmanager.lease";
 /// How often a cell advertises its presence (Diego's `lock_retry_interval`, the DEA's
 /// `intervals.advertise`: 5 s).
 pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(5);

@@ -13,7 +13,7 @@
 //! # Who may do what
 //! | user | publishes | subscribes |
 //! |---|---|---|
-//! | `cloudcontroller`, `healthmanager` | `executor.start.*`, `executor.stop.*`, `executor.placed.*`, `executor.greet`, `executor.evacuate.*`, `executor.kill.*` | `executor.heartbeat.*`, `executor.crash.*`, `executor.placed.*`, `executor.presence.*`, replies; the health manager also `executor.start.*` |
+//! | `cloudcontroller`, `healthmanager` | `executor.start.*`, `executor.stop.*`, `executor.placed.*`, `executor.greet`, `executor.evacuate.*`, `executor.kill.*` | `executor.heartbeat.*`, `executor.crash.*`, `executor.placed.*`, `executor.presence.*`, replies; the health manager also `executor.start.*`, and publishes and subscribes `healthmanager.lease` |
 //! | `router` | `router.start`, replies to `router.greet` | `router.>`, `executor.placed.*` (placements, without environments) |
 //! | `<cell>.executor` (per cell) | `router.register.<cell>`, `router.unregister.<cell>`, `executor.heartbeat.<cell>`, `executor.crash.<cell>`, `executor.presence.<cell>`, replies to its starts and stops | `executor.start.<cell>`, `executor.stop.<cell>`, `executor.evacuate.<cell>`, `executor.kill.<cell>`, `executor.presence.*` (whether another cell can take its instances), `router.start`, `executor.greet` |
 //! | `executor` (when no cells are listed: every executor shares it) | as a cell, for every cell (`*`) | as a cell, for every cell |
@@ -35,7 +35,8 @@ use std::path::Path;
 use crate::Error;
 use crate::messages::{
     EXECUTOR_CRASH, EXECUTOR_EVACUATE, EXECUTOR_GREET, EXECUTOR_HEARTBEAT, EXECUTOR_KILL,
-    EXECUTOR_PLACED, EXECUTOR_PRESENCE, EXECUTOR_START, EXECUTOR_STOP, ROUTER_START, every_cell,
+    EXECUTOR_PLACED, EXECUTOR_PRESENCE, EXECUTOR_START, EXECUTOR_STOP, HEALTHMANAGER_LEASE,
+    ROUTER_START, every_cell,
 };
 
 /// Subjects the bus client uses for its own bookkeeping (subscription confirmations), which
@@ -81,6 +82,7 @@ pub fn users(cells: &[String]) -> Result<Vec<User>, Error> {
     let kill_all = every_cell(EXECUTOR_KILL);
     // The health manager also reads start commands (it copies them to restart instances while
     // the cloud controller is down); the cloud controller makes them and needs no copy.
+    // ... and takes part in its copies' lease (`healthmanager.lease`), so only one acts.
     let placer = |name: &str, reads_starts: bool| User {
         name: name.to_owned(),
         publish: subjects(&[
@@ -91,7 +93,10 @@ pub fn users(cells: &[String]) -> Result<Vec<User>, Error> {
             &kill_all,
             EXECUTOR_GREET,
             BOOKKEEPING,
-        ]),
+        ])
+        .into_iter()
+        .chain(reads_starts.then(|| HEALTHMANAGER_LEASE.to_owned()))
+        .collect(),
         subscribe: subjects(&[
             &heartbeats_all,
             &crashes_all,
@@ -102,6 +107,7 @@ pub fn users(cells: &[String]) -> Result<Vec<User>, Error> {
         ])
         .into_iter()
         .chain(reads_starts.then(|| start_all.clone()))
+        .chain(reads_starts.then(|| HEALTHMANAGER_LEASE.to_owned()))
         .collect(),
         allow_responses: false,
     };
@@ -382,6 +388,15 @@ mod tests {
             .iter()
             .find(|u| u.name == user)
             .is_some_and(|u| u.publish.iter().any(|p| matches(p, subject)))
+    }
+
+    #[test]
+    fn only_health_managers_take_part_in_their_lease() {
+        let users = users(&["e1".into()]).unwrap();
+        assert!(may_publish(&users, "healthmanager", HEALTHMANAGER_LEASE));
+        for other in ["cloudcontroller", "router", "e1.executor"] {
+            assert!(!may_publish(&users, other, HEALTHMANAGER_LEASE), "{other}");
+        }
     }
 
     #[test]

@@ -1,0 +1,864 @@
+//! Hydrant on several hosts: four network namespaces on one bridge, each a host with its own
+//! address, running the roles as separate `hydrant run ROLE` processes the way an operator
+//! would deploy them on four machines (one config per role, one CA, every pipeline hop mutual
+//! TLS, the bus a three-node TLS NATS cluster).
+//!
+//! | host | roles |
+//! |---|---|
+//! | A | cloud controller, health manager, NATS node, firehose edge, agent |
+//! | B | health manager, NATS node, executor cell `cell-b` (zone z1), agent, doppler |
+//! | C | NATS node, executor cell `cell-c` (z2), agent, doppler, router |
+//! | D | executor cell `cell-d` (z3), agent, router |
+//!
+//! Only one cloud controller runs: its state is SQLite in one data dir, which a second
+//! controller on another host cannot share yet.
+//!
+//! The executors run instances without containers (`isolation = "none"`): a container's
+//! address lives on its own host's bridge, which routers on other hosts cannot reach (the
+//! executor maps no host port yet), while a plain process listens on its host's address.
+//!
+//! Steps, each printing its numbers (the README's "Many hosts" part quotes them):
+//! 1. six instances spread 2/2/2 over the three cells;
+//! 2. cell C killed (its executor and instances SIGKILLed) under load through both routers:
+//!    ≥ 99 % of requests succeed and replacements run within 10 s of C's presence lapsing;
+//! 3. cell D drained: no request fails;
+//! 4. a NATS node killed and restarted: no request fails and no route is pruned;
+//! 5. host A lost (every process in its namespace SIGKILLed): host B's health manager takes
+//!    the lease within 15 s and restarts a crashed instance without the controller.
+//!
+//! Needs root (namespaces, bridges): it fails saying so otherwise.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::netns::{self, Hosts};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hydrant");
+const APP: &str = "spread";
+const APP_HOST: &str = "spread.apps.localhost";
+const ADMIN_PASSWORD: &str = "multihost-test-pw";
+const CELLS: [(char, &str, &str); 3] = [
+    ('b', "cell-b", "z1"),
+    ('c', "cell-c", "z2"),
+    ('d', "cell-d", "z3"),
+];
+
+// Every host has its own port space: a role listens on the same port on every host.
+const NATS: u16 = 4222;
+const NATS_ROUTE: u16 = 6222;
+const AGENT: u16 = 3458;
+const DOPPLER: u16 = 8082;
+const EDGE: u16 = 8081;
+const API: u16 = 9022;
+const ROUTER: u16 = 8080;
+const ADMIN: [(&str, u16); 7] = [
+    ("agent", 9100),
+    ("doppler", 9101),
+    ("trafficcontroller", 9102),
+    ("cloudcontroller", 9103),
+    ("healthmanager", 9104),
+    ("executor", 9105),
+    ("router", 9106),
+];
+
+fn admin_port(role: &str) -> u16 {
+    ADMIN.iter().find(|(r, _)| *r == role).unwrap().1
+}
+
+fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+/// A role's config as TOML (top-level values, then a table per object, inline tables inside).
+fn to_toml(config: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let mut tables = String::new();
+    for (key, value) in config.as_object().unwrap() {
+        match value {
+            serde_json::Value::Object(table) => {
+                tables.push_str(&format!("\n[{key}]\n"));
+                for (k, v) in table {
+                    if let Some(inner) = v.as_object() {
+                        let fields: Vec<String> = inner
+                            .iter()
+                            .map(|(ik, iv)| format!("{ik} = {iv}"))
+                            .collect();
+                        tables.push_str(&format!("{k} = {{ {} }}\n", fields.join(", ")));
+                    } else {
+                        tables.push_str(&format!("{k} = {v}\n"));
+                    }
+                }
+            }
+            other => out.push_str(&format!("{key} = {other}\n")),
+        }
+    }
+    out + &tables
+}
+
+fn nats_server_path() -> PathBuf {
+    [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| {
+        panic!("nats-server is not installed: run ./scripts/test or apt-get install nats-server")
+    })
+}
+
+/// One HTTP/1.1 GET on a fresh connection: status and body.
+fn http_get(to: SocketAddr, host: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    exchange(to, host, "GET", path, token)
+}
+
+/// A bodiless request to the controller.
+fn http_request(
+    to: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Option<(u16, String)> {
+    exchange(to, &to.to_string(), method, path, token)
+}
+
+fn exchange(
+    to: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).ok()?;
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// The sum of every sample of `name` in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if series.split_once('{').map_or(series, |(n, _)| n) == name
+            && let Ok(v) = value.parse::<f64>()
+        {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+/// Processes whose working directory lies under `dir` (an executor's instances).
+fn processes_under(dir: &Path) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| {
+                    std::fs::read_link(format!("/proc/{pid}/cwd"))
+                        .is_ok_and(|cwd| cwd.starts_with(dir))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn sigkill(pid: i32) {
+    if pid > 1 {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Requests through both routers from two threads, counting successes and failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(routers: Vec<SocketAddr>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let threads = routers
+            .into_iter()
+            .map(|router| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match http_get(router, APP_HOST, "/", None) {
+                            Some((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                            _ => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    /// (succeeded, failed) so far.
+    fn counts(&self) -> (u64, u64) {
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Waits until `n` more requests have succeeded (traffic is really flowing).
+    fn settle(&self, n: u64) {
+        let target = self.counts().0 + n;
+        wait_for(
+            Duration::from_secs(20),
+            "requests through the routers",
+            || self.counts().0 >= target,
+        );
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The platform: the hosts and every process started in them.
+struct Platform {
+    /// Dropped first (after `Drop::drop` ended the children): whatever still runs in a host
+    /// is SIGKILLed and the namespaces and bridge go, before the files do.
+    hosts: Hosts,
+    dir: tempfile::TempDir,
+    /// Children by name (`role@host`).
+    children: BTreeMap<String, Child>,
+    token: String,
+}
+
+impl Platform {
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn addr(&self, host: char, port: u16) -> SocketAddr {
+        format!("{}:{port}", self.hosts.addr(host)).parse().unwrap()
+    }
+
+    fn url(&self, host: char, port: u16) -> String {
+        format!("http://{}", self.addr(host, port))
+    }
+
+    fn spawn(&mut self, name: &str, host: char, program: &Path, args: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("{name}.log")))
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", self.hosts.ns(host)])
+            .arg(program)
+            .args(args)
+            .env("HYDRANT_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        self.children.insert(name.to_owned(), child);
+    }
+
+    fn log_tail(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn assert_alive(&mut self, name: &str) {
+        if let Some(status) = self.children.get_mut(name).unwrap().try_wait().unwrap() {
+            panic!("{name} exited with {status}:\n{}", self.log_tail(name));
+        }
+    }
+
+    /// Writes `role`'s config and runs `hydrant run ROLE` on `host`; waits for its /healthz.
+    fn start_role(&mut self, role: &str, host: char, config: &serde_json::Value) {
+        let name = format!("{role}@{host}");
+        let file = self.path(&format!("{name}.toml"));
+        std::fs::write(&file, to_toml(config)).unwrap();
+        self.spawn(
+            &name,
+            host,
+            Path::new(BIN),
+            &["run", role, "--config", file.to_str().unwrap()],
+        );
+        let admin = self.addr(host, admin_port(role));
+        wait_for(Duration::from_secs(30), &format!("{name} /healthz"), || {
+            self.assert_alive(&name);
+            http_get(admin, "x", "/healthz", None).is_some_and(|(s, _)| s == 200)
+        });
+    }
+
+    fn metrics(&self, role: &str, host: char) -> String {
+        http_get(self.addr(host, admin_port(role)), "x", "/metrics", None)
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    fn tls(&self, identity: &str, dir: &str) -> serde_json::Value {
+        let d = self.path(dir);
+        json!({
+            "ca_file": d.join("ca.pem").display().to_string(),
+            "cert_file": d.join(format!("{identity}.pem")).display().to_string(),
+            "key_file": d.join(format!("{identity}.key")).display().to_string(),
+        })
+    }
+
+    fn bus(&self, identity: &str, dir: &str) -> serde_json::Value {
+        let urls: Vec<String> = ['a', 'b', 'c']
+            .iter()
+            .map(|h| format!("nats://{}", self.addr(*h, NATS)))
+            .collect();
+        json!({ "url": urls.join(","), "tls": self.tls(identity, dir) })
+    }
+
+    fn telemetry(&self, identity: &str, dir: &str) -> serde_json::Value {
+        json!({ "agent": format!("http://127.0.0.1:{AGENT}"), "interval_secs": 1, "tls": self.tls(identity, dir) })
+    }
+
+    fn start_nats(&mut self, host: char) {
+        let certs = hydrant_tls::issue::CertDir::new(self.path("certs"));
+        let secret = std::fs::read_to_string(self.path("certs/cluster.secret")).unwrap();
+        let routes: Vec<String> = ['a', 'b', 'c']
+            .iter()
+            .map(|h| self.addr(*h, NATS_ROUTE).to_string())
+            .collect();
+        let cells: Vec<String> = CELLS.iter().map(|(_, c, _)| (*c).to_owned()).collect();
+        let listen = self.addr(host, NATS_ROUTE).to_string();
+        let config = hydrant_bus::nats_config::clustered_config(
+            &self.addr(host, NATS).to_string(),
+            hydrant_bus::nats_config::ServerTls {
+                ca_file: &certs.ca_file(),
+                cert_file: &certs.cert_file(hydrant_tls::Identity::Nats),
+                key_file: &certs.key_file(hydrant_tls::Identity::Nats),
+            },
+            &cells,
+            Some(&hydrant_bus::nats_config::Cluster {
+                name: "hydrant",
+                listen: &listen,
+                routes: &routes,
+                secret: secret.trim(),
+            }),
+        )
+        .unwrap();
+        let conf = self.path(&format!("nats-{host}.conf"));
+        std::fs::write(&conf, config).unwrap();
+        let name = format!("nats@{host}");
+        self.spawn(
+            &name,
+            host,
+            &nats_server_path(),
+            &["-c", conf.to_str().unwrap()],
+        );
+        let to = self.addr(host, NATS);
+        wait_for(Duration::from_secs(10), "nats-server to listen", || {
+            self.assert_alive(&name);
+            TcpStream::connect_timeout(&to, Duration::from_millis(200)).is_ok()
+        });
+    }
+
+    fn executor_config(&self, host: char, cell: &str, zone: &str) -> serde_json::Value {
+        json!({
+            "executor_id": cell,
+            "zone": zone,
+            "advertise_host": self.hosts.addr(host),
+            "isolation": "none",
+            "data_dir": self.path(&format!("executor-{host}")).display().to_string(),
+            "admin_listen": self.addr(host, admin_port("executor")).to_string(),
+            "stop_timeout_secs": 2,
+            "startup_check_interval_ms": 100,
+            "heartbeat_interval_secs": 1,
+            "register_interval_secs": 1,
+            "presence_interval_secs": 1,
+            "presence_ttl_secs": 3,
+            "bus": self.bus("executor", &format!("certs/{cell}")),
+            "telemetry": self.telemetry("executor", &format!("certs/{cell}")),
+        })
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("HYDRANT_HOME", self.path("home"))
+            .env_remove("HYDRANT_PASSWORD")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "`hydrant {}` failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Running instances of the app per cell, from `hydrant app --json`.
+    fn running_per_cell(&self) -> BTreeMap<String, usize> {
+        let out = self.cli(&["app", APP, "--json"]);
+        let mut per_cell = BTreeMap::new();
+        let Ok(app) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return per_cell;
+        };
+        for i in app["instances"].as_array().into_iter().flatten() {
+            if i["state"] == "RUNNING" {
+                let cell = i["executor_id"].as_str().unwrap_or_default().to_owned();
+                *per_cell.entry(cell).or_insert(0) += 1;
+            }
+        }
+        per_cell
+    }
+
+    /// Each cell's state from the controller's `GET /v3/cells`.
+    fn cell_states(&self) -> BTreeMap<String, String> {
+        let Some((200, body)) = http_get(self.addr('a', API), "x", "/v3/cells", Some(&self.token))
+        else {
+            return BTreeMap::new();
+        };
+        let cells: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let list = cells.get("resources").unwrap_or(&cells);
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| {
+                Some((
+                    c["id"].as_str()?.to_owned(),
+                    c["state"].as_str()?.to_owned(),
+                ))
+            })
+            .collect()
+    }
+
+    /// SIGKILLs a child the test started (and waits for it).
+    fn kill(&mut self, name: &str) {
+        if let Some(mut child) = self.children.remove(name) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn start() -> Self {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test makes network namespaces and a bridge (one per host) and needs root: \
+             run it as root, as CI does"
+        );
+        let hosts = Hosts::new(&['a', 'b', 'c', 'd']);
+        let mut p = Self {
+            dir: tempfile::tempdir().unwrap(),
+            children: BTreeMap::new(),
+            hosts,
+            token: String::new(),
+        };
+        std::fs::create_dir_all(p.path("home")).unwrap();
+        // One CA; every leaf names every host's address (and loopback, where the local agent
+        // listens), so each role presents the same certificate on whichever host it runs.
+        use hydrant_tls::Identity;
+        use hydrant_tls::issue::{self, LeafSpec};
+        let mut names = p.hosts.all_addresses();
+        names.extend(["127.0.0.1".to_owned(), "localhost".to_owned()]);
+        issue::ensure(&p.path("certs"), &Identity::ALL, &names).unwrap();
+        hydrant_bus::nats_config::ensure_cluster_secret(&p.path("certs/cluster.secret")).unwrap();
+        for (_, cell, _) in CELLS {
+            // Each cell's bus identity may publish only its own cell's subjects.
+            let spec = LeafSpec {
+                identity: Identity::Executor,
+                names: vec![hydrant_bus::nats_config::cell_user(cell)],
+                days: 1,
+            };
+            issue::issue(
+                &p.path("certs"),
+                &spec,
+                Some(&p.path(&format!("certs/{cell}"))),
+            )
+            .unwrap();
+        }
+        for host in ['a', 'b', 'c'] {
+            p.start_nats(host);
+        }
+        for host in ['b', 'c'] {
+            let doppler = json!({
+                "listen": p.addr(host, DOPPLER).to_string(),
+                "admin_listen": p.addr(host, admin_port("doppler")).to_string(),
+                "tls": p.tls("doppler", "certs"),
+            });
+            p.start_role("doppler", host, &doppler);
+        }
+        let dopplers = vec![p.url('b', DOPPLER), p.url('c', DOPPLER)];
+        for host in ['a', 'b', 'c', 'd'] {
+            let agent = json!({
+                "listen": format!("127.0.0.1:{AGENT}"),
+                "admin_listen": p.addr(host, admin_port("agent")).to_string(),
+                "dopplers": dopplers,
+                "tls": p.tls("agent", "certs"),
+            });
+            p.start_role("agent", host, &agent);
+        }
+        let edge = json!({
+            "listen": p.addr('a', EDGE).to_string(),
+            "admin_listen": p.addr('a', admin_port("trafficcontroller")).to_string(),
+            "dopplers": dopplers,
+            "token_keys_url": format!("{}/token_keys", p.url('a', API)),
+            "token_keys_cache": p.path("edge-token-keys.json").display().to_string(),
+            "telemetry": p.telemetry("trafficcontroller", "certs"),
+            "upstream_tls": p.tls("trafficcontroller", "certs"),
+        });
+        p.start_role("trafficcontroller", 'a', &edge);
+        let cc = json!({
+            "listen": p.addr('a', API).to_string(),
+            "admin_listen": p.addr('a', admin_port("cloudcontroller")).to_string(),
+            "external_url": p.url('a', API),
+            "data_dir": p.path("cloudcontroller").display().to_string(),
+            "admin_password": ADMIN_PASSWORD,
+            "password_hash_iterations": 1000,
+            "converge_interval_ms": 500,
+            "endpoints": {
+                "firehose": p.url('a', EDGE),
+                "agent": format!("http://127.0.0.1:{AGENT}"),
+                "router": p.url('c', ROUTER),
+            },
+            "staging_isolation": { "mode": "none" },
+            "bus": p.bus("cloudcontroller", "certs"),
+            "telemetry": p.telemetry("cloudcontroller", "certs"),
+        });
+        p.start_role("cloudcontroller", 'a', &cc);
+        for (host, cell, zone) in CELLS {
+            let executor = p.executor_config(host, cell, zone);
+            p.start_role("executor", host, &executor);
+        }
+        for host in ['c', 'd'] {
+            let router = json!({
+                "listen": p.addr(host, ROUTER).to_string(),
+                "admin_listen": p.addr(host, admin_port("router")).to_string(),
+                "router_id": format!("router-{host}"),
+                "bus": p.bus("router", "certs"),
+                "telemetry": p.telemetry("router", "certs"),
+            });
+            p.start_role("router", host, &router);
+        }
+        p.cli_ok(&["target", &p.url('a', API)]);
+        p.cli_ok(&["login", "-u", "admin", "-p", ADMIN_PASSWORD]);
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(p.path("home/config.json")).unwrap()).unwrap();
+        p.token = config["token"].as_str().unwrap().to_owned();
+        std::fs::write(p.path("hm.token"), &p.token).unwrap();
+        // Host A's health manager first, so it holds the lease; B's stands by.
+        for host in ['a', 'b'] {
+            let hm = json!({
+                "api_url": p.url('a', API),
+                "token_file": p.path("hm.token").display().to_string(),
+                "instance_id": format!("hm-{host}"),
+                "poll_interval_secs": 1,
+                "stale_after_secs": 3,
+                "converge_interval_secs": 1,
+                "retry_secs": 1,
+                "request_timeout_ms": 1000,
+                "admin_listen": p.addr(host, admin_port("healthmanager")).to_string(),
+                "bus": p.bus("healthmanager", "certs"),
+                "telemetry": p.telemetry("healthmanager", "certs"),
+            });
+            p.start_role("healthmanager", host, &hm);
+            if host == 'a' {
+                wait_for(
+                    Duration::from_secs(15),
+                    "host A's health manager to hold the lease",
+                    || {
+                        metric(&p.metrics("healthmanager", 'a'), "healthmanager_lease_held")
+                            == Some(1.0)
+                    },
+                );
+            }
+        }
+        p
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for name in self.children.keys() {
+                eprintln!("---- {name} ----\n{}", self.log_tail(name));
+            }
+        }
+        for (_, mut child) in std::mem::take(&mut self.children) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Instances the executors started (their own process groups) go with their hosts:
+        // `Hosts` SIGKILLs every process left in each namespace when it drops.
+    }
+}
+
+#[test]
+fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host() {
+    let started = Instant::now();
+    let mut p = Platform::start();
+    println!("[{:.1} s] four hosts up", started.elapsed().as_secs_f64());
+
+    // 1. Placement: six instances, two per cell.
+    let app_dir = p.path("app");
+    std::fs::create_dir_all(&app_dir).unwrap();
+    std::fs::write(
+        app_dir.join("Procfile"),
+        "web: exec \"$HYDRANT_BIN\" demo-app\n",
+    )
+    .unwrap();
+    p.cli_ok(&[
+        "push",
+        APP,
+        "-p",
+        app_dir.to_str().unwrap(),
+        "-i",
+        "6",
+        "-t",
+        "60",
+    ]);
+    wait_for(Duration::from_secs(60), "6 running instances", || {
+        p.running_per_cell().values().sum::<usize>() == 6
+    });
+    let spread = p.running_per_cell();
+    println!("step 1: placement of 6 instances over 3 cells: {spread:?}");
+    assert_eq!(
+        spread.values().copied().collect::<Vec<_>>(),
+        [2, 2, 2],
+        "{spread:?}"
+    );
+    let routers = vec![p.addr('c', ROUTER), p.addr('d', ROUTER)];
+    for router in &routers {
+        wait_for(
+            Duration::from_secs(20),
+            "both routers to serve the app",
+            || http_get(*router, APP_HOST, "/", None).is_some_and(|(s, _)| s == 200),
+        );
+    }
+    let load = Load::start(routers);
+    load.settle(50);
+
+    // 2. Cell C lost: its executor and every instance on it SIGKILLed at once.
+    let before = load.counts();
+    let killed = Instant::now();
+    p.kill("executor@c");
+    for pid in processes_under(&p.path("executor-c")) {
+        sigkill(pid);
+    }
+    let mut lost_at = None;
+    wait_for(Duration::from_secs(40), "6 running off cell C", || {
+        if lost_at.is_none() && p.cell_states().get("cell-c").is_some_and(|s| s == "lost") {
+            lost_at = Some(Instant::now());
+        }
+        let per_cell = p.running_per_cell();
+        lost_at.is_some()
+            && !per_cell.contains_key("cell-c")
+            && per_cell.values().sum::<usize>() == 6
+    });
+    let lost_at = lost_at.unwrap();
+    let replaced = lost_at.elapsed();
+    load.settle(50);
+    let after = load.counts();
+    let (ok, failed) = (after.0 - before.0, after.1 - before.1);
+    let rate = ok as f64 / (ok + failed).max(1) as f64 * 100.0;
+    println!(
+        "step 2: cell C killed: presence lapsed after {:.1} s, 6 running again {:.1} s later; \
+         {ok} requests succeeded, {failed} failed ({rate:.2} %)",
+        (lost_at - killed).as_secs_f64(),
+        replaced.as_secs_f64()
+    );
+    assert!(
+        replaced <= Duration::from_secs(10),
+        "replacements took {replaced:?}"
+    );
+    assert!(rate >= 99.0, "success rate {rate:.2} % under 99 %");
+
+    // 3. Cell D drained: its instances move with no failed request.
+    let before = load.counts();
+    let drained = Instant::now();
+    let (status, body) = http_request(
+        p.addr('a', API),
+        "POST",
+        "/v3/cells/cell-d/actions/drain",
+        Some(&p.token),
+    )
+    .expect("the controller answers the drain");
+    assert!(
+        (200..300).contains(&status),
+        "drain failed: {status} {body}"
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "cell D empty and 6 running",
+        || {
+            let per_cell = p.running_per_cell();
+            !per_cell.contains_key("cell-d") && per_cell.values().sum::<usize>() == 6
+        },
+    );
+    let moved = drained.elapsed();
+    load.settle(50);
+    let after = load.counts();
+    let (ok, failed) = (after.0 - before.0, after.1 - before.1);
+    println!(
+        "step 3: cell D drained: 6 instances on the other cells after {:.1} s; {ok} requests \
+         succeeded, {failed} failed",
+        moved.as_secs_f64()
+    );
+    assert_eq!(failed, 0, "requests failed during the drain");
+
+    // 4. A NATS node killed and restarted: the routers keep every route.
+    let pruned_before: f64 = ['c', 'd']
+        .iter()
+        .map(|h| metric(&p.metrics("router", *h), "router_pruned_total").unwrap_or(0.0))
+        .sum();
+    let before = load.counts();
+    p.kill("nats@c");
+    std::thread::sleep(Duration::from_secs(3));
+    p.start_nats('c');
+    load.settle(100);
+    let after = load.counts();
+    let pruned_after: f64 = ['c', 'd']
+        .iter()
+        .map(|h| metric(&p.metrics("router", *h), "router_pruned_total").unwrap_or(0.0))
+        .sum();
+    let (ok, failed) = (after.0 - before.0, after.1 - before.1);
+    println!(
+        "step 4: NATS node on C killed for 3 s and restarted: {ok} requests succeeded, \
+         {failed} failed, routes pruned {}",
+        pruned_after - pruned_before
+    );
+    assert_eq!(failed, 0, "requests failed while a NATS node was down");
+    assert_eq!(pruned_after, pruned_before, "a router pruned routes");
+
+    // 5. Host A lost: the controller, a health manager, a NATS node and the edge at once.
+    let standby = p.metrics("healthmanager", 'b');
+    assert_eq!(
+        metric(&standby, "healthmanager_lease_held"),
+        Some(0.0),
+        "host B's health manager held the lease beside A's"
+    );
+    assert_eq!(
+        metric(&standby, "healthmanager_restarts_total").unwrap_or(0.0),
+        0.0,
+        "host B's health manager restarted instances while A's held the lease"
+    );
+    let before = load.counts();
+    for name in p
+        .children
+        .keys()
+        .filter(|n| n.ends_with("@a"))
+        .cloned()
+        .collect::<Vec<_>>()
+    {
+        p.kill(&name);
+    }
+    netns::kill_all_in(p.hosts.ns('a'));
+    let took_over = wait_for(
+        Duration::from_secs(15),
+        "host B's health manager to take the lease",
+        || metric(&p.metrics("healthmanager", 'b'), "healthmanager_lease_held") == Some(1.0),
+    );
+    // A crashed instance is restarted by the survivor, from the start request it overheard.
+    let starts_before = metric(&p.metrics("executor", 'b'), "executor_starts_total").unwrap_or(0.0);
+    let running = processes_under(&p.path("executor-b"));
+    assert!(!running.is_empty(), "no instance runs on cell B");
+    sigkill(running[0]);
+    let restarted = wait_for(
+        Duration::from_secs(20),
+        "the crashed instance to be restarted",
+        || {
+            metric(&p.metrics("executor", 'b'), "executor_starts_total").unwrap_or(0.0)
+                > starts_before
+        },
+    );
+    // ... by the survivor, from a copy of the start request (no controller to ask).
+    wait_for(
+        Duration::from_secs(5),
+        "host B's health manager to count the restart",
+        || {
+            metric(
+                &p.metrics("healthmanager", 'b'),
+                "healthmanager_restarts_total",
+            )
+            .unwrap_or(0.0)
+                >= 1.0
+        },
+    );
+    load.settle(50);
+    let after = load.counts();
+    let (ok, failed) = (after.0 - before.0, after.1 - before.1);
+    println!(
+        "step 5: host A lost: host B's health manager took the lease after {:.1} s and \
+         restarted a crashed instance {:.1} s after the crash, without the controller; \
+         {ok} requests succeeded, {failed} failed meanwhile",
+        took_over.as_secs_f64(),
+        restarted.as_secs_f64()
+    );
+    drop(load);
+    drop(p);
+    println!("[{:.1} s] torn down", started.elapsed().as_secs_f64());
+}

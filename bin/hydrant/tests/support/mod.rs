@@ -1,0 +1,3 @@
+//! Helpers shared by the multi-host tests.
+
+pub mod netns;
