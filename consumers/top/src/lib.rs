@@ -440,12 +440,12 @@ mod tests {
                 .contains("`firehose`")
         );
         let bad = Options {
-            firehose_url: "https://edge".to_owned(),
+            firehose_url: "ftp://edge".to_owned(),
             ..options()
         };
         let message = bad.validate().unwrap_err().to_string();
         assert!(
-            message.contains("`firehose`") && message.contains("TLS"),
+            message.contains("`firehose`") && message.contains("https://"),
             "{message}"
         );
     }

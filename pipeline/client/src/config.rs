@@ -17,8 +17,13 @@ use crate::token::{Secret, TokenSource};
 #[serde(deny_unknown_fields, default)]
 pub struct ClientConfig {
     /// Base URL of the firehose edge, `http://host:port` with an optional path prefix (`ws://`
-    /// is accepted too). Default `http://127.0.0.1:8081`.
+    /// is accepted too; `https://` or `wss://` for an edge serving TLS). Default
+    /// `http://127.0.0.1:8081`.
     pub url: String,
+    /// For an `https://`/`wss://` edge: the CA bundle (PEM) that issued its certificate, e.g.
+    /// `hydrant certs`' `ca.pem`; re-read at each connection. Default empty: the system's root
+    /// certificates.
+    pub ca_file: String,
     /// Bearer token sent as `Authorization: Bearer <token>`. Default empty (the edge answers
     /// 401).
     pub token: String,
@@ -76,6 +81,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:8081".to_owned(),
+            ca_file: String::new(),
             token: String::new(),
             api_url: String::new(),
             client_id: String::new(),
@@ -187,17 +193,23 @@ pub(crate) struct Endpoint {
     pub authority: String,
     /// Path prefix without a trailing slash (usually empty).
     pub prefix: String,
+    /// `https://`/`wss://`: the connection runs TLS, checking the certificate names `host`.
+    pub tls: bool,
+    /// The URL's host, as the server's certificate must name it.
+    pub host: String,
 }
 
 impl Endpoint {
     /// The WebSocket URL for a path under the prefix.
     pub(crate) fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{}{}", self.authority, self.prefix, path)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}{}{}", self.authority, self.prefix, path)
     }
 
     /// The HTTP URL for a path under the prefix (for messages).
     pub(crate) fn http_url(&self, path: &str) -> String {
-        format!("http://{}{}{}", self.authority, self.prefix, path)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{}{}", self.authority, self.prefix, path)
     }
 }
 
@@ -319,22 +331,17 @@ impl ClientConfig {
                 self.url
             ))
         })?;
-        match uri.scheme_str() {
-            Some("http" | "ws") => {}
-            Some("https" | "wss") => {
-                return Err(bad(format!(
-                    "({:?}) uses TLS, which this client does not speak yet; use http:// to a \
-                     loopback edge or a TLS-terminating proxy",
-                    self.url
-                )));
-            }
+        let tls = match uri.scheme_str() {
+            Some("http" | "ws") => false,
+            Some("https" | "wss") => true,
             _ => {
                 return Err(bad(format!(
-                    "({:?}) must start with http:// (e.g. http://127.0.0.1:8081)",
+                    "({:?}) must start with http:// (e.g. http://127.0.0.1:8081), or https:// \
+                     for an edge serving TLS",
                     self.url
                 )));
             }
-        }
+        };
         let authority = uri.authority().ok_or_else(|| {
             bad(format!(
                 "({:?}) has no host; write it like http://127.0.0.1:8081",
@@ -353,13 +360,17 @@ impl ClientConfig {
                 self.url
             )));
         }
+        let host = authority.host().to_owned();
         let authority = match authority.port_u16() {
             Some(_) => authority.as_str().to_owned(),
+            None if tls => format!("{}:443", authority.as_str()),
             None => format!("{}:80", authority.as_str()),
         };
         Ok(Endpoint {
             authority,
             prefix: uri.path().trim_end_matches('/').to_owned(),
+            tls,
+            host,
         })
     }
 
@@ -407,9 +418,13 @@ mod tests {
         let e = c.endpoint().unwrap();
         assert_eq!(e.authority, "edge.local:80");
         assert_eq!(e.prefix, "/hydrant");
-        c.url = "https://edge".to_owned();
+        c.url = "https://edge/".to_owned();
+        let e = c.endpoint().unwrap();
+        assert_eq!((e.authority.as_str(), e.tls), ("edge:443", true));
+        assert_eq!(e.ws_url("/firehose/x"), "wss://edge:443/firehose/x");
+        c.url = "ftp://edge".to_owned();
         let msg = c.validate().unwrap_err().to_string();
-        assert!(msg.contains("`url`") && msg.contains("TLS"), "{msg}");
+        assert!(msg.contains("`url`") && msg.contains("https://"), "{msg}");
         c.url = "edge:8081".to_owned();
         assert!(c.validate().is_err());
         c.url = "http://u:p@edge:1".to_owned();

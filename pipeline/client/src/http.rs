@@ -37,6 +37,14 @@ pub(crate) async fn get(
         url: url.clone(),
         reason,
     };
+    if endpoint.tls {
+        // The workspace's reqwest is built without TLS; streams over wss:// do not need it.
+        return Err(connect_error(
+            "recent reads over https:// are not supported by this client yet; the live stream \
+             (wss://) is, or read recent logs over http:// on a trusted network"
+                .to_owned(),
+        ));
+    }
     let client = reqwest::Client::builder()
         .no_proxy()
         .tcp_nodelay(true)

@@ -34,7 +34,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, Stream, StreamExt};
 use hydrant_envelope::gap::Gap;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
@@ -260,7 +259,7 @@ fn bearer(token: &str) -> Result<Option<HeaderValue>, Error> {
         })
 }
 
-type Socket = WebSocketStream<TcpStream>;
+type Socket = WebSocketStream<hydrant_tls::PublicStream>;
 
 /// Why a connection attempt did not produce a socket.
 enum Failure {
@@ -471,11 +470,27 @@ impl Reader {
             .max_message_size(Some(self.config.max_frame_bytes))
             .max_frame_size(Some(self.config.max_frame_bytes));
         let attempt = async {
-            let tcp = TcpStream::connect(&self.endpoint.authority)
-                .await
-                .map_err(|e| Failure::Retry(format!("cannot connect to {}: {e}", self.url)))?;
-            // Batches are latency-sensitive and written whole; Nagle only delays pongs.
-            let _ = tcp.set_nodelay(true);
+            // Re-read at each connection, so a rotated CA bundle applies at the next one.
+            let tls = if self.endpoint.tls {
+                let bundle = (!self.config.ca_file.is_empty())
+                    .then(|| std::path::Path::new(&self.config.ca_file));
+                Some(hydrant_tls::public_client(bundle).map_err(|e| {
+                    Failure::Fatal(Error::Config {
+                        field: "ca_file",
+                        message: e.to_string(),
+                    })
+                })?)
+            } else {
+                None
+            };
+            // Batches are latency-sensitive and written whole; Nagle only delays pongs (the
+            // connection is made with TCP_NODELAY).
+            let tcp = hydrant_tls::connect_public(
+                &self.endpoint.authority,
+                tls.as_ref().map(|c| (c, self.endpoint.host.as_str())),
+            )
+            .await
+            .map_err(|e| Failure::Retry(format!("cannot connect to {}: {e}", self.url)))?;
             tokio_tungstenite::client_async_with_config(request, tcp, Some(ws_config))
                 .await
                 .map(|(socket, _)| socket)

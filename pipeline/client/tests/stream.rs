@@ -433,7 +433,7 @@ async fn is_a_futures_stream() {
 async fn config_errors_are_reported_before_connecting() {
     let err = FirehoseClient::connect(
         ClientConfig {
-            url: "https://edge".to_owned(),
+            url: "ftp://edge".to_owned(),
             ..ClientConfig::default()
         },
         firehose(),

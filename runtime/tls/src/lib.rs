@@ -46,7 +46,7 @@ pub use error::Error;
 pub use files::{Material, TlsFiles};
 pub use grpc::{Connector, Gate, PeerInfo, peer_identity};
 pub use identity::Identity;
-pub use public::{PublicServer, public_client};
+pub use public::{PublicServer, PublicStream, connect_public, public_client};
 pub use server::{Observer, Reason, ServerTls, Tally};
 
 use std::sync::Arc;

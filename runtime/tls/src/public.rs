@@ -108,3 +108,85 @@ pub fn public_client(bundle: Option<&Path>) -> Result<Arc<ClientConfig>, Error> 
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// A client's connection to a public endpoint: plain TCP, or TLS over it.
+#[derive(Debug)]
+pub enum PublicStream {
+    /// `http://`, `ws://`.
+    Plain(tokio::net::TcpStream),
+    /// `https://`, `wss://`.
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// Dials `authority` (`host:port`) with `TCP_NODELAY`; with `tls`, runs the handshake and checks
+/// the server's certificate names `host`.
+///
+/// # Errors
+/// The connection's or the handshake's (an untrusted or misnamed certificate among them).
+pub async fn connect_public(
+    authority: &str,
+    tls: Option<(&Arc<ClientConfig>, &str)>,
+) -> std::io::Result<PublicStream> {
+    let tcp = tokio::net::TcpStream::connect(authority).await?;
+    // Frames are written whole and latency matters more than packet count.
+    let _ = tcp.set_nodelay(true);
+    let Some((config, host)) = tls else {
+        return Ok(PublicStream::Plain(tcp));
+    };
+    let name = rustls_pki_types::ServerName::try_from(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+    )
+    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
+        .connect(name, tcp)
+        .await?;
+    Ok(PublicStream::Tls(Box::new(stream)))
+}
+
+impl tokio::io::AsyncRead for PublicStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PublicStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            PublicStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for PublicStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            PublicStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            PublicStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PublicStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            PublicStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PublicStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            PublicStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
