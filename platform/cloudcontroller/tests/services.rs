@@ -1291,3 +1291,65 @@ async fn an_asynchronous_binding_reaches_the_app_only_with_its_credentials() {
     broker.assert_strict();
     cc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_app_unbinds_it_at_the_broker() {
+    let broker = FakeBroker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cc = start_cc(dir.path(), "svc-app-delete").await;
+    cc.register(&broker).await;
+    let (cache, job) = create(&cc.admin, "sync", "cache", None).await;
+    finished(&cc.admin, &job).await;
+    let app = cc
+        .admin
+        .create_app(&hydrant_api::CreateApp {
+            name: "gone".into(),
+            ..hydrant_api::CreateApp::default()
+        })
+        .await
+        .unwrap();
+    let answer = cc
+        .admin
+        .create_service_binding(&CreateServiceBinding {
+            kind: BindingType::App,
+            service_instance: cache.clone(),
+            app: Some(app.guid.clone()),
+            ..CreateServiceBinding::default()
+        })
+        .await
+        .unwrap();
+    finished(&cc.admin, answer.job.as_ref().unwrap()).await;
+    cc.admin.delete_app(&app.guid).await.unwrap();
+    let b = broker.clone();
+    let binding = answer.binding.guid.clone();
+    wait_for(WAIT, "the broker to be told of the unbind", move || {
+        let gone = !b.state.lock().unwrap().bindings.contains_key(&binding);
+        async move { gone }
+    })
+    .await;
+    let admin = cc.admin.clone();
+    let instance = cache.clone();
+    wait_for(WAIT, "the binding to be forgotten", move || {
+        let admin = admin.clone();
+        let instance = instance.clone();
+        async move {
+            admin
+                .list_service_bindings(&BindingFilter {
+                    service_instance: Some(&instance),
+                    ..BindingFilter::default()
+                })
+                .await
+                .unwrap()
+                .is_empty()
+        }
+    })
+    .await;
+    // With no binding left the instance can be deleted.
+    let answer = cc.admin.delete_service_instance(&cache).await.unwrap();
+    assert_eq!(
+        finished(&cc.admin, &answer.job.unwrap()).await.state,
+        "COMPLETE"
+    );
+    broker.assert_strict();
+    cc.stop().await;
+}
