@@ -222,6 +222,11 @@ pub const NODE_COLUMNS: &[Column] = &[
         20,
         "the executor's id, or source/instance of another platform role",
     ),
+    text(
+        "STATE",
+        10,
+        "a cell's state: healthy, evacuating (yellow) or lost (red: silent past 20 s)",
+    ),
     num("MEM USED", 8, "memory reserved by live instances"),
     num("MEM CAP", 8, "memory the executor may hand out"),
     num(

@@ -942,6 +942,52 @@ fn with_certs(nodes: &[(&str, &str, f64)]) -> (State, Instant) {
 }
 
 #[test]
+fn nodes_screen_shows_each_cells_state_live() {
+    let t0 = Instant::now();
+    let config = StateConfig {
+        tz: TimeZone::Utc,
+        ..StateConfig::default()
+    };
+    let mut state = State::new(config, t0, WALL, "operator (firehose)", "http://api").unwrap();
+    let envelopes = vec![
+        gauge(
+            "executor",
+            "cell-1",
+            &[("executor.evacuating", 0.0, "bool")],
+            WALL - SEC,
+        ),
+        gauge(
+            "executor",
+            "cell-2",
+            &[("executor.evacuating", 1.0, "bool")],
+            WALL - SEC,
+        ),
+        // Silent for a minute: a lost cell.
+        gauge(
+            "executor",
+            "cell-3",
+            &[("executor.evacuating", 0.0, "bool")],
+            WALL - 60 * SEC,
+        ),
+    ];
+    state.apply_feed(Feed::Batch(Batch::from_envelopes(&envelopes)), t0);
+    state.tick(t0);
+    type_keys(&mut state, ":nodes\n", t0);
+    let buf = draw(&mut state, 160, 30);
+    for (cell, want, colour) in [
+        ("cell-1", "healthy", Color::Reset),
+        ("cell-2", "evacuating", Color::Yellow),
+    ] {
+        let (_, y) = must_find(&buf, cell);
+        assert!(line(&buf, y).contains(want), "{cell}: {}", line(&buf, y));
+        assert_eq!(column_text(&buf, "STATE", y).1, colour, "{cell}");
+    }
+    // The silent cell's row is dimmed whole, and says why.
+    let (_, y) = must_find(&buf, "cell-3");
+    assert!(line(&buf, y).contains("lost"), "{}", line(&buf, y));
+}
+
+#[test]
 fn nodes_screen_warns_when_a_certificate_has_under_30_days_left() {
     let (mut state, _) = with_certs(&[("executor", "exec-1", 10.0), ("doppler", "0", 90.0)]);
     let buf = draw(&mut state, 160, 30);

@@ -200,6 +200,10 @@ pub(crate) struct ExecutorStats {
     pub crashes: Option<u64>,
     /// Seconds until the node's own TLS certificate expires (negative once it has).
     pub cert_expiry: Option<f64>,
+    /// An executor cell (healthy, evacuating or, once silent, lost), not another role.
+    pub cell: bool,
+    /// `executor.evacuating`: 1 while the cell moves its instances elsewhere.
+    pub evacuating: Option<f64>,
     pub last_ts: i64,
 }
 
@@ -492,6 +496,8 @@ impl Components {
                 starts: c.total(&["executor.starts"]),
                 crashes: c.total(&["executor.crashes"]),
                 cert_expiry: c.cert_expiry(),
+                cell: true,
+                evacuating: c.gauge(&["executor.evacuating"]),
                 last_ts: c.last_ts,
             })
             .collect()
@@ -522,6 +528,8 @@ impl Components {
                 starts: None,
                 crashes: None,
                 cert_expiry: Some(cert_expiry),
+                cell: false,
+                evacuating: None,
                 last_ts: c.last_ts,
             });
         }

@@ -427,6 +427,8 @@ fn nodes_table(state: &State, wall: i64) -> Table {
                 starts: None,
                 crashes: None,
                 cert_expiry: None,
+                cell: true,
+                evacuating: None,
                 last_ts: 0,
             });
         }
@@ -451,8 +453,16 @@ fn nodes_table(state: &State, wall: i64) -> Table {
                     v.map_or_else(|| NONE.to_owned(), |m| format::bytes(m * MIB)),
                 )
             };
+            // A cell's state as `hydrant cells` names it: silent past the stale mark is lost.
+            let (cell_state, tone) = match (e.cell, e.evacuating) {
+                (false, _) => (NONE, Tone::Normal),
+                (true, _) if stale && reported => ("lost", Tone::Alert),
+                (true, Some(v)) if v > 0.0 => ("evacuating", Tone::Warn),
+                (true, _) => ("healthy", Tone::Normal),
+            };
             let cells = vec![
                 CellOut::text(clean(&e.id)),
+                CellOut::text(cell_state.to_owned()).tone(tone),
                 mem(e.memory_used),
                 mem(e.memory_capacity),
                 CellOut::num(pct, pct.map_or_else(|| NONE.to_owned(), format::percent))
