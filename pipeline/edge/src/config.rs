@@ -77,7 +77,8 @@ pub struct Config {
     /// consumers, `[[clients]]` in the cloud controller) are not held to it. Default 16.
     pub max_streams_per_token: usize,
     /// Most streams one user (a token's `sub`) may hold open across all their tokens; the next
-    /// gets 429 `too_many_streams_for_user`. Not applied to OAuth2 clients. Default 32.
+    /// gets 429 `too_many_streams_for_user`. Not applied to OAuth2 clients. Default 128: room
+    /// for `hydrant top`, which follows up to 100 apps with one stream (and log token) each.
     pub max_streams_per_user: usize,
     /// Streams out of `max_streams` that users' tokens may never take: kept for the platform's
     /// own consumers (health manager, autoscaler, SLO alerter, nozzles), which read with
@@ -134,7 +135,7 @@ impl Default for Config {
             sse_heartbeat_secs: 15.0,
             max_streams: 1000,
             max_streams_per_token: 16,
-            max_streams_per_user: 32,
+            max_streams_per_user: 128,
             platform_reserved_streams: 100,
             reconnect_min_ms: 10,
             reconnect_max_ms: 5000,
@@ -325,7 +326,7 @@ impl hydrant_runtime::Validate for Config {
             if v == 0 {
                 return Err(invalid(
                     name,
-                    "must be at least 1 (defaults 16 per token, 32 per user)",
+                    "must be at least 1 (defaults 16 per token, 128 per user)",
                 )
                 .into());
             }
