@@ -107,8 +107,12 @@ async fn serve(
 ) -> Result<(), Error> {
     let password = config.read_password()?;
     let user = node::service_user(&config.run_as)?;
+    let mut config = config;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| Error::io("cannot create", &config.data_dir, e))?;
+    // Nodes run in their own directories: every path handed to them must be absolute.
+    config.data_dir = std::fs::canonicalize(&config.data_dir)
+        .map_err(|e| Error::io("cannot resolve", &config.data_dir, e))?;
     if user.is_some() {
         // Nodes run as `run_as` and must reach their own directories below this one.
         use std::os::unix::fs::PermissionsExt as _;
