@@ -74,6 +74,17 @@ pub struct PipelineArgs {
     /// Run twice in this process, plaintext then mutual TLS, and report what TLS costs.
     #[arg(long, conflicts_with = "tls")]
     compare_tls: bool,
+    /// Turn the dopplers' replay ring off (`replay_ring_bytes = 0`): the edge then subscribes
+    /// like any v2 client and consumers get no cursor. For measuring what resumable
+    /// subscriptions cost.
+    #[arg(long)]
+    no_replay: bool,
+    /// Turn fair drops between sources off at the agent and the doppler (`fair_share = false`).
+    #[arg(long)]
+    no_fair: bool,
+    /// Run twice in this process, fair drops off then on, and report what fairness costs.
+    #[arg(long, conflicts_with_all = ["compare_tls", "no_fair"])]
+    compare_fair: bool,
 }
 
 /// Size of every generated envelope on the wire, as the issue specifies.
@@ -85,6 +96,8 @@ const BATCH: usize = 100;
 struct Report {
     /// Every hop ran mutual TLS.
     tls: bool,
+    /// Fair drops between sources were on at the agent and the doppler.
+    fair_share: bool,
     duration_secs: f64,
     target_rate: u64,
     emitted: u64,
@@ -263,13 +276,18 @@ async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--generators, --sources and --duration must be at least 1");
     }
     let modes = if args.compare_tls {
-        vec![false, true]
+        vec![(false, !args.no_fair), (true, !args.no_fair)]
+    } else if args.compare_fair {
+        vec![(args.tls, false), (args.tls, true)]
     } else {
-        vec![args.tls]
+        vec![(args.tls, !args.no_fair)]
     };
     let mut reports = Vec::with_capacity(modes.len());
-    for tls in modes {
-        reports.push(pipeline_run(&args, tls).await?);
+    for (tls, fair) in modes {
+        reports.push(pipeline_run(&args, tls, fair).await?);
+    }
+    if args.compare_fair {
+        return compare_fair(&args, &reports);
     }
     // Throughput with TLS against without, from the same process and build.
     let cost = match reports.as_slice() {
@@ -303,14 +321,52 @@ async fn pipeline(args: PipelineArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `--compare-fair`: both reports, and fairness on against off from the same process and build.
+fn compare_fair(args: &PipelineArgs, reports: &[Report]) -> anyhow::Result<ExitCode> {
+    let change = |f: fn(&Report) -> f64| match reports {
+        [off, on] if f(off) > 0.0 => Some(100.0 * (f(on) / f(off) - 1.0)),
+        _ => None,
+    };
+    let throughput = change(|r| r.envelopes_per_sec);
+    let efficiency = change(|r| r.envelopes_per_cpu_sec);
+    if args.json {
+        let json = match reports {
+            [off, on] => serde_json::json!({
+                "fair_off": off,
+                "fair_on": on,
+                "fair_throughput_change_percent": throughput,
+                "fair_efficiency_change_percent": efficiency,
+            }),
+            _ => serde_json::to_value(reports)?,
+        };
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        for r in reports {
+            print_report(r);
+        }
+        if let (Some(t), Some(e)) = (throughput, efficiency) {
+            println!(
+                "fair drops on against off: throughput {t:+.1} %, envelopes per CPU-second {e:+.1} %"
+            );
+        }
+    }
+    Ok(if reports.iter().all(|r| r.unaccounted == 0) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
 /// One micro cloud, loaded for `args.duration`, drained, and measured.
-async fn pipeline_run(args: &PipelineArgs, tls: bool) -> anyhow::Result<Report> {
+async fn pipeline_run(args: &PipelineArgs, tls: bool, fair: bool) -> anyhow::Result<Report> {
     let shutdown = CancellationToken::new();
     let data_dir = tempfile_dir()?;
     let options = crate::up::Options {
         data_dir: Some(data_dir.clone()),
         edge_reconnect_ms: None,
         tls,
+        replay_ring: !args.no_replay,
+        fair_share: fair,
         ..crate::up::Options::pipeline()
     };
     let cloud = MicroCloud::start(options, shutdown.clone()).await?;
@@ -376,18 +432,37 @@ async fn pipeline_run(args: &PipelineArgs, tls: bool) -> anyhow::Result<Report> 
     }
     let cpu = cpu_seconds() - cpu0;
     let elapsed = t0.elapsed();
-    let delivered = consumer.delivered() - delivered0;
     let emitted = emitted.load(Ordering::Relaxed);
-
-    let drops = cloud.drops();
-    // The doppler adds gap markers to the stream; later hops may drop them and count it, so
-    // the ledger adds what was injected and removes the markers that arrived.
-    let injected = cloud.counter("doppler.gap_markers");
-    let dropped_total: u64 = drops.values().sum();
+    // The agent and the doppler add gap markers and fair-share notices to the stream; later
+    // hops may drop them and count it, so the ledger adds what was injected and removes the
+    // markers that arrived (notices arrive as log lines and count as delivered). A notice made
+    // by a sweep just before these reads is in flight for a moment, so read again until the
+    // ledger holds still (at most 3 s). Injected first: what arrives later is never missed.
+    let read = || {
+        let injected = cloud.counter("doppler.gap_markers")
+            + cloud.counter("agent.gap_markers")
+            + cloud.counter("agent.fair_notices")
+            + cloud.counter("doppler.fair_notices");
+        let delivered = consumer.delivered() - delivered0;
+        let markers = consumer.doppler_markers();
+        let drops = cloud.drops();
+        let dropped_total: u64 = drops.values().sum();
+        let unaccounted =
+            (emitted + injected) as i64 - delivered as i64 - markers as i64 - dropped_total as i64;
+        (injected, delivered, drops, dropped_total, unaccounted)
+    };
+    let mut sample = read();
+    let settle = Instant::now() + Duration::from_secs(3);
+    while sample.4 != 0 && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        sample = read();
+    }
+    let (injected, delivered, drops, dropped_total, unaccounted) = sample;
     let hist = consumer.latency();
     let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
     let report = Report {
         tls,
+        fair_share: fair,
         duration_secs: gen_elapsed.as_secs_f64(),
         target_rate: args.rate,
         emitted,
@@ -413,10 +488,7 @@ async fn pipeline_run(args: &PipelineArgs, tls: bool) -> anyhow::Result<Report> 
         drops,
         dropped_total,
         gap_markers_injected: injected,
-        unaccounted: (emitted + injected) as i64
-            - delivered as i64
-            - consumer.doppler_markers() as i64
-            - dropped_total as i64,
+        unaccounted,
     };
     shutdown.cancel();
     cloud.stopped().await;
@@ -433,10 +505,11 @@ pub(crate) fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 fn print_report(r: &Report) {
     println!(
         "hydrant bench pipeline: generators → agent → doppler → firehose → WebSocket consumer{}",
-        if r.tls {
-            " (mutual TLS on every hop)"
-        } else {
-            " (plaintext)"
+        match (r.tls, r.fair_share) {
+            (true, true) => " (mutual TLS on every hop)",
+            (false, true) => " (plaintext)",
+            (true, false) => " (mutual TLS on every hop, fair drops off)",
+            (false, false) => " (plaintext, fair drops off)",
         }
     );
     println!(

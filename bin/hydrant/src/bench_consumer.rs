@@ -19,7 +19,7 @@ pub struct Consumer {
     delivered: Arc<AtomicU64>,
     /// Envelopes the pipeline told this consumer it lost, summed from in-band gap markers.
     gap_reported: Arc<AtomicU64>,
-    /// Gap marker envelopes made by the doppler that reached this consumer.
+    /// Gap marker envelopes made by any hop (agent, doppler) that reached this consumer.
     doppler_markers: Arc<AtomicU64>,
     /// Wall-clock nanoseconds of the last frame that held generator envelopes.
     last_delivery_ns: Arc<AtomicU64>,
@@ -78,7 +78,9 @@ impl Consumer {
                         && let Some(gap) = Gap::from_view(&view)
                     {
                         gap_reported.fetch_add(gap.dropped, Ordering::Relaxed);
-                        if gap.hop == "doppler" {
+                        // The agent's and the doppler's are envelopes injected before the
+                        // firehose; the edge's own are made after every drop it counts.
+                        if gap.hop == "doppler" || gap.hop == "agent" {
                             doppler_markers.fetch_add(1, Ordering::Relaxed);
                         }
                         continue;
@@ -120,7 +122,7 @@ impl Consumer {
         self.gap_reported.load(Ordering::Relaxed)
     }
 
-    /// Gap marker envelopes from the doppler that reached this consumer.
+    /// Gap marker envelopes from the agent or the doppler that reached this consumer.
     pub fn doppler_markers(&self) -> u64 {
         self.doppler_markers.load(Ordering::Relaxed)
     }
