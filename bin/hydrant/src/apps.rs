@@ -962,21 +962,31 @@ pub async fn routes(args: ListArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&routes)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<Vec<String>> = routes
-        .iter()
-        .map(|r| {
-            vec![
-                r.url.clone(),
-                names
-                    .get(r.app_guid.as_str())
-                    .map_or_else(|| r.app_guid.clone(), |n| (*n).to_owned()),
-            ]
+    // Every route a space of yours owns, with the apps mapped to it (none: claimed, unmapped).
+    let owned = session.client.space_routes().await.unwrap_or_default();
+    let mut apps_of: BTreeMap<String, Vec<String>> =
+        owned.iter().map(|r| (r.url.clone(), Vec::new())).collect();
+    for r in &routes {
+        let name = names
+            .get(r.app_guid.as_str())
+            .map_or_else(|| r.app_guid.clone(), |n| (*n).to_owned());
+        apps_of.entry(r.url.clone()).or_default().push(name);
+    }
+    let rows: Vec<Vec<String>> = apps_of
+        .into_iter()
+        .map(|(url, apps)| {
+            let apps = if apps.is_empty() {
+                "-".to_owned()
+            } else {
+                apps.join(", ")
+            };
+            vec![url, apps]
         })
         .collect();
     if rows.is_empty() {
         println!("No routes.");
     } else {
-        print_table(&["route", "app"], &rows);
+        print_table(&["route", "apps"], &rows);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -27,6 +27,7 @@ mod logs;
 mod orgs_cli;
 mod quotas_cli;
 mod roles;
+mod routes_cli;
 mod security_groups;
 mod services_cli;
 mod session;
@@ -120,6 +121,16 @@ enum Command {
     CreateSpaceQuota(quotas_cli::CreateSpaceQuotaArgs),
     /// Assign a space quota to a space (admin or OrgManager): SPACE QUOTA.
     SetSpaceQuota(quotas_cli::SetSpaceQuotaArgs),
+    /// List shared domains and your orgs' private domains.
+    Domains(routes_cli::DomainsArgs),
+    /// Add a domain owned by an org (admin or OrgManager): ORG DOMAIN.
+    CreatePrivateDomain(routes_cli::PrivateDomainArgs),
+    /// Add a domain every org may use (admin): DOMAIN.
+    CreateSharedDomain(routes_cli::SharedDomainArgs),
+    /// Claim a route for a space: SPACE DOMAIN --hostname H [--path P].
+    CreateRoute(routes_cli::CreateRouteArgs),
+    /// Delete a route your space owns (and unmap it): DOMAIN --hostname H [--path P].
+    DeleteRoute(routes_cli::DeleteRouteArgs),
     /// Bind a syslog drain to an app, or show its drains' health with --status.
     Drain(drain_cli::DrainArgs),
     /// List the executor cells: zone, state (healthy/evacuating/lost), capacity and use (admin).
@@ -319,6 +330,11 @@ fn main() -> ExitCode {
             Command::SetQuota(args) => quotas_cli::set_quota(args).await,
             Command::CreateSpaceQuota(args) => quotas_cli::create_space_quota(args).await,
             Command::SetSpaceQuota(args) => quotas_cli::set_space_quota(args).await,
+            Command::Domains(args) => routes_cli::domains(args).await,
+            Command::CreatePrivateDomain(args) => routes_cli::create_private_domain(args).await,
+            Command::CreateSharedDomain(args) => routes_cli::create_shared_domain(args).await,
+            Command::CreateRoute(args) => routes_cli::create_route(args).await,
+            Command::DeleteRoute(args) => routes_cli::delete_route(args).await,
             Command::Emit(args) => emit::run(args).await,
             Command::SecurityGroups(args) => security_groups::run(&args),
             Command::CreateServiceBroker(args) => services_cli::create_broker(args).await,

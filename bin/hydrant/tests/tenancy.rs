@@ -275,6 +275,71 @@ fn two_users_in_two_homes_get_what_their_roles_allow() {
     assert_eq!(hidden.status.code(), Some(4), "{}", text(&hidden));
     assert!(!cli(carol, &["target", "-o", "acme"]).status.success());
 
+    // Mallory, a developer in another org, can take neither Alice's host nor a path under it.
+    ok(&cli(admin, &["create-user", "mallory", "mallory-password"]));
+    ok(&cli(admin, &["create-org", "evil"]));
+    ok(&cli(admin, &["create-space", "lair", "-o", "evil"]));
+    ok(&cli(
+        admin,
+        &[
+            "set-space-role",
+            "mallory",
+            "evil",
+            "lair",
+            "SpaceDeveloper",
+        ],
+    ));
+    let mallory_home = tempfile::tempdir().unwrap();
+    let mallory = mallory_home.path();
+    ok(&cli(
+        mallory,
+        &[
+            "login",
+            "-a",
+            &api,
+            "-u",
+            "mallory",
+            "-p",
+            "mallory-password",
+        ],
+    ));
+    for args in [
+        &[
+            "create-route",
+            "lair",
+            "apps.localhost",
+            "--hostname",
+            "shop",
+        ][..],
+        &[
+            "create-route",
+            "lair",
+            "apps.localhost",
+            "--hostname",
+            "shop",
+            "--path",
+            "/login",
+        ][..],
+    ] {
+        let refused = cli(mallory, args);
+        assert!(!refused.status.success(), "{args:?}: {}", text(&refused));
+        assert!(text(&refused).contains("is taken"), "{}", text(&refused));
+        assert!(!text(&refused).contains("acme"), "{}", text(&refused));
+    }
+    ok(&cli(
+        mallory,
+        &[
+            "create-route",
+            "lair",
+            "apps.localhost",
+            "--hostname",
+            "lair",
+        ],
+    ));
+    let routes = ok(&cli(alice, &["routes"]));
+    assert!(routes.contains("shop.apps.localhost"), "{routes}");
+    assert!(!routes.contains("lair.apps.localhost"), "{routes}");
+
     // The admin still works in the default space with no target, as right after `hydrant up`.
     let all = json(&cli(admin, &["apps", "--json"]));
     assert!(all.as_array().unwrap().iter().any(|a| a["name"] == "shop"));

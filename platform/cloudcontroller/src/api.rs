@@ -9,6 +9,7 @@
 
 mod apps;
 mod autoscaling;
+mod domains;
 mod drains;
 mod orgs;
 mod push;
@@ -303,6 +304,7 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v3/users", get(list_users).post(create_user))
         .merge(orgs::routes())
         .merge(quotas::routes())
+        .merge(domains::routes())
         .merge(apps::routes())
         .merge(autoscaling::routes())
         .merge(drains::routes())

@@ -24,7 +24,8 @@
 //! - `staging`: buildpack detection and droplet building. `placement`: the executor table and
 //!   the convergence loop.
 //! - `tenancy`: orgs, org roles and the access matrix every handler asks. `quotas`: org and
-//!   space quotas and the check before anything grows.
+//!   space quotas and the check before anything grows. `routing`: domains, the routes each
+//!   space owns, and the assignments the router checks registrations against.
 //! - `password`: password hashing and guids. `logs`, `metrics`: what the role emits.
 //! - `services`: the OSBAPI client, catalogs, parameter schemas, the durable job runner and
 //!   `VCAP_SERVICES`; their endpoints in `api/services.rs`.
@@ -44,6 +45,7 @@ mod metrics;
 mod password;
 mod placement;
 mod quotas;
+mod routing;
 mod services;
 mod staging;
 mod tenancy;
@@ -117,6 +119,8 @@ pub(crate) struct Ctx {
     pub(crate) metrics: metrics::Metrics,
     /// The per-name brake on password guessing.
     pub(crate) logins: login::Logins,
+    /// Wakes the task that sends the router its route assignments (`routing`).
+    pub(crate) routes_changed: tokio::sync::Notify,
     /// Service brokers: the OSBAPI client and the job runner's wake-up and counters.
     pub(crate) services: services::Services,
 }
@@ -162,11 +166,17 @@ async fn serve(
         logs,
         metrics,
         logins: login::Logins::default(),
+        routes_changed: tokio::sync::Notify::new(),
         services,
     });
 
     let staging_tasks = staging::spawn_workers(ctx.clone(), workers, shutdown.clone());
     let service_jobs = tokio::spawn(services::jobs::run(ctx.clone(), shutdown.clone()));
+    let assignments = tokio::spawn(routing::publish_assignments(
+        ctx.clone(),
+        bus.clone(),
+        shutdown.clone(),
+    ));
     let converge = tokio::spawn(placement::run(
         ctx.clone(),
         bus.clone(),
@@ -190,6 +200,7 @@ async fn serve(
         let _ = task.await;
     }
     let _ = converge.await;
+    let _ = assignments.await;
     let _ = service_jobs.await;
     drop(ctx);
     if let Some(telemetry) = &telemetry {
@@ -205,6 +216,7 @@ fn bootstrap(config: &Config, db: &db::Db) -> Result<(), Error> {
     let now = hydrant_auth::now_secs();
     db.blocking(|c| {
         tenancy::bootstrap(c, now)?;
+        routing::bootstrap(c, &config.apps_domain, now)?;
         db::fail_interrupted_builds(c, now).map(drop)
     })
     .map_err(db_err("bootstrap"))?;

@@ -194,7 +194,8 @@ fn usage(c: &Connection, filter: &str, key: &str) -> rusqlite::Result<Growth> {
             "SELECT COUNT(*) FROM apps a JOIN spaces s ON s.guid = a.space_guid WHERE {filter}"
         ))?,
         routes: one(&format!(
-            "SELECT COUNT(*) FROM routes WHERE app_guid IN ({apps_in})"
+            "SELECT COUNT(*) FROM space_routes r JOIN spaces s ON s.guid = r.space_guid \
+             WHERE {filter}"
         ))?,
         service_instances,
         blob_bytes: one(&format!(

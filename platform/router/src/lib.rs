@@ -33,6 +33,7 @@
 //! - `metrics`: `router.*` counters and gauges.
 
 mod access_log;
+mod assigned;
 mod backend;
 mod body;
 mod config;
@@ -177,6 +178,7 @@ async fn serve(
             subscription,
             placed,
             placements: placement::Placements::default(),
+            assigned: assigned::Assigned::default(),
             routes,
             table: Arc::clone(&table),
             metrics: metrics.clone(),

@@ -123,7 +123,7 @@ pub(crate) struct Metrics {
     pub(crate) unregistrations: Counter,
     pub(crate) pruned: Counter,
     pub(crate) upgrades: Counter,
-    dropped: [Counter; 6],
+    dropped: [Counter; 7],
     latency: Histogram,
     registry: Registry,
     /// Per-app series by app guid.
@@ -211,6 +211,7 @@ impl Metrics {
                 Refused::RouteFull.reason(),
                 "undecodable",
                 "not_placed",
+                "not_assigned",
             ]
             .map(dropped),
             latency: registry.histogram(
@@ -301,6 +302,11 @@ impl Metrics {
     /// A route message from a cell for an instance not placed on that cell.
     pub(crate) fn not_placed(&self) {
         self.dropped[5].inc();
+    }
+
+    /// A registration for a route the cloud controller did not assign to its app.
+    pub(crate) fn not_assigned(&self) {
+        self.dropped[6].inc();
     }
 
     pub(crate) fn backend_latency(&self, latency: Duration) {

@@ -1,8 +1,10 @@
 //! The routes task: keeps the route table in step with the bus, gorouter style.
 //!
 //! Flow: `router.register` / `router.unregister` (and their per-cell forms
-//! `router.register.<cell>`, checked against [`Placements`]) → [`RouteTable`] → a new snapshot for the
-//! proxy when the set of instances changed; `router.greet` → reply with our [`RouterStart`];
+//! `router.register.<cell>`, checked against [`Placements`]; every registration checked against
+//! the cloud controller's `router.assigned` snapshot, see `assigned`) → [`RouteTable`] → a new
+//! snapshot for the proxy when the set of instances changed; `router.greet` → reply with our
+//! [`RouterStart`];
 //! at start and on every reconnect → publish `router.start`, so every publisher re-registers
 //! at once; every `prune_interval` → drop registrations older than their threshold.
 //!
@@ -19,6 +21,7 @@ use hydrant_bus::{Bus, BusStatus, Message, Subscription};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::assigned::Assigned;
 use crate::metrics::Metrics;
 use crate::placement::{Claim, Placements};
 use crate::table::{RouteTable, Table};
@@ -34,6 +37,8 @@ pub(crate) struct Routes {
     /// `executor.placed.*`: where instances are placed, for the per-cell registration check.
     pub(crate) placed: Subscription,
     pub(crate) placements: Placements,
+    /// `router.assigned`: the routes the cloud controller gave each app.
+    pub(crate) assigned: Assigned,
     pub(crate) routes: RouteTable,
     pub(crate) table: Arc<Table>,
     pub(crate) metrics: Metrics,
@@ -159,6 +164,17 @@ impl Routes {
                     return false;
                 }
             }
+            // Only routes the controller assigned to the named app (`assigned`).
+            if register && !self.assigned.permits(&registration) {
+                metrics.not_assigned();
+                tracing::warn!(
+                    app = registration.app.as_deref().unwrap_or("(none)"),
+                    uris = ?registration.uris,
+                    subject = %message.subject,
+                    "router: ignored a registration for a route not assigned to its app"
+                );
+                return false;
+            }
             let now = Instant::now();
             let outcome = if register {
                 metrics.registrations.inc();
@@ -173,6 +189,13 @@ impl Routes {
             return outcome.changed;
         }
         match message.subject.as_str() {
+            messages::ROUTER_ASSIGNED => {
+                match message.json::<messages::RouteAssignments>() {
+                    Ok(snapshot) => self.assigned.learn(snapshot),
+                    Err(_) => metrics.undecodable(),
+                }
+                false
+            }
             messages::ROUTER_GREET => {
                 if message.reply.is_some()
                     && let Err(error) = self.bus.reply(message, start.clone())

@@ -10,6 +10,7 @@
 //! |---|---|---|---|
 //! | `router.register.<executor_id>` (or plain `router.register`, gorouter's, from other emitters) | [`RegistryMessage`] | executor, per running instance | on RUNNING, every [`REGISTER_INTERVAL`], at once on (re)connect and on `router.start` |
 //! | `router.unregister.<executor_id>` (or plain `router.unregister`) | [`RegistryMessage`] (matched on `host`, `port`/`tls_port`, `uris`) | executor | when an instance stops or crashes |
+//! | `router.assigned` | [`RouteAssignments`] | cloud controller | on every route change and every 5 s |
 //! | `router.greet` | request, empty body; reply [`RouterStart`] | anyone who needs the router's timings | at boot |
 //! | `router.start` | [`RouterStart`] | router | at boot and on every bus reconnect |
 //! | `executor.heartbeat.<executor_id>` | [`ExecutorHeartbeat`] | executor | every [`HEARTBEAT_INTERVAL`] and on (re)connect |
@@ -46,6 +47,9 @@ pub const ROUTER_UNREGISTER: &str = "router.unregister";
 pub const ROUTER_GREET: &str = "router.greet";
 /// The router (re)started or reconnected: re-register everything now. Payload [`RouterStart`].
 pub const ROUTER_START: &str = "router.start";
+/// Which routes the cloud controller assigned to which app: [`RouteAssignments`], a full
+/// snapshot; the router refuses registrations outside it.
+pub const ROUTER_ASSIGNED: &str = "router.assigned";
 /// Prefix of the per-cell heartbeat subject ([`ExecutorHeartbeat`]); see
 /// [`executor_heartbeat_subject`].
 pub const EXECUTOR_HEARTBEAT: &str = "executor.heartbeat";
@@ -278,6 +282,17 @@ impl RegistryMessage {
             _ => default,
         }
     }
+}
+
+/// `router.assigned`: every app's routes (`host.domain[/path]`) as the cloud controller
+/// assigned them, a full snapshot sent on every change and every few seconds. A router that has
+/// one refuses a registration naming a route its app was not given (Hydrant's; gorouter has no
+/// such check).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RouteAssignments {
+    /// App guid to its routes.
+    pub apps: BTreeMap<String, Vec<String>>,
 }
 
 /// `router.start` and the reply to `router.greet`: the router's identity and timings.

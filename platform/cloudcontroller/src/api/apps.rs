@@ -22,6 +22,7 @@ use serde_json::json;
 
 use super::{ApiError, Body, Caller};
 use crate::quotas::{self, Growth};
+use crate::routing;
 use crate::tenancy::{self, Grants};
 use crate::{Ctx, db, password};
 
@@ -143,7 +144,7 @@ pub(crate) fn username_problem(name: &str) -> Option<&'static str> {
 }
 
 /// Why `url` cannot be a route, if it cannot: `host.domain[/path]`, lower-case host.
-fn route_problem(url: &str) -> Option<String> {
+pub(crate) fn route_problem(url: &str) -> Option<String> {
     let (host, path) = match url.split_once('/') {
         Some((host, path)) => (host, Some(path)),
         None => (url, None),
@@ -263,13 +264,13 @@ async fn create_app(
                     space.name
                 )));
             }
-            // A new app is stopped: it takes an app and its default route, no memory yet.
+            // A new app is stopped: it takes an app (and its default route, counted when it is
+            // claimed), no memory yet.
             quotas::check(
                 &tx,
                 &space.guid,
                 &Growth {
                     apps: 1,
-                    routes: i64::from(!request.no_route),
                     ..Growth::default()
                 },
             )?;
@@ -310,6 +311,7 @@ async fn create_app(
                          pick another name or create the app with no_route"
                     )));
                 }
+                routing::claim(&tx, &space.guid, &space.org_guid, &url)?;
                 db::insert_route(
                     &tx,
                     &Route {
@@ -337,6 +339,7 @@ async fn create_app(
         &app.guid,
         &format!("Created app with guid {} (name {:?})", app.guid, app.name),
     );
+    ctx.routes_changed.notify_one();
     Ok((StatusCode::CREATED, Json(app)))
 }
 
@@ -516,6 +519,7 @@ async fn set_state(
             &format!("Updated app with guid {} ({})", app.guid, ruby_hash(&data)),
         );
     }
+    ctx.routes_changed.notify_one();
     ctx.placement.wake();
     Ok(Json(app))
 }
@@ -708,6 +712,7 @@ async fn delete_app(
     }
     ctx.logs
         .api(&app.guid, &format!("Deleted app with guid {}", app.guid));
+    ctx.routes_changed.notify_one();
     ctx.placement.wake();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -784,14 +789,10 @@ async fn map_route(
                     "route {url} is already mapped to another app; unmap it there first"
                 )));
             }
-            quotas::check(
-                &tx,
-                &app.space_guid,
-                &Growth {
-                    routes: 1,
-                    ..Growth::default()
-                },
-            )?;
+            let org = db::space_by_guid(&tx, &app.space_guid)?
+                .map(|s| s.org_guid)
+                .unwrap_or_default();
+            routing::claim(&tx, &app.space_guid, &org, &url)?;
             let route = Route {
                 guid: password::new_guid(),
                 url: url.clone(),
@@ -810,6 +811,7 @@ async fn map_route(
             Ok(route)
         })
         .await?;
+    ctx.routes_changed.notify_one();
     Ok((StatusCode::CREATED, Json(route)))
 }
 
@@ -843,6 +845,7 @@ async fn unmap_route(
             Ok(())
         })
         .await?;
+    ctx.routes_changed.notify_one();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -221,6 +221,14 @@ async fn app_lifecycle_writes_audit_events() {
         )
         .await
         .unwrap();
+    // A route off the shared apps domain needs a domain of the app's org.
+    admin
+        .create_domain(&hydrant_api::CreateDomain {
+            name: "shop.example.com".into(),
+            org: Some("default".into()),
+        })
+        .await
+        .unwrap();
     let route = admin
         .map_route(&app.guid, "www.shop.example.com/api")
         .await

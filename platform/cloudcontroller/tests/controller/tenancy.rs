@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use hydrant_api::{
-    Client, CreateApp, CreateQuota, CreateUser, EventFilter, OrgRole, QuotaScope, ScaleApp,
-    SpaceRole, UpdateApp,
+    Client, CreateApp, CreateDomain, CreateQuota, CreateRoute, CreateUser, EventFilter, OrgRole,
+    QuotaScope, ScaleApp, SpaceRole, UpdateApp,
 };
 
 use crate::support::{Cc, push_and_stage};
@@ -716,5 +716,179 @@ async fn a_push_past_the_blob_storage_quota_is_refused() {
     // A small one fits.
     let small = crate::support::app_dir(&[("data.bin", b"small", 0o644)]);
     admin.push_dir(&app.guid, small.path()).await.unwrap();
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_hijacks_are_refused_without_naming_the_owner() {
+    let (_dir, cc) = Cc::fresh("cc-tenancy-routes").await;
+    let admin = cc.admin.clone();
+    let acme = admin.create_org("acme").await.unwrap();
+    let evil = admin.create_org("evil").await.unwrap();
+    let shop_space = admin.create_space_in("acme", "storefront").await.unwrap();
+    let lair = admin.create_space_in("evil", "lair").await.unwrap();
+    let vic = cc.user("vic", None).await;
+    let mal = cc.user("mal", None).await;
+    admin
+        .assign_role(&shop_space.guid, "vic", SpaceRole::Developer)
+        .await
+        .unwrap();
+    admin
+        .assign_role(&lair.guid, "mal", SpaceRole::Developer)
+        .await
+        .unwrap();
+    admin
+        .assign_org_role(&evil.guid, "mal", OrgRole::Manager)
+        .await
+        .unwrap();
+    admin
+        .create_domain(&CreateDomain {
+            name: "acme.example.com".into(),
+            org: Some(acme.guid.clone()),
+        })
+        .await
+        .unwrap();
+
+    let shop = vic
+        .create_app(&CreateApp {
+            name: "shop".into(),
+            space: Some(shop_space.guid.clone()),
+            ..CreateApp::default()
+        })
+        .await
+        .unwrap();
+    vic.map_route(&shop.guid, "www.acme.example.com")
+        .await
+        .unwrap();
+    let trap = mal
+        .create_app(&CreateApp {
+            name: "trap".into(),
+            space: Some(lair.guid.clone()),
+            no_route: true,
+            ..CreateApp::default()
+        })
+        .await
+        .unwrap();
+
+    let refused = |result: Result<(), hydrant_api::Error>, what: &str| {
+        let err = result.expect_err(what);
+        assert_eq!(err.status(), Some(422), "{what}: {err}");
+        let detail = err.detail().unwrap().to_owned();
+        for name in ["acme", "storefront", "vic"] {
+            let shown = detail.replace("acme.example.com", "");
+            assert!(!shown.contains(name), "{what}: names {name:?}: {detail}");
+        }
+        detail
+    };
+    // The same host, and a path under it, on the shared domain.
+    refused(
+        mal.map_route(&trap.guid, "shop.apps.localhost")
+            .await
+            .map(drop),
+        "same host",
+    );
+    refused(
+        mal.map_route(&trap.guid, "shop.apps.localhost/login")
+            .await
+            .map(drop),
+        "path under another space's host",
+    );
+    refused(
+        mal.create_route(&CreateRoute {
+            space: lair.guid.clone(),
+            org: None,
+            domain: "apps.localhost".into(),
+            host: "shop".into(),
+            path: Some("/admin".into()),
+        })
+        .await
+        .map(drop),
+        "create-route on another space's host",
+    );
+    // A host on another org's private domain reads as an unknown domain.
+    let theirs = refused(
+        mal.map_route(&trap.guid, "pay.acme.example.com")
+            .await
+            .map(drop),
+        "host on another org's private domain",
+    );
+    let unknown = refused(
+        mal.map_route(&trap.guid, "pay.nobody.example")
+            .await
+            .map(drop),
+        "unknown domain",
+    );
+    assert_eq!(
+        theirs.replace("pay.acme.example.com", "H"),
+        unknown.replace("pay.nobody.example", "H")
+    );
+    // Nor can the other org take the domain, a domain under it, or one under the shared one.
+    for name in [
+        "acme.example.com",
+        "in.acme.example.com",
+        "shop.apps.localhost",
+    ] {
+        refused(
+            mal.create_domain(&CreateDomain {
+                name: name.into(),
+                org: Some(evil.guid.clone()),
+            })
+            .await
+            .map(drop),
+            name,
+        );
+    }
+    // A broader domain of its own does not reach into the narrower one.
+    mal.create_domain(&CreateDomain {
+        name: "example.com".into(),
+        org: Some(evil.guid.clone()),
+    })
+    .await
+    .unwrap();
+    refused(
+        mal.map_route(&trap.guid, "www.acme.example.com")
+            .await
+            .map(drop),
+        "host under a narrower domain of another org",
+    );
+    mal.map_route(&trap.guid, "trap.example.com").await.unwrap();
+
+    // The victim's routes are untouched and still only its app's.
+    let mut routes: Vec<String> = vic
+        .app_routes(&shop.guid)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.url)
+        .collect();
+    routes.sort();
+    assert_eq!(routes, ["shop.apps.localhost", "www.acme.example.com"]);
+    let trap_routes: Vec<String> = mal
+        .app_routes(&trap.guid)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.url)
+        .collect();
+    assert_eq!(trap_routes, ["trap.example.com"]);
+    // The owner can add paths under its own host; each space sees its own routes only.
+    vic.create_route(&CreateRoute {
+        space: shop_space.guid.clone(),
+        org: None,
+        domain: "apps.localhost".into(),
+        host: "shop".into(),
+        path: Some("/login".into()),
+    })
+    .await
+    .unwrap();
+    let seen: Vec<String> = mal
+        .space_routes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.url)
+        .collect();
+    assert_eq!(seen, ["trap.example.com"]);
+    let _ = acme;
     cc.stop().await;
 }

@@ -9,6 +9,7 @@
     reason = "test code"
 )]
 
+mod assigned;
 mod limits;
 mod placement;
 mod support;

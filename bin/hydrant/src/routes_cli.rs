@@ -1,0 +1,170 @@
+//! Domain and route commands, in the cf CLI's argument order: `domains`,
+//! `create-private-domain ORG DOMAIN`, `create-shared-domain DOMAIN`,
+//! `create-route SPACE DOMAIN --hostname H [--path P]`, `delete-route DOMAIN --hostname H
+//! [--path P]`.
+//!
+//! A route belongs to the space that created it: another space can map neither its host nor a
+//! path under it (the controller refuses without naming the owner). Every name printed came
+//! from the platform and is escaped first.
+
+use std::process::ExitCode;
+
+use hydrant_api::{CreateDomain, CreateRoute};
+use hydrant_firehose_client::render::escape_text;
+
+use crate::apps::{Session, print_table};
+use crate::{exit, orgs_cli};
+
+/// `hydrant domains`.
+#[derive(Debug, clap::Args)]
+pub struct DomainsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn domains(args: DomainsArgs) -> anyhow::Result<ExitCode> {
+    let session = Session::load()?;
+    let domains = session.client.domains().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&domains)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let orgs = session.client.list_orgs().await.unwrap_or_default();
+    let rows: Vec<Vec<String>> = domains
+        .iter()
+        .map(|d| {
+            let owner = match &d.org_guid {
+                None => "shared".to_owned(),
+                Some(guid) => orgs
+                    .iter()
+                    .find(|o| &o.guid == guid)
+                    .map_or_else(|| guid.clone(), |o| format!("private ({})", o.name)),
+            };
+            vec![d.name.clone(), owner]
+        })
+        .collect();
+    print_table(&["name", "availability"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hydrant create-private-domain ORG DOMAIN`.
+#[derive(Debug, clap::Args)]
+pub struct PrivateDomainArgs {
+    /// The org that owns it.
+    org: String,
+    /// The domain, e.g. shop.example.com.
+    domain: String,
+}
+
+pub async fn create_private_domain(args: PrivateDomainArgs) -> anyhow::Result<ExitCode> {
+    let session = Session::load()?;
+    let domain = session
+        .client
+        .create_domain(&CreateDomain {
+            name: args.domain,
+            org: Some(args.org.clone()),
+        })
+        .await?;
+    eprintln!(
+        "Created private domain {} for org {}",
+        escape_text(&domain.name),
+        escape_text(&args.org)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hydrant create-shared-domain DOMAIN` (admin).
+#[derive(Debug, clap::Args)]
+pub struct SharedDomainArgs {
+    /// The domain.
+    domain: String,
+}
+
+pub async fn create_shared_domain(args: SharedDomainArgs) -> anyhow::Result<ExitCode> {
+    let session = Session::load()?;
+    let domain = session
+        .client
+        .create_domain(&CreateDomain {
+            name: args.domain,
+            org: None,
+        })
+        .await?;
+    eprintln!("Created shared domain {}", escape_text(&domain.name));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hydrant create-route SPACE DOMAIN --hostname H [--path P]`.
+#[derive(Debug, clap::Args)]
+pub struct CreateRouteArgs {
+    /// The space (in the targeted org, or -o ORG).
+    space: String,
+    /// The domain, e.g. apps.localhost.
+    domain: String,
+    /// The host label, e.g. shop.
+    #[arg(long = "hostname", short = 'n')]
+    hostname: Option<String>,
+    /// A path, e.g. /api.
+    #[arg(long)]
+    path: Option<String>,
+    /// The space's org (default: the targeted one).
+    #[arg(short = 'o', long)]
+    org: Option<String>,
+}
+
+pub async fn create_route(args: CreateRouteArgs) -> anyhow::Result<ExitCode> {
+    let session = Session::load()?;
+    let org = args
+        .org
+        .or_else(|| orgs_cli::load_target().and_then(|t| t.org).map(|o| o.guid));
+    let route = session
+        .client
+        .create_route(&CreateRoute {
+            space: args.space,
+            org,
+            domain: args.domain,
+            host: args.hostname.unwrap_or_default(),
+            path: args.path,
+        })
+        .await?;
+    eprintln!("Created route {}", escape_text(&route.url));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hydrant delete-route DOMAIN --hostname H [--path P]`.
+#[derive(Debug, clap::Args)]
+pub struct DeleteRouteArgs {
+    /// The domain.
+    domain: String,
+    /// The host label.
+    #[arg(long = "hostname", short = 'n')]
+    hostname: Option<String>,
+    /// The path.
+    #[arg(long)]
+    path: Option<String>,
+}
+
+pub async fn delete_route(args: DeleteRouteArgs) -> anyhow::Result<ExitCode> {
+    let session = Session::load()?;
+    let host = args.hostname.unwrap_or_default().to_ascii_lowercase();
+    let path = match args.path.as_deref() {
+        None | Some("" | "/") => String::new(),
+        Some(p) => format!("/{}", p.trim_start_matches('/')),
+    };
+    let domain = args.domain.to_ascii_lowercase();
+    let routes = session.client.space_routes().await?;
+    let Some(route) = routes
+        .iter()
+        .find(|r| r.host == host && r.domain == domain && r.path == path)
+    else {
+        return Err(exit::CliError {
+            code: exit::NOT_FOUND,
+            message: "no such route among your spaces' routes: `hydrant routes` lists them"
+                .to_owned(),
+        }
+        .into());
+    };
+    session.client.delete_space_route(&route.guid).await?;
+    eprintln!("Deleted route {}", escape_text(&route.url));
+    Ok(ExitCode::SUCCESS)
+}
