@@ -3,7 +3,7 @@
 //! running until the controller stops them (their replacements run elsewhere), and only then
 //! does it exit; with nobody stopping them, the evacuation deadline ends it.
 
-#![allow(clippy::unwrap_used, reason = "test code")]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 #[path = "support/rig.rs"]
 mod rig;
