@@ -13,7 +13,7 @@
 //! # Who may do what
 //! | user | publishes | subscribes |
 //! |---|---|---|
-//! | `cloudcontroller`, `healthmanager` | `executor.start.*`, `executor.stop.*`, `executor.placed.*`, `executor.greet`, `executor.evacuate.*`, `executor.kill.*` | `executor.heartbeat.*`, `executor.crash.*`, `executor.placed.*`, `executor.presence.*`, replies; the health manager also `executor.start.*`, and publishes and subscribes `healthmanager.lease` |
+//! | `cloudcontroller`, `healthmanager` | `executor.start.*`, `executor.stop.*`, `executor.placed.*`, `executor.greet`, `executor.evacuate.*`, `executor.kill.*`; the cloud controller also `router.assigned` | `executor.heartbeat.*`, `executor.crash.*`, `executor.placed.*`, `executor.presence.*`, replies; the health manager also `executor.start.*`, and publishes and subscribes `healthmanager.lease` |
 //! | `router` | `router.start`, replies to `router.greet` | `router.>`, `executor.placed.*` (placements, without environments) |
 //! | `<cell>.executor` (per cell) | `router.register.<cell>`, `router.unregister.<cell>`, `executor.heartbeat.<cell>`, `executor.crash.<cell>`, `executor.presence.<cell>`, replies to its starts and stops | `executor.start.<cell>`, `executor.stop.<cell>`, `executor.evacuate.<cell>`, `executor.kill.<cell>`, `executor.presence.*` (whether another cell can take its instances), `router.start`, `executor.greet` |
 //! | `executor` (when no cells are listed: every executor shares it) | as a cell, for every cell (`*`) | as a cell, for every cell |
@@ -36,7 +36,7 @@ use crate::Error;
 use crate::messages::{
     EXECUTOR_CRASH, EXECUTOR_EVACUATE, EXECUTOR_GREET, EXECUTOR_HEARTBEAT, EXECUTOR_KILL,
     EXECUTOR_PLACED, EXECUTOR_PRESENCE, EXECUTOR_START, EXECUTOR_STOP, HEALTHMANAGER_LEASE,
-    ROUTER_START, every_cell,
+    ROUTER_ASSIGNED, ROUTER_START, every_cell,
 };
 
 /// Subjects the bus client uses for its own bookkeeping (subscription confirmations), which
@@ -96,6 +96,8 @@ pub fn users(cells: &[String]) -> Result<Vec<User>, Error> {
         ])
         .into_iter()
         .chain(reads_starts.then(|| HEALTHMANAGER_LEASE.to_owned()))
+        // Only the cloud controller says which app may serve which route.
+        .chain((name == "cloudcontroller").then(|| ROUTER_ASSIGNED.to_owned()))
         .collect(),
         subscribe: subjects(&[
             &heartbeats_all,
@@ -408,6 +410,10 @@ mod tests {
             for other in ["router", "e1.executor", "e2.executor"] {
                 assert!(!may_publish(&users, other, subject), "{other} {subject}");
             }
+        }
+        assert!(may_publish(&users, "cloudcontroller", ROUTER_ASSIGNED));
+        for other in ["healthmanager", "router", "e1.executor"] {
+            assert!(!may_publish(&users, other, ROUTER_ASSIGNED), "{other}");
         }
         assert!(may_publish(&users, "e1.executor", "router.register.e1"));
         assert!(!may_publish(&users, "e1.executor", "router.register.e2"));
