@@ -36,8 +36,9 @@ pub struct LogsArgs {
     utc: bool,
 }
 
-/// The stream to read: an app's name resolves to its GUID (the source id its envelopes carry)
-/// and a token scoped to it; anything else is read as a raw source id with the CLI's token.
+/// The stream to read: an app's or a service instance's name resolves to its GUID (the source
+/// id its envelopes carry) and a token scoped to it; anything else is read as a raw source id
+/// with the CLI's token.
 async fn resolve_source(cli: CliConfig, source: &str) -> anyhow::Result<(ClientConfig, String)> {
     let raw = ClientConfig {
         url: cli.firehose.clone(),
@@ -57,8 +58,14 @@ async fn resolve_source(cli: CliConfig, source: &str) -> anyhow::Result<(ClientC
                 crate::session::stream_token_source(config.token.clone(), Some(app.guid.clone()));
             Ok((config, app.guid))
         }
-        // Not an app name: a GUID, or a platform source such as `doppler`.
-        Err(hydrant_api::Error::Api { status: 404, .. }) => Ok((raw, source.to_owned())),
+        // Not an app name: a service instance's (its own logs and gauges, source id = its
+        // guid), a GUID, or a platform source such as `doppler`.
+        Err(hydrant_api::Error::Api { status: 404, .. }) => {
+            match crate::services_cli::instance_stream(&session, source).await? {
+                Some((config, guid)) => Ok((config, guid)),
+                None => Ok((raw, source.to_owned())),
+            }
+        }
         // The controller is down, but logs still flow: use the GUID this CLI saw for the name
         // last time (the firehose verifies the CLI's token by itself).
         Err(hydrant_api::Error::Transport { .. }) => {

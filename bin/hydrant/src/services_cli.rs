@@ -1170,6 +1170,34 @@ pub async fn delete_key(args: KeyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+// === logs ===
+
+/// `hydrant logs NAME` for a service instance: its firehose config (a token that reads only
+/// its source) and its guid, or `None` when no instance the caller sees has that name.
+pub async fn instance_stream(
+    session: &Session,
+    name: &str,
+) -> anyhow::Result<Option<(hydrant_firehose_client::ClientConfig, String)>> {
+    let space = session.space_guid();
+    let found = session
+        .client
+        .list_service_instances(Some(name), space.as_deref())
+        .await?;
+    let [instance] = found.as_slice() else {
+        return Ok(None);
+    };
+    let token = session
+        .client
+        .service_instance_log_token(&instance.guid)
+        .await?;
+    let config = hydrant_firehose_client::ClientConfig {
+        url: session.config.firehose.clone(),
+        token: token.token,
+        ..hydrant_firehose_client::ClientConfig::default()
+    };
+    Ok(Some((config, instance.guid.clone())))
+}
+
 // === the micro cloud's broker ===
 
 /// `endpoints.json`'s `service_broker`.

@@ -238,6 +238,28 @@ fn the_service_commands_work_in_cloud_foundrys_shape() {
         json!(["reader"])
     );
 
+    // `hydrant logs INSTANCE` reads the instance's own source (its guid), where a broker's
+    // service nodes send their `SVC` lines.
+    let guid = json_of(&cli(&["service", "c1", "--json"]))["guid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&cli(&[
+        "emit",
+        &guid,
+        "--message",
+        "a line from the service",
+    ]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = text(&cli(&["logs", "c1", "--recent"]));
+        if logs.contains("a line from the service") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no service line:\n{logs}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     // Service keys.
     ok(&cli(&["create-service-key", "c1", "ops", "--wait"]));
     let key = json_of(&cli(&["service-key", "c1", "ops"]));

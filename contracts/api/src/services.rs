@@ -567,6 +567,13 @@ impl Client {
         self.call(Method::DELETE, &path, None::<&()>).await
     }
 
+    /// `POST /v3/service_instances/{guid}/log_token`: a firehose token that reads the
+    /// instance's own logs and gauges (source id = its guid).
+    pub async fn service_instance_log_token(&self, guid: &str) -> Result<crate::LogToken, Error> {
+        let path = format!("/v3/service_instances/{}/log_token", enc(guid));
+        self.call(Method::POST, &path, None::<&()>).await
+    }
+
     /// `GET /v3/jobs/{guid}`.
     pub async fn job(&self, guid: &str) -> Result<Job, Error> {
         let path = format!("/v3/jobs/{}", enc(guid));

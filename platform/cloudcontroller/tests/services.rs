@@ -761,6 +761,45 @@ async fn catalogs_are_validated_and_new_plans_stay_hidden_until_access_is_enable
         dev.list_service_brokers().await.unwrap_err().status(),
         Some(403)
     );
+    // A developer's instance: they get a log token for its own source; an outsider sees nothing.
+    let (mine, job) = create(&dev, "sync", "mine", None).await;
+    assert_eq!(finished(&dev, &job).await.state, "COMPLETE");
+    let token = dev.service_instance_log_token(&mine).await.unwrap();
+    assert_eq!(token.source_id, mine);
+    cc.admin
+        .create_user(&CreateUser {
+            username: "outsider".into(),
+            password: "outsider-password".into(),
+            admin: false,
+        })
+        .await
+        .unwrap();
+    let token = Client::new(&cc.url, None)
+        .login("outsider", "outsider-password")
+        .await
+        .unwrap();
+    let outsider = Client::new(&cc.url, Some(token.access_token));
+    assert!(
+        outsider
+            .service_instance(&mine)
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert!(
+        outsider
+            .service_instance_log_token(&mine)
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert!(
+        outsider
+            .list_service_instances(None, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     broker.assert_strict();
     cc.stop().await;
 }

@@ -26,7 +26,8 @@ use hydrant_api::services::{
     ServiceBroker, ServiceInstance, ServiceInstanceAnswer, ServiceInstanceType, ServiceOffering,
     ServicePlan, UpdateServiceBroker, UpdateServiceInstance,
 };
-use hydrant_api::{List, SpaceRole};
+use hydrant_api::{List, LogToken, SpaceRole};
+use hydrant_auth::{Claims, Scope};
 use reqwest::Method;
 use rusqlite::Connection;
 use serde::Deserialize;
@@ -74,6 +75,10 @@ pub(super) fn routes() -> Router<Arc<Ctx>> {
         .route(
             "/v3/service_credential_bindings/{guid}/details",
             get(binding_details),
+        )
+        .route(
+            "/v3/service_instances/{guid}/log_token",
+            post(instance_log_token),
         )
         .route("/v3/jobs/{guid}", get(get_job))
 }
@@ -1378,4 +1383,30 @@ async fn get_job(
         })
         .await?;
     Ok(Json(job))
+}
+
+/// A token for the firehose edge that reads one service instance's own logs and gauges (its
+/// source id is its guid), for whoever may read the instance: `hydrant logs INSTANCE`.
+async fn instance_log_token(
+    State(ctx): State<Arc<Ctx>>,
+    caller: Caller,
+    Path(guid): Path<String>,
+) -> Result<Json<LogToken>, ApiError> {
+    let username = caller.username.clone();
+    let instance = ctx
+        .db
+        .run(move |c| instance_for(c, &caller, &guid, Access::Read))
+        .await?;
+    let ttl = ctx.config.log_token_ttl_secs;
+    // For the firehose edge only, one source only: never the API, never the firehose.
+    let mut claims = Claims::new(username)
+        .for_audience(hydrant_auth::AUD_LOGS)
+        .with_scope(Scope::app_read(&instance.guid))
+        .expires_in(ttl);
+    claims.iss = ctx.config.base_url().to_owned();
+    Ok(Json(LogToken {
+        token: ctx.keys.signing().issue(&claims),
+        source_id: instance.guid,
+        expires_in: ttl,
+    }))
 }
