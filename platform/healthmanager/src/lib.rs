@@ -10,7 +10,8 @@
 //! time: `POST /v3/apps/{guid}/instances/{index}/actions/restart` (the controller places a
 //! fresh instance and writes `audit.app.process.restart`), or, with the controller
 //! unreachable, a copy of the newest overheard `StartInstance` under a fresh instance guid sent
-//! straight to an executor with room. Every `converge_interval_secs`: extra instances are
+//! straight to an executor with room (never one whose `executor.presence.<cell>` says it is
+//! evacuating). Every `converge_interval_secs`: extra instances are
 //! stopped when the desired copy (`desired`, polled from the API) is fresh, and held otherwise.
 //! Every decision is an `HM` log line in the app's own stream.
 //!
@@ -670,6 +671,10 @@ async fn serve(
     let mut starts = bus
         .subscribe(&format!("{}.*", messages::EXECUTOR_START))
         .await?;
+    // Cell presences: a restart never goes to an evacuating cell.
+    let mut presences = bus
+        .subscribe(&messages::every_cell(messages::EXECUTOR_PRESENCE))
+        .await?;
     // Learn the executors now rather than at their next heartbeat.
     let _ = bus.publish(messages::EXECUTOR_GREET, bytes::Bytes::new());
 
@@ -753,6 +758,13 @@ async fn serve(
                 state.on_crash_message(&message);
             }
             Some(message) = starts.next() => state.on_start(&message),
+            Some(message) = presences.next() => {
+                if let Ok(p) = message.json::<messages::CellPresence>()
+                    && messages::cell_of(&message.subject, messages::EXECUTOR_PRESENCE) == Some(p.id.as_str())
+                {
+                    state.tracker.set_evacuating(&p.id, p.state == messages::CellState::Evacuating);
+                }
+            }
             Some((key, done)) = retry_rx.recv() => {
                 if done {
                     state.attempts.remove(&key);

@@ -35,6 +35,8 @@ const INDEX_TTL: Duration = Duration::from_secs(32 * 60);
 struct ExecutorSeen {
     heartbeat: ExecutorHeartbeat,
     seen: Instant,
+    /// Its presence says it is evacuating: it takes no new work.
+    evacuating: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -171,14 +173,16 @@ impl Tracker {
                 _ => {}
             }
         }
-        if self.executors.contains_key(&heartbeat.executor_id)
-            || self.executors.len() < self.max_tracked
-        {
+        if let Some(e) = self.executors.get_mut(&heartbeat.executor_id) {
+            e.heartbeat = heartbeat;
+            e.seen = now;
+        } else if self.executors.len() < self.max_tracked {
             self.executors.insert(
                 heartbeat.executor_id.clone(),
                 ExecutorSeen {
                     heartbeat,
                     seen: now,
+                    evacuating: false,
                 },
             );
         } else {
@@ -322,7 +326,16 @@ impl Tracker {
         self.overheard.get(key).is_some_and(|(_, seen)| *seen > at)
     }
 
-    /// Executors that can take an instance of `app` needing `memory_mb`, best first: those
+    /// Records whether cell `executor_id` is evacuating (from its presence); a cell not yet
+    /// heard from in a heartbeat is left alone.
+    pub(crate) fn set_evacuating(&mut self, executor_id: &str, evacuating: bool) {
+        if let Some(e) = self.executors.get_mut(executor_id) {
+            e.evacuating = evacuating;
+        }
+    }
+
+    /// Executors that can take an instance of `app` needing `memory_mb`, best first (never an
+    /// evacuating one): those
     /// that ran the app before (they are likely to hold its droplet in their cache, which
     /// matters when the droplet URL's token has expired or the controller is down), then the
     /// one the copy was sent to, then the most free memory.
@@ -330,6 +343,7 @@ impl Tracker {
         let mut out: Vec<(bool, bool, std::cmp::Reverse<u64>, String)> = self
             .executors
             .iter()
+            .filter(|(_, e)| !e.evacuating)
             .filter_map(|(id, e)| {
                 let hb = &e.heartbeat;
                 let free_mb = hb.capacity.memory_mb.saturating_sub(hb.used.memory_mb);
@@ -707,5 +721,21 @@ mod tests {
             restart_line(1, 199),
             "Restarting instance 1 (crash 199 of 200, gives up on the next crash)"
         );
+    }
+
+    #[test]
+    fn an_evacuating_cell_gets_no_restart() {
+        let now = Instant::now();
+        let mut t = Tracker::new(Duration::from_secs(30), 100);
+        t.heartbeat(heartbeat(&[]), now);
+        assert_eq!(t.candidates("app", 256, ""), ["e1"]);
+        t.set_evacuating("e1", true);
+        assert!(t.candidates("app", 256, "").is_empty());
+        // A heartbeat does not undo what the presence said.
+        t.heartbeat(heartbeat(&[]), now);
+        assert!(t.candidates("app", 256, "").is_empty());
+        t.set_evacuating("e1", false);
+        assert_eq!(t.candidates("app", 256, ""), ["e1"]);
+        t.set_evacuating("unknown", true);
     }
 }
