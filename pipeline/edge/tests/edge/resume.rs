@@ -379,3 +379,98 @@ async fn an_sse_reader_resumes_from_its_last_event_id() {
     edge.stop().await;
     doppler.stop().await;
 }
+
+/// An edge on `http`'s port (the one a restarted edge comes back on).
+async fn start_edge_on(config: hydrant_firehose::Config, http: SocketAddr) -> Edge {
+    let listeners = hydrant_runtime::bind_on::<hydrant_firehose::TrafficController>(|spec| {
+        if spec.name == "http" {
+            http.to_string()
+        } else {
+            "127.0.0.1:0".to_owned()
+        }
+    })
+    .await
+    .unwrap();
+    let admin = listeners.local_addr("admin").unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(hydrant_runtime::run::<hydrant_firehose::TrafficController>(
+        config,
+        listeners,
+        shutdown.clone(),
+    ));
+    Edge {
+        http,
+        admin,
+        shutdown,
+        task,
+    }
+}
+
+/// What `hydrant logs -f` does: the firehose client library following one app. The edge under
+/// it is stopped and started again while lines keep coming; the client reconnects by itself
+/// with its cursor and the follower sees every line once, in order.
+#[tokio::test]
+async fn a_follow_through_the_client_library_survives_an_edge_restart() {
+    use hydrant_firehose_client::{ClientConfig, FirehoseClient, StreamEvent, Subscription};
+    let doppler = RealDoppler::start(60).await;
+    let edge = start_edge(config(vec![doppler.url()])).await;
+    edge.wait_connected(1.0).await;
+    let http = edge.http;
+    let mut client_config = ClientConfig {
+        url: format!("http://{http}"),
+        token: admin_token(),
+        ..ClientConfig::default()
+    };
+    client_config.reconnect.initial_ms = 20;
+    client_config.reconnect.max_ms = 200;
+    let mut follow = FirehoseClient::connect(
+        client_config,
+        Subscription::App {
+            source_id: "web".to_owned(),
+        },
+    )
+    .unwrap();
+    let mut got: Vec<i64> = Vec::new();
+    let mut gaps = 0;
+    let mut read_to = async |follow: &mut FirehoseClient, got: &mut Vec<i64>, want: usize| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while got.len() < want {
+            let event = tokio::time::timeout_at(deadline, follow.next())
+                .await
+                .unwrap_or_else(|_| panic!("{} of {want} lines: {got:?}", got.len()))
+                .unwrap();
+            match event {
+                StreamEvent::Batch(b) => got.extend(b.iter().map(|v| v.timestamp)),
+                StreamEvent::Gap(_) => gaps += 1,
+                _ => {}
+            }
+        }
+    };
+    assert!(matches!(follow.next().await, Some(StreamEvent::Connected)));
+    wait_for("the follow to subscribe", 5, || async {
+        edge.metric("trafficcontroller_app_streams", &[]).await == 1.0
+    })
+    .await;
+    doppler.send(logs("web", 0..20)).await;
+    read_to(&mut follow, &mut got, 20).await;
+
+    edge.stop().await;
+    // Lines keep coming while there is no edge at all.
+    doppler.send(logs("web", 20..40)).await;
+    doppler.send(logs("worker", 0..10)).await;
+    doppler.send(logs("web", 40..60)).await;
+    let edge = start_edge_on(config(vec![doppler.url()]), http).await;
+    read_to(&mut follow, &mut got, 60).await;
+    doppler.send(logs("web", 60..70)).await;
+    read_to(&mut follow, &mut got, 70).await;
+    assert_eq!(
+        got,
+        (0..70).collect::<Vec<_>>(),
+        "every line once, in order"
+    );
+    assert_eq!(gaps, 0);
+    assert!(follow.stats().connects >= 2, "it did reconnect");
+    drop(follow);
+    edge.stop().await;
+    doppler.stop().await;
+}
