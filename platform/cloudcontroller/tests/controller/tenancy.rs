@@ -61,6 +61,9 @@ enum Action {
     CreateSpaceQuota,
     SetOrgQuota,
     SetSpaceQuota,
+    CreatePrivateDomain,
+    CreateRoute,
+    DeleteRoute,
 }
 
 /// The matrix: for each action, the outcome per person in [`PEOPLE`] order.
@@ -93,6 +96,9 @@ const MATRIX: &[(Action, &str)] = &[
     (Action::CreateSpaceQuota, "YYFFFFNN"),
     (Action::SetOrgQuota, "YFFFFFNN"),
     (Action::SetSpaceQuota, "YYNFFFNN"),
+    (Action::CreatePrivateDomain, "YYFFFFNN"),
+    (Action::CreateRoute, "YFNYFFNN"),
+    (Action::DeleteRoute, "YFNYFFNN"),
 ];
 
 /// The tenants every action is tried against.
@@ -257,6 +263,34 @@ async fn attempt(
             .set_space_quota(&fx.space.guid, "roomy-space")
             .await
             .map(drop),
+        Action::CreatePrivateDomain => client
+            .create_domain(&CreateDomain {
+                name: format!("{who}.acme.example"),
+                org: Some(fx.org.guid.clone()),
+            })
+            .await
+            .map(drop),
+        Action::CreateRoute => client
+            .create_route(&route_in(&fx.space.guid, &format!("claim-{who}")))
+            .await
+            .map(drop),
+        Action::DeleteRoute => {
+            let doomed = admin
+                .create_route(&route_in(&fx.space.guid, &format!("doomed-{who}")))
+                .await
+                .unwrap();
+            client.delete_space_route(&doomed.guid).await
+        }
+    }
+}
+
+fn route_in(space: &str, host: &str) -> CreateRoute {
+    CreateRoute {
+        space: space.to_owned(),
+        org: None,
+        domain: "apps.localhost".into(),
+        host: host.to_owned(),
+        path: None,
     }
 }
 
