@@ -1392,3 +1392,181 @@ async fn deleting_an_app_unbinds_it_at_the_broker() {
     broker.assert_strict();
     cc.stop().await;
 }
+
+/// RESP `AUTH user password` then `PING` over loopback: whether the server accepted both.
+async fn redis_accepts(host: &str, port: u16, user: &str, password: &str) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut stream) = tokio::net::TcpStream::connect((host, port)).await else {
+        return false;
+    };
+    let command = |parts: &[&str]| {
+        let mut out = format!("*{}\r\n", parts.len());
+        for p in parts {
+            out.push_str(&format!("${}\r\n{p}\r\n", p.len()));
+        }
+        out
+    };
+    let request = command(&["AUTH", user, password]) + &command(&["PING"]);
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !(answer.ends_with(b"\r\n") && answer.split(|b| *b == b'\n').count() > 2) {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&answer).starts_with("+OK\r\n+PONG")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hydrants_own_broker_provisions_redis_into_vcap_services() {
+    if let Err(why) = hydrant_broker::backend::detect("redis") {
+        panic!("this test needs redis-server (Debian package redis-server): {why}");
+    }
+    // The real broker, Redis only, on a slice of ports of its own.
+    let broker_dir = tempfile::tempdir().unwrap();
+    let first = 46_000 + u16::try_from(std::process::id() % 40).unwrap() * 24;
+    let broker_config = hydrant_broker::Config {
+        listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
+        username: USER.into(),
+        password: Some(PASSWORD.into()),
+        data_dir: broker_dir.path().to_path_buf(),
+        ports: hydrant_broker::PortRange {
+            first,
+            last: first + 23,
+        },
+        offerings: vec!["redis".into()],
+        ..hydrant_broker::Config::default()
+    };
+    let listeners = hydrant_runtime::bind::<hydrant_broker::Broker>(&broker_config)
+        .await
+        .unwrap();
+    let broker_url = format!("http://{}", listeners.local_addr("api").unwrap());
+    let broker_stop = CancellationToken::new();
+    let broker_task = tokio::spawn(hydrant_runtime::run::<hydrant_broker::Broker>(
+        broker_config,
+        listeners,
+        broker_stop.clone(),
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bus = "svc-real-broker";
+    let cc = start_cc(dir.path(), bus).await;
+    let executor = FakeExecutor::start(bus, "cell-1", 4096, 10, false).await;
+    let registered = cc
+        .admin
+        .create_service_broker(&CreateServiceBroker {
+            name: "hydrant".into(),
+            url: broker_url,
+            username: USER.into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(registered.offerings, ["redis"]);
+    cc.admin
+        .set_service_access(&ServiceAccess {
+            offering: "redis".into(),
+            plan: None,
+            broker: None,
+            enable: true,
+        })
+        .await
+        .unwrap();
+
+    // create redis small → bind → the start message's VCAP_SERVICES has working credentials.
+    let started = std::time::Instant::now();
+    let answer = cc
+        .admin
+        .create_service_instance(&CreateServiceInstance {
+            name: "cache".into(),
+            offering: Some("redis".into()),
+            plan: Some("small".into()),
+            ..CreateServiceInstance::default()
+        })
+        .await
+        .unwrap();
+    let job = finished(&cc.admin, answer.job.as_ref().unwrap()).await;
+    assert_eq!(job.state, "COMPLETE", "{job:?}");
+    let provisioned = started.elapsed();
+    let (app, _) = push_and_stage(
+        &cc.admin,
+        "counter",
+        &[("index.html", b"<h1>hi</h1>", 0o644)],
+        None,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let bound = cc
+        .admin
+        .create_service_binding(&CreateServiceBinding {
+            kind: BindingType::App,
+            service_instance: answer.instance.guid.clone(),
+            app: Some(app.guid.clone()),
+            ..CreateServiceBinding::default()
+        })
+        .await
+        .unwrap();
+    let job = finished(&cc.admin, bound.job.as_ref().unwrap()).await;
+    assert_eq!(job.state, "COMPLETE", "{job:?}");
+    let bind_took = started.elapsed();
+    eprintln!("redis small: provisioned in {provisioned:?}, bound in {bind_took:?}");
+    cc.admin.start_app(&app.guid).await.unwrap();
+    let state = executor.state.clone();
+    let guid = app.guid.clone();
+    wait_for(WAIT, "a start message", move || {
+        let found = state.lock().unwrap().starts.iter().any(|s| s.app == guid);
+        async move { found }
+    })
+    .await;
+    let start = executor.state.lock().unwrap().starts[0].clone();
+    let vcap: Value = serde_json::from_str(&start.env["VCAP_SERVICES"]).unwrap();
+    let entry = &vcap["redis"][0];
+    assert_eq!(entry["plan"], "small");
+    let credentials = &entry["credentials"];
+    let host = credentials["host"].as_str().unwrap().to_owned();
+    let port = u16::try_from(credentials["port"].as_u64().unwrap()).unwrap();
+    let user = credentials["username"].as_str().unwrap().to_owned();
+    let password = credentials["password"].as_str().unwrap().to_owned();
+    assert!(
+        credentials["uri"].as_str().unwrap().starts_with("redis://"),
+        "{credentials}"
+    );
+    assert!(
+        redis_accepts(&host, port, &user, &password).await,
+        "the credentials in VCAP_SERVICES open the Redis instance"
+    );
+
+    // Unbind revokes those credentials on the server; delete removes the instance.
+    let answer_unbind = cc
+        .admin
+        .delete_service_binding(&bound.binding.guid)
+        .await
+        .unwrap();
+    assert_eq!(
+        finished(&cc.admin, &answer_unbind.job.unwrap()).await.state,
+        "COMPLETE"
+    );
+    assert!(!redis_accepts(&host, port, &user, &password).await);
+    let deleted = cc
+        .admin
+        .delete_service_instance(&answer.instance.guid)
+        .await
+        .unwrap();
+    assert_eq!(
+        finished(&cc.admin, &deleted.job.unwrap()).await.state,
+        "COMPLETE"
+    );
+    cc.stop().await;
+    broker_stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), broker_task)
+        .await
+        .expect("the broker stops")
+        .unwrap()
+        .unwrap();
+}
