@@ -17,8 +17,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hydrant_emitter::{Counter, Emitter, Registry};
@@ -88,6 +88,8 @@ pub struct Node {
     /// Its name.
     pub name: String,
     pid: Arc<AtomicU32>,
+    exits: Arc<AtomicU32>,
+    last_output: Arc<Mutex<String>>,
     starts: watch::Receiver<u64>,
     stop: CancellationToken,
     task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -98,13 +100,23 @@ impl Node {
     #[must_use]
     pub fn spawn(spec: Spec, sink: Sink, shutdown: &CancellationToken) -> Arc<Self> {
         let pid = Arc::new(AtomicU32::new(0));
+        let exits = Arc::new(AtomicU32::new(0));
+        let last_output = Arc::new(Mutex::new(String::new()));
         let (tx, starts) = watch::channel(0);
         let stop = shutdown.child_token();
         let name = spec.name.clone();
-        let task = tokio::spawn(supervise(spec, sink, Arc::clone(&pid), tx, stop.clone()));
+        let watch = Watch {
+            pid: Arc::clone(&pid),
+            exits: Arc::clone(&exits),
+            last_output: Arc::clone(&last_output),
+            starts: tx,
+        };
+        let task = tokio::spawn(supervise(spec, sink, watch, stop.clone()));
         Arc::new(Self {
             name,
             pid,
+            exits,
+            last_output,
             starts,
             stop,
             task: tokio::sync::Mutex::new(Some(task)),
@@ -115,6 +127,18 @@ impl Node {
     #[must_use]
     pub fn pid(&self) -> u32 {
         self.pid.load(Ordering::Relaxed)
+    }
+
+    /// How often the child has exited unasked.
+    #[must_use]
+    pub fn exits(&self) -> u32 {
+        self.exits.load(Ordering::Relaxed)
+    }
+
+    /// The last line the child wrote (its reason, when it exits at start).
+    #[must_use]
+    pub fn last_output(&self) -> String {
+        hydrant_runtime::lock(&self.last_output).clone()
     }
 
     /// Ticks at every (re)start of the child.
@@ -133,13 +157,21 @@ impl Node {
     }
 }
 
-async fn supervise(
-    spec: Spec,
-    sink: Sink,
+/// What the supervisor reports to its [`Node`].
+struct Watch {
     pid: Arc<AtomicU32>,
+    exits: Arc<AtomicU32>,
+    last_output: Arc<Mutex<String>>,
     starts: watch::Sender<u64>,
-    stop: CancellationToken,
-) {
+}
+
+async fn supervise(spec: Spec, sink: Sink, watch: Watch, stop: CancellationToken) {
+    let Watch {
+        pid,
+        exits,
+        last_output,
+        starts,
+    } = watch;
     let restarts = sink.registry.counter(
         "broker.node_restarts",
         "Service nodes started again after they exited unasked",
@@ -154,7 +186,7 @@ async fn supervise(
     let mut attempt = 0u32;
     loop {
         let began = Instant::now();
-        match start(&spec, &sink, &truncated) {
+        match start(&spec, &sink, &truncated, &last_output) {
             Ok(mut child) => {
                 let id = child.id().unwrap_or(0);
                 pid.store(id, Ordering::Relaxed);
@@ -167,6 +199,7 @@ async fn supervise(
                 tokio::select! {
                     status = child.wait() => {
                         pid.store(0, Ordering::Relaxed);
+                        exits.fetch_add(1, Ordering::Relaxed);
                         restarts.inc();
                         tracing::warn!(node = %spec.name, ?status, "service node exited; starting it again");
                     }
@@ -202,7 +235,12 @@ fn node_kind(name: &str) -> &'static str {
         .unwrap_or("other")
 }
 
-fn start(spec: &Spec, sink: &Sink, truncated: &Counter) -> Result<Child, Error> {
+fn start(
+    spec: &Spec,
+    sink: &Sink,
+    truncated: &Counter,
+    last: &Arc<Mutex<String>>,
+) -> Result<Child, Error> {
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .current_dir(&spec.dir)
@@ -226,6 +264,7 @@ fn start(spec: &Spec, sink: &Sink, truncated: &Counter) -> Result<Child, Error> 
             spec.clone(),
             sink.clone(),
             truncated.clone(),
+            Arc::clone(last),
         ));
     }
     if let Some(err) = child.stderr.take() {
@@ -235,6 +274,7 @@ fn start(spec: &Spec, sink: &Sink, truncated: &Counter) -> Result<Child, Error> 
             spec.clone(),
             sink.clone(),
             truncated.clone(),
+            Arc::clone(last),
         ));
     }
     Ok(child)
@@ -247,6 +287,7 @@ async fn pump(
     spec: Spec,
     sink: Sink,
     truncated: Counter,
+    last: Arc<Mutex<String>>,
 ) {
     let mut reader = BufReader::new(reader);
     let mut line: Vec<u8> = Vec::new();
@@ -269,21 +310,22 @@ async fn pump(
         };
         reader.consume(used);
         if end {
-            forward(&line, is_err, &spec, &sink);
+            forward(&line, is_err, &spec, &sink, &last);
             line.clear();
         }
     }
     if !line.is_empty() {
-        forward(&line, is_err, &spec, &sink);
+        forward(&line, is_err, &spec, &sink, &last);
     }
 }
 
-fn forward(line: &[u8], is_err: bool, spec: &Spec, sink: &Sink) {
+fn forward(line: &[u8], is_err: bool, spec: &Spec, sink: &Sink, last: &Mutex<String>) {
     let text = String::from_utf8_lossy(line);
     let text = text.trim_end();
     if text.is_empty() {
         return;
     }
+    *hydrant_runtime::lock(last) = text.chars().take(300).collect();
     match (spec.router)(text) {
         Some(source) => {
             if let Some(emitter) = &sink.emitter {
@@ -372,30 +414,46 @@ pub async fn exec(
     Err(Error::command(&name, format!("{}: {detail}", out.status)))
 }
 
-/// Waits until `probe` succeeds, trying every 200 ms, for at most `timeout`.
+/// Waits until `probe` succeeds, trying every 200 ms, for at most `timeout`; gives up early
+/// when the node has exited [`START_EXITS`] times meanwhile (a bad config, a port taken), with
+/// its last line of output.
 ///
 /// # Errors
-/// [`Error::NodeStart`] with the probe's last error.
-pub async fn wait_ready<F, Fut>(node: &str, timeout: Duration, mut probe: F) -> Result<(), Error>
+/// [`Error::NodeStart`] with the probe's last error or the node's last output.
+pub async fn wait_ready<F, Fut>(node: &Node, timeout: Duration, mut probe: F) -> Result<(), Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), Error>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
+    let exits_before = node.exits();
     loop {
         let last = match probe().await {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
+        let exits = node.exits().saturating_sub(exits_before);
+        if exits >= START_EXITS {
+            return Err(Error::NodeStart {
+                node: node.name.clone(),
+                detail: format!(
+                    "it exited {exits} times while starting; its last output: {}",
+                    node.last_output()
+                ),
+            });
+        }
         if tokio::time::Instant::now() >= deadline {
             return Err(Error::NodeStart {
-                node: node.to_owned(),
+                node: node.name.clone(),
                 detail: format!("not ready after {} s: {last}", timeout.as_secs()),
             });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// How many exits while starting make [`wait_ready`] give up.
+pub const START_EXITS: u32 = 3;
 
 /// A random secret of `len` letters and digits (safe inside SQL literals, URIs and shell
 /// words without escaping).
@@ -569,6 +627,43 @@ mod tests {
         assert_eq!(a.len(), 24);
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
         assert_ne!(a, secret(24));
+    }
+
+    #[tokio::test]
+    async fn a_node_that_cannot_start_is_given_up_with_its_last_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = Spec {
+            name: "redis-test".to_owned(),
+            program: PathBuf::from("sh"),
+            args: vec![
+                "-c".to_owned(),
+                "echo 'bind: address already in use' >&2; exit 1".to_owned(),
+            ],
+            env: Vec::new(),
+            dir: dir.path().to_path_buf(),
+            user: None,
+            memory_bytes: None,
+            router: Arc::new(|_| None),
+        };
+        let registry = Registry::new("broker", "0");
+        let sink = Sink {
+            emitter: None,
+            registry: registry.clone(),
+        };
+        let shutdown = CancellationToken::new();
+        let node = Node::spawn(spec, sink, &shutdown);
+        let began = Instant::now();
+        let err = wait_ready(&node, Duration::from_secs(60), || async {
+            Err(Error::command("probe", "refused"))
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(began.elapsed() < Duration::from_secs(20), "gave up early");
+        assert!(err.contains("exited 3 times while starting"), "{err}");
+        assert!(err.contains("bind: address already in use"), "{err}");
+        assert!(registry.counter_sum("broker.node_restarts", &[]) >= 3);
+        node.stop().await;
     }
 
     #[tokio::test]

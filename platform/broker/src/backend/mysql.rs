@@ -135,7 +135,7 @@ async fn run(ctx: &Ctx, r: &Running, statement: &str, redact: &[&str]) -> Result
 /// [`Error::NodeStart`] after the start timeout.
 pub async fn ready(ctx: &Ctx, r: &Running) -> Result<(), Error> {
     let timeout = std::time::Duration::from_secs(ctx.config.start_timeout_secs);
-    node::wait_ready("mysql", timeout, || async {
+    node::wait_ready(&r.node, timeout, || async {
         run(ctx, r, "SELECT 1", &[]).await.map(drop)
     })
     .await?;

@@ -170,7 +170,7 @@ async fn run(
 /// [`Error::NodeStart`] after the start timeout.
 pub async fn ready(ctx: &Ctx, r: &Running) -> Result<(), Error> {
     let timeout = std::time::Duration::from_secs(ctx.config.start_timeout_secs);
-    node::wait_ready("postgresql", timeout, || async {
+    node::wait_ready(&r.node, timeout, || async {
         run(ctx, r, "postgres", &["SELECT 1".to_owned()], &[])
             .await
             .map(drop)

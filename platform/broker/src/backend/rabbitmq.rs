@@ -128,7 +128,7 @@ async fn run(ctx: &Ctx, r: &Running, args: &[&str], redact: &[&str]) -> Result<S
 /// [`Error::NodeStart`] after the start timeout.
 pub async fn ready(ctx: &Ctx, r: &Running) -> Result<(), Error> {
     let timeout = std::time::Duration::from_secs(ctx.config.start_timeout_secs);
-    node::wait_ready("rabbitmq", timeout, || async {
+    node::wait_ready(&r.node, timeout, || async {
         run(ctx, r, &["-q", "await_startup", "--timeout", "10"], &[]).await?;
         api_on(ctx, r, Method::GET, "overview", None, &[200])
             .await

@@ -136,7 +136,7 @@ async fn admin(ctx: &Ctx, r: &Running, args: &[&str]) -> Result<String, Error> {
 /// [`Error::NodeStart`] after the start timeout.
 pub async fn ready(ctx: &Ctx, r: &Running) -> Result<(), Error> {
     let timeout = std::time::Duration::from_secs(ctx.config.start_timeout_secs);
-    node::wait_ready(&r.node.name, timeout, || async {
+    node::wait_ready(&r.node, timeout, || async {
         let out = admin(ctx, r, &["PING"]).await?;
         if out.trim() == "PONG" {
             Ok(())
