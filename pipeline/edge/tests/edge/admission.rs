@@ -60,6 +60,14 @@ async fn one_token_in_a_loop_cannot_push_the_platform_off_the_firehose() {
     };
     assert_eq!(held.len(), 4, "max_streams_per_token");
     assert_eq!(refusal, (429, "too_many_streams_for_token".to_owned()));
+    // The same slots count on every stream endpoint: an app stream and SSE are refused too.
+    let app = match edge.ws("/apps/app-1/stream", Some(&mallory)).await {
+        Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| "an upgrade")),
+    };
+    assert_eq!(app, 429);
+    let (sse, _) = http_stream(edge.http, "/v2/read?log", &mallory).await;
+    assert_eq!(sse, 429);
 
     // More tokens for the same user: capped across them.
     let refusal = loop {
@@ -116,7 +124,7 @@ async fn one_token_in_a_loop_cannot_push_the_platform_off_the_firehose() {
     assert_eq!(got, 2, "the platform's streams deliver");
 
     for (reason, n) in [
-        ("per_token", 1.0),
+        ("per_token", 3.0),
         ("per_user", 1.0),
         ("reserved_for_platform", 1.0),
         ("max_streams", 1.0),
