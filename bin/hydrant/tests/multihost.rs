@@ -22,8 +22,11 @@
 //! 2. cell C killed (its executor and instances SIGKILLed) under load through both routers:
 //!    ≥ 99 % of requests succeed and replacements run within 10 s of C's presence lapsing;
 //! 3. cell D drained: no request fails;
-//! 4. a NATS node killed and restarted: no request fails and no route is pruned;
-//! 5. host A lost (every process in its namespace SIGKILLed): host B's health manager takes
+//! 4. the doppler carrying the app's logs killed while they flow: lines emitted after the kill
+//!    reach the firehose through the other doppler, none twice, and the ledger (emitted,
+//!    delivered, counted drops) is printed;
+//! 5. a NATS node killed and restarted: no request fails and no route is pruned;
+//! 6. host A lost (every process in its namespace SIGKILLed): host B's health manager takes
 //!    the lease within 15 s and restarts a crashed instance without the controller.
 //!
 //! Needs root (namespaces, bridges): it fails saying so otherwise.
@@ -657,6 +660,160 @@ impl Drop for Platform {
     }
 }
 
+/// Lines of the app's live stream (`hydrant logs GUID` through the edge on host A).
+struct Stream {
+    child: Child,
+    lines: Arc<AtomicU64>,
+    lost: Arc<AtomicU64>,
+}
+
+impl Stream {
+    fn follow(p: &Platform, guid: &str) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["logs", guid])
+            .env("HYDRANT_HOME", p.path("home"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new(AtomicU64::new(0));
+        let lost = Arc::new(AtomicU64::new(0));
+        let (l, g) = (lines.clone(), lost.clone());
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("demo log line") {
+                    l.fetch_add(1, Ordering::Relaxed);
+                } else if let Some(rest) = line.split_once("[HYDRANT] LOST ").map(|(_, r)| r) {
+                    let n = rest.split_whitespace().next().and_then(|n| n.parse().ok());
+                    g.fetch_add(n.unwrap_or(0), Ordering::Relaxed);
+                }
+            }
+        });
+        Self { child, lines, lost }
+    }
+
+    fn lines(&self) -> u64 {
+        self.lines.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Emits `/log/10` through router D until `stop`; returns the requests that got a 200.
+fn emit_logs(router: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut ok = 0;
+        while !stop.load(Ordering::Relaxed) {
+            if http_get(router, APP_HOST, "/log/10", None).is_some_and(|(s, _)| s == 200) {
+                ok += 1;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ok
+    })
+}
+
+fn agent_drops(p: &Platform) -> f64 {
+    ['b', 'c', 'd']
+        .iter()
+        .map(|h| metric(&p.metrics("agent", *h), "agent_dropped_total").unwrap_or(0.0))
+        .sum()
+}
+
+fn doppler_lost_while_logs_flow(p: &mut Platform) {
+    let app: serde_json::Value = serde_json::from_str(&p.cli_ok(&["app", APP, "--json"])).unwrap();
+    let guid = app["app"]["guid"].as_str().unwrap().to_owned();
+    let router = p.addr('d', ROUTER);
+    let stream = Stream::follow(p, &guid);
+    wait_for(Duration::from_secs(20), "the app's live stream", || {
+        let _ = http_get(router, APP_HOST, "/log/1", None);
+        stream.lines() > 0
+    });
+    // Which doppler carries the app: the one whose ingress grows with a burst of its lines.
+    let ingress = |p: &Platform| {
+        ['b', 'c'].map(|h| metric(&p.metrics("doppler", h), "doppler_ingress_total").unwrap_or(0.0))
+    };
+    let before = ingress(p);
+    for _ in 0..5 {
+        let _ = http_get(router, APP_HOST, "/log/200", None);
+    }
+    let after = ingress(p);
+    let carrier = if after[0] - before[0] >= after[1] - before[1] {
+        'b'
+    } else {
+        'c'
+    };
+    let other = if carrier == 'b' { 'c' } else { 'b' };
+    // The live stream settles before the ledger starts.
+    let mut last = (stream.lines(), Instant::now());
+    wait_for(Duration::from_secs(20), "the stream to settle", || {
+        let now = stream.lines();
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        last.1.elapsed() > Duration::from_secs(1)
+    });
+    let (lines_before, lost_before, drops_before) = (
+        stream.lines(),
+        stream.lost.load(Ordering::Relaxed),
+        agent_drops(p),
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let emitter = emit_logs(router, stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+    p.kill(&format!("doppler@{carrier}"));
+    let killed_at_lines = stream.lines();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let requests = emitter.join().unwrap();
+    // Everything still in flight arrives (or is counted) within a few seconds.
+    let mut last = (stream.lines(), Instant::now());
+    wait_for(
+        Duration::from_secs(20),
+        "the stream to settle after the kill",
+        || {
+            let now = stream.lines();
+            if now != last.0 {
+                last = (now, Instant::now());
+            }
+            last.1.elapsed() > Duration::from_secs(2)
+        },
+    );
+    let emitted = requests * 10;
+    let delivered = stream.lines() - lines_before;
+    let lost_in_stream = stream.lost.load(Ordering::Relaxed) - lost_before;
+    let agent_dropped = agent_drops(p) - drops_before;
+    println!(
+        "step 4: doppler on {} (the app's) killed while logs flowed, the other on {}: \
+         {emitted} lines emitted, {delivered} delivered ({} after the kill), {} missing; \
+         {agent_dropped} envelopes dropped at the agents (every source); the stream's \
+         sequence-gap markers claimed {lost_in_stream} lost (they fire without loss too: \
+         several hosts' agents stamp sequences for one app)",
+        carrier.to_ascii_uppercase(),
+        other.to_ascii_uppercase(),
+        stream.lines().saturating_sub(killed_at_lines),
+        emitted.saturating_sub(delivered),
+    );
+    assert!(
+        delivered <= emitted,
+        "lines arrived twice: {delivered} of {emitted}"
+    );
+    assert!(
+        stream.lines() > killed_at_lines + 100,
+        "the app's lines stopped reaching the firehose when its doppler died"
+    );
+}
+
 #[test]
 fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host() {
     let started = Instant::now();
@@ -770,7 +927,10 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
     );
     assert_eq!(failed, 0, "requests failed during the drain");
 
-    // 4. A NATS node killed and restarted: the routers keep every route.
+    // 4. The doppler carrying the app's logs dies while they flow.
+    doppler_lost_while_logs_flow(&mut p);
+
+    // 5. A NATS node killed and restarted: the routers keep every route.
     let pruned_before: f64 = ['c', 'd']
         .iter()
         .map(|h| metric(&p.metrics("router", *h), "router_pruned_total").unwrap_or(0.0))
@@ -787,14 +947,14 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
         .sum();
     let (ok, failed) = (after.0 - before.0, after.1 - before.1);
     println!(
-        "step 4: NATS node on C killed for 3 s and restarted: {ok} requests succeeded, \
+        "step 5: NATS node on C killed for 3 s and restarted: {ok} requests succeeded, \
          {failed} failed, routes pruned {}",
         pruned_after - pruned_before
     );
     assert_eq!(failed, 0, "requests failed while a NATS node was down");
     assert_eq!(pruned_after, pruned_before, "a router pruned routes");
 
-    // 5. Host A lost: the controller, a health manager, a NATS node and the edge at once.
+    // 6. Host A lost: the controller, a health manager, a NATS node and the edge at once.
     let standby = p.metrics("healthmanager", 'b');
     assert_eq!(
         metric(&standby, "healthmanager_lease_held"),
@@ -852,7 +1012,7 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
     let after = load.counts();
     let (ok, failed) = (after.0 - before.0, after.1 - before.1);
     println!(
-        "step 5: host A lost: host B's health manager took the lease after {:.1} s and \
+        "step 6: host A lost: host B's health manager took the lease after {:.1} s and \
          restarted a crashed instance {:.1} s after the crash, without the controller; \
          {ok} requests succeeded, {failed} failed meanwhile",
         took_over.as_secs_f64(),
