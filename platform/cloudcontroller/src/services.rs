@@ -42,8 +42,8 @@ pub struct ServicesConfig {
     pub allow_private_brokers: bool,
     /// Deadline of one broker request, seconds. Default 60 (Cloud Foundry's).
     pub broker_timeout_secs: u64,
-    /// Seconds between `last_operation` polls when the broker sends no `Retry-After`.
-    /// Default 5.
+    /// Seconds between `last_operation` polls when the broker sends no `Retry-After` (the
+    /// first poll comes 1 s after the broker accepted the request). Default 5.
     pub poll_interval_secs: u64,
     /// Longest `Retry-After` honoured, seconds (a longer one is cut to this). Default 300.
     pub max_poll_interval_secs: u64,

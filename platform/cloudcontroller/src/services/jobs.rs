@@ -33,6 +33,9 @@ use super::vcap;
 use crate::Ctx;
 use crate::api::ApiError;
 
+/// When the first `last_operation` is asked after a 202 that named no `Retry-After`.
+const FIRST_POLL: Duration = Duration::from_secs(1);
+
 /// What a step decided.
 #[derive(Debug)]
 enum Next {
@@ -395,8 +398,10 @@ fn call_outcome(
     match a.status {
         200 if *method == Method::DELETE => Next::Done(None),
         200 | 201 if well_formed => Next::Done(a.body),
+        // The first poll comes soon unless the broker says otherwise: most operations of a
+        // local broker finish in about a second.
         202 if well_formed => Next::Poll {
-            after: retry_after(config, a.retry_after),
+            after: retry_after(config, a.retry_after.or(Some(FIRST_POLL))),
             operation: operation_of(&a),
             description: Some("the broker accepted the request and works on it".to_owned()),
             body: a.body,
