@@ -536,8 +536,8 @@ pub fn write_private(path: &Path, text: &str, user: Option<(u32, u32)>) -> Resul
 }
 
 /// Memory cgroups for nodes (v2 when mounted, else v1's memory hierarchy), under
-/// `hydrant-broker/<node>`. Best effort: without permission a node runs unlimited, with a
-/// warning naming why.
+/// `hydrant-broker/<node>-<broker pid>` (two brokers on one host never share one). Best
+/// effort: without permission a node runs unlimited, with a warning naming why.
 pub mod cgroup {
     use std::path::PathBuf;
 
@@ -545,10 +545,11 @@ pub mod cgroup {
 
     fn dir(node: &str) -> Option<(PathBuf, bool)> {
         let root = PathBuf::from("/sys/fs/cgroup");
+        let leaf = format!("{node}-{}", std::process::id());
         if root.join("cgroup.controllers").exists() {
-            Some((root.join(PARENT).join(node), true))
+            Some((root.join(PARENT).join(leaf), true))
         } else if root.join("memory").is_dir() {
-            Some((root.join("memory").join(PARENT).join(node), false))
+            Some((root.join("memory").join(PARENT).join(leaf), false))
         } else {
             None
         }

@@ -1,7 +1,8 @@
 //! Each offering's life on its real server: provision → two bindings → each writes and reads
 //! through its own credentials with the server's own client → unbinding the first revokes it on
 //! the server while the second keeps working → deprovision leaves no database, user, vhost,
-//! process or port behind.
+//! process or port behind. PostgreSQL's also crosses a broker restart (the shared node comes
+//! back on the port its credentials name).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -126,7 +127,8 @@ async fn psql(uri: &str, sql: &str) -> (bool, String) {
 async fn postgresql_create_bind_use_unbind_delete() {
     require("postgresql");
     let dir = tempfile::tempdir().unwrap();
-    let b = start(config(dir.path(), ports())).await;
+    let b_ports = ports();
+    let b = start(config(dir.path(), b_ports)).await;
     let (id, b1, b2, ro) = (guid(), guid(), guid(), guid());
     let c1 = provision_and_bind(&b, "postgresql", &id, &b1).await;
     let c2 = b.bind(&id, &b2, "postgresql", json!({})).await;
@@ -177,6 +179,18 @@ async fn postgresql_create_bind_use_unbind_delete() {
         ok && out.trim() == "2",
         "the table binding 1 made stays: {out}"
     );
+
+    // A restarted broker starts the shared node again on the same port: credentials hold.
+    b.stop().await;
+    let (ok, _) = psql(s(&c2, "uri"), "SELECT 1").await;
+    assert!(!ok, "the node stops with the broker");
+    let b = start(config(dir.path(), b_ports)).await;
+    let uri = s(&c2, "uri").to_owned();
+    eventually(30, "the binding to work after the broker's restart", || {
+        let uri = uri.clone();
+        async move { psql(&uri, "SELECT count(*) FROM t").await.1.trim() == "2" }
+    })
+    .await;
 
     let node = b
         .nodes()
