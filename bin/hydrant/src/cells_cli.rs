@@ -127,6 +127,9 @@ fn percent(used: u64, total: u64) -> String {
 }
 
 fn evacuation_text(e: &Evacuation, now_ns: i64) -> String {
+    if e.remaining == 0 {
+        return "evacuated: every instance runs elsewhere; takes no new work".to_owned();
+    }
     let left_secs = (e.deadline_at.saturating_sub(now_ns) / 1_000_000_000).max(0);
     format!(
         "{} left, deadline in {}m{:02}s",
@@ -254,6 +257,8 @@ mod tests {
             ..Evacuation::default()
         };
         assert_eq!(evacuation_text(&e, 0), "3 left, deadline in 2m05s");
+        let done = Evacuation { remaining: 0, ..e };
+        assert!(evacuation_text(&done, 0).starts_with("evacuated"));
         assert_eq!(percent(512, 1024), "512/1024 (50%)");
         assert_eq!(percent(5, 0), "5/?");
     }
