@@ -381,7 +381,9 @@ pub async fn exec(
         cmd.env(k, v);
     }
     if let Some((uid, gid)) = user {
-        cmd.uid(uid).gid(gid);
+        // The broker's own working directory may be closed to the node's user (a checkout
+        // under /root); `initdb` and friends refuse to run where they cannot stand.
+        cmd.uid(uid).gid(gid).current_dir("/");
     }
     let out = match tokio::time::timeout(timeout, cmd.output()).await {
         Err(_) => {
