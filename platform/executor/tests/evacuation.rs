@@ -46,7 +46,7 @@ async fn evacuating_presence(presence: &mut hydrant_bus::Subscription) -> CellPr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_evacuates_keeps_serving_until_stopped_then_exits() {
-    let mut rig = Rig::start("executor-evacuate", false, |_| {}).await;
+    let mut rig = Rig::start("executor-evacuate", true, |_| {}).await;
     let mut presence = rig
         .bus
         .subscribe(&messages::executor_presence_subject(&rig.executor_id))
@@ -66,6 +66,15 @@ async fn sigterm_evacuates_keeps_serving_until_stopped_then_exits() {
     let progress = p.evacuation.expect("evacuation progress in the presence");
     assert_eq!(progress.remaining, 1);
     assert!(progress.deadline_at > progress.started_at);
+    // The app's own stream says why it moves, in Diego's words.
+    let line = format!(
+        "Cell {} requesting replacement for instance {guid}",
+        rig.executor_id
+    );
+    rig::wait_log(rig.agent(), "the replacement line", WAIT, |st, p| {
+        st == "CELL" && p == line
+    })
+    .await;
 
     // No new work while evacuating.
     let mut refused = rig.start_message("bash web.sh", "http://127.0.0.1:9/x", &"0".repeat(64));
