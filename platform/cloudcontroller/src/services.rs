@@ -201,3 +201,26 @@ impl ServiceMetrics {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "test code")]
+mod tests {
+    use super::ServicesConfig;
+
+    #[test]
+    fn config_errors_name_the_field_and_the_range() {
+        ServicesConfig::default().validate().unwrap();
+        let e = ServicesConfig {
+            max_polling_minutes: 0,
+            ..ServicesConfig::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("services.max_polling_minutes"), "{e}");
+        assert!(e.contains("between 1 and 10080"), "{e}");
+        let parsed: ServicesConfig = toml::from_str("allow_private_brokers = true").unwrap();
+        assert!(parsed.allow_private_brokers);
+        assert!(toml::from_str::<ServicesConfig>("allow_private_broker = true").is_err());
+    }
+}

@@ -397,6 +397,10 @@ fn call_outcome(
                 .is_none_or(Value::is_object));
     match a.status {
         200 if *method == Method::DELETE => Next::Done(None),
+        201 if *method == Method::DELETE => Next::Failed {
+            reason: "the broker answered 201 to a delete, which OSBAPI does not allow".to_owned(),
+            orphan: true,
+        },
         200 | 201 if well_formed => Next::Done(a.body),
         // The first poll comes soon unless the broker says otherwise: most operations of a
         // local broker finish in about a second.
@@ -778,4 +782,160 @@ fn done(c: &Connection, job: &mut JobRow, body: Option<&Value>) -> Result<Outcom
         _ => {}
     }
     Ok(Outcome::Completed)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::services::ServicesConfig;
+
+    fn answer(status: u16, body: Option<Value>) -> Result<Answer, Failure> {
+        Ok(Answer {
+            status,
+            body,
+            retry_after: None,
+        })
+    }
+
+    /// `(failed, orphan)` of a first answer; `None` when it did not fail.
+    fn verdict(method: &Method, binding: bool, a: Result<Answer, Failure>) -> Option<bool> {
+        match call_outcome(&ServicesConfig::default(), method, binding, a) {
+            Next::Failed { orphan, .. } => Some(orphan),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn first_answers_follow_the_orphan_mitigation_table() {
+        let put = Method::PUT;
+        let obj = || Some(json!({}));
+        // 200/201/202 well formed: success, nothing to mitigate.
+        for status in [200, 201, 202] {
+            assert_eq!(
+                verdict(&put, false, answer(status, obj())),
+                None,
+                "{status}"
+            );
+        }
+        // 200 malformed: failed, no mitigation; 201/202 malformed: mitigate.
+        assert_eq!(verdict(&put, false, answer(200, None)), Some(false));
+        assert_eq!(verdict(&put, false, answer(201, None)), Some(true));
+        assert_eq!(
+            verdict(&put, false, answer(202, Some(json!([])))),
+            Some(true)
+        );
+        // A binding whose credentials are not an object is malformed.
+        let bad = Some(json!({"credentials": "secret"}));
+        assert_eq!(verdict(&put, true, answer(201, bad)), Some(true));
+        // Other 2xx and 5xx on a create: mitigate; 4xx (408, 409, 422 included): never.
+        assert_eq!(verdict(&put, false, answer(204, obj())), Some(true));
+        assert_eq!(verdict(&put, false, answer(500, obj())), Some(true));
+        for status in [400, 408, 409, 422] {
+            assert_eq!(
+                verdict(&put, false, answer(status, obj())),
+                Some(false),
+                "{status}"
+            );
+        }
+        // A timeout on a create: mitigate; no connection at all: the broker saw nothing.
+        let timeout = Err(Failure::Timeout("t".into()));
+        assert_eq!(verdict(&put, false, timeout.clone()), Some(true));
+        assert_eq!(
+            verdict(&put, false, Err(Failure::Connect("c".into()))),
+            Some(false)
+        );
+        // Deletes: 200 and 410 are success; 5xx mitigates (the delete is retried); a timeout
+        // does not.
+        let delete = Method::DELETE;
+        assert_eq!(verdict(&delete, false, answer(200, obj())), None);
+        assert_eq!(verdict(&delete, true, answer(410, obj())), None);
+        assert_eq!(verdict(&delete, false, answer(503, obj())), Some(true));
+        assert_eq!(verdict(&delete, false, answer(201, obj())), Some(true));
+        assert_eq!(verdict(&delete, false, timeout.clone()), Some(false));
+        // Updates: never mitigated, whatever the answer.
+        let patch = Method::PATCH;
+        for a in [answer(500, obj()), answer(204, obj()), timeout] {
+            assert_eq!(verdict(&patch, false, a), Some(false));
+        }
+    }
+
+    fn job(operation: &str) -> JobRow {
+        let mut job = new_job(operation, "r", JobSpec::default());
+        job.phase = "poll".to_owned();
+        job
+    }
+
+    #[test]
+    fn last_operation_answers_decide_the_next_step() {
+        let config = ServicesConfig::default();
+        let state = |s: &str| answer(200, Some(json!({"state": s})));
+        let create = job("service_instance.create");
+        assert!(matches!(
+            poll_outcome(&config, &create, state("succeeded")),
+            Next::Done(None)
+        ));
+        assert!(matches!(
+            poll_outcome(&config, &create, state("failed")),
+            Next::Failed { orphan: true, .. }
+        ));
+        assert!(matches!(
+            poll_outcome(&config, &job("service_instance.update"), state("failed")),
+            Next::Failed { orphan: false, .. }
+        ));
+        // An asynchronous bind that succeeded still has its credentials to fetch.
+        assert!(matches!(
+            poll_outcome(&config, &job("service_binding.create"), state("succeeded")),
+            Next::Fetch
+        ));
+        // 410 while deleting is done; a broker error is asked again, not a failure.
+        assert!(matches!(
+            poll_outcome(&config, &job("service_instance.delete"), answer(410, None)),
+            Next::Done(None)
+        ));
+        assert!(matches!(
+            poll_outcome(&config, &create, answer(503, None)),
+            Next::Retry { .. }
+        ));
+        // Retry-After is honoured up to max_poll_interval_secs.
+        let mut slow = state("in progress").unwrap();
+        slow.retry_after = Some(Duration::from_secs(86_400));
+        match poll_outcome(&config, &create, Ok(slow)) {
+            Next::Poll { after, .. } => {
+                assert_eq!(after, Duration::from_secs(config.max_poll_interval_secs));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn orphan_deletes_back_off_until_the_broker_confirms() {
+        let config = ServicesConfig::default();
+        let mut orphan = new_job(
+            "service_instance.orphan_mitigation",
+            "r",
+            JobSpec::default(),
+        );
+        let afters: Vec<Duration> = (0..12)
+            .map(|attempts| {
+                orphan.attempts = attempts;
+                match orphan_outcome(&config, &orphan, answer(500, None)) {
+                    Next::Retry { after, .. } => after,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        assert_eq!(afters[0], Duration::from_secs(5));
+        assert_eq!(afters[1], Duration::from_secs(10));
+        assert_eq!(
+            afters[11],
+            Duration::from_secs(config.max_poll_interval_secs)
+        );
+        assert!(matches!(
+            orphan_outcome(&config, &orphan, answer(410, None)),
+            Next::Done(None)
+        ));
+    }
 }
