@@ -239,6 +239,17 @@ impl Running {
         body["credentials"].clone()
     }
 
+    /// Moves instance `id` to `plan`: the PATCH's status and body.
+    pub async fn update_plan(&self, id: &str, offering: &str, plan: &str) -> (u16, Value) {
+        let (service_id, plan_id) = self.ids(offering, plan).await;
+        self.call(
+            "PATCH",
+            &format!("/v2/service_instances/{id}"),
+            Some(json!({"service_id": service_id, "plan_id": plan_id})),
+        )
+        .await
+    }
+
     pub async fn unbind(&self, id: &str, bid: &str, offering: &str) -> u16 {
         let (service_id, plan_id) = self.ids(offering, "small").await;
         self.call(

@@ -279,6 +279,14 @@ async fn mysql_create_bind_use_unbind_delete() {
         "read-only binding cannot write: {out}"
     );
 
+    // Resizes both ways while the data fits; the users keep working.
+    for plan in ["medium", "small"] {
+        let (status, body) = b.update_plan(&id, "mysql", plan).await;
+        assert_eq!(status, 200, "{plan}: {body}");
+    }
+    let (ok, out) = mariadb(&c2, "SELECT COUNT(*) FROM t").await;
+    assert!(ok && out.trim() == "2", "{out}");
+
     assert_eq!(b.unbind(&id, &b1, "mysql").await, 200);
     let (ok, out) = mariadb(&c1, "SELECT 1").await;
     assert!(!ok && out.contains("Access denied"), "{out}");
@@ -402,6 +410,11 @@ async fn rabbitmq_create_bind_use_unbind_delete() {
     let client = reqwest::Client::new();
     rabbit_use(&client, &c1, "q1").await.unwrap();
     rabbit_use(&client, &c2, "q2").await.unwrap();
+
+    for plan in ["medium", "small"] {
+        let (status, body) = b.update_plan(&id, "rabbitmq", plan).await;
+        assert_eq!(status, 200, "{plan}: {body}");
+    }
 
     assert_eq!(b.unbind(&id, &b1, "rabbitmq").await, 200);
     let (st, _) = rabbit(&client, &c1, reqwest::Method::GET, "whoami", None).await;
