@@ -840,4 +840,26 @@ mod tests {
         assert_eq!(pick_pair(5, &[(u32::from_be_bytes([10, 0, 0, 1]), 8)]), 5);
         assert_eq!(pick_pair(127 + 128, &[]), 127);
     }
+
+    #[tokio::test]
+    async fn a_cell_count_out_of_range_is_refused_with_the_limit() {
+        for (cells, containers, most) in [(0, false, MAX_CELLS), (17, false, 16), (5, true, 4)] {
+            let options = Options {
+                cells,
+                containers,
+                ..Options::pipeline()
+            };
+            let err = MicroCloud::start(options, CancellationToken::new())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::Cells { cells: c, most: m } if c == cells && m == most),
+                "{err}"
+            );
+            assert!(
+                err.to_string().contains(&format!("--cells {cells}")),
+                "{err}"
+            );
+        }
+    }
 }
