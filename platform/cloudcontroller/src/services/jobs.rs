@@ -33,6 +33,12 @@ use super::vcap;
 use crate::Ctx;
 use crate::api::ApiError;
 
+/// Finished jobs are kept this long (a week) for `GET /v3/jobs/{guid}`, then forgotten.
+const KEEP_FINISHED_SECS: i64 = 7 * 86_400;
+
+/// How often finished jobs are pruned.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// When the first `last_operation` is asked after a 202 that named no `Retry-After`.
 const FIRST_POLL: Duration = Duration::from_secs(1);
 
@@ -97,8 +103,16 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
     let workers = ctx.config.services.job_workers;
     let running: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut tasks = JoinSet::new();
+    let mut pruned_at = std::time::Instant::now();
     loop {
         while tasks.try_join_next().is_some() {}
+        if pruned_at.elapsed() > PRUNE_EVERY {
+            pruned_at = std::time::Instant::now();
+            let before = hydrant_auth::now_secs() - KEEP_FINISHED_SECS;
+            if let Err(e) = ctx.db.run(move |c| Ok(store::prune_jobs(c, before)?)).await {
+                tracing::warn!(error = %e.detail(), "services: cannot prune finished jobs");
+            }
+        }
         if let Err(e) = sweep_deleted_apps(&ctx).await {
             tracing::warn!(error = %e.detail(), "services: cannot sweep bindings of deleted apps");
         }

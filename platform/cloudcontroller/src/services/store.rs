@@ -1040,6 +1040,15 @@ pub(crate) fn update_job(c: &Connection, j: &JobRow) -> rusqlite::Result<()> {
     .map(drop)
 }
 
+/// Forgets finished jobs last changed before `before` (UNIX seconds): their outcome is on the
+/// instance or binding by then, and the table stays bounded.
+pub(crate) fn prune_jobs(c: &Connection, before: i64) -> rusqlite::Result<usize> {
+    c.execute(
+        "DELETE FROM service_jobs WHERE state IN ('COMPLETE', 'FAILED') AND updated_at < ?1",
+        [before],
+    )
+}
+
 /// Whether an unfinished orphan-mitigation job exists for `resource_guid`.
 pub(crate) fn orphan_pending(c: &Connection, resource_guid: &str) -> rusqlite::Result<bool> {
     c.query_row(
