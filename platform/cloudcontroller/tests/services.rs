@@ -1161,6 +1161,95 @@ async fn user_provided_instances_bind_at_once_and_feed_syslog_drains() {
         .await
         .unwrap();
     assert!(cc.admin.drain_targets().await.unwrap().is_empty());
+
+    // VCAP_SERVICES' user-provided entries, DATABASE_URL, and the 130 KB cap.
+    let executor = FakeExecutor::start("svc-upsi", "cell-1", 4096, 10, false).await;
+    let (app, _) = push_and_stage(
+        &cc.admin,
+        "upsi-reader",
+        &[("index.html", b"<h1>hi</h1>", 0o644)],
+        None,
+    )
+    .await;
+    let bind = |instance: String, name: Option<&str>| {
+        let admin = cc.admin.clone();
+        let app = app.guid.clone();
+        let name = name.map(str::to_owned);
+        async move {
+            admin
+                .create_service_binding(&CreateServiceBinding {
+                    kind: BindingType::App,
+                    service_instance: instance,
+                    app: Some(app),
+                    name,
+                    ..CreateServiceBinding::default()
+                })
+                .await
+        }
+    };
+    bind(answer.instance.guid.clone(), Some("primary"))
+        .await
+        .unwrap();
+    let mut big = Vec::new();
+    for i in 0..3 {
+        let created = cc
+            .admin
+            .create_service_instance(&CreateServiceInstance {
+                name: format!("big-{i}"),
+                kind: ServiceInstanceType::UserProvided,
+                credentials: Some(json!({"blob": "x".repeat(60_000)})),
+                ..CreateServiceInstance::default()
+            })
+            .await
+            .unwrap();
+        big.push(created.instance.guid);
+    }
+    bind(big[0].clone(), None).await.unwrap();
+    bind(big[1].clone(), None).await.unwrap();
+    let refused = bind(big[2].clone(), None).await.unwrap_err();
+    assert_eq!(refused.status(), Some(422));
+    assert!(refused.to_string().contains("130 KB"), "{refused}");
+    cc.admin.start_app(&app.guid).await.unwrap();
+    let state = executor.state.clone();
+    let guid = app.guid.clone();
+    wait_for(WAIT, "a start message", move || {
+        let found = state.lock().unwrap().starts.iter().any(|s| s.app == guid);
+        async move { found }
+    })
+    .await;
+    let start = executor.state.lock().unwrap().starts[0].clone();
+    let vcap: Value = serde_json::from_str(&start.env["VCAP_SERVICES"]).unwrap();
+    let entries = vcap["user-provided"].as_array().unwrap();
+    assert_eq!(entries.len(), 3, "the refused binding is not there");
+    let ext = entries
+        .iter()
+        .find(|e| e["instance_name"] == "ext-db")
+        .unwrap();
+    let mut keys: Vec<&str> = ext
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "binding_guid",
+            "binding_name",
+            "credentials",
+            "instance_guid",
+            "instance_name",
+            "label",
+            "name",
+            "syslog_drain_url",
+            "tags",
+            "volume_mounts"
+        ]
+    );
+    assert_eq!(ext["label"], "user-provided");
+    assert_eq!(ext["name"], "primary");
+    assert_eq!(start.env["DATABASE_URL"], "mysql://u:p@db.example:3306/app");
     cc.stop().await;
 }
 

@@ -1126,6 +1126,11 @@ async fn create_binding(
                     row.op.state = "succeeded".to_owned();
                     store::insert_binding(&tx, &row)?;
                     if let Some(app) = &app {
+                        // Dropping the transaction undoes the insert.
+                        if let Some(problem) = crate::services::vcap::size_problem(&tx, &app.guid)?
+                        {
+                            return Err(ApiError::unprocessable(problem));
+                        }
                         store::set_binding_drain(
                             &tx,
                             &row.guid,
