@@ -240,6 +240,8 @@ pub struct Ctx {
     pub shutdown: CancellationToken,
     /// The HTTP client of admin APIs (RabbitMQ's management API).
     pub http: reqwest::Client,
+    /// Where node directories live (see [`nodes_root`]).
+    pub nodes_root: PathBuf,
     nodes: Mutex<HashMap<String, Slot>>,
     reserved: Mutex<HashSet<u16>>,
 }
@@ -255,6 +257,7 @@ impl Ctx {
         store: Arc<Store>,
         shutdown: CancellationToken,
     ) -> Self {
+        let nodes_root = nodes_root(&config.data_dir, user);
         let admin_user = nix::unistd::User::from_uid(nix::unistd::geteuid())
             .ok()
             .flatten()
@@ -270,6 +273,7 @@ impl Ctx {
             http: reqwest::Client::builder()
                 .build()
                 .unwrap_or_else(|_| reqwest::Client::new()),
+            nodes_root,
             nodes: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
         }
@@ -286,10 +290,10 @@ impl Ctx {
         })
     }
 
-    /// A node's directory.
+    /// A node's directory: under [`nodes_root`].
     #[must_use]
     pub fn node_dir(&self, name: &str) -> PathBuf {
-        self.config.data_dir.join("nodes").join(name)
+        self.nodes_root.join(name)
     }
 
     /// `n` free ports from the pool: not held by any instance or node, not reserved by a
@@ -498,6 +502,51 @@ impl Ctx {
             }
         }
     }
+}
+
+/// Where service nodes keep their directories: `data_dir/nodes`, unless nodes run as another
+/// user (`run_as`, the broker being root) who cannot reach it because a directory above
+/// `data_dir` is closed to them (the micro cloud's data directory is 0700): then
+/// `/var/lib/hydrant/broker-nodes/<hash of data_dir>`, the same place at every start.
+#[must_use]
+pub fn nodes_root(data_dir: &Path, user: Option<(u32, u32)>) -> PathBuf {
+    let inside = data_dir.join("nodes");
+    let Some(user) = user else {
+        return inside;
+    };
+    match closed_ancestor(data_dir, user) {
+        None => inside,
+        Some(closed) => {
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+            let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            let outside = PathBuf::from("/var/lib/hydrant/broker-nodes").join(hex);
+            tracing::info!(
+                "service nodes keep their data in {}: {} is closed to the user they run as",
+                outside.display(),
+                closed.display()
+            );
+            outside
+        }
+    }
+}
+
+/// The first directory above `dir` (not `dir` itself: the broker opens that one) that `user`
+/// may not search.
+fn closed_ancestor(dir: &Path, (uid, gid): (u32, u32)) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    dir.ancestors().skip(1).find_map(|d| {
+        let meta = std::fs::metadata(d).ok()?;
+        let mode = meta.mode();
+        let searchable = if meta.uid() == uid {
+            mode & 0o100 != 0
+        } else if meta.gid() == gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        (!searchable).then(|| d.to_path_buf())
+    })
 }
 
 /// The offering tag of a node name.
@@ -719,6 +768,45 @@ pub async fn resize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_live_under_the_data_dir_unless_their_user_cannot_reach_it() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let top = tempfile::tempdir().unwrap();
+        let data = top.path().join("private/broker");
+        std::fs::create_dir_all(&data).unwrap();
+        let nobody = (65_534, 65_534);
+        assert_eq!(nodes_root(&data, None), data.join("nodes"));
+        std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            top.path().join("private"),
+            std::fs::Permissions::from_mode(0o711),
+        )
+        .unwrap();
+        if closed_ancestor(top.path(), nobody).is_none() {
+            assert_eq!(nodes_root(&data, Some(nobody)), data.join("nodes"));
+        }
+        std::fs::set_permissions(
+            top.path().join("private"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        assert_eq!(
+            closed_ancestor(&data, nobody),
+            Some(top.path().join("private"))
+        );
+        let outside = nodes_root(&data, Some(nobody));
+        assert!(
+            outside.starts_with("/var/lib/hydrant/broker-nodes/"),
+            "{}",
+            outside.display()
+        );
+        assert_eq!(
+            outside,
+            nodes_root(&data, Some(nobody)),
+            "the same place at every start"
+        );
+    }
 
     #[test]
     fn a_missing_program_names_its_package() {

@@ -114,7 +114,8 @@ async fn serve(
     config.data_dir = std::fs::canonicalize(&config.data_dir)
         .map_err(|e| Error::io("cannot resolve", &config.data_dir, e))?;
     if user.is_some() {
-        // Nodes run as `run_as` and must reach their own directories below this one.
+        // Nodes run as `run_as` and must reach their own directories below this one; what
+        // else is here is the broker's own and private (`broker.db` is 0600).
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o711))
             .map_err(|e| Error::io("cannot open up", &config.data_dir, e))?;

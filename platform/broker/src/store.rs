@@ -109,6 +109,21 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
+        // Created 0600 before SQLite opens it (its journal files take the same mode): it
+        // holds every binding's password.
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .and_then(|_| {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                })
+                .map_err(|e| Error::io("cannot create", path, e))?;
+        }
         let conn = Connection::open(path).map_err(store)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
@@ -398,6 +413,9 @@ mod tests {
             .unwrap();
         }
         let s = Store::open(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the state holds passwords");
         assert_eq!(s.instance("i1").unwrap().unwrap().port, 42001);
         assert_eq!(s.bindings_of("i1").unwrap().len(), 1);
         let mut ports = s.ports_in_use().unwrap();

@@ -1,6 +1,7 @@
 //! The broker's own resilience: a service node killed with SIGKILL is started again with its
 //! bindings' users, and a restarted broker brings its nodes back on the ports its credentials
-//! name, so every binding keeps working.
+//! name, so every binding keeps working. A broker whose data directory sits inside a private
+//! one (the micro cloud's is 0700) still runs its nodes as their unprivileged user.
 
 use serde_json::json;
 
@@ -88,4 +89,38 @@ async fn a_restarted_broker_serves_the_same_credentials() {
     assert_eq!((status, &fetched["credentials"]), (200, &creds));
     assert_eq!(b.deprovision(&id, "redis").await, 200);
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_inside_a_private_directory_still_runs_its_nodes() {
+    require("redis");
+    use std::os::unix::fs::PermissionsExt as _;
+    let top = tempfile::tempdir().unwrap();
+    let private = top.path().join("microcloud");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = private.join("broker");
+    let b = start(config(&data, ports())).await;
+    let id = guid();
+    b.provision(&id, "redis", "small", json!({})).await;
+    let creds = b.bind(&id, &guid(), "redis", json!({})).await;
+    assert!(redis_ping(&creds).await);
+    let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the private directory stays private");
+    let data = std::fs::canonicalize(&data).unwrap();
+    let root = hydrant_broker::backend::nodes_root(
+        &data,
+        hydrant_broker::node::service_user("nobody").unwrap(),
+    );
+    assert!(
+        root.join(format!("redis-{id}")).is_dir(),
+        "{}",
+        root.display()
+    );
+    assert_eq!(b.deprovision(&id, "redis").await, 200);
+    assert!(!root.join(format!("redis-{id}")).exists());
+    b.stop().await;
+    if root.starts_with("/var/lib/hydrant/broker-nodes") {
+        let _ = std::fs::remove_dir(&root);
+    }
 }
