@@ -361,7 +361,7 @@ mod platform {
         config.zone = format!("z{k}");
         config.data_dir = w.data(&format!("executor-{id}"));
         if w.options.containers {
-            config.network.bridge = format!("{}c{k}", config.network.bridge);
+            config.network.bridge = cell_bridge(&config.network.bridge, k);
             config.network.subnet = shifted_subnet(&config.network.subnet, k);
             if !config.containers.cgroup_parent.is_empty() {
                 config.containers.cgroup_parent =
@@ -399,6 +399,13 @@ mod platform {
         Ok((key, addr))
     }
 
+    /// Cell `k`'s bridge: the first cell's with its last two characters replaced by `c<k>`
+    /// (bridge names are at most 8 characters: `hydrant0` → `hydranc2`).
+    fn cell_bridge(bridge: &str, k: u32) -> String {
+        let keep: String = bridge.chars().take(6).collect();
+        format!("{keep}c{k}")
+    }
+
     /// Cell `k`'s subnet: the first cell's, its third octet moved up by 64 per cell (so four
     /// cells of a /22 or /24 never overlap). An unparsable subnet is returned as is, and the
     /// executor's own validation names it.
@@ -420,10 +427,12 @@ mod platform {
     #[cfg(test)]
     mod tests {
         #[test]
-        fn each_cell_gets_its_own_subnet() {
+        fn each_cell_gets_its_own_bridge_and_subnet() {
             assert_eq!(super::shifted_subnet("10.254.0.0/22", 2), "10.254.64.0/22");
             assert_eq!(super::shifted_subnet("10.253.6.0/24", 4), "10.253.198.0/24");
             assert_eq!(super::shifted_subnet("nonsense", 3), "nonsense");
+            assert_eq!(super::cell_bridge("hydrant0", 2), "hydranc2");
+            assert_eq!(super::cell_bridge("hy84e117", 4), "hy84e1c4");
         }
     }
 }
