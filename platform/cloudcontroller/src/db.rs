@@ -195,6 +195,15 @@ CREATE INDEX space_routes_space ON space_routes(space_guid);
 ",
     // Services: brokers, their catalogs, instances, bindings and the durable job rows.
     crate::services::store::MIGRATION,
+    // Who uploaded which blob: resource matching answers only for a caller's own contents.
+    r"
+CREATE TABLE blob_uploads (
+    sha256 TEXT NOT NULL,
+    user_guid TEXT NOT NULL REFERENCES users(guid) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (sha256, user_guid)
+);
+",
 ];
 
 /// The database handle. Clones share one connection.

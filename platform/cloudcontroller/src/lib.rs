@@ -20,7 +20,8 @@
 //! - `config`: [`Config`] and its validation.
 //! - `api`: routing, errors, authentication, users/spaces/tokens; `api/apps.rs` and
 //!   `api/push.rs` for apps and push.
-//! - `db`: schema, migrations, queries. `blobs`: the content-addressed store.
+//! - `db`: schema, migrations, queries. `blobs`: the content-addressed store; `blob_lifecycle`:
+//!   who may upload and match blobs, and collection of old packages and droplets.
 //! - `staging`: buildpack detection and droplet building. `placement`: the executor table and
 //!   the convergence loop.
 //! - `tenancy`: orgs, org roles and the access matrix every handler asks. `quotas`: org and
@@ -35,6 +36,7 @@
 //! types in `hydrant-api`.
 
 mod api;
+mod blob_lifecycle;
 mod blobs;
 mod config;
 mod db;

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hydrant_api::{AppState, Build, BuildState, Droplet, Resource};
+use hydrant_api::{Build, BuildState, Droplet, Resource};
 use hydrant_container::{ContainerSpec, Containers, Limits, TMP_DIR, net};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncBufReadExt as _;
@@ -267,7 +267,7 @@ async fn run_job(ctx: &Arc<Ctx>, sandbox: &Sandbox, job: Job) {
                     let tx = c.transaction()?;
                     let Some(mut app) = db::get_app(&tx, &droplet.app_guid)? else {
                         // The app was deleted while staging; nothing to attach the droplet to.
-                        return Ok(false);
+                        return Ok(Vec::new());
                     };
                     db::insert_droplet(&tx, &droplet)?;
                     db::update_build(
@@ -287,12 +287,19 @@ async fn run_job(ctx: &Arc<Ctx>, sandbox: &Sandbox, job: Job) {
                     app.current_droplet_guid = Some(droplet.guid.clone());
                     app.updated_at = now;
                     db::update_app(&tx, &app)?;
+                    // Keep the newest few packages and droplets, as Cloud Foundry does.
+                    let collected = crate::blob_lifecycle::collect(&tx, &app.guid)?;
                     tx.commit()?;
-                    Ok(app.state == AppState::Started)
+                    Ok(collected)
                 })
                 .await;
             match saved {
-                Ok(_) => ctx.logs.stg(&job.app_guid, "Staging complete", false),
+                Ok(collected) => {
+                    for guid in collected {
+                        let _ = tokio::fs::remove_file(ctx.blobs.droplet_path(&guid)).await;
+                    }
+                    ctx.logs.stg(&job.app_guid, "Staging complete", false);
+                }
                 Err(e) => {
                     tracing::error!(?e, "recording a staged build failed");
                     ctx.logs.stg(

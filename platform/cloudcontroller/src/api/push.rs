@@ -23,7 +23,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::apps::{Access, app_for};
 use super::{ApiError, Body, Caller};
-use crate::{Ctx, db, password, staging};
+use crate::{Ctx, blob_lifecycle, db, password, staging};
 
 pub(super) fn routes() -> Router<Arc<Ctx>> {
     Router::new()
@@ -74,16 +74,24 @@ fn check_list(ctx: &Ctx, resources: &Resources) -> Result<u64, ApiError> {
 
 async fn resource_match(
     State(ctx): State<Arc<Ctx>>,
-    _caller: Caller,
+    caller: Caller,
     Body(resources): Body<Resources>,
 ) -> Result<Json<Resources>, ApiError> {
     check_list(&ctx, &resources)?;
+    // Only the caller's own contents count as present: no cross-tenant "does it exist?".
+    let known = ctx
+        .db
+        .run(move |c| Ok(blob_lifecycle::known_to(c, &caller)?))
+        .await?;
     let blobs = ctx.blobs.clone();
     let missing = tokio::task::spawn_blocking(move || {
         resources
             .resources
             .into_iter()
-            .filter(|r| !blobs.has(&r.sha256, r.size))
+            .filter(|r| {
+                let theirs = known.as_ref().is_none_or(|k| k.contains(&r.sha256));
+                !(theirs && blobs.has(&r.sha256, r.size))
+            })
             .collect::<Vec<_>>()
     })
     .await
@@ -93,13 +101,23 @@ async fn resource_match(
 
 pub(super) async fn upload_blob(
     State(ctx): State<Arc<Ctx>>,
-    _caller: Caller,
+    caller: Caller,
     Path(sha256): Path<String>,
     request: axum::extract::Request,
 ) -> Result<(StatusCode, Json<Blob>), ApiError> {
     if !hydrant_api::push::is_sha256_hex(&sha256) {
         return Err(ApiError::unprocessable(
             "the blob name must be its SHA-256 as 64 lower-case hex digits",
+        ));
+    }
+    let uploader = caller.clone();
+    let allowed = ctx
+        .db
+        .run(move |c| Ok(blob_lifecycle::may_upload(c, &uploader)?))
+        .await?;
+    if !allowed {
+        return Err(ApiError::forbidden(
+            "uploading app files needs the SpaceDeveloper role in a space; ask a space manager",
         ));
     }
     let max = ctx.config.max_blob_bytes;
@@ -119,6 +137,17 @@ pub(super) async fn upload_blob(
     let stream = request.into_body().into_data_stream();
     let size = ctx.blobs.put(&sha256, stream, max).await?;
     ctx.metrics.blob_uploaded(size);
+    let (sha, user) = (sha256.clone(), caller.user_guid.clone());
+    ctx.db
+        .run(move |c| {
+            Ok(blob_lifecycle::record_upload(
+                c,
+                &sha,
+                &user,
+                hydrant_auth::now_secs(),
+            )?)
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(Blob { sha256, size })))
 }
 
@@ -131,11 +160,19 @@ async fn create_package(
     let size = check_list(&ctx, &resources)?;
     let mut list = resources.resources;
     list.sort();
+    let known_caller = caller.clone();
+    let known = ctx
+        .db
+        .run(move |c| Ok(blob_lifecycle::known_to(c, &known_caller)?))
+        .await?;
     let blobs = ctx.blobs.clone();
     let (list, missing) = tokio::task::spawn_blocking(move || {
         let missing: Vec<String> = list
             .iter()
-            .filter(|r| !blobs.has(&r.sha256, r.size))
+            .filter(|r| {
+                let theirs = known.as_ref().is_none_or(|k| k.contains(&r.sha256));
+                !(theirs && blobs.has(&r.sha256, r.size))
+            })
             .map(|r| r.path.clone())
             .collect();
         (list, missing)

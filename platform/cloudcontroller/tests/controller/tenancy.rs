@@ -926,3 +926,117 @@ async fn route_hijacks_are_refused_without_naming_the_owner() {
     let _ = acme;
     cc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_are_private_to_their_tenant_and_old_droplets_are_collected() {
+    use sha2::Digest as _;
+    let (_dir, cc) = Cc::fresh("cc-tenancy-blobs").await;
+    let admin = cc.admin.clone();
+    admin.create_org("acme").await.unwrap();
+    admin.create_org("evil").await.unwrap();
+    let s1 = admin.create_space_in("acme", "dev").await.unwrap();
+    let s2 = admin.create_space_in("evil", "lair").await.unwrap();
+    let owner = cc.user("owner", None).await;
+    let prober = cc.user("prober", None).await;
+    let reader = cc.user("reader", None).await;
+    admin
+        .assign_role(&s1.guid, "owner", SpaceRole::Developer)
+        .await
+        .unwrap();
+    admin
+        .assign_role(&s2.guid, "prober", SpaceRole::Developer)
+        .await
+        .unwrap();
+    admin
+        .assign_role(&s1.guid, "reader", SpaceRole::Auditor)
+        .await
+        .unwrap();
+
+    let secret: &[u8] = b"the secret source of acme's shop";
+    let app = owner
+        .create_app(&CreateApp {
+            name: "shop".into(),
+            space: Some(s1.guid.clone()),
+            ..CreateApp::default()
+        })
+        .await
+        .unwrap();
+    let dir = crate::support::app_dir(&[("main.py", secret, 0o644)]);
+    owner.push_dir(&app.guid, dir.path()).await.unwrap();
+
+    // Another tenant asking about that content is told to upload it, as if nobody had it, and
+    // cannot build a package from it without uploading it.
+    let resource = hydrant_api::Resource {
+        path: "main.py".into(),
+        size: secret.len() as u64,
+        sha256: hydrant_api::push::hex(&sha2::Sha256::digest(secret)),
+        mode: 0o644,
+    };
+    assert_eq!(
+        owner
+            .resource_match(std::slice::from_ref(&resource))
+            .await
+            .unwrap(),
+        Vec::<hydrant_api::Resource>::new()
+    );
+    assert_eq!(
+        prober
+            .resource_match(std::slice::from_ref(&resource))
+            .await
+            .unwrap(),
+        vec![resource.clone()]
+    );
+    let trap = prober
+        .create_app(&CreateApp {
+            name: "trap".into(),
+            space: Some(s2.guid.clone()),
+            no_route: true,
+            ..CreateApp::default()
+        })
+        .await
+        .unwrap();
+    let err = prober
+        .create_package(&trap.guid, std::slice::from_ref(&resource))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(422), "{err}");
+    // Uploading needs a developer role somewhere.
+    let err = reader
+        .upload_blob_bytes(&resource.sha256, secret.to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+
+    // Seven builds: only the newest five droplets stay, the current one among them, and the
+    // collected droplets' files are gone.
+    let (web, _) = push_and_stage(&admin, "web", &procfile_app(), None).await;
+    for _ in 0..6 {
+        let build = admin
+            .create_build(&web.guid, &hydrant_api::CreateBuild::default())
+            .await
+            .unwrap();
+        let build = admin
+            .wait_for_build(&build.guid, std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(build.state, hydrant_api::BuildState::Staged);
+    }
+    let droplets = admin.droplets(&web.guid).await.unwrap();
+    assert_eq!(droplets.len(), 5, "{droplets:?}");
+    let current = admin
+        .app(&web.guid)
+        .await
+        .unwrap()
+        .current_droplet_guid
+        .unwrap();
+    assert!(droplets.iter().any(|d| d.guid == current));
+    let files = std::fs::read_dir(cc.data_dir.join("droplets"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".tgz"))
+        })
+        .count();
+    assert_eq!(files, 5, "droplet files left on disk");
+    cc.stop().await;
+}
