@@ -368,6 +368,51 @@ pub(crate) fn enc(text: &str) -> String {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn internal_broker_addresses_are_refused_unless_allowed() {
+        let registry = Registry::new("cloudcontroller", "0");
+        let guarded = OsbClient::new(&ServicesConfig::default(), &registry).unwrap();
+        let e = guarded.url_problem("http://127.0.0.1:9030").unwrap();
+        assert!(e.contains("services.allow_private_brokers"), "{e}");
+        assert!(
+            guarded
+                .url_problem("http://u:p@broker.example")
+                .unwrap()
+                .contains("USERNAME")
+        );
+        assert!(
+            guarded
+                .url_problem("ftp://broker.example")
+                .unwrap()
+                .contains("http://")
+        );
+        assert!(
+            guarded
+                .url_problem("https://broker.example:8443/base")
+                .is_none()
+        );
+        // A name is judged on what it resolves to, before any connection is made.
+        let addr = BrokerAddr {
+            url: "http://localhost:9".into(),
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let failure = guarded
+            .send(&addr, reqwest::Method::GET, "/v2/catalog", None, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(failure, Failure::Refused(_)), "{failure:?}");
+        let open = OsbClient::new(
+            &ServicesConfig {
+                allow_private_brokers: true,
+                ..ServicesConfig::default()
+            },
+            &registry,
+        )
+        .unwrap();
+        assert!(open.url_problem("http://127.0.0.1:9030").is_none());
+    }
+
     #[test]
     fn retry_after_takes_seconds_only() {
         assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
