@@ -10,6 +10,8 @@ use hydrant_api::{
     QuotaScope, ScaleApp, SpaceRole, UpdateApp,
 };
 
+use hydrant_api::slo::{Sli, Slo, SloSet};
+
 use crate::support::{Cc, push_and_stage};
 
 /// The people, in the order of the matrix's columns.
@@ -64,6 +66,8 @@ enum Action {
     CreatePrivateDomain,
     CreateRoute,
     DeleteRoute,
+    GetSlos,
+    ListDrains,
 }
 
 /// The matrix: for each action, the outcome per person in [`PEOPLE`] order.
@@ -99,6 +103,8 @@ const MATRIX: &[(Action, &str)] = &[
     (Action::CreatePrivateDomain, "YYFFFFNN"),
     (Action::CreateRoute, "YFNYFFNN"),
     (Action::DeleteRoute, "YFNYFFNN"),
+    (Action::GetSlos, "YYNYYYNN"),
+    (Action::ListDrains, "YYNYYYNN"),
 ];
 
 /// The tenants every action is tried against.
@@ -281,6 +287,8 @@ async fn attempt(
                 .unwrap();
             client.delete_space_route(&doomed.guid).await
         }
+        Action::GetSlos => client.app_slos(app).await.map(drop),
+        Action::ListDrains => client.app_drains(app).await.map(drop),
     }
 }
 
@@ -374,6 +382,26 @@ async fn every_action_by_every_role_is_exactly_as_the_matrix_says() {
             env: BTreeMap::from([("DB_PASSWORD".into(), "s3cret".into())]),
             ..CreateApp::default()
         })
+        .await
+        .unwrap();
+    let webhook = "https://hooks.example.com/hook?token=hunter3";
+    admin
+        .set_slos(
+            &app.guid,
+            &SloSet {
+                slos: vec![Slo {
+                    name: "availability".into(),
+                    sli: Sli::Availability {
+                        count_router_errors: true,
+                    },
+                    objective: 99.9,
+                    period_days: 30,
+                    min_requests: 50,
+                    webhook_url: Some(webhook.into()),
+                    description: None,
+                }],
+            },
+        )
         .await
         .unwrap();
     let other_app = admin
@@ -509,7 +537,11 @@ async fn every_action_by_every_role_is_exactly_as_the_matrix_says() {
         let listed = clients[who].list_apps().await.unwrap();
         let listed = listed.iter().find(|a| a.guid == app.guid).unwrap();
         assert!(listed.env.is_empty(), "{who} sees env in the list");
+        let slos = clients[who].app_slos(&app.guid).await.unwrap();
+        assert_ne!(slos.slos[0].webhook_url.as_deref(), Some(webhook), "{who}");
     }
+    let slos = clients["dev"].app_slos(&app.guid).await.unwrap();
+    assert_eq!(slos.slos[0].webhook_url.as_deref(), Some(webhook));
     let dev_view = clients["dev"].env(&app.guid).await.unwrap();
     assert_eq!(dev_view.var["DB_PASSWORD"].as_deref(), Some("s3cret"));
     assert_eq!(
@@ -531,7 +563,7 @@ async fn every_action_by_every_role_is_exactly_as_the_matrix_says() {
         .unwrap();
     let text = serde_json::to_string(&events).unwrap();
     assert!(
-        !text.contains("s3cret") && !text.contains("SET_BY_DEV"),
+        !text.contains("s3cret") && !text.contains("SET_BY_DEV") && !text.contains("hunter3"),
         "{text}"
     );
     let _ = globex;
