@@ -218,6 +218,22 @@ fn sigkill(pid: i32) {
     }
 }
 
+/// `command` with no proxy settings from the environment: every address here is one of the
+/// test's own hosts, which a proxy could not reach.
+fn direct(command: &mut Command) -> &mut Command {
+    for var in [
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
 /// Requests through both routers from two threads, counting successes and failures.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -317,7 +333,7 @@ impl Platform {
             .append(true)
             .open(self.path(&format!("{name}.log")))
             .unwrap();
-        let child = Command::new("ip")
+        let child = direct(&mut Command::new("ip"))
             .args(["netns", "exec", self.hosts.ns(host)])
             .arg(program)
             .args(args)
@@ -449,7 +465,7 @@ impl Platform {
     }
 
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        direct(&mut Command::new(BIN))
             .args(args)
             .env("HYDRANT_HOME", self.path("home"))
             .env_remove("HYDRANT_PASSWORD")
@@ -675,7 +691,7 @@ struct Stream {
 
 impl Stream {
     fn follow(p: &Platform, guid: &str) -> Self {
-        let mut child = Command::new(BIN)
+        let mut child = direct(&mut Command::new(BIN))
             .args(["logs", guid])
             .env("HYDRANT_HOME", p.path("home"))
             .stdin(Stdio::null())
