@@ -242,12 +242,12 @@ impl OsbClient {
             .inc();
         self.registry
             .gauge(
-                "cloudcontroller.broker_latency_ms",
+                "cloudcontroller.broker_request_seconds",
                 "duration of the last OSBAPI request, by operation",
-                "ms",
+                "seconds",
                 &[("operation", operation)],
             )
-            .set(started.elapsed().as_secs_f64() * 1000.0);
+            .set(started.elapsed().as_secs_f64());
         result
     }
 
