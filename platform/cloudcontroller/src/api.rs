@@ -46,7 +46,13 @@ pub(crate) struct ApiError {
     detail: String,
     /// Seconds for a `Retry-After` header (429 answers).
     retry_after: Option<u64>,
+    /// The quota limit that refused the request, counted by `count_requests`.
+    quota: Option<&'static str>,
 }
+
+/// Marks a response refused by a quota, with the limit's name (a response extension).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QuotaRefusal(pub(crate) &'static str);
 
 impl ApiError {
     fn new(status: StatusCode, code: u32, title: &'static str, detail: impl Into<String>) -> Self {
@@ -56,7 +62,20 @@ impl ApiError {
             title,
             detail: detail.into(),
             retry_after: None,
+            quota: None,
         }
+    }
+
+    /// 422 naming a quota the request would exceed; counted under `limit`.
+    pub(crate) fn quota_exceeded(limit: &'static str, detail: impl Into<String>) -> Self {
+        let mut error = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            10008,
+            "CF-QuotaExceeded",
+            detail,
+        );
+        error.quota = Some(limit);
+        error
     }
 
     /// 429 with `Retry-After`, rounded up to whole seconds.
@@ -162,6 +181,9 @@ impl IntoResponse for ApiError {
             }],
         };
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(limit) = self.quota {
+            response.extensions_mut().insert(QuotaRefusal(limit));
+        }
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()
@@ -335,6 +357,9 @@ async fn count_requests(
 ) -> Response {
     let response = next.run(request).await;
     ctx.metrics.request(response.status().as_u16());
+    if let Some(QuotaRefusal(limit)) = response.extensions().get::<QuotaRefusal>() {
+        ctx.metrics.quota_refused(limit);
+    }
     response
 }
 

@@ -30,6 +30,8 @@ pub(crate) struct Metrics {
     pub(crate) dropped_not_placed: Counter,
     pub(crate) logins_failed: Counter,
     pub(crate) logins_throttled: Counter,
+    /// Requests a quota refused, by limit.
+    quota_refused: [(&'static str, Counter); 6],
 }
 
 impl Metrics {
@@ -69,7 +71,26 @@ impl Metrics {
                 &[("reason", result)],
             )
         };
+        let quota = |limit: &'static str| {
+            (
+                limit,
+                registry.counter(
+                    "cloudcontroller.quota_refused",
+                    "requests refused because they would exceed an org or space quota, by limit",
+                    &[("limit", &limit.replace(' ', "_"))],
+                ),
+            )
+        };
         Self {
+            quota_refused: [
+                "total memory",
+                "instances",
+                "apps",
+                "routes",
+                "service instances",
+                "blob storage",
+            ]
+            .map(quota),
             logins_failed: login("wrong_password"),
             logins_throttled: login("throttled"),
             requests: [
@@ -133,6 +154,13 @@ impl Metrics {
     }
 
     /// Counts one answered request.
+    /// Counts one request a quota refused, under the limit that refused it.
+    pub(crate) fn quota_refused(&self, limit: &str) {
+        if let Some((_, counter)) = self.quota_refused.iter().find(|(l, _)| *l == limit) {
+            counter.inc();
+        }
+    }
+
     pub(crate) fn request(&self, status: u16) {
         let class = usize::from((status / 100).clamp(1, 5)) - 1;
         if let Some(counter) = self.requests.get(class) {

@@ -274,11 +274,14 @@ pub(crate) fn check(c: &Connection, space_guid: &str, growth: &Growth) -> Result
             let Some(limit) = limit else { continue };
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             if more > 0 && used.saturating_add(more) > limit {
-                return Err(ApiError::unprocessable(format!(
-                    "{kind} quota {:?} exceeded: {what} limit {limit}{unit}, {used}{unit} in use, \
-                     this needs {more}{unit} more; free some up or ask for a larger quota",
-                    quota.name
-                )));
+                return Err(ApiError::quota_exceeded(
+                    what,
+                    format!(
+                        "{kind} quota {:?} exceeded: {what} limit {limit}{unit}, {used}{unit} in \
+                         use, this needs {more}{unit} more; free some up or ask for a larger quota",
+                        quota.name
+                    ),
+                ));
             }
         }
     }

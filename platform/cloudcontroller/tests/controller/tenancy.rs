@@ -751,6 +751,25 @@ async fn starts_scales_and_creates_past_a_quota_fail_naming_it_with_limit_and_us
         .unwrap();
     let err = admin.start_app(&web.guid).await.unwrap_err();
     assert!(err.detail().unwrap().contains("instances limit 2"), "{err}");
+
+    // Each refusal is counted under the limit that made it.
+    let metrics = reqwest::get(format!("{}/metrics", cc.admin_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (limit, count) in [
+        ("total_memory", 1),
+        ("apps", 1),
+        ("routes", 1),
+        ("instances", 2),
+    ] {
+        let line = format!(
+            "cloudcontroller_quota_refused_total{{source_id=\"cloudcontroller\",instance_id=\"0\",limit=\"{limit}\"}} {count}"
+        );
+        assert!(metrics.contains(&line), "{line} not in {metrics}");
+    }
     cc.stop().await;
 }
 
