@@ -800,6 +800,38 @@ async fn catalogs_are_validated_and_new_plans_stay_hidden_until_access_is_enable
             .unwrap()
             .is_empty()
     );
+    // A space auditor reads the instance and its logs, but changes nothing.
+    cc.admin
+        .create_user(&CreateUser {
+            username: "auditor".into(),
+            password: "auditor-password".into(),
+            admin: false,
+        })
+        .await
+        .unwrap();
+    cc.admin
+        .assign_role(&space, "auditor", SpaceRole::Auditor)
+        .await
+        .unwrap();
+    let token = Client::new(&cc.url, None)
+        .login("auditor", "auditor-password")
+        .await
+        .unwrap();
+    let auditor = Client::new(&cc.url, Some(token.access_token));
+    assert_eq!(auditor.service_instance(&mine).await.unwrap().name, "mine");
+    auditor.service_instance_log_token(&mine).await.unwrap();
+    let refused = auditor.delete_service_instance(&mine).await.unwrap_err();
+    assert_eq!(refused.status(), Some(403));
+    let refused = auditor
+        .create_service_instance(&CreateServiceInstance {
+            name: "nope".into(),
+            offering: Some("cache".into()),
+            plan: Some("sync".into()),
+            ..CreateServiceInstance::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(403));
     broker.assert_strict();
     cc.stop().await;
 }

@@ -26,10 +26,10 @@ use hydrant_api::services::{
     ServiceBroker, ServiceInstance, ServiceInstanceAnswer, ServiceInstanceType, ServiceOffering,
     ServicePlan, UpdateServiceBroker, UpdateServiceInstance,
 };
-use hydrant_api::{List, LogToken, SpaceRole};
+use hydrant_api::{List, LogToken};
 use hydrant_auth::{Claims, Scope};
 use reqwest::Method;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension as _};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -122,7 +122,9 @@ fn accepted<T: serde::Serialize>(job: &Job, body: T) -> Response {
 
 // === who may do what ===
 
-/// Whether the caller may read (`Some(false)`) or change (`Some(true)`) what is in a space.
+/// Whether the caller may read (`Some(false)`) or change (`Some(true)`) what is in a space,
+/// by the tenancy role matrix: those who may read a space's apps (its members, its org's
+/// managers) read its service instances; its developers change them and see credentials.
 fn space_access(
     c: &Connection,
     caller: &Caller,
@@ -131,11 +133,20 @@ fn space_access(
     if caller.admin {
         return Ok(Some(true));
     }
-    let roles = db::roles(c, Some(space_guid), Some(&caller.user_guid))?;
-    if roles.is_empty() {
+    let grants = crate::tenancy::Grants::load(c, caller)?;
+    let org: String = c
+        .query_row(
+            "SELECT org_guid FROM spaces WHERE guid = ?1",
+            [space_guid],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or_default();
+    let access = grants.space(space_guid, &org);
+    if !access.read_apps {
         return Ok(None);
     }
-    Ok(Some(roles.iter().any(|r| r.role == SpaceRole::Developer)))
+    Ok(Some(access.develop))
 }
 
 /// An instance the caller may `access`; one they may not see is "not found".
