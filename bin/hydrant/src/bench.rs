@@ -389,6 +389,9 @@ async fn pipeline_run(args: &PipelineArgs, tls: bool, fair: bool) -> anyhow::Res
     let stop = CancellationToken::new();
     let emitted = Arc::new(AtomicU64::new(0));
     let per_gen_rate = args.rate / args.generators as u64;
+    // Read before any generator starts: a batch delivered before this read would be missing
+    // from `delivered` and show as unaccounted.
+    let delivered0 = consumer.delivered();
     let mut gens = Vec::new();
     for g in 0..args.generators {
         let sources: Vec<String> = (0..args.sources)
@@ -412,7 +415,6 @@ async fn pipeline_run(args: &PipelineArgs, tls: bool, fair: bool) -> anyhow::Res
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     let t0_ns = hydrant_envelope::now_nanos();
-    let delivered0 = consumer.delivered();
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     stop.cancel();
     for g in gens {

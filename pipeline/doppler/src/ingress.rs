@@ -115,7 +115,8 @@ impl IngressService {
             now,
             |d| by_source.add(d.source, d.dropped),
             |d| {
-                if let Some(source) = d.source {
+                // An envelope with no source_id has no stream to be told in.
+                if let Some(source) = d.source.filter(|s| !s.is_empty()) {
                     notices.push(notice(source, d.dropped, d.why, interval));
                 }
             },
