@@ -14,6 +14,8 @@ pub(crate) struct Metrics {
     pub(crate) staged: Counter,
     pub(crate) staging_failed: Counter,
     pub(crate) staging_rejected: Counter,
+    /// Builds refused because their space held its share of the staging queue.
+    pub(crate) staging_rejected_share: Counter,
     pub(crate) staging_depth: Gauge,
     pub(crate) staging_duration_ms: Gauge,
     pub(crate) placed: Counter,
@@ -113,6 +115,7 @@ impl Metrics {
             staged: staging("staged"),
             staging_failed: staging("failed"),
             staging_rejected: staging("queue_full"),
+            staging_rejected_share: staging("space_share_full"),
             staging_depth: registry.gauge(
                 "cloudcontroller.staging.queue_depth",
                 "builds waiting for a staging worker",

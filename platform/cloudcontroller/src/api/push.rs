@@ -259,7 +259,10 @@ async fn create_build(
         .await?;
     // Reserve the queue slot before writing the build, so a full queue leaves no orphan row.
     let permit = ctx.staging.reserve(&app.space_guid).map_err(|refused| {
-        ctx.metrics.staging_rejected.inc();
+        match refused {
+            staging::Refused::Full => ctx.metrics.staging_rejected.inc(),
+            staging::Refused::SpaceShare => ctx.metrics.staging_rejected_share.inc(),
+        }
         match refused {
             staging::Refused::Full => ApiError::unavailable(format!(
                 "the staging queue is full ({} builds waiting); try again in a minute",

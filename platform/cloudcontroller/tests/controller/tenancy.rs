@@ -68,6 +68,8 @@ enum Action {
     DeleteRoute,
     GetSlos,
     ListDrains,
+    UnsetOrgRole,
+    UnsetSpaceRole,
 }
 
 /// The matrix: for each action, the outcome per person in [`PEOPLE`] order.
@@ -105,6 +107,8 @@ const MATRIX: &[(Action, &str)] = &[
     (Action::DeleteRoute, "YFNYFFNN"),
     (Action::GetSlos, "YYNYYYNN"),
     (Action::ListDrains, "YYNYYYNN"),
+    (Action::UnsetOrgRole, "YYFFFFNN"),
+    (Action::UnsetSpaceRole, "YYNFFYNN"),
 ];
 
 /// The tenants every action is tried against.
@@ -289,6 +293,16 @@ async fn attempt(
         }
         Action::GetSlos => client.app_slos(app).await.map(drop),
         Action::ListDrains => client.app_drains(app).await.map(drop),
+        Action::UnsetOrgRole => {
+            client
+                .remove_org_role(&fx.org.guid, "spare", OrgRole::Auditor)
+                .await
+        }
+        Action::UnsetSpaceRole => {
+            client
+                .remove_role(&fx.space.guid, "spare", SpaceRole::Auditor)
+                .await
+        }
     }
 }
 
