@@ -315,6 +315,16 @@ pub(crate) async fn run(
             tracing::info!(instance = ?ident.guid(),
                 reason = ?ident.cell.stop_reason(ident.guid()), "executor: stopping instance");
             ident.cell_line(&format!("stopping instance {}", ident.guid()));
+            // An evacuated instance's replacement already serves: routers on other hosts get
+            // the unregistration a moment later, so it keeps answering until they have.
+            if ident
+                .cell
+                .stop_reason(ident.guid())
+                .is_some_and(|r| r.starts_with(crate::presence::EVACUATED))
+                && !ident.cell.is_killed()
+            {
+                tokio::time::sleep(crate::presence::ROUTE_DRAIN).await;
+            }
             running.terminate().await;
             // A killed cell plays a lost host: no graceful interval.
             let grace = if ident.cell.is_killed() {

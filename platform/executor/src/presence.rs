@@ -28,6 +28,12 @@ use tokio::time::Instant;
 
 use crate::cell::{Cell, now_nanos};
 
+/// How a stop request's reason starts when the instance's replacement runs elsewhere (the
+/// cloud controller's wording).
+pub(crate) const EVACUATED: &str = "evacuated";
+/// How long an evacuated instance keeps serving after its routes are unregistered, so routers
+/// on other hosts drop it before it stops answering.
+pub(crate) const ROUTE_DRAIN: Duration = Duration::from_secs(1);
 /// The stack every cell runs (the DEA's `stacks`).
 const STACK: &str = "cflinuxfs4";
 /// Most other cells remembered; more are ignored (bounded whatever the bus carries).
