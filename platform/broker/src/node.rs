@@ -198,6 +198,7 @@ async fn supervise(spec: Spec, sink: Sink, watch: Watch, stop: CancellationToken
                 starts.send_modify(|n| *n += 1);
                 tokio::select! {
                     status = child.wait() => {
+                        kill_group(id);
                         pid.store(0, Ordering::Relaxed);
                         exits.fetch_add(1, Ordering::Relaxed);
                         restarts.inc();
@@ -247,7 +248,11 @@ fn start(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        // Its own process group: what it forks (PostgreSQL's backends, RabbitMQ's Erlang VM
+        // under its start script) is cleaned up with it, so a restart after a SIGKILL never
+        // meets an orphan still holding the port or the shared memory.
+        .process_group(0);
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }
@@ -337,7 +342,8 @@ fn forward(line: &[u8], is_err: bool, spec: &Spec, sink: &Sink, last: &Mutex<Str
 }
 
 async fn terminate(child: &mut Child, name: &str) {
-    if let Some(id) = child.id()
+    let leader = child.id();
+    if let Some(id) = leader
         && let Ok(pid) = i32::try_from(id)
     {
         let _ = nix::sys::signal::kill(
@@ -351,6 +357,21 @@ async fn terminate(child: &mut Child, name: &str) {
     {
         tracing::warn!(node = %name, "service node ignored SIGTERM; killing it");
         let _ = child.kill().await;
+    }
+    if let Some(id) = leader {
+        kill_group(id);
+    }
+}
+
+/// SIGKILLs what is left of the process group a node led (`pid` = its leader's pid).
+fn kill_group(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid)
+        && pid > 0
+    {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 

@@ -335,7 +335,10 @@ async fn rabbit(
     if let Some(b) = body {
         req = req.json(&b);
     }
-    let resp = req.send().await.unwrap();
+    // 0: the node did not answer (it is restarting).
+    let Ok(resp) = req.send().await else {
+        return (0, Value::Null);
+    };
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
@@ -420,6 +423,30 @@ async fn rabbitmq_create_bind_use_unbind_delete() {
     let (st, _) = rabbit(&client, &c1, reqwest::Method::GET, "whoami", None).await;
     assert_eq!(st, 401, "an unbound user is gone");
     rabbit_use(&client, &c2, "q3").await.unwrap();
+
+    // SIGKILL the node's start script: its Erlang VM goes with its process group, and the
+    // node starts again on the same ports with the vhost and users it had.
+    let killed = b
+        .nodes()
+        .await
+        .into_iter()
+        .find(|n| n.0 == "rabbitmq")
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(killed.1 as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually(60, "the RabbitMQ node to serve again", || async {
+        let now = b
+            .nodes()
+            .await
+            .iter()
+            .find(|n| n.0 == "rabbitmq")
+            .map_or(0, |n| n.1);
+        now != 0 && now != killed.1 && rabbit_use(&client, &c2, "q4").await.is_ok()
+    })
+    .await;
 
     let node = b
         .nodes()

@@ -124,3 +124,69 @@ async fn a_broker_inside_a_private_directory_still_runs_its_nodes() {
         let _ = std::fs::remove_dir(&root);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_postgresql_node_comes_back_despite_its_busy_backends() {
+    require("postgresql");
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(config(dir.path(), ports())).await;
+    let id = guid();
+    b.provision(&id, "postgresql", "small", json!({})).await;
+    let creds = b.bind(&id, &guid(), "postgresql", json!({})).await;
+    let uri = creds["uri"].as_str().unwrap().to_owned();
+    let ok = |uri: String| async move {
+        run("psql", &[&uri, "-X", "-tAc", "SELECT 1"], &[])
+            .await
+            .1
+            .trim()
+            == "1"
+    };
+    assert!(ok(uri.clone()).await);
+    // A session busy for a minute when the postmaster dies: the node still comes back at
+    // once (its process group goes with the postmaster; PostgreSQL's backends also leave on
+    // their own when they see it gone).
+    let mut busy = tokio::process::Command::new("psql")
+        .args([uri.as_str(), "-X", "-c", "SELECT pg_sleep(60)"])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let node = b
+        .nodes()
+        .await
+        .into_iter()
+        .find(|n| n.0 == "postgresql")
+        .unwrap();
+    let socket = dir.path().join("nodes/postgresql").display().to_string();
+    let admin = format!(
+        "postgresql:///postgres?host={socket}&port={}&user=hydrant",
+        node.2[0]
+    );
+    eventually(10, "the busy backend", || async {
+        let (_, out) = run(
+            "psql",
+            &[
+                &admin,
+                "-X",
+                "-tAc",
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'",
+            ],
+            &[],
+        )
+        .await;
+        out.trim() == "1"
+    })
+    .await;
+    let pid = node.1;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually(30, "PostgreSQL to serve the binding again", || {
+        ok(uri.clone())
+    })
+    .await;
+    let _ = busy.kill().await;
+    assert_eq!(b.deprovision(&id, "postgresql").await, 200);
+    b.stop().await;
+}
