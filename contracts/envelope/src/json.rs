@@ -94,6 +94,12 @@ pub fn envelope(e: &v2::Envelope) -> Value {
             Value::String(e.hydrant_sequence.to_string()),
         );
     }
+    if e.hydrant_sequence_stream != 0 {
+        out.insert(
+            "hydrant_sequence_stream".into(),
+            Value::String(e.hydrant_sequence_stream.to_string()),
+        );
+    }
     Value::Object(out)
 }
 

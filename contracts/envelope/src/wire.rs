@@ -21,6 +21,8 @@ const FIXED32: u8 = 5;
 
 /// Field number of the Hydrant sequence extension on `Envelope`.
 pub const SEQUENCE_FIELD: u32 = 100;
+/// Field number of `hydrant_sequence_stream`: which agent's numbering the sequence is.
+pub const SEQUENCE_STREAM_FIELD: u32 = 101;
 
 /// One decoded field value. Length-delimited values borrow the input.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -232,6 +234,8 @@ pub struct EnvelopeView<'a> {
     body: &'a [u8],
     /// The Hydrant sequence number (field 100), 0 when absent.
     pub sequence: u64,
+    /// The numbering the sequence belongs to (field 101, one per agent process), 0 when absent.
+    pub sequence_stream: u64,
 }
 
 fn validate_map_entry(
@@ -353,6 +357,9 @@ impl<'a> EnvelopeView<'a> {
                     view.body = body;
                 }
                 SEQUENCE_FIELD => view.sequence = expect_varint(SEQUENCE_FIELD, value)?,
+                SEQUENCE_STREAM_FIELD => {
+                    view.sequence_stream = expect_varint(SEQUENCE_STREAM_FIELD, value)?;
+                }
                 _ => {}
             }
         }
@@ -597,6 +604,8 @@ pub fn put_varint(buf: &mut impl BufMut, mut v: u64) {
 pub struct BatchBuilder {
     buf: BytesMut,
     count: usize,
+    /// `hydrant_sequence_stream` stamped beside each sequence; 0 stamps none.
+    stream: u64,
 }
 
 impl BatchBuilder {
@@ -606,7 +615,16 @@ impl BatchBuilder {
         Self {
             buf: BytesMut::with_capacity(capacity),
             count: 0,
+            stream: 0,
         }
+    }
+
+    /// Stamps `stream` as `hydrant_sequence_stream` beside every sequence
+    /// [`push_with_sequence`](Self::push_with_sequence) appends (0, the default, stamps none).
+    #[must_use]
+    pub fn with_sequence_stream(mut self, stream: u64) -> Self {
+        self.stream = stream;
+        self
     }
 
     /// Appends one encoded envelope.
@@ -622,7 +640,12 @@ impl BatchBuilder {
     /// decoders take the last occurrence of a scalar field, so this overrides any sequence the
     /// emitter sent.
     pub fn push_with_sequence(&mut self, envelope: &[u8], sequence: u64) {
-        let extra = 2 + varint_len(sequence);
+        let stream_extra = if self.stream == 0 {
+            0
+        } else {
+            2 + varint_len(self.stream)
+        };
+        let extra = 2 + varint_len(sequence) + stream_extra;
         let len = envelope.len() + extra;
         self.buf.reserve(len + 6);
         self.buf.put_u8(0x0a);
@@ -630,6 +653,10 @@ impl BatchBuilder {
         self.buf.put_slice(envelope);
         put_varint(&mut self.buf, u64::from(SEQUENCE_FIELD << 3));
         put_varint(&mut self.buf, sequence);
+        if self.stream != 0 {
+            put_varint(&mut self.buf, u64::from(SEQUENCE_STREAM_FIELD << 3));
+            put_varint(&mut self.buf, self.stream);
+        }
         self.count += 1;
     }
 

@@ -8,7 +8,8 @@
 //! Invariants:
 //! - No await and no per-envelope allocation: one lock per incoming message, a zero-copy walk of
 //!   the envelope, two hash lookups and one copy into the batch. Envelopes are never decoded.
-//! - Sequence numbers are per (source_id, instance_id), start at 1, and are assigned under the
+//! - Sequence numbers are per (source_id, instance_id), start at 1, carry this agent's random
+//!   `hydrant_sequence_stream` (so consumers never compare two agents' numbers), and are assigned under the
 //!   same lock that appends to the batch, so within one doppler stream they are in order.
 //! - Every envelope that enters is forwarded or counted under exactly one drop reason.
 //! - The tracking map is bounded by `max_tracked_instances` and idle entries are forgotten.
@@ -34,10 +35,11 @@ use crate::hash;
 use crate::limiter::{self, Bucket, Verdict};
 use crate::metrics::Metrics;
 
-/// The most bytes `push_with_sequence` adds: a 2-byte key for field 100 and a 10-byte varint.
-/// Envelopes are accepted only if they still fit [`hydrant_envelope::MAX_ENVELOPE_BYTES`] after
-/// stamping, so the doppler never refuses what the agent forwarded.
-const SEQUENCE_OVERHEAD: usize = 12;
+/// The most bytes `push_with_sequence` adds: a 2-byte key and a 10-byte varint for each of the
+/// sequence (field 100) and its stream (field 101). Envelopes are accepted only if they still
+/// fit [`hydrant_envelope::MAX_ENVELOPE_BYTES`] after stamping, so the doppler never refuses
+/// what the agent forwarded.
+const SEQUENCE_OVERHEAD: usize = 24;
 
 /// Routing and batching settings, taken from the config.
 #[derive(Debug, Clone)]
@@ -189,6 +191,10 @@ impl Router {
     pub(crate) fn new(settings: Settings, lanes: Vec<Arc<Lane>>, metrics: Metrics) -> Self {
         let now = Instant::now();
         let capacity = settings.batch_max_bytes.min(1 << 20);
+        // This agent's numbering: sequences are contiguous per (source, instance, stream), so a
+        // consumer never compares our numbers with another host's agent stamping the same app
+        // instance (the router's envelopes carry the app's ids) or with ours before a restart.
+        let stream = fastrand::u64(1..);
         let state = State {
             sources: HashMap::new(),
             instances: 0,
@@ -197,7 +203,7 @@ impl Router {
             pending: lanes
                 .iter()
                 .map(|_| Pending {
-                    builder: BatchBuilder::with_capacity(capacity),
+                    builder: BatchBuilder::with_capacity(capacity).with_sequence_stream(stream),
                     shares: Vec::new(),
                     first: None,
                     last: now,

@@ -383,14 +383,22 @@ async fn a_stock_v2_client_reaches_the_doppler_with_sequence_numbers() {
         .wait_for(Duration::from_secs(5), "every envelope", |e| e.len() == 311)
         .await;
     let got = got(&doppler);
-    // Apart from the sequence stamp (field 100, which a stock decoder skips as unknown), the
-    // doppler gets exactly what was sent, in order.
+    // Apart from the sequence stamp (fields 100 and 101, which a stock decoder skips as
+    // unknown), the doppler gets exactly what was sent, in order; every stamp names this one
+    // agent's numbering.
+    let streams: std::collections::BTreeSet<u64> = got
+        .iter()
+        .map(|g| g.envelope.hydrant_sequence_stream)
+        .collect();
+    assert_eq!(streams.len(), 1, "one agent, one numbering: {streams:?}");
+    assert!(!streams.contains(&0), "the agent stamps its numbering");
     let received: Vec<v2::Envelope> = got
         .iter()
         .map(|g| {
             assert_eq!(g.envelope.hydrant_sequence, g.sequence);
             v2::Envelope {
                 hydrant_sequence: 0,
+                hydrant_sequence_stream: 0,
                 ..g.envelope.clone()
             }
         })

@@ -231,6 +231,7 @@ fn keys(view: &EnvelopeView<'_>) -> (Option<u64>, u64) {
     let sequence = (view.sequence != 0).then(|| {
         let mut h = identity();
         1u8.hash(&mut h);
+        view.sequence_stream.hash(&mut h);
         view.sequence.hash(&mut h);
         h.finish()
     });

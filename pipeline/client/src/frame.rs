@@ -15,6 +15,7 @@
 //!   short URL-safe text, put on the frame's last batch, and never counted as an envelope.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 
 use bytes::Bytes;
 use std::sync::Arc;
@@ -28,7 +29,10 @@ use crate::{Batch, StreamEvent};
 /// `field 1, wire type LEN`: the only field of `EnvelopeBatch`.
 const BATCH_ENTRY_KEY: u64 = (1 << 3) | 2;
 
-/// Per-(source_id, instance_id) memory of the last `hydrant_sequence`, bounded.
+/// Per-(source_id, instance_id, hydrant_sequence_stream) memory of the last `hydrant_sequence`,
+/// bounded. The stream is the stamping agent's numbering: a router host's agent and the app's
+/// cell agent both number the app's (source_id, instance_id), so only numbers of one stream are
+/// compared.
 ///
 /// Two generations: lookups hit the young map, fall back to the old one (and promote); when the
 /// young map is full it becomes the old one and the previous old one is forgotten. This bounds
@@ -65,6 +69,9 @@ impl SequenceTracker {
         self.scratch.push_str(view.source_id);
         self.scratch.push('\0');
         self.scratch.push_str(view.instance_id);
+        self.scratch.push('\0');
+        // Hex into the reused buffer: no allocation for a known key.
+        let _ = write!(self.scratch, "{:x}", view.sequence_stream);
         let previous = if let Some(last) = self.young.get_mut(self.scratch.as_str()) {
             std::mem::replace(last, view.sequence)
         } else {
@@ -392,6 +399,48 @@ mod tests {
         );
         assert_eq!(shape(&out), ["gap1:client:malformed_envelope"]);
         assert_eq!(c.malformed, 1);
+    }
+
+    #[test]
+    fn two_agents_numbering_one_instance_are_not_loss_but_a_jump_in_one_is() {
+        // A router host's agent and the app's cell agent both stamp ("app", "0").
+        let stamped = |stream: u64, seqs: &[u64]| -> Vec<Bytes> {
+            let mut b = BatchBuilder::with_capacity(256).with_sequence_stream(stream);
+            for &seq in seqs {
+                b.push_with_sequence(&log("app", "0", 0), seq);
+            }
+            let batch = b.take();
+            let mut pos = 0;
+            std::iter::from_fn(|| next_record(&batch, &mut pos).map(Bytes::copy_from_slice))
+                .collect()
+        };
+        let (cell, router) = (stamped(11, &[1, 2, 3, 4, 9]), stamped(22, &[1, 2, 3]));
+        let mut t = SequenceTracker::new(100, true);
+        let mut seen = Vec::new();
+        for (c, r) in cell
+            .iter()
+            .zip(router.iter().chain(std::iter::repeat(&router[2])))
+        {
+            seen.push(t.observe(&EnvelopeView::parse(c).unwrap()));
+            seen.push(t.observe(&EnvelopeView::parse(r).unwrap()));
+        }
+        // Interleaved, the two numberings never look like loss (the repeated 3 of the router's
+        // stream is a duplicate, not loss); the cell's own jump from 4 to 9 is 4 lost.
+        assert_eq!(
+            seen,
+            [
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                Some(4),
+                None
+            ]
+        );
     }
 
     #[test]

@@ -93,6 +93,13 @@ fn parse_envelope(value: &Value) -> Parsed<v2::Envelope> {
         source_id: opt(obj, "source_id", "sourceId", string)?.unwrap_or_default(),
         instance_id: opt(obj, "instance_id", "instanceId", string)?.unwrap_or_default(),
         hydrant_sequence: opt(obj, "hydrant_sequence", "hydrantSequence", uint64)?.unwrap_or(0),
+        hydrant_sequence_stream: opt(
+            obj,
+            "hydrant_sequence_stream",
+            "hydrantSequenceStream",
+            uint64,
+        )?
+        .unwrap_or(0),
         ..v2::Envelope::default()
     };
     if let Some(tags) = opt(obj, "tags", "tags", |v| map_of(v, string))? {
@@ -370,6 +377,7 @@ mod tests {
                 ),
             ]),
             hydrant_sequence: u64::MAX,
+            hydrant_sequence_stream: u64::MAX - 1,
             ..v2::Envelope::default()
         };
         let with = |m: Message| v2::Envelope {

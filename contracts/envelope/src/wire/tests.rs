@@ -117,7 +117,29 @@ fn sequence_appended_overrides_and_decodes() {
     let batch = b.take();
     let decoded = v2::EnvelopeBatch::decode(batch).unwrap();
     assert_eq!(decoded.batch[0].hydrant_sequence, 300);
+    assert_eq!(decoded.batch[0].hydrant_sequence_stream, 0);
     assert_eq!(decoded.batch[0].source_id, "a");
+}
+
+#[test]
+fn a_builder_with_a_stream_stamps_it_beside_each_sequence() {
+    let bytes = encode(&log("a", b"x"));
+    let mut b = BatchBuilder::with_capacity(64).with_sequence_stream(u64::MAX);
+    b.push_with_sequence(&bytes, 7);
+    b.push_with_sequence(&bytes, 8);
+    let decoded = v2::EnvelopeBatch::decode(b.take()).unwrap();
+    let got: Vec<_> = decoded
+        .batch
+        .iter()
+        .map(|e| (e.hydrant_sequence, e.hydrant_sequence_stream))
+        .collect();
+    assert_eq!(got, [(7, u64::MAX), (8, u64::MAX)]);
+    let batch = v2::EnvelopeBatch {
+        batch: decoded.batch,
+    };
+    let encoded = prost::Message::encode_to_vec(&batch.batch[1]);
+    let view = EnvelopeView::parse(&encoded).unwrap();
+    assert_eq!((view.sequence, view.sequence_stream), (8, u64::MAX));
 }
 
 #[test]
@@ -194,15 +216,17 @@ fn arb_envelope() -> impl Strategy<Value = v2::Envelope> {
         proptest::collection::hash_map(".{0,10}", ".{0,10}", 0..5),
         message,
         any::<u64>(),
+        any::<u64>(),
     )
         .prop_map(
-            |(timestamp, source_id, instance_id, tags, message, seq)| v2::Envelope {
+            |(timestamp, source_id, instance_id, tags, message, seq, stream)| v2::Envelope {
                 timestamp,
                 source_id,
                 instance_id,
                 tags,
                 message,
                 hydrant_sequence: seq,
+                hydrant_sequence_stream: stream,
                 ..Default::default()
             },
         )
@@ -217,6 +241,7 @@ proptest! {
         prop_assert_eq!(view.source_id, env.source_id.as_str());
         prop_assert_eq!(view.instance_id, env.instance_id.as_str());
         prop_assert_eq!(view.sequence, env.hydrant_sequence);
+        prop_assert_eq!(view.sequence_stream, env.hydrant_sequence_stream);
         let tags: HashMap<String, String> =
             view.tags().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
         prop_assert_eq!(&tags, &env.tags);
