@@ -11,7 +11,8 @@
 //!
 //! Invariants: a node's log line is capped at [`MAX_LINE`] bytes (longer lines are cut and
 //! counted, never buffered whole); a node is stopped with SIGTERM and, after
-//! [`STOP_GRACE`], SIGKILL, so deprovision and shutdown never leave a process behind; an
+//! [`STOP_GRACE`], SIGKILL, and it leads its own process group, which is killed whenever the
+//! node ends, so deprovision, shutdown and restarts never leave a process behind; an
 //! admin command's error carries its program and stderr, with every secret it was given
 //! replaced by `***`.
 
