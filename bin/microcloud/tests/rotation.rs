@@ -86,19 +86,48 @@ async fn a_three_step_ca_rotation_drops_no_stream_and_loses_no_envelope() {
         Ok(Some(StreamEvent::Connected)) => {}
         other => panic!("the firehose stream did not open: {other:?}"),
     }
+    let emitter_registry = Registry::new(SOURCE, "0");
     let emitter = Emitter::start(
         EmitterConfig {
             agent: cloud.agent_url.clone(),
             tls: Some(TlsFiles::in_dir(&certs, Identity::Executor)),
             ..EmitterConfig::default()
         },
-        &Registry::new(SOURCE, "0"),
+        &emitter_registry,
         shutdown.clone(),
     );
     // The old CA's executor leaf, kept to show it is refused at the end.
     let old = tempfile::tempdir().unwrap();
     for file in ["executor.pem", "executor.key"] {
         std::fs::copy(certs.join(file), old.path().join(file)).unwrap();
+    }
+
+    // The stream is open once the edge has subscribed to the doppler: until then the firehose
+    // has nobody to deliver to. Warm up until an envelope makes it through.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    'warm: loop {
+        emitter.log("rotation-warmup", "0", "APP", b"warm", false);
+        emitter.flush();
+        let wait = tokio::time::sleep(Duration::from_millis(200));
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                () = &mut wait => break,
+                event = stream.next() => match event {
+                    Some(StreamEvent::Batch(batch)) => {
+                        if batch.decode().unwrap().iter().any(|e| e.source_id == "rotation-warmup") {
+                            break 'warm;
+                        }
+                    }
+                    Some(StreamEvent::Gap(_)) => {}
+                    other => panic!("the stream was interrupted while warming up: {other:?}"),
+                },
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no envelope reached the stream in 30 s"
+        );
     }
 
     let mut sent = 0usize;
@@ -157,12 +186,28 @@ async fn a_three_step_ca_rotation_drops_no_stream_and_loses_no_envelope() {
 
     // Every envelope arrives exactly once on the stream that stayed open.
     let mut seen = BTreeSet::new();
+    let mut client_gaps = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while seen.len() < sent {
         let left = deadline.saturating_duration_since(Instant::now());
         let event = tokio::time::timeout(left, stream.next())
             .await
-            .unwrap_or_else(|_| panic!("only {} of {sent} envelopes arrived", seen.len()))
+            .unwrap_or_else(|_| {
+                let missing: Vec<usize> = (0..sent)
+                    .filter(|i| !seen.contains(&i.to_string()))
+                    .collect();
+                panic!(
+                    "only {} of {sent} envelopes arrived (missing {:?}..={:?}); agent ingress {}; \
+                     emitter {:?}; client gaps {client_gaps:?}, stats {:?}, drops {:?}",
+                    seen.len(),
+                    missing.first(),
+                    missing.last(),
+                    cloud.counter("agent.ingress"),
+                    emitter_registry.counters(),
+                    stream.stats(),
+                    cloud.drops()
+                )
+            })
             .expect("the stream ended");
         match event {
             StreamEvent::Batch(batch) => {
@@ -178,7 +223,10 @@ async fn a_three_step_ca_rotation_drops_no_stream_and_loses_no_envelope() {
             }
             // The client's own parse failures concern frames, not the pipeline; losses in the
             // pipeline show as markers from its hops, and as envelopes missing here.
-            StreamEvent::Gap(gap) => assert_eq!(gap.hop, "client", "pipeline loss: {gap:?}"),
+            StreamEvent::Gap(gap) => {
+                assert_eq!(gap.hop, "client", "pipeline loss: {gap:?}");
+                client_gaps.push(gap);
+            }
             other => panic!("the stream was interrupted: {other:?}"),
         }
     }
