@@ -210,6 +210,22 @@ async fn sweep_deleted_apps(ctx: &Arc<Ctx>) -> Result<(), ApiError> {
 
 /// One step of one job, its outcome written before it returns.
 async fn step(ctx: &Arc<Ctx>, job: JobRow) {
+    // The runner's list of due jobs may predate the previous step of this one, which finished
+    // (and left `running`) since: act only on the row as it is now, and only if it is due.
+    let guid = job.guid.clone();
+    let fresh = ctx.db.run(move |c| Ok(store::job(c, &guid)?)).await;
+    let job = match fresh {
+        Ok(Some(j))
+            if matches!(j.state.as_str(), "PROCESSING" | "POLLING") && j.next_at_ms <= now_ms() =>
+        {
+            j
+        }
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(job = %job.guid, error = %e.detail(), "services: cannot read a job");
+            return;
+        }
+    };
     let broker_guid = job.spec.broker_guid.clone();
     let broker = ctx
         .db

@@ -644,12 +644,8 @@ pub(crate) fn set_dashboard_url(c: &Connection, guid: &str, url: &str) -> rusqli
     .map(drop)
 }
 
+/// Deletes an instance row; its jobs stay readable until they are pruned.
 pub(crate) fn delete_instance(c: &Connection, guid: &str) -> rusqlite::Result<()> {
-    c.execute(
-        "DELETE FROM service_jobs WHERE resource_guid = ?1 AND state IN ('COMPLETE', 'FAILED') \
-         AND operation NOT LIKE '%orphan%'",
-        [guid],
-    )?;
     c.execute("DELETE FROM service_instances WHERE guid = ?1", [guid])
         .map(drop)
 }
