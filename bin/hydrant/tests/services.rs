@@ -321,3 +321,61 @@ fn the_service_commands_work_in_cloud_foundrys_shape() {
     let missing = cli(&["service", "c1"]);
     assert_eq!(missing.status.code(), Some(4), "{}", text(&missing));
 }
+
+/// Waits (at most 60 s) until `hydrant logs NAME --recent` shows a line containing `needle`.
+fn wait_for_log(cloud: &MicroCloud, name: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let logs = text(&cloud.cli(&["logs", name, "--recent"]));
+        if let Some(line) = logs.lines().rev().find(|l| l.contains(needle)) {
+            return line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the logs of {name}:\n{logs}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn the_micro_clouds_own_broker_gives_an_app_redis_and_shows_its_logs() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "hydrant up runs apps in real containers and needs root: run this test as root, as CI does"
+    );
+    let cloud = MicroCloud::start(BIN, &[]);
+    let cli = |args: &[&str]| cloud.cli(args);
+    let market = json_of(&cli(&["marketplace", "-e", "redis", "--json"]));
+    assert_eq!(
+        market[0]["broker_name"], "hydrant",
+        "the redis offering needs redis-server (Debian package redis-server): {market}"
+    );
+
+    // The issue's first steps: create (no wait), then bind with a restart, which waits for the
+    // create, binds and replaces the instance so it starts with the credentials.
+    ok(&cli(&["create-service", "redis", "small", "cache"]));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Procfile"), "web: sleep 100000\n").unwrap();
+    ok(&cli(&[
+        "push",
+        "reader",
+        "-p",
+        dir.path().to_str().unwrap(),
+        "-u",
+        "process",
+        "--no-route",
+        "-c",
+        "echo \"SERVICES=$VCAP_SERVICES\"; exec sleep 100000",
+    ]));
+    ok(&cli(&["bind-service", "reader", "cache", "--restart"]));
+    let line = wait_for_log(&cloud, "reader", "SERVICES={\"redis\"");
+    assert!(line.contains("\"uri\":\"redis://"), "{line}");
+    // The instance's own server lines, under its name.
+    wait_for_log(&cloud, "cache", "Ready to accept connections");
+
+    ok(&cli(&["unbind-service", "reader", "cache", "--wait"]));
+    ok(&cli(&["delete-service", "cache", "-f", "--wait"]));
+    let services = json_of(&cli(&["services", "--json"]));
+    assert!(named(&services, "cache").is_none(), "{services}");
+}
