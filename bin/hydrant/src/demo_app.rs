@@ -7,6 +7,12 @@
 //! platform's signals move: `/status/{code}` answers with any status, `/delay/{ms}` adds latency,
 //! `/crash` exits with status 1 (the executor reports the crash), `/log/{n}` prints n lines, and
 //! `/` greets with the instance index so round-robin is visible.
+//!
+//! Bound to a Redis service (`hydrant create-service redis small cache && hydrant bind-service
+//! demo cache --restart`), `/` also counts visits in it: the credentials come from
+//! `VCAP_SERVICES` exactly as any app would read them, and a tiny RESP client sends `AUTH` and
+//! `INCR`. Every reply is read with a deadline and a bounded line length, so a wrong or hostile
+//! endpoint costs the request a clear message, never a hang.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -17,6 +23,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 
 /// Arguments of `hydrant demo-app`.
 #[derive(Debug, clap::Args)]
@@ -34,7 +41,27 @@ pub struct DemoAppArgs {
 struct Demo {
     index: String,
     started: Instant,
+    /// The first Redis service bound to the app, if any.
+    redis: Option<std::sync::Arc<Redis>>,
 }
+
+/// A Redis service's connection details, from `VCAP_SERVICES`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Redis {
+    /// The service instance's name (`cache`).
+    name: String,
+    host: String,
+    port: u16,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+/// The key the demo counts visits under.
+const COUNTER_KEY: &str = "hydrant-demo:visits";
+/// How long one Redis exchange may take.
+const REDIS_DEADLINE: Duration = Duration::from_secs(2);
+/// The longest reply line accepted from Redis.
+const MAX_REPLY_LINE: u64 = 512;
 
 /// The longest delay `/delay/{ms}` honours, so a typo cannot park a connection for hours.
 const MAX_DELAY: Duration = Duration::from_secs(60);
@@ -42,9 +69,20 @@ const MAX_DELAY: Duration = Duration::from_secs(60);
 const MAX_LOG_LINES: u32 = 100_000;
 
 pub async fn run(args: DemoAppArgs) -> anyhow::Result<ExitCode> {
+    let redis = std::env::var("VCAP_SERVICES")
+        .ok()
+        .and_then(|v| redis_from_vcap(&v))
+        .map(std::sync::Arc::new);
+    if let Some(r) = &redis {
+        println!(
+            "demo app: counting visits in Redis service {:?} at {}:{}",
+            r.name, r.host, r.port
+        );
+    }
     let demo = Demo {
         index: std::env::var("INSTANCE_INDEX").unwrap_or_else(|_| "0".to_owned()),
         started: Instant::now(),
+        redis,
     };
     let app = axum::Router::new()
         .route("/", get(hello))
@@ -105,11 +143,154 @@ async fn access_line(
 }
 
 async fn hello(State(demo): State<Demo>) -> String {
-    format!(
+    let mut text = format!(
         "Hello from the Hydrant demo app, instance {} (up {} s)\n",
         demo.index,
         demo.started.elapsed().as_secs()
-    )
+    );
+    if let Some(redis) = &demo.redis {
+        match tokio::time::timeout(REDIS_DEADLINE, count_visit(redis)).await {
+            Ok(Ok(n)) => text.push_str(&format!(
+                "visits counted in Redis service {:?}: {n}\n",
+                redis.name
+            )),
+            Ok(Err(err)) => {
+                eprintln!("Redis service {:?}: {err}", redis.name);
+                text.push_str(&format!("Redis service {:?}: {err}\n", redis.name));
+            }
+            Err(_) => {
+                eprintln!("Redis service {:?}: no answer within 2 s", redis.name);
+                text.push_str(&format!(
+                    "Redis service {:?}: no answer within 2 s\n",
+                    redis.name
+                ));
+            }
+        }
+    }
+    text
+}
+
+/// The first service in `VCAP_SERVICES` that is Redis: offering label `redis`, a `redis` tag, or
+/// a `redis://` URI; its host and port from `host`/`hostname` and `port`, else from the URI.
+fn redis_from_vcap(vcap: &str) -> Option<Redis> {
+    let services: serde_json::Value = serde_json::from_str(vcap).ok()?;
+    let entries = services
+        .as_object()?
+        .values()
+        .filter_map(|v| v.as_array())
+        .flatten();
+    for entry in entries {
+        let creds = entry.get("credentials")?;
+        let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_owned);
+        let uri = text(creds.get("uri")).and_then(|u| reqwest::Url::parse(&u).ok());
+        let is_redis = entry.get("label").and_then(|l| l.as_str()) == Some("redis")
+            || entry
+                .get("tags")
+                .and_then(|t| t.as_array())
+                .is_some_and(|t| t.iter().any(|t| t.as_str() == Some("redis")))
+            || uri.as_ref().is_some_and(|u| u.scheme() == "redis");
+        if !is_redis {
+            continue;
+        }
+        let host = text(creds.get("host"))
+            .or_else(|| text(creds.get("hostname")))
+            .or_else(|| uri.as_ref().and_then(|u| u.host_str().map(str::to_owned)))?;
+        let port = creds
+            .get("port")
+            .and_then(|p| p.as_u64().and_then(|p| u16::try_from(p).ok()))
+            .or_else(|| uri.as_ref().and_then(reqwest::Url::port))
+            .unwrap_or(6379);
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let username = text(creds.get("username")).or_else(|| {
+            uri.as_ref()
+                .map(|u| decode(u.username()))
+                .filter(|u| !u.is_empty())
+        });
+        let password = text(creds.get("password"))
+            .or_else(|| uri.as_ref().and_then(|u| u.password().map(decode)));
+        let name = text(entry.get("name")).unwrap_or_else(|| "redis".to_owned());
+        return Some(Redis {
+            name,
+            host,
+            port,
+            username,
+            password,
+        });
+    }
+    None
+}
+
+/// `AUTH` (when the binding has a password) and `INCR` on one fresh connection: the count.
+async fn count_visit(redis: &Redis) -> Result<i64, String> {
+    let stream = tokio::net::TcpStream::connect((redis.host.as_str(), redis.port))
+        .await
+        .map_err(|e| format!("cannot connect to {}:{}: {e}", redis.host, redis.port))?;
+    let mut stream = BufReader::new(stream);
+    if let Some(password) = &redis.password {
+        let mut auth = vec!["AUTH"];
+        auth.extend(redis.username.as_deref());
+        auth.push(password);
+        match exchange(&mut stream, &auth).await? {
+            Reply::Status(_) => {}
+            other => return Err(format!("AUTH refused: {other:?}")),
+        }
+    }
+    match exchange(&mut stream, &["INCR", COUNTER_KEY]).await? {
+        Reply::Integer(n) => Ok(n),
+        other => Err(format!("INCR answered {other:?}")),
+    }
+}
+
+/// One RESP reply line: what the demo's two commands can get back.
+#[derive(Debug, PartialEq, Eq)]
+enum Reply {
+    Status(String),
+    Error(String),
+    Integer(i64),
+}
+
+/// Sends `args` as a RESP array and reads one single-line reply (at most 512 bytes).
+async fn exchange(
+    stream: &mut BufReader<tokio::net::TcpStream>,
+    args: &[&str],
+) -> Result<Reply, String> {
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream
+        .get_mut()
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("sending to Redis: {e}"))?;
+    let mut line = String::new();
+    let read = (&mut *stream)
+        .take(MAX_REPLY_LINE)
+        .read_line(&mut line)
+        .await
+        .map_err(|e| format!("reading from Redis: {e}"))?;
+    if read == 0 || !line.ends_with("\r\n") {
+        return Err("Redis closed the connection or sent an over-long reply".to_owned());
+    }
+    parse_reply(line.trim_end_matches("\r\n"))
+}
+
+/// Parses one reply line; what it does not understand is quoted with `{:?}`, which escapes
+/// control characters, so a hostile endpoint cannot write to the developer's terminal.
+fn parse_reply(line: &str) -> Result<Reply, String> {
+    match line.split_at_checked(1) {
+        Some(("+", rest)) => Ok(Reply::Status(rest.to_owned())),
+        Some(("-", rest)) => Ok(Reply::Error(rest.to_owned())),
+        Some((":", rest)) => rest
+            .parse()
+            .map(Reply::Integer)
+            .map_err(|_| format!("not a RESP integer: {rest:?}")),
+        _ => Err(format!("not a RESP reply: {line:?}")),
+    }
 }
 
 async fn status(Path(code): Path<u16>) -> impl IntoResponse {
@@ -154,4 +335,60 @@ async fn not_found() -> (StatusCode, &'static str) {
         StatusCode::NOT_FOUND,
         "not found: try /, /status/500, /delay/200, /log/10 or /crash\n",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_redis_service_is_found_by_label_tag_or_uri() {
+        let vcap = r#"{
+          "postgresql": [{"name": "db", "label": "postgresql", "tags": [],
+                          "credentials": {"uri": "postgres://u:p@10.0.0.9:5432/d"}}],
+          "redis": [{"name": "cache", "label": "redis", "tags": ["redis"],
+                     "credentials": {"host": "10.0.0.7", "port": 41000, "username": "b1",
+                                     "password": "s3cret", "uri": "redis://b1:s3cret@10.0.0.7:41000"}}]
+        }"#;
+        let found = redis_from_vcap(vcap).unwrap();
+        assert_eq!(
+            found,
+            Redis {
+                name: "cache".into(),
+                host: "10.0.0.7".into(),
+                port: 41000,
+                username: Some("b1".into()),
+                password: Some("s3cret".into()),
+            }
+        );
+        let provided = r#"{"user-provided": [{"name": "mine", "label": "user-provided",
+            "credentials": {"uri": "redis://:p%40ss@cache.example.com:6380"}}]}"#;
+        let found = redis_from_vcap(provided).unwrap();
+        assert_eq!(
+            (
+                found.host.as_str(),
+                found.port,
+                found.username,
+                found.password.as_deref()
+            ),
+            ("cache.example.com", 6380, None, Some("p@ss"))
+        );
+        assert_eq!(redis_from_vcap(r#"{"postgresql": []}"#), None);
+        assert_eq!(redis_from_vcap("not json"), None);
+    }
+
+    #[test]
+    fn replies_parse_and_hostile_ones_are_refused_escaped() {
+        assert_eq!(parse_reply("+OK"), Ok(Reply::Status("OK".into())));
+        assert_eq!(parse_reply(":42"), Ok(Reply::Integer(42)));
+        assert_eq!(
+            parse_reply("-WRONGPASS invalid"),
+            Ok(Reply::Error("WRONGPASS invalid".into()))
+        );
+        assert!(parse_reply(":4x").is_err());
+        assert!(parse_reply("").is_err());
+        let hostile = parse_reply("\u{1b}[2J").unwrap_err();
+        assert!(!hostile.contains('\u{1b}'), "{hostile}");
+        assert!(hostile.contains("\\u{1b}[2J"), "{hostile}");
+    }
 }
