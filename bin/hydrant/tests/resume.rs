@@ -1,11 +1,14 @@
 //! A syslog nozzle (`hydrant run nozzle-syslog`, its own process) with a cursor file, killed
 //! with SIGKILL under steady load and restarted 5 s later: the real rsyslogd behind it ends up
-//! with every envelope sent, duplicates at most one drain batch and counted, and nothing counted
-//! lost anywhere (the ledger: emitted = delivered, no drops).
+//! with every envelope sent, duplicates at most one drain batch, and nothing counted lost
+//! anywhere (the ledger: emitted = delivered, no drops). Restarted after the doppler's window
+//! instead, it is told by one gap marker exactly how many envelopes are gone, and they are
+//! exactly the ones rsyslog is missing.
 //!
-//! The pipeline (agent, doppler, edge) runs in this process through the micro cloud's wiring;
-//! the load goes into the agent's v2 Ingress. Debug builds carry 20,000 envelopes/s here
-//! comfortably beside the nozzle; the release pipeline does far more (README, Performance).
+//! The first test runs the pipeline (agent, doppler, edge) in this process through the micro
+//! cloud's wiring; the second starts a doppler with a 1 s window and an edge itself. The load
+//! goes into v2 Ingress at 5,000 envelopes/s (debug builds, two tests' processes on two cores);
+//! the release pipeline carries far more (README, Performance).
 
 #![allow(
     clippy::unwrap_used,
@@ -27,8 +30,14 @@ use hydrant_nozzle_syslog::rsyslogd::{FIELDS_TEMPLATE, Rsyslogd, free_port};
 use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hydrant");
-/// Envelopes per second into the agent.
-const RATE: u64 = 20_000;
+/// Envelopes per second into the agent. A resuming consumer's live data waits in its edge outbox
+/// (10,000 envelopes by default) while the missed range is replayed, so the rate bounds how long
+/// the replay may take on a busy machine: 5,000/s leaves it 2 s.
+const RATE: u64 = 5_000;
+
+/// The two tests each run a pipeline, a nozzle process and an rsyslogd; one at a time keeps the
+/// 2-core machine able to carry both.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Envelopes per Ingress call.
 const BATCH: u64 = 100;
 
@@ -88,7 +97,8 @@ fn start_nozzle(config: &Path, log: &Path, admin: u16) -> Child {
     child
 }
 
-/// Sends `seq` numbers `from..to` into the agent, `RATE` per second.
+/// Sends `seq` numbers `from..to` into `agent` (an agent's or a doppler's v2 Ingress), `RATE`
+/// per second.
 async fn emit(agent: &str, from: u64, to: u64) {
     let mut client = v2::ingress_client::IngressClient::connect(agent.to_owned())
         .await
@@ -137,6 +147,7 @@ fn seen(out: &Path) -> HashMap<u64, u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nozzle_killed_with_sigkill_and_restarted_within_the_window_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let shutdown = CancellationToken::new();
     let cloud = hydrant_microcloud::MicroCloud::start(
         hydrant_microcloud::Options::pipeline(),
@@ -195,9 +206,20 @@ async fn a_nozzle_killed_with_sigkill_and_restarted_within_the_window_loses_noth
     emit(&cloud.agent_url, 7 * RATE, 9 * RATE).await;
     let total = 9 * RATE;
 
-    wait_until("rsyslog to hold every envelope sent", 120, || {
-        seen(&rsyslog.out).len() as u64 == total
-    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (seen(&rsyslog.out).len() as u64) < total {
+        if Instant::now() > deadline {
+            let counts = seen(&rsyslog.out);
+            let missing: Vec<u64> = (0..total).filter(|i| !counts.contains_key(i)).collect();
+            panic!(
+                "{} of {total} missing, from {:?}; nozzle log:\n{}",
+                missing.len(),
+                missing.first(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // A moment more would show duplicates still in flight.
     std::thread::sleep(Duration::from_millis(500));
     let counts = seen(&rsyslog.out);
@@ -237,4 +259,118 @@ async fn a_nozzle_killed_with_sigkill_and_restarted_within_the_window_loses_noth
 /// The syslog nozzle's default drain batch (what "one batch" of duplicates means).
 fn hydrant_nozzle_core_batch() -> usize {
     hydrant_nozzle_syslog::Config::default().queue.batch_items
+}
+
+/// Waits until the cursor file has not changed for a while: the keeper stored the last frame.
+fn cursor_settled(path: &Path) {
+    let mut last = std::fs::read_to_string(path).unwrap_or_default();
+    let mut since = Instant::now();
+    wait_until("the cursor file to settle", 20, || {
+        let now = std::fs::read_to_string(path).unwrap_or_default();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        }
+        !last.is_empty() && since.elapsed() >= Duration::from_millis(200)
+    });
+}
+
+/// Past the doppler's window the restarted nozzle is told, by one gap marker, exactly how many
+/// envelopes it will never get, and they are exactly the ones rsyslog is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nozzle_restarted_after_the_window_is_told_exactly_what_is_gone() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    use hydrant_doppler::Doppler;
+    use hydrant_firehose::TrafficController;
+    let shutdown = CancellationToken::new();
+    let listeners = hydrant_runtime::bind_on::<Doppler>(|_| "127.0.0.1:0".to_owned())
+        .await
+        .unwrap();
+    let doppler = format!("http://{}", listeners.local_addr("grpc").unwrap());
+    tokio::spawn(hydrant_runtime::run::<Doppler>(
+        hydrant_doppler::Config {
+            replay_ring_secs: 1,
+            ..hydrant_doppler::Config::default()
+        },
+        listeners,
+        shutdown.clone(),
+    ));
+    let key = hydrant_auth::SigningKey::generate().unwrap();
+    let listeners = hydrant_runtime::bind_on::<TrafficController>(|_| "127.0.0.1:0".to_owned())
+        .await
+        .unwrap();
+    let edge = format!("http://{}", listeners.local_addr("http").unwrap());
+    tokio::spawn(hydrant_runtime::run::<TrafficController>(
+        hydrant_firehose::Config {
+            dopplers: vec![doppler.clone()],
+            token_keys: Some(key.key_set().to_json()),
+            reconnect_min_ms: 10,
+            reconnect_max_ms: 100,
+            ..hydrant_firehose::Config::default()
+        },
+        listeners,
+        shutdown.clone(),
+    ));
+    let token = key.issue(
+        &Claims::new("nozzle-test")
+            .for_audience(AUD_LOGS)
+            .with_scope(SCOPE_FIREHOSE),
+    );
+    let rsyslog = Rsyslogd::start(FIELDS_TEMPLATE)
+        .unwrap_or_else(|e| panic!("{e} (./scripts/test installs the Debian package rsyslog)"));
+    let dir = tempfile::tempdir().unwrap();
+    let admin = free_port().unwrap();
+    let cursor = dir.path().join("syslog.cursor");
+    let config = dir.path().join("syslog.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "subscription_id = \"late\"\n\
+             drains = [\"syslog://127.0.0.1:{}\"]\n\
+             admin_listen = \"127.0.0.1:{admin}\"\n\
+             cursor_file = \"{}\"\n\
+             [firehose]\n\
+             url = \"{edge}\"\n\
+             token = \"{token}\"\n\
+             [firehose.reconnect]\n\
+             initial_ms = 20\n\
+             max_ms = 200\n",
+            rsyslog.port,
+            cursor.display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("nozzle.log");
+    let mut nozzle = start_nozzle(&config, &log, admin);
+    emit(&doppler, 0, 2_000).await;
+    wait_until("rsyslog to hold the first 2,000", 60, || {
+        seen(&rsyslog.out).len() == 2_000
+    });
+    cursor_settled(&cursor);
+    nozzle.kill().unwrap();
+    nozzle.wait().unwrap();
+    // Sent while the nozzle is gone, then kept longer than the doppler's 1 s window: the next
+    // batch evicts them.
+    emit(&doppler, 2_000, 5_000).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    emit(&doppler, 5_000, 6_000).await;
+    let mut nozzle = start_nozzle(&config, &log, admin);
+    wait_until("rsyslog to hold what the ring still had", 60, || {
+        seen(&rsyslog.out).len() == 3_000
+    });
+    let counts = seen(&rsyslog.out);
+    let missing: Vec<u64> = (0..6_000).filter(|i| !counts.contains_key(i)).collect();
+    assert_eq!(missing, (2_000..5_000).collect::<Vec<_>>());
+    wait_until("the gap marker to be counted", 10, || {
+        metric(admin, "nozzle_firehose_lost_total").is_some_and(|v| v > 0.0)
+    });
+    let told = metric(admin, "nozzle_firehose_lost_total").unwrap() as u64;
+    assert_eq!(
+        told,
+        missing.len() as u64,
+        "the gap marker's count is what is missing"
+    );
+    nozzle.kill().unwrap();
+    nozzle.wait().unwrap();
+    shutdown.cancel();
 }
