@@ -131,7 +131,7 @@ mod platform {
         const PORTS: &'static [u16] = &[9030, 14838];
 
         fn config(w: &Wiring) -> hydrant_broker::Config {
-            hydrant_broker::Config {
+            let mut config = hydrant_broker::Config {
                 username: super::BROKER_USER.to_owned(),
                 password: Some(w.broker_password.clone()),
                 data_dir: w.data("broker"),
@@ -139,7 +139,21 @@ mod platform {
                 // are app-like telemetry, sent as the cell sends its apps'.
                 telemetry: w.platform_telemetry(hydrant_tls::Identity::Executor),
                 ..hydrant_broker::Config::default()
+            };
+            // A contained app's 127.0.0.1 is its own namespace: service nodes listen on the
+            // (first) cell's bridge address instead, which the host reaches as well, and which
+            // a container may open only through the egress rule its binding's credentials
+            // give it. Unisolated, they stay on loopback.
+            if w.options.containers {
+                let subnet = w.networks.as_ref().map_or_else(
+                    || hydrant_executor::Config::default().network.subnet,
+                    |n| n.executor_subnet.clone(),
+                );
+                if let Some(gateway) = gateway_of(&subnet) {
+                    config.bind_address = gateway.to_string();
+                }
             }
+            config
         }
     }
 
@@ -399,6 +413,17 @@ mod platform {
         Ok((key, addr))
     }
 
+    /// The bridge's own address on `subnet` (its first host address, as the container
+    /// network assigns it); `None` for what is not an IPv4 CIDR, which the executor's own
+    /// validation then names.
+    fn gateway_of(subnet: &str) -> Option<std::net::Ipv4Addr> {
+        let (addr, prefix) = subnet.split_once('/')?;
+        let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+        let prefix: u32 = prefix.parse().ok().filter(|p| (1..=30).contains(p))?;
+        let network = u32::from(addr) & (u32::MAX << (32 - prefix));
+        Some(std::net::Ipv4Addr::from(network + 1))
+    }
+
     /// Cell `k`'s bridge: the first cell's with its last two characters replaced by `c<k>`
     /// (bridge names are at most 8 characters: `hydrant0` → `hydranc2`).
     fn cell_bridge(bridge: &str, k: u32) -> String {
@@ -433,6 +458,15 @@ mod platform {
             assert_eq!(super::shifted_subnet("nonsense", 3), "nonsense");
             assert_eq!(super::cell_bridge("hydrant0", 2), "hydranc2");
             assert_eq!(super::cell_bridge("hy84e117", 4), "hy84e1c4");
+        }
+
+        #[test]
+        fn service_nodes_listen_on_the_bridges_gateway() {
+            let gateway = |s: &str| super::gateway_of(s).map(|ip| ip.to_string());
+            assert_eq!(gateway("10.254.0.0/22").as_deref(), Some("10.254.0.1"));
+            assert_eq!(gateway("10.253.6.7/24").as_deref(), Some("10.253.6.1"));
+            assert_eq!(gateway("nonsense"), None);
+            assert_eq!(gateway("10.0.0.0/40"), None);
         }
     }
 }

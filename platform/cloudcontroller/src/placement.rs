@@ -154,6 +154,8 @@ pub(crate) struct Placement {
 struct Desired {
     app: App,
     droplet: Option<hydrant_api::Droplet>,
+    /// Where the app's bindings point: the only host ports its containers may open.
+    egress: Vec<hydrant_bus::messages::ServiceEgress>,
 }
 
 fn live(state: InstanceState) -> bool {
@@ -730,13 +732,22 @@ async fn load_desired(ctx: &Arc<Ctx>) -> Result<HashMap<String, Desired>, crate:
             for mut app in db::list_apps(c, None)? {
                 // Bound services reach an instance through its start message: a bind or
                 // unbind takes effect at the next start or restart, with no restage.
-                let services = crate::services::vcap::services_env(c, &app.guid)?;
+                let vcap = crate::services::vcap::vcap_services(c, &app.guid)?;
+                let services = crate::services::vcap::env_of(&vcap);
                 crate::services::vcap::apply(&mut app.env, &services);
+                let egress = crate::services::vcap::egress(&vcap);
                 let droplet = match &app.current_droplet_guid {
                     Some(guid) => db::get_droplet(c, guid)?,
                     None => None,
                 };
-                out.insert(app.guid.clone(), Desired { app, droplet });
+                out.insert(
+                    app.guid.clone(),
+                    Desired {
+                        app,
+                        droplet,
+                        egress,
+                    },
+                );
             }
             Ok(out)
         })
@@ -1268,6 +1279,7 @@ fn start_message(
             ("space_name".to_owned(), app.space_name.clone()),
             ("process_type".to_owned(), "web".to_owned()),
         ]),
+        egress: d.egress.clone(),
     })
 }
 

@@ -21,7 +21,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hydrant_container::net::Attachment;
+use hydrant_container::net::{Attachment, EgressRule, Protocol};
 use hydrant_container::{Bind, Container, ContainerSpec, Limits, Network};
 
 use hydrant_bus::Message;
@@ -492,6 +492,32 @@ async fn spawn(
     Ok((Running::Group { child, pgid }, readers))
 }
 
+/// The egress rules the app's service bindings open: TCP to each endpoint the start message
+/// names, nothing wider. The start message comes over the bus, so an endpoint that is not an
+/// IPv4 literal (containers have no IPv6, and a name would need resolving here, where it could
+/// point anywhere) or has a port outside 1-65535 is refused with a log line and opens nothing;
+/// the instance still starts, and its connection to that service fails as it would unbound.
+fn service_rules(start: &StartInstance) -> Vec<EgressRule> {
+    start
+        .egress
+        .iter()
+        .filter_map(|e| {
+            let ip = e.host.parse::<std::net::Ipv4Addr>().ok();
+            let port = u16::try_from(e.port).ok().filter(|p| *p != 0);
+            let (Some(ip), Some(port)) = (ip, port) else {
+                tracing::warn!(instance = %start.instance, service = %e.service, host = %e.host,
+                    port = e.port, "executor: a service binding names no IPv4 address and TCP \
+                    port (1-65535); no egress rule opened for it");
+                return None;
+            };
+            Some(EgressRule {
+                description: format!("service binding: {}", e.service),
+                ..EgressRule::allow(Protocol::Tcp, &ip.to_string(), Some(&port.to_string()))
+            })
+        })
+        .collect()
+}
+
 fn container_error(error: hydrant_container::Error) -> Error {
     Error::Spawn(std::io::Error::other(error.to_string()))
 }
@@ -506,9 +532,11 @@ async fn spawn_container(
         return Err(Error::Spawn(std::io::Error::other("no container runtime")));
     };
     let spawn_started = std::time::Instant::now();
+    let mut rules = crate::isolation::dns_rules().await;
+    rules.extend(service_rules(&ident.start));
     let attachment = isolated
         .network
-        .attach(ident.guid(), &crate::isolation::dns_rules().await)
+        .attach(ident.guid(), &rules)
         .await
         .map_err(container_error)?;
     let ip = attachment.ip.to_string();
@@ -805,4 +833,39 @@ fn exit_code(status: ExitStatus) -> i32 {
     status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "test code")]
+mod tests {
+    use hydrant_bus::messages::ServiceEgress;
+
+    use super::*;
+
+    #[test]
+    fn a_binding_opens_tcp_to_its_ip_and_port_and_nothing_else_opens() {
+        let endpoint = |host: &str, port| ServiceEgress {
+            service: "cache".into(),
+            host: host.into(),
+            port,
+        };
+        let start = StartInstance {
+            instance: "i1".into(),
+            egress: vec![
+                endpoint("10.254.0.1", 42_000),
+                endpoint("redis.example.com", 6379),
+                endpoint("::1", 6379),
+                endpoint("10.254.0.1", 70_000),
+                endpoint("10.254.0.1", 0),
+                endpoint("10.254.0.1/8", 6379),
+            ],
+            ..StartInstance::default()
+        };
+        let rules = service_rules(&start);
+        assert_eq!(rules.len(), 1, "{rules:?}");
+        assert_eq!(rules[0].protocol, Protocol::Tcp);
+        assert_eq!(rules[0].destination, "10.254.0.1");
+        assert_eq!(rules[0].ports.as_deref(), Some("42000"));
+        rules[0].validate().unwrap();
+    }
 }

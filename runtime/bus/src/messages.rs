@@ -489,6 +489,26 @@ pub struct StartInstance {
     /// Tags added to its logs and metrics (`space_id`, `org_id`, `process_type`, ...).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// Where the app's service bindings point: a contained instance may open TCP to these and,
+    /// on the host, to nothing else. Rebuilt at every start from the app's bindings, so an
+    /// unbind and a restart close the path. Absent in older messages (no bindings).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<ServiceEgress>,
+}
+
+/// One TCP endpoint a bound service's credentials name (its `host`/`hostname` and `port`, or
+/// its `uri`), as the cloud controller read it: unchecked here, so the executor validates it
+/// (an IP literal, a port in 1-65535) before it becomes a rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceEgress {
+    /// The service instance's name, for the rule's description and log lines.
+    pub service: String,
+    /// The host the credentials name.
+    pub host: String,
+    /// The port the credentials name; wider than `u16` so a bad one reaches the executor's
+    /// check (and its log line) instead of failing the whole message.
+    pub port: u32,
 }
 
 /// Request on `executor.stop.<executor_id>`: stop one instance, or every instance of an app.
@@ -924,6 +944,23 @@ mod tests {
     }
 
     #[test]
+    fn a_start_message_without_egress_still_parses_and_egress_round_trips() {
+        let old: StartInstance =
+            serde_json::from_str(r#"{"executor_id":"e1","app":"a1","instance":"i1"}"#).unwrap();
+        assert!(old.egress.is_empty());
+        let start = StartInstance {
+            egress: vec![ServiceEgress {
+                service: "cache".into(),
+                host: "10.254.0.1".into(),
+                port: 42_000,
+            }],
+            ..old
+        };
+        let back: StartInstance = serde_json::from_slice(&encode(&start).unwrap()).unwrap();
+        assert_eq!(back, start);
+    }
+
+    #[test]
     fn start_and_stop_requests_round_trip_and_are_addressed() {
         let start = StartInstance {
             executor_id: "e1".into(),
@@ -944,6 +981,7 @@ mod tests {
                 timeout_secs: Some(60),
             },
             tags: BTreeMap::new(),
+            egress: Vec::new(),
         };
         let value: Value = serde_json::from_slice(&encode(&start).unwrap()).unwrap();
         assert_eq!(value["health_check"]["type"], "http");

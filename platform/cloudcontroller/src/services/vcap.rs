@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 
 use hydrant_api::services::{BindingType, ServiceInstanceType};
+use hydrant_bus::messages::ServiceEgress;
 use rusqlite::Connection;
 use serde_json::{Map, Value, json};
 
@@ -98,6 +99,65 @@ pub(crate) fn vcap_services(c: &Connection, app_guid: &str) -> rusqlite::Result<
     Ok(Value::Object(map))
 }
 
+/// Where the app's managed bindings point, for the egress rules its containers get: per entry,
+/// `credentials.host` (or `hostname`) with `port`, and the host and port of `uri`, deduplicated.
+/// User-provided entries open nothing: their credentials are whatever a space developer typed,
+/// and a rule from them could open any host port (the platform's own included) to the app.
+pub(crate) fn egress(vcap: &Value) -> Vec<ServiceEgress> {
+    let mut out = std::collections::BTreeSet::new();
+    let entries = vcap
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter_map(Value::as_array)
+        .flatten()
+        .filter(|entry| entry.get("plan").is_some());
+    for entry in entries {
+        let Some(credentials) = entry.get("credentials") else {
+            continue;
+        };
+        let service = entry
+            .get("instance_name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let host = ["host", "hostname"]
+            .iter()
+            .find_map(|k| credentials.get(*k).and_then(Value::as_str));
+        let port = credentials.get("port").and_then(|p| match p {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        });
+        let from_uri = credentials
+            .get("uri")
+            .and_then(Value::as_str)
+            .and_then(uri_endpoint);
+        let fields = host.zip(port).map(|(h, p)| (h.to_owned(), p));
+        for (host, port) in fields.into_iter().chain(from_uri) {
+            out.insert(ServiceEgress {
+                service: service.to_owned(),
+                host,
+                // Out of range stays out of range, for the executor to refuse and say so.
+                port: u32::try_from(port).unwrap_or(u32::MAX),
+            });
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The host and port of `scheme://[user[:pass]@]host:port[/...]` (an IPv6 host in brackets).
+fn uri_endpoint(uri: &str) -> Option<(String, u64)> {
+    let rest = uri.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = hostport.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_owned(), port.parse().ok()?))
+}
+
 /// The first database URI among the entries' `credentials.uri`.
 pub(crate) fn database_url(vcap: &Value) -> Option<String> {
     vcap.as_object()?.values().find_map(|entries| {
@@ -115,13 +175,17 @@ pub(crate) fn services_env(
     c: &Connection,
     app_guid: &str,
 ) -> rusqlite::Result<BTreeMap<String, String>> {
-    let vcap = vcap_services(c, app_guid)?;
+    Ok(env_of(&vcap_services(c, app_guid)?))
+}
+
+/// [`services_env`] from a `VCAP_SERVICES` already built.
+pub(crate) fn env_of(vcap: &Value) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
-    if let Some(url) = database_url(&vcap) {
+    if let Some(url) = database_url(vcap) {
         env.insert("DATABASE_URL".to_owned(), url);
     }
     env.insert("VCAP_SERVICES".to_owned(), vcap.to_string());
-    Ok(env)
+    env
 }
 
 /// Adds `services` to an instance's environment: `VCAP_SERVICES` always wins (the platform
@@ -174,6 +238,41 @@ mod tests {
             "mysql://u:p@h:3306/db?reconnect=true"
         );
         assert_eq!(database_url(&json!({})), None);
+    }
+
+    #[test]
+    fn egress_is_each_managed_bindings_host_and_port_and_never_a_user_provided_one() {
+        let vcap = json!({
+            "redis": [{"plan": "small", "instance_name": "cache",
+                "credentials": {"host": "10.254.0.1", "port": 42001,
+                                "uri": "redis://u:p@10.254.0.1:42001"}}],
+            "mysql": [{"plan": "small", "instance_name": "db",
+                "credentials": {"hostname": "10.254.0.1", "port": "42002",
+                                "uri": "mysql://u:p@10.254.0.1:42003/d?reconnect=true"}}],
+            "odd": [{"plan": "x", "instance_name": "odd", "credentials": {"port": 99999999999u64,
+                "host": "h"}}],
+            "user-provided": [{"label": "user-provided", "instance_name": "mine",
+                "credentials": {"host": "127.0.0.1", "port": 22}}]
+        });
+        let got: Vec<_> = egress(&vcap)
+            .into_iter()
+            .map(|e| (e.service, e.host, e.port))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("cache".into(), "10.254.0.1".into(), 42001),
+                ("db".into(), "10.254.0.1".into(), 42002),
+                ("db".into(), "10.254.0.1".into(), 42003),
+                ("odd".into(), "h".into(), u32::MAX),
+            ]
+        );
+        assert!(egress(&json!({})).is_empty());
+        assert_eq!(
+            uri_endpoint("amqp://u:p@[::1]:5672/vh"),
+            Some(("::1".into(), 5672))
+        );
+        assert_eq!(uri_endpoint("postgres://u:p@h/db"), None);
     }
 
     #[test]

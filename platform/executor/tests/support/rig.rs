@@ -274,6 +274,7 @@ impl Rig {
                 timeout_secs: None,
             },
             tags: [("space_id".to_owned(), "space-1".to_owned())].into(),
+            egress: Vec::new(),
         }
     }
 
