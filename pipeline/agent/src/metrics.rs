@@ -5,7 +5,7 @@
 //! Σ agent.dropped{reason}`. `agent.rate_limited` and `agent.fair_notices` count the notices
 //! the agent itself adds to an app's stream; they are on the left because those envelopes enter
 //! the pipeline here. Gap markers (`agent.gap_markers`) are on neither side: they describe a
-//! loss, they are not data. `agent.dropped_by_source{source_id}` splits the fairness and
+//! loss, they are not data. `agent.dropped_by_source{source}` splits the fairness and
 //! queue-full drops by source (bounded: the first `fair_metrics_sources`, then `other`).
 
 use std::sync::Arc;

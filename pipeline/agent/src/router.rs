@@ -947,11 +947,11 @@ mod tests {
 
         r.sweep_fair(Instant::now());
         assert_eq!(
-            registry.counter_sum("agent.dropped_by_source", &[("source_id", "loud")]),
+            registry.counter_sum("agent.dropped_by_source", &[("source", "loud")]),
             dropped_fair + dropped_full
         );
         assert_eq!(
-            registry.counter_sum("agent.dropped_by_source", &[("source_id", "quiet")]),
+            registry.counter_sum("agent.dropped_by_source", &[("source", "quiet")]),
             0
         );
         let notices = drain(&r, 0);

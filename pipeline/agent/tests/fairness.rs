@@ -317,7 +317,7 @@ async fn a_flood_beside_ten_quiet_apps_loses_only_its_own_lines_and_is_told() {
         metric(
             agent.admin,
             "agent_dropped_by_source_total",
-            &[("source_id", FLOOD)],
+            &[("source", FLOOD)],
         )
         .await
     };
@@ -325,7 +325,7 @@ async fn a_flood_beside_ten_quiet_apps_loses_only_its_own_lines_and_is_told() {
         metric(
             doppler.admin,
             "doppler_dropped_by_source_total",
-            &[("source_id", FLOOD)],
+            &[("source", FLOOD)],
         )
         .await
     };

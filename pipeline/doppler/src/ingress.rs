@@ -264,11 +264,11 @@ mod tests {
         tokio::time::advance(SWEEP_EVERY).await;
         service.accept(ValidBatch::from_batch(batch_of([quiet.as_ref()])));
         assert_eq!(
-            registry.counter_sum("doppler.dropped_by_source", &[("source_id", "loud")]),
+            registry.counter_sum("doppler.dropped_by_source", &[("source", "loud")]),
             refused + evicted
         );
         assert_eq!(
-            registry.counter_sum("doppler.dropped_by_source", &[("source_id", "quiet")]),
+            registry.counter_sum("doppler.dropped_by_source", &[("source", "quiet")]),
             0
         );
         let mut out = VecDeque::new();

@@ -2,9 +2,9 @@
 //!
 //! Where it sits: a queue with a `hydrant_buffer::FairShare` beside it hands its per-source
 //! drop counts here (from its periodic sweep, never per envelope), and `/metrics` shows
-//! `<name>{source_id=...}` for the sources that lose data.
+//! `<name>{source=...}` for the sources that lose data.
 //!
-//! Invariant: at most `max` sources have a series of their own, plus one `source_id="other"`.
+//! Invariant: at most `max` sources have a series of their own, plus one `source="other"`.
 //! A source keeps its series while it keeps dropping; a series idle for [`IDLE`] gives its
 //! place to the next new source (and leaves `/metrics`); when no place is free the new source
 //! is counted under `other`. The loud sources are the ones that drop, so they get the series.
@@ -39,7 +39,7 @@ pub struct SourceCounters {
 }
 
 impl SourceCounters {
-    /// Counters named `name`, tagged `tags` plus `source_id`, for at most `max` sources.
+    /// Counters named `name`, tagged `tags` plus `source`, for at most `max` sources.
     #[must_use]
     pub fn new(
         registry: &Registry,
@@ -49,7 +49,7 @@ impl SourceCounters {
         max: usize,
     ) -> Self {
         let mut all: Vec<(&str, &str)> = tags.to_vec();
-        all.push(("source_id", "other"));
+        all.push(("source", "other"));
         Self {
             registry: registry.clone(),
             name,
@@ -92,11 +92,11 @@ impl SourceCounters {
             };
             entries.remove(&idle);
             let mut tags: Vec<(&str, &str)> = self.tag_refs();
-            tags.push(("source_id", &idle));
+            tags.push(("source", &idle));
             self.registry.remove(self.name, &tags);
         }
         let mut tags: Vec<(&str, &str)> = self.tag_refs();
-        tags.push(("source_id", source));
+        tags.push(("source", source));
         let counter = self.registry.counter(self.name, self.help, &tags);
         counter.add(n);
         entries.insert(Box::from(source), Entry { counter, last: now });
@@ -123,7 +123,7 @@ mod tests {
         c.add(Some("c"), 7);
         c.add(Some("a"), 1);
         c.add(None, 2);
-        let sum = |s| registry.counter_sum("agent.dropped_by_source", &[("source_id", s)]);
+        let sum = |s| registry.counter_sum("agent.dropped_by_source", &[("source", s)]);
         assert_eq!((sum("a"), sum("b"), sum("c"), sum("other")), (6, 1, 0, 9));
         assert_eq!(registry.counter_sum("agent.dropped_by_source", &[]), 16);
     }
@@ -135,7 +135,7 @@ mod tests {
         c.add(Some("old"), 3);
         tokio::time::advance(IDLE).await;
         c.add(Some("new"), 4);
-        let sum = |s| registry.counter_sum("agent.dropped_by_source", &[("source_id", s)]);
+        let sum = |s| registry.counter_sum("agent.dropped_by_source", &[("source", s)]);
         assert_eq!((sum("old"), sum("new"), sum("other")), (0, 4, 0));
     }
 }
