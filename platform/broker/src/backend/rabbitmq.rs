@@ -50,9 +50,24 @@ fn env(dir: &Path, ports: &[u16], bind: &str) -> Vec<(String, String)> {
         ("RABBITMQ_PID_FILE".to_owned(), d("rabbitmq.pid")),
         ("RABBITMQ_DIST_PORT".to_owned(), port(2).to_string()),
         ("ERL_EPMD_PORT".to_owned(), port(3).to_string()),
-        // epmd and Erlang distribution listen where the node does, not on every interface.
-        ("ERL_EPMD_ADDRESS".to_owned(), bind.to_owned()),
+        // epmd and Erlang distribution serve only `rabbitmqctl` on this host, which reaches
+        // the node by the name `@localhost`: loopback, whatever address AMQP listens on.
+        (
+            "ERL_EPMD_ADDRESS".to_owned(),
+            distribution_host(bind).to_owned(),
+        ),
     ]
+}
+
+/// Where epmd and Erlang distribution listen: the loopback of `bind`'s family. A node whose
+/// AMQP listens on another address (the micro cloud's container bridge) must still answer
+/// `rabbitmqctl` at `localhost`, and apps never need distribution.
+fn distribution_host(bind: &str) -> &'static str {
+    if bind.contains(':') {
+        "::1"
+    } else {
+        "127.0.0.1"
+    }
 }
 
 /// Writes the node's config, plugins and cookie, and returns its spec.
@@ -68,7 +83,8 @@ pub fn prepare(ctx: &Ctx, row: &SharedNode, dir: &Path) -> Result<Spec, Error> {
         "listeners.tcp.default = {bind}:{amqp}\nmanagement.tcp.ip = {bind}\n\
          management.tcp.port = {mgmt}\nloopback_users = none\ndefault_user = {ADMIN}\n\
          default_pass = {secret}\nvm_memory_high_watermark.absolute = {watermark}\n\
-         distribution.listener.interface = {bind}\n",
+         distribution.listener.interface = {local}\n",
+        local = distribution_host(bind),
         amqp = port(0),
         mgmt = port(1),
         secret = row.secret,
