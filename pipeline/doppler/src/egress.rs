@@ -176,6 +176,7 @@ impl EgressService {
             ring,
             request,
             self.metrics.dropped_slow_subscriber.clone(),
+            self.metrics.egress.clone(),
             slot,
             self.shutdown.clone(),
         )))

@@ -248,6 +248,7 @@ pub(crate) fn ring_stream(
     request: RingRequest,
     selectors: SubscriptionRequest,
     slow: Counter,
+    egress: Counter,
     guard: impl Send + 'static,
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Result<Bytes, Status>> + Send + 'static {
@@ -270,6 +271,7 @@ pub(crate) fn ring_stream(
         head,
         pending: VecDeque::new(),
         slow,
+        egress,
         shutdown,
         _guard: guard,
     };
@@ -292,6 +294,9 @@ struct Reader<G> {
     head: watch::Receiver<Head>,
     pending: VecDeque<Bytes>,
     slow: Counter,
+    /// `doppler.egress`: ring reads are how the edge gets its data, so they are the doppler's
+    /// egress as much as subscription streams are.
+    egress: Counter,
     shutdown: CancellationToken,
     _guard: G,
 }
@@ -331,7 +336,10 @@ impl<G> Reader<G> {
                 self.pending
                     .push_back(self.position(entry.start, entry.count, first_skip));
                 self.restarted = false;
-                self.filter.apply(&entry.bytes, &mut self.pending);
+                let sent = self
+                    .filter
+                    .apply(&entry.bytes, entry.count, &mut self.pending);
+                self.egress.add(sent);
                 self.next = entry.start + entry.count;
             }
         }
@@ -381,15 +389,23 @@ impl Filter {
         Self::Select { router, queue }
     }
 
-    fn apply(&mut self, bytes: &Bytes, out: &mut VecDeque<Bytes>) {
+    /// Queues the selected part of a kept batch of `count` envelopes; returns how many
+    /// envelopes that is.
+    fn apply(&mut self, bytes: &Bytes, count: u64, out: &mut VecDeque<Bytes>) -> u64 {
         match self {
-            Self::All => out.push_back(bytes.clone()),
+            Self::All => {
+                out.push_back(bytes.clone());
+                count
+            }
             Self::Select { router, queue } => {
                 let (batch, _) = ValidBatch::from_batch(bytes.clone());
                 router.route(&batch);
+                let mut selected = 0;
                 while let Some(taken) = queue.try_take() {
+                    selected += taken.count as u64;
                     out.extend(taken.chunks.into_iter().map(|c| c.bytes));
                 }
+                selected
             }
         }
     }
@@ -461,17 +477,20 @@ mod tests {
         .unwrap()
     }
 
-    /// Reads a bounded stream to its end: (positions, timestamps of the envelopes).
+    /// Reads a bounded stream to its end: (positions, timestamps of the envelopes); asserts
+    /// that `doppler.egress` counted exactly the envelopes sent.
     async fn read_all(
         ring: &Arc<ReplayRing>,
         request: RingRequest,
         selectors: SubscriptionRequest,
     ) -> (Vec<RingPosition>, Vec<i64>) {
+        let egress = Counter::default();
         let stream = ring_stream(
             ring.clone(),
             request,
             selectors,
             Counter::default(),
+            egress.clone(),
             (),
             CancellationToken::new(),
         );
@@ -487,6 +506,11 @@ mod tests {
                 stamps.push(EnvelopeView::parse(e.unwrap()).unwrap().timestamp);
             }
         }
+        assert_eq!(
+            egress.get(),
+            stamps.len() as u64,
+            "doppler.egress counts what a ring read sent"
+        );
         (positions, stamps)
     }
 
@@ -597,6 +621,7 @@ mod tests {
             ring.clone(),
             request,
             everything(),
+            Counter::default(),
             Counter::default(),
             (),
             CancellationToken::new(),
