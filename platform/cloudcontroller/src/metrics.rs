@@ -32,6 +32,7 @@ pub(crate) struct Metrics {
     pub(crate) dropped_not_placed: Counter,
     pub(crate) logins_failed: Counter,
     pub(crate) logins_throttled: Counter,
+    pub(crate) logins_throttled_address: Counter,
     /// Requests a quota refused, by limit.
     quota_refused: [(&'static str, Counter); 6],
 }
@@ -69,7 +70,7 @@ impl Metrics {
         let login = |result| {
             registry.counter(
                 "cloudcontroller.logins_refused",
-                "password logins refused, by reason (a wrong password, or throttled after too many)",
+                "password logins refused, by reason (a wrong password, or throttled after too many for the name or from the address)",
                 &[("reason", result)],
             )
         };
@@ -95,6 +96,7 @@ impl Metrics {
             .map(quota),
             logins_failed: login("wrong_password"),
             logins_throttled: login("throttled"),
+            logins_throttled_address: login("throttled_address"),
             requests: [
                 request("1xx"),
                 request("2xx"),

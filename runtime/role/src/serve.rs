@@ -385,19 +385,25 @@ impl Gate {
                 let io = TokioIo::new(Guarded::new(stream, admission));
                 let gate = self.clone();
                 let router = router.clone();
-                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let mut router = router.clone();
-                    let gate = gate.clone();
-                    async move {
-                        let response = tower_service::Service::call(&mut router, request).await;
-                        let response = match response {
-                            Ok(response) => response,
-                            Err(never) => match never {},
-                        };
-                        gate.responded(response.status());
-                        Ok::<_, Infallible>(response)
-                    }
-                });
+                let service =
+                    service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+                        let mut router = router.clone();
+                        let gate = gate.clone();
+                        // What axum's `ConnectInfo` extractor reads: handlers that limit per client
+                        // address (the controller's login brake) see the peer the gate admitted.
+                        request
+                            .extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        async move {
+                            let response = tower_service::Service::call(&mut router, request).await;
+                            let response = match response {
+                                Ok(response) => response,
+                                Err(never) => match never {},
+                            };
+                            gate.responded(response.status());
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
                 let connection = builder.serve_connection(io, service).with_upgrades();
                 let gate = self.clone();
                 let shutdown = shutdown.clone();

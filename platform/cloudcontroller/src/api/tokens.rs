@@ -161,10 +161,12 @@ pub(crate) async fn token_keys(State(ctx): State<Arc<Ctx>>) -> Json<Jwks> {
 /// `POST /v3/tokens` and `POST /oauth/token`.
 pub(crate) async fn token(
     State(ctx): State<Arc<Ctx>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     Body(grant): Body<Grant>,
 ) -> Result<Json<Granted>, ApiError> {
+    let peer = peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr.ip());
     match grant.grant_type.as_deref().unwrap_or("password") {
-        "password" => password_grant(&ctx, grant).await,
+        "password" => password_grant(&ctx, grant, peer).await,
         "refresh_token" => refresh_grant(&ctx, grant).await,
         "client_credentials" => client_grant(&ctx, &grant),
         other => Err(ApiError::bad_request(format!(
@@ -174,13 +176,27 @@ pub(crate) async fn token(
     }
 }
 
-async fn password_grant(ctx: &Arc<Ctx>, grant: Grant) -> Result<Json<Granted>, ApiError> {
+async fn password_grant(
+    ctx: &Arc<Ctx>,
+    grant: Grant,
+    peer: Option<std::net::IpAddr>,
+) -> Result<Json<Granted>, ApiError> {
     let (Some(username), Some(password)) = (grant.username, grant.password) else {
         return Err(ApiError::unprocessable(
             "the password grant needs username and password",
         ));
     };
     let now = std::time::Instant::now();
+    if let Some(wait) = peer.and_then(|p| ctx.logins.check_address(p, now).err()) {
+        ctx.metrics.logins_throttled_address.inc();
+        return Err(ApiError::too_many_requests(
+            format!(
+                "too many wrong passwords from this address; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+            wait,
+        ));
+    }
     if let Err(wait) = ctx.logins.check(&username, now) {
         ctx.metrics.logins_throttled.inc();
         return Err(ApiError::too_many_requests(
@@ -212,6 +228,9 @@ async fn password_grant(ctx: &Arc<Ctx>, grant: Grant) -> Result<Json<Granted>, A
         && known;
     if !ok {
         ctx.logins.failed(&username, now);
+        if let Some(peer) = peer {
+            ctx.logins.failed_address(peer, now);
+        }
         ctx.metrics.logins_failed.inc();
         return Err(ApiError::unauthenticated("wrong user name or password"));
     }

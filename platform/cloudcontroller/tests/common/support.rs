@@ -48,6 +48,8 @@ pub struct Options {
     pub max_blob_bytes: u64,
     pub allow_private_drains: bool,
     pub clients: Vec<hydrant_cloudcontroller::ClientConfig>,
+    /// PBKDF2 iterations; tests keep it low unless they time password checks.
+    pub password_hash_iterations: u32,
 }
 
 impl Options {
@@ -58,6 +60,7 @@ impl Options {
             max_blob_bytes: 1 << 30,
             allow_private_drains: false,
             clients: Vec::new(),
+            password_hash_iterations: 1000,
         }
     }
 }
@@ -69,7 +72,7 @@ impl Cc {
             admin_listen: "127.0.0.1:0".into(),
             data_dir: data_dir.display().to_string(),
             admin_password: Some(ADMIN_PASSWORD.into()),
-            password_hash_iterations: 1000,
+            password_hash_iterations: options.password_hash_iterations,
             converge_interval_ms: 200,
             executor_request_timeout_ms: 1000,
             max_blob_bytes: options.max_blob_bytes,

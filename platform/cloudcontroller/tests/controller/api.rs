@@ -85,6 +85,93 @@ async fn password_guessing_is_slowed_per_name_whether_or_not_the_name_exists() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_spraying_a_password_over_many_names_is_slowed() {
+    let (_dir, cc) = Cc::fresh("cc-login-address").await;
+    let http = reqwest::Client::new();
+    let login = |user: String| {
+        http.post(format!("{}/v3/tokens", cc.url))
+            .json(&serde_json::json!({"username": user, "password": "Summer2026!"}))
+            .send()
+    };
+    // One guess per name never trips a name's brake; the address's twenty free failures run out.
+    for i in 0..20 {
+        let status = login(format!("user{i}")).await.unwrap().status();
+        assert_eq!(status, 401, "guess {i}");
+    }
+    assert_eq!(login("user20".into()).await.unwrap().status(), 401);
+    let refused = login("user21".into()).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: hydrant_api::ApiErrors = refused.json().await.unwrap();
+    assert!(
+        body.errors[0].detail.contains("from this address"),
+        "{body:?}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", cc.admin_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = "cloudcontroller_logins_refused_total{source_id=\"cloudcontroller\",instance_id=\"0\",reason=\"throttled_address\"} 1";
+    assert!(metrics.contains(line), "{line} not in {metrics}");
+    cc.stop().await;
+}
+
+/// With a realistic PBKDF2 cost, refusing an unknown name takes as long as refusing a known
+/// one: without the stand-in hash an unknown name would answer in a fraction of the time, and
+/// the difference would tell which names exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_and_unknown_names_take_the_same_time_to_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = crate::support::Options {
+        password_hash_iterations: 50_000,
+        ..crate::support::Options::new("cc-login-timing")
+    };
+    let cc = Cc::start(dir.path(), &options).await;
+    const TRIES: usize = 8;
+    for i in 0..TRIES {
+        cc.admin
+            .create_user(&hydrant_api::CreateUser {
+                username: format!("known{i}"),
+                password: format!("known{i}-password"),
+                admin: false,
+            })
+            .await
+            .unwrap();
+    }
+    let http = reqwest::Client::new();
+    let time = |user: String| {
+        let request = http
+            .post(format!("{}/v3/tokens", cc.url))
+            .json(&serde_json::json!({"username": user, "password": "wrong"}));
+        async move {
+            let start = std::time::Instant::now();
+            let status = request.send().await.unwrap().status();
+            assert_eq!(status, 401);
+            start.elapsed().as_secs_f64()
+        }
+    };
+    // Interleaved, one guess per name (16 failures: under the address's free twenty).
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for i in 0..TRIES {
+        known.push(time(format!("known{i}")).await);
+        unknown.push(time(format!("stranger{i}")).await);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (known, unknown) = (median(&mut known), median(&mut unknown));
+    println!("median refusal: known name {known:.4} s, unknown name {unknown:.4} s");
+    let ratio = unknown / known;
+    assert!(
+        (0.5..=2.0).contains(&ratio),
+        "an unknown name is refused in {unknown:.4} s, a known one in {known:.4} s"
+    );
+    cc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_info_and_401s() {
     let (_dir, cc) = Cc::fresh("cc-login").await;
     let info = cc.anonymous().info().await.unwrap();
