@@ -189,6 +189,27 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         None => cli_config::home()?.join("data"),
     };
     let shutdown = CancellationToken::new();
+    // Listened for before any role starts: a SIGTERM or Ctrl-C while the micro cloud is still
+    // coming up (an init system, or whoever saw endpoints.json appear) is then a clean stop
+    // rather than the default action killing the process with its containers left running.
+    let ctrl_c = shutdown.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            ctrl_c.cancel();
+        }
+    });
+    #[cfg(unix)]
+    {
+        let term = shutdown.clone();
+        if let Ok(mut sig) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::spawn(async move {
+                sig.recv().await;
+                term.cancel();
+            });
+        }
+    }
     let ports = if args.ephemeral_ports {
         Ports::Ephemeral
     } else {
@@ -225,7 +246,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     if let (Some(api), Some(broker)) = (&cloud.api_url, &cloud.service_broker) {
         // Registered (or updated: its password is new at each start) before endpoints.json
         // exists, so whoever waits for that file finds the marketplace ready.
-        crate::services_cli::register_micro_broker(api, &cloud.token, broker).await;
+        // A stop asked for meanwhile ends the wait: the roles are going, so it would only retry.
+        tokio::select! {
+            () = crate::services_cli::register_micro_broker(api, &cloud.token, broker) => {}
+            () = shutdown.cancelled() => {}
+        }
     }
     let endpoints = Endpoints::of(&cloud, data_dir.clone());
 
@@ -301,25 +326,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         );
     }
     println!("Press Ctrl-C to stop.");
-
-    let ctrl_c = shutdown.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            ctrl_c.cancel();
-        }
-    });
-    #[cfg(unix)]
-    {
-        let term = shutdown.clone();
-        if let Ok(mut sig) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            tokio::spawn(async move {
-                sig.recv().await;
-                term.cancel();
-            });
-        }
-    }
 
     let failed = cloud.supervise(&shutdown).await;
     shutdown.cancel();
