@@ -357,31 +357,51 @@ fn containers_of_a_killed_micro_cloud_are_removed_at_its_next_start() {
     let home = std::mem::replace(&mut up.home, tempfile::tempdir().unwrap());
     drop(up);
 
-    // The next start removes it (and the health manager starts the app afresh).
+    // The next start removes it (and the health manager starts the app afresh). The executor
+    // cleans up in steps (the runtime's container, then its cgroups, then its bundle) while
+    // endpoints.json may already be there, so the wait covers every step and names what is left.
     let up = Up::start_in(home);
-    wait_for(Duration::from_secs(60), "the old container gone", || {
-        !runc_list(&data).contains(&before[0])
-    });
+    let leftovers = || {
+        let mut left = Vec::new();
+        if runc_list(&data).contains(&before[0]) {
+            left.push("the runtime's container".to_owned());
+        }
+        for hierarchy in ["memory", "pids", "cpu"] {
+            let dir = std::path::Path::new("/sys/fs/cgroup")
+                .join(hierarchy)
+                .join(up.cgroup_parent())
+                .join(&before[0]);
+            if dir.exists() {
+                left.push(dir.display().to_string());
+            }
+        }
+        if std::fs::read_dir(data.join("executor/containers/bundles"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy() == before[0])
+        {
+            left.push("its bundle".to_owned());
+        }
+        left
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = leftovers();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind 60 s after the next start: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let alive: Vec<u32> = instance_pids(&up.cgroup_parent())
         .into_iter()
         .filter(|(guid, _)| *guid == before[0])
         .map(|(_, pid)| pid)
         .collect();
     assert!(alive.is_empty(), "{alive:?} outlived the restart");
-    for hierarchy in ["memory", "pids", "cpu"] {
-        let dir = std::path::Path::new("/sys/fs/cgroup")
-            .join(hierarchy)
-            .join(up.cgroup_parent())
-            .join(&before[0]);
-        assert!(!dir.exists(), "{} left behind", dir.display());
-    }
-    assert!(
-        !std::fs::read_dir(data.join("executor/containers/bundles"))
-            .unwrap()
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy() == before[0]),
-        "bundle left behind"
-    );
     drop(up);
 }
 
