@@ -64,6 +64,9 @@ struct Executor {
     heartbeat: ExecutorHeartbeat,
     presence: Option<CellPresence>,
     seen: Instant,
+    /// A heartbeat came: `heartbeat.instances` is the cell's own list, not an empty stand-in
+    /// made from its presence.
+    heard: bool,
 }
 
 impl Executor {
@@ -290,6 +293,7 @@ impl Placement {
             Some(e) => {
                 e.heartbeat = heartbeat;
                 e.seen = now;
+                e.heard = true;
             }
             None => {
                 table.executors.insert(
@@ -298,6 +302,7 @@ impl Placement {
                         heartbeat,
                         presence: None,
                         seen: now,
+                        heard: true,
                     },
                 );
             }
@@ -333,6 +338,7 @@ impl Placement {
                         heartbeat,
                         presence: Some(presence),
                         seen: now,
+                        heard: false,
                     },
                 );
                 true
@@ -535,7 +541,11 @@ pub(crate) async fn run(ctx: Arc<Ctx>, bus: Bus, mut feeds: Feeds, shutdown: Can
                             }
                         }
                         ctx.metrics.heartbeats.inc();
-                        let known = ctx.placement.lock().executors.contains_key(&hb.executor_id);
+                        // The first heartbeat of a cell known so far only by its presence
+                        // is news too: its instances were unknown until now.
+                        let known = ctx.placement.lock().executors
+                            .get(&hb.executor_id)
+                            .is_some_and(|e| e.heard);
                         ctx.placement.heartbeat(hb);
                         if !known {
                             converge(&ctx, &bus).await;
@@ -960,6 +970,11 @@ fn plan(ctx: &Ctx, desired: &HashMap<String, Desired>, resend_after: Duration) -
             .retain(|(a, i), _| *a != d.app.guid || *i < d.app.instances);
     }
     keys.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    // A cell known only by its presence may already run any index (a restarted controller
+    // hears presences and heartbeats in either order): placing before its heartbeat lists its
+    // instances would start a second copy of each. Its heartbeat follows at once (the greet
+    // asks for both), and that heartbeat wakes the loop.
+    let blind = table.executors.values().any(|e| !e.heard);
     for key in keys {
         let present = actual.get(&key).is_some_and(|list| {
             list.iter().any(|(executor_id, i)| {
@@ -979,6 +994,7 @@ fn plan(ctx: &Ctx, desired: &HashMap<String, Desired>, resend_after: Duration) -
                 out.resends.push((key, p.clone()));
             }
             Some(_) => {}
+            None if blind => {}
             None => out.missing.push(key),
         }
     }
@@ -1416,6 +1432,7 @@ mod tests {
                 heartbeat,
                 presence: Some(presence),
                 seen: start,
+                heard: true,
             },
         );
         let fallback = Duration::from_secs(30);
