@@ -264,6 +264,21 @@ fn max_poll_secs(ctx: &Ctx, plan: &PlanRow) -> u64 {
         .map_or(platform, |p| p.min(platform))
 }
 
+/// What every broker job for `instance` on `plan` carries: the broker and the ids it knows the
+/// resource by, who asked, how long it may be polled, and the space that may read the job.
+fn plan_job(ctx: &Ctx, plan: &PlanRow, instance: &str, space: &str, caller: &Caller) -> JobSpec {
+    JobSpec {
+        broker_guid: plan.broker_guid.clone(),
+        service_id: plan.offering_id.clone(),
+        plan_id: plan.id.clone(),
+        instance_id: instance.to_owned(),
+        user: Some(caller.user_guid.clone()),
+        max_poll_secs: max_poll_secs(ctx, plan),
+        space_guid: Some(space.to_owned()),
+        ..JobSpec::default()
+    }
+}
+
 /// The one plan `offering`/`plan` (optionally of `broker`) names.
 fn find_plan(
     c: &Connection,
@@ -660,15 +675,8 @@ async fn create_instance(
             };
             store::insert_instance(&tx, &instance, Some(&plan.guid))?;
             let spec = JobSpec {
-                broker_guid: plan.broker_guid.clone(),
-                service_id: plan.offering_id.clone(),
-                plan_id: plan.id.clone(),
-                instance_id: guid.clone(),
-                user: Some(caller.user_guid.clone()),
                 body: Some(body),
-                max_poll_secs: max_poll_secs(&ctx2, &plan),
-                space_guid: Some(space.guid),
-                ..JobSpec::default()
+                ..plan_job(&ctx2, &plan, &guid, &space.guid, &caller)
             };
             let job = jobs::new_job("service_instance.create", &guid, spec);
             store::insert_job(&tx, &job)?;
@@ -937,18 +945,20 @@ async fn update_instance(
                         if let Some(p) = &update.parameters {
                             body["parameters"] = p.clone();
                         }
+                        // The broker knows the instance by its current plan; the poll limit is
+                        // the plan it moves to.
                         let spec = JobSpec {
-                            broker_guid: current.broker_guid.clone(),
-                            service_id: current.offering_id.clone(),
-                            plan_id: current.id.clone(),
                             new_plan_guid: new_plan.as_ref().map(|p| p.guid.clone()),
-                            instance_id: instance.guid.clone(),
-                            user: Some(caller.user_guid.clone()),
                             body: Some(body),
                             max_poll_secs: max_poll_secs(&ctx2, target),
                             tags: update.tags.clone(),
-                            space_guid: Some(instance.space_guid.clone()),
-                            ..JobSpec::default()
+                            ..plan_job(
+                                &ctx2,
+                                current,
+                                &instance.guid,
+                                &instance.space_guid,
+                                &caller,
+                            )
                         };
                         let job = jobs::new_job("service_instance.update", &instance.guid, spec);
                         store::insert_job(&tx, &job)?;
@@ -1016,16 +1026,7 @@ async fn delete_instance(
                     None
                 }
                 Some(plan) => {
-                    let spec = JobSpec {
-                        broker_guid: plan.broker_guid.clone(),
-                        service_id: plan.offering_id.clone(),
-                        plan_id: plan.id.clone(),
-                        instance_id: instance.guid.clone(),
-                        user: Some(caller.user_guid.clone()),
-                        max_poll_secs: max_poll_secs(&ctx2, plan),
-                        space_guid: Some(instance.space_guid.clone()),
-                        ..JobSpec::default()
-                    };
+                    let spec = plan_job(&ctx2, plan, &instance.guid, &instance.space_guid, &caller);
                     let job = jobs::new_job("service_instance.delete", &instance.guid, spec);
                     store::insert_job(&tx, &job)?;
                     store::set_instance_op(&tx, &instance.guid, "delete", "in progress", None)?;
@@ -1194,17 +1195,10 @@ async fn create_binding(
                     }
                     store::insert_binding(&tx, &row)?;
                     let spec = JobSpec {
-                        broker_guid: plan.broker_guid.clone(),
-                        service_id: plan.offering_id.clone(),
-                        plan_id: plan.id.clone(),
-                        instance_id: instance.guid.clone(),
                         binding_id: Some(row.guid.clone()),
                         app_guid: row.app_guid.clone(),
-                        user: Some(caller.user_guid.clone()),
                         body: Some(body),
-                        max_poll_secs: max_poll_secs(&ctx2, plan),
-                        space_guid: Some(instance.space_guid.clone()),
-                        ..JobSpec::default()
+                        ..plan_job(&ctx2, plan, &instance.guid, &instance.space_guid, &caller)
                     };
                     let job = jobs::new_job("service_binding.create", &row.guid, spec);
                     store::insert_job(&tx, &job)?;
@@ -1356,15 +1350,8 @@ async fn delete_binding(
                 }
                 Some(plan) => {
                     let spec = JobSpec {
-                        broker_guid: plan.broker_guid.clone(),
-                        service_id: plan.offering_id.clone(),
-                        plan_id: plan.id.clone(),
-                        instance_id: instance.guid.clone(),
                         binding_id: Some(binding.guid.clone()),
-                        user: Some(caller.user_guid.clone()),
-                        max_poll_secs: max_poll_secs(&ctx2, plan),
-                        space_guid: Some(instance.space_guid.clone()),
-                        ..JobSpec::default()
+                        ..plan_job(&ctx2, plan, &instance.guid, &instance.space_guid, &caller)
                     };
                     let job = jobs::new_job("service_binding.delete", &binding.guid, spec);
                     store::insert_job(&tx, &job)?;
