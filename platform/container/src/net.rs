@@ -4,9 +4,10 @@
 //!
 //! Flow: the executor calls [`Network::setup`] once at start (one bridge, one address pool) →
 //! [`Network::attach`] before it starts a container (the container joins the namespace at
-//! [`Attachment::netns_path`]) → the router and health checks reach the container at
-//! `ip:8080` from the host → [`Network::detach`] after the container is gone →
-//! [`Network::teardown`] at shutdown.
+//! [`Attachment::netns_path`]) → optionally [`Network::map_port`], so other hosts reach it at
+//! `host_ip:host_port` → the router and health checks reach the container (at `ip:8080` from
+//! the host itself, or at the mapped port from anywhere) → [`Network::detach`] after the
+//! container is gone → [`Network::teardown`] at shutdown.
 //!
 //! # Default egress policy
 //!
@@ -30,8 +31,25 @@
 //!    Routing it needs `net.ipv4.ip_forward = 1`, which [`Network::setup`] sets (and nothing
 //!    else does; teardown leaves it on, since other software may rely on it too).
 //!
-//! New connections from outside the host into the bridge are dropped too: only the host itself
-//! (router, health checks) opens connections to containers. Containers have IPv6 turned off.
+//! New connections from outside the host into the bridge are dropped too, except through a
+//! mapped port: only the host itself (router, health checks) and, through a port mapping, other
+//! hosts' routers open connections to containers. Containers have IPv6 turned off.
+//!
+//! # Port mapping (containers across hosts)
+//! A container's address lives on its own host's bridge, which no other host can route to. So,
+//! as Garden does for Diego, [`Network::map_port`] publishes one TCP port of the host
+//! (`host_ip:host_port`, the port taken by the executor from its `port_range`) as the
+//! container's app port: a DNAT in the bridge's `inet` table, in `prerouting` for traffic from
+//! other hosts and in `output` for the host's own (health checks, a router beside the cell).
+//! Both look the destination address and port up in one map, `published`, so a mapping is one
+//! map element, added and removed atomically with the container's other pieces, and gone with
+//! the table when setup cleans up after a crash. Traffic from the bridge itself is never
+//! translated: a container that asks for a neighbour's mapped port on its own host reaches the
+//! host, and is dropped as "container to host". When [`NetConfig::mapped_ports`] is set (the
+//! executor sets it to its port range), new connections from containers to those ports on any
+//! address are dropped too ("mapped port of an instance"), so a container reaches no instance
+//! on another cell either, except through the router. The price: a public service on a port in
+//! that range is out of reach for apps.
 //!
 //! # Names, and cleaning up after a crash
 //! Everything a bridge owns carries its name: veths and namespaces are `<bridge>-<hash of the
@@ -93,6 +111,11 @@ pub struct NetConfig {
     /// Destinations dropped after the rules (besides `169.254.0.0/16`, always dropped). Default:
     /// `10.0.0.0/8`, `172.16.0.0/12`, `192.168.0.0/16`, `100.64.0.0/10`, `224.0.0.0/4`.
     pub deny: Vec<String>,
+    /// The host ports that [`Network::map_port`] may publish (inclusive), and that no
+    /// container may open a connection to on any address. Not read from a config file: the
+    /// owner sets it (the executor, from its `port_range`). Default none.
+    #[serde(skip)]
+    pub mapped_ports: Option<[u16; 2]>,
 }
 
 impl Default for NetConfig {
@@ -110,6 +133,7 @@ impl Default for NetConfig {
             ]
             .map(str::to_owned)
             .to_vec(),
+            mapped_ports: None,
         }
     }
 }
@@ -126,6 +150,17 @@ impl NetConfig {
                 field: "network.deny",
                 message: format!("entry {i}: {message}"),
             })?;
+        }
+        if let Some([first, last]) = self.mapped_ports
+            && (first == 0 || first > last)
+        {
+            return Err(Error::Config {
+                field: "port_range",
+                message: format!(
+                    "[{first}, {last}] cannot be mapped: write [first, last] with 0 < first <= \
+                     last, e.g. [61000, 61999]"
+                ),
+            });
         }
         Ok(())
     }
@@ -171,8 +206,9 @@ impl NetConfig {
 
     /// The full egress policy in evaluation order, for `hydrant security-groups` (as JSON, or
     /// through [`render_rules`]): the host and neighbour denies (the host shown as `<host>`),
-    /// the operator's rules, then the default denies, then the public allow. A container's own
-    /// per-binding rules come right after the neighbour deny.
+    /// the mapped-port deny when ports are mapped, the operator's rules, then the default
+    /// denies, then the public allow. A container's own per-binding rules come right before the
+    /// operator's.
     pub fn effective_rules(&self) -> Vec<EgressRule> {
         let deny = |destination: &str, description: &str| EgressRule {
             action: Action::Deny,
@@ -189,6 +225,14 @@ impl NetConfig {
                 "no container-to-container traffic except through the router",
             ),
         ];
+        if let Some([first, last]) = self.mapped_ports {
+            out.push(EgressRule {
+                action: Action::Deny,
+                description: "instances' mapped ports, on any host: only through the router"
+                    .to_owned(),
+                ..EgressRule::allow(Protocol::Tcp, "0.0.0.0/0", Some(&format!("{first}-{last}")))
+            });
+        }
         out.extend(self.rules.iter().cloned());
         out.push(deny(LINK_LOCAL, "link-local (cloud metadata)"));
         out.extend(self.deny.iter().map(|d| deny(d, "default deny")));
@@ -257,8 +301,22 @@ pub struct Attachment {
     pub prefix_len: u8,
     /// The host side of the veth pair (the container side is `eth0`).
     pub veth: String,
+    /// The host port published for it by [`Network::map_port`], if any.
+    pub mapping: Option<PortMapping>,
     /// The hash part of the names, which also names the container's nft chain.
     key: String,
+}
+
+/// A host port forwarded to a container: TCP to `host_ip:host_port` reaches the container's
+/// `container_port`, from other hosts and from the host itself (never from a container).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortMapping {
+    /// The host's address that others reach it on (the executor's `advertise_host`).
+    pub host_ip: Ipv4Addr,
+    /// The published port, from [`NetConfig::mapped_ports`].
+    pub host_port: u16,
+    /// The port the app listens on inside the container.
+    pub container_port: u16,
 }
 
 /// The bridge, its pool and its rules; shared by the executor's tasks (`&self` methods).
@@ -285,6 +343,8 @@ struct Pool {
     next: u32,
     used: BTreeSet<u32>,
     keys: BTreeSet<String>,
+    /// Host ports published now, so two containers can never be given the same one.
+    mapped: BTreeSet<u16>,
 }
 
 impl Pool {
@@ -297,6 +357,7 @@ impl Pool {
             next: start + 2,
             used: BTreeSet::new(),
             keys: BTreeSet::new(),
+            mapped: BTreeSet::new(),
         }
     }
 
@@ -329,6 +390,14 @@ impl Pool {
         self.used.remove(&u32::from(ip));
         self.keys.remove(key);
     }
+}
+
+/// One element of the `published` map: `host_ip . host_port : container_ip . container_port`.
+fn published_element(container_ip: Ipv4Addr, m: PortMapping) -> String {
+    format!(
+        "{} . {} : {container_ip} . {}",
+        m.host_ip, m.host_port, m.container_port
+    )
 }
 
 /// 64-bit FNV-1a: a stable, dependency-free hash for short names.
@@ -418,6 +487,7 @@ impl Network {
             gateway: self.gateway,
             prefix_len: self.prefix_len,
             veth: name,
+            mapping: None,
             key,
         };
         match self.plumb(&attachment, &chain_rules).await {
@@ -468,6 +538,76 @@ impl Network {
         Ok(())
     }
 
+    /// Publishes `host_ip:host_port` (TCP) as the container's `container_port`: from then on
+    /// other hosts, and the host itself, reach the app there; containers never do. The port
+    /// must lie in [`NetConfig::mapped_ports`] and be free on this network; the mapping goes
+    /// with [`Network::detach`].
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an address or port that cannot be published (loopback, unspecified,
+    /// outside the range, a second mapping for one container), [`Error::NetworkConflict`] for a
+    /// port another container holds, or the `nft` failure.
+    pub async fn map_port(
+        &self,
+        attachment: &mut Attachment,
+        host_ip: Ipv4Addr,
+        host_port: u16,
+        container_port: u16,
+    ) -> Result<PortMapping, Error> {
+        let bad = |message: String| Error::Config {
+            field: "port mapping",
+            message,
+        };
+        if host_ip.is_loopback() || host_ip.is_unspecified() || host_ip.is_multicast() {
+            // The kernel will not route 127/8 sources onto the bridge, and other hosts cannot
+            // reach it: loopback-only cells keep reaching containers at their own addresses.
+            return Err(bad(format!(
+                "{host_ip} is not an address other hosts reach this one on: advertise the \
+                 host's own address (e.g. its 10.x or public IP)"
+            )));
+        }
+        let Some([first, last]) = self.config.mapped_ports else {
+            return Err(bad(
+                "this network publishes no ports: set `mapped_ports` (the executor sets its \
+                 `port_range`)"
+                    .to_owned(),
+            ));
+        };
+        if !(first..=last).contains(&host_port) || container_port == 0 {
+            return Err(bad(format!(
+                "host port {host_port} is outside the mapped range [{first}, {last}] (or the \
+                 container port {container_port} is 0)"
+            )));
+        }
+        if let Some(held) = attachment.mapping {
+            return Err(bad(format!(
+                "container {} already has host port {} published",
+                attachment.id, held.host_port
+            )));
+        }
+        if !self.lock().mapped.insert(host_port) {
+            return Err(Error::NetworkConflict(format!(
+                "host port {host_port} is already published for another container"
+            )));
+        }
+        let mapping = PortMapping {
+            host_ip,
+            host_port,
+            container_port,
+        };
+        let script = format!(
+            "add element inet {table} published {{ {} }}\n",
+            published_element(attachment.ip, mapping),
+            table = self.table,
+        );
+        if let Err(e) = run(Program::Nft, &["-f", "-"], Some(&script)).await {
+            self.lock().mapped.remove(&host_port);
+            return Err(e);
+        }
+        attachment.mapping = Some(mapping);
+        Ok(mapping)
+    }
+
     /// Removes the namespace, veth, per-container rules, and returns the IP to the pool.
     /// Idempotent.
     pub async fn detach(&self, attachment: Attachment) -> Result<(), Error> {
@@ -484,12 +624,23 @@ impl Network {
             "delete element bridge {table} ports {{ \"{}\" . {} }}\n",
             a.veth, a.ip
         );
+        // The mapping first, in the same transaction: no new connection is forwarded to an
+        // address that is about to be handed to another container.
+        let published = a.mapping.map_or_else(String::new, |m| {
+            format!(
+                "delete element inet {table} published {{ {} . {} }}\n",
+                m.host_ip, m.host_port
+            )
+        });
         let mut first_error = None;
         // One transaction when every piece is there (the common case); else each piece alone,
         // so one already gone does not keep the others.
-        let all = format!("{element}{drop_chain}{port}");
+        let all = format!("{published}{element}{drop_chain}{port}");
         if run(Program::Nft, &["-f", "-"], Some(&all)).await.is_err() {
-            for script in [element, drop_chain, port] {
+            for script in [published, element, drop_chain, port] {
+                if script.is_empty() {
+                    continue;
+                }
                 if let Err(e) = run(Program::Nft, &["-f", "-"], Some(&script)).await
                     && !is_gone(&e)
                 {
@@ -507,7 +658,11 @@ impl Network {
         match first_error {
             Some(e) => Err(e),
             None => {
-                self.lock().give_back(a.ip, &a.key);
+                let mut pool = self.lock();
+                pool.give_back(a.ip, &a.key);
+                if let Some(m) = a.mapping {
+                    pool.mapped.remove(&m.host_port);
+                }
                 Ok(())
             }
         }
@@ -626,10 +781,24 @@ impl Network {
         } else {
             format!("\n\t\telements = {{ {} }}", denies.join(", "))
         };
+        let mapped_deny = match c.mapped_ports {
+            Some([first, last]) => format!(
+                "\t\ttcp dport {} counter drop comment \"mapped port of an instance\"\n",
+                if first == last {
+                    first.to_string()
+                } else {
+                    format!("{first}-{last}")
+                }
+            ),
+            None => String::new(),
+        };
         Ok(format!(
             "table inet {table} {{
 	map containers {{
 		type ipv4_addr : verdict
+	}}
+	map published {{
+		type ipv4_addr . inet_service : ipv4_addr . inet_service
 	}}
 	set default_deny {{
 		type ipv4_addr
@@ -645,13 +814,15 @@ impl Network {
 	chain forward {{
 		type filter hook forward priority filter; policy accept;
 		oifname \"{bridge}\" ct state established,related accept
+		iifname \"{bridge}\" ct state established,related accept
 		iifname \"{bridge}\" jump egress
+		oifname \"{bridge}\" ct status dnat counter accept comment \"mapped port\"
 		oifname \"{bridge}\" counter drop comment \"unsolicited into containers\"
 	}}
 	chain egress {{
 		ip daddr {subnet} counter drop comment \"container to container\"
 		meta nfproto ipv6 counter drop comment \"ipv6\"
-		ip saddr vmap @containers
+{mapped_deny}		ip saddr vmap @containers
 {operator}		ip daddr {LINK_LOCAL} counter drop comment \"link-local\"
 		ip daddr @default_deny counter drop comment \"default deny\"
 		counter accept comment \"public egress\"
@@ -659,6 +830,15 @@ impl Network {
 	chain postrouting {{
 		type nat hook postrouting priority srcnat; policy accept;
 		ip saddr {subnet} oifname != \"{bridge}\" masquerade
+	}}
+	chain prerouting_mapped {{
+		type nat hook prerouting priority dstnat; policy accept;
+		iifname \"{bridge}\" return
+		dnat ip to ip daddr . tcp dport map @published
+	}}
+	chain output_mapped {{
+		type nat hook output priority -100; policy accept;
+		dnat ip to ip daddr . tcp dport map @published
 	}}
 }}
 table bridge {table} {{
@@ -1052,6 +1232,7 @@ mod tests {
                 Some("5432"),
             )],
             deny: vec!["192.168.0.0/16".into(), "10.0.0.0/8".into()],
+            mapped_ports: None,
         };
         let ruleset = network(config).ruleset().unwrap();
         let at = |needle: &str| {
@@ -1107,5 +1288,119 @@ mod tests {
             lines[4].starts_with("deny    all       169.254.0.0/16  all"),
             "{table}"
         );
+    }
+    #[test]
+    fn mapped_ports_publish_through_dnat_and_no_container_opens_them() {
+        let config = NetConfig {
+            bridge: "hyx3".into(),
+            subnet: "10.254.16.0/22".into(),
+            rules: vec![EgressRule::allow(Protocol::All, "10.0.0.0/8", None)],
+            mapped_ports: Some([61000, 61999]),
+            ..NetConfig::default()
+        };
+        config.validate().unwrap();
+        let ruleset = network(config.clone()).ruleset().unwrap();
+        let at = |needle: &str| {
+            ruleset
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle} missing:\n{ruleset}"))
+        };
+        // Translated on the way in from other hosts and from the host itself, never from the
+        // bridge (a container asking for a neighbour's port meets the "container to host" drop).
+        let pre = at("type nat hook prerouting priority dstnat");
+        let from_bridge =
+            at("iifname \"hyx3\" return\n\t\tdnat ip to ip daddr . tcp dport map @published");
+        assert!(pre < from_bridge, "{ruleset}");
+        assert!(ruleset.contains(
+            "type nat hook output priority -100; policy accept;\n\t\tdnat ip to ip daddr . tcp dport map @published"
+        ));
+        // Forwarded in (only what was translated), and the replies forwarded back out.
+        let forward_in =
+            at("oifname \"hyx3\" ct status dnat counter accept comment \"mapped port\"");
+        let unsolicited = at("counter drop comment \"unsolicited into containers\"");
+        assert!(forward_in < unsolicited, "{ruleset}");
+        assert!(ruleset.contains(
+            "iifname \"hyx3\" ct state established,related accept\n\t\tiifname \"hyx3\" jump egress"
+        ));
+        // The mapped ports are shut before the container's own rules and the operator's,
+        // even an operator rule that opens the whole network the cells live in.
+        let shut = at("tcp dport 61000-61999 counter drop comment \"mapped port of an instance\"");
+        let own = at("\n\t\tip saddr vmap @containers\n");
+        let operator = at("ip daddr 10.0.0.0/8 counter accept");
+        assert!(shut < own && own < operator, "{ruleset}");
+        let rules = config.effective_rules();
+        assert_eq!(rules[2].ports.as_deref(), Some("61000-61999"));
+        assert_eq!(rules[2].action, Action::Deny);
+        assert_eq!(rules[3], config.rules[0]);
+        // Without a range nothing is shut, and the empty map stays for a later owner.
+        let plain = network(NetConfig::default()).ruleset().unwrap();
+        assert!(!plain.contains("mapped port of an instance"));
+        assert!(plain.contains("map published"));
+        let bad = NetConfig {
+            mapped_ports: Some([62000, 61000]),
+            ..NetConfig::default()
+        };
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("port_range") && err.contains("[61000, 61999]"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn map_port_refuses_what_cannot_be_published_before_touching_the_kernel() {
+        let net = network(NetConfig {
+            mapped_ports: Some([61000, 61009]),
+            ..NetConfig::default()
+        });
+        let mut attachment = Attachment {
+            id: "app/0".into(),
+            netns_path: PathBuf::from("/run/netns/none"),
+            netns: "none".into(),
+            ip: "10.254.0.2".parse().unwrap(),
+            gateway: net.gateway(),
+            prefix_len: 22,
+            veth: "none".into(),
+            mapping: None,
+            key: "abc".into(),
+        };
+        let host: Ipv4Addr = "192.0.2.10".parse().unwrap();
+        let cases: [(Ipv4Addr, u16, &str); 3] = [
+            (
+                Ipv4Addr::LOCALHOST,
+                61000,
+                "advertise the host's own address",
+            ),
+            (
+                Ipv4Addr::UNSPECIFIED,
+                61000,
+                "advertise the host's own address",
+            ),
+            (host, 62000, "outside the mapped range [61000, 61009]"),
+        ];
+        for (ip, port, want) in cases {
+            let err = net
+                .map_port(&mut attachment, ip, port, 8080)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{want:?} is not in {err}");
+        }
+        // A port another container holds is refused, not taken over.
+        net.lock().mapped.insert(61003);
+        let err = net
+            .map_port(&mut attachment, host, 61003, 8080)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("61003 is already published"), "{err}");
+        assert!(attachment.mapping.is_none());
+        let unmapped = network(NetConfig::default());
+        let err = unmapped
+            .map_port(&mut attachment, host, 61000, 8080)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("publishes no ports"), "{err}");
     }
 }
