@@ -46,8 +46,23 @@ pub struct Config {
     pub shutdown_drain_ms: u64,
     /// This copy's instance id in its own metrics. Default `0`.
     pub instance_id: String,
-    /// `/healthz` and `/metrics`. Default `127.0.0.1:14840`.
+    /// `/healthz`, `/metrics` and `/drains` (every drain's report). Default `127.0.0.1:14840`.
     pub admin_listen: String,
+    /// `/drains` names apps and drain hosts, so it needs a token of audience `hydrant-logs`
+    /// with the `admin` or `firehose` scope (401 without one, 403 for any other). Default
+    /// true; false shows every drain to anyone who reaches the admin port (local tests only).
+    pub status_auth: bool,
+    /// The cloud controller's public token keys, which `/drains` verifies tokens with:
+    /// fetched at start (retried until it answers), every 5 minutes, and when a token names an
+    /// unknown key. Default unset: `[platform].api_url` + `/token_keys` in platform mode, and
+    /// otherwise none (set this or `token_keys_file`, or `/drains` refuses every token).
+    pub token_keys_url: Option<String>,
+    /// A fixed key-set file (the controller's `GET /token_keys` JSON) instead of fetching.
+    /// Default unset.
+    pub token_keys_file: Option<std::path::PathBuf>,
+    /// Where fetched keys are cached, so a restarted nozzle answers `/drains` while the cloud
+    /// controller is down. Default unset (not cached).
+    pub token_keys_cache: Option<std::path::PathBuf>,
     /// Where the nozzle's own metrics go as envelopes; also where the `LGR` loss notices go
     /// into the apps' streams (without an agent there are no notices, only counters).
     pub telemetry: TelemetryConfig,
@@ -81,6 +96,10 @@ impl Default for Config {
             shutdown_drain_ms: 2_000,
             instance_id: "0".to_owned(),
             admin_listen: "127.0.0.1:14840".to_owned(),
+            status_auth: true,
+            token_keys_url: None,
+            token_keys_file: None,
+            token_keys_cache: None,
             telemetry: TelemetryConfig::default(),
             tls: TlsConfig::default(),
             loss_notice_interval_ms: 5_000,
@@ -167,6 +186,7 @@ impl hydrant_runtime::Validate for Config {
             )));
         }
         validate_self_report(&self.admin_listen, "127.0.0.1:14840", &self.telemetry)?;
+        crate::status::validate(self)?;
         self.tls.validate()?;
         if self.loss_notice_interval_ms == 0 {
             return Err(Error::from(invalid(

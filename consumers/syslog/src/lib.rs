@@ -23,6 +23,7 @@ mod platform;
 pub mod rfc5424;
 mod role;
 pub mod rsyslogd;
+mod status;
 mod tls;
 pub mod transport;
 mod url;

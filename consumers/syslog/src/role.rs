@@ -5,7 +5,8 @@
 //! envelope encoded once per distinct [`EncoderOptions`] among the drains that want it → one
 //! [`DestinationQueue`] per drain → one sender task per drain → the drain (TCP, TLS or
 //! HTTPS). Beside it: the loss notifier (one `LGR` line per app and drain per interval), the
-//! `/drains` status page and, in platform mode, the binding poller and status reporter.
+//! `/drains` status page (operators only, see `status`) and, in platform mode, the binding
+//! poller and status reporter.
 //!
 //! Invariants: the reader never waits on a drain — a push evicts that drain's oldest lines and
 //! counts them, so a slow or dead drain costs only its own data; finding an app's drains is one
@@ -18,8 +19,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Json;
-use axum::routing::get;
 use bytes::Bytes;
 use hydrant_emitter::{Emitter, Registry};
 use hydrant_nozzle_core::{
@@ -368,6 +367,7 @@ async fn serve(
         saved.as_ref(),
     )?;
     let mut fleet = Fleet::new(&config, &registry)?;
+    let keys = crate::status::keys(&config)?;
     for (index, url) in config.drains.iter().enumerate() {
         let (_, options) = config.drain(index)?;
         fleet.add(DrainSpec {
@@ -385,17 +385,8 @@ async fn serve(
     // The emitter outlives the drains so the last loss notices and metrics still leave.
     let telemetry_stop = CancellationToken::new();
     let telemetry = config.telemetry.start(&registry, telemetry_stop.clone());
-    listeners.mount_admin(axum::Router::new().route(
-        "/drains",
-        get({
-            let fleet = Arc::clone(&fleet);
-            move || {
-                let reports = lock(&fleet).reports();
-                async move { Json(reports) }
-            }
-        }),
-    ));
     let background = CancellationToken::new();
+    crate::status::mount(listeners, Arc::clone(&fleet), keys, &registry, &background);
     let notifier = tokio::spawn(notify_losses(
         Arc::clone(&fleet),
         telemetry.clone(),

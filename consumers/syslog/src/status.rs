@@ -1,0 +1,207 @@
+//! The nozzle's `/drains` status page on its admin listener, and who may read it.
+//!
+//! Flow: the request's bearer token → [`hydrant_auth::TokenKeys::verify`] (the cloud
+//! controller's public keys: `token_keys_file`, or fetched from `token_keys_url` — by default
+//! `[platform].api_url` + `/token_keys` — and cached in `token_keys_cache`, so the page keeps
+//! answering while the controller is down) → the scope check → every drain's report.
+//!
+//! The invariant: `/drains` names apps (their guids) and where their logs go (drain hosts), so
+//! it is the platform operator's page: it answers only a token of audience `hydrant-logs`
+//! carrying `admin` or `firehose`. No token, a forged, expired or foreign-audience one gets
+//! 401; a developer's own token (any app or space scope, but not those two) gets 403. With no
+//! key source at all, every token is refused (401): the page fails closed. `/healthz` and
+//! `/metrics` stay open. Refusals are counted as `nozzle.status_refused{reason}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hydrant_auth::{AUD_LOGS, Claims, TokenKeys};
+use hydrant_emitter::{Counter, Registry};
+use tokio_util::sync::CancellationToken;
+
+use crate::role::{SharedFleet, lock};
+use crate::{Config, Error};
+
+/// How often fetched keys are refreshed.
+const REFRESH: Duration = Duration::from_secs(300);
+
+/// Least time between two fetches caused by tokens naming an unknown key.
+const REFETCH_EVERY: Duration = Duration::from_secs(30);
+
+/// What the `/drains` handler shares.
+#[derive(Debug, Clone)]
+struct Status {
+    fleet: SharedFleet,
+    /// `None` only with `status_auth = false`.
+    keys: Option<Arc<TokenKeys>>,
+    unauthorized: Counter,
+    forbidden: Counter,
+}
+
+/// Where `/drains` gets its token keys: a fixed file, or the controller's `/token_keys`
+/// (`token_keys_url`, by default the platform API's), cached in `token_keys_cache`.
+#[must_use]
+pub(crate) fn key_sources(config: &Config) -> hydrant_auth::KeySources {
+    let url = config.token_keys_url.clone().or_else(|| {
+        config
+            .platform
+            .as_ref()
+            .map(|p| format!("{}/token_keys", p.api_url.trim_end_matches('/')))
+    });
+    hydrant_auth::KeySources {
+        url: if config.token_keys_file.is_some() {
+            None
+        } else {
+            url
+        },
+        file: config.token_keys_file.clone(),
+        cache: config.token_keys_cache.clone(),
+        refetch_every: REFETCH_EVERY,
+        ..hydrant_auth::KeySources::default()
+    }
+}
+
+/// The keys `/drains` verifies with (`None` with `status_auth = false`), made before any task
+/// starts so a bad key file refuses the config.
+///
+/// # Errors
+/// The key file cannot be read or parsed.
+pub(crate) fn keys(config: &Config) -> Result<Option<Arc<TokenKeys>>, Error> {
+    if !config.status_auth {
+        tracing::warn!(
+            "status_auth = false: /drains shows every app guid and drain host to anyone who \
+             can connect to the admin port"
+        );
+        return Ok(None);
+    }
+    let field = if config.token_keys_file.is_some() {
+        "token_keys_file"
+    } else {
+        "token_keys_url"
+    };
+    let keys = TokenKeys::new(key_sources(config), Arc::new(hydrant_auth::Unobserved))
+        .map_err(|e| Error::from(hydrant_runtime::invalid(field, e.to_string())))?;
+    Ok(Some(Arc::new(keys)))
+}
+
+/// Mounts `/drains` over `fleet` on the admin listener; key refreshes run until `stop`.
+pub(crate) fn mount(
+    listeners: &hydrant_runtime::Listeners,
+    fleet: SharedFleet,
+    keys: Option<Arc<TokenKeys>>,
+    registry: &Registry,
+    stop: &CancellationToken,
+) {
+    if let Some(keys) = &keys {
+        tokio::spawn(Arc::clone(keys).refresh(REFRESH, stop.clone().cancelled_owned()));
+    }
+    listeners.mount_admin(routes(fleet, keys, registry));
+}
+
+/// The `/drains` route over `fleet`, checking tokens against `keys` (open with `None`).
+fn routes(fleet: SharedFleet, keys: Option<Arc<TokenKeys>>, registry: &Registry) -> axum::Router {
+    let refused = |reason| {
+        registry.counter(
+            "nozzle.status_refused",
+            "/drains requests refused, by reason",
+            &[("reason", reason)],
+        )
+    };
+    let state = Status {
+        fleet,
+        keys,
+        unauthorized: refused("unauthorized"),
+        forbidden: refused("forbidden"),
+    };
+    axum::Router::new()
+        .route("/drains", get(drains))
+        .with_state(state)
+}
+
+async fn drains(State(s): State<Status>, headers: HeaderMap) -> Response {
+    let claims = match s.authenticate(&headers).await {
+        Ok(claims) => claims,
+        Err(refusal) => return refusal,
+    };
+    if !claims.can_read_firehose() {
+        s.forbidden.inc();
+        return error(
+            StatusCode::FORBIDDEN,
+            "/drains shows every app's drains; it needs a token with the admin or firehose \
+             scope (a developer sees their own app's drains with `hydrant drain APP --status`)",
+        );
+    }
+    let reports = lock(&s.fleet).reports();
+    Json(reports).into_response()
+}
+
+impl Status {
+    /// The caller's verified claims, or the 401 to answer with.
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<Claims, Response> {
+        let Some(keys) = &self.keys else {
+            return Ok(Claims::new("anonymous")
+                .for_audience(AUD_LOGS)
+                .with_scope(hydrant_auth::SCOPE_ADMIN));
+        };
+        let refuse = |message: String| {
+            self.unauthorized.inc();
+            error(StatusCode::UNAUTHORIZED, &message)
+        };
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Err(refuse(
+                "missing token: send \"Authorization: Bearer <token>\" with an admin's token \
+                 (hydrant up writes one to endpoints.json)"
+                    .to_owned(),
+            ));
+        };
+        let Some(token) = hydrant_auth::bearer(value.to_str().unwrap_or_default()) else {
+            return Err(refuse(
+                "the Authorization header must be \"Bearer <token>\"".to_owned(),
+            ));
+        };
+        keys.verify(token, AUD_LOGS)
+            .await
+            .map_err(|e| refuse(e.to_string()))
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    let mut response = (status, format!("{message}\n")).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"hydrant\""),
+        );
+    }
+    response
+}
+
+/// `token_keys_url` must be an http(s) URL; `token_keys_file` must name a file.
+pub(crate) fn validate(config: &Config) -> Result<(), Error> {
+    if let Some(url) = &config.token_keys_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(Error::from(hydrant_runtime::invalid(
+            "token_keys_url",
+            format!(
+                "{url:?} is not an http URL: write it like \"http://127.0.0.1:9022/token_keys\", \
+                 or leave it out for [platform].api_url + /token_keys"
+            ),
+        )));
+    }
+    if let Some(file) = &config.token_keys_file
+        && file.as_os_str().is_empty()
+    {
+        return Err(Error::from(hydrant_runtime::invalid(
+            "token_keys_file",
+            "is empty; name the key-set file (the controller's GET /token_keys JSON) or leave \
+             it out",
+        )));
+    }
+    Ok(())
+}
