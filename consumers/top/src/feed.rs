@@ -422,6 +422,20 @@ pub(crate) async fn api_poller(
         if !feeder.send(Feed::Api(Box::new(snapshot))).await {
             return;
         }
+        // A controller without services answers 404: an empty list, not an error.
+        let listed = tokio::time::timeout(API_TIMEOUT, api.list_service_instances(None, None));
+        let services = match listed.await {
+            Ok(Ok(list)) => Ok(list),
+            Ok(Err(e)) if e.is_not_found() => Ok(Vec::new()),
+            Ok(Err(e)) => Err(format!("service instances: {e}")),
+            Err(_) => Err(format!(
+                "service instances: no answer in {} s",
+                API_TIMEOUT.as_secs()
+            )),
+        };
+        if !feeder.send(Feed::Services(services)).await {
+            return;
+        }
         tokio::select! {
             () = feeder.shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}

@@ -70,7 +70,7 @@ pub const KEYMAP: &[Binding] = &[
     bind(
         ":",
         Action::Command,
-        "command: :apps :app NAME :pipeline :nodes :events :help :quit",
+        "command: :apps :app NAME :pipeline :nodes :events :services :service NAME :help :quit",
     ),
     bind(
         "/",
@@ -80,7 +80,7 @@ pub const KEYMAP: &[Binding] = &[
     bind(
         "enter",
         Action::Enter,
-        "drill down: an app's detail (from apps or events)",
+        "drill down: an app's detail (from apps or events), a service's (from services)",
     ),
     bind(
         "esc",

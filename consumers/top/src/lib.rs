@@ -11,6 +11,7 @@
 //! - [`run`] / [`Options`]: the entry point and what it needs.
 //! - [`State`] (`state`): all data and UI state, pure update methods, no I/O.
 //! - [`view`]: what the screens show, computed; columns and thresholds as data.
+//! - [`services`]: the services screens (`:services`, `:service NAME`): columns and detail.
 //! - [`ui`]: drawing from `&State`; [`input`]: the keymap.
 //! - [`feed`]: the stream, history and API tasks; [`terminal`]: raw mode, restore, key thread.
 //! - [`format`]: narrow-cell numbers and the escape every outside string goes through.
@@ -23,6 +24,7 @@ mod error;
 mod feed;
 pub mod format;
 pub mod input;
+pub mod services;
 mod state;
 pub mod terminal;
 pub mod ui;

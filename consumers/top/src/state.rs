@@ -16,12 +16,15 @@
 
 mod components;
 mod keys;
+mod service_rows;
+mod services;
 mod tables;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use hydrant_api::policy::ScalingPolicy;
+use hydrant_api::services::ServiceInstance;
 use hydrant_api::slo::{AppSloStatus, AppSlos};
 use hydrant_api::{App, AuditEvent, ProcessStats};
 use hydrant_envelope::gap::Gap;
@@ -35,6 +38,7 @@ pub use keys::Effect;
 
 use crate::view::{Level, Screen, TableKind, View};
 use components::Components;
+use services::Services;
 
 /// Bounds of what the console keeps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +91,8 @@ pub enum Feed {
     Stream(StreamChange),
     /// A poll of the platform's API.
     Api(Box<ApiSnapshot>),
+    /// The service instances the API lists (or why it could not list them).
+    Services(Result<Vec<ServiceInstance>, String>),
 }
 
 /// A change of one stream's connection.
@@ -317,7 +323,7 @@ impl TableUi {
 #[derive(Debug, Clone)]
 pub(crate) struct Ui {
     pub stack: Vec<Screen>,
-    pub tables: [TableUi; 4],
+    pub tables: [TableUi; 5],
     pub prompt: Prompt,
     pub help: bool,
     pub paused: bool,
@@ -339,6 +345,7 @@ pub struct State {
     pub(crate) slo_live: HashMap<Box<str>, HashMap<Box<str>, SloGauge>>,
     pub(crate) autoscaler_notes: HashMap<Box<str>, (i64, String)>,
     pub(crate) components: Components,
+    pub(crate) services: Services,
     pub(crate) events: VecDeque<LiveEvent>,
     next_event: u64,
     pub(crate) stream: StreamInfo,
@@ -390,6 +397,7 @@ impl State {
         )?;
         Ok(Self {
             components: Components::new(config.max_components, config.max_series),
+            services: Services::new(config.windows.max_apps),
             config,
             clock: Clock { base, base_ns },
             windows,
@@ -426,6 +434,8 @@ impl State {
             Feed::Gap(gap) => self.apply_gap(&gap, now),
             Feed::Stream(change) => self.apply_stream(change, now),
             Feed::Api(snapshot) => self.apply_api(*snapshot, now),
+            Feed::Services(Ok(list)) => self.services.apply_list(Some(list), None),
+            Feed::Services(Err(e)) => self.services.apply_list(None, Some(e)),
         }
     }
 
@@ -470,7 +480,7 @@ impl State {
                 self.components.record(view);
             }
             Kind::Gauge => {
-                if !self.components.record(view) {
+                if !self.services.record(view) && !self.components.record(view) {
                     self.observe_slo_gauge(view);
                 }
             }
@@ -756,9 +766,14 @@ impl State {
         let wall = self.clock.wall_ns(now);
         self.components
             .forget_older_than(wall.saturating_sub(FORGET_COMPONENT_NS));
+        self.services
+            .forget_older_than(wall.saturating_sub(FORGET_COMPONENT_NS));
         let windows = &self.windows;
         let apps = &self.meta.apps;
-        let known = |id: &str| apps.contains_key(id) || windows.app(id).is_some();
+        let services = &self.services;
+        let known = |id: &str| {
+            apps.contains_key(id) || windows.app(id).is_some() || services.is_service(id)
+        };
         self.sparks.retain(|id, _| known(id));
         self.logs.retain(|id, _| known(id));
         self.slo_live.retain(|id, _| known(id));

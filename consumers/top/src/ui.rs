@@ -9,6 +9,7 @@
 //! straight from the state (prompts, messages) go through [`crate::format::clean`] here.
 
 mod detail;
+mod service;
 
 use ratatui::Frame;
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
@@ -46,6 +47,7 @@ pub fn draw(frame: &mut Frame<'_>, state: &State) {
     draw_header(frame, top, state);
     match state.screen() {
         Screen::App(_) => detail::draw(frame, body, state),
+        Screen::Service(_) => service::draw(frame, body, state),
         screen => {
             if let Some(kind) = screen.table() {
                 draw_table(frame, body, state, kind);
@@ -280,6 +282,7 @@ fn draw_help(frame: &mut Frame<'_>, area: Rect, state: &State) {
     }
     let kind = match state.screen() {
         Screen::App(_) => None,
+        Screen::Service(_) => Some(TableKind::Services),
         s => s.table(),
     };
     let (title, columns) = match kind {

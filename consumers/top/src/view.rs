@@ -23,6 +23,10 @@ pub enum Screen {
     Nodes,
     /// Platform events and alerts, newest first.
     Events,
+    /// Every service instance: offering, plan, state and its node's gauges.
+    Services,
+    /// One service instance (by guid): its gauges and `SVC` lines.
+    Service(Box<str>),
 }
 
 impl Screen {
@@ -34,12 +38,13 @@ impl Screen {
             Screen::Pipeline => Some(TableKind::Pipeline),
             Screen::Nodes => Some(TableKind::Nodes),
             Screen::Events => Some(TableKind::Events),
-            Screen::App(_) => None,
+            Screen::Services => Some(TableKind::Services),
+            Screen::App(_) | Screen::Service(_) => None,
         }
     }
 }
 
-/// The four table screens.
+/// The table screens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TableKind {
     /// `:apps`.
@@ -50,15 +55,18 @@ pub enum TableKind {
     Nodes,
     /// `:events`.
     Events,
+    /// `:services`.
+    Services,
 }
 
 impl TableKind {
     /// Every table, in the order of [`View::tables`].
-    pub const ALL: [TableKind; 4] = [
+    pub const ALL: [TableKind; 5] = [
         TableKind::Apps,
         TableKind::Pipeline,
         TableKind::Nodes,
         TableKind::Events,
+        TableKind::Services,
     ];
 
     /// Position in [`View::tables`].
@@ -75,6 +83,7 @@ impl TableKind {
             TableKind::Pipeline => "pipeline",
             TableKind::Nodes => "nodes",
             TableKind::Events => "events",
+            TableKind::Services => "services",
         }
     }
 
@@ -86,6 +95,7 @@ impl TableKind {
             TableKind::Pipeline => PIPELINE_COLUMNS,
             TableKind::Nodes => NODE_COLUMNS,
             TableKind::Events => EVENT_COLUMNS,
+            TableKind::Services => crate::services::SERVICE_COLUMNS,
         }
     }
 
@@ -97,6 +107,7 @@ impl TableKind {
             TableKind::Apps => (APP_REQ60, true),
             TableKind::Pipeline => (0, false),
             TableKind::Nodes => (0, false),
+            TableKind::Services => (0, false),
             // Newest first.
             TableKind::Events => (0, true),
         }
@@ -479,10 +490,12 @@ pub struct View {
     pub now: Instant,
     /// The top lines.
     pub header: Header,
-    /// The four tables, indexed by [`TableKind::index`].
-    pub tables: [Table; 4],
+    /// The tables, indexed by [`TableKind::index`].
+    pub tables: [Table; 5],
     /// The app on screen, when the detail screen is open.
     pub detail: Option<AppDetail>,
+    /// The service instance on screen, when the service screen is open.
+    pub service: Option<crate::services::ServiceDetail>,
 }
 
 impl View {
@@ -494,6 +507,7 @@ impl View {
             header: Header::default(),
             tables: Default::default(),
             detail: None,
+            service: None,
         }
     }
 

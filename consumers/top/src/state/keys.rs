@@ -133,6 +133,19 @@ impl State {
             "pipeline" | "pipe" | "pl" => Screen::Pipeline,
             "nodes" | "node" | "no" | "executors" | "executor" | "cells" => Screen::Nodes,
             "events" | "event" | "ev" | "alerts" | "alert" => Screen::Events,
+            "services" | "svc" | "service" | "sv" if rest.is_empty() => Screen::Services,
+            "service" | "svc" | "sv" => {
+                let name = rest.join(" ");
+                match self.services.find(&name) {
+                    Some(guid) => Screen::Service(guid.into()),
+                    None => {
+                        let shown = crate::format::clean(&name).into_owned();
+                        self.ui.message =
+                            Some((Level::Warn, format!("no service instance called {shown}")));
+                        return;
+                    }
+                }
+            }
             "help" | "h" | "?" => {
                 self.ui.help = true;
                 return;
@@ -145,7 +158,9 @@ impl State {
                 let shown = crate::format::clean(other).into_owned();
                 self.ui.message = Some((
                     Level::Warn,
-                    format!("unknown command :{shown} (try :apps :pipeline :nodes :events)"),
+                    format!(
+                        "unknown command :{shown} (try :apps :pipeline :nodes :events :services)"
+                    ),
                 ));
                 return;
             }
@@ -178,6 +193,7 @@ impl State {
         };
         match kind {
             TableKind::Apps => self.open(Screen::App(key.into()), now),
+            TableKind::Services => self.open(Screen::Service(key.into()), now),
             TableKind::Events => {
                 let source = self
                     .view()

@@ -99,6 +99,10 @@ pub(super) fn build(state: &State, now: Instant) -> View {
         Screen::App(guid) => Some(detail(state, guid, now, wall)),
         _ => None,
     };
+    let service = match state.screen() {
+        Screen::Service(guid) => Some(super::service_rows::detail(state, guid, wall)),
+        _ => None,
+    };
     View {
         now,
         header: header(state, now, wall),
@@ -107,8 +111,10 @@ pub(super) fn build(state: &State, now: Instant) -> View {
             pipeline_table(state, wall),
             nodes_table(state, wall),
             events_table(state),
+            super::service_rows::table(state, wall),
         ],
         detail,
+        service,
     }
 }
 
@@ -136,6 +142,7 @@ fn app_ids(state: &State) -> Vec<String> {
         let id = w.source_id();
         if (w.last_request().is_some() || w.last_log().is_some())
             && !state.meta.apps.contains_key(id)
+            && !state.services.is_service(id)
         {
             ids.push(id.to_owned());
         }
@@ -763,6 +770,7 @@ fn header(state: &State, now: Instant, wall: i64) -> Header {
             format!("{crashes} crash(es) in the last 5 minutes (CRSH column)"),
         ));
     }
+    alerts.extend(super::service_rows::alerts(state, wall));
     let (connected, wanted) = (state.stream.connected, state.stream.wanted);
     if wanted > 0 && connected < wanted {
         alerts.push((
@@ -1147,7 +1155,7 @@ fn app_events(state: &State, guid: &str) -> Vec<Note> {
 }
 
 /// The newest log lines of an app, oldest first, `cf logs`-like and clean.
-fn app_logs(state: &State, guid: &str) -> Vec<LogOut> {
+pub(super) fn app_logs(state: &State, guid: &str) -> Vec<LogOut> {
     let Some(ring) = state.logs.get(guid) else {
         return Vec::new();
     };
