@@ -48,8 +48,9 @@
 //! host, and is dropped as "container to host". When [`NetConfig::mapped_ports`] is set (the
 //! executor sets it to its port range), new connections from containers to those ports on any
 //! address are dropped too ("mapped port of an instance"), so a container reaches no instance
-//! on another cell either, except through the router. The price: a public service on a port in
-//! that range is out of reach for apps.
+//! on another cell either, except through the router. Only a container's own exact endpoints
+//! (its service bindings) come before that rule; the operator's rules come after it. The price:
+//! a public service on a port in that range is out of reach for apps.
 //!
 //! # Names, and cleaning up after a crash
 //! Everything a bridge owns carries its name: veths and namespaces are `<bridge>-<hash of the
@@ -207,8 +208,9 @@ impl NetConfig {
     /// The full egress policy in evaluation order, for `hydrant security-groups` (as JSON, or
     /// through [`render_rules`]): the host and neighbour denies (the host shown as `<host>`),
     /// the mapped-port deny when ports are mapped, the operator's rules, then the default
-    /// denies, then the public allow. A container's own per-binding rules come right before the
-    /// operator's.
+    /// denies, then the public allow. A container's own per-binding rules come right after the
+    /// neighbour deny (exact endpoints the platform opened, so a service node on a port in the
+    /// mapped range stays reachable to the app bound to it).
     pub fn effective_rules(&self) -> Vec<EgressRule> {
         let deny = |destination: &str, description: &str| EgressRule {
             action: Action::Deny,
@@ -822,8 +824,8 @@ impl Network {
 	chain egress {{
 		ip daddr {subnet} counter drop comment \"container to container\"
 		meta nfproto ipv6 counter drop comment \"ipv6\"
-{mapped_deny}		ip saddr vmap @containers
-{operator}		ip daddr {LINK_LOCAL} counter drop comment \"link-local\"
+		ip saddr vmap @containers
+{mapped_deny}{operator}		ip daddr {LINK_LOCAL} counter drop comment \"link-local\"
 		ip daddr @default_deny counter drop comment \"default deny\"
 		counter accept comment \"public egress\"
 	}}
@@ -1322,12 +1324,13 @@ mod tests {
         assert!(ruleset.contains(
             "iifname \"hyx3\" ct state established,related accept\n\t\tiifname \"hyx3\" jump egress"
         ));
-        // The mapped ports are shut before the container's own rules and the operator's,
-        // even an operator rule that opens the whole network the cells live in.
-        let shut = at("tcp dport 61000-61999 counter drop comment \"mapped port of an instance\"");
+        // The mapped ports are shut after the container's own exact endpoints (a bound service
+        // node may listen in the range) but before the operator's rules, even one that opens
+        // the whole network the cells live in.
         let own = at("\n\t\tip saddr vmap @containers\n");
+        let shut = at("tcp dport 61000-61999 counter drop comment \"mapped port of an instance\"");
         let operator = at("ip daddr 10.0.0.0/8 counter accept");
-        assert!(shut < own && own < operator, "{ruleset}");
+        assert!(own < shut && shut < operator, "{ruleset}");
         let rules = config.effective_rules();
         assert_eq!(rules[2].ports.as_deref(), Some("61000-61999"));
         assert_eq!(rules[2].action, Action::Deny);
