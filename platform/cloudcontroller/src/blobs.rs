@@ -55,6 +55,23 @@ impl BlobStore {
         std::fs::metadata(self.blob_path(sha256)).is_ok_and(|m| m.is_file() && m.len() == size)
     }
 
+    /// The store's root directory.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Marks `sha256` as just used (its modification time now), so the collection of
+    /// unreferenced files keeps it for its grace period: a file a push was told is present is
+    /// still there when the push's package names it. Missing files are ignored.
+    pub(crate) fn touch(&self, sha256: &str) {
+        if let Ok(file) = std::fs::File::options()
+            .append(true)
+            .open(self.blob_path(sha256))
+        {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
+    }
+
     /// The droplet tarball of `guid`.
     pub(crate) fn droplet_path(&self, guid: &str) -> PathBuf {
         self.root.join("droplets").join(format!("{guid}.tgz"))

@@ -63,6 +63,12 @@ pub struct Config {
     pub max_blob_bytes: u64,
     /// Largest package (sum of its files), bytes. Default 4294967296 (4 GiB).
     pub max_package_bytes: u64,
+    /// How often unreferenced blob files are collected, seconds. Default 600.
+    pub blob_gc_interval_secs: u64,
+    /// How long an unreferenced file is kept after it was last uploaded or matched, seconds:
+    /// a push between its resource match and its package, or an upload in progress, is never
+    /// cut short. Default 3600; at least 60.
+    pub blob_gc_grace_secs: u64,
     /// Most files in one package. Default 100000.
     pub max_package_files: usize,
     /// Largest JSON body of the push endpoints that carry file lists (`/v3/resource_match`,
@@ -131,6 +137,8 @@ impl Default for Config {
             droplet_token_ttl_secs: 900,
             max_blob_bytes: 1 << 30,
             max_package_bytes: 4 << 30,
+            blob_gc_interval_secs: 600,
+            blob_gc_grace_secs: 3600,
             max_package_files: 100_000,
             max_request_bytes: 32 << 20,
             max_small_request_bytes: 64 << 10,
@@ -243,6 +251,21 @@ impl hydrant_runtime::Validate for Config {
         }
         for (i, client) in self.clients.iter().enumerate() {
             client.validate(&format!("clients[{i}]."))?;
+        }
+        if self.blob_gc_interval_secs == 0 {
+            return Err(invalid(
+                "blob_gc_interval_secs",
+                "must be at least 1 (seconds between collections of unreferenced blobs)",
+            )
+            .into());
+        }
+        if self.blob_gc_grace_secs < 60 {
+            return Err(invalid(
+                "blob_gc_grace_secs",
+                "must be at least 60: a push uploads and matches files a while before it \
+                 creates the package that references them",
+            )
+            .into());
         }
         if self.max_blob_bytes == 0 || self.max_package_bytes == 0 {
             return Err(invalid(

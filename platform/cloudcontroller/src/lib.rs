@@ -174,6 +174,11 @@ async fn serve(
 
     let staging_tasks = staging::spawn_workers(ctx.clone(), workers, shutdown.clone());
     let service_jobs = tokio::spawn(services::jobs::run(ctx.clone(), shutdown.clone()));
+    let blob_gc = tokio::spawn(blob_lifecycle::run_gc(
+        ctx.clone(),
+        registry.clone(),
+        shutdown.clone(),
+    ));
     let assignments = tokio::spawn(routing::publish_assignments(
         ctx.clone(),
         bus.clone(),
@@ -204,6 +209,7 @@ async fn serve(
     let _ = converge.await;
     let _ = assignments.await;
     let _ = service_jobs.await;
+    let _ = blob_gc.await;
     drop(ctx);
     if let Some(telemetry) = &telemetry {
         telemetry.stopped().await;

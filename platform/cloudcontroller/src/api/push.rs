@@ -90,7 +90,12 @@ async fn resource_match(
             .into_iter()
             .filter(|r| {
                 let theirs = known.as_ref().is_none_or(|k| k.contains(&r.sha256));
-                !(theirs && blobs.has(&r.sha256, r.size))
+                let present = theirs && blobs.has(&r.sha256, r.size);
+                if present {
+                    // Kept through the grace period: the push's package will name it.
+                    blobs.touch(&r.sha256);
+                }
+                !present
             })
             .collect::<Vec<_>>()
     })
@@ -171,7 +176,12 @@ async fn create_package(
             .iter()
             .filter(|r| {
                 let theirs = known.as_ref().is_none_or(|k| k.contains(&r.sha256));
-                !(theirs && blobs.has(&r.sha256, r.size))
+                let present = theirs && blobs.has(&r.sha256, r.size);
+                if present {
+                    // Not collected between this check and the package's row.
+                    blobs.touch(&r.sha256);
+                }
+                !present
             })
             .map(|r| r.path.clone())
             .collect();

@@ -80,6 +80,9 @@ impl Cc {
             clients: options.clients.clone(),
             endpoints: BTreeMap::from([("firehose".into(), "ws://127.0.0.1:1".into())]),
             bus: BusConfig::inprocess(&options.bus),
+            // Collection of unreferenced blobs runs every second (the grace period stays an
+            // hour): a test ages the files it wants collected.
+            blob_gc_interval_secs: 1,
             ..Config::default()
         };
         config.telemetry.agent.clone_from(&options.agent);

@@ -1,5 +1,5 @@
 //! The cloud controller's API end to end on loopback, one test binary (one link) for the API,
-//! drain, SLO, autoscaling-policy and tenancy suites, which share the harness in
+//! blob collection, drain, SLO, autoscaling-policy and tenancy suites, which share the harness in
 //! `common/support.rs`.
 
 #![allow(
@@ -11,6 +11,7 @@
 
 mod api;
 mod autoscaling;
+mod blobs;
 mod drains;
 mod limits;
 mod slos;
