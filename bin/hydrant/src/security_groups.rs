@@ -39,7 +39,7 @@ pub fn run(args: &SecurityGroupsArgs) -> anyhow::Result<ExitCode> {
         }
         None => hydrant_executor::Config::default(),
     };
-    let network = &config.network;
+    let network = &config.network_config();
     if args.json {
         println!(
             "{}",

@@ -47,7 +47,8 @@ pub(crate) struct Record {
     /// When it entered `state`, for retention.
     pub(crate) changed: Instant,
     pub(crate) port: u16,
-    /// Where the router reaches it when not `advertise_host:port` (its container's address).
+    /// Where the router and health checks reach it when not `advertise_host:port`: its
+    /// container's bridge address, when the cell publishes no ports (advertised on loopback).
     pub(crate) address: Option<(String, u16)>,
     pub(crate) uris: Vec<String>,
     pub(crate) memory_mb: u64,
@@ -322,8 +323,13 @@ impl Cell {
             ));
         }
         let taken: Vec<u16> = live.iter().map(|r| r.port).collect();
-        let port = free_port(self.config.port_range, &taken)
-            .ok_or_else(|| "no free port in port_range".to_owned())?;
+        let port = free_port(self.config.port_range, &taken).ok_or_else(|| {
+            let [first, last] = self.config.port_range;
+            format!(
+                "no free host port: all of port_range [{first}, {last}] are taken by instances \
+                 or other listeners on this host; widen the cell's port_range"
+            )
+        })?;
         let stop = CancellationToken::new();
         table.insert(
             start.instance.clone(),

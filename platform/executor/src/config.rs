@@ -36,7 +36,11 @@ pub struct Config {
     /// requests arrive on `executor.start.<id>` / `executor.stop.<id>`. Default `"0"`.
     pub executor_id: String,
     /// The address routers should send traffic to (the `host` of route registrations and
-    /// `CF_INSTANCE_IP`). Default `"127.0.0.1"`.
+    /// `CF_INSTANCE_IP`). Default `"127.0.0.1"`. With containers and an IPv4 address other
+    /// than loopback, each instance's app port is published on it at a port from
+    /// `port_range` (routes and health checks use `advertise_host:port`, so routers on other
+    /// hosts reach it); on loopback, routes name the container's own bridge address, which only
+    /// this host reaches.
     pub advertise_host: String,
     /// Where droplets are cached (`droplets/`) and instances unpacked (`instances/`). Anything
     /// left in `instances/` by an earlier run is removed at start. Default `"executor-data"`.
@@ -69,7 +73,11 @@ pub struct Config {
     /// Obey `executor.kill.<executor_id>` (`hydrant debug kill-cell`): go silent and kill every
     /// instance at once, as a lost host would. Only for the micro cloud. Default false.
     pub debug_kill: bool,
-    /// Ports handed to instances as `PORT`, inclusive. Default `[61000, 61999]`.
+    /// Host ports for instances, inclusive, one per instance: unisolated, the app's `PORT`;
+    /// in a container (which listens on 8080), the port published on `advertise_host` for it
+    /// (Diego's 61000+). No container may connect to a port in this range on any host, so
+    /// instances reach each other only through the router. A cell whose range is used up
+    /// refuses new instances, saying so. Default `[61000, 61999]`.
     pub port_range: [u16; 2],
     /// How long a stopping instance gets between SIGTERM and SIGKILL, seconds. Default 10
     /// (Cloud Foundry's graceful shutdown interval).
@@ -106,6 +114,11 @@ pub struct Config {
     pub max_droplet_mb: u64,
     /// How long a droplet download may take, seconds. Default 300.
     pub download_timeout_secs: u64,
+    /// This cell's certificate (the `executor` identity), key and trust bundle for droplet
+    /// downloads: with it, `https://` droplet URLs (the cloud controller's internal listener)
+    /// are fetched over mutual TLS, and only from a server proving the `cloudcontroller`
+    /// identity. Default unset: droplets over plain `http://`.
+    pub tls: Option<hydrant_tls::TlsFiles>,
     /// The message bus.
     pub bus: hydrant_bus::Config,
     /// Where app logs, container metrics and the executor's own metrics go (the local agent).
@@ -154,6 +167,7 @@ impl Default for Config {
             droplet_cache_mb: 2048,
             max_droplet_mb: 1024,
             download_timeout_secs: 300,
+            tls: None,
             bus: hydrant_bus::Config::default(),
             telemetry: TelemetryConfig::default(),
             admin_listen: "127.0.0.1:14830".to_owned(),
@@ -286,6 +300,11 @@ impl hydrant_runtime::Validate for Config {
             )
         })?;
         self.bus.validate()?;
+        if let Some(tls) = &self.tls {
+            tls.validate().map_err(|e| {
+                hydrant_runtime::Error::from(hydrant_runtime::invalid("tls", e.to_string()))
+            })?;
+        }
         self.telemetry.validate()?;
         if self.isolation == Isolation::Container {
             let at = |e: hydrant_container::Error| invalid("containers", e.to_string());
@@ -310,6 +329,26 @@ impl Config {
     pub(crate) fn stop_timeout(&self) -> Duration {
         Duration::from_secs(self.stop_timeout_secs)
     }
+
+    /// The container network as the executor sets it up: `network` with `port_range` as the
+    /// ports it may publish and that no container may open (what `hydrant security-groups`
+    /// shows, too).
+    pub fn network_config(&self) -> NetConfig {
+        NetConfig {
+            mapped_ports: Some(self.port_range),
+            ..self.network.clone()
+        }
+    }
+
+    /// The address instance ports are published on: `advertise_host` when it is an IPv4
+    /// address other hosts can reach (not loopback, not unspecified); `None` keeps instances
+    /// at their bridge addresses, which only this host reaches (the micro cloud on loopback).
+    pub(crate) fn published_host(&self) -> Option<std::net::Ipv4Addr> {
+        self.advertise_host
+            .parse::<std::net::Ipv4Addr>()
+            .ok()
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified() && !ip.is_multicast())
+    }
 }
 
 #[cfg(test)]
@@ -320,6 +359,35 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn ports_are_published_only_on_an_address_other_hosts_reach() {
+        let on = |host: &str| Config {
+            advertise_host: host.into(),
+            ..Config::default()
+        };
+        assert_eq!(on("127.0.0.1").published_host(), None);
+        assert_eq!(on("0.0.0.0").published_host(), None);
+        assert_eq!(on("cell-1.internal").published_host(), None);
+        assert_eq!(
+            on("10.0.0.5").published_host(),
+            Some(std::net::Ipv4Addr::new(10, 0, 0, 5))
+        );
+        // The network the executor sets up shuts its port range to containers.
+        let config = Config {
+            port_range: [7000, 7010],
+            ..on("10.0.0.5")
+        };
+        let network = config.network_config();
+        assert_eq!(network.mapped_ports, Some([7000, 7010]));
+        assert_eq!(network.bridge, config.network.bridge);
+        assert!(
+            network
+                .effective_rules()
+                .iter()
+                .any(|r| r.ports.as_deref() == Some("7000-7010"))
+        );
     }
 
     #[test]

@@ -534,11 +534,28 @@ async fn spawn_container(
     let spawn_started = std::time::Instant::now();
     let mut rules = crate::isolation::dns_rules().await;
     rules.extend(service_rules(&ident.start));
-    let attachment = isolated
+    let mut attachment = isolated
         .network
         .attach(ident.guid(), &rules)
         .await
         .map_err(container_error)?;
+    // Where routers and the health check reach the app: with an address other hosts reach,
+    // the instance's host port published there (a bridge address is routable from this host
+    // only); on loopback, the bridge address itself.
+    let reached_at = match cell.config.published_host() {
+        Some(host_ip) => {
+            let mapped = isolated
+                .network
+                .map_port(&mut attachment, host_ip, ident.port, CONTAINER_PORT)
+                .await;
+            if let Err(error) = mapped {
+                let _ = isolated.network.detach(attachment).await;
+                return Err(container_error(error));
+            }
+            (cell.config.advertise_host.clone(), ident.port)
+        }
+        None => (attachment.ip.to_string(), CONTAINER_PORT),
+    };
     let ip = attachment.ip.to_string();
     let home = Path::new(hydrant_container::APP_DIR);
     let tmp = Path::new(hydrant_container::TMP_DIR);
@@ -592,7 +609,7 @@ async fn spawn_container(
         }
     };
     cell.metrics.container_started(spawn_started.elapsed());
-    cell.set_address(ident.guid(), ip, CONTAINER_PORT);
+    cell.set_address(ident.guid(), reached_at.0, reached_at.1);
     let mut readers = Vec::with_capacity(2);
     if let Some(out) = container.take_stdout() {
         readers.push(tokio::spawn(logs::pump(out, ident.sink.clone(), false)));

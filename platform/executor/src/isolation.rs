@@ -72,11 +72,18 @@ pub(crate) async fn open(config: &Config) -> Result<Option<Isolated>, Error> {
             bundles = ?left.bundles, failures = ?left.failures,
             "executor: removed containers an earlier run left behind");
     }
-    let network = Network::setup(&config.network)
+    let network = Network::setup(&config.network_config())
         .await
         .map_err(|e| refused(&e))?;
     tracing::info!(runtime = %containers.runtime().display(), cgroups = containers.cgroup_version(),
         bridge = %config.network.bridge, "executor: instances run in containers");
+    match config.published_host() {
+        Some(host) => tracing::info!(%host, ports = ?config.port_range,
+            "executor: each instance's port is published on the advertised address"),
+        None => tracing::info!(advertise_host = %config.advertise_host,
+            "executor: no port mapping (the advertised address is not an IPv4 address other \
+             hosts reach): routers reach instances at their bridge addresses, on this host only"),
+    }
     Ok(Some(Isolated {
         containers,
         network,
