@@ -14,7 +14,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use hydrant_api::EventFilter;
@@ -24,8 +23,7 @@ use hydrant_emitter::{Emitter, EmitterConfig, Registry};
 use hydrant_firehose_client::{ClientConfig, RecentQuery};
 use hydrant_microcloud::{MicroCloud, Options as CloudOptions};
 use hydrant_runtime::{Listeners, Validate as _};
-use hydrant_testkit::wait_for;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use hydrant_testkit::{scrape_metric, wait_for};
 use tokio_util::sync::CancellationToken;
 
 use support::{Cc, FakeExecutor, Options, push_and_stage};
@@ -65,21 +63,6 @@ async fn start_pipeline() -> Pipeline {
         shutdown,
         _cloud: cloud,
     }
-}
-
-/// The `/metrics` samples named `name` of one copy.
-async fn metric(admin: SocketAddr, name: &str) -> f64 {
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {admin}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split([' ', '{']).next() == Some(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Router-like Timer envelopes: `RPS` requests/s for each app, until `stop`. One unrelated
@@ -191,7 +174,7 @@ async fn each_app_is_scaled_by_exactly_the_copy_that_owns_it() {
     // for any app would have been made by now.
     let mut seen = Vec::new();
     for admin in &admins {
-        seen.push(metric(*admin, "autoscaler_evaluations_total").await);
+        seen.push(scrape_metric(*admin, "autoscaler_evaluations_total", &[]).await);
     }
     for (admin, before) in admins.iter().zip(&seen) {
         let admin = *admin;
@@ -199,7 +182,9 @@ async fn each_app_is_scaled_by_exactly_the_copy_that_owns_it() {
         wait_for(
             Duration::from_secs(20),
             "two more evaluations",
-            || async move { metric(admin, "autoscaler_evaluations_total").await >= before + 2.0 },
+            || async move {
+                scrape_metric(admin, "autoscaler_evaluations_total", &[]).await >= before + 2.0
+            },
         )
         .await;
     }
@@ -209,22 +194,22 @@ async fn each_app_is_scaled_by_exactly_the_copy_that_owns_it() {
     for (index, admin) in admins.iter().enumerate() {
         let mine = owned[index].len() as f64;
         assert_eq!(
-            metric(*admin, "autoscaler_scalings_total").await,
+            scrape_metric(*admin, "autoscaler_scalings_total", &[]).await,
             mine,
             "copy {index}"
         );
         assert_eq!(
-            metric(*admin, "autoscaler_apps").await,
+            scrape_metric(*admin, "autoscaler_apps", &[]).await,
             mine,
             "copy {index}"
         );
         assert_eq!(
-            metric(*admin, "autoscaler_apps_elsewhere").await,
+            scrape_metric(*admin, "autoscaler_apps_elsewhere", &[]).await,
             APPS as f64 - mine,
             "copy {index}"
         );
         assert!(
-            metric(*admin, "autoscaler_envelopes_skipped_total").await > 0.0,
+            scrape_metric(*admin, "autoscaler_envelopes_skipped_total", &[]).await > 0.0,
             "copy {index} read the whole stream"
         );
     }

@@ -13,154 +13,27 @@
     reason = "test code"
 )]
 
+mod support;
+
 #[allow(dead_code, reason = "shared with the bus crate's NATS tests")]
 #[path = "../../../runtime/bus/tests/support/nats_server.rs"]
 mod nats_server;
+#[allow(dead_code, reason = "shared with the bus crate's permission tests")]
+#[path = "../../../runtime/bus/tests/support/secure_bus.rs"]
+mod secure_bus;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use hydrant_bus::messages::{
     self, ExecutorCrash, ExecutorHeartbeat, ExecutorReply, InstanceHeartbeat, InstancePlaced,
     InstanceState, Resources, StartInstance,
 };
-use hydrant_bus::nats_config::{self, ServerTls};
-use hydrant_bus::{Bus, Config as BusConfig, TlsFiles};
-use hydrant_emitter::Registry;
-use hydrant_testkit::wait_for;
+use hydrant_testkit::{scrape_metric, wait_for};
 use hydrant_tls::Identity;
-use hydrant_tls::issue::{self, CertDir, LeafSpec};
-use nats_server::NatsServer;
-use tokio_util::sync::CancellationToken;
+use secure_bus::SecureBus;
+use support::{start_hm, without_api};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    certs: CertDir,
-    cells: PathBuf,
-    server: NatsServer,
-}
-
-impl Fixture {
-    fn start() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
-        let certs = issue::ensure(
-            &tmp.path().join("certs"),
-            &[
-                Identity::CloudController,
-                Identity::HealthManager,
-                Identity::Nats,
-            ],
-            &names,
-        )
-        .unwrap();
-        let cells = tmp.path().join("cells");
-        for cell in ["e1", "e2"] {
-            issue::issue(
-                certs.dir(),
-                &LeafSpec {
-                    identity: Identity::Executor,
-                    names: vec![nats_config::cell_user(cell)],
-                    days: 1,
-                },
-                Some(&cells.join(cell)),
-            )
-            .unwrap();
-        }
-        let server = NatsServer::start_with_config(tmp.path(), |port| {
-            nats_config::server_config(
-                &format!("127.0.0.1:{port}"),
-                ServerTls {
-                    ca_file: &certs.ca_file(),
-                    cert_file: &certs.cert_file(Identity::Nats),
-                    key_file: &certs.key_file(Identity::Nats),
-                },
-                &["e1".to_owned(), "e2".to_owned()],
-            )
-            .unwrap()
-        });
-        Self {
-            _tmp: tmp,
-            certs,
-            cells,
-            server,
-        }
-    }
-
-    fn config(&self, dir: &CertDir, identity: Identity) -> BusConfig {
-        BusConfig {
-            tls: Some(TlsFiles {
-                ca_file: dir.ca_file(),
-                cert_file: dir.cert_file(identity),
-                key_file: dir.key_file(identity),
-            }),
-            ..BusConfig::nats(&self.server.url())
-        }
-    }
-
-    fn role(&self, identity: Identity) -> BusConfig {
-        self.config(&self.certs, identity)
-    }
-
-    async fn cell(&self, cell: &str) -> (Bus, Registry) {
-        let registry = Registry::new("executor", cell);
-        let dir = CertDir::new(self.cells.join(cell));
-        let bus = Bus::connect(&self.config(&dir, Identity::Executor), &registry)
-            .await
-            .unwrap();
-        (bus, registry)
-    }
-}
-
-/// Starts a health manager whose API is unreachable; returns its shutdown and admin address.
-async fn start_hm(bus: BusConfig) -> (CancellationToken, SocketAddr) {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let api_url = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
-    let config = hydrant_healthmanager::Config {
-        api_url,
-        token: Some("unused".into()),
-        poll_interval_secs: 1,
-        request_timeout_ms: 500,
-        converge_interval_secs: 1,
-        retry_secs: 1,
-        admin_listen: "127.0.0.1:0".into(),
-        bus,
-        ..hydrant_healthmanager::Config::default()
-    };
-    let listeners = hydrant_runtime::bind::<hydrant_healthmanager::HealthManager>(&config)
-        .await
-        .unwrap();
-    let admin = listeners.local_addr("admin").unwrap();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(
-        hydrant_runtime::run::<hydrant_healthmanager::HealthManager>(
-            config,
-            listeners,
-            shutdown.clone(),
-        ),
-    );
-    (shutdown, admin)
-}
-
-/// One series of `/metrics` (0 when absent), over a plain HTTP/1.0 GET.
-async fn metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: admin\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
 
 fn crash(executor_id: &str, instance: &str) -> ExecutorCrash {
     ExecutorCrash {
@@ -197,14 +70,9 @@ fn heartbeat(cell: &str, instance: &str, state: InstanceState) -> ExecutorHeartb
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_crash_on_the_authenticated_bus_restarts_nothing() {
-    let fixture = Fixture::start();
-    let (hm, admin) = start_hm(fixture.role(Identity::HealthManager)).await;
-    let placer = Bus::connect(
-        &fixture.role(Identity::CloudController),
-        &Registry::new("cloudcontroller", "0"),
-    )
-    .await
-    .unwrap();
+    let fixture = SecureBus::start();
+    let (hm, admin) = start_hm(without_api(fixture.role(Identity::HealthManager))).await;
+    let (placer, _) = fixture.connect(Identity::CloudController).await;
     let (e1, _) = fixture.cell("e1").await;
     let (e2, e2_registry) = fixture.cell("e2").await;
     let mut e1_starts = e1
@@ -271,17 +139,17 @@ async fn a_forged_crash_on_the_authenticated_bus_restarts_nothing() {
     )
     .await;
     wait_for(WAIT, "the forged reports dropped and counted", || async {
-        metric(
+        scrape_metric(
             admin,
             "healthmanager_dropped_total",
-            "reason=\"not_placed\"",
+            &[("reason", "not_placed")],
         )
         .await
             == 2.0
-            && metric(
+            && scrape_metric(
                 admin,
                 "healthmanager_dropped_total",
-                "reason=\"wrong_cell\"",
+                &[("reason", "wrong_cell")],
             )
             .await
                 == 1.0
@@ -289,7 +157,10 @@ async fn a_forged_crash_on_the_authenticated_bus_restarts_nothing() {
     .await;
     // Handled and refused before the counters moved: had one been taken, its crash would be
     // counted, and a first crash restarts at once.
-    assert_eq!(metric(admin, "healthmanager_crashes_total", "").await, 0.0);
+    assert_eq!(
+        scrape_metric(admin, "healthmanager_crashes_total", &[]).await,
+        0.0
+    );
     assert!(e1_starts.try_next().is_none());
     assert!(e2_starts.try_next().is_none());
 
@@ -312,6 +183,9 @@ async fn a_forged_crash_on_the_authenticated_bus_restarts_nothing() {
     };
     cell.reply(&message, messages::encode(&reply).unwrap())
         .unwrap();
-    assert_eq!(metric(admin, "healthmanager_crashes_total", "").await, 1.0);
+    assert_eq!(
+        scrape_metric(admin, "healthmanager_crashes_total", &[]).await,
+        1.0
+    );
     hm.cancel();
 }

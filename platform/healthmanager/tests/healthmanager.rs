@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +20,7 @@ use hydrant_bus::messages::{
 };
 use hydrant_bus::{Bus, Config as BusConfig};
 use hydrant_emitter::Registry;
-use hydrant_testkit::{FakeAgent, wait_for};
+use hydrant_testkit::{FakeAgent, scrape, scrape_metric, wait_for};
 use tempfile::TempDir;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -299,51 +301,7 @@ fn hm_config(
 }
 
 async fn start_hm(config: hydrant_healthmanager::Config) -> CancellationToken {
-    start_hm_with_admin(config).await.0
-}
-
-/// Starts a health manager and returns its shutdown token and admin (`/metrics`) address.
-async fn start_hm_with_admin(
-    config: hydrant_healthmanager::Config,
-) -> (CancellationToken, std::net::SocketAddr) {
-    let listeners = hydrant_runtime::bind::<hydrant_healthmanager::HealthManager>(&config)
-        .await
-        .unwrap();
-    let admin = listeners.local_addr("admin").unwrap();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(
-        hydrant_runtime::run::<hydrant_healthmanager::HealthManager>(
-            config,
-            listeners,
-            shutdown.clone(),
-        ),
-    );
-    (shutdown, admin)
-}
-
-/// The health manager's `/metrics` body, over a plain HTTP/1.0 GET.
-async fn scrape(admin: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: admin\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    text.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap()
-}
-
-/// One series of the health manager's `/metrics` (0 when absent).
-async fn metric(admin: std::net::SocketAddr, name: &str, labels: &str) -> f64 {
-    scrape(admin)
-        .await
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
+    support::start_hm(config).await.0
 }
 
 /// A cloud controller, one fake executor (`e1`) and a health manager on the in-process bus
@@ -547,8 +505,7 @@ async fn a_forged_crash_from_another_cell_restarts_nothing() {
     let executor = FakeExecutor::start(bus, "e1").await;
     let agent = FakeAgent::start();
     let token = cc.admin.token().unwrap().to_owned();
-    let (hm, admin) =
-        start_hm_with_admin(hm_config(bus, cc.admin.base_url(), &token, &agent)).await;
+    let (hm, admin) = support::start_hm(hm_config(bus, cc.admin.base_url(), &token, &agent)).await;
     let app = running_app(&cc, &executor, "victim").await;
     let victim = executor.starts_of(&app.guid, 0).remove(0).instance;
     // The hostile cell joins after the placement, so the instance is e1's.
@@ -585,17 +542,17 @@ async fn a_forged_crash_from_another_cell_restarts_nothing() {
         WAIT,
         "the forged reports to be dropped and counted",
         || async {
-            metric(
+            scrape_metric(
                 admin,
                 "healthmanager_dropped_total",
-                "reason=\"not_placed\"",
+                &[("reason", "not_placed")],
             )
             .await
                 == 2.0
-                && metric(
+                && scrape_metric(
                     admin,
                     "healthmanager_dropped_total",
-                    "reason=\"wrong_cell\"",
+                    &[("reason", "wrong_cell")],
                 )
                 .await
                     == 1.0
@@ -604,10 +561,13 @@ async fn a_forged_crash_from_another_cell_restarts_nothing() {
     .await;
     // The reports were handled (and refused) before the counters moved: had one been taken,
     // its crash would be counted and a restart (due at once for a first crash) sent.
-    assert_eq!(metric(admin, "healthmanager_crashes_total", "").await, 0.0);
+    assert_eq!(
+        scrape_metric(admin, "healthmanager_crashes_total", &[]).await,
+        0.0
+    );
     // The drop counters pass Prometheus's own linter (Debian package `prometheus`, which
     // scripts/test installs).
-    let text = scrape(admin).await;
+    let text = scrape(admin).await.unwrap();
     let lint = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -653,7 +613,10 @@ async fn a_forged_crash_from_another_cell_restarts_nothing() {
             .any(|s| s.instance != crashed)
     })
     .await;
-    assert_eq!(metric(admin, "healthmanager_crashes_total", "").await, 1.0);
+    assert_eq!(
+        scrape_metric(admin, "healthmanager_crashes_total", &[]).await,
+        1.0
+    );
     hm.cancel();
     cc.stop().await;
 }

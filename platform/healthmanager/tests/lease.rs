@@ -21,64 +21,28 @@ use hydrant_bus::messages::{
 };
 use hydrant_bus::{Bus, Config as BusConfig, Subscription};
 use hydrant_emitter::Registry;
-use hydrant_testkit::wait_for;
+use hydrant_testkit::{scrape_metric, wait_for};
 use tokio_util::sync::CancellationToken;
+
+mod support;
+
+use support::{start_hm, without_api};
 
 const WAIT: Duration = Duration::from_secs(20);
 const BUS: &str = "hm-lease-test";
 
-async fn start_hm(id: &str) -> (CancellationToken, SocketAddr) {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let api_url = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
-    let config = hydrant_healthmanager::Config {
-        api_url,
-        token: Some("unused".into()),
+async fn start_lease_holder(id: &str) -> (CancellationToken, SocketAddr) {
+    start_hm(hydrant_healthmanager::Config {
         instance_id: Some(id.into()),
         lease_ttl_secs: 2,
         lease_renew_ms: 500,
-        poll_interval_secs: 1,
-        request_timeout_ms: 500,
-        converge_interval_secs: 1,
-        retry_secs: 1,
-        admin_listen: "127.0.0.1:0".into(),
-        bus: BusConfig::inprocess(BUS),
-        ..hydrant_healthmanager::Config::default()
-    };
-    let listeners = hydrant_runtime::bind::<hydrant_healthmanager::HealthManager>(&config)
-        .await
-        .unwrap();
-    let admin = listeners.local_addr("admin").unwrap();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(
-        hydrant_runtime::run::<hydrant_healthmanager::HealthManager>(
-            config,
-            listeners,
-            shutdown.clone(),
-        ),
-    );
-    (shutdown, admin)
-}
-
-/// The sum of a metric's series on `/metrics` (0 when absent).
-async fn metric(admin: SocketAddr, name: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(admin).await else {
-        return 0.0;
-    };
-    let _ = stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: admin\r\n\r\n")
-        .await;
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text).await;
-    text.lines()
-        .filter(|l| l.split([' ', '{']).next() == Some(name))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
+        ..without_api(BusConfig::inprocess(BUS))
+    })
+    .await
 }
 
 async fn held(admin: SocketAddr) -> bool {
-    metric(admin, "healthmanager_lease_held").await == 1.0
+    scrape_metric(admin, "healthmanager_lease_held", &[]).await == 1.0
 }
 
 fn heartbeat(instance: &str) -> ExecutorHeartbeat {
@@ -177,9 +141,9 @@ async fn crash_and_collect(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_lease_holder_restarts_and_the_standby_takes_over_when_it_stops() {
-    let (hm_a, admin_a) = start_hm("hm-a").await;
+    let (hm_a, admin_a) = start_lease_holder("hm-a").await;
     wait_for(WAIT, "hm-a to hold the lease", || held(admin_a)).await;
-    let (hm_b, admin_b) = start_hm("hm-b").await;
+    let (hm_b, admin_b) = start_lease_holder("hm-b").await;
     // hm-b hears hm-a's renewals and stands by.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(held(admin_a).await, "hm-a lost the lease to a newcomer");
@@ -203,8 +167,14 @@ async fn only_the_lease_holder_restarts_and_the_standby_takes_over_when_it_stops
     let restarts =
         crash_and_collect(&placer, &cell, &mut starts, "i-1", Duration::from_secs(3)).await;
     assert_eq!(restarts.len(), 1, "{restarts:?}");
-    assert_eq!(metric(admin_a, "healthmanager_restarts_total").await, 1.0);
-    assert_eq!(metric(admin_b, "healthmanager_restarts_total").await, 0.0);
+    assert_eq!(
+        scrape_metric(admin_a, "healthmanager_restarts_total", &[]).await,
+        1.0
+    );
+    assert_eq!(
+        scrape_metric(admin_b, "healthmanager_restarts_total", &[]).await,
+        0.0
+    );
 
     // The holder stops; the standby holds within the TTL (2 s) plus two renewals.
     let stopped = Instant::now();
@@ -220,6 +190,9 @@ async fn only_the_lease_holder_restarts_and_the_standby_takes_over_when_it_stops
     let restarts =
         crash_and_collect(&placer, &cell, &mut starts, "i-2", Duration::from_secs(3)).await;
     assert_eq!(restarts.len(), 1, "{restarts:?}");
-    assert_eq!(metric(admin_b, "healthmanager_restarts_total").await, 1.0);
+    assert_eq!(
+        scrape_metric(admin_b, "healthmanager_restarts_total", &[]).await,
+        1.0
+    );
     hm_b.cancel();
 }

@@ -16,8 +16,13 @@
 #[allow(dead_code, reason = "shared with the other NATS tests")]
 #[path = "support/nats_server.rs"]
 mod nats_server;
+#[allow(
+    dead_code,
+    reason = "shared with the health manager's forged-report tests"
+)]
+#[path = "support/secure_bus.rs"]
+mod secure_bus;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,103 +31,15 @@ use hydrant_bus::messages::{
     RegistryMessage, StartInstance, executor_crash_subject, executor_heartbeat_subject,
     executor_placed_subject, executor_start_subject, router_register_subject,
 };
-use hydrant_bus::nats_config::{self, ServerTls};
 use hydrant_bus::placement::{Placements, Refusal};
-use hydrant_bus::{Bus, Config, Error, Subscription, TlsFiles};
+use hydrant_bus::{Bus, Config, Error, Subscription};
 use hydrant_emitter::Registry;
 use hydrant_tls::Identity;
-use hydrant_tls::issue::{self, CertDir, LeafSpec};
-use nats_server::NatsServer;
+use hydrant_tls::issue::{self, CertDir};
+use secure_bus::SecureBus as Fixture;
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(10);
-
-/// A CA, the control-plane leaves, one executor leaf per cell (`e1`, `e2`) in its own
-/// directory (as on its own host), and a server running the generated config.
-struct Fixture {
-    tmp: tempfile::TempDir,
-    certs: CertDir,
-    cells: PathBuf,
-    other_ca: CertDir,
-    server: NatsServer,
-}
-
-impl Fixture {
-    fn start() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
-        let certs = issue::ensure(
-            &tmp.path().join("certs"),
-            &[
-                Identity::CloudController,
-                Identity::HealthManager,
-                Identity::Router,
-                Identity::Agent,
-                Identity::Nats,
-            ],
-            &names,
-        )
-        .unwrap();
-        let cells = tmp.path().join("cells");
-        for cell in ["e1", "e2"] {
-            issue::issue(
-                certs.dir(),
-                &LeafSpec {
-                    identity: Identity::Executor,
-                    names: vec![nats_config::cell_user(cell)],
-                    days: 1,
-                },
-                Some(&cells.join(cell)),
-            )
-            .unwrap();
-        }
-        let other_ca =
-            issue::ensure(&tmp.path().join("other"), &[Identity::CloudController], &[]).unwrap();
-        let server = NatsServer::start_with_config(tmp.path(), |port| {
-            nats_config::server_config(
-                &format!("127.0.0.1:{port}"),
-                ServerTls {
-                    ca_file: &certs.ca_file(),
-                    cert_file: &certs.cert_file(Identity::Nats),
-                    key_file: &certs.key_file(Identity::Nats),
-                },
-                &["e1".to_owned(), "e2".to_owned()],
-            )
-            .unwrap()
-        });
-        Self {
-            tmp,
-            certs,
-            cells,
-            other_ca,
-            server,
-        }
-    }
-
-    fn config(&self, ca: &Path, leaf: &CertDir, identity: Identity) -> Config {
-        Config {
-            tls: Some(TlsFiles {
-                ca_file: ca.to_path_buf(),
-                cert_file: leaf.cert_file(identity),
-                key_file: leaf.key_file(identity),
-            }),
-            ..Config::nats(&self.server.url())
-        }
-    }
-
-    async fn connect(&self, identity: Identity) -> (Bus, Registry) {
-        let registry = Registry::new(identity.name(), "0");
-        let config = self.config(&self.certs.ca_file(), &self.certs, identity);
-        (Bus::connect(&config, &registry).await.unwrap(), registry)
-    }
-
-    async fn cell(&self, cell: &str) -> (Bus, Registry) {
-        let registry = Registry::new("executor", cell);
-        let dir = CertDir::new(self.cells.join(cell));
-        let config = self.config(&dir.ca_file(), &dir, Identity::Executor);
-        (Bus::connect(&config, &registry).await.unwrap(), registry)
-    }
-}
 
 fn refused(registry: &Registry) -> u64 {
     registry.counter_sum("bus.refused", &[("reason", "permissions_violation")])
@@ -259,18 +176,7 @@ async fn the_ca_rotates_without_dropping_a_connection() {
     }
     // What an operator does for a host whose leaf was issued with --out: a fresh leaf from
     // the current signing CA and a copy of the bundle.
-    let refresh_cell = |cell: &str| {
-        issue::issue(
-            dir,
-            &LeafSpec {
-                identity: Identity::Executor,
-                names: vec![nats_config::cell_user(cell)],
-                days: 1,
-            },
-            Some(&fixture.cells.join(cell)),
-        )
-        .unwrap();
-    };
+    let refresh_cell = |cell: &str| secure_bus::issue_cell(&fixture.certs, &fixture.cells, cell);
     let register = |bus: &Bus, cell: &str, n: u16| {
         let message = RegistryMessage::new("10.0.0.1", n, vec!["shop.example.com".into()]);
         bus.publish_json(&router_register_subject(cell), &message)
