@@ -242,6 +242,8 @@ pub struct Ctx {
     pub http: reqwest::Client,
     /// Where node directories live (see [`nodes_root`]).
     pub nodes_root: PathBuf,
+    /// Which instances are over their storage quota.
+    pub quotas: crate::quota::Quotas,
     nodes: Mutex<HashMap<String, Slot>>,
     reserved: Mutex<HashSet<u16>>,
 }
@@ -274,6 +276,7 @@ impl Ctx {
                 .build()
                 .unwrap_or_else(|_| reqwest::Client::new()),
             nodes_root,
+            quotas: crate::quota::Quotas::default(),
             nodes: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
         }

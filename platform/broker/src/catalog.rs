@@ -4,8 +4,8 @@
 //!
 //! Invariant: offering and plan ids never change between fetches or releases (platforms store
 //! them); a plan's sizes are what its service node is held to (Redis `maxmemory` and memory
-//! cgroup, MariaDB/PostgreSQL storage quota checked on a plan change and per-user connection
-//! caps, RabbitMQ vhost limits).
+//! cgroup, MariaDB/PostgreSQL storage quota enforced while writing and per-user connection
+//! caps, RabbitMQ vhost limits and per-queue length policies).
 
 use serde_json::{Value, json};
 
@@ -18,9 +18,11 @@ pub struct Plan {
     pub name: &'static str,
     /// What a user reads in the marketplace.
     pub description: &'static str,
-    /// Memory, MiB (Redis `maxmemory` and the node's cgroup).
+    /// Memory, MiB: Redis `maxmemory` and the node's cgroup; RabbitMQ, the messages the vhost's
+    /// queues may hold in all (`memory_mb / queues` per queue, by an operator policy).
     pub memory_mb: u64,
-    /// Storage, MiB (MariaDB and PostgreSQL): a plan change below current use is refused.
+    /// Storage, MiB (MariaDB and PostgreSQL): writes are revoked while the database is over
+    /// it, and a plan change below current use is refused.
     pub storage_mb: u64,
     /// Connections: per binding user (MariaDB), per database (PostgreSQL), per vhost (RabbitMQ).
     pub connections: u32,
@@ -45,6 +47,22 @@ pub struct Offering {
     pub async_only: bool,
     /// Its plans.
     pub plans: &'static [Plan],
+}
+
+impl Plan {
+    /// RabbitMQ: bytes of message bodies one queue may hold (the plan's memory shared by its
+    /// queues).
+    #[must_use]
+    pub fn queue_bytes(&self) -> u64 {
+        (self.memory_mb * 1024 * 1024) / u64::from(self.queues.max(1))
+    }
+
+    /// RabbitMQ: messages one queue may hold: one per KiB of [`Plan::queue_bytes`], because
+    /// every message costs the broker memory beyond its body (empty messages are not free).
+    #[must_use]
+    pub fn queue_messages(&self) -> u64 {
+        (self.queue_bytes() / 1024).max(1)
+    }
 }
 
 impl Offering {
@@ -150,20 +168,20 @@ pub const OFFERINGS: &[Offering] = &[
             Plan {
                 id: "9d4b6a21-7f3e-4c5d-b2a8-4e2f6c8d0d41",
                 name: "small",
-                description: "100 queues, 20 connections",
-                memory_mb: 0,
+                description: "64 queues of at most 2 MiB of messages each, 20 connections",
+                memory_mb: 128,
                 storage_mb: 0,
                 connections: 20,
-                queues: 100,
+                queues: 64,
             },
             Plan {
                 id: "9d4b6a21-7f3e-4c5d-b2a8-4e2f6c8d0d42",
                 name: "medium",
-                description: "1000 queues, 100 connections",
-                memory_mb: 0,
+                description: "256 queues of at most 2 MiB of messages each, 100 connections",
+                memory_mb: 512,
                 storage_mb: 0,
                 connections: 100,
-                queues: 1000,
+                queues: 256,
             },
         ],
     },

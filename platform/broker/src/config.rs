@@ -56,6 +56,9 @@ pub struct Config {
     pub start_timeout_secs: u64,
     /// How often every instance's gauges are emitted, seconds. Default 10.
     pub metrics_interval_secs: u64,
+    /// How often every MariaDB and PostgreSQL instance's database is measured against its
+    /// plan's storage (writes revoked while over), seconds. Default 10.
+    pub quota_interval_secs: u64,
     /// Offerings to serve, by name; default all four (`mysql`, `postgresql`, `redis`,
     /// `rabbitmq`). An offering whose binaries are missing is left out with a log line.
     pub offerings: Vec<String>,
@@ -93,6 +96,7 @@ impl Default for Config {
             shared_node_memory_mb: 1024,
             start_timeout_secs: 120,
             metrics_interval_secs: 10,
+            quota_interval_secs: 10,
             offerings: crate::catalog::OFFERINGS
                 .iter()
                 .map(|o| o.name.to_owned())
@@ -212,6 +216,7 @@ impl hydrant_runtime::Validate for Config {
         for (field, value, max) in [
             ("start_timeout_secs", self.start_timeout_secs, 3600),
             ("metrics_interval_secs", self.metrics_interval_secs, 3600),
+            ("quota_interval_secs", self.quota_interval_secs, 3600),
             ("shared_node_memory_mb", self.shared_node_memory_mb, 1 << 20),
         ] {
             if value == 0 || value > max {

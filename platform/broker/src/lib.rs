@@ -35,6 +35,8 @@
 //! - [`osb`]: the HTTP API.
 //! - [`backend`]: binaries, nodes and per-offering admin operations.
 //! - [`node`]: supervised child processes, admin commands, ports, secrets, cgroups.
+//! - [`quota`]: storage quotas enforced while tenants write.
+//! - [`route`]: which tenant (or the operator) a shared node's log line goes to.
 //! - [`metrics`]: per-instance gauges.
 
 pub mod backend;
@@ -44,6 +46,8 @@ mod error;
 pub mod metrics;
 pub mod node;
 pub mod osb;
+pub mod quota;
+pub mod route;
 pub mod schema;
 pub mod store;
 
@@ -156,6 +160,7 @@ async fn serve(
         registry.clone(),
         tasks.clone(),
     ));
+    tokio::spawn(quota::run(Arc::clone(&ctx), tasks.clone()));
     listeners.mount_admin(admin_routes(Arc::clone(&ctx)));
 
     let listeners = Listeners::take(listeners)?;
@@ -208,7 +213,17 @@ async fn restore(ctx: Arc<backend::Ctx>) {
 }
 
 fn admin_routes(ctx: Arc<backend::Ctx>) -> axum::Router {
-    axum::Router::new().route(
+    let quotas = Arc::clone(&ctx);
+    axum::Router::new()
+        .route(
+            "/v1/quotas",
+            // Measures and enforces now rather than at the next tick (operators, tests).
+            axum::routing::post(move || {
+                let ctx = Arc::clone(&quotas);
+                async move { Json(quota::check_all(&ctx).await) }
+            }),
+        )
+        .route(
         "/v1/nodes",
         get(move || {
             let ctx = Arc::clone(&ctx);

@@ -1,7 +1,7 @@
 //! Every service instance as a source in the pipeline: every `metrics_interval_secs` (10 s by
 //! default) one gauge envelope per ready instance, source id = the instance guid, with its
-//! connections, memory, storage against the plan, operations per second and (RabbitMQ) queue
-//! depth, plus `service.up` — 0 while its node does not answer, so a killed node shows as a gap
+//! connections, memory, storage against the plan (and, MariaDB and PostgreSQL, whether its
+//! writes are revoked for being over it), operations per second and (RabbitMQ) queue depth, plus `service.up` — 0 while its node does not answer, so a killed node shows as a gap
 //! and a dip, not as silence.
 //!
 //! Invariant: the loop asks each node one cheap admin query per interval, one instance at a
@@ -101,6 +101,13 @@ pub async fn run(
                     "service.storage_quota_bytes",
                     (quota * 1024 * 1024) as f64,
                     "bytes",
+                ));
+            }
+            if let Some(over) = ctx.quotas.exceeded(&i.id) {
+                metrics.push((
+                    "service.storage_quota_exceeded",
+                    f64::from(u8::from(over)),
+                    "bool",
                 ));
             }
             if let Some(d) = usage.queue_depth {

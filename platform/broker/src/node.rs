@@ -5,7 +5,8 @@
 //!
 //! Flow: [`Node::spawn`] starts the supervisor task → the child starts (as `run_as` when the
 //! broker is root, in its own memory cgroup when it can) → its stdout/stderr lines become `SVC`
-//! log envelopes of the instance they belong to → when the child dies while wanted (a crash, a
+//! log envelopes of the instance they provably belong to ([`crate::route`]), or of the broker
+//! itself (the operator's stream) → when the child dies while wanted (a crash, a
 //! SIGKILL) it is counted (`broker.node_restarts`) and started again after a capped backoff,
 //! and [`Node::starts`] ticks so the broker re-applies what a restart loses (Redis ACL users).
 //!
@@ -40,7 +41,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(20);
 pub const SOURCE_TYPE: &str = "SVC";
 
 /// Maps one log line of a node to the source id (instance guid) it belongs to; `None` keeps
-/// it out of every tenant's stream (it goes to the broker's own log).
+/// it out of every tenant's stream (it goes to the operator's: the broker's own source id).
 pub type Router = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// How to start one node.
@@ -332,13 +333,20 @@ fn forward(line: &[u8], is_err: bool, spec: &Spec, sink: &Sink, last: &Mutex<Str
         return;
     }
     *hydrant_runtime::lock(last) = text.chars().take(300).collect();
+    let Some(emitter) = &sink.emitter else {
+        tracing::debug!(node = %spec.name, "{text}");
+        return;
+    };
     match (spec.router)(text) {
-        Some(source) => {
-            if let Some(emitter) = &sink.emitter {
-                emitter.log(&source, "0", SOURCE_TYPE, text.as_bytes(), is_err);
-            }
-        }
-        None => tracing::debug!(node = %spec.name, "{text}"),
+        Some(source) => emitter.log(&source, "0", SOURCE_TYPE, text.as_bytes(), is_err),
+        // Not provably one tenant's: the operator's stream, tagged with the node it came from.
+        None => emitter.log_with_tags(
+            sink.registry.source_id(),
+            "0",
+            text.as_bytes(),
+            is_err,
+            &[("source_type", SOURCE_TYPE), ("node", &spec.name)],
+        ),
     }
 }
 

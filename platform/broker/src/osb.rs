@@ -789,7 +789,11 @@ async fn bind_inner(
         .store
         .put_binding(&b)
         .map_err(|e| Reply::failed(&e))?;
-    if let Err(e) = backend::bind(&broker.ctx, o, current_plan, &i, &b).await {
+    let made = match backend::bind(&broker.ctx, o, current_plan, &i, &b).await {
+        Ok(()) => crate::quota::after_bind(&broker.ctx, o, &i, &b).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = made {
         let _ = backend::unbind(&broker.ctx, o, current_plan, &i, &b).await;
         let _ = broker.ctx.store.delete_binding(bid);
         return Err(Reply::failed(&e));

@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -97,6 +98,9 @@ pub struct SharedNode {
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Bumped by every write of an instance or binding: readers that cache names (the log
+    /// routers) know when to read again.
+    generation: AtomicU64,
 }
 
 impl Store {
@@ -141,7 +145,18 @@ impl Store {
         Ok(Self {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            generation: AtomicU64::new(1),
         })
+    }
+
+    /// Changes with every write of an instance or binding.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, Error> {
@@ -188,7 +203,7 @@ impl Store {
     /// # Errors
     /// [`Error::Store`].
     pub fn put_instance(&self, i: &Instance) -> Result<(), Error> {
-        self.with(|c| {
+        let done = self.with(|c| {
             c.execute(
                 "INSERT OR REPLACE INTO instances
                  (id, offering, plan_id, parameters, state, description, port, secret)
@@ -205,7 +220,9 @@ impl Store {
                 ],
             )
             .map(drop)
-        })
+        });
+        self.changed();
+        done
     }
 
     /// Removes instance `id` and its bindings.
@@ -213,11 +230,13 @@ impl Store {
     /// # Errors
     /// [`Error::Store`].
     pub fn delete_instance(&self, id: &str) -> Result<(), Error> {
-        self.with(|c| {
+        let done = self.with(|c| {
             c.execute("DELETE FROM bindings WHERE instance_id = ?1", [id])?;
             c.execute("DELETE FROM instances WHERE id = ?1", [id])
                 .map(drop)
-        })
+        });
+        self.changed();
+        done
     }
 
     /// The binding `id`.
@@ -251,12 +270,27 @@ impl Store {
         })
     }
 
+    /// Every binding of every instance.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn bindings(&self) -> Result<Vec<Binding>, Error> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, instance_id, plan_id, parameters, username, password
+                 FROM bindings ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], binding_row)?;
+            rows.collect()
+        })
+    }
+
     /// Writes `binding`.
     ///
     /// # Errors
     /// [`Error::Store`].
     pub fn put_binding(&self, b: &Binding) -> Result<(), Error> {
-        self.with(|c| {
+        let done = self.with(|c| {
             c.execute(
                 "INSERT OR REPLACE INTO bindings
                  (id, instance_id, plan_id, parameters, username, password)
@@ -271,7 +305,9 @@ impl Store {
                 ],
             )
             .map(drop)
-        })
+        });
+        self.changed();
+        done
     }
 
     /// Removes binding `id`.
@@ -279,10 +315,12 @@ impl Store {
     /// # Errors
     /// [`Error::Store`].
     pub fn delete_binding(&self, id: &str) -> Result<(), Error> {
-        self.with(|c| {
+        let done = self.with(|c| {
             c.execute("DELETE FROM bindings WHERE id = ?1", [id])
                 .map(drop)
-        })
+        });
+        self.changed();
+        done
     }
 
     /// The shared node of `offering`.

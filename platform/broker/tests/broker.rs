@@ -1,8 +1,9 @@
 //! The broker against real servers: OSBAPI conformance (`osb`), each offering's life from
 //! provision to deprovision with its credentials used by the server's own client
 //! (`offerings`), and the broker's own resilience — a SIGKILLed node restarted, a restarted
-//! broker serving the same credentials (`resilience`) — and every instance as a source in the
-//! pipeline (`observability`).
+//! broker serving the same credentials (`resilience`) — every instance as a source in the
+//! pipeline (`observability`), a shared node's lines kept to the tenant they provably belong
+//! to (`tenancy`), and plan limits that hold while tenants write (`quotas`).
 //!
 //! Every test runs its own broker on ephemeral listeners with its own data directory and its
 //! own slice of the port pool, so tests run in parallel. A test that needs a server whose
@@ -21,8 +22,12 @@ mod observability;
 mod offerings;
 #[path = "broker/osb.rs"]
 mod osb;
+#[path = "broker/quotas.rs"]
+mod quotas;
 #[path = "broker/resilience.rs"]
 mod resilience;
+#[path = "broker/tenancy.rs"]
+mod tenancy;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -301,6 +306,18 @@ impl Running {
                 )
             })
             .collect()
+    }
+
+    /// Runs a storage quota pass now (`POST /v1/quotas`): each instance's measure.
+    pub async fn check_quotas(&self) -> Value {
+        self.client
+            .post(format!("http://{}/v1/quotas", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn metrics(&self) -> String {

@@ -83,19 +83,8 @@ pub async fn prepare(ctx: &Ctx, row: &SharedNode, dir: &Path) -> Result<Spec, Er
             .config
             .memory_cgroups
             .then_some(ctx.config.shared_node_memory_mb * 1024 * 1024),
-        router: Arc::new(route),
+        router: crate::route::router(Arc::clone(&ctx.store), "mysql"),
     })
-}
-
-/// A line naming a `cf_<id>` database belongs to that instance; others to the broker.
-fn route(line: &str) -> Option<String> {
-    let at = line.find("cf_")?;
-    let id: String = line[at + 3..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .map(|c| if c == '_' { '-' } else { c })
-        .collect();
-    crate::osb::valid_id(&id).then_some(id)
 }
 
 async fn sql(ctx: &Ctx, statement: &str, redact: &[&str]) -> Result<String, Error> {
@@ -198,6 +187,59 @@ pub async fn bind(ctx: &Ctx, plan: &Plan, i: &Instance, b: &Binding) -> Result<(
     .map(drop)
 }
 
+/// Kills every connection of user `u` (they keep the database privileges they started with
+/// until they end).
+async fn kill_connections(ctx: &Ctx, u: &str) -> Result<(), Error> {
+    let ids = sql(
+        ctx,
+        &format!("SELECT id FROM information_schema.processlist WHERE user = '{u}'"),
+        &[],
+    )
+    .await?;
+    for id in ids.lines().filter_map(|l| l.trim().parse::<u64>().ok()) {
+        // The connection may have ended meanwhile; that is what was wanted.
+        let _ = sql(ctx, &format!("KILL {id}"), &[]).await;
+    }
+    Ok(())
+}
+
+/// Over its storage quota: binding `b` keeps reading and deleting (`SELECT`, `DELETE`, `DROP`,
+/// which also allows `TRUNCATE`) and loses every other privilege on the database, as
+/// cf-mysql-quota-enforcer does; its open connections end.
+///
+/// # Errors
+/// The server refused.
+pub async fn revoke_writes(ctx: &Ctx, i: &Instance, b: &Binding) -> Result<(), Error> {
+    let db = database_name(&i.id);
+    let u = &b.username;
+    sql(
+        ctx,
+        &format!(
+            "REVOKE ALL PRIVILEGES ON `{db}`.* FROM '{u}'@'%'; \
+             GRANT SELECT, DELETE, DROP, SHOW VIEW ON `{db}`.* TO '{u}'@'%'"
+        ),
+        &[],
+    )
+    .await?;
+    kill_connections(ctx, u).await
+}
+
+/// Back under its quota: binding `b` gets every privilege on the database again (new
+/// connections have them).
+///
+/// # Errors
+/// The server refused.
+pub async fn restore_writes(ctx: &Ctx, i: &Instance, b: &Binding) -> Result<(), Error> {
+    let db = database_name(&i.id);
+    sql(
+        ctx,
+        &format!("GRANT ALL PRIVILEGES ON `{db}`.* TO '{}'@'%'", b.username),
+        &[],
+    )
+    .await
+    .map(drop)
+}
+
 /// Drops binding `b`'s user and kills its connections.
 ///
 /// # Errors
@@ -205,18 +247,8 @@ pub async fn bind(ctx: &Ctx, plan: &Plan, i: &Instance, b: &Binding) -> Result<(
 pub async fn unbind(ctx: &Ctx, b: &Binding) -> Result<(), Error> {
     ctx.shared("mysql").await?;
     let u = &b.username;
-    let ids = sql(
-        ctx,
-        &format!("SELECT id FROM information_schema.processlist WHERE user = '{u}'"),
-        &[],
-    )
-    .await?;
     sql(ctx, &format!("DROP USER IF EXISTS '{u}'@'%'"), &[]).await?;
-    for id in ids.lines().filter_map(|l| l.trim().parse::<u64>().ok()) {
-        // The connection may have ended meanwhile; that is what was wanted.
-        let _ = sql(ctx, &format!("KILL {id}"), &[]).await;
-    }
-    Ok(())
+    kill_connections(ctx, u).await
 }
 
 /// Drops the instance's bindings' users and its database.
@@ -250,6 +282,23 @@ pub fn credentials(host: &str, port: u16, i: &Instance, b: &Binding) -> Value {
     })
 }
 
+/// Bytes the instance's database holds on disk: its directory of table files.
+///
+/// # Errors
+/// The node is not running.
+pub async fn stored_bytes(ctx: &Ctx, i: &Instance) -> Result<u64, Error> {
+    let r = ctx.running("mysql").await.ok_or_else(|| Error::NodeStart {
+        node: "mysql".to_owned(),
+        detail: "is not running".to_owned(),
+    })?;
+    let dir = r.dir.join("data").join(database_name(&i.id));
+    Ok(
+        tokio::task::spawn_blocking(move || crate::quota::dir_bytes(&dir))
+            .await
+            .unwrap_or(0),
+    )
+}
+
 /// Connections to and size of the instance's database.
 ///
 /// # Errors
@@ -258,19 +307,17 @@ pub async fn usage(ctx: &Ctx, i: &Instance) -> Result<Usage, Error> {
     let db = database_name(&i.id);
     let out = sql(
         ctx,
-        &format!(
-            "SELECT (SELECT COUNT(*) FROM information_schema.processlist WHERE db = '{db}'), \
-             (SELECT COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables \
-              WHERE table_schema = '{db}')"
-        ),
+        &format!("SELECT COUNT(*) FROM information_schema.processlist WHERE db = '{db}'"),
         &[],
     )
     .await?;
-    let mut fields = out.split_whitespace().map(|f| f.parse::<f64>().ok());
+    // What the quota holds: the database's files on disk (exact at once, where
+    // information_schema's sizes lag behind InnoDB's statistics).
+    let stored = stored_bytes(ctx, i).await?;
     Ok(Usage {
-        connections: fields.next().flatten().unwrap_or(0.0),
+        connections: out.trim().parse::<f64>().unwrap_or(0.0),
         memory_bytes: None,
-        storage_bytes: fields.next().flatten(),
+        storage_bytes: Some(stored as f64),
         ops_total: None,
         queue_depth: None,
         queues: None,
@@ -302,14 +349,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn user_names_are_short_stable_and_lines_route_by_database() {
+    fn user_names_are_short_and_stable() {
         let u = username("6b0c1a5e-5b7e-4a53-9d3c-b7c1a6a2f0c1");
         assert_eq!(u.len(), 16);
         assert_eq!(u, username("6b0c1a5e-5b7e-4a53-9d3c-b7c1a6a2f0c1"));
-        assert_eq!(
-            route("Access denied for user 'x'@'%' to database 'cf_ab_12'").as_deref(),
-            Some("ab-12")
-        );
-        assert_eq!(route("InnoDB: Buffer pool(s) load completed"), None);
     }
 }

@@ -95,16 +95,9 @@ pub async fn prepare(ctx: &Ctx, row: &SharedNode, dir: &Path) -> Result<Spec, Er
             .config
             .memory_cgroups
             .then_some(ctx.config.shared_node_memory_mb * 1024 * 1024),
-        // `log_line_prefix` puts the database first: `cf_<id> ERROR: …` belongs to that
-        // instance; lines without a database stay in the broker's log.
-        router: Arc::new(|line: &str| {
-            let id = line
-                .split(' ')
-                .next()?
-                .strip_prefix("cf_")?
-                .replace('_', "-");
-            crate::osb::valid_id(&id).then_some(id)
-        }),
+        // `log_line_prefix` puts the session's database first, so a line of a tenant's own
+        // session names its database (see `crate::route` for what proves a line is theirs).
+        router: crate::route::router(Arc::clone(&ctx.store), "postgresql"),
     })
 }
 
@@ -306,6 +299,89 @@ pub async fn bind(ctx: &Ctx, i: &Instance, b: &Binding) -> Result<(), Error> {
             &[pw],
         )
         .await?;
+    }
+    Ok(())
+}
+
+async fn end_sessions(ctx: &Ctx, user: &str) -> Result<(), Error> {
+    psql(
+        ctx,
+        "postgres",
+        &[format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = '{user}'"
+        )],
+        &[],
+    )
+    .await
+    .map(drop)
+}
+
+/// Over its storage quota: binding `b`'s role leaves the owner role (so it can neither write
+/// nor grant itself anything back), keeps `SELECT`, `DELETE` and `TRUNCATE` on the tables of
+/// `public`, and its sessions end.
+///
+/// # Errors
+/// The cluster refused.
+pub async fn revoke_writes(ctx: &Ctx, i: &Instance, b: &Binding) -> Result<(), Error> {
+    let db = database_name(&i.id);
+    let owner = owner(&i.id);
+    let user = &b.username;
+    psql(
+        ctx,
+        "postgres",
+        &[
+            format!("REVOKE \"{owner}\" FROM \"{user}\""),
+            format!("ALTER ROLE \"{user}\" IN DATABASE \"{db}\" RESET role"),
+        ],
+        &[],
+    )
+    .await?;
+    psql(
+        ctx,
+        &db,
+        &[
+            format!("GRANT USAGE ON SCHEMA public TO \"{user}\""),
+            format!("GRANT SELECT, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO \"{user}\""),
+        ],
+        &[],
+    )
+    .await?;
+    end_sessions(ctx, user).await
+}
+
+/// Back under its quota: binding `b`'s role is a member of the owner role again and runs as it;
+/// with `end_sessions`, the sessions that ran without it end.
+///
+/// # Errors
+/// The cluster refused.
+pub async fn restore_writes(ctx: &Ctx, i: &Instance, b: &Binding, end: bool) -> Result<(), Error> {
+    let db = database_name(&i.id);
+    let owner = owner(&i.id);
+    let user = &b.username;
+    psql(
+        ctx,
+        &db,
+        &[
+            format!(
+                "REVOKE SELECT, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public FROM \"{user}\""
+            ),
+            format!("REVOKE USAGE ON SCHEMA public FROM \"{user}\""),
+        ],
+        &[],
+    )
+    .await?;
+    psql(
+        ctx,
+        "postgres",
+        &[
+            format!("GRANT \"{owner}\" TO \"{user}\""),
+            format!("ALTER ROLE \"{user}\" IN DATABASE \"{db}\" SET role = '{owner}'"),
+        ],
+        &[],
+    )
+    .await?;
+    if end {
+        end_sessions(ctx, user).await?;
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! RabbitMQ: one shared node (started lazily on the first provision: an Erlang node takes
 //! seconds), a vhost per instance (named by the instance id, with connection and queue limits
-//! from the plan) and a user per binding (named by the binding id, `management` tag so its
+//! and an operator policy bounding every queue's length in messages and bytes, from the plan) and a user per binding (named by the binding id, `management` tag so its
 //! credentials also work on the HTTP API), as cf-rabbitmq-multitenant-broker does. Unbind
 //! deletes the user and closes its connections. The broker administers the node through its
 //! management API as `hydrant-admin` (milliseconds per call; `rabbitmqctl` costs an Erlang VM
@@ -24,6 +24,13 @@ use crate::store::{Binding, Instance, SharedNode};
 
 /// The administrator the node is created with.
 const ADMIN: &str = "hydrant-admin";
+
+/// Channels one connection may open (node-wide; RabbitMQ's default is 2047, each one memory).
+pub const CHANNEL_MAX: u32 = 64;
+
+/// The largest message the node accepts, bytes (node-wide; RabbitMQ's default is 128 MiB, held
+/// whole in memory while it is routed).
+pub const MAX_MESSAGE_BYTES: u64 = 8 * 1024 * 1024;
 
 fn env(dir: &Path, ports: &[u16], bind: &str) -> Vec<(String, String)> {
     let port = |n: usize| ports.get(n).copied().unwrap_or(0);
@@ -83,7 +90,8 @@ pub fn prepare(ctx: &Ctx, row: &SharedNode, dir: &Path) -> Result<Spec, Error> {
         "listeners.tcp.default = {bind}:{amqp}\nmanagement.tcp.ip = {bind}\n\
          management.tcp.port = {mgmt}\nloopback_users = none\ndefault_user = {ADMIN}\n\
          default_pass = {secret}\nvm_memory_high_watermark.absolute = {watermark}\n\
-         distribution.listener.interface = {local}\n",
+         distribution.listener.interface = {local}\nchannel_max = {CHANNEL_MAX}\n\
+         max_message_size = {MAX_MESSAGE_BYTES}\n",
         local = distribution_host(bind),
         amqp = port(0),
         mgmt = port(1),
@@ -113,15 +121,8 @@ pub fn prepare(ctx: &Ctx, row: &SharedNode, dir: &Path) -> Result<Spec, Error> {
         dir: dir.to_path_buf(),
         user: ctx.user,
         memory_bytes: ctx.config.memory_cgroups.then_some(memory),
-        router: Arc::new(route),
+        router: crate::route::router(Arc::clone(&ctx.store), "rabbitmq"),
     })
-}
-
-/// A line naming `vhost '<id>'` belongs to that instance; others to the broker.
-fn route(line: &str) -> Option<String> {
-    let rest = &line[line.find("vhost '")? + 7..];
-    let id = &rest[..rest.find('\'')?];
-    crate::osb::valid_id(id).then(|| id.to_owned())
 }
 
 async fn run(ctx: &Ctx, r: &Running, args: &[&str], redact: &[&str]) -> Result<String, Error> {
@@ -264,7 +265,14 @@ pub async fn provision(ctx: &Ctx, plan: &Plan, i: &Instance) -> Result<(), Error
     limits(ctx, i, plan).await
 }
 
-/// Sets the vhost's connection and queue limits to plan `to`'s.
+/// The policy (and operator policy) holding every queue of a vhost to its plan's share of
+/// memory.
+pub const POLICY: &str = "hydrant-plan";
+
+/// Sets the vhost's limits to plan `to`'s: connections and queues (vhost limits), and each
+/// queue's length in messages and bytes (a policy and an operator policy, which the vhost's
+/// users can neither change nor loosen: where a queue's own arguments also set a length, the
+/// lower one holds).
 ///
 /// # Errors
 /// The node refused.
@@ -282,6 +290,36 @@ pub async fn limits(ctx: &Ctx, i: &Instance, to: &Plan) -> Result<(), Error> {
         )
         .await?;
     }
+    let lengths = json!({
+        "max-length-bytes": to.queue_bytes(),
+        "max-length": to.queue_messages(),
+    });
+    let mut full = lengths.clone();
+    if let Some(map) = full.as_object_mut() {
+        // A full queue refuses new messages (a publisher with confirms is told) rather than
+        // dropping the oldest ones it has already accepted.
+        map.insert("overflow".to_owned(), json!("reject-publish"));
+    }
+    let body = |definition: &Value| json!({"pattern": ".*", "apply-to": "queues", "priority": 0, "definition": definition});
+    // The vhost's own policy (its users are not policymakers, so they cannot change it), and
+    // the same lengths as an operator policy, which holds whatever policy a vhost ever gets
+    // (RabbitMQ before 3.12 takes no `overflow` there).
+    api(
+        ctx,
+        Method::PUT,
+        &format!("policies/{}/{POLICY}", i.id),
+        Some(body(&full)),
+        PUT_OK,
+    )
+    .await?;
+    api(
+        ctx,
+        Method::PUT,
+        &format!("operator-policies/{}/{POLICY}", i.id),
+        Some(body(&lengths)),
+        PUT_OK,
+    )
+    .await?;
     Ok(())
 }
 
@@ -434,17 +472,4 @@ pub async fn usage(ctx: &Ctx, i: &Instance) -> Result<Usage, Error> {
         queue_depth: Some(depths.iter().sum()),
         queues: Some(depths.len() as f64),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn lines_naming_a_vhost_route_to_its_instance() {
-        assert_eq!(
-            super::route("user 'b1' authenticated and granted access to vhost 'abc-1'").as_deref(),
-            Some("abc-1")
-        );
-        assert_eq!(super::route("Server startup complete"), None);
-        assert_eq!(super::route("vhost '/' is up"), None);
-    }
 }
