@@ -4,7 +4,10 @@
 //! [`Error::Api`] carrying the server's status and `errors` list. The client holds no state
 //! besides the token, so it is cheap to clone and safe to share between tasks.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
@@ -21,6 +24,18 @@ pub struct Client {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
+    transport: Option<Arc<dyn Transport>>,
+}
+
+/// What a [`Transport`] answers: the server's response, or why there is none (no secret in it).
+pub type TransportFuture = Pin<Box<dyn Future<Output = Result<reqwest::Response, String>> + Send>>;
+
+/// Carries a built request some other way than reqwest's own connections: mutual TLS to the
+/// cloud controller's internal listener, which the role runtime supplies (this contract crate
+/// holds no TLS, and reqwest is built without it).
+pub trait Transport: std::fmt::Debug + Send + Sync {
+    /// Sends `request` and returns the server's answer.
+    fn send(&self, request: reqwest::Request) -> TransportFuture;
 }
 
 /// What [`Client::push_dir`] did.
@@ -48,7 +63,15 @@ impl Client {
                 .connect_timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
+            transport: None,
         }
+    }
+
+    /// The same server reached through `transport` (mutual TLS) instead of plain HTTP.
+    #[must_use]
+    pub fn with_transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
     }
 
     /// The same server with another token.
@@ -621,11 +644,33 @@ impl Client {
             request = request.json(body);
         }
         let url = format!("{}{path}", self.base);
-        let response = request
-            .send()
-            .await
-            .map_err(|source| Error::Transport { url, source })?;
+        let response = self.send(&url, request).await?;
         check(response).await.map(drop)
+    }
+
+    /// Sends over the [`Transport`] when there is one, else over reqwest's own connections.
+    async fn send(
+        &self,
+        url: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Error> {
+        let transport_error = |source| Error::Transport {
+            url: url.to_owned(),
+            source,
+        };
+        match &self.transport {
+            None => request.send().await.map_err(transport_error),
+            Some(transport) => {
+                let request = request.build().map_err(transport_error)?;
+                transport
+                    .send(request)
+                    .await
+                    .map_err(|message| Error::Unreachable {
+                        url: url.to_owned(),
+                        message,
+                    })
+            }
+        }
     }
 
     async fn execute<T: DeserializeOwned>(
@@ -634,10 +679,7 @@ impl Client {
         request: reqwest::RequestBuilder,
     ) -> Result<T, Error> {
         let url = format!("{}{path}", self.base);
-        let response = request.send().await.map_err(|source| Error::Transport {
-            url: url.clone(),
-            source,
-        })?;
+        let response = self.send(&url, request).await?;
         let bytes = check(response).await?;
         serde_json::from_slice(&bytes).map_err(|e| Error::Decode {
             url,

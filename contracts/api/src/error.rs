@@ -25,6 +25,15 @@ pub enum Error {
         /// The underlying error.
         source: reqwest::Error,
     },
+    /// The request never got an answer over the client's mutual-TLS transport (connection
+    /// refused, a handshake the server refused, a timeout).
+    #[error("cannot reach the cloud controller at {url}: {message}")]
+    Unreachable {
+        /// The URL asked.
+        url: String,
+        /// Why, as the transport said it.
+        message: String,
+    },
     /// A success answer whose body was not the JSON expected.
     #[error("unexpected answer from {url}: {message}")]
     Decode {

@@ -39,7 +39,7 @@ pub mod tenancy;
 mod token_cache;
 pub mod types;
 
-pub use client::Client;
+pub use client::{Client, Transport, TransportFuture};
 pub use drain::{CreateDrain, Drain, DrainState, DrainStatus, DrainTarget};
 pub use error::Error;
 pub use mask::mask_url;

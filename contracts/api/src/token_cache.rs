@@ -50,16 +50,29 @@ impl TokenCache {
         id: &str,
         secret: &str,
     ) -> Result<String, Error> {
-        let key = (api_url.to_owned(), id.to_owned());
+        self.client_token_via(&Client::new(api_url, None), id, secret)
+            .await
+    }
+
+    /// [`TokenCache::client_token`] asking `client`'s server, over its transport (mutual TLS
+    /// to the cloud controller's internal listener, when it has one).
+    ///
+    /// # Errors
+    /// As [`TokenCache::client_token`].
+    pub async fn client_token_via(
+        &self,
+        client: &Client,
+        id: &str,
+        secret: &str,
+    ) -> Result<String, Error> {
+        let key = (client.base_url().to_owned(), id.to_owned());
         if let Some(c) = self.lock().as_ref()
             && c.key == key
             && Instant::now() < c.until
         {
             return Ok(c.token.clone());
         }
-        let granted = Client::new(api_url, None)
-            .client_credentials(id, secret)
-            .await?;
+        let granted = client.client_credentials(id, secret).await?;
         let life = Duration::from_secs(u64::try_from(granted.expires_in).unwrap_or(0));
         let ahead = RENEW_AHEAD.min(life / 5);
         let until = Instant::now() + life.saturating_sub(ahead);

@@ -1,6 +1,7 @@
 //! Config plumbing shared by every role: reading the TOML file, the config-field error every
-//! `validate()` reports, and the API-consumer block (`api_url` + `token`/`token_file`) of the
-//! roles that call the cloud controller.
+//! `validate()` reports, and the API-consumer block (`api_url`, `token`/`token_file` or client
+//! credentials, and `tls`, the role's certificate for the controller's internal listener) of
+//! the roles that call the cloud controller.
 //!
 //! Invariant: every rejection names the field as it is written in the config file and says
 //! what to write instead; a token is never echoed into an error.
@@ -83,6 +84,10 @@ pub struct ApiConsumer<'a> {
     pub client_secret: Option<&'a str>,
     /// `client_secret_file`.
     pub client_secret_file: Option<&'a Path>,
+    /// `tls`: the role's certificate, key and trust bundle. Set, every call goes over mutual
+    /// TLS to the controller's internal listener (`api_url` is then its `https://` address,
+    /// e.g. `https://10.0.0.5:9023`), and the server must prove the `cloudcontroller` identity.
+    pub tls: Option<&'a hydrant_tls::TlsFiles>,
 }
 
 impl<'a> ApiConsumer<'a> {
@@ -100,7 +105,15 @@ impl<'a> ApiConsumer<'a> {
             client_id: None,
             client_secret: None,
             client_secret_file: None,
+            tls: None,
         }
+    }
+
+    /// The block with the role's `tls` files too.
+    #[must_use]
+    pub fn with_tls(mut self, tls: Option<&'a hydrant_tls::TlsFiles>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The block with the role's `client_id`, `client_secret` and `client_secret_file` too.
@@ -136,6 +149,36 @@ impl<'a> ApiConsumer<'a> {
                     self.api_url
                 ),
             ));
+        }
+        match self.tls {
+            Some(files) => {
+                files.validate().map_err(|e| match e {
+                    hydrant_tls::Error::Config { field, message } => {
+                        invalid(format!("{prefix}{field}"), message)
+                    }
+                    other => invalid(format!("{prefix}tls"), other.to_string()),
+                })?;
+                if !url.starts_with("https://") {
+                    return Err(invalid(
+                        format!("{prefix}api_url"),
+                        format!(
+                            "{:?}: with tls, write the cloud controller's internal https:// \
+                             address (its internal_listen), e.g. \"https://127.0.0.1:9023\"",
+                            self.api_url
+                        ),
+                    ));
+                }
+            }
+            // reqwest is built without TLS: only the mutual-TLS transport speaks https.
+            None if url.starts_with("https://") => {
+                return Err(invalid(
+                    format!("{prefix}tls"),
+                    "an https:// api_url is the controller's internal listener: set tls \
+                     (ca_file, cert_file, key_file of this role's certificate), or use the \
+                     http:// API address",
+                ));
+            }
+            None => {}
         }
         if let Some(id) = self.client_id {
             if self.token.is_some() || self.token_file.is_some() {
@@ -258,7 +301,11 @@ mod tests {
     #[test]
     fn exactly_one_token_source_and_an_http_url() {
         assert_eq!(field_of("http://127.0.0.1:9022", Some("t"), None), None);
-        assert_eq!(field_of("https://cc.example", None, Some("/t")), None);
+        assert_eq!(
+            field_of("https://cc.example", None, Some("/t")).as_deref(),
+            Some("tls"),
+            "https is the internal listener, which needs the role's certificate"
+        );
         assert_eq!(
             field_of("127.0.0.1:9022", Some("t"), None).as_deref(),
             Some("api_url")

@@ -35,12 +35,15 @@
 //!   [`ApiConsumer`] block (`api_url` + `token`/`token_file`).
 //! - `run`: [`run`] and [`run_with_registry`] (a role on bound listeners), [`run_from_file`],
 //!   the whole of `hydrant run ROLE --config FILE`, and [`shutdown_on_signal`].
+//! - `api`: [`ApiClient`] (the API consumer at run time: client and token) and
+//!   [`MtlsTransport`] (HTTP/1.1 over mutual TLS to the controller's internal listener).
 //! - `backoff`: [`Backoff`], the one capped exponential backoff with jitter.
 //! - `serve`: [`Gate`] and [`Limits`], the abuse limits of a public HTTP listener (connection
 //!   caps, header read and idle timeouts, counted refusals) and the server that applies them.
 //! - `sync`: [`lock`], the poison-tolerant mutex lock.
 
 mod admin;
+mod api;
 mod backoff;
 mod config;
 mod error;
@@ -52,6 +55,7 @@ mod sync;
 use std::future::Future;
 
 pub use admin::{AdminRoutes, router as admin_router};
+pub use api::{ApiClient, CONNECT_TIMEOUT, MtlsTransport};
 pub use backoff::Backoff;
 pub use config::{ApiConsumer, ConfigError, MAX_TOKEN_FILE_BYTES, Validate, invalid, load};
 pub use error::Error;

@@ -97,6 +97,18 @@ impl ClientTls {
         self.config.clone()
     }
 
+    /// The same client offering `protocols` by ALPN instead of gRPC's `h2` (e.g. `http/1.1`
+    /// for an HTTP API over mutual TLS).
+    #[must_use]
+    pub fn with_alpn(&self, protocols: &[&[u8]]) -> Self {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        Self {
+            config: Arc::new(config),
+            ..self.clone()
+        }
+    }
+
     /// The identity the server must prove.
     #[must_use]
     pub fn server(&self) -> Identity {

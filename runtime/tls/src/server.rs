@@ -99,6 +99,14 @@ impl fmt::Display for Reason {
 pub trait Observer: fmt::Debug + Send + Sync {
     /// One client refused at `endpoint` for `reason`.
     fn refused(&self, endpoint: &str, reason: Reason);
+
+    /// [`Observer::refused`], knowing the role identity the client's certificate named (`None`
+    /// without a certificate, or when it names none): for counters labelled by identity. Never
+    /// the raw CN, which the client chose.
+    fn refused_identity(&self, endpoint: &str, identity: Option<Identity>, reason: Reason) {
+        let _ = identity;
+        self.refused(endpoint, reason);
+    }
 }
 
 /// An [`Observer`] that only counts, per reason (tests, and roles without a metrics registry).
@@ -132,7 +140,8 @@ pub(crate) fn refuse(
     reason: Reason,
     detail: &dyn fmt::Display,
 ) {
-    observer.refused(endpoint, reason);
+    let identity = presented.and_then(|cn| cn.parse::<Identity>().ok());
+    observer.refused_identity(endpoint, identity, reason);
     tracing::warn!(
         endpoint,
         presented = presented.unwrap_or("-"),
@@ -196,6 +205,18 @@ impl ServerTls {
     #[must_use]
     pub fn config(&self) -> Arc<ServerConfig> {
         self.config.clone()
+    }
+
+    /// The same endpoint speaking `protocols` by ALPN instead of gRPC's `h2` (e.g.
+    /// `http/1.1` for an HTTP API over mutual TLS).
+    #[must_use]
+    pub fn with_alpn(&self, protocols: &[&[u8]]) -> Self {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        Self {
+            config: Arc::new(config),
+            ..self.clone()
+        }
     }
 
     /// The certificates this endpoint serves with.
