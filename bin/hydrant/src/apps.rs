@@ -55,6 +55,9 @@ pub struct PushArgs {
     /// The path an http health check requests.
     #[arg(long)]
     endpoint: Option<String>,
+    /// Seconds a stopped instance gets between SIGTERM and SIGKILL (1-300; default 10).
+    #[arg(long = "stop-timeout", value_name = "SECS")]
+    stop_timeout: Option<u32>,
     /// Stage the app but do not start it.
     #[arg(long)]
     no_start: bool,
@@ -311,6 +314,12 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
             "-i 0: an app needs at least one instance; use `hydrant stop` to stop it",
         ));
     }
+    if let Some(problem) = args
+        .stop_timeout
+        .and_then(hydrant_api::stop_timeout_problem)
+    {
+        return Err(exit::usage(format!("--stop-timeout: {problem}")));
+    }
     let session = Session::load()?;
     let started = Instant::now();
     let name = escape_text(&args.name);
@@ -328,6 +337,7 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
                 command: args.command.clone(),
                 health_check_type: health,
                 health_check_endpoint: args.endpoint.clone(),
+                stop_timeout_secs: args.stop_timeout,
                 ..UpdateApp::default()
             };
             let app = session.client.update_app(&app.guid, &update).await?;
@@ -352,6 +362,7 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
                 command: args.command.clone(),
                 health_check_type: health,
                 health_check_endpoint: args.endpoint.clone(),
+                stop_timeout_secs: args.stop_timeout,
                 no_route: args.no_route,
                 space,
                 ..CreateApp::default()
@@ -684,6 +695,12 @@ async fn instance_usage(session: &Session, app: &App) -> BTreeMap<String, Usage>
             continue;
         };
         let usage = out.entry(envelope.instance_id.clone()).or_default();
+        if usage.isolation.is_none()
+            && gauge.metrics.contains_key("memory")
+            && let Some(isolation) = envelope.tags.get("isolation")
+        {
+            usage.isolation = Some(isolation.clone());
+        }
         for (name, value) in &gauge.metrics {
             let slot = match name.as_str() {
                 "cpu" => &mut usage.cpu,
@@ -691,6 +708,9 @@ async fn instance_usage(session: &Session, app: &App) -> BTreeMap<String, Usage>
                 "disk" => &mut usage.disk,
                 "memory_quota" => &mut usage.memory_quota,
                 "disk_quota" => &mut usage.disk_quota,
+                "pids" => &mut usage.pids,
+                "pids_limit" => &mut usage.pids_limit,
+                "cpu_shares" => &mut usage.cpu_shares,
                 _ => continue,
             };
             // Newest first: keep the first value seen.
@@ -709,6 +729,14 @@ struct Usage {
     disk: Option<f64>,
     memory_quota: Option<f64>,
     disk_quota: Option<f64>,
+    /// Processes (and threads, in a container) now.
+    pids: Option<f64>,
+    /// The kernel's pids limit (contained instances only).
+    pids_limit: Option<f64>,
+    /// The container's CPU weight in shares of 1024 (contained instances only).
+    cpu_shares: Option<f64>,
+    /// `container`, or `none` for an instance running unisolated, from the metrics' tag.
+    isolation: Option<String>,
 }
 
 pub async fn app(args: AppListArgs) -> anyhow::Result<ExitCode> {
@@ -755,9 +783,22 @@ pub async fn app(args: AppListArgs) -> anyhow::Result<ExitCode> {
     println!("state:       {}", app.state.as_str().to_ascii_lowercase());
     println!("instances:   {running}/{}", app.instances);
     println!("memory:      {}M   disk: {}M", app.memory_mb, app.disk_mb);
+    println!(
+        "stop grace:  {} s (SIGTERM, then SIGKILL)",
+        app.stop_timeout_secs
+    );
     println!("routes:      {}", escape_text(&app.routes.join(", ")));
     if let Some(cmd) = &app.command {
         println!("command:     {}", escape_text(cmd));
+    }
+    if usage
+        .values()
+        .any(|u| u.isolation.as_deref() == Some("none"))
+    {
+        println!(
+            "isolation:   NONE: instances run WITHOUT isolation, as the platform's own user, \
+             with no kernel limits (the platform runs with --isolation none)"
+        );
     }
     println!();
     let rows: Vec<Vec<String>> = stats
@@ -783,11 +824,44 @@ pub async fn app(args: AppListArgs) -> anyhow::Result<ExitCode> {
                 u.cpu.map_or_else(|| "-".to_owned(), |c| format!("{c:.1}%")),
                 fraction(u.memory, u.memory_quota),
                 fraction(u.disk, u.disk_quota),
+                pids(&u),
+                shares(&u),
             ]
         })
         .collect();
-    print_table(&["", "state", "uptime", "cpu", "memory", "disk"], &rows);
+    print_table(
+        &[
+            "",
+            "state",
+            "uptime",
+            "cpu",
+            "memory",
+            "disk",
+            "pids",
+            "cpu shares",
+        ],
+        &rows,
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Processes now and the kernel's limit: `12 of 2048`, or `12 (no limit)` unisolated.
+fn pids(u: &Usage) -> String {
+    match (u.pids, u.pids_limit) {
+        (Some(n), Some(limit)) if limit > 0.0 => format!("{n:.0} of {limit:.0}"),
+        (Some(n), _) if u.isolation.as_deref() == Some("none") => format!("{n:.0} (no limit)"),
+        (Some(n), _) => format!("{n:.0}"),
+        _ => "-".to_owned(),
+    }
+}
+
+/// The CPU weight: `122 of 1024`, or `none` unisolated.
+fn shares(u: &Usage) -> String {
+    match u.cpu_shares {
+        Some(s) if s > 0.0 => format!("{s:.0} of 1024"),
+        _ if u.isolation.as_deref() == Some("none") => "none".to_owned(),
+        _ => "-".to_owned(),
+    }
 }
 
 fn fraction(used: Option<f64>, quota: Option<f64>) -> String {

@@ -475,6 +475,28 @@ pub const INSTANCE_COLUMNS: &[Column] = &[
         5,
         "of the memory quota (yellow >= 80 %, red >= 90 %)",
     ),
+    num(
+        "MEM LIM",
+        7,
+        "memory limit (the cgroup's: past it the kernel OOM-kills)",
+    ),
+    num("DISK", 7, "disk the instance's files use"),
+    num(
+        "DISK%",
+        5,
+        "of the disk quota (yellow >= 80 %, red >= 90 %)",
+    ),
+    num("PIDS", 5, "processes and threads now"),
+    num(
+        "PID LIM",
+        7,
+        "the kernel's pids limit (none: unisolated, no limit)",
+    ),
+    num(
+        "SHARES",
+        6,
+        "CPU weight, cgroup shares of 1024 (none: unisolated)",
+    ),
     num("REQ/10", 6, "requests per second over 10 s"),
     num("5XX/60", 6, "5xx served in the last 60 s"),
     num("LOG/S", 6, "log lines per second over 10 s"),

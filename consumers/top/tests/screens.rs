@@ -108,6 +108,7 @@ fn app(guid: &str, name: &str, state: AppState, instances: u32) -> App {
         env: std::collections::BTreeMap::new(),
         health_check_type: HealthCheckType::Port,
         health_check_endpoint: None,
+        stop_timeout_secs: 10,
         current_droplet_guid: None,
         routes: vec![format!("{name}.apps.localhost")],
         created_at: 0,
@@ -148,17 +149,22 @@ fn history() -> Vec<v2::Envelope> {
     for s in (0..60).step_by(5) {
         let ts = WALL - 60 * SEC + i64::from(s) * SEC;
         for (i, cpu) in [("0", 50.0), ("1", 45.0)] {
-            out.push(gauge(
-                DEMO,
-                i,
-                &[
-                    ("cpu", cpu, "percentage"),
-                    ("memory", 60.0 * 1024.0 * 1024.0, "bytes"),
-                    ("memory_quota", 64.0 * 1024.0 * 1024.0, "bytes"),
-                    ("container_age", 600.0 * 1e9, "nanoseconds"),
-                ],
-                ts,
-            ));
+            let mut metrics = vec![
+                ("cpu", cpu, "percentage"),
+                ("memory", 60.0 * 1024.0 * 1024.0, "bytes"),
+                ("memory_quota", 64.0 * 1024.0 * 1024.0, "bytes"),
+                ("container_age", 600.0 * 1e9, "nanoseconds"),
+                ("disk", 12.0 * 1024.0 * 1024.0, "bytes"),
+                ("disk_quota", 1024.0 * 1024.0 * 1024.0, "bytes"),
+                ("pids", 7.0, "count"),
+            ];
+            // Instance 0 is contained (the kernel's limits come with each sample); instance 1
+            // runs unisolated, with none.
+            if i == "0" {
+                metrics.push(("pids_limit", 2048.0, "count"));
+                metrics.push(("cpu_shares", 10.0, "shares"));
+            }
+            out.push(gauge(DEMO, i, &metrics, ts));
         }
         out.push(gauge(API, "0", &[("cpu", 5.0, "percentage")], ts));
     }
@@ -541,6 +547,26 @@ fn detail_screen_shows_instances_sparklines_status_events_and_escaped_logs() {
     // Instances 0 and 1, each at its CPU; the sparkline has bars.
     let (_, row0) = must_find(&buf, "RUNNING");
     assert!(line(&buf, row0).contains("50.0") || line(&buf, row0).contains("50"));
+    // Each instance's container limits beside its usage; the unisolated one has none.
+    let row1 = row0 + 1;
+    for (header, row, expected) in [
+        ("MEM LIM", row0, "64M"),
+        ("DISK", row0, "12M"),
+        ("DISK%", row0, "1.2"),
+        ("PIDS", row0, "7"),
+        ("PID LIM", row0, "2048"),
+        ("SHARES", row0, "10"),
+        ("PID LIM", row1, "none"),
+        ("SHARES", row1, "none"),
+    ] {
+        let (shown, _) = column_text(&buf, header, row);
+        assert_eq!(shown, expected, "{header} of row {row}:\n{text}");
+    }
+    assert_eq!(
+        column_text(&buf, "PID LIM", row1).1,
+        Color::Yellow,
+        "{text}"
+    );
     assert!(
         text.contains('█') || text.contains('▇') || text.contains('▆'),
         "sparklines are empty:\n{text}"

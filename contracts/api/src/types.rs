@@ -286,6 +286,27 @@ pub enum HealthCheckType {
     Process,
 }
 
+/// The grace between SIGTERM and SIGKILL of an app that sets none, seconds (Cloud Foundry's
+/// `graceful_shutdown_interval_in_seconds`).
+pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 10;
+/// The longest grace an app may ask for, seconds.
+pub const MAX_STOP_TIMEOUT_SECS: u32 = 300;
+
+fn default_stop_timeout_secs() -> u32 {
+    DEFAULT_STOP_TIMEOUT_SECS
+}
+
+/// Why `secs` cannot be an app's stop grace, if it cannot: a message naming the range.
+#[must_use]
+pub fn stop_timeout_problem(secs: u32) -> Option<String> {
+    (!(1..=MAX_STOP_TIMEOUT_SECS).contains(&secs)).then(|| {
+        format!(
+            "stop timeout {secs} s: must be between 1 and {MAX_STOP_TIMEOUT_SECS} seconds \
+             (the grace between SIGTERM and SIGKILL; default {DEFAULT_STOP_TIMEOUT_SECS})"
+        )
+    })
+}
+
 /// `POST /v3/apps`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -309,6 +330,9 @@ pub struct CreateApp {
     pub health_check_type: Option<HealthCheckType>,
     /// Path for `http` health checks, e.g. `/health`.
     pub health_check_endpoint: Option<String>,
+    /// Seconds between SIGTERM and SIGKILL when an instance is stopped, 1 to
+    /// [`MAX_STOP_TIMEOUT_SECS`]. Default [`DEFAULT_STOP_TIMEOUT_SECS`].
+    pub stop_timeout_secs: Option<u32>,
     /// Do not create the default route `NAME.<apps_domain>`.
     pub no_route: bool,
 }
@@ -327,6 +351,9 @@ pub struct UpdateApp {
     pub health_check_type: Option<HealthCheckType>,
     /// New health check endpoint.
     pub health_check_endpoint: Option<String>,
+    /// New stop grace, seconds (1 to [`MAX_STOP_TIMEOUT_SECS`]); applies to instances started
+    /// afterwards.
+    pub stop_timeout_secs: Option<u32>,
 }
 
 /// `POST /v3/apps/{guid}/processes/web/actions/scale`.
@@ -368,6 +395,10 @@ pub struct App {
     pub health_check_type: HealthCheckType,
     /// Health check path for `http`.
     pub health_check_endpoint: Option<String>,
+    /// Seconds a stopped instance gets between SIGTERM and SIGKILL (absent from older
+    /// controllers' answers: the default).
+    #[serde(default = "default_stop_timeout_secs")]
+    pub stop_timeout_secs: u32,
     /// The droplet instances run, once staged.
     pub current_droplet_guid: Option<String>,
     /// Routes mapped to it (`host[/path]`).

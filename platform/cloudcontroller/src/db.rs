@@ -204,6 +204,10 @@ CREATE TABLE blob_uploads (
     PRIMARY KEY (sha256, user_guid)
 );
 ",
+    // Each app's grace between SIGTERM and SIGKILL at a stop, seconds (Cloud Foundry's 10 s).
+    r"
+ALTER TABLE apps ADD COLUMN stop_timeout_secs INTEGER NOT NULL DEFAULT 10;
+",
 ];
 
 /// The database handle. Clones share one connection.
@@ -490,7 +494,7 @@ pub(crate) fn roles(
 
 const APP_COLUMNS: &str = "a.guid, a.name, a.space_guid, s.name, a.state, a.instances, \
      a.memory_mb, a.disk_mb, a.command, a.env, a.health_check_type, a.health_check_endpoint, \
-     a.current_droplet_guid, a.created_at, a.updated_at";
+     a.current_droplet_guid, a.created_at, a.updated_at, a.stop_timeout_secs";
 
 fn app_from(row: &Row<'_>) -> rusqlite::Result<App> {
     let state: String = row.get(4)?;
@@ -517,6 +521,7 @@ fn app_from(row: &Row<'_>) -> rusqlite::Result<App> {
             _ => HealthCheckType::Port,
         },
         health_check_endpoint: row.get(11)?,
+        stop_timeout_secs: row.get(15)?,
         current_droplet_guid: row.get(12)?,
         routes: Vec::new(),
         created_at: row.get(13)?,
@@ -570,7 +575,8 @@ pub(crate) fn insert_app(c: &Connection, app: &App) -> rusqlite::Result<()> {
     c.execute(
         "INSERT INTO apps (guid, name, space_guid, state, instances, memory_mb, disk_mb, \
          command, env, health_check_type, health_check_endpoint, current_droplet_guid, \
-         created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+         created_at, updated_at, stop_timeout_secs) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         params![
             app.guid,
             app.name,
@@ -585,7 +591,8 @@ pub(crate) fn insert_app(c: &Connection, app: &App) -> rusqlite::Result<()> {
             app.health_check_endpoint,
             app.current_droplet_guid,
             app.created_at,
-            app.updated_at
+            app.updated_at,
+            app.stop_timeout_secs
         ],
     )
     .map(drop)
@@ -596,7 +603,7 @@ pub(crate) fn update_app(c: &Connection, app: &App) -> rusqlite::Result<()> {
     c.execute(
         "UPDATE apps SET name = ?2, state = ?3, instances = ?4, memory_mb = ?5, disk_mb = ?6, \
          command = ?7, env = ?8, health_check_type = ?9, health_check_endpoint = ?10, \
-         current_droplet_guid = ?11, updated_at = ?12 WHERE guid = ?1",
+         current_droplet_guid = ?11, updated_at = ?12, stop_timeout_secs = ?13 WHERE guid = ?1",
         params![
             app.guid,
             app.name,
@@ -609,7 +616,8 @@ pub(crate) fn update_app(c: &Connection, app: &App) -> rusqlite::Result<()> {
             check_str(app.health_check_type),
             app.health_check_endpoint,
             app.current_droplet_guid,
-            app.updated_at
+            app.updated_at,
+            app.stop_timeout_secs
         ],
     )
     .map(drop)

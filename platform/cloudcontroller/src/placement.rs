@@ -1296,6 +1296,7 @@ fn start_message(
             ("process_type".to_owned(), "web".to_owned()),
         ]),
         egress: d.egress.clone(),
+        stop_timeout_secs: Some(app.stop_timeout_secs),
     })
 }
 

@@ -21,7 +21,7 @@ use nix::sys::signal::Signal;
 use tokio::process::{Child, ChildStderr, ChildStdout};
 
 use crate::cgroup::{CgroupLimits, Cgroups, Layout, Usage};
-use crate::spec::{ContainerSpec, valid_id};
+use crate::spec::{ContainerSpec, Limits, valid_id};
 use crate::stack::Stack;
 use crate::{Config, Error};
 
@@ -101,6 +101,7 @@ pub struct Container {
     status: Option<ExitStatus>,
     bundle: PathBuf,
     start_latency: Duration,
+    limits: Limits,
 }
 
 /// The first executable named `program` on `PATH`, or `program` itself when it is a path.
@@ -360,6 +361,7 @@ impl Containers {
             status: None,
             bundle,
             start_latency: started.elapsed(),
+            limits: spec.limits,
         })
     }
 
@@ -491,6 +493,13 @@ impl Container {
             self.status = self.child.wait().await.ok();
         }
         self.status.map(exit_code)
+    }
+
+    /// The limits the kernel holds the container to (its cgroup's memory, pids and CPU
+    /// shares, and its `/tmp` size), as written when it was made.
+    #[must_use]
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// What the container uses now, from its cgroup.

@@ -337,6 +337,61 @@ async fn a_fork_bomb_stays_under_the_pids_limit() {
     );
 }
 
+/// What `hydrant app` shows per instance comes from the kernel: the limits are the cgroup's
+/// own `memory.limit_in_bytes` / `pids.max` / `cpu.shares` (or their v2 names), and usage counts
+/// the container's processes and memory.
+#[tokio::test]
+async fn limits_and_usage_are_the_cgroups_own() {
+    let owner = owner("usage").await;
+    let marker = owner.dir.path().join("instances/busy/app/up");
+    let container = owner
+        .containers
+        .spawn(&owner.spec(
+            "busy",
+            "sleep 300 & sleep 300 & x=$(head -c 4000000 /dev/zero | tr '\\0' a); \
+             touch /home/vcap/app/up; wait",
+        ))
+        .await
+        .unwrap();
+    wait_for_file(&marker, "the container never came up").await;
+    let limits = container.limits();
+    assert_eq!(limits, Limits::for_memory_mb(64, 64, 16));
+    let parent = &owner.config.cgroup_parent;
+    let read = |hierarchy: &str, file: &str| -> Option<u64> {
+        let v1 = Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join(parent)
+            .join("busy");
+        let v2 = Path::new("/sys/fs/cgroup").join(parent).join("busy");
+        [v1, v2]
+            .iter()
+            .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
+            .and_then(|t| t.trim().parse().ok())
+    };
+    let memory_max = read("memory", "memory.limit_in_bytes").or_else(|| read("", "memory.max"));
+    assert_eq!(memory_max, Some(64 * MIB), "the kernel's memory limit");
+    assert_eq!(
+        read("pids", "pids.max"),
+        Some(64),
+        "the kernel's pids limit"
+    );
+    if let Some(shares) = read("cpu", "cpu.shares") {
+        assert_eq!(shares, limits.cpu_shares, "the kernel's CPU shares");
+    }
+    let usage = container.usage();
+    // The init shell, bash, two sleeps (and maybe a subshell finishing).
+    assert!(usage.pids >= 4, "{usage:?}");
+    assert_eq!(Some(usage.pids), read("pids", "pids.current"), "{usage:?}");
+    assert!(usage.memory_bytes > 0, "{usage:?}");
+    assert!(usage.peak_bytes >= usage.memory_bytes, "{usage:?}");
+    let end = container.destroy().await;
+    assert!(
+        end.cleanup_failures.is_empty(),
+        "{:?}",
+        end.cleanup_failures
+    );
+}
+
 #[tokio::test]
 async fn a_setsid_double_forked_child_dies_with_its_container() {
     let owner = owner("setsid").await;

@@ -12,7 +12,8 @@
 //! Invariants: nothing an app forks outlives its instance (the pid namespace dies with the
 //! container; unisolated, the process group is signalled as a whole, short of `setsid`); the
 //! executor never restarts a crashed instance (the health manager decides that); a stop is
-//! SIGTERM, then SIGKILL after `stop_timeout_secs`; in a container the memory quota is the
+//! SIGTERM, then SIGKILL after the app's own grace (its start message's `stop_timeout_secs`,
+//! else the cell's); in a container the memory quota is the
 //! kernel's, so an OOM kill is reported from the cgroup, not guessed from polling.
 
 use std::os::unix::process::ExitStatusExt as _;
@@ -77,6 +78,17 @@ enum Running {
     },
 }
 
+/// One reading of an instance's usage.
+struct Sample {
+    memory_bytes: u64,
+    cpu_nanos: u64,
+    /// Processes (and, contained, threads) it holds now.
+    pids: u64,
+    /// The kernel's limits on it; `None` unisolated, where nothing but the executor's polling
+    /// bounds it.
+    limits: Option<Limits>,
+}
+
 /// What a container's end adds to the outcome.
 #[derive(Default)]
 struct Ended {
@@ -115,16 +127,27 @@ impl Running {
         }
     }
 
-    /// Memory in use and CPU time so far, nanoseconds.
-    async fn usage(&self) -> (u64, u64) {
+    /// Memory in use, CPU time so far and processes now, with the kernel's limits when the
+    /// instance is contained.
+    async fn usage(&self) -> Sample {
         match self {
             Self::Group { pgid, .. } => {
                 let usage = sample(*pgid).await;
-                (usage.rss_bytes, usage.cpu_nanos)
+                Sample {
+                    memory_bytes: usage.rss_bytes,
+                    cpu_nanos: usage.cpu_nanos,
+                    pids: u64::from(usage.processes),
+                    limits: None,
+                }
             }
             Self::Container { container, .. } => {
                 let usage = container.usage();
-                (usage.memory_bytes, usage.cpu_nanos)
+                Sample {
+                    memory_bytes: usage.memory_bytes,
+                    cpu_nanos: usage.cpu_nanos,
+                    pids: usage.pids,
+                    limits: Some(container.limits()),
+                }
             }
         }
     }
@@ -330,7 +353,11 @@ pub(crate) async fn run(
             let grace = if ident.cell.is_killed() {
                 Duration::ZERO
             } else {
-                ident.cell.config.stop_timeout()
+                stop_grace(
+                    ident.start.stop_timeout_secs,
+                    ident.cell.config.stop_timeout(),
+                    ident.cell.stop_reason(ident.guid()).as_deref() == Some(SHUTTING_DOWN),
+                )
             };
             match tokio::time::timeout(grace, running.wait()).await {
                 Ok(code) => code,
@@ -401,6 +428,32 @@ pub(crate) async fn run(
             ident.destroy().await;
         }
     }
+}
+
+/// The tag on an instance's container metrics saying how it is isolated: `container`, or
+/// `none` (it runs as the platform's own user, without kernel limits).
+pub(crate) const ISOLATION_TAG: &str = "isolation";
+/// [`ISOLATION_TAG`] of a contained instance.
+pub(crate) const ISOLATION_CONTAINER: &str = "container";
+/// [`ISOLATION_TAG`] of an unisolated instance.
+pub(crate) const ISOLATION_NONE: &str = "none";
+
+/// The stop reason of every instance when the executor itself shuts down.
+pub(crate) const SHUTTING_DOWN: &str = "executor shutting down";
+/// The longest grace a start message may ask for (the cloud controller allows 1-300 s; the
+/// bus is input like any other).
+const MAX_STOP_GRACE_SECS: u32 = 300;
+
+/// How long a stopped instance gets between SIGTERM and SIGKILL: the app's own grace from its
+/// start message, or the cell's `stop_timeout_secs` for a message without one. When the
+/// executor itself shuts down it waits for every instance at most its own `stop_timeout_secs`,
+/// so there an app's longer grace is cut to the cell's.
+fn stop_grace(app_secs: Option<u32>, cell: Duration, shutting_down: bool) -> Duration {
+    let Some(secs) = app_secs else {
+        return cell;
+    };
+    let app = Duration::from_secs(u64::from(secs.clamp(1, MAX_STOP_GRACE_SECS)));
+    if shutting_down { app.min(cell) } else { app }
 }
 
 /// Bytes as MiB with one decimal, for people.
@@ -746,7 +799,7 @@ async fn supervise(
             // In a container the kernel enforces the memory quota; polling is for unisolated
             // instances only.
             _ = memory_tick.tick(), if !contained => {
-                let (memory, _) = app.usage().await;
+                let memory = app.usage().await.memory_bytes;
                 if memory > memory_quota {
                     tracing::info!(instance = ?ident.guid(), rss = memory, quota = memory_quota,
                         "executor: instance over its memory quota");
@@ -754,7 +807,8 @@ async fn supervise(
                 }
             }
             _ = metrics_tick.tick() => {
-                let (memory, cpu_nanos) = app.usage().await;
+                let sample = app.usage().await;
+                let (memory, cpu_nanos) = (sample.memory_bytes, sample.cpu_nanos);
                 let now = Instant::now();
                 let cpu = last_cpu.map_or(0.0, |(cpu, at)| {
                     let wall = now.duration_since(at).as_nanos() as f64;
@@ -777,6 +831,8 @@ async fn supervise(
                     }
                 }
                 let age = now_nanos().saturating_sub(started_at).max(0) as f64;
+                let pids_limit = sample.limits.map_or(0.0, |l| f64::from(l.pids));
+                let cpu_shares = sample.limits.map_or(0.0, |l| l.cpu_shares as f64);
                 ident.cell.metrics.instance_usage(
                     &ident.start.app,
                     &ident.start.app_name,
@@ -787,16 +843,28 @@ async fn supervise(
                         disk_bytes: disk as f64,
                         memory_quota_bytes: memory_quota as f64,
                         disk_quota_bytes: disk_quota as f64,
+                        pids: sample.pids as f64,
+                        pids_limit,
+                        cpu_shares,
                     },
                 );
-                ident.sink.gauge(&[
+                let mut gauges = vec![
                     ("cpu", cpu, "percentage"),
                     ("memory", memory as f64, "bytes"),
                     ("disk", disk as f64, "bytes"),
                     ("memory_quota", memory_quota as f64, "bytes"),
                     ("disk_quota", disk_quota as f64, "bytes"),
                     ("container_age", age, "nanoseconds"),
-                ]);
+                    ("pids", sample.pids as f64, "count"),
+                ];
+                // Limits only where the kernel holds them: an unisolated instance has none,
+                // and its envelope says so in its `isolation` tag.
+                if sample.limits.is_some() {
+                    gauges.push(("pids_limit", pids_limit, "count"));
+                    gauges.push(("cpu_shares", cpu_shares, "shares"));
+                }
+                let isolation = if contained { ISOLATION_CONTAINER } else { ISOLATION_NONE };
+                ident.sink.gauge(&gauges, &[(ISOLATION_TAG, isolation)]);
             }
         }
     }
@@ -858,6 +926,23 @@ mod tests {
     use hydrant_bus::messages::ServiceEgress;
 
     use super::*;
+
+    #[test]
+    fn the_stop_grace_is_the_apps_within_bounds_and_the_cells_at_shutdown() {
+        let cell = Duration::from_secs(10);
+        assert_eq!(stop_grace(None, cell, false), cell);
+        assert_eq!(stop_grace(Some(30), cell, false), Duration::from_secs(30));
+        assert_eq!(stop_grace(Some(2), cell, false), Duration::from_secs(2));
+        // A forged or garbled message cannot ask for no grace or for hours.
+        assert_eq!(stop_grace(Some(0), cell, false), Duration::from_secs(1));
+        assert_eq!(
+            stop_grace(Some(u32::MAX), cell, false),
+            Duration::from_secs(300)
+        );
+        // The executor's own shutdown waits at most its own grace.
+        assert_eq!(stop_grace(Some(30), cell, true), cell);
+        assert_eq!(stop_grace(Some(2), cell, true), Duration::from_secs(2));
+    }
 
     #[test]
     fn a_binding_opens_tcp_to_its_ip_and_port_and_nothing_else_opens() {

@@ -293,7 +293,7 @@ async fn serve(
         return Ok(());
     }
 
-    cell.stop_all("executor shutting down");
+    cell.stop_all(instance::SHUTTING_DOWN);
     cell.tasks.close();
     let grace = cell.config.stop_timeout() + SHUTDOWN_SLACK;
     if tokio::time::timeout(grace, cell.tasks.wait())

@@ -174,15 +174,17 @@ impl LogSink {
         }
     }
 
-    /// Emits a gauge envelope for this instance.
-    pub(crate) fn gauge(&self, metrics: &[(&str, f64, &str)]) {
+    /// Emits a gauge envelope for this instance, with `extra` tags beside the app's (e.g. how
+    /// the instance is isolated).
+    pub(crate) fn gauge(&self, metrics: &[(&str, f64, &str)], extra: &[(&str, &str)]) {
         if let Some(emitter) = &self.emitter {
-            let tags: Vec<(&str, &str)> = self
+            let mut tags: Vec<(&str, &str)> = self
                 .app_tags
                 .iter()
                 .filter(|(k, _)| k != tag::SOURCE_TYPE)
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
+            tags.extend_from_slice(extra);
             emitter.gauge(&self.source_id, &self.instance_id, metrics, &tags);
         }
     }

@@ -22,7 +22,7 @@ pub const REASON_OOM: &str = "OOM";
 pub const REASON_HEALTH_CHECK: &str = "HEALTH_CHECK";
 
 /// The per-instance usage gauges: (name, help, unit).
-const APP_USAGE: [(&str, &str, &str); 5] = [
+const APP_USAGE: [(&str, &str, &str); 8] = [
     (
         "executor.app_cpu_percentage",
         "CPU an instance used over the last interval, percent of one core",
@@ -48,6 +48,21 @@ const APP_USAGE: [(&str, &str, &str); 5] = [
         "Disk an instance's files may use",
         "bytes",
     ),
+    (
+        "executor.app_pids",
+        "Processes (in a container: and threads) an instance holds",
+        "count",
+    ),
+    (
+        "executor.app_pids_limit",
+        "Processes and threads the kernel lets an instance hold (0: unisolated, no limit)",
+        "count",
+    ),
+    (
+        "executor.app_cpu_shares",
+        "An instance's CPU weight, in cgroup v1 shares of 1024 (0: unisolated, no weight)",
+        "shares",
+    ),
 ];
 
 /// One sample of an instance's usage, in the order of [`APP_USAGE`].
@@ -58,6 +73,9 @@ pub(crate) struct Usage {
     pub(crate) disk_bytes: f64,
     pub(crate) memory_quota_bytes: f64,
     pub(crate) disk_quota_bytes: f64,
+    pub(crate) pids: f64,
+    pub(crate) pids_limit: f64,
+    pub(crate) cpu_shares: f64,
 }
 
 /// Handles to every executor metric.
@@ -248,6 +266,9 @@ impl Metrics {
             usage.disk_bytes,
             usage.memory_quota_bytes,
             usage.disk_quota_bytes,
+            usage.pids,
+            usage.pids_limit,
+            usage.cpu_shares,
         ];
         for ((name, help, unit), value) in APP_USAGE.into_iter().zip(values) {
             self.registry.gauge(name, help, unit, &tags).set(value);

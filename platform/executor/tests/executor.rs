@@ -142,19 +142,35 @@ async fn an_app_runs_with_its_env_logs_and_route_then_stops() {
             "{expected:?} missing from {cell:?}"
         );
     }
-    // Container metrics arrive as gauges for the instance.
+    // Container metrics arrive as gauges for the instance, with the kernel's limits (pids
+    // 2048, Diego's 30 shares for 256 MiB) beside the usage, tagged as contained.
     wait_for(WAIT, "container metrics", || {
         let found = rig.agent().envelopes().iter().any(|e| {
             e.source_id == "app-guid-1"
+                && e.tags.get("isolation").is_some_and(|i| i == "container")
                 && matches!(&e.message, Some(v2::envelope::Message::Gauge(g))
                     if g.metrics.get("memory").is_some_and(|m| m.value > 0.0)
                         && g.metrics["memory_quota"].value == 256.0 * 1024.0 * 1024.0
                         && g.metrics.contains_key("cpu")
-                        && g.metrics.contains_key("disk"))
+                        && g.metrics.contains_key("disk")
+                        && g.metrics.get("pids").is_some_and(|m| m.value >= 1.0)
+                        && g.metrics.get("pids_limit").is_some_and(|m| m.value == 2048.0)
+                        && g.metrics.get("cpu_shares").is_some_and(|m| m.value == 30.0))
         });
         async move { found }
     })
     .await;
+    let metrics = rig.metrics().await;
+    for series in [
+        "executor_app_pids_limit",
+        "executor_app_cpu_shares",
+        "executor_app_pids",
+    ] {
+        assert!(
+            metrics.contains(&format!("{series}{{")),
+            "{series} missing: {metrics}"
+        );
+    }
 
     // Stop: unregister, STOPPING → DOWN, directory gone.
     let stopped = rig.request_stop("app-guid-1", &guid).await;
@@ -232,6 +248,47 @@ async fn graceful_stop_escalates_to_sigkill_for_an_app_that_traps_term() {
         "{cell:?}"
     );
     assert!(cell.contains(&format!("Cell cell-1 stopping instance {guid}")));
+    rig.stop().await;
+}
+
+/// The grace is the app's, not the cell's: an app that ignores SIGTERM and asked for 3 s is
+/// SIGKILLed 3 s after the stop (the rig's cell grace is 1 s), and its exit line says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_ignores_sigterm_is_killed_after_its_own_grace_not_the_cells() {
+    let mut rig = Rig::start("executor-app-grace", true, |_| {}).await;
+    let app = "trap '' TERM\necho ready\nwhile true; do sleep 0.05; done\n";
+    let (url, sha) = rig.droplets.put("deaf", droplet(&[("deaf.sh", app)]));
+    let mut start = rig.start_message("bash deaf.sh", &url, &sha);
+    start.health_check.kind = HealthCheckType::Process;
+    start.uris.clear();
+    start.stop_timeout_secs = Some(3);
+    let guid = start.instance.clone();
+    assert!(rig.request_start(&start).await.accepted);
+    rig.wait_state(&guid, InstanceState::Running, WAIT).await;
+    wait_log(rig.agent(), "ready", WAIT, |_, p| p == "ready").await;
+
+    let began = tokio::time::Instant::now();
+    assert!(rig.request_stop("app-guid-1", &guid).await.accepted);
+    rig.wait_state(&guid, InstanceState::Down, WAIT).await;
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_secs(3),
+        "stopped after {took:?}: before the app's 3 s grace (the cell's is 1 s)"
+    );
+    assert!(
+        took < Duration::from_secs(3) + WAIT,
+        "stopped after {took:?}: the SIGKILL came late"
+    );
+    wait_log(rig.agent(), "exit line", WAIT, |st, p| {
+        st == "CELL" && p.starts_with("Exit status")
+    })
+    .await;
+    let cell = rig.agent().lines("CELL");
+    assert!(
+        cell.iter()
+            .any(|l| l == "Exit status 137 (exceeded 3s graceful shutdown interval)"),
+        "{cell:?}"
+    );
     rig.stop().await;
 }
 
@@ -630,6 +687,18 @@ async fn unisolated_instances_say_so_on_every_start() {
     assert_eq!(page.status(), 200);
     wait_log(rig.agent(), "the warning", WAIT, |st, p| {
         st == "CELL" && p.contains("running WITHOUT isolation")
+    })
+    .await;
+    // Its metrics say so too, and claim no kernel limits.
+    wait_for(WAIT, "unisolated container metrics", || {
+        let found = rig.agent().envelopes().iter().any(|e| {
+            e.tags.get("isolation").is_some_and(|i| i == "none")
+                && matches!(&e.message, Some(v2::envelope::Message::Gauge(g))
+                    if g.metrics.contains_key("pids")
+                        && !g.metrics.contains_key("pids_limit")
+                        && !g.metrics.contains_key("cpu_shares"))
+        });
+        async move { found }
     })
     .await;
     rig.stop().await;

@@ -494,6 +494,10 @@ pub struct StartInstance {
     /// unbind and a restart close the path. Absent in older messages (no bindings).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<ServiceEgress>,
+    /// The app's grace between SIGTERM and SIGKILL at a stop, seconds. Absent in older
+    /// messages: the executor's own `stop_timeout_secs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_timeout_secs: Option<u32>,
 }
 
 /// One TCP endpoint a bound service's credentials name (its `host`/`hostname` and `port`, or
@@ -948,6 +952,10 @@ mod tests {
         let old: StartInstance =
             serde_json::from_str(r#"{"executor_id":"e1","app":"a1","instance":"i1"}"#).unwrap();
         assert!(old.egress.is_empty());
+        assert_eq!(
+            old.stop_timeout_secs, None,
+            "an older sender's start: the cell's grace"
+        );
         let start = StartInstance {
             egress: vec![ServiceEgress {
                 service: "cache".into(),
@@ -982,9 +990,11 @@ mod tests {
             },
             tags: BTreeMap::new(),
             egress: Vec::new(),
+            stop_timeout_secs: Some(30),
         };
         let value: Value = serde_json::from_slice(&encode(&start).unwrap()).unwrap();
         assert_eq!(value["health_check"]["type"], "http");
+        assert_eq!(value["stop_timeout_secs"], 30);
         assert_eq!(roundtrip(&start), start);
         let stop = StopInstance {
             executor_id: "e1".into(),

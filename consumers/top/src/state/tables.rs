@@ -880,6 +880,33 @@ fn detail(state: &State, guid: &str, now: Instant, wall: i64) -> AppDetail {
             (Some(m), Some(q)) if q > 0.0 => Some(m * 100.0 / q),
             _ => None,
         };
+        let (disk, disk_quota, pids, pids_limit, shares) = (
+            gauge("disk"),
+            gauge("disk_quota"),
+            gauge("pids"),
+            gauge("pids_limit"),
+            gauge("cpu_shares"),
+        );
+        let disk_pct = match (disk, disk_quota) {
+            (Some(d), Some(q)) if q > 0.0 => Some(d * 100.0 / q),
+            _ => None,
+        };
+        // The executor reports the kernel's limits with every sample of a contained instance;
+        // a sample with pids but no limits is an unisolated one.
+        let unisolated = pids.is_some() && pids_limit.is_none();
+        let limit_cell = |value: Option<f64>| {
+            let text = match value {
+                Some(v) => format::number(v),
+                None if unisolated => "none".to_owned(),
+                None => NONE.to_owned(),
+            };
+            let cell = CellOut::num(value, text);
+            if unisolated {
+                cell.tone(Tone::Warn)
+            } else {
+                cell
+            }
+        };
         let state_text = info.map_or("?", |i| instance_state(i.state));
         let state_tone = match info.map(|i| i.state) {
             Some(InstanceState::Crashed) => Tone::Alert,
@@ -913,6 +940,16 @@ fn detail(state: &State, guid: &str, now: Instant, wall: i64) -> AppDetail {
             CellOut::num(mem, mem.map_or_else(|| NONE.to_owned(), format::bytes)),
             CellOut::num(pct, pct.map_or_else(|| NONE.to_owned(), format::percent))
                 .tone(pct.map_or(Tone::Normal, |p| threshold::above(p, threshold::MEMORY))),
+            CellOut::num(quota, quota.map_or_else(|| NONE.to_owned(), format::bytes)),
+            CellOut::num(disk, disk.map_or_else(|| NONE.to_owned(), format::bytes)),
+            CellOut::num(
+                disk_pct,
+                disk_pct.map_or_else(|| NONE.to_owned(), format::percent),
+            )
+            .tone(disk_pct.map_or(Tone::Normal, |p| threshold::above(p, threshold::MEMORY))),
+            CellOut::num(pids, pids.map_or_else(|| NONE.to_owned(), format::number)),
+            limit_cell(pids_limit),
+            limit_cell(shares),
             rate_cell(iw.map(|i| i.requests(TEN, now).per_second)),
             CellOut::num(errors.map(|e| e as f64), opt_count(errors)),
             rate_cell(iw.map(|i| i.logs(TEN, now).lines.per_second)),

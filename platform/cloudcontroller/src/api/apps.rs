@@ -12,8 +12,9 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hydrant_api::{
-    App, AppState, AuditEvent, CreateApp, EnvVars, InstanceRestart, List, LogToken, MapRoute,
-    ProcessStats, RestartInstance, Route, ScaleApp, UpdateApp,
+    App, AppState, AuditEvent, CreateApp, DEFAULT_STOP_TIMEOUT_SECS, EnvVars, InstanceRestart,
+    List, LogToken, MapRoute, ProcessStats, RestartInstance, Route, ScaleApp, UpdateApp,
+    stop_timeout_problem,
 };
 use hydrant_auth::{Claims, Scope};
 use rusqlite::Connection;
@@ -248,6 +249,9 @@ async fn create_app(
             request.name
         )));
     }
+    if let Some(problem) = request.stop_timeout_secs.and_then(stop_timeout_problem) {
+        return Err(ApiError::unprocessable(problem));
+    }
     let instances = request.instances.unwrap_or(1);
     check_scale(&ctx, Some(instances), request.memory_mb, request.disk_mb)?;
     let domain = ctx.config.apps_domain.clone();
@@ -297,6 +301,9 @@ async fn create_app(
                 env: request.env.clone(),
                 health_check_type: request.health_check_type.unwrap_or_default(),
                 health_check_endpoint: request.health_check_endpoint.clone(),
+                stop_timeout_secs: request
+                    .stop_timeout_secs
+                    .unwrap_or(DEFAULT_STOP_TIMEOUT_SECS),
                 current_droplet_guid: None,
                 routes: Vec::new(),
                 created_at: now,
@@ -425,6 +432,9 @@ async fn update_app(
             "app name {name:?}: {problem}"
         )));
     }
+    if let Some(problem) = update.stop_timeout_secs.and_then(stop_timeout_problem) {
+        return Err(ApiError::unprocessable(problem));
+    }
     let (app, data) = change_app(&ctx, caller, guid, "audit.app.update", move |c, app| {
         let mut data = serde_json::Map::new();
         if let Some(name) = update.name {
@@ -457,6 +467,10 @@ async fn update_app(
         if let Some(endpoint) = update.health_check_endpoint {
             data.insert("health_check_endpoint".into(), json!(endpoint));
             app.health_check_endpoint = Some(endpoint).filter(|e| !e.is_empty());
+        }
+        if let Some(secs) = update.stop_timeout_secs {
+            data.insert("stop_timeout_secs".into(), json!(secs));
+            app.stop_timeout_secs = secs;
         }
         Ok(Some(serde_json::Value::Object(data)))
     })

@@ -704,6 +704,81 @@ async fn stats_states(cc: &Cc, app: &str) -> Vec<InstanceState> {
         .collect()
 }
 
+/// An app's stop grace: 1-300 s with an error naming the range, 10 s when unset, changed by an
+/// update, kept across a controller restart, and carried in every start message so the
+/// executor SIGKILLs after the app's grace rather than its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apps_stop_grace_is_checked_kept_and_sent_to_its_executor() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = "cc-stop-grace";
+    let cc = Cc::start(dir.path(), &Options::new(bus)).await;
+    for bad in [0, 301] {
+        let err = cc
+            .admin
+            .create_app(&CreateApp {
+                name: "deaf".into(),
+                stop_timeout_secs: Some(bad),
+                ..CreateApp::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(422), "{err}");
+        assert!(err.to_string().contains("between 1 and 300"), "{err}");
+    }
+    let (app, _) = push_and_stage(&cc.admin, "deaf", STATIC_SITE, None).await;
+    assert_eq!(app.stop_timeout_secs, 10, "the default grace");
+    let err = cc
+        .admin
+        .update_app(
+            &app.guid,
+            &UpdateApp {
+                stop_timeout_secs: Some(0),
+                ..UpdateApp::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("between 1 and 300"), "{err}");
+    let app = cc
+        .admin
+        .update_app(
+            &app.guid,
+            &UpdateApp {
+                stop_timeout_secs: Some(45),
+                ..UpdateApp::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(app.stop_timeout_secs, 45);
+
+    let executor = FakeExecutor::start(bus, "e1", 8192, 10, false).await;
+    cc.admin.start_app(&app.guid).await.unwrap();
+    let state = executor.state.clone();
+    let guid = app.guid.clone();
+    wait_for(WAIT, "a start message", || {
+        let found = state.lock().unwrap().starts.iter().any(|s| s.app == guid);
+        async move { found }
+    })
+    .await;
+    let start = state
+        .lock()
+        .unwrap()
+        .starts
+        .iter()
+        .find(|s| s.app == app.guid)
+        .cloned()
+        .unwrap();
+    assert_eq!(start.stop_timeout_secs, Some(45));
+    drop(executor);
+    cc.stop().await;
+
+    let cc = Cc::start(dir.path(), &Options::new(bus)).await;
+    let again = cc.admin.app(&app.guid).await.unwrap();
+    assert_eq!(again.stop_timeout_secs, 45, "kept across a restart");
+    cc.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placement_spreads_respects_capacity_and_waits_for_room() {
     let dir = tempfile::tempdir().unwrap();

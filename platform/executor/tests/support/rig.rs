@@ -275,6 +275,7 @@ impl Rig {
             },
             tags: [("space_id".to_owned(), "space-1".to_owned())].into(),
             egress: Vec::new(),
+            stop_timeout_secs: None,
         }
     }
 
