@@ -38,6 +38,35 @@ pub struct Org {
     pub created_at: i64,
 }
 
+/// What `DELETE /v3/spaces/{guid}` and `DELETE /v3/organizations/{guid}` answer, as Cloud
+/// Foundry's recursive deletes do: apps (their instances stopped), routes, service bindings
+/// and instances go with the space. `200` with `done` once everything is gone; `202` while
+/// managed service instances are still being unbound and deleted at their brokers (by the
+/// ordinary broker jobs): wait for `jobs`, then send the same `DELETE` again, which carries on
+/// from where the last one stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deletion {
+    /// Everything is gone (the space, or the org with all its spaces).
+    pub done: bool,
+    /// The apps this request deleted, by name.
+    #[serde(default)]
+    pub apps_deleted: Vec<String>,
+    /// How many routes this request deleted (mapped to its apps or claimed by its spaces).
+    #[serde(default)]
+    pub routes_deleted: u64,
+    /// The service instances this request deleted, by name (user-provided ones at once;
+    /// managed ones once their broker finished).
+    #[serde(default)]
+    pub services_deleted: Vec<String>,
+    /// The managed service instances still being unbound or deleted at their brokers.
+    #[serde(default)]
+    pub services_pending: Vec<String>,
+    /// The broker jobs this request started (`GET /v3/jobs/{guid}`); wait for them before
+    /// asking again. A `FAILED` one says why its broker refused.
+    #[serde(default)]
+    pub jobs: Vec<crate::services::Job>,
+}
+
 /// A role in an org.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -319,10 +348,19 @@ impl Client {
         self.call(Method::POST, "/v3/spaces", Some(&body)).await
     }
 
-    /// `DELETE /v3/spaces/{guid}` (an admin or the org's managers; the space must hold no apps).
-    pub async fn delete_space(&self, space_guid: &str) -> Result<(), Error> {
+    /// `DELETE /v3/spaces/{guid}` (an admin or the org's managers): deletes the space with its
+    /// apps, routes and service instances; see [`Deletion`] for a `done: false` answer.
+    pub async fn delete_space(&self, space_guid: &str) -> Result<Deletion, Error> {
         let path = format!("/v3/spaces/{}", enc(space_guid));
-        self.call_empty(Method::DELETE, &path, None::<&()>).await
+        self.call(Method::DELETE, &path, None::<&()>).await
+    }
+
+    /// `DELETE /v3/organizations/{guid}` (an admin or the org's managers): deletes every space
+    /// of the org as [`Client::delete_space`] does, then the org with its quotas and private
+    /// domains.
+    pub async fn delete_org(&self, org_guid: &str) -> Result<Deletion, Error> {
+        let path = format!("/v3/organizations/{}", enc(org_guid));
+        self.call(Method::DELETE, &path, None::<&()>).await
     }
 
     // --- app environment ---

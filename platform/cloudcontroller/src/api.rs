@@ -16,6 +16,7 @@ mod push;
 mod quotas;
 mod services;
 mod slos;
+mod teardown;
 mod tokens;
 
 use std::sync::Arc;

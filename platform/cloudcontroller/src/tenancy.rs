@@ -129,17 +129,15 @@ pub(crate) fn org_roles(
     Ok(out)
 }
 
-/// How many apps a space holds (a space with apps is not deleted).
-pub(crate) fn space_app_count(c: &Connection, space_guid: &str) -> rusqlite::Result<u64> {
-    c.query_row(
-        "SELECT COUNT(*) FROM apps WHERE space_guid = ?1",
-        [space_guid],
-        |r| r.get(0),
-    )
-}
-
 pub(crate) fn delete_space(c: &Connection, space_guid: &str) -> rusqlite::Result<()> {
     c.execute("DELETE FROM spaces WHERE guid = ?1", [space_guid])
+        .map(drop)
+}
+
+/// Deletes an org that holds no spaces any more; its roles, quotas and private domains go
+/// with it (their foreign keys cascade).
+pub(crate) fn delete_org(c: &Connection, org_guid: &str) -> rusqlite::Result<()> {
+    c.execute("DELETE FROM orgs WHERE guid = ?1", [org_guid])
         .map(drop)
 }
 

@@ -1691,3 +1691,139 @@ async fn hydrants_own_broker_provisions_redis_into_vcap_services() {
         .unwrap()
         .unwrap();
 }
+
+/// `DELETE /v3/spaces/{guid}` until it says done, waiting for the jobs of each answer; the
+/// answers in order.
+async fn delete_space_fully(client: &Client, space: &str) -> Vec<hydrant_api::tenancy::Deletion> {
+    let mut answers = Vec::new();
+    for _ in 0..10 {
+        let answer = client.delete_space(space).await.unwrap();
+        for job in &answer.jobs {
+            assert_eq!(finished(client, job).await.state, "COMPLETE", "{job:?}");
+        }
+        let done = answer.done;
+        answers.push(answer);
+        if done {
+            return answers;
+        }
+    }
+    panic!("the space was not deleted in 10 rounds: {answers:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_space_unbinds_and_deprovisions_its_services_through_broker_jobs() {
+    let broker = FakeBroker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cc = start_cc(dir.path(), "svc-space-delete").await;
+    cc.register(&broker).await;
+    cc.admin.create_org("acme").await.unwrap();
+    let space = cc.admin.create_space_in("acme", "doomed").await.unwrap();
+    let answer = cc
+        .admin
+        .create_service_instance(&CreateServiceInstance {
+            name: "cache".into(),
+            space: Some(space.guid.clone()),
+            kind: ServiceInstanceType::Managed,
+            offering: Some("cache".into()),
+            plan: Some("sync".into()),
+            ..CreateServiceInstance::default()
+        })
+        .await
+        .unwrap();
+    finished(&cc.admin, answer.job.as_ref().unwrap()).await;
+    let cache = answer.instance.guid;
+    let ups = cc
+        .admin
+        .create_service_instance(&CreateServiceInstance {
+            name: "ups".into(),
+            space: Some(space.guid.clone()),
+            kind: ServiceInstanceType::UserProvided,
+            credentials: Some(json!({"password": "p"})),
+            ..CreateServiceInstance::default()
+        })
+        .await
+        .unwrap()
+        .instance
+        .guid;
+    let app = cc
+        .admin
+        .create_app(&hydrant_api::CreateApp {
+            name: "web".into(),
+            space: Some(space.guid.clone()),
+            ..hydrant_api::CreateApp::default()
+        })
+        .await
+        .unwrap();
+    for instance in [&cache, &ups] {
+        let bound = cc
+            .admin
+            .create_service_binding(&CreateServiceBinding {
+                kind: BindingType::App,
+                service_instance: instance.clone(),
+                app: Some(app.guid.clone()),
+                ..CreateServiceBinding::default()
+            })
+            .await
+            .unwrap();
+        if let Some(job) = &bound.job {
+            finished(&cc.admin, job).await;
+        }
+    }
+    let key = cc
+        .admin
+        .create_service_binding(&CreateServiceBinding {
+            kind: BindingType::Key,
+            service_instance: cache.clone(),
+            name: Some("ci".into()),
+            ..CreateServiceBinding::default()
+        })
+        .await
+        .unwrap();
+    finished(&cc.admin, key.job.as_ref().unwrap()).await;
+    assert_eq!(broker.state.lock().unwrap().bindings.len(), 2);
+
+    let answers = delete_space_fully(&cc.admin, &space.guid).await;
+    // Round one: the app and the user-provided instance go at once, the managed bindings get
+    // unbind jobs; round two: the deprovision job; round three: the space.
+    assert_eq!(answers.len(), 3, "{answers:#?}");
+    assert_eq!(answers[0].apps_deleted, vec!["web".to_owned()]);
+    assert_eq!(answers[0].services_deleted, vec!["ups".to_owned()]);
+    assert_eq!(answers[0].services_pending, vec!["cache".to_owned()]);
+    let operations = |i: usize| -> Vec<String> {
+        answers[i]
+            .jobs
+            .iter()
+            .map(|j| j.operation.clone())
+            .collect()
+    };
+    assert_eq!(operations(0), ["service_binding.delete"; 2]);
+    assert_eq!(operations(1), ["service_instance.delete"]);
+    assert!(answers[2].done && answers[2].services_deleted.is_empty());
+    {
+        let state = broker.state.lock().unwrap();
+        assert!(state.bindings.is_empty(), "{:?}", state.bindings);
+        assert!(state.instances.is_empty(), "{:?}", state.instances);
+    }
+    assert!(cc.admin.app(&app.guid).await.is_err(), "the app is gone");
+    assert!(
+        !cc.admin
+            .list_spaces()
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.guid == space.guid)
+    );
+    // The org, now empty, goes in one step.
+    let org = cc.admin.delete_org("acme").await.unwrap();
+    assert!(org.done, "{org:?}");
+    assert!(
+        !cc.admin
+            .list_orgs()
+            .await
+            .unwrap()
+            .iter()
+            .any(|o| o.name == "acme")
+    );
+    broker.assert_strict();
+    cc.stop().await;
+}

@@ -1,5 +1,5 @@
 //! Org and space endpoints: create and list orgs and spaces, give and take org and space
-//! roles, delete an empty space.
+//! roles, delete a space or an org with everything in it (`teardown`).
 //!
 //! Every decision goes through `tenancy::Grants`: lists hold only what the caller may see,
 //! anything else answers the 404 a missing thing answers, and 403 only when the caller sees
@@ -11,6 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
+use hydrant_api::tenancy::Deletion;
 use hydrant_api::{
     AssignOrgRole, AssignRole, CreateOrg, CreateSpace, List, Org, OrgRole, OrgRoleAssignment,
     RoleAssignment, Space, SpaceRole,
@@ -18,6 +19,7 @@ use hydrant_api::{
 use rusqlite::Connection;
 use serde::Deserialize;
 
+use super::teardown::{self, Teardown};
 use super::{ApiError, Body, Caller};
 use crate::tenancy::{self, Grants};
 use crate::{Ctx, db, password};
@@ -25,7 +27,7 @@ use crate::{Ctx, db, password};
 pub(super) fn routes() -> Router<Arc<Ctx>> {
     Router::new()
         .route("/v3/organizations", get(list_orgs).post(create_org))
-        .route("/v3/organizations/{guid}", get(get_org))
+        .route("/v3/organizations/{guid}", get(get_org).delete(delete_org))
         .route(
             "/v3/organizations/{guid}/roles",
             get(list_org_roles).post(assign_org_role),
@@ -278,27 +280,92 @@ async fn create_space(
     Ok((StatusCode::CREATED, Json(space)))
 }
 
+/// The default org and its default space take apps pushed without a target: they stay.
+fn refuse_default(space_or_org: &str) -> ApiError {
+    ApiError::unprocessable(format!(
+        "the {space_or_org} is where apps go when no org or space is targeted; it cannot be \
+         deleted (delete its apps instead)"
+    ))
+}
+
+/// 200 once the deletion is done, 202 while broker jobs still run.
+fn deletion_answer(deletion: Deletion) -> (StatusCode, Json<Deletion>) {
+    let status = if deletion.done {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    (status, Json(deletion))
+}
+
+/// `DELETE /v3/spaces/{guid}`: the space with its apps, routes and service instances (an
+/// admin or the org's managers; 404 for who cannot see it, 403 for who sees but may not).
 async fn delete_space(
     State(ctx): State<Arc<Ctx>>,
     caller: Caller,
     Path(guid): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    with_grants(&ctx, caller, move |c, _, grants| {
+) -> Result<(StatusCode, Json<Deletion>), ApiError> {
+    let ctx2 = Arc::clone(&ctx);
+    let teardown = with_grants(&ctx, caller, move |c, caller, grants| {
         let space = visible_space_by_guid(c, grants, &guid)?;
         if !grants.manages_org(&space.org_guid) {
             return Err(forbidden("space"));
         }
-        let apps = tenancy::space_app_count(c, &space.guid)?;
-        if apps > 0 {
-            return Err(ApiError::unprocessable(format!(
-                "space {:?} still holds {apps} app(s); delete them first",
-                space.name
-            )));
+        if space.org_name == tenancy::DEFAULT_ORG && space.name == crate::DEFAULT_SPACE {
+            return Err(refuse_default("default org's default space"));
         }
-        Ok(tenancy::delete_space(c, &space.guid)?)
+        let tx = c.transaction()?;
+        teardown::check_space(&tx, &space)?;
+        let done = teardown::tear_down_space(&tx, &ctx2, caller, &space)?;
+        tx.commit()?;
+        Ok(done)
     })
     .await?;
-    Ok(StatusCode::NO_CONTENT)
+    teardown::settle(&ctx, &teardown).await;
+    Ok(deletion_answer(teardown.deletion))
+}
+
+/// `DELETE /v3/organizations/{guid}`: every space of the org as [`delete_space`] deletes
+/// one, then the org with its quotas and private domains.
+async fn delete_org(
+    State(ctx): State<Arc<Ctx>>,
+    caller: Caller,
+    Path(guid): Path<String>,
+) -> Result<(StatusCode, Json<Deletion>), ApiError> {
+    let ctx2 = Arc::clone(&ctx);
+    let teardown = with_grants(&ctx, caller, move |c, caller, grants| {
+        let org = tenancy::visible_org(c, grants, &guid)?;
+        if !grants.manages_org(&org.guid) {
+            return Err(forbidden("org"));
+        }
+        if org.name == tenancy::DEFAULT_ORG {
+            return Err(refuse_default("default org"));
+        }
+        let spaces: Vec<_> = db::list_spaces(c)?
+            .into_iter()
+            .filter(|s| s.org_guid == org.guid)
+            .collect();
+        let tx = c.transaction()?;
+        for space in &spaces {
+            teardown::check_space(&tx, space)?;
+        }
+        let mut all = Teardown::default();
+        let mut done = true;
+        for space in &spaces {
+            let one = teardown::tear_down_space(&tx, &ctx2, caller, space)?;
+            done &= one.deletion.done;
+            all.absorb(one);
+        }
+        if done {
+            tenancy::delete_org(&tx, &org.guid)?;
+        }
+        all.deletion.done = done;
+        tx.commit()?;
+        Ok(all)
+    })
+    .await?;
+    teardown::settle(&ctx, &teardown).await;
+    Ok(deletion_answer(teardown.deletion))
 }
 
 async fn space_roles(

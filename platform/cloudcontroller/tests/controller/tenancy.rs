@@ -70,6 +70,8 @@ enum Action {
     ListDrains,
     UnsetOrgRole,
     UnsetSpaceRole,
+    DeleteSpaceWithApp,
+    DeleteOrg,
 }
 
 /// The matrix: for each action, the outcome per person in [`PEOPLE`] order.
@@ -109,6 +111,10 @@ const MATRIX: &[(Action, &str)] = &[
     (Action::ListDrains, "YYNYYYNN"),
     (Action::UnsetOrgRole, "YYFFFFNN"),
     (Action::UnsetSpaceRole, "YYNFFYNN"),
+    // Each person tries a space (with an app) and an org of their own, where they hold the
+    // same role they hold in the fixture's; only admins and org managers delete them.
+    (Action::DeleteSpaceWithApp, "YYNFFFNN"),
+    (Action::DeleteOrg, "YYFFFFNN"),
 ];
 
 /// The tenants every action is tried against.
@@ -173,7 +179,74 @@ async fn attempt(
                 .create_space_in(&fx.org.guid, &format!("doomed-{who}"))
                 .await
                 .unwrap();
-            client.delete_space(&fresh.guid).await
+            client.delete_space(&fresh.guid).await.map(drop)
+        }
+        Action::DeleteSpaceWithApp => {
+            let full = admin
+                .create_space_in(&fx.org.guid, &format!("full-{who}"))
+                .await
+                .unwrap();
+            if let Some(role) = space_role_of(who) {
+                admin.assign_role(&full.guid, who, role).await.unwrap();
+            }
+            let doomed = admin
+                .create_app(&CreateApp {
+                    name: "doomed".into(),
+                    space: Some(full.guid.clone()),
+                    no_route: true,
+                    ..CreateApp::default()
+                })
+                .await
+                .unwrap();
+            let result = client.delete_space(&full.guid).await;
+            match &result {
+                Ok(deletion) => {
+                    assert!(deletion.done, "{who}: {deletion:?}");
+                    assert_eq!(deletion.apps_deleted, ["doomed"], "{who}");
+                    assert!(admin.app(&doomed.guid).await.is_err(), "{who}: app gone");
+                }
+                // Refused: nothing was touched; the admin clears it away.
+                Err(_) => {
+                    assert!(admin.app(&doomed.guid).await.is_ok(), "{who}: app kept");
+                    assert!(admin.delete_space(&full.guid).await.unwrap().done);
+                }
+            }
+            result.map(drop)
+        }
+        Action::DeleteOrg => {
+            let org = admin.create_org(&format!("doomed-{who}")).await.unwrap();
+            let space = admin.create_space_in(&org.guid, "s").await.unwrap();
+            match who {
+                "org-mgr" => {
+                    admin
+                        .assign_org_role(&org.guid, who, OrgRole::Manager)
+                        .await
+                        .unwrap();
+                }
+                "org-aud" => {
+                    admin
+                        .assign_org_role(&org.guid, who, OrgRole::Auditor)
+                        .await
+                        .unwrap();
+                }
+                _ => {
+                    if let Some(role) = space_role_of(who) {
+                        admin.assign_role(&space.guid, who, role).await.unwrap();
+                    }
+                }
+            }
+            let result = client.delete_org(&org.guid).await;
+            let left = admin
+                .list_orgs()
+                .await
+                .unwrap()
+                .iter()
+                .any(|o| o.guid == org.guid);
+            assert_eq!(left, result.is_err(), "{who}: {result:?}");
+            if left {
+                assert!(admin.delete_org(&org.guid).await.unwrap().done);
+            }
+            result.map(drop)
         }
         Action::GetApp => {
             let listed = client.list_apps().await?.iter().any(|a| a.guid == *app);
@@ -303,6 +376,16 @@ async fn attempt(
                 .remove_role(&fx.space.guid, "spare", SpaceRole::Auditor)
                 .await
         }
+    }
+}
+
+/// The space role `who` holds in the fixture's space, if any.
+fn space_role_of(who: &str) -> Option<SpaceRole> {
+    match who {
+        "dev" => Some(SpaceRole::Developer),
+        "auditor" => Some(SpaceRole::Auditor),
+        "space-mgr" => Some(SpaceRole::Manager),
+        _ => None,
     }
 }
 
@@ -1103,5 +1186,67 @@ async fn blobs_are_private_to_their_tenant_and_old_droplets_are_collected() {
         })
         .count();
     assert_eq!(files, 5, "droplet files left on disk");
+    cc.stop().await;
+}
+
+/// `hydrant delete-space` on a space with a running app: the app's instances are stopped on
+/// their cell, its route leaves the router's table, and the space, app and route are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_space_stops_its_running_instances() {
+    let bus = "cc-delete-space-stops";
+    let (_dir, cc) = Cc::fresh(bus).await;
+    let executor = crate::support::FakeExecutor::start(bus, "e1", 8192, 10, false).await;
+    let admin = cc.admin.clone();
+    admin.create_org("acme").await.unwrap();
+    let space = admin.create_space_in("acme", "doomed").await.unwrap();
+    let app = admin
+        .create_app(&CreateApp {
+            name: "web".into(),
+            space: Some(space.guid.clone()),
+            ..CreateApp::default()
+        })
+        .await
+        .unwrap();
+    let files = crate::support::app_dir(&[("app.py", b"print('hi')\n", 0o644)]);
+    admin.push_dir(&app.guid, files.path()).await.unwrap();
+    let build = admin
+        .create_build(&app.guid, &hydrant_api::CreateBuild::default())
+        .await
+        .unwrap();
+    admin
+        .wait_for_build(&build.guid, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    admin.start_app(&app.guid).await.unwrap();
+    let wait = std::time::Duration::from_secs(30);
+    hydrant_testkit::wait_for(wait, "the instance to run", || {
+        let running = executor.running(&app.guid);
+        async move { running == 1 }
+    })
+    .await;
+    let routes = admin.app_routes(&app.guid).await.unwrap();
+    assert!(!routes.is_empty(), "the app has its default route");
+
+    let deletion = admin.delete_space(&space.guid).await.unwrap();
+    assert!(deletion.done, "{deletion:?}");
+    assert_eq!(deletion.apps_deleted, ["web"]);
+    assert!(deletion.routes_deleted >= 1, "{deletion:?}");
+    hydrant_testkit::wait_for(wait, "the instance to be stopped", || {
+        let running = executor.running(&app.guid);
+        async move { running == 0 }
+    })
+    .await;
+    assert!(
+        executor
+            .state
+            .lock()
+            .unwrap()
+            .stops
+            .iter()
+            .any(|s| s.app == app.guid)
+    );
+    assert!(admin.app(&app.guid).await.unwrap_err().is_not_found());
+    let left = admin.list_routes().await.unwrap();
+    assert!(!left.iter().any(|r| r.app_guid == app.guid), "{left:?}");
     cc.stop().await;
 }
