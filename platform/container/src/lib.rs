@@ -23,6 +23,8 @@
 //! - `stack`: the read-only root filesystem and the `vcap` user.
 //! - `cgroup`: each container's parent cgroup, its limits and counters (v1 and v2).
 //! - `seccomp`: the system calls refused to containers.
+//! - `rootless`: why a non-root platform gets no containers (user namespaces, cgroup
+//!   delegation), in words that say what to change.
 //! - `error`: [`Error`].
 //! - `net`: the host bridge, one network namespace and veth per container, and the nftables
 //!   egress rules.
@@ -31,6 +33,7 @@ mod cgroup;
 mod config;
 mod error;
 pub mod net;
+mod rootless;
 mod runtime;
 mod seccomp;
 mod spec;

@@ -133,16 +133,15 @@ fn exit_code(status: ExitStatus) -> i32 {
 /// What `open` needs of the host: root, the runtime on `PATH`, and cgroup hierarchies with the
 /// memory, pids and CPU controllers. Reads only; makes nothing.
 fn host(config: &Config) -> Result<(PathBuf, Cgroups), Error> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(Error::Host {
-            reason: format!(
-                "containers need root, and this process runs as uid {}",
-                nix::unistd::geteuid()
-            ),
-            fix: "run hydrant as root, or run `hydrant up --isolation none` (apps then run \
-                  unisolated as your user)"
-                .to_owned(),
-        });
+    let uid = nix::unistd::geteuid();
+    if !uid.is_root() {
+        // Say whether the kernel would allow rootless containers, and if not, what blocks them.
+        let (reason, fix) = crate::rootless::refusal(
+            uid.as_raw(),
+            &crate::rootless::UsernsFacts::read(),
+            &crate::rootless::CgroupFacts::read(),
+        );
+        return Err(Error::Host { reason, fix });
     }
     let runtime = which(&config.runtime).ok_or_else(|| Error::Host {
         reason: format!("the OCI runtime {:?} is not installed", config.runtime),
