@@ -13,13 +13,17 @@
 //! Only one cloud controller runs: its state is SQLite in one data dir, which a second
 //! controller on another host cannot share yet.
 //!
-//! The executors run instances without containers (`isolation = "none"`): a container's
-//! address lives on its own host's bridge, which routers on other hosts cannot reach (the
-//! executor maps no host port yet), while a plain process listens on its host's address.
+//! The executors run every instance in a container (runc, cgroups, its own network namespace
+//! on its host's container bridge): a container's own address is reachable from its host only,
+//! so each cell publishes each instance's port on the host's address (a port from the cell's
+//! `port_range`, an nftables DNAT), and routers on other hosts reach it there. Every host's
+//! executor has its own bridge name (lock files and namespace names are global) and its own
+//! cgroup parent (cgroups are global too).
 //!
 //! Steps, each printing its numbers (the README's "Many hosts" part quotes them):
 //! 1. six instances spread 2/2/2 over the three cells;
-//! 2. cell C killed (its executor and instances SIGKILLed) under load through both routers:
+//! 2. cell C killed (its executor and its containers' processes SIGKILLed) under load through
+//!    both routers:
 //!    ≥ 99 % of requests succeed and replacements run within 10 s of C's presence lapsing;
 //! 3. cell D drained: no request fails (about one run in ten loses one request to a race
 //!    between an instance's stop and its unregistration);
@@ -193,29 +197,9 @@ fn metric(text: &str, name: &str) -> Option<f64> {
     found
 }
 
-/// Processes whose working directory lies under `dir` (an executor's instances).
-fn processes_under(dir: &Path) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-                .filter(|pid| {
-                    std::fs::read_link(format!("/proc/{pid}/cwd"))
-                        .is_ok_and(|cwd| cwd.starts_with(dir))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn sigkill(pid: i32) {
-    if pid > 1 {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+/// The cgroup under which cell `cell` makes its containers' cgroups (one child each).
+fn cell_cgroup(cell: &str) -> String {
+    format!("{}/{cell}", netns::cgroup_parent())
 }
 
 /// `command` with no proxy settings from the environment: every address here is one of the
@@ -333,9 +317,7 @@ impl Platform {
             .append(true)
             .open(self.path(&format!("{name}.log")))
             .unwrap();
-        let child = direct(&mut Command::new("ip"))
-            .args(["netns", "exec", self.hosts.ns(host)])
-            .arg(program)
+        let child = direct(&mut netns::command_in(self.hosts.ns(host), program))
             .args(args)
             .env("HYDRANT_LOG", "info")
             .env("NO_COLOR", "1")
@@ -446,11 +428,17 @@ impl Platform {
     }
 
     fn executor_config(&self, host: char, cell: &str, zone: &str) -> serde_json::Value {
+        let third = 16 + 4 * (u32::from(host) - u32::from('a'));
         json!({
             "executor_id": cell,
             "zone": zone,
             "advertise_host": self.hosts.addr(host),
-            "isolation": "none",
+            "isolation": "container",
+            "containers": { "cgroup_parent": cell_cgroup(cell) },
+            "network": {
+                "bridge": netns::container_bridge(host),
+                "subnet": format!("10.254.{third}.0/22"),
+            },
             "data_dir": self.path(&format!("executor-{host}")).display().to_string(),
             "admin_listen": self.addr(host, admin_port("executor")).to_string(),
             "stop_timeout_secs": 2,
@@ -677,8 +665,9 @@ impl Drop for Platform {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // Instances the executors started (their own process groups) go with their hosts:
-        // `Hosts` SIGKILLs every process left in each namespace when it drops.
+        // Instances the executors started (containers, in this test's cgroups) go with the
+        // hosts: when `Hosts` drops it SIGKILLs every process left in those cgroups and in
+        // each host's namespace, and removes the containers' namespaces.
     }
 }
 
@@ -885,9 +874,7 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
     let before = load.counts();
     let killed = Instant::now();
     p.kill("executor@c");
-    for pid in processes_under(&p.path("executor-c")) {
-        sigkill(pid);
-    }
+    netns::kill_cgroup(&cell_cgroup("cell-c"));
     let mut lost_at = None;
     wait_for(Duration::from_secs(40), "6 running off cell C", || {
         if lost_at.is_none() && p.cell_states().get("cell-c").is_some_and(|s| s == "lost") {
@@ -1013,9 +1000,17 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
     );
     // A crashed instance is restarted by the survivor, from the start request it overheard.
     let starts_before = metric(&p.metrics("executor", 'b'), "executor_starts_total").unwrap_or(0.0);
-    let running = processes_under(&p.path("executor-b"));
-    assert!(!running.is_empty(), "no instance runs on cell B");
-    sigkill(running[0]);
+    // The oldest container on B (lowest process id): one of B's own first two instances, as
+    // the unisolated test killed the oldest process. (A replacement for one of lost cell C's
+    // indexes is not restarted while the health manager still counts C's last heartbeat.)
+    let container = netns::cgroup_children(&cell_cgroup("cell-b"))
+        .into_iter()
+        .map(|c| format!("{}/{c}", cell_cgroup("cell-b")))
+        .filter_map(|c| Some((netns::cgroup_procs(&c).into_iter().min()?, c)))
+        .min()
+        .map(|(_, c)| c)
+        .expect("no container runs on cell B");
+    netns::kill_cgroup(&container);
     let restarted = wait_for(
         Duration::from_secs(20),
         "the crashed instance to be restarted",
