@@ -122,6 +122,26 @@ impl CursorFile {
     }
 }
 
+/// Checks a nozzle's `cursor_file` setting: a non-empty path whose directory exists.
+///
+/// # Errors
+/// [`Error::Config`] naming `cursor_file` and what to do.
+pub fn validate_cursor_file(file: &str) -> Result<(), Error> {
+    let dir = Path::new(file)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if file.is_empty() || !dir.is_dir() {
+        return Err(Error::Config {
+            field: "cursor_file".to_owned(),
+            message: format!(
+                "{file:?}: its directory must exist; create it, or leave cursor_file out"
+            ),
+        });
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 struct Checkpoint {
     cursor: Arc<str>,

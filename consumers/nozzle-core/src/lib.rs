@@ -29,10 +29,13 @@ mod role;
 
 pub use backoff::Backoff;
 pub use breaker::{BreakerConfig, CircuitBreaker};
-pub use cursor::{Checkpoints, CursorFile, KEEP_INTERVAL, MAX_CHECKPOINTS, Progress, Saved, keep};
+pub use cursor::{
+    Checkpoints, CursorFile, KEEP_INTERVAL, MAX_CHECKPOINTS, Progress, Saved, keep,
+    validate_cursor_file,
+};
 pub use error::Error;
 pub use firehose::FirehoseReader;
 pub use hydrant_api::mask_url;
 pub use metrics::{LOSS_SOURCE_TYPE, NozzleMetrics, loss_notice, loss_notice_text};
-pub use queue::{DestinationQueue, QueueLimits};
+pub use queue::{DestinationQueue, QueueLimits, Ticket, Watermark};
 pub use role::{ABORT_GRACE, finish_senders, validate_firehose, validate_self_report};

@@ -10,15 +10,21 @@
 //! - an entry larger than the whole byte budget is refused (`reason="too_large"`) instead of
 //!   emptying the queue for it;
 //! - pushing never blocks the reader, so a slow destination cannot slow the firehose or any
-//!   other destination.
+//!   other destination;
+//! - with a [`Watermark`] (a nozzle that keeps its cursor), every entry has a place in push
+//!   order, and the watermark's resolved count never passes an entry still queued, still in a
+//!   sender's hands, or thrown away at shutdown: only delivered entries, and entries lost and
+//!   counted while running (evicted, too large, refused by the destination), are behind it.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use hydrant_buffer::{Buffer, BufferConfig, Depth, DropReason, Limits, Observer, Oversize, Weigh};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::{Error, NozzleMetrics};
+use crate::{Error, NozzleMetrics, Progress};
 
 /// Size limits of one destination's queue and of the batches taken from it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,11 +113,89 @@ impl Observer for Report {
     }
 }
 
+/// Where a tracked queue's entries stand, in push order: the cursor keeper's view of one
+/// destination ([`Progress`]).
+///
+/// Entries leave the queue oldest first, either lost and counted (evicted, refused as too
+/// large) or in a batch a sender took. A batch stays *in flight* until its sender says it
+/// dealt with every entry ([`Ticket::done`]); a ticket dropped without that (the sender was
+/// stopped) keeps its batch in flight for good, so the cursor never moves past entries that
+/// were not delivered. The same holds for entries discarded or refused at shutdown.
+#[derive(Debug, Default)]
+pub struct Watermark {
+    marks: Mutex<Marks>,
+}
+
+#[derive(Debug, Default)]
+struct Marks {
+    pushed: u64,
+    /// Entries that left the queue, oldest first (resolved unless in flight).
+    left: u64,
+    /// Batches taken and not yet dealt with: start → end, in push positions.
+    in_flight: BTreeMap<u64, u64>,
+    /// Set once anything was thrown away at shutdown: nothing after it may resolve.
+    frozen: Option<u64>,
+}
+
+impl Watermark {
+    fn lock(&self) -> MutexGuard<'_, Marks> {
+        self.marks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Progress for Watermark {
+    fn pushed(&self) -> u64 {
+        self.lock().pushed
+    }
+
+    fn resolved(&self) -> u64 {
+        let marks = self.lock();
+        let mut resolved = marks.left;
+        if let Some((start, _)) = marks.in_flight.first_key_value() {
+            resolved = resolved.min(*start);
+        }
+        if let Some(frozen) = marks.frozen {
+            resolved = resolved.min(frozen);
+        }
+        resolved
+    }
+}
+
+/// A batch a sender took from a tracked queue; [`Ticket::done`] once every entry in it was
+/// delivered or lost and counted.
+#[derive(Debug, Default)]
+#[must_use = "a ticket not marked done holds the cursor back"]
+pub struct Ticket {
+    watermark: Option<Arc<Watermark>>,
+    ranges: Vec<u64>,
+}
+
+impl Ticket {
+    /// Adds the entries of `other` (a later batch merged into this one).
+    pub fn merge(&mut self, mut other: Ticket) {
+        self.ranges.append(&mut other.ranges);
+        if self.watermark.is_none() {
+            self.watermark = other.watermark.take();
+        }
+    }
+
+    /// Every entry of the batch was delivered, or lost and counted.
+    pub fn done(self) {
+        if let Some(watermark) = &self.watermark {
+            let mut marks = watermark.lock();
+            for start in &self.ranges {
+                marks.in_flight.remove(start);
+            }
+        }
+    }
+}
+
 /// A bounded, drop-oldest queue of `T` for one destination.
 #[derive(Debug)]
 pub struct DestinationQueue<T> {
     limits: QueueLimits,
     buffer: Buffer<Entry<T>, Report>,
+    watermark: Option<Arc<Watermark>>,
 }
 
 impl<T> DestinationQueue<T> {
@@ -129,7 +213,24 @@ impl<T> DestinationQueue<T> {
         Self {
             limits,
             buffer: Buffer::with_observer(config, Report(metrics)),
+            watermark: None,
         }
+    }
+
+    /// A queue whose entries are tracked by `watermark`, for a nozzle that keeps its cursor:
+    /// senders take batches with [`next_tracked_batch`](Self::next_tracked_batch).
+    #[must_use]
+    pub fn tracked(limits: QueueLimits, metrics: NozzleMetrics, watermark: Arc<Watermark>) -> Self {
+        Self {
+            watermark: Some(watermark),
+            ..Self::new(limits, metrics)
+        }
+    }
+
+    /// The watermark of a tracked queue.
+    #[must_use]
+    pub fn watermark(&self) -> Option<&Arc<Watermark>> {
+        self.watermark.as_ref()
     }
 
     /// Queues `item`, which weighs `bytes`, evicting the oldest entries if needed. Returns how
@@ -147,7 +248,28 @@ impl<T> DestinationQueue<T> {
             bytes,
             queued_at: Instant::now(),
         };
+        // Held across the push so positions follow the buffer's own order.
+        let mut marks = self.watermark.as_deref().map(Watermark::lock);
+        if let Some(marks) = marks.as_mut() {
+            marks.pushed += 1;
+        }
         let pushed = self.buffer.push_with(entry, |e, why| {
+            if let Some(marks) = marks.as_mut() {
+                match why {
+                    // The oldest queued entry, lost and counted: its position resolves.
+                    DropReason::Evicted => marks.left += 1,
+                    // The new entry itself never took a position; at shutdown nothing after
+                    // what already left may resolve.
+                    DropReason::Closed => {
+                        marks.pushed -= 1;
+                        let left = marks.left;
+                        marks.frozen.get_or_insert(left);
+                    }
+                    DropReason::TooLarge | DropReason::Full | DropReason::Discarded => {
+                        marks.pushed -= 1;
+                    }
+                }
+            }
             if let Some(why) = reason(why) {
                 lost(&e.item, why);
             }
@@ -172,14 +294,51 @@ impl<T> DestinationQueue<T> {
 
     /// Takes a batch if anything is queued.
     pub fn try_batch(&self) -> Option<Vec<T>> {
+        self.try_tracked_batch().map(|(batch, ticket)| {
+            // An untracked caller: the batch counts as dealt with once taken.
+            ticket.done();
+            batch
+        })
+    }
+
+    /// [`next_batch`](Self::next_batch) with the [`Ticket`] that holds the batch in flight
+    /// until the sender marks it done (a plain ticket on an untracked queue).
+    pub async fn next_tracked_batch(&self) -> Option<(Vec<T>, Ticket)> {
+        loop {
+            if let Some(batch) = self.try_tracked_batch() {
+                return Some(batch);
+            }
+            if self.buffer.is_closed() {
+                return None;
+            }
+            self.buffer.readable().await;
+        }
+    }
+
+    /// [`try_batch`](Self::try_batch) with its [`Ticket`].
+    pub fn try_tracked_batch(&self) -> Option<(Vec<T>, Ticket)> {
         let mut entries = Vec::new();
         let max = Limits::UNBOUNDED
             .items(self.limits.batch_items)
             .bytes(self.limits.batch_bytes);
-        self.buffer.drain_into(&mut entries, max);
+        let mut ticket = Ticket::default();
+        {
+            let mut marks = self.watermark.as_deref().map(Watermark::lock);
+            self.buffer.drain_into(&mut entries, max);
+            if let Some(marks) = marks.as_mut()
+                && !entries.is_empty()
+            {
+                let start = marks.left;
+                let end = start + entries.len() as u64;
+                marks.left = end;
+                marks.in_flight.insert(start, end);
+                ticket.ranges.push(start);
+                ticket.watermark = self.watermark.clone();
+            }
+        }
         let first = entries.first()?;
         self.buffer.observer().0.set_lag(first.queued_at.elapsed());
-        Some(entries.into_iter().map(|e| e.item).collect())
+        Some((entries.into_iter().map(|e| e.item).collect(), ticket))
     }
 
     /// Stops taking entries; `next_batch` returns what is left, then `None`.
@@ -194,7 +353,17 @@ impl<T> DestinationQueue<T> {
 
     /// [`discard`](Self::discard), and `lost` sees every entry thrown away.
     pub fn discard_with(&self, reason: &'static str, mut lost: impl FnMut(&T)) -> u64 {
+        let mut marks = self.watermark.as_deref().map(Watermark::lock);
         let n = self.buffer.discard(|e| lost(&e.item)).items as u64;
+        if let Some(marks) = marks.as_mut()
+            && n > 0
+        {
+            // Thrown away, not delivered: the cursor must not pass them.
+            let left = marks.left;
+            marks.frozen.get_or_insert(left);
+            marks.left += n;
+        }
+        drop(marks);
         if n > 0 {
             self.buffer.observer().0.dropped(reason, n);
         }
@@ -330,5 +499,45 @@ mod tests {
         assert_eq!(q.push(1, 1), 1, "closed queues refuse");
         let text = registry.render_prometheus();
         assert!(text.contains("nozzle_lag_seconds"), "{text}");
+    }
+
+    #[test]
+    fn the_watermark_stays_behind_every_entry_not_yet_dealt_with() {
+        use crate::Progress as _;
+        let registry = Registry::new("nozzle-test", "0");
+        let metrics = NozzleMetrics::new(&registry, "otlp://127.0.0.1:1");
+        let limits = QueueLimits {
+            max_items: 4,
+            max_bytes: 100,
+            batch_items: 2,
+            batch_bytes: 100,
+        };
+        let watermark = Arc::new(super::Watermark::default());
+        let q = DestinationQueue::tracked(limits, metrics, Arc::clone(&watermark));
+        for i in 0..3 {
+            q.push(i, 1);
+        }
+        assert_eq!((watermark.pushed(), watermark.resolved()), (3, 0));
+        let (first, first_ticket) = q.try_tracked_batch().unwrap();
+        let (second, second_ticket) = q.try_tracked_batch().unwrap();
+        assert_eq!((first, second), (vec![0, 1], vec![2]));
+        // The later batch finishing first does not pass the earlier one.
+        second_ticket.done();
+        assert_eq!(watermark.resolved(), 0);
+        first_ticket.done();
+        assert_eq!(watermark.resolved(), 3);
+        // A giant refused at push takes no position; evictions resolve theirs.
+        q.push(99, 1_000);
+        for i in 3..9 {
+            q.push(i, 1);
+        }
+        assert_eq!(watermark.pushed(), 9);
+        assert_eq!(watermark.resolved(), 5, "3 and 4 were evicted and counted");
+        // A batch whose sender was stopped, and a shutdown discard, hold the cursor back.
+        let (held, ticket) = q.try_tracked_batch().unwrap();
+        assert_eq!(held, [5, 6]);
+        drop(ticket);
+        assert_eq!(q.discard("shutdown"), 2);
+        assert_eq!(watermark.resolved(), 5);
     }
 }

@@ -70,6 +70,14 @@ pub struct Config {
     pub admin_listen: String,
     /// Where the nozzle's own metrics go as envelopes.
     pub telemetry: TelemetryConfig,
+    /// A file keeping the firehose cursor of the last frame both signals' receivers dealt
+    /// with (written atomically once every record and point of it was exported, or refused
+    /// and counted). With it, a nozzle restarted within the dopplers' replay window (60 s by
+    /// default) resumes there and loses nothing; what was exported after the stored cursor is
+    /// sent again and counted in `nozzle.duplicates` (a delta counter exported twice counts
+    /// twice). The directory must exist. Default unset: a restarted nozzle starts from live
+    /// data.
+    pub cursor_file: Option<String>,
 }
 
 impl Default for Config {
@@ -93,6 +101,7 @@ impl Default for Config {
             instance_id: "0".to_owned(),
             admin_listen: "127.0.0.1:14842".to_owned(),
             telemetry: TelemetryConfig::default(),
+            cursor_file: None,
         }
     }
 }
@@ -284,6 +293,9 @@ impl hydrant_runtime::Validate for Config {
         self.retry.validate("retry")?;
         self.breaker.validate("breaker")?;
         validate_self_report(&self.admin_listen, "127.0.0.1:14842", &self.telemetry)?;
+        if let Some(file) = &self.cursor_file {
+            hydrant_nozzle_core::validate_cursor_file(file)?;
+        }
         Ok(())
     }
 }

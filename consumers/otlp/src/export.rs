@@ -291,7 +291,7 @@ pub async fn run_sender(
     flush: CancellationToken,
     stop: CancellationToken,
 ) {
-    while let Some(mut batch) = queue.next_batch().await {
+    while let Some((mut batch, mut ticket)) = queue.next_tracked_batch().await {
         if batch.len() < options.max_items && !options.linger.is_zero() {
             let deadline = Instant::now() + options.linger;
             while Instant::now() < deadline
@@ -304,14 +304,20 @@ pub async fn run_sender(
                     () = flush.cancelled() => {}
                 }
             }
-            if let Some(more) = queue.try_batch() {
+            if let Some((more, more_ticket)) = queue.try_tracked_batch() {
                 batch.extend(more);
+                ticket.merge(more_ticket);
             }
         }
         for chunk in batch.chunks(options.max_items.max(1)) {
             for request in encode_fitting(&mut encoder, chunk, options.max_request_bytes) {
                 send(&exporter, request, &backoff, &mut breaker, &metrics, &stop).await;
             }
+        }
+        // Past the drain deadline what this batch lost was thrown away, not refused by the
+        // receiver: the stored cursor must stay before it, so the ticket is left undone.
+        if !stop.is_cancelled() {
+            ticket.done();
         }
     }
 }

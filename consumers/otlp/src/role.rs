@@ -6,6 +6,10 @@
 //! `exports_in_flight` [`run_sender`] tasks per signal → `LogsService/Export` /
 //! `MetricsService/Export`, all on one HTTP/2 connection.
 //!
+//! With `cursor_file`, every frame's cursor is recorded as a checkpoint against the queues its
+//! records went to, and the keeper stores the newest cursor whose records were all exported
+//! (or refused and counted): a nozzle killed at any moment resumes there.
+//!
 //! Invariants: the reader never waits on the receiver — a push evicts that signal's oldest
 //! items and counts them, so a slow receiver costs data, never firehose lag, and a receiver
 //! that refuses one signal does not hold the other back; on shutdown the senders get
@@ -13,13 +17,14 @@
 //! `dropped{reason="shutdown"}`; the endpoint is named only masked, headers never.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hydrant_emitter::{Counter, Registry};
 use hydrant_envelope::wire::EnvelopeView;
 use hydrant_nozzle_core::{
-    CircuitBreaker, DestinationQueue, FirehoseReader, NozzleMetrics, finish_senders,
+    Checkpoints, CircuitBreaker, CursorFile, DestinationQueue, FirehoseReader, NozzleMetrics,
+    Progress, Watermark, finish_senders,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -126,6 +131,11 @@ async fn serve(
 ) -> Result<(), Error> {
     let mut skipped = Skipped::new(&registry);
     let mapping = Mapping::new(&config);
+    let cursor_file = config.cursor_file.as_ref().map(CursorFile::new);
+    let saved = match &cursor_file {
+        Some(file) => file.load()?,
+        None => None,
+    };
     let headers = config.headers.to_metadata()?;
     let channel = hydrant_envelope::raw::tuned_endpoint(&config.endpoint)
         .map_err(|_| Error::Config {
@@ -152,7 +162,15 @@ async fn serve(
             &registry,
             &format!("{}#{}", config.endpoint, signal.as_str()),
         );
-        let queue = Arc::new(DestinationQueue::new(config.queue.clone(), metrics.clone()));
+        let queue = Arc::new(if cursor_file.is_some() {
+            DestinationQueue::tracked(
+                config.queue.clone(),
+                metrics.clone(),
+                Arc::new(Watermark::default()),
+            )
+        } else {
+            DestinationQueue::new(config.queue.clone(), metrics.clone())
+        });
         // Several senders per queue keep that many calls in flight; each has its own breaker,
         // so each backs off on its own when the receiver goes away.
         for _ in 0..config.exports_in_flight {
@@ -181,8 +199,26 @@ async fn serve(
     });
 
     let telemetry = config.telemetry.start(&registry, shutdown.clone());
-    let reader =
-        FirehoseReader::connect(config.firehose.clone(), &config.subscription_id, &registry)?;
+    let reader = FirehoseReader::resume(
+        config.firehose.clone(),
+        &config.subscription_id,
+        &registry,
+        saved.as_ref(),
+    )?;
+    // The cursor is stored only once every queue dealt with a frame (at-least-once).
+    let checkpoints = cursor_file
+        .as_ref()
+        .map(|_| Arc::new(Mutex::new(Checkpoints::default())));
+    let keeper_stop = CancellationToken::new();
+    let keeper = cursor_file
+        .zip(checkpoints.clone())
+        .map(|(file, checkpoints)| {
+            tokio::spawn(hydrant_nozzle_core::keep(
+                file,
+                checkpoints,
+                keeper_stop.clone(),
+            ))
+        });
     tracing::info!(
         subscription_id = %config.subscription_id,
         endpoint = %hydrant_nozzle_core::mask_url(&config.endpoint),
@@ -197,6 +233,7 @@ async fn serve(
         logs.as_ref(),
         metrics.as_ref(),
         &mut skipped,
+        checkpoints.as_deref(),
         &shutdown,
     )
     .await;
@@ -220,6 +257,12 @@ async fn serve(
     })
     .await;
 
+    // The senders are done: store the last settled cursor.
+    keeper_stop.cancel();
+    if let Some(keeper) = keeper {
+        let _ = keeper.await;
+    }
+
     if let Some(telemetry) = &telemetry {
         telemetry.stopped().await;
     }
@@ -233,6 +276,7 @@ async fn read_firehose(
     logs: Option<&Destination>,
     metrics: Option<&Destination>,
     skipped: &mut Skipped,
+    checkpoints: Option<&Mutex<Checkpoints>>,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
     while let Some(batch) = reader.next_batch(shutdown).await? {
@@ -250,6 +294,22 @@ async fn read_firehose(
                 (Route::Logs, None, _) => skipped.count("logs_disabled"),
                 (Route::Metrics(_), _, None) => skipped.count("metrics_disabled"),
             }
+        }
+        if let (Some(checkpoints), Some(cursor)) = (checkpoints, batch.cursor()) {
+            // A queue's pushed total only grows, so marking both (touched or not) is exact.
+            let marks: Vec<(Arc<dyn Progress>, u64)> = logs
+                .iter()
+                .chain(metrics.iter())
+                .filter_map(|d| d.queue.watermark())
+                .map(|w| {
+                    let pushed = w.pushed();
+                    (Arc::clone(w) as Arc<dyn Progress>, pushed)
+                })
+                .collect();
+            checkpoints
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(Arc::from(cursor), marks);
         }
     }
     Ok(())

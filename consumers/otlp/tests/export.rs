@@ -572,3 +572,77 @@ async fn a_bad_config_is_refused_naming_the_field() {
     assert!(err.contains("metrics.histogram_bounds_seconds"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+/// A nozzle with `cursor_file`, killed (its task aborted: no shutdown, no last write) while the
+/// receiver refuses every export, and started again once the receiver is back: every record
+/// emitted before, during and after the outage arrives, because the stored cursor never moved
+/// past records the receiver had not taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nozzle_resumes_from_its_cursor_and_loses_nothing() {
+    let dir = std::env::temp_dir().join(format!("otlp-cursor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cursor = dir.join("cursor");
+    let _ = std::fs::remove_file(&cursor);
+    let receiver = Receiver::new();
+    let (_server, pipeline, mut config) = logs_only(&receiver).await;
+    config.cursor_file = Some(cursor.display().to_string());
+    // The outage is outlasted by retries, so nothing is given up on while it lasts.
+    config.retry.max_retries = 100_000;
+    config.breaker.failure_threshold = 1_000_000;
+    let (first, emitter) = flowing(&pipeline, config.clone()).await;
+
+    const N: usize = 600;
+    emit_logs(&emitter, 0..200);
+    hydrant_testkit::wait_for(WAIT, "the first records delivered", || async {
+        app_records(&receiver).len() >= 200
+    })
+    .await;
+    hydrant_testkit::wait_for(WAIT, "a stored cursor", || async {
+        std::fs::read_to_string(&cursor).is_ok_and(|t| t.starts_with("cursor "))
+    })
+    .await;
+
+    receiver.logs_answer(Answer::Fail(Code::Unavailable));
+    emit_logs(&emitter, 200..400);
+    hydrant_testkit::wait_for(
+        WAIT,
+        "the nozzle to read the records it cannot export",
+        || async { scrape_metric(&scrape(first.admin).await, "nozzle_received_total", "") >= 400 },
+    )
+    .await;
+    first.task.abort();
+    let _ = first.task.await;
+
+    emit_logs(&emitter, 400..N);
+    receiver.logs_answer(Answer::Ok);
+    let second = start_nozzle(config).await;
+    hydrant_testkit::wait_for(WAIT, "every record, across the kill", || async {
+        let records = app_records(&receiver);
+        (0..N).all(|i| {
+            records
+                .iter()
+                .any(|(_, r)| r.time_unix_nano as i64 == BASE_NS + i as i64)
+        })
+    })
+    .await;
+    let text = wait_accounted(&second).await;
+    assert_eq!(
+        scrape_metric(&text, "nozzle_dropped_total", ""),
+        0,
+        "{text}"
+    );
+    // What the first copy delivered after the stored cursor comes again, counted.
+    let delivered = app_records(&receiver).len() as u64;
+    let duplicates = scrape_metric(&text, "nozzle_duplicates_total", "");
+    assert!(
+        delivered - N as u64 <= 200,
+        "at most the first copy's deliveries repeat: {delivered} for {N}"
+    );
+    assert!(
+        duplicates <= delivered - N as u64,
+        "duplicates counted {duplicates}, delivered twice {}",
+        delivered - N as u64
+    );
+    second.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

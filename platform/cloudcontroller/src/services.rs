@@ -59,6 +59,9 @@ pub struct ServicesConfig {
     pub job_workers: usize,
     /// Largest broker answer read (catalogs included), bytes. Default 4194304 (4 MiB).
     pub max_response_bytes: usize,
+    /// A PEM bundle of the CAs `https://` brokers' certificates must chain to. Default none:
+    /// the system's roots. The controller refuses to start when the file cannot be used.
+    pub broker_ca_file: Option<String>,
 }
 
 impl Default for ServicesConfig {
@@ -73,6 +76,7 @@ impl Default for ServicesConfig {
             orphan_give_up_hours: 24,
             job_workers: 4,
             max_response_bytes: 4 << 20,
+            broker_ca_file: None,
         }
     }
 }
@@ -125,6 +129,18 @@ impl ServicesConfig {
             if !(low..=high).contains(&value) {
                 return Err(invalid(field, format!("must be between {low} and {high}")).into());
             }
+        }
+        if self
+            .broker_ca_file
+            .as_deref()
+            .is_some_and(|p| p.trim().is_empty())
+        {
+            return Err(invalid(
+                "services.broker_ca_file",
+                "is empty: name a PEM file of CA certificates, or leave it out to trust the \
+                 system's roots",
+            )
+            .into());
         }
         if !(1..=64).contains(&self.job_workers) {
             return Err(invalid("services.job_workers", "must be between 1 and 64").into());

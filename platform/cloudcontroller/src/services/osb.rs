@@ -8,14 +8,25 @@
 //! followed, no proxy from the environment is used, every request has a deadline and no answer
 //! is read past `max_response_bytes`.
 //!
+//! `http://` brokers go through reqwest; `https://` brokers through one hyper HTTP/1.1
+//! connection per request over rustls with the `ring` provider, trusting the CAs of
+//! `services.broker_ca_file` or else the system's roots, with certificate and host name checks
+//! always on. (The workspace's reqwest has no TLS: turning its rustls on changes reqwest for
+//! every crate of the binary, and without an installed crypto provider its other clients would
+//! fail when built.)
+//!
 //! Invariant: the broker's password and the credentials in its answers never reach a log line
 //! or an error message; errors name the broker by scheme and host only.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use http_body_util::{BodyExt as _, Full, Limited};
 use hydrant_api::drain::{Outbound, OutboundRefused};
 use hydrant_emitter::Registry;
+use hyper_util::rt::TokioIo;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use super::ServicesConfig;
@@ -117,10 +128,47 @@ impl reqwest::dns::Resolve for Vetted {
     }
 }
 
+/// The trust for `https://` brokers.
+#[derive(Debug, Clone)]
+enum BrokerTls {
+    /// The CAs of `services.broker_ca_file`, or the system's roots.
+    Ready(Arc<rustls::ClientConfig>),
+    /// No CA file and no usable system roots: an https broker gets this as its error.
+    Unusable(String),
+}
+
+impl BrokerTls {
+    /// A configured CA file must work (an operator named it); without one, a host with no
+    /// system roots still runs, and only an https broker is refused, with the reason.
+    fn new(ca_file: Option<&str>) -> Result<Self, Error> {
+        match ca_file {
+            Some(path) => hydrant_tls::public_client(Some(std::path::Path::new(path)))
+                .map(Self::Ready)
+                .map_err(|e| {
+                    Error::Config(hydrant_runtime::invalid(
+                        "services.broker_ca_file",
+                        format!(
+                            "cannot be used ({e}); point it at the PEM bundle of the CA that \
+                             issued your brokers' certificates"
+                        ),
+                    ))
+                }),
+            None => Ok(match hydrant_tls::public_client(None) {
+                Ok(config) => Self::Ready(config),
+                Err(e) => Self::Unusable(format!(
+                    "no CA to check https brokers against ({e}); set services.broker_ca_file"
+                )),
+            }),
+        }
+    }
+}
+
 /// The client every broker call goes through.
 #[derive(Debug)]
 pub(crate) struct OsbClient {
     http: reqwest::Client,
+    tls: BrokerTls,
+    timeout: Duration,
     policy: Outbound,
     max_body: usize,
     registry: Registry,
@@ -147,6 +195,8 @@ impl OsbClient {
             })?;
         Ok(Self {
             http,
+            tls: BrokerTls::new(config.broker_ca_file.as_deref())?,
+            timeout,
             policy,
             max_body: config.max_response_bytes,
             registry: registry.clone(),
@@ -203,30 +253,17 @@ impl OsbClient {
         let shown = shown(&broker.url);
         let url = format!("{}{path}", broker.url.trim_end_matches('/'));
         let operation = operation_name(&method, path);
-        let mut request = self
-            .http
-            .request(method, &url)
-            .basic_auth(&broker.username, Some(&broker.password))
-            .header("X-Broker-API-Version", API_VERSION)
-            .header(
-                "X-Broker-API-Request-Identity",
-                uuid::Uuid::new_v4().to_string(),
-            )
-            .header(reqwest::header::ACCEPT, "application/json");
-        if let Some(user) = user {
-            let identity = serde_json::json!({ "user_id": user }).to_string();
-            let encoded = base64::engine::general_purpose::STANDARD.encode(identity);
-            request = request.header(
-                "X-Broker-API-Originating-Identity",
-                format!("cloudfoundry {encoded}"),
-            );
-        }
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.to_string());
-        }
-        let result = self.finish(request, &shown).await;
+        let headers = headers(broker, user, body.is_some());
+        let body = body.map(Value::to_string);
+        let result = if url.starts_with("https://") {
+            self.send_https(&url, method, headers, body, &shown).await
+        } else {
+            let mut request = self.http.request(method, &url).headers(headers);
+            if let Some(body) = body {
+                request = request.body(body);
+            }
+            self.finish(request, &shown).await
+        };
         let outcome = match &result {
             Ok(a) => status_class(a.status),
             Err(Failure::Timeout(_)) => "timeout",
@@ -284,6 +321,193 @@ impl OsbClient {
         Ok(Answer {
             status,
             body,
+            retry_after,
+        })
+    }
+}
+
+/// Every header a request carries: the API version, a fresh request identity, basic auth
+/// (marked sensitive, so no debug output shows it), the originating user when there is one,
+/// and the content type when there is a body.
+fn headers(broker: &BrokerAddr, user: Option<&str>, json_body: bool) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let mut put = |name: HeaderName, value: String, sensitive: bool| {
+        // Every value here is ASCII built above; one that is not is left out rather than
+        // sent mangled (the broker then answers 401 or 412 and says what is missing).
+        if let Ok(mut v) = HeaderValue::from_str(&value) {
+            v.set_sensitive(sensitive);
+            h.insert(name, v);
+        }
+    };
+    let pair = format!("{}:{}", broker.username, broker.password);
+    let basic = base64::engine::general_purpose::STANDARD.encode(pair);
+    put(
+        reqwest::header::AUTHORIZATION,
+        format!("Basic {basic}"),
+        true,
+    );
+    put(
+        HeaderName::from_static("x-broker-api-version"),
+        API_VERSION.to_owned(),
+        false,
+    );
+    put(
+        HeaderName::from_static("x-broker-api-request-identity"),
+        uuid::Uuid::new_v4().to_string(),
+        false,
+    );
+    put(
+        reqwest::header::ACCEPT,
+        "application/json".to_owned(),
+        false,
+    );
+    if let Some(user) = user {
+        let identity = serde_json::json!({ "user_id": user }).to_string();
+        let encoded = base64::engine::general_purpose::STANDARD.encode(identity);
+        put(
+            HeaderName::from_static("x-broker-api-originating-identity"),
+            format!("cloudfoundry {encoded}"),
+            false,
+        );
+    }
+    if json_body {
+        put(
+            reqwest::header::CONTENT_TYPE,
+            "application/json".to_owned(),
+            false,
+        );
+    }
+    h
+}
+
+impl OsbClient {
+    /// One request to an `https://` broker, within the broker deadline: its host resolved and
+    /// vetted by the outbound policy, a TCP connection to the first allowed address, the TLS
+    /// handshake (the certificate must chain to a trusted CA and name the URL's host), then
+    /// one HTTP/1.1 exchange whose answer is read up to `max_response_bytes`.
+    async fn send_https(
+        &self,
+        url: &str,
+        method: reqwest::Method,
+        headers: HeaderMap,
+        body: Option<String>,
+        shown: &str,
+    ) -> Result<Answer, Failure> {
+        let exchange = self.https_exchange(url, method, headers, body, shown);
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::Timeout(format!(
+                "the broker at {shown} did not answer in time"
+            ))),
+        }
+    }
+
+    async fn https_exchange(
+        &self,
+        url: &str,
+        method: reqwest::Method,
+        headers: HeaderMap,
+        body: Option<String>,
+        shown: &str,
+    ) -> Result<Answer, Failure> {
+        let connect = |why: String| {
+            Failure::Connect(format!("cannot connect to the broker at {shown}: {why}"))
+        };
+        let parsed = url::Url::parse(url).map_err(|e| connect(e.to_string()))?;
+        let host = match parsed.host() {
+            Some(url::Host::Domain(d)) => d.to_owned(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            None => return Err(connect("the URL has no host".to_owned())),
+        };
+        let port = parsed.port_or_known_default().unwrap_or(443);
+        let config = match &self.tls {
+            BrokerTls::Ready(config) => Arc::clone(config),
+            BrokerTls::Unusable(why) => return Err(connect(why.clone())),
+        };
+        let resolved = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| connect(format!("cannot resolve {host} ({e})")))?;
+        let allowed = self.policy.vet(&host, resolved).map_err(|refused| {
+            Failure::Refused(format!(
+                "{refused} (services.allow_private_brokers = true in the cloud controller's \
+                 config allows it)"
+            ))
+        })?;
+        let mut tcp = None;
+        let mut last = format!("{host} resolves to no address");
+        for addr in allowed {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    tcp = Some(stream);
+                    break;
+                }
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        let tcp = tcp.ok_or_else(|| connect(last))?;
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| connect(format!("{host} is not a name a certificate can hold ({e})")))?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| {
+                connect(format!(
+                    "the TLS handshake failed ({e}); the broker's certificate must name {host} \
+                     and be issued by a CA the controller trusts (services.broker_ca_file)"
+                ))
+            })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| connect(format!("HTTP handshake: {e}")))?;
+        // Drives the connection until the exchange is over and the sender dropped.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let target = match parsed.query() {
+            Some(q) => format!("{}?{q}", parsed.path()),
+            None => parsed.path().to_owned(),
+        };
+        let authority = match parsed.port() {
+            Some(p) => format!("{}:{p}", parsed.host_str().unwrap_or_default()),
+            None => parsed.host_str().unwrap_or_default().to_owned(),
+        };
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(target)
+            .header(reqwest::header::HOST, authority)
+            .body(Full::new(bytes::Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| connect(format!("the request cannot be built ({e})")))?;
+        request.headers_mut().extend(headers);
+        let broken = |e: &dyn std::fmt::Display| {
+            Failure::Broken(format!(
+                "the connection to the broker at {shown} broke before a whole answer came ({e})"
+            ))
+        };
+        let response = sender.send_request(request).await.map_err(|e| broken(&e))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let collected = Limited::new(response.into_body(), self.max_body)
+            .collect()
+            .await;
+        let bytes = match collected {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(Failure::TooLarge(format!(
+                    "the broker at {shown} answered with more than {} bytes \
+                     (services.max_response_bytes)",
+                    self.max_body
+                )));
+            }
+            Err(e) => return Err(broken(&e)),
+        };
+        Ok(Answer {
+            status,
+            body: serde_json::from_slice::<Value>(&bytes).ok(),
             retry_after,
         })
     }
@@ -396,6 +620,16 @@ mod tests {
             url: "http://localhost:9".into(),
             username: "u".into(),
             password: "p".into(),
+        };
+        let failure = guarded
+            .send(&addr, reqwest::Method::GET, "/v2/catalog", None, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(failure, Failure::Refused(_)), "{failure:?}");
+        // The same for an https broker, before any TLS.
+        let addr = BrokerAddr {
+            url: "https://localhost:9".into(),
+            ..addr
         };
         let failure = guarded
             .send(&addr, reqwest::Method::GET, "/v2/catalog", None, None)
