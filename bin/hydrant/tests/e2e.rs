@@ -29,6 +29,11 @@ impl Up {
 
     /// `hydrant up` with extra flags.
     fn start_with(home: tempfile::TempDir, extra: &[&str]) -> Self {
+        Self::start_with_stderr(home, extra, Stdio::inherit())
+    }
+
+    /// `hydrant up` with extra flags and its stderr sent to `stderr`.
+    fn start_with_stderr(home: tempfile::TempDir, extra: &[&str], stderr: Stdio) -> Self {
         assert!(
             nix::unistd::geteuid().is_root(),
             "hydrant up runs apps in real containers and needs root: run this test as root, as CI does"
@@ -40,7 +45,7 @@ impl Up {
             .args(extra)
             .env("HYDRANT_HOME", home.path())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let up = Self { child, home };
@@ -891,20 +896,101 @@ fn up_says_why_it_cannot_make_containers_and_how_to_fix_it() {
     }
 }
 
+/// Never silently unisolated: `hydrant up --isolation none` warns when it starts, every push
+/// prints the warning (its staging runs unisolated), every start says so in the CELL lines,
+/// and `hydrant app` says so beside instances that have no kernel limits.
 #[test]
 fn isolation_none_runs_apps_unisolated_and_says_so_on_every_push() {
-    let up = Up::start_with(tempfile::tempdir().unwrap(), &["--isolation", "none"]);
+    let home = tempfile::tempdir().unwrap();
+    let stderr_path = home.path().join("up.stderr");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let up = Up::start_with_stderr(home, &["--isolation", "none"], stderr.into());
+    let started = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(
+        started.contains("WARNING: apps run WITHOUT isolation"),
+        "no warning at start: {started}"
+    );
     // No container networks of its own: nothing to name.
     assert!(up.endpoints().get("networks").is_none());
     let app = demo_dir();
-    let out = up.cli(&["push", "bare", "-p", app.path().to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
+    for push in ["first", "second"] {
+        let out = up.cli(&["push", "bare", "-p", app.path().to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("WITHOUT isolation"),
+            "the {push} push did not warn: {}",
+            text(&out)
+        );
+    }
     let mut recent = String::new();
     wait_for(Duration::from_secs(20), "the unisolated warnings", || {
         let out = up.cli(&["logs", "bare", "--recent", "--lines", "1000"]);
         recent = String::from_utf8_lossy(&out.stdout).into_owned();
         recent.contains("running WITHOUT isolation")
     });
+    let mut shown = String::new();
+    wait_for(Duration::from_secs(30), "hydrant app to say so", || {
+        shown = text(&up.cli(&["app", "bare"]));
+        shown.contains("WITHOUT isolation") && shown.contains("(no limit)")
+    });
+    assert!(up.stop().success(), "hydrant up did not exit cleanly");
+}
+
+/// `hydrant app` shows each instance's container limits beside its usage, all from the
+/// kernel's cgroup, and the app's stop grace; a grace outside 1-300 s is refused before
+/// anything is pushed.
+#[test]
+fn hydrant_app_shows_each_instances_container_limits_usage_and_stop_grace() {
+    let up = Up::start();
+    let app = demo_dir();
+    let path = app.path().to_str().unwrap();
+    let out = up.cli(&["push", "limited", "-p", path, "--stop-timeout", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("between 1 and 300"), "{}", text(&out));
+    let out = up.cli(&[
+        "push",
+        "limited",
+        "-p",
+        path,
+        "-m",
+        "128M",
+        "--stop-timeout",
+        "20",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut app = serde_json::Value::Null;
+    wait_for(
+        Duration::from_secs(30),
+        "the instance's container metrics",
+        || {
+            let out = up.cli(&["app", "limited", "--json"]);
+            app = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            // The first sample can come before runc has made the processes.
+            app["instances"][0]["usage"]["pids"]
+                .as_f64()
+                .is_some_and(|p| p >= 1.0)
+        },
+    );
+    let usage = &app["instances"][0]["usage"];
+    assert_eq!(app["app"]["stop_timeout_secs"], 20, "{app}");
+    assert_eq!(usage["isolation"], "container", "{usage}");
+    assert_eq!(usage["pids_limit"], 2048.0, "{usage}");
+    // Diego's shares for 128 MiB: 1024 x (100 x 128 / 8192) / 100.
+    assert_eq!(usage["cpu_shares"], 10.0, "{usage}");
+    assert_eq!(usage["memory_quota"], 128.0 * 1024.0 * 1024.0, "{usage}");
+    assert!(usage["pids"].as_f64().unwrap() >= 1.0, "{usage}");
+    assert!(usage["memory"].as_f64().unwrap() > 0.0, "{usage}");
+    let shown = text(&up.cli(&["app", "limited"]));
+    for expected in [
+        "stop grace:  20 s",
+        "of 2048",
+        "10 of 1024",
+        "pids",
+        "cpu shares",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} missing: {shown}");
+    }
+    assert!(!shown.contains("WITHOUT isolation"), "{shown}");
     assert!(up.stop().success(), "hydrant up did not exit cleanly");
 }
 
