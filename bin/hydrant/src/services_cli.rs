@@ -1192,10 +1192,57 @@ pub async fn instance_stream(
         .await?;
     let config = hydrant_firehose_client::ClientConfig {
         url: session.config.firehose.clone(),
+        token_source: instance_token_source(token.token.clone(), instance.guid.clone()),
         token: token.token,
         ..hydrant_firehose_client::ClientConfig::default()
     };
     Ok(Some((config, instance.guid.clone())))
+}
+
+/// Renews a service instance's log token for a long `hydrant logs INSTANCE`: hands out
+/// `initial` until the firehose closes the stream for an expired token, then renews the saved
+/// login (`session::renew_session`) and mints a fresh token for the instance with it, as an
+/// app's stream does with its own log token. `None` without a saved refresh token: the stream
+/// then ends with a message naming the expiry.
+fn instance_token_source(
+    initial: String,
+    guid: String,
+) -> Option<hydrant_firehose_client::TokenSource> {
+    use hydrant_firehose_client::{TokenError, TokenSource};
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    let saved = crate::cli_config::load().ok()?;
+    saved.api.as_ref()?;
+    saved.refresh_token.as_ref()?;
+    let current = Arc::new(Mutex::new(initial));
+    Some(TokenSource::new(move |stale| {
+        let (current, guid) = (Arc::clone(&current), guid.clone());
+        async move {
+            if !stale {
+                return Ok(current
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone());
+            }
+            let session = crate::session::renew_session().await?;
+            let api = session.api.clone().unwrap_or_default();
+            let client = hydrant_api::Client::new(&api, Some(session.token.clone()));
+            let token = match client.service_instance_log_token(&guid).await {
+                Ok(t) => t.token,
+                // Deleted, or no longer visible to this user: nothing will ever renew it.
+                Err(hydrant_api::Error::Api {
+                    status: 403 | 404, ..
+                }) => {
+                    return Err(TokenError::Refused(
+                        "the service instance is gone, or you may no longer read it".to_owned(),
+                    ));
+                }
+                Err(e) => return Err(TokenError::Unavailable(e.to_string())),
+            };
+            *current.lock().unwrap_or_else(PoisonError::into_inner) = token.clone();
+            Ok(token)
+        }
+    }))
 }
 
 // === the micro cloud's broker ===

@@ -258,7 +258,7 @@ pub fn stream_token_source(initial: String, app_guid: Option<String>) -> Option<
 
 /// The saved login, its access token renewed with the refresh token unless it has more than
 /// two minutes left; the renewal is saved for the next command.
-async fn renew_session() -> Result<CliConfig, TokenError> {
+pub(crate) async fn renew_session() -> Result<CliConfig, TokenError> {
     let mut config = cli_config::load().map_err(|e| TokenError::Unavailable(e.to_string()))?;
     let fresh_enough = hydrant_auth::peek_claims(&config.token)
         .is_ok_and(|c| c.exp - hydrant_auth::now_secs() > 120);

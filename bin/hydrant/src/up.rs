@@ -45,6 +45,10 @@ pub struct UpArgs {
     /// seconds (policies keep their 60 s minimum); for tests and demos.
     #[arg(long, hide = true)]
     autoscaler_rule_cap_secs: Option<u32>,
+    /// Lifetime of the log tokens the cloud controller hands out (`log_token_ttl_secs`,
+    /// default 600); tests shorten it to watch long streams renew theirs.
+    #[arg(long, hide = true)]
+    log_token_ttl_secs: Option<i64>,
     /// How app instances and staging's install steps are isolated: `container` (each in its
     /// own runc container as uid 2000 with kernel limits and its own network; needs root,
     /// runc, iproute2 and nftables)
@@ -224,6 +228,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         fair_share: true,
         allow_private_drains: !args.refuse_private_drains,
         autoscaler_rule_cap_secs: args.autoscaler_rule_cap_secs,
+        log_token_ttl_secs: args.log_token_ttl_secs,
         containers: args.isolation == "container",
         edge_reconnect_ms: None,
         // Every pipeline hop runs mutual TLS, with certificates made at first start.

@@ -132,6 +132,8 @@ pub struct Options {
     pub allow_private_drains: bool,
     /// The autoscaler's `rule_duration_cap_secs` (tests and demos only).
     pub autoscaler_rule_cap_secs: Option<u32>,
+    /// The cloud controller's `log_token_ttl_secs` (tests only); `None` keeps its default.
+    pub log_token_ttl_secs: Option<i64>,
     /// Run app instances in containers (`hydrant up --isolation container`); otherwise they
     /// run unisolated and the executor says so at start and in every instance's CELL lines.
     pub containers: bool,
@@ -169,6 +171,7 @@ impl Options {
             fair_share: true,
             allow_private_drains: false,
             autoscaler_rule_cap_secs: None,
+            log_token_ttl_secs: None,
             containers: false,
             edge_reconnect_ms: Some((10, 200)),
             tls: false,

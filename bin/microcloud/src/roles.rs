@@ -210,6 +210,9 @@ mod platform {
                 telemetry: w.platform_telemetry(hydrant_tls::Identity::CloudController),
                 ..hydrant_cloudcontroller::Config::default()
             };
+            if let Some(ttl) = w.options.log_token_ttl_secs {
+                config.log_token_ttl_secs = ttl;
+            }
             // A second micro cloud on this host: staging on its own bridge and subnet.
             if let Some(n) = &w.networks {
                 let network = &mut config.staging_isolation.network;
