@@ -93,6 +93,10 @@ enum Command {
     CreateOrg(orgs_cli::CreateOrgArgs),
     /// Create a space in an org (admin or OrgManager).
     CreateSpace(orgs_cli::CreateSpaceArgs),
+    /// Delete an org with its spaces, apps, routes and service instances (admin or OrgManager).
+    DeleteOrg(orgs_cli::DeleteOrgArgs),
+    /// Delete a space with its apps, routes and service instances (admin or OrgManager).
+    DeleteSpace(orgs_cli::DeleteSpaceArgs),
     /// Give a user an org role: USERNAME ORG OrgManager|OrgAuditor.
     SetOrgRole(orgs_cli::OrgRoleArgs),
     /// Take an org role from a user: USERNAME ORG OrgManager|OrgAuditor.
@@ -316,6 +320,8 @@ fn main() -> ExitCode {
             Command::CreateUser(args) => orgs_cli::create_user(args).await,
             Command::CreateOrg(args) => orgs_cli::create_org(args).await,
             Command::CreateSpace(args) => orgs_cli::create_space(args).await,
+            Command::DeleteOrg(args) => orgs_cli::delete_org(args).await,
+            Command::DeleteSpace(args) => orgs_cli::delete_space(args).await,
             Command::SetOrgRole(args) => orgs_cli::org_role(args, true).await,
             Command::UnsetOrgRole(args) => orgs_cli::org_role(args, false).await,
             Command::SetSpaceRole(args) => orgs_cli::space_role(args, true).await,

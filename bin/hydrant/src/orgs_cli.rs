@@ -1,6 +1,6 @@
 //! Tenancy commands in the cf CLI's argument order: `create-user`, `create-org`,
-//! `create-space`, `set-org-role`, `unset-org-role`, `set-space-role`, `unset-space-role`,
-//! `orgs`, `spaces`; the app environment (`env`, `set-env`, `unset-env`); and the targeted org
+//! `create-space`, `delete-org`, `delete-space`, `set-org-role`, `unset-org-role`,
+//! `set-space-role`, `unset-space-role`, `orgs`, `spaces`; the app environment (`env`, `set-env`, `unset-env`); and the targeted org
 //! and space that `push`, `apps` and the rest work in.
 //!
 //! The target lives beside the login in `$HYDRANT_HOME/target.json` and names the API and user
@@ -402,6 +402,193 @@ pub async fn space_role(args: SpaceRoleArgs, set: bool) -> anyhow::Result<ExitCo
         escape_text(&space.name),
         escape_text(&org.name)
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hydrant delete-org ORG [-f]`.
+#[derive(Debug, clap::Args)]
+pub struct DeleteOrgArgs {
+    /// The org.
+    name: String,
+    /// Do not ask for confirmation.
+    #[arg(short = 'f', long)]
+    force: bool,
+}
+
+/// `hydrant delete-space SPACE [-o ORG] [-f]`.
+#[derive(Debug, clap::Args)]
+pub struct DeleteSpaceArgs {
+    /// The space.
+    name: String,
+    /// The space's org (default: the targeted one).
+    #[arg(short = 'o', long)]
+    org: Option<String>,
+    /// Do not ask for confirmation.
+    #[arg(short = 'f', long)]
+    force: bool,
+}
+
+/// How long a deletion may wait for brokers to unbind and delete service instances.
+const DELETE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Asks `question` as the cf CLI does (`[yN]`), reading the answer from stdin whether or not
+/// it is a terminal; anything but `y`/`yes` is no.
+fn confirmed(question: &str) -> anyhow::Result<bool> {
+    use std::io::BufRead as _;
+    eprint!("{question} [yN]: ");
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+/// Sends `delete` until the platform says everything is gone, waiting for the broker jobs each
+/// answer started; a job that failed ends it with the broker's reason.
+async fn delete_fully<F, Fut>(client: &Client, what: &str, delete: F) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<hydrant_api::tenancy::Deletion, hydrant_api::Error>>,
+{
+    let deadline = std::time::Instant::now() + DELETE_DEADLINE;
+    loop {
+        let answer = delete().await?;
+        for app in &answer.apps_deleted {
+            eprintln!("  deleted app {}", escape_text(app));
+        }
+        for service in &answer.services_deleted {
+            eprintln!("  deleted service instance {}", escape_text(service));
+        }
+        if answer.done {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(exit::timeout(format!(
+                "{what} is still waiting for its service instances ({}) after {} minutes; \
+                 run the command again to carry on",
+                escape_text(&answer.services_pending.join(", ")),
+                DELETE_DEADLINE.as_secs() / 60
+            )));
+        }
+        eprintln!(
+            "  waiting for the brokers of {} to unbind and delete them...",
+            escape_text(&answer.services_pending.join(", "))
+        );
+        for job in &answer.jobs {
+            let mut job = job.clone();
+            while !job.is_done() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                job = client.job(&job.guid).await?;
+            }
+            if job.state == "FAILED" {
+                anyhow::bail!(
+                    "the broker could not {} ({}): {}; nothing more was deleted — fix it, then \
+                     run the command again",
+                    if job.operation == "service_instance.delete" {
+                        "delete a service instance"
+                    } else {
+                        "remove a service binding"
+                    },
+                    escape_text(&job.resource_guid),
+                    escape_text(job.description.as_deref().unwrap_or("no reason given"))
+                );
+            }
+        }
+        if answer.jobs.is_empty() {
+            // Jobs another request started: give them a moment before asking again.
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// `hydrant delete-org ORG [-f]`: the org with its spaces, apps (stopped), routes, service
+/// instances, quotas and private domains (an admin or the org's managers).
+pub async fn delete_org(args: DeleteOrgArgs) -> anyhow::Result<ExitCode> {
+    let session = Session::load()?;
+    let name = escape_text(&args.name);
+    let Some(org) = session
+        .client
+        .list_orgs()
+        .await?
+        .into_iter()
+        .find(|o| o.name == args.name || o.guid == args.name)
+    else {
+        // As cf does: deleting what is not there is not an error.
+        eprintln!("Org {name} does not exist.");
+        return Ok(ExitCode::SUCCESS);
+    };
+    if !args.force
+        && !confirmed(&format!(
+            "Really delete the org {name}, including its spaces, apps, service instances, \
+             routes and private domains?"
+        ))?
+    {
+        eprintln!("Delete cancelled");
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "Deleting org {name} as {}...",
+        escape_text(session.config.user.as_deref().unwrap_or("you"))
+    );
+    delete_fully(&session.client, &format!("org {name}"), || {
+        session.client.delete_org(&org.guid)
+    })
+    .await?;
+    if let Some(mut target) = load_target()
+        && target.org.as_ref().is_some_and(|o| o.guid == org.guid)
+    {
+        target.org = None;
+        target.space = None;
+        save_target(&target)?;
+        eprintln!("Org {name} was targeted: no org is targeted now (hydrant target -o ORG).");
+    }
+    eprintln!("OK");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hydrant delete-space SPACE [-o ORG] [-f]`: the space with its apps (stopped), routes and
+/// service instances (an admin or the org's managers).
+pub async fn delete_space(args: DeleteSpaceArgs) -> anyhow::Result<ExitCode> {
+    let session = Session::load()?;
+    let org = find_org(&session.client, &org_or_target(args.org)?).await?;
+    let name = escape_text(&args.name);
+    let org_name = escape_text(&org.name);
+    let Some(space) = session
+        .client
+        .list_spaces()
+        .await?
+        .into_iter()
+        .find(|s| s.org_guid == org.guid && (s.name == args.name || s.guid == args.name))
+    else {
+        eprintln!("Space {name} does not exist.");
+        return Ok(ExitCode::SUCCESS);
+    };
+    if !args.force
+        && !confirmed(&format!(
+            "Really delete the space {name} in org {org_name}, including its apps, service \
+             instances and routes?"
+        ))?
+    {
+        eprintln!("Delete cancelled");
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "Deleting space {name} in org {org_name} as {}...",
+        escape_text(session.config.user.as_deref().unwrap_or("you"))
+    );
+    delete_fully(&session.client, &format!("space {name}"), || {
+        session.client.delete_space(&space.guid)
+    })
+    .await?;
+    if let Some(mut target) = load_target()
+        && target.space.as_ref().is_some_and(|s| s.guid == space.guid)
+    {
+        target.space = None;
+        save_target(&target)?;
+        eprintln!("Space {name} was targeted: no space is targeted now (hydrant target -s SPACE).");
+    }
+    eprintln!("OK");
     Ok(ExitCode::SUCCESS)
 }
 

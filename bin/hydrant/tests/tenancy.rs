@@ -343,4 +343,246 @@ fn two_users_in_two_homes_get_what_their_roles_allow() {
     // The admin still works in the default space with no target, as right after `hydrant up`.
     let all = json(&cli(admin, &["apps", "--json"]));
     assert!(all.as_array().unwrap().iter().any(|a| a["name"] == "shop"));
+
+    // delete-space and delete-org, as cf has them: only an admin or an org manager, a prompt
+    // unless -f, and everything inside goes with the space.
+    let refused = cli(alice, &["delete-space", "dev", "-o", "acme", "-f"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("may see this space but not change it"),
+        "{}",
+        text(&refused)
+    );
+    let refused = cli(mallory, &["delete-org", "evil", "-f"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    let kept = cli_stdin(admin, &["delete-space", "dev", "-o", "acme"], "n\n");
+    assert!(ok(&kept).contains("Delete cancelled"), "{}", text(&kept));
+    assert!(
+        json(&cli(alice, &["apps", "--json"]))
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "shop")
+    );
+    let gone = cli_stdin(admin, &["delete-space", "dev", "-o", "acme"], "y\n");
+    let said = ok(&gone);
+    assert!(
+        said.contains("deleted app shop") && said.contains("OK"),
+        "{said}"
+    );
+    let spaces = json(&cli(admin, &["spaces", "-o", "acme", "--json"]));
+    assert!(
+        !spaces
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "dev"),
+        "{spaces}"
+    );
+    let all = json(&cli(admin, &["apps", "--json"]));
+    assert!(
+        !all.as_array().unwrap().iter().any(|a| a["name"] == "shop"),
+        "{all}"
+    );
+    ok(&cli(admin, &["delete-org", "evil", "-f"]));
+    let orgs = json(&cli(admin, &["orgs", "--json"]));
+    assert!(
+        !orgs.as_array().unwrap().iter().any(|o| o["name"] == "evil"),
+        "{orgs}"
+    );
+    // Mallory's route went with her org: the host is free for another space again.
+    ok(&cli(
+        admin,
+        &[
+            "create-route",
+            "default",
+            "apps.localhost",
+            "--hostname",
+            "lair",
+        ],
+    ));
+    let again = cli(admin, &["delete-org", "evil", "-f"]);
+    assert!(ok(&again).contains("does not exist"), "{}", text(&again));
+}
+
+/// The listening TCP sockets of process `pid` (from `/proc`), as `IP:port` strings.
+fn listening_sockets(pid: u32) -> Vec<std::net::SocketAddr> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (table, v6) in [("tcp", false), ("tcp6", true)] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // local_address st ... inode (10th column); 0A is LISTEN.
+            if cols.len() < 10 || cols[3] != "0A" || !inodes.contains(cols[9]) {
+                continue;
+            }
+            let (ip, port) = cols[1].split_once(':').unwrap();
+            let port = u16::from_str_radix(port, 16).unwrap();
+            let bytes: Vec<u8> = (0..ip.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&ip[i..i + 2], 16).unwrap())
+                .collect();
+            // The kernel prints each 32-bit word in host (little-endian) order.
+            let words: Vec<u8> = bytes
+                .chunks(4)
+                .flat_map(|w| w.iter().rev().copied())
+                .collect();
+            let ip: std::net::IpAddr = if v6 {
+                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(words).unwrap()).into()
+            } else {
+                std::net::Ipv4Addr::from(<[u8; 4]>::try_from(words).unwrap()).into()
+            };
+            out.push(std::net::SocketAddr::new(ip, port));
+        }
+    }
+    out
+}
+
+/// Every file under `dir`, recursively (symlinks not followed).
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => out.extend(files_under(&path)),
+            Ok(t) if t.is_file() => out.push(path),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// What `hydrant up` leaves on disk and where it listens: the administrator's generated
+/// password only in its one 0600 file (never in the database, logs, endpoints or CLI
+/// config), and every socket the process listens on, admin ports included, on loopback.
+#[test]
+fn hydrant_up_keeps_its_password_in_one_private_file_and_listens_on_loopback_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let up = Up::start();
+    let data = up.home.path().join("data");
+    let password_file = data.join("cloudcontroller/admin-password");
+    let mode = std::fs::metadata(&password_file)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "the admin password file is the owner's alone");
+    let password = std::fs::read_to_string(&password_file).unwrap();
+    let password = password.trim();
+    assert!(password.len() >= 16, "a generated password");
+    // It is the password: a login from a fresh home works with it.
+    let fresh = tempfile::tempdir().unwrap();
+    ok(&cli(
+        fresh.path(),
+        &["login", "-a", &up.api(), "-u", "admin", "-p", password],
+    ));
+    let mut copies = Vec::new();
+    for file in files_under(up.home.path()) {
+        if file == password_file {
+            continue;
+        }
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        if bytes
+            .windows(password.len())
+            .any(|w| w == password.as_bytes())
+        {
+            copies.push(file);
+        }
+    }
+    assert!(
+        copies.is_empty(),
+        "the plaintext password is also in {copies:?}"
+    );
+    let data_mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(data_mode, 0o700);
+
+    let endpoints: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("endpoints.json")).unwrap()).unwrap();
+    let listening = listening_sockets(up.child.id());
+    assert!(!listening.is_empty(), "the process listens");
+    let open: Vec<_> = listening.iter().filter(|a| !a.ip().is_loopback()).collect();
+    assert!(open.is_empty(), "listening beyond loopback: {open:?}");
+    let admin = endpoints["admin"].as_object().unwrap();
+    assert!(admin.len() >= 8, "every role's admin port: {admin:?}");
+    for (role, url) in admin {
+        let addr: std::net::SocketAddr = url
+            .as_str()
+            .unwrap()
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap();
+        assert!(
+            listening.contains(&addr),
+            "{role}'s admin port {addr} is one the process listens on: {listening:?}"
+        );
+        assert!(addr.ip().is_loopback(), "{role}: {addr}");
+    }
+}
+
+/// `hydrant run ROLE` with a config that leaves the addresses out: each role's admin listener
+/// (`/healthz`, `/metrics` and status pages) binds to loopback, read from the bound socket.
+#[tokio::test]
+async fn every_roles_default_admin_listener_is_on_loopback() {
+    async fn admin_bound<R: hydrant_runtime::Role>(config: &R::Config) -> std::net::SocketAddr {
+        // The default port may be taken on a shared host; the default host is what matters.
+        let listeners = hydrant_runtime::bind_on::<R>(|spec| {
+            let address = (spec.address)(config);
+            let address = if address.contains(':') {
+                address
+            } else {
+                spec.default
+            };
+            let host = address.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
+            format!("{host}:0")
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", R::NAME));
+        listeners
+            .addrs()
+            .into_iter()
+            .find(|(name, _)| *name == hydrant_runtime::ADMIN)
+            .unwrap_or_else(|| panic!("{} has an admin listener", R::NAME))
+            .1
+    }
+    macro_rules! roles {
+        ($($role:ty => $config:ty),* $(,)?) => {{
+            let mut bound = Vec::new();
+            $(bound.push((<$role as hydrant_runtime::Role>::NAME,
+                admin_bound::<$role>(&<$config>::default()).await));)*
+            bound
+        }};
+    }
+    let bound = roles![
+        hydrant_agent::Agent => hydrant_agent::Config,
+        hydrant_doppler::Doppler => hydrant_doppler::Config,
+        hydrant_firehose::TrafficController => hydrant_firehose::Config,
+        hydrant_router::Router => hydrant_router::Config,
+        hydrant_cloudcontroller::CloudController => hydrant_cloudcontroller::Config,
+        hydrant_executor::Executor => hydrant_executor::Config,
+        hydrant_healthmanager::HealthManager => hydrant_healthmanager::Config,
+        hydrant_slo::Slo => hydrant_slo::Config,
+        hydrant_autoscaler::AutoscalerRole => hydrant_autoscaler::Config,
+        hydrant_nozzle_syslog::SyslogNozzle => hydrant_nozzle_syslog::Config,
+        hydrant_nozzle_otlp::OtlpNozzle => hydrant_nozzle_otlp::Config,
+        hydrant_nozzle_datadog::DatadogNozzle => hydrant_nozzle_datadog::Config,
+        hydrant_broker::Broker => hydrant_broker::Config,
+    ];
+    assert_eq!(bound.len(), 13, "every role `hydrant run` starts");
+    let open: Vec<_> = bound
+        .iter()
+        .filter(|(_, a)| !a.ip().is_loopback())
+        .collect();
+    assert!(
+        open.is_empty(),
+        "admin listeners beyond loopback by default: {open:?}"
+    );
 }
