@@ -7,6 +7,12 @@
 //!   expected answer: a TLS alert at the handshake, `PERMISSION_DENIED` before any data, or
 //!   service; zero unexpected allows.
 //! - An envelope sent to the agent without a client certificate is refused and counted.
+//! - The cloud controller's internal API (its own listener, mutual TLS, identities checked
+//!   per endpoint) in a platform micro cloud: each endpoint the platform's roles call answers
+//!   each of {no certificate, another CA, an identity the listener refuses, a let-in identity
+//!   that is not the endpoint's, the endpoint's own identity} exactly, refusals counted by
+//!   identity and reason; and the roles (health manager, SLO alerter, syslog nozzle,
+//!   autoscaler) reach it with their own certificates.
 //! - Stock Loggregator v2 client stubs (the `tonic-prost-build` code generated from the
 //!   upstream protos in `proto/`, which `contracts/envelope`'s bootstrap test regenerates and
 //!   compares) holding our certificates: one with `agent` sends to the agent, one with
@@ -38,6 +44,8 @@ enum Answer {
     Denied,
     /// Served.
     Allowed,
+    /// An HTTP answer with this status (the internal API, past its handshake).
+    Status(u16),
 }
 
 /// Which certificate a client presents.
@@ -61,12 +69,18 @@ struct Rig {
 
 impl Rig {
     async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// A TLS micro cloud; with `platform`, the platform roles too (unisolated apps).
+    async fn start_with(platform: bool) -> Self {
         let data = tempfile::tempdir().unwrap();
         let shutdown = CancellationToken::new();
         let cloud = MicroCloud::start(
             Options {
                 data_dir: Some(data.path().to_path_buf()),
                 tls: true,
+                platform,
                 ..Options::pipeline()
             },
             shutdown.clone(),
@@ -478,6 +492,203 @@ async fn every_internal_port_answers_each_certificate_case_exactly() {
             .unwrap_or_else(|| panic!("{key} has no expiry gauge:\n{text}"));
         let seconds: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
         assert!(seconds > 30.0 * 86_400.0, "{line}");
+    }
+    rig.shutdown.cancel();
+    rig.cloud.stopped().await;
+}
+
+/// One call to the internal API as `client`: the HTTP status and body, or the TLS alert that
+/// ended the handshake.
+async fn internal(
+    client: ClientTls,
+    method: reqwest::Method,
+    url: &str,
+    token: &str,
+) -> (Answer, String) {
+    let mut request = reqwest::Client::new()
+        .request(method.clone(), url)
+        .bearer_auth(token);
+    if method == reqwest::Method::POST {
+        // A scale's body, or a restart's (which takes only optional fields).
+        let body = if url.ends_with("/scale") {
+            serde_json::json!({ "instances": 1 })
+        } else {
+            serde_json::json!({})
+        };
+        request = request.json(&body);
+    }
+    let transport = hydrant_runtime::MtlsTransport::from_client(&client);
+    match transport.execute(request.build().unwrap()).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (
+                Answer::Status(status),
+                response.text().await.unwrap_or_default(),
+            )
+        }
+        Err(text) => (answer_of(&text, None), text),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_internal_api_answers_each_certificate_case_exactly() {
+    use Answer::{Alert, Status};
+    use Identity::{Agent, Autoscaler, Executor, HealthManager, Nozzle, Slo};
+    use reqwest::Method;
+    let rig = Rig::start_with(true).await;
+    let base = rig
+        .cloud
+        .internal_api_url
+        .clone()
+        .expect("a TLS platform micro cloud serves the internal API");
+    let token = rig.cloud.token.clone();
+    // (endpoint, method, path, its own identity, a let-in identity that is not it, its own
+    // identity's answer: the handler's, as on the public API with the same token)
+    let endpoints: Vec<(&str, Method, &str, Identity, Identity, Answer)> = vec![
+        (
+            "droplet download",
+            Method::GET,
+            "/internal/droplets/no-such-droplet?token=not-a-token",
+            Executor,
+            Nozzle,
+            Status(401),
+        ),
+        (
+            "drain targets",
+            Method::GET,
+            "/v3/drain_targets",
+            Nozzle,
+            Autoscaler,
+            Status(200),
+        ),
+        (
+            "autoscaling policies",
+            Method::GET,
+            "/v3/autoscaling_policies",
+            Autoscaler,
+            Nozzle,
+            Status(200),
+        ),
+        (
+            "scale",
+            Method::POST,
+            "/v3/apps/no-such-app/processes/web/actions/scale",
+            Autoscaler,
+            HealthManager,
+            Status(404),
+        ),
+        (
+            "apps (desired state)",
+            Method::GET,
+            "/v3/apps",
+            HealthManager,
+            Slo,
+            Status(200),
+        ),
+        (
+            "instance restart",
+            Method::POST,
+            "/v3/apps/no-such-app/instances/0/actions/restart",
+            HealthManager,
+            Executor,
+            Status(404),
+        ),
+        ("slos", Method::GET, "/v3/slos", Slo, Executor, Status(200)),
+    ];
+    let mut wrong = Vec::new();
+    let mut unexpected_allows = 0;
+    for (endpoint, method, path, own, other, served) in &endpoints {
+        let url = format!("{base}{path}");
+        let cases = [
+            (Case::NoCertificate, Alert("CertificateRequired")),
+            (Case::OtherCa(*own), Alert("UnknownCA")),
+            // The agent calls nothing here: refused at the handshake.
+            (Case::Holding(Agent), Alert("AccessDenied")),
+            (Case::Holding(*other), Status(403)),
+            (Case::Holding(*own), served.clone()),
+        ];
+        for (case, expected) in cases {
+            let client = rig.client(case, Identity::CloudController);
+            let (got, body) = internal(client, method.clone(), &url, &token).await;
+            let refused = matches!(got, Alert(_) | Status(401 | 403));
+            if !refused && !matches!(case, Case::Holding(i) if i == *own) {
+                unexpected_allows += 1;
+            }
+            if got != expected {
+                wrong.push(format!(
+                    "{endpoint} {case:?}: expected {expected:?}, got {got:?}: {body}"
+                ));
+            }
+            if let (Case::Holding(i), Status(403)) = (case, &got) {
+                assert!(
+                    body.contains(&format!("identity {i} may not call")),
+                    "a 403 names the identity: {body}"
+                );
+            }
+        }
+    }
+    // A path no role calls here is not served, whoever asks; the public API still is, with a
+    // token and no certificate.
+    let (got, _) = internal(
+        rig.client(Case::Holding(Executor), Identity::CloudController),
+        Method::GET,
+        &format!("{base}/v3/users"),
+        &token,
+    )
+    .await;
+    assert_eq!(
+        got,
+        Status(404),
+        "the internal API serves only the roles' endpoints"
+    );
+    let public = reqwest::Client::new()
+        .get(format!("{}/v3/apps", rig.cloud.api_url.clone().unwrap()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 200, "the public API keeps bearer tokens");
+    assert_eq!(unexpected_allows, 0, "unexpected allows: {wrong:#?}");
+    assert!(wrong.is_empty(), "{wrong:#?}");
+
+    // Every refusal counted, by the identity the certificate named and why.
+    let registry = rig.cloud.registry("cloudcontroller").unwrap();
+    let refused =
+        |tags: &[(&str, &str)]| registry.counter_sum("cloudcontroller.internal_refused", tags);
+    let n = endpoints.len() as u64;
+    assert_eq!(
+        refused(&[("identity", "none"), ("reason", "no_certificate")]),
+        n
+    );
+    assert_eq!(refused(&[("reason", "unknown_ca")]), n);
+    assert_eq!(
+        refused(&[("identity", "agent"), ("reason", "identity_not_allowed")]),
+        n
+    );
+    assert_eq!(refused(&[("reason", "endpoint_not_allowed")]), n);
+    assert_eq!(
+        refused(&[("identity", "nozzle"), ("reason", "endpoint_not_allowed")]),
+        2,
+        "the nozzle asked for a droplet and for policies"
+    );
+    assert_eq!(
+        refused(&[("identity", "executor"), ("reason", "no_such_endpoint")]),
+        1
+    );
+
+    // The platform's roles reach the internal API with their own certificates, and nothing
+    // they call is refused.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for identity in ["healthmanager", "slo", "nozzle", "autoscaler"] {
+        let calls =
+            || registry.counter_sum("cloudcontroller.internal_calls", &[("identity", identity)]);
+        while calls() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{identity} never called the internal API"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     rig.shutdown.cancel();
     rig.cloud.stopped().await;

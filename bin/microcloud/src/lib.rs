@@ -384,6 +384,9 @@ pub struct MicroCloud {
     pub firehose_url: String,
     /// The cloud controller's URL, when the platform roles run.
     pub api_url: Option<String>,
+    /// The cloud controller's internal API (`https://127.0.0.1:PORT`, mutual TLS), when the
+    /// platform roles run with certificates.
+    pub internal_api_url: Option<String>,
     /// The router's URL, when the platform roles run.
     pub router_url: Option<String>,
     /// The service broker (`endpoints.json`'s `service_broker`), when the platform roles run.
@@ -544,6 +547,11 @@ impl MicroCloud {
             doppler_url: wiring.url("doppler", "grpc"),
             firehose_url: wiring.url("firehose", "http"),
             api_url: platform.then(|| wiring.url("cloudcontroller", "api")),
+            internal_api_url: wiring
+                .certs
+                .as_ref()
+                .and(wiring.addr("cloudcontroller", "internal"))
+                .map(|a| format!("https://{a}")),
             router_url: platform.then(|| wiring.url("router", "http")),
             service_broker: platform.then(|| ServiceBroker {
                 url: wiring.url("broker", "api"),

@@ -125,6 +125,16 @@ mod platform {
         }
     }
 
+    /// Where a platform role reaches the cloud controller as `identity`: its internal
+    /// listener over mutual TLS when the micro cloud has certificates, the public API
+    /// otherwise.
+    fn api(w: &Wiring, identity: hydrant_tls::Identity) -> (String, Option<hydrant_tls::TlsFiles>) {
+        match (w.tls(identity), w.addr("cloudcontroller", "internal")) {
+            (Some(tls), Some(addr)) => (format!("https://{addr}"), Some(tls)),
+            _ => (w.url("cloudcontroller", "api"), None),
+        }
+    }
+
     impl MicroRole for hydrant_broker::Broker {
         const KEY: &'static str = "broker";
         const PLATFORM: bool = true;
@@ -160,7 +170,7 @@ mod platform {
     impl MicroRole for hydrant_cloudcontroller::CloudController {
         const KEY: &'static str = "cloudcontroller";
         const PLATFORM: bool = true;
-        const PORTS: &'static [u16] = &[9022, 14831];
+        const PORTS: &'static [u16] = &[9022, 14831, 9023];
 
         fn config(w: &Wiring) -> hydrant_cloudcontroller::Config {
             let mut config = hydrant_cloudcontroller::Config {
@@ -208,6 +218,13 @@ mod platform {
                 },
                 bus: w.bus.clone(),
                 telemetry: w.platform_telemetry(hydrant_tls::Identity::CloudController),
+                // With certificates, the roles' calls and droplet downloads go to the internal
+                // listener, mutual TLS with each role's identity checked per endpoint.
+                tls: w.tls(hydrant_tls::Identity::CloudController),
+                internal_listen: w
+                    .addr("cloudcontroller", "internal")
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
                 ..hydrant_cloudcontroller::Config::default()
             };
             if let Some(ttl) = w.options.log_token_ttl_secs {
@@ -240,6 +257,8 @@ mod platform {
                 },
                 bus: w.bus.clone(),
                 telemetry: w.platform_telemetry(hydrant_tls::Identity::Executor),
+                // Droplets from the controller's internal listener, over mutual TLS.
+                tls: w.tls(hydrant_tls::Identity::Executor),
                 ..hydrant_executor::Config::default()
             };
             // The micro cloud has nothing to evacuate to when it stops (every cell stops with
@@ -268,8 +287,10 @@ mod platform {
         const PORTS: &'static [u16] = &[14832];
 
         fn config(w: &Wiring) -> hydrant_healthmanager::Config {
+            let (api_url, tls) = api(w, hydrant_tls::Identity::HealthManager);
             hydrant_healthmanager::Config {
-                api_url: w.url("cloudcontroller", "api"),
+                api_url,
+                tls,
                 client_id: Some(ROLES_CLIENT.to_owned()),
                 client_secret: Some(w.roles_client_secret.clone()),
                 bus: w.bus.clone(),
@@ -285,8 +306,14 @@ mod platform {
         const PORTS: &'static [u16] = &[14835];
 
         fn config(w: &Wiring) -> hydrant_slo::Config {
+            let (api_url, tls) = api(w, hydrant_tls::Identity::Slo);
             hydrant_slo::Config {
-                api_url: w.url("cloudcontroller", "api"),
+                api_url,
+                // The status page's keys from the public API (the internal one is mTLS only).
+                token_keys_url: tls
+                    .is_some()
+                    .then(|| format!("{}/token_keys", w.url("cloudcontroller", "api"))),
+                tls,
                 client_id: Some(ROLES_CLIENT.to_owned()),
                 client_secret: Some(w.roles_client_secret.clone()),
                 firehose: firehose(w),
@@ -308,11 +335,17 @@ mod platform {
         const PORTS: &'static [u16] = &[14840];
 
         fn config(w: &Wiring) -> hydrant_nozzle_syslog::Config {
+            let (api_url, tls) = api(w, hydrant_tls::Identity::Nozzle);
             hydrant_nozzle_syslog::Config {
+                // The status page's keys from the public API (the internal one is mTLS only).
+                token_keys_url: tls
+                    .is_some()
+                    .then(|| format!("{}/token_keys", w.url("cloudcontroller", "api"))),
                 firehose: firehose(w),
                 subscription_id: "app-drains".to_owned(),
                 platform: Some(hydrant_nozzle_syslog::PlatformConfig {
-                    api_url: w.url("cloudcontroller", "api"),
+                    api_url,
+                    tls,
                     client_id: Some(ROLES_CLIENT.to_owned()),
                     client_secret: Some(w.roles_client_secret.clone()),
                     // On one machine the API is cheap to ask: a new binding starts within 2 s.
@@ -333,8 +366,10 @@ mod platform {
         const PORTS: &'static [u16] = &[14836];
 
         fn config(w: &Wiring) -> hydrant_autoscaler::Config {
+            let (api_url, tls) = api(w, hydrant_tls::Identity::Autoscaler);
             hydrant_autoscaler::Config {
-                api_url: w.url("cloudcontroller", "api"),
+                api_url,
+                tls,
                 client_id: Some(ROLES_CLIENT.to_owned()),
                 client_secret: Some(w.roles_client_secret.clone()),
                 firehose: firehose(w),

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hydrant_api::{Client, DrainState as ApiState, DrainStatus, DrainTarget};
+use hydrant_api::{DrainState as ApiState, DrainStatus, DrainTarget};
 use hydrant_emitter::{Counter, Gauge, Registry};
 use hydrant_runtime::{ApiConsumer, invalid};
 use serde::Deserialize;
@@ -28,9 +28,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::role::{DrainSpec, SharedFleet, lock};
 use crate::{Config, DrainState, EncoderConfig, Error, drain_options};
-
-/// Client-credential tokens, renewed before they expire.
-static TOKENS: hydrant_api::TokenCache = hydrant_api::TokenCache::new();
 
 /// The `[platform]` section: serve the app drains the cloud controller knows.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -52,6 +49,10 @@ pub struct PlatformConfig {
     pub client_secret: Option<String>,
     /// A file holding the client's secret (re-read at every renewal).
     pub client_secret_file: Option<PathBuf>,
+    /// This nozzle's certificate (the `nozzle` identity), key and trust bundle: with it,
+    /// `api_url` is the cloud controller's internal `https://` listener and every call runs
+    /// mutual TLS. Default unset: plain HTTP to the public API.
+    pub tls: Option<hydrant_tls::TlsFiles>,
     /// How often the bindings are fetched, in ms. Default 5000.
     pub poll_interval_ms: u64,
     /// How often the drains' status is reported, in ms. Default 5000.
@@ -72,6 +73,7 @@ impl Default for PlatformConfig {
             client_id: None,
             client_secret: None,
             client_secret_file: None,
+            tls: None,
             poll_interval_ms: 5_000,
             status_interval_ms: 5_000,
             request_timeout_ms: 5_000,
@@ -99,32 +101,16 @@ impl PlatformConfig {
         Ok(())
     }
 
-    /// The section's `api_url`, token and client credentials as the runtime's API-consumer
-    /// block.
+    /// The section's `api_url`, token or client credentials and `tls` as the runtime's
+    /// API-consumer block.
     fn api(&self) -> ApiConsumer<'_> {
-        ApiConsumer::new(&self.api_url, self.token.as_ref(), self.token_file.as_ref()).with_client(
-            self.client_id.as_ref(),
-            self.client_secret.as_ref(),
-            self.client_secret_file.as_ref(),
-        )
-    }
-
-    /// The admin token now: re-read from `token_file`, or a client-credential token renewed
-    /// before it expires (never echoed in the error).
-    async fn token(&self) -> Result<String, Error> {
-        let api = self.api();
-        match (api.client_id, api.client_secret()) {
-            (Some(id), Some(secret)) => {
-                let secret = secret.map_err(|e| Error::Api(format!("platform: {e}")))?;
-                TOKENS
-                    .client_token(&self.api_url, id, &secret)
-                    .await
-                    .map_err(|e| Error::Api(format!("platform: client credentials for {id}: {e}")))
-            }
-            _ => api
-                .token()
-                .map_err(|e| Error::Api(format!("platform: {e}"))),
-        }
+        ApiConsumer::new(&self.api_url, self.token.as_ref(), self.token_file.as_ref())
+            .with_client(
+                self.client_id.as_ref(),
+                self.client_secret.as_ref(),
+                self.client_secret_file.as_ref(),
+            )
+            .with_tls(self.tls.as_ref())
     }
 }
 
@@ -318,7 +304,8 @@ pub(crate) fn start(
     let encoder = config.encoder.clone();
     let fleet = Arc::clone(fleet);
     Some(tokio::spawn(async move {
-        let client = Client::new(&platform.api_url, None);
+        // Certificates that cannot be used fail every call, saying why (never plaintext).
+        let api = platform.api().client();
         let timeout = Duration::from_millis(platform.request_timeout_ms);
         let mut poll = tokio::time::interval(Duration::from_millis(platform.poll_interval_ms));
         let mut report = tokio::time::interval(Duration::from_millis(platform.status_interval_ms));
@@ -336,15 +323,14 @@ pub(crate) fn start(
                 _ = poll.tick() => true,
                 _ = report.tick() => false,
             };
-            let token = match platform.token().await {
-                Ok(t) => t,
+            let client = match api.authorized().await {
+                Ok(client) => client,
                 Err(e) => {
                     metrics.polls_failed.inc();
                     tracing::warn!(error = %e, "platform mode has no token");
                     continue;
                 }
             };
-            let client = client.with_token(token);
             if polling {
                 match tokio::time::timeout(timeout, client.drain_targets()).await {
                     Ok(Ok(targets)) => {

@@ -37,6 +37,10 @@ pub struct Config {
     pub client_secret: Option<String>,
     /// A file holding the client's secret (re-read at every renewal).
     pub client_secret_file: Option<PathBuf>,
+    /// This role's certificate (the `autoscaler` identity), key and trust bundle: with it,
+    /// `api_url` is the cloud controller's internal `https://` listener and every call runs
+    /// mutual TLS. Default unset: plain HTTP to the public API.
+    pub tls: Option<hydrant_tls::TlsFiles>,
     /// The firehose edge. An empty `firehose.token` means "use the admin token".
     pub firehose: ClientConfig,
     /// The firehose subscription id's prefix: each copy subscribes as
@@ -89,6 +93,7 @@ impl Default for Config {
             client_id: None,
             client_secret: None,
             client_secret_file: None,
+            tls: None,
             firehose: ClientConfig::default(),
             subscription_id: "autoscaler".to_owned(),
             instance_index: 0,
@@ -109,6 +114,22 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The API-consumer block (`api_url`, the token or client credentials, `tls`).
+    #[must_use]
+    pub fn api(&self) -> hydrant_runtime::ApiConsumer<'_> {
+        hydrant_runtime::ApiConsumer::new(
+            &self.api_url,
+            self.token.as_ref(),
+            self.token_file.as_ref(),
+        )
+        .with_client(
+            self.client_id.as_ref(),
+            self.client_secret.as_ref(),
+            self.client_secret_file.as_ref(),
+        )
+        .with_tls(self.tls.as_ref())
+    }
+
     /// The firehose subscription id this copy reads with.
     #[must_use]
     pub fn copy_subscription_id(&self) -> String {
@@ -124,18 +145,9 @@ impl hydrant_runtime::Validate for Config {
     /// # Errors
     /// [`Error::Config`] naming the first bad field, or the nested section's error.
     fn validate(&self) -> Result<(), Error> {
-        hydrant_runtime::ApiConsumer::new(
-            &self.api_url,
-            self.token.as_ref(),
-            self.token_file.as_ref(),
-        )
-        .with_client(
-            self.client_id.as_ref(),
-            self.client_secret.as_ref(),
-            self.client_secret_file.as_ref(),
-        )
-        .validate("", "an admin token")
-        .map_err(hydrant_runtime::Error::from)?;
+        self.api()
+            .validate("", "an admin token")
+            .map_err(hydrant_runtime::Error::from)?;
         if self.client_id.is_some()
             && self.firehose.token.trim().is_empty()
             && self.firehose.client_id.is_empty()

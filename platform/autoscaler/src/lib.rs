@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hydrant_api::policy::AutoscaleDecision;
-use hydrant_api::{AppState, Client, ScaleApp};
+use hydrant_api::{AppState, ScaleApp};
 use hydrant_emitter::{Counter, Emitter, Gauge, Registry};
 use hydrant_firehose_client::{FirehoseClient, Subscription};
 use hydrant_runtime::lock;
@@ -136,33 +136,11 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Client-credential tokens, renewed before they expire.
-static TOKENS: hydrant_api::TokenCache = hydrant_api::TokenCache::new();
-
-async fn token(config: &Config) -> Result<String, String> {
-    let api = hydrant_runtime::ApiConsumer::new(
-        &config.api_url,
-        config.token.as_ref(),
-        config.token_file.as_ref(),
-    )
-    .with_client(
-        config.client_id.as_ref(),
-        config.client_secret.as_ref(),
-        config.client_secret_file.as_ref(),
-    );
-    match (api.client_id, api.client_secret()) {
-        (Some(id), Some(secret)) => TOKENS
-            .client_token(&config.api_url, id, &secret?)
-            .await
-            .map_err(|e| format!("client credentials for {id}: {e}")),
-        _ => api.token(),
-    }
-}
-
 /// Everything the loop acts through.
 #[derive(Debug)]
 struct Actor {
-    client: Client,
+    /// The cloud controller, and the token every call carries.
+    api: hydrant_runtime::ApiClient,
     emitter: Option<Emitter>,
     timeout: Duration,
     metrics: Metrics,
@@ -179,8 +157,8 @@ impl Actor {
     }
 
     /// Policies of started and stopped apps, with their current counts.
-    async fn poll(&self, config: &Config) -> Result<Vec<AppInfo>, String> {
-        let client = self.client.with_token(token(config).await?);
+    async fn poll(&self) -> Result<Vec<AppInfo>, String> {
+        let client = self.api.authorized().await?;
         let call = async {
             let policies = client.autoscaling_policies().await?;
             let apps = if policies.is_empty() {
@@ -209,8 +187,8 @@ impl Actor {
             .collect())
     }
 
-    async fn scale(&self, config: &Config, step: &ScaleStep) -> Result<(), String> {
-        let client = self.client.with_token(token(config).await?);
+    async fn scale(&self, step: &ScaleStep) -> Result<(), String> {
+        let client = self.api.authorized().await?;
         let scale = ScaleApp {
             instances: Some(step.to),
             memory_mb: None,
@@ -296,7 +274,7 @@ impl Autoscaler {
     #[must_use]
     pub fn new(config: Config, emitter: Option<Emitter>, registry: &Registry) -> Self {
         let actor = Actor {
-            client: Client::new(&config.api_url, None),
+            api: config.api().client(),
             emitter,
             timeout: Duration::from_millis(config.request_timeout_ms),
             metrics: Metrics::new(registry),
@@ -342,7 +320,7 @@ impl Autoscaler {
     /// Fetches policies and instance counts and keeps this copy's apps; on failure the last
     /// ones stay in force.
     pub async fn poll(&mut self) {
-        match self.actor.poll(&self.config).await {
+        match self.actor.poll().await {
             Ok(all) => {
                 let total = all.len();
                 let apps: Vec<AppInfo> = all
@@ -420,7 +398,7 @@ impl Autoscaler {
         for step in steps {
             match step {
                 Step::Say { app, line } => self.actor.say(&app, &line),
-                Step::Scale(step) => match self.actor.scale(&self.config, &step).await {
+                Step::Scale(step) => match self.actor.scale(&step).await {
                     Ok(()) => {
                         self.actor.metrics.scaled.inc();
                         self.engine.scaled(&step, now);
@@ -459,9 +437,11 @@ async fn serve(
         Windows::new(config.windows.clone())?.with_registry(&registry),
     ));
 
+    // Certificates that cannot be used stop the role here, not at its first call.
+    let api = config.api().connect()?;
     let mut firehose = config.firehose.clone();
     if firehose.token.is_empty() && firehose.client_id.is_empty() {
-        firehose.token = token(&config).await.unwrap_or_default();
+        firehose.token = api.token().await.unwrap_or_default();
     }
     firehose.validate()?;
     let client = FirehoseClient::connect(

@@ -24,6 +24,18 @@ pub struct Config {
     pub listen: String,
     /// Where `/healthz` and `/metrics` listen. Default `127.0.0.1:14831`.
     pub admin_listen: String,
+    /// Where the internal API listens: mutual TLS only, for the platform's roles (executors'
+    /// droplet downloads, the syslog nozzle's drain targets, the autoscaler, the SLO alerter
+    /// and the health manager), each client certificate's identity checked per endpoint.
+    /// Needed with `tls` (e.g. `127.0.0.1:9023`, the micro cloud's). Default empty: not bound.
+    pub internal_listen: String,
+    /// The internal API's URL as the roles dial it: what droplet URLs start with when `tls` is
+    /// set. Default empty: `https://` + `internal_listen`.
+    pub internal_url: String,
+    /// This role's certificate (the `cloudcontroller` identity), key and trust bundle: with
+    /// it, the internal listener serves over mutual TLS and droplet URLs point there. Default
+    /// unset: no internal listener, droplets from `external_url` (their tokens still decide).
+    pub tls: Option<hydrant_tls::TlsFiles>,
     /// The API's public base URL: what `/v3/info` reports and what droplet URLs handed to
     /// executors start with. Default `http://127.0.0.1:9022`.
     pub external_url: String,
@@ -122,6 +134,9 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:9022".to_owned(),
             admin_listen: "127.0.0.1:14831".to_owned(),
+            internal_listen: String::new(),
+            internal_url: String::new(),
+            tls: None,
             external_url: "http://127.0.0.1:9022".to_owned(),
             data_dir: "data/cloudcontroller".to_owned(),
             apps_domain: "apps.localhost".to_owned(),
@@ -188,6 +203,39 @@ impl hydrant_runtime::Validate for Config {
                 format!(
                     "{:?} is not an http(s) URL; write it as \"http://127.0.0.1:9022\"",
                     self.external_url
+                ),
+            )
+            .into());
+        }
+        if !self.internal_listen.is_empty() {
+            self.internal_listen.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "internal_listen",
+                    format!(
+                        "{:?} is not an address; write it as \"127.0.0.1:9023\", or leave it \
+                         out for no internal API",
+                        self.internal_listen
+                    ),
+                )
+            })?;
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate().map_err(|e| invalid("tls", format!("{e}")))?;
+            if self.internal_listen.is_empty() {
+                return Err(invalid(
+                    "internal_listen",
+                    "tls serves the internal API: say where it listens, e.g. \"127.0.0.1:9023\"",
+                )
+                .into());
+            }
+        }
+        let internal = self.internal_url.trim();
+        if !internal.is_empty() && (!internal.starts_with("https://") || internal.len() < 9) {
+            return Err(invalid(
+                "internal_url",
+                format!(
+                    "{internal:?} is not an https:// URL; write the address roles dial for the \
+                     internal listener, e.g. \"https://10.0.0.5:9023\", or leave it out"
                 ),
             )
             .into());
@@ -362,6 +410,19 @@ impl Config {
     #[must_use]
     pub fn base_url(&self) -> &str {
         self.external_url.trim_end_matches('/')
+    }
+
+    /// The internal API's URL (`internal_url`, or `https://` + `internal_listen`), when the
+    /// internal listener is served (`tls` set).
+    #[must_use]
+    pub fn internal_base_url(&self) -> Option<String> {
+        self.tls.as_ref()?;
+        let url = self.internal_url.trim().trim_end_matches('/');
+        Some(if url.is_empty() {
+            format!("https://{}", self.internal_listen)
+        } else {
+            url.to_owned()
+        })
     }
 }
 

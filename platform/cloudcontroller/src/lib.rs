@@ -27,6 +27,8 @@
 //! - `tenancy`: orgs, org roles and the access matrix every handler asks. `quotas`: org and
 //!   space quotas and the check before anything grows. `routing`: domains, the routes each
 //!   space owns, and the assignments the router checks registrations against.
+//! - `internal`: the internal API on `internal_listen`, mutual TLS with each endpoint's allowed
+//!   role identities (droplets for executors, drain targets for the nozzle, ...).
 //! - `password`: password hashing and guids. `logs`, `metrics`: what the role emits.
 //! - `services`: the OSBAPI client, catalogs, parameter schemas, the durable job runner and
 //!   `VCAP_SERVICES`; their endpoints in `api/services.rs`.
@@ -41,6 +43,7 @@ mod blobs;
 mod config;
 mod db;
 mod error;
+mod internal;
 mod login;
 mod logs;
 mod metrics;
@@ -89,6 +92,8 @@ impl hydrant_runtime::Role for CloudController {
     const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] = &[
         hydrant_runtime::listener("api", "listen", "127.0.0.1:9022", |c| &c.listen),
         hydrant_runtime::admin_listener("127.0.0.1:14831", |c| &c.admin_listen),
+        // Optional: unbound while `internal_listen` is empty (the default).
+        hydrant_runtime::listener("internal", "internal_listen", "", |c| &c.internal_listen),
     ];
 
     fn registry(config: &Config) -> Registry {
@@ -97,11 +102,19 @@ impl hydrant_runtime::Role for CloudController {
 
     async fn run(
         config: Config,
-        listeners: hydrant_runtime::Listeners,
+        mut listeners: hydrant_runtime::Listeners,
         registry: Registry,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
-        serve(config, Listeners::take(listeners)?, registry, shutdown).await
+        let internal = listeners.take_optional("internal");
+        serve(
+            config,
+            Listeners::take(listeners)?,
+            internal,
+            registry,
+            shutdown,
+        )
+        .await
     }
 }
 
@@ -133,6 +146,7 @@ pub(crate) struct Ctx {
 async fn serve(
     config: Config,
     listeners: Listeners,
+    internal: Option<tokio::net::TcpListener>,
     registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
@@ -196,6 +210,7 @@ async fn serve(
         bus = %bus.url(),
         "cloud controller serving"
     );
+    let internal = serve_internal(&ctx, internal, &registry, &shutdown)?;
     // Through the gate: connection caps, header and idle timeouts, counted refusals.
     let gate = hydrant_runtime::Gate::new("api", &ctx.config.limits, &registry);
     let served = gate
@@ -208,6 +223,9 @@ async fn serve(
     }
     let _ = converge.await;
     let _ = assignments.await;
+    if let Some(internal) = internal {
+        let _ = internal.await;
+    }
     let _ = service_jobs.await;
     let _ = blob_gc.await;
     drop(ctx);
@@ -215,6 +233,44 @@ async fn serve(
         telemetry.stopped().await;
     }
     served.map_err(Error::Serve)
+}
+
+/// Starts the internal API (mutual TLS, identities checked per endpoint) when `tls` is set and
+/// `internal_listen` bound; otherwise a bound listener is closed and the roles use the public
+/// API.
+fn serve_internal(
+    ctx: &Arc<Ctx>,
+    listener: Option<tokio::net::TcpListener>,
+    registry: &Registry,
+    shutdown: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, Error> {
+    let (Some(files), Some(listener)) = (&ctx.config.tls, listener) else {
+        tracing::debug!("no tls or no internal_listen: the internal API is not served");
+        return Ok(None);
+    };
+    let material = hydrant_tls::Material::load(files)
+        .map_err(|e| hydrant_runtime::invalid("tls", format!("cannot be used: {e}")))?;
+    let refusals = internal::Refusals::new(registry);
+    let tls = hydrant_tls::ServerTls::new(
+        material.clone(),
+        internal::ENDPOINT,
+        internal::CALLERS,
+        Arc::new(refusals.clone()),
+    )
+    .map_err(|e| hydrant_runtime::invalid("tls", e.to_string()))?;
+    let _expiry = hydrant_emitter::tls::spawn_expiry_gauge(registry, material, shutdown.clone());
+    tracing::info!(
+        listen = %ctx.config.internal_listen,
+        url = ctx.config.internal_base_url().unwrap_or_default(),
+        "internal API serving over mutual TLS"
+    );
+    let router = internal::router(api::router(ctx.clone()), refusals);
+    Ok(Some(tokio::spawn(internal::serve(
+        listener,
+        tls,
+        router,
+        shutdown.clone(),
+    ))))
 }
 
 /// First-start work: the default org and space and the administrator; and builds a previous

@@ -1256,9 +1256,14 @@ fn start_message(
         .for_audience(hydrant_auth::AUD_DROPLET)
         .with_scope(crate::api::droplet_scope(&droplet.guid))
         .expires_in(ctx.config.droplet_token_ttl_secs);
+    // Over the internal listener (mutual TLS, executors only) when there is one.
+    let base = ctx
+        .config
+        .internal_base_url()
+        .unwrap_or_else(|| ctx.config.base_url().to_owned());
     let droplet_url = format!(
         "{}/internal/droplets/{}?token={}",
-        ctx.config.base_url(),
+        base,
         droplet.guid,
         ctx.keys.signing().issue(&claims)
     );

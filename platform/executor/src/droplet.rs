@@ -59,6 +59,9 @@ struct Inner {
     max_bytes: u64,
     max_droplet_bytes: u64,
     client: reqwest::Client,
+    /// Mutual TLS for `https://` URLs (the controller's internal listener), with `tls` set.
+    mtls: Option<hydrant_runtime::MtlsTransport>,
+    download_timeout: Duration,
     table: Mutex<Table>,
     metrics: CacheMetrics,
 }
@@ -122,8 +125,18 @@ impl DropletCache {
         max_bytes: u64,
         max_droplet_bytes: u64,
         download_timeout: Duration,
+        tls: Option<&hydrant_tls::TlsFiles>,
         metrics: CacheMetrics,
     ) -> Result<Self, Error> {
+        let mtls = tls
+            .map(hydrant_runtime::MtlsTransport::new)
+            .transpose()
+            .map_err(|e| {
+                hydrant_runtime::Error::from(hydrant_runtime::invalid(
+                    "tls",
+                    format!("cannot be used: {e}"),
+                ))
+            })?;
         std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
             what: "cannot create the droplet cache",
             path: dir.clone(),
@@ -171,6 +184,8 @@ impl DropletCache {
                 max_bytes,
                 max_droplet_bytes,
                 client,
+                mtls,
+                download_timeout,
                 table: Mutex::new(table),
                 metrics,
             }),
@@ -290,13 +305,28 @@ impl DropletCache {
                 sink(buf.get(..n).unwrap_or_default())?;
             }
         } else if url.starts_with("http://") || url.starts_with("https://") {
-            let mut response = self
-                .inner
-                .client
-                .get(url)
-                .send()
-                .await
-                .map_err(|e| fail(e.without_url().to_string()))?;
+            let mut response = match &self.inner.mtls {
+                Some(mtls) if url.starts_with("https://") => {
+                    let request = self
+                        .inner
+                        .client
+                        .get(url)
+                        .build()
+                        .map_err(|e| fail(e.without_url().to_string()))?;
+                    // The client's own timeout covers only its own connections.
+                    tokio::time::timeout(self.inner.download_timeout, mtls.execute(request))
+                        .await
+                        .map_err(|_| fail("no answer in download_timeout_secs".into()))?
+                        .map_err(fail)?
+                }
+                _ => self
+                    .inner
+                    .client
+                    .get(url)
+                    .send()
+                    .await
+                    .map_err(|e| fail(e.without_url().to_string()))?,
+            };
             if !response.status().is_success() {
                 return Err(fail(format!("the server answered {}", response.status())));
             }
@@ -520,6 +550,7 @@ mod tests {
             150,
             1 << 20,
             Duration::from_secs(5),
+            None,
             m.clone(),
         )
         .unwrap();

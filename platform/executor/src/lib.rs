@@ -141,6 +141,7 @@ async fn serve(
         config.droplet_cache_mb.saturating_mul(1024 * 1024),
         config.max_droplet_mb.saturating_mul(1024 * 1024),
         Duration::from_secs(config.download_timeout_secs),
+        config.tls.as_ref(),
         metrics.cache.clone(),
     )?;
     let probes = reqwest::Client::builder()

@@ -36,6 +36,10 @@ pub struct Config {
     pub client_secret: Option<String>,
     /// A file holding the client's secret (re-read at every renewal).
     pub client_secret_file: Option<PathBuf>,
+    /// This role's certificate (the `healthmanager` identity), key and trust bundle: with it,
+    /// `api_url` is the cloud controller's internal `https://` listener and every call runs
+    /// mutual TLS. Default unset: plain HTTP to the public API.
+    pub tls: Option<hydrant_tls::TlsFiles>,
     /// How often desired state is fetched, seconds. Default 5.
     pub poll_interval_secs: u64,
     /// How long one API call may take, milliseconds. Default 5000.
@@ -87,6 +91,7 @@ impl Default for Config {
             client_id: None,
             client_secret: None,
             client_secret_file: None,
+            tls: None,
             poll_interval_secs: 5,
             request_timeout_ms: 5000,
             stale_after_failures: 3,
@@ -106,14 +111,10 @@ impl Default for Config {
     }
 }
 
-impl hydrant_runtime::Validate for Config {
-    type Error = Error;
-
-    /// Checks every field.
-    ///
-    /// # Errors
-    /// [`Error::Config`] naming the first bad field, [`Error::Telemetry`] or [`Error::Bus`].
-    fn validate(&self) -> Result<(), Error> {
+impl Config {
+    /// The API-consumer block (`api_url`, the token or client credentials, `tls`).
+    #[must_use]
+    pub fn api(&self) -> hydrant_runtime::ApiConsumer<'_> {
         hydrant_runtime::ApiConsumer::new(
             &self.api_url,
             self.token.as_ref(),
@@ -124,8 +125,21 @@ impl hydrant_runtime::Validate for Config {
             self.client_secret.as_ref(),
             self.client_secret_file.as_ref(),
         )
-        .validate("", "an admin token")
-        .map_err(hydrant_runtime::Error::from)?;
+        .with_tls(self.tls.as_ref())
+    }
+}
+
+impl hydrant_runtime::Validate for Config {
+    type Error = Error;
+
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first bad field, [`Error::Telemetry`] or [`Error::Bus`].
+    fn validate(&self) -> Result<(), Error> {
+        self.api()
+            .validate("", "an admin token")
+            .map_err(hydrant_runtime::Error::from)?;
         for (field, value) in [
             ("poll_interval_secs", self.poll_interval_secs),
             ("request_timeout_ms", self.request_timeout_ms),

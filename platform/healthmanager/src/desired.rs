@@ -10,11 +10,10 @@
 //! to stop anything.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hydrant_api::{App, Client};
+use hydrant_api::App;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -102,108 +101,10 @@ impl Desired {
     }
 }
 
-/// Where the token comes from.
-#[derive(Debug, Clone)]
-pub(crate) enum TokenSource {
-    Fixed(String),
-    File(std::path::PathBuf),
-    /// OAuth2 client credentials: tokens from the token endpoint, renewed before expiry.
-    Client {
-        api_url: String,
-        id: String,
-        secret: Secret,
-        cache: std::sync::Arc<hydrant_api::TokenCache>,
-    },
-}
-
-/// A client secret, inline or in a file re-read at every renewal.
-#[derive(Clone)]
-pub(crate) enum Secret {
-    Inline(String),
-    File(std::path::PathBuf),
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Inline(_) => f.write_str("Inline(<redacted>)"),
-            Self::File(path) => write!(f, "File({})", path.display()),
-        }
-    }
-}
-
-impl TokenSource {
-    pub(crate) fn from_config(config: &Config) -> Self {
-        if let Some(id) = &config.client_id {
-            let secret = match (&config.client_secret, &config.client_secret_file) {
-                (_, Some(path)) => Secret::File(path.clone()),
-                (Some(secret), None) => Secret::Inline(secret.trim().to_owned()),
-                (None, None) => Secret::Inline(String::new()),
-            };
-            return Self::Client {
-                api_url: config.api_url.clone(),
-                id: id.clone(),
-                secret,
-                cache: std::sync::Arc::default(),
-            };
-        }
-        match (&config.token, &config.token_file) {
-            (_, Some(path)) => Self::File(path.clone()),
-            (Some(token), None) => Self::Fixed(token.trim().to_owned()),
-            (None, None) => Self::Fixed(String::new()),
-        }
-    }
-
-    /// The current token; the file is re-read every time so a renewed token is picked up, and
-    /// a client's token is renewed before it expires.
-    pub(crate) async fn get(&self) -> Result<String, String> {
-        match self {
-            Self::Fixed(token) => Ok(token.clone()),
-            Self::File(path) => read_token(path).await,
-            Self::Client {
-                api_url,
-                id,
-                secret,
-                cache,
-            } => {
-                let secret = match secret {
-                    Secret::Inline(s) => s.clone(),
-                    Secret::File(path) => read_token(path).await?,
-                };
-                cache
-                    .client_token(api_url, id, &secret)
-                    .await
-                    .map_err(|e| format!("client credentials for {id}: {e}"))
-            }
-        }
-    }
-}
-
-/// Longest token file read.
-const MAX_TOKEN_BYTES: u64 = 16 * 1024;
-
-async fn read_token(path: &Path) -> Result<String, String> {
-    use tokio::io::AsyncReadExt as _;
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| format!("cannot open token_file {}: {e}", path.display()))?;
-    let mut text = String::new();
-    file.take(MAX_TOKEN_BYTES)
-        .read_to_string(&mut text)
-        .await
-        .map_err(|e| format!("cannot read token_file {}: {e}", path.display()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(format!("token_file {} is empty", path.display()));
-    }
-    Ok(token.to_owned())
-}
-
 /// Polls desired state until `shutdown`.
 pub(crate) async fn poll(
     desired: Arc<Desired>,
-    client: Client,
-    tokens: TokenSource,
+    api: Arc<hydrant_runtime::ApiClient>,
     interval: Duration,
     timeout: Duration,
     metrics: Metrics,
@@ -216,15 +117,12 @@ pub(crate) async fn poll(
             () = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let result = match tokens.get().await {
-            Ok(token) => {
-                let client = client.with_token(token);
-                match tokio::time::timeout(timeout, client.list_apps()).await {
-                    Ok(Ok(apps)) => Ok(apps),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-                }
-            }
+        let result = match api.authorized().await {
+            Ok(client) => match tokio::time::timeout(timeout, client.list_apps()).await {
+                Ok(Ok(apps)) => Ok(apps),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+            },
             Err(e) => Err(e),
         };
         match result {

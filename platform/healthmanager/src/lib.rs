@@ -43,7 +43,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hydrant_api::{Client, RestartInstance};
+use hydrant_api::RestartInstance;
 use hydrant_bus::messages::{
     self, ExecutorCrash, ExecutorHeartbeat, ExecutorReply, InstancePlaced, StartInstance,
     StopInstance,
@@ -67,7 +67,7 @@ pub use metrics::{
     DROP_WRONG_CELL,
 };
 
-use desired::{Desired, TokenSource};
+use desired::Desired;
 use metrics::Metrics;
 use tracker::{Due, Key, Tracker, Verdict};
 
@@ -116,8 +116,8 @@ impl hydrant_runtime::Role for HealthManager {
 #[derive(Debug)]
 struct Shared {
     bus: Bus,
-    client: Client,
-    tokens: TokenSource,
+    /// The cloud controller, and the token every call carries.
+    api: Arc<hydrant_runtime::ApiClient>,
     desired: Arc<Desired>,
     emitter: Option<Emitter>,
     metrics: Metrics,
@@ -172,8 +172,8 @@ async fn api_restart(
     count: u32,
     instance: Option<String>,
 ) -> ApiOutcome {
-    let token = match shared.tokens.get().await {
-        Ok(token) => token,
+    let client = match shared.api.authorized().await {
+        Ok(client) => client,
         Err(e) => return ApiOutcome::Unreachable(e),
     };
     let request = RestartInstance {
@@ -183,7 +183,6 @@ async fn api_restart(
         crash_count: Some(count),
         instance,
     };
-    let client = shared.client.with_token(token);
     let call = client.restart_instance(&key.0, key.1, &request);
     match tokio::time::timeout(shared.timeout, call).await {
         Ok(Ok(_)) => ApiOutcome::Restarted,
@@ -679,12 +678,10 @@ async fn serve(
     let _ = bus.publish(messages::EXECUTOR_GREET, bytes::Bytes::new());
 
     let desired = Arc::new(Desired::new(&config));
-    let tokens = TokenSource::from_config(&config);
-    let client = Client::new(&config.api_url, None);
+    let api = Arc::new(config.api().connect()?);
     let shared = Arc::new(Shared {
         bus: bus.clone(),
-        client: client.clone(),
-        tokens: tokens.clone(),
+        api: Arc::clone(&api),
         desired: Arc::clone(&desired),
         emitter: emitter.clone(),
         metrics: metrics.clone(),
@@ -694,8 +691,7 @@ async fn serve(
     let tasks = TaskTracker::new();
     tasks.spawn(desired::poll(
         desired,
-        client,
-        tokens,
+        api,
         Config::secs(config.poll_interval_secs),
         config.request_timeout(),
         metrics.clone(),

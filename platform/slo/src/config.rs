@@ -36,6 +36,10 @@ pub struct Config {
     pub client_secret: Option<String>,
     /// A file holding the client's secret (re-read at every renewal).
     pub client_secret_file: Option<PathBuf>,
+    /// This role's certificate (the `slo` identity), key and trust bundle: with it, `api_url`
+    /// is the cloud controller's internal `https://` listener and every call runs mutual TLS
+    /// (then name the public API's keys in `token_keys_url`). Default unset: plain HTTP.
+    pub tls: Option<hydrant_tls::TlsFiles>,
     /// How often the SLOs are fetched, seconds. Default 15.
     pub poll_interval_secs: u64,
     /// How long one API call may take, milliseconds. Default 5000.
@@ -124,6 +128,7 @@ impl Default for Config {
             client_id: None,
             client_secret: None,
             client_secret_file: None,
+            tls: None,
             poll_interval_secs: 15,
             request_timeout_ms: 5000,
             firehose: ClientConfig::default(),
@@ -143,6 +148,22 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The API-consumer block (`api_url`, the token or client credentials, `tls`).
+    #[must_use]
+    pub fn api(&self) -> hydrant_runtime::ApiConsumer<'_> {
+        hydrant_runtime::ApiConsumer::new(
+            &self.api_url,
+            self.token.as_ref(),
+            self.token_file.as_ref(),
+        )
+        .with_client(
+            self.client_id.as_ref(),
+            self.client_secret.as_ref(),
+            self.client_secret_file.as_ref(),
+        )
+        .with_tls(self.tls.as_ref())
+    }
+
     /// Where the status check's token keys come from: `token_keys_url` (default
     /// `api_url/token_keys`), cached in `token_keys_cache` (default
     /// `data_dir/token_keys.json`).
@@ -173,18 +194,17 @@ impl hydrant_runtime::Validate for Config {
     /// # Errors
     /// [`Error::Config`] naming the first bad field, or the windows' or telemetry's own error.
     fn validate(&self) -> Result<(), Error> {
-        hydrant_runtime::ApiConsumer::new(
-            &self.api_url,
-            self.token.as_ref(),
-            self.token_file.as_ref(),
-        )
-        .with_client(
-            self.client_id.as_ref(),
-            self.client_secret.as_ref(),
-            self.client_secret_file.as_ref(),
-        )
-        .validate("", "an admin token")
-        .map_err(hydrant_runtime::Error::from)?;
+        self.api()
+            .validate("", "an admin token")
+            .map_err(hydrant_runtime::Error::from)?;
+        if self.tls.is_some() && self.status_auth && self.token_keys_url.is_none() {
+            // The keys' fetcher speaks plain HTTP; the internal listener is mutual TLS only.
+            return Err(invalid(
+                "token_keys_url",
+                "with tls, name the public API's keys, e.g. \"http://10.0.0.5:9022/token_keys\"",
+            )
+            .into());
+        }
         if self.client_id.is_some()
             && self.firehose.token.trim().is_empty()
             && self.firehose.client_id.is_empty()

@@ -116,9 +116,11 @@ async fn serve(
         path: state_dir.clone(),
         source,
     })?;
+    // Certificates that cannot be used stop the role here, not at its first call.
+    let api = Arc::new(config.api().connect()?);
     // The firehose falls back to the API token; with client credentials it has its own.
     let token = if config.firehose.token.is_empty() && config.firehose.client_id.is_empty() {
-        read_token(&config).await.map_err(|message| {
+        api.token().await.map_err(|message| {
             let field = if config.token_file.is_some() {
                 "token_file"
             } else {
@@ -174,6 +176,7 @@ async fn serve(
     ));
     tokio::spawn(poll_specs(
         config.clone(),
+        Arc::clone(&api),
         Arc::clone(&engine),
         registry.clone(),
         tasks.clone(),
@@ -362,31 +365,9 @@ fn announce(n: &Notice, emitter: Option<&Emitter>, webhooks: &webhook::Webhooks)
     }
 }
 
-/// Client-credential tokens, renewed before they expire.
-static TOKENS: hydrant_api::TokenCache = hydrant_api::TokenCache::new();
-
-async fn read_token(config: &Config) -> Result<String, String> {
-    let api = hydrant_runtime::ApiConsumer::new(
-        &config.api_url,
-        config.token.as_ref(),
-        config.token_file.as_ref(),
-    )
-    .with_client(
-        config.client_id.as_ref(),
-        config.client_secret.as_ref(),
-        config.client_secret_file.as_ref(),
-    );
-    match (api.client_id, api.client_secret()) {
-        (Some(id), Some(secret)) => TOKENS
-            .client_token(&config.api_url, id, &secret?)
-            .await
-            .map_err(|e| format!("client credentials for {id}: {e}")),
-        _ => api.token(),
-    }
-}
-
 async fn poll_specs(
     config: Config,
+    api: Arc<hydrant_runtime::ApiClient>,
     engine: SharedEngine,
     registry: Registry,
     shutdown: CancellationToken,
@@ -405,15 +386,14 @@ async fn poll_specs(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let token = match read_token(&config).await {
-            Ok(t) => t,
+        let client = match api.authorized().await {
+            Ok(client) => client,
             Err(why) => {
                 failures.inc();
                 tracing::warn!("cannot fetch SLOs: {why}");
                 continue;
             }
         };
-        let client = hydrant_api::Client::new(&config.api_url, Some(token));
         match tokio::time::timeout(timeout, client.list_slos()).await {
             Ok(Ok(list)) => {
                 apps.set(list.iter().filter(|a| !a.slos.is_empty()).count() as f64);

@@ -146,6 +146,12 @@ impl Listeners {
         Ok(self.bound.swap_remove(at).1)
     }
 
+    /// Takes the listener called `name` out if it was bound: one a role can run without, left
+    /// unbound when its address is empty (see [`bind_on`]).
+    pub fn take_optional(&mut self, name: &'static str) -> Option<TcpListener> {
+        self.take(name).ok()
+    }
+
     /// Where the listener called `name` is bound, if it is.
     #[must_use]
     pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
@@ -174,7 +180,9 @@ pub async fn bind<R: Role>(config: &R::Config) -> Result<Listeners, Error> {
 }
 
 /// Binds every listener `R` declares at `address(spec)`: the caller picks (`127.0.0.1:0` for
-/// a kernel-chosen port).
+/// a kernel-chosen port). An empty address leaves that listener unbound: an optional one (the
+/// cloud controller's internal API without `tls`), which the role takes with
+/// [`Listeners::take_optional`].
 ///
 /// # Errors
 /// [`Error::Bind`] naming the field and the address.
@@ -184,6 +192,9 @@ pub async fn bind_on<R: Role>(
     let mut bound = Vec::with_capacity(R::LISTENERS.len());
     for spec in R::LISTENERS {
         let addr = address(spec);
+        if addr.trim().is_empty() {
+            continue;
+        }
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| Error::Bind {
