@@ -305,6 +305,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         println!("  {role:<10} admin          {url}/metrics  {url}/healthz");
     }
     println!("  endpoints + admin token   {}", endpoints_path.display());
+    // Written once, at the data directory's first start, for logins from elsewhere.
+    let password = data_dir.join("cloudcontroller").join("admin-password");
+    if password.exists() {
+        println!(
+            "  admin password (0600)     {}  (hydrant login -u {ADMIN_USER}; delete it once kept elsewhere)",
+            password.display()
+        );
+    }
     println!("  CLI config                {}", cli_path.display());
     println!();
     if args.demo {
