@@ -36,6 +36,8 @@ pub enum BenchCommand {
     Syslog(SyslogArgs),
     /// Route registrations from executors to routers through a real nats-server.
     Bus(crate::bench_bus::BusArgs),
+    /// Container start latency and memory per container, N containers running at once (root).
+    Containers(crate::bench_containers::ContainersArgs),
 }
 
 /// Arguments of `hydrant bench syslog`.
@@ -128,6 +130,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Pipeline(args) => pipeline(args).await,
         BenchCommand::Syslog(args) => syslog(args).await,
         BenchCommand::Bus(args) => crate::bench_bus::run(args).await,
+        BenchCommand::Containers(args) => crate::bench_containers::run(args).await,
     }
 }
 

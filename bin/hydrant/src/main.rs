@@ -13,6 +13,7 @@ mod apps;
 mod autoscale_cli;
 mod bench;
 mod bench_bus;
+mod bench_containers;
 mod bench_consumer;
 mod cells_cli;
 mod certs;
