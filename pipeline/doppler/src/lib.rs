@@ -66,6 +66,10 @@ pub use selector::{Filter, MAX_SELECTORS, RequestError, Route, SubscriptionReque
 /// HTTP/2 windows: tonic's defaults throttle one stream to ~0.1 M envelopes/s.
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+/// Largest HTTP/2 DATA frame agents may send here (the default is 16 KiB). Each frame is one
+/// write: at 16 KiB a batch took two, and over TLS a frame of 16 KiB plus its 9-byte header
+/// took two records, the second of 9 bytes. Bounded by the stream window either way.
+const MAX_FRAME: u32 = 256 * 1024;
 
 /// Largest egress request (`EgressBatchRequest`/`EgressRequest`) accepted. A subscription keeps
 /// its selectors for as long as it lives, so this, not the 10 MiB data limit, bounds what one
@@ -195,6 +199,7 @@ async fn serve(
     let server = Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(config.keepalive_interval()))
         .http2_keepalive_timeout(Some(config.keepalive_timeout()))

@@ -3,18 +3,34 @@
 //!
 //! Where it sits: router task → [`ReplayRing::push`] (after routing each batch) → ring reads:
 //! a v2 `BatchedReceiver` call carrying `hydrant-ring-from` metadata gets [`ring_stream`], which
-//! sends each batch preceded by a [`RingPosition`]. The firehose edge reads live from the head
-//! this way (so the ring is its queue, and a batch goes out as the bytes the agent sent), and
-//! replays a reconnecting consumer's missed range with a bounded read (`hydrant-ring-to`).
+//! sends each batch with its [`RingPosition`] in front. The firehose edge reads live from the
+//! head this way (so the ring is its queue, and a batch goes out as the bytes the agent sent),
+//! and replays a reconnecting consumer's missed range with a bounded read (`hydrant-ring-to`).
+//!
+//! Message shapes: a batch is kept as one `EnvelopeBatch` message whose first field is its
+//! position record (field 100, which stock parsers skip) followed by its envelopes, and a read
+//! of everything sends that message as it is: one gRPC message per batch, no per-read encoding.
+//! A record of its own (an `EnvelopeBatch` holding only field 100) goes first when the reader
+//! must be told more: where the read starts, envelopes it lost, another epoch; and before each
+//! batch of a filtered read, whose selected envelopes go out in new messages.
 //!
 //! Numbering: every envelope kept gets an *offset*, counting from 0 at this process's start,
 //! under a random *epoch*; a batch is `[start, start + count)`. A reader that asks for an offset
 //! the ring has evicted is told exactly how many envelopes it lost (`skipped`).
 //!
+//! Storage: a kept batch is copied into the ring's own slabs (a few MiB each, filled in order),
+//! never kept as the slice of the gRPC receive buffer it arrived in. Keeping that slice pinned
+//! the whole receive buffer for up to the window, so ingress allocated a fresh buffer for every
+//! message and the kernel spent half the process's CPU zeroing new pages (`clear_page`). A slab
+//! whose batches were all evicted, and that no reader still holds, is written again instead of
+//! allocating: in steady state the ring touches no new memory. What it holds is its kept bytes
+//! plus, per slab, a tail too short for the next batch, plus at most [`SPARE_SLABS`] emptied
+//! slabs waiting for reuse.
+//!
 //! Invariants: bounded by bytes of kept messages and by age (`replay_ring_bytes`,
-//! `replay_ring_secs`); the newest batch is always kept; a batch is kept as received when every
-//! envelope in it is valid and routable, else rebuilt from the valid ones, so a reader never
-//! sees what ingress rejected; the writer never waits on a reader (one short lock per batch);
+//! `replay_ring_secs`); the newest batch is always kept; a batch is kept byte for byte as
+//! received when every envelope in it is valid and routable, else rebuilt from the valid ones,
+//! so a reader never sees what ingress rejected; the writer never waits on a reader (one short lock per batch);
 //! a live reader that falls behind the ring loses its oldest data, counted as
 //! `doppler.dropped{reason="slow_subscriber"}`, exactly as a slow subscription queue does.
 
@@ -22,7 +38,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use hydrant_emitter::Counter;
 use hydrant_envelope::cursor::RingPosition;
@@ -40,13 +56,102 @@ use crate::selector::SubscriptionRequest;
 /// Most batches one read takes under the lock before sending them.
 const READ_BATCHES: usize = 64;
 
+/// Largest slab: big enough that a slab's unusable tail (shorter than the next batch) is a
+/// small share of it, small enough that one slab held by a slow reader pins little.
+const MAX_SLAB: usize = 4 << 20;
+/// Smallest slab, for tiny rings (tests).
+const MIN_SLAB: usize = 64 << 10;
+/// Emptied slabs remembered for reuse: a reader may still hold the oldest, so a few are kept
+/// to try in turn; past this the oldest is let go (freed once its last reader drops it).
+const SPARE_SLABS: usize = 4;
+
+/// The ring's own memory: batches are appended to the current slab and handed out as `Bytes`
+/// slices of it; a slab is reused once every slice of it is gone. Written by the ring's one
+/// writer only.
+#[derive(Debug)]
+struct Slabs {
+    size: usize,
+    /// Most filled slabs remembered: enough to cover the ring's bytes, plus [`SPARE_SLABS`].
+    max_filled: usize,
+    /// The unwritten tail of the slab being filled (`None` before the first batch).
+    current: Option<BytesMut>,
+    /// Tails of filled slabs, oldest first: each one's slab becomes reusable once its batches
+    /// have all been evicted and every reader let go of them.
+    filled: VecDeque<BytesMut>,
+}
+
+impl Slabs {
+    /// Slabs sized for a ring of `max_bytes`.
+    fn new(max_bytes: usize) -> Self {
+        let size = (max_bytes / 16).clamp(MIN_SLAB, MAX_SLAB);
+        Self {
+            size,
+            max_filled: (max_bytes / size).saturating_add(SPARE_SLABS),
+            current: None,
+            filled: VecDeque::new(),
+        }
+    }
+
+    /// `parts`, copied one after the other into a slab.
+    fn keep(&mut self, parts: &[&[u8]]) -> Bytes {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > self.size {
+            // Larger than a slab: its own allocation, freed with the batch.
+            return Bytes::from(parts.concat());
+        }
+        let current = match self.current.take() {
+            Some(current) if current.capacity() >= len => current,
+            full => self.next_slab(full),
+        };
+        let current = self.current.insert(current);
+        for part in parts {
+            current.extend_from_slice(part);
+        }
+        current.split().freeze()
+    }
+
+    /// Retires the `full` slab and returns the next one: the oldest filled slab nobody holds
+    /// any more, else a new one.
+    fn next_slab(&mut self, full: Option<BytesMut>) -> BytesMut {
+        self.filled.extend(full);
+        // Slabs empty in the order they were filled, so the oldest few are the ones worth a
+        // try (the oldest may still be held by a slow reader).
+        let size = self.size;
+        let reusable = self
+            .filled
+            .iter_mut()
+            .take(SPARE_SLABS)
+            .position(|tail| tail.try_reclaim(size));
+        let next = reusable
+            .and_then(|i| self.filled.remove(i))
+            .unwrap_or_else(|| BytesMut::with_capacity(size));
+        // Forgetting a tail frees nothing in use: its slab lives on while any batch or reader
+        // holds it, and is freed after instead of reused.
+        while self.filled.len() > self.max_filled {
+            self.filled.pop_front();
+        }
+        next
+    }
+}
+
 /// One kept batch.
 #[derive(Debug, Clone)]
 struct Entry {
     start: u64,
     count: u64,
+    /// The message a live reader is sent: the batch's position record (nothing skipped, not
+    /// restarted), then the batch's envelopes.
     bytes: Bytes,
+    /// Where the envelopes start in `bytes`.
+    data: usize,
     at: Instant,
+}
+
+impl Entry {
+    /// The batch's envelopes alone, as an encoded `EnvelopeBatch`.
+    fn batch(&self) -> Bytes {
+        self.bytes.slice(self.data..)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +177,8 @@ struct Head(u64);
 #[derive(Debug)]
 pub(crate) struct ReplayRing {
     inner: Mutex<Inner>,
+    /// Only the writer takes this lock, so it never waits on a reader.
+    slabs: Mutex<Slabs>,
     head: watch::Sender<Head>,
     doppler: u64,
     epoch: u64,
@@ -94,6 +201,7 @@ impl ReplayRing {
     pub(crate) fn new(doppler: u64, max_bytes: usize, max_age: Duration) -> Self {
         Self {
             inner: Mutex::default(),
+            slabs: Mutex::new(Slabs::new(max_bytes)),
             head: watch::Sender::new(Head(0)),
             doppler,
             epoch: fastrand::u64(1..),
@@ -109,19 +217,33 @@ impl ReplayRing {
 
     /// Keeps `batch`, evicting the oldest batches past the bounds. Never waits on a reader.
     pub(crate) fn push(&self, batch: &ValidBatch) {
-        let Some((bytes, count)) = clean(batch) else {
+        let Some((batch, count)) = clean(batch) else {
             return;
         };
+        // The writer's lock, held to the end: `start` cannot move under it.
+        let mut slabs = self.slabs.lock().unwrap_or_else(PoisonError::into_inner);
+        let start = self.next_offset();
+        let record = RingPosition {
+            doppler: self.doppler,
+            epoch: self.epoch,
+            start,
+            count,
+            skipped: 0,
+            restarted: false,
+        }
+        .encode();
+        let bytes = slabs.keep(&[&record, &batch]);
+        let data = record.len();
         let now = Instant::now();
         let next = {
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            let start = inner.next;
             inner.next = start + count;
             inner.bytes += bytes.len();
             inner.entries.push_back(Entry {
                 start,
                 count,
                 bytes,
+                data,
                 at: now,
             });
             while inner.entries.len() > 1 {
@@ -138,6 +260,7 @@ impl ReplayRing {
             }
             inner.next
         };
+        drop(slabs);
         self.head.send_replace(Head(next));
     }
 
@@ -175,8 +298,8 @@ impl ReplayRing {
 }
 
 /// The batch as it should be kept: the received bytes when every envelope in them is valid and
-/// routable (the common case, no copy), else a batch rebuilt from those that are. `None` when
-/// nothing is left.
+/// routable (the common case), else a batch rebuilt from those that are. `None` when nothing
+/// is left.
 fn clean(batch: &ValidBatch) -> Option<(Bytes, u64)> {
     let mut framed = 0usize;
     let mut routable = true;
@@ -333,12 +456,14 @@ impl<G> Reader<G> {
             }
             for entry in read.entries {
                 let first_skip = std::mem::take(&mut skipped);
-                self.pending
-                    .push_back(self.position(entry.start, entry.count, first_skip));
+                // A whole kept message carries its batch's position already; what it cannot
+                // say (envelopes lost, another epoch) goes in a record of its own before it.
+                if first_skip > 0 || self.restarted || !self.filter.sends_kept_messages() {
+                    self.pending
+                        .push_back(self.position(entry.start, entry.count, first_skip));
+                }
                 self.restarted = false;
-                let sent = self
-                    .filter
-                    .apply(&entry.bytes, entry.count, &mut self.pending);
+                let sent = self.filter.apply(&entry, &mut self.pending);
                 self.egress.add(sent);
                 self.next = entry.start + entry.count;
             }
@@ -389,16 +514,20 @@ impl Filter {
         Self::Select { router, queue }
     }
 
-    /// Queues the selected part of a kept batch of `count` envelopes; returns how many
-    /// envelopes that is.
-    fn apply(&mut self, bytes: &Bytes, count: u64, out: &mut VecDeque<Bytes>) -> u64 {
+    /// True when whole kept messages (position record and batch in one) are sent.
+    fn sends_kept_messages(&self) -> bool {
+        matches!(self, Self::All)
+    }
+
+    /// Queues the selected part of a kept batch; returns how many envelopes that is.
+    fn apply(&mut self, entry: &Entry, out: &mut VecDeque<Bytes>) -> u64 {
         match self {
             Self::All => {
-                out.push_back(bytes.clone());
-                count
+                out.push_back(entry.bytes.clone());
+                entry.count
             }
             Self::Select { router, queue } => {
-                let (batch, _) = ValidBatch::from_batch(bytes.clone());
+                let (batch, _) = ValidBatch::from_batch(entry.batch());
                 router.route(&batch);
                 let mut selected = 0;
                 while let Some(taken) = queue.try_take() {
@@ -477,6 +606,21 @@ mod tests {
         .unwrap()
     }
 
+    /// A ring read's message as the edge takes it apart: the leading position record, if any,
+    /// and the envelopes after it.
+    fn split(message: &Bytes) -> (Option<RingPosition>, Bytes) {
+        use hydrant_envelope::cursor::POSITION_KEY;
+        use hydrant_envelope::wire::read_varint;
+        let mut pos = 0;
+        if read_varint(message, &mut pos).ok() != Some(POSITION_KEY) {
+            return (None, message.clone());
+        }
+        let len = read_varint(message, &mut pos).unwrap() as usize;
+        let end = pos + len;
+        let record = RingPosition::from_message(&message[..end]).unwrap();
+        (Some(record), message.slice(end..))
+    }
+
     /// Reads a bounded stream to its end: (positions, timestamps of the envelopes); asserts
     /// that `doppler.egress` counted exactly the envelopes sent.
     async fn read_all(
@@ -498,11 +642,9 @@ mod tests {
         let mut positions = Vec::new();
         let mut stamps = Vec::new();
         for m in messages {
-            if let Some(p) = RingPosition::from_message(&m) {
-                positions.push(p);
-                continue;
-            }
-            for e in BatchIter::new(&m) {
+            let (position, batch) = split(&m);
+            positions.extend(position);
+            for e in BatchIter::new(&batch) {
                 stamps.push(EnvelopeView::parse(e.unwrap()).unwrap().timestamp);
             }
         }
@@ -539,8 +681,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_evicted_range_is_reported_with_the_exact_count() {
-        // Room for about two batches of ten.
-        let one = batch("a", 40..50).buffer_len();
+        // Room for about two batches of ten, each kept with its position record (< 40 bytes).
+        let one = batch("a", 40..50).buffer_len() + 40;
         let ring = Arc::new(ReplayRing::new(1, 2 * one, Duration::from_secs(60)));
         for i in 0..5 {
             ring.push(&batch("a", i * 10..i * 10 + 10));
@@ -631,14 +773,21 @@ mod tests {
         let p = RingPosition::from_message(&hello).unwrap();
         assert_eq!((p.start, p.count), (2, 0), "the read starts at the head");
         let first = stream.next().await.unwrap().unwrap();
-        let p = RingPosition::from_message(&first).unwrap();
+        let (p, data) = split(&first);
+        let p = p.unwrap();
         assert_eq!(
             (p.start, p.count),
             (2, 3),
             "from the head: older batches are not sent"
         );
-        let data = stream.next().await.unwrap().unwrap();
-        assert_eq!(BatchIter::new(&data).count(), 3);
+        assert_eq!(
+            BatchIter::new(&data).count(),
+            3,
+            "a batch travels in one message with its position"
+        );
+        ring.push(&batch("a", 5..6));
+        let (p, data) = split(&stream.next().await.unwrap().unwrap());
+        assert_eq!((p.unwrap().start, BatchIter::new(&data).count()), (5, 1));
     }
 
     #[test]
@@ -651,10 +800,53 @@ mod tests {
         assert_eq!(BatchIter::new(&bytes).count(), 2);
         let (plain, _) = ValidBatch::from_batch(batch_of([&good[..]]));
         let (same, _) = clean(&plain).unwrap();
-        assert_eq!(
-            same.as_ptr(),
-            plain.buffer().as_ptr(),
-            "a clean batch is kept as is"
+        assert_eq!(same, plain.buffer(), "a clean batch is kept as is");
+    }
+
+    #[test]
+    fn kept_batches_do_not_pin_the_buffer_they_arrived_in() {
+        let ring = ReplayRing::new(1, usize::MAX, Duration::from_secs(60));
+        let b = batch("a", 0..10);
+        let received = b.buffer().clone();
+        ring.push(&b);
+        drop(b);
+        let read = ring.read(0, u64::MAX);
+        let kept = read.entries[0].batch();
+        assert_eq!(kept, received, "kept byte for byte");
+        assert!(
+            received.try_into_mut().is_ok(),
+            "the receive buffer is free for the next message once the batch is routed"
         );
+    }
+
+    #[test]
+    fn slabs_are_reused_once_their_batches_are_evicted_and_read() {
+        let one = batch("a", 0..10);
+        let mut slabs = Slabs::new(0);
+        let per_slab = slabs.size / one.buffer_len();
+        let first: Vec<Bytes> = (0..per_slab).map(|_| slabs.keep(&[one.buffer()])).collect();
+        let slab_start = first[0].as_ptr();
+        // Fill a second slab while a reader still holds one batch of the first.
+        let held = first[per_slab / 2].clone();
+        drop(first);
+        let second = slabs.keep(&[one.buffer()]);
+        assert_ne!(
+            second.as_ptr(),
+            slab_start,
+            "a held slab is not written over"
+        );
+        let rest: Vec<Bytes> = (1..per_slab).map(|_| slabs.keep(&[one.buffer()])).collect();
+        drop(held);
+        let third = slabs.keep(&[one.buffer()]);
+        assert_eq!(
+            third.as_ptr(),
+            slab_start,
+            "a slab nobody holds is written again"
+        );
+        assert_eq!(&third[..], &one.buffer()[..]);
+        assert!(rest.iter().all(|b| b[..] == one.buffer()[..]));
+        // A batch larger than a slab gets its own allocation.
+        let big = vec![0u8; slabs.size + 1];
+        assert_eq!(slabs.keep(&[&big]).len(), big.len());
     }
 }

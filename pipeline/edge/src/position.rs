@@ -1,7 +1,8 @@
 //! Where each envelope came from in its doppler's stream, and the cursor each consumer is given.
 //!
-//! Where it sits: the upstream reads a position record before every batch from a doppler's
-//! replay ring; the hub stamps each envelope it queues with its [`At`] (doppler, epoch, offset);
+//! Where it sits: the upstream reads a position record in front of every batch from a doppler's
+//! replay ring ([`split_position`]: in the batch's own message, or, from dopplers before that, in
+//! a message of its own); the hub stamps each envelope it queues with its [`At`] (doppler, epoch, offset);
 //! a connection's writer feeds what it sends through a [`Tracker`], which keeps the consumer's
 //! [`Cursor`] (per doppler, the next offset it has not been given) and writes it into each
 //! frame. A consumer that reconnects with that cursor is replayed from there (see `resume`).
@@ -11,7 +12,8 @@
 
 use bytes::Bytes;
 use hydrant_buffer::Weigh;
-use hydrant_envelope::cursor::{Cursor, Mark};
+use hydrant_envelope::cursor::{Cursor, Mark, POSITION_KEY, RingPosition};
+use hydrant_envelope::wire::read_varint;
 
 /// An envelope's place in its doppler's stream. `doppler == 0` means unknown (a doppler that
 /// keeps no replay ring, or a marker this edge made).
@@ -53,6 +55,26 @@ impl Weigh for Item {
     #[inline]
     fn bytes(&self) -> usize {
         self.bytes.len()
+    }
+}
+
+/// A ring read's message taken apart: its leading position record, when it has one, and the
+/// encoded `EnvelopeBatch` of the envelopes after it (a slice, no copy; empty for a record
+/// sent on its own). A message that does not start with a well-formed record is all batch, so
+/// a doppler's plain subscription stream passes through unchanged.
+pub(crate) fn split_position(message: &Bytes) -> (Option<RingPosition>, Bytes) {
+    let mut pos = 0;
+    if read_varint(message, &mut pos).ok() != Some(POSITION_KEY) {
+        return (None, message.clone());
+    }
+    let record = read_varint(message, &mut pos)
+        .ok()
+        .and_then(|len| pos.checked_add(usize::try_from(len).ok()?))
+        .filter(|&end| end <= message.len())
+        .and_then(|end| Some((RingPosition::from_message(message.get(..end)?)?, end)));
+    match record {
+        Some((position, end)) => (Some(position), message.slice(end..)),
+        None => (None, message.clone()),
     }
 }
 
@@ -99,7 +121,35 @@ impl Tracker {
 
 #[cfg(test)]
 mod tests {
+    use hydrant_envelope::wire::{BatchIter, batch_of};
+
     use super::*;
+
+    #[test]
+    fn a_position_is_read_in_front_of_its_batch_or_alone() {
+        let p = RingPosition {
+            doppler: 3,
+            epoch: 9,
+            start: 40,
+            count: 2,
+            skipped: 0,
+            restarted: false,
+        };
+        let batch = batch_of([&b"one"[..], &b"two"[..]]);
+        let record = p.encode();
+        let combined = Bytes::from([&record[..], &batch[..]].concat());
+        let (got, rest) = split_position(&combined);
+        assert_eq!(got, Some(p));
+        assert_eq!(rest, batch, "the envelopes after the record, untouched");
+        assert_eq!(BatchIter::new(&rest).count(), 2);
+        let (got, rest) = split_position(&record);
+        assert_eq!((got, rest.len()), (Some(p), 0), "a record of its own");
+        let (got, rest) = split_position(&batch);
+        assert_eq!((got, rest), (None, batch), "a plain batch");
+        // A record whose length runs past the message is no record.
+        let cut = record.slice(..record.len() - 1);
+        assert_eq!(split_position(&cut).0, None);
+    }
 
     fn at(doppler: u64, epoch: u64, offset: u64) -> At {
         At {

@@ -39,7 +39,7 @@ use tonic::transport::Channel;
 
 use crate::api::{ApiError, Shared};
 use crate::hub::Subscription;
-use crate::position::{At, Item, Tracker};
+use crate::position::{At, Item, Tracker, split_position};
 use crate::upstream::ring_request;
 
 /// How long a resuming consumer waits for the edge to know every doppler (just after an edge
@@ -205,25 +205,30 @@ impl Replay {
                     return Some(chunk);
                 }
             };
-            if let Some(p) = RingPosition::from_message(&message) {
+            let (position, message) = split_position(&message);
+            let mut gap = None;
+            if let Some(p) = position {
                 running.position = Some(p);
-                if p.skipped > 0 || p.restarted {
+                if p.skipped > 0 {
                     let reason = if p.restarted {
                         "doppler_restarted"
                     } else {
                         "replay_window"
                     };
-                    if p.skipped > 0 {
-                        let mut chunk = self.take(max);
-                        chunk.marker = Some(marker(p.skipped, reason));
-                        return Some(chunk);
-                    }
+                    gap = Some(marker(p.skipped, reason));
                 }
-                continue;
             }
             let Some(p) = running.position else {
                 continue;
             };
+            if message.is_empty() {
+                if let Some(gap) = gap {
+                    let mut chunk = self.take(max);
+                    chunk.marker = Some(gap);
+                    return Some(chunk);
+                }
+                continue;
+            }
             // The first batch may start before the cursor: skip what the consumer already has.
             let from = if p.epoch == job.from.epoch {
                 job.from.next
@@ -246,6 +251,11 @@ impl Replay {
                 if sub.wants(view.kind, view.source_id.as_bytes()) {
                     self.ready.push_back(Item::new(bytes, at));
                 }
+            }
+            if let Some(gap) = gap {
+                let mut chunk = self.take(max);
+                chunk.marker = Some(gap);
+                return Some(chunk);
             }
         }
     }

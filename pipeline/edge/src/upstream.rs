@@ -7,12 +7,12 @@
 //! exponential backoff (from `reconnect_min_ms`, doubling, capped at `reconnect_max_ms`, with
 //! jitter so edges do not reconnect in lockstep) and the backoff resets once a stream is up.
 //!
-//! Each subscription is a ring read (`hydrant-ring-from` metadata): the doppler streams its
-//! replay ring, a position record before every batch, so every envelope the hub queues carries
-//! its offset and consumers get cursors. A broken stream is resumed from where the hub stopped
-//! (nothing lost within the doppler's window; anything beyond it arrives as an exact gap). A
-//! doppler whose ring is off answers `FAILED_PRECONDITION`, and is subscribed to like any v2
-//! client instead, without positions.
+//! Each subscription is a ring read (`hydrant-ring-from` metadata): the doppler streams its replay
+//! ring, a position record in front of every batch (in the batch's own message), so every envelope
+//! the hub queues carries its offset and consumers get cursors. A broken stream is resumed from
+//! where the hub stopped (nothing lost within the doppler's window; anything beyond it arrives as
+//! an exact gap). A doppler whose ring is off answers `FAILED_PRECONDITION`, and is subscribed to
+//! like any v2 client instead, without positions.
 //!
 //! With `upstream_tls` set, every doppler connection (subscription and reads) is mutual TLS:
 //! the edge presents its `trafficcontroller` leaf and accepts a doppler only if its certificate
@@ -32,10 +32,14 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::position::split_position;
 
 /// HTTP/2 flow-control windows: tonic's defaults hold one stream to ~0.1 M envelopes/s.
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+/// Largest HTTP/2 DATA frame a doppler may send here (the default is 16 KiB): one write per
+/// frame, and over TLS a 16 KiB frame plus its header took a full record and a 9-byte one.
+const MAX_FRAME: u32 = 256 * 1024;
 
 /// The gRPC endpoint for one doppler, with the windows, keepalive and timeouts every hop uses.
 pub(crate) fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
@@ -44,6 +48,7 @@ pub(crate) fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true))
@@ -233,15 +238,18 @@ async fn stream_once(
     let ended = loop {
         tokio::select! {
             m = stream.message() => match m {
-                Ok(Some(batch)) if ring => {
-                    if let Some(position) = RingPosition::from_message(&batch) {
+                Ok(Some(message)) if ring => {
+                    let (position, batch) = split_position(&message);
+                    if let Some(position) = position {
                         if position.skipped > 0 {
                             let marker: Bytes = hydrant_envelope::wire::batch_of([&ring_gap(&position).encode()[..]]);
                             hub.publish(&marker, scratch);
                         }
                         hub.at_position(slot, &position);
                         pending = (position.count > 0).then_some(position);
-                        continue;
+                        if batch.is_empty() {
+                            continue;
+                        }
                     }
                     let at = pending.take();
                     hub.publish_at(at.as_ref().map(|p| (slot, p)), &batch, scratch);
