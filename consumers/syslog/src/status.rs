@@ -2,8 +2,10 @@
 //!
 //! Flow: the request's bearer token → [`hydrant_auth::TokenKeys::verify`] (the cloud
 //! controller's public keys: `token_keys_file`, or fetched from `token_keys_url` — by default
-//! `[platform].api_url` + `/token_keys` — and cached in `token_keys_cache`, so the page keeps
-//! answering while the controller is down) → the scope check → every drain's report.
+//! `[platform].api_url` + `/token_keys` when that is the public API, and required when
+//! `[platform].tls` points it at the internal listener — and cached in `token_keys_cache`, so
+//! the page keeps answering while the controller is down) → the scope check → every drain's
+//! report.
 //!
 //! The invariant: `/drains` names apps (their guids) and where their logs go (drain hosts), so
 //! it is the platform operator's page: it answers only a token of audience `hydrant-logs`
@@ -47,10 +49,13 @@ struct Status {
 /// (`token_keys_url`, by default the platform API's), cached in `token_keys_cache`.
 #[must_use]
 pub(crate) fn key_sources(config: &Config) -> hydrant_auth::KeySources {
+    // The internal (mutual TLS) listener serves no `/token_keys`: only a plain public
+    // `api_url` names where the keys are.
     let url = config.token_keys_url.clone().or_else(|| {
         config
             .platform
             .as_ref()
+            .filter(|p| p.tls.is_none())
             .map(|p| format!("{}/token_keys", p.api_url.trim_end_matches('/')))
     });
     hydrant_auth::KeySources {
@@ -84,7 +89,14 @@ pub(crate) fn keys(config: &Config) -> Result<Option<Arc<TokenKeys>>, Error> {
     } else {
         "token_keys_url"
     };
-    let keys = TokenKeys::new(key_sources(config), Arc::new(hydrant_auth::Unobserved))
+    let sources = key_sources(config);
+    if sources.url.is_none() && sources.file.is_none() && sources.cache.is_none() {
+        tracing::warn!(
+            "/drains has no token keys to verify with, so it refuses every request: set \
+             token_keys_url (the cloud controller's /token_keys) or token_keys_file"
+        );
+    }
+    let keys = TokenKeys::new(sources, Arc::new(hydrant_auth::Unobserved))
         .map_err(|e| Error::from(hydrant_runtime::invalid(field, e.to_string())))?;
     Ok(Some(Arc::new(keys)))
 }
@@ -194,6 +206,19 @@ pub(crate) fn validate(config: &Config) -> Result<(), Error> {
             ),
         )));
     }
+    let internal_api = config.platform.as_ref().is_some_and(|p| p.tls.is_some());
+    if config.status_auth
+        && internal_api
+        && config.token_keys_url.is_none()
+        && config.token_keys_file.is_none()
+    {
+        return Err(Error::from(hydrant_runtime::invalid(
+            "token_keys_url",
+            "is needed with [platform].tls: the internal listener serves no /token_keys; set \
+             it to the public API's, e.g. \"http://127.0.0.1:9022/token_keys\", or set \
+             token_keys_file",
+        )));
+    }
     if let Some(file) = &config.token_keys_file
         && file.as_os_str().is_empty()
     {
@@ -204,4 +229,68 @@ pub(crate) fn validate(config: &Config) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PlatformConfig;
+
+    fn platform(tls: bool) -> Config {
+        Config {
+            platform: Some(PlatformConfig {
+                api_url: "http://cc.internal:9022/".to_owned(),
+                tls: tls.then(|| {
+                    hydrant_tls::TlsFiles::in_dir(
+                        std::path::Path::new("/etc/hydrant/certs"),
+                        hydrant_tls::Identity::Nozzle,
+                    )
+                }),
+                ..PlatformConfig::default()
+            }),
+            ..Config::default()
+        }
+    }
+
+    /// Keys come from the public API by default, never from the internal mTLS listener (which
+    /// serves none): there the operator must say where, and validation says so.
+    #[test]
+    fn keys_come_from_the_public_api_or_where_the_operator_says() {
+        let public = platform(false);
+        let sources = key_sources(&public);
+        assert_eq!(
+            sources.url.as_deref(),
+            Some("http://cc.internal:9022/token_keys")
+        );
+        validate(&public).unwrap();
+
+        let mut internal = platform(true);
+        assert_eq!(key_sources(&internal).url, None);
+        let e = validate(&internal).unwrap_err().to_string();
+        assert!(
+            e.contains("token_keys_url") && e.contains("[platform].tls"),
+            "{e}"
+        );
+        internal.token_keys_url = Some("http://cc.public:9022/token_keys".to_owned());
+        validate(&internal).unwrap();
+        assert_eq!(
+            key_sources(&internal).url.as_deref(),
+            Some("http://cc.public:9022/token_keys")
+        );
+
+        let mut fixed = platform(true);
+        fixed.token_keys_file = Some("/etc/hydrant/token_keys.json".into());
+        validate(&fixed).unwrap();
+        let sources = key_sources(&fixed);
+        assert!(sources.url.is_none() && sources.file.is_some());
+
+        let mut bad = platform(false);
+        bad.token_keys_url = Some("cc:9022/token_keys".to_owned());
+        assert!(
+            validate(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("token_keys_url")
+        );
+    }
 }
