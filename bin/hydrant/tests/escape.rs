@@ -439,4 +439,16 @@ fn an_app_past_its_memory_is_oom_killed_and_its_peak_shows_in_events() {
         events.contains("Exited with status 137 (out of memory); peak memory"),
         "{events}"
     );
+    // The health manager restarts it on the crash schedule (the first restarts are
+    // immediate), and the restarted instance is OOM-killed again.
+    wait_for(
+        Duration::from_secs(60),
+        "a restart and a second OOM crash",
+        || {
+            let out = up.cli(&["events", "hog"]);
+            events = String::from_utf8_lossy(&out.stdout).into_owned();
+            events.contains("audit.app.process.restart")
+                && events.matches("(out of memory)").count() >= 2
+        },
+    );
 }
