@@ -13,6 +13,12 @@
 //! `VCAP_SERVICES` exactly as any app would read them, and a tiny RESP client sends `AUTH` and
 //! `INCR`. Every reply is read with a deadline and a bounded line length, so a wrong or hostile
 //! endpoint costs the request a clear message, never a hang.
+//!
+//! `/services` knocks on every service bound to it (MySQL, PostgreSQL, RabbitMQ or Redis, by
+//! the scheme of its credentials' `uri`) with the first step of that protocol's own handshake —
+//! MySQL's server greeting, PostgreSQL's answer to an SSL request, AMQP 0-9-1's
+//! `Connection.Start`, Redis's answer to `PING` — and says per service whether the server
+//! answered, so reaching each offering through the egress its binding opened is one request.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -43,6 +49,8 @@ struct Demo {
     started: Instant,
     /// The first Redis service bound to the app, if any.
     redis: Option<std::sync::Arc<Redis>>,
+    /// Every service `/services` knocks on.
+    bound: std::sync::Arc<Vec<Bound>>,
 }
 
 /// A Redis service's connection details, from `VCAP_SERVICES`.
@@ -79,10 +87,15 @@ pub async fn run(args: DemoAppArgs) -> anyhow::Result<ExitCode> {
             r.name, r.host, r.port
         );
     }
+    let bound = std::env::var("VCAP_SERVICES")
+        .ok()
+        .map(|v| bound_from_vcap(&v))
+        .unwrap_or_default();
     let demo = Demo {
         index: std::env::var("INSTANCE_INDEX").unwrap_or_else(|_| "0".to_owned()),
         started: Instant::now(),
         redis,
+        bound: std::sync::Arc::new(bound),
     };
     let app = axum::Router::new()
         .route("/", get(hello))
@@ -91,6 +104,7 @@ pub async fn run(args: DemoAppArgs) -> anyhow::Result<ExitCode> {
         .route("/delay/{ms}", get(delay))
         .route("/crash", get(crash))
         .route("/log/{n}", get(log_lines))
+        .route("/services", get(services))
         .fallback(not_found)
         .with_state(demo)
         .layer(axum::middleware::from_fn(access_line));
@@ -293,6 +307,189 @@ fn parse_reply(line: &str) -> Result<Reply, String> {
     }
 }
 
+/// A service protocol the demo can knock on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Mysql,
+    Postgres,
+    Amqp,
+    Redis,
+}
+
+impl Protocol {
+    fn of_scheme(scheme: &str) -> Option<Self> {
+        match scheme {
+            "mysql" | "mariadb" => Some(Self::Mysql),
+            "postgres" | "postgresql" => Some(Self::Postgres),
+            "amqp" => Some(Self::Amqp),
+            "redis" => Some(Self::Redis),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Mysql => "MySQL",
+            Self::Postgres => "PostgreSQL",
+            Self::Amqp => "AMQP",
+            Self::Redis => "Redis",
+        }
+    }
+}
+
+/// One bound service `/services` knocks on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Bound {
+    /// The service instance's name.
+    name: String,
+    protocol: Protocol,
+    host: String,
+    port: u16,
+}
+
+/// Most services `/services` knocks on.
+const MAX_BOUND: usize = 32;
+
+/// Every service in `VCAP_SERVICES` whose credentials' `uri` names a protocol the demo knows;
+/// host and port from `hostname`/`host` and `port`, else from the URI.
+fn bound_from_vcap(vcap: &str) -> Vec<Bound> {
+    let Ok(services) = serde_json::from_str::<serde_json::Value>(vcap) else {
+        return Vec::new();
+    };
+    let Some(offerings) = services.as_object() else {
+        return Vec::new();
+    };
+    let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_owned);
+    offerings
+        .values()
+        .filter_map(|v| v.as_array())
+        .flatten()
+        .filter_map(|entry| {
+            let creds = entry.get("credentials")?;
+            let uri = reqwest::Url::parse(&text(creds.get("uri"))?).ok()?;
+            let protocol = Protocol::of_scheme(uri.scheme())?;
+            let host = text(creds.get("hostname"))
+                .or_else(|| text(creds.get("host")))
+                .or_else(|| uri.host_str().map(str::to_owned))?;
+            let port = creds
+                .get("port")
+                .and_then(|p| p.as_u64().and_then(|p| u16::try_from(p).ok()))
+                .or_else(|| uri.port())?;
+            Some(Bound {
+                name: text(entry.get("name")).unwrap_or_default(),
+                protocol,
+                host,
+                port,
+            })
+        })
+        .take(MAX_BOUND)
+        .collect()
+}
+
+/// `GET /services`: one line per bound service, knocked on all at once.
+async fn services(State(demo): State<Demo>) -> String {
+    if demo.bound.is_empty() {
+        return "no MySQL, PostgreSQL, RabbitMQ or Redis service is bound\n".to_owned();
+    }
+    let knocks = demo.bound.iter().map(|b| async move {
+        let outcome = match tokio::time::timeout(REDIS_DEADLINE, knock(b)).await {
+            Ok(Ok(greeting)) => format!("reached: {greeting}"),
+            Ok(Err(e)) => e,
+            Err(_) => "no answer within 2 s".to_owned(),
+        };
+        format!(
+            "{} service {:?} at {}:{}: {outcome}\n",
+            b.protocol.name(),
+            b.name,
+            b.host,
+            b.port
+        )
+    });
+    let lines = futures_util::future::join_all(knocks).await;
+    for line in &lines {
+        print!("{line}");
+    }
+    lines.concat()
+}
+
+/// The first step of the protocol's own handshake; what the server said, escaped.
+async fn knock(b: &Bound) -> Result<String, String> {
+    let mut stream = tokio::net::TcpStream::connect((b.host.as_str(), b.port))
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let read = |e: std::io::Error| format!("no greeting: {e}");
+    match b.protocol {
+        Protocol::Mysql => {
+            // A 4-byte packet header, then protocol version 10 and the server's version.
+            let mut head = [0u8; 4];
+            stream.read_exact(&mut head).await.map_err(read)?;
+            let len = usize::from(head[0]) | usize::from(head[1]) << 8 | usize::from(head[2]) << 16;
+            let mut payload = vec![0u8; len.min(256)];
+            stream.read_exact(&mut payload).await.map_err(read)?;
+            match payload.first() {
+                Some(10) => {
+                    let version: Vec<u8> = payload[1..]
+                        .iter()
+                        .take_while(|c| **c != 0)
+                        .copied()
+                        .collect();
+                    Ok(format!(
+                        "MySQL protocol 10, server {:?}",
+                        String::from_utf8_lossy(&version)
+                    ))
+                }
+                Some(0xff) => Err(format!(
+                    "the server refused: {:?}",
+                    String::from_utf8_lossy(payload.get(3..).unwrap_or_default())
+                )),
+                _ => Err(format!("not a MySQL greeting: {payload:?}")),
+            }
+        }
+        Protocol::Postgres => {
+            // SSLRequest: length 8, code 80877103; a server answers one byte, S or N.
+            stream
+                .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+                .await
+                .map_err(read)?;
+            let mut answer = [0u8; 1];
+            stream.read_exact(&mut answer).await.map_err(read)?;
+            match answer[0] {
+                b'S' | b'N' => Ok(format!(
+                    "PostgreSQL answered the SSL request with {:?}",
+                    char::from(answer[0])
+                )),
+                other => Err(format!("not a PostgreSQL answer: {other:#04x}")),
+            }
+        }
+        Protocol::Amqp => {
+            // The protocol header; the server opens with a Connection.Start method frame
+            // (type 1, channel 0, class 10, method 10).
+            stream.write_all(b"AMQP\0\0\x09\x01").await.map_err(read)?;
+            let mut frame = [0u8; 11];
+            stream.read_exact(&mut frame).await.map_err(read)?;
+            if frame[0] == 1 && frame[1..3] == [0, 0] && frame[7..11] == [0, 10, 0, 10] {
+                Ok("AMQP 0-9-1 Connection.Start".to_owned())
+            } else {
+                Err(format!("not an AMQP 0-9-1 greeting: {frame:?}"))
+            }
+        }
+        Protocol::Redis => {
+            stream.write_all(b"PING\r\n").await.map_err(read)?;
+            let mut line = String::new();
+            BufReader::new(stream)
+                .take(MAX_REPLY_LINE)
+                .read_line(&mut line)
+                .await
+                .map_err(read)?;
+            match parse_reply(line.trim_end_matches("\r\n"))? {
+                // Without AUTH a protected server answers NOAUTH: still a Redis server.
+                Reply::Status(s) | Reply::Error(s) => Ok(format!("Redis answered PING: {s:?}")),
+                Reply::Integer(n) => Err(format!("not a PING answer: {n}")),
+            }
+        }
+    }
+}
+
 async fn status(Path(code): Path<u16>) -> impl IntoResponse {
     match StatusCode::from_u16(code) {
         Ok(code) => (code, format!("status {}\n", code.as_u16())),
@@ -333,7 +530,7 @@ async fn log_lines(Path(n): Path<u32>) -> String {
 async fn not_found() -> (StatusCode, &'static str) {
     (
         StatusCode::NOT_FOUND,
-        "not found: try /, /status/500, /delay/200, /log/10 or /crash\n",
+        "not found: try /, /status/500, /delay/200, /log/10, /services or /crash\n",
     )
 }
 
@@ -375,6 +572,74 @@ mod tests {
         );
         assert_eq!(redis_from_vcap(r#"{"postgresql": []}"#), None);
         assert_eq!(redis_from_vcap("not json"), None);
+    }
+
+    #[test]
+    fn every_known_protocol_is_found_by_its_uri_scheme() {
+        let vcap = r#"{
+          "mysql": [{"name": "db", "credentials": {"hostname": "10.0.0.5", "port": 3306,
+                     "uri": "mysql://u:p@10.0.0.5:3306/d?reconnect=true"}}],
+          "postgresql": [{"name": "pg", "credentials": {"uri": "postgres://u:p@10.0.0.9:5433/d"}}],
+          "rabbitmq": [{"name": "mq", "credentials": {"hostname": "10.0.0.6",
+                        "uri": "amqp://u:p@10.0.0.6:5672/v"}}],
+          "user-provided": [{"name": "web", "credentials": {"uri": "https://example.com"}}]
+        }"#;
+        let mut found = bound_from_vcap(vcap);
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        let seen: Vec<(&str, Protocol, &str, u16)> = found
+            .iter()
+            .map(|b| (b.name.as_str(), b.protocol, b.host.as_str(), b.port))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("db", Protocol::Mysql, "10.0.0.5", 3306),
+                ("mq", Protocol::Amqp, "10.0.0.6", 5672),
+                ("pg", Protocol::Postgres, "10.0.0.9", 5433),
+            ]
+        );
+        assert!(bound_from_vcap("not json").is_empty());
+    }
+
+    #[tokio::test]
+    async fn knocks_read_each_protocols_greeting_and_refuse_anything_else() {
+        use tokio::io::AsyncReadExt as _;
+        // A loopback server that answers the first bytes it reads with `answer`.
+        async fn server(answer: &'static [u8]) -> u16 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                while let Ok((mut s, _)) = listener.accept().await {
+                    let mut buf = [0u8; 16];
+                    // MySQL speaks first: answer at once unless the client sends something.
+                    let _ = tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await;
+                    let _ = s.write_all(answer).await;
+                }
+            });
+            port
+        }
+        let bound = |protocol, port| Bound {
+            name: "x".into(),
+            protocol,
+            host: "127.0.0.1".into(),
+            port,
+        };
+        let greeting = b"\x0d\x00\x00\x00\x0a10.11-Maria\x00";
+        let port = server(greeting).await;
+        let said = knock(&bound(Protocol::Mysql, port)).await.unwrap();
+        assert!(said.contains("10.11-Maria"), "{said}");
+        let port = server(b"N").await;
+        assert!(knock(&bound(Protocol::Postgres, port)).await.is_ok());
+        let port = server(b"\x01\x00\x00\x00\x00\x01\x00\x00\x0a\x00\x0a").await;
+        assert!(knock(&bound(Protocol::Amqp, port)).await.is_ok());
+        let port = server(b"-NOAUTH Authentication required.\r\n").await;
+        assert!(knock(&bound(Protocol::Redis, port)).await.is_ok());
+        // A server of another kind is not taken for the one the binding names.
+        let port = server(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        for protocol in [Protocol::Mysql, Protocol::Postgres, Protocol::Amqp] {
+            let e = knock(&bound(protocol, port)).await.unwrap_err();
+            assert!(!e.contains('\r'), "escaped: {e}");
+        }
     }
 
     #[test]
