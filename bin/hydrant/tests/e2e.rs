@@ -903,6 +903,55 @@ fn up_says_why_it_cannot_make_containers_and_how_to_fix_it() {
     }
 }
 
+/// Started by an unprivileged user, `hydrant up` refuses before anything starts and says what
+/// on this kernel blocks rootless containers (cgroup v1 here; an undelegated cgroup on v2), with
+/// the ways out.
+#[test]
+fn up_as_an_unprivileged_user_says_what_blocks_rootless_containers() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test switches to the unprivileged user nobody with setpriv, which needs root: run \
+         it as root, as CI does"
+    );
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(home.path(), Some(65_534), Some(65_534)).unwrap();
+    let stderr_path = home.path().join("stderr");
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", BIN])
+        .args(["up", "--ephemeral-ports", "--data-dir"])
+        .arg(home.path().join("data"))
+        .env("HYDRANT_HOME", home.path())
+        .env("HOME", home.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("setpriv (Debian package util-linux) must be installed");
+    let mut status = None;
+    wait_for(Duration::from_secs(30), "hydrant up to give up", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(!status.unwrap().success(), "{stderr}");
+    for expected in [
+        "runs as uid 65534",
+        "rootless containers (a user namespace mapping uid 65534 to 2000 inside)",
+        "--isolation none",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} missing: {stderr}");
+    }
+    let blocker = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "not delegated to uid 65534"
+    } else {
+        "cgroup v1"
+    };
+    assert!(stderr.contains(blocker), "{blocker:?} missing: {stderr}");
+    assert!(
+        !home.path().join("data").join("endpoints.json").exists(),
+        "endpoints.json written by a platform that cannot isolate apps: {stderr}"
+    );
+}
+
 /// Never silently unisolated: `hydrant up --isolation none` warns when it starts, every push
 /// prints the warning (its staging runs unisolated), every start says so in the CELL lines,
 /// and `hydrant app` says so beside instances that have no kernel limits.
