@@ -917,7 +917,13 @@ fn up_as_an_unprivileged_user_says_what_blocks_rootless_containers() {
     std::os::unix::fs::chown(home.path(), Some(65_534), Some(65_534)).unwrap();
     let stderr_path = home.path().join("stderr");
     let mut child = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", BIN])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            BIN,
+        ])
         .args(["up", "--ephemeral-ports", "--data-dir"])
         .arg(home.path().join("data"))
         .env("HYDRANT_HOME", home.path())
