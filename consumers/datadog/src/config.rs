@@ -215,6 +215,13 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Logs to the logs intake (off by default).
     pub logs: LogsConfig,
+    /// A file keeping the firehose cursor of the last frame Datadog took everything of: its
+    /// metrics flushed in an interval whose requests were all sent (or refused and counted),
+    /// its logs sent. With it, a nozzle restarted within the dopplers' replay window (60 s by
+    /// default) resumes there and loses nothing; what was sent after the stored cursor is sent
+    /// again (a count can be counted twice) and counted in `nozzle.duplicates` as far as known.
+    /// The directory must exist. Default unset: a restarted nozzle starts from live data.
+    pub cursor_file: Option<String>,
 }
 
 impl Default for Config {
@@ -248,6 +255,7 @@ impl Default for Config {
             admin_listen: "127.0.0.1:14841".to_owned(),
             telemetry: TelemetryConfig::default(),
             logs: LogsConfig::default(),
+            cursor_file: None,
         }
     }
 }
@@ -298,6 +306,9 @@ impl hydrant_runtime::Validate for Config {
     fn validate(&self) -> Result<(), Error> {
         validate_firehose(&self.firehose, &self.subscription_id, "datadog-nozzle")?;
         Target::parse("api_url", &self.api_url)?;
+        if let Some(file) = &self.cursor_file {
+            hydrant_nozzle_core::validate_cursor_file(file)?;
+        }
         if self.api_key_file.is_none() && self.api_key_env.is_empty() {
             return Err(Error::config(
                 "api_key_env",

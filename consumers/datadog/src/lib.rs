@@ -21,6 +21,7 @@ pub mod aggregate;
 mod config;
 mod error;
 pub mod http;
+mod intervals;
 pub mod logs;
 pub mod outbox;
 mod role;

@@ -9,9 +9,13 @@
 //! values, where the destination queue counts entries. Otherwise it keeps the same
 //! invariants: never more than `max_requests` requests or `max_bytes` bytes, the oldest request
 //! goes first when full (`dropped{reason="queue_full"}`), and pushing never blocks the reader.
+//! A tracked outbox (the nozzle keeps its cursor) reports each request's place to a
+//! [`Watermark`], and its sender holds a [`Ticket`] per request until it was sent or counted.
 
 use hydrant_buffer::{Buffer, BufferConfig, Depth, DropReason, Limits, Observer, Weigh};
-use hydrant_nozzle_core::NozzleMetrics;
+use std::sync::Arc;
+
+use hydrant_nozzle_core::{NozzleMetrics, Ticket, Watermark};
 
 use crate::OutboxLimits;
 use crate::series::Payload;
@@ -52,6 +56,7 @@ impl Observer for Report {
 #[derive(Debug)]
 pub struct Outbox {
     buffer: Buffer<Payload, Report>,
+    watermark: Option<Arc<Watermark>>,
 }
 
 impl Outbox {
@@ -63,20 +68,64 @@ impl Outbox {
             .bytes(limits.max_bytes);
         Self {
             buffer: Buffer::with_observer(BufferConfig::drop_oldest(bounds), Report(metrics)),
+            watermark: None,
         }
+    }
+
+    /// An outbox whose requests are tracked by `watermark` (see [`Outbox::next_tracked`]).
+    #[must_use]
+    pub fn tracked(
+        limits: OutboxLimits,
+        metrics: NozzleMetrics,
+        watermark: Arc<Watermark>,
+    ) -> Self {
+        Self {
+            watermark: Some(watermark),
+            ..Self::new(limits, metrics)
+        }
+    }
+
+    /// The watermark of a tracked outbox.
+    #[must_use]
+    pub fn watermark(&self) -> Option<&Arc<Watermark>> {
+        self.watermark.as_ref()
     }
 
     /// Queues `payload`, evicting the oldest requests while over the limits.
     pub fn push(&self, payload: Payload) {
-        self.buffer.push(payload);
+        // Held across the push so positions follow the buffer's own order.
+        let mut positions = self.watermark.as_deref().map(Watermark::positions);
+        if let Some(positions) = positions.as_mut() {
+            positions.pushed();
+        }
+        self.buffer.push_with(payload, |_, why| {
+            if let Some(positions) = positions.as_mut() {
+                positions.lost(why);
+            }
+        });
     }
 
     /// Waits for the next request; `None` once closed and empty.
     pub async fn next(&self) -> Option<Payload> {
+        let (payload, ticket) = self.next_tracked().await?;
+        // An untracked caller: the request counts as dealt with once taken.
+        ticket.done();
+        Some(payload)
+    }
+
+    /// [`next`](Self::next) with the [`Ticket`] that holds the request in flight until the
+    /// sender marks it done (a plain ticket on an untracked outbox).
+    pub async fn next_tracked(&self) -> Option<(Payload, Ticket)> {
         loop {
+            let mut positions = self.watermark.as_ref().map(|w| (w, w.positions()));
             if let Some(p) = self.buffer.pop() {
-                return Some(p);
+                let ticket = match positions.as_mut() {
+                    Some((watermark, positions)) => positions.taken(watermark, 1),
+                    None => Ticket::default(),
+                };
+                return Some((p, ticket));
             }
+            drop(positions);
             if self.buffer.is_closed() {
                 return None;
             }
@@ -92,7 +141,13 @@ impl Outbox {
 
     /// Throws everything queued away as `dropped{reason}`; returns the values lost.
     pub fn discard(&self, reason: &'static str) -> u64 {
-        let lost = self.buffer.discard(|_| {}).events;
+        let mut positions = self.watermark.as_deref().map(Watermark::positions);
+        let thrown = self.buffer.discard(|_| {});
+        if let Some(positions) = positions.as_mut() {
+            positions.discarded(thrown.items as u64);
+        }
+        drop(positions);
+        let lost = thrown.events;
         if lost > 0 {
             self.buffer.observer().0.dropped(reason, lost);
         }

@@ -6,6 +6,10 @@
 //! → one [`Outbox`] per metrics endpoint → one sender task per endpoint ([`deliver`]) →
 //! Datadog.
 //!
+//! With `cursor_file`, every frame's cursor is recorded as a checkpoint against the intervals
+//! its metrics went into ([`Intervals`]) and the logs queue, and the keeper stores the newest
+//! cursor Datadog took everything of: a nozzle killed at any moment resumes there.
+//!
 //! Invariants: the reader never waits on Datadog — outboxes and the log queue drop their
 //! oldest entries and count them, so a slow or dead Datadog costs only data, never firehose
 //! throughput; the ledger holds per endpoint: `received = sent + Σ dropped{reason}` once the
@@ -13,19 +17,21 @@
 //! `shutdown_drain_ms`, and what is left is counted as `dropped{reason="shutdown"}`; the API
 //! key is read once and lives only in a sensitive header value.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hydrant_emitter::{Counter, Gauge, Registry};
 use hydrant_nozzle_core::{
-    CircuitBreaker, DestinationQueue, FirehoseReader, NozzleMetrics, finish_senders,
+    Checkpoints, CircuitBreaker, CursorFile, DestinationQueue, FirehoseReader, NozzleMetrics,
+    Progress, Watermark, finish_senders,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::{Aggregator, MapOptions, Route};
 use crate::http::{HttpClient, Target, tls_config};
+use crate::intervals::Intervals;
 use crate::outbox::Outbox;
 use crate::sender::{Endpoint, RetryPolicy, deliver};
 use crate::series::{Limits, encode};
@@ -119,6 +125,8 @@ struct Sinks {
     distribution: Option<MetricsSink>,
     logs: Option<LogsSink>,
     limits: Limits,
+    /// With a cursor file: which frames' metrics Datadog has taken.
+    intervals: Option<Arc<Intervals>>,
 }
 
 /// Runs the nozzle until `shutdown` is cancelled (or the firehose refuses it for good), then
@@ -130,6 +138,12 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let flush_metrics = FlushMetrics::new(&registry);
+    let cursor_file = config.cursor_file.as_ref().map(CursorFile::new);
+    let saved = match &cursor_file {
+        Some(file) => file.load()?,
+        None => None,
+    };
+    let tracked = cursor_file.is_some();
     let api = Target::parse("api_url", &config.api_url)?;
     let logs_target = if config.logs.enabled {
         Some(Target::parse("logs.url", &config.logs.url)?)
@@ -155,7 +169,15 @@ async fn serve(
         let client = HttpClient::new(field, target.clone(), tls.clone(), timeout)?;
         let endpoint = Endpoint::new(client, path, &api_key)?;
         let metrics = NozzleMetrics::new(&registry, &endpoint.url());
-        let outbox = Arc::new(Outbox::new(config.queue.clone(), metrics.clone()));
+        let outbox = Arc::new(if tracked {
+            Outbox::tracked(
+                config.queue.clone(),
+                metrics.clone(),
+                Arc::new(Watermark::default()),
+            )
+        } else {
+            Outbox::new(config.queue.clone(), metrics.clone())
+        });
         senders.spawn(send_requests(
             Arc::clone(&outbox),
             endpoint,
@@ -188,10 +210,15 @@ async fn serve(
             let client = HttpClient::new("logs.url", target.clone(), tls.clone(), timeout)?;
             let endpoint = Endpoint::new(client, LOGS_PATH, &api_key)?;
             let metrics = NozzleMetrics::new(&registry, &endpoint.url());
-            let queue = Arc::new(DestinationQueue::new(
-                config.logs.queue.clone(),
-                metrics.clone(),
-            ));
+            let queue = Arc::new(if tracked {
+                DestinationQueue::tracked(
+                    config.logs.queue.clone(),
+                    metrics.clone(),
+                    Arc::new(Watermark::default()),
+                )
+            } else {
+                DestinationQueue::new(config.logs.queue.clone(), metrics.clone())
+            });
             senders.spawn(send_logs(
                 Arc::clone(&queue),
                 endpoint,
@@ -218,11 +245,30 @@ async fn serve(
             max_uncompressed: config.batch.max_uncompressed_bytes,
             max_compressed: config.batch.max_compressed_bytes,
         },
+        intervals: tracked.then(|| Arc::new(Intervals::default())),
     };
 
     let telemetry = config.telemetry.start(&registry, shutdown.clone());
-    let reader =
-        FirehoseReader::connect(config.firehose.clone(), &config.subscription_id, &registry)?;
+    let reader = FirehoseReader::resume(
+        config.firehose.clone(),
+        &config.subscription_id,
+        &registry,
+        saved.as_ref(),
+    )?;
+    // The cursor is stored only once Datadog took everything of a frame (at-least-once).
+    let checkpoints = cursor_file
+        .as_ref()
+        .map(|_| Arc::new(Mutex::new(Checkpoints::default())));
+    let keeper_stop = CancellationToken::new();
+    let keeper = cursor_file
+        .zip(checkpoints.clone())
+        .map(|(file, checkpoints)| {
+            tokio::spawn(hydrant_nozzle_core::keep(
+                file,
+                checkpoints,
+                keeper_stop.clone(),
+            ))
+        });
     tracing::info!(
         subscription_id = %config.subscription_id,
         api = %sinks.series.metrics.destination(),
@@ -239,6 +285,7 @@ async fn serve(
         &sinks,
         flush_every,
         &flush_metrics,
+        checkpoints.as_deref(),
         &shutdown,
     )
     .await;
@@ -265,6 +312,11 @@ async fn serve(
         tracing::warn!(lost, "Datadog did not take everything before the deadline");
     })
     .await;
+    // The senders are done: store the last settled cursor.
+    keeper_stop.cancel();
+    if let Some(keeper) = keeper {
+        let _ = keeper.await;
+    }
 
     if let Some(telemetry) = &telemetry {
         telemetry.stopped().await;
@@ -283,6 +335,7 @@ async fn read_firehose(
     sinks: &Sinks,
     flush_every: Duration,
     metrics: &FlushMetrics,
+    checkpoints: Option<&Mutex<Checkpoints>>,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
     let mut ticker =
@@ -313,6 +366,23 @@ async fn read_firehose(
             }
         }
         report_tally(aggregator, sinks);
+        if let (Some(checkpoints), Some(cursor)) = (checkpoints, batch.cursor()) {
+            let mut marks: Vec<(Arc<dyn Progress>, u64)> = Vec::with_capacity(2);
+            if let Some(intervals) = &sinks.intervals {
+                intervals.frame();
+                marks.push((
+                    Arc::clone(intervals) as Arc<dyn Progress>,
+                    intervals.pushed(),
+                ));
+            }
+            if let Some(w) = sinks.logs.as_ref().and_then(|l| l.queue.watermark()) {
+                marks.push((Arc::clone(w) as Arc<dyn Progress>, w.pushed()));
+            }
+            checkpoints
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(Arc::from(cursor), marks);
+        }
     }
 }
 
@@ -374,6 +444,14 @@ fn flush(aggregator: &mut Aggregator, sinks: &Sinks, every: Duration, metrics: &
         );
         queue(sink, encoded);
     }
+    if let Some(intervals) = &sinks.intervals {
+        let series = sinks.series.outbox.watermark();
+        let distribution = sinks
+            .distribution
+            .as_ref()
+            .and_then(|d| d.outbox.watermark());
+        intervals.flushed(series.into_iter().chain(distribution));
+    }
 }
 
 async fn send_requests(
@@ -384,7 +462,7 @@ async fn send_requests(
     metrics: NozzleMetrics,
     stop: CancellationToken,
 ) {
-    while let Some(payload) = outbox.next().await {
+    while let Some((payload, ticket)) = outbox.next_tracked().await {
         deliver(
             &mut endpoint,
             &payload,
@@ -394,6 +472,11 @@ async fn send_requests(
             &stop,
         )
         .await;
+        // Past the drain deadline a request is thrown away, not refused: the stored cursor
+        // must stay before it.
+        if !stop.is_cancelled() {
+            ticket.done();
+        }
     }
 }
 
@@ -405,7 +488,7 @@ async fn send_logs(
     metrics: NozzleMetrics,
     stop: CancellationToken,
 ) {
-    while let Some(batch) = queue.next_batch().await {
+    while let Some((batch, ticket)) = queue.next_tracked_batch().await {
         let payload = logs::payload(&batch);
         deliver(
             &mut endpoint,
@@ -416,5 +499,8 @@ async fn send_logs(
             &stop,
         )
         .await;
+        if !stop.is_cancelled() {
+            ticket.done();
+        }
     }
 }

@@ -537,3 +537,69 @@ async fn logs_reach_the_logs_intake_when_enabled() {
     assert_eq!(dropped, 0);
     nozzle.stop().await;
 }
+
+/// A nozzle with `cursor_file`, killed (its task aborted: no shutdown, no last write) while
+/// Datadog answers 503 to everything, and started again against a Datadog that works: every
+/// counter increment emitted before, during and after the outage is counted at Datadog at
+/// least once, because the stored cursor never moved past an interval whose request had not
+/// been taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nozzle_resumes_from_its_cursor_and_loses_no_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let cursor = dir.path().join("cursor");
+    let pipeline = Pipeline::start().await;
+    let broken = FakeDatadog::start(KEY).await;
+    let mut config = base_config(&pipeline, broken.url());
+    config.cursor_file = Some(cursor.display().to_string());
+    // The outage is outlasted by retries, so nothing is given up on while it lasts.
+    config.retry.max_retries = 1_000_000;
+    config.breaker.failure_threshold = 1_000_000;
+    let (first, _key_file, emitter) = flowing(&pipeline, config.clone()).await;
+
+    let before = emit_counters(&emitter, 100);
+    wait_for(WITHIN, "the first counts at Datadog", || async {
+        let s = broken.accepted(SERIES);
+        APPS.iter()
+            .all(|app| sum_of(&s, "hydrant.requests", &format!("source_id:{app}")) >= before as f64)
+    })
+    .await;
+    wait_for(WITHIN, "a stored cursor", || async {
+        std::fs::read_to_string(&cursor).is_ok_and(|t| t.starts_with("cursor "))
+    })
+    .await;
+
+    broken.script(std::iter::repeat_n(Reply::status(503), 1_000_000));
+    let during = emit_counters(&emitter, 200);
+    let answered = broken.seen().len();
+    wait_for(
+        WITHIN,
+        "the outage's interval to be flushed and refused",
+        || async { broken.seen()[answered..].iter().any(|s| s.status == 503) },
+    )
+    .await;
+    first.task.abort();
+    let _ = first.task.await;
+    let after = emit_counters(&emitter, 50);
+
+    let working = FakeDatadog::start(KEY).await;
+    config.api_url = working.url();
+    let (second, _key_file) = start_nozzle(config).await;
+    let total = (before + during + after) as f64;
+    wait_for(WITHIN, "every count, across the kill", || async {
+        let (old, new) = (broken.accepted(SERIES), working.accepted(SERIES));
+        APPS.iter().all(|app| {
+            let tag = format!("source_id:{app}");
+            sum_of(&old, "hydrant.requests", &tag) + sum_of(&new, "hydrant.requests", &tag) >= total
+        })
+    })
+    .await;
+    let dest = destination(&working.url(), SERIES);
+    let (_, _, dropped) = wait_for_ledger(&second, &dest).await;
+    assert_eq!(dropped, 0);
+    assert!(
+        working.violations().is_empty(),
+        "{:#?}",
+        working.violations()
+    );
+    second.stop().await;
+}

@@ -26,6 +26,7 @@ mod firehose;
 mod metrics;
 mod queue;
 mod role;
+mod watermark;
 
 pub use backoff::Backoff;
 pub use breaker::{BreakerConfig, CircuitBreaker};
@@ -37,5 +38,6 @@ pub use error::Error;
 pub use firehose::FirehoseReader;
 pub use hydrant_api::mask_url;
 pub use metrics::{LOSS_SOURCE_TYPE, NozzleMetrics, loss_notice, loss_notice_text};
-pub use queue::{DestinationQueue, QueueLimits, Ticket, Watermark};
+pub use queue::{DestinationQueue, QueueLimits};
 pub use role::{ABORT_GRACE, finish_senders, validate_firehose, validate_self_report};
+pub use watermark::{Positions, Ticket, Watermark};

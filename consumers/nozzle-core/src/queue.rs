@@ -16,15 +16,15 @@
 //!   sender's hands, or thrown away at shutdown: only delivered entries, and entries lost and
 //!   counted while running (evicted, too large, refused by the destination), are behind it.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hydrant_buffer::{Buffer, BufferConfig, Depth, DropReason, Limits, Observer, Oversize, Weigh};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::{Error, NozzleMetrics, Progress};
+use crate::watermark::{Ticket, Watermark};
+use crate::{Error, NozzleMetrics};
 
 /// Size limits of one destination's queue and of the batches taken from it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,83 +113,6 @@ impl Observer for Report {
     }
 }
 
-/// Where a tracked queue's entries stand, in push order: the cursor keeper's view of one
-/// destination ([`Progress`]).
-///
-/// Entries leave the queue oldest first, either lost and counted (evicted, refused as too
-/// large) or in a batch a sender took. A batch stays *in flight* until its sender says it
-/// dealt with every entry ([`Ticket::done`]); a ticket dropped without that (the sender was
-/// stopped) keeps its batch in flight for good, so the cursor never moves past entries that
-/// were not delivered. The same holds for entries discarded or refused at shutdown.
-#[derive(Debug, Default)]
-pub struct Watermark {
-    marks: Mutex<Marks>,
-}
-
-#[derive(Debug, Default)]
-struct Marks {
-    pushed: u64,
-    /// Entries that left the queue, oldest first (resolved unless in flight).
-    left: u64,
-    /// Batches taken and not yet dealt with: start → end, in push positions.
-    in_flight: BTreeMap<u64, u64>,
-    /// Set once anything was thrown away at shutdown: nothing after it may resolve.
-    frozen: Option<u64>,
-}
-
-impl Watermark {
-    fn lock(&self) -> MutexGuard<'_, Marks> {
-        self.marks.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl Progress for Watermark {
-    fn pushed(&self) -> u64 {
-        self.lock().pushed
-    }
-
-    fn resolved(&self) -> u64 {
-        let marks = self.lock();
-        let mut resolved = marks.left;
-        if let Some((start, _)) = marks.in_flight.first_key_value() {
-            resolved = resolved.min(*start);
-        }
-        if let Some(frozen) = marks.frozen {
-            resolved = resolved.min(frozen);
-        }
-        resolved
-    }
-}
-
-/// A batch a sender took from a tracked queue; [`Ticket::done`] once every entry in it was
-/// delivered or lost and counted.
-#[derive(Debug, Default)]
-#[must_use = "a ticket not marked done holds the cursor back"]
-pub struct Ticket {
-    watermark: Option<Arc<Watermark>>,
-    ranges: Vec<u64>,
-}
-
-impl Ticket {
-    /// Adds the entries of `other` (a later batch merged into this one).
-    pub fn merge(&mut self, mut other: Ticket) {
-        self.ranges.append(&mut other.ranges);
-        if self.watermark.is_none() {
-            self.watermark = other.watermark.take();
-        }
-    }
-
-    /// Every entry of the batch was delivered, or lost and counted.
-    pub fn done(self) {
-        if let Some(watermark) = &self.watermark {
-            let mut marks = watermark.lock();
-            for start in &self.ranges {
-                marks.in_flight.remove(start);
-            }
-        }
-    }
-}
-
 /// A bounded, drop-oldest queue of `T` for one destination.
 #[derive(Debug)]
 pub struct DestinationQueue<T> {
@@ -249,26 +172,13 @@ impl<T> DestinationQueue<T> {
             queued_at: Instant::now(),
         };
         // Held across the push so positions follow the buffer's own order.
-        let mut marks = self.watermark.as_deref().map(Watermark::lock);
-        if let Some(marks) = marks.as_mut() {
-            marks.pushed += 1;
+        let mut positions = self.watermark.as_deref().map(Watermark::positions);
+        if let Some(positions) = positions.as_mut() {
+            positions.pushed();
         }
         let pushed = self.buffer.push_with(entry, |e, why| {
-            if let Some(marks) = marks.as_mut() {
-                match why {
-                    // The oldest queued entry, lost and counted: its position resolves.
-                    DropReason::Evicted => marks.left += 1,
-                    // The new entry itself never took a position; at shutdown nothing after
-                    // what already left may resolve.
-                    DropReason::Closed => {
-                        marks.pushed -= 1;
-                        let left = marks.left;
-                        marks.frozen.get_or_insert(left);
-                    }
-                    DropReason::TooLarge | DropReason::Full | DropReason::Discarded => {
-                        marks.pushed -= 1;
-                    }
-                }
+            if let Some(positions) = positions.as_mut() {
+                positions.lost(why);
             }
             if let Some(why) = reason(why) {
                 lost(&e.item, why);
@@ -321,21 +231,14 @@ impl<T> DestinationQueue<T> {
         let max = Limits::UNBOUNDED
             .items(self.limits.batch_items)
             .bytes(self.limits.batch_bytes);
-        let mut ticket = Ticket::default();
-        {
-            let mut marks = self.watermark.as_deref().map(Watermark::lock);
+        let ticket = {
+            let mut positions = self.watermark.as_ref().map(|w| (w, w.positions()));
             self.buffer.drain_into(&mut entries, max);
-            if let Some(marks) = marks.as_mut()
-                && !entries.is_empty()
-            {
-                let start = marks.left;
-                let end = start + entries.len() as u64;
-                marks.left = end;
-                marks.in_flight.insert(start, end);
-                ticket.ranges.push(start);
-                ticket.watermark = self.watermark.clone();
+            match positions.as_mut() {
+                Some((watermark, positions)) => positions.taken(watermark, entries.len() as u64),
+                None => Ticket::default(),
             }
-        }
+        };
         let first = entries.first()?;
         self.buffer.observer().0.set_lag(first.queued_at.elapsed());
         Some((entries.into_iter().map(|e| e.item).collect(), ticket))
@@ -353,17 +256,12 @@ impl<T> DestinationQueue<T> {
 
     /// [`discard`](Self::discard), and `lost` sees every entry thrown away.
     pub fn discard_with(&self, reason: &'static str, mut lost: impl FnMut(&T)) -> u64 {
-        let mut marks = self.watermark.as_deref().map(Watermark::lock);
+        let mut positions = self.watermark.as_deref().map(Watermark::positions);
         let n = self.buffer.discard(|e| lost(&e.item)).items as u64;
-        if let Some(marks) = marks.as_mut()
-            && n > 0
-        {
-            // Thrown away, not delivered: the cursor must not pass them.
-            let left = marks.left;
-            marks.frozen.get_or_insert(left);
-            marks.left += n;
+        if let Some(positions) = positions.as_mut() {
+            positions.discarded(n);
         }
-        drop(marks);
+        drop(positions);
         if n > 0 {
             self.buffer.observer().0.dropped(reason, n);
         }
@@ -512,7 +410,7 @@ mod tests {
             batch_items: 2,
             batch_bytes: 100,
         };
-        let watermark = Arc::new(super::Watermark::default());
+        let watermark = Arc::new(crate::Watermark::default());
         let q = DestinationQueue::tracked(limits, metrics, Arc::clone(&watermark));
         for i in 0..3 {
             q.push(i, 1);
