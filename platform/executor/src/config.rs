@@ -79,8 +79,10 @@ pub struct Config {
     /// instances reach each other only through the router. A cell whose range is used up
     /// refuses new instances, saying so. Default `[61000, 61999]`.
     pub port_range: [u16; 2],
-    /// How long a stopping instance gets between SIGTERM and SIGKILL, seconds. Default 10
-    /// (Cloud Foundry's graceful shutdown interval).
+    /// How long a stopping instance gets between SIGTERM and SIGKILL, seconds, when its start
+    /// message names no grace of its own (apps set theirs with `push --stop-timeout`); also the
+    /// longest any instance gets when the executor itself shuts down. Default 10 (Cloud
+    /// Foundry's graceful shutdown interval).
     pub stop_timeout_secs: u64,
     /// How often container metrics (cpu, memory, disk, quotas) are emitted, seconds. Default 5.
     pub metrics_interval_secs: u64,
