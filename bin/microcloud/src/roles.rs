@@ -148,6 +148,13 @@ mod platform {
                 // The broker has no certificate of its own yet; its service logs and gauges
                 // are app-like telemetry, sent as the cell sends its apps'.
                 telemetry: w.platform_telemetry(hydrant_tls::Identity::Executor),
+                // `hydrant up --isolation`: service nodes in containers as apps are, or child
+                // processes when apps run unisolated (no root needed).
+                isolation: if w.options.containers {
+                    hydrant_broker::Isolation::Container
+                } else {
+                    hydrant_broker::Isolation::None
+                },
                 ..hydrant_broker::Config::default()
             };
             // A contained app's 127.0.0.1 is its own namespace: service nodes listen on the

@@ -244,6 +244,8 @@ pub struct Ctx {
     pub nodes_root: PathBuf,
     /// Which instances are over their storage quota.
     pub quotas: crate::quota::Quotas,
+    /// The containers nodes run in (`isolation = "container"`), or `None`: child processes.
+    pub contain: Option<node::Contain>,
     nodes: Mutex<HashMap<String, Slot>>,
     reserved: Mutex<HashSet<u16>>,
 }
@@ -277,9 +279,17 @@ impl Ctx {
                 .unwrap_or_else(|_| reqwest::Client::new()),
             nodes_root,
             quotas: crate::quota::Quotas::default(),
+            contain: None,
             nodes: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// A node's memory limit, `bytes`, when it gets one: always in a container, else with
+    /// `memory_cgroups`.
+    #[must_use]
+    pub fn memory_limit(&self, bytes: u64) -> Option<u64> {
+        (self.contain.is_some() || self.config.memory_cgroups).then_some(bytes)
     }
 
     /// The programs of `offering`.
@@ -748,6 +758,12 @@ pub async fn resize(
             }
             let r = ctx.redis_node(i, to).await?;
             redis::resize(ctx, &r, i, to).await?;
+            if ctx.contain.is_some() {
+                // A container's limits are fixed when it is made: the node starts again in one
+                // of the new plan's size (its append-only file keeps the data).
+                ctx.stop_node(&r.node.name).await;
+                ctx.redis_node(i, to).await?;
+            }
         }
         _ => {
             if usage.connections > f64::from(to.connections)

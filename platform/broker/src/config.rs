@@ -46,8 +46,15 @@ pub struct Config {
     /// directories are given to it). Default `nobody`. Ignored when not root: nodes then run
     /// as the broker's own user.
     pub run_as: String,
-    /// When root, put every service node in its own memory cgroup (v1 or v2), limited to its
-    /// plan's memory (Redis) or `shared_node_memory_mb` (shared nodes). Default true.
+    /// `"container"` (default) or `"none"`: see [`Isolation`].
+    pub isolation: Isolation,
+    /// Containers (with `isolation = "container"`): runtime, cgroup parent (default
+    /// `hydrant-broker/<hash of data_dir>`), state directory (default `<data_dir>/containers`),
+    /// pids limit (default 2048) and `/tmp` size (default 64 MiB) of every node.
+    pub containers: hydrant_container::Config,
+    /// With `isolation = "none"` and root, put every service node in its own memory cgroup (v1
+    /// or v2), limited to its plan's memory (Redis) or `shared_node_memory_mb` (shared nodes).
+    /// Containers always have their limits. Default true.
     pub memory_cgroups: bool,
     /// The memory cap of a shared node (MariaDB, PostgreSQL, RabbitMQ), MiB. Default 1024.
     pub shared_node_memory_mb: u64,
@@ -64,6 +71,21 @@ pub struct Config {
     pub offerings: Vec<String>,
     /// Where instance logs and gauges and the broker's own metrics go (the local agent).
     pub telemetry: TelemetryConfig,
+}
+
+/// How service nodes are isolated.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Each node in a container of its own (runc): the host's network, its own mount, pid,
+    /// ipc and uts namespaces, a read-only root with only its data directory writable,
+    /// `run_as`, no capabilities, the default seccomp filter, memory, pids and CPU limits.
+    /// Needs root and `runc`.
+    #[default]
+    Container,
+    /// Nodes are child processes: as `run_as` in a memory cgroup when the broker is root,
+    /// else as the broker's own user, unlimited.
+    None,
 }
 
 /// An inclusive range of TCP ports.
@@ -92,6 +114,8 @@ impl Default for Config {
                 last: 42_999,
             },
             run_as: "nobody".to_owned(),
+            isolation: Isolation::default(),
+            containers: hydrant_container::Config::default(),
             memory_cgroups: true,
             shared_node_memory_mb: 1024,
             start_timeout_secs: 120,
@@ -234,8 +258,32 @@ impl hydrant_runtime::Validate for Config {
                 .into());
             }
         }
+        if self.isolation == Isolation::Container {
+            self.containers.validate().map_err(|e| {
+                invalid(
+                    "containers",
+                    format!("{e}; or set isolation = \"none\" to run nodes uncontained"),
+                )
+            })?;
+        }
         self.telemetry.validate()?;
         Ok(())
+    }
+}
+
+impl Config {
+    /// The container settings with their defaults filled in: a cgroup parent and a state
+    /// directory of this broker's own (named after its data directory, so two brokers on one
+    /// host never clean up each other's nodes).
+    #[must_use]
+    pub fn container_config(&self) -> hydrant_container::Config {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(self.data_dir.as_os_str().as_encoded_bytes());
+        let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        self.containers.clone().with_defaults(
+            &format!("hydrant-broker/{hex}"),
+            self.data_dir.join("containers"),
+        )
     }
 }
 

@@ -58,7 +58,7 @@ use axum::routing::get;
 use hydrant_emitter::Registry;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Config, MIN_PORTS, PortRange};
+pub use config::{Config, Isolation, MIN_PORTS, PortRange};
 pub use error::Error;
 
 /// The broker as a [`hydrant_runtime::Role`]: `hydrant run broker`, and the micro cloud's.
@@ -135,6 +135,7 @@ async fn serve(
     }
 
     let (bins, available) = backend::available(&config.offerings, backend::detect);
+    let contain = open_containers(&config, user).await?;
 
     let emitter_stop = CancellationToken::new();
     let _emitter_guard = emitter_stop.clone().drop_guard();
@@ -144,14 +145,16 @@ async fn serve(
         emitter: emitter.clone(),
         registry: registry.clone(),
     };
-    let ctx = Arc::new(backend::Ctx::new(
+    let mut ctx = backend::Ctx::new(
         config.clone(),
         user,
         bins,
         sink,
         Arc::clone(&store),
         nodes_stop.clone(),
-    ));
+    );
+    ctx.contain = contain;
+    let ctx = Arc::new(ctx);
     tokio::spawn(restore(Arc::clone(&ctx)));
     let tasks = shutdown.child_token();
     tokio::spawn(metrics::run(
@@ -176,12 +179,82 @@ async fn serve(
         .await;
     tasks.cancel();
     ctx.stop_all().await;
+    if let Some(contain) = &ctx.contain {
+        // Every node's container is gone: the broker's cgroup parent goes too.
+        let left = contain.containers.close().await;
+        if !left.is_empty() {
+            tracing::warn!(?left, "broker: container cgroups left behind");
+        }
+    }
     nodes_stop.cancel();
     emitter_stop.cancel();
     if let Some(emitter) = &emitter {
         emitter.stopped().await;
     }
     served.map_err(|e| Error::io("serving", &config.listen, e))
+}
+
+/// Opens the container runtime nodes run in (`isolation = "container"`), after removing what
+/// an earlier run killed with SIGKILL left; `None` with `isolation = "none"`.
+///
+/// # Errors
+/// [`Error::Config`] (field `isolation`) saying why containers cannot be made here and how to
+/// fix it; never a silent fallback to uncontained nodes.
+async fn open_containers(
+    config: &Config,
+    user: Option<(u32, u32)>,
+) -> Result<Option<node::Contain>, Error> {
+    if config.isolation == Isolation::None {
+        tracing::warn!(
+            "service nodes run WITHOUT containers (isolation = \"none\"): as {}",
+            if user.is_some() {
+                "their unprivileged user, in memory cgroups"
+            } else {
+                "the broker's own user, unlimited"
+            }
+        );
+        return Ok(None);
+    }
+    let refused = |e: &dyn std::fmt::Display| -> Error {
+        hydrant_runtime::invalid(
+            "isolation",
+            format!(
+                "{e}. To run service nodes without containers on purpose, set isolation = \"none\" \
+                 (or run `hydrant up --isolation none`)"
+            ),
+        )
+        .into()
+    };
+    if user.is_none() {
+        return Err(refused(&"service nodes run in containers, which need root"));
+    }
+    let containers_config = config.container_config();
+    // What no node may see where a bound host tree would show it: the broker's data (its
+    // state holds every binding's password) and the directory above it.
+    let mut hidden = vec![config.data_dir.clone()];
+    if let Some(parent) = config
+        .data_dir
+        .parent()
+        .filter(|p| p.components().count() > 2)
+    {
+        hidden.push(parent.to_path_buf());
+    }
+    let containers = hydrant_container::Containers::open(&containers_config, hidden)
+        .await
+        .map_err(|e| refused(&e))?;
+    let left = containers.cleanup().await.map_err(|e| refused(&e))?;
+    if !left.is_empty() {
+        tracing::warn!(containers = ?left.containers, cgroups = ?left.cgroups,
+            failures = ?left.failures, "broker: removed service node containers an earlier run left behind");
+    }
+    tracing::info!(runtime = %containers.runtime().display(), cgroups = containers.cgroup_version(),
+        "broker: service nodes run in containers");
+    Ok(Some(node::Contain {
+        containers,
+        pids: containers_config.pids_limit,
+        tmp_bytes: containers_config.tmp_mb * 1024 * 1024,
+        memory_bytes: config.shared_node_memory_mb * 1024 * 1024,
+    }))
 }
 
 /// Starts again the nodes of instances that exist (a broker restart).
@@ -238,4 +311,29 @@ fn admin_routes(ctx: Arc<backend::Ctx>) -> axum::Router {
             }
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn containers_without_root_are_refused_with_the_way_out() {
+        let config = Config {
+            password: Some("p".to_owned()),
+            ..Config::default()
+        };
+        let err = open_containers(&config, None)
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("need root"), "{err}");
+        assert!(err.contains("isolation = \"none\""), "{err}");
+        let none = Config {
+            isolation: Isolation::None,
+            ..config
+        };
+        assert!(open_containers(&none, None).await.unwrap().is_none());
+    }
 }

@@ -61,6 +61,8 @@ pub struct Spec {
     pub user: Option<(u32, u32)>,
     /// Its memory cgroup's limit, bytes, when the broker may make cgroups.
     pub memory_bytes: Option<u64>,
+    /// The container it runs in (`isolation = "container"`); `None`: a plain child process.
+    pub contain: Option<Contain>,
     /// Where its log lines go.
     pub router: Router,
 }
@@ -72,6 +74,94 @@ impl std::fmt::Debug for Spec {
             .field("program", &self.program)
             .field("dir", &self.dir)
             .finish_non_exhaustive()
+    }
+}
+
+/// How service nodes are contained: the broker's container runtime and the limits every node
+/// gets besides its memory.
+#[derive(Debug, Clone)]
+pub struct Contain {
+    /// The broker's containers.
+    pub containers: hydrant_container::Containers,
+    /// Processes and threads a node may hold.
+    pub pids: u32,
+    /// Size of a node's `/tmp` (counted against its memory), bytes.
+    pub tmp_bytes: u64,
+    /// Memory of a node whose spec names none, bytes.
+    pub memory_bytes: u64,
+}
+
+/// The environment a contained node starts from (a child process inherits the broker's).
+const CONTAINED_ENV: [(&str, &str); 3] = [
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("LANG", "C.UTF-8"),
+    ("LC_ALL", "C.UTF-8"),
+];
+
+/// A started node: a child process, or a container.
+enum Proc {
+    Host(Child),
+    Contained(Box<hydrant_container::Container>),
+}
+
+impl Proc {
+    /// The pid to report and to signal: the child, or the container's init (whose death ends
+    /// the container); waits a little for the runtime to create it.
+    async fn pid(&self) -> u32 {
+        match self {
+            Self::Host(child) => child.id().unwrap_or(0),
+            Self::Contained(c) => {
+                for _ in 0..100 {
+                    if let Some(pid) = c.init_pid().await {
+                        return pid;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                0
+            }
+        }
+    }
+
+    /// Waits until it exits; how, for the log.
+    async fn wait(&mut self) -> String {
+        match self {
+            Self::Host(child) => format!("{:?}", child.wait().await),
+            Self::Contained(c) => format!("exit code {:?}", c.wait().await),
+        }
+    }
+
+    /// Cleans up after an exit nobody asked for.
+    async fn ended(self, pid: u32) {
+        match self {
+            Self::Host(_) => kill_group(pid),
+            Self::Contained(c) => {
+                let end = c.destroy().await;
+                if !end.cleanup_failures.is_empty() {
+                    tracing::warn!(failures = ?end.cleanup_failures, "a service node's container left something behind");
+                }
+            }
+        }
+    }
+
+    /// Stops it: SIGTERM, and SIGKILL after [`STOP_GRACE`].
+    async fn stop(self, name: &str) {
+        match self {
+            Self::Host(mut child) => terminate(&mut child, name).await,
+            Self::Contained(mut c) => {
+                let _ = c.signal(nix::sys::signal::Signal::SIGTERM).await;
+                if tokio::time::timeout(STOP_GRACE, c.wait()).await.is_err() {
+                    tracing::warn!(node = %name, "service node ignored SIGTERM; killing it");
+                }
+                let end = c.destroy().await;
+                if !end.cleanup_failures.is_empty() {
+                    tracing::warn!(node = %name, failures = ?end.cleanup_failures,
+                        "a service node's container left something behind");
+                }
+            }
+        }
     }
 }
 
@@ -188,11 +278,18 @@ async fn supervise(spec: Spec, sink: Sink, watch: Watch, stop: CancellationToken
     let mut attempt = 0u32;
     loop {
         let began = Instant::now();
-        match start(&spec, &sink, &truncated, &last_output) {
+        let started = match &spec.contain {
+            Some(contain) => start_contained(&spec, contain, &sink, &truncated, &last_output)
+                .await
+                .map(|c| Proc::Contained(Box::new(c))),
+            None => start(&spec, &sink, &truncated, &last_output).map(Proc::Host),
+        };
+        match started {
             Ok(mut child) => {
-                let id = child.id().unwrap_or(0);
+                let id = child.pid().await;
                 pid.store(id, Ordering::Relaxed);
-                if let Some(bytes) = spec.memory_bytes
+                if spec.contain.is_none()
+                    && let Some(bytes) = spec.memory_bytes
                     && let Err(why) = cgroup::attach(&spec.name, bytes, id)
                 {
                     tracing::warn!(node = %spec.name, "runs without a memory cgroup: {why}");
@@ -200,14 +297,14 @@ async fn supervise(spec: Spec, sink: Sink, watch: Watch, stop: CancellationToken
                 starts.send_modify(|n| *n += 1);
                 tokio::select! {
                     status = child.wait() => {
-                        kill_group(id);
+                        child.ended(id).await;
                         pid.store(0, Ordering::Relaxed);
                         exits.fetch_add(1, Ordering::Relaxed);
                         restarts.inc();
-                        tracing::warn!(node = %spec.name, ?status, "service node exited; starting it again");
+                        tracing::warn!(node = %spec.name, %status, "service node exited; starting it again");
                     }
                     () = stop.cancelled() => {
-                        terminate(&mut child, &spec.name).await;
+                        child.stop(&spec.name).await;
                         pid.store(0, Ordering::Relaxed);
                         cgroup::remove(&spec.name);
                         return;
@@ -285,6 +382,82 @@ fn start(
         ));
     }
     Ok(child)
+}
+
+/// Starts `spec` in a container of its own: the host's network (it listens where
+/// credentials say), its own mount, pid, ipc and uts namespaces, the read-only stack as root
+/// with only its directory writable (at the same path), its user, no capabilities, the
+/// default seccomp filter, and memory, pids and CPU limits in its cgroup.
+async fn start_contained(
+    spec: &Spec,
+    contain: &Contain,
+    sink: &Sink,
+    truncated: &Counter,
+    last: &Arc<Mutex<String>>,
+) -> Result<hydrant_container::Container, Error> {
+    let home = spec.dir.join(".container");
+    let (app, tmp) = (home.join("app"), home.join("tmp"));
+    for d in [&app, &tmp] {
+        std::fs::create_dir_all(d).map_err(|e| Error::io("cannot create", d, e))?;
+    }
+    let memory_bytes = spec.memory_bytes.unwrap_or(contain.memory_bytes);
+    let mut env: Vec<(String, String)> = CONTAINED_ENV
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    env.push(("HOME".to_owned(), spec.dir.display().to_string()));
+    env.extend(spec.env.iter().cloned());
+    let mut args = vec![spec.program.display().to_string()];
+    args.extend(spec.args.iter().cloned());
+    let container = hydrant_container::ContainerSpec {
+        id: spec.name.clone(),
+        args,
+        env,
+        cwd: Some(spec.dir.clone()),
+        app_dir: app,
+        tmp_dir: tmp,
+        binds: Vec::new(),
+        limits: hydrant_container::Limits {
+            memory_bytes,
+            pids: contain.pids,
+            cpu_shares: hydrant_container::cpu_shares_for(memory_bytes / (1024 * 1024)),
+            tmp_bytes: contain.tmp_bytes,
+        },
+        network: hydrant_container::Network::Host,
+    };
+    let options = hydrant_container::SpawnOptions {
+        user: spec.user,
+        writable: vec![spec.dir.clone()],
+    };
+    let mut c = contain
+        .containers
+        .spawn_with(&container, &options)
+        .await
+        .map_err(|e| Error::NodeStart {
+            node: spec.name.clone(),
+            detail: format!("its container cannot start: {e}"),
+        })?;
+    if let Some(out) = c.take_stdout() {
+        tokio::spawn(pump(
+            out,
+            false,
+            spec.clone(),
+            sink.clone(),
+            truncated.clone(),
+            Arc::clone(last),
+        ));
+    }
+    if let Some(err) = c.take_stderr() {
+        tokio::spawn(pump(
+            err,
+            true,
+            spec.clone(),
+            sink.clone(),
+            truncated.clone(),
+            Arc::clone(last),
+        ));
+    }
+    Ok(c)
 }
 
 /// Forwards a node's output line by line, each line capped at [`MAX_LINE`].
@@ -676,6 +849,7 @@ mod tests {
             dir: dir.path().to_path_buf(),
             user: None,
             memory_bytes: None,
+            contain: None,
             router: Arc::new(|_| None),
         };
         let registry = Registry::new("broker", "0");

@@ -2,7 +2,8 @@
 //! provision to deprovision with its credentials used by the server's own client
 //! (`offerings`), and the broker's own resilience — a SIGKILLed node restarted, a restarted
 //! broker serving the same credentials (`resilience`) — every instance as a source in the
-//! pipeline (`observability`), a shared node's lines kept to the tenant they provably belong
+//! pipeline (`observability`), nodes in containers under their plan's limits
+//! (`containment`), a shared node's lines kept to the tenant they provably belong
 //! to (`tenancy`), and plan limits that hold while tenants write (`quotas`).
 //!
 //! Every test runs its own broker on ephemeral listeners with its own data directory and its
@@ -16,6 +17,8 @@
     reason = "test code"
 )]
 
+#[path = "broker/containment.rs"]
+mod containment;
 #[path = "broker/observability.rs"]
 mod observability;
 #[path = "broker/offerings.rs"]

@@ -44,5 +44,5 @@ pub use config::{Config, DEFAULT_PIDS, DEFAULT_TMP_MB};
 pub use error::Error;
 pub use nix::sys::signal::Signal;
 pub use runtime::{Container, Containers, End, Leftovers};
-pub use spec::{Bind, ContainerSpec, Limits, NOFILE, Network};
+pub use spec::{Bind, ContainerSpec, Limits, NOFILE, Network, SpawnOptions};
 pub use stack::{APP_DIR, TMP_DIR, VCAP_GID, VCAP_UID, chown_to_vcap};

@@ -21,7 +21,7 @@ use nix::sys::signal::Signal;
 use tokio::process::{Child, ChildStderr, ChildStdout};
 
 use crate::cgroup::{CgroupLimits, Cgroups, Layout, Usage};
-use crate::spec::{ContainerSpec, Limits, valid_id};
+use crate::spec::{ContainerSpec, Limits, SpawnOptions, valid_id};
 use crate::stack::Stack;
 use crate::{Config, Error};
 
@@ -280,6 +280,20 @@ impl Containers {
     /// cannot be made, [`Error::Command`] when the runtime cannot be started. Nothing is left
     /// behind on error.
     pub async fn spawn(&self, spec: &ContainerSpec) -> Result<Container, Error> {
+        self.spawn_with(spec, &SpawnOptions::default()).await
+    }
+
+    /// [`Containers::spawn`] for a container that is not an app (a service node): its own
+    /// unprivileged user and host directories it writes, as `options` says.
+    ///
+    /// # Errors
+    /// As [`Containers::spawn`]; [`Error::Spec`] also for a root user or a writable directory
+    /// inside the host trees.
+    pub async fn spawn_with(
+        &self,
+        spec: &ContainerSpec,
+        options: &SpawnOptions,
+    ) -> Result<Container, Error> {
         let started = Instant::now();
         let inner = Arc::clone(&self.inner);
         if !valid_id(&spec.id) {
@@ -293,6 +307,7 @@ impl Containers {
             &inner.stack,
             inner.cgroups.runtime_path(&spec.id),
             &inner.hidden,
+            options,
         )?;
         let json = serde_json::to_vec(&config).map_err(|e| Error::Spec {
             id: spec.id.clone(),
@@ -308,6 +323,9 @@ impl Containers {
             let bundle = bundle.clone();
             let id = spec.id.clone();
             let dirs = [spec.app_dir.clone(), spec.tmp_dir.clone()];
+            let owner = options
+                .user
+                .unwrap_or((crate::stack::VCAP_UID, crate::stack::VCAP_GID));
             tokio::task::spawn_blocking(move || -> Result<(), Error> {
                 // A bundle or cgroup of the same id is a leftover of an earlier life.
                 let _ = std::fs::remove_dir_all(&bundle);
@@ -316,7 +334,7 @@ impl Containers {
                 let path = bundle.join("config.json");
                 std::fs::write(&path, &json).map_err(io("cannot write", &path))?;
                 for dir in &dirs {
-                    crate::stack::chown_to_vcap(dir)?;
+                    crate::stack::chown_tree(dir, owner)?;
                 }
                 inner.cgroups.create(&id, limits)
             })
@@ -483,6 +501,20 @@ impl Container {
     #[must_use]
     pub fn runtime_pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// The host pid of the container's init (the first process of its pid namespace: killing
+    /// it ends the container), once the runtime has created it; `None` before or after.
+    pub async fn init_pid(&self) -> Option<u32> {
+        let containers = Containers {
+            inner: Arc::clone(&self.inner),
+        };
+        let state = containers.runc(&["state", &self.id]).await.ok()?;
+        let state: serde_json::Value = serde_json::from_str(&state).ok()?;
+        state["pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0)
     }
 
     /// Waits until the container's command exits; its exit code (128 + signal when killed).

@@ -99,6 +99,21 @@ pub struct ContainerSpec {
     pub network: Network,
 }
 
+/// What a container that is not an app (a service node) needs beyond a [`ContainerSpec`]:
+/// its own unprivileged user, and host directories it writes at their own paths (so the
+/// files and sockets it makes there are where the host's tools look for them).
+/// `SpawnOptions::default()` is an app's container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpawnOptions {
+    /// `(uid, gid)` the container's processes run as instead of `vcap`; never 0. The
+    /// container's `app_dir` and `tmp_dir` are given to it. Only `vcap` and `nobody` have
+    /// names inside (the stack's `/etc/passwd`).
+    pub user: Option<(u32, u32)>,
+    /// Host directories shown writable at the same path inside (absolute, outside the host
+    /// trees such as `/usr` and `/etc`). They are not given to the user: the caller owns them.
+    pub writable: Vec<PathBuf>,
+}
+
 fn mount(destination: &str, typ: &str, source: &Path, options: &[&str]) -> Mount {
     let mut m = Mount::default();
     m.set_destination(PathBuf::from(destination));
@@ -147,12 +162,13 @@ pub(crate) fn masks_for(hidden: &[PathBuf], trees: &[&str]) -> Vec<String> {
 
 impl ContainerSpec {
     /// The OCI runtime spec for this container, on `stack`, in cgroup `cgroups_path`, hiding
-    /// `hidden` host paths that a bound tree would otherwise show.
+    /// `hidden` host paths that a bound tree would otherwise show, with `options`.
     pub(crate) fn oci(
         &self,
         stack: &Stack,
         cgroups_path: PathBuf,
         hidden: &[PathBuf],
+        options: &SpawnOptions,
     ) -> Result<Spec, Error> {
         let fail = |e: oci_spec::OciSpecError| Error::Spec {
             id: self.id.clone(),
@@ -171,9 +187,16 @@ impl ContainerSpec {
             });
         }
 
+        let (uid, gid) = options.user.unwrap_or((VCAP_UID, VCAP_GID));
+        if uid == 0 || gid == 0 {
+            return Err(Error::Spec {
+                id: self.id.clone(),
+                message: "a container never runs as root: name an unprivileged user".to_owned(),
+            });
+        }
         let mut user = User::default();
-        user.set_uid(VCAP_UID);
-        user.set_gid(VCAP_GID);
+        user.set_uid(uid);
+        user.set_gid(gid);
         user.set_additional_gids(Some(vec![]));
         user.set_umask(Some(0o022));
         let none = || Some(Capabilities::new());
@@ -281,6 +304,24 @@ impl ContainerSpec {
             }
             mounts.push(bind(&destination, &extra.host, true));
         }
+        for dir in &options.writable {
+            let destination = dir.to_string_lossy();
+            if !dir.is_absolute()
+                || stack.binds().any(|t| dir.starts_with(t))
+                || dir
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(Error::Spec {
+                    id: self.id.clone(),
+                    message: format!(
+                        "writable directory {destination:?} must be absolute and outside the \
+                         host trees (/usr, /etc, /bin, /sbin, /lib*)"
+                    ),
+                });
+            }
+            mounts.push(bind(&destination, dir, false));
+        }
 
         let namespace = |typ, path: Option<PathBuf>| {
             let mut ns = LinuxNamespace::default();
@@ -366,6 +407,77 @@ mod tests {
         assert_eq!(
             masks_for(&hidden, &["/usr", "/etc"]),
             vec!["/etc/hydrant/data"]
+        );
+    }
+
+    fn service_spec(dir: &Path) -> ContainerSpec {
+        ContainerSpec {
+            id: "redis-1".to_owned(),
+            args: vec!["/usr/bin/redis-server".to_owned()],
+            env: Vec::new(),
+            cwd: Some(dir.to_path_buf()),
+            app_dir: dir.join("app"),
+            tmp_dir: dir.join("tmp"),
+            binds: Vec::new(),
+            limits: Limits::for_memory_mb(64, 64, 16),
+            network: Network::Host,
+        }
+    }
+
+    #[test]
+    fn a_service_container_runs_as_its_own_user_and_writes_only_its_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let stack = Stack::prepare(&dir.path().join("stack")).unwrap();
+        let data = PathBuf::from("/var/lib/hydrant/broker-nodes/x/redis-1");
+        let options = SpawnOptions {
+            user: Some((65_534, 65_534)),
+            writable: vec![data.clone()],
+        };
+        let spec = service_spec(&data)
+            .oci(&stack, PathBuf::from("/p/redis-1"), &[], &options)
+            .unwrap();
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!(
+            (process.user().uid(), process.user().gid()),
+            (65_534, 65_534)
+        );
+        let mounts = spec.mounts().as_ref().unwrap();
+        let own = mounts
+            .iter()
+            .find(|m| m.destination() == &data)
+            .expect("its directory is mounted at its own path");
+        assert!(own.options().as_ref().unwrap().iter().any(|o| o == "rw"));
+        assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
+
+        for (user, writable) in [
+            (Some((0, 0)), data.clone()),
+            (Some((65_534, 65_534)), PathBuf::from("/usr/lib/x")),
+            (Some((65_534, 65_534)), PathBuf::from("relative")),
+        ] {
+            let options = SpawnOptions {
+                user,
+                writable: vec![writable.clone()],
+            };
+            assert!(
+                service_spec(&data)
+                    .oci(&stack, PathBuf::from("/p/redis-1"), &[], &options)
+                    .is_err(),
+                "{user:?} {}",
+                writable.display()
+            );
+        }
+        let app = service_spec(&data)
+            .oci(
+                &stack,
+                PathBuf::from("/p/redis-1"),
+                &[],
+                &SpawnOptions::default(),
+            )
+            .unwrap();
+        assert_eq!(
+            app.process().as_ref().unwrap().user().uid(),
+            VCAP_UID,
+            "an app's container runs as vcap"
         );
     }
 

@@ -132,9 +132,14 @@ impl Stack {
 /// # Errors
 /// [`Error::Io`] for the first entry that could not be changed.
 pub fn chown_to_vcap(dir: &Path) -> Result<(), Error> {
+    chown_tree(dir, (VCAP_UID, VCAP_GID))
+}
+
+/// Gives a directory tree to `(uid, gid)`, symbolic links changed themselves, never followed.
+pub(crate) fn chown_tree(dir: &Path, (uid, gid): (u32, u32)) -> Result<(), Error> {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(path) = stack.pop() {
-        std::os::unix::fs::lchown(&path, Some(VCAP_UID), Some(VCAP_GID))
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
             .map_err(io("cannot give to the container user", &path))?;
         let is_dir = std::fs::symlink_metadata(&path)
             .map(|m| m.is_dir())

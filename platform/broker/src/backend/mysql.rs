@@ -58,10 +58,15 @@ pub async fn prepare(ctx: &Ctx, row: &SharedNode, dir: &Path) -> Result<Spec, Er
         )
         .await?;
     }
+    // Temporary tables and sort files go to the node's disk, not a container's small /tmp
+    // (which counts against its memory).
+    let tmp = dir.join("tmp");
+    node::make_dir(&tmp, ctx.user)?;
     let port = row.ports.first().copied().unwrap_or(0);
     let args = vec![
         "--no-defaults".to_owned(),
         format!("--datadir={}", data.display()),
+        format!("--tmpdir={}", tmp.display()),
         format!("--socket={}", socket(dir)),
         format!("--port={port}"),
         format!("--bind-address={}", ctx.config.bind_address),
@@ -79,10 +84,8 @@ pub async fn prepare(ctx: &Ctx, row: &SharedNode, dir: &Path) -> Result<Spec, Er
         env: Vec::new(),
         dir: dir.to_path_buf(),
         user: ctx.user,
-        memory_bytes: ctx
-            .config
-            .memory_cgroups
-            .then_some(ctx.config.shared_node_memory_mb * 1024 * 1024),
+        memory_bytes: ctx.memory_limit(ctx.config.shared_node_memory_mb * 1024 * 1024),
+        contain: ctx.contain.clone(),
         router: crate::route::router(Arc::clone(&ctx.store), "mysql"),
     })
 }

@@ -91,10 +91,8 @@ pub async fn prepare(ctx: &Ctx, row: &SharedNode, dir: &Path) -> Result<Spec, Er
         env: Vec::new(),
         dir: dir.to_path_buf(),
         user: ctx.user,
-        memory_bytes: ctx
-            .config
-            .memory_cgroups
-            .then_some(ctx.config.shared_node_memory_mb * 1024 * 1024),
+        memory_bytes: ctx.memory_limit(ctx.config.shared_node_memory_mb * 1024 * 1024),
+        contain: ctx.contain.clone(),
         // `log_line_prefix` puts the session's database first, so a line of a tenant's own
         // session names its database (see `crate::route` for what proves a line is theirs).
         router: crate::route::router(Arc::clone(&ctx.store), "postgresql"),

@@ -120,7 +120,8 @@ pub fn prepare(ctx: &Ctx, row: &SharedNode, dir: &Path) -> Result<Spec, Error> {
         env: env(dir, &row.ports, bind),
         dir: dir.to_path_buf(),
         user: ctx.user,
-        memory_bytes: ctx.config.memory_cgroups.then_some(memory),
+        memory_bytes: ctx.memory_limit(memory),
+        contain: ctx.contain.clone(),
         router: crate::route::router(Arc::clone(&ctx.store), "rabbitmq"),
     })
 }

@@ -62,10 +62,8 @@ pub fn prepare(ctx: &Ctx, instance: &Instance, plan: &Plan, dir: &Path) -> Resul
         env: Vec::new(),
         dir: dir.to_path_buf(),
         user: ctx.user,
-        memory_bytes: ctx
-            .config
-            .memory_cgroups
-            .then_some((plan.memory_mb + CGROUP_HEADROOM_MB) * 1024 * 1024),
+        memory_bytes: ctx.memory_limit((plan.memory_mb + CGROUP_HEADROOM_MB) * 1024 * 1024),
+        contain: ctx.contain.clone(),
         router: Arc::new(move |_| Some(source.clone())),
     })
 }

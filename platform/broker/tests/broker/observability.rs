@@ -1,8 +1,7 @@
 //! Every service instance is a source in the pipeline: its node's own log lines arrive at the
 //! agent as `SVC` logs with the instance guid as source id, its gauges every interval, and the
 //! broker's operation counters as the broker's own metrics. A Redis node refuses writes past
-//! its plan's memory and runs in a memory cgroup sized from it when the broker may make one
-//! (root).
+//! its plan's memory and runs in a container whose memory cgroup is sized from it (root).
 
 use std::time::Duration;
 
@@ -116,7 +115,25 @@ async fn an_instance_sends_its_own_logs_and_gauges() {
     assert_eq!(mode & 0o777, 0o700, "a node's directory is private");
 
     if nix::unistd::geteuid().is_root() {
-        let limit = hydrant_broker::node::cgroup::limit(&format!("redis-{id}"));
+        // The kernel's own limit, in the node's container's cgroup.
+        let parent = hydrant_broker::Config {
+            data_dir: std::fs::canonicalize(dir.path()).unwrap(),
+            ..hydrant_broker::Config::default()
+        }
+        .container_config()
+        .cgroup_parent;
+        let node = format!("redis-{id}");
+        let root = std::path::Path::new("/sys/fs/cgroup");
+        let limit = [
+            root.join("memory")
+                .join(&parent)
+                .join(&node)
+                .join("memory.limit_in_bytes"),
+            root.join(&parent).join(&node).join("memory.max"),
+        ]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(f).ok())
+        .and_then(|t| t.trim().parse::<u64>().ok());
         assert_eq!(
             limit,
             Some((64 + 64) * 1024 * 1024),
