@@ -74,6 +74,8 @@ const AGENT: u16 = 3458;
 const DOPPLER: u16 = 8082;
 const EDGE: u16 = 8081;
 const API: u16 = 9022;
+/// The cloud controller's internal API: mutual TLS, the caller's identity checked per endpoint.
+const API_INTERNAL: u16 = 9023;
 const ROUTER: u16 = 8080;
 const ADMIN: [(&str, u16); 7] = [
     ("agent", 9100),
@@ -449,6 +451,8 @@ impl Platform {
             "presence_ttl_secs": 3,
             "bus": self.bus("executor", &format!("certs/{cell}")),
             "telemetry": self.telemetry("executor", &format!("certs/{cell}")),
+            // Droplets from the controller's internal API, as the executor identity.
+            "tls": self.tls("executor", &format!("certs/{cell}")),
         })
     }
 
@@ -599,6 +603,8 @@ impl Platform {
                 "router": p.url('c', ROUTER),
             },
             "staging_isolation": { "mode": "none" },
+            "internal_listen": p.addr('a', API_INTERNAL).to_string(),
+            "tls": p.tls("cloudcontroller", "certs"),
             "bus": p.bus("cloudcontroller", "certs"),
             "telemetry": p.telemetry("cloudcontroller", "certs"),
         });
@@ -626,7 +632,9 @@ impl Platform {
         // Host A's health manager first, so it holds the lease; B's stands by.
         for host in ['a', 'b'] {
             let hm = json!({
-                "api_url": p.url('a', API),
+                // The internal API, over mutual TLS as the healthmanager identity.
+                "api_url": format!("https://{}", p.addr('a', API_INTERNAL)),
+                "tls": p.tls("healthmanager", "certs"),
                 "token_file": p.path("hm.token").display().to_string(),
                 "instance_id": format!("hm-{host}"),
                 "poll_interval_secs": 1,
@@ -859,6 +867,23 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
         [2, 2, 2],
         "{spread:?}"
     );
+    // Each in a container of its own: two live container cgroups under every cell's parent.
+    let live_containers = |cell: &str| -> Vec<String> {
+        netns::cgroup_children(&cell_cgroup(cell))
+            .into_iter()
+            .map(|c| format!("{}/{c}", cell_cgroup(cell)))
+            .filter(|c| !netns::cgroup_procs(c).is_empty())
+            .collect()
+    };
+    for (_, cell, _) in CELLS {
+        assert_eq!(
+            live_containers(cell).len(),
+            2,
+            "containers running on {cell}"
+        );
+    }
+    // B's own two, for step 6: their indexes were never on lost cell C.
+    let first_on_b = live_containers("cell-b");
     let routers = vec![p.addr('c', ROUTER), p.addr('d', ROUTER)];
     for router in &routers {
         wait_for(
@@ -1000,17 +1025,14 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
     );
     // A crashed instance is restarted by the survivor, from the start request it overheard.
     let starts_before = metric(&p.metrics("executor", 'b'), "executor_starts_total").unwrap_or(0.0);
-    // The oldest container on B (lowest process id): one of B's own first two instances, as
-    // the unisolated test killed the oldest process. (A replacement for one of lost cell C's
-    // indexes is not restarted while the health manager still counts C's last heartbeat.)
-    let container = netns::cgroup_children(&cell_cgroup("cell-b"))
-        .into_iter()
-        .map(|c| format!("{}/{c}", cell_cgroup("cell-b")))
-        .filter_map(|c| Some((netns::cgroup_procs(&c).into_iter().min()?, c)))
-        .min()
-        .map(|(_, c)| c)
-        .expect("no container runs on cell B");
-    netns::kill_cgroup(&container);
+    // One of B's own first two instances. Not a replacement for one of lost cell C's indexes:
+    // the health manager takes C's last heartbeat (which lists that index RUNNING) for a live
+    // copy until `executor_timeout_secs` (30) after it, and does not restart the index before.
+    let container = first_on_b
+        .iter()
+        .find(|c| !netns::cgroup_procs(c).is_empty())
+        .expect("none of cell B's first instances runs any more");
+    netns::kill_cgroup(container);
     let restarted = wait_for(
         Duration::from_secs(20),
         "the crashed instance to be restarted",
