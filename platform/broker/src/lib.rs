@@ -1,13 +1,16 @@
 //! Hydrant's own service broker: one Open Service Broker API v2.17 server with four offerings —
 //! `mysql` (MariaDB), `postgresql`, `redis`, `rabbitmq`, plans `small` and `medium` — each
 //! backed by real servers the broker runs itself as supervised service nodes (data under
-//! `data_dir/nodes`, as an unprivileged user and in a memory cgroup when the broker is root,
-//! ports from a pool on `bind_address`, loopback by default).
+//! `data_dir/nodes`, each in a container of its own under its plan's limits — or, with
+//! `isolation = "none"`, a child process — ports from a pool on `bind_address`, loopback by
+//! default).
 //!
 //! Flow: a platform (the cloud controller, any OSB client) → `listen` (basic auth,
 //! `X-Broker-API-Version`) → [`osb`] → SQLite state ([`store`]) → [`backend`] → the node's own
 //! admin client (`mariadb`, `psql`, `redis-cli`, `rabbitmqctl`) → the node. Each node's log
-//! lines go into the pipeline as `SVC` logs of their instance (source id = instance guid), and
+//! lines go into the pipeline as `SVC` logs of the instance they provably belong to (source id
+//! = instance guid; [`route`]) or of the operator (the broker's own source id), [`quota`]
+//! holds databases to their plan's storage while tenants write, and
 //! [`metrics`] emits each instance's gauges every 10 s; broker operations are counted as
 //! `broker.operations{operation,status}` with latencies in `broker.operation_seconds`.
 //!

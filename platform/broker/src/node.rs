@@ -1,10 +1,13 @@
 //! Service nodes: the real servers (mariadbd, postgres, redis-server, rabbitmq-server) the
-//! broker runs as supervised child processes, and the small mechanisms around them — admin
+//! broker runs and supervises, each in a container of its own ([`Contain`]) or, with
+//! `isolation = "none"`, as a child process, and the small mechanisms around them — admin
 //! commands with deadlines, the port pool, random secrets, the unprivileged user and the
-//! memory cgroup a node runs in.
+//! memory cgroup an uncontained node runs in.
 //!
-//! Flow: [`Node::spawn`] starts the supervisor task → the child starts (as `run_as` when the
-//! broker is root, in its own memory cgroup when it can) → its stdout/stderr lines become `SVC`
+//! Flow: [`Node::spawn`] starts the supervisor task → the node starts (in its container: the
+//! host's network, its own other namespaces, a read-only root but its directory, `run_as`, no
+//! capabilities, seccomp, its plan's memory and pids; uncontained: as `run_as` when the broker
+//! is root, in its own memory cgroup when it can) → its stdout/stderr lines become `SVC`
 //! log envelopes of the instance they provably belong to ([`crate::route`]), or of the broker
 //! itself (the operator's stream) → when the child dies while wanted (a crash, a
 //! SIGKILL) it is counted (`broker.node_restarts`) and started again after a capped backoff,
@@ -12,8 +15,9 @@
 //!
 //! Invariants: a node's log line is capped at [`MAX_LINE`] bytes (longer lines are cut and
 //! counted, never buffered whole); a node is stopped with SIGTERM and, after
-//! [`STOP_GRACE`], SIGKILL, and it leads its own process group, which is killed whenever the
-//! node ends, so deprovision, shutdown and restarts never leave a process behind; an
+//! [`STOP_GRACE`], SIGKILL, and it is its container's pid namespace (or leads its own process
+//! group), which is killed whenever the node ends, so deprovision, shutdown and restarts never
+//! leave a process behind; an
 //! admin command's error carries its program and stderr, with every secret it was given
 //! replaced by `***`.
 
