@@ -1,8 +1,9 @@
 //! The feed: tasks that read the firehose (or each app's stream), the log cache and the API,
 //! and hand what they read to the screen over one bounded channel.
 //!
-//! Flow: operator mode → one firehose subscription; developer mode → one per-app stream per
-//! app the token may see (each with its own short-lived log token, renewed when refused).
+//! Flow: operator mode → one firehose subscription; developer mode → one stream per app and
+//! per service instance the token may see (each with its own short-lived log token, renewed
+//! when refused).
 //! Each stream connects first, then reads the last minute from the log cache up to the moment
 //! it connected ([`Feed::History`]), then forwards live batches. An API poller sends
 //! [`ApiSnapshot`]s every few seconds.
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use hydrant_api::services::ServiceInstance;
 use hydrant_api::{App, Client, EventFilter};
 use hydrant_envelope::v2;
 use hydrant_firehose_client::{
@@ -59,6 +61,24 @@ const MAX_PER_APP_POLLS: usize = 20;
 
 /// Audit events kept from each poll.
 const MAX_AUDIT: usize = 500;
+
+/// What the API poller last listed, for the developer-mode streams.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Listing {
+    /// Every app the token may see.
+    pub apps: Vec<App>,
+    /// Every service instance the token may see.
+    pub services: Vec<ServiceInstance>,
+}
+
+/// What one per-source stream follows; each has its own kind of log token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Followed {
+    /// An app (`GET /v3/apps/{guid}/log_token`).
+    App,
+    /// A service instance: its `SVC` lines and its broker's gauges.
+    Service,
+}
 
 /// Which way the console reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,46 +306,39 @@ fn subscription_suffix() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 32)
 }
 
-/// Developer mode: one stream per app in `apps` (kept in step with the API poller's list),
-/// each authorised by its own log token.
+/// Developer mode: one stream per app, then per service instance, in `listed` (kept in step
+/// with the API poller's lists; at most [`MAX_APP_STREAMS`] in all), each authorised by its
+/// own log token.
 pub(crate) async fn app_streams(
     base: ClientConfig,
     api: Client,
-    mut apps: watch::Receiver<Vec<App>>,
+    mut listed: watch::Receiver<Listing>,
     only: Option<String>,
     feeder: Feeder,
 ) {
     let mut running: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
     let mut tasks = JoinSet::new();
     loop {
-        let wanted: Vec<App> = apps
-            .borrow_and_update()
-            .iter()
-            .filter(|a| {
-                only.as_deref()
-                    .is_none_or(|f| a.name.to_lowercase().contains(&f.to_lowercase()))
-            })
-            .take(MAX_APP_STREAMS)
-            .cloned()
-            .collect();
+        let wanted = followed(&listed.borrow_and_update(), only.as_deref());
         running.retain(|guid, handle| {
-            let keep = wanted.iter().any(|a| &a.guid == guid);
+            let keep = wanted.iter().any(|(g, _)| g == guid);
             if !keep {
                 handle.abort();
             }
             keep
         });
-        for app in &wanted {
-            if running.contains_key(&app.guid) {
+        for (guid, followed) in &wanted {
+            if running.contains_key(guid) {
                 continue;
             }
             let handle = tasks.spawn(app_stream(
                 base.clone(),
                 api.clone(),
-                app.guid.clone(),
+                guid.clone(),
+                *followed,
                 feeder.clone(),
             ));
-            running.insert(app.guid.clone(), handle);
+            running.insert(guid.clone(), handle);
         }
         let n = u32::try_from(running.len()).unwrap_or(u32::MAX);
         if !feeder.send(Feed::Stream(StreamChange::Wanted(n))).await {
@@ -333,19 +346,50 @@ pub(crate) async fn app_streams(
         }
         tokio::select! {
             () = feeder.shutdown.cancelled() => break,
-            changed = apps.changed() => if changed.is_err() { break },
+            changed = listed.changed() => if changed.is_err() { break },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
     tasks.abort_all();
 }
 
-/// One app's stream, renewing its log token whenever the edge refuses it.
-async fn app_stream(base: ClientConfig, api: Client, guid: String, feeder: Feeder) {
+/// The streams developer mode follows: the apps whose name contains `only` (all without it),
+/// then every service instance, at most [`MAX_APP_STREAMS`] in all.
+fn followed(listing: &Listing, only: Option<&str>) -> Vec<(String, Followed)> {
+    let only = only.map(str::to_lowercase);
+    let apps = listing
+        .apps
+        .iter()
+        .filter(|a| {
+            only.as_deref()
+                .is_none_or(|f| a.name.to_lowercase().contains(f))
+        })
+        .map(|a| (a.guid.clone(), Followed::App));
+    let services = listing
+        .services
+        .iter()
+        .map(|s| (s.guid.clone(), Followed::Service));
+    apps.chain(services).take(MAX_APP_STREAMS).collect()
+}
+
+/// One app's or service instance's stream, renewing its log token whenever the edge refuses it.
+async fn app_stream(
+    base: ClientConfig,
+    api: Client,
+    guid: String,
+    followed: Followed,
+    feeder: Feeder,
+) {
     let mut history_done = false;
     let mut pause = Duration::from_millis(500);
     loop {
-        let token = match tokio::time::timeout(API_TIMEOUT, api.log_token(&guid)).await {
+        let minted = async {
+            match followed {
+                Followed::App => api.log_token(&guid).await,
+                Followed::Service => api.service_instance_log_token(&guid).await,
+            }
+        };
+        let token = match tokio::time::timeout(API_TIMEOUT, minted).await {
             Ok(Ok(t)) => Some(t.token),
             // A controller without per-app tokens: the session's own token may do.
             Ok(Err(e)) if e.is_not_found() => None,
@@ -387,9 +431,13 @@ async fn app_stream(base: ClientConfig, api: Client, guid: String, feeder: Feede
                 pause = Duration::from_millis(500);
             }
             Ended::Fatal(e) => {
+                let what = match followed {
+                    Followed::App => "app",
+                    Followed::Service => "service instance",
+                };
                 feeder
                     .send(Feed::Stream(StreamChange::Failed(format!(
-                        "app stream {guid}: {e}"
+                        "{what} stream {guid}: {e}"
                     ))))
                     .await;
                 return;
@@ -398,13 +446,13 @@ async fn app_stream(base: ClientConfig, api: Client, guid: String, feeder: Feede
     }
 }
 
-/// Polls the API every `every` and sends what it finds; keeps `apps` (for the developer-mode
-/// streams) in step.
+/// Polls the API every `every` and sends what it finds; keeps `listed` (for the
+/// developer-mode streams) in step.
 pub(crate) async fn api_poller(
     api: Client,
     admin: bool,
     every: Duration,
-    apps: watch::Sender<Vec<App>>,
+    listed: watch::Sender<Listing>,
     feeder: Feeder,
 ) {
     let http = reqwest::Client::builder().timeout(API_TIMEOUT).build().ok();
@@ -417,14 +465,14 @@ pub(crate) async fn api_poller(
         }
         let snapshot = poll(&api, admin, http.as_ref(), slo_base.as_deref()).await;
         if let Some(list) = &snapshot.apps {
-            apps.send_replace(list.clone());
+            listed.send_modify(|l| l.apps.clone_from(list));
         }
         if !feeder.send(Feed::Api(Box::new(snapshot))).await {
             return;
         }
         // A controller without services answers 404: an empty list, not an error.
-        let listed = tokio::time::timeout(API_TIMEOUT, api.list_service_instances(None, None));
-        let services = match listed.await {
+        let asked = tokio::time::timeout(API_TIMEOUT, api.list_service_instances(None, None));
+        let services = match asked.await {
             Ok(Ok(list)) => Ok(list),
             Ok(Err(e)) if e.is_not_found() => Ok(Vec::new()),
             Ok(Err(e)) => Err(format!("service instances: {e}")),
@@ -433,6 +481,9 @@ pub(crate) async fn api_poller(
                 API_TIMEOUT.as_secs()
             )),
         };
+        if let Ok(list) = &services {
+            listed.send_modify(|l| l.services.clone_from(list));
+        }
         if !feeder.send(Feed::Services(services)).await {
             return;
         }
@@ -561,6 +612,50 @@ mod tests {
             })
             .collect();
         Batch::from_envelopes(&envs)
+    }
+
+    #[test]
+    fn developer_mode_follows_the_filtered_apps_and_every_service_instance() {
+        let app = |guid: &str, name: &str| -> App {
+            serde_json::from_value(serde_json::json!({
+                "guid": guid, "name": name, "space_guid": "s", "space_name": "default",
+                "state": "STARTED", "instances": 1, "memory_mb": 64, "disk_mb": 256,
+                "env": {}, "health_check_type": "port", "routes": [],
+                "created_at": 0, "updated_at": 0
+            }))
+            .unwrap()
+        };
+        let service = |guid: &str| -> ServiceInstance {
+            serde_json::from_value(serde_json::json!({
+                "guid": guid, "name": guid, "type": "managed", "space_guid": "s",
+                "space_name": "default", "tags": [], "bound_apps": [], "created_at": 0,
+                "last_operation": {"type": "create", "state": "succeeded", "updated_at": 0}
+            }))
+            .unwrap()
+        };
+        let listing = Listing {
+            apps: vec![app("a1", "Demo"), app("a2", "worker")],
+            services: vec![service("s1")],
+        };
+        assert_eq!(
+            followed(&listing, Some("demo")),
+            vec![
+                ("a1".to_owned(), Followed::App),
+                ("s1".to_owned(), Followed::Service)
+            ]
+        );
+        let many = Listing {
+            apps: (0..MAX_APP_STREAMS)
+                .map(|i| app(&format!("a{i}"), "x"))
+                .collect(),
+            services: vec![service("s1")],
+        };
+        let all = followed(&many, None);
+        assert_eq!(
+            all.len(),
+            MAX_APP_STREAMS,
+            "the cap holds across both kinds"
+        );
     }
 
     #[tokio::test]

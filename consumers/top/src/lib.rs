@@ -197,7 +197,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
         dropped: Arc::clone(&dropped),
         shutdown: shutdown.clone(),
     };
-    let (apps_tx, apps_rx) = watch::channel(Vec::new());
+    let (apps_tx, apps_rx) = watch::channel(feed::Listing::default());
     if let Some(api) = &api {
         tokio::spawn(feed::api_poller(
             api.clone(),
