@@ -155,18 +155,7 @@ impl hydrant_runtime::Validate for Config {
             platform.validate()?;
         }
         if let Some(file) = &self.cursor_file {
-            let dir = std::path::Path::new(file)
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            if file.is_empty() || !dir.is_dir() {
-                return Err(Error::from(invalid(
-                    "cursor_file",
-                    format!(
-                        "{file:?}: its directory must exist; create it, or leave cursor_file out"
-                    ),
-                )));
-            }
+            hydrant_nozzle_core::validate_cursor_file(file)?;
         }
         for i in 0..self.drains.len() {
             self.drain(i)?;
