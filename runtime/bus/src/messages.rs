@@ -21,6 +21,7 @@
 //! | `executor.presence.<executor_id>` | [`CellPresence`] (`dea.advertise` field names) | executor | every [`PRESENCE_INTERVAL`], at once on every change; stale after its `ttl_secs` ([`PRESENCE_TTL`]) |
 //! | `executor.evacuate.<executor_id>` | [`EvacuateCell`] | cloud controller (`hydrant drain-cell`) | until the cell's presence says `evacuating` |
 //! | `executor.kill.<executor_id>` | [`EvacuateCell`] (its `reason`) | cloud controller (`hydrant debug kill-cell`) | once; only a cell with `debug_kill` obeys |
+//! | `doppler.announce` | [`DopplerAnnounce`] | doppler | every [`DOPPLER_ANNOUNCE_INTERVAL`]; stale after its `ttl_secs` (3 intervals) |
 //!
 //! Heartbeats and crashes name their cell twice, in the subject and in `executor_id`; on the
 //! authenticated bus a cell may publish only its own subject, so a consumer that finds the two
@@ -82,6 +83,13 @@ pub const HEALTHMANAGER_LEASE: &str = "healthmanager.lease";
 pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a presence lives without a refresh (Diego's cell presence `lock_ttl`: 15 s).
 pub const PRESENCE_TTL: Duration = Duration::from_secs(15);
+
+/// A doppler's advertisement ([`DopplerAnnounce`]): agents and firehose edges that follow the
+/// announced set give a new doppler a lane within one interval and drop one whose announcement
+/// lapsed.
+pub const DOPPLER_ANNOUNCE: &str = "doppler.announce";
+/// How often a doppler announces itself (the DEA's `intervals.advertise`: 5 s).
+pub const DOPPLER_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often routes are re-registered (gorouter's `minimumRegisterIntervalInSeconds`, 20 s).
 pub const REGISTER_INTERVAL: Duration = Duration::from_secs(20);
@@ -685,6 +693,35 @@ pub struct EvacuateCell {
     pub reason: Option<String>,
 }
 
+/// `doppler.announce`: a doppler is up and where to reach it, re-sent every interval. Like a
+/// cell's presence it is soft state: a follower forgets a doppler it has not heard from for
+/// [`DopplerAnnounce::ttl`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DopplerAnnounce {
+    /// The doppler's id (its `instance_id`, which also names it in firehose cursors).
+    pub id: String,
+    /// The URL agents send to (v2 Ingress), e.g. `http://10.0.0.7:8082`.
+    pub ingress: String,
+    /// The URL firehose edges read from (v2 Egress and the log cache).
+    pub egress: String,
+    /// How long this announcement lives without a refresh, seconds (3 intervals).
+    pub ttl_secs: u64,
+}
+
+impl DopplerAnnounce {
+    /// How long this announcement lives: its `ttl_secs`, or 3 × [`DOPPLER_ANNOUNCE_INTERVAL`]
+    /// when it names none, never more than a minute (a hostile announcement cannot pin a lane
+    /// for ever).
+    #[must_use]
+    pub fn ttl(&self) -> Duration {
+        match self.ttl_secs {
+            0 => DOPPLER_ANNOUNCE_INTERVAL * 3,
+            secs => Duration::from_secs(secs.min(60)),
+        }
+    }
+}
+
 /// An executor's reply to [`StartInstance`] or [`StopInstance`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -1065,5 +1102,24 @@ mod tests {
             cell_of("executor.presence.c1", EXECUTOR_PRESENCE),
             Some("c1")
         );
+    }
+
+    #[test]
+    fn a_doppler_announcement_round_trips_and_its_ttl_is_bounded() {
+        let announce = DopplerAnnounce {
+            id: "doppler-1".to_owned(),
+            ingress: "http://10.0.0.7:8082".to_owned(),
+            egress: "http://10.0.0.7:8082".to_owned(),
+            ttl_secs: 15,
+        };
+        assert_eq!(roundtrip(&announce), announce);
+        assert_eq!(announce.ttl(), Duration::from_secs(15));
+        let silent: DopplerAnnounce = serde_json::from_value(json!({"id": "d"})).unwrap();
+        assert_eq!(silent.ttl(), DOPPLER_ANNOUNCE_INTERVAL * 3);
+        let hostile = DopplerAnnounce {
+            ttl_secs: u64::MAX,
+            ..announce
+        };
+        assert_eq!(hostile.ttl(), Duration::from_secs(60));
     }
 }

@@ -17,6 +17,11 @@
 //! | `router` | `router.start`, replies to `router.greet` | `router.>`, `executor.placed.*` (placements, without environments) |
 //! | `<cell>.executor` (per cell) | `router.register.<cell>`, `router.unregister.<cell>`, `executor.heartbeat.<cell>`, `executor.crash.<cell>`, `executor.presence.<cell>`, replies to its starts and stops | `executor.start.<cell>`, `executor.stop.<cell>`, `executor.evacuate.<cell>`, `executor.kill.<cell>`, `executor.presence.*` (whether another cell can take its instances), `router.start`, `executor.greet` |
 //! | `executor` (when no cells are listed: every executor shares it) | as a cell, for every cell (`*`) | as a cell, for every cell |
+//! | `doppler` | `doppler.announce` | nothing |
+//! | `agent`, `trafficcontroller` | nothing | `doppler.announce` (the dopplers to send to / read from) |
+//!
+//! Only dopplers may announce themselves, so nobody else can pull an agent's envelopes or an
+//! edge's reads to an address of their choosing.
 //!
 //! Only the cloud controller and the health manager may publish start and stop commands and
 //! placements; only executors may publish heartbeats, crashes and route registrations, and with
@@ -34,9 +39,9 @@ use std::path::Path;
 
 use crate::Error;
 use crate::messages::{
-    EXECUTOR_CRASH, EXECUTOR_EVACUATE, EXECUTOR_GREET, EXECUTOR_HEARTBEAT, EXECUTOR_KILL,
-    EXECUTOR_PLACED, EXECUTOR_PRESENCE, EXECUTOR_START, EXECUTOR_STOP, HEALTHMANAGER_LEASE,
-    ROUTER_ASSIGNED, ROUTER_START, every_cell,
+    DOPPLER_ANNOUNCE, EXECUTOR_CRASH, EXECUTOR_EVACUATE, EXECUTOR_GREET, EXECUTOR_HEARTBEAT,
+    EXECUTOR_KILL, EXECUTOR_PLACED, EXECUTOR_PRESENCE, EXECUTOR_START, EXECUTOR_STOP,
+    HEALTHMANAGER_LEASE, ROUTER_ASSIGNED, ROUTER_START, every_cell,
 };
 
 /// Subjects the bus client uses for its own bookkeeping (subscription confirmations), which
@@ -145,6 +150,21 @@ pub fn users(cells: &[String]) -> Result<Vec<User>, Error> {
         ],
         allow_responses: true,
     };
+    // The pipeline's dopplers say where they are; agents and edges follow.
+    users.push(User {
+        name: "doppler".to_owned(),
+        publish: subjects(&[DOPPLER_ANNOUNCE, BOOKKEEPING]),
+        subscribe: subjects(&[BOOKKEEPING]),
+        allow_responses: false,
+    });
+    for follower in ["agent", "trafficcontroller"] {
+        users.push(User {
+            name: follower.to_owned(),
+            publish: subjects(&[BOOKKEEPING]),
+            subscribe: subjects(&[DOPPLER_ANNOUNCE, BOOKKEEPING]),
+            allow_responses: false,
+        });
+    }
     if cells.is_empty() {
         users.push(executor("executor".to_owned(), "*"));
     } else {
@@ -450,11 +470,7 @@ mod tests {
         for user in ["router", "e1.executor", "e2.executor"] {
             assert!(!may_publish(&users, user, "executor.placed.e1"), "{user}");
         }
-        assert!(
-            !users
-                .iter()
-                .any(|u| u.name == "agent" || u.name == "executor")
-        );
+        assert!(!users.iter().any(|u| u.name == "executor"));
         // Start commands carry app environments: only the health manager and their cell read them.
         let readers: Vec<&str> = users
             .iter()
@@ -472,6 +488,42 @@ mod tests {
         for user in ["cloudcontroller", "healthmanager"] {
             assert!(may_read(user, "executor.heartbeat.e2"), "{user}");
             assert!(may_read(user, "executor.crash.e2"), "{user}");
+        }
+    }
+
+    #[test]
+    fn only_dopplers_announce_dopplers_and_agents_and_edges_follow() {
+        let users = users(&["e1".into()]).unwrap();
+        assert!(may_publish(&users, "doppler", DOPPLER_ANNOUNCE));
+        for other in [
+            "agent",
+            "trafficcontroller",
+            "cloudcontroller",
+            "healthmanager",
+            "router",
+            "e1.executor",
+        ] {
+            assert!(!may_publish(&users, other, DOPPLER_ANNOUNCE), "{other}");
+        }
+        let may_read = |user: &str| {
+            users
+                .iter()
+                .find(|u| u.name == user)
+                .is_some_and(|u| u.subscribe.iter().any(|p| matches(p, DOPPLER_ANNOUNCE)))
+        };
+        assert!(may_read("agent") && may_read("trafficcontroller"));
+        // The followers publish nothing of the control plane.
+        for follower in ["agent", "trafficcontroller"] {
+            for subject in [
+                "router.register.e1",
+                "executor.start.e1",
+                "executor.heartbeat.e1",
+            ] {
+                assert!(
+                    !may_publish(&users, follower, subject),
+                    "{follower} {subject}"
+                );
+            }
         }
     }
 
