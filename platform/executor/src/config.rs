@@ -77,7 +77,9 @@ pub struct Config {
     /// in a container (which listens on 8080), the port published on `advertise_host` for it
     /// (Diego's 61000+). No container may connect to a port in this range on any host, so
     /// instances reach each other only through the router. A cell whose range is used up
-    /// refuses new instances, saying so. Default `[61000, 61999]`.
+    /// refuses new instances, saying so. Executors sharing one host and `advertise_host` need
+    /// ranges apart: a published port holds no socket another executor would see. Default
+    /// `[61000, 61999]`.
     pub port_range: [u16; 2],
     /// How long a stopping instance gets between SIGTERM and SIGKILL, seconds, when its start
     /// message names no grace of its own (apps set theirs with `push --stop-timeout`); also the

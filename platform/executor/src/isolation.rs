@@ -60,6 +60,7 @@ pub(crate) async fn open(config: &Config) -> Result<Option<Isolated>, Error> {
         tracing::warn!("executor {}: {UNISOLATED}", config.executor_id);
         return Ok(None);
     }
+    check_published_host(config)?;
     let hydrant_bin = std::env::current_exe()
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -90,6 +91,27 @@ pub(crate) async fn open(config: &Config) -> Result<Option<Isolated>, Error> {
     }))
 }
 
+/// Port mapping publishes instances on `advertise_host` itself, so it must be an address this
+/// host holds: a DNAT for an address the host does not hold never matches, and every instance
+/// would fail its health check with nothing saying why.
+fn check_published_host(config: &Config) -> Result<(), Error> {
+    let Some(host) = config.published_host() else {
+        return Ok(());
+    };
+    // Binding succeeds only to an address of this host; nothing is sent.
+    std::net::UdpSocket::bind((host, 0))
+        .map(drop)
+        .map_err(|e| Error::Config {
+            field: "advertise_host",
+            message: format!(
+                "{host} is not an address of this host ({e}): contained instances are published \
+             on the host's own address, at a port from port_range; write an address this host \
+             holds and routers reach, or 127.0.0.1 to keep instances reachable from this host \
+             only"
+            ),
+        })
+}
+
 /// Rules letting an instance ask the host's resolvers (`/etc/resolv.conf`, which the stack
 /// shows inside) on port 53, even where they sit in a denied range: apps resolve names (and
 /// Python's `http.server` waits on a reverse lookup before it listens). Loopback resolvers are
@@ -115,4 +137,29 @@ pub(crate) async fn dns_rules() -> Vec<EgressRule> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_published_only_on_an_address_this_host_holds() {
+        let on = |host: &str| Config {
+            advertise_host: host.to_owned(),
+            ..Config::default()
+        };
+        // Loopback publishes nothing, so there is nothing to check; a local address passes.
+        check_published_host(&on("127.0.0.1")).unwrap();
+        // 192.0.2.0/24 is documentation space (RFC 5737): no host holds it.
+        let err = check_published_host(&on("192.0.2.77"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("advertise_host")
+                && err.contains("192.0.2.77 is not an address of this host")
+                && err.contains("127.0.0.1"),
+            "{err}"
+        );
+    }
 }
