@@ -2,7 +2,9 @@
 //!
 //! Without `--recent` it prints the recent lines and then follows the live stream with no gap and
 //! no duplicates (the client opens the stream before reading history, then de-duplicates the
-//! overlap). Loss shows as a visible marker line; payload bytes are always escaped.
+//! overlap). Loss shows as a visible marker line; payload bytes are always escaped. An
+//! `https://` edge is trusted through `--ca-file` (or `HYDRANT_CA_FILE`), else the system's
+//! roots.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
@@ -34,6 +36,10 @@ pub struct LogsArgs {
     /// Print timestamps in UTC instead of local time.
     #[arg(long)]
     utc: bool,
+    /// The CA bundle (PEM) that issued an `https://`/`wss://` firehose edge's certificate, e.g.
+    /// the platform's `ca.pem`; without it the system's roots are trusted.
+    #[arg(long, env = "HYDRANT_CA_FILE", value_name = "PEM")]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 /// The stream to read: an app's or a service instance's name resolves to its GUID (the source
@@ -126,7 +132,11 @@ pub async fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
     }
     let cli = cli_config::load()?;
     let name = args.source.clone();
-    let (config, source) = resolve_source(cli, &args.source).await?;
+    let (mut config, source) = resolve_source(cli, &args.source).await?;
+    if let Some(ca) = &args.ca_file {
+        // Read at each (re)connection; a missing file is said on the first one.
+        config.ca_file = ca.display().to_string();
+    }
     let args = LogsArgs { source, ..args };
     let opts = RenderOptions {
         color: !args.json && std::io::stdout().is_terminal(),

@@ -9,7 +9,8 @@
 //! and repairs the state (a scale-up lands on the router).
 //!
 //! Every pipeline hop runs mutual TLS, as a real deployment does: one internal CA, a leaf per
-//! role identity, each role presenting its own.
+//! role identity, each role presenting its own; the executor fetches droplets from the cloud
+//! controller's internal API over mutual TLS as the `executor` identity.
 //!
 //! The bus is authenticated too: nats-server runs the config `hydrant certs nats-config` writes
 //! (TLS, client certificates mapped to users, subject permissions per role), and the executor
@@ -242,6 +243,7 @@ impl Cluster {
             "firehose_admin",
             "api",
             "api_admin",
+            "api_internal",
             "executor_admin",
             "router",
             "router_admin",
@@ -428,6 +430,10 @@ impl Cluster {
         json!({
             "listen": format!("127.0.0.1:{}", self.port("api")),
             "admin_listen": format!("127.0.0.1:{}", self.port("api_admin")),
+            // The roles' internal API: mutual TLS, each endpoint checking the caller's
+            // certificate identity (the executor's droplet downloads come here).
+            "internal_listen": format!("127.0.0.1:{}", self.port("api_internal")),
+            "tls": self.tls("cloudcontroller"),
             "external_url": self.url("api"),
             "data_dir": self.path("cloudcontroller").display().to_string(),
             "admin_password": ADMIN_PASSWORD,
@@ -583,6 +589,8 @@ impl Cluster {
             "register_interval_secs": 1,
             "bus": c.bus("executor"),
             "telemetry": c.telemetry("executor"),
+            // Droplets from the controller's internal API, as the executor identity.
+            "tls": c.tls("executor"),
         });
         c.start_role("executor", &executor, "executor_admin");
         let router = json!({
@@ -840,6 +848,17 @@ fn data_plane_outlives_the_control_plane() {
         cluster.containers().len(),
         2,
         "each instance runs in its own container"
+    );
+    // The droplet came over the internal API's mutual TLS, as the executor, refusing nobody.
+    let api_metrics = cluster.admin_metrics("api_admin");
+    assert!(
+        metric(&api_metrics, "cloudcontroller_internal_calls_total").unwrap_or(0.0) >= 1.0,
+        "the executor never called the internal API:\n{api_metrics}"
+    );
+    assert_eq!(
+        metric(&api_metrics, "cloudcontroller_internal_refused_total"),
+        Some(0.0),
+        "{api_metrics}"
     );
     eprintln!("[{:?}] pushed {APP} ({guid})", started.elapsed());
 

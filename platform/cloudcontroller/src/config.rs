@@ -688,6 +688,45 @@ mod tests {
     }
 
     #[test]
+    fn the_internal_api_needs_an_address_with_tls_and_its_url_follows_it() {
+        let config: Config = toml::from_str(
+            "[tls]\nca_file = \"ca.pem\"\ncert_file = \"cc.pem\"\nkey_file = \"cc.key\"\n",
+        )
+        .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("internal_listen"), "{err}");
+        let served = Config {
+            internal_listen: "127.0.0.1:9023".into(),
+            ..config.clone()
+        };
+        served.validate().unwrap();
+        assert_eq!(
+            served.internal_base_url().as_deref(),
+            Some("https://127.0.0.1:9023"),
+            "droplet URLs go to the internal listener"
+        );
+        let named = Config {
+            internal_url: "https://cc.internal:9023/".into(),
+            ..served.clone()
+        };
+        assert_eq!(
+            named.internal_base_url().as_deref(),
+            Some("https://cc.internal:9023")
+        );
+        let plain = Config {
+            internal_url: "http://cc.internal:9023".into(),
+            ..served
+        };
+        let err = plain.validate().unwrap_err().to_string();
+        assert!(err.contains("internal_url"), "{err}");
+        assert_eq!(
+            Config::default().internal_base_url(),
+            None,
+            "without tls, droplets come from external_url as before"
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_rejected() {
         let err = toml::from_str::<Config>("listne = \"x\"").unwrap_err();
         assert!(err.to_string().contains("listne"), "{err}");
