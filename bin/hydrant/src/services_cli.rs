@@ -41,7 +41,7 @@ pub struct BrokerArgs {
     username: String,
     /// Its basic auth password.
     password: String,
-    /// Its base URL (http://HOST:PORT).
+    /// Its base URL (http://HOST:PORT, or https:// with a certificate the controller trusts).
     url: String,
 }
 

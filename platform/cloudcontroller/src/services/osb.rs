@@ -210,7 +210,7 @@ impl OsbClient {
             Ok(u) => u,
             Err(e) => {
                 return Some(format!(
-                    "{url:?} is not a URL ({e}); write http://HOST:PORT"
+                    "{url:?} is not a URL ({e}); write http://HOST:PORT or https://HOST:PORT"
                 ));
             }
         };
