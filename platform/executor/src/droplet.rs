@@ -319,6 +319,14 @@ impl DropletCache {
                         .map_err(|_| fail("no answer in download_timeout_secs".into()))?
                         .map_err(fail)?
                 }
+                // reqwest speaks no TLS here: only the mutual-TLS transport reaches https://.
+                None if url.starts_with("https://") => {
+                    return Err(fail(
+                        "an https:// droplet URL is the cloud controller's internal API: give \
+                         this executor its certificate in tls (ca_file, cert_file, key_file)"
+                            .into(),
+                    ));
+                }
                 _ => self
                     .inner
                     .client
@@ -582,5 +590,29 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(wrong, Error::ChecksumMismatch { .. }), "{wrong}");
+    }
+
+    #[tokio::test]
+    async fn an_https_droplet_without_tls_says_what_to_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DropletCache::open(
+            dir.path().join("cache"),
+            1 << 20,
+            1 << 20,
+            Duration::from_secs(5),
+            None,
+            metrics(),
+        )
+        .unwrap();
+        let err = cache
+            .fetch(
+                "https://127.0.0.1:1/internal/droplets/d?token=secret",
+                &"0".repeat(64),
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls"), "{err}");
+        assert!(!err.contains("secret"), "the token never shows: {err}");
     }
 }
