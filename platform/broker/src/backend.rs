@@ -762,7 +762,12 @@ pub async fn resize(
                 // A container's limits are fixed when it is made: the node starts again in one
                 // of the new plan's size (its append-only file keeps the data).
                 ctx.stop_node(&r.node.name).await;
-                ctx.redis_node(i, to).await?;
+                let r = ctx.redis_node(i, to).await?;
+                // Its bindings work again before the plan change is answered (the users the
+                // start re-applies on its own may come a moment later).
+                for b in ctx.store.bindings_of(&i.id)? {
+                    redis::bind(ctx, &r, &b).await?;
+                }
             }
         }
         _ => {
