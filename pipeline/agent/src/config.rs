@@ -26,8 +26,20 @@ pub struct Config {
     /// The `instance_id` of the agent's own metrics (which copy of the agent). Default `"0"`.
     pub instance_id: String,
     /// The dopplers' ingress URLs. A source always goes to the same one (rendezvous hash of its
-    /// `source_id`) while it is up. Default `["http://127.0.0.1:8082"]`.
+    /// `source_id`) while it is up. Default `["http://127.0.0.1:8082"]`. Empty with a `bus`:
+    /// follow the dopplers announced there (as `dopplers_from_bus = true`).
     pub dopplers: Vec<String>,
+    /// Follow the dopplers announced on the bus (`doppler.announce`) instead of a fixed list:
+    /// a new doppler gets a lane within one announce interval, and one whose announcement
+    /// lapses (3 intervals) loses it. Needs `bus`; `dopplers` must then be empty or left at
+    /// its default. Default false.
+    pub dopplers_from_bus: bool,
+    /// Most dopplers followed at once; further announcements are ignored and counted
+    /// (`agent.doppler_announcements{result="over_max_dopplers"}`). Default 64.
+    pub max_dopplers: usize,
+    /// The control-plane bus (`[bus]`), read only to follow the dopplers' announcements.
+    /// Default unset.
+    pub bus: Option<hydrant_bus::Config>,
     /// Send a batch to a doppler at this many envelopes. Default 100.
     pub batch_max_envelopes: usize,
     /// Send a batch at this many encoded bytes. Default 262144 (256 KiB).
@@ -82,13 +94,29 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
 }
 
+/// The static list's default: Loggregator's doppler port on loopback.
+fn default_dopplers() -> Vec<String> {
+    vec!["http://127.0.0.1:8082".to_owned()]
+}
+
+impl Config {
+    /// Whether the agent follows the dopplers announced on the bus.
+    #[must_use]
+    pub fn follows_bus(&self) -> bool {
+        self.bus.is_some() && (self.dopplers_from_bus || self.dopplers.is_empty())
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:3458".to_owned(),
             admin_listen: "127.0.0.1:14824".to_owned(),
             instance_id: "0".to_owned(),
-            dopplers: vec!["http://127.0.0.1:8082".to_owned()],
+            dopplers: default_dopplers(),
+            dopplers_from_bus: false,
+            max_dopplers: 64,
+            bus: None,
             batch_max_envelopes: 100,
             batch_max_bytes: 256 * 1024,
             flush_idle_ms: 5,
@@ -141,10 +169,35 @@ impl hydrant_runtime::Validate for Config {
                 )
             })?;
         }
-        if self.dopplers.is_empty() {
+        if let Some(bus) = &self.bus {
+            bus.validate().map_err(|e| invalid("bus", e.to_string()))?;
+        }
+        if self.dopplers_from_bus && self.bus.is_none() {
+            return Err(invalid(
+                "dopplers_from_bus",
+                "following the announced dopplers needs a [bus] section (its url)",
+            )
+            .into());
+        }
+        if self.dopplers_from_bus
+            && !self.dopplers.is_empty()
+            && self.dopplers != default_dopplers()
+        {
             return Err(invalid(
                 "dopplers",
-                "list at least one doppler, e.g. [\"http://127.0.0.1:8082\"]",
+                "a fixed list and dopplers_from_bus = true conflict; write dopplers = [] to \
+                 follow the bus, or drop dopplers_from_bus",
+            )
+            .into());
+        }
+        if !(1..=1024).contains(&self.max_dopplers) {
+            return Err(invalid("max_dopplers", "must be 1 to 1024 (default 64)").into());
+        }
+        if self.dopplers.is_empty() && self.bus.is_none() {
+            return Err(invalid(
+                "dopplers",
+                "list at least one doppler, e.g. [\"http://127.0.0.1:8082\"], or set [bus] \
+                 to follow the announced ones",
             )
             .into());
         }
@@ -273,6 +326,55 @@ mod tests {
         assert_eq!(c.batch_max_envelopes, 100);
         c.validate().unwrap();
         assert!(toml::from_str::<Config>("doppler = []").is_err());
+    }
+
+    #[test]
+    fn following_the_bus_needs_a_bus_and_no_fixed_list() {
+        let follow: Config =
+            toml::from_str("dopplers_from_bus = true\n[bus]\nurl = \"nats://127.0.0.1:4222\"\n")
+                .unwrap();
+        follow.validate().unwrap();
+        assert!(follow.follows_bus());
+        assert_eq!(follow.max_dopplers, 64);
+        let empty: Config =
+            toml::from_str("dopplers = []\n[bus]\nurl = \"inprocess://t\"\n").unwrap();
+        empty.validate().unwrap();
+        assert!(empty.follows_bus());
+        assert!(
+            !Config::default().follows_bus(),
+            "the static list stays the default"
+        );
+        let cases = [
+            (
+                Config {
+                    dopplers_from_bus: true,
+                    ..Config::default()
+                },
+                "dopplers_from_bus",
+            ),
+            (
+                Config {
+                    dopplers_from_bus: true,
+                    dopplers: vec!["http://10.0.0.1:8082".to_owned()],
+                    bus: Some(hydrant_bus::Config::inprocess("t")),
+                    ..Config::default()
+                },
+                "dopplers",
+            ),
+            (
+                Config {
+                    dopplers_from_bus: true,
+                    max_dopplers: 0,
+                    bus: Some(hydrant_bus::Config::inprocess("t")),
+                    ..Config::default()
+                },
+                "max_dopplers",
+            ),
+        ];
+        for (config, field) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{err:?} should name {field}");
+        }
     }
 
     #[test]

@@ -19,10 +19,14 @@
 //!   sources when it is evicted, so the router can refuse a source over its share of the lane.
 //! - With mutual TLS, a doppler is only used if its certificate names `doppler`; a failed
 //!   handshake is a failed connection like any other.
+//! - A lane whose doppler's announcements lapsed is retired: nothing new is routed to it, its
+//!   task delivers what it holds while its stream still answers (for up to [`DRAIN_TIMEOUT`])
+//!   and counts the rest (`agent.dropped{reason="doppler_lapsed"}`).
 //! - A broken stream marks the doppler down at once (the router moves its sources to their next
 //!   doppler) and it is retried with capped exponential backoff until it answers again.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -91,6 +95,8 @@ pub(crate) struct Lane {
     fair: Option<FairShare>,
     egress: Counter,
     gap_markers: Counter,
+    /// Taken out of the router (its doppler's announcements lapsed).
+    retired: AtomicBool,
 }
 
 impl Lane {
@@ -126,7 +132,17 @@ impl Lane {
                 "gap markers sent to a doppler in front of data after the egress queue dropped",
                 &[("doppler", url)],
             ),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the lane retired: what it cannot deliver is counted as `doppler_lapsed`.
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     /// The lane's fairness ledger, when `fair_share` is on.
@@ -221,17 +237,17 @@ pub(crate) fn endpoint(
         .keep_alive_while_idle(true))
 }
 
-/// Keeps doppler `index` fed until `drain` is cancelled, then delivers what is left (until
-/// [`DRAIN_TIMEOUT`]) and counts the rest.
+/// Keeps doppler `index` (`lane`) fed until `drain` is cancelled (shutdown, or the lane was
+/// retired), then delivers what is left (until [`DRAIN_TIMEOUT`]) and counts the rest.
 pub(crate) async fn run_lane(
     router: Arc<Router>,
     index: usize,
+    lane: Arc<Lane>,
     endpoint: tonic::transport::Endpoint,
     tls: Option<hydrant_tls::Connector>,
     max_backoff: Duration,
     drain: CancellationToken,
 ) {
-    let lane = router.lane(index);
     let mut backoff = BACKOFF_MIN;
     let mut stream: Option<hydrant_emitter::BatchStream> = None;
     // A batch taken but not handed over when the drain began: delivered or counted first.
@@ -247,7 +263,7 @@ pub(crate) async fn run_lane(
                     tracing::info!(doppler = %lane.url, "connected to doppler");
                     stream = Some(s);
                     backoff = BACKOFF_MIN;
-                    router.set_up(index, true);
+                    router.set_lane_up(index, &lane, true);
                 }
                 Some(Err(error)) => {
                     tracing::debug!(doppler = %lane.url, %error, "cannot connect to doppler");
@@ -292,7 +308,7 @@ pub(crate) async fn run_lane(
         if !alive {
             tracing::warn!(doppler = %lane.url, "lost the doppler; its sources move to the next");
             stream = None;
-            router.set_up(index, false);
+            router.set_lane_up(index, &lane, false);
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = drain.cancelled() => {}
@@ -316,7 +332,7 @@ pub(crate) async fn run_lane(
                     break;
                 }
                 Err(_) => {
-                    router.metrics().shutdown.add(n as u64);
+                    leftover(&router, &lane).add(n as u64);
                     break;
                 }
             }
@@ -326,8 +342,17 @@ pub(crate) async fn run_lane(
         }
     }
     let unsent = held.map_or(0, |(_, n)| n as u64);
-    router.metrics().shutdown.add(lane.clear() + unsent);
-    router.set_up(index, false);
+    leftover(&router, &lane).add(lane.clear() + unsent);
+    router.set_lane_up(index, &lane, false);
+}
+
+/// Where what a stopping lane could not deliver is counted.
+fn leftover<'a>(router: &'a Router, lane: &Lane) -> &'a Counter {
+    if lane.is_retired() {
+        &router.metrics().doppler_lapsed
+    } else {
+        &router.metrics().shutdown
+    }
 }
 
 #[cfg(test)]

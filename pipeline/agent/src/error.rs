@@ -19,6 +19,9 @@ pub enum Error {
     /// The gRPC ingress server failed.
     #[error("agent ingress server failed: {0}")]
     Ingress(#[from] tonic::transport::Error),
+    /// The `[bus]` (followed for doppler announcements) cannot be reached.
+    #[error("agent bus: {0}")]
+    Bus(#[from] hydrant_bus::Error),
     /// The `tls` certificates cannot be used.
     #[error("agent tls: {0}")]
     Tls(#[from] hydrant_tls::Error),

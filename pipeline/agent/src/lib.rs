@@ -39,11 +39,14 @@
 //! - `limiter`: Diego-style app log rate limiting.
 //! - `hash`: the rendezvous hash.
 //! - `egress`: per-doppler queues, streams, failover.
+//! - `follow`: with `dopplers_from_bus`, the doppler set the bus announces (lanes added and
+//!   retired while envelopes flow).
 //! - `metrics`: the counters and the ledger they keep.
 
 mod config;
 mod egress;
 mod error;
+mod follow;
 mod hash;
 mod ingress;
 mod limiter;
@@ -107,6 +110,9 @@ impl hydrant_runtime::Role for Agent {
     }
 
     fn describe(config: &Config) -> Option<String> {
+        if config.follows_bus() {
+            return Some("dopplers announced on the bus".to_owned());
+        }
         Some(format!("dopplers {}", config.dopplers.join(", ")))
     }
 
@@ -139,8 +145,24 @@ async fn serve(
         .transpose()?
         .map(hydrant_tls::Connector::new);
     let metrics = metrics::Metrics::new(&registry, config.fair_metrics_sources);
-    let lanes: Vec<Arc<egress::Lane>> = config
-        .dopplers
+    let follows = config.follows_bus();
+    let statics: &[String] = if follows { &[] } else { &config.dopplers };
+    let lane_settings = follow::LaneSettings {
+        max_batches: config.egress_queue_max_batches,
+        max_bytes: config.egress_queue_max_bytes,
+        queue_full: metrics.egress_queue_full.clone(),
+        fair: config.fair(),
+        keepalive_interval: Duration::from_millis(config.keepalive_interval_ms),
+        keepalive_timeout: Duration::from_millis(config.keepalive_timeout_ms),
+        max_backoff: Duration::from_millis(config.reconnect_max_backoff_ms),
+        tls: doppler_tls.clone(),
+        max_dopplers: config.max_dopplers,
+    };
+    let bus = match (&config.bus, follows) {
+        (Some(bus), true) => Some(hydrant_bus::Bus::connect(bus, &registry).await?),
+        _ => None,
+    };
+    let lanes: Vec<Arc<egress::Lane>> = statics
         .iter()
         .map(|url| {
             Arc::new(egress::Lane::new(
@@ -163,10 +185,10 @@ async fn serve(
         instance_idle: Duration::from_secs(config.instance_idle_secs),
         fair_sweep: Duration::from_millis(config.fair_notice_interval_ms.min(1000)),
     };
-    let router = Arc::new(router::Router::new(settings, lanes, metrics));
+    let slots = if follows { config.max_dopplers } else { 0 };
+    let router = Arc::new(router::Router::new(settings, lanes.clone(), slots, metrics));
 
-    let endpoints = config
-        .dopplers
+    let endpoints = statics
         .iter()
         .map(|url| {
             egress::endpoint(
@@ -180,15 +202,30 @@ async fn serve(
     // Lanes outlive ingress: they stop only after the final flush, via `drain`.
     let drain = CancellationToken::new();
     let mut lane_tasks = JoinSet::new();
-    for (index, endpoint) in endpoints.into_iter().enumerate() {
+    for (index, (endpoint, lane)) in endpoints.into_iter().zip(lanes).enumerate() {
         lane_tasks.spawn(egress::run_lane(
             router.clone(),
             index,
+            lane,
             endpoint,
             doppler_tls.clone(),
             Duration::from_millis(config.reconnect_max_backoff_ms),
             drain.clone(),
         ));
+    }
+    if let Some(bus) = bus {
+        let follower = follow::run(
+            bus,
+            router.clone(),
+            registry.clone(),
+            lane_settings,
+            drain.clone(),
+        );
+        lane_tasks.spawn(async move {
+            if let Err(error) = follower.await {
+                tracing::error!(%error, "cannot follow the dopplers' announcements");
+            }
+        });
     }
     let flusher = tokio::spawn(router.clone().run_flusher(shutdown.clone()));
     let telemetry = config.telemetry.start(&registry, shutdown.clone());

@@ -31,6 +31,10 @@ pub(crate) struct Metrics {
     pub(crate) doppler_unavailable: Counter,
     /// Still queued when the shutdown drain deadline passed.
     pub(crate) shutdown: Counter,
+    /// Routed while no doppler was known (following the bus, before the first announcement).
+    pub(crate) no_doppler: Counter,
+    /// Still queued for a doppler whose announcements lapsed, and not deliverable to it.
+    pub(crate) doppler_lapsed: Counter,
     /// Refused for holding more than their source's share of a full-ish egress queue.
     pub(crate) fair_share: Counter,
     /// Notices sent to sources that lost envelopes to fairness or a full queue.
@@ -67,6 +71,8 @@ impl Metrics {
             egress_queue_full: dropped("egress_queue_full"),
             doppler_unavailable: dropped("doppler_unavailable"),
             shutdown: dropped("shutdown"),
+            no_doppler: dropped("no_doppler"),
+            doppler_lapsed: dropped("doppler_lapsed"),
             fair_share: dropped("fair_share"),
             fair_notices: registry.counter(
                 "agent.fair_notices",

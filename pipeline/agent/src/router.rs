@@ -13,6 +13,10 @@
 //!   same lock that appends to the batch, so within one doppler stream they are in order.
 //! - Every envelope that enters is forwarded or counted under exactly one drop reason.
 //! - The tracking map is bounded by `max_tracked_instances` and idle entries are forgotten.
+//! - The doppler set may change while envelopes flow (dopplers announced on the bus): lanes
+//!   live in slots (at most `max_dopplers`), a change bumps a generation and each source's
+//!   ranking is recomputed on its next envelope, so only the sources whose best doppler changed
+//!   move. With no doppler at all an envelope is counted (`reason="no_doppler"`), never held.
 //! - With `fair_share` on, each envelope is charged to its source in its lane's `FairShare`
 //!   before it is stamped (so a refusal leaves no hole in the sequence) and refused when the
 //!   lane is under pressure and its source holds more than its share; the source is told with
@@ -89,8 +93,11 @@ struct Instance {
 
 #[derive(Debug)]
 struct Source {
-    /// Dopplers in this source's order of preference, computed once.
+    /// Dopplers (lane slots) in this source's order of preference, computed once per doppler
+    /// set.
     ranking: Box<[u16]>,
+    /// The doppler set `ranking` was computed for.
+    generation: u64,
     /// Its key in the lanes' fairness ledgers, computed once.
     key: SourceKey,
     instances: HashMap<Box<str>, Instance>,
@@ -110,7 +117,13 @@ struct Pending {
 struct State {
     sources: HashMap<Box<str>, Source>,
     instances: usize,
+    /// One slot per possible doppler; `None` is free.
+    lanes: Vec<Option<Arc<Lane>>>,
+    /// The hash seeds of the occupied slots, and those slots, in slot order.
     seeds: Vec<u64>,
+    active: Vec<u16>,
+    /// Bumped on every change of the doppler set.
+    generation: u64,
     up: Vec<bool>,
     pending: Vec<Pending>,
     /// Reused to rewrite an envelope whose `source_id` comes from its origin tag.
@@ -123,7 +136,6 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct Router {
     state: Mutex<State>,
-    lanes: Vec<Arc<Lane>>,
     flush_wake: Notify,
     metrics: Metrics,
     settings: Settings,
@@ -187,19 +199,54 @@ fn origin<'a>(view: &EnvelopeView<'a>) -> Option<&'a str> {
     found.filter(|o| !o.is_empty())
 }
 
+/// The dopplers (slots) in the order `source_id` prefers them.
+fn rank(seeds: &[u64], active: &[u16], source_id: &str) -> Box<[u16]> {
+    hash::ranking(seeds, source_id)
+        .iter()
+        .filter_map(|&i| active.get(usize::from(i)).copied())
+        .collect()
+}
+
+impl State {
+    /// Recomputes the occupied slots' seeds after a change of the doppler set.
+    fn reindex(&mut self) {
+        self.seeds.clear();
+        self.active.clear();
+        for (slot, lane) in self.lanes.iter().enumerate() {
+            if let Some(lane) = lane {
+                self.seeds.push(hash::seed(&lane.url));
+                self.active.push(u16::try_from(slot).unwrap_or(u16::MAX));
+            }
+        }
+        self.generation += 1;
+    }
+}
+
 impl Router {
-    pub(crate) fn new(settings: Settings, lanes: Vec<Arc<Lane>>, metrics: Metrics) -> Self {
+    /// A router over `lanes` (the static dopplers, in slots `0..`) with room for `slots`
+    /// dopplers in all.
+    pub(crate) fn new(
+        settings: Settings,
+        lanes: Vec<Arc<Lane>>,
+        slots: usize,
+        metrics: Metrics,
+    ) -> Self {
+        let slots = slots.max(lanes.len());
         let now = Instant::now();
         let capacity = settings.batch_max_bytes.min(1 << 20);
         // This agent's numbering: sequences are contiguous per (source, instance, stream), so a
         // consumer never compares our numbers with another host's agent stamping the same app
         // instance (the router's envelopes carry the app's ids) or with ours before a restart.
         let stream = fastrand::u64(1..);
-        let state = State {
+        let mut lanes: Vec<Option<Arc<Lane>>> = lanes.into_iter().map(Some).collect();
+        lanes.resize(slots, None);
+        let mut state = State {
             sources: HashMap::new(),
             instances: 0,
-            seeds: lanes.iter().map(|l| hash::seed(&l.url)).collect(),
-            up: vec![false; lanes.len()],
+            seeds: Vec::new(),
+            active: Vec::new(),
+            generation: 0,
+            up: vec![false; slots],
             pending: lanes
                 .iter()
                 .map(|_| Pending {
@@ -209,21 +256,58 @@ impl Router {
                     last: now,
                 })
                 .collect(),
+            lanes,
             scratch: Vec::new(),
             last_sweep: now,
             hasher: KeyHasher::default(),
         };
+        state.reindex();
         Self {
             state: Mutex::new(state),
-            lanes,
             flush_wake: Notify::new(),
             metrics,
             settings,
         }
     }
 
-    pub(crate) fn lane(&self, index: usize) -> Arc<Lane> {
-        self.lanes[index].clone()
+    /// The lane in slot `index`, if one is there.
+    #[cfg(test)]
+    pub(crate) fn lane(&self, index: usize) -> Option<Arc<Lane>> {
+        lock(&self.state).lanes.get(index).cloned().flatten()
+    }
+
+    /// Puts `lane` in a free slot; `None` when every slot is taken. Its sources move to it
+    /// once it is up.
+    pub(crate) fn add_lane(&self, lane: Arc<Lane>) -> Option<usize> {
+        let mut state = lock(&self.state);
+        let slot = state.lanes.iter().position(Option::is_none)?;
+        state.lanes[slot] = Some(lane);
+        state.reindex();
+        Some(slot)
+    }
+
+    /// Takes `lane` out of slot `index` (its announcements lapsed): no envelope is routed to
+    /// it any more, and its partial batch joins its queue for its task to deliver or count.
+    pub(crate) fn retire(&self, index: usize, lane: &Arc<Lane>) {
+        let mut state = lock(&self.state);
+        let here = state
+            .lanes
+            .get(index)
+            .and_then(Option::as_ref)
+            .is_some_and(|l| Arc::ptr_eq(l, lane));
+        if !here {
+            return;
+        }
+        lane.retire();
+        let State { pending, lanes, .. } = &mut *state;
+        if let Some(pending) = pending.get_mut(index) {
+            self.queue_pending(lanes, pending, index);
+        }
+        state.lanes[index] = None;
+        state.up[index] = false;
+        state.reindex();
+        let connected = state.up.iter().filter(|u| **u).count();
+        self.metrics.doppler_connections.set(connected as f64);
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {
@@ -313,7 +397,7 @@ impl Router {
             if let Some(source_type) = source_type {
                 let size = view.log().map_or(0, |(payload, _)| payload.len());
                 let verdict =
-                    self.with_instance(state, source_id, view.instance_id, now, |i, _, _| {
+                    self.with_instance(state, source_id, view.instance_id, now, |i, _, _, _| {
                         i.bucket
                             .get_or_insert_with(|| Bucket::new(limit, now))
                             .check(limit, size, now)
@@ -334,16 +418,21 @@ impl Router {
             }
         }
         let cost = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-        let admitted =
-            self.with_instance(state, source_id, view.instance_id, now, |i, lane, key| {
-                let share = match self.lanes.get(lane).and_then(|l| Some((l.fair()?, l))) {
+        let admitted = self.with_instance(
+            state,
+            source_id,
+            view.instance_id,
+            now,
+            |i, lane, l, key| {
+                let share = match l.and_then(|l| Some((l.fair()?, l))) {
                     Some((fair, l)) => Some(fair.admit(key, source_id, cost, l.fill_permille())?),
                     None => None,
                 };
                 let sequence = i.next_sequence;
                 i.next_sequence += 1;
                 Some((sequence, lane, share))
-            });
+            },
+        );
         let Some((sequence, lane, share)) = admitted else {
             self.metrics.fair_share.inc();
             return;
@@ -401,7 +490,7 @@ impl Router {
         now: Instant,
     ) {
         let (sequence, lane) =
-            self.with_instance(state, source_id, instance_id, now, |i, lane, _| {
+            self.with_instance(state, source_id, instance_id, now, |i, lane, _, _| {
                 let sequence = i.next_sequence;
                 i.next_sequence += 1;
                 (sequence, lane)
@@ -414,7 +503,8 @@ impl Router {
     pub(crate) fn sweep_fair(&self, now: Instant) {
         let mut notices: Vec<(String, u64, FairDrop)> = Vec::new();
         let by_source = &self.metrics.dropped_by_source;
-        for lane in &self.lanes {
+        let lanes: Vec<Arc<Lane>> = lock(&self.state).lanes.iter().flatten().cloned().collect();
+        for lane in &lanes {
             let Some(fair) = lane.fair() else { continue };
             fair.sweep(
                 now,
@@ -429,8 +519,7 @@ impl Router {
         if notices.is_empty() {
             return;
         }
-        let interval = self
-            .lanes
+        let interval = lanes
             .iter()
             .find_map(|l| l.fair())
             .map_or(Duration::ZERO, |f| f.config().notice_interval);
@@ -451,35 +540,46 @@ impl Router {
         }
     }
 
-    /// Runs `f` on the instance's entry (created if new), the doppler it routes to now and the
-    /// source's fairness key.
+    /// Runs `f` on the instance's entry (created if new), the doppler it routes to now (slot
+    /// and lane) and the source's fairness key.
     fn with_instance<R>(
         &self,
         state: &mut State,
         source_id: &str,
         instance_id: &str,
         now: Instant,
-        f: impl FnOnce(&mut Instance, usize, SourceKey) -> R,
+        f: impl FnOnce(&mut Instance, usize, Option<&Arc<Lane>>, SourceKey) -> R,
     ) -> R {
         if let Some(source) = state.sources.get_mut(source_id)
             && let Some(instance) = source.instances.get_mut(instance_id)
         {
             instance.last_seen = now;
-            return f(instance, hash::pick(&source.ranking, &state.up), source.key);
+            if source.generation != state.generation {
+                source.ranking = rank(&state.seeds, &state.active, source_id);
+                source.generation = state.generation;
+            }
+            let slot = hash::pick(&source.ranking, &state.up);
+            let lane = state.lanes.get(slot).and_then(Option::as_ref);
+            return f(instance, slot, lane, source.key);
         }
         if state.instances >= self.settings.max_instances {
             self.evict_oldest(state);
         }
-        let seeds = &state.seeds;
+        let (seeds, active, generation) = (&state.seeds, &state.active, state.generation);
         let hasher = &state.hasher;
         let source = state
             .sources
             .entry(Box::from(source_id))
             .or_insert_with(|| Source {
-                ranking: hash::ranking(seeds, source_id),
+                ranking: rank(seeds, active, source_id),
+                generation,
                 key: hasher.key(source_id.as_bytes()),
                 instances: HashMap::new(),
             });
+        if source.generation != generation {
+            source.ranking = rank(seeds, active, source_id);
+            source.generation = generation;
+        }
         let instance = source
             .instances
             .entry(Box::from(instance_id))
@@ -490,7 +590,9 @@ impl Router {
             });
         state.instances += 1;
         self.metrics.tracked_instances.set(state.instances as f64);
-        f(instance, hash::pick(&source.ranking, &state.up), source.key)
+        let slot = hash::pick(&source.ranking, &state.up);
+        let lane = state.lanes.get(slot).and_then(Option::as_ref);
+        f(instance, slot, lane, source.key)
     }
 
     /// Forgets the least recently seen eighth of the instances (at least one).
@@ -567,7 +669,10 @@ impl Router {
         now: Instant,
         share: Option<Share>,
     ) {
-        let Some(pending) = state.pending.get_mut(lane) else {
+        let State { pending, lanes, .. } = state;
+        let (Some(pending), Some(Some(_))) = (pending.get_mut(lane), lanes.get(lane)) else {
+            // No doppler is known yet (or any more): nothing to hold it for.
+            self.metrics.no_doppler.inc();
             return;
         };
         pending.builder.push_with_sequence(envelope, sequence);
@@ -587,18 +692,23 @@ impl Router {
         if pending.builder.count() >= self.settings.batch_max_envelopes
             || pending.builder.len_bytes() >= self.settings.batch_max_bytes
         {
-            self.queue_pending(pending, lane);
+            self.queue_pending(lanes, pending, lane);
         }
     }
 
-    fn queue_pending(&self, pending: &mut Pending, lane: usize) {
+    fn queue_pending(&self, lanes: &[Option<Arc<Lane>>], pending: &mut Pending, lane: usize) {
         if pending.builder.is_empty() {
             return;
         }
         let count = pending.builder.count();
         let bytes = pending.builder.take();
         pending.first = None;
-        self.lanes[lane].enqueue(LaneBatch {
+        let Some(Some(target)) = lanes.get(lane) else {
+            self.metrics.no_doppler.add(count as u64);
+            pending.shares.clear();
+            return;
+        };
+        target.enqueue(LaneBatch {
             bytes,
             count,
             shares: std::mem::take(&mut pending.shares),
@@ -608,15 +718,16 @@ impl Router {
     /// Queues every batch due by time; returns when the next one will be due.
     fn flush_due(&self, now: Instant) -> Option<Instant> {
         let mut state = lock(&self.state);
+        let State { pending, lanes, .. } = &mut *state;
         let mut next: Option<Instant> = None;
-        for (lane, pending) in state.pending.iter_mut().enumerate() {
+        for (lane, pending) in pending.iter_mut().enumerate() {
             let Some(first) = pending.first else {
                 continue;
             };
             let due =
                 (first + self.settings.flush_max).min(pending.last + self.settings.flush_idle);
             if due <= now {
-                self.queue_pending(pending, lane);
+                self.queue_pending(lanes, pending, lane);
             } else {
                 next = Some(next.map_or(due, |n| n.min(due)));
             }
@@ -627,8 +738,9 @@ impl Router {
     /// Queues every partial batch now (at shutdown, once ingress has stopped).
     pub(crate) fn flush_all(&self) {
         let mut state = lock(&self.state);
-        for (lane, pending) in state.pending.iter_mut().enumerate() {
-            self.queue_pending(pending, lane);
+        let State { pending, lanes, .. } = &mut *state;
+        for (lane, pending) in pending.iter_mut().enumerate() {
+            self.queue_pending(lanes, pending, lane);
         }
     }
 
@@ -659,8 +771,24 @@ impl Router {
     /// Marks doppler `lane` up or down. Going down drops (and counts) what was waiting for it:
     /// its sources now route to their next doppler, and delivering stale batches later would
     /// only reorder them.
+    #[cfg(test)]
     pub(crate) fn set_up(&self, lane: usize, up: bool) {
+        if let Some(l) = self.lane(lane) {
+            self.set_lane_up(lane, &l, up);
+        }
+    }
+
+    /// As `set_up`, if `which` is still the lane in slot `lane` (a retired lane's task may
+    /// outlive its slot, which a new doppler may already hold).
+    pub(crate) fn set_lane_up(&self, lane: usize, which: &Arc<Lane>, up: bool) {
         let mut state = lock(&self.state);
+        let Some(Some(current)) = state.lanes.get(lane) else {
+            return;
+        };
+        if !Arc::ptr_eq(current, which) {
+            return;
+        }
+        let current = current.clone();
         let Some(was_up) = state.up.get(lane).copied() else {
             return;
         };
@@ -672,15 +800,13 @@ impl Router {
                 let lost = pending.builder.count() as u64;
                 drop(pending.builder.take());
                 pending.first = None;
-                if let Some(fair) = self.lanes[lane].fair() {
+                if let Some(fair) = current.fair() {
                     fair.release(&pending.shares);
                 }
                 pending.shares.clear();
                 self.metrics.doppler_unavailable.add(lost);
             }
-            self.metrics
-                .doppler_unavailable
-                .add(self.lanes[lane].clear());
+            self.metrics.doppler_unavailable.add(current.clear());
         }
         let connected = state.up.iter().filter(|u| **u).count();
         self.metrics.doppler_connections.set(connected as f64);
@@ -731,7 +857,7 @@ mod tests {
             instance_idle: Duration::from_secs(600),
             fair_sweep: Duration::from_secs(1),
         };
-        (Router::new(settings, lanes, metrics), registry)
+        (Router::new(settings, lanes, 0, metrics), registry)
     }
 
     fn log(source: &str, instance: &str, tags: &[(&str, &str)], payload: &str) -> Vec<u8> {
@@ -754,7 +880,8 @@ mod tests {
     /// Every envelope queued on lane `i`, decoded with its sequence.
     fn drain(router: &Router, lane: usize) -> Vec<(v2::Envelope, u64)> {
         let mut out = Vec::new();
-        while let Some((batch, _)) = router.lanes[lane].pop() {
+        let lane = router.lane(lane).unwrap();
+        while let Some((batch, _)) = lane.pop() {
             for e in BatchIter::new(&batch) {
                 let e = e.unwrap();
                 let seq = EnvelopeView::parse(e).unwrap().sequence;
@@ -942,7 +1069,7 @@ mod tests {
             60,
             "the flood's ledger balances"
         );
-        let fair = r.lane(0).fair().unwrap().stats();
+        let fair = r.lane(0).unwrap().fair().unwrap().stats();
         assert!(fair.balanced() && fair.queued == 0, "{fair:?}");
 
         r.sweep_fair(Instant::now());

@@ -79,6 +79,17 @@ pub struct Config {
     /// `agent` on Ingress and `trafficcontroller` on Egress and log cache reads, nothing else.
     /// Default unset: plaintext.
     pub tls: Option<hydrant_tls::TlsFiles>,
+    /// The control-plane bus (`[bus]`). Set: the doppler announces itself on
+    /// `doppler.announce` every `announce_interval_ms` (TTL 3 intervals), so agents and
+    /// firehose edges that follow the announced set start using it without a restart. Default
+    /// unset: no announcements; agents and edges then need it in their static `dopplers` lists.
+    pub bus: Option<hydrant_bus::Config>,
+    /// How often the announcement is re-sent, milliseconds. Default 5000 (the DEA's advertise
+    /// interval); followers drop a doppler not heard from for three of these.
+    pub announce_interval_ms: u64,
+    /// The URL announced for agents and edges to dial. Default: `http://` (`https://` with
+    /// `tls`) and the address `listen` bound to, which must then not be a wildcard address.
+    pub advertise_url: Option<String>,
 }
 
 impl Default for Config {
@@ -105,6 +116,9 @@ impl Default for Config {
             logcache: StoreConfig::default(),
             telemetry: TelemetryConfig::default(),
             tls: None,
+            bus: None,
+            announce_interval_ms: 5000,
+            advertise_url: None,
         }
     }
 }
@@ -140,6 +154,29 @@ impl hydrant_runtime::Validate for Config {
     fn validate(&self) -> Result<(), Error> {
         check_addr("listen", &self.listen)?;
         check_addr("admin_listen", &self.admin_listen)?;
+        if let Some(bus) = &self.bus {
+            bus.validate().map_err(|e| Error::Config {
+                field: "bus",
+                message: e.to_string(),
+            })?;
+        }
+        if !(100..=60_000).contains(&self.announce_interval_ms) {
+            return Err(Error::Config {
+                field: "announce_interval_ms",
+                message: format!(
+                    "{} is out of range; write 100 to 60000 (default 5000)",
+                    self.announce_interval_ms
+                ),
+            });
+        }
+        if let Some(url) = &self.advertise_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(Error::Config {
+                field: "advertise_url",
+                message: format!("{url:?} is not a URL; write it like \"http://10.0.0.7:8082\""),
+            });
+        }
         if self.instance_id.is_empty() {
             return Err(Error::Config {
                 field: "instance_id",

@@ -25,6 +25,10 @@
 //! with `PERMISSION_DENIED` before any data (see [`INGRESS_IDENTITIES`], [`READ_IDENTITIES`]).
 //! Every refusal is counted in `tls.refused{endpoint,reason}`.
 //!
+//! With `bus` set the doppler announces itself (`doppler.announce`: its id and URL, every
+//! `announce_interval_ms`, TTL three intervals), so agents and edges that follow the announced
+//! set use it without a restart and stop using it once its announcements lapse.
+//!
 //! Entry point: [`Doppler`], a [`hydrant_runtime::Role`], with a [`Config`].
 
 mod batch;
@@ -186,6 +190,10 @@ async fn serve(
         .as_ref()
         .map(hydrant_tls::Material::load)
         .transpose()?;
+    let bound = listeners.grpc.local_addr().map_err(|e| Error::Config {
+        field: "listen",
+        message: format!("cannot read the bound address: {e}"),
+    })?;
     // One port serves both sides: the handshake lets in either identity, then each service's
     // gate refuses the other with PERMISSION_DENIED before its handler runs.
     let gate = |endpoint: &'static str, allowed: &[Identity]| match &material {
@@ -245,6 +253,10 @@ async fn serve(
                 )
             }
         };
+    let announcer = match &config.bus {
+        Some(bus) => Some(announce(&config, bus, bound, &registry, stop.clone()).await?),
+        None => None,
+    };
     let mut grpc_task = tokio::spawn(server);
     tracing::info!(instance_id = %config.instance_id, "doppler serving");
 
@@ -262,6 +274,9 @@ async fn serve(
         }
     };
     stop.cancel();
+    if let Some(announcer) = announcer {
+        announcer.stopped().await;
+    }
     let grace = config.shutdown_grace();
     let router_done = join("router", router_task, grace).await;
     let cache_done = join("cache", cache_task, grace).await;
@@ -277,6 +292,57 @@ async fn serve(
     cache_done?;
     tracing::info!("doppler stopped");
     Ok(())
+}
+
+/// Starts announcing this doppler on the bus: where agents send (ingress) and edges read
+/// (egress), both the one gRPC port.
+async fn announce(
+    config: &Config,
+    bus: &hydrant_bus::Config,
+    bound: std::net::SocketAddr,
+    registry: &Registry,
+    stop: CancellationToken,
+) -> Result<hydrant_bus::AnnouncerHandle, Error> {
+    let bus_error = |e: hydrant_bus::Error| Error::Config {
+        field: "bus",
+        message: e.to_string(),
+    };
+    let url = match &config.advertise_url {
+        Some(url) => url.clone(),
+        None if bound.ip().is_unspecified() => {
+            return Err(Error::Config {
+                field: "advertise_url",
+                message: format!(
+                    "listen binds every address ({bound}), so agents cannot be told one; set \
+                     advertise_url to the URL other hosts reach this doppler at"
+                ),
+            });
+        }
+        None => {
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{bound}")
+        }
+    };
+    let interval = Duration::from_millis(config.announce_interval_ms);
+    let message = hydrant_bus::messages::DopplerAnnounce {
+        id: config.instance_id.clone(),
+        ingress: url.clone(),
+        egress: url,
+        ttl_secs: (interval * 3).as_secs().max(1),
+    };
+    let payload = hydrant_bus::messages::encode(&message).map_err(bus_error)?;
+    let bus = hydrant_bus::Bus::connect(bus, registry)
+        .await
+        .map_err(bus_error)?;
+    tracing::info!(id = %message.id, url = %message.ingress, "doppler announcing itself on the bus");
+    hydrant_bus::Announcer::new(&bus, hydrant_bus::messages::DOPPLER_ANNOUNCE, interval)
+        .spawn(stop, move || vec![payload.clone()])
+        .await
+        .map_err(bus_error)
 }
 
 async fn join<T>(task: &'static str, handle: JoinHandle<T>, grace: Duration) -> Result<T, Error> {
