@@ -697,7 +697,7 @@ mod tests {
         assert!(err.contains("internal_listen"), "{err}");
         let served = Config {
             internal_listen: "127.0.0.1:9023".into(),
-            ..config.clone()
+            ..config
         };
         served.validate().unwrap();
         assert_eq!(
