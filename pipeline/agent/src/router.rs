@@ -1127,6 +1127,89 @@ mod tests {
         assert_eq!(thousands(1_234_567), "1,234,567");
     }
 
+    fn new_lane(url: &str, registry: &Registry) -> Arc<Lane> {
+        let full = registry.counter("agent.dropped", "", &[("reason", "egress_queue_full")]);
+        Arc::new(Lane::new(url, registry, 1024, 1 << 30, full, None))
+    }
+
+    /// Sends one envelope from each of `n` sources; returns each source's slot.
+    fn homes(r: &Router, n: usize) -> HashMap<String, usize> {
+        let mut home = HashMap::new();
+        for i in 0..n {
+            r.ingest_envelope(&log(&format!("app-{i}"), "0", &[], "x"));
+        }
+        for slot in 0..4 {
+            let Some(lane) = r.lane(slot) else { continue };
+            while let Some((batch, _)) = lane.pop() {
+                for e in BatchIter::new(&batch) {
+                    let e = v2::Envelope::decode(e.unwrap()).unwrap();
+                    home.insert(e.source_id, slot);
+                }
+            }
+        }
+        home
+    }
+
+    #[test]
+    fn dopplers_added_and_retired_move_only_their_own_sources() {
+        // Following the bus, with room for four dopplers and none announced yet.
+        let registry = Registry::new("agent", "t");
+        let settings = Settings {
+            batch_max_envelopes: 1,
+            batch_max_bytes: 1 << 20,
+            flush_idle: Duration::from_millis(5),
+            flush_max: Duration::from_millis(20),
+            rate_limit: 0,
+            max_instances: 10_000,
+            instance_idle: Duration::from_secs(600),
+            fair_sweep: Duration::from_secs(1),
+        };
+        let r = Router::new(settings, Vec::new(), 4, Metrics::new(&registry, 20));
+        // Before any announcement an envelope is counted, never held.
+        r.ingest_envelope(&log("early", "0", &[], "x"));
+        assert_eq!(
+            registry.counter_sum("agent.dropped", &[("reason", "no_doppler")]),
+            1
+        );
+        let a = new_lane("http://a:8082", &registry);
+        let slot_a = r.add_lane(a.clone()).unwrap();
+        r.set_up(slot_a, true);
+        let before = homes(&r, 100);
+        assert!(before.values().all(|&s| s == slot_a));
+
+        // B joins: once it is up, some sources move to it, and only to it.
+        let b = new_lane("http://b:8082", &registry);
+        let slot_b = r.add_lane(b.clone()).unwrap();
+        assert_ne!(slot_a, slot_b);
+        assert!(
+            homes(&r, 100).values().all(|&s| s == slot_a),
+            "a doppler not yet connected takes nothing"
+        );
+        r.set_up(slot_b, true);
+        let with_b = homes(&r, 100);
+        let moved = with_b.values().filter(|&&s| s == slot_b).count();
+        assert!(moved > 10 && moved < 90, "B takes a share: {moved} of 100");
+
+        // A lapses: its sources go to B, B's stay; what A held waits in A's queue for its task.
+        r.ingest_envelope(&log("app-0", "0", &[], "held"));
+        let held_on_a = with_b["app-0"] == slot_a;
+        r.retire(slot_a, &a);
+        assert!(r.lane(slot_a).is_none());
+        if held_on_a {
+            assert!(a.pop().is_some(), "the retired lane keeps what it held");
+        }
+        assert!(homes(&r, 100).values().all(|&s| s == slot_b));
+        // The freed slot is reused by the next doppler; the old lane's task can no longer
+        // change it.
+        let c = new_lane("http://c:8082", &registry);
+        assert_eq!(r.add_lane(c).unwrap(), slot_a);
+        r.set_lane_up(slot_a, &a, true);
+        assert!(
+            homes(&r, 100).values().all(|&s| s == slot_b),
+            "a stale lane task cannot mark the new doppler up"
+        );
+    }
+
     #[test]
     fn going_down_counts_what_was_waiting() {
         let (r, registry) = router(&["http://d0"], 0, 100);
