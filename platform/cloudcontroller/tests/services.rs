@@ -14,11 +14,12 @@
     reason = "test code"
 )]
 
+#[path = "common/services.rs"]
+mod services_support;
 #[path = "common/support.rs"]
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,21 +30,19 @@ use axum::routing::{any, get};
 use axum::{Json, Router};
 use base64::Engine as _;
 use hydrant_api::services::{
-    BindingFilter, BindingType, CreateServiceBinding, CreateServiceBroker, CreateServiceInstance,
-    Job, ServiceAccess, ServiceInstanceType, UpdateServiceInstance,
+    CreateServiceBroker, CreateServiceInstance, Job, ServiceAccess, ServiceBroker,
+    ServiceInstanceType, UpdateServiceInstance,
 };
 use hydrant_api::{Client, CreateUser, SpaceRole};
-use hydrant_cloudcontroller::{Config, ServicesConfig};
 use hydrant_testkit::wait_for;
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use support::{ADMIN_PASSWORD, FakeExecutor, push_and_stage};
-
-const WAIT: Duration = Duration::from_secs(30);
-const USER: &str = "broker-user";
-const PASSWORD: &str = "broker-pass";
+use services_support::{
+    Cc, PASSWORD, RealBroker, USER, WAIT, bare_app, bind_app, bindings_of, complete, complete_if,
+    create_complete, create_key, failed, fast_services, finished, next_start, port_slice,
+    restart_and_next_start, start_cc, vcap_of,
+};
+use support::{FakeExecutor, push_and_stage};
 
 // === the fake broker ===
 
@@ -154,6 +153,20 @@ impl FakeBroker {
             .filter(|r| r.method == method && r.path.contains(fragment))
             .cloned()
             .collect()
+    }
+
+    /// Whether the broker holds instance `id`.
+    fn holds(&self, id: &str) -> bool {
+        self.state.lock().unwrap().instances.contains_key(id)
+    }
+
+    /// Waits, with the shared deadline, until `done` holds of the broker.
+    async fn wait(&self, what: &str, done: impl Fn(&Self) -> bool) {
+        wait_for(WAIT, what, || {
+            let reached = done(self);
+            async move { reached }
+        })
+        .await;
     }
 
     fn assert_strict(&self) {
@@ -530,103 +543,46 @@ async fn binding_last_operation(
 
 // === the controller ===
 
-struct Cc {
-    url: String,
-    admin: Client,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), hydrant_cloudcontroller::Error>>,
+/// Registers the fake broker and enables both its offerings.
+async fn register(cc: &Cc, broker: &FakeBroker) {
+    cc.register("fake", &broker.url, &["cache", "db"]).await;
 }
 
-async fn start_cc(data: &Path, bus: &str) -> Cc {
-    let mut config = Config {
-        listen: "127.0.0.1:0".into(),
-        admin_listen: "127.0.0.1:0".into(),
-        data_dir: data.display().to_string(),
-        admin_password: Some(ADMIN_PASSWORD.into()),
-        password_hash_iterations: 1000,
-        converge_interval_ms: 200,
-        executor_request_timeout_ms: 1000,
-        bus: hydrant_bus::Config::inprocess(bus),
-        services: ServicesConfig {
-            allow_private_brokers: true,
-            broker_timeout_secs: 1,
-            poll_interval_secs: 1,
-            max_poll_interval_secs: 2,
-            orphan_retry_secs: 1,
-            ..ServicesConfig::default()
-        },
-        ..Config::default()
-    };
-    let listeners = hydrant_runtime::bind::<hydrant_cloudcontroller::CloudController>(&config)
+/// Tries to register the fake broker with `password`, enabling nothing.
+async fn register_as(
+    cc: &Cc,
+    broker: &FakeBroker,
+    password: &str,
+) -> Result<ServiceBroker, hydrant_api::Error> {
+    cc.admin
+        .create_service_broker(&CreateServiceBroker {
+            name: "fake".into(),
+            url: broker.url.clone(),
+            username: USER.into(),
+            password: password.into(),
+        })
+        .await
+}
+
+/// A new user `name` (password `NAME-password`), with `role` in a space when given, logged in.
+async fn user(cc: &Cc, name: &str, role: Option<(&str, SpaceRole)>) -> Client {
+    let password = format!("{name}-password");
+    cc.admin
+        .create_user(&CreateUser {
+            username: name.into(),
+            password: password.clone(),
+            admin: false,
+        })
         .await
         .unwrap();
-    let addr = listeners.local_addr("api").unwrap();
-    config.external_url = format!("http://{addr}");
-    let url = config.external_url.clone();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(hydrant_runtime::run::<
-        hydrant_cloudcontroller::CloudController,
-    >(config, listeners, shutdown.clone()));
-    let anonymous = Client::new(&url, None);
-    wait_for(WAIT, "the API to answer", || {
-        let anonymous = anonymous.clone();
-        async move { anonymous.info().await.is_ok() }
-    })
-    .await;
-    let token = anonymous.login("admin", ADMIN_PASSWORD).await.unwrap();
-    Cc {
-        admin: anonymous.with_token(token.access_token),
-        url,
-        shutdown,
-        task,
+    if let Some((space, role)) = role {
+        cc.admin.assign_role(space, name, role).await.unwrap();
     }
-}
-
-impl Cc {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("the cloud controller stops")
-            .unwrap()
-            .unwrap();
-    }
-
-    async fn register(&self, broker: &FakeBroker) {
-        self.admin
-            .create_service_broker(&CreateServiceBroker {
-                name: "fake".into(),
-                url: broker.url.clone(),
-                username: USER.into(),
-                password: PASSWORD.into(),
-            })
-            .await
-            .unwrap();
-        for offering in ["cache", "db"] {
-            self.admin
-                .set_service_access(&ServiceAccess {
-                    offering: offering.into(),
-                    plan: None,
-                    broker: None,
-                    enable: true,
-                })
-                .await
-                .unwrap();
-        }
-    }
-}
-
-async fn finished(client: &Client, job: &Job) -> Job {
-    let mut last = job.clone();
-    let guid = job.guid.clone();
-    wait_for(WAIT, "the job to finish", || {
-        let client = client.clone();
-        let guid = guid.clone();
-        async move { client.job(&guid).await.unwrap().is_done() }
-    })
-    .await;
-    last = client.job(&last.guid).await.unwrap_or(last);
-    last
+    let token = Client::new(&cc.url, None)
+        .login(name, &password)
+        .await
+        .unwrap();
+    Client::new(&cc.url, Some(token.access_token))
 }
 
 async fn create(
@@ -657,19 +613,12 @@ async fn create(
 async fn catalogs_are_validated_and_new_plans_stay_hidden_until_access_is_enabled() {
     let broker = FakeBroker::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cc = start_cc(dir.path(), "svc-catalog").await;
+    let cc = start_cc(dir.path(), "svc-catalog", fast_services()).await;
 
     // A broken catalog is refused whole, each problem named.
     broker.state.lock().unwrap().catalog = json!({"services": [{"id": "x", "name": "bad name",
         "bindable": true, "plans": []}]});
-    let refused = cc
-        .admin
-        .create_service_broker(&CreateServiceBroker {
-            name: "fake".into(),
-            url: broker.url.clone(),
-            username: USER.into(),
-            password: PASSWORD.into(),
-        })
+    let refused = register_as(&cc, &broker, PASSWORD)
         .await
         .unwrap_err()
         .to_string();
@@ -679,51 +628,19 @@ async fn catalogs_are_validated_and_new_plans_stay_hidden_until_access_is_enable
 
     // Wrong credentials: the broker's 401 is reported as such.
     broker.state.lock().unwrap().catalog = good_catalog();
-    let unauthorised = cc
-        .admin
-        .create_service_broker(&CreateServiceBroker {
-            name: "fake".into(),
-            url: broker.url.clone(),
-            username: USER.into(),
-            password: "wrong".into(),
-        })
+    let unauthorised = register_as(&cc, &broker, "wrong")
         .await
         .unwrap_err()
         .to_string();
     assert!(unauthorised.contains("401"), "{unauthorised}");
     broker.state.lock().unwrap().violations.clear();
 
-    let registered = cc
-        .admin
-        .create_service_broker(&CreateServiceBroker {
-            name: "fake".into(),
-            url: broker.url.clone(),
-            username: USER.into(),
-            password: PASSWORD.into(),
-        })
-        .await
-        .unwrap();
+    let registered = register_as(&cc, &broker, PASSWORD).await.unwrap();
     assert_eq!(registered.offerings, ["cache", "db"]);
 
     // A developer sees no plan until an admin enables access.
     let space = cc.admin.list_spaces().await.unwrap()[0].guid.clone();
-    cc.admin
-        .create_user(&CreateUser {
-            username: "dev".into(),
-            password: "dev-password".into(),
-            admin: false,
-        })
-        .await
-        .unwrap();
-    cc.admin
-        .assign_role(&space, "dev", SpaceRole::Developer)
-        .await
-        .unwrap();
-    let token = Client::new(&cc.url, None)
-        .login("dev", "dev-password")
-        .await
-        .unwrap();
-    let dev = Client::new(&cc.url, Some(token.access_token));
+    let dev = user(&cc, "dev", Some((&space, SpaceRole::Developer))).await;
     assert!(dev.list_service_offerings().await.unwrap().is_empty());
     let hidden = dev
         .create_service_instance(&CreateServiceInstance {
@@ -763,22 +680,10 @@ async fn catalogs_are_validated_and_new_plans_stay_hidden_until_access_is_enable
     );
     // A developer's instance: they get a log token for its own source; an outsider sees nothing.
     let (mine, job) = create(&dev, "sync", "mine", None).await;
-    assert_eq!(finished(&dev, &job).await.state, "COMPLETE");
+    complete(&dev, &job).await;
     let token = dev.service_instance_log_token(&mine).await.unwrap();
     assert_eq!(token.source_id, mine);
-    cc.admin
-        .create_user(&CreateUser {
-            username: "outsider".into(),
-            password: "outsider-password".into(),
-            admin: false,
-        })
-        .await
-        .unwrap();
-    let token = Client::new(&cc.url, None)
-        .login("outsider", "outsider-password")
-        .await
-        .unwrap();
-    let outsider = Client::new(&cc.url, Some(token.access_token));
+    let outsider = user(&cc, "outsider", None).await;
     assert!(
         outsider
             .service_instance(&mine)
@@ -801,23 +706,7 @@ async fn catalogs_are_validated_and_new_plans_stay_hidden_until_access_is_enable
             .is_empty()
     );
     // A space auditor reads the instance and its logs, but changes nothing.
-    cc.admin
-        .create_user(&CreateUser {
-            username: "auditor".into(),
-            password: "auditor-password".into(),
-            admin: false,
-        })
-        .await
-        .unwrap();
-    cc.admin
-        .assign_role(&space, "auditor", SpaceRole::Auditor)
-        .await
-        .unwrap();
-    let token = Client::new(&cc.url, None)
-        .login("auditor", "auditor-password")
-        .await
-        .unwrap();
-    let auditor = Client::new(&cc.url, Some(token.access_token));
+    let auditor = user(&cc, "auditor", Some((&space, SpaceRole::Auditor))).await;
     assert_eq!(auditor.service_instance(&mine).await.unwrap().name, "mine");
     auditor.service_instance_log_token(&mine).await.unwrap();
     let refused = auditor.delete_service_instance(&mine).await.unwrap_err();
@@ -841,9 +730,9 @@ async fn instances_and_bindings_follow_osbapi_and_reach_vcap_services() {
     let broker = FakeBroker::start().await;
     let dir = tempfile::tempdir().unwrap();
     let bus = "svc-flow";
-    let cc = start_cc(dir.path(), bus).await;
+    let cc = start_cc(dir.path(), bus, fast_services()).await;
     let executor = FakeExecutor::start(bus, "cell-1", 4096, 10, false).await;
-    cc.register(&broker).await;
+    register(&cc, &broker).await;
 
     // Parameters are checked against the plan's schema before the broker hears of them.
     let bad = cc
@@ -864,8 +753,7 @@ async fn instances_and_bindings_follow_osbapi_and_reach_vcap_services() {
 
     // Synchronous provision: 201, done at the first answer.
     let (cache, job) = create(&cc.admin, "sync", "cache", None).await;
-    let job = finished(&cc.admin, &job).await;
-    assert_eq!(job.state, "COMPLETE", "{job:?}");
+    complete(&cc.admin, &job).await;
     let instance = cc.admin.service_instance(&cache).await.unwrap();
     assert_eq!(instance.last_operation.state, "succeeded");
     assert_eq!(instance.dashboard_url.as_deref(), Some("http://dash/0"));
@@ -874,8 +762,7 @@ async fn instances_and_bindings_follow_osbapi_and_reach_vcap_services() {
     // operation echoed, until it succeeds.
     let (db, job) = create(&cc.admin, "slow", "slowdb", None).await;
     let started = std::time::Instant::now();
-    let job = finished(&cc.admin, &job).await;
-    assert_eq!(job.state, "COMPLETE", "{job:?}");
+    let job = complete(&cc.admin, &job).await;
     assert!(job.polls >= 2, "{job:?}");
     assert!(
         started.elapsed() >= Duration::from_secs(2),
@@ -883,13 +770,12 @@ async fn instances_and_bindings_follow_osbapi_and_reach_vcap_services() {
     );
     assert_eq!(broker.requests("GET", "/last_operation").len(), 3);
     let (pg, job) = create(&cc.admin, "small", "pg", None).await;
-    assert_eq!(finished(&cc.admin, &job).await.state, "COMPLETE");
+    complete(&cc.admin, &job).await;
     let _ = db;
 
     // 409 fails the create and is not orphan-mitigated.
     let (conflicted, job) = create(&cc.admin, "conflict", "conflicted", None).await;
-    let job = finished(&cc.admin, &job).await;
-    assert_eq!(job.state, "FAILED");
+    let job = failed(&cc.admin, &job).await;
     assert!(job.description.unwrap().contains("409"));
     let instance = cc.admin.service_instance(&conflicted).await.unwrap();
     assert_eq!(instance.last_operation.state, "failed");
@@ -903,29 +789,14 @@ async fn instances_and_bindings_follow_osbapi_and_reach_vcap_services() {
     )
     .await;
     for instance in [&cache, &pg] {
-        let answer = cc
-            .admin
-            .create_service_binding(&CreateServiceBinding {
-                kind: BindingType::App,
-                service_instance: instance.clone(),
-                app: Some(app.guid.clone()),
-                ..CreateServiceBinding::default()
-            })
+        let answer = bind_app(&cc.admin, instance, &app.guid, None)
             .await
             .unwrap();
-        let job = finished(&cc.admin, answer.job.as_ref().unwrap()).await;
-        assert_eq!(job.state, "COMPLETE", "{job:?}");
+        complete(&cc.admin, answer.job.as_ref().unwrap()).await;
     }
     cc.admin.start_app(&app.guid).await.unwrap();
-    let state = executor.state.clone();
-    let guid = app.guid.clone();
-    wait_for(WAIT, "a start message", move || {
-        let found = state.lock().unwrap().starts.iter().any(|s| s.app == guid);
-        async move { found }
-    })
-    .await;
-    let start = executor.state.lock().unwrap().starts[0].clone();
-    let vcap: Value = serde_json::from_str(&start.env["VCAP_SERVICES"]).unwrap();
+    let start = next_start(&executor, &app.guid, 0).await;
+    let vcap = vcap_of(&start);
     let entry = &vcap["cache"][0];
     let keys: Vec<&str> = entry
         .as_object()
@@ -954,16 +825,7 @@ async fn instances_and_bindings_follow_osbapi_and_reach_vcap_services() {
     assert_eq!(bind_put.body["bind_resource"]["app_guid"], app.guid);
 
     // A service key gets its own credentials, readable through details.
-    let key = cc
-        .admin
-        .create_service_binding(&CreateServiceBinding {
-            kind: BindingType::Key,
-            service_instance: cache.clone(),
-            name: Some("ops".into()),
-            ..CreateServiceBinding::default()
-        })
-        .await
-        .unwrap();
+    let key = create_key(&cc.admin, &cache, "ops").await;
     finished(&cc.admin, key.job.as_ref().unwrap()).await;
     let details = cc
         .admin
@@ -988,28 +850,15 @@ async fn instances_and_bindings_follow_osbapi_and_reach_vcap_services() {
     // delete of something the broker no longer has (410) counts as done.
     let refused = cc.admin.delete_service_instance(&cache).await.unwrap_err();
     assert_eq!(refused.status(), Some(422));
-    let bindings = cc
-        .admin
-        .list_service_bindings(&BindingFilter {
-            service_instance: Some(&cache),
-            ..BindingFilter::default()
-        })
-        .await
-        .unwrap();
+    let bindings = bindings_of(&cc.admin, &cache).await;
     assert_eq!(bindings.len(), 2);
     for b in bindings {
         let answer = cc.admin.delete_service_binding(&b.guid).await.unwrap();
-        assert_eq!(
-            finished(&cc.admin, &answer.job.unwrap()).await.state,
-            "COMPLETE"
-        );
+        complete(&cc.admin, &answer.job.unwrap()).await;
     }
     broker.state.lock().unwrap().instances.remove(&cache);
     let answer = cc.admin.delete_service_instance(&cache).await.unwrap();
-    assert_eq!(
-        finished(&cc.admin, &answer.job.unwrap()).await.state,
-        "COMPLETE"
-    );
+    complete(&cc.admin, &answer.job.unwrap()).await;
     assert!(
         cc.admin
             .service_instance(&cache)
@@ -1019,23 +868,8 @@ async fn instances_and_bindings_follow_osbapi_and_reach_vcap_services() {
     );
 
     // After a restart the app's VCAP_SERVICES no longer has the unbound instance.
-    let before = executor.state.lock().unwrap().starts.len();
-    cc.admin.restart_app(&app.guid).await.unwrap();
-    let state = executor.state.clone();
-    wait_for(WAIT, "a new start message", move || {
-        let n = state.lock().unwrap().starts.len();
-        async move { n > before }
-    })
-    .await;
-    let start = executor
-        .state
-        .lock()
-        .unwrap()
-        .starts
-        .last()
-        .unwrap()
-        .clone();
-    let vcap: Value = serde_json::from_str(&start.env["VCAP_SERVICES"]).unwrap();
+    let start = restart_and_next_start(&cc.admin, &executor, &app.guid).await;
+    let vcap = vcap_of(&start);
     assert!(vcap.get("cache").is_none(), "{vcap}");
     assert_eq!(vcap["db"][0]["plan"], "small");
 
@@ -1053,10 +887,7 @@ async fn instances_and_bindings_follow_osbapi_and_reach_vcap_services() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        finished(&cc.admin, &answer.job.unwrap()).await.state,
-        "COMPLETE"
-    );
+    complete(&cc.admin, &answer.job.unwrap()).await;
     assert_eq!(
         cc.admin
             .service_instance(&resized)
@@ -1079,22 +910,18 @@ async fn failed_and_timed_out_creates_are_orphan_mitigated_even_across_a_restart
     let broker = FakeBroker::start().await;
     let dir = tempfile::tempdir().unwrap();
     let bus = "svc-orphans";
-    let cc = start_cc(dir.path(), bus).await;
-    cc.register(&broker).await;
+    let cc = start_cc(dir.path(), bus, fast_services()).await;
+    register(&cc, &broker).await;
 
     // A 500 on provision: the create fails and the platform deletes what the broker may have.
-    let (failed, job) = create(&cc.admin, "fail", "broken", None).await;
-    let job = finished(&cc.admin, &job).await;
-    assert_eq!(job.state, "FAILED");
-    let b = broker.clone();
-    let id = failed.clone();
-    wait_for(WAIT, "the orphan to be deleted", move || {
-        let gone = !b.state.lock().unwrap().instances.contains_key(&id)
-            && !b.requests("DELETE", &id).is_empty();
-        async move { gone }
-    })
-    .await;
-    let delete = broker.requests("DELETE", &failed).remove(0);
+    let (broken, job) = create(&cc.admin, "fail", "broken", None).await;
+    failed(&cc.admin, &job).await;
+    broker
+        .wait("the orphan to be deleted", |b| {
+            !b.holds(&broken) && !b.requests("DELETE", &broken).is_empty()
+        })
+        .await;
+    let delete = broker.requests("DELETE", &broken).remove(0);
     assert!(
         delete.query.contains("service_id=svc-cache"),
         "{}",
@@ -1106,41 +933,29 @@ async fn failed_and_timed_out_creates_are_orphan_mitigated_even_across_a_restart
     // the controller stops; the next controller on the same data finishes it.
     broker.state.lock().unwrap().fail_deletes = true;
     let (hung, job) = create(&cc.admin, "hang", "hung", None).await;
-    let job = finished(&cc.admin, &job).await;
-    assert_eq!(job.state, "FAILED");
+    let job = failed(&cc.admin, &job).await;
     assert!(job.description.unwrap().contains("did not answer in time"));
-    let b = broker.clone();
-    let id = hung.clone();
-    wait_for(WAIT, "a first (failing) mitigation attempt", move || {
-        let tried = !b.requests("DELETE", &id).is_empty();
-        async move { tried }
-    })
-    .await;
+    broker
+        .wait("a first (failing) mitigation attempt", |b| {
+            !b.requests("DELETE", &hung).is_empty()
+        })
+        .await;
     cc.stop().await;
-    assert!(broker.state.lock().unwrap().instances.contains_key(&hung));
+    assert!(broker.holds(&hung));
     broker.state.lock().unwrap().fail_deletes = false;
 
-    let cc = start_cc(dir.path(), bus).await;
-    let b = broker.clone();
-    let id = hung.clone();
-    wait_for(
-        WAIT,
-        "the restarted controller to finish the mitigation",
-        move || {
-            let gone = !b.state.lock().unwrap().instances.contains_key(&id);
-            async move { gone }
-        },
-    )
-    .await;
+    let cc = start_cc(dir.path(), bus, fast_services()).await;
+    broker
+        .wait("the restarted controller to finish the mitigation", |b| {
+            !b.holds(&hung)
+        })
+        .await;
     let instance = cc.admin.service_instance(&hung).await.unwrap();
     assert_eq!(instance.last_operation.kind, "create");
     assert_eq!(instance.last_operation.state, "failed");
     // The failed instance can then be deleted: the broker answers 410, which is success.
     let answer = cc.admin.delete_service_instance(&hung).await.unwrap();
-    assert_eq!(
-        finished(&cc.admin, &answer.job.unwrap()).await.state,
-        "COMPLETE"
-    );
+    complete(&cc.admin, &answer.job.unwrap()).await;
 
     broker.assert_strict();
     cc.stop().await;
@@ -1150,7 +965,7 @@ async fn failed_and_timed_out_creates_are_orphan_mitigated_even_across_a_restart
 async fn user_provided_instances_bind_at_once_and_feed_syslog_drains() {
     let dir = tempfile::tempdir().unwrap();
     let bus = "svc-upsi";
-    let cc = start_cc(dir.path(), bus).await;
+    let cc = start_cc(dir.path(), bus, fast_services()).await;
     let answer = cc
         .admin
         .create_service_instance(&CreateServiceInstance {
@@ -1163,23 +978,8 @@ async fn user_provided_instances_bind_at_once_and_feed_syslog_drains() {
         .await
         .unwrap();
     assert!(answer.job.is_none());
-    let app = cc
-        .admin
-        .create_app(&hydrant_api::CreateApp {
-            name: "reader".into(),
-            ..hydrant_api::CreateApp::default()
-        })
-        .await
-        .unwrap();
-    let bound = cc
-        .admin
-        .create_service_binding(&CreateServiceBinding {
-            kind: BindingType::App,
-            service_instance: answer.instance.guid.clone(),
-            app: Some(app.guid.clone()),
-            name: Some("primary".into()),
-            ..CreateServiceBinding::default()
-        })
+    let app = bare_app(&cc.admin, "reader", None).await;
+    let bound = bind_app(&cc.admin, &answer.instance.guid, &app.guid, Some("primary"))
         .await
         .unwrap();
     assert!(bound.job.is_none());
@@ -1203,23 +1003,7 @@ async fn user_provided_instances_bind_at_once_and_feed_syslog_drains() {
         None,
     )
     .await;
-    let bind = |instance: String, name: Option<&str>| {
-        let admin = cc.admin.clone();
-        let app = app.guid.clone();
-        let name = name.map(str::to_owned);
-        async move {
-            admin
-                .create_service_binding(&CreateServiceBinding {
-                    kind: BindingType::App,
-                    service_instance: instance,
-                    app: Some(app),
-                    name,
-                    ..CreateServiceBinding::default()
-                })
-                .await
-        }
-    };
-    bind(answer.instance.guid.clone(), Some("primary"))
+    bind_app(&cc.admin, &answer.instance.guid, &app.guid, Some("primary"))
         .await
         .unwrap();
     let mut big = Vec::new();
@@ -1236,21 +1020,16 @@ async fn user_provided_instances_bind_at_once_and_feed_syslog_drains() {
             .unwrap();
         big.push(created.instance.guid);
     }
-    bind(big[0].clone(), None).await.unwrap();
-    bind(big[1].clone(), None).await.unwrap();
-    let refused = bind(big[2].clone(), None).await.unwrap_err();
+    bind_app(&cc.admin, &big[0], &app.guid, None).await.unwrap();
+    bind_app(&cc.admin, &big[1], &app.guid, None).await.unwrap();
+    let refused = bind_app(&cc.admin, &big[2], &app.guid, None)
+        .await
+        .unwrap_err();
     assert_eq!(refused.status(), Some(422));
     assert!(refused.to_string().contains("130 KB"), "{refused}");
     cc.admin.start_app(&app.guid).await.unwrap();
-    let state = executor.state.clone();
-    let guid = app.guid.clone();
-    wait_for(WAIT, "a start message", move || {
-        let found = state.lock().unwrap().starts.iter().any(|s| s.app == guid);
-        async move { found }
-    })
-    .await;
-    let start = executor.state.lock().unwrap().starts[0].clone();
-    let vcap: Value = serde_json::from_str(&start.env["VCAP_SERVICES"]).unwrap();
+    let start = next_start(&executor, &app.guid, 0).await;
+    let vcap = vcap_of(&start);
     let entries = vcap["user-provided"].as_array().unwrap();
     assert_eq!(entries.len(), 3, "the refused binding is not there");
     let ext = entries
@@ -1289,39 +1068,26 @@ async fn user_provided_instances_bind_at_once_and_feed_syslog_drains() {
 async fn polling_stops_at_the_plans_limit_and_concurrency_errors_are_not_mitigated() {
     let broker = FakeBroker::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cc = start_cc(dir.path(), "svc-limits").await;
-    cc.register(&broker).await;
+    let cc = start_cc(dir.path(), "svc-limits", fast_services()).await;
+    register(&cc, &broker).await;
 
     // The plan allows 2 s of polling: the broker never finishes, so the create fails then and
     // what it may have made is deleted.
     let (stuck, job) = create(&cc.admin, "stuck", "stuck", None).await;
-    let job = finished(&cc.admin, &job).await;
-    assert_eq!(job.state, "FAILED");
+    let job = failed(&cc.admin, &job).await;
     let reason = job.description.unwrap();
     assert!(reason.contains("did not finish within 2 s"), "{reason}");
-    let b = broker.clone();
-    let id = stuck.clone();
-    wait_for(WAIT, "the stuck instance's orphan delete", move || {
-        let deleted = !b.requests("DELETE", &id).is_empty();
-        async move { deleted }
-    })
-    .await;
+    broker
+        .wait("the stuck instance's orphan delete", |b| {
+            !b.requests("DELETE", &stuck).is_empty()
+        })
+        .await;
 
     // 422 ConcurrencyError on a bind: failed, and no orphan mitigation for it.
     let (busy, job) = create(&cc.admin, "busy", "busy", None).await;
-    assert_eq!(finished(&cc.admin, &job).await.state, "COMPLETE");
-    let key = cc
-        .admin
-        .create_service_binding(&CreateServiceBinding {
-            kind: BindingType::Key,
-            service_instance: busy.clone(),
-            name: Some("k".into()),
-            ..CreateServiceBinding::default()
-        })
-        .await
-        .unwrap();
-    let job = finished(&cc.admin, key.job.as_ref().unwrap()).await;
-    assert_eq!(job.state, "FAILED");
+    complete(&cc.admin, &job).await;
+    let key = create_key(&cc.admin, &busy, "k").await;
+    let job = failed(&cc.admin, key.job.as_ref().unwrap()).await;
     assert!(job.description.unwrap().contains("ConcurrencyError"));
     // Give a (wrong) mitigation every chance to show up before checking it did not.
     let (_, job) = create(&cc.admin, "sync", "after", None).await;
@@ -1332,16 +1098,7 @@ async fn polling_stops_at_the_plans_limit_and_concurrency_errors_are_not_mitigat
             .is_empty()
     );
     // The failed binding is gone, so a new key of the same name can be tried.
-    assert!(
-        cc.admin
-            .list_service_bindings(&BindingFilter {
-                service_instance: Some(&busy),
-                ..BindingFilter::default()
-            })
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(bindings_of(&cc.admin, &busy).await.is_empty());
     broker.assert_strict();
     cc.stop().await;
 }
@@ -1351,11 +1108,11 @@ async fn an_asynchronous_binding_reaches_the_app_only_with_its_credentials() {
     let broker = FakeBroker::start().await;
     let dir = tempfile::tempdir().unwrap();
     let bus = "svc-async-bind";
-    let cc = start_cc(dir.path(), bus).await;
+    let cc = start_cc(dir.path(), bus, fast_services()).await;
     let executor = FakeExecutor::start(bus, "cell-1", 4096, 10, false).await;
-    cc.register(&broker).await;
+    register(&cc, &broker).await;
     let (slow, job) = create(&cc.admin, "slow", "slow", None).await;
-    assert_eq!(finished(&cc.admin, &job).await.state, "COMPLETE");
+    complete(&cc.admin, &job).await;
     let (app, _) = push_and_stage(
         &cc.admin,
         "late",
@@ -1366,16 +1123,7 @@ async fn an_asynchronous_binding_reaches_the_app_only_with_its_credentials() {
     cc.admin.start_app(&app.guid).await.unwrap();
 
     broker.state.lock().unwrap().hold_bindings = true;
-    let answer = cc
-        .admin
-        .create_service_binding(&CreateServiceBinding {
-            kind: BindingType::App,
-            service_instance: slow.clone(),
-            app: Some(app.guid.clone()),
-            ..CreateServiceBinding::default()
-        })
-        .await
-        .unwrap();
+    let answer = bind_app(&cc.admin, &slow, &app.guid, None).await.unwrap();
     let job = answer.job.unwrap();
     let admin = cc.admin.clone();
     let guid = job.guid.clone();
@@ -1387,23 +1135,7 @@ async fn an_asynchronous_binding_reaches_the_app_only_with_its_credentials() {
     .await;
 
     // Restarted while the broker works: no credentials yet, so no entry.
-    let starts = |executor: &FakeExecutor| executor.state.lock().unwrap().starts.len();
-    let before = starts(&executor);
-    cc.admin.restart_app(&app.guid).await.unwrap();
-    let state = executor.state.clone();
-    wait_for(WAIT, "a start message", move || {
-        let n = state.lock().unwrap().starts.len();
-        async move { n > before }
-    })
-    .await;
-    let start = executor
-        .state
-        .lock()
-        .unwrap()
-        .starts
-        .last()
-        .unwrap()
-        .clone();
+    let start = restart_and_next_start(&cc.admin, &executor, &app.guid).await;
     assert_eq!(start.env["VCAP_SERVICES"], "{}");
     let pending = cc
         .admin
@@ -1414,24 +1146,9 @@ async fn an_asynchronous_binding_reaches_the_app_only_with_its_credentials() {
 
     // Once the broker finishes, the credentials are fetched and the next start has them.
     broker.state.lock().unwrap().hold_bindings = false;
-    assert_eq!(finished(&cc.admin, &job).await.state, "COMPLETE");
-    let before = starts(&executor);
-    cc.admin.restart_app(&app.guid).await.unwrap();
-    let state = executor.state.clone();
-    wait_for(WAIT, "another start message", move || {
-        let n = state.lock().unwrap().starts.len();
-        async move { n > before }
-    })
-    .await;
-    let start = executor
-        .state
-        .lock()
-        .unwrap()
-        .starts
-        .last()
-        .unwrap()
-        .clone();
-    let vcap: Value = serde_json::from_str(&start.env["VCAP_SERVICES"]).unwrap();
+    complete(&cc.admin, &job).await;
+    let start = restart_and_next_start(&cc.admin, &executor, &app.guid).await;
+    let vcap = vcap_of(&start);
     assert!(
         vcap["cache"][0]["credentials"]["uri"]
             .as_str()
@@ -1456,60 +1173,27 @@ async fn an_asynchronous_binding_reaches_the_app_only_with_its_credentials() {
 async fn deleting_an_app_unbinds_it_at_the_broker() {
     let broker = FakeBroker::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cc = start_cc(dir.path(), "svc-app-delete").await;
-    cc.register(&broker).await;
+    let cc = start_cc(dir.path(), "svc-app-delete", fast_services()).await;
+    register(&cc, &broker).await;
     let (cache, job) = create(&cc.admin, "sync", "cache", None).await;
     finished(&cc.admin, &job).await;
-    let app = cc
-        .admin
-        .create_app(&hydrant_api::CreateApp {
-            name: "gone".into(),
-            ..hydrant_api::CreateApp::default()
-        })
-        .await
-        .unwrap();
-    let answer = cc
-        .admin
-        .create_service_binding(&CreateServiceBinding {
-            kind: BindingType::App,
-            service_instance: cache.clone(),
-            app: Some(app.guid.clone()),
-            ..CreateServiceBinding::default()
-        })
-        .await
-        .unwrap();
+    let app = bare_app(&cc.admin, "gone", None).await;
+    let answer = bind_app(&cc.admin, &cache, &app.guid, None).await.unwrap();
     finished(&cc.admin, answer.job.as_ref().unwrap()).await;
     cc.admin.delete_app(&app.guid).await.unwrap();
-    let b = broker.clone();
-    let binding = answer.binding.guid.clone();
-    wait_for(WAIT, "the broker to be told of the unbind", move || {
-        let gone = !b.state.lock().unwrap().bindings.contains_key(&binding);
-        async move { gone }
-    })
-    .await;
-    let admin = cc.admin.clone();
-    let instance = cache.clone();
-    wait_for(WAIT, "the binding to be forgotten", move || {
-        let admin = admin.clone();
-        let instance = instance.clone();
-        async move {
-            admin
-                .list_service_bindings(&BindingFilter {
-                    service_instance: Some(&instance),
-                    ..BindingFilter::default()
-                })
-                .await
-                .unwrap()
-                .is_empty()
-        }
+    let binding = &answer.binding.guid;
+    broker
+        .wait("the broker to be told of the unbind", |b| {
+            !b.state.lock().unwrap().bindings.contains_key(binding)
+        })
+        .await;
+    wait_for(WAIT, "the binding to be forgotten", || async {
+        bindings_of(&cc.admin, &cache).await.is_empty()
     })
     .await;
     // With no binding left the instance can be deleted.
     let answer = cc.admin.delete_service_instance(&cache).await.unwrap();
-    assert_eq!(
-        finished(&cc.admin, &answer.job.unwrap()).await.state,
-        "COMPLETE"
-    );
+    complete(&cc.admin, &answer.job.unwrap()).await;
     broker.assert_strict();
     cc.stop().await;
 }
@@ -1545,75 +1229,19 @@ async fn redis_accepts(host: &str, port: u16, user: &str, password: &str) -> boo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hydrants_own_broker_provisions_redis_into_vcap_services() {
-    if let Err(why) = hydrant_broker::backend::detect("redis") {
-        panic!("this test needs redis-server (Debian package redis-server): {why}");
-    }
     // The real broker, Redis only, on a slice of ports of its own.
-    let broker_dir = tempfile::tempdir().unwrap();
-    let first = 46_000 + u16::try_from(std::process::id() % 40).unwrap() * 24;
-    let broker_config = hydrant_broker::Config {
-        listen: "127.0.0.1:0".into(),
-        admin_listen: "127.0.0.1:0".into(),
-        username: USER.into(),
-        password: Some(PASSWORD.into()),
-        data_dir: broker_dir.path().to_path_buf(),
-        ports: hydrant_broker::PortRange {
-            first,
-            last: first + 23,
-        },
-        offerings: vec!["redis".into()],
-        ..hydrant_broker::Config::default()
-    };
-    let listeners = hydrant_runtime::bind::<hydrant_broker::Broker>(&broker_config)
-        .await
-        .unwrap();
-    let broker_url = format!("http://{}", listeners.local_addr("api").unwrap());
-    let broker_stop = CancellationToken::new();
-    let broker_task = tokio::spawn(hydrant_runtime::run::<hydrant_broker::Broker>(
-        broker_config,
-        listeners,
-        broker_stop.clone(),
-    ));
+    let broker = RealBroker::start_redis(port_slice(46_000)).await;
 
     let dir = tempfile::tempdir().unwrap();
     let bus = "svc-real-broker";
-    let cc = start_cc(dir.path(), bus).await;
+    let cc = start_cc(dir.path(), bus, fast_services()).await;
     let executor = FakeExecutor::start(bus, "cell-1", 4096, 10, false).await;
-    let registered = cc
-        .admin
-        .create_service_broker(&CreateServiceBroker {
-            name: "hydrant".into(),
-            url: broker_url,
-            username: USER.into(),
-            password: PASSWORD.into(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(registered.offerings, ["redis"]);
-    cc.admin
-        .set_service_access(&ServiceAccess {
-            offering: "redis".into(),
-            plan: None,
-            broker: None,
-            enable: true,
-        })
-        .await
-        .unwrap();
+    let offerings = cc.register("hydrant", &broker.url, &["redis"]).await;
+    assert_eq!(offerings, ["redis"]);
 
     // create redis small → bind → the start message's VCAP_SERVICES has working credentials.
     let started = std::time::Instant::now();
-    let answer = cc
-        .admin
-        .create_service_instance(&CreateServiceInstance {
-            name: "cache".into(),
-            offering: Some("redis".into()),
-            plan: Some("small".into()),
-            ..CreateServiceInstance::default()
-        })
-        .await
-        .unwrap();
-    let job = finished(&cc.admin, answer.job.as_ref().unwrap()).await;
-    assert_eq!(job.state, "COMPLETE", "{job:?}");
+    let answer = create_complete(&cc.admin, "redis", "small", "cache").await;
     let provisioned = started.elapsed();
     let (app, _) = push_and_stage(
         &cc.admin,
@@ -1623,30 +1251,15 @@ async fn hydrants_own_broker_provisions_redis_into_vcap_services() {
     )
     .await;
     let started = std::time::Instant::now();
-    let bound = cc
-        .admin
-        .create_service_binding(&CreateServiceBinding {
-            kind: BindingType::App,
-            service_instance: answer.instance.guid.clone(),
-            app: Some(app.guid.clone()),
-            ..CreateServiceBinding::default()
-        })
+    let bound = bind_app(&cc.admin, &answer.instance.guid, &app.guid, None)
         .await
         .unwrap();
-    let job = finished(&cc.admin, bound.job.as_ref().unwrap()).await;
-    assert_eq!(job.state, "COMPLETE", "{job:?}");
+    complete(&cc.admin, bound.job.as_ref().unwrap()).await;
     let bind_took = started.elapsed();
     eprintln!("redis small: provisioned in {provisioned:?}, bound in {bind_took:?}");
     cc.admin.start_app(&app.guid).await.unwrap();
-    let state = executor.state.clone();
-    let guid = app.guid.clone();
-    wait_for(WAIT, "a start message", move || {
-        let found = state.lock().unwrap().starts.iter().any(|s| s.app == guid);
-        async move { found }
-    })
-    .await;
-    let start = executor.state.lock().unwrap().starts[0].clone();
-    let vcap: Value = serde_json::from_str(&start.env["VCAP_SERVICES"]).unwrap();
+    let start = next_start(&executor, &app.guid, 0).await;
+    let vcap = vcap_of(&start);
     let entry = &vcap["redis"][0];
     assert_eq!(entry["plan"], "small");
     let credentials = &entry["credentials"];
@@ -1669,27 +1282,16 @@ async fn hydrants_own_broker_provisions_redis_into_vcap_services() {
         .delete_service_binding(&bound.binding.guid)
         .await
         .unwrap();
-    assert_eq!(
-        finished(&cc.admin, &answer_unbind.job.unwrap()).await.state,
-        "COMPLETE"
-    );
+    complete(&cc.admin, &answer_unbind.job.unwrap()).await;
     assert!(!redis_accepts(&host, port, &user, &password).await);
     let deleted = cc
         .admin
         .delete_service_instance(&answer.instance.guid)
         .await
         .unwrap();
-    assert_eq!(
-        finished(&cc.admin, &deleted.job.unwrap()).await.state,
-        "COMPLETE"
-    );
+    complete(&cc.admin, &deleted.job.unwrap()).await;
     cc.stop().await;
-    broker_stop.cancel();
-    tokio::time::timeout(Duration::from_secs(30), broker_task)
-        .await
-        .expect("the broker stops")
-        .unwrap()
-        .unwrap();
+    broker.stop().await;
 }
 
 /// `DELETE /v3/spaces/{guid}` until it says done, waiting for the jobs of each answer; the
@@ -1699,7 +1301,7 @@ async fn delete_space_fully(client: &Client, space: &str) -> Vec<hydrant_api::te
     for _ in 0..10 {
         let answer = client.delete_space(space).await.unwrap();
         for job in &answer.jobs {
-            assert_eq!(finished(client, job).await.state, "COMPLETE", "{job:?}");
+            complete(client, job).await;
         }
         let done = answer.done;
         answers.push(answer);
@@ -1714,8 +1316,8 @@ async fn delete_space_fully(client: &Client, space: &str) -> Vec<hydrant_api::te
 async fn deleting_a_space_unbinds_and_deprovisions_its_services_through_broker_jobs() {
     let broker = FakeBroker::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cc = start_cc(dir.path(), "svc-space-delete").await;
-    cc.register(&broker).await;
+    let cc = start_cc(dir.path(), "svc-space-delete", fast_services()).await;
+    register(&cc, &broker).await;
     cc.admin.create_org("acme").await.unwrap();
     let space = cc.admin.create_space_in("acme", "doomed").await.unwrap();
     let answer = cc
@@ -1745,40 +1347,14 @@ async fn deleting_a_space_unbinds_and_deprovisions_its_services_through_broker_j
         .unwrap()
         .instance
         .guid;
-    let app = cc
-        .admin
-        .create_app(&hydrant_api::CreateApp {
-            name: "web".into(),
-            space: Some(space.guid.clone()),
-            ..hydrant_api::CreateApp::default()
-        })
-        .await
-        .unwrap();
+    let app = bare_app(&cc.admin, "web", Some(&space.guid)).await;
     for instance in [&cache, &ups] {
-        let bound = cc
-            .admin
-            .create_service_binding(&CreateServiceBinding {
-                kind: BindingType::App,
-                service_instance: instance.clone(),
-                app: Some(app.guid.clone()),
-                ..CreateServiceBinding::default()
-            })
+        let bound = bind_app(&cc.admin, instance, &app.guid, None)
             .await
             .unwrap();
-        if let Some(job) = &bound.job {
-            finished(&cc.admin, job).await;
-        }
+        complete_if(&cc.admin, bound.job.as_ref()).await;
     }
-    let key = cc
-        .admin
-        .create_service_binding(&CreateServiceBinding {
-            kind: BindingType::Key,
-            service_instance: cache.clone(),
-            name: Some("ci".into()),
-            ..CreateServiceBinding::default()
-        })
-        .await
-        .unwrap();
+    let key = create_key(&cc.admin, &cache, "ci").await;
     finished(&cc.admin, key.job.as_ref().unwrap()).await;
     assert_eq!(broker.state.lock().unwrap().bindings.len(), 2);
 
@@ -1833,7 +1409,11 @@ async fn deleting_a_space_unbinds_and_deprovisions_its_services_through_broker_j
     {
         let state = broker.state.lock().unwrap();
         assert!(state.bindings.is_empty(), "{:?}", state.bindings);
-        assert!(!state.instances.contains_key(&cache), "{:?}", state.instances);
+        assert!(
+            !state.instances.contains_key(&cache),
+            "{:?}",
+            state.instances
+        );
     }
     assert!(cc.admin.app(&app.guid).await.is_err(), "the app is gone");
     assert!(
