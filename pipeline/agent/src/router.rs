@@ -1179,7 +1179,7 @@ mod tests {
 
         // B joins: once it is up, some sources move to it, and only to it.
         let b = new_lane("http://b:8082", &registry);
-        let slot_b = r.add_lane(b.clone()).unwrap();
+        let slot_b = r.add_lane(b).unwrap();
         assert_ne!(slot_a, slot_b);
         assert!(
             homes(&r, 100).values().all(|&s| s == slot_a),
