@@ -328,7 +328,19 @@ impl Registry {
         let metrics = lock(&self.metrics);
         let mut out = String::new();
         let mut seen: HashMap<String, ()> = HashMap::new();
+        // Every series of a family together, families in the order first registered: a label
+        // set registered later (a refusal by an identity seen for the first time) would
+        // otherwise split its family, which the exposition format forbids.
+        let mut order: Vec<&'static str> = Vec::new();
         for m in metrics.iter() {
+            if !order.contains(&m.name) {
+                order.push(m.name);
+            }
+        }
+        let grouped = order
+            .iter()
+            .flat_map(|name| metrics.iter().filter(move |m| m.name == *name));
+        for m in grouped {
             let (kind, name) = match &m.handle {
                 Handle::Counter { .. } => ("counter", format!("{}_total", prom_name(m.name))),
                 Handle::Gauge { .. } => ("gauge", prom_name(m.name)),
@@ -457,6 +469,27 @@ fn escape_label(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_family_stays_one_group_when_a_label_set_comes_later() {
+        let r = Registry::new("cloudcontroller", "0");
+        r.counter("a.refused", "refusals", &[("identity", "none")]);
+        r.counter("b.calls", "calls", &[]);
+        r.counter("a.refused", "refusals", &[("identity", "agent")])
+            .inc();
+        let text = r.render_prometheus();
+        let names: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split('{').next().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            names,
+            ["a_refused_total", "a_refused_total", "b_calls_total"],
+            "{text}"
+        );
+        assert_eq!(text.matches("# TYPE a_refused_total").count(), 1);
+    }
 
     #[test]
     fn same_name_and_tags_share_a_counter() {
