@@ -108,18 +108,59 @@ const CONTAINED_ENV: [(&str, &str); 3] = [
 /// A started node: a child process, or a container.
 enum Proc {
     Host(Child),
-    Contained(Box<hydrant_container::Container>),
+    Contained(Held),
+}
+
+/// A node's container, killed if it is dropped still running (the broker panicked, or its
+/// runtime shut down without stopping its nodes): a container is not the broker's child, and
+/// a server must not outlive the broker that answers for it. Its end is otherwise
+/// [`Proc::stop`]'s or [`Proc::ended`]'s.
+struct Held {
+    container: Option<Box<hydrant_container::Container>>,
+    /// The container's init on the host, once known.
+    init: u32,
+    name: String,
+}
+
+impl Held {
+    fn take(&mut self) -> Option<Box<hydrant_container::Container>> {
+        self.container.take()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.container.is_none() || self.init == 0 {
+            return;
+        }
+        // Only while the pid is still this container's init (never a reused pid).
+        let cgroups =
+            std::fs::read_to_string(format!("/proc/{}/cgroup", self.init)).unwrap_or_default();
+        let ours = cgroups.lines().any(|l| {
+            l.contains(&format!("/{}/", self.name)) || l.ends_with(&format!("/{}", self.name))
+        });
+        if ours && let Ok(pid) = i32::try_from(self.init) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 impl Proc {
     /// The pid to report and to signal: the child, or the container's init (whose death ends
     /// the container); waits a little for the runtime to create it.
-    async fn pid(&self) -> u32 {
+    async fn pid(&mut self) -> u32 {
         match self {
             Self::Host(child) => child.id().unwrap_or(0),
-            Self::Contained(c) => {
+            Self::Contained(held) => {
+                let Some(c) = held.container.as_ref() else {
+                    return 0;
+                };
                 for _ in 0..100 {
                     if let Some(pid) = c.init_pid().await {
+                        held.init = pid;
                         return pid;
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -133,7 +174,10 @@ impl Proc {
     async fn wait(&mut self) -> String {
         match self {
             Self::Host(child) => format!("{:?}", child.wait().await),
-            Self::Contained(c) => format!("exit code {:?}", c.wait().await),
+            Self::Contained(held) => match held.container.as_mut() {
+                Some(c) => format!("exit code {:?}", c.wait().await),
+                None => "gone".to_owned(),
+            },
         }
     }
 
@@ -141,10 +185,12 @@ impl Proc {
     async fn ended(self, pid: u32) {
         match self {
             Self::Host(_) => kill_group(pid),
-            Self::Contained(c) => {
-                let end = c.destroy().await;
-                if !end.cleanup_failures.is_empty() {
-                    tracing::warn!(failures = ?end.cleanup_failures, "a service node's container left something behind");
+            Self::Contained(mut held) => {
+                if let Some(c) = held.take() {
+                    let end = c.destroy().await;
+                    if !end.cleanup_failures.is_empty() {
+                        tracing::warn!(failures = ?end.cleanup_failures, "a service node's container left something behind");
+                    }
                 }
             }
         }
@@ -154,7 +200,10 @@ impl Proc {
     async fn stop(self, name: &str) {
         match self {
             Self::Host(mut child) => terminate(&mut child, name).await,
-            Self::Contained(mut c) => {
+            Self::Contained(mut held) => {
+                let Some(mut c) = held.take() else {
+                    return;
+                };
                 let _ = c.signal(nix::sys::signal::Signal::SIGTERM).await;
                 if tokio::time::timeout(STOP_GRACE, c.wait()).await.is_err() {
                     tracing::warn!(node = %name, "service node ignored SIGTERM; killing it");
@@ -285,7 +334,13 @@ async fn supervise(spec: Spec, sink: Sink, watch: Watch, stop: CancellationToken
         let started = match &spec.contain {
             Some(contain) => start_contained(&spec, contain, &sink, &truncated, &last_output)
                 .await
-                .map(|c| Proc::Contained(Box::new(c))),
+                .map(|c| {
+                    Proc::Contained(Held {
+                        container: Some(Box::new(c)),
+                        init: 0,
+                        name: spec.name.clone(),
+                    })
+                }),
             None => start(&spec, &sink, &truncated, &last_output).map(Proc::Host),
         };
         match started {

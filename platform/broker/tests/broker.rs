@@ -34,7 +34,6 @@ mod tenancy;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use hydrant_broker::{Broker, Config, PortRange};
@@ -56,17 +55,34 @@ pub struct Running {
     task: tokio::task::JoinHandle<Result<(), hydrant_broker::Error>>,
 }
 
-/// This test's slice of the port pool: distinct per test in this process, and spread by pid
-/// across processes (the pool also skips ports that are taken).
+/// This test's slice of the port pool (24 ports between 43000 and 54999), held exclusively
+/// for the rest of this process by a lock file in the temporary directory: nextest runs each
+/// test in a process of its own, and two processes picking the same slice would race for its
+/// first port between the pool's check and the node's listen (longer with containers). The
+/// lock goes with the process, however it ends.
 pub fn ports() -> PortRange {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 43_000 + (std::process::id() % 40) as u16 * 300;
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let first = base + (n % 12) * 24;
-    PortRange {
-        first,
-        last: first + 23,
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    const SLICES: u16 = 500;
+    let start = (std::process::id() % u32::from(SLICES)) as u16;
+    let dir = std::env::temp_dir().join("hydrant-broker-test-ports");
+    std::fs::create_dir_all(&dir).unwrap();
+    for k in 0..SLICES {
+        let first = 43_000 + ((start + k) % SLICES) * 24;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(first.to_string()))
+            .unwrap();
+        if file.try_lock().is_ok() {
+            HELD.lock().unwrap().push(file);
+            return PortRange {
+                first,
+                last: first + 23,
+            };
+        }
     }
+    panic!("every port slice is held by other test processes");
 }
 
 /// Fails the test naming the package when `offering`'s server is not installed.

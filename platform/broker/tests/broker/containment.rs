@@ -274,3 +274,56 @@ async fn with_isolation_none_nodes_are_child_processes() {
     assert_eq!(b.deprovision(&id, "redis").await, 200);
     b.stop().await;
 }
+
+/// A broker that ends without stopping its nodes (a panic, its runtime dropped) takes their
+/// containers with it, and its next start cleans up what the runtime left.
+#[test]
+fn a_broker_dropped_without_stopping_leaves_no_node_running() {
+    require("redis");
+    need_root();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), ports());
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let rt = runtime();
+    let pid = rt.block_on(async {
+        let b = start(cfg.clone()).await;
+        b.provision(&guid(), "redis", "small", json!({})).await;
+        let pid = node_pid(&b, "redis-").await;
+        assert_ne!(pid, 0);
+        // Not stopped: dropped with the runtime below.
+        drop(b);
+        pid
+    });
+    drop(rt);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while crate::process_alive(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node outlived its broker"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The next start removes the container's remains, and its stop the cgroup parent.
+    runtime().block_on(async {
+        let b = start(cfg).await;
+        b.stop().await;
+    });
+    let parent = hydrant_broker::Config {
+        data_dir: std::fs::canonicalize(dir.path()).unwrap(),
+        ..hydrant_broker::Config::default()
+    }
+    .container_config()
+    .cgroup_parent;
+    for hierarchy in ["memory", "pids", ""] {
+        let left = std::path::Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join(&parent);
+        assert!(!left.exists(), "{}", left.display());
+    }
+}
