@@ -322,6 +322,43 @@ mod tests {
     }
 
     #[test]
+    fn announcing_needs_a_sane_interval_and_a_url() {
+        let config: Config = toml::from_str(
+            "advertise_url = \"http://10.0.0.7:8082\"\n[bus]\nurl = \"inprocess://t\"\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.announce_interval_ms, 5000);
+        assert!(Config::default().bus.is_none(), "no bus, no announcements");
+        for (bad, field) in [
+            (
+                Config {
+                    announce_interval_ms: 10,
+                    ..config.clone()
+                },
+                "announce_interval_ms",
+            ),
+            (
+                Config {
+                    advertise_url: Some("10.0.0.7:8082".to_owned()),
+                    ..config.clone()
+                },
+                "advertise_url",
+            ),
+            (
+                Config {
+                    bus: Some(hydrant_bus::Config::nats("ftp://x")),
+                    ..config
+                },
+                "bus",
+            ),
+        ] {
+            let msg = bad.validate().unwrap_err().to_string();
+            assert!(msg.contains(field), "{msg} should name {field}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let bad = Config {
             listen: "8082".to_owned(),
