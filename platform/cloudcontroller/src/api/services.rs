@@ -169,6 +169,19 @@ fn instance_for(
     }
 }
 
+/// An instance the caller may change and that no operation is running on: the "load and
+/// authorize" step of every change to an instance.
+fn idle_instance_for(c: &Connection, caller: &Caller, guid: &str) -> Result<InstanceRow, ApiError> {
+    let instance = instance_for(c, caller, guid, Access::Write)?;
+    if instance.busy() {
+        return Err(conflict(format!(
+            "an operation ({}) is in progress on {:?}; wait for it to finish",
+            instance.op.kind, instance.name
+        )));
+    }
+    Ok(instance)
+}
+
 /// The space a new instance goes into, checked for the developer role.
 fn target_space(
     c: &Connection,
@@ -266,7 +279,13 @@ fn max_poll_secs(ctx: &Ctx, plan: &PlanRow) -> u64 {
 
 /// What every broker job for `instance` on `plan` carries: the broker and the ids it knows the
 /// resource by, who asked, how long it may be polled, and the space that may read the job.
-fn plan_job(ctx: &Ctx, plan: &PlanRow, instance: &str, space: &str, caller: &Caller) -> JobSpec {
+pub(super) fn plan_job(
+    ctx: &Ctx,
+    plan: &PlanRow,
+    instance: &str,
+    space: &str,
+    caller: &Caller,
+) -> JobSpec {
     JobSpec {
         broker_guid: plan.broker_guid.clone(),
         service_id: plan.offering_id.clone(),
@@ -277,6 +296,64 @@ fn plan_job(ctx: &Ctx, plan: &PlanRow, instance: &str, space: &str, caller: &Cal
         space_guid: Some(space.to_owned()),
         ..JobSpec::default()
     }
+}
+
+/// Writes the broker job `operation` for `spec` and marks its resource (the binding when the
+/// spec names one, else the instance) with a `kind` operation in progress, in the caller's
+/// transaction; the job as a client sees it.
+pub(super) fn start_job(
+    c: &Connection,
+    operation: &str,
+    kind: &str,
+    spec: JobSpec,
+    description: Option<&str>,
+) -> Result<Job, ApiError> {
+    let binding = spec.binding_id.clone();
+    let resource = binding.clone().unwrap_or_else(|| spec.instance_id.clone());
+    let job = jobs::new_job(operation, &resource, spec);
+    store::insert_job(c, &job)?;
+    if binding.is_some() {
+        store::set_binding_op(c, &resource, kind, "in progress", description)?;
+    } else {
+        store::set_instance_op(c, &resource, kind, "in progress", description)?;
+    }
+    Ok(job.view())
+}
+
+/// A create that has just begun (`in progress`) or, needing no broker, is done (`succeeded`).
+fn create_op(state: &str, now: i64) -> LastOperation {
+    LastOperation {
+        kind: "create".to_owned(),
+        state: state.to_owned(),
+        description: None,
+        updated_at: now,
+    }
+}
+
+/// Tags a client may set: at most 64, each a valid name.
+fn check_tags(tags: &[String]) -> Result<(), ApiError> {
+    if tags.len() > 64 || tags.iter().any(|t| name_problem(t).is_some()) {
+        return Err(ApiError::unprocessable(
+            "tags: at most 64, each 1 to 255 characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A new instance's name is free in its space and the space's quota has room for it.
+fn check_new_instance(
+    c: &Connection,
+    name: &str,
+    space: &hydrant_api::Space,
+) -> Result<(), ApiError> {
+    if !store::instances(c, Some(name), Some(&space.guid))?.is_empty() {
+        return Err(ApiError::unprocessable(format!(
+            "a service instance called {name:?} already exists in space {:?}",
+            space.name
+        )));
+    }
+    crate::quotas::check_service_instance_quota(c, &space.guid)?;
+    Ok(())
 }
 
 /// The one plan `offering`/`plan` (optionally of `broker`) names.
@@ -596,11 +673,7 @@ async fn create_instance(
             request.name
         )));
     }
-    if request.tags.len() > 64 || request.tags.iter().any(|t| name_problem(t).is_some()) {
-        return Err(ApiError::unprocessable(
-            "tags: at most 64, each 1 to 255 characters",
-        ));
-    }
+    check_tags(&request.tags)?;
     if request.kind == ServiceInstanceType::UserProvided {
         return create_upsi(ctx, caller, request).await;
     }
@@ -629,13 +702,7 @@ async fn create_instance(
                 "service_instance",
                 "create",
             )?;
-            if !store::instances(&tx, Some(&request.name), Some(&space.guid))?.is_empty() {
-                return Err(ApiError::unprocessable(format!(
-                    "a service instance called {:?} already exists in space {:?}",
-                    request.name, space.name
-                )));
-            }
-            crate::quotas::check_service_instance_quota(&tx, &space.guid)?;
+            check_new_instance(&tx, &request.name, &space)?;
             let now = hydrant_auth::now_secs();
             let guid = password::new_guid();
             let ctx_json = context(&tx, &space.guid, &space.name, &request.name);
@@ -665,12 +732,7 @@ async fn create_instance(
                 syslog_drain_url: None,
                 route_service_url: None,
                 dashboard_url: None,
-                op: LastOperation {
-                    kind: "create".to_owned(),
-                    state: "in progress".to_owned(),
-                    description: None,
-                    updated_at: now,
-                },
+                op: create_op("in progress", now),
                 created_at: now,
             };
             store::insert_instance(&tx, &instance, Some(&plan.guid))?;
@@ -717,13 +779,7 @@ async fn create_upsi(
         .run(move |c| {
             let tx = c.transaction()?;
             let space = target_space(&tx, &caller, request.space.as_deref())?;
-            if !store::instances(&tx, Some(&request.name), Some(&space.guid))?.is_empty() {
-                return Err(ApiError::unprocessable(format!(
-                    "a service instance called {:?} already exists in space {:?}",
-                    request.name, space.name
-                )));
-            }
-            crate::quotas::check_service_instance_quota(&tx, &space.guid)?;
+            check_new_instance(&tx, &request.name, &space)?;
             let now = hydrant_auth::now_secs();
             let instance = InstanceRow {
                 guid: password::new_guid(),
@@ -737,12 +793,7 @@ async fn create_upsi(
                 syslog_drain_url: request.syslog_drain_url.filter(|u| !u.is_empty()),
                 route_service_url: request.route_service_url,
                 dashboard_url: None,
-                op: LastOperation {
-                    kind: "create".to_owned(),
-                    state: "succeeded".to_owned(),
-                    description: None,
-                    updated_at: now,
-                },
+                op: create_op("succeeded", now),
                 created_at: now,
             };
             store::insert_instance(&tx, &instance, None)?;
@@ -817,12 +868,8 @@ async fn update_instance(
     Path(guid): Path<String>,
     Body(update): Body<UpdateServiceInstance>,
 ) -> Result<Response, ApiError> {
-    if let Some(tags) = &update.tags
-        && (tags.len() > 64 || tags.iter().any(|t| name_problem(t).is_some()))
-    {
-        return Err(ApiError::unprocessable(
-            "tags: at most 64, each 1 to 255 characters",
-        ));
+    if let Some(tags) = &update.tags {
+        check_tags(tags)?;
     }
     check_upsi_urls(&ctx, update.syslog_drain_url.as_deref(), None).await?;
     let ctx2 = ctx.clone();
@@ -830,13 +877,7 @@ async fn update_instance(
         .db
         .run(move |c| {
             let tx = c.transaction()?;
-            let instance = instance_for(&tx, &caller, &guid, Access::Write)?;
-            if instance.busy() {
-                return Err(conflict(format!(
-                    "an operation ({}) is in progress on {:?}; wait for it to finish",
-                    instance.op.kind, instance.name
-                )));
-            }
+            let instance = idle_instance_for(&tx, &caller, &guid)?;
             let job = match &instance.plan {
                 None => {
                     if update.plan.is_some() || update.parameters.is_some() {
@@ -960,10 +1001,13 @@ async fn update_instance(
                                 &caller,
                             )
                         };
-                        let job = jobs::new_job("service_instance.update", &instance.guid, spec);
-                        store::insert_job(&tx, &job)?;
-                        store::set_instance_op(&tx, &instance.guid, "update", "in progress", None)?;
-                        Some(job.view())
+                        Some(start_job(
+                            &tx,
+                            "service_instance.update",
+                            "update",
+                            spec,
+                            None,
+                        )?)
                     }
                 }
             };
@@ -999,13 +1043,7 @@ async fn delete_instance(
         .db
         .run(move |c| {
             let tx = c.transaction()?;
-            let instance = instance_for(&tx, &caller, &guid, Access::Write)?;
-            if instance.busy() {
-                return Err(conflict(format!(
-                    "an operation ({}) is in progress on {:?}; wait for it to finish",
-                    instance.op.kind, instance.name
-                )));
-            }
+            let instance = idle_instance_for(&tx, &caller, &guid)?;
             let bindings = store::bindings(&tx, Some(&instance.guid), None, None)?;
             if !bindings.is_empty() {
                 let apps = bindings
@@ -1027,10 +1065,13 @@ async fn delete_instance(
                 }
                 Some(plan) => {
                     let spec = plan_job(&ctx2, plan, &instance.guid, &instance.space_guid, &caller);
-                    let job = jobs::new_job("service_instance.delete", &instance.guid, spec);
-                    store::insert_job(&tx, &job)?;
-                    store::set_instance_op(&tx, &instance.guid, "delete", "in progress", None)?;
-                    Some(job.view())
+                    Some(start_job(
+                        &tx,
+                        "service_instance.delete",
+                        "delete",
+                        spec,
+                        None,
+                    )?)
                 }
             };
             tx.commit()?;
@@ -1112,12 +1153,7 @@ async fn create_binding(
                 credentials: None,
                 syslog_drain_url: None,
                 volume_mounts: json!([]),
-                op: LastOperation {
-                    kind: "create".to_owned(),
-                    state: "in progress".to_owned(),
-                    description: None,
-                    updated_at: now,
-                },
+                op: create_op("in progress", now),
                 created_at: now,
             };
             let job = match &instance.plan {
@@ -1350,13 +1386,16 @@ async fn delete_binding(
                 }
                 Some(plan) => {
                     let spec = JobSpec {
-                        binding_id: Some(binding.guid.clone()),
+                        binding_id: Some(binding.guid),
                         ..plan_job(&ctx2, plan, &instance.guid, &instance.space_guid, &caller)
                     };
-                    let job = jobs::new_job("service_binding.delete", &binding.guid, spec);
-                    store::insert_job(&tx, &job)?;
-                    store::set_binding_op(&tx, &binding.guid, "delete", "in progress", None)?;
-                    Some(job.view())
+                    Some(start_job(
+                        &tx,
+                        "service_binding.delete",
+                        "delete",
+                        spec,
+                        None,
+                    )?)
                 }
             };
             tx.commit()?;

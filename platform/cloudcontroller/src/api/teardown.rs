@@ -22,9 +22,9 @@ use hydrant_api::{Droplet, Space};
 use rusqlite::Connection;
 use serde_json::json;
 
+use super::services::{plan_job, start_job};
 use super::{ApiError, Caller};
-use crate::services::jobs;
-use crate::services::store::{self, InstanceRow, JobSpec, PlanRow};
+use crate::services::store::{self, InstanceRow, JobSpec};
 use crate::{Ctx, db};
 
 /// What tearing down one space did, beyond the [`Deletion`] the caller sees.
@@ -79,22 +79,8 @@ fn is_managed(instance: &InstanceRow) -> bool {
     instance.kind == hydrant_api::services::ServiceInstanceType::Managed
 }
 
-/// The broker job spec for `instance` on `plan`, as the service endpoints write it.
-fn job_spec(ctx: &Ctx, plan: &PlanRow, instance: &InstanceRow, caller: &Caller) -> JobSpec {
-    let platform = ctx.config.services.max_polling_minutes * 60;
-    JobSpec {
-        broker_guid: plan.broker_guid.clone(),
-        service_id: plan.offering_id.clone(),
-        plan_id: plan.id.clone(),
-        instance_id: instance.guid.clone(),
-        user: Some(caller.user_guid.clone()),
-        max_poll_secs: plan
-            .maximum_polling_duration
-            .map_or(platform, |p| p.min(platform)),
-        space_guid: Some(instance.space_guid.clone()),
-        ..JobSpec::default()
-    }
-}
+/// Why a teardown's jobs run, on the instance or binding for whoever looks.
+const REASON: Option<&str> = Some("its space is being deleted");
 
 /// One step of deleting `space` (already checked with [`check_space`]) inside the caller's
 /// transaction: see the module doc. `done` in the answer once the space itself is gone.
@@ -123,18 +109,15 @@ pub(crate) fn tear_down_space(
                 Some(plan) => {
                     let spec = JobSpec {
                         binding_id: Some(binding.guid.clone()),
-                        ..job_spec(ctx, plan, &instance, caller)
+                        ..plan_job(ctx, plan, &instance.guid, &instance.space_guid, caller)
                     };
-                    let job = jobs::new_job("service_binding.delete", &binding.guid, spec);
-                    store::insert_job(c, &job)?;
-                    store::set_binding_op(
+                    started.push(start_job(
                         c,
-                        &binding.guid,
+                        "service_binding.delete",
                         "delete",
-                        "in progress",
-                        Some("its space is being deleted"),
-                    )?;
-                    started.push(job.view());
+                        spec,
+                        REASON,
+                    )?);
                 }
             }
         }
@@ -148,17 +131,14 @@ pub(crate) fn tear_down_space(
                 out.deletion.services_deleted.push(instance.name.clone());
             }
             Some(plan) => {
-                let spec = job_spec(ctx, plan, &instance, caller);
-                let job = jobs::new_job("service_instance.delete", &instance.guid, spec);
-                store::insert_job(c, &job)?;
-                store::set_instance_op(
+                let spec = plan_job(ctx, plan, &instance.guid, &instance.space_guid, caller);
+                started.push(start_job(
                     c,
-                    &instance.guid,
+                    "service_instance.delete",
                     "delete",
-                    "in progress",
-                    Some("its space is being deleted"),
-                )?;
-                started.push(job.view());
+                    spec,
+                    REASON,
+                )?);
                 out.deletion.services_pending.push(instance.name.clone());
             }
         }

@@ -9,7 +9,7 @@ use hydrant_api::services::{
     BindingType, Job, LastOperation, ServiceBinding, ServiceBroker, ServiceInstance,
     ServiceInstanceType, ServiceOffering, ServicePlan,
 };
-use rusqlite::{Connection, OptionalExtension as _, Row, params};
+use rusqlite::{Connection, OptionalExtension as _, Params, Row, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -118,6 +118,71 @@ fn strings_col(text: &str) -> Vec<String> {
     serde_json::from_str(text).unwrap_or_default()
 }
 
+/// A row read by one SELECT with its joins: each table's row mapper, so a lookup by guid and
+/// a filtered list read the same columns the same way.
+trait Table: Sized {
+    /// Columns and joins; callers append `WHERE …` / `ORDER BY …`.
+    const SELECT: &'static str;
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self>;
+}
+
+/// The row `SELECT … tail` finds, if any.
+fn one<T: Table>(c: &Connection, tail: &str, params: impl Params) -> rusqlite::Result<Option<T>> {
+    c.query_row(&format!("{} {tail}", T::SELECT), params, T::from_row)
+        .optional()
+}
+
+/// Every row `SELECT … tail` finds, in its order.
+fn all<T: Table>(c: &Connection, tail: &str, params: impl Params) -> rusqlite::Result<Vec<T>> {
+    let mut stmt = c.prepare(&format!("{} {tail}", T::SELECT))?;
+    let rows = stmt.query_map(params, T::from_row)?;
+    rows.collect()
+}
+
+/// The first column of every row of `sql` for one guid (names for a view).
+fn names(c: &Connection, sql: &str, guid: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = c.prepare(sql)?;
+    let rows = stmt.query_map([guid], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// The `op_type, op_state, op_description, op_updated_at` columns from `first` on.
+fn last_operation(r: &Row<'_>, first: usize) -> rusqlite::Result<LastOperation> {
+    Ok(LastOperation {
+        kind: r.get(first)?,
+        state: r.get(first + 1)?,
+        description: r.get(first + 2)?,
+        updated_at: r.get(first + 3)?,
+    })
+}
+
+/// Records an operation's progress on an instance or binding row of `table`.
+fn set_op(
+    c: &Connection,
+    table: &str,
+    guid: &str,
+    kind: &str,
+    state: &str,
+    description: Option<&str>,
+) -> rusqlite::Result<()> {
+    c.execute(
+        &format!(
+            "UPDATE {table} SET op_type = ?2, op_state = ?3, op_description = ?4, \
+             op_updated_at = ?5 WHERE guid = ?1"
+        ),
+        params![guid, kind, state, description, hydrant_auth::now_secs()],
+    )
+    .map(drop)
+}
+
+/// The `type` column of a binding.
+fn binding_kind(kind: BindingType) -> &'static str {
+    match kind {
+        BindingType::App => "app",
+        BindingType::Key => "key",
+    }
+}
+
 // === brokers and catalogs ===
 
 /// A broker row with its credentials (never sent to a client).
@@ -142,38 +207,33 @@ impl BrokerRow {
     }
 }
 
-fn broker_from(r: &Row<'_>) -> rusqlite::Result<BrokerRow> {
-    Ok(BrokerRow {
-        guid: r.get(0)?,
-        name: r.get(1)?,
-        url: r.get(2)?,
-        username: r.get(3)?,
-        password: r.get(4)?,
-        created_at: r.get(5)?,
-        updated_at: r.get(6)?,
-    })
+impl Table for BrokerRow {
+    const SELECT: &'static str = "SELECT guid, name, url, username, password, created_at, \
+         updated_at FROM service_brokers";
+
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            guid: r.get(0)?,
+            name: r.get(1)?,
+            url: r.get(2)?,
+            username: r.get(3)?,
+            password: r.get(4)?,
+            created_at: r.get(5)?,
+            updated_at: r.get(6)?,
+        })
+    }
 }
 
-const BROKER_COLUMNS: &str = "guid, name, url, username, password, created_at, updated_at";
-
 pub(crate) fn broker(c: &Connection, guid_or_name: &str) -> rusqlite::Result<Option<BrokerRow>> {
-    c.query_row(
-        &format!(
-            "SELECT {BROKER_COLUMNS} FROM service_brokers WHERE guid = ?1 OR name = ?1 \
-             ORDER BY guid = ?1 DESC LIMIT 1"
-        ),
+    one(
+        c,
+        "WHERE guid = ?1 OR name = ?1 ORDER BY guid = ?1 DESC LIMIT 1",
         [guid_or_name],
-        broker_from,
     )
-    .optional()
 }
 
 pub(crate) fn brokers(c: &Connection) -> rusqlite::Result<Vec<BrokerRow>> {
-    let mut stmt = c.prepare(&format!(
-        "SELECT {BROKER_COLUMNS} FROM service_brokers ORDER BY name"
-    ))?;
-    let rows = stmt.query_map([], broker_from)?;
-    rows.collect()
+    all(c, "ORDER BY name", [])
 }
 
 pub(crate) fn insert_broker(c: &Connection, b: &BrokerRow) -> rusqlite::Result<()> {
@@ -219,12 +279,11 @@ pub(crate) fn broker_instance_count(c: &Connection, broker_guid: &str) -> rusqli
 
 /// The broker as a client sees it.
 pub(crate) fn broker_view(c: &Connection, b: &BrokerRow) -> rusqlite::Result<ServiceBroker> {
-    let mut stmt = c.prepare(
+    let offerings = names(
+        c,
         "SELECT name FROM service_offerings WHERE broker_guid = ?1 AND active = 1 ORDER BY name",
+        &b.guid,
     )?;
-    let offerings = stmt
-        .query_map([&b.guid], |r| r.get(0))?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
     Ok(ServiceBroker {
         guid: b.guid.clone(),
         name: b.name.clone(),
@@ -375,47 +434,44 @@ impl PlanRow {
     }
 }
 
-const PLAN_SELECT: &str = "SELECT p.guid, p.broker_id, p.name, p.description, p.free, \
-     p.bindable, p.plan_updateable, p.maximum_polling_duration, p.schemas, \
-     p.maintenance_info, p.public, p.active, o.guid, o.broker_id, o.name, o.description, \
-     o.tags, o.requires, b.guid, b.name \
-     FROM service_plans p JOIN service_offerings o ON o.guid = p.offering_guid \
-     JOIN service_brokers b ON b.guid = o.broker_guid";
+impl Table for PlanRow {
+    const SELECT: &'static str = "SELECT p.guid, p.broker_id, p.name, p.description, p.free, \
+         p.bindable, p.plan_updateable, p.maximum_polling_duration, p.schemas, \
+         p.maintenance_info, p.public, p.active, o.guid, o.broker_id, o.name, o.description, \
+         o.tags, o.requires, b.guid, b.name \
+         FROM service_plans p JOIN service_offerings o ON o.guid = p.offering_guid \
+         JOIN service_brokers b ON b.guid = o.broker_guid";
 
-fn plan_from(r: &Row<'_>) -> rusqlite::Result<PlanRow> {
-    let tags: String = r.get(16)?;
-    let requires: String = r.get(17)?;
-    Ok(PlanRow {
-        guid: r.get(0)?,
-        id: r.get(1)?,
-        name: r.get(2)?,
-        description: r.get(3)?,
-        free: r.get(4)?,
-        bindable: r.get(5)?,
-        plan_updateable: r.get(6)?,
-        maximum_polling_duration: r.get(7)?,
-        schemas: json_col(r.get(8)?),
-        maintenance_info: json_col(r.get(9)?),
-        public: r.get(10)?,
-        active: r.get(11)?,
-        offering_guid: r.get(12)?,
-        offering_id: r.get(13)?,
-        offering_name: r.get(14)?,
-        offering_description: r.get(15)?,
-        offering_tags: strings_col(&tags),
-        requires: strings_col(&requires),
-        broker_guid: r.get(18)?,
-        broker_name: r.get(19)?,
-    })
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        let tags: String = r.get(16)?;
+        let requires: String = r.get(17)?;
+        Ok(PlanRow {
+            guid: r.get(0)?,
+            id: r.get(1)?,
+            name: r.get(2)?,
+            description: r.get(3)?,
+            free: r.get(4)?,
+            bindable: r.get(5)?,
+            plan_updateable: r.get(6)?,
+            maximum_polling_duration: r.get(7)?,
+            schemas: json_col(r.get(8)?),
+            maintenance_info: json_col(r.get(9)?),
+            public: r.get(10)?,
+            active: r.get(11)?,
+            offering_guid: r.get(12)?,
+            offering_id: r.get(13)?,
+            offering_name: r.get(14)?,
+            offering_description: r.get(15)?,
+            offering_tags: strings_col(&tags),
+            requires: strings_col(&requires),
+            broker_guid: r.get(18)?,
+            broker_name: r.get(19)?,
+        })
+    }
 }
 
 pub(crate) fn plan(c: &Connection, guid: &str) -> rusqlite::Result<Option<PlanRow>> {
-    c.query_row(
-        &format!("{PLAN_SELECT} WHERE p.guid = ?1"),
-        [guid],
-        plan_from,
-    )
-    .optional()
+    one(c, "WHERE p.guid = ?1", [guid])
 }
 
 /// Every active plan, optionally of one offering name and broker.
@@ -424,12 +480,12 @@ pub(crate) fn plans(
     offering: Option<&str>,
     broker: Option<&str>,
 ) -> rusqlite::Result<Vec<PlanRow>> {
-    let mut stmt = c.prepare(&format!(
-        "{PLAN_SELECT} WHERE p.active = 1 AND o.active = 1 AND (?1 IS NULL OR o.name = ?1) \
-         AND (?2 IS NULL OR b.name = ?2 OR b.guid = ?2) ORDER BY o.name, b.name, p.rowid"
-    ))?;
-    let rows = stmt.query_map(params![offering, broker], plan_from)?;
-    rows.collect()
+    all(
+        c,
+        "WHERE p.active = 1 AND o.active = 1 AND (?1 IS NULL OR o.name = ?1) \
+         AND (?2 IS NULL OR b.name = ?2 OR b.guid = ?2) ORDER BY o.name, b.name, p.rowid",
+        params![offering, broker],
+    )
 }
 
 pub(crate) fn set_plan_public(c: &Connection, guid: &str, public: bool) -> rusqlite::Result<()> {
@@ -494,41 +550,38 @@ impl InstanceRow {
     }
 }
 
-const INSTANCE_SELECT: &str = "SELECT i.guid, i.name, i.space_guid, s.name, i.type, \
-     i.plan_guid, i.tags, i.credentials, i.syslog_drain_url, i.route_service_url, \
-     i.dashboard_url, i.op_type, i.op_state, i.op_description, i.op_updated_at, i.created_at \
-     FROM service_instances i JOIN spaces s ON s.guid = i.space_guid";
+impl Table for (InstanceRow, Option<String>) {
+    const SELECT: &'static str = "SELECT i.guid, i.name, i.space_guid, s.name, i.type, \
+         i.plan_guid, i.tags, i.credentials, i.syslog_drain_url, i.route_service_url, \
+         i.dashboard_url, i.op_type, i.op_state, i.op_description, i.op_updated_at, i.created_at \
+         FROM service_instances i JOIN spaces s ON s.guid = i.space_guid";
 
-fn instance_from(r: &Row<'_>) -> rusqlite::Result<(InstanceRow, Option<String>)> {
-    let kind: String = r.get(4)?;
-    let tags: String = r.get(6)?;
-    Ok((
-        InstanceRow {
-            guid: r.get(0)?,
-            name: r.get(1)?,
-            space_guid: r.get(2)?,
-            space_name: r.get(3)?,
-            kind: if kind == "user-provided" {
-                ServiceInstanceType::UserProvided
-            } else {
-                ServiceInstanceType::Managed
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        let kind: String = r.get(4)?;
+        let tags: String = r.get(6)?;
+        Ok((
+            InstanceRow {
+                guid: r.get(0)?,
+                name: r.get(1)?,
+                space_guid: r.get(2)?,
+                space_name: r.get(3)?,
+                kind: if kind == "user-provided" {
+                    ServiceInstanceType::UserProvided
+                } else {
+                    ServiceInstanceType::Managed
+                },
+                plan: None,
+                tags: strings_col(&tags),
+                credentials: json_col(r.get(7)?),
+                syslog_drain_url: r.get(8)?,
+                route_service_url: r.get(9)?,
+                dashboard_url: r.get(10)?,
+                op: last_operation(r, 11)?,
+                created_at: r.get(15)?,
             },
-            plan: None,
-            tags: strings_col(&tags),
-            credentials: json_col(r.get(7)?),
-            syslog_drain_url: r.get(8)?,
-            route_service_url: r.get(9)?,
-            dashboard_url: r.get(10)?,
-            op: LastOperation {
-                kind: r.get(11)?,
-                state: r.get(12)?,
-                description: r.get(13)?,
-                updated_at: r.get(14)?,
-            },
-            created_at: r.get(15)?,
-        },
-        r.get(5)?,
-    ))
+            r.get(5)?,
+        ))
+    }
 }
 
 fn with_plan(
@@ -542,13 +595,7 @@ fn with_plan(
 }
 
 pub(crate) fn instance(c: &Connection, guid: &str) -> rusqlite::Result<Option<InstanceRow>> {
-    let found = c
-        .query_row(
-            &format!("{INSTANCE_SELECT} WHERE i.guid = ?1"),
-            [guid],
-            instance_from,
-        )
-        .optional()?;
+    let found = one(c, "WHERE i.guid = ?1", [guid])?;
     found.map(|f| with_plan(c, f)).transpose()
 }
 
@@ -558,13 +605,12 @@ pub(crate) fn instances(
     name: Option<&str>,
     space_guid: Option<&str>,
 ) -> rusqlite::Result<Vec<InstanceRow>> {
-    let mut stmt = c.prepare(&format!(
-        "{INSTANCE_SELECT} WHERE (?1 IS NULL OR i.name = ?1) AND (?2 IS NULL OR i.space_guid = ?2) \
-         ORDER BY s.name, i.name"
-    ))?;
-    let rows = stmt
-        .query_map(params![name, space_guid], instance_from)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let rows = all(
+        c,
+        "WHERE (?1 IS NULL OR i.name = ?1) AND (?2 IS NULL OR i.space_guid = ?2) \
+         ORDER BY s.name, i.name",
+        params![name, space_guid],
+    )?;
     rows.into_iter().map(|f| with_plan(c, f)).collect()
 }
 
@@ -606,12 +652,7 @@ pub(crate) fn set_instance_op(
     state: &str,
     description: Option<&str>,
 ) -> rusqlite::Result<()> {
-    c.execute(
-        "UPDATE service_instances SET op_type = ?2, op_state = ?3, op_description = ?4, \
-         op_updated_at = ?5 WHERE guid = ?1",
-        params![guid, kind, state, description, hydrant_auth::now_secs()],
-    )
-    .map(drop)
+    set_op(c, "service_instances", guid, kind, state, description)
 }
 
 pub(crate) fn set_instance_fields(
@@ -652,13 +693,12 @@ pub(crate) fn delete_instance(c: &Connection, guid: &str) -> rusqlite::Result<()
 
 /// The instance as a client sees it (credentials and the drain's password left out).
 pub(crate) fn instance_view(c: &Connection, i: &InstanceRow) -> rusqlite::Result<ServiceInstance> {
-    let mut stmt = c.prepare(
+    let bound_apps = names(
+        c,
         "SELECT DISTINCT a.name FROM service_bindings b JOIN apps a ON a.guid = b.app_guid \
          WHERE b.instance_guid = ?1 AND b.type = 'app' ORDER BY a.name",
+        &i.guid,
     )?;
-    let bound_apps = stmt
-        .query_map([&i.guid], |r| r.get(0))?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
     Ok(ServiceInstance {
         guid: i.guid.clone(),
         name: i.name.clone(),
@@ -716,48 +756,40 @@ impl BindingRow {
     }
 }
 
-const BINDING_SELECT: &str = "SELECT b.guid, b.type, b.instance_guid, i.name, b.app_guid, \
-     a.name, b.name, b.credentials, b.syslog_drain_url, b.volume_mounts, b.op_type, b.op_state, \
-     b.op_description, b.op_updated_at, b.created_at \
-     FROM service_bindings b JOIN service_instances i ON i.guid = b.instance_guid \
-     LEFT JOIN apps a ON a.guid = b.app_guid";
+impl Table for BindingRow {
+    const SELECT: &'static str = "SELECT b.guid, b.type, b.instance_guid, i.name, b.app_guid, \
+         a.name, b.name, b.credentials, b.syslog_drain_url, b.volume_mounts, b.op_type, \
+         b.op_state, b.op_description, b.op_updated_at, b.created_at \
+         FROM service_bindings b JOIN service_instances i ON i.guid = b.instance_guid \
+         LEFT JOIN apps a ON a.guid = b.app_guid";
 
-fn binding_from(r: &Row<'_>) -> rusqlite::Result<BindingRow> {
-    let kind: String = r.get(1)?;
-    let credentials: Option<String> = r.get(7)?;
-    let mounts: String = r.get(9)?;
-    Ok(BindingRow {
-        guid: r.get(0)?,
-        kind: if kind == "key" {
-            BindingType::Key
-        } else {
-            BindingType::App
-        },
-        instance_guid: r.get(2)?,
-        instance_name: r.get(3)?,
-        app_guid: r.get(4)?,
-        app_name: r.get(5)?,
-        name: r.get(6)?,
-        credentials: credentials.and_then(|t| serde_json::from_str(&t).ok()),
-        syslog_drain_url: r.get(8)?,
-        volume_mounts: serde_json::from_str(&mounts).unwrap_or(Value::Array(Vec::new())),
-        op: LastOperation {
-            kind: r.get(10)?,
-            state: r.get(11)?,
-            description: r.get(12)?,
-            updated_at: r.get(13)?,
-        },
-        created_at: r.get(14)?,
-    })
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        let kind: String = r.get(1)?;
+        let credentials: Option<String> = r.get(7)?;
+        let mounts: String = r.get(9)?;
+        Ok(BindingRow {
+            guid: r.get(0)?,
+            kind: if kind == "key" {
+                BindingType::Key
+            } else {
+                BindingType::App
+            },
+            instance_guid: r.get(2)?,
+            instance_name: r.get(3)?,
+            app_guid: r.get(4)?,
+            app_name: r.get(5)?,
+            name: r.get(6)?,
+            credentials: credentials.and_then(|t| serde_json::from_str(&t).ok()),
+            syslog_drain_url: r.get(8)?,
+            volume_mounts: serde_json::from_str(&mounts).unwrap_or(Value::Array(Vec::new())),
+            op: last_operation(r, 10)?,
+            created_at: r.get(14)?,
+        })
+    }
 }
 
 pub(crate) fn binding(c: &Connection, guid: &str) -> rusqlite::Result<Option<BindingRow>> {
-    c.query_row(
-        &format!("{BINDING_SELECT} WHERE b.guid = ?1"),
-        [guid],
-        binding_from,
-    )
-    .optional()
+    one(c, "WHERE b.guid = ?1", [guid])
 }
 
 /// Bindings, filtered; newest last.
@@ -767,16 +799,12 @@ pub(crate) fn bindings(
     app_guid: Option<&str>,
     kind: Option<BindingType>,
 ) -> rusqlite::Result<Vec<BindingRow>> {
-    let kind = kind.map(|k| match k {
-        BindingType::App => "app",
-        BindingType::Key => "key",
-    });
-    let mut stmt = c.prepare(&format!(
-        "{BINDING_SELECT} WHERE (?1 IS NULL OR b.instance_guid = ?1) \
-         AND (?2 IS NULL OR b.app_guid = ?2) AND (?3 IS NULL OR b.type = ?3) ORDER BY b.seq"
-    ))?;
-    let rows = stmt.query_map(params![instance_guid, app_guid, kind], binding_from)?;
-    rows.collect()
+    all(
+        c,
+        "WHERE (?1 IS NULL OR b.instance_guid = ?1) \
+         AND (?2 IS NULL OR b.app_guid = ?2) AND (?3 IS NULL OR b.type = ?3) ORDER BY b.seq",
+        params![instance_guid, app_guid, kind.map(binding_kind)],
+    )
 }
 
 pub(crate) fn insert_binding(c: &Connection, b: &BindingRow) -> rusqlite::Result<()> {
@@ -786,10 +814,7 @@ pub(crate) fn insert_binding(c: &Connection, b: &BindingRow) -> rusqlite::Result
          created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             b.guid,
-            match b.kind {
-                BindingType::App => "app",
-                BindingType::Key => "key",
-            },
+            binding_kind(b.kind),
             b.instance_guid,
             b.app_guid,
             b.name,
@@ -813,12 +838,7 @@ pub(crate) fn set_binding_op(
     state: &str,
     description: Option<&str>,
 ) -> rusqlite::Result<()> {
-    c.execute(
-        "UPDATE service_bindings SET op_type = ?2, op_state = ?3, op_description = ?4, \
-         op_updated_at = ?5 WHERE guid = ?1",
-        params![guid, kind, state, description, hydrant_auth::now_secs()],
-    )
-    .map(drop)
+    set_op(c, "service_bindings", guid, kind, state, description)
 }
 
 /// Stores what the broker returned for a binding and marks its create succeeded.
@@ -872,12 +892,12 @@ pub(crate) fn set_binding_drain(
 /// App bindings whose app was deleted (its guid set NULL by the foreign key) and that no job
 /// is unbinding yet: the runner unbinds them at the broker.
 pub(crate) fn orphaned_app_bindings(c: &Connection) -> rusqlite::Result<Vec<BindingRow>> {
-    let mut stmt = c.prepare(&format!(
-        "{BINDING_SELECT} WHERE b.type = 'app' AND b.app_guid IS NULL \
-         AND b.op_state != 'in progress' ORDER BY b.seq LIMIT 16"
-    ))?;
-    let rows = stmt.query_map([], binding_from)?;
-    rows.collect()
+    all(
+        c,
+        "WHERE b.type = 'app' AND b.app_guid IS NULL \
+         AND b.op_state != 'in progress' ORDER BY b.seq LIMIT 16",
+        [],
+    )
 }
 
 // === jobs ===
@@ -942,43 +962,44 @@ impl JobRow {
     }
 }
 
-const JOB_SELECT: &str = "SELECT guid, operation, resource_guid, state, phase, spec, \
-     broker_operation, description, polls, attempts, next_at_ms, deadline_ms, created_at, \
-     updated_at FROM service_jobs";
+impl Table for JobRow {
+    const SELECT: &'static str = "SELECT guid, operation, resource_guid, state, phase, spec, \
+         broker_operation, description, polls, attempts, next_at_ms, deadline_ms, created_at, \
+         updated_at FROM service_jobs";
 
-fn job_from(r: &Row<'_>) -> rusqlite::Result<JobRow> {
-    let spec: String = r.get(5)?;
-    Ok(JobRow {
-        guid: r.get(0)?,
-        operation: r.get(1)?,
-        resource_guid: r.get(2)?,
-        state: r.get(3)?,
-        phase: r.get(4)?,
-        spec: serde_json::from_str(&spec).unwrap_or_default(),
-        broker_operation: r.get(6)?,
-        description: r.get(7)?,
-        polls: r.get(8)?,
-        attempts: r.get(9)?,
-        next_at_ms: r.get(10)?,
-        deadline_ms: r.get(11)?,
-        created_at: r.get(12)?,
-        updated_at: r.get(13)?,
-    })
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        let spec: String = r.get(5)?;
+        Ok(JobRow {
+            guid: r.get(0)?,
+            operation: r.get(1)?,
+            resource_guid: r.get(2)?,
+            state: r.get(3)?,
+            phase: r.get(4)?,
+            spec: serde_json::from_str(&spec).unwrap_or_default(),
+            broker_operation: r.get(6)?,
+            description: r.get(7)?,
+            polls: r.get(8)?,
+            attempts: r.get(9)?,
+            next_at_ms: r.get(10)?,
+            deadline_ms: r.get(11)?,
+            created_at: r.get(12)?,
+            updated_at: r.get(13)?,
+        })
+    }
 }
 
 pub(crate) fn job(c: &Connection, guid: &str) -> rusqlite::Result<Option<JobRow>> {
-    c.query_row(&format!("{JOB_SELECT} WHERE guid = ?1"), [guid], job_from)
-        .optional()
+    one(c, "WHERE guid = ?1", [guid])
 }
 
 /// Unfinished jobs due at `now_ms`, soonest first.
 pub(crate) fn due_jobs(c: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<JobRow>> {
-    let mut stmt = c.prepare(&format!(
-        "{JOB_SELECT} WHERE state IN ('PROCESSING', 'POLLING') AND next_at_ms <= ?1 \
-         ORDER BY next_at_ms LIMIT ?2"
-    ))?;
-    let rows = stmt.query_map(params![now_ms, limit as i64], job_from)?;
-    rows.collect()
+    all(
+        c,
+        "WHERE state IN ('PROCESSING', 'POLLING') AND next_at_ms <= ?1 \
+         ORDER BY next_at_ms LIMIT ?2",
+        params![now_ms, limit as i64],
+    )
 }
 
 /// When the next unfinished job is due, if any.
