@@ -3,7 +3,8 @@
 //! screen read back through a terminal emulator (`vt100`). The developer's console lists the
 //! service instances of their own space and not another space's, and opening one shows the
 //! instance's own `SVC` line — which only its own stream, authorised by the instance's log
-//! token, can have brought (a developer may not read the firehose).
+//! token, can have brought (a developer may not read the firehose). The operator's console
+//! lists every space's instances and shows an instance's lines from before it started.
 
 #![allow(
     clippy::unwrap_used,
@@ -225,4 +226,23 @@ fn a_developers_console_shows_their_own_service_instances_and_their_svc_lines() 
         t.contains("ledger checkpoint complete")
     });
     top.type_keys("q");
+    drop(top);
+
+    // The operator's console reads the firehose, and at start each instance's recent lines.
+    let mut operator = Console::start(cloud.home());
+    operator.wait(Duration::from_secs(60), "the operator's console", |t| {
+        t.contains("operator (firehose)")
+    });
+    operator.type_keys(":services\r");
+    let listed = operator.wait(Duration::from_secs(30), "every space's instances", |t| {
+        t.contains("ledger") && t.contains("hidden")
+    });
+    assert!(listed.contains("elsewhere"), "{listed}");
+    operator.type_keys(":service ledger\r");
+    operator.wait(
+        Duration::from_secs(30),
+        "the instance's recent SVC lines, from the log cache",
+        |t| t.contains("ledger node ready") && t.contains("ledger checkpoint complete"),
+    );
+    operator.type_keys("q");
 }

@@ -276,15 +276,31 @@ pub(crate) async fn firehose(
                     .collect(),
                 None => Vec::new(),
             };
+            // Service instances read like apps: their SVC lines as well as their gauges.
+            let services: Vec<String> = match &api {
+                Some(api) => {
+                    tokio::time::timeout(API_TIMEOUT, api.list_service_instances(None, None))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|s| s.guid)
+                        .take(MAX_HISTORY_APPS)
+                        .collect()
+                }
+                None => Vec::new(),
+            };
             let sources: Vec<String> = cached_sources(&config)
                 .await
                 .into_iter()
-                .filter(|s| !apps.contains(s))
+                .filter(|s| !apps.contains(s) && !services.contains(s))
                 .take(MAX_HISTORY_SOURCES)
                 .collect();
             let app_reads = apps
                 .iter()
                 .take(MAX_HISTORY_APPS)
+                .chain(&services)
                 .map(|a| app_history(&config, a, until));
             let source_reads = sources.iter().map(|s| component_history(&config, s, until));
             let (a, b) = tokio::join!(join_all(app_reads), join_all(source_reads));
