@@ -402,6 +402,16 @@ fn published_element(container_ip: Ipv4Addr, m: PortMapping) -> String {
     )
 }
 
+/// The bridge's own MAC: locally administered unicast (`02:`), the rest from its name, so it is
+/// the same on every start and differs between bridges.
+fn bridge_mac(bridge: &str) -> String {
+    let h = fnv1a(bridge.as_bytes()).to_be_bytes();
+    format!(
+        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        h[0], h[1], h[2], h[3], h[4]
+    )
+}
+
 /// 64-bit FNV-1a: a stable, dependency-free hash for short names.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
@@ -438,6 +448,17 @@ impl Network {
             )
             .await?;
         }
+        // A bridge without an address of its own takes the lowest MAC among its ports, so it
+        // changes as veths come and go; containers that cached the gateway's old MAC then send
+        // their replies to a port instead of the host for up to ~30 s (their ARP entry's life),
+        // which fails health checks and requests. A fixed address never changes.
+        let mac = bridge_mac(bridge);
+        run(
+            Program::Ip,
+            &["link", "set", "dev", bridge, "address", &mac],
+            None,
+        )
+        .await?;
         let address = format!("{gateway}/{prefix_len}");
         run(
             Program::Ip,
@@ -1405,5 +1426,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("publishes no ports"), "{err}");
+    }
+
+    #[test]
+    fn bridges_get_a_fixed_local_unicast_mac_of_their_own() {
+        let a = bridge_mac("hydrant0");
+        assert_eq!(a, bridge_mac("hydrant0"), "the same on every start");
+        assert_ne!(a, bridge_mac("hydrant1"));
+        assert!(a.starts_with("02:") && a.len() == 17, "{a}");
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! Needs root (CI runs as root) and fails saying so otherwise. Like `tests/net.rs`, each test
 //! owns one bridge `hyt<n>` with subnet `10.254.<64+4n>.0/22` and one "other host" namespace
-//! `hys<n>` at `10.254.<128+n>.0/24` (numbers 10 and 11 here, apart from that file's): every
+//! `hys<n>` at `10.254.<128+n>.0/24` (numbers 10 to 12 here, apart from that file's): every
 //! address a test sends to is one of its own namespaces or interfaces. A guard removes all of it
 //! on drop, so a failing test leaves nothing behind for the next.
 #![allow(
@@ -418,5 +418,65 @@ async fn mappings_left_by_a_crash_are_gone_after_the_next_setup() {
     );
     drop(app);
     net.detach(b).await.unwrap();
+    net.teardown().await.unwrap();
+}
+
+/// The bridge's MAC address as the kernel shows it.
+fn bridge_mac(n: u8) -> String {
+    std::fs::read_to_string(format!("/sys/class/net/hyt{n}/address"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_container_keeps_answering_while_others_come_and_go_on_its_bridge() {
+    require_root();
+    let _guard = Guard::new(12);
+    let net = Network::setup(&config(12)).await.unwrap();
+    let mac = bridge_mac(12);
+    let first = net.attach("first/0", &[]).await.unwrap();
+    let app = App::start(&first.netns_path, APP_PORT, "first");
+    // The container learns the gateway's MAC answering this.
+    let at_first = at(first.ip, APP_PORT);
+    assert_eq!(
+        ask(None, at_first).as_deref().map(|a| &a[..5]),
+        Some("first")
+    );
+    // Veths join and leave. A bridge without a MAC of its own takes its lowest port's, which
+    // would leave `first` replying to a stale gateway MAC for up to ~30 s.
+    let mut others = Vec::new();
+    for i in 0..8 {
+        others.push(net.attach(&format!("other/{i}"), &[]).await.unwrap());
+    }
+    assert_eq!(
+        bridge_mac(12),
+        mac,
+        "the bridge's MAC changed as veths joined"
+    );
+    for other in others {
+        net.detach(other).await.unwrap();
+    }
+    assert_eq!(
+        bridge_mac(12),
+        mac,
+        "the bridge's MAC changed as veths left"
+    );
+    let answered = {
+        let attempt = move || {
+            let mut s = TcpStream::connect_timeout(&at_first, Duration::from_secs(2)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).ok()?;
+            Some(answer)
+        };
+        attempt()
+    };
+    assert!(
+        answered.is_some_and(|a| a.starts_with("first")),
+        "the first container stopped answering the host after others came and went"
+    );
+    drop(app);
+    net.detach(first).await.unwrap();
     net.teardown().await.unwrap();
 }
