@@ -290,9 +290,9 @@ pub async fn after_bind(ctx: &Ctx, o: &Offering, i: &Instance, b: &Binding) -> R
 
 /// Runs [`check_all`] every `quota_interval_secs` until `shutdown`.
 pub async fn run(ctx: std::sync::Arc<Ctx>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(
-        ctx.config.quota_interval_secs,
-    ));
+    let period = std::time::Duration::from_secs(ctx.config.quota_interval_secs);
+    // The first pass one period after start: the nodes are being started again meanwhile.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
