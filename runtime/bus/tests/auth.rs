@@ -150,13 +150,58 @@ async fn no_certificate_another_ca_or_an_identity_without_a_user_is_refused() {
     );
     refused_with(Bus::connect(&forged, &registry).await.unwrap_err());
 
-    // A valid certificate whose identity has no bus user (the agent never uses the bus).
-    let agent = fixture.config(&fixture.certs.ca_file(), &fixture.certs, Identity::Agent);
-    let reason = refused_with(Bus::connect(&agent, &registry).await.unwrap_err());
+    // A valid certificate whose identity has no bus user (a nozzle never uses the bus).
+    let nozzle = fixture.config(&fixture.certs.ca_file(), &fixture.certs, Identity::Nozzle);
+    let reason = refused_with(Bus::connect(&nozzle, &registry).await.unwrap_err());
     assert!(reason.contains("refused this identity"), "{reason}");
 
     // The right certificate connects.
     fixture.connect(Identity::CloudController).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_doppler_announces_dopplers_and_agents_and_edges_hear_it() {
+    let fixture = Fixture::start();
+    let (doppler, doppler_registry) = fixture.connect(Identity::Doppler).await;
+    let (agent, agent_registry) = fixture.connect(Identity::Agent).await;
+    let (edge, _) = fixture.connect(Identity::TrafficController).await;
+    let (e1, e1_registry) = fixture.cell("e1").await;
+    let mut heard_by_agent = agent.subscribe(messages::DOPPLER_ANNOUNCE).await.unwrap();
+    let mut heard_by_edge = edge.subscribe(messages::DOPPLER_ANNOUNCE).await.unwrap();
+
+    // A cell pretending to be a doppler (to pull the agents' envelopes to itself) is refused.
+    e1.publish(messages::DOPPLER_ANNOUNCE, Bytes::from_static(b"forged"))
+        .unwrap();
+    e1.flush().await.unwrap();
+    eventually("the forged announcement refused", || {
+        refused(&e1_registry) == 1
+    })
+    .await;
+    // The doppler may announce, and nothing else of the control plane.
+    doppler
+        .publish(messages::DOPPLER_ANNOUNCE, Bytes::from_static(b"genuine"))
+        .unwrap();
+    for heard in [&mut heard_by_agent, &mut heard_by_edge] {
+        assert_eq!(recv(heard).await.payload, Bytes::from_static(b"genuine"));
+    }
+    doppler
+        .publish(&router_register_subject("e1"), Bytes::from_static(b"{}"))
+        .unwrap();
+    doppler.flush().await.unwrap();
+    eventually("the doppler's route registration refused", || {
+        refused(&doppler_registry) == 1
+    })
+    .await;
+    // An agent only listens.
+    agent
+        .publish(messages::DOPPLER_ANNOUNCE, Bytes::from_static(b"x"))
+        .unwrap();
+    agent.flush().await.unwrap();
+    eventually("the agent's announcement refused", || {
+        refused(&agent_registry) == 1
+    })
+    .await;
+    assert!(heard_by_edge.try_next().is_none());
 }
 
 /// The CA rotates in three steps (`nats-server --signal reload` after each, as the README
