@@ -280,6 +280,11 @@ fn json_arg(flag: &str, text: &str) -> anyhow::Result<Value> {
     )))
 }
 
+/// An optional JSON flag: inline JSON or a file, when given.
+fn json_opt(flag: &str, text: Option<&str>) -> anyhow::Result<Option<Value>> {
+    text.map(|t| json_arg(flag, t)).transpose()
+}
+
 fn tags_arg(text: Option<&str>) -> Option<Vec<String>> {
     text.map(|t| {
         t.split(',')
@@ -303,6 +308,63 @@ fn confirm(force: bool, question: &str) -> anyhow::Result<bool> {
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// [`confirm`] for a delete; says so when the answer is no.
+fn confirm_delete(force: bool, question: &str) -> anyhow::Result<bool> {
+    let yes = confirm(force, question)?;
+    if !yes {
+        eprintln!("Not deleted.");
+    }
+    Ok(yes)
+}
+
+/// Prints `items` as JSON (`json`), as `empty` when there are none, or as a table of `row`s
+/// under `headers`.
+fn print_list<T: serde::Serialize>(
+    json: bool,
+    items: &[T],
+    empty: &str,
+    headers: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(items)?);
+    } else if items.is_empty() {
+        println!("{empty}");
+    } else {
+        let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+        print_table(headers, &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Polls `current` with `next` every [`POLL`] until `done`, printing a line whenever the key
+/// of `show` (key, text) changes; `too_long` after [`FOLLOW_LIMIT`].
+async fn poll_until<T>(
+    mut current: T,
+    show: impl Fn(&T) -> (String, String),
+    done: impl Fn(&T) -> bool,
+    too_long: impl Fn(&T) -> anyhow::Error,
+    mut next: impl AsyncFnMut(&T) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let started = Instant::now();
+    let mut shown = String::new();
+    loop {
+        let (key, text) = show(&current);
+        if key != shown {
+            eprintln!("  [{:>3}s] {text}", started.elapsed().as_secs());
+            shown = key;
+        }
+        if done(&current) {
+            return Ok(current);
+        }
+        if started.elapsed() > FOLLOW_LIMIT {
+            return Err(too_long(&current));
+        }
+        tokio::time::sleep(POLL).await;
+        current = next(&current).await?;
+    }
 }
 
 /// The instance called `name` in the targeted space (or the one the caller can see).
@@ -344,31 +406,23 @@ async fn broker_guid(session: &Session, name: &str) -> anyhow::Result<String> {
 
 /// Follows `job` to its end, a line per change; an error if it failed.
 async fn follow(session: &Session, job: &Job) -> anyhow::Result<Job> {
-    let started = Instant::now();
-    let mut shown = String::new();
-    let mut job = job.clone();
-    loop {
-        let line = format!("{} {}", job.state, job.description.as_deref().unwrap_or(""));
-        if line != shown {
-            eprintln!(
-                "  [{:>3}s] {}",
-                started.elapsed().as_secs(),
-                escape_text(line.trim())
-            );
-            shown = line;
-        }
-        if job.is_done() {
-            break;
-        }
-        if started.elapsed() > FOLLOW_LIMIT {
-            return Err(exit::timeout(format!(
+    let job = poll_until(
+        job.clone(),
+        |job| {
+            let line = format!("{} {}", job.state, job.description.as_deref().unwrap_or(""));
+            let text = escape_text(line.trim());
+            (line, text)
+        },
+        Job::is_done,
+        |job| {
+            exit::timeout(format!(
                 "job {} is still {}; check it later with `hydrant services`",
                 job.guid, job.state
-            )));
-        }
-        tokio::time::sleep(POLL).await;
-        job = session.client.job(&job.guid).await?;
-    }
+            ))
+        },
+        async |job| Ok(session.client.job(&job.guid).await?),
+    )
+    .await?;
     if job.state == "FAILED" {
         anyhow::bail!(
             "{} failed: {}",
@@ -470,8 +524,7 @@ pub async fn delete_broker(args: DeleteBrokerArgs) -> anyhow::Result<ExitCode> {
         "Really delete the service broker {}",
         escape_text(&args.name)
     );
-    if !confirm(args.force, &question)? {
-        eprintln!("Not deleted.");
+    if !confirm_delete(args.force, &question)? {
         return Ok(ExitCode::SUCCESS);
     }
     session.client.delete_service_broker(&guid).await?;
@@ -486,20 +539,13 @@ pub async fn delete_broker(args: DeleteBrokerArgs) -> anyhow::Result<ExitCode> {
 pub async fn brokers(args: JsonArgs) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
     let brokers = session.client.list_service_brokers().await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&brokers)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if brokers.is_empty() {
-        println!("No service brokers. Register one with `hydrant create-service-broker`.");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let rows: Vec<Vec<String>> = brokers
-        .iter()
-        .map(|b| vec![b.name.clone(), b.url.clone(), b.offerings.join(", ")])
-        .collect();
-    print_table(&["name", "url", "offerings"], &rows);
-    Ok(ExitCode::SUCCESS)
+    print_list(
+        args.json,
+        &brokers,
+        "No service brokers. Register one with `hydrant create-service-broker`.",
+        &["name", "url", "offerings"],
+        |b| vec![b.name.clone(), b.url.clone(), b.offerings.join(", ")],
+    )
 }
 
 /// Runs `hydrant enable-service-access` (`enable`) or `disable-service-access`.
@@ -537,17 +583,12 @@ pub async fn marketplace(args: MarketplaceArgs) -> anyhow::Result<ExitCode> {
     if let Some(only) = &args.offering {
         offerings.retain(|o| &o.name == only);
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&offerings)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if offerings.is_empty() {
-        println!("No service offerings available to you.");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let rows: Vec<Vec<String>> = offerings
-        .iter()
-        .map(|o| {
+    let done = print_list(
+        args.json,
+        &offerings,
+        "No service offerings available to you.",
+        &["offering", "plans", "description", "broker"],
+        |o| {
             let plans: Vec<String> = o
                 .plans
                 .iter()
@@ -568,13 +609,12 @@ pub async fn marketplace(args: MarketplaceArgs) -> anyhow::Result<ExitCode> {
                 o.description.clone(),
                 o.broker_name.clone(),
             ]
-        })
-        .collect();
-    print_table(&["offering", "plans", "description", "broker"], &rows);
-    if offerings.iter().flat_map(|o| &o.plans).any(|p| !p.free) {
+        },
+    )?;
+    if !args.json && offerings.iter().flat_map(|o| &o.plans).any(|p| !p.free) {
         println!("\n* these plans may cost money");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(done)
 }
 
 // === instances ===
@@ -586,11 +626,7 @@ pub async fn marketplace(args: MarketplaceArgs) -> anyhow::Result<ExitCode> {
 /// failed create.
 pub async fn create_service(args: CreateServiceArgs) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
-    let parameters = args
-        .parameters
-        .as_deref()
-        .map(|p| json_arg("-c", p))
-        .transpose()?;
+    let parameters = json_opt("-c", args.parameters.as_deref())?;
     eprintln!(
         "Creating service instance {} ({} {})...",
         escape_text(&args.name),
@@ -622,11 +658,7 @@ pub async fn create_service(args: CreateServiceArgs) -> anyhow::Result<ExitCode>
 /// Credentials that are not JSON, a refused drain URL, or an unknown instance (update).
 pub async fn upsi(args: UpsiArgs, create: bool) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
-    let credentials = args
-        .credentials
-        .as_deref()
-        .map(|p| json_arg("-p", p))
-        .transpose()?;
+    let credentials = json_opt("-p", args.credentials.as_deref())?;
     if create {
         session
             .client
@@ -689,16 +721,10 @@ pub async fn services(args: JsonArgs) -> anyhow::Result<ExitCode> {
         .client
         .list_service_instances(None, space.as_deref())
         .await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&instances)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if instances.is_empty() {
-        println!("No service instances. `hydrant marketplace` shows what you can create.");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let rows: Vec<Vec<String>> = instances.iter().map(instance_row).collect();
-    print_table(
+    print_list(
+        args.json,
+        &instances,
+        "No service instances. `hydrant marketplace` shows what you can create.",
         &[
             "name",
             "offering",
@@ -707,9 +733,8 @@ pub async fn services(args: JsonArgs) -> anyhow::Result<ExitCode> {
             "last operation",
             "broker",
         ],
-        &rows,
-    );
-    Ok(ExitCode::SUCCESS)
+        instance_row,
+    )
 }
 
 /// Runs `hydrant service`.
@@ -766,11 +791,7 @@ pub async fn service(args: ServiceArgs) -> anyhow::Result<ExitCode> {
 pub async fn update_service(args: UpdateServiceArgs) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
     let i = instance(&session, &args.name).await?;
-    let parameters = args
-        .parameters
-        .as_deref()
-        .map(|p| json_arg("-c", p))
-        .transpose()?;
+    let parameters = json_opt("-c", args.parameters.as_deref())?;
     let answer = session
         .client
         .update_service_instance(
@@ -799,8 +820,7 @@ pub async fn delete_service(args: DeleteServiceArgs) -> anyhow::Result<ExitCode>
         "Really delete the service instance {}",
         escape_text(&i.name)
     );
-    if !confirm(args.force, &question)? {
-        eprintln!("Not deleted.");
+    if !confirm_delete(args.force, &question)? {
         return Ok(ExitCode::SUCCESS);
     }
     let answer = session.client.delete_service_instance(&i.guid).await?;
@@ -827,36 +847,23 @@ async fn ready(session: &Session, i: ServiceInstance) -> anyhow::Result<ServiceI
         escape_text(&i.name),
         i.last_operation.kind
     );
-    let started = Instant::now();
-    let mut shown = String::new();
-    let mut current = i;
-    loop {
-        let line = current
-            .last_operation
-            .description
-            .clone()
-            .unwrap_or_default();
-        if line != shown {
-            eprintln!(
-                "  [{:>3}s] {} {}",
-                started.elapsed().as_secs(),
-                current.last_operation.state,
-                escape_text(&line)
-            );
-            shown = line;
-        }
-        if current.last_operation.state != "in progress" {
-            return Ok(current);
-        }
-        if started.elapsed() > FOLLOW_LIMIT {
-            return Err(exit::timeout(format!(
+    poll_until(
+        i,
+        |i| {
+            let line = i.last_operation.description.clone().unwrap_or_default();
+            let text = format!("{} {}", i.last_operation.state, escape_text(&line));
+            (line, text)
+        },
+        |i| i.last_operation.state != "in progress",
+        |i| {
+            exit::timeout(format!(
                 "{} is still being created; bind it later",
-                escape_text(&current.name)
-            )));
-        }
-        tokio::time::sleep(POLL).await;
-        current = session.client.service_instance(&current.guid).await?;
-    }
+                escape_text(&i.name)
+            ))
+        },
+        async |i| Ok(session.client.service_instance(&i.guid).await?),
+    )
+    .await
 }
 
 /// Restarts every instance of the app one at a time, each waiting for its replacement to run.
@@ -919,11 +926,7 @@ pub async fn bind(args: BindArgs) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
     let app = session.app(&args.app).await?;
     let i = ready(&session, instance(&session, &args.name).await?).await?;
-    let parameters = args
-        .parameters
-        .as_deref()
-        .map(|p| json_arg("-c", p))
-        .transpose()?;
+    let parameters = json_opt("-c", args.parameters.as_deref())?;
     eprintln!(
         "Binding service instance {} to app {}...",
         escape_text(&i.name),
@@ -960,20 +963,29 @@ pub async fn bind(args: BindArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn binding_of(
+/// The instance's bindings of one kind (app bindings or service keys).
+async fn bindings_of(
     session: &Session,
     instance: &ServiceInstance,
     kind: BindingType,
-    matches: impl Fn(&ServiceBinding) -> bool,
-) -> anyhow::Result<Option<ServiceBinding>> {
-    let bindings = session
+) -> anyhow::Result<Vec<ServiceBinding>> {
+    Ok(session
         .client
         .list_service_bindings(&BindingFilter {
             service_instance: Some(&instance.guid),
             kind: Some(kind),
             ..BindingFilter::default()
         })
-        .await?;
+        .await?)
+}
+
+async fn binding_of(
+    session: &Session,
+    instance: &ServiceInstance,
+    kind: BindingType,
+    matches: impl Fn(&ServiceBinding) -> bool,
+) -> anyhow::Result<Option<ServiceBinding>> {
+    let bindings = bindings_of(session, instance, kind).await?;
     Ok(bindings.into_iter().find(|b| matches(b)))
 }
 
@@ -1027,11 +1039,7 @@ pub async fn unbind(args: UnbindArgs) -> anyhow::Result<ExitCode> {
 pub async fn create_key(args: CreateKeyArgs) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
     let i = ready(&session, instance(&session, &args.name).await?).await?;
-    let parameters = args
-        .parameters
-        .as_deref()
-        .map(|p| json_arg("-c", p))
-        .transpose()?;
+    let parameters = json_opt("-c", args.parameters.as_deref())?;
     eprintln!(
         "Creating service key {} for service instance {}...",
         escape_text(&args.key),
@@ -1113,33 +1121,19 @@ fn json_for_terminal(text: &str) -> String {
 pub async fn service_keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
     let i = instance(&session, &args.name).await?;
-    let keys = session
-        .client
-        .list_service_bindings(&BindingFilter {
-            service_instance: Some(&i.guid),
-            kind: Some(BindingType::Key),
-            ..BindingFilter::default()
-        })
-        .await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&keys)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if keys.is_empty() {
-        println!("No service keys for {}.", escape_text(&i.name));
-        return Ok(ExitCode::SUCCESS);
-    }
-    let rows: Vec<Vec<String>> = keys
-        .iter()
-        .map(|k| {
+    let keys = bindings_of(&session, &i, BindingType::Key).await?;
+    print_list(
+        args.json,
+        &keys,
+        &format!("No service keys for {}.", escape_text(&i.name)),
+        &["name", "last operation"],
+        |k| {
             vec![
                 k.name.clone().unwrap_or_default(),
                 format!("{} {}", k.last_operation.kind, k.last_operation.state),
             ]
-        })
-        .collect();
-    print_table(&["name", "last operation"], &rows);
-    Ok(ExitCode::SUCCESS)
+        },
+    )
 }
 
 /// Runs `hydrant delete-service-key`.
@@ -1154,8 +1148,7 @@ pub async fn delete_key(args: KeyArgs) -> anyhow::Result<ExitCode> {
         escape_text(&args.key),
         escape_text(&args.name)
     );
-    if !confirm(args.force, &question)? {
-        eprintln!("Not deleted.");
+    if !confirm_delete(args.force, &question)? {
         return Ok(ExitCode::SUCCESS);
     }
     let answer = session.client.delete_service_binding(&binding.guid).await?;
