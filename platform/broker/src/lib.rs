@@ -57,6 +57,7 @@ pub mod store;
 use std::sync::Arc;
 
 use axum::Json;
+use axum::response::IntoResponse as _;
 use axum::routing::get;
 use hydrant_emitter::Registry;
 use tokio_util::sync::CancellationToken;
@@ -167,7 +168,11 @@ async fn serve(
         tasks.clone(),
     ));
     tokio::spawn(quota::run(Arc::clone(&ctx), tasks.clone()));
-    listeners.mount_admin(admin_routes(Arc::clone(&ctx)));
+    listeners.mount_admin(admin_routes(
+        Arc::clone(&ctx),
+        config.username.clone(),
+        password.clone(),
+    ));
 
     let listeners = Listeners::take(listeners)?;
     let broker = Arc::new(osb::Broker::new(
@@ -288,8 +293,33 @@ async fn restore(ctx: Arc<backend::Ctx>) {
     }
 }
 
-fn admin_routes(ctx: Arc<backend::Ctx>) -> axum::Router {
+/// The admin listener's own routes: the nodes (names carry instance ids) and an on-demand
+/// quota pass. Both answer only to the broker's basic-auth credentials, as the OSB routes do:
+/// the admin listener is loopback by default, but on a host where unisolated code runs,
+/// loopback is not a wall.
+fn admin_routes(ctx: Arc<backend::Ctx>, username: String, password: String) -> axum::Router {
     let quotas = Arc::clone(&ctx);
+    let credentials = Arc::new((username, password));
+    let guard = axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let credentials = Arc::clone(&credentials);
+            async move {
+                if osb::basic_auth_ok(request.headers(), &credentials.0, &credentials.1) {
+                    next.run(request).await
+                } else {
+                    (
+                        axum::http::StatusCode::UNAUTHORIZED,
+                        [(
+                            axum::http::header::WWW_AUTHENTICATE,
+                            "Basic realm=\"broker\"",
+                        )],
+                        "use the broker's username and password\n",
+                    )
+                        .into_response()
+                }
+            }
+        },
+    );
     axum::Router::new()
         .route(
             "/v1/quotas",
@@ -314,6 +344,7 @@ fn admin_routes(ctx: Arc<backend::Ctx>) -> axum::Router {
             }
         }),
     )
+    .layer(guard)
 }
 
 #[cfg(test)]

@@ -278,8 +278,10 @@ fn operation_name(method: &str, path: &str) -> &'static str {
     }
 }
 
-fn check_headers(broker: &Broker, headers: &HeaderMap) -> Result<(), Reply> {
-    let authorized = headers
+/// Whether `headers` carry HTTP basic auth for exactly `username`/`password` (compared in
+/// constant time). The OSB routes and the admin listener's `/v1/*` both ask this.
+pub(crate) fn basic_auth_ok(headers: &HeaderMap, username: &str, password: &str) -> bool {
+    headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
@@ -292,11 +294,14 @@ fn check_headers(broker: &Broker, headers: &HeaderMap) -> Result<(), Reply> {
         .is_some_and(|pair| {
             let (u, p) = pair.split_once(':').unwrap_or((&pair, ""));
             // Compare everything, always, so timing says nothing about where a guess went wrong.
-            let user_ok = constant_eq(u.as_bytes(), broker.username.as_bytes());
-            let pass_ok = constant_eq(p.as_bytes(), broker.password.as_bytes());
+            let user_ok = constant_eq(u.as_bytes(), username.as_bytes());
+            let pass_ok = constant_eq(p.as_bytes(), password.as_bytes());
             user_ok & pass_ok
-        });
-    if !authorized {
+        })
+}
+
+fn check_headers(broker: &Broker, headers: &HeaderMap) -> Result<(), Reply> {
+    if !basic_auth_ok(headers, &broker.username, &broker.password) {
         return Err(Reply::described(
             StatusCode::UNAUTHORIZED,
             "basic authentication failed: use the broker's username and password",

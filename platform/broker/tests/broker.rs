@@ -303,6 +303,7 @@ impl Running {
         let body: Value = self
             .client
             .get(format!("http://{}/v1/nodes", self.admin))
+            .basic_auth(USER, Some(PASSWORD))
             .send()
             .await
             .unwrap()
@@ -331,6 +332,7 @@ impl Running {
     pub async fn check_quotas(&self) -> Value {
         self.client
             .post(format!("http://{}/v1/quotas", self.admin))
+            .basic_auth(USER, Some(PASSWORD))
             .send()
             .await
             .unwrap()

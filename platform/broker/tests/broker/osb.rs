@@ -80,6 +80,46 @@ async fn the_catalog_needs_credentials_and_a_supported_version() {
     b.stop().await;
 }
 
+/// The admin listener's nodes (whose names carry instance ids) and its quota pass answer only
+/// to the broker's credentials; `/metrics` and `/healthz` stay open for scrapers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_routes_need_the_brokers_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(config(dir.path(), ports())).await;
+    let url = |path: &str| format!("http://{}{path}", b.admin);
+    for (method, path) in [("GET", "/v1/nodes"), ("POST", "/v1/quotas")] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        for (user, password) in [
+            (None, None),
+            (Some(USER), Some("wrong")),
+            (Some("x"), Some(PASSWORD)),
+        ] {
+            let mut request = b.client.request(method.clone(), url(path));
+            if let Some(user) = user {
+                request = request.basic_auth(user, password);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 401, "{method} {path} as {user:?}");
+            assert!(response.headers().contains_key("www-authenticate"));
+            let body = response.text().await.unwrap();
+            assert!(!body.contains("redis-"), "{body}");
+        }
+        let ok = b
+            .client
+            .request(method.clone(), url(path))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200, "{method} {path} with the credentials");
+    }
+    for path in ["/metrics", "/healthz"] {
+        let open = b.client.get(url(path)).send().await.unwrap();
+        assert_eq!(open.status(), 200, "{path} stays open");
+    }
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_and_bindings_answer_with_the_spec_status_codes() {
     require("redis");
