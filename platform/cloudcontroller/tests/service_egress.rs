@@ -22,9 +22,9 @@ use serde_json::json;
 
 use services_support::{
     RealBroker, bind_app, complete, complete_if, create_complete, next_start, port_slice,
-    real_broker_services, restart_and_next_start, start_cc, vcap_of,
+    real_broker_services, restart_and_next_start, start_cc, static_app, vcap_of,
 };
-use support::{FakeExecutor, push_and_stage};
+use support::FakeExecutor;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_message_opens_only_the_bound_services_endpoint_until_unbound() {
@@ -48,13 +48,7 @@ async fn a_start_message_opens_only_the_bound_services_endpoint_until_unbound() 
         })
         .await
         .unwrap();
-    let (app, _) = push_and_stage(
-        admin,
-        "counter",
-        &[("index.html", b"<h1>hi</h1>", 0o644)],
-        None,
-    )
-    .await;
+    let app = static_app(admin, "counter").await;
     let mut bindings = Vec::new();
     for instance in [&cache.instance.guid, &typed.instance.guid] {
         let bound = bind_app(admin, instance, &app.guid, None).await.unwrap();

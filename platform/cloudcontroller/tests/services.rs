@@ -40,9 +40,9 @@ use serde_json::{Value, json};
 use services_support::{
     Cc, PASSWORD, RealBroker, USER, WAIT, bare_app, bind_app, bindings_of, complete, complete_if,
     create_complete, create_key, failed, fast_services, finished, next_start, port_slice,
-    restart_and_next_start, start_cc, vcap_of,
+    restart_and_next_start, start_cc, static_app, vcap_of,
 };
-use support::{FakeExecutor, push_and_stage};
+use support::FakeExecutor;
 
 // === the fake broker ===
 
@@ -548,6 +548,22 @@ async fn register(cc: &Cc, broker: &FakeBroker) {
     cc.register("fake", &broker.url, &["cache", "db"]).await;
 }
 
+/// A fake broker and a controller on `bus` over a fresh data dir, with the broker registered
+/// and both its offerings enabled.
+async fn fake_setup(bus: &str) -> (FakeBroker, tempfile::TempDir, Cc) {
+    let broker = FakeBroker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cc = start_cc(dir.path(), bus, fast_services()).await;
+    register(&cc, &broker).await;
+    (broker, dir, cc)
+}
+
+/// Ends a test: the broker saw no OSBAPI violation, and the controller stops cleanly.
+async fn end(broker: &FakeBroker, cc: Cc) {
+    broker.assert_strict();
+    cc.stop().await;
+}
+
 /// Tries to register the fake broker with `password`, enabling nothing.
 async fn register_as(
     cc: &Cc,
@@ -721,18 +737,14 @@ async fn catalogs_are_validated_and_new_plans_stay_hidden_until_access_is_enable
         .await
         .unwrap_err();
     assert_eq!(refused.status(), Some(403));
-    broker.assert_strict();
-    cc.stop().await;
+    end(&broker, cc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_and_bindings_follow_osbapi_and_reach_vcap_services() {
-    let broker = FakeBroker::start().await;
-    let dir = tempfile::tempdir().unwrap();
     let bus = "svc-flow";
-    let cc = start_cc(dir.path(), bus, fast_services()).await;
+    let (broker, _dir, cc) = fake_setup(bus).await;
     let executor = FakeExecutor::start(bus, "cell-1", 4096, 10, false).await;
-    register(&cc, &broker).await;
 
     // Parameters are checked against the plan's schema before the broker hears of them.
     let bad = cc
@@ -781,13 +793,7 @@ async fn instances_and_bindings_follow_osbapi_and_reach_vcap_services() {
     assert_eq!(instance.last_operation.state, "failed");
 
     // Bind an app: credentials arrive, then VCAP_SERVICES carries them at the next start.
-    let (app, _) = push_and_stage(
-        &cc.admin,
-        "shop",
-        &[("index.html", b"<h1>hi</h1>", 0o644)],
-        None,
-    )
-    .await;
+    let app = static_app(&cc.admin, "shop").await;
     for instance in [&cache, &pg] {
         let answer = bind_app(&cc.admin, instance, &app.guid, None)
             .await
@@ -901,17 +907,13 @@ async fn instances_and_bindings_follow_osbapi_and_reach_vcap_services() {
     assert_eq!(patch.body["previous_values"]["plan_id"], "p-sync");
     assert!(patch.query.contains("accepts_incomplete=true"));
 
-    broker.assert_strict();
-    cc.stop().await;
+    end(&broker, cc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_and_timed_out_creates_are_orphan_mitigated_even_across_a_restart() {
-    let broker = FakeBroker::start().await;
-    let dir = tempfile::tempdir().unwrap();
     let bus = "svc-orphans";
-    let cc = start_cc(dir.path(), bus, fast_services()).await;
-    register(&cc, &broker).await;
+    let (broker, dir, cc) = fake_setup(bus).await;
 
     // A 500 on provision: the create fails and the platform deletes what the broker may have.
     let (broken, job) = create(&cc.admin, "fail", "broken", None).await;
@@ -957,8 +959,7 @@ async fn failed_and_timed_out_creates_are_orphan_mitigated_even_across_a_restart
     let answer = cc.admin.delete_service_instance(&hung).await.unwrap();
     complete(&cc.admin, &answer.job.unwrap()).await;
 
-    broker.assert_strict();
-    cc.stop().await;
+    end(&broker, cc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -996,13 +997,7 @@ async fn user_provided_instances_bind_at_once_and_feed_syslog_drains() {
 
     // VCAP_SERVICES' user-provided entries, DATABASE_URL, and the 130 KB cap.
     let executor = FakeExecutor::start("svc-upsi", "cell-1", 4096, 10, false).await;
-    let (app, _) = push_and_stage(
-        &cc.admin,
-        "upsi-reader",
-        &[("index.html", b"<h1>hi</h1>", 0o644)],
-        None,
-    )
-    .await;
+    let app = static_app(&cc.admin, "upsi-reader").await;
     bind_app(&cc.admin, &answer.instance.guid, &app.guid, Some("primary"))
         .await
         .unwrap();
@@ -1066,10 +1061,7 @@ async fn user_provided_instances_bind_at_once_and_feed_syslog_drains() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_stops_at_the_plans_limit_and_concurrency_errors_are_not_mitigated() {
-    let broker = FakeBroker::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cc = start_cc(dir.path(), "svc-limits", fast_services()).await;
-    register(&cc, &broker).await;
+    let (broker, _dir, cc) = fake_setup("svc-limits").await;
 
     // The plan allows 2 s of polling: the broker never finishes, so the create fails then and
     // what it may have made is deleted.
@@ -1099,27 +1091,17 @@ async fn polling_stops_at_the_plans_limit_and_concurrency_errors_are_not_mitigat
     );
     // The failed binding is gone, so a new key of the same name can be tried.
     assert!(bindings_of(&cc.admin, &busy).await.is_empty());
-    broker.assert_strict();
-    cc.stop().await;
+    end(&broker, cc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_asynchronous_binding_reaches_the_app_only_with_its_credentials() {
-    let broker = FakeBroker::start().await;
-    let dir = tempfile::tempdir().unwrap();
     let bus = "svc-async-bind";
-    let cc = start_cc(dir.path(), bus, fast_services()).await;
+    let (broker, _dir, cc) = fake_setup(bus).await;
     let executor = FakeExecutor::start(bus, "cell-1", 4096, 10, false).await;
-    register(&cc, &broker).await;
     let (slow, job) = create(&cc.admin, "slow", "slow", None).await;
     complete(&cc.admin, &job).await;
-    let (app, _) = push_and_stage(
-        &cc.admin,
-        "late",
-        &[("index.html", b"<h1>hi</h1>", 0o644)],
-        None,
-    )
-    .await;
+    let app = static_app(&cc.admin, "late").await;
     cc.admin.start_app(&app.guid).await.unwrap();
 
     broker.state.lock().unwrap().hold_bindings = true;
@@ -1165,16 +1147,12 @@ async fn an_asynchronous_binding_reaches_the_app_only_with_its_credentials() {
         1,
         "the credentials were fetched once"
     );
-    broker.assert_strict();
-    cc.stop().await;
+    end(&broker, cc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_app_unbinds_it_at_the_broker() {
-    let broker = FakeBroker::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cc = start_cc(dir.path(), "svc-app-delete", fast_services()).await;
-    register(&cc, &broker).await;
+    let (broker, _dir, cc) = fake_setup("svc-app-delete").await;
     let (cache, job) = create(&cc.admin, "sync", "cache", None).await;
     finished(&cc.admin, &job).await;
     let app = bare_app(&cc.admin, "gone", None).await;
@@ -1194,8 +1172,7 @@ async fn deleting_an_app_unbinds_it_at_the_broker() {
     // With no binding left the instance can be deleted.
     let answer = cc.admin.delete_service_instance(&cache).await.unwrap();
     complete(&cc.admin, &answer.job.unwrap()).await;
-    broker.assert_strict();
-    cc.stop().await;
+    end(&broker, cc).await;
 }
 
 /// RESP `AUTH user password` then `PING` over loopback: whether the server accepted both.
@@ -1243,13 +1220,7 @@ async fn hydrants_own_broker_provisions_redis_into_vcap_services() {
     let started = std::time::Instant::now();
     let answer = create_complete(&cc.admin, "redis", "small", "cache").await;
     let provisioned = started.elapsed();
-    let (app, _) = push_and_stage(
-        &cc.admin,
-        "counter",
-        &[("index.html", b"<h1>hi</h1>", 0o644)],
-        None,
-    )
-    .await;
+    let app = static_app(&cc.admin, "counter").await;
     let started = std::time::Instant::now();
     let bound = bind_app(&cc.admin, &answer.instance.guid, &app.guid, None)
         .await
@@ -1314,10 +1285,7 @@ async fn delete_space_fully(client: &Client, space: &str) -> Vec<hydrant_api::te
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_space_unbinds_and_deprovisions_its_services_through_broker_jobs() {
-    let broker = FakeBroker::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cc = start_cc(dir.path(), "svc-space-delete", fast_services()).await;
-    register(&cc, &broker).await;
+    let (broker, _dir, cc) = fake_setup("svc-space-delete").await;
     cc.admin.create_org("acme").await.unwrap();
     let space = cc.admin.create_space_in("acme", "doomed").await.unwrap();
     let answer = cc
@@ -1435,6 +1403,5 @@ async fn deleting_a_space_unbinds_and_deprovisions_its_services_through_broker_j
             .iter()
             .any(|o| o.name == "acme")
     );
-    broker.assert_strict();
-    cc.stop().await;
+    end(&broker, cc).await;
 }

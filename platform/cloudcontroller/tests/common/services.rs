@@ -314,6 +314,14 @@ pub async fn bare_app(client: &Client, name: &str, space: Option<&str>) -> hydra
         .unwrap()
 }
 
+/// A staged one-page static app called `name`.
+pub async fn static_app(client: &Client, name: &str) -> hydrant_api::App {
+    let files: &[(&str, &[u8], u32)] = &[("index.html", b"<h1>hi</h1>", 0o644)];
+    crate::support::push_and_stage(client, name, files, None)
+        .await
+        .0
+}
+
 /// How many start messages `executor` received for `app`.
 pub fn starts_of(executor: &FakeExecutor, app: &str) -> usize {
     executor
