@@ -54,6 +54,13 @@ pub struct Config {
     pub queue_max_envelopes: usize,
     /// Encoded bytes a consumer may have queued before the oldest are dropped. Default 16 MiB.
     pub queue_max_bytes: usize,
+    /// Fair drops in each consumer's queue: once it is half full, an envelope whose source
+    /// already holds more than its share of the queue is refused
+    /// (`trafficcontroller.dropped{reason="fair_share"}`, by source in
+    /// `trafficcontroller.dropped_by_source`) and counted in the consumer's next gap marker, so
+    /// a consumer following many apps that falls behind loses the flood's lines, not a quiet
+    /// app's. Default true.
+    pub fair_share: bool,
     /// Most envelopes in one WebSocket frame / SSE event. Default 100.
     pub frame_max_envelopes: usize,
     /// Most encoded envelope bytes in one frame (one envelope is always sent whole). Default
@@ -127,6 +134,7 @@ impl Default for Config {
             disable_auth: false,
             queue_max_envelopes: 10_000,
             queue_max_bytes: 16 * 1024 * 1024,
+            fair_share: true,
             frame_max_envelopes: 100,
             frame_max_bytes: 256 * 1024,
             slow_consumer_timeout_secs: 10.0,

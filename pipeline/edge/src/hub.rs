@@ -26,7 +26,7 @@ use hydrant_envelope::wire::{EnvelopeView, Kind, split_batch};
 use tokio::sync::watch;
 
 use crate::metrics::{Endpoint, Metrics};
-use crate::outbox::{KindMask, Limits, Outbox};
+use crate::outbox::{FairCounters, KindMask, Limits, Outbox};
 use crate::position::{At, Item};
 
 /// One envelope of the batch being published, with what routing needs.
@@ -255,6 +255,10 @@ impl Hub {
             kinds,
             self.metrics.dropped_slow.clone(),
             self.metrics.dropped_closed.clone(),
+            Some(FairCounters {
+                refused: self.metrics.dropped_fair_share.clone(),
+                by_source: self.metrics.dropped_by_source.clone(),
+            }),
         ))
     }
 
@@ -409,7 +413,7 @@ impl Hub {
                 if let Some(list) = t.sources.get(p.source_id()) {
                     for o in list {
                         if o.kinds().has(p.kind) {
-                            o.push_many([p.item()]);
+                            o.push_many([(p.item(), p.source_id())]);
                         }
                     }
                 }
@@ -442,7 +446,7 @@ fn route_group(kinds: KindMask, group: &Group, batch: &[Parsed]) {
     let matching = || batch.iter().filter(move |p| kinds.has(p.kind));
     match group.members.as_slice() {
         [] => {}
-        [only] => only.push_many(matching().map(Parsed::item)),
+        [only] => only.push_many(matching().map(|p| (p.item(), p.source_id()))),
         members => {
             let count = matching().count();
             if count == 0 {
@@ -454,7 +458,7 @@ fn route_group(kinds: KindMask, group: &Group, batch: &[Parsed]) {
                     matching()
                         .enumerate()
                         .filter(|(j, _)| (start.wrapping_add(*j)) % n == i)
-                        .map(|(_, p)| p.item()),
+                        .map(|(_, p)| (p.item(), p.source_id())),
                 );
             }
         }
@@ -474,6 +478,7 @@ mod tests {
             Limits {
                 max_envelopes: 10_000,
                 max_bytes: 1 << 24,
+                fair: true,
             },
             1,
         ))

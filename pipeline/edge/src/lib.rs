@@ -136,6 +136,7 @@ async fn serve(
         Limits {
             max_envelopes: config.queue_max_envelopes,
             max_bytes: config.queue_max_bytes,
+            fair: config.fair_share,
         },
         config.dopplers.len(),
     ));

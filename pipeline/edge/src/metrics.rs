@@ -2,13 +2,15 @@
 //!
 //! Handles are atomics, so the fan-out path pays a relaxed add per batch. The ledger these keep:
 //! every envelope routed to a consumer is either delivered (`egress{endpoint}`) or counted in
-//! `dropped{reason}` (`slow_consumer` when its queue overflowed, `closed` when it left with
-//! envelopes still queued); envelopes that could not be parsed are `dropped{reason=malformed}`.
+//! `dropped{reason}` (`slow_consumer` when its queue overflowed, `fair_share` when its queue
+//! refused a source holding more than its share, `closed` when it left with envelopes still
+//! queued); envelopes that could not be parsed are `dropped{reason=malformed}`. Fair refusals
+//! and evictions from fair queues are also counted by source in `dropped_by_source`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use hydrant_emitter::{Counter, Gauge, Registry};
+use hydrant_emitter::{Counter, Gauge, Registry, SourceCounters};
 
 /// The role name: metric prefix and `source_id` of this role's own envelopes.
 pub(crate) const ROLE: &str = "trafficcontroller";
@@ -63,6 +65,10 @@ pub(crate) struct Metrics {
     pub(crate) dropped_slow: Counter,
     pub(crate) dropped_malformed: Counter,
     pub(crate) dropped_closed: Counter,
+    /// Refused by a consumer's queue for holding more than the source's share of it.
+    pub(crate) dropped_fair_share: Counter,
+    /// Fair refusals and slow-consumer evictions in fair queues, by source (20, then `other`).
+    pub(crate) dropped_by_source: Arc<SourceCounters>,
     pub(crate) slow_consumers: Counter,
     /// Envelopes sent to resuming consumers from the dopplers' replay rings.
     pub(crate) replayed: Counter,
@@ -131,6 +137,15 @@ impl Metrics {
             dropped_slow: dropped("slow_consumer"),
             dropped_malformed: dropped("malformed"),
             dropped_closed: dropped("closed"),
+            dropped_fair_share: dropped("fair_share"),
+            dropped_by_source: Arc::new(SourceCounters::new(
+                r,
+                "trafficcontroller.dropped_by_source",
+                "envelopes dropped from consumers' queues for exceeding a fair share or evicted, \
+                 by source (top sources, then other)",
+                &[],
+                20,
+            )),
             replayed: r.counter(
                 "trafficcontroller.replayed",
                 "envelopes replayed to consumers that resumed with a cursor",

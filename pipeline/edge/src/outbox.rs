@@ -1,4 +1,5 @@
-//! One consumer's queue: bounded by envelopes and bytes, dropping the oldest on overflow.
+//! One consumer's queue: bounded by envelopes and bytes, dropping the oldest on overflow, and
+//! fair between the sources it follows.
 //!
 //! The fan-out pushes into an outbox and never waits: a full outbox makes room by dropping its
 //! oldest envelopes, counts them (`dropped{reason=slow_consumer}`) and remembers how many it has
@@ -6,17 +7,35 @@
 //! Envelopes are `Bytes` slices of the upstream batch, so queueing costs a reference count, not a
 //! copy. The queue is a drop-oldest `hydrant_buffer::Buffer` bounded by envelopes and bytes.
 //!
+//! Fair drops (`fair_share`, on by default): a consumer following many sources (a nozzle,
+//! `hydrant top`) that falls behind would otherwise lose a quiet app's lines as often as the
+//! flood's. With a [`FairShare`] ledger beside the buffer, once the queue is half full an
+//! envelope whose source already holds more than its share of the queue is refused
+//! (`dropped{reason=fair_share}`, and by source in `dropped_by_source`), so the flood is held to
+//! its share, the queue stays below full and the quiet sources lose nothing. Refused envelopes
+//! join the same gap count as evicted ones: the consumer's gap marker stays the exact number it
+//! lost.
+//!
 //! "Behind" starts at the first drop and ends only when the writer finds the queue empty; a
 //! consumer behind for longer than the slow-consumer timeout is closed by its writer. So a
 //! consumer that falls behind in a burst and catches up is never cut off, while one that keeps
 //! losing data without ever draining is.
 
-use hydrant_buffer::{Buffer, BufferConfig, DropReason, Limits as Bounds, Observer};
-use hydrant_emitter::Counter;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hydrant_buffer::{
+    Buffer, BufferConfig, DropReason, FairConfig, FairShare, KeyHasher, Limits as Bounds, Observer,
+    Share, Weigh,
+};
+use hydrant_emitter::{Counter, SourceCounters};
 use hydrant_envelope::wire::Kind;
 use tokio::time::Instant;
 
 use crate::position::Item;
+
+/// How often an outbox's fairness ledger hands its per-source counts to the metrics.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Which envelope types a consumer wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,6 +80,17 @@ impl KindMask {
 pub(crate) struct Limits {
     pub(crate) max_envelopes: usize,
     pub(crate) max_bytes: usize,
+    /// Fair drops between the sources an outbox holds (see the module docs).
+    pub(crate) fair: bool,
+}
+
+/// Where an outbox counts its fair drops.
+#[derive(Debug, Clone)]
+pub(crate) struct FairCounters {
+    /// `dropped{reason=fair_share}`: refused for holding more than the source's share.
+    pub(crate) refused: Counter,
+    /// Fair refusals and evictions, by source.
+    pub(crate) by_source: Arc<SourceCounters>,
 }
 
 /// What [`Outbox::take`] handed over besides the envelopes.
@@ -92,17 +122,50 @@ impl Observer for Report {
     }
 }
 
+/// One queued envelope and what it is charged to in the fairness ledger.
+#[derive(Debug)]
+struct Entry {
+    item: Item,
+    share: Option<Share>,
+}
+
+impl Weigh for Entry {
+    #[inline]
+    fn bytes(&self) -> usize {
+        self.item.bytes.len()
+    }
+}
+
+/// The outbox's fairness ledger and the scratch its takes reuse.
+#[derive(Debug)]
+struct Fair {
+    ledger: FairShare,
+    keys: KeyHasher,
+    counters: FairCounters,
+    next_sweep: Mutex<Instant>,
+}
+
 /// One consumer's bounded queue.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    buffer: Buffer<Item, Report>,
+    buffer: Buffer<Entry, Report>,
     kinds: KindMask,
+    fair: Option<Fair>,
+    /// What a take drains before handing the items over (only the writer takes: uncontended).
+    scratch: Mutex<(Vec<Entry>, Vec<Share>)>,
 }
 
 impl Outbox {
     /// An outbox counting overflow in `dropped` and envelopes routed to it after
-    /// [`Outbox::close`] in `closed`.
-    pub(crate) fn new(limits: Limits, kinds: KindMask, dropped: Counter, closed: Counter) -> Self {
+    /// [`Outbox::close`] in `closed`; fair between sources when `limits.fair` and `fair` says
+    /// where to count.
+    pub(crate) fn new(
+        limits: Limits,
+        kinds: KindMask,
+        dropped: Counter,
+        closed: Counter,
+        fair: Option<FairCounters>,
+    ) -> Self {
         let bounds = Bounds::UNBOUNDED
             .items(limits.max_envelopes)
             .bytes(limits.max_bytes);
@@ -112,6 +175,13 @@ impl Outbox {
                 Report { dropped, closed },
             ),
             kinds,
+            fair: fair.filter(|_| limits.fair).map(|counters| Fair {
+                ledger: FairShare::new(FairConfig::default()),
+                keys: KeyHasher::default(),
+                counters,
+                next_sweep: Mutex::new(Instant::now() + SWEEP_EVERY),
+            }),
+            scratch: Mutex::default(),
         }
     }
 
@@ -119,11 +189,50 @@ impl Outbox {
         self.kinds
     }
 
-    /// Appends envelopes, dropping the oldest queued ones to stay within the limits (always
-    /// keeping the newest, even one larger than the byte limit on its own). Never blocks beyond
-    /// the short lock, which no one holds across an await.
-    pub(crate) fn push_many(&self, envelopes: impl IntoIterator<Item = Item>) {
-        self.buffer.push_iter(envelopes);
+    /// Appends envelopes with their sources' ids, dropping the oldest queued ones to stay within
+    /// the limits (always keeping the newest, even one larger than the byte limit on its own)
+    /// and, when fair, refusing those of a source over its share. Never blocks beyond the short
+    /// locks, which no one holds across an await.
+    pub(crate) fn push_many<'a>(&self, envelopes: impl IntoIterator<Item = (Item, &'a [u8])>) {
+        let Some(fair) = &self.fair else {
+            self.buffer.push_iter(
+                envelopes
+                    .into_iter()
+                    .map(|(item, _)| Entry { item, share: None }),
+            );
+            return;
+        };
+        let fill = self.buffer.fill_permille();
+        let mut refused = 0u64;
+        for (item, source) in envelopes {
+            let name = std::str::from_utf8(source).unwrap_or_default();
+            let cost = u32::try_from(item.bytes.len()).unwrap_or(u32::MAX);
+            let Some(share) = fair.ledger.admit(fair.keys.key(source), name, cost, fill) else {
+                refused += 1;
+                continue;
+            };
+            let entry = Entry {
+                item,
+                share: Some(share),
+            };
+            self.buffer.push_with(entry, |lost, reason| {
+                let Some(share) = lost.share else { return };
+                if matches!(
+                    reason,
+                    DropReason::Evicted | DropReason::Full | DropReason::TooLarge
+                ) {
+                    fair.ledger.evicted(&[share]);
+                } else {
+                    // Closed: counted by the buffer's observer, not as a fairness loss.
+                    fair.ledger.release(&[share]);
+                }
+            });
+        }
+        if refused > 0 {
+            fair.counters.refused.add(refused);
+            // The consumer is owed these in its next gap marker like any other loss here.
+            self.buffer.restore_gap(refused);
+        }
     }
 
     /// Moves up to `max_envelopes` / `max_bytes` (at least one envelope) into `out`. When the
@@ -135,9 +244,47 @@ impl Outbox {
         out: &mut Vec<Item>,
     ) -> Taken {
         let max = Bounds::UNBOUNDED.items(max_envelopes).bytes(max_bytes);
-        Taken {
-            gap: self.buffer.drain_into(out, max).gap,
+        let mut scratch = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
+        let (entries, shares) = &mut *scratch;
+        let gap = self.buffer.drain_into(entries, max).gap;
+        shares.clear();
+        for e in entries.drain(..) {
+            if let Some(share) = e.share
+                && !shares.last_mut().is_some_and(|last| last.merge(share))
+            {
+                shares.push(share);
+            }
+            out.push(e.item);
         }
+        if let Some(fair) = &self.fair {
+            fair.ledger.release(shares);
+            self.maybe_sweep(fair, Instant::now());
+        }
+        Taken { gap }
+    }
+
+    /// Hands the ledger's per-source drop counts to the metrics when a sweep is due.
+    fn maybe_sweep(&self, fair: &Fair, now: Instant) {
+        {
+            let mut next = fair
+                .next_sweep
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if now < *next {
+                return;
+            }
+            *next = now + SWEEP_EVERY;
+        }
+        Self::sweep(fair, now);
+    }
+
+    fn sweep(fair: &Fair, now: Instant) {
+        // The consumer is told through its gap marker; the sources' notices are the doppler's.
+        fair.ledger.sweep(
+            now,
+            |d| fair.counters.by_source.add(d.source, d.dropped),
+            |_| {},
+        );
     }
 
     /// Hands over the count of drops not yet reported (for a final gap marker).
@@ -160,7 +307,19 @@ impl Outbox {
     pub(crate) fn close(&self) -> u64 {
         // Closed first, so nothing pushed from now on can be left queued and uncounted.
         self.buffer.close();
-        self.buffer.discard(|_| {}).events
+        let mut shares = Vec::new();
+        let left = self.buffer.discard(|e| shares.extend(e.share)).events;
+        if let Some(fair) = &self.fair {
+            fair.ledger.release(&shares);
+            Self::sweep(fair, Instant::now());
+        }
+        left
+    }
+
+    /// The fairness ledger's totals, when the outbox is fair.
+    #[cfg(test)]
+    pub(crate) fn fair_stats(&self) -> Option<hydrant_buffer::FairStats> {
+        self.fair.as_ref().map(|f| f.ledger.stats())
     }
 
     /// `(envelopes, bytes)` queued now.
@@ -182,10 +341,12 @@ mod tests {
             Limits {
                 max_envelopes,
                 max_bytes,
+                fair: false,
             },
             KindMask::ALL,
             Counter::default(),
             Counter::default(),
+            None,
         )
     }
 
@@ -195,11 +356,15 @@ mod tests {
             .collect()
     }
 
+    fn from(source: &[u8], items: Vec<Item>) -> impl Iterator<Item = (Item, &[u8])> {
+        items.into_iter().map(move |i| (i, source))
+    }
+
     #[test]
     fn overflow_drops_the_oldest_and_reports_a_gap_once() {
         let o = outbox(3, 1 << 20);
         let e = envs(5, 10);
-        o.push_many(e.clone());
+        o.push_many(from(b"app", e.clone()));
         assert_eq!(o.buffer.observer().dropped.get(), 2);
         assert!(o.behind_since().is_some());
         let mut out = Vec::new();
@@ -215,18 +380,18 @@ mod tests {
     #[test]
     fn byte_limit_bounds_the_queue() {
         let o = outbox(1000, 100);
-        o.push_many(envs(20, 30));
+        o.push_many(from(b"app", envs(20, 30)));
         assert_eq!(o.depth(), (3, 90));
         assert_eq!(o.buffer.observer().dropped.get(), 17);
         // One envelope larger than the whole limit still gets through, alone.
-        o.push_many(envs(1, 500));
+        o.push_many(from(b"app", envs(1, 500)));
         assert_eq!(o.depth(), (1, 500));
     }
 
     #[test]
     fn take_respects_frame_limits_but_always_moves_one() {
         let o = outbox(1000, 1 << 20);
-        o.push_many(envs(10, 100));
+        o.push_many(from(b"app", envs(10, 100)));
         let mut out = Vec::new();
         o.take(4, 1 << 20, &mut out);
         assert_eq!(out.len(), 4);
@@ -242,19 +407,158 @@ mod tests {
     #[test]
     fn closed_outboxes_refuse_pushes_count_them_and_report_leftovers() {
         let o = outbox(10, 1 << 20);
-        o.push_many(envs(4, 8));
+        o.push_many(from(b"app", envs(4, 8)));
         assert_eq!(o.close(), 4);
         assert_eq!(
             o.buffer.observer().closed.get(),
             0,
             "leftovers are the caller's to count"
         );
-        o.push_many(envs(3, 8));
+        o.push_many(from(b"app", envs(3, 8)));
         assert_eq!(o.depth(), (0, 0));
         assert_eq!(
             o.buffer.observer().closed.get(),
             3,
             "late envelopes are counted once"
+        );
+    }
+
+    /// What one slow firehose consumer got from a flood beside ten quiet sources.
+    struct Outcome {
+        quiet_sent: usize,
+        quiet_got: usize,
+        flood_sent: usize,
+        flood_got: usize,
+        /// Summed over every gap marker the consumer was owed.
+        gaps: u64,
+        flood_counted: u64,
+        fair_share_drops: u64,
+        stats: Option<hydrant_buffer::FairStats>,
+    }
+
+    fn log(source: &str, i: usize) -> Bytes {
+        hydrant_envelope::wire::encode(&hydrant_envelope::v2::Envelope {
+            source_id: source.to_owned(),
+            message: Some(hydrant_envelope::v2::envelope::Message::Log(
+                hydrant_envelope::v2::Log {
+                    payload: format!("line {i:06}").into_bytes().into(),
+                    r#type: 0,
+                },
+            )),
+            ..hydrant_envelope::v2::Envelope::default()
+        })
+    }
+
+    /// A nozzle on the firehose taking 50 envelopes a round while each round brings 200 of
+    /// the flood's and one of each quiet source's, through the hub's real fan-out.
+    fn slow_nozzle_beside_a_flood(fair: bool) -> Outcome {
+        use crate::hub::Hub;
+        use crate::metrics::{Endpoint, Metrics};
+        let registry = hydrant_emitter::Registry::new("trafficcontroller", "t");
+        let hub = std::sync::Arc::new(Hub::new(
+            Metrics::new(&registry),
+            Limits {
+                max_envelopes: 1000,
+                max_bytes: 1 << 24,
+                fair,
+            },
+            1,
+        ));
+        let sub = hub.subscribe_group("nozzle", KindMask::ALL, Endpoint::Firehose);
+        let quiet: Vec<String> = (0..10).map(|q| format!("quiet-{q}")).collect();
+        let (mut quiet_sent, mut flood_sent) = (0, 0);
+        let (mut quiet_got, mut flood_got, mut gaps) = (0, 0, 0);
+        let mut scratch = Vec::new();
+        let mut out = Vec::new();
+        let mut count = |out: &mut Vec<Item>| {
+            for item in out.drain(..) {
+                let view = hydrant_envelope::wire::EnvelopeView::parse(&item.bytes).unwrap();
+                if view.source_id == "flood" {
+                    flood_got += 1;
+                } else {
+                    quiet_got += 1;
+                }
+            }
+        };
+        for round in 0..200 {
+            let mut batch: Vec<Bytes> = (0..200).map(|i| log("flood", round * 200 + i)).collect();
+            batch.extend(quiet.iter().map(|q| log(q, round)));
+            flood_sent += 200;
+            quiet_sent += quiet.len();
+            hub.publish(
+                &hydrant_envelope::wire::batch_of(batch.iter().map(|b| &b[..])),
+                &mut scratch,
+            );
+            gaps += sub.outbox().take(50, usize::MAX, &mut out).gap;
+            count(&mut out);
+        }
+        // The consumer catches up at last: everything still queued arrives.
+        loop {
+            gaps += sub.outbox().take(1000, usize::MAX, &mut out).gap;
+            if out.is_empty() {
+                break;
+            }
+            count(&mut out);
+        }
+        gaps += sub.outbox().take_unreported();
+        let stats = sub.outbox().fair_stats();
+        drop(sub);
+        Outcome {
+            quiet_sent,
+            quiet_got,
+            flood_sent,
+            flood_got,
+            gaps,
+            flood_counted: registry.counter_sum(
+                "trafficcontroller.dropped_by_source",
+                &[("source", "flood")],
+            ),
+            fair_share_drops: registry
+                .counter_sum("trafficcontroller.dropped", &[("reason", "fair_share")]),
+            stats,
+        }
+    }
+
+    #[test]
+    fn a_slow_consumer_loses_the_floods_envelopes_and_none_of_the_quiet_sources() {
+        let o = slow_nozzle_beside_a_flood(true);
+        assert_eq!(o.quiet_got, o.quiet_sent, "every quiet line arrives");
+        let flood_lost = (o.flood_sent - o.flood_got) as u64;
+        assert!(
+            flood_lost > 20_000,
+            "the consumer was far behind: {flood_lost}"
+        );
+        assert_eq!(
+            o.gaps, flood_lost,
+            "the gap markers count exactly what was lost"
+        );
+        assert_eq!(
+            o.flood_counted, flood_lost,
+            "every loss counted under the flood"
+        );
+        assert_eq!(
+            o.fair_share_drops, flood_lost,
+            "held to its share, never evicted"
+        );
+        let stats = o.stats.unwrap();
+        assert!(stats.balanced() && stats.queued == 0, "{stats:?}");
+    }
+
+    #[test]
+    fn without_fair_drops_the_same_consumer_loses_quiet_lines_too() {
+        // The scenario above is one that costs quiet sources lines when fairness is off.
+        let o = slow_nozzle_beside_a_flood(false);
+        assert!(
+            o.quiet_got < o.quiet_sent,
+            "{} of {}",
+            o.quiet_got,
+            o.quiet_sent
+        );
+        let lost = (o.quiet_sent - o.quiet_got + o.flood_sent - o.flood_got) as u64;
+        assert_eq!(o.gaps, lost);
+        assert_eq!(
+            o.flood_counted, 0,
+            "by-source counts come from the fair ledger"
         );
     }
 
