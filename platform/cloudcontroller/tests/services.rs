@@ -31,7 +31,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use hydrant_api::services::{
     CreateServiceBroker, CreateServiceInstance, Job, ServiceAccess, ServiceBroker,
-    ServiceInstanceType, UpdateServiceInstance,
+    ServiceInstanceAnswer, ServiceInstanceType, UpdateServiceInstance,
 };
 use hydrant_api::{Client, CreateUser, SpaceRole};
 use hydrant_testkit::wait_for;
@@ -1265,6 +1265,26 @@ async fn hydrants_own_broker_provisions_redis_into_vcap_services() {
     broker.stop().await;
 }
 
+/// Starts creating a managed `cache` instance of `plan` called `name` in `space`.
+async fn create_cache_in(
+    client: &Client,
+    space: &str,
+    plan: &str,
+    name: &str,
+) -> ServiceInstanceAnswer {
+    client
+        .create_service_instance(&CreateServiceInstance {
+            name: name.into(),
+            space: Some(space.to_owned()),
+            kind: ServiceInstanceType::Managed,
+            offering: Some("cache".into()),
+            plan: Some(plan.into()),
+            ..CreateServiceInstance::default()
+        })
+        .await
+        .unwrap()
+}
+
 /// `DELETE /v3/spaces/{guid}` until it says done, waiting for the jobs of each answer; the
 /// answers in order.
 async fn delete_space_fully(client: &Client, space: &str) -> Vec<hydrant_api::tenancy::Deletion> {
@@ -1288,18 +1308,7 @@ async fn deleting_a_space_unbinds_and_deprovisions_its_services_through_broker_j
     let (broker, _dir, cc) = fake_setup("svc-space-delete").await;
     cc.admin.create_org("acme").await.unwrap();
     let space = cc.admin.create_space_in("acme", "doomed").await.unwrap();
-    let answer = cc
-        .admin
-        .create_service_instance(&CreateServiceInstance {
-            name: "cache".into(),
-            space: Some(space.guid.clone()),
-            kind: ServiceInstanceType::Managed,
-            offering: Some("cache".into()),
-            plan: Some("sync".into()),
-            ..CreateServiceInstance::default()
-        })
-        .await
-        .unwrap();
+    let answer = create_cache_in(&cc.admin, &space.guid, "sync", "cache").await;
     finished(&cc.admin, answer.job.as_ref().unwrap()).await;
     let cache = answer.instance.guid;
     let ups = cc
@@ -1328,18 +1337,7 @@ async fn deleting_a_space_unbinds_and_deprovisions_its_services_through_broker_j
 
     // A space whose instance is still being created is refused whole, nothing touched.
     let busy = cc.admin.create_space_in("default", "busy").await.unwrap();
-    let creating = cc
-        .admin
-        .create_service_instance(&CreateServiceInstance {
-            name: "creating".into(),
-            space: Some(busy.guid.clone()),
-            kind: ServiceInstanceType::Managed,
-            offering: Some("cache".into()),
-            plan: Some("stuck".into()),
-            ..CreateServiceInstance::default()
-        })
-        .await
-        .unwrap();
+    let creating = create_cache_in(&cc.admin, &busy.guid, "stuck", "creating").await;
     let refused = cc.admin.delete_space(&busy.guid).await.unwrap_err();
     assert_eq!(refused.status(), Some(422), "{refused}");
     assert!(

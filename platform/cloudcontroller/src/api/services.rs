@@ -872,145 +872,152 @@ async fn update_instance(
         check_tags(tags)?;
     }
     check_upsi_urls(&ctx, update.syslog_drain_url.as_deref(), None).await?;
+    change_with_job(ctx, move |tx, ctx2| {
+        let instance = idle_instance_for(tx, &caller, &guid)?;
+        let job = match &instance.plan {
+            None => {
+                if update.plan.is_some() || update.parameters.is_some() {
+                    return Err(ApiError::unprocessable(
+                        "a user-provided instance has no plan or parameters; change its \
+                         credentials (-p), tags or syslog drain instead",
+                    ));
+                }
+                let credentials = update
+                    .credentials
+                    .clone()
+                    .unwrap_or_else(|| instance.credentials.clone());
+                if !(credentials.is_object() || credentials.is_null()) {
+                    return Err(ApiError::unprocessable("credentials must be a JSON object"));
+                }
+                let drain = match &update.syslog_drain_url {
+                    Some(d) if d.is_empty() => None,
+                    Some(d) => Some(d.clone()),
+                    None => instance.syslog_drain_url.clone(),
+                };
+                let tags = update.tags.unwrap_or(instance.tags.clone());
+                store::set_instance_fields(
+                    tx,
+                    &instance.guid,
+                    None,
+                    &tags,
+                    &credentials,
+                    drain.as_deref(),
+                )?;
+                for b in store::bindings(tx, Some(&instance.guid), None, None)? {
+                    if let Some(app) = &b.app_guid {
+                        store::set_binding_drain(tx, &b.guid, app, drain.as_deref())?;
+                    }
+                }
+                store::set_instance_op(tx, &instance.guid, "update", "succeeded", None)?;
+                None
+            }
+            Some(current) => {
+                if update.credentials.is_some() || update.syslog_drain_url.is_some() {
+                    return Err(ApiError::unprocessable(
+                        "credentials and syslog drains are for user-provided instances; a \
+                         managed instance changes its plan (-p) or parameters (-c)",
+                    ));
+                }
+                let new_plan = match &update.plan {
+                    Some(name) if name != &current.name => {
+                        if !current.plan_updateable {
+                            return Err(ApiError::unprocessable(format!(
+                                "the plan of {:?} cannot be changed: {:?} of {:?} is not \
+                                 plan_updateable",
+                                instance.name, current.name, current.offering_name
+                            )));
+                        }
+                        let plan = find_plan(
+                            tx,
+                            &current.offering_name,
+                            name,
+                            Some(&current.broker_guid),
+                        )?;
+                        if !(plan.public || caller.admin) {
+                            return Err(ApiError::unprocessable(format!(
+                                "the plan {name:?} is not available to you"
+                            )));
+                        }
+                        Some(plan)
+                    }
+                    _ => None,
+                };
+                let target = new_plan.as_ref().unwrap_or(current);
+                check_parameters(
+                    update.parameters.as_ref(),
+                    target,
+                    "service_instance",
+                    "update",
+                )
+                .or_else(|e| {
+                    if update.parameters.is_none() {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })?;
+                if new_plan.is_none() && update.parameters.is_none() {
+                    let tags = update.tags.unwrap_or(instance.tags);
+                    store::set_instance_fields(
+                        tx,
+                        &instance.guid,
+                        None,
+                        &tags,
+                        &Value::Null,
+                        None,
+                    )?;
+                    None
+                } else {
+                    let mut body = json!({
+                        "service_id": current.offering_id,
+                        "plan_id": target.id,
+                        "context": context(
+                            tx, &instance.space_guid, &instance.space_name, &instance.name),
+                        "previous_values": {
+                            "plan_id": current.id,
+                            "service_id": current.offering_id,
+                            "space_id": instance.space_guid,
+                        },
+                    });
+                    if let Some(p) = &update.parameters {
+                        body["parameters"] = p.clone();
+                    }
+                    // The broker knows the instance by its current plan; the poll limit is
+                    // the plan it moves to.
+                    let spec = JobSpec {
+                        new_plan_guid: new_plan.as_ref().map(|p| p.guid.clone()),
+                        body: Some(body),
+                        max_poll_secs: max_poll_secs(ctx2, target),
+                        tags: update.tags.clone(),
+                        ..plan_job(ctx2, current, &instance.guid, &instance.space_guid, &caller)
+                    };
+                    Some(start_job(
+                        tx,
+                        "service_instance.update",
+                        "update",
+                        spec,
+                        None,
+                    )?)
+                }
+            }
+        };
+        Ok(job)
+    })
+    .await
+}
+
+/// Runs `change` in one transaction and answers with the broker job it started (202, the
+/// runner woken) or 200 when it needed none.
+async fn change_with_job<F>(ctx: Arc<Ctx>, change: F) -> Result<Response, ApiError>
+where
+    F: FnOnce(&rusqlite::Transaction<'_>, &Ctx) -> Result<Option<Job>, ApiError> + Send + 'static,
+{
     let ctx2 = ctx.clone();
     let job = ctx
         .db
         .run(move |c| {
             let tx = c.transaction()?;
-            let instance = idle_instance_for(&tx, &caller, &guid)?;
-            let job = match &instance.plan {
-                None => {
-                    if update.plan.is_some() || update.parameters.is_some() {
-                        return Err(ApiError::unprocessable(
-                            "a user-provided instance has no plan or parameters; change its \
-                             credentials (-p), tags or syslog drain instead",
-                        ));
-                    }
-                    let credentials = update
-                        .credentials
-                        .clone()
-                        .unwrap_or_else(|| instance.credentials.clone());
-                    if !(credentials.is_object() || credentials.is_null()) {
-                        return Err(ApiError::unprocessable("credentials must be a JSON object"));
-                    }
-                    let drain = match &update.syslog_drain_url {
-                        Some(d) if d.is_empty() => None,
-                        Some(d) => Some(d.clone()),
-                        None => instance.syslog_drain_url.clone(),
-                    };
-                    let tags = update.tags.unwrap_or(instance.tags.clone());
-                    store::set_instance_fields(
-                        &tx,
-                        &instance.guid,
-                        None,
-                        &tags,
-                        &credentials,
-                        drain.as_deref(),
-                    )?;
-                    for b in store::bindings(&tx, Some(&instance.guid), None, None)? {
-                        if let Some(app) = &b.app_guid {
-                            store::set_binding_drain(&tx, &b.guid, app, drain.as_deref())?;
-                        }
-                    }
-                    store::set_instance_op(&tx, &instance.guid, "update", "succeeded", None)?;
-                    None
-                }
-                Some(current) => {
-                    if update.credentials.is_some() || update.syslog_drain_url.is_some() {
-                        return Err(ApiError::unprocessable(
-                            "credentials and syslog drains are for user-provided instances; a \
-                             managed instance changes its plan (-p) or parameters (-c)",
-                        ));
-                    }
-                    let new_plan = match &update.plan {
-                        Some(name) if name != &current.name => {
-                            if !current.plan_updateable {
-                                return Err(ApiError::unprocessable(format!(
-                                    "the plan of {:?} cannot be changed: {:?} of {:?} is not \
-                                     plan_updateable",
-                                    instance.name, current.name, current.offering_name
-                                )));
-                            }
-                            let plan = find_plan(
-                                &tx,
-                                &current.offering_name,
-                                name,
-                                Some(&current.broker_guid),
-                            )?;
-                            if !(plan.public || caller.admin) {
-                                return Err(ApiError::unprocessable(format!(
-                                    "the plan {name:?} is not available to you"
-                                )));
-                            }
-                            Some(plan)
-                        }
-                        _ => None,
-                    };
-                    let target = new_plan.as_ref().unwrap_or(current);
-                    check_parameters(
-                        update.parameters.as_ref(),
-                        target,
-                        "service_instance",
-                        "update",
-                    )
-                    .or_else(|e| {
-                        if update.parameters.is_none() {
-                            Ok(())
-                        } else {
-                            Err(e)
-                        }
-                    })?;
-                    if new_plan.is_none() && update.parameters.is_none() {
-                        let tags = update.tags.unwrap_or(instance.tags);
-                        store::set_instance_fields(
-                            &tx,
-                            &instance.guid,
-                            None,
-                            &tags,
-                            &Value::Null,
-                            None,
-                        )?;
-                        None
-                    } else {
-                        let mut body = json!({
-                            "service_id": current.offering_id,
-                            "plan_id": target.id,
-                            "context": context(
-                                &tx, &instance.space_guid, &instance.space_name, &instance.name),
-                            "previous_values": {
-                                "plan_id": current.id,
-                                "service_id": current.offering_id,
-                                "space_id": instance.space_guid,
-                            },
-                        });
-                        if let Some(p) = &update.parameters {
-                            body["parameters"] = p.clone();
-                        }
-                        // The broker knows the instance by its current plan; the poll limit is
-                        // the plan it moves to.
-                        let spec = JobSpec {
-                            new_plan_guid: new_plan.as_ref().map(|p| p.guid.clone()),
-                            body: Some(body),
-                            max_poll_secs: max_poll_secs(&ctx2, target),
-                            tags: update.tags.clone(),
-                            ..plan_job(
-                                &ctx2,
-                                current,
-                                &instance.guid,
-                                &instance.space_guid,
-                                &caller,
-                            )
-                        };
-                        Some(start_job(
-                            &tx,
-                            "service_instance.update",
-                            "update",
-                            spec,
-                            None,
-                        )?)
-                    }
-                }
-            };
+            let job = change(&tx, &ctx2)?;
             tx.commit()?;
             Ok(job)
         })
@@ -1038,47 +1045,41 @@ async fn delete_instance(
     caller: Caller,
     Path(guid): Path<String>,
 ) -> Result<Response, ApiError> {
-    let ctx2 = ctx.clone();
-    let job = ctx
-        .db
-        .run(move |c| {
-            let tx = c.transaction()?;
-            let instance = idle_instance_for(&tx, &caller, &guid)?;
-            let bindings = store::bindings(&tx, Some(&instance.guid), None, None)?;
-            if !bindings.is_empty() {
-                let apps = bindings
-                    .iter()
-                    .filter(|b| b.kind == BindingType::App)
-                    .count();
-                let keys = bindings.len() - apps;
-                return Err(ApiError::unprocessable(format!(
-                    "{:?} still has {apps} app binding(s) and {keys} service key(s); remove \
-                     them first (`hydrant unbind-service APP {0}`, \
-                     `hydrant delete-service-key {0} KEY`)",
-                    instance.name
-                )));
+    change_with_job(ctx, move |tx, ctx2| {
+        let instance = idle_instance_for(tx, &caller, &guid)?;
+        let bindings = store::bindings(tx, Some(&instance.guid), None, None)?;
+        if !bindings.is_empty() {
+            let apps = bindings
+                .iter()
+                .filter(|b| b.kind == BindingType::App)
+                .count();
+            let keys = bindings.len() - apps;
+            return Err(ApiError::unprocessable(format!(
+                "{:?} still has {apps} app binding(s) and {keys} service key(s); remove \
+                 them first (`hydrant unbind-service APP {0}`, \
+                 `hydrant delete-service-key {0} KEY`)",
+                instance.name
+            )));
+        }
+        let job = match &instance.plan {
+            None => {
+                store::delete_instance(tx, &instance.guid)?;
+                None
             }
-            let job = match &instance.plan {
-                None => {
-                    store::delete_instance(&tx, &instance.guid)?;
-                    None
-                }
-                Some(plan) => {
-                    let spec = plan_job(&ctx2, plan, &instance.guid, &instance.space_guid, &caller);
-                    Some(start_job(
-                        &tx,
-                        "service_instance.delete",
-                        "delete",
-                        spec,
-                        None,
-                    )?)
-                }
-            };
-            tx.commit()?;
-            Ok(job)
-        })
-        .await?;
-    Ok(job_answer(&ctx, job))
+            Some(plan) => {
+                let spec = plan_job(ctx2, plan, &instance.guid, &instance.space_guid, &caller);
+                Some(start_job(
+                    tx,
+                    "service_instance.delete",
+                    "delete",
+                    spec,
+                    None,
+                )?)
+            }
+        };
+        Ok(job)
+    })
+    .await
 }
 
 // === bindings and keys ===
@@ -1368,41 +1369,35 @@ async fn delete_binding(
     caller: Caller,
     Path(guid): Path<String>,
 ) -> Result<Response, ApiError> {
-    let ctx2 = ctx.clone();
-    let job = ctx
-        .db
-        .run(move |c| {
-            let tx = c.transaction()?;
-            let (binding, instance) = binding_for(&tx, &caller, &guid, Access::Write)?;
-            if binding.busy() {
-                return Err(conflict(
-                    "an operation is in progress on this binding; wait for it to finish",
-                ));
+    change_with_job(ctx, move |tx, ctx2| {
+        let (binding, instance) = binding_for(tx, &caller, &guid, Access::Write)?;
+        if binding.busy() {
+            return Err(conflict(
+                "an operation is in progress on this binding; wait for it to finish",
+            ));
+        }
+        let job = match &instance.plan {
+            None => {
+                store::delete_binding(tx, &binding.guid)?;
+                None
             }
-            let job = match &instance.plan {
-                None => {
-                    store::delete_binding(&tx, &binding.guid)?;
-                    None
-                }
-                Some(plan) => {
-                    let spec = JobSpec {
-                        binding_id: Some(binding.guid),
-                        ..plan_job(&ctx2, plan, &instance.guid, &instance.space_guid, &caller)
-                    };
-                    Some(start_job(
-                        &tx,
-                        "service_binding.delete",
-                        "delete",
-                        spec,
-                        None,
-                    )?)
-                }
-            };
-            tx.commit()?;
-            Ok(job)
-        })
-        .await?;
-    Ok(job_answer(&ctx, job))
+            Some(plan) => {
+                let spec = JobSpec {
+                    binding_id: Some(binding.guid),
+                    ..plan_job(ctx2, plan, &instance.guid, &instance.space_guid, &caller)
+                };
+                Some(start_job(
+                    tx,
+                    "service_binding.delete",
+                    "delete",
+                    spec,
+                    None,
+                )?)
+            }
+        };
+        Ok(job)
+    })
+    .await
 }
 
 async fn get_job(
