@@ -43,6 +43,13 @@ pub struct Config {
     /// Bytes waiting for one subscriber before its oldest are dropped. Default 16 MiB. Worst-case
     /// egress memory is `max_subscriptions` times this.
     pub subscription_queue_bytes: usize,
+    /// Fair drops in each subscriber's queue: once it is half full, an envelope whose source
+    /// already holds more than its share of it is refused
+    /// (`doppler.dropped{reason="subscriber_fair_share"}`, by source in
+    /// `doppler.subscriber_dropped_by_source`) and counted in the subscriber's next gap marker,
+    /// so a nozzle following many apps that falls behind loses the flood's lines, not a quiet
+    /// app's. Default true.
+    pub subscription_fair_share: bool,
     /// Most envelopes in one egress message (`EnvelopeBatch`). Default 100, as Loggregator.
     pub egress_batch_envelopes: usize,
     /// Most bytes in one egress message; a single larger envelope still goes alone. Default
@@ -103,6 +110,7 @@ impl Default for Config {
             fair_share: true,
             subscription_queue_envelopes: 50_000,
             subscription_queue_bytes: 16 * 1024 * 1024,
+            subscription_fair_share: true,
             egress_batch_envelopes: 100,
             egress_batch_bytes: 256 * 1024,
             max_subscriptions: 500,

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
-use crate::queue::{QueueLimits, SubscriptionQueue, Taken};
+use crate::queue::{FairCounters, QueueLimits, SubscriptionQueue, Taken};
 use crate::replay::{ReplayRing, RingRequest, ring_stream};
 use crate::router::Command;
 use crate::selector::SubscriptionRequest;
@@ -47,6 +47,8 @@ pub(crate) struct EgressService {
     open: Arc<AtomicUsize>,
     max_subscriptions: usize,
     limits: QueueLimits,
+    /// Fair drops in each subscriber's queue (`subscription_fair_share`).
+    fair: bool,
     /// The replay ring ring reads are served from; `None` when turned off.
     replay: Option<Arc<ReplayRing>>,
     metrics: Metrics,
@@ -100,6 +102,7 @@ impl EgressService {
         commands: mpsc::Sender<Command>,
         max_subscriptions: usize,
         limits: QueueLimits,
+        fair: bool,
         replay: Option<Arc<ReplayRing>>,
         metrics: Metrics,
         shutdown: CancellationToken,
@@ -110,6 +113,7 @@ impl EgressService {
             open: Arc::new(AtomicUsize::new(0)),
             max_subscriptions,
             limits,
+            fair,
             replay,
             metrics,
             shutdown,
@@ -185,11 +189,18 @@ impl EgressService {
     fn subscribe(&self, request: SubscriptionRequest) -> Result<Subscription, Status> {
         self.admit()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let queue = Arc::new(SubscriptionQueue::new(
+        let mut queue = SubscriptionQueue::new(
             self.limits,
             self.metrics.dropped_slow_subscriber.clone(),
             self.metrics.dropped_subscription_closed.clone(),
-        ));
+        );
+        if self.fair {
+            queue = queue.fair(FairCounters {
+                refused: self.metrics.dropped_subscriber_fair_share.clone(),
+                by_source: self.metrics.subscriber_dropped_by_source.clone(),
+            });
+        }
+        let queue = Arc::new(queue);
         // Build the guard first so every early return below still releases the slot.
         let mut subscription = Subscription {
             id,
@@ -381,6 +392,7 @@ mod tests {
         let chunk = |n: usize| Chunk {
             bytes: batch_of(std::iter::repeat_n(data.as_ref(), n)),
             count: n,
+            shares: Vec::new(),
         };
         let message = batch_message(Taken {
             gap: 7,

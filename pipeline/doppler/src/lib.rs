@@ -64,7 +64,7 @@ pub use batch::{Envelope, Tally, ValidBatch};
 pub use config::Config;
 pub use error::Error;
 pub use metrics::Metrics;
-pub use queue::{Chunk, QueueLimits, SubscriptionQueue, Taken};
+pub use queue::{Admit, Chunk, FairCounters, QueueLimits, SubscriptionQueue, Taken};
 pub use selector::{Filter, MAX_SELECTORS, RequestError, Route, SubscriptionRequest, crc64_ecma};
 
 /// HTTP/2 windows: tonic's defaults throttle one stream to ~0.1 M envelopes/s.
@@ -180,6 +180,7 @@ async fn serve(
             batch_envelopes: config.egress_batch_envelopes,
             batch_bytes: config.egress_batch_bytes,
         },
+        config.subscription_fair_share,
         replay,
         metrics.clone(),
         stop.clone(),

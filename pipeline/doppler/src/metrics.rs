@@ -4,8 +4,8 @@
 //! `doppler.ingress + fair_notices = malformed + fair_share + ingress_ring_full + routed` (the
 //! rest are in the ring; `fair_notices` are the log lines the doppler itself adds to a source
 //! that lost envelopes to fairness), and per
-//! routed envelope copy: `doppler.egress + slow_subscriber + subscription_closed` plus what is
-//! still queued. The log cache sees `routed - logcache_busy` envelopes, and
+//! routed envelope copy: `doppler.egress + slow_subscriber + subscriber_fair_share +
+//! subscription_closed` plus what is still queued. The log cache sees `routed - logcache_busy` envelopes, and
 //! `logcache.ingress = logcache.store_size + logcache.expired + logcache.rejected`.
 
 use std::sync::Arc;
@@ -38,6 +38,10 @@ pub struct Metrics {
     pub dropped_slow_subscriber: Counter,
     /// Envelope copies still queued for, or routed to, a subscription that had closed.
     pub dropped_subscription_closed: Counter,
+    /// Envelope copies a subscriber's queue refused for holding more than their source's share.
+    pub dropped_subscriber_fair_share: Counter,
+    /// Subscriber queues' fair refusals and evictions, by source (20 sources, then `other`).
+    pub subscriber_dropped_by_source: Arc<SourceCounters>,
     /// Envelopes that skipped the log cache because its hand-off queue was full.
     pub dropped_logcache_busy: Counter,
     /// Ingress messages over the gRPC size limit (their envelope count is unknown).
@@ -131,6 +135,15 @@ impl Metrics {
             ),
             dropped_slow_subscriber: dropped("slow_subscriber"),
             dropped_subscription_closed: dropped("subscription_closed"),
+            dropped_subscriber_fair_share: dropped("subscriber_fair_share"),
+            subscriber_dropped_by_source: Arc::new(SourceCounters::new(
+                registry,
+                "doppler.subscriber_dropped_by_source",
+                "Envelope copies refused by a subscriber's queue for exceeding a fair share or \
+                 evicted from it, by source (top sources, then other)",
+                &[],
+                20,
+            )),
             dropped_logcache_busy: dropped("logcache_busy"),
             ingress_too_large: registry.counter(
                 "doppler.rejected_messages",

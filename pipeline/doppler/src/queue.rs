@@ -12,11 +12,30 @@
 //!   queue's own total), and the next batch the subscriber receives starts with a gap marker
 //!   saying how many it lost, so the loss is visible in-band, where it happened.
 //! - The stream is fed the moment data is queued: no timer stands between a push and a send.
+//! - Fair between sources (`subscription_fair_share`, on by default): a subscriber following
+//!   many sources (a nozzle, `hydrant top`) that falls behind would lose a quiet app's lines as
+//!   often as the flood's. With a [`FairShare`] ledger, the router asks [`SubscriptionQueue::admit`]
+//!   for each envelope before copying it into a chunk: once the queue is half full, a source
+//!   holding more than its share of it is refused (`doppler.dropped{reason=
+//!   "subscriber_fair_share"}`, by source in `doppler.subscriber_dropped_by_source`), so the flood
+//!   is held to its share and the quiet sources lose nothing. Refused envelopes join the gap the
+//!   next take reports: the marker stays the exact count the subscriber lost.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
-use hydrant_buffer::{Buffer, BufferConfig, DropReason, Limits, Observer, Weigh};
-use hydrant_emitter::Counter;
+use hydrant_buffer::{
+    Buffer, BufferConfig, DropReason, FairConfig, FairShare, KeyHasher, Limits, Observer, Share,
+    Weigh,
+};
+use hydrant_emitter::{Counter, SourceCounters};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// How often a fair queue hands its per-source drop counts to the metrics.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// A run of encoded envelopes forming a valid `EnvelopeBatch` on its own; chunks concatenate into
 /// a larger valid batch.
@@ -26,6 +45,9 @@ pub struct Chunk {
     pub bytes: Bytes,
     /// Envelopes in it.
     pub count: usize,
+    /// What its envelopes are charged to in a fair queue's ledger (empty when not fair). The
+    /// queue gives them back when the chunk leaves it; a taken chunk holds none.
+    pub shares: Vec<Share>,
 }
 
 impl Weigh for Chunk {
@@ -82,12 +104,43 @@ impl Observer for Report {
     }
 }
 
+/// Where a fair queue counts its drops.
+#[derive(Debug, Clone)]
+pub struct FairCounters {
+    /// Envelopes refused for holding more than their source's share of the queue.
+    pub refused: Counter,
+    /// Fair refusals and evictions from fair queues, by source.
+    pub by_source: Arc<SourceCounters>,
+}
+
+/// What [`SubscriptionQueue::admit`] decided for one envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Queue it: the queue is not fair.
+    Free,
+    /// Queue it, charged to this share (add it to the chunk's `shares`).
+    Charged(Share),
+    /// Do not queue it: its source is over its share (already counted, and owed in the gap).
+    Refused,
+}
+
+#[derive(Debug)]
+struct Fair {
+    ledger: FairShare,
+    keys: KeyHasher,
+    counters: FairCounters,
+    /// Refused envelopes not yet reported in a gap.
+    unreported: AtomicU64,
+    next_sweep: Mutex<Instant>,
+}
+
 /// A bounded, drop-oldest queue of encoded chunks for one subscriber.
 #[derive(Debug)]
 pub struct SubscriptionQueue {
     buffer: Buffer<Chunk, Report>,
     /// One outgoing message's worth.
     take: Limits,
+    fair: Option<Fair>,
 }
 
 impl SubscriptionQueue {
@@ -109,6 +162,39 @@ impl SubscriptionQueue {
             take: Limits::UNBOUNDED
                 .events(limits.batch_envelopes as u64)
                 .bytes(limits.batch_bytes),
+            fair: None,
+        }
+    }
+
+    /// The same queue, fair between the sources it holds (see the module docs).
+    #[must_use]
+    pub fn fair(mut self, counters: FairCounters) -> Self {
+        self.fair = Some(Fair {
+            ledger: FairShare::new(FairConfig::default()),
+            keys: KeyHasher::default(),
+            counters,
+            unreported: AtomicU64::new(0),
+            next_sweep: Mutex::new(Instant::now() + SWEEP_EVERY),
+        });
+        self
+    }
+
+    /// Whether an envelope of `source` costing `bytes` may join this queue's next chunk.
+    #[inline]
+    pub fn admit(&self, source: &[u8], bytes: usize) -> Admit {
+        let Some(fair) = &self.fair else {
+            return Admit::Free;
+        };
+        let name = std::str::from_utf8(source).unwrap_or_default();
+        let cost = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let fill = self.buffer.fill_permille();
+        match fair.ledger.admit(fair.keys.key(source), name, cost, fill) {
+            Some(share) => Admit::Charged(share),
+            None => {
+                fair.counters.refused.add(1);
+                fair.unreported.fetch_add(1, Ordering::Relaxed);
+                Admit::Refused
+            }
         }
     }
 
@@ -118,7 +204,19 @@ impl SubscriptionQueue {
         if chunks.is_empty() {
             return;
         }
-        self.buffer.push_iter(chunks.drain(..));
+        let Some(fair) = &self.fair else {
+            self.buffer.push_iter(chunks.drain(..));
+            return;
+        };
+        for chunk in chunks.drain(..) {
+            self.buffer.push_with(chunk, |lost, reason| match reason {
+                DropReason::Evicted | DropReason::Full | DropReason::TooLarge => {
+                    fair.ledger.evicted(&lost.shares);
+                }
+                // Counted as closed by the observer, not as a fairness loss.
+                DropReason::Closed | DropReason::Discarded => fair.ledger.release(&lost.shares),
+            });
+        }
     }
 
     /// Takes what is queued, up to one message's worth, without waiting.
@@ -133,11 +231,42 @@ impl SubscriptionQueue {
             }
             return None;
         }
+        let mut gap = drained.gap;
+        if let Some(fair) = &self.fair {
+            gap += fair.unreported.swap(0, Ordering::Relaxed);
+            for chunk in &mut chunks {
+                fair.ledger.release(&std::mem::take(&mut chunk.shares));
+            }
+            let now = Instant::now();
+            let due = {
+                let mut next = fair
+                    .next_sweep
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let due = now >= *next;
+                if due {
+                    *next = now + SWEEP_EVERY;
+                }
+                due
+            };
+            if due {
+                Self::sweep(fair, now);
+            }
+        }
         Some(Taken {
-            gap: drained.gap,
+            gap,
             chunks,
             count: drained.events as usize,
         })
+    }
+
+    fn sweep(fair: &Fair, now: Instant) {
+        // The subscriber learns through its gap marker; sources are told at ingress.
+        fair.ledger.sweep(
+            now,
+            |d| fair.counters.by_source.add(d.source, d.dropped),
+            |_| {},
+        );
     }
 
     /// Waits for data and takes up to one message's worth; `None` once `shutdown` fires.
@@ -158,7 +287,22 @@ impl SubscriptionQueue {
     /// Marks the subscriber gone: what is queued, and whatever the router still routes here
     /// before it learns, is counted as dropped.
     pub fn close(&self) {
-        self.buffer.close_and_discard();
+        let Some(fair) = &self.fair else {
+            self.buffer.close_and_discard();
+            return;
+        };
+        // Closed first, so nothing pushed from now on can be left queued and uncounted.
+        self.buffer.close();
+        let mut shares = Vec::new();
+        self.buffer.discard(|c| shares.extend_from_slice(&c.shares));
+        fair.ledger.release(&shares);
+        Self::sweep(fair, Instant::now());
+    }
+
+    /// The fairness ledger's totals, when the queue is fair.
+    #[must_use]
+    pub fn fair_stats(&self) -> Option<hydrant_buffer::FairStats> {
+        self.fair.as_ref().map(|f| f.ledger.stats())
     }
 
     /// Envelopes this queue dropped for being full, since it was created.
@@ -191,6 +335,7 @@ mod tests {
         Chunk {
             bytes: Bytes::from(vec![0u8; count * 10]),
             count,
+            shares: Vec::new(),
         }
     }
 

@@ -19,6 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use hydrant_buffer::Share;
 use hydrant_envelope::wire::{BatchBuilder, Kind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{Envelope, ValidBatch};
 use crate::cache::Handoff;
 use crate::metrics::Metrics;
-use crate::queue::{Chunk, SubscriptionQueue};
+use crate::queue::{Admit, Chunk, SubscriptionQueue};
 use crate::replay::ReplayRing;
 use crate::ring::IngressRing;
 use crate::selector::{Filter, Route, SubscriptionRequest, crc64_ecma};
@@ -55,11 +56,25 @@ struct Subscriber {
     queue: Arc<SubscriptionQueue>,
     routes: Vec<Route>,
     builder: BatchBuilder,
+    /// What the envelopes in `builder` are charged to in a fair queue, one per run of a source.
+    shares: Vec<Share>,
     chunks: Vec<Chunk>,
 }
 
 impl Subscriber {
-    fn append(&mut self, slot: usize, envelope: &[u8], touched: &mut Vec<usize>, limits: Limits) {
+    fn append(
+        &mut self,
+        slot: usize,
+        envelope: &Envelope<'_>,
+        touched: &mut Vec<usize>,
+        limits: Limits,
+    ) {
+        let share = match self.queue.admit(envelope.source_id, envelope.bytes.len()) {
+            Admit::Free => None,
+            Admit::Charged(share) => Some(share),
+            Admit::Refused => return,
+        };
+        let envelope = envelope.bytes;
         if self.builder.is_empty() {
             if self.chunks.is_empty() {
                 touched.push(slot);
@@ -70,6 +85,11 @@ impl Subscriber {
             self.cut();
         }
         self.builder.push(envelope);
+        if let Some(share) = share
+            && !self.shares.last_mut().is_some_and(|last| last.merge(share))
+        {
+            self.shares.push(share);
+        }
     }
 
     fn cut(&mut self) {
@@ -77,6 +97,7 @@ impl Subscriber {
         self.chunks.push(Chunk {
             bytes: self.builder.take(),
             count,
+            shares: std::mem::take(&mut self.shares),
         });
     }
 
@@ -240,6 +261,7 @@ impl Router {
             queue,
             routes: request.routes,
             builder: BatchBuilder::with_capacity(16 * 1024),
+            shares: Vec::new(),
             chunks: Vec::new(),
         };
         let slot = match self.free.pop() {
@@ -382,7 +404,7 @@ fn deliver(
             continue;
         };
         if let Some(Some(subscriber)) = slots.get_mut(member.slot) {
-            subscriber.append(member.slot, lazy.envelope.bytes, touched, limits);
+            subscriber.append(member.slot, &lazy.envelope, touched, limits);
         }
     }
 }
@@ -495,6 +517,144 @@ mod tests {
             }
         }
         out
+    }
+
+    /// What one slow wildcard subscriber got from a flood beside ten quiet sources.
+    struct Outcome {
+        quiet_sent: usize,
+        quiet_got: usize,
+        flood_sent: usize,
+        flood_got: usize,
+        /// Summed over every gap the subscriber was owed.
+        gaps: u64,
+        flood_counted: u64,
+        refused: u64,
+        evicted: u64,
+        stats: Option<hydrant_buffer::FairStats>,
+    }
+
+    /// A nozzle on every log taking one 50-envelope message a round while each round brings
+    /// 200 of the flood's envelopes and one of each quiet source's, through the real router.
+    fn slow_subscriber_beside_a_flood(fair: bool) -> Outcome {
+        use v2::selector::Message::Log;
+        let registry = hydrant_emitter::Registry::new("doppler", "t");
+        let evicted = registry.counter("doppler.dropped", "", &[("reason", "slow_subscriber")]);
+        let mut q = SubscriptionQueue::new(
+            QueueLimits {
+                max_envelopes: 1000,
+                max_bytes: usize::MAX,
+                batch_envelopes: 50,
+                batch_bytes: 1 << 20,
+            },
+            evicted.clone(),
+            Counter::default(),
+        );
+        if fair {
+            q = q.fair(crate::queue::FairCounters {
+                refused: registry.counter(
+                    "doppler.dropped",
+                    "",
+                    &[("reason", "subscriber_fair_share")],
+                ),
+                by_source: Arc::new(hydrant_emitter::SourceCounters::new(
+                    &registry,
+                    "doppler.subscriber_dropped_by_source",
+                    "",
+                    &[],
+                    20,
+                )),
+            });
+        }
+        let q = Arc::new(q);
+        let mut r = Router::new(50, 1 << 20);
+        r.subscribe(
+            1,
+            request("", vec![sel("", Log(v2::LogSelector {}))]),
+            q.clone(),
+        );
+        let quiet: Vec<String> = (0..10).map(|i| format!("quiet-{i}")).collect();
+        let (mut quiet_sent, mut flood_sent, mut gaps) = (0, 0, 0);
+        let mut got = Vec::new();
+        let mut take = |q: &SubscriptionQueue, got: &mut Vec<String>| {
+            let Some(taken) = q.try_take() else {
+                return false;
+            };
+            gaps += taken.gap;
+            for chunk in taken.chunks {
+                assert!(chunk.shares.is_empty(), "a taken chunk holds no charge");
+                for e in BatchIter::new(&chunk.bytes) {
+                    got.push(
+                        EnvelopeView::parse(e.unwrap())
+                            .unwrap()
+                            .source_id
+                            .to_owned(),
+                    );
+                }
+            }
+            true
+        };
+        for round in 0..200 {
+            let mut envelopes: Vec<v2::Envelope> =
+                (0..200).map(|i| log("flood", round * 200 + i)).collect();
+            envelopes.extend(quiet.iter().map(|s| log(s, round)));
+            flood_sent += 200;
+            quiet_sent += quiet.len();
+            r.route(&batch(&envelopes));
+            take(&q, &mut got);
+        }
+        while take(&q, &mut got) {}
+        let stats = q.fair_stats();
+        q.close();
+        let flood_got = got.iter().filter(|s| *s == "flood").count();
+        Outcome {
+            quiet_sent,
+            quiet_got: got.len() - flood_got,
+            flood_sent,
+            flood_got,
+            gaps,
+            flood_counted: registry.counter_sum(
+                "doppler.subscriber_dropped_by_source",
+                &[("source", "flood")],
+            ),
+            refused: registry
+                .counter_sum("doppler.dropped", &[("reason", "subscriber_fair_share")]),
+            evicted: evicted.get(),
+            stats,
+        }
+    }
+
+    #[test]
+    fn a_slow_subscriber_loses_the_floods_envelopes_and_none_of_the_quiet_sources() {
+        let o = slow_subscriber_beside_a_flood(true);
+        assert_eq!(o.quiet_got, o.quiet_sent, "every quiet line arrives");
+        let flood_lost = (o.flood_sent - o.flood_got) as u64;
+        assert!(
+            flood_lost > 20_000,
+            "the subscriber was far behind: {flood_lost}"
+        );
+        assert_eq!(o.gaps, flood_lost, "the gaps count exactly what was lost");
+        assert_eq!(
+            o.flood_counted, flood_lost,
+            "every loss counted under the flood"
+        );
+        assert_eq!((o.refused, o.evicted), (flood_lost, 0), "held to its share");
+        let stats = o.stats.unwrap();
+        assert!(stats.balanced() && stats.queued == 0, "{stats:?}");
+    }
+
+    #[test]
+    fn without_fair_drops_the_same_subscriber_loses_quiet_lines_too() {
+        // The scenario above is one that costs quiet sources lines when fairness is off.
+        let o = slow_subscriber_beside_a_flood(false);
+        assert!(
+            o.quiet_got < o.quiet_sent,
+            "{} of {}",
+            o.quiet_got,
+            o.quiet_sent
+        );
+        let lost = (o.quiet_sent - o.quiet_got + o.flood_sent - o.flood_got) as u64;
+        assert_eq!((o.gaps, o.evicted), (lost, lost));
+        assert_eq!(o.refused, 0);
     }
 
     #[test]
