@@ -40,7 +40,7 @@ use serde_json::{Value, json};
 use services_support::{
     Cc, PASSWORD, RealBroker, USER, WAIT, bare_app, bind_app, bindings_of, complete, complete_if,
     create_complete, create_key, failed, fast_services, finished, next_start, port_slice,
-    restart_and_next_start, start_cc, static_app, vcap_of,
+    restart_and_next_start, start_cc, static_app, try_create, vcap_of,
 };
 use support::FakeExecutor;
 
@@ -658,13 +658,7 @@ async fn catalogs_are_validated_and_new_plans_stay_hidden_until_access_is_enable
     let space = cc.admin.list_spaces().await.unwrap()[0].guid.clone();
     let dev = user(&cc, "dev", Some((&space, SpaceRole::Developer))).await;
     assert!(dev.list_service_offerings().await.unwrap().is_empty());
-    let hidden = dev
-        .create_service_instance(&CreateServiceInstance {
-            name: "early".into(),
-            offering: Some("cache".into()),
-            plan: Some("sync".into()),
-            ..CreateServiceInstance::default()
-        })
+    let hidden = try_create(&dev, "cache", "sync", "early")
         .await
         .unwrap_err();
     assert_eq!(hidden.status(), Some(422));
@@ -727,13 +721,7 @@ async fn catalogs_are_validated_and_new_plans_stay_hidden_until_access_is_enable
     auditor.service_instance_log_token(&mine).await.unwrap();
     let refused = auditor.delete_service_instance(&mine).await.unwrap_err();
     assert_eq!(refused.status(), Some(403));
-    let refused = auditor
-        .create_service_instance(&CreateServiceInstance {
-            name: "nope".into(),
-            offering: Some("cache".into()),
-            plan: Some("sync".into()),
-            ..CreateServiceInstance::default()
-        })
+    let refused = try_create(&auditor, "cache", "sync", "nope")
         .await
         .unwrap_err();
     assert_eq!(refused.status(), Some(403));

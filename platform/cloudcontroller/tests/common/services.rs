@@ -239,6 +239,23 @@ pub async fn complete_if(client: &Client, job: Option<&Job>) {
     }
 }
 
+/// Asks for a managed instance of `offering` `plan` named `name` in the default space.
+pub async fn try_create(
+    client: &Client,
+    offering: &str,
+    plan: &str,
+    name: &str,
+) -> Result<ServiceInstanceAnswer, hydrant_api::Error> {
+    client
+        .create_service_instance(&CreateServiceInstance {
+            name: name.into(),
+            offering: Some(offering.into()),
+            plan: Some(plan.into()),
+            ..CreateServiceInstance::default()
+        })
+        .await
+}
+
 /// Creates a managed instance of `offering` `plan` named `name`, waits for its job and
 /// asserts it completed.
 pub async fn create_complete(
@@ -247,15 +264,7 @@ pub async fn create_complete(
     plan: &str,
     name: &str,
 ) -> ServiceInstanceAnswer {
-    let answer = client
-        .create_service_instance(&CreateServiceInstance {
-            name: name.into(),
-            offering: Some(offering.into()),
-            plan: Some(plan.into()),
-            ..CreateServiceInstance::default()
-        })
-        .await
-        .unwrap();
+    let answer = try_create(client, offering, plan, name).await.unwrap();
     complete(client, answer.job.as_ref().unwrap()).await;
     answer
 }
