@@ -82,7 +82,7 @@ pub struct PipelineArgs {
     /// subscriptions cost.
     #[arg(long)]
     no_replay: bool,
-    /// Turn fair drops between sources off at the agent and the doppler (`fair_share = false`).
+    /// Turn fair drops between sources off at the agent, the doppler and the edge.
     #[arg(long)]
     no_fair: bool,
     /// Run twice, fair drops off then on, each in a fresh process, and report what fairness

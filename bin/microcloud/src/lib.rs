@@ -125,8 +125,8 @@ pub struct Options {
     pub platform: bool,
     /// The agent's per-instance app log rate limit in bytes/s (0 = unlimited).
     pub app_log_rate_limit: u64,
-    /// Fair drops between sources at the agent's egress and the doppler's ingress (their
-    /// `fair_share`); on except when a bench measures what it costs.
+    /// Fair drops between sources at the agent's egress, the doppler's ingress and subscriber
+    /// queues, and the edge's outboxes; on except when a bench measures what it costs.
     pub fair_share: bool,
     /// Apps may bind syslog drains to internal addresses.
     pub allow_private_drains: bool,

@@ -47,6 +47,7 @@ impl MicroRole for hydrant_doppler::Doppler {
     fn config(w: &Wiring) -> hydrant_doppler::Config {
         hydrant_doppler::Config {
             fair_share: w.options.fair_share,
+            subscription_fair_share: w.options.fair_share,
             telemetry: w.pipeline_telemetry(Identity::Doppler),
             tls: w.tls(Identity::Doppler),
             replay_ring_bytes: if w.options.replay_ring {
@@ -67,6 +68,7 @@ impl MicroRole for hydrant_firehose::TrafficController {
     fn config(w: &Wiring) -> hydrant_firehose::Config {
         let mut config = hydrant_firehose::Config {
             dopplers: vec![w.url("doppler", "grpc")],
+            fair_share: w.options.fair_share,
             telemetry: w.pipeline_telemetry(Identity::TrafficController),
             upstream_tls: w.tls(Identity::TrafficController),
             ..hydrant_firehose::Config::default()
