@@ -81,6 +81,11 @@ const HOLD_EVERY: Duration = Duration::from_secs(60);
 const ALL_CRASHED_RECHECK: Duration = Duration::from_secs(1);
 /// Retry requests from restart tasks waiting for the loop.
 const RETRY_QUEUE: usize = 1024;
+/// Restarts remembered as skipped for another cell's copy (bounded; past it, one is not
+/// remembered and waits for that cell's heartbeats to age out).
+const MAX_SUPERSEDED: usize = 4096;
+/// The longest presence TTL believed (a cell cannot keep itself alive for longer).
+const MAX_PRESENCE_TTL_SECS: u64 = 60;
 /// How long shutdown waits for restart and stop tasks.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -301,6 +306,10 @@ struct Loop {
     /// Restarts waiting for index 0 because every instance of their app is crashed; each
     /// says so once.
     deferred: HashSet<Key>,
+    /// Restarts skipped because other cells' heartbeats showed the index running, with when
+    /// and those cells: if all of them are lost (their presence lapses), the restart is due
+    /// again at once instead of waiting for their heartbeats to age out.
+    superseded: HashMap<Key, (Instant, Vec<String>)>,
     grace: Duration,
     shutdown: CancellationToken,
     /// Only the lease holder restarts and stops; a standby keeps its picture warm.
@@ -486,8 +495,12 @@ impl Loop {
             instance,
         } in due
         {
-            if self.tracker.live_at(&key) {
-                tracing::debug!(app = %key.0, index = key.1, "already running again");
+            let holders = self.tracker.holders(&key);
+            if !holders.is_empty() {
+                tracing::debug!(app = %key.0, index = key.1, ?holders, "already running again");
+                if self.superseded.len() < MAX_SUPERSEDED {
+                    self.superseded.insert(key, (now, holders));
+                }
                 continue;
             }
             // HM9000's rule: when every instance of an app is crashed, only index 0 restarts;
@@ -569,8 +582,34 @@ impl Loop {
     }
 
     /// Stops extras on a fresh copy, holds on a stale one, and forgets what went quiet.
+    /// Forgets the cells whose presence lapsed; a restart skipped only because one of them
+    /// still showed the index running is due again now.
+    fn lapse_presences(&mut self) {
+        let now = Instant::now();
+        let lost = self.tracker.lapse(now);
+        if lost.is_empty() {
+            return;
+        }
+        tracing::info!(?lost, "health manager: cells lost (presence lapsed)");
+        let mut due = Vec::new();
+        self.superseded.retain(|key, (_, holders)| {
+            holders.retain(|h| !lost.contains(h));
+            if holders.is_empty() {
+                due.push(key.clone());
+                return false;
+            }
+            true
+        });
+        for key in due {
+            self.tracker.retry(&key, now);
+        }
+    }
+
     fn converge(&mut self) {
         let now = Instant::now();
+        let timeout = self.tracker.executor_timeout();
+        self.superseded
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) < timeout);
         let snapshot = self.shared.desired.snapshot(now);
         self.shared
             .metrics
@@ -710,6 +749,7 @@ async fn serve(
         attempts: HashMap::new(),
         holds: HashMap::new(),
         deferred: HashSet::new(),
+        superseded: HashMap::new(),
         grace: Config::secs(config.extra_grace_secs),
         shutdown: shutdown.clone(),
         lease: lease::Lease::new(
@@ -742,6 +782,11 @@ async fn serve(
             .holds()
             .then(|| state.tracker.next_due())
             .flatten();
+        // A cell's presence lapsing is news too: wake for it.
+        let next_due = match (next_due, state.tracker.next_lapse()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         tokio::select! {
             () = shutdown.cancelled() => break,
             Some(message) = placed.next() => state.learn_placement(&message),
@@ -758,7 +803,12 @@ async fn serve(
                 if let Ok(p) = message.json::<messages::CellPresence>()
                     && messages::cell_of(&message.subject, messages::EXECUTOR_PRESENCE) == Some(p.id.as_str())
                 {
-                    state.tracker.set_evacuating(&p.id, p.state == messages::CellState::Evacuating);
+                    let ttl = Duration::from_secs(p.ttl_secs.clamp(1, MAX_PRESENCE_TTL_SECS));
+                    state.tracker.presence(
+                        &p.id,
+                        p.state == messages::CellState::Evacuating,
+                        Instant::now() + ttl,
+                    );
                 }
             }
             Some((key, done)) = retry_rx.recv() => {
@@ -774,6 +824,7 @@ async fn serve(
             _ = renewals.tick() => state.renew_lease(),
         }
         lease_held.set(if state.lease.holds() { 1.0 } else { 0.0 });
+        state.lapse_presences();
         state.fire_due();
         metrics.pending_restarts.set(state.tracker.pending() as f64);
     }

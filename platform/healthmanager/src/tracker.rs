@@ -103,6 +103,8 @@ pub(crate) struct Tracker {
     counted: HashMap<String, Instant>,
     overheard: HashMap<Key, (StartInstance, Instant)>,
     stops_sent: HashMap<String, Instant>,
+    /// When each cell's presence lapses unless refreshed (`executor.presence.<cell>`'s TTL).
+    presence_until: HashMap<String, Instant>,
     executor_timeout: Duration,
     max_tracked: usize,
 }
@@ -121,6 +123,7 @@ impl Tracker {
             counted: HashMap::new(),
             overheard: HashMap::new(),
             stops_sent: HashMap::new(),
+            presence_until: HashMap::new(),
             executor_timeout,
             max_tracked,
         }
@@ -280,18 +283,23 @@ impl Tracker {
         out
     }
 
-    /// `true` when a starting or running instance holds `key` (someone restarted it already).
-    /// Instances whose crash was counted do not count, even when the last heartbeat still
-    /// shows them running: crash events usually overtake the next heartbeat.
-    pub(crate) fn live_at(&self, key: &Key) -> bool {
-        self.executors.values().any(|e| {
-            e.heartbeat.instances.iter().any(|i| {
-                i.app == key.0
-                    && i.index == key.1
-                    && live(i.state)
-                    && !self.counted.contains_key(&i.instance)
+    /// The cells whose last heartbeat shows a starting or running instance at `key` (someone
+    /// restarted it already); empty when none does. Instances whose crash was counted do not
+    /// count, even when the last heartbeat still shows them running: crash events usually
+    /// overtake the next heartbeat.
+    pub(crate) fn holders(&self, key: &Key) -> Vec<String> {
+        self.executors
+            .iter()
+            .filter(|(_, e)| {
+                e.heartbeat.instances.iter().any(|i| {
+                    i.app == key.0
+                        && i.index == key.1
+                        && live(i.state)
+                        && !self.counted.contains_key(&i.instance)
+                })
             })
-        })
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// `true` when any index of `app` has a starting or running instance whose crash was not
@@ -332,6 +340,44 @@ impl Tracker {
         if let Some(e) = self.executors.get_mut(executor_id) {
             e.evacuating = evacuating;
         }
+    }
+
+    /// Records a presence of cell `executor_id` that lives until `until` unless refreshed.
+    pub(crate) fn presence(&mut self, executor_id: &str, evacuating: bool, until: Instant) {
+        self.set_evacuating(executor_id, evacuating);
+        if self.presence_until.contains_key(executor_id)
+            || self.presence_until.len() < self.max_tracked
+        {
+            self.presence_until.insert(executor_id.to_owned(), until);
+        }
+    }
+
+    /// How long a cell not heard from is still believed.
+    pub(crate) fn executor_timeout(&self) -> Duration {
+        self.executor_timeout
+    }
+
+    /// When the next known presence lapses.
+    pub(crate) fn next_lapse(&self) -> Option<Instant> {
+        self.presence_until.values().min().copied()
+    }
+
+    /// Forgets every cell whose presence lapsed by `now` (a lost cell): its last heartbeat no
+    /// longer counts as instances running, nor the cell as a place for restarts, without
+    /// waiting `executor_timeout` for its heartbeats to age out. Returns the cells lost; one that
+    /// comes back is learned again from its next heartbeat.
+    pub(crate) fn lapse(&mut self, now: Instant) -> Vec<String> {
+        let lost: Vec<String> = self
+            .presence_until
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &lost {
+            self.presence_until.remove(id);
+            self.executors.remove(id);
+        }
+        lost
     }
 
     /// Executors that can take an instance of `app` needing `memory_mb`, best first (never an
