@@ -249,13 +249,15 @@ impl Hub {
         }
     }
 
-    fn new_outbox(&self, kinds: KindMask) -> Arc<Outbox> {
+    /// A consumer's outbox; fair only when it can hold `many_sources` (a lone source is never
+    /// refused, so a one-app stream skips the ledger and its memory).
+    fn new_outbox(&self, kinds: KindMask, many_sources: bool) -> Arc<Outbox> {
         Arc::new(Outbox::new(
             self.limits,
             kinds,
             self.metrics.dropped_slow.clone(),
             self.metrics.dropped_closed.clone(),
-            Some(FairCounters {
+            many_sources.then(|| FairCounters {
                 refused: self.metrics.dropped_fair_share.clone(),
                 by_source: self.metrics.dropped_by_source.clone(),
             }),
@@ -269,7 +271,7 @@ impl Hub {
         kinds: KindMask,
         endpoint: Endpoint,
     ) -> Subscription {
-        let outbox = self.new_outbox(kinds);
+        let outbox = self.new_outbox(kinds, true);
         let key = GroupKey {
             id: id.to_owned(),
             kinds,
@@ -299,7 +301,7 @@ impl Hub {
         kinds: KindMask,
         endpoint: Endpoint,
     ) -> Subscription {
-        let outbox = self.new_outbox(kinds);
+        let outbox = self.new_outbox(kinds, sources.len() > 1);
         let live = {
             let mut t = self.table.write().unwrap_or_else(PoisonError::into_inner);
             for s in &sources {

@@ -143,6 +143,10 @@ struct Fair {
     keys: KeyHasher,
     counters: FairCounters,
     next_sweep: Mutex<Instant>,
+    /// When refusals began with no take finding the queue empty since: refusals put the
+    /// consumer behind as evictions do, so one that never catches up still meets the
+    /// slow-consumer timeout.
+    refused_since: Mutex<Option<Instant>>,
 }
 
 /// One consumer's bounded queue.
@@ -180,6 +184,7 @@ impl Outbox {
                 keys: KeyHasher::default(),
                 counters,
                 next_sweep: Mutex::new(Instant::now() + SWEEP_EVERY),
+                refused_since: Mutex::new(None),
             }),
             scratch: Mutex::default(),
         }
@@ -232,6 +237,10 @@ impl Outbox {
             fair.counters.refused.add(refused);
             // The consumer is owed these in its next gap marker like any other loss here.
             self.buffer.restore_gap(refused);
+            fair.refused_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert_with(Instant::now);
         }
     }
 
@@ -246,7 +255,8 @@ impl Outbox {
         let max = Bounds::UNBOUNDED.items(max_envelopes).bytes(max_bytes);
         let mut scratch = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
         let (entries, shares) = &mut *scratch;
-        let gap = self.buffer.drain_into(entries, max).gap;
+        let drained = self.buffer.drain_into(entries, max);
+        let gap = drained.gap;
         shares.clear();
         for e in entries.drain(..) {
             if let Some(share) = e.share
@@ -258,6 +268,13 @@ impl Outbox {
         }
         if let Some(fair) = &self.fair {
             fair.ledger.release(shares);
+            if drained.items == 0 {
+                // Found empty: caught up, as the buffer's own `behind_since` ends.
+                *fair
+                    .refused_since
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = None;
+            }
             self.maybe_sweep(fair, Instant::now());
         }
         Taken { gap }
@@ -292,9 +309,19 @@ impl Outbox {
         self.buffer.take_gap()
     }
 
-    /// When the current run of drops began, if the consumer is behind.
+    /// When the current run of drops (evictions or fair refusals) began, if the consumer is
+    /// behind.
     pub(crate) fn behind_since(&self) -> Option<Instant> {
-        self.buffer.behind_since()
+        let evicted = self.buffer.behind_since();
+        let refused = self.fair.as_ref().and_then(|f| {
+            *f.refused_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        });
+        match (evicted, refused) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Waits until something was pushed since the last wait (or returns at once if so).
@@ -560,6 +587,41 @@ mod tests {
             o.flood_counted, 0,
             "by-source counts come from the fair ledger"
         );
+    }
+
+    #[test]
+    fn fair_refusals_put_the_consumer_behind_until_it_catches_up() {
+        let o = Outbox::new(
+            Limits {
+                max_envelopes: 100,
+                max_bytes: 1 << 20,
+                fair: true,
+            },
+            KindMask::ALL,
+            Counter::default(),
+            Counter::default(),
+            Some(FairCounters {
+                refused: Counter::default(),
+                by_source: Arc::new(SourceCounters::new(
+                    &hydrant_emitter::Registry::new("t", "t"),
+                    "t.dropped_by_source",
+                    "",
+                    &[],
+                    20,
+                )),
+            }),
+        );
+        o.push_many(from(b"loud", envs(60, 10)));
+        o.push_many(from(b"quiet", envs(1, 10)).chain(from(b"loud", envs(5, 10))));
+        assert_eq!(o.fair.as_ref().unwrap().counters.refused.get(), 5);
+        assert!(o.behind_since().is_some(), "refusals are falling behind");
+        let mut out = Vec::new();
+        assert_eq!(o.take(1000, 1 << 20, &mut out).gap, 5);
+        assert_eq!(out.len(), 61);
+        assert!(o.behind_since().is_some(), "not yet seen empty");
+        out.clear();
+        o.take(1000, 1 << 20, &mut out);
+        assert!(o.behind_since().is_none(), "caught up");
     }
 
     #[test]
