@@ -18,8 +18,13 @@ const FDS_LIMIT: u64 = 16_384;
 /// Where an instance lives and listens.
 #[derive(Debug, Clone)]
 pub(crate) struct Placement<'a> {
+    /// The port the app listens on (`PORT`).
     pub(crate) port: u16,
+    /// The app's own address (`CF_INSTANCE_INTERNAL_IP`): a container's bridge address.
     pub(crate) host: &'a str,
+    /// Where routers and other hosts reach it (`CF_INSTANCE_IP`, `CF_INSTANCE_PORT`): the
+    /// cell's address and the published host port when its port is mapped, else `host:port`.
+    pub(crate) external: (&'a str, u16),
     pub(crate) home: &'a Path,
     pub(crate) tmp: &'a Path,
     pub(crate) started_at_nanos: i64,
@@ -63,7 +68,8 @@ pub(crate) fn build(
     hydrant_bin: &str,
 ) -> BTreeMap<String, String> {
     let app_json = vcap_application(start, placement).to_string();
-    let addr = format!("{}:{}", placement.host, placement.port);
+    let (external_host, external_port) = placement.external;
+    let addr = format!("{external_host}:{external_port}");
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     let mut set = |k: &str, v: String| {
         env.insert(k.to_owned(), v);
@@ -82,18 +88,18 @@ pub(crate) fn build(
     }
     // Set last so the user's env cannot override them.
     let port = placement.port.to_string();
-    let ports = json!([{"external": placement.port, "internal": placement.port}]).to_string();
+    let ports = json!([{"external": external_port, "internal": placement.port}]).to_string();
     for (key, value) in [
         ("PORT", port.clone()),
-        ("VCAP_APP_PORT", port.clone()),
+        ("VCAP_APP_PORT", port),
         ("VCAP_APP_HOST", "0.0.0.0".to_owned()),
         ("INSTANCE_INDEX", start.index.to_string()),
         ("INSTANCE_GUID", start.instance.clone()),
         ("CF_INSTANCE_INDEX", start.index.to_string()),
         ("CF_INSTANCE_GUID", start.instance.clone()),
-        ("CF_INSTANCE_IP", placement.host.to_owned()),
+        ("CF_INSTANCE_IP", external_host.to_owned()),
         ("CF_INSTANCE_INTERNAL_IP", placement.host.to_owned()),
-        ("CF_INSTANCE_PORT", port),
+        ("CF_INSTANCE_PORT", external_port.to_string()),
         ("CF_INSTANCE_ADDR", addr),
         ("CF_INSTANCE_PORTS", ports),
     ] {
@@ -127,6 +133,7 @@ mod tests {
         let placement = Placement {
             port: 61005,
             host: "10.0.0.5",
+            external: ("10.0.0.5", 61005),
             home: Path::new("/i/app"),
             tmp: Path::new("/i/tmp"),
             started_at_nanos: 1_700_000_000_000_000_000,
@@ -144,5 +151,25 @@ mod tests {
         assert_eq!(vcap["uris"][0], "shop.local");
         assert_eq!(vcap["instance_index"], 2);
         assert_eq!(env["VCAP_APPLICATION"], env["HYDRANT_APPLICATION"]);
+    }
+
+    #[test]
+    fn a_mapped_instance_is_told_its_published_address_as_diego_does() {
+        let placement = Placement {
+            port: 8080,
+            host: "10.255.0.7",
+            external: ("192.0.2.10", 61017),
+            home: Path::new("/home/vcap/app"),
+            tmp: Path::new("/home/vcap/tmp"),
+            started_at_nanos: 0,
+        };
+        let env = build(&StartInstance::default(), &placement, "/bin", "");
+        assert_eq!(env["PORT"], "8080");
+        assert_eq!(env["CF_INSTANCE_IP"], "192.0.2.10");
+        assert_eq!(env["CF_INSTANCE_PORT"], "61017");
+        assert_eq!(env["CF_INSTANCE_ADDR"], "192.0.2.10:61017");
+        assert_eq!(env["CF_INSTANCE_INTERNAL_IP"], "10.255.0.7");
+        let ports: Value = serde_json::from_str(&env["CF_INSTANCE_PORTS"]).unwrap();
+        assert_eq!(ports, json!([{"external": 61017, "internal": 8080}]));
     }
 }

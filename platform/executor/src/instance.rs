@@ -511,6 +511,7 @@ async fn spawn(
     let placement = env::Placement {
         port,
         host: &cell.config.advertise_host,
+        external: (&cell.config.advertise_host, port),
         home: &home,
         tmp: &tmp,
         started_at_nanos: started_at,
@@ -615,6 +616,7 @@ async fn spawn_container(
     let placement = env::Placement {
         port: CONTAINER_PORT,
         host: &ip,
+        external: (&reached_at.0, reached_at.1),
         home,
         tmp,
         started_at_nanos: started_at,
