@@ -104,11 +104,14 @@ proptest! {
         pressure_permille in 250u64..=750,
         ticks in 50usize..200,
     ) {
-        // Under their share: in any tick, all quiet sources together offer at most half of
-        // what the reader takes and half the room left above the pressure line.
+        // Under their share: in any tick, all quiet sources together offer at most a quarter
+        // of what the reader takes and a quarter of the room left above the pressure line.
+        // (Half was the boundary itself for one quiet source beside the flood: two sources
+        // share the queue half and half, and a source offering half the reader's pace holds
+        // half the queue once the flood fills it, so jitter pushed it over; proptest found it.)
         let queue = drain * queue_ticks;
         let headroom = queue * (1000 - pressure_permille as usize) / 1000;
-        let budget = (drain / 2).min(headroom / 2).max(1);
+        let budget = (drain / 4).min(headroom / 4).max(1);
         // Round robin over the quiet sources: `per_tick` envelopes every `every` ticks.
         let every = (quiet_cost as usize).div_ceil(budget).max(1);
         let per_tick = (budget / quiet_cost as usize).clamp(1, 8);
