@@ -209,30 +209,32 @@ impl Outbox {
         };
         let fill = self.buffer.fill_permille();
         let mut refused = 0u64;
-        for (item, source) in envelopes {
+        // One buffer lock and one wake-up for the whole batch; the ledger's own short lock is
+        // taken inside it (the same order as the eviction callback's), never the other way.
+        let admitted = envelopes.into_iter().filter_map(|(item, source)| {
             let name = std::str::from_utf8(source).unwrap_or_default();
             let cost = u32::try_from(item.bytes.len()).unwrap_or(u32::MAX);
             let Some(share) = fair.ledger.admit(fair.keys.key(source), name, cost, fill) else {
                 refused += 1;
-                continue;
+                return None;
             };
-            let entry = Entry {
+            Some(Entry {
                 item,
                 share: Some(share),
-            };
-            self.buffer.push_with(entry, |lost, reason| {
-                let Some(share) = lost.share else { return };
-                if matches!(
-                    reason,
-                    DropReason::Evicted | DropReason::Full | DropReason::TooLarge
-                ) {
-                    fair.ledger.evicted(&[share]);
-                } else {
-                    // Closed: counted by the buffer's observer, not as a fairness loss.
-                    fair.ledger.release(&[share]);
-                }
-            });
-        }
+            })
+        });
+        self.buffer.push_iter_with(admitted, |lost, reason| {
+            let Some(share) = lost.share else { return };
+            if matches!(
+                reason,
+                DropReason::Evicted | DropReason::Full | DropReason::TooLarge
+            ) {
+                fair.ledger.evicted(&[share]);
+            } else {
+                // Closed: counted by the buffer's observer, not as a fairness loss.
+                fair.ledger.release(&[share]);
+            }
+        });
         if refused > 0 {
             fair.counters.refused.add(refused);
             // The consumer is owed these in its next gap marker like any other loss here.

@@ -475,12 +475,23 @@ impl<T: Weigh, O: Observer> Buffer<T, O> {
 
     /// Queues every entry of `items` under one lock, in order, never waiting.
     pub fn push_iter(&self, items: impl IntoIterator<Item = T>) -> Pushed {
+        self.push_iter_with(items, |_, _| {})
+    }
+
+    /// [`push_iter`](Self::push_iter), and `on_lost` sees every entry lost on the way with its
+    /// reason, as in [`push_with`](Self::push_with). `items` is drawn under the lock (one lock
+    /// and one wake-up for the whole batch): keep producing an entry, and `on_lost`, short.
+    pub fn push_iter_with(
+        &self,
+        items: impl IntoIterator<Item = T>,
+        mut on_lost: impl FnMut(&T, DropReason),
+    ) -> Pushed {
         let mut lost = Pushed::default();
         let mut any = false;
         let mut s = self.lock();
         for item in items {
             any = true;
-            self.push_locked(&mut s, item, &mut lost, &mut |_, _| {});
+            self.push_locked(&mut s, item, &mut lost, &mut on_lost);
         }
         if any {
             self.depth_changed(&s);
