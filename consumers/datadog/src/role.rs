@@ -17,14 +17,14 @@
 //! `shutdown_drain_ms`, and what is left is counted as `dropped{reason="shutdown"}`; the API
 //! key is read once and lives only in a sensitive header value.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use hydrant_emitter::{Counter, Gauge, Registry};
 use hydrant_nozzle_core::{
-    Checkpoints, CircuitBreaker, CursorFile, DestinationQueue, FirehoseReader, NozzleMetrics,
-    Progress, Watermark, finish_senders,
+    CircuitBreaker, CursorFile, DestinationQueue, FirehoseReader, Keeper, NozzleMetrics, Progress,
+    Watermark, finish_senders,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -256,19 +256,7 @@ async fn serve(
         saved.as_ref(),
     )?;
     // The cursor is stored only once Datadog took everything of a frame (at-least-once).
-    let checkpoints = cursor_file
-        .as_ref()
-        .map(|_| Arc::new(Mutex::new(Checkpoints::default())));
-    let keeper_stop = CancellationToken::new();
-    let keeper = cursor_file
-        .zip(checkpoints.clone())
-        .map(|(file, checkpoints)| {
-            tokio::spawn(hydrant_nozzle_core::keep(
-                file,
-                checkpoints,
-                keeper_stop.clone(),
-            ))
-        });
+    let keeper = Keeper::start(cursor_file);
     tracing::info!(
         subscription_id = %config.subscription_id,
         api = %sinks.series.metrics.destination(),
@@ -285,7 +273,7 @@ async fn serve(
         &sinks,
         flush_every,
         &flush_metrics,
-        checkpoints.as_deref(),
+        keeper.as_ref(),
         &shutdown,
     )
     .await;
@@ -313,9 +301,8 @@ async fn serve(
     })
     .await;
     // The senders are done: store the last settled cursor.
-    keeper_stop.cancel();
     if let Some(keeper) = keeper {
-        let _ = keeper.await;
+        keeper.finish().await;
     }
 
     if let Some(telemetry) = &telemetry {
@@ -335,7 +322,7 @@ async fn read_firehose(
     sinks: &Sinks,
     flush_every: Duration,
     metrics: &FlushMetrics,
-    checkpoints: Option<&Mutex<Checkpoints>>,
+    keeper: Option<&Keeper>,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
     let mut ticker =
@@ -366,7 +353,7 @@ async fn read_firehose(
             }
         }
         report_tally(aggregator, sinks);
-        if let (Some(checkpoints), Some(cursor)) = (checkpoints, batch.cursor()) {
+        if let (Some(keeper), Some(cursor)) = (keeper, batch.cursor()) {
             let mut marks: Vec<(Arc<dyn Progress>, u64)> = Vec::with_capacity(2);
             if let Some(intervals) = &sinks.intervals {
                 intervals.frame();
@@ -378,10 +365,7 @@ async fn read_firehose(
             if let Some(w) = sinks.logs.as_ref().and_then(|l| l.queue.watermark()) {
                 marks.push((Arc::clone(w) as Arc<dyn Progress>, w.pushed()));
             }
-            checkpoints
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .record(Arc::from(cursor), marks);
+            keeper.record(cursor, marks);
         }
     }
 }

@@ -190,6 +190,46 @@ impl Checkpoints {
     }
 }
 
+/// A running nozzle's cursor keeping: the checkpoints its reader records and the [`keep`] task
+/// that stores them.
+#[derive(Debug)]
+pub struct Keeper {
+    checkpoints: Arc<Mutex<Checkpoints>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Keeper {
+    /// Starts keeping the cursor in `file`; `None` for a nozzle that keeps none.
+    #[must_use]
+    pub fn start(file: Option<CursorFile>) -> Option<Self> {
+        let file = file?;
+        let checkpoints = Arc::new(Mutex::new(Checkpoints::default()));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(keep(file, Arc::clone(&checkpoints), stop.clone()));
+        Some(Self {
+            checkpoints,
+            stop,
+            task,
+        })
+    }
+
+    /// Records that everything up to `cursor` was handed to the destinations in `marks` (see
+    /// [`Checkpoints::record`]).
+    pub fn record(&self, cursor: &str, marks: Vec<(Arc<dyn Progress>, u64)>) {
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(Arc::from(cursor), marks);
+    }
+
+    /// Stores the newest settled cursor once more and ends; call it once the senders are done.
+    pub async fn finish(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
 /// The keeper: every [`KEEP_INTERVAL`], and once more when `stop` fires, stores the newest
 /// settled cursor. A failed write is logged and retried with the next one.
 pub async fn keep(file: CursorFile, checkpoints: Arc<Mutex<Checkpoints>>, stop: CancellationToken) {

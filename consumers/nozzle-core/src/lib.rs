@@ -31,7 +31,7 @@ mod watermark;
 pub use backoff::Backoff;
 pub use breaker::{BreakerConfig, CircuitBreaker};
 pub use cursor::{
-    Checkpoints, CursorFile, KEEP_INTERVAL, MAX_CHECKPOINTS, Progress, Saved, keep,
+    Checkpoints, CursorFile, KEEP_INTERVAL, Keeper, MAX_CHECKPOINTS, Progress, Saved, keep,
     validate_cursor_file,
 };
 pub use error::Error;

@@ -17,14 +17,14 @@
 //! `dropped{reason="shutdown"}`; the endpoint is named only masked, headers never.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hydrant_emitter::{Counter, Registry};
 use hydrant_envelope::wire::EnvelopeView;
 use hydrant_nozzle_core::{
-    Checkpoints, CircuitBreaker, CursorFile, DestinationQueue, FirehoseReader, NozzleMetrics,
-    Progress, Watermark, finish_senders,
+    CircuitBreaker, CursorFile, DestinationQueue, FirehoseReader, Keeper, NozzleMetrics, Progress,
+    Watermark, finish_senders,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -206,19 +206,7 @@ async fn serve(
         saved.as_ref(),
     )?;
     // The cursor is stored only once every queue dealt with a frame (at-least-once).
-    let checkpoints = cursor_file
-        .as_ref()
-        .map(|_| Arc::new(Mutex::new(Checkpoints::default())));
-    let keeper_stop = CancellationToken::new();
-    let keeper = cursor_file
-        .zip(checkpoints.clone())
-        .map(|(file, checkpoints)| {
-            tokio::spawn(hydrant_nozzle_core::keep(
-                file,
-                checkpoints,
-                keeper_stop.clone(),
-            ))
-        });
+    let keeper = Keeper::start(cursor_file);
     tracing::info!(
         subscription_id = %config.subscription_id,
         endpoint = %hydrant_nozzle_core::mask_url(&config.endpoint),
@@ -233,7 +221,7 @@ async fn serve(
         logs.as_ref(),
         metrics.as_ref(),
         &mut skipped,
-        checkpoints.as_deref(),
+        keeper.as_ref(),
         &shutdown,
     )
     .await;
@@ -258,9 +246,8 @@ async fn serve(
     .await;
 
     // The senders are done: store the last settled cursor.
-    keeper_stop.cancel();
     if let Some(keeper) = keeper {
-        let _ = keeper.await;
+        keeper.finish().await;
     }
 
     if let Some(telemetry) = &telemetry {
@@ -276,7 +263,7 @@ async fn read_firehose(
     logs: Option<&Destination>,
     metrics: Option<&Destination>,
     skipped: &mut Skipped,
-    checkpoints: Option<&Mutex<Checkpoints>>,
+    keeper: Option<&Keeper>,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
     while let Some(batch) = reader.next_batch(shutdown).await? {
@@ -295,7 +282,7 @@ async fn read_firehose(
                 (Route::Metrics(_), _, None) => skipped.count("metrics_disabled"),
             }
         }
-        if let (Some(checkpoints), Some(cursor)) = (checkpoints, batch.cursor()) {
+        if let (Some(keeper), Some(cursor)) = (keeper, batch.cursor()) {
             // A queue's pushed total only grows, so marking both (touched or not) is exact.
             let marks: Vec<(Arc<dyn Progress>, u64)> = logs
                 .iter()
@@ -306,10 +293,7 @@ async fn read_firehose(
                     (Arc::clone(w) as Arc<dyn Progress>, pushed)
                 })
                 .collect();
-            checkpoints
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .record(Arc::from(cursor), marks);
+            keeper.record(cursor, marks);
         }
     }
     Ok(())

@@ -22,8 +22,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use hydrant_emitter::{Emitter, Registry};
 use hydrant_nozzle_core::{
-    Backoff, BreakerConfig, Checkpoints, CircuitBreaker, CursorFile, DestinationQueue,
-    FirehoseReader, NozzleMetrics, Progress, QueueLimits, finish_senders, loss_notice, mask_url,
+    Backoff, BreakerConfig, CircuitBreaker, CursorFile, DestinationQueue, FirehoseReader, Keeper,
+    NozzleMetrics, Progress, QueueLimits, finish_senders, loss_notice, mask_url,
 };
 use rustls::ClientConfig;
 use serde::Serialize;
@@ -403,20 +403,8 @@ async fn serve(
     );
 
     // The cursor is stored only once every drain dealt with a frame (at-least-once).
-    let checkpoints = cursor_file
-        .as_ref()
-        .map(|_| Arc::new(Mutex::new(Checkpoints::default())));
-    let keeper_stop = CancellationToken::new();
-    let keeper = cursor_file
-        .zip(checkpoints.clone())
-        .map(|(file, checkpoints)| {
-            tokio::spawn(hydrant_nozzle_core::keep(
-                file,
-                checkpoints,
-                keeper_stop.clone(),
-            ))
-        });
-    let read = read_firehose(reader, routes, checkpoints.as_deref(), &shutdown).await;
+    let keeper = Keeper::start(cursor_file);
+    let read = read_firehose(reader, routes, keeper.as_ref(), &shutdown).await;
     // Whatever ended the reader, stop the rest too.
     shutdown.cancel();
     if let Some(platform) = platform {
@@ -446,9 +434,8 @@ async fn serve(
     .await;
     background.cancel();
     // What the drains delivered while shutting down moves the cursor one last time.
-    keeper_stop.cancel();
     if let Some(keeper) = keeper {
-        let _ = keeper.await;
+        keeper.finish().await;
     }
     let _ = notifier.await;
     // Final words: what was lost during shutdown, then the metrics.
@@ -531,7 +518,7 @@ impl Interner {
 async fn read_firehose(
     mut reader: FirehoseReader,
     mut routes: watch::Receiver<Arc<Routes>>,
-    checkpoints: Option<&Mutex<Checkpoints>>,
+    keeper: Option<&Keeper>,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
     // The drains given something from the current frame (only kept with a cursor file).
@@ -571,13 +558,13 @@ async fn read_firehose(
                         bytes,
                         source_id: Arc::clone(&source),
                     });
-                    if checkpoints.is_some() && !touched.iter().any(|t| Arc::ptr_eq(t, drain)) {
+                    if keeper.is_some() && !touched.iter().any(|t| Arc::ptr_eq(t, drain)) {
                         touched.push(Arc::clone(drain));
                     }
                 }
             }
         }
-        if let (Some(checkpoints), Some(cursor)) = (checkpoints, batch.cursor()) {
+        if let (Some(keeper), Some(cursor)) = (keeper, batch.cursor()) {
             let marks: Vec<(Arc<dyn Progress>, u64)> = touched
                 .drain(..)
                 .map(|d| {
@@ -585,10 +572,7 @@ async fn read_firehose(
                     (Arc::clone(&d.tally) as Arc<dyn Progress>, pushed)
                 })
                 .collect();
-            checkpoints
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .record(Arc::from(cursor), marks);
+            keeper.record(cursor, marks);
         }
     }
     Ok(())
