@@ -56,7 +56,18 @@ async fn sigterm_evacuates_keeps_serving_until_stopped_then_exits() {
     let start = rig.start_script("web", "web.sh", APP).await;
     let guid = start.instance.clone();
     rig.wait_state(&guid, InstanceState::Running, WAIT).await;
-    let healthy: CellPresence = presence.next().await.unwrap().json().unwrap();
+    // A presence published before the instance counted may still be queued: wait for the
+    // first one that counts it.
+    let healthy: CellPresence = tokio::time::timeout(WAIT, async {
+        loop {
+            let p: CellPresence = presence.next().await.unwrap().json().unwrap();
+            if p.app_id_to_count.contains_key("app-guid-1") {
+                break p;
+            }
+        }
+    })
+    .await
+    .expect("a presence counting the running instance");
     assert_eq!(healthy.state, CellState::Healthy);
     assert_eq!(healthy.app_id_to_count.get("app-guid-1"), Some(&1));
 
