@@ -33,6 +33,8 @@
 //! - `admin`: the admin server every role gets, `/healthz`, `/metrics` and [`AdminRoutes`].
 //! - `config`: [`load`] (TOML file → config), [`Validate`], [`invalid`] and [`ConfigError`], the
 //!   [`ApiConsumer`] block (`api_url` + `token`/`token_file`).
+//! - `consumer`: [`ApiSettings`], the API-consumer keys a role's config flattens in.
+//! - `declare`: [`role!`], the `Role` impl of a role that listens only on its admin port.
 //! - `run`: [`run`] and [`run_with_registry`] (a role on bound listeners), [`run_from_file`],
 //!   the whole of `hydrant run ROLE --config FILE`, and [`shutdown_on_signal`].
 //! - `api`: [`ApiClient`] (the API consumer at run time: client and token) and
@@ -46,6 +48,9 @@ mod admin;
 mod api;
 mod backoff;
 mod config;
+mod consumer;
+#[doc(hidden)]
+pub mod declare;
 mod error;
 mod listeners;
 mod run;
@@ -58,6 +63,7 @@ pub use admin::{AdminRoutes, router as admin_router};
 pub use api::{ApiClient, CONNECT_TIMEOUT, MtlsTransport};
 pub use backoff::Backoff;
 pub use config::{ApiConsumer, ConfigError, MAX_TOKEN_FILE_BYTES, Validate, invalid, load};
+pub use consumer::ApiSettings;
 pub use error::Error;
 pub use hydrant_emitter::Registry;
 pub use listeners::{ADMIN, ListenerSpec, Listeners, admin_listener, bind, bind_on, listener};
