@@ -1,10 +1,12 @@
-//! Log cache costs: ingesting an envelope (a copy, a shard lock, an append) and reading a page.
+//! Log cache costs: ingesting an envelope (a copy, a shard lock, an append), the same envelopes as
+//! runs of one source (what the doppler hands over: one copy per 4 KiB, one lock per run), and
+//! reading a page.
 //! `cargo bench -p hydrant-logcache`.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hydrant_logcache::{Kind, ReadQuery, Store, StoreConfig};
+use hydrant_logcache::{Incoming, Kind, ReadQuery, Store, StoreConfig};
 
 const ENVELOPE: [u8; 250] = [b'x'; 250];
 
@@ -27,6 +29,44 @@ fn ingest(c: &mut Criterion) {
             for i in 0..1000 {
                 ts += 1;
                 store.ingest(&ids[i % ids.len()], ts, Kind::Log, black_box(&ENVELOPE));
+            }
+        });
+    });
+    g.bench_function(
+        "1000_envelopes_10_sources_in_runs_of_100_at_capacity",
+        |b| {
+            let store = Store::new(StoreConfig {
+                max_per_source: 1000,
+                ..StoreConfig::default()
+            });
+            let mut ts = 0i64;
+            b.iter(|| {
+                for id in &ids[..10] {
+                    let run: Vec<Incoming<'_>> = (0..100)
+                        .map(|_| {
+                            ts += 1;
+                            Incoming {
+                                timestamp: ts,
+                                kind: Kind::Log,
+                                bytes: black_box(&ENVELOPE),
+                            }
+                        })
+                        .collect();
+                    store.ingest_run(id, &run);
+                }
+            });
+        },
+    );
+    g.bench_function("1000_envelopes_10_sources_one_by_one_at_capacity", |b| {
+        let store = Store::new(StoreConfig {
+            max_per_source: 1000,
+            ..StoreConfig::default()
+        });
+        let mut ts = 0i64;
+        b.iter(|| {
+            for i in 0..1000 {
+                ts += 1;
+                store.ingest(&ids[i / 100], ts, Kind::Log, black_box(&ENVELOPE));
             }
         });
     });

@@ -2,7 +2,7 @@
 //! back with Log Cache's `Read`/`Meta` semantics.
 //!
 //! Flow: the doppler routes each batch to its subscribers, then hands the batch to a cache task
-//! that calls [`Store::ingest`]; `logcache.v1.Egress/Read` and `Meta` (served by the doppler)
+//! that calls [`Store::ingest_run`] per run of envelopes sharing a source; `logcache.v1.Egress/Read` and `Meta` (served by the doppler)
 //! call [`Store::read`] and [`Store::meta`]. This serves `logs --recent`, app stats and the
 //! console's first screen.
 //!
@@ -16,6 +16,6 @@ mod store;
 pub use error::Error;
 pub use hydrant_envelope::wire::Kind;
 pub use store::{
-    DEFAULT_READ_LIMIT, ENTRY_OVERHEAD, MAX_READ_LIMIT, ReadQuery, SOURCE_OVERHEAD, SourceMeta,
-    Store, StoreConfig, StoreStats,
+    CHUNK_BYTES, DEFAULT_READ_LIMIT, ENTRY_OVERHEAD, Incoming, MAX_READ_LIMIT, ReadQuery,
+    SOURCE_OVERHEAD, SourceMeta, Store, StoreConfig, StoreStats,
 };

@@ -1,7 +1,8 @@
 //! The store: recent envelopes per `source_id`, ordered by timestamp, bounded three ways.
 //!
 //! Where it sits: the doppler hands every valid batch to a cache task off its hot path; that task
-//! calls [`Store::ingest`] per envelope, and the `logcache.v1.Egress` service calls
+//! calls [`Store::ingest_run`] per run of envelopes sharing a source (one hash, one shard lock and
+//! one allocation per 4 KiB of the run, not per envelope), and the `logcache.v1.Egress` service calls
 //! [`Store::read`] and [`Store::meta`].
 //!
 //! Invariants:
@@ -24,7 +25,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hydrant_envelope::wire::Kind;
 // A panic while holding a shard cannot leave it half-updated in a way that matters more than
 // losing the cache, so keep serving: the runtime's poison-tolerant lock.
@@ -177,6 +178,89 @@ impl StoreStats {
     }
 }
 
+/// One envelope of a run handed to [`Store::ingest_run`], borrowed from the batch it came in.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    /// `timestamp`, UNIX ns.
+    pub timestamp: i64,
+    /// Which message it carries.
+    pub kind: Kind,
+    /// The whole encoded envelope.
+    pub bytes: &'a [u8],
+}
+
+/// Most bytes of a run copied into one allocation. Entries share their chunk, which is freed
+/// once every entry in it is evicted; a source evicts oldest first, so at most its oldest chunk
+/// is partly dead. The per-entry [`ENTRY_OVERHEAD`] (charged for an allocation of its own that
+/// an entry no longer has) covers that: 4 KiB is 16 envelopes of 250 bytes.
+pub const CHUNK_BYTES: usize = 4096;
+
+/// Copies a run's envelopes into chunks of at most [`CHUNK_BYTES`] (an envelope larger than
+/// that gets a chunk of its own) and hands out each envelope as a slice of its chunk.
+fn copy_run<'a>(run: impl Iterator<Item = &'a Incoming<'a>> + Clone) -> Vec<Entry> {
+    let mut entries = Vec::with_capacity(run.clone().count());
+    let mut pending: Vec<&Incoming<'_>> = Vec::new();
+    let mut pending_bytes = 0;
+    for e in run {
+        if !pending.is_empty() && pending_bytes + e.bytes.len() > CHUNK_BYTES {
+            flush_chunk(&mut pending, &mut entries, pending_bytes);
+            pending_bytes = 0;
+        }
+        pending_bytes += e.bytes.len();
+        pending.push(e);
+    }
+    if !pending.is_empty() {
+        flush_chunk(&mut pending, &mut entries, pending_bytes);
+    }
+    entries
+}
+
+/// One allocation of `size` bytes holding every pending envelope, sliced into entries.
+fn flush_chunk(pending: &mut Vec<&Incoming<'_>>, entries: &mut Vec<Entry>, size: usize) {
+    let mut chunk = BytesMut::with_capacity(size);
+    for e in pending.iter() {
+        chunk.extend_from_slice(e.bytes);
+    }
+    let chunk = chunk.freeze();
+    let mut at = 0;
+    for e in pending.drain(..) {
+        entries.push(Entry {
+            timestamp: e.timestamp,
+            kind: e.kind,
+            bytes: chunk.slice(at..at + e.bytes.len()),
+        });
+        at += e.bytes.len();
+    }
+}
+
+/// What one run changed, applied to the store's shared counters once per run rather than once
+/// per envelope.
+#[derive(Debug, Default)]
+struct Delta {
+    added_bytes: usize,
+    removed_bytes: usize,
+    added_envelopes: usize,
+    removed_envelopes: usize,
+    expired: u64,
+}
+
+impl Delta {
+    fn apply(&self, store: &Store) {
+        // Add before subtracting so the unsigned totals never wrap below zero in between.
+        store.bytes.fetch_add(self.added_bytes, Ordering::Relaxed);
+        store.bytes.fetch_sub(self.removed_bytes, Ordering::Relaxed);
+        store
+            .envelopes
+            .fetch_add(self.added_envelopes, Ordering::Relaxed);
+        store
+            .envelopes
+            .fetch_sub(self.removed_envelopes, Ordering::Relaxed);
+        if self.expired > 0 {
+            bump(&store.totals.expired_max_per_source, self.expired);
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     timestamp: i64,
@@ -281,24 +365,52 @@ impl Store {
     /// kept alive). Evicts as needed to stay within every bound; never fails, but counts every
     /// envelope it does not keep.
     pub fn ingest(&self, source_id: &str, timestamp: i64, kind: Kind, envelope: &[u8]) {
-        bump(&self.totals.ingested, 1);
-        let source_cost = source_id.len() + SOURCE_OVERHEAD;
-        if envelope.len() + ENTRY_OVERHEAD + source_cost > self.config.max_bytes_total {
-            bump(&self.totals.rejected_too_large, 1);
+        self.ingest_run(
+            source_id,
+            &[Incoming {
+                timestamp,
+                kind,
+                bytes: envelope,
+            }],
+        );
+    }
+
+    /// Stores copies of a run of envelopes of one source (consecutive envelopes of a batch
+    /// usually share their source: an emitter batches one app's lines). The same as
+    /// [`Store::ingest`] of each in turn, but the run pays one hash, one shard lock and one
+    /// allocation per [`CHUNK_BYTES`] of envelopes instead of one of each per envelope.
+    pub fn ingest_run(&self, source_id: &str, run: &[Incoming<'_>]) {
+        if run.is_empty() {
             return;
         }
+        bump(&self.totals.ingested, run.len() as u64);
+        let source_cost = source_id.len() + SOURCE_OVERHEAD;
+        let fits = |e: &Incoming<'_>| {
+            e.bytes.len() + ENTRY_OVERHEAD + source_cost <= self.config.max_bytes_total
+        };
+        let refused = run.iter().filter(|e| !fits(e)).count();
+        if refused > 0 {
+            bump(&self.totals.rejected_too_large, refused as u64);
+            if refused == run.len() {
+                return;
+            }
+        }
+        let entries = copy_run(run.iter().filter(|e| fits(e)));
         let shard_index = self.shard_of(source_id);
         let mut evicted_stale = false;
+        let mut delta = Delta::default();
         loop {
             let mut shard = lock(&self.shards[shard_index]);
             if let Some(source) = shard.sources.get_mut(source_id) {
-                self.push(source, timestamp, kind, envelope);
+                for entry in entries {
+                    self.push(source, entry, &mut delta);
+                }
                 break;
             }
             if self.sources.load(Ordering::Relaxed) >= self.config.max_sources {
                 drop(shard);
                 if evicted_stale {
-                    bump(&self.totals.rejected_max_sources, 1);
+                    bump(&self.totals.rejected_max_sources, entries.len() as u64);
                     return;
                 }
                 self.evict_stale_sources();
@@ -306,48 +418,48 @@ impl Store {
                 continue;
             }
             let mut source = Source::default();
-            self.push(&mut source, timestamp, kind, envelope);
+            for entry in entries {
+                self.push(&mut source, entry, &mut delta);
+            }
             shard.sources.insert(source_id.into(), source);
             self.sources.fetch_add(1, Ordering::Relaxed);
-            self.bytes.fetch_add(source_cost, Ordering::Relaxed);
+            delta.added_bytes += source_cost;
             break;
         }
+        delta.apply(self);
         if self.bytes.load(Ordering::Relaxed) > self.config.max_bytes_total {
             self.truncate();
         }
     }
 
     /// Adds one envelope to a source's ring, evicting its oldest when the ring is full.
-    fn push(&self, source: &mut Source, timestamp: i64, kind: Kind, envelope: &[u8]) {
+    fn push(&self, source: &mut Source, entry: Entry, delta: &mut Delta) {
         source.ingested += 1;
         if source.entries.len() >= self.config.max_per_source {
             let oldest = source.entries.front().map_or(i64::MIN, |e| e.timestamp);
-            if timestamp < oldest {
+            if entry.timestamp < oldest {
                 // Older than everything a full ring holds: it would be the one evicted.
                 source.expired += 1;
-                bump(&self.totals.expired_max_per_source, 1);
+                delta.expired += 1;
                 return;
             }
             if let Some(evicted) = source.entries.pop_front() {
                 source.expired += 1;
-                bump(&self.totals.expired_max_per_source, 1);
-                self.bytes.fetch_sub(evicted.cost(), Ordering::Relaxed);
-                self.envelopes.fetch_sub(1, Ordering::Relaxed);
+                delta.expired += 1;
+                delta.removed_bytes += evicted.cost();
+                delta.removed_envelopes += 1;
             }
         }
-        let entry = Entry {
-            timestamp,
-            kind,
-            bytes: Bytes::copy_from_slice(envelope),
-        };
-        self.bytes.fetch_add(entry.cost(), Ordering::Relaxed);
-        self.envelopes.fetch_add(1, Ordering::Relaxed);
+        delta.added_bytes += entry.cost();
+        delta.added_envelopes += 1;
         // Envelopes mostly arrive in order; the common case is an append, and a late one lands
         // near the back, where `VecDeque::insert` moves only the shorter side.
-        if source.entries.is_empty() || source.newest() <= timestamp {
+        if source.entries.is_empty() || source.newest() <= entry.timestamp {
             source.entries.push_back(entry);
         } else {
-            let at = source.entries.partition_point(|e| e.timestamp <= timestamp);
+            let at = source
+                .entries
+                .partition_point(|e| e.timestamp <= entry.timestamp);
             source.entries.insert(at, entry);
         }
     }
@@ -722,6 +834,96 @@ mod tests {
         let out = s.read(&q("app")).unwrap();
         assert_eq!(out[0].len(), 10);
         assert_ne!(out[0].as_ptr(), batch.as_ptr());
+    }
+
+    #[test]
+    fn a_run_is_stored_as_its_envelopes_one_by_one_would_be() {
+        let one_by_one = store(3, 1 << 20, 4);
+        let by_run = store(3, 1 << 20, 4);
+        let bodies: Vec<Vec<u8>> = (0u8..5).map(|i| vec![i; 100 + usize::from(i)]).collect();
+        // Out of order at the end: the late one lands by timestamp, and the full ring evicts.
+        let stamps = [10, 20, 30, 40, 25];
+        let run: Vec<Incoming<'_>> = bodies
+            .iter()
+            .zip(stamps)
+            .map(|(b, timestamp)| Incoming {
+                timestamp,
+                kind: Kind::Log,
+                bytes: b,
+            })
+            .collect();
+        for e in &run {
+            one_by_one.ingest("app", e.timestamp, e.kind, e.bytes);
+        }
+        by_run.ingest_run("app", &run);
+        assert_eq!(
+            one_by_one.read(&q("app")).unwrap(),
+            by_run.read(&q("app")).unwrap()
+        );
+        assert_eq!(one_by_one.stats(), by_run.stats());
+        assert_eq!(one_by_one.meta(), by_run.meta());
+        let stats = by_run.stats();
+        assert_eq!(
+            stats.ingested,
+            stats.envelopes + stats.expired() + stats.rejected()
+        );
+    }
+
+    #[test]
+    fn a_run_shares_chunks_of_at_most_chunk_bytes_and_keeps_no_batch_alive() {
+        let s = store(1000, 1 << 20, 4);
+        let batch = Bytes::from(vec![9u8; 250 * 40]);
+        let run: Vec<Incoming<'_>> = batch
+            .chunks(250)
+            .enumerate()
+            .map(|(i, bytes)| Incoming {
+                timestamp: i as i64 + 1,
+                kind: Kind::Log,
+                bytes,
+            })
+            .collect();
+        s.ingest_run("app", &run);
+        let out = s
+            .read(&ReadQuery {
+                limit: 1000,
+                ..q("app")
+            })
+            .unwrap();
+        assert_eq!(out.len(), 40);
+        let base = batch.as_ptr() as usize;
+        assert!(
+            out.iter()
+                .all(|b| (b.as_ptr() as usize).wrapping_sub(base) >= batch.len()),
+            "a stored envelope points into the batch it came in"
+        );
+        // Neighbours in one chunk sit back to back; a new chunk starts every 16 envelopes.
+        let contiguous = out
+            .windows(2)
+            .filter(|w| w[0].as_ptr() as usize + w[0].len() == w[1].as_ptr() as usize)
+            .count();
+        assert_eq!(contiguous, 40 - 40usize.div_ceil(CHUNK_BYTES / 250));
+    }
+
+    #[test]
+    fn a_run_counts_the_envelope_too_large_for_the_budget_and_keeps_the_rest() {
+        let s = store(10, 64 * 1024, 4);
+        let big = vec![1u8; 64 * 1024];
+        let run = [
+            Incoming {
+                timestamp: 1,
+                kind: Kind::Log,
+                bytes: b"small",
+            },
+            Incoming {
+                timestamp: 2,
+                kind: Kind::Log,
+                bytes: &big,
+            },
+        ];
+        s.ingest_run("app", &run);
+        let stats = s.stats();
+        assert_eq!((stats.envelopes, stats.rejected_too_large), (1, 1));
+        assert_eq!(stats.ingested, 2);
     }
 
     #[test]
