@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hydrant_buffer::{FairShare, KeyHasher, Share};
+use hydrant_buffer::{FairShare, KeyHasher, Share, SourceKey};
 use hydrant_envelope::wire::{BatchIter, EnvelopeView, Fields, Kind, Value};
 
 /// Where one valid envelope and its routing fields sit in the batch buffer.
@@ -165,12 +165,23 @@ impl ValidBatch {
         let mut shares: Vec<Share> = Vec::new();
         let mut refused = 0;
         let buf = &self.buf;
+        // Consecutive envelopes mostly share a source (an emitter batches one app's lines):
+        // its key and name are worked out once per run, not per envelope.
+        let mut run: Option<(&[u8], SourceKey, &str)> = None;
         self.slots.retain(|slot| {
             let bytes = part(buf, slot.start, slot.len);
             let source = part(bytes, slot.source_start, slot.source_len);
-            // Validated as UTF-8 by the parser.
-            let name = std::str::from_utf8(source).unwrap_or_default();
-            match fair.admit(keys.key(source), name, slot.len, fill) {
+            let (key, name) = match run {
+                Some((same, key, name)) if same == source => (key, name),
+                _ => {
+                    // Validated as UTF-8 by the parser.
+                    let name = std::str::from_utf8(source).unwrap_or_default();
+                    let key = keys.key(source);
+                    run = Some((source, key, name));
+                    (key, name)
+                }
+            };
+            match fair.admit(key, name, slot.len, fill) {
                 Some(share) => {
                     if !shares.last_mut().is_some_and(|last| last.merge(share)) {
                         shares.push(share);

@@ -5,7 +5,8 @@
 //! bytes as its typed `ReadResponse`).
 //!
 //! Where it sits: router → bounded hand-off of whole batches (overflow counted
-//! `doppler.dropped{reason="logcache_busy"}`) → [`run`] → `Store::ingest`; clients (the firehose
+//! `doppler.dropped{reason="logcache_busy"}`) → [`run`] → `Store::ingest_run` per run of one
+//! source's envelopes; clients (the firehose
 //! edge's recent-logs API, `hydrant logs --recent`, stats) → [`LogCacheService`].
 //!
 //! Invariants: the store copies what it keeps, so no ingress buffer outlives routing; a read
@@ -23,7 +24,7 @@ use hydrant_envelope::logcache_v1::{
     EnvelopeType, MetaInfo, MetaRequest, MetaResponse, ReadRequest,
 };
 use hydrant_envelope::raw::logcache::egress_server::Egress;
-use hydrant_logcache::{Kind, ReadQuery, Store, StoreStats};
+use hydrant_logcache::{Incoming, Kind, ReadQuery, Store, StoreStats};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tonic::{Request, Response, Status};
@@ -91,19 +92,36 @@ pub(crate) struct Intake {
 pub(crate) async fn run(mut intake: Intake, store: Arc<Store>, metrics: LogCacheMetrics) {
     let mut mirrored = StoreStats::default();
     while let Some(batch) = intake.batches.recv().await {
+        // Consecutive envelopes of one source (an emitter batches one app's lines) go in as one
+        // run: one hash, lock and allocation for the run instead of one per envelope.
+        let mut run: Vec<Incoming<'_>> = Vec::with_capacity(batch.len());
+        let mut run_source: &[u8] = &[];
         for envelope in batch.iter() {
-            // Validated at ingress, so the source id is UTF-8; skip rather than trust that.
-            let Ok(source_id) = std::str::from_utf8(envelope.source_id) else {
-                continue;
-            };
-            store.ingest(source_id, envelope.timestamp, envelope.kind, envelope.bytes);
+            if envelope.source_id != run_source {
+                ingest_run(&store, run_source, &run);
+                run.clear();
+                run_source = envelope.source_id;
+            }
+            run.push(Incoming {
+                timestamp: envelope.timestamp,
+                kind: envelope.kind,
+                bytes: envelope.bytes,
+            });
         }
+        ingest_run(&store, run_source, &run);
         intake
             .in_flight
             .fetch_sub(batch.buffer_len(), Ordering::Relaxed);
         let now = store.stats();
         metrics.mirror(&mirrored, &now);
         mirrored = now;
+    }
+}
+
+fn ingest_run(store: &Store, source_id: &[u8], run: &[Incoming<'_>]) {
+    // Validated at ingress, so the source id is UTF-8; skip rather than trust that.
+    if let Ok(source_id) = std::str::from_utf8(source_id) {
+        store.ingest_run(source_id, run);
     }
 }
 
