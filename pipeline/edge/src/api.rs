@@ -21,7 +21,6 @@ use axum::routing::get;
 use hydrant_auth::{AUD_LOGS, Claims, SCOPE_ADMIN};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Channel;
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -48,8 +47,6 @@ pub(crate) struct Shared {
     pub(crate) hub: Arc<Hub>,
     pub(crate) metrics: Metrics,
     pub(crate) opts: StreamOptions,
-    /// `(url, channel)` for each doppler's log cache read API.
-    pub(crate) readers: Vec<(String, Channel)>,
     pub(crate) read_timeout: Duration,
     /// Who may open one more stream: bounds the number of consumer queues, per token, per
     /// user, and keeps slots for the platform's own consumers.

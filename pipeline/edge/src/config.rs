@@ -24,8 +24,25 @@ pub struct Config {
     /// Which copy of the role this is, carried on its own metrics. Default `"0"`.
     pub instance_id: String,
     /// gRPC URLs of every doppler (`http://host:port`); each serves v2 Egress and the log cache
-    /// read API. Default `["http://127.0.0.1:8082"]`.
+    /// read API. Default `["http://127.0.0.1:8082"]`. Empty with a `bus`: follow the dopplers
+    /// announced there (as `dopplers_from_bus = true`).
     pub dopplers: Vec<String>,
+    /// Follow the dopplers announced on the bus (`doppler.announce`) instead of a fixed list:
+    /// a new doppler is subscribed to as soon as its first announcement arrives, and one whose
+    /// announcements lapse (their TTL, three announce intervals) is dropped and its slot freed.
+    /// Needs `bus`; `dopplers` must then be empty or left at its default. Default false.
+    pub dopplers_from_bus: bool,
+    /// Most dopplers followed from the bus at once; an announcement beyond it is refused with a
+    /// log line and counted (`trafficcontroller.doppler_announcements{result=
+    /// "over_max_dopplers"}`). Default 64.
+    pub max_dopplers: usize,
+    /// A followed doppler that still cannot be subscribed to this long after its stream went
+    /// down (or after it was first announced) is dropped and its slot freed, even while it
+    /// keeps announcing; its next announcement tries it afresh. Seconds, default 30.
+    pub doppler_grace_secs: f64,
+    /// The control-plane bus (`[bus]`), read only to follow the dopplers' announcements.
+    /// Default unset.
+    pub bus: Option<hydrant_bus::Config>,
     /// The cloud controller's public token keys, `http://HOST:PORT/token_keys`. Fetched at
     /// start (retried until it answers), refreshed every `token_keys_refresh_secs`, and again
     /// when a token names an unknown key (at most once per `token_keys_refetch_secs`). The edge
@@ -124,7 +141,11 @@ impl Default for Config {
             listen: "127.0.0.1:8081".to_owned(),
             admin_listen: "127.0.0.1:8089".to_owned(),
             instance_id: "0".to_owned(),
-            dopplers: vec!["http://127.0.0.1:8082".to_owned()],
+            dopplers: default_dopplers(),
+            dopplers_from_bus: false,
+            max_dopplers: 64,
+            doppler_grace_secs: 30.0,
+            bus: None,
             token_keys_url: None,
             token_keys_file: None,
             token_keys: None,
@@ -155,6 +176,29 @@ impl Default for Config {
             telemetry: hydrant_emitter::TelemetryConfig::default(),
             upstream_tls: None,
             tls: None,
+        }
+    }
+}
+
+fn default_dopplers() -> Vec<String> {
+    vec!["http://127.0.0.1:8082".to_owned()]
+}
+
+impl Config {
+    /// Whether the edge follows the dopplers announced on the bus rather than (only) a list.
+    #[must_use]
+    pub fn follows_bus(&self) -> bool {
+        self.bus.is_some() && (self.dopplers_from_bus || self.dopplers.is_empty())
+    }
+
+    /// The fixed dopplers read from start to end: none when following the bus with `dopplers`
+    /// left at its default.
+    #[must_use]
+    pub fn static_dopplers(&self) -> &[String] {
+        if self.follows_bus() && self.dopplers == default_dopplers() {
+            &[]
+        } else {
+            &self.dopplers
         }
     }
 }
@@ -205,10 +249,37 @@ impl hydrant_runtime::Validate for Config {
                 .into());
             }
         }
-        if self.dopplers.is_empty() {
+        if let Some(bus) = &self.bus {
+            bus.validate()
+                .map_err(|e| Error::from(invalid("bus", e.to_string())))?;
+        }
+        if self.dopplers_from_bus && self.bus.is_none() {
+            return Err(invalid(
+                "dopplers_from_bus",
+                "following the announced dopplers needs a [bus] section (its url)",
+            )
+            .into());
+        }
+        if self.dopplers_from_bus
+            && !self.dopplers.is_empty()
+            && self.dopplers != default_dopplers()
+        {
             return Err(invalid(
                 "dopplers",
-                "is empty: list at least one doppler gRPC URL, e.g. [\"http://127.0.0.1:8082\"]",
+                "a fixed list and dopplers_from_bus = true conflict; write dopplers = [] to \
+                 follow the bus, or drop dopplers_from_bus",
+            )
+            .into());
+        }
+        if !(1..=1024).contains(&self.max_dopplers) {
+            return Err(invalid("max_dopplers", "must be 1 to 1024 (default 64)").into());
+        }
+        check_secs("doppler_grace_secs", self.doppler_grace_secs)?;
+        if self.dopplers.is_empty() && self.bus.is_none() {
+            return Err(invalid(
+                "dopplers",
+                "is empty: list at least one doppler gRPC URL, e.g. [\"http://127.0.0.1:8082\"], \
+                 or set [bus] to follow the announced ones",
             )
             .into());
         }
@@ -530,6 +601,67 @@ mod tests {
         assert!((c.slow_consumer_timeout_secs - 5.0).abs() < f64::EPSILON);
         assert!((c.ping_interval_secs - 0.5).abs() < f64::EPSILON);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn following_the_bus_needs_a_bus_and_no_fixed_list() {
+        let follow = toml_like(
+            "dopplers_from_bus = true\ndisable_auth = true\n[bus]\nurl = \"nats://127.0.0.1:4222\"\n",
+        );
+        follow.validate().unwrap();
+        assert!(follow.follows_bus());
+        assert!(
+            follow.static_dopplers().is_empty(),
+            "the default list is not read"
+        );
+        assert_eq!(follow.max_dopplers, 64);
+        let empty =
+            toml_like("dopplers = []\ndisable_auth = true\n[bus]\nurl = \"inprocess://t\"\n");
+        empty.validate().unwrap();
+        assert!(empty.follows_bus());
+        assert!(!with_key().follows_bus());
+        assert_eq!(with_key().static_dopplers().len(), 1);
+        let bus = || Some(hydrant_bus::Config::inprocess("t"));
+        let cases = [
+            (
+                Config {
+                    dopplers_from_bus: true,
+                    ..with_key()
+                },
+                "dopplers_from_bus",
+            ),
+            (
+                Config {
+                    dopplers_from_bus: true,
+                    dopplers: vec!["http://10.0.0.1:8082".into()],
+                    bus: bus(),
+                    ..with_key()
+                },
+                "conflict",
+            ),
+            (
+                Config {
+                    dopplers_from_bus: true,
+                    max_dopplers: 0,
+                    bus: bus(),
+                    ..with_key()
+                },
+                "max_dopplers",
+            ),
+            (
+                Config {
+                    dopplers_from_bus: true,
+                    doppler_grace_secs: 0.0,
+                    bus: bus(),
+                    ..with_key()
+                },
+                "doppler_grace_secs",
+            ),
+        ];
+        for (config, needle) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle}");
+        }
     }
 
     fn toml_like(s: &str) -> Config {

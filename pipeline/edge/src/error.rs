@@ -12,6 +12,9 @@ pub enum Error {
     /// The token key set file could not be loaded.
     #[error("cannot load the token keys: {0}")]
     Key(#[from] hydrant_auth::Error),
+    /// The bus the doppler announcements are followed on could not be reached.
+    #[error("cannot connect to the bus to follow the dopplers: {0}")]
+    Bus(#[from] hydrant_bus::Error),
     /// The runtime could not bind a listener or read the config.
     #[error(transparent)]
     Runtime(#[from] hydrant_runtime::Error),

@@ -10,6 +10,13 @@
 //! published batch ended, and a new subscription records those ends (its *live start*) under the
 //! same lock publishing takes, so a resuming consumer is replayed exactly the range before them.
 //!
+//! Slots: each doppler the edge reads holds a slot (an index into a fixed array sized at start:
+//! the configured dopplers, plus `max_dopplers` when following the bus). A followed doppler
+//! that leaves gives its slot up in two steps: [`Hub::leave`] at once (recent reads, resumes
+//! and new subscriptions stop seeing it), [`Hub::release`] once its subscription task has
+//! ended (only then can another doppler take the slot, so a late batch from the old stream
+//! can never be stamped as the new one's).
+//!
 //! Invariant: publishing never waits on a consumer. It takes a read lock on the routing table
 //! (written only when consumers come and go) and pushes into outboxes that drop their own
 //! oldest data when full, so one stalled consumer cannot slow the upstream read or any other
@@ -24,6 +31,7 @@ use bytes::Bytes;
 use hydrant_envelope::cursor::{Mark, RingPosition};
 use hydrant_envelope::wire::{EnvelopeView, Kind, split_batch};
 use tokio::sync::watch;
+use tonic::transport::Channel;
 
 use crate::metrics::{Endpoint, Metrics};
 use crate::outbox::{FairCounters, KindMask, Limits, Outbox};
@@ -49,9 +57,28 @@ impl Parsed {
     }
 }
 
+/// A doppler being read: its URL and the lazily connected channel its log cache and replay
+/// ring are read through.
+#[derive(Debug, Clone)]
+pub(crate) struct Reader {
+    pub(crate) url: String,
+    pub(crate) channel: Channel,
+}
+
+/// Who holds a slot.
+#[derive(Debug, Default)]
+enum Holder {
+    #[default]
+    Free,
+    Active(Reader),
+    /// Dropped; its subscription task is still ending.
+    Leaving,
+}
+
 /// What the hub knows of one doppler's stream.
 #[derive(Debug, Default)]
 struct Upstream {
+    holder: Mutex<Holder>,
     /// `(doppler id, epoch)`, once a ring read told it.
     identity: Mutex<Option<(u64, u64)>>,
     /// The offset after the last batch published (written under the table's read lock, read
@@ -93,7 +120,8 @@ pub(crate) struct Hub {
     table: RwLock<Table>,
     metrics: Metrics,
     limits: Limits,
-    /// One per configured doppler, in config order.
+    /// One per slot: the configured dopplers first, in config order, then room for the
+    /// followed ones.
     upstreams: Vec<Upstream>,
     /// Bumped whenever a doppler's identity becomes known, for [`Hub::wait_identified`].
     identified: watch::Sender<usize>,
@@ -161,22 +189,101 @@ impl Drop for Subscription {
 }
 
 impl Hub {
-    /// A hub for `dopplers` upstreams (slots `0..dopplers`, in config order).
-    pub(crate) fn new(metrics: Metrics, limits: Limits, dopplers: usize) -> Self {
+    /// A hub with room for `slots` dopplers at once, every slot free.
+    pub(crate) fn new(metrics: Metrics, limits: Limits, slots: usize) -> Self {
         Self {
             table: RwLock::default(),
             metrics,
             limits,
-            upstreams: (0..dopplers).map(|_| Upstream::default()).collect(),
+            upstreams: (0..slots).map(|_| Upstream::default()).collect(),
             identified: watch::Sender::new(0),
         }
     }
 
-    /// The live start of every doppler whose identity is known. Called under the write lock.
+    /// Gives `reader` the first free slot; `None` when every slot is taken.
+    pub(crate) fn claim(&self, reader: Reader) -> Option<usize> {
+        self.upstreams.iter().position(|u| {
+            let mut holder = u.holder.lock().unwrap_or_else(PoisonError::into_inner);
+            if matches!(*holder, Holder::Free) {
+                *holder = Holder::Active(reader.clone());
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// Stops offering `slot`'s doppler to reads, resumes and new subscriptions; its slot stays
+    /// taken until [`Hub::release`].
+    pub(crate) fn leave(&self, slot: usize) {
+        if let Some(u) = self.upstreams.get(slot) {
+            *u.holder.lock().unwrap_or_else(PoisonError::into_inner) = Holder::Leaving;
+        }
+        self.identified.send_modify(|n| *n += 1);
+    }
+
+    /// Frees `slot` once its subscription task has ended: no batch of the old stream can
+    /// arrive after this. Returns where the read stopped (`(epoch, next offset)`), when the
+    /// doppler gave positions, so a doppler that comes back is read on from there.
+    pub(crate) fn release(&self, slot: usize) -> Option<(u64, u64)> {
+        let stopped = self.upstreams.get(slot).and_then(|u| {
+            let _t = self.table.read().unwrap_or_else(PoisonError::into_inner);
+            *u.holder.lock().unwrap_or_else(PoisonError::into_inner) = Holder::Free;
+            let identity = u
+                .identity
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            let end = u.end.swap(0, Ordering::AcqRel);
+            identity.map(|(_, epoch)| (epoch, end))
+        });
+        // A waiter for every doppler's identity no longer waits for this one.
+        self.identified.send_modify(|n| *n += 1);
+        stopped
+    }
+
+    fn active(&self, slot: usize) -> Option<Reader> {
+        match &*self
+            .upstreams
+            .get(slot)?
+            .holder
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            Holder::Active(reader) => Some(reader.clone()),
+            Holder::Free | Holder::Leaving => None,
+        }
+    }
+
+    /// Every doppler being read, with its slot: what a recent read asks.
+    pub(crate) fn readers(&self) -> Vec<(usize, Reader)> {
+        (0..self.upstreams.len())
+            .filter_map(|slot| Some((slot, self.active(slot)?)))
+            .collect()
+    }
+
+    /// The read channel of each slot's doppler, by slot (`None`: no doppler there), for a
+    /// replay planned now.
+    pub(crate) fn channels(&self) -> Vec<Option<Channel>> {
+        (0..self.upstreams.len())
+            .map(|slot| self.active(slot).map(|r| r.channel))
+            .collect()
+    }
+
+    /// How many dopplers are being read.
+    pub(crate) fn dopplers(&self) -> usize {
+        (0..self.upstreams.len())
+            .filter(|&slot| self.active(slot).is_some())
+            .count()
+    }
+
+    /// The live start of every doppler being read whose identity is known. Called under the
+    /// write lock.
     fn live_starts(&self) -> Vec<(usize, Mark)> {
         self.upstreams
             .iter()
             .enumerate()
+            .filter(|(slot, _)| self.active(*slot).is_some())
             .filter_map(|(slot, u)| {
                 let (doppler, epoch) =
                     (*u.identity.lock().unwrap_or_else(PoisonError::into_inner))?;
@@ -202,12 +309,14 @@ impl Hub {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits until every doppler's identity is known, or `limit` passes (a doppler that is down
-    /// does not hold a resuming consumer back for longer).
+    /// Waits until the identity of every doppler being read is known, or `limit` passes (a
+    /// doppler that is down does not hold a resuming consumer back for longer).
     pub(crate) async fn wait_identified(&self, limit: Duration) {
         let all = self.upstreams.len();
         let mut rx = self.identified.subscribe();
-        let known = |hub: &Self| (0..all).all(|slot| hub.identity(slot).is_some());
+        let known = |hub: &Self| {
+            (0..all).all(|slot| hub.active(slot).is_none() || hub.identity(slot).is_some())
+        };
         let _ = tokio::time::timeout(limit, async {
             while !known(self) {
                 if rx.changed().await.is_err() {
@@ -474,7 +583,7 @@ mod tests {
 
     use super::*;
 
-    fn hub() -> Arc<Hub> {
+    fn hub_of(slots: usize) -> Arc<Hub> {
         Arc::new(Hub::new(
             Metrics::new(&Registry::new("trafficcontroller", "t")),
             Limits {
@@ -482,8 +591,31 @@ mod tests {
                 max_bytes: 1 << 24,
                 fair: true,
             },
-            1,
+            slots,
         ))
+    }
+
+    fn reader(url: &str) -> Reader {
+        // A channel's worker task needs a runtime, also in the tests that are not async.
+        static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+        let runtime = RUNTIME.get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+        });
+        let _entered = runtime.enter();
+        Reader {
+            url: url.to_owned(),
+            channel: tonic::transport::Endpoint::from_shared(url.to_owned())
+                .unwrap()
+                .connect_lazy(),
+        }
+    }
+
+    fn hub() -> Arc<Hub> {
+        let h = hub_of(1);
+        assert_eq!(h.claim(reader("http://127.0.0.1:1")), Some(0));
+        h
     }
 
     fn log(source: &str, i: usize) -> Bytes {
@@ -597,6 +729,51 @@ mod tests {
         let offsets: Vec<u64> = out.iter().map(|i| i.at.offset).collect();
         assert_eq!(offsets, [100, 101]);
         assert_eq!(h.identity(0), Some((7, 9)));
+    }
+
+    #[tokio::test]
+    async fn a_slot_is_reused_only_once_released_and_a_leaving_doppler_is_not_offered() {
+        let h = hub_of(2);
+        assert_eq!(h.claim(reader("http://127.0.0.1:1")), Some(0));
+        assert_eq!(h.claim(reader("http://127.0.0.1:2")), Some(1));
+        assert_eq!(
+            h.claim(reader("http://127.0.0.1:3")),
+            None,
+            "every slot taken"
+        );
+        let p = |doppler| RingPosition {
+            doppler,
+            epoch: 1,
+            start: 5,
+            count: 0,
+            ..RingPosition::default()
+        };
+        h.at_position(0, &p(10));
+        h.at_position(1, &p(11));
+        assert_eq!(h.dopplers(), 2);
+        h.leave(0);
+        assert_eq!(h.dopplers(), 1);
+        let urls: Vec<String> = h.readers().into_iter().map(|(_, r)| r.url).collect();
+        assert_eq!(urls, ["http://127.0.0.1:2"]);
+        assert!(h.channels()[0].is_none() && h.channels()[1].is_some());
+        let s = h.subscribe_group("x", KindMask::ALL, Endpoint::Firehose);
+        let slots: Vec<usize> = s.live_starts().iter().map(|(slot, _)| *slot).collect();
+        assert_eq!(slots, [1], "a leaving doppler has no live start");
+        assert_eq!(h.claim(reader("http://127.0.0.1:3")), None, "still ending");
+        assert_eq!(h.release(0), Some((1, 5)), "where the read stopped");
+        assert_eq!(h.identity(0), None);
+        assert_eq!(h.claim(reader("http://127.0.0.1:3")), Some(0));
+        // The new doppler is waited for until it says who it is.
+        assert!(
+            tokio::time::timeout(
+                Duration::from_millis(50),
+                h.wait_identified(Duration::from_secs(60))
+            )
+            .await
+            .is_err()
+        );
+        h.at_position(0, &p(12));
+        h.wait_identified(Duration::from_secs(5)).await;
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! The traffic controller and firehose edge: the public read side of the pipeline
 //! (`hydrant run trafficcontroller`).
 //!
-//! Flow: dopplers' v2 `Egress/BatchedReceiver` (one subscription per doppler) → [`hub`] (parse
+//! Flow: dopplers' v2 `Egress/BatchedReceiver` (one subscription per doppler) → `hub` (parse
 //! routing fields, fan out) → one bounded outbox per consumer → a writer per connection →
 //! WebSocket / SSE. Recent reads go the other way: `GET /api/v1/read` asks every doppler's log
 //! cache and merges.
+//!
+//! The dopplers are the configured list, or with `dopplers_from_bus` the ones announced on the
+//! bus (`follow`): a doppler that joins is read at once, one whose announcements lapse is
+//! dropped, and every path (live fan-out, recent reads, resumes) asks the hub which dopplers
+//! are current rather than holding a list of its own.
 //!
 //! Public endpoints (on [`Listeners::http`]):
 //! - `GET /firehose/{subscription_id}` (WebSocket; firehose scope): every envelope. Connections
@@ -23,6 +28,7 @@
 //! # Layout
 //! - [`config`]: [`Config`] and its validation.
 //! - `upstream`: doppler subscriptions with reconnect and backoff; read channels.
+//! - `follow`: the doppler set from the bus (`doppler.announce`).
 //! - `hub`: the routing table and fan-out; `outbox`: a consumer's drop-oldest queue.
 //! - `position`: where each queued envelope came from and each consumer's cursor; `resume`:
 //!   replaying a reconnecting consumer from the dopplers' replay rings.
@@ -38,6 +44,7 @@ mod admission;
 mod api;
 pub mod config;
 mod error;
+mod follow;
 mod frame;
 mod https;
 mod hub;
@@ -95,7 +102,15 @@ impl hydrant_runtime::Role for TrafficController {
     }
 
     fn describe(config: &Config) -> Option<String> {
-        Some(format!("dopplers {}", config.dopplers.join(", ")))
+        let statics = config.static_dopplers();
+        Some(match (config.follows_bus(), statics.is_empty()) {
+            (true, true) => "dopplers announced on the bus".to_owned(),
+            (true, false) => format!(
+                "dopplers {} and those announced on the bus",
+                statics.join(", ")
+            ),
+            (false, _) => format!("dopplers {}", statics.join(", ")),
+        })
     }
 
     async fn run(
@@ -131,6 +146,9 @@ async fn serve(
         tracing::info!(known = keys.len(), url = ?config.token_keys_url, "token keys");
         Some(keys)
     };
+    let statics = config.static_dopplers();
+    let follows = config.follows_bus();
+    let followed = if follows { config.max_dopplers } else { 0 };
     let hub = Arc::new(Hub::new(
         metrics.clone(),
         Limits {
@@ -138,25 +156,52 @@ async fn serve(
             max_bytes: config.queue_max_bytes,
             fair: config.fair_share,
         },
-        config.dopplers.len(),
+        statics.len() + followed,
     ));
-    let backoff = Backoff::from_ms(config.reconnect_min_ms, config.reconnect_max_ms, 0.25);
-    let mut readers = Vec::with_capacity(config.dopplers.len());
     let tls = upstream::tls(config.upstream_tls.as_ref())
         .map_err(|e| hydrant_runtime::invalid("upstream_tls", e.to_string()))?;
-    for (slot, url) in config.dopplers.iter().enumerate() {
+    let upstream = upstream::Upstream {
+        tls: tls.clone(),
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        backoff: Backoff::from_ms(config.reconnect_min_ms, config.reconnect_max_ms, 0.25),
+        grace: None,
+    };
+    for url in statics {
         let channel = upstream::read_channel(url, tls.as_ref())
             .map_err(|e| hydrant_runtime::invalid("dopplers", format!("{url:?}: {e}")))?;
-        readers.push((url.clone(), channel));
+        let reader = hub::Reader {
+            url: url.clone(),
+            channel,
+        };
+        let slot = hub
+            .claim(reader)
+            .ok_or_else(|| hydrant_runtime::invalid("dopplers", "more dopplers than slots"))?;
         tracker.spawn(upstream::subscribe(
             slot,
             url.clone(),
-            tls.clone(),
-            hub.clone(),
-            metrics.clone(),
-            backoff,
+            upstream::Start::Head,
+            upstream.clone(),
             stop.clone(),
         ));
+    }
+    metrics.dopplers.set(hub.dopplers() as f64);
+    if let (true, Some(bus)) = (follows, &config.bus) {
+        let bus = hydrant_bus::Bus::connect(bus, &registry).await?;
+        let follower = follow::run(
+            bus,
+            upstream::Upstream {
+                grace: Some(secs(config.doppler_grace_secs, Duration::from_secs(30))),
+                ..upstream
+            },
+            config.max_dopplers,
+            stop.clone(),
+        );
+        tracker.spawn(async move {
+            if let Err(error) = follower.await {
+                tracing::error!(%error, "cannot follow the dopplers' announcements");
+            }
+        });
     }
     tracker.spawn(report_depth(hub.clone(), metrics.clone(), stop.clone()));
     let _emitter = config.telemetry.start(&registry, stop.clone());
@@ -173,7 +218,6 @@ async fn serve(
             pong_timeout: secs(config.pong_timeout_secs, Duration::from_secs(30)),
             sse_heartbeat: secs(config.sse_heartbeat_secs, Duration::from_secs(15)),
         },
-        readers,
         read_timeout: secs(config.read_timeout_secs, Duration::from_secs(5)),
         admission: admission::Admission::new(
             admission::Caps {
@@ -190,7 +234,8 @@ async fn serve(
     });
     tracing::info!(
         http = ?listeners.http.local_addr().ok(),
-        dopplers = config.dopplers.len(),
+        dopplers = statics.len(),
+        follows_bus = follows,
         "trafficcontroller serving"
     );
     // `[tls]`: the public listener speaks https:// and wss://; tokens still decide access.
@@ -238,6 +283,7 @@ async fn report_depth(hub: Arc<Hub>, metrics: Metrics, stop: CancellationToken) 
         let (envelopes, bytes) = hub.depth();
         metrics.queued_envelopes.set(envelopes as f64);
         metrics.queued_bytes.set(bytes as f64);
+        metrics.dopplers.set(hub.dopplers() as f64);
         metrics.sync_gauges();
     }
 }

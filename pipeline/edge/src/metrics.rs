@@ -6,6 +6,11 @@
 //! refused a source holding more than its share, `closed` when it left with envelopes still
 //! queued); envelopes that could not be parsed are `dropped{reason=malformed}`. Fair refusals
 //! and evictions from fair queues are also counted by source in `dropped_by_source`.
+//!
+//! The doppler set: `dopplers` (gauge, how many are being read), `doppler_changes{change}`
+//! (`joined`, `lapsed`: announcements stopped, `unreachable`: no stream past the grace) and
+//! `doppler_announcements{result}` for announcements that changed nothing (`invalid`,
+//! `over_max_dopplers`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -89,6 +94,13 @@ pub(crate) struct Metrics {
     pub(crate) app_streams: LiveGauge,
     pub(crate) sse_streams: LiveGauge,
     pub(crate) doppler_connections: LiveGauge,
+    /// Dopplers being read (configured and followed).
+    pub(crate) dopplers: Gauge,
+    pub(crate) doppler_joined: Counter,
+    pub(crate) doppler_lapsed: Counter,
+    pub(crate) doppler_unreachable: Counter,
+    pub(crate) announce_invalid: Counter,
+    pub(crate) announce_over_max: Counter,
     pub(crate) queued_envelopes: Gauge,
     pub(crate) queued_bytes: Gauge,
 }
@@ -124,6 +136,20 @@ impl Metrics {
             )
         };
         let live = |name, help| LiveGauge::new(r.gauge(name, help, "count", &[]));
+        let change = |c| {
+            r.counter(
+                "trafficcontroller.doppler_changes",
+                "dopplers that joined or left the set this edge reads, by change",
+                &[("change", c)],
+            )
+        };
+        let announce = |result| {
+            r.counter(
+                "trafficcontroller.doppler_announcements",
+                "doppler announcements that changed nothing, by why",
+                &[("result", result)],
+            )
+        };
         Self {
             ingress: r.counter(
                 "trafficcontroller.ingress",
@@ -200,6 +226,17 @@ impl Metrics {
                 "trafficcontroller.doppler_connections",
                 "dopplers with a live subscription",
             ),
+            dopplers: r.gauge(
+                "trafficcontroller.dopplers",
+                "dopplers this edge reads (configured and followed from the bus)",
+                "count",
+                &[],
+            ),
+            doppler_joined: change("joined"),
+            doppler_lapsed: change("lapsed"),
+            doppler_unreachable: change("unreachable"),
+            announce_invalid: announce("invalid"),
+            announce_over_max: announce("over_max_dopplers"),
             queued_envelopes: r.gauge(
                 "trafficcontroller.queued",
                 "envelopes waiting in consumer queues",

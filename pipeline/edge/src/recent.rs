@@ -157,7 +157,9 @@ pub(crate) async fn read(
     }
     let request = read_request(&source_id, &q).map_err(|e| app.reject(e))?;
     let deadline = app.read_timeout;
-    let calls = app.readers.iter().map(|(url, channel)| {
+    let readers = app.hub.readers();
+    let calls = readers.iter().map(|(_, reader)| {
+        let (url, channel) = (&reader.url, &reader.channel);
         let mut client = RawEgressClient::new(channel.clone())
             .max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
         let request = request.clone();
@@ -235,7 +237,9 @@ pub(crate) async fn meta(
     let q = Query::parse(query.as_deref()).map_err(|e| app.reject(e))?;
     let claims = app.authenticate(&headers, &q).await?;
     let deadline = app.read_timeout;
-    let calls = app.readers.iter().map(|(url, channel)| {
+    let readers = app.hub.readers();
+    let calls = readers.iter().map(|(_, reader)| {
+        let (url, channel) = (&reader.url, &reader.channel);
         let mut client = EgressClient::new(channel.clone())
             .max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
         // Each doppler answers for itself; this edge does the merging.

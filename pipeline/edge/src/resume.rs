@@ -92,7 +92,8 @@ pub(crate) struct Replay {
     ready: VecDeque<Item>,
     /// Ends of finished ranges, handed out with the last of their envelopes.
     finished: Vec<Mark>,
-    readers: Vec<Channel>,
+    /// Each slot's read channel when the replay was planned (`None`: no doppler there).
+    readers: Vec<Option<Channel>>,
     timeout: Duration,
     /// Envelopes replayed so far.
     pub(crate) replayed: u64,
@@ -113,7 +114,7 @@ impl Replay {
     pub(crate) fn plan(
         sub: &Subscription,
         cursor: Option<&Cursor>,
-        readers: Vec<Channel>,
+        readers: Vec<Option<Channel>>,
         timeout: Duration,
         tracker: &mut Tracker,
     ) -> Self {
@@ -136,6 +137,18 @@ impl Replay {
                     });
                 }
                 Some(from) if from.epoch == live.epoch && from.next >= live.next => {}
+                // A doppler the cursor does not name joined after it was written (the cursor
+                // names every doppler the edge read when the consumer connected): all it holds
+                // arrived while the consumer was away, so it is replayed from the start of its
+                // window rather than silently skipped to live.
+                None if cursor.is_some() && !sub.joined_live_group() && live.next > 0 => {
+                    let from = Mark { next: 0, ..live };
+                    jobs.push_back(Job {
+                        slot,
+                        from,
+                        to: live,
+                    });
+                }
                 _ => tracker.set(live),
             }
         }
@@ -281,6 +294,7 @@ impl Replay {
             .readers
             .get(job.slot)
             .cloned()
+            .flatten()
             .ok_or_else(|| tonic::Status::not_found("no such doppler"))?;
         let mut client = EgressClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         // A doppler that restarted since (another epoch) answers `restarted` and reads its new

@@ -111,7 +111,7 @@ pub(crate) async fn read(
     let replay = Replay::plan(
         &sub,
         resume.as_ref(),
-        app.readers.iter().map(|(_, c)| c.clone()).collect(),
+        app.hub.channels(),
         app.read_timeout,
         &mut tracker,
     );

@@ -356,7 +356,7 @@ async fn write_loop(
     let mut replay = Replay::plan(
         sub,
         on.resume.as_ref(),
-        app.readers.iter().map(|(_, c)| c.clone()).collect(),
+        app.hub.channels(),
         app.read_timeout,
         &mut tracker,
     );

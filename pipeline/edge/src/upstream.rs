@@ -14,6 +14,10 @@
 //! an exact gap). A doppler whose ring is off answers `FAILED_PRECONDITION`, and is subscribed to
 //! like any v2 client instead, without positions.
 //!
+//! A doppler followed from the bus (see `follow`) is given up when no stream could be made
+//! to it for `doppler_grace_secs`: [`subscribe`] then returns [`Ended::Unreachable`] and the
+//! follower frees its slot. A configured doppler is retried for as long as the edge runs.
+//!
 //! With `upstream_tls` set, every doppler connection (subscription and reads) is mutual TLS:
 //! the edge presents its `trafficcontroller` leaf and accepts a doppler only if its certificate
 //! names `doppler`, whatever address it dialled.
@@ -123,6 +127,16 @@ pub(crate) fn ring_request(
     request
 }
 
+/// A ring read of everything from the oldest envelope the ring holds (offset 0 of whatever
+/// epoch it is in; what it already evicted is reported as skipped).
+fn oldest_request() -> tonic::Request<v2::EgressBatchRequest> {
+    let mut request = ring_request(None, None);
+    request
+        .metadata_mut()
+        .insert(RING_FROM, tonic::metadata::MetadataValue::from(0u64));
+    request
+}
+
 /// True when a doppler refused a ring read because it keeps no ring (or predates them).
 pub(crate) fn no_ring(status: &tonic::Status) -> bool {
     matches!(
@@ -145,39 +159,73 @@ pub(crate) fn ring_gap(position: &RingPosition) -> Gap {
     }
 }
 
+/// Where a doppler's first ring read starts (later ones go on from where the hub stopped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// Live data from now on: a configured doppler, or one already up when the edge started
+    /// following (its past belongs to consumers' resumes, not to live streams).
+    Head,
+    /// The oldest envelope its ring holds: a doppler that joined while the edge ran, to which
+    /// agents may send before this subscription is made; nothing it took is skipped.
+    Oldest,
+    /// Where this edge stopped reading it before (`epoch`, next offset): a doppler dropped and
+    /// announced again. Another epoch (it restarted) reads its new process from the oldest.
+    At(u64, u64),
+}
+
+/// Why a subscription task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// `shutdown` was cancelled (the edge stops, or the doppler was dropped).
+    Stopped,
+    /// No stream could be made for longer than the grace.
+    Unreachable,
+}
+
+/// How one doppler is read.
+#[derive(Debug, Clone)]
+pub(crate) struct Upstream {
+    pub(crate) tls: Option<hydrant_tls::Connector>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) metrics: Metrics,
+    pub(crate) backoff: Backoff,
+    /// Give up after this long without a stream; `None`: retry for ever.
+    pub(crate) grace: Option<Duration>,
+}
+
 /// Keeps a subscription to `url` (the doppler in `slot`) open until `shutdown`, publishing
-/// every batch into `hub`.
+/// every batch into the hub; gives up when no stream could be made within the grace.
 pub(crate) async fn subscribe(
     slot: usize,
     url: String,
-    tls: Option<hydrant_tls::Connector>,
-    hub: Arc<Hub>,
-    metrics: Metrics,
-    backoff: Backoff,
+    start: Start,
+    upstream: Upstream,
     shutdown: CancellationToken,
-) {
+) -> Ended {
+    let (metrics, backoff, grace) = (&upstream.metrics, upstream.backoff, upstream.grace);
     let mut attempt = 0;
     let mut scratch = Vec::new();
+    // Since when no stream has been up.
+    let mut down_since = tokio::time::Instant::now();
     while !shutdown.is_cancelled() {
-        let result = stream_once(
-            slot,
-            &url,
-            tls.as_ref(),
-            &hub,
-            &metrics,
-            &mut scratch,
-            &shutdown,
-        )
-        .await;
+        let result = stream_once(slot, &url, start, &upstream, &mut scratch, &shutdown).await;
         if result.is_ok() {
             // The stream was up; a fresh failure starts over from the shortest delay.
             attempt = 0;
+            down_since = tokio::time::Instant::now();
         }
         // The runtime's jitter (up to a quarter off) keeps a fleet of edges from reconnecting
         // in lockstep.
         let delay = backoff.delay(attempt);
         if let Err(e) = result {
             metrics.upstream_subscribe_errors.inc();
+            if let Some(grace) = grace
+                && down_since.elapsed() >= grace
+            {
+                tracing::warn!(doppler = %url, error = %e, ?grace,
+                    "doppler unreachable for longer than its grace; dropping it");
+                return Ended::Unreachable;
+            }
             tracing::warn!(doppler = %url, error = %e, retry_in = ?delay, "doppler subscription failed");
         }
         tokio::select! {
@@ -186,6 +234,7 @@ pub(crate) async fn subscribe(
         }
         attempt = attempt.saturating_add(1);
     }
+    Ended::Stopped
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,12 +249,12 @@ enum StreamError {
 async fn stream_once(
     slot: usize,
     url: &str,
-    tls: Option<&hydrant_tls::Connector>,
-    hub: &Hub,
-    metrics: &Metrics,
+    start: Start,
+    upstream: &Upstream,
     scratch: &mut Vec<crate::hub::Parsed>,
     shutdown: &CancellationToken,
 ) -> Result<(), StreamError> {
+    let (tls, hub, metrics) = (upstream.tls.as_ref(), &*upstream.hub, &upstream.metrics);
     let endpoint = endpoint(url)?;
     let channel = tokio::select! {
         c = hydrant_tls::grpc::connect(&endpoint, tls) => c?,
@@ -214,9 +263,14 @@ async fn stream_once(
     let mut client =
         EgressClient::new(channel).max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
     // Where the hub stopped, so a broken stream loses nothing still in the doppler's ring.
-    let from = hub.identity(slot).map(|(_, epoch)| (epoch, hub.end(slot)));
+    let request = match (hub.identity(slot), start) {
+        (Some((_, epoch)), _) => ring_request(Some((epoch, hub.end(slot))), None),
+        (None, Start::At(epoch, next)) => ring_request(Some((epoch, next)), None),
+        (None, Start::Oldest) => oldest_request(),
+        (None, Start::Head) => ring_request(None, None),
+    };
     let ring = tokio::select! {
-        r = client.batched_receiver(ring_request(from, None)) => r,
+        r = client.batched_receiver(request) => r,
         () = shutdown.cancelled() => return Ok(()),
     };
     let (mut stream, ring) = match ring {
