@@ -166,6 +166,30 @@ impl Subscription {
         self.joined_live_group
     }
 
+    /// Where each known doppler's published stream ends now: how far a catching-up consumer
+    /// still has to read.
+    pub(crate) fn heads(&self) -> Vec<(usize, Mark)> {
+        let _t = self
+            .hub
+            .table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.hub.live_starts()
+    }
+
+    /// Ends a catch-up: the outbox queues every doppler's envelopes again, and the returned
+    /// live starts (taken under the same lock, so no batch falls between) say where the replay
+    /// must stop.
+    pub(crate) fn go_live(&self) -> Vec<(usize, Mark)> {
+        let _t = self
+            .hub
+            .table
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.outbox.undefer();
+        self.hub.live_starts()
+    }
+
     /// Whether this subscription takes an envelope of `kind` from `source_id` (what a replay
     /// filters by, so replayed data is selected as live data is).
     pub(crate) fn wants(&self, kind: Kind, source_id: &[u8]) -> bool {

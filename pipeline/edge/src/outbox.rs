@@ -20,7 +20,13 @@
 //! consumer behind for longer than the slow-consumer timeout is closed by its writer. So a
 //! consumer that falls behind in a burst and catches up is never cut off, while one that keeps
 //! losing data without ever draining is.
+//!
+//! Deferred dopplers: while a resuming consumer catches up from the dopplers' replay rings
+//! (see `resume`), its outbox passes over those dopplers' live envelopes instead of queueing
+//! them: the ring holds them too, and the replay reads them from there before the consumer goes
+//! live, so they are neither held twice nor lost, and a long catch-up cannot overflow the outbox.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -157,6 +163,12 @@ pub(crate) struct Outbox {
     fair: Option<Fair>,
     /// What a take drains before handing the items over (only the writer takes: uncontended).
     scratch: Mutex<(Vec<Entry>, Vec<Share>)>,
+    /// Set while `deferred` names dopplers, so a push checks the list only then.
+    deferring: AtomicBool,
+    /// Dopplers whose envelopes are passed over: their replay ring is read instead.
+    deferred: Mutex<Arc<[u64]>>,
+    /// Most envelopes held (`queue_max_envelopes`).
+    capacity: usize,
 }
 
 impl Outbox {
@@ -187,6 +199,9 @@ impl Outbox {
                 refused_since: Mutex::new(None),
             }),
             scratch: Mutex::default(),
+            deferring: AtomicBool::new(false),
+            deferred: Mutex::new(Arc::from([])),
+            capacity: limits.max_envelopes,
         }
     }
 
@@ -194,11 +209,46 @@ impl Outbox {
         self.kinds
     }
 
+    /// Most envelopes this outbox holds.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Passes over the envelopes of `dopplers` from now on (their consumer reads them from the
+    /// replay rings); [`Outbox::undefer`] ends it.
+    pub(crate) fn defer(&self, dopplers: Vec<u64>) {
+        let mut deferred = self.deferred.lock().unwrap_or_else(PoisonError::into_inner);
+        self.deferring
+            .store(!dopplers.is_empty(), Ordering::Release);
+        *deferred = dopplers.into();
+    }
+
+    /// Queues every doppler's envelopes again. The hub calls it under the lock publishing
+    /// takes, so the consumer's live start is exact.
+    pub(crate) fn undefer(&self) {
+        self.defer(Vec::new());
+    }
+
+    /// The dopplers passed over now, when any.
+    fn deferred(&self) -> Option<Arc<[u64]>> {
+        if !self.deferring.load(Ordering::Acquire) {
+            return None;
+        }
+        let deferred = self.deferred.lock().unwrap_or_else(PoisonError::into_inner);
+        (!deferred.is_empty()).then(|| Arc::clone(&deferred))
+    }
+
     /// Appends envelopes with their sources' ids, dropping the oldest queued ones to stay within
     /// the limits (always keeping the newest, even one larger than the byte limit on its own)
     /// and, when fair, refusing those of a source over its share. Never blocks beyond the short
     /// locks, which no one holds across an await.
     pub(crate) fn push_many<'a>(&self, envelopes: impl IntoIterator<Item = (Item, &'a [u8])>) {
+        let deferred = self.deferred();
+        let envelopes = envelopes.into_iter().filter(|(item, _)| {
+            deferred
+                .as_ref()
+                .is_none_or(|d| !d.contains(&item.at.doppler))
+        });
         let Some(fair) = &self.fair else {
             self.buffer.push_iter(
                 envelopes

@@ -7,6 +7,18 @@
 //! (`hydrant-ring-from`/`-to`) on the doppler's read channel. The writer sends the replay's
 //! frames, then drains the live outbox; its [`Tracker`] drops anything live it already sent.
 //!
+//! Catching up: a consumer that resumes does not let its live data pile up in its outbox while
+//! the missed range is replayed (at 50,000 envelopes/s a 10,000-envelope outbox would overflow
+//! in 0.2 s, long before a few seconds' backlog is sent). Its outbox *defers* the dopplers being
+//! replayed: it passes over their live envelopes, which their rings hold anyway. When the planned
+//! range is sent, the replay reads on from where it stands to each doppler's current head, round
+//! after round, until what is left is small (a quarter of the outbox); then it goes live: the
+//! hub undefers the outbox and takes the live starts under the lock publishing takes, and one
+//! last ring read covers the few envelopes between. Each envelope is thus held once, in the ring,
+//! and the outbox only ever absorbs that last short read. A consumer slower than the live rate
+//! keeps reading from the rings and, if it falls out of a ring's window, is told by a gap marker
+//! (reason `replay_window`) exactly how many envelopes it lost.
+//!
 //! Semantics:
 //! - within the window: exactly the envelopes missed, in each doppler's order, then live data;
 //! - beyond it: a gap marker (hop `doppler`, reason `replay_window`) with the count the ring no
@@ -22,6 +34,10 @@
 //!   counting what that process already evicted; what the old process held is gone;
 //! - a doppler that cannot be read within the read timeout yields a gap marker (reason
 //!   `replay_unavailable`) counting the whole range, so the consumer is never silently short.
+//!
+//! - a shard group member that joins while another catches up is given its round-robin share
+//!   from then on, while the one catching up is replayed every envelope up to its live start:
+//!   the group may receive that stretch twice (at-least-once), never lose it.
 //!
 //! Invariant: a replay holds at most one doppler batch beyond the frame being built.
 
@@ -95,6 +111,13 @@ pub(crate) struct Replay {
     /// Each slot's read channel when the replay was planned (`None`: no doppler there).
     readers: Vec<Option<Channel>>,
     timeout: Duration,
+    /// Per slot, where the consumer stands once the queued jobs are sent.
+    stand: Vec<(usize, Mark)>,
+    /// The outbox defers the dopplers in `stand`: the replay reads on to their heads before
+    /// going live.
+    catching_up: bool,
+    /// Envelopes behind the heads at which a catch-up goes live.
+    slack: u64,
     /// Envelopes replayed so far.
     pub(crate) replayed: u64,
 }
@@ -119,6 +142,7 @@ impl Replay {
         tracker: &mut Tracker,
     ) -> Self {
         let mut jobs = VecDeque::new();
+        let mut stand = Vec::new();
         // Marks of dopplers this edge does not know (yet) are carried as they are.
         for mark in cursor.map(Cursor::marks).unwrap_or_default() {
             tracker.set(*mark);
@@ -135,8 +159,11 @@ impl Replay {
                         from,
                         to: live,
                     });
+                    stand.push((slot, live));
                 }
-                Some(from) if from.epoch == live.epoch && from.next >= live.next => {}
+                Some(from) if from.epoch == live.epoch && from.next >= live.next => {
+                    stand.push((slot, from));
+                }
                 // A doppler the cursor does not name joined after it was written (the cursor
                 // names every doppler the edge read when the consumer connected): all it holds
                 // arrived while the consumer was away, so it is replayed from the start of its
@@ -148,10 +175,22 @@ impl Replay {
                         from,
                         to: live,
                     });
+                    stand.push((slot, live));
                 }
-                _ => tracker.set(live),
+                _ => {
+                    tracker.set(live);
+                    stand.push((slot, live));
+                }
             }
         }
+        let catching_up = !jobs.is_empty() && !sub.joined_live_group();
+        if catching_up {
+            // From here on the rings hold this consumer's live data; what reached the outbox
+            // since it subscribed is replayed too and then skipped by the tracker.
+            sub.outbox()
+                .defer(stand.iter().map(|(_, m)| m.doppler).collect());
+        }
+        let slack = (sub.outbox().capacity() / 4).max(1) as u64;
         Self {
             jobs,
             running: None,
@@ -159,13 +198,62 @@ impl Replay {
             finished: Vec::new(),
             readers,
             timeout,
+            stand,
+            catching_up,
+            slack,
             replayed: 0,
+        }
+    }
+
+    /// Where the consumer will stand at `slot` once the queued jobs are sent.
+    fn standing(&mut self, slot: usize) -> Option<&mut Mark> {
+        self.stand
+            .iter_mut()
+            .find(|(s, _)| *s == slot)
+            .map(|(_, m)| m)
+    }
+
+    /// Called when every queued job is sent during a catch-up: queues the reads from where the
+    /// consumer stands to each doppler's head while that is more than the slack, else goes live
+    /// and queues the last reads, up to the live starts.
+    fn catch_up(&mut self, sub: &Subscription) {
+        let heads = sub.heads();
+        let mut behind = 0u64;
+        let mut restarted = false;
+        for (slot, head) in &heads {
+            match self.standing(*slot) {
+                Some(at) if at.doppler == head.doppler && at.epoch == head.epoch => {
+                    behind += head.next.saturating_sub(at.next);
+                }
+                // Restarted since: its new process is read once, after going live.
+                Some(at) if at.doppler == head.doppler => restarted = true,
+                // Another doppler in the slot, or one not known when the catch-up began: its
+                // envelopes are not deferred, they reach the outbox.
+                _ => {}
+            }
+        }
+        let live = if behind > self.slack && !restarted {
+            heads
+        } else {
+            self.catching_up = false;
+            sub.go_live()
+        };
+        for (slot, to) in live {
+            let Some(at) = self.standing(slot) else {
+                continue;
+            };
+            if at.doppler != to.doppler || (at.epoch == to.epoch && at.next >= to.next) {
+                continue;
+            }
+            let from = std::mem::replace(at, to);
+            self.jobs.push_back(Job { slot, from, to });
         }
     }
 
     /// True when there is nothing (left) to replay.
     pub(crate) fn is_done(&self) -> bool {
-        self.jobs.is_empty()
+        !self.catching_up
+            && self.jobs.is_empty()
             && self.running.is_none()
             && self.ready.is_empty()
             && self.finished.is_empty()
@@ -182,7 +270,13 @@ impl Replay {
                 if !self.ready.is_empty() || !self.finished.is_empty() {
                     return Some(self.take(max));
                 }
-                let job = self.jobs.pop_front()?;
+                let Some(job) = self.jobs.pop_front() else {
+                    if !self.catching_up {
+                        return None;
+                    }
+                    self.catch_up(sub);
+                    continue;
+                };
                 match self.open(job).await {
                     Ok(running) => self.running = Some(running),
                     Err(e) => {

@@ -208,6 +208,66 @@ async fn a_firehose_consumer_resumes_with_exactly_what_it_missed_then_live_data(
     doppler.stop().await;
 }
 
+/// A backlog far larger than the consumer's outbox, and live data arriving while it is being
+/// replayed: the live data waits in the doppler's ring, not the outbox, so the consumer gets
+/// every envelope once, in order, with no gap, and the edge drops nothing.
+#[tokio::test]
+async fn a_resuming_consumer_catches_up_from_the_ring_without_overflowing_its_outbox() {
+    const BIG: usize = 4096;
+    let line = |i: i64| log("a", i, &format!("{i:0BIG$}"));
+    let doppler = RealDoppler::start(60).await;
+    let edge = start_edge(hydrant_firehose::Config {
+        queue_max_envelopes: 200,
+        slow_consumer_timeout_secs: 60.0,
+        ..config(vec![doppler.url()])
+    })
+    .await;
+    edge.wait_connected(1.0).await;
+    let token = admin_token();
+    let mut ws = edge.ws("/firehose/catch-up", Some(&token)).await.unwrap();
+    doppler.send((0..10).map(line).collect()).await;
+    let cursor = read(&mut ws, 10).await.cursor.unwrap();
+    close(&edge, ws, "trafficcontroller_firehoses").await;
+
+    // 24 MiB missed: more than the socket buffers between edge and consumer hold, so the
+    // replay is still under way when the live data below arrives.
+    for b in 0..60 {
+        doppler
+            .send((10 + b * 100..10 + (b + 1) * 100).map(line).collect())
+            .await;
+    }
+    let mut ws = edge
+        .ws(&format!("/firehose/catch-up?cursor={cursor}"), Some(&token))
+        .await
+        .unwrap();
+    wait_for("the replay to begin", 10, || async {
+        edge.metric("trafficcontroller_replayed_total", &[]).await > 0.0
+    })
+    .await;
+    // Five times the outbox, live, while the consumer reads nothing.
+    for b in 60..70 {
+        doppler
+            .send((10 + b * 100..10 + (b + 1) * 100).map(line).collect())
+            .await;
+    }
+    let all = read(&mut ws, 7_000).await;
+    assert!(all.gaps.is_empty(), "{:?}", all.gaps);
+    assert_eq!(
+        stamps(&all),
+        (10..7_010).collect::<Vec<_>>(),
+        "once, in order"
+    );
+    nothing_more(&mut ws).await;
+    assert_eq!(
+        edge.metric("trafficcontroller_dropped_total", &[]).await,
+        0.0,
+        "the edge dropped nothing"
+    );
+    drop(ws);
+    edge.stop().await;
+    doppler.stop().await;
+}
+
 #[tokio::test]
 async fn an_app_stream_resumes_after_an_edge_restart_with_only_its_source() {
     let doppler = RealDoppler::start(60).await;
