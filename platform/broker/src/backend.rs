@@ -246,6 +246,8 @@ pub struct Ctx {
     pub quotas: crate::quota::Quotas,
     /// The containers nodes run in (`isolation = "container"`), or `None`: child processes.
     pub contain: Option<node::Contain>,
+    /// This broker's host-wide claims on node ports.
+    pub claims: crate::claims::Claims,
     nodes: Mutex<HashMap<String, Slot>>,
     reserved: Mutex<HashSet<u16>>,
 }
@@ -280,6 +282,7 @@ impl Ctx {
             nodes_root,
             quotas: crate::quota::Quotas::default(),
             contain: None,
+            claims: crate::claims::Claims::open(crate::claims::default_dir()),
             nodes: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
         }
@@ -310,7 +313,8 @@ impl Ctx {
     }
 
     /// `n` free ports from the pool: not held by any instance or node, not reserved by a
-    /// start in flight, and bindable now.
+    /// start in flight, bindable now on `bind_address` and loopback, and claimed host-wide
+    /// ([`crate::claims`]) so no other broker here hands them out meanwhile.
     ///
     /// # Errors
     /// [`Error::PortsExhausted`].
@@ -321,6 +325,13 @@ impl Ctx {
             .bind_address
             .parse()
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        // RabbitMQ's distribution and epmd listen on loopback whatever `bind_address` is: a
+        // port must be free there too.
+        let loopback = if ip.is_ipv6() {
+            IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+        } else {
+            IpAddr::from([127, 0, 0, 1])
+        };
         let mut reserved = hydrant_runtime::lock(&self.reserved);
         let mut out = Vec::with_capacity(n);
         for port in self.config.ports.first..=self.config.ports.last {
@@ -330,7 +341,10 @@ impl Ctx {
             if used.contains(&port) || reserved.contains(&port) {
                 continue;
             }
-            if TcpListener::bind(SocketAddr::new(ip, port)).is_ok() {
+            let free = |ip| TcpListener::bind(SocketAddr::new(ip, port)).is_ok();
+            // The claim last: another broker on this host may have picked the port a moment
+            // ago for a node that is not listening yet.
+            if free(ip) && (ip == loopback || free(loopback)) && self.claims.claim(port) {
                 out.push(port);
             }
         }

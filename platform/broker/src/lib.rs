@@ -33,6 +33,7 @@
 //! # Layout
 //! - `config`: [`Config`] and its validation.
 //! - [`catalog`]: offerings, plans, ids and parameter schemas.
+//! - [`claims`]: host-wide claims on node ports, so brokers side by side never share one.
 //! - [`schema`]: the parameter checker.
 //! - [`store`]: the SQLite state.
 //! - [`osb`]: the HTTP API.
@@ -44,6 +45,7 @@
 
 pub mod backend;
 pub mod catalog;
+pub mod claims;
 mod config;
 mod error;
 pub mod metrics;
@@ -158,6 +160,15 @@ async fn serve(
         nodes_stop.clone(),
     );
     ctx.contain = contain;
+    // The ports credentials already name are this broker's again before anything starts.
+    for port in store.ports_in_use()? {
+        if !ctx.claims.claim(port) {
+            tracing::warn!(
+                port,
+                "a port this broker's nodes use is claimed by another process on this host; its node may not start"
+            );
+        }
+    }
     let ctx = Arc::new(ctx);
     tokio::spawn(restore(Arc::clone(&ctx)));
     let tasks = shutdown.child_token();

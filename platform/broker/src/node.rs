@@ -38,6 +38,9 @@ use crate::Error;
 /// The longest log line kept; the rest of a longer line is dropped and counted.
 pub const MAX_LINE: usize = 16 * 1024;
 
+/// How many of a node's last output lines a failed start reports.
+pub const LAST_LINES: usize = 3;
+
 /// How long a node gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(20);
 
@@ -280,10 +283,11 @@ impl Node {
         self.exits.load(Ordering::Relaxed)
     }
 
-    /// The last line the child wrote (its reason, when it exits at start).
+    /// The last [`LAST_LINES`] lines the child wrote, joined by ` | ` (its reason, when it
+    /// exits at start).
     #[must_use]
     pub fn last_output(&self) -> String {
-        hydrant_runtime::lock(&self.last_output).clone()
+        hydrant_runtime::lock(&self.last_output).replace('\n', " | ")
     }
 
     /// Ticks at every (re)start of the child.
@@ -564,7 +568,22 @@ fn forward(line: &[u8], is_err: bool, spec: &Spec, sink: &Sink, last: &Mutex<Str
     if text.is_empty() {
         return;
     }
-    *hydrant_runtime::lock(last) = text.chars().take(300).collect();
+    {
+        // The last few lines, not only the last: a server's reason to exit is often a line or
+        // two before its final words (Erlang's `Kernel pid terminated (…)` before `Crash dump
+        // is being written`).
+        let line: String = text.chars().take(300).collect();
+        let mut kept = hydrant_runtime::lock(last);
+        let mut lines: Vec<String> = kept
+            .lines()
+            .rev()
+            .take(LAST_LINES - 1)
+            .map(str::to_owned)
+            .collect();
+        lines.reverse();
+        lines.push(line);
+        *kept = lines.join("\n");
+    }
     let Some(emitter) = &sink.emitter else {
         tracing::debug!(node = %spec.name, "{text}");
         return;

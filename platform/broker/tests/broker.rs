@@ -19,6 +19,8 @@
 
 #[path = "broker/containment.rs"]
 mod containment;
+#[path = "broker/load.rs"]
+mod load;
 #[path = "broker/observability.rs"]
 mod observability;
 #[path = "broker/offerings.rs"]
