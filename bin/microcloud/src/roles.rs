@@ -129,11 +129,18 @@ mod platform {
 
     /// Where a platform role reaches the cloud controller as `identity`: its internal
     /// listener over mutual TLS when the micro cloud has certificates, the public API
-    /// otherwise.
-    fn api(w: &Wiring, identity: hydrant_tls::Identity) -> (String, Option<hydrant_tls::TlsFiles>) {
-        match (w.tls(identity), w.addr("cloudcontroller", "internal")) {
+    /// otherwise; signed in with the roles' client credentials.
+    fn api(w: &Wiring, identity: hydrant_tls::Identity) -> hydrant_runtime::ApiSettings {
+        let (api_url, tls) = match (w.tls(identity), w.addr("cloudcontroller", "internal")) {
             (Some(tls), Some(addr)) => (format!("https://{addr}"), Some(tls)),
             _ => (w.url("cloudcontroller", "api"), None),
+        };
+        hydrant_runtime::ApiSettings {
+            api_url,
+            tls,
+            client_id: Some(ROLES_CLIENT.to_owned()),
+            client_secret: Some(w.roles_client_secret.clone()),
+            ..hydrant_runtime::ApiSettings::default()
         }
     }
 
@@ -296,12 +303,9 @@ mod platform {
         const PORTS: &'static [u16] = &[14832];
 
         fn config(w: &Wiring) -> hydrant_healthmanager::Config {
-            let (api_url, tls) = api(w, hydrant_tls::Identity::HealthManager);
+            let api = api(w, hydrant_tls::Identity::HealthManager);
             hydrant_healthmanager::Config {
-                api_url,
-                tls,
-                client_id: Some(ROLES_CLIENT.to_owned()),
-                client_secret: Some(w.roles_client_secret.clone()),
+                api,
                 bus: w.bus.clone(),
                 telemetry: w.platform_telemetry(hydrant_tls::Identity::HealthManager),
                 ..hydrant_healthmanager::Config::default()
@@ -315,16 +319,14 @@ mod platform {
         const PORTS: &'static [u16] = &[14835];
 
         fn config(w: &Wiring) -> hydrant_slo::Config {
-            let (api_url, tls) = api(w, hydrant_tls::Identity::Slo);
+            let api = api(w, hydrant_tls::Identity::Slo);
             hydrant_slo::Config {
-                api_url,
                 // The status page's keys from the public API (the internal one is mTLS only).
-                token_keys_url: tls
+                token_keys_url: api
+                    .tls
                     .is_some()
                     .then(|| format!("{}/token_keys", w.url("cloudcontroller", "api"))),
-                tls,
-                client_id: Some(ROLES_CLIENT.to_owned()),
-                client_secret: Some(w.roles_client_secret.clone()),
+                api,
                 firehose: firehose(w),
                 data_dir: w.data("slo"),
                 // On one machine the API is cheap to ask: pick up a new SLO and judge it sooner.
@@ -344,19 +346,17 @@ mod platform {
         const PORTS: &'static [u16] = &[14840];
 
         fn config(w: &Wiring) -> hydrant_nozzle_syslog::Config {
-            let (api_url, tls) = api(w, hydrant_tls::Identity::Nozzle);
+            let api = api(w, hydrant_tls::Identity::Nozzle);
             hydrant_nozzle_syslog::Config {
                 // The status page's keys from the public API (the internal one is mTLS only).
-                token_keys_url: tls
+                token_keys_url: api
+                    .tls
                     .is_some()
                     .then(|| format!("{}/token_keys", w.url("cloudcontroller", "api"))),
                 firehose: firehose(w),
                 subscription_id: "app-drains".to_owned(),
                 platform: Some(hydrant_nozzle_syslog::PlatformConfig {
-                    api_url,
-                    tls,
-                    client_id: Some(ROLES_CLIENT.to_owned()),
-                    client_secret: Some(w.roles_client_secret.clone()),
+                    api,
                     // On one machine the API is cheap to ask: a new binding starts within 2 s.
                     poll_interval_ms: 2_000,
                     status_interval_ms: 2_000,
@@ -375,12 +375,9 @@ mod platform {
         const PORTS: &'static [u16] = &[14836];
 
         fn config(w: &Wiring) -> hydrant_autoscaler::Config {
-            let (api_url, tls) = api(w, hydrant_tls::Identity::Autoscaler);
+            let api = api(w, hydrant_tls::Identity::Autoscaler);
             hydrant_autoscaler::Config {
-                api_url,
-                tls,
-                client_id: Some(ROLES_CLIENT.to_owned()),
-                client_secret: Some(w.roles_client_secret.clone()),
+                api,
                 firehose: firehose(w),
                 rule_duration_cap_secs: w.options.autoscaler_rule_cap_secs,
                 telemetry: w.platform_telemetry(hydrant_tls::Identity::Autoscaler),

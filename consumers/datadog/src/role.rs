@@ -47,41 +47,30 @@ pub const DISTRIBUTION_PATH: &str = "/api/v1/distribution_points";
 /// Path of the logs intake.
 pub const LOGS_PATH: &str = "/api/v2/logs";
 
-/// The Datadog nozzle as a [`hydrant_runtime::Role`]: `hydrant run nozzle-datadog` and `hydrant
-/// nozzle datadog`.
-#[derive(Debug, Clone, Copy)]
-pub struct DatadogNozzle;
-
-impl hydrant_runtime::Role for DatadogNozzle {
-    const NAME: &'static str = "nozzle-datadog";
-    type Config = Config;
-    type Error = Error;
-    const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
-        &[hydrant_runtime::admin_listener("127.0.0.1:14841", |c| {
-            &c.admin_listen
-        })];
-
-    fn registry(config: &Config) -> Registry {
-        Registry::new(ROLE, &config.instance_id)
-    }
-
-    fn describe(config: &Config) -> Option<String> {
-        Some(format!(
+hydrant_runtime::role! {
+    /// The Datadog nozzle as a [`hydrant_runtime::Role`]: `hydrant run nozzle-datadog` and `hydrant
+    /// nozzle datadog`.
+    pub struct DatadogNozzle {
+        name: "nozzle-datadog", config: Config, error: Error,
+        admin: "127.0.0.1:14841" => admin_listen,
+        registry: |c| Registry::new(ROLE, &c.instance_id),
+        describe: |c| format!(
             "sending to {}, subscription {:?}",
-            hydrant_nozzle_core::mask_url(&config.api_url),
-            config.subscription_id
-        ))
+            hydrant_nozzle_core::mask_url(&c.api_url),
+            c.subscription_id,
+        ),
+        serve: start,
     }
+}
 
-    async fn run(
-        config: Config,
-        _: hydrant_runtime::Listeners,
-        registry: Registry,
-        shutdown: CancellationToken,
-    ) -> Result<(), Error> {
-        let api_key = config.api_key(|name| std::env::var(name).ok())?;
-        serve(config, api_key, registry, shutdown).await
-    }
+/// The role's entry: the API key from the config or the environment, then [`serve`].
+async fn start(
+    config: Config,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let api_key = config.api_key(|name| std::env::var(name).ok())?;
+    serve(config, api_key, registry, shutdown).await
 }
 
 /// What the reader counts about the flushes.

@@ -36,39 +36,19 @@ use crate::{Config, Error};
 /// The role's name in its metrics and self-telemetry.
 pub const ROLE: &str = "nozzle-otlp";
 
-/// The OTLP nozzle as a [`hydrant_runtime::Role`]: `hydrant run nozzle-otlp` and `hydrant nozzle
-/// otlp`.
-#[derive(Debug, Clone, Copy)]
-pub struct OtlpNozzle;
-
-impl hydrant_runtime::Role for OtlpNozzle {
-    const NAME: &'static str = "nozzle-otlp";
-    type Config = Config;
-    type Error = Error;
-    const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
-        &[hydrant_runtime::admin_listener("127.0.0.1:14842", |c| {
-            &c.admin_listen
-        })];
-
-    fn registry(config: &Config) -> Registry {
-        Registry::new(ROLE, &config.instance_id)
-    }
-
-    fn describe(config: &Config) -> Option<String> {
-        Some(format!(
+hydrant_runtime::role! {
+    /// The OTLP nozzle as a [`hydrant_runtime::Role`]: `hydrant run nozzle-otlp` and `hydrant nozzle
+    /// otlp`.
+    pub struct OtlpNozzle {
+        name: "nozzle-otlp", config: Config, error: Error,
+        admin: "127.0.0.1:14842" => admin_listen,
+        registry: |c| Registry::new(ROLE, &c.instance_id),
+        describe: |c| format!(
             "exporting to {}, subscription {:?}",
-            hydrant_nozzle_core::mask_url(&config.endpoint),
-            config.subscription_id
-        ))
-    }
-
-    async fn run(
-        config: Config,
-        _: hydrant_runtime::Listeners,
-        registry: Registry,
-        shutdown: CancellationToken,
-    ) -> Result<(), Error> {
-        serve(config, registry, shutdown).await
+            hydrant_nozzle_core::mask_url(&c.endpoint),
+            c.subscription_id,
+        ),
+        serve: serve,
     }
 }
 

@@ -15,13 +15,12 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hydrant_api::{DrainState as ApiState, DrainStatus, DrainTarget};
 use hydrant_emitter::{Counter, Gauge, Registry};
-use hydrant_runtime::{ApiConsumer, invalid};
+use hydrant_runtime::{ApiSettings, invalid};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -33,26 +32,13 @@ use crate::{Config, DrainState, EncoderConfig, Error, drain_options};
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PlatformConfig {
-    /// The cloud controller's API. Default `http://127.0.0.1:9022`.
-    pub api_url: String,
-    /// An admin token (drain targets carry credentials, so only admins may read them). Set
-    /// this or `token_file`.
-    pub token: Option<String>,
-    /// A file holding the admin token, re-read before every call, so whoever renews the token
-    /// only rewrites the file. Set this or `token`.
-    pub token_file: Option<PathBuf>,
-    /// OAuth2 client credentials instead of a token: a client id from the cloud controller's
-    /// `[[clients]]`. Tokens come from `grant_type=client_credentials` and are renewed before
-    /// they expire. Set with `client_secret` or `client_secret_file`; not with a token.
-    pub client_id: Option<String>,
-    /// The client's secret inline.
-    pub client_secret: Option<String>,
-    /// A file holding the client's secret (re-read at every renewal).
-    pub client_secret_file: Option<PathBuf>,
-    /// This nozzle's certificate (the `nozzle` identity), key and trust bundle: with it,
-    /// `api_url` is the cloud controller's internal `https://` listener and every call runs
-    /// mutual TLS. Default unset: plain HTTP to the public API.
-    pub tls: Option<hydrant_tls::TlsFiles>,
+    /// The cloud controller's API and how the nozzle signs in, keys of `[platform]`: `api_url`
+    /// (default `http://127.0.0.1:9022`), an admin token (drain targets carry credentials, so
+    /// only admins may read them) as `token` or `token_file`, or `client_id` with
+    /// `client_secret` or `client_secret_file`; `tls` with the `nozzle` identity for the
+    /// controller's internal listener.
+    #[serde(flatten)]
+    pub api: ApiSettings,
     /// How often the bindings are fetched, in ms. Default 5000.
     pub poll_interval_ms: u64,
     /// How often the drains' status is reported, in ms. Default 5000.
@@ -67,13 +53,7 @@ pub struct PlatformConfig {
 impl Default for PlatformConfig {
     fn default() -> Self {
         Self {
-            api_url: "http://127.0.0.1:9022".to_owned(),
-            token: None,
-            token_file: None,
-            client_id: None,
-            client_secret: None,
-            client_secret_file: None,
-            tls: None,
+            api: ApiSettings::default(),
             poll_interval_ms: 5_000,
             status_interval_ms: 5_000,
             request_timeout_ms: 5_000,
@@ -88,7 +68,7 @@ impl PlatformConfig {
     /// # Errors
     /// [`Error::Config`].
     pub fn validate(&self) -> Result<(), Error> {
-        self.api().validate("platform.", "an admin token")?;
+        self.api.validate("platform.", "an admin token")?;
         for (field, value) in [
             ("poll_interval_ms", self.poll_interval_ms),
             ("status_interval_ms", self.status_interval_ms),
@@ -99,18 +79,6 @@ impl PlatformConfig {
             }
         }
         Ok(())
-    }
-
-    /// The section's `api_url`, token or client credentials and `tls` as the runtime's
-    /// API-consumer block.
-    fn api(&self) -> ApiConsumer<'_> {
-        ApiConsumer::new(&self.api_url, self.token.as_ref(), self.token_file.as_ref())
-            .with_client(
-                self.client_id.as_ref(),
-                self.client_secret.as_ref(),
-                self.client_secret_file.as_ref(),
-            )
-            .with_tls(self.tls.as_ref())
     }
 }
 
@@ -305,7 +273,7 @@ pub(crate) fn start(
     let fleet = Arc::clone(fleet);
     Some(tokio::spawn(async move {
         // Certificates that cannot be used fail every call, saying why (never plaintext).
-        let api = platform.api().client();
+        let api = platform.api.client();
         let timeout = Duration::from_millis(platform.request_timeout_ms);
         let mut poll = tokio::time::interval(Duration::from_millis(platform.poll_interval_ms));
         let mut report = tokio::time::interval(Duration::from_millis(platform.status_interval_ms));
@@ -382,12 +350,12 @@ pub(crate) fn start(
 
 #[cfg(test)]
 mod tests {
-    use super::{PlatformConfig, host_label};
+    use super::{ApiSettings, PlatformConfig, host_label};
 
     #[test]
     fn validate_names_the_field() {
         let ok = PlatformConfig {
-            token: Some("t".to_owned()),
+            api: ApiSettings::with_token("http://127.0.0.1:9022", "t"),
             ..PlatformConfig::default()
         };
         ok.validate().unwrap();
@@ -395,7 +363,10 @@ mod tests {
             (PlatformConfig::default(), "platform.token"),
             (
                 PlatformConfig {
-                    api_url: "ftp://x".to_owned(),
+                    api: ApiSettings {
+                        api_url: "ftp://x".to_owned(),
+                        ..ok.api.clone()
+                    },
                     ..ok.clone()
                 },
                 "platform.api_url",
@@ -409,7 +380,10 @@ mod tests {
             ),
             (
                 PlatformConfig {
-                    token_file: Some("/x".into()),
+                    api: ApiSettings {
+                        token_file: Some("/x".into()),
+                        ..ok.api.clone()
+                    },
                     ..ok
                 },
                 "platform.token",

@@ -42,39 +42,15 @@ pub const ROLE: &str = "nozzle-syslog";
 /// `source_id`s remembered by the reader so queued frames share one allocation per app.
 const MAX_INTERNED: usize = 10_000;
 
-/// The syslog nozzle as a [`hydrant_runtime::Role`]: `hydrant run nozzle-syslog`, `hydrant nozzle
-/// syslog`, and the micro cloud's app drains.
-#[derive(Debug, Clone, Copy)]
-pub struct SyslogNozzle;
-
-impl hydrant_runtime::Role for SyslogNozzle {
-    const NAME: &'static str = "nozzle-syslog";
-    type Config = Config;
-    type Error = Error;
-    const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
-        &[hydrant_runtime::admin_listener("127.0.0.1:14840", |c| {
-            &c.admin_listen
-        })];
-
-    fn registry(config: &Config) -> Registry {
-        Registry::new(ROLE, &config.instance_id)
-    }
-
-    fn describe(config: &Config) -> Option<String> {
-        Some(format!(
-            "{} drain(s), subscription {:?}",
-            config.drains.len(),
-            config.subscription_id
-        ))
-    }
-
-    async fn run(
-        config: Config,
-        listeners: hydrant_runtime::Listeners,
-        registry: Registry,
-        shutdown: CancellationToken,
-    ) -> Result<(), Error> {
-        serve(config, &listeners, registry, shutdown).await
+hydrant_runtime::role! {
+    /// The syslog nozzle as a [`hydrant_runtime::Role`]: `hydrant run nozzle-syslog`, `hydrant nozzle
+    /// syslog`, and the micro cloud's app drains.
+    pub struct SyslogNozzle {
+        name: "nozzle-syslog", config: Config, error: Error,
+        admin: "127.0.0.1:14840" => admin_listen,
+        registry: |c| Registry::new(ROLE, &c.instance_id),
+        describe: |c| format!("{} drain(s), subscription {:?}", c.drains.len(), c.subscription_id),
+        serve_with_listeners: serve,
     }
 }
 

@@ -55,8 +55,8 @@ pub(crate) fn key_sources(config: &Config) -> hydrant_auth::KeySources {
         config
             .platform
             .as_ref()
-            .filter(|p| p.tls.is_none())
-            .map(|p| format!("{}/token_keys", p.api_url.trim_end_matches('/')))
+            .filter(|p| p.api.tls.is_none())
+            .map(|p| format!("{}/token_keys", p.api.api_url.trim_end_matches('/')))
     });
     hydrant_auth::KeySources {
         url: if config.token_keys_file.is_some() {
@@ -206,7 +206,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), Error> {
             ),
         )));
     }
-    let internal_api = config.platform.as_ref().is_some_and(|p| p.tls.is_some());
+    let internal_api = config.platform.as_ref().is_some_and(|p| p.api.tls.is_some());
     if config.status_auth
         && internal_api
         && config.token_keys_url.is_none()
@@ -239,13 +239,16 @@ mod tests {
     fn platform(tls: bool) -> Config {
         Config {
             platform: Some(PlatformConfig {
-                api_url: "http://cc.internal:9022/".to_owned(),
-                tls: tls.then(|| {
-                    hydrant_tls::TlsFiles::in_dir(
-                        std::path::Path::new("/etc/hydrant/certs"),
-                        hydrant_tls::Identity::Nozzle,
-                    )
-                }),
+                api: hydrant_runtime::ApiSettings {
+                    api_url: "http://cc.internal:9022/".to_owned(),
+                    tls: tls.then(|| {
+                        hydrant_tls::TlsFiles::in_dir(
+                            std::path::Path::new("/etc/hydrant/certs"),
+                            hydrant_tls::Identity::Nozzle,
+                        )
+                    }),
+                    ..hydrant_runtime::ApiSettings::default()
+                },
                 ..PlatformConfig::default()
             }),
             ..Config::default()

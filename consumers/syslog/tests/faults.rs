@@ -39,8 +39,7 @@ fn emit(emitter: &Emitter, app: &str, tag: &str, range: std::ops::Range<usize>, 
 /// `status_interval_ms`; private addresses allowed, since the test receivers are on loopback.
 fn from_api(api: &FakeApi, status_interval_ms: u64) -> PlatformConfig {
     PlatformConfig {
-        api_url: api.url.clone(),
-        token: Some(ADMIN_TOKEN.to_owned()),
+        api: hydrant_runtime::ApiSettings::with_token(&api.url, ADMIN_TOKEN),
         poll_interval_ms: 100,
         status_interval_ms,
         allow_private: true,

@@ -34,8 +34,11 @@ fn platform_config(
     let token_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(token_file.path(), format!("{ADMIN_TOKEN}\n")).unwrap();
     config.platform = Some(PlatformConfig {
-        api_url: api.url.clone(),
-        token_file: Some(token_file.path().to_owned()),
+        api: hydrant_runtime::ApiSettings {
+            api_url: api.url.clone(),
+            token_file: Some(token_file.path().to_owned()),
+            ..hydrant_runtime::ApiSettings::default()
+        },
         poll_interval_ms: 100,
         status_interval_ms: 100,
         allow_private,

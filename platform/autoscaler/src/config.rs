@@ -6,11 +6,10 @@
 //! the field and says what to write instead.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use hydrant_emitter::TelemetryConfig;
 use hydrant_firehose_client::ClientConfig;
-use hydrant_runtime::invalid;
+use hydrant_runtime::{ApiSettings, invalid};
 use hydrant_windows::WindowsConfig;
 use serde::Deserialize;
 
@@ -23,24 +22,13 @@ pub const MAX_INSTANCES: u32 = 1024;
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// The cloud controller's API. Default `http://127.0.0.1:9022`.
-    pub api_url: String,
-    /// An admin token (lists every policy, scales any app). Set this or `token_file`.
-    pub token: Option<String>,
-    /// A file holding the token, re-read before every policy poll. Set this or `token`.
-    pub token_file: Option<PathBuf>,
-    /// OAuth2 client credentials instead of a token: a client id from the cloud controller's
-    /// `[[clients]]`. Tokens come from `grant_type=client_credentials` and are renewed before
-    /// they expire. Set with `client_secret` or `client_secret_file`; not with a token.
-    pub client_id: Option<String>,
-    /// The client's secret inline.
-    pub client_secret: Option<String>,
-    /// A file holding the client's secret (re-read at every renewal).
-    pub client_secret_file: Option<PathBuf>,
-    /// This role's certificate (the `autoscaler` identity), key and trust bundle: with it,
-    /// `api_url` is the cloud controller's internal `https://` listener and every call runs
-    /// mutual TLS. Default unset: plain HTTP to the public API.
-    pub tls: Option<hydrant_tls::TlsFiles>,
+    /// The cloud controller's API and how the autoscaler signs in, keys at this level of the
+    /// file: `api_url` (default `http://127.0.0.1:9022`), an admin token (it lists every policy
+    /// and scales any app) as `token` or `token_file`, or `client_id` with `client_secret` or
+    /// `client_secret_file`; `tls` with the `autoscaler` identity for the controller's internal
+    /// listener.
+    #[serde(flatten)]
+    pub api: ApiSettings,
     /// The firehose edge. An empty `firehose.token` means "use the admin token".
     pub firehose: ClientConfig,
     /// The firehose subscription id's prefix: each copy subscribes as
@@ -87,13 +75,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            api_url: "http://127.0.0.1:9022".to_owned(),
-            token: None,
-            token_file: None,
-            client_id: None,
-            client_secret: None,
-            client_secret_file: None,
-            tls: None,
+            api: ApiSettings::default(),
             firehose: ClientConfig::default(),
             subscription_id: "autoscaler".to_owned(),
             instance_index: 0,
@@ -114,22 +96,6 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The API-consumer block (`api_url`, the token or client credentials, `tls`).
-    #[must_use]
-    pub fn api(&self) -> hydrant_runtime::ApiConsumer<'_> {
-        hydrant_runtime::ApiConsumer::new(
-            &self.api_url,
-            self.token.as_ref(),
-            self.token_file.as_ref(),
-        )
-        .with_client(
-            self.client_id.as_ref(),
-            self.client_secret.as_ref(),
-            self.client_secret_file.as_ref(),
-        )
-        .with_tls(self.tls.as_ref())
-    }
-
     /// The firehose subscription id this copy reads with.
     #[must_use]
     pub fn copy_subscription_id(&self) -> String {
@@ -145,23 +111,12 @@ impl hydrant_runtime::Validate for Config {
     /// # Errors
     /// [`Error::Config`] naming the first bad field, or the nested section's error.
     fn validate(&self) -> Result<(), Error> {
-        self.api()
+        self.api
             .validate("", "an admin token")
             .map_err(hydrant_runtime::Error::from)?;
-        if self.client_id.is_some()
-            && self.firehose.token.trim().is_empty()
-            && self.firehose.client_id.is_empty()
-        {
-            // A client-credential token handed to the stream once would expire and end it
-            // (1008); the firehose block renews only with its own client credentials.
-            return Err(invalid(
-                "firehose.token",
-                "with client_id, give the firehose its own credentials (firehose.client_id, \
-                 firehose.client_secret_file and firehose.api_url, renewed as they expire) or \
-                 its own token (firehose.token)",
-            )
-            .into());
-        }
+        self.api.check_firehose_credentials(
+            !self.firehose.token.trim().is_empty() || !self.firehose.client_id.is_empty(),
+        )?;
         if self.subscription_id.is_empty() || self.subscription_id.len() > 120 {
             return Err(invalid("subscription_id", "use 1 to 120 characters").into());
         }

@@ -55,37 +55,14 @@ pub use shard::{Shard, owner};
 /// The source type of the autoscaler's lines in an app's log stream.
 pub const SOURCE_TYPE: &str = "AUTOSCALER";
 
-/// The autoscaler as a [`hydrant_runtime::Role`]: `hydrant run autoscaler`, and the micro cloud's.
-#[derive(Debug, Clone, Copy)]
-pub struct AutoscalerRole;
-
-impl hydrant_runtime::Role for AutoscalerRole {
-    const NAME: &'static str = "autoscaler";
-    type Config = Config;
-    type Error = Error;
-    const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
-        &[hydrant_runtime::admin_listener("127.0.0.1:14833", |c| {
-            &c.admin_listen
-        })];
-
-    fn registry(config: &Config) -> Registry {
-        Registry::new("autoscaler", &config.instance_index.to_string())
-    }
-
-    fn describe(config: &Config) -> Option<String> {
-        Some(format!(
-            "copy {} of {}",
-            config.instance_index, config.instance_count
-        ))
-    }
-
-    async fn run(
-        config: Config,
-        _: hydrant_runtime::Listeners,
-        registry: Registry,
-        shutdown: CancellationToken,
-    ) -> Result<(), Error> {
-        serve(config, registry, shutdown).await
+hydrant_runtime::role! {
+    /// The autoscaler as a [`hydrant_runtime::Role`]: `hydrant run autoscaler`, and the micro cloud's.
+    pub struct AutoscalerRole {
+        name: "autoscaler", config: Config, error: Error,
+        admin: "127.0.0.1:14833" => admin_listen,
+        registry: |c| Registry::new("autoscaler", &c.instance_index.to_string()),
+        describe: |c| format!("copy {} of {}", c.instance_index, c.instance_count),
+        serve: serve,
     }
 }
 
@@ -274,7 +251,7 @@ impl Autoscaler {
     #[must_use]
     pub fn new(config: Config, emitter: Option<Emitter>, registry: &Registry) -> Self {
         let actor = Actor {
-            api: config.api().client(),
+            api: config.api.client(),
             emitter,
             timeout: Duration::from_millis(config.request_timeout_ms),
             metrics: Metrics::new(registry),
@@ -438,7 +415,7 @@ async fn serve(
     ));
 
     // Certificates that cannot be used stop the role here, not at its first call.
-    let api = config.api().connect()?;
+    let api = config.api.connect()?;
     let mut firehose = config.firehose.clone();
     if firehose.token.is_empty() && firehose.client_id.is_empty() {
         firehose.token = api.token().await.unwrap_or_default();

@@ -16,7 +16,7 @@ use hydrant_api::policy::ScalingPolicy;
 use hydrant_autoscaler::{Autoscaler, Config, ScaleStep};
 use hydrant_emitter::Registry;
 use hydrant_envelope::wire::{EnvelopeView, encode};
-use hydrant_runtime::Validate as _;
+use hydrant_runtime::{ApiSettings, Validate as _};
 use hydrant_testkit::envelopes::{envelope, timer};
 use hydrant_testkit::wait_for;
 use hydrant_windows::{SharedWindows, Windows, WindowsConfig};
@@ -101,8 +101,7 @@ async fn scales_out_a_slow_app_and_back_in_through_the_cloud_controller() {
         .unwrap();
 
     let config = Config {
-        api_url: cc.url.clone(),
-        token: Some(cc.admin.token().unwrap().to_owned()),
+        api: ApiSettings::with_token(&cc.url, cc.admin.token().unwrap()),
         ..Config::default()
     };
     config.validate().unwrap();

@@ -127,8 +127,7 @@ async fn each_app_is_scaled_by_exactly_the_copy_that_owns_it() {
     let mut tasks = Vec::new();
     for index in 0..COPIES {
         let mut config = Config {
-            api_url: cc.url.clone(),
-            token: Some(cc.admin.token().unwrap().to_owned()),
+            api: hydrant_runtime::ApiSettings::with_token(&cc.url, cc.admin.token().unwrap()),
             instance_index: index,
             instance_count: COPIES,
             evaluation_interval_secs: 1,

@@ -66,35 +66,15 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often an evacuating cell looks whether it is empty or past its deadline.
 const EVACUATION_CHECK: Duration = Duration::from_millis(250);
 
-/// An executor as a [`hydrant_runtime::Role`]: `hydrant run executor`, and the micro cloud's one
-/// executor.
-#[derive(Debug, Clone, Copy)]
-pub struct Executor;
-
-impl hydrant_runtime::Role for Executor {
-    const NAME: &'static str = "executor";
-    type Config = Config;
-    type Error = Error;
-    const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
-        &[hydrant_runtime::admin_listener("127.0.0.1:14830", |c| {
-            &c.admin_listen
-        })];
-
-    fn registry(config: &Config) -> Registry {
-        Registry::new("executor", &config.executor_id)
-    }
-
-    fn describe(config: &Config) -> Option<String> {
-        Some(format!("executor {}", config.executor_id))
-    }
-
-    async fn run(
-        config: Config,
-        _: hydrant_runtime::Listeners,
-        registry: Registry,
-        shutdown: CancellationToken,
-    ) -> Result<(), Error> {
-        serve(config, registry, shutdown).await
+hydrant_runtime::role! {
+    /// An executor as a [`hydrant_runtime::Role`]: `hydrant run executor`, and the micro cloud's one
+    /// executor.
+    pub struct Executor {
+        name: "executor", config: Config, error: Error,
+        admin: "127.0.0.1:14830" => admin_listen,
+        registry: |c| Registry::new("executor", &c.executor_id),
+        describe: |c| format!("executor {}", c.executor_id),
+        serve: serve,
     }
 }
 

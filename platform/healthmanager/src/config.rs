@@ -7,11 +7,10 @@
 //! what to write instead.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use hydrant_emitter::TelemetryConfig;
-use hydrant_runtime::invalid;
+use hydrant_runtime::{ApiSettings, invalid};
 use serde::Deserialize;
 
 use crate::Error;
@@ -20,26 +19,13 @@ use crate::Error;
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// The cloud controller's API, e.g. `http://127.0.0.1:9022` (the default).
-    pub api_url: String,
-    /// A token of an admin user (it lists every app and restarts instances in any space).
-    /// Set this or `token_file`, not both.
-    pub token: Option<String>,
-    /// A file holding the token, re-read before every poll, so whoever renews the token only
-    /// rewrites the file. Set this or `token`.
-    pub token_file: Option<PathBuf>,
-    /// OAuth2 client credentials instead of a token: a client id from the cloud controller's
-    /// `[[clients]]`. Tokens come from `grant_type=client_credentials` and are renewed before
-    /// they expire. Set with `client_secret` or `client_secret_file`; not with a token.
-    pub client_id: Option<String>,
-    /// The client's secret inline.
-    pub client_secret: Option<String>,
-    /// A file holding the client's secret (re-read at every renewal).
-    pub client_secret_file: Option<PathBuf>,
-    /// This role's certificate (the `healthmanager` identity), key and trust bundle: with it,
-    /// `api_url` is the cloud controller's internal `https://` listener and every call runs
-    /// mutual TLS. Default unset: plain HTTP to the public API.
-    pub tls: Option<hydrant_tls::TlsFiles>,
+    /// The cloud controller's API and how the health manager signs in, keys at this level of
+    /// the file: `api_url` (default `http://127.0.0.1:9022`), an admin token (it lists every app
+    /// and restarts instances in any space) as `token` or `token_file`, or `client_id` with
+    /// `client_secret` or `client_secret_file`; `tls` with the `healthmanager` identity for the
+    /// controller's internal listener.
+    #[serde(flatten)]
+    pub api: ApiSettings,
     /// How often desired state is fetched, seconds. Default 5.
     pub poll_interval_secs: u64,
     /// How long one API call may take, milliseconds. Default 5000.
@@ -85,13 +71,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            api_url: "http://127.0.0.1:9022".to_owned(),
-            token: None,
-            token_file: None,
-            client_id: None,
-            client_secret: None,
-            client_secret_file: None,
-            tls: None,
+            api: ApiSettings::default(),
             poll_interval_secs: 5,
             request_timeout_ms: 5000,
             stale_after_failures: 3,
@@ -111,23 +91,7 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    /// The API-consumer block (`api_url`, the token or client credentials, `tls`).
-    #[must_use]
-    pub fn api(&self) -> hydrant_runtime::ApiConsumer<'_> {
-        hydrant_runtime::ApiConsumer::new(
-            &self.api_url,
-            self.token.as_ref(),
-            self.token_file.as_ref(),
-        )
-        .with_client(
-            self.client_id.as_ref(),
-            self.client_secret.as_ref(),
-            self.client_secret_file.as_ref(),
-        )
-        .with_tls(self.tls.as_ref())
-    }
-}
+impl Config {}
 
 impl hydrant_runtime::Validate for Config {
     type Error = Error;
@@ -137,7 +101,7 @@ impl hydrant_runtime::Validate for Config {
     /// # Errors
     /// [`Error::Config`] naming the first bad field, [`Error::Telemetry`] or [`Error::Bus`].
     fn validate(&self) -> Result<(), Error> {
-        self.api()
+        self.api
             .validate("", "an admin token")
             .map_err(hydrant_runtime::Error::from)?;
         for (field, value) in [
@@ -240,7 +204,7 @@ mod tests {
 
     fn valid() -> Config {
         Config {
-            token: Some("t".into()),
+            api: ApiSettings::with_token("http://127.0.0.1:9022", "t"),
             ..Config::default()
         }
     }
@@ -269,14 +233,20 @@ mod tests {
         let cases: Vec<(Config, &str)> = vec![
             (
                 Config {
-                    api_url: "ftp://x".into(),
+                    api: ApiSettings {
+                        api_url: "ftp://x".into(),
+                        ..valid().api
+                    },
                     ..valid()
                 },
                 "api_url",
             ),
             (
                 Config {
-                    token_file: Some("f".into()),
+                    api: ApiSettings {
+                        token_file: Some("f".into()),
+                        ..valid().api
+                    },
                     ..valid()
                 },
                 "token",

@@ -89,31 +89,14 @@ const MAX_PRESENCE_TTL_SECS: u64 = 60;
 /// How long shutdown waits for restart and stop tasks.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// The health manager as a [`hydrant_runtime::Role`]: `hydrant run healthmanager`, and the micro
-/// cloud's.
-#[derive(Debug, Clone, Copy)]
-pub struct HealthManager;
-
-impl hydrant_runtime::Role for HealthManager {
-    const NAME: &'static str = "healthmanager";
-    type Config = Config;
-    type Error = Error;
-    const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
-        &[hydrant_runtime::admin_listener("127.0.0.1:14832", |c| {
-            &c.admin_listen
-        })];
-
-    fn describe(config: &Config) -> Option<String> {
-        Some(format!("desired state from {}", config.api_url))
-    }
-
-    async fn run(
-        config: Config,
-        _: hydrant_runtime::Listeners,
-        registry: Registry,
-        shutdown: CancellationToken,
-    ) -> Result<(), Error> {
-        serve(config, registry, shutdown).await
+hydrant_runtime::role! {
+    /// The health manager as a [`hydrant_runtime::Role`]: `hydrant run healthmanager`, and the micro
+    /// cloud's.
+    pub struct HealthManager {
+        name: "healthmanager", config: Config, error: Error,
+        admin: "127.0.0.1:14832" => admin_listen,
+        describe: |c| format!("desired state from {}", c.api.api_url),
+        serve: serve,
     }
 }
 
@@ -717,7 +700,7 @@ async fn serve(
     let _ = bus.publish(messages::EXECUTOR_GREET, bytes::Bytes::new());
 
     let desired = Arc::new(Desired::new(&config));
-    let api = Arc::new(config.api().connect()?);
+    let api = Arc::new(config.api.connect()?);
     let shared = Arc::new(Shared {
         bus: bus.clone(),
         api: Arc::clone(&api),
@@ -773,7 +756,7 @@ async fn serve(
     let retry = Config::secs(config.retry_secs);
     let mut ticks = tokio::time::interval(Config::secs(config.converge_interval_secs));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tracing::info!(api = %config.api_url, bus = %bus.url(), "health manager watching executors");
+    tracing::info!(api = %config.api.api_url, bus = %bus.url(), "health manager watching executors");
 
     loop {
         // A standby fires nothing: what falls due waits for the lease.

@@ -282,8 +282,7 @@ fn hm_config(
     agent: &FakeAgent,
 ) -> hydrant_healthmanager::Config {
     let mut config = hydrant_healthmanager::Config {
-        api_url: api_url.into(),
-        token: Some(token.into()),
+        api: hydrant_runtime::ApiSettings::with_token(api_url, token),
         poll_interval_secs: 1,
         stale_after_secs: 2,
         stale_after_failures: 1,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hydrant_emitter::TelemetryConfig;
 use hydrant_firehose_client::ClientConfig;
-use hydrant_runtime::invalid;
+use hydrant_runtime::{ApiSettings, invalid};
 use hydrant_windows::WindowsConfig;
 use serde::Deserialize;
 
@@ -22,24 +22,13 @@ use crate::Error;
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// The cloud controller's API, e.g. `http://127.0.0.1:9022` (the default).
-    pub api_url: String,
-    /// A token of an admin user (it lists every app's SLOs). Set this or `token_file`.
-    pub token: Option<String>,
-    /// A file holding the token, re-read before every poll. Set this or `token`.
-    pub token_file: Option<PathBuf>,
-    /// OAuth2 client credentials instead of a token: a client id from the cloud controller's
-    /// `[[clients]]`. Tokens come from `grant_type=client_credentials` and are renewed before
-    /// they expire. Set with `client_secret` or `client_secret_file`; not with a token.
-    pub client_id: Option<String>,
-    /// The client's secret inline.
-    pub client_secret: Option<String>,
-    /// A file holding the client's secret (re-read at every renewal).
-    pub client_secret_file: Option<PathBuf>,
-    /// This role's certificate (the `slo` identity), key and trust bundle: with it, `api_url`
-    /// is the cloud controller's internal `https://` listener and every call runs mutual TLS
-    /// (then name the public API's keys in `token_keys_url`). Default unset: plain HTTP.
-    pub tls: Option<hydrant_tls::TlsFiles>,
+    /// The cloud controller's API and how the alerter signs in, keys at this level of the file:
+    /// `api_url` (default `http://127.0.0.1:9022`), an admin token (it lists every app's SLOs)
+    /// as `token` or `token_file`, or `client_id` with `client_secret` or `client_secret_file`;
+    /// `tls` with the `slo` identity for the controller's internal listener (then name the
+    /// public API's keys in `token_keys_url`).
+    #[serde(flatten)]
+    pub api: ApiSettings,
     /// How often the SLOs are fetched, seconds. Default 15.
     pub poll_interval_secs: u64,
     /// How long one API call may take, milliseconds. Default 5000.
@@ -122,13 +111,7 @@ impl Default for WebhookConfig {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            api_url: "http://127.0.0.1:9022".to_owned(),
-            token: None,
-            token_file: None,
-            client_id: None,
-            client_secret: None,
-            client_secret_file: None,
-            tls: None,
+            api: ApiSettings::default(),
             poll_interval_secs: 15,
             request_timeout_ms: 5000,
             firehose: ClientConfig::default(),
@@ -148,33 +131,15 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The API-consumer block (`api_url`, the token or client credentials, `tls`).
-    #[must_use]
-    pub fn api(&self) -> hydrant_runtime::ApiConsumer<'_> {
-        hydrant_runtime::ApiConsumer::new(
-            &self.api_url,
-            self.token.as_ref(),
-            self.token_file.as_ref(),
-        )
-        .with_client(
-            self.client_id.as_ref(),
-            self.client_secret.as_ref(),
-            self.client_secret_file.as_ref(),
-        )
-        .with_tls(self.tls.as_ref())
-    }
-
     /// Where the status check's token keys come from: `token_keys_url` (default
     /// `api_url/token_keys`), cached in `token_keys_cache` (default
     /// `data_dir/token_keys.json`).
     #[must_use]
     pub fn token_key_sources(&self) -> hydrant_auth::KeySources {
         hydrant_auth::KeySources {
-            url: Some(
-                self.token_keys_url.clone().unwrap_or_else(|| {
-                    format!("{}/token_keys", self.api_url.trim_end_matches('/'))
-                }),
-            ),
+            url: Some(self.token_keys_url.clone().unwrap_or_else(|| {
+                format!("{}/token_keys", self.api.api_url.trim_end_matches('/'))
+            })),
             cache: Some(
                 self.token_keys_cache
                     .clone()
@@ -194,10 +159,10 @@ impl hydrant_runtime::Validate for Config {
     /// # Errors
     /// [`Error::Config`] naming the first bad field, or the windows' or telemetry's own error.
     fn validate(&self) -> Result<(), Error> {
-        self.api()
+        self.api
             .validate("", "an admin token")
             .map_err(hydrant_runtime::Error::from)?;
-        if self.tls.is_some() && self.status_auth && self.token_keys_url.is_none() {
+        if self.api.tls.is_some() && self.status_auth && self.token_keys_url.is_none() {
             // The keys' fetcher speaks plain HTTP; the internal listener is mutual TLS only.
             return Err(invalid(
                 "token_keys_url",
@@ -205,20 +170,9 @@ impl hydrant_runtime::Validate for Config {
             )
             .into());
         }
-        if self.client_id.is_some()
-            && self.firehose.token.trim().is_empty()
-            && self.firehose.client_id.is_empty()
-        {
-            // A client-credential token handed to the stream once would expire and end it
-            // (1008); the firehose block renews only with its own client credentials.
-            return Err(invalid(
-                "firehose.token",
-                "with client_id, give the firehose its own credentials (firehose.client_id, \
-                 firehose.client_secret_file and firehose.api_url, renewed as they expire) or \
-                 its own token (firehose.token)",
-            )
-            .into());
-        }
+        self.api.check_firehose_credentials(
+            !self.firehose.token.trim().is_empty() || !self.firehose.client_id.is_empty(),
+        )?;
         if self.subscription_id.is_empty() || self.subscription_id.len() > 128 {
             return Err(invalid(
                 "subscription_id",
@@ -324,7 +278,7 @@ mod tests {
 
     fn valid() -> Config {
         Config {
-            token: Some("t".to_owned()),
+            api: ApiSettings::with_token("http://127.0.0.1:9022", "t"),
             ..Config::default()
         }
     }
@@ -348,7 +302,10 @@ mod tests {
             (Config::default(), "token"),
             (
                 Config {
-                    api_url: "ftp://x".to_owned(),
+                    api: ApiSettings {
+                        api_url: "ftp://x".to_owned(),
+                        ..valid().api
+                    },
                     ..valid()
                 },
                 "api_url",

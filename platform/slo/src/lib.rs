@@ -52,26 +52,12 @@ pub use error::Error;
 /// The `source_type` of the alerter's log lines in an app's stream.
 pub const SOURCE_TYPE: &str = "SLO";
 
-/// The SLO alerter as a [`hydrant_runtime::Role`]: `hydrant run slo`, and the micro cloud's.
-#[derive(Debug, Clone, Copy)]
-pub struct Slo;
-
-impl hydrant_runtime::Role for Slo {
-    const NAME: &'static str = "slo";
-    type Config = Config;
-    type Error = Error;
-    const LISTENERS: &'static [hydrant_runtime::ListenerSpec<Config>] =
-        &[hydrant_runtime::admin_listener("127.0.0.1:14835", |c| {
-            &c.admin_listen
-        })];
-
-    async fn run(
-        config: Config,
-        listeners: hydrant_runtime::Listeners,
-        registry: Registry,
-        shutdown: CancellationToken,
-    ) -> Result<(), Error> {
-        serve(config, &listeners, registry, shutdown).await
+hydrant_runtime::role! {
+    /// The SLO alerter as a [`hydrant_runtime::Role`]: `hydrant run slo`, and the micro cloud's.
+    pub struct Slo {
+        name: "slo", config: Config, error: Error,
+        admin: "127.0.0.1:14835" => admin_listen,
+        serve_with_listeners: serve,
     }
 }
 
@@ -117,11 +103,11 @@ async fn serve(
         source,
     })?;
     // Certificates that cannot be used stop the role here, not at its first call.
-    let api = Arc::new(config.api().connect()?);
+    let api = Arc::new(config.api.connect()?);
     // The firehose falls back to the API token; with client credentials it has its own.
     let token = if config.firehose.token.is_empty() && config.firehose.client_id.is_empty() {
         api.token().await.map_err(|message| {
-            let field = if config.token_file.is_some() {
+            let field = if config.api.token_file.is_some() {
                 "token_file"
             } else {
                 "token"

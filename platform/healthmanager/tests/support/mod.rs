@@ -31,8 +31,10 @@ pub async fn start_hm(config: Config) -> (CancellationToken, SocketAddr) {
 /// makes goes straight to the cell from the start request it overheard; fast timings.
 pub fn without_api(bus: BusConfig) -> Config {
     Config {
-        api_url: format!("http://{}", hydrant_testkit::dead_addr()),
-        token: Some("unused".into()),
+        api: hydrant_runtime::ApiSettings::with_token(
+            format!("http://{}", hydrant_testkit::dead_addr()),
+            "unused",
+        ),
         poll_interval_secs: 1,
         request_timeout_ms: 500,
         converge_interval_secs: 1,
