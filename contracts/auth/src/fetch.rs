@@ -12,10 +12,16 @@
 //! headers cannot turn a verifier into a flood against the controller. With the controller
 //! down, the keys in memory (or, after a restart, in the cache file) keep verifying: streams
 //! and status pages outlive the control plane. A verifier never holds a private key.
+//!
+//! A role holding a certificate fetches through a [`KeyTransport`] (the role runtime's mutual
+//! TLS to the controller's internal listener) and only from an `https://` URL, so the keys it
+//! trusts come from a server that proved the `cloudcontroller` identity, never from whoever
+//! answers a plain HTTP request; roles outside the mesh fetch over plain HTTP.
 
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -46,6 +52,17 @@ impl KeysObserver for Unobserved {
     fn known(&self, _keys: usize) {}
 }
 
+/// The answer a [`KeyTransport`] gives: the server's response, or why there is none.
+pub type KeyFetchFuture = Pin<Box<dyn Future<Output = Result<reqwest::Response, String>> + Send>>;
+
+/// Carries a key fetch some other way than reqwest's own plain connections: the role
+/// runtime's mutual TLS to the cloud controller's internal listener (this contract crate holds
+/// no TLS).
+pub trait KeyTransport: fmt::Debug + Send + Sync {
+    /// Sends `request` and returns the server's answer.
+    fn send(&self, request: reqwest::Request) -> KeyFetchFuture;
+}
+
 /// Where the keys come from (the `token_keys*` settings of a verifying role).
 #[derive(Debug, Clone, Default)]
 pub struct KeySources {
@@ -60,6 +77,10 @@ pub struct KeySources {
     pub cache: Option<PathBuf>,
     /// Least time between two fetches caused by unknown key ids.
     pub refetch_every: Duration,
+    /// How fetches reach `url`: `None` is plain HTTP; a role with a certificate passes its
+    /// mutual-TLS transport, and `url` must then be the controller's internal `https://`
+    /// address.
+    pub transport: Option<Arc<dyn KeyTransport>>,
 }
 
 /// The public keys a role verifies tokens with.
@@ -75,6 +96,7 @@ pub struct TokenKeys {
     /// One fetch at a time: concurrent unknown-kid requests share it.
     fetching: tokio::sync::Mutex<()>,
     client: reqwest::Client,
+    transport: Option<Arc<dyn KeyTransport>>,
     observer: Arc<dyn KeysObserver>,
 }
 
@@ -84,7 +106,7 @@ impl TokenKeys {
     ///
     /// # Errors
     /// The file or inline set cannot be read or parsed (a missing or damaged cache is not an
-    /// error: the controller will be asked).
+    /// error: the controller will be asked); a `transport` with a URL that is not `https://`.
     pub fn new(sources: KeySources, observer: Arc<dyn KeysObserver>) -> Result<Self, Error> {
         let KeySources {
             url,
@@ -92,7 +114,20 @@ impl TokenKeys {
             inline,
             cache,
             refetch_every,
+            transport,
         } = sources;
+        if let (Some(_), Some(url)) = (&transport, &url)
+            && !url.trim_start().starts_with("https://")
+        {
+            return Err(Error::KeyFormat {
+                path: None,
+                reason: format!(
+                    "token_keys_url {url} is not https://: a role with a certificate fetches keys \
+                     over mutual TLS only; name the cloud controller's internal https:// address \
+                     (its internal_listen)"
+                ),
+            });
+        }
         let initial = match (&file, inline.as_deref(), &cache) {
             (Some(path), _, _) => KeySet::load(path)?,
             (None, Some(json), _) => KeySet::from_json(json.as_bytes())?,
@@ -129,6 +164,7 @@ impl TokenKeys {
             last_fetch: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
             client,
+            transport,
             observer,
         })
     }
@@ -216,12 +252,20 @@ impl TokenKeys {
     }
 
     async fn get(&self, url: &str) -> Result<KeySet, String> {
-        let mut response = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut response = match &self.transport {
+            Some(transport) => {
+                let request = self.client.get(url).build().map_err(|e| e.to_string())?;
+                tokio::time::timeout(FETCH_TIMEOUT, transport.send(request))
+                    .await
+                    .map_err(|_| format!("no answer within {} ms", FETCH_TIMEOUT.as_millis()))??
+            }
+            None => self
+                .client
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?,
+        };
         if !response.status().is_success() {
             return Err(format!("answered {}", response.status()));
         }

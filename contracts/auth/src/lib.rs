@@ -39,7 +39,10 @@ pub use claims::{
     SCOPE_API_READ, SCOPE_API_WRITE, SCOPE_FIREHOSE, Scope,
 };
 pub use error::Error;
-pub use fetch::{FETCH_TIMEOUT, KeySources, KeysObserver, TokenKeys, Unobserved, bearer};
+pub use fetch::{
+    FETCH_TIMEOUT, KeyFetchFuture, KeySources, KeyTransport, KeysObserver, TokenKeys, Unobserved,
+    bearer,
+};
 pub use jwks::{Jwk, Jwks, KeySet, MAX_JWKS_BYTES};
 pub use jwt::peek_claims;
 pub use key::{KeyStore, MAX_KEYS, SigningKey, random_id};

@@ -5,7 +5,10 @@
 //!
 //! The invariant: the edge never holds a private key, and with the controller down the keys in
 //! memory (or, after a restart, in the cache file) keep verifying: streams outlive the control
-//! plane.
+//! plane. An edge in the mesh (`[upstream_tls]`, its `trafficcontroller` leaf) with an
+//! `https://` `token_keys_url` fetches the keys over mutual TLS from a server that proves the
+//! `cloudcontroller` identity, and from nothing else; an `http://` URL (the micro cloud's
+//! loopback API, an edge outside the mesh) is fetched plainly.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +39,25 @@ pub(crate) fn token_keys(
     config: &Config,
     metrics: &Metrics,
 ) -> Result<TokenKeys, hydrant_auth::Error> {
+    let internal = config
+        .token_keys_url
+        .as_deref()
+        .is_some_and(|url| url.trim_start().starts_with("https://"));
+    let transport = match (&config.upstream_tls, internal) {
+        (Some(files), true) => {
+            let mtls = hydrant_runtime::MtlsTransport::new(files).map_err(|e| {
+                hydrant_auth::Error::KeyFormat {
+                    path: None,
+                    reason: format!(
+                        "token_keys_url is https://, fetched with the upstream_tls certificate, \
+                         which cannot be used: {e}"
+                    ),
+                }
+            })?;
+            Some(Arc::new(mtls) as Arc<dyn hydrant_auth::KeyTransport>)
+        }
+        _ => None,
+    };
     TokenKeys::new(
         KeySources {
             url: config.token_keys_url.clone(),
@@ -46,6 +68,7 @@ pub(crate) fn token_keys(
                 config.token_keys_refetch_secs,
                 std::time::Duration::from_secs(30),
             ),
+            transport,
         },
         Arc::new(metrics.clone()),
     )

@@ -46,16 +46,26 @@ const MAX_CONNECTIONS: usize = 256;
 /// How long a client may take to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-use Identity::{Autoscaler, Executor, HealthManager, Nozzle, Slo};
+use Identity::{Autoscaler, Executor, HealthManager, Nozzle, Slo, TrafficController};
 
-/// Every role the handshake lets in: those that call at least one endpoint here.
-pub(crate) const CALLERS: &[Identity] = &[Executor, Nozzle, Autoscaler, Slo, HealthManager];
+/// The roles that get tokens here (client credentials over this listener).
+const TOKEN_CALLERS: &[Identity] = &[Executor, Nozzle, Autoscaler, Slo, HealthManager];
+/// Every role the handshake lets in: those that call at least one endpoint here (the firehose
+/// edge only fetches the token keys it verifies with).
+pub(crate) const CALLERS: &[Identity] = &[
+    Executor,
+    Nozzle,
+    Autoscaler,
+    Slo,
+    HealthManager,
+    TrafficController,
+];
 
 /// Who may call what: (method, path pattern with `*` for one segment, identities). The token
 /// endpoint serves every caller (roles get client-credential tokens over this listener too).
 pub(crate) const RULES: &[(Method, &str, &[Identity])] = &[
-    (Method::POST, "/v3/tokens", CALLERS),
-    (Method::POST, "/oauth/token", CALLERS),
+    (Method::POST, "/v3/tokens", TOKEN_CALLERS),
+    (Method::POST, "/oauth/token", TOKEN_CALLERS),
     (Method::GET, "/token_keys", CALLERS),
     // Executors: the droplets of the instances they were told to start.
     (Method::GET, "/internal/droplets/*", &[Executor]),

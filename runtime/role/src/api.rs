@@ -10,31 +10,50 @@
 //! OAuth2 client credentials renewed before they expire, fetched over the same transport).
 //!
 //! Invariants: with `tls` set, nothing reaches the controller in plaintext, and a server that
-//! is not the `cloudcontroller` identity of the trusted CA never sees a request; every
-//! connection is a fresh handshake with the certificates on disk now, so a reissued leaf or a
-//! rotated CA applies to the next call; errors name the URL and the reason, never a token.
+//! is not the `cloudcontroller` identity of the trusted CA never sees a request; a handshake
+//! runs per connection, not per call: connections are kept per peer (at most four idle, none
+//! idle longer than 8 s) and reused, and a
+//! reissued leaf or a rotated CA applies to the next connection; a call that meets a kept
+//! connection the server closed goes out again on a fresh one when it was never sent (or is
+//! idempotent), so a restarted controller costs no failed call; errors name the URL and the
+//! reason, never a token.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use http_body_util::BodyDataStream;
 use hydrant_api::{TokenCache, Transport, TransportFuture};
 use hydrant_tls::{ClientTls, Identity, Material, TlsFiles};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 use crate::Error;
 use crate::config::{ApiConsumer, invalid};
+use crate::sync::lock;
 
 /// How long dialling and the TLS handshake may take, unless the role says otherwise.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle connections kept per peer: the roles call one at a time or a few at once.
+const MAX_IDLE_PER_PEER: usize = 4;
+/// Peers with kept connections (a role talks to one controller; more are dropped, not kept).
+const MAX_PEERS: usize = 8;
+/// How long a kept connection may sit idle before it is closed instead of reused. Below the
+/// controller's 10 s header-read timeout, which closes an HTTP/1.1 connection that waits that
+/// long for its next request: a call never goes out on a connection the server is closing.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// HTTP/1.1 over mutual TLS to the cloud controller's internal listener: a `hydrant_api`
-/// transport. One connection per request (the callers ask every few seconds at most), so each
-/// request runs a handshake with the files as they are now.
+/// transport. Connections are kept and reused (a handshake costs ~20 ms of both sides' CPU);
+/// clones share them.
 #[derive(Debug, Clone)]
 pub struct MtlsTransport {
     tls: ClientTls,
     connect_timeout: Duration,
+    idle_timeout: Duration,
+    pool: Arc<Pool>,
 }
 
 impl MtlsTransport {
@@ -45,11 +64,8 @@ impl MtlsTransport {
     /// A file that cannot be read or does not hold what it should, named.
     pub fn new(files: &TlsFiles) -> Result<Self, hydrant_tls::Error> {
         let material = Material::load(files)?;
-        let tls = ClientTls::new(material, Identity::CloudController)?.with_alpn(&[b"http/1.1"]);
-        Ok(Self {
-            tls,
-            connect_timeout: CONNECT_TIMEOUT,
-        })
+        let tls = ClientTls::new(material, Identity::CloudController)?;
+        Ok(Self::from_client(&tls))
     }
 
     /// A transport over a client TLS config made elsewhere (a probe, or a test presenting
@@ -59,6 +75,8 @@ impl MtlsTransport {
         Self {
             tls: tls.with_alpn(&[b"http/1.1"]),
             connect_timeout: CONNECT_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            pool: Arc::default(),
         }
     }
 
@@ -68,23 +86,145 @@ impl MtlsTransport {
         self.connect_timeout = timeout;
         self
     }
-}
 
-impl MtlsTransport {
+    /// The same transport closing a kept connection once it has been idle for `timeout`
+    /// (default 8 s) instead of reusing it. Keep it under the server's own idle limit.
+    #[must_use]
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Connections this transport (and its clones) opened, each one a full handshake.
+    #[must_use]
+    pub fn connections_opened(&self) -> u64 {
+        self.pool.opened.load(Ordering::Relaxed)
+    }
+
     /// Sends `request` (an `https://` URL) and returns the server's answer; its body streams.
     ///
     /// # Errors
     /// Why there is no answer: no connection, a refused handshake, a broken exchange.
     pub async fn execute(&self, request: reqwest::Request) -> Result<reqwest::Response, String> {
-        send(self.tls.clone(), self.connect_timeout, request).await
+        send(self.clone(), request).await
     }
 }
 
 impl Transport for MtlsTransport {
     fn send(&self, request: reqwest::Request) -> TransportFuture {
-        let tls = self.tls.clone();
-        let timeout = self.connect_timeout;
-        Box::pin(async move { send(tls, timeout, request).await })
+        Box::pin(send(self.clone(), request))
+    }
+}
+
+/// Token keys fetched over the same kept connections as every other call.
+impl hydrant_auth::KeyTransport for MtlsTransport {
+    fn send(&self, request: reqwest::Request) -> hydrant_auth::KeyFetchFuture {
+        Box::pin(send(self.clone(), request))
+    }
+}
+
+/// Where a connection goes: the host as dialled and the port.
+type Peer = (String, u16);
+
+/// A kept connection: free for the next call once its last answer was read to the end (or
+/// dropped) and the connection took that in.
+#[derive(Debug)]
+struct Kept {
+    sender: SendRequest<reqwest::Body>,
+    since: Instant,
+    done: Arc<AtomicBool>,
+}
+
+/// The kept connections, by peer; bounded by [`MAX_PEERS`] and [`MAX_IDLE_PER_PEER`].
+#[derive(Debug, Default)]
+struct Pool {
+    kept: Mutex<HashMap<Peer, Vec<Kept>>>,
+    opened: AtomicU64,
+}
+
+impl Pool {
+    /// The most recently used connection to `peer` whose last exchange is over, that is still
+    /// open and was not kept longer than `max_idle`.
+    async fn take(&self, peer: &Peer, max_idle: Duration) -> Option<SendRequest<reqwest::Body>> {
+        loop {
+            let mut candidate = {
+                let mut kept = lock(&self.kept);
+                let conns = kept.get_mut(peer)?;
+                conns.retain(|c| !c.sender.is_closed() && c.since.elapsed() < max_idle);
+                let newest_done = conns.iter().rposition(|c| c.done.load(Ordering::Acquire));
+                let taken = newest_done.map(|i| conns.remove(i));
+                if conns.is_empty() {
+                    kept.remove(peer);
+                }
+                taken?
+            };
+            // The answer was read; the connection's own task may not have seen it yet.
+            if let Ok(Ok(())) =
+                tokio::time::timeout(Duration::from_secs(1), candidate.sender.ready()).await
+            {
+                return Some(candidate.sender);
+            }
+        }
+    }
+
+    /// Keeps `sender`, whose answer is being read (`done` is set when it has been), for the
+    /// next call to `peer`, unless the pool is full (then it closes after this exchange).
+    fn keep(&self, peer: Peer, sender: SendRequest<reqwest::Body>, done: Arc<AtomicBool>) {
+        let mut kept = lock(&self.kept);
+        kept.retain(|_, conns| {
+            conns.retain(|c| !c.sender.is_closed());
+            !conns.is_empty()
+        });
+        if !kept.contains_key(&peer) && kept.len() >= MAX_PEERS {
+            return;
+        }
+        let conns = kept.entry(peer).or_default();
+        if conns.len() < MAX_IDLE_PER_PEER {
+            conns.push(Kept {
+                sender,
+                since: Instant::now(),
+                done,
+            });
+        }
+    }
+}
+
+/// An answer's body that marks its exchange over when read to the end or dropped, so the
+/// connection is taken for the next call only after that.
+#[derive(Debug)]
+struct Tracked {
+    inner: hyper::body::Incoming,
+    done: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = hyper::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            this.done.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Release);
     }
 }
 
@@ -99,9 +239,22 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// Methods a server may see twice without harm (RFC 9110 9.2.2): sent again on a fresh
+/// connection when a kept one broke after sending them.
+fn idempotent(method: &reqwest::Method) -> bool {
+    use reqwest::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::PUT,
+        Method::DELETE,
+        Method::OPTIONS,
+    ]
+    .contains(method)
+}
+
 async fn send(
-    tls: ClientTls,
-    timeout: Duration,
+    transport: MtlsTransport,
     request: reqwest::Request,
 ) -> Result<reqwest::Response, String> {
     let url = request.url().clone();
@@ -120,43 +273,35 @@ async fn send(
         Some(port) => format!("{host}:{port}"),
         None => host.clone(),
     };
-    let dial = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let connect = async {
-        let tcp = tokio::net::TcpStream::connect((dial.as_str(), port))
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        let stream = tokio_rustls::TlsConnector::from(tls.config())
-            .connect(tls.server_name(), tcp)
-            .await
-            .map_err(|e| format!("the TLS handshake failed: {}", chain(&e)))?;
-        hyper::client::conn::http1::handshake::<_, reqwest::Body>(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP/1.1 over TLS failed: {}", chain(&e)))
+    let peer: Peer = (
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        port,
+    );
+    // A copy to send again if a kept connection breaks after taking the request.
+    let again = if idempotent(request.method()) {
+        request.try_clone()
+    } else {
+        None
     };
-    let (mut sender, connection) = tokio::time::timeout(timeout, connect)
-        .await
-        .map_err(|_| format!("no connection within {} ms", timeout.as_millis()))??;
-    // Drives the connection until the answer's body has been read (or dropped); its error is
-    // the reason a refused request gets no answer.
-    let driver = tokio::spawn(connection);
-    let mut request: http::Request<reqwest::Body> = request
-        .try_into()
-        .map_err(|e: reqwest::Error| e.to_string())?;
-    let origin: http::Uri = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| e.to_string())?;
-    *request.uri_mut() = origin;
-    let host_header = http::HeaderValue::from_str(&authority).map_err(|e| e.to_string())?;
-    request
-        .headers_mut()
-        .insert(http::header::HOST, host_header);
+    let mut request = origin_form(request, &authority)?;
+    if let Some(mut sender) = transport.pool.take(&peer, transport.idle_timeout).await {
+        match sender.try_send_request(request).await {
+            Ok(response) => return Ok(answer(&transport.pool, peer, sender, response)),
+            Err(mut e) => match (e.take_message(), again) {
+                (Some(unsent), _) => request = unsent,
+                (None, Some(again)) => request = origin_form(again, &authority)?,
+                (None, None) => {
+                    return Err(format!(
+                        "the kept connection broke: {}",
+                        chain(&e.into_error())
+                    ));
+                }
+            },
+        }
+    }
+    let (mut sender, driver) = connect(&transport, &peer).await?;
     let response = match sender.send_request(request).await {
         Ok(response) => response,
         // Under TLS 1.3 the server judges the client's certificate after the client has
@@ -170,11 +315,79 @@ async fn send(
             return Err(format!("no answer: {}{cause}", chain(&e)));
         }
     };
-    let (parts, body) = response.into_parts();
-    let body = reqwest::Body::wrap_stream(BodyDataStream::new(body));
-    Ok(reqwest::Response::from(http::Response::from_parts(
-        parts, body,
-    )))
+    Ok(answer(&transport.pool, peer, sender, response))
+}
+
+/// `request` as HTTP/1.1 sends it to an origin server: the path in the request line, the
+/// authority in `Host`.
+fn origin_form(
+    request: reqwest::Request,
+    authority: &str,
+) -> Result<http::Request<reqwest::Body>, String> {
+    let mut request: http::Request<reqwest::Body> = request
+        .try_into()
+        .map_err(|e: reqwest::Error| e.to_string())?;
+    let origin: http::Uri = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+    *request.uri_mut() = origin;
+    let host_header = http::HeaderValue::from_str(authority).map_err(|e| e.to_string())?;
+    request
+        .headers_mut()
+        .insert(http::header::HOST, host_header);
+    Ok(request)
+}
+
+/// A fresh connection to `peer`: TCP, the handshake, HTTP/1.1. The driver's task ends with the
+/// connection; its error is the reason a refused request gets no answer.
+async fn connect(
+    transport: &MtlsTransport,
+    peer: &Peer,
+) -> Result<
+    (
+        SendRequest<reqwest::Body>,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+    ),
+    String,
+> {
+    let tls = &transport.tls;
+    let timeout = transport.connect_timeout;
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect((peer.0.as_str(), peer.1))
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        transport.pool.opened.fetch_add(1, Ordering::Relaxed);
+        let stream = tokio_rustls::TlsConnector::from(tls.config())
+            .connect(tls.server_name(), tcp)
+            .await
+            .map_err(|e| format!("the TLS handshake failed: {}", chain(&e)))?;
+        hyper::client::conn::http1::handshake::<_, reqwest::Body>(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP/1.1 over TLS failed: {}", chain(&e)))
+    };
+    let (sender, connection) = tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| format!("no connection within {} ms", timeout.as_millis()))??;
+    Ok((sender, tokio::spawn(connection)))
+}
+
+/// The server's answer as `reqwest` hands it out (its body streams); the connection is kept
+/// for the next call to `peer`.
+fn answer(
+    pool: &Pool,
+    peer: Peer,
+    sender: SendRequest<reqwest::Body>,
+    response: http::Response<hyper::body::Incoming>,
+) -> reqwest::Response {
+    let (parts, inner) = response.into_parts();
+    let done = Arc::new(AtomicBool::new(false));
+    pool.keep(peer, sender, done.clone());
+    let body = reqwest::Body::wrap(Tracked { inner, done });
+    reqwest::Response::from(http::Response::from_parts(parts, body))
 }
 
 /// A role's way to the cloud controller: the API client (over mutual TLS when the block has
@@ -188,6 +401,7 @@ pub struct ApiClient {
     client_secret: Option<String>,
     client_secret_file: Option<std::path::PathBuf>,
     tokens: TokenCache,
+    mtls: Option<MtlsTransport>,
 }
 
 impl ApiConsumer<'_> {
@@ -199,12 +413,16 @@ impl ApiConsumer<'_> {
     /// file and what is wrong with it).
     pub fn connect(&self) -> Result<ApiClient, Error> {
         let mut base = hydrant_api::Client::new(self.api_url.trim(), None);
+        let mut mtls = None;
         if let Some(files) = self.tls {
             let transport = MtlsTransport::new(files)
                 .map_err(|e| invalid("tls", format!("cannot be used: {e}")))?;
-            base = base.with_transport(Arc::new(transport));
+            base = base.with_transport(Arc::new(transport.clone()));
+            mtls = Some(transport);
         }
-        Ok(self.with_base(base))
+        let mut client = self.with_base(base);
+        client.mtls = mtls;
+        Ok(client)
     }
 
     /// [`ApiConsumer::connect`] for a caller that cannot fail here: when the `tls` files cannot
@@ -228,6 +446,7 @@ impl ApiConsumer<'_> {
             client_secret: self.client_secret.map(str::to_owned),
             client_secret_file: self.client_secret_file.map(std::path::Path::to_path_buf),
             tokens: TokenCache::new(),
+            mtls: None,
         }
     }
 }
@@ -255,6 +474,16 @@ impl ApiClient {
             self.client_secret.as_ref(),
             self.client_secret_file.as_ref(),
         )
+    }
+
+    /// How this role fetches the controller's token keys (`hydrant_auth::KeySources::transport`):
+    /// over its mutual-TLS connections when the block has `tls` (then the key URL must be the
+    /// internal `https://` address, e.g. `api_url` + `/token_keys`), `None` (plain HTTP) without.
+    #[must_use]
+    pub fn key_transport(&self) -> Option<Arc<dyn hydrant_auth::KeyTransport>> {
+        self.mtls
+            .clone()
+            .map(|t| Arc::new(t) as Arc<dyn hydrant_auth::KeyTransport>)
     }
 
     /// The client without a token (e.g. for the token endpoint).
