@@ -8,7 +8,11 @@
 //! | A | cloud controller, health manager, NATS node, firehose edge, agent |
 //! | B | health manager, NATS node, executor cell `cell-b` (zone z1), agent, doppler |
 //! | C | NATS node, executor cell `cell-c` (z2), agent, doppler, router |
-//! | D | executor cell `cell-d` (z3), agent, router |
+//! | D | executor cell `cell-d` (z3), agent, router, doppler (added in step 4) |
+//!
+//! The dopplers announce themselves on the bus (`doppler.announce`, every second, TTL 3 s);
+//! the agents and the edge list none and follow the announcements, so a doppler added or lost
+//! needs no restart anywhere.
 //!
 //! Only one cloud controller runs: its state is SQLite in one data dir, which a second
 //! controller on another host cannot share yet.
@@ -27,9 +31,12 @@
 //!    ≥ 99 % of requests succeed and replacements run within 10 s of C's presence lapsing;
 //! 3. cell D drained: no request fails (about one run in ten loses one request to a race
 //!    between an instance's stop and its unregistration);
-//! 4. the doppler carrying the app's logs killed while they flow: lines emitted after the kill
-//!    reach the firehose through the other doppler, none twice, and the ledger (emitted,
-//!    delivered, counted drops) is printed;
+//! 4. while the app logs, a third doppler started on host D: every agent and the edge follow
+//!    it without a restart, and no line emitted meanwhile is lost uncounted (the ledger:
+//!    emitted = delivered + counted drops); then the doppler carrying the app's logs killed:
+//!    its announcement lapses, lines go on reaching the firehose through the others, none
+//!    twice, what was in flight to the killed doppler is printed, and once the lapse is acted
+//!    on the ledger balances again;
 //! 5. a NATS node killed and restarted: no request fails and no route is pruned;
 //! 6. host A lost (every process in its namespace SIGKILLed): host B's health manager takes
 //!    the lease within 15 s and restarts a crashed instance without the controller.
@@ -522,6 +529,40 @@ impl Platform {
         }
     }
 
+    /// A doppler on `host`, announcing itself on the bus every second (TTL 3 s).
+    fn start_doppler(&mut self, host: char) {
+        let doppler = json!({
+            "listen": self.addr(host, DOPPLER).to_string(),
+            "admin_listen": self.addr(host, admin_port("doppler")).to_string(),
+            "instance_id": format!("doppler-{host}"),
+            "announce_interval_ms": 1000,
+            "bus": self.bus("doppler", "certs"),
+            "tls": self.tls("doppler", "certs"),
+        });
+        self.start_role("doppler", host, &doppler);
+    }
+
+    /// How many dopplers the edge reads and each agent (hosts A to D) sends to.
+    fn dopplers_followed(&self) -> (f64, Vec<f64>) {
+        let edge = metric(
+            &self.metrics("trafficcontroller", 'a'),
+            "trafficcontroller_dopplers",
+        );
+        let agents = ['a', 'b', 'c', 'd']
+            .iter()
+            .map(|h| metric(&self.metrics("agent", *h), "agent_dopplers_followed").unwrap_or(0.0))
+            .collect();
+        (edge.unwrap_or(0.0), agents)
+    }
+
+    /// Waits until the edge and every agent follow `n` dopplers.
+    fn wait_dopplers(&self, n: f64, what: &str) -> Duration {
+        wait_for(Duration::from_secs(20), what, || {
+            let (edge, agents) = self.dopplers_followed();
+            edge == n && agents.iter().all(|a| *a == n)
+        })
+    }
+
     fn start() -> Self {
         assert!(
             nix::unistd::geteuid().is_root(),
@@ -562,19 +603,16 @@ impl Platform {
             p.start_nats(host);
         }
         for host in ['b', 'c'] {
-            let doppler = json!({
-                "listen": p.addr(host, DOPPLER).to_string(),
-                "admin_listen": p.addr(host, admin_port("doppler")).to_string(),
-                "tls": p.tls("doppler", "certs"),
-            });
-            p.start_role("doppler", host, &doppler);
+            p.start_doppler(host);
         }
-        let dopplers = vec![p.url('b', DOPPLER), p.url('c', DOPPLER)];
+        // No doppler is listed anywhere: agents and the edge follow the announcements.
+        let none: [&str; 0] = [];
         for host in ['a', 'b', 'c', 'd'] {
             let agent = json!({
                 "listen": format!("127.0.0.1:{AGENT}"),
                 "admin_listen": p.addr(host, admin_port("agent")).to_string(),
-                "dopplers": dopplers,
+                "dopplers": none,
+                "bus": p.bus("agent", "certs"),
                 "tls": p.tls("agent", "certs"),
             });
             p.start_role("agent", host, &agent);
@@ -582,7 +620,8 @@ impl Platform {
         let edge = json!({
             "listen": p.addr('a', EDGE).to_string(),
             "admin_listen": p.addr('a', admin_port("trafficcontroller")).to_string(),
-            "dopplers": dopplers,
+            "dopplers": none,
+            "bus": p.bus("trafficcontroller", "certs"),
             "token_keys_url": format!("{}/token_keys", p.url('a', API)),
             "token_keys_cache": p.path("edge-token-keys.json").display().to_string(),
             "telemetry": p.telemetry("trafficcontroller", "certs"),
@@ -658,6 +697,10 @@ impl Platform {
                 );
             }
         }
+        p.wait_dopplers(
+            2.0,
+            "the edge and every agent to follow the dopplers on B and C",
+        );
         p
     }
 }
@@ -741,14 +784,121 @@ fn emit_logs(router: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHand
     })
 }
 
-fn agent_drops(p: &Platform) -> f64 {
-    ['b', 'c', 'd']
+/// Every drop counted at a hop of the app's lines: the agents on every host, the edge, and the
+/// dopplers on `dopplers` (a killed doppler's counters die with it). Over every source, so
+/// the platform's own envelopes' drops are in it too.
+fn counted_drops(p: &Platform, dopplers: &[char]) -> f64 {
+    let agents: f64 = ['a', 'b', 'c', 'd']
         .iter()
         .map(|h| metric(&p.metrics("agent", *h), "agent_dropped_total").unwrap_or(0.0))
-        .sum()
+        .sum();
+    let dopplers: f64 = dopplers
+        .iter()
+        .map(|h| metric(&p.metrics("doppler", *h), "doppler_dropped_total").unwrap_or(0.0))
+        .sum();
+    let edge = metric(
+        &p.metrics("trafficcontroller", 'a'),
+        "trafficcontroller_dropped_total",
+    )
+    .unwrap_or(0.0);
+    agents + dopplers + edge
 }
 
-fn doppler_lost_while_logs_flow(p: &mut Platform) {
+/// Waits until the stream has taken no line for `quiet`.
+fn settle(stream: &Stream, quiet: Duration, what: &str) {
+    let mut last = (stream.lines(), Instant::now());
+    wait_for(Duration::from_secs(20), what, || {
+        let now = stream.lines();
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        last.1.elapsed() > quiet
+    });
+}
+
+/// One stretch of logging: lines emitted (`/log/10` through `router` while `during` runs),
+/// delivered to the stream, and drops counted at the hops meanwhile (at `dopplers` alive at
+/// both ends).
+struct Window {
+    emitted: u64,
+    delivered: u64,
+    counted: f64,
+    /// What the stream's sequence-gap markers claimed lost (they fire without loss too: the
+    /// cell's agent and the routers' agents stamp sequences for one app independently).
+    claimed: u64,
+}
+
+impl Window {
+    fn run(
+        p: &mut Platform,
+        stream: &Stream,
+        router: SocketAddr,
+        dopplers: &[char],
+        during: impl FnOnce(&mut Platform),
+    ) -> Self {
+        let (lines, drops) = (stream.lines(), counted_drops(p, dopplers));
+        let claimed = stream.lost.load(Ordering::Relaxed);
+        let stop = Arc::new(AtomicBool::new(false));
+        let emitter = emit_logs(router, stop.clone());
+        during(p);
+        stop.store(true, Ordering::Relaxed);
+        let requests = emitter.join().unwrap();
+        // Everything still in flight arrives (or is counted) within a few seconds.
+        settle(stream, Duration::from_secs(2), "the stream to settle");
+        Self {
+            emitted: requests * 10,
+            delivered: stream.lines() - lines,
+            counted: counted_drops(p, dopplers) - drops,
+            claimed: stream.lost.load(Ordering::Relaxed) - claimed,
+        }
+    }
+
+    fn missing(&self) -> u64 {
+        self.emitted.saturating_sub(self.delivered)
+    }
+
+    /// emitted = delivered + counted drops, where the drops also count other sources': every
+    /// line not delivered is counted, and none arrived twice.
+    fn assert_balanced(&self, what: &str) {
+        assert!(
+            self.delivered <= self.emitted,
+            "{what}: lines arrived twice: {} of {}",
+            self.delivered,
+            self.emitted
+        );
+        assert!(
+            self.missing() as f64 <= self.counted,
+            "{what}: {} of {} lines missing but {} drops counted",
+            self.missing(),
+            self.emitted,
+            self.counted
+        );
+    }
+}
+
+/// The doppler whose ingress grows most with a burst of the app's lines.
+fn carrier(p: &Platform, router: SocketAddr, dopplers: &[char]) -> char {
+    let ingress = |p: &Platform| -> Vec<f64> {
+        dopplers
+            .iter()
+            .map(|h| metric(&p.metrics("doppler", *h), "doppler_ingress_total").unwrap_or(0.0))
+            .collect()
+    };
+    let before = ingress(p);
+    for _ in 0..5 {
+        let _ = http_get(router, APP_HOST, "/log/200", None);
+    }
+    // The agents batch; give the burst time to land.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = ingress(p);
+    let grew = |i: usize| after[i] - before[i];
+    let best = (0..dopplers.len())
+        .max_by(|&x, &y| grew(x).total_cmp(&grew(y)))
+        .unwrap();
+    dopplers[best]
+}
+
+fn doppler_added_and_lost_while_logs_flow(p: &mut Platform) {
     let app: serde_json::Value = serde_json::from_str(&p.cli_ok(&["app", APP, "--json"])).unwrap();
     let guid = app["app"]["guid"].as_str().unwrap().to_owned();
     let router = p.addr('d', ROUTER);
@@ -757,80 +907,90 @@ fn doppler_lost_while_logs_flow(p: &mut Platform) {
         let _ = http_get(router, APP_HOST, "/log/1", None);
         stream.lines() > 0
     });
-    // Which doppler carries the app: the one whose ingress grows with a burst of its lines.
-    let ingress = |p: &Platform| {
-        ['b', 'c'].map(|h| metric(&p.metrics("doppler", h), "doppler_ingress_total").unwrap_or(0.0))
-    };
-    let before = ingress(p);
-    for _ in 0..5 {
-        let _ = http_get(router, APP_HOST, "/log/200", None);
-    }
-    let after = ingress(p);
-    let carrier = if after[0] - before[0] >= after[1] - before[1] {
-        'b'
-    } else {
-        'c'
-    };
-    let other = if carrier == 'b' { 'c' } else { 'b' };
-    // The live stream settles before the ledger starts.
-    let mut last = (stream.lines(), Instant::now());
-    wait_for(Duration::from_secs(20), "the stream to settle", || {
-        let now = stream.lines();
-        if now != last.0 {
-            last = (now, Instant::now());
-        }
-        last.1.elapsed() > Duration::from_secs(1)
-    });
-    let (lines_before, lost_before, drops_before) = (
-        stream.lines(),
-        stream.lost.load(Ordering::Relaxed),
-        agent_drops(p),
-    );
+    settle(&stream, Duration::from_secs(1), "the stream to settle");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let emitter = emit_logs(router, stop.clone());
-    std::thread::sleep(Duration::from_secs(1));
-    p.kill(&format!("doppler@{carrier}"));
-    let killed_at_lines = stream.lines();
-    std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, Ordering::Relaxed);
-    let requests = emitter.join().unwrap();
-    // Everything still in flight arrives (or is counted) within a few seconds.
-    let mut last = (stream.lines(), Instant::now());
-    wait_for(
-        Duration::from_secs(20),
-        "the stream to settle after the kill",
-        || {
-            let now = stream.lines();
-            if now != last.0 {
-                last = (now, Instant::now());
-            }
-            last.1.elapsed() > Duration::from_secs(2)
-        },
-    );
-    let emitted = requests * 10;
-    let delivered = stream.lines() - lines_before;
-    let lost_in_stream = stream.lost.load(Ordering::Relaxed) - lost_before;
-    let agent_dropped = agent_drops(p) - drops_before;
+    // 4a. A third doppler joins while the app logs: followed with no restart anywhere.
+    let mut took = (Duration::ZERO, Duration::ZERO);
+    let join = Window::run(p, &stream, router, &['b', 'c'], |p| {
+        std::thread::sleep(Duration::from_secs(1));
+        let started = Instant::now();
+        p.start_doppler('d');
+        let up = started.elapsed();
+        let followed = p.wait_dopplers(3.0, "the edge and every agent to follow the doppler on D");
+        took = (up, followed);
+        std::thread::sleep(Duration::from_secs(2));
+    });
     println!(
-        "step 4: doppler on {} (the app's) killed while logs flowed, the other on {}: \
-         {emitted} lines emitted, {delivered} delivered ({} after the kill), {} missing; \
-         {agent_dropped} envelopes dropped at the agents (every source); the stream's \
-         sequence-gap markers claimed {lost_in_stream} lost (they fire without loss too: \
-         several hosts' agents stamp sequences for one app)",
+        "step 4a: doppler on D started while the app logged ({:.2} s to its /healthz), followed \
+         by the edge and all four agents {:.2} s later; {} lines emitted, {} delivered, {} \
+         missing, {} drops counted at the hops (every source)",
+        took.0.as_secs_f64(),
+        took.1.as_secs_f64(),
+        join.emitted,
+        join.delivered,
+        join.missing(),
+        join.counted
+    );
+    join.assert_balanced("while a doppler joined");
+
+    // 4b. The doppler now carrying the app is killed while it logs.
+    let dopplers = ['b', 'c', 'd'];
+    let carrier = carrier(p, router, &dopplers);
+    let survivors: Vec<char> = dopplers.into_iter().filter(|d| *d != carrier).collect();
+    settle(&stream, Duration::from_secs(1), "the burst to settle");
+    let mut killed_at_lines = 0;
+    let mut lapsed = Duration::ZERO;
+    let kill = Window::run(p, &stream, router, &survivors, |p| {
+        std::thread::sleep(Duration::from_secs(1));
+        p.kill(&format!("doppler@{carrier}"));
+        killed_at_lines = stream.lines();
+        lapsed = p.wait_dopplers(2.0, "the edge and every agent to drop the killed doppler");
+        std::thread::sleep(Duration::from_secs(1));
+    });
+    let after_kill = stream.lines().saturating_sub(killed_at_lines);
+    println!(
+        "step 4b: doppler on {} (the app's) killed while the app logged; its lapse acted on \
+         by the edge and all four agents {:.1} s after the kill; {} lines emitted, {} \
+         delivered ({after_kill} after the kill), {} missing (in flight to the killed doppler, \
+         which took its counters with it), {} drops counted at the hops; the stream's \
+         sequence-gap markers claimed {} lost",
         carrier.to_ascii_uppercase(),
-        other.to_ascii_uppercase(),
-        stream.lines().saturating_sub(killed_at_lines),
-        emitted.saturating_sub(delivered),
+        lapsed.as_secs_f64(),
+        kill.emitted,
+        kill.delivered,
+        kill.missing(),
+        kill.counted,
+        kill.claimed
     );
     assert!(
-        delivered <= emitted,
-        "lines arrived twice: {delivered} of {emitted}"
+        kill.delivered <= kill.emitted,
+        "lines arrived twice: {} of {}",
+        kill.delivered,
+        kill.emitted
     );
     assert!(
-        stream.lines() > killed_at_lines + 100,
+        after_kill > 100,
         "the app's lines stopped reaching the firehose when its doppler died"
     );
+
+    // 4c. Routed around: the ledger balances again.
+    let after = Window::run(p, &stream, router, &survivors, |_| {
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    println!(
+        "step 4c: after the lapse, through the dopplers on {}: {} lines emitted, {} delivered, \
+         {} missing, {} drops counted",
+        survivors
+            .iter()
+            .map(|h| h.to_ascii_uppercase().to_string())
+            .collect::<Vec<_>>()
+            .join(" and "),
+        after.emitted,
+        after.delivered,
+        after.missing(),
+        after.counted
+    );
+    after.assert_balanced("after the killed doppler's lapse");
 }
 
 #[test]
@@ -968,8 +1128,8 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
         "{failed} requests failed during the drain ({rate:.2} % served)"
     );
 
-    // 4. The doppler carrying the app's logs dies while they flow.
-    doppler_lost_while_logs_flow(&mut p);
+    // 4. A doppler joins while the app logs; then the one carrying its logs dies.
+    doppler_added_and_lost_while_logs_flow(&mut p);
 
     // 5. A NATS node killed and restarted: the routers keep every route.
     let pruned_before: f64 = ['c', 'd']
