@@ -1,7 +1,9 @@
 //! The broker against real servers: OSBAPI conformance (`osb`), each offering's life from
 //! provision to deprovision with its credentials used by the server's own client
 //! (`offerings`), and the broker's own resilience — a SIGKILLed node restarted, a restarted
-//! broker serving the same credentials (`resilience`) — every instance as a source in the
+//! broker serving the same credentials (`resilience`), a SIGKILLed broker's containers
+//! removed by its next start (`orphans`), RabbitMQ nodes of brokers side by side starting at
+//! once on a busy machine (`load`) — every instance as a source in the
 //! pipeline (`observability`), nodes in containers under their plan's limits
 //! (`containment`), a shared node's lines kept to the tenant they provably belong
 //! to (`tenancy`), and plan limits that hold while tenants write (`quotas`).
@@ -25,6 +27,8 @@ mod load;
 mod observability;
 #[path = "broker/offerings.rs"]
 mod offerings;
+#[path = "broker/orphans.rs"]
+mod orphans;
 #[path = "broker/osb.rs"]
 mod osb;
 #[path = "broker/quotas.rs"]
