@@ -99,13 +99,20 @@ async fn start_doppler(id: &str, bus: &hydrant_bus::Config) -> Role {
 
 /// An edge with no configured dopplers, following `bus`.
 async fn start_edge(bus: &hydrant_bus::Config) -> Role {
+    start_edge_with(bus, |_| {}).await
+}
+
+async fn start_edge_with(
+    bus: &hydrant_bus::Config,
+    tune: impl FnOnce(&mut hydrant_firehose::Config),
+) -> Role {
     let listeners = hydrant_runtime::bind_on::<TrafficController>(|_| "127.0.0.1:0".to_owned())
         .await
         .unwrap();
     let addr = listeners.local_addr("http").unwrap();
     let admin = listeners.local_addr("admin").unwrap();
     let shutdown = CancellationToken::new();
-    let config = hydrant_firehose::Config {
+    let mut config = hydrant_firehose::Config {
         dopplers: vec![],
         bus: Some(bus.clone()),
         disable_auth: true,
@@ -114,6 +121,7 @@ async fn start_edge(bus: &hydrant_bus::Config) -> Role {
         read_timeout_secs: 2.0,
         ..hydrant_firehose::Config::default()
     };
+    tune(&mut config);
     tokio::spawn(hydrant_runtime::run::<TrafficController>(
         config,
         listeners,
@@ -348,4 +356,91 @@ async fn a_doppler_that_joins_reaches_open_streams_and_one_that_leaves_is_droppe
     );
     edge.shutdown.cancel();
     b.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doppler_beyond_max_dopplers_is_refused_and_an_unreachable_one_is_dropped_after_its_grace()
+ {
+    let bus = hydrant_bus::Config::inprocess(&format!("edge-follow-max-{}", std::process::id()));
+    let edge = start_edge_with(&bus, |c| {
+        c.max_dopplers = 1;
+        c.doppler_grace_secs = 2.0;
+    })
+    .await;
+    let announcer = hydrant_bus::Bus::connect(&bus, &hydrant_emitter::Registry::new("t", "0"))
+        .await
+        .unwrap();
+    // An address nothing listens on any more.
+    let closed = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let announce = |id: &str, port: u16| hydrant_bus::messages::DopplerAnnounce {
+        id: id.to_owned(),
+        ingress: format!("http://127.0.0.1:{port}"),
+        egress: format!("http://127.0.0.1:{port}"),
+        ttl_secs: 60,
+    };
+    let dopplers = || metric(edge.admin, "trafficcontroller_dopplers", &[]);
+    let admin = edge.admin;
+    let change = move |c: &'static str| async move {
+        metric(
+            admin,
+            "trafficcontroller_doppler_changes_total",
+            &[("change", c)],
+        )
+        .await
+    };
+    // The bus subscription is made as the edge starts: announce until it is heard.
+    wait_until("the unreachable doppler is followed", || async {
+        announcer
+            .publish_json(
+                hydrant_bus::messages::DOPPLER_ANNOUNCE,
+                &announce("ghost", closed.port()),
+            )
+            .unwrap();
+        dopplers().await == 1
+    })
+    .await;
+    let followed = Instant::now();
+    announcer
+        .publish_json(
+            hydrant_bus::messages::DOPPLER_ANNOUNCE,
+            &announce("second", closed.port() ^ 1),
+        )
+        .unwrap();
+    wait_until("the second doppler is refused", || async {
+        metric(
+            edge.admin,
+            "trafficcontroller_doppler_announcements_total",
+            &[("result", "over_max_dopplers")],
+        )
+        .await
+            >= 1
+    })
+    .await;
+    assert_eq!(dopplers().await, 1, "still only the first");
+    assert_eq!(change("joined").await, 1);
+    wait_until("the unreachable doppler is dropped", || async {
+        change("unreachable").await == 1
+    })
+    .await;
+    let dropped = followed.elapsed();
+    assert_eq!(dopplers().await, 0, "its slot is freed");
+    assert!(
+        dropped >= Duration::from_millis(1500),
+        "dropped after {dropped:?}, before its 2 s grace"
+    );
+    // Its slot is free again: the refused doppler gets it on its next announcement.
+    announcer
+        .publish_json(
+            hydrant_bus::messages::DOPPLER_ANNOUNCE,
+            &announce("second", closed.port() ^ 1),
+        )
+        .unwrap();
+    wait_until("the second doppler takes the freed slot", || async {
+        change("joined").await == 2
+    })
+    .await;
+    edge.shutdown.cancel();
 }
