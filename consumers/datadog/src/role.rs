@@ -24,7 +24,7 @@ use bytes::Bytes;
 use hydrant_emitter::{Counter, Gauge, Registry};
 use hydrant_nozzle_core::{
     CircuitBreaker, CursorFile, DestinationQueue, FirehoseReader, Keeper, NozzleMetrics, Progress,
-    Watermark, finish_senders,
+    Watermark, finish_senders, mask_url,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -51,14 +51,9 @@ hydrant_runtime::role! {
     /// The Datadog nozzle as a [`hydrant_runtime::Role`]: `hydrant run nozzle-datadog` and `hydrant
     /// nozzle datadog`.
     pub struct DatadogNozzle {
-        name: "nozzle-datadog", config: Config, error: Error,
-        admin: "127.0.0.1:14841" => admin_listen,
+        name: "nozzle-datadog", config: Config, error: Error, admin: "127.0.0.1:14841" => admin_listen,
         registry: |c| Registry::new(ROLE, &c.instance_id),
-        describe: |c| format!(
-            "sending to {}, subscription {:?}",
-            hydrant_nozzle_core::mask_url(&c.api_url),
-            c.subscription_id,
-        ),
+        describe: |c| format!("sending to {}, subscription {:?}", mask_url(&c.api_url), c.subscription_id),
         serve: start,
     }
 }

@@ -24,7 +24,7 @@ use hydrant_emitter::{Counter, Registry};
 use hydrant_envelope::wire::EnvelopeView;
 use hydrant_nozzle_core::{
     CircuitBreaker, CursorFile, DestinationQueue, FirehoseReader, Keeper, NozzleMetrics, Progress,
-    Watermark, finish_senders,
+    Watermark, finish_senders, mask_url,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -40,14 +40,9 @@ hydrant_runtime::role! {
     /// The OTLP nozzle as a [`hydrant_runtime::Role`]: `hydrant run nozzle-otlp` and `hydrant nozzle
     /// otlp`.
     pub struct OtlpNozzle {
-        name: "nozzle-otlp", config: Config, error: Error,
-        admin: "127.0.0.1:14842" => admin_listen,
+        name: "nozzle-otlp", config: Config, error: Error, admin: "127.0.0.1:14842" => admin_listen,
         registry: |c| Registry::new(ROLE, &c.instance_id),
-        describe: |c| format!(
-            "exporting to {}, subscription {:?}",
-            hydrant_nozzle_core::mask_url(&c.endpoint),
-            c.subscription_id,
-        ),
+        describe: |c| format!("exporting to {}, subscription {:?}", mask_url(&c.endpoint), c.subscription_id),
         serve: serve,
     }
 }

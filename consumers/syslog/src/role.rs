@@ -46,8 +46,7 @@ hydrant_runtime::role! {
     /// The syslog nozzle as a [`hydrant_runtime::Role`]: `hydrant run nozzle-syslog`, `hydrant nozzle
     /// syslog`, and the micro cloud's app drains.
     pub struct SyslogNozzle {
-        name: "nozzle-syslog", config: Config, error: Error,
-        admin: "127.0.0.1:14840" => admin_listen,
+        name: "nozzle-syslog", config: Config, error: Error, admin: "127.0.0.1:14840" => admin_listen,
         registry: |c| Registry::new(ROLE, &c.instance_id),
         describe: |c| format!("{} drain(s), subscription {:?}", c.drains.len(), c.subscription_id),
         serve_with_listeners: serve,

@@ -206,7 +206,10 @@ pub(crate) fn validate(config: &Config) -> Result<(), Error> {
             ),
         )));
     }
-    let internal_api = config.platform.as_ref().is_some_and(|p| p.api.tls.is_some());
+    let internal_api = config
+        .platform
+        .as_ref()
+        .is_some_and(|p| p.api.tls.is_some());
     if config.status_auth
         && internal_api
         && config.token_keys_url.is_none()

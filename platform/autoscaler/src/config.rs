@@ -111,9 +111,7 @@ impl hydrant_runtime::Validate for Config {
     /// # Errors
     /// [`Error::Config`] naming the first bad field, or the nested section's error.
     fn validate(&self) -> Result<(), Error> {
-        self.api
-            .validate("", "an admin token")
-            .map_err(hydrant_runtime::Error::from)?;
+        self.api.validate("", "an admin token")?;
         self.api.check_firehose_credentials(
             !self.firehose.token.trim().is_empty() || !self.firehose.client_id.is_empty(),
         )?;

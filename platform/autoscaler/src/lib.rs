@@ -58,8 +58,7 @@ pub const SOURCE_TYPE: &str = "AUTOSCALER";
 hydrant_runtime::role! {
     /// The autoscaler as a [`hydrant_runtime::Role`]: `hydrant run autoscaler`, and the micro cloud's.
     pub struct AutoscalerRole {
-        name: "autoscaler", config: Config, error: Error,
-        admin: "127.0.0.1:14833" => admin_listen,
+        name: "autoscaler", config: Config, error: Error, admin: "127.0.0.1:14833" => admin_listen,
         registry: |c| Registry::new("autoscaler", &c.instance_index.to_string()),
         describe: |c| format!("copy {} of {}", c.instance_index, c.instance_count),
         serve: serve,

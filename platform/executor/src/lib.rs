@@ -70,8 +70,7 @@ hydrant_runtime::role! {
     /// An executor as a [`hydrant_runtime::Role`]: `hydrant run executor`, and the micro cloud's one
     /// executor.
     pub struct Executor {
-        name: "executor", config: Config, error: Error,
-        admin: "127.0.0.1:14830" => admin_listen,
+        name: "executor", config: Config, error: Error, admin: "127.0.0.1:14830" => admin_listen,
         registry: |c| Registry::new("executor", &c.executor_id),
         describe: |c| format!("executor {}", c.executor_id),
         serve: serve,

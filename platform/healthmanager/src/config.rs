@@ -101,9 +101,7 @@ impl hydrant_runtime::Validate for Config {
     /// # Errors
     /// [`Error::Config`] naming the first bad field, [`Error::Telemetry`] or [`Error::Bus`].
     fn validate(&self) -> Result<(), Error> {
-        self.api
-            .validate("", "an admin token")
-            .map_err(hydrant_runtime::Error::from)?;
+        self.api.validate("", "an admin token")?;
         for (field, value) in [
             ("poll_interval_secs", self.poll_interval_secs),
             ("request_timeout_ms", self.request_timeout_ms),

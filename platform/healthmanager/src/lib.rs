@@ -93,8 +93,7 @@ hydrant_runtime::role! {
     /// The health manager as a [`hydrant_runtime::Role`]: `hydrant run healthmanager`, and the micro
     /// cloud's.
     pub struct HealthManager {
-        name: "healthmanager", config: Config, error: Error,
-        admin: "127.0.0.1:14832" => admin_listen,
+        name: "healthmanager", config: Config, error: Error, admin: "127.0.0.1:14832" => admin_listen,
         describe: |c| format!("desired state from {}", c.api.api_url),
         serve: serve,
     }

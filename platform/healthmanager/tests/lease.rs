@@ -15,10 +15,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use hydrant_bus::messages::{
-    self, ExecutorCrash, ExecutorHeartbeat, ExecutorReply, InstanceHeartbeat, InstancePlaced,
-    InstanceState, Resources, StartInstance,
-};
+use hydrant_bus::messages::{self, ExecutorReply, InstanceState, StartInstance};
 use hydrant_bus::{Bus, Config as BusConfig, Subscription};
 use hydrant_emitter::Registry;
 use hydrant_testkit::{scrape_metric, wait_for};
@@ -26,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 mod support;
 
-use support::{start_hm, without_api};
+use support::{crash, heartbeat, place, start_hm, start_request, without_api};
 
 const WAIT: Duration = Duration::from_secs(20);
 const BUS: &str = "hm-lease-test";
@@ -45,26 +42,6 @@ async fn held(admin: SocketAddr) -> bool {
     scrape_metric(admin, "healthmanager_lease_held", &[]).await == 1.0
 }
 
-fn heartbeat(instance: &str) -> ExecutorHeartbeat {
-    ExecutorHeartbeat {
-        executor_id: "e1".into(),
-        host: "127.0.0.1".into(),
-        capacity: Resources {
-            memory_mb: 8192,
-            instances: 20,
-        },
-        used: Resources::default(),
-        instances: vec![InstanceHeartbeat {
-            app: "app-1".into(),
-            instance: instance.into(),
-            index: 0,
-            state: InstanceState::Running,
-            since: 1,
-            port: Some(61000),
-        }],
-    }
-}
-
 /// Places `instance` on e1 as the controller would (placement, then the start the health
 /// managers overhear), reports it running, then crashed; returns the restarts e1 got within
 /// `within`, each answered "accepted".
@@ -75,24 +52,7 @@ async fn crash_and_collect(
     instance: &str,
     within: Duration,
 ) -> Vec<StartInstance> {
-    let start = StartInstance {
-        executor_id: "e1".into(),
-        app: "app-1".into(),
-        app_name: "app".into(),
-        instance: instance.into(),
-        index: 0,
-        memory_mb: 64,
-        ..StartInstance::default()
-    };
-    placer
-        .publish_json(
-            &messages::executor_placed_subject("e1"),
-            &InstancePlaced::from(&start),
-        )
-        .unwrap();
-    placer
-        .publish_json(&messages::executor_start_subject("e1"), &start)
-        .unwrap();
+    place(placer, &start_request("e1", instance, "app"));
     let placed = tokio::time::timeout(WAIT, starts.next())
         .await
         .unwrap()
@@ -100,23 +60,16 @@ async fn crash_and_collect(
     assert_eq!(placed.json::<StartInstance>().unwrap().instance, instance);
     cell.publish_json(
         &messages::executor_heartbeat_subject("e1"),
-        &heartbeat(instance),
+        &heartbeat("e1", instance, InstanceState::Running),
     )
     .unwrap();
     // Give both copies the heartbeat before the crash.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let crash = ExecutorCrash {
-        executor_id: "e1".into(),
-        app: "app-1".into(),
-        instance: instance.into(),
-        index: 0,
-        reason: "CRASHED".into(),
-        exit_status: Some(1),
-        exit_description: "APP/PROC/WEB: Exited with status 1".into(),
-        ..ExecutorCrash::default()
-    };
-    cell.publish_json(&messages::executor_crash_subject("e1"), &crash)
-        .unwrap();
+    cell.publish_json(
+        &messages::executor_crash_subject("e1"),
+        &crash("e1", instance),
+    )
+    .unwrap();
     let mut restarts = Vec::new();
     let deadline = tokio::time::Instant::now() + within;
     while let Ok(Some(message)) = tokio::time::timeout_at(deadline, starts.next()).await {
@@ -131,7 +84,7 @@ async fn crash_and_collect(
         // The replacement runs: every copy sees index 0 live again.
         cell.publish_json(
             &messages::executor_heartbeat_subject("e1"),
-            &heartbeat(&restarted.instance),
+            &heartbeat("e1", &restarted.instance, InstanceState::Running),
         )
         .unwrap();
         restarts.push(restarted);

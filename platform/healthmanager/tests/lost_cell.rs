@@ -18,69 +18,20 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use hydrant_bus::messages::{
-    self, CellPresence, ExecutorCrash, ExecutorHeartbeat, ExecutorReply, InstanceHeartbeat,
-    InstancePlaced, InstanceState, Resources, StartInstance,
-};
+use hydrant_bus::messages::{self, CellPresence, ExecutorReply, InstanceState, StartInstance};
 use hydrant_bus::{Bus, Config as BusConfig};
 use hydrant_emitter::Registry;
 use hydrant_testkit::{scrape_metric, wait_for};
-use support::{start_hm, without_api};
+use support::{crash, heartbeat, place, start_hm, start_request, without_api};
 use tokio_util::sync::CancellationToken;
 
 const BUS: &str = "hm-lost-cell-test";
 const WAIT: Duration = Duration::from_secs(10);
 
-fn start(cell: &str, instance: &str) -> StartInstance {
-    StartInstance {
-        executor_id: cell.into(),
-        app: "app-1".into(),
-        app_name: "app".into(),
-        instance: instance.into(),
-        index: 0,
-        memory_mb: 64,
-        ..StartInstance::default()
-    }
-}
-
-fn heartbeat(cell: &str, instance: &str) -> ExecutorHeartbeat {
-    ExecutorHeartbeat {
-        executor_id: cell.into(),
-        host: "127.0.0.1".into(),
-        capacity: Resources {
-            memory_mb: 8192,
-            instances: 20,
-        },
-        used: Resources::default(),
-        instances: vec![InstanceHeartbeat {
-            app: "app-1".into(),
-            instance: instance.into(),
-            index: 0,
-            state: InstanceState::Running,
-            since: 1,
-            port: Some(61000),
-        }],
-    }
-}
-
 async fn connect(role: &str, id: &str) -> Bus {
     Bus::connect(&BusConfig::inprocess(BUS), &Registry::new(role, id))
         .await
         .unwrap()
-}
-
-/// Places `instance` on `cell` as the controller would: the placement, then the start.
-fn place(placer: &Bus, cell: &str, instance: &str) {
-    let start = start(cell, instance);
-    placer
-        .publish_json(
-            &messages::executor_placed_subject(cell),
-            &InstancePlaced::from(&start),
-        )
-        .unwrap();
-    placer
-        .publish_json(&messages::executor_start_subject(cell), &start)
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +52,7 @@ async fn a_lost_cells_last_heartbeat_stops_holding_a_restart_when_its_presence_l
         .unwrap();
 
     // e1 runs index 0 as "a" and says it is present (1 s TTL) until the test stops it.
-    place(&placer, "e1", "a");
+    place(&placer, &start_request("e1", "a", "app"));
     let e1_alive = CancellationToken::new();
     tokio::spawn({
         let (e1, alive) = (e1.clone(), e1_alive.clone());
@@ -114,7 +65,7 @@ async fn a_lost_cells_last_heartbeat_stops_holding_a_restart_when_its_presence_l
             while !alive.is_cancelled() {
                 e1.publish_json(
                     &messages::executor_heartbeat_subject("e1"),
-                    &heartbeat("e1", "a"),
+                    &heartbeat("e1", "a", InstanceState::Running),
                 )
                 .unwrap();
                 e1.publish_json(&messages::executor_presence_subject("e1"), &presence)
@@ -124,7 +75,7 @@ async fn a_lost_cells_last_heartbeat_stops_holding_a_restart_when_its_presence_l
         }
     });
     // The controller placed index 0 again on e2 as "b" (e2 takes the start, runs it).
-    place(&placer, "e2", "b");
+    place(&placer, &start_request("e2", "b", "app"));
     let first = tokio::time::timeout(WAIT, e2_starts.next())
         .await
         .unwrap()
@@ -138,7 +89,7 @@ async fn a_lost_cells_last_heartbeat_stops_holding_a_restart_when_its_presence_l
             while !alive.is_cancelled() {
                 e2.publish_json(
                     &messages::executor_heartbeat_subject("e2"),
-                    &heartbeat("e2", "b"),
+                    &heartbeat("e2", "b", InstanceState::Running),
                 )
                 .unwrap();
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -149,17 +100,7 @@ async fn a_lost_cells_last_heartbeat_stops_holding_a_restart_when_its_presence_l
     // 200 ms).
     tokio::time::sleep(Duration::from_millis(600)).await;
 
-    let crash = ExecutorCrash {
-        executor_id: "e2".into(),
-        app: "app-1".into(),
-        instance: "b".into(),
-        index: 0,
-        reason: "CRASHED".into(),
-        exit_status: Some(1),
-        exit_description: "APP/PROC/WEB: Exited with status 1".into(),
-        ..ExecutorCrash::default()
-    };
-    e2.publish_json(&messages::executor_crash_subject("e2"), &crash)
+    e2.publish_json(&messages::executor_crash_subject("e2"), &crash("e2", "b"))
         .unwrap();
     // While e1 is present its heartbeat shows index 0 running: nothing is restarted.
     let early = tokio::time::timeout(Duration::from_millis(1500), e2_starts.next()).await;

@@ -159,9 +159,7 @@ impl hydrant_runtime::Validate for Config {
     /// # Errors
     /// [`Error::Config`] naming the first bad field, or the windows' or telemetry's own error.
     fn validate(&self) -> Result<(), Error> {
-        self.api
-            .validate("", "an admin token")
-            .map_err(hydrant_runtime::Error::from)?;
+        self.api.validate("", "an admin token")?;
         if self.api.tls.is_some() && self.status_auth && self.token_keys_url.is_none() {
             // The keys' fetcher speaks plain HTTP; the internal listener is mutual TLS only.
             return Err(invalid(

@@ -55,8 +55,7 @@ pub const SOURCE_TYPE: &str = "SLO";
 hydrant_runtime::role! {
     /// The SLO alerter as a [`hydrant_runtime::Role`]: `hydrant run slo`, and the micro cloud's.
     pub struct Slo {
-        name: "slo", config: Config, error: Error,
-        admin: "127.0.0.1:14835" => admin_listen,
+        name: "slo", config: Config, error: Error, admin: "127.0.0.1:14835" => admin_listen,
         serve_with_listeners: serve,
     }
 }
