@@ -166,9 +166,19 @@ impl ApiError {
     }
 }
 
-impl From<rusqlite::Error> for ApiError {
-    fn from(e: rusqlite::Error) -> Self {
-        Self::internal(format!("database: {e}"))
+impl From<crate::sql::Error> for ApiError {
+    fn from(e: crate::sql::Error) -> Self {
+        match e {
+            // The request may well succeed in a moment (the next call reconnects): 503, so
+            // the CLI and load balancers retry, never a 500 that reads as a bug.
+            crate::sql::Error::Unavailable(why) => {
+                tracing::warn!(%why, "the database is unavailable");
+                Self::unavailable(
+                    "the cloud controller cannot reach its database right now; retry shortly",
+                )
+            }
+            other => Self::internal(format!("database: {other}")),
+        }
     }
 }
 

@@ -23,9 +23,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::sql::{Connection, params};
 use hydrant_api::Resource;
 use hydrant_emitter::{Counter, Registry};
-use rusqlite::{Connection, params};
 use tokio_util::sync::CancellationToken;
 
 use crate::Ctx;
@@ -42,7 +42,7 @@ pub(crate) fn record_upload(
     sha256: &str,
     user_guid: &str,
     now: i64,
-) -> rusqlite::Result<()> {
+) -> crate::sql::Result<()> {
     c.execute(
         "INSERT INTO blob_uploads (sha256, user_guid, created_at) VALUES (?1, ?2, ?3) \
          ON CONFLICT (sha256, user_guid) DO UPDATE SET created_at = ?3",
@@ -52,7 +52,7 @@ pub(crate) fn record_upload(
 }
 
 /// Whether the caller develops in at least one space (and so may upload).
-pub(crate) fn may_upload(c: &Connection, caller: &Caller) -> rusqlite::Result<bool> {
+pub(crate) fn may_upload(c: &Connection, caller: &Caller) -> crate::sql::Result<bool> {
     if caller.admin {
         return Ok(true);
     }
@@ -69,7 +69,7 @@ pub(crate) fn may_upload(c: &Connection, caller: &Caller) -> rusqlite::Result<bo
 pub(crate) fn known_to(
     c: &Connection,
     caller: &Caller,
-) -> rusqlite::Result<Option<HashSet<String>>> {
+) -> crate::sql::Result<Option<HashSet<String>>> {
     if caller.admin {
         return Ok(None);
     }
@@ -102,7 +102,7 @@ pub(crate) fn known_to(
 
 /// Drops all but the newest [`KEEP`] packages and droplets of `app_guid` (never the current
 /// droplet); returns the dropped droplets' guids, whose files the caller deletes.
-pub(crate) fn collect(c: &Connection, app_guid: &str) -> rusqlite::Result<Vec<String>> {
+pub(crate) fn collect(c: &Connection, app_guid: &str) -> crate::sql::Result<Vec<String>> {
     let keep = i64::try_from(KEEP).unwrap_or(i64::MAX);
     c.execute(
         "DELETE FROM packages WHERE app_guid = ?1 AND guid NOT IN (SELECT guid FROM packages \
@@ -136,7 +136,7 @@ pub(crate) struct References {
 
 impl References {
     /// Reads what every package and droplet references now.
-    pub(crate) fn load(c: &Connection) -> rusqlite::Result<Self> {
+    pub(crate) fn load(c: &Connection) -> crate::sql::Result<Self> {
         let mut refs = Self::default();
         let mut stmt = c.prepare("SELECT resources FROM packages")?;
         for resources in stmt.query_map([], |r| r.get::<_, String>(0))? {
@@ -278,6 +278,10 @@ pub(crate) async fn run_gc(ctx: Arc<Ctx>, registry: Registry, shutdown: Cancella
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // One controller of those sharing a blob directory sweeps it per interval.
+        if !crate::lease::held(&ctx.db, crate::lease::BLOB_GC, &ctx.node).await {
+            continue;
+        }
         // References are read before the files are listed: a package made after this read
         // references files touched within the grace period, which the sweep keeps.
         let refs = match ctx.db.run(|c| Ok(References::load(c)?)).await {
@@ -339,7 +343,7 @@ mod tests {
     fn unreferenced_files_go_after_the_grace_period_and_nothing_else_does() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(&dir.path().join("data")).unwrap();
-        let database = db::Db::open(&dir.path().join("cc.db")).unwrap();
+        let database = db::Db::open_sqlite(&dir.path().join("cc.db")).unwrap();
         database.blocking(|c| {
             crate::tenancy::bootstrap(c, 1).unwrap();
             let org = crate::tenancy::find_org(c, crate::tenancy::DEFAULT_ORG)

@@ -15,6 +15,25 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::Error;
+use crate::db::DbUrl;
+
+/// `[db]`: where the desired state lives.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DbConfig {
+    /// `sqlite://PATH`, or `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (Cloud Foundry's
+    /// CCDB: several controllers may share it). Default empty: SQLite at
+    /// `<data_dir>/cloudcontroller.db`. Logs and errors show it with the password masked.
+    pub url: String,
+}
+
+impl std::fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbConfig")
+            .field("url", &crate::db::mask_password(&self.url))
+            .finish()
+    }
+}
 
 /// Cloud controller settings.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -119,8 +138,16 @@ pub struct Config {
     pub max_drains_per_app: usize,
     /// Other endpoints `/v3/info` advertises, by name (`firehose = "ws://127.0.0.1:8088"`).
     pub endpoints: BTreeMap<String, String>,
-    /// The `instance_id` of the role's own metrics. Default `"0"`.
+    /// The `instance_id` of the role's own metrics, and this controller's name in the leases
+    /// and build records it shares with others on one database: give each controller of a
+    /// shared `[db]` its own. Default `"0"`.
     pub instance_id: String,
+    /// Where the desired state lives (`[db]`). Default: SQLite in `data_dir`.
+    pub db: DbConfig,
+    /// Where blobs (pushed files), droplets and upload scratch space live: every controller
+    /// on one shared `[db]` must name the same directory (a shared filesystem). Default
+    /// `data_dir`.
+    pub blobs_dir: Option<String>,
     /// The control-plane bus.
     pub bus: hydrant_bus::Config,
     /// Where the role's own metrics, and the apps' `STG` and `API` log lines, go.
@@ -170,6 +197,8 @@ impl Default for Config {
             max_drains_per_app: 20,
             endpoints: BTreeMap::new(),
             instance_id: "0".to_owned(),
+            db: DbConfig::default(),
+            blobs_dir: None,
             bus: hydrant_bus::Config::default(),
             telemetry: TelemetryConfig::default(),
             services: crate::services::ServicesConfig::default(),
@@ -185,6 +214,16 @@ impl hydrant_runtime::Validate for Config {
     /// # Errors
     /// [`Error::Config`] naming the first bad field, [`Error::Telemetry`] or [`Error::Bus`].
     fn validate(&self) -> Result<(), Error> {
+        if !self.db.url.is_empty() {
+            DbUrl::parse(&self.db.url).map_err(|why| invalid("db.url", why))?;
+        }
+        if self.blobs_dir.as_ref().is_some_and(|d| d.trim().is_empty()) {
+            return Err(invalid(
+                "blobs_dir",
+                "is empty; name a directory, or leave it out for data_dir",
+            )
+            .into());
+        }
         for (field, addr) in [
             ("listen", &self.listen),
             ("admin_listen", &self.admin_listen),
@@ -388,6 +427,24 @@ impl Config {
     #[must_use]
     pub fn data_path(&self) -> PathBuf {
         PathBuf::from(&self.data_dir)
+    }
+
+    /// The database: `[db] url`, or the SQLite file `<data_dir>/cloudcontroller.db`.
+    #[must_use]
+    pub fn db_url(&self) -> DbUrl {
+        if self.db.url.is_empty() {
+            return DbUrl::Sqlite(self.data_path().join("cloudcontroller.db"));
+        }
+        // Checked by `validate`; a URL that slipped past it fails at open, saying why.
+        DbUrl::parse(&self.db.url).unwrap_or_else(|_| DbUrl::Postgres(self.db.url.clone()))
+    }
+
+    /// The blob store's root: `blobs_dir`, or `data_dir`.
+    #[must_use]
+    pub fn blobs_path(&self) -> PathBuf {
+        self.blobs_dir
+            .as_ref()
+            .map_or_else(|| self.data_path(), PathBuf::from)
     }
 
     /// The token key directory: `token_keys_dir`, or `<data_dir>/token_keys`.
@@ -737,6 +794,66 @@ mod tests {
         .unwrap();
         config.validate().unwrap();
         assert_eq!(config.endpoints["firehose"], "ws://127.0.0.1:8088");
+    }
+
+    #[test]
+    fn db_url_defaults_to_sqlite_in_the_data_dir_and_never_shows_the_password() {
+        let config = Config::default();
+        assert_eq!(
+            config.db_url(),
+            DbUrl::Sqlite(PathBuf::from("data/cloudcontroller/cloudcontroller.db"))
+        );
+        let config: Config = toml::from_str(
+            "[db]\nurl = \"postgres://cc:s3cret@10.0.0.5:5432/ccdb\"\nblobs_dir = \"/shared/blobs\"",
+        )
+        .unwrap_or_else(|_| {
+            toml::from_str(
+                "blobs_dir = \"/shared/blobs\"\n[db]\nurl = \"postgres://cc:s3cret@10.0.0.5:5432/ccdb\"",
+            )
+            .unwrap()
+        });
+        hydrant_runtime::Validate::validate(&config).unwrap();
+        assert_eq!(
+            config.db_url(),
+            DbUrl::Postgres("postgres://cc:s3cret@10.0.0.5:5432/ccdb".into())
+        );
+        assert_eq!(config.blobs_path(), PathBuf::from("/shared/blobs"));
+        for shown in [
+            format!("{config:?}"),
+            format!("{:?}", config.db_url()),
+            config.db_url().shown(),
+        ] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+        assert_eq!(
+            config.db_url().shown(),
+            "postgres://cc:***@10.0.0.5:5432/ccdb"
+        );
+        let sqlite: Config = toml::from_str("[db]\nurl = \"sqlite:///var/cc.db\"").unwrap();
+        assert_eq!(sqlite.db_url(), DbUrl::Sqlite(PathBuf::from("/var/cc.db")));
+    }
+
+    #[test]
+    fn a_bad_db_url_says_what_to_write() {
+        for url in [
+            "mysql://root:hunter2@db/cc",
+            "sqlite://",
+            "postgres://u:hunter2@h:notaport/db",
+        ] {
+            let config = Config {
+                db: DbConfig { url: url.into() },
+                ..Config::default()
+            };
+            let e = hydrant_runtime::Validate::validate(&config)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("db.url"), "{e}");
+            assert!(
+                e.contains("postgres://USER:PASSWORD@HOST:PORT/DATABASE"),
+                "{e}"
+            );
+            assert!(!e.contains("hunter2"), "the password leaked: {e}");
+        }
     }
 
     #[test]

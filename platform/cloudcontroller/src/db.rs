@@ -1,21 +1,26 @@
-//! Desired state in SQLite: users, orgs, spaces, roles, quotas, domains, apps, routes, packages, builds, droplets,
-//! audit events, SLOs, autoscaling policies and syslog drain bindings.
+//! Desired state in SQLite or PostgreSQL: users, orgs, spaces, roles, quotas, domains, apps,
+//! routes, packages, builds, droplets, audit events, SLOs, autoscaling policies, syslog drain
+//! bindings, services and the leases two controllers share.
 //!
-//! One connection in WAL mode behind a mutex; the API reaches it through [`Db::run`], which
-//! moves the work onto a blocking thread so a slow disk never stalls the async runtime. The
-//! schema is versioned with `PRAGMA user_version` and migrated forward at open, one
-//! transaction per step, so a restart on an older data directory upgrades it and a restart on
-//! the same one finds everything it left.
+//! One connection behind a mutex (SQLite in WAL mode; PostgreSQL through the synchronous
+//! client); the API reaches it through [`Db::run`], which moves the work onto a blocking
+//! thread so a slow disk or network never stalls the async runtime, and which reconnects a
+//! lost PostgreSQL connection on the next call (503 until then). Queries are written once in
+//! the dialect both accept (`crate::sql`). The schema is versioned (`PRAGMA user_version` on
+//! SQLite, the `schema_version` table on PostgreSQL, migrated there under an advisory lock so
+//! two controllers starting together migrate once) and migrated forward at open, one
+//! transaction per step, so a restart on an older database upgrades it and a restart on the
+//! same one finds everything it left.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::sql::{Backend, Connection, OptionalExtension as _, Row, params};
 use hydrant_api::{
     App, AppState, AuditEvent, Build, BuildState, Droplet, HealthCheckType, Package, PackageState,
     Resource, RoleAssignment, Route, Space, SpaceRole, User,
 };
-use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
 use crate::Error;
 use crate::api::ApiError;
@@ -208,86 +213,371 @@ CREATE TABLE blob_uploads (
     r"
 ALTER TABLE apps ADD COLUMN stop_timeout_secs INTEGER NOT NULL DEFAULT 10;
 ",
+    // Two controllers on one database: leases for the work only one may do at a time
+    // (convergence, blob collection), a claim on each service job step, and which
+    // controller stages each build (only its own are failed when it restarts).
+    r"
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+ALTER TABLE service_jobs ADD COLUMN claimed_by TEXT;
+ALTER TABLE service_jobs ADD COLUMN claimed_until_ms INTEGER;
+ALTER TABLE builds ADD COLUMN staged_by TEXT;
+",
 ];
 
-/// The database handle. Clones share one connection.
+/// Where the tenancy step sits in [`MIGRATIONS`]: PostgreSQL runs [`TENANCY_POSTGRES`] in its
+/// place (see there).
+const TENANCY_STEP: usize = 4;
+
+/// The tenancy step for PostgreSQL. SQLite can only change a table's unique constraint by
+/// rebuilding it (drop, then rename a copy), which PostgreSQL would refuse while other tables'
+/// foreign keys point at it; PostgreSQL alters `spaces` in place to the same columns and
+/// constraints instead. The schema the two steps leave is the same.
+const TENANCY_POSTGRES: &str = r"
+CREATE TABLE quotas (
+    guid TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    org_guid TEXT,
+    total_memory_mb BIGINT,
+    total_instances BIGINT,
+    total_apps BIGINT,
+    total_routes BIGINT,
+    total_service_instances BIGINT,
+    total_blob_mb BIGINT,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE orgs (
+    guid TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    quota_guid TEXT REFERENCES quotas(guid) ON DELETE SET NULL,
+    created_at BIGINT NOT NULL
+);
+ALTER TABLE quotas ADD FOREIGN KEY (org_guid) REFERENCES orgs(guid) ON DELETE CASCADE;
+CREATE TABLE org_roles (
+    org_guid TEXT NOT NULL REFERENCES orgs(guid) ON DELETE CASCADE,
+    user_guid TEXT NOT NULL REFERENCES users(guid) ON DELETE CASCADE,
+    role TEXT NOT NULL,
+    PRIMARY KEY (org_guid, user_guid, role)
+);
+INSERT INTO orgs (guid, name, created_at)
+    VALUES (md5(random()::text), 'default', CAST(extract(epoch FROM now()) AS BIGINT));
+ALTER TABLE spaces ADD COLUMN org_guid TEXT REFERENCES orgs(guid);
+UPDATE spaces SET org_guid = (SELECT guid FROM orgs WHERE name = 'default');
+ALTER TABLE spaces ALTER COLUMN org_guid SET NOT NULL;
+ALTER TABLE spaces ADD COLUMN quota_guid TEXT REFERENCES quotas(guid) ON DELETE SET NULL;
+ALTER TABLE spaces DROP CONSTRAINT spaces_name_key;
+ALTER TABLE spaces ADD UNIQUE (org_guid, name);
+CREATE TABLE domains (
+    guid TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    org_guid TEXT REFERENCES orgs(guid) ON DELETE CASCADE,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE space_routes (
+    guid TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    path TEXT NOT NULL,
+    space_guid TEXT NOT NULL REFERENCES spaces(guid) ON DELETE CASCADE,
+    created_at BIGINT NOT NULL,
+    UNIQUE (host, domain, path)
+);
+CREATE INDEX space_routes_space ON space_routes(space_guid);
+";
+
+/// Step `step` of [`MIGRATIONS`] as `backend` runs it.
+fn migration_sql(backend: Backend, step: usize, sql: &str) -> String {
+    match backend {
+        Backend::Sqlite => sql.to_owned(),
+        Backend::Postgres if step == TENANCY_STEP => TENANCY_POSTGRES.to_owned(),
+        Backend::Postgres => crate::sql::to_postgres(sql),
+    }
+}
+
+/// The session-level advisory lock PostgreSQL migrations (and first-start bootstrap) run
+/// under, so two controllers starting together never both migrate ("Hydrant\x01").
+const MIGRATION_LOCK: i64 = 0x4879_6472_616e_7401;
+
+/// Where the desired state lives: `[db] url`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DbUrl {
+    /// A SQLite file (`sqlite://PATH`; the default, `<data_dir>/cloudcontroller.db`).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://user:password@host:port/db`).
+    Postgres(String),
+}
+
+impl DbUrl {
+    /// Parses `url`; the error says what to write instead.
+    ///
+    /// # Errors
+    /// Neither a `sqlite://PATH` nor a PostgreSQL URL the client accepts.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        const HELP: &str =
+            "write sqlite://PATH (a file) or postgres://USER:PASSWORD@HOST:PORT/DATABASE";
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(format!("names no file; {HELP}"));
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            url.parse::<postgres::Config>().map_err(|e| {
+                format!(
+                    "{:?} is not a PostgreSQL URL ({e}); {HELP}",
+                    mask_password(url)
+                )
+            })?;
+            return Ok(Self::Postgres(url.to_owned()));
+        }
+        Err(format!("{:?} is neither; {HELP}", mask_password(url)))
+    }
+
+    /// The URL as logs may show it: the password replaced by `***`.
+    #[must_use]
+    pub fn shown(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Self::Postgres(url) => mask_password(url),
+        }
+    }
+}
+
+impl std::fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown())
+    }
+}
+
+/// `url` with the password of its `user:password@` part replaced by `***` (and a
+/// `password=` parameter's value too), so a URL can be logged or quoted in an error.
+#[must_use]
+pub fn mask_password(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = out[rest..].find('/').map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..authority_end].rfind('@') {
+            let at = rest + at;
+            if let Some(colon) = out[rest..at].find(':') {
+                out.replace_range(rest + colon + 1..at, "***");
+            }
+        }
+    }
+    if let Some(p) = out.find("password=") {
+        let start = p + "password=".len();
+        let end = out[start..].find('&').map_or(out.len(), |i| start + i);
+        out.replace_range(start..end, "***");
+    }
+    out
+}
+
+/// The database handle. Clones share one connection, which a lost PostgreSQL connection
+/// leaves empty until the next call reconnects.
 #[derive(Debug, Clone)]
 pub(crate) struct Db {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Mutex<Option<Connection>>>,
+    url: Arc<DbUrl>,
 }
 
 impl Db {
-    /// Opens (creating) the database at `path` and migrates it to the newest schema.
-    pub(crate) fn open(path: &Path) -> Result<Self, Error> {
-        let db_err = |context| move |source| Error::Db { context, source };
-        // SQLite creates its WAL and shared-memory files with the database's mode: make that
-        // 0600 first (and repair older, world-readable ones).
-        for file in [
-            path.to_path_buf(),
-            sidecar(path, "-wal"),
-            sidecar(path, "-shm"),
-        ] {
-            if file == path || file.exists() {
-                crate::blobs::private_file(&file).map_err(|source| Error::Io {
-                    path: file.clone(),
-                    source,
-                })?;
+    /// Opens (creating) the database at `url`, migrates it to the newest schema and runs
+    /// `first_start` (on PostgreSQL both under [`MIGRATION_LOCK`]). Blocks: call it off the
+    /// async runtime (the PostgreSQL client runs its own).
+    pub(crate) fn open(
+        url: &DbUrl,
+        first_start: impl FnOnce(&mut Connection) -> Result<(), Error>,
+    ) -> Result<Self, Error> {
+        let mut conn = connect(url)?;
+        match url {
+            DbUrl::Sqlite(_) => {
+                migrate_sqlite(&mut conn)?;
+                first_start(&mut conn)?;
+            }
+            DbUrl::Postgres(_) => {
+                let db_err = |context| move |source| Error::Db { context, source };
+                conn.execute("SELECT pg_advisory_lock(?1)", [MIGRATION_LOCK])
+                    .map_err(db_err("take the migration lock"))?;
+                let done = migrate_postgres(&mut conn).and_then(|()| first_start(&mut conn));
+                // Session-level: released by the unlock, or by the connection's end.
+                let unlocked = conn
+                    .execute("SELECT pg_advisory_unlock(?1)", [MIGRATION_LOCK])
+                    .map_err(db_err("release the migration lock"));
+                done?;
+                unlocked?;
             }
         }
-        let mut conn = Connection::open(path).map_err(db_err("open"))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db_err("enable WAL"))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(db_err("set synchronous"))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(db_err("set busy timeout"))?;
-        let version: usize = conn
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .map_err(db_err("read schema version"))?;
-        if version > MIGRATIONS.len() {
-            return Err(Error::Db {
-                context: "schema is newer than this cloud controller; upgrade Hydrant",
-                source: rusqlite::Error::InvalidQuery,
-            });
-        }
-        // Off while migrating (the bundled SQLite turns them on by default): a step that
-        // rebuilds a table drops the old one, which with foreign keys on would cascade.
-        conn.pragma_update(None, "foreign_keys", "OFF")
-            .map_err(db_err("disable foreign keys while migrating"))?;
-        for (step, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = conn.transaction().map_err(db_err("begin migration"))?;
-            tx.execute_batch(sql).map_err(db_err("migrate schema"))?;
-            tx.pragma_update(None, "user_version", step + 1)
-                .map_err(db_err("record schema version"))?;
-            tx.commit().map_err(db_err("commit migration"))?;
-        }
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(db_err("enable foreign keys"))?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(Mutex::new(Some(conn))),
+            url: Arc::new(url.clone()),
         })
     }
 
-    /// Runs `f` on the connection on a blocking thread.
+    /// Opens a SQLite file with the default first start (none): tests.
+    #[cfg(test)]
+    pub(crate) fn open_sqlite(path: &Path) -> Result<Self, Error> {
+        Self::open(&DbUrl::Sqlite(path.to_path_buf()), |_| Ok(()))
+    }
+
+    /// Runs `f` on the connection on a blocking thread. A PostgreSQL connection lost since the
+    /// last call is reopened first; while that fails the answer is 503, saying so.
     pub(crate) async fn run<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, ApiError> + Send + 'static,
     {
         let conn = Arc::clone(&self.conn);
+        let url = Arc::clone(&self.url);
         tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut guard)
+            if guard.as_ref().is_none_or(Connection::is_closed) {
+                *guard = None;
+                match connect(&url) {
+                    Ok(fresh) => *guard = Some(fresh),
+                    Err(e) => {
+                        tracing::warn!(db = %url.shown(), error = %e, "cannot reconnect to the database");
+                        return Err(ApiError::unavailable(
+                            "the cloud controller cannot reach its database right now; retry shortly",
+                        ));
+                    }
+                }
+            }
+            let Some(c) = guard.as_mut() else {
+                return Err(ApiError::unavailable("the database connection is closed"));
+            };
+            let out = f(c);
+            if c.is_closed() {
+                *guard = None;
+            }
+            out
         })
         .await
         .map_err(|e| ApiError::internal(format!("database task failed: {e}")))?
     }
 
-    /// Runs `f` on the connection here (start-up only).
+    /// Runs `f` on the connection here (tests on SQLite; never on the async runtime with
+    /// PostgreSQL, whose client would block it).
+    #[cfg(test)]
     pub(crate) fn blocking<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
         let mut guard = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        f(&mut guard)
+        let Some(c) = guard.as_mut() else {
+            panic!("the test database connection is closed");
+        };
+        f(c)
     }
+}
+
+/// A new connection to `url` (SQLite: WAL mode, foreign keys on, its files private).
+fn connect(url: &DbUrl) -> Result<Connection, Error> {
+    let db_err = |context| move |source| Error::Db { context, source };
+    match url {
+        DbUrl::Sqlite(path) => {
+            let sqlite_err = |context| {
+                move |e: rusqlite::Error| Error::Db {
+                    context,
+                    source: e.into(),
+                }
+            };
+            // SQLite creates its WAL and shared-memory files with the database's mode: make
+            // that 0600 first (and repair older, world-readable ones).
+            for file in [path.clone(), sidecar(path, "-wal"), sidecar(path, "-shm")] {
+                if &file == path || file.exists() {
+                    crate::blobs::private_file(&file).map_err(|source| Error::Io {
+                        path: file.clone(),
+                        source,
+                    })?;
+                }
+            }
+            let conn = rusqlite::Connection::open(path).map_err(sqlite_err("open"))?;
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(sqlite_err("enable WAL"))?;
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(sqlite_err("set synchronous"))?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(sqlite_err("set busy timeout"))?;
+            conn.pragma_update(None, "foreign_keys", "ON")
+                .map_err(sqlite_err("enable foreign keys"))?;
+            Ok(Connection::Sqlite(conn))
+        }
+        DbUrl::Postgres(text) => {
+            let mut config: postgres::Config = text
+                .parse()
+                .map_err(|e: postgres::Error| crate::sql::Error::from(e))
+                .map_err(db_err("parse the PostgreSQL URL"))?;
+            if config.get_connect_timeout().is_none() {
+                config.connect_timeout(std::time::Duration::from_secs(5));
+            }
+            config.application_name("hydrant-cloudcontroller");
+            let client = config
+                .connect(postgres::NoTls)
+                .map_err(|e| crate::sql::Error::Unavailable(e.to_string()))
+                .map_err(db_err("connect to PostgreSQL"))?;
+            Ok(Connection::Postgres(std::cell::RefCell::new(
+                crate::sql::PgClient::new(client),
+            )))
+        }
+    }
+}
+
+/// SQLite: the schema version is `PRAGMA user_version`; one transaction per step.
+fn migrate_sqlite(conn: &mut Connection) -> Result<(), Error> {
+    let db_err = |context| move |source| Error::Db { context, source };
+    let version: usize = conn
+        .query_row("PRAGMA user_version", (), |row| row.get(0))
+        .map_err(db_err("read schema version"))?;
+    if version > MIGRATIONS.len() {
+        return Err(Error::Db {
+            context: "schema is newer than this cloud controller; upgrade Hydrant",
+            source: crate::sql::Error::NoRows,
+        });
+    }
+    // Off while migrating (the bundled SQLite turns them on by default): a step that
+    // rebuilds a table drops the old one, which with foreign keys on would cascade.
+    conn.execute_batch("PRAGMA foreign_keys = OFF")
+        .map_err(db_err("disable foreign keys while migrating"))?;
+    for (step, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(db_err("begin migration"))?;
+        tx.execute_batch(&migration_sql(Backend::Sqlite, step, sql))
+            .map_err(db_err("migrate schema"))?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", step + 1))
+            .map_err(db_err("record schema version"))?;
+        tx.commit().map_err(db_err("commit migration"))?;
+    }
+    conn.execute_batch("PRAGMA foreign_keys = ON")
+        .map_err(db_err("enable foreign keys"))
+}
+
+/// PostgreSQL: the schema version is the one row of `schema_version`; one transaction per
+/// step (PostgreSQL's DDL is transactional). The caller holds [`MIGRATION_LOCK`].
+fn migrate_postgres(conn: &mut Connection) -> Result<(), Error> {
+    let db_err = |context| move |source| Error::Db { context, source };
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL); \
+         INSERT INTO schema_version (version) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM schema_version)",
+    )
+    .map_err(db_err("create the schema_version table"))?;
+    let version: usize = conn
+        .query_row("SELECT version FROM schema_version", (), |row| row.get(0))
+        .map_err(db_err("read schema version"))?;
+    if version > MIGRATIONS.len() {
+        return Err(Error::Db {
+            context: "schema is newer than this cloud controller; upgrade Hydrant",
+            source: crate::sql::Error::NoRows,
+        });
+    }
+    for (step, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(db_err("begin migration"))?;
+        tx.execute_batch(&migration_sql(Backend::Postgres, step, sql))
+            .map_err(db_err("migrate schema"))?;
+        tx.execute("UPDATE schema_version SET version = ?1", [step + 1])
+            .map_err(db_err("record schema version"))?;
+        tx.commit().map_err(db_err("commit migration"))?;
+    }
+    Ok(())
 }
 
 // === users, spaces, roles ===
@@ -299,7 +589,7 @@ pub(crate) struct UserRow {
     pub(crate) password_hash: String,
 }
 
-fn user_from(row: &Row<'_>) -> rusqlite::Result<UserRow> {
+fn user_from(row: &Row<'_>) -> crate::sql::Result<UserRow> {
     Ok(UserRow {
         user: User {
             guid: row.get(0)?,
@@ -313,7 +603,7 @@ fn user_from(row: &Row<'_>) -> rusqlite::Result<UserRow> {
 
 const USER_COLUMNS: &str = "guid, username, password_hash, admin, created_at";
 
-pub(crate) fn user_by_name(c: &Connection, username: &str) -> rusqlite::Result<Option<UserRow>> {
+pub(crate) fn user_by_name(c: &Connection, username: &str) -> crate::sql::Result<Option<UserRow>> {
     c.query_row(
         &format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1"),
         [username],
@@ -322,7 +612,7 @@ pub(crate) fn user_by_name(c: &Connection, username: &str) -> rusqlite::Result<O
     .optional()
 }
 
-pub(crate) fn insert_user(c: &Connection, user: &User, hash: &str) -> rusqlite::Result<()> {
+pub(crate) fn insert_user(c: &Connection, user: &User, hash: &str) -> crate::sql::Result<()> {
     c.execute(
         "INSERT INTO users (guid, username, password_hash, admin, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -331,7 +621,7 @@ pub(crate) fn insert_user(c: &Connection, user: &User, hash: &str) -> rusqlite::
     .map(drop)
 }
 
-pub(crate) fn list_users(c: &Connection) -> rusqlite::Result<Vec<User>> {
+pub(crate) fn list_users(c: &Connection) -> crate::sql::Result<Vec<User>> {
     let mut stmt = c.prepare(&format!(
         "SELECT {USER_COLUMNS} FROM users ORDER BY username"
     ))?;
@@ -341,7 +631,7 @@ pub(crate) fn list_users(c: &Connection) -> rusqlite::Result<Vec<User>> {
 
 const SPACE_COLUMNS: &str = "s.guid, s.name, s.org_guid, o.name, s.quota_guid, s.created_at";
 
-pub(crate) fn space_from(row: &Row<'_>) -> rusqlite::Result<Space> {
+pub(crate) fn space_from(row: &Row<'_>) -> crate::sql::Result<Space> {
     Ok(Space {
         guid: row.get(0)?,
         name: row.get(1)?,
@@ -352,7 +642,7 @@ pub(crate) fn space_from(row: &Row<'_>) -> rusqlite::Result<Space> {
     })
 }
 
-pub(crate) fn insert_space(c: &Connection, space: &Space) -> rusqlite::Result<()> {
+pub(crate) fn insert_space(c: &Connection, space: &Space) -> crate::sql::Result<()> {
     c.execute(
         "INSERT INTO spaces (guid, name, org_guid, quota_guid, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -368,7 +658,7 @@ pub(crate) fn insert_space(c: &Connection, space: &Space) -> rusqlite::Result<()
 }
 
 /// A space by guid.
-pub(crate) fn space_by_guid(c: &Connection, guid: &str) -> rusqlite::Result<Option<Space>> {
+pub(crate) fn space_by_guid(c: &Connection, guid: &str) -> crate::sql::Result<Option<Space>> {
     c.query_row(
         &format!(
             "SELECT {SPACE_COLUMNS} FROM spaces s JOIN orgs o ON o.guid = s.org_guid \
@@ -385,7 +675,7 @@ pub(crate) fn find_space_in(
     c: &Connection,
     org_guid: &str,
     guid_or_name: &str,
-) -> rusqlite::Result<Option<Space>> {
+) -> crate::sql::Result<Option<Space>> {
     c.query_row(
         &format!(
             "SELECT {SPACE_COLUMNS} FROM spaces s JOIN orgs o ON o.guid = s.org_guid \
@@ -401,14 +691,14 @@ pub(crate) fn find_space_in(
 /// A space by guid or, failing that, by name (the `default` org's first, then any org's).
 /// It ignores who is asking: handlers that act for a user resolve spaces with
 /// `tenancy::visible_space`, which answers 404 for spaces the caller may not see.
-pub(crate) fn find_space(c: &Connection, guid_or_name: &str) -> rusqlite::Result<Option<Space>> {
+pub(crate) fn find_space(c: &Connection, guid_or_name: &str) -> crate::sql::Result<Option<Space>> {
     Ok(spaces_named(c, guid_or_name)?
         .into_iter()
         .min_by_key(|s| (s.guid != guid_or_name, s.org_name != "default")))
 }
 
 /// Every space named `name` or with guid `name`, in any org.
-pub(crate) fn spaces_named(c: &Connection, name: &str) -> rusqlite::Result<Vec<Space>> {
+pub(crate) fn spaces_named(c: &Connection, name: &str) -> crate::sql::Result<Vec<Space>> {
     let mut stmt = c.prepare(&format!(
         "SELECT {SPACE_COLUMNS} FROM spaces s JOIN orgs o ON o.guid = s.org_guid \
          WHERE s.guid = ?1 OR s.name = ?1 ORDER BY s.guid = ?1 DESC, o.name"
@@ -417,7 +707,7 @@ pub(crate) fn spaces_named(c: &Connection, name: &str) -> rusqlite::Result<Vec<S
     rows.collect()
 }
 
-pub(crate) fn list_spaces(c: &Connection) -> rusqlite::Result<Vec<Space>> {
+pub(crate) fn list_spaces(c: &Connection) -> crate::sql::Result<Vec<Space>> {
     let mut stmt = c.prepare(&format!(
         "SELECT {SPACE_COLUMNS} FROM spaces s JOIN orgs o ON o.guid = s.org_guid \
          ORDER BY o.name, s.name"
@@ -431,7 +721,7 @@ pub(crate) fn set_role(
     space_guid: &str,
     user_guid: &str,
     role: SpaceRole,
-) -> rusqlite::Result<()> {
+) -> crate::sql::Result<()> {
     c.execute(
         "INSERT OR IGNORE INTO space_roles (space_guid, user_guid, role) VALUES (?1, ?2, ?3)",
         params![space_guid, user_guid, role.as_str()],
@@ -444,7 +734,7 @@ pub(crate) fn remove_role(
     space_guid: &str,
     user_guid: &str,
     role: SpaceRole,
-) -> rusqlite::Result<usize> {
+) -> crate::sql::Result<usize> {
     c.execute(
         "DELETE FROM space_roles WHERE space_guid = ?1 AND user_guid = ?2 AND role = ?3",
         params![space_guid, user_guid, role.as_str()],
@@ -456,7 +746,7 @@ pub(crate) fn roles(
     c: &Connection,
     space_guid: Option<&str>,
     user_guid: Option<&str>,
-) -> rusqlite::Result<Vec<RoleAssignment>> {
+) -> crate::sql::Result<Vec<RoleAssignment>> {
     let mut stmt = c.prepare(
         "SELECT r.space_guid, s.name, u.username, r.role, o.name FROM space_roles r \
          JOIN spaces s ON s.guid = r.space_guid JOIN users u ON u.guid = r.user_guid \
@@ -496,7 +786,7 @@ const APP_COLUMNS: &str = "a.guid, a.name, a.space_guid, s.name, a.state, a.inst
      a.memory_mb, a.disk_mb, a.command, a.env, a.health_check_type, a.health_check_endpoint, \
      a.current_droplet_guid, a.created_at, a.updated_at, a.stop_timeout_secs";
 
-fn app_from(row: &Row<'_>) -> rusqlite::Result<App> {
+fn app_from(row: &Row<'_>) -> crate::sql::Result<App> {
     let state: String = row.get(4)?;
     let env: String = row.get(9)?;
     let check: String = row.get(10)?;
@@ -537,7 +827,7 @@ fn check_str(kind: HealthCheckType) -> &'static str {
     }
 }
 
-fn with_routes(c: &Connection, mut app: App) -> rusqlite::Result<App> {
+fn with_routes(c: &Connection, mut app: App) -> crate::sql::Result<App> {
     app.routes = routes_of(c, &app.guid)?
         .into_iter()
         .map(|r| r.url)
@@ -545,7 +835,7 @@ fn with_routes(c: &Connection, mut app: App) -> rusqlite::Result<App> {
     Ok(app)
 }
 
-pub(crate) fn get_app(c: &Connection, guid: &str) -> rusqlite::Result<Option<App>> {
+pub(crate) fn get_app(c: &Connection, guid: &str) -> crate::sql::Result<Option<App>> {
     let app = c
         .query_row(
             &format!(
@@ -560,7 +850,7 @@ pub(crate) fn get_app(c: &Connection, guid: &str) -> rusqlite::Result<Option<App
 }
 
 /// Every app, optionally only those named `name` and/or in the spaces `spaces`.
-pub(crate) fn list_apps(c: &Connection, name: Option<&str>) -> rusqlite::Result<Vec<App>> {
+pub(crate) fn list_apps(c: &Connection, name: Option<&str>) -> crate::sql::Result<Vec<App>> {
     let mut stmt = c.prepare(&format!(
         "SELECT {APP_COLUMNS} FROM apps a JOIN spaces s ON s.guid = a.space_guid \
          WHERE (?1 IS NULL OR a.name = ?1) ORDER BY s.name, a.name"
@@ -571,7 +861,7 @@ pub(crate) fn list_apps(c: &Connection, name: Option<&str>) -> rusqlite::Result<
     apps.into_iter().map(|a| with_routes(c, a)).collect()
 }
 
-pub(crate) fn insert_app(c: &Connection, app: &App) -> rusqlite::Result<()> {
+pub(crate) fn insert_app(c: &Connection, app: &App) -> crate::sql::Result<()> {
     c.execute(
         "INSERT INTO apps (guid, name, space_guid, state, instances, memory_mb, disk_mb, \
          command, env, health_check_type, health_check_endpoint, current_droplet_guid, \
@@ -599,7 +889,7 @@ pub(crate) fn insert_app(c: &Connection, app: &App) -> rusqlite::Result<()> {
 }
 
 /// Writes every mutable field of `app`.
-pub(crate) fn update_app(c: &Connection, app: &App) -> rusqlite::Result<()> {
+pub(crate) fn update_app(c: &Connection, app: &App) -> crate::sql::Result<()> {
     c.execute(
         "UPDATE apps SET name = ?2, state = ?3, instances = ?4, memory_mb = ?5, disk_mb = ?6, \
          command = ?7, env = ?8, health_check_type = ?9, health_check_endpoint = ?10, \
@@ -623,7 +913,7 @@ pub(crate) fn update_app(c: &Connection, app: &App) -> rusqlite::Result<()> {
     .map(drop)
 }
 
-pub(crate) fn delete_app(c: &Connection, guid: &str) -> rusqlite::Result<()> {
+pub(crate) fn delete_app(c: &Connection, guid: &str) -> crate::sql::Result<()> {
     c.execute("DELETE FROM apps WHERE guid = ?1", [guid])
         .map(drop)
 }
@@ -634,7 +924,7 @@ fn env_json(env: &BTreeMap<String, String>) -> String {
 
 // === routes ===
 
-fn route_from(row: &Row<'_>) -> rusqlite::Result<Route> {
+fn route_from(row: &Row<'_>) -> crate::sql::Result<Route> {
     Ok(Route {
         guid: row.get(0)?,
         url: row.get(1)?,
@@ -643,7 +933,7 @@ fn route_from(row: &Row<'_>) -> rusqlite::Result<Route> {
     })
 }
 
-pub(crate) fn routes_of(c: &Connection, app_guid: &str) -> rusqlite::Result<Vec<Route>> {
+pub(crate) fn routes_of(c: &Connection, app_guid: &str) -> crate::sql::Result<Vec<Route>> {
     let mut stmt = c.prepare(
         "SELECT guid, url, app_guid, created_at FROM routes WHERE app_guid = ?1 ORDER BY url",
     )?;
@@ -651,13 +941,13 @@ pub(crate) fn routes_of(c: &Connection, app_guid: &str) -> rusqlite::Result<Vec<
     rows.collect()
 }
 
-pub(crate) fn list_routes(c: &Connection) -> rusqlite::Result<Vec<Route>> {
+pub(crate) fn list_routes(c: &Connection) -> crate::sql::Result<Vec<Route>> {
     let mut stmt = c.prepare("SELECT guid, url, app_guid, created_at FROM routes ORDER BY url")?;
     let rows = stmt.query_map([], route_from)?;
     rows.collect()
 }
 
-pub(crate) fn route_by_url(c: &Connection, url: &str) -> rusqlite::Result<Option<Route>> {
+pub(crate) fn route_by_url(c: &Connection, url: &str) -> crate::sql::Result<Option<Route>> {
     c.query_row(
         "SELECT guid, url, app_guid, created_at FROM routes WHERE url = ?1",
         [url],
@@ -666,7 +956,7 @@ pub(crate) fn route_by_url(c: &Connection, url: &str) -> rusqlite::Result<Option
     .optional()
 }
 
-pub(crate) fn insert_route(c: &Connection, route: &Route) -> rusqlite::Result<()> {
+pub(crate) fn insert_route(c: &Connection, route: &Route) -> crate::sql::Result<()> {
     c.execute(
         "INSERT INTO routes (guid, url, app_guid, created_at) VALUES (?1, ?2, ?3, ?4)",
         params![route.guid, route.url, route.app_guid, route.created_at],
@@ -674,7 +964,7 @@ pub(crate) fn insert_route(c: &Connection, route: &Route) -> rusqlite::Result<()
     .map(drop)
 }
 
-pub(crate) fn delete_route(c: &Connection, url: &str, app_guid: &str) -> rusqlite::Result<usize> {
+pub(crate) fn delete_route(c: &Connection, url: &str, app_guid: &str) -> crate::sql::Result<usize> {
     c.execute(
         "DELETE FROM routes WHERE url = ?1 AND app_guid = ?2",
         [url, app_guid],
@@ -685,7 +975,7 @@ pub(crate) fn delete_route(c: &Connection, url: &str, app_guid: &str) -> rusqlit
 
 const PACKAGE_COLUMNS: &str = "guid, app_guid, file_count, size, sha256, created_at";
 
-fn package_from(row: &Row<'_>) -> rusqlite::Result<Package> {
+fn package_from(row: &Row<'_>) -> crate::sql::Result<Package> {
     Ok(Package {
         guid: row.get(0)?,
         app_guid: row.get(1)?,
@@ -701,7 +991,7 @@ pub(crate) fn insert_package(
     c: &Connection,
     package: &Package,
     resources: &[Resource],
-) -> rusqlite::Result<()> {
+) -> crate::sql::Result<()> {
     let resources = serde_json::to_string(resources).unwrap_or_else(|_| "[]".to_owned());
     c.execute(
         "INSERT INTO packages (guid, app_guid, resources, file_count, size, sha256, created_at) \
@@ -719,7 +1009,7 @@ pub(crate) fn insert_package(
     .map(drop)
 }
 
-pub(crate) fn get_package(c: &Connection, guid: &str) -> rusqlite::Result<Option<Package>> {
+pub(crate) fn get_package(c: &Connection, guid: &str) -> crate::sql::Result<Option<Package>> {
     c.query_row(
         &format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE guid = ?1"),
         [guid],
@@ -728,7 +1018,10 @@ pub(crate) fn get_package(c: &Connection, guid: &str) -> rusqlite::Result<Option
     .optional()
 }
 
-pub(crate) fn newest_package(c: &Connection, app_guid: &str) -> rusqlite::Result<Option<Package>> {
+pub(crate) fn newest_package(
+    c: &Connection,
+    app_guid: &str,
+) -> crate::sql::Result<Option<Package>> {
     c.query_row(
         &format!(
             "SELECT {PACKAGE_COLUMNS} FROM packages WHERE app_guid = ?1 \
@@ -740,7 +1033,7 @@ pub(crate) fn newest_package(c: &Connection, app_guid: &str) -> rusqlite::Result
     .optional()
 }
 
-pub(crate) fn package_resources(c: &Connection, guid: &str) -> rusqlite::Result<Vec<Resource>> {
+pub(crate) fn package_resources(c: &Connection, guid: &str) -> crate::sql::Result<Vec<Resource>> {
     let text: Option<String> = c
         .query_row(
             "SELECT resources FROM packages WHERE guid = ?1",
@@ -756,7 +1049,7 @@ pub(crate) fn package_resources(c: &Connection, guid: &str) -> rusqlite::Result<
 const BUILD_COLUMNS: &str =
     "guid, app_guid, package_guid, state, error, buildpack, droplet_guid, created_at, updated_at";
 
-fn build_from(row: &Row<'_>) -> rusqlite::Result<Build> {
+fn build_from(row: &Row<'_>) -> crate::sql::Result<Build> {
     let state: String = row.get(3)?;
     Ok(Build {
         guid: row.get(0)?,
@@ -783,7 +1076,7 @@ fn build_state_str(state: BuildState) -> &'static str {
     }
 }
 
-pub(crate) fn insert_build(c: &Connection, build: &Build) -> rusqlite::Result<()> {
+pub(crate) fn insert_build(c: &Connection, build: &Build) -> crate::sql::Result<()> {
     c.execute(
         &format!(
             "INSERT INTO builds ({BUILD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
@@ -803,7 +1096,7 @@ pub(crate) fn insert_build(c: &Connection, build: &Build) -> rusqlite::Result<()
     .map(drop)
 }
 
-pub(crate) fn update_build(c: &Connection, build: &Build) -> rusqlite::Result<()> {
+pub(crate) fn update_build(c: &Connection, build: &Build) -> crate::sql::Result<()> {
     c.execute(
         "UPDATE builds SET state = ?2, error = ?3, buildpack = ?4, droplet_guid = ?5, \
          updated_at = ?6 WHERE guid = ?1",
@@ -819,7 +1112,7 @@ pub(crate) fn update_build(c: &Connection, build: &Build) -> rusqlite::Result<()
     .map(drop)
 }
 
-pub(crate) fn get_build(c: &Connection, guid: &str) -> rusqlite::Result<Option<Build>> {
+pub(crate) fn get_build(c: &Connection, guid: &str) -> crate::sql::Result<Option<Build>> {
     c.query_row(
         &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE guid = ?1"),
         [guid],
@@ -828,19 +1121,40 @@ pub(crate) fn get_build(c: &Connection, guid: &str) -> rusqlite::Result<Option<B
     .optional()
 }
 
-/// Builds left `STAGING` by a previous run cannot finish: they fail, saying why.
-pub(crate) fn fail_interrupted_builds(c: &Connection, now: i64) -> rusqlite::Result<usize> {
+/// Records which controller stages `build` (its `instance_id`), so only that one's restart
+/// fails it.
+pub(crate) fn set_build_stager(
+    c: &Connection,
+    build: &str,
+    stager: &str,
+) -> crate::sql::Result<()> {
+    c.execute(
+        "UPDATE builds SET staged_by = ?2 WHERE guid = ?1",
+        [build, stager],
+    )
+    .map(drop)
+}
+
+/// Builds left `STAGING` by a previous run of controller `stager` (or from before builds
+/// named theirs) cannot finish: they fail, saying why. Another controller's builds on a
+/// shared database are still being staged there.
+pub(crate) fn fail_interrupted_builds(
+    c: &Connection,
+    now: i64,
+    stager: &str,
+) -> crate::sql::Result<usize> {
     c.execute(
         "UPDATE builds SET state = 'FAILED', error = 'the cloud controller restarted while \
-         staging; create the build again', updated_at = ?1 WHERE state = 'STAGING'",
-        [now],
+         staging; create the build again', updated_at = ?1 WHERE state = 'STAGING' \
+         AND (staged_by IS NULL OR staged_by = ?2)",
+        params![now, stager],
     )
 }
 
 const DROPLET_COLUMNS: &str =
     "guid, app_guid, build_guid, buildpack, start_command, sha256, size, created_at";
 
-fn droplet_from(row: &Row<'_>) -> rusqlite::Result<Droplet> {
+fn droplet_from(row: &Row<'_>) -> crate::sql::Result<Droplet> {
     Ok(Droplet {
         guid: row.get(0)?,
         app_guid: row.get(1)?,
@@ -853,7 +1167,7 @@ fn droplet_from(row: &Row<'_>) -> rusqlite::Result<Droplet> {
     })
 }
 
-pub(crate) fn insert_droplet(c: &Connection, d: &Droplet) -> rusqlite::Result<()> {
+pub(crate) fn insert_droplet(c: &Connection, d: &Droplet) -> crate::sql::Result<()> {
     c.execute(
         &format!(
             "INSERT INTO droplets ({DROPLET_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
@@ -872,7 +1186,7 @@ pub(crate) fn insert_droplet(c: &Connection, d: &Droplet) -> rusqlite::Result<()
     .map(drop)
 }
 
-pub(crate) fn get_droplet(c: &Connection, guid: &str) -> rusqlite::Result<Option<Droplet>> {
+pub(crate) fn get_droplet(c: &Connection, guid: &str) -> crate::sql::Result<Option<Droplet>> {
     c.query_row(
         &format!("SELECT {DROPLET_COLUMNS} FROM droplets WHERE guid = ?1"),
         [guid],
@@ -881,7 +1195,7 @@ pub(crate) fn get_droplet(c: &Connection, guid: &str) -> rusqlite::Result<Option
     .optional()
 }
 
-pub(crate) fn droplets_of(c: &Connection, app_guid: &str) -> rusqlite::Result<Vec<Droplet>> {
+pub(crate) fn droplets_of(c: &Connection, app_guid: &str) -> crate::sql::Result<Vec<Droplet>> {
     let mut stmt = c.prepare(&format!(
         "SELECT {DROPLET_COLUMNS} FROM droplets WHERE app_guid = ?1 ORDER BY created_at, rowid"
     ))?;
@@ -891,7 +1205,7 @@ pub(crate) fn droplets_of(c: &Connection, app_guid: &str) -> rusqlite::Result<Ve
 
 // === audit events ===
 
-pub(crate) fn insert_event(c: &Connection, e: &AuditEvent) -> rusqlite::Result<()> {
+pub(crate) fn insert_event(c: &Connection, e: &AuditEvent) -> crate::sql::Result<()> {
     c.execute(
         "INSERT INTO events (guid, type, actor, target_guid, target_name, space_guid, data, \
          created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -914,7 +1228,7 @@ pub(crate) fn list_events(
     c: &Connection,
     target_guid: Option<&str>,
     limit: usize,
-) -> rusqlite::Result<Vec<AuditEvent>> {
+) -> crate::sql::Result<Vec<AuditEvent>> {
     let mut stmt = c.prepare(
         "SELECT guid, type, actor, target_guid, target_name, space_guid, data, created_at \
          FROM events WHERE (?1 IS NULL OR target_guid = ?1) ORDER BY seq DESC LIMIT ?2",
@@ -952,7 +1266,7 @@ mod tests {
     fn migrates_once_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cc.db");
-        let db = Db::open(&path).unwrap();
+        let db = Db::open_sqlite(&path).unwrap();
         db.blocking(|c| {
             let org: String = c
                 .query_row("SELECT guid FROM orgs WHERE name = 'default'", [], |r| {
@@ -973,9 +1287,9 @@ mod tests {
         })
         .unwrap();
         drop(db);
-        let db = Db::open(&path).unwrap();
+        let db = Db::open_sqlite(&path).unwrap();
         let version: usize = db.blocking(|c| {
-            c.pragma_query_value(None, "user_version", |r| r.get(0))
+            c.query_row("PRAGMA user_version", (), |r| r.get(0))
                 .unwrap()
         });
         assert_eq!(version, MIGRATIONS.len());

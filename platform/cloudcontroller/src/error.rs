@@ -37,8 +37,8 @@ pub enum Error {
     Db {
         /// What was being done.
         context: &'static str,
-        /// The SQLite error.
-        source: rusqlite::Error,
+        /// The database error.
+        source: crate::sql::Error,
     },
     /// The API server failed.
     #[error("cloud controller API server failed: {0}")]

@@ -44,6 +44,7 @@ mod config;
 mod db;
 mod error;
 mod internal;
+mod lease;
 mod login;
 mod logs;
 mod metrics;
@@ -52,6 +53,7 @@ mod placement;
 mod quotas;
 mod routing;
 mod services;
+mod sql;
 mod staging;
 mod tenancy;
 
@@ -63,7 +65,8 @@ use hydrant_bus::Bus;
 use hydrant_emitter::Registry;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{ClientConfig, Config, IsolationMode, StagingIsolation};
+pub use config::{ClientConfig, Config, DbConfig, IsolationMode, StagingIsolation};
+pub use db::DbUrl;
 pub use error::Error;
 pub use services::ServicesConfig;
 pub use staging::STATIC_START;
@@ -138,6 +141,9 @@ pub(crate) struct Ctx {
     pub(crate) routes_changed: tokio::sync::Notify,
     /// Service brokers: the OSBAPI client and the job runner's wake-up and counters.
     pub(crate) services: services::Services,
+    /// This process's name in the leases and job claims it shares with other controllers on
+    /// one database: `instance_id` and a random suffix, unique even if two share an id.
+    pub(crate) node: String,
 }
 
 /// Runs the cloud controller until `shutdown` is cancelled, then stops serving, lets running
@@ -157,9 +163,18 @@ async fn serve(
     })?;
     let keys = api::Keys::open(config.token_keys_path())?;
     let clients = api::Clients::load(&config.clients)?;
-    let db = db::Db::open(&data.join("cloudcontroller.db"))?;
-    bootstrap(&config, &db)?;
-    let blobs = blobs::BlobStore::open(&data)?;
+    let url = config.db_url();
+    tracing::info!(db = %url.shown(), "opening the database");
+    // Off the async runtime: the PostgreSQL client blocks (and runs a runtime of its own).
+    let first_start = config.clone();
+    let db =
+        tokio::task::spawn_blocking(move || db::Db::open(&url, |c| bootstrap(&first_start, c)))
+            .await
+            .map_err(|e| Error::Io {
+                path: data.clone(),
+                source: std::io::Error::other(format!("opening the database failed: {e}")),
+            })??;
+    let blobs = blobs::BlobStore::open(&config.blobs_path())?;
 
     let metrics = metrics::Metrics::new(&registry);
     let telemetry = config.telemetry.start(&registry, shutdown.clone());
@@ -171,6 +186,7 @@ async fn serve(
     let workers = config.staging_workers;
 
     let services = services::Services::new(&config.services, &registry)?;
+    let config_instance_id = config.instance_id.clone();
     let ctx = Arc::new(Ctx {
         config,
         db,
@@ -184,6 +200,11 @@ async fn serve(
         logins: login::Logins::default(),
         routes_changed: tokio::sync::Notify::new(),
         services,
+        node: format!(
+            "{}/{}",
+            config_instance_id,
+            password::new_guid().get(..12).unwrap_or_default()
+        ),
     });
 
     let staging_tasks = staging::spawn_workers(ctx.clone(), workers, shutdown.clone());
@@ -228,6 +249,10 @@ async fn serve(
     }
     let _ = service_jobs.await;
     let _ = blob_gc.await;
+    // A clean stop hands the singletons over at once rather than after the lease expires.
+    for lease in [lease::PLACEMENT, lease::BLOB_GC] {
+        lease::give_up(&ctx.db, lease, &ctx.node).await;
+    }
     drop(ctx);
     if let Some(telemetry) = &telemetry {
         telemetry.stopped().await;
@@ -274,18 +299,18 @@ fn serve_internal(
 }
 
 /// First-start work: the default org and space and the administrator; and builds a previous
-/// run left half-done are marked FAILED.
-fn bootstrap(config: &Config, db: &db::Db) -> Result<(), Error> {
+/// run of this controller left half-done are marked FAILED. On PostgreSQL it runs under the
+/// migration lock, so two controllers starting together create one administrator.
+fn bootstrap(config: &Config, c: &mut sql::Connection) -> Result<(), Error> {
     let db_err = |context| move |source| Error::Db { context, source };
     let now = hydrant_auth::now_secs();
-    db.blocking(|c| {
+    (|| {
         tenancy::bootstrap(c, now)?;
         routing::bootstrap(c, &config.apps_domain, now)?;
-        db::fail_interrupted_builds(c, now).map(drop)
-    })
+        db::fail_interrupted_builds(c, now, &config.instance_id).map(drop)
+    })()
     .map_err(db_err("bootstrap"))?;
-    let exists = db
-        .blocking(|c| db::user_by_name(c, &config.admin_user))
+    let exists = db::user_by_name(c, &config.admin_user)
         .map_err(db_err("find the admin user"))?
         .is_some();
     if exists {
@@ -306,8 +331,7 @@ fn bootstrap(config: &Config, db: &db::Db) -> Result<(), Error> {
         admin: true,
         created_at: now,
     };
-    db.blocking(|c| db::insert_user(c, &admin, &hash))
-        .map_err(db_err("create the admin user"))?;
+    db::insert_user(c, &admin, &hash).map_err(db_err("create the admin user"))?;
     tracing::info!(user = %admin.username, "created the administrator");
     Ok(())
 }

@@ -628,6 +628,10 @@ async fn record_crash(ctx: &Arc<Ctx>, crash: ExecutorCrash) {
         "crash_count": crash.crash_count,
         "crash_timestamp": crash.crash_timestamp,
     });
+    // Every controller hears the crash; the placement lease's holder records it, once.
+    if !crate::lease::held(&ctx.db, crate::lease::PLACEMENT, &ctx.node).await {
+        return;
+    }
     let actor = format!("executor:{}", crash.executor_id);
     let event_data = data.clone();
     let recorded = ctx
@@ -653,8 +657,12 @@ async fn record_crash(ctx: &Arc<Ctx>, crash: ExecutorCrash) {
     }
 }
 
-/// One convergence pass.
+/// One convergence pass, by the controller holding the placement lease only: two
+/// controllers on one database would otherwise both start the missing instances.
 pub(crate) async fn converge(ctx: &Arc<Ctx>, bus: &Bus) {
+    if !crate::lease::held(&ctx.db, crate::lease::PLACEMENT, &ctx.node).await {
+        return;
+    }
     let desired = match load_desired(ctx).await {
         Ok(desired) => desired,
         Err(e) => {

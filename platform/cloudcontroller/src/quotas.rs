@@ -10,21 +10,21 @@
 //! Invariant: only growth is checked, so lowering a quota below the use in place never stops
 //! anyone from scaling down, stopping or deleting to get back under it.
 
+use crate::sql::{Connection, OptionalExtension as _, Row, params};
 use hydrant_api::{Quota, QuotaScope};
-use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
 use crate::api::ApiError;
 
 const QUOTA_COLUMNS: &str = "guid, name, scope, org_guid, total_memory_mb, total_instances, \
      total_apps, total_routes, total_service_instances, total_blob_mb, created_at";
 
-fn limit(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<u64>> {
+fn limit(row: &Row<'_>, i: usize) -> crate::sql::Result<Option<u64>> {
     Ok(row
         .get::<_, Option<i64>>(i)?
         .map(|v| u64::try_from(v).unwrap_or(0)))
 }
 
-fn quota_from(row: &Row<'_>) -> rusqlite::Result<Quota> {
+fn quota_from(row: &Row<'_>) -> crate::sql::Result<Quota> {
     let scope: String = row.get(2)?;
     Ok(Quota {
         guid: row.get(0)?,
@@ -49,7 +49,7 @@ fn sql_limit(v: Option<u64>) -> Option<i64> {
     v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
 }
 
-pub(crate) fn insert(c: &Connection, q: &Quota) -> rusqlite::Result<()> {
+pub(crate) fn insert(c: &Connection, q: &Quota) -> crate::sql::Result<()> {
     c.execute(
         &format!(
             "INSERT INTO quotas ({QUOTA_COLUMNS}) VALUES \
@@ -75,7 +75,7 @@ pub(crate) fn insert(c: &Connection, q: &Quota) -> rusqlite::Result<()> {
     .map(drop)
 }
 
-pub(crate) fn get(c: &Connection, guid: &str) -> rusqlite::Result<Option<Quota>> {
+pub(crate) fn get(c: &Connection, guid: &str) -> crate::sql::Result<Option<Quota>> {
     c.query_row(
         &format!("SELECT {QUOTA_COLUMNS} FROM quotas WHERE guid = ?1"),
         [guid],
@@ -84,7 +84,7 @@ pub(crate) fn get(c: &Connection, guid: &str) -> rusqlite::Result<Option<Quota>>
     .optional()
 }
 
-pub(crate) fn list(c: &Connection) -> rusqlite::Result<Vec<Quota>> {
+pub(crate) fn list(c: &Connection) -> crate::sql::Result<Vec<Quota>> {
     let mut stmt = c.prepare(&format!(
         "SELECT {QUOTA_COLUMNS} FROM quotas ORDER BY scope, org_guid, name"
     ))?;
@@ -98,7 +98,7 @@ pub(crate) fn find(
     scope: QuotaScope,
     org_guid: Option<&str>,
     guid_or_name: &str,
-) -> rusqlite::Result<Option<Quota>> {
+) -> crate::sql::Result<Option<Quota>> {
     Ok(list(c)?.into_iter().find(|q| {
         q.scope == scope
             && (scope == QuotaScope::Org || q.org_guid.as_deref() == org_guid)
@@ -106,7 +106,7 @@ pub(crate) fn find(
     }))
 }
 
-pub(crate) fn set_org_quota(c: &Connection, org_guid: &str, quota: &str) -> rusqlite::Result<()> {
+pub(crate) fn set_org_quota(c: &Connection, org_guid: &str, quota: &str) -> crate::sql::Result<()> {
     c.execute(
         "UPDATE orgs SET quota_guid = ?2 WHERE guid = ?1",
         params![org_guid, quota],
@@ -118,7 +118,7 @@ pub(crate) fn set_space_quota(
     c: &Connection,
     space_guid: &str,
     quota: &str,
-) -> rusqlite::Result<()> {
+) -> crate::sql::Result<()> {
     c.execute(
         "UPDATE spaces SET quota_guid = ?2 WHERE guid = ?1",
         params![space_guid, quota],
@@ -166,8 +166,8 @@ impl Growth {
 }
 
 /// What the spaces matched by `filter` (`s.guid = ?1` or `s.org_guid = ?1`) use now.
-fn usage(c: &Connection, filter: &str, key: &str) -> rusqlite::Result<Growth> {
-    let one = |sql: &str| -> rusqlite::Result<i64> {
+fn usage(c: &Connection, filter: &str, key: &str) -> crate::sql::Result<Growth> {
+    let one = |sql: &str| -> crate::sql::Result<i64> {
         c.query_row(sql, [key], |r| r.get::<_, Option<i64>>(0))
             .map(Option::unwrap_or_default)
     };
@@ -183,11 +183,12 @@ fn usage(c: &Connection, filter: &str, key: &str) -> rusqlite::Result<Growth> {
     };
     Ok(Growth {
         memory_mb: one(&format!(
-            "SELECT SUM(a.instances * a.memory_mb) FROM apps a JOIN spaces s \
+            "SELECT CAST(SUM(a.instances * a.memory_mb) AS INTEGER) FROM apps a JOIN spaces s \
              ON s.guid = a.space_guid WHERE {filter} AND a.state = 'STARTED'"
         ))?,
         instances: one(&format!(
-            "SELECT SUM(a.instances) FROM apps a JOIN spaces s ON s.guid = a.space_guid \
+            "SELECT CAST(SUM(a.instances) AS INTEGER) FROM apps a JOIN spaces s \
+             ON s.guid = a.space_guid \
              WHERE {filter} AND a.state = 'STARTED'"
         ))?,
         apps: one(&format!(
@@ -199,19 +200,24 @@ fn usage(c: &Connection, filter: &str, key: &str) -> rusqlite::Result<Growth> {
         ))?,
         service_instances,
         blob_bytes: one(&format!(
-            "SELECT (SELECT COALESCE(SUM(size), 0) FROM packages WHERE app_guid IN ({apps_in})) \
-             + (SELECT COALESCE(SUM(size), 0) FROM droplets WHERE app_guid IN ({apps_in}))"
+            "SELECT CAST((SELECT COALESCE(SUM(size), 0) FROM packages \
+             WHERE app_guid IN ({apps_in})) + (SELECT COALESCE(SUM(size), 0) FROM droplets \
+             WHERE app_guid IN ({apps_in})) AS INTEGER)"
         ))?,
     })
 }
 
-fn table_exists(c: &Connection, name: &str) -> rusqlite::Result<bool> {
-    c.query_row(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-        [name],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|n| n > 0)
+fn table_exists(c: &Connection, name: &str) -> crate::sql::Result<bool> {
+    let sql = match c.backend() {
+        crate::sql::Backend::Sqlite => {
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1"
+        }
+        crate::sql::Backend::Postgres => {
+            "SELECT COUNT(*) FROM information_schema.tables WHERE CAST(table_name AS TEXT) = ?1"
+        }
+    };
+    c.query_row(sql, [name], |r| r.get::<_, i64>(0))
+        .map(|n| n > 0)
 }
 
 /// Refuses `growth` in space `space_guid` if it would take the space's quota or its org's

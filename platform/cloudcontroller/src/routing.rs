@@ -17,10 +17,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::sql::{Connection, OptionalExtension as _, Row, params};
 use hydrant_api::{Domain, SpaceRoute};
 use hydrant_bus::Bus;
 use hydrant_bus::messages::{self, ROUTER_ASSIGNED, RouteAssignments};
-use rusqlite::{Connection, OptionalExtension as _, Row, params};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiError;
@@ -31,7 +31,7 @@ const RESEND: Duration = Duration::from_secs(5);
 
 // === domains ===
 
-fn domain_from(row: &Row<'_>) -> rusqlite::Result<Domain> {
+fn domain_from(row: &Row<'_>) -> crate::sql::Result<Domain> {
     Ok(Domain {
         guid: row.get(0)?,
         name: row.get(1)?,
@@ -40,14 +40,14 @@ fn domain_from(row: &Row<'_>) -> rusqlite::Result<Domain> {
     })
 }
 
-pub(crate) fn list_domains(c: &Connection) -> rusqlite::Result<Vec<Domain>> {
+pub(crate) fn list_domains(c: &Connection) -> crate::sql::Result<Vec<Domain>> {
     let mut stmt =
         c.prepare("SELECT guid, name, org_guid, created_at FROM domains ORDER BY name")?;
     let rows = stmt.query_map([], domain_from)?;
     rows.collect()
 }
 
-pub(crate) fn domain_by_name(c: &Connection, name: &str) -> rusqlite::Result<Option<Domain>> {
+pub(crate) fn domain_by_name(c: &Connection, name: &str) -> crate::sql::Result<Option<Domain>> {
     c.query_row(
         "SELECT guid, name, org_guid, created_at FROM domains WHERE name = ?1",
         [name],
@@ -56,7 +56,7 @@ pub(crate) fn domain_by_name(c: &Connection, name: &str) -> rusqlite::Result<Opt
     .optional()
 }
 
-pub(crate) fn insert_domain(c: &Connection, d: &Domain) -> rusqlite::Result<()> {
+pub(crate) fn insert_domain(c: &Connection, d: &Domain) -> crate::sql::Result<()> {
     c.execute(
         "INSERT INTO domains (guid, name, org_guid, created_at) VALUES (?1, ?2, ?3, ?4)",
         params![d.guid, d.name, d.org_guid, d.created_at],
@@ -66,7 +66,7 @@ pub(crate) fn insert_domain(c: &Connection, d: &Domain) -> rusqlite::Result<()> 
 
 /// The shared apps domain exists (first start, or a changed `apps_domain`), and routes mapped
 /// before route ownership existed are owned by their app's space.
-pub(crate) fn bootstrap(c: &Connection, apps_domain: &str, now: i64) -> rusqlite::Result<()> {
+pub(crate) fn bootstrap(c: &Connection, apps_domain: &str, now: i64) -> crate::sql::Result<()> {
     if domain_by_name(c, apps_domain)?.is_none() {
         insert_domain(
             c,
@@ -126,7 +126,7 @@ fn no_domain(hostname: &str) -> ApiError {
 }
 
 /// The most specific domain `hostname` is on, whoever owns it.
-pub(crate) fn domain_of(c: &Connection, hostname: &str) -> rusqlite::Result<Option<Domain>> {
+pub(crate) fn domain_of(c: &Connection, hostname: &str) -> crate::sql::Result<Option<Domain>> {
     Ok(list_domains(c)?
         .into_iter()
         .filter(|d| hostname == d.name || hostname.ends_with(&format!(".{}", d.name)))
@@ -167,7 +167,7 @@ pub(crate) fn parse(c: &Connection, org_guid: &str, url: &str) -> Result<Parsed,
 
 const ROUTE_COLUMNS: &str = "guid, host, domain, path, space_guid, created_at";
 
-fn route_from(row: &Row<'_>) -> rusqlite::Result<SpaceRoute> {
+fn route_from(row: &Row<'_>) -> crate::sql::Result<SpaceRoute> {
     let host: String = row.get(1)?;
     let domain: String = row.get(2)?;
     let path: String = row.get(3)?;
@@ -182,7 +182,7 @@ fn route_from(row: &Row<'_>) -> rusqlite::Result<SpaceRoute> {
     })
 }
 
-pub(crate) fn list_space_routes(c: &Connection) -> rusqlite::Result<Vec<SpaceRoute>> {
+pub(crate) fn list_space_routes(c: &Connection) -> crate::sql::Result<Vec<SpaceRoute>> {
     let mut stmt = c.prepare(&format!(
         "SELECT {ROUTE_COLUMNS} FROM space_routes ORDER BY domain, host, path"
     ))?;
@@ -190,7 +190,7 @@ pub(crate) fn list_space_routes(c: &Connection) -> rusqlite::Result<Vec<SpaceRou
     rows.collect()
 }
 
-pub(crate) fn space_route(c: &Connection, guid: &str) -> rusqlite::Result<Option<SpaceRoute>> {
+pub(crate) fn space_route(c: &Connection, guid: &str) -> crate::sql::Result<Option<SpaceRoute>> {
     c.query_row(
         &format!("SELECT {ROUTE_COLUMNS} FROM space_routes WHERE guid = ?1"),
         [guid],
@@ -200,7 +200,7 @@ pub(crate) fn space_route(c: &Connection, guid: &str) -> rusqlite::Result<Option
 }
 
 /// Removes a space's route and unmaps it from every app.
-pub(crate) fn delete_space_route(c: &Connection, route: &SpaceRoute) -> rusqlite::Result<()> {
+pub(crate) fn delete_space_route(c: &Connection, route: &SpaceRoute) -> crate::sql::Result<()> {
     c.execute("DELETE FROM routes WHERE url = ?1", [&route.url])?;
     c.execute("DELETE FROM space_routes WHERE guid = ?1", [&route.guid])
         .map(drop)
@@ -277,7 +277,7 @@ pub(crate) fn claim(
 // === what the router checks ===
 
 /// Every app's mapped routes.
-pub(crate) fn assignments(c: &Connection) -> rusqlite::Result<RouteAssignments> {
+pub(crate) fn assignments(c: &Connection) -> crate::sql::Result<RouteAssignments> {
     let mut stmt = c.prepare("SELECT app_guid, url FROM routes ORDER BY app_guid, url")?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
     let mut apps: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -318,7 +318,7 @@ mod tests {
     #[test]
     fn urls_split_at_the_longest_domain_the_org_may_use() {
         let dir = tempfile::tempdir().unwrap();
-        let db = crate::db::Db::open(&dir.path().join("cc.db")).unwrap();
+        let db = crate::db::Db::open_sqlite(&dir.path().join("cc.db")).unwrap();
         db.blocking(|c| {
             let org: String = c
                 .query_row("SELECT guid FROM orgs WHERE name = 'default'", [], |r| {

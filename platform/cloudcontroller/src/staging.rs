@@ -111,6 +111,7 @@ impl Sandbox {
         let data = config.data_path();
         let hidden = [
             data.clone(),
+            config.blobs_path(),
             config.token_keys_path(),
             config.admin_password_path(),
         ]

@@ -20,8 +20,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::sql::{Connection, OptionalExtension as _, Row, params};
 use hydrant_api::{App, Org, OrgRole, OrgRoleAssignment, Space, SpaceRole};
-use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
 use crate::api::{ApiError, Caller};
 use crate::db;
@@ -34,7 +34,7 @@ pub(crate) const HIDDEN: &str = "[PRIVATE DATA HIDDEN]";
 
 // === orgs ===
 
-fn org_from(row: &Row<'_>) -> rusqlite::Result<Org> {
+fn org_from(row: &Row<'_>) -> crate::sql::Result<Org> {
     Ok(Org {
         guid: row.get(0)?,
         name: row.get(1)?,
@@ -43,7 +43,7 @@ fn org_from(row: &Row<'_>) -> rusqlite::Result<Org> {
     })
 }
 
-pub(crate) fn insert_org(c: &Connection, org: &Org) -> rusqlite::Result<()> {
+pub(crate) fn insert_org(c: &Connection, org: &Org) -> crate::sql::Result<()> {
     c.execute(
         "INSERT INTO orgs (guid, name, quota_guid, created_at) VALUES (?1, ?2, ?3, ?4)",
         params![org.guid, org.name, org.quota_guid, org.created_at],
@@ -52,7 +52,7 @@ pub(crate) fn insert_org(c: &Connection, org: &Org) -> rusqlite::Result<()> {
 }
 
 /// An org by guid or, failing that, by name.
-pub(crate) fn find_org(c: &Connection, guid_or_name: &str) -> rusqlite::Result<Option<Org>> {
+pub(crate) fn find_org(c: &Connection, guid_or_name: &str) -> crate::sql::Result<Option<Org>> {
     c.query_row(
         "SELECT guid, name, quota_guid, created_at FROM orgs WHERE guid = ?1 OR name = ?1 \
          ORDER BY guid = ?1 DESC LIMIT 1",
@@ -62,7 +62,7 @@ pub(crate) fn find_org(c: &Connection, guid_or_name: &str) -> rusqlite::Result<O
     .optional()
 }
 
-pub(crate) fn list_orgs(c: &Connection) -> rusqlite::Result<Vec<Org>> {
+pub(crate) fn list_orgs(c: &Connection) -> crate::sql::Result<Vec<Org>> {
     let mut stmt =
         c.prepare("SELECT guid, name, quota_guid, created_at FROM orgs ORDER BY name")?;
     let rows = stmt.query_map([], org_from)?;
@@ -74,7 +74,7 @@ pub(crate) fn set_org_role(
     org_guid: &str,
     user_guid: &str,
     role: OrgRole,
-) -> rusqlite::Result<()> {
+) -> crate::sql::Result<()> {
     c.execute(
         "INSERT OR IGNORE INTO org_roles (org_guid, user_guid, role) VALUES (?1, ?2, ?3)",
         params![org_guid, user_guid, role.as_str()],
@@ -87,7 +87,7 @@ pub(crate) fn remove_org_role(
     org_guid: &str,
     user_guid: &str,
     role: OrgRole,
-) -> rusqlite::Result<usize> {
+) -> crate::sql::Result<usize> {
     c.execute(
         "DELETE FROM org_roles WHERE org_guid = ?1 AND user_guid = ?2 AND role = ?3",
         params![org_guid, user_guid, role.as_str()],
@@ -99,7 +99,7 @@ pub(crate) fn org_roles(
     c: &Connection,
     org_guid: Option<&str>,
     user_guid: Option<&str>,
-) -> rusqlite::Result<Vec<OrgRoleAssignment>> {
+) -> crate::sql::Result<Vec<OrgRoleAssignment>> {
     let mut stmt = c.prepare(
         "SELECT r.org_guid, o.name, u.username, r.role FROM org_roles r \
          JOIN orgs o ON o.guid = r.org_guid JOIN users u ON u.guid = r.user_guid \
@@ -129,14 +129,14 @@ pub(crate) fn org_roles(
     Ok(out)
 }
 
-pub(crate) fn delete_space(c: &Connection, space_guid: &str) -> rusqlite::Result<()> {
+pub(crate) fn delete_space(c: &Connection, space_guid: &str) -> crate::sql::Result<()> {
     c.execute("DELETE FROM spaces WHERE guid = ?1", [space_guid])
         .map(drop)
 }
 
 /// Deletes an org that holds no spaces any more; its roles, quotas and private domains go
 /// with it (their foreign keys cascade).
-pub(crate) fn delete_org(c: &Connection, org_guid: &str) -> rusqlite::Result<()> {
+pub(crate) fn delete_org(c: &Connection, org_guid: &str) -> crate::sql::Result<()> {
     c.execute("DELETE FROM orgs WHERE guid = ?1", [org_guid])
         .map(drop)
 }
@@ -167,7 +167,7 @@ pub(crate) struct Grants {
 }
 
 impl Grants {
-    pub(crate) fn load(c: &Connection, caller: &Caller) -> rusqlite::Result<Self> {
+    pub(crate) fn load(c: &Connection, caller: &Caller) -> crate::sql::Result<Self> {
         let mut grants = Self {
             admin: caller.admin,
             ..Self::default()
@@ -246,7 +246,7 @@ impl Grants {
 }
 
 /// Every space guid with its org guid, for filtering lists of apps and events.
-pub(crate) fn space_orgs(c: &Connection) -> rusqlite::Result<BTreeMap<String, String>> {
+pub(crate) fn space_orgs(c: &Connection) -> crate::sql::Result<BTreeMap<String, String>> {
     let mut stmt = c.prepare("SELECT guid, org_guid FROM spaces")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     rows.collect()
@@ -318,7 +318,7 @@ pub(crate) fn redact(app: &mut App) {
 
 /// First-start tenancy: the default org (the migration creates it; this covers a database
 /// someone emptied by hand) and the default space in it.
-pub(crate) fn bootstrap(c: &Connection, now: i64) -> rusqlite::Result<()> {
+pub(crate) fn bootstrap(c: &Connection, now: i64) -> crate::sql::Result<()> {
     let org = match find_org(c, DEFAULT_ORG)? {
         Some(org) => org,
         None => {
@@ -360,7 +360,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cc.db");
         {
-            let conn = Connection::open(&path).unwrap();
+            let conn = rusqlite::Connection::open(&path).unwrap();
             for step in &db::MIGRATIONS[..4] {
                 conn.execute_batch(step).unwrap();
             }
@@ -375,7 +375,7 @@ mod tests {
             )
             .unwrap();
         }
-        let db = db::Db::open(&path).unwrap();
+        let db = db::Db::open_sqlite(&path).unwrap();
         db.blocking(|c| {
             let space = db::space_by_guid(c, "s1").unwrap().unwrap();
             assert_eq!(space.org_name, DEFAULT_ORG);

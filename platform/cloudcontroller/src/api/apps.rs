@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use crate::sql::Connection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -17,7 +18,6 @@ use hydrant_api::{
     stop_timeout_problem,
 };
 use hydrant_auth::{Claims, Scope};
-use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -177,7 +177,7 @@ pub(crate) fn record_event(
     actor: &str,
     app: &App,
     data: serde_json::Value,
-) -> rusqlite::Result<()> {
+) -> crate::sql::Result<()> {
     db::insert_event(
         c,
         &AuditEvent {

@@ -11,13 +11,13 @@
 
 use std::sync::Arc;
 
+use crate::sql::{Connection, OptionalExtension as _, params};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hydrant_api::List;
 use hydrant_api::policy::{AppPolicy, AutoscaleDecision, ScalingPolicy};
-use rusqlite::{Connection, OptionalExtension as _, params};
 use serde_json::json;
 
 use super::apps::{Access, app_for, record_event};

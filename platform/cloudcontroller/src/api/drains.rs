@@ -15,6 +15,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::sql::Connection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, put};
@@ -22,7 +23,6 @@ use axum::{Json, Router};
 use hydrant_api::drain::is_internal;
 use hydrant_api::mask_url;
 use hydrant_api::{CreateDrain, Drain, DrainStatus, DrainTarget, List};
-use rusqlite::Connection;
 use serde_json::json;
 
 use super::apps::{Access, app_for, record_event};
@@ -142,7 +142,7 @@ pub(super) async fn check_reachable(
     Ok(())
 }
 
-fn drain_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Drain> {
+fn drain_from_row(r: &crate::sql::Row<'_>) -> crate::sql::Result<Drain> {
     let url: String = r.get(2)?;
     let status: Option<String> = r.get(4)?;
     Ok(Drain {
@@ -154,7 +154,7 @@ fn drain_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Drain> {
     })
 }
 
-fn app_drains(c: &Connection, app_guid: &str) -> rusqlite::Result<Vec<Drain>> {
+fn app_drains(c: &Connection, app_guid: &str) -> crate::sql::Result<Vec<Drain>> {
     let mut stmt = c.prepare(
         "SELECT guid, app_guid, url, created_at, status FROM drains
          WHERE app_guid = ?1 ORDER BY created_at, guid",
@@ -204,7 +204,7 @@ async fn create_drain(
             let existing: Vec<String> = {
                 let mut stmt = tx.prepare("SELECT url FROM drains WHERE app_guid = ?1")?;
                 let rows = stmt.query_map([&app.guid], |r| r.get(0))?;
-                rows.collect::<rusqlite::Result<_>>()?
+                rows.collect::<crate::sql::Result<_>>()?
             };
             if existing.contains(&url) {
                 return Err(ApiError::unprocessable(format!(
@@ -223,7 +223,7 @@ async fn create_drain(
             let drain_guid = password::new_guid();
             tx.execute(
                 "INSERT INTO drains (guid, app_guid, url, created_at) VALUES (?1, ?2, ?3, ?4)",
-                rusqlite::params![drain_guid, app.guid, url, now],
+                crate::sql::params![drain_guid, app.guid, url, now],
             )?;
             record_event(
                 &tx,
@@ -262,7 +262,7 @@ async fn delete_drain(
         .run(move |c| {
             let tx = c.transaction()?;
             let app = app_for(&tx, &caller, &guid, Access::Write)?;
-            let url: Option<String> = rusqlite::OptionalExtension::optional(tx.query_row(
+            let url: Option<String> = crate::sql::OptionalExtension::optional(tx.query_row(
                 "SELECT url FROM drains WHERE guid = ?1 AND app_guid = ?2",
                 [&drain_guid, &app.guid],
                 |r| r.get(0),
@@ -312,7 +312,7 @@ async fn targets(
                     url: r.get(4)?,
                 })
             })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            Ok(rows.collect::<crate::sql::Result<Vec<_>>>()?)
         })
         .await?;
     Ok(Json(List::new(all)))
@@ -339,7 +339,7 @@ async fn report_status(
                         ApiError::internal(format!("cannot encode a drain status: {e}"))
                     })?;
                     // Reports for bindings deleted meanwhile update nothing, as they should.
-                    stmt.execute(rusqlite::params![text, status.guid])?;
+                    stmt.execute(crate::sql::params![text, status.guid])?;
                 }
             }
             tx.commit()?;

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use crate::sql::Connection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
@@ -16,7 +17,6 @@ use hydrant_api::{
     AssignOrgRole, AssignRole, CreateOrg, CreateSpace, List, Org, OrgRole, OrgRoleAssignment,
     RoleAssignment, Space, SpaceRole,
 };
-use rusqlite::Connection;
 use serde::Deserialize;
 
 use super::teardown::{self, Teardown};

@@ -299,9 +299,11 @@ async fn create_build(
     };
     let stored = build.clone();
     let event_app = app.clone();
+    let stager = ctx.config.instance_id.clone();
     ctx.db
         .run(move |c| {
             db::insert_build(c, &stored)?;
+            db::set_build_stager(c, &stored.guid, &stager)?;
             super::record_event(
                 c,
                 "audit.app.build.create",

@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use crate::sql::{Connection, OptionalExtension as _};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -29,7 +30,6 @@ use hydrant_api::services::{
 use hydrant_api::{List, LogToken};
 use hydrant_auth::{Claims, Scope};
 use reqwest::Method;
-use rusqlite::{Connection, OptionalExtension as _};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -1010,7 +1010,7 @@ async fn update_instance(
 /// runner woken) or 200 when it needed none.
 async fn change_with_job<F>(ctx: Arc<Ctx>, change: F) -> Result<Response, ApiError>
 where
-    F: FnOnce(&rusqlite::Transaction<'_>, &Ctx) -> Result<Option<Job>, ApiError> + Send + 'static,
+    F: FnOnce(&crate::sql::Transaction<'_>, &Ctx) -> Result<Option<Job>, ApiError> + Send + 'static,
 {
     let ctx2 = ctx.clone();
     let job = ctx

@@ -8,12 +8,12 @@
 
 use std::sync::Arc;
 
+use crate::sql::{Connection, OptionalExtension as _};
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use hydrant_api::List;
 use hydrant_api::slo::{AppSlos, Slo, SloSet};
-use rusqlite::{Connection, OptionalExtension as _};
 use serde_json::json;
 
 use super::apps::{Access, app_for, record_event};
@@ -27,7 +27,7 @@ pub(super) fn routes() -> Router<Arc<Ctx>> {
 }
 
 /// The stored set of one app, if any: (spec JSON, updated_at).
-fn stored(c: &Connection, app_guid: &str) -> rusqlite::Result<Option<(Vec<Slo>, u64)>> {
+fn stored(c: &Connection, app_guid: &str) -> crate::sql::Result<Option<(Vec<Slo>, u64)>> {
     let row: Option<(String, i64)> = c
         .query_row(
             "SELECT spec, updated_at FROM slos WHERE app_guid = ?1",
@@ -114,7 +114,7 @@ async fn put_slos(
                 tx.execute(
                     "INSERT INTO slos (app_guid, spec, updated_at) VALUES (?1, ?2, ?3)
                      ON CONFLICT(app_guid) DO UPDATE SET spec = ?2, updated_at = ?3",
-                    rusqlite::params![app.guid, spec, now],
+                    crate::sql::params![app.guid, spec, now],
                 )?;
             }
             record_event(

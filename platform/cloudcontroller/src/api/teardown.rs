@@ -16,10 +16,10 @@
 //! refuses the whole request with what to do, before any change; the decision who may delete
 //! is the caller's ([`crate::tenancy::Grants`]), made by the handler before this runs.
 
+use crate::sql::Connection;
 use hydrant_api::services::Job;
 use hydrant_api::tenancy::Deletion;
 use hydrant_api::{Droplet, Space};
-use rusqlite::Connection;
 use serde_json::json;
 
 use super::services::{plan_job, start_job};

@@ -21,8 +21,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::sql::Connection;
 use reqwest::Method;
-use rusqlite::Connection;
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -185,15 +185,15 @@ async fn sweep_deleted_apps(ctx: &Arc<Ctx>) -> Result<(), ApiError> {
                             space_guid: Some(instance.space_guid.clone()),
                             ..JobSpec::default()
                         };
-                        store::set_binding_op(
-                            &tx,
-                            &b.guid,
-                            "delete",
-                            "in progress",
-                            Some("its app was deleted"),
-                        )?;
-                        store::insert_job(&tx, &new_job("service_binding.delete", &b.guid, spec))?;
-                        started += 1;
+                        // Another controller's sweep may have taken this binding since it
+                        // was read: only the one whose update lands writes the job.
+                        if store::start_binding_delete(&tx, &b.guid, "its app was deleted")? {
+                            store::insert_job(
+                                &tx,
+                                &new_job("service_binding.delete", &b.guid, spec),
+                            )?;
+                            started += 1;
+                        }
                     }
                     None => store::delete_binding(&tx, &b.guid)?,
                 }
@@ -208,19 +208,34 @@ async fn sweep_deleted_apps(ctx: &Arc<Ctx>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// How long a claim on a job step lasts: a step makes at most two broker calls, each cut off
+/// at `broker_timeout_secs`; a controller that dies mid-step leaves the job to the others
+/// after this.
+fn claim_hold(config: &super::ServicesConfig) -> i64 {
+    ms(Duration::from_secs(
+        config
+            .broker_timeout_secs
+            .saturating_mul(2)
+            .saturating_add(30),
+    ))
+}
+
 /// One step of one job, its outcome written before it returns.
 async fn step(ctx: &Arc<Ctx>, job: JobRow) {
     // The runner's list of due jobs may predate the previous step of this one, which finished
     // (and left `running`) since: act only on the row as it is now, and only if it is due.
+    // Claimed, not just read: another controller on the same database may be about to run
+    // the same step, and the claim lets exactly one of them.
     let guid = job.guid.clone();
-    let fresh = ctx.db.run(move |c| Ok(store::job(c, &guid)?)).await;
+    let node = ctx.node.clone();
+    let hold = claim_hold(&ctx.config.services);
+    let fresh = ctx
+        .db
+        .run(move |c| Ok(store::claim_job(c, &guid, &node, now_ms(), hold)?))
+        .await;
     let job = match fresh {
-        Ok(Some(j))
-            if matches!(j.state.as_str(), "PROCESSING" | "POLLING") && j.next_at_ms <= now_ms() =>
-        {
-            j
-        }
-        Ok(_) => return,
+        Ok(Some(j)) => j,
+        Ok(None) => return,
         Err(e) => {
             tracing::warn!(job = %job.guid, error = %e.detail(), "services: cannot read a job");
             return;
@@ -243,11 +258,14 @@ async fn step(ctx: &Arc<Ctx>, job: JobRow) {
         },
     };
     let operation = job.operation.clone();
+    let node = ctx.node.clone();
     let applied = ctx
         .db
         .run(move |c| {
             let tx = c.transaction()?;
+            let guid = job.guid.clone();
             let outcome = apply(&tx, job, next)?;
+            store::release_job(&tx, &guid, &node)?;
             tx.commit()?;
             Ok(outcome)
         })
@@ -596,7 +614,7 @@ fn apply(c: &Connection, mut job: JobRow, next: Next) -> Result<Outcome, ApiErro
         .unwrap_or_default()
         .to_owned();
     let resource = job.resource_guid.clone();
-    let set_op = |state: &str, description: Option<&str>| -> rusqlite::Result<()> {
+    let set_op = |state: &str, description: Option<&str>| -> crate::sql::Result<()> {
         if orphan_job {
             return Ok(());
         }
@@ -697,7 +715,11 @@ fn apply(c: &Connection, mut job: JobRow, next: Next) -> Result<Outcome, ApiErro
     Ok(outcome)
 }
 
-fn record_dashboard(c: &Connection, instance: &str, body: Option<&Value>) -> rusqlite::Result<()> {
+fn record_dashboard(
+    c: &Connection,
+    instance: &str,
+    body: Option<&Value>,
+) -> crate::sql::Result<()> {
     if let Some(url) = body
         .and_then(|b| b.get("dashboard_url"))
         .and_then(Value::as_str)

@@ -5,11 +5,11 @@
 //! runs inside the caller's connection or transaction, so an API change and the job it starts
 //! are written together or not at all.
 
+use crate::sql::{Connection, OptionalExtension as _, Params, Row, params};
 use hydrant_api::services::{
     BindingType, Job, LastOperation, ServiceBinding, ServiceBroker, ServiceInstance,
     ServiceInstanceType, ServiceOffering, ServicePlan,
 };
-use rusqlite::{Connection, OptionalExtension as _, Params, Row, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -123,31 +123,31 @@ fn strings_col(text: &str) -> Vec<String> {
 trait Table: Sized {
     /// Columns and joins; callers append `WHERE …` / `ORDER BY …`.
     const SELECT: &'static str;
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self>;
+    fn from_row(r: &Row<'_>) -> crate::sql::Result<Self>;
 }
 
 /// The row `SELECT … tail` finds, if any.
-fn one<T: Table>(c: &Connection, tail: &str, params: impl Params) -> rusqlite::Result<Option<T>> {
+fn one<T: Table>(c: &Connection, tail: &str, params: impl Params) -> crate::sql::Result<Option<T>> {
     c.query_row(&format!("{} {tail}", T::SELECT), params, T::from_row)
         .optional()
 }
 
 /// Every row `SELECT … tail` finds, in its order.
-fn all<T: Table>(c: &Connection, tail: &str, params: impl Params) -> rusqlite::Result<Vec<T>> {
+fn all<T: Table>(c: &Connection, tail: &str, params: impl Params) -> crate::sql::Result<Vec<T>> {
     let mut stmt = c.prepare(&format!("{} {tail}", T::SELECT))?;
     let rows = stmt.query_map(params, T::from_row)?;
     rows.collect()
 }
 
 /// The first column of every row of `sql` for one guid (names for a view).
-fn names(c: &Connection, sql: &str, guid: &str) -> rusqlite::Result<Vec<String>> {
+fn names(c: &Connection, sql: &str, guid: &str) -> crate::sql::Result<Vec<String>> {
     let mut stmt = c.prepare(sql)?;
     let rows = stmt.query_map([guid], |r| r.get(0))?;
     rows.collect()
 }
 
 /// The `op_type, op_state, op_description, op_updated_at` columns from `first` on.
-fn last_operation(r: &Row<'_>, first: usize) -> rusqlite::Result<LastOperation> {
+fn last_operation(r: &Row<'_>, first: usize) -> crate::sql::Result<LastOperation> {
     Ok(LastOperation {
         kind: r.get(first)?,
         state: r.get(first + 1)?,
@@ -164,7 +164,7 @@ fn set_op(
     kind: &str,
     state: &str,
     description: Option<&str>,
-) -> rusqlite::Result<()> {
+) -> crate::sql::Result<()> {
     c.execute(
         &format!(
             "UPDATE {table} SET op_type = ?2, op_state = ?3, op_description = ?4, \
@@ -211,7 +211,7 @@ impl Table for BrokerRow {
     const SELECT: &'static str = "SELECT guid, name, url, username, password, created_at, \
          updated_at FROM service_brokers";
 
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+    fn from_row(r: &Row<'_>) -> crate::sql::Result<Self> {
         Ok(Self {
             guid: r.get(0)?,
             name: r.get(1)?,
@@ -224,7 +224,7 @@ impl Table for BrokerRow {
     }
 }
 
-pub(crate) fn broker(c: &Connection, guid_or_name: &str) -> rusqlite::Result<Option<BrokerRow>> {
+pub(crate) fn broker(c: &Connection, guid_or_name: &str) -> crate::sql::Result<Option<BrokerRow>> {
     one(
         c,
         "WHERE guid = ?1 OR name = ?1 ORDER BY guid = ?1 DESC LIMIT 1",
@@ -232,11 +232,11 @@ pub(crate) fn broker(c: &Connection, guid_or_name: &str) -> rusqlite::Result<Opt
     )
 }
 
-pub(crate) fn brokers(c: &Connection) -> rusqlite::Result<Vec<BrokerRow>> {
+pub(crate) fn brokers(c: &Connection) -> crate::sql::Result<Vec<BrokerRow>> {
     all(c, "ORDER BY name", [])
 }
 
-pub(crate) fn insert_broker(c: &Connection, b: &BrokerRow) -> rusqlite::Result<()> {
+pub(crate) fn insert_broker(c: &Connection, b: &BrokerRow) -> crate::sql::Result<()> {
     c.execute(
         "INSERT INTO service_brokers (guid, name, url, username, password, created_at, \
          updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -253,7 +253,7 @@ pub(crate) fn insert_broker(c: &Connection, b: &BrokerRow) -> rusqlite::Result<(
     .map(drop)
 }
 
-pub(crate) fn update_broker(c: &Connection, b: &BrokerRow) -> rusqlite::Result<()> {
+pub(crate) fn update_broker(c: &Connection, b: &BrokerRow) -> crate::sql::Result<()> {
     c.execute(
         "UPDATE service_brokers SET name = ?2, url = ?3, username = ?4, password = ?5, \
          updated_at = ?6 WHERE guid = ?1",
@@ -262,13 +262,13 @@ pub(crate) fn update_broker(c: &Connection, b: &BrokerRow) -> rusqlite::Result<(
     .map(drop)
 }
 
-pub(crate) fn delete_broker(c: &Connection, guid: &str) -> rusqlite::Result<()> {
+pub(crate) fn delete_broker(c: &Connection, guid: &str) -> crate::sql::Result<()> {
     c.execute("DELETE FROM service_brokers WHERE guid = ?1", [guid])
         .map(drop)
 }
 
 /// Instances of any plan of the broker.
-pub(crate) fn broker_instance_count(c: &Connection, broker_guid: &str) -> rusqlite::Result<i64> {
+pub(crate) fn broker_instance_count(c: &Connection, broker_guid: &str) -> crate::sql::Result<i64> {
     c.query_row(
         "SELECT COUNT(*) FROM service_instances i JOIN service_plans p ON p.guid = i.plan_guid \
          JOIN service_offerings o ON o.guid = p.offering_guid WHERE o.broker_guid = ?1",
@@ -278,7 +278,7 @@ pub(crate) fn broker_instance_count(c: &Connection, broker_guid: &str) -> rusqli
 }
 
 /// The broker as a client sees it.
-pub(crate) fn broker_view(c: &Connection, b: &BrokerRow) -> rusqlite::Result<ServiceBroker> {
+pub(crate) fn broker_view(c: &Connection, b: &BrokerRow) -> crate::sql::Result<ServiceBroker> {
     let offerings = names(
         c,
         "SELECT name FROM service_offerings WHERE broker_guid = ?1 AND active = 1 ORDER BY name",
@@ -302,7 +302,7 @@ pub(crate) fn store_catalog(
     c: &Connection,
     broker_guid: &str,
     offerings: &[catalog::Offering],
-) -> rusqlite::Result<()> {
+) -> crate::sql::Result<()> {
     c.execute(
         "UPDATE service_offerings SET active = 0 WHERE broker_guid = ?1",
         [broker_guid],
@@ -442,7 +442,7 @@ impl Table for PlanRow {
          FROM service_plans p JOIN service_offerings o ON o.guid = p.offering_guid \
          JOIN service_brokers b ON b.guid = o.broker_guid";
 
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+    fn from_row(r: &Row<'_>) -> crate::sql::Result<Self> {
         let tags: String = r.get(16)?;
         let requires: String = r.get(17)?;
         Ok(PlanRow {
@@ -470,7 +470,7 @@ impl Table for PlanRow {
     }
 }
 
-pub(crate) fn plan(c: &Connection, guid: &str) -> rusqlite::Result<Option<PlanRow>> {
+pub(crate) fn plan(c: &Connection, guid: &str) -> crate::sql::Result<Option<PlanRow>> {
     one(c, "WHERE p.guid = ?1", [guid])
 }
 
@@ -479,7 +479,7 @@ pub(crate) fn plans(
     c: &Connection,
     offering: Option<&str>,
     broker: Option<&str>,
-) -> rusqlite::Result<Vec<PlanRow>> {
+) -> crate::sql::Result<Vec<PlanRow>> {
     all(
         c,
         "WHERE p.active = 1 AND o.active = 1 AND (?1 IS NULL OR o.name = ?1) \
@@ -488,7 +488,7 @@ pub(crate) fn plans(
     )
 }
 
-pub(crate) fn set_plan_public(c: &Connection, guid: &str, public: bool) -> rusqlite::Result<()> {
+pub(crate) fn set_plan_public(c: &Connection, guid: &str, public: bool) -> crate::sql::Result<()> {
     c.execute(
         "UPDATE service_plans SET public = ?2 WHERE guid = ?1",
         params![guid, public],
@@ -498,7 +498,7 @@ pub(crate) fn set_plan_public(c: &Connection, guid: &str, public: bool) -> rusql
 
 /// The marketplace: offerings with the plans `admin` (everything) or a user (public plans)
 /// may see; offerings with no visible plan are left out.
-pub(crate) fn marketplace(c: &Connection, admin: bool) -> rusqlite::Result<Vec<ServiceOffering>> {
+pub(crate) fn marketplace(c: &Connection, admin: bool) -> crate::sql::Result<Vec<ServiceOffering>> {
     let mut out: Vec<ServiceOffering> = Vec::new();
     for p in plans(c, None, None)? {
         if !p.active || !(admin || p.public) {
@@ -556,7 +556,7 @@ impl Table for (InstanceRow, Option<String>) {
          i.dashboard_url, i.op_type, i.op_state, i.op_description, i.op_updated_at, i.created_at \
          FROM service_instances i JOIN spaces s ON s.guid = i.space_guid";
 
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+    fn from_row(r: &Row<'_>) -> crate::sql::Result<Self> {
         let kind: String = r.get(4)?;
         let tags: String = r.get(6)?;
         Ok((
@@ -587,14 +587,14 @@ impl Table for (InstanceRow, Option<String>) {
 fn with_plan(
     c: &Connection,
     (mut row, plan_guid): (InstanceRow, Option<String>),
-) -> rusqlite::Result<InstanceRow> {
+) -> crate::sql::Result<InstanceRow> {
     if let Some(guid) = plan_guid {
         row.plan = plan(c, &guid)?;
     }
     Ok(row)
 }
 
-pub(crate) fn instance(c: &Connection, guid: &str) -> rusqlite::Result<Option<InstanceRow>> {
+pub(crate) fn instance(c: &Connection, guid: &str) -> crate::sql::Result<Option<InstanceRow>> {
     let found = one(c, "WHERE i.guid = ?1", [guid])?;
     found.map(|f| with_plan(c, f)).transpose()
 }
@@ -604,7 +604,7 @@ pub(crate) fn instances(
     c: &Connection,
     name: Option<&str>,
     space_guid: Option<&str>,
-) -> rusqlite::Result<Vec<InstanceRow>> {
+) -> crate::sql::Result<Vec<InstanceRow>> {
     let rows = all(
         c,
         "WHERE (?1 IS NULL OR i.name = ?1) AND (?2 IS NULL OR i.space_guid = ?2) \
@@ -618,7 +618,7 @@ pub(crate) fn insert_instance(
     c: &Connection,
     i: &InstanceRow,
     plan_guid: Option<&str>,
-) -> rusqlite::Result<()> {
+) -> crate::sql::Result<()> {
     c.execute(
         "INSERT INTO service_instances (guid, name, space_guid, type, plan_guid, tags, \
          credentials, syslog_drain_url, route_service_url, dashboard_url, op_type, op_state, \
@@ -651,7 +651,7 @@ pub(crate) fn set_instance_op(
     kind: &str,
     state: &str,
     description: Option<&str>,
-) -> rusqlite::Result<()> {
+) -> crate::sql::Result<()> {
     set_op(c, "service_instances", guid, kind, state, description)
 }
 
@@ -662,7 +662,7 @@ pub(crate) fn set_instance_fields(
     tags: &[String],
     credentials: &Value,
     syslog_drain_url: Option<&str>,
-) -> rusqlite::Result<()> {
+) -> crate::sql::Result<()> {
     c.execute(
         "UPDATE service_instances SET plan_guid = COALESCE(?2, plan_guid), tags = ?3, \
          credentials = ?4, syslog_drain_url = ?5 WHERE guid = ?1",
@@ -677,7 +677,7 @@ pub(crate) fn set_instance_fields(
     .map(drop)
 }
 
-pub(crate) fn set_dashboard_url(c: &Connection, guid: &str, url: &str) -> rusqlite::Result<()> {
+pub(crate) fn set_dashboard_url(c: &Connection, guid: &str, url: &str) -> crate::sql::Result<()> {
     c.execute(
         "UPDATE service_instances SET dashboard_url = ?2 WHERE guid = ?1",
         params![guid, url],
@@ -686,13 +686,16 @@ pub(crate) fn set_dashboard_url(c: &Connection, guid: &str, url: &str) -> rusqli
 }
 
 /// Deletes an instance row; its jobs stay readable until they are pruned.
-pub(crate) fn delete_instance(c: &Connection, guid: &str) -> rusqlite::Result<()> {
+pub(crate) fn delete_instance(c: &Connection, guid: &str) -> crate::sql::Result<()> {
     c.execute("DELETE FROM service_instances WHERE guid = ?1", [guid])
         .map(drop)
 }
 
 /// The instance as a client sees it (credentials and the drain's password left out).
-pub(crate) fn instance_view(c: &Connection, i: &InstanceRow) -> rusqlite::Result<ServiceInstance> {
+pub(crate) fn instance_view(
+    c: &Connection,
+    i: &InstanceRow,
+) -> crate::sql::Result<ServiceInstance> {
     let bound_apps = names(
         c,
         "SELECT DISTINCT a.name FROM service_bindings b JOIN apps a ON a.guid = b.app_guid \
@@ -763,7 +766,7 @@ impl Table for BindingRow {
          FROM service_bindings b JOIN service_instances i ON i.guid = b.instance_guid \
          LEFT JOIN apps a ON a.guid = b.app_guid";
 
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+    fn from_row(r: &Row<'_>) -> crate::sql::Result<Self> {
         let kind: String = r.get(1)?;
         let credentials: Option<String> = r.get(7)?;
         let mounts: String = r.get(9)?;
@@ -788,7 +791,7 @@ impl Table for BindingRow {
     }
 }
 
-pub(crate) fn binding(c: &Connection, guid: &str) -> rusqlite::Result<Option<BindingRow>> {
+pub(crate) fn binding(c: &Connection, guid: &str) -> crate::sql::Result<Option<BindingRow>> {
     one(c, "WHERE b.guid = ?1", [guid])
 }
 
@@ -798,7 +801,7 @@ pub(crate) fn bindings(
     instance_guid: Option<&str>,
     app_guid: Option<&str>,
     kind: Option<BindingType>,
-) -> rusqlite::Result<Vec<BindingRow>> {
+) -> crate::sql::Result<Vec<BindingRow>> {
     all(
         c,
         "WHERE (?1 IS NULL OR b.instance_guid = ?1) \
@@ -807,7 +810,7 @@ pub(crate) fn bindings(
     )
 }
 
-pub(crate) fn insert_binding(c: &Connection, b: &BindingRow) -> rusqlite::Result<()> {
+pub(crate) fn insert_binding(c: &Connection, b: &BindingRow) -> crate::sql::Result<()> {
     c.execute(
         "INSERT INTO service_bindings (guid, type, instance_guid, app_guid, name, credentials, \
          syslog_drain_url, volume_mounts, op_type, op_state, op_description, op_updated_at, \
@@ -837,7 +840,7 @@ pub(crate) fn set_binding_op(
     kind: &str,
     state: &str,
     description: Option<&str>,
-) -> rusqlite::Result<()> {
+) -> crate::sql::Result<()> {
     set_op(c, "service_bindings", guid, kind, state, description)
 }
 
@@ -848,7 +851,7 @@ pub(crate) fn set_binding_credentials(
     credentials: &Value,
     syslog_drain_url: Option<&str>,
     volume_mounts: &Value,
-) -> rusqlite::Result<()> {
+) -> crate::sql::Result<()> {
     c.execute(
         "UPDATE service_bindings SET credentials = ?2, syslog_drain_url = ?3, \
          volume_mounts = ?4, op_type = 'create', op_state = 'succeeded', op_description = NULL, \
@@ -865,7 +868,7 @@ pub(crate) fn set_binding_credentials(
 }
 
 /// Deletes a binding and the syslog drain row it fed, if any.
-pub(crate) fn delete_binding(c: &Connection, guid: &str) -> rusqlite::Result<()> {
+pub(crate) fn delete_binding(c: &Connection, guid: &str) -> crate::sql::Result<()> {
     c.execute("DELETE FROM drains WHERE guid = ?1", [guid])?;
     c.execute("DELETE FROM service_bindings WHERE guid = ?1", [guid])
         .map(drop)
@@ -878,7 +881,7 @@ pub(crate) fn set_binding_drain(
     binding_guid: &str,
     app_guid: &str,
     url: Option<&str>,
-) -> rusqlite::Result<()> {
+) -> crate::sql::Result<()> {
     c.execute("DELETE FROM drains WHERE guid = ?1", [binding_guid])?;
     if let Some(url) = url.filter(|u| !u.is_empty()) {
         c.execute(
@@ -891,7 +894,7 @@ pub(crate) fn set_binding_drain(
 
 /// App bindings whose app was deleted (its guid set NULL by the foreign key) and that no job
 /// is unbinding yet: the runner unbinds them at the broker.
-pub(crate) fn orphaned_app_bindings(c: &Connection) -> rusqlite::Result<Vec<BindingRow>> {
+pub(crate) fn orphaned_app_bindings(c: &Connection) -> crate::sql::Result<Vec<BindingRow>> {
     all(
         c,
         "WHERE b.type = 'app' AND b.app_guid IS NULL \
@@ -967,7 +970,7 @@ impl Table for JobRow {
          broker_operation, description, polls, attempts, next_at_ms, deadline_ms, created_at, \
          updated_at FROM service_jobs";
 
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+    fn from_row(r: &Row<'_>) -> crate::sql::Result<Self> {
         let spec: String = r.get(5)?;
         Ok(JobRow {
             guid: r.get(0)?,
@@ -988,12 +991,64 @@ impl Table for JobRow {
     }
 }
 
-pub(crate) fn job(c: &Connection, guid: &str) -> rusqlite::Result<Option<JobRow>> {
+pub(crate) fn job(c: &Connection, guid: &str) -> crate::sql::Result<Option<JobRow>> {
     one(c, "WHERE guid = ?1", [guid])
 }
 
+/// Claims job `guid` for controller `node` until `now_ms + hold_ms` and returns it, if it is
+/// unfinished, due, and claimed by no one (or by a claim that expired: its controller died
+/// mid-step). One atomic update decides, so of two controllers sharing the database exactly
+/// one runs each step.
+pub(crate) fn claim_job(
+    c: &Connection,
+    guid: &str,
+    node: &str,
+    now_ms: i64,
+    hold_ms: i64,
+) -> crate::sql::Result<Option<JobRow>> {
+    let claimed = c.execute(
+        "UPDATE service_jobs SET claimed_by = ?2, claimed_until_ms = ?3 \
+         WHERE guid = ?1 AND state IN ('PROCESSING', 'POLLING') AND next_at_ms <= ?4 \
+         AND (claimed_until_ms IS NULL OR claimed_until_ms < ?4)",
+        params![guid, node, now_ms.saturating_add(hold_ms), now_ms],
+    )?;
+    if claimed == 0 {
+        return Ok(None);
+    }
+    job(c, guid)
+}
+
+/// Ends `node`'s claim on job `guid` (its step's outcome is written).
+pub(crate) fn release_job(c: &Connection, guid: &str, node: &str) -> crate::sql::Result<()> {
+    c.execute(
+        "UPDATE service_jobs SET claimed_by = NULL, claimed_until_ms = NULL \
+         WHERE guid = ?1 AND claimed_by = ?2",
+        [guid, node],
+    )
+    .map(drop)
+}
+
+/// Marks app binding `guid` as being deleted unless a delete is already in progress; whether
+/// this call did (so the caller, alone, writes the unbind job).
+pub(crate) fn start_binding_delete(
+    c: &Connection,
+    guid: &str,
+    description: &str,
+) -> crate::sql::Result<bool> {
+    let changed = c.execute(
+        "UPDATE service_bindings SET op_type = 'delete', op_state = 'in progress', \
+         op_description = ?2, op_updated_at = ?3 WHERE guid = ?1 AND op_state != 'in progress'",
+        params![guid, description, hydrant_auth::now_secs()],
+    )?;
+    Ok(changed == 1)
+}
+
 /// Unfinished jobs due at `now_ms`, soonest first.
-pub(crate) fn due_jobs(c: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<JobRow>> {
+pub(crate) fn due_jobs(
+    c: &Connection,
+    now_ms: i64,
+    limit: usize,
+) -> crate::sql::Result<Vec<JobRow>> {
     all(
         c,
         "WHERE state IN ('PROCESSING', 'POLLING') AND next_at_ms <= ?1 \
@@ -1003,7 +1058,7 @@ pub(crate) fn due_jobs(c: &Connection, now_ms: i64, limit: usize) -> rusqlite::R
 }
 
 /// When the next unfinished job is due, if any.
-pub(crate) fn next_due_ms(c: &Connection) -> rusqlite::Result<Option<i64>> {
+pub(crate) fn next_due_ms(c: &Connection) -> crate::sql::Result<Option<i64>> {
     c.query_row(
         "SELECT MIN(next_at_ms) FROM service_jobs WHERE state IN ('PROCESSING', 'POLLING')",
         [],
@@ -1011,7 +1066,7 @@ pub(crate) fn next_due_ms(c: &Connection) -> rusqlite::Result<Option<i64>> {
     )
 }
 
-pub(crate) fn insert_job(c: &Connection, j: &JobRow) -> rusqlite::Result<()> {
+pub(crate) fn insert_job(c: &Connection, j: &JobRow) -> crate::sql::Result<()> {
     c.execute(
         "INSERT INTO service_jobs (guid, operation, resource_guid, state, phase, spec, \
          broker_operation, description, polls, attempts, next_at_ms, deadline_ms, created_at, \
@@ -1036,7 +1091,7 @@ pub(crate) fn insert_job(c: &Connection, j: &JobRow) -> rusqlite::Result<()> {
     .map(drop)
 }
 
-pub(crate) fn update_job(c: &Connection, j: &JobRow) -> rusqlite::Result<()> {
+pub(crate) fn update_job(c: &Connection, j: &JobRow) -> crate::sql::Result<()> {
     c.execute(
         "UPDATE service_jobs SET state = ?2, phase = ?3, broker_operation = ?4, \
          description = ?5, polls = ?6, attempts = ?7, next_at_ms = ?8, deadline_ms = ?9, \
@@ -1059,7 +1114,7 @@ pub(crate) fn update_job(c: &Connection, j: &JobRow) -> rusqlite::Result<()> {
 
 /// Forgets finished jobs last changed before `before` (UNIX seconds): their outcome is on the
 /// instance or binding by then, and the table stays bounded.
-pub(crate) fn prune_jobs(c: &Connection, before: i64) -> rusqlite::Result<usize> {
+pub(crate) fn prune_jobs(c: &Connection, before: i64) -> crate::sql::Result<usize> {
     c.execute(
         "DELETE FROM service_jobs WHERE state IN ('COMPLETE', 'FAILED') AND updated_at < ?1",
         [before],
@@ -1067,7 +1122,7 @@ pub(crate) fn prune_jobs(c: &Connection, before: i64) -> rusqlite::Result<usize>
 }
 
 /// Whether an unfinished orphan-mitigation job exists for `resource_guid`.
-pub(crate) fn orphan_pending(c: &Connection, resource_guid: &str) -> rusqlite::Result<bool> {
+pub(crate) fn orphan_pending(c: &Connection, resource_guid: &str) -> crate::sql::Result<bool> {
     c.query_row(
         "SELECT EXISTS (SELECT 1 FROM service_jobs WHERE resource_guid = ?1 \
          AND operation LIKE '%orphan_mitigation' AND state IN ('PROCESSING', 'POLLING'))",

@@ -17,9 +17,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::sql::Connection;
 use hydrant_api::services::{BindingType, ServiceInstanceType};
 use hydrant_bus::messages::ServiceEgress;
-use rusqlite::Connection;
 use serde_json::{Map, Value, json};
 
 use super::store;
@@ -31,7 +31,7 @@ pub(crate) const MAX_ENV_BYTES: usize = 130 * 1024;
 const DATABASE_SCHEMES: [&str; 5] = ["mysql", "mysql2", "postgres", "postgresql", "mariadb"];
 
 /// `VCAP_SERVICES` for `app_guid` as a JSON object.
-pub(crate) fn vcap_services(c: &Connection, app_guid: &str) -> rusqlite::Result<Value> {
+pub(crate) fn vcap_services(c: &Connection, app_guid: &str) -> crate::sql::Result<Value> {
     let bindings = store::bindings(c, None, Some(app_guid), Some(BindingType::App))?;
     // Newest binding per instance: walk newest first and keep the first seen.
     let mut seen = std::collections::HashSet::new();
@@ -174,7 +174,7 @@ pub(crate) fn database_url(vcap: &Value) -> Option<String> {
 pub(crate) fn services_env(
     c: &Connection,
     app_guid: &str,
-) -> rusqlite::Result<BTreeMap<String, String>> {
+) -> crate::sql::Result<BTreeMap<String, String>> {
     Ok(env_of(&vcap_services(c, app_guid)?))
 }
 
@@ -200,7 +200,7 @@ pub(crate) fn apply(env: &mut BTreeMap<String, String>, services: &BTreeMap<Stri
 }
 
 /// Why the app's environment would be too large with its current bindings, if it would.
-pub(crate) fn size_problem(c: &Connection, app_guid: &str) -> rusqlite::Result<Option<String>> {
+pub(crate) fn size_problem(c: &Connection, app_guid: &str) -> crate::sql::Result<Option<String>> {
     let services = services_env(c, app_guid)?;
     let app_env: String = c
         .query_row("SELECT env FROM apps WHERE guid = ?1", [app_guid], |r| {

@@ -50,6 +50,13 @@ pub struct Options {
     pub clients: Vec<hydrant_cloudcontroller::ClientConfig>,
     /// PBKDF2 iterations; tests keep it low unless they time password checks.
     pub password_hash_iterations: u32,
+    /// `[db] url` (default: SQLite in the data dir).
+    pub db_url: Option<String>,
+    /// `blobs_dir` and `token_keys_dir`: what controllers sharing one database share.
+    pub blobs_dir: Option<PathBuf>,
+    pub token_keys_dir: Option<PathBuf>,
+    pub instance_id: Option<String>,
+    pub services: Option<hydrant_cloudcontroller::ServicesConfig>,
 }
 
 impl Options {
@@ -61,6 +68,11 @@ impl Options {
             allow_private_drains: false,
             clients: Vec::new(),
             password_hash_iterations: 1000,
+            db_url: None,
+            blobs_dir: None,
+            token_keys_dir: None,
+            instance_id: None,
+            services: None,
         }
     }
 }
@@ -85,6 +97,20 @@ impl Cc {
             blob_gc_interval_secs: 1,
             ..Config::default()
         };
+        if let Some(url) = &options.db_url {
+            config.db.url.clone_from(url);
+        }
+        config.blobs_dir = options.blobs_dir.as_ref().map(|d| d.display().to_string());
+        config.token_keys_dir = options
+            .token_keys_dir
+            .as_ref()
+            .map(|d| d.display().to_string());
+        if let Some(id) = &options.instance_id {
+            config.instance_id.clone_from(id);
+        }
+        if let Some(services) = &options.services {
+            config.services = services.clone();
+        }
         config.telemetry.agent.clone_from(&options.agent);
         config.telemetry.interval_secs = 1;
         let listeners = hydrant_runtime::bind::<hydrant_cloudcontroller::CloudController>(&config)
@@ -158,6 +184,15 @@ impl Cc {
         }
         let token = self.anonymous().login(name, &password).await.unwrap();
         self.anonymous().with_token(token.access_token)
+    }
+
+    /// Ends the controller at once, as a lost host would: its task is dropped mid-flight,
+    /// nothing handed over (its leases expire).
+    pub async fn kill(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
     }
 
     pub async fn stop(mut self) {
