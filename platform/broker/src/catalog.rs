@@ -63,6 +63,14 @@ impl Plan {
     pub fn queue_messages(&self) -> u64 {
         (self.queue_bytes() / 1024).max(1)
     }
+
+    /// RabbitMQ: the consumer prefetch a binding recommends (`basic.qos`): a sixteenth of what
+    /// one queue may hold, so a consumer's unacknowledged window — which no queue length
+    /// bounds — stays a small share of its plan's memory (128 for both plans).
+    #[must_use]
+    pub fn prefetch(&self) -> u64 {
+        (self.queue_messages() / 16).clamp(1, 1000)
+    }
 }
 
 impl Offering {

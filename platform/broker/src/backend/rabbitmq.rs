@@ -406,10 +406,14 @@ pub async fn deprovision(ctx: &Ctx, i: &Instance, bindings: &[Binding]) -> Resul
     .map(drop)
 }
 
-/// Binding `b`'s credentials, in cf-rabbitmq-multitenant-broker's shape.
+/// Binding `b`'s credentials, in cf-rabbitmq-multitenant-broker's shape, plus the consumer
+/// prefetch its plan recommends (`prefetch_count`, also under `protocols.amqp`).
 #[must_use]
 pub fn credentials(host: &str, amqp: u16, mgmt: u16, i: &Instance, b: &Binding) -> Value {
     let (u, p, v) = (&b.username, &b.password, &i.id);
+    let prefetch = crate::catalog::offering("rabbitmq")
+        .and_then(|o| o.plan(&i.plan_id))
+        .map_or(1, Plan::prefetch);
     let uri = format!("amqp://{u}:{p}@{host}:{amqp}/{v}");
     let api = format!("http://{u}:{p}@{host}:{mgmt}/api/");
     json!({
@@ -424,10 +428,12 @@ pub fn credentials(host: &str, amqp: u16, mgmt: u16, i: &Instance, b: &Binding) 
         "http_api_uri": api,
         "http_api_uris": [api],
         "ssl": false,
+        "prefetch_count": prefetch,
         "protocols": {
             "amqp": {
                 "username": u, "password": p, "vhost": v, "host": host, "hosts": [host],
                 "port": amqp, "ssl": false, "uri": uri, "uris": [uri],
+                "prefetch_count": prefetch,
             },
             "management": {
                 "username": u, "password": p, "host": host, "hosts": [host],

@@ -409,6 +409,9 @@ async fn rabbitmq_create_bind_use_unbind_delete() {
     assert!(s(&c1, "uri").starts_with("amqp://"));
     assert!(c1["protocols"]["amqp"]["port"].as_u64().is_some());
     assert_eq!(c1["protocols"]["management"]["path"], "/api/");
+    // The consumer window a binding recommends: well inside one queue's bound.
+    assert_eq!(c1["prefetch_count"], 128, "{c1}");
+    assert_eq!(c1["protocols"]["amqp"]["prefetch_count"], 128, "{c1}");
 
     let client = reqwest::Client::new();
     rabbit_use(&client, &c1, "q1").await.unwrap();
