@@ -4,7 +4,9 @@
 //! `storage_mb` loses its bindings' write privileges (MariaDB: `INSERT`, `UPDATE`, `CREATE` and
 //! the rest but reads, `DELETE`, `DROP`; PostgreSQL: membership of the owner role, leaving
 //! `SELECT`, `DELETE`, `TRUNCATE`) and their sessions are ended; back under, the privileges
-//! return. Each change is told in the instance's `SVC` stream, counted
+//! return — also after `DELETE`: a database still over with its writes revoked is compacted
+//! ([`reclaim`]: `OPTIMIZE TABLE`, `VACUUM FULL`) before it is measured again, at most every
+//! [`RECLAIM_EVERY`]. Each change is told in the instance's `SVC` stream, counted
 //! (`broker.quota_enforcements{offering,action}`) and shown as the gauge
 //! `service.storage_quota_exceeded`.
 //!
@@ -16,6 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +34,8 @@ pub struct Quotas {
     /// Instance id → the writable bindings revoked (present: over quota; absent from the map:
     /// not measured since start).
     over: Mutex<HashMap<String, Option<HashSet<String>>>>,
+    /// Instance id → when its database was last compacted ([`reclaim`]).
+    reclaimed: Mutex<HashMap<String, Instant>>,
 }
 
 impl Quotas {
@@ -40,6 +45,41 @@ impl Quotas {
         hydrant_runtime::lock(&self.over)
             .get(id)
             .map(Option::is_some)
+    }
+}
+
+/// How often at most a database over its quota is compacted to give back what `DELETE` freed
+/// (MariaDB's `OPTIMIZE TABLE` rewrites every table of it).
+pub const RECLAIM_EVERY: Duration = Duration::from_secs(60);
+
+impl Quotas {
+    /// Whether instance `id`'s database may be compacted now (and notes that it is).
+    fn may_reclaim(&self, id: &str) -> bool {
+        let mut last = hydrant_runtime::lock(&self.reclaimed);
+        match last.get(id) {
+            Some(at) if at.elapsed() < RECLAIM_EVERY => false,
+            _ => {
+                last.insert(id.to_owned(), Instant::now());
+                true
+            }
+        }
+    }
+}
+
+/// Gives back the space rows deleted with `DELETE` left in instance `i`'s files, which on-disk
+/// measures keep counting: MariaDB's InnoDB keeps a table file's freed pages for reuse until
+/// `OPTIMIZE TABLE` rebuilds it; PostgreSQL's dead rows hold their pages until `VACUUM FULL`
+/// (a plain `VACUUM` only cuts empty pages off a table's end). Runs only for a database
+/// whose writes are revoked (nothing to lock out) and at most every [`RECLAIM_EVERY`];
+/// true when it compacted something.
+///
+/// # Errors
+/// The server refused.
+async fn reclaim(ctx: &Ctx, o: &Offering, i: &Instance) -> Result<bool, Error> {
+    match o.name {
+        "mysql" => mysql::reclaim(ctx, i).await,
+        "postgresql" => postgres::reclaim(ctx, i).await,
+        _ => Ok(false),
     }
 }
 
@@ -149,9 +189,21 @@ async fn check_one(
         return Ok(None);
     };
     let quota_bytes = plan.storage_mb * 1024 * 1024;
-    let used_bytes = storage_bytes(ctx, o, i).await?;
-    let over = used_bytes > quota_bytes;
+    let mut used_bytes = storage_bytes(ctx, o, i).await?;
+    let mut over = used_bytes > quota_bytes;
     let before = hydrant_runtime::lock(&ctx.quotas.over).get(&i.id).cloned();
+    // Still over with its writes revoked: only deletes happen now, which free no file space
+    // until the database is compacted.
+    if over && matches!(before, Some(Some(_))) && ctx.quotas.may_reclaim(&i.id) {
+        match reclaim(ctx, o, i).await {
+            Ok(true) => {
+                used_bytes = storage_bytes(ctx, o, i).await?;
+                over = used_bytes > quota_bytes;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(instance = %i.id, "cannot compact its database: {e}"),
+        }
+    }
     let writable: Vec<Binding> = ctx
         .store
         .bindings_of(&i.id)?

@@ -472,6 +472,28 @@ pub fn credentials(host: &str, port: u16, i: &Instance, b: &Binding) -> Value {
     })
 }
 
+/// `VACUUM FULL` of the instance's database when its tables hold dead rows (what `DELETE`
+/// left): the tables are rewritten with only their live rows, so `pg_database_size` falls;
+/// false when there was nothing to give back.
+///
+/// # Errors
+/// The cluster refused.
+pub async fn reclaim(ctx: &Ctx, i: &Instance) -> Result<bool, Error> {
+    let db = database_name(&i.id);
+    let dead = psql(
+        ctx,
+        &db,
+        &["SELECT COALESCE(SUM(n_dead_tup), 0) FROM pg_stat_user_tables".to_owned()],
+        &[],
+    )
+    .await?;
+    if dead.trim().parse::<u64>().unwrap_or(0) == 0 {
+        return Ok(false);
+    }
+    psql(ctx, &db, &["VACUUM FULL".to_owned()], &[]).await?;
+    Ok(true)
+}
+
 /// Sessions, size and transactions of the instance's database.
 ///
 /// # Errors
