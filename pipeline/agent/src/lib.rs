@@ -64,6 +64,11 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use error::Error;
 
+/// Largest HTTP/2 DATA frame emitters may send here (the default is 16 KiB), as on the
+/// doppler: h2 writes each frame in one call, and over TLS a 16 KiB frame plus its 9-byte header
+/// is a full record and a 9-byte one, each sealed and opened on its own.
+const MAX_FRAME: u32 = 256 * 1024;
+
 /// Who may send to the agent over mutual TLS: every role identity that emits (each role's own
 /// metrics; the executor for app output; the router for access logs; nozzles for their own
 /// telemetry). Only `nats` is left out: the NATS server is not a Hydrant role and emits
@@ -239,6 +244,7 @@ async fn serve(
     let server = tonic::transport::Server::builder()
         .initial_stream_window_size(4 * 1024 * 1024)
         .initial_connection_window_size(8 * 1024 * 1024)
+        .max_frame_size(MAX_FRAME)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(service);

@@ -91,7 +91,80 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        read_ready(&mut self.stream, cx, buf)
+    }
+}
+
+/// Reads all the plaintext that is ready, up to what `buf` takes. `tokio-rustls` hands out one
+/// TLS record (at most 16 KiB) per read, so HTTP/2 assembled each 256 KiB frame from 16 or more
+/// reads, each a round through its decoder and a new reservation of its read buffer; a
+/// plaintext socket hands over everything at once, and so does this.
+fn read_ready<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    let start = buf.filled().len();
+    std::task::ready!(Pin::new(&mut *stream).poll_read(cx, buf))?;
+    if buf.filled().len() == start {
+        // End of stream.
+        return Poll::Ready(Ok(()));
+    }
+    while buf.remaining() > 0 {
+        let before = buf.filled().len();
+        match Pin::new(&mut *stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {}
+            // Nothing more ready, the end, or an error: what was read goes now, and the next
+            // read meets the end or the error again.
+            _ => break,
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// A client-side connection that passed the handshake (what [`Connector`] yields).
+#[derive(Debug)]
+pub struct ClientConn {
+    stream: tokio_rustls::client::TlsStream<BufferedTcp>,
+}
+
+impl AsyncRead for ClientConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        read_ready(&mut self.stream, cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -243,7 +316,7 @@ impl Connector {
 }
 
 impl tower_service::Service<http::Uri> for Connector {
-    type Response = TokioIo<tokio_rustls::client::TlsStream<BufferedTcp>>;
+    type Response = TokioIo<ClientConn>;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, io::Error>> + Send>>;
 
@@ -268,7 +341,7 @@ impl tower_service::Service<http::Uri> for Connector {
             tcp.set_nodelay(true)?;
             let tcp = tokio::io::BufReader::with_capacity(READ_BUFFER, tcp);
             let stream = connector.connect(name, tcp).await?;
-            Ok(TokioIo::new(stream))
+            Ok(TokioIo::new(ClientConn { stream }))
         })
     }
 }
