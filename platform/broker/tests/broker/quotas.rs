@@ -333,6 +333,33 @@ async fn a_rabbitmq_queue_holds_at_most_its_plans_share_of_memory() {
             );
         }
     }
+    // The refusal is that queue's alone, not the node's memory alarm: another tenant on the
+    // same node still publishes.
+    let other = guid();
+    b.provision(&other, "rabbitmq", "small", json!({})).await;
+    let o = b.bind(&other, &guid(), "rabbitmq", json!({})).await;
+    let (st, body) = rabbit(
+        &o,
+        Method::PUT,
+        &format!("queues/{other}/q"),
+        Some(json!({"durable": false})),
+    )
+    .await;
+    assert!((200..300).contains(&st), "{st} {body}");
+    let (st, body) = rabbit(
+        &o,
+        Method::POST,
+        &format!("exchanges/{other}/amq.default/publish"),
+        Some(
+            json!({"properties": {}, "routing_key": "q", "payload": "x".repeat(999_999), "payload_encoding": "string"}),
+        ),
+    )
+    .await;
+    assert!(
+        st == 200 && body["routed"] == true,
+        "a full queue of one vhost holds no other back: {st} {body}"
+    );
+    assert_eq!(b.deprovision(&other, "rabbitmq").await, 200);
     let (st, got) = rabbit(
         &c,
         Method::POST,
