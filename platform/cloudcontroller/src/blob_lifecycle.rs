@@ -112,7 +112,7 @@ pub(crate) fn collect(c: &Connection, app_guid: &str) -> crate::sql::Result<Vec<
     let doomed: Vec<String> = {
         let mut stmt = c.prepare(
             "SELECT d.guid FROM droplets d JOIN apps a ON a.guid = d.app_guid \
-             WHERE d.app_guid = ?1 AND d.guid IS NOT a.current_droplet_guid \
+             WHERE d.app_guid = ?1 AND d.guid IS DISTINCT FROM a.current_droplet_guid \
              AND d.guid NOT IN (SELECT guid FROM droplets WHERE app_guid = ?1 \
              ORDER BY created_at DESC, rowid DESC LIMIT ?2)",
         )?;

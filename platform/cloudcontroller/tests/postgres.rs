@@ -1,0 +1,396 @@
+//! The cloud controller on PostgreSQL (Cloud Foundry's CCDB), against a real, throwaway
+//! server: every table family through the API and a restart, and two controllers on one
+//! database and one blob directory: what one writes the other serves, either can die, and
+//! work only one may do (placement, an orphan mitigation) is done once.
+//!
+//! Needs PostgreSQL's server (the Debian package `postgresql`, which `scripts/test`
+//! installs); as root the server runs as an unprivileged uid.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+#[path = "common/postgres.rs"]
+mod pg;
+#[path = "common/support.rs"]
+mod support;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{Method, StatusCode};
+use axum::routing::{any, get};
+use hydrant_api::services::{
+    CreateServiceBroker, CreateServiceInstance, ServiceAccess, ServiceInstanceType,
+};
+use hydrant_api::{CreateUser, ScaleApp, SpaceRole, UpdateApp};
+use hydrant_testkit::wait_for;
+use serde_json::json;
+
+use pg::Postgres;
+use support::{Cc, FakeExecutor, Options, app_dir};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A server with database `name` created; off the async runtime (the client blocks).
+async fn postgres_with(name: &'static str) -> (Postgres, String) {
+    tokio::task::spawn_blocking(move || {
+        let server = Postgres::start();
+        let url = server.create_db(name);
+        (server, url)
+    })
+    .await
+    .unwrap()
+}
+
+fn options(bus: &str, url: &str, shared: &Path, instance: &str) -> Options {
+    let mut options = Options::new(bus);
+    options.db_url = Some(url.to_owned());
+    options.blobs_dir = Some(shared.join("blobs"));
+    options.token_keys_dir = Some(shared.join("token_keys"));
+    options.instance_id = Some(instance.to_owned());
+    options
+}
+
+/// Pushes a static site to `app` and stages it; the build's droplet guid.
+async fn push_static(client: &hydrant_api::Client, app: &str) -> String {
+    let site = app_dir(&[("index.html", b"<h1>hello</h1>", 0o644)]);
+    client.push_dir(app, site.path()).await.unwrap();
+    let build = client
+        .create_build(app, &hydrant_api::CreateBuild::default())
+        .await
+        .unwrap();
+    let build = client.wait_for_build(&build.guid, WAIT).await.unwrap();
+    assert_eq!(build.state, hydrant_api::BuildState::Staged, "{build:?}");
+    build.droplet_guid.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_table_family_round_trips_through_postgres_and_survives_a_restart() {
+    let (server, url) = postgres_with("ccdb_flows").await;
+    let shared = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let bus = "pg-flows";
+    let options = options(bus, &url, shared.path(), "cc-0");
+    let cc = Cc::start(data.path(), &options).await;
+    let admin = cc.admin.clone();
+
+    // Orgs, spaces, users and roles.
+    let org = admin.create_org("acme").await.unwrap();
+    let space = admin.create_space_in(&org.guid, "prod").await.unwrap();
+    admin
+        .create_user(&CreateUser {
+            username: "dev".into(),
+            password: "dev-password-1".into(),
+            admin: false,
+        })
+        .await
+        .unwrap();
+    admin
+        .assign_role(&space.guid, "dev", SpaceRole::Developer)
+        .await
+        .unwrap();
+    let dev = cc.anonymous().with_token(
+        cc.anonymous()
+            .login("dev", "dev-password-1")
+            .await
+            .unwrap()
+            .access_token,
+    );
+    assert!(
+        dev.list_spaces()
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.guid == space.guid)
+    );
+
+    // Apps, routes, packages, builds and droplets.
+    let app = dev
+        .create_app(&hydrant_api::CreateApp {
+            name: "shop".into(),
+            space: Some(space.guid.clone()),
+            ..hydrant_api::CreateApp::default()
+        })
+        .await
+        .unwrap();
+    let droplet = push_static(&dev, &app.guid).await;
+    assert_eq!(dev.current_droplet(&app.guid).await.unwrap().guid, droplet);
+    dev.map_route(&app.guid, "shop.apps.localhost")
+        .await
+        .unwrap();
+    let routes = dev.app_routes(&app.guid).await.unwrap();
+    assert!(
+        routes.iter().any(|r| r.url == "shop.apps.localhost"),
+        "{routes:?}"
+    );
+    let updated = dev
+        .update_app(
+            &app.guid,
+            &UpdateApp {
+                env: Some([("GREETING".to_owned(), "hi".to_owned())].into()),
+                ..UpdateApp::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.env.get("GREETING").map(String::as_str), Some("hi"));
+    let events = admin
+        .audit_events(&hydrant_api::EventFilter::default())
+        .await
+        .unwrap();
+    assert!(
+        events.iter().any(|e| e.target_guid == app.guid),
+        "{events:?}"
+    );
+
+    // A restart on the same database migrates nothing and finds everything.
+    cc.stop().await;
+    let cc = Cc::start(data.path(), &options).await;
+    let again = cc.admin.app(&app.guid).await.unwrap();
+    assert_eq!(
+        again.current_droplet_guid.as_deref(),
+        Some(droplet.as_str())
+    );
+    assert_eq!(again.routes, vec!["shop.apps.localhost".to_owned()]);
+    cc.admin.delete_app(&app.guid).await.unwrap();
+    assert!(cc.admin.app(&app.guid).await.is_err());
+    cc.stop().await;
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_on_one_database_serve_side_by_side_and_either_can_die() {
+    let (server, url) = postgres_with("ccdb_pair").await;
+    let shared = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let bus = "pg-pair";
+    let cell = FakeExecutor::start(bus, "cell-pair", 8192, 20, false).await;
+    let (opts_a, opts_b) = (
+        options(bus, &url, shared.path(), "cc-a"),
+        options(bus, &url, shared.path(), "cc-b"),
+    );
+    let a = Cc::start(data_a.path(), &opts_a).await;
+    let b = Cc::start(data_b.path(), &opts_b).await;
+    assert_eq!(a.admin.list_users().await.unwrap().len(), 1);
+
+    // Created and pushed through A (blobs land in the shared directory) ...
+    let app = a
+        .admin
+        .create_app(&hydrant_api::CreateApp {
+            name: "pair".into(),
+            ..hydrant_api::CreateApp::default()
+        })
+        .await
+        .unwrap();
+    push_static(&a.admin, &app.guid).await;
+    // ... seen, started and scaled through B; B's droplet URL serves A's droplet.
+    assert_eq!(b.admin.app(&app.guid).await.unwrap().name, "pair");
+    b.admin.start_app(&app.guid).await.unwrap();
+    b.admin
+        .scale_app(
+            &app.guid,
+            &ScaleApp {
+                instances: Some(3),
+                ..ScaleApp::default()
+            },
+        )
+        .await
+        .unwrap();
+    wait_for(WAIT, "three instances running", || {
+        let running = cell.running(&app.guid);
+        async move { running == 3 }
+    })
+    .await;
+    // Placement is one controller's (the lease): three starts, not six.
+    let starts = |cell: &FakeExecutor| {
+        cell.state
+            .lock()
+            .unwrap()
+            .starts
+            .iter()
+            .filter(|s| s.app == app.guid)
+            .count()
+    };
+    assert_eq!(starts(&cell), 3);
+    // A token A issued is good at B (one key directory).
+    let token = a
+        .anonymous()
+        .login("admin", support::ADMIN_PASSWORD)
+        .await
+        .unwrap();
+    let via_b = b.anonymous().with_token(token.access_token);
+    assert_eq!(via_b.app(&app.guid).await.unwrap().instances, 3);
+
+    // A dies mid-flight. B keeps serving, takes placement over once A's lease lapses, and
+    // scales and deletes.
+    a.kill().await;
+    b.admin
+        .scale_app(
+            &app.guid,
+            &ScaleApp {
+                instances: Some(1),
+                ..ScaleApp::default()
+            },
+        )
+        .await
+        .unwrap();
+    wait_for(WAIT, "B to scale down to one instance", || {
+        let running = cell.running(&app.guid);
+        async move { running == 1 }
+    })
+    .await;
+    let pushed = b
+        .admin
+        .create_app(&hydrant_api::CreateApp {
+            name: "after".into(),
+            ..hydrant_api::CreateApp::default()
+        })
+        .await
+        .unwrap();
+    push_static(&b.admin, &pushed.guid).await;
+    b.admin.delete_app(&app.guid).await.unwrap();
+    assert!(b.admin.app(&app.guid).await.is_err());
+    wait_for(WAIT, "the deleted app's instance to stop", || {
+        let running = cell.running(&app.guid);
+        async move { running == 0 }
+    })
+    .await;
+    b.stop().await;
+    drop(server);
+}
+
+// === a broker whose provisions fail, for the orphan mitigation ===
+
+#[derive(Debug, Default)]
+struct Calls {
+    puts: Vec<String>,
+    deletes: Vec<String>,
+}
+
+async fn catalog() -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"services": [{
+        "id": "svc-flaky", "name": "flaky", "description": "fails every provision",
+        "bindable": true,
+        "plans": [{"id": "p-flaky", "name": "small", "description": "the plan"}]
+    }]}))
+}
+
+async fn instance(
+    State(calls): State<Arc<Mutex<Calls>>>,
+    method: Method,
+    UrlPath(id): UrlPath<String>,
+) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let mut calls = calls.lock().unwrap();
+    if method == Method::PUT {
+        calls.puts.push(id);
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"description": "out of luck"})),
+        )
+    } else {
+        calls.deletes.push(id);
+        (StatusCode::OK, axum::Json(json!({})))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_controllers_a_failed_provision_is_called_and_orphan_mitigated_once() {
+    let (server, url) = postgres_with("ccdb_orphans").await;
+    let calls = Arc::new(Mutex::new(Calls::default()));
+    let broker = Router::new()
+        .route("/v2/catalog", get(catalog))
+        .route("/v2/service_instances/{id}", any(instance))
+        .with_state(calls.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let broker_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, broker).await });
+
+    let shared = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let bus = "pg-orphans";
+    let services = hydrant_cloudcontroller::ServicesConfig {
+        allow_private_brokers: true,
+        broker_timeout_secs: 2,
+        poll_interval_secs: 1,
+        max_poll_interval_secs: 1,
+        orphan_retry_secs: 1,
+        ..hydrant_cloudcontroller::ServicesConfig::default()
+    };
+    let mut opts_a = options(bus, &url, shared.path(), "cc-a");
+    opts_a.services = Some(services.clone());
+    let mut opts_b = options(bus, &url, shared.path(), "cc-b");
+    opts_b.services = Some(services);
+    let a = Cc::start(data_a.path(), &opts_a).await;
+    let b = Cc::start(data_b.path(), &opts_b).await;
+
+    a.admin
+        .create_service_broker(&CreateServiceBroker {
+            name: "flaky".into(),
+            url: broker_url,
+            username: "user".into(),
+            password: "pass".into(),
+        })
+        .await
+        .unwrap();
+    a.admin
+        .set_service_access(&ServiceAccess {
+            offering: "flaky".into(),
+            plan: None,
+            broker: None,
+            enable: true,
+        })
+        .await
+        .unwrap();
+    let answer = b
+        .admin
+        .create_service_instance(&CreateServiceInstance {
+            name: "doomed".into(),
+            kind: ServiceInstanceType::Managed,
+            offering: Some("flaky".into()),
+            plan: Some("small".into()),
+            ..CreateServiceInstance::default()
+        })
+        .await
+        .unwrap();
+    let guid = answer.instance.guid;
+    wait_for(
+        WAIT,
+        "the create to fail and its orphan to be deleted",
+        || {
+            let calls = calls.clone();
+            let a = a.admin.clone();
+            let guid = guid.clone();
+            async move {
+                let deleted = !calls.lock().unwrap().deletes.is_empty();
+                let failed = a
+                    .service_instance(&guid)
+                    .await
+                    .is_ok_and(|i| i.last_operation.state == "failed");
+                deleted && failed
+            }
+        },
+    )
+    .await;
+    // Both runners poll every second: a few rounds in which neither may repeat a step.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (puts, deletes) = {
+        let calls = calls.lock().unwrap();
+        (calls.puts.clone(), calls.deletes.clone())
+    };
+    assert_eq!(puts, vec![guid.clone()], "the provision ran more than once");
+    assert_eq!(
+        deletes,
+        vec![guid],
+        "the orphan mitigation ran more than once"
+    );
+    a.stop().await;
+    b.stop().await;
+    drop(server);
+}
