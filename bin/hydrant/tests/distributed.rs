@@ -26,6 +26,9 @@
     reason = "test code"
 )]
 
+#[path = "support/cli.rs"]
+mod cli;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -34,6 +37,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use cli::wait_for;
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hydrant");
@@ -114,17 +118,6 @@ fn nats_server_path() -> PathBuf {
                  (it installs the Debian package) or `sudo apt-get install nats-server`"
             )
         })
-}
-
-fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// One HTTP/1.1 exchange on a fresh connection: status, head, body.

@@ -7,29 +7,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
+#[path = "support/cli.rs"]
+mod cli;
+
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
+use cli::ok;
 use hydrant_testkit::MicroCloud;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hydrant");
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-#[track_caller]
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "command failed: {}", text(out));
-    text(out)
-}
 
 /// `GET /` through the router for `host`: the status and the body.
 fn page(router: &str, host: &str) -> (u16, String) {

@@ -14,31 +14,21 @@
     reason = "test code"
 )]
 
+#[path = "support/cli.rs"]
+mod cli;
+
 use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use cli::ok;
 use hydrant_testkit::MicroCloud;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hydrant");
 
 /// The controller's log token lifetime in this test.
 const TTL_SECS: u64 = 4;
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-#[track_caller]
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "command failed: {}", text(out));
-    text(out)
-}
 
 /// Kills the follower when the test ends, whichever way.
 struct Follower(Child);

@@ -9,11 +9,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
+#[path = "support/cli.rs"]
+mod cli;
+
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
+use cli::{json as json_of, ok, text};
 use hydrant_testkit::MicroCloud;
 use serde_json::{Value, json};
 
@@ -93,26 +96,6 @@ fn route(method: &str, path: &str) -> (u16, Value) {
         ("DELETE", _) => (200, json!({})),
         _ => (404, json!({"description": "no such route"})),
     }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-#[track_caller]
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "command failed: {}", text(out));
-    text(out)
-}
-
-#[track_caller]
-fn json_of(out: &Output) -> Value {
-    ok(out);
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn named<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {

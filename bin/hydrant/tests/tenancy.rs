@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
+#[path = "support/cli.rs"]
+mod cli;
+
+use cli::{json, ok, text};
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -100,25 +104,6 @@ fn cli_stdin(home: &Path, args: &[&str], stdin: &str) -> Output {
         .write_all(stdin.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-#[track_caller]
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "command failed: {}", text(out));
-    text(out)
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    ok(out);
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]

@@ -13,11 +13,15 @@
     reason = "test code"
 )]
 
+#[path = "support/cli.rs"]
+mod cli;
+
 use std::io::{Read as _, Write as _};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cli::ok;
 use hydrant_testkit::MicroCloud;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hydrant");
@@ -26,17 +30,6 @@ const COLS: u16 = 200;
 
 fn nonzero(n: u16) -> std::num::NonZero<u16> {
     std::num::NonZero::new(n).unwrap()
-}
-
-#[track_caller]
-fn ok(out: &Output) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "command failed: {text}");
-    text
 }
 
 /// `hydrant top` running in a pseudo-terminal, with what it drew so far.
