@@ -19,11 +19,12 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hydrant_auth::{AUD_LOGS, Claims, TokenKeys};
-use hydrant_emitter::{Counter, Registry};
+use hydrant_auth::TokenKeys;
+use hydrant_emitter::Registry;
+use hydrant_runtime::TokenGate;
 use tokio_util::sync::CancellationToken;
 
 use crate::role::{SharedFleet, lock};
@@ -39,10 +40,8 @@ const REFETCH_EVERY: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 struct Status {
     fleet: SharedFleet,
-    /// `None` only with `status_auth = false`.
-    keys: Option<Arc<TokenKeys>>,
-    unauthorized: Counter,
-    forbidden: Counter,
+    /// Open only with `status_auth = false`.
+    gate: TokenGate,
 }
 
 /// Where `/drains` gets its token keys: a fixed file, or the controller's `/token_keys`
@@ -117,18 +116,16 @@ pub(crate) fn mount(
 
 /// The `/drains` route over `fleet`, checking tokens against `keys` (open with `None`).
 fn routes(fleet: SharedFleet, keys: Option<Arc<TokenKeys>>, registry: &Registry) -> axum::Router {
-    let refused = |reason| {
-        registry.counter(
-            "nozzle.status_refused",
-            "/drains requests refused, by reason",
-            &[("reason", reason)],
-        )
-    };
     let state = Status {
         fleet,
-        keys,
-        unauthorized: refused("unauthorized"),
-        forbidden: refused("forbidden"),
+        gate: TokenGate::new(
+            keys,
+            registry,
+            "nozzle.status_refused",
+            "/drains requests refused, by reason",
+            "missing token: send \"Authorization: Bearer <token>\" with an admin's token \
+             (hydrant up writes one to endpoints.json)",
+        ),
     };
     axum::Router::new()
         .route("/drains", get(drains))
@@ -136,61 +133,18 @@ fn routes(fleet: SharedFleet, keys: Option<Arc<TokenKeys>>, registry: &Registry)
 }
 
 async fn drains(State(s): State<Status>, headers: HeaderMap) -> Response {
-    let claims = match s.authenticate(&headers).await {
+    let claims = match s.gate.authenticate(&headers).await {
         Ok(claims) => claims,
         Err(refusal) => return refusal,
     };
     if !claims.can_read_firehose() {
-        s.forbidden.inc();
-        return error(
-            StatusCode::FORBIDDEN,
+        return s.gate.forbid(
             "/drains shows every app's drains; it needs a token with the admin or firehose \
              scope (a developer sees their own app's drains with `hydrant drain APP --status`)",
         );
     }
     let reports = lock(&s.fleet).reports();
     Json(reports).into_response()
-}
-
-impl Status {
-    /// The caller's verified claims, or the 401 to answer with.
-    async fn authenticate(&self, headers: &HeaderMap) -> Result<Claims, Response> {
-        let Some(keys) = &self.keys else {
-            return Ok(Claims::new("anonymous")
-                .for_audience(AUD_LOGS)
-                .with_scope(hydrant_auth::SCOPE_ADMIN));
-        };
-        let refuse = |message: String| {
-            self.unauthorized.inc();
-            error(StatusCode::UNAUTHORIZED, &message)
-        };
-        let Some(value) = headers.get(header::AUTHORIZATION) else {
-            return Err(refuse(
-                "missing token: send \"Authorization: Bearer <token>\" with an admin's token \
-                 (hydrant up writes one to endpoints.json)"
-                    .to_owned(),
-            ));
-        };
-        let Some(token) = hydrant_auth::bearer(value.to_str().unwrap_or_default()) else {
-            return Err(refuse(
-                "the Authorization header must be \"Bearer <token>\"".to_owned(),
-            ));
-        };
-        keys.verify(token, AUD_LOGS)
-            .await
-            .map_err(|e| refuse(e.to_string()))
-    }
-}
-
-fn error(status: StatusCode, message: &str) -> Response {
-    let mut response = (status, format!("{message}\n")).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"hydrant\""),
-        );
-    }
-    response
 }
 
 /// `token_keys_url` must be an http(s) URL; `token_keys_file` must name a file.

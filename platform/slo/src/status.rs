@@ -16,12 +16,12 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hydrant_auth::{AUD_LOGS, Claims, TokenKeys};
-use hydrant_emitter::{Counter, Registry};
-use hydrant_runtime::lock;
+use hydrant_auth::TokenKeys;
+use hydrant_emitter::Registry;
+use hydrant_runtime::{TokenGate, lock};
 
 use crate::SharedEngine;
 
@@ -29,10 +29,8 @@ use crate::SharedEngine;
 #[derive(Debug, Clone)]
 struct Status {
     engine: SharedEngine,
-    /// `None` only when `status_auth = false` (tests and local benchmarks).
-    keys: Option<Arc<TokenKeys>>,
-    unauthorized: Counter,
-    forbidden: Counter,
+    /// Open only when `status_auth = false` (tests and local benchmarks).
+    gate: TokenGate,
 }
 
 /// The status routes, checking tokens against `keys` (or open to all with `None`).
@@ -41,18 +39,16 @@ pub(crate) fn routes(
     keys: Option<Arc<TokenKeys>>,
     registry: &Registry,
 ) -> axum::Router {
-    let refused = |reason| {
-        registry.counter(
-            "slo.status_refused",
-            "status requests refused, by reason",
-            &[("reason", reason)],
-        )
-    };
     let state = Status {
         engine,
-        keys,
-        unauthorized: refused("unauthorized"),
-        forbidden: refused("forbidden"),
+        gate: TokenGate::new(
+            keys,
+            registry,
+            "slo.status_refused",
+            "status requests refused, by reason",
+            "missing token: send \"Authorization: Bearer <token>\" with a token that may read \
+             the app's logs (an admin's, or the app's log token)",
+        ),
     };
     axum::Router::new()
         .route("/v1/slos", get(all))
@@ -61,14 +57,12 @@ pub(crate) fn routes(
 }
 
 async fn all(State(s): State<Status>, headers: HeaderMap) -> Response {
-    let claims = match s.authenticate(&headers).await {
+    let claims = match s.gate.authenticate(&headers).await {
         Ok(claims) => claims,
         Err(refusal) => return refusal,
     };
     if !claims.can_read_firehose() {
-        s.forbidden.inc();
-        return error(
-            StatusCode::FORBIDDEN,
+        return s.gate.forbid(
             "every app's SLO status needs a token with the admin or firehose scope; ask for one \
              app with /v1/slos/{app_guid}",
         );
@@ -78,14 +72,14 @@ async fn all(State(s): State<Status>, headers: HeaderMap) -> Response {
 }
 
 async fn one(State(s): State<Status>, Path(guid): Path<String>, headers: HeaderMap) -> Response {
-    let claims = match s.authenticate(&headers).await {
+    let claims = match s.gate.authenticate(&headers).await {
         Ok(claims) => claims,
         Err(refusal) => return refusal,
     };
     let found = if claims.can_read_source(&guid) {
         lock(&s.engine).status(&guid).cloned()
     } else {
-        s.forbidden.inc();
+        s.gate.count_forbidden();
         None
     };
     match found {
@@ -94,54 +88,13 @@ async fn one(State(s): State<Status>, Path(guid): Path<String>, headers: HeaderM
     }
 }
 
-impl Status {
-    /// The caller's verified claims, or the 401 to answer with.
-    async fn authenticate(&self, headers: &HeaderMap) -> Result<Claims, Response> {
-        let Some(keys) = &self.keys else {
-            return Ok(Claims::new("anonymous")
-                .for_audience(AUD_LOGS)
-                .with_scope(hydrant_auth::SCOPE_ADMIN));
-        };
-        let refuse = |message: String| {
-            self.unauthorized.inc();
-            error(StatusCode::UNAUTHORIZED, &message)
-        };
-        let Some(value) = headers.get(header::AUTHORIZATION) else {
-            return Err(refuse(
-                "missing token: send \"Authorization: Bearer <token>\" with a token that may read \
-                 the app's logs (an admin's, or the app's log token)"
-                    .to_owned(),
-            ));
-        };
-        let Some(token) = hydrant_auth::bearer(value.to_str().unwrap_or_default()) else {
-            return Err(refuse(
-                "the Authorization header must be \"Bearer <token>\"".to_owned(),
-            ));
-        };
-        keys.verify(token, AUD_LOGS)
-            .await
-            .map_err(|e| refuse(e.to_string()))
-    }
-}
-
-fn error(status: StatusCode, message: &str) -> Response {
-    let mut response = (status, format!("{message}\n")).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"hydrant\""),
-        );
-    }
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
     use hydrant_api::slo::{AppSlos, Sli, Slo};
-    use hydrant_auth::{AUD_API, KeySources, Scope, SigningKey, Unobserved};
+    use hydrant_auth::{AUD_API, AUD_LOGS, Claims, KeySources, Scope, SigningKey, Unobserved};
     use hydrant_windows::{Windows, WindowsConfig};
 
     use super::*;

@@ -35,6 +35,7 @@
 //!   [`ApiConsumer`] block (`api_url` + `token`/`token_file`).
 //! - `consumer`: [`ApiSettings`], the API-consumer keys a role's config flattens in.
 //! - `declare`: [`role!`], the `Role` impl of a role that listens only on its admin port.
+//! - `gate`: [`TokenGate`], the counted bearer-token check in front of a role's status pages.
 //! - `run`: [`run`] and [`run_with_registry`] (a role on bound listeners), [`run_from_file`],
 //!   the whole of `hydrant run ROLE --config FILE`, and [`shutdown_on_signal`].
 //! - `api`: [`ApiClient`] (the API consumer at run time: client and token) and
@@ -52,6 +53,7 @@ mod consumer;
 #[doc(hidden)]
 pub mod declare;
 mod error;
+mod gate;
 mod listeners;
 mod run;
 mod serve;
@@ -65,6 +67,7 @@ pub use backoff::Backoff;
 pub use config::{ApiConsumer, ConfigError, MAX_TOKEN_FILE_BYTES, Validate, invalid, load};
 pub use consumer::ApiSettings;
 pub use error::Error;
+pub use gate::{TokenGate, refusal};
 pub use hydrant_emitter::Registry;
 pub use listeners::{ADMIN, ListenerSpec, Listeners, admin_listener, bind, bind_on, listener};
 pub use run::{RunError, run, run_from_file, run_with_registry, shutdown_on_signal};
