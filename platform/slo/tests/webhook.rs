@@ -70,10 +70,7 @@ async fn retries_until_the_server_accepts() {
     wait_for(
         Duration::from_secs(10),
         "the webhook to be delivered",
-        || {
-            let r = registry.clone();
-            async move { r.counter_sum("slo.webhook_delivered", &[]) == 1 }
-        },
+        || async { registry.counter_sum("slo.webhook_delivered", &[]) == 1 },
     )
     .await;
     assert_eq!(hits.load(Ordering::SeqCst), 3);
@@ -93,10 +90,7 @@ async fn gives_up_after_its_attempts_and_counts_it() {
     wait_for(
         Duration::from_secs(10),
         "the webhook to be given up",
-        || {
-            let r = registry.clone();
-            async move { r.counter_sum("slo.dropped", &[("reason", "webhook_gave_up")]) == 1 }
-        },
+        || async { registry.counter_sum("slo.dropped", &[("reason", "webhook_gave_up")]) == 1 },
     )
     .await;
     assert_eq!(hits.load(Ordering::SeqCst), 4);
