@@ -73,3 +73,87 @@ pub(crate) fn token_keys(
         Arc::new(metrics.clone()),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+    use hydrant_tls::{Identity, Material, ServerTls, Tally, TlsFiles};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A one-request-per-connection HTTP/1.1 server over mutual TLS presenting `presents`'s
+    /// leaf and answering `/token_keys` with `jwks`.
+    async fn keys_server(certs: &std::path::Path, presents: Identity, jwks: String) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/token_keys", listener.local_addr().unwrap());
+        let material = Material::load(&TlsFiles::in_dir(certs, presents)).unwrap();
+        let tls = ServerTls::new(
+            material,
+            "test",
+            &[Identity::TrafficController],
+            Arc::new(Tally::default()),
+        )
+        .unwrap()
+        .with_alpn(&[b"http/1.1"]);
+        let mut incoming = hydrant_tls::grpc::incoming(listener, tls).into_inner();
+        tokio::spawn(async move {
+            while let Some(Ok(mut conn)) = incoming.recv().await {
+                let jwks = jwks.clone();
+                tokio::spawn(async move {
+                    let mut head = [0u8; 4096];
+                    let _ = conn.read(&mut head).await;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
+                        jwks.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        url
+    }
+
+    fn edge(certs: &std::path::Path, url: &str) -> Config {
+        Config {
+            token_keys_url: Some(url.to_owned()),
+            upstream_tls: Some(TlsFiles::in_dir(certs, Identity::TrafficController)),
+            ..Config::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_edge_in_the_mesh_takes_keys_only_from_the_proven_controller() {
+        let certs = tempfile::tempdir().unwrap();
+        hydrant_tls::issue::ensure(
+            certs.path(),
+            &[
+                Identity::CloudController,
+                Identity::TrafficController,
+                Identity::Nozzle,
+            ],
+            &[],
+        )
+        .unwrap();
+        let jwks = hydrant_auth::SigningKey::generate()
+            .unwrap()
+            .key_set()
+            .to_json();
+        let metrics = Metrics::new(&hydrant_emitter::Registry::new("trafficcontroller", "t"));
+
+        // Another identity's certificate from the same CA, serving the same keys: refused.
+        let url = keys_server(certs.path(), Identity::Nozzle, jwks.clone()).await;
+        let keys = token_keys(&edge(certs.path(), &url), &metrics).unwrap();
+        assert!(!keys.fetch().await, "keys from the nozzle's certificate");
+        assert!(keys.is_empty());
+
+        // The controller's: fetched over mutual TLS as the edge's trafficcontroller identity.
+        let url = keys_server(certs.path(), Identity::CloudController, jwks).await;
+        let keys = token_keys(&edge(certs.path(), &url), &metrics).unwrap();
+        assert!(keys.fetch().await);
+        assert_eq!(keys.len(), 1);
+    }
+}
