@@ -169,6 +169,14 @@ async fn serve(
             );
         }
     }
+    if ctx.contain.is_none() {
+        // A broker killed with SIGKILL leaves its child nodes running, holding the ports
+        // their restart needs.
+        let reaped = node::orphans::reap(&ctx.nodes_root).await;
+        if !reaped.is_empty() {
+            tracing::warn!(pids = ?reaped, "broker: killed service nodes an earlier run left running");
+        }
+    }
     let ctx = Arc::new(ctx);
     tokio::spawn(restore(Arc::clone(&ctx)));
     let tasks = shutdown.child_token();

@@ -351,6 +351,9 @@ async fn supervise(spec: Spec, sink: Sink, watch: Watch, stop: CancellationToken
             Ok(mut child) => {
                 let id = child.pid().await;
                 pid.store(id, Ordering::Relaxed);
+                if spec.contain.is_none() {
+                    orphans::note(&spec.dir, id);
+                }
                 if spec.contain.is_none()
                     && let Some(bytes) = spec.memory_bytes
                     && let Err(why) = cgroup::attach(&spec.name, bytes, id)
@@ -368,6 +371,7 @@ async fn supervise(spec: Spec, sink: Sink, watch: Watch, stop: CancellationToken
                     }
                     () = stop.cancelled() => {
                         child.stop(&spec.name).await;
+                        orphans::forget(&spec.dir);
                         pid.store(0, Ordering::Relaxed);
                         cgroup::remove(&spec.name);
                         return;
@@ -816,6 +820,66 @@ pub fn write_private(path: &Path, text: &str, user: Option<(u32, u32)>) -> Resul
             .map_err(|e| Error::io("cannot hand over", path, e))?;
     }
     Ok(())
+}
+
+/// Uncontained nodes a broker killed with SIGKILL left running: each node's process group is
+/// noted in its directory while it runs (`.hydrant-node`: leader pid and its start time, so a
+/// reused pid is never taken for it), and the next broker start kills what a note still
+/// names before it starts its nodes again on the same ports. (A container is found through
+/// its runtime instead: [`hydrant_container::Containers::cleanup`].)
+pub mod orphans {
+    use std::path::Path;
+
+    const NOTE: &str = ".hydrant-node";
+
+    /// A process's start time in clock ticks since boot (`/proc/<pid>/stat`, field 22).
+    fn started(pid: u32) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name may hold spaces and parentheses: fields count from its end.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        rest.split(' ').nth(19)?.parse().ok()
+    }
+
+    /// Notes that the node in `dir` leads process group `pid`.
+    pub fn note(dir: &Path, pid: u32) {
+        if let Some(at) = started(pid) {
+            let _ = std::fs::write(dir.join(NOTE), format!("{pid} {at}\n"));
+        }
+    }
+
+    /// Forgets the note of the node in `dir` (it was stopped).
+    pub fn forget(dir: &Path) {
+        let _ = std::fs::remove_file(dir.join(NOTE));
+    }
+
+    /// Kills the process group every node directory under `root` still names, when its
+    /// leader is the very process noted, and waits (5 s at most each) until it is gone.
+    /// Returns the pids killed.
+    pub async fn reap(root: &Path) -> Vec<u32> {
+        let mut killed = Vec::new();
+        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let note = entry.path().join(NOTE);
+            let Ok(text) = std::fs::read_to_string(&note) else {
+                continue;
+            };
+            let mut fields = text.split_whitespace().map(str::parse::<u64>);
+            if let (Some(Ok(pid)), Some(Ok(at))) = (fields.next(), fields.next())
+                && let Ok(pid) = u32::try_from(pid)
+                && started(pid) == Some(at)
+            {
+                super::kill_group(pid);
+                for _ in 0..50 {
+                    if started(pid) != Some(at) {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                killed.push(pid);
+            }
+            let _ = std::fs::remove_file(&note);
+        }
+        killed
+    }
 }
 
 /// Memory cgroups for nodes (v2 when mounted, else v1's memory hierarchy), under

@@ -16,6 +16,7 @@ use crate::{Running, config, eventually, guid, ports, process_alive, require, ru
 
 const CHILD_DIR: &str = "HYDRANT_BROKER_TEST_CHILD_DIR";
 const CHILD_PORT: &str = "HYDRANT_BROKER_TEST_CHILD_FIRST_PORT";
+const CHILD_UNCONTAINED: &str = "HYDRANT_BROKER_TEST_CHILD_UNCONTAINED";
 
 fn addr_file(dir: &Path) -> PathBuf {
     dir.with_extension("addr")
@@ -25,18 +26,21 @@ fn addr_file(dir: &Path) -> PathBuf {
 /// addresses go to `<data dir>.addr`. Started by
 /// [`a_sigkilled_broker_leaves_nothing_its_next_start_does_not_clean`].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a broker process that a_sigkilled_broker_leaves_nothing_its_next_start_does_not_clean starts"]
+#[ignore = "a broker process the SIGKILL tests of this module start"]
 async fn broker_process() {
     let dir = PathBuf::from(std::env::var_os(CHILD_DIR).expect("run by the SIGKILL test"));
     let first: u16 = std::env::var(CHILD_PORT).unwrap().parse().unwrap();
-    let b = start(config(
+    let mut cfg = config(
         &dir,
         PortRange {
             first,
             last: first + 23,
         },
-    ))
-    .await;
+    );
+    if std::env::var_os(CHILD_UNCONTAINED).is_some() {
+        cfg.isolation = hydrant_broker::Isolation::None;
+    }
+    let b = start(cfg).await;
     let addr = json!({"url": b.url, "admin": b.admin.to_string()});
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
@@ -48,8 +52,17 @@ async fn broker_process() {
 
 /// Starts [`broker_process`] on `dir` and `ports`: the process and a handle on its API.
 async fn spawn_broker(dir: &Path, ports: PortRange) -> (Child, Running) {
+    spawn_broker_with(dir, ports, false).await
+}
+
+/// [`spawn_broker`], with `isolation = "none"` when `uncontained`.
+async fn spawn_broker_with(dir: &Path, ports: PortRange, uncontained: bool) -> (Child, Running) {
     let _ = std::fs::remove_file(addr_file(dir));
-    let child = Command::new(std::env::current_exe().unwrap())
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    if uncontained {
+        command.env(CHILD_UNCONTAINED, "1");
+    }
+    let child = command
         .args([
             "--exact",
             "orphans::broker_process",
@@ -254,5 +267,54 @@ async fn a_sigkilled_broker_leaves_nothing_its_next_start_does_not_clean() {
     );
     for (_, pid, _) in after {
         assert!(!process_alive(pid));
+    }
+}
+
+/// Uncontained (`isolation = "none"`), a SIGKILLed broker's nodes are orphans holding their
+/// ports; the next start kills the process group each node directory notes, and the node
+/// starts again on its port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_uncontained_brokers_orphan_nodes_are_killed_at_its_next_start() {
+    require("redis");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("broker");
+    let pool = ports();
+    let (mut child, b) = spawn_broker_with(&dir, pool, true).await;
+    let id = guid();
+    b.provision(&id, "redis", "small", json!({})).await;
+    let redis = b.bind(&id, &guid(), "redis", json!({})).await;
+    assert!(redis_ping(&redis).await);
+    let old = b.nodes().await[0].1;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        process_alive(old),
+        "an uncontained node outlives its SIGKILLed broker"
+    );
+
+    let (mut child, b) = spawn_broker_with(&dir, pool, true).await;
+    eventually(
+        60,
+        "the instance to serve again from a new node",
+        || async {
+            let now = b.nodes().await.first().map_or(0, |n| n.1);
+            now != 0 && now != old && redis_ping(&redis).await
+        },
+    )
+    .await;
+    assert!(!process_alive(old), "the orphan {old} was killed");
+    assert_eq!(b.deprovision(&id, "redis").await, 200);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
