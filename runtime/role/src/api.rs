@@ -401,7 +401,7 @@ pub struct ApiClient {
     client_secret: Option<String>,
     client_secret_file: Option<std::path::PathBuf>,
     tokens: TokenCache,
-    mtls: Option<MtlsTransport>,
+    keys: Option<Arc<dyn hydrant_auth::KeyTransport>>,
 }
 
 impl ApiConsumer<'_> {
@@ -413,15 +413,15 @@ impl ApiConsumer<'_> {
     /// file and what is wrong with it).
     pub fn connect(&self) -> Result<ApiClient, Error> {
         let mut base = hydrant_api::Client::new(self.api_url.trim(), None);
-        let mut mtls = None;
+        let mut keys: Option<Arc<dyn hydrant_auth::KeyTransport>> = None;
         if let Some(files) = self.tls {
             let transport = MtlsTransport::new(files)
                 .map_err(|e| invalid("tls", format!("cannot be used: {e}")))?;
             base = base.with_transport(Arc::new(transport.clone()));
-            mtls = Some(transport);
+            keys = Some(Arc::new(transport));
         }
         let mut client = self.with_base(base);
-        client.mtls = mtls;
+        client.keys = keys;
         Ok(client)
     }
 
@@ -431,9 +431,13 @@ impl ApiConsumer<'_> {
     #[must_use]
     pub fn client(&self) -> ApiClient {
         self.connect().unwrap_or_else(|e| {
+            let unusable = Arc::new(Unusable(e.to_string()));
             let base = hydrant_api::Client::new(self.api_url.trim(), None)
-                .with_transport(Arc::new(Unusable(e.to_string())));
-            self.with_base(base)
+                .with_transport(unusable.clone());
+            let mut client = self.with_base(base);
+            // Key fetches fail the same way: never plain HTTP for a role meant to use TLS.
+            client.keys = Some(unusable);
+            client
         })
     }
 
@@ -446,7 +450,7 @@ impl ApiConsumer<'_> {
             client_secret: self.client_secret.map(str::to_owned),
             client_secret_file: self.client_secret_file.map(std::path::Path::to_path_buf),
             tokens: TokenCache::new(),
-            mtls: None,
+            keys: None,
         }
     }
 }
@@ -457,6 +461,13 @@ struct Unusable(String);
 
 impl Transport for Unusable {
     fn send(&self, _request: reqwest::Request) -> TransportFuture {
+        let why = self.0.clone();
+        Box::pin(async move { Err(why) })
+    }
+}
+
+impl hydrant_auth::KeyTransport for Unusable {
+    fn send(&self, _request: reqwest::Request) -> hydrant_auth::KeyFetchFuture {
         let why = self.0.clone();
         Box::pin(async move { Err(why) })
     }
@@ -481,9 +492,7 @@ impl ApiClient {
     /// internal `https://` address, e.g. `api_url` + `/token_keys`), `None` (plain HTTP) without.
     #[must_use]
     pub fn key_transport(&self) -> Option<Arc<dyn hydrant_auth::KeyTransport>> {
-        self.mtls
-            .clone()
-            .map(|t| Arc::new(t) as Arc<dyn hydrant_auth::KeyTransport>)
+        self.keys.clone()
     }
 
     /// The client without a token (e.g. for the token endpoint).

@@ -380,3 +380,31 @@ async fn token_keys_come_only_from_the_controller_proven_by_mutual_tls() {
     assert_eq!(keys.verify(&token, AUD_LOGS).await.unwrap().sub, "alice");
     controller.kill().await;
 }
+
+#[tokio::test]
+async fn a_role_with_tls_fetches_keys_only_through_it() {
+    let certs = certs();
+    let token = "t".to_owned();
+    let url = "https://127.0.0.1:9/v3/apps";
+    // Without `tls`: plain HTTP, no transport.
+    let plain = hydrant_runtime::ApiConsumer::new("http://127.0.0.1:9", Some(&token), None);
+    assert!(plain.client().key_transport().is_none());
+    // With `tls`: the role's mutual-TLS transport.
+    let files = TlsFiles::in_dir(certs.path(), Identity::Autoscaler);
+    let mtls = hydrant_runtime::ApiConsumer::new(url, Some(&token), None).with_tls(Some(&files));
+    assert!(mtls.client().key_transport().is_some());
+    // With `tls` whose files cannot be used: a transport that refuses, never plain HTTP.
+    let missing = TlsFiles::in_dir(&certs.path().join("nowhere"), Identity::Autoscaler);
+    let broken =
+        hydrant_runtime::ApiConsumer::new(url, Some(&token), None).with_tls(Some(&missing));
+    let transport = broken
+        .client()
+        .key_transport()
+        .expect("a refusing transport");
+    let request = reqwest::Client::new()
+        .get("https://127.0.0.1:9/token_keys")
+        .build()
+        .unwrap();
+    let refused = transport.send(request).await.unwrap_err();
+    assert!(refused.contains("tls"), "{refused}");
+}
