@@ -127,7 +127,12 @@ pub fn prepare(ctx: &Ctx, row: &SharedNode, dir: &Path) -> Result<Spec, Error> {
 }
 
 async fn run(ctx: &Ctx, r: &Running, args: &[&str], redact: &[&str]) -> Result<String, Error> {
-    let env = env(&r.dir, &r.ports, &ctx.config.bind_address);
+    let mut env = env(&r.dir, &r.ports, &ctx.config.bind_address);
+    // Run on the host before the node's own epmd is up, `rabbitmqctl` would start an epmd
+    // daemon of its own on the node's epmd port, outside the node's container, that outlives
+    // node and broker (and that the node then registers with): the CLI only ever talks to the
+    // node's epmd, and fails (the probe tries again) while there is none.
+    env.push(("ERL_FLAGS".to_owned(), "-start_epmd false".to_owned()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     node::exec(
         ctx.bins("rabbitmq")?.get("ctl")?,
