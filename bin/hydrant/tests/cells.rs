@@ -11,53 +11,26 @@
 #[path = "support/cli.rs"]
 mod cli;
 
-use cli::{text, wait_for};
+use cli::{Up, text, wait_for};
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_hydrant");
-
-struct Up {
-    child: Child,
-    home: tempfile::TempDir,
-}
-
 impl Up {
     fn start(extra: &[&str]) -> Self {
-        let home = tempfile::tempdir().unwrap();
-        let child = Command::new(BIN)
-            .args(["up", "--ephemeral-ports", "--data-dir"])
-            .arg(home.path().join("data"))
-            .args(extra)
-            .env("HYDRANT_HOME", home.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let up = Self { child, home };
-        wait_for(Duration::from_secs(90), "endpoints.json", || {
-            up.home.path().join("data/endpoints.json").exists()
-                && up.home.path().join("config.json").exists()
-        });
-        up
+        Self::launch(
+            tempfile::tempdir().unwrap(),
+            extra,
+            Stdio::null(),
+            Stdio::null(),
+        )
     }
 
     fn router(&self) -> String {
-        let text = std::fs::read(self.home.path().join("data/endpoints.json")).unwrap();
-        let endpoints: serde_json::Value = serde_json::from_slice(&text).unwrap();
-        endpoints["router"].as_str().unwrap().to_owned()
-    }
-
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
-            .args(args)
-            .env("HYDRANT_HOME", self.home.path())
-            .output()
-            .unwrap()
+        self.endpoint("router")
     }
 
     fn json(&self, args: &[&str]) -> serde_json::Value {
@@ -92,24 +65,6 @@ impl Up {
                 )
             })
             .collect()
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let pid = i32::try_from(self.child.id()).unwrap();
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -7,19 +7,14 @@
 #[path = "support/cli.rs"]
 mod cli;
 
-use cli::{text, wait_for};
+use cli::{Up, term, text, wait_for};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hydrant");
-
-struct Up {
-    child: Child,
-    home: tempfile::TempDir,
-}
 
 impl Up {
     fn start() -> Self {
@@ -38,41 +33,7 @@ impl Up {
 
     /// `hydrant up` with extra flags and its stderr sent to `stderr`.
     fn start_with_stderr(home: tempfile::TempDir, extra: &[&str], stderr: Stdio) -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "hydrant up runs apps in real containers and needs root: run this test as root, as CI does"
-        );
-        let _ = std::fs::remove_file(home.path().join("data/endpoints.json"));
-        let child = Command::new(BIN)
-            .args(["up", "--ephemeral-ports", "--data-dir"])
-            .arg(home.path().join("data"))
-            .args(extra)
-            .env("HYDRANT_HOME", home.path())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let up = Self { child, home };
-        wait_for(Duration::from_secs(60), "endpoints.json", || {
-            up.endpoints_path().exists() && up.home.path().join("config.json").exists()
-        });
-        up
-    }
-
-    fn endpoints_path(&self) -> PathBuf {
-        self.home.path().join("data/endpoints.json")
-    }
-
-    fn endpoints(&self) -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(self.endpoints_path()).unwrap()).unwrap()
-    }
-
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
-            .args(args)
-            .env("HYDRANT_HOME", self.home.path())
-            .output()
-            .unwrap()
+        Self::launch(home, extra, Stdio::piped(), stderr)
     }
 
     fn cli_spawn(&self, args: &[&str]) -> Child {
@@ -131,32 +92,6 @@ impl Up {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        // SIGTERM first, so the executor stops its app instances (they live in their own
-        // process groups and would outlive a SIGKILLed parent); SIGKILL only if it hangs.
-        if matches!(self.child.try_wait(), Ok(None)) {
-            term(self.child.id());
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        let _ = self.child.kill();
-    }
-}
-
-/// SIGTERM to one process, as an init system sends it. Not through the `kill` binary: procps-ng
-/// 4.0.2 misparses negative ids, and a test must never risk signalling everything.
-fn term(pid: u32) {
-    let pid = i32::try_from(pid).unwrap();
-    assert!(pid > 1);
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    );
 }
 
 fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {

@@ -9,12 +9,10 @@
 #[path = "support/cli.rs"]
 mod cli;
 
-use cli::wait_for;
+use cli::{Up, wait_for};
 use std::io::{Read as _, Write as _};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_hydrant");
 
 const ESCAPE_APP: &str = r#"
 import json, os, socket, subprocess, urllib.parse, http.server
@@ -67,11 +65,6 @@ class Escape(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Escape).serve_forever()
 "#;
 
-struct Up {
-    child: Child,
-    home: tempfile::TempDir,
-}
-
 impl Up {
     fn start() -> Self {
         Self::start_in(tempfile::tempdir().unwrap())
@@ -79,27 +72,8 @@ impl Up {
 
     /// `hydrant up --isolation container` on an existing home (after a crash).
     fn start_in(home: tempfile::TempDir) -> Self {
-        let _ = std::fs::remove_file(home.path().join("data/endpoints.json"));
-        let child = Command::new(BIN)
-            .args([
-                "up",
-                "--ephemeral-ports",
-                "--isolation",
-                "container",
-                "--data-dir",
-            ])
-            .arg(home.path().join("data"))
-            .env("HYDRANT_HOME", home.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let up = Self { child, home };
-        wait_for(Duration::from_secs(60), "endpoints.json", || {
-            up.home.path().join("data/endpoints.json").exists()
-                && up.home.path().join("config.json").exists()
-        });
-        up
+        let extra = ["--isolation", "container"];
+        Self::launch(home, &extra, Stdio::null(), Stdio::inherit())
     }
 
     /// The executor's cgroup parent: this micro cloud's own, named in `endpoints.json`.
@@ -119,38 +93,6 @@ impl Up {
         let base = subnet.split('/').next().unwrap();
         let addr: std::net::Ipv4Addr = base.parse().unwrap();
         std::net::Ipv4Addr::from(u32::from(addr) + 1).to_string()
-    }
-
-    fn endpoints(&self) -> serde_json::Value {
-        serde_json::from_slice(
-            &std::fs::read(self.home.path().join("data/endpoints.json")).unwrap(),
-        )
-        .unwrap()
-    }
-
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
-            .args(args)
-            .env("HYDRANT_HOME", self.home.path())
-            .output()
-            .unwrap()
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        // SIGTERM, so the executor destroys its containers; SIGKILL only if it hangs.
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
     }
 }
 

@@ -7,72 +7,25 @@
 #[path = "support/cli.rs"]
 mod cli;
 
-use cli::{json, ok, text};
+use cli::{Up, json, ok, text};
 use std::io::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hydrant");
 
-/// A running `hydrant up`, stopped with SIGTERM when dropped.
-struct Up {
-    child: Child,
-    home: tempfile::TempDir,
-}
-
 impl Up {
     fn start() -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "hydrant up runs apps in real containers and needs root: run this test as root, as CI does"
-        );
-        let home = tempfile::tempdir().unwrap();
-        let child = Command::new(BIN)
-            .args(["up", "--ephemeral-ports", "--data-dir"])
-            .arg(home.path().join("data"))
-            .env("HYDRANT_HOME", home.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let up = Self { child, home };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !(up.home.path().join("data/endpoints.json").exists()
-            && up.home.path().join("config.json").exists())
-        {
-            assert!(
-                Instant::now() < deadline,
-                "hydrant up did not come up in 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        up
+        Self::launch(
+            tempfile::tempdir().unwrap(),
+            &[],
+            Stdio::null(),
+            Stdio::inherit(),
+        )
     }
 
     fn api(&self) -> String {
-        let endpoints: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(self.home.path().join("data/endpoints.json")).unwrap(),
-        )
-        .unwrap();
-        endpoints["api"].as_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let pid = i32::try_from(self.child.id()).unwrap();
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        let _ = self.child.kill();
+        self.endpoint("api")
     }
 }
 
