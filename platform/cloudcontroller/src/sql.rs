@@ -381,14 +381,37 @@ impl PgClient {
     fn is_closed(&self) -> bool {
         self.0.as_ref().is_none_or(postgres::Client::is_closed)
     }
+
+    /// Runs `f` on the client; a call that finds the connection lost ends the client (the
+    /// sync client keeps reporting itself open after its server went), so the next
+    /// [`crate::db::Db::run`] reconnects.
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+    ) -> Result<T> {
+        let out = f(self.get()?).map_err(Error::from);
+        if matches!(out, Err(Error::Unavailable(_)))
+            && let Some(client) = self.0.take()
+        {
+            drop_off_runtime(client);
+        }
+        out
+    }
+}
+
+/// Drops `client` where blocking is allowed: closing it blocks on its own runtime.
+fn drop_off_runtime(client: postgres::Client) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::spawn(move || drop(client));
+    } else {
+        drop(client);
+    }
 }
 
 impl Drop for PgClient {
     fn drop(&mut self) {
-        if let Some(client) = self.0.take()
-            && tokio::runtime::Handle::try_current().is_ok()
-        {
-            std::thread::spawn(move || drop(client));
+        if let Some(client) = self.0.take() {
+            drop_off_runtime(client);
         }
     }
 }
@@ -429,7 +452,9 @@ impl Connection {
             Self::Postgres(client) => {
                 let sql = to_postgres(sql);
                 let refs = pg_params(&values);
-                let n = client.borrow_mut().get()?.execute(sql.as_str(), &refs)?;
+                let n = client
+                    .borrow_mut()
+                    .call(|c| c.execute(sql.as_str(), &refs))?;
                 Ok(usize::try_from(n).unwrap_or(usize::MAX))
             }
         }
@@ -495,7 +520,7 @@ impl Connection {
             Self::Postgres(client) => {
                 let sql = to_postgres(sql);
                 let refs = pg_params(&values);
-                let rows = client.borrow_mut().get()?.query(sql.as_str(), &refs)?;
+                let rows = client.borrow_mut().call(|c| c.query(sql.as_str(), &refs))?;
                 rows.iter()
                     .take(limit)
                     .map(|row| (0..row.len()).map(|i| from_postgres(row, i)).collect())

@@ -150,6 +150,44 @@ async fn every_table_family_round_trips_through_postgres_and_survives_a_restart(
         "{events:?}"
     );
 
+    // The database goes away: the API answers 503 saying so, and recovers by itself.
+    let server = tokio::task::spawn_blocking(move || {
+        let mut server = server;
+        server.halt();
+        server
+    })
+    .await
+    .unwrap();
+    let refused = dev.app(&app.guid).await.unwrap_err();
+    match &refused {
+        hydrant_api::Error::Api { status, errors } => {
+            assert_eq!(*status, 503, "{refused:?}");
+            assert!(
+                errors.iter().any(|e| e.detail.contains("database")),
+                "{refused:?}"
+            );
+        }
+        other => panic!("expected a 503, got {other:?}"),
+    }
+    let server = tokio::task::spawn_blocking(move || {
+        let mut server = server;
+        server.run();
+        server
+    })
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match dev.app(&app.guid).await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the API did not recover once the database was back: {e:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // A restart on the same database migrates nothing and finds everything.
     cc.stop().await;
     let cc = Cc::start(data.path(), &options).await;
@@ -176,8 +214,17 @@ async fn two_controllers_on_one_database_serve_side_by_side_and_either_can_die()
         options(bus, &url, shared.path(), "cc-a"),
         options(bus, &url, shared.path(), "cc-b"),
     );
-    let a = Cc::start(data_a.path(), &opts_a).await;
-    let b = Cc::start(data_b.path(), &opts_b).await;
+    // The shared token keys exist before either starts (two controllers creating them at
+    // once can race in `hydrant_auth::KeyStore::open`; see the report).
+    let keys = shared.path().join("token_keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    hydrant_auth::KeyStore::open(&keys).unwrap();
+    // Started together on a fresh database: one migrates and creates the administrator
+    // (under the advisory lock), the other finds it done.
+    let (a, b) = tokio::join!(
+        Cc::start(data_a.path(), &opts_a),
+        Cc::start(data_b.path(), &opts_b),
+    );
     assert_eq!(a.admin.list_users().await.unwrap().len(), 1);
 
     // Created and pushed through A (blobs land in the shared directory) ...
@@ -228,9 +275,24 @@ async fn two_controllers_on_one_database_serve_side_by_side_and_either_can_die()
     let via_b = b.anonymous().with_token(token.access_token);
     assert_eq!(via_b.app(&app.guid).await.unwrap().instances, 3);
 
-    // A dies mid-flight. B keeps serving, takes placement over once A's lease lapses, and
-    // scales and deletes.
-    a.kill().await;
+    // The placement lease's holder dies mid-flight. The other keeps serving, takes placement
+    // over once the lease lapses, and scales and deletes.
+    let lease_url = url.clone();
+    let holder: String = tokio::task::spawn_blocking(move || {
+        let mut client = postgres::Client::connect(&lease_url, postgres::NoTls).unwrap();
+        client
+            .query_one("SELECT holder FROM leases WHERE name = 'placement'", &[])
+            .unwrap()
+            .get(0)
+    })
+    .await
+    .unwrap();
+    let (dead, b) = if holder.starts_with("cc-a/") {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    dead.kill().await;
     b.admin
         .scale_app(
             &app.guid,

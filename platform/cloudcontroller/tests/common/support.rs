@@ -23,7 +23,6 @@ use hydrant_bus::messages::{
 use hydrant_bus::{Bus, Config as BusConfig};
 use hydrant_cloudcontroller::Config;
 use hydrant_emitter::Registry;
-use hydrant_testkit::wait_for;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -125,11 +124,18 @@ impl Cc {
             hydrant_cloudcontroller::CloudController,
         >(config, listeners, shutdown.clone()));
         let anonymous = Client::new(&url, None);
-        wait_for(Duration::from_secs(10), "the API to answer", || {
-            let anonymous = anonymous.clone();
-            async move { anonymous.info().await.is_ok() }
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while anonymous.info().await.is_err() {
+            // A controller that stopped will never answer: say why.
+            if task.is_finished() {
+                panic!("the cloud controller stopped: {:?}", task.await);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for the API to answer (10s)"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let token = anonymous.login("admin", ADMIN_PASSWORD).await.unwrap();
         Self {
             admin: anonymous.with_token(token.access_token),
