@@ -20,7 +20,13 @@
 //!   the only uncounted ones;
 //! - the file is replaced by rename, so it is always one whole cursor, never half of one;
 //! - bounded: at most [`MAX_CHECKPOINTS`] checkpoints wait; past it the oldest is dropped,
-//!   which only makes the next written cursor coarser (never wrong).
+//!   which only makes the next written cursor coarser (never wrong);
+//! - paced: with a cursor the firehose holds what the nozzle has not read yet (the dopplers'
+//!   rings), so the reader waits ([`Keeper::pace`]) while a destination that is delivering has
+//!   more than [`PACE_IN_FLIGHT`] entries unresolved, instead of reading on and evicting them
+//!   from its queue (a restarted nozzle catching up reads far faster than a drain writes). It
+//!   never waits for a destination that resolved nothing for [`PACE_STALL`]: one stuck drain
+//!   does not hold up the others, it loses its oldest entries as without a cursor.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -35,6 +41,11 @@ use crate::Error;
 pub const MAX_CHECKPOINTS: usize = 4096;
 /// How often the keeper looks for settled checkpoints.
 pub const KEEP_INTERVAL: Duration = Duration::from_millis(5);
+/// Entries a destination may hold unresolved (queued or being sent) before the reader waits for
+/// it: half the default destination queue (10,000), so a paced queue never evicts.
+pub const PACE_IN_FLIGHT: u64 = 5_000;
+/// How long a destination may resolve nothing before the reader stops waiting for it.
+pub const PACE_STALL: Duration = Duration::from_millis(500);
 
 /// A destination's running totals, as the checkpoints see them.
 pub trait Progress: Send + Sync + std::fmt::Debug {
@@ -154,6 +165,8 @@ pub struct Checkpoints {
     pending: VecDeque<Checkpoint>,
     /// The newest settled checkpoint, with its marks (to count what is ahead of it).
     settled: Option<Checkpoint>,
+    /// The destinations the newest checkpoint was handed to (what [`Keeper::pace`] watches).
+    latest: Vec<Arc<dyn Progress>>,
 }
 
 impl Checkpoints {
@@ -163,6 +176,8 @@ impl Checkpoints {
         if self.pending.len() >= MAX_CHECKPOINTS {
             self.pending.pop_front();
         }
+        self.latest.clear();
+        self.latest.extend(marks.iter().map(|(p, _)| Arc::clone(p)));
         self.pending.push_back(Checkpoint { cursor, marks });
     }
 
@@ -223,10 +238,50 @@ impl Keeper {
             .record(Arc::from(cursor), marks);
     }
 
+    /// Waits while a destination of the newest checkpoint holds more than [`PACE_IN_FLIGHT`]
+    /// entries unresolved and is still resolving some (see the module's invariants); returns
+    /// at once when none does, and when `shutdown` fires.
+    pub async fn pace(&self, shutdown: &CancellationToken) {
+        let latest = self
+            .checkpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .latest
+            .clone();
+        pace(&latest, PACE_IN_FLIGHT, shutdown).await;
+    }
+
     /// Stores the newest settled cursor once more and ends; call it once the senders are done.
     pub async fn finish(self) {
         self.stop.cancel();
         let _ = self.task.await;
+    }
+}
+
+/// Waits while one of `destinations` has more than `limit` entries unresolved, unless it
+/// resolved nothing for [`PACE_STALL`].
+async fn pace(destinations: &[Arc<dyn Progress>], limit: u64, shutdown: &CancellationToken) {
+    let busy = |d: &Arc<dyn Progress>| d.pushed().saturating_sub(d.resolved()) > limit;
+    if !destinations.iter().any(busy) {
+        return;
+    }
+    let resolved = || destinations.iter().map(|d| d.resolved()).sum::<u64>();
+    let mut last = resolved();
+    let mut moved = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(1)) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let now = resolved();
+        if now != last {
+            last = now;
+            moved = tokio::time::Instant::now();
+        }
+        // Only destinations that are delivering are waited for; a stuck one loses its oldest.
+        if !destinations.iter().any(busy) || moved.elapsed() >= PACE_STALL {
+            return;
+        }
     }
 }
 
@@ -301,6 +356,39 @@ mod tests {
         assert_eq!(c.settle(), None, "nothing moved");
         a.resolved.store(20, Ordering::Relaxed);
         assert_eq!(c.settle().unwrap().cursor, "two");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reader_waits_for_a_delivering_destination_but_not_for_a_stuck_one() {
+        let d = Arc::new(Dest::default());
+        let all: Vec<Arc<dyn Progress>> = vec![d.clone()];
+        let shutdown = CancellationToken::new();
+        d.pushed.store(100, Ordering::Relaxed);
+        tokio::time::timeout(Duration::from_millis(1), pace(&all, 100, &shutdown))
+            .await
+            .expect("within the limit: no wait");
+        d.pushed.store(300, Ordering::Relaxed);
+        // Delivering: the wait lasts while it works through its backlog, past PACE_STALL.
+        let waiting = tokio::spawn({
+            let (all, shutdown) = (all.clone(), shutdown.clone());
+            async move { pace(&all, 100, &shutdown).await }
+        });
+        for step in 1..=40u64 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(!waiting.is_finished(), "returned while still 200 behind");
+            d.resolved.store(step, Ordering::Relaxed);
+        }
+        d.resolved.store(200, Ordering::Relaxed);
+        tokio::time::timeout(Duration::from_millis(10), waiting)
+            .await
+            .expect("back within the limit")
+            .unwrap();
+        // Stuck: given up after PACE_STALL.
+        d.pushed.store(1_000, Ordering::Relaxed);
+        let started = tokio::time::Instant::now();
+        pace(&all, 100, &shutdown).await;
+        assert!(started.elapsed() >= PACE_STALL);
+        assert!(started.elapsed() < PACE_STALL * 2);
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //!   ([`loss_notice`]);
 //! - a nozzle with a cursor file resumes where its destinations stopped: the cursor of the
 //!   last frame they all dealt with is stored after they did ([`CursorFile`], [`Checkpoints`]),
-//!   so a restart within the dopplers' window loses nothing (at-least-once);
+//!   so a restart within the dopplers' window loses nothing (at-least-once); its reader waits
+//!   for a destination that is delivering but far behind ([`Keeper::pace`]) rather than evict
+//!   what the firehose would have kept for it, and never for one that is stuck;
 //! - credentials in destination URLs never leave the process: everything that names a
 //!   destination goes through [`mask_url`].
 
@@ -31,8 +33,8 @@ mod watermark;
 pub use backoff::Backoff;
 pub use breaker::{BreakerConfig, CircuitBreaker};
 pub use cursor::{
-    Checkpoints, CursorFile, KEEP_INTERVAL, Keeper, MAX_CHECKPOINTS, Progress, Saved, keep,
-    validate_cursor_file,
+    Checkpoints, CursorFile, KEEP_INTERVAL, Keeper, MAX_CHECKPOINTS, PACE_IN_FLIGHT, PACE_STALL,
+    Progress, Saved, keep, validate_cursor_file,
 };
 pub use error::Error;
 pub use firehose::FirehoseReader;

@@ -8,8 +8,10 @@
 //! `/drains` status page (operators only, see `status`) and, in platform mode, the binding
 //! poller and status reporter.
 //!
-//! Invariants: the reader never waits on a drain — a push evicts that drain's oldest lines and
-//! counts them, so a slow or dead drain costs only its own data; finding an app's drains is one
+//! Invariants: the reader never waits on a stuck drain — a push evicts that drain's oldest lines
+//! and counts them, so a slow or dead drain costs only its own data (with a `cursor_file` the
+//! reader waits for a drain that is delivering but far behind, since the firehose keeps what is
+//! not read yet: `Keeper::pace`); finding an app's drains is one
 //! hash lookup whatever the number of drains; a drain that is unbound stops at once and what it
 //! held is counted as `dropped{reason="unbound"}`; on shutdown the drains get
 //! `shutdown_drain_ms` to take what is queued and everything left is counted as
@@ -548,6 +550,9 @@ async fn read_firehose(
                 })
                 .collect();
             keeper.record(cursor, marks);
+            // The firehose keeps what is not read yet: read on only as fast as the drains
+            // deliver (a restarted nozzle catching up would otherwise evict from their queues).
+            keeper.pace(shutdown).await;
         }
     }
     Ok(())
