@@ -234,13 +234,15 @@ impl Rig {
             registers,
             unregisters,
         };
-        // The executor is ready once its start subject answers.
+        // The executor is ready once its start subject answers. Its start (container bridge,
+        // nftables, the bus) takes well under a second alone but several beside the whole suite
+        // on two cores: the deadline is for a start that never comes, not a slow one.
         let probe = StopInstance {
             executor_id: rig.executor_id.clone(),
             app: "nobody".into(),
             ..StopInstance::default()
         };
-        wait_for(Duration::from_secs(5), "executor ready", || async {
+        wait_for(Duration::from_secs(30), "executor ready", || async {
             rig.try_stop(&probe).await.is_ok()
         })
         .await;
