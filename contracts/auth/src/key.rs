@@ -30,6 +30,8 @@ const MAX_KEY_FILE_BYTES: u64 = 4096;
 pub const MAX_KEYS: usize = 8;
 const ACTIVE_FILE: &str = "active";
 const KEY_SUFFIX: &str = ".key";
+/// Serialises first use of a directory (see [`KeyStore::open`]); not a key file.
+const LOCK_FILE: &str = ".lock";
 
 /// An Ed25519 private key that signs tokens, with its key id.
 #[derive(Clone)]
@@ -215,14 +217,25 @@ impl KeyStore {
     /// keys, or an `active` file naming a key that is not there.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, Error> {
         let dir = dir.as_ref();
-        let mut keys = read_keys(dir)?;
-        if keys.is_empty() {
-            let key = SigningKey::generate()?;
-            key.save(dir.join(format!("{}{KEY_SUFFIX}", key.kid())))?;
-            write_active(dir, key.kid())?;
-            keys.push(key);
-        }
         let active_path = dir.join(ACTIVE_FILE);
+        let mut keys = read_keys(dir)?;
+        // First use: several controllers sharing the directory may start at once. Creation
+        // happens under an exclusive lock and the directory is read again inside it, so one
+        // creates the key and the others find it (rather than each signing with a key of its
+        // own that only it publishes).
+        let _first_use = if keys.is_empty() || !active_path.exists() {
+            let lock = lock_dir(dir)?;
+            keys = read_keys(dir)?;
+            if keys.is_empty() {
+                let key = SigningKey::generate()?;
+                key.save(dir.join(format!("{}{KEY_SUFFIX}", key.kid())))?;
+                write_active(dir, key.kid())?;
+                keys.push(key);
+            }
+            Some(lock)
+        } else {
+            None
+        };
         let active = match read_small(&active_path) {
             Ok(text) => text.trim().to_owned(),
             Err(Error::KeyIo { source, .. })
@@ -347,6 +360,26 @@ fn read_keys(dir: &Path) -> Result<Vec<SigningKey>, Error> {
     }
     keys.sort_by(|a, b| a.kid().cmp(b.kid()));
     Ok(keys)
+}
+
+/// Takes the directory's exclusive lock (`<dir>/.lock`, an advisory `flock`), held until the
+/// returned file is dropped; waits for another holder.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, Error> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join(LOCK_FILE);
+    let io = |source| Error::KeyIo {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    file.lock().map_err(io)?;
+    Ok(file)
 }
 
 fn write_active(dir: &Path, kid: &str) -> Result<(), Error> {
@@ -474,6 +507,41 @@ mod tests {
             format!("{k:?}"),
             format!("SigningKey(kid {}, <redacted>)", k.kid())
         );
+    }
+
+    #[test]
+    fn controllers_opening_a_fresh_shared_directory_at_once_all_sign_with_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("token_keys");
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let openers: Vec<_> = (0..8)
+            .map(|_| {
+                let (keys, barrier) = (keys.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    KeyStore::open(&keys).unwrap()
+                })
+            })
+            .collect();
+        let stores: Vec<KeyStore> = openers.into_iter().map(|t| t.join().unwrap()).collect();
+        let kid = stores[0].signing().kid().to_owned();
+        for store in &stores {
+            assert_eq!(
+                store.signing().kid(),
+                kid,
+                "two openers signed with different keys"
+            );
+            // What any one publishes verifies what every other signs.
+            assert_eq!(store.key_set().len(), 1);
+            assert!(store.key_set().contains(&kid));
+        }
+        assert_eq!(KeyStore::open(&keys).unwrap().signing().kid(), kid);
+        let key_files = std::fs::read_dir(&keys)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "key"))
+            .count();
+        assert_eq!(key_files, 1);
     }
 
     #[test]
