@@ -5,8 +5,8 @@
 //!
 //! | host | roles |
 //! |---|---|
-//! | A | cloud controller, health manager, NATS node, firehose edge, agent |
-//! | B | health manager, NATS node, executor cell `cell-b` (zone z1), agent, doppler |
+//! | A | cloud controller `cc-a`, health manager, NATS node, firehose edge, agent |
+//! | B | PostgreSQL, cloud controller `cc-b`, health manager, NATS node, executor cell `cell-b` (zone z1), agent, doppler |
 //! | C | NATS node, executor cell `cell-c` (z2), agent, doppler, router |
 //! | D | executor cell `cell-d` (z3), agent, router, doppler (added in step 4) |
 //!
@@ -14,8 +14,13 @@
 //! the agents and the edge list none and follow the announcements, so a doppler added or lost
 //! needs no restart anywhere.
 //!
-//! Only one cloud controller runs: its state is SQLite in one data dir, which a second
-//! controller on another host cannot share yet.
+//! Two cloud controllers serve the API side by side, reached directly at their hosts'
+//! addresses (the CLI targets A's, then B's once A is lost; no router fronts them): both keep
+//! their state in PostgreSQL on host B (listening on B's address; `pg_hba.conf` admits the
+//! test's role by password from the hosts' subnet only), and share one blob directory and one
+//! token key directory (a shared filesystem: here, one machine's), so a token either signs
+//! the other accepts. A's starts first and holds the placement lease (a row in the CCDB).
+//! Each health manager asks its own host's controller.
 //!
 //! The executors run every instance in a container (runc, cgroups, its own network namespace
 //! on its host's container bridge): a container's own address is reachable from its host only,
@@ -38,10 +43,14 @@
 //!    twice, what was in flight to the killed doppler is printed, and once the lapse is acted
 //!    on the ledger balances again;
 //! 5. a NATS node killed and restarted: no request fails and no route is pruned;
-//! 6. host A lost (every process in its namespace SIGKILLed): host B's health manager takes
-//!    the lease within 15 s and restarts a crashed instance without the controller.
+//! 6. host A lost (every process in its namespace SIGKILLed): through B's controller the app
+//!    is scaled 6 → 7 at once and back, and a new app pushed, staged and routed; no API call
+//!    to B's controller fails meanwhile; the placement lease moves to B's controller (within
+//!    its 10 s TTL), which then places the 7th instance; host B's health manager takes its
+//!    lease within 15 s and restarts a crashed instance.
 //!
-//! Needs root (namespaces, bridges): it fails saying so otherwise.
+//! Needs root (namespaces, bridges) and PostgreSQL's server (`postgresql`, which
+//! `scripts/test` installs): it fails saying so otherwise.
 
 #![allow(
     clippy::unwrap_used,
@@ -84,6 +93,13 @@ const API: u16 = 9022;
 /// The cloud controller's internal API: mutual TLS, the caller's identity checked per endpoint.
 const API_INTERNAL: u16 = 9023;
 const ROUTER: u16 = 8080;
+/// PostgreSQL on host B: the controllers' shared CCDB.
+const PG: u16 = 5432;
+const PG_USER: &str = "hydrant";
+const PG_PASSWORD: &str = "multihost-ccdb-pw";
+const PG_DB: &str = "ccdb";
+/// The unprivileged uid and gid PostgreSQL runs as (it refuses root).
+const NOBODY: u32 = 65534;
 const ADMIN: [(&str, u16); 7] = [
     ("agent", 9100),
     ("doppler", 9101),
@@ -148,6 +164,38 @@ fn nats_server_path() -> PathBuf {
     .unwrap_or_else(|| {
         panic!("nats-server is not installed: run ./scripts/test or apt-get install nats-server")
     })
+}
+
+/// PostgreSQL's server programs (`initdb`, `postgres`) and clients (`createdb`, `psql`): the
+/// newest version under `/usr/lib/postgresql`.
+fn pg_bin() -> PathBuf {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin).unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL's server is not installed (no initdb under /usr/lib/postgresql): run \
+             ./scripts/test or apt-get install postgresql"
+        )
+    })
+}
+
+/// `setpriv` arguments that run what follows as [`NOBODY`].
+fn as_nobody() -> [String; 4] {
+    [
+        format!("--reuid={NOBODY}"),
+        format!("--regid={NOBODY}"),
+        "--clear-groups".to_owned(),
+        "--".to_owned(),
+    ]
 }
 
 /// One HTTP/1.1 GET on a fresh connection: status and body.
@@ -296,15 +344,91 @@ impl Drop for Load {
     }
 }
 
+/// `GET /v3/apps/GUID` against one controller every 50 ms, counting answers: 200 or not.
+struct ApiProbe {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ApiProbe {
+    fn start(api: SocketAddr, token: String, guid: String) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match http_request(api, "GET", &format!("/v3/apps/{guid}"), Some(&token)) {
+                    Some((200, _)) => o.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        let (status, body) = other.unwrap_or((0, String::new()));
+                        let body: String = body.chars().take(200).collect();
+                        eprintln!("API call to {api} failed: {status} {body}");
+                        f.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Self {
+            stop,
+            ok,
+            failed,
+            thread: Some(thread),
+        }
+    }
+
+    /// (succeeded, failed) so far.
+    fn counts(&self) -> (u64, u64) {
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Waits until `n` more calls have succeeded.
+    fn settle(&self, n: u64) {
+        let target = self.counts().0 + n;
+        wait_for(Duration::from_secs(20), "API calls to succeed", || {
+            self.counts().0 >= target
+        });
+    }
+
+    /// Stops probing; the final counts.
+    fn stop(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.counts()
+    }
+}
+
+impl Drop for ApiProbe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The platform: the hosts and every process started in them.
 struct Platform {
     /// Dropped first (after `Drop::drop` ended the children): whatever still runs in a host
     /// is SIGKILLed and the namespaces and bridge go, before the files do.
     hosts: Hosts,
     dir: tempfile::TempDir,
+    /// PostgreSQL's data and socket directory, owned by [`NOBODY`]; removed after the server
+    /// and its host are gone.
+    pg_dir: tempfile::TempDir,
     /// Children by name (`role@host`).
     children: BTreeMap<String, Child>,
     token: String,
+    /// The host whose cloud controller the test asks (A, then B once A is lost).
+    api_host: char,
 }
 
 impl Platform {
@@ -352,6 +476,12 @@ impl Platform {
 
     /// Writes `role`'s config and runs `hydrant run ROLE` on `host`; waits for its /healthz.
     fn start_role(&mut self, role: &str, host: char, config: &serde_json::Value) {
+        self.launch_role(role, host, config);
+        self.wait_role(role, host);
+    }
+
+    /// Writes `role`'s config and runs `hydrant run ROLE` on `host`.
+    fn launch_role(&mut self, role: &str, host: char, config: &serde_json::Value) {
         let name = format!("{role}@{host}");
         let file = self.path(&format!("{name}.toml"));
         std::fs::write(&file, to_toml(config)).unwrap();
@@ -361,6 +491,11 @@ impl Platform {
             Path::new(BIN),
             &["run", role, "--config", file.to_str().unwrap()],
         );
+    }
+
+    /// Waits for `role` on `host` to answer `/healthz`.
+    fn wait_role(&mut self, role: &str, host: char) {
+        let name = format!("{role}@{host}");
         let admin = self.addr(host, admin_port(role));
         wait_for(Duration::from_secs(30), &format!("{name} /healthz"), || {
             self.assert_alive(&name);
@@ -436,6 +571,149 @@ impl Platform {
         });
     }
 
+    /// PostgreSQL on host B, listening on B's address only; `pg_hba.conf` lets in the test's
+    /// role with its password from the hosts' subnet and nothing else. Creates the CCDB.
+    fn start_postgres(&mut self) {
+        let bin = pg_bin();
+        let dir = self.pg_dir.path().to_owned();
+        std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+        let pwfile = dir.join("password");
+        std::fs::write(&pwfile, PG_PASSWORD).unwrap();
+        std::os::unix::fs::chown(&pwfile, Some(NOBODY), Some(NOBODY)).unwrap();
+        let data = dir.join("data");
+        let out = Command::new("setpriv")
+            .args(as_nobody())
+            .arg(bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", PG_USER, "--pwfile"])
+            .arg(&pwfile)
+            .args([
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+                "--no-instructions",
+            ])
+            .output()
+            .expect("run initdb (util-linux's setpriv and PostgreSQL's initdb)");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_file(&pwfile);
+        // The hosts' bridge subnet only, by password; its own socket for nobody but itself.
+        let (net, _) = self.hosts.gateway.rsplit_once('.').unwrap();
+        let hba = data.join("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!("local all all trust\nhost all {PG_USER} {net}.0/24 scram-sha-256\n"),
+        )
+        .unwrap();
+        std::os::unix::fs::chown(&hba, Some(NOBODY), Some(NOBODY)).unwrap();
+        let postgres = bin.join("postgres");
+        let mut args: Vec<String> = as_nobody().into();
+        args.extend([
+            postgres.display().to_string(),
+            "-D".to_owned(),
+            data.display().to_string(),
+            "-p".to_owned(),
+            PG.to_string(),
+            "-k".to_owned(),
+            dir.display().to_string(),
+            "-c".to_owned(),
+            format!("listen_addresses={}", self.hosts.addr('b')),
+            "-c".to_owned(),
+            "fsync=off".to_owned(),
+            "-c".to_owned(),
+            "max_connections=50".to_owned(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.spawn("postgres@b", 'b', Path::new("setpriv"), &args);
+        let host_b = self.hosts.addr('b').to_owned();
+        let createdb = |password: &str| {
+            Command::new(bin.join("createdb"))
+                .args(["-w", "-h", &host_b, "-p", &PG.to_string()])
+                .args(["-U", PG_USER, PG_DB])
+                .env("PGPASSWORD", password)
+                .env("PGCONNECT_TIMEOUT", "2")
+                .output()
+                .unwrap()
+        };
+        wait_for(Duration::from_secs(30), "PostgreSQL on host B", || {
+            let refused = createdb("not-the-password");
+            let stderr = String::from_utf8_lossy(&refused.stderr);
+            if stderr.contains("password authentication failed") {
+                return true;
+            }
+            self.assert_alive("postgres@b");
+            false
+        });
+        let out = createdb(PG_PASSWORD);
+        assert!(
+            out.status.success(),
+            "createdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `postgres://` URL of the CCDB on host B, with the password.
+    fn pg_url(&self) -> String {
+        format!(
+            "postgres://{PG_USER}:{PG_PASSWORD}@{}:{PG}/{PG_DB}",
+            self.hosts.addr('b')
+        )
+    }
+
+    /// Which controller (`instance_id`) holds lease `name` in the CCDB now (an unexpired row),
+    /// through `psql`.
+    fn lease_holder(&self, name: &str) -> Option<String> {
+        let out = Command::new(pg_bin().join("psql"))
+            .args(["-w", "-At", "-d", &self.pg_url(), "-c"])
+            .arg(format!(
+                "SELECT holder FROM leases WHERE name = '{name}' \
+                 AND expires_ms > (extract(epoch FROM now()) * 1000)::bigint"
+            ))
+            .env("PGCONNECT_TIMEOUT", "2")
+            .output()
+            .ok()?;
+        // The holder is `<instance_id>/<a nonce per process>`: the controller's id.
+        let text = String::from_utf8_lossy(&out.stdout);
+        let holder = text.trim().split('/').next().unwrap_or_default().to_owned();
+        (out.status.success() && !holder.is_empty()).then_some(holder)
+    }
+
+    /// Cloud controller `cc-<host>`: the CCDB on host B, blobs and token keys in directories
+    /// both controllers share.
+    fn controller_config(&self, host: char) -> serde_json::Value {
+        json!({
+            "listen": self.addr(host, API).to_string(),
+            "admin_listen": self.addr(host, admin_port("cloudcontroller")).to_string(),
+            "external_url": self.url(host, API),
+            "instance_id": format!("cc-{host}"),
+            "data_dir": self.path(&format!("cloudcontroller-{host}")).display().to_string(),
+            "blobs_dir": self.path("shared/blobs").display().to_string(),
+            "token_keys_dir": self.path("shared/token_keys").display().to_string(),
+            "admin_password": ADMIN_PASSWORD,
+            "password_hash_iterations": 1000,
+            "converge_interval_ms": 500,
+            "endpoints": {
+                "firehose": self.url('a', EDGE),
+                "agent": format!("http://127.0.0.1:{AGENT}"),
+                "router": self.url('c', ROUTER),
+            },
+            "staging_isolation": { "mode": "none" },
+            "internal_listen": self.addr(host, API_INTERNAL).to_string(),
+            "tls": self.tls("cloudcontroller", "certs"),
+            "bus": self.bus("cloudcontroller", "certs"),
+            "telemetry": self.telemetry("cloudcontroller", "certs"),
+            "db": { "url": self.pg_url() },
+        })
+    }
+
     fn executor_config(&self, host: char, cell: &str, zone: &str) -> serde_json::Value {
         let third = 16 + 4 * (u32::from(host) - u32::from('a'));
         json!({
@@ -503,8 +781,12 @@ impl Platform {
 
     /// Each cell's state from the controller's `GET /v3/cells`.
     fn cell_states(&self) -> BTreeMap<String, String> {
-        let Some((200, body)) = http_get(self.addr('a', API), "x", "/v3/cells", Some(&self.token))
-        else {
+        let Some((200, body)) = http_get(
+            self.addr(self.api_host, API),
+            "x",
+            "/v3/cells",
+            Some(&self.token),
+        ) else {
             return BTreeMap::new();
         };
         let cells: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -572,9 +854,14 @@ impl Platform {
         let hosts = Hosts::new(&['a', 'b', 'c', 'd']);
         let mut p = Self {
             dir: tempfile::tempdir().unwrap(),
+            pg_dir: tempfile::Builder::new()
+                .prefix("hydrant-mh-pg-")
+                .tempdir()
+                .unwrap(),
             children: BTreeMap::new(),
             hosts,
             token: String::new(),
+            api_host: 'a',
         };
         std::fs::create_dir_all(p.path("home")).unwrap();
         // One CA; every leaf names every host's address (and loopback, where the local agent
@@ -628,26 +915,18 @@ impl Platform {
             "upstream_tls": p.tls("trafficcontroller", "certs"),
         });
         p.start_role("trafficcontroller", 'a', &edge);
-        let cc = json!({
-            "listen": p.addr('a', API).to_string(),
-            "admin_listen": p.addr('a', admin_port("cloudcontroller")).to_string(),
-            "external_url": p.url('a', API),
-            "data_dir": p.path("cloudcontroller").display().to_string(),
-            "admin_password": ADMIN_PASSWORD,
-            "password_hash_iterations": 1000,
-            "converge_interval_ms": 500,
-            "endpoints": {
-                "firehose": p.url('a', EDGE),
-                "agent": format!("http://127.0.0.1:{AGENT}"),
-                "router": p.url('c', ROUTER),
-            },
-            "staging_isolation": { "mode": "none" },
-            "internal_listen": p.addr('a', API_INTERNAL).to_string(),
-            "tls": p.tls("cloudcontroller", "certs"),
-            "bus": p.bus("cloudcontroller", "certs"),
-            "telemetry": p.telemetry("cloudcontroller", "certs"),
-        });
+        p.start_postgres();
+        // Two controllers on the CCDB, A's first so that it holds the placement lease (step 6
+        // loses it with host A); B's finds the schema, the administrator and the token keys.
+        let cc = p.controller_config('a');
         p.start_role("cloudcontroller", 'a', &cc);
+        wait_for(
+            Duration::from_secs(15),
+            "host A's controller to hold the placement lease",
+            || p.lease_holder("placement").as_deref() == Some("cc-a"),
+        );
+        let cc = p.controller_config('b');
+        p.start_role("cloudcontroller", 'b', &cc);
         for (host, cell, zone) in CELLS {
             let executor = p.executor_config(host, cell, zone);
             p.start_role("executor", host, &executor);
@@ -671,8 +950,9 @@ impl Platform {
         // Host A's health manager first, so it holds the lease; B's stands by.
         for host in ['a', 'b'] {
             let hm = json!({
-                // The internal API, over mutual TLS as the healthmanager identity.
-                "api_url": format!("https://{}", p.addr('a', API_INTERNAL)),
+                // Its host's controller's internal API, over mutual TLS as the healthmanager
+                // identity.
+                "api_url": format!("https://{}", p.addr(host, API_INTERNAL)),
                 "tls": p.tls("healthmanager", "certs"),
                 "token_file": p.path("hm.token").display().to_string(),
                 "instance_id": format!("hm-{host}"),
@@ -712,7 +992,24 @@ impl Drop for Platform {
                 eprintln!("---- {name} ----\n{}", self.log_tail(name));
             }
         }
+        let postgres = self.children.remove("postgres@b");
         for (_, mut child) in std::mem::take(&mut self.children) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // PostgreSQL gets a fast shutdown (SIGINT), so it removes its shared memory; SIGKILLed
+        // with its host if it takes longer.
+        if let Some(mut child) = postgres {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGINT,
+                );
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -1155,7 +1452,7 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
     assert_eq!(failed, 0, "requests failed while a NATS node was down");
     assert_eq!(pruned_after, pruned_before, "a router pruned routes");
 
-    // 6. Host A lost: the controller, a health manager, a NATS node and the edge at once.
+    // 6. Host A lost: a controller, a health manager, a NATS node and the edge at once.
     let standby = p.metrics("healthmanager", 'b');
     assert_eq!(
         metric(&standby, "healthmanager_lease_held"),
@@ -1167,7 +1464,19 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
         0.0,
         "host B's health manager restarted instances while A's held the lease"
     );
+    assert_eq!(
+        p.lease_holder("placement").as_deref(),
+        Some("cc-a"),
+        "host A's controller does not hold the placement lease"
+    );
+    let app: serde_json::Value = serde_json::from_str(&p.cli_ok(&["app", APP, "--json"])).unwrap();
+    let guid = app["app"]["guid"].as_str().unwrap().to_owned();
+    // API calls through B's controller all along, with the token A's signed (shared keys).
+    let api = ApiProbe::start(p.addr('b', API), p.token.clone(), guid);
+    api.settle(10);
+    let api_before = api.counts();
     let before = load.counts();
+    let killed = Instant::now();
     for name in p
         .children
         .keys()
@@ -1178,12 +1487,62 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
         p.kill(&name);
     }
     netns::kill_all_in(p.hosts.ns('a'));
-    let took_over = wait_for(
-        Duration::from_secs(15),
-        "host B's health manager to take the lease",
-        || metric(&p.metrics("healthmanager", 'b'), "healthmanager_lease_held") == Some(1.0),
+    // The CLI moves to B's controller (the same administrator, in the same database) and
+    // scales at once: the desired state is written now, the instance placed once B's
+    // controller holds the placement lease.
+    p.api_host = 'b';
+    p.cli_ok(&["target", &p.url('b', API)]);
+    p.cli_ok(&["login", "-u", "admin", "-p", ADMIN_PASSWORD]);
+    p.cli_ok(&["scale", APP, "-i", "7"]);
+    let (mut hm_moved, mut placement_moved) = (None, None);
+    wait_for(
+        Duration::from_secs(30),
+        "both leases to move to host B",
+        || {
+            if hm_moved.is_none()
+                && metric(&p.metrics("healthmanager", 'b'), "healthmanager_lease_held") == Some(1.0)
+            {
+                hm_moved = Some(killed.elapsed());
+            }
+            if placement_moved.is_none() && p.lease_holder("placement").as_deref() == Some("cc-b") {
+                placement_moved = Some(killed.elapsed());
+            }
+            hm_moved.is_some() && placement_moved.is_some()
+        },
     );
-    // A crashed instance is restarted by the survivor, from the start request it overheard.
+    let (took_over, placement_moved) = (hm_moved.unwrap(), placement_moved.unwrap());
+    wait_for(Duration::from_secs(30), "7 running", || {
+        p.running_per_cell().values().sum::<usize>() == 7
+    });
+    let seven = killed.elapsed();
+    let api_moved = api.counts();
+    p.cli_ok(&["scale", APP, "-i", "6"]);
+    wait_for(Duration::from_secs(30), "6 running", || {
+        p.running_per_cell().values().sum::<usize>() == 6
+    });
+    // A new app pushed, staged and started through B's controller: its blobs and droplet in
+    // the shared directory, served through the routers.
+    let pushed = Instant::now();
+    p.cli_ok(&[
+        "push",
+        "second",
+        "-p",
+        app_dir.to_str().unwrap(),
+        "-i",
+        "1",
+        "-t",
+        "60",
+    ]);
+    for router in [p.addr('c', ROUTER), p.addr('d', ROUTER)] {
+        wait_for(
+            Duration::from_secs(20),
+            "the routers to serve the app pushed through B",
+            || http_get(router, "second.apps.localhost", "/", None).is_some_and(|(s, _)| s == 200),
+        );
+    }
+    let push_took = pushed.elapsed();
+    // A crashed instance is restarted by the surviving health manager (through B's
+    // controller, which places it).
     let starts_before = metric(&p.metrics("executor", 'b'), "executor_starts_total").unwrap_or(0.0);
     // One of B's own first two instances. Not a replacement for one of lost cell C's indexes:
     // the health manager takes C's last heartbeat (which lists that index RUNNING) for a live
@@ -1201,7 +1560,7 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
                 > starts_before
         },
     );
-    // ... by the survivor, from a copy of the start request (no controller to ask).
+    // ... at the survivor's word.
     wait_for(
         Duration::from_secs(5),
         "host B's health manager to count the restart",
@@ -1217,13 +1576,32 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
     load.settle(50);
     let after = load.counts();
     let (ok, failed) = (after.0 - before.0, after.1 - before.1);
+    let api_after = api.stop();
+    let moved = (api_moved.0 - api_before.0, api_moved.1 - api_before.1);
+    let whole = (api_after.0 - api_before.0, api_after.1 - api_before.1);
     println!(
-        "step 6: host A lost: host B's health manager took the lease after {:.1} s and \
-         restarted a crashed instance {:.1} s after the crash, without the controller; \
-         {ok} requests succeeded, {failed} failed meanwhile",
+        "step 6: host A lost: through B's controller `scale 7` answered at once; the placement \
+         lease moved to B's controller {:.1} s after the kill and the 7th instance ran {:.1} s \
+         after it; API calls to B's controller while it moved: {} succeeded, {} failed; scaled \
+         back to 6, and a new app pushed, staged and routed through B in {:.1} s; host B's \
+         health manager took its lease after {:.1} s and restarted a crashed instance {:.1} s \
+         after the crash; in all, {} API calls succeeded and {} failed, {ok} app requests \
+         succeeded and {failed} failed",
+        placement_moved.as_secs_f64(),
+        seven.saturating_sub(placement_moved).as_secs_f64(),
+        moved.0,
+        moved.1,
+        push_took.as_secs_f64(),
         took_over.as_secs_f64(),
-        restarted.as_secs_f64()
+        restarted.as_secs_f64(),
+        whole.0,
+        whole.1,
     );
+    assert!(
+        took_over <= Duration::from_secs(15),
+        "the health managers' lease took {took_over:?} to move"
+    );
+    assert_eq!(whole.1, 0, "API calls to host B's controller failed");
     drop(load);
     drop(p);
     println!("[{:.1} s] torn down", started.elapsed().as_secs_f64());
