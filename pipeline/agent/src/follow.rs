@@ -1,32 +1,26 @@
 //! Following the announced dopplers: with `dopplers_from_bus`, the agent's doppler set is what
-//! the dopplers say on the bus (`doppler.announce`), not a fixed list.
+//! the dopplers say on the bus (`doppler.announce`), not a fixed list. The set itself (TTLs,
+//! bound, refusals) is the bus crate's shared follower ([`hydrant_bus::follow`]); this file
+//! holds what is the agent's own: lanes.
 //!
-//! Flow: `doppler.announce` → [`run`] keeps each doppler's last word and its deadline (now +
-//! its TTL) → a new doppler gets a lane (a slot in the router, a bounded queue, counters and a
+//! Flow: a new doppler gets a lane (a slot in the router, a bounded queue, counters and a
 //! `BatchSender` task) at once; a doppler not heard from by its deadline is retired (the router
 //! stops routing to it, its task delivers or counts what it held) within one check interval.
 //!
-//! Invariants: at most `max_dopplers` are followed (the rest are ignored and counted); a
-//! malformed or conflicting announcement changes nothing and is counted; a doppler is keyed by
-//! its id, and one that comes back with a new URL gets a new lane; every lane task started
-//! here is awaited before [`run`] returns, so no envelope outlives the agent uncounted.
+//! Invariants: a doppler that comes back with a new URL gets a new lane; every lane task
+//! started here is awaited before [`run`] returns, so no envelope outlives the agent uncounted.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hydrant_bus::Bus;
-use hydrant_bus::messages::{DOPPLER_ANNOUNCE, DopplerAnnounce};
+use hydrant_bus::follow::{self, Announced, Follow, Leave, Left, Refusal, Side, Vacancy};
 use hydrant_emitter::{Counter, Gauge, Registry};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::egress::{self, Lane};
 use crate::router::Router;
-
-/// How often lapsed announcements are looked for: well inside one announce interval.
-const CHECK_EVERY: Duration = Duration::from_millis(200);
 
 /// Everything a new lane needs, from the config.
 #[derive(Debug, Clone)]
@@ -42,14 +36,12 @@ pub(crate) struct LaneSettings {
     pub(crate) max_dopplers: usize,
 }
 
-/// One followed doppler.
+/// What the agent holds for one followed doppler.
 #[derive(Debug)]
 struct Followed {
-    url: String,
     slot: usize,
     lane: Arc<Lane>,
     stop: CancellationToken,
-    deadline: Instant,
 }
 
 /// The follower's own counters.
@@ -93,15 +85,14 @@ impl Report {
     }
 }
 
-/// The follower's state: the dopplers it follows and their lane tasks.
+/// The agent's side of following: the router's lanes and their tasks.
 #[derive(Debug)]
 struct Follower {
     router: Arc<Router>,
     registry: Registry,
     settings: LaneSettings,
-    report: Report,
+    counters: Report,
     drain: CancellationToken,
-    followed: HashMap<String, Followed>,
     tasks: JoinSet<()>,
 }
 
@@ -114,102 +105,33 @@ pub(crate) async fn run(
     settings: LaneSettings,
     drain: CancellationToken,
 ) -> Result<(), hydrant_bus::Error> {
-    let mut announcements = bus.subscribe(DOPPLER_ANNOUNCE).await?;
+    let max = settings.max_dopplers;
     let mut follower = Follower {
         router,
-        report: Report::new(&registry),
+        counters: Report::new(&registry),
         registry,
         settings,
         drain: drain.clone(),
-        followed: HashMap::new(),
         tasks: JoinSet::new(),
     };
-    let mut check = tokio::time::interval(CHECK_EVERY);
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut subscribed = true;
-    loop {
-        tokio::select! {
-            () = drain.cancelled() => break,
-            message = announcements.next(), if subscribed => {
-                let Some(message) = message else {
-                    // The bus client is gone: keep the lanes we have, as the data plane
-                    // outlives the control plane.
-                    subscribed = false;
-                    continue;
-                };
-                match message.json::<DopplerAnnounce>() {
-                    Ok(announce) => follower.heard(&announce),
-                    Err(_) => follower.report.invalid.inc(),
-                }
-            }
-            _ = check.tick() => follower.expire(Instant::now()),
-            Some(_) = follower.tasks.join_next(), if !follower.tasks.is_empty() => {}
-        }
-    }
-    while follower.tasks.join_next().await.is_some() {}
-    Ok(())
+    follow::follow(&bus, Side::Ingress, max, &mut follower, &drain).await
 }
 
-impl Follower {
-    /// Retires every doppler whose announcement lapsed by `now`.
-    fn expire(&mut self, now: Instant) {
-        let lapsed: Vec<String> = self
-            .followed
-            .iter()
-            .filter(|(_, f)| f.deadline <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in lapsed {
-            if let Some(gone) = self.followed.remove(&id) {
-                tracing::warn!(doppler = %id, url = %gone.url,
-                    "doppler announcement lapsed; its sources move to the others");
-                self.retire(gone);
-                self.report.lapsed.inc();
-            }
-        }
-        self.report.followed.set(self.followed.len() as f64);
+impl Follow for Follower {
+    type Held = Followed;
+    type Done = ();
+
+    fn usable(&self, url: &str) -> bool {
+        let settings = &self.settings;
+        egress::endpoint(url, settings.keepalive_interval, settings.keepalive_timeout).is_ok()
     }
 
-    fn retire(&self, gone: Followed) {
-        self.router.retire(gone.slot, &gone.lane);
-        gone.stop.cancel();
-    }
-
-    /// Applies one announcement: refresh, add, or replace a doppler whose URL changed.
-    fn heard(&mut self, announce: &DopplerAnnounce) {
+    fn join(&mut self, vacancy: &Vacancy) -> Result<Followed, Refusal> {
         let settings = &self.settings;
-        let url = announce.ingress.as_str();
-        let id = announce.id.as_str();
-        let endpoint = (url.starts_with("http://") || url.starts_with("https://"))
-            .then(|| {
-                egress::endpoint(url, settings.keepalive_interval, settings.keepalive_timeout).ok()
-            })
-            .flatten();
-        let (true, Some(endpoint)) = (!id.is_empty() && id.len() <= 128, endpoint) else {
-            self.report.invalid.inc();
-            return;
-        };
-        let deadline = Instant::now() + announce.ttl();
-        if let Some(known) = self.followed.get_mut(id) {
-            if known.url == url {
-                known.deadline = deadline;
-                return;
-            }
-            // Same doppler, new address (restarted elsewhere): a new lane.
-            if let Some(old) = self.followed.remove(id) {
-                self.retire(old);
-            }
-        }
-        if self.followed.values().any(|f| f.url == url) {
-            // Two ids claiming one address: the first keeps it.
-            self.report.invalid.inc();
-            return;
-        }
-        if self.followed.len() >= self.settings.max_dopplers {
-            self.report.over_max.inc();
-            return;
-        }
-        let settings = &self.settings;
+        let url = vacancy.url.as_str();
+        let endpoint =
+            egress::endpoint(url, settings.keepalive_interval, settings.keepalive_timeout)
+                .map_err(|_| Refusal::Invalid)?;
         let lane = Arc::new(Lane::new(
             url,
             &self.registry,
@@ -218,10 +140,7 @@ impl Follower {
             settings.queue_full.clone(),
             settings.fair,
         ));
-        let Some(slot) = self.router.add_lane(lane.clone()) else {
-            self.report.over_max.inc();
-            return;
-        };
+        let slot = self.router.add_lane(lane.clone()).ok_or(Refusal::OverMax)?;
         let stop = self.drain.child_token();
         self.tasks.spawn(egress::run_lane(
             self.router.clone(),
@@ -232,18 +151,35 @@ impl Follower {
             settings.max_backoff,
             stop.clone(),
         ));
-        tracing::info!(doppler = %id, %url, "following a newly announced doppler");
-        self.report.added.inc();
-        self.followed.insert(
-            id.to_owned(),
-            Followed {
-                url: url.to_owned(),
-                slot,
-                lane,
-                stop,
-                deadline,
-            },
-        );
-        self.report.followed.set(self.followed.len() as f64);
+        tracing::info!(doppler = %vacancy.id, %url, "following a newly announced doppler");
+        self.counters.added.inc();
+        Ok(Followed { slot, lane, stop })
+    }
+
+    /// Retires a doppler's lane: the router stops routing to it, its task delivers or counts
+    /// what it held.
+    fn leave(&mut self, left: Left<Followed>) {
+        if left.why == Leave::Lapsed {
+            tracing::warn!(doppler = %left.id, url = %left.url,
+                "doppler announcement lapsed; its sources move to the others");
+            self.counters.lapsed.inc();
+        }
+        self.router.retire(left.held.slot, &left.held.lane);
+        left.held.stop.cancel();
+    }
+
+    fn refused(&mut self, why: Refusal, _id: &str, _url: &str) {
+        match why {
+            Refusal::Invalid => self.counters.invalid.inc(),
+            Refusal::OverMax => self.counters.over_max.inc(),
+        }
+    }
+
+    fn tasks(&mut self) -> &mut JoinSet<()> {
+        &mut self.tasks
+    }
+
+    fn report(&mut self, announced: &Announced<Followed>) {
+        self.counters.followed.set(announced.len() as f64);
     }
 }

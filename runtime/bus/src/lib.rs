@@ -16,6 +16,8 @@
 //!   subject (`router.start`), so a lost message is repaired by the next one.
 //! - [`messages`]: the subjects and their JSON payloads (gorouter-compatible `router.*`, and
 //!   Hydrant's `executor.*`).
+//! - [`follow`]: the announced dopplers as a bounded set with TTLs, one follower shared by
+//!   the agent and the firehose edge.
 //! - [`placement`]: which cell runs which instance, and the check that a cell's heartbeats,
 //!   crashes and route messages speak only for itself and its own instances.
 //! - [`Config`]: the `[bus]` config section.
@@ -47,6 +49,7 @@
 mod announcer;
 mod config;
 mod error;
+pub mod follow;
 mod inprocess;
 pub mod messages;
 mod metrics;
