@@ -321,11 +321,7 @@ mod platform {
         fn config(w: &Wiring) -> hydrant_slo::Config {
             let api = api(w, hydrant_tls::Identity::Slo);
             hydrant_slo::Config {
-                // The status page's keys from the public API (the internal one is mTLS only).
-                token_keys_url: api
-                    .tls
-                    .is_some()
-                    .then(|| format!("{}/token_keys", w.url("cloudcontroller", "api"))),
+                // The status page's keys come from `api_url`: over mutual TLS with certificates.
                 api,
                 firehose: firehose(w),
                 data_dir: w.data("slo"),
@@ -348,11 +344,8 @@ mod platform {
         fn config(w: &Wiring) -> hydrant_nozzle_syslog::Config {
             let api = api(w, hydrant_tls::Identity::Nozzle);
             hydrant_nozzle_syslog::Config {
-                // The status page's keys from the public API (the internal one is mTLS only).
-                token_keys_url: api
-                    .tls
-                    .is_some()
-                    .then(|| format!("{}/token_keys", w.url("cloudcontroller", "api"))),
+                // The status page's keys come from `[platform].api_url`: over mutual TLS with
+                // certificates.
                 firehose: firehose(w),
                 subscription_id: "app-drains".to_owned(),
                 platform: Some(hydrant_nozzle_syslog::PlatformConfig {

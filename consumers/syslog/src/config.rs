@@ -54,9 +54,10 @@ pub struct Config {
     pub status_auth: bool,
     /// The cloud controller's public token keys, which `/drains` verifies tokens with:
     /// fetched at start (retried until it answers), every 5 minutes, and when a token names an
-    /// unknown key. Default unset: `[platform].api_url` + `/token_keys` in platform mode over
-    /// the public API; needed with `[platform].tls` (the internal listener serves no keys);
-    /// otherwise none (set this or `token_keys_file`, or `/drains` refuses every token).
+    /// unknown key. Default unset: `[platform].api_url` + `/token_keys` in platform mode (with
+    /// `[platform].tls` over mutual TLS from the internal listener, so then an `https://` URL;
+    /// without, `http://`); otherwise none (set this or `token_keys_file`, or `/drains` refuses
+    /// every token).
     pub token_keys_url: Option<String>,
     /// A fixed key-set file (the controller's `GET /token_keys` JSON) instead of fetching.
     /// Default unset.

@@ -2,10 +2,10 @@
 //!
 //! Flow: the request's bearer token → [`hydrant_auth::TokenKeys::verify`] (the cloud
 //! controller's public keys: `token_keys_file`, or fetched from `token_keys_url` — by default
-//! `[platform].api_url` + `/token_keys` when that is the public API, and required when
-//! `[platform].tls` points it at the internal listener — and cached in `token_keys_cache`, so
-//! the page keeps answering while the controller is down) → the scope check → every drain's
-//! report.
+//! `[platform].api_url` + `/token_keys`; with `[platform].tls` over the nozzle's mutual TLS to
+//! the internal listener, from a server proving the `cloudcontroller` identity, never over
+//! plain HTTP — and cached in `token_keys_cache`, so the page keeps answering while the
+//! controller is down) → the scope check → every drain's report.
 //!
 //! The invariant: `/drains` names apps (their guids) and where their logs go (drain hosts), so
 //! it is the platform operator's page: it answers only a token of audience `hydrant-logs`
@@ -45,27 +45,30 @@ struct Status {
 }
 
 /// Where `/drains` gets its token keys: a fixed file, or the controller's `/token_keys`
-/// (`token_keys_url`, by default the platform API's), cached in `token_keys_cache`.
+/// (`token_keys_url`, by default the platform API's), cached in `token_keys_cache`. With
+/// `[platform].tls` fetches go through the nozzle's mutual-TLS transport (its
+/// `ApiClient::key_transport()`, as every role with a certificate fetches its keys).
 #[must_use]
 pub(crate) fn key_sources(config: &Config) -> hydrant_auth::KeySources {
-    // The internal (mutual TLS) listener serves no `/token_keys`: only a plain public
-    // `api_url` names where the keys are.
     let url = config.token_keys_url.clone().or_else(|| {
         config
             .platform
             .as_ref()
-            .filter(|p| p.api.tls.is_none())
             .map(|p| format!("{}/token_keys", p.api.api_url.trim_end_matches('/')))
     });
+    // Certificates that cannot be used give a transport that refuses, never plain HTTP.
+    let transport = config
+        .platform
+        .as_ref()
+        .filter(|p| p.api.tls.is_some())
+        .and_then(|p| p.api.client().key_transport());
+    let fixed = config.token_keys_file.is_some();
     hydrant_auth::KeySources {
-        url: if config.token_keys_file.is_some() {
-            None
-        } else {
-            url
-        },
+        url: if fixed { None } else { url },
         file: config.token_keys_file.clone(),
         cache: config.token_keys_cache.clone(),
         refetch_every: REFETCH_EVERY,
+        transport: if fixed { None } else { transport },
         ..hydrant_auth::KeySources::default()
     }
 }
@@ -147,33 +150,35 @@ async fn drains(State(s): State<Status>, headers: HeaderMap) -> Response {
     Json(reports).into_response()
 }
 
-/// `token_keys_url` must be an http(s) URL; `token_keys_file` must name a file.
+/// `token_keys_url` must be an `https://` URL with `[platform].tls` (keys over mutual TLS
+/// only) and an `http://` one without; `token_keys_file` must name a file.
 pub(crate) fn validate(config: &Config) -> Result<(), Error> {
-    if let Some(url) = &config.token_keys_url
-        && !(url.starts_with("http://") || url.starts_with("https://"))
-    {
-        return Err(Error::from(hydrant_runtime::invalid(
-            "token_keys_url",
-            format!(
-                "{url:?} is not an http URL: write it like \"http://127.0.0.1:9022/token_keys\", \
-                 or leave it out for [platform].api_url + /token_keys"
-            ),
-        )));
-    }
     let internal_api = config
         .platform
         .as_ref()
         .is_some_and(|p| p.api.tls.is_some());
-    if config.status_auth
-        && internal_api
-        && config.token_keys_url.is_none()
-        && config.token_keys_file.is_none()
+    let (scheme, why, example) = if internal_api {
+        (
+            "https://",
+            "with [platform].tls the keys come over mutual TLS only",
+            "\"https://10.0.0.5:9023/token_keys\" (the internal listener)",
+        )
+    } else {
+        (
+            "http://",
+            "without [platform].tls the keys are fetched over plain HTTP",
+            "\"http://127.0.0.1:9022/token_keys\"",
+        )
+    };
+    if let Some(url) = &config.token_keys_url
+        && !(url.starts_with(scheme) && url.len() > scheme.len())
     {
         return Err(Error::from(hydrant_runtime::invalid(
             "token_keys_url",
-            "is needed with [platform].tls: the internal listener serves no /token_keys; set \
-             it to the public API's, e.g. \"http://127.0.0.1:9022/token_keys\", or set \
-             token_keys_file",
+            format!(
+                "{url:?} is not a {scheme} URL ({why}): write it like {example}, or leave it \
+                 out for [platform].api_url + /token_keys"
+            ),
         )));
     }
     if let Some(file) = &config.token_keys_file
@@ -212,37 +217,42 @@ mod tests {
         }
     }
 
-    /// Keys come from the public API by default, never from the internal mTLS listener (which
-    /// serves none): there the operator must say where, and validation says so.
+    /// Keys come from `[platform].api_url` by default: with `tls` that is the internal
+    /// listener, fetched over the nozzle's mutual-TLS transport (never a plain http:// URL);
+    /// without, the public API over plain HTTP.
     #[test]
-    fn keys_come_from_the_public_api_or_where_the_operator_says() {
+    fn keys_come_over_the_platform_apis_own_transport() {
         let public = platform(false);
         let sources = key_sources(&public);
         assert_eq!(
             sources.url.as_deref(),
             Some("http://cc.internal:9022/token_keys")
         );
+        assert!(sources.transport.is_none());
         validate(&public).unwrap();
 
         let mut internal = platform(true);
-        assert_eq!(key_sources(&internal).url, None);
+        internal.platform.as_mut().unwrap().api.api_url = "https://cc.internal:9023/".to_owned();
+        validate(&internal).unwrap();
+        let sources = key_sources(&internal);
+        assert_eq!(
+            sources.url.as_deref(),
+            Some("https://cc.internal:9023/token_keys")
+        );
+        // The files do not exist here: the transport refuses rather than going plaintext.
+        assert!(sources.transport.is_some());
+        internal.token_keys_url = Some("http://cc.public:9022/token_keys".to_owned());
         let e = validate(&internal).unwrap_err().to_string();
         assert!(
-            e.contains("token_keys_url") && e.contains("[platform].tls"),
+            e.contains("token_keys_url") && e.contains("mutual TLS"),
             "{e}"
-        );
-        internal.token_keys_url = Some("http://cc.public:9022/token_keys".to_owned());
-        validate(&internal).unwrap();
-        assert_eq!(
-            key_sources(&internal).url.as_deref(),
-            Some("http://cc.public:9022/token_keys")
         );
 
         let mut fixed = platform(true);
         fixed.token_keys_file = Some("/etc/hydrant/token_keys.json".into());
         validate(&fixed).unwrap();
         let sources = key_sources(&fixed);
-        assert!(sources.url.is_none() && sources.file.is_some());
+        assert!(sources.url.is_none() && sources.file.is_some() && sources.transport.is_none());
 
         let mut bad = platform(false);
         bad.token_keys_url = Some("cc:9022/token_keys".to_owned());

@@ -25,8 +25,8 @@ pub struct Config {
     /// The cloud controller's API and how the alerter signs in, keys at this level of the file:
     /// `api_url` (default `http://127.0.0.1:9022`), an admin token (it lists every app's SLOs)
     /// as `token` or `token_file`, or `client_id` with `client_secret` or `client_secret_file`;
-    /// `tls` with the `slo` identity for the controller's internal listener (then name the
-    /// public API's keys in `token_keys_url`).
+    /// `tls` with the `slo` identity for the controller's internal listener (then the status
+    /// page's token keys come over it too, by mutual TLS).
     #[serde(flatten)]
     pub api: ApiSettings,
     /// How often the SLOs are fetched, seconds. Default 15.
@@ -58,7 +58,10 @@ pub struct Config {
     pub admin_listen: String,
     /// The cloud controller's public token keys, which `/v1/slos` verifies tokens with.
     /// Fetched at start (retried until it answers), every 5 minutes, and when a token names an
-    /// unknown key. Default unset: `api_url` + `/token_keys`.
+    /// unknown key. Default unset: `api_url` + `/token_keys`. With `tls` the keys come only
+    /// over mutual TLS from a server proving the `cloudcontroller` identity, so this must then
+    /// be the internal listener's `https://` address (the default is); without `tls`, an
+    /// `http://` URL.
     pub token_keys_url: Option<String>,
     /// Where fetched keys are cached, so a restarted alerter answers `/v1/slos` while the
     /// cloud controller is down. Default unset: `data_dir/token_keys.json`.
@@ -133,9 +136,13 @@ impl Default for Config {
 impl Config {
     /// Where the status check's token keys come from: `token_keys_url` (default
     /// `api_url/token_keys`), cached in `token_keys_cache` (default
-    /// `data_dir/token_keys.json`).
+    /// `data_dir/token_keys.json`), fetched through `transport`: the role's
+    /// `ApiClient::key_transport()`, mutual TLS when `tls` is set.
     #[must_use]
-    pub fn token_key_sources(&self) -> hydrant_auth::KeySources {
+    pub fn token_key_sources(
+        &self,
+        transport: Option<std::sync::Arc<dyn hydrant_auth::KeyTransport>>,
+    ) -> hydrant_auth::KeySources {
         hydrant_auth::KeySources {
             url: Some(self.token_keys_url.clone().unwrap_or_else(|| {
                 format!("{}/token_keys", self.api.api_url.trim_end_matches('/'))
@@ -146,6 +153,7 @@ impl Config {
                     .unwrap_or_else(|| self.data_dir.join("token_keys.json")),
             ),
             refetch_every: Duration::from_secs(30),
+            transport,
             ..hydrant_auth::KeySources::default()
         }
     }
@@ -160,14 +168,6 @@ impl hydrant_runtime::Validate for Config {
     /// [`Error::Config`] naming the first bad field, or the windows' or telemetry's own error.
     fn validate(&self) -> Result<(), Error> {
         self.api.validate("", "an admin token")?;
-        if self.api.tls.is_some() && self.status_auth && self.token_keys_url.is_none() {
-            // The keys' fetcher speaks plain HTTP; the internal listener is mutual TLS only.
-            return Err(invalid(
-                "token_keys_url",
-                "with tls, name the public API's keys, e.g. \"http://10.0.0.5:9022/token_keys\"",
-            )
-            .into());
-        }
         self.api.check_firehose_credentials(
             !self.firehose.token.trim().is_empty() || !self.firehose.client_id.is_empty(),
         )?;
@@ -178,14 +178,29 @@ impl hydrant_runtime::Validate for Config {
             )
             .into());
         }
+        // With tls, keys come over mutual TLS only (never from whoever answers plain HTTP);
+        // without, over plain HTTP (this role then has no certificate to present).
+        let (scheme, example) = if self.api.tls.is_some() {
+            (
+                "https://",
+                "\"https://10.0.0.5:9023/token_keys\" (the internal listener)",
+            )
+        } else {
+            ("http://", "\"http://127.0.0.1:9022/token_keys\"")
+        };
         if let Some(url) = &self.token_keys_url
-            && !(url.starts_with("http://") && url.len() > "http://".len())
+            && !(url.starts_with(scheme) && url.len() > scheme.len())
         {
+            let why = if self.api.tls.is_some() {
+                "with tls the status page's keys come over mutual TLS only"
+            } else {
+                "without tls the keys are fetched over plain HTTP"
+            };
             return Err(invalid(
                 "token_keys_url",
                 format!(
-                    "{url:?} is not an http URL: write it like \"http://127.0.0.1:9022/token_keys\", \
-                     or leave it out for api_url + /token_keys"
+                    "{url:?} is not a {scheme} URL ({why}): write it like {example}, or leave \
+                     it out for api_url + /token_keys"
                 ),
             )
             .into());
@@ -347,5 +362,43 @@ mod tests {
             let msg = config.validate().unwrap_err().to_string();
             assert!(msg.contains(&format!(": {field}: ")), "{field}: {msg}");
         }
+    }
+
+    /// With tls the status page's keys come from the internal listener (by default the one
+    /// `api_url` names) and never from a plain http:// URL; without tls, the other way round.
+    #[test]
+    fn token_keys_follow_the_api_transport() {
+        let files = hydrant_tls::TlsFiles::in_dir(
+            std::path::Path::new("/etc/hydrant/certs"),
+            hydrant_tls::Identity::Slo,
+        );
+        let internal = Config {
+            api: ApiSettings {
+                api_url: "https://10.0.0.5:9023/".to_owned(),
+                tls: Some(files),
+                ..valid().api
+            },
+            ..valid()
+        };
+        internal.validate().unwrap();
+        assert_eq!(
+            internal.token_key_sources(None).url.as_deref(),
+            Some("https://10.0.0.5:9023/token_keys")
+        );
+        let plain_keys = Config {
+            token_keys_url: Some("http://10.0.0.5:9022/token_keys".to_owned()),
+            ..internal
+        };
+        let msg = plain_keys.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("token_keys_url") && msg.contains("mutual TLS"),
+            "{msg}"
+        );
+        let tls_keys_without_tls = Config {
+            token_keys_url: Some("https://10.0.0.5:9023/token_keys".to_owned()),
+            ..valid()
+        };
+        let msg = tls_keys_without_tls.validate().unwrap_err().to_string();
+        assert!(msg.contains("token_keys_url"), "{msg}");
     }
 }

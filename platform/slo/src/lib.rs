@@ -170,8 +170,10 @@ async fn serve(
 
     let keys = if config.status_auth {
         let keys = Arc::new(
+            // With tls the keys come over the role's own mutual-TLS connections, from a
+            // server proving the cloudcontroller identity (never plain HTTP).
             hydrant_auth::TokenKeys::new(
-                config.token_key_sources(),
+                config.token_key_sources(api.key_transport()),
                 Arc::new(hydrant_auth::Unobserved),
             )
             .map_err(|e| {

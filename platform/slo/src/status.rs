@@ -2,8 +2,10 @@
 //! `GET /v1/slos/{app_guid}` (one app), for `hydrant slo NAME` and `hydrant top`.
 //!
 //! Flow: the request's bearer token → [`hydrant_auth::TokenKeys::verify`] (the cloud
-//! controller's public keys, fetched from `token_keys_url` and cached in `data_dir`, so status
-//! keeps answering while the controller is down) → the scope check → the engine's status.
+//! controller's public keys, fetched from `token_keys_url` — with `tls`, over the role's mutual
+//! TLS to the internal listener, from a server proving the `cloudcontroller` identity — and
+//! cached in `data_dir`, so status keeps answering while the controller is down) → the scope
+//! check → the engine's status.
 //!
 //! The invariant: an app's SLO status is tenant data, shown only to a token that may read that
 //! app's logs (audience `hydrant-logs`; `admin`, `firehose`, or the app's `app:<guid>:read`,

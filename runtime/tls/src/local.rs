@@ -2,21 +2,28 @@
 //! naming any identity, expired leaves. The platform's own directory is made by [`crate::issue`].
 //!
 //! Flow: [`LocalCa::new`] → [`LocalCa::leaf`] or [`LocalCa::write_leaf`] (files 0600).
+//! [`FixedServer`] stands in for a mutual-TLS HTTP endpoint (the cloud controller's internal
+//! `/token_keys`) in roles' tests, noting which verified identity asked for what.
 //!
 //! The invariant: a leaf's identity is its CN and its only DNS SAN, with both client and server
 //! usage, as [`crate::issue`] makes them, so a test's leaf is refused or let in for the same
-//! reasons a real one would be.
+//! reasons a real one would be; a [`FixedServer`] answers only connections that passed the
+//! same handshake a role's server runs.
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
 
-use crate::{Error, der};
+use crate::{Error, Identity, ServerTls, der};
 
 /// How long a leaf is valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,4 +170,99 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), Error> {
     file.write_all(contents).map_err(io)?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Longest request head a [`FixedServer`] reads; a longer one gets no answer.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// A stand-in for a mutual-TLS HTTP/1.1 endpoint in tests: answers `GET path` with a fixed
+/// JSON body (404 for other paths), one request per connection, and notes the verified
+/// identity and path of every request it answered. It speaks only TLS, with the handshake of
+/// the [`ServerTls`] it is given (so plaintext or a refused certificate gets nothing).
+#[derive(Debug, Clone, Default)]
+pub struct FixedServer {
+    seen: Arc<Mutex<Vec<Request>>>,
+}
+
+/// A request a [`FixedServer`] answered: the identity its client proved, and its path.
+pub type Request = (Option<Identity>, String);
+
+impl FixedServer {
+    /// Serves `routes` (path, body) on `listener` with `tls` (ALPN `http/1.1`) until the
+    /// runtime ends.
+    #[must_use]
+    pub fn start(listener: TcpListener, tls: &ServerTls, routes: Vec<(String, String)>) -> Self {
+        let server = Self::default();
+        let seen = Arc::clone(&server.seen);
+        let routes = Arc::new(routes);
+        let mut incoming =
+            crate::grpc::incoming(listener, tls.with_alpn(&[b"http/1.1"])).into_inner();
+        tokio::spawn(async move {
+            while let Some(Ok(mut conn)) = incoming.recv().await {
+                let seen = Arc::clone(&seen);
+                let routes = Arc::clone(&routes);
+                tokio::spawn(async move {
+                    let identity = conn.peer().identity;
+                    let Some(path) = read_path(&mut conn).await else {
+                        return;
+                    };
+                    let answer = match routes.iter().find(|(p, _)| *p == path) {
+                        Some((_, body)) => format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        ),
+                        None => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\
+                                 connection: close\r\n\r\n"
+                            .to_owned(),
+                    };
+                    seen.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((identity, path));
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        server
+    }
+
+    /// How many requests for `path` came from a client proving `identity`.
+    #[must_use]
+    pub fn hits(&self, identity: Identity, path: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(i, p)| *i == Some(identity) && p == path)
+            .count()
+    }
+
+    /// Every request answered: the identity its client proved and its path.
+    #[must_use]
+    pub fn requests(&self) -> Vec<Request> {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The path of a `GET` request whose head arrives on `conn`, or `None` for anything else.
+async fn read_path(conn: &mut crate::grpc::TlsConn) -> Option<String> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut chunk).await.ok()?;
+        if n == 0 || head.len() + n > MAX_HEAD {
+            return None;
+        }
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let mut words = text.lines().next()?.split(' ');
+    match (words.next(), words.next()) {
+        (Some("GET"), Some(path)) => Some(path.to_owned()),
+        _ => None,
+    }
 }
