@@ -85,6 +85,12 @@ impl Progress for Intervals {
         }
         inner.resolved
     }
+
+    /// Never waited for: frames are folded into the aggregator, so a reader ahead of the
+    /// flushes costs nothing (the outboxes hold one request per series batch, not per frame).
+    fn pace_limit(&self) -> Option<u64> {
+        None
+    }
 }
 
 #[cfg(test)]

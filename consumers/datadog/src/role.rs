@@ -10,9 +10,11 @@
 //! its metrics went into ([`Intervals`]) and the logs queue, and the keeper stores the newest
 //! cursor Datadog took everything of: a nozzle killed at any moment resumes there.
 //!
-//! Invariants: the reader never waits on Datadog — outboxes and the log queue drop their
-//! oldest entries and count them, so a slow or dead Datadog costs only data, never firehose
-//! throughput; the ledger holds per endpoint: `received = sent + Σ dropped{reason}` once the
+//! Invariants: the reader never waits on a stuck Datadog — outboxes and the log queue drop
+//! their oldest entries and count them, so a slow or dead Datadog costs only data, never
+//! firehose throughput (with a `cursor_file` the reader waits for a logs queue that is
+//! delivering but half full, since the firehose keeps what is not read yet: `Keeper::pace`;
+//! metrics are folded per interval, so they never hold the reader); the ledger holds per endpoint: `received = sent + Σ dropped{reason}` once the
 //! role has stopped; on shutdown the partial interval is flushed too, the senders get
 //! `shutdown_drain_ms`, and what is left is counted as `dropped{reason="shutdown"}`; the API
 //! key is read once and lives only in a sensitive header value.
@@ -320,7 +322,16 @@ async fn read_firehose(
                 flush(aggregator, sinks, flush_every, metrics);
                 continue;
             }
-            batch = reader.next_batch(shutdown) => batch?,
+            // With a cursor the firehose keeps what is not read yet: read on only as fast as
+            // the logs intake takes what it is given (a restarted nozzle catching up would
+            // otherwise evict from its queue what the dopplers' rings kept for it). Waiting
+            // here, inside the select, lets the interval flushes go on meanwhile.
+            batch = async {
+                if let Some(keeper) = keeper {
+                    keeper.pace(shutdown).await;
+                }
+                reader.next_batch(shutdown).await
+            } => batch?,
         };
         let Some(batch) = batch else {
             return Ok(());

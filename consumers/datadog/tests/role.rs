@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use fake_datadog::{FakeDatadog, Reply};
 use hydrant_emitter::Emitter;
-use hydrant_nozzle_core::{Backoff, BreakerConfig};
+use hydrant_nozzle_core::{Backoff, BreakerConfig, QueueLimits};
 use hydrant_nozzle_datadog::{BatchConfig, Config, TimerMode};
 use hydrant_nozzle_testkit::{Pipeline, Probe, metric_matching as metric, refusal, scrape};
 use hydrant_testkit::wait_for;
@@ -601,5 +601,71 @@ async fn a_killed_nozzle_resumes_from_its_cursor_and_loses_no_count() {
         "{:#?}",
         working.violations()
     );
+    second.stop().await;
+}
+
+/// A nozzle with `cursor_file` and logs on, restarted with a log backlog far larger than its
+/// logs queue against an intake that answers each request slowly: the reader reads the
+/// firehose only as fast as the intake takes the logs (`Keeper::pace`), so the backlog waits in
+/// the doppler's ring, not in the queue, and every line arrives with nothing evicted, while the
+/// metrics intervals go on being flushed. Without pacing the replayed backlog would be pushed
+/// into a 200-entry queue at once and mostly evicted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_nozzle_catching_up_reads_logs_only_as_fast_as_the_intake_takes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cursor = dir.path().join("cursor");
+    let pipeline = Pipeline::start().await;
+    let fake = FakeDatadog::start(KEY).await;
+    let mut config = base_config(&pipeline, fake.url());
+    config.cursor_file = Some(cursor.display().to_string());
+    config.logs.enabled = true;
+    config.logs.url = fake.url();
+    config.logs.queue = QueueLimits {
+        max_items: 200,
+        batch_items: 20,
+        ..config.logs.queue.clone()
+    };
+    let (first, _key_file, emitter) = flowing(&pipeline, config.clone()).await;
+    wait_for(WITHIN, "a stored cursor", || async {
+        std::fs::read_to_string(&cursor).is_ok_and(|t| t.starts_with("cursor "))
+    })
+    .await;
+    first.task.abort();
+    let _ = first.task.await;
+
+    // Emitted while the nozzle is away: ten queues' worth, kept by the doppler's ring.
+    const N: usize = 2_000;
+    for i in 0..N {
+        emitter.log_with_tags(
+            "app-paced",
+            "0",
+            format!("paced {i}").as_bytes(),
+            false,
+            &[("app_name", "paced")],
+        );
+    }
+    emitter.flush();
+    fake.slow_down(Duration::from_millis(5));
+    let (second, _key_file) = start_nozzle(config).await;
+    let lines = wait_for(WITHIN, "every line of the backlog", || async {
+        let mut lines: Vec<String> = fake
+            .accepted("/api/v2/logs")
+            .into_iter()
+            .filter(|e| e["service"] == "paced")
+            .filter_map(|e| e["message"].as_str().map(str::to_owned))
+            .collect();
+        lines.sort_unstable();
+        lines.dedup();
+        (lines.len() >= N).then_some(lines)
+    })
+    .await;
+    assert_eq!(lines.len(), N);
+    let dest = destination(&fake.url(), "/api/v2/logs");
+    let (_, _, dropped) = wait_for_ledger(&second, &dest).await;
+    assert_eq!(
+        dropped, 0,
+        "the logs queue evicted while the ring held the backlog"
+    );
+    assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
     second.stop().await;
 }

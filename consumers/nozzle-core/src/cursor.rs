@@ -42,7 +42,9 @@ pub const MAX_CHECKPOINTS: usize = 4096;
 /// How often the keeper looks for settled checkpoints.
 pub const KEEP_INTERVAL: Duration = Duration::from_millis(5);
 /// Entries a destination may hold unresolved (queued or being sent) before the reader waits for
-/// it: half the default destination queue (10,000), so a paced queue never evicts.
+/// it, unless it says otherwise ([`Progress::pace_limit`]; a tracked [`crate::DestinationQueue`]
+/// says half its `max_items`): half the default destination queue (10,000), so a paced queue
+/// never evicts.
 pub const PACE_IN_FLIGHT: u64 = 5_000;
 /// How long a destination may resolve nothing before the reader stops waiting for it.
 pub const PACE_STALL: Duration = Duration::from_millis(500);
@@ -54,6 +56,13 @@ pub trait Progress: Send + Sync + std::fmt::Debug {
     /// Entries it has dealt with so far: delivered, or lost and counted. Entries resolve in
     /// the order they were pushed.
     fn resolved(&self) -> u64;
+    /// Entries it may hold unresolved before the reader waits for it ([`Keeper::pace`]);
+    /// `None` for a destination that is never waited for because being behind costs it
+    /// nothing (it folds what it is given instead of queueing it, e.g. an aggregator).
+    /// Default [`PACE_IN_FLIGHT`].
+    fn pace_limit(&self) -> Option<u64> {
+        Some(PACE_IN_FLIGHT)
+    }
 }
 
 /// What the cursor file holds.
@@ -238,9 +247,10 @@ impl Keeper {
             .record(Arc::from(cursor), marks);
     }
 
-    /// Waits while a destination of the newest checkpoint holds more than [`PACE_IN_FLIGHT`]
-    /// entries unresolved and is still resolving some (see the module's invariants); returns
-    /// at once when none does, and when `shutdown` fires.
+    /// Waits while a destination of the newest checkpoint holds more than its
+    /// [`Progress::pace_limit`] entries unresolved and is still resolving some (see the
+    /// module's invariants); returns at once when none does, and when `shutdown` fires.
+    /// Cancel-safe: dropping the future only ends the wait.
     pub async fn pace(&self, shutdown: &CancellationToken) {
         let latest = self
             .checkpoints
@@ -248,7 +258,7 @@ impl Keeper {
             .unwrap_or_else(PoisonError::into_inner)
             .latest
             .clone();
-        pace(&latest, PACE_IN_FLIGHT, shutdown).await;
+        pace(&latest, shutdown).await;
     }
 
     /// Stores the newest settled cursor once more and ends; call it once the senders are done.
@@ -258,10 +268,13 @@ impl Keeper {
     }
 }
 
-/// Waits while one of `destinations` has more than `limit` entries unresolved, unless it
-/// resolved nothing for [`PACE_STALL`].
-async fn pace(destinations: &[Arc<dyn Progress>], limit: u64, shutdown: &CancellationToken) {
-    let busy = |d: &Arc<dyn Progress>| d.pushed().saturating_sub(d.resolved()) > limit;
+/// Waits while one of `destinations` has more than its [`Progress::pace_limit`] entries
+/// unresolved, unless they resolved nothing for [`PACE_STALL`].
+async fn pace(destinations: &[Arc<dyn Progress>], shutdown: &CancellationToken) {
+    let busy = |d: &Arc<dyn Progress>| {
+        d.pace_limit()
+            .is_some_and(|limit| d.pushed().saturating_sub(d.resolved()) > limit)
+    };
     if !destinations.iter().any(busy) {
         return;
     }
@@ -320,6 +333,8 @@ mod tests {
     struct Dest {
         pushed: AtomicU64,
         resolved: AtomicU64,
+        /// Never waited for (an aggregating destination).
+        folds: bool,
     }
 
     impl Progress for Dest {
@@ -328,6 +343,9 @@ mod tests {
         }
         fn resolved(&self) -> u64 {
             self.resolved.load(Ordering::Relaxed)
+        }
+        fn pace_limit(&self) -> Option<u64> {
+            (!self.folds).then_some(100)
         }
     }
 
@@ -364,14 +382,14 @@ mod tests {
         let all: Vec<Arc<dyn Progress>> = vec![d.clone()];
         let shutdown = CancellationToken::new();
         d.pushed.store(100, Ordering::Relaxed);
-        tokio::time::timeout(Duration::from_millis(1), pace(&all, 100, &shutdown))
+        tokio::time::timeout(Duration::from_millis(1), pace(&all, &shutdown))
             .await
             .expect("within the limit: no wait");
         d.pushed.store(300, Ordering::Relaxed);
         // Delivering: the wait lasts while it works through its backlog, past PACE_STALL.
         let waiting = tokio::spawn({
             let (all, shutdown) = (all.clone(), shutdown.clone());
-            async move { pace(&all, 100, &shutdown).await }
+            async move { pace(&all, &shutdown).await }
         });
         for step in 1..=40u64 {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -386,9 +404,22 @@ mod tests {
         // Stuck: given up after PACE_STALL.
         d.pushed.store(1_000, Ordering::Relaxed);
         let started = tokio::time::Instant::now();
-        pace(&all, 100, &shutdown).await;
+        pace(&all, &shutdown).await;
         assert!(started.elapsed() >= PACE_STALL);
         assert!(started.elapsed() < PACE_STALL * 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_destination_without_a_pace_limit_is_never_waited_for() {
+        let folding = Arc::new(Dest {
+            folds: true,
+            ..Dest::default()
+        });
+        folding.pushed.store(1_000_000, Ordering::Relaxed);
+        let all: Vec<Arc<dyn Progress>> = vec![folding];
+        let started = tokio::time::Instant::now();
+        pace(&all, &CancellationToken::new()).await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "far behind, yet no wait");
     }
 
     #[test]

@@ -141,9 +141,12 @@ impl<T> DestinationQueue<T> {
     }
 
     /// A queue whose entries are tracked by `watermark`, for a nozzle that keeps its cursor:
-    /// senders take batches with [`next_tracked_batch`](Self::next_tracked_batch).
+    /// senders take batches with [`next_tracked_batch`](Self::next_tracked_batch). The
+    /// watermark's pace limit becomes half of `max_items`, so a reader that paces on it
+    /// ([`crate::Keeper::pace`]) leaves the queue room for a whole frame and never evicts.
     #[must_use]
     pub fn tracked(limits: QueueLimits, metrics: NozzleMetrics, watermark: Arc<Watermark>) -> Self {
+        watermark.set_pace_limit(limits.max_items as u64 / 2);
         Self {
             watermark: Some(watermark),
             ..Self::new(limits, metrics)

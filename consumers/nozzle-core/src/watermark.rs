@@ -17,6 +17,7 @@
 //! - an entry refused at push (too large, or the queue closed) never takes a position.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use hydrant_buffer::DropReason;
@@ -27,6 +28,8 @@ use crate::Progress;
 #[derive(Debug, Default)]
 pub struct Watermark {
     marks: Mutex<Marks>,
+    /// Unresolved entries before the reader waits ([`Progress::pace_limit`]); 0: the default.
+    pace_limit: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +53,12 @@ impl Watermark {
     pub fn positions(&self) -> Positions<'_> {
         Positions(self.lock())
     }
+
+    /// Makes the reader wait once more than `limit` entries are unresolved (a queue sets half
+    /// its capacity, so a paced queue never has to evict).
+    pub fn set_pace_limit(&self, limit: u64) {
+        self.pace_limit.store(limit.max(1), Ordering::Relaxed);
+    }
 }
 
 impl Progress for Watermark {
@@ -67,6 +76,13 @@ impl Progress for Watermark {
             resolved = resolved.min(frozen);
         }
         resolved
+    }
+
+    fn pace_limit(&self) -> Option<u64> {
+        match self.pace_limit.load(Ordering::Relaxed) {
+            0 => Some(crate::PACE_IN_FLIGHT),
+            limit => Some(limit),
+        }
     }
 }
 

@@ -10,9 +10,11 @@
 //! records went to, and the keeper stores the newest cursor whose records were all exported
 //! (or refused and counted): a nozzle killed at any moment resumes there.
 //!
-//! Invariants: the reader never waits on the receiver — a push evicts that signal's oldest
+//! Invariants: the reader never waits on a stuck receiver — a push evicts that signal's oldest
 //! items and counts them, so a slow receiver costs data, never firehose lag, and a receiver
-//! that refuses one signal does not hold the other back; on shutdown the senders get
+//! that refuses one signal does not hold the other back (with a `cursor_file` the reader waits
+//! for a queue that is exporting but half full, since the firehose keeps what is not read yet:
+//! `Keeper::pace`); on shutdown the senders get
 //! `shutdown_drain_ms` to export what is queued and the rest is counted as
 //! `dropped{reason="shutdown"}`; the endpoint is named only masked, headers never.
 
@@ -269,6 +271,10 @@ async fn read_firehose(
                 })
                 .collect();
             keeper.record(cursor, marks);
+            // The firehose keeps what is not read yet: read on only as fast as the receiver
+            // takes it (a restarted nozzle catching up would otherwise evict from the queues
+            // what the dopplers' rings kept for it).
+            keeper.pace(shutdown).await;
         }
     }
     Ok(())

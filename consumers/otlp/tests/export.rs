@@ -646,3 +646,60 @@ async fn a_killed_nozzle_resumes_from_its_cursor_and_loses_nothing() {
     second.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A nozzle with `cursor_file` restarted with a backlog far larger than its queue, against a
+/// receiver that takes each export slowly: the reader reads the firehose only as fast as the
+/// receiver takes what it is given (`Keeper::pace`), so the backlog waits in the doppler's ring,
+/// not in the queue, and every record arrives with nothing evicted. Without pacing the reader
+/// would push the whole replayed backlog into a 200-item queue at once and evict most of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_nozzle_catching_up_reads_only_as_fast_as_the_receiver_takes() {
+    let dir = std::env::temp_dir().join(format!("otlp-paced-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cursor = dir.join("cursor");
+    let _ = std::fs::remove_file(&cursor);
+    let receiver = Receiver::new();
+    let (_server, pipeline, mut config) = logs_only(&receiver).await;
+    config.cursor_file = Some(cursor.display().to_string());
+    config.exports_in_flight = 1;
+    config.queue = QueueLimits {
+        max_items: 200,
+        batch_items: 20,
+        ..QueueLimits::default()
+    };
+    let (first, emitter) = flowing(&pipeline, config.clone()).await;
+    hydrant_testkit::wait_for(WAIT, "a stored cursor", || async {
+        std::fs::read_to_string(&cursor).is_ok_and(|t| t.starts_with("cursor "))
+    })
+    .await;
+    first.task.abort();
+    let _ = first.task.await;
+
+    // Emitted while the nozzle is away: ten queues' worth, kept by the doppler's ring.
+    const N: usize = 2_000;
+    emit_logs(&emitter, 0..N);
+    receiver.slow_down(Duration::from_millis(5));
+    let second = start_nozzle(config).await;
+    hydrant_testkit::wait_for(WAIT, "every record of the backlog", || async {
+        let records = app_records(&receiver);
+        (0..N).all(|i| {
+            records
+                .iter()
+                .any(|(_, r)| r.time_unix_nano as i64 == BASE_NS + i as i64)
+        })
+    })
+    .await;
+    let text = wait_accounted(&second).await;
+    assert_eq!(
+        scrape_metric(&text, "nozzle_dropped_total", ""),
+        0,
+        "the queue evicted while the ring held the backlog: {text}"
+    );
+    assert_eq!(
+        scrape_metric(&text, "nozzle_firehose_lost_total", ""),
+        0,
+        "{text}"
+    );
+    second.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

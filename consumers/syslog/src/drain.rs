@@ -55,6 +55,8 @@ pub struct Tally {
     metrics: NozzleMetrics,
     aggregate: Option<NozzleMetrics>,
     books: Mutex<Books>,
+    /// Unresolved messages before a reader keeping a cursor waits for this drain.
+    pace_limit: u64,
 }
 
 /// A copy of a drain's books at one moment.
@@ -93,6 +95,10 @@ impl hydrant_nozzle_core::Progress for Tally {
         let b = self.books();
         b.sent + b.dropped
     }
+
+    fn pace_limit(&self) -> Option<u64> {
+        Some(self.pace_limit)
+    }
 }
 
 impl Tally {
@@ -114,7 +120,16 @@ impl Tally {
                 losses: HashMap::new(),
                 unattributed: 0,
             }),
+            pace_limit: hydrant_nozzle_core::PACE_IN_FLIGHT,
         }
+    }
+
+    /// Books for a drain whose queue holds `max_items`: a reader keeping a cursor waits once
+    /// half of that is unresolved, so the queue keeps room for a frame and never evicts.
+    #[must_use]
+    pub fn paced_for(mut self, max_items: usize) -> Self {
+        self.pace_limit = (max_items as u64 / 2).max(1);
+        self
     }
 
     fn books(&self) -> std::sync::MutexGuard<'_, Books> {

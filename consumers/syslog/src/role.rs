@@ -227,7 +227,7 @@ impl Fleet {
                 HttpsSender::for_url(&url, &spec.url, dialer, &s.tls, s.insecure, s.timeout)?.into()
             }
         };
-        let tally = Arc::new(if spec.app.is_some() {
+        let tally = if spec.app.is_some() {
             // Per-binding counters live as long as the binding, outside the role's registry.
             Tally::new(
                 NozzleMetrics::new(&Registry::new(ROLE, &spec.key), &spec.url),
@@ -235,7 +235,8 @@ impl Fleet {
             )
         } else {
             Tally::new(NozzleMetrics::new(&s.registry, &spec.url), None)
-        });
+        };
+        let tally = Arc::new(tally.paced_for(s.queue.max_items));
         let queue = Arc::new(DestinationQueue::new(
             s.queue.clone(),
             tally.metrics().clone(),

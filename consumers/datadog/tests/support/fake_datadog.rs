@@ -85,6 +85,8 @@ struct Contract {
 struct Inner {
     script: VecDeque<Reply>,
     seen: Vec<Seen>,
+    /// How long each request takes before it is answered (a slow intake).
+    delay: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -132,6 +134,18 @@ impl FakeDatadog {
     /// The next requests (any endpoint) get these answers, in order, before normal handling.
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.inner.lock().unwrap().script.extend(replies);
+    }
+
+    /// Every request from now on takes `delay` before it is answered.
+    pub fn slow_down(&self, delay: std::time::Duration) {
+        self.inner.lock().unwrap().delay = delay;
+    }
+
+    async fn pause(&self) {
+        let delay = self.inner.lock().unwrap().delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -491,6 +505,7 @@ const LOGS: Contract = Contract {
 fn intake(contract: &'static Contract) -> MethodRouter<FakeDatadog> {
     post(
         move |State(fake): State<FakeDatadog>, headers: HeaderMap, body: Bytes| async move {
+            fake.pause().await;
             fake.handle(contract, &headers, &body)
         },
     )

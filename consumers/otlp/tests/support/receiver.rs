@@ -54,6 +54,8 @@ struct State {
     /// The `authorization` metadata of every call.
     authorization: Vec<Option<String>>,
     violations: Vec<String>,
+    /// How long each call takes before it is answered (a slow collector).
+    delay: std::time::Duration,
 }
 
 /// The receiver's shared state; clones share it.
@@ -111,6 +113,18 @@ impl Receiver {
     /// Every logs export (after the script) answers `answer`.
     pub fn logs_answer(&self, answer: Answer) {
         self.lock().default_logs = Some(answer);
+    }
+
+    /// Every call from now on takes `delay` before it is answered.
+    pub fn slow_down(&self, delay: std::time::Duration) {
+        self.lock().delay = delay;
+    }
+
+    async fn pause(&self) {
+        let delay = self.lock().delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
     }
 
     pub fn log_requests(&self) -> Vec<ExportLogsServiceRequest> {
@@ -276,6 +290,7 @@ impl LogsService for Receiver {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        self.pause().await;
         let default = self.lock().default_logs;
         let rejected = scripted(self.answer(&request, default, check_logs(request.get_ref())))?;
         self.lock().logs.push(request.into_inner());
@@ -293,6 +308,7 @@ impl MetricsService for Receiver {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.pause().await;
         let default = self.lock().default_metrics;
         let check = check_metrics(request.get_ref());
         let rejected = scripted(self.answer(&request, default, check))?;
