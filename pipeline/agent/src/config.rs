@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 
+use hydrant_bus::follow::{DopplerSource, default_dopplers};
 use hydrant_emitter::TelemetryConfig;
 use hydrant_runtime::invalid;
 use hydrant_tls::TlsFiles;
@@ -26,19 +27,15 @@ pub struct Config {
     /// The `instance_id` of the agent's own metrics (which copy of the agent). Default `"0"`.
     pub instance_id: String,
     /// The dopplers' ingress URLs. A source always goes to the same one (rendezvous hash of its
-    /// `source_id`) while it is up. Default `["http://127.0.0.1:8082"]`. Empty with a `bus`:
-    /// follow the dopplers announced there (as `dopplers_from_bus = true`).
+    /// `source_id`) while it is up. These four fields are shared with the firehose edge and
+    /// documented once, on [`DopplerSource`]. Default `["http://127.0.0.1:8082"]`.
     pub dopplers: Vec<String>,
-    /// Follow the dopplers announced on the bus (`doppler.announce`) instead of a fixed list:
-    /// a new doppler gets a lane within one announce interval, and one whose announcement
-    /// lapses (3 intervals) loses it. Needs `bus`; `dopplers` must then be empty or left at
-    /// its default. Default false.
+    /// Follow the dopplers announced on the bus: a new one gets a lane within one announce
+    /// interval. Default false.
     pub dopplers_from_bus: bool,
-    /// Most dopplers followed at once; further announcements are ignored and counted
-    /// (`agent.doppler_announcements{result="over_max_dopplers"}`). Default 64.
+    /// Most dopplers followed at once. Default 64.
     pub max_dopplers: usize,
-    /// The control-plane bus (`[bus]`), read only to follow the dopplers' announcements.
-    /// Default unset.
+    /// The control-plane bus (`[bus]`). Default unset.
     pub bus: Option<hydrant_bus::Config>,
     /// Send a batch to a doppler at this many envelopes. Default 100.
     pub batch_max_envelopes: usize,
@@ -94,16 +91,22 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
 }
 
-/// The static list's default: Loggregator's doppler port on loopback.
-fn default_dopplers() -> Vec<String> {
-    vec!["http://127.0.0.1:8082".to_owned()]
-}
-
 impl Config {
+    /// Where the dopplers come from: the fields shared with the firehose edge.
+    #[must_use]
+    pub fn doppler_source(&self) -> DopplerSource<'_> {
+        DopplerSource {
+            dopplers: &self.dopplers,
+            dopplers_from_bus: self.dopplers_from_bus,
+            max_dopplers: self.max_dopplers,
+            bus: self.bus.as_ref(),
+        }
+    }
+
     /// Whether the agent follows the dopplers announced on the bus.
     #[must_use]
     pub fn follows_bus(&self) -> bool {
-        self.bus.is_some() && (self.dopplers_from_bus || self.dopplers.is_empty())
+        self.doppler_source().follows_bus()
     }
 }
 
@@ -169,38 +172,10 @@ impl hydrant_runtime::Validate for Config {
                 )
             })?;
         }
-        if let Some(bus) = &self.bus {
-            bus.validate().map_err(|e| invalid("bus", e.to_string()))?;
-        }
-        if self.dopplers_from_bus && self.bus.is_none() {
-            return Err(invalid(
-                "dopplers_from_bus",
-                "following the announced dopplers needs a [bus] section (its url)",
-            )
-            .into());
-        }
-        if self.dopplers_from_bus
-            && !self.dopplers.is_empty()
-            && self.dopplers != default_dopplers()
-        {
-            return Err(invalid(
-                "dopplers",
-                "a fixed list and dopplers_from_bus = true conflict; write dopplers = [] to \
-                 follow the bus, or drop dopplers_from_bus",
-            )
-            .into());
-        }
-        if !(1..=1024).contains(&self.max_dopplers) {
-            return Err(invalid("max_dopplers", "must be 1 to 1024 (default 64)").into());
-        }
-        if self.dopplers.is_empty() && self.bus.is_none() {
-            return Err(invalid(
-                "dopplers",
-                "list at least one doppler, e.g. [\"http://127.0.0.1:8082\"], or set [bus] \
-                 to follow the announced ones",
-            )
-            .into());
-        }
+        self.doppler_source().validate().map_err(|e| {
+            let (field, message) = e.into_field();
+            invalid(field, message)
+        })?;
         if self.dopplers.len() > usize::from(u16::MAX) {
             return Err(invalid("dopplers", "at most 65535 dopplers").into());
         }

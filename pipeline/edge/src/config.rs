@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use hydrant_bus::follow::{DopplerSource, default_dopplers};
 use hydrant_runtime::invalid;
 
 use crate::Error;
@@ -24,24 +25,21 @@ pub struct Config {
     /// Which copy of the role this is, carried on its own metrics. Default `"0"`.
     pub instance_id: String,
     /// gRPC URLs of every doppler (`http://host:port`); each serves v2 Egress and the log cache
-    /// read API. Default `["http://127.0.0.1:8082"]`. Empty with a `bus`: follow the dopplers
-    /// announced there (as `dopplers_from_bus = true`).
+    /// read API. This field, `dopplers_from_bus`, `max_dopplers` and `bus` are shared with the
+    /// agent and documented once, on [`DopplerSource`]. Default `["http://127.0.0.1:8082"]`.
     pub dopplers: Vec<String>,
-    /// Follow the dopplers announced on the bus (`doppler.announce`) instead of a fixed list:
-    /// a new doppler is subscribed to as soon as its first announcement arrives, and one whose
-    /// announcements lapse (their TTL, three announce intervals) is dropped and its slot freed.
-    /// Needs `bus`; `dopplers` must then be empty or left at its default. Default false.
+    /// Follow the dopplers announced on the bus: a new one is subscribed to as soon as its
+    /// first announcement arrives, and one whose announcements lapse has its slot freed.
+    /// Default false.
     pub dopplers_from_bus: bool,
-    /// Most dopplers followed from the bus at once; an announcement beyond it is refused with a
-    /// log line and counted (`trafficcontroller.doppler_announcements{result=
-    /// "over_max_dopplers"}`). Default 64.
+    /// Most dopplers followed from the bus at once; one refused beyond it is also logged once.
+    /// Default 64.
     pub max_dopplers: usize,
     /// A followed doppler that still cannot be subscribed to this long after its stream went
     /// down (or after it was first announced) is dropped and its slot freed, even while it
     /// keeps announcing; its next announcement tries it afresh. Seconds, default 30.
     pub doppler_grace_secs: f64,
-    /// The control-plane bus (`[bus]`), read only to follow the dopplers' announcements.
-    /// Default unset.
+    /// The control-plane bus (`[bus]`). Default unset.
     pub bus: Option<hydrant_bus::Config>,
     /// The cloud controller's public token keys, `http://HOST:PORT/token_keys`. Fetched at
     /// start (retried until it answers), refreshed every `token_keys_refresh_secs`, and again
@@ -180,26 +178,29 @@ impl Default for Config {
     }
 }
 
-fn default_dopplers() -> Vec<String> {
-    vec!["http://127.0.0.1:8082".to_owned()]
-}
-
 impl Config {
+    /// Where the dopplers come from: the fields shared with the agent.
+    #[must_use]
+    pub fn doppler_source(&self) -> DopplerSource<'_> {
+        DopplerSource {
+            dopplers: &self.dopplers,
+            dopplers_from_bus: self.dopplers_from_bus,
+            max_dopplers: self.max_dopplers,
+            bus: self.bus.as_ref(),
+        }
+    }
+
     /// Whether the edge follows the dopplers announced on the bus rather than (only) a list.
     #[must_use]
     pub fn follows_bus(&self) -> bool {
-        self.bus.is_some() && (self.dopplers_from_bus || self.dopplers.is_empty())
+        self.doppler_source().follows_bus()
     }
 
     /// The fixed dopplers read from start to end: none when following the bus with `dopplers`
     /// left at its default.
     #[must_use]
     pub fn static_dopplers(&self) -> &[String] {
-        if self.follows_bus() && self.dopplers == default_dopplers() {
-            &[]
-        } else {
-            &self.dopplers
-        }
+        self.doppler_source().static_dopplers()
     }
 }
 
@@ -249,40 +250,11 @@ impl hydrant_runtime::Validate for Config {
                 .into());
             }
         }
-        if let Some(bus) = &self.bus {
-            bus.validate()
-                .map_err(|e| Error::from(invalid("bus", e.to_string())))?;
-        }
-        if self.dopplers_from_bus && self.bus.is_none() {
-            return Err(invalid(
-                "dopplers_from_bus",
-                "following the announced dopplers needs a [bus] section (its url)",
-            )
-            .into());
-        }
-        if self.dopplers_from_bus
-            && !self.dopplers.is_empty()
-            && self.dopplers != default_dopplers()
-        {
-            return Err(invalid(
-                "dopplers",
-                "a fixed list and dopplers_from_bus = true conflict; write dopplers = [] to \
-                 follow the bus, or drop dopplers_from_bus",
-            )
-            .into());
-        }
-        if !(1..=1024).contains(&self.max_dopplers) {
-            return Err(invalid("max_dopplers", "must be 1 to 1024 (default 64)").into());
-        }
+        self.doppler_source().validate().map_err(|e| {
+            let (field, message) = e.into_field();
+            Error::from(invalid(field, message))
+        })?;
         check_secs("doppler_grace_secs", self.doppler_grace_secs)?;
-        if self.dopplers.is_empty() && self.bus.is_none() {
-            return Err(invalid(
-                "dopplers",
-                "is empty: list at least one doppler gRPC URL, e.g. [\"http://127.0.0.1:8082\"], \
-                 or set [bus] to follow the announced ones",
-            )
-            .into());
-        }
         for (i, url) in self.dopplers.iter().enumerate() {
             let ok = url.parse::<http::Uri>().is_ok_and(|u| {
                 u.scheme_str() == Some("http") && u.authority().is_some_and(|a| a.port().is_some())

@@ -13,6 +13,14 @@ pub enum Error {
     /// A configuration field is invalid; the message names the field and the fix.
     #[error("invalid bus config: {0}")]
     Config(String),
+    /// A role's field about where its dopplers come from cannot work ([`crate::follow::DopplerSource`]).
+    #[error("{field}: {message}")]
+    Field {
+        /// The field as written in the role's config file.
+        field: &'static str,
+        /// What is wrong and what to write instead.
+        message: String,
+    },
     /// The first connection to NATS failed. (Later outages are reconnected automatically.)
     #[error("cannot reach NATS at {url}: {reason}; is nats-server running?")]
     Unreachable {
@@ -97,4 +105,17 @@ pub enum Error {
     /// The NATS client reported an error not covered above.
     #[error("NATS error: {0}")]
     Nats(String),
+}
+
+impl Error {
+    /// The config field this error names and what to write instead, for a role's own config
+    /// error: a [`Error::Field`]'s parts, or `bus` and the message for any other error (they
+    /// come from the `[bus]` section).
+    #[must_use]
+    pub fn into_field(self) -> (&'static str, String) {
+        match self {
+            Self::Field { field, message } => (field, message),
+            other => ("bus", other.to_string()),
+        }
+    }
 }

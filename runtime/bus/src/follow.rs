@@ -32,6 +32,99 @@ pub const MAX_ID: usize = 128;
 /// How often lapsed announcements are looked for: well inside one announce interval.
 pub const CHECK_EVERY: Duration = Duration::from_millis(200);
 
+/// The fixed list's default: Loggregator's doppler port on loopback.
+#[must_use]
+pub fn default_dopplers() -> Vec<String> {
+    vec!["http://127.0.0.1:8082".to_owned()]
+}
+
+/// Where a role's dopplers come from, as its config writes it: the fields the agent and the
+/// firehose edge share, borrowed from their configs (which keep them flat, as the files write
+/// them).
+///
+/// - `dopplers`: the fixed list of doppler URLs. Default [`default_dopplers`]. Empty with a
+///   `bus`: follow the dopplers announced there (as `dopplers_from_bus = true`).
+/// - `dopplers_from_bus`: follow the dopplers announced on the bus (`doppler.announce`)
+///   instead of a fixed list: a new doppler is followed as soon as its first announcement
+///   arrives, and one whose announcements lapse (their TTL, three announce intervals) is let
+///   go. Needs `bus`; `dopplers` must then be empty or left at its default. Default false.
+/// - `max_dopplers`: most dopplers followed at once, 1 to 1024; further announcements are
+///   refused and counted (`<role>.doppler_announcements{result="over_max_dopplers"}`).
+///   Default 64.
+/// - `bus`: the control-plane bus (`[bus]`), read only to follow the announcements. Default
+///   unset.
+#[derive(Debug, Clone, Copy)]
+pub struct DopplerSource<'a> {
+    /// The fixed list.
+    pub dopplers: &'a [String],
+    /// Follow the bus instead of the list.
+    pub dopplers_from_bus: bool,
+    /// Most dopplers followed at once.
+    pub max_dopplers: usize,
+    /// The `[bus]` section.
+    pub bus: Option<&'a crate::Config>,
+}
+
+impl<'a> DopplerSource<'a> {
+    /// Whether the role follows the dopplers announced on the bus rather than (only) a list.
+    #[must_use]
+    pub fn follows_bus(&self) -> bool {
+        self.bus.is_some() && (self.dopplers_from_bus || self.dopplers.is_empty())
+    }
+
+    /// The fixed dopplers read from start to end: none when following the bus with
+    /// `dopplers` left at its default.
+    #[must_use]
+    pub fn static_dopplers(&self) -> &'a [String] {
+        if self.follows_bus() && self.dopplers == default_dopplers() {
+            &[]
+        } else {
+            self.dopplers
+        }
+    }
+
+    /// Checks the bus section and that the fields agree; each role checks its list's URLs.
+    ///
+    /// # Errors
+    /// [`Error::Field`] naming the field; [`Error::into_field`] gives its parts.
+    pub fn validate(&self) -> Result<(), Error> {
+        let field = |field, message: &str| Error::Field {
+            field,
+            message: message.to_owned(),
+        };
+        if let Some(bus) = self.bus {
+            bus.validate().map_err(|e| field("bus", &e.to_string()))?;
+        }
+        if self.dopplers_from_bus && self.bus.is_none() {
+            return Err(field(
+                "dopplers_from_bus",
+                "following the announced dopplers needs a [bus] section (its url)",
+            ));
+        }
+        if self.dopplers_from_bus
+            && !self.dopplers.is_empty()
+            && self.dopplers != default_dopplers()
+        {
+            return Err(field(
+                "dopplers",
+                "a fixed list and dopplers_from_bus = true conflict; write dopplers = [] to \
+                 follow the bus, or drop dopplers_from_bus",
+            ));
+        }
+        if !(1..=1024).contains(&self.max_dopplers) {
+            return Err(field("max_dopplers", "must be 1 to 1024 (default 64)"));
+        }
+        if self.dopplers.is_empty() && self.bus.is_none() {
+            return Err(field(
+                "dopplers",
+                "is empty: list at least one doppler, e.g. [\"http://127.0.0.1:8082\"], or \
+                 set [bus] to follow the announced ones",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Which of an announcement's URLs a follower uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {

@@ -231,3 +231,55 @@ async fn follow_joins_an_announced_doppler_and_lets_it_go_when_it_falls_silent()
     stop.cancel();
     follower.await.unwrap().unwrap();
 }
+
+fn source<'a>(
+    dopplers: &'a [String],
+    dopplers_from_bus: bool,
+    max_dopplers: usize,
+    bus: Option<&'a Config>,
+) -> follow::DopplerSource<'a> {
+    follow::DopplerSource {
+        dopplers,
+        dopplers_from_bus,
+        max_dopplers,
+        bus,
+    }
+}
+
+#[test]
+fn a_doppler_source_follows_the_bus_only_with_one_and_names_the_field_that_cannot_work() {
+    let bus = Config::inprocess("t");
+    let listed = follow::default_dopplers();
+    let following = source(&listed, true, 64, Some(&bus));
+    following.validate().unwrap();
+    assert!(following.follows_bus());
+    assert!(
+        following.static_dopplers().is_empty(),
+        "the default list is not read while following"
+    );
+    let fixed = source(&listed, false, 64, None);
+    fixed.validate().unwrap();
+    assert!(!fixed.follows_bus());
+    assert_eq!(fixed.static_dopplers(), listed.as_slice());
+    assert!(source(&[], false, 64, Some(&bus)).follows_bus());
+    let other = vec!["http://10.0.0.1:8082".to_owned()];
+    let broken = Config {
+        publish_buffer: 0,
+        ..Config::inprocess("t")
+    };
+    let cases = [
+        (source(&listed, true, 64, None), "dopplers_from_bus"),
+        (source(&other, true, 64, Some(&bus)), "dopplers"),
+        (source(&listed, false, 0, None), "max_dopplers"),
+        (source(&[], false, 64, None), "dopplers"),
+        (source(&listed, false, 64, Some(&broken)), "bus"),
+    ];
+    for (source, field) in cases {
+        let err = source.validate().unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!("{field}: ")),
+            "{err} should name {field}"
+        );
+        assert_eq!(err.into_field().0, field);
+    }
+}
