@@ -15,8 +15,18 @@
 //! `cloudcontroller.internal_refused{identity,reason}` (identity `none` without a
 //! certificate, `unknown` for a name that is no role), and logged; calls let through are
 //! counted as `cloudcontroller.internal_calls{identity}`.
+//!
+//! Connections: a role keeps one connection here for as long as it keeps calling. A client
+//! offering ALPN `h2` (every role's client) gets HTTP/2 with keep-alive pings: no header-read
+//! timeout applies between its requests (HTTP/2 has no idle request line to wait for, and a
+//! dead peer is found by its missing ping answers), so a role polling every 12 s does not pay
+//! a TLS handshake per poll. HTTP/1.1 clients keep the 10 s header-read timeout. Either way a
+//! connection with no request in flight for [`Timeouts::idle`] is closed gracefully (GOAWAY on
+//! HTTP/2), so idle connections stay bounded in time as well as in number. Connections are
+//! counted as `cloudcontroller.internal_connections{protocol}`.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -26,9 +36,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 use hydrant_emitter::Registry;
 use hydrant_tls::{Identity, Observer, Reason, ServerTls};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
@@ -41,10 +53,42 @@ const REFUSED_HELP: &str =
     "clients refused by the internal API, by the identity their certificate named and reason";
 const CALLS: &str = "cloudcontroller.internal_calls";
 const CALLS_HELP: &str = "internal API calls let through to their handler, by caller identity";
+const CONNECTIONS: &str = "cloudcontroller.internal_connections";
+const CONNECTIONS_HELP: &str =
+    "connections to the internal API that passed the handshake, by protocol (ALPN)";
 /// Connections served at once; past this, accepting waits.
 const MAX_CONNECTIONS: usize = 256;
-/// How long a client may take to send a request's headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the internal listener waits, and on what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timeouts {
+    /// HTTP/1.1 only: how long a client may take to send a request's headers, counted from
+    /// connecting or from the previous response. Default 10 s.
+    pub(crate) header: Duration,
+    /// How long a connection may go without a request in flight before it is closed
+    /// gracefully. Default 120 s: above the roles' 90 s (they close first, so a call never
+    /// meets a closing connection) and far above their poll intervals.
+    pub(crate) idle: Duration,
+    /// HTTP/2 only: how often the server pings an open connection. Default 30 s.
+    pub(crate) ping_interval: Duration,
+    /// HTTP/2 only: how long a ping may go unanswered before the connection is closed as
+    /// dead. Default 20 s.
+    pub(crate) ping_timeout: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            header: Duration::from_secs(10),
+            idle: Duration::from_secs(120),
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// How long a graceful close may take before the connection is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 use Identity::{Autoscaler, Executor, HealthManager, Nozzle, Slo, TrafficController};
 
@@ -141,10 +185,20 @@ impl Refusals {
                 ("reason", Reason::NoCertificate.label()),
             ],
         );
+        for protocol in ["h2", "http/1.1"] {
+            registry.counter(CONNECTIONS, CONNECTIONS_HELP, &[("protocol", protocol)]);
+        }
         Self {
             registry: registry.clone(),
             tls: hydrant_emitter::tls::observer(registry, ENDPOINT),
         }
+    }
+
+    /// Counts a connection that passed the handshake, by the protocol it speaks.
+    fn connected(&self, protocol: &'static str) {
+        self.registry
+            .counter(CONNECTIONS, CONNECTIONS_HELP, &[("protocol", protocol)])
+            .inc();
     }
 
     fn count(&self, identity: Option<Identity>, reason: &str) {
@@ -224,17 +278,48 @@ pub(crate) fn router(api: Router, refusals: Refusals) -> Router {
     api.layer(axum::middleware::from_fn_with_state(refusals, authorize))
 }
 
-/// Serves `router` on `listener` over mutual TLS (`tls`, ALPN `http/1.1`) until `shutdown`.
+/// Serves `router` on `listener` over mutual TLS (`tls`, ALPN `h2` or `http/1.1`) with the
+/// default [`Timeouts`] until `shutdown`; connections are counted in `refusals`' registry.
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: ServerTls,
     router: Router,
+    refusals: Refusals,
+    shutdown: CancellationToken,
+) {
+    serve_with(
+        listener,
+        tls,
+        router,
+        refusals,
+        Timeouts::default(),
+        shutdown,
+    )
+    .await;
+}
+
+/// [`serve`] with `timeouts` (tests shorten them).
+pub(crate) async fn serve_with(
+    listener: TcpListener,
+    tls: ServerTls,
+    router: Router,
+    refusals: Refusals,
+    timeouts: Timeouts,
     shutdown: CancellationToken,
 ) {
     let mut incoming =
-        hydrant_tls::grpc::incoming(listener, tls.with_alpn(&[b"http/1.1"])).into_inner();
+        hydrant_tls::grpc::incoming(listener, tls.with_alpn(&[b"h2", b"http/1.1"])).into_inner();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let connections = tokio_util::task::TaskTracker::new();
+    let mut h1 = auto::Builder::new(TokioExecutor::new()).http1_only();
+    h1.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header);
+    let mut h2 = auto::Builder::new(TokioExecutor::new()).http2_only();
+    h2.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(timeouts.ping_interval)
+        .keep_alive_timeout(timeouts.ping_timeout);
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
@@ -248,37 +333,104 @@ pub(crate) async fn serve(
             },
         };
         let peer = Peer(conn.peer().identity);
+        // The protocol is the one ALPN agreed on; a client naming none speaks HTTP/1.1.
+        let (builder, protocol) = if conn.alpn() == Some(b"h2".as_slice()) {
+            (h2.clone(), "h2")
+        } else {
+            (h1.clone(), "http/1.1")
+        };
+        refusals.connected(protocol);
         let router = router.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let _slot = slot;
+            let activity = Arc::new(Activity::new());
+            let watched = Arc::clone(&activity);
             let service =
                 hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
                     request.extensions_mut().insert(peer);
-                    router.clone().oneshot(request.map(axum::body::Body::new))
+                    let call = watched.start();
+                    let answer = router.clone().oneshot(request.map(axum::body::Body::new));
+                    async move {
+                        let answer = answer.await;
+                        drop(call);
+                        answer
+                    }
                 });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
             let connection = builder.serve_connection(TokioIo::new(conn), service);
             tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            loop {
+                let idle_at = activity.idle_deadline(timeouts.idle);
+                tokio::select! {
+                    _ = connection.as_mut() => return,
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep_until(idle_at) => {
+                        if activity.idle_deadline(timeouts.idle) <= Instant::now() {
+                            break;
+                        }
+                    }
                 }
             }
+            // Shutting down, or idle too long: finish what is in flight (HTTP/2 says GOAWAY
+            // first), then close; a peer that does not let go is dropped after the grace.
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
         });
     }
     connections.close();
     connections.wait().await;
 }
 
+/// One connection's requests in flight and when the last one ended: what the idle bound
+/// looks at (pings and partial requests do not count as use).
+#[derive(Debug)]
+struct Activity {
+    in_flight: AtomicUsize,
+    last: Mutex<Instant>,
+}
+
+/// A request in flight: counted from the service call to its answer (or its cancellation).
+#[derive(Debug)]
+struct Call(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            last: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn start(self: &Arc<Self>) -> Call {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Call(Arc::clone(self))
+    }
+
+    /// When the connection will have been idle for `idle`: never while a request is in
+    /// flight (checked again after `idle`).
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        let now = Instant::now();
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return now + idle;
+        }
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) + idle
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        *self.0.last.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
     use super::*;
+    use hydrant_runtime::MtlsTransport;
+    use hydrant_tls::{Material, TlsFiles};
 
     #[test]
     fn each_role_reaches_exactly_its_own_endpoints() {
@@ -304,5 +456,135 @@ mod tests {
         assert_eq!(at(Method::DELETE, "/v3/apps/g1"), None);
         assert_eq!(at(Method::GET, "/"), None);
         assert_eq!(at(Method::POST, "/v3/tokens").map(|v| v.len()), Some(5));
+    }
+
+    /// The internal listener with `timeouts`, answering `GET /v3/slos` to the `slo` identity:
+    /// its address, registry and certificate directory.
+    async fn internal_api(
+        timeouts: Timeouts,
+        shutdown: &CancellationToken,
+    ) -> (String, Registry, tempfile::TempDir) {
+        let certs = tempfile::tempdir().unwrap();
+        hydrant_tls::issue::ensure(
+            certs.path(),
+            &[Identity::CloudController, Identity::Slo, Identity::Agent],
+            &[],
+        )
+        .unwrap();
+        let registry = Registry::new("cloudcontroller", "0");
+        let refusals = Refusals::new(&registry);
+        let tls = ServerTls::new(
+            Material::load(&TlsFiles::in_dir(certs.path(), Identity::CloudController)).unwrap(),
+            ENDPOINT,
+            CALLERS,
+            Arc::new(refusals.clone()),
+        )
+        .unwrap();
+        let api = Router::new().route("/v3/slos", axum::routing::get(|| async { "[]" }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/v3/slos", listener.local_addr().unwrap());
+        tokio::spawn(serve_with(
+            listener,
+            tls,
+            router(api, refusals.clone()),
+            refusals,
+            timeouts,
+            shutdown.clone(),
+        ));
+        (url, registry, certs)
+    }
+
+    /// `calls` GETs of `url`, `every` apart, each answered 200.
+    async fn poll(transport: &MtlsTransport, url: &str, calls: usize, every: Duration) {
+        for call in 0..calls {
+            if call > 0 {
+                tokio::time::sleep(every).await;
+            }
+            let request = reqwest::Client::new().get(url).build().unwrap();
+            let response = transport.execute(request).await.unwrap();
+            assert_eq!(response.status(), 200, "call {call}");
+            assert_eq!(response.text().await.unwrap(), "[]");
+        }
+    }
+
+    fn connections(registry: &Registry, protocol: &str) -> u64 {
+        registry.counter_sum(CONNECTIONS, &[("protocol", protocol)])
+    }
+
+    /// A role polling less often than the header-read timeout keeps one connection (one TLS
+    /// handshake): HTTP/2 has no header timeout between requests. An HTTP/1.1-only client
+    /// still meets it and reconnects for every call, which is what HTTP/2 ends. (The
+    /// timeouts are scaled down from 10 s and a 12 s poll to 300 ms and 700 ms.)
+    #[tokio::test]
+    async fn a_role_polling_slower_than_the_header_timeout_keeps_one_connection() {
+        let shutdown = CancellationToken::new();
+        let timeouts = Timeouts {
+            header: Duration::from_millis(300),
+            ..Timeouts::default()
+        };
+        let (url, registry, certs) = internal_api(timeouts, &shutdown).await;
+        let files = TlsFiles::in_dir(certs.path(), Identity::Slo);
+
+        let role = MtlsTransport::new(&files).unwrap();
+        poll(&role, &url, 3, Duration::from_millis(700)).await;
+        assert_eq!(role.connections_opened(), 1);
+        assert_eq!(connections(&registry, "h2"), 1);
+
+        let old = MtlsTransport::new(&files).unwrap().http1_only();
+        poll(&old, &url, 3, Duration::from_millis(700)).await;
+        assert_eq!(old.connections_opened(), 3);
+        assert_eq!(connections(&registry, "http/1.1"), 3);
+        shutdown.cancel();
+    }
+
+    /// Idle connections stay bounded in time: one with no request for the idle bound is
+    /// closed by the server (GOAWAY), and the client's next call opens a new one without
+    /// failing.
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_and_the_next_call_reconnects() {
+        let shutdown = CancellationToken::new();
+        let timeouts = Timeouts {
+            idle: Duration::from_millis(300),
+            ..Timeouts::default()
+        };
+        let (url, registry, certs) = internal_api(timeouts, &shutdown).await;
+        let role = MtlsTransport::new(&TlsFiles::in_dir(certs.path(), Identity::Slo))
+            .unwrap()
+            .with_idle_timeout(Duration::from_secs(30));
+        // Two quick calls share the connection; a pause past the bound ends it.
+        poll(&role, &url, 2, Duration::from_millis(50)).await;
+        assert_eq!(role.connections_opened(), 1);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        poll(&role, &url, 1, Duration::ZERO).await;
+        assert_eq!(role.connections_opened(), 2);
+        assert_eq!(connections(&registry, "h2"), 2);
+        shutdown.cancel();
+    }
+
+    /// A client the handshake refuses still learns why over HTTP/2 (the TLS alert is in the
+    /// error), and a let-in role calling another's endpoint gets 403 over HTTP/2 as well.
+    #[tokio::test]
+    async fn refusals_are_the_same_over_http2() {
+        let shutdown = CancellationToken::new();
+        let (url, registry, certs) = internal_api(Timeouts::default(), &shutdown).await;
+        let agent = hydrant_tls::ClientTls::new(
+            Material::load(&TlsFiles::in_dir(certs.path(), Identity::Agent)).unwrap(),
+            Identity::CloudController,
+        )
+        .unwrap();
+        let request = reqwest::Client::new().get(&url).build().unwrap();
+        let refused = MtlsTransport::from_client(&agent)
+            .execute(request)
+            .await
+            .unwrap_err();
+        assert!(refused.contains("AccessDenied"), "{refused}");
+
+        let slo = MtlsTransport::new(&TlsFiles::in_dir(certs.path(), Identity::Slo)).unwrap();
+        let other = url.replace("/v3/slos", "/v3/drain_targets");
+        let request = reqwest::Client::new().get(&other).build().unwrap();
+        let response = slo.execute(request).await.unwrap();
+        assert_eq!(response.status(), 403);
+        assert_eq!(connections(&registry, "h2"), 1);
+        shutdown.cancel();
     }
 }

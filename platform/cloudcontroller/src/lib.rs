@@ -289,11 +289,12 @@ fn serve_internal(
         url = ctx.config.internal_base_url().unwrap_or_default(),
         "internal API serving over mutual TLS"
     );
-    let router = internal::router(api::router(ctx.clone()), refusals);
+    let router = internal::router(api::router(ctx.clone()), refusals.clone());
     Ok(Some(tokio::spawn(internal::serve(
         listener,
         tls,
         router,
+        refusals,
         shutdown.clone(),
     ))))
 }

@@ -11,8 +11,10 @@
 //!
 //! Invariants: with `tls` set, nothing reaches the controller in plaintext, and a server that
 //! is not the `cloudcontroller` identity of the trusted CA never sees a request; a handshake
-//! runs per connection, not per call: connections are kept per peer (at most four idle, none
-//! idle longer than 8 s) and reused, and a
+//! runs per connection, not per call: the client offers ALPN `h2` first and keeps one HTTP/2
+//! connection per peer, shared by every call (pinged while idle, closed after 90 s without a
+//! call); with a server that speaks only HTTP/1.1, connections are kept per peer (at most four
+//! idle, none idle longer than 8 s, under such a server's header-read timeout) and reused. A
 //! reissued leaf or a rotated CA applies to the next connection; a call that meets a kept
 //! connection the server closed goes out again on a fresh one when it was never sent (or is
 //! idempotent), so a restarted controller costs no failed call; errors name the URL and the
@@ -28,7 +30,8 @@ use std::time::{Duration, Instant};
 use hydrant_api::{TokenCache, Transport, TransportFuture};
 use hydrant_tls::{ClientTls, Identity, Material, TlsFiles};
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::Error;
 use crate::config::{ApiConsumer, invalid};
@@ -40,19 +43,31 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_IDLE_PER_PEER: usize = 4;
 /// Peers with kept connections (a role talks to one controller; more are dropped, not kept).
 const MAX_PEERS: usize = 8;
-/// How long a kept connection may sit idle before it is closed instead of reused. Below the
-/// controller's 10 s header-read timeout, which closes an HTTP/1.1 connection that waits that
-/// long for its next request: a call never goes out on a connection the server is closing.
+/// How long a kept HTTP/1.1 connection may sit idle before it is closed instead of reused.
+/// Below the 10 s header-read timeout of an HTTP/1.1 server, which closes a connection that
+/// waits that long for its next request: a call never goes out on a connection the server is
+/// closing.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long the shared HTTP/2 connection may go without a call before it is let go. Below the
+/// controller's 120 s idle bound, so the client, not the server, closes an idle connection.
+const SHARED_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How often an HTTP/2 connection is pinged, and how long an answer may take before the
+/// connection counts as dead (a controller host that vanished without closing it).
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// HTTP/2 receive windows: a droplet streams at the speed of the link, not of 64 KiB windows.
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 8 << 20;
 
-/// HTTP/1.1 over mutual TLS to the cloud controller's internal listener: a `hydrant_api`
-/// transport. Connections are kept and reused (a handshake costs ~20 ms of both sides' CPU);
-/// clones share them.
+/// HTTP/2 (or HTTP/1.1 with a server that speaks only that) over mutual TLS to the cloud
+/// controller's internal listener: a `hydrant_api` transport. Connections are kept and reused
+/// (a handshake costs ~20 ms of both sides' CPU); clones share them.
 #[derive(Debug, Clone)]
 pub struct MtlsTransport {
     tls: ClientTls,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    shared_idle_timeout: Duration,
     pool: Arc<Pool>,
 }
 
@@ -69,15 +84,23 @@ impl MtlsTransport {
     }
 
     /// A transport over a client TLS config made elsewhere (a probe, or a test presenting
-    /// another CA's certificate or none), speaking `http/1.1`.
+    /// another CA's certificate or none), offering `h2` and then `http/1.1`.
     #[must_use]
     pub fn from_client(tls: &ClientTls) -> Self {
         Self {
-            tls: tls.with_alpn(&[b"http/1.1"]),
+            tls: tls.with_alpn(&[b"h2", b"http/1.1"]),
             connect_timeout: CONNECT_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
+            shared_idle_timeout: SHARED_IDLE_TIMEOUT,
             pool: Arc::default(),
         }
+    }
+
+    /// The same transport offering only `http/1.1` (as clients before HTTP/2 did).
+    #[must_use]
+    pub fn http1_only(mut self) -> Self {
+        self.tls = self.tls.with_alpn(&[b"http/1.1"]);
+        self
     }
 
     /// The same transport giving up on a connection (dial and handshake) after `timeout`.
@@ -88,10 +111,12 @@ impl MtlsTransport {
     }
 
     /// The same transport closing a kept connection once it has been idle for `timeout`
-    /// (default 8 s) instead of reusing it. Keep it under the server's own idle limit.
+    /// (default 8 s for HTTP/1.1, 90 s for HTTP/2) instead of reusing it. Keep it under the
+    /// server's own idle limit.
     #[must_use]
     pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
+        self.shared_idle_timeout = timeout;
         self
     }
 
@@ -135,14 +160,55 @@ struct Kept {
     done: Arc<AtomicBool>,
 }
 
-/// The kept connections, by peer; bounded by [`MAX_PEERS`] and [`MAX_IDLE_PER_PEER`].
+/// A peer's HTTP/2 connection, shared by every call: when it was last used.
+#[derive(Debug)]
+struct Shared {
+    sender: http2::SendRequest<reqwest::Body>,
+    since: Instant,
+}
+
+/// The kept connections, by peer; bounded by [`MAX_PEERS`] and [`MAX_IDLE_PER_PEER`] (one
+/// HTTP/2 connection per peer).
 #[derive(Debug, Default)]
 struct Pool {
     kept: Mutex<HashMap<Peer, Vec<Kept>>>,
+    shared: Mutex<HashMap<Peer, Shared>>,
     opened: AtomicU64,
 }
 
 impl Pool {
+    /// The HTTP/2 connection to `peer`, if it is open and was used within `max_idle`
+    /// (otherwise it is let go: dropping the last handle closes it).
+    fn shared(&self, peer: &Peer, max_idle: Duration) -> Option<http2::SendRequest<reqwest::Body>> {
+        let mut shared = lock(&self.shared);
+        let usable = shared
+            .get(peer)
+            .is_some_and(|c| !c.sender.is_closed() && c.since.elapsed() < max_idle);
+        if !usable {
+            shared.remove(peer);
+            return None;
+        }
+        let conn = shared.get_mut(peer)?;
+        conn.since = Instant::now();
+        Some(conn.sender.clone())
+    }
+
+    /// Shares `sender` for the next calls to `peer` (replacing a closed one).
+    fn share(&self, peer: Peer, sender: http2::SendRequest<reqwest::Body>) {
+        let mut shared = lock(&self.shared);
+        shared.retain(|_, c| !c.sender.is_closed());
+        if !shared.contains_key(&peer) && shared.len() >= MAX_PEERS {
+            return;
+        }
+        shared.insert(
+            peer,
+            Shared {
+                sender,
+                since: Instant::now(),
+            },
+        );
+    }
+
     /// The most recently used connection to `peer` whose last exchange is over, that is still
     /// open and was not kept longer than `max_idle`.
     async fn take(&self, peer: &Peer, max_idle: Duration) -> Option<SendRequest<reqwest::Body>> {
@@ -253,6 +319,12 @@ fn idempotent(method: &reqwest::Method) -> bool {
     .contains(method)
 }
 
+/// The protocol a connection speaks, by what ALPN agreed on.
+enum Sender {
+    H1(SendRequest<reqwest::Body>),
+    H2(http2::SendRequest<reqwest::Body>),
+}
+
 async fn send(
     transport: MtlsTransport,
     request: reqwest::Request,
@@ -285,13 +357,41 @@ async fn send(
     } else {
         None
     };
-    let mut request = origin_form(request, &authority)?;
-    if let Some(mut sender) = transport.pool.take(&peer, transport.idle_timeout).await {
-        match sender.try_send_request(request).await {
-            Ok(response) => return Ok(answer(&transport.pool, peer, sender, response)),
+    let mut request: http::Request<reqwest::Body> = request
+        .try_into()
+        .map_err(|e: reqwest::Error| e.to_string())?;
+    // A kept connection first: the peer's HTTP/2 one, else an idle HTTP/1.1 one.
+    let kept = match transport.pool.shared(&peer, transport.shared_idle_timeout) {
+        Some(h2) => Some(Sender::H2(h2)),
+        None => transport
+            .pool
+            .take(&peer, transport.idle_timeout)
+            .await
+            .map(Sender::H1),
+    };
+    if let Some(sender) = kept {
+        let sent = match sender {
+            Sender::H2(mut h2) => h2
+                .try_send_request(shape(request, true, &authority)?)
+                .await
+                .map(answer_shared),
+            Sender::H1(mut h1) => match h1
+                .try_send_request(shape(request, false, &authority)?)
+                .await
+            {
+                Ok(response) => Ok(answer(&transport.pool, peer.clone(), h1, response)),
+                Err(e) => Err(e),
+            },
+        };
+        match sent {
+            Ok(response) => return Ok(response),
             Err(mut e) => match (e.take_message(), again) {
                 (Some(unsent), _) => request = unsent,
-                (None, Some(again)) => request = origin_form(again, &authority)?,
+                (None, Some(again)) => {
+                    request = again
+                        .try_into()
+                        .map_err(|e: reqwest::Error| e.to_string())?;
+                }
                 (None, None) => {
                     return Err(format!(
                         "the kept connection broke: {}",
@@ -301,9 +401,21 @@ async fn send(
             },
         }
     }
-    let (mut sender, driver) = connect(&transport, &peer).await?;
-    let response = match sender.send_request(request).await {
-        Ok(response) => response,
+    let (sender, driver) = connect(&transport, &peer).await?;
+    let response = match sender {
+        Sender::H2(mut h2) => {
+            transport.pool.share(peer, h2.clone());
+            h2.send_request(shape(request, true, &authority)?)
+                .await
+                .map(answer_shared)
+        }
+        Sender::H1(mut h1) => match h1.send_request(shape(request, false, &authority)?).await {
+            Ok(response) => Ok(answer(&transport.pool, peer, h1, response)),
+            Err(e) => Err(e),
+        },
+    };
+    match response {
+        Ok(response) => Ok(response),
         // Under TLS 1.3 the server judges the client's certificate after the client has
         // finished its half of the handshake: a refusal ends the connection with an alert,
         // which the connection's own error carries.
@@ -312,47 +424,50 @@ async fn send(
                 Ok(Ok(Err(cause))) => format!(" ({})", chain(&cause)),
                 _ => String::new(),
             };
-            return Err(format!("no answer: {}{cause}", chain(&e)));
+            Err(format!("no answer: {}{cause}", chain(&e)))
         }
-    };
-    Ok(answer(&transport.pool, peer, sender, response))
+    }
 }
 
-/// `request` as HTTP/1.1 sends it to an origin server: the path in the request line, the
-/// authority in `Host`.
-fn origin_form(
-    request: reqwest::Request,
+/// `request` as the connection's protocol sends it: for HTTP/1.1 to an origin server, the path
+/// in the request line and the authority in `Host`; for HTTP/2, the absolute URI (its
+/// `:scheme` and `:authority`) and no `Host`.
+fn shape(
+    mut request: http::Request<reqwest::Body>,
+    h2: bool,
     authority: &str,
 ) -> Result<http::Request<reqwest::Body>, String> {
-    let mut request: http::Request<reqwest::Body> = request
-        .try_into()
-        .map_err(|e: reqwest::Error| e.to_string())?;
-    let origin: http::Uri = request
+    let path = request
         .uri()
         .path_and_query()
         .map_or("/", |p| p.as_str())
+        .to_owned();
+    let uri = if h2 {
+        format!("https://{authority}{path}")
+    } else {
+        path
+    };
+    *request.uri_mut() = uri
         .parse()
         .map_err(|e: http::uri::InvalidUri| e.to_string())?;
-    *request.uri_mut() = origin;
-    let host_header = http::HeaderValue::from_str(authority).map_err(|e| e.to_string())?;
-    request
-        .headers_mut()
-        .insert(http::header::HOST, host_header);
+    if h2 {
+        request.headers_mut().remove(http::header::HOST);
+    } else {
+        let host_header = http::HeaderValue::from_str(authority).map_err(|e| e.to_string())?;
+        request
+            .headers_mut()
+            .insert(http::header::HOST, host_header);
+    }
     Ok(request)
 }
 
-/// A fresh connection to `peer`: TCP, the handshake, HTTP/1.1. The driver's task ends with the
-/// connection; its error is the reason a refused request gets no answer.
+/// A fresh connection to `peer`: TCP, the handshake, then HTTP/2 when the server agreed to
+/// `h2`, HTTP/1.1 otherwise. The driver's task ends with the connection; its error is the
+/// reason a refused request gets no answer.
 async fn connect(
     transport: &MtlsTransport,
     peer: &Peer,
-) -> Result<
-    (
-        SendRequest<reqwest::Body>,
-        tokio::task::JoinHandle<hyper::Result<()>>,
-    ),
-    String,
-> {
+) -> Result<(Sender, tokio::task::JoinHandle<hyper::Result<()>>), String> {
     let tls = &transport.tls;
     let timeout = transport.connect_timeout;
     let connect = async {
@@ -365,14 +480,29 @@ async fn connect(
             .connect(tls.server_name(), tcp)
             .await
             .map_err(|e| format!("the TLS handshake failed: {}", chain(&e)))?;
-        hyper::client::conn::http1::handshake::<_, reqwest::Body>(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP/1.1 over TLS failed: {}", chain(&e)))
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(PING_INTERVAL)
+                .keep_alive_timeout(PING_TIMEOUT)
+                .keep_alive_while_idle(true)
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .handshake::<_, reqwest::Body>(TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("HTTP/2 over TLS failed: {}", chain(&e)))?;
+            Ok((Sender::H2(sender), tokio::spawn(connection)))
+        } else {
+            let (sender, connection) =
+                hyper::client::conn::http1::handshake::<_, reqwest::Body>(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| format!("HTTP/1.1 over TLS failed: {}", chain(&e)))?;
+            Ok((Sender::H1(sender), tokio::spawn(connection)))
+        }
     };
-    let (sender, connection) = tokio::time::timeout(timeout, connect)
+    tokio::time::timeout(timeout, connect)
         .await
-        .map_err(|_| format!("no connection within {} ms", timeout.as_millis()))??;
-    Ok((sender, tokio::spawn(connection)))
+        .map_err(|_| format!("no connection within {} ms", timeout.as_millis()))?
 }
 
 /// The server's answer as `reqwest` hands it out (its body streams); the connection is kept
@@ -388,6 +518,15 @@ fn answer(
     pool.keep(peer, sender, done.clone());
     let body = reqwest::Body::wrap(Tracked { inner, done });
     reqwest::Response::from(http::Response::from_parts(parts, body))
+}
+
+/// An answer over the shared HTTP/2 connection, which stays shared whatever the body does.
+fn answer_shared(response: http::Response<hyper::body::Incoming>) -> reqwest::Response {
+    let (parts, inner) = response.into_parts();
+    reqwest::Response::from(http::Response::from_parts(
+        parts,
+        reqwest::Body::wrap(inner),
+    ))
 }
 
 /// A role's way to the cloud controller: the API client (over mutual TLS when the block has

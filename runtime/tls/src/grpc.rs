@@ -75,6 +75,12 @@ impl TlsConn {
     pub fn peer(&self) -> &PeerInfo {
         &self.peer
     }
+
+    /// The application protocol the handshake agreed on (ALPN: `h2`, `http/1.1`), if any.
+    #[must_use]
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.stream.get_ref().1.alpn_protocol()
+    }
 }
 
 impl tonic::transport::server::Connected for TlsConn {
