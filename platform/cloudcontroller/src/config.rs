@@ -857,6 +857,43 @@ mod tests {
     }
 
     #[test]
+    fn a_db_url_asking_for_tls_must_name_a_readable_ca_and_no_plain_fallback() {
+        let ca = tempfile::NamedTempFile::new().unwrap();
+        let certs = tempfile::tempdir().unwrap();
+        let ca_file = hydrant_tls::issue::init(certs.path(), 1).unwrap().ca_file();
+        let base = "postgres://u:hunter2@10.0.0.5:5432/ccdb";
+        let check = |query: String| {
+            let config = Config {
+                db: DbConfig {
+                    url: format!("{base}?{query}"),
+                },
+                ..Config::default()
+            };
+            hydrant_runtime::Validate::validate(&config).map_err(|e| e.to_string())
+        };
+        let ca = ca.path().display();
+        let ours = ca_file.display();
+        for (query, says) in [
+            ("sslmode=require".to_owned(), "sslrootcert=PATH"),
+            (format!("sslmode=prefer&sslrootcert={ours}"), "verify-full"),
+            (format!("sslmode=allow&sslrootcert={ours}"), "sslmode=allow"),
+            ("sslrootcert=/nonexistent/ca.pem".to_owned(), "cannot read"),
+            (format!("sslrootcert={ca}"), "holds no certificate"),
+        ] {
+            let e = check(query.clone()).expect_err(&query);
+            assert!(e.contains("db.url") && e.contains(says), "{query}: {e}");
+            assert!(!e.contains("hunter2"), "the password leaked: {e}");
+        }
+        for query in [
+            format!("sslrootcert={ours}"),
+            format!("sslmode=verify-full&sslrootcert={ours}&connect_timeout=3"),
+            "sslmode=disable".to_owned(),
+        ] {
+            check(query.clone()).unwrap_or_else(|e| panic!("{query}: {e}"));
+        }
+    }
+
+    #[test]
     fn rejections_name_the_field() {
         let cases: Vec<(Config, &str)> = vec![
             (

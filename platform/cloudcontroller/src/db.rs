@@ -326,7 +326,7 @@ impl DbUrl {
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            url.parse::<postgres::Config>().map_err(|e| {
+            crate::sql::PgTarget::parse(url).map_err(|e| {
                 format!(
                     "{:?} is not a PostgreSQL URL ({e}); {HELP}",
                     mask_password(url)
@@ -504,16 +504,17 @@ fn connect(url: &DbUrl) -> Result<Connection, Error> {
             Ok(Connection::Sqlite(conn))
         }
         DbUrl::Postgres(text) => {
-            let mut config: postgres::Config = text
-                .parse()
-                .map_err(|e: postgres::Error| crate::sql::Error::from(e))
+            // TLS as the URL asks (`sslrootcert`): see `crate::sql::PgTarget`.
+            let mut target = crate::sql::PgTarget::parse(text)
+                .map_err(crate::sql::Error::Postgres)
                 .map_err(db_err("parse the PostgreSQL URL"))?;
+            let config = &mut target.config;
             if config.get_connect_timeout().is_none() {
                 config.connect_timeout(std::time::Duration::from_secs(5));
             }
             config.application_name("hydrant-cloudcontroller");
-            let client = config
-                .connect(postgres::NoTls)
+            let client = target
+                .connect()
                 .map_err(|e| crate::sql::Error::Unavailable(e.to_string()))
                 .map_err(db_err("connect to PostgreSQL"))?;
             Ok(Connection::Postgres(std::cell::RefCell::new(

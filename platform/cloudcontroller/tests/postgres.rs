@@ -1,7 +1,8 @@
 //! The cloud controller on PostgreSQL (Cloud Foundry's CCDB), against a real, throwaway
 //! server: every table family through the API and a restart, and two controllers on one
 //! database and one blob directory: what one writes the other serves, either can die, and
-//! work only one may do (placement, an orphan mitigation) is done once.
+//! work only one may do (placement, an orphan mitigation) is done once; and TLS to the server
+//! when the URL names the CA (`sslrootcert`), refusing a server another CA vouches for.
 //!
 //! Needs PostgreSQL's server (the Debian package `postgresql`, which `scripts/test`
 //! installs); as root the server runs as an unprivileged uid.
@@ -214,13 +215,9 @@ async fn two_controllers_on_one_database_serve_side_by_side_and_either_can_die()
         options(bus, &url, shared.path(), "cc-a"),
         options(bus, &url, shared.path(), "cc-b"),
     );
-    // The shared token keys exist before either starts (two controllers creating them at
-    // once can race in `hydrant_auth::KeyStore::open`; see the report).
-    let keys = shared.path().join("token_keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    hydrant_auth::KeyStore::open(&keys).unwrap();
-    // Started together on a fresh database: one migrates and creates the administrator
-    // (under the advisory lock), the other finds it done.
+    // Started together on a fresh database and an empty token key directory: one migrates
+    // and creates the administrator (under the advisory lock) and one the signing key (under
+    // the directory's lock); the other finds them done, so either's tokens verify at both.
     let (a, b) = tokio::join!(
         Cc::start(data_a.path(), &opts_a),
         Cc::start(data_b.path(), &opts_b),
@@ -454,5 +451,127 @@ async fn with_two_controllers_a_failed_provision_is_called_and_orphan_mitigated_
     );
     a.stop().await;
     b.stop().await;
+    drop(server);
+}
+
+/// Copies `identity`'s certificate and key from `certs` to a directory the server's user
+/// owns (PostgreSQL wants its key private to itself); their paths.
+fn server_files(certs: &hydrant_tls::issue::CertDir, to: &Path) -> (String, String) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let identity = hydrant_tls::Identity::CloudController;
+    let (cert, key) = (to.join("server.pem"), to.join("server.key"));
+    std::fs::copy(certs.cert_file(identity), &cert).unwrap();
+    std::fs::copy(certs.key_file(identity), &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if is_root() {
+        for path in [to, cert.as_path(), key.as_path()] {
+            std::os::unix::fs::chown(path, Some(65534), Some(65534)).unwrap();
+        }
+    }
+    (cert.display().to_string(), key.display().to_string())
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_naming_the_ca_reaches_postgres_over_tls_and_refuses_a_server_another_ca_signed() {
+    let (server, url) = postgres_with("ccdb_tls").await;
+    // The server's certificate from `hydrant certs`' CA, naming the address it listens on.
+    let certs = tempfile::tempdir().unwrap();
+    let ours = hydrant_tls::issue::ensure(
+        &certs.path().join("ours"),
+        &[hydrant_tls::Identity::CloudController],
+        &["127.0.0.1".to_owned()],
+    )
+    .unwrap();
+    let other = hydrant_tls::issue::init(&certs.path().join("other"), 1).unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = server_files(&ours, files.path());
+    let plain = url.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut c = postgres::Client::connect(&plain, postgres::NoTls).unwrap();
+        for statement in [
+            format!("ALTER SYSTEM SET ssl_cert_file = '{cert}'"),
+            format!("ALTER SYSTEM SET ssl_key_file = '{key}'"),
+            "ALTER SYSTEM SET ssl = on".to_owned(),
+            "SELECT pg_reload_conf()".to_owned(),
+        ] {
+            c.batch_execute(&statement).unwrap();
+        }
+        let deadline = std::time::Instant::now() + WAIT;
+        while c.query_one("SHOW ssl", &[]).unwrap().get::<_, String>(0) != "on" {
+            assert!(std::time::Instant::now() < deadline, "ssl never came on");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+
+    // Named CA: every session the controller opens is TLS, and the API works on it.
+    let shared = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let tls_url = format!(
+        "{url}?sslmode=verify-full&sslrootcert={}",
+        ours.ca_file().display()
+    );
+    let cc = Cc::start(
+        data.path(),
+        &options("pg-tls", &tls_url, shared.path(), "cc-tls"),
+    )
+    .await;
+    let app = cc.app("secure").await;
+    assert_eq!(cc.admin.app(&app.guid).await.unwrap().name, "secure");
+    let plain = url.clone();
+    let (sessions, encrypted) = tokio::task::spawn_blocking(move || {
+        let mut c = postgres::Client::connect(&plain, postgres::NoTls).unwrap();
+        let row = c
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a \
+                 JOIN pg_stat_ssl s USING (pid) \
+                 WHERE a.application_name = 'hydrant-cloudcontroller'",
+                &[],
+            )
+            .unwrap();
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    })
+    .await
+    .unwrap();
+    assert!(sessions >= 1, "the controller holds no session");
+    assert_eq!(encrypted, sessions, "a controller session is not TLS");
+    cc.stop().await;
+
+    // Another CA: the server is not the one named, and the controller will not start on it.
+    let mut config = hydrant_cloudcontroller::Config {
+        listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
+        data_dir: tempfile::tempdir().unwrap().keep().display().to_string(),
+        admin_password: Some("unused-password-1".into()),
+        bus: hydrant_bus::Config::inprocess("pg-tls-other"),
+        ..hydrant_cloudcontroller::Config::default()
+    };
+    config.db.url = format!("{url}?sslrootcert={}", other.ca_file().display());
+    let listeners = hydrant_runtime::bind::<hydrant_cloudcontroller::CloudController>(&config)
+        .await
+        .unwrap();
+    let stopped = tokio::time::timeout(
+        WAIT,
+        hydrant_runtime::run::<hydrant_cloudcontroller::CloudController>(
+            config,
+            listeners,
+            tokio_util::sync::CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("a controller whose database presents an unknown certificate kept running");
+    let e = format!(
+        "{:#}",
+        stopped.expect_err("it started on an unverified server")
+    );
+    assert!(e.contains("certificate"), "{e}");
     drop(server);
 }
