@@ -84,15 +84,22 @@ impl Cc {
         let addr = listeners.local_addr("api").unwrap();
         config.external_url = format!("http://{addr}");
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(hydrant_runtime::run::<
+        let mut task = tokio::spawn(hydrant_runtime::run::<
             hydrant_cloudcontroller::CloudController,
         >(config.clone(), listeners, shutdown.clone()));
         let anonymous = Client::new(&config.external_url, None);
-        wait_for(Duration::from_secs(10), "the API to answer", || {
+        // A controller that cannot start ends its task: say why rather than time out.
+        let answered = {
             let anonymous = anonymous.clone();
-            async move { anonymous.info().await.is_ok() }
-        })
-        .await;
+            wait_for(Duration::from_secs(60), "the API to answer", move || {
+                let anonymous = anonymous.clone();
+                async move { anonymous.info().await.is_ok() }
+            })
+        };
+        tokio::select! {
+            () = answered => {}
+            ended = &mut task => panic!("the cloud controller stopped before it answered: {ended:?}"),
+        }
         let token = anonymous.login("admin", ADMIN_PASSWORD).await.unwrap();
         Self {
             config,
@@ -518,7 +525,10 @@ fn a_cloud_controller_killed_mid_install_removes_the_leftovers_when_it_starts_ag
         std::mem::forget(cc);
         config
     });
-    first.shutdown_background();
+    // A killed process is wholly gone before it starts again: wait until the runtime's workers
+    // have dropped every task (and with them the database connection and the bridge lock),
+    // still without running any shutdown path.
+    first.shutdown_timeout(Duration::from_secs(30));
     let prefix = format!("{}-", config.staging_isolation.network.bridge);
     let listed = |dir: &str| -> Vec<String> {
         std::fs::read_dir(dir)
