@@ -20,7 +20,10 @@
 //! - With `fair_share` on, each envelope is charged to its source in its lane's `FairShare`
 //!   before it is stamped (so a refusal leaves no hole in the sequence) and refused when the
 //!   lane is under pressure and its source holds more than its share; the source is told with
-//!   a log line in its own stream (`LGR`), at most once per `fair_notice_interval_ms`.
+//!   a log line in its own stream (`LGR`), at most once per `fair_notice_interval_ms`. Notices
+//!   (fairness and rate limit) are never refused but are charged too, so a notice the full lane
+//!   evicts is counted under its source: per source, `sent + notices = delivered +
+//!   agent.dropped_by_source` holds exactly.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -479,8 +482,8 @@ impl Router {
         self.push_notice(state, source_id, instance_id, &bytes, now);
     }
 
-    /// Appends a notice the agent itself makes to `source_id`'s stream, uncharged: it is small
-    /// and is the one thing the source must get.
+    /// Appends a notice the agent itself makes to `source_id`'s stream, never refused: it is
+    /// small and is the one thing the source must get.
     fn push_notice(
         &self,
         state: &mut State,
@@ -489,13 +492,21 @@ impl Router {
         bytes: &[u8],
         now: Instant,
     ) {
-        let (sequence, lane) =
-            self.with_instance(state, source_id, instance_id, now, |i, lane, _, _| {
+        let cost = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        let (sequence, lane, share) =
+            self.with_instance(state, source_id, instance_id, now, |i, lane, l, key| {
                 let sequence = i.next_sequence;
                 i.next_sequence += 1;
-                (sequence, lane)
+                // Charged all the same (issue 16): the lane may still evict the batch holding
+                // it, and only a charged envelope is then counted under its source; uncharged,
+                // it showed in `agent.dropped{egress_queue_full}` but not in
+                // `agent.dropped_by_source`, and the source's ledger stayed one short.
+                let share = l
+                    .and_then(|l| l.fair())
+                    .map(|f| f.charge(key, source_id, cost));
+                (sequence, lane, share)
             });
-        self.push(state, lane, bytes, sequence, now, None);
+        self.push(state, lane, bytes, sequence, now, share);
     }
 
     /// Hands every lane's per-source drop counts to `agent.dropped_by_source` and tells each
@@ -1102,6 +1113,55 @@ mod tests {
         r.ingest_envelope(&log("quiet", "0", &[], "x"));
         r.sweep_fair(Instant::now());
         assert_eq!(registry.counter_sum("agent.fair_notices", &[]), 1);
+    }
+
+    /// Issue 16: a notice is an envelope of its source's stream, so when the full lane evicts
+    /// the batch holding it, it must be counted under that source like the lines beside it.
+    /// It was pushed uncharged, so its eviction reached `agent.dropped{egress_queue_full}` but
+    /// not `agent.dropped_by_source`: the source's ledger stayed one short.
+    #[test]
+    fn a_notice_evicted_from_a_full_lane_is_counted_under_its_source() {
+        let fair = hydrant_buffer::FairConfig {
+            notice_interval: Duration::ZERO,
+            ..hydrant_buffer::FairConfig::default()
+        };
+        // One envelope per batch, four batches per lane, nobody takes: a lone source fills the
+        // lane and the lane evicts its oldest (no refusal: a source alone is never refused).
+        let (r, registry) = router_with(&["http://d0"], 0, 100, 4, Some(fair));
+        r.set_up(0, true);
+        let mut sent = 0;
+        let mut notices = 0;
+        for _ in 0..3 {
+            for _ in 0..6 {
+                r.ingest_envelope(&log("loud", "0", &[], "flood"));
+                sent += 1;
+            }
+            // A notice joins the lane behind the flood; the next round's flood evicts it.
+            r.sweep_fair(Instant::now());
+            notices = registry.counter_sum("agent.fair_notices", &[]);
+        }
+        assert!(notices >= 2, "notices were made and evicted: {notices}");
+        let delivered = drain(&r, 0)
+            .iter()
+            .filter(|(e, _)| e.source_id == "loud")
+            .count() as u64;
+        r.sweep_fair(Instant::now());
+        let notices = registry.counter_sum("agent.fair_notices", &[]);
+        let delivered = delivered + drain(&r, 0).len() as u64;
+        let by_source = registry.counter_sum("agent.dropped_by_source", &[("source", "loud")]);
+        let full = registry.counter_sum("agent.dropped", &[("reason", "egress_queue_full")]);
+        assert_eq!(
+            by_source, full,
+            "every eviction is counted under its source"
+        );
+        assert_eq!(
+            sent + notices,
+            delivered + by_source,
+            "the source's ledger balances: sent {sent} + notices {notices} = delivered \
+             {delivered} + dropped {by_source}"
+        );
+        let stats = r.lane(0).unwrap().fair().unwrap().stats();
+        assert!(stats.balanced() && stats.queued == 0, "{stats:?}");
     }
 
     #[test]

@@ -162,6 +162,30 @@ impl ValidBatch {
     /// drops from the batch those refused for being over their source's share; returns how many
     /// were refused. The batch then holds its charges until [`ValidBatch::release_fair`].
     pub fn retain_fair(&mut self, fair: &Arc<FairShare>, keys: &KeyHasher, fill: u64) -> usize {
+        self.charge_with(fair, keys, |key, name, cost| {
+            fair.admit(key, name, cost, fill)
+        })
+    }
+
+    /// Charges every envelope to its source in `fair` and refuses none: for the notices the
+    /// doppler adds to a source's stream, which must get through whatever the pressure. They
+    /// are charged all the same (issue 16) so that, evicted from the ring with the batches
+    /// around them, they are counted under their source; an uncharged notice was counted only
+    /// in `doppler.dropped{ingress_ring_full}` and its source's ledger stayed one short.
+    pub fn charge_fair(&mut self, fair: &Arc<FairShare>, keys: &KeyHasher) {
+        self.charge_with(fair, keys, |key, name, cost| {
+            Some(fair.charge(key, name, cost))
+        });
+    }
+
+    /// Asks `decide` for each envelope's charge (`None`: refused, dropped from the batch) and
+    /// keeps the charges in the batch's lease; returns how many were refused.
+    fn charge_with(
+        &mut self,
+        fair: &Arc<FairShare>,
+        keys: &KeyHasher,
+        mut decide: impl FnMut(SourceKey, &str, u32) -> Option<Share>,
+    ) -> usize {
         let mut shares: Vec<Share> = Vec::new();
         let mut refused = 0;
         let buf = &self.buf;
@@ -181,7 +205,7 @@ impl ValidBatch {
                     (key, name)
                 }
             };
-            match fair.admit(key, name, slot.len, fill) {
+            match decide(key, name, slot.len) {
                 Some(share) => {
                     if !shares.last_mut().is_some_and(|last| last.merge(share)) {
                         shares.push(share);
@@ -412,6 +436,47 @@ mod tests {
         let copy = second.clone();
         drop(copy);
         assert_eq!(fair.stats().evicted, 50, "a copy holds no charge");
+    }
+
+    #[test]
+    fn a_charged_batch_refuses_nothing_and_its_eviction_counts_under_each_source() {
+        let fair = Arc::new(FairShare::new(hydrant_buffer::FairConfig::default()));
+        let keys = KeyHasher::default();
+        let (loud, quiet) = (
+            encode(&gauge("loud", &["a"])),
+            encode(&gauge("quiet", &["a"])),
+        );
+        let (mut flood, _) =
+            ValidBatch::from_batch(batch_of(std::iter::repeat_n(loud.as_ref(), 50)));
+        flood.retain_fair(&fair, &keys, 0);
+        let (mut held, _) = ValidBatch::from_batch(batch_of([quiet.as_ref()]));
+        held.retain_fair(&fair, &keys, 0);
+        // Under full pressure the loud source is over its share: `retain_fair` refuses it...
+        let two = batch_of([loud.as_ref(), loud.as_ref()]);
+        let (mut lines, _) = ValidBatch::from_batch(two.clone());
+        assert_eq!(lines.retain_fair(&fair, &keys, 1000), 2);
+        drop(lines);
+        // ...but a notice must get through all the same.
+        let (mut notice, _) = ValidBatch::from_batch(two);
+        notice.charge_fair(&fair, &keys);
+        assert_eq!(notice.len(), 2, "nothing refused");
+        drop(notice);
+        let mut evicted = Vec::new();
+        fair.sweep(
+            tokio::time::Instant::now(),
+            |d| evicted.push((d.source.map(str::to_owned), d.dropped)),
+            |_| {},
+        );
+        assert_eq!(
+            evicted,
+            [(Some("loud".to_owned()), 4)],
+            "2 refused, 2 evicted, all loud"
+        );
+        flood.release_fair();
+        held.release_fair();
+        let stats = fair.stats();
+        assert_eq!((stats.admitted, stats.refused, stats.evicted), (53, 2, 2));
+        assert!(stats.balanced() && stats.queued == 0, "{stats:?}");
     }
 
     #[test]

@@ -12,9 +12,13 @@
 //! Fair drops (`fair_share`, on by default): before a batch enters the ring, each envelope is
 //! charged to its source; once the ring is half full, a source holding more than its share of
 //! it is refused (`doppler.dropped{reason="fair_share"}`), so an agent forwarding one app's
-//! flood cannot make the ring evict a quiet app's lines. Every second or so the drops are
-//! handed to `doppler.dropped_by_source` and each source that lost envelopes is told, at most
-//! once per 10 s, by a log line in its own stream (`doppler.fair_notices`).
+//! flood cannot make the ring evict a quiet app's lines. Every second (on a timer, whether or
+//! not batches arrive) the drops are handed to `doppler.dropped_by_source` and each source that
+//! lost envelopes is told, at most once per 10 s, by a log line in its own stream
+//! (`doppler.fair_notices`). That notice is charged to its source like its lines (never
+//! refused), so if the ring evicts it, it is counted under the source too: per source,
+//! `received + notices = taken + doppler.dropped_by_source`, exactly, a second after the last
+//! drop.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,12 +41,15 @@ use crate::ring::IngressRing;
 /// How often the fairness ledger hands over its counts and notices.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// The ring's fairness ledger and when it is next swept.
+/// The ring's fairness ledger, when it is next swept, and where a sweep hands its counts and
+/// notices.
 #[derive(Debug)]
 struct Fair {
     ledger: Arc<FairShare>,
     keys: KeyHasher,
     next_sweep: Mutex<Instant>,
+    ring: Arc<IngressRing>,
+    metrics: Metrics,
 }
 
 /// Validates incoming messages and feeds the ring.
@@ -51,26 +58,42 @@ pub(crate) struct IngressService {
     ring: Arc<IngressRing>,
     metrics: Metrics,
     shutdown: CancellationToken,
-    fair: Option<Fair>,
+    fair: Option<Arc<Fair>>,
 }
 
 impl IngressService {
-    /// `fair`: charge envelopes to their sources and refuse the ones over their share.
+    /// `fair`: charge envelopes to their sources and refuse the ones over their share. With
+    /// it on, a task on the current runtime sweeps the ledger every [`SWEEP_EVERY`] until
+    /// `shutdown`.
     pub(crate) fn new(
         ring: Arc<IngressRing>,
         metrics: Metrics,
         shutdown: CancellationToken,
         fair: bool,
     ) -> Self {
+        let fair = fair.then(|| {
+            Arc::new(Fair {
+                ledger: Arc::new(FairShare::new(FairConfig::default())),
+                keys: KeyHasher::default(),
+                next_sweep: Mutex::new(Instant::now() + SWEEP_EVERY),
+                ring: ring.clone(),
+                metrics: metrics.clone(),
+            })
+        });
+        // Sweeps driven by arriving batches alone left the drops of the last second before
+        // traffic stopped unpublished (issue 16: `doppler.dropped_by_source` short of
+        // `doppler.dropped` for as long as nothing more arrived, and the source never told);
+        // the timer publishes them within a second whether or not anything arrives.
+        if let Some(fair) = &fair
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(fair.clone().sweep_until(shutdown.clone()));
+        }
         Self {
             ring,
             metrics,
             shutdown,
-            fair: fair.then(|| Fair {
-                ledger: Arc::new(FairShare::new(FairConfig::default())),
-                keys: KeyHasher::default(),
-                next_sweep: Mutex::new(Instant::now() + SWEEP_EVERY),
-            }),
+            fair,
         }
     }
 
@@ -86,49 +109,12 @@ impl IngressService {
             let refused = batch.retain_fair(&fair.ledger, &fair.keys, self.ring.fill_permille());
             self.metrics.dropped_fair_share.add(refused as u64);
             self.ring.push(batch);
-            self.maybe_sweep(fair, Instant::now());
+            fair.maybe_sweep(Instant::now());
             return;
         }
         self.ring.push(batch);
     }
 
-    /// Hands the ledger's drops to `doppler.dropped_by_source` and the due notices to their
-    /// sources, when a sweep is due (and no other handler is doing it).
-    fn maybe_sweep(&self, fair: &Fair, now: Instant) {
-        {
-            let Ok(mut next) = fair.next_sweep.try_lock() else {
-                return;
-            };
-            if now < *next {
-                return;
-            }
-            *next = now + SWEEP_EVERY;
-        }
-        self.sweep(fair, now);
-    }
-
-    fn sweep(&self, fair: &Fair, now: Instant) {
-        let mut notices: Vec<Bytes> = Vec::new();
-        let by_source = &self.metrics.dropped_by_source;
-        let interval = fair.ledger.config().notice_interval;
-        fair.ledger.sweep(
-            now,
-            |d| by_source.add(d.source, d.dropped),
-            |d| {
-                // An envelope with no source_id has no stream to be told in.
-                if let Some(source) = d.source.filter(|s| !s.is_empty()) {
-                    notices.push(notice(source, d.dropped, d.why, interval));
-                }
-            },
-        );
-        if notices.is_empty() {
-            return;
-        }
-        self.metrics.fair_notices.add(notices.len() as u64);
-        // Uncharged: a notice is small and is the one thing the source must get.
-        let (batch, _) = ValidBatch::from_batch(wire::batch_of(notices.iter().map(|n| n.as_ref())));
-        self.ring.push(batch);
-    }
     /// Drains a client stream until it ends or the doppler shuts down.
     async fn consume(
         &self,
@@ -155,6 +141,61 @@ impl IngressService {
                 }
             }
         }
+    }
+}
+
+impl Fair {
+    /// Sweeps when one is due, until `shutdown`.
+    async fn sweep_until(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.maybe_sweep(Instant::now()),
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Hands the ledger's drops to `doppler.dropped_by_source` and the due notices to their
+    /// sources, when a sweep is due (and no handler or timer is doing it).
+    fn maybe_sweep(&self, now: Instant) {
+        {
+            let Ok(mut next) = self.next_sweep.try_lock() else {
+                return;
+            };
+            if now < *next {
+                return;
+            }
+            *next = now + SWEEP_EVERY;
+        }
+        self.sweep(now);
+    }
+
+    fn sweep(&self, now: Instant) {
+        let mut notices: Vec<Bytes> = Vec::new();
+        let by_source = &self.metrics.dropped_by_source;
+        let interval = self.ledger.config().notice_interval;
+        self.ledger.sweep(
+            now,
+            |d| by_source.add(d.source, d.dropped),
+            |d| {
+                // An envelope with no source_id has no stream to be told in.
+                if let Some(source) = d.source.filter(|s| !s.is_empty()) {
+                    notices.push(notice(source, d.dropped, d.why, interval));
+                }
+            },
+        );
+        if notices.is_empty() {
+            return;
+        }
+        self.metrics.fair_notices.add(notices.len() as u64);
+        // Never refused (a notice is small and is the one thing the source must get), but
+        // charged, so that evicted from the ring it is counted under its source (issue 16).
+        let (mut batch, _) =
+            ValidBatch::from_batch(wire::batch_of(notices.iter().map(|n| n.as_ref())));
+        batch.charge_fair(&self.ledger, &self.keys);
+        self.ring.push(batch);
     }
 }
 
@@ -289,5 +330,104 @@ mod tests {
             notices[0]
         );
         assert_eq!(registry.counter_sum("doppler.fair_notices", &[]), 1);
+    }
+
+    /// Issue 16: the drops of the last moments before traffic stops are published (and the
+    /// source told) by the timer; sweeps driven by arriving batches alone left them unpublished
+    /// for as long as nothing more arrived.
+    #[tokio::test(start_paused = true)]
+    async fn drops_are_published_within_a_second_when_traffic_stops() {
+        let registry = Registry::new("doppler", "t");
+        let metrics = Metrics::new(&registry);
+        let ring = Arc::new(IngressRing::new(
+            1000,
+            usize::MAX,
+            metrics.dropped_ring_full.clone(),
+            metrics.ingress_ring_depth.clone(),
+        ));
+        let service = IngressService::new(ring.clone(), metrics, CancellationToken::new(), true);
+        let (loud, quiet) = (log("loud"), log("quiet"));
+        for i in 0..30 {
+            let mut envelopes = vec![loud.as_ref(); 100];
+            if i % 10 == 0 {
+                envelopes[50] = quiet.as_ref();
+            }
+            service.accept(ValidBatch::from_batch(batch_of(envelopes)));
+        }
+        let dropped = registry.counter_sum("doppler.dropped", &[("reason", "fair_share")])
+            + registry.counter_sum("doppler.dropped", &[("reason", "ingress_ring_full")]);
+        assert!(dropped > 0);
+        // Nothing arrives from now on.
+        let by_source = || registry.counter_sum("doppler.dropped_by_source", &[]);
+        assert_eq!(by_source(), 0, "not swept yet");
+        let start = Instant::now();
+        while by_source() < dropped {
+            assert!(start.elapsed() <= SWEEP_EVERY * 2, "never published");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            registry.counter_sum("doppler.dropped_by_source", &[("source", "loud")]),
+            dropped
+        );
+        assert_eq!(
+            registry.counter_sum("doppler.fair_notices", &[]),
+            1,
+            "and told"
+        );
+    }
+
+    /// Issue 16: a notice the full ring evicts is one of its source's envelopes lost, counted
+    /// under that source like the lines around it (it was pushed uncharged, so it reached
+    /// `doppler.dropped{ingress_ring_full}` only, and the source's ledger stayed one short).
+    #[tokio::test(start_paused = true)]
+    async fn a_notice_evicted_from_the_full_ring_is_counted_under_its_source() {
+        let registry = Registry::new("doppler", "t");
+        let metrics = Metrics::new(&registry);
+        let ring = Arc::new(IngressRing::new(
+            1000,
+            usize::MAX,
+            metrics.dropped_ring_full.clone(),
+            metrics.ingress_ring_depth.clone(),
+        ));
+        let service = IngressService::new(ring.clone(), metrics, CancellationToken::new(), true);
+        let fair = service.fair.as_ref().unwrap();
+        let loud = log("loud");
+        let mut sent = 0u64;
+        for _ in 0..3 {
+            // Twice what the ring holds: it evicts its oldest, the last round's notice first.
+            for _ in 0..20 {
+                service.accept(ValidBatch::from_batch(batch_of(vec![loud.as_ref(); 100])));
+                sent += 100;
+            }
+            // Past the notice interval: the sweep puts a notice behind the flood.
+            tokio::time::advance(fair.ledger.config().notice_interval).await;
+            fair.sweep(Instant::now());
+        }
+        assert_eq!(registry.counter_sum("doppler.fair_notices", &[]), 3);
+        let mut delivered = 0u64;
+        for _ in 0..2 {
+            let mut out = VecDeque::new();
+            ring.take_all(&mut out);
+            delivered += out.iter().map(|b| b.len() as u64).sum::<u64>();
+            drop(out);
+            tokio::time::advance(fair.ledger.config().notice_interval).await;
+            fair.sweep(Instant::now());
+        }
+        let notices = registry.counter_sum("doppler.fair_notices", &[]);
+        let by_source = registry.counter_sum("doppler.dropped_by_source", &[("source", "loud")]);
+        let by_reason = registry.counter_sum("doppler.dropped", &[("reason", "ingress_ring_full")])
+            + registry.counter_sum("doppler.dropped", &[("reason", "fair_share")]);
+        assert_eq!(
+            by_source, by_reason,
+            "every drop is counted under its source"
+        );
+        assert_eq!(
+            sent + notices,
+            delivered + by_source,
+            "the source's ledger balances: sent {sent} + notices {notices} = delivered \
+             {delivered} + dropped {by_source}"
+        );
+        let stats = fair.ledger.stats();
+        assert!(stats.balanced() && stats.queued == 0, "{stats:?}");
     }
 }

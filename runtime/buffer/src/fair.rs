@@ -295,18 +295,22 @@ impl FairShare {
                 return None;
             }
         }
-        if s.queued_events == 0 {
-            t.active += 1;
+        Some(t.charge(slot, cost))
+    }
+
+    /// Charges one envelope of `source` costing `cost` without asking: for what the owner
+    /// must deliver whatever the pressure (the notices it adds to a source's stream). It is
+    /// still charged, so that when the buffer evicts the entry holding it, it is counted under
+    /// its source like the envelopes beside it ([`FairShare::evicted`]): an uncharged envelope
+    /// would be dropped under the buffer's reason but under no source, and the source's ledger
+    /// would stay short by one (issue 16).
+    pub fn charge(&self, key: SourceKey, source: &str, cost: u32) -> Share {
+        let mut t = self.lock();
+        let slot = t.find(key.0, source);
+        if slot == t.slots.len() - 1 {
+            t.stats.overflowed += 1;
         }
-        s.queued_events += 1;
-        s.queued_cost += cost64;
-        t.total_cost += cost64;
-        t.stats.admitted += 1;
-        Some(Share {
-            slot: u32::try_from(slot).unwrap_or(u32::MAX),
-            events: 1,
-            cost,
-        })
+        t.charge(slot, cost)
     }
 
     /// Gives back what `shares` charged: the entry was taken (or thrown away for a reason the
@@ -431,6 +435,25 @@ impl Table {
         i
     }
 
+    /// Charges one admitted envelope costing `cost` to `slot` (from [`Table::find`]).
+    fn charge(&mut self, slot: usize, cost: u32) -> Share {
+        let cost64 = u64::from(cost);
+        if let Some(s) = self.slots.get_mut(slot) {
+            if s.queued_events == 0 {
+                self.active += 1;
+            }
+            s.queued_events += 1;
+            s.queued_cost += cost64;
+        }
+        self.total_cost += cost64;
+        self.stats.admitted += 1;
+        Share {
+            slot: u32::try_from(slot).unwrap_or(u32::MAX),
+            events: 1,
+            cost,
+        }
+    }
+
     fn uncharge(&mut self, share: &Share) {
         let Some(s) = self.slots.get_mut(share.slot as usize) else {
             return;
@@ -485,6 +508,30 @@ mod tests {
             (s.admitted, s.refused, s.queued, s.active),
             (102, 1, 102, 2)
         );
+        assert!(s.balanced());
+    }
+
+    #[test]
+    fn a_charge_is_never_refused_and_its_eviction_counts_under_its_source() {
+        let (f, h) = ledger(64);
+        let (loud, quiet) = (h.key(b"loud"), h.key(b"quiet"));
+        for _ in 0..100 {
+            f.admit(loud, "loud", 10, 0).unwrap();
+        }
+        f.admit(quiet, "quiet", 10, 0).unwrap();
+        assert!(f.admit(loud, "loud", 10, 1000).is_none(), "over its share");
+        let notice = f.charge(loud, "loud", 10);
+        assert_eq!(f.queued(loud), 101, "charged like any envelope");
+        f.evicted(&[notice]);
+        let mut counted = Vec::new();
+        f.sweep(
+            Instant::now(),
+            |d| counted.push((d.source.map(str::to_owned), d.dropped)),
+            |_| {},
+        );
+        assert_eq!(counted, [(Some("loud".to_owned()), 2)], "refused + evicted");
+        let s = f.stats();
+        assert_eq!((s.admitted, s.refused, s.evicted), (102, 1, 1));
         assert!(s.balanced());
     }
 
