@@ -16,174 +16,24 @@
 )]
 
 use std::fs::File;
-use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 
 use hydrant_container::net::{Action, EgressRule, NetConfig, Network, Protocol};
 
-/// How long a connection that must fail gets (a dropped SYN never answers).
-const REFUSED_WITHIN: Duration = Duration::from_millis(800);
-/// How long a connection that must succeed gets (veths on one host answer in microseconds).
-const CONNECTS_WITHIN: Duration = Duration::from_secs(5);
+#[path = "support/host.rs"]
+mod host;
+
+use host::{
+    Guard, at, config, in_netns, ip_in, links, listen_in, netns_list, peer, reachable, ruleset, sh,
+    table, unreachable,
+};
 
 fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the container network tests create bridges, network namespaces and nftables tables: \
-         run them as root (CI does)"
-    );
+    host::require_root("container network");
 }
 
-fn config(n: u8) -> NetConfig {
-    NetConfig {
-        bridge: format!("hyt{n}"),
-        subnet: format!("10.254.{}.0/22", 64 + u16::from(n) * 4),
-        ..NetConfig::default()
-    }
-}
-
-/// Runs a command to completion; panics with its stderr if it fails.
-fn sh(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().expect("run");
-    assert!(
-        out.status.success(),
-        "{program} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs a command, ignoring failure (for cleanup).
-fn try_sh(program: &str, args: &[&str], stdin: Option<&str>) {
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    if let Ok(mut child) = child {
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            let _ = pipe.write_all(text.as_bytes());
-        }
-        drop(child.stdin.take());
-        let _ = child.wait();
-    }
-}
-
-fn netns_list() -> String {
-    sh("ip", &["netns", "list"])
-}
-fn links() -> String {
-    sh("ip", &["-o", "link", "show"])
-}
-fn ruleset() -> String {
-    sh("nft", &["list", "ruleset"])
-}
-/// One bridge's `inet` table: what other tests running at the same time add is not in it.
-fn table(n: u8) -> String {
-    sh(
-        "nft",
-        &["list", "table", "inet", &format!("hydrant_hyt{n}")],
-    )
-}
-
-/// Removes everything a test made, synchronously, even when the test panicked.
-struct Guard {
-    bridge: String,
-    service: String,
-}
-
-impl Guard {
-    fn new(n: u8) -> Self {
-        let guard = Self {
-            bridge: format!("hyt{n}"),
-            service: format!("hys{n}"),
-        };
-        // A previous run of this test that was killed may have left its pieces.
-        guard.clean();
-        guard
-    }
-
-    fn clean(&self) {
-        let table = format!("hydrant_{}", self.bridge);
-        let script = format!(
-            "add table inet {table}\ndelete table inet {table}\n\
-             add table bridge {table}\ndelete table bridge {table}\n"
-        );
-        try_sh("nft", &["-f", "-"], Some(&script));
-        let prefix = format!("{}-", self.bridge);
-        let owned = |name: &str| {
-            name.starts_with(&prefix) || name == self.bridge || name.starts_with(&self.service)
-        };
-        if let Ok(dir) = std::fs::read_dir("/run/netns") {
-            for entry in dir.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if owned(&name) {
-                    try_sh("ip", &["netns", "del", &name], None);
-                }
-            }
-        }
-        let out = Command::new("ip").args(["-o", "link", "show"]).output();
-        for line in out
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-            .lines()
-        {
-            let name = line.split(':').nth(1).unwrap_or("").trim();
-            let name = name.split('@').next().unwrap_or(name);
-            if owned(name) {
-                try_sh("ip", &["link", "del", name], None);
-            }
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.clean();
-    }
-}
-
-/// Runs `f` on a thread inside the network namespace at `netns`: sockets it makes live there.
-fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = File::open(netns).expect("open netns");
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    })
-}
-
-/// Whether a TCP handshake to `to` completes from inside `from` (the host when `None`).
-fn connects(from: Option<&Path>, to: SocketAddr, within: Duration) -> bool {
-    let attempt = move || TcpStream::connect_timeout(&to, within).is_ok();
-    match from {
-        Some(netns) => in_netns(netns, attempt),
-        None => attempt(),
-    }
-}
-
-fn reachable(from: Option<&Path>, to: SocketAddr) -> bool {
-    connects(from, to, CONNECTS_WITHIN)
-}
-
-fn unreachable(from: Option<&Path>, to: SocketAddr) -> bool {
-    !connects(from, to, REFUSED_WITHIN)
-}
-
-fn listen_in(netns: &Path, addr: SocketAddr) -> TcpListener {
-    in_netns(netns, || TcpListener::bind(addr).expect("bind in netns"))
-}
-
-/// A namespace `hys<n>` standing in for a service on another machine: `10.254.<128+n>.2` and
-/// `.3` behind a veth whose host side is `.1`, plus `169.254.<n>.1` on a stand-in interface
+/// The peer namespace `hys<n>` standing in for a service on another machine: `10.254.<128+n>.2`
+/// and `.3` behind a veth whose host side is `.1`, plus `169.254.<n>.1` on a stand-in interface
 /// inside it (routed from the host), listening on ports 5432 and 5433 of each.
 struct Service {
     a: Ipv4Addr,
@@ -192,79 +42,41 @@ struct Service {
     _listeners: Vec<TcpListener>,
 }
 
-fn service(n: u8, _guard: &Guard) -> Service {
-    let name = format!("hys{n}");
-    let net = 128 + u16::from(n);
-    let (host, a, b) = (
-        format!("10.254.{net}.1"),
-        format!("10.254.{net}.2"),
-        format!("10.254.{net}.3"),
-    );
+fn service(n: u8, guard: &Guard) -> Service {
+    let peer = peer(n, 2, guard);
+    let (a, b) = (peer.addrs[0], peer.addrs[1]);
     let link_local = format!("169.254.{n}.1");
-    sh("ip", &["netns", "add", &name]);
-    sh(
-        "ip",
-        &[
-            "link",
-            "add",
-            &format!("{name}h"),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &name,
-        ],
-    );
-    sh(
-        "ip",
-        &[
-            "addr",
-            "add",
-            &format!("{host}/24"),
-            "dev",
-            &format!("{name}h"),
-        ],
-    );
-    sh("ip", &["link", "set", &format!("{name}h"), "up"]);
     for cmd in [
-        vec!["addr", "add", &format!("{a}/24"), "dev", "eth0"],
-        vec!["addr", "add", &format!("{b}/24"), "dev", "eth0"],
-        vec!["link", "set", "lo", "up"],
-        vec!["link", "set", "eth0", "up"],
-        vec!["route", "add", "default", "via", &host],
         // A veth pair rather than a `dummy`: some kernels (CI's VMs) ship without the module.
-        vec![
+        &[
             "link", "add", "lnk0", "type", "veth", "peer", "name", "lnk1",
-        ],
-        vec!["link", "set", "lnk1", "up"],
-        vec!["addr", "add", &format!("{link_local}/24"), "dev", "lnk0"],
-        vec!["link", "set", "lnk0", "up"],
+        ][..],
+        &["link", "set", "lnk1", "up"],
+        &["addr", "add", &format!("{link_local}/24"), "dev", "lnk0"],
+        &["link", "set", "lnk0", "up"],
     ] {
-        let mut args = vec!["-n", name.as_str()];
-        args.extend(cmd.iter().map(|s| &**s));
-        sh("ip", &args);
+        ip_in(&peer.name, cmd);
     }
     sh(
         "ip",
-        &["route", "add", &format!("169.254.{n}.0/24"), "via", &a],
+        &[
+            "route",
+            "add",
+            &format!("169.254.{n}.0/24"),
+            "via",
+            &a.to_string(),
+        ],
     );
-    let netns = Path::new("/run/netns").join(&name);
     let listeners = [5432, 5433]
         .into_iter()
-        .map(|port| listen_in(&netns, SocketAddr::from(([0, 0, 0, 0], port))))
+        .map(|port| listen_in(&peer.netns, SocketAddr::from(([0, 0, 0, 0], port))))
         .collect();
     Service {
-        a: a.parse().unwrap(),
-        b: b.parse().unwrap(),
+        a,
+        b,
         link_local: link_local.parse().unwrap(),
         _listeners: listeners,
     }
-}
-
-fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
-    SocketAddr::from((ip, port))
 }
 
 #[tokio::test]

@@ -14,154 +14,32 @@
     reason = "test helpers outside #[test] fns"
 )]
 
-use std::fs::File;
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hydrant_container::net::{EgressRule, NetConfig, Network, Protocol};
 
-/// How long a connection that must fail gets (a dropped SYN never answers).
-const REFUSED_WITHIN: Duration = Duration::from_millis(800);
-/// How long a connection that must succeed gets (veths on one host answer in microseconds).
-const CONNECTS_WITHIN: Duration = Duration::from_secs(5);
+#[path = "support/host.rs"]
+mod host;
+
+use host::{CONNECTS_WITHIN, Guard, at, in_netns, peer, table, unreachable};
+
 /// The host ports this test's networks may publish.
 const MAPPED: [u16; 2] = [47000, 47099];
 /// The port apps listen on inside their containers.
 const APP_PORT: u16 = 8080;
 
 fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the port mapping tests create bridges, network namespaces and nftables tables: run \
-         them as root (CI does)"
-    );
-}
-
-fn sh(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().expect("run");
-    assert!(
-        out.status.success(),
-        "{program} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn try_sh(program: &str, args: &[&str], stdin: Option<&str>) {
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    if let Ok(mut child) = child {
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            let _ = pipe.write_all(text.as_bytes());
-        }
-        drop(child.stdin.take());
-        let _ = child.wait();
-    }
+    host::require_root("port mapping");
 }
 
 fn config(n: u8) -> NetConfig {
     NetConfig {
-        bridge: format!("hyt{n}"),
-        subnet: format!("10.254.{}.0/22", 64 + u16::from(n) * 4),
         mapped_ports: Some(MAPPED),
-        ..NetConfig::default()
+        ..host::config(n)
     }
-}
-
-fn table(n: u8) -> String {
-    sh(
-        "nft",
-        &["list", "table", "inet", &format!("hydrant_hyt{n}")],
-    )
-}
-
-/// Removes everything a test made, even when it panicked.
-struct Guard {
-    bridge: String,
-    other: String,
-}
-
-impl Guard {
-    fn new(n: u8) -> Self {
-        let guard = Self {
-            bridge: format!("hyt{n}"),
-            other: format!("hys{n}"),
-        };
-        guard.clean();
-        guard
-    }
-
-    fn clean(&self) {
-        let table = format!("hydrant_{}", self.bridge);
-        let script = format!(
-            "add table inet {table}\ndelete table inet {table}\n\
-             add table bridge {table}\ndelete table bridge {table}\n"
-        );
-        try_sh("nft", &["-f", "-"], Some(&script));
-        let prefix = format!("{}-", self.bridge);
-        let owned = |name: &str| {
-            name.starts_with(&prefix) || name == self.bridge || name.starts_with(&self.other)
-        };
-        if let Ok(dir) = std::fs::read_dir("/run/netns") {
-            for entry in dir.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if owned(&name) {
-                    try_sh("ip", &["netns", "del", &name], None);
-                }
-            }
-        }
-        let out = Command::new("ip").args(["-o", "link", "show"]).output();
-        for line in out
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-            .lines()
-        {
-            let name = line.split(':').nth(1).unwrap_or("").trim();
-            let name = name.split('@').next().unwrap_or(name);
-            if owned(name) {
-                try_sh("ip", &["link", "del", name], None);
-            }
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.clean();
-    }
-}
-
-/// Runs `f` on a thread inside the network namespace at `netns`: sockets it makes live there.
-fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = File::open(netns).expect("open netns");
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    })
-}
-
-fn connects(from: Option<&Path>, to: SocketAddr, within: Duration) -> bool {
-    let attempt = move || TcpStream::connect_timeout(&to, within).is_ok();
-    match from {
-        Some(netns) => in_netns(netns, attempt),
-        None => attempt(),
-    }
-}
-
-fn unreachable(from: Option<&Path>, to: SocketAddr) -> bool {
-    !connects(from, to, REFUSED_WITHIN)
 }
 
 /// An app: a listener in `netns` on `port` that answers every connection with `name` and the
@@ -224,42 +102,12 @@ fn ask(from: Option<&Path>, to: SocketAddr) -> Option<String> {
     }
 }
 
-/// Another host: namespace `hys<n>` at `10.254.<128+n>.2`, linked to this host's
-/// `10.254.<128+n>.1` (the address the host publishes ports on) by a veth pair, with its
-/// default route through the host. Returns (its namespace path, its address, the host's).
-fn other_host(n: u8, _guard: &Guard) -> (std::path::PathBuf, Ipv4Addr, Ipv4Addr) {
-    let name = format!("hys{n}");
-    let net = 128 + u16::from(n);
-    let (host, other) = (format!("10.254.{net}.1"), format!("10.254.{net}.2"));
-    sh("ip", &["netns", "add", &name]);
-    let veth = format!("{name}h");
-    sh(
-        "ip",
-        &[
-            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &name,
-        ],
-    );
-    sh("ip", &["addr", "add", &format!("{host}/24"), "dev", &veth]);
-    sh("ip", &["link", "set", &veth, "up"]);
-    for cmd in [
-        vec!["addr", "add", &format!("{other}/24"), "dev", "eth0"],
-        vec!["link", "set", "lo", "up"],
-        vec!["link", "set", "eth0", "up"],
-        vec!["route", "add", "default", "via", &host],
-    ] {
-        let mut args = vec!["-n", name.as_str()];
-        args.extend(cmd.iter().map(|s| &**s));
-        sh("ip", &args);
-    }
-    (
-        Path::new("/run/netns").join(&name),
-        other.parse().unwrap(),
-        host.parse().unwrap(),
-    )
-}
-
-fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
-    SocketAddr::from((ip, port))
+/// Another host: the peer namespace `hys<n>` at `10.254.<128+n>.2`, linked to this host's
+/// `10.254.<128+n>.1` (the address the host publishes ports on). Returns (its namespace path,
+/// its address, the host's).
+fn other_host(n: u8, guard: &Guard) -> (std::path::PathBuf, Ipv4Addr, Ipv4Addr) {
+    let peer = peer(n, 1, guard);
+    (peer.netns, peer.addrs[0], peer.host)
 }
 
 #[tokio::test]
