@@ -16,8 +16,9 @@
 //!
 //! Two cloud controllers serve the API side by side, reached directly at their hosts'
 //! addresses (the CLI targets A's, then B's once A is lost; no router fronts them): both keep
-//! their state in PostgreSQL on host B (listening on B's address; `pg_hba.conf` admits the
-//! test's role by password from the hosts' subnet only), and share one blob directory and one
+//! their state in PostgreSQL on host B (listening on B's address, over TLS with a leaf from
+//! the platform's CA that the controllers check; `pg_hba.conf` admits the test's role over TLS
+//! by password from the hosts' subnet only), and share one blob directory and one
 //! token key directory (a shared filesystem: here, one machine's), so a token either signs
 //! the other accepts. A's starts first and holds the placement lease (a row in the CCDB).
 //! Each health manager asks its own host's controller.
@@ -605,15 +606,26 @@ impl Platform {
             String::from_utf8_lossy(&out.stderr)
         );
         let _ = std::fs::remove_file(&pwfile);
-        // The hosts' bridge subnet only, by password; its own socket for nobody but itself.
+        // TLS with a leaf from the platform's CA (the cloudcontroller one, which names every
+        // host's address), its key private to the server's user.
+        let certs = hydrant_tls::issue::CertDir::new(self.path("certs"));
+        let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+        let identity = hydrant_tls::Identity::CloudController;
+        std::fs::copy(certs.cert_file(identity), &cert).unwrap();
+        std::fs::copy(certs.key_file(identity), &key).unwrap();
+        // The hosts' bridge subnet only, over TLS, by password; its own socket for itself.
         let (net, _) = self.hosts.gateway.rsplit_once('.').unwrap();
         let hba = data.join("pg_hba.conf");
         std::fs::write(
             &hba,
-            format!("local all all trust\nhost all {PG_USER} {net}.0/24 scram-sha-256\n"),
+            format!("local all all trust\nhostssl all {PG_USER} {net}.0/24 scram-sha-256\n"),
         )
         .unwrap();
-        std::os::unix::fs::chown(&hba, Some(NOBODY), Some(NOBODY)).unwrap();
+        for file in [&hba, &cert, &key] {
+            std::os::unix::fs::chown(file, Some(NOBODY), Some(NOBODY)).unwrap();
+            std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+        }
         let postgres = bin.join("postgres");
         let mut args: Vec<String> = as_nobody().into();
         args.extend([
@@ -630,21 +642,28 @@ impl Platform {
             "fsync=off".to_owned(),
             "-c".to_owned(),
             "max_connections=50".to_owned(),
+            "-c".to_owned(),
+            "ssl=on".to_owned(),
+            "-c".to_owned(),
+            format!("ssl_cert_file={}", cert.display()),
+            "-c".to_owned(),
+            format!("ssl_key_file={}", key.display()),
         ]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.spawn("postgres@b", 'b', Path::new("setpriv"), &args);
         let host_b = self.hosts.addr('b').to_owned();
-        let createdb = |password: &str| {
+        let createdb = |password: &str, sslmode: &str| {
             Command::new(bin.join("createdb"))
                 .args(["-w", "-h", &host_b, "-p", &PG.to_string()])
                 .args(["-U", PG_USER, PG_DB])
                 .env("PGPASSWORD", password)
+                .env("PGSSLMODE", sslmode)
                 .env("PGCONNECT_TIMEOUT", "2")
                 .output()
                 .unwrap()
         };
         wait_for(Duration::from_secs(30), "PostgreSQL on host B", || {
-            let refused = createdb("not-the-password");
+            let refused = createdb("not-the-password", "require");
             let stderr = String::from_utf8_lossy(&refused.stderr);
             if stderr.contains("password authentication failed") {
                 return true;
@@ -652,7 +671,13 @@ impl Platform {
             self.assert_alive("postgres@b");
             false
         });
-        let out = createdb(PG_PASSWORD);
+        let plain = createdb(PG_PASSWORD, "disable");
+        let stderr = String::from_utf8_lossy(&plain.stderr);
+        assert!(
+            !plain.status.success() && stderr.contains("no pg_hba.conf entry"),
+            "PostgreSQL took a connection without TLS: {stderr}"
+        );
+        let out = createdb(PG_PASSWORD, "require");
         assert!(
             out.status.success(),
             "createdb failed: {}",
@@ -660,11 +685,13 @@ impl Platform {
         );
     }
 
-    /// `postgres://` URL of the CCDB on host B, with the password.
+    /// `postgres://` URL of the CCDB on host B, with the password, over TLS checked against
+    /// the platform's CA (libpq's parameters, which `psql` and the controller both take).
     fn pg_url(&self) -> String {
         format!(
-            "postgres://{PG_USER}:{PG_PASSWORD}@{}:{PG}/{PG_DB}",
-            self.hosts.addr('b')
+            "postgres://{PG_USER}:{PG_PASSWORD}@{}:{PG}/{PG_DB}?sslmode=verify-full&sslrootcert={}",
+            self.hosts.addr('b'),
+            self.path("certs/ca.pem").display()
         )
     }
 

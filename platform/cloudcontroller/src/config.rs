@@ -24,6 +24,9 @@ pub struct DbConfig {
     /// `sqlite://PATH`, or `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (Cloud Foundry's
     /// CCDB: several controllers may share it). Default empty: SQLite at
     /// `<data_dir>/cloudcontroller.db`. Logs and errors show it with the password masked.
+    /// TLS to PostgreSQL as libpq writes it: `?sslrootcert=/etc/hydrant/ca.pem` (optionally
+    /// with `sslmode=verify-full`) connects only over TLS, checking the server's certificate
+    /// against that CA and the URL's host; `sslmode=require` without `sslrootcert` is refused.
     pub url: String,
 }
 
