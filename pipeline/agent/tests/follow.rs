@@ -22,7 +22,7 @@ use hydrant_envelope::v2;
 use hydrant_envelope::v2::ingress_client::IngressClient;
 use hydrant_envelope::wire::{BatchIter, EnvelopeView};
 use hydrant_runtime::Listeners;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use hydrant_testkit::{scrape_metric, wait_for};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -30,40 +30,13 @@ use tokio_util::sync::CancellationToken;
 /// Sources the test emits for: enough that each of two dopplers is some source's first choice.
 const SOURCES: usize = 64;
 
-async fn get(admin: SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 /// The sum of every series of `name` whose labels include all of `labels`.
 async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> u64 {
-    let text = get(admin, "/metrics").await;
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            let ok = n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            ok.then(|| value.parse::<f64>().unwrap() as u64)
-        })
-        .sum()
+    scrape_metric(admin, name, labels).await as u64
 }
 
-async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, cond: impl Fn() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// How long a condition gets (announcements every 200 ms, TTLs of 1 s).
+const WAIT: Duration = Duration::from_secs(20);
 
 struct Role {
     addr: SocketAddr,
@@ -221,7 +194,7 @@ async fn a_doppler_added_takes_its_share_and_one_lost_is_routed_around_with_the_
     let bus = hydrant_bus::Config::inprocess(&format!("follow-{}", std::process::id()));
     let a = start_doppler("doppler-a", &bus).await;
     let agent = start_agent(&bus).await;
-    wait_until("the agent follows doppler A", || async {
+    wait_for(WAIT, "the agent follows doppler A", || async {
         connections(&agent).await == 1
     })
     .await;
@@ -238,7 +211,7 @@ async fn a_doppler_added_takes_its_share_and_one_lost_is_routed_around_with_the_
     let b = start_doppler("doppler-b", &bus).await;
     let b_url = format!("http://{}", b.addr);
     let joined = Instant::now();
-    wait_until("the agent follows doppler B", || async {
+    wait_for(WAIT, "the agent follows doppler B", || async {
         connections(&agent).await == 2
     })
     .await;
@@ -260,11 +233,11 @@ async fn a_doppler_added_takes_its_share_and_one_lost_is_routed_around_with_the_
         "both lanes carry sources: A {a_share}, B {b_share}"
     );
     assert_eq!(a_share + b_share, 5 * SOURCES as u64);
-    wait_until("B's ingress counts its share", || async {
+    wait_for(WAIT, "B's ingress counts its share", || async {
         metric(b.admin, "doppler_ingress_total", &[]).await == b_share
     })
     .await;
-    wait_until("B's subscriber gets B's share", || async {
+    wait_for(WAIT, "B's subscriber gets B's share", || async {
         delivered_b.load(Ordering::Relaxed) == b_share
     })
     .await;
@@ -272,7 +245,7 @@ async fn a_doppler_added_takes_its_share_and_one_lost_is_routed_around_with_the_
     // A stops: its stream breaks and its announcement lapses; the agent retires its lane.
     a.shutdown.cancel();
     let stopped = Instant::now();
-    wait_until("A's announcement lapses", || async {
+    wait_for(WAIT, "A's announcement lapses", || async {
         metric(
             agent.admin,
             "agent_doppler_changes_total",
@@ -283,7 +256,7 @@ async fn a_doppler_added_takes_its_share_and_one_lost_is_routed_around_with_the_
     })
     .await;
     let lapse = stopped.elapsed();
-    wait_until("only B is connected", || async {
+    wait_for(WAIT, "only B is connected", || async {
         connections(&agent).await == 1
     })
     .await;
@@ -294,9 +267,11 @@ async fn a_doppler_added_takes_its_share_and_one_lost_is_routed_around_with_the_
     assert_eq!(after.0 - before.0, emitted, "every line entered the agent");
     let dropped = after.2 - before.2;
     let to_b = after.1 - before.1;
-    wait_until("B's subscriber gets what the agent sent it", || async {
-        delivered_b.load(Ordering::Relaxed) - delivered_before == to_b
-    })
+    wait_for(
+        WAIT,
+        "B's subscriber gets what the agent sent it",
+        || async { delivered_b.load(Ordering::Relaxed) - delivered_before == to_b },
+    )
     .await;
     let delivered = delivered_b.load(Ordering::Relaxed) - delivered_before;
     assert_eq!(

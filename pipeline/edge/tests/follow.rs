@@ -20,6 +20,7 @@ use futures_util::StreamExt as _;
 use hydrant_doppler::Doppler;
 use hydrant_envelope::v2;
 use hydrant_firehose::TrafficController;
+use hydrant_testkit::{scrape_metric, wait_for};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -29,13 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 type Ws = WebSocketStream<TcpStream>;
 
-async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, cond: impl Fn() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// How long a condition gets (announcements every 200 ms, TTLs of 1 s).
+const WAIT: Duration = Duration::from_secs(20);
 
 async fn get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -49,19 +45,7 @@ async fn get(addr: SocketAddr, path: &str) -> String {
 
 /// The sum of every series of `name` whose labels include all of `labels`.
 async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> u64 {
-    let text = get(admin, "/metrics").await;
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            let ok = n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            ok.then(|| value.parse::<f64>().unwrap() as u64)
-        })
-        .sum()
+    scrape_metric(admin, name, labels).await as u64
 }
 
 struct Role {
@@ -226,14 +210,14 @@ async fn a_doppler_that_joins_reaches_open_streams_and_one_that_leaves_is_droppe
     let edge = start_edge(&bus).await;
     let dopplers = || metric(edge.admin, "trafficcontroller_dopplers", &[]);
     let connections = || metric(edge.admin, "trafficcontroller_doppler_connections", &[]);
-    wait_until("the edge reads doppler A", || async {
+    wait_for(WAIT, "the edge reads doppler A", || async {
         dopplers().await == 1 && connections().await == 1
     })
     .await;
 
     let mut firehose = ws(&edge, "/firehose/follow-test?format=json").await;
     let mut app = ws(&edge, "/apps/app-b/stream?format=json").await;
-    wait_until("both streams are open", || async {
+    wait_for(WAIT, "both streams are open", || async {
         metric(edge.admin, "trafficcontroller_firehoses", &[]).await == 1
             && metric(edge.admin, "trafficcontroller_app_streams", &[]).await == 1
     })
@@ -253,7 +237,7 @@ async fn a_doppler_that_joins_reaches_open_streams_and_one_that_leaves_is_droppe
     // B joins: read at once, without a restart, by the streams already open.
     let b = start_doppler("doppler-b", &bus).await;
     let joined = Instant::now();
-    wait_until("the edge reads doppler B", || async {
+    wait_for(WAIT, "the edge reads doppler B", || async {
         dopplers().await == 2 && connections().await == 2
     })
     .await;
@@ -297,7 +281,7 @@ async fn a_doppler_that_joins_reaches_open_streams_and_one_that_leaves_is_droppe
     // A stops: its stream breaks, its announcement lapses, its slot is freed.
     a.shutdown.cancel();
     let stopped = Instant::now();
-    wait_until("A's announcement lapses", || async {
+    wait_for(WAIT, "A's announcement lapses", || async {
         metric(
             edge.admin,
             "trafficcontroller_doppler_changes_total",
@@ -309,7 +293,10 @@ async fn a_doppler_that_joins_reaches_open_streams_and_one_that_leaves_is_droppe
     .await;
     let lapse = stopped.elapsed();
     assert_eq!(dopplers().await, 1, "the gauge drops");
-    wait_until("only B is connected", || async { connections().await == 1 }).await;
+    wait_for(WAIT, "only B is connected", || async {
+        connections().await == 1
+    })
+    .await;
     emitted += emit(&b, "app-b", "b2", 100).await;
     read_until(&mut firehose, &mut on_firehose, |s| s.count("b2") == 100).await;
     read_until(&mut app, &mut on_app, |s| s.count("b2") == 100).await;
@@ -392,7 +379,7 @@ async fn a_doppler_beyond_max_dopplers_is_refused_and_an_unreachable_one_is_drop
         .await
     };
     // The bus subscription is made as the edge starts: announce until it is heard.
-    wait_until("the unreachable doppler is followed", || async {
+    wait_for(WAIT, "the unreachable doppler is followed", || async {
         announcer
             .publish_json(
                 hydrant_bus::messages::DOPPLER_ANNOUNCE,
@@ -409,7 +396,7 @@ async fn a_doppler_beyond_max_dopplers_is_refused_and_an_unreachable_one_is_drop
             &announce("second", closed.port() ^ 1),
         )
         .unwrap();
-    wait_until("the second doppler is refused", || async {
+    wait_for(WAIT, "the second doppler is refused", || async {
         metric(
             edge.admin,
             "trafficcontroller_doppler_announcements_total",
@@ -421,7 +408,7 @@ async fn a_doppler_beyond_max_dopplers_is_refused_and_an_unreachable_one_is_drop
     .await;
     assert_eq!(dopplers().await, 1, "still only the first");
     assert_eq!(change("joined").await, 1);
-    wait_until("the unreachable doppler is dropped", || async {
+    wait_for(WAIT, "the unreachable doppler is dropped", || async {
         change("unreachable").await == 1
     })
     .await;
@@ -438,7 +425,7 @@ async fn a_doppler_beyond_max_dopplers_is_refused_and_an_unreachable_one_is_drop
             &announce("second", closed.port() ^ 1),
         )
         .unwrap();
-    wait_until("the second doppler takes the freed slot", || async {
+    wait_for(WAIT, "the second doppler takes the freed slot", || async {
         change("joined").await == 2
     })
     .await;
