@@ -158,12 +158,20 @@ impl ValidBatch {
         )
     }
 
-    /// Charges every envelope to its source in `fair` (the queue is `fill_permille` full) and
-    /// drops from the batch those refused for being over their source's share; returns how many
-    /// were refused. The batch then holds its charges until [`ValidBatch::release_fair`].
-    pub fn retain_fair(&mut self, fair: &Arc<FairShare>, keys: &KeyHasher, fill: u64) -> usize {
+    /// Charges every envelope to its source in `fair` and drops from the batch those refused
+    /// for being over their source's share; returns how many were refused. The batch then holds
+    /// its charges until [`ValidBatch::release_fair`]. `fill` reads how full the queue is (in
+    /// thousandths), once per envelope under the ledger's lock ([`FairShare::admit_with`]): a
+    /// value read once before the batch could predate the router taking the whole ring and
+    /// giving its charges back, and judge quiet sources against a ring that is no longer full.
+    pub fn retain_fair(
+        &mut self,
+        fair: &Arc<FairShare>,
+        keys: &KeyHasher,
+        fill: impl Fn() -> u64,
+    ) -> usize {
         self.charge_with(fair, keys, |key, name, cost| {
-            fair.admit(key, name, cost, fill)
+            fair.admit_with(key, name, cost, &fill)
         })
     }
 
@@ -417,7 +425,7 @@ mod tests {
         let (mut first, _) =
             ValidBatch::from_batch(batch_of(std::iter::repeat_n(loud.as_ref(), 50)));
         assert_eq!(
-            first.retain_fair(&fair, &keys, 0),
+            first.retain_fair(&fair, &keys, || 0),
             0,
             "no pressure, no refusal"
         );
@@ -425,7 +433,7 @@ mod tests {
         let (mut second, _) = ValidBatch::from_batch(batch_of(mixed));
         // The first loud envelope still finds its source alone; once the quiet one holds a
         // share, the loud one is over its own.
-        assert_eq!(second.retain_fair(&fair, &keys, 1000), 1);
+        assert_eq!(second.retain_fair(&fair, &keys, || 1000), 1);
         let sources: Vec<&[u8]> = second.iter().map(|e| e.source_id).collect();
         assert_eq!(sources, [&b"loud"[..], b"quiet", b"quiet"]);
         second.release_fair();
@@ -448,13 +456,13 @@ mod tests {
         );
         let (mut flood, _) =
             ValidBatch::from_batch(batch_of(std::iter::repeat_n(loud.as_ref(), 50)));
-        flood.retain_fair(&fair, &keys, 0);
+        flood.retain_fair(&fair, &keys, || 0);
         let (mut held, _) = ValidBatch::from_batch(batch_of([quiet.as_ref()]));
-        held.retain_fair(&fair, &keys, 0);
+        held.retain_fair(&fair, &keys, || 0);
         // Under full pressure the loud source is over its share: `retain_fair` refuses it...
         let two = batch_of([loud.as_ref(), loud.as_ref()]);
         let (mut lines, _) = ValidBatch::from_batch(two.clone());
-        assert_eq!(lines.retain_fair(&fair, &keys, 1000), 2);
+        assert_eq!(lines.retain_fair(&fair, &keys, || 1000), 2);
         drop(lines);
         // ...but a notice must get through all the same.
         let (mut notice, _) = ValidBatch::from_batch(two);
@@ -477,6 +485,57 @@ mod tests {
         let stats = fair.stats();
         assert_eq!((stats.admitted, stats.refused, stats.evicted), (53, 2, 2));
         assert!(stats.balanced() && stats.queued == 0, "{stats:?}");
+    }
+
+    /// Issue 16: quiet apps' lines were refused as `fair_share` at doppler ingress. The fill
+    /// was read once before a batch was charged; the router can take the whole ring and give
+    /// its charges back in between, and a full ring with an empty ledger makes every share
+    /// tiny. Read when each envelope is charged, the fill is the ring's as it is then.
+    #[test]
+    fn a_batch_is_judged_on_the_ring_as_it_is_when_charged_not_as_it_was_read() {
+        use hydrant_emitter::{Counter, Gauge};
+        let fair = Arc::new(FairShare::new(hydrant_buffer::FairConfig::default()));
+        let keys = KeyHasher::default();
+        let ring =
+            crate::ring::IngressRing::new(1000, usize::MAX, Counter::default(), Gauge::default());
+        let loud = encode(&gauge("loud", &["a"]));
+        for _ in 0..10 {
+            let (mut b, _) =
+                ValidBatch::from_batch(batch_of(std::iter::repeat_n(loud.as_ref(), 100)));
+            assert_eq!(
+                b.retain_fair(&fair, &keys, || ring.fill_permille()),
+                0,
+                "alone"
+            );
+            ring.push(b);
+        }
+        // Read by an ingress handler, just before the router takes everything.
+        let stale = ring.fill_permille();
+        assert_eq!(stale, 1000);
+        let mut out = std::collections::VecDeque::new();
+        ring.take_all(&mut out);
+        drop(out);
+        // One line of the flood, then two each from four quiet apps.
+        let quiet: Vec<_> = (0..4)
+            .map(|i| encode(&gauge(&format!("quiet-{i}"), &["a"])))
+            .collect();
+        let mut envelopes = vec![loud.as_ref()];
+        for _ in 0..2 {
+            envelopes.extend(quiet.iter().map(|q| q.as_ref()));
+        }
+        let mixed = batch_of(envelopes);
+        let (mut judged_stale, _) = ValidBatch::from_batch(mixed.clone());
+        assert!(
+            judged_stale.retain_fair(&fair, &keys, || stale) > 0,
+            "against the stale fill, quiet lines are refused"
+        );
+        judged_stale.release_fair();
+        let (mut judged_now, _) = ValidBatch::from_batch(mixed);
+        assert_eq!(
+            judged_now.retain_fair(&fair, &keys, || ring.fill_permille()),
+            0,
+            "the ring is empty now: nothing is over its share"
+        );
     }
 
     #[test]

@@ -106,7 +106,7 @@ impl IngressService {
         if let Some(fair) = &self.fair
             && !batch.is_empty()
         {
-            let refused = batch.retain_fair(&fair.ledger, &fair.keys, self.ring.fill_permille());
+            let refused = batch.retain_fair(&fair.ledger, &fair.keys, || self.ring.fill_permille());
             self.metrics.dropped_fair_share.add(refused as u64);
             self.ring.push(batch);
             fair.maybe_sweep(Instant::now());

@@ -272,7 +272,25 @@ impl FairShare {
         cost: u32,
         fill_permille: u64,
     ) -> Option<Share> {
+        self.admit_with(key, source, cost, || fill_permille)
+    }
+
+    /// [`FairShare::admit`], reading the queue's fill under this ledger's lock, so it never
+    /// predates a [`FairShare::release`] the ledger has already applied. An owner whose taker
+    /// empties the queue and then gives back everything it held (the doppler's ingress ring
+    /// takes all in one swap) needs it: a fill read just before the swap, judged against a
+    /// ledger read just after the release, makes a full queue of next to nothing, so the
+    /// capacity estimate and every share collapse and a quiet source's second line is refused
+    /// (issue 16: quiet apps' lines refused as `fair_share` at doppler ingress).
+    pub fn admit_with(
+        &self,
+        key: SourceKey,
+        source: &str,
+        cost: u32,
+        fill: impl FnOnce() -> u64,
+    ) -> Option<Share> {
         let mut t = self.lock();
+        let fill_permille = fill();
         let slot = t.find(key.0, source);
         let t = &mut *t;
         let other = t.slots.len() - 1;
