@@ -22,6 +22,13 @@ mod nats_server;
 )]
 #[path = "support/secure_bus.rs"]
 mod secure_bus;
+#[allow(
+    dead_code,
+    unused_macros,
+    reason = "the backends' shared checks run in the other bus tests"
+)]
+#[path = "support/suite.rs"]
+mod suite;
 
 use std::time::Duration;
 
@@ -32,32 +39,18 @@ use hydrant_bus::messages::{
     executor_placed_subject, executor_start_subject, router_register_subject,
 };
 use hydrant_bus::placement::{Placements, Refusal};
-use hydrant_bus::{Bus, Config, Error, Subscription};
+use hydrant_bus::{Bus, Config, Error};
 use hydrant_emitter::Registry;
 use hydrant_tls::Identity;
 use hydrant_tls::issue::{self, CertDir};
 use secure_bus::SecureBus as Fixture;
+use suite::{eventually, recv};
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
 fn refused(registry: &Registry) -> u64 {
     registry.counter_sum("bus.refused", &[("reason", "permissions_violation")])
-}
-
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn recv(sub: &mut Subscription) -> hydrant_bus::Message {
-    tokio::time::timeout(DEADLINE, sub.next())
-        .await
-        .expect("no message within the deadline")
-        .expect("subscription closed")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@
     reason = "test code"
 )]
 
+#[macro_use]
 #[path = "support/suite.rs"]
 mod suite;
 
@@ -18,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hydrant_bus::{Bus, BusStatus, Config, Error};
 use hydrant_emitter::Registry;
-use suite::{Pair, SUBSCRIBER_BUFFER, recv, registries};
+use suite::{Pair, SUBSCRIBER_BUFFER, recv};
 
 fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -34,36 +35,17 @@ async fn pair() -> Pair {
         subscriber_buffer: SUBSCRIBER_BUFFER,
         ..Config::inprocess(&unique("suite"))
     };
-    let (publisher_registry, subscriber_registry) = registries();
-    Pair {
-        publisher: Bus::connect(&config, &publisher_registry).await.unwrap(),
-        subscriber: Bus::connect(&config, &subscriber_registry).await.unwrap(),
-        publisher_registry,
-        subscriber_registry,
-    }
+    suite::connect_pair(&config).await
 }
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test]
-            async fn $name() {
-                suite::$name(&pair().await).await;
-            }
-        )*
-    };
+/// A pair on a hub of its own; nothing else to keep alive.
+async fn setup() -> ((), Pair) {
+    ((), pair().await)
 }
 
-suite!(
-    exact_subjects,
-    wildcards,
-    queue_groups,
-    request_reply,
-    no_responders_and_timeout,
-    invalid_input,
-    slow_subscriber_drops_are_counted,
-    unsubscribe_on_drop,
-    typed_json,
+backend_suite!(
+    #[tokio::test]
+    setup
 );
 
 #[tokio::test]

@@ -11,6 +11,7 @@
 
 #[path = "support/nats_server.rs"]
 mod nats_server;
+#[macro_use]
 #[path = "support/suite.rs"]
 mod suite;
 
@@ -21,7 +22,7 @@ use hydrant_bus::messages::ROUTER_REGISTER;
 use hydrant_bus::{Announcer, Bus, BusStatus, Config, Error};
 use hydrant_emitter::Registry;
 use nats_server::NatsServer;
-use suite::{Pair, SUBSCRIBER_BUFFER, eventually, recv, registries};
+use suite::{Pair, SUBSCRIBER_BUFFER, eventually, recv};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -34,39 +35,13 @@ fn config(server: &NatsServer) -> Config {
 
 async fn setup() -> (NatsServer, Pair) {
     let server = NatsServer::start();
-    let config = config(&server);
-    let (publisher_registry, subscriber_registry) = registries();
-    let pair = Pair {
-        publisher: Bus::connect(&config, &publisher_registry).await.unwrap(),
-        subscriber: Bus::connect(&config, &subscriber_registry).await.unwrap(),
-        publisher_registry,
-        subscriber_registry,
-    };
+    let pair = suite::connect_pair(&config(&server)).await;
     (server, pair)
 }
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let (_server, pair) = setup().await;
-                suite::$name(&pair).await;
-            }
-        )*
-    };
-}
-
-suite!(
-    exact_subjects,
-    wildcards,
-    queue_groups,
-    request_reply,
-    no_responders_and_timeout,
-    invalid_input,
-    slow_subscriber_drops_are_counted,
-    unsubscribe_on_drop,
-    typed_json,
+backend_suite!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    setup
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hydrant_bus::messages::{self, RegistryMessage};
-use hydrant_bus::{Bus, Error, Message, Subscription};
+use hydrant_bus::{Bus, Config, Error, Message, Subscription};
 use hydrant_emitter::Registry;
 use tokio::time::Instant;
 
@@ -28,6 +28,45 @@ pub fn registries() -> (Registry, Registry) {
         Registry::new("test-publisher", "0"),
         Registry::new("test-subscriber", "0"),
     )
+}
+
+/// Two handles on the bus `config` names, each with its own registry, as two roles would have.
+pub async fn connect_pair(config: &Config) -> Pair {
+    let (publisher_registry, subscriber_registry) = registries();
+    Pair {
+        publisher: Bus::connect(config, &publisher_registry).await.unwrap(),
+        subscriber: Bus::connect(config, &subscriber_registry).await.unwrap(),
+        publisher_registry,
+        subscriber_registry,
+    }
+}
+
+/// Declares one test per shared check, run with the test attribute given (e.g.
+/// `#[tokio::test]`) on a fresh pair from `$setup()`, which returns what must outlive the test
+/// (a server, or `()`) and the [`Pair`].
+macro_rules! backend_suite {
+    (#[$test:meta] $setup:ident) => {
+        backend_suite!(@each #[$test] $setup;
+            exact_subjects,
+            wildcards,
+            queue_groups,
+            request_reply,
+            no_responders_and_timeout,
+            invalid_input,
+            slow_subscriber_drops_are_counted,
+            unsubscribe_on_drop,
+            typed_json,
+        );
+    };
+    (@each #[$test:meta] $setup:ident; $($name:ident),* $(,)?) => {
+        $(
+            #[$test]
+            async fn $name() {
+                let (_keep, pair) = $setup().await;
+                suite::$name(&pair).await;
+            }
+        )*
+    };
 }
 
 /// The next message, or a panic naming the subscription after the deadline.
