@@ -20,7 +20,7 @@ use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Table, TableState, Wr
 use crate::format::{self, clean};
 use crate::input::{KEYMAP, PROMPT_KEYS};
 use crate::state::{Prompt, State};
-use crate::view::{Level, Screen, TableKind, Tone};
+use crate::view::{Level, LogOut, Note, Screen, TableKind, Tone};
 
 /// The style of a tone.
 #[must_use]
@@ -32,6 +32,35 @@ pub fn style(tone: Tone) -> Style {
         Tone::Warn => Style::default().fg(Color::Yellow),
         Tone::Alert => Style::default().fg(Color::Red),
     }
+}
+
+/// Status notes as lines, each in its tone; `empty` (dim), if given, when there are none.
+fn note_lines<'a>(notes: &'a [Note], empty: Option<&'a str>) -> Vec<Line<'a>> {
+    if let (true, Some(empty)) = (notes.is_empty(), empty) {
+        return vec![Line::styled(empty, style(Tone::Dim))];
+    }
+    notes
+        .iter()
+        .map(|n| Line::styled(n.text.as_str(), style(n.tone)))
+        .collect()
+}
+
+/// The newest log lines that fit a bordered pane `height` rows tall, stderr in red; `empty`
+/// (dim) when there are none.
+fn log_lines<'a>(logs: &'a [LogOut], height: u16, empty: &'a str) -> Vec<Line<'a>> {
+    if logs.is_empty() {
+        return vec![Line::styled(empty, style(Tone::Dim))];
+    }
+    let skip = logs
+        .len()
+        .saturating_sub(usize::from(height.saturating_sub(2)));
+    logs[skip..]
+        .iter()
+        .map(|l| {
+            let tone = if l.err { Tone::Alert } else { Tone::Normal };
+            Line::styled(l.text.as_str(), style(tone))
+        })
+        .collect()
 }
 
 /// Draws the whole screen.

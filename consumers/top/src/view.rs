@@ -127,154 +127,103 @@ pub struct Column {
     pub help: &'static str,
 }
 
-const fn text(title: &'static str, width: u16, help: &'static str) -> Column {
-    Column {
-        title,
-        width,
-        numeric: false,
-        help,
+impl Column {
+    /// A text column: left-aligned, sorted as text.
+    #[must_use]
+    pub const fn text(title: &'static str, width: u16, help: &'static str) -> Self {
+        Self {
+            title,
+            width,
+            numeric: false,
+            help,
+        }
+    }
+
+    /// A number column: right-aligned, sorted by value.
+    #[must_use]
+    pub const fn num(title: &'static str, width: u16, help: &'static str) -> Self {
+        Self {
+            numeric: true,
+            ..Self::text(title, width, help)
+        }
     }
 }
 
-const fn num(title: &'static str, width: u16, help: &'static str) -> Column {
-    Column {
-        title,
-        width,
-        numeric: true,
-        help,
-    }
+/// A table's columns, one line each (`text` or `num`, header, width, help): a table reads
+/// best as one, so this keeps rustfmt from spreading a long help over four lines.
+macro_rules! columns {
+    ($($kind:ident $title:literal $width:literal $help:literal),* $(,)?) => {
+        &[$($crate::view::Column::$kind($title, $width, $help)),*]
+    };
 }
+pub(crate) use columns;
 
 /// Index of `REQ/60` in [`APP_COLUMNS`].
 pub const APP_REQ60: usize = 7;
 
 /// The apps screen (cf top's App Stats, plus latency quantiles and the SLO budget).
-pub const APP_COLUMNS: &[Column] = &[
-    text(
-        "NAME",
-        16,
-        "app name (red: fewer instances running than desired; cyan: served HTTP in the last 10 s)",
-    ),
-    text("STATE", 7, "desired state from the API"),
-    text("INST", 5, "instances running/desired"),
-    num("CPU%", 5, "CPU of all instances, % of one core"),
-    num(
-        "MEM",
-        6,
-        "memory of all instances (yellow >= 80 %, red >= 90 % of quota)",
-    ),
-    num("REQ/1", 6, "requests per second over 1 s"),
-    num("REQ/10", 6, "requests per second over 10 s"),
-    num("REQ/60", 6, "requests per second over 60 s"),
-    num("P50", 6, "median latency over 10 s"),
-    num("P95", 6, "95th percentile latency over 10 s"),
-    num(
-        "P99",
-        6,
-        "99th percentile latency over 10 s (yellow >= 500 ms, red >= 1 s)",
-    ),
-    num("2XX", 4, "2xx responses in the last 60 s"),
-    num("3XX", 4, "3xx responses in the last 60 s"),
-    num("4XX", 4, "4xx responses in the last 60 s"),
-    num(
-        "5XX",
-        4,
-        "5xx responses in the last 60 s (yellow >= 1 %, red >= 5 % of all)",
-    ),
-    num("LOG/S", 5, "app log lines per second over 10 s"),
-    num("CRSH", 4, "crashes in the last 5 minutes"),
-    num(
-        "SLO",
-        5,
-        "error budget left, lowest of the app's SLOs (yellow < 50 %, red < 25 %)",
-    ),
+pub const APP_COLUMNS: &[Column] = columns![
+    text "NAME" 16 "app name (red: fewer instances running than desired; cyan: served HTTP in the last 10 s)",
+    text "STATE" 7 "desired state from the API",
+    text "INST" 5 "instances running/desired",
+    num "CPU%" 5 "CPU of all instances, % of one core",
+    num "MEM" 6 "memory of all instances (yellow >= 80 %, red >= 90 % of quota)",
+    num "REQ/1" 6 "requests per second over 1 s",
+    num "REQ/10" 6 "requests per second over 10 s",
+    num "REQ/60" 6 "requests per second over 60 s",
+    num "P50" 6 "median latency over 10 s",
+    num "P95" 6 "95th percentile latency over 10 s",
+    num "P99" 6 "99th percentile latency over 10 s (yellow >= 500 ms, red >= 1 s)",
+    num "2XX" 4 "2xx responses in the last 60 s",
+    num "3XX" 4 "3xx responses in the last 60 s",
+    num "4XX" 4 "4xx responses in the last 60 s",
+    num "5XX" 4 "5xx responses in the last 60 s (yellow >= 1 %, red >= 5 % of all)",
+    num "LOG/S" 5 "app log lines per second over 10 s",
+    num "CRSH" 4 "crashes in the last 5 minutes",
+    num "SLO" 5 "error budget left, lowest of the app's SLOs (yellow < 50 %, red < 25 %)",
 ];
 
 /// The pipeline screen: every hop of the pipeline from its own metric envelopes.
-pub const PIPELINE_COLUMNS: &[Column] = &[
-    text(
-        "KIND",
-        17,
-        "agent, doppler, logcache, trafficcontroller or nozzle",
-    ),
-    text("SOURCE", 18, "the component's source id"),
-    text("INSTANCE", 10, "which copy of the component"),
-    num("IN/S", 7, "envelopes received per second"),
-    num("OUT/S", 7, "envelopes sent on per second"),
-    num(
-        "DROP/S",
-        6,
-        "envelopes dropped per second (yellow > 0, red >= 1 % of IN/S)",
-    ),
-    num(
-        "DROPPED",
-        7,
-        "envelopes dropped since the component started",
-    ),
-    num("QUEUE", 6, "envelopes waiting (log cache: envelopes held)"),
-    num(
-        "CONS",
-        4,
-        "consumers: subscriptions, streams or doppler connections",
-    ),
-    num("SLOW", 4, "consumers closed for falling behind (red > 0)"),
-    num(
-        "AGE",
-        4,
-        "seconds since the component last reported (dim when stale)",
-    ),
-    text("DROPS BY REASON", 30, "dropped since start, by reason"),
+pub const PIPELINE_COLUMNS: &[Column] = columns![
+    text "KIND" 17 "agent, doppler, logcache, trafficcontroller or nozzle",
+    text "SOURCE" 18 "the component's source id",
+    text "INSTANCE" 10 "which copy of the component",
+    num "IN/S" 7 "envelopes received per second",
+    num "OUT/S" 7 "envelopes sent on per second",
+    num "DROP/S" 6 "envelopes dropped per second (yellow > 0, red >= 1 % of IN/S)",
+    num "DROPPED" 7 "envelopes dropped since the component started",
+    num "QUEUE" 6 "envelopes waiting (log cache: envelopes held)",
+    num "CONS" 4 "consumers: subscriptions, streams or doppler connections",
+    num "SLOW" 4 "consumers closed for falling behind (red > 0)",
+    num "AGE" 4 "seconds since the component last reported (dim when stale)",
+    text "DROPS BY REASON" 30 "dropped since start, by reason",
 ];
 
 /// The nodes screen: executors, and every other role that reports its certificate's expiry.
-pub const NODE_COLUMNS: &[Column] = &[
-    text(
-        "NODE",
-        20,
-        "the executor's id, or source/instance of another platform role",
-    ),
-    text(
-        "STATE",
-        10,
-        "a cell's state: healthy, evacuating (yellow) or lost (red: silent past 20 s)",
-    ),
-    num("MEM USED", 8, "memory reserved by live instances"),
-    num("MEM CAP", 8, "memory the executor may hand out"),
-    num(
-        "MEM%",
-        5,
-        "share of capacity used (yellow >= 80 %, red >= 90 %)",
-    ),
-    num("RUNNING", 7, "instances running, as the executor reports"),
-    num("STARTING", 8, "instances starting"),
-    num("CRASHED", 7, "instances crashed and not yet replaced"),
-    num("APPS", 4, "apps with an instance placed here, from the API"),
-    num(
-        "LOG/S",
-        6,
-        "log lines the executor read from apps per second",
-    ),
-    num("STARTS", 6, "instances started since the executor started"),
-    num(
-        "CRASHES",
-        7,
-        "instances that crashed since the executor started",
-    ),
-    num(
-        "CERT",
-        7,
-        "days until the node's TLS certificate expires (yellow under 30, red once expired)",
-    ),
-    num("AGE", 4, "seconds since the executor last reported"),
+pub const NODE_COLUMNS: &[Column] = columns![
+    text "NODE" 20 "the executor's id, or source/instance of another platform role",
+    text "STATE" 10 "a cell's state: healthy, evacuating (yellow) or lost (red: silent past 20 s)",
+    num "MEM USED" 8 "memory reserved by live instances",
+    num "MEM CAP" 8 "memory the executor may hand out",
+    num "MEM%" 5 "share of capacity used (yellow >= 80 %, red >= 90 %)",
+    num "RUNNING" 7 "instances running, as the executor reports",
+    num "STARTING" 8 "instances starting",
+    num "CRASHED" 7 "instances crashed and not yet replaced",
+    num "APPS" 4 "apps with an instance placed here, from the API",
+    num "LOG/S" 6 "log lines the executor read from apps per second",
+    num "STARTS" 6 "instances started since the executor started",
+    num "CRASHES" 7 "instances that crashed since the executor started",
+    num "CERT" 7 "days until the node's TLS certificate expires (yellow under 30, red once expired)",
+    num "AGE" 4 "seconds since the executor last reported",
 ];
 
 /// The events screen: audit events from the API and live platform notices.
-pub const EVENT_COLUMNS: &[Column] = &[
-    num("TIME", 8, "when (local time)"),
-    text("LEVEL", 5, "INFO, WARN, ALERT or CRIT"),
-    text("SOURCE", 16, "the app (by name) or component"),
-    text("TYPE", 26, "the audit event type or notice kind"),
-    text("DETAIL", 40, "what happened"),
+pub const EVENT_COLUMNS: &[Column] = columns![
+    num "TIME" 8 "when (local time)",
+    text "LEVEL" 5 "INFO, WARN, ALERT or CRIT",
+    text "SOURCE" 16 "the app (by name) or component",
+    text "TYPE" 26 "the audit event type or notice kind",
+    text "DETAIL" 40 "what happened",
 ];
 
 /// How a cell is coloured.
@@ -465,44 +414,24 @@ pub struct AppDetail {
 }
 
 /// Columns of the detail screen's instance table.
-pub const INSTANCE_COLUMNS: &[Column] = &[
-    text("IDX", 4, "instance index"),
-    text("STATE", 8, "state from the API"),
-    num("CPU%", 6, "CPU, % of one core"),
-    num("MEM", 7, "memory used"),
-    num(
-        "MEM%",
-        5,
-        "of the memory quota (yellow >= 80 %, red >= 90 %)",
-    ),
-    num(
-        "MEM LIM",
-        7,
-        "memory limit (the cgroup's: past it the kernel OOM-kills)",
-    ),
-    num("DISK", 7, "disk the instance's files use"),
-    num(
-        "DISK%",
-        5,
-        "of the disk quota (yellow >= 80 %, red >= 90 %)",
-    ),
-    num("PIDS", 5, "processes and threads now"),
-    num(
-        "PID LIM",
-        7,
-        "the kernel's pids limit (none: unisolated, no limit)",
-    ),
-    num(
-        "SHARES",
-        6,
-        "CPU weight, cgroup shares of 1024 (none: unisolated)",
-    ),
-    num("REQ/10", 6, "requests per second over 10 s"),
-    num("5XX/60", 6, "5xx served in the last 60 s"),
-    num("LOG/S", 6, "log lines per second over 10 s"),
-    num("UPTIME", 6, "since the instance started"),
-    text("EXECUTOR", 14, "where it runs"),
-    text("LAST CRASH", 30, "the last crash, from the API"),
+pub const INSTANCE_COLUMNS: &[Column] = columns![
+    text "IDX" 4 "instance index",
+    text "STATE" 8 "state from the API",
+    num "CPU%" 6 "CPU, % of one core",
+    num "MEM" 7 "memory used",
+    num "MEM%" 5 "of the memory quota (yellow >= 80 %, red >= 90 %)",
+    num "MEM LIM" 7 "memory limit (the cgroup's: past it the kernel OOM-kills)",
+    num "DISK" 7 "disk the instance's files use",
+    num "DISK%" 5 "of the disk quota (yellow >= 80 %, red >= 90 %)",
+    num "PIDS" 5 "processes and threads now",
+    num "PID LIM" 7 "the kernel's pids limit (none: unisolated, no limit)",
+    num "SHARES" 6 "CPU weight, cgroup shares of 1024 (none: unisolated)",
+    num "REQ/10" 6 "requests per second over 10 s",
+    num "5XX/60" 6 "5xx served in the last 60 s",
+    num "LOG/S" 6 "log lines per second over 10 s",
+    num "UPTIME" 6 "since the instance started",
+    text "EXECUTOR" 14 "where it runs",
+    text "LAST CRASH" 30 "the last crash, from the API",
 ];
 
 /// Everything the screens show, as of one instant.

@@ -8,6 +8,10 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
+#[allow(dead_code, reason = "shared by the screen tests; each uses a part")]
+#[path = "support/screen.rs"]
+mod screen_rig;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,20 +22,13 @@ use hydrant_api::{
 };
 use hydrant_envelope::v2;
 use hydrant_firehose_client::Batch;
-use hydrant_firehose_client::render::TimeZone;
 use hydrant_testkit::envelopes::{self, envelope};
 use hydrant_top::view::{Screen, TableKind};
-use hydrant_top::{ApiSnapshot, Feed, State, StateConfig};
+use hydrant_top::{ApiSnapshot, Feed, State};
 use proptest::prelude::*;
-use ratatui::Terminal;
-use ratatui::backend::TestBackend;
-use ratatui::buffer::Buffer;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::style::Color;
-
-/// The wall clock when the recording ends: 2023-11-14T22:13:20Z.
-const WALL: i64 = 1_700_000_000_000_000_000;
-const SEC: i64 = 1_000_000_000;
+use screen_rig::*;
 
 const DEMO: &str = "g-demo";
 const API: &str = "g-api";
@@ -370,95 +367,7 @@ fn snapshot() -> ApiSnapshot {
 
 /// The recorded state, refreshed at the end of the recording.
 fn recorded() -> (State, Instant) {
-    let t0 = Instant::now();
-    let config = StateConfig {
-        tz: TimeZone::Utc,
-        ..StateConfig::default()
-    };
-    let mut state = State::new(config, t0, WALL, "operator (firehose)", "http://api").unwrap();
-    state.apply_feed(Feed::History(Batch::from_envelopes(&history())), t0);
-    state.apply_feed(Feed::Api(Box::new(snapshot())), t0);
-    state.tick(t0);
-    (state, t0)
-}
-
-fn draw(state: &mut State, width: u16, height: u16) -> Buffer {
-    let mut term = Terminal::new(TestBackend::new(width, height)).unwrap();
-    hydrant_top::draw(&mut term, state).unwrap();
-    term.backend().buffer().clone()
-}
-
-fn line(buf: &Buffer, y: u16) -> String {
-    (0..buf.area.width)
-        .map(|x| buf[(x, y)].symbol())
-        .collect::<String>()
-}
-
-fn screen(buf: &Buffer) -> String {
-    (0..buf.area.height)
-        .map(|y| line(buf, y))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Where `text` starts (cell coordinates), matching one character per cell.
-fn find(buf: &Buffer, text: &str) -> Option<(u16, u16)> {
-    find_in(buf, text, |_| true)
-}
-
-/// Like [`find`], only in lines inside a bordered block (tables), not the header lines.
-fn find_in_table(buf: &Buffer, text: &str) -> Option<(u16, u16)> {
-    find_in(buf, text, |y| buf[(0, y)].symbol() == "│")
-}
-
-fn find_in(buf: &Buffer, text: &str, lines: impl Fn(u16) -> bool) -> Option<(u16, u16)> {
-    let chars: Vec<char> = text.chars().collect();
-    for y in (0..buf.area.height).filter(|y| lines(*y)) {
-        for x in 0..buf.area.width {
-            let fits = chars.iter().enumerate().all(|(i, c)| {
-                let cx = x as usize + i;
-                cx < buf.area.width as usize && buf[(cx as u16, y)].symbol() == c.to_string()
-            });
-            if fits {
-                return Some((x, y));
-            }
-        }
-    }
-    None
-}
-
-fn must_find(buf: &Buffer, text: &str) -> (u16, u16) {
-    find(buf, text).unwrap_or_else(|| panic!("{text:?} is not on screen:\n{}", screen(buf)))
-}
-
-/// The text of a right-aligned numeric column in the row at `y`, read leftwards from the
-/// column's right edge (the last character of its header).
-fn column_text(buf: &Buffer, header: &str, y: u16) -> (String, Color) {
-    let (hx, _) = find_in_table(buf, &format!(" {header}"))
-        .unwrap_or_else(|| panic!("no column {header}:\n{}", screen(buf)));
-    let right = hx + header.chars().count() as u16;
-    let mut x = right;
-    let mut text = String::new();
-    while x > 0 && buf[(x, y)].symbol() != " " {
-        text.insert_str(0, buf[(x, y)].symbol());
-        x -= 1;
-    }
-    (text, buf[(right, y)].fg)
-}
-
-fn key(code: KeyCode) -> KeyEvent {
-    KeyEvent::new(code, KeyModifiers::NONE)
-}
-
-fn type_keys(state: &mut State, text: &str, now: Instant) {
-    for c in text.chars() {
-        let code = match c {
-            '\n' => KeyCode::Enter,
-            '\u{1b}' => KeyCode::Esc,
-            c => KeyCode::Char(c),
-        };
-        state.apply_key(&key(code), now);
-    }
+    recorded_with(&history(), Feed::Api(Box::new(snapshot())))
 }
 
 #[test]
@@ -819,38 +728,17 @@ fn page_and_end_keys_move_the_selection() {
     );
 }
 
-/// No cell holds a character a terminal would obey rather than show.
-fn assert_no_control(buf: &Buffer) {
-    for y in 0..buf.area.height {
-        for x in 0..buf.area.width {
-            for c in buf[(x, y)].symbol().chars() {
-                assert!(
-                    !(c.is_control()
-                        || ('\u{80}'..='\u{9f}').contains(&c)
-                        || matches!(
-                            c,
-                            '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}'
-                                | '\u{2066}'..='\u{2069}'
-                        )),
-                    "raw {c:?} at ({x}, {y})"
-                );
-            }
-        }
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
     fn random_payload_bytes_never_put_a_raw_control_byte_on_screen(
-        payload in proptest::collection::vec(any::<u8>(), 0..300),
-        name in "\\PC{0,12}[\\x00-\\x1f\\x7f\\u{80}-\\u{9f}\\u{202e}]{1,3}",
-        tag in proptest::collection::vec(any::<u8>(), 0..40),
+        payload in hostile_bytes(300),
+        name in HOSTILE_NAME,
+        tag in hostile_bytes(40),
     ) {
         let t0 = Instant::now();
-        let config = StateConfig { tz: TimeZone::Utc, ..StateConfig::default() };
-        let mut state = State::new(config, t0, WALL, "operator", "http://api").unwrap();
+        let mut state = fresh(t0, "operator");
         let hostile = String::from_utf8_lossy(&tag).into_owned();
         let mut envs = vec![
             log(DEMO, "0", &hostile, &payload, WALL - SEC),
@@ -941,11 +829,7 @@ const DAY: f64 = 86_400.0;
 /// `(source, instance, days left)`, each as the `tls.cert_expiry_seconds` gauge its role keeps.
 fn with_certs(nodes: &[(&str, &str, f64)]) -> (State, Instant) {
     let t0 = Instant::now();
-    let config = StateConfig {
-        tz: TimeZone::Utc,
-        ..StateConfig::default()
-    };
-    let mut state = State::new(config, t0, WALL, "operator (firehose)", "http://api").unwrap();
+    let mut state = fresh(t0, "operator (firehose)");
     let mut envelopes = vec![gauge(
         "executor",
         "exec-1",
@@ -970,11 +854,7 @@ fn with_certs(nodes: &[(&str, &str, f64)]) -> (State, Instant) {
 #[test]
 fn nodes_screen_shows_each_cells_state_live() {
     let t0 = Instant::now();
-    let config = StateConfig {
-        tz: TimeZone::Utc,
-        ..StateConfig::default()
-    };
-    let mut state = State::new(config, t0, WALL, "operator (firehose)", "http://api").unwrap();
+    let mut state = fresh(t0, "operator (firehose)");
     let envelopes = vec![
         gauge(
             "executor",

@@ -11,26 +11,24 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
+#[allow(dead_code, reason = "shared by the screen tests; each uses a part")]
+#[path = "support/screen.rs"]
+mod screen_rig;
+
 use std::time::Instant;
 
 use bytes::Bytes;
 use hydrant_api::services::{LastOperation, ServiceInstance, ServiceInstanceType};
 use hydrant_envelope::v2;
 use hydrant_firehose_client::Batch;
-use hydrant_firehose_client::render::TimeZone;
 use hydrant_testkit::envelopes::{self, envelope};
 use hydrant_top::view::{Screen, TableKind, Tone};
-use hydrant_top::{Feed, State, StateConfig};
+use hydrant_top::{Feed, State};
 use proptest::prelude::*;
-use ratatui::Terminal;
-use ratatui::backend::TestBackend;
-use ratatui::buffer::Buffer;
-use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::crossterm::event::KeyCode;
 use ratatui::style::Color;
+use screen_rig::*;
 
-/// The wall clock when the recording ends: 2023-11-14T22:13:20Z.
-const WALL: i64 = 1_700_000_000_000_000_000;
-const SEC: i64 = 1_000_000_000;
 const MIB: f64 = 1024.0 * 1024.0;
 
 const CACHE: &str = "5e1f0000-0000-4000-8000-00000000cace";
@@ -178,76 +176,9 @@ fn history() -> Vec<v2::Envelope> {
     out
 }
 
+/// The recorded state, refreshed at the end of the recording.
 fn recorded() -> (State, Instant) {
-    let t0 = Instant::now();
-    let config = StateConfig {
-        tz: TimeZone::Utc,
-        ..StateConfig::default()
-    };
-    let mut state = State::new(config, t0, WALL, "operator (firehose)", "http://api").unwrap();
-    state.apply_feed(Feed::History(Batch::from_envelopes(&history())), t0);
-    state.apply_feed(Feed::Services(Ok(listed())), t0);
-    state.tick(t0);
-    (state, t0)
-}
-
-fn draw(state: &mut State, width: u16, height: u16) -> Buffer {
-    let mut term = Terminal::new(TestBackend::new(width, height)).unwrap();
-    hydrant_top::draw(&mut term, state).unwrap();
-    term.backend().buffer().clone()
-}
-
-fn line(buf: &Buffer, y: u16) -> String {
-    (0..buf.area.width).map(|x| buf[(x, y)].symbol()).collect()
-}
-
-fn screen(buf: &Buffer) -> String {
-    (0..buf.area.height)
-        .map(|y| line(buf, y))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn find(buf: &Buffer, text: &str) -> Option<(u16, u16)> {
-    let chars: Vec<char> = text.chars().collect();
-    for y in 0..buf.area.height {
-        for x in 0..buf.area.width {
-            let fits = chars.iter().enumerate().all(|(i, c)| {
-                let cx = x as usize + i;
-                cx < buf.area.width as usize && buf[(cx as u16, y)].symbol() == c.to_string()
-            });
-            if fits {
-                return Some((x, y));
-            }
-        }
-    }
-    None
-}
-
-#[track_caller]
-fn must_find(buf: &Buffer, text: &str) -> (u16, u16) {
-    find(buf, text).unwrap_or_else(|| panic!("{text:?} is not on screen:\n{}", screen(buf)))
-}
-
-/// The row of the table line that holds `text`.
-#[track_caller]
-fn row_of(buf: &Buffer, text: &str) -> String {
-    line(buf, must_find(buf, text).1)
-}
-
-fn key(code: KeyCode) -> KeyEvent {
-    KeyEvent::new(code, KeyModifiers::NONE)
-}
-
-fn type_keys(state: &mut State, text: &str, now: Instant) {
-    for c in text.chars() {
-        let code = match c {
-            '\n' => KeyCode::Enter,
-            '\u{1b}' => KeyCode::Esc,
-            c => KeyCode::Char(c),
-        };
-        state.apply_key(&key(code), now);
-    }
+    recorded_with(&history(), Feed::Services(Ok(listed())))
 }
 
 #[test]
@@ -407,11 +338,7 @@ fn services_filter_and_sort_like_every_table() {
 #[test]
 fn a_stale_report_is_dimmed_and_a_listed_instance_without_reports_is_kept() {
     let t0 = Instant::now();
-    let config = StateConfig {
-        tz: TimeZone::Utc,
-        ..StateConfig::default()
-    };
-    let mut state = State::new(config, t0, WALL, "operator", "http://api").unwrap();
+    let mut state = fresh(t0, "operator");
     let old = gauges(
         CACHE,
         "redis",
@@ -445,38 +372,17 @@ fn a_stale_report_is_dimmed_and_a_listed_instance_without_reports_is_kept() {
     assert_eq!(state.view().table(TableKind::Services).rows.len(), 4);
 }
 
-/// No cell holds a character a terminal would obey rather than show.
-fn assert_no_control(buf: &Buffer) {
-    for y in 0..buf.area.height {
-        for x in 0..buf.area.width {
-            for c in buf[(x, y)].symbol().chars() {
-                assert!(
-                    !(c.is_control()
-                        || ('\u{80}'..='\u{9f}').contains(&c)
-                        || matches!(
-                            c,
-                            '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}'
-                                | '\u{2066}'..='\u{2069}'
-                        )),
-                    "raw {c:?} at ({x}, {y})"
-                );
-            }
-        }
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     #[test]
     fn hostile_names_tags_and_lines_never_put_a_raw_control_byte_on_screen(
-        payload in proptest::collection::vec(any::<u8>(), 0..300),
-        name in "\\PC{0,12}[\\x00-\\x1f\\x7f\\u{80}-\\u{9f}\\u{202e}]{1,3}",
-        tag in proptest::collection::vec(any::<u8>(), 0..40),
+        payload in hostile_bytes(300),
+        name in HOSTILE_NAME,
+        tag in hostile_bytes(40),
     ) {
         let t0 = Instant::now();
-        let config = StateConfig { tz: TimeZone::Utc, ..StateConfig::default() };
-        let mut state = State::new(config, t0, WALL, "operator", "http://api").unwrap();
+        let mut state = fresh(t0, "operator");
         let hostile = String::from_utf8_lossy(&tag).into_owned();
         let envs = vec![
             gauges(CACHE, &hostile, &hostile, &[("service.up", 0.0, "bool")], WALL - SEC),

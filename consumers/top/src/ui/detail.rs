@@ -10,7 +10,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Cell, Paragraph, Row, Sparkline, Table, Wrap};
 
-use super::{style, widths};
+use super::{log_lines, note_lines, style, widths};
 use crate::state::State;
 use crate::view::{AppDetail, INSTANCE_COLUMNS, Tone};
 
@@ -115,25 +115,14 @@ fn draw_sparks(frame: &mut Frame<'_>, area: Rect, d: &AppDetail) {
 fn draw_status(frame: &mut Frame<'_>, area: Rect, d: &AppDetail) {
     let [left, right] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
-    let status: Vec<Line<'_>> = d
-        .status
-        .iter()
-        .map(|n| Line::styled(n.text.as_str(), style(n.tone)))
-        .collect();
+    let status = note_lines(&d.status, None);
     frame.render_widget(
         Paragraph::new(status)
             .wrap(Wrap { trim: true })
             .block(Block::bordered().title(" autoscaler · SLOs ")),
         left,
     );
-    let events: Vec<Line<'_>> = if d.events.is_empty() {
-        vec![Line::styled("no events", style(Tone::Dim))]
-    } else {
-        d.events
-            .iter()
-            .map(|n| Line::styled(n.text.as_str(), style(n.tone)))
-            .collect()
-    };
+    let events = note_lines(&d.events, Some("no events"));
     frame.render_widget(
         Paragraph::new(events).block(Block::bordered().title(" recent events ")),
         right,
@@ -141,26 +130,7 @@ fn draw_status(frame: &mut Frame<'_>, area: Rect, d: &AppDetail) {
 }
 
 fn draw_logs(frame: &mut Frame<'_>, area: Rect, d: &AppDetail) {
-    let inner = usize::from(area.height.saturating_sub(2));
-    let skip = d.logs.len().saturating_sub(inner);
-    let lines: Vec<Line<'_>> = if d.logs.is_empty() {
-        vec![Line::styled("no log lines yet", style(Tone::Dim))]
-    } else {
-        d.logs
-            .iter()
-            .skip(skip)
-            .map(|l| {
-                Line::styled(
-                    l.text.as_str(),
-                    if l.err {
-                        style(Tone::Alert)
-                    } else {
-                        Style::default()
-                    },
-                )
-            })
-            .collect()
-    };
+    let lines = log_lines(&d.logs, area.height, "no log lines yet");
     frame.render_widget(
         Paragraph::new(lines).block(Block::bordered().title(" logs (live) ")),
         area,

@@ -9,9 +9,8 @@ use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Wrap};
 
-use super::style;
+use super::{log_lines, note_lines, style};
 use crate::state::State;
-use crate::view::Tone;
 
 /// Draws the service instance on top of the stack.
 pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, state: &State) {
@@ -42,36 +41,18 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, state: &State) {
         ])),
         summary,
     );
-    let lines: Vec<Line<'_>> = d
-        .gauges
-        .iter()
-        .map(|n| Line::styled(n.text.as_str(), style(n.tone)))
-        .collect();
+    let lines = note_lines(&d.gauges, None);
     frame.render_widget(
         Paragraph::new(lines)
             .wrap(Wrap { trim: false })
             .block(Block::bordered().title(" node (the broker's gauges, every 10 s) ")),
         metrics,
     );
-    let inner = usize::from(logs.height.saturating_sub(2));
-    let skip = d.logs.len().saturating_sub(inner);
-    let shown: Vec<Line<'_>> = if d.logs.is_empty() {
-        vec![Line::styled(
-            "no SVC lines yet (the node's own log lines arrive as they are written)",
-            style(Tone::Dim),
-        )]
-    } else {
-        d.logs
-            .iter()
-            .skip(skip)
-            .map(|l| {
-                Line::styled(
-                    l.text.as_str(),
-                    style(if l.err { Tone::Alert } else { Tone::Normal }),
-                )
-            })
-            .collect()
-    };
+    let shown = log_lines(
+        &d.logs,
+        logs.height,
+        "no SVC lines yet (the node's own log lines arrive as they are written)",
+    );
     frame.render_widget(
         Paragraph::new(shown).block(Block::bordered().title(" SVC lines (live) ")),
         logs,
