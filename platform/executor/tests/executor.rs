@@ -794,17 +794,7 @@ async fn an_app_cannot_escape_its_container() {
     let guid = start.instance.clone();
     assert!(rig.request_start(&start).await.accepted);
     rig.wait_state(&guid, InstanceState::Running, WAIT).await;
-    let route: RegistryMessage = loop {
-        let message: RegistryMessage = tokio::time::timeout(WAIT, rig.registers.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .json()
-            .unwrap();
-        if message.private_instance_id.as_deref() == Some(guid.as_str()) {
-            break message;
-        }
-    };
+    let route = rig.registration(&guid, WAIT).await;
 
     // The platform's ports: on the host's loopback and on the bridge's own address.
     let gateway = {

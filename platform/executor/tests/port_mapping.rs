@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use hydrant_bus::messages::{InstanceState, RegistryMessage};
+use hydrant_bus::messages::InstanceState;
 use hydrant_testkit::wait_for;
 use rig::{Rig, droplet};
 
@@ -127,27 +127,11 @@ impl Drop for OtherHost {
     }
 }
 
-/// The next route registration for `guid`.
-async fn registration(rig: &mut Rig, guid: &str) -> RegistryMessage {
-    loop {
-        let message: RegistryMessage = tokio::time::timeout(WAIT, rig.registers.next())
-            .await
-            .expect("a route registration")
-            .unwrap()
-            .json()
-            .unwrap();
-        if message.private_instance_id.as_deref() == Some(guid) {
-            return message;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contained_instance_is_reached_from_another_host_at_its_cells_address_and_port() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
+    rig::require_root(
         "this test runs real containers behind nftables port mappings and makes a network \
-         namespace: run it as root, as CI does"
+         namespace",
     );
     let other = OtherHost::new();
     let port = 47_200 + fastrand::u16(..100);
@@ -168,7 +152,7 @@ async fn a_contained_instance_is_reached_from_another_host_at_its_cells_address_
     // RUNNING means the health check passed, and it probes the published address.
     rig.wait_state(&first.instance, InstanceState::Running, WAIT)
         .await;
-    let route = registration(&mut rig, &first.instance).await;
+    let route = rig.registration(&first.instance, WAIT).await;
     assert_eq!(
         (route.host.as_str(), route.port),
         (other.host.as_str(), port),

@@ -17,7 +17,7 @@ mod rig;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use hydrant_bus::messages::{InstanceState, RegistryMessage, ServiceEgress, StartInstance};
+use hydrant_bus::messages::{InstanceState, ServiceEgress, StartInstance};
 use hydrant_testkit::wait_for;
 use rig::{Rig, droplet};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -70,17 +70,8 @@ async fn run(rig: &mut Rig, start: &StartInstance) -> String {
     assert!(rig.request_start(start).await.accepted);
     rig.wait_state(&start.instance, InstanceState::Running, WAIT)
         .await;
-    loop {
-        let message: RegistryMessage = tokio::time::timeout(WAIT, rig.registers.next())
-            .await
-            .expect("a route registration")
-            .unwrap()
-            .json()
-            .unwrap();
-        if message.private_instance_id.as_deref() == Some(start.instance.as_str()) {
-            return format!("{}:{}", message.host, message.port);
-        }
-    }
+    let route = rig.registration(&start.instance, WAIT).await;
+    format!("{}:{}", route.host, route.port)
 }
 
 async fn visit(app: &str, redis: &str) -> String {
@@ -93,10 +84,8 @@ async fn visit(app: &str, redis: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_bound_app_reaches_its_service_on_the_bridge() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test runs real containers on a bridge with nftables rules and needs root: run it \
-         as root, as CI does"
+    rig::require_root(
+        "this test runs real containers on a bridge with nftables rules and needs root",
     );
     let mut subnet = String::new();
     let mut rig = Rig::start("executor-service-egress", true, |c| {

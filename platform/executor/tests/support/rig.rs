@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use hydrant_bus::messages::{
     self, ExecutorCrash, ExecutorHeartbeat, ExecutorReply, HealthCheck, HealthCheckType,
-    InstanceState, StartInstance, StopInstance,
+    InstanceState, RegistryMessage, StartInstance, StopInstance,
 };
 use hydrant_bus::{Bus, Subscription};
 use hydrant_emitter::Registry;
@@ -359,6 +359,22 @@ impl Rig {
         }
     }
 
+    /// The next route registration for `guid` (registrations of other instances are skipped).
+    pub async fn registration(&mut self, guid: &str, timeout: Duration) -> RegistryMessage {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let message: RegistryMessage = tokio::time::timeout_at(deadline, self.registers.next())
+                .await
+                .unwrap_or_else(|_| panic!("no route registration for {guid} in {timeout:?}"))
+                .unwrap()
+                .json()
+                .unwrap();
+            if message.private_instance_id.as_deref() == Some(guid) {
+                return message;
+            }
+        }
+    }
+
     pub async fn next_crash(&mut self, timeout: Duration) -> ExecutorCrash {
         tokio::time::timeout(timeout, self.crashes.next())
             .await
@@ -407,6 +423,14 @@ impl Rig {
 }
 
 /// Waits until the fake agent holds a log line satisfying `pred(source_type, text)`.
+/// Fails, saying why the test needs root, unless it runs as root.
+pub fn require_root(why: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{why}: run it as root, as CI does"
+    );
+}
+
 pub async fn wait_log(
     agent: &FakeAgent,
     what: &str,
