@@ -62,6 +62,30 @@ where
         .await
 }
 
+/// The org the caller may see and manage: 404 when it may not see it, 403 when it may only see.
+fn managed_org(c: &Connection, grants: &Grants, guid_or_name: &str) -> Result<Org, ApiError> {
+    let org = tenancy::visible_org(c, grants, guid_or_name)?;
+    if !grants.manages_org(&org.guid) {
+        return Err(forbidden("org"));
+    }
+    Ok(org)
+}
+
+/// The space the caller may see and manage: 404 when it may not see it, 403 when it may only
+/// see.
+fn managed_space(c: &Connection, grants: &Grants, guid: &str) -> Result<Space, ApiError> {
+    let space = visible_space_by_guid(c, grants, guid)?;
+    if !grants.space_of(&space).manage {
+        return Err(forbidden("space"));
+    }
+    Ok(space)
+}
+
+/// The user whose role is taken away, or 404.
+fn known_user(c: &Connection, username: &str) -> Result<db::UserRow, ApiError> {
+    db::user_by_name(c, username)?.ok_or_else(|| ApiError::not_found("User"))
+}
+
 fn forbidden(what: &str) -> ApiError {
     ApiError::forbidden(format!(
         "you may see this {what} but not change it; ask one of its managers or an admin"
@@ -157,10 +181,7 @@ async fn assign_org_role(
     Body(request): Body<AssignOrgRole>,
 ) -> Result<(StatusCode, Json<OrgRoleAssignment>), ApiError> {
     let assignment = with_grants(&ctx, caller, move |c, _, grants| {
-        let org = tenancy::visible_org(c, grants, &guid)?;
-        if !grants.manages_org(&org.guid) {
-            return Err(forbidden("org"));
-        }
+        let org = managed_org(c, grants, &guid)?;
         let user = user_named(c, &request.username)?;
         tenancy::set_org_role(c, &org.guid, &user.user.guid, request.role)?;
         Ok(OrgRoleAssignment {
@@ -182,11 +203,8 @@ async fn remove_org_role(
     let role = OrgRole::parse(&role)
         .ok_or_else(|| ApiError::unprocessable("the org role must be manager or auditor"))?;
     with_grants(&ctx, caller, move |c, _, grants| {
-        let org = tenancy::visible_org(c, grants, &guid)?;
-        if !grants.manages_org(&org.guid) {
-            return Err(forbidden("org"));
-        }
-        let user = db::user_by_name(c, &username)?.ok_or_else(|| ApiError::not_found("User"))?;
+        let org = managed_org(c, grants, &guid)?;
+        let user = known_user(c, &username)?;
         tenancy::remove_org_role(c, &org.guid, &user.user.guid, role)?;
         Ok(())
     })
@@ -255,10 +273,7 @@ async fn create_space(
     }
     let space = with_grants(&ctx, caller, move |c, _, grants| {
         let org_name = request.org.as_deref().unwrap_or(tenancy::DEFAULT_ORG);
-        let org = tenancy::visible_org(c, grants, org_name)?;
-        if !grants.manages_org(&org.guid) {
-            return Err(forbidden("org"));
-        }
+        let org = managed_org(c, grants, org_name)?;
         if db::find_space_in(c, &org.guid, &request.name)?.is_some() {
             return Err(ApiError::unprocessable(format!(
                 "a space called {:?} already exists in org {:?}",
@@ -334,10 +349,7 @@ async fn delete_org(
 ) -> Result<(StatusCode, Json<Deletion>), ApiError> {
     let ctx2 = Arc::clone(&ctx);
     let teardown = with_grants(&ctx, caller, move |c, caller, grants| {
-        let org = tenancy::visible_org(c, grants, &guid)?;
-        if !grants.manages_org(&org.guid) {
-            return Err(forbidden("org"));
-        }
+        let org = managed_org(c, grants, &guid)?;
         if org.name == tenancy::DEFAULT_ORG {
             return Err(refuse_default("default org"));
         }
@@ -388,10 +400,7 @@ async fn assign_role(
     Body(request): Body<AssignRole>,
 ) -> Result<(StatusCode, Json<RoleAssignment>), ApiError> {
     let assignment = with_grants(&ctx, caller, move |c, _, grants| {
-        let space = visible_space_by_guid(c, grants, &guid)?;
-        if !grants.space_of(&space).manage {
-            return Err(forbidden("space"));
-        }
+        let space = managed_space(c, grants, &guid)?;
         let user = user_named(c, &request.username)?;
         db::set_role(c, &space.guid, &user.user.guid, request.role)?;
         Ok(RoleAssignment {
@@ -415,11 +424,8 @@ async fn remove_role(
         ApiError::unprocessable("the space role must be developer, auditor or manager")
     })?;
     with_grants(&ctx, caller, move |c, _, grants| {
-        let space = visible_space_by_guid(c, grants, &guid)?;
-        if !grants.space_of(&space).manage {
-            return Err(forbidden("space"));
-        }
-        let user = db::user_by_name(c, &username)?.ok_or_else(|| ApiError::not_found("User"))?;
+        let space = managed_space(c, grants, &guid)?;
+        let user = known_user(c, &username)?;
         db::remove_role(c, &space.guid, &user.user.guid, role)?;
         Ok(())
     })
