@@ -10,18 +10,13 @@ use hydrant_testkit::{SlowLoris, p99, probe, wait_for};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::support::{Backend, DEADLINE, TestRouter};
+use crate::support::{Backend, DEADLINE, TestRouter, static_route};
 
 const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
 fn route(host: &str, backend: &Backend) -> StaticRoute {
-    StaticRoute {
-        uri: host.into(),
-        backends: vec![backend.addr.to_string()],
-        app_id: Some(format!("{host}-app")),
-        load_balancing: None,
-    }
+    static_route(host, &[backend.addr])
 }
 
 #[tokio::test]

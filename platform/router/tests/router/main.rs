@@ -20,21 +20,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use hydrant_bus::messages::{self, RegistryOptions, RouterStart};
 use hydrant_envelope::v2;
-use hydrant_router::{Config, StaticRoute};
+use hydrant_router::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use hydrant_testkit::{FakeAgent, dead_addr, wait_for};
-use support::{Backend, Behaviour, TestRouter, get, send, wait_bus};
-
-fn static_route(uri: &str, backends: &[std::net::SocketAddr]) -> StaticRoute {
-    StaticRoute {
-        uri: uri.into(),
-        backends: backends.iter().map(ToString::to_string).collect(),
-        app_id: Some(format!("{uri}-app")),
-        load_balancing: None,
-    }
-}
+use support::{Backend, Behaviour, TestRouter, get, send, static_route, wait_bus};
 
 #[tokio::test]
 async fn routes_by_host_ignoring_case_and_port_including_paths() {

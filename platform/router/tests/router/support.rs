@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hydrant_bus::messages::{self, RegistryMessage};
 use hydrant_bus::{Bus, BusStatus};
 use hydrant_emitter::Registry;
-use hydrant_router::Config;
+use hydrant_router::{Config, StaticRoute};
 use hydrant_testkit::wait_for;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -33,6 +33,16 @@ static HUB: AtomicUsize = AtomicUsize::new(0);
 pub fn unique_bus() -> hydrant_bus::Config {
     let n = HUB.fetch_add(1, Ordering::Relaxed);
     hydrant_bus::Config::inprocess(&format!("router-test-{}-{n}", std::process::id()))
+}
+
+/// A static route for `uri` to `backends`, owned by the app `<uri>-app`.
+pub fn static_route(uri: &str, backends: &[SocketAddr]) -> StaticRoute {
+    StaticRoute {
+        uri: uri.into(),
+        backends: backends.iter().map(ToString::to_string).collect(),
+        app_id: Some(format!("{uri}-app")),
+        load_balancing: None,
+    }
 }
 
 /// A router running on loopback.
