@@ -488,7 +488,7 @@ async fn connect(
                 .keep_alive_while_idle(true)
                 .initial_stream_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONNECTION_WINDOW)
-                .handshake::<_, reqwest::Body>(TokioIo::new(stream))
+                .handshake::<_, reqwest::Body>(TokioIo::new(Diagnosed(stream)))
                 .await
                 .map_err(|e| format!("HTTP/2 over TLS failed: {}", chain(&e)))?;
             Ok((Sender::H2(sender), tokio::spawn(connection)))
@@ -503,6 +503,97 @@ async fn connect(
     tokio::time::timeout(timeout, connect)
         .await
         .map_err(|_| format!("no connection within {} ms", timeout.as_millis()))?
+}
+
+/// A client TLS stream whose failed writes report the server's alert when one is waiting.
+/// Under TLS 1.3 the server judges the client's certificate after the client has finished its
+/// half of the handshake; HTTP/2 writes its preface, settings and first request before it
+/// reads, so a refused client's write can meet the socket the server closed, and the alert
+/// that says why (`AccessDenied`, `CertificateRequired`, `UnknownCA`) would go unread.
+#[derive(Debug)]
+struct Diagnosed(tokio_rustls::client::TlsStream<tokio::net::TcpStream>);
+
+impl Diagnosed {
+    /// `error` from a write, or the server's alert if one is waiting to be read (the
+    /// connection is over either way, so whatever else is read is dropped). Pending until the
+    /// socket is seen readable: a socket the peer closed always becomes so, and the write
+    /// fails the same way when it is polled again.
+    fn explain(&mut self, cx: &mut Context<'_>, error: std::io::Error) -> Poll<std::io::Error> {
+        if !matches!(
+            error.kind(),
+            std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+        ) {
+            return Poll::Ready(error);
+        }
+        let mut scratch = [0u8; 4096];
+        for _ in 0..4 {
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            match tokio::io::AsyncRead::poll_read(Pin::new(&mut self.0), cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
+                Poll::Ready(Err(alert))
+                    if alert.get_ref().is_some_and(|e| {
+                        e.downcast_ref::<tokio_rustls::rustls::Error>().is_some()
+                    }) =>
+                {
+                    return Poll::Ready(alert);
+                }
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(_) => return Poll::Ready(error),
+            }
+        }
+        Poll::Ready(error)
+    }
+}
+
+impl tokio::io::AsyncRead for Diagnosed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Diagnosed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.0).poll_write(cx, buf) {
+            Poll::Ready(Err(e)) => self.explain(cx, e).map(Err),
+            other => other,
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.0).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Err(e)) => self.explain(cx, e).map(Err),
+            other => other,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match Pin::new(&mut self.0).poll_flush(cx) {
+            Poll::Ready(Err(e)) => self.explain(cx, e).map(Err),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 /// The server's answer as `reqwest` hands it out (its body streams); the connection is kept
