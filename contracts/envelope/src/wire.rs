@@ -666,10 +666,19 @@ impl BatchBuilder {
     /// decoders take the last occurrence of a scalar field, so this overrides any sequence the
     /// emitter sent.
     pub fn push_with_sequence(&mut self, envelope: &[u8], sequence: u64) {
-        let stream_extra = if self.stream == 0 {
+        self.push_stamped(envelope, sequence, self.stream);
+    }
+
+    /// As [`push_with_sequence`](Self::push_with_sequence), naming the numbering per envelope:
+    /// `stream` is stamped as `hydrant_sequence_stream` (0 stamps none). An agent gives one
+    /// (source_id, instance_id) a new stream when the path its envelopes take changes while the
+    /// old path may still deliver, so a consumer never compares numbers that can arrive out of
+    /// order.
+    pub fn push_stamped(&mut self, envelope: &[u8], sequence: u64, stream: u64) {
+        let stream_extra = if stream == 0 {
             0
         } else {
-            2 + varint_len(self.stream)
+            2 + varint_len(stream)
         };
         let extra = 2 + varint_len(sequence) + stream_extra;
         let len = envelope.len() + extra;
@@ -679,9 +688,9 @@ impl BatchBuilder {
         self.buf.put_slice(envelope);
         put_varint(&mut self.buf, u64::from(SEQUENCE_FIELD << 3));
         put_varint(&mut self.buf, sequence);
-        if self.stream != 0 {
+        if stream != 0 {
             put_varint(&mut self.buf, u64::from(SEQUENCE_STREAM_FIELD << 3));
-            put_varint(&mut self.buf, self.stream);
+            put_varint(&mut self.buf, stream);
         }
         self.count += 1;
     }

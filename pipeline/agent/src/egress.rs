@@ -194,6 +194,11 @@ impl Lane {
         self.queue.readable().await;
     }
 
+    /// Whether no batch waits in the queue (what the lane's task already took is not seen).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.depth_events() == 0
+    }
+
     /// Empties the queue; returns how many envelopes it held (the caller counts them).
     pub(crate) fn clear(&self) -> u64 {
         let fair = self.fair.as_ref();

@@ -8,9 +8,15 @@
 //! Invariants:
 //! - No await and no per-envelope allocation: one lock per incoming message, a zero-copy walk of
 //!   the envelope, two hash lookups and one copy into the batch. Envelopes are never decoded.
-//! - Sequence numbers are per (source_id, instance_id), start at 1, carry this agent's random
-//!   `hydrant_sequence_stream` (so consumers never compare two agents' numbers), and are assigned under the
-//!   same lock that appends to the batch, so within one doppler stream they are in order.
+//! - Sequence numbers are per (source_id, instance_id), start at 1, and are assigned under the
+//!   same lock that appends to the batch, so within one doppler stream they are in order. Each
+//!   carries a random `hydrant_sequence_stream` naming the numbering, and consumers compare
+//!   numbers only within one stream: so never two agents' numbers (a router host's agent stamps
+//!   the app's ids on its Timers too), and never numbers that took two paths. An instance moved
+//!   to another doppler while the old one may still deliver (it is up, retired but draining, or
+//!   holds queued batches) goes on counting under a new stream, since the two paths can arrive
+//!   out of order; one whose old doppler is down with nothing queued keeps its stream, so what
+//!   that doppler lost in flight still shows downstream as a jump.
 //! - Every envelope that enters is forwarded or counted under exactly one drop reason.
 //! - The tracking map is bounded by `max_tracked_instances` and idle entries are forgotten.
 //! - The doppler set may change while envelopes flow (dopplers announced on the bus): lanes
@@ -42,7 +48,7 @@ use crate::hash;
 use crate::limiter::{self, Bucket, Verdict};
 use crate::metrics::Metrics;
 
-/// The most bytes `push_with_sequence` adds: a 2-byte key and a 10-byte varint for each of the
+/// The most bytes `push_stamped` adds: a 2-byte key and a 10-byte varint for each of the
 /// sequence (field 100) and its stream (field 101). Envelopes are accepted only if they still
 /// fit [`hydrant_envelope::MAX_ENVELOPE_BYTES`] after stamping, so the doppler never refuses
 /// what the agent forwarded.
@@ -90,8 +96,37 @@ impl Outcome {
 #[derive(Debug)]
 struct Instance {
     next_sequence: u64,
+    /// The numbering `next_sequence` belongs to (`hydrant_sequence_stream`).
+    stream: u64,
+    /// The doppler (lane slot) its last envelope went to.
+    slot: usize,
     last_seen: Instant,
     bucket: Option<Bucket>,
+}
+
+impl Instance {
+    /// Follows a move to doppler `slot`: the numbering goes on in the same stream only if
+    /// nothing more can arrive by the old path, else in a new one (a consumer would otherwise
+    /// take the new path's numbers arriving first for loss).
+    fn route(&mut self, slot: usize, path_done: impl FnOnce(usize) -> bool) {
+        if slot == self.slot {
+            return;
+        }
+        if !path_done(self.slot) {
+            self.stream = fastrand::u64(1..);
+        }
+        self.slot = slot;
+    }
+}
+
+/// Whether nothing more can reach a consumer through doppler `slot`: its lane is there (not
+/// retired, which drains), down, and holds nothing, queued or being batched.
+fn path_done(lanes: &[Option<Arc<Lane>>], up: &[bool], pending: &[Pending], slot: usize) -> bool {
+    lanes
+        .get(slot)
+        .is_some_and(|l| l.as_ref().is_some_and(|l| l.is_empty()))
+        && !up.get(slot).copied().unwrap_or(true)
+        && pending.get(slot).is_some_and(|p| p.builder.is_empty())
 }
 
 #[derive(Debug)]
@@ -133,6 +168,8 @@ struct State {
     scratch: Vec<u8>,
     last_sweep: Instant,
     hasher: KeyHasher,
+    /// This agent process's first numbering, given to every instance it starts tracking.
+    stream: u64,
 }
 
 /// The shared routing state and the lanes it feeds.
@@ -253,7 +290,7 @@ impl Router {
             pending: lanes
                 .iter()
                 .map(|_| Pending {
-                    builder: BatchBuilder::with_capacity(capacity).with_sequence_stream(stream),
+                    builder: BatchBuilder::with_capacity(capacity),
                     shares: Vec::new(),
                     first: None,
                     last: now,
@@ -263,6 +300,7 @@ impl Router {
             scratch: Vec::new(),
             last_sweep: now,
             hasher: KeyHasher::default(),
+            stream,
         };
         state.reindex();
         Self {
@@ -433,7 +471,7 @@ impl Router {
                 };
                 let sequence = i.next_sequence;
                 i.next_sequence += 1;
-                Some((sequence, lane, share))
+                Some(((sequence, i.stream), lane, share))
             },
         );
         let Some((sequence, lane, share)) = admitted else {
@@ -495,7 +533,7 @@ impl Router {
         let cost = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
         let (sequence, lane, share) =
             self.with_instance(state, source_id, instance_id, now, |i, lane, l, key| {
-                let sequence = i.next_sequence;
+                let sequence = (i.next_sequence, i.stream);
                 i.next_sequence += 1;
                 // Charged all the same (issue 16): the lane may still evict the batch holding
                 // it, and only a charged envelope is then counted under its source; uncharged,
@@ -570,6 +608,9 @@ impl Router {
                 source.generation = state.generation;
             }
             let slot = hash::pick(&source.ranking, &state.up);
+            instance.route(slot, |old| {
+                path_done(&state.lanes, &state.up, &state.pending, old)
+            });
             let lane = state.lanes.get(slot).and_then(Option::as_ref);
             return f(instance, slot, lane, source.key);
         }
@@ -591,17 +632,20 @@ impl Router {
             source.ranking = rank(seeds, active, source_id);
             source.generation = generation;
         }
+        let slot = hash::pick(&source.ranking, &state.up);
+        let stream = state.stream;
         let instance = source
             .instances
             .entry(Box::from(instance_id))
             .or_insert_with(|| Instance {
                 next_sequence: 1,
+                stream,
+                slot,
                 last_seen: now,
                 bucket: None,
             });
         state.instances += 1;
         self.metrics.tracked_instances.set(state.instances as f64);
-        let slot = hash::pick(&source.ranking, &state.up);
         let lane = state.lanes.get(slot).and_then(Option::as_ref);
         f(instance, slot, lane, source.key)
     }
@@ -676,7 +720,7 @@ impl Router {
         state: &mut State,
         lane: usize,
         envelope: &[u8],
-        sequence: u64,
+        (sequence, stream): (u64, u64),
         now: Instant,
         share: Option<Share>,
     ) {
@@ -686,7 +730,7 @@ impl Router {
             self.metrics.no_doppler.inc();
             return;
         };
-        pending.builder.push_with_sequence(envelope, sequence);
+        pending.builder.push_stamped(envelope, sequence, stream);
         if let Some(share) = share
             && !pending
                 .shares
@@ -922,6 +966,68 @@ mod tests {
             .map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), *c))
             .collect();
         assert_eq!(seqs, want);
+    }
+
+    /// Every envelope queued on any lane: (lane, sequence, stream).
+    fn stamps(router: &Router, lanes: usize) -> Vec<(usize, u64, u64)> {
+        let mut out = Vec::new();
+        for i in 0..lanes {
+            let lane = router.lane(i).unwrap();
+            while let Some((batch, _)) = lane.pop() {
+                for e in BatchIter::new(&batch) {
+                    let view = EnvelopeView::parse(e.unwrap()).unwrap();
+                    out.push((i, view.sequence, view.sequence_stream));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_move_keeps_the_numbering_only_when_the_old_path_can_deliver_nothing_more() {
+        let (r, _) = router(&["http://d0", "http://d1"], 0, 100);
+        // Nothing up: the first choice queues it until it returns.
+        r.ingest_envelope(&log("a", "0", &[], "x"));
+        let held = stamps(&r, 2);
+        let [(home, 1, first)] = held[..] else {
+            panic!("one envelope, numbered 1: {held:?}")
+        };
+        assert_ne!(first, 0, "the agent names its numbering");
+        let other = 1 - home;
+        // The other doppler comes up first while home still holds a batch (stamps() took it
+        // out here, so put one back the way the router would).
+        r.ingest_envelope(&log("a", "0", &[], "x"));
+        r.set_up(other, true);
+        r.ingest_envelope(&log("a", "0", &[], "x"));
+        let got = stamps(&r, 2);
+        let [(h, 2, s2), (o, 3, s3)] = got[..] else {
+            panic!("numbers go on across the move: {got:?}")
+        };
+        assert_eq!((h, o), (home, other));
+        assert_eq!(s2, first);
+        assert_ne!(
+            s3, first,
+            "home still held a batch: a new numbering on the new path"
+        );
+
+        // Home comes up: back to it while `other` is up and may still deliver.
+        r.set_up(home, true);
+        r.ingest_envelope(&log("a", "0", &[], "x"));
+        let got = stamps(&r, 2);
+        let [(h, 4, s4)] = got[..] else {
+            panic!("{got:?}")
+        };
+        assert_eq!(h, home);
+        assert!(s4 != s3 && s4 != first, "a new numbering again: {got:?}");
+
+        // Home dies with nothing left in it: its numbering goes on through `other`, so what it
+        // lost in flight shows downstream as a jump.
+        r.set_up(home, false);
+        r.ingest_envelope(&log("a", "0", &[], "x"));
+        assert_eq!(stamps(&r, 2), [(other, 5, s4)]);
+        // Another instance of the same source starts in the agent's first numbering.
+        r.ingest_envelope(&log("a", "1", &[], "x"));
+        assert_eq!(stamps(&r, 2), [(other, 1, first)]);
     }
 
     #[test]

@@ -143,6 +143,32 @@ fn a_builder_with_a_stream_stamps_it_beside_each_sequence() {
 }
 
 #[test]
+fn each_envelope_can_name_its_own_stream_and_overrides_an_emitter_s_stamp() {
+    // An emitter that sends its own (forged or forwarded) stamp: the agent's comes last and wins.
+    let mut forged = log("a", b"x");
+    forged.hydrant_sequence = 99;
+    forged.hydrant_sequence_stream = 42;
+    let bytes = encode(&forged);
+    let mut b = BatchBuilder::with_capacity(64);
+    b.push_stamped(&bytes, 1, 7);
+    b.push_stamped(&bytes, 2, u64::MAX);
+    b.push_stamped(&encode(&log("a", b"x")), 3, 0);
+    let decoded = v2::EnvelopeBatch::decode(b.take()).unwrap();
+    let got: Vec<_> = decoded
+        .batch
+        .iter()
+        .map(|e| (e.hydrant_sequence, e.hydrant_sequence_stream))
+        .collect();
+    assert_eq!(got, [(1, 7), (2, u64::MAX), (3, 0)]);
+    let mut b = BatchBuilder::with_capacity(64);
+    b.push_stamped(&bytes, 5, 8);
+    let batch = b.take();
+    let envelope = BatchIter::new(&batch).next().unwrap().unwrap();
+    let view = EnvelopeView::parse(envelope).unwrap();
+    assert_eq!((view.sequence, view.sequence_stream), (5, 8));
+}
+
+#[test]
 fn rejects_bad_utf8_source_id() {
     // field 2, LEN 2, invalid UTF-8
     let bytes = [0x12, 0x02, 0xff, 0xfe];
