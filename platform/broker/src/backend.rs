@@ -591,6 +591,44 @@ pub fn database_name(instance_id: &str) -> String {
     format!("cf_{}", instance_id.replace('-', "_"))
 }
 
+/// A SQL database's credentials for binding `b`, the keys both MariaDB's and PostgreSQL's
+/// brokers hand out: `scheme://u:p@host:port/db{uri_query}` and its JDBC twin.
+fn sql_credentials(
+    (scheme, jdbc, uri_query): (&str, &str, &str),
+    (host, port): (&str, u16),
+    i: &Instance,
+    b: &Binding,
+) -> serde_json::Map<String, Value> {
+    let db = database_name(&i.id);
+    let (u, p) = (&b.username, &b.password);
+    let mut c = serde_json::Map::new();
+    c.insert("hostname".to_owned(), host.into());
+    c.insert("port".to_owned(), port.into());
+    c.insert("name".to_owned(), db.as_str().into());
+    c.insert("username".to_owned(), u.as_str().into());
+    c.insert("password".to_owned(), p.as_str().into());
+    let uri = format!("{scheme}://{u}:{p}@{host}:{port}/{db}{uri_query}");
+    c.insert("uri".to_owned(), uri.into());
+    let jdbc = format!("jdbc:{jdbc}://{host}:{port}/{db}?user={u}&password={p}");
+    c.insert("jdbcUrl".to_owned(), jdbc.into());
+    c
+}
+
+impl Ctx {
+    /// Waits up to the configured start timeout for `probe` to succeed on node `r`.
+    ///
+    /// # Errors
+    /// [`Error::NodeStart`] with the probe's last error or the node's last output.
+    async fn wait_ready<F, Fut>(&self, r: &Running, probe: F) -> Result<(), Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), Error>>,
+    {
+        let timeout = Duration::from_secs(self.config.start_timeout_secs);
+        node::wait_ready(&r.node, timeout, probe).await
+    }
+}
+
 /// Makes instance `i` on its backend.
 ///
 /// # Errors

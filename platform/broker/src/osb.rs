@@ -70,6 +70,31 @@ impl Broker {
         }
     }
 
+    /// Instance `id`, when it exists, is of offering `o` and is ready to update or bind: 404,
+    /// 400 or 422 (`ConcurrencyError`) otherwise, as the OSB spec answers each.
+    fn ready_instance(&self, id: &str, o: &Offering) -> Result<Instance, Reply> {
+        let Some(i) = self.ctx.store.instance(id).map_err(|e| Reply::failed(&e))? else {
+            return Err(Reply::described(
+                StatusCode::NOT_FOUND,
+                format!("instance {id} does not exist"),
+            ));
+        };
+        if i.offering != o.name {
+            return Err(Reply::bad(format!(
+                "instance {id} is a {} instance, not {}",
+                i.offering, o.name
+            )));
+        }
+        if i.state != InstanceState::Ready {
+            return Err(Reply::error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "ConcurrencyError",
+                "the instance is not ready (still provisioning, or failed)",
+            ));
+        }
+        Ok(i)
+    }
+
     fn offering(&self, service_id: &str) -> Result<&'static Offering, Reply> {
         let Some(o) = catalog::offering_by_id(service_id) else {
             return Err(Reply::bad(format!(
@@ -540,30 +565,7 @@ async fn update_inner(broker: &Arc<Broker>, id: &str, body: &Bytes) -> Result<Re
     check_id("instance_id", id)?;
     let req: UpdateBody = parse(body)?;
     let o = broker.offering(&req.service_id)?;
-    let Some(i) = broker
-        .ctx
-        .store
-        .instance(id)
-        .map_err(|e| Reply::failed(&e))?
-    else {
-        return Err(Reply::described(
-            StatusCode::NOT_FOUND,
-            format!("instance {id} does not exist"),
-        ));
-    };
-    if i.offering != o.name {
-        return Err(Reply::bad(format!(
-            "instance {id} is a {} instance, not {}",
-            i.offering, o.name
-        )));
-    }
-    if i.state != InstanceState::Ready {
-        return Err(Reply::error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "ConcurrencyError",
-            "the instance is not ready (still provisioning, or failed)",
-        ));
-    }
+    let i = broker.ready_instance(id, o)?;
     let to = plan_of(o, req.plan_id.as_deref().unwrap_or(&i.plan_id))?;
     let params = match req.parameters {
         Some(p) => {
@@ -727,30 +729,7 @@ async fn bind_inner(
     let req: BindBody = parse(body)?;
     let o = broker.offering(&req.service_id)?;
     let plan = plan_of(o, &req.plan_id)?;
-    let Some(i) = broker
-        .ctx
-        .store
-        .instance(iid)
-        .map_err(|e| Reply::failed(&e))?
-    else {
-        return Err(Reply::described(
-            StatusCode::NOT_FOUND,
-            format!("instance {iid} does not exist"),
-        ));
-    };
-    if i.offering != o.name {
-        return Err(Reply::bad(format!(
-            "instance {iid} is a {} instance, not {}",
-            i.offering, o.name
-        )));
-    }
-    if i.state != InstanceState::Ready {
-        return Err(Reply::error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "ConcurrencyError",
-            "the instance is not ready (still provisioning, or failed)",
-        ));
-    }
+    let i = broker.ready_instance(iid, o)?;
     let params = parameters(req.parameters);
     check_parameters(&catalog::binding_schema(o, plan), &params)?;
     let credentials =

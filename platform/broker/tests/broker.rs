@@ -111,6 +111,14 @@ pub fn config(dir: &Path, ports: PortRange) -> Config {
     }
 }
 
+/// [`config`] on this test's ports, reporting to `agent` every second.
+pub fn reporting_config(dir: &Path, agent: &hydrant_testkit::FakeAgent) -> Config {
+    let mut c = config(dir, ports());
+    c.telemetry.agent = Some(agent.url());
+    c.telemetry.interval_secs = 1;
+    c
+}
+
 pub async fn start(config: Config) -> Running {
     let listeners = hydrant_runtime::bind_on::<Broker>(|_| "127.0.0.1:0".to_owned())
         .await
@@ -357,6 +365,65 @@ impl Running {
             .await
             .unwrap()
     }
+}
+
+/// Runs `redis-cli` with `args` as the binding whose credentials are `c`: stdout + stderr.
+pub async fn redis_cli(c: &Value, args: &[&str]) -> String {
+    let port = c["port"].as_u64().unwrap().to_string();
+    let auth = [
+        "-h",
+        c["host"].as_str().unwrap(),
+        "-p",
+        &port,
+        "--no-auth-warning",
+        "--user",
+        c["username"].as_str().unwrap(),
+        "--pass",
+        c["password"].as_str().unwrap(),
+    ];
+    run("redis-cli", &[&auth[..], args].concat(), &[]).await.1
+}
+
+/// Whether the Redis node behind binding `c` answers `PING` to its credentials.
+pub async fn redis_ping(c: &Value) -> bool {
+    redis_cli(c, &["PING"]).await.trim() == "PONG"
+}
+
+/// Runs `sql` with `psql` at `uri`, stopping at the first error: (success, output).
+pub async fn psql(uri: &str, sql: &str) -> (bool, String) {
+    run(
+        "psql",
+        &[uri, "-X", "-tAq", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        &[],
+    )
+    .await
+}
+
+/// Runs `sql` with the `mariadb` client in binding `c`'s database, as its user: (success,
+/// tab-separated rows without headers).
+pub async fn mariadb(c: &Value, sql: &str) -> (bool, String) {
+    let port = c["port"].as_u64().unwrap().to_string();
+    let pass = format!("-p{}", c["password"].as_str().unwrap());
+    run(
+        "mariadb",
+        &[
+            "--no-defaults",
+            "-h",
+            c["hostname"].as_str().unwrap(),
+            "-P",
+            &port,
+            "-u",
+            c["username"].as_str().unwrap(),
+            &pass,
+            "-N",
+            "-B",
+            c["name"].as_str().unwrap(),
+            "-e",
+            sql,
+        ],
+        &[],
+    )
+    .await
 }
 
 /// Runs a client program; (exit success, stdout + stderr).

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::Digest as _;
 
 use super::{COMMAND_TIMEOUT, Ctx, Running, Usage, database_name};
@@ -126,11 +126,8 @@ async fn run(ctx: &Ctx, r: &Running, statement: &str, redact: &[&str]) -> Result
 /// # Errors
 /// [`Error::NodeStart`] after the start timeout.
 pub async fn ready(ctx: &Ctx, r: &Running) -> Result<(), Error> {
-    let timeout = std::time::Duration::from_secs(ctx.config.start_timeout_secs);
-    node::wait_ready(&r.node, timeout, || async {
-        run(ctx, r, "SELECT 1", &[]).await.map(drop)
-    })
-    .await?;
+    ctx.wait_ready(r, || async { run(ctx, r, "SELECT 1", &[]).await.map(drop) })
+        .await?;
     run(
         ctx,
         r,
@@ -272,17 +269,8 @@ pub async fn deprovision(ctx: &Ctx, i: &Instance, bindings: &[Binding]) -> Resul
 /// Binding `b`'s credentials, in cf-mysql-broker's shape.
 #[must_use]
 pub fn credentials(host: &str, port: u16, i: &Instance, b: &Binding) -> Value {
-    let db = database_name(&i.id);
-    let (u, p) = (&b.username, &b.password);
-    json!({
-        "hostname": host,
-        "port": port,
-        "name": db,
-        "username": u,
-        "password": p,
-        "uri": format!("mysql://{u}:{p}@{host}:{port}/{db}?reconnect=true"),
-        "jdbcUrl": format!("jdbc:mysql://{host}:{port}/{db}?user={u}&password={p}"),
-    })
+    let c = super::sql_credentials(("mysql", "mysql", "?reconnect=true"), (host, port), i, b);
+    Value::Object(c)
 }
 
 /// Bytes the instance's database holds on disk: its directory of table files.

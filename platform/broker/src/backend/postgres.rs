@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{COMMAND_TIMEOUT, Ctx, Running, Usage, database_name};
 use crate::Error;
@@ -160,8 +160,7 @@ async fn run(
 /// # Errors
 /// [`Error::NodeStart`] after the start timeout.
 pub async fn ready(ctx: &Ctx, r: &Running) -> Result<(), Error> {
-    let timeout = std::time::Duration::from_secs(ctx.config.start_timeout_secs);
-    node::wait_ready(&r.node, timeout, || async {
+    ctx.wait_ready(r, || async {
         run(ctx, r, "postgres", &["SELECT 1".to_owned()], &[])
             .await
             .map(drop)
@@ -454,22 +453,13 @@ pub async fn deprovision(ctx: &Ctx, i: &Instance, bindings: &[Binding]) -> Resul
     .map(drop)
 }
 
-/// Binding `b`'s credentials.
+/// Binding `b`'s credentials (with `host` and `database`, the names PostgreSQL clients use).
 #[must_use]
 pub fn credentials(host: &str, port: u16, i: &Instance, b: &Binding) -> Value {
-    let db = database_name(&i.id);
-    let (u, p) = (&b.username, &b.password);
-    json!({
-        "hostname": host,
-        "host": host,
-        "port": port,
-        "name": db,
-        "database": db,
-        "username": u,
-        "password": p,
-        "uri": format!("postgres://{u}:{p}@{host}:{port}/{db}"),
-        "jdbcUrl": format!("jdbc:postgresql://{host}:{port}/{db}?user={u}&password={p}"),
-    })
+    let mut c = super::sql_credentials(("postgres", "postgresql", ""), (host, port), i, b);
+    c.insert("host".to_owned(), host.into());
+    c.insert("database".to_owned(), database_name(&i.id).into());
+    Value::Object(c)
 }
 
 /// `VACUUM FULL` of the instance's database when its tables hold dead rows (what `DELETE`

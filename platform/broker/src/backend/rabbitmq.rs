@@ -150,8 +150,7 @@ async fn run(ctx: &Ctx, r: &Running, args: &[&str], redact: &[&str]) -> Result<S
 /// # Errors
 /// [`Error::NodeStart`] after the start timeout.
 pub async fn ready(ctx: &Ctx, r: &Running) -> Result<(), Error> {
-    let timeout = std::time::Duration::from_secs(ctx.config.start_timeout_secs);
-    node::wait_ready(&r.node, timeout, || async {
+    ctx.wait_ready(r, || async {
         run(ctx, r, &["-q", "await_startup", "--timeout", "10"], &[]).await?;
         api_on(ctx, r, Method::GET, "overview", None, &[200])
             .await

@@ -133,8 +133,7 @@ async fn admin(ctx: &Ctx, r: &Running, args: &[&str]) -> Result<String, Error> {
 /// # Errors
 /// [`Error::NodeStart`] after the start timeout.
 pub async fn ready(ctx: &Ctx, r: &Running) -> Result<(), Error> {
-    let timeout = std::time::Duration::from_secs(ctx.config.start_timeout_secs);
-    node::wait_ready(&r.node, timeout, || async {
+    ctx.wait_ready(r, || async {
         let out = admin(ctx, r, &["PING"]).await?;
         if out.trim() == "PONG" {
             Ok(())

@@ -4,9 +4,9 @@
 //! a plan change gives a Redis node a container of the new size with its data. With
 //! `isolation = "none"` nodes stay plain child processes, as before.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::{Running, config, eventually, guid, ports, require, run, start};
+use crate::{Running, config, eventually, guid, ports, redis_cli, require, run, start};
 
 fn need_root() {
     assert!(
@@ -55,22 +55,6 @@ fn cgroup_value(
     .and_then(|t| t.trim().parse().ok())
 }
 
-async fn redis(c: &Value, args: &[&str]) -> String {
-    let port = c["port"].as_u64().unwrap().to_string();
-    let auth = [
-        "-h",
-        c["host"].as_str().unwrap(),
-        "-p",
-        &port,
-        "--no-auth-warning",
-        "--user",
-        c["username"].as_str().unwrap(),
-        "--pass",
-        c["password"].as_str().unwrap(),
-    ];
-    run("redis-cli", &[&auth[..], args].concat(), &[]).await.1
-}
-
 async fn node_pid(b: &Running, prefix: &str) -> u32 {
     b.nodes()
         .await
@@ -88,7 +72,7 @@ async fn a_service_node_runs_in_a_container_under_its_plans_limits() {
     let id = guid();
     b.provision(&id, "redis", "small", json!({})).await;
     let c = b.bind(&id, &guid(), "redis", json!({})).await;
-    assert_eq!(redis(&c, &["SET", "kept", "yes"]).await.trim(), "OK");
+    assert_eq!(redis_cli(&c, &["SET", "kept", "yes"]).await.trim(), "OK");
     let pid = node_pid(&b, "redis-").await;
     assert_ne!(pid, 0);
 
@@ -158,7 +142,7 @@ async fn a_service_node_runs_in_a_container_under_its_plans_limits() {
     eventually(
         30,
         "the node to serve again in its new container",
-        || async { redis(&c, &["GET", "kept"]).await.trim() == "yes" },
+        || async { redis_cli(&c, &["GET", "kept"]).await.trim() == "yes" },
     )
     .await;
     assert_ne!(node_pid(&b, "redis-").await, pid);
@@ -257,7 +241,7 @@ async fn with_isolation_none_nodes_are_child_processes() {
     let id = guid();
     b.provision(&id, "redis", "small", json!({})).await;
     let creds = b.bind(&id, &guid(), "redis", json!({})).await;
-    assert_eq!(redis(&creds, &["PING"]).await.trim(), "PONG");
+    assert_eq!(redis_cli(&creds, &["PING"]).await.trim(), "PONG");
     let pid = node_pid(&b, "redis-").await;
     assert_eq!(
         namespace(&pid.to_string(), "pid"),

@@ -9,7 +9,7 @@ use hydrant_envelope::v2;
 use hydrant_testkit::FakeAgent;
 use serde_json::json;
 
-use crate::{config, guid, ports, require, run, start};
+use crate::{guid, redis_cli, reporting_config, require, start};
 
 fn gauge_names(e: &v2::Envelope) -> Vec<String> {
     match &e.message {
@@ -23,10 +23,7 @@ async fn an_instance_sends_its_own_logs_and_gauges() {
     require("redis");
     let agent = FakeAgent::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path(), ports());
-    c.telemetry.agent = Some(agent.url());
-    c.telemetry.interval_secs = 1;
-    let b = start(c).await;
+    let b = start(reporting_config(dir.path(), &agent)).await;
     let id = guid();
     b.provision(&id, "redis", "small", json!({})).await;
     let bid = guid();
@@ -78,31 +75,9 @@ async fn an_instance_sends_its_own_logs_and_gauges() {
         .await
         .1["credentials"]
         .clone();
-    let port = creds["port"].as_u64().unwrap().to_string();
-    let auth = [
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "--no-auth-warning",
-        "--user",
-        creds["username"].as_str().unwrap(),
-        "--pass",
-        creds["password"].as_str().unwrap(),
-    ];
-    let (_, out) = run(
-        "redis-cli",
-        &[&auth[..], &["SETRANGE", "big", "73400320", "x"]].concat(),
-        &[],
-    )
-    .await;
+    let out = redis_cli(&creds, &["SETRANGE", "big", "73400320", "x"]).await;
     assert!(out.trim().parse::<u64>().is_ok(), "{out}");
-    let (_, out) = run(
-        "redis-cli",
-        &[&auth[..], &["SET", "one-more", "x"]].concat(),
-        &[],
-    )
-    .await;
+    let out = redis_cli(&creds, &["SET", "one-more", "x"]).await;
     assert!(
         out.starts_with("OOM"),
         "a write past the small plan's 64 MiB is refused: {out}"

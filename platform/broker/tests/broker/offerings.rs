@@ -10,17 +10,14 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::{
-    Running, config, eventually, guid, port_free, ports, process_alive, require, run, start,
+    Running, config, eventually, guid, mariadb, port_free, ports, process_alive, psql, redis_cli,
+    require, run, start,
 };
 
 fn s<'a>(c: &'a Value, key: &str) -> &'a str {
     c[key]
         .as_str()
         .unwrap_or_else(|| panic!("credentials lack {key}: {c}"))
-}
-
-fn port(c: &Value) -> String {
-    c["port"].as_u64().unwrap().to_string()
 }
 
 /// Provision + bind, timed for the README's table: the first instance (its shared node
@@ -49,23 +46,11 @@ async fn provision_and_bind(b: &Running, offering: &str, id: &str, bid: &str) ->
 }
 
 async fn redis_use(c: &Value, key: &str) -> Result<(), String> {
-    let port = port(c);
-    let auth = [
-        "-h",
-        s(c, "host"),
-        "-p",
-        &port,
-        "--no-auth-warning",
-        "--user",
-        s(c, "username"),
-        "--pass",
-        s(c, "password"),
-    ];
-    let (_, out) = run("redis-cli", &[&auth[..], &["SET", key, "v1"]].concat(), &[]).await;
+    let out = redis_cli(c, &["SET", key, "v1"]).await;
     if out.trim() != "OK" {
         return Err(out);
     }
-    let (_, out) = run("redis-cli", &[&auth[..], &["GET", key]].concat(), &[]).await;
+    let out = redis_cli(c, &["GET", key]).await;
     if out.trim() == "v1" { Ok(()) } else { Err(out) }
 }
 
@@ -112,15 +97,6 @@ async fn redis_create_bind_use_unbind_delete() {
     );
     assert!(b.nodes().await.is_empty());
     b.stop().await;
-}
-
-async fn psql(uri: &str, sql: &str) -> (bool, String) {
-    run(
-        "psql",
-        &[uri, "-X", "-tAq", "-v", "ON_ERROR_STOP=1", "-c", sql],
-        &[],
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,31 +192,6 @@ async fn postgresql_create_bind_use_unbind_delete() {
     );
     b.stop().await;
     assert!(!process_alive(node.1), "the node stops with the broker");
-}
-
-async fn mariadb(c: &Value, sql: &str) -> (bool, String) {
-    let port = port(c);
-    let pass = format!("-p{}", s(c, "password"));
-    run(
-        "mariadb",
-        &[
-            "--no-defaults",
-            "-h",
-            s(c, "hostname"),
-            "-P",
-            &port,
-            "-u",
-            s(c, "username"),
-            &pass,
-            "-N",
-            "-B",
-            s(c, "name"),
-            "-e",
-            sql,
-        ],
-        &[],
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,9 @@ use hydrant_broker::PortRange;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Running, config, eventually, guid, ports, process_alive, require, run, start};
+use crate::{
+    Running, config, eventually, guid, ports, process_alive, redis_ping, require, run, start,
+};
 
 const CHILD_DIR: &str = "HYDRANT_BROKER_TEST_CHILD_DIR";
 const CHILD_PORT: &str = "HYDRANT_BROKER_TEST_CHILD_FIRST_PORT";
@@ -127,28 +129,6 @@ async fn kernel_view(dir: &Path) -> (Vec<String>, Vec<PathBuf>) {
     }
     cgroups.sort();
     (listed, cgroups)
-}
-
-async fn redis_ping(c: &Value) -> bool {
-    let port = c["port"].as_u64().unwrap().to_string();
-    let (_, out) = run(
-        "redis-cli",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "--no-auth-warning",
-            "--user",
-            c["username"].as_str().unwrap(),
-            "--pass",
-            c["password"].as_str().unwrap(),
-            "PING",
-        ],
-        &[],
-    )
-    .await;
-    out.trim() == "PONG"
 }
 
 async fn psql_ok(c: &Value) -> bool {

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::{PASSWORD, USER, config, guid, ports, require, run, start};
+use crate::{PASSWORD, USER, config, guid, ports, redis_cli, require, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_catalog_needs_credentials_and_a_supported_version() {
@@ -255,24 +255,7 @@ async fn instances_and_bindings_answer_with_the_spec_status_codes() {
         .0,
         200
     );
-    let port = creds["port"].as_u64().unwrap().to_string();
-    let auth = [
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "--no-auth-warning",
-        "--user",
-        creds["username"].as_str().unwrap(),
-        "--pass",
-        creds["password"].as_str().unwrap(),
-    ];
-    let (_, out) = run(
-        "redis-cli",
-        &[&auth[..], &["SETRANGE", "big", "73400320", "x"]].concat(),
-        &[],
-    )
-    .await;
+    let out = redis_cli(creds, &["SETRANGE", "big", "73400320", "x"]).await;
     assert!(out.trim().parse::<u64>().is_ok(), "{out}");
     let (status, err) = b
         .call(
@@ -289,7 +272,7 @@ async fn instances_and_bindings_answer_with_the_spec_status_codes() {
             .contains("the small plan allows 64 MiB"),
         "{err}"
     );
-    run("redis-cli", &[&auth[..], &["DEL", "big"]].concat(), &[]).await;
+    redis_cli(creds, &["DEL", "big"]).await;
     assert_eq!(
         b.call(
             "PATCH",

@@ -11,7 +11,9 @@ use hydrant_envelope::v2;
 use hydrant_testkit::FakeAgent;
 use serde_json::{Value, json};
 
-use crate::{Running, config, eventually, guid, ports, require, run, start};
+use crate::{
+    Running, config, eventually, guid, mariadb, ports, psql, reporting_config, require, start,
+};
 
 /// Runs the on-demand quota pass; instance `id`'s entry.
 async fn checked(b: &Running, id: &str) -> Value {
@@ -56,37 +58,10 @@ async fn saw_exceeded_gauge(agent: &FakeAgent, id: &str, value: f64) {
 }
 
 fn agent_config(dir: &std::path::Path, agent: &FakeAgent) -> hydrant_broker::Config {
-    let mut c = config(dir, ports());
-    c.telemetry.agent = Some(agent.url());
-    c.telemetry.interval_secs = 1;
+    let mut c = reporting_config(dir, agent);
     // The passes in this test are the on-demand ones.
     c.quota_interval_secs = 3600;
     c
-}
-
-async fn mariadb(c: &Value, sql: &str) -> (bool, String) {
-    let port = c["port"].as_u64().unwrap().to_string();
-    let pass = format!("-p{}", c["password"].as_str().unwrap());
-    run(
-        "mariadb",
-        &[
-            "--no-defaults",
-            "-h",
-            c["hostname"].as_str().unwrap(),
-            "-P",
-            &port,
-            "-u",
-            c["username"].as_str().unwrap(),
-            &pass,
-            "-N",
-            "-B",
-            c["name"].as_str().unwrap(),
-            "-e",
-            sql,
-        ],
-        &[],
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,15 +131,6 @@ async fn a_mysql_database_over_its_quota_refuses_writes_until_data_is_deleted() 
     saw_exceeded_gauge(&agent, &id, 0.0).await;
     assert_eq!(b.deprovision(&id, "mysql").await, 200);
     b.stop().await;
-}
-
-async fn psql(uri: &str, sql: &str) -> (bool, String) {
-    run(
-        "psql",
-        &[uri, "-X", "-tAq", "-v", "ON_ERROR_STOP=1", "-c", sql],
-        &[],
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

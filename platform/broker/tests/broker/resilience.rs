@@ -5,29 +5,7 @@
 
 use serde_json::json;
 
-use crate::{config, eventually, guid, ports, process_alive, require, run, start};
-
-async fn redis_ping(c: &serde_json::Value) -> bool {
-    let port = c["port"].as_u64().unwrap().to_string();
-    let (_, out) = run(
-        "redis-cli",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "--no-auth-warning",
-            "--user",
-            c["username"].as_str().unwrap(),
-            "--pass",
-            c["password"].as_str().unwrap(),
-            "PING",
-        ],
-        &[],
-    )
-    .await;
-    out.trim() == "PONG"
-}
+use crate::{config, eventually, guid, ports, process_alive, redis_ping, require, run, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_redis_node_is_restarted_with_its_bindings() {

@@ -10,7 +10,7 @@ use hydrant_testkit::FakeAgent;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{config, guid, ports, require, run, start};
+use crate::{guid, reporting_config, require, run, start};
 
 fn svc_lines(envs: &[v2::Envelope], source: &str) -> Vec<String> {
     envs.iter()
@@ -54,10 +54,7 @@ async fn mysql_failed_logins_naming_another_tenant_reach_only_the_operator() {
     require("mysql");
     let agent = FakeAgent::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path(), ports());
-    c.telemetry.agent = Some(agent.url());
-    c.telemetry.interval_secs = 1;
-    let b = start(c).await;
+    let b = start(reporting_config(dir.path(), &agent)).await;
     let (a, other) = (guid(), guid());
     b.provision(&a, "mysql", "small", json!({})).await;
     b.provision(&other, "mysql", "small", json!({})).await;
@@ -209,10 +206,7 @@ async fn rabbitmq_a_refused_vhost_naming_another_tenant_reaches_only_the_operato
     require("rabbitmq");
     let agent = FakeAgent::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path(), ports());
-    c.telemetry.agent = Some(agent.url());
-    c.telemetry.interval_secs = 1;
-    let b = start(c).await;
+    let b = start(reporting_config(dir.path(), &agent)).await;
     let (a, other) = (guid(), guid());
     b.provision(&a, "rabbitmq", "small", json!({})).await;
     b.provision(&other, "rabbitmq", "small", json!({})).await;
