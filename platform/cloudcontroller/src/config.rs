@@ -65,6 +65,16 @@ pub struct Config {
     pub data_dir: String,
     /// Default routes are `NAME.<apps_domain>`. Default `apps.localhost`.
     pub apps_domain: String,
+    /// The domain the platform's own endpoints are served on through the routers: the API at
+    /// `api.<system_domain>` (Cloud Foundry's `api.SYSTEM_DOMAIN`). Default empty: the
+    /// `apps_domain`.
+    pub system_domain: String,
+    /// `host:port` at which routers reach this controller's API (its `listen` address as seen
+    /// from the routers' hosts). Set, the controller announces itself through the shared
+    /// database and every controller's route assignments name each live one, so routers serve
+    /// `api.<system_domain>` with every live controller behind it and one that dies drops out.
+    /// Default empty: not served through the routers.
+    pub api_advertise: String,
     /// The directory of token signing keys (Ed25519, mode 0600; created with one key when
     /// absent). Only this role holds it: every other role verifies with the public keys served
     /// at `GET /token_keys`. See `hydrant_auth::KeyStore` for rotation. Default
@@ -170,6 +180,8 @@ impl Default for Config {
             external_url: "http://127.0.0.1:9022".to_owned(),
             data_dir: "data/cloudcontroller".to_owned(),
             apps_domain: "apps.localhost".to_owned(),
+            system_domain: String::new(),
+            api_advertise: String::new(),
             token_keys_dir: None,
             clients: Vec::new(),
             admin_user: "admin".to_owned(),
@@ -296,6 +308,30 @@ impl hydrant_runtime::Validate for Config {
                     "{:?} is not a domain; use lower-case labels of a-z, 0-9 and -, \
                      e.g. \"apps.localhost\"",
                     self.apps_domain
+                ),
+            )
+            .into());
+        }
+        if !self.system_domain.is_empty() && !is_domain(&self.system_domain) {
+            return Err(invalid(
+                "system_domain",
+                format!(
+                    "{:?} is not a domain; use lower-case labels of a-z, 0-9 and -, \
+                     e.g. \"system.example.com\", or leave it empty for the apps_domain",
+                    self.system_domain
+                ),
+            )
+            .into());
+        }
+        if !self.api_advertise.is_empty()
+            && self.api_advertise.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "api_advertise",
+                format!(
+                    "{:?} is not host:port; give the address routers reach this controller's \
+                     API at, e.g. \"10.0.0.5:9022\", or leave it empty",
+                    self.api_advertise
                 ),
             )
             .into());
@@ -464,6 +500,16 @@ impl Config {
         self.admin_password_file
             .as_ref()
             .map_or_else(|| self.data_path().join("admin-password"), PathBuf::from)
+    }
+
+    /// The API's route through the routers: `api.<system_domain>`.
+    pub(crate) fn api_route(&self) -> String {
+        let domain = if self.system_domain.is_empty() {
+            &self.apps_domain
+        } else {
+            &self.system_domain
+        };
+        format!("api.{domain}")
     }
 
     /// `external_url` without a trailing `/`.

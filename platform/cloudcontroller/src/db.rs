@@ -226,6 +226,8 @@ ALTER TABLE service_jobs ADD COLUMN claimed_by TEXT;
 ALTER TABLE service_jobs ADD COLUMN claimed_until_ms INTEGER;
 ALTER TABLE builds ADD COLUMN staged_by TEXT;
 ",
+    // What else controllers behind one name share: API endpoints, the login brake, cell requests.
+    crate::lease::SHARED_STATE,
 ];
 
 /// Where the tenancy step sits in [`MIGRATIONS`]: PostgreSQL runs [`TENANCY_POSTGRES`] in its

@@ -19,12 +19,37 @@ use crate::sql::params;
 /// default), well inside it.
 pub(crate) const TTL: Duration = Duration::from_secs(10);
 
+/// The schema step for what controllers on one database share beyond the leases: who serves
+/// the API (`controllers`, each row renewed while its controller lives; see `routing`), the
+/// login brake's records (`login`), and cell requests any controller may take and the
+/// placement lease's holder carries out (`placement`).
+pub(crate) const SHARED_STATE: &str = r"
+CREATE TABLE controllers (
+    node TEXT PRIMARY KEY,
+    route TEXT NOT NULL,
+    api TEXT NOT NULL,
+    seen_ms INTEGER NOT NULL
+);
+CREATE TABLE login_failures (
+    login_key TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    blocked_until_ms INTEGER
+);
+CREATE TABLE cell_requests (
+    cell_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    requested_ms INTEGER NOT NULL,
+    PRIMARY KEY (cell_id, action)
+);
+";
+
 /// Convergence: the one controller that starts and stops instances.
 pub(crate) const PLACEMENT: &str = "placement";
 /// The collection of unreferenced blobs and droplets.
 pub(crate) const BLOB_GC: &str = "blob-gc";
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -253,6 +253,9 @@ async fn serve(
     for lease in [lease::PLACEMENT, lease::BLOB_GC] {
         lease::give_up(&ctx.db, lease, &ctx.node).await;
     }
+    // ... and the routers stop sending API calls here with the survivors' next snapshot.
+    let node = ctx.node.clone();
+    let _ = ctx.db.run(move |c| Ok(routing::retire(c, &node)?)).await;
     drop(ctx);
     if let Some(telemetry) = &telemetry {
         telemetry.stopped().await;

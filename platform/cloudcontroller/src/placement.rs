@@ -346,30 +346,38 @@ impl Placement {
         }
     }
 
-    /// Asks cell `id` to evacuate (`hydrant drain-cell`). `false` when no such cell is known.
+    /// Whether cell `id` is known: `Some(evacuating)` (its presence says so), `None` when not.
+    pub(crate) fn cell_evacuating(&self, id: &str) -> Option<bool> {
+        self.lock().executors.get(id).map(Executor::evacuating)
+    }
+
+    /// Asks cell `id` to evacuate (`hydrant drain-cell`) at the next pass. `false` when no
+    /// such cell is known. Requests reach here through the database (`cells`), whichever
+    /// controller took them.
     pub(crate) fn drain(&self, id: &str) -> bool {
         let mut table = self.lock();
         if !table.executors.contains_key(id) {
             return false;
         }
         if !table.executors.get(id).is_some_and(Executor::evacuating) {
-            table.draining.insert(id.to_owned(), Instant::now());
+            table
+                .draining
+                .entry(id.to_owned())
+                .or_insert_with(Instant::now);
         }
-        drop(table);
-        self.wake();
         true
     }
 
     /// Asks cell `id` to die as a lost host would (`hydrant debug kill-cell`; only a cell with
-    /// `debug_kill` obeys). `false` when no such cell is known.
+    /// `debug_kill` obeys) at the next pass. `false` when no such cell is known.
     pub(crate) fn kill(&self, id: &str) -> bool {
         let mut table = self.lock();
         if !table.executors.contains_key(id) {
             return false;
         }
-        table.kills.push(id.to_owned());
-        drop(table);
-        self.wake();
+        if !table.kills.iter().any(|k| k == id) {
+            table.kills.push(id.to_owned());
+        }
         true
     }
 
@@ -663,6 +671,8 @@ pub(crate) async fn converge(ctx: &Arc<Ctx>, bus: &Bus) {
     if !crate::lease::held(&ctx.db, crate::lease::PLACEMENT, &ctx.node).await {
         return;
     }
+    // Drains and kills any controller took, carried out by this one, the lease's holder.
+    cells::carry_out(ctx).await;
     let desired = match load_desired(ctx).await {
         Ok(desired) => desired,
         Err(e) => {

@@ -10,6 +10,14 @@
 //! few seconds like every control message), so a registration for a route the controller never
 //! gave that app is refused at the router even if the cell sending it lies.
 //!
+//! The API itself is served through the routers the same way: a controller with
+//! `api_advertise` set renews its row in the shared `controllers` table each time it sends the
+//! snapshot, and every snapshot names each controller whose row is fresh
+//! ([`CONTROLLER_TTL`]) as a backend of `api.<system domain>`. Each controller reads the same
+//! table, so two publishing side by side send the same endpoints and never erase each other's;
+//! one that dies stops renewing and drops out of the next snapshot (the routers' retry hides
+//! it until then). No space can claim a route a controller serves.
+//!
 //! Invariant: refusals never name the tenant that owns a host or a private domain: "taken" and
 //! "no such domain" read the same whoever asks.
 
@@ -26,8 +34,14 @@ use tokio_util::sync::CancellationToken;
 use crate::api::ApiError;
 use crate::{Ctx, password, quotas};
 
-/// How often the full assignment snapshot is re-sent when nothing changes.
+/// How often the full assignment snapshot is re-sent when nothing changes (and each
+/// controller's row in `controllers` renewed).
 const RESEND: Duration = Duration::from_secs(5);
+/// How long a controller's row names it as an API backend without being renewed: three
+/// missed renewals.
+pub(crate) const CONTROLLER_TTL: Duration = Duration::from_secs(15);
+/// Rows of controllers gone this long are deleted (a dead host's row is not kept forever).
+const CONTROLLER_FORGET: Duration = Duration::from_secs(3600);
 
 // === domains ===
 
@@ -223,6 +237,17 @@ pub(crate) fn claim(
         stmt.query_map([&parsed.host, &parsed.domain.name], |r| r.get(0))?
             .collect::<Result<_, _>>()?
     };
+    let hostname = url_of(&parsed.host, &parsed.domain.name, "");
+    let served: i64 = c.query_row(
+        "SELECT COUNT(*) FROM controllers WHERE route = ?1",
+        [&hostname],
+        |r| r.get(0),
+    )?;
+    if served > 0 {
+        return Err(ApiError::unprocessable(format!(
+            "the host {hostname} is the platform's API; pick another host name"
+        )));
+    }
     if owners.iter().any(|o| o != space_guid) {
         return Err(ApiError::unprocessable(format!(
             "the host {} is taken: another space owns it and every path under it; pick \
@@ -276,8 +301,56 @@ pub(crate) fn claim(
 
 // === what the router checks ===
 
-/// Every app's mapped routes.
-pub(crate) fn assignments(c: &Connection) -> crate::sql::Result<RouteAssignments> {
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Renews controller `node`'s row: it serves `route` at `api` as of `now_ms`.
+pub(crate) fn announce(
+    c: &Connection,
+    node: &str,
+    route: &str,
+    api: &str,
+    now_ms: i64,
+) -> crate::sql::Result<()> {
+    c.execute(
+        "INSERT INTO controllers (node, route, api, seen_ms) VALUES (?1, ?2, ?3, ?4)          ON CONFLICT (node) DO UPDATE SET route = excluded.route, api = excluded.api,          seen_ms = excluded.seen_ms",
+        params![node, route, api, now_ms],
+    )?;
+    c.execute(
+        "DELETE FROM controllers WHERE seen_ms < ?1",
+        [now_ms.saturating_sub(ms(CONTROLLER_FORGET))],
+    )
+    .map(drop)
+}
+
+/// Removes controller `node`'s row (a clean stop: the routers drop it with the next snapshot).
+pub(crate) fn retire(c: &Connection, node: &str) -> crate::sql::Result<()> {
+    c.execute("DELETE FROM controllers WHERE node = ?1", [node])
+        .map(drop)
+}
+
+/// Every live controller's API endpoint, by route.
+fn endpoints(c: &Connection, now_ms: i64) -> crate::sql::Result<BTreeMap<String, Vec<String>>> {
+    let mut stmt =
+        c.prepare("SELECT route, api FROM controllers WHERE seen_ms >= ?1 ORDER BY route, api")?;
+    let since = now_ms.saturating_sub(ms(CONTROLLER_TTL));
+    let rows = stmt.query_map([since], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for row in rows {
+        let (route, api) = row?;
+        let backends = out.entry(route).or_default();
+        if !backends.contains(&api) {
+            backends.push(api);
+        }
+    }
+    Ok(out)
+}
+
+/// Every app's mapped routes, and every live controller's API endpoint.
+pub(crate) fn assignments(c: &Connection, now_ms: i64) -> crate::sql::Result<RouteAssignments> {
     let mut stmt = c.prepare("SELECT app_guid, url FROM routes ORDER BY app_guid, url")?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
     let mut apps: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -285,14 +358,31 @@ pub(crate) fn assignments(c: &Connection) -> crate::sql::Result<RouteAssignments
         let (app, url) = row?;
         apps.entry(app).or_default().push(url);
     }
-    Ok(RouteAssignments { apps })
+    Ok(RouteAssignments {
+        apps,
+        endpoints: endpoints(c, now_ms)?,
+    })
 }
 
 /// Sends the router the full assignment snapshot at start, at once after every change, and
 /// every [`RESEND`] — a lost snapshot is repaired by the next one.
 pub(crate) async fn publish_assignments(ctx: Arc<Ctx>, bus: Bus, shutdown: CancellationToken) {
+    let node = ctx.node.clone();
+    let route = ctx.config.api_route();
+    let api = ctx.config.api_advertise.clone();
     loop {
-        match ctx.db.run(|c| Ok(assignments(c)?)).await {
+        let (node, route, api) = (node.clone(), route.clone(), api.clone());
+        let snapshot = ctx
+            .db
+            .run(move |c| {
+                let now = crate::lease::now_ms();
+                if !api.is_empty() {
+                    announce(c, &node, &route, &api, now)?;
+                }
+                Ok(assignments(c, now)?)
+            })
+            .await;
+        match snapshot {
             Ok(snapshot) => match messages::encode(&snapshot) {
                 Ok(bytes) => {
                     if let Err(error) = bus.publish(ROUTER_ASSIGNED, bytes) {
@@ -363,6 +453,25 @@ mod tests {
                 format!("{theirs:?}").replace("x.b.example.com", "H"),
                 format!("{unknown:?}").replace("x.nowhere.example", "H")
             );
+            // A host a controller serves the API on is no space's to claim.
+            announce(c, "cc-a/1", "api.apps.localhost", "10.0.0.1:9022", 100_000).unwrap();
+            announce(c, "cc-b/2", "api.apps.localhost", "10.0.0.2:9022", 100_000).unwrap();
+            let refused = claim(c, "any-space", &org, "api.apps.localhost/v3").unwrap_err();
+            assert!(
+                format!("{refused:?}").contains("platform's API"),
+                "{refused:?}"
+            );
+            // Both live controllers are named; one that stopped renewing drops out.
+            let both = assignments(c, 110_000).unwrap().endpoints;
+            assert_eq!(
+                both["api.apps.localhost"],
+                ["10.0.0.1:9022", "10.0.0.2:9022"]
+            );
+            announce(c, "cc-b/2", "api.apps.localhost", "10.0.0.2:9022", 114_000).unwrap();
+            let one = assignments(c, 116_000).unwrap().endpoints;
+            assert_eq!(one["api.apps.localhost"], ["10.0.0.2:9022"]);
+            retire(c, "cc-b/2").unwrap();
+            assert!(assignments(c, 116_000).unwrap().endpoints.is_empty());
             assert!(parse(c, &org, "apps.localhost").is_err());
             assert!(parse(c, &org, "a.b.apps.localhost").is_err());
         });

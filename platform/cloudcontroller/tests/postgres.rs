@@ -31,6 +31,9 @@ use hydrant_api::services::{
     CreateServiceBroker, CreateServiceInstance, ServiceAccess, ServiceInstanceType,
 };
 use hydrant_api::{CreateUser, ScaleApp, SpaceRole, UpdateApp};
+use hydrant_bus::messages;
+use hydrant_bus::{Bus, Config as BusConfig};
+use hydrant_emitter::Registry;
 use hydrant_testkit::wait_for;
 use serde_json::json;
 
@@ -573,5 +576,137 @@ async fn a_url_naming_the_ca_reaches_postgres_over_tls_and_refuses_a_server_anot
         stopped.expect_err("it started on an unverified server")
     );
     assert!(e.contains("certificate"), "{e}");
+    drop(server);
+}
+
+// === what two controllers behind one name share ===
+
+/// The status of a wrong-password login at `cc`.
+async fn wrong_password(cc: &Cc, user: &str) -> u16 {
+    match cc.anonymous().login(user, "not-the-password").await {
+        Err(hydrant_api::Error::Api { status, .. }) => status,
+        other => panic!("a wrong password answered {other:?}"),
+    }
+}
+
+/// A `POST` of `path` at `cc` with `token`; the status.
+async fn post_with(cc: &Cc, token: &str, path: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{}{path}", cc.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_brake_and_cell_requests_hold_whichever_controller_is_asked() {
+    let (server, url) = postgres_with("ccdb_shared").await;
+    let shared = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let bus_name = "pg-shared";
+    let cell = FakeExecutor::start(bus_name, "cell-shared", 8192, 20, false).await;
+    let a = Cc::start(
+        data_a.path(),
+        &options(bus_name, &url, shared.path(), "cc-a"),
+    )
+    .await;
+    // A holds the placement lease before B starts: B is the controller that never carries a
+    // request out itself.
+    let lease_url = url.clone();
+    let holder = move || {
+        let url = lease_url.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                client
+                    .query_opt("SELECT holder FROM leases WHERE name = 'placement'", &[])
+                    .unwrap()
+                    .map(|r| r.get::<_, String>(0))
+            })
+            .await
+            .unwrap()
+        }
+    };
+    wait_for(WAIT, "A to hold the placement lease", || {
+        let holder = holder();
+        async move { holder.await.is_some_and(|h| h.starts_with("cc-a/")) }
+    })
+    .await;
+    let b = Cc::start(
+        data_b.path(),
+        &options(bus_name, &url, shared.path(), "cc-b"),
+    )
+    .await;
+
+    // Logged in before the guessing below slows the administrator's name (one key directory:
+    // either controller accepts it).
+    let token = a
+        .anonymous()
+        .login("admin", support::ADMIN_PASSWORD)
+        .await
+        .unwrap()
+        .access_token;
+
+    // A guesser alternating between the controllers meets one count: the free failures are
+    // spent across both, and the next attempt is refused at either.
+    for i in 0..5 {
+        let cc = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(
+            wrong_password(cc, "admin").await,
+            401,
+            "attempt {i} is free"
+        );
+    }
+    assert_eq!(wrong_password(&b, "admin").await, 401);
+    assert_eq!(wrong_password(&a, "admin").await, 429);
+    assert_eq!(wrong_password(&b, "admin").await, 429);
+    // Another name is not slowed.
+    assert_eq!(wrong_password(&b, "nobody").await, 401);
+
+    // Drain and kill asked of B (which holds no lease) reach the cell through A, the holder.
+    let listener = Bus::connect(
+        &BusConfig::inprocess(bus_name),
+        &Registry::new("test", "listener"),
+    )
+    .await
+    .unwrap();
+    let mut evacuate = listener
+        .subscribe(&messages::executor_evacuate_subject("cell-shared"))
+        .await
+        .unwrap();
+    let mut kill = listener
+        .subscribe(&messages::executor_kill_subject("cell-shared"))
+        .await
+        .unwrap();
+    assert_eq!(
+        post_with(&b, &token, "/v3/cells/no-such-cell/actions/drain").await,
+        404
+    );
+    // Accepted once B has heard the cell (its heartbeats come every 100 ms).
+    wait_for(WAIT, "B to take the drain", || {
+        let (b, token) = (&b, &token);
+        async move { post_with(b, token, "/v3/cells/cell-shared/actions/drain").await == 202 }
+    })
+    .await;
+    let asked = tokio::time::timeout(WAIT, evacuate.next())
+        .await
+        .expect("the drain B took never reached the cell")
+        .unwrap();
+    let asked: messages::EvacuateCell = asked.json().unwrap();
+    assert_eq!(asked.executor_id, "cell-shared");
+    assert_eq!(
+        post_with(&b, &token, "/v3/cells/cell-shared/actions/kill").await,
+        202
+    );
+    tokio::time::timeout(WAIT, kill.next())
+        .await
+        .expect("the kill B took never reached the cell")
+        .unwrap();
+    drop(cell);
+    a.stop().await;
+    b.stop().await;
     drop(server);
 }

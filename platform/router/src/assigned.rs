@@ -9,11 +9,16 @@
 //! `router.dropped{reason=not_assigned}`. Unregistrations are never checked: removing is always
 //! safe.
 //!
+//! The snapshot also names the platform's own endpoints (`api.<system domain>` → every live
+//! cloud controller): [`Assigned::learn`] turns them into registrations to add (re-sent with
+//! each snapshot, so they never go stale while a controller lives) and to remove (a controller
+//! the last snapshot no longer names: it died or stopped).
+//!
 //! Invariant: the data plane outlives the control plane. Until the first snapshot arrives (a
 //! router started while the controller is down) every registration is accepted as before; once
 //! one has arrived, the last snapshot stays in force however long the controller is away.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use hydrant_bus::messages::{RegistryMessage, RouteAssignments};
 
@@ -24,6 +29,27 @@ use crate::table::strip_port;
 pub(crate) struct Assigned {
     /// App guid → its routes, normalised; `None` until the first snapshot.
     apps: Option<HashMap<String, HashSet<String>>>,
+    /// The endpoints the last snapshot named: `(route, host:port)`.
+    endpoints: BTreeSet<(String, String)>,
+}
+
+/// What a snapshot changes among the platform's own endpoints.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointChanges {
+    /// Every endpoint the snapshot names (registered afresh).
+    pub(crate) register: Vec<RegistryMessage>,
+    /// Endpoints the previous snapshot named and this one does not.
+    pub(crate) unregister: Vec<RegistryMessage>,
+}
+
+/// A registration for one endpoint; `None` when `backend` is not `host:port`.
+fn endpoint(route: &str, backend: &str) -> Option<RegistryMessage> {
+    let addr: std::net::SocketAddr = backend.parse().ok()?;
+    Some(RegistryMessage::new(
+        &addr.ip().to_string(),
+        addr.port(),
+        vec![route.to_owned()],
+    ))
 }
 
 /// `host[/path]` lower-cased, without a port or a trailing `/`, as the route table keys it.
@@ -43,8 +69,22 @@ fn normalise(uri: &str) -> String {
 }
 
 impl Assigned {
-    /// Replaces the table with `snapshot`.
-    pub(crate) fn learn(&mut self, snapshot: RouteAssignments) {
+    /// Replaces the table with `snapshot`; what to do with the endpoints it names.
+    pub(crate) fn learn(&mut self, snapshot: RouteAssignments) -> EndpointChanges {
+        let named: BTreeSet<(String, String)> = snapshot
+            .endpoints
+            .iter()
+            .flat_map(|(route, backends)| backends.iter().map(|b| (route.clone(), b.clone())))
+            .collect();
+        let changes = EndpointChanges {
+            register: named.iter().filter_map(|(r, b)| endpoint(r, b)).collect(),
+            unregister: self
+                .endpoints
+                .difference(&named)
+                .filter_map(|(r, b)| endpoint(r, b))
+                .collect(),
+        };
+        self.endpoints = named;
         self.apps = Some(
             snapshot
                 .apps
@@ -52,6 +92,7 @@ impl Assigned {
                 .map(|(app, uris)| (app, uris.iter().map(|u| normalise(u)).collect()))
                 .collect(),
         );
+        changes
     }
 
     /// Whether `registration` asks only for routes assigned to the app it names.
@@ -104,6 +145,7 @@ mod tests {
                     vec!["trap.apps.localhost".to_owned()],
                 ),
             ]),
+            endpoints: BTreeMap::new(),
         });
         assert!(assigned.permits(&registration(
             Some("victim"),
@@ -116,5 +158,43 @@ mod tests {
         )));
         assert!(!assigned.permits(&registration(None, &["shop.apps.localhost"])));
         assert!(!assigned.permits(&registration(Some("unknown"), &["shop.apps.localhost"])));
+    }
+
+    #[test]
+    fn controllers_named_are_registered_and_one_no_longer_named_is_removed() {
+        let mut assigned = Assigned::default();
+        let snapshot = |backends: &[&str]| RouteAssignments {
+            apps: BTreeMap::new(),
+            endpoints: BTreeMap::from([(
+                "api.apps.localhost".to_owned(),
+                backends.iter().map(|b| (*b).to_owned()).collect(),
+            )]),
+        };
+        let both = assigned.learn(snapshot(&["10.0.0.1:9022", "10.0.0.2:9022", "junk"]));
+        let hosts = |m: &[RegistryMessage]| {
+            m.iter()
+                .map(|r| format!("{}:{} {:?}", r.host, r.port, r.uris))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            hosts(&both.register),
+            [
+                "10.0.0.1:9022 [\"api.apps.localhost\"]",
+                "10.0.0.2:9022 [\"api.apps.localhost\"]"
+            ]
+        );
+        assert!(both.unregister.is_empty());
+        // The first controller died: its row lapsed, the next snapshot names only the other.
+        let one = assigned.learn(snapshot(&["10.0.0.2:9022"]));
+        assert_eq!(
+            hosts(&one.register),
+            ["10.0.0.2:9022 [\"api.apps.localhost\"]"]
+        );
+        assert_eq!(
+            hosts(&one.unregister),
+            ["10.0.0.1:9022 [\"api.apps.localhost\"]"]
+        );
+        // The endpoints need no assignment of their own.
+        assert!(!assigned.permits(&registration(None, &["api.apps.localhost"])));
     }
 }

@@ -190,11 +190,27 @@ impl Routes {
         }
         match message.subject.as_str() {
             messages::ROUTER_ASSIGNED => {
-                match message.json::<messages::RouteAssignments>() {
-                    Ok(snapshot) => self.assigned.learn(snapshot),
-                    Err(_) => metrics.undecodable(),
+                let Ok(snapshot) = message.json::<messages::RouteAssignments>() else {
+                    metrics.undecodable();
+                    return false;
+                };
+                // The controllers' own endpoints come with the snapshot rather than as
+                // registrations: no cell may speak for them, and a controller the snapshot no
+                // longer names leaves the table at once.
+                let endpoints = self.assigned.learn(snapshot);
+                let now = Instant::now();
+                let mut changed = false;
+                for gone in &endpoints.unregister {
+                    changed |= self.routes.unregister(gone, now).changed;
                 }
-                false
+                for live in &endpoints.register {
+                    let outcome = self.routes.register(live, now);
+                    for refused in &outcome.refused {
+                        metrics.refused(*refused);
+                    }
+                    changed |= outcome.changed;
+                }
+                changed
             }
             messages::ROUTER_GREET => {
                 if message.reply.is_some()

@@ -301,6 +301,11 @@ impl RegistryMessage {
 pub struct RouteAssignments {
     /// App guid to its routes.
     pub apps: BTreeMap<String, Vec<String>>,
+    /// The platform's own endpoints: a route (`api.<system domain>`) to the `host:port` of
+    /// every live controller serving it. Every controller sends the same list (it reads the
+    /// shared database), so two never erase each other's; the router serves exactly the
+    /// backends the last snapshot names.
+    pub endpoints: BTreeMap<String, Vec<String>>,
 }
 
 /// `router.start` and the reply to `router.greet`: the router's identity and timings.

@@ -27,7 +27,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{ApiError, Body};
 use crate::config::ClientConfig;
-use crate::{Ctx, Error, db, password};
+use crate::{Ctx, Error, db, login, password};
 
 /// How long a loaded key directory is trusted before it is read again, so a key staged,
 /// activated or retired on disk takes effect without a restart.
@@ -186,8 +186,11 @@ async fn password_grant(
             "the password grant needs username and password",
         ));
     };
-    let now = std::time::Instant::now();
-    if let Some(wait) = peer.and_then(|p| ctx.logins.check_address(p, now).err()) {
+    let address = match peer {
+        Some(p) => ctx.logins.wait(&ctx.db, login::Key::Address(p)).await?,
+        None => None,
+    };
+    if let Some(wait) = address {
         ctx.metrics.logins_throttled_address.inc();
         return Err(ApiError::too_many_requests(
             format!(
@@ -197,7 +200,11 @@ async fn password_grant(
             wait,
         ));
     }
-    if let Err(wait) = ctx.logins.check(&username, now) {
+    if let Some(wait) = ctx
+        .logins
+        .wait(&ctx.db, login::Key::Name(&username))
+        .await?
+    {
         ctx.metrics.logins_throttled.inc();
         return Err(ApiError::too_many_requests(
             format!(
@@ -227,14 +234,11 @@ async fn password_grant(
         .unwrap_or(false)
         && known;
     if !ok {
-        ctx.logins.failed(&username, now);
-        if let Some(peer) = peer {
-            ctx.logins.failed_address(peer, now);
-        }
+        ctx.logins.failed(&ctx.db, &username, peer).await?;
         ctx.metrics.logins_failed.inc();
         return Err(ApiError::unauthenticated("wrong user name or password"));
     }
-    ctx.logins.succeeded(&username);
+    ctx.logins.succeeded(&ctx.db, &username).await?;
     user_tokens(ctx, username, true).await
 }
 

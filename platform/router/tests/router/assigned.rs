@@ -20,6 +20,7 @@ async fn registrations_for_routes_the_controller_did_not_assign_are_refused() {
             ("shop".to_owned(), vec!["shop.apps.localhost".to_owned()]),
             ("trap".to_owned(), vec!["trap.apps.localhost".to_owned()]),
         ]),
+        ..RouteAssignments::default()
     };
     router.bus.publish_json(ROUTER_ASSIGNED, &snapshot).unwrap();
 
