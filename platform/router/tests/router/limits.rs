@@ -10,7 +10,7 @@ use hydrant_testkit::{SlowLoris, p99, probe, wait_for};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::support::{Backend, DEADLINE, TestRouter, static_route};
+use crate::support::{Backend, DEADLINE, TestRouter, open_tunnel, static_route};
 
 const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -82,21 +82,8 @@ async fn a_slow_loris_neither_starves_routing_nor_holds_more_than_its_cap() {
 
 /// Opens a tunnel through the router and checks it echoes.
 async fn tunnel(router: &TestRouter) -> TcpStream {
-    let mut stream = TcpStream::connect(router.addr).await.unwrap();
-    stream
-        .write_all(
-            b"GET /socket HTTP/1.1\r\nHost: ws.apps.localhost\r\n\
-              Connection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    let (mut stream, head) = open_tunnel(router.addr).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     stream.write_all(b"ping").await.unwrap();
     let mut echoed = [0u8; 4];
     tokio::time::timeout(DEADLINE, stream.read_exact(&mut echoed))

@@ -713,21 +713,7 @@ async fn upgrades_are_tunnelled() {
         ..Config::default()
     })
     .await;
-    let mut stream = TcpStream::connect(router.addr).await.unwrap();
-    stream
-        .write_all(
-            b"GET /socket HTTP/1.1\r\nHost: ws.apps.localhost\r\n\
-              Connection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
+    let (mut stream, head) = support::open_tunnel(router.addr).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     stream.write_all(b"ping over the tunnel").await.unwrap();
     let mut echoed = [0u8; 20];

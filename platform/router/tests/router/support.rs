@@ -19,6 +19,7 @@ use hydrant_testkit::wait_for;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -156,6 +157,27 @@ impl Drop for TestRouter {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Asks the router at `addr` to upgrade `GET /socket` on `ws.apps.localhost` to the echo
+/// backend's `Upgrade: echo`; returns the stream, read up to the end of the response head, and
+/// that head.
+pub async fn open_tunnel(addr: SocketAddr) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /socket HTTP/1.1\r\nHost: ws.apps.localhost\r\n\
+              Connection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    (stream, String::from_utf8(head).unwrap())
 }
 
 /// Waits until a bus handle sees `status`.
