@@ -14,10 +14,14 @@
 //!   frame's envelopes has resolved them, so a nozzle killed at any moment (SIGKILL included)
 //!   and restarted within the dopplers' window loses nothing;
 //! - duplicates are bounded and counted: what a destination took after the last settled frame
-//!   is sent again after a restart; the file says how many entries that was when it was
-//!   written (`ahead`), and the restarted nozzle counts them in `nozzle.duplicates`; entries
-//!   acknowledged between the last write and the kill (at most one destination batch) are
-//!   the only uncounted ones;
+//!   is sent again after a restart; the file says how many entries that was (`ahead`, dealt
+//!   with: counted in `nozzle.duplicates`) and how many were being delivered (`unsure`, at
+//!   most one batch per destination: counted in `nozzle.duplicates_unsure`, duplicates only if
+//!   the destination got them before the kill). The file is rewritten whenever either changes,
+//!   not only when a frame settles; a sender that stores through the [`Journal`] around each
+//!   batch (a syslog drain) leaves it never behind the destination, so the duplicates a
+//!   destination sees lie between the two counts; other senders' files lag by at most
+//!   [`KEEP_INTERVAL`];
 //! - the file is replaced by rename, so it is always one whole cursor, never half of one;
 //! - bounded: at most [`MAX_CHECKPOINTS`] checkpoints wait; past it the oldest is dropped,
 //!   which only makes the next written cursor coarser (never wrong);
@@ -39,7 +43,9 @@ use crate::Error;
 
 /// Checkpoints waiting to settle before the oldest is dropped.
 pub const MAX_CHECKPOINTS: usize = 4096;
-/// How often the keeper looks for settled checkpoints.
+/// How often the keeper looks for settled checkpoints. Entries a destination took after the
+/// last store are sent again after a SIGKILL without being counted, unless its sender stores
+/// through the [`Journal`] itself (a syslog drain does).
 pub const KEEP_INTERVAL: Duration = Duration::from_millis(5);
 /// Entries a destination may hold unresolved (queued or being sent) before the reader waits for
 /// it, unless it says otherwise ([`Progress::pace_limit`]; a tracked [`crate::DestinationQueue`]
@@ -56,6 +62,12 @@ pub trait Progress: Send + Sync + std::fmt::Debug {
     /// Entries it has dealt with so far: delivered, or lost and counted. Entries resolve in
     /// the order they were pushed.
     fn resolved(&self) -> u64;
+    /// Entries its sender has taken so far: the resolved ones and those being delivered right
+    /// now (which the destination may or may not have when the nozzle is killed). Default
+    /// [`Progress::resolved`], for a destination that cannot tell.
+    fn taken(&self) -> u64 {
+        self.resolved()
+    }
     /// Entries it may hold unresolved before the reader waits for it ([`Keeper::pace`]);
     /// `None` for a destination that is never waited for because being behind costs it
     /// nothing (it folds what it is given instead of queueing it, e.g. an aggregator).
@@ -73,6 +85,10 @@ pub struct Saved {
     /// Entries past that frame the destinations had already dealt with when this was written:
     /// they are sent again after a restart (counted as duplicates).
     pub ahead: u64,
+    /// Entries past `ahead` that were being delivered when this was written: sent again after
+    /// a restart, and duplicates if the destination had taken them before the nozzle stopped
+    /// (counted as possible duplicates).
+    pub unsure: u64,
 }
 
 /// The cursor file: `cursor <text>` and `ahead <n>` lines, replaced atomically.
@@ -105,18 +121,23 @@ impl CursorFile {
             Err(e) => return Err(self.bad(format!("cannot be read: {e}"))),
         };
         let mut cursor = None;
-        let mut ahead = 0;
+        let (mut ahead, mut unsure) = (0, 0);
         for line in text.lines() {
             match line.split_once(' ') {
                 Some(("cursor", c)) if !c.is_empty() && c.len() <= 4096 => {
                     cursor = Some(c.to_owned());
                 }
                 Some(("ahead", n)) => ahead = n.parse().unwrap_or(0),
+                Some(("unsure", n)) => unsure = n.parse().unwrap_or(0),
                 _ => {}
             }
         }
         match cursor {
-            Some(cursor) => Ok(Some(Saved { cursor, ahead })),
+            Some(cursor) => Ok(Some(Saved {
+                cursor,
+                ahead,
+                unsure,
+            })),
             None => Err(self.bad("holds no cursor; delete it to start from live data".to_owned())),
         }
     }
@@ -128,7 +149,10 @@ impl CursorFile {
     pub fn store(&self, saved: &Saved) -> Result<(), Error> {
         let mut tmp = self.path.clone().into_os_string();
         tmp.push(".tmp");
-        let body = format!("cursor {}\nahead {}\n", saved.cursor, saved.ahead);
+        let body = format!(
+            "cursor {}\nahead {}\nunsure {}\n",
+            saved.cursor, saved.ahead, saved.unsure
+        );
         std::fs::write(&tmp, body)
             .and_then(|()| std::fs::rename(&tmp, &self.path))
             .map_err(|e| self.bad(format!("cannot be written: {e}")))
@@ -174,6 +198,8 @@ pub struct Checkpoints {
     pending: VecDeque<Checkpoint>,
     /// The newest settled checkpoint, with its marks (to count what is ahead of it).
     settled: Option<Checkpoint>,
+    /// The `ahead` and `unsure` last handed out by [`Checkpoints::settle`].
+    told: (u64, u64),
     /// The destinations the newest checkpoint was handed to (what [`Keeper::pace`] watches).
     latest: Vec<Arc<dyn Progress>>,
 }
@@ -191,7 +217,8 @@ impl Checkpoints {
     }
 
     /// Settles what the destinations have dealt with; returns what to store when the settled
-    /// cursor moved.
+    /// cursor moved, or when the destinations took or dealt with more past it (what a restart
+    /// would send again, so the file must say so even while no further frame settles).
     pub fn settle(&mut self) -> Option<Saved> {
         let mut moved = false;
         while let Some(front) = self.pending.front() {
@@ -202,15 +229,82 @@ impl Checkpoints {
             moved = true;
         }
         let settled = self.settled.as_ref()?;
-        moved.then(|| Saved {
+        // Every destination is sent its own entries past the cursor again: they add up.
+        let (mut ahead, mut unsure) = (0, 0);
+        for (p, at) in &settled.marks {
+            // Taken first: an entry resolving between the two reads is then counted unsure,
+            // never missed.
+            let taken = p.taken().saturating_sub(*at);
+            let resolved = p.resolved().saturating_sub(*at);
+            ahead += resolved;
+            unsure += taken.saturating_sub(resolved);
+        }
+        if !moved && (ahead, unsure) == self.told {
+            return None;
+        }
+        self.told = (ahead, unsure);
+        Some(Saved {
             cursor: settled.cursor.to_string(),
-            ahead: settled
-                .marks
-                .iter()
-                .map(|(p, at)| p.resolved().saturating_sub(*at))
-                .max()
-                .unwrap_or(0),
+            ahead,
+            unsure,
         })
+    }
+}
+
+/// The checkpoints and the file they are stored in, shared by the [`keep`] task and the
+/// senders: a sender that delivers by writes it cannot take back (a syslog drain) stores
+/// through it right after taking a batch and right after delivering it
+/// ([`Journal::store`]), so what a SIGKILL leaves in the file is never behind what the
+/// destination may hold; the keeper's periodic store covers everyone else.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    inner: Arc<JournalInner>,
+}
+
+#[derive(Debug)]
+struct JournalInner {
+    checkpoints: Mutex<Checkpoints>,
+    file: CursorFile,
+    /// Held across settle and write, so stores from several tasks land in order.
+    writing: Mutex<()>,
+}
+
+impl Journal {
+    /// A journal stored in `file`.
+    #[must_use]
+    pub fn new(file: CursorFile) -> Self {
+        Self {
+            inner: Arc::new(JournalInner {
+                checkpoints: Mutex::new(Checkpoints::default()),
+                file,
+                writing: Mutex::new(()),
+            }),
+        }
+    }
+
+    fn checkpoints(&self) -> std::sync::MutexGuard<'_, Checkpoints> {
+        self.inner
+            .checkpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stores the newest settled cursor, with what is ahead of it and being delivered, when
+    /// any of that changed since the last store. A small synchronous write: call it from a
+    /// sender only where the file must not lag (see the type's doc). A failed write is
+    /// logged and retried with the next one.
+    pub fn store(&self) {
+        let _writing = self
+            .inner
+            .writing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let saved = self.checkpoints().settle();
+        if let Some(saved) = saved
+            && let Err(e) = self.inner.file.store(&saved)
+        {
+            tracing::warn!(error = %e, "cannot keep the firehose cursor");
+        }
     }
 }
 
@@ -218,7 +312,7 @@ impl Checkpoints {
 /// that stores them.
 #[derive(Debug)]
 pub struct Keeper {
-    checkpoints: Arc<Mutex<Checkpoints>>,
+    journal: Journal,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -227,12 +321,18 @@ impl Keeper {
     /// Starts keeping the cursor in `file`; `None` for a nozzle that keeps none.
     #[must_use]
     pub fn start(file: Option<CursorFile>) -> Option<Self> {
-        let file = file?;
-        let checkpoints = Arc::new(Mutex::new(Checkpoints::default()));
+        Self::with_journal(file.map(Journal::new))
+    }
+
+    /// Starts keeping the cursor through `journal` (one its senders store through too);
+    /// `None` for a nozzle that keeps none.
+    #[must_use]
+    pub fn with_journal(journal: Option<Journal>) -> Option<Self> {
+        let journal = journal?;
         let stop = CancellationToken::new();
-        let task = tokio::spawn(keep(file, Arc::clone(&checkpoints), stop.clone()));
+        let task = tokio::spawn(keep(journal.clone(), stop.clone()));
         Some(Self {
-            checkpoints,
+            journal,
             stop,
             task,
         })
@@ -241,10 +341,7 @@ impl Keeper {
     /// Records that everything up to `cursor` was handed to the destinations in `marks` (see
     /// [`Checkpoints::record`]).
     pub fn record(&self, cursor: &str, marks: Vec<(Arc<dyn Progress>, u64)>) {
-        self.checkpoints
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .record(Arc::from(cursor), marks);
+        self.journal.checkpoints().record(Arc::from(cursor), marks);
     }
 
     /// Waits while a destination of the newest checkpoint holds more than its
@@ -252,12 +349,7 @@ impl Keeper {
     /// module's invariants); returns at once when none does, and when `shutdown` fires.
     /// Cancel-safe: dropping the future only ends the wait.
     pub async fn pace(&self, shutdown: &CancellationToken) {
-        let latest = self
-            .checkpoints
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .latest
-            .clone();
+        let latest = self.journal.checkpoints().latest.clone();
         pace(&latest, shutdown).await;
     }
 
@@ -299,8 +391,8 @@ async fn pace(destinations: &[Arc<dyn Progress>], shutdown: &CancellationToken) 
 }
 
 /// The keeper: every [`KEEP_INTERVAL`], and once more when `stop` fires, stores the newest
-/// settled cursor. A failed write is logged and retried with the next one.
-pub async fn keep(file: CursorFile, checkpoints: Arc<Mutex<Checkpoints>>, stop: CancellationToken) {
+/// settled cursor ([`Journal::store`]).
+pub async fn keep(journal: Journal, stop: CancellationToken) {
     let mut tick = tokio::time::interval(KEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -308,15 +400,7 @@ pub async fn keep(file: CursorFile, checkpoints: Arc<Mutex<Checkpoints>>, stop: 
             _ = tick.tick() => false,
             () = stop.cancelled() => true,
         };
-        let saved = checkpoints
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .settle();
-        if let Some(saved) = saved
-            && let Err(e) = file.store(&saved)
-        {
-            tracing::warn!(error = %e, "cannot keep the firehose cursor");
-        }
+        journal.store();
         if last {
             return;
         }
@@ -333,6 +417,8 @@ mod tests {
     struct Dest {
         pushed: AtomicU64,
         resolved: AtomicU64,
+        /// Resolved plus being delivered (0: as resolved).
+        taken: AtomicU64,
         /// Never waited for (an aggregating destination).
         folds: bool,
     }
@@ -343,6 +429,9 @@ mod tests {
         }
         fn resolved(&self) -> u64 {
             self.resolved.load(Ordering::Relaxed)
+        }
+        fn taken(&self) -> u64 {
+            self.taken.load(Ordering::Relaxed).max(self.resolved())
         }
         fn pace_limit(&self) -> Option<u64> {
             (!self.folds).then_some(100)
@@ -368,12 +457,46 @@ mod tests {
             c.settle(),
             Some(Saved {
                 cursor: "one".into(),
-                ahead: 3
+                ahead: 3,
+                unsure: 0
             })
         );
         assert_eq!(c.settle(), None, "nothing moved");
+        a.resolved.store(15, Ordering::Relaxed);
+        assert_eq!(
+            c.settle(),
+            Some(Saved {
+                cursor: "one".into(),
+                ahead: 5,
+                unsure: 0
+            }),
+            "no frame settled, but more was dealt with past it: stored again"
+        );
+        b.resolved.store(5, Ordering::Relaxed);
+        assert_eq!(c.settle(), None, "nothing new");
         a.resolved.store(20, Ordering::Relaxed);
         assert_eq!(c.settle().unwrap().cursor, "two");
+    }
+
+    #[test]
+    fn a_batch_being_delivered_past_the_cursor_is_stored_as_unsure_until_it_is_dealt_with() {
+        let a = Arc::new(Dest::default());
+        let mut c = Checkpoints::default();
+        a.pushed.store(100, Ordering::Relaxed);
+        c.record("one".into(), vec![(a.clone() as Arc<dyn Progress>, 40)]);
+        c.record("two".into(), vec![(a.clone() as Arc<dyn Progress>, 100)]);
+        a.resolved.store(40, Ordering::Relaxed);
+        a.taken.store(90, Ordering::Relaxed);
+        let saved = c.settle().unwrap();
+        assert_eq!(
+            (saved.cursor.as_str(), saved.ahead, saved.unsure),
+            ("one", 0, 50)
+        );
+        a.resolved.store(90, Ordering::Relaxed);
+        let saved = c
+            .settle()
+            .expect("delivered: stored again though no frame settled");
+        assert_eq!((saved.ahead, saved.unsure), (50, 0));
     }
 
     #[tokio::test(start_paused = true)]
@@ -432,6 +555,7 @@ mod tests {
         let saved = Saved {
             cursor: "AQEabc".into(),
             ahead: 7,
+            unsure: 3,
         };
         file.store(&saved).unwrap();
         assert_eq!(file.load().unwrap(), Some(saved));

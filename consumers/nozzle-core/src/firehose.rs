@@ -72,10 +72,19 @@ impl FirehoseReader {
              after the last stored cursor (at-least-once delivery).",
             &[],
         );
+        let unsure = registry.counter(
+            "nozzle.duplicates_unsure",
+            "Envelopes sent again after a restart that were being delivered when the nozzle \
+             stopped: duplicates if the destination had taken them (at most one batch per \
+             destination).",
+            &[],
+        );
         if let Some(saved) = saved {
             duplicates.add(saved.ahead);
+            unsure.add(saved.unsure);
             tracing::info!(
                 ahead = saved.ahead,
+                unsure = saved.unsure,
                 "resuming the firehose from the stored cursor"
             );
         }

@@ -33,8 +33,8 @@ mod watermark;
 pub use backoff::Backoff;
 pub use breaker::{BreakerConfig, CircuitBreaker};
 pub use cursor::{
-    Checkpoints, CursorFile, KEEP_INTERVAL, Keeper, MAX_CHECKPOINTS, PACE_IN_FLIGHT, PACE_STALL,
-    Progress, Saved, keep, validate_cursor_file,
+    Checkpoints, CursorFile, Journal, KEEP_INTERVAL, Keeper, MAX_CHECKPOINTS, PACE_IN_FLIGHT,
+    PACE_STALL, Progress, Saved, keep, validate_cursor_file,
 };
 pub use error::Error;
 pub use firehose::FirehoseReader;

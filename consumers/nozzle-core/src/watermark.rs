@@ -78,6 +78,12 @@ impl Progress for Watermark {
         resolved
     }
 
+    fn taken(&self) -> u64 {
+        // Entries that left the queue: resolved, or in a sender's hands.
+        let marks = self.lock();
+        marks.frozen.map_or(marks.left, |f| marks.left.min(f))
+    }
+
     fn pace_limit(&self) -> Option<u64> {
         match self.pace_limit.load(Ordering::Relaxed) {
             0 => Some(crate::PACE_IN_FLIGHT),

@@ -79,8 +79,10 @@ pub struct Config {
     /// A file keeping the firehose cursor of the last frame every drain dealt with (written
     /// atomically after the drains took it). With it, a nozzle restarted within the dopplers'
     /// replay window (60 s by default) resumes there and loses nothing; what the drains took
-    /// after the stored cursor is sent again and counted in `nozzle.duplicates`. The directory
-    /// must exist. Default unset: a restarted nozzle starts from live data.
+    /// after the stored cursor is sent again and counted in `nozzle.duplicates` (the batch a
+    /// drain was writing when the nozzle was killed in `nozzle.duplicates_unsure`: the drain
+    /// had written some or all of it). The directory must exist. Default unset: a restarted
+    /// nozzle starts from live data.
     pub cursor_file: Option<String>,
 }
 

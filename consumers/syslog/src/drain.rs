@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hydrant_nozzle_core::NozzleMetrics;
+use hydrant_nozzle_core::{Journal, NozzleMetrics};
 use serde::Serialize;
 
 use crate::Error;
@@ -57,6 +57,9 @@ pub struct Tally {
     books: Mutex<Books>,
     /// Unresolved messages before a reader keeping a cursor waits for this drain.
     pace_limit: u64,
+    /// With a cursor file: stored through right after a batch is taken and right after it is
+    /// dealt with, so a SIGKILL never leaves the file behind what the drain may have written.
+    journal: Option<Journal>,
 }
 
 /// A copy of a drain's books at one moment.
@@ -96,6 +99,11 @@ impl hydrant_nozzle_core::Progress for Tally {
         b.sent + b.dropped
     }
 
+    fn taken(&self) -> u64 {
+        let b = self.books();
+        b.sent + b.dropped + b.in_flight
+    }
+
     fn pace_limit(&self) -> Option<u64> {
         Some(self.pace_limit)
     }
@@ -121,6 +129,22 @@ impl Tally {
                 unattributed: 0,
             }),
             pace_limit: hydrant_nozzle_core::PACE_IN_FLIGHT,
+            journal: None,
+        }
+    }
+
+    /// Books that store the nozzle's cursor through `journal` around each batch (see the
+    /// field's doc); `None` keeps no cursor.
+    #[must_use]
+    pub fn journaled(mut self, journal: Option<Journal>) -> Self {
+        self.journal = journal;
+        self
+    }
+
+    /// Stores the cursor now, when the nozzle keeps one (a small synchronous file write).
+    fn journal(&self) {
+        if let Some(journal) = &self.journal {
+            journal.store();
         }
     }
 
@@ -157,16 +181,21 @@ impl Tally {
         if let Some(a) = &self.aggregate {
             a.sent(n);
         }
-        let mut b = self.books();
-        b.sent += n;
-        b.in_flight = 0;
-        b.state = DrainState::Ok;
-        b.last_success_unix_ms = Some(unix_ms());
+        {
+            let mut b = self.books();
+            b.sent += n;
+            b.in_flight = 0;
+            b.state = DrainState::Ok;
+            b.last_success_unix_ms = Some(unix_ms());
+        }
+        self.journal();
     }
 
-    /// The sender took a batch of `n` from the queue.
+    /// The sender took a batch of `n` from the queue; with a cursor file, returns once the
+    /// file says they may be delivered (so the sender writes them only after).
     pub fn taken(&self, n: u64) {
         self.books().in_flight = n;
+        self.journal();
     }
 
     /// One more attempt at a batch.

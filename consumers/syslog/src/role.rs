@@ -24,8 +24,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use hydrant_emitter::{Emitter, Registry};
 use hydrant_nozzle_core::{
-    Backoff, BreakerConfig, CircuitBreaker, CursorFile, DestinationQueue, FirehoseReader, Keeper,
-    NozzleMetrics, Progress, QueueLimits, finish_senders, loss_notice, mask_url,
+    Backoff, BreakerConfig, CircuitBreaker, CursorFile, DestinationQueue, FirehoseReader, Journal,
+    Keeper, NozzleMetrics, Progress, QueueLimits, finish_senders, loss_notice, mask_url,
 };
 use rustls::ClientConfig;
 use serde::Serialize;
@@ -179,6 +179,8 @@ struct Settings {
     /// One set of metrics for all app drains: their number is the platform's business, so
     /// they do not each get series in the role's registry.
     app_drains: NozzleMetrics,
+    /// With a cursor file: every drain stores through it around each batch it writes.
+    journal: Option<Journal>,
 }
 
 /// The live drain set: adds, removes and the routes the reader follows.
@@ -193,7 +195,7 @@ pub(crate) struct Fleet {
 }
 
 impl Fleet {
-    fn new(config: &Config, registry: &Registry) -> Result<Self, Error> {
+    fn new(config: &Config, registry: &Registry, journal: Option<Journal>) -> Result<Self, Error> {
         Ok(Self {
             settings: Settings {
                 queue: config.queue.clone(),
@@ -204,6 +206,7 @@ impl Fleet {
                 insecure: config.tls.insecure_skip_verify,
                 registry: registry.clone(),
                 app_drains: NozzleMetrics::new(registry, "app-drains"),
+                journal,
             },
             drains: BTreeMap::new(),
             tasks: JoinSet::new(),
@@ -236,7 +239,11 @@ impl Fleet {
         } else {
             Tally::new(NozzleMetrics::new(&s.registry, &spec.url), None)
         };
-        let tally = Arc::new(tally.paced_for(s.queue.max_items));
+        let tally = Arc::new(
+            tally
+                .paced_for(s.queue.max_items)
+                .journaled(s.journal.clone()),
+        );
         let queue = Arc::new(DestinationQueue::new(
             s.queue.clone(),
             tally.metrics().clone(),
@@ -344,7 +351,10 @@ async fn serve(
         &registry,
         saved.as_ref(),
     )?;
-    let mut fleet = Fleet::new(&config, &registry)?;
+    // Drains store the cursor around each batch they write: a syslog write cannot be taken
+    // back, so the file must never be behind what a drain may have delivered.
+    let journal = cursor_file.map(Journal::new);
+    let mut fleet = Fleet::new(&config, &registry, journal.clone())?;
     let keys = crate::status::keys(&config)?;
     for (index, url) in config.drains.iter().enumerate() {
         let (_, options) = config.drain(index)?;
@@ -381,7 +391,7 @@ async fn serve(
     );
 
     // The cursor is stored only once every drain dealt with a frame (at-least-once).
-    let keeper = Keeper::start(cursor_file);
+    let keeper = Keeper::with_journal(journal);
     let read = read_firehose(reader, routes, keeper.as_ref(), &shutdown).await;
     // Whatever ended the reader, stop the rest too.
     shutdown.cancel();
