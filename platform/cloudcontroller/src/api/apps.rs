@@ -873,18 +873,23 @@ async fn log_token(
         .db
         .run(move |c| app_for(c, &caller, &guid, Access::Read))
         .await?;
+    Ok(Json(source_log_token(&ctx, username, app.guid)))
+}
+
+/// A token for the firehose edge that reads one source (an app, or a service instance: its
+/// guid) for `username`: for the edge only, one source only, never the API, never the firehose.
+pub(super) fn source_log_token(ctx: &Ctx, username: String, source_id: String) -> LogToken {
     let ttl = ctx.config.log_token_ttl_secs;
-    // For the firehose edge only, one app only: never the API, never the firehose.
     let mut claims = Claims::new(username)
         .for_audience(hydrant_auth::AUD_LOGS)
-        .with_scope(Scope::app_read(&app.guid))
+        .with_scope(Scope::app_read(&source_id))
         .expires_in(ttl);
     claims.iss = ctx.config.base_url().to_owned();
-    Ok(Json(LogToken {
+    LogToken {
         token: ctx.keys.signing().issue(&claims),
-        source_id: app.guid,
+        source_id,
         expires_in: ttl,
-    }))
+    }
 }
 
 /// Most variables one app may hold, and the longest name and value.

@@ -28,7 +28,6 @@ use hydrant_api::services::{
     ServicePlan, UpdateServiceBroker, UpdateServiceInstance,
 };
 use hydrant_api::{List, LogToken};
-use hydrant_auth::{Claims, Scope};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -318,6 +317,25 @@ pub(super) fn start_job(
         store::set_instance_op(c, &resource, kind, "in progress", description)?;
     }
     Ok(job.view())
+}
+
+/// Deletes a resource of `instance` at once with `now` when the instance is user-provided (no
+/// broker to ask), else starts the broker job `operation` for the spec `spec` makes from its
+/// plan; the job, if any.
+fn delete_now_or_by_job(
+    c: &Connection,
+    instance: &InstanceRow,
+    operation: &str,
+    now: impl FnOnce() -> crate::sql::Result<()>,
+    spec: impl FnOnce(&PlanRow) -> JobSpec,
+) -> Result<Option<Job>, ApiError> {
+    match &instance.plan {
+        None => {
+            now()?;
+            Ok(None)
+        }
+        Some(plan) => Ok(Some(start_job(c, operation, "delete", spec(plan), None)?)),
+    }
 }
 
 /// A create that has just begun (`in progress`) or, needing no broker, is done (`succeeded`).
@@ -1061,23 +1079,13 @@ async fn delete_instance(
                 instance.name
             )));
         }
-        let job = match &instance.plan {
-            None => {
-                store::delete_instance(tx, &instance.guid)?;
-                None
-            }
-            Some(plan) => {
-                let spec = plan_job(ctx2, plan, &instance.guid, &instance.space_guid, &caller);
-                Some(start_job(
-                    tx,
-                    "service_instance.delete",
-                    "delete",
-                    spec,
-                    None,
-                )?)
-            }
-        };
-        Ok(job)
+        delete_now_or_by_job(
+            tx,
+            &instance,
+            "service_instance.delete",
+            || store::delete_instance(tx, &instance.guid),
+            |plan| plan_job(ctx2, plan, &instance.guid, &instance.space_guid, &caller),
+        )
     })
     .await
 }
@@ -1376,26 +1384,16 @@ async fn delete_binding(
                 "an operation is in progress on this binding; wait for it to finish",
             ));
         }
-        let job = match &instance.plan {
-            None => {
-                store::delete_binding(tx, &binding.guid)?;
-                None
-            }
-            Some(plan) => {
-                let spec = JobSpec {
-                    binding_id: Some(binding.guid),
-                    ..plan_job(ctx2, plan, &instance.guid, &instance.space_guid, &caller)
-                };
-                Some(start_job(
-                    tx,
-                    "service_binding.delete",
-                    "delete",
-                    spec,
-                    None,
-                )?)
-            }
-        };
-        Ok(job)
+        delete_now_or_by_job(
+            tx,
+            &instance,
+            "service_binding.delete",
+            || store::delete_binding(tx, &binding.guid),
+            |plan| JobSpec {
+                binding_id: Some(binding.guid.clone()),
+                ..plan_job(ctx2, plan, &instance.guid, &instance.space_guid, &caller)
+            },
+        )
     })
     .await
 }
@@ -1434,16 +1432,9 @@ async fn instance_log_token(
         .db
         .run(move |c| instance_for(c, &caller, &guid, Access::Read))
         .await?;
-    let ttl = ctx.config.log_token_ttl_secs;
-    // For the firehose edge only, one source only: never the API, never the firehose.
-    let mut claims = Claims::new(username)
-        .for_audience(hydrant_auth::AUD_LOGS)
-        .with_scope(Scope::app_read(&instance.guid))
-        .expires_in(ttl);
-    claims.iss = ctx.config.base_url().to_owned();
-    Ok(Json(LogToken {
-        token: ctx.keys.signing().issue(&claims),
-        source_id: instance.guid,
-        expires_in: ttl,
-    }))
+    Ok(Json(super::apps::source_log_token(
+        &ctx,
+        username,
+        instance.guid,
+    )))
 }
