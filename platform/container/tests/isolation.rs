@@ -127,6 +127,16 @@ impl Owner {
     }
 }
 
+/// Destroys `container` and fails unless everything it made was removed.
+async fn destroyed_clean(container: Container) {
+    let end = container.destroy().await;
+    assert!(
+        end.cleanup_failures.is_empty(),
+        "{:?}",
+        end.cleanup_failures
+    );
+}
+
 async fn finish(mut container: Container) -> (String, End) {
     let mut out = container.take_stdout().unwrap();
     let mut err = container.take_stderr().unwrap();
@@ -329,12 +339,7 @@ async fn a_fork_bomb_stays_under_the_pids_limit() {
     assert!(host.success());
     assert!(peak <= 64, "{peak} pids");
     assert!(peak >= 32, "the bomb never got going: {peak}");
-    let end = container.destroy().await;
-    assert!(
-        end.cleanup_failures.is_empty(),
-        "{:?}",
-        end.cleanup_failures
-    );
+    destroyed_clean(container).await;
 }
 
 /// What `hydrant app` shows per instance comes from the kernel: the limits are the cgroup's
@@ -384,12 +389,7 @@ async fn limits_and_usage_are_the_cgroups_own() {
     assert_eq!(Some(usage.pids), read("pids", "pids.current"), "{usage:?}");
     assert!(usage.memory_bytes > 0, "{usage:?}");
     assert!(usage.peak_bytes >= usage.memory_bytes, "{usage:?}");
-    let end = container.destroy().await;
-    assert!(
-        end.cleanup_failures.is_empty(),
-        "{:?}",
-        end.cleanup_failures
-    );
+    destroyed_clean(container).await;
 }
 
 #[tokio::test]
@@ -420,12 +420,7 @@ async fn a_setsid_double_forked_child_dies_with_its_container() {
         })
         .collect();
     assert!(host_pids.len() >= 4, "{host_pids:?}");
-    let end = container.destroy().await;
-    assert!(
-        end.cleanup_failures.is_empty(),
-        "{:?}",
-        end.cleanup_failures
-    );
+    destroyed_clean(container).await;
     for pid in host_pids {
         let alive =
             std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));

@@ -39,7 +39,7 @@ use hydrant_bus::messages::{
     executor_placed_subject, executor_start_subject, router_register_subject,
 };
 use hydrant_bus::placement::{Placements, Refusal};
-use hydrant_bus::{Bus, Config, Error};
+use hydrant_bus::{Bus, Config, Error, Subscription};
 use hydrant_emitter::Registry;
 use hydrant_tls::Identity;
 use hydrant_tls::issue::{self, CertDir};
@@ -226,28 +226,14 @@ async fn the_ca_rotates_without_dropping_a_connection() {
     fixture.server.reload();
     let (e1, _) = fixture.cell("e1").await;
     register(&e1, "e1", 1);
-    assert_eq!(
-        recv(&mut routes)
-            .await
-            .json::<RegistryMessage>()
-            .unwrap()
-            .port,
-        1
-    );
+    assert_eq!(next_port(&mut routes).await, 1);
 
     issue::rotate_reissue(dir).unwrap();
     refresh_cell("e1");
     fixture.server.reload();
     let (e1_new, _) = fixture.cell("e1").await;
     register(&e1_new, "e1", 2);
-    assert_eq!(
-        recv(&mut routes)
-            .await
-            .json::<RegistryMessage>()
-            .unwrap()
-            .port,
-        2
-    );
+    assert_eq!(next_port(&mut routes).await, 2);
 
     issue::rotate_finish(dir).unwrap();
     std::fs::copy(fixture.certs.ca_file(), fixture.cells.join("e1/ca.pem")).unwrap();
@@ -269,14 +255,7 @@ async fn the_ca_rotates_without_dropping_a_connection() {
     }
     let (e1_after, _) = fixture.cell("e1").await;
     register(&e1_after, "e1", 3);
-    assert_eq!(
-        recv(&mut routes)
-            .await
-            .json::<RegistryMessage>()
-            .unwrap()
-            .port,
-        3
-    );
+    assert_eq!(next_port(&mut routes).await, 3);
     // The router's connection, made with a leaf of the old CA, never dropped.
     assert_eq!(router_registry.counter_sum("bus.reconnects", &[]), 0);
     assert!(router.status().is_connected());
@@ -345,6 +324,11 @@ async fn the_router_reads_placements_but_cannot_subscribe_to_start_commands() {
 }
 
 /// A heartbeat from `cell` claiming `instance` runs on it.
+/// The port of the next route registration on `routes`.
+async fn next_port(routes: &mut Subscription) -> u16 {
+    recv(routes).await.json::<RegistryMessage>().unwrap().port
+}
+
 fn heartbeat(cell: &str, instance: &str) -> ExecutorHeartbeat {
     ExecutorHeartbeat {
         executor_id: cell.into(),
