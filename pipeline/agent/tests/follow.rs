@@ -51,6 +51,29 @@ async fn bind() -> (TcpListener, TcpListener) {
     )
 }
 
+/// Runs role `R` on `listeners` until `shutdown`.
+fn spawn<R: hydrant_runtime::Role>(
+    config: R::Config,
+    listeners: Listeners,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    shutdown: CancellationToken,
+) -> Role
+where
+    R::Config: Send,
+{
+    tokio::spawn(hydrant_runtime::run::<R>(
+        config,
+        listeners,
+        shutdown.clone(),
+    ));
+    Role {
+        addr,
+        admin,
+        shutdown,
+    }
+}
+
 /// A real doppler announcing itself every 200 ms (TTL: 1 s) on `bus`.
 async fn start_doppler(id: &str, bus: &hydrant_bus::Config) -> Role {
     let (grpc, admin) = bind().await;
@@ -66,16 +89,8 @@ async fn start_doppler(id: &str, bus: &hydrant_bus::Config) -> Role {
         announce_interval_ms: 200,
         ..hydrant_doppler::Config::default()
     };
-    tokio::spawn(hydrant_runtime::run::<hydrant_doppler::Doppler>(
-        config,
-        Listeners::from_bound(vec![("grpc", grpc), ("admin", admin)]),
-        shutdown.clone(),
-    ));
-    Role {
-        addr,
-        admin: admin_addr,
-        shutdown,
-    }
+    let listeners = Listeners::from_bound(vec![("grpc", grpc), ("admin", admin)]);
+    spawn::<hydrant_doppler::Doppler>(config, listeners, addr, admin_addr, shutdown)
 }
 
 /// An agent with no static dopplers, following `bus`.
@@ -91,16 +106,8 @@ async fn start_agent(bus: &hydrant_bus::Config) -> Role {
         reconnect_max_backoff_ms: 200,
         ..hydrant_agent::Config::default()
     };
-    tokio::spawn(hydrant_runtime::run::<hydrant_agent::Agent>(
-        config,
-        Listeners::from_bound(vec![("ingress", ingress), ("admin", admin)]),
-        shutdown.clone(),
-    ));
-    Role {
-        addr,
-        admin: admin_addr,
-        shutdown,
-    }
+    let listeners = Listeners::from_bound(vec![("ingress", ingress), ("admin", admin)]);
+    spawn::<hydrant_agent::Agent>(config, listeners, addr, admin_addr, shutdown)
 }
 
 async fn connections(agent: &Role) -> u64 {

@@ -54,22 +54,15 @@ struct Role {
     shutdown: CancellationToken,
 }
 
-/// A real doppler with its replay ring, announcing itself every 200 ms (TTL 1 s) on `bus`.
-async fn start_doppler(id: &str, bus: &hydrant_bus::Config) -> Role {
-    let listeners = hydrant_runtime::bind_on::<Doppler>(|_| "127.0.0.1:0".to_owned())
+/// Runs role `R` with `config` on loopback ports; `serves` names the listener the test uses.
+async fn start<R: hydrant_runtime::Role>(config: R::Config, serves: &str) -> Role {
+    let listeners = hydrant_runtime::bind_on::<R>(|_| "127.0.0.1:0".to_owned())
         .await
         .unwrap();
-    let addr = listeners.local_addr("grpc").unwrap();
+    let addr = listeners.local_addr(serves).unwrap();
     let admin = listeners.local_addr("admin").unwrap();
     let shutdown = CancellationToken::new();
-    let config = hydrant_doppler::Config {
-        instance_id: id.to_owned(),
-        shutdown_grace_secs: 1,
-        bus: Some(bus.clone()),
-        announce_interval_ms: 200,
-        ..hydrant_doppler::Config::default()
-    };
-    tokio::spawn(hydrant_runtime::run::<Doppler>(
+    tokio::spawn(hydrant_runtime::run::<R>(
         config,
         listeners,
         shutdown.clone(),
@@ -79,6 +72,18 @@ async fn start_doppler(id: &str, bus: &hydrant_bus::Config) -> Role {
         admin,
         shutdown,
     }
+}
+
+/// A real doppler with its replay ring, announcing itself every 200 ms (TTL 1 s) on `bus`.
+async fn start_doppler(id: &str, bus: &hydrant_bus::Config) -> Role {
+    let config = hydrant_doppler::Config {
+        instance_id: id.to_owned(),
+        shutdown_grace_secs: 1,
+        bus: Some(bus.clone()),
+        announce_interval_ms: 200,
+        ..hydrant_doppler::Config::default()
+    };
+    start::<Doppler>(config, "grpc").await
 }
 
 /// An edge with no configured dopplers, following `bus`.
@@ -90,12 +95,6 @@ async fn start_edge_with(
     bus: &hydrant_bus::Config,
     tune: impl FnOnce(&mut hydrant_firehose::Config),
 ) -> Role {
-    let listeners = hydrant_runtime::bind_on::<TrafficController>(|_| "127.0.0.1:0".to_owned())
-        .await
-        .unwrap();
-    let addr = listeners.local_addr("http").unwrap();
-    let admin = listeners.local_addr("admin").unwrap();
-    let shutdown = CancellationToken::new();
     let mut config = hydrant_firehose::Config {
         dopplers: vec![],
         bus: Some(bus.clone()),
@@ -106,16 +105,7 @@ async fn start_edge_with(
         ..hydrant_firehose::Config::default()
     };
     tune(&mut config);
-    tokio::spawn(hydrant_runtime::run::<TrafficController>(
-        config,
-        listeners,
-        shutdown.clone(),
-    ));
-    Role {
-        addr,
-        admin,
-        shutdown,
-    }
+    start::<TrafficController>(config, "http").await
 }
 
 /// `n` log lines of `source` through the doppler's v2 Ingress, as an agent sends them.
