@@ -17,15 +17,16 @@
     reason = "test code"
 )]
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
-use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+#[path = "support/cli.rs"]
+mod cli;
+#[path = "support/router.rs"]
+mod router;
 
-use hydrant_testkit::MicroCloud;
+use std::process::Stdio;
+use std::time::Duration;
+
+use cli::{BIN, ok};
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_hydrant");
 
 /// offering, plan, instance name, the protocol `/services` names, the Debian package.
 const OFFERINGS: [(&str, &str, &str, &str, &str); 3] = [
@@ -34,42 +35,6 @@ const OFFERINGS: [(&str, &str, &str, &str, &str); 3] = [
     ("rabbitmq", "small", "jobs", "AMQP", "rabbitmq-server"),
 ];
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-#[track_caller]
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "command failed: {}", text(out));
-    text(out)
-}
-
-/// `GET path` through the router for `host`: the status and the body.
-fn get(router: &str, host: &str, path: &str) -> (u16, String) {
-    let addr = router.trim_start_matches("http://").trim_end_matches('/');
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return (0, String::new());
-    };
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    if s.write_all(request.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_owned())
-}
-
 /// Waits (at most `within`) for a 200 `/services` page from `host` on which `done` holds.
 fn wait_services(
     router: &str,
@@ -77,18 +42,7 @@ fn wait_services(
     within: Duration,
     done: impl Fn(&str) -> bool,
 ) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let (status, body) = get(router, host, "/services");
-        if status == 200 && done(&body) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{host}/services did not get there within {within:?} ({status}):\n{body}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    router::wait_page(router, (host, "/services"), within, done)
 }
 
 /// The `/services` line of instance `name`.
@@ -101,13 +55,8 @@ fn line_of<'a>(page: &'a str, name: &str) -> &'a str {
 
 #[test]
 fn each_offering_is_reached_from_inside_a_bound_app_and_from_no_other() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "hydrant up runs apps in real containers and needs root: run this test as root, as CI does"
-    );
-    let cloud = MicroCloud::start(BIN, &[]);
+    let (cloud, router) = router::contained_cloud(BIN);
     let cli = |args: &[&str]| cloud.cli(args);
-    let router = cloud.endpoints()["router"].as_str().unwrap().to_owned();
     let out = cli(&["marketplace", "--json"]);
     ok(&out);
     let market: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -134,12 +83,7 @@ fn each_offering_is_reached_from_inside_a_bound_app_and_from_no_other() {
          rabbitmq-server (scripts/test does)"
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("Procfile"),
-        "web: exec \"$HYDRANT_BIN\" demo-app\n",
-    )
-    .unwrap();
+    let dir = router::demo_app();
     let app = dir.path().to_str().unwrap();
     // The instances provision side by side while the apps stage.
     let creating: Vec<_> = wanted

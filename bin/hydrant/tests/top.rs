@@ -8,107 +8,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-use std::io::{Read as _, Write as _};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+#[path = "support/console.rs"]
+mod console;
+
 use std::time::{Duration, Instant};
 
+use console::{Console, developer_home};
 use hydrant_testkit::MicroCloud;
 
 const ROWS: u16 = 45;
 const COLS: u16 = 160;
-
-fn nonzero(n: u16) -> std::num::NonZero<u16> {
-    std::num::NonZero::new(n).unwrap()
-}
-
-/// `hydrant top` running in a pseudo-terminal, with what it drew so far.
-struct Console {
-    child: Child,
-    keys: ChildStdin,
-    screen: Arc<Mutex<vt100::Parser>>,
-    raw: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Console {
-    fn start(home: &std::path::Path) -> Self {
-        let bin = env!("CARGO_BIN_EXE_hydrant");
-        let inner = format!(
-            "stty rows {ROWS} cols {COLS} && '{bin}' top; echo TOP-EXIT=$?; stty -a; sleep 1"
-        );
-        let mut child = Command::new("script")
-            .args(["-q", "-f", "-e", "-c", &inner, "/dev/null"])
-            .env("HYDRANT_HOME", home)
-            .env("TERM", "xterm-256color")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("script(1) runs (util-linux)");
-        let keys = child.stdin.take().unwrap();
-        let mut out = child.stdout.take().unwrap();
-        let screen = Arc::new(Mutex::new(vt100::Parser::new(
-            nonzero(ROWS),
-            nonzero(COLS),
-            0,
-        )));
-        let raw = Arc::new(Mutex::new(Vec::new()));
-        let (s, r) = (Arc::clone(&screen), Arc::clone(&raw));
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 16 * 1024];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                s.lock().unwrap().process(&buf[..n]);
-                r.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Self {
-            child,
-            keys,
-            screen,
-            raw,
-        }
-    }
-
-    fn text(&self) -> String {
-        self.screen.lock().unwrap().screen().contents()
-    }
-
-    fn raw(&self) -> String {
-        String::from_utf8_lossy(&self.raw.lock().unwrap()).into_owned()
-    }
-
-    fn type_keys(&mut self, keys: &str) {
-        self.keys.write_all(keys.as_bytes()).unwrap();
-        self.keys.flush().unwrap();
-    }
-
-    /// Waits until `check` finds what it wants on the screen; fails naming `what` and showing
-    /// the screen.
-    fn wait<T>(&self, within: Duration, what: &str, mut check: impl FnMut(&str) -> Option<T>) -> T {
-        let deadline = Instant::now() + within;
-        loop {
-            let text = self.text();
-            if let Some(found) = check(&text) {
-                return found;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {within:?} waiting for {what}; the screen:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Console {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// After the console exits: its status, and the terminal modes it left.
+const THEN: &str = "echo TOP-EXIT=$?; stty -a;";
 
 /// The fields of the first table row that starts with `name` (whitespace-separated, the
 /// border removed).
@@ -131,7 +42,7 @@ fn number(field: &str) -> Option<f64> {
 fn top_follows_the_demo_app_drills_in_and_out_shows_the_pipeline_restores_the_terminal_and_serves_a_developer()
  {
     let cloud = MicroCloud::start(env!("CARGO_BIN_EXE_hydrant"), &["--demo"]);
-    let mut top = Console::start(cloud.home());
+    let mut top = Console::start(cloud.home(), (ROWS, COLS), THEN);
 
     // The apps screen: the demo app with requests, latency and status counts.
     fn fields(text: &str) -> Option<Vec<&str>> {
@@ -253,14 +164,14 @@ fn top_follows_the_demo_app_drills_in_and_out_shows_the_pipeline_restores_the_te
         "the cursor was not shown again"
     );
     assert!(
-        !top.screen.lock().unwrap().screen().alternate_screen(),
+        !top.alternate_screen(),
         "the terminal is still on the alternate screen"
     );
     drop(top);
 
     // A developer without admin rights: the console reads the app's own stream.
-    let dev_home = developer_home(&cloud);
-    let mut dev = Console::start(dev_home.path());
+    let dev_home = developer_home(&cloud, |_| async {});
+    let mut dev = Console::start(dev_home.path(), (ROWS, COLS), THEN);
     dev.wait(
         Duration::from_secs(60),
         "the developer's console with the demo app's live numbers",
@@ -285,7 +196,7 @@ fn top_follows_the_demo_app_drills_in_and_out_shows_the_pipeline_restores_the_te
 
     // The terminal goes away under the console (the ssh session drops, the terminal window
     // is closed): it must exit, not linger spinning on a dead terminal.
-    let mut gone = Console::start(dev_home.path());
+    let mut gone = Console::start(dev_home.path(), (ROWS, COLS), THEN);
     gone.wait(Duration::from_secs(60), "the console to draw", |text| {
         text.contains("hydrant top").then_some(())
     });
@@ -325,45 +236,4 @@ fn consoles_in(home: &std::path::Path) -> Vec<u32> {
         }
     }
     found
-}
-
-/// A `HYDRANT_HOME` logged in as a new user who is only a developer in the default space.
-fn developer_home(cloud: &MicroCloud) -> tempfile::TempDir {
-    let config = cloud.cli_config();
-    let api = config["api"].as_str().unwrap().to_owned();
-    let token = config["token"].as_str().unwrap().to_owned();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let admin = hydrant_api::Client::new(&api, Some(token));
-        admin
-            .create_user(&hydrant_api::CreateUser {
-                username: "dev".to_owned(),
-                password: "developer-password".to_owned(),
-                admin: false,
-            })
-            .await
-            .unwrap();
-        let space = admin.list_spaces().await.unwrap().remove(0);
-        admin
-            .assign_role(&space.guid, "dev", hydrant_api::SpaceRole::Developer)
-            .await
-            .unwrap();
-    });
-    let home = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        cloud.home().join("config.json"),
-        home.path().join("config.json"),
-    )
-    .unwrap();
-    let login = Command::new(env!("CARGO_BIN_EXE_hydrant"))
-        .args(["login", "-u", "dev"])
-        .env("HYDRANT_HOME", home.path())
-        .env("HYDRANT_PASSWORD", "developer-password")
-        .output()
-        .unwrap();
-    assert!(login.status.success(), "{login:?}");
-    home
 }
