@@ -60,7 +60,9 @@ impl SequenceTracker {
     }
 
     /// Records `view`'s sequence; returns how many envelopes were skipped since the last one
-    /// seen from the same (source_id, instance_id), if any.
+    /// seen from the same (source_id, instance_id) in the same numbering
+    /// (`hydrant_sequence_stream`; 0, from an agent that names none, is a numbering of its
+    /// own), if any. Envelopes with no sequence (a stock Loggregator agent's) are not tracked.
     pub(crate) fn observe(&mut self, view: &EnvelopeView<'_>) -> Option<u64> {
         if !self.enabled || view.sequence == 0 {
             return None;
@@ -441,6 +443,67 @@ mod tests {
                 None
             ]
         );
+    }
+
+    /// One envelope of ("app", "0") as an agent stamps it.
+    fn stamped(sequence: u64, stream: u64) -> Bytes {
+        let mut b = BatchBuilder::with_capacity(64);
+        b.push_stamped(&log("app", "0", 0), sequence, stream);
+        let batch = b.take();
+        let mut pos = 0;
+        Bytes::copy_from_slice(next_record(&batch, &mut pos).unwrap())
+    }
+
+    proptest::proptest! {
+        /// However several agents' numberings of one instance interleave (the first may be an
+        /// agent that names no stream), the checker reports exactly the hole one of them has,
+        /// once, and nothing else.
+        #[test]
+        fn the_checker_compares_numbers_only_within_one_numbering(
+            lens in proptest::collection::vec(2u64..40, 1..5),
+            order in proptest::collection::vec(proptest::prelude::any::<usize>(), 0..300),
+            holed in proptest::prelude::any::<usize>(),
+            hole in 0u64..5,
+            legacy in proptest::prelude::any::<bool>(),
+        ) {
+            let holed = holed % lens.len();
+            let mut queues: Vec<std::collections::VecDeque<(u64, u64)>> = lens
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| {
+                    let stream = if legacy && i == 0 { 0 } else { 0xa9e0 + i as u64 };
+                    let extra = if i == holed { hole } else { 0 };
+                    // The hole starts at 2: a number before it and one after it arrive.
+                    (1..=len + extra)
+                        .filter(|&n| i != holed || !(2..2 + hole).contains(&n))
+                        .map(|n| (n, stream))
+                        .collect()
+                })
+                .collect();
+            let mut t = SequenceTracker::new(1000, true);
+            let mut reported = Vec::new();
+            let mut pick = order.into_iter();
+            while queues.iter().any(|q| !q.is_empty()) {
+                let live: Vec<usize> = (0..queues.len()).filter(|&i| !queues[i].is_empty()).collect();
+                let i = live[pick.next().unwrap_or(0) % live.len()];
+                let (n, stream) = queues[i].pop_front().unwrap();
+                if let Some(skipped) = t.observe(&EnvelopeView::parse(&stamped(n, stream)).unwrap()) {
+                    reported.push(skipped);
+                }
+            }
+            let want: Vec<u64> = if hole > 0 { vec![hole] } else { vec![] };
+            proptest::prop_assert_eq!(reported, want);
+        }
+    }
+
+    #[test]
+    fn numbers_with_no_stream_keep_the_old_keying_and_no_sequence_is_never_loss() {
+        let mut t = SequenceTracker::new(100, true);
+        let seen: Vec<Option<u64>> = [(1, 0), (2, 0), (5, 0), (0, 0), (0, 7), (6, 0)]
+            .iter()
+            .map(|&(n, stream)| t.observe(&EnvelopeView::parse(&stamped(n, stream)).unwrap()))
+            .collect();
+        assert_eq!(seen, [None, None, Some(2), None, None, None]);
     }
 
     #[test]
