@@ -22,8 +22,10 @@
 //! dead peer is found by its missing ping answers), so a role polling every 12 s does not pay
 //! a TLS handshake per poll. HTTP/1.1 clients keep the 10 s header-read timeout. Either way a
 //! connection with no request in flight for [`Timeouts::idle`] is closed gracefully (GOAWAY on
-//! HTTP/2), so idle connections stay bounded in time as well as in number. Connections are
-//! counted as `cloudcontroller.internal_connections{protocol}`.
+//! HTTP/2), so idle connections stay bounded in time as well as in number, and every
+//! connection is closed gracefully after [`Timeouts::max_age`], so a rotated or dropped CA
+//! reaches kept connections too. Connections are counted as
+//! `cloudcontroller.internal_connections{protocol}`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -74,6 +76,10 @@ pub(crate) struct Timeouts {
     /// HTTP/2 only: how long a ping may go unanswered before the connection is closed as
     /// dead. Default 20 s.
     pub(crate) ping_timeout: Duration,
+    /// How long a connection may last before it is closed gracefully however busy it is, so
+    /// every client handshakes again now and then: a reissued leaf, a rotated CA or a CA
+    /// dropped from the bundle applies to every role within this time. Default 15 min.
+    pub(crate) max_age: Duration,
 }
 
 impl Default for Timeouts {
@@ -83,6 +89,7 @@ impl Default for Timeouts {
             idle: Duration::from_secs(120),
             ping_interval: Duration::from_secs(30),
             ping_timeout: Duration::from_secs(20),
+            max_age: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -359,11 +366,13 @@ pub(crate) async fn serve_with(
                 });
             let connection = builder.serve_connection(TokioIo::new(conn), service);
             tokio::pin!(connection);
+            let retire_at = Instant::now() + timeouts.max_age;
             loop {
                 let idle_at = activity.idle_deadline(timeouts.idle);
                 tokio::select! {
                     _ = connection.as_mut() => return,
                     () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep_until(retire_at) => break,
                     () = tokio::time::sleep_until(idle_at) => {
                         if activity.idle_deadline(timeouts.idle) <= Instant::now() {
                             break;
@@ -371,8 +380,9 @@ pub(crate) async fn serve_with(
                     }
                 }
             }
-            // Shutting down, or idle too long: finish what is in flight (HTTP/2 says GOAWAY
-            // first), then close; a peer that does not let go is dropped after the grace.
+            // Shutting down, idle too long or old enough: finish what is in flight (HTTP/2
+            // says GOAWAY first), then close; a peer that does not let go is dropped after the
+            // grace.
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
         });
@@ -585,6 +595,26 @@ mod tests {
         let response = slo.execute(request).await.unwrap();
         assert_eq!(response.status(), 403);
         assert_eq!(connections(&registry, "h2"), 1);
+        shutdown.cancel();
+    }
+
+    /// A busy connection is still renewed after its maximum age (a dropped CA reaches it),
+    /// without failing a call: the server says GOAWAY and the next call handshakes again.
+    #[tokio::test]
+    async fn a_connection_is_renewed_after_its_maximum_age_without_a_failed_call() {
+        let shutdown = CancellationToken::new();
+        let timeouts = Timeouts {
+            max_age: Duration::from_millis(400),
+            ..Timeouts::default()
+        };
+        let (url, registry, certs) = internal_api(timeouts, &shutdown).await;
+        let role = MtlsTransport::new(&TlsFiles::in_dir(certs.path(), Identity::Slo)).unwrap();
+        // Calls every 100 ms for 1.5 s: never idle, yet a few connections in turn.
+        poll(&role, &url, 15, Duration::from_millis(100)).await;
+        // Renewed at least once, and still kept between renewals (not one per call).
+        let opened = role.connections_opened();
+        assert!((2..15).contains(&opened), "{opened} connections");
+        assert_eq!(connections(&registry, "h2"), opened);
         shutdown.cancel();
     }
 }
