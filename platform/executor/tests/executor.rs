@@ -218,10 +218,7 @@ async fn graceful_stop_escalates_to_sigkill_for_an_app_that_traps_term() {
     let mut start = rig.start_message("bash trap.sh", &url, &sha);
     start.health_check.kind = HealthCheckType::Process;
     start.uris.clear();
-    let guid = start.instance.clone();
-    assert!(rig.request_start(&start).await.accepted);
-    rig.wait_state(&guid, InstanceState::Running, WAIT).await;
-    wait_log(rig.agent(), "ready", WAIT, |_, p| p == "ready").await;
+    let guid = rig.start_until_ready(&start, WAIT).await;
 
     let began = tokio::time::Instant::now();
     assert!(rig.request_stop("app-guid-1", &guid).await.accepted);
@@ -262,10 +259,7 @@ async fn an_app_that_ignores_sigterm_is_killed_after_its_own_grace_not_the_cells
     start.health_check.kind = HealthCheckType::Process;
     start.uris.clear();
     start.stop_timeout_secs = Some(3);
-    let guid = start.instance.clone();
-    assert!(rig.request_start(&start).await.accepted);
-    rig.wait_state(&guid, InstanceState::Running, WAIT).await;
-    wait_log(rig.agent(), "ready", WAIT, |_, p| p == "ready").await;
+    let guid = rig.start_until_ready(&start, WAIT).await;
 
     let began = tokio::time::Instant::now();
     assert!(rig.request_stop("app-guid-1", &guid).await.accepted);

@@ -359,6 +359,16 @@ impl Rig {
         }
     }
 
+    /// Starts `start`, then waits until it is RUNNING and its app has logged `ready`; returns
+    /// its instance guid.
+    pub async fn start_until_ready(&mut self, start: &StartInstance, timeout: Duration) -> String {
+        assert!(self.request_start(start).await.accepted);
+        self.wait_state(&start.instance, InstanceState::Running, timeout)
+            .await;
+        wait_log(self.agent(), "ready", timeout, |_, p| p == "ready").await;
+        start.instance.clone()
+    }
+
     /// The next route registration for `guid` (registrations of other instances are skipped).
     pub async fn registration(&mut self, guid: &str, timeout: Duration) -> RegistryMessage {
         let deadline = Instant::now() + timeout;
