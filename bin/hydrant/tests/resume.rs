@@ -83,6 +83,31 @@ fn metric(port: u16, name: &str) -> Option<f64> {
     )
 }
 
+/// Every non-zero drop and loss counter of the pipeline's roles (`admin`: role → admin
+/// address), one `role: series value` per line: where envelopes went missing, if they did.
+fn pipeline_losses(admin: &std::collections::BTreeMap<String, std::net::SocketAddr>) -> String {
+    let mut out = String::new();
+    for (role, addr) in admin {
+        let Some(text) = http_get(addr.port(), "/metrics") else {
+            continue;
+        };
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let lossy = ["drop", "lost", "evict", "gap"]
+                .iter()
+                .any(|w| line.contains(w));
+            let nonzero = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v > 0.0);
+            if lossy && nonzero {
+                out.push_str(&format!("{role}: {line}\n"));
+            }
+        }
+    }
+    out
+}
+
 fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !cond() {
@@ -306,6 +331,7 @@ async fn a_nozzle_killed_with_sigkill_and_restarted_within_the_window_loses_noth
     let load_ended = Instant::now();
     let out = rsyslog.out.clone();
     let nozzle_log = log.clone();
+    let roles = cloud.admin.clone();
     let counts = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut tally = Seen::default();
@@ -315,11 +341,12 @@ async fn a_nozzle_killed_with_sigkill_and_restarted_within_the_window_loses_noth
                 let missing: Vec<u64> = (0..total).filter(|i| !counts.contains_key(i)).collect();
                 panic!(
                     "{} of {total} missing, in {:?}; nozzle lost {:?} (firehose) and dropped {:?}; \
-                     nozzle log:\n{}",
+                     the pipeline's drop counters:\n{}nozzle log:\n{}",
                     missing.len(),
                     runs(&missing),
                     metric(admin, "nozzle_firehose_lost_total"),
                     metric(admin, "nozzle_dropped_total"),
+                    pipeline_losses(&roles),
                     std::fs::read_to_string(&nozzle_log).unwrap_or_default()
                 );
             }
