@@ -311,11 +311,8 @@ pub(super) fn start_job(
     let resource = binding.clone().unwrap_or_else(|| spec.instance_id.clone());
     let job = jobs::new_job(operation, &resource, spec);
     store::insert_job(c, &job)?;
-    if binding.is_some() {
-        store::set_binding_op(c, &resource, kind, "in progress", description)?;
-    } else {
-        store::set_instance_op(c, &resource, kind, "in progress", description)?;
-    }
+    let row = store::OpRow::of(binding.is_some());
+    store::set_op(c, row, &resource, kind, "in progress", description)?;
     Ok(job.view())
 }
 
@@ -926,7 +923,14 @@ async fn update_instance(
                         store::set_binding_drain(tx, &b.guid, app, drain.as_deref())?;
                     }
                 }
-                store::set_instance_op(tx, &instance.guid, "update", "succeeded", None)?;
+                store::set_op(
+                    tx,
+                    store::OpRow::Instance,
+                    &instance.guid,
+                    "update",
+                    "succeeded",
+                    None,
+                )?;
                 None
             }
             Some(current) => {

@@ -618,11 +618,8 @@ fn apply(c: &Connection, mut job: JobRow, next: Next) -> Result<Outcome, ApiErro
         if orphan_job {
             return Ok(());
         }
-        if binding {
-            store::set_binding_op(c, &resource, &kind, state, description)
-        } else {
-            store::set_instance_op(c, &resource, &kind, state, description)
-        }
+        let row = store::OpRow::of(binding);
+        store::set_op(c, row, &resource, &kind, state, description)
     };
     let outcome = match next {
         Next::Retry { after, reason } => {
@@ -760,7 +757,14 @@ fn done(c: &Connection, job: &mut JobRow, body: Option<&Value>) -> Result<Outcom
     match job.operation.as_str() {
         "service_instance.create" => {
             record_dashboard(c, &resource, body)?;
-            store::set_instance_op(c, &resource, "create", "succeeded", None)?;
+            store::set_op(
+                c,
+                store::OpRow::Instance,
+                &resource,
+                "create",
+                "succeeded",
+                None,
+            )?;
         }
         "service_instance.update" => {
             if let Some(instance) = store::instance(c, &resource)? {
@@ -774,7 +778,14 @@ fn done(c: &Connection, job: &mut JobRow, body: Option<&Value>) -> Result<Outcom
                     instance.syslog_drain_url.as_deref(),
                 )?;
                 record_dashboard(c, &resource, body)?;
-                store::set_instance_op(c, &resource, "update", "succeeded", None)?;
+                store::set_op(
+                    c,
+                    store::OpRow::Instance,
+                    &resource,
+                    "update",
+                    "succeeded",
+                    None,
+                )?;
             }
         }
         "service_instance.delete" => store::delete_instance(c, &resource)?,

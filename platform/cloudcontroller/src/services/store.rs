@@ -156,15 +156,43 @@ fn last_operation(r: &Row<'_>, first: usize) -> crate::sql::Result<LastOperation
     })
 }
 
-/// Records an operation's progress on an instance or binding row of `table`.
-fn set_op(
+/// The row an operation's progress is recorded on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpRow {
+    /// A service instance's.
+    Instance,
+    /// A service binding's (an app binding or a key).
+    Binding,
+}
+
+impl OpRow {
+    /// The binding's row when the operation names a binding, else the instance's.
+    pub(crate) fn of(binding: bool) -> Self {
+        if binding {
+            Self::Binding
+        } else {
+            Self::Instance
+        }
+    }
+
+    const fn table(self) -> &'static str {
+        match self {
+            Self::Instance => "service_instances",
+            Self::Binding => "service_bindings",
+        }
+    }
+}
+
+/// Records an operation's progress on the instance or binding row `guid`.
+pub(crate) fn set_op(
     c: &Connection,
-    table: &str,
+    row: OpRow,
     guid: &str,
     kind: &str,
     state: &str,
     description: Option<&str>,
 ) -> crate::sql::Result<()> {
+    let table = row.table();
     c.execute(
         &format!(
             "UPDATE {table} SET op_type = ?2, op_state = ?3, op_description = ?4, \
@@ -645,16 +673,6 @@ pub(crate) fn insert_instance(
     .map(drop)
 }
 
-pub(crate) fn set_instance_op(
-    c: &Connection,
-    guid: &str,
-    kind: &str,
-    state: &str,
-    description: Option<&str>,
-) -> crate::sql::Result<()> {
-    set_op(c, "service_instances", guid, kind, state, description)
-}
-
 pub(crate) fn set_instance_fields(
     c: &Connection,
     guid: &str,
@@ -832,16 +850,6 @@ pub(crate) fn insert_binding(c: &Connection, b: &BindingRow) -> crate::sql::Resu
         ],
     )
     .map(drop)
-}
-
-pub(crate) fn set_binding_op(
-    c: &Connection,
-    guid: &str,
-    kind: &str,
-    state: &str,
-    description: Option<&str>,
-) -> crate::sql::Result<()> {
-    set_op(c, "service_bindings", guid, kind, state, description)
 }
 
 /// Stores what the broker returned for a binding and marks its create succeeded.
