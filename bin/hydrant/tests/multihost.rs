@@ -14,8 +14,14 @@
 //! the agents and the edge list none and follow the announcements, so a doppler added or lost
 //! needs no restart anywhere.
 //!
-//! Two cloud controllers serve the API side by side, reached directly at their hosts'
-//! addresses (the CLI targets A's, then B's once A is lost; no router fronts them): both keep
+//! Two cloud controllers serve the API side by side behind the routers, as Cloud Foundry's
+//! `api.SYSTEM_DOMAIN`: each announces its address (`api_advertise`) in the shared database and
+//! every controller's route assignments name each live one, so both routers serve
+//! `api.apps.localhost` with both controllers behind it. The CLI targets
+//! `http://api.apps.localhost` from the start and reaches it through router C (its HTTP proxy
+//! here, where a deployment has DNS), and never re-targets: when host A is lost the router
+//! retries a refused connection on B's controller, and A's drops out of the next assignment
+//! once its row lapses. Both controllers keep
 //! their state in PostgreSQL on host B (listening on B's address, over TLS with a leaf from
 //! the platform's CA that the controllers check; `pg_hba.conf` admits the test's role over TLS
 //! by password from the hosts' subnet only), and share one blob directory and one
@@ -44,10 +50,12 @@
 //!    twice, what was in flight to the killed doppler is printed, and once the lapse is acted
 //!    on the ledger balances again;
 //! 5. a NATS node killed and restarted: no request fails and no route is pruned;
-//! 6. host A lost (every process in its namespace SIGKILLed): through B's controller the app
-//!    is scaled 6 → 7 at once and back, and a new app pushed, staged and routed; no API call
-//!    to B's controller fails meanwhile; the placement lease moves to B's controller (within
-//!    its 10 s TTL), which then places the 7th instance; host B's health manager takes its
+//! 6. host A lost (every process in its namespace SIGKILLed): through the same API name the
+//!    app is scaled 6 → 7 at once and back, and a new app pushed, staged and routed; API calls
+//!    through the routers keep working (the few failed are printed and bounded: a call in
+//!    flight on A's controller when it died is not retried); the placement lease moves to
+//!    B's controller (within its 10 s TTL), which then places the 7th instance; A's controller
+//!    leaves the route assignments once its row lapses; host B's health manager takes its
 //!    lease within 15 s and restarts a crashed instance.
 //!
 //! Needs root (namespaces, bridges) and PostgreSQL's server (`postgresql`, which
@@ -77,6 +85,11 @@ use support::netns::{self, Hosts};
 const BIN: &str = env!("CARGO_BIN_EXE_hydrant");
 const APP: &str = "spread";
 const APP_HOST: &str = "spread.apps.localhost";
+/// The API's name: every live controller behind it, through the routers.
+const API_HOST: &str = "api.apps.localhost";
+/// API calls through the routers that may fail while host A is lost: a call already sent to
+/// A's controller when it died is not retried (the rest are, onto B's).
+const API_FAILURES_BOUND: u64 = 3;
 const ADMIN_PASSWORD: &str = "multihost-test-pw";
 const CELLS: [(char, &str, &str); 3] = [
     ('b', "cell-b", "z1"),
@@ -202,16 +215,6 @@ fn as_nobody() -> [String; 4] {
 /// One HTTP/1.1 GET on a fresh connection: status and body.
 fn http_get(to: SocketAddr, host: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
     exchange(to, host, "GET", path, token)
-}
-
-/// A bodiless request to the controller.
-fn http_request(
-    to: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-) -> Option<(u16, String)> {
-    exchange(to, &to.to_string(), method, path, token)
 }
 
 fn exchange(
@@ -354,19 +357,19 @@ struct ApiProbe {
 }
 
 impl ApiProbe {
-    fn start(api: SocketAddr, token: String, guid: String) -> Self {
+    fn start(router: SocketAddr, token: String, guid: String) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                match http_request(api, "GET", &format!("/v3/apps/{guid}"), Some(&token)) {
+                match http_get(router, API_HOST, &format!("/v3/apps/{guid}"), Some(&token)) {
                     Some((200, _)) => o.fetch_add(1, Ordering::Relaxed),
                     other => {
                         let (status, body) = other.unwrap_or((0, String::new()));
                         let body: String = body.chars().take(200).collect();
-                        eprintln!("API call to {api} failed: {status} {body}");
+                        eprintln!("API call through {router} failed: {status} {body}");
                         f.fetch_add(1, Ordering::Relaxed)
                     }
                 };
@@ -428,8 +431,6 @@ struct Platform {
     /// Children by name (`role@host`).
     children: BTreeMap<String, Child>,
     token: String,
-    /// The host whose cloud controller the test asks (A, then B once A is lost).
-    api_host: char,
 }
 
 impl Platform {
@@ -713,6 +714,28 @@ impl Platform {
         (out.status.success() && !holder.is_empty()).then_some(holder)
     }
 
+    /// The controllers whose rows in the CCDB are fresh: the ones every route assignment names
+    /// as the API's backends (15 s without renewal and a row lapses).
+    fn live_controllers(&self) -> Vec<String> {
+        let Ok(out) = Command::new(pg_bin().join("psql"))
+            .args(["-w", "-At", "-d", &self.pg_url(), "-c"])
+            .arg(
+                "SELECT node FROM controllers WHERE seen_ms >= \
+                 (extract(epoch FROM now()) * 1000)::bigint - 15000 ORDER BY node",
+            )
+            .env("PGCONNECT_TIMEOUT", "2")
+            .output()
+        else {
+            return Vec::new();
+        };
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split('/').next())
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Cloud controller `cc-<host>`: the CCDB on host B, blobs and token keys in directories
     /// both controllers share.
     fn controller_config(&self, host: char) -> serde_json::Value {
@@ -720,6 +743,8 @@ impl Platform {
             "listen": self.addr(host, API).to_string(),
             "admin_listen": self.addr(host, admin_port("cloudcontroller")).to_string(),
             "external_url": self.url(host, API),
+            // Where the routers reach this controller: they serve api.apps.localhost.
+            "api_advertise": self.addr(host, API).to_string(),
             "instance_id": format!("cc-{host}"),
             "data_dir": self.path(&format!("cloudcontroller-{host}")).display().to_string(),
             "blobs_dir": self.path("shared/blobs").display().to_string(),
@@ -768,8 +793,29 @@ impl Platform {
         })
     }
 
+    /// The router the CLI and the test's own API calls go through: C's, which lives through
+    /// every step (step 2 kills C's cell, not its router).
+    fn api_router(&self) -> SocketAddr {
+        self.addr('c', ROUTER)
+    }
+
+    /// The controllers that answered `api.apps.localhost` through `router` over a few fresh
+    /// connections (each controller's `/v3/info` names its own `external_url`).
+    fn api_backends(&self, router: SocketAddr) -> std::collections::BTreeSet<String> {
+        (0..8)
+            .filter_map(|_| http_get(router, API_HOST, "/v3/info", None))
+            .filter(|(status, _)| *status == 200)
+            .filter_map(|(_, body)| {
+                let info: serde_json::Value = serde_json::from_str(&body).ok()?;
+                info["external_url"].as_str().map(str::to_owned)
+            })
+            .collect()
+    }
+
     fn cli(&self, args: &[&str]) -> Output {
         direct(&mut Command::new(BIN))
+            // `api.apps.localhost` through a router, as DNS would send it to one.
+            .env("http_proxy", format!("http://{}", self.api_router()))
             .args(args)
             .env("HYDRANT_HOME", self.path("home"))
             .env_remove("HYDRANT_PASSWORD")
@@ -808,12 +854,9 @@ impl Platform {
 
     /// Each cell's state from the controller's `GET /v3/cells`.
     fn cell_states(&self) -> BTreeMap<String, String> {
-        let Some((200, body)) = http_get(
-            self.addr(self.api_host, API),
-            "x",
-            "/v3/cells",
-            Some(&self.token),
-        ) else {
+        let Some((200, body)) =
+            http_get(self.api_router(), API_HOST, "/v3/cells", Some(&self.token))
+        else {
             return BTreeMap::new();
         };
         let cells: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -888,7 +931,6 @@ impl Platform {
             children: BTreeMap::new(),
             hosts,
             token: String::new(),
-            api_host: 'a',
         };
         std::fs::create_dir_all(p.path("home")).unwrap();
         // One CA; every leaf names every host's address (and loopback, where the local agent
@@ -968,7 +1010,15 @@ impl Platform {
             });
             p.start_role("router", host, &router);
         }
-        p.cli_ok(&["target", &p.url('a', API)]);
+        let both: std::collections::BTreeSet<String> = [p.url('a', API), p.url('b', API)].into();
+        for host in ['c', 'd'] {
+            wait_for(
+                Duration::from_secs(30),
+                "both routers to serve the API with both controllers behind it",
+                || p.api_backends(p.addr(host, ROUTER)) == both,
+            );
+        }
+        p.cli_ok(&["target", &format!("http://{API_HOST}")]);
         p.cli_ok(&["login", "-u", "admin", "-p", ADMIN_PASSWORD]);
         let config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(p.path("home/config.json")).unwrap()).unwrap();
@@ -1415,8 +1465,9 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
     // 3. Cell D drained: its instances move with no failed request.
     let before = load.counts();
     let drained = Instant::now();
-    let (status, body) = http_request(
-        p.addr('a', API),
+    let (status, body) = exchange(
+        p.api_router(),
+        API_HOST,
         "POST",
         "/v3/cells/cell-d/actions/drain",
         Some(&p.token),
@@ -1498,8 +1549,8 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
     );
     let app: serde_json::Value = serde_json::from_str(&p.cli_ok(&["app", APP, "--json"])).unwrap();
     let guid = app["app"]["guid"].as_str().unwrap().to_owned();
-    // API calls through B's controller all along, with the token A's signed (shared keys).
-    let api = ApiProbe::start(p.addr('b', API), p.token.clone(), guid);
+    // API calls through the routers all along, with the token A's signed (shared keys).
+    let api = ApiProbe::start(p.api_router(), p.token.clone(), guid);
     api.settle(10);
     let api_before = api.counts();
     let before = load.counts();
@@ -1514,12 +1565,9 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
         p.kill(&name);
     }
     netns::kill_all_in(p.hosts.ns('a'));
-    // The CLI moves to B's controller (the same administrator, in the same database) and
-    // scales at once: the desired state is written now, the instance placed once B's
-    // controller holds the placement lease.
-    p.api_host = 'b';
-    p.cli_ok(&["target", &p.url('b', API)]);
-    p.cli_ok(&["login", "-u", "admin", "-p", ADMIN_PASSWORD]);
+    // The CLI keeps its target and token (the same API name; the router retries a refused
+    // connection on B's controller) and scales at once: the desired state is written now,
+    // the instance placed once B's controller holds the placement lease.
     p.cli_ok(&["scale", APP, "-i", "7"]);
     let (mut hm_moved, mut placement_moved) = (None, None);
     wait_for(
@@ -1538,6 +1586,18 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
         },
     );
     let (took_over, placement_moved) = (hm_moved.unwrap(), placement_moved.unwrap());
+    // A's controller leaves the route assignments once its row lapses (the routers then drop
+    // it; until then their retry and ejection hide it: calls answer from B alone).
+    let only_b: std::collections::BTreeSet<String> = [p.url('b', API)].into();
+    wait_for(
+        Duration::from_secs(30),
+        "A's controller to leave the route assignments",
+        || p.live_controllers() == ["cc-b"],
+    );
+    for host in ['c', 'd'] {
+        assert_eq!(p.api_backends(p.addr(host, ROUTER)), only_b);
+    }
+    let a_left = killed.elapsed();
     wait_for(Duration::from_secs(30), "7 running", || {
         p.running_per_cell().values().sum::<usize>() == 7
     });
@@ -1607,12 +1667,13 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
     let moved = (api_moved.0 - api_before.0, api_moved.1 - api_before.1);
     let whole = (api_after.0 - api_before.0, api_after.1 - api_before.1);
     println!(
-        "step 6: host A lost: through B's controller `scale 7` answered at once; the placement \
+        "step 6: host A lost: through {API_HOST} `scale 7` answered at once; the placement \
          lease moved to B's controller {:.1} s after the kill and the 7th instance ran {:.1} s \
-         after it; API calls to B's controller while it moved: {} succeeded, {} failed; scaled \
-         back to 6, and a new app pushed, staged and routed through B in {:.1} s; host B's \
+         after it; API calls through the routers while it moved: {} succeeded, {} failed; \
+         scaled back to 6, and a new app pushed, staged and routed through B in {:.1} s; host B's \
          health manager took its lease after {:.1} s and restarted a crashed instance {:.1} s \
-         after the crash; in all, {} API calls succeeded and {} failed, {ok} app requests \
+         after the crash; A's controller left the route assignments {:.1} s after the kill; in \
+         all, {} API calls through the routers succeeded and {} failed, {ok} app requests \
          succeeded and {failed} failed",
         placement_moved.as_secs_f64(),
         seven.saturating_sub(placement_moved).as_secs_f64(),
@@ -1621,6 +1682,7 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
         push_took.as_secs_f64(),
         took_over.as_secs_f64(),
         restarted.as_secs_f64(),
+        a_left.as_secs_f64(),
         whole.0,
         whole.1,
     );
@@ -1628,7 +1690,11 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
         took_over <= Duration::from_secs(15),
         "the health managers' lease took {took_over:?} to move"
     );
-    assert_eq!(whole.1, 0, "API calls to host B's controller failed");
+    assert!(
+        whole.1 <= API_FAILURES_BOUND,
+        "{} API calls through the routers failed while host A was lost (bound {API_FAILURES_BOUND})",
+        whole.1
+    );
     drop(load);
     drop(p);
     println!("[{:.1} s] torn down", started.elapsed().as_secs_f64());
