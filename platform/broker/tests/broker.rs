@@ -111,6 +111,14 @@ pub fn config(dir: &Path, ports: PortRange) -> Config {
     }
 }
 
+/// A broker on [`config`] in a fresh temporary directory, which lives as long as the handle
+/// returned with it.
+pub async fn start_fresh() -> (tempfile::TempDir, Running) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(config(dir.path(), ports())).await;
+    (dir, b)
+}
+
 /// [`config`] on this test's ports, reporting to `agent` every second.
 pub fn reporting_config(dir: &Path, agent: &hydrant_testkit::FakeAgent) -> Config {
     let mut c = config(dir, ports());

@@ -6,7 +6,30 @@
 
 use serde_json::json;
 
-use crate::{Running, config, eventually, guid, ports, redis_cli, require, run, start};
+use crate::{
+    Running, config, eventually, guid, ports, redis_cli, require, run, start, start_fresh,
+};
+
+/// A stopped broker (data directory `dir`) left no cgroup of its nodes' parent in any hierarchy.
+#[track_caller]
+fn assert_no_cgroup_left(dir: &std::path::Path) {
+    let parent = hydrant_broker::Config {
+        data_dir: std::fs::canonicalize(dir).unwrap(),
+        ..hydrant_broker::Config::default()
+    }
+    .container_config()
+    .cgroup_parent;
+    for hierarchy in ["memory", "pids", ""] {
+        let left = std::path::Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join(&parent);
+        assert!(
+            !left.exists(),
+            "a stopped broker leaves no cgroup: {}",
+            left.display()
+        );
+    }
+}
 
 fn need_root() {
     assert!(
@@ -67,8 +90,7 @@ async fn node_pid(b: &Running, prefix: &str) -> u32 {
 async fn a_service_node_runs_in_a_container_under_its_plans_limits() {
     require("redis");
     need_root();
-    let dir = tempfile::tempdir().unwrap();
-    let b = start(config(dir.path(), ports())).await;
+    let (dir, b) = start_fresh().await;
     let id = guid();
     b.provision(&id, "redis", "small", json!({})).await;
     let c = b.bind(&id, &guid(), "redis", json!({})).await;
@@ -169,30 +191,14 @@ async fn a_service_node_runs_in_a_container_under_its_plans_limits() {
         "its cgroup goes with it"
     );
     b.stop().await;
-    let parent = hydrant_broker::Config {
-        data_dir: std::fs::canonicalize(dir.path()).unwrap(),
-        ..hydrant_broker::Config::default()
-    }
-    .container_config()
-    .cgroup_parent;
-    for hierarchy in ["memory", "pids", ""] {
-        let left = std::path::Path::new("/sys/fs/cgroup")
-            .join(hierarchy)
-            .join(&parent);
-        assert!(
-            !left.exists(),
-            "a stopped broker leaves no cgroup: {}",
-            left.display()
-        );
-    }
+    assert_no_cgroup_left(dir.path());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_node_forks_inside_its_container() {
     require("postgresql");
     need_root();
-    let dir = tempfile::tempdir().unwrap();
-    let b = start(config(dir.path(), ports())).await;
+    let (dir, b) = start_fresh().await;
     let id = guid();
     b.provision(&id, "postgresql", "small", json!({})).await;
     let c = b.bind(&id, &guid(), "postgresql", json!({})).await;
@@ -298,16 +304,5 @@ fn a_broker_dropped_without_stopping_leaves_no_node_running() {
         let b = start(cfg).await;
         b.stop().await;
     });
-    let parent = hydrant_broker::Config {
-        data_dir: std::fs::canonicalize(dir.path()).unwrap(),
-        ..hydrant_broker::Config::default()
-    }
-    .container_config()
-    .cgroup_parent;
-    for hierarchy in ["memory", "pids", ""] {
-        let left = std::path::Path::new("/sys/fs/cgroup")
-            .join(hierarchy)
-            .join(&parent);
-        assert!(!left.exists(), "{}", left.display());
-    }
+    assert_no_cgroup_left(dir.path());
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::{
     Running, config, eventually, guid, mariadb, port_free, ports, process_alive, psql, redis_cli,
-    require, run, start,
+    require, run, start, start_fresh,
 };
 
 fn s<'a>(c: &'a Value, key: &str) -> &'a str {
@@ -57,8 +57,7 @@ async fn redis_use(c: &Value, key: &str) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_create_bind_use_unbind_delete() {
     require("redis");
-    let dir = tempfile::tempdir().unwrap();
-    let b = start(config(dir.path(), ports())).await;
+    let (dir, b) = start_fresh().await;
     let (id, b1, b2) = (guid(), guid(), guid());
     let c1 = provision_and_bind(&b, "redis", &id, &b1).await;
     let c2 = b.bind(&id, &b2, "redis", json!({})).await;
@@ -197,8 +196,7 @@ async fn postgresql_create_bind_use_unbind_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_create_bind_use_unbind_delete() {
     require("mysql");
-    let dir = tempfile::tempdir().unwrap();
-    let b = start(config(dir.path(), ports())).await;
+    let (dir, b) = start_fresh().await;
     let (id, b1, b2, ro) = (guid(), guid(), guid(), guid());
     let c1 = provision_and_bind(&b, "mysql", &id, &b1).await;
     let c2 = b.bind(&id, &b2, "mysql", json!({})).await;
@@ -339,8 +337,7 @@ async fn rabbit_use(client: &reqwest::Client, c: &Value, queue: &str) -> Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_create_bind_use_unbind_delete() {
     require("rabbitmq");
-    let dir = tempfile::tempdir().unwrap();
-    let b = start(config(dir.path(), ports())).await;
+    let (dir, b) = start_fresh().await;
     let (id, b1, b2) = (guid(), guid(), guid());
     let c1 = provision_and_bind(&b, "rabbitmq", &id, &b1).await;
     let c2 = b.bind(&id, &b2, "rabbitmq", json!({})).await;

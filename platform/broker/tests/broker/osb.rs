@@ -3,12 +3,11 @@
 
 use serde_json::json;
 
-use crate::{PASSWORD, USER, config, guid, ports, redis_cli, require, start};
+use crate::{PASSWORD, USER, guid, redis_cli, require, start_fresh};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_catalog_needs_credentials_and_a_supported_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = start(config(dir.path(), ports())).await;
+    let (_dir, b) = start_fresh().await;
 
     let (status, catalog) = b.get("/v2/catalog").await;
     assert_eq!(status, 200);
@@ -84,8 +83,7 @@ async fn the_catalog_needs_credentials_and_a_supported_version() {
 /// to the broker's credentials; `/metrics` and `/healthz` stay open for scrapers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_routes_need_the_brokers_credentials() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = start(config(dir.path(), ports())).await;
+    let (_dir, b) = start_fresh().await;
     let url = |path: &str| format!("http://{}{path}", b.admin);
     for (method, path) in [("GET", "/v1/nodes"), ("POST", "/v1/quotas")] {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
@@ -123,8 +121,7 @@ async fn the_admin_routes_need_the_brokers_credentials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_and_bindings_answer_with_the_spec_status_codes() {
     require("redis");
-    let dir = tempfile::tempdir().unwrap();
-    let b = start(config(dir.path(), ports())).await;
+    let (_dir, b) = start_fresh().await;
     let (service_id, small) = b.ids("redis", "small").await;
     let (_, medium) = b.ids("redis", "medium").await;
     let id = guid();
@@ -309,8 +306,7 @@ async fn instances_and_bindings_answer_with_the_spec_status_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_needs_accepts_incomplete() {
     require("rabbitmq");
-    let dir = tempfile::tempdir().unwrap();
-    let b = start(config(dir.path(), ports())).await;
+    let (_dir, b) = start_fresh().await;
     let (service_id, plan_id) = b.ids("rabbitmq", "small").await;
     let (status, err) = b
         .call(

@@ -12,7 +12,7 @@ use hydrant_testkit::FakeAgent;
 use serde_json::{Value, json};
 
 use crate::{
-    Running, config, eventually, guid, mariadb, ports, psql, reporting_config, require, start,
+    Running, eventually, guid, mariadb, psql, reporting_config, require, start, start_fresh,
 };
 
 /// Runs the on-demand quota pass; instance `id`'s entry.
@@ -264,8 +264,7 @@ async fn rabbit(
 async fn a_rabbitmq_queue_holds_at_most_its_plans_share_of_memory() {
     use reqwest::Method;
     require("rabbitmq");
-    let dir = tempfile::tempdir().unwrap();
-    let b = start(config(dir.path(), ports())).await;
+    let (_dir, b) = start_fresh().await;
     let id = guid();
     b.provision(&id, "rabbitmq", "small", json!({})).await;
     let c = b.bind(&id, &guid(), "rabbitmq", json!({})).await;

@@ -5,13 +5,14 @@
 
 use serde_json::json;
 
-use crate::{config, eventually, guid, ports, process_alive, redis_ping, require, run, start};
+use crate::{
+    config, eventually, guid, ports, process_alive, redis_ping, require, run, start, start_fresh,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_redis_node_is_restarted_with_its_bindings() {
     require("redis");
-    let dir = tempfile::tempdir().unwrap();
-    let b = start(config(dir.path(), ports())).await;
+    let (_dir, b) = start_fresh().await;
     let id = guid();
     b.provision(&id, "redis", "small", json!({})).await;
     let creds = b.bind(&id, &guid(), "redis", json!({})).await;
@@ -106,8 +107,7 @@ async fn a_broker_inside_a_private_directory_still_runs_its_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_postgresql_node_comes_back_despite_its_busy_backends() {
     require("postgresql");
-    let dir = tempfile::tempdir().unwrap();
-    let b = start(config(dir.path(), ports())).await;
+    let (dir, b) = start_fresh().await;
     let id = guid();
     b.provision(&id, "postgresql", "small", json!({})).await;
     let creds = b.bind(&id, &guid(), "postgresql", json!({})).await;
