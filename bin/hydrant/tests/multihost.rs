@@ -1197,8 +1197,8 @@ struct Window {
     emitted: u64,
     delivered: u64,
     counted: f64,
-    /// What the stream's sequence-gap markers claimed lost (they fire without loss too: the
-    /// cell's agent and the routers' agents stamp sequences for one app independently).
+    /// What the stream's `LOST` lines claimed (gap markers and sequence jumps, over every
+    /// envelope of the app: its lines, the routers' Timers and access logs).
     claimed: u64,
 }
 
@@ -1232,7 +1232,10 @@ impl Window {
     }
 
     /// emitted = delivered + counted drops, where the drops also count other sources': every
-    /// line not delivered is counted, and none arrived twice.
+    /// line not delivered is counted, and none arrived twice. And no loss is invented: with
+    /// no doppler killed every real loss is counted at a hop, so the stream claims no more
+    /// than was counted (the cell's agent and the routers' agents number the app's instances
+    /// independently, which once claimed hundreds of thousands lost).
     fn assert_balanced(&self, what: &str) {
         assert!(
             self.delivered <= self.emitted,
@@ -1245,6 +1248,12 @@ impl Window {
             "{what}: {} of {} lines missing but {} drops counted",
             self.missing(),
             self.emitted,
+            self.counted
+        );
+        assert!(
+            self.claimed as f64 <= self.counted,
+            "{what}: the stream claimed {} lost, but the hops counted {} drops",
+            self.claimed,
             self.counted
         );
     }
@@ -1297,13 +1306,14 @@ fn doppler_added_and_lost_while_logs_flow(p: &mut Platform) {
     println!(
         "step 4a: doppler on D started while the app logged ({:.2} s to its /healthz), followed \
          by the edge and all four agents {:.2} s later; {} lines emitted, {} delivered, {} \
-         missing, {} drops counted at the hops (every source)",
+         missing, {} drops counted at the hops (every source); the stream claimed {} lost",
         took.0.as_secs_f64(),
         took.1.as_secs_f64(),
         join.emitted,
         join.delivered,
         join.missing(),
-        join.counted
+        join.counted,
+        join.claimed
     );
     join.assert_balanced("while a doppler joined");
 
@@ -1326,8 +1336,8 @@ fn doppler_added_and_lost_while_logs_flow(p: &mut Platform) {
         "step 4b: doppler on {} (the app's) killed while the app logged; its lapse acted on \
          by the edge and all four agents {:.1} s after the kill; {} lines emitted, {} \
          delivered ({after_kill} after the kill), {} missing (in flight to the killed doppler, \
-         which took its counters with it), {} drops counted at the hops; the stream's \
-         sequence-gap markers claimed {} lost",
+         which took its counters with it), {} drops counted at the hops; the stream claimed {} \
+         lost",
         carrier.to_ascii_uppercase(),
         lapsed.as_secs_f64(),
         kill.emitted,
@@ -1353,7 +1363,7 @@ fn doppler_added_and_lost_while_logs_flow(p: &mut Platform) {
     });
     println!(
         "step 4c: after the lapse, through the dopplers on {}: {} lines emitted, {} delivered, \
-         {} missing, {} drops counted",
+         {} missing, {} drops counted; the stream claimed {} lost",
         survivors
             .iter()
             .map(|h| h.to_ascii_uppercase().to_string())
@@ -1362,7 +1372,8 @@ fn doppler_added_and_lost_while_logs_flow(p: &mut Platform) {
         after.emitted,
         after.delivered,
         after.missing(),
-        after.counted
+        after.counted,
+        after.claimed
     );
     after.assert_balanced("after the killed doppler's lapse");
 }
