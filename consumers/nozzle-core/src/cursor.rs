@@ -29,8 +29,9 @@
 //!   rings), so the reader waits ([`Keeper::pace`]) while a destination that is delivering has
 //!   more than [`PACE_IN_FLIGHT`] entries unresolved, instead of reading on and evicting them
 //!   from its queue (a restarted nozzle catching up reads far faster than a drain writes). It
-//!   never waits for a destination that resolved nothing for [`PACE_STALL`]: one stuck drain
-//!   does not hold up the others, it loses its oldest entries as without a cursor.
+//!   never waits for a destination that resolved nothing for [`PACE_STALL`], counted across
+//!   frames (one stall in all, not one per frame): one stuck drain does not hold up the
+//!   others, it loses its oldest entries as without a cursor.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -313,8 +314,27 @@ impl Journal {
 #[derive(Debug)]
 pub struct Keeper {
     journal: Journal,
+    /// What the reader's last wait saw ([`Keeper::pace`]).
+    paced: PaceMemory,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// The destinations' resolved total at the end of the last wait and when it last moved: a
+/// destination that is stuck costs the reader one [`PACE_STALL`], not one per frame (which
+/// would slow the whole firehose read to two frames a second and starve the other
+/// destinations).
+#[derive(Debug, Default)]
+struct PaceMemory(Mutex<Option<(u64, tokio::time::Instant)>>);
+
+impl PaceMemory {
+    fn get(&self) -> Option<(u64, tokio::time::Instant)> {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set(&self, last: u64, moved: tokio::time::Instant) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((last, moved));
+    }
 }
 
 impl Keeper {
@@ -333,6 +353,7 @@ impl Keeper {
         let task = tokio::spawn(keep(journal.clone(), stop.clone()));
         Some(Self {
             journal,
+            paced: PaceMemory::default(),
             stop,
             task,
         })
@@ -350,7 +371,7 @@ impl Keeper {
     /// Cancel-safe: dropping the future only ends the wait.
     pub async fn pace(&self, shutdown: &CancellationToken) {
         let latest = self.journal.checkpoints().latest.clone();
-        pace(&latest, shutdown).await;
+        pace(&latest, &self.paced, shutdown).await;
     }
 
     /// Stores the newest settled cursor once more and ends; call it once the senders are done.
@@ -361,8 +382,13 @@ impl Keeper {
 }
 
 /// Waits while one of `destinations` has more than its [`Progress::pace_limit`] entries
-/// unresolved, unless they resolved nothing for [`PACE_STALL`].
-async fn pace(destinations: &[Arc<dyn Progress>], shutdown: &CancellationToken) {
+/// unresolved, unless they resolved nothing for [`PACE_STALL`] (counted across waits through
+/// `memory`).
+async fn pace(
+    destinations: &[Arc<dyn Progress>],
+    memory: &PaceMemory,
+    shutdown: &CancellationToken,
+) {
     let busy = |d: &Arc<dyn Progress>| {
         d.pace_limit()
             .is_some_and(|limit| d.pushed().saturating_sub(d.resolved()) > limit)
@@ -372,8 +398,17 @@ async fn pace(destinations: &[Arc<dyn Progress>], shutdown: &CancellationToken) 
     }
     let resolved = || destinations.iter().map(|d| d.resolved()).sum::<u64>();
     let mut last = resolved();
-    let mut moved = tokio::time::Instant::now();
+    // Still where the last wait left them: the stall goes on from when they last moved.
+    let mut moved = match memory.get() {
+        Some((before, at)) if before == last => at,
+        _ => tokio::time::Instant::now(),
+    };
     loop {
+        // Only destinations that are delivering are waited for; a stuck one loses its oldest.
+        if !destinations.iter().any(busy) || moved.elapsed() >= PACE_STALL {
+            memory.set(last, moved);
+            return;
+        }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(1)) => {}
             () = shutdown.cancelled() => return,
@@ -382,10 +417,6 @@ async fn pace(destinations: &[Arc<dyn Progress>], shutdown: &CancellationToken) 
         if now != last {
             last = now;
             moved = tokio::time::Instant::now();
-        }
-        // Only destinations that are delivering are waited for; a stuck one loses its oldest.
-        if !destinations.iter().any(busy) || moved.elapsed() >= PACE_STALL {
-            return;
         }
     }
 }
@@ -505,14 +536,17 @@ mod tests {
         let all: Vec<Arc<dyn Progress>> = vec![d.clone()];
         let shutdown = CancellationToken::new();
         d.pushed.store(100, Ordering::Relaxed);
-        tokio::time::timeout(Duration::from_millis(1), pace(&all, &shutdown))
-            .await
-            .expect("within the limit: no wait");
+        tokio::time::timeout(
+            Duration::from_millis(1),
+            pace(&all, &PaceMemory::default(), &shutdown),
+        )
+        .await
+        .expect("within the limit: no wait");
         d.pushed.store(300, Ordering::Relaxed);
         // Delivering: the wait lasts while it works through its backlog, past PACE_STALL.
         let waiting = tokio::spawn({
             let (all, shutdown) = (all.clone(), shutdown.clone());
-            async move { pace(&all, &shutdown).await }
+            async move { pace(&all, &PaceMemory::default(), &shutdown).await }
         });
         for step in 1..=40u64 {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -527,9 +561,41 @@ mod tests {
         // Stuck: given up after PACE_STALL.
         d.pushed.store(1_000, Ordering::Relaxed);
         let started = tokio::time::Instant::now();
-        pace(&all, &shutdown).await;
+        pace(&all, &PaceMemory::default(), &shutdown).await;
         assert!(started.elapsed() >= PACE_STALL);
         assert!(started.elapsed() < PACE_STALL * 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_destination_costs_the_reader_one_stall_not_one_per_frame() {
+        let d = Arc::new(Dest::default());
+        let all: Vec<Arc<dyn Progress>> = vec![d.clone()];
+        let (memory, shutdown) = (PaceMemory::default(), CancellationToken::new());
+        d.pushed.store(1_000, Ordering::Relaxed);
+        let started = tokio::time::Instant::now();
+        pace(&all, &memory, &shutdown).await;
+        assert!(
+            started.elapsed() >= PACE_STALL,
+            "first given up after a stall"
+        );
+        for _ in 0..10 {
+            let frame = tokio::time::Instant::now();
+            pace(&all, &memory, &shutdown).await;
+            assert_eq!(frame.elapsed(), Duration::ZERO, "still stuck: no wait");
+        }
+        // Delivering again: waited for again.
+        d.resolved.store(10, Ordering::Relaxed);
+        let waiting = tokio::spawn({
+            let all = all.clone();
+            async move { pace(&all, &memory, &shutdown).await }
+        });
+        tokio::time::sleep(PACE_STALL / 2).await;
+        assert!(!waiting.is_finished(), "it moved: the reader waits for it");
+        d.resolved.store(1_000, Ordering::Relaxed);
+        tokio::time::timeout(Duration::from_millis(10), waiting)
+            .await
+            .expect("caught up")
+            .unwrap();
     }
 
     #[tokio::test(start_paused = true)]
@@ -541,7 +607,7 @@ mod tests {
         folding.pushed.store(1_000_000, Ordering::Relaxed);
         let all: Vec<Arc<dyn Progress>> = vec![folding];
         let started = tokio::time::Instant::now();
-        pace(&all, &CancellationToken::new()).await;
+        pace(&all, &PaceMemory::default(), &CancellationToken::new()).await;
         assert_eq!(started.elapsed(), Duration::ZERO, "far behind, yet no wait");
     }
 
