@@ -8,9 +8,10 @@
 
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/router.rs"]
+mod router;
 
 use cli::{Up, wait_for};
-use std::io::{Read as _, Write as _};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -96,23 +97,6 @@ impl Up {
     }
 }
 
-/// One request through the router: `(status, body)`.
-fn via_router(router: &str, host: &str, path: &str) -> (u16, String) {
-    let addr = router.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
-}
-
 /// Host pids of the processes in instance containers of the micro cloud's executor, by guid.
 fn instance_pids(parent: &str) -> Vec<(String, u32)> {
     let parent = format!("/{parent}/");
@@ -131,10 +115,7 @@ fn instance_pids(parent: &str) -> Vec<(String, u32)> {
 
 #[test]
 fn a_pushed_app_cannot_escape_its_container() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test runs apps in real containers and needs root: run it as root, as CI does"
-    );
+    // Up::start fails the test naming the reason when not root.
     let up = Up::start();
     let endpoints = up.endpoints();
     let router = endpoints["router"].as_str().unwrap().to_owned();
@@ -193,7 +174,8 @@ fn a_pushed_app_cannot_escape_its_container() {
         query.push(format!("connect={}:{port}", up.gateway()));
     }
     // Ask until one instance answers; then try to kill every process of the other.
-    let (status, body) = via_router(
+    let (status, body) = router::get_within(
+        Duration::from_secs(30),
         &router,
         "escape.apps.localhost",
         &format!("/?{}", query.join("&")),
@@ -212,7 +194,12 @@ fn a_pushed_app_cannot_escape_its_container() {
     }
     let path = format!("/?{}", query.join("&"));
     let report: serde_json::Value = loop {
-        let (status, body) = via_router(&router, "escape.apps.localhost", &path);
+        let (status, body) = router::get_within(
+            Duration::from_secs(30),
+            &router,
+            "escape.apps.localhost",
+            &path,
+        );
         assert_eq!(status, 200, "{body}");
         let report: serde_json::Value = serde_json::from_str(&body).unwrap();
         if report["guid"] == own.as_str() {
@@ -260,10 +247,7 @@ fn runc_list(data: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn containers_of_a_killed_micro_cloud_are_removed_at_its_next_start() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test runs apps in real containers and needs root: run it as root, as CI does"
-    );
+    // Up::start fails the test naming the reason when not root.
     let mut up = Up::start();
     let data = up.home.path().join("data");
     let app = tempfile::tempdir().unwrap();
@@ -345,10 +329,7 @@ fn containers_of_a_killed_micro_cloud_are_removed_at_its_next_start() {
 
 #[test]
 fn an_app_past_its_memory_is_oom_killed_and_its_peak_shows_in_events() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test runs apps in real containers and needs root: run it as root, as CI does"
-    );
+    // Up::start fails the test naming the reason when not root.
     let up = Up::start();
     let app = tempfile::tempdir().unwrap();
     std::fs::write(

@@ -42,11 +42,16 @@ pub fn demo_app() -> tempfile::TempDir {
 /// `GET path` through `router` for `host`: the status (0 when nothing usable came back) and
 /// the body.
 pub fn get(router: &str, host: &str, path: &str) -> (u16, String) {
+    get_within(Duration::from_secs(15), router, host, path)
+}
+
+/// [`get`], for a page that may take up to `timeout` to answer.
+pub fn get_within(timeout: Duration, router: &str, host: &str, path: &str) -> (u16, String) {
     let addr = router.trim_start_matches("http://").trim_end_matches('/');
     let Ok(mut s) = TcpStream::connect(addr) else {
         return (0, String::new());
     };
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     if s.write_all(request.as_bytes()).is_err() {
         return (0, String::new());
