@@ -594,13 +594,7 @@ fn colon_commands_switch_screens_and_esc_walks_back() {
         "apps is the bottom of the stack"
     );
     type_keys(&mut state, ":nonsense\n", t0);
-    assert!(
-        state
-            .message()
-            .unwrap()
-            .1
-            .contains("unknown command :nonsense")
-    );
+    assert_message(&state, "unknown command :nonsense");
     // A prompt swallows keys: `q` typed into it does not quit, Esc cancels.
     type_keys(&mut state, ":q\u{1b}", t0);
     assert!(!state.should_quit());

@@ -301,13 +301,7 @@ fn colon_service_opens_by_name_and_an_unknown_name_is_refused() {
     );
     type_keys(&mut state, ":svc nope\n", t0);
     assert_eq!(state.screen(), &Screen::Service(QUEUE.into()));
-    assert!(
-        state
-            .message()
-            .unwrap()
-            .1
-            .contains("no service instance called nope")
-    );
+    assert_message(&state, "no service instance called nope");
     // The help names the services columns on a service's screen.
     type_keys(&mut state, "?", t0);
     let text = screen(&draw(&mut state, 160, 60));

@@ -207,6 +207,27 @@ pub(crate) struct ExecutorStats {
     pub last_ts: i64,
 }
 
+impl ExecutorStats {
+    /// A node known only by `id`: every metric unknown (`-` on screen, never 0).
+    pub(crate) fn unreported(id: String, cell: bool, last_ts: i64) -> Self {
+        Self {
+            id,
+            memory_used: None,
+            memory_capacity: None,
+            running: None,
+            starting: None,
+            crashed: None,
+            log_rate: None,
+            starts: None,
+            crashes: None,
+            cert_expiry: None,
+            cell,
+            evacuating: None,
+            last_ts,
+        }
+    }
+}
+
 /// How one kind of hop names its metrics.
 struct Spec {
     kind: &'static str,
@@ -517,20 +538,10 @@ impl Components {
             let Some(cert_expiry) = c.cert_expiry() else {
                 continue;
             };
+            let id = format!("{source}/{instance}");
             nodes.push(ExecutorStats {
-                id: format!("{source}/{instance}"),
-                memory_used: None,
-                memory_capacity: None,
-                running: None,
-                starting: None,
-                crashed: None,
-                log_rate: None,
-                starts: None,
-                crashes: None,
                 cert_expiry: Some(cert_expiry),
-                cell: false,
-                evacuating: None,
-                last_ts: c.last_ts,
+                ..ExecutorStats::unreported(id, false, c.last_ts)
             });
         }
         nodes

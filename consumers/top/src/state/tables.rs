@@ -423,21 +423,7 @@ fn nodes_table(state: &State, wall: i64) -> Table {
     let mut executors = state.components.nodes();
     for id in placed.keys() {
         if !executors.iter().any(|e| &e.id == id) {
-            executors.push(ExecutorStats {
-                id: id.clone(),
-                memory_used: None,
-                memory_capacity: None,
-                running: None,
-                starting: None,
-                crashed: None,
-                log_rate: None,
-                starts: None,
-                crashes: None,
-                cert_expiry: None,
-                cell: true,
-                evacuating: None,
-                last_ts: 0,
-            });
+            executors.push(ExecutorStats::unreported(id.clone(), true, 0));
         }
     }
     let rows: Vec<RowOut> = executors

@@ -128,6 +128,16 @@ pub fn type_keys(state: &mut State, text: &str, now: Instant) {
     }
 }
 
+/// The console's message line says `needle`.
+#[track_caller]
+pub fn assert_message(state: &State, needle: &str) {
+    let message = state.message().map(|(_, text)| text.as_str());
+    assert!(
+        message.is_some_and(|m| m.contains(needle)),
+        "the message line should say {needle:?}: {message:?}"
+    );
+}
+
 /// No cell holds a character a terminal would obey rather than show.
 pub fn assert_no_control(buf: &Buffer) {
     for y in 0..buf.area.height {
