@@ -25,8 +25,10 @@ pub struct Envelope {
     /// Hydrant extension: which numbering `hydrant_sequence` belongs to, a random id each agent
     /// process picks at start. Sequences are contiguous per (source_id, instance_id,
     /// hydrant_sequence_stream): a router host's agent and an app's cell agent both stamp the app's
-    /// (source_id, instance_id), and an agent that restarts starts again at 1, so a consumer
-    /// compares numbers only within one stream. 0 (absent) is a stream of its own.
+    /// (source_id, instance_id), an agent that restarts starts again at 1, and an agent that moves
+    /// an instance to another doppler while the old one may still deliver counts on under a new
+    /// stream (the two paths can arrive out of order), so a consumer compares numbers only within
+    /// one stream. 0 (absent) is a stream of its own.
     #[prost(uint64, tag = "101")]
     pub hydrant_sequence_stream: u64,
     #[prost(oneof = "envelope::Message", tags = "4, 5, 6, 7, 10")]
