@@ -516,16 +516,18 @@ pub(crate) async fn run(ctx: Arc<Ctx>, bus: Bus, mut feeds: Feeds, shutdown: Can
         let expiry = ctx.placement.lock().next_expiry(fallback);
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = sleep_until(expiry) => converge(&ctx, &bus).await,
+            () = sleep_until(expiry) => {
+                // A presence already received is no lapse: after a slow pass (the database)
+                // the timer and queued presences are ready together, and the timer must not
+                // win and declare live cells lost.
+                while let Some(message) = feeds.presence.try_next() {
+                    presence(&ctx, &message);
+                }
+                converge(&ctx, &bus).await;
+            }
             Some(message) = feeds.presence.next() => {
-                match message.json::<CellPresence>() {
-                    Ok(p) if messages::cell_of(&message.subject, messages::EXECUTOR_PRESENCE) == Some(p.id.as_str()) => {
-                        if ctx.placement.presence(p) {
-                            converge(&ctx, &bus).await;
-                        }
-                    }
-                    Ok(p) => refused(&ctx, Refusal::WrongCell, &message.subject, &p.id, "(presence)"),
-                    Err(_) => ctx.metrics.dropped_malformed.inc(),
+                if presence(&ctx, &message) {
+                    converge(&ctx, &bus).await;
                 }
             }
             Some(message) = feeds.placed.next() => learn(&ctx, &mut placements, &message),
@@ -578,6 +580,32 @@ pub(crate) async fn run(ctx: Arc<Ctx>, bus: Bus, mut feeds: Feeds, shutdown: Can
             }
             () = ctx.placement.wake.notified() => converge(&ctx, &bus).await,
             _ = ticks.tick() => converge(&ctx, &bus).await,
+        }
+    }
+}
+
+/// Applies one `executor.presence.<cell>` message; `true` when placement should look again.
+fn presence(ctx: &Ctx, message: &Message) -> bool {
+    match message.json::<CellPresence>() {
+        Ok(p)
+            if messages::cell_of(&message.subject, messages::EXECUTOR_PRESENCE)
+                == Some(p.id.as_str()) =>
+        {
+            ctx.placement.presence(p)
+        }
+        Ok(p) => {
+            refused(
+                ctx,
+                Refusal::WrongCell,
+                &message.subject,
+                &p.id,
+                "(presence)",
+            );
+            false
+        }
+        Err(_) => {
+            ctx.metrics.dropped_malformed.inc();
+            false
         }
     }
 }
