@@ -226,6 +226,11 @@ pub fn instance_schema(offering: &Offering) -> Value {
         }),
         _ => json!({}),
     };
+    object_schema(properties)
+}
+
+/// A draft-04 schema of an object holding only `properties` (an unknown one is refused).
+fn object_schema(properties: Value) -> Value {
     json!({
         "$schema": "http://json-schema.org/draft-04/schema#",
         "type": "object",
@@ -256,12 +261,7 @@ pub fn binding_schema(offering: &Offering, plan: &Plan) -> Value {
         }),
         _ => json!({}),
     };
-    json!({
-        "$schema": "http://json-schema.org/draft-04/schema#",
-        "type": "object",
-        "additionalProperties": false,
-        "properties": properties,
-    })
+    object_schema(properties)
 }
 
 /// `GET /v2/catalog`'s body, for the offerings in `available` (names).

@@ -428,26 +428,13 @@ fn start(
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::io("cannot start", &spec.program, e))?;
-    if let Some(out) = child.stdout.take() {
-        tokio::spawn(pump(
-            out,
-            false,
-            spec.clone(),
-            sink.clone(),
-            truncated.clone(),
-            Arc::clone(last),
-        ));
-    }
-    if let Some(err) = child.stderr.take() {
-        tokio::spawn(pump(
-            err,
-            true,
-            spec.clone(),
-            sink.clone(),
-            truncated.clone(),
-            Arc::clone(last),
-        ));
-    }
+    pump_both(
+        (child.stdout.take(), child.stderr.take()),
+        spec,
+        sink,
+        truncated,
+        last,
+    );
     Ok(child)
 }
 
@@ -504,27 +491,35 @@ async fn start_contained(
             node: spec.name.clone(),
             detail: format!("its container cannot start: {e}"),
         })?;
-    if let Some(out) = c.take_stdout() {
-        tokio::spawn(pump(
-            out,
-            false,
-            spec.clone(),
-            sink.clone(),
-            truncated.clone(),
-            Arc::clone(last),
-        ));
-    }
-    if let Some(err) = c.take_stderr() {
-        tokio::spawn(pump(
-            err,
-            true,
-            spec.clone(),
-            sink.clone(),
-            truncated.clone(),
-            Arc::clone(last),
-        ));
-    }
+    pump_both(
+        (c.take_stdout(), c.take_stderr()),
+        spec,
+        sink,
+        truncated,
+        last,
+    );
     Ok(c)
+}
+
+/// Forwards a node's stdout and stderr (whichever it has) as [`pump`] does, each on a task.
+fn pump_both<O, E>(
+    (out, err): (Option<O>, Option<E>),
+    spec: &Spec,
+    sink: &Sink,
+    truncated: &Counter,
+    last: &Arc<Mutex<String>>,
+) where
+    O: AsyncRead + Unpin + Send + 'static,
+    E: AsyncRead + Unpin + Send + 'static,
+{
+    if let Some(out) = out {
+        let (spec, sink, truncated) = (spec.clone(), sink.clone(), truncated.clone());
+        tokio::spawn(pump(out, false, spec, sink, truncated, Arc::clone(last)));
+    }
+    if let Some(err) = err {
+        let (spec, sink, truncated) = (spec.clone(), sink.clone(), truncated.clone());
+        tokio::spawn(pump(err, true, spec, sink, truncated, Arc::clone(last)));
+    }
 }
 
 /// Forwards a node's output line by line, each line capped at [`MAX_LINE`].
