@@ -64,13 +64,14 @@ pub struct ClientConfig {
     pub max_frame_bytes: usize,
     /// Largest recent-logs response body accepted, in bytes. Default 64 MiB.
     pub max_response_bytes: usize,
-    /// Watch `hydrant_sequence` per (source_id, instance_id) and report jumps as gaps. Turn it
+    /// Watch `hydrant_sequence` per (source_id, instance_id, `hydrant_sequence_stream`: the
+    /// stamping agent's numbering) and report jumps as gaps. Turn it
     /// off for a firehose subscription id that several connections share: the edge deals the
     /// group's envelopes round-robin, so each connection sees only its share of a source's
     /// sequence and would report the rest as lost. Default true.
     pub track_sequences: bool,
-    /// Most (source_id, instance_id) pairs whose sequence is remembered; the least recently
-    /// seen are forgotten beyond this. Default 10000.
+    /// Most numberings (source_id, instance_id, stream) whose sequence is remembered; the
+    /// least recently seen are forgotten beyond this. Default 10000.
     pub max_tracked_sources: usize,
     /// Give up (final error event) after this many consecutive connection attempts that did
     /// not lead to a healthy connection; 0 retries forever. Default 0.
