@@ -265,8 +265,9 @@ mod tests {
         })
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_flood_into_a_full_ring_loses_its_own_envelopes_and_is_told_the_quiet_app_none() {
+    /// A fair ingress service in front of a ring of 1,000 envelopes that nothing takes from
+    /// unless the test does.
+    fn rig() -> (Registry, Arc<IngressRing>, IngressService) {
         let registry = Registry::new("doppler", "t");
         let metrics = Metrics::new(&registry);
         let ring = Arc::new(IngressRing::new(
@@ -276,6 +277,12 @@ mod tests {
             metrics.ingress_ring_depth.clone(),
         ));
         let service = IngressService::new(ring.clone(), metrics, CancellationToken::new(), true);
+        (registry, ring, service)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_into_a_full_ring_loses_its_own_envelopes_and_is_told_the_quiet_app_none() {
+        let (registry, ring, service) = rig();
         let (loud, quiet) = (log("loud"), log("quiet"));
         // Nobody takes from the ring: ten times its size of flood, a quiet line now and then.
         for i in 0..100 {
@@ -338,16 +345,8 @@ mod tests {
     #[test]
     fn the_ring_ledger_balances_under_concurrent_handlers_and_a_taker() {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-        let registry = Registry::new("doppler", "t");
-        let metrics = Metrics::new(&registry);
-        let ring = Arc::new(IngressRing::new(
-            1000,
-            usize::MAX,
-            metrics.dropped_ring_full.clone(),
-            metrics.ingress_ring_depth.clone(),
-        ));
         // No runtime: no sweep timer; the handlers sweep as batches arrive, and once at the end.
-        let service = IngressService::new(ring.clone(), metrics, CancellationToken::new(), true);
+        let (registry, ring, service) = rig();
         let (loud, quiet) = (
             log("loud"),
             (0..5)
@@ -423,15 +422,7 @@ mod tests {
     /// for as long as nothing more arrived.
     #[tokio::test(start_paused = true)]
     async fn drops_are_published_within_a_second_when_traffic_stops() {
-        let registry = Registry::new("doppler", "t");
-        let metrics = Metrics::new(&registry);
-        let ring = Arc::new(IngressRing::new(
-            1000,
-            usize::MAX,
-            metrics.dropped_ring_full.clone(),
-            metrics.ingress_ring_depth.clone(),
-        ));
-        let service = IngressService::new(ring.clone(), metrics, CancellationToken::new(), true);
+        let (registry, _ring, service) = rig();
         let (loud, quiet) = (log("loud"), log("quiet"));
         for i in 0..30 {
             let mut envelopes = vec![loud.as_ref(); 100];
@@ -467,15 +458,7 @@ mod tests {
     /// `doppler.dropped{ingress_ring_full}` only, and the source's ledger stayed one short).
     #[tokio::test(start_paused = true)]
     async fn a_notice_evicted_from_the_full_ring_is_counted_under_its_source() {
-        let registry = Registry::new("doppler", "t");
-        let metrics = Metrics::new(&registry);
-        let ring = Arc::new(IngressRing::new(
-            1000,
-            usize::MAX,
-            metrics.dropped_ring_full.clone(),
-            metrics.ingress_ring_depth.clone(),
-        ));
-        let service = IngressService::new(ring.clone(), metrics, CancellationToken::new(), true);
+        let (registry, ring, service) = rig();
         let fair = service.fair.as_ref().unwrap();
         let loud = log("loud");
         let mut sent = 0u64;
