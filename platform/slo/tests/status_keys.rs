@@ -5,14 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use hydrant_auth::{AUD_LOGS, Claims, SigningKey};
 use hydrant_slo::{Config, Slo};
 use hydrant_testkit::wait_for;
 use hydrant_tls::local::FixedServer;
-use hydrant_tls::{Identity, Material, ServerTls, Tally, TlsFiles};
+use hydrant_tls::{Identity, TlsFiles};
 use tokio_util::sync::CancellationToken;
 
 /// `GET url` with `token`: the status code, or 0 when the page does not answer yet.
@@ -29,31 +28,18 @@ async fn status(url: &str, token: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_keys_come_over_mutual_tls() {
     let certs = tempfile::tempdir().unwrap();
-    hydrant_tls::issue::ensure(
-        certs.path(),
-        &[Identity::CloudController, Identity::Slo],
-        &[],
-    )
-    .unwrap();
     let key = SigningKey::generate().unwrap();
-    // The controller's internal listener: mutual TLS only, letting in the alerter's identity.
-    let server_tls = ServerTls::new(
-        Material::load(&TlsFiles::in_dir(certs.path(), Identity::CloudController)).unwrap(),
-        "test.internal",
-        &[Identity::Slo],
-        Arc::new(Tally::default()),
-    )
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let internal = listener.local_addr().unwrap();
-    let server = FixedServer::start(
-        listener,
-        &server_tls,
+    // The controller's internal listener: mutual TLS only, letting in the role's identity.
+    let (server, internal) = FixedServer::internal_api(
+        certs.path(),
+        Identity::Slo,
         vec![
             ("/token_keys".to_owned(), key.key_set().to_json()),
             ("/v3/slos".to_owned(), "[]".to_owned()),
         ],
-    );
+    )
+    .await
+    .unwrap();
 
     let data = tempfile::tempdir().unwrap();
     let mut config = Config {

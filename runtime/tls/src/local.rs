@@ -227,6 +227,34 @@ impl FixedServer {
         server
     }
 
+    /// The cloud controller's internal listener as a role's test meets it: makes the
+    /// platform's certificate directory in `certs` (the CA, the `cloudcontroller` leaf and
+    /// `client`'s), then serves `routes` on a loopback port over mutual TLS that lets in
+    /// `client` only. Returns the server and its address.
+    ///
+    /// # Errors
+    /// When the certificates cannot be made or loaded, or no loopback port can be bound.
+    pub async fn internal_api(
+        certs: &Path,
+        client: Identity,
+        routes: Vec<(String, String)>,
+    ) -> Result<(Self, std::net::SocketAddr), Error> {
+        crate::issue::ensure(certs, &[Identity::CloudController, client], &[])?;
+        let tls = ServerTls::new(
+            crate::Material::load(&crate::TlsFiles::in_dir(certs, Identity::CloudController))?,
+            "test.internal",
+            &[client],
+            Arc::new(crate::Tally::default()),
+        )?;
+        let io = |source| Error::Io {
+            path: certs.to_path_buf(),
+            source,
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
+        let addr = listener.local_addr().map_err(io)?;
+        Ok((Self::start(listener, &tls, routes), addr))
+    }
+
     /// How many requests for `path` came from a client proving `identity`.
     #[must_use]
     pub fn hits(&self, identity: Identity, path: &str) -> usize {
