@@ -199,7 +199,12 @@ impl Rig {
         let pid = std::process::id();
         config.containers.cgroup_parent = format!("hydrant-test/{name}-{pid}");
         config.network.bridge = format!("x{:04x}{n:x}", pid & 0xffff);
-        config.network.subnet = format!("10.{}.{}.0/22", 200 + pid % 50, (n % 64) * 4);
+        // 3,200 /22 subnets in 10.200.0.0-10.249.255.255, four per process by its pid: two
+        // test processes share one only when their pids differ by a multiple of 800 (by
+        // `pid % 50` alone one pair in fifty did, and the second executor refused to start on
+        // the subnet the first one's bridge held).
+        let slot = (pid % 800 * 4 + n % 4) % 3200;
+        config.network.subnet = format!("10.{}.{}.0/22", 200 + slot / 64, (slot % 64) * 4);
         config.telemetry.agent = Some(agent_url);
         config.telemetry.interval_secs = 1;
         tweak(&mut config);
@@ -242,10 +247,17 @@ impl Rig {
             app: "nobody".into(),
             ..StopInstance::default()
         };
-        wait_for(Duration::from_secs(30), "executor ready", || async {
+        let mut rig = rig;
+        let mut task = rig.task.take().expect("the rig's executor task");
+        let ready = wait_for(Duration::from_secs(30), "executor ready", || async {
             rig.try_stop(&probe).await.is_ok()
-        })
-        .await;
+        });
+        // An executor that cannot start ends its task: say why rather than time out.
+        tokio::select! {
+            () = ready => {}
+            ended = &mut task => panic!("the executor stopped before it was ready: {ended:?}"),
+        }
+        rig.task = Some(task);
         rig
     }
 
