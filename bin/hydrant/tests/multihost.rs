@@ -852,11 +852,14 @@ impl Platform {
         per_cell
     }
 
-    /// Each cell's state from the controller's `GET /v3/cells`.
+    /// Each cell's state from `GET /v3/cells` through the API's router.
     fn cell_states(&self) -> BTreeMap<String, String> {
-        let Some((200, body)) =
-            http_get(self.api_router(), API_HOST, "/v3/cells", Some(&self.token))
-        else {
+        self.cell_states_at(self.api_router())
+    }
+
+    /// Each cell's state from `GET /v3/cells` at `api` (a router, or one controller).
+    fn cell_states_at(&self, api: SocketAddr) -> BTreeMap<String, String> {
+        let Some((200, body)) = http_get(api, API_HOST, "/v3/cells", Some(&self.token)) else {
             return BTreeMap::new();
         };
         let cells: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -1457,6 +1460,19 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
     });
     let lost_at = lost_at.unwrap();
     let replaced = lost_at.elapsed();
+    // Both controllers, not only the placement lease's holder: behind the routers either may
+    // answer `hydrant cells`, and neither may call a dead cell healthy.
+    for host in ['a', 'b'] {
+        wait_for(
+            Duration::from_secs(5),
+            &format!("the controller on {host} to call cell C lost"),
+            || {
+                p.cell_states_at(p.addr(host, API))
+                    .get("cell-c")
+                    .is_some_and(|state| state == "lost")
+            },
+        );
+    }
     load.settle(50);
     let after = load.counts();
     let (ok, failed) = (after.0 - before.0, after.1 - before.1);

@@ -696,6 +696,10 @@ async fn record_crash(ctx: &Arc<Ctx>, crash: ExecutorCrash) {
 /// One convergence pass, by the controller holding the placement lease only: two
 /// controllers on one database would otherwise both start the missing instances.
 pub(crate) async fn converge(ctx: &Arc<Ctx>, bus: &Bus) {
+    // Every controller keeps its view of the cells current, lease or not: `hydrant cells` and
+    // `hydrant app` reach any controller behind the routers, and one without the lease must not
+    // show a dead cell healthy and its instances running. Only the holder acts on it.
+    expire(ctx);
     if !crate::lease::held(&ctx.db, crate::lease::PLACEMENT, &ctx.node).await {
         return;
     }
@@ -820,6 +824,13 @@ struct Plan {
     evacuate: Vec<String>,
     /// Cells to kill (`hydrant debug kill-cell`).
     kill: Vec<String>,
+}
+
+/// Moves the cells whose presence lapsed to the lost list (their instances become suspects,
+/// which the lease's holder replaces, now or when it takes the lease over).
+fn expire(ctx: &Ctx) {
+    let timeout = Duration::from_secs(ctx.config.executor_timeout_secs);
+    expire_cells(&mut ctx.placement.lock(), Instant::now(), timeout);
 }
 
 /// Forgets cells whose presence lapsed: each becomes a lost cell and its instances suspects,
