@@ -16,12 +16,6 @@
 //! Resumable: every frame ends with the consumer's cursor (see `position`), and a consumer that
 //! connects with `?cursor=` is first sent what it missed from the dopplers' replay rings, then
 //! its live data, with nothing repeated (see `resume`).
-//!
-//! A consumer that asked for cursors (any `?cursor=`, empty to start live) is never dropped
-//! from: when its outbox would overflow, the stream closes with 1008 and [`FELL_BEHIND`] before
-//! anything is lost, and it resumes with its cursor from the dopplers' rings. In a shard group
-//! whose other members stayed, a returning member starts live, so there it is told the loss
-//! by a gap marker as before.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,9 +56,6 @@ const SLOW_APP: &str = "Consumer too slow: it kept losing data. Read faster, or 
 const NO_PONG: &str = "No pong before the keepalive timeout; closing.";
 const SHUTTING_DOWN: &str = "The server is shutting down; reconnect.";
 const TOKEN_EXPIRED: &str = "token expired";
-/// For a consumer with cursors whose outbox would have dropped.
-pub(crate) const FELL_BEHIND: &str = "Fell behind: reconnect with your cursor; the dopplers' rings \
-                                      hold what was not sent.";
 
 /// WebSocket close codes.
 const POLICY_VIOLATION: u16 = 1008;
@@ -108,7 +99,6 @@ pub(crate) async fn firehose(
     let resume = crate::resume::requested(&app, q.get("cursor")).await?;
     let (ws, permit) = admit(&app, ws, &claims)?;
     let sub = app.hub.subscribe_group(&id, kinds, Endpoint::Firehose);
-    keep_for_resume(&sub, &q);
     let ends = token_deadline(&claims);
     let on = Open {
         format,
@@ -138,7 +128,6 @@ pub(crate) async fn app_stream(
     let sub = app
         .hub
         .subscribe_sources(vec![source_id], KindMask::ALL, Endpoint::AppStream);
-    keep_for_resume(&sub, &q);
     let ends = token_deadline(&claims);
     let on = Open {
         format,
@@ -147,14 +136,6 @@ pub(crate) async fn app_stream(
         resume,
     };
     Ok(upgrade(app, ws, sub, permit, on))
-}
-
-/// A consumer that sends `?cursor=` (even empty) keeps cursors: its outbox closes the stream
-/// instead of dropping. Stock consumers, which cannot resume, keep drop-and-gap-marker.
-fn keep_for_resume(sub: &Subscription, q: &Query) {
-    if q.get("cursor").is_some() {
-        sub.outbox().keep_for_resume();
-    }
 }
 
 /// When the stream's token expires, as an instant on the clock the writer sleeps on.
@@ -208,8 +189,6 @@ fn upgrade(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     TooSlow,
-    /// A consumer with cursors whose outbox would have dropped.
-    FellBehind,
     NoPong,
     Shutdown,
     PeerGone,
@@ -252,24 +231,6 @@ async fn serve(app: Arc<Shared>, socket: WebSocket, sub: Subscription, on: Open)
             }
             Some((POLICY_VIOLATION, slow))
         }
-        End::FellBehind => {
-            app.metrics.fell_behind.inc();
-            let outbox = sub.outbox();
-            let left = outbox.close_for_resume();
-            app.metrics.dropped_closed.add(left.lost);
-            let mut lost = outbox.take_unreported() + left.lost;
-            if sub.shares_group() {
-                // It will start live when it returns: what it was not sent is lost to it.
-                let skipped = outbox.passed_over() + left.replayable;
-                app.metrics.dropped_slow.add(skipped);
-                lost += skipped;
-            }
-            if lost > 0 {
-                let (msg, _) = message(format, frame::slow_gap(lost).as_ref(), &[], None, &app);
-                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, tx.send(msg)).await;
-            }
-            Some((POLICY_VIOLATION, FELL_BEHIND))
-        }
         End::NoPong => {
             app.metrics.keepalive_timeouts.inc();
             Some((POLICY_VIOLATION, NO_PONG))
@@ -283,9 +244,6 @@ async fn serve(app: Arc<Shared>, socket: WebSocket, sub: Subscription, on: Open)
         }
         End::PeerGone => None,
     };
-    // Out of its group before the close is written, so the consumer's reconnect finds itself
-    // the group's only member and is replayed from its cursor.
-    let sub = (end != End::FellBehind).then_some(sub);
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
             code,
@@ -379,7 +337,6 @@ async fn send(
     tokio::select! {
         r = tx.send(msg) => if r.is_ok() { Sent::Ok } else { Sent::Failed },
         () = behind_too_long(outbox, timeout) => Sent::Ended(End::TooSlow),
-        () = outbox.fell_behind().cancelled() => Sent::Ended(End::FellBehind),
         () = sleep(timeout) => Sent::Ended(End::TooSlow),
         () = peer_gone.cancelled() => Sent::Ended(End::PeerGone),
         () = app.shutdown.cancelled() => Sent::Ended(End::Shutdown),
@@ -441,9 +398,6 @@ async fn write_loop(
             next_ping = now + opts.ping_interval;
             continue;
         }
-        if outbox.fell_behind().is_cancelled() {
-            return End::FellBehind;
-        }
         if too_slow(outbox, opts.slow_consumer_timeout, now) {
             return End::TooSlow;
         }
@@ -485,7 +439,6 @@ async fn write_loop(
             let wake = awaiting.map_or(next_ping, |(_, due)| due.min(next_ping));
             tokio::select! {
                 () = outbox.notified() => {}
-                () = outbox.fell_behind().cancelled() => return End::FellBehind,
                 () = sleep_until(wake) => {}
                 () = sleep_until(token_ends) => return End::TokenExpired,
                 r = pong_rx.changed() => if r.is_err() { return End::PeerGone; },
@@ -507,7 +460,7 @@ async fn write_loop(
         match send(app, tx, msg, outbox, peer_gone).await {
             Sent::Ok => egress.add(count),
             // The frame is in the socket's buffer and goes out ahead of the close frame.
-            Sent::Ended(end @ (End::TooSlow | End::FellBehind | End::Shutdown)) => {
+            Sent::Ended(end @ (End::TooSlow | End::Shutdown)) => {
                 egress.add(count);
                 return end;
             }
@@ -528,7 +481,6 @@ mod tests {
         for r in [
             SLOW_FIREHOSE,
             SLOW_APP,
-            FELL_BEHIND,
             NO_PONG,
             SHUTTING_DOWN,
             TOKEN_EXPIRED,
