@@ -230,10 +230,12 @@ async fn accept(
         tokio::spawn(async move {
             let _slot = slot;
             let tcp = tokio::io::BufReader::with_capacity(READ_BUFFER, tcp);
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let handshake = acceptor.accept(tcp).into_fallible();
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
+                Ok(Err((error, tcp))) => {
                     handshake_failed(&tls, remote, &error);
+                    linger(tcp).await;
                     return;
                 }
                 Err(_) => {
@@ -260,6 +262,25 @@ async fn accept(
             let _ = tx.send(Ok(TlsConn { stream, peer })).await;
         });
     }
+}
+
+/// How long a refused connection is read from before it is closed.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Closes a refused connection without a reset. Under TLS 1.3 a client sends its first
+/// request (an HTTP/2 preface, say) before the server has judged its certificate; closing a
+/// socket with that unread makes the kernel send RST, which can discard the alert already
+/// sent before the client reads it, so the client learns only "broken pipe". Shutting down our
+/// side and reading what the client sent (for at most [`LINGER`]) closes with FIN behind the
+/// alert.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut tcp: S) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// Counts a failed handshake; certificate refusals were already counted by the verifier.
