@@ -71,6 +71,19 @@ fn record_count(receiver: &Receiver) -> u64 {
         .sum()
 }
 
+/// Waits until the receiver holds the app's records `0..n` (by their timestamps).
+async fn wait_for_records(receiver: &Receiver, n: usize, what: &str) {
+    hydrant_testkit::wait_for(WAIT, what, || async {
+        let records = app_records(receiver);
+        (0..n).all(|i| {
+            records
+                .iter()
+                .any(|(_, r)| r.time_unix_nano as i64 == BASE_NS + i as i64)
+        })
+    })
+    .await;
+}
+
 fn app_records(receiver: &Receiver) -> Vec<(Vec<KeyValue>, LogRecord)> {
     let mut out = Vec::new();
     for request in receiver.log_requests() {
@@ -616,15 +629,7 @@ async fn a_killed_nozzle_resumes_from_its_cursor_and_loses_nothing() {
     emit_logs(&emitter, 400..N);
     receiver.logs_answer(Answer::Ok);
     let second = start_nozzle(config).await;
-    hydrant_testkit::wait_for(WAIT, "every record, across the kill", || async {
-        let records = app_records(&receiver);
-        (0..N).all(|i| {
-            records
-                .iter()
-                .any(|(_, r)| r.time_unix_nano as i64 == BASE_NS + i as i64)
-        })
-    })
-    .await;
+    wait_for_records(&receiver, N, "every record, across the kill").await;
     let text = wait_accounted(&second).await;
     assert_eq!(
         scrape_metric(&text, "nozzle_dropped_total", ""),
@@ -680,15 +685,7 @@ async fn a_restarted_nozzle_catching_up_reads_only_as_fast_as_the_receiver_takes
     emit_logs(&emitter, 0..N);
     receiver.slow_down(Duration::from_millis(5));
     let second = start_nozzle(config).await;
-    hydrant_testkit::wait_for(WAIT, "every record of the backlog", || async {
-        let records = app_records(&receiver);
-        (0..N).all(|i| {
-            records
-                .iter()
-                .any(|(_, r)| r.time_unix_nano as i64 == BASE_NS + i as i64)
-        })
-    })
-    .await;
+    wait_for_records(&receiver, N, "every record of the backlog").await;
     let text = wait_accounted(&second).await;
     assert_eq!(
         scrape_metric(&text, "nozzle_dropped_total", ""),
