@@ -268,7 +268,7 @@ impl ApiKey {
     /// Wraps a key, refusing one that cannot be an HTTP header value.
     ///
     /// # Errors
-    /// [`Error::Config`] naming `field`, without the key.
+    /// A config error ([`Error::Core`]) naming `field`, without the key.
     pub fn new(field: &str, key: &str) -> Result<Self, Error> {
         let key = key.trim();
         if key.is_empty() {
@@ -302,7 +302,7 @@ impl hydrant_runtime::Validate for Config {
     /// the API key (see [`Config::api_key`]).
     ///
     /// # Errors
-    /// [`Error::Config`] (or [`Error::Core`] for a shared section) saying what to change.
+    /// A config error ([`Error::Core`]) saying what to change.
     fn validate(&self) -> Result<(), Error> {
         validate_firehose(&self.firehose, &self.subscription_id, "datadog-nozzle")?;
         Target::parse("api_url", &self.api_url)?;
@@ -442,7 +442,7 @@ impl Config {
     /// looked up through `env` (the process environment in the role; a map in tests).
     ///
     /// # Errors
-    /// [`Error::Config`] naming `api_key_file` or `api_key_env`; never the key.
+    /// A config error ([`Error::Core`]) naming `api_key_file` or `api_key_env`; never the key.
     pub fn api_key(&self, env: impl Fn(&str) -> Option<String>) -> Result<ApiKey, Error> {
         if let Some(path) = &self.api_key_file {
             let text = std::fs::read_to_string(path).map_err(|e| {

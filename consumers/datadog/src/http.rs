@@ -49,7 +49,7 @@ impl Target {
     /// Parses `http(s)://host[:port][/prefix]`.
     ///
     /// # Errors
-    /// [`Error::Config`] naming `field`, URL masked.
+    /// A config error ([`Error::Core`]) naming `field`, URL masked.
     pub fn parse(field: &str, url: &str) -> Result<Self, Error> {
         let bad = |why: &str| {
             Error::config(
@@ -112,7 +112,8 @@ impl Target {
 /// of `extra_ca_file`, `ring` crypto, HTTP/1.1 only.
 ///
 /// # Errors
-/// [`Error::Config`] naming `ca_file` when it cannot be read, or when no root at all is found.
+/// A config error ([`Error::Core`]) naming `ca_file` when it cannot be read, or when no root at all
+/// is found.
 pub fn tls_config(
     extra_ca_file: Option<&std::path::Path>,
 ) -> Result<Arc<rustls::ClientConfig>, Error> {
@@ -195,7 +196,7 @@ impl HttpClient {
     /// A client for `target`; `tls` is required for an https target.
     ///
     /// # Errors
-    /// [`Error::Config`] for an https target without a TLS config.
+    /// A config error ([`Error::Core`]) for an https target without a TLS config.
     pub fn new(
         field: &str,
         target: Target,

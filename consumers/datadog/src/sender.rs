@@ -35,8 +35,8 @@ impl Endpoint {
     /// An endpoint at `path` of `client`'s target, authenticating with `key`.
     ///
     /// # Errors
-    /// [`Error::Config`] when the key cannot be a header value (checked when it was read, so
-    /// this does not happen in practice).
+    /// A config error ([`Error::Core`]) when the key cannot be a header value (checked when it was
+    /// read, so this does not happen in practice).
     pub fn new(client: HttpClient, path: &'static str, key: &ApiKey) -> Result<Self, Error> {
         let mut api_key = HeaderValue::from_str(key.expose())
             .map_err(|_| Error::config("api_key_env", "the API key is not a valid header value"))?;

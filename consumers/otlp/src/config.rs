@@ -123,26 +123,26 @@ impl Headers {
     /// The headers as gRPC metadata, every value marked sensitive.
     ///
     /// # Errors
-    /// [`Error::Config`] naming `headers.NAME` (never the value).
+    /// A config error ([`Error::Core`]) naming `headers.NAME` (never the value).
     pub fn to_metadata(&self) -> Result<MetadataMap, Error> {
         let mut map = MetadataMap::new();
         for (name, value) in &self.0 {
             let field = format!("headers.{name}");
             if name.ends_with("-bin") {
-                return Err(config_error(
+                return Err(Error::config(
                     field,
                     "binary (-bin) metadata is not supported; use a text header",
                 ));
             }
             let key = AsciiMetadataKey::from_bytes(name.as_bytes()).map_err(|_| {
-                config_error(
+                Error::config(
                     field.clone(),
                     "is not a valid gRPC metadata name; use lowercase letters, digits, '-', '_' \
                      and '.'",
                 )
             })?;
             let mut value = AsciiMetadataValue::try_from(value.as_str()).map_err(|_| {
-                config_error(
+                Error::config(
                     field.clone(),
                     "has a value that is not visible ASCII (no control characters or newlines)",
                 )
@@ -211,20 +211,13 @@ impl Default for MetricsConfig {
     }
 }
 
-fn config_error(field: impl Into<String>, message: impl Into<String>) -> Error {
-    Error::Config {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
 /// Checks an OTLP/gRPC endpoint URL; errors name `field` and show the URL masked.
 ///
 /// # Errors
-/// [`Error::Config`] for another scheme or an unparsable URL.
+/// A config error ([`Error::Core`]) for another scheme or an unparsable URL.
 pub fn validate_endpoint(field: &str, url: &str) -> Result<(), Error> {
     let bad = |why: &str| {
-        config_error(
+        Error::config(
             field,
             format!("{} {why}; write it as \"http://HOST:4317\"", mask_url(url)),
         )
@@ -259,32 +252,32 @@ impl hydrant_runtime::Validate for Config {
     /// Checks every field; the first problem is returned naming its dotted path.
     ///
     /// # Errors
-    /// [`Error::Config`] (or [`Error::Core`] for a shared section) saying what to change.
+    /// A config error ([`Error::Core`]) saying what to change.
     fn validate(&self) -> Result<(), Error> {
         validate_firehose(&self.firehose, &self.subscription_id, "otlp-nozzle")?;
         validate_endpoint("endpoint", &self.endpoint)?;
         self.headers.to_metadata()?;
         if !self.export_logs && !self.export_metrics {
-            return Err(config_error(
+            return Err(Error::config(
                 "export_metrics",
                 "and export_logs are both false; enable at least one",
             ));
         }
         self.metrics.validate()?;
         if self.max_request_bytes < 64 * 1024 {
-            return Err(config_error(
+            return Err(Error::config(
                 "max_request_bytes",
                 "must be at least 65536 (one large log line must fit in a request)",
             ));
         }
         if self.export_timeout_ms == 0 {
-            return Err(config_error(
+            return Err(Error::config(
                 "export_timeout_ms",
                 "must be at least 1 (ms one export call may take)",
             ));
         }
         if !(1..=64).contains(&self.exports_in_flight) {
-            return Err(config_error(
+            return Err(Error::config(
                 "exports_in_flight",
                 "must be between 1 and 64 (export calls in flight per signal)",
             ));
@@ -304,35 +297,35 @@ impl MetricsConfig {
     /// Checks the `[metrics]` section.
     ///
     /// # Errors
-    /// [`Error::Config`] naming `metrics.FIELD`.
+    /// A config error ([`Error::Core`]) naming `metrics.FIELD`.
     pub fn validate(&self) -> Result<(), Error> {
         if self.prefix.chars().any(char::is_control) {
-            return Err(config_error(
+            return Err(Error::config(
                 "metrics.prefix",
                 "holds a control character; use letters, digits, '.' or '_'",
             ));
         }
         let bounds = &self.histogram_bounds_seconds;
         if bounds.iter().any(|b| !b.is_finite()) {
-            return Err(config_error(
+            return Err(Error::config(
                 "metrics.histogram_bounds_seconds",
                 "holds a value that is not a finite number",
             ));
         }
         if bounds.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(config_error(
+            return Err(Error::config(
                 "metrics.histogram_bounds_seconds",
                 "must be strictly increasing, e.g. [0.01, 0.1, 1.0]",
             ));
         }
         if bounds.len() > 256 {
-            return Err(config_error(
+            return Err(Error::config(
                 "metrics.histogram_bounds_seconds",
                 "has more than 256 bounds; every point carries one count per bucket",
             ));
         }
         if self.histogram_timers.iter().any(String::is_empty) {
-            return Err(config_error(
+            return Err(Error::config(
                 "metrics.histogram_timers",
                 "holds an empty name; list timer names such as \"http\"",
             ));

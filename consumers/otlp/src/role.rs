@@ -115,12 +115,14 @@ async fn serve(
     };
     let headers = config.headers.to_metadata()?;
     let channel = hydrant_envelope::raw::tuned_endpoint(&config.endpoint)
-        .map_err(|_| Error::Config {
-            field: "endpoint".to_owned(),
-            message: format!(
-                "{} is not a valid URL",
-                hydrant_nozzle_core::mask_url(&config.endpoint)
-            ),
+        .map_err(|_| {
+            Error::config(
+                "endpoint".to_owned(),
+                format!(
+                    "{} is not a valid URL",
+                    hydrant_nozzle_core::mask_url(&config.endpoint)
+                ),
+            )
         })?
         .connect_lazy();
     let timeout = Duration::from_millis(config.export_timeout_ms);

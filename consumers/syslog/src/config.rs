@@ -144,7 +144,7 @@ impl hydrant_runtime::Validate for Config {
     /// Checks every field; the first problem is returned naming its dotted path.
     ///
     /// # Errors
-    /// [`Error::Config`] (or [`Error::Core`] for a shared section) saying what to change.
+    /// A config error ([`Error::Core`]) saying what to change.
     fn validate(&self) -> Result<(), Error> {
         validate_firehose(&self.firehose, &self.subscription_id, "syslog-nozzle")?;
         if self.drains.is_empty() && self.platform.is_none() {
@@ -196,7 +196,7 @@ impl Config {
     /// the URL's `drain-data` and `disable-metadata` applied).
     ///
     /// # Errors
-    /// [`Error::Config`] naming `drains[index]`, URL masked.
+    /// A config error ([`Error::Core`]) naming `drains[index]`, URL masked.
     pub fn drain(&self, index: usize) -> Result<(DrainUrl, EncoderOptions), Error> {
         let field = format!("drains[{index}]");
         let url = self.drains.get(index).map_or("", String::as_str);
@@ -208,7 +208,7 @@ impl Config {
 /// `disable-metadata` applied. `field` names the URL in errors.
 ///
 /// # Errors
-/// [`Error::Config`] naming `field`, URL masked.
+/// A config error ([`Error::Core`]) naming `field`, URL masked.
 pub fn drain_options(
     field: &str,
     url: &str,

@@ -3,23 +3,10 @@
 /// What can go wrong in the syslog nozzle.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A config value is wrong; `field` is its dotted path.
-    #[error("config field `{field}`: {message}")]
-    Config {
-        /// The dotted config path, e.g. `drains[0]`.
-        field: String,
-        /// What is wrong and how to fix it (URLs masked).
-        message: String,
-    },
-    /// A shared-machinery config section is wrong.
+    /// A config value is wrong (`field` is its dotted path), or the firehose or the runtime
+    /// refused: the cases every nozzle shares.
     #[error(transparent)]
     Core(#[from] hydrant_nozzle_core::Error),
-    /// The firehose client refused its config.
-    #[error("firehose: {0}")]
-    Firehose(#[from] hydrant_firehose_client::Error),
-    /// The runtime could not bind a listener or read the config.
-    #[error(transparent)]
-    Runtime(#[from] hydrant_runtime::Error),
     /// Talking to a drain failed.
     #[error("drain {url}: {source}")]
     Drain {
@@ -68,17 +55,6 @@ pub enum Error {
     Api(String),
 }
 
-/// The runtime's config-field error is this crate's [`Error::Config`], so `validate` uses the
-/// runtime's [`hydrant_runtime::invalid`] and keeps its messages.
-impl From<hydrant_runtime::ConfigError> for Error {
-    fn from(e: hydrant_runtime::ConfigError) -> Self {
-        Self::Config {
-            field: e.field,
-            message: e.message,
-        }
-    }
-}
-
 impl Error {
     /// The drain was refused before any connection (private address not allowed).
     #[must_use]
@@ -92,3 +68,5 @@ impl Error {
         matches!(self, Self::Rejected { .. })
     }
 }
+
+hydrant_nozzle_core::nozzle_error_conversions!(Error);

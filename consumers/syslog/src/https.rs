@@ -49,8 +49,8 @@ impl HttpsSender {
     /// A sender for the `https://` drain `url`.
     ///
     /// # Errors
-    /// [`Error::Config`] when the host cannot be checked against a certificate or the URL
-    /// cannot be written into a request.
+    /// A config error ([`Error::Core`]) when the host cannot be checked against a certificate or
+    /// the URL cannot be written into a request.
     pub fn for_url(
         url: &DrainUrl,
         raw_url: &str,
@@ -60,10 +60,7 @@ impl HttpsSender {
         timeout: Duration,
     ) -> Result<Self, Error> {
         let masked = hydrant_nozzle_core::mask_url(raw_url);
-        let bad = |message: String| Error::Config {
-            field: masked.clone(),
-            message,
-        };
+        let bad = |message: String| Error::config(masked.clone(), message);
         let tls = DrainTls::new(&url.host, tls, insecure, &masked)?;
         let host = if url.port == 443 {
             url.authority().trim_end_matches(":443").to_owned()

@@ -66,7 +66,7 @@ impl PlatformConfig {
     /// Checks the section; errors name `platform.FIELD`.
     ///
     /// # Errors
-    /// [`Error::Config`].
+    /// A config error ([`Error::Core`]).
     pub fn validate(&self) -> Result<(), Error> {
         self.api.validate("platform.", "an admin token")?;
         for (field, value) in [

@@ -51,7 +51,7 @@ impl TlsConfig {
     /// Checks that `ca_file`, when set, holds at least one certificate.
     ///
     /// # Errors
-    /// [`Error::Config`] naming `tls.ca_file`.
+    /// A config error ([`Error::Core`]) naming `tls.ca_file`.
     pub fn validate(&self) -> Result<(), Error> {
         if let Some(path) = &self.ca_file {
             self.ca_certs(path)?;
@@ -60,9 +60,11 @@ impl TlsConfig {
     }
 
     fn ca_certs(&self, path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, Error> {
-        let bad = |why: String| Error::Config {
-            field: "tls.ca_file".to_owned(),
-            message: format!("{}: {why}", path.display()),
+        let bad = |why: String| {
+            Error::config(
+                "tls.ca_file".to_owned(),
+                format!("{}: {why}", path.display()),
+            )
         };
         let certs = CertificateDer::pem_file_iter(path)
             .map_err(|e| bad(format!("cannot be read ({e})")))?
@@ -79,15 +81,14 @@ impl TlsConfig {
     /// The rustls client config every TLS drain of this nozzle uses.
     ///
     /// # Errors
-    /// [`Error::Config`] for an unreadable or empty `ca_file`, or a CA certificate rustls
-    /// refuses.
+    /// A config error ([`Error::Core`]) for an unreadable or empty `ca_file`, or a CA certificate
+    /// rustls refuses.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Config {
-                field: "tls".to_owned(),
-                message: format!("no TLS version available ({e})"),
+            .map_err(|e| {
+                Error::config("tls".to_owned(), format!("no TLS version available ({e})"))
             })?;
         let config = if self.insecure_skip_verify {
             tracing::warn!(
@@ -112,12 +113,14 @@ impl TlsConfig {
             }
             if let Some(path) = &self.ca_file {
                 for cert in self.ca_certs(path)? {
-                    roots.add(cert).map_err(|e| Error::Config {
-                        field: "tls.ca_file".to_owned(),
-                        message: format!(
-                            "{}: a certificate is unusable as a CA ({e})",
-                            path.display()
-                        ),
+                    roots.add(cert).map_err(|e| {
+                        Error::config(
+                            "tls.ca_file".to_owned(),
+                            format!(
+                                "{}: a certificate is unusable as a CA ({e})",
+                                path.display()
+                            ),
+                        )
                     })?;
                 }
             }

@@ -123,18 +123,16 @@ impl DrainTls {
     /// TLS to `host` with the nozzle's `config`; `insecure` when certificates are not checked.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the drain by its masked URL when `host` cannot be checked
-    /// against a certificate.
+    /// A config error ([`Error::Core`]) naming the drain by its masked URL when `host` cannot be
+    /// checked against a certificate.
     pub(crate) fn new(
         host: &str,
         config: &Arc<ClientConfig>,
         insecure: bool,
         masked: &str,
     ) -> Result<Self, Error> {
-        let name = tls::server_name(host).map_err(|message| Error::Config {
-            field: masked.to_owned(),
-            message,
-        })?;
+        let name =
+            tls::server_name(host).map_err(|message| Error::config(masked.to_owned(), message))?;
         Ok(Self {
             config: Arc::clone(config),
             name,
@@ -199,7 +197,7 @@ impl TcpSender {
     /// config, used when the scheme asks for TLS.
     ///
     /// # Errors
-    /// [`Error::Config`] when the host cannot be checked against a certificate.
+    /// A config error ([`Error::Core`]) when the host cannot be checked against a certificate.
     pub fn for_url(
         url: &DrainUrl,
         raw_url: &str,

@@ -61,8 +61,8 @@ impl DrainUrl {
     /// Parses `url`; `field` names it in errors (`drains[2]`, `binding 5f0c…`).
     ///
     /// # Errors
-    /// [`Error::Config`] for an unknown scheme, a missing host, a bad port or a character
-    /// that has no place in a URL; the message shows the URL masked and how to write it.
+    /// A config error ([`Error::Core`]) for an unknown scheme, a missing host, a bad port or a
+    /// character that has no place in a URL; the message shows the URL masked and how to write it.
     pub fn parse(field: &str, url: &str) -> Result<Self, Error> {
         // The URL is shown masked, and with control characters replaced: it may come from a
         // developer's binding and end up on an operator's terminal.
@@ -70,12 +70,14 @@ impl DrainUrl {
             .chars()
             .map(|c| if c.is_control() { '?' } else { c })
             .collect();
-        let bad = |why: &str| Error::Config {
-            field: field.to_owned(),
-            message: format!(
-                "{shown} {why}; write it as \"syslog://HOST:PORT\", \"syslog-tls://HOST:PORT\" \
+        let bad = |why: &str| {
+            Error::config(
+                field.to_owned(),
+                format!(
+                    "{shown} {why}; write it as \"syslog://HOST:PORT\", \"syslog-tls://HOST:PORT\" \
                  or \"https://HOST[:PORT]/PATH\""
-            ),
+                ),
+            )
         };
         let (scheme, rest) = [Scheme::Syslog, Scheme::SyslogTls, Scheme::Https]
             .into_iter()
