@@ -61,6 +61,13 @@ pub type KeyFetchFuture = Pin<Box<dyn Future<Output = Result<reqwest::Response, 
 pub trait KeyTransport: fmt::Debug + Send + Sync {
     /// Sends `request` and returns the server's answer.
     fn send(&self, request: reqwest::Request) -> KeyFetchFuture;
+
+    /// Whether this transport carries plain HTTP (several controllers' public `http://`
+    /// addresses, tried in turn) rather than mutual TLS, so `http://` key URLs are expected.
+    /// Default `false`: a transport is mutual TLS unless it says otherwise.
+    fn plain_http(&self) -> bool {
+        false
+    }
 }
 
 /// Where the keys come from (the `token_keys*` settings of a verifying role).
@@ -116,7 +123,8 @@ impl TokenKeys {
             refetch_every,
             transport,
         } = sources;
-        if let (Some(_), Some(url)) = (&transport, &url)
+        if let (Some(transport), Some(url)) = (&transport, &url)
+            && !transport.plain_http()
             && !url.trim_start().starts_with("https://")
         {
             return Err(Error::KeyFormat {

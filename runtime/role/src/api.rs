@@ -33,9 +33,9 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::Error;
 use crate::config::{ApiConsumer, invalid};
 use crate::sync::lock;
+use crate::{Error, Failover, Registry};
 
 /// How long dialling and the TLS handshake may take, unless the role says otherwise.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -642,14 +642,45 @@ impl ApiConsumer<'_> {
     /// [`Error::Config`] naming `tls` when its files cannot be used (the message names the
     /// file and what is wrong with it).
     pub fn connect(&self) -> Result<ApiClient, Error> {
-        let mut base = hydrant_api::Client::new(self.api_url.trim(), None);
-        let mut keys: Option<Arc<dyn hydrant_auth::KeyTransport>> = None;
-        if let Some(files) = self.tls {
-            let transport = MtlsTransport::new(files)
-                .map_err(|e| invalid("tls", format!("cannot be used: {e}")))?;
-            base = base.with_transport(Arc::new(transport.clone()));
-            keys = Some(Arc::new(transport));
-        }
+        self.connect_in(None)
+    }
+
+    /// [`ApiConsumer::connect`], counting failovers between the block's controllers
+    /// (`api_urls`) in `registry` (`controller.failovers`) when given.
+    ///
+    /// # Errors
+    /// As [`ApiConsumer::connect`].
+    pub fn connect_in(&self, registry: Option<&Registry>) -> Result<ApiClient, Error> {
+        let mtls = match self.tls {
+            Some(files) => Some(
+                MtlsTransport::new(files)
+                    .map_err(|e| invalid("tls", format!("cannot be used: {e}")))?,
+            ),
+            None => None,
+        };
+        let (base, keys) = if self.api_urls.len() > 1 {
+            // Several controllers: every call and key fetch goes through one failover, so
+            // both move to the controller that answers.
+            let mut failover = Failover::new(self.api_urls, mtls);
+            if let Some(registry) = registry {
+                failover = failover.counted(registry);
+            }
+            let base =
+                hydrant_api::Client::new(failover.bases().first().map_or("", String::as_str), None)
+                    .with_transport(Arc::new(failover.clone()));
+            let keys: Arc<dyn hydrant_auth::KeyTransport> = Arc::new(failover);
+            (base, Some(keys))
+        } else {
+            let url = self.api_urls.first().map_or(self.api_url, String::as_str);
+            let base = hydrant_api::Client::new(url.trim(), None);
+            match mtls {
+                Some(transport) => {
+                    let keys: Arc<dyn hydrant_auth::KeyTransport> = Arc::new(transport.clone());
+                    (base.with_transport(Arc::new(transport)), Some(keys))
+                }
+                None => (base, None),
+            }
+        };
         let mut client = self.with_base(base);
         client.keys = keys;
         Ok(client)
@@ -660,7 +691,13 @@ impl ApiConsumer<'_> {
     /// `connect` first, at start, so a bad file stops them there.
     #[must_use]
     pub fn client(&self) -> ApiClient {
-        self.connect().unwrap_or_else(|e| {
+        self.client_in(None)
+    }
+
+    /// [`ApiConsumer::client`], counting failovers in `registry` when given.
+    #[must_use]
+    pub fn client_in(&self, registry: Option<&Registry>) -> ApiClient {
+        self.connect_in(registry).unwrap_or_else(|e| {
             let unusable = Arc::new(Unusable(e.to_string()));
             let base = hydrant_api::Client::new(self.api_url.trim(), None)
                 .with_transport(unusable.clone());
@@ -720,6 +757,8 @@ impl ApiClient {
     /// How this role fetches the controller's token keys (`hydrant_auth::KeySources::transport`):
     /// over its mutual-TLS connections when the block has `tls` (then the key URL must be the
     /// internal `https://` address, e.g. `api_url` + `/token_keys`), `None` (plain HTTP) without.
+    /// With several controllers (`api_urls`), through the same failover as every call: a key
+    /// URL under the first controller's address goes to whichever one answers.
     #[must_use]
     pub fn key_transport(&self) -> Option<Arc<dyn hydrant_auth::KeyTransport>> {
         self.keys.clone()

@@ -74,6 +74,9 @@ pub const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 pub struct ApiConsumer<'a> {
     /// `api_url`: the cloud controller, `http(s)://HOST:PORT`.
     pub api_url: &'a str,
+    /// `api_urls`: several controllers, tried in turn (see [`crate::Failover`]); empty when
+    /// the role names one (`api_url`). When set, `api_url` is its first entry.
+    pub api_urls: &'a [String],
     /// `token`.
     pub token: Option<&'a str>,
     /// `token_file`.
@@ -100,6 +103,7 @@ impl<'a> ApiConsumer<'a> {
     ) -> Self {
         Self {
             api_url,
+            api_urls: &[],
             token: token.map(String::as_str),
             token_file: token_file.map(PathBuf::as_path),
             client_id: None,
@@ -107,6 +111,13 @@ impl<'a> ApiConsumer<'a> {
             client_secret_file: None,
             tls: None,
         }
+    }
+
+    /// The block over several controllers (`api_urls`, the first one also `api_url`).
+    #[must_use]
+    pub fn with_urls(mut self, api_urls: &'a [String]) -> Self {
+        self.api_urls = api_urls;
+        self
     }
 
     /// The block with the role's `tls` files too.

@@ -40,6 +40,8 @@
 //!   the whole of `hydrant run ROLE --config FILE`, and [`shutdown_on_signal`].
 //! - `api`: [`ApiClient`] (the API consumer at run time: client and token) and
 //!   [`MtlsTransport`] (HTTP/1.1 over mutual TLS to the controller's internal listener).
+//! - `failover`: [`Failover`], several cloud controllers behind one client (`api_urls`, the
+//!   edge's `token_keys_urls`): tried in turn, the one that answered kept, failovers counted.
 //! - `backoff`: [`Backoff`], the one capped exponential backoff with jitter.
 //! - `serve`: [`Gate`] and [`Limits`], the abuse limits of a public HTTP listener (connection
 //!   caps, header read and idle timeouts, counted refusals) and the server that applies them.
@@ -53,6 +55,7 @@ mod consumer;
 #[doc(hidden)]
 pub mod declare;
 mod error;
+mod failover;
 mod gate;
 mod listeners;
 mod run;
@@ -67,6 +70,7 @@ pub use backoff::Backoff;
 pub use config::{ApiConsumer, ConfigError, MAX_TOKEN_FILE_BYTES, Validate, invalid, load};
 pub use consumer::ApiSettings;
 pub use error::Error;
+pub use failover::{ATTEMPT_TIMEOUT, Failover};
 pub use gate::{TokenGate, refusal};
 pub use hydrant_emitter::Registry;
 pub use listeners::{ADMIN, ListenerSpec, Listeners, admin_listener, bind, bind_on, listener};
