@@ -14,23 +14,22 @@
     reason = "test code"
 )]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hydrant_envelope::raw::egress::egress_client::EgressClient;
 use hydrant_envelope::raw::ingress::ingress_client::IngressClient;
-use hydrant_envelope::v2;
 use hydrant_envelope::wire::{self, BatchIter, EnvelopeView};
-use hydrant_runtime::Listeners;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+mod support;
+
+use hydrant_testkit::wait_for;
+use support::{Role, log_bytes as log, metric, start_agent, start_doppler};
 
 const QUIET_APPS: usize = 10;
 const FLOOD: &str = "flood";
@@ -38,88 +37,34 @@ const FLOOD: &str = "flood";
 const FLOOD_BATCH: usize = 200;
 const FLOOD_STREAMS: usize = 3;
 const FLOOD_FOR: Duration = Duration::from_secs(4);
-
-async fn get(admin: SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
+/// How long a condition gets.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// Every `*dropped*` series on `admin`'s `/metrics`, for a failure message.
 async fn drops(admin: SocketAddr) -> Vec<String> {
-    get(admin, "/metrics")
+    hydrant_testkit::scrape(admin)
         .await
+        .unwrap_or_default()
         .lines()
         .filter(|l| !l.starts_with('#') && l.contains("dropped") && !l.ends_with(" 0"))
         .map(str::to_owned)
         .collect()
 }
 
-/// The sum of every series of `name` whose labels include all of `labels`.
-async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> u64 {
-    let text = get(admin, "/metrics").await;
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            let ok = n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            ok.then(|| value.parse::<f64>().unwrap() as u64)
-        })
-        .sum()
-}
-
-struct Role {
-    addr: SocketAddr,
-    admin: SocketAddr,
-    shutdown: CancellationToken,
-}
-
-async fn bind() -> (TcpListener, TcpListener) {
-    (
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    )
-}
-
-async fn start_doppler() -> Role {
-    let (grpc, admin) = bind().await;
-    let (addr, admin_addr) = (grpc.local_addr().unwrap(), admin.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let config = hydrant_doppler::Config {
-        listen: addr.to_string(),
-        admin_listen: admin_addr.to_string(),
+/// A doppler whose ingress ring the flood fills on any machine.
+async fn doppler() -> Role {
+    start_doppler(hydrant_doppler::Config {
         // Small enough that the flood fills it on any machine.
         ingress_ring_envelopes: 5_000,
         replay_ring_bytes: 0,
         ..hydrant_doppler::Config::default()
-    };
-    tokio::spawn(hydrant_runtime::run::<hydrant_doppler::Doppler>(
-        config,
-        Listeners::from_bound(vec![("grpc", grpc), ("admin", admin)]),
-        shutdown.clone(),
-    ));
-    Role {
-        addr,
-        admin: admin_addr,
-        shutdown,
-    }
+    })
+    .await
 }
 
-async fn start_agent(doppler: &Role) -> Role {
-    let (ingress, admin) = bind().await;
-    let (addr, admin_addr) = (ingress.local_addr().unwrap(), admin.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let config = hydrant_agent::Config {
-        listen: addr.to_string(),
-        admin_listen: admin_addr.to_string(),
+/// An agent streaming to `doppler`, once its stream is up.
+async fn agent(doppler: &Role) -> Role {
+    let role = start_agent(hydrant_agent::Config {
         dopplers: vec![format!("http://{}", doppler.addr)],
         // Small enough that the flood fills it on any machine.
         egress_queue_max_batches: 32,
@@ -128,43 +73,13 @@ async fn start_agent(doppler: &Role) -> Role {
         // (issue 16); twenty chances per run instead of one or two.
         fair_notice_interval_ms: 200,
         ..hydrant_agent::Config::default()
-    };
-    tokio::spawn(hydrant_runtime::run::<hydrant_agent::Agent>(
-        config,
-        Listeners::from_bound(vec![("ingress", ingress), ("admin", admin)]),
-        shutdown.clone(),
-    ));
-    let role = Role {
-        addr,
-        admin: admin_addr,
-        shutdown,
-    };
-    wait_until("the agent's doppler stream", || async {
+    })
+    .await;
+    wait_for(WAIT, "the agent's doppler stream", || async {
         metric(role.admin, "agent_doppler_connections", &[]).await == 1
     })
     .await;
     role
-}
-
-async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, cond: impl Fn() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn log(source: &str, payload: String) -> Bytes {
-    wire::encode(&v2::Envelope {
-        source_id: source.to_owned(),
-        instance_id: "0".to_owned(),
-        tags: HashMap::from([("source_type".to_owned(), "APP/PROC/WEB/0".to_owned())]),
-        message: Some(v2::envelope::Message::Log(v2::Log {
-            payload: payload.into_bytes().into(),
-            r#type: 0,
-        })),
-        ..v2::Envelope::default()
-    })
 }
 
 /// What one per-app subscription saw.
@@ -183,19 +98,7 @@ async fn subscribe(
     stop: CancellationToken,
 ) -> Arc<Mutex<Seen>> {
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let mut client = EgressClient::connect(format!("http://{doppler}"))
-        .await
-        .unwrap()
-        .max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
-    let request = v2::EgressBatchRequest {
-        shard_id: format!("fairness-{source}"),
-        selectors: vec![v2::Selector {
-            source_id: source,
-            message: Some(v2::selector::Message::Log(v2::LogSelector {})),
-        }],
-        ..v2::EgressBatchRequest::default()
-    };
-    let mut stream = client.batched_receiver(request).await.unwrap().into_inner();
+    let mut stream = support::subscribe_logs(doppler, format!("fairness-{source}"), source).await;
     let out = seen.clone();
     tokio::spawn(async move {
         loop {
@@ -222,8 +125,8 @@ async fn subscribe(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_beside_ten_quiet_apps_loses_only_its_own_lines_and_is_told() {
-    let doppler = start_doppler().await;
-    let agent = start_agent(&doppler).await;
+    let doppler = doppler().await;
+    let agent = agent(&doppler).await;
     let stop_subs = CancellationToken::new();
     let mut quiet_seen = Vec::new();
     for i in 0..QUIET_APPS {
@@ -231,7 +134,7 @@ async fn a_flood_beside_ten_quiet_apps_loses_only_its_own_lines_and_is_told() {
     }
     let flood_seen = subscribe(doppler.addr, FLOOD.to_owned(), stop_subs.clone()).await;
     // Subscriptions reach the router through its command queue: wait until all are open.
-    wait_until("every subscription", || async {
+    wait_for(WAIT, "every subscription", || async {
         metric(doppler.admin, "doppler_subscriptions", &[]).await == QUIET_APPS as u64 + 1
     })
     .await;
@@ -302,7 +205,7 @@ async fn a_flood_beside_ten_quiet_apps_loses_only_its_own_lines_and_is_told() {
 
     // Everything sent has been taken in by the agent.
     let all_sent = flood_sent + quiet_sent.iter().sum::<u64>();
-    wait_until("the agent's ingress count", || async {
+    wait_for(WAIT, "the agent's ingress count", || async {
         metric(agent.admin, "agent_ingress_total", &[]).await == all_sent
     })
     .await;
@@ -411,7 +314,7 @@ async fn a_flood_beside_ten_quiet_apps_loses_only_its_own_lines_and_is_told() {
         at_doppler,
         "every doppler ingress drop is the flood's"
     );
-    wait_until("a notice in the flood's stream", || async {
+    wait_for(WAIT, "a notice in the flood's stream", || async {
         !flood_seen.lock().await.notices.is_empty()
     })
     .await;

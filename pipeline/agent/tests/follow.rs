@@ -11,103 +11,50 @@
     reason = "test code"
 )]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hydrant_envelope::raw::egress::egress_client::EgressClient;
 use hydrant_envelope::v2;
 use hydrant_envelope::v2::ingress_client::IngressClient;
 use hydrant_envelope::wire::{BatchIter, EnvelopeView};
-use hydrant_runtime::Listeners;
-use hydrant_testkit::{scrape_metric, wait_for};
-use tokio::net::TcpListener;
+use hydrant_testkit::wait_for;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+mod support;
+
+use support::{Role, log, metric, start_agent, start_doppler};
 
 /// Sources the test emits for: enough that each of two dopplers is some source's first choice.
 const SOURCES: usize = 64;
 
-/// The sum of every series of `name` whose labels include all of `labels`.
-async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> u64 {
-    scrape_metric(admin, name, labels).await as u64
-}
-
 /// How long a condition gets (announcements every 200 ms, TTLs of 1 s).
 const WAIT: Duration = Duration::from_secs(20);
 
-struct Role {
-    addr: SocketAddr,
-    admin: SocketAddr,
-    shutdown: CancellationToken,
-}
-
-async fn bind() -> (TcpListener, TcpListener) {
-    (
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    )
-}
-
-/// Runs role `R` on `listeners` until `shutdown`.
-fn spawn<R: hydrant_runtime::Role>(
-    config: R::Config,
-    listeners: Listeners,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    shutdown: CancellationToken,
-) -> Role
-where
-    R::Config: Send,
-{
-    tokio::spawn(hydrant_runtime::run::<R>(
-        config,
-        listeners,
-        shutdown.clone(),
-    ));
-    Role {
-        addr,
-        admin,
-        shutdown,
-    }
-}
-
 /// A real doppler announcing itself every 200 ms (TTL: 1 s) on `bus`.
-async fn start_doppler(id: &str, bus: &hydrant_bus::Config) -> Role {
-    let (grpc, admin) = bind().await;
-    let (addr, admin_addr) = (grpc.local_addr().unwrap(), admin.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let config = hydrant_doppler::Config {
-        listen: addr.to_string(),
-        admin_listen: admin_addr.to_string(),
+async fn doppler(id: &str, bus: &hydrant_bus::Config) -> Role {
+    start_doppler(hydrant_doppler::Config {
         instance_id: id.to_owned(),
         replay_ring_bytes: 0,
         shutdown_grace_secs: 1,
         bus: Some(bus.clone()),
         announce_interval_ms: 200,
         ..hydrant_doppler::Config::default()
-    };
-    let listeners = Listeners::from_bound(vec![("grpc", grpc), ("admin", admin)]);
-    spawn::<hydrant_doppler::Doppler>(config, listeners, addr, admin_addr, shutdown)
+    })
+    .await
 }
 
 /// An agent with no static dopplers, following `bus`.
-async fn start_agent(bus: &hydrant_bus::Config) -> Role {
-    let (ingress, admin) = bind().await;
-    let (addr, admin_addr) = (ingress.local_addr().unwrap(), admin.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let config = hydrant_agent::Config {
-        listen: addr.to_string(),
-        admin_listen: admin_addr.to_string(),
+async fn agent(bus: &hydrant_bus::Config) -> Role {
+    start_agent(hydrant_agent::Config {
         dopplers: vec![],
         bus: Some(bus.clone()),
         reconnect_max_backoff_ms: 200,
         ..hydrant_agent::Config::default()
-    };
-    let listeners = Listeners::from_bound(vec![("ingress", ingress), ("admin", admin)]);
-    spawn::<hydrant_agent::Agent>(config, listeners, addr, admin_addr, shutdown)
+    })
+    .await
 }
 
 async fn connections(agent: &Role) -> u64 {
@@ -121,16 +68,7 @@ async fn emit(agent: &Role, rounds: usize) -> u64 {
         .unwrap();
     for round in 0..rounds {
         let batch = (0..SOURCES)
-            .map(|i| v2::Envelope {
-                source_id: format!("app-{i}"),
-                instance_id: "0".to_owned(),
-                tags: HashMap::from([("source_type".to_owned(), "APP/PROC/WEB/0".to_owned())]),
-                message: Some(v2::envelope::Message::Log(v2::Log {
-                    payload: format!("line {round}").into_bytes().into(),
-                    r#type: 0,
-                })),
-                ..v2::Envelope::default()
-            })
+            .map(|i| log(&format!("app-{i}"), format!("line {round}")))
             .collect();
         client
             .send(v2::EnvelopeBatch { batch })
@@ -143,19 +81,8 @@ async fn emit(agent: &Role, rounds: usize) -> u64 {
 /// Counts the test's app lines arriving at `doppler`'s v2 Egress until `stop`.
 async fn count_delivered(doppler: SocketAddr, stop: CancellationToken) -> Arc<AtomicU64> {
     let seen = Arc::new(AtomicU64::new(0));
-    let mut client = EgressClient::connect(format!("http://{doppler}"))
-        .await
-        .unwrap()
-        .max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
-    let request = v2::EgressBatchRequest {
-        shard_id: "follow-test".to_owned(),
-        selectors: vec![v2::Selector {
-            source_id: String::new(),
-            message: Some(v2::selector::Message::Log(v2::LogSelector {})),
-        }],
-        ..v2::EgressBatchRequest::default()
-    };
-    let mut stream = client.batched_receiver(request).await.unwrap().into_inner();
+    let mut stream =
+        support::subscribe_logs(doppler, "follow-test".to_owned(), String::new()).await;
     let out = seen.clone();
     tokio::spawn(async move {
         loop {
@@ -199,8 +126,8 @@ async fn settled(agent: &Role) -> (u64, u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_doppler_added_takes_its_share_and_one_lost_is_routed_around_with_the_ledger_balanced() {
     let bus = hydrant_bus::Config::inprocess(&format!("follow-{}", std::process::id()));
-    let a = start_doppler("doppler-a", &bus).await;
-    let agent = start_agent(&bus).await;
+    let a = doppler("doppler-a", &bus).await;
+    let agent = agent(&bus).await;
     wait_for(WAIT, "the agent follows doppler A", || async {
         connections(&agent).await == 1
     })
@@ -215,7 +142,7 @@ async fn a_doppler_added_takes_its_share_and_one_lost_is_routed_around_with_the_
     );
 
     // B joins: within one announce interval (plus its connect) it has a lane.
-    let b = start_doppler("doppler-b", &bus).await;
+    let b = doppler("doppler-b", &bus).await;
     let b_url = format!("http://{}", b.addr);
     let joined = Instant::now();
     wait_for(WAIT, "the agent follows doppler B", || async {
