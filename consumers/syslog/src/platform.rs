@@ -271,9 +271,9 @@ pub(crate) fn start(
     let metrics = PlatformMetrics::new(registry);
     let encoder = config.encoder.clone();
     let fleet = Arc::clone(fleet);
+    // Certificates that cannot be used fail every call, saying why (never plaintext).
+    let api = platform.api.client_in(registry);
     Some(tokio::spawn(async move {
-        // Certificates that cannot be used fail every call, saying why (never plaintext).
-        let api = platform.api.client();
         let timeout = Duration::from_millis(platform.request_timeout_ms);
         let mut poll = tokio::time::interval(Duration::from_millis(platform.poll_interval_ms));
         let mut report = tokio::time::interval(Duration::from_millis(platform.status_interval_ms));

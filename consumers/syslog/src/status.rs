@@ -47,20 +47,21 @@ struct Status {
 /// Where `/drains` gets its token keys: a fixed file, or the controller's `/token_keys`
 /// (`token_keys_url`, by default the platform API's), cached in `token_keys_cache`. With
 /// `[platform].tls` fetches go through the nozzle's mutual-TLS transport (its
-/// `ApiClient::key_transport()`, as every role with a certificate fetches its keys).
+/// `ApiClient::key_transport()`, as every role with a certificate fetches its keys); with
+/// several controllers (`[platform].api_urls`) through their failover, tls or not.
 #[must_use]
 pub(crate) fn key_sources(config: &Config) -> hydrant_auth::KeySources {
     let url = config.token_keys_url.clone().or_else(|| {
         config
             .platform
             .as_ref()
-            .map(|p| format!("{}/token_keys", p.api.api_url.trim_end_matches('/')))
+            .map(|p| format!("{}/token_keys", p.api.primary_url().trim_end_matches('/')))
     });
     // Certificates that cannot be used give a transport that refuses, never plain HTTP.
     let transport = config
         .platform
         .as_ref()
-        .filter(|p| p.api.tls.is_some())
+        .filter(|p| p.api.tls.is_some() || p.api.urls().len() > 1)
         .and_then(|p| p.api.client().key_transport());
     let fixed = config.token_keys_file.is_some();
     hydrant_auth::KeySources {

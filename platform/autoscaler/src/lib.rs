@@ -250,7 +250,7 @@ impl Autoscaler {
     #[must_use]
     pub fn new(config: Config, emitter: Option<Emitter>, registry: &Registry) -> Self {
         let actor = Actor {
-            api: config.api.client(),
+            api: config.api.client_in(registry),
             emitter,
             timeout: Duration::from_millis(config.request_timeout_ms),
             metrics: Metrics::new(registry),

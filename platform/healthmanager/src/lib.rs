@@ -94,7 +94,7 @@ hydrant_runtime::role! {
     /// cloud's.
     pub struct HealthManager {
         name: "healthmanager", config: Config, error: Error, admin: "127.0.0.1:14832" => admin_listen,
-        describe: |c| format!("desired state from {}", c.api.api_url),
+        describe: |c| format!("desired state from {}", c.api.urls().join(", ")),
         serve: serve,
     }
 }
@@ -699,7 +699,7 @@ async fn serve(
     let _ = bus.publish(messages::EXECUTOR_GREET, bytes::Bytes::new());
 
     let desired = Arc::new(Desired::new(&config));
-    let api = Arc::new(config.api.connect()?);
+    let api = Arc::new(config.api.connect_in(&registry)?);
     let shared = Arc::new(Shared {
         bus: bus.clone(),
         api: Arc::clone(&api),
@@ -755,7 +755,7 @@ async fn serve(
     let retry = Config::secs(config.retry_secs);
     let mut ticks = tokio::time::interval(Config::secs(config.converge_interval_secs));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tracing::info!(api = %config.api.api_url, bus = %bus.url(), "health manager watching executors");
+    tracing::info!(api = %config.api.urls().join(", "), bus = %bus.url(), "health manager watching executors");
 
     loop {
         // A standby fires nothing: what falls due waits for the lease.

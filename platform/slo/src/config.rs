@@ -145,7 +145,10 @@ impl Config {
     ) -> hydrant_auth::KeySources {
         hydrant_auth::KeySources {
             url: Some(self.token_keys_url.clone().unwrap_or_else(|| {
-                format!("{}/token_keys", self.api.api_url.trim_end_matches('/'))
+                format!(
+                    "{}/token_keys",
+                    self.api.primary_url().trim_end_matches('/')
+                )
             })),
             cache: Some(
                 self.token_keys_cache

@@ -102,7 +102,7 @@ async fn serve(
         source,
     })?;
     // Certificates that cannot be used stop the role here, not at its first call.
-    let api = Arc::new(config.api.connect()?);
+    let api = Arc::new(config.api.connect_in(&registry)?);
     // The firehose falls back to the API token; with client credentials it has its own.
     let token = if config.firehose.token.is_empty() && config.firehose.client_id.is_empty() {
         api.token().await.map_err(|message| {
