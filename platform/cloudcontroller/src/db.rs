@@ -228,6 +228,8 @@ ALTER TABLE builds ADD COLUMN staged_by TEXT;
 ",
     // What else controllers behind one name share: API endpoints, the login brake, cell requests.
     crate::lease::SHARED_STATE,
+    // Builds queue in the database, claimed by any controller's workers (`staging/queue.rs`).
+    crate::staging::MIGRATION,
 ];
 
 /// Where the tenancy step sits in [`MIGRATIONS`]: PostgreSQL runs [`TENANCY_POSTGRES`] in its
@@ -1071,50 +1073,6 @@ fn build_from(row: &Row<'_>) -> crate::sql::Result<Build> {
     })
 }
 
-fn build_state_str(state: BuildState) -> &'static str {
-    match state {
-        BuildState::Staging => "STAGING",
-        BuildState::Staged => "STAGED",
-        BuildState::Failed => "FAILED",
-    }
-}
-
-pub(crate) fn insert_build(c: &Connection, build: &Build) -> crate::sql::Result<()> {
-    c.execute(
-        &format!(
-            "INSERT INTO builds ({BUILD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-        ),
-        params![
-            build.guid,
-            build.app_guid,
-            build.package_guid,
-            build_state_str(build.state),
-            build.error,
-            build.buildpack,
-            build.droplet_guid,
-            build.created_at,
-            build.updated_at
-        ],
-    )
-    .map(drop)
-}
-
-pub(crate) fn update_build(c: &Connection, build: &Build) -> crate::sql::Result<()> {
-    c.execute(
-        "UPDATE builds SET state = ?2, error = ?3, buildpack = ?4, droplet_guid = ?5, \
-         updated_at = ?6 WHERE guid = ?1",
-        params![
-            build.guid,
-            build_state_str(build.state),
-            build.error,
-            build.buildpack,
-            build.droplet_guid,
-            build.updated_at
-        ],
-    )
-    .map(drop)
-}
-
 pub(crate) fn get_build(c: &Connection, guid: &str) -> crate::sql::Result<Option<Build>> {
     c.query_row(
         &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE guid = ?1"),
@@ -1122,20 +1080,6 @@ pub(crate) fn get_build(c: &Connection, guid: &str) -> crate::sql::Result<Option
         build_from,
     )
     .optional()
-}
-
-/// Records which controller stages `build` (its `instance_id`), so only that one's restart
-/// fails it.
-pub(crate) fn set_build_stager(
-    c: &Connection,
-    build: &str,
-    stager: &str,
-) -> crate::sql::Result<()> {
-    c.execute(
-        "UPDATE builds SET staged_by = ?2 WHERE guid = ?1",
-        [build, stager],
-    )
-    .map(drop)
 }
 
 /// Builds left `STAGING` by a previous run of controller `stager` (or from before builds

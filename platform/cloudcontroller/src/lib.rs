@@ -146,9 +146,8 @@ pub(crate) struct Ctx {
     pub(crate) node: String,
 }
 
-/// Runs the cloud controller until `shutdown` is cancelled, then stops serving, lets running
-/// builds be abandoned (they are marked FAILED at the next start) and returns once every task
-/// has stopped.
+/// Runs the cloud controller until `shutdown` is cancelled, then stops serving, hands running
+/// builds back to the shared staging queue and returns once every task has stopped.
 async fn serve(
     config: Config,
     listeners: Listeners,

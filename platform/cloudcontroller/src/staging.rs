@@ -1,14 +1,26 @@
-//! Staging: turning a package into a droplet, on a bounded queue of builds.
+//! Staging: turning a package into a droplet, on a bounded queue of builds that every cloud
+//! controller on the database shares.
 //!
-//! Flow: `POST /v3/apps/{guid}/builds` reserves a queue slot ([`Queue::reserve`]) → a worker
-//! copies the package's files out of the blob store into a scratch directory → detects a
-//! buildpack ([`detect`]) → installs dependencies when the app lists some (or has its own
-//! install scripts) and the tool exists → writes `droplets/<guid>.tgz` with its SHA-256 → marks
-//! the build STAGED and makes the droplet the app's current one. Every step is narrated as `STG`
-//! log lines in the app's stream; a failure says why, both there and in the build's `error`.
-//! Invariant: at most `staging_queue` builds wait and `staging_workers` run; a full queue is
-//! refused up front, and the queue is fair across spaces (`staging/queue.rs`): one space holds
-//! at most half of its places and spaces take turns at the workers.
+//! Flow: `POST /v3/apps/{guid}/builds` queues the build in the database ([`enqueue`]) → a
+//! worker of any controller claims it (`staging/queue.rs`) → copies the package's files out of
+//! the blob store into a scratch directory → detects a buildpack ([`detect`]) → installs
+//! dependencies when the app lists some (or has its own install scripts) and the tool exists
+//! → writes `droplets/<guid>.tgz` with its SHA-256 → marks the build STAGED and makes the
+//! droplet the app's current one. Every step is narrated as `STG` log lines in the app's
+//! stream; a failure says why, both there and in the build's `error`.
+//! Invariant: at most `staging_queue` builds wait and `staging_workers` run on each controller;
+//! a full queue is refused up front, and the queue is fair across spaces: one space holds at
+//! most half of its places and spaces take turns at the workers.
+//!
+//! # A build outlives its controller
+//! The worker staging a build renews its claim on it while it works. When a controller dies
+//! (killed, its host lost), its claims lapse, and any other controller puts those builds back
+//! in the queue and restages them from their package, in a fresh scratch directory and a fresh
+//! staging container, saying so in an `STG` line and an `audit.app.build.retry` event; the dead
+//! controller's own containers are removed when it starts again. A build whose controller was
+//! lost three times fails, naming why. Only the claim's holder records an outcome, so a
+//! controller that was merely cut off from the database never overwrites the survivor's
+//! droplet. A clean stop hands its builds back to the queue at once.
 //!
 //! # Isolation
 //! Install steps are the only place staging runs the app's own code (`pip` builds a `setup.py`,
@@ -35,7 +47,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hydrant_api::{Build, BuildState, Droplet, Resource};
+use hydrant_api::{Build, Droplet, Resource};
 use hydrant_container::{ContainerSpec, Containers, Limits, TMP_DIR, net};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncBufReadExt as _;
@@ -46,7 +58,7 @@ use tokio_util::task::TaskTracker;
 
 mod queue;
 
-pub(crate) use queue::{Queue, Refused};
+pub(crate) use queue::{MIGRATION, Queue, Refused};
 
 use crate::config::{Config, IsolationMode};
 use crate::{Ctx, db, password};
@@ -204,8 +216,67 @@ pub(crate) struct Job {
     pub(crate) command: Option<String>,
 }
 
+/// Queues `build` of an app in `space` (with the app's explicit start `command`) for staging,
+/// with `also` (the audit event) in the same transaction; refused with the reason and when to
+/// retry when the queue or the space's share of it is full. Wakes a worker here.
+pub(crate) async fn enqueue<F>(
+    ctx: &Arc<Ctx>,
+    build: &Build,
+    space: &str,
+    command: Option<String>,
+    also: F,
+) -> Result<(), crate::api::ApiError>
+where
+    F: FnOnce(&crate::sql::Connection) -> crate::sql::Result<()> + Send + 'static,
+{
+    let queue = ctx.staging.clone();
+    let (stored, space_guid) = (build.clone(), space.to_owned());
+    let queued = ctx
+        .db
+        .run(move |c| {
+            let tx = c.transaction()?;
+            let now_ms = crate::lease::now_ms();
+            let placed = queue::enqueue(
+                &tx,
+                &queue,
+                &stored,
+                &space_guid,
+                command.as_deref(),
+                now_ms,
+            )?;
+            if placed.is_ok() {
+                also(&tx)?;
+                tx.commit()?;
+            }
+            Ok(placed)
+        })
+        .await?;
+    match queued {
+        Ok(()) => {
+            ctx.staging.wake();
+            Ok(())
+        }
+        Err(Refused::Full) => {
+            ctx.metrics.staging_rejected.inc();
+            Err(crate::api::ApiError::unavailable(format!(
+                "the staging queue is full ({} builds waiting); try again in a minute",
+                ctx.staging.capacity()
+            )))
+        }
+        Err(Refused::SpaceShare) => {
+            ctx.metrics.staging_rejected_share.inc();
+            Err(crate::api::ApiError::unavailable(format!(
+                "this space already has {} builds waiting, its share of the staging queue; \
+                 try again once they have started",
+                ctx.staging.per_space()
+            )))
+        }
+    }
+}
+
 /// Starts `workers` tasks taking builds from the queue until `shutdown`; the handle ends once
-/// every staging container is gone.
+/// every staging container is gone and this controller's unfinished builds are back in the
+/// queue.
 pub(crate) fn spawn_workers(
     ctx: Arc<Ctx>,
     workers: usize,
@@ -225,27 +296,160 @@ async fn supervise(ctx: Arc<Ctx>, workers: usize, shutdown: CancellationToken) {
             loop {
                 let job = tokio::select! {
                     () = shutdown.cancelled() => break,
-                    job = ctx.staging.next() => job,
+                    job = next_job(&ctx) => job,
                 };
-                ctx.metrics.staging_depth.set(ctx.staging.depth() as f64);
+                // There may be more: another idle worker looks at once.
+                ctx.staging.wake();
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = run_job(&ctx, &sandbox, job) => {}
+                    () = run_job(&ctx, &sandbox, &job) => {}
+                    () = hold_claim(&ctx, &job) => {
+                        tracing::warn!(
+                            build = %job.build_guid,
+                            "lost the claim on a build (the database was out of reach too \
+                             long); another cloud controller restages it"
+                        );
+                    }
                 }
             }
         });
     }
+    running.spawn(watch_claims(ctx.clone(), shutdown.clone()));
     while running.join_next().await.is_some() {}
     if let Ok(sandbox) = Arc::try_unwrap(sandbox) {
         sandbox.close().await;
     }
+    // A clean stop: what was cut short here is staged again at once, elsewhere or at the
+    // next start, not after the claims lapse.
+    let node = ctx.node.clone();
+    match ctx.db.run(move |c| Ok(queue::release(c, &node)?)).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            builds = n,
+            "handed unfinished builds back to the staging queue"
+        ),
+        Err(e) => tracing::warn!(error = %e.detail(), "cannot hand builds back to the queue"),
+    }
 }
 
-async fn run_job(ctx: &Arc<Ctx>, sandbox: &Sandbox, job: Job) {
+/// The next build this controller claims; waits while none is queued anywhere.
+async fn next_job(ctx: &Arc<Ctx>) -> Job {
+    loop {
+        let (node, stager) = (ctx.node.clone(), ctx.config.instance_id.clone());
+        let claimed = ctx
+            .db
+            .run(move |c| Ok(queue::claim(c, &node, &stager, crate::lease::now_ms())?))
+            .await;
+        match claimed {
+            Ok(Some(job)) => return job,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e.detail(), "cannot claim a build"),
+        }
+        ctx.staging.idle().await;
+    }
+}
+
+/// Renews this controller's claim on `job` while it stages it; ends only when the claim is
+/// lost (it lapsed while the database was out of reach, and another controller took it).
+async fn hold_claim(ctx: &Arc<Ctx>, job: &Job) {
+    loop {
+        tokio::time::sleep(queue::RENEW).await;
+        let (build, node) = (job.build_guid.clone(), ctx.node.clone());
+        let renewed = ctx
+            .db
+            .run(move |c| Ok(queue::renew(c, &build, &node, crate::lease::now_ms())?))
+            .await;
+        match renewed {
+            Ok(true) => {}
+            Ok(false) => return,
+            // Out of reach: try again; the claim holds for a while.
+            Err(e) => tracing::warn!(error = %e.detail(), "cannot renew a staging claim"),
+        }
+    }
+}
+
+/// Every [`queue::POLL`]: puts the builds of controllers that died back in the queue (or
+/// fails those lost too often), saying so in their apps' streams and audit events, and keeps
+/// the queue depth gauge current.
+async fn watch_claims(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    loop {
+        let lapsed = ctx
+            .db
+            .run(|c| {
+                let lapsed =
+                    queue::reclaim_lapsed(c, crate::lease::now_ms(), hydrant_auth::now_secs())?;
+                for lost in &lapsed {
+                    if let Some(app) = db::get_app(c, &lost.app_guid)? {
+                        crate::api::record_event(
+                            c,
+                            "audit.app.build.retry",
+                            "cloud_controller",
+                            &app,
+                            serde_json::json!({
+                                "build_guid": lost.build_guid,
+                                "reason": "cloud_controller_lost",
+                                "lost_controller": lost.holder,
+                                "retry": lost.retry,
+                            }),
+                        )?;
+                    }
+                }
+                Ok((lapsed, queue::depth(c)?))
+            })
+            .await;
+        match lapsed {
+            Ok((lapsed, depth)) => {
+                for lost in &lapsed {
+                    report_lost(&ctx, lost);
+                }
+                if !lapsed.is_empty() {
+                    ctx.staging.wake();
+                }
+                ctx.metrics.staging_depth.set(depth as f64);
+            }
+            Err(e) => tracing::warn!(error = %e.detail(), "cannot look for lapsed staging claims"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(queue::POLL) => {}
+        }
+    }
+}
+
+fn report_lost(ctx: &Ctx, lost: &queue::Lapsed) {
+    match lost.retry {
+        Some(retry) => {
+            tracing::warn!(build = %lost.build_guid, controller = %lost.holder, retry,
+                "a build's cloud controller was lost; staging it again");
+            ctx.logs.stg(
+                &lost.app_guid,
+                &format!(
+                    "Staging retried (retry {retry} of {}): the cloud controller staging this \
+                     build ({}) was lost; staging again from the package",
+                    queue::MAX_LOST_RETRIES,
+                    lost.holder
+                ),
+                true,
+            );
+        }
+        None => {
+            ctx.metrics.staging_failed.inc();
+            tracing::warn!(build = %lost.build_guid, controller = %lost.holder,
+                "a build's cloud controller was lost once too often; the build failed");
+            ctx.logs.stg(
+                &lost.app_guid,
+                &format!("Staging failed: {}", queue::lost_reason(&lost.holder)),
+                true,
+            );
+        }
+    }
+}
+
+async fn run_job(ctx: &Arc<Ctx>, sandbox: &Sandbox, job: &Job) {
     let started = Instant::now();
     let timeout = Duration::from_secs(ctx.config.staging_timeout_secs);
     let deadline = Deadline::now() + timeout;
-    let staged = stage(ctx, sandbox, &job, deadline);
+    let staged = stage(ctx, sandbox, job, deadline);
     let outcome = match tokio::time::timeout_at(deadline + CLEANUP_GRACE, staged).await {
         Ok(outcome) => outcome,
         Err(_) => Err(format!(
@@ -258,48 +462,47 @@ async fn run_job(ctx: &Arc<Ctx>, sandbox: &Sandbox, job: Job) {
         .staging_duration_ms
         .set(elapsed.as_millis() as f64);
     let now = hydrant_auth::now_secs();
+    let node = ctx.node.clone();
     match outcome {
         Ok((buildpack, droplet)) => {
-            ctx.metrics.staged.inc();
             let build_guid = job.build_guid.clone();
+            let droplet_guid = droplet.guid.clone();
             let saved = ctx
                 .db
                 .run(move |c| {
                     let tx = c.transaction()?;
+                    let finished = queue::Outcome::Staged {
+                        buildpack,
+                        droplet_guid: droplet.guid.clone(),
+                    };
+                    if !queue::finish(&tx, &build_guid, &node, &finished, now)? {
+                        // Another controller took the build over: its droplet is the one.
+                        return Ok(None);
+                    }
                     let Some(mut app) = db::get_app(&tx, &droplet.app_guid)? else {
                         // The app was deleted while staging; nothing to attach the droplet to.
-                        return Ok(Vec::new());
+                        return Ok(Some(Vec::new()));
                     };
                     db::insert_droplet(&tx, &droplet)?;
-                    db::update_build(
-                        &tx,
-                        &Build {
-                            guid: build_guid,
-                            app_guid: droplet.app_guid.clone(),
-                            package_guid: String::new(),
-                            state: BuildState::Staged,
-                            error: None,
-                            buildpack: Some(buildpack),
-                            droplet_guid: Some(droplet.guid.clone()),
-                            created_at: 0,
-                            updated_at: now,
-                        },
-                    )?;
                     app.current_droplet_guid = Some(droplet.guid.clone());
                     app.updated_at = now;
                     db::update_app(&tx, &app)?;
                     // Keep the newest few packages and droplets, as Cloud Foundry does.
                     let collected = crate::blob_lifecycle::collect(&tx, &app.guid)?;
                     tx.commit()?;
-                    Ok(collected)
+                    Ok(Some(collected))
                 })
                 .await;
             match saved {
-                Ok(collected) => {
+                Ok(Some(collected)) => {
+                    ctx.metrics.staged.inc();
                     for guid in collected {
                         let _ = tokio::fs::remove_file(ctx.blobs.droplet_path(&guid)).await;
                     }
                     ctx.logs.stg(&job.app_guid, "Staging complete", false);
+                }
+                Ok(None) => {
+                    let _ = tokio::fs::remove_file(ctx.blobs.droplet_path(&droplet_guid)).await;
                 }
                 Err(e) => {
                     tracing::error!(?e, "recording a staged build failed");
@@ -312,25 +515,21 @@ async fn run_job(ctx: &Arc<Ctx>, sandbox: &Sandbox, job: Job) {
             }
         }
         Err(reason) => {
-            ctx.metrics.staging_failed.inc();
-            ctx.logs
-                .stg(&job.app_guid, &format!("Staging failed: {reason}"), true);
             let build_guid = job.build_guid.clone();
+            let failed = queue::Outcome::Failed(reason.clone());
             let result = ctx
                 .db
-                .run(move |c| {
-                    let Some(mut build) = db::get_build(c, &build_guid)? else {
-                        return Ok(());
-                    };
-                    build.state = BuildState::Failed;
-                    build.error = Some(reason);
-                    build.updated_at = now;
-                    db::update_build(c, &build)?;
-                    Ok(())
-                })
+                .run(move |c| Ok(queue::finish(c, &build_guid, &node, &failed, now)?))
                 .await;
-            if let Err(e) = result {
-                tracing::error!(?e, "recording a failed build failed");
+            match result {
+                Ok(true) => {
+                    ctx.metrics.staging_failed.inc();
+                    ctx.logs
+                        .stg(&job.app_guid, &format!("Staging failed: {reason}"), true);
+                }
+                // Another controller took the build over: its outcome is the one.
+                Ok(false) => {}
+                Err(e) => tracing::error!(?e, "recording a failed build failed"),
             }
         }
     }

@@ -267,24 +267,6 @@ async fn create_build(
             Ok((app, package))
         })
         .await?;
-    // Reserve the queue slot before writing the build, so a full queue leaves no orphan row.
-    let permit = ctx.staging.reserve(&app.space_guid).map_err(|refused| {
-        match refused {
-            staging::Refused::Full => ctx.metrics.staging_rejected.inc(),
-            staging::Refused::SpaceShare => ctx.metrics.staging_rejected_share.inc(),
-        }
-        match refused {
-            staging::Refused::Full => ApiError::unavailable(format!(
-                "the staging queue is full ({} builds waiting); try again in a minute",
-                ctx.config.staging_queue
-            )),
-            staging::Refused::SpaceShare => ApiError::unavailable(format!(
-                "this space already has {} builds waiting, its share of the staging queue; \
-                 try again once they have started",
-                ctx.staging.per_space()
-            )),
-        }
-    })?;
     let now = hydrant_auth::now_secs();
     let build = Build {
         guid: password::new_guid(),
@@ -297,29 +279,20 @@ async fn create_build(
         created_at: now,
         updated_at: now,
     };
-    let stored = build.clone();
+    // Queued in the database with its audit event, or refused when the queue is full: any
+    // controller's workers stage it, so it outlives this controller.
     let event_app = app.clone();
-    let stager = ctx.config.instance_id.clone();
-    ctx.db
-        .run(move |c| {
-            db::insert_build(c, &stored)?;
-            db::set_build_stager(c, &stored.guid, &stager)?;
-            super::record_event(
-                c,
-                "audit.app.build.create",
-                &actor,
-                &event_app,
-                serde_json::json!({"build_guid": stored.guid, "package_guid": stored.package_guid}),
-            )?;
-            Ok(())
-        })
-        .await?;
-    permit.send(staging::Job {
-        build_guid: build.guid.clone(),
-        app_guid: app.guid,
-        package_guid: package.guid,
-        command: app.command,
-    });
+    let (build_guid, package_guid) = (build.guid.clone(), build.package_guid.clone());
+    staging::enqueue(&ctx, &build, &app.space_guid, app.command, move |c| {
+        super::record_event(
+            c,
+            "audit.app.build.create",
+            &actor,
+            &event_app,
+            serde_json::json!({"build_guid": build_guid, "package_guid": package_guid}),
+        )
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(build)))
 }
 
