@@ -124,11 +124,7 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let flush_metrics = FlushMetrics::new(&registry);
-    let cursor_file = config.cursor_file.as_ref().map(CursorFile::new);
-    let saved = match &cursor_file {
-        Some(file) => file.load()?,
-        None => None,
-    };
+    let (cursor_file, saved) = CursorFile::open(config.cursor_file.as_deref())?;
     let tracked = cursor_file.is_some();
     let api = Target::parse("api_url", &config.api_url)?;
     let logs_target = if config.logs.enabled {
@@ -196,15 +192,11 @@ async fn serve(
             let client = HttpClient::new("logs.url", target.clone(), tls.clone(), timeout)?;
             let endpoint = Endpoint::new(client, LOGS_PATH, &api_key)?;
             let metrics = NozzleMetrics::new(&registry, &endpoint.url());
-            let queue = Arc::new(if tracked {
-                DestinationQueue::tracked(
-                    config.logs.queue.clone(),
-                    metrics.clone(),
-                    Arc::new(Watermark::default()),
-                )
-            } else {
-                DestinationQueue::new(config.logs.queue.clone(), metrics.clone())
-            });
+            let queue = Arc::new(DestinationQueue::for_cursor(
+                config.logs.queue.clone(),
+                metrics.clone(),
+                tracked,
+            ));
             senders.spawn(send_logs(
                 Arc::clone(&queue),
                 endpoint,

@@ -105,6 +105,19 @@ impl CursorFile {
         Self { path: path.into() }
     }
 
+    /// The nozzle's `cursor_file` setting opened: the file (when set) and what it kept (when
+    /// it exists), so the nozzle resumes from there.
+    ///
+    /// # Errors
+    /// The file exists but cannot be read or is not a cursor file.
+    pub fn open(path: Option<&str>) -> Result<(Option<Self>, Option<Saved>), Error> {
+        let Some(file) = path.map(Self::new) else {
+            return Ok((None, None));
+        };
+        let saved = file.load()?;
+        Ok((Some(file), saved))
+    }
+
     /// Where it lives.
     #[must_use]
     pub fn path(&self) -> &Path {

@@ -153,6 +153,18 @@ impl<T> DestinationQueue<T> {
         }
     }
 
+    /// A queue for a nozzle that keeps its cursor ([`tracked`](Self::tracked), with a
+    /// watermark of its own) when `keeps_cursor`, else a plain one ([`new`](Self::new)): the
+    /// one choice every nozzle makes from its `cursor_file`.
+    #[must_use]
+    pub fn for_cursor(limits: QueueLimits, metrics: NozzleMetrics, keeps_cursor: bool) -> Self {
+        if keeps_cursor {
+            Self::tracked(limits, metrics, Arc::new(Watermark::default()))
+        } else {
+            Self::new(limits, metrics)
+        }
+    }
+
     /// The watermark of a tracked queue.
     #[must_use]
     pub fn watermark(&self) -> Option<&Arc<Watermark>> {

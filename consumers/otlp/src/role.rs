@@ -26,7 +26,7 @@ use hydrant_emitter::{Counter, Registry};
 use hydrant_envelope::wire::EnvelopeView;
 use hydrant_nozzle_core::{
     CircuitBreaker, CursorFile, DestinationQueue, FirehoseReader, Keeper, NozzleMetrics, Progress,
-    Watermark, finish_senders, mask_url,
+    finish_senders, mask_url,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -108,11 +108,7 @@ async fn serve(
 ) -> Result<(), Error> {
     let mut skipped = Skipped::new(&registry);
     let mapping = Mapping::new(&config);
-    let cursor_file = config.cursor_file.as_ref().map(CursorFile::new);
-    let saved = match &cursor_file {
-        Some(file) => file.load()?,
-        None => None,
-    };
+    let (cursor_file, saved) = CursorFile::open(config.cursor_file.as_deref())?;
     let headers = config.headers.to_metadata()?;
     let channel = hydrant_envelope::raw::tuned_endpoint(&config.endpoint)
         .map_err(|_| {
@@ -141,15 +137,11 @@ async fn serve(
             &registry,
             &format!("{}#{}", config.endpoint, signal.as_str()),
         );
-        let queue = Arc::new(if cursor_file.is_some() {
-            DestinationQueue::tracked(
-                config.queue.clone(),
-                metrics.clone(),
-                Arc::new(Watermark::default()),
-            )
-        } else {
-            DestinationQueue::new(config.queue.clone(), metrics.clone())
-        });
+        let queue = Arc::new(DestinationQueue::for_cursor(
+            config.queue.clone(),
+            metrics.clone(),
+            cursor_file.is_some(),
+        ));
         // Several senders per queue keep that many calls in flight; each has its own breaker,
         // so each backs off on its own when the receiver goes away.
         for _ in 0..config.exports_in_flight {

@@ -10,6 +10,7 @@ mod pipeline;
 #[path = "support/receiver.rs"]
 mod receiver;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use hydrant_emitter::Emitter;
@@ -307,6 +308,22 @@ async fn logs_only(receiver: &Receiver) -> (Server, Pipeline, Config) {
     (server, pipeline, config)
 }
 
+/// [`logs_only`] for a nozzle that keeps its cursor: `cursor_file` is a file not written yet in
+/// a directory of the test's own (named by `tag`), returned with the file's path for the test
+/// to watch and remove.
+async fn logs_only_keeping_cursor(
+    receiver: &Receiver,
+    tag: &str,
+) -> (Server, Pipeline, Config, PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("otlp-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cursor = dir.join("cursor");
+    let _ = std::fs::remove_file(&cursor);
+    let (server, pipeline, mut config) = logs_only(receiver).await;
+    config.cursor_file = Some(cursor.display().to_string());
+    (server, pipeline, config, dir, cursor)
+}
+
 /// Starts a nozzle on `pipeline` and waits until app logs flow through it.
 async fn flowing(pipeline: &Pipeline, config: Config) -> (Nozzle, Emitter) {
     let nozzle = start_nozzle(config).await;
@@ -592,13 +609,9 @@ async fn a_bad_config_is_refused_naming_the_field() {
 /// past records the receiver had not taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nozzle_resumes_from_its_cursor_and_loses_nothing() {
-    let dir = std::env::temp_dir().join(format!("otlp-cursor-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cursor = dir.join("cursor");
-    let _ = std::fs::remove_file(&cursor);
     let receiver = Receiver::new();
-    let (_server, pipeline, mut config) = logs_only(&receiver).await;
-    config.cursor_file = Some(cursor.display().to_string());
+    let (_server, pipeline, mut config, dir, cursor) =
+        logs_only_keeping_cursor(&receiver, "cursor").await;
     // The outage is outlasted by retries, so nothing is given up on while it lasts.
     config.retry.max_retries = 100_000;
     config.breaker.failure_threshold = 1_000_000;
@@ -659,13 +672,9 @@ async fn a_killed_nozzle_resumes_from_its_cursor_and_loses_nothing() {
 /// would push the whole replayed backlog into a 200-item queue at once and evict most of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_nozzle_catching_up_reads_only_as_fast_as_the_receiver_takes() {
-    let dir = std::env::temp_dir().join(format!("otlp-paced-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cursor = dir.join("cursor");
-    let _ = std::fs::remove_file(&cursor);
     let receiver = Receiver::new();
-    let (_server, pipeline, mut config) = logs_only(&receiver).await;
-    config.cursor_file = Some(cursor.display().to_string());
+    let (_server, pipeline, mut config, dir, cursor) =
+        logs_only_keeping_cursor(&receiver, "paced").await;
     config.exports_in_flight = 1;
     config.queue = QueueLimits {
         max_items: 200,

@@ -340,11 +340,7 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     // Everything that can refuse the config does so before any task starts.
-    let cursor_file = config.cursor_file.as_ref().map(CursorFile::new);
-    let saved = match &cursor_file {
-        Some(file) => file.load()?,
-        None => None,
-    };
+    let (cursor_file, saved) = CursorFile::open(config.cursor_file.as_deref())?;
     let reader = FirehoseReader::resume(
         config.firehose.clone(),
         &config.subscription_id,
