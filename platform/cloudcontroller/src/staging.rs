@@ -306,8 +306,9 @@ async fn supervise(ctx: Arc<Ctx>, workers: usize, shutdown: CancellationToken) {
                     () = hold_claim(&ctx, &job) => {
                         tracing::warn!(
                             build = %job.build_guid,
-                            "lost the claim on a build (the database was out of reach too \
-                             long); another cloud controller restages it"
+                            "the claim on a build is no longer this controller's (it lapsed \
+                             while the database was out of reach and another took the build \
+                             over, or the build was deleted): staging it stops here"
                         );
                     }
                 }
