@@ -240,13 +240,12 @@ struct GcMetrics {
 
 impl GcMetrics {
     fn new(registry: &Registry) -> Self {
-        let kind = |kind| {
-            registry.counter(
-                "cloudcontroller.blobs_collected",
-                "files deleted because nothing referenced them for blob_gc_grace_secs, by kind",
-                &[("kind", kind)],
-            )
-        };
+        let kind = crate::metrics::family(
+            registry,
+            "cloudcontroller.blobs_collected",
+            "files deleted because nothing referenced them for blob_gc_grace_secs, by kind",
+            "kind",
+        );
         Self {
             blobs: kind("blob"),
             droplets: kind("droplet"),

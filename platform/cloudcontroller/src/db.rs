@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::sql::{Backend, Connection, OptionalExtension as _, Row, params};
+use crate::sql::{
+    Backend, Connection, OptionalExtension as _, Row, Table, all, one, params, table,
+};
 use hydrant_api::{
     App, AppState, AuditEvent, Build, BuildState, Droplet, HealthCheckType, Package, PackageState,
     Resource, RoleAssignment, Route, Space, SpaceRole, User,
@@ -594,27 +596,26 @@ pub(crate) struct UserRow {
     pub(crate) password_hash: String,
 }
 
-fn user_from(row: &Row<'_>) -> crate::sql::Result<UserRow> {
-    Ok(UserRow {
-        user: User {
-            guid: row.get(0)?,
-            username: row.get(1)?,
-            admin: row.get(3)?,
-            created_at: row.get(4)?,
-        },
-        password_hash: row.get(2)?,
-    })
+impl Table for UserRow {
+    const SELECT: &'static str =
+        "SELECT guid, username, password_hash, admin, created_at FROM users";
+
+    fn from_row(row: &Row<'_>) -> crate::sql::Result<Self> {
+        let (guid, username, password_hash, admin, created_at) = row.columns()?;
+        Ok(UserRow {
+            user: User {
+                guid,
+                username,
+                admin,
+                created_at,
+            },
+            password_hash,
+        })
+    }
 }
 
-const USER_COLUMNS: &str = "guid, username, password_hash, admin, created_at";
-
 pub(crate) fn user_by_name(c: &Connection, username: &str) -> crate::sql::Result<Option<UserRow>> {
-    c.query_row(
-        &format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1"),
-        [username],
-        user_from,
-    )
-    .optional()
+    one(c, "WHERE username = ?1", [username])
 }
 
 pub(crate) fn insert_user(c: &Connection, user: &User, hash: &str) -> crate::sql::Result<()> {
@@ -627,25 +628,14 @@ pub(crate) fn insert_user(c: &Connection, user: &User, hash: &str) -> crate::sql
 }
 
 pub(crate) fn list_users(c: &Connection) -> crate::sql::Result<Vec<User>> {
-    let mut stmt = c.prepare(&format!(
-        "SELECT {USER_COLUMNS} FROM users ORDER BY username"
-    ))?;
-    let rows = stmt.query_map([], user_from)?;
-    rows.map(|r| r.map(|u| u.user)).collect()
+    let rows: Vec<UserRow> = all(c, "ORDER BY username", [])?;
+    Ok(rows.into_iter().map(|u| u.user).collect())
 }
 
-const SPACE_COLUMNS: &str = "s.guid, s.name, s.org_guid, o.name, s.quota_guid, s.created_at";
-
-pub(crate) fn space_from(row: &Row<'_>) -> crate::sql::Result<Space> {
-    Ok(Space {
-        guid: row.get(0)?,
-        name: row.get(1)?,
-        org_guid: row.get(2)?,
-        org_name: row.get(3)?,
-        quota_guid: row.get(4)?,
-        created_at: row.get(5)?,
-    })
-}
+table!(Space, "SELECT s.guid, s.name, s.org_guid, o.name, s.quota_guid, s.created_at \
+     FROM spaces s JOIN orgs o ON o.guid = s.org_guid", {
+    guid, name, org_guid, org_name, quota_guid, created_at
+});
 
 pub(crate) fn insert_space(c: &Connection, space: &Space) -> crate::sql::Result<()> {
     c.execute(
@@ -664,15 +654,7 @@ pub(crate) fn insert_space(c: &Connection, space: &Space) -> crate::sql::Result<
 
 /// A space by guid.
 pub(crate) fn space_by_guid(c: &Connection, guid: &str) -> crate::sql::Result<Option<Space>> {
-    c.query_row(
-        &format!(
-            "SELECT {SPACE_COLUMNS} FROM spaces s JOIN orgs o ON o.guid = s.org_guid \
-             WHERE s.guid = ?1"
-        ),
-        [guid],
-        space_from,
-    )
-    .optional()
+    one(c, "WHERE s.guid = ?1", [guid])
 }
 
 /// A space of org `org_guid` by guid or, failing that, by name.
@@ -681,16 +663,12 @@ pub(crate) fn find_space_in(
     org_guid: &str,
     guid_or_name: &str,
 ) -> crate::sql::Result<Option<Space>> {
-    c.query_row(
-        &format!(
-            "SELECT {SPACE_COLUMNS} FROM spaces s JOIN orgs o ON o.guid = s.org_guid \
-             WHERE s.org_guid = ?1 AND (s.guid = ?2 OR s.name = ?2) \
-             ORDER BY s.guid = ?2 DESC LIMIT 1"
-        ),
+    one(
+        c,
+        "WHERE s.org_guid = ?1 AND (s.guid = ?2 OR s.name = ?2) \
+         ORDER BY s.guid = ?2 DESC LIMIT 1",
         [org_guid, guid_or_name],
-        space_from,
     )
-    .optional()
 }
 
 /// A space by guid or, failing that, by name (the `default` org's first, then any org's).
@@ -704,21 +682,15 @@ pub(crate) fn find_space(c: &Connection, guid_or_name: &str) -> crate::sql::Resu
 
 /// Every space named `name` or with guid `name`, in any org.
 pub(crate) fn spaces_named(c: &Connection, name: &str) -> crate::sql::Result<Vec<Space>> {
-    let mut stmt = c.prepare(&format!(
-        "SELECT {SPACE_COLUMNS} FROM spaces s JOIN orgs o ON o.guid = s.org_guid \
-         WHERE s.guid = ?1 OR s.name = ?1 ORDER BY s.guid = ?1 DESC, o.name"
-    ))?;
-    let rows = stmt.query_map([name], space_from)?;
-    rows.collect()
+    all(
+        c,
+        "WHERE s.guid = ?1 OR s.name = ?1 ORDER BY s.guid = ?1 DESC, o.name",
+        [name],
+    )
 }
 
 pub(crate) fn list_spaces(c: &Connection) -> crate::sql::Result<Vec<Space>> {
-    let mut stmt = c.prepare(&format!(
-        "SELECT {SPACE_COLUMNS} FROM spaces s JOIN orgs o ON o.guid = s.org_guid \
-         ORDER BY o.name, s.name"
-    ))?;
-    let rows = stmt.query_map([], space_from)?;
-    rows.collect()
+    all(c, "ORDER BY o.name, s.name", [])
 }
 
 pub(crate) fn set_role(
@@ -759,19 +731,10 @@ pub(crate) fn roles(
          WHERE (?1 IS NULL OR r.space_guid = ?1) AND (?2 IS NULL OR r.user_guid = ?2) \
          ORDER BY o.name, s.name, u.username, r.role",
     )?;
-    let rows = stmt.query_map(params![space_guid, user_guid], |row| {
-        let role: String = row.get(3)?;
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, String>(1)?,
-            row.get::<_, String>(2)?,
-            role,
-            row.get::<_, String>(4)?,
-        ))
-    })?;
+    let rows = stmt.query_map(params![space_guid, user_guid], |row| row.columns())?;
     let mut out = Vec::new();
     for row in rows {
-        let (space_guid, space_name, username, role, org_name) = row?;
+        let (space_guid, space_name, username, role, org_name): (_, _, _, String, _) = row?;
         if let Some(role) = SpaceRole::parse(&role) {
             out.push(RoleAssignment {
                 space_guid,
@@ -787,41 +750,45 @@ pub(crate) fn roles(
 
 // === apps ===
 
-const APP_COLUMNS: &str = "a.guid, a.name, a.space_guid, s.name, a.state, a.instances, \
-     a.memory_mb, a.disk_mb, a.command, a.env, a.health_check_type, a.health_check_endpoint, \
-     a.current_droplet_guid, a.created_at, a.updated_at, a.stop_timeout_secs";
+impl Table for App {
+    const SELECT: &'static str = "SELECT a.guid, a.name, a.space_guid, s.name, a.state, \
+         a.instances, a.memory_mb, a.disk_mb, a.command, a.env, a.health_check_type, \
+         a.health_check_endpoint, a.current_droplet_guid, a.created_at, a.updated_at, \
+         a.stop_timeout_secs FROM apps a JOIN spaces s ON s.guid = a.space_guid";
 
-fn app_from(row: &Row<'_>) -> crate::sql::Result<App> {
-    let state: String = row.get(4)?;
-    let env: String = row.get(9)?;
-    let check: String = row.get(10)?;
-    Ok(App {
-        guid: row.get(0)?,
-        name: row.get(1)?,
-        space_guid: row.get(2)?,
-        space_name: row.get(3)?,
-        state: if state == "STARTED" {
-            AppState::Started
-        } else {
-            AppState::Stopped
-        },
-        instances: row.get(5)?,
-        memory_mb: row.get(6)?,
-        disk_mb: row.get(7)?,
-        command: row.get(8)?,
-        env: serde_json::from_str(&env).unwrap_or_default(),
-        health_check_type: match check.as_str() {
-            "http" => HealthCheckType::Http,
-            "process" => HealthCheckType::Process,
-            _ => HealthCheckType::Port,
-        },
-        health_check_endpoint: row.get(11)?,
-        stop_timeout_secs: row.get(15)?,
-        current_droplet_guid: row.get(12)?,
-        routes: Vec::new(),
-        created_at: row.get(13)?,
-        updated_at: row.get(14)?,
-    })
+    fn from_row(row: &Row<'_>) -> crate::sql::Result<Self> {
+        let (guid, name, space_guid, space_name) = row.columns()?;
+        let state: String = row.get(4)?;
+        let env: String = row.get(9)?;
+        let check: String = row.get(10)?;
+        Ok(App {
+            guid,
+            name,
+            space_guid,
+            space_name,
+            state: if state == "STARTED" {
+                AppState::Started
+            } else {
+                AppState::Stopped
+            },
+            instances: row.get(5)?,
+            memory_mb: row.get(6)?,
+            disk_mb: row.get(7)?,
+            command: row.get(8)?,
+            env: serde_json::from_str(&env).unwrap_or_default(),
+            health_check_type: match check.as_str() {
+                "http" => HealthCheckType::Http,
+                "process" => HealthCheckType::Process,
+                _ => HealthCheckType::Port,
+            },
+            health_check_endpoint: row.get(11)?,
+            stop_timeout_secs: row.get(15)?,
+            current_droplet_guid: row.get(12)?,
+            routes: Vec::new(),
+            created_at: row.get(13)?,
+            updated_at: row.get(14)?,
+        })
+    }
 }
 
 fn check_str(kind: HealthCheckType) -> &'static str {
@@ -841,28 +808,17 @@ fn with_routes(c: &Connection, mut app: App) -> crate::sql::Result<App> {
 }
 
 pub(crate) fn get_app(c: &Connection, guid: &str) -> crate::sql::Result<Option<App>> {
-    let app = c
-        .query_row(
-            &format!(
-                "SELECT {APP_COLUMNS} FROM apps a JOIN spaces s ON s.guid = a.space_guid \
-                 WHERE a.guid = ?1"
-            ),
-            [guid],
-            app_from,
-        )
-        .optional()?;
+    let app = one(c, "WHERE a.guid = ?1", [guid])?;
     app.map(|a| with_routes(c, a)).transpose()
 }
 
 /// Every app, optionally only those named `name` and/or in the spaces `spaces`.
 pub(crate) fn list_apps(c: &Connection, name: Option<&str>) -> crate::sql::Result<Vec<App>> {
-    let mut stmt = c.prepare(&format!(
-        "SELECT {APP_COLUMNS} FROM apps a JOIN spaces s ON s.guid = a.space_guid \
-         WHERE (?1 IS NULL OR a.name = ?1) ORDER BY s.name, a.name"
-    ))?;
-    let apps: Vec<App> = stmt
-        .query_map([name], app_from)?
-        .collect::<Result<_, _>>()?;
+    let apps: Vec<App> = all(
+        c,
+        "WHERE (?1 IS NULL OR a.name = ?1) ORDER BY s.name, a.name",
+        [name],
+    )?;
     apps.into_iter().map(|a| with_routes(c, a)).collect()
 }
 
@@ -929,36 +885,20 @@ fn env_json(env: &BTreeMap<String, String>) -> String {
 
 // === routes ===
 
-fn route_from(row: &Row<'_>) -> crate::sql::Result<Route> {
-    Ok(Route {
-        guid: row.get(0)?,
-        url: row.get(1)?,
-        app_guid: row.get(2)?,
-        created_at: row.get(3)?,
-    })
-}
+table!(Route, "SELECT guid, url, app_guid, created_at FROM routes", {
+    guid, url, app_guid, created_at
+});
 
 pub(crate) fn routes_of(c: &Connection, app_guid: &str) -> crate::sql::Result<Vec<Route>> {
-    let mut stmt = c.prepare(
-        "SELECT guid, url, app_guid, created_at FROM routes WHERE app_guid = ?1 ORDER BY url",
-    )?;
-    let rows = stmt.query_map([app_guid], route_from)?;
-    rows.collect()
+    all(c, "WHERE app_guid = ?1 ORDER BY url", [app_guid])
 }
 
 pub(crate) fn list_routes(c: &Connection) -> crate::sql::Result<Vec<Route>> {
-    let mut stmt = c.prepare("SELECT guid, url, app_guid, created_at FROM routes ORDER BY url")?;
-    let rows = stmt.query_map([], route_from)?;
-    rows.collect()
+    all(c, "ORDER BY url", [])
 }
 
 pub(crate) fn route_by_url(c: &Connection, url: &str) -> crate::sql::Result<Option<Route>> {
-    c.query_row(
-        "SELECT guid, url, app_guid, created_at FROM routes WHERE url = ?1",
-        [url],
-        route_from,
-    )
-    .optional()
+    one(c, "WHERE url = ?1", [url])
 }
 
 pub(crate) fn insert_route(c: &Connection, route: &Route) -> crate::sql::Result<()> {
@@ -978,19 +918,10 @@ pub(crate) fn delete_route(c: &Connection, url: &str, app_guid: &str) -> crate::
 
 // === packages, builds, droplets ===
 
-const PACKAGE_COLUMNS: &str = "guid, app_guid, file_count, size, sha256, created_at";
-
-fn package_from(row: &Row<'_>) -> crate::sql::Result<Package> {
-    Ok(Package {
-        guid: row.get(0)?,
-        app_guid: row.get(1)?,
-        state: PackageState::Ready,
-        file_count: row.get(2)?,
-        size: row.get(3)?,
-        sha256: row.get(4)?,
-        created_at: row.get(5)?,
-    })
-}
+// A stored package is always ready: it is written once its upload is complete.
+table!(Package, "SELECT guid, app_guid, file_count, size, sha256, created_at FROM packages", {
+    guid, app_guid, file_count, size, sha256, created_at; state: PackageState::Ready
+});
 
 pub(crate) fn insert_package(
     c: &Connection,
@@ -1015,27 +946,18 @@ pub(crate) fn insert_package(
 }
 
 pub(crate) fn get_package(c: &Connection, guid: &str) -> crate::sql::Result<Option<Package>> {
-    c.query_row(
-        &format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE guid = ?1"),
-        [guid],
-        package_from,
-    )
-    .optional()
+    one(c, "WHERE guid = ?1", [guid])
 }
 
 pub(crate) fn newest_package(
     c: &Connection,
     app_guid: &str,
 ) -> crate::sql::Result<Option<Package>> {
-    c.query_row(
-        &format!(
-            "SELECT {PACKAGE_COLUMNS} FROM packages WHERE app_guid = ?1 \
-             ORDER BY created_at DESC, rowid DESC LIMIT 1"
-        ),
+    one(
+        c,
+        "WHERE app_guid = ?1 ORDER BY created_at DESC, rowid DESC LIMIT 1",
         [app_guid],
-        package_from,
     )
-    .optional()
 }
 
 pub(crate) fn package_resources(c: &Connection, guid: &str) -> crate::sql::Result<Vec<Resource>> {
@@ -1101,18 +1023,10 @@ pub(crate) fn fail_interrupted_builds(
 const DROPLET_COLUMNS: &str =
     "guid, app_guid, build_guid, buildpack, start_command, sha256, size, created_at";
 
-fn droplet_from(row: &Row<'_>) -> crate::sql::Result<Droplet> {
-    Ok(Droplet {
-        guid: row.get(0)?,
-        app_guid: row.get(1)?,
-        build_guid: row.get(2)?,
-        buildpack: row.get(3)?,
-        start_command: row.get(4)?,
-        sha256: row.get(5)?,
-        size: row.get(6)?,
-        created_at: row.get(7)?,
-    })
-}
+table!(Droplet, "SELECT guid, app_guid, build_guid, buildpack, start_command, sha256, size, \
+     created_at FROM droplets", {
+    guid, app_guid, build_guid, buildpack, start_command, sha256, size, created_at
+});
 
 pub(crate) fn insert_droplet(c: &Connection, d: &Droplet) -> crate::sql::Result<()> {
     c.execute(
@@ -1134,20 +1048,15 @@ pub(crate) fn insert_droplet(c: &Connection, d: &Droplet) -> crate::sql::Result<
 }
 
 pub(crate) fn get_droplet(c: &Connection, guid: &str) -> crate::sql::Result<Option<Droplet>> {
-    c.query_row(
-        &format!("SELECT {DROPLET_COLUMNS} FROM droplets WHERE guid = ?1"),
-        [guid],
-        droplet_from,
-    )
-    .optional()
+    one(c, "WHERE guid = ?1", [guid])
 }
 
 pub(crate) fn droplets_of(c: &Connection, app_guid: &str) -> crate::sql::Result<Vec<Droplet>> {
-    let mut stmt = c.prepare(&format!(
-        "SELECT {DROPLET_COLUMNS} FROM droplets WHERE app_guid = ?1 ORDER BY created_at, rowid"
-    ))?;
-    let rows = stmt.query_map([app_guid], droplet_from)?;
-    rows.collect()
+    all(
+        c,
+        "WHERE app_guid = ?1 ORDER BY created_at, rowid",
+        [app_guid],
+    )
 }
 
 // === audit events ===

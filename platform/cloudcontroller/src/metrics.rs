@@ -5,6 +5,17 @@
 
 use hydrant_emitter::{Counter, Gauge, Registry};
 
+/// One counter of the family `name`, per value of the tag `key`: the way each of this role's
+/// counters by reason or result is registered.
+pub(crate) fn family<'r>(
+    registry: &'r Registry,
+    name: &'static str,
+    help: &'static str,
+    key: &'static str,
+) -> impl Fn(&str) -> Counter + 'r {
+    move |value| registry.counter(name, help, &[(key, value)])
+}
+
 /// Every metric the role owns.
 #[derive(Debug, Clone)]
 pub(crate) struct Metrics {
@@ -39,51 +50,44 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn new(registry: &Registry) -> Self {
-        let request = |class| {
-            registry.counter(
-                "cloudcontroller.requests",
-                "API requests answered, by status class",
-                &[("status_class", class)],
-            )
-        };
-        let staging = |result| {
-            registry.counter(
-                "cloudcontroller.staging",
-                "builds finished or refused, by result",
-                &[("result", result)],
-            )
-        };
-        let placement = |result| {
-            registry.counter(
-                "cloudcontroller.placements",
-                "instance placement attempts, by result",
-                &[("result", result)],
-            )
-        };
-        let dropped = |reason| {
-            registry.counter(
-                "cloudcontroller.dropped",
-                "bus messages the cloud controller ignored, by reason",
-                &[("reason", reason)],
-            )
-        };
-        let login = |result| {
-            registry.counter(
-                "cloudcontroller.logins_refused",
-                "password logins refused, by reason (a wrong password, or throttled after too many for the name or from the address)",
-                &[("reason", result)],
-            )
-        };
-        let quota = |limit: &'static str| {
-            (
-                limit,
-                registry.counter(
-                    "cloudcontroller.quota_refused",
-                    "requests refused because they would exceed an org or space quota, by limit",
-                    &[("limit", &limit.replace(' ', "_"))],
-                ),
-            )
-        };
+        let request = family(
+            registry,
+            "cloudcontroller.requests",
+            "API requests answered, by status class",
+            "status_class",
+        );
+        let staging = family(
+            registry,
+            "cloudcontroller.staging",
+            "builds finished or refused, by result",
+            "result",
+        );
+        let placement = family(
+            registry,
+            "cloudcontroller.placements",
+            "instance placement attempts, by result",
+            "result",
+        );
+        let dropped = family(
+            registry,
+            "cloudcontroller.dropped",
+            "bus messages the cloud controller ignored, by reason",
+            "reason",
+        );
+        let login = family(
+            registry,
+            "cloudcontroller.logins_refused",
+            "password logins refused, by reason (a wrong password, or throttled after too many \
+             for the name or from the address)",
+            "reason",
+        );
+        let quota_refused = family(
+            registry,
+            "cloudcontroller.quota_refused",
+            "requests refused because they would exceed an org or space quota, by limit",
+            "limit",
+        );
+        let quota = |limit: &'static str| (limit, quota_refused(&limit.replace(' ', "_")));
         Self {
             quota_refused: [
                 "total memory",

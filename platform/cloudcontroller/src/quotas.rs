@@ -10,7 +10,7 @@
 //! Invariant: only growth is checked, so lowering a quota below the use in place never stops
 //! anyone from scaling down, stopping or deleting to get back under it.
 
-use crate::sql::{Connection, OptionalExtension as _, Row, params};
+use crate::sql::{Connection, OptionalExtension as _, Row, Table, all, one, params};
 use hydrant_api::{Quota, QuotaScope};
 
 use crate::api::ApiError;
@@ -24,25 +24,31 @@ fn limit(row: &Row<'_>, i: usize) -> crate::sql::Result<Option<u64>> {
         .map(|v| u64::try_from(v).unwrap_or(0)))
 }
 
-fn quota_from(row: &Row<'_>) -> crate::sql::Result<Quota> {
-    let scope: String = row.get(2)?;
-    Ok(Quota {
-        guid: row.get(0)?,
-        name: row.get(1)?,
-        scope: if scope == "space" {
-            QuotaScope::Space
-        } else {
-            QuotaScope::Org
-        },
-        org_guid: row.get(3)?,
-        total_memory_mb: limit(row, 4)?,
-        total_instances: limit(row, 5)?,
-        total_apps: limit(row, 6)?,
-        total_routes: limit(row, 7)?,
-        total_service_instances: limit(row, 8)?,
-        total_blob_mb: limit(row, 9)?,
-        created_at: row.get(10)?,
-    })
+impl Table for Quota {
+    const SELECT: &'static str = "SELECT guid, name, scope, org_guid, total_memory_mb, \
+         total_instances, total_apps, total_routes, total_service_instances, total_blob_mb, \
+         created_at FROM quotas";
+
+    fn from_row(row: &Row<'_>) -> crate::sql::Result<Self> {
+        let (guid, name, scope, org_guid): (_, _, String, _) = row.columns()?;
+        Ok(Quota {
+            guid,
+            name,
+            scope: if scope == "space" {
+                QuotaScope::Space
+            } else {
+                QuotaScope::Org
+            },
+            org_guid,
+            total_memory_mb: limit(row, 4)?,
+            total_instances: limit(row, 5)?,
+            total_apps: limit(row, 6)?,
+            total_routes: limit(row, 7)?,
+            total_service_instances: limit(row, 8)?,
+            total_blob_mb: limit(row, 9)?,
+            created_at: row.get(10)?,
+        })
+    }
 }
 
 fn sql_limit(v: Option<u64>) -> Option<i64> {
@@ -76,20 +82,11 @@ pub(crate) fn insert(c: &Connection, q: &Quota) -> crate::sql::Result<()> {
 }
 
 pub(crate) fn get(c: &Connection, guid: &str) -> crate::sql::Result<Option<Quota>> {
-    c.query_row(
-        &format!("SELECT {QUOTA_COLUMNS} FROM quotas WHERE guid = ?1"),
-        [guid],
-        quota_from,
-    )
-    .optional()
+    one(c, "WHERE guid = ?1", [guid])
 }
 
 pub(crate) fn list(c: &Connection) -> crate::sql::Result<Vec<Quota>> {
-    let mut stmt = c.prepare(&format!(
-        "SELECT {QUOTA_COLUMNS} FROM quotas ORDER BY scope, org_guid, name"
-    ))?;
-    let rows = stmt.query_map([], quota_from)?;
-    rows.collect()
+    all(c, "ORDER BY scope, org_guid, name", [])
 }
 
 /// An org quota by guid or name, or a space quota of `org_guid` by guid or name.

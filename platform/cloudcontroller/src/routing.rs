@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::sql::{Connection, OptionalExtension as _, Row, params};
+use crate::sql::{Connection, Row, Table, all, one, params, table};
 use hydrant_api::{Domain, SpaceRoute};
 use hydrant_bus::Bus;
 use hydrant_bus::messages::{self, ROUTER_ASSIGNED, RouteAssignments};
@@ -45,29 +45,16 @@ const CONTROLLER_FORGET: Duration = Duration::from_secs(3600);
 
 // === domains ===
 
-fn domain_from(row: &Row<'_>) -> crate::sql::Result<Domain> {
-    Ok(Domain {
-        guid: row.get(0)?,
-        name: row.get(1)?,
-        org_guid: row.get(2)?,
-        created_at: row.get(3)?,
-    })
-}
+table!(Domain, "SELECT guid, name, org_guid, created_at FROM domains", {
+    guid, name, org_guid, created_at
+});
 
 pub(crate) fn list_domains(c: &Connection) -> crate::sql::Result<Vec<Domain>> {
-    let mut stmt =
-        c.prepare("SELECT guid, name, org_guid, created_at FROM domains ORDER BY name")?;
-    let rows = stmt.query_map([], domain_from)?;
-    rows.collect()
+    all(c, "ORDER BY name", [])
 }
 
 pub(crate) fn domain_by_name(c: &Connection, name: &str) -> crate::sql::Result<Option<Domain>> {
-    c.query_row(
-        "SELECT guid, name, org_guid, created_at FROM domains WHERE name = ?1",
-        [name],
-        domain_from,
-    )
-    .optional()
+    one(c, "WHERE name = ?1", [name])
 }
 
 pub(crate) fn insert_domain(c: &Connection, d: &Domain) -> crate::sql::Result<()> {
@@ -181,36 +168,31 @@ pub(crate) fn parse(c: &Connection, org_guid: &str, url: &str) -> Result<Parsed,
 
 const ROUTE_COLUMNS: &str = "guid, host, domain, path, space_guid, created_at";
 
-fn route_from(row: &Row<'_>) -> crate::sql::Result<SpaceRoute> {
-    let host: String = row.get(1)?;
-    let domain: String = row.get(2)?;
-    let path: String = row.get(3)?;
-    Ok(SpaceRoute {
-        guid: row.get(0)?,
-        url: url_of(&host, &domain, &path),
-        host,
-        domain,
-        path,
-        space_guid: row.get(4)?,
-        created_at: row.get(5)?,
-    })
+impl Table for SpaceRoute {
+    const SELECT: &'static str =
+        "SELECT guid, host, domain, path, space_guid, created_at FROM space_routes";
+
+    fn from_row(row: &Row<'_>) -> crate::sql::Result<Self> {
+        let (guid, host, domain, path, space_guid, created_at): (_, String, String, String, _, _) =
+            row.columns()?;
+        Ok(SpaceRoute {
+            guid,
+            url: url_of(&host, &domain, &path),
+            host,
+            domain,
+            path,
+            space_guid,
+            created_at,
+        })
+    }
 }
 
 pub(crate) fn list_space_routes(c: &Connection) -> crate::sql::Result<Vec<SpaceRoute>> {
-    let mut stmt = c.prepare(&format!(
-        "SELECT {ROUTE_COLUMNS} FROM space_routes ORDER BY domain, host, path"
-    ))?;
-    let rows = stmt.query_map([], route_from)?;
-    rows.collect()
+    all(c, "ORDER BY domain, host, path", [])
 }
 
 pub(crate) fn space_route(c: &Connection, guid: &str) -> crate::sql::Result<Option<SpaceRoute>> {
-    c.query_row(
-        &format!("SELECT {ROUTE_COLUMNS} FROM space_routes WHERE guid = ?1"),
-        [guid],
-        route_from,
-    )
-    .optional()
+    one(c, "WHERE guid = ?1", [guid])
 }
 
 /// Removes a space's route and unmaps it from every app.
@@ -255,16 +237,11 @@ pub(crate) fn claim(
             url_of(&parsed.host, &parsed.domain.name, "")
         )));
     }
-    let existing = c
-        .query_row(
-            &format!(
-                "SELECT {ROUTE_COLUMNS} FROM space_routes \
-                 WHERE host = ?1 AND domain = ?2 AND path = ?3"
-            ),
-            [&parsed.host, &parsed.domain.name, &parsed.path],
-            route_from,
-        )
-        .optional()?;
+    let existing: Option<SpaceRoute> = one(
+        c,
+        "WHERE host = ?1 AND domain = ?2 AND path = ?3",
+        [&parsed.host, &parsed.domain.name, &parsed.path],
+    )?;
     if let Some(route) = existing {
         return Ok(route);
     }

@@ -188,21 +188,18 @@ pub(crate) struct ServiceMetrics {
 
 impl ServiceMetrics {
     fn new(registry: &Registry) -> Self {
-        let job = |result| {
-            registry.counter(
-                "cloudcontroller.service_jobs",
-                "service jobs (provision, update, bind, unbind, deprovision) finished, by result",
-                &[("result", result)],
-            )
-        };
-        let orphan = |result| {
-            registry.counter(
-                "cloudcontroller.service_orphans",
-                "orphan mitigation (a delete the platform sends after an uncertain create), by \
-                 result",
-                &[("result", result)],
-            )
-        };
+        let job = crate::metrics::family(
+            registry,
+            "cloudcontroller.service_jobs",
+            "service jobs (provision, update, bind, unbind, deprovision) finished, by result",
+            "result",
+        );
+        let orphan = crate::metrics::family(
+            registry,
+            "cloudcontroller.service_orphans",
+            "orphan mitigation (a delete the platform sends after an uncertain create), by result",
+            "result",
+        );
         Self {
             jobs_completed: job("complete"),
             jobs_failed: job("failed"),

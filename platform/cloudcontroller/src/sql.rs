@@ -342,6 +342,85 @@ impl Row<'_> {
         })?;
         T::from_value(value, index)
     }
+
+    /// The first columns as a tuple, each by its position: one reader instead of a hand-numbered
+    /// `get(i)` per field, so a field cannot read its neighbour's column.
+    pub(crate) fn columns<T: FromRow>(&self) -> Result<T> {
+        T::read(self)
+    }
+}
+
+/// A tuple of the first columns of a row ([`Row::columns`]).
+pub(crate) trait FromRow: Sized {
+    fn read(row: &Row<'_>) -> Result<Self>;
+}
+
+macro_rules! tuple_from_row {
+    ($($t:ident $i:tt),+) => {
+        impl<$($t: FromSql),+> FromRow for ($($t,)+) {
+            fn read(row: &Row<'_>) -> Result<Self> {
+                Ok(($(row.get($i)?,)+))
+            }
+        }
+    };
+}
+
+tuple_from_row!(A 0, B 1);
+tuple_from_row!(A 0, B 1, C 2);
+tuple_from_row!(A 0, B 1, C 2, D 3);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13, O 14);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13, O 14, P 15);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13, O 14, P 15, Q 16);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13, O 14, P 15, Q 16, R 17);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13, O 14, P 15, Q 16, R 17, S 18);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13, O 14, P 15, Q 16, R 17, S 18, T 19);
+
+/// A row type read by one SELECT with its joins: a lookup by guid and a filtered list read
+/// the same columns the same way.
+pub(crate) trait Table: Sized {
+    /// Columns and joins; callers append `WHERE …` / `ORDER BY …`.
+    const SELECT: &'static str;
+    fn from_row(r: &Row<'_>) -> Result<Self>;
+}
+
+/// [`Table`] for a struct whose fields are the SELECT's columns in order (plus fields set to a
+/// constant after `;`), so a plain table is declared by its query and field list alone.
+macro_rules! table {
+    ($ty:ty, $select:expr, { $($field:ident),+ $(; $($fixed:ident: $value:expr),+)? }) => {
+        impl $crate::sql::Table for $ty {
+            const SELECT: &'static str = $select;
+
+            fn from_row(row: &$crate::sql::Row<'_>) -> $crate::sql::Result<Self> {
+                let ($($field,)+) = row.columns()?;
+                Ok(Self { $($field,)+ $($($fixed: $value),+)? })
+            }
+        }
+    };
+}
+
+pub(crate) use table;
+
+/// The row `SELECT … tail` finds, if any.
+pub(crate) fn one<T: Table>(c: &Connection, tail: &str, params: impl Params) -> Result<Option<T>> {
+    c.query_row(&format!("{} {tail}", T::SELECT), params, T::from_row)
+        .optional()
+}
+
+/// Every row `SELECT … tail` finds, in its order.
+pub(crate) fn all<T: Table>(c: &Connection, tail: &str, params: impl Params) -> Result<Vec<T>> {
+    let mut stmt = c.prepare(&format!("{} {tail}", T::SELECT))?;
+    let rows = stmt.query_map(params, T::from_row)?;
+    rows.collect()
 }
 
 /// `query_row`'s "no rows" as `None`.

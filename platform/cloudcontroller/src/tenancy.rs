@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::sql::{Connection, OptionalExtension as _, Row, params};
+use crate::sql::{Connection, all, one, params, table};
 use hydrant_api::{App, Org, OrgRole, OrgRoleAssignment, Space, SpaceRole};
 
 use crate::api::{ApiError, Caller};
@@ -34,14 +34,9 @@ pub(crate) const HIDDEN: &str = "[PRIVATE DATA HIDDEN]";
 
 // === orgs ===
 
-fn org_from(row: &Row<'_>) -> crate::sql::Result<Org> {
-    Ok(Org {
-        guid: row.get(0)?,
-        name: row.get(1)?,
-        quota_guid: row.get(2)?,
-        created_at: row.get(3)?,
-    })
-}
+table!(Org, "SELECT guid, name, quota_guid, created_at FROM orgs", {
+    guid, name, quota_guid, created_at
+});
 
 pub(crate) fn insert_org(c: &Connection, org: &Org) -> crate::sql::Result<()> {
     c.execute(
@@ -53,20 +48,15 @@ pub(crate) fn insert_org(c: &Connection, org: &Org) -> crate::sql::Result<()> {
 
 /// An org by guid or, failing that, by name.
 pub(crate) fn find_org(c: &Connection, guid_or_name: &str) -> crate::sql::Result<Option<Org>> {
-    c.query_row(
-        "SELECT guid, name, quota_guid, created_at FROM orgs WHERE guid = ?1 OR name = ?1 \
-         ORDER BY guid = ?1 DESC LIMIT 1",
+    one(
+        c,
+        "WHERE guid = ?1 OR name = ?1 ORDER BY guid = ?1 DESC LIMIT 1",
         [guid_or_name],
-        org_from,
     )
-    .optional()
 }
 
 pub(crate) fn list_orgs(c: &Connection) -> crate::sql::Result<Vec<Org>> {
-    let mut stmt =
-        c.prepare("SELECT guid, name, quota_guid, created_at FROM orgs ORDER BY name")?;
-    let rows = stmt.query_map([], org_from)?;
-    rows.collect()
+    all(c, "ORDER BY name", [])
 }
 
 pub(crate) fn set_org_role(
@@ -106,25 +96,20 @@ pub(crate) fn org_roles(
          WHERE (?1 IS NULL OR r.org_guid = ?1) AND (?2 IS NULL OR r.user_guid = ?2) \
          ORDER BY o.name, u.username, r.role",
     )?;
-    let rows = stmt.query_map(params![org_guid, user_guid], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, String>(1)?,
-            row.get::<_, String>(2)?,
-            row.get::<_, String>(3)?,
-        ))
-    })?;
+    let rows = stmt.query_map(params![org_guid, user_guid], |row| row.columns())?;
     let mut out = Vec::new();
     for row in rows {
-        let (org_guid, org_name, username, role) = row?;
-        if let Some(role) = OrgRole::parse(&role) {
-            out.push(OrgRoleAssignment {
-                org_guid,
-                org_name,
-                username,
-                role,
-            });
-        }
+        let (org_guid, org_name, username, role): (_, _, _, String) = row?;
+        // A role this version does not know is left out rather than failing the list.
+        let Some(role) = OrgRole::parse(&role) else {
+            continue;
+        };
+        out.push(OrgRoleAssignment {
+            org_guid,
+            org_name,
+            username,
+            role,
+        });
     }
     Ok(out)
 }

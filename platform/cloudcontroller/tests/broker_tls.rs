@@ -23,11 +23,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use hydrant_api::Client;
 use hydrant_api::services::{
     CreateServiceBroker, CreateServiceInstance, ServiceAccess, ServiceInstanceType,
 };
-use hydrant_cloudcontroller::{Config, ServicesConfig};
+use hydrant_cloudcontroller::ServicesConfig;
 use hydrant_testkit::wait_for;
 use hydrant_tls::local::{LocalCa, Validity};
 use hyper::body::Incoming;
@@ -38,7 +37,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use support::ADMIN_PASSWORD;
+use support::{Cc, Options};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -148,63 +147,19 @@ async fn tls_broker(cert_pem: &str, key_pem: &str, seen: Arc<Mutex<Seen>>) -> u1
     port
 }
 
-struct Cc {
-    admin: Client,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), hydrant_cloudcontroller::Error>>,
-}
-
 /// A controller whose brokers may live on loopback, trusting `ca_file` for https brokers.
 async fn start_cc(data: &Path, bus: &str, ca_file: Option<&Path>) -> Cc {
-    let mut config = Config {
-        listen: "127.0.0.1:0".into(),
-        admin_listen: "127.0.0.1:0".into(),
-        data_dir: data.display().to_string(),
-        admin_password: Some(ADMIN_PASSWORD.into()),
-        password_hash_iterations: 1000,
-        bus: hydrant_bus::Config::inprocess(bus),
-        services: ServicesConfig {
-            allow_private_brokers: true,
-            broker_timeout_secs: 5,
-            broker_ca_file: ca_file.map(|p| p.display().to_string()),
-            ..ServicesConfig::default()
-        },
-        ..Config::default()
-    };
-    let listeners = hydrant_runtime::bind::<hydrant_cloudcontroller::CloudController>(&config)
-        .await
-        .unwrap();
-    let addr = listeners.local_addr("api").unwrap();
-    config.external_url = format!("http://{addr}");
-    let url = config.external_url.clone();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(hydrant_runtime::run::<
-        hydrant_cloudcontroller::CloudController,
-    >(config, listeners, shutdown.clone()));
-    let anonymous = Client::new(&url, None);
-    wait_for(WAIT, "the API to answer", || {
-        let anonymous = anonymous.clone();
-        async move { anonymous.info().await.is_ok() }
-    })
-    .await;
-    let token = anonymous.login("admin", ADMIN_PASSWORD).await.unwrap();
-    Cc {
-        admin: anonymous.with_token(token.access_token),
-        shutdown,
-        task,
-    }
+    let mut options = Options::new(bus);
+    options.services = Some(ServicesConfig {
+        allow_private_brokers: true,
+        broker_timeout_secs: 5,
+        broker_ca_file: ca_file.map(|p| p.display().to_string()),
+        ..ServicesConfig::default()
+    });
+    Cc::start(data, &options).await
 }
 
 impl Cc {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("the cloud controller stops")
-            .unwrap()
-            .unwrap();
-    }
-
     async fn register(&self, name: &str, url: &str) -> Result<(), String> {
         self.admin
             .create_service_broker(&CreateServiceBroker {
@@ -309,19 +264,12 @@ async fn an_https_broker_signed_by_the_configured_ca_is_used_and_others_are_refu
     // A CA file that holds no CA stops the controller at start, naming the setting.
     let bogus = dir.path().join("not-a-ca.pem");
     std::fs::write(&bogus, "hello").unwrap();
-    let config = Config {
-        listen: "127.0.0.1:0".into(),
-        admin_listen: "127.0.0.1:0".into(),
-        data_dir: dir.path().join("cc3").display().to_string(),
-        admin_password: Some(ADMIN_PASSWORD.into()),
-        password_hash_iterations: 1000,
-        bus: hydrant_bus::Config::inprocess("broker-tls-3"),
-        services: ServicesConfig {
-            broker_ca_file: Some(bogus.display().to_string()),
-            ..ServicesConfig::default()
-        },
-        ..Config::default()
-    };
+    let mut options = Options::new("broker-tls-3");
+    options.services = Some(ServicesConfig {
+        broker_ca_file: Some(bogus.display().to_string()),
+        ..ServicesConfig::default()
+    });
+    let config = options.config(&dir.path().join("cc3"));
     let listeners = hydrant_runtime::bind::<hydrant_cloudcontroller::CloudController>(&config)
         .await
         .unwrap();

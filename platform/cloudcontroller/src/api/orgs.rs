@@ -30,21 +30,21 @@ pub(super) fn routes() -> Router<Arc<Ctx>> {
         .route("/v3/organizations/{guid}", get(get_org).delete(delete_org))
         .route(
             "/v3/organizations/{guid}/roles",
-            get(list_org_roles).post(assign_org_role),
+            get(list_roles::<OrgRoles>).post(assign_role::<OrgRoles>),
         )
         .route(
             "/v3/organizations/{guid}/roles/{role}/{username}",
-            delete(remove_org_role),
+            delete(remove_role::<OrgRoles>),
         )
         .route("/v3/spaces", get(list_spaces).post(create_space))
         .route("/v3/spaces/{guid}", get(get_space).delete(delete_space))
         .route(
             "/v3/spaces/{guid}/roles",
-            get(space_roles).post(assign_role),
+            get(list_roles::<SpaceRoles>).post(assign_role::<SpaceRoles>),
         )
         .route(
             "/v3/spaces/{guid}/roles/{role}/{username}",
-            delete(remove_role),
+            delete(remove_role::<SpaceRoles>),
         )
 }
 
@@ -152,19 +152,6 @@ async fn create_org(
     Ok((StatusCode::CREATED, Json(org)))
 }
 
-async fn list_org_roles(
-    State(ctx): State<Arc<Ctx>>,
-    caller: Caller,
-    Path(guid): Path<String>,
-) -> Result<Json<List<OrgRoleAssignment>>, ApiError> {
-    let roles = with_grants(&ctx, caller, move |c, _, grants| {
-        let org = tenancy::visible_org(c, grants, &guid)?;
-        Ok(tenancy::org_roles(c, Some(&org.guid), None)?)
-    })
-    .await?;
-    Ok(Json(List::new(roles)))
-}
-
 /// The user called `username`, or a 422 that says to create it.
 fn user_named(c: &Connection, username: &str) -> Result<db::UserRow, ApiError> {
     db::user_by_name(c, username)?.ok_or_else(|| {
@@ -172,44 +159,6 @@ fn user_named(c: &Connection, username: &str) -> Result<db::UserRow, ApiError> {
             "no user called {username:?}; an admin creates users (hydrant create-user)"
         ))
     })
-}
-
-async fn assign_org_role(
-    State(ctx): State<Arc<Ctx>>,
-    caller: Caller,
-    Path(guid): Path<String>,
-    Body(request): Body<AssignOrgRole>,
-) -> Result<(StatusCode, Json<OrgRoleAssignment>), ApiError> {
-    let assignment = with_grants(&ctx, caller, move |c, _, grants| {
-        let org = managed_org(c, grants, &guid)?;
-        let user = user_named(c, &request.username)?;
-        tenancy::set_org_role(c, &org.guid, &user.user.guid, request.role)?;
-        Ok(OrgRoleAssignment {
-            org_guid: org.guid,
-            org_name: org.name,
-            username: user.user.username,
-            role: request.role,
-        })
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Json(assignment)))
-}
-
-async fn remove_org_role(
-    State(ctx): State<Arc<Ctx>>,
-    caller: Caller,
-    Path((guid, role, username)): Path<(String, String, String)>,
-) -> Result<StatusCode, ApiError> {
-    let role = OrgRole::parse(&role)
-        .ok_or_else(|| ApiError::unprocessable("the org role must be manager or auditor"))?;
-    with_grants(&ctx, caller, move |c, _, grants| {
-        let org = managed_org(c, grants, &guid)?;
-        let user = known_user(c, &username)?;
-        tenancy::remove_org_role(c, &org.guid, &user.user.guid, role)?;
-        Ok(())
-    })
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 // === spaces ===
@@ -380,53 +329,170 @@ async fn delete_org(
     Ok(deletion_answer(teardown.deletion))
 }
 
-async fn space_roles(
+// === roles: orgs and spaces give them the same way ===
+
+/// What an org's and a space's roles differ in; [`list_roles`], [`assign_role`] and
+/// [`remove_role`] are the one logic both share: anyone who sees the org or space sees its
+/// roles, only its managers (or an admin) change them, a missing user is a 422 when given a
+/// role and a 404 when losing one.
+trait RoleScope: Send + 'static {
+    /// The org or space.
+    type Target: Send;
+    type Role: Copy + Send + 'static;
+    /// The body of an assignment.
+    type Request: serde::de::DeserializeOwned + Send + 'static;
+    type Assignment: serde::Serialize + Send + 'static;
+    /// The 422 for a role name the scope does not have.
+    const ROLES: &'static str;
+
+    fn visible(c: &Connection, grants: &Grants, guid: &str) -> Result<Self::Target, ApiError>;
+    fn managed(c: &Connection, grants: &Grants, guid: &str) -> Result<Self::Target, ApiError>;
+    fn parse(role: &str) -> Option<Self::Role>;
+    fn request(request: Self::Request) -> (String, Self::Role);
+    fn roles(c: &Connection, target: &Self::Target) -> crate::sql::Result<Vec<Self::Assignment>>;
+    fn set(
+        c: &Connection,
+        target: &Self::Target,
+        user: &str,
+        role: Self::Role,
+    ) -> crate::sql::Result<()>;
+    fn remove(
+        c: &Connection,
+        target: &Self::Target,
+        user: &str,
+        role: Self::Role,
+    ) -> crate::sql::Result<usize>;
+    fn assignment(target: Self::Target, username: String, role: Self::Role) -> Self::Assignment;
+}
+
+/// `/v3/organizations/{guid}/roles`.
+struct OrgRoles;
+
+impl RoleScope for OrgRoles {
+    type Target = Org;
+    type Role = OrgRole;
+    type Request = AssignOrgRole;
+    type Assignment = OrgRoleAssignment;
+    const ROLES: &'static str = "the org role must be manager or auditor";
+
+    fn visible(c: &Connection, grants: &Grants, guid: &str) -> Result<Org, ApiError> {
+        tenancy::visible_org(c, grants, guid)
+    }
+    fn managed(c: &Connection, grants: &Grants, guid: &str) -> Result<Org, ApiError> {
+        managed_org(c, grants, guid)
+    }
+    fn parse(role: &str) -> Option<OrgRole> {
+        OrgRole::parse(role)
+    }
+    fn request(request: AssignOrgRole) -> (String, OrgRole) {
+        (request.username, request.role)
+    }
+    fn roles(c: &Connection, org: &Org) -> crate::sql::Result<Vec<OrgRoleAssignment>> {
+        tenancy::org_roles(c, Some(&org.guid), None)
+    }
+    fn set(c: &Connection, org: &Org, user: &str, role: OrgRole) -> crate::sql::Result<()> {
+        tenancy::set_org_role(c, &org.guid, user, role)
+    }
+    fn remove(c: &Connection, org: &Org, user: &str, role: OrgRole) -> crate::sql::Result<usize> {
+        tenancy::remove_org_role(c, &org.guid, user, role)
+    }
+    fn assignment(org: Org, username: String, role: OrgRole) -> OrgRoleAssignment {
+        OrgRoleAssignment {
+            org_guid: org.guid,
+            org_name: org.name,
+            username,
+            role,
+        }
+    }
+}
+
+/// `/v3/spaces/{guid}/roles`.
+struct SpaceRoles;
+
+impl RoleScope for SpaceRoles {
+    type Target = Space;
+    type Role = SpaceRole;
+    type Request = AssignRole;
+    type Assignment = RoleAssignment;
+    const ROLES: &'static str = "the space role must be developer, auditor or manager";
+
+    fn visible(c: &Connection, grants: &Grants, guid: &str) -> Result<Space, ApiError> {
+        visible_space_by_guid(c, grants, guid)
+    }
+    fn managed(c: &Connection, grants: &Grants, guid: &str) -> Result<Space, ApiError> {
+        managed_space(c, grants, guid)
+    }
+    fn parse(role: &str) -> Option<SpaceRole> {
+        SpaceRole::parse(role)
+    }
+    fn request(request: AssignRole) -> (String, SpaceRole) {
+        (request.username, request.role)
+    }
+    fn roles(c: &Connection, space: &Space) -> crate::sql::Result<Vec<RoleAssignment>> {
+        db::roles(c, Some(&space.guid), None)
+    }
+    fn set(c: &Connection, space: &Space, user: &str, role: SpaceRole) -> crate::sql::Result<()> {
+        db::set_role(c, &space.guid, user, role)
+    }
+    fn remove(
+        c: &Connection,
+        space: &Space,
+        user: &str,
+        role: SpaceRole,
+    ) -> crate::sql::Result<usize> {
+        db::remove_role(c, &space.guid, user, role)
+    }
+    fn assignment(space: Space, username: String, role: SpaceRole) -> RoleAssignment {
+        RoleAssignment {
+            space_guid: space.guid,
+            space_name: space.name,
+            org_name: space.org_name,
+            username,
+            role,
+        }
+    }
+}
+
+async fn list_roles<S: RoleScope>(
     State(ctx): State<Arc<Ctx>>,
     caller: Caller,
     Path(guid): Path<String>,
-) -> Result<Json<List<RoleAssignment>>, ApiError> {
+) -> Result<Json<List<S::Assignment>>, ApiError> {
     let roles = with_grants(&ctx, caller, move |c, _, grants| {
-        let space = visible_space_by_guid(c, grants, &guid)?;
-        Ok(db::roles(c, Some(&space.guid), None)?)
+        let target = S::visible(c, grants, &guid)?;
+        Ok(S::roles(c, &target)?)
     })
     .await?;
     Ok(Json(List::new(roles)))
 }
 
-async fn assign_role(
+async fn assign_role<S: RoleScope>(
     State(ctx): State<Arc<Ctx>>,
     caller: Caller,
     Path(guid): Path<String>,
-    Body(request): Body<AssignRole>,
-) -> Result<(StatusCode, Json<RoleAssignment>), ApiError> {
+    Body(request): Body<S::Request>,
+) -> Result<(StatusCode, Json<S::Assignment>), ApiError> {
+    let (username, role) = S::request(request);
     let assignment = with_grants(&ctx, caller, move |c, _, grants| {
-        let space = managed_space(c, grants, &guid)?;
-        let user = user_named(c, &request.username)?;
-        db::set_role(c, &space.guid, &user.user.guid, request.role)?;
-        Ok(RoleAssignment {
-            space_guid: space.guid,
-            space_name: space.name,
-            org_name: space.org_name,
-            username: user.user.username,
-            role: request.role,
-        })
+        let target = S::managed(c, grants, &guid)?;
+        let user = user_named(c, &username)?;
+        S::set(c, &target, &user.user.guid, role)?;
+        Ok(S::assignment(target, user.user.username, role))
     })
     .await?;
     Ok((StatusCode::CREATED, Json(assignment)))
 }
 
-async fn remove_role(
+async fn remove_role<S: RoleScope>(
     State(ctx): State<Arc<Ctx>>,
     caller: Caller,
     Path((guid, role, username)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let role = SpaceRole::parse(&role).ok_or_else(|| {
-        ApiError::unprocessable("the space role must be developer, auditor or manager")
-    })?;
+    let role = S::parse(&role).ok_or_else(|| ApiError::unprocessable(S::ROLES))?;
     with_grants(&ctx, caller, move |c, _, grants| {
-        let space = managed_space(c, grants, &guid)?;
+        let target = S::managed(c, grants, &guid)?;
         let user = known_user(c, &username)?;
-        db::remove_role(c, &space.guid, &user.user.guid, role)?;
+        S::remove(c, &target, &user.user.guid, role)?;
         Ok(())
     })
     .await?;

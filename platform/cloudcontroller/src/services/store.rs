@@ -5,7 +5,7 @@
 //! runs inside the caller's connection or transaction, so an API change and the job it starts
 //! are written together or not at all.
 
-use crate::sql::{Connection, OptionalExtension as _, Params, Row, params};
+use crate::sql::{Connection, OptionalExtension as _, Row, Table, all, one, params, table};
 use hydrant_api::services::{
     BindingType, Job, LastOperation, ServiceBinding, ServiceBroker, ServiceInstance,
     ServiceInstanceType, ServiceOffering, ServicePlan,
@@ -114,29 +114,8 @@ fn json_col(text: Option<String>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn strings_col(text: &str) -> Vec<String> {
-    serde_json::from_str(text).unwrap_or_default()
-}
-
-/// A row read by one SELECT with its joins: each table's row mapper, so a lookup by guid and
-/// a filtered list read the same columns the same way.
-trait Table: Sized {
-    /// Columns and joins; callers append `WHERE …` / `ORDER BY …`.
-    const SELECT: &'static str;
-    fn from_row(r: &Row<'_>) -> crate::sql::Result<Self>;
-}
-
-/// The row `SELECT … tail` finds, if any.
-fn one<T: Table>(c: &Connection, tail: &str, params: impl Params) -> crate::sql::Result<Option<T>> {
-    c.query_row(&format!("{} {tail}", T::SELECT), params, T::from_row)
-        .optional()
-}
-
-/// Every row `SELECT … tail` finds, in its order.
-fn all<T: Table>(c: &Connection, tail: &str, params: impl Params) -> crate::sql::Result<Vec<T>> {
-    let mut stmt = c.prepare(&format!("{} {tail}", T::SELECT))?;
-    let rows = stmt.query_map(params, T::from_row)?;
-    rows.collect()
+fn strings_col(text: String) -> Vec<String> {
+    serde_json::from_str(&text).unwrap_or_default()
 }
 
 /// The first column of every row of `sql` for one guid (names for a view).
@@ -235,22 +214,10 @@ impl BrokerRow {
     }
 }
 
-impl Table for BrokerRow {
-    const SELECT: &'static str = "SELECT guid, name, url, username, password, created_at, \
-         updated_at FROM service_brokers";
-
-    fn from_row(r: &Row<'_>) -> crate::sql::Result<Self> {
-        Ok(Self {
-            guid: r.get(0)?,
-            name: r.get(1)?,
-            url: r.get(2)?,
-            username: r.get(3)?,
-            password: r.get(4)?,
-            created_at: r.get(5)?,
-            updated_at: r.get(6)?,
-        })
-    }
-}
+table!(BrokerRow, "SELECT guid, name, url, username, password, created_at, updated_at \
+     FROM service_brokers", {
+    guid, name, url, username, password, created_at, updated_at
+});
 
 pub(crate) fn broker(c: &Connection, guid_or_name: &str) -> crate::sql::Result<Option<BrokerRow>> {
     one(
@@ -471,29 +438,49 @@ impl Table for PlanRow {
          JOIN service_brokers b ON b.guid = o.broker_guid";
 
     fn from_row(r: &Row<'_>) -> crate::sql::Result<Self> {
-        let tags: String = r.get(16)?;
-        let requires: String = r.get(17)?;
+        let (
+            guid,
+            id,
+            name,
+            description,
+            free,
+            bindable,
+            plan_updateable,
+            maximum_polling_duration,
+            schemas,
+            maintenance_info,
+            public,
+            active,
+            offering_guid,
+            offering_id,
+            offering_name,
+            offering_description,
+            tags,
+            requires,
+            broker_guid,
+            broker_name,
+        ) = r.columns()?;
         Ok(PlanRow {
-            guid: r.get(0)?,
-            id: r.get(1)?,
-            name: r.get(2)?,
-            description: r.get(3)?,
-            free: r.get(4)?,
-            bindable: r.get(5)?,
-            plan_updateable: r.get(6)?,
-            maximum_polling_duration: r.get(7)?,
-            schemas: json_col(r.get(8)?),
-            maintenance_info: json_col(r.get(9)?),
-            public: r.get(10)?,
-            active: r.get(11)?,
-            offering_guid: r.get(12)?,
-            offering_id: r.get(13)?,
-            offering_name: r.get(14)?,
-            offering_description: r.get(15)?,
-            offering_tags: strings_col(&tags),
-            requires: strings_col(&requires),
-            broker_guid: r.get(18)?,
-            broker_name: r.get(19)?,
+            guid,
+            id,
+            name,
+            description,
+            free,
+            bindable,
+            plan_updateable,
+            maximum_polling_duration,
+            schemas: json_col(schemas),
+            maintenance_info: json_col(maintenance_info),
+            public,
+            active,
+            offering_guid,
+            offering_id,
+            offering_name,
+            offering_description,
+            offering_tags: strings_col(tags),
+            requires: strings_col(requires),
+            broker_guid,
+            broker_name,
         })
     }
 }
@@ -585,21 +572,21 @@ impl Table for (InstanceRow, Option<String>) {
          FROM service_instances i JOIN spaces s ON s.guid = i.space_guid";
 
     fn from_row(r: &Row<'_>) -> crate::sql::Result<Self> {
+        let (guid, name, space_guid, space_name) = r.columns()?;
         let kind: String = r.get(4)?;
-        let tags: String = r.get(6)?;
         Ok((
             InstanceRow {
-                guid: r.get(0)?,
-                name: r.get(1)?,
-                space_guid: r.get(2)?,
-                space_name: r.get(3)?,
+                guid,
+                name,
+                space_guid,
+                space_name,
                 kind: if kind == "user-provided" {
                     ServiceInstanceType::UserProvided
                 } else {
                     ServiceInstanceType::Managed
                 },
                 plan: None,
-                tags: strings_col(&tags),
+                tags: strings_col(r.get(6)?),
                 credentials: json_col(r.get(7)?),
                 syslog_drain_url: r.get(8)?,
                 route_service_url: r.get(9)?,
@@ -788,18 +775,27 @@ impl Table for BindingRow {
         let kind: String = r.get(1)?;
         let credentials: Option<String> = r.get(7)?;
         let mounts: String = r.get(9)?;
+        let (guid, _, instance_guid, instance_name, app_guid, app_name, name): (
+            _,
+            String,
+            _,
+            _,
+            _,
+            _,
+            _,
+        ) = r.columns()?;
         Ok(BindingRow {
-            guid: r.get(0)?,
+            guid,
             kind: if kind == "key" {
                 BindingType::Key
             } else {
                 BindingType::App
             },
-            instance_guid: r.get(2)?,
-            instance_name: r.get(3)?,
-            app_guid: r.get(4)?,
-            app_name: r.get(5)?,
-            name: r.get(6)?,
+            instance_guid,
+            instance_name,
+            app_guid,
+            app_name,
+            name,
             credentials: credentials.and_then(|t| serde_json::from_str(&t).ok()),
             syslog_drain_url: r.get(8)?,
             volume_mounts: serde_json::from_str(&mounts).unwrap_or(Value::Array(Vec::new())),
@@ -979,22 +975,38 @@ impl Table for JobRow {
          updated_at FROM service_jobs";
 
     fn from_row(r: &Row<'_>) -> crate::sql::Result<Self> {
-        let spec: String = r.get(5)?;
+        let (
+            guid,
+            operation,
+            resource_guid,
+            state,
+            phase,
+            spec,
+            broker_operation,
+            description,
+            polls,
+            attempts,
+            next_at_ms,
+            deadline_ms,
+            created_at,
+            updated_at,
+        ) = r.columns()?;
+        let spec: String = spec;
         Ok(JobRow {
-            guid: r.get(0)?,
-            operation: r.get(1)?,
-            resource_guid: r.get(2)?,
-            state: r.get(3)?,
-            phase: r.get(4)?,
+            guid,
+            operation,
+            resource_guid,
+            state,
+            phase,
             spec: serde_json::from_str(&spec).unwrap_or_default(),
-            broker_operation: r.get(6)?,
-            description: r.get(7)?,
-            polls: r.get(8)?,
-            attempts: r.get(9)?,
-            next_at_ms: r.get(10)?,
-            deadline_ms: r.get(11)?,
-            created_at: r.get(12)?,
-            updated_at: r.get(13)?,
+            broker_operation,
+            description,
+            polls,
+            attempts,
+            next_at_ms,
+            deadline_ms,
+            created_at,
+            updated_at,
         })
     }
 }

@@ -22,13 +22,14 @@ use hydrant_api::services::{
     Job, ServiceAccess, ServiceBinding, ServiceBindingAnswer, ServiceInstanceAnswer,
 };
 use hydrant_bus::messages::StartInstance;
-use hydrant_cloudcontroller::{Config, ServicesConfig};
+use hydrant_cloudcontroller::ServicesConfig;
 use hydrant_testkit::wait_for;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{ADMIN_PASSWORD, FakeExecutor};
+pub use crate::support::Cc;
+use crate::support::{FakeExecutor, Options};
 
 pub const WAIT: Duration = Duration::from_secs(30);
 /// The basic auth every broker in these tests expects.
@@ -59,63 +60,15 @@ pub fn real_broker_services() -> ServicesConfig {
     }
 }
 
-/// A running cloud controller and its admin client.
-pub struct Cc {
-    pub url: String,
-    pub admin: Client,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), hydrant_cloudcontroller::Error>>,
-}
-
-/// Starts the controller on loopback over `data` and the in-process `bus`, logged in as admin.
+/// The controller on loopback over `data` and the in-process `bus` with the services settings
+/// `services`, logged in as admin.
 pub async fn start_cc(data: &Path, bus: &str, services: ServicesConfig) -> Cc {
-    let mut config = Config {
-        listen: "127.0.0.1:0".into(),
-        admin_listen: "127.0.0.1:0".into(),
-        data_dir: data.display().to_string(),
-        admin_password: Some(ADMIN_PASSWORD.into()),
-        password_hash_iterations: 1000,
-        converge_interval_ms: 200,
-        executor_request_timeout_ms: 1000,
-        bus: hydrant_bus::Config::inprocess(bus),
-        services,
-        ..Config::default()
-    };
-    let listeners = hydrant_runtime::bind::<hydrant_cloudcontroller::CloudController>(&config)
-        .await
-        .unwrap();
-    let addr = listeners.local_addr("api").unwrap();
-    config.external_url = format!("http://{addr}");
-    let url = config.external_url.clone();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(hydrant_runtime::run::<
-        hydrant_cloudcontroller::CloudController,
-    >(config, listeners, shutdown.clone()));
-    let anonymous = Client::new(&url, None);
-    wait_for(WAIT, "the API to answer", || {
-        let anonymous = anonymous.clone();
-        async move { anonymous.info().await.is_ok() }
-    })
-    .await;
-    let token = anonymous.login("admin", ADMIN_PASSWORD).await.unwrap();
-    Cc {
-        admin: anonymous.with_token(token.access_token),
-        url,
-        shutdown,
-        task,
-    }
+    let mut options = Options::new(bus);
+    options.services = Some(services);
+    Cc::start(data, &options).await
 }
 
 impl Cc {
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("the cloud controller stops")
-            .unwrap()
-            .unwrap();
-    }
-
     /// Registers the broker at `url` as `name` and enables every plan of `offerings`; the
     /// offerings its catalog listed.
     pub async fn register(&self, name: &str, url: &str, offerings: &[&str]) -> Vec<String> {

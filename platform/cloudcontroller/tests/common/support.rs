@@ -74,44 +74,51 @@ impl Options {
             services: None,
         }
     }
-}
 
-impl Cc {
-    pub async fn start(data_dir: &Path, options: &Options) -> Self {
+    /// The controller's configuration for these options over `data_dir`, its listeners on
+    /// loopback ports the kernel picks.
+    pub fn config(&self, data_dir: &Path) -> Config {
         let mut config = Config {
             listen: "127.0.0.1:0".into(),
             admin_listen: "127.0.0.1:0".into(),
             data_dir: data_dir.display().to_string(),
             admin_password: Some(ADMIN_PASSWORD.into()),
-            password_hash_iterations: options.password_hash_iterations,
+            password_hash_iterations: self.password_hash_iterations,
             converge_interval_ms: 200,
             executor_request_timeout_ms: 1000,
-            max_blob_bytes: options.max_blob_bytes,
-            allow_private_drains: options.allow_private_drains,
-            clients: options.clients.clone(),
+            max_blob_bytes: self.max_blob_bytes,
+            allow_private_drains: self.allow_private_drains,
+            clients: self.clients.clone(),
             endpoints: BTreeMap::from([("firehose".into(), "ws://127.0.0.1:1".into())]),
-            bus: BusConfig::inprocess(&options.bus),
+            bus: BusConfig::inprocess(&self.bus),
             // Collection of unreferenced blobs runs every second (the grace period stays an
             // hour): a test ages the files it wants collected.
             blob_gc_interval_secs: 1,
             ..Config::default()
         };
-        if let Some(url) = &options.db_url {
+        if let Some(url) = &self.db_url {
             config.db.url.clone_from(url);
         }
-        config.blobs_dir = options.blobs_dir.as_ref().map(|d| d.display().to_string());
-        config.token_keys_dir = options
+        config.blobs_dir = self.blobs_dir.as_ref().map(|d| d.display().to_string());
+        config.token_keys_dir = self
             .token_keys_dir
             .as_ref()
             .map(|d| d.display().to_string());
-        if let Some(id) = &options.instance_id {
+        if let Some(id) = &self.instance_id {
             config.instance_id.clone_from(id);
         }
-        if let Some(services) = &options.services {
+        if let Some(services) = &self.services {
             config.services = services.clone();
         }
-        config.telemetry.agent.clone_from(&options.agent);
+        config.telemetry.agent.clone_from(&self.agent);
         config.telemetry.interval_secs = 1;
+        config
+    }
+}
+
+impl Cc {
+    pub async fn start(data_dir: &Path, options: &Options) -> Self {
+        let mut config = options.config(data_dir);
         let listeners = hydrant_runtime::bind::<hydrant_cloudcontroller::CloudController>(&config)
             .await
             .unwrap();
@@ -162,6 +169,16 @@ impl Cc {
                 name: name.into(),
                 ..hydrant_api::CreateApp::default()
             })
+            .await
+            .unwrap()
+    }
+
+    /// The controller's `/metrics` text, from its admin listener.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin_url))
+            .await
+            .unwrap()
+            .text()
             .await
             .unwrap()
     }

@@ -69,12 +69,7 @@ async fn password_guessing_is_slowed_per_name_whether_or_not_the_name_exists() {
     // Another name is not slowed by those guesses, and tokens already issued keep working.
     assert_eq!(login("carol", "guess").await.unwrap().status(), 401);
     assert!(cc.admin.me().await.is_ok());
-    let metrics = reqwest::get(format!("{}/metrics", cc.admin_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cc.metrics().await;
     for (reason, count) in [("wrong_password", 13), ("throttled", 2)] {
         let line = format!(
             "cloudcontroller_logins_refused_total{{source_id=\"cloudcontroller\",instance_id=\"0\",reason=\"{reason}\"}} {count}"
@@ -106,12 +101,7 @@ async fn one_address_spraying_a_password_over_many_names_is_slowed() {
         body.errors[0].detail.contains("from this address"),
         "{body:?}"
     );
-    let metrics = reqwest::get(format!("{}/metrics", cc.admin_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cc.metrics().await;
     let line = "cloudcontroller_logins_refused_total{source_id=\"cloudcontroller\",instance_id=\"0\",reason=\"throttled_address\"} 1";
     assert!(metrics.contains(line), "{line} not in {metrics}");
     cc.stop().await;
@@ -203,12 +193,7 @@ async fn login_info_and_401s() {
     assert!(me.user.admin);
     assert_eq!(me.user.username, "admin");
     // The API counts its answers by status class.
-    let metrics = reqwest::get(format!("{}/metrics", cc.admin_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cc.metrics().await;
     assert!(
         metrics.contains("cloudcontroller_requests_total{source_id=\"cloudcontroller\",instance_id=\"0\",status_class=\"4xx\"}"),
         "{metrics}"

@@ -62,12 +62,7 @@ async fn an_unreferenced_upload_is_collected_after_the_grace_period_and_counted(
     )
     .await;
     assert!(kept_file.exists(), "the package's file stays");
-    let metrics = reqwest::get(format!("{}/metrics", cc.admin_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cc.metrics().await;
     assert!(
         metrics
             .lines()

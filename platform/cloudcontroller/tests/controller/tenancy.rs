@@ -850,12 +850,7 @@ async fn starts_scales_and_creates_past_a_quota_fail_naming_it_with_limit_and_us
     assert!(err.detail().unwrap().contains("instances limit 2"), "{err}");
 
     // Each refusal is counted under the limit that made it.
-    let metrics = reqwest::get(format!("{}/metrics", cc.admin_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cc.metrics().await;
     for (limit, count) in [
         ("total_memory", 1),
         ("apps", 1),
