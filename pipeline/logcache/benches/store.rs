@@ -14,16 +14,21 @@ fn sources(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("app-{i:04}")).collect()
 }
 
+/// A store with small rings, so once warm it is at its per-source bound and every ingest also
+/// evicts.
+fn at_capacity() -> Store {
+    Store::new(StoreConfig {
+        max_per_source: 1000,
+        ..StoreConfig::default()
+    })
+}
+
 fn ingest(c: &mut Criterion) {
     let ids = sources(100);
     let mut g = c.benchmark_group("ingest");
     g.throughput(Throughput::Elements(1000));
     g.bench_function("1000_envelopes_100_sources_at_capacity", |b| {
-        // Small rings so the store is at its per-source bound and every ingest also evicts.
-        let store = Store::new(StoreConfig {
-            max_per_source: 1000,
-            ..StoreConfig::default()
-        });
+        let store = at_capacity();
         let mut ts = 0i64;
         b.iter(|| {
             for i in 0..1000 {
@@ -35,10 +40,7 @@ fn ingest(c: &mut Criterion) {
     g.bench_function(
         "1000_envelopes_10_sources_in_runs_of_100_at_capacity",
         |b| {
-            let store = Store::new(StoreConfig {
-                max_per_source: 1000,
-                ..StoreConfig::default()
-            });
+            let store = at_capacity();
             let mut ts = 0i64;
             b.iter(|| {
                 for id in &ids[..10] {
@@ -58,10 +60,7 @@ fn ingest(c: &mut Criterion) {
         },
     );
     g.bench_function("1000_envelopes_10_sources_one_by_one_at_capacity", |b| {
-        let store = Store::new(StoreConfig {
-            max_per_source: 1000,
-            ..StoreConfig::default()
-        });
+        let store = at_capacity();
         let mut ts = 0i64;
         b.iter(|| {
             for i in 0..1000 {
