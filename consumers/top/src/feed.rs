@@ -8,6 +8,14 @@
 //! it connected ([`Feed::History`]), then forwards live batches. An API poller sends
 //! [`ApiSnapshot`]s every few seconds.
 //!
+//! A history read that fails for a reason time can mend (a timeout, a refused connection, a
+//! 5xx: a busy or briefly stalled platform) is tried again for up to [`HISTORY_PATIENCE`]
+//! rather than taken as "nothing happened": the first screen is the only time that history is
+//! read, so a read given up silently would leave the console without it for good. Live data
+//! waits meanwhile without loss (the client asks for cursors, so an edge whose queue for it
+//! would overflow closes the stream and the client resumes from the dopplers' rings). What still
+//! fails after that is said on screen.
+//!
 //! Invariants: the channel to the screen is bounded; a live batch that does not fit is
 //! dropped and counted (the count is shown on screen), never queued without bound; history,
 //! API snapshots, gaps and connection changes wait for room instead, because losing them would
@@ -52,6 +60,17 @@ const COMPONENT_HISTORY_NS: i64 = 30_000_000_000;
 
 /// Deadline of one API call.
 const API_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the history read at start keeps trying reads that failed for a reason time can
+/// mend (the platform's own 5 s deadlines pass while it is starved of CPU).
+const HISTORY_PATIENCE: Duration = Duration::from_secs(20);
+
+/// The first pause between attempts of a failed history read; it doubles up to
+/// [`HISTORY_RETRY_MAX`].
+const HISTORY_RETRY: Duration = Duration::from_millis(250);
+
+/// The longest pause between attempts of a failed history read.
+const HISTORY_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Most apps whose instance stats are polled each round.
 const MAX_STATS_APPS: usize = 100;
@@ -128,6 +147,116 @@ enum Ended {
     Fatal(StreamError),
 }
 
+/// What a history read at start found: the envelopes, oldest first, and the reads that failed
+/// even after [`HISTORY_PATIENCE`].
+#[derive(Debug, Default)]
+struct History {
+    envelopes: Vec<v2::Envelope>,
+    failed: Vec<String>,
+}
+
+impl History {
+    fn add(&mut self, other: Self) {
+        self.envelopes.extend(other.envelopes);
+        self.failed.extend(other.failed);
+    }
+
+    /// What the screen is told when some of the history could not be read.
+    fn notice(&self) -> Option<String> {
+        let first = self.failed.first()?;
+        Some(format!(
+            "history before the console started is incomplete: {} read(s) failed for {} s \
+             (first: {first})",
+            self.failed.len(),
+            HISTORY_PATIENCE.as_secs()
+        ))
+    }
+}
+
+/// Why one attempt of a history read failed, and whether another attempt may succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failed {
+    text: String,
+    again: bool,
+}
+
+impl Failed {
+    fn api(what: &str, e: &hydrant_api::Error) -> Self {
+        // No status: no answer at all (refused, reset, timed out).
+        let again = e.status().is_none_or(|s| s == 429 || s >= 500);
+        Self {
+            text: format!("{what}: {e}"),
+            again,
+        }
+    }
+
+    fn stream(what: &str, e: &StreamError) -> Self {
+        let again = match e {
+            StreamError::Timeout { .. } | StreamError::Connect { .. } => true,
+            StreamError::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        };
+        Self {
+            text: format!("{what}: {e}"),
+            again,
+        }
+    }
+
+    fn no_answer(what: &str) -> Self {
+        Self {
+            text: format!("{what}: no answer in {} s", API_TIMEOUT.as_secs()),
+            again: true,
+        }
+    }
+}
+
+/// Runs `read` until it succeeds, fails in a way another attempt cannot mend, or `deadline`
+/// passes; then the last failure.
+async fn patiently<T, F, Fut>(deadline: tokio::time::Instant, mut read: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failed>>,
+{
+    let mut pause = HISTORY_RETRY;
+    loop {
+        let failed = match tokio::time::timeout_at(deadline, read()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(failed)) => failed,
+            Err(_) => {
+                return Err(format!("no answer within {} s", HISTORY_PATIENCE.as_secs()));
+            }
+        };
+        if !failed.again || tokio::time::Instant::now() + pause >= deadline {
+            return Err(failed.text);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(HISTORY_RETRY_MAX);
+    }
+}
+
+/// An API call within [`API_TIMEOUT`], tried [`patiently`].
+async fn api_patiently<T, F, Fut>(
+    deadline: tokio::time::Instant,
+    what: &str,
+    mut call: F,
+) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, hydrant_api::Error>>,
+{
+    patiently(deadline, || {
+        let call = call();
+        async move {
+            match tokio::time::timeout(API_TIMEOUT, call).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(e)) => Err(Failed::api(what, &e)),
+                Err(_) => Err(Failed::no_answer(what)),
+            }
+        }
+    })
+    .await
+}
+
 /// Forwards one stream's events to the screen until shutdown or a fatal error. `history` runs
 /// once, right after the first connection, with the moment it connected (UNIX ns).
 async fn forward<F, Fut>(
@@ -137,7 +266,7 @@ async fn forward<F, Fut>(
 ) -> Ended
 where
     F: FnOnce(i64) -> Fut,
-    Fut: std::future::Future<Output = Vec<v2::Envelope>>,
+    Fut: std::future::Future<Output = History>,
 {
     let mut up = false;
     loop {
@@ -157,11 +286,14 @@ where
                 if let Some(read) = history.take() {
                     // Live envelopes wait in the client's bounded queue (and then the edge's)
                     // while history is read, so they land after it, in order.
-                    let envelopes = read(hydrant_envelope::now_nanos()).await;
-                    if !envelopes.is_empty() {
+                    let history = read(hydrant_envelope::now_nanos()).await;
+                    if !history.envelopes.is_empty() {
                         ok &= feeder
-                            .send(Feed::History(Batch::from_envelopes(&envelopes)))
+                            .send(Feed::History(Batch::from_envelopes(&history.envelopes)))
                             .await;
+                    }
+                    if let Some(text) = history.notice() {
+                        ok &= feeder.send(Feed::Stream(StreamChange::Notice(text))).await;
                     }
                 }
                 ok
@@ -192,10 +324,39 @@ where
     }
 }
 
+/// One recent read of `source`, tried [`patiently`].
+async fn recent_patiently(
+    config: &ClientConfig,
+    source: &str,
+    query: &RecentQuery,
+    deadline: tokio::time::Instant,
+) -> History {
+    let read = patiently(deadline, || async {
+        recent(config, source, query)
+            .await
+            .map_err(|e| Failed::stream(&format!("recent envelopes of {source}"), &e))
+    });
+    match read.await {
+        Ok(envelopes) => History {
+            envelopes,
+            failed: Vec::new(),
+        },
+        Err(e) => History {
+            envelopes: Vec::new(),
+            failed: vec![e],
+        },
+    }
+}
+
 /// The newest minute of one source from the log cache, oldest first, up to `until` (UNIX ns):
 /// router timers in one read, logs, gauges and events in another, so a chatty app's logs do not
 /// crowd out its requests.
-async fn app_history(config: &ClientConfig, source: &str, until: i64) -> Vec<v2::Envelope> {
+async fn app_history(
+    config: &ClientConfig,
+    source: &str,
+    until: i64,
+    deadline: tokio::time::Instant,
+) -> History {
     let query = |types: Vec<Kind>| RecentQuery {
         start_time: Some(until.saturating_sub(HISTORY_NS).max(0)),
         end_time: Some(until),
@@ -205,18 +366,22 @@ async fn app_history(config: &ClientConfig, source: &str, until: i64) -> Vec<v2:
     };
     let timers = query(vec![Kind::Timer]);
     let rest = query(vec![Kind::Log, Kind::Gauge, Kind::Event]);
-    let (a, b) = tokio::join!(
-        recent(config, source, &timers),
-        recent(config, source, &rest)
+    let (mut out, b) = tokio::join!(
+        recent_patiently(config, source, &timers, deadline),
+        recent_patiently(config, source, &rest, deadline)
     );
-    let mut out: Vec<v2::Envelope> = a.unwrap_or_default();
-    out.extend(b.unwrap_or_default());
-    out.sort_by_key(|e| e.timestamp);
+    out.add(b);
+    out.envelopes.sort_by_key(|e| e.timestamp);
     out
 }
 
 /// The last reports of a platform component (counters and gauges), oldest first.
-async fn component_history(config: &ClientConfig, source: &str, until: i64) -> Vec<v2::Envelope> {
+async fn component_history(
+    config: &ClientConfig,
+    source: &str,
+    until: i64,
+    deadline: tokio::time::Instant,
+) -> History {
     let query = RecentQuery {
         start_time: Some(until.saturating_sub(COMPONENT_HISTORY_NS).max(0)),
         end_time: Some(until),
@@ -224,30 +389,37 @@ async fn component_history(config: &ClientConfig, source: &str, until: i64) -> V
         limit: Some(hydrant_firehose_client::MAX_RECENT_LIMIT),
         descending: true,
     };
-    let mut out = recent(config, source, &query).await.unwrap_or_default();
-    out.sort_by_key(|e| e.timestamp);
+    let mut out = recent_patiently(config, source, &query, deadline).await;
+    out.envelopes.sort_by_key(|e| e.timestamp);
     out
 }
 
-/// Source ids the log cache holds (`GET /api/v1/meta`), best effort.
-async fn cached_sources(config: &ClientConfig) -> Vec<String> {
+/// Source ids the log cache holds (`GET /api/v1/meta`): one attempt.
+async fn cached_sources(config: &ClientConfig) -> Result<Vec<String>, Failed> {
+    const WHAT: &str = "the log cache's sources";
     let url = format!("{}/api/v1/meta", config.url.trim_end_matches('/'));
-    let Ok(http) = reqwest::Client::builder().timeout(API_TIMEOUT).build() else {
-        return Vec::new();
+    let failed = |e: reqwest::Error| Failed {
+        text: format!("{WHAT}: {e}"),
+        // No answer, or a 5xx: the edge may answer once it is less busy.
+        again: e.status().is_none_or(|s| s.is_server_error()),
     };
-    let Ok(response) = http.get(url).bearer_auth(&config.token).send().await else {
-        return Vec::new();
-    };
-    if !response.status().is_success() {
-        return Vec::new();
-    }
-    let Ok(body) = response.json::<serde_json::Value>().await else {
-        return Vec::new();
-    };
-    body.get("meta")
+    let http = reqwest::Client::builder()
+        .timeout(API_TIMEOUT)
+        .build()
+        .map_err(failed)?;
+    let response = http
+        .get(url)
+        .bearer_auth(&config.token)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(failed)?;
+    let body = response.json::<serde_json::Value>().await.map_err(failed)?;
+    Ok(body
+        .get("meta")
         .and_then(|m| m.as_object())
         .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default()
+        .unwrap_or_default())
 }
 
 /// Operator mode: the firehose, with history for the busiest-looking apps and every platform
@@ -265,34 +437,42 @@ pub(crate) async fn firehose(
     let history = {
         let config = config.clone();
         move |until: i64| async move {
-            let apps: Vec<String> = match &api {
-                Some(api) => tokio::time::timeout(API_TIMEOUT, api.list_apps())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|a| a.guid)
-                    .collect(),
-                None => Vec::new(),
+            let deadline = tokio::time::Instant::now() + HISTORY_PATIENCE;
+            let mut history = History::default();
+            let mut listed = |what: Result<Vec<String>, String>| {
+                what.unwrap_or_else(|e| {
+                    history.failed.push(e);
+                    Vec::new()
+                })
             };
-            // Service instances read like apps: their SVC lines as well as their gauges.
-            let services: Vec<String> = match &api {
+            let (apps, services, cached) = match &api {
                 Some(api) => {
-                    tokio::time::timeout(API_TIMEOUT, api.list_service_instances(None, None))
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|s| s.guid)
-                        .take(MAX_HISTORY_APPS)
-                        .collect()
+                    let (apps, services, cached) = tokio::join!(
+                        api_patiently(deadline, "listing apps", || api.list_apps()),
+                        // Service instances read like apps: their SVC lines and their gauges.
+                        // A controller without services answers 404: none, not a failure.
+                        api_patiently(deadline, "listing service instances", || async {
+                            match api.list_service_instances(None, None).await {
+                                Err(e) if e.is_not_found() => Ok(Vec::new()),
+                                other => other,
+                            }
+                        }),
+                        patiently(deadline, || cached_sources(&config)),
+                    );
+                    (
+                        listed(apps.map(|l| l.into_iter().map(|a| a.guid).collect())),
+                        listed(services.map(|l| l.into_iter().map(|s| s.guid).collect())),
+                        listed(cached),
+                    )
                 }
-                None => Vec::new(),
+                None => (
+                    Vec::new(),
+                    Vec::new(),
+                    listed(patiently(deadline, || cached_sources(&config)).await),
+                ),
             };
-            let sources: Vec<String> = cached_sources(&config)
-                .await
+            let services: Vec<String> = services.into_iter().take(MAX_HISTORY_APPS).collect();
+            let sources: Vec<String> = cached
                 .into_iter()
                 .filter(|s| !apps.contains(s) && !services.contains(s))
                 .take(MAX_HISTORY_SOURCES)
@@ -301,12 +481,16 @@ pub(crate) async fn firehose(
                 .iter()
                 .take(MAX_HISTORY_APPS)
                 .chain(&services)
-                .map(|a| app_history(&config, a, until));
-            let source_reads = sources.iter().map(|s| component_history(&config, s, until));
+                .map(|a| app_history(&config, a, until, deadline));
+            let source_reads = sources
+                .iter()
+                .map(|s| component_history(&config, s, until, deadline));
             let (a, b) = tokio::join!(join_all(app_reads), join_all(source_reads));
-            let mut all: Vec<v2::Envelope> = a.into_iter().chain(b).flatten().collect();
-            all.sort_by_key(|e| e.timestamp);
-            all
+            for read in a.into_iter().chain(b) {
+                history.add(read);
+            }
+            history.envelopes.sort_by_key(|e| e.timestamp);
+            history
         }
     };
     match forward(client, &feeder, Some(history)).await {
@@ -437,7 +621,10 @@ async fn app_stream(
         };
         let history = (!history_done).then(|| {
             let (config, guid) = (config.clone(), guid.clone());
-            move |until: i64| async move { app_history(&config, &guid, until).await }
+            move |until: i64| async move {
+                let deadline = tokio::time::Instant::now() + HISTORY_PATIENCE;
+                app_history(&config, &guid, until, deadline).await
+            }
         });
         history_done = true;
         match forward(client, &feeder, history).await {
@@ -672,6 +859,105 @@ mod tests {
             MAX_APP_STREAMS,
             "the cap holds across both kinds"
         );
+    }
+
+    /// A read that answers with `script`'s failures in turn, then `Ok`; counts its attempts.
+    fn scripted(
+        script: Vec<Failed>,
+        attempts: &AtomicU64,
+    ) -> impl FnMut() -> std::future::Ready<Result<&'static str, Failed>> + '_ {
+        move || {
+            let n = attempts.fetch_add(1, Ordering::Relaxed);
+            let usize_n = usize::try_from(n).unwrap();
+            std::future::ready(match script.get(usize_n) {
+                Some(failed) => Err(failed.clone()),
+                None => Ok("ledger node ready"),
+            })
+        }
+    }
+
+    fn unavailable() -> Failed {
+        Failed::stream(
+            "recent envelopes of ledger",
+            &StreamError::Status {
+                what: "the recent-logs read",
+                status: 503,
+                body: "no doppler answered in time".to_owned(),
+            },
+        )
+    }
+
+    /// The platform stalled (its 5 s deadlines passed) while the console read its history at
+    /// start: the reads are tried again and the history arrives, instead of a first screen
+    /// that never shows the lines written before it started.
+    #[tokio::test(start_paused = true)]
+    async fn a_history_read_that_fails_while_the_platform_is_stalled_is_tried_again() {
+        let attempts = AtomicU64::new(0);
+        let deadline = tokio::time::Instant::now() + HISTORY_PATIENCE;
+        let script = vec![
+            Failed::no_answer("listing service instances"),
+            unavailable(),
+            unavailable(),
+        ];
+        let read = patiently(deadline, scripted(script, &attempts)).await;
+        assert_eq!(read, Ok("ledger node ready"));
+        assert_eq!(attempts.load(Ordering::Relaxed), 4);
+    }
+
+    /// A refusal time cannot mend (404, 403) is not asked again.
+    #[tokio::test(start_paused = true)]
+    async fn a_history_read_refused_for_good_is_not_tried_again() {
+        let attempts = AtomicU64::new(0);
+        let started = tokio::time::Instant::now();
+        let gone = Failed::stream(
+            "recent envelopes of ledger",
+            &StreamError::NotFound {
+                what: "app \"ledger\"".to_owned(),
+            },
+        );
+        let read = patiently(
+            started + HISTORY_PATIENCE,
+            scripted(vec![gone; 5], &attempts),
+        );
+        let error = read.await.unwrap_err();
+        assert!(error.contains("404"), "{error}");
+        assert_eq!(attempts.load(Ordering::Relaxed), 1);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    /// A platform that stays down is given up on by the deadline, with its last error, and
+    /// the screen is told the history is incomplete.
+    #[tokio::test(start_paused = true)]
+    async fn a_history_read_that_keeps_failing_ends_by_the_deadline_and_is_said_on_screen() {
+        let attempts = AtomicU64::new(0);
+        let started = tokio::time::Instant::now();
+        let read = patiently(
+            started + HISTORY_PATIENCE,
+            scripted(vec![unavailable(); 1000], &attempts),
+        );
+        let error = read.await.unwrap_err();
+        assert!(error.contains("503"), "{error}");
+        assert!(started.elapsed() <= HISTORY_PATIENCE);
+        assert!(started.elapsed() >= HISTORY_PATIENCE - HISTORY_RETRY_MAX);
+        let tried = attempts.load(Ordering::Relaxed);
+        assert!((5..=20).contains(&tried), "{tried} attempts in 20 s");
+        // A read that never answers at all ends at the deadline too.
+        let hung = patiently(started + HISTORY_PATIENCE * 2, || {
+            std::future::pending::<Result<(), Failed>>()
+        });
+        let error = hung.await.unwrap_err();
+        assert!(error.contains("no answer"), "{error}");
+        assert_eq!(started.elapsed(), HISTORY_PATIENCE * 2);
+        let history = History {
+            envelopes: Vec::new(),
+            failed: vec![error],
+        };
+        let notice = history.notice().unwrap();
+        assert!(
+            notice.contains("incomplete") && notice.contains("1 read(s)"),
+            "{notice}"
+        );
+        assert_eq!(History::default().notice(), None);
     }
 
     #[tokio::test]
