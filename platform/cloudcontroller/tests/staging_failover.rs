@@ -8,7 +8,8 @@
 //! runtime goes away with every task, without any shutdown path (no claim handed back, no
 //! lease given up). Staging runs with `--isolation none` (no root needed): the install step is
 //! npm running the package's own `install` script, which waits for a gate file the test
-//! creates, so the first controller is provably in the middle of staging when it dies.
+//! creates, so the first controller is provably in the middle of staging when it dies. The
+//! queue's bounds hold in the database too: a space past its share is refused.
 //!
 //! Needs PostgreSQL's server and npm (the Debian packages `postgresql` and `npm`, which
 //! `scripts/test` installs).
@@ -71,6 +72,8 @@ async fn start(
         password_hash_iterations: 1000,
         converge_interval_ms: 200,
         staging_workers: 1,
+        // Half of it, one place, is a space's share.
+        staging_queue: 2,
         staging_timeout_secs: 300,
         staging_isolation: StagingIsolation {
             mode: IsolationMode::None,
@@ -240,6 +243,26 @@ fn a_build_outlives_the_controller_that_accepted_it_and_any_controller_stages_th
         &[("index.html", b"<h1>quick</h1>".as_slice(), 0o644)],
     ));
     assert_eq!(row(&db_url, &quick).state, "QUEUED");
+    // The queue's bounds are the database's: the space's one place is taken, so another build
+    // is refused with today's answer, and leaves no row.
+    let refused = rt
+        .block_on(via_a.create_build(&quick_app, &CreateBuild::default()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("its share of the staging queue"),
+        "{refused}"
+    );
+    let mut pg = postgres::Client::connect(&db_url, postgres::NoTls).unwrap();
+    let rows: i64 = pg
+        .query_one(
+            "SELECT COUNT(*) FROM builds WHERE app_guid = $1",
+            &[&quick_app],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+    drop(pg);
 
     // ... and B's worker stages it, while A is alive and still staging the other.
     let b = rt.block_on(start(data_b.path(), shared.path(), &db_url, "cc-b", &agent));
