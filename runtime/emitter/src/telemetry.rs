@@ -202,26 +202,23 @@ impl Registry {
         help: &'static str,
         tags: &[(&str, &str)],
     ) -> Counter {
-        let tags = own(tags);
-        let mut metrics = lock(&self.metrics);
-        for m in metrics.iter() {
-            if let (true, Handle::Counter { counter, .. }) =
-                (m.name == name && m.tags == tags, &m.handle)
-            {
-                return counter.clone();
-            }
-        }
-        let counter = Counter::default();
-        metrics.push(Metric {
+        self.register(
             name,
             help,
             tags,
-            handle: Handle::Counter {
-                counter: counter.clone(),
-                last_reported: 0,
+            |h| match h {
+                Handle::Counter { counter, .. } => Some(counter.clone()),
+                _ => None,
             },
-        });
-        counter
+            || {
+                let counter = Counter::default();
+                let handle = Handle::Counter {
+                    counter: counter.clone(),
+                    last_reported: 0,
+                };
+                (counter, handle)
+            },
+        )
     }
 
     /// Registers (or finds) a gauge with a unit (`bytes`, `count`, `percentage`, ...).
@@ -232,26 +229,23 @@ impl Registry {
         unit: &'static str,
         tags: &[(&str, &str)],
     ) -> Gauge {
-        let tags = own(tags);
-        let mut metrics = lock(&self.metrics);
-        for m in metrics.iter() {
-            if let (true, Handle::Gauge { gauge, .. }) =
-                (m.name == name && m.tags == tags, &m.handle)
-            {
-                return gauge.clone();
-            }
-        }
-        let gauge = Gauge::default();
-        metrics.push(Metric {
+        self.register(
             name,
             help,
             tags,
-            handle: Handle::Gauge {
-                gauge: gauge.clone(),
-                unit,
+            |h| match h {
+                Handle::Gauge { gauge, .. } => Some(gauge.clone()),
+                _ => None,
             },
-        });
-        gauge
+            || {
+                let gauge = Gauge::default();
+                let handle = Handle::Gauge {
+                    gauge: gauge.clone(),
+                    unit,
+                };
+                (gauge, handle)
+            },
+        )
     }
 
     /// Registers (or finds) a histogram of durations with upper bounds `bounds_seconds`
@@ -263,21 +257,49 @@ impl Registry {
         bounds_seconds: &[f64],
         tags: &[(&str, &str)],
     ) -> Histogram {
+        self.register(
+            name,
+            help,
+            tags,
+            |h| match h {
+                Handle::Histogram(histogram) => Some(histogram.clone()),
+                _ => None,
+            },
+            || {
+                let histogram = Histogram::new(bounds_seconds);
+                (histogram.clone(), Handle::Histogram(histogram))
+            },
+        )
+    }
+
+    /// The metric of kind `existing` named `name` with exactly `tags`, or a new one `new`
+    /// makes (the handle to give out, and what the registry keeps): whoever asks first
+    /// creates the series, and everyone after shares it.
+    fn register<H>(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        tags: &[(&str, &str)],
+        existing: impl Fn(&Handle) -> Option<H>,
+        new: impl FnOnce() -> (H, Handle),
+    ) -> H {
         let tags = own(tags);
         let mut metrics = lock(&self.metrics);
-        for m in metrics.iter() {
-            if let (true, Handle::Histogram(h)) = (m.name == name && m.tags == tags, &m.handle) {
-                return h.clone();
-            }
+        let found = metrics
+            .iter()
+            .filter(|m| m.name == name && m.tags == tags)
+            .find_map(|m| existing(&m.handle));
+        if let Some(found) = found {
+            return found;
         }
-        let histogram = Histogram::new(bounds_seconds);
+        let (given, kept) = new();
         metrics.push(Metric {
             name,
             help,
             tags,
-            handle: Handle::Histogram(histogram.clone()),
+            handle: kept,
         });
-        histogram
+        given
     }
 
     /// Removes every metric named `name` whose tags include all of `tags` (counter, gauge or
@@ -506,6 +528,32 @@ mod tests {
             r.counter_sum("doppler.dropped", &[("reason", "malformed")]),
             1
         );
+    }
+
+    #[test]
+    fn same_name_and_tags_share_a_gauge_and_a_histogram() {
+        let r = Registry::new("agent", "0");
+        let a = r.gauge("agent.depth", "depth", "count", &[("lane", "d0")]);
+        let b = r.gauge("agent.depth", "depth", "count", &[("lane", "d0")]);
+        let other = r.gauge("agent.depth", "depth", "count", &[("lane", "d1")]);
+        a.set(5.0);
+        assert!((b.get() - 5.0).abs() < f64::EPSILON);
+        assert!(other.get().abs() < f64::EPSILON);
+        let h1 = r.histogram("agent.wait_seconds", "wait", &[0.1, 1.0], &[]);
+        let h2 = r.histogram("agent.wait_seconds", "wait", &[0.1, 1.0], &[]);
+        h1.observe(Duration::from_millis(50));
+        h2.observe(Duration::from_millis(500));
+        let text = r.render_prometheus();
+        assert_eq!(
+            text.matches("# TYPE agent_wait_seconds").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("agent_wait_seconds_count{source_id=\"agent\",instance_id=\"0\"} 2"),
+            "{text}"
+        );
+        assert_eq!(text.matches("agent_depth{").count(), 2, "{text}");
     }
 
     #[test]
