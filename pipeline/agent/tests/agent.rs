@@ -189,35 +189,19 @@ impl Agent {
             .unwrap();
     }
 
+    /// The body of `GET path` on the agent's admin listener, which must answer 200.
     async fn get(&self, path: &str) -> String {
-        let mut s = tokio::net::TcpStream::connect(self.admin).await.unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
+        let from = std::net::Ipv4Addr::LOCALHOST.into();
+        let (status, body) = hydrant_testkit::fetch(self.admin, from, "agent", path)
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
     }
 
     /// The sum of every series of `name` whose labels include `labels`.
     async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = self.get("/metrics").await;
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (series, value) = l.rsplit_once(' ')?;
-                let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-                if n != name {
-                    return None;
-                }
-                let ok = labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-                ok.then(|| value.parse::<f64>().unwrap())
-            })
-            .sum()
+        hydrant_testkit::prometheus_value(&self.get("/metrics").await, name, labels)
     }
 
     async fn wait_metric(
