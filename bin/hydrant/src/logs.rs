@@ -204,7 +204,8 @@ pub async fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
                 if args.json {
                     render::render_gap_json(gap, &mut out);
                 } else {
-                    render::render_gap(gap, hydrant_envelope::now_nanos(), &opts, &mut out);
+                    // The stream is one app's: the line says how many of its own were lost.
+                    render::render_app_gap(gap, hydrant_envelope::now_nanos(), &opts, &mut out);
                 }
             }
             StreamEvent::Disconnected { reason, retry_in } if retry_in.is_zero() => {

@@ -793,6 +793,7 @@ fn header_reports_disconnected_streams_losses_and_screen_drops() {
             dropped: 42,
             hop: "doppler".to_owned(),
             reason: "slow_consumer".to_owned(),
+            by_source: Default::default(),
         }),
         t0,
     );

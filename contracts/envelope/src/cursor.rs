@@ -16,6 +16,10 @@
 //! - a frame's cursor is the same field appended after the envelopes of a binary frame
 //!   (`EnvelopeBatch` field 100, the text of [`Cursor::encode`]) and `"cursor"` in JSON frames.
 //!
+//! - a ring read that reports envelopes lost (`skipped`) may follow the position record, in the
+//!   same message, with a [`SOURCES_FIELD`] record saying whose they were ([`BySource`], at
+//!   most [`MAX_RECORD_SOURCES`] named, the rest in `other`).
+//!
 //! Invariant: decoding never panics and never allocates more than the input's own size allows:
 //! a cursor's text is capped at [`MAX_CURSOR_CHARS`] before it is decoded, and the number of
 //! marks it claims is checked against the bytes present before anything is reserved.
@@ -25,6 +29,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::Error;
+use crate::gap::BySource;
 use crate::wire::{Fields, Value, put_varint, read_varint, varint_len};
 
 /// gRPC metadata on a `BatchedReceiver` call asking for a ring read: an offset, or `head` for
@@ -42,6 +47,16 @@ pub const RING_EPOCH: &str = "hydrant-ring-epoch";
 pub const POSITION_FIELD: u32 = 100;
 /// The key byte sequence of [`POSITION_FIELD`] with wire type LEN, as a varint value.
 pub const POSITION_KEY: u64 = ((POSITION_FIELD as u64) << 3) | 2;
+
+/// The `EnvelopeBatch` field (a Hydrant extension) after a position record that says whose
+/// envelopes its `skipped` were.
+pub const SOURCES_FIELD: u32 = 101;
+/// The key of [`SOURCES_FIELD`] with wire type LEN, as a varint value.
+pub const SOURCES_KEY: u64 = ((SOURCES_FIELD as u64) << 3) | 2;
+/// Most sources a [`SOURCES_FIELD`] record names; a doppler sums the rest as `other`.
+pub const MAX_RECORD_SOURCES: usize = 256;
+/// Longest source id a [`SOURCES_FIELD`] record carries (longer ids are counted in `other`).
+pub const MAX_RECORD_SOURCE_ID: usize = 256;
 
 /// Longest cursor text accepted (a cursor for 64 dopplers is under 2 KiB).
 pub const MAX_CURSOR_CHARS: usize = 4096;
@@ -253,6 +268,77 @@ impl RingPosition {
     }
 }
 
+/// The [`SOURCES_FIELD`] record for `by` (its first [`MAX_RECORD_SOURCES`] names; what is
+/// not named, or whose id is longer than [`MAX_RECORD_SOURCE_ID`], goes in `other`).
+#[must_use]
+pub fn encode_sources(by: &BySource) -> Bytes {
+    let mut payload = BytesMut::new();
+    let mut other = by.other;
+    let mut named = Vec::new();
+    for (source, count) in &by.top {
+        if named.len() < MAX_RECORD_SOURCES && source.len() <= MAX_RECORD_SOURCE_ID {
+            named.push((source, *count));
+        } else {
+            other = other.saturating_add(*count);
+        }
+    }
+    put_varint(&mut payload, named.len() as u64);
+    for (source, count) in named {
+        put_varint(&mut payload, source.len() as u64);
+        payload.put_slice(source.as_bytes());
+        put_varint(&mut payload, count);
+    }
+    put_varint(&mut payload, other);
+    let mut out = BytesMut::with_capacity(payload.len() + 4);
+    put_varint(&mut out, SOURCES_KEY);
+    put_varint(&mut out, payload.len() as u64);
+    out.put_slice(&payload);
+    out.freeze()
+}
+
+/// Takes a leading [`SOURCES_FIELD`] record off `message`: the sources it names and the rest of
+/// the message (a slice, no copy). A message that does not start with a well-formed record is
+/// returned whole.
+#[must_use]
+pub fn split_sources(message: &Bytes) -> (Option<BySource>, Bytes) {
+    let mut pos = 0;
+    if read_varint(message, &mut pos).ok() != Some(SOURCES_KEY) {
+        return (None, message.clone());
+    }
+    let record = read_varint(message, &mut pos)
+        .ok()
+        .and_then(|len| pos.checked_add(usize::try_from(len).ok()?))
+        .filter(|&end| end <= message.len())
+        .and_then(|end| Some((read_sources(message.get(pos..end)?)?, end)));
+    match record {
+        Some((by, end)) => (Some(by), message.slice(end..)),
+        None => (None, message.clone()),
+    }
+}
+
+fn read_sources(payload: &[u8]) -> Option<BySource> {
+    let mut pos = 0;
+    let n = usize::try_from(read_varint(payload, &mut pos).ok()?).ok()?;
+    // Each named source takes at least two bytes: a claim of more is refused before reserving.
+    if n > MAX_RECORD_SOURCES || n.saturating_mul(2) > payload.len() {
+        return None;
+    }
+    let mut top = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = usize::try_from(read_varint(payload, &mut pos).ok()?).ok()?;
+        if len > MAX_RECORD_SOURCE_ID {
+            return None;
+        }
+        let end = pos.checked_add(len)?;
+        let source = std::str::from_utf8(payload.get(pos..end)?).ok()?;
+        pos = end;
+        let count = read_varint(payload, &mut pos).ok()?;
+        top.push((source.to_owned(), count));
+    }
+    let other = read_varint(payload, &mut pos).ok()?;
+    (pos == payload.len()).then_some(BySource { top, other })
+}
+
 /// Appends a frame's cursor (field [`POSITION_FIELD`]) after the envelopes of an encoded
 /// `EnvelopeBatch`.
 pub fn put_frame_cursor(frame: &mut BytesMut, cursor: &str) {
@@ -360,6 +446,30 @@ mod tests {
         fn decoding_arbitrary_records_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Cursor::decode(&URL_SAFE_NO_PAD.encode(&raw));
             let _ = RingPosition::from_message(&raw);
+            let mut keyed = BytesMut::new();
+            put_varint(&mut keyed, SOURCES_KEY);
+            put_varint(&mut keyed, raw.len() as u64);
+            keyed.put_slice(&raw);
+            let _ = split_sources(&keyed.freeze());
+        }
+
+        #[test]
+        fn a_sources_record_round_trips_and_keeps_its_total(
+            top in proptest::collection::vec(("[a-z0-9-]{1,40}", any::<u32>()), 0..300),
+            other in any::<u32>(),
+        ) {
+            let by = BySource {
+                top: top.into_iter().map(|(s, c)| (s, u64::from(c))).collect(),
+                other: u64::from(other),
+            };
+            let batch = crate::wire::batch_of([&b"x"[..]]);
+            let message = Bytes::from([&encode_sources(&by)[..], &batch[..]].concat());
+            let (back, rest) = split_sources(&message);
+            let back = back.unwrap();
+            prop_assert_eq!(back.total(), by.total());
+            prop_assert!(back.top.len() <= MAX_RECORD_SOURCES);
+            prop_assert_eq!(&back.top[..], &by.top[..back.top.len()]);
+            prop_assert_eq!(rest, batch);
         }
     }
 }

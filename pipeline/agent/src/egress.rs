@@ -219,6 +219,7 @@ fn gap_batch(dropped: u64) -> Bytes {
         dropped,
         hop: "agent".to_owned(),
         reason: "egress_queue_full".to_owned(),
+        by_source: Default::default(),
     }
     .encode();
     hydrant_envelope::wire::batch_of([marker.as_ref()])

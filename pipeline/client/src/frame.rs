@@ -149,6 +149,7 @@ fn malformed_gap(count: u64) -> Gap {
         dropped: count,
         hop: "client".to_owned(),
         reason: "malformed_envelope".to_owned(),
+        by_source: Default::default(),
     }
 }
 
@@ -204,6 +205,7 @@ pub(crate) fn split_frame(
                 dropped: skipped,
                 hop: "upstream".to_owned(),
                 reason: "sequence_gap".to_owned(),
+                by_source: Default::default(),
             }));
         }
         if run.count == 0 {
@@ -346,6 +348,7 @@ mod tests {
             dropped: 9,
             hop: "firehose".to_owned(),
             reason: "slow_consumer".to_owned(),
+            by_source: Default::default(),
         }
         .encode();
         let f = frame(&[

@@ -4,7 +4,9 @@
 //! Flow: firehose edge (WebSocket `/firehose/{subscription_id}` or `/apps/{source_id}/stream`,
 //! binary frames each one encoded `EnvelopeBatch`) → [`FirehoseClient`] (reconnects, splits
 //! out loss as [`Gap`]s, tracks sequences) → the consumer, which walks [`Batch`]es as zero-copy
-//! [`EnvelopeView`]s and renders them with [`render`].
+//! [`EnvelopeView`]s and renders them with [`render`]. A gap says whose envelopes were lost
+//! when the pipeline knows ([`Gap::by_source`]: the sources that lost most, and the rest as
+//! `other`; on an app stream, only that app's).
 //!
 //! # Layout
 //! - [`FirehoseClient`] / [`StreamEvent`]: one subscription, kept alive with capped exponential
@@ -37,7 +39,7 @@ pub use error::Error;
 pub use follow::{
     DEFAULT_RECENT_LINES, Follow, OVERLAP_SLACK_NS, follow_with_recent, follow_with_recent_query,
 };
-pub use hydrant_envelope::gap::Gap;
+pub use hydrant_envelope::gap::{BySource, Gap};
 pub use hydrant_envelope::wire::{EnvelopeView, Kind};
 pub use recent::{MAX_RECENT_LIMIT, RecentQuery, recent};
 pub use stream::{ClientStats, FirehoseClient, StreamEvent};

@@ -76,7 +76,8 @@ pub fn render_batch(batch: &Batch, opts: &RenderOptions, out: &mut String) {
 
 /// Appends the visible marker line for a loss, stamped `timestamp` (UNIX ns; pass
 /// `hydrant_envelope::now_nanos()` for "when we noticed"):
-/// `   <ts> [HYDRANT] LOST 1234 envelopes (slow_consumer at firehose)`.
+/// `   <ts> [HYDRANT] LOST 1234 envelopes (slow_consumer at firehose)`, followed, when the
+/// marker says whose they were, by `: web 1200, worker 30, other 4`.
 pub fn render_gap(gap: &Gap, timestamp: i64, opts: &RenderOptions, out: &mut String) {
     out.push_str("   ");
     if opts.color {
@@ -92,6 +93,54 @@ pub fn render_gap(gap: &Gap, timestamp: i64, opts: &RenderOptions, out: &mut Str
     escape_into(gap.reason.as_bytes(), out);
     out.push_str(" at ");
     escape_into(gap.hop.as_bytes(), out);
+    out.push(')');
+    if !gap.by_source.is_empty() {
+        let mut sep = ": ";
+        for (source, n) in &gap.by_source.top {
+            out.push_str(sep);
+            escape_into(source.as_bytes(), out);
+            let _ = write!(out, " {n}");
+            sep = ", ";
+        }
+        if gap.by_source.other > 0 {
+            let _ = write!(out, "{sep}other {}", gap.by_source.other);
+        }
+    }
+    if opts.color {
+        out.push_str(RESET);
+    }
+    out.push('\n');
+}
+
+/// Appends the marker line for a loss on one app's stream, in the app's terms (what
+/// `hydrant logs APP` prints): `   <ts> [HYDRANT] LOST 120 of your lines (beyond the replay
+/// window)`. Every envelope such a stream carries is the app's, so the count is the app's; what
+/// the pipeline could not attribute to a source (`other`) is said apart as "up to N more".
+pub fn render_app_gap(gap: &Gap, timestamp: i64, opts: &RenderOptions, out: &mut String) {
+    out.push_str("   ");
+    if opts.color {
+        out.push_str(YELLOW);
+    }
+    format_timestamp(timestamp, opts.tz, out);
+    let unsure = gap.by_source.other.min(gap.dropped);
+    let yours = gap.dropped - unsure;
+    let noun = if yours == 1 { "line" } else { "lines" };
+    let _ = write!(out, " [HYDRANT] LOST {yours} of your {noun} (");
+    match (gap.reason.as_str(), gap.hop.as_str()) {
+        ("replay_window", _) => out.push_str("beyond the replay window"),
+        ("doppler_restarted", _) => out.push_str("a doppler restarted"),
+        ("replay_unavailable", _) => out.push_str("a doppler could not be read"),
+        ("slow_consumer", "firehose") => out.push_str("this stream fell behind"),
+        ("sequence_gap", _) => out.push_str("missing from the sequence"),
+        (reason, hop) => {
+            escape_into(reason.as_bytes(), out);
+            out.push_str(" at ");
+            escape_into(hop.as_bytes(), out);
+        }
+    }
+    if unsure > 0 {
+        let _ = write!(out, "; up to {unsure} more could not be attributed");
+    }
     out.push(')');
     if opts.color {
         out.push_str(RESET);

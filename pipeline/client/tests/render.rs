@@ -11,7 +11,8 @@ use hydrant_envelope::gap::{GAP_SOURCE, Gap};
 use hydrant_envelope::v2::{self, envelope::Message};
 use hydrant_envelope::wire::{EnvelopeView, encode};
 use hydrant_firehose_client::render::{
-    RED, RESET, RenderOptions, TimeZone, YELLOW, render, render_gap, render_gap_json, render_json,
+    RED, RESET, RenderOptions, TimeZone, YELLOW, render, render_app_gap, render_gap,
+    render_gap_json, render_json,
 };
 use proptest::prelude::*;
 
@@ -177,6 +178,7 @@ fn golden_gap_lines() {
         dropped: 1234,
         hop: "firehose".to_owned(),
         reason: "slow_consumer".to_owned(),
+        by_source: Default::default(),
     };
     render_gap(&gap, TS, &UTC, &mut out);
     assert_eq!(
@@ -189,6 +191,7 @@ fn golden_gap_lines() {
         dropped: 2,
         hop: "upstream".to_owned(),
         reason: "sequence_gap".to_owned(),
+        by_source: Default::default(),
     };
     render_gap(
         &gap,
@@ -205,6 +208,70 @@ fn golden_gap_lines() {
             "   {YELLOW}2024-10-03T07:53:50.57+0000 [HYDRANT] LOST 2 envelopes from app\\e \
              (sequence_gap at upstream){RESET}\n"
         )
+    );
+}
+
+#[test]
+fn a_gap_that_says_whose_lines_names_them_escaped() {
+    use hydrant_envelope::gap::BySource;
+    let by_source = BySource {
+        top: vec![("web".to_owned(), 120), ("evil\x1b[2J".to_owned(), 30)],
+        other: 4,
+    };
+    let gap = Gap {
+        source_id: GAP_SOURCE.to_owned(),
+        dropped: 154,
+        hop: "doppler".to_owned(),
+        reason: "replay_window".to_owned(),
+        by_source,
+    };
+    let mut out = String::new();
+    render_gap(&gap, TS, &UTC, &mut out);
+    assert_eq!(
+        out,
+        "   2024-10-03T07:53:50.57+0000 [HYDRANT] LOST 154 envelopes (replay_window at doppler): \
+         web 120, evil\\e[2J 30, other 4\n"
+    );
+    // An app stream's marker, in the app's terms.
+    let mine = Gap {
+        source_id: "web".to_owned(),
+        dropped: 120,
+        by_source: BySource {
+            top: vec![("web".to_owned(), 120)],
+            other: 0,
+        },
+        ..gap.clone()
+    };
+    let mut out = String::new();
+    render_app_gap(&mine, TS, &UTC, &mut out);
+    assert_eq!(
+        out,
+        "   2024-10-03T07:53:50.57+0000 [HYDRANT] LOST 120 of your lines (beyond the replay window)\n"
+    );
+    let unsure = Gap {
+        dropped: 125,
+        by_source: BySource {
+            top: vec![("web".to_owned(), 120)],
+            other: 5,
+        },
+        ..mine
+    };
+    let mut out = String::new();
+    render_app_gap(&unsure, TS, &UTC, &mut out);
+    assert!(
+        out.ends_with("LOST 120 of your lines (beyond the replay window; up to 5 more could not be attributed)\n"),
+        "{out}"
+    );
+    let odd = Gap {
+        reason: "x\x1b".to_owned(),
+        by_source: BySource::default(),
+        ..unsure
+    };
+    let mut out = String::new();
+    render_app_gap(&odd, TS, &UTC, &mut out);
+    assert!(
+        out.ends_with("LOST 125 of your lines (x\\e at doppler)\n"),
+        "{out}"
     );
 }
 
@@ -228,6 +295,7 @@ fn json_lines_are_protojson_and_terminal_safe() {
             dropped: 5,
             hop: "doppler".to_owned(),
             reason: "ring_overflow".to_owned(),
+            by_source: Default::default(),
         },
         &mut out,
     );
@@ -324,8 +392,16 @@ proptest! {
             prop_assert_eq!(out.matches('\n').count(), 1);
         }
         let mut out = String::new();
-        let gap = Gap { source_id: text(&source_type), dropped: 1, hop: text(&instance), reason: text(&name) };
+        let gap = Gap { source_id: text(&source_type), dropped: 1, hop: text(&instance), reason: text(&name), by_source: Default::default() };
         render_gap(&gap, TS, &RenderOptions { color: false, tz: TimeZone::Utc }, &mut out);
+        check_terminal_safe(&out, false, false);
+        let by_source = hydrant_envelope::gap::BySource { top: vec![(text(&name), 1)], other: 0 };
+        let gap = Gap { by_source, ..gap };
+        let mut out = String::new();
+        render_gap(&gap, TS, &RenderOptions { color: false, tz: TimeZone::Utc }, &mut out);
+        check_terminal_safe(&out, false, false);
+        let mut out = String::new();
+        render_app_gap(&gap, TS, &RenderOptions { color: false, tz: TimeZone::Utc }, &mut out);
         check_terminal_safe(&out, false, false);
     }
 }

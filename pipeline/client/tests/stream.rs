@@ -68,6 +68,7 @@ async fn yields_batches_and_gap_markers_in_stream_order() {
         dropped: 1234,
         hop: "firehose".to_owned(),
         reason: "slow_consumer".to_owned(),
+        by_source: Default::default(),
     };
     let mut f = hydrant_envelope::wire::BatchBuilder::default();
     for e in [log("app", "0", 0, 1, "a"), log("app", "0", 0, 2, "b")] {
@@ -125,6 +126,7 @@ async fn sequence_jumps_surface_as_upstream_gaps() {
             dropped: 2,
             hop: "upstream".to_owned(),
             reason: "sequence_gap".to_owned(),
+            by_source: Default::default(),
         })
     );
     expect_batch(next(&mut client).await, &["e", "f"]);

@@ -276,6 +276,7 @@ async fn two_agents_numbering_one_instance_report_no_loss_and_a_real_hole_is_cou
             dropped: 3,
             hop: "upstream".to_owned(),
             reason: "sequence_gap".to_owned(),
+            by_source: Default::default(),
         }]
     );
     let stats = reader.stats();

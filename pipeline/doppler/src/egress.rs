@@ -32,9 +32,10 @@ use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
 use crate::queue::{FairCounters, QueueLimits, SubscriptionQueue, Taken};
-use crate::replay::{ReplayRing, RingRequest, ring_stream};
+use crate::replay::{ReplayRing, RingRequest, ring_stream, selects_everything};
 use crate::router::Command;
 use crate::selector::SubscriptionRequest;
+use crate::shard::{SHARD_MEMBER, ShardGroups, Share};
 
 /// A response stream of encoded messages.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send + 'static>>;
@@ -51,6 +52,8 @@ pub(crate) struct EgressService {
     fair: bool,
     /// The replay ring ring reads are served from; `None` when turned off.
     replay: Option<Arc<ReplayRing>>,
+    /// Who shares each `shard_id` among ring reads (see `shard`).
+    shards: Arc<ShardGroups>,
     metrics: Metrics,
     shutdown: CancellationToken,
 }
@@ -115,6 +118,7 @@ impl EgressService {
             limits,
             fair,
             replay,
+            shards: Arc::default(),
             metrics,
             shutdown,
         }
@@ -158,11 +162,12 @@ impl EgressService {
     }
 
     /// A ring read (`hydrant-ring-from` metadata): batches from the replay ring, each after its
-    /// position record.
+    /// position record. With a `shard_id`, only the reading member's share (see `shard`).
     fn ring_read(
         &self,
         ring: RingRequest,
-        request: SubscriptionRequest,
+        mut request: SubscriptionRequest,
+        member: Option<u64>,
     ) -> Result<ByteStream, Status> {
         let Some(replay) = &self.replay else {
             return Err(Status::failed_precondition(
@@ -170,20 +175,48 @@ impl EgressService {
                  hydrant-ring-from",
             ));
         };
+        let shard = std::mem::take(&mut request.shard_id);
+        if !shard.is_empty() && !selects_everything(&request) {
+            self.metrics.rejected_invalid.inc();
+            return Err(Status::invalid_argument(
+                "a ring read with a shard_id must select every type from every source; filter \
+                 after reading, or subscribe without hydrant-ring-from",
+            ));
+        }
         self.admit()?;
         let slot = Slot {
             open: self.open.clone(),
             metrics: self.metrics.clone(),
         };
-        Ok(Box::pin(ring_stream(
+        let egress = if shard.is_empty() {
+            self.metrics.egress.clone()
+        } else {
+            // The share counts what it sends; the read itself sends everything to it.
+            hydrant_emitter::Counter::default()
+        };
+        let read = ring_stream(
             replay.clone(),
             ring,
             request,
             self.metrics.dropped_slow_subscriber.clone(),
-            self.metrics.egress.clone(),
+            egress,
             slot,
             self.shutdown.clone(),
-        )))
+        );
+        if shard.is_empty() {
+            return Ok(Box::pin(read));
+        }
+        // Without a member id the read is a member of its own while it lasts.
+        let member = member.unwrap_or_else(|| fastrand::u64(1..));
+        let share = Share::new(
+            &self.shards,
+            replay,
+            &shard,
+            member,
+            ring.to.is_none(),
+            self.metrics.egress.clone(),
+        );
+        Ok(Box::pin(share.apply(read)))
     }
 
     fn subscribe(&self, request: SubscriptionRequest) -> Result<Subscription, Status> {
@@ -238,6 +271,7 @@ fn gap_envelope(dropped: u64) -> Bytes {
         dropped,
         hop: "doppler".to_owned(),
         reason: "slow_subscriber".to_owned(),
+        by_source: Default::default(),
     }
     .encode()
 }
@@ -358,6 +392,19 @@ impl Egress for EgressService {
         request: Request<v2::EgressBatchRequest>,
     ) -> Result<Response<Self::BatchedReceiverStream>, Status> {
         let ring = RingRequest::from_metadata(request.metadata())?;
+        let member = match request.metadata().get(SHARD_MEMBER) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!(
+                            "{SHARD_MEMBER}: {v:?} is not a member id (a decimal u64)"
+                        ))
+                    })?,
+            ),
+        };
         let r = request.into_inner();
         let parsed = self.parse(
             r.shard_id,
@@ -366,7 +413,7 @@ impl Egress for EgressService {
             &r.deterministic_name,
         )?;
         if let Some(ring) = ring {
-            return Ok(Response::new(self.ring_read(ring, parsed)?));
+            return Ok(Response::new(self.ring_read(ring, parsed, member)?));
         }
         let subscription = self.subscribe(parsed)?;
         Ok(Response::new(batched_stream(

@@ -43,6 +43,7 @@ mod replay;
 mod ring;
 pub mod router;
 mod selector;
+mod shard;
 
 use std::future::Future;
 use std::pin::Pin;

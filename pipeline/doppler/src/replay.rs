@@ -27,6 +27,17 @@
 //! plus, per slab, a tail too short for the next batch, plus at most [`SPARE_SLABS`] emptied
 //! slabs waiting for reuse.
 //!
+//! Whose envelopes were lost: while a batch is kept (the walk that checks it anyway) the ring
+//! counts its envelopes by source: up to [`SOURCES_PER_BATCH`] sources by name, the rest as
+//! `other`, and per envelope one byte saying which (only for batches of more than one source).
+//! An evicted batch's counts stay in a history of the last [`HISTORY_BATCHES`] evicted batches,
+//! so a read that asks for evicted offsets is told, in a sources record after its position
+//! record, how many of the lost envelopes were each source's (exact per source, by offset,
+//! even from the middle of a batch). What the history no longer covers, or a batch could not
+//! name, is `other`; the named counts plus `other` always equal `skipped`. Per envelope this
+//! costs a compare against the batch's few names, no allocation; a name seen for the first
+//! time is interned once (at most [`MAX_INTERNED`] names, then the table starts over).
+//!
 //! Invariants: bounded by bytes of kept messages and by age (`replay_ring_bytes`,
 //! `replay_ring_secs`); the newest batch is always kept; a batch is kept byte for byte as
 //! received when every envelope in it is valid and routable, else rebuilt from the valid ones,
@@ -34,14 +45,15 @@
 //! a live reader that falls behind the ring loses its oldest data, counted as
 //! `doppler.dropped{reason="slow_subscriber"}`, exactly as a slow subscription queue does.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use hydrant_emitter::Counter;
-use hydrant_envelope::cursor::RingPosition;
+use hydrant_envelope::cursor::{MAX_RECORD_SOURCES, RingPosition, encode_sources};
+use hydrant_envelope::gap::BySource;
 use hydrant_envelope::wire::{Kind, batch_of, varint_len};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -61,6 +73,17 @@ const READ_BATCHES: usize = 64;
 const MAX_SLAB: usize = 4 << 20;
 /// Smallest slab, for tiny rings (tests).
 const MIN_SLAB: usize = 64 << 10;
+/// Most sources one kept batch names; envelopes of any others in it count as `other`.
+const SOURCES_PER_BATCH: usize = 16;
+/// The per-envelope slot of an envelope whose source its batch does not name.
+const OTHER_SLOT: u8 = u8::MAX;
+/// Evicted batches whose per-source counts are kept, for reads from beyond the window. Each
+/// holds its names and at most one byte per envelope: a few MiB at most.
+const HISTORY_BATCHES: usize = 4096;
+/// Distinct source names interned before the table starts over (bounds the writer's memory
+/// against a stream of ever-new source ids).
+const MAX_INTERNED: usize = 4096;
+
 /// Emptied slabs remembered for reuse: a reader may still hold the oldest, so a few are kept
 /// to try in turn; past this the oldest is let go (freed once its last reader drops it).
 const SPARE_SLABS: usize = 4;
@@ -134,6 +157,136 @@ impl Slabs {
     }
 }
 
+/// Whose envelopes one kept batch holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Sources {
+    /// Named sources and their envelopes, in order of first appearance.
+    names: Vec<(Arc<str>, u32)>,
+    /// Envelopes of sources beyond [`SOURCES_PER_BATCH`].
+    other: u32,
+    /// Per envelope, its index in `names` ([`OTHER_SLOT`]: other). Empty while every envelope
+    /// is of `names[0]` (the common single-source batch needs no per-envelope record).
+    order: Vec<u8>,
+}
+
+impl Sources {
+    /// Adds the sources of the batch's envelopes `lo..hi` to `into`; returns how many of them
+    /// it could name.
+    fn add_range(&self, lo: u64, hi: u64, into: &mut HashMap<Arc<str>, u64>) -> u64 {
+        if hi <= lo {
+            return 0;
+        }
+        if self.order.is_empty() {
+            let Some((name, _)) = self.names.first() else {
+                return 0;
+            };
+            *into.entry(name.clone()).or_default() += hi - lo;
+            return hi - lo;
+        }
+        let mut per_slot = [0u64; SOURCES_PER_BATCH];
+        let (lo, hi) = (
+            usize::try_from(lo).unwrap_or(usize::MAX),
+            usize::try_from(hi).unwrap_or(usize::MAX),
+        );
+        let slots = self
+            .order
+            .get(lo..hi.min(self.order.len()))
+            .unwrap_or_default();
+        for &slot in slots {
+            if let Some(n) = per_slot.get_mut(usize::from(slot)) {
+                *n += 1;
+            }
+        }
+        let mut named = 0;
+        for ((name, _), &n) in self.names.iter().zip(&per_slot) {
+            if n > 0 {
+                *into.entry(name.clone()).or_default() += n;
+                named += n;
+            }
+        }
+        named
+    }
+}
+
+/// Counts a batch's envelopes by source as it is walked: the writer's, reused batch to batch.
+#[derive(Debug, Default)]
+struct Tally {
+    current: Sources,
+    /// Envelopes tallied in `current`.
+    seen: usize,
+    /// Where the last envelope's source was found (runs of one source are common).
+    last: usize,
+    interned: HashSet<Arc<str>>,
+}
+
+impl Tally {
+    fn add(&mut self, source_id: &[u8]) {
+        let slot = match self.current.names.get(self.last) {
+            Some((name, _)) if name.as_bytes() == source_id => Some(self.last),
+            _ => self
+                .current
+                .names
+                .iter()
+                .position(|(name, _)| name.as_bytes() == source_id),
+        };
+        let slot = match slot {
+            Some(slot) => Some(slot),
+            None if self.current.names.len() < SOURCES_PER_BATCH => {
+                let name = self.intern(source_id);
+                self.current.names.push((name, 0));
+                Some(self.current.names.len() - 1)
+            }
+            None => None,
+        };
+        let byte = match slot {
+            Some(slot) => {
+                self.last = slot;
+                if let Some((_, n)) = self.current.names.get_mut(slot) {
+                    *n = n.saturating_add(1);
+                }
+                u8::try_from(slot).unwrap_or(OTHER_SLOT)
+            }
+            None => {
+                self.current.other = self.current.other.saturating_add(1);
+                OTHER_SLOT
+            }
+        };
+        // The per-envelope record starts with the first envelope not of the first source.
+        if byte != 0 && self.current.order.is_empty() {
+            self.current.order.reserve(self.seen + 64);
+            self.current.order.resize(self.seen, 0);
+        }
+        if !self.current.order.is_empty() {
+            self.current.order.push(byte);
+        }
+        self.seen += 1;
+    }
+
+    fn intern(&mut self, source_id: &[u8]) -> Arc<str> {
+        let text = String::from_utf8_lossy(source_id);
+        if let Some(name) = self.interned.get(text.as_ref()) {
+            return name.clone();
+        }
+        if self.interned.len() >= MAX_INTERNED {
+            self.interned.clear();
+        }
+        let name: Arc<str> = Arc::from(text.as_ref());
+        self.interned.insert(name.clone());
+        name
+    }
+
+    /// The batch's counts, leaving the tally empty for the next batch.
+    fn take(&mut self) -> Sources {
+        self.seen = 0;
+        self.last = 0;
+        std::mem::take(&mut self.current)
+    }
+
+    fn reset(&mut self) {
+        let _ = self.take();
+    }
+}
+
 /// One kept batch.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -157,6 +310,10 @@ impl Entry {
 #[derive(Debug, Default)]
 struct Inner {
     entries: VecDeque<Entry>,
+    /// Whose envelopes each entry holds, one per entry, in the same order.
+    sources: VecDeque<Sources>,
+    /// Evicted batches (`start`, `count`, sources), oldest first, at most [`HISTORY_BATCHES`].
+    history: VecDeque<(u64, u64, Sources)>,
     bytes: usize,
     /// The offset the next batch gets.
     next: u64,
@@ -166,6 +323,29 @@ impl Inner {
     /// The oldest offset still held (`next` when empty).
     fn first(&self) -> u64 {
         self.entries.front().map_or(self.next, |e| e.start)
+    }
+
+    /// Whose envelopes the evicted offsets `from..end` were: the sources the history names (at
+    /// most [`MAX_RECORD_SOURCES`], most lost first) and the rest as `other`. Sums to
+    /// `end - from`.
+    fn lost_sources(&self, from: u64, end: u64) -> BySource {
+        let mut counts: HashMap<Arc<str>, u64> = HashMap::new();
+        let mut named = 0;
+        let at = self.history.partition_point(|(s, c, _)| s + c <= from);
+        for (start, count, sources) in self.history.range(at..) {
+            if *start >= end {
+                break;
+            }
+            let lo = from.saturating_sub(*start);
+            let hi = (*count).min(end - start);
+            named += sources.add_range(lo, hi, &mut counts);
+        }
+        let lost = end.saturating_sub(from);
+        BySource::top_n(
+            counts.into_iter().map(|(name, n)| (name.to_string(), n)),
+            lost.saturating_sub(named),
+            MAX_RECORD_SOURCES,
+        )
     }
 }
 
@@ -179,6 +359,8 @@ pub(crate) struct ReplayRing {
     inner: Mutex<Inner>,
     /// Only the writer takes this lock, so it never waits on a reader.
     slabs: Mutex<Slabs>,
+    /// The writer's per-source tally (taken under `slabs`, the writer's lock).
+    tally: Mutex<Tally>,
     head: watch::Sender<Head>,
     doppler: u64,
     epoch: u64,
@@ -192,6 +374,8 @@ struct Read {
     /// Envelopes between the requested offset and the first batch returned that the ring no
     /// longer holds.
     skipped: u64,
+    /// Whose those were (empty when nothing was skipped).
+    lost: BySource,
     entries: Vec<Entry>,
 }
 
@@ -202,6 +386,7 @@ impl ReplayRing {
         Self {
             inner: Mutex::default(),
             slabs: Mutex::new(Slabs::new(max_bytes)),
+            tally: Mutex::default(),
             head: watch::Sender::new(Head(0)),
             doppler,
             epoch: fastrand::u64(1..),
@@ -217,11 +402,15 @@ impl ReplayRing {
 
     /// Keeps `batch`, evicting the oldest batches past the bounds. Never waits on a reader.
     pub(crate) fn push(&self, batch: &ValidBatch) {
-        let Some((batch, count)) = clean(batch) else {
-            return;
-        };
         // The writer's lock, held to the end: `start` cannot move under it.
         let mut slabs = self.slabs.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some((batch, count)) = clean(batch, &mut tally) else {
+            tally.reset();
+            return;
+        };
+        let sources = tally.take();
+        drop(tally);
         let start = self.next_offset();
         let record = RingPosition {
             doppler: self.doppler,
@@ -246,6 +435,7 @@ impl ReplayRing {
                 data,
                 at: now,
             });
+            inner.sources.push_back(sources);
             while inner.entries.len() > 1 {
                 let Some(front) = inner.entries.front() else {
                     break;
@@ -256,6 +446,11 @@ impl ReplayRing {
                 }
                 if let Some(old) = inner.entries.pop_front() {
                     inner.bytes -= old.bytes.len();
+                    let sources = inner.sources.pop_front().unwrap_or_default();
+                    inner.history.push_back((old.start, old.count, sources));
+                    if inner.history.len() > HISTORY_BATCHES {
+                        inner.history.pop_front();
+                    }
                 }
             }
             inner.next
@@ -284,6 +479,11 @@ impl ReplayRing {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let first = inner.first();
         let skipped = first.saturating_sub(from).min(to.saturating_sub(from));
+        let lost = if skipped > 0 {
+            inner.lost_sources(from, from + skipped)
+        } else {
+            BySource::default()
+        };
         // Entries are sorted by start; the first one ending after `from`.
         let at = inner.entries.partition_point(|e| e.start + e.count <= from);
         let entries = inner
@@ -293,19 +493,28 @@ impl ReplayRing {
             .take(READ_BATCHES)
             .cloned()
             .collect();
-        Read { skipped, entries }
+        Read {
+            skipped,
+            lost,
+            entries,
+        }
     }
 }
 
 /// The batch as it should be kept: the received bytes when every envelope in them is valid and
 /// routable (the common case), else a batch rebuilt from those that are. `None` when nothing
 /// is left.
-fn clean(batch: &ValidBatch) -> Option<(Bytes, u64)> {
+/// Tallies the kept envelopes' sources in `tally` on the same walk.
+fn clean(batch: &ValidBatch, tally: &mut Tally) -> Option<(Bytes, u64)> {
     let mut framed = 0usize;
     let mut routable = true;
     for e in batch.iter() {
         framed += 1 + varint_len(e.bytes.len() as u64) + e.bytes.len();
-        routable &= e.kind != Kind::None;
+        let kept = e.kind != Kind::None;
+        routable &= kept;
+        if kept {
+            tally.add(e.source_id);
+        }
     }
     if routable && framed == batch.buffer_len() {
         return (!batch.is_empty()).then(|| (batch.buffer().clone(), batch.len() as u64));
@@ -438,8 +647,8 @@ impl<G> Reader<G> {
                 if !self.live && self.ring.next_offset() >= self.to {
                     // A bounded read whose remaining range was evicted: say so, then end.
                     if read.skipped > 0 {
-                        self.pending
-                            .push_back(self.position(self.to, 0, read.skipped));
+                        let record = self.lost_record(self.to, 0, read.skipped, &read.lost);
+                        self.pending.push_back(record);
                     }
                     self.next = self.to;
                     continue;
@@ -458,9 +667,12 @@ impl<G> Reader<G> {
                 let first_skip = std::mem::take(&mut skipped);
                 // A whole kept message carries its batch's position already; what it cannot
                 // say (envelopes lost, another epoch) goes in a record of its own before it.
-                if first_skip > 0 || self.restarted || !self.filter.sends_kept_messages() {
+                if first_skip > 0 {
+                    let record = self.lost_record(entry.start, entry.count, first_skip, &read.lost);
+                    self.pending.push_back(record);
+                } else if self.restarted || !self.filter.sends_kept_messages() {
                     self.pending
-                        .push_back(self.position(entry.start, entry.count, first_skip));
+                        .push_back(self.position(entry.start, entry.count, 0));
                 }
                 self.restarted = false;
                 let sent = self.filter.apply(&entry, &mut self.pending);
@@ -468,6 +680,17 @@ impl<G> Reader<G> {
                 self.next = entry.start + entry.count;
             }
         }
+    }
+
+    /// A position record reporting `skipped` lost envelopes, followed in the same message by
+    /// the sources record saying whose they were.
+    fn lost_record(&self, start: u64, count: u64, skipped: u64, lost: &BySource) -> Bytes {
+        let position = self.position(start, count, skipped);
+        let sources = encode_sources(lost);
+        let mut record = BytesMut::with_capacity(position.len() + sources.len());
+        record.extend_from_slice(&position);
+        record.extend_from_slice(&sources);
+        record.freeze()
     }
 
     fn position(&self, start: u64, count: u64, skipped: u64) -> Bytes {
@@ -542,7 +765,7 @@ impl Filter {
 
 /// True for an unsharded request with, from every source, every log, counter, gauge, timer and
 /// event.
-fn selects_everything(request: &SubscriptionRequest) -> bool {
+pub(crate) fn selects_everything(request: &SubscriptionRequest) -> bool {
     use crate::selector::Filter as F;
     if !request.shard_id.is_empty() {
         return false;
@@ -607,18 +830,33 @@ mod tests {
     }
 
     /// A ring read's message as the edge takes it apart: the leading position record, if any,
-    /// and the envelopes after it.
+    /// and the envelopes after it (past the sources record a lost count brings).
     fn split(message: &Bytes) -> (Option<RingPosition>, Bytes) {
-        use hydrant_envelope::cursor::POSITION_KEY;
+        let (position, _, rest) = split_lost(message);
+        (position, rest)
+    }
+
+    /// [`split`], with the sources record.
+    fn split_lost(message: &Bytes) -> (Option<RingPosition>, Option<BySource>, Bytes) {
+        use hydrant_envelope::cursor::{POSITION_KEY, split_sources};
         use hydrant_envelope::wire::read_varint;
         let mut pos = 0;
         if read_varint(message, &mut pos).ok() != Some(POSITION_KEY) {
-            return (None, message.clone());
+            return (None, None, message.clone());
         }
         let len = read_varint(message, &mut pos).unwrap() as usize;
         let end = pos + len;
         let record = RingPosition::from_message(&message[..end]).unwrap();
-        (Some(record), message.slice(end..))
+        let (lost, rest) = split_sources(&message.slice(end..));
+        assert_eq!(
+            lost.is_some(),
+            record.skipped > 0,
+            "a sources record comes with every lost count, and only then"
+        );
+        if let Some(lost) = &lost {
+            assert_eq!(lost.total(), record.skipped, "whose they were adds up");
+        }
+        (Some(record), lost, rest)
     }
 
     /// Reads a bounded stream to its end: (positions, timestamps of the envelopes); asserts
@@ -696,6 +934,119 @@ mod tests {
         let (positions, stamps) = read_all(&ring, request, everything()).await;
         assert_eq!(positions[1].skipped, 25, "offsets 5..30 are gone");
         assert_eq!(stamps, (30..50).collect::<Vec<_>>());
+    }
+
+    fn mixed(sources: &[&str], range: std::ops::Range<i64>) -> ValidBatch {
+        let envs: Vec<Bytes> = range
+            .map(|n| log(sources[n as usize % sources.len()], n))
+            .collect();
+        ValidBatch::from_batch(batch_of(envs.iter().map(|b| b.as_ref()))).0
+    }
+
+    /// Reads `from..to` and returns whose the envelopes it lost were, by name.
+    async fn lost_from(ring: &Arc<ReplayRing>, from: u64, to: u64) -> (u64, BySource) {
+        let request = RingRequest {
+            from: Some(from),
+            to: Some(to),
+            epoch: None,
+        };
+        let stream = ring_stream(
+            ring.clone(),
+            request,
+            everything(),
+            Counter::default(),
+            Counter::default(),
+            (),
+            CancellationToken::new(),
+        );
+        let messages: Vec<Bytes> = stream.map(Result::unwrap).collect().await;
+        let mut skipped = 0;
+        let mut lost = BySource::default();
+        for m in &messages {
+            let (p, by, _) = split_lost(m);
+            if let (Some(p), Some(by)) = (p, by) {
+                skipped += p.skipped;
+                lost = by;
+            }
+        }
+        (skipped, lost)
+    }
+
+    fn named(by: &BySource) -> Vec<(&str, u64)> {
+        let mut v: Vec<(&str, u64)> = by.top.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[tokio::test]
+    async fn an_evicted_range_is_told_per_source_with_exact_counts() {
+        // Room for about two batches of twelve.
+        let one = mixed(&["a", "b", "c"], 0..12).buffer_len() + 40;
+        let ring = Arc::new(ReplayRing::new(1, 2 * one, Duration::from_secs(60)));
+        ring.push(&batch("a", 0..12)); // 0..12: all a
+        ring.push(&mixed(&["a", "b", "c"], 12..24)); // a b c a b c ...
+        ring.push(&batch("b", 24..36));
+        ring.push(&batch("c", 36..48));
+        ring.push(&batch("a", 48..60));
+        assert_eq!(ring.depth().0, 2, "0..36 evicted");
+        // From the middle of the first batch: 7 of a's, then the mixed batch, then b's twelve.
+        let (skipped, lost) = lost_from(&ring, 5, 60).await;
+        assert_eq!(skipped, 31);
+        assert_eq!(named(&lost), [("a", 7 + 4), ("b", 4 + 12), ("c", 4)]);
+        assert_eq!(lost.other, 0);
+        assert_eq!(lost.top[0].0, "b", "most lost first");
+        // From the middle of the mixed batch (offset 13 is its second envelope, b's).
+        let (skipped, lost) = lost_from(&ring, 13, 60).await;
+        assert_eq!(skipped, 23);
+        assert_eq!(named(&lost), [("a", 3), ("b", 4 + 12), ("c", 4)]);
+        // A bounded read ending inside the evicted range counts only up to its end.
+        let (skipped, lost) = lost_from(&ring, 0, 18).await;
+        assert_eq!(skipped, 18);
+        assert_eq!(named(&lost), [("a", 12 + 2), ("b", 2), ("c", 2)]);
+    }
+
+    #[tokio::test]
+    async fn sources_beyond_a_batchs_names_and_beyond_the_history_are_other() {
+        let names: Vec<String> = (0..SOURCES_PER_BATCH + 4)
+            .map(|i| format!("s{i}"))
+            .collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let wide = mixed(&refs, 0..refs.len() as i64);
+        let ring = Arc::new(ReplayRing::new(1, 1, Duration::from_secs(60)));
+        ring.push(&wide);
+        ring.push(&batch("z", 100..101));
+        let (skipped, lost) = lost_from(&ring, 0, 21).await;
+        assert_eq!(skipped, 20);
+        assert_eq!(lost.top.len(), SOURCES_PER_BATCH);
+        assert_eq!(
+            lost.other, 4,
+            "the four sources past the batch's sixteen names"
+        );
+        // Past the history: the oldest evicted batches are no longer named.
+        for i in 0..HISTORY_BATCHES as i64 {
+            ring.push(&batch("y", 200 + i..201 + i));
+        }
+        let (skipped, lost) = lost_from(&ring, 0, ring.next_offset()).await;
+        assert_eq!(skipped, 20 + 1 + HISTORY_BATCHES as u64 - 1);
+        assert_eq!(named(&lost), [("y", HISTORY_BATCHES as u64 - 1), ("z", 1)]);
+        assert_eq!(lost.other, 20, "evicted before the history reaches");
+    }
+
+    #[test]
+    fn a_single_source_batch_keeps_no_per_envelope_record() {
+        let mut tally = Tally::default();
+        let (_, n) = clean(&batch("a", 0..50), &mut tally).unwrap();
+        let one = tally.take();
+        assert_eq!(n, 50);
+        assert!(one.order.is_empty());
+        assert_eq!(one.names.len(), 1);
+        let _ = clean(&mixed(&["a", "a", "b"], 0..6), &mut tally).unwrap();
+        let two = tally.take();
+        assert_eq!(two.order, [0, 0, 1, 0, 0, 1]);
+        assert!(
+            Arc::ptr_eq(&one.names[0].0, &two.names[0].0),
+            "names are interned"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -795,11 +1146,11 @@ mod tests {
         let good = log("a", 1);
         let untyped = encode(&v2::Envelope::default());
         let (b, _) = ValidBatch::from_batch(batch_of([&good[..], &untyped[..], &good[..]]));
-        let (bytes, count) = clean(&b).unwrap();
+        let (bytes, count) = clean(&b, &mut Tally::default()).unwrap();
         assert_eq!(count, 2);
         assert_eq!(BatchIter::new(&bytes).count(), 2);
         let (plain, _) = ValidBatch::from_batch(batch_of([&good[..]]));
-        let (same, _) = clean(&plain).unwrap();
+        let (same, _) = clean(&plain, &mut Tally::default()).unwrap();
         assert_eq!(same, plain.buffer(), "a clean batch is kept as is");
     }
 

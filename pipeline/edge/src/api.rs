@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     /// The public keys tokens are verified with; `None` when auth is disabled.
     pub(crate) keys: Option<Arc<hydrant_auth::TokenKeys>>,
     pub(crate) hub: Arc<Hub>,
+    /// Firehose subscription ids, each read as a shard group across edges.
+    pub(crate) shards: Arc<crate::shard::Shards>,
     pub(crate) metrics: Metrics,
     pub(crate) opts: StreamOptions,
     pub(crate) read_timeout: Duration,

@@ -49,6 +49,7 @@ pub(crate) fn gap(dropped: u64) -> Gap {
         dropped,
         hop: "firehose".to_owned(),
         reason: "slow_consumer".to_owned(),
+        by_source: Default::default(),
     }
 }
 

@@ -36,6 +36,7 @@ use tonic::transport::Channel;
 use crate::metrics::{Endpoint, Metrics};
 use crate::outbox::{FairCounters, KindMask, Limits, Outbox};
 use crate::position::{At, Item};
+use crate::shard::Shard;
 
 /// One envelope of the batch being published, with what routing needs.
 #[derive(Debug)]
@@ -84,6 +85,8 @@ struct Upstream {
     /// The offset after the last batch published (written under the table's read lock, read
     /// under its write lock).
     end: AtomicU64,
+    /// A stream from the doppler is up now.
+    connected: std::sync::atomic::AtomicBool,
 }
 
 /// Where `part` (borrowed from `whole`) sits in `whole`.
@@ -125,6 +128,9 @@ pub(crate) struct Hub {
     upstreams: Vec<Upstream>,
     /// Bumped whenever a doppler's identity becomes known, for [`Hub::wait_identified`].
     identified: watch::Sender<usize>,
+    /// For a firehose subscription's own hub (see `shard`): the shard group and member its
+    /// upstream reads ask the dopplers with, so replays ask for the same share.
+    shard: Option<Shard>,
 }
 
 /// What a subscription reads.
@@ -166,6 +172,16 @@ impl Subscription {
         self.joined_live_group
     }
 
+    /// The shard group and member this subscription's data is the share of, if sharded.
+    pub(crate) fn shard(&self) -> Option<&Shard> {
+        self.hub.shard.as_ref()
+    }
+
+    /// Waits until the hub's doppler streams are up (see [`Hub::wait_connected`]).
+    pub(crate) async fn wait_connected(&self, limit: Duration) {
+        self.hub.wait_connected(limit).await;
+    }
+
     /// Where each known doppler's published stream ends now: how far a catching-up consumer
     /// still has to read.
     pub(crate) fn heads(&self) -> Vec<(usize, Mark)> {
@@ -188,6 +204,14 @@ impl Subscription {
             .unwrap_or_else(PoisonError::into_inner);
         self.outbox.undefer();
         self.hub.live_starts()
+    }
+
+    /// The sources this subscription follows (an app's stream); `None` for a firehose.
+    pub(crate) fn sources(&self) -> Option<&[String]> {
+        match &self.target {
+            Target::Group(_) => None,
+            Target::Sources(sources) => Some(sources),
+        }
     }
 
     /// Whether this subscription takes an envelope of `kind` from `source_id` (what a replay
@@ -235,9 +259,42 @@ impl Hub {
                 false
             }
         })
+            shard: None,
     }
 
     /// Stops offering `slot`'s doppler to reads, resumes and new subscriptions; its slot stays
+    /// An empty hub with this one's slots, counters and limits, for the share of `shard`.
+    pub(crate) fn for_shard(&self, shard: Shard) -> Self {
+        Self {
+            shard: Some(shard),
+            ..Self::new(self.metrics.for_shards(), self.limits, self.upstreams.len())
+        }
+    }
+
+    /// Gives `reader` slot `slot` if it is free (a shard's hub mirrors the main hub's slots,
+    /// so a replay planned with the main hub's channels finds each doppler at the same index).
+    pub(crate) fn claim_slot(&self, slot: usize, reader: Reader) -> bool {
+        self.upstreams.get(slot).is_some_and(|u| {
+            let mut holder = u.holder.lock().unwrap_or_else(PoisonError::into_inner);
+            let free = matches!(*holder, Holder::Free);
+            if free {
+                *holder = Holder::Active(reader);
+            }
+            free
+        })
+    }
+
+    /// The shard group this hub reads the share of, if any.
+    pub(crate) fn shard(&self) -> Option<&Shard> {
+        self.shard.as_ref()
+    }
+
+    /// True when no consumer is subscribed.
+    pub(crate) fn is_idle(&self) -> bool {
+        let t = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        t.groups.is_empty() && t.sources.is_empty()
+    }
+
     /// taken until [`Hub::release`].
     pub(crate) fn leave(&self, slot: usize) {
         if let Some(u) = self.upstreams.get(slot) {
@@ -360,6 +417,34 @@ impl Hub {
         let _t = self.table.read().unwrap_or_else(PoisonError::into_inner);
         let mut identity = u.identity.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Some((position.doppler, position.epoch));
+            }
+        })
+        .await;
+    }
+
+    /// Marks whether `slot`'s stream is up, for [`Hub::wait_connected`].
+    pub(crate) fn set_connected(&self, slot: usize, up: bool) {
+        if let Some(u) = self.upstreams.get(slot) {
+            u.connected.store(up, Ordering::Release);
+            self.identified.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Waits until a stream is up from every doppler being read, or `limit` passes (a doppler
+    /// that is down does not hold a new subscription back for longer).
+    pub(crate) async fn wait_connected(&self, limit: Duration) {
+        let mut rx = self.identified.subscribe();
+        let up = |hub: &Self| {
+            hub.upstreams
+                .iter()
+                .enumerate()
+                .all(|(slot, u)| hub.active(slot).is_none() || u.connected.load(Ordering::Acquire))
+        };
+        let _ = tokio::time::timeout(limit, async {
+            while !up(self) {
+                if rx.changed().await.is_err() {
+                    return;
+                }
         if *identity != now || position.count == 0 {
             *identity = now;
             u.end.store(position.start, Ordering::Release);

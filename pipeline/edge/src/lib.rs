@@ -54,6 +54,7 @@ mod outbox;
 mod position;
 mod recent;
 mod resume;
+mod shard;
 mod sse;
 mod stream;
 mod upstream;
@@ -166,7 +167,14 @@ async fn serve(
         metrics: metrics.clone(),
         backoff: Backoff::from_ms(config.reconnect_min_ms, config.reconnect_max_ms, 0.25),
         grace: None,
+        shard: None,
     };
+    let shards = Arc::new(shard::Shards::new(
+        hub.clone(),
+        upstream.clone(),
+        tracker.clone(),
+        stop.clone(),
+    ));
     for url in statics {
         let channel = upstream::read_channel(url, tls.as_ref())
             .map_err(|e| hydrant_runtime::invalid("dopplers", format!("{url:?}: {e}")))?;
@@ -203,12 +211,18 @@ async fn serve(
             }
         });
     }
-    tracker.spawn(report_depth(hub.clone(), metrics.clone(), stop.clone()));
+    tracker.spawn(report_depth(
+        hub.clone(),
+        shards.clone(),
+        metrics.clone(),
+        stop.clone(),
+    ));
     let _emitter = config.telemetry.start(&registry, stop.clone());
     let fallback = Duration::from_secs(10);
     let shared = Arc::new(Shared {
         keys,
         hub,
+        shards,
         metrics,
         opts: StreamOptions {
             frame_max_envelopes: config.frame_max_envelopes,
@@ -272,7 +286,12 @@ async fn serve(
 }
 
 /// Publishes queue depths and re-syncs connection gauges once a second.
-async fn report_depth(hub: Arc<Hub>, metrics: Metrics, stop: CancellationToken) {
+async fn report_depth(
+    hub: Arc<Hub>,
+    shards: Arc<shard::Shards>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -280,7 +299,8 @@ async fn report_depth(hub: Arc<Hub>, metrics: Metrics, stop: CancellationToken) 
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        let (envelopes, bytes) = hub.depth();
+        let ((envelopes, bytes), (shared, shared_bytes)) = (hub.depth(), shards.depth());
+        let (envelopes, bytes) = (envelopes + shared, bytes + shared_bytes);
         metrics.queued_envelopes.set(envelopes as f64);
         metrics.queued_bytes.set(bytes as f64);
         metrics.dopplers.set(hub.dopplers() as f64);

@@ -96,6 +96,10 @@ pub(crate) struct Metrics {
     pub(crate) doppler_connections: LiveGauge,
     /// Dopplers being read (configured and followed).
     pub(crate) dopplers: Gauge,
+    /// Envelopes received on the streams of firehose subscription ids' shares (`shard`).
+    shard_ingress: Counter,
+    /// Doppler streams open for firehose subscription ids' shares.
+    shard_streams: LiveGauge,
     pub(crate) doppler_joined: Counter,
     pub(crate) doppler_lapsed: Counter,
     pub(crate) doppler_unreachable: Counter,
@@ -233,6 +237,15 @@ impl Metrics {
                 &[],
             ),
             doppler_joined: change("joined"),
+            shard_ingress: r.counter(
+                "trafficcontroller.shard_ingress",
+                "envelopes received from dopplers as the share of a firehose subscription id",
+                &[],
+            ),
+            shard_streams: live(
+                "trafficcontroller.shard_streams",
+                "doppler streams open for the shares of firehose subscription ids",
+            ),
             doppler_lapsed: change("lapsed"),
             doppler_unreachable: change("unreachable"),
             announce_invalid: announce("invalid"),
@@ -275,3 +288,14 @@ impl Metrics {
         self.doppler_connections.sync();
     }
 }
+        self.shard_streams.sync();
+    }
+
+    /// The handles a subscription id's own hub and doppler reads count with: the main
+    /// stream's `ingress` and `doppler_connections` keep meaning the one stream per doppler.
+    pub(crate) fn for_shards(&self) -> Self {
+        Self {
+            ingress: self.shard_ingress.clone(),
+            doppler_connections: self.shard_streams.clone(),
+            ..self.clone()
+        }

@@ -22,8 +22,11 @@
 //! Semantics:
 //! - within the window: exactly the envelopes missed, in each doppler's order, then live data;
 //! - beyond it: a gap marker (hop `doppler`, reason `replay_window`) with the count the ring no
-//!   longer holds, then what it still holds. The count is every envelope of that doppler, so
-//!   it is exact for the whole firehose and an upper bound for a filtered stream;
+//!   longer holds, then what it still holds. The doppler says whose those envelopes were: a
+//!   firehose consumer's marker names the sources that lost most (`hydrant.gap.source.<id>`,
+//!   the top 8) and sums the rest as `hydrant.gap.other`; an app stream's marker counts only
+//!   that app's envelopes (under its source id), and there is no marker when none were its.
+//!   What the doppler could not attribute stays in `other`, so the total is never short;
 //! - selectors apply to replayed envelopes as to live ones (the subscription's types and
 //!   sources);
 //! - a shard group member resumes its cursor only when it is the group's first member to come
@@ -46,8 +49,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hydrant_envelope::MAX_MESSAGE_BYTES;
-use hydrant_envelope::cursor::{Cursor, Mark, RingPosition};
-use hydrant_envelope::gap::{GAP_SOURCE, Gap};
+use hydrant_envelope::cursor::{Cursor, Mark, RingPosition, split_sources};
+use hydrant_envelope::gap::{BySource, GAP_SOURCE, GAP_TOP_SOURCES, Gap};
 use hydrant_envelope::raw::egress::egress_client::EgressClient;
 use hydrant_envelope::wire::{EnvelopeView, split_batch};
 use tonic::Streaming;
@@ -56,6 +59,7 @@ use tonic::transport::Channel;
 use crate::api::{ApiError, Shared};
 use crate::hub::Subscription;
 use crate::position::{At, Item, Tracker, split_position};
+use crate::shard::Shard;
 use crate::upstream::ring_request;
 
 /// How long a resuming consumer waits for the edge to know every doppler (just after an edge
@@ -120,6 +124,8 @@ pub(crate) struct Replay {
     slack: u64,
     /// Envelopes replayed so far.
     pub(crate) replayed: u64,
+    /// A firehose subscription's share: the replay reads only what its member owned.
+    shard: Option<Shard>,
 }
 
 fn marker(dropped: u64, reason: &str) -> Gap {
@@ -128,7 +134,38 @@ fn marker(dropped: u64, reason: &str) -> Gap {
         dropped,
         hop: "doppler".to_owned(),
         reason: reason.to_owned(),
+        by_source: Default::default(),
     }
+}
+
+/// The marker for `skipped` envelopes a ring no longer held, with whose they were when the
+/// doppler said (`lost`): for a firehose the top sources and the rest as other; for a stream
+/// of some sources (an app's) only theirs, `None` when none were.
+pub(crate) fn lost_marker(
+    sources: Option<&[String]>,
+    skipped: u64,
+    reason: &str,
+    lost: Option<BySource>,
+) -> Option<Gap> {
+    let mut gap = marker(skipped, reason);
+    let Some(lost) = lost.filter(|l| l.total() == skipped) else {
+        return Some(gap);
+    };
+    match sources {
+        None => gap.by_source = BySource::top_n(lost.top, lost.other, GAP_TOP_SOURCES),
+        Some(sources) => {
+            let theirs = lost.only(sources);
+            if theirs.total() == 0 {
+                return None;
+            }
+            gap.dropped = theirs.total();
+            if let [one] = sources {
+                gap.source_id.clone_from(one);
+            }
+            gap.by_source = theirs;
+        }
+    }
+    Some(gap)
 }
 
 impl Replay {
@@ -202,6 +239,7 @@ impl Replay {
             catching_up,
             slack,
             replayed: 0,
+            shard: sub.shard().cloned(),
         }
     }
 
@@ -313,6 +351,7 @@ impl Replay {
                 }
             };
             let (position, message) = split_position(&message);
+            let (lost, message) = split_sources(&message);
             let mut gap = None;
             if let Some(p) = position {
                 running.position = Some(p);
@@ -322,7 +361,7 @@ impl Replay {
                     } else {
                         "replay_window"
                     };
-                    gap = Some(marker(p.skipped, reason));
+                    gap = lost_marker(sub.sources(), p.skipped, reason, lost);
                 }
             }
             let Some(p) = running.position else {
@@ -393,7 +432,11 @@ impl Replay {
         let mut client = EgressClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         // A doppler that restarted since (another epoch) answers `restarted` and reads its new
         // process from the oldest batch, up to the live start.
-        let request = ring_request(Some((job.from.epoch, job.from.next)), Some(job.to.next));
+        let request = ring_request(
+            self.shard.as_ref(),
+            Some((job.from.epoch, job.from.next)),
+            Some(job.to.next),
+        );
         let response = tokio::time::timeout(self.timeout, client.batched_receiver(request))
             .await
             .map_err(|_| tonic::Status::deadline_exceeded("the doppler did not answer"))??;

@@ -99,11 +99,18 @@ pub(crate) async fn read(
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let resume = crate::resume::requested(&app, q.get("cursor").or(last_event_id)).await?;
     let sub = if sources.is_empty() {
-        let group = match q.get("shard_id").filter(|s| !s.is_empty()) {
-            Some(shard) => format!("sse:{shard}"),
-            None => format!("sse-solo:{}", SOLO.fetch_add(1, Ordering::Relaxed)),
-        };
-        app.hub.subscribe_group(&group, kinds, Endpoint::Sse)
+        match q.get("shard_id").filter(|s| !s.is_empty()) {
+            // Shared with the readers of this shard id on every edge, like a firehose id.
+            Some(shard) => {
+                app.shards
+                    .subscribe(&format!("sse:{shard}"), kinds, Endpoint::Sse)
+                    .await
+            }
+            None => {
+                let solo = format!("sse-solo:{}", SOLO.fetch_add(1, Ordering::Relaxed));
+                app.hub.subscribe_group(&solo, kinds, Endpoint::Sse)
+            }
+        }
     } else {
         app.hub.subscribe_sources(sources, kinds, Endpoint::Sse)
     };

@@ -98,7 +98,7 @@ pub(crate) async fn firehose(
     let format = Format::parse(q.get("format")).map_err(|e| app.reject(e))?;
     let resume = crate::resume::requested(&app, q.get("cursor")).await?;
     let (ws, permit) = admit(&app, ws, &claims)?;
-    let sub = app.hub.subscribe_group(&id, kinds, Endpoint::Firehose);
+    let sub = app.shards.subscribe(&id, kinds, Endpoint::Firehose).await;
     let ends = token_deadline(&claims);
     let on = Open {
         format,

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hydrant_envelope::cursor::{RING_EPOCH, RING_FROM, RING_TO, RingPosition};
-use hydrant_envelope::gap::{GAP_SOURCE, Gap};
+use hydrant_envelope::gap::{BySource, GAP_SOURCE, GAP_TOP_SOURCES, Gap};
 use hydrant_envelope::raw::egress::egress_client::EgressClient;
 use hydrant_envelope::v2::{self, selector};
 use hydrant_runtime::Backoff;
@@ -37,6 +37,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::position::split_position;
+use crate::shard::{SHARD_MEMBER, Shard};
 
 /// HTTP/2 flow-control windows: tonic's defaults hold one stream to ~0.1 M envelopes/s.
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
@@ -81,15 +82,18 @@ pub(crate) fn read_channel(
 
 /// Everything, from every source: one selector per envelope type, each with an empty
 /// `source_id` (all sources) and empty names (all counters, all gauges).
-pub(crate) fn firehose_request() -> v2::EgressBatchRequest {
+///
+/// Without `shard` the `shard_id` is empty: this edge is the only subscriber of its own stream,
+/// and other edges must each get everything too. With it, the stream is this edge's share of a
+/// firehose subscription id that consumers on other edges may hold too: the doppler splits the
+/// group among every reader asking with that id, so across edges each envelope goes out once.
+pub(crate) fn firehose_request(shard: Option<&Shard>) -> v2::EgressBatchRequest {
     let all = |message| v2::Selector {
         source_id: String::new(),
         message: Some(message),
     };
     v2::EgressBatchRequest {
-        // Empty: this edge is the only subscriber of its own stream, and other edges must each
-        // get everything too. Sharding between consumers happens here, in the hub.
-        shard_id: String::new(),
+        shard_id: shard.map(|s| s.id.clone()).unwrap_or_default(),
         selectors: vec![
             all(selector::Message::Log(v2::LogSelector {})),
             all(selector::Message::Counter(v2::CounterSelector::default())),
@@ -101,14 +105,20 @@ pub(crate) fn firehose_request() -> v2::EgressBatchRequest {
     }
 }
 
-/// A ring read of everything from `from` (`None`: the head), up to `to` when bounded.
+/// A ring read of everything (or of `shard`'s share, named by its member id so that a read
+/// from an older offset gets the share this edge owned then) from `from` (`None`: the head),
+/// up to `to` when bounded.
 pub(crate) fn ring_request(
+    shard: Option<&Shard>,
     from: Option<(u64, u64)>,
     to: Option<u64>,
 ) -> tonic::Request<v2::EgressBatchRequest> {
-    let mut request = tonic::Request::new(firehose_request());
+    let mut request = tonic::Request::new(firehose_request(shard));
     let md = request.metadata_mut();
     let number = |n: u64| tonic::metadata::MetadataValue::from(n);
+    if let Some(shard) = shard {
+        md.insert(SHARD_MEMBER, number(shard.member));
+    }
     match from {
         Some((epoch, offset)) => {
             md.insert(RING_FROM, number(offset));
@@ -129,8 +139,8 @@ pub(crate) fn ring_request(
 
 /// A ring read of everything from the oldest envelope the ring holds (offset 0 of whatever
 /// epoch it is in; what it already evicted is reported as skipped).
-fn oldest_request() -> tonic::Request<v2::EgressBatchRequest> {
-    let mut request = ring_request(None, None);
+fn oldest_request(shard: Option<&Shard>) -> tonic::Request<v2::EgressBatchRequest> {
+    let mut request = ring_request(shard, None, None);
     request
         .metadata_mut()
         .insert(RING_FROM, tonic::metadata::MetadataValue::from(0u64));
@@ -145,8 +155,9 @@ pub(crate) fn no_ring(status: &tonic::Status) -> bool {
     )
 }
 
-/// The marker for envelopes a doppler's ring no longer held when this edge read on.
-pub(crate) fn ring_gap(position: &RingPosition) -> Gap {
+/// The marker for envelopes a doppler's ring no longer held when this edge read on, naming
+/// the sources that lost most when the doppler said whose they were (`lost`).
+pub(crate) fn ring_gap(position: &RingPosition, lost: Option<BySource>) -> Gap {
     Gap {
         source_id: GAP_SOURCE.to_owned(),
         dropped: position.skipped,
@@ -156,6 +167,10 @@ pub(crate) fn ring_gap(position: &RingPosition) -> Gap {
         } else {
             "slow_subscriber".to_owned()
         },
+        by_source: lost
+            .filter(|l| l.total() == position.skipped)
+            .map(|l| BySource::top_n(l.top, l.other, GAP_TOP_SOURCES))
+            .unwrap_or_default(),
     }
 }
 
@@ -191,6 +206,8 @@ pub(crate) struct Upstream {
     pub(crate) backoff: Backoff,
     /// Give up after this long without a stream; `None`: retry for ever.
     pub(crate) grace: Option<Duration>,
+    /// Read only this firehose subscription's share (see `shard`); `None`: everything.
+    pub(crate) shard: Option<Shard>,
 }
 
 /// Keeps a subscription to `url` (the doppler in `slot`) open until `shutdown`, publishing
@@ -263,11 +280,12 @@ async fn stream_once(
     let mut client =
         EgressClient::new(channel).max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
     // Where the hub stopped, so a broken stream loses nothing still in the doppler's ring.
+    let shard = upstream.shard.as_ref();
     let request = match (hub.identity(slot), start) {
-        (Some((_, epoch)), _) => ring_request(Some((epoch, hub.end(slot))), None),
-        (None, Start::At(epoch, next)) => ring_request(Some((epoch, next)), None),
-        (None, Start::Oldest) => oldest_request(),
-        (None, Start::Head) => ring_request(None, None),
+        (Some((_, epoch)), _) => ring_request(shard, Some((epoch, hub.end(slot))), None),
+        (None, Start::At(epoch, next)) => ring_request(shard, Some((epoch, next)), None),
+        (None, Start::Oldest) => oldest_request(shard),
+        (None, Start::Head) => ring_request(shard, None, None),
     };
     let ring = tokio::select! {
         r = client.batched_receiver(request) => r,
@@ -279,7 +297,7 @@ async fn stream_once(
             hub.forget_position(slot);
             tracing::info!(doppler = %url, "doppler keeps no replay ring; cursors will not advance for it");
             let plain = tokio::select! {
-                r = client.batched_receiver(firehose_request()) => r?,
+                r = client.batched_receiver(firehose_request(shard)) => r?,
                 () = shutdown.cancelled() => return Ok(()),
             };
             (plain.into_inner(), false)
@@ -287,6 +305,7 @@ async fn stream_once(
         Err(status) => return Err(status.into()),
     };
     metrics.doppler_connections.inc();
+    hub.set_connected(slot, true);
     tracing::info!(doppler = %url, ring, "subscribed to doppler");
     let mut pending: Option<RingPosition> = None;
     let ended = loop {
@@ -294,9 +313,10 @@ async fn stream_once(
             m = stream.message() => match m {
                 Ok(Some(message)) if ring => {
                     let (position, batch) = split_position(&message);
+                    let (lost, batch) = hydrant_envelope::cursor::split_sources(&batch);
                     if let Some(position) = position {
                         if position.skipped > 0 {
-                            let marker: Bytes = hydrant_envelope::wire::batch_of([&ring_gap(&position).encode()[..]]);
+                            let marker: Bytes = hydrant_envelope::wire::batch_of([&ring_gap(&position, lost).encode()[..]]);
                             hub.publish(&marker, scratch);
                         }
                         hub.at_position(slot, &position);
@@ -316,6 +336,7 @@ async fn stream_once(
         }
     };
     metrics.doppler_connections.dec();
+    hub.set_connected(slot, false);
     if let Some(status) = ended {
         metrics.upstream_subscribe_errors.inc();
         tracing::warn!(doppler = %url, error = %status, "doppler stream broke; reconnecting");
@@ -329,8 +350,20 @@ mod tests {
 
     #[test]
     fn the_request_selects_every_type_from_every_source() {
-        let r = firehose_request();
+        let r = firehose_request(None);
         assert!(r.shard_id.is_empty());
+        let shard = Shard {
+            id: "nozzle".to_owned(),
+            member: 42,
+        };
+        let ring = ring_request(Some(&shard), None, None);
+        assert_eq!(ring.get_ref().shard_id, "nozzle");
+        assert_eq!(
+            ring.metadata()
+                .get(SHARD_MEMBER)
+                .and_then(|v| v.to_str().ok()),
+            Some("42")
+        );
         assert_eq!(r.selectors.len(), 5);
         assert!(r.selectors.iter().all(|s| s.source_id.is_empty()));
     }

@@ -33,6 +33,7 @@ async fn batches_and_gaps_reach_the_windows() {
         dropped: 3,
         hop: "firehose".to_owned(),
         reason: "slow_consumer".to_owned(),
+        by_source: Default::default(),
     };
     let events = stream::iter(vec![
         StreamEvent::Connected,

@@ -290,6 +290,7 @@ fn crashes_and_gaps_are_visible() {
         dropped: 7,
         hop: "doppler".to_owned(),
         reason: "ring_overflow".to_owned(),
+        by_source: Default::default(),
     };
     r.feed(&marker.to_envelope(), 3.0);
     let stream_wide = Gap {

@@ -17,6 +17,7 @@ mod limits;
 mod recent;
 mod resilience;
 mod resume;
+mod shard;
 mod slow;
 mod sse;
 mod tls;

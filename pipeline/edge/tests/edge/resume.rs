@@ -333,6 +333,75 @@ async fn beyond_the_window_a_gap_marker_counts_exactly_what_is_gone() {
     doppler.stop().await;
 }
 
+/// Past the window the marker says whose envelopes were lost: a firehose consumer's names both
+/// sources with their exact counts, adding up to the total; an app stream's counts only its
+/// app's, under its source id.
+#[tokio::test]
+async fn beyond_the_window_the_marker_says_whose_envelopes_were_lost() {
+    let doppler = RealDoppler::start(1).await;
+    let edge = start_edge(config(vec![doppler.url()])).await;
+    edge.wait_connected(1.0).await;
+    let token = admin_token();
+    let mut fire = edge.ws("/firehose/whose", Some(&token)).await.unwrap();
+    let mut app = edge.ws("/apps/web/stream", Some(&token)).await.unwrap();
+    doppler.send(logs("web", 0..3)).await;
+    let fire_cursor = read(&mut fire, 3).await.cursor.unwrap();
+    let app_cursor = read(&mut app, 3).await.cursor.unwrap();
+    close(&edge, fire, "trafficcontroller_firehoses").await;
+    close(&edge, app, "trafficcontroller_app_streams").await;
+
+    // While both are away: 20 of web's and 35 of worker's, in three batches.
+    doppler.send(logs("web", 3..13)).await;
+    doppler.send(logs("worker", 100..135)).await;
+    doppler.send(logs("web", 13..23)).await;
+    // The window is one second: past it, the next batch evicts the 55 above.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    doppler.send(logs("worker", 200..205)).await;
+
+    let mut fire = edge
+        .ws(
+            &format!("/firehose/whose?cursor={fire_cursor}"),
+            Some(&token),
+        )
+        .await
+        .unwrap();
+    let got = read(&mut fire, 5).await;
+    assert_eq!(got.gaps.len(), 1, "{:?}", got.gaps);
+    let gap = &got.gaps[0];
+    assert_eq!((gap.dropped, gap.reason.as_str()), (55, "replay_window"));
+    assert_eq!(
+        gap.by_source.top,
+        [("worker".to_owned(), 35), ("web".to_owned(), 20)],
+        "both sources, most lost first"
+    );
+    assert_eq!(gap.by_source.other, 0);
+    assert_eq!(gap.by_source.total(), gap.dropped);
+    assert_eq!(stamps(&got), (200..205).collect::<Vec<_>>());
+
+    let mut app = edge
+        .ws(
+            &format!("/apps/web/stream?cursor={app_cursor}"),
+            Some(&token),
+        )
+        .await
+        .unwrap();
+    doppler.send(logs("web", 23..25)).await;
+    let got = read(&mut app, 2).await;
+    assert_eq!(stamps(&got), [23, 24]);
+    assert_eq!(got.gaps.len(), 1, "{:?}", got.gaps);
+    let gap = &got.gaps[0];
+    assert_eq!(
+        (gap.source_id.as_str(), gap.dropped, gap.reason.as_str()),
+        ("web", 20, "replay_window"),
+        "only the app's own envelopes, not worker's"
+    );
+    assert_eq!(gap.by_source.top, [("web".to_owned(), 20)]);
+    assert_eq!(gap.by_source.total(), 20);
+    drop((fire, app));
+    edge.stop().await;
+    doppler.stop().await;
+}
+
 #[tokio::test]
 async fn json_frames_carry_the_cursor_and_a_bad_cursor_is_refused() {
     let doppler = RealDoppler::start(60).await;
