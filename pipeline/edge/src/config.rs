@@ -47,6 +47,14 @@ pub struct Config {
     /// holds public keys only: it verifies tokens, it can never mint one. Default unset; one of
     /// `token_keys_url`, `token_keys_file` or `disable_auth` is required.
     pub token_keys_url: Option<String>,
+    /// Several controllers' token keys, the same key set behind each (controllers that share
+    /// one token key directory): `["http://10.0.0.1:9022/token_keys",
+    /// "http://10.0.0.2:9022/token_keys"]`, instead of `token_keys_url`. Fetched from the one
+    /// that answered last; when it fails (no connection, no answer, a 5xx) the next in turn,
+    /// each move logged and counted (`trafficcontroller_controller_failovers_total`), so a lost
+    /// controller host cannot lock out tokens signed by a key staged after it went. Default
+    /// unset.
+    pub token_keys_urls: Option<Vec<String>>,
     /// A key-set file (`{"keys": [...]}`, what `/token_keys` answers) to verify with, for
     /// deployments that distribute keys as files. Default unset.
     pub token_keys_file: Option<String>,
@@ -145,6 +153,7 @@ impl Default for Config {
             doppler_grace_secs: 30.0,
             bus: None,
             token_keys_url: None,
+            token_keys_urls: None,
             token_keys_file: None,
             token_keys: None,
             token_keys_cache: None,
@@ -277,7 +286,15 @@ impl hydrant_runtime::Validate for Config {
                 .into());
             }
         }
-        let sources = usize::from(self.token_keys_url.is_some())
+        if let (Some(_), Some(_)) = (&self.token_keys_url, &self.token_keys_urls) {
+            return Err(invalid(
+                "token_keys_urls",
+                "token_keys_url and token_keys_urls are both set: list every controller's \
+                 /token_keys in token_keys_urls and remove token_keys_url",
+            )
+            .into());
+        }
+        let sources = usize::from(self.token_keys_url.is_some() || self.token_keys_urls.is_some())
             + usize::from(self.token_keys_file.is_some());
         if sources > 1 {
             return Err(invalid(
@@ -304,18 +321,47 @@ impl hydrant_runtime::Validate for Config {
             )
             .into());
         }
-        if let Some(url) = &self.token_keys_url {
-            let ok = url
-                .parse::<http::Uri>()
-                .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
-            if !ok {
+        let key_url_ok = |url: &str| {
+            url.parse::<http::Uri>()
+                .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some())
+        };
+        if let Some(url) = &self.token_keys_url
+            && !key_url_ok(url)
+        {
+            return Err(invalid(
+                "token_keys_url",
+                format!("{url:?} is not a URL: write it like \"http://127.0.0.1:9022/token_keys\""),
+            )
+            .into());
+        }
+        if let Some(urls) = &self.token_keys_urls {
+            if urls.is_empty() {
                 return Err(invalid(
-                    "token_keys_url",
-                    format!(
-                        "{url:?} is not a URL: write it like \"http://127.0.0.1:9022/token_keys\""
-                    ),
+                    "token_keys_urls",
+                    "is empty; list every cloud controller's /token_keys, e.g. \
+                     [\"http://10.0.0.1:9022/token_keys\", \"http://10.0.0.2:9022/token_keys\"]",
                 )
                 .into());
+            }
+            for (i, url) in urls.iter().enumerate() {
+                if !key_url_ok(url) {
+                    return Err(invalid(
+                        format!("token_keys_urls[{i}]"),
+                        format!(
+                            "{url:?} is not a URL: write it like \
+                             \"http://127.0.0.1:9022/token_keys\""
+                        ),
+                    )
+                    .into());
+                }
+                let same = |u: &String| u.trim_end_matches('/') == url.trim_end_matches('/');
+                if urls[..i].iter().any(same) {
+                    return Err(invalid(
+                        format!("token_keys_urls[{i}]"),
+                        format!("{url:?} is listed twice; list each controller once"),
+                    )
+                    .into());
+                }
             }
         }
         check_secs("token_keys_refetch_secs", self.token_keys_refetch_secs)?;
@@ -551,6 +597,40 @@ mod tests {
                 },
                 "token_keys_refetch_secs",
             ),
+            (
+                Config {
+                    token_keys_urls: Some(vec!["http://10.0.0.2:9022/token_keys".into()]),
+                    ..with_key()
+                },
+                "both set",
+            ),
+            (
+                Config {
+                    token_keys_urls: Some(vec![]),
+                    ..Config::default()
+                },
+                "token_keys_urls: is empty",
+            ),
+            (
+                Config {
+                    token_keys_urls: Some(vec![
+                        "http://10.0.0.1:9022/token_keys".into(),
+                        "http://10.0.0.1:9022/token_keys/".into(),
+                    ]),
+                    ..Config::default()
+                },
+                "token_keys_urls[1]: \"http://10.0.0.1:9022/token_keys/\" is listed twice",
+            ),
+            (
+                Config {
+                    token_keys_urls: Some(vec![
+                        "http://10.0.0.1:9022/token_keys".into(),
+                        "10.0.0.2:9022/token_keys".into(),
+                    ]),
+                    ..Config::default()
+                },
+                "token_keys_urls[1]",
+            ),
         ];
         for (config, needle) in cases {
             let err = config.validate().unwrap_err().to_string();
@@ -573,6 +653,17 @@ mod tests {
         assert!((c.slow_consumer_timeout_secs - 5.0).abs() < f64::EPSILON);
         assert!((c.ping_interval_secs - 0.5).abs() < f64::EPSILON);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn token_keys_urls_name_several_controllers() {
+        let c = toml_like(
+            r#"
+            token_keys_urls = ["http://10.0.0.9:9022/token_keys", "http://10.0.0.10:9022/token_keys"]
+            "#,
+        );
+        c.validate().unwrap();
+        assert_eq!(c.token_keys_urls.map(|u| u.len()), Some(2));
     }
 
     #[test]

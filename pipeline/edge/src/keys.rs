@@ -8,12 +8,18 @@
 //! plane. An edge in the mesh (`[upstream_tls]`, its `trafficcontroller` leaf) with an
 //! `https://` `token_keys_url` fetches the keys over mutual TLS from a server that proves the
 //! `cloudcontroller` identity, and from nothing else; an `http://` URL (the micro cloud's
-//! loopback API, an edge outside the mesh) is fetched plainly.
+//! loopback API, an edge outside the mesh) is fetched plainly. With several controllers
+//! (`token_keys_urls`) every fetch goes through the role runtime's [`Failover`]: the one that
+//! answered last first, then the others in turn, each move counted as
+//! `trafficcontroller.controller.failovers`, so losing a controller's host never stops the
+//! edge from learning a key staged after it went.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use hydrant_auth::{KeySources, KeysObserver, TokenKeys};
+use hydrant_emitter::Registry;
+use hydrant_runtime::Failover;
 
 use crate::config::{Config, secs};
 use crate::metrics::Metrics;
@@ -34,33 +40,47 @@ impl KeysObserver for Metrics {
     }
 }
 
-/// The keys `config` names, reporting into `metrics`.
+/// The keys `config` names, reporting into `metrics`; failovers between several controllers
+/// (`token_keys_urls`) are counted in `registry`.
 pub(crate) fn token_keys(
     config: &Config,
     metrics: &Metrics,
+    registry: &Registry,
 ) -> Result<TokenKeys, hydrant_auth::Error> {
-    let internal = config
-        .token_keys_url
-        .as_deref()
+    let urls: Vec<String> = match (&config.token_keys_urls, &config.token_keys_url) {
+        (Some(urls), _) => urls.clone(),
+        (None, Some(url)) => vec![url.clone()],
+        (None, None) => Vec::new(),
+    };
+    let internal = urls
+        .first()
         .is_some_and(|url| url.trim_start().starts_with("https://"));
-    let transport = match (&config.upstream_tls, internal) {
-        (Some(files), true) => {
-            let mtls = hydrant_runtime::MtlsTransport::new(files).map_err(|e| {
-                hydrant_auth::Error::KeyFormat {
-                    path: None,
-                    reason: format!(
-                        "token_keys_url is https://, fetched with the upstream_tls certificate, \
-                         which cannot be used: {e}"
-                    ),
-                }
-            })?;
-            Some(Arc::new(mtls) as Arc<dyn hydrant_auth::KeyTransport>)
-        }
+    let mtls = match (&config.upstream_tls, internal) {
+        (Some(files), true) => Some(hydrant_runtime::MtlsTransport::new(files).map_err(|e| {
+            hydrant_auth::Error::KeyFormat {
+                path: None,
+                reason: format!(
+                    "token_keys_url is https://, fetched with the upstream_tls certificate, \
+                     which cannot be used: {e}"
+                ),
+            }
+        })?),
         _ => None,
+    };
+    let transport: Option<Arc<dyn hydrant_auth::KeyTransport>> = if urls.len() > 1 {
+        // Each attempt within the fetch's own bound, so a silent host leaves time for the next.
+        let attempt = hydrant_auth::FETCH_TIMEOUT / u32::try_from(urls.len()).unwrap_or(u32::MAX);
+        Some(Arc::new(
+            Failover::new(&urls, mtls)
+                .counted(registry)
+                .with_attempt_timeout(attempt),
+        ))
+    } else {
+        mtls.map(|t| Arc::new(t) as Arc<dyn hydrant_auth::KeyTransport>)
     };
     TokenKeys::new(
         KeySources {
-            url: config.token_keys_url.clone(),
+            url: urls.first().cloned(),
             file: config.token_keys_file.as_ref().map(PathBuf::from),
             inline: config.token_keys.clone(),
             cache: config.token_keys_cache.as_ref().map(PathBuf::from),
@@ -125,6 +145,73 @@ mod tests {
         }
     }
 
+    /// A plain HTTP/1.1 server answering every request with `jwks`.
+    async fn plain_keys_server(jwks: String) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token_keys", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let jwks = jwks.clone();
+                tokio::spawn(async move {
+                    let mut head = [0u8; 4096];
+                    let _ = conn.read(&mut head).await;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
+                        jwks.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn keys_come_from_the_second_controller_when_the_first_refuses_and_the_move_is_counted() {
+        let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = format!("http://{}/token_keys", gone.local_addr().unwrap());
+        drop(gone);
+        let jwks = hydrant_auth::SigningKey::generate()
+            .unwrap()
+            .key_set()
+            .to_json();
+        let alive = plain_keys_server(jwks).await;
+        let config = Config {
+            token_keys_urls: Some(vec![dead.clone(), alive.clone()]),
+            ..Config::default()
+        };
+        hydrant_runtime::Validate::validate(&config).unwrap();
+        let registry = hydrant_emitter::Registry::new("trafficcontroller", "t");
+        let keys = token_keys(&config, &Metrics::new(&registry), &registry).unwrap();
+        assert!(
+            keys.fetch().await,
+            "no keys though the second controller answers"
+        );
+        assert_eq!(keys.len(), 1);
+        assert_eq!(registry.counter_sum("controller.failovers", &[]), 1);
+        assert!(
+            registry
+                .render_prometheus()
+                .contains("controller_failovers_total{"),
+            "{}",
+            registry.render_prometheus()
+        );
+
+        // Both down: the fetch fails (the keys known stay) and nothing is counted as a move.
+        let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let other = format!("http://{}/token_keys", gone.local_addr().unwrap());
+        drop(gone);
+        let down = Config {
+            token_keys_urls: Some(vec![dead, other]),
+            ..Config::default()
+        };
+        let registry = hydrant_emitter::Registry::new("trafficcontroller", "t");
+        let keys = token_keys(&down, &Metrics::new(&registry), &registry).unwrap();
+        assert!(!keys.fetch().await);
+        assert_eq!(registry.counter_sum("controller.failovers", &[]), 0);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_edge_in_the_mesh_takes_keys_only_from_the_proven_controller() {
         let certs = tempfile::tempdir().unwrap();
@@ -142,17 +229,18 @@ mod tests {
             .unwrap()
             .key_set()
             .to_json();
-        let metrics = Metrics::new(&hydrant_emitter::Registry::new("trafficcontroller", "t"));
+        let registry = hydrant_emitter::Registry::new("trafficcontroller", "t");
+        let metrics = Metrics::new(&registry);
 
         // Another identity's certificate from the same CA, serving the same keys: refused.
         let url = keys_server(certs.path(), Identity::Nozzle, jwks.clone()).await;
-        let keys = token_keys(&edge(certs.path(), &url), &metrics).unwrap();
+        let keys = token_keys(&edge(certs.path(), &url), &metrics, &registry).unwrap();
         assert!(!keys.fetch().await, "keys from the nozzle's certificate");
         assert!(keys.is_empty());
 
         // The controller's: fetched over mutual TLS as the edge's trafficcontroller identity.
         let url = keys_server(certs.path(), Identity::CloudController, jwks).await;
-        let keys = token_keys(&edge(certs.path(), &url), &metrics).unwrap();
+        let keys = token_keys(&edge(certs.path(), &url), &metrics, &registry).unwrap();
         assert!(keys.fetch().await);
         assert_eq!(keys.len(), 1);
     }

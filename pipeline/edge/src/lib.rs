@@ -139,7 +139,7 @@ async fn serve(
         tracing::warn!("disable_auth = true: every stream is open to anyone who can connect");
         None
     } else {
-        let keys = Arc::new(keys::token_keys(&config, &metrics)?);
+        let keys = Arc::new(keys::token_keys(&config, &metrics, &registry)?);
         tracker.spawn(keys.clone().refresh(
             secs(config.token_keys_refresh_secs, Duration::from_secs(300)),
             stop.clone().cancelled_owned(),
