@@ -5,10 +5,10 @@
 //!
 //! | host | roles |
 //! |---|---|
-//! | A | cloud controller `cc-a`, health manager, NATS node, firehose edge, agent |
+//! | A | cloud controller `cc-a`, health manager, NATS node, agent |
 //! | B | PostgreSQL, cloud controller `cc-b`, health manager, NATS node, executor cell `cell-b` (zone z1), agent, doppler |
 //! | C | NATS node, executor cell `cell-c` (z2), agent, doppler, router |
-//! | D | executor cell `cell-d` (z3), agent, router, doppler (added in step 4) |
+//! | D | executor cell `cell-d` (z3), agent, router, firehose edge, doppler (added in step 4) |
 //!
 //! The dopplers announce themselves on the bus (`doppler.announce`, every second, TTL 3 s);
 //! the agents and the edge list none and follow the announcements, so a doppler added or lost
@@ -27,7 +27,8 @@
 //! by password from the hosts' subnet only), and share one blob directory and one
 //! token key directory (a shared filesystem: here, one machine's), so a token either signs
 //! the other accepts. A's starts first and holds the placement lease (a row in the CCDB).
-//! Each health manager asks its own host's controller.
+//! Every role that calls a controller names both (`api_urls`, the edge's `token_keys_urls`),
+//! A's first: each call goes to the one that answered last and fails over to the other.
 //!
 //! The executors run every instance in a container (runc, cgroups, its own network namespace
 //! on its host's container bridge): a container's own address is reachable from its host only,
@@ -56,7 +57,10 @@
 //!    flight on A's controller when it died is not retried); the placement lease moves to
 //!    B's controller (within its 10 s TTL), which then places the 7th instance; A's controller
 //!    leaves the route assignments once its row lapses; host B's health manager takes its
-//!    lease within 15 s and restarts a crashed instance.
+//!    lease within 15 s and restarts a crashed instance, its calls failing over from A's
+//!    controller to B's; the token signing key is rotated after the loss, and `hydrant logs`
+//!    with a token the new key signed connects through the edge, which fetched the new key
+//!    from B's controller when A's refused.
 //!
 //! Needs root (namespaces, bridges) and PostgreSQL's server (`postgresql`, which
 //! `scripts/test` installs): it fails saying so otherwise.
@@ -103,6 +107,8 @@ const NATS_ROUTE: u16 = 6222;
 const AGENT: u16 = 3458;
 const DOPPLER: u16 = 8082;
 const EDGE: u16 = 8081;
+/// The host of the firehose edge: one that lives through every step (step 6 loses host A).
+const EDGE_HOST: char = 'd';
 const API: u16 = 9022;
 /// The cloud controller's internal API: mutual TLS, the caller's identity checked per endpoint.
 const API_INTERNAL: u16 = 9023;
@@ -753,7 +759,7 @@ impl Platform {
             "password_hash_iterations": 1000,
             "converge_interval_ms": 500,
             "endpoints": {
-                "firehose": self.url('a', EDGE),
+                "firehose": self.url(EDGE_HOST, EDGE),
                 "agent": format!("http://127.0.0.1:{AGENT}"),
                 "router": self.url('c', ROUTER),
             },
@@ -900,7 +906,7 @@ impl Platform {
     /// How many dopplers the edge reads and each agent (hosts A to D) sends to.
     fn dopplers_followed(&self) -> (f64, Vec<f64>) {
         let edge = metric(
-            &self.metrics("trafficcontroller", 'a'),
+            &self.metrics("trafficcontroller", EDGE_HOST),
             "trafficcontroller_dopplers",
         );
         let agents = ['a', 'b', 'c', 'd']
@@ -977,16 +983,19 @@ impl Platform {
             p.start_role("agent", host, &agent);
         }
         let edge = json!({
-            "listen": p.addr('a', EDGE).to_string(),
-            "admin_listen": p.addr('a', admin_port("trafficcontroller")).to_string(),
+            "listen": p.addr(EDGE_HOST, EDGE).to_string(),
+            "admin_listen": p.addr(EDGE_HOST, admin_port("trafficcontroller")).to_string(),
             "dopplers": none,
             "bus": p.bus("trafficcontroller", "certs"),
-            "token_keys_url": format!("{}/token_keys", p.url('a', API)),
+            // Both controllers' keys (one key directory behind them): a key staged after
+            // host A is lost comes from B's.
+            "token_keys_urls": (['a', 'b'].map(|h| format!("{}/token_keys", p.url(h, API)))),
+            "token_keys_refetch_secs": 1,
             "token_keys_cache": p.path("edge-token-keys.json").display().to_string(),
             "telemetry": p.telemetry("trafficcontroller", "certs"),
             "upstream_tls": p.tls("trafficcontroller", "certs"),
         });
-        p.start_role("trafficcontroller", 'a', &edge);
+        p.start_role("trafficcontroller", EDGE_HOST, &edge);
         p.start_postgres();
         // Two controllers on the CCDB, A's first so that it holds the placement lease (step 6
         // loses it with host A); B's finds the schema, the administrator and the token keys.
@@ -1030,9 +1039,10 @@ impl Platform {
         // Host A's health manager first, so it holds the lease; B's stands by.
         for host in ['a', 'b'] {
             let hm = json!({
-                // Its host's controller's internal API, over mutual TLS as the healthmanager
-                // identity.
-                "api_url": format!("https://{}", p.addr(host, API_INTERNAL)),
+                // Both controllers' internal APIs, over mutual TLS as the healthmanager
+                // identity; A's first on both hosts, so B's health manager acts after host A
+                // is lost only by failing over to B's.
+                "api_urls": (['a', 'b'].map(|h| format!("https://{}", p.addr(h, API_INTERNAL)))),
                 "tls": p.tls("healthmanager", "certs"),
                 "token_file": p.path("hm.token").display().to_string(),
                 "instance_id": format!("hm-{host}"),
@@ -1174,7 +1184,7 @@ fn counted_drops(p: &Platform, dopplers: &[char]) -> f64 {
         .map(|h| metric(&p.metrics("doppler", *h), "doppler_dropped_total").unwrap_or(0.0))
         .sum();
     let edge = metric(
-        &p.metrics("trafficcontroller", 'a'),
+        &p.metrics("trafficcontroller", EDGE_HOST),
         "trafficcontroller_dropped_total",
     )
     .unwrap_or(0.0);
@@ -1577,7 +1587,7 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
     let app: serde_json::Value = serde_json::from_str(&p.cli_ok(&["app", APP, "--json"])).unwrap();
     let guid = app["app"]["guid"].as_str().unwrap().to_owned();
     // API calls through the routers all along, with the token A's signed (shared keys).
-    let api = ApiProbe::start(p.api_router(), p.token.clone(), guid);
+    let api = ApiProbe::start(p.api_router(), p.token.clone(), guid.clone());
     api.settle(10);
     let api_before = api.counts();
     let before = load.counts();
@@ -1592,6 +1602,16 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
         p.kill(&name);
     }
     netns::kill_all_in(p.hosts.ns('a'));
+    // The token signing key rotated after the loss (one key directory behind both
+    // controllers): the edge knows only the old key, and A's controller, which it lists first,
+    // is gone. B's controller signs with the new key once it rereads the directory (5 s).
+    let keys_dir = p.path("shared/token_keys");
+    let new_kid = hydrant_auth::KeyStore::stage(&keys_dir).unwrap();
+    hydrant_auth::KeyStore::activate(&keys_dir, &new_kid).unwrap();
+    let new_key = hydrant_auth::KeyStore::open(&keys_dir)
+        .unwrap()
+        .signing()
+        .key_set();
     // The CLI keeps its target and token (the same API name; the router retries a refused
     // connection on B's controller) and scales at once: the desired state is written now,
     // the instance placed once B's controller holds the placement lease.
@@ -1686,6 +1706,56 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
             .unwrap_or(0.0)
                 >= 1.0
         },
+    );
+    // ... which reached the controller through its failover: A's, listed first, refused.
+    let hm_failovers = metric(
+        &p.metrics("healthmanager", 'b'),
+        "controller_failovers_total",
+    )
+    .unwrap_or(0.0);
+    assert!(
+        hm_failovers >= 1.0,
+        "host B's health manager acted without failing over from A's controller"
+    );
+    // A token minted after the loss, signed by the new key, streams logs through the edge:
+    // the edge fetched the new key from B's controller when A's refused.
+    wait_for(
+        Duration::from_secs(15),
+        "B's controller to sign tokens with the rotated key",
+        || {
+            p.cli_ok(&["login", "-u", "admin", "-p", ADMIN_PASSWORD]);
+            let config: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(p.path("home/config.json")).unwrap())
+                    .unwrap();
+            let token = config["token"].as_str().unwrap_or_default().to_owned();
+            new_key.verify(&token, hydrant_auth::AUD_LOGS).is_ok()
+        },
+    );
+    let stream = Stream::follow(&p, &guid);
+    let logs_took = wait_for(
+        Duration::from_secs(20),
+        "`hydrant logs` with the new key's token to stream through the edge",
+        || {
+            let _ = http_get(p.addr('d', ROUTER), APP_HOST, "/log/1", None);
+            stream.lines() > 0
+        },
+    );
+    drop(stream);
+    let edge_failovers = metric(
+        &p.metrics("trafficcontroller", EDGE_HOST),
+        "controller_failovers_total",
+    )
+    .unwrap_or(0.0);
+    assert!(
+        edge_failovers >= 1.0,
+        "the edge verified the new key's token without failing over to B's controller"
+    );
+    println!(
+        "step 6: after the loss: host B's health manager failed over {hm_failovers} time(s) to \
+         B's controller; the signing key was rotated and a token the new key signed streamed \
+         logs through the edge {:.1} s after `hydrant logs` started (edge failovers: \
+         {edge_failovers})",
+        logs_took.as_secs_f64()
     );
     load.settle(50);
     let after = load.counts();
