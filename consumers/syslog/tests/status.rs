@@ -15,27 +15,12 @@ use std::net::SocketAddr;
 use hydrant_auth::{AUD_API, AUD_LOGS, Claims, Scope, SigningKey};
 use hydrant_nozzle_testkit::{Pipeline, metric, scrape};
 use pipeline::{nozzle_config, start_nozzle_with};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// `GET path` on the admin port with an optional bearer token: the status code and the body.
 async fn get(admin: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n{auth}\r\n").as_bytes())
+    hydrant_testkit::admin_get(admin, path, token)
         .await
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,25 +14,13 @@ use hydrant_nozzle_syslog::{Config, PlatformConfig, SyslogNozzle};
 use hydrant_testkit::wait_for;
 use hydrant_tls::local::FixedServer;
 use hydrant_tls::{Identity, TlsFiles};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
 /// `GET /drains` on the admin port with `token`: the status code (0 when nothing answers).
 async fn drains_status(admin: SocketAddr, token: &str) -> u16 {
-    let Ok(mut s) = tokio::net::TcpStream::connect(admin).await else {
-        return 0;
-    };
-    let request =
-        format!("GET /drains HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
-    if s.write_all(request.as_bytes()).await.is_err() {
-        return 0;
-    }
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text).await;
-    text.split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    hydrant_testkit::admin_get(admin, "/drains", Some(token))
+        .await
+        .map_or(0, |(status, _)| status)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use hydrant_emitter::{Emitter, EmitterConfig, Registry};
 use hydrant_firehose_client::ClientConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -196,17 +195,10 @@ impl<E: Debug + Send + 'static> Nozzle<E> {
 
 /// The body of `GET path` on a nozzle's admin server.
 pub async fn admin_get(admin: SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(admin)
+    let (_, body) = hydrant_testkit::admin_get(admin, path, None)
         .await
-        .expect("connect to the admin server");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .expect("send the request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.expect("read the answer");
-    text.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or(text)
+        .expect("GET on the admin server");
+    body
 }
 
 /// The nozzle's `/metrics` text.

@@ -22,6 +22,6 @@ mod wait;
 
 pub use agent::{FakeAgent, FakeAgentBuilder, Received};
 pub use loris::{LorisCounts, SlowLoris, fetch, p99, probe, prometheus_value};
-pub use metrics::{scrape, scrape_metric};
+pub use metrics::{admin_get, scrape, scrape_metric};
 pub use micro::MicroCloud;
 pub use wait::{Condition, dead_addr, wait_for};

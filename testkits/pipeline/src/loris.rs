@@ -158,10 +158,24 @@ pub async fn fetch(
     host: &str,
     path: &str,
 ) -> io::Result<(u16, String)> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    exchange(target, from, &request).await
+}
+
+/// Sends `request` (a whole HTTP/1 request that asks the server to close after answering) over
+/// a new connection from `from` and reads the answer to the end: the status code and the body
+/// (headers stripped).
+///
+/// # Errors
+/// The connection failed, the response took longer than 10 s, or it is not HTTP.
+pub(crate) async fn exchange(
+    target: SocketAddr,
+    from: IpAddr,
+    request: &str,
+) -> io::Result<(u16, String)> {
     let exchange = async {
         let mut stream = connect_from(target, from).await?;
         stream.set_nodelay(true)?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;
