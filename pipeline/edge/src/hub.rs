@@ -2,7 +2,9 @@
 //!
 //! Firehose connections that share a subscription id (and filter) form a group that splits the
 //! stream: each envelope goes to exactly one member, round-robin per envelope, so N nozzles with
-//! one id each see 1/N and together see everything. Different ids each see everything. Per-app
+//! one id each see 1/N and together see everything. Such a group lives in a hub of its own,
+//! fed with this edge's share of the id from the dopplers (see `shard`), so the split also holds
+//! across edges. Different ids each see everything. Per-app
 //! streams receive the envelopes whose `source_id` they named.
 //!
 //! Positions: when the upstream reads a doppler's replay ring, every envelope is stamped with
@@ -245,24 +247,10 @@ impl Hub {
             limits,
             upstreams: (0..slots).map(|_| Upstream::default()).collect(),
             identified: watch::Sender::new(0),
+            shard: None,
         }
     }
 
-    /// Gives `reader` the first free slot; `None` when every slot is taken.
-    pub(crate) fn claim(&self, reader: Reader) -> Option<usize> {
-        self.upstreams.iter().position(|u| {
-            let mut holder = u.holder.lock().unwrap_or_else(PoisonError::into_inner);
-            if matches!(*holder, Holder::Free) {
-                *holder = Holder::Active(reader.clone());
-                true
-            } else {
-                false
-            }
-        })
-            shard: None,
-    }
-
-    /// Stops offering `slot`'s doppler to reads, resumes and new subscriptions; its slot stays
     /// An empty hub with this one's slots, counters and limits, for the share of `shard`.
     pub(crate) fn for_shard(&self, shard: Shard) -> Self {
         Self {
@@ -295,6 +283,20 @@ impl Hub {
         t.groups.is_empty() && t.sources.is_empty()
     }
 
+    /// Gives `reader` the first free slot; `None` when every slot is taken.
+    pub(crate) fn claim(&self, reader: Reader) -> Option<usize> {
+        self.upstreams.iter().position(|u| {
+            let mut holder = u.holder.lock().unwrap_or_else(PoisonError::into_inner);
+            if matches!(*holder, Holder::Free) {
+                *holder = Holder::Active(reader.clone());
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// Stops offering `slot`'s doppler to reads, resumes and new subscriptions; its slot stays
     /// taken until [`Hub::release`].
     pub(crate) fn leave(&self, slot: usize) {
         if let Some(u) = self.upstreams.get(slot) {
@@ -408,20 +410,6 @@ impl Hub {
         .await;
     }
 
-    /// Records where a doppler's ring read stands (its identity, and the end of what has been
-    /// published when the read starts somewhere new), under the lock publishing takes.
-    pub(crate) fn at_position(&self, slot: usize, position: &RingPosition) {
-        let Some(u) = self.upstreams.get(slot) else {
-            return;
-        };
-        let _t = self.table.read().unwrap_or_else(PoisonError::into_inner);
-        let mut identity = u.identity.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Some((position.doppler, position.epoch));
-            }
-        })
-        .await;
-    }
-
     /// Marks whether `slot`'s stream is up, for [`Hub::wait_connected`].
     pub(crate) fn set_connected(&self, slot: usize, up: bool) {
         if let Some(u) = self.upstreams.get(slot) {
@@ -445,6 +433,20 @@ impl Hub {
                 if rx.changed().await.is_err() {
                     return;
                 }
+            }
+        })
+        .await;
+    }
+
+    /// Records where a doppler's ring read stands (its identity, and the end of what has been
+    /// published when the read starts somewhere new), under the lock publishing takes.
+    pub(crate) fn at_position(&self, slot: usize, position: &RingPosition) {
+        let Some(u) = self.upstreams.get(slot) else {
+            return;
+        };
+        let _t = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        let mut identity = u.identity.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Some((position.doppler, position.epoch));
         if *identity != now || position.count == 0 {
             *identity = now;
             u.end.store(position.start, Ordering::Release);

@@ -94,12 +94,12 @@ pub(crate) struct Metrics {
     pub(crate) app_streams: LiveGauge,
     pub(crate) sse_streams: LiveGauge,
     pub(crate) doppler_connections: LiveGauge,
-    /// Dopplers being read (configured and followed).
-    pub(crate) dopplers: Gauge,
     /// Envelopes received on the streams of firehose subscription ids' shares (`shard`).
     shard_ingress: Counter,
     /// Doppler streams open for firehose subscription ids' shares.
     shard_streams: LiveGauge,
+    /// Dopplers being read (configured and followed).
+    pub(crate) dopplers: Gauge,
     pub(crate) doppler_joined: Counter,
     pub(crate) doppler_lapsed: Counter,
     pub(crate) doppler_unreachable: Counter,
@@ -230,13 +230,6 @@ impl Metrics {
                 "trafficcontroller.doppler_connections",
                 "dopplers with a live subscription",
             ),
-            dopplers: r.gauge(
-                "trafficcontroller.dopplers",
-                "dopplers this edge reads (configured and followed from the bus)",
-                "count",
-                &[],
-            ),
-            doppler_joined: change("joined"),
             shard_ingress: r.counter(
                 "trafficcontroller.shard_ingress",
                 "envelopes received from dopplers as the share of a firehose subscription id",
@@ -246,6 +239,13 @@ impl Metrics {
                 "trafficcontroller.shard_streams",
                 "doppler streams open for the shares of firehose subscription ids",
             ),
+            dopplers: r.gauge(
+                "trafficcontroller.dopplers",
+                "dopplers this edge reads (configured and followed from the bus)",
+                "count",
+                &[],
+            ),
+            doppler_joined: change("joined"),
             doppler_lapsed: change("lapsed"),
             doppler_unreachable: change("unreachable"),
             announce_invalid: announce("invalid"),
@@ -286,8 +286,6 @@ impl Metrics {
         self.app_streams.sync();
         self.sse_streams.sync();
         self.doppler_connections.sync();
-    }
-}
         self.shard_streams.sync();
     }
 
@@ -299,3 +297,5 @@ impl Metrics {
             doppler_connections: self.shard_streams.clone(),
             ..self.clone()
         }
+    }
+}
