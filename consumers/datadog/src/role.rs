@@ -26,7 +26,7 @@ use bytes::Bytes;
 use hydrant_emitter::{Counter, Gauge, Registry};
 use hydrant_nozzle_core::{
     CircuitBreaker, CursorFile, DestinationQueue, FirehoseReader, Keeper, NozzleMetrics, Progress,
-    Watermark, finish_senders, mask_url,
+    Ticket, Watermark, finish_senders, mask_url,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +36,7 @@ use crate::http::{HttpClient, Target, tls_config};
 use crate::intervals::Intervals;
 use crate::outbox::Outbox;
 use crate::sender::{Endpoint, RetryPolicy, deliver};
-use crate::series::{Limits, encode};
+use crate::series::{Limits, Payload, encode};
 use crate::{ApiKey, Compression, Config, Error, TimerMode, logs};
 
 /// The role's name in its metrics and self-telemetry.
@@ -147,10 +147,22 @@ async fn serve(
     // Senders outlive the reader: they stop once their closed queue is empty, or on this token
     // when the drain deadline passes.
     let senders_stop = CancellationToken::new();
-    let mut metrics_endpoint = |path: &'static str, field: &str, target: &Target| {
+    // One sender per endpoint, each with its own breaker, so one failing intake does not
+    // hold the others back.
+    let sender_for = |path: &'static str, field: &str, target: &Target| {
         let client = HttpClient::new(field, target.clone(), tls.clone(), timeout)?;
         let endpoint = Endpoint::new(client, path, &api_key)?;
-        let metrics = NozzleMetrics::new(&registry, &endpoint.url());
+        Ok::<_, Error>(Sender {
+            metrics: NozzleMetrics::new(&registry, &endpoint.url()),
+            endpoint,
+            policy: policy.clone(),
+            breaker: CircuitBreaker::new(config.breaker.clone()),
+            stop: senders_stop.clone(),
+        })
+    };
+    let mut metrics_endpoint = |path: &'static str, field: &str, target: &Target| {
+        let sender = sender_for(path, field, target)?;
+        let metrics = sender.metrics.clone();
         let outbox = Arc::new(if tracked {
             Outbox::tracked(
                 config.queue.clone(),
@@ -160,14 +172,7 @@ async fn serve(
         } else {
             Outbox::new(config.queue.clone(), metrics.clone())
         });
-        senders.spawn(send_requests(
-            Arc::clone(&outbox),
-            endpoint,
-            policy.clone(),
-            CircuitBreaker::new(config.breaker.clone()),
-            metrics.clone(),
-            senders_stop.clone(),
-        ));
+        senders.spawn(send_requests(Arc::clone(&outbox), sender));
         Ok::<_, Error>((outbox, metrics))
     };
     let (outbox, metrics) = metrics_endpoint(SERIES_PATH, "api_url", &api)?;
@@ -189,22 +194,14 @@ async fn serve(
     };
     let logs = match &logs_target {
         Some(target) => {
-            let client = HttpClient::new("logs.url", target.clone(), tls.clone(), timeout)?;
-            let endpoint = Endpoint::new(client, LOGS_PATH, &api_key)?;
-            let metrics = NozzleMetrics::new(&registry, &endpoint.url());
+            let sender = sender_for(LOGS_PATH, "logs.url", target)?;
+            let metrics = sender.metrics.clone();
             let queue = Arc::new(DestinationQueue::for_cursor(
                 config.logs.queue.clone(),
                 metrics.clone(),
                 tracked,
             ));
-            senders.spawn(send_logs(
-                Arc::clone(&queue),
-                endpoint,
-                policy.clone(),
-                CircuitBreaker::new(config.breaker.clone()),
-                metrics.clone(),
-                senders_stop.clone(),
-            ));
+            senders.spawn(send_logs(Arc::clone(&queue), sender));
             Some(LogsSink {
                 queue,
                 metrics,
@@ -425,53 +422,44 @@ fn flush(aggregator: &mut Aggregator, sinks: &Sinks, every: Duration, metrics: &
     }
 }
 
-async fn send_requests(
-    outbox: Arc<Outbox>,
-    mut endpoint: Endpoint,
+/// What sends to one endpoint: its requests, retry policy, breaker and metrics; `stop` is
+/// the drain deadline.
+struct Sender {
+    endpoint: Endpoint,
     policy: RetryPolicy,
-    mut breaker: CircuitBreaker,
+    breaker: CircuitBreaker,
     metrics: NozzleMetrics,
     stop: CancellationToken,
-) {
-    while let Some((payload, ticket)) = outbox.next_tracked().await {
+}
+
+impl Sender {
+    /// Delivers `payload` (retrying as the policy allows), then settles its `ticket`.
+    async fn send(&mut self, payload: &Payload, ticket: Ticket) {
         deliver(
-            &mut endpoint,
-            &payload,
-            &policy,
-            &mut breaker,
-            &metrics,
-            &stop,
+            &mut self.endpoint,
+            payload,
+            &self.policy,
+            &mut self.breaker,
+            &self.metrics,
+            &self.stop,
         )
         .await;
         // Past the drain deadline a request is thrown away, not refused: the stored cursor
         // must stay before it.
-        if !stop.is_cancelled() {
+        if !self.stop.is_cancelled() {
             ticket.done();
         }
     }
 }
 
-async fn send_logs(
-    queue: Arc<DestinationQueue<Bytes>>,
-    mut endpoint: Endpoint,
-    policy: RetryPolicy,
-    mut breaker: CircuitBreaker,
-    metrics: NozzleMetrics,
-    stop: CancellationToken,
-) {
+async fn send_requests(outbox: Arc<Outbox>, mut sender: Sender) {
+    while let Some((payload, ticket)) = outbox.next_tracked().await {
+        sender.send(&payload, ticket).await;
+    }
+}
+
+async fn send_logs(queue: Arc<DestinationQueue<Bytes>>, mut sender: Sender) {
     while let Some((batch, ticket)) = queue.next_tracked_batch().await {
-        let payload = logs::payload(&batch);
-        deliver(
-            &mut endpoint,
-            &payload,
-            &policy,
-            &mut breaker,
-            &metrics,
-            &stop,
-        )
-        .await;
-        if !stop.is_cancelled() {
-            ticket.done();
-        }
+        sender.send(&logs::payload(&batch), ticket).await;
     }
 }
