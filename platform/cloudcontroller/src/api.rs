@@ -235,6 +235,25 @@ where
     }
 }
 
+/// Runs `f` on the database and answers what it returns as JSON: the whole of a handler whose
+/// checks and reads happen on one connection.
+pub(crate) async fn json<T, F>(ctx: &Ctx, f: F) -> Result<Json<T>, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut crate::sql::Connection) -> Result<T, ApiError> + Send + 'static,
+{
+    Ok(Json(ctx.db.run(f).await?))
+}
+
+/// [`json`] for a list.
+pub(crate) async fn list<T, F>(ctx: &Ctx, f: F) -> Result<Json<List<T>>, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut crate::sql::Connection) -> Result<Vec<T>, ApiError> + Send + 'static,
+{
+    Ok(Json(List::new(ctx.db.run(f).await?)))
+}
+
 /// The authenticated user behind a request.
 #[derive(Debug, Clone)]
 pub(crate) struct Caller {
@@ -384,21 +403,18 @@ async fn info(State(ctx): State<Arc<Ctx>>) -> Json<Info> {
 }
 
 async fn me(State(ctx): State<Arc<Ctx>>, caller: Caller) -> Result<Json<Me>, ApiError> {
-    let me = ctx
-        .db
-        .run(move |c| {
-            let row = db::user_by_name(c, &caller.username)?
-                .ok_or_else(|| ApiError::unauthenticated("log in again"))?;
-            let roles = db::roles(c, None, Some(&caller.user_guid))?;
-            let org_roles = crate::tenancy::org_roles(c, None, Some(&caller.user_guid))?;
-            Ok(Me {
-                user: row.user,
-                roles,
-                org_roles,
-            })
+    json(&ctx, move |c| {
+        let row = db::user_by_name(c, &caller.username)?
+            .ok_or_else(|| ApiError::unauthenticated("log in again"))?;
+        let roles = db::roles(c, None, Some(&caller.user_guid))?;
+        let org_roles = crate::tenancy::org_roles(c, None, Some(&caller.user_guid))?;
+        Ok(Me {
+            user: row.user,
+            roles,
+            org_roles,
         })
-        .await?;
-    Ok(Json(me))
+    })
+    .await
 }
 
 async fn list_users(

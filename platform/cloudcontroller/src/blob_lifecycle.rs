@@ -79,19 +79,13 @@ pub(crate) fn known_to(
     for sha in stmt.query_map([&caller.user_guid], |r| r.get::<_, String>(0))? {
         known.insert(sha?);
     }
-    let mut stmt = c.prepare(
+    let rows: Vec<(String, String, String)> = crate::sql::rows(
+        c,
         "SELECT p.resources, a.space_guid, s.org_guid FROM packages p \
          JOIN apps a ON a.guid = p.app_guid JOIN spaces s ON s.guid = a.space_guid",
+        [],
     )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (resources, space, org) = row?;
+    for (resources, space, org) in rows {
         if grants.space(&space, &org).develop {
             let list: Vec<Resource> = serde_json::from_str(&resources).unwrap_or_default();
             known.extend(list.into_iter().map(|r| r.sha256));

@@ -309,15 +309,14 @@ pub(crate) fn retire(c: &Connection, node: &str) -> crate::sql::Result<()> {
 
 /// Every live controller's API endpoint, by route.
 fn endpoints(c: &Connection, now_ms: i64) -> crate::sql::Result<BTreeMap<String, Vec<String>>> {
-    let mut stmt =
-        c.prepare("SELECT route, api FROM controllers WHERE seen_ms >= ?1 ORDER BY route, api")?;
     let since = now_ms.saturating_sub(ms(CONTROLLER_TTL));
-    let rows = stmt.query_map([since], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-    })?;
+    let rows: Vec<(String, String)> = crate::sql::rows(
+        c,
+        "SELECT route, api FROM controllers WHERE seen_ms >= ?1 ORDER BY route, api",
+        [since],
+    )?;
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for row in rows {
-        let (route, api) = row?;
+    for (route, api) in rows {
         let backends = out.entry(route).or_default();
         if !backends.contains(&api) {
             backends.push(api);
@@ -328,11 +327,13 @@ fn endpoints(c: &Connection, now_ms: i64) -> crate::sql::Result<BTreeMap<String,
 
 /// Every app's mapped routes, and every live controller's API endpoint.
 pub(crate) fn assignments(c: &Connection, now_ms: i64) -> crate::sql::Result<RouteAssignments> {
-    let mut stmt = c.prepare("SELECT app_guid, url FROM routes ORDER BY app_guid, url")?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let rows: Vec<(String, String)> = crate::sql::rows(
+        c,
+        "SELECT app_guid, url FROM routes ORDER BY app_guid, url",
+        [],
+    )?;
     let mut apps: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for row in rows {
-        let (app, url) = row?;
+    for (app, url) in rows {
         apps.entry(app).or_default().push(url);
     }
     Ok(RouteAssignments {

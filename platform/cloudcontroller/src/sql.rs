@@ -410,6 +410,13 @@ macro_rules! table {
 
 pub(crate) use table;
 
+/// Every row of `sql`, each read as a tuple of its columns ([`Row::columns`]).
+pub(crate) fn rows<T: FromRow>(c: &Connection, sql: &str, params: impl Params) -> Result<Vec<T>> {
+    let mut stmt = c.prepare(sql)?;
+    let rows = stmt.query_map(params, |r| r.columns())?;
+    rows.collect()
+}
+
 /// The row `SELECT … tail` finds, if any.
 pub(crate) fn one<T: Table>(c: &Connection, tail: &str, params: impl Params) -> Result<Option<T>> {
     c.query_row(&format!("{} {tail}", T::SELECT), params, T::from_row)

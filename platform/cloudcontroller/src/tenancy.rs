@@ -160,29 +160,23 @@ impl Grants {
         if caller.admin {
             return Ok(grants);
         }
-        let mut stmt = c.prepare("SELECT org_guid, role FROM org_roles WHERE user_guid = ?1")?;
-        let rows = stmt.query_map([&caller.user_guid], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })?;
-        for row in rows {
-            let (org, role) = row?;
+        let rows: Vec<(String, String)> = crate::sql::rows(
+            c,
+            "SELECT org_guid, role FROM org_roles WHERE user_guid = ?1",
+            [&caller.user_guid],
+        )?;
+        for (org, role) in rows {
             if let Some(role) = OrgRole::parse(&role) {
                 grants.orgs.entry(org).or_default().insert(role);
             }
         }
-        let mut stmt = c.prepare(
+        let rows: Vec<(String, String, String)> = crate::sql::rows(
+            c,
             "SELECT r.space_guid, s.org_guid, r.role FROM space_roles r \
              JOIN spaces s ON s.guid = r.space_guid WHERE r.user_guid = ?1",
+            [&caller.user_guid],
         )?;
-        let rows = stmt.query_map([&caller.user_guid], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (space, org, role) = row?;
+        for (space, org, role) in rows {
             if let Some(role) = SpaceRole::parse(&role) {
                 grants.spaces.entry(space).or_default().insert(role);
                 grants.space_orgs.insert(org);

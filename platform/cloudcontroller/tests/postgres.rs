@@ -30,7 +30,7 @@ use axum::routing::{any, get};
 use hydrant_api::services::{
     CreateServiceBroker, CreateServiceInstance, ServiceAccess, ServiceInstanceType,
 };
-use hydrant_api::{CreateUser, ScaleApp, SpaceRole, UpdateApp};
+use hydrant_api::{CreateUser, SpaceRole, UpdateApp};
 use hydrant_bus::messages;
 use hydrant_bus::{Bus, Config as BusConfig};
 use hydrant_emitter::Registry;
@@ -38,7 +38,7 @@ use hydrant_testkit::wait_for;
 use serde_json::json;
 
 use pg::Postgres;
-use support::{Cc, FakeExecutor, Options, app_dir};
+use support::{Cc, FakeExecutor, Options, app_dir, scale_to};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -240,16 +240,7 @@ async fn two_controllers_on_one_database_serve_side_by_side_and_either_can_die()
     // ... seen, started and scaled through B; B's droplet URL serves A's droplet.
     assert_eq!(b.admin.app(&app.guid).await.unwrap().name, "pair");
     b.admin.start_app(&app.guid).await.unwrap();
-    b.admin
-        .scale_app(
-            &app.guid,
-            &ScaleApp {
-                instances: Some(3),
-                ..ScaleApp::default()
-            },
-        )
-        .await
-        .unwrap();
+    scale_to(&b.admin, &app.guid, 3).await;
     wait_for(WAIT, "three instances running", || {
         let running = cell.running(&app.guid);
         async move { running == 3 }
@@ -293,16 +284,7 @@ async fn two_controllers_on_one_database_serve_side_by_side_and_either_can_die()
         (b, a)
     };
     dead.kill().await;
-    b.admin
-        .scale_app(
-            &app.guid,
-            &ScaleApp {
-                instances: Some(1),
-                ..ScaleApp::default()
-            },
-        )
-        .await
-        .unwrap();
+    scale_to(&b.admin, &app.guid, 1).await;
     wait_for(WAIT, "B to scale down to one instance", || {
         let running = cell.running(&app.guid);
         async move { running == 1 }

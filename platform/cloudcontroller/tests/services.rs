@@ -6,6 +6,9 @@
 //!
 //! The fake broker checks every header and body field the spec requires on every request and
 //! records each violation; every test ends by asserting there were none.
+//!
+//! One test binary (one link) for the service suites: `egress` (the endpoints a start message
+//! opens) and `broker_tls` (`https://` brokers) are modules of it.
 
 #![allow(
     clippy::unwrap_used,
@@ -14,6 +17,10 @@
     reason = "test code"
 )]
 
+#[path = "services/broker_tls.rs"]
+mod broker_tls;
+#[path = "services/egress.rs"]
+mod egress;
 #[path = "common/services.rs"]
 mod services_support;
 #[path = "common/support.rs"]

@@ -130,6 +130,16 @@ pub(crate) fn name_problem(name: &str) -> Option<&'static str> {
     None
 }
 
+/// A 422 naming the `what` and the rule when `name` is not a valid name ([`name_problem`]).
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    match name_problem(name) {
+        Some(problem) => Err(ApiError::unprocessable(format!(
+            "{what} name {name:?}: {problem}"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Why `name` cannot be a user name, if it cannot.
 pub(crate) fn username_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() || name.len() > 64 {
@@ -205,37 +215,34 @@ async fn list_apps(
     caller: Caller,
     Query(query): Query<AppQuery>,
 ) -> Result<Json<List<App>>, ApiError> {
-    let apps = ctx
-        .db
-        .run(move |c| {
-            let names: Option<Vec<String>> = query
-                .names
-                .map(|n| n.split(',').map(str::to_owned).collect());
-            let mut apps = db::list_apps(c, None)?;
-            if let Some(names) = names {
-                apps.retain(|a| names.contains(&a.name));
-            }
-            if let Some(space) = query.space {
-                apps.retain(|a| a.space_guid == space || a.space_name == space);
-            }
-            if !caller.admin {
-                let grants = Grants::load(c, &caller)?;
-                let orgs = tenancy::space_orgs(c)?;
-                let access = |a: &App| {
-                    let org = orgs.get(&a.space_guid).map_or("", String::as_str);
-                    grants.space(&a.space_guid, org)
-                };
-                apps.retain(|a| access(a).read_apps);
-                for app in &mut apps {
-                    if !access(app).develop {
-                        tenancy::redact(app);
-                    }
+    super::list(&ctx, move |c| {
+        let names: Option<Vec<String>> = query
+            .names
+            .map(|n| n.split(',').map(str::to_owned).collect());
+        let mut apps = db::list_apps(c, None)?;
+        if let Some(names) = names {
+            apps.retain(|a| names.contains(&a.name));
+        }
+        if let Some(space) = query.space {
+            apps.retain(|a| a.space_guid == space || a.space_name == space);
+        }
+        if !caller.admin {
+            let grants = Grants::load(c, &caller)?;
+            let orgs = tenancy::space_orgs(c)?;
+            let access = |a: &App| {
+                let org = orgs.get(&a.space_guid).map_or("", String::as_str);
+                grants.space(&a.space_guid, org)
+            };
+            apps.retain(|a| access(a).read_apps);
+            for app in &mut apps {
+                if !access(app).develop {
+                    tenancy::redact(app);
                 }
             }
-            Ok(apps)
-        })
-        .await?;
-    Ok(Json(List::new(apps)))
+        }
+        Ok(apps)
+    })
+    .await
 }
 
 async fn create_app(
@@ -243,12 +250,7 @@ async fn create_app(
     caller: Caller,
     Body(request): Body<CreateApp>,
 ) -> Result<(StatusCode, Json<App>), ApiError> {
-    if let Some(problem) = name_problem(&request.name) {
-        return Err(ApiError::unprocessable(format!(
-            "app name {:?}: {problem}",
-            request.name
-        )));
-    }
+    check_name("app", &request.name)?;
     if let Some(problem) = request.stop_timeout_secs.and_then(stop_timeout_problem) {
         return Err(ApiError::unprocessable(problem));
     }
@@ -425,12 +427,8 @@ async fn update_app(
     Path(guid): Path<String>,
     Body(update): Body<UpdateApp>,
 ) -> Result<Json<App>, ApiError> {
-    if let Some(name) = &update.name
-        && let Some(problem) = name_problem(name)
-    {
-        return Err(ApiError::unprocessable(format!(
-            "app name {name:?}: {problem}"
-        )));
+    if let Some(name) = &update.name {
+        check_name("app", name)?;
     }
     if let Some(problem) = update.stop_timeout_secs.and_then(stop_timeout_problem) {
         return Err(ApiError::unprocessable(problem));
@@ -475,13 +473,19 @@ async fn update_app(
         Ok(Some(serde_json::Value::Object(data)))
     })
     .await?;
+    log_change(&ctx, &app, "Updated", data.as_ref());
+    Ok(Json(app))
+}
+
+/// The app's API log line for a change, when the change had data: `<verb> app with guid G
+/// ({"field"=>"value"})`, as Cloud Controller writes it.
+fn log_change(ctx: &Ctx, app: &App, verb: &str, data: Option<&serde_json::Value>) {
     if let Some(data) = data {
         ctx.logs.api(
             &app.guid,
-            &format!("Updated app with guid {} ({})", app.guid, ruby_hash(&data)),
+            &format!("{verb} app with guid {} ({})", app.guid, ruby_hash(data)),
         );
     }
-    Ok(Json(app))
 }
 
 /// Formats event data the way Cloud Controller's API log lines do: `{"state"=>"STARTED"}`.
@@ -527,12 +531,7 @@ async fn set_state(
         Ok(Some(json!({"state": state.as_str()})))
     })
     .await?;
-    if let Some(data) = data {
-        ctx.logs.api(
-            &app.guid,
-            &format!("Updated app with guid {} ({})", app.guid, ruby_hash(&data)),
-        );
-    }
+    log_change(&ctx, &app, "Updated", data.as_ref());
     ctx.routes_changed.notify_one();
     ctx.placement.wake();
     Ok(Json(app))
@@ -688,12 +687,7 @@ async fn scale_app(
         Ok(Some(serde_json::Value::Object(data)))
     })
     .await?;
-    if let Some(data) = data {
-        ctx.logs.api(
-            &app.guid,
-            &format!("Scaling app with guid {} ({})", app.guid, ruby_hash(&data)),
-        );
-    }
+    log_change(&ctx, &app, "Scaling", data.as_ref());
     ctx.placement.wake();
     Ok(Json(app))
 }
@@ -762,22 +756,19 @@ async fn list_routes(
     State(ctx): State<Arc<Ctx>>,
     caller: Caller,
 ) -> Result<Json<List<Route>>, ApiError> {
-    let routes = ctx
-        .db
-        .run(move |c| {
-            let mut routes = db::list_routes(c)?;
-            if !caller.admin {
-                let visible: Vec<String> = db::list_apps(c, None)?
-                    .into_iter()
-                    .filter(|a| app_for(c, &caller, &a.guid, Access::Read).is_ok())
-                    .map(|a| a.guid)
-                    .collect();
-                routes.retain(|r| visible.contains(&r.app_guid));
-            }
-            Ok(routes)
-        })
-        .await?;
-    Ok(Json(List::new(routes)))
+    super::list(&ctx, move |c| {
+        let mut routes = db::list_routes(c)?;
+        if !caller.admin {
+            let visible: Vec<String> = db::list_apps(c, None)?
+                .into_iter()
+                .filter(|a| app_for(c, &caller, &a.guid, Access::Read).is_ok())
+                .map(|a| a.guid)
+                .collect();
+            routes.retain(|r| visible.contains(&r.app_guid));
+        }
+        Ok(routes)
+    })
+    .await
 }
 
 async fn map_route(

@@ -150,21 +150,14 @@ async fn list_policies(
     let policies = ctx
         .db
         .run(|c| {
-            let mut stmt = c.prepare(
+            let rows: Vec<(String, String, String, i64)> = crate::sql::rows(
+                c,
                 "SELECT p.app_guid, a.name, p.policy, p.updated_at FROM autoscaling_policies p \
                  JOIN apps a ON a.guid = p.app_guid ORDER BY p.app_guid",
+                [],
             )?;
-            let rows = stmt.query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, i64>(3)?,
-                ))
-            })?;
             let mut out = Vec::new();
-            for row in rows {
-                let (app_guid, app_name, text, updated_at) = row?;
+            for (app_guid, app_name, text, updated_at) in rows {
                 // A row this version cannot read is skipped rather than failing everyone's.
                 if let Ok(policy) = serde_json::from_str(&text) {
                     out.push(AppPolicy {

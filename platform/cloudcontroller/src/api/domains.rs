@@ -28,16 +28,13 @@ async fn list_domains(
     State(ctx): State<Arc<Ctx>>,
     caller: Caller,
 ) -> Result<Json<List<Domain>>, ApiError> {
-    let domains = ctx
-        .db
-        .run(move |c| {
-            let grants = Grants::load(c, &caller)?;
-            let mut all = routing::list_domains(c)?;
-            all.retain(|d| d.org_guid.as_deref().is_none_or(|o| grants.sees_org(o)));
-            Ok(all)
-        })
-        .await?;
-    Ok(Json(List::new(domains)))
+    super::list(&ctx, move |c| {
+        let grants = Grants::load(c, &caller)?;
+        let mut all = routing::list_domains(c)?;
+        all.retain(|d| d.org_guid.as_deref().is_none_or(|o| grants.sees_org(o)));
+        Ok(all)
+    })
+    .await
 }
 
 async fn create_domain(

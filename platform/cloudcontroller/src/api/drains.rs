@@ -15,7 +15,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::sql::Connection;
+use crate::sql::{Connection, Row, Table, all, table};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, put};
@@ -142,25 +142,34 @@ pub(super) async fn check_reachable(
     Ok(())
 }
 
-fn drain_from_row(r: &crate::sql::Row<'_>) -> crate::sql::Result<Drain> {
-    let url: String = r.get(2)?;
-    let status: Option<String> = r.get(4)?;
-    Ok(Drain {
-        guid: r.get(0)?,
-        app_guid: r.get(1)?,
-        url: mask_url(&url),
-        created_at: r.get(3)?,
-        status: status.and_then(|s| serde_json::from_str(&s).ok()),
-    })
+impl Table for Drain {
+    const SELECT: &'static str = "SELECT guid, app_guid, url, created_at, status FROM drains";
+
+    fn from_row(r: &Row<'_>) -> crate::sql::Result<Self> {
+        let (guid, app_guid, url, created_at, status): (_, _, String, _, Option<String>) =
+            r.columns()?;
+        Ok(Drain {
+            guid,
+            app_guid,
+            url: mask_url(&url),
+            created_at,
+            status: status.and_then(|s| serde_json::from_str(&s).ok()),
+        })
+    }
 }
 
+// The targets feed carries each drain's full URL, credentials included (admins only).
+table!(DrainTarget, "SELECT d.guid, d.app_guid, a.name, s.name, d.url FROM drains d \
+     JOIN apps a ON a.guid = d.app_guid JOIN spaces s ON s.guid = a.space_guid", {
+    guid, app_guid, app_name, space_name, url
+});
+
 fn app_drains(c: &Connection, app_guid: &str) -> crate::sql::Result<Vec<Drain>> {
-    let mut stmt = c.prepare(
-        "SELECT guid, app_guid, url, created_at, status FROM drains
-         WHERE app_guid = ?1 ORDER BY created_at, guid",
-    )?;
-    let rows = stmt.query_map([app_guid], drain_from_row)?;
-    rows.collect()
+    all(
+        c,
+        "WHERE app_guid = ?1 ORDER BY created_at, guid",
+        [app_guid],
+    )
 }
 
 async fn list_drains(
@@ -168,14 +177,11 @@ async fn list_drains(
     caller: Caller,
     Path(guid): Path<String>,
 ) -> Result<Json<List<Drain>>, ApiError> {
-    let drains = ctx
-        .db
-        .run(move |c| {
-            let app = app_for(c, &caller, &guid, Access::Read)?;
-            Ok(app_drains(c, &app.guid)?)
-        })
-        .await?;
-    Ok(Json(List::new(drains)))
+    super::list(&ctx, move |c| {
+        let app = app_for(c, &caller, &guid, Access::Read)?;
+        Ok(app_drains(c, &app.guid)?)
+    })
+    .await
 }
 
 async fn create_drain(
@@ -297,23 +303,7 @@ async fn targets(
     caller.require_admin()?;
     let all = ctx
         .db
-        .run(move |c| {
-            let mut stmt = c.prepare(
-                "SELECT d.guid, d.app_guid, a.name, s.name, d.url
-                 FROM drains d JOIN apps a ON a.guid = d.app_guid
-                 JOIN spaces s ON s.guid = a.space_guid ORDER BY d.guid",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(DrainTarget {
-                    guid: r.get(0)?,
-                    app_guid: r.get(1)?,
-                    app_name: r.get(2)?,
-                    space_name: r.get(3)?,
-                    url: r.get(4)?,
-                })
-            })?;
-            Ok(rows.collect::<crate::sql::Result<Vec<_>>>()?)
-        })
+        .run(move |c| Ok(all::<DrainTarget>(c, "ORDER BY d.guid", [])?))
         .await?;
     Ok(Json(List::new(all)))
 }

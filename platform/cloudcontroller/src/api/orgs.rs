@@ -125,12 +125,7 @@ async fn create_org(
     Body(request): Body<CreateOrg>,
 ) -> Result<(StatusCode, Json<Org>), ApiError> {
     caller.require_admin()?;
-    if let Some(problem) = super::apps::name_problem(&request.name) {
-        return Err(ApiError::unprocessable(format!(
-            "org name {:?}: {problem}",
-            request.name
-        )));
-    }
+    super::apps::check_name("org", &request.name)?;
     let org = Org {
         guid: password::new_guid(),
         name: request.name,
@@ -214,12 +209,7 @@ async fn create_space(
     caller: Caller,
     Body(request): Body<CreateSpace>,
 ) -> Result<(StatusCode, Json<Space>), ApiError> {
-    if let Some(problem) = super::apps::name_problem(&request.name) {
-        return Err(ApiError::unprocessable(format!(
-            "space name {:?}: {problem}",
-            request.name
-        )));
-    }
+    super::apps::check_name("space", &request.name)?;
     let space = with_grants(&ctx, caller, move |c, _, grants| {
         let org_name = request.org.as_deref().unwrap_or(tenancy::DEFAULT_ORG);
         let org = managed_org(c, grants, org_name)?;

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hydrant_api::{
-    Blob, Build, BuildState, CreateBuild, Droplet, List, Package, PackageState, Resources,
+    Blob, Build, BuildState, CreateBuild, Droplet, List, Package, PackageState, Resource, Resources,
 };
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
@@ -72,6 +72,22 @@ fn check_list(ctx: &Ctx, resources: &Resources) -> Result<u64, ApiError> {
     Ok(total)
 }
 
+/// Whether the content of `r` counts as present for a caller who knows the contents `known`
+/// (`None`: an admin, who may use any): it is theirs and in the blob store. A present blob is
+/// touched, so collection spares it until the package that names it is written.
+fn present(
+    blobs: &crate::blobs::BlobStore,
+    known: Option<&std::collections::HashSet<String>>,
+    r: &Resource,
+) -> bool {
+    let theirs = known.is_none_or(|k| k.contains(&r.sha256));
+    let present = theirs && blobs.has(&r.sha256, r.size);
+    if present {
+        blobs.touch(&r.sha256);
+    }
+    present
+}
+
 async fn resource_match(
     State(ctx): State<Arc<Ctx>>,
     caller: Caller,
@@ -88,15 +104,7 @@ async fn resource_match(
         resources
             .resources
             .into_iter()
-            .filter(|r| {
-                let theirs = known.as_ref().is_none_or(|k| k.contains(&r.sha256));
-                let present = theirs && blobs.has(&r.sha256, r.size);
-                if present {
-                    // Kept through the grace period: the push's package will name it.
-                    blobs.touch(&r.sha256);
-                }
-                !present
-            })
+            .filter(|r| !present(&blobs, known.as_ref(), r))
             .collect::<Vec<_>>()
     })
     .await
@@ -174,15 +182,7 @@ async fn create_package(
     let (list, missing) = tokio::task::spawn_blocking(move || {
         let missing: Vec<String> = list
             .iter()
-            .filter(|r| {
-                let theirs = known.as_ref().is_none_or(|k| k.contains(&r.sha256));
-                let present = theirs && blobs.has(&r.sha256, r.size);
-                if present {
-                    // Not collected between this check and the package's row.
-                    blobs.touch(&r.sha256);
-                }
-                !present
-            })
+            .filter(|r| !present(&blobs, known.as_ref(), r))
             .map(|r| r.path.clone())
             .collect();
         (list, missing)
@@ -301,16 +301,13 @@ async fn get_build(
     caller: Caller,
     Path(guid): Path<String>,
 ) -> Result<Json<Build>, ApiError> {
-    let build = ctx
-        .db
-        .run(move |c| {
-            let build = db::get_build(c, &guid)?.ok_or_else(|| ApiError::not_found("Build"))?;
-            app_for(c, &caller, &build.app_guid, Access::Read)
-                .map_err(|_| ApiError::not_found("Build"))?;
-            Ok(build)
-        })
-        .await?;
-    Ok(Json(build))
+    super::json(&ctx, move |c| {
+        let build = db::get_build(c, &guid)?.ok_or_else(|| ApiError::not_found("Build"))?;
+        app_for(c, &caller, &build.app_guid, Access::Read)
+            .map_err(|_| ApiError::not_found("Build"))?;
+        Ok(build)
+    })
+    .await
 }
 
 async fn list_droplets(
@@ -318,14 +315,11 @@ async fn list_droplets(
     caller: Caller,
     Path(guid): Path<String>,
 ) -> Result<Json<List<Droplet>>, ApiError> {
-    let droplets = ctx
-        .db
-        .run(move |c| {
-            let app = app_for(c, &caller, &guid, Access::Read)?;
-            Ok(db::droplets_of(c, &app.guid)?)
-        })
-        .await?;
-    Ok(Json(List::new(droplets)))
+    super::list(&ctx, move |c| {
+        let app = app_for(c, &caller, &guid, Access::Read)?;
+        Ok(db::droplets_of(c, &app.guid)?)
+    })
+    .await
 }
 
 async fn current_droplet(
@@ -333,17 +327,14 @@ async fn current_droplet(
     caller: Caller,
     Path(guid): Path<String>,
 ) -> Result<Json<Droplet>, ApiError> {
-    let droplet = ctx
-        .db
-        .run(move |c| {
-            let app = app_for(c, &caller, &guid, Access::Read)?;
-            let Some(current) = app.current_droplet_guid else {
-                return Err(ApiError::not_found("Droplet"));
-            };
-            db::get_droplet(c, &current)?.ok_or_else(|| ApiError::not_found("Droplet"))
-        })
-        .await?;
-    Ok(Json(droplet))
+    super::json(&ctx, move |c| {
+        let app = app_for(c, &caller, &guid, Access::Read)?;
+        let Some(current) = app.current_droplet_guid else {
+            return Err(ApiError::not_found("Droplet"));
+        };
+        db::get_droplet(c, &current)?.ok_or_else(|| ApiError::not_found("Droplet"))
+    })
+    .await
 }
 
 #[derive(Debug, Default, Deserialize)]

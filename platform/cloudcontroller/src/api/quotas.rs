@@ -27,27 +27,23 @@ async fn list_quotas(
     State(ctx): State<Arc<Ctx>>,
     caller: Caller,
 ) -> Result<Json<List<Quota>>, ApiError> {
-    let list = ctx
-        .db
-        .run(move |c| {
-            let grants = Grants::load(c, &caller)?;
-            let mut all = quotas::list(c)?;
-            if !caller.admin {
-                let orgs = tenancy::list_orgs(c)?;
-                let assigned = |q: &Quota| {
-                    orgs.iter().any(|o| {
-                        grants.sees_org(&o.guid) && o.quota_guid.as_deref() == Some(&q.guid)
-                    })
-                };
-                all.retain(|q| match q.scope {
-                    QuotaScope::Org => assigned(q),
-                    QuotaScope::Space => q.org_guid.as_deref().is_some_and(|o| grants.sees_org(o)),
-                });
-            }
-            Ok(all)
-        })
-        .await?;
-    Ok(Json(List::new(list)))
+    super::list(&ctx, move |c| {
+        let grants = Grants::load(c, &caller)?;
+        let mut all = quotas::list(c)?;
+        if !caller.admin {
+            let orgs = tenancy::list_orgs(c)?;
+            let assigned = |q: &Quota| {
+                orgs.iter()
+                    .any(|o| grants.sees_org(&o.guid) && o.quota_guid.as_deref() == Some(&q.guid))
+            };
+            all.retain(|q| match q.scope {
+                QuotaScope::Org => assigned(q),
+                QuotaScope::Space => q.org_guid.as_deref().is_some_and(|o| grants.sees_org(o)),
+            });
+        }
+        Ok(all)
+    })
+    .await
 }
 
 async fn create_quota(
@@ -55,12 +51,7 @@ async fn create_quota(
     caller: Caller,
     Body(request): Body<CreateQuota>,
 ) -> Result<(StatusCode, Json<Quota>), ApiError> {
-    if let Some(problem) = super::apps::name_problem(&request.name) {
-        return Err(ApiError::unprocessable(format!(
-            "quota name {:?}: {problem}",
-            request.name
-        )));
-    }
+    super::apps::check_name("quota", &request.name)?;
     let quota = ctx
         .db
         .run(move |c| {
@@ -145,23 +136,20 @@ async fn set_space_quota(
     Path(guid): Path<String>,
     Body(request): Body<SetQuota>,
 ) -> Result<Json<Space>, ApiError> {
-    let space = ctx
-        .db
-        .run(move |c| {
-            let grants = Grants::load(c, &caller)?;
-            let space = db::space_by_guid(c, &guid)?
-                .filter(|s| grants.space_of(s).see)
-                .ok_or_else(|| ApiError::not_found("Space"))?;
-            if !grants.manages_org(&space.org_guid) {
-                return Err(ApiError::forbidden(
-                    "only the org's managers or an admin assign space quotas",
-                ));
-            }
-            let quota = quotas::find(c, QuotaScope::Space, Some(&space.org_guid), &request.quota)?
-                .ok_or_else(|| ApiError::not_found("Space quota"))?;
-            quotas::set_space_quota(c, &space.guid, &quota.guid)?;
-            db::space_by_guid(c, &space.guid)?.ok_or_else(|| ApiError::not_found("Space"))
-        })
-        .await?;
-    Ok(Json(space))
+    super::json(&ctx, move |c| {
+        let grants = Grants::load(c, &caller)?;
+        let space = db::space_by_guid(c, &guid)?
+            .filter(|s| grants.space_of(s).see)
+            .ok_or_else(|| ApiError::not_found("Space"))?;
+        if !grants.manages_org(&space.org_guid) {
+            return Err(ApiError::forbidden(
+                "only the org's managers or an admin assign space quotas",
+            ));
+        }
+        let quota = quotas::find(c, QuotaScope::Space, Some(&space.org_guid), &request.quota)?
+            .ok_or_else(|| ApiError::not_found("Space quota"))?;
+        quotas::set_space_quota(c, &space.guid, &quota.guid)?;
+        db::space_by_guid(c, &space.guid)?.ok_or_else(|| ApiError::not_found("Space"))
+    })
+    .await
 }

@@ -543,26 +543,23 @@ async fn update_broker(
     broker.updated_at = hydrant_auth::now_secs();
     check_broker_fields(&ctx, &broker)?;
     let offerings = fetch_catalog(&ctx, &broker).await?;
-    let view = ctx
-        .db
-        .run(move |c| {
-            let tx = c.transaction()?;
-            if let Some(other) = store::broker(&tx, &broker.name)?
-                && other.guid != broker.guid
-            {
-                return Err(ApiError::unprocessable(format!(
-                    "another broker is called {:?}",
-                    broker.name
-                )));
-            }
-            store::update_broker(&tx, &broker)?;
-            store::store_catalog(&tx, &broker.guid, &offerings)?;
-            let view = store::broker_view(&tx, &broker)?;
-            tx.commit()?;
-            Ok(view)
-        })
-        .await?;
-    Ok(Json(view))
+    super::json(&ctx, move |c| {
+        let tx = c.transaction()?;
+        if let Some(other) = store::broker(&tx, &broker.name)?
+            && other.guid != broker.guid
+        {
+            return Err(ApiError::unprocessable(format!(
+                "another broker is called {:?}",
+                broker.name
+            )));
+        }
+        store::update_broker(&tx, &broker)?;
+        store::store_catalog(&tx, &broker.guid, &offerings)?;
+        let view = store::broker_view(&tx, &broker)?;
+        tx.commit()?;
+        Ok(view)
+    })
+    .await
 }
 
 async fn delete_broker(
@@ -596,11 +593,7 @@ async fn marketplace(
     State(ctx): State<Arc<Ctx>>,
     caller: Caller,
 ) -> Result<Json<List<ServiceOffering>>, ApiError> {
-    let offerings = ctx
-        .db
-        .run(move |c| Ok(store::marketplace(c, caller.admin)?))
-        .await?;
-    Ok(Json(List::new(offerings)))
+    super::list(&ctx, move |c| Ok(store::marketplace(c, caller.admin)?)).await
 }
 
 async fn service_access(
@@ -609,50 +602,47 @@ async fn service_access(
     Body(request): Body<ServiceAccess>,
 ) -> Result<Json<List<ServicePlan>>, ApiError> {
     caller.require_admin()?;
-    let changed = ctx
-        .db
-        .run(move |c| {
-            let tx = c.transaction()?;
-            let plans = store::plans(&tx, Some(&request.offering), request.broker.as_deref())?;
-            if plans.is_empty() {
-                return Err(ApiError::unprocessable(format!(
-                    "no service offering called {:?}; `hydrant marketplace` lists them",
-                    request.offering
-                )));
-            }
-            let mut brokers: Vec<&str> = plans.iter().map(|p| p.broker_name.as_str()).collect();
-            brokers.sort_unstable();
-            brokers.dedup();
-            if brokers.len() > 1 {
-                return Err(ApiError::unprocessable(format!(
-                    "the offering {:?} is served by several brokers ({}); name one with -b",
-                    request.offering,
-                    brokers.join(", ")
-                )));
-            }
-            let chosen: Vec<&PlanRow> = plans
-                .iter()
-                .filter(|p| request.plan.as_ref().is_none_or(|name| &p.name == name))
-                .collect();
-            if chosen.is_empty() {
-                return Err(ApiError::unprocessable(format!(
-                    "the offering {:?} has no plan {:?}",
-                    request.offering,
-                    request.plan.unwrap_or_default()
-                )));
-            }
-            let mut out = Vec::new();
-            for p in chosen {
-                store::set_plan_public(&tx, &p.guid, request.enable)?;
-                let mut view = p.view();
-                view.public = request.enable;
-                out.push(view);
-            }
-            tx.commit()?;
-            Ok(out)
-        })
-        .await?;
-    Ok(Json(List::new(changed)))
+    super::list(&ctx, move |c| {
+        let tx = c.transaction()?;
+        let plans = store::plans(&tx, Some(&request.offering), request.broker.as_deref())?;
+        if plans.is_empty() {
+            return Err(ApiError::unprocessable(format!(
+                "no service offering called {:?}; `hydrant marketplace` lists them",
+                request.offering
+            )));
+        }
+        let mut brokers: Vec<&str> = plans.iter().map(|p| p.broker_name.as_str()).collect();
+        brokers.sort_unstable();
+        brokers.dedup();
+        if brokers.len() > 1 {
+            return Err(ApiError::unprocessable(format!(
+                "the offering {:?} is served by several brokers ({}); name one with -b",
+                request.offering,
+                brokers.join(", ")
+            )));
+        }
+        let chosen: Vec<&PlanRow> = plans
+            .iter()
+            .filter(|p| request.plan.as_ref().is_none_or(|name| &p.name == name))
+            .collect();
+        if chosen.is_empty() {
+            return Err(ApiError::unprocessable(format!(
+                "the offering {:?} has no plan {:?}",
+                request.offering,
+                request.plan.unwrap_or_default()
+            )));
+        }
+        let mut out = Vec::new();
+        for p in chosen {
+            store::set_plan_public(&tx, &p.guid, request.enable)?;
+            let mut view = p.view();
+            view.public = request.enable;
+            out.push(view);
+        }
+        tx.commit()?;
+        Ok(out)
+    })
+    .await
 }
 
 // === instances ===
@@ -867,14 +857,11 @@ async fn get_instance(
     caller: Caller,
     Path(guid): Path<String>,
 ) -> Result<Json<ServiceInstance>, ApiError> {
-    let view = ctx
-        .db
-        .run(move |c| {
-            let i = instance_for(c, &caller, &guid, Access::Read)?;
-            Ok(store::instance_view(c, &i)?)
-        })
-        .await?;
-    Ok(Json(view))
+    super::json(&ctx, move |c| {
+        let i = instance_for(c, &caller, &guid, Access::Read)?;
+        Ok(store::instance_view(c, &i)?)
+    })
+    .await
 }
 
 async fn update_instance(
@@ -1339,11 +1326,10 @@ async fn get_binding(
     caller: Caller,
     Path(guid): Path<String>,
 ) -> Result<Json<ServiceBinding>, ApiError> {
-    let view = ctx
-        .db
-        .run(move |c| Ok(binding_for(c, &caller, &guid, Access::Read)?.0.view()))
-        .await?;
-    Ok(Json(view))
+    super::json(&ctx, move |c| {
+        Ok(binding_for(c, &caller, &guid, Access::Read)?.0.view())
+    })
+    .await
 }
 
 async fn binding_details(
@@ -1351,29 +1337,26 @@ async fn binding_details(
     caller: Caller,
     Path(guid): Path<String>,
 ) -> Result<Json<ServiceBindingDetails>, ApiError> {
-    let details = ctx
-        .db
-        .run(move |c| {
-            // Credentials are for the space's developers, not its auditors.
-            let (b, instance) = binding_for(c, &caller, &guid, Access::Write)?;
-            let credentials = match instance.kind {
-                ServiceInstanceType::UserProvided => instance.credentials,
-                ServiceInstanceType::Managed => b.credentials.ok_or_else(|| {
-                    ApiError::unprocessable(format!(
-                        "the broker has not handed out this binding's credentials yet (its \
-                         create is {})",
-                        b.op.state
-                    ))
-                })?,
-            };
-            Ok(ServiceBindingDetails {
-                credentials,
-                syslog_drain_url: b.syslog_drain_url.or(instance.syslog_drain_url),
-                volume_mounts: b.volume_mounts.as_array().cloned().unwrap_or_default(),
-            })
+    super::json(&ctx, move |c| {
+        // Credentials are for the space's developers, not its auditors.
+        let (b, instance) = binding_for(c, &caller, &guid, Access::Write)?;
+        let credentials = match instance.kind {
+            ServiceInstanceType::UserProvided => instance.credentials,
+            ServiceInstanceType::Managed => b.credentials.ok_or_else(|| {
+                ApiError::unprocessable(format!(
+                    "the broker has not handed out this binding's credentials yet (its \
+                     create is {})",
+                    b.op.state
+                ))
+            })?,
+        };
+        Ok(ServiceBindingDetails {
+            credentials,
+            syslog_drain_url: b.syslog_drain_url.or(instance.syslog_drain_url),
+            volume_mounts: b.volume_mounts.as_array().cloned().unwrap_or_default(),
         })
-        .await?;
-    Ok(Json(details))
+    })
+    .await
 }
 
 async fn delete_binding(
@@ -1407,21 +1390,18 @@ async fn get_job(
     caller: Caller,
     Path(guid): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
-    let job = ctx
-        .db
-        .run(move |c| {
-            let job = store::job(c, &guid)?.ok_or_else(|| ApiError::not_found("Job"))?;
-            let visible = match &job.spec.space_guid {
-                Some(space) => space_access(c, &caller, space)?.is_some(),
-                None => caller.admin,
-            };
-            if !visible {
-                return Err(ApiError::not_found("Job"));
-            }
-            Ok(job.view())
-        })
-        .await?;
-    Ok(Json(job))
+    super::json(&ctx, move |c| {
+        let job = store::job(c, &guid)?.ok_or_else(|| ApiError::not_found("Job"))?;
+        let visible = match &job.spec.space_guid {
+            Some(space) => space_access(c, &caller, space)?.is_some(),
+            None => caller.admin,
+        };
+        if !visible {
+            return Err(ApiError::not_found("Job"));
+        }
+        Ok(job.view())
+    })
+    .await
 }
 
 /// A token for the firehose edge that reads one service instance's own logs and gauges (its

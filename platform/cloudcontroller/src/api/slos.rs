@@ -55,28 +55,25 @@ async fn get_slos(
     caller: Caller,
     Path(guid): Path<String>,
 ) -> Result<Json<AppSlos>, ApiError> {
-    let answer = ctx
-        .db
-        .run(move |c| {
-            let app = app_for(c, &caller, &guid, Access::Read)?;
-            let (mut slos, updated_at) = stored(c, &app.guid)?.unwrap_or_default();
-            // A webhook URL often carries a secret in its path or query: developers only.
-            if app_for(c, &caller, &guid, Access::Secrets).is_err() {
-                for slo in &mut slos {
-                    if slo.webhook_url.is_some() {
-                        slo.webhook_url = Some(crate::tenancy::HIDDEN.to_owned());
-                    }
+    super::json(&ctx, move |c| {
+        let app = app_for(c, &caller, &guid, Access::Read)?;
+        let (mut slos, updated_at) = stored(c, &app.guid)?.unwrap_or_default();
+        // A webhook URL often carries a secret in its path or query: developers only.
+        if app_for(c, &caller, &guid, Access::Secrets).is_err() {
+            for slo in &mut slos {
+                if slo.webhook_url.is_some() {
+                    slo.webhook_url = Some(crate::tenancy::HIDDEN.to_owned());
                 }
             }
-            Ok(AppSlos {
-                app_guid: app.guid,
-                app_name: app.name,
-                slos,
-                updated_at,
-            })
+        }
+        Ok(AppSlos {
+            app_guid: app.guid,
+            app_name: app.name,
+            slos,
+            updated_at,
         })
-        .await?;
-    Ok(Json(answer))
+    })
+    .await
 }
 
 async fn put_slos(
@@ -157,21 +154,14 @@ async fn list_slos(
     let all = ctx
         .db
         .run(move |c| {
-            let mut stmt = c.prepare(
+            let rows: Vec<(String, String, String, i64)> = crate::sql::rows(
+                c,
                 "SELECT s.app_guid, a.name, s.spec, s.updated_at
                  FROM slos s JOIN apps a ON a.guid = s.app_guid ORDER BY s.app_guid",
+                [],
             )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })?;
             let mut all = Vec::new();
-            for row in rows {
-                let (app_guid, app_name, spec, at) = row?;
+            for (app_guid, app_name, spec, at) in rows {
                 all.push(AppSlos {
                     app_guid,
                     app_name,

@@ -4,13 +4,8 @@
 //! that user). Dropping it stops the server (SIGTERM, then SIGKILL after a deadline) and
 //! removes the directory, also when the test failed.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    dead_code,
-    reason = "test code"
-)]
+// Each test binary uses part of the harness (and allows unwrap, expect and panic itself).
+#![allow(dead_code, reason = "each test binary uses part of the shared harness")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

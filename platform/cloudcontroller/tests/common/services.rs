@@ -5,13 +5,8 @@
 //!
 //! Each step waits on a condition with the shared deadline, never on a sleep.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    dead_code,
-    reason = "test code"
-)]
+// Each test binary uses part of the harness (and allows unwrap, expect and panic itself).
+#![allow(dead_code, reason = "each test binary uses part of the shared harness")]
 
 use std::path::Path;
 use std::time::Duration;

@@ -2,13 +2,8 @@
 //! in-process bus. The fake v2 Ingress agent that records its log lines is
 //! `hydrant_testkit::FakeAgent`.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    dead_code,
-    reason = "test code"
-)]
+// Each test binary uses part of the harness (and allows unwrap, expect and panic itself).
+#![allow(dead_code, reason = "each test binary uses part of the shared harness")]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -234,6 +229,44 @@ impl Drop for Cc {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Asserts the controller's `/metrics` text `metrics` counts `count` in its counter
+/// `cloudcontroller_<name>_total` with the tag `key="value"`.
+pub fn assert_counter(metrics: &str, name: &str, (key, value): (&str, &str), count: u64) {
+    let line = format!(
+        "cloudcontroller_{name}_total{{source_id=\"cloudcontroller\",instance_id=\"0\",{key}=\"{value}\"}} {count}"
+    );
+    assert!(metrics.contains(&line), "{line} not in {metrics}");
+}
+
+/// The audit events about `target_guid` that `client` may read, of type `kind` or of any.
+pub async fn events_of(
+    client: &Client,
+    target_guid: &str,
+    kind: Option<&str>,
+) -> Vec<hydrant_api::AuditEvent> {
+    client
+        .audit_events(&hydrant_api::EventFilter {
+            target_guid: Some(target_guid.to_owned()),
+            types: kind.map(str::to_owned),
+        })
+        .await
+        .unwrap()
+}
+
+/// Scales the app `app_guid` to `instances` as `client`.
+pub async fn scale_to(client: &Client, app_guid: &str, instances: u32) {
+    client
+        .scale_app(
+            app_guid,
+            &hydrant_api::ScaleApp {
+                instances: Some(instances),
+                ..hydrant_api::ScaleApp::default()
+            },
+        )
+        .await
+        .unwrap();
 }
 
 /// Writes `files` (path, content, mode) under a new temp dir.

@@ -13,7 +13,9 @@ use hydrant_bus::messages::{self, ExecutorCrash};
 use hydrant_testkit::{FakeAgent, wait_for};
 use sha2::{Digest as _, Sha256};
 
-use crate::support::{Cc, FakeExecutor, Options, app_dir, push_and_stage};
+use crate::support::{
+    Cc, FakeExecutor, Options, app_dir, assert_counter, events_of, push_and_stage, scale_to,
+};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -71,10 +73,7 @@ async fn password_guessing_is_slowed_per_name_whether_or_not_the_name_exists() {
     assert!(cc.admin.me().await.is_ok());
     let metrics = cc.metrics().await;
     for (reason, count) in [("wrong_password", 13), ("throttled", 2)] {
-        let line = format!(
-            "cloudcontroller_logins_refused_total{{source_id=\"cloudcontroller\",instance_id=\"0\",reason=\"{reason}\"}} {count}"
-        );
-        assert!(metrics.contains(&line), "{line} not in {metrics}");
+        assert_counter(&metrics, "logins_refused", ("reason", reason), count);
     }
     cc.stop().await;
 }
@@ -102,8 +101,12 @@ async fn one_address_spraying_a_password_over_many_names_is_slowed() {
         "{body:?}"
     );
     let metrics = cc.metrics().await;
-    let line = "cloudcontroller_logins_refused_total{source_id=\"cloudcontroller\",instance_id=\"0\",reason=\"throttled_address\"} 1";
-    assert!(metrics.contains(line), "{line} not in {metrics}");
+    assert_counter(
+        &metrics,
+        "logins_refused",
+        ("reason", "throttled_address"),
+        1,
+    );
     cc.stop().await;
 }
 
@@ -314,13 +317,7 @@ async fn app_lifecycle_writes_audit_events() {
     admin.delete_app(&app.guid).await.unwrap();
     assert!(admin.app(&app.guid).await.unwrap_err().is_not_found());
 
-    let events = admin
-        .audit_events(&EventFilter {
-            target_guid: Some(app.guid.clone()),
-            types: None,
-        })
-        .await
-        .unwrap();
+    let events = events_of(admin, &app.guid, None).await;
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     for want in [
         "audit.app.create",
@@ -427,13 +424,7 @@ async fn developers_auditors_and_outsiders() {
         assert!(!claims.can_read_source("another-app"));
         assert!(!claims.can_read_firehose());
     }
-    let events = aud
-        .audit_events(&EventFilter {
-            target_guid: Some(app.guid.clone()),
-            types: Some("audit.app.create".into()),
-        })
-        .await
-        .unwrap();
+    let events = events_of(&aud, &app.guid, Some("audit.app.create")).await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].actor, "dev");
     assert_eq!(aud.list_spaces().await.unwrap().len(), 1);
@@ -836,16 +827,7 @@ async fn placement_spreads_respects_capacity_and_waits_for_room() {
     assert_eq!(refuser.running(&app.guid), 0);
 
     // Scaling up past the small executor's memory puts the rest on the big one.
-    cc.admin
-        .scale_app(
-            &app.guid,
-            &ScaleApp {
-                instances: Some(7),
-                ..ScaleApp::default()
-            },
-        )
-        .await
-        .unwrap();
+    scale_to(&cc.admin, &app.guid, 7).await;
     wait_for(WAIT, "7 running instances", || async {
         stats_states(&cc, &app.guid).await == vec![InstanceState::Running; 7]
     })
@@ -878,16 +860,7 @@ async fn placement_spreads_respects_capacity_and_waits_for_room() {
     assert_eq!(reqwest::get(&tampered).await.unwrap().status(), 401);
 
     // Scaling down stops the extra indexes; stopping the app stops the rest.
-    cc.admin
-        .scale_app(
-            &app.guid,
-            &ScaleApp {
-                instances: Some(1),
-                ..ScaleApp::default()
-            },
-        )
-        .await
-        .unwrap();
+    scale_to(&cc.admin, &app.guid, 1).await;
     wait_for(WAIT, "one instance left", || async {
         small.running(&app.guid) + big.running(&app.guid) == 1
     })
@@ -1034,16 +1007,7 @@ async fn restarting_one_crashed_instance_places_a_fresh_guid() {
     let cc = Cc::start(dir.path(), &Options::new(bus_name)).await;
     let executor = FakeExecutor::start(bus_name, "e1", 4096, 10, false).await;
     let (app, _) = push_and_stage(&cc.admin, "flaky", STATIC_SITE, None).await;
-    cc.admin
-        .scale_app(
-            &app.guid,
-            &ScaleApp {
-                instances: Some(2),
-                ..ScaleApp::default()
-            },
-        )
-        .await
-        .unwrap();
+    scale_to(&cc.admin, &app.guid, 2).await;
     cc.admin.start_app(&app.guid).await.unwrap();
     wait_for(WAIT, "two running instances", || async {
         stats_states(&cc, &app.guid).await == vec![InstanceState::Running; 2]
@@ -1099,14 +1063,7 @@ async fn restarting_one_crashed_instance_places_a_fresh_guid() {
         assert_eq!(state.starts.len(), 3);
         assert_eq!(state.starts[2].index, 1);
     }
-    let events = cc
-        .admin
-        .audit_events(&EventFilter {
-            target_guid: Some(app.guid.clone()),
-            types: Some("audit.app.process.restart".into()),
-        })
-        .await
-        .unwrap();
+    let events = events_of(&cc.admin, &app.guid, Some("audit.app.process.restart")).await;
     let event = events
         .iter()
         .find(|e| e.data["index"] == 1)

@@ -1,10 +1,9 @@
 //! Autoscaling policy endpoints end to end: validation with field-named errors, store, read,
 //! list for the autoscaler, decision audit events, removal.
 
-use hydrant_api::EventFilter;
 use hydrant_api::policy::{AutoscaleDecision, ScalingPolicy};
 
-use crate::support::Cc;
+use crate::support::{Cc, events_of};
 
 const POLICY: &str = r#"{
   "instance_min_count": 1, "instance_max_count": 4,
@@ -68,14 +67,7 @@ async fn policies_are_validated_stored_listed_and_removed() {
         )
         .await
         .unwrap();
-    let events = cc
-        .admin
-        .audit_events(&EventFilter {
-            target_guid: Some(app.guid.clone()),
-            types: Some("audit.app.autoscale".into()),
-        })
-        .await
-        .unwrap();
+    let events = events_of(&cc.admin, &app.guid, Some("audit.app.autoscale")).await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].data["value"], 412.0);
 

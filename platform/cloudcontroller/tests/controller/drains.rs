@@ -3,9 +3,9 @@
 //! the developer then sees; drains to internal addresses are refused unless the operator allows
 //! them; bad URLs are refused saying what is wrong.
 
-use hydrant_api::{DrainState, DrainStatus, EventFilter, SpaceRole};
+use hydrant_api::{DrainState, DrainStatus, SpaceRole};
 
-use crate::support::{Cc, Options};
+use crate::support::{Cc, Options, events_of};
 
 /// A documentation address (TEST-NET-3): public, so allowed, and never contacted here.
 const PUBLIC: &str = "syslog://papertrail:hunter2@203.0.113.7:6514?drain-data=all";
@@ -113,13 +113,7 @@ async fn drains_are_bound_masked_reported_and_unbound() {
         Some(403)
     );
 
-    let events = admin
-        .audit_events(&EventFilter {
-            target_guid: Some(app.guid.clone()),
-            types: Some("audit.app.drain.create".into()),
-        })
-        .await
-        .unwrap();
+    let events = events_of(admin, &app.guid, Some("audit.app.drain.create")).await;
     assert_eq!(events.len(), 1);
     assert!(!events[0].data.to_string().contains("hunter2"));
 

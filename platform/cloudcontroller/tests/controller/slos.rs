@@ -2,10 +2,9 @@
 //! listing, and audited without its webhook URL; an invalid set is refused naming the field;
 //! deleting the app removes its SLOs.
 
-use hydrant_api::EventFilter;
 use hydrant_api::slo::{Sli, Slo, SloSet};
 
-use crate::support::Cc;
+use crate::support::{Cc, events_of};
 
 fn availability(webhook: Option<&str>) -> Slo {
     Slo {
@@ -50,13 +49,7 @@ async fn slos_are_stored_listed_audited_and_validated() {
     assert_eq!(all[0].app_guid, app.guid);
     assert_eq!(all[0].slos.len(), 2);
 
-    let events = admin
-        .audit_events(&EventFilter {
-            target_guid: Some(app.guid.clone()),
-            types: Some("audit.app.slos.update".into()),
-        })
-        .await
-        .unwrap();
+    let events = events_of(admin, &app.guid, Some("audit.app.slos.update")).await;
     assert_eq!(events.len(), 1);
     let data = events[0].data.to_string();
     assert!(data.contains("fast") && !data.contains("hunter2"), "{data}");

@@ -12,7 +12,7 @@ use hydrant_api::{
 
 use hydrant_api::slo::{Sli, Slo, SloSet};
 
-use crate::support::{Cc, push_and_stage};
+use crate::support::{Cc, assert_counter, events_of, push_and_stage};
 
 /// The people, in the order of the matrix's columns.
 const PEOPLE: [&str; 8] = [
@@ -651,13 +651,7 @@ async fn every_action_by_every_role_is_exactly_as_the_matrix_says() {
         Some("./run --token hunter2")
     );
     // Nor do audit events carry them, to anyone.
-    let events = clients["auditor"]
-        .audit_events(&EventFilter {
-            target_guid: Some(app.guid.clone()),
-            types: None,
-        })
-        .await
-        .unwrap();
+    let events = events_of(&clients["auditor"], &app.guid, None).await;
     let text = serde_json::to_string(&events).unwrap();
     assert!(
         !text.contains("s3cret") && !text.contains("SET_BY_DEV") && !text.contains("hunter3"),
@@ -857,10 +851,7 @@ async fn starts_scales_and_creates_past_a_quota_fail_naming_it_with_limit_and_us
         ("routes", 1),
         ("instances", 2),
     ] {
-        let line = format!(
-            "cloudcontroller_quota_refused_total{{source_id=\"cloudcontroller\",instance_id=\"0\",limit=\"{limit}\"}} {count}"
-        );
-        assert!(metrics.contains(&line), "{line} not in {metrics}");
+        assert_counter(&metrics, "quota_refused", ("limit", limit), count);
     }
     cc.stop().await;
 }

@@ -6,16 +6,6 @@
 //! that says what to fix. The outbound policy still applies to https brokers (the unit tests
 //! of `osb` cover a refused `https://localhost`).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
-
-#[path = "common/support.rs"]
-mod support;
-
 use std::convert::Infallible;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -37,7 +27,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use support::{Cc, Options};
+use crate::support::{Cc, Options};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -159,19 +149,18 @@ async fn start_cc(data: &Path, bus: &str, ca_file: Option<&Path>) -> Cc {
     Cc::start(data, &options).await
 }
 
-impl Cc {
-    async fn register(&self, name: &str, url: &str) -> Result<(), String> {
-        self.admin
-            .create_service_broker(&CreateServiceBroker {
-                name: name.into(),
-                url: url.into(),
-                username: "broker-user".into(),
-                password: "broker-pass".into(),
-            })
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
+/// Registers the broker at `url` as `name`, or says why the controller refused it.
+async fn try_register(cc: &Cc, name: &str, url: &str) -> Result<(), String> {
+    cc.admin
+        .create_service_broker(&CreateServiceBroker {
+            name: name.into(),
+            url: url.into(),
+            username: "broker-user".into(),
+            password: "broker-pass".into(),
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +174,7 @@ async fn an_https_broker_signed_by_the_configured_ca_is_used_and_others_are_refu
     let port = tls_broker(&leaf.cert_pem, &leaf.key_pem, seen.clone()).await;
 
     let cc = start_cc(&dir.path().join("cc"), "broker-tls", Some(&ca_file)).await;
-    cc.register("vault", &format!("https://localhost:{port}"))
+    try_register(&cc, "vault", &format!("https://localhost:{port}"))
         .await
         .unwrap();
     cc.admin
@@ -237,8 +226,7 @@ async fn an_https_broker_signed_by_the_configured_ca_is_used_and_others_are_refu
 
     // The certificate names `localhost`, not `127.0.0.1`: refused, and the message says why.
     let requests_before = seen.lock().unwrap().requests.len();
-    let e = cc
-        .register("by-address", &format!("https://127.0.0.1:{port}"))
+    let e = try_register(&cc, "by-address", &format!("https://127.0.0.1:{port}"))
         .await
         .unwrap_err();
     assert!(
@@ -254,8 +242,7 @@ async fn an_https_broker_signed_by_the_configured_ca_is_used_and_others_are_refu
 
     // A controller that does not trust the test CA refuses the same broker.
     let plain = start_cc(&dir.path().join("cc2"), "broker-tls-2", None).await;
-    let e = plain
-        .register("vault", &format!("https://localhost:{port}"))
+    let e = try_register(&plain, "vault", &format!("https://localhost:{port}"))
         .await
         .unwrap_err();
     assert!(e.contains("services.broker_ca_file"), "{e}");

@@ -4,27 +4,15 @@
 //! can write), and after an unbind and a restart it names nothing. The executor turns these
 //! into the container's only open host ports (`platform/executor/tests/service_egress.rs`).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
-
-#[path = "common/services.rs"]
-mod services_support;
-#[path = "common/support.rs"]
-mod support;
-
 use hydrant_api::services::{CreateServiceInstance, ServiceInstanceType};
 use hydrant_bus::messages::ServiceEgress;
 use serde_json::json;
 
-use services_support::{
+use crate::services_support::{
     RealBroker, bind_app, complete, complete_if, create_complete, next_start, port_slice,
     real_broker_services, restart_and_next_start, start_cc, static_app, vcap_of,
 };
-use support::FakeExecutor;
+use crate::support::FakeExecutor;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_message_opens_only_the_bound_services_endpoint_until_unbound() {
