@@ -216,24 +216,52 @@ struct Tally {
     seen: usize,
     /// Where the last envelope's source was found (runs of one source are common).
     last: usize,
+    /// A cheap key per name in `current.names` (same order), compared before the bytes.
+    keys: Vec<Key>,
     interned: HashSet<Arc<str>>,
+}
+
+/// A source id's length and its first and last eight bytes: two ids with different keys
+/// differ, so most mismatches cost three integer compares instead of a byte compare (ids often
+/// share a long prefix, or are GUIDs that differ anywhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key(usize, u64, u64);
+
+impl Key {
+    fn of(id: &[u8]) -> Self {
+        let word = |part: &[u8]| {
+            let mut w = [0u8; 8];
+            for (to, from) in w.iter_mut().zip(part) {
+                *to = *from;
+            }
+            u64::from_le_bytes(w)
+        };
+        let tail = id.get(id.len().saturating_sub(8)..).unwrap_or_default();
+        Self(id.len(), word(id), word(tail))
+    }
 }
 
 impl Tally {
     fn add(&mut self, source_id: &[u8]) {
-        let slot = match self.current.names.get(self.last) {
-            Some((name, _)) if name.as_bytes() == source_id => Some(self.last),
-            _ => self
-                .current
-                .names
-                .iter()
-                .position(|(name, _)| name.as_bytes() == source_id),
+        let key = Key::of(source_id);
+        let names = &self.current.names;
+        let is = |slot: usize| {
+            self.keys.get(slot) == Some(&key)
+                && names
+                    .get(slot)
+                    .is_some_and(|(n, _)| n.as_bytes() == source_id)
+        };
+        let slot = if is(self.last) {
+            Some(self.last)
+        } else {
+            (0..self.keys.len()).find(|&slot| is(slot))
         };
         let slot = match slot {
             Some(slot) => Some(slot),
             None if self.current.names.len() < SOURCES_PER_BATCH => {
                 let name = self.intern(source_id);
                 self.current.names.push((name, 0));
+                self.keys.push(key);
                 Some(self.current.names.len() - 1)
             }
             None => None,
@@ -279,6 +307,7 @@ impl Tally {
     fn take(&mut self) -> Sources {
         self.seen = 0;
         self.last = 0;
+        self.keys.clear();
         std::mem::take(&mut self.current)
     }
 
@@ -1168,6 +1197,61 @@ mod tests {
             received.try_into_mut().is_ok(),
             "the receive buffer is free for the next message once the batch is routed"
         );
+    }
+
+    /// What counting sources adds to keeping a batch (a measurement, not a check):
+    /// `cargo test --release -p hydrant-doppler push_cost -- --ignored --nocapture`. Batches
+    /// of 100 envelopes from one source and over 50 sources (as `benches/fanout.rs` builds).
+    #[test]
+    #[ignore = "a measurement; run in release"]
+    fn push_cost() {
+        use std::hint::black_box;
+        use std::time::Instant as Clock;
+        /// The walk `clean` made before it counted sources.
+        fn untallied(batch: &ValidBatch) -> (usize, bool) {
+            let mut framed = 0usize;
+            let mut routable = true;
+            for e in batch.iter() {
+                framed += 1 + varint_len(e.bytes.len() as u64) + e.bytes.len();
+                routable &= e.kind != Kind::None;
+            }
+            (framed, routable)
+        }
+        const ROUNDS: u32 = 20_000;
+        let per_envelope = |start: Clock, b: &ValidBatch| {
+            start.elapsed().as_nanos() as f64 / f64::from(ROUNDS) / b.len() as f64
+        };
+        let sources: Vec<String> = (0..50).map(|i| format!("3f8a2c1e-7b4d-{i:012}")).collect();
+        let names: Vec<&str> = sources.iter().map(String::as_str).collect();
+        for (label, b) in [
+            ("1 source", batch(names[0], 0..100)),
+            ("50 sources", mixed(&names, 0..100)),
+        ] {
+            let mut tally = Tally::default();
+            for round in 0..3 {
+                let start = Clock::now();
+                for _ in 0..ROUNDS {
+                    black_box(untallied(black_box(&b)));
+                }
+                let before = per_envelope(start, &b);
+                let start = Clock::now();
+                for _ in 0..ROUNDS {
+                    black_box(clean(black_box(&b), &mut tally));
+                    black_box(tally.take());
+                }
+                let after = per_envelope(start, &b);
+                let ring = ReplayRing::new(1, 64 << 20, Duration::from_secs(60));
+                let start = Clock::now();
+                for _ in 0..ROUNDS {
+                    ring.push(&b);
+                }
+                let push = per_envelope(start, &b);
+                println!(
+                    "{label} #{round}: walk {before:.2} ns/envelope, walk + tally {after:.2}, \
+                     whole ring push {push:.2}"
+                );
+            }
+        }
     }
 
     #[test]
