@@ -18,6 +18,7 @@
 //! Adding a role to the micro cloud: implement [`MicroRole`] for its role type (its ports and
 //! its micro-cloud config) and add one `row::<TheRole>()` to [`table`].
 
+mod public_edge;
 mod roles;
 
 use std::collections::BTreeMap;
@@ -29,6 +30,7 @@ use hydrant_runtime::Listeners;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use public_edge::PublicEdge;
 pub use roles::MicroRole;
 
 /// An error a role stopped with, boxed so roles of every type share one task set.

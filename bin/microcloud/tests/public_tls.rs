@@ -8,14 +8,14 @@
     reason = "test code"
 )]
 
+mod support;
+
 use std::time::Duration;
 
 use hydrant_emitter::{Emitter, EmitterConfig, Registry};
-use hydrant_firehose::TrafficController;
 use hydrant_firehose_client::{ClientConfig, FirehoseClient, StreamEvent, Subscription};
 use hydrant_microcloud::{MicroCloud, Options};
-use hydrant_tls::TlsFiles;
-use hydrant_tls::local::{LocalCa, Validity};
+use hydrant_tls::local::LocalCa;
 use tokio_util::sync::CancellationToken;
 
 fn client(url: &str, token: &str, ca_file: &std::path::Path) -> FirehoseClient {
@@ -42,32 +42,13 @@ async fn a_nozzle_reads_the_firehose_over_wss_with_the_platform_ca() {
 
     // A second edge on the same doppler, serving TLS for `localhost`.
     let dir = tempfile::tempdir().unwrap();
-    let ca = LocalCa::new("platform CA").unwrap();
-    ca.write_leaf(dir.path(), "localhost", Validity::Days(30))
-        .unwrap();
-    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-    let files = TlsFiles {
-        ca_file: dir.path().join("ca.pem"),
-        cert_file: dir.path().join("localhost.pem"),
-        key_file: dir.path().join("localhost.key"),
-    };
-    let listeners = hydrant_runtime::bind_on::<TrafficController>(|_| "127.0.0.1:0".to_owned())
+    let edge = cloud
+        .public_edge(dir.path(), shutdown.clone())
         .await
         .unwrap();
-    let port = listeners.local_addr("http").unwrap().port();
-    let edge = tokio::spawn(hydrant_runtime::run::<TrafficController>(
-        hydrant_firehose::Config {
-            dopplers: vec![cloud.doppler_url.clone()],
-            token_keys: Some(cloud.key.key_set().to_json()),
-            tls: Some(files.clone()),
-            ..hydrant_firehose::Config::default()
-        },
-        listeners,
-        shutdown.clone(),
-    ));
 
-    let url = format!("wss://localhost:{port}");
-    let mut nozzle = client(&url, &cloud.token, &files.ca_file);
+    let url = format!("wss://localhost:{}", edge.port);
+    let mut nozzle = client(&url, &cloud.token, &edge.ca_file);
     match tokio::time::timeout(Duration::from_secs(10), nozzle.next()).await {
         Ok(Some(StreamEvent::Connected)) => {}
         other => panic!("the wss:// stream did not open: {other:?}"),
@@ -80,33 +61,7 @@ async fn a_nozzle_reads_the_firehose_over_wss_with_the_platform_ca() {
         &Registry::new("tls-app", "0"),
         shutdown.clone(),
     );
-    // Sent until one arrives: until the new edge has subscribed to the doppler, the firehose
-    // has nobody to deliver to.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    'arrived: loop {
-        emitter.log("tls-app", "0", "APP", b"over wss", false);
-        emitter.flush();
-        let wait = tokio::time::sleep(Duration::from_millis(200));
-        tokio::pin!(wait);
-        loop {
-            tokio::select! {
-                () = &mut wait => break,
-                event = nozzle.next() => match event {
-                    Some(StreamEvent::Batch(batch)) => {
-                        if batch.decode().unwrap().iter().any(|e| e.source_id == "tls-app") {
-                            break 'arrived;
-                        }
-                    }
-                    Some(StreamEvent::Gap(_)) => {}
-                    other => panic!("expected envelopes over wss://, got {other:?}"),
-                },
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no envelope arrived over wss:// in 30 s"
-        );
-    }
+    support::emit_until_delivered(&emitter, &mut nozzle, "tls-app", b"over wss").await;
     assert_eq!(nozzle.stats().connects, 1);
 
     // Trusting another CA, the client refuses the edge's certificate and says so.
@@ -122,7 +77,7 @@ async fn a_nozzle_reads_the_firehose_over_wss_with_the_platform_ca() {
     }
 
     shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), edge).await;
+    edge.stopped().await;
     tokio::time::timeout(Duration::from_secs(30), cloud.stopped())
         .await
         .expect("every role stops");

@@ -10,6 +10,8 @@
     reason = "test code"
 )]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -102,33 +104,9 @@ async fn a_three_step_ca_rotation_drops_no_stream_and_loses_no_envelope() {
         std::fs::copy(certs.join(file), old.path().join(file)).unwrap();
     }
 
-    // The stream is open once the edge has subscribed to the doppler: until then the firehose
-    // has nobody to deliver to. Warm up until an envelope makes it through.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    'warm: loop {
-        emitter.log("rotation-warmup", "0", "APP", b"warm", false);
-        emitter.flush();
-        let wait = tokio::time::sleep(Duration::from_millis(200));
-        tokio::pin!(wait);
-        loop {
-            tokio::select! {
-                () = &mut wait => break,
-                event = stream.next() => match event {
-                    Some(StreamEvent::Batch(batch)) => {
-                        if batch.decode().unwrap().iter().any(|e| e.source_id == "rotation-warmup") {
-                            break 'warm;
-                        }
-                    }
-                    Some(StreamEvent::Gap(_)) => {}
-                    other => panic!("the stream was interrupted while warming up: {other:?}"),
-                },
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no envelope reached the stream in 30 s"
-        );
-    }
+    // The stream is open once the edge has subscribed to the doppler: warm up until an
+    // envelope makes it through.
+    support::emit_until_delivered(&emitter, &mut stream, "rotation-warmup", b"warm").await;
 
     let mut sent = 0usize;
     let mut send = |emitter: &Emitter| {

@@ -306,6 +306,24 @@ impl Ctx {
         })
     }
 
+    /// Runs `offering`'s client program `tool` as the broker itself (an admin command against
+    /// a running node, never one that writes the node's files), bounded by
+    /// [`COMMAND_TIMEOUT`]; the strings in `redact` never reach an error.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the program is missing, else what [`node::exec`] reports.
+    pub async fn admin_command(
+        &self,
+        offering: &str,
+        tool: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        redact: &[&str],
+    ) -> Result<String, Error> {
+        let program = self.bins(offering)?.get(tool)?;
+        node::exec(program, args, env, None, COMMAND_TIMEOUT, redact).await
+    }
+
     /// A node's directory: under [`nodes_root`].
     #[must_use]
     pub fn node_dir(&self, name: &str) -> PathBuf {

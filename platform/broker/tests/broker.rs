@@ -285,6 +285,15 @@ impl Running {
         body["credentials"].clone()
     }
 
+    /// A new instance of `offering` on its small plan with one binding: (instance id, the
+    /// binding's credentials).
+    pub async fn provision_bound(&self, offering: &str) -> (String, Value) {
+        let id = guid();
+        self.provision(&id, offering, "small", json!({})).await;
+        let creds = self.bind(&id, &guid(), offering, json!({})).await;
+        (id, creds)
+    }
+
     /// Moves instance `id` to `plan`: the PATCH's status and body.
     pub async fn update_plan(&self, id: &str, offering: &str, plan: &str) -> (u16, Value) {
         let (service_id, plan_id) = self.ids(offering, plan).await;
@@ -322,16 +331,7 @@ impl Running {
 
     /// The running service nodes: (name, pid, ports).
     pub async fn nodes(&self) -> Vec<(String, u32, Vec<u16>)> {
-        let body: Value = self
-            .client
-            .get(format!("http://{}/v1/nodes", self.admin))
-            .basic_auth(USER, Some(PASSWORD))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = self.admin_call(reqwest::Method::GET, "/v1/nodes").await;
         body.as_array()
             .unwrap()
             .iter()
@@ -352,8 +352,13 @@ impl Running {
 
     /// Runs a storage quota pass now (`POST /v1/quotas`): each instance's measure.
     pub async fn check_quotas(&self) -> Value {
+        self.admin_call(reqwest::Method::POST, "/v1/quotas").await
+    }
+
+    /// The admin listener's JSON answer to `method path`, as the operator.
+    async fn admin_call(&self, method: reqwest::Method, path: &str) -> Value {
         self.client
-            .post(format!("http://{}/v1/quotas", self.admin))
+            .request(method, format!("http://{}{path}", self.admin))
             .basic_auth(USER, Some(PASSWORD))
             .send()
             .await
@@ -410,28 +415,56 @@ pub async fn psql(uri: &str, sql: &str) -> (bool, String) {
 /// Runs `sql` with the `mariadb` client in binding `c`'s database, as its user: (success,
 /// tab-separated rows without headers).
 pub async fn mariadb(c: &Value, sql: &str) -> (bool, String) {
-    let port = c["port"].as_u64().unwrap().to_string();
-    let pass = format!("-p{}", c["password"].as_str().unwrap());
-    run(
-        "mariadb",
-        &[
-            "--no-defaults",
-            "-h",
-            c["hostname"].as_str().unwrap(),
-            "-P",
-            &port,
-            "-u",
-            c["username"].as_str().unwrap(),
-            &pass,
-            "-N",
-            "-B",
-            c["name"].as_str().unwrap(),
-            "-e",
-            sql,
-        ],
-        &[],
+    let (user, password) = (
+        c["username"].as_str().unwrap(),
+        c["password"].as_str().unwrap(),
+    );
+    mariadb_as(
+        c,
+        user,
+        password,
+        &["-N", "-B", c["name"].as_str().unwrap(), "-e", sql],
     )
     .await
+}
+
+/// Runs the `mariadb` client against binding `c`'s server as `user` with `password` (which
+/// need not be the binding's own), with `args` after the login: (success, stdout + stderr).
+pub async fn mariadb_as(c: &Value, user: &str, password: &str, args: &[&str]) -> (bool, String) {
+    let port = c["port"].as_u64().unwrap().to_string();
+    let pass = format!("-p{password}");
+    let host = c["hostname"].as_str().unwrap();
+    let login = ["--no-defaults", "-h", host, "-P", &port, "-u", user, &pass];
+    run("mariadb", &[&login[..], args].concat(), &[]).await
+}
+
+/// A call to the management API of RabbitMQ binding `c`, as its user: (status, JSON body);
+/// status 0 when the node did not answer (it is restarting).
+pub async fn rabbit(
+    client: &reqwest::Client,
+    c: &Value,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let field = |key: &str| c[key].as_str().unwrap();
+    let api = format!(
+        "http://{}:{}/api/{path}",
+        field("hostname"),
+        c["protocols"]["management"]["port"].as_u64().unwrap()
+    );
+    let mut req = client
+        .request(method, api)
+        .basic_auth(field("username"), Some(field("password")))
+        .timeout(Duration::from_secs(30));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let Ok(resp) = req.send().await else {
+        return (0, Value::Null);
+    };
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// Runs a client program; (exit success, stdout + stderr).

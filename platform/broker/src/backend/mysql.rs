@@ -100,25 +100,19 @@ async fn sql(ctx: &Ctx, statement: &str, redact: &[&str]) -> Result<String, Erro
 
 async fn run(ctx: &Ctx, r: &Running, statement: &str, redact: &[&str]) -> Result<String, Error> {
     let socket = socket(&r.dir);
-    node::exec(
-        ctx.bins("mysql")?.get("client")?,
-        &[
-            "--no-defaults",
-            "-S",
-            &socket,
-            "-u",
-            &ctx.admin_user,
-            "-N",
-            "-B",
-            "-e",
-            statement,
-        ],
-        &[],
-        None,
-        COMMAND_TIMEOUT,
-        redact,
-    )
-    .await
+    let args = [
+        "--no-defaults",
+        "-S",
+        &socket,
+        "-u",
+        &ctx.admin_user,
+        "-N",
+        "-B",
+        "-e",
+        statement,
+    ];
+    ctx.admin_command("mysql", "client", &args, &[], redact)
+        .await
 }
 
 /// Waits until the server answers, then removes anonymous users.

@@ -144,15 +144,8 @@ async fn run(
         args.push("-c");
         args.push(s);
     }
-    node::exec(
-        ctx.bins("postgresql")?.get("psql")?,
-        &args,
-        &[],
-        None,
-        COMMAND_TIMEOUT,
-        redact,
-    )
-    .await
+    ctx.admin_command("postgresql", "psql", &args, &[], redact)
+        .await
 }
 
 /// Waits until the cluster answers a query.

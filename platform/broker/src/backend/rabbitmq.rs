@@ -134,15 +134,8 @@ async fn run(ctx: &Ctx, r: &Running, args: &[&str], redact: &[&str]) -> Result<S
     // node's epmd, and fails (the probe tries again) while there is none.
     env.push(("ERL_FLAGS".to_owned(), "-start_epmd false".to_owned()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    node::exec(
-        ctx.bins("rabbitmq")?.get("ctl")?,
-        args,
-        &env,
-        None,
-        COMMAND_TIMEOUT,
-        redact,
-    )
-    .await
+    ctx.admin_command("rabbitmq", "ctl", args, &env, redact)
+        .await
 }
 
 /// Waits until the node has finished starting and its management API answers the admin.

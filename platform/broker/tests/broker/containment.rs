@@ -91,9 +91,7 @@ async fn a_service_node_runs_in_a_container_under_its_plans_limits() {
     require("redis");
     need_root();
     let (dir, b) = start_fresh().await;
-    let id = guid();
-    b.provision(&id, "redis", "small", json!({})).await;
-    let c = b.bind(&id, &guid(), "redis", json!({})).await;
+    let (id, c) = b.provision_bound("redis").await;
     assert_eq!(redis_cli(&c, &["SET", "kept", "yes"]).await.trim(), "OK");
     let pid = node_pid(&b, "redis-").await;
     assert_ne!(pid, 0);
@@ -199,9 +197,7 @@ async fn a_shared_node_forks_inside_its_container() {
     require("postgresql");
     need_root();
     let (dir, b) = start_fresh().await;
-    let id = guid();
-    b.provision(&id, "postgresql", "small", json!({})).await;
-    let c = b.bind(&id, &guid(), "postgresql", json!({})).await;
+    let (id, c) = b.provision_bound("postgresql").await;
     let (ok, out) = run(
         "psql",
         &[
@@ -244,9 +240,7 @@ async fn with_isolation_none_nodes_are_child_processes() {
     let mut c = config(dir.path(), ports());
     c.isolation = hydrant_broker::Isolation::None;
     let b = start(c).await;
-    let id = guid();
-    b.provision(&id, "redis", "small", json!({})).await;
-    let creds = b.bind(&id, &guid(), "redis", json!({})).await;
+    let (id, creds) = b.provision_bound("redis").await;
     assert_eq!(redis_cli(&creds, &["PING"]).await.trim(), "PONG");
     let pid = node_pid(&b, "redis-").await;
     assert_eq!(

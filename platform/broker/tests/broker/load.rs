@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
-use crate::{Running, config, guid, ports, require, start};
+use crate::{Running, config, ports, require, start};
 
 /// Keeps every core busy until dropped: the machine a full test run makes.
 struct Busy {
@@ -122,8 +120,6 @@ async fn three_rabbitmq_nodes_start_at_once_on_a_busy_machine() {
 
 /// Provisions and binds a RabbitMQ instance: its id, credentials and when it was done.
 async fn provision(b: &Running, began: Instant) -> (String, serde_json::Value, Duration) {
-    let id = guid();
-    b.provision(&id, "rabbitmq", "small", json!({})).await;
-    let creds = b.bind(&id, &guid(), "rabbitmq", json!({})).await;
+    let (id, creds) = b.provision_bound("rabbitmq").await;
     (id, creds, began.elapsed())
 }

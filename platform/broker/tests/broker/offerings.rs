@@ -5,13 +5,13 @@
 //! back on the port its credentials name).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 
 use crate::{
-    Running, config, eventually, guid, mariadb, port_free, ports, process_alive, psql, redis_cli,
-    require, run, start, start_fresh,
+    Running, config, eventually, guid, mariadb, port_free, ports, process_alive, psql, rabbit,
+    redis_cli, require, run, start, start_fresh,
 };
 
 fn s<'a>(c: &'a Value, key: &str) -> &'a str {
@@ -263,33 +263,6 @@ async fn mysql_create_bind_use_unbind_delete() {
         "no database or user is left: {out}"
     );
     b.stop().await;
-}
-
-async fn rabbit(
-    client: &reqwest::Client,
-    c: &Value,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let api = format!(
-        "http://{}:{}/api/{path}",
-        s(c, "hostname"),
-        c["protocols"]["management"]["port"].as_u64().unwrap()
-    );
-    let mut req = client
-        .request(method, api)
-        .basic_auth(s(c, "username"), Some(s(c, "password")))
-        .timeout(Duration::from_secs(30));
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    // 0: the node did not answer (it is restarting).
-    let Ok(resp) = req.send().await else {
-        return (0, Value::Null);
-    };
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 async fn rabbit_use(client: &reqwest::Client, c: &Value, queue: &str) -> Result<(), String> {

@@ -99,6 +99,24 @@ async fn spawn_broker_with(dir: &Path, ports: PortRange, uncontained: bool) -> (
     (child, running)
 }
 
+/// Stops the broker process with SIGTERM (a clean stop, as `hydrant run broker` gets) and
+/// waits up to 60 s for it to exit.
+async fn stop_cleanly(child: &mut Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The broker's containers as the runtime lists them, and its cgroups as the kernel shows them.
 async fn kernel_view(dir: &Path) -> (Vec<String>, Vec<PathBuf>) {
     let containers = hydrant_broker::Config {
@@ -227,19 +245,7 @@ async fn a_sigkilled_broker_leaves_nothing_its_next_start_does_not_clean() {
     // Deprovisioned and stopped, it leaves nothing.
     assert_eq!(b.deprovision(&redis_id, "redis").await, 200);
     assert_eq!(b.deprovision(&pg_id, "postgresql").await, 200);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the broker did not stop on SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    stop_cleanly(&mut child).await;
     let (listed, cgroups) = kernel_view(&dir).await;
     assert!(
         listed.is_empty() && cgroups.is_empty(),
@@ -260,9 +266,7 @@ async fn a_sigkilled_uncontained_brokers_orphan_nodes_are_killed_at_its_next_sta
     let dir = tmp.path().join("broker");
     let pool = ports();
     let (mut child, b) = spawn_broker_with(&dir, pool, true).await;
-    let id = guid();
-    b.provision(&id, "redis", "small", json!({})).await;
-    let redis = b.bind(&id, &guid(), "redis", json!({})).await;
+    let (id, redis) = b.provision_bound("redis").await;
     assert!(redis_ping(&redis).await);
     let old = b.nodes().await[0].1;
     child.kill().unwrap(); // SIGKILL
@@ -284,17 +288,5 @@ async fn a_sigkilled_uncontained_brokers_orphan_nodes_are_killed_at_its_next_sta
     .await;
     assert!(!process_alive(old), "the orphan {old} was killed");
     assert_eq!(b.deprovision(&id, "redis").await, 200);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the broker did not stop on SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    stop_cleanly(&mut child).await;
 }

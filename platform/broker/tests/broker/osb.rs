@@ -242,25 +242,10 @@ async fn instances_and_bindings_answer_with_the_spec_status_codes() {
     assert_eq!((status, op["state"].as_str()), (200, Some("succeeded")));
 
     // The instance holds more than the small plan allows: a downgrade is refused, with why.
-    assert_eq!(
-        b.call(
-            "PATCH",
-            &at,
-            Some(json!({"service_id": service_id, "plan_id": medium}))
-        )
-        .await
-        .0,
-        200
-    );
+    assert_eq!(b.update_plan(&id, "redis", "medium").await.0, 200);
     let out = redis_cli(creds, &["SETRANGE", "big", "73400320", "x"]).await;
     assert!(out.trim().parse::<u64>().is_ok(), "{out}");
-    let (status, err) = b
-        .call(
-            "PATCH",
-            &at,
-            Some(json!({"service_id": service_id, "plan_id": small})),
-        )
-        .await;
+    let (status, err) = b.update_plan(&id, "redis", "small").await;
     assert_eq!(status, 422, "{err}");
     assert!(
         err["description"]
@@ -270,16 +255,7 @@ async fn instances_and_bindings_answer_with_the_spec_status_codes() {
         "{err}"
     );
     redis_cli(creds, &["DEL", "big"]).await;
-    assert_eq!(
-        b.call(
-            "PATCH",
-            &at,
-            Some(json!({"service_id": service_id, "plan_id": small}))
-        )
-        .await
-        .0,
-        200
-    );
+    assert_eq!(b.update_plan(&id, "redis", "small").await.0, 200);
 
     // Unbind and deprovision: query ids required, then 200, then 410.
     assert_eq!(b.call("DELETE", &bat, None).await.0, 400);

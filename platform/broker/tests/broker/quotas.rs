@@ -12,7 +12,7 @@ use hydrant_testkit::FakeAgent;
 use serde_json::{Value, json};
 
 use crate::{
-    Running, eventually, guid, mariadb, psql, reporting_config, require, start, start_fresh,
+    Running, eventually, guid, mariadb, psql, rabbit, reporting_config, require, start, start_fresh,
 };
 
 /// Runs the on-demand quota pass; instance `id`'s entry.
@@ -70,9 +70,7 @@ async fn a_mysql_database_over_its_quota_refuses_writes_until_data_is_deleted() 
     let agent = FakeAgent::start();
     let dir = tempfile::tempdir().unwrap();
     let b = start(agent_config(dir.path(), &agent)).await;
-    let id = guid();
-    b.provision(&id, "mysql", "small", json!({})).await;
-    let c = b.bind(&id, &guid(), "mysql", json!({})).await;
+    let (id, c) = b.provision_bound("mysql").await;
     let (ok, out) = mariadb(
         &c,
         "CREATE TABLE small (v TEXT); INSERT INTO small VALUES ('a')",
@@ -140,9 +138,7 @@ async fn a_postgresql_database_over_its_quota_refuses_writes_until_data_is_delet
     let dir = tempfile::tempdir().unwrap();
     let cfg = agent_config(dir.path(), &agent);
     let b = start(cfg.clone()).await;
-    let id = guid();
-    b.provision(&id, "postgresql", "small", json!({})).await;
-    let c = b.bind(&id, &guid(), "postgresql", json!({})).await;
+    let (id, c) = b.provision_bound("postgresql").await;
     let ro = b
         .bind(&id, &guid(), "postgresql", json!({"read-only": true}))
         .await;
@@ -234,41 +230,14 @@ async fn a_postgresql_database_over_its_quota_refuses_writes_until_data_is_delet
     b.stop().await;
 }
 
-async fn rabbit(
-    c: &Value,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let api = format!(
-        "http://{}:{}/api/{path}",
-        c["hostname"].as_str().unwrap(),
-        c["protocols"]["management"]["port"].as_u64().unwrap()
-    );
-    let mut req = reqwest::Client::new()
-        .request(method, api)
-        .basic_auth(
-            c["username"].as_str().unwrap(),
-            Some(c["password"].as_str().unwrap()),
-        )
-        .timeout(Duration::from_secs(30));
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rabbitmq_queue_holds_at_most_its_plans_share_of_memory() {
     use reqwest::Method;
     require("rabbitmq");
     let (_dir, b) = start_fresh().await;
-    let id = guid();
-    b.provision(&id, "rabbitmq", "small", json!({})).await;
-    let c = b.bind(&id, &guid(), "rabbitmq", json!({})).await;
+    let (id, c) = b.provision_bound("rabbitmq").await;
     let (st, body) = rabbit(
+        &b.client,
         &c,
         Method::PUT,
         &format!("queues/{id}/q"),
@@ -281,6 +250,7 @@ async fn a_rabbitmq_queue_holds_at_most_its_plans_share_of_memory() {
     for n in 1..=3 {
         let payload = format!("{n}{}", "x".repeat(999_999));
         let (st, body) = rabbit(
+            &b.client,
             &c,
             Method::POST,
             &format!("exchanges/{id}/amq.default/publish"),
@@ -304,6 +274,7 @@ async fn a_rabbitmq_queue_holds_at_most_its_plans_share_of_memory() {
     b.provision(&other, "rabbitmq", "small", json!({})).await;
     let o = b.bind(&other, &guid(), "rabbitmq", json!({})).await;
     let (st, body) = rabbit(
+        &b.client,
         &o,
         Method::PUT,
         &format!("queues/{other}/q"),
@@ -312,6 +283,7 @@ async fn a_rabbitmq_queue_holds_at_most_its_plans_share_of_memory() {
     .await;
     assert!((200..300).contains(&st), "{st} {body}");
     let (st, body) = rabbit(
+        &b.client,
         &o,
         Method::POST,
         &format!("exchanges/{other}/amq.default/publish"),
@@ -326,6 +298,7 @@ async fn a_rabbitmq_queue_holds_at_most_its_plans_share_of_memory() {
     );
     assert_eq!(b.deprovision(&other, "rabbitmq").await, 200);
     let (st, got) = rabbit(
+        &b.client,
         &c,
         Method::POST,
         &format!("queues/{id}/q/get"),
@@ -347,6 +320,7 @@ async fn a_rabbitmq_queue_holds_at_most_its_plans_share_of_memory() {
     // The vhost's users can lift neither policy.
     for kind in ["policies", "operator-policies"] {
         let (st, _) = rabbit(
+            &b.client,
             &c,
             Method::DELETE,
             &format!("{kind}/{id}/hydrant-plan"),
@@ -358,6 +332,7 @@ async fn a_rabbitmq_queue_holds_at_most_its_plans_share_of_memory() {
     // Nor open more queues than the plan's 64.
     for n in 1..64 {
         let (st, body) = rabbit(
+            &b.client,
             &c,
             Method::PUT,
             &format!("queues/{id}/q{n}"),
@@ -367,6 +342,7 @@ async fn a_rabbitmq_queue_holds_at_most_its_plans_share_of_memory() {
         assert!((200..300).contains(&st), "queue {n}: {st} {body}");
     }
     let (st, body) = rabbit(
+        &b.client,
         &c,
         Method::PUT,
         &format!("queues/{id}/one-too-many"),

@@ -13,9 +13,7 @@ use crate::{
 async fn a_sigkilled_redis_node_is_restarted_with_its_bindings() {
     require("redis");
     let (_dir, b) = start_fresh().await;
-    let id = guid();
-    b.provision(&id, "redis", "small", json!({})).await;
-    let creds = b.bind(&id, &guid(), "redis", json!({})).await;
+    let (id, creds) = b.provision_bound("redis").await;
     assert!(redis_ping(&creds).await);
     let pid = b.nodes().await[0].1;
 
@@ -80,9 +78,7 @@ async fn a_broker_inside_a_private_directory_still_runs_its_nodes() {
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
     let data = private.join("broker");
     let b = start(config(&data, ports())).await;
-    let id = guid();
-    b.provision(&id, "redis", "small", json!({})).await;
-    let creds = b.bind(&id, &guid(), "redis", json!({})).await;
+    let (id, creds) = b.provision_bound("redis").await;
     assert!(redis_ping(&creds).await);
     let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "the private directory stays private");
@@ -108,9 +104,7 @@ async fn a_broker_inside_a_private_directory_still_runs_its_nodes() {
 async fn a_sigkilled_postgresql_node_comes_back_despite_its_busy_backends() {
     require("postgresql");
     let (dir, b) = start_fresh().await;
-    let id = guid();
-    b.provision(&id, "postgresql", "small", json!({})).await;
-    let creds = b.bind(&id, &guid(), "postgresql", json!({})).await;
+    let (id, creds) = b.provision_bound("postgresql").await;
     let uri = creds["uri"].as_str().unwrap().to_owned();
     let ok = |uri: String| async move {
         run("psql", &[&uri, "-X", "-tAc", "SELECT 1"], &[])

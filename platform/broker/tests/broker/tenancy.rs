@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use hydrant_envelope::v2;
 use hydrant_testkit::FakeAgent;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{guid, reporting_config, require, run, start};
+use crate::{guid, mariadb_as, reporting_config, require, start};
 
 fn svc_lines(envs: &[v2::Envelope], source: &str) -> Vec<String> {
     envs.iter()
@@ -24,29 +24,6 @@ fn svc_lines(envs: &[v2::Envelope], source: &str) -> Vec<String> {
             _ => None,
         })
         .collect()
-}
-
-async fn mariadb_as(c: &Value, user: &str, password: &str, db: &str) -> (bool, String) {
-    let port = c["port"].as_u64().unwrap().to_string();
-    let pass = format!("-p{password}");
-    run(
-        "mariadb",
-        &[
-            "--no-defaults",
-            "-h",
-            c["hostname"].as_str().unwrap(),
-            "-P",
-            &port,
-            "-u",
-            user,
-            &pass,
-            db,
-            "-e",
-            "SELECT 1",
-        ],
-        &[],
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,9 +44,9 @@ async fn mysql_failed_logins_naming_another_tenant_reach_only_the_operator() {
     let b_db = cb["name"].as_str().unwrap();
 
     // Tenant A's user knocks on B's database; a stranger logs in as B's database name.
-    let (ok, _) = mariadb_as(&ca, a_user, a_pass, b_db).await;
+    let (ok, _) = mariadb_as(&ca, a_user, a_pass, &[b_db, "-e", "SELECT 1"]).await;
     assert!(!ok);
-    let (ok, _) = mariadb_as(&ca, b_db, "wrong", "").await;
+    let (ok, _) = mariadb_as(&ca, b_db, "wrong", &["", "-e", "SELECT 1"]).await;
     assert!(!ok);
     // A's own session, ended abruptly: the server's line about it is A's.
     let port = ca["port"].as_u64().unwrap().to_string();
