@@ -82,13 +82,49 @@ impl GaugeSeries {
     }
 }
 
+/// When an app or an instance was first and last seen, and last seen answering a request or
+/// logging: what its views and the idle sweep read. Every envelope kept moves `last`; the rules
+/// for the others live here once, for apps and instances alike.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Seen {
+    pub(crate) first: Instant,
+    pub(crate) last: Instant,
+    pub(crate) last_request: Option<Instant>,
+    pub(crate) last_log: Option<Instant>,
+}
+
+impl Seen {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            first: now,
+            last: now,
+            last_request: None,
+            last_log: None,
+        }
+    }
+
+    /// Something of it was kept.
+    pub(crate) fn touch(&mut self, now: Instant) {
+        self.last = now;
+    }
+
+    /// The router reported a response of it.
+    pub(crate) fn request(&mut self, now: Instant) {
+        self.last = now;
+        self.last_request = Some(now);
+    }
+
+    /// An `APP/*` log line of it arrived.
+    pub(crate) fn log(&mut self, now: Instant) {
+        self.last = now;
+        self.last_log = Some(now);
+    }
+}
+
 /// One instance of one app.
 #[derive(Debug, Clone)]
 pub(crate) struct InstanceState {
-    pub(crate) first_seen: Instant,
-    pub(crate) last_seen: Instant,
-    pub(crate) last_request: Option<Instant>,
-    pub(crate) last_log: Option<Instant>,
+    pub(crate) seen: Seen,
     pub(crate) seconds: Ring<InstanceSecond>,
     /// Keyed by the index of the name in [`AppState::gauge_names`].
     pub(crate) gauges: Vec<(u16, GaugeSeries)>,
@@ -97,10 +133,7 @@ pub(crate) struct InstanceState {
 impl InstanceState {
     pub(crate) fn new(now: Instant, horizon: u64) -> Self {
         Self {
-            first_seen: now,
-            last_seen: now,
-            last_request: None,
-            last_log: None,
+            seen: Seen::new(now),
             seconds: Ring::new(horizon),
             gauges: Vec::new(),
         }
@@ -121,7 +154,7 @@ impl InstanceState {
         now: Instant,
         horizon: u64,
     ) {
-        self.last_seen = now;
+        self.seen.touch(now);
         let series = match self.gauges.iter().position(|(i, _)| *i == name_index) {
             Some(p) => &mut self.gauges[p].1,
             None => {
@@ -155,10 +188,7 @@ pub(crate) struct Response {
 /// Everything known about one app.
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
-    pub(crate) first_seen: Instant,
-    pub(crate) last_seen: Instant,
-    pub(crate) last_request: Option<Instant>,
-    pub(crate) last_log: Option<Instant>,
+    pub(crate) seen: Seen,
     pub(crate) last_crash: Option<Instant>,
     pub(crate) last_gap: Option<Instant>,
     /// Envelopes of this app that upstream hops reported lost.
@@ -195,10 +225,7 @@ pub(crate) struct Shape {
 impl AppState {
     pub(crate) fn new(now: Instant, shape: Shape) -> Self {
         Self {
-            first_seen: now,
-            last_seen: now,
-            last_request: None,
-            last_log: None,
+            seen: Seen::new(now),
             last_crash: None,
             last_gap: None,
             lost: 0,
@@ -215,8 +242,7 @@ impl AppState {
     }
 
     pub(crate) fn record_response(&mut self, r: Response, tick: u64, shape: Shape, now: Instant) {
-        self.last_seen = now;
-        self.last_request = Some(now);
+        self.seen.request(now);
         let s = self.seconds.at(tick, Second::default, drop);
         s.requests = s.requests.saturating_add(1);
         let by_class = if r.router_made {
@@ -266,15 +292,14 @@ impl AppState {
     }
 
     pub(crate) fn record_log(&mut self, is_err: bool, tick: u64, now: Instant) {
-        self.last_seen = now;
-        self.last_log = Some(now);
+        self.seen.log(now);
         let s = self.seconds.at(tick, Second::default, drop);
         s.logs = s.logs.saturating_add(1);
         s.log_errs = s.log_errs.saturating_add(u32::from(is_err));
     }
 
     pub(crate) fn record_crash(&mut self, tick: u64, now: Instant) {
-        self.last_seen = now;
+        self.seen.touch(now);
         self.last_crash = Some(now);
         let s = self.seconds.at(tick, Second::default, drop);
         s.crashes = s.crashes.saturating_add(1);
@@ -288,16 +313,14 @@ impl AppState {
 
 impl InstanceState {
     pub(crate) fn record_response(&mut self, server_error: bool, tick: u64, now: Instant) {
-        self.last_seen = now;
-        self.last_request = Some(now);
+        self.seen.request(now);
         let s = self.seconds.at(tick, InstanceSecond::default, drop);
         s.requests = s.requests.saturating_add(1);
         s.server_errors = s.server_errors.saturating_add(u32::from(server_error));
     }
 
     pub(crate) fn record_log(&mut self, is_err: bool, tick: u64, now: Instant) {
-        self.last_seen = now;
-        self.last_log = Some(now);
+        self.seen.log(now);
         let s = self.seconds.at(tick, InstanceSecond::default, drop);
         s.logs = s.logs.saturating_add(1);
         s.log_errs = s.log_errs.saturating_add(u32::from(is_err));

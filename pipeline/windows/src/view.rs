@@ -252,25 +252,25 @@ impl<'a> AppWindows<'a> {
     /// When the app was first seen (windows younger than this are incomplete).
     #[must_use]
     pub fn first_seen(&self) -> Instant {
-        self.state.first_seen
+        self.state.seen.first
     }
 
     /// When any envelope of the app was last kept.
     #[must_use]
     pub fn last_seen(&self) -> Instant {
-        self.state.last_seen
+        self.state.seen.last
     }
 
     /// When the router last reported a response.
     #[must_use]
     pub fn last_request(&self) -> Option<Instant> {
-        self.state.last_request
+        self.state.seen.last_request
     }
 
     /// When an `APP/*` log line was last seen.
     #[must_use]
     pub fn last_log(&self) -> Option<Instant> {
-        self.state.last_log
+        self.state.seen.last_log
     }
 
     /// When a crash event was last seen.
@@ -293,8 +293,8 @@ impl<'a> AppWindows<'a> {
         rate(
             self.windows,
             &s.seconds,
-            s.first_seen,
-            s.last_request,
+            s.seen.first,
+            s.seen.last_request,
             window,
             now,
             |b| u64::from(b.requests),
@@ -385,8 +385,8 @@ impl<'a> AppWindows<'a> {
         log_rate(
             self.windows,
             &s.seconds,
-            s.first_seen,
-            s.last_log,
+            s.seen.first,
+            s.seen.last_log,
             window,
             now,
         )
@@ -547,13 +547,13 @@ impl<'a> InstanceWindows<'a> {
     /// When the instance was first seen.
     #[must_use]
     pub fn first_seen(&self) -> Instant {
-        self.state.first_seen
+        self.state.seen.first
     }
 
     /// When anything of the instance was last kept.
     #[must_use]
     pub fn last_seen(&self) -> Instant {
-        self.state.last_seen
+        self.state.seen.last
     }
 
     /// Router responses this instance served over the window.
@@ -563,8 +563,8 @@ impl<'a> InstanceWindows<'a> {
         rate(
             self.windows,
             &s.seconds,
-            s.first_seen,
-            s.last_request,
+            s.seen.first,
+            s.seen.last_request,
             window,
             now,
             |b| u64::from(b.requests),
@@ -585,8 +585,8 @@ impl<'a> InstanceWindows<'a> {
         log_rate(
             self.windows,
             &s.seconds,
-            s.first_seen,
-            s.last_log,
+            s.seen.first,
+            s.seen.last_log,
             window,
             now,
         )

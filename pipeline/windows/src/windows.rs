@@ -441,8 +441,8 @@ impl Windows {
         let oldest = self
             .apps
             .iter()
-            .min_by_key(|(_, a)| a.last_seen)
-            .filter(|(_, a)| now.saturating_duration_since(a.last_seen) >= idle)
+            .min_by_key(|(_, a)| a.seen.last)
+            .filter(|(_, a)| now.saturating_duration_since(a.seen.last) >= idle)
             .map(|(id, _)| id.clone());
         match oldest {
             Some(id) => {
@@ -589,7 +589,7 @@ impl Windows {
         };
         app.record_crash(tick, now);
         if let Some(i) = app.instances.get_mut(view.instance_id) {
-            i.last_seen = now;
+            i.seen.touch(now);
         }
         true
     }
@@ -609,7 +609,7 @@ impl Windows {
             let Some(app) = self.locate(view, tick, now) else {
                 return false;
             };
-            app.last_seen = now;
+            app.seen.touch(now);
             let AppState {
                 instances,
                 gauge_names,
@@ -664,12 +664,12 @@ impl Windows {
         let app_idle = Duration::from_secs(u64::from(self.config.forget_app_secs));
         let before = self.apps.len();
         self.apps
-            .retain(|_, app| now.saturating_duration_since(app.last_seen) < app_idle);
+            .retain(|_, app| now.saturating_duration_since(app.seen.last) < app_idle);
         self.stats.apps_forgotten += (before - self.apps.len()) as u64;
         let mut instances = 0;
         for app in self.apps.values_mut() {
             app.instances
-                .retain(|_, i| now.saturating_duration_since(i.last_seen) < instance_idle);
+                .retain(|_, i| now.saturating_duration_since(i.seen.last) < instance_idle);
             instances += app.instances.len();
         }
         if let Some(m) = &self.metrics {
