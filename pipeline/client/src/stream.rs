@@ -24,6 +24,9 @@
 //!   it back (`?cursor=`), so the edge replays what was missed while it was away (within the
 //!   dopplers' window; past it, a gap marker with the exact count), even across an edge
 //!   restart. [`FirehoseClient::resume`] starts from a cursor a consumer kept itself.
+//!   The first connection sends an empty `?cursor=`, so the edge closes a stream that falls
+//!   behind ("Fell behind: reconnect with your cursor") rather than dropping from it, and the
+//!   reconnect reads what it was not sent from the rings.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -448,13 +451,12 @@ impl Reader {
 
     /// One attempt: TCP connect, WebSocket upgrade with the token, within the deadline.
     async fn open(&self, auth: Option<HeaderValue>) -> Result<Socket, Failure> {
-        let url = match &self.cursor {
-            Some(cursor) => {
-                let join = if self.url.contains('?') { '&' } else { '?' };
-                format!("{}{join}cursor={cursor}", self.url)
-            }
-            None => self.url.clone(),
-        };
+        // Always sent, empty before the first frame: it tells the edge this consumer keeps
+        // cursors, so a stream that falls behind is closed (and resumed from the dopplers'
+        // rings) instead of losing envelopes.
+        let cursor = self.cursor.as_deref().unwrap_or_default();
+        let join = if self.url.contains('?') { '&' } else { '?' };
+        let url = format!("{}{join}cursor={cursor}", self.url);
         let mut request = url.as_str().into_client_request().map_err(|e| {
             Failure::Fatal(Error::Config {
                 field: "url",

@@ -184,6 +184,22 @@ async fn reconnects_with_backoff_after_drops() {
     );
 }
 
+/// A fresh connection sends an empty cursor: the edge then closes a stream that falls behind
+/// (to be resumed from the rings) instead of dropping from it.
+#[tokio::test]
+async fn the_first_connection_asks_for_cursors_with_an_empty_one() {
+    let fake = fake_edge::start().await;
+    fake.edge
+        .script(Script::Serve(vec![Action::Frame(frame(&[log(
+            "app", "0", 0, 1, "one",
+        )]))]));
+    let mut client = FirehoseClient::connect(config(&fake.url), firehose()).unwrap();
+    assert_eq!(next(&mut client).await, StreamEvent::Connected);
+    expect_batch(next(&mut client).await, &["one"]);
+    let queries = fake.edge.queries.lock().unwrap().clone();
+    assert_eq!(queries, ["cursor="]);
+}
+
 #[tokio::test]
 async fn every_reconnect_resumes_from_the_cursor_of_the_last_frame() {
     let fake = fake_edge::start().await;

@@ -208,6 +208,20 @@ impl Subscription {
         self.hub.live_starts()
     }
 
+    /// Whether other consumers share this one's firehose group now: a member that leaves is
+    /// not replayed its share when it returns while they stay (see `resume`).
+    pub(crate) fn shares_group(&self) -> bool {
+        let Target::Group(key) = &self.target else {
+            return false;
+        };
+        let t = self
+            .hub
+            .table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        t.groups.get(key).is_some_and(|g| g.members.len() > 1)
+    }
+
     /// The sources this subscription follows (an app's stream); `None` for a firehose.
     pub(crate) fn sources(&self) -> Option<&[String]> {
         match &self.target {

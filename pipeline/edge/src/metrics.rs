@@ -75,6 +75,8 @@ pub(crate) struct Metrics {
     /// Fair refusals and slow-consumer evictions in fair queues, by source (20, then `other`).
     pub(crate) dropped_by_source: Arc<SourceCounters>,
     pub(crate) slow_consumers: Counter,
+    /// Consumers with cursors closed to catch up from the rings instead of losing data.
+    pub(crate) fell_behind: Counter,
     /// Envelopes sent to resuming consumers from the dopplers' replay rings.
     pub(crate) replayed: Counter,
     /// Live envelopes not sent because the consumer's replay had already sent them.
@@ -189,6 +191,11 @@ impl Metrics {
             slow_consumers: r.counter(
                 "trafficcontroller.slow_consumers",
                 "consumers closed for falling behind",
+                &[],
+            ),
+            fell_behind: r.counter(
+                "trafficcontroller.fell_behind",
+                "consumers with cursors closed to resume from the rings instead of losing data",
                 &[],
             ),
             keepalive_timeouts: r.counter(

@@ -25,8 +25,15 @@
 //! (see `resume`), its outbox passes over those dopplers' live envelopes instead of queueing
 //! them: the ring holds them too, and the replay reads them from there before the consumer goes
 //! live, so they are neither held twice nor lost, and a long catch-up cannot overflow the outbox.
+//!
+//! Kept for resume: a consumer that asked for cursors (`?cursor=`, empty when it starts live)
+//! loses nothing to its outbox. A push that would evict is refused whole instead, and from then
+//! on every envelope with a ring position is passed over (the rings hold them); the writer sees
+//! [`Outbox::fell_behind`], closes the stream, and the consumer reconnects with the cursor of
+//! the last frame it read, which lies before everything it was not sent. Such an outbox skips
+//! the fairness ledger: it never drops, so there is nothing to share out.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -37,6 +44,7 @@ use hydrant_buffer::{
 use hydrant_emitter::{Counter, SourceCounters};
 use hydrant_envelope::wire::Kind;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::position::Item;
 
@@ -169,6 +177,25 @@ pub(crate) struct Outbox {
     deferred: Mutex<Arc<[u64]>>,
     /// Most envelopes held (`queue_max_envelopes`).
     capacity: usize,
+    /// Most bytes held (`queue_max_bytes`).
+    max_bytes: usize,
+    /// The consumer keeps cursors: overflow closes its stream instead of dropping.
+    resumable: AtomicBool,
+    /// Makes a resumable push's room check and push one step (several publishers push).
+    push_lock: Mutex<()>,
+    /// Cancelled at a resumable outbox's first overflow.
+    fell_behind: CancellationToken,
+    /// Envelopes passed over since [`Outbox::fell_behind`] (the rings hold them).
+    passed_over: AtomicU64,
+}
+
+/// What [`Outbox::close_for_resume`] found still queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Left {
+    /// With a ring position: the consumer is read them again when it resumes.
+    pub(crate) replayable: u64,
+    /// Without one: lost.
+    pub(crate) lost: u64,
 }
 
 impl Outbox {
@@ -202,7 +229,63 @@ impl Outbox {
             deferring: AtomicBool::new(false),
             deferred: Mutex::new(Arc::from([])),
             capacity: limits.max_envelopes,
+            max_bytes: limits.max_bytes,
+            resumable: AtomicBool::new(false),
+            push_lock: Mutex::new(()),
+            fell_behind: CancellationToken::new(),
+            passed_over: AtomicU64::new(0),
         }
+    }
+
+    /// From now on an overflow closes the consumer's stream instead of dropping (it keeps
+    /// cursors and resumes from the rings).
+    pub(crate) fn keep_for_resume(&self) {
+        self.resumable.store(true, Ordering::Release);
+    }
+
+    /// Cancelled once a resumable outbox would have dropped: its stream must close.
+    pub(crate) fn fell_behind(&self) -> &CancellationToken {
+        &self.fell_behind
+    }
+
+    /// Envelopes passed over since the outbox fell behind.
+    pub(crate) fn passed_over(&self) -> u64 {
+        self.passed_over.load(Ordering::Relaxed)
+    }
+
+    /// The resumable push: all of a batch with ring positions is queued, or, when it would
+    /// evict, none of it (and nothing after it).
+    fn push_resumable(&self, envelopes: impl Iterator<Item = Item>) {
+        let _one_at_a_time = self
+            .push_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let batch: Vec<Item> = envelopes.collect();
+        if batch.is_empty() {
+            return;
+        }
+        // Envelopes without a position cannot be read again: they queue as for anyone.
+        if batch.iter().all(|i| i.at.is_known()) {
+            let n = batch.len() as u64;
+            if self.fell_behind.is_cancelled() {
+                self.passed_over.fetch_add(n, Ordering::Relaxed);
+                return;
+            }
+            let (items, bytes) = self.depth();
+            let adding: usize = batch.iter().map(|i| i.bytes.len()).sum();
+            // An empty queue takes any batch (as it always keeps the newest), so one batch
+            // larger than the outbox cannot close the stream over and over.
+            if items > 0
+                && (items + batch.len() > self.capacity
+                    || bytes.saturating_add(adding) > self.max_bytes)
+            {
+                self.fell_behind.cancel();
+                self.passed_over.fetch_add(n, Ordering::Relaxed);
+                return;
+            }
+        }
+        self.buffer
+            .push_iter(batch.into_iter().map(|item| Entry { item, share: None }));
     }
 
     pub(crate) fn kinds(&self) -> KindMask {
@@ -249,6 +332,10 @@ impl Outbox {
                 .as_ref()
                 .is_none_or(|d| !d.contains(&item.at.doppler))
         });
+        if self.resumable.load(Ordering::Acquire) {
+            self.push_resumable(envelopes.map(|(item, _)| item));
+            return;
+        }
         let Some(fair) = &self.fair else {
             self.buffer.push_iter(
                 envelopes
@@ -393,6 +480,29 @@ impl Outbox {
             Self::sweep(fair, Instant::now());
         }
         left
+    }
+
+    /// Like [`Outbox::close`], for a stream closed to resume: tells apart what is still queued
+    /// and held by the rings from what is lost.
+    pub(crate) fn close_for_resume(&self) -> Left {
+        self.buffer.close();
+        let mut shares = Vec::new();
+        let mut lost = 0u64;
+        let all = self
+            .buffer
+            .discard(|e| {
+                lost += u64::from(!e.item.at.is_known());
+                shares.extend(e.share);
+            })
+            .events;
+        if let Some(fair) = &self.fair {
+            fair.ledger.release(&shares);
+            Self::sweep(fair, Instant::now());
+        }
+        Left {
+            replayable: all.saturating_sub(lost),
+            lost,
+        }
     }
 
     /// The fairness ledger's totals, when the outbox is fair.

@@ -16,6 +16,13 @@
 //! Resumable: every frame ends with the consumer's cursor (see `position`), and a consumer that
 //! connects with `?cursor=` is first sent what it missed from the dopplers' replay rings, then
 //! its live data, with nothing repeated (see `resume`).
+//!
+//! A consumer that asked for cursors (any `?cursor=`, empty to start live) is never dropped
+//! from: when its outbox would overflow, the stream closes with 1008 and [`FELL_BEHIND`] before
+//! anything is lost, and it resumes with its cursor from the dopplers' rings. In a shard group
+//! whose other members stayed, a returning member starts live, so there it is told the loss
+//! by a gap marker as before; so is a consumer that came without a cursor and was closed
+//! before any frame (and so any cursor) was written to it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +63,9 @@ const SLOW_APP: &str = "Consumer too slow: it kept losing data. Read faster, or 
 const NO_PONG: &str = "No pong before the keepalive timeout; closing.";
 const SHUTTING_DOWN: &str = "The server is shutting down; reconnect.";
 const TOKEN_EXPIRED: &str = "token expired";
+/// For a consumer with cursors whose outbox would have dropped.
+pub(crate) const FELL_BEHIND: &str = "Fell behind: reconnect with your cursor; the dopplers' rings \
+                                      hold what was not sent.";
 
 /// WebSocket close codes.
 const POLICY_VIOLATION: u16 = 1008;
@@ -99,6 +109,7 @@ pub(crate) async fn firehose(
     let resume = crate::resume::requested(&app, q.get("cursor")).await?;
     let (ws, permit) = admit(&app, ws, &claims)?;
     let sub = app.shards.subscribe(&id, kinds, Endpoint::Firehose).await;
+    keep_for_resume(&sub, &q);
     let ends = token_deadline(&claims);
     let on = Open {
         format,
@@ -128,6 +139,7 @@ pub(crate) async fn app_stream(
     let sub = app
         .hub
         .subscribe_sources(vec![source_id], KindMask::ALL, Endpoint::AppStream);
+    keep_for_resume(&sub, &q);
     let ends = token_deadline(&claims);
     let on = Open {
         format,
@@ -136,6 +148,14 @@ pub(crate) async fn app_stream(
         resume,
     };
     Ok(upgrade(app, ws, sub, permit, on))
+}
+
+/// A consumer that sends `?cursor=` (even empty) keeps cursors: its outbox closes the stream
+/// instead of dropping. Stock consumers, which cannot resume, keep drop-and-gap-marker.
+fn keep_for_resume(sub: &Subscription, q: &Query) {
+    if q.get("cursor").is_some() {
+        sub.outbox().keep_for_resume();
+    }
 }
 
 /// When the stream's token expires, as an instant on the clock the writer sleeps on.
@@ -189,6 +209,8 @@ fn upgrade(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     TooSlow,
+    /// A consumer with cursors whose outbox would have dropped.
+    FellBehind,
     NoPong,
     Shutdown,
     PeerGone,
@@ -215,7 +237,9 @@ async fn serve(app: Arc<Shared>, socket: WebSocket, sub: Subscription, on: Open)
     let peer_gone = CancellationToken::new();
     let (pong_tx, pong_rx) = watch::channel(Instant::now());
     let reader = tokio::spawn(read_client(rx, pong_tx, peer_gone.clone()));
-    let end = write_loop(&app, &mut tx, &sub, &on, pong_rx, &peer_gone).await;
+    // Whether the consumer holds a cursor to come back with: its own, or a written frame's.
+    let mut given = on.resume.is_some();
+    let end = write_loop(&app, &mut tx, &sub, &on, pong_rx, &peer_gone, &mut given).await;
     let close = match end {
         End::TooSlow => {
             app.metrics.slow_consumers.inc();
@@ -231,6 +255,32 @@ async fn serve(app: Arc<Shared>, socket: WebSocket, sub: Subscription, on: Open)
             }
             Some((POLICY_VIOLATION, slow))
         }
+        End::FellBehind => {
+            app.metrics.fell_behind.inc();
+            let outbox = sub.outbox();
+            let left = outbox.close_for_resume();
+            tracing::info!(
+                passed_over = outbox.passed_over(),
+                queued = left.replayable,
+                "a consumer with a cursor fell behind: closed to resume from the rings"
+            );
+            app.metrics.dropped_closed.add(left.lost);
+            let mut lost = outbox.take_unreported() + left.lost;
+            // It will start live when it returns, so what it was not sent is lost to it: in a
+            // group whose other members stayed, or when it holds no cursor to come back with
+            // (it came without one and no frame was written to it: a burst filled its outbox
+            // before its writer ran).
+            if sub.shares_group() || !given {
+                let skipped = outbox.passed_over() + left.replayable;
+                app.metrics.dropped_slow.add(skipped);
+                lost += skipped;
+            }
+            if lost > 0 {
+                let (msg, _) = message(format, frame::slow_gap(lost).as_ref(), &[], None, &app);
+                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, tx.send(msg)).await;
+            }
+            Some((POLICY_VIOLATION, FELL_BEHIND))
+        }
         End::NoPong => {
             app.metrics.keepalive_timeouts.inc();
             Some((POLICY_VIOLATION, NO_PONG))
@@ -244,6 +294,9 @@ async fn serve(app: Arc<Shared>, socket: WebSocket, sub: Subscription, on: Open)
         }
         End::PeerGone => None,
     };
+    // Out of its group before the close is written, so the consumer's reconnect finds itself
+    // the group's only member and is replayed from its cursor.
+    let sub = (end != End::FellBehind).then_some(sub);
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
             code,
@@ -337,6 +390,7 @@ async fn send(
     tokio::select! {
         r = tx.send(msg) => if r.is_ok() { Sent::Ok } else { Sent::Failed },
         () = behind_too_long(outbox, timeout) => Sent::Ended(End::TooSlow),
+        () = outbox.fell_behind().cancelled() => Sent::Ended(End::FellBehind),
         () = sleep(timeout) => Sent::Ended(End::TooSlow),
         () = peer_gone.cancelled() => Sent::Ended(End::PeerGone),
         () = app.shutdown.cancelled() => Sent::Ended(End::Shutdown),
@@ -350,6 +404,7 @@ async fn write_loop(
     on: &Open,
     mut pong_rx: watch::Receiver<Instant>,
     peer_gone: &CancellationToken,
+    given: &mut bool,
 ) -> End {
     let (format, token_ends) = (on.format, on.token_ends);
     let mut tracker = Tracker::default();
@@ -398,6 +453,9 @@ async fn write_loop(
             next_ping = now + opts.ping_interval;
             continue;
         }
+        if outbox.fell_behind().is_cancelled() {
+            return End::FellBehind;
+        }
         if too_slow(outbox, opts.slow_consumer_timeout, now) {
             return End::TooSlow;
         }
@@ -422,7 +480,10 @@ async fn write_loop(
             );
             let count = items.len() as u64 - failed;
             match send(app, tx, msg, outbox, peer_gone).await {
-                Sent::Ok => app.metrics.replayed.add(count),
+                Sent::Ok => {
+                    *given |= cursor.is_some();
+                    app.metrics.replayed.add(count);
+                }
                 Sent::Failed => return End::PeerGone,
                 Sent::Ended(end) => return end,
             }
@@ -439,6 +500,7 @@ async fn write_loop(
             let wake = awaiting.map_or(next_ping, |(_, due)| due.min(next_ping));
             tokio::select! {
                 () = outbox.notified() => {}
+                () = outbox.fell_behind().cancelled() => return End::FellBehind,
                 () = sleep_until(wake) => {}
                 () = sleep_until(token_ends) => return End::TokenExpired,
                 r = pong_rx.changed() => if r.is_err() { return End::PeerGone; },
@@ -458,9 +520,13 @@ async fn write_loop(
         let count = taken.len() as u64 - failed;
         taken.clear();
         match send(app, tx, msg, outbox, peer_gone).await {
-            Sent::Ok => egress.add(count),
+            Sent::Ok => {
+                *given |= cursor.is_some();
+                egress.add(count);
+            }
             // The frame is in the socket's buffer and goes out ahead of the close frame.
-            Sent::Ended(end @ (End::TooSlow | End::Shutdown)) => {
+            Sent::Ended(end @ (End::TooSlow | End::FellBehind | End::Shutdown)) => {
+                *given |= cursor.is_some();
                 egress.add(count);
                 return end;
             }
@@ -481,6 +547,7 @@ mod tests {
         for r in [
             SLOW_FIREHOSE,
             SLOW_APP,
+            FELL_BEHIND,
             NO_PONG,
             SHUTTING_DOWN,
             TOKEN_EXPIRED,

@@ -603,3 +603,118 @@ async fn a_follow_through_the_client_library_survives_an_edge_restart() {
     edge.stop().await;
     doppler.stop().await;
 }
+
+/// A consumer with a cursor that stops reading until its outbox would overflow loses nothing:
+/// the edge closes its stream ("fell behind") instead of dropping, and the client library
+/// reconnects with its cursor and reads the rest from the doppler's ring. A stock consumer
+/// without a cursor, beside it, still has its drops counted.
+#[tokio::test]
+async fn a_consumer_with_a_cursor_that_falls_behind_catches_up_from_the_ring_without_loss() {
+    use hydrant_firehose_client::{ClientConfig, FirehoseClient, StreamEvent, Subscription};
+    const N: i64 = 2000;
+    let doppler = RealDoppler::start(60).await;
+    let edge = start_edge(hydrant_firehose::Config {
+        queue_max_envelopes: 64,
+        queue_max_bytes: 4 * 1024 * 1024,
+        // Far longer than the test: neither consumer is closed for slowness.
+        slow_consumer_timeout_secs: 60.0,
+        ..config(vec![doppler.url()])
+    })
+    .await;
+    edge.wait_connected(1.0).await;
+    let mut client_config = ClientConfig {
+        url: format!("http://{}", edge.http),
+        token: admin_token(),
+        // The library holds one event: the consumer's stall reaches the socket at once.
+        buffer_events: 1,
+        ..ClientConfig::default()
+    };
+    client_config.reconnect.initial_ms = 20;
+    client_config.reconnect.max_ms = 200;
+    let mut follow = FirehoseClient::connect(
+        client_config,
+        Subscription::Firehose {
+            subscription_id: "catch-up".to_owned(),
+        },
+    )
+    .unwrap();
+    assert!(matches!(follow.next().await, Some(StreamEvent::Connected)));
+    // A stock consumer: no cursor, a small receive buffer, never reading.
+    let _plain = ws_connect(
+        edge.http,
+        "/firehose/plain",
+        Some(&admin_token()),
+        Some(16 * 1024),
+    )
+    .await
+    .unwrap();
+    wait_for("both consumers to subscribe", 5, || async {
+        edge.metric("trafficcontroller_firehoses", &[]).await == 2.0
+    })
+    .await;
+
+    // The consumer stops reading while far more than its outbox and socket buffers arrive.
+    let payload = "z".repeat(8 * 1024);
+    for start in (0..N).step_by(50) {
+        doppler
+            .send(
+                (start..start + 50)
+                    .map(|i| log("web", i, &payload))
+                    .collect(),
+            )
+            .await;
+    }
+    wait_for("the consumer with a cursor to fall behind", 20, || async {
+        edge.metric("trafficcontroller_fell_behind_total", &[])
+            .await
+            >= 1.0
+    })
+    .await;
+    wait_for("the stock consumer's drops", 20, || async {
+        edge.metric(
+            "trafficcontroller_dropped_total",
+            &[("reason", "slow_consumer")],
+        )
+        .await
+            > 0.0
+    })
+    .await;
+
+    // Reading again: every envelope once, in order, and no gap.
+    let mut got: Vec<i64> = Vec::new();
+    let mut gaps = Vec::new();
+    let mut closes = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < N as usize {
+        let event = tokio::time::timeout_at(deadline, follow.next())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {N} envelopes", got.len()))
+            .unwrap();
+        match event {
+            StreamEvent::Batch(b) => got.extend(b.iter().map(|v| v.timestamp)),
+            StreamEvent::Gap(g) => gaps.push(format!("{g:?}")),
+            StreamEvent::Closed { code, reason } => closes.push((code, reason)),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        got,
+        (0..N).collect::<Vec<_>>(),
+        "every envelope once, in order"
+    );
+    assert!(gaps.is_empty(), "nothing lost: {gaps:?}");
+    assert!(
+        closes
+            .iter()
+            .any(|(code, reason)| *code == 1008 && reason.contains("Fell behind")),
+        "closed to catch up: {closes:?}"
+    );
+    assert!(follow.stats().connects >= 2, "it did reconnect");
+    assert!(
+        edge.metric("trafficcontroller_replayed_total", &[]).await > 0.0,
+        "the rest came from the ring"
+    );
+    drop(follow);
+    edge.stop().await;
+    doppler.stop().await;
+}
