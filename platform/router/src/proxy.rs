@@ -123,6 +123,18 @@ pub(crate) fn route(
     let started = Instant::now();
     shared.metrics.requests.inc();
     let request_id = request_id(request.headers());
+    // Every refusal here comes before an exchange with a backend: counted, and answered with
+    // the page alone.
+    let refuse = |reason: Reason, status: StatusCode, page: String| {
+        Box::new(router_error(
+            shared,
+            reason,
+            status,
+            page,
+            &request_id,
+            None,
+        ))
+    };
 
     let mut buf = [0u8; MAX_HOST_LEN];
     let raw_host = match request.uri().authority() {
@@ -133,28 +145,18 @@ pub(crate) fn route(
             .map(HeaderValue::as_bytes),
     };
     let Some(host) = raw_host.and_then(|raw| request_host(raw, &mut buf)) else {
-        return Err(Box::new(router_error(
-            shared,
+        return Err(refuse(
             Reason::EmptyHost,
             StatusCode::BAD_REQUEST,
             "400 Bad Request: the request has no Host.\n".into(),
-            &request_id,
-            None,
-        )));
+        ));
     };
     let Some(route) = snapshot.lookup(host, request.uri().path()) else {
         let page = format!(
             "404 Not Found: Requested route ('{}') does not exist.\n",
             host.escape_default()
         );
-        return Err(Box::new(router_error(
-            shared,
-            Reason::UnknownRoute,
-            StatusCode::NOT_FOUND,
-            page,
-            &request_id,
-            None,
-        )));
+        return Err(refuse(Reason::UnknownRoute, StatusCode::NOT_FOUND, page));
     };
     let pool = Arc::clone(&route.pool);
 
@@ -167,14 +169,7 @@ pub(crate) fn route(
                 }
                 _ => "400 Bad Request: X-Cf-App-Instance names no instance of this route.\n",
             };
-            return Err(Box::new(router_error(
-                shared,
-                reason,
-                StatusCode::BAD_REQUEST,
-                page.into(),
-                &request_id,
-                None,
-            )));
+            return Err(refuse(reason, StatusCode::BAD_REQUEST, page.into()));
         }
     };
     if pool.endpoints.is_empty() {
@@ -182,14 +177,11 @@ pub(crate) fn route(
             "503 Service Unavailable: Requested route ('{}') has no available endpoints.\n",
             host.escape_default()
         );
-        return Err(Box::new(router_error(
-            shared,
+        return Err(refuse(
             Reason::NoEndpoints,
             StatusCode::SERVICE_UNAVAILABLE,
             page,
-            &request_id,
-            None,
-        )));
+        ));
     }
 
     Ok(Routed {
