@@ -50,20 +50,20 @@ impl From<hydrant_runtime::ConfigError> for Error {
 #[macro_export]
 macro_rules! nozzle_error_conversions {
     ($error:ty) => {
-        impl From<hydrant_firehose_client::Error> for $error {
-            fn from(e: hydrant_firehose_client::Error) -> Self {
+        impl From<$crate::__error_sources::FirehoseError> for $error {
+            fn from(e: $crate::__error_sources::FirehoseError) -> Self {
                 Self::Core($crate::Error::Firehose(e))
             }
         }
 
-        impl From<hydrant_runtime::Error> for $error {
-            fn from(e: hydrant_runtime::Error) -> Self {
+        impl From<$crate::__error_sources::RuntimeError> for $error {
+            fn from(e: $crate::__error_sources::RuntimeError) -> Self {
                 Self::Core($crate::Error::Runtime(e))
             }
         }
 
-        impl From<hydrant_runtime::ConfigError> for $error {
-            fn from(e: hydrant_runtime::ConfigError) -> Self {
+        impl From<$crate::__error_sources::ConfigError> for $error {
+            fn from(e: $crate::__error_sources::ConfigError) -> Self {
                 Self::Core($crate::Error::from(e))
             }
         }

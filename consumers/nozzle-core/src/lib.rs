@@ -43,3 +43,11 @@ pub use metrics::{LOSS_SOURCE_TYPE, NozzleMetrics, loss_notice, loss_notice_text
 pub use queue::{DestinationQueue, QueueLimits};
 pub use role::{ABORT_GRACE, finish_senders, validate_firehose, validate_self_report};
 pub use watermark::{Positions, Ticket, Watermark};
+
+/// The error types [`nozzle_error_conversions!`] names, reached through this crate so a
+/// nozzle using the macro needs no dependency of its own for them.
+#[doc(hidden)]
+pub mod __error_sources {
+    pub use hydrant_firehose_client::Error as FirehoseError;
+    pub use hydrant_runtime::{ConfigError, Error as RuntimeError};
+}
