@@ -12,7 +12,7 @@
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use hydrant_envelope::cursor::put_frame_cursor;
-use hydrant_envelope::gap::{GAP_SOURCE, Gap};
+use hydrant_envelope::gap::{BySource, GAP_SOURCE, Gap};
 use hydrant_envelope::v2;
 use hydrant_envelope::wire::put_varint;
 use prost::Message as _;
@@ -51,6 +51,11 @@ pub(crate) fn gap(dropped: u64) -> Gap {
         reason: "slow_consumer".to_owned(),
         by_source: Default::default(),
     }
+}
+
+/// The slow-consumer marker when `dropped > 0`, naming whose envelopes they were.
+pub(crate) fn slow_gap_by(dropped: u64, by_source: BySource) -> Option<Gap> {
+    slow_gap(dropped).map(|gap| Gap { by_source, ..gap })
 }
 
 /// The slow-consumer marker when `dropped > 0`.

@@ -32,7 +32,16 @@
 //! [`Outbox::fell_behind`], closes the stream, and the consumer reconnects with the cursor of
 //! the last frame it read, which lies before everything it was not sent. Such an outbox skips
 //! the fairness ledger: it never drops, so there is nothing to share out.
+//!
+//! Whose envelopes: every envelope the outbox drops (evicted, refused as too large, or refused
+//! by the fairness ledger) is remembered by source, in the order dropped ([`LostRuns`], runs
+//! of one source merged, at most [`MAX_LOST_RUNS`] runs, the rest unattributed), so the writer's
+//! `slow_consumer` marker for the next `gap` envelopes names the sources that lost most and
+//! sums the rest as other ([`Outbox::lost_by_source`]). The total is always the buffer's exact
+//! gap; which source an envelope at the boundary between two markers is told under may shift
+//! by the few dropped while a take ran.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -42,6 +51,7 @@ use hydrant_buffer::{
     Share, Weigh,
 };
 use hydrant_emitter::{Counter, SourceCounters};
+use hydrant_envelope::gap::{BySource, GAP_TOP_SOURCES};
 use hydrant_envelope::wire::Kind;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +60,93 @@ use crate::position::Item;
 
 /// How often an outbox's fairness ledger hands its per-source counts to the metrics.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Most runs of dropped envelopes an outbox remembers by source before a marker reports them;
+/// drops past this are told as unattributed (`other`).
+const MAX_LOST_RUNS: usize = 1024;
+
+/// Dropped envelopes by source, in the order dropped, until a gap marker reports them.
+#[derive(Debug, Default)]
+struct LostRuns {
+    /// (source, envelopes), oldest first; `None`: unattributed.
+    runs: VecDeque<(Option<Arc<str>>, u64)>,
+}
+
+impl LostRuns {
+    fn add(&mut self, source: Option<&[u8]>, n: u64) {
+        if n == 0 {
+            return;
+        }
+        if let Some((last, count)) = self.runs.back_mut()
+            && last.as_deref().map(str::as_bytes) == source
+        {
+            *count += n;
+            return;
+        }
+        if self.runs.len() >= MAX_LOST_RUNS {
+            match self.runs.back_mut() {
+                Some((None, count)) => *count += n,
+                _ => self.runs.push_back((None, n)),
+            }
+            return;
+        }
+        let name = source.map(|s| Arc::from(String::from_utf8_lossy(s).as_ref()));
+        self.runs.push_back((name, n));
+    }
+
+    /// Adds `other`'s runs after these.
+    fn append(&mut self, other: Self) {
+        for (source, n) in other.runs {
+            let full = self.runs.len() >= MAX_LOST_RUNS;
+            match self.runs.back_mut() {
+                Some((last, count)) if *last == source || (full && last.is_none()) => {
+                    *count += n;
+                }
+                _ if full => self.runs.push_back((None, n)),
+                _ => self.runs.push_back((source, n)),
+            }
+        }
+    }
+
+    /// Whose the next `gap` dropped envelopes were: the top sources and the rest as other,
+    /// summing to `gap` (what was not remembered is unattributed).
+    fn take(&mut self, gap: u64) -> BySource {
+        let mut counts: HashMap<Arc<str>, u64> = HashMap::new();
+        let mut left = gap;
+        let mut unattributed = 0;
+        while left > 0 {
+            let Some((source, count)) = self.runs.front_mut() else {
+                break;
+            };
+            let n = (*count).min(left);
+            match source {
+                Some(name) => *counts.entry(name.clone()).or_default() += n,
+                None => unattributed += n,
+            }
+            left -= n;
+            *count -= n;
+            if *count == 0 {
+                self.runs.pop_front();
+            }
+        }
+        BySource::top_n(
+            counts.into_iter().map(|(name, n)| (name.to_string(), n)),
+            unattributed + left,
+            GAP_TOP_SOURCES,
+        )
+    }
+}
+
+/// Where `source` (a slice of `item`'s bytes) lies in them, kept small in every entry.
+fn source_span(item: &Item, source: &[u8]) -> (u32, u32) {
+    let start = (source.as_ptr() as usize).wrapping_sub(item.bytes.as_ptr() as usize);
+    match start.checked_add(source.len()) {
+        Some(end) if end <= item.bytes.len() => (
+            u32::try_from(start).unwrap_or(0),
+            u32::try_from(end).unwrap_or(0),
+        ),
+        _ => (0, 0),
+    }
+}
 
 /// Which envelope types a consumer wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -141,6 +238,17 @@ impl Observer for Report {
 struct Entry {
     item: Item,
     share: Option<Share>,
+    /// Where its `source_id` lies in `item.bytes` (`(0, 0)`: unknown).
+    source: (u32, u32),
+}
+
+impl Entry {
+    fn source(&self) -> Option<&[u8]> {
+        let (start, end) = self.source;
+        (end > start)
+            .then(|| self.item.bytes.get(start as usize..end as usize))
+            .flatten()
+    }
 }
 
 impl Weigh for Entry {
@@ -187,6 +295,8 @@ pub(crate) struct Outbox {
     fell_behind: CancellationToken,
     /// Envelopes passed over since [`Outbox::fell_behind`] (the rings hold them).
     passed_over: AtomicU64,
+    /// Dropped envelopes by source, until the writer's next marker tells them.
+    lost: Mutex<LostRuns>,
 }
 
 /// What [`Outbox::close_for_resume`] found still queued.
@@ -234,6 +344,7 @@ impl Outbox {
             push_lock: Mutex::new(()),
             fell_behind: CancellationToken::new(),
             passed_over: AtomicU64::new(0),
+            lost: Mutex::default(),
         }
     }
 
@@ -284,8 +395,14 @@ impl Outbox {
                 return;
             }
         }
-        self.buffer
-            .push_iter(batch.into_iter().map(|item| Entry { item, share: None }));
+        self.buffer.push_iter_with(
+            batch.into_iter().map(|item| Entry {
+                item,
+                share: None,
+                source: (0, 0),
+            }),
+            |lost, reason| self.record_lost(lost, reason),
+        );
     }
 
     pub(crate) fn kinds(&self) -> KindMask {
@@ -337,10 +454,13 @@ impl Outbox {
             return;
         }
         let Some(fair) = &self.fair else {
-            self.buffer.push_iter(
-                envelopes
-                    .into_iter()
-                    .map(|(item, _)| Entry { item, share: None }),
+            self.buffer.push_iter_with(
+                envelopes.into_iter().map(|(item, source)| Entry {
+                    source: source_span(&item, source),
+                    item,
+                    share: None,
+                }),
+                |lost, reason| self.record_lost(lost, reason),
             );
             return;
         };
@@ -353,14 +473,20 @@ impl Outbox {
             let cost = u32::try_from(item.bytes.len()).unwrap_or(u32::MAX);
             let Some(share) = fair.ledger.admit(fair.keys.key(source), name, cost, fill) else {
                 refused += 1;
+                self.lost
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .add(Some(source), 1);
                 return None;
             };
             Some(Entry {
+                source: source_span(&item, source),
                 item,
                 share: Some(share),
             })
         });
         self.buffer.push_iter_with(admitted, |lost, reason| {
+            self.record_lost(lost, reason);
             let Some(share) = lost.share else { return };
             if matches!(
                 reason,
@@ -443,6 +569,31 @@ impl Outbox {
         );
     }
 
+    /// Remembers whose envelope a push dropped (called under the buffer's lock).
+    fn record_lost(&self, entry: &Entry, reason: DropReason) {
+        if matches!(
+            reason,
+            DropReason::Evicted | DropReason::Full | DropReason::TooLarge
+        ) {
+            self.lost
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .add(entry.source(), 1);
+        }
+    }
+
+    /// Whose the `gap` envelopes a take reported lost were: the top sources and the rest as
+    /// other, summing to `gap`.
+    pub(crate) fn lost_by_source(&self, gap: u64) -> BySource {
+        if gap == 0 {
+            return BySource::default();
+        }
+        self.lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(gap)
+    }
+
     /// Hands over the count of drops not yet reported (for a final gap marker).
     pub(crate) fn take_unreported(&self) -> u64 {
         self.buffer.take_gap()
@@ -474,7 +625,20 @@ impl Outbox {
         // Closed first, so nothing pushed from now on can be left queued and uncounted.
         self.buffer.close();
         let mut shares = Vec::new();
-        let left = self.buffer.discard(|e| shares.extend(e.share)).events;
+        // Told after the drops not yet reported, in the final marker (see `lost_by_source`).
+        // Gathered apart: `lost` is taken under the buffer's lock elsewhere, never around it.
+        let mut discarded = LostRuns::default();
+        let left = self
+            .buffer
+            .discard(|e| {
+                shares.extend(e.share);
+                discarded.add(e.source(), 1);
+            })
+            .events;
+        self.lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .append(discarded);
         if let Some(fair) = &self.fair {
             fair.ledger.release(&shares);
             Self::sweep(fair, Instant::now());
@@ -705,6 +869,80 @@ mod tests {
             fair_share_drops: registry
                 .counter_sum("trafficcontroller.dropped", &[("reason", "fair_share")]),
             stats,
+        }
+    }
+
+    /// The writer's `slow_consumer` markers say whose envelopes were dropped: exact per source
+    /// when drops and takes alternate, and always summing to the gap, fair or not.
+    #[test]
+    fn a_slow_consumers_markers_say_whose_envelopes_it_lost() {
+        use crate::hub::Hub;
+        use crate::metrics::{Endpoint, Metrics};
+        let batch = |sources: &[&str], n: usize| {
+            let envs: Vec<Bytes> = (0..n).map(|i| log(sources[i % sources.len()], i)).collect();
+            hydrant_envelope::wire::batch_of(envs.iter().map(|b| &b[..]))
+        };
+        let named = |by: &BySource| {
+            let mut v: Vec<(String, u64)> = by.top.clone();
+            v.sort();
+            v
+        };
+        for fair in [false, true] {
+            let registry = hydrant_emitter::Registry::new("trafficcontroller", "t");
+            let hub = std::sync::Arc::new(Hub::new(
+                Metrics::new(&registry),
+                Limits {
+                    max_envelopes: 10,
+                    max_bytes: 1 << 24,
+                    fair,
+                },
+                1,
+            ));
+            let sub = hub.subscribe_group("nozzle", KindMask::ALL, Endpoint::Firehose);
+            let (mut scratch, mut out) = (Vec::new(), Vec::new());
+            hub.publish(&batch(&["a"], 10), &mut scratch);
+            hub.publish(&batch(&["b"], 10), &mut scratch);
+            let gap = sub.outbox().take(100, usize::MAX, &mut out).gap;
+            let by = sub.outbox().lost_by_source(gap);
+            assert_eq!(by.total(), gap, "fair={fair}");
+            if !fair {
+                assert_eq!(gap, 10);
+                assert_eq!(named(&by), [("a".to_owned(), 10)]);
+            }
+            out.clear();
+            assert_eq!(sub.outbox().take(100, usize::MAX, &mut out).gap, 0);
+            hub.publish(&batch(&["a", "c"], 12), &mut scratch);
+            let gap = sub.outbox().take(100, usize::MAX, &mut out).gap;
+            let by = sub.outbox().lost_by_source(gap);
+            assert_eq!(by.total(), gap, "fair={fair}");
+            assert_eq!(by.other, 0, "every drop attributed");
+            if !fair {
+                assert_eq!(named(&by), [("a".to_owned(), 1), ("c".to_owned(), 1)]);
+            }
+            // A flood among quiet sources: what the markers name adds up to what was lost,
+            // and the flood lost most.
+            let mut lost: std::collections::HashMap<String, u64> = Default::default();
+            let mut total = 0;
+            for _ in 0..20 {
+                hub.publish(
+                    &batch(&["flood", "flood", "flood", "flood", "q"], 40),
+                    &mut scratch,
+                );
+                out.clear();
+                let gap = sub.outbox().take(5, usize::MAX, &mut out).gap;
+                total += gap;
+                let by = sub.outbox().lost_by_source(gap);
+                assert_eq!(by.total(), gap);
+                for (s, n) in by.top {
+                    *lost.entry(s).or_default() += n;
+                }
+            }
+            assert!(total > 0);
+            assert_eq!(lost.values().sum::<u64>(), total, "fair={fair}: {lost:?}");
+            assert!(
+                lost["flood"] > lost.get("q").copied().unwrap_or(0),
+                "{lost:?}"
+            );
         }
     }
 

@@ -183,7 +183,8 @@ impl Stream {
                 let left = outbox.close();
                 self.app.metrics.dropped_closed.add(left);
                 let lost = outbox.take_unreported() + left;
-                let (gap, _) = frame::json(frame::slow_gap(lost).as_ref(), &[], None);
+                let gap = frame::slow_gap_by(lost, outbox.lost_by_source(lost));
+                let (gap, _) = frame::json(gap.as_ref(), &[], None);
                 let closing = self.closing("consumer too slow: it kept losing data");
                 let mut out = format!("data: {gap}\n\n").into_bytes();
                 out.extend_from_slice(&closing);
@@ -221,7 +222,7 @@ impl Stream {
             if !self.taken.is_empty() || gap > 0 {
                 let cursor = self.tracker.text();
                 let (text, failed) = frame::json(
-                    frame::slow_gap(gap).as_ref(),
+                    frame::slow_gap_by(gap, outbox.lost_by_source(gap)).as_ref(),
                     &self.taken,
                     cursor.as_deref(),
                 );

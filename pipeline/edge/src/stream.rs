@@ -250,7 +250,8 @@ async fn serve(app: Arc<Shared>, socket: WebSocket, sub: Subscription, on: Open)
             app.metrics.dropped_closed.add(left);
             let lost = outbox.take_unreported() + left;
             if lost > 0 {
-                let (msg, _) = message(format, frame::slow_gap(lost).as_ref(), &[], None, &app);
+                let gap = frame::slow_gap_by(lost, outbox.lost_by_source(lost));
+                let (msg, _) = message(format, gap.as_ref(), &[], None, &app);
                 let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, tx.send(msg)).await;
             }
             Some((POLICY_VIOLATION, slow))
@@ -512,7 +513,7 @@ async fn write_loop(
         let cursor = tracker.text();
         let (msg, failed) = message(
             format,
-            frame::slow_gap(gap).as_ref(),
+            frame::slow_gap_by(gap, outbox.lost_by_source(gap)).as_ref(),
             &taken,
             cursor.as_deref(),
             app,

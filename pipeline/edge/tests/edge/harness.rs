@@ -125,6 +125,11 @@ pub fn is_gap(e: &v2::Envelope) -> Option<u64> {
         assert_eq!(g.hop, "firehose");
         assert_eq!(g.reason, "slow_consumer");
         assert_eq!(g.source_id, "hydrant");
+        assert_eq!(
+            g.by_source.total(),
+            g.dropped,
+            "the marker says whose envelopes were lost: {g:?}"
+        );
         g.dropped
     })
 }
