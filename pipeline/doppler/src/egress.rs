@@ -7,7 +7,8 @@
 //!
 //! A `BatchedReceiver` call with `hydrant-ring-from` metadata is a ring read instead: served
 //! from the replay ring (see `replay`), with a position record before every batch; stock
-//! clients never send it and get Loggregator's stream.
+//! clients never send it and get Loggregator's stream. A ring read with a `shard_id` gets only
+//! its member's share (`hydrant-shard-member`, see `shard`).
 //!
 //! Invariants: a stream is registered with the router before its response headers go out, so
 //! nothing that reaches the doppler after the client sees the response is missed; when the

@@ -12,7 +12,9 @@
 //!
 //! The replay ring keeps the last `replay_ring_bytes` / `replay_ring_secs` of routed batches,
 //! numbered per envelope, so a firehose consumer's cursor can be resumed after a reconnect or an
-//! edge restart (see `replay`).
+//! edge restart (see `replay`). Ring reads that ask with one `shard_id` split it: each envelope
+//! goes to one of them, by its offset and the group's recorded membership (see `shard`), which
+//! is how firehose edges behind one name serve one subscription id once between them.
 //!
 //! Invariants: envelopes travel as encoded bytes and are never decoded on the way through (the
 //! log cache's `Read` is the one place that decodes, for its typed response); every queue is

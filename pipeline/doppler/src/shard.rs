@@ -350,7 +350,160 @@ fn split_position(message: &Bytes) -> Option<(RingPosition, Bytes)> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use hydrant_envelope::v2;
+    use hydrant_envelope::wire::{EnvelopeView, batch_of, encode};
+    use tokio_util::sync::CancellationToken;
+
     use super::*;
+    use crate::batch::ValidBatch;
+    use crate::replay::{RingRequest, ring_stream};
+    use crate::selector::SubscriptionRequest;
+
+    fn everything() -> SubscriptionRequest {
+        use v2::selector::Message;
+        let all = |m| v2::Selector {
+            source_id: String::new(),
+            message: Some(m),
+        };
+        SubscriptionRequest::parse(
+            String::new(),
+            None,
+            vec![
+                all(Message::Log(v2::LogSelector {})),
+                all(Message::Counter(v2::CounterSelector::default())),
+                all(Message::Gauge(v2::GaugeSelector::default())),
+                all(Message::Timer(v2::TimerSelector {})),
+                all(Message::Event(v2::EventSelector {})),
+            ],
+            "",
+        )
+        .unwrap()
+    }
+
+    fn push(ring: &ReplayRing, stamps: std::ops::Range<i64>) {
+        let envelopes: Vec<Bytes> = stamps
+            .map(|n| {
+                encode(&v2::Envelope {
+                    source_id: "app".to_owned(),
+                    timestamp: n,
+                    message: Some(v2::envelope::Message::Log(v2::Log::default())),
+                    ..v2::Envelope::default()
+                })
+            })
+            .collect();
+        ring.push(&ValidBatch::from_batch(batch_of(envelopes.iter().map(|b| b.as_ref()))).0);
+    }
+
+    /// A member's read of `ring` from `from` (`None`: live from the head, joining the group).
+    fn read(
+        groups: &Arc<ShardGroups>,
+        ring: &Arc<ReplayRing>,
+        member: u64,
+        from: Option<u64>,
+        to: Option<u64>,
+    ) -> impl Stream<Item = Result<Bytes, Status>> + Send + 'static {
+        let request = RingRequest {
+            from,
+            to,
+            epoch: None,
+        };
+        let read = ring_stream(
+            ring.clone(),
+            request,
+            everything(),
+            Counter::default(),
+            Counter::default(),
+            (),
+            CancellationToken::new(),
+        );
+        Share::new(
+            groups,
+            ring,
+            "nozzle",
+            member,
+            to.is_none(),
+            Counter::default(),
+        )
+        .apply(read)
+    }
+
+    /// `(offset, timestamp)` of every envelope in `messages`, by the records in front of them.
+    fn envelopes(messages: &[Bytes]) -> Vec<(u64, i64)> {
+        let mut out = Vec::new();
+        for m in messages {
+            let (p, batch) = split_position(m).unwrap();
+            for (i, e) in BatchIter::new(&batch).enumerate() {
+                let view = EnvelopeView::parse(e.unwrap()).unwrap();
+                out.push((p.start + i as u64, view.timestamp));
+            }
+        }
+        out
+    }
+
+    async fn take(
+        stream: &mut (impl Stream<Item = Result<Bytes, Status>> + Unpin),
+        envelopes_wanted: usize,
+    ) -> Vec<Bytes> {
+        let mut got = Vec::new();
+        while envelopes(&got).len() < envelopes_wanted {
+            let m = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .expect("a message in time")
+                .unwrap()
+                .unwrap();
+            got.push(m);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn two_live_members_get_each_envelope_once_with_true_offsets_and_a_replay_its_own_share()
+    {
+        let ring = Arc::new(ReplayRing::new(1, usize::MAX, Duration::from_secs(60)));
+        let groups = Arc::new(ShardGroups::default());
+        let mut a = Box::pin(read(&groups, &ring, 10, None, None));
+        let mut b = Box::pin(read(&groups, &ring, 20, None, None));
+        // The hello records (where each read starts) come first; the members join on creation.
+        let _ = a.next().await;
+        let _ = b.next().await;
+        for start in (0..1000).step_by(100) {
+            push(&ring, start..start + 100);
+        }
+        // Blocks of 128 alternate between the members (sorted by id): A has blocks 0, 2, 4, 6.
+        let (got_a, got_b) = (
+            envelopes(&take(&mut a, 512).await),
+            envelopes(&take(&mut b, 488).await),
+        );
+        assert_eq!(got_a.len() + got_b.len(), 1000);
+        for (offset, stamp) in got_a.iter().chain(&got_b) {
+            assert_eq!(
+                *offset as i64, *stamp,
+                "each envelope stamped with its own offset"
+            );
+        }
+        let mut all: Vec<i64> = got_a.iter().chain(&got_b).map(|(_, s)| *s).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..1000).collect::<Vec<_>>(), "each exactly once");
+
+        // B leaves; a bounded read of B's from its start replays only B's share, and what
+        // comes after it left is A's alone.
+        drop(b);
+        push(&ring, 1000..1100);
+        let after = envelopes(&take(&mut a, 100).await);
+        assert_eq!(after.len(), 100, "a lone member gets everything");
+        let replay: Vec<Bytes> = read(&groups, &ring, 20, Some(0), Some(1100))
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        let replayed: Vec<i64> = envelopes(&replay).into_iter().map(|(_, s)| s).collect();
+        let had_b: Vec<i64> = got_b.iter().map(|(_, s)| *s).collect();
+        assert_eq!(
+            replayed, had_b,
+            "B's replay is exactly B's share, none of A's"
+        );
+    }
 
     fn group(timeline: &[(u64, &[u64])]) -> Group {
         Group {

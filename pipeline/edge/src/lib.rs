@@ -13,7 +13,8 @@
 //!
 //! Public endpoints (on [`Listeners::http`]):
 //! - `GET /firehose/{subscription_id}` (WebSocket; firehose scope): every envelope. Connections
-//!   sharing a subscription id split the stream; `?filter-type=logs|metrics`.
+//!   sharing a subscription id split the stream, also across edges behind one name: the id is a
+//!   shard group the dopplers split among the edges' reads (`shard`); `?filter-type=logs|metrics`.
 //! - `GET /apps/{source_id}/stream` (WebSocket): one source's logs and metrics.
 //! - `GET /v2/read` (SSE, RLP-gateway style).
 //! - `GET /api/v1/read/{source_id}`, `GET /api/v1/meta`, `GET /api/v1/info` (Log Cache's shape).
@@ -30,6 +31,8 @@
 //! - `upstream`: doppler subscriptions with reconnect and backoff; read channels.
 //! - `follow`: the doppler set from the bus (`doppler.announce`).
 //! - `hub`: the routing table and fan-out; `outbox`: a consumer's drop-oldest queue.
+//! - `shard`: a hub per firehose subscription id with copies here, fed by its share of each
+//!   doppler (`shard_id` = the id), so copies on several edges get each envelope once.
 //! - `position`: where each queued envelope came from and each consumer's cursor; `resume`:
 //!   replaying a reconnecting consumer from the dopplers' replay rings.
 //! - `api`: routes, token checks, errors; `stream` (WebSocket), `sse`, `recent`; `frame`:

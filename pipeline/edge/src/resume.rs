@@ -30,8 +30,11 @@
 //! - selectors apply to replayed envelopes as to live ones (the subscription's types and
 //!   sources);
 //! - a shard group member resumes its cursor only when it is the group's first member to come
-//!   back: while others were connected they were given its share, and replaying it again would
-//!   duplicate it;
+//!   back to this edge: while others were connected here they were given its share, and
+//!   replaying it again would duplicate it. Its replay reads only this edge's share of the id
+//!   (the ring read names the id and this edge's member id): what members on other edges were
+//!   given meanwhile is not sent again. A copy that comes back through another edge is replayed
+//!   that edge's share of the range instead, not the share its old edge was dealt;
 //! - a doppler that restarted since the cursor was written has a new epoch: the consumer is
 //!   replayed what the new process holds, after a gap marker (reason `doppler_restarted`)
 //!   counting what that process already evicted; what the old process held is gone;

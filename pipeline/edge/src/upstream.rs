@@ -1,8 +1,11 @@
 //! The traffic controller's upstream: one `BatchedReceiver` subscription per doppler, kept alive
 //! with reconnects, feeding the hub; and the gRPC channels the recent-logs API reads through.
 //!
-//! The edge subscribes once per doppler, whatever the number of consumers (Loggregator opened
-//! one upstream stream per consumer per doppler, an M×N mesh). Batches arrive as encoded bytes
+//! The edge subscribes once per doppler for everything, whatever the number of consumers
+//! (Loggregator opened one upstream stream per consumer per doppler, an M×N mesh), and once per
+//! doppler more for each firehose subscription id with a copy connected here, asking with the
+//! id as `shard_id` and this edge's member id, so the dopplers split the id between the edges
+//! that serve it (see `shard`). Batches arrive as encoded bytes
 //! and are split and routed without a prost decode. A doppler that goes away is retried with
 //! exponential backoff (from `reconnect_min_ms`, doubling, capped at `reconnect_max_ms`, with
 //! jitter so edges do not reconnect in lockstep) and the backoff resets once a stream is up.

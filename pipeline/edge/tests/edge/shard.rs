@@ -237,6 +237,7 @@ async fn copies_of_one_subscription_on_two_edges_get_each_envelope_once_and_a_lo
     read_all(&mut [(&mut ws1, &mut c1), (&mut ws2, &mut c2)], 1, N).await;
     exactly_once(&sent, 1, &[&c1, &c2]);
     let (n1, n2) = (c1.of_phase(1).len(), c2.of_phase(1).len());
+    eprintln!("split of {N} envelopes over two edges: {n1} on edge 1, {n2} on edge 2");
     assert!(
         n1 >= N * 3 / 10 && n2 >= N * 3 / 10,
         "the split is roughly fair: {n1} on edge 1, {n2} on edge 2"
