@@ -37,15 +37,8 @@ pub struct PushArgs {
     /// The directory to push.
     #[arg(short = 'p', long = "path", default_value = ".")]
     path: PathBuf,
-    /// Number of instances.
-    #[arg(short = 'i', long)]
-    instances: Option<u32>,
-    /// Memory per instance, e.g. 256M or 1G.
-    #[arg(short = 'm', long)]
-    memory: Option<String>,
-    /// Disk per instance, e.g. 1G.
-    #[arg(short = 'k', long)]
-    disk: Option<String>,
+    #[command(flatten)]
+    size: SizeArgs,
     /// The start command (overrides what staging detects).
     #[arg(short = 'c', long)]
     command: Option<String>,
@@ -74,15 +67,35 @@ pub struct PushArgs {
 pub struct ScaleArgs {
     /// The app.
     name: String,
+    #[command(flatten)]
+    size: SizeArgs,
+}
+
+/// How many instances of what size: the flags `push` and `scale` share.
+#[derive(Debug, clap::Args)]
+struct SizeArgs {
     /// Number of instances.
     #[arg(short = 'i', long)]
     instances: Option<u32>,
-    /// Memory per instance, e.g. 256M or 1G (restarts instances).
+    /// Memory per instance, e.g. 256M or 1G (a running app's instances restart with it).
     #[arg(short = 'm', long)]
     memory: Option<String>,
     /// Disk per instance, e.g. 1G.
     #[arg(short = 'k', long)]
     disk: Option<String>,
+}
+
+impl SizeArgs {
+    /// The sizes as the API takes them (what was not given stays `None`).
+    fn parse(&self) -> anyhow::Result<ScaleApp> {
+        let size =
+            |flag: &str, text: Option<&str>| text.map(|t| parse_megabytes(flag, t)).transpose();
+        Ok(ScaleApp {
+            instances: self.instances,
+            memory_mb: size("-m", self.memory.as_deref())?,
+            disk_mb: size("-k", self.disk.as_deref())?,
+        })
+    }
 }
 
 /// A command that takes only an app name.
@@ -107,7 +120,7 @@ pub struct DeleteArgs {
 pub struct ListArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// `hydrant app` and `hydrant events`.
@@ -294,22 +307,13 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
             )));
         }
     }
-    let memory_mb = args
-        .memory
-        .as_deref()
-        .map(|m| parse_megabytes("-m", m))
-        .transpose()?;
-    let disk_mb = args
-        .disk
-        .as_deref()
-        .map(|m| parse_megabytes("-k", m))
-        .transpose()?;
+    let size = args.size.parse()?;
     let health = args
         .health_check_type
         .as_deref()
         .map(parse_health_check)
         .transpose()?;
-    if args.instances == Some(0) {
+    if size.instances == Some(0) {
         return Err(exit::usage(
             "-i 0: an app needs at least one instance; use `hydrant stop` to stop it",
         ));
@@ -341,24 +345,19 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
                 ..UpdateApp::default()
             };
             let app = session.client.update_app(&app.guid, &update).await?;
-            if args.instances.is_some() || memory_mb.is_some() || disk_mb.is_some() {
-                let scale = ScaleApp {
-                    instances: args.instances,
-                    memory_mb,
-                    disk_mb,
-                };
-                session.client.scale_app(&app.guid, &scale).await?
-            } else {
+            if size == ScaleApp::default() {
                 app
+            } else {
+                session.client.scale_app(&app.guid, &size).await?
             }
         }
         Err(hydrant_api::Error::Api { status: 404, .. }) => {
             eprintln!("Creating app {name}...");
             let create = CreateApp {
                 name: args.name.clone(),
-                instances: args.instances,
-                memory_mb,
-                disk_mb,
+                instances: size.instances,
+                memory_mb: size.memory_mb,
+                disk_mb: size.disk_mb,
                 command: args.command.clone(),
                 health_check_type: health,
                 health_check_endpoint: args.endpoint.clone(),
@@ -875,39 +874,20 @@ fn fraction(used: Option<f64>, quota: Option<f64>) -> String {
 }
 
 pub async fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
-    let memory_mb = args
-        .memory
-        .as_deref()
-        .map(|m| parse_megabytes("-m", m))
-        .transpose()?;
-    let disk_mb = args
-        .disk
-        .as_deref()
-        .map(|m| parse_megabytes("-k", m))
-        .transpose()?;
-    if args.instances.is_none() && memory_mb.is_none() && disk_mb.is_none() {
+    let size = args.size.parse()?;
+    if size == ScaleApp::default() {
         return Err(exit::usage(
             "nothing to change: give -i INSTANCES, -m MEMORY or -k DISK",
         ));
     }
-    if args.instances == Some(0) {
+    if size.instances == Some(0) {
         return Err(exit::usage(
             "-i 0: use `hydrant stop` to stop every instance",
         ));
     }
     let session = Session::load()?;
     let app = session.app(&args.name).await?;
-    let app = session
-        .client
-        .scale_app(
-            &app.guid,
-            &ScaleApp {
-                instances: args.instances,
-                memory_mb,
-                disk_mb,
-            },
-        )
-        .await?;
+    let app = session.client.scale_app(&app.guid, &size).await?;
     eprintln!(
         "Scaled {} to {} instance(s) of {}M",
         escape_text(&app.name),
@@ -985,8 +965,7 @@ pub async fn events(args: AppListArgs) -> anyhow::Result<ExitCode> {
             ..EventFilter::default()
         })
         .await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&events)?);
+    if answered_without_table(args.json, &events, None)? {
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = events
@@ -1032,8 +1011,7 @@ pub async fn routes(args: ListArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|a| (a.guid.as_str(), a.name.as_str()))
         .collect();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&routes)?);
+    if answered_without_table(args.json, &routes, None)? {
         return Ok(ExitCode::SUCCESS);
     }
     // Every route a space of yours owns, with the apps mapped to it (none: claimed, unmapped).
@@ -1084,6 +1062,25 @@ pub async fn map_route(args: RouteArgs, map: bool) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The start of every list command's answer: with `--json` the whole list as JSON (an empty
+/// list too, so scripts need no special case), else the `empty` line when there is nothing to
+/// list. `true` when that was the whole answer; the caller prints its table otherwise.
+pub fn answered_without_table<T: Serialize + ?Sized>(
+    json: bool,
+    list: &T,
+    empty: Option<&str>,
+) -> anyhow::Result<bool> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(list)?);
+        return Ok(true);
+    }
+    if let Some(line) = empty {
+        println!("{line}");
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// Left-aligned columns, every cell escaped.

@@ -13,16 +13,11 @@ use std::process::ExitCode;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::apps::{Session, print_table};
+use crate::apps::{Session, answered_without_table, print_table};
 use crate::exit;
 
 /// `hydrant cells`.
-#[derive(Debug, clap::Args)]
-pub struct CellsArgs {
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
-}
+pub type CellsArgs = crate::apps::ListArgs;
 
 /// `hydrant drain-cell`.
 #[derive(Debug, clap::Args)]
@@ -147,12 +142,14 @@ pub async fn cells(args: CellsArgs) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
     let body = call(&session, Method::GET, "/v3/cells").await?;
     let cells: Cells = serde_json::from_slice(&body)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&cells.resources)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if cells.resources.is_empty() {
-        println!("No cells have advertised yet.");
+    if answered_without_table(
+        args.json,
+        &cells.resources,
+        cells
+            .resources
+            .is_empty()
+            .then_some("No cells have advertised yet."),
+    )? {
         return Ok(ExitCode::SUCCESS);
     }
     let now_ns = hydrant_auth::now_secs().saturating_mul(1_000_000_000);

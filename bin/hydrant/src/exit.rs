@@ -46,6 +46,15 @@ pub fn usage(message: impl Into<String>) -> anyhow::Error {
     .into()
 }
 
+/// What the command names does not exist, or is not the caller's to see (exit 4).
+pub fn not_found(message: impl Into<String>) -> anyhow::Error {
+    CliError {
+        code: NOT_FOUND,
+        message: message.into(),
+    }
+    .into()
+}
+
 /// A wait that ran out (exit 6).
 pub fn timeout(message: impl Into<String>) -> anyhow::Error {
     CliError {

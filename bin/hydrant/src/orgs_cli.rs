@@ -17,7 +17,7 @@ use hydrant_api::{Client, CreateUser, OrgRole, SpaceRole};
 use hydrant_firehose_client::render::escape_text;
 use serde::{Deserialize, Serialize};
 
-use crate::apps::{Session, print_table};
+use crate::apps::{Session, answered_without_table, print_table};
 use crate::{cli_config, exit};
 
 /// A thing the CLI targets: its guid and, for people, its name.
@@ -128,16 +128,7 @@ pub async fn set_target(org: Option<&str>, space: Option<&str>) -> anyhow::Resul
             ));
         }
     };
-    let orgs = session.client.list_orgs().await?;
-    let Some(org) = orgs
-        .iter()
-        .find(|o| o.name == org_name || o.guid == org_name)
-    else {
-        return Err(not_found(format!(
-            "org {} not found: `hydrant orgs` lists the orgs you can see",
-            escape_text(&org_name)
-        )));
-    };
+    let org = find_org(&session.client, &org_name).await?;
     let mut target = Target {
         api: session.config.api.clone().unwrap_or_default(),
         user: session.config.user.clone().unwrap_or_default(),
@@ -165,7 +156,7 @@ pub async fn set_target(org: Option<&str>, space: Option<&str>) -> anyhow::Resul
                 .iter()
                 .find(|s| s.name == name || s.guid == name)
                 .ok_or_else(|| {
-                    not_found(format!(
+                    exit::not_found(format!(
                         "space {} not found in org {}: `hydrant spaces` lists the spaces you \
                          can see",
                         escape_text(name),
@@ -184,14 +175,6 @@ pub async fn set_target(org: Option<&str>, space: Option<&str>) -> anyhow::Resul
         name: s.name.clone(),
     });
     save_target(&target)
-}
-
-fn not_found(message: String) -> anyhow::Error {
-    exit::CliError {
-        code: exit::NOT_FOUND,
-        message,
-    }
-    .into()
 }
 
 /// Reads a line without echo on a terminal (stty), else as typed or piped.
@@ -329,14 +312,15 @@ pub async fn org_role(args: OrgRoleArgs, set: bool) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-async fn find_org(client: &Client, name: &str) -> anyhow::Result<hydrant_api::Org> {
+/// The org named `name` (or with guid `name`) among those the caller can see.
+pub(crate) async fn find_org(client: &Client, name: &str) -> anyhow::Result<hydrant_api::Org> {
     client
         .list_orgs()
         .await?
         .into_iter()
         .find(|o| o.name == name || o.guid == name)
         .ok_or_else(|| {
-            not_found(format!(
+            exit::not_found(format!(
                 "org {} not found: `hydrant orgs` lists the orgs you can see",
                 escape_text(name)
             ))
@@ -354,7 +338,7 @@ async fn find_space(
         .into_iter()
         .find(|s| s.org_guid == org.guid && (s.name == name || s.guid == name))
         .ok_or_else(|| {
-            not_found(format!(
+            exit::not_found(format!(
                 "space {} not found in org {}: `hydrant spaces -o ORG` lists the spaces you \
                  can see",
                 escape_text(name),
@@ -444,13 +428,30 @@ fn confirmed(question: &str) -> anyhow::Result<bool> {
     ))
 }
 
-/// Sends `delete` until the platform says everything is gone, waiting for the broker jobs each
-/// answer started; a job that failed ends it with the broker's reason.
-async fn delete_fully<F, Fut>(client: &Client, what: &str, delete: F) -> anyhow::Result<()>
+/// Deletes `what` (`org NAME`, `space NAME in org ORG`) and `contents` with it, asking first
+/// unless `force`: sends `delete` until the platform says everything is gone, waiting for the
+/// broker jobs each answer started; a job that failed ends it with the broker's reason.
+/// `false` when the user said no (and nothing was deleted).
+async fn delete_fully<F, Fut>(
+    session: &Session,
+    force: bool,
+    what: &str,
+    contents: &str,
+    delete: F,
+) -> anyhow::Result<bool>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<hydrant_api::tenancy::Deletion, hydrant_api::Error>>,
 {
+    if !force && !confirmed(&format!("Really delete the {what}, including {contents}?"))? {
+        eprintln!("Delete cancelled");
+        return Ok(false);
+    }
+    eprintln!(
+        "Deleting {what} as {}...",
+        escape_text(session.config.user.as_deref().unwrap_or("you"))
+    );
+    let client = &session.client;
     let deadline = std::time::Instant::now() + DELETE_DEADLINE;
     loop {
         let answer = delete().await?;
@@ -461,7 +462,7 @@ where
             eprintln!("  deleted service instance {}", escape_text(service));
         }
         if answer.done {
-            return Ok(());
+            return Ok(true);
         }
         if std::time::Instant::now() > deadline {
             return Err(exit::timeout(format!(
@@ -518,23 +519,18 @@ pub async fn delete_org(args: DeleteOrgArgs) -> anyhow::Result<ExitCode> {
         eprintln!("Org {name} does not exist.");
         return Ok(ExitCode::SUCCESS);
     };
-    if !args.force
-        && !confirmed(&format!(
-            "Really delete the org {name}, including its spaces, apps, service instances, \
-             routes and private domains?"
-        ))?
+    let contents = "its spaces, apps, service instances, routes and private domains";
+    if !delete_fully(
+        &session,
+        args.force,
+        &format!("org {name}"),
+        contents,
+        || session.client.delete_org(&org.guid),
+    )
+    .await?
     {
-        eprintln!("Delete cancelled");
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!(
-        "Deleting org {name} as {}...",
-        escape_text(session.config.user.as_deref().unwrap_or("you"))
-    );
-    delete_fully(&session.client, &format!("org {name}"), || {
-        session.client.delete_org(&org.guid)
-    })
-    .await?;
     if let Some(mut target) = load_target()
         && target.org.as_ref().is_some_and(|o| o.guid == org.guid)
     {
@@ -564,23 +560,15 @@ pub async fn delete_space(args: DeleteSpaceArgs) -> anyhow::Result<ExitCode> {
         eprintln!("Space {name} does not exist.");
         return Ok(ExitCode::SUCCESS);
     };
-    if !args.force
-        && !confirmed(&format!(
-            "Really delete the space {name} in org {org_name}, including its apps, service \
-             instances and routes?"
-        ))?
-    {
-        eprintln!("Delete cancelled");
-        return Ok(ExitCode::SUCCESS);
-    }
-    eprintln!(
-        "Deleting space {name} in org {org_name} as {}...",
-        escape_text(session.config.user.as_deref().unwrap_or("you"))
-    );
-    delete_fully(&session.client, &format!("space {name}"), || {
+    let what = format!("space {name} in org {org_name}");
+    let contents = "its apps, service instances and routes";
+    if !delete_fully(&session, args.force, &what, contents, || {
         session.client.delete_space(&space.guid)
     })
-    .await?;
+    .await?
+    {
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(mut target) = load_target()
         && target.space.as_ref().is_some_and(|s| s.guid == space.guid)
     {
@@ -593,22 +581,17 @@ pub async fn delete_space(args: DeleteSpaceArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `hydrant orgs`.
-#[derive(Debug, clap::Args)]
-pub struct OrgsArgs {
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
-}
+pub type OrgsArgs = crate::apps::ListArgs;
 
 pub async fn orgs(args: OrgsArgs) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
     let orgs = session.client.list_orgs().await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&orgs)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if orgs.is_empty() {
-        println!("No orgs: ask an admin for a role in one.");
+    if answered_without_table(
+        args.json,
+        &orgs,
+        orgs.is_empty()
+            .then_some("No orgs: ask an admin for a role in one."),
+    )? {
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = orgs.iter().map(|o| vec![o.name.clone()]).collect();
@@ -636,12 +619,11 @@ pub async fn spaces(args: SpacesArgs) -> anyhow::Result<ExitCode> {
     if let Some(org) = &org {
         spaces.retain(|s| &s.org_guid == org || &s.org_name == org);
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&spaces)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if spaces.is_empty() {
-        println!("No spaces.");
+    if answered_without_table(
+        args.json,
+        &spaces,
+        spaces.is_empty().then_some("No spaces."),
+    )? {
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = spaces
@@ -673,8 +655,7 @@ pub async fn env(args: EnvArgs) -> anyhow::Result<ExitCode> {
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
         .collect();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&vars)?);
+    if answered_without_table(args.json, &vars, None)? {
         return Ok(ExitCode::SUCCESS);
     }
     println!("User-Provided:");

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use hydrant_api::{CreateQuota, Quota, QuotaScope};
 use hydrant_firehose_client::render::escape_text;
 
-use crate::apps::{Session, parse_megabytes, print_table};
+use crate::apps::{Session, answered_without_table, parse_megabytes, print_table};
 use crate::{exit, orgs_cli};
 
 /// The limits both `create-quota` and `create-space-quota` take.
@@ -131,13 +131,7 @@ pub struct SetQuotaArgs {
 
 pub async fn set_quota(args: SetQuotaArgs) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
-    let org = session
-        .client
-        .list_orgs()
-        .await?
-        .into_iter()
-        .find(|o| o.name == args.org || o.guid == args.org)
-        .ok_or_else(|| not_found(format!("org {} not found", escape_text(&args.org))))?;
+    let org = orgs_cli::find_org(&session.client, &args.org).await?;
     session.client.set_org_quota(&org.guid, &args.quota).await?;
     eprintln!(
         "Assigned quota {} to org {}",
@@ -176,7 +170,7 @@ pub async fn set_space_quota(args: SetSpaceQuotaArgs) -> anyhow::Result<ExitCode
                     .is_none_or(|o| &s.org_guid == o || &s.org_name == o)
         })
         .ok_or_else(|| {
-            not_found(format!(
+            exit::not_found(format!(
                 "space {} not found: `hydrant spaces` lists the spaces you can see",
                 escape_text(&args.space)
             ))
@@ -193,31 +187,17 @@ pub async fn set_space_quota(args: SetSpaceQuotaArgs) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-fn not_found(message: String) -> anyhow::Error {
-    exit::CliError {
-        code: exit::NOT_FOUND,
-        message,
-    }
-    .into()
-}
-
 /// `hydrant quotas`.
-#[derive(Debug, clap::Args)]
-pub struct QuotasArgs {
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
-}
+pub type QuotasArgs = crate::apps::ListArgs;
 
 pub async fn quotas(args: QuotasArgs) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
     let quotas = session.client.quotas().await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&quotas)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if quotas.is_empty() {
-        println!("No quotas.");
+    if answered_without_table(
+        args.json,
+        &quotas,
+        quotas.is_empty().then_some("No quotas."),
+    )? {
         return Ok(ExitCode::SUCCESS);
     }
     let show = |v: Option<u64>, unit: &str| {

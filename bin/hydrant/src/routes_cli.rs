@@ -12,22 +12,16 @@ use std::process::ExitCode;
 use hydrant_api::{CreateDomain, CreateRoute};
 use hydrant_firehose_client::render::escape_text;
 
-use crate::apps::{Session, print_table};
+use crate::apps::{Session, answered_without_table, print_table};
 use crate::{exit, orgs_cli};
 
 /// `hydrant domains`.
-#[derive(Debug, clap::Args)]
-pub struct DomainsArgs {
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
-}
+pub type DomainsArgs = crate::apps::ListArgs;
 
 pub async fn domains(args: DomainsArgs) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
     let domains = session.client.domains().await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&domains)?);
+    if answered_without_table(args.json, &domains, None)? {
         return Ok(ExitCode::SUCCESS);
     }
     let orgs = session.client.list_orgs().await.unwrap_or_default();

@@ -23,7 +23,7 @@ use hydrant_api::{InstanceState, RestartInstance};
 use hydrant_firehose_client::render::escape_text;
 use serde_json::Value;
 
-use crate::apps::{Session, print_table};
+use crate::apps::{Session, answered_without_table, print_table};
 use crate::exit;
 
 /// How often a followed job is asked again.
@@ -56,12 +56,7 @@ pub struct DeleteBrokerArgs {
 }
 
 /// A list command's only flag.
-#[derive(Debug, clap::Args)]
-pub struct JsonArgs {
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
-}
+pub type JsonArgs = crate::apps::ListArgs;
 
 /// `hydrant marketplace`.
 #[derive(Debug, clap::Args)]
@@ -251,14 +246,6 @@ pub struct KeysArgs {
     json: bool,
 }
 
-fn not_found(message: String) -> anyhow::Error {
-    exit::CliError {
-        code: exit::NOT_FOUND,
-        message,
-    }
-    .into()
-}
-
 /// Inline JSON, or the path of a JSON file.
 fn json_arg(flag: &str, text: &str) -> anyhow::Result<Value> {
     if let Ok(value) = serde_json::from_str::<Value>(text) {
@@ -375,7 +362,7 @@ async fn instance(session: &Session, name: &str) -> anyhow::Result<ServiceInstan
         .list_service_instances(Some(name), space.as_deref())
         .await?;
     match found.len() {
-        0 => Err(not_found(format!(
+        0 => Err(exit::not_found(format!(
             "service instance {} not found: `hydrant services` lists them",
             escape_text(name)
         ))),
@@ -397,7 +384,7 @@ async fn broker_guid(session: &Session, name: &str) -> anyhow::Result<String> {
         .find(|b| b.name == name)
         .map(|b| b.guid)
         .ok_or_else(|| {
-            not_found(format!(
+            exit::not_found(format!(
                 "service broker {} not found: `hydrant service-brokers` lists them",
                 escape_text(name)
             ))
@@ -748,8 +735,7 @@ pub async fn service(args: ServiceArgs) -> anyhow::Result<ExitCode> {
         println!("{}", i.guid);
         return Ok(ExitCode::SUCCESS);
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&i)?);
+    if answered_without_table(args.json, &i, None)? {
         return Ok(ExitCode::SUCCESS);
     }
     let line = |k: &str, v: &str| println!("{k:<16}{}", escape_text(v));
@@ -1071,7 +1057,7 @@ async fn key(session: &Session, name: &str, key: &str) -> anyhow::Result<Service
     })
     .await?
     .ok_or_else(|| {
-        not_found(format!(
+        exit::not_found(format!(
             "no service key {} for {}: `hydrant service-keys {}` lists them",
             escape_text(key),
             escape_text(name),

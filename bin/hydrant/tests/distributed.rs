@@ -30,7 +30,7 @@
 mod cli;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -393,17 +393,8 @@ impl Cluster {
             .unwrap();
         let out = child.stdout.take().unwrap();
         self.children.insert(name.to_owned(), child);
-        let (tx, rx) = mpsc::sync_channel(100_000);
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         LiveLogs {
-            rx,
+            rx: cli::lines(out, 100_000),
             tail: std::collections::VecDeque::new(),
         }
     }
@@ -448,16 +439,7 @@ impl Cluster {
 
     /// The containers `runc` knows under the executor.
     fn containers(&self) -> Vec<String> {
-        let out = Command::new("runc")
-            .arg("--root")
-            .arg(self.path("executor/containers/runc"))
-            .args(["list", "--quiet"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        cli::runc_containers(self.dir.path())
     }
 
     /// The authenticated bus as `identity`: NATS over TLS with the role's own certificate,

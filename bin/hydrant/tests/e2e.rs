@@ -8,10 +8,9 @@
 mod cli;
 
 use cli::{Up, term, text, wait_for};
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hydrant");
@@ -92,20 +91,6 @@ impl Up {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::sync_channel(10_000);
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 fn http_status(base: &str, path: &str, token: Option<&str>) -> u16 {
@@ -216,8 +201,8 @@ fn up_emit_logs_recent_and_follow() {
     assert_eq!(first["tags"]["source_type"], "APP/PROC/WEB");
 
     // Follow: the recent lines first, then new ones, each exactly once.
-    let mut follow = up.cli_spawn(&["logs", "e2e-app"]);
-    let rx = stdout_lines(&mut follow);
+    let mut follow = cli::Killed(up.cli_spawn(&["logs", "e2e-app"]));
+    let rx = cli::lines(follow.0.stdout.take().unwrap(), 10_000);
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while seen
@@ -249,7 +234,7 @@ fn up_emit_logs_recent_and_follow() {
             .unwrap_or_else(|_| panic!("live lines did not arrive; saw {seen:?}"));
         seen.push(line);
     }
-    let _ = follow.kill();
+    drop(follow);
     let live: Vec<&String> = seen.iter().filter(|l| l.contains("live")).collect();
     assert_eq!(live.len(), 5);
     assert!(live.iter().all(|l| is_cf_line(l, "1", "ERR")), "{live:?}");
@@ -298,22 +283,12 @@ fn via_router(router: &str, host: &str, path: &str) -> (u16, String, String) {
     (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
-fn demo_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("Procfile"),
-        "web: exec \"$HYDRANT_BIN\" demo-app\n",
-    )
-    .unwrap();
-    dir
-}
-
 #[test]
 fn push_route_scale_logs_and_events() {
     let up = Up::start();
     let endpoints = up.endpoints();
     let router = endpoints["router"].as_str().unwrap().to_owned();
-    let app_dir = demo_dir();
+    let app_dir = cli::demo_app();
     let app_path = app_dir.path().to_str().unwrap();
 
     // Push: staged from the Procfile, started, and reachable through the router by Host.
@@ -452,7 +427,7 @@ fn bad_pushes_and_crashing_apps_get_clear_errors_and_exit_codes() {
     assert!(text(&out).contains("Procfile"), "{}", text(&out));
 
     // An app that crashes at start: push fails, naming the crash and where to look.
-    let app = demo_dir();
+    let app = cli::demo_app();
     let out = up.cli(&[
         "push",
         "crasher",
@@ -477,7 +452,7 @@ fn bad_pushes_and_crashing_apps_get_clear_errors_and_exit_codes() {
 fn a_flooding_app_hits_its_log_rate_limit_and_other_apps_are_unaffected() {
     let up = Up::start();
     let router = up.endpoints()["router"].as_str().unwrap().to_owned();
-    let app = demo_dir();
+    let app = cli::demo_app();
     let dir = app.path().to_str().unwrap();
     let out = up.cli(&["push", "quiet", "-p", dir]);
     assert!(out.status.success(), "{}", text(&out));
@@ -530,7 +505,7 @@ fn a_flooding_app_hits_its_log_rate_limit_and_other_apps_are_unaffected() {
 #[test]
 fn instances_left_by_a_killed_micro_cloud_are_stopped_by_the_next_one() {
     let mut up = Up::start();
-    let app = demo_dir();
+    let app = cli::demo_app();
     let out = up.cli(&["push", "orphan", "-p", app.path().to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let pids = up.instance_pids();
@@ -574,7 +549,7 @@ fn instances_left_by_a_killed_micro_cloud_are_stopped_by_the_next_one() {
 fn the_health_manager_restarts_a_killed_instance_at_once_and_says_so() {
     let up = Up::start();
     let router = up.endpoints()["router"].as_str().unwrap().to_owned();
-    let app = demo_dir();
+    let app = cli::demo_app();
     let out = up.cli(&["push", "phoenix", "-p", app.path().to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     // A crash: every process in the instance's container dies at once.
@@ -615,7 +590,7 @@ fn the_health_manager_restarts_a_killed_instance_at_once_and_says_so() {
 fn an_availability_slo_pages_when_the_app_returns_500s() {
     let up = Up::start();
     let router = up.endpoints()["router"].as_str().unwrap().to_owned();
-    let app = demo_dir();
+    let app = cli::demo_app();
     let out = up.cli(&["push", "shop", "-p", app.path().to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let spec = app.path().join("slo.json");
@@ -894,7 +869,7 @@ fn isolation_none_runs_apps_unisolated_and_says_so_on_every_push() {
     );
     // No container networks of its own: nothing to name.
     assert!(up.endpoints().get("networks").is_none());
-    let app = demo_dir();
+    let app = cli::demo_app();
     for push in ["first", "second"] {
         let out = up.cli(&["push", "bare", "-p", app.path().to_str().unwrap()]);
         assert!(out.status.success(), "{}", text(&out));
@@ -924,7 +899,7 @@ fn isolation_none_runs_apps_unisolated_and_says_so_on_every_push() {
 #[test]
 fn hydrant_app_shows_each_instances_container_limits_usage_and_stop_grace() {
     let up = Up::start();
-    let app = demo_dir();
+    let app = cli::demo_app();
     let path = app.path().to_str().unwrap();
     let out = up.cli(&["push", "limited", "-p", path, "--stop-timeout", "0"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));

@@ -12,7 +12,7 @@ mod cli;
 mod router;
 
 use cli::{Up, wait_for};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const ESCAPE_APP: &str = r#"
@@ -231,20 +231,6 @@ fn a_pushed_app_cannot_escape_its_container() {
     );
 }
 
-/// The containers `runc` knows under the micro cloud's executor.
-fn runc_list(data: &std::path::Path) -> Vec<String> {
-    let out = Command::new("runc")
-        .arg("--root")
-        .arg(data.join("executor/containers/runc"))
-        .args(["list", "--quiet"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 #[test]
 fn containers_of_a_killed_micro_cloud_are_removed_at_its_next_start() {
     // Up::start fails the test naming the reason when not root.
@@ -259,7 +245,7 @@ fn containers_of_a_killed_micro_cloud_are_removed_at_its_next_start() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let before = runc_list(&data);
+    let before = cli::runc_containers(&data);
     assert_eq!(before.len(), 1, "{before:?}");
     let old_pids: Vec<u32> = instance_pids(&up.cgroup_parent())
         .into_iter()
@@ -272,7 +258,7 @@ fn containers_of_a_killed_micro_cloud_are_removed_at_its_next_start() {
     up.child.kill().unwrap();
     up.child.wait().unwrap();
     assert_eq!(
-        runc_list(&data),
+        cli::runc_containers(&data),
         before,
         "the container should outlive a SIGKILL"
     );
@@ -285,7 +271,7 @@ fn containers_of_a_killed_micro_cloud_are_removed_at_its_next_start() {
     let up = Up::start_in(home);
     let leftovers = || {
         let mut left = Vec::new();
-        if runc_list(&data).contains(&before[0]) {
+        if cli::runc_containers(&data).contains(&before[0]) {
             left.push("the runtime's container".to_owned());
         }
         for hierarchy in ["memory", "pids", "cpu"] {

@@ -16,11 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use hydrant_emitter::{Emitter, EmitterConfig, Registry};
-use hydrant_firehose::TrafficController;
+use hydrant_emitter::Registry;
 use hydrant_microcloud::{MicroCloud, Options};
-use hydrant_tls::TlsFiles;
-use hydrant_tls::local::{LocalCa, Validity};
 use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hydrant");
@@ -70,32 +67,13 @@ async fn hydrant_logs_follows_an_https_edge_trusting_the_ca_it_is_given() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ca = LocalCa::new("platform CA").unwrap();
-    ca.write_leaf(dir.path(), "localhost", Validity::Days(30))
-        .unwrap();
-    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-    let files = TlsFiles {
-        ca_file: dir.path().join("ca.pem"),
-        cert_file: dir.path().join("localhost.pem"),
-        key_file: dir.path().join("localhost.key"),
-    };
-    let listeners = hydrant_runtime::bind_on::<TrafficController>(|_| "127.0.0.1:0".to_owned())
+    let edge = cloud
+        .public_edge(dir.path(), shutdown.clone())
         .await
         .unwrap();
-    let port = listeners.local_addr("http").unwrap().port();
-    let edge = tokio::spawn(hydrant_runtime::run::<TrafficController>(
-        hydrant_firehose::Config {
-            dopplers: vec![cloud.doppler_url.clone()],
-            token_keys: Some(cloud.key.key_set().to_json()),
-            tls: Some(files.clone()),
-            ..hydrant_firehose::Config::default()
-        },
-        listeners,
-        shutdown.clone(),
-    ));
     let home = tempfile::tempdir().unwrap();
     let config = serde_json::json!({
-        "firehose": format!("https://localhost:{port}"),
+        "firehose": format!("https://localhost:{}", edge.port),
         "agent": cloud.agent_url,
         "token": cloud.token,
     });
@@ -121,16 +99,9 @@ async fn hydrant_logs_follows_an_https_edge_trusting_the_ca_it_is_given() {
     drop(untrusting);
 
     // With --ca-file: the app's lines arrive over wss://.
-    let mut following = logs(home.path(), Some(&files.ca_file));
+    let mut following = logs(home.path(), Some(&edge.ca_file));
     let out = lines(following.0.stdout.take().unwrap());
-    let emitter = Emitter::start(
-        EmitterConfig {
-            agent: cloud.agent_url.clone(),
-            ..EmitterConfig::default()
-        },
-        &Registry::new("tls-app", "0"),
-        shutdown.clone(),
-    );
+    let emitter = cloud.emitter(&Registry::new("tls-app", "0"), shutdown.clone());
     // Sent until one arrives: until the stream is open and the edge has subscribed to the
     // doppler, nobody reads it.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -152,7 +123,7 @@ async fn hydrant_logs_follows_an_https_edge_trusting_the_ca_it_is_given() {
     drop(following);
 
     shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), edge).await;
+    edge.stopped().await;
     tokio::time::timeout(Duration::from_secs(30), cloud.stopped())
         .await
         .expect("every role stops");

@@ -28,7 +28,7 @@ fn wait_page(router: &str, host: &str, needle: &str) -> String {
 fn the_bound_demo_app_counts_in_redis_and_the_same_credentials_elsewhere_reach_nothing() {
     let (cloud, router) = router::contained_cloud(BIN);
     let cli = |args: &[&str]| cloud.cli(args);
-    let dir = router::demo_app();
+    let dir = cli::demo_app();
     let app = dir.path().to_str().unwrap();
 
     ok(&cli(&[

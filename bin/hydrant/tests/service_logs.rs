@@ -17,28 +17,17 @@
 #[path = "support/cli.rs"]
 mod cli;
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cli::ok;
+use cli::{Killed, ok};
 use hydrant_testkit::MicroCloud;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hydrant");
 
 /// The controller's log token lifetime in this test.
 const TTL_SECS: u64 = 4;
-
-/// Kills the follower when the test ends, whichever way.
-struct Follower(Child);
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Emits `line` for `guid` every half second until a stdout line of the follower holds it,
 /// or fails after `within`.
@@ -47,7 +36,7 @@ fn emit_until_seen(
     guid: &str,
     line: &str,
     lines: &mpsc::Receiver<String>,
-    follower: &mut Follower,
+    follower: &mut Killed,
     within: Duration,
 ) {
     let deadline = Instant::now() + within;
@@ -98,17 +87,8 @@ fn a_service_instance_log_stream_outlives_its_log_token() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut follower = Follower(child);
-    let stdout = follower.0.stdout.take().unwrap();
-    let (tx, lines) = mpsc::sync_channel(1024);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut follower = Killed(child);
+    let lines = cli::lines(follower.0.stdout.take().unwrap(), 1024);
     let started = Instant::now();
     emit_until_seen(
         &cloud,

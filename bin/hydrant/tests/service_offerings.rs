@@ -83,7 +83,7 @@ fn each_offering_is_reached_from_inside_a_bound_app_and_from_no_other() {
          rabbitmq-server (scripts/test does)"
     );
 
-    let dir = router::demo_app();
+    let dir = cli::demo_app();
     let app = dir.path().to_str().unwrap();
     // The instances provision side by side while the apps stage.
     let creating: Vec<_> = wanted

@@ -572,6 +572,26 @@ impl MicroCloud {
         })
     }
 
+    /// An emitter sending to this cloud's agent as an app instance's would through its cell:
+    /// over mutual TLS as the executor when the pipeline runs it, counting into `registry`.
+    #[must_use]
+    pub fn emitter(
+        &self,
+        registry: &Registry,
+        shutdown: CancellationToken,
+    ) -> hydrant_emitter::Emitter {
+        let tls = self
+            .certs
+            .as_deref()
+            .map(|dir| hydrant_tls::TlsFiles::in_dir(dir, hydrant_tls::Identity::Executor));
+        let config = hydrant_emitter::EmitterConfig {
+            agent: self.agent_url.clone(),
+            tls,
+            ..hydrant_emitter::EmitterConfig::default()
+        };
+        hydrant_emitter::Emitter::start(config, registry, shutdown)
+    }
+
     /// The registry of the role `endpoints.json` calls `key` (`agent`, `firehose`, ...).
     #[must_use]
     pub fn registry(&self, key: &str) -> Option<&Registry> {

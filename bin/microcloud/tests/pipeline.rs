@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use hydrant_emitter::{Emitter, EmitterConfig, Registry};
+use hydrant_emitter::Registry;
 use hydrant_microcloud::{Error, MicroCloud, Options, Ports};
 use tokio_util::sync::CancellationToken;
 
@@ -39,14 +39,7 @@ async fn the_pipeline_starts_from_the_table_and_its_counters_are_read_in_process
         assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     }
 
-    let emitter = Emitter::start(
-        EmitterConfig {
-            agent: cloud.agent_url.clone(),
-            ..EmitterConfig::default()
-        },
-        &Registry::new("test-app", "0"),
-        shutdown.clone(),
-    );
+    let emitter = cloud.emitter(&Registry::new("test-app", "0"), shutdown.clone());
     for _ in 0..5 {
         emitter.log("test-app", "0", "APP/PROC/WEB", b"hello", false);
     }

@@ -12,7 +12,7 @@ mod support;
 
 use std::time::Duration;
 
-use hydrant_emitter::{Emitter, EmitterConfig, Registry};
+use hydrant_emitter::Registry;
 use hydrant_firehose_client::{ClientConfig, FirehoseClient, StreamEvent, Subscription};
 use hydrant_microcloud::{MicroCloud, Options};
 use hydrant_tls::local::LocalCa;
@@ -53,14 +53,7 @@ async fn a_nozzle_reads_the_firehose_over_wss_with_the_platform_ca() {
         Ok(Some(StreamEvent::Connected)) => {}
         other => panic!("the wss:// stream did not open: {other:?}"),
     }
-    let emitter = Emitter::start(
-        EmitterConfig {
-            agent: cloud.agent_url.clone(),
-            ..EmitterConfig::default()
-        },
-        &Registry::new("tls-app", "0"),
-        shutdown.clone(),
-    );
+    let emitter = cloud.emitter(&Registry::new("tls-app", "0"), shutdown.clone());
     support::emit_until_delivered(&emitter, &mut nozzle, "tls-app", b"over wss").await;
     assert_eq!(nozzle.stats().connects, 1);
 

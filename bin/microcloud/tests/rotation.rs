@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hydrant_emitter::{Emitter, EmitterConfig, Registry};
+use hydrant_emitter::{Emitter, Registry};
 use hydrant_firehose_client::{ClientConfig, FirehoseClient, StreamEvent, Subscription};
 use hydrant_microcloud::{MicroCloud, Options};
 use hydrant_tls::{ClientTls, Identity, Material, TlsFiles, issue};
@@ -89,15 +89,7 @@ async fn a_three_step_ca_rotation_drops_no_stream_and_loses_no_envelope() {
         other => panic!("the firehose stream did not open: {other:?}"),
     }
     let emitter_registry = Registry::new(SOURCE, "0");
-    let emitter = Emitter::start(
-        EmitterConfig {
-            agent: cloud.agent_url.clone(),
-            tls: Some(TlsFiles::in_dir(&certs, Identity::Executor)),
-            ..EmitterConfig::default()
-        },
-        &emitter_registry,
-        shutdown.clone(),
-    );
+    let emitter = cloud.emitter(&emitter_registry, shutdown.clone());
     // The old CA's executor leaf, kept to show it is refused at the end.
     let old = tempfile::tempdir().unwrap();
     for file in ["executor.pem", "executor.key"] {

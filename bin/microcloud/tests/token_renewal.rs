@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use hydrant_emitter::{Emitter, EmitterConfig, Registry};
+use hydrant_emitter::Registry;
 use hydrant_firehose_client::{
     ClientConfig, FirehoseClient, StreamEvent, Subscription, TokenSource,
 };
@@ -64,14 +64,7 @@ async fn a_consumer_with_three_second_tokens_keeps_every_envelope_across_expirie
     )
     .unwrap();
 
-    let emitter = Emitter::start(
-        EmitterConfig {
-            agent: cloud.agent_url.clone(),
-            ..EmitterConfig::default()
-        },
-        &Registry::new("renewal-test", "0"),
-        shutdown.clone(),
-    );
+    let emitter = cloud.emitter(&Registry::new("renewal-test", "0"), shutdown.clone());
     // Probe until the subscription carries data, so the ledger starts on a live stream.
     let deadline = Instant::now() + Duration::from_secs(30);
     'probe: loop {

@@ -11,8 +11,10 @@
 
 #![allow(dead_code, reason = "each test binary uses its own subset")]
 
+use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 /// stdout then stderr, as one string.
@@ -138,5 +140,56 @@ impl Drop for Up {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A directory to push as the demo app (the binary's own `demo-app`, by a Procfile).
+pub fn demo_app() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Procfile"),
+        "web: exec \"$HYDRANT_BIN\" demo-app\n",
+    )
+    .unwrap();
+    dir
+}
+
+/// The containers `runc` knows under the executor of the micro cloud whose data directory is
+/// `data`.
+pub fn runc_containers(data: &std::path::Path) -> Vec<String> {
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(data.join("executor/containers/runc"))
+        .args(["list", "--quiet"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Each line `stream` yields, as it comes, through a channel holding at most `capacity` unread
+/// lines: a test that stops reading only stalls the thread reading the stream.
+pub fn lines(stream: impl std::io::Read + Send + 'static, capacity: usize) -> Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A child process killed (and reaped) when the test ends, whichever way.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

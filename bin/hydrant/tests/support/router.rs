@@ -28,17 +28,6 @@ pub fn contained_cloud(bin: &str) -> (MicroCloud, String) {
     (cloud, router)
 }
 
-/// A directory to push as the demo app (the binary's own `demo-app`, by a Procfile).
-pub fn demo_app() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("Procfile"),
-        "web: exec \"$HYDRANT_BIN\" demo-app\n",
-    )
-    .unwrap();
-    dir
-}
-
 /// `GET path` through `router` for `host`: the status (0 when nothing usable came back) and
 /// the body.
 pub fn get(router: &str, host: &str, path: &str) -> (u16, String) {
