@@ -724,28 +724,28 @@ pub(crate) fn roles(
     space_guid: Option<&str>,
     user_guid: Option<&str>,
 ) -> crate::sql::Result<Vec<RoleAssignment>> {
-    let mut stmt = c.prepare(
+    let rows: Vec<(String, String, String, String, String)> = crate::sql::rows(
+        c,
         "SELECT r.space_guid, s.name, u.username, r.role, o.name FROM space_roles r \
          JOIN spaces s ON s.guid = r.space_guid JOIN users u ON u.guid = r.user_guid \
          JOIN orgs o ON o.guid = s.org_guid \
          WHERE (?1 IS NULL OR r.space_guid = ?1) AND (?2 IS NULL OR r.user_guid = ?2) \
          ORDER BY o.name, s.name, u.username, r.role",
+        params![space_guid, user_guid],
     )?;
-    let rows = stmt.query_map(params![space_guid, user_guid], |row| row.columns())?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (space_guid, space_name, username, role, org_name): (_, _, _, String, _) = row?;
-        if let Some(role) = SpaceRole::parse(&role) {
-            out.push(RoleAssignment {
-                space_guid,
-                space_name,
-                org_name,
-                username,
-                role,
+    // A role this version does not know is left out rather than failing the list.
+    let known =
+        rows.into_iter()
+            .filter_map(|(space_guid, space_name, username, role, org_name)| {
+                SpaceRole::parse(&role).map(|role| RoleAssignment {
+                    space_guid,
+                    space_name,
+                    org_name,
+                    username,
+                    role,
+                })
             });
-        }
-    }
-    Ok(out)
+    Ok(known.collect())
 }
 
 // === apps ===

@@ -90,28 +90,26 @@ pub(crate) fn org_roles(
     org_guid: Option<&str>,
     user_guid: Option<&str>,
 ) -> crate::sql::Result<Vec<OrgRoleAssignment>> {
-    let mut stmt = c.prepare(
+    let rows: Vec<(String, String, String, String)> = crate::sql::rows(
+        c,
         "SELECT r.org_guid, o.name, u.username, r.role FROM org_roles r \
          JOIN orgs o ON o.guid = r.org_guid JOIN users u ON u.guid = r.user_guid \
          WHERE (?1 IS NULL OR r.org_guid = ?1) AND (?2 IS NULL OR r.user_guid = ?2) \
          ORDER BY o.name, u.username, r.role",
+        params![org_guid, user_guid],
     )?;
-    let rows = stmt.query_map(params![org_guid, user_guid], |row| row.columns())?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (org_guid, org_name, username, role): (_, _, _, String) = row?;
-        // A role this version does not know is left out rather than failing the list.
-        let Some(role) = OrgRole::parse(&role) else {
-            continue;
-        };
-        out.push(OrgRoleAssignment {
-            org_guid,
-            org_name,
-            username,
-            role,
+    // A role this version does not know is left out rather than failing the list.
+    let known = rows
+        .into_iter()
+        .filter_map(|(org_guid, org_name, username, role)| {
+            OrgRole::parse(&role).map(|role| OrgRoleAssignment {
+                org_guid,
+                org_name,
+                username,
+                role,
+            })
         });
-    }
-    Ok(out)
+    Ok(known.collect())
 }
 
 pub(crate) fn delete_space(c: &Connection, space_guid: &str) -> crate::sql::Result<()> {

@@ -27,9 +27,7 @@ use axum::Router;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{Method, StatusCode};
 use axum::routing::{any, get};
-use hydrant_api::services::{
-    CreateServiceBroker, CreateServiceInstance, ServiceAccess, ServiceInstanceType,
-};
+use hydrant_api::services::{CreateServiceBroker, CreateServiceInstance, ServiceInstanceType};
 use hydrant_api::{CreateUser, SpaceRole, UpdateApp};
 use hydrant_bus::messages;
 use hydrant_bus::{Bus, Config as BusConfig};
@@ -383,15 +381,7 @@ async fn with_two_controllers_a_failed_provision_is_called_and_orphan_mitigated_
         })
         .await
         .unwrap();
-    a.admin
-        .set_service_access(&ServiceAccess {
-            offering: "flaky".into(),
-            plan: None,
-            broker: None,
-            enable: true,
-        })
-        .await
-        .unwrap();
+    a.enable_offering("flaky").await;
     let answer = b
         .admin
         .create_service_instance(&CreateServiceInstance {

@@ -40,13 +40,13 @@ use hydrant_api::services::{
     CreateServiceBroker, CreateServiceInstance, Job, ServiceAccess, ServiceBroker,
     ServiceInstanceAnswer, ServiceInstanceType, UpdateServiceInstance,
 };
-use hydrant_api::{Client, CreateUser, SpaceRole};
+use hydrant_api::{Client, SpaceRole};
 use hydrant_testkit::wait_for;
 use serde_json::{Value, json};
 
 use services_support::{
-    Cc, PASSWORD, RealBroker, USER, WAIT, bare_app, bind_app, bindings_of, complete, complete_if,
-    create_complete, create_key, failed, fast_services, finished, next_start, port_slice,
+    Cc, PASSWORD, RedisRig, USER, WAIT, bare_app, bind_app, bindings_of, complete, complete_if,
+    create_complete, create_key, failed, fast_services, finished, next_start,
     restart_and_next_start, start_cc, static_app, try_create, vcap_of,
 };
 use support::FakeExecutor;
@@ -587,27 +587,6 @@ async fn register_as(
         .await
 }
 
-/// A new user `name` (password `NAME-password`), with `role` in a space when given, logged in.
-async fn user(cc: &Cc, name: &str, role: Option<(&str, SpaceRole)>) -> Client {
-    let password = format!("{name}-password");
-    cc.admin
-        .create_user(&CreateUser {
-            username: name.into(),
-            password: password.clone(),
-            admin: false,
-        })
-        .await
-        .unwrap();
-    if let Some((space, role)) = role {
-        cc.admin.assign_role(space, name, role).await.unwrap();
-    }
-    let token = Client::new(&cc.url, None)
-        .login(name, &password)
-        .await
-        .unwrap();
-    Client::new(&cc.url, Some(token.access_token))
-}
-
 async fn create(
     client: &Client,
     plan: &str,
@@ -663,7 +642,7 @@ async fn catalogs_are_validated_and_new_plans_stay_hidden_until_access_is_enable
 
     // A developer sees no plan until an admin enables access.
     let space = cc.admin.list_spaces().await.unwrap()[0].guid.clone();
-    let dev = user(&cc, "dev", Some((&space, SpaceRole::Developer))).await;
+    let dev = cc.user("dev", Some((&space, SpaceRole::Developer))).await;
     assert!(dev.list_service_offerings().await.unwrap().is_empty());
     let hidden = try_create(&dev, "cache", "sync", "early")
         .await
@@ -700,7 +679,7 @@ async fn catalogs_are_validated_and_new_plans_stay_hidden_until_access_is_enable
     complete(&dev, &job).await;
     let token = dev.service_instance_log_token(&mine).await.unwrap();
     assert_eq!(token.source_id, mine);
-    let outsider = user(&cc, "outsider", None).await;
+    let outsider = cc.user("outsider", None).await;
     assert!(
         outsider
             .service_instance(&mine)
@@ -723,7 +702,7 @@ async fn catalogs_are_validated_and_new_plans_stay_hidden_until_access_is_enable
             .is_empty()
     );
     // A space auditor reads the instance and its logs, but changes nothing.
-    let auditor = user(&cc, "auditor", Some((&space, SpaceRole::Auditor))).await;
+    let auditor = cc.user("auditor", Some((&space, SpaceRole::Auditor))).await;
     assert_eq!(auditor.service_instance(&mine).await.unwrap().name, "mine");
     auditor.service_instance_log_token(&mine).await.unwrap();
     let refused = auditor.delete_service_instance(&mine).await.unwrap_err();
@@ -1202,13 +1181,13 @@ async fn redis_accepts(host: &str, port: u16, user: &str, password: &str) -> boo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hydrants_own_broker_provisions_redis_into_vcap_services() {
     // The real broker, Redis only, on a slice of ports of its own.
-    let broker = RealBroker::start_redis(port_slice(46_000)).await;
-
-    let dir = tempfile::tempdir().unwrap();
-    let bus = "svc-real-broker";
-    let cc = start_cc(dir.path(), bus, fast_services()).await;
-    let executor = FakeExecutor::start(bus, "cell-1", 4096, 10, false).await;
-    let offerings = cc.register("hydrant", &broker.url, &["redis"]).await;
+    let RedisRig {
+        broker,
+        cc,
+        executor,
+        offerings,
+        dir: _dir,
+    } = RedisRig::start(46_000, "svc-real-broker", fast_services()).await;
     assert_eq!(offerings, ["redis"]);
 
     // create redis small → bind → the start message's VCAP_SERVICES has working credentials.

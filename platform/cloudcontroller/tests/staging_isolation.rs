@@ -18,18 +18,15 @@
 #[path = "common/support.rs"]
 mod support;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hydrant_api::{Build, BuildState, Client};
-use hydrant_bus::Config as BusConfig;
+use hydrant_api::{Build, BuildState};
 use hydrant_cloudcontroller::{Config, IsolationMode, StagingIsolation};
 use hydrant_testkit::{FakeAgent, wait_for};
-use support::{ADMIN_PASSWORD, app_dir};
-use tokio_util::sync::CancellationToken;
+use support::{Cc, Options, app_dir};
 
 /// How long a build may take here (npm starts in a second or two; CI machines are slow).
 const BUILD_WAIT: Duration = Duration::from_secs(120);
@@ -47,73 +44,27 @@ fn require_root(test: &str) {
     );
 }
 
-/// A cloud controller on loopback with its own data dir and staging settings.
-struct Cc {
-    config: Config,
-    client: Client,
-    port: u16,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), hydrant_cloudcontroller::Error>>,
+/// A cloud controller on loopback with its own data dir and staging settings, sending its logs
+/// to `agent`.
+async fn start_cc(
+    data_dir: &Path,
+    bus: &str,
+    agent: &FakeAgent,
+    isolation: StagingIsolation,
+    timeout_secs: u64,
+) -> Cc {
+    let mut options = Options::new(bus);
+    options.agent = Some(agent.url());
+    options.staging_isolation = Some(isolation);
+    options.staging_timeout_secs = Some(timeout_secs);
+    Cc::start(data_dir, &options).await
 }
 
 impl Cc {
-    async fn start(
-        data_dir: &Path,
-        bus: &str,
-        agent: &FakeAgent,
-        isolation: StagingIsolation,
-        timeout_secs: u64,
-    ) -> Self {
-        let mut config = Config {
-            listen: "127.0.0.1:0".into(),
-            admin_listen: "127.0.0.1:0".into(),
-            data_dir: data_dir.display().to_string(),
-            admin_password: Some(ADMIN_PASSWORD.into()),
-            password_hash_iterations: 1000,
-            staging_timeout_secs: timeout_secs,
-            staging_isolation: isolation,
-            endpoints: BTreeMap::from([("firehose".into(), "ws://127.0.0.1:1".into())]),
-            bus: BusConfig::inprocess(bus),
-            ..Config::default()
-        };
-        config.telemetry.agent = Some(agent.url());
-        config.telemetry.interval_secs = 1;
-        let listeners = hydrant_runtime::bind::<hydrant_cloudcontroller::CloudController>(&config)
-            .await
-            .unwrap();
-        let addr = listeners.local_addr("api").unwrap();
-        config.external_url = format!("http://{addr}");
-        let shutdown = CancellationToken::new();
-        let mut task = tokio::spawn(hydrant_runtime::run::<
-            hydrant_cloudcontroller::CloudController,
-        >(config.clone(), listeners, shutdown.clone()));
-        let anonymous = Client::new(&config.external_url, None);
-        // A controller that cannot start ends its task: say why rather than time out.
-        let answered = {
-            let anonymous = anonymous.clone();
-            wait_for(Duration::from_secs(60), "the API to answer", move || {
-                let anonymous = anonymous.clone();
-                async move { anonymous.info().await.is_ok() }
-            })
-        };
-        tokio::select! {
-            () = answered => {}
-            ended = &mut task => panic!("the cloud controller stopped before it answered: {ended:?}"),
-        }
-        let token = anonymous.login("admin", ADMIN_PASSWORD).await.unwrap();
-        Self {
-            config,
-            client: anonymous.with_token(token.access_token),
-            port: addr.port(),
-            shutdown,
-            task,
-        }
-    }
-
     /// Pushes `files` as app `name` and waits for its build to end.
     async fn stage(&self, name: &str, files: &[(&str, &[u8], u32)]) -> (String, Build) {
         let app = self
-            .client
+            .admin
             .create_app(&hydrant_api::CreateApp {
                 name: name.into(),
                 ..Default::default()
@@ -121,14 +72,14 @@ impl Cc {
             .await
             .unwrap();
         let dir = app_dir(files);
-        self.client.push_dir(&app.guid, dir.path()).await.unwrap();
+        self.admin.push_dir(&app.guid, dir.path()).await.unwrap();
         let build = self
-            .client
+            .admin
             .create_build(&app.guid, &hydrant_api::CreateBuild::default())
             .await
             .unwrap();
         let build = self
-            .client
+            .admin
             .wait_for_build(&build.guid, BUILD_WAIT)
             .await
             .unwrap();
@@ -168,15 +119,6 @@ impl Cc {
                 .unwrap_or_default();
             assert!(left.is_empty(), "{after}: {dir} still has {left:?}");
         }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("the cloud controller stops within 30 s")
-            .unwrap()
-            .unwrap();
     }
 }
 
@@ -261,7 +203,7 @@ async fn a_hostile_npm_install_script_gets_nothing_of_the_platform() {
         },
         ..StagingIsolation::default()
     };
-    let cc = Cc::start(data.path(), "stg-hostile", &agent, isolation, 300).await;
+    let cc = start_cc(data.path(), "stg-hostile", &agent, isolation, 300).await;
 
     // A listener of the platform's on the host's loopback, counting who reaches it.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -281,12 +223,13 @@ async fn a_hostile_npm_install_script_gets_nothing_of_the_platform() {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "key"))
         .unwrap();
+    let cc_port: u16 = cc.url.rsplit(':').next().unwrap().parse().unwrap();
     let targets = serde_json::json!({
         "key": signing_key,
         "password": cc.config.admin_password_path(),
         "db": data_dir.join("cloudcontroller.db"),
         "data": data_dir,
-        "cc": cc.port,
+        "cc": cc_port,
         "listener": listener_port,
     })
     .to_string();
@@ -368,7 +311,7 @@ async fn failed_out_of_memory_and_timed_out_installs_say_why_and_leave_nothing()
         attach_network: false,
         ..StagingIsolation::default()
     };
-    let cc = Cc::start(data.path(), "stg-failures", &agent, isolation, 25).await;
+    let cc = start_cc(data.path(), "stg-failures", &agent, isolation, 25).await;
     let package = |install: &str| {
         format!(
             r#"{{"name":"p","version":"1.0.0","scripts":{{"install":{},"start":"node s.js"}}}}"#,
@@ -440,7 +383,7 @@ async fn staging_without_isolation_says_so_in_every_build() {
         mode: IsolationMode::None,
         ..StagingIsolation::default()
     };
-    let cc = Cc::start(data.path(), "stg-none", &agent, isolation, 60).await;
+    let cc = start_cc(data.path(), "stg-none", &agent, isolation, 60).await;
     let (app, build) = cc
         .stage("plain", &[("index.html", b"<h1>hi</h1>".as_slice(), 0o644)])
         .await;
@@ -492,11 +435,11 @@ fn a_cloud_controller_killed_mid_install_removes_the_leftovers_when_it_starts_ag
     // goes away without running any of its cleanup.
     let first = runtime();
     let config = first.block_on(async {
-        let cc = Cc::start(data.path(), "stg-killed-1", &agent, isolation.clone(), 600).await;
+        let cc = start_cc(data.path(), "stg-killed-1", &agent, isolation.clone(), 600).await;
         let package =
             br#"{"name":"k","version":"1.0.0","scripts":{"install":"sleep 600","start":"x"}}"#;
         let app = cc
-            .client
+            .admin
             .create_app(&hydrant_api::CreateApp {
                 name: "killed".into(),
                 ..Default::default()
@@ -504,15 +447,15 @@ fn a_cloud_controller_killed_mid_install_removes_the_leftovers_when_it_starts_ag
             .await
             .unwrap();
         let dir = app_dir(&[("package.json", package.as_slice(), 0o644)]);
-        cc.client.push_dir(&app.guid, dir.path()).await.unwrap();
+        cc.admin.push_dir(&app.guid, dir.path()).await.unwrap();
         let build = cc
-            .client
+            .admin
             .create_build(&app.guid, &hydrant_api::CreateBuild::default())
             .await
             .unwrap();
         let config = cc.config.clone();
         let watched = config.clone();
-        let client = cc.client.clone();
+        let client = cc.admin.clone();
         wait_for(BUILD_WAIT, "the staging container to run", move || {
             let (config, client, guid) = (watched.clone(), client.clone(), build.guid.clone());
             async move {
@@ -553,7 +496,7 @@ fn a_cloud_controller_killed_mid_install_removes_the_leftovers_when_it_starts_ag
         );
         assert_eq!(netns().len(), 1, "and so did its network namespace");
 
-        let cc = Cc::start(data.path(), "stg-killed-2", &agent, isolation, 600).await;
+        let cc = start_cc(data.path(), "stg-killed-2", &agent, isolation, 600).await;
         let watched = config.clone();
         wait_for(
             Duration::from_secs(30),
@@ -587,7 +530,7 @@ async fn where_containers_cannot_be_made_installs_fail_saying_how_to_fix_it() {
         ..StagingIsolation::default()
     };
     isolation.containers.runtime = "/nonexistent/runc".into();
-    let cc = Cc::start(data.path(), "stg-unavailable", &agent, isolation, 60).await;
+    let cc = start_cc(data.path(), "stg-unavailable", &agent, isolation, 60).await;
 
     let package = br#"{"name":"u","version":"1.0.0","scripts":{"install":"id","start":"x"}}"#;
     let (app, build) = cc

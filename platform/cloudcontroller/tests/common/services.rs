@@ -14,7 +14,7 @@ use std::time::Duration;
 use hydrant_api::Client;
 use hydrant_api::services::{
     BindingFilter, BindingType, CreateServiceBinding, CreateServiceBroker, CreateServiceInstance,
-    Job, ServiceAccess, ServiceBinding, ServiceBindingAnswer, ServiceInstanceAnswer,
+    Job, ServiceBinding, ServiceBindingAnswer, ServiceInstanceAnswer,
 };
 use hydrant_bus::messages::StartInstance;
 use hydrant_cloudcontroller::ServicesConfig;
@@ -78,17 +78,38 @@ impl Cc {
             .await
             .unwrap();
         for offering in offerings {
-            self.admin
-                .set_service_access(&ServiceAccess {
-                    offering: (*offering).into(),
-                    plan: None,
-                    broker: None,
-                    enable: true,
-                })
-                .await
-                .unwrap();
+            self.enable_offering(offering).await;
         }
         registered.offerings
+    }
+}
+
+/// The setup of a test of Hydrant's own broker: the broker serving Redis on the port slice
+/// from `first_port`, a controller on `bus` with `services` that registered it (offering
+/// `redis` enabled), and one fake executor. The controller's data dir lives as long as `dir`.
+pub struct RedisRig {
+    pub broker: RealBroker,
+    pub cc: Cc,
+    pub executor: FakeExecutor,
+    /// The offerings the broker's catalog listed.
+    pub offerings: Vec<String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl RedisRig {
+    pub async fn start(first_port: u16, bus: &str, services: ServicesConfig) -> Self {
+        let broker = RealBroker::start_redis(port_slice(first_port)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cc = start_cc(dir.path(), bus, services).await;
+        let executor = FakeExecutor::start(bus, "cell-1", 4096, 10, false).await;
+        let offerings = cc.register("hydrant", &broker.url, &["redis"]).await;
+        Self {
+            broker,
+            cc,
+            executor,
+            offerings,
+            dir,
+        }
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Cc {
     pub admin_url: String,
     pub admin: Client,
     pub data_dir: PathBuf,
+    /// The configuration it runs with.
+    pub config: Config,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), hydrant_cloudcontroller::Error>>>,
 }
@@ -51,6 +53,9 @@ pub struct Options {
     pub token_keys_dir: Option<PathBuf>,
     pub instance_id: Option<String>,
     pub services: Option<hydrant_cloudcontroller::ServicesConfig>,
+    /// `[staging_isolation]` and `staging_timeout_secs` (default: the role's defaults).
+    pub staging_isolation: Option<hydrant_cloudcontroller::StagingIsolation>,
+    pub staging_timeout_secs: Option<u64>,
 }
 
 impl Options {
@@ -67,6 +72,8 @@ impl Options {
             token_keys_dir: None,
             instance_id: None,
             services: None,
+            staging_isolation: None,
+            staging_timeout_secs: None,
         }
     }
 
@@ -105,6 +112,12 @@ impl Options {
         if let Some(services) = &self.services {
             config.services = services.clone();
         }
+        if let Some(isolation) = &self.staging_isolation {
+            config.staging_isolation = isolation.clone();
+        }
+        if let Some(secs) = self.staging_timeout_secs {
+            config.staging_timeout_secs = secs;
+        }
         config.telemetry.agent.clone_from(&self.agent);
         config.telemetry.interval_secs = 1;
         config
@@ -124,9 +137,10 @@ impl Cc {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(hydrant_runtime::run::<
             hydrant_cloudcontroller::CloudController,
-        >(config, listeners, shutdown.clone()));
+        >(config.clone(), listeners, shutdown.clone()));
         let anonymous = Client::new(&url, None);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        // Staging isolation sets up its network at start: a minute, not seconds.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while anonymous.info().await.is_err() {
             // A controller that stopped will never answer: say why.
             if task.is_finished() {
@@ -134,7 +148,7 @@ impl Cc {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "timed out waiting for the API to answer (10s)"
+                "timed out waiting for the API to answer (60s)"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -144,6 +158,7 @@ impl Cc {
             url,
             admin_url: format!("http://{admin_addr}"),
             data_dir: data_dir.to_path_buf(),
+            config,
             shutdown,
             task: Some(task),
         }
@@ -176,6 +191,19 @@ impl Cc {
             .text()
             .await
             .unwrap()
+    }
+
+    /// Makes every plan of the service offering `offering` visible to everyone, as the admin.
+    pub async fn enable_offering(&self, offering: &str) {
+        self.admin
+            .set_service_access(&hydrant_api::services::ServiceAccess {
+                offering: offering.into(),
+                plan: None,
+                broker: None,
+                enable: true,
+            })
+            .await
+            .unwrap();
     }
 
     pub fn anonymous(&self) -> Client {
@@ -216,9 +244,10 @@ impl Cc {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), task)
+            // Staging containers are torn down on the way out.
+            tokio::time::timeout(Duration::from_secs(30), task)
                 .await
-                .expect("the cloud controller stops within 10 s")
+                .expect("the cloud controller stops within 30 s")
                 .unwrap()
                 .unwrap();
         }

@@ -6,7 +6,8 @@ use hydrant_api::slo::{Sli, Slo, SloSet};
 
 use crate::support::{Cc, events_of};
 
-fn availability(webhook: Option<&str>) -> Slo {
+/// A 99.9 % availability SLO over 30 days, alerting `webhook`.
+pub(crate) fn availability(webhook: Option<&str>) -> Slo {
     Slo {
         name: "availability".into(),
         sli: Sli::Availability {

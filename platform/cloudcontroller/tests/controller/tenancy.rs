@@ -10,7 +10,7 @@ use hydrant_api::{
     QuotaScope, ScaleApp, SpaceRole, UpdateApp,
 };
 
-use hydrant_api::slo::{Sli, Slo, SloSet};
+use hydrant_api::slo::SloSet;
 
 use crate::support::{Cc, assert_counter, events_of, push_and_stage};
 
@@ -486,17 +486,7 @@ async fn every_action_by_every_role_is_exactly_as_the_matrix_says() {
         .set_slos(
             &app.guid,
             &SloSet {
-                slos: vec![Slo {
-                    name: "availability".into(),
-                    sli: Sli::Availability {
-                        count_router_errors: true,
-                    },
-                    objective: 99.9,
-                    period_days: 30,
-                    min_requests: 50,
-                    webhook_url: Some(webhook.into()),
-                    description: None,
-                }],
+                slos: vec![crate::slos::availability(Some(webhook))],
             },
         )
         .await

@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use hydrant_api::services::{
-    CreateServiceBroker, CreateServiceInstance, ServiceAccess, ServiceInstanceType,
-};
+use hydrant_api::services::{CreateServiceBroker, CreateServiceInstance, ServiceInstanceType};
 use hydrant_cloudcontroller::ServicesConfig;
 use hydrant_testkit::wait_for;
 use hydrant_tls::local::{LocalCa, Validity};
@@ -177,15 +175,7 @@ async fn an_https_broker_signed_by_the_configured_ca_is_used_and_others_are_refu
     try_register(&cc, "vault", &format!("https://localhost:{port}"))
         .await
         .unwrap();
-    cc.admin
-        .set_service_access(&ServiceAccess {
-            offering: "vault".into(),
-            plan: None,
-            broker: None,
-            enable: true,
-        })
-        .await
-        .unwrap();
+    cc.enable_offering("vault").await;
     let offerings = cc.admin.list_service_offerings().await.unwrap();
     assert!(
         offerings.iter().any(|o| o.name == "vault"),

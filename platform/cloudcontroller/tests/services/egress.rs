@@ -9,21 +9,20 @@ use hydrant_bus::messages::ServiceEgress;
 use serde_json::json;
 
 use crate::services_support::{
-    RealBroker, bind_app, complete, complete_if, create_complete, next_start, port_slice,
-    real_broker_services, restart_and_next_start, start_cc, static_app, vcap_of,
+    RedisRig, bind_app, complete, complete_if, create_complete, next_start, real_broker_services,
+    restart_and_next_start, static_app, vcap_of,
 };
-use crate::support::FakeExecutor;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_message_opens_only_the_bound_services_endpoint_until_unbound() {
-    let broker = RealBroker::start_redis(port_slice(47_000)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let bus = "svc-egress";
-    let cc = start_cc(dir.path(), bus, real_broker_services()).await;
+    let RedisRig {
+        broker,
+        cc,
+        executor,
+        dir: _dir,
+        ..
+    } = RedisRig::start(47_000, "svc-egress", real_broker_services()).await;
     let admin = &cc.admin;
-    let executor = FakeExecutor::start(bus, "cell-1", 4096, 10, false).await;
-
-    cc.register("hydrant", &broker.url, &["redis"]).await;
     let cache = create_complete(admin, "redis", "small", "cache").await;
     // A space developer's own "service" naming a host port: it must open nothing.
     let typed = admin
