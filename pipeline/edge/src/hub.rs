@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hydrant_envelope::cursor::{Mark, RingPosition};
+use hydrant_envelope::gap::BySource;
 use hydrant_envelope::wire::{EnvelopeView, Kind, split_batch};
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -581,6 +582,25 @@ impl Hub {
         }
     }
 
+    /// Tells the streams following one source (app streams) their share of a loss the firehose
+    /// groups are told as a whole: for each source `lost` names that a stream follows, one
+    /// marker envelope from `marker(source, count)`, queued to those streams only.
+    pub(crate) fn publish_per_source(&self, lost: &BySource, marker: impl Fn(&str, u64) -> Bytes) {
+        let t = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        if t.sources.is_empty() {
+            return;
+        }
+        for (source, n) in &lost.top {
+            let Some(list) = t.sources.get(source.as_bytes()) else {
+                continue;
+            };
+            let envelope = marker(source, *n);
+            for o in list.iter().filter(|o| o.kinds().has(Kind::Event)) {
+                o.push_many([(Item::new(envelope.clone(), At::NONE), source.as_bytes())]);
+            }
+        }
+    }
+
     /// Routes one encoded `EnvelopeBatch` from a doppler without positions (a doppler with no
     /// replay ring, or a marker). `scratch` is the caller's reusable buffer, so publishing
     /// allocates nothing per batch once warm.
@@ -813,6 +833,41 @@ mod tests {
         assert_eq!(drain(&logs).len(), 2);
         assert_eq!(drain(&metrics).len(), 1);
         assert_eq!(drain(&app), vec![log("web", 1), counter("web")]);
+    }
+
+    #[test]
+    fn an_app_stream_is_told_its_share_of_a_loss_and_no_one_elses() {
+        use hydrant_envelope::gap::Gap;
+        let h = hub();
+        let firehose = h.subscribe_group("x", KindMask::ALL, Endpoint::Firehose);
+        let web = h.subscribe_sources(vec!["web".into()], KindMask::ALL, Endpoint::AppStream);
+        let api = h.subscribe_sources(vec!["api".into()], KindMask::ALL, Endpoint::AppStream);
+        let lost = BySource {
+            top: vec![("worker".to_owned(), 7), ("web".to_owned(), 5)],
+            other: 1,
+        };
+        h.publish_per_source(&lost, |source, n| {
+            Gap {
+                source_id: source.to_owned(),
+                dropped: n,
+                hop: "doppler".to_owned(),
+                reason: "slow_subscriber".to_owned(),
+                by_source: BySource {
+                    top: vec![(source.to_owned(), n)],
+                    other: 0,
+                },
+            }
+            .encode()
+        });
+        let got = drain(&web);
+        assert_eq!(got.len(), 1);
+        let gap = Gap::from_view(&EnvelopeView::parse(&got[0]).unwrap()).unwrap();
+        assert_eq!((gap.source_id.as_str(), gap.dropped), ("web", 5));
+        assert!(drain(&api).is_empty(), "api lost nothing");
+        assert!(
+            drain(&firehose).is_empty(),
+            "the groups get the whole marker instead"
+        );
     }
 
     #[test]

@@ -177,6 +177,19 @@ pub(crate) fn ring_gap(position: &RingPosition, lost: Option<BySource>) -> Gap {
     }
 }
 
+/// One source's share of `gap`, for the streams that follow that source.
+fn app_gap(gap: &Gap, source: &str, dropped: u64) -> Gap {
+    Gap {
+        source_id: source.to_owned(),
+        dropped,
+        by_source: BySource {
+            top: vec![(source.to_owned(), dropped)],
+            other: 0,
+        },
+        ..gap.clone()
+    }
+}
+
 /// Where a doppler's first ring read starts (later ones go on from where the hub stopped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Start {
@@ -319,8 +332,14 @@ async fn stream_once(
                     let (lost, batch) = hydrant_envelope::cursor::split_sources(&batch);
                     if let Some(position) = position {
                         if position.skipped > 0 {
-                            let marker: Bytes = hydrant_envelope::wire::batch_of([&ring_gap(&position, lost).encode()[..]]);
+                            let gap = ring_gap(&position, lost.clone());
+                            let marker: Bytes = hydrant_envelope::wire::batch_of([&gap.encode()[..]]);
                             hub.publish(&marker, scratch);
+                            // App streams do not follow the whole-stream marker: each is told
+                            // its own source's share.
+                            if let Some(lost) = lost.filter(|l| l.total() == position.skipped) {
+                                hub.publish_per_source(&lost, |source, n| app_gap(&gap, source, n).encode());
+                            }
                         }
                         hub.at_position(slot, &position);
                         pending = (position.count > 0).then_some(position);
