@@ -180,9 +180,9 @@ impl Subscription {
         self.hub.shard.as_ref()
     }
 
-    /// Waits until the hub's doppler streams are up (see [`Hub::wait_connected`]).
-    pub(crate) async fn wait_connected(&self, limit: Duration) {
-        self.hub.wait_connected(limit).await;
+    /// Waits until the hub's doppler streams can miss nothing (see [`Hub::wait_connected`]).
+    pub(crate) async fn wait_connected(&self, limit: Duration, main: &Hub) {
+        self.hub.wait_connected(limit, main).await;
     }
 
     /// Where each known doppler's published stream ends now: how far a catching-up consumer
@@ -425,6 +425,13 @@ impl Hub {
         .await;
     }
 
+    /// Whether `slot`'s stream is up now.
+    pub(crate) fn is_connected(&self, slot: usize) -> bool {
+        self.upstreams
+            .get(slot)
+            .is_some_and(|u| u.connected.load(Ordering::Acquire))
+    }
+
     /// Marks whether `slot`'s stream is up, for [`Hub::wait_connected`].
     pub(crate) fn set_connected(&self, slot: usize, up: bool) {
         if let Some(u) = self.upstreams.get(slot) {
@@ -433,15 +440,19 @@ impl Hub {
         }
     }
 
-    /// Waits until a stream is up from every doppler being read, or `limit` passes (a doppler
-    /// that is down does not hold a new subscription back for longer).
-    pub(crate) async fn wait_connected(&self, limit: Duration) {
+    /// Waits until no doppler's data can pass this hub by, or `limit` passes: each doppler's
+    /// stream is up, or its read starts from a known position (a ring read loses nothing that
+    /// arrives before it is up), or `main`'s stream from it is down too (a doppler that is down
+    /// does not hold a new subscription back).
+    pub(crate) async fn wait_connected(&self, limit: Duration, main: &Hub) {
         let mut rx = self.identified.subscribe();
         let up = |hub: &Self| {
-            hub.upstreams
-                .iter()
-                .enumerate()
-                .all(|(slot, u)| hub.active(slot).is_none() || u.connected.load(Ordering::Acquire))
+            hub.upstreams.iter().enumerate().all(|(slot, u)| {
+                hub.active(slot).is_none()
+                    || u.connected.load(Ordering::Acquire)
+                    || hub.identity(slot).is_some()
+                    || !main.is_connected(slot)
+            })
         };
         let _ = tokio::time::timeout(limit, async {
             while !up(self) {

@@ -43,8 +43,10 @@ pub(crate) const SHARD_MEMBER: &str = "hydrant-shard-member";
 /// How long a new copy waits for its id's doppler reads to be up.
 const CONNECT_WAIT: Duration = Duration::from_secs(5);
 
-/// How often an id's hub checks for its last copy and for dopplers come and gone.
-const CHECK: Duration = Duration::from_millis(250);
+/// How often an id's hub checks for its last copy and for dopplers come and gone: what the
+/// dopplers deal this edge between the last copy leaving and the reads stopping reaches no one
+/// (a copy that comes back here with its cursor is replayed it), so the check is frequent.
+const CHECK: Duration = Duration::from_millis(50);
 
 /// A shard group and this edge's member id in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,9 +91,9 @@ impl Shards {
     }
 
     /// Joins the copies of firehose subscription `id` on this edge, starting the id's doppler
-    /// reads when it is the first; returns once they are up (or [`CONNECT_WAIT`] passed), so
-    /// a consumer whose stream is open receives everything from then on, also from a doppler
-    /// that keeps no ring (from one that does, the reads start where the main stream stood).
+    /// reads when it is the first. A read from a doppler with a ring starts where the main
+    /// stream stood, so nothing after this call can pass the copy by; from one without, this
+    /// returns once the read is up (or [`CONNECT_WAIT`] passed, or the doppler is down).
     pub(crate) async fn subscribe(
         self: &Arc<Self>,
         id: &str,
@@ -99,7 +101,7 @@ impl Shards {
         endpoint: Endpoint,
     ) -> Subscription {
         let sub = self.join(id, kinds, endpoint);
-        sub.wait_connected(CONNECT_WAIT).await;
+        sub.wait_connected(CONNECT_WAIT, &self.main).await;
         sub
     }
 
