@@ -170,11 +170,20 @@ struct Sources {
 }
 
 impl Sources {
-    /// Adds the sources of the batch's envelopes `lo..hi` to `into`; returns how many of them
-    /// it could name.
-    fn add_range(&self, lo: u64, hi: u64, into: &mut HashMap<Arc<str>, u64>) -> u64 {
+    /// Adds the sources of the batch's envelopes `lo..hi` (of `count`) to `into`; returns how
+    /// many of them it could name. A whole batch is added from its totals; only a batch cut by
+    /// the range walks its per-envelope record.
+    fn add_range(&self, lo: u64, hi: u64, count: u64, into: &mut HashMap<Arc<str>, u64>) -> u64 {
         if hi <= lo {
             return 0;
+        }
+        if lo == 0 && hi >= count {
+            let mut named = 0;
+            for (name, n) in &self.names {
+                *into.entry(name.clone()).or_default() += u64::from(*n);
+                named += u64::from(*n);
+            }
+            return named;
         }
         if self.order.is_empty() {
             let Some((name, _)) = self.names.first() else {
@@ -367,7 +376,7 @@ impl Inner {
             }
             let lo = from.saturating_sub(*start);
             let hi = (*count).min(end - start);
-            named += sources.add_range(lo, hi, &mut counts);
+            named += sources.add_range(lo, hi, *count, &mut counts);
         }
         let lost = end.saturating_sub(from);
         BySource::top_n(
