@@ -7,12 +7,15 @@
 //!
 //! Invariants: every message lost on the way to a drain is counted exactly once, by reason,
 //! here and in the drain's metrics; the per-app loss ledger is bounded (apps past
-//! [`MAX_LEDGER_APPS`] are counted without a name); the last error is stored already masked.
+//! [`MAX_LEDGER_APPS`] are counted without a name); the last error is stored already masked;
+//! messages a retry writes again after a failed attempt had already handed them to the
+//! connection are counted in `nozzle.duplicates_unsure{destination}` (see [`Tally::resent`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use hydrant_emitter::{Counter, Registry};
 use hydrant_nozzle_core::{Journal, NozzleMetrics};
 use serde::Serialize;
 
@@ -60,6 +63,8 @@ pub struct Tally {
     /// With a cursor file: stored through right after a batch is taken and right after it is
     /// dealt with, so a SIGKILL never leaves the file behind what the drain may have written.
     journal: Option<Journal>,
+    /// `nozzle.duplicates_unsure{destination}`, when the owner registered it.
+    resent: Option<Counter>,
 }
 
 /// A copy of a drain's books at one moment.
@@ -130,6 +135,37 @@ impl Tally {
             }),
             pace_limit: hydrant_nozzle_core::PACE_IN_FLIGHT,
             journal: None,
+            resent: None,
+        }
+    }
+
+    /// Books that count messages a retry may deliver twice in `registry`, as
+    /// `nozzle.duplicates_unsure{destination}`: the drain's masked URL, or the aggregate's
+    /// name when there is one (app drains, so their number does not grow the series). The
+    /// nozzle restarted after SIGKILL counts its own in the untagged series.
+    #[must_use]
+    pub fn counting_resends(mut self, registry: &Registry) -> Self {
+        let destination = self
+            .aggregate
+            .as_ref()
+            .map_or(self.metrics.destination(), NozzleMetrics::destination);
+        self.resent = Some(registry.counter(
+            "nozzle.duplicates_unsure",
+            "Messages written again by a retry (or after a restart) that the destination may \
+             already hold: duplicates if it had read them before the connection failed.",
+            &[("destination", destination)],
+        ));
+        self
+    }
+
+    /// A retry is about to write again `n` messages that the failed attempt had already handed
+    /// whole to the connection: the drain may hold them twice. Which of them it read before the
+    /// connection broke cannot be known from this side (bytes the kernel accepted, or even
+    /// acknowledged, may never have been read), so they are counted as unsure rather than
+    /// skipped, which could lose them.
+    pub fn resent(&self, n: u64) {
+        if let Some(resent) = &self.resent {
+            resent.add(n);
         }
     }
 

@@ -36,5 +36,5 @@ pub use platform::PlatformConfig;
 pub use rfc5424::{DrainData, ENTERPRISE, EncoderOptions, encode, encode_messages};
 pub use role::{DrainReport, ROLE, SyslogNozzle};
 pub use tls::TlsConfig;
-pub use transport::{Frames, Payload, TcpSender, run_sender};
+pub use transport::{Frames, Payload, TcpSender, run_sender, run_sender_counted};
 pub use url::{DrainUrl, Scheme, parse_syslog_url};

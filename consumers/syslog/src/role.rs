@@ -236,8 +236,10 @@ impl Fleet {
                 NozzleMetrics::new(&Registry::new(ROLE, &spec.key), &spec.url),
                 Some(s.app_drains.clone()),
             )
+            .counting_resends(&s.registry)
         } else {
             Tally::new(NozzleMetrics::new(&s.registry, &spec.url), None)
+                .counting_resends(&s.registry)
         };
         let tally = Arc::new(
             tally

@@ -10,13 +10,15 @@
 //! frame must never be followed by another on the same stream, or the receiver would lose its
 //! framing); a connection the drain has closed is noticed before the next batch is written to
 //! it, so a restarted drain does not silently swallow a batch; a batch is retried whole, so
-//! after a reconnect a drain may see a line twice but never a torn one; errors name the drain
-//! by its masked URL only.
+//! after a reconnect a drain may see a line twice but never a torn one, and every message the
+//! failed attempt had handed whole to the connection is counted as a possible duplicate
+//! (`nozzle.duplicates_unsure`) before the retry; errors name the drain by its masked URL only.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use hydrant_emitter::Registry;
 use hydrant_nozzle_core::{Backoff, CircuitBreaker, DestinationQueue, NozzleMetrics, mask_url};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
@@ -79,14 +81,24 @@ enum Conn {
 }
 
 impl Conn {
-    /// Writes `bytes` and pushes them out of every buffer on the way.
-    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        match self {
-            Self::Plain(s) => s.write_all(bytes).await,
-            Self::Tls(s) => {
-                s.write_all(bytes).await?;
-                s.flush().await
+    /// Writes `bytes` and pushes them out of every buffer on the way, keeping in `accepted`
+    /// how many the connection took so far (read after a failure or a deadline: what the drain
+    /// may have got). With TLS it counts plaintext taken into records, which may not all have
+    /// left: an upper bound, as a possible duplicate count should be.
+    async fn write(&mut self, bytes: &[u8], accepted: &mut usize) -> std::io::Result<()> {
+        while let Some(rest) = bytes.get(*accepted..).filter(|r| !r.is_empty()) {
+            let n = match self {
+                Self::Plain(s) => s.write(rest).await?,
+                Self::Tls(s) => s.write(rest).await?,
+            };
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
             }
+            *accepted += n;
+        }
+        match self {
+            Self::Plain(_) => Ok(()),
+            Self::Tls(s) => s.flush().await,
         }
     }
 
@@ -171,6 +183,10 @@ pub struct TcpSender {
     timeout: Duration,
     conn: Option<Conn>,
     buffer: Vec<u8>,
+    /// Bytes of the current batch the connection has taken.
+    accepted: usize,
+    /// Messages of failed attempts the drain may already hold (see [`Self::take_possibly_sent`]).
+    possibly_sent: u64,
 }
 
 impl TcpSender {
@@ -190,6 +206,8 @@ impl TcpSender {
             timeout,
             conn: None,
             buffer: Vec::new(),
+            accepted: 0,
+            possibly_sent: 0,
         }
     }
 
@@ -221,6 +239,8 @@ impl TcpSender {
             timeout,
             conn: None,
             buffer: Vec::new(),
+            accepted: 0,
+            possibly_sent: 0,
         })
     }
 
@@ -247,10 +267,20 @@ impl TcpSender {
             },
         };
         self.conn = None;
+        self.possibly_sent = self
+            .possibly_sent
+            .saturating_add(whole_messages(frames, self.accepted));
         Err(err)
     }
 
+    /// How many messages failed attempts had handed whole to the connection since the last
+    /// call: the drain may hold them already, so writing the batch again may duplicate them.
+    pub fn take_possibly_sent(&mut self) -> u64 {
+        std::mem::take(&mut self.possibly_sent)
+    }
+
     async fn write_all<P: Payload>(&mut self, frames: &[P]) -> Result<(), Error> {
+        self.accepted = 0;
         if let Some(conn) = self.conn.as_mut()
             && conn.peer_closed().await
         {
@@ -267,7 +297,7 @@ impl TcpSender {
         for frame in frames {
             self.buffer.extend_from_slice(frame.frames());
         }
-        let written = conn.write(&self.buffer).await;
+        let written = conn.write(&self.buffer, &mut self.accepted).await;
         self.buffer.clear();
         self.buffer.shrink_to(KEEP_BUFFER);
         written.map_err(|source| Error::Drain {
@@ -288,6 +318,36 @@ impl TcpSender {
         let stream = tls.handshake(tcp, &self.host, &self.masked).await?;
         Ok(Conn::Tls(Box::new(stream)))
     }
+}
+
+/// How many of `messages` (written back to back) have at least one frame wholly inside the
+/// first `accepted` bytes: those the drain may have read, since a receiver of octet-counted
+/// frames keeps every whole frame and drops only a torn one.
+fn whole_messages<P: Payload>(messages: &[P], accepted: usize) -> u64 {
+    let mut start = 0usize;
+    let mut count = 0u64;
+    for message in messages {
+        let bytes = message.frames();
+        if start >= accepted {
+            break;
+        }
+        let first = first_frame_len(bytes).unwrap_or(bytes.len());
+        if start.saturating_add(first) <= accepted {
+            count += 1;
+        }
+        start = start.saturating_add(bytes.len());
+    }
+    count
+}
+
+/// The length of the first octet-counted frame (`LEN SP MSG`) in `bytes`, if it parses.
+fn first_frame_len(bytes: &[u8]) -> Option<usize> {
+    let space = bytes.iter().position(|b| *b == b' ')?;
+    let len: usize = std::str::from_utf8(bytes.get(..space)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(space + 1 + len)
 }
 
 fn split_addr(addr: &str) -> (String, u16) {
@@ -362,6 +422,16 @@ impl Link {
             Self::Https(s) => s.send(batch).await,
         }
     }
+
+    /// Messages failed attempts may have delivered already (see
+    /// [`TcpSender::take_possibly_sent`]). Always 0 over HTTPS: a request that failed is
+    /// answered for the whole batch.
+    fn take_possibly_sent(&mut self) -> u64 {
+        match self {
+            Self::Stream(s) => s.take_possibly_sent(),
+            Self::Https(_) => 0,
+        }
+    }
 }
 
 /// Takes batches from `queue` and sends them until the queue is closed and empty (or
@@ -379,6 +449,30 @@ pub async fn run_sender<P: Payload>(
     shutdown: CancellationToken,
 ) {
     let tally = Tally::new(metrics, None);
+    drive(
+        &queue,
+        sender.into(),
+        &backoff,
+        breaker,
+        &tally,
+        &shutdown,
+        &CancellationToken::new(),
+    )
+    .await;
+}
+
+/// [`run_sender`], also counting in `registry` the messages a retry may deliver twice
+/// (`nozzle.duplicates_unsure{destination}`).
+pub async fn run_sender_counted<P: Payload>(
+    queue: Arc<DestinationQueue<P>>,
+    sender: impl Into<Link>,
+    backoff: Backoff,
+    breaker: CircuitBreaker,
+    metrics: NozzleMetrics,
+    registry: &Registry,
+    shutdown: CancellationToken,
+) {
+    let tally = Tally::new(metrics, None).counting_resends(registry);
     drive(
         &queue,
         sender.into(),
@@ -447,6 +541,7 @@ async fn deliver<P: Payload>(
                 // resolving the name again.
                 breaker.trip();
                 tally.failed(&e, breaker.is_open());
+                link.take_possibly_sent();
                 tracing::warn!(error = %e, lost = batch.len(), "drain refused");
                 tally.drop_batch("refused", batch);
                 return;
@@ -454,6 +549,7 @@ async fn deliver<P: Payload>(
             Err(e) if e.is_rejected() => {
                 breaker.record_failure();
                 tally.failed(&e, breaker.is_open());
+                link.take_possibly_sent();
                 tracing::warn!(error = %e, lost = batch.len(), "the drain rejected a batch");
                 tally.drop_batch("rejected", batch);
                 return;
@@ -461,6 +557,9 @@ async fn deliver<P: Payload>(
             Err(e) => {
                 breaker.record_failure();
                 tally.failed(&e, breaker.is_open());
+                // Taken on every failure so a count never outlives its batch; only a retry
+                // writes them again.
+                let possibly_sent = link.take_possibly_sent();
                 if attempt >= backoff.max_retries || shutdown.is_cancelled() {
                     tracing::warn!(error = %e, lost = batch.len(), "dropping a batch");
                     tally.drop_batch("retries_exhausted", batch);
@@ -468,6 +567,7 @@ async fn deliver<P: Payload>(
                 }
                 tracing::debug!(error = %e, attempt, "retrying a batch");
                 tally.retry();
+                tally.resent(possibly_sent);
                 tokio::time::sleep(backoff.delay(attempt)).await;
                 attempt += 1;
             }
@@ -477,7 +577,29 @@ async fn deliver<P: Payload>(
 
 #[cfg(test)]
 mod tests {
-    use super::split_addr;
+    use bytes::Bytes;
+
+    use super::{split_addr, whole_messages};
+
+    #[test]
+    fn a_message_counts_as_possibly_sent_once_one_of_its_frames_was_taken_whole() {
+        // Two messages: one frame ("3 abc", 5 bytes), then two frames ("1 x" and "2 yz").
+        let batch = [Bytes::from_static(b"3 abc"), Bytes::from_static(b"1 x2 yz")];
+        assert_eq!(whole_messages(&batch, 0), 0);
+        assert_eq!(
+            whole_messages(&batch, 4),
+            0,
+            "a torn frame is dropped by the drain"
+        );
+        assert_eq!(whole_messages(&batch, 5), 1);
+        assert_eq!(whole_messages(&batch, 7), 1);
+        assert_eq!(
+            whole_messages(&batch, 8),
+            2,
+            "its first line may be there twice"
+        );
+        assert_eq!(whole_messages(&batch, 100), 2);
+    }
 
     #[test]
     fn splits_legacy_addresses() {
