@@ -983,12 +983,7 @@ async fn check_subnet_free(
         #[serde(default)]
         prefixlen: u8,
     }
-    let json = run(Program::Ip, &["-j", "addr", "show"], None).await?;
-    let links: Vec<Link> = serde_json::from_str(&json).map_err(|e| Error::Command {
-        program: "ip",
-        args: "-j addr show".to_owned(),
-        message: format!("unexpected output: {e}"),
-    })?;
+    let links: Vec<Link> = ip_json(&["addr", "show"]).await?;
     for link in links.iter().filter(|l| l.ifname != bridge) {
         for addr in link.addr_info.iter().filter(|a| a.family == "inet") {
             let Ok(ip) = addr.local.parse::<Ipv4Addr>() else {
@@ -1048,18 +1043,24 @@ fn owner_is_gone(bridge: &str) -> bool {
         .is_ok_and(|file| file.try_lock().is_ok())
 }
 
+/// `ip -j ARGS`, its JSON read as `T`; output of another shape (another `ip` version) is an
+/// error naming the command.
+async fn ip_json<T: serde::de::DeserializeOwned>(args: &[&str]) -> Result<T, Error> {
+    let json = run(Program::Ip, &[&["-j"], args].concat(), None).await?;
+    serde_json::from_str(&json).map_err(|e| Error::Command {
+        program: "ip",
+        args: format!("-j {}", args.join(" ")),
+        message: format!("unexpected output: {e}"),
+    })
+}
+
 /// Names of every network interface in the host's namespace.
 async fn link_names() -> Result<Vec<String>, Error> {
     #[derive(Deserialize)]
     struct Link {
         ifname: String,
     }
-    let json = run(Program::Ip, &["-j", "link", "show"], None).await?;
-    let links: Vec<Link> = serde_json::from_str(&json).map_err(|e| Error::Command {
-        program: "ip",
-        args: "-j link show".to_owned(),
-        message: format!("unexpected output: {e}"),
-    })?;
+    let links: Vec<Link> = ip_json(&["link", "show"]).await?;
     Ok(links.into_iter().map(|l| l.ifname).collect())
 }
 

@@ -78,6 +78,11 @@ fn cgroup_value(
     .and_then(|t| t.trim().parse().ok())
 }
 
+/// The memory limit of node `node`'s container, in bytes.
+fn memory_limit(data_dir: &std::path::Path, node: &str) -> Option<u64> {
+    cgroup_value(data_dir, node, "memory", "memory.limit_in_bytes", "memory.max")
+}
+
 async fn node_pid(b: &Running, prefix: &str) -> u32 {
     b.nodes()
         .await
@@ -141,13 +146,7 @@ async fn a_service_node_runs_in_a_container_under_its_plans_limits() {
     );
     let node_name = format!("redis-{id}");
     assert_eq!(
-        cgroup_value(
-            dir.path(),
-            &node_name,
-            "memory",
-            "memory.limit_in_bytes",
-            "memory.max"
-        ),
+        memory_limit(dir.path(), &node_name),
         Some(128 * 1024 * 1024),
         "the small plan's 64 MiB and 64 MiB of headroom"
     );
@@ -167,24 +166,12 @@ async fn a_service_node_runs_in_a_container_under_its_plans_limits() {
     .await;
     assert_ne!(node_pid(&b, "redis-").await, pid);
     assert_eq!(
-        cgroup_value(
-            dir.path(),
-            &node_name,
-            "memory",
-            "memory.limit_in_bytes",
-            "memory.max"
-        ),
+        memory_limit(dir.path(), &node_name),
         Some((256 + 64) * 1024 * 1024)
     );
     assert_eq!(b.deprovision(&id, "redis").await, 200);
     assert_eq!(
-        cgroup_value(
-            dir.path(),
-            &node_name,
-            "memory",
-            "memory.limit_in_bytes",
-            "memory.max"
-        ),
+        memory_limit(dir.path(), &node_name),
         None,
         "its cgroup goes with it"
     );
@@ -219,13 +206,7 @@ async fn a_shared_node_forks_inside_its_container() {
     let pid = node_pid(&b, "postgresql").await;
     assert_ne!(namespace(&pid.to_string(), "pid"), namespace("self", "pid"));
     assert_eq!(
-        cgroup_value(
-            dir.path(),
-            "postgresql",
-            "memory",
-            "memory.limit_in_bytes",
-            "memory.max"
-        ),
+        memory_limit(dir.path(), "postgresql"),
         Some(1024 * 1024 * 1024),
         "a shared node is held to shared_node_memory_mb"
     );
