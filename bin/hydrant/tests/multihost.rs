@@ -1602,6 +1602,11 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
         p.kill(&name);
     }
     netns::kill_all_in(p.hosts.ns('a'));
+    // The CLI keeps its target and token (the same API name; the router retries a refused
+    // connection on B's controller) and scales: the desired state is written at once,
+    // the instance placed once B's controller holds the placement lease.
+    p.cli_ok(&["scale", APP, "-i", "7"]);
+    let scaled = killed.elapsed();
     // The token signing key rotated after the loss (one key directory behind both
     // controllers): the edge knows only the old key, and A's controller, which it lists first,
     // is gone. B's controller signs with the new key once it rereads the directory (5 s).
@@ -1612,10 +1617,6 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
         .unwrap()
         .signing()
         .key_set();
-    // The CLI keeps its target and token (the same API name; the router retries a refused
-    // connection on B's controller) and scales at once: the desired state is written now,
-    // the instance placed once B's controller holds the placement lease.
-    p.cli_ok(&["scale", APP, "-i", "7"]);
     let (mut hm_moved, mut placement_moved) = (None, None);
     wait_for(
         Duration::from_secs(30),
@@ -1764,7 +1765,7 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
     let moved = (api_moved.0 - api_before.0, api_moved.1 - api_before.1);
     let whole = (api_after.0 - api_before.0, api_after.1 - api_before.1);
     println!(
-        "step 6: host A lost: through {API_HOST} `scale 7` answered at once; the placement \
+        "step 6: host A lost: through {API_HOST} `scale 7` answered {:.1} s after the kill; the placement \
          lease moved to B's controller {:.1} s after the kill and the 7th instance ran {:.1} s \
          after it; API calls through the routers while it moved: {} succeeded, {} failed; \
          scaled back to 6, and a new app pushed, staged and routed through B in {:.1} s; host B's \
@@ -1772,6 +1773,7 @@ fn four_hosts_survive_a_lost_cell_a_drain_a_nats_node_and_a_lost_controller_host
          after the crash; A's controller left the route assignments {:.1} s after the kill; in \
          all, {} API calls through the routers succeeded and {} failed, {ok} app requests \
          succeeded and {failed} failed",
+        scaled.as_secs_f64(),
         placement_moved.as_secs_f64(),
         seven.saturating_sub(placement_moved).as_secs_f64(),
         moved.0,
