@@ -45,11 +45,11 @@ use hydrant_testkit::wait_for;
 use serde_json::{Value, json};
 
 use services_support::{
-    Cc, PASSWORD, RedisRig, USER, WAIT, bare_app, bind_app, bindings_of, complete, complete_if,
+    Cc, PASSWORD, RedisRig, USER, WAIT, bind_app, bindings_of, complete, complete_if,
     create_complete, create_key, failed, fast_services, finished, next_start,
     restart_and_next_start, start_cc, static_app, try_create, vcap_of,
 };
-use support::FakeExecutor;
+use support::{FakeExecutor, app_in};
 
 // === the fake broker ===
 
@@ -953,7 +953,7 @@ async fn user_provided_instances_bind_at_once_and_feed_syslog_drains() {
         .await
         .unwrap();
     assert!(answer.job.is_none());
-    let app = bare_app(&cc.admin, "reader", None).await;
+    let app = app_in(&cc.admin, "reader", None).await;
     let bound = bind_app(&cc.admin, &answer.instance.guid, &app.guid, Some("primary"))
         .await
         .unwrap();
@@ -1129,7 +1129,7 @@ async fn deleting_an_app_unbinds_it_at_the_broker() {
     let (broker, _dir, cc) = fake_setup("svc-app-delete").await;
     let (cache, job) = create(&cc.admin, "sync", "cache", None).await;
     finished(&cc.admin, &job).await;
-    let app = bare_app(&cc.admin, "gone", None).await;
+    let app = app_in(&cc.admin, "gone", None).await;
     let answer = bind_app(&cc.admin, &cache, &app.guid, None).await.unwrap();
     finished(&cc.admin, answer.job.as_ref().unwrap()).await;
     cc.admin.delete_app(&app.guid).await.unwrap();
@@ -1298,7 +1298,7 @@ async fn deleting_a_space_unbinds_and_deprovisions_its_services_through_broker_j
         .unwrap()
         .instance
         .guid;
-    let app = bare_app(&cc.admin, "web", Some(&space.guid)).await;
+    let app = app_in(&cc.admin, "web", Some(&space.guid)).await;
     for instance in [&cache, &ups] {
         let bound = bind_app(&cc.admin, instance, &app.guid, None)
             .await

@@ -280,18 +280,6 @@ pub async fn bindings_of(client: &Client, instance: &str) -> Vec<ServiceBinding>
         .unwrap()
 }
 
-/// An app with nothing pushed, in `space` or the default one.
-pub async fn bare_app(client: &Client, name: &str, space: Option<&str>) -> hydrant_api::App {
-    client
-        .create_app(&hydrant_api::CreateApp {
-            name: name.into(),
-            space: space.map(str::to_owned),
-            ..hydrant_api::CreateApp::default()
-        })
-        .await
-        .unwrap()
-}
-
 /// A staged one-page static app called `name`.
 pub async fn static_app(client: &Client, name: &str) -> hydrant_api::App {
     let files: &[(&str, &[u8], u32)] = &[("index.html", b"<h1>hi</h1>", 0o644)];

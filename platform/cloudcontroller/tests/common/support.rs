@@ -174,13 +174,7 @@ impl Cc {
 
     /// Creates the app `name` in the default space, as the admin.
     pub async fn app(&self, name: &str) -> hydrant_api::App {
-        self.admin
-            .create_app(&hydrant_api::CreateApp {
-                name: name.into(),
-                ..hydrant_api::CreateApp::default()
-            })
-            .await
-            .unwrap()
+        app_in(&self.admin, name, None).await
     }
 
     /// The controller's `/metrics` text, from its admin listener.
@@ -258,6 +252,18 @@ impl Drop for Cc {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Creates the app `name` as `client`, in the space `space` (a guid or name) or the default one.
+pub async fn app_in(client: &Client, name: &str, space: Option<&str>) -> hydrant_api::App {
+    client
+        .create_app(&hydrant_api::CreateApp {
+            name: name.into(),
+            space: space.map(str::to_owned),
+            ..hydrant_api::CreateApp::default()
+        })
+        .await
+        .unwrap()
 }
 
 /// Asserts the controller's `/metrics` text `metrics` counts `count` in its counter

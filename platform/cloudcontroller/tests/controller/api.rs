@@ -14,7 +14,7 @@ use hydrant_testkit::{FakeAgent, wait_for};
 use sha2::{Digest as _, Sha256};
 
 use crate::support::{
-    Cc, FakeExecutor, Options, app_dir, assert_counter, events_of, push_and_stage, scale_to,
+    Cc, FakeExecutor, Options, app_dir, app_in, assert_counter, events_of, push_and_stage, scale_to,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -350,14 +350,7 @@ async fn developers_auditors_and_outsiders() {
         .await;
     let out = cc.user("outsider", None).await;
 
-    let app = dev
-        .create_app(&CreateApp {
-            name: "billing".into(),
-            space: Some("team".into()),
-            ..CreateApp::default()
-        })
-        .await
-        .unwrap();
+    let app = app_in(&dev, "billing", Some("team")).await;
     // Developers cannot create in spaces they have no role in (the default space is as
     // invisible to them as one that does not exist), nor do admin work.
     let err = dev

@@ -12,7 +12,7 @@ use hydrant_api::{
 
 use hydrant_api::slo::SloSet;
 
-use crate::support::{Cc, assert_counter, events_of, push_and_stage};
+use crate::support::{Cc, app_in, assert_counter, events_of, push_and_stage};
 
 /// The people, in the order of the matrix's columns.
 const PEOPLE: [&str; 8] = [
@@ -491,14 +491,7 @@ async fn every_action_by_every_role_is_exactly_as_the_matrix_says() {
         )
         .await
         .unwrap();
-    let other_app = admin
-        .create_app(&CreateApp {
-            name: "site".into(),
-            space: Some(web.guid.clone()),
-            ..CreateApp::default()
-        })
-        .await
-        .unwrap();
+    let other_app = app_in(&admin, "site", Some(&web.guid)).await;
     let fx = Fixture {
         org: acme.clone(),
         space: dev_space.clone(),
@@ -664,14 +657,7 @@ async fn env_changes_and_role_removal_take_effect_at_once() {
         .assign_role(&space.guid, "dev", SpaceRole::Developer)
         .await
         .unwrap();
-    let app = dev
-        .create_app(&CreateApp {
-            name: "shop".into(),
-            space: Some(space.guid.clone()),
-            ..CreateApp::default()
-        })
-        .await
-        .unwrap();
+    let app = app_in(&dev, "shop", Some(&space.guid)).await;
     dev.patch_env(
         &app.guid,
         BTreeMap::from([
@@ -765,13 +751,7 @@ async fn starts_scales_and_creates_past_a_quota_fail_naming_it_with_limit_and_us
     admin.scale_app(&web.guid, &scale(2, None)).await.unwrap();
 
     // Apps and routes count too; the default route is a route.
-    let second = admin
-        .create_app(&CreateApp {
-            name: "second".into(),
-            ..CreateApp::default()
-        })
-        .await
-        .unwrap();
+    let second = app_in(&admin, "second", None).await;
     let err = admin
         .create_app(&CreateApp {
             name: "third".into(),
@@ -907,14 +887,7 @@ async fn route_hijacks_are_refused_without_naming_the_owner() {
         .await
         .unwrap();
 
-    let shop = vic
-        .create_app(&CreateApp {
-            name: "shop".into(),
-            space: Some(shop_space.guid.clone()),
-            ..CreateApp::default()
-        })
-        .await
-        .unwrap();
+    let shop = app_in(&vic, "shop", Some(&shop_space.guid)).await;
     vic.map_route(&shop.guid, "www.acme.example.com")
         .await
         .unwrap();
@@ -1077,14 +1050,7 @@ async fn blobs_are_private_to_their_tenant_and_old_droplets_are_collected() {
         .unwrap();
 
     let secret: &[u8] = b"the secret source of acme's shop";
-    let app = owner
-        .create_app(&CreateApp {
-            name: "shop".into(),
-            space: Some(s1.guid.clone()),
-            ..CreateApp::default()
-        })
-        .await
-        .unwrap();
+    let app = app_in(&owner, "shop", Some(&s1.guid)).await;
     let dir = crate::support::app_dir(&[("main.py", secret, 0o644)]);
     owner.push_dir(&app.guid, dir.path()).await.unwrap();
 
@@ -1175,14 +1141,7 @@ async fn deleting_a_space_stops_its_running_instances() {
     let admin = cc.admin.clone();
     admin.create_org("acme").await.unwrap();
     let space = admin.create_space_in("acme", "doomed").await.unwrap();
-    let app = admin
-        .create_app(&CreateApp {
-            name: "web".into(),
-            space: Some(space.guid.clone()),
-            ..CreateApp::default()
-        })
-        .await
-        .unwrap();
+    let app = app_in(&admin, "web", Some(&space.guid)).await;
     let files = crate::support::app_dir(&[("app.py", b"print('hi')\n", 0o644)]);
     admin.push_dir(&app.guid, files.path()).await.unwrap();
     let build = admin
