@@ -387,7 +387,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_5xx_moves_on_and_a_recovered_first_controller_is_used_when_the_second_fails() {
+    async fn a_5xx_moves_on_and_every_controller_answering_5xx_gives_the_last_answer() {
         let failing = controller("a", 503).await;
         let alive = controller("b", 200).await;
         let failover = Failover::new(&[failing.clone(), alive.clone()], None);
