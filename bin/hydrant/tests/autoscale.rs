@@ -11,7 +11,9 @@
 
 #![allow(clippy::unwrap_used, reason = "test code")]
 
-use std::io::{Read as _, Write as _};
+#[path = "support/router.rs"]
+mod router;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -56,27 +58,9 @@ fn wait_until<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option
     }
 }
 
-/// One GET through the router by `Host`; the status, or 0 when the connection failed.
+/// One GET through the router by `Host`; the status, or 0 when nothing usable came back.
 fn get(router: &str, host: &str, path: &str) -> u16 {
-    let addr = router.trim_start_matches("http://");
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return 0;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    if write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .is_err()
-    {
-        return 0;
-    }
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    resp.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    router::get_within(Duration::from_secs(10), router, host, path).0
 }
 
 /// The desired instance count of `name`, from `hydrant apps --json`.
@@ -291,16 +275,8 @@ fn a_latency_policy_scales_the_demo_app_out_under_load_and_back_in() {
 
     // Both instances serve: the router reaches index 1 as well.
     wait_until(Duration::from_secs(30), "instance 1 to answer", || {
-        let addr = router.trim_start_matches("http://");
-        let mut s = std::net::TcpStream::connect(addr).ok()?;
-        write!(
-            s,
-            "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).ok()?;
-        resp.contains("instance 1").then_some(())
+        let (_, body) = router::get(&router, &host, "/");
+        body.contains("instance 1").then_some(())
     });
 
     // Load gone: the app goes idle (0 ms), the scale-in rule breaches, and once the cooldown

@@ -10,10 +10,11 @@
 
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/router.rs"]
+mod router;
 
 use cli::{Up, text, wait_for};
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -68,21 +69,6 @@ impl Up {
     }
 }
 
-/// One request through the router; `None` when it did not get a 200.
-fn get(router: &str, host: &str) -> Option<()> {
-    let addr = router.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    resp.starts_with("HTTP/1.1 200").then_some(())
-}
-
 #[test]
 fn three_cells_spread_an_app_survive_a_lost_cell_and_drain_without_a_failed_request() {
     let up = Up::start(&["--cells", "3", "--isolation", "none"]);
@@ -127,9 +113,10 @@ fn three_cells_spread_an_app_survive_a_lost_cell_and_drain_without_a_failed_requ
         let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                match get(&router, "web.apps.localhost") {
-                    Some(()) => ok.fetch_add(1, Ordering::Relaxed),
-                    None => failed.fetch_add(1, Ordering::Relaxed),
+                let within = Duration::from_secs(10);
+                match router::get_within(within, &router, "web.apps.localhost", "/").0 {
+                    200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
                 };
             }
         })
