@@ -99,7 +99,7 @@ fn failed_within(c: &Connection, key: Key<'_>, now_ms: i64, max: usize) -> crate
         .query_row(
             "SELECT failures, last_ms, blocked_until_ms FROM login_failures WHERE login_key = ?1",
             [&row],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| r.columns(),
         )
         .optional()?;
     let failures = match record {

@@ -225,7 +225,7 @@ pub(crate) fn check(c: &Connection, space_guid: &str, growth: &Growth) -> Result
             "SELECT s.org_guid, s.quota_guid, o.quota_guid FROM spaces s \
              JOIN orgs o ON o.guid = s.org_guid WHERE s.guid = ?1",
             [space_guid],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| r.columns(),
         )
         .optional()?;
     let Some((org_guid, space_quota, org_quota)) = row else {

@@ -84,7 +84,7 @@ pub(crate) fn bootstrap(c: &Connection, apps_domain: &str, now: i64) -> crate::s
          JOIN spaces s ON s.guid = a.space_guid",
     )?;
     let mapped: Vec<(String, String, String)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .query_map([], |r| r.columns())?
         .collect::<Result<_, _>>()?;
     for (url, space, org) in mapped {
         // Best effort: a route on a domain nobody registered keeps working as a mapping.

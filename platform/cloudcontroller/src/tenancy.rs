@@ -225,7 +225,7 @@ impl Grants {
 /// Every space guid with its org guid, for filtering lists of apps and events.
 pub(crate) fn space_orgs(c: &Connection) -> crate::sql::Result<BTreeMap<String, String>> {
     let mut stmt = c.prepare("SELECT guid, org_guid FROM spaces")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let rows = stmt.query_map([], |r| r.columns())?;
     rows.collect()
 }
 

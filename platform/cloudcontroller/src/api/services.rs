@@ -207,7 +207,7 @@ fn org_of(c: &Connection, space_guid: &str) -> (String, String) {
     c.query_row(
         "SELECT o.guid, o.name FROM spaces s JOIN orgs o ON o.guid = s.org_guid WHERE s.guid = ?1",
         [space_guid],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| r.columns(),
     )
     .unwrap_or_else(|_| ("default".to_owned(), "default".to_owned()))
 }

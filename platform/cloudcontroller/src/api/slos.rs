@@ -32,7 +32,7 @@ fn stored(c: &Connection, app_guid: &str) -> crate::sql::Result<Option<(Vec<Slo>
         .query_row(
             "SELECT spec, updated_at FROM slos WHERE app_guid = ?1",
             [app_guid],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| r.columns(),
         )
         .optional()?;
     Ok(row.map(|(spec, at)| (decode(&spec), u64::try_from(at).unwrap_or(0))))

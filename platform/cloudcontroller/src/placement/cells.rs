@@ -56,7 +56,7 @@ fn pending(c: &Connection, now_ms: i64) -> crate::sql::Result<Vec<(String, Strin
     )?;
     let mut stmt =
         c.prepare("SELECT cell_id, action FROM cell_requests ORDER BY requested_ms, cell_id")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let rows = stmt.query_map([], |r| r.columns())?;
     rows.collect()
 }
 
