@@ -239,6 +239,9 @@ struct Key(usize, u64, u64);
 impl Key {
     fn of(id: &[u8]) -> Self {
         let word = |part: &[u8]| {
+            if let Some(w) = part.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                return u64::from_le_bytes(w);
+            }
             let mut w = [0u8; 8];
             for (to, from) in w.iter_mut().zip(part) {
                 *to = *from;
@@ -252,28 +255,31 @@ impl Key {
 
 impl Tally {
     fn add(&mut self, source_id: &[u8]) {
-        let key = Key::of(source_id);
         let names = &self.current.names;
-        let is = |slot: usize| {
-            self.keys.get(slot) == Some(&key)
-                && names
-                    .get(slot)
-                    .is_some_and(|(n, _)| n.as_bytes() == source_id)
-        };
-        let slot = if is(self.last) {
+        // A run of one source (the common case) costs one compare and no key.
+        let again = names
+            .get(self.last)
+            .is_some_and(|(n, _)| n.as_bytes() == source_id);
+        let slot = if again {
             Some(self.last)
         } else {
-            (0..self.keys.len()).find(|&slot| is(slot))
-        };
-        let slot = match slot {
-            Some(slot) => Some(slot),
-            None if self.current.names.len() < SOURCES_PER_BATCH => {
-                let name = self.intern(source_id);
-                self.current.names.push((name, 0));
-                self.keys.push(key);
-                Some(self.current.names.len() - 1)
+            let key = Key::of(source_id);
+            let found = (0..self.keys.len()).find(|&slot| {
+                self.keys.get(slot) == Some(&key)
+                    && names
+                        .get(slot)
+                        .is_some_and(|(n, _)| n.as_bytes() == source_id)
+            });
+            match found {
+                Some(slot) => Some(slot),
+                None if names.len() < SOURCES_PER_BATCH => {
+                    let name = self.intern(source_id);
+                    self.current.names.push((name, 0));
+                    self.keys.push(key);
+                    Some(self.current.names.len() - 1)
+                }
+                None => None,
             }
-            None => None,
         };
         let byte = match slot {
             Some(slot) => {
