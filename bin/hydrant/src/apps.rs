@@ -160,13 +160,10 @@ impl Session {
     pub fn load() -> anyhow::Result<Self> {
         let config = cli_config::load()?;
         let Some(api) = config.api.clone() else {
-            return Err(exit::CliError {
-                code: exit::UNREACHABLE,
-                message: "no cloud controller targeted: run `hydrant up`, or \
-                          `hydrant target URL` then `hydrant login`"
-                    .to_owned(),
-            }
-            .into());
+            return Err(exit::unreachable(
+                "no cloud controller targeted: run `hydrant up`, or \
+                 `hydrant target URL` then `hydrant login`",
+            ));
         };
         let client = Client::new(&api, Some(config.token.clone()));
         Ok(Self { config, client })
@@ -188,14 +185,10 @@ impl Session {
             .await
         {
             Ok(app) => Ok(app),
-            Err(hydrant_api::Error::Api { status: 404, .. }) => Err(exit::CliError {
-                code: exit::NOT_FOUND,
-                message: format!(
-                    "app {} not found: `hydrant apps` lists the apps you can see",
-                    escape_text(name)
-                ),
-            }
-            .into()),
+            Err(hydrant_api::Error::Api { status: 404, .. }) => Err(exit::not_found(format!(
+                "app {} not found: `hydrant apps` lists the apps you can see",
+                escape_text(name)
+            ))),
             Err(e) => Err(e.into()),
         }
     }

@@ -37,14 +37,6 @@ pub struct AutoscaleArgs {
     off: bool,
 }
 
-fn usage(message: String) -> anyhow::Error {
-    exit::CliError {
-        code: exit::USAGE,
-        message,
-    }
-    .into()
-}
-
 /// Which limits the policy sets right now, and where they come from.
 fn in_force_now(policy: &ScalingPolicy) -> String {
     let now = std::time::SystemTime::now()
@@ -81,18 +73,18 @@ fn in_force_now(policy: &ScalingPolicy) -> String {
 pub async fn run(args: AutoscaleArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.policy {
         let size = std::fs::metadata(path)
-            .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?
+            .map_err(|e| exit::usage(format!("cannot read {}: {e}", path.display())))?
             .len();
         if size > MAX_POLICY_BYTES {
-            return Err(usage(format!(
+            return Err(exit::usage(format!(
                 "{} is {size} bytes; a policy is at most {MAX_POLICY_BYTES}",
                 path.display()
             )));
         }
         let text = std::fs::read_to_string(path)
-            .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
-        let policy =
-            ScalingPolicy::parse(&text).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+            .map_err(|e| exit::usage(format!("cannot read {}: {e}", path.display())))?;
+        let policy = ScalingPolicy::parse(&text)
+            .map_err(|e| exit::usage(format!("{}: {e}", path.display())))?;
         let session = Session::load()?;
         let app = session.app(&args.name).await?;
         session
@@ -121,7 +113,7 @@ pub async fn run(args: AutoscaleArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if !args.show {
-        return Err(usage(
+        return Err(exit::usage(
             "give --policy FILE, --show or --off (see `hydrant autoscale --help`)".to_owned(),
         ));
     }

@@ -50,13 +50,10 @@ pub fn run(args: &DashboardArgs) -> anyhow::Result<ExitCode> {
 /// `API/dashboard#token=TOKEN` for the config's cloud controller.
 fn dashboard_url(config: &CliConfig) -> anyhow::Result<String> {
     let Some(api) = config.api.as_deref() else {
-        return Err(exit::CliError {
-            code: exit::UNREACHABLE,
-            message: "no cloud controller targeted, and the dashboard is served by it: run \
-                      `hydrant up`, or `hydrant target URL` then `hydrant login`"
-                .to_owned(),
-        }
-        .into());
+        return Err(exit::unreachable(
+            "no cloud controller targeted, and the dashboard is served by it: run \
+             `hydrant up`, or `hydrant target URL` then `hydrant login`",
+        ));
     };
     let api = api.trim_end_matches('/');
     if !(api.starts_with("http://") || api.starts_with("https://")) {

@@ -73,11 +73,7 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let Some(url) = args.url else {
-        return Err(exit::CliError {
-            code: exit::USAGE,
-            message: "give a drain URL, or --status".to_owned(),
-        }
-        .into());
+        return Err(exit::usage("give a drain URL, or --status"));
     };
     let drain = session.client.create_drain(&app.guid, &url).await?;
     println!(
@@ -190,16 +186,12 @@ pub async fn undrain(args: UndrainArgs) -> anyhow::Result<ExitCode> {
     let wanted = mask_url(args.url.trim());
     let drains = session.client.app_drains(&app.guid).await?;
     let Some(drain) = drains.iter().find(|d| d.url == wanted) else {
-        return Err(exit::CliError {
-            code: exit::NOT_FOUND,
-            message: format!(
-                "{} has no drain {}; see `hydrant drains {}`",
-                escape_text(&app.name),
-                escape_text(&wanted),
-                escape_text(&app.name)
-            ),
-        }
-        .into());
+        return Err(exit::not_found(format!(
+            "{} has no drain {}; see `hydrant drains {}`",
+            escape_text(&app.name),
+            escape_text(&wanted),
+            escape_text(&app.name)
+        )));
     };
     session.client.delete_drain(&app.guid, &drain.guid).await?;
     println!(

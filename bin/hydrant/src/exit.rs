@@ -55,6 +55,15 @@ pub fn not_found(message: impl Into<String>) -> anyhow::Error {
     .into()
 }
 
+/// No platform to ask: none targeted, or it did not answer (exit 5).
+pub fn unreachable(message: impl Into<String>) -> anyhow::Error {
+    CliError {
+        code: UNREACHABLE,
+        message: message.into(),
+    }
+    .into()
+}
+
 /// A wait that ran out (exit 6).
 pub fn timeout(message: impl Into<String>) -> anyhow::Error {
     CliError {

@@ -314,37 +314,45 @@ pub async fn org_role(args: OrgRoleArgs, set: bool) -> anyhow::Result<ExitCode> 
 
 /// The org named `name` (or with guid `name`) among those the caller can see.
 pub(crate) async fn find_org(client: &Client, name: &str) -> anyhow::Result<hydrant_api::Org> {
-    client
-        .list_orgs()
-        .await?
-        .into_iter()
-        .find(|o| o.name == name || o.guid == name)
-        .ok_or_else(|| {
-            exit::not_found(format!(
-                "org {} not found: `hydrant orgs` lists the orgs you can see",
-                escape_text(name)
-            ))
-        })
+    lookup_org(client, name).await?.ok_or_else(|| {
+        exit::not_found(format!(
+            "org {} not found: `hydrant orgs` lists the orgs you can see",
+            escape_text(name)
+        ))
+    })
 }
 
+/// [`find_org`], with `None` when there is no such org.
+async fn lookup_org(client: &Client, name: &str) -> anyhow::Result<Option<hydrant_api::Org>> {
+    let orgs = client.list_orgs().await?;
+    Ok(orgs.into_iter().find(|o| o.name == name || o.guid == name))
+}
+
+/// The space of `org` named `name` (or with guid `name`) among those the caller can see.
 async fn find_space(
     client: &Client,
     org: &hydrant_api::Org,
     name: &str,
 ) -> anyhow::Result<hydrant_api::Space> {
-    client
-        .list_spaces()
-        .await?
+    lookup_space(client, org, name).await?.ok_or_else(|| {
+        exit::not_found(format!(
+            "space {} not found in org {}: `hydrant spaces -o ORG` lists the spaces you can see",
+            escape_text(name),
+            escape_text(&org.name)
+        ))
+    })
+}
+
+/// [`find_space`], with `None` when there is no such space.
+async fn lookup_space(
+    client: &Client,
+    org: &hydrant_api::Org,
+    name: &str,
+) -> anyhow::Result<Option<hydrant_api::Space>> {
+    let spaces = client.list_spaces().await?;
+    Ok(spaces
         .into_iter()
-        .find(|s| s.org_guid == org.guid && (s.name == name || s.guid == name))
-        .ok_or_else(|| {
-            exit::not_found(format!(
-                "space {} not found in org {}: `hydrant spaces -o ORG` lists the spaces you \
-                 can see",
-                escape_text(name),
-                escape_text(&org.name)
-            ))
-        })
+        .find(|s| s.org_guid == org.guid && (s.name == name || s.guid == name)))
 }
 
 /// `hydrant set-space-role USERNAME ORG SPACE ROLE` / `unset-space-role`.
@@ -508,13 +516,7 @@ where
 pub async fn delete_org(args: DeleteOrgArgs) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
     let name = escape_text(&args.name);
-    let Some(org) = session
-        .client
-        .list_orgs()
-        .await?
-        .into_iter()
-        .find(|o| o.name == args.name || o.guid == args.name)
-    else {
+    let Some(org) = lookup_org(&session.client, &args.name).await? else {
         // As cf does: deleting what is not there is not an error.
         eprintln!("Org {name} does not exist.");
         return Ok(ExitCode::SUCCESS);
@@ -550,13 +552,7 @@ pub async fn delete_space(args: DeleteSpaceArgs) -> anyhow::Result<ExitCode> {
     let org = find_org(&session.client, &org_or_target(args.org)?).await?;
     let name = escape_text(&args.name);
     let org_name = escape_text(&org.name);
-    let Some(space) = session
-        .client
-        .list_spaces()
-        .await?
-        .into_iter()
-        .find(|s| s.org_guid == org.guid && (s.name == args.name || s.guid == args.name))
-    else {
+    let Some(space) = lookup_space(&session.client, &org, &args.name).await? else {
         eprintln!("Space {name} does not exist.");
         return Ok(ExitCode::SUCCESS);
     };

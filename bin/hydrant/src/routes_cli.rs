@@ -93,14 +93,8 @@ pub async fn create_shared_domain(args: SharedDomainArgs) -> anyhow::Result<Exit
 pub struct CreateRouteArgs {
     /// The space (in the targeted org, or -o ORG).
     space: String,
-    /// The domain, e.g. apps.localhost.
-    domain: String,
-    /// The host label, e.g. shop.
-    #[arg(long = "hostname", short = 'n')]
-    hostname: Option<String>,
-    /// A path, e.g. /api.
-    #[arg(long)]
-    path: Option<String>,
+    #[command(flatten)]
+    route: RouteAddress,
     /// The space's org (default: the targeted one).
     #[arg(short = 'o', long)]
     org: Option<String>,
@@ -116,9 +110,9 @@ pub async fn create_route(args: CreateRouteArgs) -> anyhow::Result<ExitCode> {
         .create_route(&CreateRoute {
             space: args.space,
             org,
-            domain: args.domain,
-            host: args.hostname.unwrap_or_default(),
-            path: args.path,
+            domain: args.route.domain,
+            host: args.route.hostname.unwrap_or_default(),
+            path: args.route.path,
         })
         .await?;
     eprintln!("Created route {}", escape_text(&route.url));
@@ -128,35 +122,44 @@ pub async fn create_route(args: CreateRouteArgs) -> anyhow::Result<ExitCode> {
 /// `hydrant delete-route DOMAIN --hostname H [--path P]`.
 #[derive(Debug, clap::Args)]
 pub struct DeleteRouteArgs {
-    /// The domain.
+    #[command(flatten)]
+    route: RouteAddress,
+}
+
+/// Where a route is, as the route commands take it: DOMAIN --hostname H [--path P].
+#[derive(Debug, clap::Args)]
+struct RouteAddress {
+    /// The domain, e.g. apps.localhost.
     domain: String,
-    /// The host label.
+    /// The host label, e.g. shop.
     #[arg(long = "hostname", short = 'n')]
     hostname: Option<String>,
-    /// The path.
+    /// A path, e.g. /api.
     #[arg(long)]
     path: Option<String>,
 }
 
 pub async fn delete_route(args: DeleteRouteArgs) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
-    let host = args.hostname.unwrap_or_default().to_ascii_lowercase();
-    let path = match args.path.as_deref() {
+    let RouteAddress {
+        domain,
+        hostname,
+        path,
+    } = args.route;
+    let host = hostname.unwrap_or_default().to_ascii_lowercase();
+    let path = match path.as_deref() {
         None | Some("" | "/") => String::new(),
         Some(p) => format!("/{}", p.trim_start_matches('/')),
     };
-    let domain = args.domain.to_ascii_lowercase();
+    let domain = domain.to_ascii_lowercase();
     let routes = session.client.space_routes().await?;
     let Some(route) = routes
         .iter()
         .find(|r| r.host == host && r.domain == domain && r.path == path)
     else {
-        return Err(exit::CliError {
-            code: exit::NOT_FOUND,
-            message: "no such route among your spaces' routes: `hydrant routes` lists them"
-                .to_owned(),
-        }
-        .into());
+        return Err(exit::not_found(
+            "no such route among your spaces' routes: `hydrant routes` lists them",
+        ));
     };
     session.client.delete_space_route(&route.guid).await?;
     eprintln!("Deleted route {}", escape_text(&route.url));
