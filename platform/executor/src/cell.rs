@@ -104,6 +104,31 @@ fn reply(accepted: bool, executor_id: &str, reason: Option<String>) -> ExecutorR
 }
 
 impl Cell {
+    /// The log sink of instance `index` of `app`: its lines carry the instance's `tags` and,
+    /// when those lack it, the app's name (Loggregator's `app_name` tag), and count into this
+    /// cell's metrics.
+    pub(crate) fn log_sink(
+        &self,
+        app: &str,
+        index: u32,
+        app_name: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> crate::logs::LogSink {
+        let mut extra: Vec<(String, String)> =
+            tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        if !tags.contains_key("app_name") {
+            extra.push(("app_name".to_owned(), app_name.to_owned()));
+        }
+        crate::logs::LogSink::new(
+            self.emitter.clone(),
+            app,
+            &index.to_string(),
+            &extra,
+            self.metrics.log_lines.clone(),
+            self.metrics.dropped_no_agent.clone(),
+        )
+    }
+
     #[allow(
         clippy::too_many_arguments,
         reason = "assembled once, in run(), from parts built there"

@@ -258,22 +258,7 @@ pub(crate) async fn run(
     stop: CancellationToken,
     request: Message,
 ) {
-    let mut extra: Vec<(String, String)> = start
-        .tags
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    if !start.tags.contains_key("app_name") {
-        extra.push(("app_name".to_owned(), start.app_name.clone()));
-    }
-    let sink = LogSink::new(
-        cell.emitter.clone(),
-        &start.app,
-        &start.index.to_string(),
-        &extra,
-        cell.metrics.log_lines.clone(),
-        cell.metrics.dropped_no_agent.clone(),
-    );
+    let sink = cell.log_sink(&start.app, start.index, &start.app_name, &start.tags);
     let ident = Ident {
         dir: cell.instances_dir.join(&start.instance),
         port,

@@ -184,22 +184,7 @@ impl Cell {
         self.metrics.evacuating.set(1.0);
         // Diego's line, in each app's own stream, so its developer sees why it moves.
         for (guid, record) in self.lock().iter().filter(|(_, r)| r.is_live()) {
-            let mut extra: Vec<(String, String)> = record
-                .tags
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            if !record.tags.contains_key("app_name") {
-                extra.push(("app_name".to_owned(), record.app_name.clone()));
-            }
-            let sink = crate::logs::LogSink::new(
-                self.emitter.clone(),
-                &record.app,
-                &record.index.to_string(),
-                &extra,
-                self.metrics.log_lines.clone(),
-                self.metrics.dropped_no_agent.clone(),
-            );
+            let sink = self.log_sink(&record.app, record.index, &record.app_name, &record.tags);
             let line = format!(
                 "Cell {} requesting replacement for instance {guid}",
                 self.config.executor_id
