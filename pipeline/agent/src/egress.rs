@@ -9,8 +9,9 @@
 //!   drops its OLDEST batch (`agent.dropped{reason="egress_queue_full"}`).
 //! - A batch is counted once: `agent.egress{doppler}` when handed to the open stream, or a drop
 //!   (`doppler_unavailable` when the stream broke or the doppler went away, `shutdown` when the
-//!   drain deadline passed). What the transport held when a connection died is not known here;
-//!   the doppler sees it as a gap in the per-source sequence numbers.
+//!   drain deadline passed), split by source and owed as gap markers that the next lane with an
+//!   open stream sends (see `lost`). What the transport held when a connection died is not
+//!   known here; the doppler sees it as a gap in the per-source sequence numbers.
 //! - A batch dropped from a full queue becomes a gap marker (`hydrant.gap`, hop `agent`, reason
 //!   `egress_queue_full`) in front of the next batch the doppler gets, so the loss is in-band
 //!   where it happened, as the doppler's own are (`agent.gap_markers` counts them).
@@ -38,6 +39,7 @@ use hydrant_envelope::gap::{GAP_SOURCE, Gap};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::lost::{Markers, Reason};
 use crate::router::Router;
 
 /// First wait before reconnecting to a doppler that failed.
@@ -199,14 +201,16 @@ impl Lane {
         self.queue.depth_events() == 0
     }
 
-    /// Empties the queue; returns how many envelopes it held (the caller counts them).
-    pub(crate) fn clear(&self) -> u64 {
+    /// Empties the queue, handing each batch to `lost` (which counts it); returns how many
+    /// envelopes it held.
+    pub(crate) fn clear(&self, mut lost: impl FnMut(&LaneBatch)) -> u64 {
         let fair = self.fair.as_ref();
         self.queue
             .discard(|b| {
                 if let Some(fair) = fair {
                     fair.release(&b.shares);
                 }
+                lost(b);
             })
             .events
     }
@@ -283,7 +287,9 @@ pub(crate) async fn run_lane(
             }
             continue;
         };
-        let alive = if let Some((batch, gap)) = lane.take() {
+        let alive = if let Some(markers) = router.metrics().losses.take_markers() {
+            send_markers(&router, &lane, open, markers).await
+        } else if let Some((batch, gap)) = lane.take() {
             let (batch, n) = (batch.bytes, batch.count);
             if gap > 0 && open.send(gap_batch(gap)).await {
                 lane.gap_markers.inc();
@@ -299,7 +305,7 @@ pub(crate) async fn run_lane(
                     if sent {
                         lane.egress.add(n as u64);
                     } else {
-                        router.metrics().doppler_unavailable.add(n as u64);
+                        lose(&router, Reason::DopplerUnavailable, &batch, n);
                     }
                     sent
                 }
@@ -307,6 +313,7 @@ pub(crate) async fn run_lane(
         } else {
             tokio::select! {
                 () = lane.ready() => true,
+                () = router.metrics().losses.owed() => true,
                 () = open.ended() => false,
                 () = drain.cancelled() => true,
             }
@@ -330,15 +337,15 @@ pub(crate) async fn run_lane(
             .take()
             .or_else(|| lane.take().map(|(b, _)| (b.bytes, b.count)))
         {
-            match tokio::time::timeout_at(deadline, open.send(batch)).await {
+            match tokio::time::timeout_at(deadline, open.send(batch.clone())).await {
                 Ok(true) => lane.egress.add(n as u64),
                 Ok(false) => {
-                    router.metrics().doppler_unavailable.add(n as u64);
+                    lose(&router, Reason::DopplerUnavailable, &batch, n);
                     healthy = false;
                     break;
                 }
                 Err(_) => {
-                    leftover(&router, &lane).add(n as u64);
+                    lose(&router, leftover(&lane), &batch, n);
                     break;
                 }
             }
@@ -347,17 +354,45 @@ pub(crate) async fn run_lane(
             open.finish(deadline).await;
         }
     }
-    let unsent = held.map_or(0, |(_, n)| n as u64);
-    leftover(&router, &lane).add(lane.clear() + unsent);
+    let reason = leftover(&lane);
+    if let Some((batch, n)) = held {
+        lose(&router, reason, &batch, n);
+    }
+    lane.clear(|b| lose(&router, reason, &b.bytes, b.count));
     router.set_lane_up(index, &lane, false);
 }
 
-/// Where what a stopping lane could not deliver is counted.
-fn leftover<'a>(router: &'a Router, lane: &Lane) -> &'a Counter {
+/// Why what a stopping lane could not deliver was lost.
+fn leftover(lane: &Lane) -> Reason {
     if lane.is_retired() {
-        &router.metrics().doppler_lapsed
+        Reason::DopplerLapsed
     } else {
-        &router.metrics().shutdown
+        Reason::Shutdown
+    }
+}
+
+/// Counts the `n` envelopes of `batch` as lost for `reason`, by source, and owes their markers.
+pub(crate) fn lose(router: &Router, reason: Reason, batch: &[u8], n: usize) {
+    let metrics = router.metrics();
+    metrics
+        .losses
+        .lost(reason, batch, n, &metrics.dropped_by_source);
+}
+
+/// Sends the owed gap markers on `open`; owes them again (and reports the stream dead) when
+/// it has ended.
+async fn send_markers(
+    router: &Router,
+    lane: &Lane,
+    open: &mut hydrant_emitter::BatchStream,
+    markers: Markers,
+) -> bool {
+    if open.send(markers.batch.clone()).await {
+        lane.gap_markers.add(markers.count);
+        true
+    } else {
+        router.metrics().losses.owe_again(markers);
+        false
     }
 }
 
@@ -405,7 +440,9 @@ mod tests {
         lane.enqueue(batch(b"abc", 1));
         lane.enqueue(batch(b"defgh", 2));
         assert_eq!(registry.counter_sum("agent.dropped", &[]), 1);
-        assert_eq!(lane.clear(), 2);
+        let mut seen = 0;
+        assert_eq!(lane.clear(|b| seen += b.count), 2);
+        assert_eq!(seen, 2, "every batch cleared is handed over to be counted");
         assert!(lane.pop().is_none());
     }
 }

@@ -41,6 +41,8 @@
 //! - `egress`: per-doppler queues, streams, failover.
 //! - `follow`: with `dopplers_from_bus`, the doppler set the bus announces (lanes added and
 //!   retired while envelopes flow).
+//! - `lost`: what is lost after stamping (a doppler gone, the shutdown drain), by source, and
+//!   the gap markers owed for it.
 //! - `metrics`: the counters and the ledger they keep.
 
 mod config;
@@ -50,6 +52,7 @@ mod follow;
 mod hash;
 mod ingress;
 mod limiter;
+mod lost;
 mod metrics;
 mod router;
 

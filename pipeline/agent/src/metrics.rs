@@ -5,12 +5,17 @@
 //! Σ agent.dropped{reason}`. `agent.rate_limited` and `agent.fair_notices` count the notices
 //! the agent itself adds to an app's stream; they are on the left because those envelopes enter
 //! the pipeline here. Gap markers (`agent.gap_markers`) are on neither side: they describe a
-//! loss, they are not data. `agent.dropped_by_source{source}` splits the fairness and
-//! queue-full drops by source (bounded: the first `fair_metrics_sources`, then `other`).
+//! loss, they are not data. `agent.dropped_by_source{source}` splits every drop after
+//! stamping by source (fairness, queue full, and through [`Losses`] a doppler's loss and the
+//! shutdown drain; bounded: the first `fair_metrics_sources`, then `other`), so per source
+//! `sent + notices = delivered + agent.dropped_by_source` once drained (loss in flight aside,
+//! which shows as a sequence gap).
 
 use std::sync::Arc;
 
 use hydrant_emitter::{Counter, Gauge, Registry, SourceCounters};
+
+use crate::lost::Losses;
 
 /// Drop counters by reason, plus the role-wide counters and gauges.
 #[derive(Debug, Clone)]
@@ -27,19 +32,16 @@ pub(crate) struct Metrics {
     pub(crate) rate_limited_drops: Counter,
     /// Oldest batches pushed out of a full egress queue.
     pub(crate) egress_queue_full: Counter,
-    /// Batches for a doppler that went away.
-    pub(crate) doppler_unavailable: Counter,
-    /// Still queued when the shutdown drain deadline passed.
-    pub(crate) shutdown: Counter,
+    /// Batches for a doppler that went away, still queued at the shutdown deadline, or for a
+    /// doppler whose announcements lapsed: by reason, by source and owed as gap markers.
+    pub(crate) losses: Arc<Losses>,
     /// Routed while no doppler was known (following the bus, before the first announcement).
     pub(crate) no_doppler: Counter,
-    /// Still queued for a doppler whose announcements lapsed, and not deliverable to it.
-    pub(crate) doppler_lapsed: Counter,
     /// Refused for holding more than their source's share of a full-ish egress queue.
     pub(crate) fair_share: Counter,
     /// Notices sent to sources that lost envelopes to fairness or a full queue.
     pub(crate) fair_notices: Counter,
-    /// Fairness and queue-full drops by source.
+    /// Every drop after stamping, by source.
     pub(crate) dropped_by_source: Arc<SourceCounters>,
     /// Envelopes whose `source_id` was taken from `tags["origin"]`.
     pub(crate) origin_mappings: Counter,
@@ -69,10 +71,12 @@ impl Metrics {
             no_source_id: dropped("no_source_id"),
             rate_limited_drops: dropped("rate_limited"),
             egress_queue_full: dropped("egress_queue_full"),
-            doppler_unavailable: dropped("doppler_unavailable"),
-            shutdown: dropped("shutdown"),
+            losses: Arc::new(Losses::new([
+                dropped("doppler_unavailable"),
+                dropped("shutdown"),
+                dropped("doppler_lapsed"),
+            ])),
             no_doppler: dropped("no_doppler"),
-            doppler_lapsed: dropped("doppler_lapsed"),
             fair_share: dropped("fair_share"),
             fair_notices: registry.counter(
                 "agent.fair_notices",
@@ -82,8 +86,9 @@ impl Metrics {
             dropped_by_source: Arc::new(SourceCounters::new(
                 registry,
                 "agent.dropped_by_source",
-                "envelopes dropped for exceeding a fair share or evicted from a full egress \
-                 queue, by source (top sources, then other)",
+                "envelopes dropped after the agent stamped them (fair share, full egress \
+                 queue, doppler unavailable or lapsed, shutdown), by source (top sources, then \
+                 other)",
                 &[],
                 metrics_sources,
             )),

@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use crate::egress::{Lane, LaneBatch};
 use crate::hash;
 use crate::limiter::{self, Bucket, Verdict};
+use crate::lost::Reason;
 use crate::metrics::Metrics;
 
 /// The most bytes `push_stamped` adds: a 2-byte key and a 10-byte varint for each of the
@@ -851,17 +852,20 @@ impl Router {
             *slot = up;
         }
         if was_up && !up {
+            let losses = &self.metrics.losses;
+            let by_source = &self.metrics.dropped_by_source;
             if let Some(pending) = state.pending.get_mut(lane) {
-                let lost = pending.builder.count() as u64;
-                drop(pending.builder.take());
+                let count = pending.builder.count();
+                let bytes = pending.builder.take();
                 pending.first = None;
                 if let Some(fair) = current.fair() {
                     fair.release(&pending.shares);
                 }
                 pending.shares.clear();
-                self.metrics.doppler_unavailable.add(lost);
+                losses.lost(Reason::DopplerUnavailable, &bytes, count, by_source);
             }
-            self.metrics.doppler_unavailable.add(current.clear());
+            current
+                .clear(|b| losses.lost(Reason::DopplerUnavailable, &b.bytes, b.count, by_source));
         }
         let connected = state.up.iter().filter(|u| **u).count();
         self.metrics.doppler_connections.set(connected as f64);
