@@ -231,18 +231,14 @@ impl Cell {
     fn update_gauges(&self, table: &HashMap<String, Record>) {
         self.metrics
             .set_instances(|state| table.values().filter(|r| r.state == state).count());
-        let used: u64 = table
-            .values()
-            .filter(|r| r.is_live())
-            .map(|r| r.memory_mb)
-            .sum();
-        self.metrics.memory_used_mb.set(used as f64);
-        let disk: u64 = table
-            .values()
-            .filter(|r| r.is_live())
-            .map(|r| r.disk_mb)
-            .sum();
-        self.metrics.disk_used_mb.set(disk as f64);
+        // What live instances hold: a stopping one still has its memory and disk.
+        let held = |size: fn(&Record) -> u64| -> u64 {
+            table.values().filter(|r| r.is_live()).map(size).sum()
+        };
+        self.metrics
+            .memory_used_mb
+            .set(held(|r| r.memory_mb) as f64);
+        self.metrics.disk_used_mb.set(held(|r| r.disk_mb) as f64);
     }
 
     fn addressed_to_me(&self, executor_id: &str) -> Result<(), String> {

@@ -21,26 +21,22 @@ pub(crate) struct GroupUsage {
 
 fn clock_ticks() -> u64 {
     static TICKS: OnceLock<u64> = OnceLock::new();
-    *TICKS.get_or_init(|| {
-        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .and_then(|t| u64::try_from(t).ok())
-            .filter(|t| *t > 0)
-            .unwrap_or(100)
-    })
+    *TICKS.get_or_init(|| sysconf_or(nix::unistd::SysconfVar::CLK_TCK, 100))
 }
 
 fn page_size() -> u64 {
     static PAGE: OnceLock<u64> = OnceLock::new();
-    *PAGE.get_or_init(|| {
-        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-            .ok()
-            .flatten()
-            .and_then(|t| u64::try_from(t).ok())
-            .filter(|t| *t > 0)
-            .unwrap_or(4096)
-    })
+    *PAGE.get_or_init(|| sysconf_or(nix::unistd::SysconfVar::PAGE_SIZE, 4096))
+}
+
+/// The kernel's `var` when it gives a positive one, else Linux's usual `default`.
+fn sysconf_or(var: nix::unistd::SysconfVar, default: u64) -> u64 {
+    nix::unistd::sysconf(var)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|t| *t > 0)
+        .unwrap_or(default)
 }
 
 /// The fields of `/proc/<pid>/stat` we use: (pgrp, utime+stime+cutime+cstime ticks, rss pages).
