@@ -36,7 +36,7 @@ use crate::queue::{FairCounters, QueueLimits, SubscriptionQueue, Taken};
 use crate::replay::{ReplayRing, RingRequest, ring_stream, selects_everything};
 use crate::router::Command;
 use crate::selector::SubscriptionRequest;
-use crate::shard::{SHARD_MEMBER, ShardGroups, Share};
+use crate::shard::{SHARD_MEMBER, SHARD_WEIGHT, ShardGroups, Share};
 
 /// A response stream of encoded messages.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send + 'static>>;
@@ -169,6 +169,7 @@ impl EgressService {
         ring: RingRequest,
         mut request: SubscriptionRequest,
         member: Option<u64>,
+        weight: u32,
     ) -> Result<ByteStream, Status> {
         let Some(replay) = &self.replay else {
             return Err(Status::failed_precondition(
@@ -214,6 +215,7 @@ impl EgressService {
             replay,
             &shard,
             member,
+            weight,
             ring.to.is_none(),
             self.metrics.egress.clone(),
         );
@@ -406,6 +408,20 @@ impl Egress for EgressService {
                     })?,
             ),
         };
+        let weight = match request.metadata().get(SHARD_WEIGHT) {
+            None => 1,
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|w| (1..=crate::shard::MAX_WEIGHT).contains(w))
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "{SHARD_WEIGHT}: {v:?} is not a weight (1 to {})",
+                        crate::shard::MAX_WEIGHT
+                    ))
+                })?,
+        };
         let r = request.into_inner();
         let parsed = self.parse(
             r.shard_id,
@@ -414,7 +430,7 @@ impl Egress for EgressService {
             &r.deterministic_name,
         )?;
         if let Some(ring) = ring {
-            return Ok(Response::new(self.ring_read(ring, parsed, member)?));
+            return Ok(Response::new(self.ring_read(ring, parsed, member, weight)?));
         }
         let subscription = self.subscribe(parsed)?;
         Ok(Response::new(batched_stream(

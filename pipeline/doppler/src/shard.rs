@@ -45,6 +45,13 @@ use crate::replay::ReplayRing;
 /// without one is a member of its own for as long as it lasts.
 pub(crate) const SHARD_MEMBER: &str = "hydrant-shard-member";
 
+/// The metadata key a sharded live ring read gives its member's weight with (a decimal, 1 to
+/// [`MAX_WEIGHT`]; 1 when absent): a member of weight `w` owns `w` blocks of each round, so an
+/// edge with three copies of a nozzle connected takes three shares to another edge's one.
+pub(crate) const SHARD_WEIGHT: &str = "hydrant-shard-weight";
+/// The largest weight a member may ask for.
+pub(crate) const MAX_WEIGHT: u32 = 1024;
+
 /// Envelopes per block of the split: large enough that a batch goes out in a few runs, small
 /// enough that a short burst still reaches every member.
 pub(crate) const BLOCK: u64 = 128;
@@ -64,8 +71,9 @@ struct Segment {
 struct Group {
     /// Oldest first; each applies from its `from` to the next one's.
     segments: VecDeque<Segment>,
-    /// Live reads by member id: how many streams each member has open.
-    connected: BTreeMap<u64, usize>,
+    /// Live reads by member id: how many streams each member has open, and its weight (the
+    /// latest a stream of it asked for).
+    connected: BTreeMap<u64, (usize, u32)>,
     /// The end of the furthest batch a live member has split.
     split_to: u64,
 }
@@ -73,7 +81,12 @@ struct Group {
 impl Group {
     /// Starts a segment with the connected members at `head` (or later, see the module doc).
     fn change(&mut self, head: u64) {
-        let members: Arc<[u64]> = self.connected.keys().copied().collect();
+        // A member of weight w is listed w times in a row: it owns w blocks of each round.
+        let members: Arc<[u64]> = self
+            .connected
+            .iter()
+            .flat_map(|(id, (_, weight))| std::iter::repeat_n(*id, *weight as usize))
+            .collect();
         if self.segments.back().is_some_and(|s| s.members == members) {
             return;
         }
@@ -160,15 +173,18 @@ impl ShardGroups {
         f(group)
     }
 
-    /// Adds a live reader of `member` to `shard` at `head`; it leaves when the guard drops.
+    /// Adds a live reader of `member` (of `weight`) to `shard` at `head`; it leaves when the
+    /// guard drops.
     pub(crate) fn join(
         self: &Arc<Self>,
         ring: Arc<ReplayRing>,
         shard: &str,
         member: u64,
+        weight: u32,
     ) -> Membership {
         self.with(shard, |g| {
-            *g.connected.entry(member).or_default() += 1;
+            let entry = g.connected.entry(member).or_insert((0, 1));
+            *entry = (entry.0 + 1, weight.clamp(1, MAX_WEIGHT));
             g.change(ring.next_offset());
         });
         Membership {
@@ -181,7 +197,7 @@ impl ShardGroups {
 
     fn leave(&self, shard: &str, member: u64, head: u64) {
         self.with(shard, |g| {
-            if let Some(n) = g.connected.get_mut(&member) {
+            if let Some((n, _)) = g.connected.get_mut(&member) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
                     g.connected.remove(&member);
@@ -237,6 +253,7 @@ impl Share {
         ring: &Arc<ReplayRing>,
         shard: &str,
         member: u64,
+        weight: u32,
         live: bool,
         egress: Counter,
     ) -> Self {
@@ -244,7 +261,7 @@ impl Share {
             groups: groups.clone(),
             shard: shard.into(),
             member,
-            membership: live.then(|| groups.join(ring.clone(), shard, member)),
+            membership: live.then(|| groups.join(ring.clone(), shard, member, weight)),
             egress,
         }
     }
@@ -423,6 +440,7 @@ mod tests {
             ring,
             "nozzle",
             member,
+            1,
             to.is_none(),
             Counter::default(),
         )
@@ -541,6 +559,19 @@ mod tests {
     }
 
     #[test]
+    fn a_member_of_weight_three_owns_three_blocks_of_four() {
+        let mut g = Group::default();
+        g.connected.insert(7, (1, 3));
+        g.connected.insert(9, (1, 1));
+        g.change(0);
+        let (a, b) = (
+            owned(&g, 7, 0, 4 * BLOCK * 10),
+            owned(&g, 9, 0, 4 * BLOCK * 10),
+        );
+        assert_eq!((a, b), (3 * BLOCK * 10, BLOCK * 10));
+    }
+
+    #[test]
     fn the_split_is_fair_to_within_a_block() {
         let g = group(&[(0, &[7, 9])]);
         let (a, b) = (owned(&g, 7, 0, 10_000), owned(&g, 9, 0, 10_000));
@@ -553,10 +584,10 @@ mod tests {
     #[test]
     fn a_change_applies_after_what_members_already_split() {
         let mut g = Group::default();
-        g.connected.insert(1, 1);
+        g.connected.insert(1, (1, 1));
         g.change(0);
         g.split_to = 500;
-        g.connected.insert(2, 1);
+        g.connected.insert(2, (1, 1));
         g.change(200);
         assert_eq!(g.segments.back().map(|s| s.from), Some(500));
         assert_eq!(owned(&g, 2, 0, 500), 0, "member 1 already had these");

@@ -134,6 +134,8 @@ pub(crate) struct Hub {
     /// For a firehose subscription's own hub (see `shard`): the shard group and member its
     /// upstream reads ask the dopplers with, so replays ask for the same share.
     shard: Option<Shard>,
+    /// The weight its upstream reads ask with: the copies connected when they were opened.
+    weight: std::sync::atomic::AtomicU32,
 }
 
 /// What a subscription reads.
@@ -263,6 +265,7 @@ impl Hub {
             upstreams: (0..slots).map(|_| Upstream::default()).collect(),
             identified: watch::Sender::new(0),
             shard: None,
+            weight: std::sync::atomic::AtomicU32::new(1),
         }
     }
 
@@ -290,6 +293,21 @@ impl Hub {
     /// The shard group this hub reads the share of, if any.
     pub(crate) fn shard(&self) -> Option<&Shard> {
         self.shard.as_ref()
+    }
+
+    /// How many consumers are subscribed.
+    pub(crate) fn copies(&self) -> usize {
+        let t = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        t.groups.values().map(|g| g.members.len()).sum::<usize>() + t.sources.len()
+    }
+
+    /// The weight a shard's doppler reads ask with (see `shard`).
+    pub(crate) fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_weight(&self, weight: u32) {
+        self.weight.store(weight, Ordering::Release);
     }
 
     /// True when no consumer is subscribed.

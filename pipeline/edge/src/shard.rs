@@ -10,8 +10,11 @@
 //! connected here, round-robin, as before. The choice is per subscription, not per copy: the
 //! upstream stays one stream per doppler per id whatever the number of copies here (the edge's
 //! economy against Loggregator's stream per consumer per doppler), and a copy's cursor, resume
-//! and outbox work unchanged against its id's hub. The cost: the dopplers split evenly among
-//! edges, not copies, so copies spread unevenly (two here, one there) get unequal shares.
+//! and outbox work unchanged against its id's hub. So that copies spread unevenly (two here, one
+//! there) still get equal parts, each read asks with a weight, the number of copies here: the
+//! doppler deals a member of weight `w` `w` blocks per round. When that number changes the
+//! reads are reopened from where they stand (same member id, so nothing is read twice or
+//! skipped).
 //!
 //! Member ids are a keyed hash of the id, stable for the life of this process: a copy that
 //! comes back to this edge with its cursor is replayed exactly the share this edge owned
@@ -39,6 +42,10 @@ use crate::upstream::{self, Start, Upstream};
 /// The metadata key naming the reader's member id in a sharded ring read (the doppler's
 /// `shard::SHARD_MEMBER`).
 pub(crate) const SHARD_MEMBER: &str = "hydrant-shard-member";
+/// The metadata key giving the member's weight: the copies connected here (the doppler's
+/// `shard::SHARD_WEIGHT`, at most 1,024).
+pub(crate) const SHARD_WEIGHT: &str = "hydrant-shard-weight";
+const MAX_WEIGHT: usize = 1024;
 
 /// How long a new copy waits for its id's doppler reads to be up.
 const CONNECT_WAIT: Duration = Duration::from_secs(5);
@@ -166,17 +173,56 @@ impl Shards {
                 _ = tick.tick() => {}
                 () = stop.cancelled() => break,
             }
-            {
+            let copies = {
                 let mut hubs = self.hubs.lock().unwrap_or_else(PoisonError::into_inner);
                 if hub.is_idle() {
                     hubs.remove(&id);
                     break;
                 }
+                hub.copies()
+            };
+            let weight = u32::try_from(copies.clamp(1, MAX_WEIGHT)).unwrap_or(1);
+            if weight != hub.weight() {
+                hub.set_weight(weight);
+                self.reopen(&hub, &mut reads, &stop).await;
             }
             self.follow_slots(&hub, &mut reads, &stop, false);
         }
         // The doppler reads end with the token; the group's other members take the share.
         stop.cancel();
+    }
+
+    /// Reopens every doppler read (with the hub's new weight), each from where the hub stopped
+    /// reading it: the old read ends before the new one starts, so nothing is read twice, and
+    /// the doppler keeps this member's share of what arrives between (same member id).
+    async fn reopen(&self, hub: &Arc<Hub>, reads: &mut Reads, stop: &CancellationToken) {
+        let slots: Vec<usize> = reads.slots.keys().copied().collect();
+        for slot in slots {
+            let Some((url, token, task)) = reads.slots.remove(&slot) else {
+                continue;
+            };
+            token.cancel();
+            let _ = task.await;
+            let token = stop.child_token();
+            let task = self.tracker.spawn(upstream::subscribe(
+                slot,
+                url.clone(),
+                Start::Oldest,
+                self.read_of(hub),
+                token.clone(),
+            ));
+            reads.slots.insert(slot, (url, token, task));
+        }
+    }
+
+    /// How this hub's doppler reads are made.
+    fn read_of(&self, hub: &Arc<Hub>) -> Upstream {
+        Upstream {
+            hub: hub.clone(),
+            shard: hub.shard().cloned(),
+            metrics: self.upstream.metrics.for_shards(),
+            ..self.upstream.clone()
+        }
     }
 
     /// Starts a read for each doppler the main hub reads and this hub does not, and stops the
@@ -235,12 +281,7 @@ impl Shards {
                 slot,
                 url.clone(),
                 if first { Start::Head } else { Start::Oldest },
-                Upstream {
-                    hub: hub.clone(),
-                    shard: hub.shard().cloned(),
-                    metrics: self.upstream.metrics.for_shards(),
-                    ..self.upstream.clone()
-                },
+                self.read_of(hub),
                 token.clone(),
             ));
             reads.slots.insert(slot, (url, token, task));

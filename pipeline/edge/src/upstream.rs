@@ -40,7 +40,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::position::split_position;
-use crate::shard::{SHARD_MEMBER, Shard};
+use crate::shard::{SHARD_MEMBER, SHARD_WEIGHT, Shard};
 
 /// HTTP/2 flow-control windows: tonic's defaults hold one stream to ~0.1 M envelopes/s.
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
@@ -297,12 +297,17 @@ async fn stream_once(
         EgressClient::new(channel).max_decoding_message_size(hydrant_envelope::MAX_MESSAGE_BYTES);
     // Where the hub stopped, so a broken stream loses nothing still in the doppler's ring.
     let shard = upstream.shard.as_ref();
-    let request = match (hub.identity(slot), start) {
+    let mut request = match (hub.identity(slot), start) {
         (Some((_, epoch)), _) => ring_request(shard, Some((epoch, hub.end(slot))), None),
         (None, Start::At(epoch, next)) => ring_request(shard, Some((epoch, next)), None),
         (None, Start::Oldest) => oldest_request(shard),
         (None, Start::Head) => ring_request(shard, None, None),
     };
+    if shard.is_some() {
+        // As many shares as copies here, so copies spread unevenly over edges get equal parts.
+        let weight = tonic::metadata::MetadataValue::from(hub.weight());
+        request.metadata_mut().insert(SHARD_WEIGHT, weight);
+    }
     let ring = tokio::select! {
         r = client.batched_receiver(request) => r,
         () = shutdown.cancelled() => return Ok(()),

@@ -275,6 +275,34 @@ async fn copies_of_one_subscription_on_two_edges_get_each_envelope_once_and_a_lo
     exactly_once(&sent, 3, &[&c1, &c3]);
     assert!(!c3.of_phase(3).is_empty());
 
+    // Two copies on edge 1, one on edge 2: each edge takes as many shares as it has copies, so
+    // each copy gets about a third (without weights edge 2's copy would get half).
+    let mut ws4 = edge2.ws(ID, Some(&token)).await.unwrap();
+    let mut c4 = Copy::default();
+    wait_for("edge 2 to read the group's share again", 10, || async {
+        d1.streams().await == 4.0 && d2.streams().await == 4.0
+    })
+    .await;
+    const M: usize = 6000;
+    let sent = send([&d1, &d2], 4, 6, M).await;
+    read_all(
+        &mut [
+            (&mut ws1, &mut c1),
+            (&mut ws3, &mut c3),
+            (&mut ws4, &mut c4),
+        ],
+        4,
+        M,
+    )
+    .await;
+    exactly_once(&sent, 4, &[&c1, &c3, &c4]);
+    let shares = [&c1, &c3, &c4].map(|c| c.of_phase(4).len());
+    eprintln!("split of {M} envelopes over three copies (two on edge 1): {shares:?}");
+    assert!(
+        shares.iter().all(|n| (M / 4..=M * 42 / 100).contains(n)),
+        "each copy gets about a third: {shares:?}"
+    );
+
     edge1.stop().await;
     edge2.stop().await;
     d1.stop().await;
