@@ -103,12 +103,6 @@ fn open(url: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code"
-)]
 mod tests {
     use super::*;
 
