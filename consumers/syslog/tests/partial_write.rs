@@ -169,6 +169,10 @@ async fn a_retry_after_a_drain_hung_up_mid_batch_counts_what_it_may_send_twice()
     );
     let twice = (received.len() - MESSAGES) as u64;
     let counted = registry.counter_sum("nozzle.duplicates_unsure", &[]);
+    eprintln!(
+        "{} received for {MESSAGES} sent: {twice} twice, {counted} counted as possibly twice",
+        received.len()
+    );
     assert_eq!(
         registry.counter_sum("nozzle.dropped", &[]),
         0,
