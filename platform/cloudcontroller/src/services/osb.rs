@@ -256,7 +256,10 @@ impl OsbClient {
         let headers = headers(broker, user, body.is_some());
         let body = body.map(Value::to_string);
         let result = if url.starts_with("https://") {
-            self.send_https(&url, method, headers, body, &shown).await
+            let exchange = self.https_exchange(&url, method, headers, body, &shown);
+            tokio::time::timeout(self.timeout, exchange)
+                .await
+                .unwrap_or_else(|_| Err(timed_out(&shown)))
         } else {
             let mut request = self.http.request(method, &url).headers(headers);
             if let Some(body) = body {
@@ -295,11 +298,7 @@ impl OsbClient {
     ) -> Result<Answer, Failure> {
         let mut response = request.send().await.map_err(|e| classify(&e, shown))?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+        let retry_after = retry_after(response.headers());
         let mut bytes = Vec::new();
         loop {
             match response.chunk().await {
@@ -381,27 +380,11 @@ fn headers(broker: &BrokerAddr, user: Option<&str>, json_body: bool) -> HeaderMa
 }
 
 impl OsbClient {
-    /// One request to an `https://` broker, within the broker deadline: its host resolved and
-    /// vetted by the outbound policy, a TCP connection to the first allowed address, the TLS
-    /// handshake (the certificate must chain to a trusted CA and name the URL's host), then
-    /// one HTTP/1.1 exchange whose answer is read up to `max_response_bytes`.
-    async fn send_https(
-        &self,
-        url: &str,
-        method: reqwest::Method,
-        headers: HeaderMap,
-        body: Option<String>,
-        shown: &str,
-    ) -> Result<Answer, Failure> {
-        let exchange = self.https_exchange(url, method, headers, body, shown);
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(Failure::Timeout(format!(
-                "the broker at {shown} did not answer in time"
-            ))),
-        }
-    }
-
+    /// One request to an `https://` broker ([`OsbClient::send`] bounds it by the broker
+    /// deadline): its host resolved and vetted by the outbound policy, a TCP connection to the
+    /// first allowed address, the TLS handshake (the certificate must chain to a trusted CA and
+    /// name the URL's host), then one HTTP/1.1 exchange whose answer is read up to
+    /// `max_response_bytes`.
     async fn https_exchange(
         &self,
         url: &str,
@@ -486,11 +469,7 @@ impl OsbClient {
         };
         let response = sender.send_request(request).await.map_err(|e| broken(&e))?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+        let retry_after = retry_after(response.headers());
         let collected = Limited::new(response.into_body(), self.max_body)
             .collect()
             .await;
@@ -514,8 +493,21 @@ impl OsbClient {
 }
 
 /// `Retry-After` as delta seconds (the form the spec recommends); a date is not honoured.
+/// The broker's `Retry-After`, when it sent one in seconds.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after)
+}
+
 pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// A broker that let the deadline pass, whichever transport carried the request.
+fn timed_out(shown: &str) -> Failure {
+    Failure::Timeout(format!("the broker at {shown} did not answer in time"))
 }
 
 /// The broker URL as it may be shown: scheme and host only.
@@ -543,7 +535,7 @@ fn classify(e: &reqwest::Error, shown: &str) -> Failure {
         cause = error.source();
     }
     if e.is_timeout() {
-        Failure::Timeout(format!("the broker at {shown} did not answer in time"))
+        timed_out(shown)
     } else if e.is_connect() {
         Failure::Connect(format!("cannot connect to the broker at {shown}"))
     } else {

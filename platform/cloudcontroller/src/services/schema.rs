@@ -168,61 +168,54 @@ fn check(
     }
     if let Some(text) = value.as_str() {
         let len = text.chars().count() as u64;
-        if let Some(min) = s.get("minLength").and_then(Value::as_u64)
-            && len < min
-        {
-            errors.push(format!("{path}: must be at least {min} characters long"));
-        }
-        if let Some(max) = s.get("maxLength").and_then(Value::as_u64)
-            && len > max
-        {
-            errors.push(format!("{path}: must be at most {max} characters long"));
-        }
+        let says = |bound: &str, n: u64| format!("{path}: must be {bound} {n} characters long");
+        count(s, len, ("minLength", "maxLength"), says, errors);
     }
     if let Some(items) = value.as_array() {
-        let len = items.len() as u64;
-        if let Some(min) = s.get("minItems").and_then(Value::as_u64)
-            && len < min
-        {
-            errors.push(format!("{path}: must have at least {min} items"));
-        }
-        if let Some(max) = s.get("maxItems").and_then(Value::as_u64)
-            && len > max
-        {
-            errors.push(format!("{path}: must have at most {max} items"));
-        }
-        match s.get("items") {
-            Some(item_schema @ Value::Object(_)) => {
-                for (i, item) in items.iter().enumerate() {
-                    check(
-                        root,
-                        item_schema,
-                        item,
-                        &format!("{path}[{i}]"),
-                        depth + 1,
-                        errors,
-                    );
-                }
-            }
-            Some(Value::Array(tuple)) => {
-                for (i, (item_schema, item)) in tuple.iter().zip(items).enumerate() {
-                    check(
-                        root,
-                        item_schema,
-                        item,
-                        &format!("{path}[{i}]"),
-                        depth + 1,
-                        errors,
-                    );
-                }
-            }
-            _ => {}
+        let says = |bound: &str, n: u64| format!("{path}: must have {bound} {n} items");
+        count(
+            s,
+            items.len() as u64,
+            ("minItems", "maxItems"),
+            says,
+            errors,
+        );
+        // One schema for every item, or (a tuple) one per position.
+        let schemas: Vec<&Value> = match s.get("items") {
+            Some(item_schema @ Value::Object(_)) => vec![item_schema; items.len()],
+            Some(Value::Array(tuple)) => tuple.iter().collect(),
+            _ => Vec::new(),
+        };
+        for (i, (item_schema, item)) in schemas.into_iter().zip(items).enumerate() {
+            let at = format!("{path}[{i}]");
+            check(root, item_schema, item, &at, depth + 1, errors);
         }
     }
     if let Some(object) = value.as_object() {
         properties(root, s, object, path, depth, errors);
     }
     combinators(root, s, value, path, depth, errors);
+}
+
+/// A length (of a string) or a count (of an array) checked against the schema's lower and
+/// upper keywords `min_key` and `max_key`; `says` words the error for "at least"/"at most" n.
+fn count(
+    s: &serde_json::Map<String, Value>,
+    len: u64,
+    (min_key, max_key): (&str, &str),
+    says: impl Fn(&str, u64) -> String,
+    errors: &mut Vec<String>,
+) {
+    if let Some(min) = s.get(min_key).and_then(Value::as_u64)
+        && len < min
+    {
+        errors.push(says("at least", min));
+    }
+    if let Some(max) = s.get(max_key).and_then(Value::as_u64)
+        && len > max
+    {
+        errors.push(says("at most", max));
+    }
 }
 
 fn number(s: &serde_json::Map<String, Value>, n: f64, path: &str, errors: &mut Vec<String>) {
@@ -376,6 +369,40 @@ mod tests {
         assert_eq!(
             wrong,
             vec!["parameters.size: must be integer, not a string".to_owned()]
+        );
+    }
+
+    #[test]
+    fn lengths_counts_and_tuples_are_checked() {
+        let schema = json!({
+            "$schema": "http://json-schema.org/draft-04/schema#",
+            "type": "object",
+            "properties": {
+                "pair": {
+                    "type": "array",
+                    "minItems": 2,
+                    "maxItems": 2,
+                    "items": [{"type": "string"}, {"type": "integer"}]
+                },
+                "name": {"type": "string", "maxLength": 3}
+            }
+        });
+        validate(&schema, &json!({"pair": ["a", 1], "name": "abc"})).unwrap();
+        let all = validate(&schema, &json!({"pair": [1, "a", 2], "name": "abcd"}))
+            .unwrap_err()
+            .join("\n");
+        for expected in [
+            "parameters.pair: must have at most 2 items",
+            "parameters.pair[0]: must be string",
+            "parameters.pair[1]: must be integer",
+            "parameters.name: must be at most 3 characters long",
+        ] {
+            assert!(all.contains(expected), "{expected} not in {all}");
+        }
+        let short = validate(&schema, &json!({"pair": ["a"]})).unwrap_err();
+        assert_eq!(
+            short,
+            vec!["parameters.pair: must have at least 2 items".to_owned()]
         );
     }
 
