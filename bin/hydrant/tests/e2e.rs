@@ -451,7 +451,7 @@ fn bad_pushes_and_crashing_apps_get_clear_errors_and_exit_codes() {
 #[test]
 fn a_flooding_app_hits_its_log_rate_limit_and_other_apps_are_unaffected() {
     let up = Up::start();
-    let router = up.endpoints()["router"].as_str().unwrap().to_owned();
+    let router = up.endpoint("router");
     let app = cli::demo_app();
     let dir = app.path().to_str().unwrap();
     let out = up.cli(&["push", "quiet", "-p", dir]);
@@ -505,9 +505,7 @@ fn a_flooding_app_hits_its_log_rate_limit_and_other_apps_are_unaffected() {
 #[test]
 fn instances_left_by_a_killed_micro_cloud_are_stopped_by_the_next_one() {
     let mut up = Up::start();
-    let app = cli::demo_app();
-    let out = up.cli(&["push", "orphan", "-p", app.path().to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
+    let _app = up.push_demo("orphan");
     let pids = up.instance_pids();
     assert!(
         !pids.is_empty(),
@@ -548,10 +546,8 @@ fn instances_left_by_a_killed_micro_cloud_are_stopped_by_the_next_one() {
 #[test]
 fn the_health_manager_restarts_a_killed_instance_at_once_and_says_so() {
     let up = Up::start();
-    let router = up.endpoints()["router"].as_str().unwrap().to_owned();
-    let app = cli::demo_app();
-    let out = up.cli(&["push", "phoenix", "-p", app.path().to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
+    let router = up.endpoint("router");
+    let _app = up.push_demo("phoenix");
     // A crash: every process in the instance's container dies at once.
     let pids = up.instance_pids();
     assert!(
@@ -589,10 +585,8 @@ fn the_health_manager_restarts_a_killed_instance_at_once_and_says_so() {
 #[test]
 fn an_availability_slo_pages_when_the_app_returns_500s() {
     let up = Up::start();
-    let router = up.endpoints()["router"].as_str().unwrap().to_owned();
-    let app = cli::demo_app();
-    let out = up.cli(&["push", "shop", "-p", app.path().to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
+    let router = up.endpoint("router");
+    let app = up.push_demo("shop");
     let spec = app.path().join("slo.json");
     std::fs::write(
         &spec,

@@ -107,6 +107,14 @@ impl Up {
         self.endpoints()[name].as_str().unwrap().to_owned()
     }
 
+    /// Pushes the demo app ([`demo_app`]) as `name`, which must succeed; the directory pushed,
+    /// for pushing it again.
+    pub fn push_demo(&self, name: &str) -> tempfile::TempDir {
+        let app = demo_app();
+        ok(&self.cli(&["push", name, "-p", app.path().to_str().unwrap()]));
+        app
+    }
+
     /// `hydrant ARGS` as this micro cloud's admin.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
