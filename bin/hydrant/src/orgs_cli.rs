@@ -258,9 +258,14 @@ pub struct CreateSpaceArgs {
 }
 
 /// The org the command names, or the targeted one.
-fn org_or_target(org: Option<String>) -> anyhow::Result<String> {
-    org.or_else(|| load_target().and_then(|t| t.org).map(|o| o.guid))
+pub(crate) fn org_or_target(org: Option<String>) -> anyhow::Result<String> {
+    org.or_else(targeted_org)
         .ok_or_else(|| exit::usage("no org given: pass -o ORG or run `hydrant target -o ORG`"))
+}
+
+/// The targeted org's guid, when one is targeted.
+pub(crate) fn targeted_org() -> Option<String> {
+    load_target().and_then(|t| t.org).map(|o| o.guid)
 }
 
 pub async fn create_space(args: CreateSpaceArgs) -> anyhow::Result<ExitCode> {
@@ -608,9 +613,7 @@ pub struct SpacesArgs {
 
 pub async fn spaces(args: SpacesArgs) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
-    let org = args
-        .org
-        .or_else(|| load_target().and_then(|t| t.org).map(|o| o.guid));
+    let org = args.org.or_else(targeted_org);
     let mut spaces = session.client.list_spaces().await?;
     if let Some(org) = &org {
         spaces.retain(|s| &s.org_guid == org || &s.org_name == org);

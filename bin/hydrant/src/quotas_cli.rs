@@ -99,15 +99,7 @@ pub struct CreateSpaceQuotaArgs {
 
 pub async fn create_space_quota(args: CreateSpaceQuotaArgs) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
-    let org = match args.org {
-        Some(org) => org,
-        None => orgs_cli::load_target()
-            .and_then(|t| t.org)
-            .map(|o| o.guid)
-            .ok_or_else(|| {
-                exit::usage("no org given: pass -o ORG or run `hydrant target -o ORG`")
-            })?,
-    };
+    let org = orgs_cli::org_or_target(args.org)?;
     let request = args
         .limits
         .into_request(args.name, QuotaScope::Space, Some(org))?;
@@ -155,9 +147,7 @@ pub struct SetSpaceQuotaArgs {
 
 pub async fn set_space_quota(args: SetSpaceQuotaArgs) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
-    let org = args
-        .org
-        .or_else(|| orgs_cli::load_target().and_then(|t| t.org).map(|o| o.guid));
+    let org = args.org.or_else(orgs_cli::targeted_org);
     let space = session
         .client
         .list_spaces()

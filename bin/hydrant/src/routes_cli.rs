@@ -52,20 +52,7 @@ pub struct PrivateDomainArgs {
 }
 
 pub async fn create_private_domain(args: PrivateDomainArgs) -> anyhow::Result<ExitCode> {
-    let session = Session::load()?;
-    let domain = session
-        .client
-        .create_domain(&CreateDomain {
-            name: args.domain,
-            org: Some(args.org.clone()),
-        })
-        .await?;
-    eprintln!(
-        "Created private domain {} for org {}",
-        escape_text(&domain.name),
-        escape_text(&args.org)
-    );
-    Ok(ExitCode::SUCCESS)
+    create_domain(args.domain, Some(args.org)).await
 }
 
 /// `hydrant create-shared-domain DOMAIN` (admin).
@@ -76,15 +63,25 @@ pub struct SharedDomainArgs {
 }
 
 pub async fn create_shared_domain(args: SharedDomainArgs) -> anyhow::Result<ExitCode> {
+    create_domain(args.domain, None).await
+}
+
+/// Creates domain `name`: private to `org`, or shared by every org.
+async fn create_domain(name: String, org: Option<String>) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
-    let domain = session
-        .client
-        .create_domain(&CreateDomain {
-            name: args.domain,
-            org: None,
-        })
-        .await?;
-    eprintln!("Created shared domain {}", escape_text(&domain.name));
+    let request = CreateDomain {
+        name,
+        org: org.clone(),
+    };
+    let domain = session.client.create_domain(&request).await?;
+    let name = escape_text(&domain.name);
+    match org {
+        Some(org) => eprintln!(
+            "Created private domain {name} for org {}",
+            escape_text(&org)
+        ),
+        None => eprintln!("Created shared domain {name}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -102,9 +99,7 @@ pub struct CreateRouteArgs {
 
 pub async fn create_route(args: CreateRouteArgs) -> anyhow::Result<ExitCode> {
     let session = Session::load()?;
-    let org = args
-        .org
-        .or_else(|| orgs_cli::load_target().and_then(|t| t.org).map(|o| o.guid));
+    let org = args.org.or_else(orgs_cli::targeted_org);
     let route = session
         .client
         .create_route(&CreateRoute {
