@@ -1404,29 +1404,28 @@ mod tests {
             (host, 62000, "outside the mapped range [61000, 61009]"),
         ];
         for (ip, port, want) in cases {
-            let err = net
-                .map_port(&mut attachment, ip, port, 8080)
-                .await
-                .unwrap_err()
-                .to_string();
+            let err = refusal(&net, &mut attachment, ip, port).await;
             assert!(err.contains(want), "{want:?} is not in {err}");
         }
         // A port another container holds is refused, not taken over.
         net.lock().mapped.insert(61003);
-        let err = net
-            .map_port(&mut attachment, host, 61003, 8080)
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = refusal(&net, &mut attachment, host, 61003).await;
         assert!(err.contains("61003 is already published"), "{err}");
         assert!(attachment.mapping.is_none());
         let unmapped = network(NetConfig::default());
-        let err = unmapped
-            .map_port(&mut attachment, host, 61000, 8080)
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = refusal(&unmapped, &mut attachment, host, 61000).await;
         assert!(err.contains("publishes no ports"), "{err}");
+    }
+
+    /// Why `net` refuses to publish container port 8080 of `attachment` on `ip:port`.
+    async fn refusal(
+        net: &Network,
+        attachment: &mut Attachment,
+        ip: Ipv4Addr,
+        port: u16,
+    ) -> String {
+        let refused = net.map_port(attachment, ip, port, 8080).await;
+        refused.unwrap_err().to_string()
     }
 
     #[test]
