@@ -50,6 +50,16 @@ pub struct Offering {
 }
 
 impl Plan {
+    /// The connections a tenant gets: `parameters[key]` when they asked for a number there,
+    /// else the plan's [`Plan::connections`].
+    #[must_use]
+    pub fn connections_in(&self, parameters: &serde_json::Value, key: &str) -> u64 {
+        parameters
+            .get(key)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(u64::from(self.connections))
+    }
+
     /// RabbitMQ: bytes of message bodies one queue may hold (the plan's memory shared by its
     /// queues).
     #[must_use]

@@ -149,10 +149,7 @@ pub async fn provision(ctx: &Ctx, i: &Instance) -> Result<(), Error> {
 }
 
 fn max_connections(plan: &Plan, b: &Binding) -> u64 {
-    b.parameters
-        .get("max_user_connections")
-        .and_then(Value::as_u64)
-        .unwrap_or(u64::from(plan.connections))
+    plan.connections_in(&b.parameters, "max_user_connections")
 }
 
 /// Makes binding `b`'s user with its grants.

@@ -225,10 +225,7 @@ pub async fn provision(ctx: &Ctx, plan: &Plan, i: &Instance) -> Result<(), Error
 }
 
 fn connection_limit(plan: &Plan, i: &Instance) -> u64 {
-    i.parameters
-        .get("connection_limit")
-        .and_then(Value::as_u64)
-        .unwrap_or(u64::from(plan.connections))
+    plan.connections_in(&i.parameters, "connection_limit")
 }
 
 fn read_only(b: &Binding) -> bool {
