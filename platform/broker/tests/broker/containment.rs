@@ -80,7 +80,13 @@ fn cgroup_value(
 
 /// The memory limit of node `node`'s container, in bytes.
 fn memory_limit(data_dir: &std::path::Path, node: &str) -> Option<u64> {
-    cgroup_value(data_dir, node, "memory", "memory.limit_in_bytes", "memory.max")
+    cgroup_value(
+        data_dir,
+        node,
+        "memory",
+        "memory.limit_in_bytes",
+        "memory.max",
+    )
 }
 
 async fn node_pid(b: &Running, prefix: &str) -> u32 {
