@@ -82,6 +82,11 @@ pub struct PipelineArgs {
     /// subscriptions cost.
     #[arg(long)]
     no_replay: bool,
+    /// Read the bench's firehose subscription from the doppler as a shard group, as an edge
+    /// that shares subscriptions with other edges does (`shard_across_edges`; the micro cloud's
+    /// one edge leaves it off). For measuring what several edges behind one name cost.
+    #[arg(long)]
+    shard_groups: bool,
     /// Turn fair drops between sources off at the agent, the doppler and the edge.
     #[arg(long)]
     no_fair: bool,
@@ -382,6 +387,7 @@ async fn pipeline_child(args: &PipelineArgs, tls: bool, fair: bool) -> anyhow::R
     for (on, flag) in [
         (tls, "--tls"),
         (args.no_replay, "--no-replay"),
+        (args.shard_groups, "--shard-groups"),
         (!fair, "--no-fair"),
     ] {
         if on {
@@ -410,6 +416,7 @@ async fn pipeline_run(args: &PipelineArgs, tls: bool, fair: bool) -> anyhow::Res
         edge_reconnect_ms: None,
         tls,
         replay_ring: !args.no_replay,
+        shard_across_edges: args.shard_groups,
         fair_share: fair,
         ..crate::up::Options::pipeline()
     };

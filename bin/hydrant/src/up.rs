@@ -234,6 +234,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         // Every pipeline hop runs mutual TLS, with certificates made at first start.
         tls: true,
         replay_ring: true,
+        // One edge: a subscription's copies are split from its one stream.
+        shard_across_edges: false,
         cells: args.cells,
     };
     if options.containers {

@@ -149,6 +149,11 @@ pub struct Options {
     /// The dopplers keep their replay ring (resumable subscriptions); on except when a bench
     /// measures what it costs.
     pub replay_ring: bool,
+    /// The edge reads each firehose subscription id from the doppler as a shard group
+    /// (`shard_across_edges`). Off: the micro cloud has one edge, which splits a
+    /// subscription's copies from its one stream at no cost to the doppler; a bench turns it
+    /// on to measure what several edges behind one name cost.
+    pub shard_across_edges: bool,
     /// Executor cells (`hydrant up --cells N`, 1 to [`MAX_CELLS`]): one is executor `0` in
     /// zone `z1`; more are `cell-1` … `cell-N` in zones `z1` … `zN`, each with its own data
     /// directory (and, with containers, its own bridge, subnet and cgroup parent).
@@ -178,6 +183,7 @@ impl Options {
             edge_reconnect_ms: Some((10, 200)),
             tls: false,
             replay_ring: true,
+            shard_across_edges: false,
             cells: 1,
         }
     }

@@ -69,6 +69,7 @@ impl MicroRole for hydrant_firehose::TrafficController {
         let mut config = hydrant_firehose::Config {
             dopplers: vec![w.url("doppler", "grpc")],
             fair_share: w.options.fair_share,
+            shard_across_edges: w.options.shard_across_edges,
             telemetry: w.pipeline_telemetry(Identity::TrafficController),
             upstream_tls: w.tls(Identity::TrafficController),
             ..hydrant_firehose::Config::default()

@@ -84,6 +84,13 @@ pub struct Config {
     /// a consumer following many apps that falls behind loses the flood's lines, not a quiet
     /// app's. Default true.
     pub fair_share: bool,
+    /// Read each firehose subscription id from the dopplers as a shard group (one more ring
+    /// read per doppler per id, `shard_id` = the id), so copies of one nozzle connected to
+    /// different edges behind one name get each envelope once between them, as Loggregator's
+    /// traffic controllers do. A deployment with a single edge can turn it off: its copies are
+    /// then split here from the one shared stream, which costs the dopplers no extra reads.
+    /// Default true.
+    pub shard_across_edges: bool,
     /// Most envelopes in one WebSocket frame / SSE event. Default 100.
     pub frame_max_envelopes: usize,
     /// Most encoded envelope bytes in one frame (one envelope is always sent whole). Default
@@ -163,6 +170,7 @@ impl Default for Config {
             queue_max_envelopes: 10_000,
             queue_max_bytes: 16 * 1024 * 1024,
             fair_share: true,
+            shard_across_edges: true,
             frame_max_envelopes: 100,
             frame_max_bytes: 256 * 1024,
             slow_consumer_timeout_secs: 10.0,

@@ -461,14 +461,17 @@ impl Hub {
     /// Waits until no doppler's data can pass this hub by, or `limit` passes: each doppler's
     /// stream is up, or its read starts from a known position (a ring read loses nothing that
     /// arrives before it is up), or `main`'s stream from it is down too (a doppler that is down
-    /// does not hold a new subscription back).
+    /// does not hold a new subscription back). A shard group's reads must be up: the doppler
+    /// counts this edge a member only from then, and a resuming copy's replay asked of a
+    /// doppler before that finds the offsets the group has not been dealt yet owned by nobody.
     pub(crate) async fn wait_connected(&self, limit: Duration, main: &Hub) {
         let mut rx = self.identified.subscribe();
+        let sharded = self.shard.is_some();
         let up = |hub: &Self| {
             hub.upstreams.iter().enumerate().all(|(slot, u)| {
                 hub.active(slot).is_none()
                     || u.connected.load(Ordering::Acquire)
-                    || hub.identity(slot).is_some()
+                    || (!sharded && hub.identity(slot).is_some())
                     || !main.is_connected(slot)
             })
         };

@@ -177,6 +177,7 @@ async fn serve(
         upstream.clone(),
         tracker.clone(),
         stop.clone(),
+        config.shard_across_edges,
     ));
     for url in statics {
         let channel = upstream::read_channel(url, tls.as_ref())

@@ -72,6 +72,9 @@ pub(crate) struct Shards {
     hubs: Mutex<HashMap<String, Arc<Hub>>>,
     tracker: TaskTracker,
     stop: CancellationToken,
+    /// `shard_across_edges`: off, every id is split here from the main hub, as one edge alone
+    /// may (no extra doppler reads).
+    across_edges: bool,
 }
 
 /// One id's doppler reads, by slot.
@@ -86,6 +89,7 @@ impl Shards {
         upstream: Upstream,
         tracker: TaskTracker,
         stop: CancellationToken,
+        across_edges: bool,
     ) -> Self {
         Self {
             main,
@@ -94,6 +98,7 @@ impl Shards {
             hubs: Mutex::default(),
             tracker,
             stop,
+            across_edges,
         }
     }
 
@@ -107,6 +112,9 @@ impl Shards {
         kinds: KindMask,
         endpoint: Endpoint,
     ) -> Subscription {
+        if !self.across_edges {
+            return self.main.subscribe_group(id, kinds, endpoint);
+        }
         let sub = self.join(id, kinds, endpoint);
         sub.wait_connected(CONNECT_WAIT, &self.main).await;
         sub
