@@ -3,7 +3,12 @@
 //! within breach_duration_secs + one tick, recorded as `audit.app.scale` and
 //! `audit.app.autoscale`, and scaled back in after the cooldown once it is fast again.
 
-#![allow(clippy::unwrap_used, reason = "test code")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 #[path = "../../cloudcontroller/tests/common/support.rs"]
 mod support;

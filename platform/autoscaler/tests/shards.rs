@@ -8,7 +8,12 @@
 //! app; each copy on its own subscription, keeping its apps, sees all 25 rps of exactly its
 //! apps.
 
-#![allow(clippy::unwrap_used, reason = "test code")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 #[path = "../../cloudcontroller/tests/common/support.rs"]
 mod support;
