@@ -133,6 +133,20 @@ impl MtlsTransport {
     pub async fn execute(&self, request: reqwest::Request) -> Result<reqwest::Response, String> {
         send(self.clone(), request).await
     }
+
+    /// [`MtlsTransport::execute`], also saying whether the controller may have received the
+    /// request before the call failed (`true` once it went out on a connection), so a failover
+    /// never sends a non-idempotent request to a second controller that the first may have
+    /// applied.
+    pub(crate) async fn execute_classified(
+        &self,
+        request: reqwest::Request,
+    ) -> Result<reqwest::Response, (String, bool)> {
+        let sent = Arc::new(AtomicBool::new(false));
+        send_marking(self.clone(), request, sent.clone())
+            .await
+            .map_err(|e| (e, sent.load(Ordering::Acquire)))
+    }
 }
 
 impl Transport for MtlsTransport {
@@ -307,7 +321,7 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// Methods a server may see twice without harm (RFC 9110 9.2.2): sent again on a fresh
 /// connection when a kept one broke after sending them.
-fn idempotent(method: &reqwest::Method) -> bool {
+pub(crate) fn idempotent(method: &reqwest::Method) -> bool {
     use reqwest::Method;
     [
         Method::GET,
@@ -328,6 +342,16 @@ enum Sender {
 async fn send(
     transport: MtlsTransport,
     request: reqwest::Request,
+) -> Result<reqwest::Response, String> {
+    send_marking(transport, request, Arc::new(AtomicBool::new(false))).await
+}
+
+/// [`send`], setting `sent` as soon as the request goes out on a connection: an error after
+/// that may come after the controller acted on it.
+async fn send_marking(
+    transport: MtlsTransport,
+    request: reqwest::Request,
+    sent: Arc<AtomicBool>,
 ) -> Result<reqwest::Response, String> {
     let url = request.url().clone();
     if url.scheme() != "https" {
@@ -370,7 +394,8 @@ async fn send(
             .map(Sender::H1),
     };
     if let Some(sender) = kept {
-        let sent = match sender {
+        sent.store(true, Ordering::Release);
+        let outcome = match sender {
             Sender::H2(mut h2) => h2
                 .try_send_request(shape(request, true, &authority)?)
                 .await
@@ -383,10 +408,14 @@ async fn send(
                 Err(e) => Err(e),
             },
         };
-        match sent {
+        match outcome {
             Ok(response) => return Ok(response),
             Err(mut e) => match (e.take_message(), again) {
-                (Some(unsent), _) => request = unsent,
+                (Some(unsent), _) => {
+                    // Never went out: a fresh connection below may still fail unsent.
+                    sent.store(false, Ordering::Release);
+                    request = unsent;
+                }
                 (None, Some(again)) => {
                     request = again
                         .try_into()
@@ -402,6 +431,7 @@ async fn send(
         }
     }
     let (sender, driver) = connect(&transport, &peer).await?;
+    sent.store(true, Ordering::Release);
     let response = match sender {
         Sender::H2(mut h2) => {
             transport.pool.share(peer, h2.clone());

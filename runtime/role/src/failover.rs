@@ -7,7 +7,9 @@
 //! → [`Failover`] rewrites its origin to the controller in use (the last one that answered)
 //! → the inner transport (mutual TLS, or plain HTTP) → on no answer (connection refused, a
 //! broken exchange, the per-attempt timeout, or the caller's own timeout cancelling the
-//! attempt) or a 5xx, the next controller in turn, once each; the one that answers is kept for
+//! attempt) or a 5xx, the next controller in turn, once each (a request that is not idempotent,
+//! a POST or a PATCH, only while it provably did not reach the one that failed: no connection,
+//! or a 503); the one that answers is kept for
 //! the next calls. A call none answers fails with every controller's reason, so the caller's
 //! own backoff schedules the retry; a call every controller answered with a 5xx returns the
 //! last answer, so the caller sees the API's error as it would with one controller.
@@ -44,10 +46,15 @@ enum Inner {
 }
 
 impl Inner {
-    async fn send(&self, request: reqwest::Request) -> Result<reqwest::Response, String> {
+    /// The answer, or why there is none and whether the request may have reached the
+    /// controller (`false` only when it provably did not: no connection was made).
+    async fn send(&self, request: reqwest::Request) -> Result<reqwest::Response, (String, bool)> {
         match self {
-            Self::Plain(client) => client.execute(request).await.map_err(|e| chain(&e)),
-            Self::Mtls(mtls) => mtls.execute(request).await,
+            Self::Plain(client) => client
+                .execute(request)
+                .await
+                .map_err(|e| (chain(&e), !(e.is_connect() || e.is_builder()))),
+            Self::Mtls(mtls) => mtls.execute_classified(request).await,
         }
     }
 }
@@ -195,8 +202,9 @@ impl Failover {
     pub async fn execute(&self, request: reqwest::Request) -> Result<reqwest::Response, String> {
         let n = self.bases.len();
         let Some((_, rest)) = self.split(request.url().as_str()) else {
-            return self.inner.send(request).await;
+            return self.inner.send(request).await.map_err(|(e, _)| e);
         };
+        let method = request.method().clone();
         let first = self.state.active.load(Ordering::Relaxed) % n.max(1);
         let mut reasons = Vec::with_capacity(n);
         let mut last_answer = None;
@@ -236,19 +244,38 @@ impl Failover {
             let outcome =
                 tokio::time::timeout(self.attempt_timeout, self.inner.send(attempt)).await;
             guard.settled = true;
-            let reason = match outcome {
+            // Whether this controller may have acted on the request: then a request that is
+            // not idempotent stops here (a restart or a scale applied twice is worse than a
+            // failed call the caller's own backoff retries), unless the answer says it was
+            // not processed (503).
+            let (reason, maybe_acted) = match outcome {
                 Ok(Ok(response)) if !response.status().is_server_error() => {
                     self.answered(i);
                     return Ok(response);
                 }
                 Ok(Ok(response)) => {
                     let reason = format!("answered {}", response.status());
+                    let acted = response.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE;
                     last_answer = Some(response);
-                    reason
+                    (reason, acted)
                 }
-                Ok(Err(e)) => e,
-                Err(_) => format!("no answer within {} ms", self.attempt_timeout.as_millis()),
+                Ok(Err((e, sent))) => (e, sent),
+                Err(_) => (
+                    format!("no answer within {} ms", self.attempt_timeout.as_millis()),
+                    true,
+                ),
             };
+            if maybe_acted && !crate::api::idempotent(&method) {
+                tracing::warn!(controller = self.base(i), error = %reason, "cloud controller call failed after the request went out; not sent to another controller, as it is not idempotent");
+                self.failed(i);
+                return match last_answer {
+                    Some(response) => Ok(response),
+                    None => Err(format!(
+                        "{}: {reason} (a {method} request that may have reached it is not sent to another controller)",
+                        self.base(i)
+                    )),
+                };
+            }
             tracing::warn!(controller = self.base(i), error = %reason, "cloud controller call failed; trying the next controller");
             self.failed(i);
             reasons.push(format!("{}: {reason}", self.base(i)));
@@ -400,6 +427,65 @@ mod tests {
         let both = Failover::new(&[failing.clone(), controller("c", 502).await], None);
         assert_eq!(info(&both, &failing).await.unwrap().0, 502);
         assert_eq!(both.failovers(), 0);
+    }
+
+    /// A controller answering `POST /v3/restart` with `status`, counting the requests it got.
+    async fn counting(status: u16) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = hits.clone();
+        let app = Router::new().route(
+            "/v3/restart",
+            axum::routing::post(move || {
+                let seen = seen.clone();
+                async move {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    axum::http::StatusCode::from_u16(status).unwrap()
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}"), hits)
+    }
+
+    async fn restart(failover: &Failover, base: &str) -> Result<u16, String> {
+        let request = reqwest::Client::new()
+            .post(format!("{base}/v3/restart"))
+            .build()
+            .unwrap();
+        Ok(failover.execute(request).await?.status().as_u16())
+    }
+
+    #[tokio::test]
+    async fn a_post_the_first_controller_may_have_applied_is_not_sent_to_another() {
+        // Answered 500: it may have acted, so the second never sees it.
+        let ((broken, broken_hits), (alive, alive_hits)) =
+            (counting(500).await, counting(200).await);
+        let failover = Failover::new(&[broken.clone(), alive.clone()], None);
+        assert_eq!(restart(&failover, &broken).await.unwrap(), 500);
+        assert_eq!(
+            (
+                broken_hits.load(Ordering::SeqCst),
+                alive_hits.load(Ordering::SeqCst)
+            ),
+            (1, 0)
+        );
+        // The next call starts at the next controller.
+        assert_eq!(restart(&failover, &broken).await.unwrap(), 200);
+        assert_eq!(alive_hits.load(Ordering::SeqCst), 1);
+        // Refused (never sent) or 503 (not processed): a POST moves on.
+        let (busy, busy_hits) = counting(503).await;
+        let (other, other_hits) = counting(200).await;
+        let failover = Failover::new(&[refusing().await, busy.clone(), other.clone()], None);
+        assert_eq!(restart(&failover, &busy).await.unwrap(), 200);
+        assert_eq!(
+            (
+                busy_hits.load(Ordering::SeqCst),
+                other_hits.load(Ordering::SeqCst)
+            ),
+            (1, 1)
+        );
     }
 
     #[tokio::test]
