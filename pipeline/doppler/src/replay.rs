@@ -828,7 +828,7 @@ pub(crate) fn selects_everything(request: &SubscriptionRequest) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use futures_util::StreamExt as _;
     use hydrant_envelope::v2;
     use hydrant_envelope::wire::{BatchIter, EnvelopeView, encode};
@@ -852,7 +852,8 @@ mod tests {
         ValidBatch::from_batch(batch_of(envs.iter().map(|b| b.as_ref()))).0
     }
 
-    fn everything() -> SubscriptionRequest {
+    /// Selects every kind from every source: the reads these tests make watch the ring itself.
+    pub(crate) fn everything() -> SubscriptionRequest {
         use v2::selector::Message;
         let all = |m| v2::Selector {
             source_id: String::new(),
@@ -871,6 +872,28 @@ mod tests {
             "",
         )
         .unwrap()
+    }
+
+    /// A read of every envelope in `ring` over `from..to` whose counters nobody looks at.
+    pub(crate) fn read_everything(
+        ring: &Arc<ReplayRing>,
+        from: Option<u64>,
+        to: Option<u64>,
+    ) -> impl Stream<Item = Result<Bytes, Status>> + Send + 'static {
+        let request = RingRequest {
+            from,
+            to,
+            epoch: None,
+        };
+        ring_stream(
+            ring.clone(),
+            request,
+            everything(),
+            Counter::default(),
+            Counter::default(),
+            (),
+            CancellationToken::new(),
+        )
     }
 
     /// A ring read's message as the edge takes it apart: the leading position record, if any,
@@ -989,20 +1012,7 @@ mod tests {
 
     /// Reads `from..to` and returns whose the envelopes it lost were, by name.
     async fn lost_from(ring: &Arc<ReplayRing>, from: u64, to: u64) -> (u64, BySource) {
-        let request = RingRequest {
-            from: Some(from),
-            to: Some(to),
-            epoch: None,
-        };
-        let stream = ring_stream(
-            ring.clone(),
-            request,
-            everything(),
-            Counter::default(),
-            Counter::default(),
-            (),
-            CancellationToken::new(),
-        );
+        let stream = read_everything(ring, Some(from), Some(to));
         let messages: Vec<Bytes> = stream.map(Result::unwrap).collect().await;
         let mut skipped = 0;
         let mut lost = BySource::default();
@@ -1149,20 +1159,7 @@ mod tests {
     async fn a_live_read_waits_for_new_batches() {
         let ring = Arc::new(ReplayRing::new(1, usize::MAX, Duration::from_secs(60)));
         ring.push(&batch("a", 0..2));
-        let request = RingRequest {
-            from: None,
-            to: None,
-            epoch: None,
-        };
-        let mut stream = Box::pin(ring_stream(
-            ring.clone(),
-            request,
-            everything(),
-            Counter::default(),
-            Counter::default(),
-            (),
-            CancellationToken::new(),
-        ));
+        let mut stream = Box::pin(read_everything(&ring, None, None));
         ring.push(&batch("a", 2..5));
         let hello = stream.next().await.unwrap().unwrap();
         let p = RingPosition::from_message(&hello).unwrap();

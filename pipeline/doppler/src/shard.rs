@@ -371,33 +371,10 @@ mod tests {
 
     use hydrant_envelope::v2;
     use hydrant_envelope::wire::{EnvelopeView, batch_of, encode};
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::batch::ValidBatch;
-    use crate::replay::{RingRequest, ring_stream};
-    use crate::selector::SubscriptionRequest;
-
-    fn everything() -> SubscriptionRequest {
-        use v2::selector::Message;
-        let all = |m| v2::Selector {
-            source_id: String::new(),
-            message: Some(m),
-        };
-        SubscriptionRequest::parse(
-            String::new(),
-            None,
-            vec![
-                all(Message::Log(v2::LogSelector {})),
-                all(Message::Counter(v2::CounterSelector::default())),
-                all(Message::Gauge(v2::GaugeSelector::default())),
-                all(Message::Timer(v2::TimerSelector {})),
-                all(Message::Event(v2::EventSelector {})),
-            ],
-            "",
-        )
-        .unwrap()
-    }
+    use crate::replay::tests::read_everything;
 
     fn push(ring: &ReplayRing, stamps: std::ops::Range<i64>) {
         let envelopes: Vec<Bytes> = stamps
@@ -421,20 +398,7 @@ mod tests {
         from: Option<u64>,
         to: Option<u64>,
     ) -> impl Stream<Item = Result<Bytes, Status>> + Send + 'static {
-        let request = RingRequest {
-            from,
-            to,
-            epoch: None,
-        };
-        let read = ring_stream(
-            ring.clone(),
-            request,
-            everything(),
-            Counter::default(),
-            Counter::default(),
-            (),
-            CancellationToken::new(),
-        );
+        let read = read_everything(ring, from, to);
         Share::new(
             groups,
             ring,
