@@ -336,18 +336,33 @@ pub fn config(dopplers: Vec<String>) -> Config {
     }
 }
 
-pub async fn start_edge(config: Config) -> Edge {
-    let listeners = hydrant_runtime::bind_on::<TrafficController>(|_| "127.0.0.1:0".to_owned())
+/// Role `R` run with `config` on 127.0.0.1:0 until the token fires: the addresses of its
+/// listener `main` and of its admin listener, the token and the task.
+async fn spawn_role<R: hydrant_runtime::Role>(
+    config: R::Config,
+    main: &str,
+) -> (
+    SocketAddr,
+    SocketAddr,
+    CancellationToken,
+    JoinHandle<Result<(), R::Error>>,
+) {
+    let listeners = hydrant_runtime::bind_on::<R>(|_| "127.0.0.1:0".to_owned())
         .await
         .unwrap();
-    let http = listeners.local_addr("http").unwrap();
+    let main = listeners.local_addr(main).unwrap();
     let admin = listeners.local_addr("admin").unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(hydrant_runtime::run::<TrafficController>(
+    let task = tokio::spawn(hydrant_runtime::run::<R>(
         config,
         listeners,
         shutdown.clone(),
     ));
+    (main, admin, shutdown, task)
+}
+
+pub async fn start_edge(config: Config) -> Edge {
+    let (http, admin, shutdown, task) = spawn_role::<TrafficController>(config, "http").await;
     Edge {
         http,
         admin,
@@ -369,18 +384,13 @@ impl Edge {
 
     /// Sums the Prometheus series `name` whose labels include `labels`.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let (status, body) = http_get(self.admin, "/metrics", None).await;
-        assert_eq!(status, 200);
-        let text = String::from_utf8(body.to_vec()).unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")))
-            .filter(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        scrape(self.admin, name, labels).await
+    }
+
+    /// Envelopes the edge dropped for `reason` (`trafficcontroller_dropped_total`).
+    pub async fn dropped(&self, reason: &str) -> f64 {
+        self.metric("trafficcontroller_dropped_total", &[("reason", reason)])
+            .await
     }
 
     pub async fn ws(&self, path: &str, token: Option<&str>) -> Result<Ws, tungstenite::Error> {
@@ -394,6 +404,90 @@ impl Edge {
             .expect("run() returns after shutdown")
             .unwrap()
             .unwrap();
+    }
+}
+
+/// Sums the Prometheus series `name` served on `admin` whose labels include `labels` (an
+/// unlabelled series counts when `labels` is empty).
+pub async fn scrape(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (status, body) = http_get(admin, "/metrics", None).await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+// === a real doppler ===
+
+/// A real doppler (`hydrant_doppler::run`) on 127.0.0.1:0, for the tests that need its replay
+/// rings and shard groups rather than the fake's scripted streams.
+pub struct RealDoppler {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), hydrant_doppler::Error>>,
+}
+
+impl RealDoppler {
+    pub async fn start(config: hydrant_doppler::Config) -> Self {
+        let (grpc, admin, shutdown, task) =
+            spawn_role::<hydrant_doppler::Doppler>(config, "grpc").await;
+        Self {
+            grpc,
+            admin,
+            shutdown,
+            task,
+        }
+    }
+
+    /// A doppler with its own `instance_id` (its id in positions and cursors).
+    pub async fn named(name: &str) -> Self {
+        Self::start(hydrant_doppler::Config {
+            instance_id: name.to_owned(),
+            ..hydrant_doppler::Config::default()
+        })
+        .await
+    }
+
+    /// A doppler whose replay rings hold `window_secs` of traffic.
+    pub async fn windowed(window_secs: u64) -> Self {
+        Self::start(hydrant_doppler::Config {
+            replay_ring_secs: window_secs,
+            ..hydrant_doppler::Config::default()
+        })
+        .await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Sends one batch through v2 Ingress (`Send`), as an agent does.
+    pub async fn send(&self, envelopes: Vec<v2::Envelope>) {
+        let mut client = v2::ingress_client::IngressClient::connect(self.url())
+            .await
+            .unwrap();
+        client
+            .send(v2::EnvelopeBatch { batch: envelopes })
+            .await
+            .unwrap();
+    }
+
+    /// Open egress streams (the edges' reads) right now.
+    pub async fn streams(&self) -> f64 {
+        scrape(self.admin, "doppler_subscriptions", &[]).await
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
     }
 }
 
@@ -476,6 +570,19 @@ pub async fn assert_quiet(ws: &mut Ws, ms: u64) {
     }
 }
 
+/// An HTTP/1.1 connection to `addr`, driven by its own task.
+pub async fn http1(
+    addr: SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 /// One HTTP/1.1 GET; returns status and body.
 pub async fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, Bytes) {
     let (status, _, body) = http_get_full(addr, path, token).await;
@@ -487,12 +594,7 @@ pub async fn http_get_full(
     path: &str,
     token: Option<&str>,
 ) -> (u16, http::HeaderMap, Bytes) {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http1(addr).await;
     let mut req = http::Request::get(path).header("host", addr.to_string());
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
@@ -513,12 +615,7 @@ pub async fn http_stream(
     path: &str,
     token: &str,
 ) -> (u16, hyper::body::Incoming) {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http1(addr).await;
     let req = http::Request::get(path)
         .header("host", addr.to_string())
         .header("authorization", format!("Bearer {token}"))
@@ -526,6 +623,20 @@ pub async fn http_stream(
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     (resp.status().as_u16(), resp.into_body())
+}
+
+/// Reads SSE body chunks until the text holds `needle`.
+pub async fn sse_until(body: &mut hyper::body::Incoming, text: &mut String, needle: &str) {
+    while !text.contains(needle) {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("waiting for {needle:?}; have {text:?}"))
+            .expect("stream still open")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
 }
 
 pub fn json_body(body: &[u8]) -> serde_json::Value {

@@ -164,12 +164,7 @@ async fn get_accepting(
     accept: &str,
 ) -> (u16, String, bytes::Bytes) {
     use http_body_util::BodyExt as _;
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http1(addr).await;
     let req = http::Request::get(path)
         .header("host", addr.to_string())
         .header("authorization", format!("Bearer {token}"))

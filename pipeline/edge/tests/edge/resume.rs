@@ -7,66 +7,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use hydrant_doppler::Doppler;
 use hydrant_envelope::cursor::POSITION_FIELD;
 use hydrant_envelope::gap::Gap;
 use hydrant_envelope::v2;
 use hydrant_envelope::wire::{EnvelopeView, Fields, Value};
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::*;
-
-struct RealDoppler {
-    grpc: SocketAddr,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), hydrant_doppler::Error>>,
-}
-
-impl RealDoppler {
-    async fn start(window_secs: u64) -> Self {
-        let listeners = hydrant_runtime::bind_on::<Doppler>(|_| "127.0.0.1:0".to_owned())
-            .await
-            .unwrap();
-        let grpc = listeners.local_addr("grpc").unwrap();
-        let shutdown = CancellationToken::new();
-        let config = hydrant_doppler::Config {
-            replay_ring_secs: window_secs,
-            ..hydrant_doppler::Config::default()
-        };
-        let task = tokio::spawn(hydrant_runtime::run::<Doppler>(
-            config,
-            listeners,
-            shutdown.clone(),
-        ));
-        Self {
-            grpc,
-            shutdown,
-            task,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.grpc)
-    }
-
-    /// Sends one batch through v2 Ingress (`Send`), as an agent does.
-    async fn send(&self, envelopes: Vec<v2::Envelope>) {
-        let mut client = v2::ingress_client::IngressClient::connect(self.url())
-            .await
-            .unwrap();
-        client
-            .send(v2::EnvelopeBatch { batch: envelopes })
-            .await
-            .unwrap();
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
-    }
-}
 
 fn logs(source: &str, range: std::ops::Range<i64>) -> Vec<v2::Envelope> {
     range
@@ -166,7 +114,7 @@ fn stamps(f: &Frame) -> Vec<i64> {
 
 #[tokio::test]
 async fn a_firehose_consumer_resumes_with_exactly_what_it_missed_then_live_data() {
-    let doppler = RealDoppler::start(60).await;
+    let doppler = RealDoppler::windowed(60).await;
     let edge = start_edge(config(vec![doppler.url()])).await;
     edge.wait_connected(1.0).await;
     let token = admin_token();
@@ -215,7 +163,7 @@ async fn a_firehose_consumer_resumes_with_exactly_what_it_missed_then_live_data(
 async fn a_resuming_consumer_catches_up_from_the_ring_without_overflowing_its_outbox() {
     const BIG: usize = 4096;
     let line = |i: i64| log("a", i, &format!("{i:0BIG$}"));
-    let doppler = RealDoppler::start(60).await;
+    let doppler = RealDoppler::windowed(60).await;
     let edge = start_edge(hydrant_firehose::Config {
         queue_max_envelopes: 200,
         slow_consumer_timeout_secs: 60.0,
@@ -270,7 +218,7 @@ async fn a_resuming_consumer_catches_up_from_the_ring_without_overflowing_its_ou
 
 #[tokio::test]
 async fn an_app_stream_resumes_after_an_edge_restart_with_only_its_source() {
-    let doppler = RealDoppler::start(60).await;
+    let doppler = RealDoppler::windowed(60).await;
     let edge = start_edge(config(vec![doppler.url()])).await;
     edge.wait_connected(1.0).await;
     let token = admin_token();
@@ -303,7 +251,7 @@ async fn an_app_stream_resumes_after_an_edge_restart_with_only_its_source() {
 
 #[tokio::test]
 async fn beyond_the_window_a_gap_marker_counts_exactly_what_is_gone() {
-    let doppler = RealDoppler::start(1).await;
+    let doppler = RealDoppler::windowed(1).await;
     let edge = start_edge(config(vec![doppler.url()])).await;
     edge.wait_connected(1.0).await;
     let token = admin_token();
@@ -338,7 +286,7 @@ async fn beyond_the_window_a_gap_marker_counts_exactly_what_is_gone() {
 /// app's, under its source id.
 #[tokio::test]
 async fn beyond_the_window_the_marker_says_whose_envelopes_were_lost() {
-    let doppler = RealDoppler::start(1).await;
+    let doppler = RealDoppler::windowed(1).await;
     let edge = start_edge(config(vec![doppler.url()])).await;
     edge.wait_connected(1.0).await;
     let token = admin_token();
@@ -404,7 +352,7 @@ async fn beyond_the_window_the_marker_says_whose_envelopes_were_lost() {
 
 #[tokio::test]
 async fn json_frames_carry_the_cursor_and_a_bad_cursor_is_refused() {
-    let doppler = RealDoppler::start(60).await;
+    let doppler = RealDoppler::windowed(60).await;
     let edge = start_edge(config(vec![doppler.url()])).await;
     edge.wait_connected(1.0).await;
     let token = admin_token();
@@ -433,21 +381,6 @@ async fn json_frames_carry_the_cursor_and_a_bad_cursor_is_refused() {
     doppler.stop().await;
 }
 
-/// Reads SSE body chunks until the text holds `needle`.
-async fn sse_until(body: &mut hyper::body::Incoming, text: &mut String, needle: &str) {
-    use http_body_util::BodyExt as _;
-    while !text.contains(needle) {
-        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
-            .await
-            .unwrap_or_else(|_| panic!("waiting for {needle:?}; have {text:?}"))
-            .expect("stream still open")
-            .unwrap();
-        if let Ok(data) = frame.into_data() {
-            text.push_str(std::str::from_utf8(&data).unwrap());
-        }
-    }
-}
-
 /// `(id, timestamps)` of every data event in `text`.
 fn sse_events(text: &str) -> Vec<(Option<String>, Vec<i64>)> {
     text.split("\n\n")
@@ -472,7 +405,7 @@ fn sse_events(text: &str) -> Vec<(Option<String>, Vec<i64>)> {
 
 #[tokio::test]
 async fn an_sse_reader_resumes_from_its_last_event_id() {
-    let doppler = RealDoppler::start(60).await;
+    let doppler = RealDoppler::windowed(60).await;
     let edge = start_edge(config(vec![doppler.url()])).await;
     edge.wait_connected(1.0).await;
     let token = admin_token();
@@ -541,7 +474,7 @@ async fn start_edge_on(config: hydrant_firehose::Config, http: SocketAddr) -> Ed
 #[tokio::test]
 async fn a_follow_through_the_client_library_survives_an_edge_restart() {
     use hydrant_firehose_client::{ClientConfig, FirehoseClient, StreamEvent, Subscription};
-    let doppler = RealDoppler::start(60).await;
+    let doppler = RealDoppler::windowed(60).await;
     let edge = start_edge(config(vec![doppler.url()])).await;
     edge.wait_connected(1.0).await;
     let http = edge.http;
@@ -612,7 +545,7 @@ async fn a_follow_through_the_client_library_survives_an_edge_restart() {
 async fn a_consumer_with_a_cursor_that_falls_behind_catches_up_from_the_ring_without_loss() {
     use hydrant_firehose_client::{ClientConfig, FirehoseClient, StreamEvent, Subscription};
     const N: i64 = 2000;
-    let doppler = RealDoppler::start(60).await;
+    let doppler = RealDoppler::windowed(60).await;
     let edge = start_edge(hydrant_firehose::Config {
         queue_max_envelopes: 64,
         queue_max_bytes: 4 * 1024 * 1024,
@@ -671,12 +604,7 @@ async fn a_consumer_with_a_cursor_that_falls_behind_catches_up_from_the_ring_wit
     })
     .await;
     wait_for("the stock consumer's drops", 20, || async {
-        edge.metric(
-            "trafficcontroller_dropped_total",
-            &[("reason", "slow_consumer")],
-        )
-        .await
-            > 0.0
+        edge.dropped("slow_consumer").await > 0.0
     })
     .await;
 

@@ -5,91 +5,17 @@
 //! what was its own, never what the other copy was given meanwhile.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use hydrant_doppler::Doppler;
 use hydrant_envelope::cursor::POSITION_FIELD;
 use hydrant_envelope::gap::Gap;
 use hydrant_envelope::v2;
 use hydrant_envelope::wire::{EnvelopeView, Fields, Value};
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 
 use crate::harness::*;
-
-struct RealDoppler {
-    grpc: SocketAddr,
-    admin: SocketAddr,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), hydrant_doppler::Error>>,
-}
-
-impl RealDoppler {
-    /// A doppler with its own `instance_id` (its id in positions and cursors).
-    async fn start(name: &str) -> Self {
-        let listeners = hydrant_runtime::bind_on::<Doppler>(|_| "127.0.0.1:0".to_owned())
-            .await
-            .unwrap();
-        let grpc = listeners.local_addr("grpc").unwrap();
-        let admin = listeners.local_addr("admin").unwrap();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(hydrant_runtime::run::<Doppler>(
-            hydrant_doppler::Config {
-                instance_id: name.to_owned(),
-                ..hydrant_doppler::Config::default()
-            },
-            listeners,
-            shutdown.clone(),
-        ));
-        Self {
-            grpc,
-            admin,
-            shutdown,
-            task,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.grpc)
-    }
-
-    /// Sends one batch through v2 Ingress, as an agent does.
-    async fn send(&self, envelopes: Vec<v2::Envelope>) {
-        let mut client = v2::ingress_client::IngressClient::connect(self.url())
-            .await
-            .unwrap();
-        client
-            .send(v2::EnvelopeBatch { batch: envelopes })
-            .await
-            .unwrap();
-    }
-
-    /// Open egress streams (the edges' reads) right now.
-    async fn streams(&self) -> f64 {
-        scrape(self.admin, "doppler_subscriptions").await
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
-    }
-}
-
-/// Sums the Prometheus series `name` served on `admin`.
-async fn scrape(admin: SocketAddr, name: &str) -> f64 {
-    let (status, body) = http_get(admin, "/metrics", None).await;
-    assert_eq!(status, 200);
-    String::from_utf8(body.to_vec())
-        .unwrap()
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 /// `n` log lines tagged `phase`, from `sources` sources, in batches of 50 alternating between
 /// the two dopplers by source (one source always lands on one doppler, as the agents' hash
@@ -207,29 +133,36 @@ fn exactly_once(sent: &HashSet<(String, i64)>, phase: i64, copies: &[&Copy]) {
 
 const ID: &str = "/firehose/nozzle-group";
 
-async fn two_edges(d1: &RealDoppler, d2: &RealDoppler) -> (Edge, Edge) {
+/// Two dopplers with their own ids and two edges, each reading both.
+async fn two_of_each() -> ([RealDoppler; 2], Edge, Edge) {
+    let (d1, d2) = (
+        RealDoppler::named("doppler-1").await,
+        RealDoppler::named("doppler-2").await,
+    );
     let edge1 = start_edge(config(vec![d1.url(), d2.url()])).await;
     let edge2 = start_edge(config(vec![d1.url(), d2.url()])).await;
     edge1.wait_connected(2.0).await;
     edge2.wait_connected(2.0).await;
-    (edge1, edge2)
+    ([d1, d2], edge1, edge2)
+}
+
+/// Waits until each doppler serves `n` egress streams (each edge reads each doppler once for
+/// everything and once more while it holds a share of the group).
+async fn wait_streams(what: &str, [d1, d2]: [&RealDoppler; 2], n: f64) {
+    wait_for(what, 10, || async {
+        d1.streams().await == n && d2.streams().await == n
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn copies_of_one_subscription_on_two_edges_get_each_envelope_once_and_a_lone_copy_gets_all() {
-    let (d1, d2) = (
-        RealDoppler::start("doppler-1").await,
-        RealDoppler::start("doppler-2").await,
-    );
-    let (edge1, edge2) = two_edges(&d1, &d2).await;
+    let ([d1, d2], edge1, edge2) = two_of_each().await;
     let token = admin_token();
     let mut ws1 = edge1.ws(ID, Some(&token)).await.unwrap();
     let mut ws2 = edge2.ws(ID, Some(&token)).await.unwrap();
     // Each edge reads each doppler once for everything and once for the group's share.
-    wait_for("both edges to read the group's share", 10, || async {
-        d1.streams().await == 4.0 && d2.streams().await == 4.0
-    })
-    .await;
+    wait_streams("both edges to read the group's share", [&d1, &d2], 4.0).await;
     let (mut c1, mut c2) = (Copy::default(), Copy::default());
 
     const N: usize = 3000;
@@ -255,10 +188,7 @@ async fn copies_of_one_subscription_on_two_edges_get_each_envelope_once_and_a_lo
     // The copy on edge 2 goes; once its edge stops reading the share, copy 1 gets everything.
     ws2.close(None).await.unwrap();
     drop(ws2);
-    wait_for("edge 2 to stop reading the group's share", 10, || async {
-        d1.streams().await == 3.0 && d2.streams().await == 3.0
-    })
-    .await;
+    wait_streams("edge 2 to stop reading the group's share", [&d1, &d2], 3.0).await;
     let sent = send([&d1, &d2], 2, 6, N).await;
     read_all(&mut [(&mut ws1, &mut c1)], 2, N).await;
     exactly_once(&sent, 2, &[&c1]);
@@ -279,10 +209,7 @@ async fn copies_of_one_subscription_on_two_edges_get_each_envelope_once_and_a_lo
     // each copy gets about a third (without weights edge 2's copy would get half).
     let mut ws4 = edge2.ws(ID, Some(&token)).await.unwrap();
     let mut c4 = Copy::default();
-    wait_for("edge 2 to read the group's share again", 10, || async {
-        d1.streams().await == 4.0 && d2.streams().await == 4.0
-    })
-    .await;
+    wait_streams("edge 2 to read the group's share again", [&d1, &d2], 4.0).await;
     const M: usize = 6000;
     let sent = send([&d1, &d2], 4, 6, M).await;
     read_all(
@@ -311,21 +238,14 @@ async fn copies_of_one_subscription_on_two_edges_get_each_envelope_once_and_a_lo
 
 #[tokio::test]
 async fn a_copy_that_comes_back_with_its_cursor_is_replayed_its_own_share_not_the_others() {
-    let (d1, d2) = (
-        RealDoppler::start("doppler-1").await,
-        RealDoppler::start("doppler-2").await,
-    );
-    let (edge1, edge2) = two_edges(&d1, &d2).await;
+    let ([d1, d2], edge1, edge2) = two_of_each().await;
     let token = admin_token();
     let mut ws1 = edge1.ws(ID, Some(&token)).await.unwrap();
     let mut ws2 = edge2
         .ws(&format!("{ID}?cursor="), Some(&token))
         .await
         .unwrap();
-    wait_for("both edges to read the group's share", 10, || async {
-        d1.streams().await == 4.0 && d2.streams().await == 4.0
-    })
-    .await;
+    wait_streams("both edges to read the group's share", [&d1, &d2], 4.0).await;
     let (mut c1, mut c2) = (Copy::default(), Copy::default());
     const N: usize = 1200;
     let first = send([&d1, &d2], 1, 4, N).await;
@@ -335,10 +255,7 @@ async fn a_copy_that_comes_back_with_its_cursor_is_replayed_its_own_share_not_th
 
     // Copy 2 is away while a second run goes by: copy 1 is given all of it.
     drop(ws2);
-    wait_for("edge 2 to stop reading the group's share", 10, || async {
-        d1.streams().await == 3.0 && d2.streams().await == 3.0
-    })
-    .await;
+    wait_streams("edge 2 to stop reading the group's share", [&d1, &d2], 3.0).await;
     let second = send([&d1, &d2], 2, 4, N).await;
     read_all(&mut [(&mut ws1, &mut c1)], 2, N).await;
     exactly_once(&second, 2, &[&c1]);
@@ -350,10 +267,7 @@ async fn a_copy_that_comes_back_with_its_cursor_is_replayed_its_own_share_not_th
         .await
         .unwrap();
     let mut back = Copy::default();
-    wait_for("edge 2 to read the group's share again", 10, || async {
-        d1.streams().await == 4.0 && d2.streams().await == 4.0
-    })
-    .await;
+    wait_streams("edge 2 to read the group's share again", [&d1, &d2], 4.0).await;
     let third = send([&d1, &d2], 3, 4, N).await;
     read_all(&mut [(&mut ws1, &mut c1), (&mut ws2, &mut back)], 3, N).await;
     assert_eq!(

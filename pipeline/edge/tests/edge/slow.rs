@@ -92,15 +92,7 @@ async fn a_slow_consumer_loses_its_oldest_data_is_told_and_closed_while_a_fast_o
     // The slow consumer's own ledger: delivered + reported lost = everything sent.
     assert_eq!(data.len() as u64 + gaps, N as u64);
     // ... and the role's counters say the same.
-    let dropped = edge
-        .metric(
-            "trafficcontroller_dropped_total",
-            &[("reason", "slow_consumer")],
-        )
-        .await
-        + edge
-            .metric("trafficcontroller_dropped_total", &[("reason", "closed")])
-            .await;
+    let dropped = edge.dropped("slow_consumer").await + edge.dropped("closed").await;
     assert_eq!(dropped, gaps as f64);
     assert_eq!(
         edge.metric("trafficcontroller_ingress_total", &[]).await,
@@ -148,12 +140,7 @@ async fn a_consumer_that_catches_up_gets_a_gap_marker_then_the_newest_data() {
         doppler.fake.push_envelopes(chunk).await;
     }
     wait_for("drops", 10, || async {
-        edge.metric(
-            "trafficcontroller_dropped_total",
-            &[("reason", "slow_consumer")],
-        )
-        .await
-            > 0.0
+        edge.dropped("slow_consumer").await > 0.0
     })
     .await;
     wait_for("the burst to be routed", 10, || async {
@@ -180,14 +167,7 @@ async fn a_consumer_that_catches_up_gets_a_gap_marker_then_the_newest_data() {
     assert!(!markers.is_empty(), "the consumer was told");
     let lost: u64 = markers.iter().map(|(_, n)| n).sum();
     assert_eq!(seen.len() as u64 + lost, 600, "delivered + lost = sent");
-    assert_eq!(
-        lost as f64,
-        edge.metric(
-            "trafficcontroller_dropped_total",
-            &[("reason", "slow_consumer")]
-        )
-        .await
-    );
+    assert_eq!(lost as f64, edge.dropped("slow_consumer").await);
     for (at, n) in &markers {
         // (A batch bigger than the queue overflows it before the first frame: a hole at 0.)
         let before = if *at == 0 { -1 } else { seen[at - 1] };

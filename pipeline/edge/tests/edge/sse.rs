@@ -8,20 +8,6 @@ use hydrant_firehose::Config;
 
 use crate::harness::*;
 
-/// Reads body chunks until the accumulated text contains `needle`.
-async fn read_until(body: &mut hyper::body::Incoming, text: &mut String, needle: &str) {
-    while !text.contains(needle) {
-        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
-            .await
-            .unwrap_or_else(|_| panic!("waiting for {needle:?}; have {text:?}"))
-            .expect("stream still open")
-            .unwrap();
-        if let Ok(data) = frame.into_data() {
-            text.push_str(std::str::from_utf8(&data).unwrap());
-        }
-    }
-}
-
 #[tokio::test]
 async fn sse_streams_json_batches_of_the_asked_sources_and_types_and_heartbeats() {
     let doppler = RunningDoppler::start().await;
@@ -47,7 +33,7 @@ async fn sse_streams_json_batches_of_the_asked_sources_and_types_and_heartbeats(
         ])
         .await;
     let mut text = String::new();
-    read_until(&mut body, &mut text, "wanted").await;
+    sse_until(&mut body, &mut text, "wanted").await;
     let data_line = text
         .lines()
         .find(|l| l.starts_with("data: {"))
@@ -57,7 +43,7 @@ async fn sse_streams_json_batches_of_the_asked_sources_and_types_and_heartbeats(
     assert_eq!(envs.len(), 1, "{batch}");
     assert_eq!(envs[0]["timestamp"], "3");
     // Nothing more is coming: a heartbeat follows.
-    read_until(&mut body, &mut text, "event: heartbeat\ndata: ").await;
+    sse_until(&mut body, &mut text, "event: heartbeat\ndata: ").await;
     drop(body);
     wait_for("the SSE stream to be released", 5, || async {
         edge.metric("trafficcontroller_sse_streams", &[]).await == 0.0
@@ -79,7 +65,7 @@ async fn an_sse_stream_ends_with_a_closing_event_when_its_token_expires() {
     let (status, mut body) = http_stream(edge.http, "/v2/read?source_id=web&log", &short).await;
     assert_eq!(status, 200);
     let mut text = String::new();
-    read_until(&mut body, &mut text, "event: closing\ndata: token expired").await;
+    sse_until(&mut body, &mut text, "event: closing\ndata: token expired").await;
     let end = tokio::time::timeout(Duration::from_secs(5), body.frame())
         .await
         .expect("the stream ends after the closing event");
