@@ -481,6 +481,18 @@ mod tests {
         SubscriptionRequest::parse(shard.to_owned(), None, selectors, "").unwrap()
     }
 
+    /// Source `a`'s logs and every source's logs in one request: `a`'s are routed to it twice.
+    fn a_and_every_source() -> SubscriptionRequest {
+        use v2::selector::Message::Log;
+        request(
+            "",
+            vec![
+                sel("a", Log(v2::LogSelector {})),
+                sel("", Log(v2::LogSelector {})),
+            ],
+        )
+    }
+
     fn sel(source: &str, message: v2::selector::Message) -> v2::Selector {
         v2::Selector {
             source_id: source.to_owned(),
@@ -682,17 +694,7 @@ mod tests {
         use v2::selector::Message::Log;
         let mut r = Router::new(100, 1 << 20);
         let q = queue();
-        r.subscribe(
-            1,
-            request(
-                "",
-                vec![
-                    sel("a", Log(v2::LogSelector {})),
-                    sel("", Log(v2::LogSelector {})),
-                ],
-            ),
-            q.clone(),
-        );
+        r.subscribe(1, a_and_every_source(), q.clone());
         r.unsubscribe(1);
         assert!(r.by_source.is_empty() && r.wildcard.groups.is_empty());
         r.route(&batch(&[log("a", 1)]));
@@ -717,17 +719,7 @@ mod tests {
             request("g", vec![sel("a", Log(v2::LogSelector {}))]),
             y.clone(),
         );
-        r.subscribe(
-            3,
-            request(
-                "",
-                vec![
-                    sel("a", Log(v2::LogSelector {})),
-                    sel("", Log(v2::LogSelector {})),
-                ],
-            ),
-            twice.clone(),
-        );
+        r.subscribe(3, a_and_every_source(), twice.clone());
         let envs: Vec<_> = (0..10).map(|i| log("a", i)).collect();
         r.route(&batch(&envs));
         assert_eq!(drain(&x).len(), 5);

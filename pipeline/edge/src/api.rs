@@ -144,6 +144,18 @@ impl Shared {
         e
     }
 
+    /// A request's query string, parsed, and its caller's verified claims: what every read
+    /// endpoint needs before it looks at its own parameters.
+    pub(crate) async fn query_and_claims(
+        &self,
+        raw_query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<(Query, Claims), ApiError> {
+        let q = Query::parse(raw_query).map_err(|e| self.reject(e))?;
+        let claims = self.authenticate(headers, &q).await?;
+        Ok((q, claims))
+    }
+
     /// The caller's verified claims, from `Authorization: Bearer` or `?access_token=`: signed
     /// by a published key, unexpired, and meant for this edge (`aud` `hydrant-logs`).
     pub(crate) async fn authenticate(

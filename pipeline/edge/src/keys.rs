@@ -120,18 +120,8 @@ mod tests {
         .with_alpn(&[b"http/1.1"]);
         let mut incoming = hydrant_tls::grpc::incoming(listener, tls).into_inner();
         tokio::spawn(async move {
-            while let Some(Ok(mut conn)) = incoming.recv().await {
-                let jwks = jwks.clone();
-                tokio::spawn(async move {
-                    let mut head = [0u8; 4096];
-                    let _ = conn.read(&mut head).await;
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
-                        jwks.len()
-                    );
-                    let _ = conn.write_all(answer.as_bytes()).await;
-                    let _ = conn.shutdown().await;
-                });
+            while let Some(Ok(conn)) = incoming.recv().await {
+                tokio::spawn(answer_jwks(conn, jwks.clone()));
             }
         });
         url
@@ -145,23 +135,28 @@ mod tests {
         }
     }
 
+    /// Reads one request head from `conn` and answers it with `jwks`, closing after.
+    async fn answer_jwks(
+        mut conn: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        jwks: String,
+    ) {
+        let mut head = [0u8; 4096];
+        let _ = conn.read(&mut head).await;
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
+            jwks.len()
+        );
+        let _ = conn.write_all(answer.as_bytes()).await;
+        let _ = conn.shutdown().await;
+    }
+
     /// A plain HTTP/1.1 server answering every request with `jwks`.
     async fn plain_keys_server(jwks: String) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/token_keys", listener.local_addr().unwrap());
         tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let jwks = jwks.clone();
-                tokio::spawn(async move {
-                    let mut head = [0u8; 4096];
-                    let _ = conn.read(&mut head).await;
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
-                        jwks.len()
-                    );
-                    let _ = conn.write_all(answer.as_bytes()).await;
-                    let _ = conn.shutdown().await;
-                });
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(answer_jwks(conn, jwks.clone()));
             }
         });
         url

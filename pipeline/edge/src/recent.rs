@@ -150,8 +150,7 @@ pub(crate) async fn read(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let q = Query::parse(query.as_deref()).map_err(|e| app.reject(e))?;
-    let claims = app.authenticate(&headers, &q).await?;
+    let (q, claims) = app.query_and_claims(query.as_deref(), &headers).await?;
     if !claims.can_read_source(&source_id) {
         return Err(app.reject(ApiError::source_not_found(&source_id)));
     }
@@ -234,8 +233,7 @@ pub(crate) async fn meta(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let q = Query::parse(query.as_deref()).map_err(|e| app.reject(e))?;
-    let claims = app.authenticate(&headers, &q).await?;
+    let (_, claims) = app.query_and_claims(query.as_deref(), &headers).await?;
     let deadline = app.read_timeout;
     let readers = app.hub.readers();
     let calls = readers.iter().map(|(_, reader)| {

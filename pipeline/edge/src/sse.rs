@@ -59,8 +59,7 @@ pub(crate) async fn read(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let q = Query::parse(query.as_deref()).map_err(|e| app.reject(e))?;
-    let claims = app.authenticate(&headers, &q).await?;
+    let (q, claims) = app.query_and_claims(query.as_deref(), &headers).await?;
     let kinds = kinds(&q);
     if kinds.is_empty() {
         return Err(app.reject(ApiError::bad_request(

@@ -81,8 +81,7 @@ pub(crate) async fn firehose(
     headers: HeaderMap,
     ws: Upgrade,
 ) -> Result<Response, ApiError> {
-    let q = Query::parse(query.as_deref()).map_err(|e| app.reject(e))?;
-    let claims = app.authenticate(&headers, &q).await?;
+    let (q, claims) = app.query_and_claims(query.as_deref(), &headers).await?;
     if !claims.can_read_firehose() {
         return Err(app.reject(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -128,8 +127,7 @@ pub(crate) async fn app_stream(
     headers: HeaderMap,
     ws: Upgrade,
 ) -> Result<Response, ApiError> {
-    let q = Query::parse(query.as_deref()).map_err(|e| app.reject(e))?;
-    let claims = app.authenticate(&headers, &q).await?;
+    let (q, claims) = app.query_and_claims(query.as_deref(), &headers).await?;
     if !claims.can_read_source(&source_id) {
         return Err(app.reject(ApiError::source_not_found(&source_id)));
     }

@@ -72,6 +72,11 @@ async fn read_follows_log_cache_semantics() {
         let mut client = client.clone();
         async move { client.read(r).await }
     };
+    // The reads that must succeed: their response.
+    let ok = |r: ReadRequest| {
+        let response = read(r);
+        async move { response.await.unwrap().into_inner() }
+    };
     let app = |f: &dyn Fn(&mut ReadRequest)| {
         let mut r = ReadRequest {
             source_id: "app".to_owned(),
@@ -82,40 +87,31 @@ async fn read_follows_log_cache_semantics() {
     };
 
     // Defaults: from the oldest, until now, limit 100, ascending.
-    let got = offsets(
-        read(app(&|_| {})).await.unwrap().into_inner().envelopes,
-        base,
-    );
+    let got = offsets(ok(app(&|_| {})).await.envelopes, base);
     assert_eq!(got, (0..100).collect::<Vec<_>>());
 
     // Descending counts the limit from the newest end.
-    let got = read(app(&|r| {
+    let got = ok(app(&|r| {
         r.limit = 5;
         r.descending = true;
     }))
-    .await
-    .unwrap()
-    .into_inner();
+    .await;
     assert_eq!(offsets(got.envelopes, base), [299, 298, 297, 296, 295]);
 
     // start inclusive, end exclusive.
-    let got = read(app(&|r| {
+    let got = ok(app(&|r| {
         r.start_time = base + 10;
         r.end_time = base + 13;
     }))
-    .await
-    .unwrap()
-    .into_inner();
+    .await;
     assert_eq!(offsets(got.envelopes, base), [10, 11, 12]);
 
     // Type filter, and the envelopes come back whole.
-    let got = read(app(&|r| {
+    let got = ok(app(&|r| {
         r.envelope_types = vec![EnvelopeType::Gauge as i32];
         r.limit = 1000;
     }))
-    .await
-    .unwrap()
-    .into_inner();
+    .await;
     let gauges = got.envelopes.unwrap().batch;
     assert_eq!(gauges.len(), 30);
     let mut want = gauge("app", &["cpu"]);
@@ -123,23 +119,19 @@ async fn read_follows_log_cache_semantics() {
     assert_eq!(gauges[0], want);
 
     // ANY is every type.
-    let got = read(app(&|r| {
+    let got = ok(app(&|r| {
         r.envelope_types = vec![EnvelopeType::Any as i32];
         r.limit = 1000;
     }))
-    .await
-    .unwrap()
-    .into_inner();
+    .await;
     assert_eq!(got.envelopes.unwrap().batch.len(), 300);
 
     // Unknown source: empty, not an error.
-    let got = read(ReadRequest {
+    let got = ok(ReadRequest {
         source_id: "nobody".to_owned(),
         ..Default::default()
     })
-    .await
-    .unwrap()
-    .into_inner();
+    .await;
     assert!(offsets(got.envelopes, base).is_empty());
 
     // Refusals are clear and counted.
