@@ -21,10 +21,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
-use fake_edge::{Action, Script, frame, log};
-use hydrant_firehose_client::{
-    Backoff, ClientConfig, Error, FirehoseClient, StreamEvent, Subscription,
-};
+use fake_edge::{Action, Script, firehose, frame, log, next};
+use hydrant_firehose_client::{Backoff, ClientConfig, Error, FirehoseClient, StreamEvent};
 use tokio::sync::mpsc;
 
 const SECRET: &str = "s3cret";
@@ -177,19 +175,6 @@ fn renewing(url: &str, secret: &str) -> ClientConfig {
         },
         ..ClientConfig::default()
     }
-}
-
-fn firehose() -> Subscription {
-    Subscription::Firehose {
-        subscription_id: "nozzle".to_owned(),
-    }
-}
-
-async fn next(client: &mut FirehoseClient) -> StreamEvent {
-    tokio::time::timeout(Duration::from_secs(10), client.next())
-        .await
-        .expect("an event within 10 s")
-        .expect("the stream is still open")
 }
 
 /// What one run across several expiries saw.

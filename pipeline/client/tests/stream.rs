@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fake_edge::{Action, Script, TOKEN, eventually, frame, log};
+use fake_edge::{Action, Script, TOKEN, eventually, firehose, frame, log, next};
 use futures_util::StreamExt as _;
 use hydrant_envelope::gap::{GAP_SOURCE, Gap};
 use hydrant_firehose_client::{
@@ -30,19 +30,6 @@ fn config(url: &str) -> ClientConfig {
         },
         ..ClientConfig::default()
     }
-}
-
-fn firehose() -> Subscription {
-    Subscription::Firehose {
-        subscription_id: "nozzle".to_owned(),
-    }
-}
-
-async fn next(client: &mut FirehoseClient) -> StreamEvent {
-    tokio::time::timeout(Duration::from_secs(10), client.next())
-        .await
-        .expect("an event within 10 s")
-        .expect("the stream is still open")
 }
 
 fn payloads(batch: &Batch) -> Vec<String> {

@@ -22,6 +22,23 @@ use bytes::Bytes;
 
 pub const TOKEN: &str = "good-token";
 
+/// The firehose subscription the stream tests follow.
+pub fn firehose() -> hydrant_firehose_client::Subscription {
+    hydrant_firehose_client::Subscription::Firehose {
+        subscription_id: "nozzle".to_owned(),
+    }
+}
+
+/// The client's next event, within 10 s, from a stream that is still open.
+pub async fn next(
+    client: &mut hydrant_firehose_client::FirehoseClient,
+) -> hydrant_firehose_client::StreamEvent {
+    tokio::time::timeout(Duration::from_secs(10), client.next())
+        .await
+        .expect("an event within 10 s")
+        .expect("the stream is still open")
+}
+
 /// What the edge does with one stream connection attempt.
 #[derive(Debug, Clone)]
 pub enum Script {
