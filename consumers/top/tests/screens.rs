@@ -427,8 +427,7 @@ fn apps_screen_shows_rates_latency_status_classes_and_thresholds() {
 fn detail_screen_shows_instances_sparklines_status_events_and_escaped_logs() {
     let (mut state, t0) = recorded();
     // demo is the busiest, so it is selected first; Enter drills into it.
-    state.apply_key(&key(KeyCode::Enter), t0);
-    assert_eq!(state.screen(), &Screen::App(DEMO.into()));
+    keys_lead_to(&mut state, "\n", t0, &Screen::App(DEMO.into()));
     let buf = draw(&mut state, 160, 44);
     let text = screen(&buf);
     assert!(
@@ -481,15 +480,13 @@ fn detail_screen_shows_instances_sparklines_status_events_and_escaped_logs() {
         "sparklines are empty:\n{text}"
     );
     // Esc goes back to the apps.
-    state.apply_key(&key(KeyCode::Esc), t0);
-    assert_eq!(state.screen(), &Screen::Apps);
+    keys_lead_to(&mut state, "\u{1b}", t0, &Screen::Apps);
 }
 
 #[test]
 fn pipeline_screen_shows_every_hop_with_rates_drops_and_slow_consumers() {
     let (mut state, t0) = recorded();
-    type_keys(&mut state, ":pipeline\n", t0);
-    assert_eq!(state.screen(), &Screen::Pipeline);
+    keys_lead_to(&mut state, ":pipeline\n", t0, &Screen::Pipeline);
     let buf = draw(&mut state, 160, 30);
     let text = screen(&buf);
     for kind in ["agent", "doppler", "trafficcontroller"] {
@@ -547,8 +544,7 @@ fn events_screen_merges_audit_events_live_notices_and_alerts() {
         "times are shown in the configured zone:\n{text}"
     );
     // Enter on an event about an app opens that app.
-    state.apply_key(&key(KeyCode::Enter), t0);
-    assert_eq!(state.screen(), &Screen::App(DEMO.into()));
+    keys_lead_to(&mut state, "\n", t0, &Screen::App(DEMO.into()));
 }
 
 #[test]
@@ -576,17 +572,12 @@ fn help_lists_every_key() {
 #[test]
 fn colon_commands_switch_screens_and_esc_walks_back() {
     let (mut state, t0) = recorded();
-    type_keys(&mut state, ":pipeline\n", t0);
-    assert_eq!(state.screen(), &Screen::Pipeline);
-    type_keys(&mut state, ":nodes\n", t0);
-    assert_eq!(state.screen(), &Screen::Nodes);
-    type_keys(&mut state, ":app demo\n", t0);
-    assert_eq!(state.screen(), &Screen::App(DEMO.into()));
-    state.apply_key(&key(KeyCode::Esc), t0);
-    assert_eq!(state.screen(), &Screen::Nodes);
+    keys_lead_to(&mut state, ":pipeline\n", t0, &Screen::Pipeline);
+    keys_lead_to(&mut state, ":nodes\n", t0, &Screen::Nodes);
+    keys_lead_to(&mut state, ":app demo\n", t0, &Screen::App(DEMO.into()));
+    keys_lead_to(&mut state, "\u{1b}", t0, &Screen::Nodes);
     // Going to a screen already on the stack returns to it rather than piling up.
-    type_keys(&mut state, ":apps\n", t0);
-    assert_eq!(state.screen(), &Screen::Apps);
+    keys_lead_to(&mut state, ":apps\n", t0, &Screen::Apps);
     state.apply_key(&key(KeyCode::Esc), t0);
     assert_eq!(
         state.screen(),

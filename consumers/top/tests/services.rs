@@ -184,8 +184,7 @@ fn recorded() -> (State, Instant) {
 #[test]
 fn services_screen_lists_every_instance_with_its_state_and_gauges() {
     let (mut state, t0) = recorded();
-    type_keys(&mut state, ":services\n", t0);
-    assert_eq!(state.screen(), &Screen::Services);
+    keys_lead_to(&mut state, ":services\n", t0, &Screen::Services);
     let buf = draw(&mut state, 200, 30);
     let text = screen(&buf);
     assert!(text.contains(" services (4/4)"), "{text}");
@@ -252,8 +251,7 @@ fn enter_opens_a_service_with_its_gauges_and_escaped_svc_lines_and_esc_goes_back
     // Sorted by name: cache, creds, jobs, orders.
     let ui = state.table_ui(TableKind::Services);
     assert_eq!(ui.selected.as_deref(), Some(CACHE));
-    state.apply_key(&key(KeyCode::Enter), t0);
-    assert_eq!(state.screen(), &Screen::Service(CACHE.into()));
+    keys_lead_to(&mut state, "\n", t0, &Screen::Service(CACHE.into()));
     let buf = draw(&mut state, 160, 40);
     let text = screen(&buf);
     for needle in [
@@ -285,22 +283,29 @@ fn enter_opens_a_service_with_its_gauges_and_escaped_svc_lines_and_esc_goes_back
     let (x, y) = must_find(&buf, "node: DOWN");
     assert_eq!(buf[(x, y)].fg, Color::Red);
     assert!(text.contains("no SVC lines yet"), "{text}");
-    state.apply_key(&key(KeyCode::Esc), t0);
-    assert_eq!(state.screen(), &Screen::Services);
+    keys_lead_to(&mut state, "\u{1b}", t0, &Screen::Services);
 }
 
 #[test]
 fn colon_service_opens_by_name_and_an_unknown_name_is_refused() {
     let (mut state, t0) = recorded();
-    type_keys(&mut state, ":service jobs\n", t0);
-    assert_eq!(state.screen(), &Screen::Service(QUEUE.into()));
+    keys_lead_to(
+        &mut state,
+        ":service jobs\n",
+        t0,
+        &Screen::Service(QUEUE.into()),
+    );
     let text = screen(&draw(&mut state, 160, 40));
     assert!(
         text.contains("queue_depth") && text.contains("42"),
         "{text}"
     );
-    type_keys(&mut state, ":svc nope\n", t0);
-    assert_eq!(state.screen(), &Screen::Service(QUEUE.into()));
+    keys_lead_to(
+        &mut state,
+        ":svc nope\n",
+        t0,
+        &Screen::Service(QUEUE.into()),
+    );
     assert_message(&state, "no service instance called nope");
     // The help names the services columns on a service's screen.
     type_keys(&mut state, "?", t0);

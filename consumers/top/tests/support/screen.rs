@@ -11,6 +11,7 @@ use std::time::Instant;
 use hydrant_envelope::v2;
 use hydrant_firehose_client::Batch;
 use hydrant_firehose_client::render::TimeZone;
+use hydrant_top::view::Screen;
 use hydrant_top::{Feed, State, StateConfig};
 use proptest::prelude::*;
 use ratatui::Terminal;
@@ -126,6 +127,13 @@ pub fn type_keys(state: &mut State, text: &str, now: Instant) {
         };
         state.apply_key(&key(code), now);
     }
+}
+
+/// Types `keys` (as [`type_keys`] does) and checks that they lead to screen `to`.
+#[track_caller]
+pub fn keys_lead_to(state: &mut State, keys: &str, now: Instant, to: &Screen) {
+    type_keys(state, keys, now);
+    assert_eq!(state.screen(), to, "after typing {keys:?}");
 }
 
 /// The console's message line says `needle`.
