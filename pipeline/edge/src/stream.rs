@@ -104,18 +104,9 @@ pub(crate) async fn firehose(
             ))));
         }
     };
-    let format = Format::parse(q.get("format")).map_err(|e| app.reject(e))?;
-    let resume = crate::resume::requested(&app, q.get("cursor")).await?;
-    let (ws, permit) = admit(&app, ws, &claims)?;
+    let (ws, permit, on) = prepare(&app, ws, &q, &claims, SLOW_FIREHOSE).await?;
     let sub = app.shards.subscribe(&id, kinds, Endpoint::Firehose).await;
     keep_for_resume(&sub, &q);
-    let ends = token_deadline(&claims);
-    let on = Open {
-        format,
-        slow_reason: SLOW_FIREHOSE,
-        token_ends: ends,
-        resume,
-    };
     Ok(upgrade(app, ws, sub, permit, on))
 }
 
@@ -131,21 +122,34 @@ pub(crate) async fn app_stream(
     if !claims.can_read_source(&source_id) {
         return Err(app.reject(ApiError::source_not_found(&source_id)));
     }
-    let format = Format::parse(q.get("format")).map_err(|e| app.reject(e))?;
-    let resume = crate::resume::requested(&app, q.get("cursor")).await?;
-    let (ws, permit) = admit(&app, ws, &claims)?;
+    let (ws, permit, on) = prepare(&app, ws, &q, &claims, SLOW_APP).await?;
     let sub = app
         .hub
         .subscribe_sources(vec![source_id], KindMask::ALL, Endpoint::AppStream);
     keep_for_resume(&sub, &q);
-    let ends = token_deadline(&claims);
+    Ok(upgrade(app, ws, sub, permit, on))
+}
+
+/// What every stream endpoint settles before it subscribes: the frame format, the cursor to
+/// resume from, and the upgrade with its admission ticket (taken last, so a request refused
+/// for its format or cursor holds no ticket).
+async fn prepare(
+    app: &Shared,
+    ws: Upgrade,
+    q: &Query,
+    claims: &hydrant_auth::Claims,
+    slow_reason: &'static str,
+) -> Result<(WebSocketUpgrade, Ticket, Open), ApiError> {
+    let format = Format::parse(q.get("format")).map_err(|e| app.reject(e))?;
+    let resume = crate::resume::requested(app, q.get("cursor")).await?;
+    let (ws, permit) = admit(app, ws, claims)?;
     let on = Open {
         format,
-        slow_reason: SLOW_APP,
-        token_ends: ends,
+        slow_reason,
+        token_ends: token_deadline(claims),
         resume,
     };
-    Ok(upgrade(app, ws, sub, permit, on))
+    Ok((ws, permit, on))
 }
 
 /// A consumer that sends `?cursor=` (even empty) keeps cursors: its outbox closes the stream

@@ -1,9 +1,22 @@
 //! The log cache behind `logs --recent`: Log Cache's `Read` and `Meta` semantics over gRPC.
 
-use hydrant_envelope::logcache_v1::{EnvelopeType, MetaRequest, ReadRequest};
+use hydrant_envelope::logcache_v1::egress_client::EgressClient;
+use hydrant_envelope::logcache_v1::{EnvelopeType, MetaInfo, MetaRequest, ReadRequest};
 use hydrant_envelope::v2;
 
 use crate::support::*;
+
+/// What the log cache's `Meta` call says it holds, by source.
+async fn meta(
+    client: &mut EgressClient<tonic::transport::Channel>,
+) -> std::collections::HashMap<String, MetaInfo> {
+    client
+        .meta(MetaRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .meta
+}
 
 /// 300 envelopes for "app" at known past timestamps: logs, plus a gauge every 10th.
 async fn seeded() -> (Doppler, i64) {
@@ -31,12 +44,7 @@ async fn seeded() -> (Doppler, i64) {
     let mut client = d.logcache().await;
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let meta = client
-            .meta(MetaRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .meta;
+        let meta = meta(&mut client).await;
         if meta.get("app").map(|m| m.count) == Some(300) && meta.contains_key("other") {
             let app = &meta["app"];
             assert_eq!(
@@ -184,12 +192,7 @@ async fn the_cache_keeps_only_the_newest_per_source_and_says_so() {
     let mut client = d.logcache().await;
     d.wait_metric("logcache_ingress_total", &[], |v| v >= 120.0)
         .await;
-    let meta = client
-        .meta(MetaRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .meta;
+    let meta = meta(&mut client).await;
     let app = &meta["app"];
     assert_eq!((app.count, app.expired), (50, 70));
     assert_eq!((app.oldest_timestamp, app.newest_timestamp), (1_070, 1_119));
