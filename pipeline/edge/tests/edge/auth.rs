@@ -25,8 +25,7 @@ async fn refused(edge: &Edge, path: &str, token: Option<&str>) -> (u16, serde_js
 #[tokio::test]
 async fn missing_or_bad_tokens_get_401_and_nothing() {
     let doppler = RunningDoppler::start().await;
-    let edge = start_edge(config(vec![doppler.url()])).await;
-    edge.wait_connected(1.0).await;
+    let edge = edge_reading(doppler.url()).await;
 
     let (status, body) = refused(&edge, "/firehose/x", None).await;
     assert_eq!(status, 401);
@@ -90,8 +89,7 @@ async fn missing_or_bad_tokens_get_401_and_nothing() {
 #[tokio::test]
 async fn a_token_in_the_query_works_for_browsers() {
     let doppler = RunningDoppler::start().await;
-    let edge = start_edge(config(vec![doppler.url()])).await;
-    edge.wait_connected(1.0).await;
+    let edge = edge_reading(doppler.url()).await;
     let path = format!("/firehose/b?access_token={}", admin_token());
     let mut ws = edge.ws(&path, None).await.unwrap();
     doppler.fake.push_envelopes(&[log("web", 1, "hi")]).await;
@@ -153,8 +151,7 @@ async fn plain_http_to_a_stream_endpoint_is_refused_clearly() {
 #[tokio::test]
 async fn the_edge_token_matrix_has_no_unexpected_allows() {
     let doppler = RunningDoppler::start().await;
-    let edge = start_edge(config(vec![doppler.url()])).await;
-    edge.wait_connected(1.0).await;
+    let edge = edge_reading(doppler.url()).await;
     let mut expired = Claims::new("admin").with_scope("admin");
     expired.iat -= 7200;
     expired.exp = hydrant_auth::now_secs() - 1;
@@ -247,8 +244,7 @@ async fn ws_status(edge: &Edge, path: &str, token: Option<&str>) -> u16 {
 #[tokio::test]
 async fn a_stream_is_closed_with_1008_when_its_token_expires() {
     let doppler = RunningDoppler::start().await;
-    let edge = start_edge(config(vec![doppler.url()])).await;
-    edge.wait_connected(1.0).await;
+    let edge = edge_reading(doppler.url()).await;
     let short = token(Claims::new("admin").with_scope("admin").expires_in(2));
     let mut ws = edge.ws("/firehose/short", Some(&short)).await.unwrap();
     doppler

@@ -7,8 +7,7 @@ use crate::harness::*;
 #[tokio::test]
 async fn binary_frames_carry_exactly_the_envelopes_sent() {
     let doppler = RunningDoppler::start().await;
-    let edge = start_edge(config(vec![doppler.url()])).await;
-    edge.wait_connected(1.0).await;
+    let edge = edge_reading(doppler.url()).await;
     // One subscription per doppler, selecting every type from every source.
     let req = &doppler.fake.requests()[0];
     assert_eq!(req.selectors.len(), 5);
@@ -77,8 +76,7 @@ async fn frames_are_bounded_by_the_frame_limits() {
 #[tokio::test]
 async fn json_format_gives_protojson_text_frames() {
     let doppler = RunningDoppler::start().await;
-    let edge = start_edge(config(vec![doppler.url()])).await;
-    edge.wait_connected(1.0).await;
+    let edge = edge_reading(doppler.url()).await;
     let mut ws = edge
         .ws("/firehose/j?format=json", Some(&admin_token()))
         .await
@@ -104,8 +102,7 @@ async fn json_format_gives_protojson_text_frames() {
 #[tokio::test]
 async fn one_subscription_id_splits_the_stream_and_other_ids_get_everything() {
     let doppler = RunningDoppler::start().await;
-    let edge = start_edge(config(vec![doppler.url()])).await;
-    edge.wait_connected(1.0).await;
+    let edge = edge_reading(doppler.url()).await;
     let t = admin_token();
     let mut a1 = edge.ws("/firehose/shared", Some(&t)).await.unwrap();
     let mut a2 = edge.ws("/firehose/shared", Some(&t)).await.unwrap();
@@ -144,8 +141,7 @@ async fn one_subscription_id_splits_the_stream_and_other_ids_get_everything() {
 #[tokio::test]
 async fn filter_type_selects_logs_or_metrics() {
     let doppler = RunningDoppler::start().await;
-    let edge = start_edge(config(vec![doppler.url()])).await;
-    edge.wait_connected(1.0).await;
+    let edge = edge_reading(doppler.url()).await;
     let t = admin_token();
     let mut logs = edge
         .ws("/firehose/f?filter-type=logs", Some(&t))
@@ -185,8 +181,7 @@ async fn filter_type_selects_logs_or_metrics() {
 #[tokio::test]
 async fn app_stream_gets_only_its_source() {
     let doppler = RunningDoppler::start().await;
-    let edge = start_edge(config(vec![doppler.url()])).await;
-    edge.wait_connected(1.0).await;
+    let edge = edge_reading(doppler.url()).await;
     let dev = token(Claims::new("dev").with_scope(Scope::app_read("web")));
     let mut ws = edge.ws("/apps/web/stream", Some(&dev)).await.unwrap();
     let mut batch = Vec::new();

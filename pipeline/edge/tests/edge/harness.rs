@@ -371,6 +371,13 @@ pub async fn start_edge(config: Config) -> Edge {
     }
 }
 
+/// An edge with the test config reading the one doppler at `url`, once it has subscribed.
+pub async fn edge_reading(url: String) -> Edge {
+    let edge = start_edge(config(vec![url])).await;
+    edge.wait_connected(1.0).await;
+    edge
+}
+
 impl Edge {
     /// Waits until the edge holds a live subscription to `n` dopplers.
     pub async fn wait_connected(&self, n: f64) {

@@ -6,8 +6,7 @@ use crate::harness::*;
 #[tokio::test]
 async fn the_edge_reconnects_when_a_doppler_restarts() {
     let doppler = RunningDoppler::start().await;
-    let edge = start_edge(config(vec![doppler.url()])).await;
-    edge.wait_connected(1.0).await;
+    let edge = edge_reading(doppler.url()).await;
     let mut ws = edge.ws("/firehose/r", Some(&admin_token())).await.unwrap();
     doppler
         .fake
@@ -59,8 +58,7 @@ async fn several_dopplers_merge_into_one_firehose() {
 #[tokio::test]
 async fn shutdown_closes_streams_with_1001_and_run_returns() {
     let doppler = RunningDoppler::start().await;
-    let edge = start_edge(config(vec![doppler.url()])).await;
-    edge.wait_connected(1.0).await;
+    let edge = edge_reading(doppler.url()).await;
     let mut ws = edge.ws("/firehose/s", Some(&admin_token())).await.unwrap();
     edge.shutdown.cancel();
     match next_frame(&mut ws, 5).await {

@@ -115,8 +115,7 @@ fn stamps(f: &Frame) -> Vec<i64> {
 #[tokio::test]
 async fn a_firehose_consumer_resumes_with_exactly_what_it_missed_then_live_data() {
     let doppler = RealDoppler::windowed(60).await;
-    let edge = start_edge(config(vec![doppler.url()])).await;
-    edge.wait_connected(1.0).await;
+    let edge = edge_reading(doppler.url()).await;
     let token = admin_token();
     let mut ws = edge.ws("/firehose/resume", Some(&token)).await.unwrap();
     for i in 0..5 {
@@ -219,8 +218,7 @@ async fn a_resuming_consumer_catches_up_from_the_ring_without_overflowing_its_ou
 #[tokio::test]
 async fn an_app_stream_resumes_after_an_edge_restart_with_only_its_source() {
     let doppler = RealDoppler::windowed(60).await;
-    let edge = start_edge(config(vec![doppler.url()])).await;
-    edge.wait_connected(1.0).await;
+    let edge = edge_reading(doppler.url()).await;
     let token = admin_token();
     let mut ws = edge.ws("/apps/web/stream", Some(&token)).await.unwrap();
     doppler.send(logs("web", 0..5)).await;
@@ -252,8 +250,7 @@ async fn an_app_stream_resumes_after_an_edge_restart_with_only_its_source() {
 #[tokio::test]
 async fn beyond_the_window_a_gap_marker_counts_exactly_what_is_gone() {
     let doppler = RealDoppler::windowed(1).await;
-    let edge = start_edge(config(vec![doppler.url()])).await;
-    edge.wait_connected(1.0).await;
+    let edge = edge_reading(doppler.url()).await;
     let token = admin_token();
     let mut ws = edge.ws("/firehose/late", Some(&token)).await.unwrap();
     doppler.send(logs("a", 0..10)).await;
@@ -287,8 +284,7 @@ async fn beyond_the_window_a_gap_marker_counts_exactly_what_is_gone() {
 #[tokio::test]
 async fn beyond_the_window_the_marker_says_whose_envelopes_were_lost() {
     let doppler = RealDoppler::windowed(1).await;
-    let edge = start_edge(config(vec![doppler.url()])).await;
-    edge.wait_connected(1.0).await;
+    let edge = edge_reading(doppler.url()).await;
     let token = admin_token();
     let mut fire = edge.ws("/firehose/whose", Some(&token)).await.unwrap();
     let mut app = edge.ws("/apps/web/stream", Some(&token)).await.unwrap();
@@ -353,8 +349,7 @@ async fn beyond_the_window_the_marker_says_whose_envelopes_were_lost() {
 #[tokio::test]
 async fn json_frames_carry_the_cursor_and_a_bad_cursor_is_refused() {
     let doppler = RealDoppler::windowed(60).await;
-    let edge = start_edge(config(vec![doppler.url()])).await;
-    edge.wait_connected(1.0).await;
+    let edge = edge_reading(doppler.url()).await;
     let token = admin_token();
     let mut ws = edge
         .ws("/firehose/json?format=json", Some(&token))
@@ -406,8 +401,7 @@ fn sse_events(text: &str) -> Vec<(Option<String>, Vec<i64>)> {
 #[tokio::test]
 async fn an_sse_reader_resumes_from_its_last_event_id() {
     let doppler = RealDoppler::windowed(60).await;
-    let edge = start_edge(config(vec![doppler.url()])).await;
-    edge.wait_connected(1.0).await;
+    let edge = edge_reading(doppler.url()).await;
     let token = admin_token();
     let (status, mut body) = http_stream(edge.http, "/v2/read?source_id=web&log", &token).await;
     assert_eq!(status, 200);
@@ -475,8 +469,7 @@ async fn start_edge_on(config: hydrant_firehose::Config, http: SocketAddr) -> Ed
 async fn a_follow_through_the_client_library_survives_an_edge_restart() {
     use hydrant_firehose_client::{ClientConfig, FirehoseClient, StreamEvent, Subscription};
     let doppler = RealDoppler::windowed(60).await;
-    let edge = start_edge(config(vec![doppler.url()])).await;
-    edge.wait_connected(1.0).await;
+    let edge = edge_reading(doppler.url()).await;
     let http = edge.http;
     let mut client_config = ClientConfig {
         url: format!("http://{http}"),

@@ -55,8 +55,7 @@ async fn sse_streams_json_batches_of_the_asked_sources_and_types_and_heartbeats(
 #[tokio::test]
 async fn an_sse_stream_ends_with_a_closing_event_when_its_token_expires() {
     let doppler = RunningDoppler::start().await;
-    let edge = start_edge(config(vec![doppler.url()])).await;
-    edge.wait_connected(1.0).await;
+    let edge = edge_reading(doppler.url()).await;
     let short = token(
         Claims::new("dev")
             .with_scope(Scope::app_read("web"))
