@@ -22,9 +22,7 @@ use hydrant_envelope::v2;
 use hydrant_firehose_client::{
     ClientConfig, ClientStats, FirehoseClient, Gap, StreamEvent, Subscription,
 };
-use hydrant_runtime::Listeners;
 use hydrant_testkit::{scrape_metric, wait_for};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// How long any one condition gets.
@@ -43,35 +41,47 @@ impl Drop for Role {
     }
 }
 
-async fn bound() -> (TcpListener, SocketAddr) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    (l, addr)
+impl Role {
+    /// Waits until the role's gauge `metric` counts its one connection to the doppler.
+    async fn wait_connected(&self, what: &str, metric: &str) {
+        wait_for(WAIT, what, || async {
+            scrape_metric(self.admin, metric, &[]).await == 1.0
+        })
+        .await;
+    }
+}
+
+/// Role `R` run with `config` on 127.0.0.1:0 until the returned [`Role`] drops; `main` names
+/// the listener whose address it keeps beside the admin one.
+async fn spawn<R: hydrant_runtime::Role>(config: R::Config, main: &str) -> Role {
+    let listeners = hydrant_runtime::bind_on::<R>(|_| "127.0.0.1:0".to_owned())
+        .await
+        .unwrap();
+    let addr = listeners.local_addr(main).unwrap();
+    let admin = listeners.local_addr("admin").unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(hydrant_runtime::run::<R>(
+        config,
+        listeners,
+        shutdown.clone(),
+    ));
+    Role {
+        addr,
+        admin,
+        shutdown,
+    }
 }
 
 async fn start_doppler() -> Role {
-    let ((grpc, addr), (admin, admin_addr)) = (bound().await, bound().await);
-    let shutdown = CancellationToken::new();
     let config = hydrant_doppler::Config {
         instance_id: "d0".to_owned(),
         shutdown_grace_secs: 1,
         ..hydrant_doppler::Config::default()
     };
-    tokio::spawn(hydrant_runtime::run::<hydrant_doppler::Doppler>(
-        config,
-        Listeners::from_bound(vec![("grpc", grpc), ("admin", admin)]),
-        shutdown.clone(),
-    ));
-    Role {
-        addr,
-        admin: admin_addr,
-        shutdown,
-    }
+    spawn::<hydrant_doppler::Doppler>(config, "grpc").await
 }
 
 async fn start_edge(doppler: &Role) -> Role {
-    let ((http, addr), (admin, admin_addr)) = (bound().await, bound().await);
-    let shutdown = CancellationToken::new();
     let config = hydrant_firehose::Config {
         dopplers: vec![format!("http://{}", doppler.addr)],
         disable_auth: true,
@@ -79,44 +89,27 @@ async fn start_edge(doppler: &Role) -> Role {
         reconnect_max_ms: 100,
         ..hydrant_firehose::Config::default()
     };
-    tokio::spawn(hydrant_runtime::run::<hydrant_firehose::TrafficController>(
-        config,
-        Listeners::from_bound(vec![("http", http), ("admin", admin)]),
-        shutdown.clone(),
-    ));
-    let edge = Role {
-        addr,
-        admin: admin_addr,
-        shutdown,
-    };
-    wait_for(WAIT, "the edge to read the doppler", || async {
-        scrape_metric(edge.admin, "trafficcontroller_doppler_connections", &[]).await == 1.0
-    })
+    let edge = spawn::<hydrant_firehose::TrafficController>(config, "http").await;
+    edge.wait_connected(
+        "the edge to read the doppler",
+        "trafficcontroller_doppler_connections",
+    )
     .await;
     edge
 }
 
 async fn start_agent(doppler: &Role) -> Role {
-    let ((ingress, addr), (admin, admin_addr)) = (bound().await, bound().await);
-    let shutdown = CancellationToken::new();
     let config = hydrant_agent::Config {
         dopplers: vec![format!("http://{}", doppler.addr)],
         ..hydrant_agent::Config::default()
     };
-    tokio::spawn(hydrant_runtime::run::<hydrant_agent::Agent>(
-        config,
-        Listeners::from_bound(vec![("ingress", ingress), ("admin", admin)]),
-        shutdown.clone(),
-    ));
-    let agent = Role {
-        addr,
-        admin: admin_addr,
-        shutdown,
-    };
-    wait_for(WAIT, "the agent's stream to the doppler", || async {
-        scrape_metric(agent.admin, "agent_doppler_connections", &[]).await == 1.0
-    })
-    .await;
+    let agent = spawn::<hydrant_agent::Agent>(config, "ingress").await;
+    agent
+        .wait_connected(
+            "the agent's stream to the doppler",
+            "agent_doppler_connections",
+        )
+        .await;
     agent
 }
 
