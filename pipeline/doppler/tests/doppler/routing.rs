@@ -1,7 +1,6 @@
 //! Selector and shard semantics, exactly as a Loggregator subscriber expects them.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use hydrant_envelope::v2::{self, selector::Message as Sel};
 
@@ -211,18 +210,8 @@ async fn selector_matrix() {
 
     // Everything was routed by the time the fences arrived (the router fills every queue for
     // a batch before the next), so anything meant for these would already be waiting.
-    assert!(
-        no_selectors
-            .next_within(Duration::from_millis(300))
-            .await
-            .is_none()
-    );
-    assert!(
-        untyped
-            .next_within(Duration::from_millis(300))
-            .await
-            .is_none()
-    );
+    no_selectors.assert_quiet(300).await;
+    untyped.assert_quiet(300).await;
     // And the doppler agrees: it wrote exactly what the subscribers above read.
     // Per subscription above, its matches plus its fence (two each for `twice`).
     let delivered = 2 + 3 + 4 + 2 + 4 + 2 + 4 + 3;
@@ -303,18 +292,8 @@ async fn a_shard_group_splits_the_stream_and_broadcast_copies_it() {
     assert!(app0.iter().all(|e| e.source_id == "app-0"));
 
     // Nothing beyond the n each: the group members got no duplicates later either.
-    assert!(
-        shard_x
-            .next_within(Duration::from_millis(200))
-            .await
-            .is_none()
-    );
-    assert!(
-        shard_y
-            .next_within(Duration::from_millis(200))
-            .await
-            .is_none()
-    );
+    shard_x.assert_quiet(200).await;
+    shard_y.assert_quiet(200).await;
     sender.close().await;
     d.stop().await;
 }

@@ -221,6 +221,12 @@ impl Subscriber {
         }
     }
 
+    /// Asserts that nothing more arrives within `ms` milliseconds.
+    pub async fn assert_quiet(&mut self, ms: u64) {
+        let more = self.next_within(Duration::from_millis(ms)).await;
+        assert!(more.is_none(), "nothing more was meant to arrive: {more:?}");
+    }
+
     /// The next `n` envelopes.
     pub async fn take(&mut self, n: usize) -> Vec<v2::Envelope> {
         let mut out = Vec::with_capacity(n);
