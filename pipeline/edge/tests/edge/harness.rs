@@ -419,16 +419,7 @@ impl Edge {
 pub async fn scrape(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
     let (status, body) = http_get(admin, "/metrics", None).await;
     assert_eq!(status, 200);
-    let text = String::from_utf8(body.to_vec()).unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    hydrant_testkit::prometheus_value(std::str::from_utf8(&body).unwrap(), name, labels)
 }
 
 // === a real doppler ===
