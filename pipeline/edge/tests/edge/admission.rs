@@ -38,7 +38,7 @@ async fn open(edge: &Edge, sub: &str, token: &str) -> Result<Ws, (u16, String)> 
 #[tokio::test]
 async fn one_token_in_a_loop_cannot_push_the_platform_off_the_firehose() {
     let doppler = RunningDoppler::start().await;
-    let edge = start_edge(hydrant_firehose::Config {
+    let edge = start_edge_connected(hydrant_firehose::Config {
         max_streams: 12,
         max_streams_per_token: 4,
         max_streams_per_user: 6,
@@ -46,7 +46,6 @@ async fn one_token_in_a_loop_cannot_push_the_platform_off_the_firehose() {
         ..config(vec![doppler.url()])
     })
     .await;
-    edge.wait_connected(1.0).await;
 
     // One token, opening streams in a loop until it is refused.
     let mallory = user_token("mallory");

@@ -336,8 +336,7 @@ async fn keys_are_fetched_rotated_cached_and_outlive_the_controller() {
         token_keys_refetch_secs: 3600.0,
         ..config(vec![doppler.url()])
     };
-    let edge = start_edge(edge_config()).await;
-    edge.wait_connected(1.0).await;
+    let edge = start_edge_connected(edge_config()).await;
     let admin = |key: &SigningKey| signed_by(key, Claims::new("admin").with_scope("admin"));
     wait_for("the edge to fetch the keys", 10, || async {
         edge.ws("/firehose/a", Some(&admin(&old))).await.is_ok()
@@ -386,8 +385,7 @@ async fn keys_are_fetched_rotated_cached_and_outlive_the_controller() {
     edge.stop().await;
 
     // A restarted edge, controller still dead: verifies from its cache.
-    let edge = start_edge(edge_config()).await;
-    edge.wait_connected(1.0).await;
+    let edge = start_edge_connected(edge_config()).await;
     let mut ws = edge.ws("/firehose/c", Some(&admin(&new))).await.unwrap();
     assert!(edge.ws("/firehose/d", Some(&admin(&old))).await.is_ok());
     doppler

@@ -50,12 +50,11 @@ async fn binary_frames_carry_exactly_the_envelopes_sent() {
 #[tokio::test]
 async fn frames_are_bounded_by_the_frame_limits() {
     let doppler = RunningDoppler::start().await;
-    let edge = start_edge(hydrant_firehose::Config {
+    let edge = start_edge_connected(hydrant_firehose::Config {
         frame_max_envelopes: 10,
         ..config(vec![doppler.url()])
     })
     .await;
-    edge.wait_connected(1.0).await;
     let mut ws = edge.ws("/firehose/x", Some(&admin_token())).await.unwrap();
     let sent: Vec<_> = (0..95).map(|i| log("web", i, "x")).collect();
     doppler.fake.push_envelopes(&sent).await;

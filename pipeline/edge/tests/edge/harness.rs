@@ -371,11 +371,17 @@ pub async fn start_edge(config: Config) -> Edge {
     }
 }
 
+/// An edge started with `config`, once it has subscribed to every doppler the config names.
+pub async fn start_edge_connected(config: Config) -> Edge {
+    let dopplers = config.dopplers.len();
+    let edge = start_edge(config).await;
+    edge.wait_connected(dopplers as f64).await;
+    edge
+}
+
 /// An edge with the test config reading the one doppler at `url`, once it has subscribed.
 pub async fn edge_reading(url: String) -> Edge {
-    let edge = start_edge(config(vec![url])).await;
-    edge.wait_connected(1.0).await;
-    edge
+    start_edge_connected(config(vec![url])).await
 }
 
 impl Edge {

@@ -40,8 +40,7 @@ async fn the_edge_reconnects_when_a_doppler_restarts() {
 async fn several_dopplers_merge_into_one_firehose() {
     let a = RunningDoppler::start().await;
     let b = RunningDoppler::start().await;
-    let edge = start_edge(config(vec![a.url(), b.url()])).await;
-    edge.wait_connected(2.0).await;
+    let edge = start_edge_connected(config(vec![a.url(), b.url()])).await;
     let mut ws = edge.ws("/firehose/m", Some(&admin_token())).await.unwrap();
     a.fake.push_envelopes(&[log("web", 1, "a")]).await;
     b.fake.push_envelopes(&[log("api", 2, "b")]).await;

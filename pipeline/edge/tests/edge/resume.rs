@@ -163,13 +163,12 @@ async fn a_resuming_consumer_catches_up_from_the_ring_without_overflowing_its_ou
     const BIG: usize = 4096;
     let line = |i: i64| log("a", i, &format!("{i:0BIG$}"));
     let doppler = RealDoppler::windowed(60).await;
-    let edge = start_edge(hydrant_firehose::Config {
+    let edge = start_edge_connected(hydrant_firehose::Config {
         queue_max_envelopes: 200,
         slow_consumer_timeout_secs: 60.0,
         ..config(vec![doppler.url()])
     })
     .await;
-    edge.wait_connected(1.0).await;
     let token = admin_token();
     let mut ws = edge.ws("/firehose/catch-up", Some(&token)).await.unwrap();
     doppler.send((0..10).map(line).collect()).await;
@@ -539,7 +538,7 @@ async fn a_consumer_with_a_cursor_that_falls_behind_catches_up_from_the_ring_wit
     use hydrant_firehose_client::{ClientConfig, FirehoseClient, StreamEvent, Subscription};
     const N: i64 = 2000;
     let doppler = RealDoppler::windowed(60).await;
-    let edge = start_edge(hydrant_firehose::Config {
+    let edge = start_edge_connected(hydrant_firehose::Config {
         queue_max_envelopes: 64,
         queue_max_bytes: 4 * 1024 * 1024,
         // Far longer than the test: neither consumer is closed for slowness.
@@ -547,7 +546,6 @@ async fn a_consumer_with_a_cursor_that_falls_behind_catches_up_from_the_ring_wit
         ..config(vec![doppler.url()])
     })
     .await;
-    edge.wait_connected(1.0).await;
     let mut client_config = ClientConfig {
         url: format!("http://{}", edge.http),
         token: admin_token(),

@@ -16,7 +16,7 @@ const CHUNK: usize = 40;
 #[tokio::test]
 async fn a_slow_consumer_loses_its_oldest_data_is_told_and_closed_while_a_fast_one_gets_all() {
     let doppler = RunningDoppler::start().await;
-    let edge = start_edge(Config {
+    let edge = start_edge_connected(Config {
         queue_max_envelopes: 64,
         queue_max_bytes: 512 * 1024,
         frame_max_envelopes: 16,
@@ -26,7 +26,6 @@ async fn a_slow_consumer_loses_its_oldest_data_is_told_and_closed_while_a_fast_o
         ..config(vec![doppler.url()])
     })
     .await;
-    edge.wait_connected(1.0).await;
     let t = admin_token();
     let mut fast = edge.ws("/firehose/fast", Some(&t)).await.unwrap();
     // A tiny receive buffer: the kernel cannot hide the slowness for long.
@@ -118,13 +117,12 @@ async fn a_slow_consumer_loses_its_oldest_data_is_told_and_closed_while_a_fast_o
 #[tokio::test]
 async fn a_consumer_that_catches_up_gets_a_gap_marker_then_the_newest_data() {
     let doppler = RunningDoppler::start().await;
-    let edge = start_edge(Config {
+    let edge = start_edge_connected(Config {
         queue_max_envelopes: 10,
         slow_consumer_timeout_secs: 30.0,
         ..config(vec![doppler.url()])
     })
     .await;
-    edge.wait_connected(1.0).await;
     let mut ws = ws_connect(
         edge.http,
         "/firehose/burst",
@@ -190,13 +188,12 @@ async fn a_consumer_that_catches_up_gets_a_gap_marker_then_the_newest_data() {
 #[tokio::test]
 async fn a_client_that_does_not_answer_pings_is_closed_with_1008() {
     let doppler = RunningDoppler::start().await;
-    let edge = start_edge(Config {
+    let edge = start_edge_connected(Config {
         ping_interval_secs: 0.1,
         pong_timeout_secs: 0.3,
         ..config(vec![doppler.url()])
     })
     .await;
-    edge.wait_connected(1.0).await;
     let mut live = edge
         .ws("/firehose/live", Some(&admin_token()))
         .await

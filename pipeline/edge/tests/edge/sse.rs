@@ -11,12 +11,11 @@ use crate::harness::*;
 #[tokio::test]
 async fn sse_streams_json_batches_of_the_asked_sources_and_types_and_heartbeats() {
     let doppler = RunningDoppler::start().await;
-    let edge = start_edge(Config {
+    let edge = start_edge_connected(Config {
         sse_heartbeat_secs: 0.2,
         ..config(vec![doppler.url()])
     })
     .await;
-    edge.wait_connected(1.0).await;
     let dev = token(Claims::new("dev").with_scope(Scope::app_read("web")));
     let (status, mut body) = http_stream(edge.http, "/v2/read?source_id=web&log", &dev).await;
     assert_eq!(status, 200);

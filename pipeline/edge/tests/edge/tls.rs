@@ -46,12 +46,11 @@ async fn the_public_edge_serves_wss_and_https_to_clients_that_trust_its_ca() {
     let ca = LocalCa::new("edge test CA").unwrap();
     let files = edge_files(&ca, dir.path());
     let doppler = RunningDoppler::start().await;
-    let edge = start_edge(hydrant_firehose::Config {
+    let edge = start_edge_connected(hydrant_firehose::Config {
         tls: Some(files.clone()),
         ..config(vec![doppler.url()])
     })
     .await;
-    edge.wait_connected(1.0).await;
 
     // wss://: the upgrade with a token, then data.
     let stream = tls(edge.http, &files.ca_file).await.unwrap();
