@@ -400,6 +400,19 @@ impl Edge {
         scrape(self.admin, name, labels).await
     }
 
+    /// A firehose client library config for this edge with the admin token, reconnecting
+    /// within 20 to 200 ms so a test sees a restart's reconnect at once.
+    pub fn client_config(&self) -> hydrant_firehose_client::ClientConfig {
+        let mut config = hydrant_firehose_client::ClientConfig {
+            url: format!("http://{}", self.http),
+            token: admin_token(),
+            ..hydrant_firehose_client::ClientConfig::default()
+        };
+        config.reconnect.initial_ms = 20;
+        config.reconnect.max_ms = 200;
+        config
+    }
+
     /// Envelopes the edge dropped for `reason` (`trafficcontroller_dropped_total`).
     pub async fn dropped(&self, reason: &str) -> f64 {
         self.metric("trafficcontroller_dropped_total", &[("reason", reason)])

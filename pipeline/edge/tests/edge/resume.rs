@@ -466,19 +466,12 @@ async fn start_edge_on(config: hydrant_firehose::Config, http: SocketAddr) -> Ed
 /// with its cursor and the follower sees every line once, in order.
 #[tokio::test]
 async fn a_follow_through_the_client_library_survives_an_edge_restart() {
-    use hydrant_firehose_client::{ClientConfig, FirehoseClient, StreamEvent, Subscription};
+    use hydrant_firehose_client::{FirehoseClient, StreamEvent, Subscription};
     let doppler = RealDoppler::windowed(60).await;
     let edge = edge_reading(doppler.url()).await;
     let http = edge.http;
-    let mut client_config = ClientConfig {
-        url: format!("http://{http}"),
-        token: admin_token(),
-        ..ClientConfig::default()
-    };
-    client_config.reconnect.initial_ms = 20;
-    client_config.reconnect.max_ms = 200;
     let mut follow = FirehoseClient::connect(
-        client_config,
+        edge.client_config(),
         Subscription::App {
             source_id: "web".to_owned(),
         },
@@ -546,15 +539,11 @@ async fn a_consumer_with_a_cursor_that_falls_behind_catches_up_from_the_ring_wit
         ..config(vec![doppler.url()])
     })
     .await;
-    let mut client_config = ClientConfig {
-        url: format!("http://{}", edge.http),
-        token: admin_token(),
+    let client_config = ClientConfig {
         // The library holds one event: the consumer's stall reaches the socket at once.
         buffer_events: 1,
-        ..ClientConfig::default()
+        ..edge.client_config()
     };
-    client_config.reconnect.initial_ms = 20;
-    client_config.reconnect.max_ms = 200;
     let mut follow = FirehoseClient::connect(
         client_config,
         Subscription::Firehose {
