@@ -78,24 +78,32 @@ pub struct LogCacheMetrics {
     pub rejected_reads: Counter,
 }
 
+/// A counter family with one label: the function returned registers one of its series.
+fn family<'a>(
+    registry: &'a Registry,
+    name: &'static str,
+    help: &'static str,
+    key: &'static str,
+) -> impl Fn(&str) -> Counter + 'a {
+    move |value| registry.counter(name, help, &[(key, value)])
+}
+
 impl Metrics {
     /// Registers every metric in `registry`.
     #[must_use]
     pub fn new(registry: &Registry) -> Self {
-        let dropped = |reason: &str| {
-            registry.counter(
-                "doppler.dropped",
-                "Envelopes the doppler dropped, by reason",
-                &[("reason", reason)],
-            )
-        };
-        let rejected = |reason: &str| {
-            registry.counter(
-                "doppler.rejected_subscriptions",
-                "Egress requests refused, by reason",
-                &[("reason", reason)],
-            )
-        };
+        let dropped = family(
+            registry,
+            "doppler.dropped",
+            "Envelopes the doppler dropped, by reason",
+            "reason",
+        );
+        let rejected = family(
+            registry,
+            "doppler.rejected_subscriptions",
+            "Egress requests refused, by reason",
+            "reason",
+        );
         Self {
             ingress: registry.counter(
                 "doppler.ingress",
@@ -172,20 +180,18 @@ impl Metrics {
 
 impl LogCacheMetrics {
     fn new(registry: &Registry) -> Self {
-        let expired = |reason: &str| {
-            registry.counter(
-                "logcache.expired",
-                "Envelopes evicted from the log cache, by reason",
-                &[("reason", reason)],
-            )
-        };
-        let rejected = |reason: &str| {
-            registry.counter(
-                "logcache.rejected",
-                "Envelopes the log cache refused to store, by reason",
-                &[("reason", reason)],
-            )
-        };
+        let expired = family(
+            registry,
+            "logcache.expired",
+            "Envelopes evicted from the log cache, by reason",
+            "reason",
+        );
+        let rejected = family(
+            registry,
+            "logcache.rejected",
+            "Envelopes the log cache refused to store, by reason",
+            "reason",
+        );
         Self {
             ingress: registry.counter("logcache.ingress", "Envelopes handed to the log cache", &[]),
             expired_max_per_source: expired("max_per_source"),

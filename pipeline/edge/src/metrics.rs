@@ -113,49 +113,41 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn new(r: &Registry) -> Self {
-        let egress = |endpoint| {
-            r.counter(
-                "trafficcontroller.egress",
-                "envelopes written to consumers",
-                &[("endpoint", endpoint)],
-            )
+        // A counter family with one label: each call registers one of its series.
+        let family = |name: &'static str, help: &'static str, key: &'static str| {
+            move |value: &'static str| r.counter(name, help, &[(key, value)])
         };
-        let dropped = |reason| {
-            r.counter(
-                "trafficcontroller.dropped",
-                "envelopes dropped, by reason",
-                &[("reason", reason)],
-            )
-        };
-        let rejected = |reason| {
-            r.counter(
-                "trafficcontroller.rejected",
-                "requests refused, by reason",
-                &[("reason", reason)],
-            )
-        };
-        let upstream = |call| {
-            r.counter(
-                "trafficcontroller.upstream_errors",
-                "failed calls to dopplers, by call",
-                &[("call", call)],
-            )
-        };
+        let egress = family(
+            "trafficcontroller.egress",
+            "envelopes written to consumers",
+            "endpoint",
+        );
+        let dropped = family(
+            "trafficcontroller.dropped",
+            "envelopes dropped, by reason",
+            "reason",
+        );
+        let rejected = family(
+            "trafficcontroller.rejected",
+            "requests refused, by reason",
+            "reason",
+        );
+        let upstream = family(
+            "trafficcontroller.upstream_errors",
+            "failed calls to dopplers, by call",
+            "call",
+        );
         let live = |name, help| LiveGauge::new(r.gauge(name, help, "count", &[]));
-        let change = |c| {
-            r.counter(
-                "trafficcontroller.doppler_changes",
-                "dopplers that joined or left the set this edge reads, by change",
-                &[("change", c)],
-            )
-        };
-        let announce = |result| {
-            r.counter(
-                "trafficcontroller.doppler_announcements",
-                "doppler announcements that changed nothing, by why",
-                &[("result", result)],
-            )
-        };
+        let change = family(
+            "trafficcontroller.doppler_changes",
+            "dopplers that joined or left the set this edge reads, by change",
+            "change",
+        );
+        let announce = family(
+            "trafficcontroller.doppler_announcements",
+            "doppler announcements that changed nothing, by why",
+            "result",
+        );
         Self {
             ingress: r.counter(
                 "trafficcontroller.ingress",
