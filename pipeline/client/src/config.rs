@@ -400,6 +400,13 @@ pub(crate) fn percent_encode(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// `config` is refused with a message that names `field`.
+    #[track_caller]
+    fn assert_names(config: &ClientConfig, field: &str) {
+        let msg = config.validate().unwrap_err().to_string();
+        assert!(msg.contains(field), "{msg} should name {field}");
+    }
+
     #[test]
     fn defaults_validate_and_parse() {
         let c = ClientConfig::default();
@@ -429,7 +436,7 @@ mod tests {
         c.url = "edge:8081".to_owned();
         assert!(c.validate().is_err());
         c.url = "http://u:p@edge:1".to_owned();
-        assert!(c.validate().unwrap_err().to_string().contains("token"));
+        assert_names(&c, "token");
     }
 
     #[test]
@@ -442,22 +449,12 @@ mod tests {
             },
             ..ClientConfig::default()
         };
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("reconnect.max_ms")
-        );
+        assert_names(&c, "reconnect.max_ms");
         let c = ClientConfig {
             buffer_events: 0,
             ..ClientConfig::default()
         };
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("buffer_events")
-        );
+        assert_names(&c, "buffer_events");
     }
 
     #[test]

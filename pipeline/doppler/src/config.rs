@@ -311,6 +311,13 @@ mod tests {
     use super::*;
     use hydrant_runtime::Validate as _;
 
+    /// `config` is refused with a message that names `field`.
+    #[track_caller]
+    fn assert_names(config: &Config, field: &str) {
+        let msg = config.validate().unwrap_err().to_string();
+        assert!(msg.contains(field), "{msg} should name {field}");
+    }
+
     #[test]
     fn empty_toml_is_the_default_and_valid() {
         let config: Config = toml::from_str("").unwrap();
@@ -361,8 +368,7 @@ mod tests {
                 "bus",
             ),
         ] {
-            let msg = bad.validate().unwrap_err().to_string();
-            assert!(msg.contains(field), "{msg} should name {field}");
+            assert_names(&bad, field);
         }
     }
 
@@ -372,13 +378,12 @@ mod tests {
             listen: "8082".to_owned(),
             ..Config::default()
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("listen"));
+        assert_names(&bad, "listen");
         let bad = Config {
             subscription_queue_envelopes: 10,
             ..Config::default()
         };
-        let msg = bad.validate().unwrap_err().to_string();
-        assert!(msg.contains("subscription_queue_envelopes"), "{msg}");
+        assert_names(&bad, "subscription_queue_envelopes");
         let bad = Config {
             logcache: StoreConfig {
                 max_sources: 0,
@@ -386,22 +391,12 @@ mod tests {
             },
             ..Config::default()
         };
-        assert!(
-            bad.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("logcache.max_sources")
-        );
+        assert_names(&bad, "logcache.max_sources");
         let bad = Config {
             replay_ring_secs: 0,
             ..Config::default()
         };
-        assert!(
-            bad.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("replay_ring_secs")
-        );
+        assert_names(&bad, "replay_ring_secs");
         let off = Config {
             replay_ring_bytes: 0,
             replay_ring_secs: 0,
