@@ -448,15 +448,13 @@ pub async fn run_sender<P: Payload>(
     metrics: NozzleMetrics,
     shutdown: CancellationToken,
 ) {
-    let tally = Tally::new(metrics, None);
-    drive(
-        &queue,
+    run_with(
+        queue,
         sender.into(),
-        &backoff,
+        backoff,
         breaker,
-        &tally,
-        &shutdown,
-        &CancellationToken::new(),
+        Tally::new(metrics, None),
+        shutdown,
     )
     .await;
 }
@@ -473,16 +471,20 @@ pub async fn run_sender_counted<P: Payload>(
     shutdown: CancellationToken,
 ) {
     let tally = Tally::new(metrics, None).counting_resends(registry);
-    drive(
-        &queue,
-        sender.into(),
-        &backoff,
-        breaker,
-        &tally,
-        &shutdown,
-        &CancellationToken::new(),
-    )
-    .await;
+    run_with(queue, sender.into(), backoff, breaker, tally, shutdown).await;
+}
+
+/// One sender loop for a lone destination: nothing unbinds it, so only `shutdown` ends it.
+async fn run_with<P: Payload>(
+    queue: Arc<DestinationQueue<P>>,
+    link: Link,
+    backoff: Backoff,
+    breaker: CircuitBreaker,
+    tally: Tally,
+    shutdown: CancellationToken,
+) {
+    let never = CancellationToken::new();
+    drive(&queue, link, &backoff, breaker, &tally, &shutdown, &never).await;
 }
 
 /// The sender loop behind [`run_sender`] and every drain of the role. `stop` ends it at once

@@ -15,9 +15,10 @@
     reason = "test code"
 )]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+mod support;
 
 use hydrant_agent::Config;
 use hydrant_envelope::gap::Gap;
@@ -29,6 +30,8 @@ use hydrant_testkit::{FakeAgent, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use support::log;
 
 const WAIT: Duration = Duration::from_secs(20);
 /// Lines of the two apps that wait for the doomed doppler.
@@ -96,19 +99,6 @@ async fn pump(
                 }
             }
         }
-    }
-}
-
-fn log(source: &str, payload: String) -> v2::Envelope {
-    v2::Envelope {
-        source_id: source.to_owned(),
-        instance_id: "0".to_owned(),
-        tags: HashMap::from([("source_type".to_owned(), "APP/PROC/WEB/0".to_owned())]),
-        message: Some(v2::envelope::Message::Log(v2::Log {
-            payload: payload.into_bytes().into(),
-            r#type: 0,
-        })),
-        ..v2::Envelope::default()
     }
 }
 

@@ -309,7 +309,7 @@ impl Drop for Tracked {
 }
 
 /// Every message in an error's source chain: a refused certificate shows only deep inside.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {

@@ -53,7 +53,7 @@ impl Inner {
             Self::Plain(client) => client
                 .execute(request)
                 .await
-                .map_err(|e| (chain(&e), !(e.is_connect() || e.is_builder()))),
+                .map_err(|e| (crate::api::chain(&e), !(e.is_connect() || e.is_builder()))),
             Self::Mtls(mtls) => mtls.execute_classified(request).await,
         }
     }
@@ -327,17 +327,6 @@ impl hydrant_auth::KeyTransport for Failover {
     fn plain_http(&self) -> bool {
         self.is_plain()
     }
-}
-
-/// Every message in an error's source chain ("error sending request" alone says little).
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(&format!(": {e}"));
-        source = e.source();
-    }
-    text
 }
 
 #[cfg(test)]
